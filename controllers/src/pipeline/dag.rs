@@ -1,0 +1,1 @@
+//! The DAG scheduler of a PipelineRun: pure functions, no client.

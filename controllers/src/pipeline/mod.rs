@@ -1,0 +1,3 @@
+//! Pipeline and PipelineRun reconcilers.
+
+pub mod dag;

@@ -1,0 +1,366 @@
+//! `AIModel`: a model served on the cluster's GPU nodes or on a SageMaker
+//! endpoint, optionally trained on SageMaker first.
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{
+    ComputeResources, Condition, DeletionPolicy, EnvVar, SageMakerTraining, SecretRef,
+};
+
+/// A model to serve: where its weights come from, which runtime serves it, on
+/// which GPUs, how many replicas (or autoscaling), an optional canary, and
+/// optionally a SageMaker training job whose artifact becomes the source.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "aleph.dev",
+    version = "v1alpha1",
+    kind = "AIModel",
+    plural = "aimodels",
+    shortname = "aim",
+    category = "aleph",
+    namespaced,
+    status = "AIModelStatus",
+    doc = "A model served on the cluster's GPU nodes or on a SageMaker endpoint, optionally trained on SageMaker first.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Runtime", type_ = "string", json_path = ".spec.runtime.engine"),
+    printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.resources.gpus"),
+    printcolumn(name = "Replicas", type_ = "string", description = "ready/desired replicas", json_path = ".status.replicaSummary"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 52").message("an AIModel name is at most 52 characters, so that its children's names are valid").field_path(".metadata.name")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.source) || has(self.training)").message("set source, or training whose artifact becomes the source"))]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.replicas)").message("replicas and autoscaling are exclusive: remove replicas to autoscale, or autoscaling to scale by hand").field_path(".replicas"))]
+#[x_kube(validation = Rule::new("self.backend != 'SageMaker' || has(self.sagemaker)").message("backend SageMaker needs the sagemaker section").field_path(".sagemaker"))]
+#[x_kube(validation = Rule::new("self.backend == 'SageMaker' || !has(self.sagemaker)").message("the sagemaker section is only for backend SageMaker").field_path(".sagemaker"))]
+#[x_kube(validation = Rule::new("self.backend != 'SageMaker' || !has(self.canary)").message("canary is only supported on the Kubernetes backend").field_path(".canary"))]
+pub struct AIModelSpec {
+    /// Where the model's weights come from. Optional when `training` produces them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ModelSource>,
+    /// The serving runtime.
+    #[serde(default)]
+    pub runtime: ModelRuntime,
+    /// CPU, memory and GPUs of each serving replica.
+    #[serde(default)]
+    pub resources: ComputeResources,
+    /// Fixed number of serving replicas (default 1); `kubectl scale` sets it.
+    /// Exclusive with `autoscaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Autoscaling by CPU utilisation and/or in-flight requests per pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// The model cache: weights are downloaded once into a PersistentVolumeClaim
+    /// shared by every model with the same source in the namespace.
+    #[serde(default)]
+    pub cache: ModelCache,
+    /// A canary: another source and/or runtime that gets a share of the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// Where the model is served: Kubernetes (Deployment, Service) or SageMaker (endpoint).
+    #[serde(default)]
+    pub backend: ServingBackend,
+    /// A SageMaker training job; its artifact becomes the model's source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<SageMakerTraining>,
+    /// SageMaker serving (backend SageMaker only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sagemaker: Option<SageMakerServing>,
+    /// Whether SageMaker resources are deleted with the AIModel (Delete) or kept (Retain).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Where a model's weights come from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSource {
+    /// `hf://org/name[@revision]`, `s3://bucket/prefix`, `pvc://claim/path`,
+    /// `ollama://name[:tag]` or `oci://registry/repository[:tag|@digest]`.
+    #[schemars(regex(pattern = r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|ollama://[a-z0-9][a-z0-9._-]*(:[A-Za-z0-9._-]+)?|oci://[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+([:@][A-Za-z0-9._:-]+)?)$"))]
+    #[schemars(length(max = 512))]
+    pub uri: String,
+    /// A Secret whose keys become the download's environment (for example
+    /// `HF_TOKEN`, or `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretRef>,
+}
+
+/// A serving runtime.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.engine != 'custom' || (has(self.image) && has(self.port))").message("a custom runtime needs image and port"))]
+pub struct ModelRuntime {
+    /// The engine: vllm, ollama, tgi, triton or custom.
+    #[serde(default)]
+    pub engine: RuntimeEngine,
+    /// The image; each built-in engine has a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Extra arguments appended to the engine's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// The port the runtime serves on; each built-in engine has a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// The readiness path; each built-in engine has a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/.*$"))]
+    pub health_path: Option<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+/// A serving engine.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeEngine {
+    /// vLLM, OpenAI-compatible API; tensor parallelism follows the GPU count.
+    #[default]
+    Vllm,
+    /// Ollama.
+    Ollama,
+    /// Hugging Face Text Generation Inference.
+    Tgi,
+    /// NVIDIA Triton Inference Server.
+    Triton,
+    /// Your own image, port and health path.
+    Custom,
+}
+
+/// Autoscaling bounds and targets (an autoscaling/v2 HorizontalPodAutoscaler).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must be at most maxReplicas").field_path(".minReplicas"))]
+#[x_kube(validation = Rule::new("has(self.targetCpuUtilization) || has(self.targetConcurrency)").message("set targetCpuUtilization, targetConcurrency or both"))]
+pub struct Autoscaling {
+    /// The fewest replicas.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// The most replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Target average CPU utilisation, percent of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: Option<i32>,
+    /// Target in-flight requests per pod (the pods metric `aleph_inflight_requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub target_concurrency: Option<i32>,
+    /// How long load must stay low before scaling down, in seconds.
+    #[serde(default = "default_stabilization")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+fn default_stabilization() -> i32 {
+    300
+}
+
+/// The model cache.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCache {
+    /// Download into a shared PersistentVolumeClaim once (true), or let each pod fetch the model (false).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Size of the cache volume.
+    #[serde(default = "default_cache_size")]
+    pub size: Quantity,
+    /// StorageClass of the cache volume; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// How long the download may take before it fails with ModelDownloadFailed, in seconds.
+    #[serde(default = "default_download_timeout")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub download_timeout_seconds: i64,
+}
+
+impl Default for ModelCache {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            size: default_cache_size(),
+            storage_class_name: None,
+            download_timeout_seconds: default_download_timeout(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_cache_size() -> Quantity {
+    Quantity("50Gi".into())
+}
+fn default_download_timeout() -> i64 {
+    1800
+}
+
+/// A canary version of the model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.source) || has(self.runtime)").message("a canary changes source, runtime or both"))]
+pub struct Canary {
+    /// The canary's source; the main source when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ModelSource>,
+    /// The canary's runtime; the main runtime when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<ModelRuntime>,
+    /// Percent of traffic (and of replicas) that goes to the canary.
+    #[schemars(range(min = 0, max = 100))]
+    pub traffic_percent: i32,
+}
+
+/// Where a model is served.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+pub enum ServingBackend {
+    /// A Deployment and Service on the cluster.
+    #[default]
+    Kubernetes,
+    /// A SageMaker endpoint.
+    SageMaker,
+}
+
+/// Serving on a SageMaker endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SageMakerServing {
+    /// The inference image (ECR URI).
+    #[schemars(length(min = 1, max = 255))]
+    pub image: String,
+    /// The IAM role the SageMaker Model runs as.
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"))]
+    pub role_arn: String,
+    /// The instance type, for example `ml.g5.2xlarge`.
+    #[schemars(regex(pattern = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"))]
+    pub instance_type: String,
+    /// Instances behind the endpoint.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub initial_instance_count: i32,
+    /// The production variant's name.
+    #[serde(default = "default_variant")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"))]
+    pub variant_name: String,
+    /// The endpoint's name; derived from the namespace and name when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"))]
+    pub endpoint_name: Option<String>,
+    /// AWS region; the operator's default region when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"))]
+    pub region: Option<String>,
+}
+
+fn default_variant() -> String {
+    "AllTraffic".into()
+}
+
+/// What the operator observed of an AIModel.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AIModelStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing, Degraded, Trained, Serving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Desired serving replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Ready serving replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// `ready/desired`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_summary: Option<String>,
+    /// The label selector of the serving pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Where the model's API answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The source being served (the trained artifact when training is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_source: Option<String>,
+    /// The model cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStatus>,
+    /// The SageMaker training job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingStatus>,
+    /// The SageMaker endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointStatus>,
+}
+
+/// The model cache's state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStatus {
+    /// The PersistentVolumeClaim holding the weights.
+    pub claim_name: String,
+    /// Pending, Downloading, Ready or Failed.
+    pub phase: String,
+}
+
+/// A SageMaker training job's state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingStatus {
+    /// The job's name (derived from the object's UID and the training spec).
+    pub job_name: String,
+    /// SageMaker's TrainingJobStatus: InProgress, Completed, Failed, Stopping, Stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_status: Option<String>,
+    /// The model artifact, once Completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_uri: Option<String>,
+    /// SageMaker's FailureReason, once Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
+/// A SageMaker endpoint's state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    /// The endpoint's name.
+    pub name: String,
+    /// The endpoint's ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    /// SageMaker's EndpointStatus: Creating, InService, Updating, Failed…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The SageMaker Model in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_name: Option<String>,
+    /// The EndpointConfig in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_name: Option<String>,
+}

@@ -1,0 +1,243 @@
+//! Types shared by several kinds: conditions, references, policies and the
+//! SageMaker training job shape used by both `AIModel` and `Pipeline` steps.
+
+use std::collections::BTreeMap;
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of every Aleph kind.
+pub const GROUP: &str = "aleph.dev";
+/// The API version of every Aleph kind.
+pub const VERSION: &str = "v1alpha1";
+
+/// Whether a condition holds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// The condition does not hold.
+    False,
+    /// The operator cannot tell yet.
+    #[default]
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// `True` when `value` holds, `False` otherwise.
+    pub fn from_bool(value: bool) -> Self {
+        if value { Self::True } else { Self::False }
+    }
+}
+
+/// One aspect of an object's state, in the shape Kubernetes uses everywhere.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// The aspect this condition reports on, for example `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Whether the condition holds: True, False or Unknown.
+    pub status: ConditionStatus,
+    /// A CamelCase word that programs can switch on, for example `Unschedulable`.
+    pub reason: String,
+    /// What happened and, where something is wrong, what to do about it.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The `metadata.generation` this condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A reference to a key of a Secret in the object's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key inside the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A reference to a whole Secret in the object's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What happens to what the operator made outside Kubernetes (or to tenant
+/// namespaces) when the object is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+pub enum DeletionPolicy {
+    /// Delete what was made.
+    #[default]
+    Delete,
+    /// Keep what was made; only the Kubernetes object goes away.
+    Retain,
+}
+
+/// An environment variable for a container: a literal value or a Secret key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.secretKeyRef)").message("set exactly one of value and secretKeyRef"))]
+pub struct EnvVar {
+    /// The variable's name.
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_.-]*$"))]
+    pub name: String,
+    /// A literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// A key of a Secret in the same namespace; the value never appears in status or logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// CPU and memory for a container, as Kubernetes quantities.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeResources {
+    /// CPU request and limit, for example `2` or `500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    /// Memory request and limit, for example `16Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    /// Number of `nvidia.com/gpu` devices, requested and limited alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 64))]
+    pub gpus: Option<i32>,
+    /// The GPU product the pod must run on, matched against the node label
+    /// `nvidia.com/gpu.product`, for example `NVIDIA-H100-80GB-HBM3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub gpu_product: Option<String>,
+}
+
+/// A network destination a workload may reach.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressDestination {
+    /// An IP block in CIDR notation, for example `10.0.0.0/8`.
+    #[schemars(length(min = 9, max = 43))]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"))]
+    pub cidr: String,
+    /// TCP ports allowed to that block; all ports when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+}
+
+/// A TCP or UDP port number.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[serde(transparent)]
+pub struct Port(#[schemars(range(min = 1, max = 65535))] pub i32);
+
+/// A SageMaker training job. The job name is derived from the owning object's
+/// UID and this spec, so the same spec never starts two jobs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.spot) || self.spot.maxWaitSeconds >= self.maxRuntimeSeconds").message("spot.maxWaitSeconds must be at least maxRuntimeSeconds").field_path(".spot.maxWaitSeconds"))]
+pub struct SageMakerTraining {
+    /// The training image (an ECR URI of an algorithm or your own image).
+    #[schemars(length(min = 1, max = 255))]
+    pub image: String,
+    /// The IAM role SageMaker assumes to run the job.
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"))]
+    pub role_arn: String,
+    /// The instance type, for example `ml.g5.xlarge`.
+    #[schemars(regex(pattern = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"))]
+    pub instance_type: String,
+    /// Number of instances.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub instance_count: i32,
+    /// Size of each instance's ML storage volume in GB.
+    #[serde(default = "default_volume_gb")]
+    #[schemars(range(min = 1, max = 16384))]
+    pub volume_size_gb: i32,
+    /// The longest the job may run before SageMaker stops it, in seconds.
+    #[serde(default = "default_max_runtime")]
+    #[schemars(range(min = 1, max = 2419200))]
+    pub max_runtime_seconds: i64,
+    /// Run on managed spot capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot: Option<SpotTraining>,
+    /// Hyperparameters passed to the algorithm, as strings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hyperparameters: BTreeMap<String, String>,
+    /// Input data channels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 20))]
+    pub inputs: Vec<TrainingChannel>,
+    /// Where SageMaker writes the model artifact, an `s3://` URI.
+    #[schemars(regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"))]
+    pub output_s3_uri: String,
+    /// KMS key for the output and the volume; required by the hipaa and pci compliance profiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub kms_key_id: Option<String>,
+    /// VPC the training containers run in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<VpcConfig>,
+    /// Tags put on the job.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// AWS region; the operator's default region when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"))]
+    pub region: Option<String>,
+}
+
+fn one() -> i32 {
+    1
+}
+fn default_volume_gb() -> i32 {
+    30
+}
+fn default_max_runtime() -> i64 {
+    86_400
+}
+
+/// Managed spot training.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpotTraining {
+    /// The longest to wait for spot capacity plus run time, in seconds.
+    #[schemars(range(min = 1, max = 4838400))]
+    pub max_wait_seconds: i64,
+}
+
+/// One input channel of a training job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingChannel {
+    /// The channel's name as the algorithm expects it, for example `train`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9\.\-_]{1,64}$"))]
+    pub name: String,
+    /// The S3 prefix holding the channel's data.
+    #[schemars(regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"))]
+    pub s3_uri: String,
+    /// MIME type of the data, for example `text/csv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// Subnets and security groups for SageMaker containers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VpcConfig {
+    /// Security group IDs (`sg-...`).
+    #[schemars(length(min = 1, max = 5))]
+    pub security_group_ids: Vec<String>,
+    /// Subnet IDs (`subnet-...`).
+    #[schemars(length(min = 1, max = 16))]
+    pub subnets: Vec<String>,
+}

@@ -1,0 +1,484 @@
+//! `Pipeline` and `PipelineRun`: DAGs of steps (containers, job plugins,
+//! SageMaker training, model rollouts), run on demand or on a schedule.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{ComputeResources, Condition, EnvVar, SageMakerTraining};
+
+/// A DAG of steps with typed params, retries with backoff, `finally` steps, a
+/// parallelism cap, a deadline and an optional cron schedule.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "aleph.dev",
+    version = "v1alpha1",
+    kind = "Pipeline",
+    plural = "pipelines",
+    shortname = "pl",
+    category = "aleph",
+    namespaced,
+    status = "PipelineStatus",
+    doc = "A DAG of steps (containers, job plugins, SageMaker training, model rollouts) run on demand or on a schedule.",
+    printcolumn(name = "Steps", type_ = "integer", json_path = ".status.stepCount"),
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule.cron"),
+    printcolumn(name = "Last Run", type_ = "string", json_path = ".status.lastRun"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 40").message("a Pipeline name is at most 40 characters, so that run and job names stay valid").field_path(".metadata.name")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.steps.all(s, s.dependsOn.all(d, self.steps.exists(t, t.name == d)))").message("every dependsOn entry must name a step of this pipeline").field_path(".steps"))]
+#[x_kube(validation = Rule::new("!has(self.finally) || self.finally.all(f, !self.steps.exists(s, s.name == f.name))").message("a finally step's name must differ from every step's name").field_path(".finally"))]
+pub struct PipelineSpec {
+    /// Typed parameters; runs supply values, defaults fill the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 32))]
+    pub params: Vec<ParamSpec>,
+    /// The steps, run as their dependencies succeed.
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(min = 1, max = 32))]
+    pub steps: Vec<PipelineStep>,
+    /// Steps that always run once the others have finished, whatever happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 8))]
+    pub finally: Vec<PipelineStep>,
+    /// The most steps running at once; unlimited when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub parallelism: Option<i32>,
+    /// The longest a run may take, in seconds; it then fails with Timeout (finally steps still run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub deadline_seconds: Option<i64>,
+    /// Create runs on a cron schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<PipelineSchedule>,
+    /// Delete finished runs (and their Jobs) after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31536000))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+/// A typed parameter.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type != 'enum' || size(self.values) > 0").message("an enum param needs values").field_path(".values"))]
+#[x_kube(validation = Rule::new("self.type == 'enum' || size(self.values) == 0").message("values is only for enum params").field_path(".values"))]
+#[x_kube(validation = Rule::new("!has(self.default) || self.type != 'int' || self.default.matches('^-?[0-9]+$')").message("the default of an int param must be an integer").field_path(".default"))]
+#[x_kube(validation = Rule::new("!has(self.default) || self.type != 'bool' || self.default in ['true', 'false']").message("the default of a bool param must be true or false").field_path(".default"))]
+#[x_kube(validation = Rule::new("!has(self.default) || self.type != 'enum' || self.default in self.values").message("the default of an enum param must be one of its values").field_path(".default"))]
+pub struct ParamSpec {
+    /// The param's name, used as `$(params.NAME)` in step fields.
+    #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_-]{0,62}$"))]
+    pub name: String,
+    /// string, int, bool or enum.
+    #[serde(rename = "type", default)]
+    pub type_: ParamType,
+    /// The value when a run gives none; a run must give one when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub default: Option<String>,
+    /// The allowed values of an enum param.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub values: Vec<String>,
+    /// What the param means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A param's type.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    /// Any string.
+    #[default]
+    String,
+    /// An integer.
+    Int,
+    /// true or false.
+    Bool,
+    /// One of `values`.
+    Enum,
+}
+
+/// One step of a pipeline: exactly one action, with dependencies, a condition,
+/// retries and a timeout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.container), has(self.plugin), has(self.training), has(self.rollout)].filter(x, x).size() == 1").message("a step has exactly one action: container, plugin, training or rollout"))]
+#[x_kube(validation = Rule::new("!self.dependsOn.exists(d, d == self.name)").message("a step cannot depend on itself").field_path(".dependsOn"))]
+pub struct PipelineStep {
+    /// The step's name, unique in the pipeline.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"))]
+    pub name: String,
+    /// Steps that must succeed before this one starts.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[schemars(length(max = 16))]
+    pub depends_on: Vec<String>,
+    /// Run only when this holds, for example `params.deploy == 'true'` or
+    /// `steps.evaluate.outputs.accuracy != '0'`; skipped otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(params\.[a-zA-Z_][a-zA-Z0-9_-]*|steps\.[a-z0-9-]+\.outputs\.[a-zA-Z0-9_-]+) (==|!=) '[^']*'$"))]
+    pub when: Option<String>,
+    /// Retries of a failed attempt, with exponential backoff between them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
+    /// The longest one attempt may run, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub timeout_seconds: Option<i64>,
+    /// Run a container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerAction>,
+    /// Run a `job`-mode Plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginAction>,
+    /// Run a SageMaker training job; its artifact URI becomes the output `artifactUri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<SageMakerTraining>,
+    /// Point an AIModel at a new source and wait for it to be Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutAction>,
+}
+
+/// Retries and their backoff.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxDelaySeconds >= self.initialDelaySeconds").message("maxDelaySeconds must be at least initialDelaySeconds").field_path(".maxDelaySeconds"))]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    #[schemars(range(min = 0, max = 20))]
+    pub limit: i32,
+    /// Delay before the first retry, in seconds.
+    #[serde(default = "default_initial_delay")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub initial_delay_seconds: i64,
+    /// Factor the delay grows by on each retry.
+    #[serde(default = "default_factor")]
+    #[schemars(range(min = 1, max = 10))]
+    pub factor: i32,
+    /// The longest delay, in seconds.
+    #[serde(default = "default_max_delay")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub max_delay_seconds: i64,
+}
+
+fn default_initial_delay() -> i64 {
+    10
+}
+fn default_factor() -> i32 {
+    2
+}
+fn default_max_delay() -> i64 {
+    300
+}
+
+/// A container step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerAction {
+    /// The image.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// The command; the image's entrypoint when empty. `$(params.NAME)` and
+    /// `$(steps.STEP.outputs.KEY)` are substituted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The arguments, with the same substitutions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// CPU, memory and GPUs.
+    #[serde(default)]
+    pub resources: ComputeResources,
+}
+
+/// A step that runs a `job`-mode Plugin.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginAction {
+    /// The Plugin's name, in the run's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Arguments appended to the plugin's own, with substitutions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+/// A step that rolls an AIModel to a new source.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.source) != has(self.fromStep)").message("set exactly one of source and fromStep"))]
+pub struct RolloutAction {
+    /// The AIModel's name, in the run's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub model: String,
+    /// The new source URI, with substitutions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Take the source from this earlier step's `artifactUri` output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_step: Option<String>,
+    /// How long to wait for the model to be Ready, in seconds.
+    #[serde(default = "default_rollout_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub ready_timeout_seconds: i64,
+}
+
+fn default_rollout_timeout() -> i64 {
+    1800
+}
+
+/// A cron schedule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineSchedule {
+    /// Five-field cron, for example `0 2 * * *`.
+    #[schemars(regex(pattern = r"^(\S+\s+){4}\S+$|^@(hourly|daily|weekly|monthly|yearly)$"))]
+    pub cron: String,
+    /// IANA time zone, for example `Europe/Paris`; UTC when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// What to do when a run is due while another is running.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// Stop creating runs.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Succeeded runs to keep.
+    #[serde(default = "default_success_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub successful_runs_history_limit: i32,
+    /// Failed runs to keep.
+    #[serde(default = "default_failed_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_runs_history_limit: i32,
+    /// Params of scheduled runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<ParamValue>,
+}
+
+fn default_success_history() -> i32 {
+    3
+}
+fn default_failed_history() -> i32 {
+    1
+}
+
+/// What to do with overlapping scheduled runs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+pub enum ConcurrencyPolicy {
+    /// Runs may overlap.
+    #[default]
+    Allow,
+    /// Skip a due run while one is running.
+    Forbid,
+    /// Cancel the running one and start the new one.
+    Replace,
+}
+
+/// What the operator observed of a Pipeline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready (the graph is valid), and why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Number of steps, finally steps included.
+    #[serde(default)]
+    pub step_count: i32,
+    /// The newest run's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<String>,
+    /// When the schedule last created a run (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+}
+
+/// One execution of a Pipeline.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "aleph.dev",
+    version = "v1alpha1",
+    kind = "PipelineRun",
+    plural = "pipelineruns",
+    shortname = "plr",
+    category = "aleph",
+    namespaced,
+    status = "PipelineRunStatus",
+    doc = "One execution of a Pipeline: its steps' Jobs run in dependency order; cancel stops it; resumeFrom reruns only what failed in an earlier run.",
+    printcolumn(name = "Pipeline", type_ = "string", json_path = ".spec.pipelineRef.name"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
+    printcolumn(name = "Started", type_ = "date", json_path = ".status.startTime"),
+    printcolumn(name = "Duration", type_ = "string", json_path = ".status.duration"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Succeeded\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.pipelineRef == oldSelf.pipelineRef").message("pipelineRef is immutable").field_path(".pipelineRef"))]
+#[x_kube(validation = Rule::new("self.params == oldSelf.params").message("params are immutable: create a new run").field_path(".params"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.resumeFrom) ? !has(self.resumeFrom) : has(self.resumeFrom) && self.resumeFrom == oldSelf.resumeFrom").message("resumeFrom is immutable").field_path(".resumeFrom"))]
+#[x_kube(validation = Rule::new("!oldSelf.cancel || self.cancel").message("a cancelled run cannot be uncancelled").field_path(".cancel"))]
+pub struct PipelineRunSpec {
+    /// The Pipeline to run, in the same namespace.
+    pub pipeline_ref: PipelineRef,
+    /// Param values; the pipeline's defaults fill the rest.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 32))]
+    pub params: Vec<ParamValue>,
+    /// Stop the run: running Jobs are deleted, finally steps run.
+    #[serde(default)]
+    pub cancel: bool,
+    /// An earlier run of the same pipeline: only its steps that did not succeed
+    /// (and what depends on them) run again; the others' outputs are reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub resume_from: Option<String>,
+}
+
+/// A reference to a Pipeline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineRef {
+    /// The Pipeline's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A param's value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParamValue {
+    /// The param's name.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Its value.
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// A run's phase.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+pub enum RunPhase {
+    /// Not started.
+    #[default]
+    Pending,
+    /// Steps are running.
+    Running,
+    /// Every step succeeded (or was skipped by its condition).
+    Succeeded,
+    /// A step failed, the graph was invalid, or the deadline passed.
+    Failed,
+    /// Cancelled by the user.
+    Cancelled,
+}
+
+/// A step's phase.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+pub enum StepPhase {
+    /// Waiting for its dependencies.
+    #[default]
+    Pending,
+    /// An attempt is running.
+    Running,
+    /// Waiting out the backoff before a retry.
+    Retrying,
+    /// Succeeded.
+    Succeeded,
+    /// Failed after its retries.
+    Failed,
+    /// Not run: a dependency failed, its condition was false, or the run was cancelled.
+    Skipped,
+    /// Reused from the run named in `resumeFrom`.
+    Reused,
+}
+
+/// What the operator observed of a PipelineRun.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineRunStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Succeeded (Unknown while running), with reasons InvalidGraph,
+    /// ParameterMissing, StepFailed, Timeout, Cancelled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The run's phase.
+    #[serde(default)]
+    pub phase: RunPhase,
+    /// Finished steps over all steps, for example `3/7`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// When the run started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the run finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// How long the run took, for example `4m12s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// The params the run uses, defaults applied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// The pipeline spec this run executes, copied when it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_spec: Option<PipelineSpec>,
+    /// Each step's state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub steps: Vec<StepStatus>,
+}
+
+/// One step's state in a run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    /// The step's name.
+    pub name: String,
+    /// Its phase.
+    #[serde(default)]
+    pub phase: StepPhase,
+    /// Attempts started.
+    #[serde(default)]
+    pub attempts: i32,
+    /// When the first attempt started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the step finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<String>,
+    /// When the next retry may start (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<String>,
+    /// Start times of every attempt (RFC 3339).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_times: Vec<String>,
+    /// What happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The Job of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// Small outputs (at most 4 KiB in all) for later steps.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+}

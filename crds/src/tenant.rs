@@ -1,0 +1,322 @@
+//! `Tenant`: an organisation on the cluster, with its namespaces, owners,
+//! tenant-wide quota, network isolation, admission rules and compliance profile.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, DeletionPolicy, EgressDestination};
+
+/// An organisation on the cluster: the namespaces it owns, who administers them,
+/// how much of the cluster (GPUs included) it may use in total, whom it may talk
+/// to, what it may run, and which compliance controls apply.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "aleph.dev",
+    version = "v1alpha1",
+    kind = "Tenant",
+    plural = "tenants",
+    shortname = "tn",
+    category = "aleph",
+    status = "TenantStatus",
+    doc = "An organisation on the cluster: namespaces, owners, a tenant-wide quota (GPUs too), network isolation, admission rules and a compliance profile.",
+    printcolumn(name = "Plan", type_ = "string", json_path = ".spec.plan"),
+    printcolumn(name = "Namespaces", type_ = "integer", json_path = ".status.namespaceCount"),
+    printcolumn(name = "GPUs", type_ = "string", description = "GPUs used/hard across the tenant", json_path = ".status.gpus"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.spec.namespaces.all(n, size(self.metadata.name) + size(n) <= 62)").message("tenant name plus namespace name must be at most 62 characters, so that '<tenant>-<name>' is a valid namespace").field_path(".spec.namespaces"),
+    validation = Rule::new("size(self.metadata.name) <= 40").message("a tenant name is at most 40 characters").field_path(".metadata.name")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// Who administers the tenant. Each owner gets a RoleBinding in every tenant namespace.
+    #[schemars(length(min = 1, max = 64))]
+    pub owners: Vec<TenantOwner>,
+    /// Short names of the tenant's namespaces; the operator creates `<tenant>-<name>` for each.
+    #[schemars(length(min = 1, max = 100), inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub namespaces: Vec<String>,
+    /// The plan: its default quota applies unless `quota` overrides a field.
+    /// free: 4 CPU, 8Gi, 0 GPU, 20 pods, 20Gi storage, 2 models, 5 plugins, 5 pipelines.
+    /// pro: 32 CPU, 128Gi, 4 GPU, 200 pods, 500Gi, 20 models, 50 plugins, 50 pipelines.
+    /// enterprise: 256 CPU, 1Ti, 32 GPU, 2000 pods, 10Ti, 200 models, 500 plugins, 500 pipelines.
+    #[serde(default)]
+    pub plan: TenantPlan,
+    /// Tenant-wide limits; each set field overrides the plan's default. The sum of
+    /// usage over all the tenant's namespaces never exceeds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<TenantQuota>,
+    /// Default requests and limits for containers that do not set their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_range: Option<TenantLimitRange>,
+    /// Network isolation between tenants.
+    #[serde(default)]
+    pub network: TenantNetwork,
+    /// What pods in the tenant may run, enforced by the API server at admission.
+    #[serde(default)]
+    pub admission: TenantAdmission,
+    /// Extra RoleBindings made in every tenant namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub additional_role_bindings: Vec<AdditionalRoleBinding>,
+    /// When true, new pods are refused in every tenant namespace; running ones keep running.
+    #[serde(default)]
+    pub cordoned: bool,
+    /// When true, the API server refuses to delete this Tenant.
+    #[serde(default)]
+    pub prevent_deletion: bool,
+    /// What happens to the tenant's namespaces when the Tenant is deleted or a
+    /// namespace is removed from the list: Delete them, or Retain them (unlabelled).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// A compliance profile: a documented set of controls applied on top of the spec.
+    /// hipaa, sox and pci enforce Pod Security `restricted`, deny egress except DNS and
+    /// `network.allowedEgress`, and (hipaa, pci) require a KMS key on SageMaker jobs.
+    #[serde(default)]
+    pub compliance: ComplianceProfile,
+}
+
+/// A tenant owner.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.kind == 'ServiceAccount' ? has(self.__namespace__) : !has(self.__namespace__)").message("namespace is required for a ServiceAccount owner and not allowed otherwise"))]
+pub struct TenantOwner {
+    /// The kind of subject.
+    pub kind: SubjectKind,
+    /// The user, group or service account name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The service account's namespace (ServiceAccount owners only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The access the owner gets in every tenant namespace.
+    #[serde(default)]
+    pub role: OwnerRole,
+}
+
+/// A kind of RBAC subject.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+pub enum SubjectKind {
+    /// A user authenticated by the API server.
+    User,
+    /// A group of users.
+    Group,
+    /// A Kubernetes service account.
+    ServiceAccount,
+}
+
+/// The access an owner has: the built-in ClusterRoles `admin`, `edit` and `view`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerRole {
+    /// Full control of the namespace's objects, including RoleBindings.
+    #[default]
+    Admin,
+    /// Read and write most objects, no RBAC.
+    Edit,
+    /// Read only.
+    View,
+}
+
+/// A tenant plan.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantPlan {
+    /// Small, no GPUs.
+    #[default]
+    Free,
+    /// A team's production workloads, a few GPUs.
+    Pro,
+    /// A large organisation.
+    Enterprise,
+}
+
+/// Tenant-wide limits. Unset fields come from the plan.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantQuota {
+    /// Total CPU requests, for example `64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Total memory requests, for example `256Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// Total `nvidia.com/gpu` requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub gpus: Option<i64>,
+    /// Total pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub pods: Option<i64>,
+    /// Total storage requested by PersistentVolumeClaims, for example `1Ti`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Quantity>,
+    /// Total AIModels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub ai_models: Option<i64>,
+    /// Total Plugins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub plugins: Option<i64>,
+    /// Total Pipelines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub pipelines: Option<i64>,
+}
+
+/// Default container requests and limits (a LimitRange in each namespace).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantLimitRange {
+    /// Default CPU request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_cpu_request: Option<Quantity>,
+    /// Default CPU limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_cpu_limit: Option<Quantity>,
+    /// Default memory request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_memory_request: Option<Quantity>,
+    /// Default memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_memory_limit: Option<Quantity>,
+}
+
+/// Network isolation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantNetwork {
+    /// Deny traffic from other tenants' namespaces (allow within the tenant and from platform namespaces).
+    #[serde(default = "yes")]
+    pub isolated: bool,
+    /// Labels that mark platform namespaces (ingress controllers, monitoring) allowed to reach the tenant.
+    #[serde(default = "default_platform_labels")]
+    pub platform_namespace_labels: BTreeMap<String, String>,
+    /// Egress: `Allow` everything, or `Restricted` to DNS, the tenant itself and `allowedEgress`.
+    #[serde(default)]
+    pub egress: EgressMode,
+    /// Destinations reachable when egress is restricted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_egress: Vec<EgressDestination>,
+}
+
+impl Default for TenantNetwork {
+    fn default() -> Self {
+        Self {
+            isolated: true,
+            platform_namespace_labels: default_platform_labels(),
+            egress: EgressMode::default(),
+            allowed_egress: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_platform_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("aleph.dev/platform".to_string(), "true".to_string())])
+}
+
+/// Egress mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+pub enum EgressMode {
+    /// No egress restriction.
+    #[default]
+    Allow,
+    /// Only DNS, the tenant's own namespaces and `allowedEgress`.
+    Restricted,
+}
+
+/// Admission rules, enforced by ValidatingAdmissionPolicies (no webhook).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantAdmission {
+    /// Image registry prefixes pods may pull from, for example `ghcr.io/acme/`; any when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allowed_registries: Vec<String>,
+    /// RuntimeClasses pods may use; any when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allowed_runtime_classes: Vec<String>,
+    /// StorageClasses PersistentVolumeClaims may use; any when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allowed_storage_classes: Vec<String>,
+    /// GPU products (`nvidia.com/gpu.product`) pods may select; any when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allowed_gpu_products: Vec<String>,
+}
+
+/// An extra RoleBinding made in every tenant namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdditionalRoleBinding {
+    /// The ClusterRole to bind.
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster_role: String,
+    /// Who gets it.
+    #[schemars(length(min = 1, max = 64))]
+    pub subjects: Vec<TenantOwner>,
+}
+
+/// A compliance profile.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ComplianceProfile {
+    /// No extra controls.
+    #[default]
+    None,
+    /// HIPAA: restricted pods, restricted egress, KMS keys on SageMaker jobs.
+    Hipaa,
+    /// SOX: restricted pods, restricted egress.
+    Sox,
+    /// PCI DSS: restricted pods, restricted egress, KMS keys on SageMaker jobs.
+    Pci,
+}
+
+/// What the operator observed of a Tenant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, and what went wrong where something did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The tenant's namespaces that exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// How many namespaces exist.
+    #[serde(default)]
+    pub namespace_count: i32,
+    /// GPUs used/hard, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<String>,
+    /// Usage against the tenant-wide quota, by resource name (for example `requests.nvidia.com/gpu`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage: BTreeMap<String, ResourceUsage>,
+}
+
+/// Used and hard for one resource across the tenant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceUsage {
+    /// Sum of usage over the tenant's namespaces.
+    pub used: String,
+    /// The tenant-wide limit.
+    pub hard: String,
+}
