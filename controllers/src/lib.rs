@@ -3,5 +3,33 @@
 //! objects, pure), `apply` (server-side apply) and `status` (conditions from
 //! what was observed). External systems sit behind a trait (see `sagemaker`).
 
+pub mod apply;
+pub mod client;
+pub mod conditions;
+pub mod context;
+pub mod error;
+pub mod leader;
+pub mod metrics;
 pub mod pipeline;
+pub mod runner;
 pub mod sagemaker;
+pub mod tenant;
+
+pub use context::Context;
+pub use error::{Error, Result};
+
+use std::sync::Arc;
+
+use runner::{Readiness, RunOptions};
+
+/// Runs every controller until `shutdown()` resolves. `namespaces` limits the
+/// namespaced kinds to those namespaces (all when empty).
+pub async fn run_all<S, F>(ctx: Arc<Context>, options: &RunOptions, namespaces: &[String], readiness: &Readiness, shutdown: S)
+where
+    S: Fn() -> F,
+    F: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    let _ = namespaces;
+    let tenant = runner::run(tenant::controller(&ctx.client), ctx.clone(), options, readiness, shutdown());
+    tenant.await;
+}

@@ -127,7 +127,7 @@ pub struct ModelRuntime {
 }
 
 /// A serving engine.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeEngine {
     /// vLLM, OpenAI-compatible API; tensor parallelism follows the GPU count.
@@ -234,7 +234,7 @@ pub struct Canary {
 }
 
 /// Where a model is served.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum ServingBackend {
     /// A Deployment and Service on the cluster.
     #[default]

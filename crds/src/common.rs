@@ -13,7 +13,7 @@ pub const GROUP: &str = "aleph.dev";
 pub const VERSION: &str = "v1alpha1";
 
 /// Whether a condition holds.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum ConditionStatus {
     /// The condition holds.
     True,
@@ -75,7 +75,7 @@ pub struct SecretRef {
 
 /// What happens to what the operator made outside Kubernetes (or to tenant
 /// namespaces) when the object is deleted.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum DeletionPolicy {
     /// Delete what was made.
     #[default]

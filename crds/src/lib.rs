@@ -7,11 +7,11 @@ pub mod pipeline;
 pub mod plugin;
 pub mod tenant;
 
-pub use aimodel::{AIModel, AIModelSpec, AIModelStatus};
-pub use common::{Condition, ConditionStatus, GROUP, VERSION};
-pub use pipeline::{Pipeline, PipelineRun, PipelineRunSpec, PipelineRunStatus, PipelineSpec, PipelineStatus};
-pub use plugin::{Plugin, PluginSpec, PluginStatus};
-pub use tenant::{Tenant, TenantSpec, TenantStatus};
+pub use aimodel::*;
+pub use common::*;
+pub use pipeline::*;
+pub use plugin::*;
+pub use tenant::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

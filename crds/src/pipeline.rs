@@ -94,7 +94,7 @@ pub struct ParamSpec {
 }
 
 /// A param's type.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
     /// Any string.
@@ -276,7 +276,7 @@ fn default_failed_history() -> i32 {
 }
 
 /// What to do with overlapping scheduled runs.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum ConcurrencyPolicy {
     /// Runs may overlap.
     #[default]
@@ -374,7 +374,7 @@ pub struct ParamValue {
 }
 
 /// A run's phase.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum RunPhase {
     /// Not started.
     #[default]
@@ -390,7 +390,7 @@ pub enum RunPhase {
 }
 
 /// A step's phase.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum StepPhase {
     /// Waiting for its dependencies.
     #[default]

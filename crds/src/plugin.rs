@@ -98,7 +98,7 @@ fn default_progress_deadline() -> i32 {
 }
 
 /// How a plugin runs.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginMode {
     /// A long-running Deployment with a Service.
@@ -109,7 +109,7 @@ pub enum PluginMode {
 }
 
 /// A service plugin's protocol.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum PluginProtocol {
     /// Plain TCP.
     #[serde(rename = "TCP")]

@@ -100,7 +100,7 @@ pub struct TenantOwner {
 }
 
 /// A kind of RBAC subject.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum SubjectKind {
     /// A user authenticated by the API server.
     User,
@@ -111,7 +111,7 @@ pub enum SubjectKind {
 }
 
 /// The access an owner has: the built-in ClusterRoles `admin`, `edit` and `view`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OwnerRole {
     /// Full control of the namespace's objects, including RoleBindings.
@@ -124,7 +124,7 @@ pub enum OwnerRole {
 }
 
 /// A tenant plan.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TenantPlan {
     /// Small, no GPUs.
@@ -228,7 +228,7 @@ fn default_platform_labels() -> BTreeMap<String, String> {
 }
 
 /// Egress mode.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum EgressMode {
     /// No egress restriction.
     #[default]
@@ -272,7 +272,7 @@ pub struct AdditionalRoleBinding {
 }
 
 /// A compliance profile.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ComplianceProfile {
     /// No extra controls.

@@ -7,10 +7,8 @@ ALEPH_STATE="${ALEPH_STATE:-$ALEPH_CACHE/cluster}"
 export GOTOOLCHAIN=local
 export GOFLAGS="${GOFLAGS:--mod=mod}"
 
-KUBERNETES_VERSION=v1.35.4
-ETCD_VERSION=v3.6.16
-KWOK_VERSION=v0.8.0
-HELM_VERSION=v3.21.4
+# shellcheck disable=SC2034 # for the scripts that source this file
+declare KUBERNETES_VERSION=v1.35.4 ETCD_VERSION=v3.6.16 KWOK_VERSION=v0.8.0 HELM_VERSION=v3.21.4
 
 # The directory holding the binaries of one pinned module: keyed by the module's
 # go.mod and go.sum and by the Go version, so a change of any of them rebuilds.
@@ -32,3 +30,52 @@ bin_path() {
 }
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+
+# The components up.sh starts, in start order (down.sh stops them in reverse).
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+# The pid recorded for a component, if its process is still the one we started
+# (the recorded pid is alive and runs that component's binary).
+component_pid() {
+  local name=$1 file="$ALEPH_STATE/pids/$1.pid" pid
+  [ -f "$file" ] || return 1
+  pid=$(cat "$file")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "/$name " || return 1
+  echo "$pid"
+}
+
+# Stops the recorded processes: TERM to each, then KILL to what is still
+# running after the grace period. Only the pids in $ALEPH_STATE/pids are touched.
+stop_components() {
+  local grace=${ALEPH_STOP_GRACE_SECONDS:-10} name pid pids=() i
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+    name=${COMPONENTS[$i]}
+    if pid=$(component_pid "$name"); then
+      log "stopping $name (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+    rm -f "$ALEPH_STATE/pids/$name.pid"
+  done
+  local deadline=$((SECONDS + grace))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "pid $pid still running after ${grace}s, sending KILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
+# Refuses to go on when $ALEPH_STATE exists but does not look like a state
+# directory these scripts made, so that a wrong setting never deletes other files.
+ensure_state_dir_is_ours() {
+  [ -d "$ALEPH_STATE" ] || return 0
+  if [ -z "$(ls -A "$ALEPH_STATE")" ] || [ -d "$ALEPH_STATE/pids" ] || [ -f "$ALEPH_STATE/ports.env" ]; then
+    return 0
+  fi
+  log "$ALEPH_STATE is not empty and was not made by up.sh; refusing to touch it"
+  exit 1
+}

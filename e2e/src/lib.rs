@@ -1,1 +1,38 @@
+//! Harness for Aleph's end-to-end tests.
+//!
+//! The tests run against the cluster `KUBECONFIG` points at: the local control
+//! plane of `e2e/cluster` (`e2e/cluster/with-cluster.sh cargo test -p aleph-e2e`)
+//! or any other cluster, kind for example. Each test gets a [`TestEnv`]: a client
+//! and a fresh namespace labelled `aleph.dev/e2e: "true"`, deleted afterwards
+//! together with the cluster-scoped objects the test applied.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use aleph_e2e::{TestEnv, wait_for};
+//! use k8s_openapi::api::apps::v1::Deployment;
+//!
+//! # async fn example() {
+//! let env = TestEnv::new().await;
+//! env.apply_yaml("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n").await;
+//! let deployments = env.api::<Deployment>();
+//! wait_for(&deployments, "web", Duration::from_secs(60), |d| {
+//!     d.status.as_ref().and_then(|s| s.ready_replicas) == Some(3)
+//! })
+//! .await;
+//! env.cleanup().await;
+//! # }
+//! ```
 
+mod apply;
+mod conditions;
+mod env;
+mod kubectl;
+mod wait;
+
+pub use apply::{Applied, ApplyError, apply_yaml};
+pub use conditions::{Condition, find_condition, has_condition};
+pub use env::{E2E_LABEL, FIELD_MANAGER, TestEnv, install_crypto_provider, unique_name};
+pub use kubectl::{KubectlOutput, kubectl, kubectl_with_stdin};
+pub use wait::{failure_report, wait_for, wait_for_deletion};
+
+pub mod sagemaker_fake;

@@ -1,5 +1,41 @@
-fn main() {
-    for (file, crd) in aleph_crds::all_crds() {
-        std::fs::write(format!("crds/{file}"), aleph_crds::crd_yaml(&crd).unwrap()).unwrap();
+//! `aleph-operator`: runs Aleph's controllers (`run`) or prints its CRDs (`crds`).
+
+mod cli;
+mod http;
+mod run;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Crds(args) => match print_crds(args.dir.as_deref()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("aleph-operator crds: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        cli::Command::Run(args) => match run::run(*args).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "aleph-operator stopped");
+                eprintln!("aleph-operator: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// Prints every CRD as one YAML stream, or writes one file per kind into `dir`.
+fn print_crds(dir: Option<&std::path::Path>) -> Result<(), Box<dyn std::error::Error>> {
+    for (file, crd) in aleph_crds::all_crds() {
+        let yaml = aleph_crds::crd_yaml(&crd)?;
+        match dir {
+            Some(dir) => std::fs::write(dir.join(file), yaml)?,
+            None => print!("{yaml}"),
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,177 @@
+//! The Kubernetes client: counts every request by verb and status code, and
+//! limits the request rate (QPS with a burst) like client-go does.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::client::ClientBuilder;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::metrics::{KubeRequestLabels, Metrics};
+
+/// Builds a client from `config` that records request metrics and keeps to
+/// `qps` requests per second with bursts of up to `burst`.
+pub fn build_client(
+    config: kube::Config,
+    metrics: Arc<Metrics>,
+    qps: f64,
+    burst: u32,
+) -> kube::Result<kube::Client> {
+    let layer = InstrumentLayer { metrics, limiter: Arc::new(RateLimiter::new(qps, burst)) };
+    Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
+}
+
+/// A token bucket shared by every request of one client.
+#[derive(Debug)]
+pub struct RateLimiter {
+    qps: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// A bucket refilled at `qps` tokens per second holding at most `burst`.
+    pub fn new(qps: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self { qps: qps.max(0.1), burst, state: Mutex::new((burst, Instant::now())) }
+    }
+
+    /// Waits for a token.
+    pub async fn acquire(&self) {
+        let wait = {
+            let mut state = self.state.lock().await;
+            let now = Instant::now();
+            let (tokens, last) = *state;
+            let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.qps).min(self.burst);
+            let tokens = tokens - 1.0;
+            *state = (tokens, now);
+            if tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-tokens / self.qps) }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct InstrumentLayer {
+    metrics: Arc<Metrics>,
+    limiter: Arc<RateLimiter>,
+}
+
+impl<S> Layer<S> for InstrumentLayer {
+    type Service = Instrumented<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Instrumented { inner, metrics: self.metrics.clone(), limiter: self.limiter.clone() }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Instrumented<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+    limiter: Arc<RateLimiter>,
+}
+
+/// The verb of a request, as Kubernetes audit logs name it.
+pub fn verb_of(method: &Method, path: &str, query: Option<&str>) -> &'static str {
+    let watch = query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    match *method {
+        Method::GET if watch => "watch",
+        Method::GET if is_collection(path) => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+/// Whether a path names a collection (`.../namespaces/ns/pods`) rather than an object.
+fn is_collection(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // /api/v1/<res> | /api/v1/namespaces/<ns>/<res> | /apis/<g>/<v>/<res> | /apis/<g>/<v>/namespaces/<ns>/<res>
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    };
+    match rest {
+        Some([_]) => true,
+        Some(["namespaces", _, _]) => true,
+        _ => false,
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Instrumented<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let verb = verb_of(req.method(), req.uri().path(), req.uri().query());
+        let metrics = self.metrics.clone();
+        let limiter = self.limiter.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            // Watches are long-lived; the bucket is for the requests that load the server.
+            if verb != "watch" {
+                limiter.acquire().await;
+            }
+            let result = fut.await;
+            let code = match &result {
+                Ok(resp) => resp.status().as_u16().to_string(),
+                Err(_) => "error".to_string(),
+            };
+            metrics.kube_requests.get_or_create(&KubeRequestLabels { verb, code }).inc();
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_are_named_like_the_audit_log() {
+        assert_eq!(verb_of(&Method::GET, "/api/v1/namespaces/a/pods", None), "list");
+        assert_eq!(verb_of(&Method::GET, "/api/v1/namespaces/a/pods/p", None), "get");
+        assert_eq!(verb_of(&Method::GET, "/api/v1/namespaces", None), "list");
+        assert_eq!(verb_of(&Method::GET, "/api/v1/namespaces/a", None), "get");
+        assert_eq!(verb_of(&Method::GET, "/apis/aleph.dev/v1alpha1/tenants", Some("watch=true&x=1")), "watch");
+        assert_eq!(verb_of(&Method::GET, "/apis/aleph.dev/v1alpha1/tenants/t", None), "get");
+        assert_eq!(verb_of(&Method::GET, "/apis/apps/v1/namespaces/n/deployments", None), "list");
+        assert_eq!(verb_of(&Method::PATCH, "/apis/apps/v1/namespaces/n/deployments/d", None), "patch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_allows_a_burst_then_keeps_to_qps() {
+        let limiter = RateLimiter::new(10.0, 5);
+        let start = Instant::now();
+        for _ in 0..5 {
+            limiter.acquire().await;
+        }
+        assert!(start.elapsed() < Duration::from_millis(10));
+        for _ in 0..10 {
+            limiter.acquire().await;
+        }
+        assert!(start.elapsed() >= Duration::from_millis(950));
+    }
+}

@@ -1,0 +1,103 @@
+//! What every reconciler is given: the client, metrics, the event recorder,
+//! the leader state and the operator's settings.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
+
+use crate::error::{Error, backoff};
+use crate::leader::LeaderState;
+use crate::metrics::Metrics;
+
+/// Settings of the operator that reconcilers read.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The AWS region when a resource names none.
+    pub aws_region: Option<String>,
+}
+
+/// Shared by every reconcile of every controller.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: kube::Client,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Whether this replica may write.
+    pub leader: LeaderState,
+    /// Operator settings.
+    pub settings: Settings,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Builds the context; the tests use the same constructor.
+    pub fn new(client: kube::Client, metrics: Arc<Metrics>, leader: LeaderState, settings: Settings) -> Self {
+        let reporter = Reporter { controller: "aleph-operator".into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            leader,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes an event about `obj`; a failure to publish is logged, never fatal.
+    pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, note: impl Into<String>)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note.into()),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(%error, reason, "could not publish event");
+        }
+    }
+
+    /// Forgets the failures of `obj` after a successful reconcile.
+    pub fn reset_backoff(&self, key: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(key);
+        }
+    }
+
+    /// What to do after a failed reconcile: wait for a change when the spec is
+    /// invalid, otherwise retry with per-object exponential backoff and jitter.
+    pub fn error_action(&self, key: &str, error: &Error) -> Action {
+        if error.is_permanent() {
+            return Action::await_change();
+        }
+        let failures = match self.failures.lock() {
+            Ok(mut map) => {
+                let n = map.entry(key.to_string()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n - 1
+            }
+            Err(_) => 0,
+        };
+        Action::requeue(backoff(failures, Duration::from_secs(1), Duration::from_secs(300)))
+    }
+}
+
+/// A key naming an object for per-object bookkeeping.
+pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
+}

@@ -1,0 +1,153 @@
+//! Runs one controller per kind with what they all share: objects that fail to
+//! deserialize are logged and skipped, only the leader writes (and reconciles
+//! everything again when it becomes leader), metrics and per-object backoff,
+//! readiness once the caches have synced, and graceful shutdown.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::StreamExt;
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::context::{Context, object_key};
+use crate::error::{Error, Result};
+
+/// A kind the operator reconciles.
+pub trait Reconcile:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    /// The controller's name in metrics and logs, for example `tenant`.
+    const CONTROLLER: &'static str;
+
+    /// Drives the cluster toward `obj`'s spec and reports status.
+    fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action>> + Send;
+}
+
+/// Counts the caches that have not synced yet; ready when zero.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    pending: Arc<AtomicUsize>,
+    registered: Arc<AtomicUsize>,
+}
+
+impl Readiness {
+    /// Whether every registered cache has synced (and at least one was registered).
+    pub fn is_ready(&self) -> bool {
+        self.registered.load(Ordering::SeqCst) > 0 && self.pending.load(Ordering::SeqCst) == 0
+    }
+
+    fn register(&self) -> ReadyGuard {
+        self.registered.fetch_add(1, Ordering::SeqCst);
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        ReadyGuard { pending: self.pending.clone() }
+    }
+}
+
+struct ReadyGuard {
+    pending: Arc<AtomicUsize>,
+}
+
+impl ReadyGuard {
+    fn synced(self) {
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How controllers run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Objects reconciled at once per controller.
+    pub concurrency: u16,
+}
+
+/// Runs `controller` until `shutdown` resolves.
+pub async fn run<K: Reconcile>(
+    controller: Controller<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+    options: &RunOptions,
+    readiness: &Readiness,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let store = controller.store();
+    let guard = readiness.register();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            guard.synced();
+        }
+    });
+    // Becoming leader reconciles every object again: while following, nothing was written.
+    let leader_gained = futures::stream::unfold(ctx.leader.subscribe(), |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    });
+    controller
+        .with_config(ControllerConfig::default().concurrency(options.concurrency))
+        .reconcile_all_on(leader_gained)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_guarded::<K>, error_policy::<K>, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, controller = K::CONTROLLER, "controller event");
+            }
+        })
+        .await;
+}
+
+async fn reconcile_guarded<K: Reconcile>(
+    guarded: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    let obj = match &guarded.0 {
+        Ok(obj) => obj,
+        Err(invalid) => {
+            tracing::warn!(
+                kind = %K::kind(&()),
+                namespace = invalid.metadata.namespace.as_deref().unwrap_or(""),
+                name = invalid.metadata.name.as_deref().unwrap_or(""),
+                error = %invalid.error,
+                "skipping an object that does not match the schema"
+            );
+            return Ok(Action::await_change());
+        }
+    };
+    if !ctx.leader.is_leader() {
+        return Ok(Action::await_change());
+    }
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = %K::kind(&()),
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any(),
+    );
+    let timer = ctx.metrics.reconcile_timer(K::CONTROLLER);
+    let result = K::reconcile(Arc::new(obj.clone()), ctx.clone()).instrument(span.clone()).await;
+    match &result {
+        Ok(_) => {
+            ctx.reset_backoff(&object_key(obj));
+            timer.finish(true);
+        }
+        Err(error) => {
+            ctx.metrics.reconcile_failed(K::CONTROLLER, error.metric_label());
+            span.in_scope(|| tracing::warn!(%error, "reconcile failed"));
+            timer.finish(false);
+        }
+    }
+    result
+}
+
+fn error_policy<K: Reconcile>(guarded: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> Action {
+    match &guarded.0 {
+        Ok(obj) => ctx.error_action(&object_key(obj), error),
+        Err(_) => Action::await_change(),
+    }
+}

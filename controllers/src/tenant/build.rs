@@ -1,0 +1,389 @@
+//! Desired children of a Tenant, built from its spec alone (no client).
+
+use std::collections::BTreeMap;
+
+use aleph_crds::tenant::{ComplianceProfile, EgressMode, OwnerRole, SubjectKind, Tenant, TenantOwner};
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::apply::{TENANT_LABEL, controller_ref, standard_labels};
+use crate::error::{Error, Result};
+
+/// Name of the per-namespace ResourceQuota.
+pub const QUOTA_NAME: &str = "aleph-tenant-quota";
+/// Name of the per-namespace LimitRange.
+pub const LIMIT_RANGE_NAME: &str = "aleph-tenant-defaults";
+/// Name of the isolation NetworkPolicy.
+pub const NETWORK_POLICY_NAME: &str = "aleph-tenant-isolation";
+/// The cluster-wide policy that refuses to delete a Tenant with `preventDeletion`.
+pub const PREVENT_DELETION_POLICY: &str = "aleph-tenant-prevent-deletion";
+
+/// The full name of a tenant namespace.
+pub fn namespace_name(tenant: &str, short: &str) -> String {
+    format!("{tenant}-{short}")
+}
+
+/// Labels of everything made for `tenant`.
+pub fn tenant_labels(tenant: &str) -> BTreeMap<String, String> {
+    let mut labels = standard_labels("tenant", tenant);
+    labels.insert(TENANT_LABEL.to_string(), tenant.to_string());
+    labels
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| Error::Serialization(e.to_string()))
+}
+
+fn restricted(tenant: &Tenant) -> bool {
+    tenant.spec.compliance != ComplianceProfile::None
+}
+
+/// The namespace `name` of the tenant.
+pub fn namespace(tenant: &Tenant, name: &str) -> Result<Namespace> {
+    let mut labels = tenant_labels(&tenant.name_any());
+    if restricted(tenant) {
+        for mode in ["enforce", "audit", "warn"] {
+            labels.insert(format!("pod-security.kubernetes.io/{mode}"), "restricted".into());
+        }
+    }
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": name, "labels": labels },
+    }))
+}
+
+fn owned_meta(tenant: &Tenant, name: &str, namespace: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": tenant_labels(&tenant.name_any()),
+        "ownerReferences": controller_ref(tenant).into_iter().collect::<Vec<_>>(),
+    })
+}
+
+/// Default container requests and limits. Requests are always defaulted,
+/// because a namespace with a CPU or memory quota refuses pods without them.
+pub fn limit_range(tenant: &Tenant, namespace: &str) -> Result<LimitRange> {
+    let lr = tenant.spec.limit_range.clone().unwrap_or_default();
+    let q = |v: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>, d: &str| {
+        v.map(|q| q.0).unwrap_or_else(|| d.to_string())
+    };
+    let mut item = json!({
+        "type": "Container",
+        "defaultRequest": {
+            "cpu": q(lr.default_cpu_request, "100m"),
+            "memory": q(lr.default_memory_request, "128Mi"),
+        },
+    });
+    let mut limits = serde_json::Map::new();
+    if let Some(cpu) = lr.default_cpu_limit {
+        limits.insert("cpu".into(), json!(cpu.0));
+    }
+    if let Some(memory) = lr.default_memory_limit {
+        limits.insert("memory".into(), json!(memory.0));
+    }
+    if !limits.is_empty() {
+        item["default"] = Value::Object(limits);
+    }
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": owned_meta(tenant, LIMIT_RANGE_NAME, namespace),
+        "spec": { "limits": [item] },
+    }))
+}
+
+/// Whether egress is restricted: by the spec or by a compliance profile.
+pub fn egress_restricted(tenant: &Tenant) -> bool {
+    tenant.spec.network.egress == EgressMode::Restricted || restricted(tenant)
+}
+
+/// Ingress from the tenant and platform namespaces; egress restricted when asked.
+pub fn network_policy(tenant: &Tenant, namespace: &str) -> Result<Option<NetworkPolicy>> {
+    let net = &tenant.spec.network;
+    let restricted_egress = egress_restricted(tenant);
+    if !net.isolated && !restricted_egress {
+        return Ok(None);
+    }
+    let same_tenant = json!({ "namespaceSelector": { "matchLabels": { TENANT_LABEL: tenant.name_any() } } });
+    let mut spec = json!({ "podSelector": {}, "policyTypes": [] });
+    if net.isolated {
+        let mut from = vec![same_tenant.clone()];
+        if !net.platform_namespace_labels.is_empty() {
+            from.push(json!({ "namespaceSelector": { "matchLabels": net.platform_namespace_labels } }));
+        }
+        spec["policyTypes"].as_array_mut().map(|a| a.push(json!("Ingress")));
+        spec["ingress"] = json!([{ "from": from }]);
+    }
+    if restricted_egress {
+        let mut rules = vec![
+            json!({ "ports": [{ "protocol": "UDP", "port": 53 }, { "protocol": "TCP", "port": 53 }] }),
+            json!({ "to": [same_tenant] }),
+        ];
+        for dest in &net.allowed_egress {
+            let mut rule = json!({ "to": [{ "ipBlock": { "cidr": dest.cidr } }] });
+            if !dest.ports.is_empty() {
+                rule["ports"] = dest.ports.iter().map(|p| json!({ "protocol": "TCP", "port": p.0 })).collect();
+            }
+            rules.push(rule);
+        }
+        spec["policyTypes"].as_array_mut().map(|a| a.push(json!("Egress")));
+        spec["egress"] = Value::Array(rules);
+    }
+    from_json(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": owned_meta(tenant, NETWORK_POLICY_NAME, namespace),
+        "spec": spec,
+    }))
+    .map(Some)
+}
+
+fn subject(owner: &TenantOwner) -> Value {
+    match owner.kind {
+        SubjectKind::User => json!({ "kind": "User", "name": owner.name, "apiGroup": "rbac.authorization.k8s.io" }),
+        SubjectKind::Group => json!({ "kind": "Group", "name": owner.name, "apiGroup": "rbac.authorization.k8s.io" }),
+        SubjectKind::ServiceAccount => {
+            json!({ "kind": "ServiceAccount", "name": owner.name, "namespace": owner.namespace.clone().unwrap_or_default() })
+        }
+    }
+}
+
+fn role_name(role: OwnerRole) -> &'static str {
+    match role {
+        OwnerRole::Admin => "admin",
+        OwnerRole::Edit => "edit",
+        OwnerRole::View => "view",
+    }
+}
+
+/// One RoleBinding per owner role in use, plus the additional bindings.
+pub fn role_bindings(tenant: &Tenant, namespace: &str) -> Result<Vec<RoleBinding>> {
+    let mut out = Vec::new();
+    for role in [OwnerRole::Admin, OwnerRole::Edit, OwnerRole::View] {
+        let subjects: Vec<Value> = tenant.spec.owners.iter().filter(|o| o.role == role).map(subject).collect();
+        if subjects.is_empty() {
+            continue;
+        }
+        let cluster_role = role_name(role);
+        out.push(from_json(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": owned_meta(tenant, &format!("aleph-owners-{cluster_role}"), namespace),
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role },
+            "subjects": subjects,
+        }))?);
+    }
+    for (i, extra) in tenant.spec.additional_role_bindings.iter().enumerate() {
+        out.push(from_json(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": owned_meta(tenant, &format!("aleph-extra-{i}"), namespace),
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": extra.cluster_role },
+            "subjects": extra.subjects.iter().map(subject).collect::<Vec<_>>(),
+        }))?);
+    }
+    Ok(out)
+}
+
+fn cel_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The name of a tenant's admission policy and its binding.
+pub fn admission_policy_name(tenant: &str) -> String {
+    format!("aleph-tenant-{tenant}")
+}
+
+/// The tenant's admission rules as a ValidatingAdmissionPolicy and its binding,
+/// or None when the tenant has no rule.
+pub fn admission_policy(tenant: &Tenant) -> Result<Option<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)>> {
+    let t = tenant.name_any();
+    let a = &tenant.spec.admission;
+    let pods = "request.resource.resource == 'pods'";
+    let all_containers = "(object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : []))";
+    let mut validations = Vec::new();
+    if tenant.spec.cordoned {
+        validations.push(json!({
+            "expression": format!("!({pods})"),
+            "message": format!("tenant {t} is cordoned (rule: cordoned): new pods are refused; running pods keep running"),
+            "reason": "Forbidden",
+        }));
+    }
+    if !a.allowed_registries.is_empty() {
+        let list = cel_list(&a.allowed_registries);
+        validations.push(json!({
+            "expression": format!("!({pods}) || {all_containers}.all(c, {list}.exists(r, c.image.startsWith(r)))"),
+            "messageExpression": format!(
+                "'tenant {t} (rule: allowedRegistries): image ' + {all_containers}.filter(c, !{list}.exists(r, c.image.startsWith(r)))[0].image + ' is not from an allowed registry ({})'",
+                a.allowed_registries.join(", ")
+            ),
+            "reason": "Forbidden",
+        }));
+    }
+    if !a.allowed_runtime_classes.is_empty() {
+        let list = cel_list(&a.allowed_runtime_classes);
+        validations.push(json!({
+            "expression": format!("!({pods}) || !has(object.spec.runtimeClassName) || object.spec.runtimeClassName in {list}"),
+            "message": format!("tenant {t} (rule: allowedRuntimeClasses): runtimeClassName must be one of {}", a.allowed_runtime_classes.join(", ")),
+            "reason": "Forbidden",
+        }));
+    }
+    if !a.allowed_gpu_products.is_empty() {
+        let list = cel_list(&a.allowed_gpu_products);
+        validations.push(json!({
+            "expression": format!("!({pods}) || !has(object.spec.nodeSelector) || !('nvidia.com/gpu.product' in object.spec.nodeSelector) || object.spec.nodeSelector['nvidia.com/gpu.product'] in {list}"),
+            "message": format!("tenant {t} (rule: allowedGpuProducts): the GPU product (nodeSelector nvidia.com/gpu.product) must be one of {}", a.allowed_gpu_products.join(", ")),
+            "reason": "Forbidden",
+        }));
+    }
+    if !a.allowed_storage_classes.is_empty() {
+        let list = cel_list(&a.allowed_storage_classes);
+        validations.push(json!({
+            "expression": format!("request.resource.resource != 'persistentvolumeclaims' || (has(object.spec.storageClassName) && object.spec.storageClassName in {list})"),
+            "message": format!("tenant {t} (rule: allowedStorageClasses): storageClassName must be one of {}", a.allowed_storage_classes.join(", ")),
+            "reason": "Forbidden",
+        }));
+    }
+    if validations.is_empty() {
+        return Ok(None);
+    }
+    let name = admission_policy_name(&t);
+    let meta = json!({
+        "name": name,
+        "labels": tenant_labels(&t),
+        "ownerReferences": controller_ref(tenant).into_iter().collect::<Vec<_>>(),
+    });
+    let policy = from_json(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": meta,
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    { "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"] },
+                    { "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["persistentvolumeclaims"] },
+                ],
+            },
+            "validations": validations,
+        },
+    }))?;
+    let binding = from_json(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": meta,
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": { "namespaceSelector": { "matchLabels": { TENANT_LABEL: t } } },
+        },
+    }))?;
+    Ok(Some((policy, binding)))
+}
+
+/// The cluster-wide policy refusing to delete a Tenant whose spec sets `preventDeletion`.
+pub fn prevent_deletion_policy() -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+    let labels = standard_labels("tenant", "all");
+    let meta = json!({ "name": PREVENT_DELETION_POLICY, "labels": labels });
+    let policy = from_json(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": meta,
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [{ "apiGroups": ["aleph.dev"], "apiVersions": ["*"], "operations": ["DELETE"], "resources": ["tenants"] }],
+            },
+            "validations": [{
+                "expression": "!has(oldObject.spec.preventDeletion) || oldObject.spec.preventDeletion == false",
+                "messageExpression": "'tenant ' + oldObject.metadata.name + ' has spec.preventDeletion: true; set it to false before deleting the tenant'",
+                "reason": "Forbidden",
+            }],
+        },
+    }))?;
+    let binding = from_json(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": meta,
+        "spec": { "policyName": PREVENT_DELETION_POLICY, "validationActions": ["Deny"] },
+    }))?;
+    Ok((policy, binding))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(yaml: &str) -> Tenant {
+        let mut t: Tenant = serde_saphyr::from_str(yaml).expect("fixture parses");
+        t.metadata.uid = Some("uid-1".into());
+        t
+    }
+
+    const ACME: &str = r#"
+apiVersion: aleph.dev/v1alpha1
+kind: Tenant
+metadata: { name: acme }
+spec:
+  owners:
+    - { kind: User, name: alice, role: admin }
+    - { kind: Group, name: devs, role: edit }
+    - { kind: User, name: bob, role: admin }
+  namespaces: [research]
+  admission:
+    allowedRegistries: ["ghcr.io/acme/"]
+    allowedGpuProducts: ["NVIDIA-H100-80GB-HBM3"]
+  cordoned: true
+  compliance: hipaa
+"#;
+
+    #[test]
+    fn owners_are_grouped_by_role() {
+        let t = tenant(ACME);
+        let rbs = role_bindings(&t, "acme-research").expect("builds");
+        assert_eq!(rbs.len(), 2);
+        let admin = &rbs[0];
+        assert_eq!(admin.role_ref.name, "admin");
+        assert_eq!(admin.subjects.as_ref().map(Vec::len), Some(2));
+        assert_eq!(admin.metadata.owner_references.as_ref().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn compliance_restricts_pods_and_egress() {
+        let t = tenant(ACME);
+        let ns = namespace(&t, "acme-research").expect("builds");
+        let labels = ns.metadata.labels.unwrap_or_default();
+        assert_eq!(labels.get("pod-security.kubernetes.io/enforce").map(String::as_str), Some("restricted"));
+        assert_eq!(labels.get(TENANT_LABEL).map(String::as_str), Some("acme"));
+        let np = network_policy(&t, "acme-research").expect("builds").expect("isolated");
+        let types = np.spec.and_then(|s| s.policy_types).unwrap_or_default();
+        assert_eq!(types, vec!["Ingress".to_string(), "Egress".to_string()]);
+    }
+
+    #[test]
+    fn admission_rules_name_the_rule() {
+        let t = tenant(ACME);
+        let (policy, binding) = admission_policy(&t).expect("builds").expect("rules");
+        let validations = policy.spec.and_then(|s| s.validations).unwrap_or_default();
+        assert_eq!(validations.len(), 3);
+        assert!(validations[0].message.as_deref().unwrap_or("").contains("cordoned"));
+        assert!(validations[1].message_expression.as_deref().unwrap_or("").contains("allowedRegistries"));
+        assert!(validations[2].message.as_deref().unwrap_or("").contains("allowedGpuProducts"));
+        assert_eq!(binding.spec.and_then(|s| s.policy_name).as_deref(), Some("aleph-tenant-acme"));
+    }
+
+    #[test]
+    fn limit_range_always_defaults_requests() {
+        let t = tenant(ACME);
+        let lr = limit_range(&t, "acme-research").expect("builds");
+        let item = &lr.spec.expect("spec").limits[0];
+        assert!(item.default_request.as_ref().is_some_and(|d| d.contains_key("cpu") && d.contains_key("memory")));
+    }
+}

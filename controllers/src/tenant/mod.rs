@@ -1,0 +1,475 @@
+//! The Tenant reconciler: namespaces, quotas, limit ranges, network policies,
+//! role bindings and admission policies of an organisation.
+
+pub mod build;
+pub mod quota;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aleph_crds::common::{ConditionStatus, DeletionPolicy};
+use aleph_crds::tenant::{ResourceUsage, Tenant};
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::apply::{FINALIZER, MANAGER, TENANT_LABEL, apply_if_changed, patch_status_if_changed};
+use crate::conditions::{NewCondition, set_condition};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::runner::Reconcile;
+use build::QUOTA_NAME;
+use quota::Milli;
+
+/// Namespace label set once the namespace's ResourceQuota exists; until then
+/// the quota guard policy refuses pods there, so nothing escapes the quota.
+pub const QUOTA_READY_LABEL: &str = "aleph.dev/quota";
+/// The policy refusing pods in tenant namespaces whose quota is not in place yet.
+pub const QUOTA_GUARD_POLICY: &str = "aleph-tenant-quota-guard";
+
+/// The Tenant controller, watching what it makes.
+pub fn controller(client: &kube::Client) -> Controller<DeserializeGuard<Tenant>> {
+    let owned = || watcher::Config::default().labels(TENANT_LABEL).any_semantic();
+    Controller::new(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default().any_semantic())
+        .owns(Api::<ResourceQuota>::all(client.clone()), owned())
+        .owns(Api::<LimitRange>::all(client.clone()), owned())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
+        .owns(Api::<RoleBinding>::all(client.clone()), owned())
+        .owns(Api::<ValidatingAdmissionPolicy>::all(client.clone()), owned())
+        .watches(Api::<Namespace>::all(client.clone()), owned(), |ns: Namespace| {
+            ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
+        })
+}
+
+impl Reconcile for Tenant {
+    const CONTROLLER: &'static str = "tenant";
+
+    async fn reconcile(tenant: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+        let api: Api<Tenant> = Api::all(ctx.client.clone());
+        finalizer(&api, FINALIZER, tenant, |event| async {
+            match event {
+                FinalizerEvent::Apply(t) => apply(&t, &ctx).await,
+                FinalizerEvent::Cleanup(t) => cleanup(&t, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    }
+}
+
+static CLUSTER_POLICIES_APPLIED: AtomicBool = AtomicBool::new(false);
+
+/// The cluster-wide admission policies every tenant relies on, applied once per process.
+async fn ensure_cluster_policies(client: &kube::Client) -> Result<()> {
+    if CLUSTER_POLICIES_APPLIED.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let (policy, binding) = build::prevent_deletion_policy()?;
+    apply_if_changed(&policies, policies.get_opt(build::PREVENT_DELETION_POLICY).await?.as_ref(), &policy).await?;
+    apply_if_changed(&bindings, bindings.get_opt(build::PREVENT_DELETION_POLICY).await?.as_ref(), &binding).await?;
+    let (policy, binding) = quota_guard_policy()?;
+    apply_if_changed(&policies, policies.get_opt(QUOTA_GUARD_POLICY).await?.as_ref(), &policy).await?;
+    apply_if_changed(&bindings, bindings.get_opt(QUOTA_GUARD_POLICY).await?.as_ref(), &binding).await?;
+    CLUSTER_POLICIES_APPLIED.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+fn quota_guard_policy() -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+    let meta = json!({ "name": QUOTA_GUARD_POLICY, "labels": crate::apply::standard_labels("tenant", "all") });
+    let policy = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": meta,
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": { "resourceRules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"] }] },
+            "validations": [{
+                "expression": format!("has(namespaceObject.metadata.labels) && '{QUOTA_READY_LABEL}' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['{QUOTA_READY_LABEL}'] == 'ready'"),
+                "message": "the tenant quota of this namespace is not in place yet: retry in a few seconds",
+                "reason": "Forbidden",
+            }],
+        },
+    }))
+    .map_err(|e| Error::Serialization(e.to_string()))?;
+    let binding = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": meta,
+        "spec": {
+            "policyName": QUOTA_GUARD_POLICY,
+            "validationActions": ["Deny"],
+            "matchResources": { "namespaceSelector": { "matchExpressions": [{ "key": TENANT_LABEL, "operator": "Exists" }] } },
+        },
+    }))
+    .map_err(|e| Error::Serialization(e.to_string()))?;
+    Ok((policy, binding))
+}
+
+fn by_name<K: Resource>(items: Vec<K>) -> BTreeMap<(String, String), K> {
+    items.into_iter().map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o)).collect()
+}
+
+async fn list_labelled<K>(client: &kube::Client, tenant: &str) -> Result<BTreeMap<(String, String), K>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let list = api.list(&ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}"))).await?;
+    Ok(by_name(list.items))
+}
+
+async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
+    let client = &ctx.client;
+    let name = tenant.name_any();
+    let generation = tenant.metadata.generation;
+    ensure_cluster_policies(client).await?;
+
+    let hard = quota::tenant_hard(tenant.spec.plan, tenant.spec.quota.as_ref()).map_err(Error::InvalidSpec);
+    let hard = match hard {
+        Ok(hard) => hard,
+        Err(error) => {
+            let mut status = tenant.status.clone().unwrap_or_default();
+            set_condition(&mut status.conditions, NewCondition::no("Ready", "InvalidSpec", error.to_string()), generation);
+            status.observed_generation = generation;
+            patch_status_if_changed(&Api::<Tenant>::all(client.clone()), tenant, tenant.status.as_ref(), &status).await?;
+            return Err(error);
+        }
+    };
+
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let labelled: BTreeMap<String, Namespace> =
+        list_labelled::<Namespace>(client, &name).await?.into_iter().map(|((_, n), ns)| (n, ns)).collect();
+    let quotas = list_labelled::<ResourceQuota>(client, &name).await?;
+    let desired_names: Vec<String> =
+        tenant.spec.namespaces.iter().map(|n| build::namespace_name(&name, n)).collect::<BTreeSet<_>>().into_iter().collect();
+
+    // Namespaces: create or update ours, never take over somebody else's.
+    let mut conflicts = Vec::new();
+    let mut ready_namespaces = Vec::new();
+    let mut waiting = false;
+    for ns_name in &desired_names {
+        let observed = match labelled.get(ns_name) {
+            Some(ns) => Some(ns.clone()),
+            None => ns_api.get_opt(ns_name).await?,
+        };
+        if let Some(ns) = &observed {
+            if ns.labels().get(TENANT_LABEL).is_some_and(|t| t != &name) || (ns.labels().get(TENANT_LABEL).is_none()) {
+                conflicts.push(ns_name.clone());
+                continue;
+            }
+            if ns.metadata.deletion_timestamp.is_some() {
+                waiting = true;
+                continue;
+            }
+        }
+        let mut desired = build::namespace(tenant, ns_name)?;
+        if quotas.contains_key(&(ns_name.clone(), QUOTA_NAME.to_string())) {
+            desired.labels_mut().insert(QUOTA_READY_LABEL.to_string(), "ready".to_string());
+        }
+        apply_if_changed(&ns_api, observed.as_ref(), &desired).await?;
+        ready_namespaces.push(ns_name.clone());
+    }
+
+    // Namespaces taken off the list.
+    for (ns_name, ns) in &labelled {
+        if desired_names.contains(ns_name) || ns.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        release_namespace(&ns_api, ns_name, tenant.spec.deletion_policy).await?;
+    }
+
+    // Per-namespace children.
+    let limit_ranges = list_labelled::<LimitRange>(client, &name).await?;
+    let policies = list_labelled::<NetworkPolicy>(client, &name).await?;
+    let bindings = list_labelled::<RoleBinding>(client, &name).await?;
+    for ns_name in &ready_namespaces {
+        let lr = build::limit_range(tenant, ns_name)?;
+        let key = (ns_name.clone(), build::LIMIT_RANGE_NAME.to_string());
+        apply_if_changed(&Api::namespaced(client.clone(), ns_name), limit_ranges.get(&key), &lr).await?;
+
+        let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns_name);
+        let key = (ns_name.clone(), build::NETWORK_POLICY_NAME.to_string());
+        match build::network_policy(tenant, ns_name)? {
+            Some(np) => {
+                apply_if_changed(&np_api, policies.get(&key), &np).await?;
+            }
+            None if policies.contains_key(&key) => delete_ignoring_missing(&np_api, build::NETWORK_POLICY_NAME).await?,
+            None => {}
+        }
+
+        let rb_api: Api<RoleBinding> = Api::namespaced(client.clone(), ns_name);
+        let desired = build::role_bindings(tenant, ns_name)?;
+        let wanted: BTreeSet<String> = desired.iter().map(|rb| rb.name_any()).collect();
+        for rb in &desired {
+            apply_if_changed(&rb_api, bindings.get(&(ns_name.clone(), rb.name_any())), rb).await?;
+        }
+        for (ns, rb_name) in bindings.keys() {
+            if ns == ns_name && !wanted.contains(rb_name) {
+                delete_ignoring_missing(&rb_api, rb_name).await?;
+            }
+        }
+    }
+
+    // Admission rules.
+    let vap_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let vapb_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let policy_name = build::admission_policy_name(&name);
+    match build::admission_policy(tenant)? {
+        Some((policy, binding)) => {
+            apply_if_changed(&vap_api, vap_api.get_opt(&policy_name).await?.as_ref(), &policy).await?;
+            apply_if_changed(&vapb_api, vapb_api.get_opt(&policy_name).await?.as_ref(), &binding).await?;
+        }
+        None => {
+            delete_ignoring_missing(&vapb_api, &policy_name).await?;
+            delete_ignoring_missing(&vap_api, &policy_name).await?;
+        }
+    }
+
+    // The tenant-wide quota, split over the namespaces that exist.
+    let rebalance = rebalance_quotas(tenant, client, &ready_namespaces, &quotas, &hard).await?;
+
+    // Status.
+    let usage = aggregate_usage(&quotas, &ready_namespaces, &hard);
+    let mut status = tenant.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    status.namespaces = ready_namespaces.clone();
+    status.namespace_count = i32::try_from(ready_namespaces.len()).unwrap_or(i32::MAX);
+    status.gpus = usage.get(quota::GPU).map(|u| format!("{}/{}", u.used, u.hard));
+    let all_quotas_in_place = ready_namespaces.iter().all(|ns| quotas.contains_key(&(ns.clone(), QUOTA_NAME.to_string())));
+    let was_ready = crate::conditions::is_true(&status.conditions, "Ready");
+    let ready = if !conflicts.is_empty() {
+        NewCondition::no(
+            "Ready",
+            "NamespaceConflict",
+            format!("namespaces {} already exist and belong to somebody else: rename them in spec.namespaces", conflicts.join(", ")),
+        )
+    } else if waiting || !all_quotas_in_place || ready_namespaces.len() != desired_names.len() || rebalance.pending {
+        NewCondition::no("Ready", "Provisioning", "creating the tenant's namespaces and quotas")
+    } else {
+        NewCondition::yes("Ready", "Provisioned", format!("{} namespaces provisioned", ready_namespaces.len()))
+    };
+    let is_ready = ready.status == ConditionStatus::True;
+    set_condition(&mut status.conditions, ready, generation);
+    let exhausted: Vec<String> = usage
+        .iter()
+        .filter(|(r, u)| hard.get(r.as_str()).is_some_and(|h| *h > 0) && u.used == u.hard)
+        .map(|(r, u)| format!("{r} ({}/{})", u.used, u.hard))
+        .collect();
+    let was_exhausted = crate::conditions::is_true(&status.conditions, "QuotaExhausted");
+    let exhausted_condition = if exhausted.is_empty() {
+        NewCondition::no("QuotaExhausted", "WithinQuota", "usage is below the tenant quota")
+    } else {
+        NewCondition::yes(
+            "QuotaExhausted",
+            "QuotaExhausted",
+            format!("the tenant uses all of {}: raise spec.quota or free resources", exhausted.join(", ")),
+        )
+    };
+    let note = exhausted_condition.message.clone();
+    set_condition(&mut status.conditions, exhausted_condition, generation);
+    status.usage = usage;
+    let changed = patch_status_if_changed(&Api::<Tenant>::all(client.clone()), tenant, tenant.status.as_ref(), &status).await?;
+    if changed && is_ready && !was_ready {
+        ctx.event(tenant, EventType::Normal, "TenantProvisioned", format!("{} namespaces provisioned", status.namespace_count)).await;
+    }
+    if changed && !exhausted.is_empty() && !was_exhausted {
+        ctx.event(tenant, EventType::Warning, "QuotaExhausted", note).await;
+    }
+    Ok(if is_ready && !rebalance.pending {
+        Action::requeue(Duration::from_secs(3600))
+    } else {
+        Action::requeue(Duration::from_secs(2))
+    })
+}
+
+async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes a namespace the tenant no longer lists, or with Retain lets it go
+/// (drops the tenant's labels so no policy of the tenant applies any more).
+async fn release_namespace(api: &Api<Namespace>, name: &str, policy: DeletionPolicy) -> Result<()> {
+    match policy {
+        DeletionPolicy::Delete => delete_ignoring_missing(api, name).await,
+        DeletionPolicy::Retain => {
+            let patch = json!({ "metadata": { "labels": { TENANT_LABEL: null, QUOTA_READY_LABEL: null } } });
+            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
+    let name = tenant.name_any();
+    let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
+    let labelled = list_labelled::<Namespace>(&ctx.client, &name).await?;
+    for (_, ns_name) in labelled.keys() {
+        release_namespace(&ns_api, ns_name, tenant.spec.deletion_policy).await?;
+    }
+    ctx.event(tenant, EventType::Normal, "TenantDeleted", match tenant.spec.deletion_policy {
+        DeletionPolicy::Delete => format!("deleting {} namespaces", labelled.len()),
+        DeletionPolicy::Retain => format!("released {} namespaces (Retain)", labelled.len()),
+    })
+    .await;
+    Ok(Action::await_change())
+}
+
+fn quota_values(map: Option<&BTreeMap<String, Quantity>>) -> BTreeMap<String, Milli> {
+    map.map(|m| m.iter().filter_map(|(k, v)| quota::parse_quantity(&v.0).ok().map(|q| (k.clone(), q))).collect())
+        .unwrap_or_default()
+}
+
+/// Sum of usage over the tenant's namespaces, against the tenant's hard limits.
+fn aggregate_usage(
+    quotas: &BTreeMap<(String, String), ResourceQuota>,
+    namespaces: &[String],
+    hard: &BTreeMap<&'static str, Milli>,
+) -> BTreeMap<String, ResourceUsage> {
+    let mut used: BTreeMap<&str, Milli> = hard.keys().map(|k| (*k, 0)).collect();
+    for ns in namespaces {
+        let Some(rq) = quotas.get(&(ns.clone(), QUOTA_NAME.to_string())) else { continue };
+        let values = quota_values(rq.status.as_ref().and_then(|s| s.used.as_ref()));
+        for (resource, total) in used.iter_mut() {
+            *total += values.get(*resource).copied().unwrap_or(0);
+        }
+    }
+    used.into_iter()
+        .map(|(r, u)| {
+            let h = hard.get(r).copied().unwrap_or(0);
+            (r.to_string(), ResourceUsage { used: quota::display(r, u), hard: quota::display(r, h) })
+        })
+        .collect()
+}
+
+struct Rebalance {
+    pending: bool,
+}
+
+/// Splits the tenant's hard limits over its namespaces' ResourceQuotas:
+/// lower first, then raise, each write conditioned on the quota's
+/// resourceVersion so a concurrent admission forces a fresh look.
+async fn rebalance_quotas(
+    tenant: &Tenant,
+    client: &kube::Client,
+    namespaces: &[String],
+    quotas: &BTreeMap<(String, String), ResourceQuota>,
+    hard: &BTreeMap<&'static str, Milli>,
+) -> Result<Rebalance> {
+    let mut current: Vec<(String, Option<ResourceQuota>, BTreeMap<String, Milli>, BTreeMap<String, Milli>)> = Vec::new();
+    for ns in namespaces {
+        let rq = quotas.get(&(ns.clone(), QUOTA_NAME.to_string())).cloned();
+        let h = quota_values(rq.as_ref().and_then(|q| q.spec.as_ref()).and_then(|s| s.hard.as_ref()));
+        let mut u = quota_values(rq.as_ref().and_then(|q| q.status.as_ref()).and_then(|s| s.used.as_ref()));
+        // The quota controller has not counted yet: assume the namespace uses its whole hard limit.
+        let counted = rq.as_ref().and_then(|q| q.status.as_ref()).and_then(|s| s.hard.as_ref()).is_some_and(|sh| {
+            quota_values(Some(sh)) == h
+        });
+        if rq.is_some() && !counted {
+            u = h.clone();
+        }
+        current.push((ns.clone(), rq, h, u));
+    }
+    let mut target: Vec<BTreeMap<String, Milli>> = vec![BTreeMap::new(); current.len()];
+    for (resource, tenant_hard) in hard {
+        let used: Vec<Milli> = current.iter().map(|(_, _, _, u)| u.get(*resource).copied().unwrap_or(0)).collect();
+        for (i, share) in quota::split(*tenant_hard, &used, quota::unit_of(resource)).into_iter().enumerate() {
+            target[i].insert(resource.to_string(), share);
+        }
+    }
+    let mut pending = false;
+    // Phase 1: lower (and create new quotas, which start from their share; the
+    // shares of existing namespaces only shrink in this phase).
+    let mut lowered = Vec::new();
+    for (i, (ns, rq, h, _)) in current.iter().enumerate() {
+        let api: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+        match rq {
+            Some(rq) => {
+                let lower: BTreeMap<String, Milli> =
+                    target[i].iter().map(|(r, t)| (r.clone(), (*t).min(h.get(r).copied().unwrap_or(*t)))).collect();
+                if &lower != h {
+                    let updated = replace_hard(&api, rq, &lower).await?;
+                    lowered.push((i, Some(updated)));
+                    pending = true;
+                } else {
+                    lowered.push((i, Some(rq.clone())));
+                }
+            }
+            None => lowered.push((i, None)),
+        }
+    }
+    // Phase 2: raise, and create the missing quotas.
+    for (i, rq) in lowered {
+        let (ns, _, _, _) = &current[i];
+        let api: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+        match rq {
+            Some(rq) => {
+                let h = quota_values(rq.spec.as_ref().and_then(|s| s.hard.as_ref()));
+                if h != target[i] {
+                    replace_hard(&api, &rq, &target[i]).await?;
+                    pending = true;
+                }
+            }
+            None => {
+                let rq: ResourceQuota = serde_json::from_value(json!({
+                    "apiVersion": "v1",
+                    "kind": "ResourceQuota",
+                    "metadata": {
+                        "name": QUOTA_NAME,
+                        "namespace": ns,
+                        "labels": build::tenant_labels(&tenant.name_any()),
+                        "ownerReferences": crate::apply::controller_ref(tenant).into_iter().collect::<Vec<_>>(),
+                    },
+                    "spec": { "hard": to_quantities(&target[i]) },
+                }))
+                .map_err(|e| Error::Serialization(e.to_string()))?;
+                match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() }, &rq).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                pending = true;
+            }
+        }
+    }
+    Ok(Rebalance { pending })
+}
+
+fn to_quantities(values: &BTreeMap<String, Milli>) -> BTreeMap<String, Quantity> {
+    values.iter().map(|(k, v)| (k.clone(), Quantity(quota::format_quantity(*v)))).collect()
+}
+
+/// Replaces the hard limits of `rq`, failing with a conflict if it changed since read.
+async fn replace_hard(api: &Api<ResourceQuota>, rq: &ResourceQuota, hard: &BTreeMap<String, Milli>) -> Result<ResourceQuota> {
+    let mut updated = rq.clone();
+    updated.metadata.managed_fields = None;
+    let spec = updated.spec.get_or_insert_with(Default::default);
+    spec.hard = Some(to_quantities(hard));
+    Ok(api
+        .replace(&rq.name_any(), &PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() }, &updated)
+        .await?)
+}

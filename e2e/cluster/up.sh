@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# Starts the local control plane: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler and the kwok controller as processes on 127.0.0.1, then
+# registers the fake CPU and GPU nodes. State (certificates, data, logs, pids)
+# lives in $ALEPH_STATE, outside the clone.
+#
+# Idempotent: when the cluster recorded in $ALEPH_STATE is up and healthy it only
+# prints the export line. Anything else recorded there is stopped and replaced.
+#
+# Ports are picked free at random unless set: ALEPH_ETCD_PORT,
+# ALEPH_ETCD_PEER_PORT, ALEPH_APISERVER_PORT, ALEPH_KCM_PORT,
+# ALEPH_SCHEDULER_PORT, ALEPH_KWOK_PORT. ALEPH_START_TIMEOUT (seconds, default
+# 120) bounds the wait for each component.
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+timeout=${ALEPH_START_TIMEOUT:-120}
+PKI=$ALEPH_STATE/pki
+KUBECONFIG_FILE=$ALEPH_STATE/kubeconfig
+started_at=$SECONDS
+
+mkdir -p "$ALEPH_CACHE"
+exec 9>"$ALEPH_CACHE/cluster.lock"
+flock 9
+
+for bin in "${COMPONENTS[@]}" kubectl; do
+  if [ ! -x "$(bin_path "$bin")" ]; then
+    log "$bin is not built: run $CLUSTER_DIR/build.sh first"
+    exit 1
+  fi
+done
+KUBECTL=$(bin_path kubectl)
+
+print_export() { echo "export KUBECONFIG=$KUBECONFIG_FILE"; }
+
+apiserver_ready() {
+  [ -f "$ALEPH_STATE/ports.env" ] || return 1
+  # shellcheck disable=SC1091
+  source "$ALEPH_STATE/ports.env"
+  curl -fsS --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+    "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
+}
+
+cluster_healthy() {
+  local name
+  for name in "${COMPONENTS[@]}"; do
+    component_pid "$name" >/dev/null || return 1
+  done
+  apiserver_ready
+}
+
+if cluster_healthy; then
+  log "the local control plane is already up ($ALEPH_STATE)"
+  print_export
+  exit 0
+fi
+
+if [ -d "$ALEPH_STATE" ]; then
+  ensure_state_dir_is_ours
+  log "replacing the stale cluster state in $ALEPH_STATE"
+  stop_components
+  rm -rf "$ALEPH_STATE"
+fi
+mkdir -p "$ALEPH_STATE"/{pki,logs,pids}
+
+on_error() {
+  log "the control plane did not start; logs are in $ALEPH_STATE/logs"
+  stop_components
+}
+trap on_error ERR
+
+# --- ports -------------------------------------------------------------------
+
+port_in_use() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
+
+taken=" "
+pick_port() {
+  local fixed=$1 port
+  if [ -n "$fixed" ]; then
+    if port_in_use "$fixed"; then
+      log "port $fixed is already in use"
+      return 1
+    fi
+    port=$fixed
+  else
+    while :; do
+      port=$((20000 + RANDOM % 30000))
+      [[ $taken == *" $port "* ]] && continue
+      port_in_use "$port" || break
+    done
+  fi
+  taken+="$port "
+  echo "$port"
+}
+
+ETCD_PORT=$(pick_port "${ALEPH_ETCD_PORT:-}")
+ETCD_PEER_PORT=$(pick_port "${ALEPH_ETCD_PEER_PORT:-}")
+APISERVER_PORT=$(pick_port "${ALEPH_APISERVER_PORT:-}")
+KCM_PORT=$(pick_port "${ALEPH_KCM_PORT:-}")
+SCHEDULER_PORT=$(pick_port "${ALEPH_SCHEDULER_PORT:-}")
+KWOK_PORT=$(pick_port "${ALEPH_KWOK_PORT:-}")
+cat >"$ALEPH_STATE/ports.env" <<EOF
+ETCD_PORT=$ETCD_PORT
+ETCD_PEER_PORT=$ETCD_PEER_PORT
+APISERVER_PORT=$APISERVER_PORT
+KCM_PORT=$KCM_PORT
+SCHEDULER_PORT=$SCHEDULER_PORT
+KWOK_PORT=$KWOK_PORT
+EOF
+SERVER=https://127.0.0.1:$APISERVER_PORT
+
+# --- certificates ------------------------------------------------------------
+
+ssl() { openssl "$@" 2>>"$ALEPH_STATE/logs/openssl.log"; }
+
+# ECDSA P-256 keys: as good as RSA here, and made in a millisecond.
+genkey() { ssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
+
+# name subject: a self-signed CA.
+make_ca() {
+  genkey "$PKI/$1.key"
+  ssl req -x509 -new -key "$PKI/$1.key" -subj "$2" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -out "$PKI/$1.crt"
+}
+
+# ca name subject extensions: a key and a certificate signed by the CA.
+issue() {
+  local ca=$1 name=$2 subject=$3 ext=$4
+  genkey "$PKI/$name.key"
+  ssl req -new -key "$PKI/$name.key" -subj "$subject" -out "$PKI/$name.csr"
+  printf '%b\n' "$ext" >"$PKI/$name.ext"
+  ssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial \
+    -days 365 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt"
+  rm -f "$PKI/$name.csr" "$PKI/$name.ext"
+}
+
+client_ext='basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth'
+serving_ext='basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth'
+serving_ext+='\nsubjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default'
+serving_ext+=',DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local'
+
+log "making certificates"
+make_ca ca "/CN=aleph-local-ca"
+issue ca apiserver "/CN=kube-apiserver" "$serving_ext"
+issue ca admin "/O=system:masters/CN=aleph-admin" "$client_ext"
+issue ca kube-controller-manager "/CN=system:kube-controller-manager" "$client_ext"
+issue ca kube-scheduler "/CN=system:kube-scheduler" "$client_ext"
+issue ca kwok "/O=system:masters/CN=kwok-controller" "$client_ext"
+# The front proxy (request header) CA: how the API server authenticates itself
+# to aggregated API servers, and what the components' delegated authentication
+# expects to find in kube-system/extension-apiserver-authentication.
+make_ca front-proxy-ca "/CN=aleph-local-front-proxy-ca"
+issue front-proxy-ca front-proxy-client "/CN=front-proxy-client" "$client_ext"
+genkey "$PKI/sa.key"
+ssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
+
+# name user file: a kubeconfig with the user's certificate embedded.
+kubeconfig() {
+  local name=$1 file=$2
+  cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: aleph-local
+  cluster:
+    server: $SERVER
+    certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
+users:
+- name: $name
+  user:
+    client-certificate-data: $(base64 -w0 <"$PKI/$name.crt")
+    client-key-data: $(base64 -w0 <"$PKI/$name.key")
+contexts:
+- name: aleph-local
+  context:
+    cluster: aleph-local
+    user: $name
+current-context: aleph-local
+EOF
+  chmod 600 "$file"
+}
+kubeconfig admin "$KUBECONFIG_FILE"
+for name in kube-controller-manager kube-scheduler kwok; do
+  kubeconfig "$name" "$ALEPH_STATE/$name.kubeconfig"
+done
+
+# --- processes ---------------------------------------------------------------
+
+# name args...: starts a component in its own session, logging to logs/<name>.log.
+start() {
+  local name=$1 bin
+  shift
+  bin=$(bin_path "$name")
+  # fd 9 holds the lock of this script: the daemons must not keep it.
+  setsid "$bin" "$@" >"$ALEPH_STATE/logs/$name.log" 2>&1 </dev/null 9>&- &
+  echo $! >"$ALEPH_STATE/pids/$name.pid"
+}
+
+# name check...: waits until the check command succeeds; on timeout or when the
+# process exits, prints the end of its log and fails.
+wait_healthy() {
+  local name=$1 deadline=$((SECONDS + timeout))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    if ! component_pid "$name" >/dev/null; then
+      log "$name exited; the end of $ALEPH_STATE/logs/$name.log:"
+      tail -n 40 "$ALEPH_STATE/logs/$name.log" >&2
+      return 1
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      log "$name not healthy after ${timeout}s; the end of $ALEPH_STATE/logs/$name.log:"
+      tail -n 40 "$ALEPH_STATE/logs/$name.log" >&2
+      return 1
+    fi
+    sleep 0.25
+  done
+  log "$name is healthy ($((SECONDS - started_at))s)"
+}
+
+https_ok() { curl -fsSk --max-time 2 "$@"; }
+
+log "starting etcd on 127.0.0.1:$ETCD_PORT"
+start etcd \
+  --name=aleph \
+  --data-dir="$ALEPH_STATE/etcd" \
+  --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
+  --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster="aleph=http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster-state=new \
+  --unsafe-no-fsync \
+  --log-level=warn
+wait_healthy etcd curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
+
+log "starting kube-apiserver on $SERVER"
+start kube-apiserver \
+  --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+  --bind-address=127.0.0.1 \
+  --advertise-address=127.0.0.1 \
+  --secure-port="$APISERVER_PORT" \
+  --tls-cert-file="$PKI/apiserver.crt" \
+  --tls-private-key-file="$PKI/apiserver.key" \
+  --client-ca-file="$PKI/ca.crt" \
+  --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+  --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User \
+  --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+  --proxy-client-key-file="$PKI/front-proxy-client.key" \
+  --authorization-mode=Node,RBAC \
+  --enable-admission-plugins=NodeRestriction \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file="$PKI/sa.pub" \
+  --service-account-signing-key-file="$PKI/sa.key" \
+  --service-cluster-ip-range=10.96.0.0/16 \
+  --endpoint-reconciler-type=none \
+  --allow-privileged=true \
+  --profiling=false
+wait_healthy kube-apiserver https_ok --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$SERVER/readyz"
+
+# The node objects are created before kwok starts, which then takes them over.
+"$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" apply -f "$CLUSTER_DIR/manifests/nodes.yaml" >/dev/null
+
+log "starting kube-controller-manager, kube-scheduler and kwok"
+cp "$CLUSTER_DIR/manifests/kwok-stages.yaml" "$ALEPH_STATE/kwok.yaml"
+start kube-controller-manager \
+  --kubeconfig="$ALEPH_STATE/kube-controller-manager.kubeconfig" \
+  --authentication-kubeconfig="$ALEPH_STATE/kube-controller-manager.kubeconfig" \
+  --authorization-kubeconfig="$ALEPH_STATE/kube-controller-manager.kubeconfig" \
+  --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
+  --bind-address=127.0.0.1 \
+  --secure-port="$KCM_PORT" \
+  --leader-elect=false \
+  --controllers='*' \
+  --use-service-account-credentials=true \
+  --root-ca-file="$PKI/ca.crt" \
+  --service-account-private-key-file="$PKI/sa.key" \
+  --cluster-signing-cert-file="$PKI/ca.crt" \
+  --cluster-signing-key-file="$PKI/ca.key" \
+  --profiling=false
+start kube-scheduler \
+  --kubeconfig="$ALEPH_STATE/kube-scheduler.kubeconfig" \
+  --authentication-kubeconfig="$ALEPH_STATE/kube-scheduler.kubeconfig" \
+  --authorization-kubeconfig="$ALEPH_STATE/kube-scheduler.kubeconfig" \
+  --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
+  --bind-address=127.0.0.1 \
+  --secure-port="$SCHEDULER_PORT" \
+  --leader-elect=false \
+  --profiling=false
+start kwok \
+  --kubeconfig="$ALEPH_STATE/kwok.kubeconfig" \
+  --config="$ALEPH_STATE/kwok.yaml" \
+  --manage-all-nodes=false \
+  --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+  --server-address="127.0.0.1:$KWOK_PORT" \
+  --cidr=10.244.0.1/16 \
+  --node-ip=10.240.0.1 \
+  --node-lease-duration-seconds=40
+wait_healthy kube-controller-manager https_ok "https://127.0.0.1:$KCM_PORT/healthz"
+wait_healthy kube-scheduler https_ok "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+wait_healthy kwok curl -fsS --max-time 2 "http://127.0.0.1:$KWOK_PORT/healthz"
+
+kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+# description check...: waits until the check prints nothing and succeeds.
+wait_until_empty() {
+  local what=$1 deadline=$((SECONDS + timeout)) out
+  shift
+  until out=$("$@" 2>&1) && [ -z "$out" ]; do
+    if [ $SECONDS -ge $deadline ]; then
+      log "timed out after ${timeout}s waiting for $what: $out"
+      kc get nodes -o wide >&2 || true
+      return 1
+    fi
+    sleep 0.25
+  done
+}
+
+# Each prints what is not there yet; nothing when all is well.
+nodes_not_ready() {
+  kc get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' |
+    awk '$2 != "True" { print $1 }'
+}
+nodes_tainted_not_ready() {
+  kc get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.taints[*].key}{"\n"}{end}' |
+    awk '/node.kubernetes.io\/(not-ready|unreachable)/ { print $1 }'
+}
+no_default_service_account() {
+  kc get serviceaccount default --namespace default -o name >/dev/null 2>&1 || echo missing
+}
+
+log "waiting for the nodes to be Ready and schedulable"
+wait_until_empty "the nodes to be Ready" nodes_not_ready
+wait_until_empty "the not-ready taints to be lifted" nodes_tainted_not_ready
+wait_until_empty "the default ServiceAccount" no_default_service_account
+
+trap - ERR
+log "the local control plane is up in $((SECONDS - started_at))s ($ALEPH_STATE)"
+print_export

@@ -1,0 +1,193 @@
+//! Waiting for objects to reach a state, and explaining why they did not.
+
+use std::fmt::{Debug, Write as _};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+const MAX_EVENTS: usize = 50;
+
+/// Waits until the object `name` exists and `condition` holds for it, and
+/// returns it. On timeout, panics with the object's last YAML, the events of its
+/// namespace and its pods, so the test output says what happened.
+pub async fn wait_for<K, F>(api: &Api<K>, name: &str, timeout: Duration, mut condition: F) -> K
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    F: FnMut(&K) -> bool,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    let mut last_error = None;
+    loop {
+        match api.get_opt(name).await {
+            Ok(Some(object)) => {
+                if condition(&object) {
+                    return object;
+                }
+                last = Some(object);
+            }
+            Ok(None) => last = None,
+            Err(error) => last_error = Some(error.to_string()),
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let mut text = format!(
+        "timed out after {timeout:?} waiting for {} {name}",
+        api.resource_url()
+    );
+    if let Some(error) = last_error {
+        let _ = write!(text, " (last error: {error})");
+    }
+    text.push('\n');
+    text.push_str(&failure_report(api, name, last.as_ref()).await);
+    panic!("{text}");
+}
+
+/// Waits until the object `name` is gone. On timeout, panics with the same
+/// report as [`wait_for`].
+pub async fn wait_for_deletion<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match api.get_opt(name).await {
+            Ok(None) => return,
+            Ok(Some(object)) => last = Some(object),
+            Err(_) => {}
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let report = failure_report(api, name, last.as_ref()).await;
+    panic!(
+        "timed out after {timeout:?} waiting for {} {name} to be deleted\n{report}",
+        api.resource_url()
+    );
+}
+
+/// A readable account of an object and its surroundings: its YAML (without
+/// managed fields), the latest events of its namespace and the pods there.
+pub async fn failure_report<K>(api: &Api<K>, name: &str, object: Option<&K>) -> String
+where
+    K: Resource + Clone + Serialize,
+{
+    let mut text = String::new();
+    match object {
+        Some(object) => {
+            let mut object = object.clone();
+            object.meta_mut().managed_fields = None;
+            let yaml = serde_saphyr::to_string(&object).unwrap_or_else(|e| format!("({e})"));
+            let _ = writeln!(text, "--- last seen {name}:\n{yaml}");
+        }
+        None => {
+            let _ = writeln!(text, "--- {name} was not found");
+        }
+    }
+    let namespace = object
+        .and_then(|o| o.namespace())
+        .or_else(|| api.namespace().map(str::to_owned));
+    let client = api.clone().into_client();
+    text.push_str(&describe_namespace(&client, namespace.as_deref()).await);
+    text
+}
+
+async fn describe_namespace(client: &Client, namespace: Option<&str>) -> String {
+    let mut text = String::new();
+    let (events, pods): (Api<Event>, Api<Pod>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let scope = namespace.map_or_else(
+        || "all namespaces".to_owned(),
+        |ns| format!("namespace {ns}"),
+    );
+    match events.list(&ListParams::default()).await {
+        Ok(list) => {
+            let mut items = list.items;
+            items.sort_by_key(event_time);
+            let skip = items.len().saturating_sub(MAX_EVENTS);
+            let _ = writeln!(
+                text,
+                "--- events in {scope} (latest {}):",
+                items.len() - skip
+            );
+            for event in items.iter().skip(skip) {
+                let _ = writeln!(
+                    text,
+                    "{} {} {}/{}: {}",
+                    event.type_.as_deref().unwrap_or("-"),
+                    event.reason.as_deref().unwrap_or("-"),
+                    event.involved_object.kind.as_deref().unwrap_or("-"),
+                    event.involved_object.name.as_deref().unwrap_or("-"),
+                    event.message.as_deref().unwrap_or("").trim(),
+                );
+            }
+        }
+        Err(error) => {
+            let _ = writeln!(text, "--- events in {scope}: cannot list ({error})");
+        }
+    }
+    if namespace.is_some() {
+        match pods.list(&ListParams::default()).await {
+            Ok(list) => {
+                let _ = writeln!(text, "--- pods in {scope}:");
+                for pod in &list.items {
+                    let _ = writeln!(text, "{}", pod_summary(pod));
+                }
+            }
+            Err(error) => {
+                let _ = writeln!(text, "--- pods in {scope}: cannot list ({error})");
+            }
+        }
+    }
+    text
+}
+
+fn event_time(event: &Event) -> Option<Timestamp> {
+    event
+        .last_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| event.event_time.as_ref().map(|t| t.0))
+        .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+fn pod_summary(pod: &Pod) -> String {
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("-");
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("-");
+    let conditions = status
+        .and_then(|s| s.conditions.as_ref())
+        .map(|cs| {
+            cs.iter()
+                .map(|c| match &c.reason {
+                    Some(reason) => format!("{}={}({reason})", c.type_, c.status),
+                    None => format!("{}={}", c.type_, c.status),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    format!("{} phase={phase} node={node} {conditions}", pod.name_any())
+}

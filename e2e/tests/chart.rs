@@ -1,0 +1,611 @@
+//! The Helm chart in `charts/aleph-operator`: `helm lint`, and what `helm template` renders —
+//! a Deployment that meets the restricted Pod Security Standard, RBAC without wildcards,
+//! leader election forced on with more than one replica — plus the chart's CRDs being the
+//! generated ones, byte for byte.
+//!
+//! Needs `helm`: `HELM` names it, else `helm` on `PATH`, else the one `e2e/cluster/build.sh`
+//! builds under `$ALEPH_CACHE/bin` (`~/.cache/aleph/bin/helm-*/helm`). Without it the tests
+//! that render fail rather than skip.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const NAMESPACE: &str = "aleph-system";
+const RELEASE: &str = "aleph";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the e2e crate sits in the workspace root")
+        .to_path_buf()
+}
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/aleph-operator")
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ALEPH_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("aleph");
+    }
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/aleph")
+}
+
+fn runs(helm: &Path) -> bool {
+    Command::new(helm)
+        .arg("version")
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+fn helm() -> PathBuf {
+    if let Some(helm) = std::env::var_os("HELM") {
+        let helm = PathBuf::from(helm);
+        assert!(runs(&helm), "HELM={} does not run", helm.display());
+        return helm;
+    }
+    let on_path = PathBuf::from("helm");
+    if runs(&on_path) {
+        return on_path;
+    }
+    let bin = cache_dir().join("bin");
+    let mut built: Vec<PathBuf> = fs::read_dir(&bin)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("helm-"))
+        .map(|entry| entry.path().join("helm"))
+        .filter(|helm| runs(helm))
+        .collect();
+    built.sort();
+    built.pop().unwrap_or_else(|| {
+        panic!(
+            "no helm: set HELM, put helm on PATH, or build it with e2e/cluster/build.sh \
+             (looked in {})",
+            bin.display()
+        )
+    })
+}
+
+/// Runs helm; its standard output, or its standard error as the error.
+fn run_helm(args: &[&str]) -> Result<String, String> {
+    let helm = helm();
+    let out = Command::new(&helm)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", helm.display()));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "helm {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// `helm template` with `--set` arguments: the rendered objects.
+fn try_render(sets: &[&str]) -> Result<Vec<Value>, String> {
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("a UTF-8 path");
+    let mut args = vec![
+        "template",
+        RELEASE,
+        chart,
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        "1.35.0",
+        "--include-crds",
+    ];
+    for set in sets {
+        args.push("--set");
+        args.push(set);
+    }
+    let out = run_helm(&args)?;
+    Ok(parse_documents(&out))
+}
+
+fn render(sets: &[&str]) -> Vec<Value> {
+    try_render(sets).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The objects of a multi-document YAML stream; empty and comment-only documents are dropped.
+fn parse_documents(stream: &str) -> Vec<Value> {
+    let mut objects = Vec::new();
+    for document in stream.split("\n---") {
+        let document = document.strip_prefix("---").unwrap_or(document);
+        let has_content = document
+            .lines()
+            .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'));
+        if !has_content {
+            continue;
+        }
+        let value: Value = serde_saphyr::from_str(document)
+            .unwrap_or_else(|e| panic!("rendered YAML does not parse: {e}\n{document}"));
+        if !value.is_null() {
+            objects.push(value);
+        }
+    }
+    objects
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn only<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found = of_kind(objects, kind);
+    assert_eq!(
+        found.len(),
+        1,
+        "want exactly one {kind}, rendered {}",
+        found.len()
+    );
+    found[0]
+}
+
+fn operator_container(objects: &[Value]) -> &Value {
+    let containers = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("the Deployment has containers");
+    containers
+        .iter()
+        .find(|c| c["name"] == "operator")
+        .expect("a container named operator")
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?
+        .get("value")?
+        .as_str()
+}
+
+#[test]
+fn helm_lint_passes() {
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("a UTF-8 path");
+    for extra in [
+        &[][..],
+        &["--set", "replicaCount=3,podDisruptionBudget.enabled=true"][..],
+        &[
+            "--set",
+            "serviceMonitor.enabled=true,networkPolicy.enabled=false",
+        ][..],
+    ] {
+        let mut args = vec!["lint", "--strict", chart, "--namespace", NAMESPACE];
+        args.extend_from_slice(extra);
+        if let Err(e) = run_helm(&args) {
+            panic!("{e}");
+        }
+    }
+}
+
+#[test]
+fn deployment_meets_restricted_pod_security() {
+    let objects = render(&[]);
+    let deployment = only(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let uid = pod["securityContext"]["runAsUser"].as_i64().unwrap_or(0);
+    assert!(uid > 0, "runs as uid {uid}");
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert_ne!(pod[host], true, "{host} is on");
+    }
+    for volume in pod["volumes"].as_array().into_iter().flatten() {
+        assert!(volume.get("hostPath").is_none(), "hostPath volume {volume}");
+    }
+
+    let containers = pod["containers"].as_array().expect("containers");
+    let init = pod["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for container in containers.iter().chain(init.iter()) {
+        let name = &container["name"];
+        let sc = &container["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true, "{name}: runAsNonRoot");
+        assert_eq!(
+            sc["readOnlyRootFilesystem"], true,
+            "{name}: readOnlyRootFilesystem"
+        );
+        assert_eq!(
+            sc["allowPrivilegeEscalation"], false,
+            "{name}: allowPrivilegeEscalation"
+        );
+        assert_ne!(sc["privileged"], true, "{name}: privileged");
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{name}: capabilities.drop"
+        );
+        assert!(
+            sc["capabilities"].get("add").is_none(),
+            "{name}: capabilities.add"
+        );
+        assert_eq!(
+            sc["seccompProfile"]["type"], "RuntimeDefault",
+            "{name}: seccomp"
+        );
+        for kind in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                assert!(
+                    !container["resources"][kind][resource].is_null(),
+                    "{name}: no {kind}.{resource}"
+                );
+            }
+        }
+        for port in container["ports"].as_array().into_iter().flatten() {
+            assert!(port.get("hostPort").is_none(), "{name}: hostPort");
+        }
+    }
+
+    let operator = operator_container(&objects);
+    assert_eq!(operator["args"], serde_json::json!(["run"]));
+    let metrics_port = operator["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["name"] == "metrics"))
+        .expect("a metrics port");
+    assert_eq!(metrics_port["containerPort"], 8080);
+    assert_eq!(
+        env_value(operator, "ALEPH_METRICS_ADDR"),
+        Some("0.0.0.0:8080")
+    );
+    for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
+        let get = &operator[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe} path");
+        assert_eq!(get["port"], "metrics", "{probe} port");
+    }
+}
+
+#[test]
+fn rbac_has_no_wildcards_and_least_privilege() {
+    let objects = render(&["serviceMonitor.enabled=true"]);
+    let mut roles = of_kind(&objects, "ClusterRole");
+    roles.extend(of_kind(&objects, "Role"));
+    assert!(roles.len() >= 2, "want a ClusterRole and a Role");
+    for role in &roles {
+        let name = &role["metadata"]["name"];
+        for rule in role["rules"].as_array().expect("rules") {
+            for field in [
+                "apiGroups",
+                "resources",
+                "verbs",
+                "resourceNames",
+                "nonResourceURLs",
+            ] {
+                for item in rule[field].as_array().into_iter().flatten() {
+                    let item = item.as_str().unwrap_or_default();
+                    assert!(
+                        !item.contains('*'),
+                        "{name}: {field} holds {item:?} in {rule}"
+                    );
+                }
+            }
+        }
+    }
+
+    let operator = format!("{RELEASE}-aleph-operator");
+    let cluster_role = of_kind(&objects, "ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == operator.as_str())
+        .expect("the operator's ClusterRole");
+    let grants = |group: &str, resource: &str, verb: &str| {
+        cluster_role["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|rule| {
+                let has = |field: &str, wanted: &str| {
+                    rule[field]
+                        .as_array()
+                        .is_some_and(|items| items.iter().any(|i| i == wanted))
+                };
+                has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+            })
+    };
+    for (group, resource, verb) in [
+        ("aleph.dev", "tenants", "watch"),
+        ("aleph.dev", "aimodels/status", "patch"),
+        ("aleph.dev", "pipelineruns", "create"),
+        ("aleph.dev", "pipelineruns/finalizers", "update"),
+        ("", "namespaces", "delete"),
+        ("", "pods", "list"),
+        ("", "events", "create"),
+        ("events.k8s.io", "events", "create"),
+        ("apps", "deployments", "patch"),
+        ("batch", "jobs", "create"),
+        ("autoscaling", "horizontalpodautoscalers", "patch"),
+        ("networking.k8s.io", "networkpolicies", "patch"),
+        ("rbac.authorization.k8s.io", "rolebindings", "patch"),
+        ("rbac.authorization.k8s.io", "clusterroles", "bind"),
+        ("rbac.authorization.k8s.io", "roles", "escalate"),
+        (
+            "admissionregistration.k8s.io",
+            "validatingadmissionpolicybindings",
+            "patch",
+        ),
+        ("gateway.networking.k8s.io", "httproutes", "patch"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    ] {
+        assert!(
+            grants(group, resource, verb),
+            "{operator} lacks {verb} {group}/{resource}"
+        );
+    }
+    for (group, resource, verb) in [
+        ("", "secrets", "get"),
+        ("", "pods", "delete"),
+        ("coordination.k8s.io", "leases", "update"),
+        ("rbac.authorization.k8s.io", "clusterroles", "create"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings", "create"),
+        (
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "update",
+        ),
+        ("aleph.dev", "tenants", "delete"),
+    ] {
+        assert!(
+            !grants(group, resource, verb),
+            "{operator} grants {verb} {group}/{resource}, which it must not need"
+        );
+    }
+
+    let lease_role = only(&objects, "Role");
+    assert_eq!(lease_role["metadata"]["namespace"], NAMESPACE);
+    let rules = lease_role["rules"].as_array().expect("rules");
+    assert!(
+        rules.iter().all(
+            |r| r["apiGroups"] == serde_json::json!(["coordination.k8s.io"])
+                && r["resources"] == serde_json::json!(["leases"])
+        ),
+        "the namespaced Role is for leases only: {rules:?}"
+    );
+    let binding = only(&objects, "RoleBinding");
+    assert_eq!(binding["roleRef"]["name"], lease_role["metadata"]["name"]);
+
+    let service_account = only(&objects, "ServiceAccount");
+    let cluster_binding = only(&objects, "ClusterRoleBinding");
+    assert_eq!(cluster_binding["roleRef"]["name"], operator.as_str());
+    for subject_of in [cluster_binding, binding] {
+        assert_eq!(
+            subject_of["subjects"][0]["name"],
+            service_account["metadata"]["name"]
+        );
+        assert_eq!(subject_of["subjects"][0]["namespace"], NAMESPACE);
+    }
+    let pod = &only(&objects, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["serviceAccountName"],
+        service_account["metadata"]["name"]
+    );
+}
+
+#[test]
+fn chart_crds_are_the_generated_crds() {
+    let yaml_files = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".yaml"))
+            .collect();
+        names.sort();
+        names
+    };
+    let generated = repo_root().join("crds");
+    let chart = chart_dir().join("crds");
+    let generated_files = yaml_files(&generated);
+    assert_eq!(generated_files.len(), 5, "one CRD file per kind in crds/");
+    let chart_entries: Vec<String> = fs::read_dir(&chart)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", chart.display()))
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut chart_entries = chart_entries;
+    chart_entries.sort();
+    assert_eq!(
+        chart_entries, generated_files,
+        "charts/aleph-operator/crds must hold exactly crds/*.yaml (run `make crds`)"
+    );
+    for name in &generated_files {
+        let want = fs::read(generated.join(name)).expect("read a generated CRD");
+        let got = fs::read(chart.join(name)).expect("read a chart CRD");
+        assert!(
+            want == got,
+            "charts/aleph-operator/crds/{name} differs from crds/{name} (run `make crds`)"
+        );
+    }
+}
+
+#[test]
+fn rendered_crds_are_the_five_kinds() {
+    let objects = render(&[]);
+    let mut names: Vec<&str> = of_kind(&objects, "CustomResourceDefinition")
+        .iter()
+        .filter_map(|crd| crd["metadata"]["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "aimodels.aleph.dev",
+            "pipelineruns.aleph.dev",
+            "pipelines.aleph.dev",
+            "plugins.aleph.dev",
+            "tenants.aleph.dev",
+        ]
+    );
+}
+
+#[test]
+fn more_than_one_replica_turns_leader_election_on() {
+    let leader_elect = |sets: &[&str]| {
+        let objects = render(sets);
+        let replicas = only(&objects, "Deployment")["spec"]["replicas"].clone();
+        let container = operator_container(&objects);
+        (
+            replicas,
+            env_value(container, "ALEPH_LEADER_ELECT").map(str::to_string),
+        )
+    };
+    let (replicas, on) = leader_elect(&["replicaCount=2", "operator.leaderElection.enabled=false"]);
+    assert_eq!(replicas, 2);
+    assert_eq!(
+        on.as_deref(),
+        Some("true"),
+        "2 replicas must elect a leader"
+    );
+
+    let (replicas, on) = leader_elect(&["replicaCount=1", "operator.leaderElection.enabled=false"]);
+    assert_eq!(replicas, 1);
+    assert_eq!(on.as_deref(), Some("false"));
+
+    let (_, on) = leader_elect(&[]);
+    assert_eq!(
+        on.as_deref(),
+        Some("true"),
+        "leader election is on by default"
+    );
+
+    let objects = render(&["replicaCount=2"]);
+    let container = operator_container(&objects);
+    assert_eq!(
+        env_value(container, "ALEPH_LEASE_NAMESPACE"),
+        Some(NAMESPACE)
+    );
+    assert_eq!(
+        env_value(container, "ALEPH_LEASE_NAME"),
+        Some(format!("{RELEASE}-aleph-operator").as_str())
+    );
+}
+
+#[test]
+fn values_become_the_operator_flags() {
+    let objects = render(&[
+        "operator.namespaces={team-a,team-b}",
+        "operator.concurrency=8",
+        "operator.kubeQps=20",
+        "operator.kubeBurst=40",
+        "operator.logLevel=debug",
+        "operator.logFormat=text",
+        "operator.metricsPort=9090",
+        "operator.aws.region=eu-west-1",
+        "operator.leaderElection.leaseDurationSeconds=30",
+        "operator.leaderElection.retrySeconds=5",
+    ]);
+    let container = operator_container(&objects);
+    for (name, value) in [
+        ("ALEPH_NAMESPACES", "team-a,team-b"),
+        ("ALEPH_CONCURRENCY", "8"),
+        ("ALEPH_KUBE_QPS", "20"),
+        ("ALEPH_KUBE_BURST", "40"),
+        ("ALEPH_LOG_LEVEL", "debug"),
+        ("ALEPH_LOG_FORMAT", "text"),
+        ("ALEPH_METRICS_ADDR", "0.0.0.0:9090"),
+        ("AWS_REGION", "eu-west-1"),
+        ("ALEPH_LEASE_DURATION", "30"),
+        ("ALEPH_LEASE_RETRY", "5"),
+    ] {
+        assert_eq!(env_value(container, name), Some(value), "{name}");
+    }
+    let pod_namespace = container["env"]
+        .as_array()
+        .and_then(|env| env.iter().find(|e| e["name"] == "POD_NAMESPACE"))
+        .expect("POD_NAMESPACE");
+    assert_eq!(
+        pod_namespace["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    let service = only(&objects, "Service");
+    assert_eq!(service["spec"]["ports"][0]["port"], 9090);
+
+    let defaults = render(&[]);
+    let container = operator_container(&defaults);
+    assert_eq!(env_value(container, "ALEPH_NAMESPACES"), Some(""));
+    assert_eq!(env_value(container, "AWS_REGION"), None);
+}
+
+#[test]
+fn optional_objects_follow_their_switches() {
+    let defaults = render(&[]);
+    assert!(of_kind(&defaults, "ServiceMonitor").is_empty());
+    assert!(of_kind(&defaults, "PodDisruptionBudget").is_empty());
+    let policy = only(&defaults, "NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+
+    let enabled = render(&[
+        "serviceMonitor.enabled=true",
+        "podDisruptionBudget.enabled=true",
+        "networkPolicy.enabled=false",
+        "replicaCount=2",
+    ]);
+    let monitor = only(&enabled, "ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let budget = only(&enabled, "PodDisruptionBudget");
+    assert_eq!(budget["spec"]["minAvailable"], 1);
+    assert!(of_kind(&enabled, "NetworkPolicy").is_empty());
+}
+
+#[test]
+fn sync_waves_put_rbac_before_the_deployment() {
+    let objects = render(&["serviceMonitor.enabled=true"]);
+    let wave = |object: &Value| -> i64 {
+        object["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]
+            .as_str()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0)
+    };
+    let deployment = wave(only(&objects, "Deployment"));
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ] {
+        for object in of_kind(&objects, kind) {
+            assert!(
+                wave(object) < deployment,
+                "{kind} syncs after the Deployment"
+            );
+        }
+    }
+    assert!(wave(only(&objects, "ServiceMonitor")) > deployment);
+}
+
+#[test]
+fn schema_rejects_bad_values() {
+    for bad in [
+        "operator.logFormat=xml",
+        "operator.concurrency=0",
+        "securityContext.runAsUser=0",
+        "image.pullPolicy=Sometimes",
+        "replicaCount=-1",
+        "no.such.value=1",
+    ] {
+        assert!(try_render(&[bad]).is_err(), "--set {bad} was accepted");
+    }
+}

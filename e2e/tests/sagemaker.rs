@@ -1,0 +1,1339 @@
+//! SageMaker without Kubernetes: the sagas through the real aws-sdk-sagemaker
+//! client over HTTP, against moto (the API contract; started with
+//! `e2e/sagemaker/moto.sh` unless `ALEPH_MOTO_URL` names a running one) and
+//! against the in-repo fake (lifecycles, Stop, Update, throttling and 5xx).
+//!
+//! `cargo test -p aleph-e2e --test sagemaker -- --nocapture` prints the fake's
+//! counters of the fault test.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use aleph_controllers::metrics::SageMakerCallLabels;
+use aleph_controllers::sagemaker::aws::{AwsSageMaker, AwsSageMakerConfig};
+use aleph_controllers::sagemaker::naming::{
+    endpoint_config_name, is_owned, model_name, training_job_name,
+};
+use aleph_controllers::sagemaker::{
+    CleanupOutcome, EndpointOutcome, RecoverableKind, SageMakerApi, SageMakerError,
+    TrainingOutcome, cleanup, reconcile_endpoint, reconcile_training,
+};
+use aleph_crds::{
+    ConditionStatus, DeletionPolicy, EndpointStatus, SageMakerServing, SageMakerTraining,
+    TrainingStatus,
+};
+use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
+use aws_config::BehaviorVersion;
+use aws_sdk_sagemaker::config::Credentials;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+type Calls = Family<SageMakerCallLabels, Counter>;
+
+const REGION: &str = "us-east-1";
+const NAMESPACE: &str = "team-a";
+
+fn adapter_config() -> AwsSageMakerConfig {
+    AwsSageMakerConfig {
+        region: Some(REGION.into()),
+        endpoint_url: None,
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+        operation_timeout: Duration::from_secs(30),
+        attempt_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+    }
+}
+
+/// The real adapter, with fake static credentials, pointed at `url`.
+async fn adapter_with(url: &str, config: AwsSageMakerConfig, calls: Calls) -> AwsSageMaker {
+    let loader =
+        aws_config::defaults(BehaviorVersion::latest()).credentials_provider(Credentials::new(
+            "AKIDALEPHE2E",
+            "aleph-e2e-not-a-secret",
+            None,
+            None,
+            "aleph-e2e",
+        ));
+    let config = AwsSageMakerConfig {
+        endpoint_url: Some(url.to_string()),
+        ..config
+    };
+    match AwsSageMaker::load(loader, &config, calls).await {
+        Ok(adapter) => adapter,
+        Err(e) => panic!("building the SageMaker adapter: {e}"),
+    }
+}
+
+async fn adapter(url: &str) -> AwsSageMaker {
+    adapter_with(url, adapter_config(), Calls::default()).await
+}
+
+async fn fake(config: FakeConfig) -> SageMakerFake {
+    match SageMakerFake::start(config).await {
+        Ok(fake) => fake,
+        Err(e) => panic!("starting the SageMaker fake: {e}"),
+    }
+}
+
+fn uid() -> String {
+    let n: u64 = rand::random();
+    format!("00000000-e2e0-4000-8000-{:012x}", n & 0xffff_ffff_ffff)
+}
+
+fn training_spec(tags: &[(&str, &str)]) -> SageMakerTraining {
+    let mut spec: SageMakerTraining = serde_json::from_value(serde_json::json!({
+        "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7",
+        "roleArn": "arn:aws:iam::123456789012:role/aleph-training",
+        "instanceType": "ml.m5.xlarge",
+        "outputS3Uri": "s3://aleph-e2e/models",
+        "hyperparameters": {"num_round": "50"},
+        "inputs": [{"name": "train", "s3Uri": "s3://aleph-e2e/data/train", "contentType": "text/csv"}]
+    }))
+    .expect("a valid training spec");
+    spec.tags = tags
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    spec
+}
+
+fn serving_spec(image: &str, endpoint_name: Option<&str>) -> SageMakerServing {
+    let mut serving: SageMakerServing = serde_json::from_value(serde_json::json!({
+        "image": image,
+        "roleArn": "arn:aws:iam::123456789012:role/aleph-serving",
+        "instanceType": "ml.m5.large"
+    }))
+    .expect("a valid serving spec");
+    serving.endpoint_name = endpoint_name.map(str::to_string);
+    serving
+}
+
+const SERVE_IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost-serve:1.7";
+
+/// Runs the training saga until `done` says stop (at most `max` passes),
+/// carrying the status from pass to pass like the status subresource would.
+async fn train_until(
+    api: &dyn SageMakerApi,
+    owner: &str,
+    name: &str,
+    spec: &SageMakerTraining,
+    mut status: Option<TrainingStatus>,
+    max: usize,
+    done: impl Fn(&TrainingOutcome) -> bool,
+) -> (TrainingOutcome, Vec<&'static str>) {
+    let mut reasons = Vec::new();
+    for _ in 0..max {
+        let outcome =
+            match reconcile_training(api, owner, NAMESPACE, name, spec, status.as_ref()).await {
+                Ok(outcome) => outcome,
+                Err(e) => panic!("training saga: {e}"),
+            };
+        reasons.extend(outcome.events.iter().map(|e| e.reason));
+        status = Some(outcome.status.clone());
+        if done(&outcome) {
+            return (outcome, reasons);
+        }
+    }
+    panic!("the training saga did not get there in {max} passes; last status {status:?}");
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_until(
+    api: &dyn SageMakerApi,
+    owner: &str,
+    name: &str,
+    serving: &SageMakerServing,
+    artifact: &str,
+    mut status: Option<EndpointStatus>,
+    adopt: Option<&str>,
+    max: usize,
+    done: impl Fn(&EndpointOutcome) -> bool,
+) -> (EndpointOutcome, Vec<&'static str>) {
+    let mut reasons = Vec::new();
+    for _ in 0..max {
+        let outcome = match reconcile_endpoint(
+            api,
+            owner,
+            NAMESPACE,
+            name,
+            serving,
+            artifact,
+            status.as_ref(),
+            adopt,
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => panic!("endpoint saga: {e}"),
+        };
+        reasons.extend(outcome.events.iter().map(|e| e.reason));
+        status = outcome.status.clone();
+        if done(&outcome) {
+            return (outcome, reasons);
+        }
+    }
+    panic!("the endpoint saga did not get there in {max} passes; last status {status:?}");
+}
+
+async fn cleanup_until_done(
+    api: &dyn SageMakerApi,
+    owner: &str,
+    training: Option<&TrainingStatus>,
+    endpoint: Option<&EndpointStatus>,
+    policy: DeletionPolicy,
+) -> usize {
+    for pass in 1..=20 {
+        match cleanup(api, owner, training, endpoint, policy).await {
+            Ok(CleanupOutcome::Done) => return pass,
+            Ok(CleanupOutcome::RequeueAfter { .. }) => {}
+            Err(e) => panic!("cleanup: {e}"),
+        }
+    }
+    panic!("cleanup did not finish in 20 passes");
+}
+
+// ---------------------------------------------------------------------------
+// moto: the API contract.
+// ---------------------------------------------------------------------------
+
+/// moto's URL: `ALEPH_MOTO_URL`, the server `e2e/sagemaker/moto.sh` recorded
+/// as running, or one it starts now (then `true`: stop it at the end). Fails
+/// loudly when none works.
+fn moto_url() -> (String, bool) {
+    if let Ok(url) = std::env::var("ALEPH_MOTO_URL") {
+        if !url.is_empty() {
+            return (url, false);
+        }
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/sagemaker/moto.sh");
+    // One already running (started by hand or by another run): use it, leave it.
+    if let Ok(output) = Command::new("bash").arg(script).arg("url").output() {
+        let url = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if output.status.success() && !url.is_empty() {
+            return (url, false);
+        }
+    }
+    let output = match Command::new("bash").arg(script).arg("start").output() {
+        Ok(output) => output,
+        Err(e) => panic!("running {script} start: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "moto is needed for this test and {script} start failed (set ALEPH_MOTO_URL to use a running moto_server):\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let url = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("export ALEPH_MOTO_URL="))
+        .unwrap_or_else(|| panic!("{script} start printed no URL:\n{stdout}"))
+        .trim()
+        .to_string();
+    (url, true)
+}
+
+fn stop_moto() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/sagemaker/moto.sh");
+    let _ = Command::new("bash").arg(script).arg("stop").status();
+}
+
+/// Lists with the SDK directly, to count what exists (the port has no List).
+struct Lister(aws_sdk_sagemaker::Client);
+
+impl Lister {
+    async fn new(url: &str) -> Self {
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .credentials_provider(Credentials::new(
+                "AKIDALEPHE2E",
+                "aleph-e2e-not-a-secret",
+                None,
+                None,
+                "aleph-e2e",
+            ))
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(url)
+            .load()
+            .await;
+        Self(aws_sdk_sagemaker::Client::new(&sdk))
+    }
+
+    async fn training_jobs(&self, contains: &str) -> Vec<String> {
+        let out = self
+            .0
+            .list_training_jobs()
+            .name_contains(contains)
+            .max_results(100)
+            .send()
+            .await;
+        let out = out.unwrap_or_else(|e| panic!("ListTrainingJobs: {e:?}"));
+        out.training_job_summaries()
+            .iter()
+            .filter_map(|s| s.training_job_name())
+            .filter(|n| n.contains(contains))
+            .map(str::to_string)
+            .collect()
+    }
+
+    async fn models(&self, owner: &str) -> Vec<String> {
+        let out = self.0.list_models().max_results(100).send().await;
+        let out = out.unwrap_or_else(|e| panic!("ListModels: {e:?}"));
+        out.models()
+            .iter()
+            .filter_map(|m| m.model_name())
+            .filter(|n| is_owned(n, owner))
+            .map(str::to_string)
+            .collect()
+    }
+
+    async fn endpoint_configs(&self, owner: &str) -> Vec<String> {
+        let out = self.0.list_endpoint_configs().max_results(100).send().await;
+        let out = out.unwrap_or_else(|e| panic!("ListEndpointConfigs: {e:?}"));
+        out.endpoint_configs()
+            .iter()
+            .filter_map(|c| c.endpoint_config_name())
+            .filter(|n| is_owned(n, owner))
+            .map(str::to_string)
+            .collect()
+    }
+
+    async fn endpoints(&self, name: &str) -> Vec<String> {
+        let out = self
+            .0
+            .list_endpoints()
+            .name_contains(name)
+            .max_results(100)
+            .send()
+            .await;
+        let out = out.unwrap_or_else(|e| panic!("ListEndpoints: {e:?}"));
+        out.endpoints()
+            .iter()
+            .filter_map(|e| e.endpoint_name())
+            .filter(|n| *n == name)
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn moto_training_endpoint_and_cleanup() {
+    let (url, started) = moto_url();
+    let calls = Calls::default();
+    let api = adapter_with(&url, adapter_config(), calls.clone()).await;
+    let list = Lister::new(&url).await;
+
+    // Training: one job, however many passes.
+    let owner = uid();
+    let spec = training_spec(&[]);
+    let job = training_job_name(&owner, "fraud", &spec);
+    let first = reconcile_training(&api, &owner, NAMESPACE, "fraud", &spec, None)
+        .await
+        .expect("first pass");
+    assert_eq!(first.status.job_name, job);
+    assert_eq!(
+        first.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        ["TrainingStarted"]
+    );
+    let second = reconcile_training(&api, &owner, NAMESPACE, "fraud", &spec, Some(&first.status))
+        .await
+        .expect("second pass");
+    // moto's jobs are Completed at once.
+    assert!(second.completed(), "{second:?}");
+    assert_eq!(second.condition.status, ConditionStatus::True);
+    let artifact = second.artifact_uri().expect("an artifact").to_string();
+    assert!(artifact.starts_with("s3://"), "{artifact}");
+    let third = reconcile_training(
+        &api,
+        &owner,
+        NAMESPACE,
+        "fraud",
+        &spec,
+        Some(&second.status),
+    )
+    .await
+    .expect("third pass");
+    assert!(
+        third.events.is_empty(),
+        "a steady state publishes nothing: {:?}",
+        third.events
+    );
+    // A restart that lost the status still finds the job.
+    let fourth = reconcile_training(&api, &owner, NAMESPACE, "fraud", &spec, None)
+        .await
+        .expect("fourth pass");
+    assert!(fourth.completed());
+    assert_eq!(
+        list.training_jobs(&job).await,
+        vec![job.clone()],
+        "exactly one training job"
+    );
+
+    // Endpoint: Model, EndpointConfig, Endpoint.
+    let serving = serving_spec(SERVE_IMAGE, None);
+    let (outcome, reasons) = serve_until(
+        &api,
+        &owner,
+        "fraud",
+        &serving,
+        &artifact,
+        None,
+        None,
+        5,
+        EndpointOutcome::in_service,
+    )
+    .await;
+    let status = outcome.status.clone().expect("an endpoint status");
+    assert!(
+        reasons.contains(&"EndpointCreating") && reasons.contains(&"EndpointInService"),
+        "{reasons:?}"
+    );
+    let model = model_name(&owner, "fraud", SERVE_IMAGE, &artifact, &serving.role_arn);
+    let config = endpoint_config_name(&owner, "fraud", &model, &serving);
+    assert_eq!(status.model_name.as_deref(), Some(model.as_str()));
+    assert_eq!(status.config_name.as_deref(), Some(config.as_str()));
+    assert!(
+        status
+            .arn
+            .as_deref()
+            .is_some_and(|a| a.starts_with("arn:aws:sagemaker:")),
+        "{status:?}"
+    );
+    assert_eq!(list.models(&owner).await, vec![model.clone()]);
+    assert_eq!(list.endpoint_configs(&owner).await, vec![config.clone()]);
+    assert_eq!(
+        list.endpoints(&status.name).await,
+        vec![status.name.clone()]
+    );
+    // Again, and again without the status: nothing new.
+    for prev in [Some(&status), None] {
+        let again = reconcile_endpoint(
+            &api, &owner, NAMESPACE, "fraud", &serving, &artifact, prev, None,
+        )
+        .await
+        .expect("a steady pass");
+        assert!(again.in_service(), "{again:?}");
+    }
+    assert_eq!(list.models(&owner).await.len(), 1);
+    assert_eq!(list.endpoint_configs(&owner).await.len(), 1);
+
+    // Retain keeps everything.
+    let done = cleanup_until_done(
+        &api,
+        &owner,
+        Some(&fourth.status),
+        Some(&status),
+        DeletionPolicy::Retain,
+    )
+    .await;
+    assert_eq!(done, 1);
+    assert_eq!(list.models(&owner).await.len(), 1);
+    assert_eq!(list.endpoint_configs(&owner).await.len(), 1);
+    assert_eq!(list.endpoints(&status.name).await.len(), 1);
+
+    // Delete removes the endpoint, its config and Model; the completed job stays (SageMaker keeps jobs).
+    cleanup_until_done(
+        &api,
+        &owner,
+        Some(&fourth.status),
+        Some(&status),
+        DeletionPolicy::Delete,
+    )
+    .await;
+    assert!(list.models(&owner).await.is_empty());
+    assert!(list.endpoint_configs(&owner).await.is_empty());
+    assert!(list.endpoints(&status.name).await.is_empty());
+    // Idempotent: a second cleanup finds nothing to do.
+    assert_eq!(
+        cleanup_until_done(
+            &api,
+            &owner,
+            Some(&fourth.status),
+            Some(&status),
+            DeletionPolicy::Delete
+        )
+        .await,
+        1
+    );
+
+    // Every call was counted, with bounded labels.
+    let ok = calls
+        .get_or_create(&SageMakerCallLabels {
+            operation: "CreateEndpoint",
+            outcome: "ok",
+        })
+        .get();
+    assert_eq!(ok, 1);
+    let not_found = calls
+        .get_or_create(&SageMakerCallLabels {
+            operation: "DescribeTrainingJob",
+            outcome: "not_found",
+        })
+        .get();
+    assert_eq!(not_found, 1);
+
+    if started {
+        stop_moto();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The fake: lifecycles and faults.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn fake_training_runs_then_completes() {
+    let fake = fake(FakeConfig {
+        training_describes: 3,
+        ..FakeConfig::default()
+    })
+    .await;
+    let api = adapter(&fake.endpoint_url()).await;
+    let owner = uid();
+    let spec = training_spec(&[]);
+
+    let (done, seen) = train_until(
+        &api,
+        &owner,
+        "churn",
+        &spec,
+        None,
+        10,
+        TrainingOutcome::completed,
+    )
+    .await;
+    assert_eq!(seen, ["TrainingStarted", "TrainingCompleted"]);
+    assert_eq!(done.condition.reason, "TrainingCompleted");
+    assert_eq!(done.requeue_after, None);
+    let job = training_job_name(&owner, "churn", &spec);
+    assert_eq!(
+        done.artifact_uri(),
+        Some(format!("s3://aleph-e2e/models/{job}/output/model.tar.gz").as_str())
+    );
+    let counters = fake.counters();
+    assert_eq!(counters.training_jobs_created, 1);
+    assert!(
+        counters
+            .calls
+            .get("DescribeTrainingJob")
+            .copied()
+            .unwrap_or_default()
+            >= 4
+    );
+
+    // While it ran, the condition said so.
+    let fresh = uid();
+    let first = reconcile_training(&api, &fresh, NAMESPACE, "churn", &spec, None)
+        .await
+        .expect("create");
+    let running = reconcile_training(&api, &fresh, NAMESPACE, "churn", &spec, Some(&first.status))
+        .await
+        .expect("describe");
+    assert_eq!(running.status.job_status.as_deref(), Some("InProgress"));
+    assert_eq!(running.condition.status, ConditionStatus::False);
+    assert_eq!(running.condition.reason, "TrainingInProgress");
+    assert!(
+        running
+            .requeue_after
+            .is_some_and(|d| d >= Duration::from_secs(30))
+    );
+    assert!(!running.terminal);
+}
+
+#[tokio::test]
+async fn fake_training_failure_is_terminal_with_the_reason() {
+    let fake = fake(FakeConfig {
+        training_describes: 1,
+        ..FakeConfig::default()
+    })
+    .await;
+    let api = adapter(&fake.endpoint_url()).await;
+    let owner = uid();
+    let spec = training_spec(&[
+        ("aleph-fake-outcome", "fail"),
+        (
+            "aleph-fake-failure-reason",
+            "AlgorithmError: label column missing in train.csv",
+        ),
+    ]);
+    let (failed, reasons) =
+        train_until(&api, &owner, "churn", &spec, None, 10, |o| o.terminal).await;
+    assert_eq!(reasons, ["TrainingStarted", "TrainingFailed"]);
+    assert_eq!(failed.status.job_status.as_deref(), Some("Failed"));
+    assert_eq!(failed.condition.status, ConditionStatus::False);
+    assert_eq!(failed.condition.reason, "TrainingFailed");
+    assert!(
+        failed.condition.message.contains("label column missing"),
+        "{}",
+        failed.condition.message
+    );
+    assert_eq!(
+        failed.status.failure_reason.as_deref(),
+        Some("AlgorithmError: label column missing in train.csv")
+    );
+    assert_eq!(failed.requeue_after, None);
+    // Once failed, it stays failed and quiet; no second job.
+    let again = reconcile_training(
+        &api,
+        &owner,
+        NAMESPACE,
+        "churn",
+        &spec,
+        Some(&failed.status),
+    )
+    .await
+    .expect("again");
+    assert!(again.terminal && again.events.is_empty());
+    assert_eq!(fake.counters().training_jobs_created, 1);
+
+    // A spec SageMaker rejects is terminal too, and not sent again.
+    let mut bad = training_spec(&[]);
+    bad.image = String::new();
+    let rejected = reconcile_training(&api, &owner, NAMESPACE, "bad", &bad, None)
+        .await
+        .expect("rejected");
+    assert!(rejected.terminal);
+    assert_eq!(rejected.condition.reason, "TrainingRejected");
+    assert!(
+        rejected.condition.message.contains("ValidationException"),
+        "{}",
+        rejected.condition.message
+    );
+    let creates = fake.counters().calls.get("CreateTrainingJob").copied();
+    let again = reconcile_training(&api, &owner, NAMESPACE, "bad", &bad, Some(&rejected.status))
+        .await
+        .expect("again");
+    assert!(again.terminal);
+    assert_eq!(
+        fake.counters().calls.get("CreateTrainingJob").copied(),
+        creates
+    );
+}
+
+#[tokio::test]
+async fn fake_cleanup_during_training_stops_the_job() {
+    let fake = fake(FakeConfig {
+        training_describes: 100,
+        stopping_describes: 2,
+        ..FakeConfig::default()
+    })
+    .await;
+    let api = adapter(&fake.endpoint_url()).await;
+    let owner = uid();
+    let spec = training_spec(&[]);
+    let started = reconcile_training(&api, &owner, NAMESPACE, "long", &spec, None)
+        .await
+        .expect("start");
+    let job = started.status.job_name.clone();
+    assert_eq!(
+        fake.training_job(&job).map(|j| j.status),
+        Some("InProgress".into())
+    );
+
+    // Retain leaves it running.
+    cleanup_until_done(
+        &api,
+        &owner,
+        Some(&started.status),
+        None,
+        DeletionPolicy::Retain,
+    )
+    .await;
+    assert_eq!(
+        fake.training_job(&job).map(|j| j.status),
+        Some("InProgress".into())
+    );
+
+    let first = cleanup(
+        &api,
+        &owner,
+        Some(&started.status),
+        None,
+        DeletionPolicy::Delete,
+    )
+    .await
+    .expect("cleanup");
+    assert!(!first.is_done(), "cleanup waits for the job to stop");
+    assert_eq!(
+        fake.training_job(&job).map(|j| j.status),
+        Some("Stopping".into())
+    );
+    let passes = cleanup_until_done(
+        &api,
+        &owner,
+        Some(&started.status),
+        None,
+        DeletionPolicy::Delete,
+    )
+    .await;
+    assert!(passes > 1);
+    assert_eq!(
+        fake.training_job(&job).map(|j| j.status),
+        Some("Stopped".into())
+    );
+    let counters = fake.counters();
+    assert_eq!(counters.training_jobs_stopped, 1);
+    assert_eq!(counters.running_training_jobs, 0);
+}
+
+#[tokio::test]
+async fn fake_training_spec_change_stops_the_old_job_and_starts_one_new() {
+    let fake = fake(FakeConfig {
+        training_describes: 100,
+        ..FakeConfig::default()
+    })
+    .await;
+    let api = adapter(&fake.endpoint_url()).await;
+    let owner = uid();
+    let spec = training_spec(&[]);
+    let first = reconcile_training(&api, &owner, NAMESPACE, "m", &spec, None)
+        .await
+        .expect("start");
+    let running = reconcile_training(&api, &owner, NAMESPACE, "m", &spec, Some(&first.status))
+        .await
+        .expect("run");
+
+    let mut changed = spec.clone();
+    changed
+        .hyperparameters
+        .insert("num_round".into(), "80".into());
+    let second = reconcile_training(
+        &api,
+        &owner,
+        NAMESPACE,
+        "m",
+        &changed,
+        Some(&running.status),
+    )
+    .await
+    .expect("new");
+    assert_ne!(second.status.job_name, first.status.job_name);
+    let reasons: Vec<_> = second.events.iter().map(|e| e.reason).collect();
+    assert_eq!(reasons, ["TrainingStopped", "TrainingStarted"]);
+    assert_eq!(
+        fake.training_job(&first.status.job_name).map(|j| j.status),
+        Some("Stopping".into())
+    );
+    // Passes after that touch neither job again.
+    for _ in 0..3 {
+        reconcile_training(&api, &owner, NAMESPACE, "m", &changed, Some(&second.status))
+            .await
+            .expect("pass");
+    }
+    let counters = fake.counters();
+    assert_eq!(counters.training_jobs_created, 2);
+    assert_eq!(counters.training_jobs_stopped, 1);
+}
+
+#[tokio::test]
+async fn fake_endpoint_creates_updates_and_cleans_up() {
+    let fake = fake(FakeConfig::default()).await;
+    let api = adapter(&fake.endpoint_url()).await;
+    let owner = uid();
+    let serving = serving_spec(SERVE_IMAGE, None);
+    let v1 = "s3://aleph-e2e/models/v1/model.tar.gz";
+    let (first, reasons) = serve_until(
+        &api,
+        &owner,
+        "fraud",
+        &serving,
+        v1,
+        None,
+        None,
+        6,
+        EndpointOutcome::in_service,
+    )
+    .await;
+    assert_eq!(reasons, ["EndpointCreating", "EndpointInService"]);
+    assert_eq!(first.condition.status, ConditionStatus::True);
+    let status = first.status.clone().expect("status");
+    assert_eq!(status.state.as_deref(), Some("InService"));
+    let counters = fake.counters();
+    assert_eq!(
+        (
+            counters.models_created,
+            counters.endpoint_configs_created,
+            counters.endpoints_created
+        ),
+        (1, 1, 1)
+    );
+
+    // While Creating the condition said so.
+    let other = uid();
+    let creating = reconcile_endpoint(&api, &other, NAMESPACE, "x", &serving, v1, None, None)
+        .await
+        .expect("creating");
+    assert_eq!(creating.condition.reason, "EndpointCreating");
+    assert_eq!(creating.condition.status, ConditionStatus::False);
+    assert_eq!(creating.requeue_after, Some(Duration::from_secs(30)));
+    cleanup_until_done(
+        &api,
+        &other,
+        None,
+        creating.status.as_ref(),
+        DeletionPolicy::Delete,
+    )
+    .await;
+
+    // A new model version: a new Model and config, UpdateEndpoint, then the old ones go.
+    let v2 = "s3://aleph-e2e/models/v2/model.tar.gz";
+    let (second, reasons) = serve_until(
+        &api,
+        &owner,
+        "fraud",
+        &serving,
+        v2,
+        Some(status.clone()),
+        None,
+        8,
+        EndpointOutcome::in_service,
+    )
+    .await;
+    assert_eq!(reasons, ["EndpointUpdating", "EndpointInService"]);
+    let updated = second.status.clone().expect("status");
+    let model_v2 = model_name(&owner, "fraud", SERVE_IMAGE, v2, &serving.role_arn);
+    assert_eq!(updated.model_name.as_deref(), Some(model_v2.as_str()));
+    assert_ne!(updated.config_name, status.config_name);
+    assert_eq!(
+        fake.model_names(),
+        vec![model_v2.clone()],
+        "the old Model is deleted"
+    );
+    assert_eq!(
+        fake.endpoint_config_names(),
+        updated.config_name.clone().into_iter().collect::<Vec<_>>()
+    );
+    let counters = fake.counters();
+    assert_eq!(counters.endpoint_updates, 1);
+    assert_eq!(counters.endpoints_created, 2, "one for each owner");
+
+    // Cleanup: nothing of ours is left.
+    cleanup_until_done(&api, &owner, None, Some(&updated), DeletionPolicy::Delete).await;
+    let counters = fake.counters();
+    assert_eq!(
+        (
+            counters.live_models,
+            counters.live_endpoint_configs,
+            counters.live_endpoints
+        ),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn fake_endpoint_adoption_and_name_conflicts() {
+    let fake = fake(FakeConfig::default()).await;
+    let api = adapter(&fake.endpoint_url()).await;
+    fake.seed_foreign_endpoint("legacy-fraud", "legacy-config", "legacy-model");
+    let owner = uid();
+    let serving = serving_spec(SERVE_IMAGE, Some("legacy-fraud"));
+    let artifact = "s3://aleph-e2e/models/v1/model.tar.gz";
+
+    // Not ours and not adopted: leave it alone.
+    let conflict = reconcile_endpoint(
+        &api, &owner, NAMESPACE, "fraud", &serving, artifact, None, None,
+    )
+    .await
+    .expect("conflict");
+    assert!(conflict.terminal);
+    assert_eq!(conflict.condition.reason, "EndpointNameConflict");
+    assert_eq!(conflict.status, None);
+    assert_eq!(fake.counters().models_created, 0);
+    assert_eq!(
+        fake.endpoint("legacy-fraud").map(|e| e.config_name),
+        Some("legacy-config".into())
+    );
+
+    // Adopted: moved to our config; the foreign config and Model stay.
+    let (adopted, reasons) = serve_until(
+        &api,
+        &owner,
+        "fraud",
+        &serving,
+        artifact,
+        None,
+        Some("legacy-fraud"),
+        8,
+        EndpointOutcome::in_service,
+    )
+    .await;
+    assert_eq!(reasons, ["EndpointUpdating", "EndpointInService"]);
+    let status = adopted.status.clone().expect("status");
+    assert_eq!(status.name, "legacy-fraud");
+    assert!(
+        status
+            .config_name
+            .as_deref()
+            .is_some_and(|c| is_owned(c, &owner))
+    );
+    assert_eq!(fake.counters().endpoints_created, 0);
+    assert!(
+        fake.endpoint_config_names()
+            .contains(&"legacy-config".to_string())
+    );
+
+    // Cleanup deletes the adopted endpoint and what we made, not what we found.
+    cleanup_until_done(&api, &owner, None, Some(&status), DeletionPolicy::Delete).await;
+    assert!(fake.endpoint("legacy-fraud").is_none());
+    assert_eq!(fake.model_names(), ["legacy-model"]);
+    assert_eq!(fake.endpoint_config_names(), ["legacy-config"]);
+
+    // adopt and endpointName must agree.
+    let mismatch = reconcile_endpoint(
+        &api,
+        &owner,
+        NAMESPACE,
+        "fraud",
+        &serving,
+        artifact,
+        None,
+        Some("other"),
+    )
+    .await
+    .expect("invalid");
+    assert!(mismatch.terminal);
+    assert_eq!(mismatch.condition.reason, "InvalidSpec");
+}
+
+#[tokio::test]
+async fn fake_failed_endpoint_is_terminal_until_the_spec_changes() {
+    let fake = fake(FakeConfig::default()).await;
+    let api = adapter(&fake.endpoint_url()).await;
+    let owner = uid();
+    let artifact = "s3://aleph-e2e/models/v1/model.tar.gz";
+    let broken = serving_spec(
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/fake-fail:1",
+        None,
+    );
+    let (failed, reasons) = serve_until(
+        &api,
+        &owner,
+        "fraud",
+        &broken,
+        artifact,
+        None,
+        None,
+        6,
+        |o| o.terminal,
+    )
+    .await;
+    assert_eq!(reasons, ["EndpointCreating", "EndpointFailed"]);
+    assert_eq!(failed.condition.reason, "EndpointFailed");
+    assert!(
+        failed.condition.message.contains("ping health check"),
+        "{}",
+        failed.condition.message
+    );
+    assert_eq!(failed.requeue_after, None);
+
+    // A fixed image replaces the failed endpoint.
+    let fixed = serving_spec(SERVE_IMAGE, None);
+    let (serving, reasons) = serve_until(
+        &api,
+        &owner,
+        "fraud",
+        &fixed,
+        artifact,
+        failed.status.clone(),
+        None,
+        8,
+        EndpointOutcome::in_service,
+    )
+    .await;
+    assert_eq!(
+        reasons,
+        ["EndpointReplacing", "EndpointCreating", "EndpointInService"]
+    );
+    let status = serving.status.clone().expect("status");
+    let fixed_model = model_name(&owner, "fraud", SERVE_IMAGE, artifact, &fixed.role_arn);
+    assert_eq!(
+        fake.model_names(),
+        vec![fixed_model],
+        "the failed version's Model is deleted"
+    );
+    assert_eq!(fake.endpoint_config_names().len(), 1);
+
+    // An update to a failing image is rolled back by SageMaker: terminal, still serving.
+    let (rolled_back, reasons) = serve_until(
+        &api,
+        &owner,
+        "fraud",
+        &broken,
+        artifact,
+        Some(status.clone()),
+        None,
+        8,
+        |o| o.terminal,
+    )
+    .await;
+    assert_eq!(reasons, ["EndpointUpdating", "EndpointUpdateFailed"]);
+    assert_eq!(rolled_back.condition.status, ConditionStatus::True);
+    assert_eq!(
+        rolled_back
+            .status
+            .as_ref()
+            .and_then(|s| s.config_name.clone()),
+        status.config_name
+    );
+    let updates = fake.counters().endpoint_updates;
+    let again = reconcile_endpoint(
+        &api,
+        &owner,
+        NAMESPACE,
+        "fraud",
+        &broken,
+        artifact,
+        rolled_back.status.as_ref(),
+        None,
+    )
+    .await
+    .expect("again");
+    assert!(again.terminal);
+    assert_eq!(
+        fake.counters().endpoint_updates,
+        updates,
+        "a rolled-back update is not retried"
+    );
+
+    cleanup_until_done(
+        &api,
+        &owner,
+        None,
+        rolled_back.status.as_ref(),
+        DeletionPolicy::Delete,
+    )
+    .await;
+    let counters = fake.counters();
+    assert_eq!(
+        (
+            counters.live_models,
+            counters.live_endpoint_configs,
+            counters.live_endpoints
+        ),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn errors_are_classified_over_http() {
+    let fake = fake(FakeConfig::default()).await;
+    let calls = Calls::default();
+    let api = adapter_with(&fake.endpoint_url(), adapter_config(), calls.clone()).await;
+
+    for e in [
+        api.describe_training_job("missing").await.err(),
+        api.describe_model("missing").await.err(),
+        api.describe_endpoint_config("missing").await.err(),
+        api.describe_endpoint("missing").await.err(),
+        api.delete_model("missing").await.err(),
+        api.delete_endpoint("missing").await.err(),
+        api.stop_training_job("missing").await.err(),
+    ] {
+        assert!(
+            e.as_ref().is_some_and(SageMakerError::is_not_found),
+            "{e:?}"
+        );
+    }
+
+    let owner = uid();
+    let spec = training_spec(&[]);
+    let first = reconcile_training(&api, &owner, NAMESPACE, "dup", &spec, None)
+        .await
+        .expect("create");
+    let request = aleph_controllers::sagemaker::training::create_request(
+        &first.status.job_name,
+        &owner,
+        NAMESPACE,
+        "dup",
+        &spec,
+    );
+    let dup = api.create_training_job(&request).await;
+    assert!(
+        dup.as_ref().is_err_and(SageMakerError::is_already_exists),
+        "{dup:?}"
+    );
+
+    // Throttling and 5xx, after the SDK's bounded retries.
+    fake.set_throttle_fraction(1.0);
+    let throttled = api.describe_endpoint("x").await;
+    assert!(
+        matches!(
+            throttled,
+            Err(SageMakerError::Recoverable {
+                kind: RecoverableKind::Throttled,
+                ..
+            })
+        ),
+        "{throttled:?}"
+    );
+    fake.set_throttle_fraction(0.0);
+    fake.set_server_error_fraction(1.0);
+    let failed = api.describe_endpoint("x").await;
+    assert!(
+        matches!(
+            failed,
+            Err(SageMakerError::Recoverable {
+                kind: RecoverableKind::ServerError,
+                ..
+            })
+        ),
+        "{failed:?}"
+    );
+    fake.set_server_error_fraction(0.0);
+    let describes = fake
+        .counters()
+        .calls
+        .get("DescribeEndpoint")
+        .copied()
+        .unwrap_or_default();
+    // 1 missing + 3 throttled attempts + 3 failed attempts.
+    assert_eq!(describes, 7, "the SDK made a bounded number of attempts");
+
+    // Nobody listening: a network error, also recoverable.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.local_addr().expect("its address")
+    };
+    let nowhere = adapter(&format!("http://{closed}")).await;
+    let unreachable = nowhere.describe_model("x").await;
+    assert!(
+        unreachable
+            .as_ref()
+            .is_err_and(SageMakerError::is_recoverable),
+        "{unreachable:?}"
+    );
+
+    // No credentials or request body in any message.
+    for e in [throttled.err(), failed.err(), unreachable.err(), dup.err()]
+        .into_iter()
+        .flatten()
+    {
+        let text = e.to_string();
+        assert!(
+            !text.contains("aleph-e2e-not-a-secret") && !text.contains("AKIDALEPHE2E"),
+            "{text}"
+        );
+    }
+
+    let count = |operation, outcome| {
+        calls
+            .get_or_create(&SageMakerCallLabels { operation, outcome })
+            .get()
+    };
+    assert_eq!(count("DescribeEndpoint", "throttled"), 1);
+    assert_eq!(count("DescribeEndpoint", "server_error"), 1);
+    assert_eq!(count("DescribeEndpoint", "not_found"), 1);
+    assert_eq!(count("CreateTrainingJob", "already_exists"), 1);
+    assert_eq!(count("CreateTrainingJob", "ok"), 1);
+}
+
+/// The whole life of one model under 30% throttling, 5% server errors and 10%
+/// lost responses, with a "restart" (a new client, no memory but the status)
+/// before every pass: it converges without a duplicate and leaves nothing.
+#[tokio::test]
+async fn fake_faults_and_restarts_converge_without_duplicates_or_leftovers() {
+    let fake = fake(FakeConfig {
+        throttle_fraction: 0.3,
+        server_error_fraction: 0.05,
+        lost_response_fraction: 0.1,
+        seed: 7,
+        ..FakeConfig::default()
+    })
+    .await;
+    let url = fake.endpoint_url();
+    let calls = Calls::default();
+    let owner = uid();
+    let spec = training_spec(&[]);
+    let mut serving = serving_spec(SERVE_IMAGE, None);
+
+    let mut training: Option<TrainingStatus> = None;
+    let mut endpoint: Option<EndpointStatus> = None;
+    let mut errors = 0;
+    let mut passes = 0;
+    let mut scaled = false;
+    let converged = loop {
+        passes += 1;
+        assert!(
+            passes < 300,
+            "no convergence after {passes} passes: {training:?} {endpoint:?}"
+        );
+        // A restart: nothing survives but the status.
+        let api = adapter_with(&url, adapter_config(), calls.clone()).await;
+        let outcome =
+            match reconcile_training(&api, &owner, NAMESPACE, "chaos", &spec, training.as_ref())
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    assert!(e.is_recoverable(), "{e}");
+                    errors += 1;
+                    continue;
+                }
+            };
+        assert!(!outcome.terminal, "{outcome:?}");
+        training = Some(outcome.status.clone());
+        let Some(artifact) = outcome.artifact_uri().map(str::to_string) else {
+            continue;
+        };
+        let served = match reconcile_endpoint(
+            &api,
+            &owner,
+            NAMESPACE,
+            "chaos",
+            &serving,
+            &artifact,
+            endpoint.as_ref(),
+            None,
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                assert!(e.is_recoverable(), "{e}");
+                errors += 1;
+                continue;
+            }
+        };
+        assert!(!served.terminal, "{served:?}");
+        endpoint = served.status.clone();
+        if served.in_service() {
+            if scaled {
+                break served;
+            }
+            // Scale out once: a new EndpointConfig and an update, same Model.
+            serving.initial_instance_count = 2;
+            scaled = true;
+        }
+    };
+    let status = converged.status.clone().expect("status");
+    assert_eq!(status.state.as_deref(), Some("InService"));
+
+    let mut cleanup_passes = 0;
+    loop {
+        cleanup_passes += 1;
+        assert!(cleanup_passes < 100, "cleanup did not finish");
+        let api = adapter_with(&url, adapter_config(), calls.clone()).await;
+        match cleanup(
+            &api,
+            &owner,
+            training.as_ref(),
+            endpoint.as_ref(),
+            DeletionPolicy::Delete,
+        )
+        .await
+        {
+            Ok(CleanupOutcome::Done) => break,
+            Ok(CleanupOutcome::RequeueAfter { .. }) => {}
+            Err(e) => {
+                assert!(e.is_recoverable(), "{e}");
+                errors += 1;
+            }
+        }
+    }
+
+    let counters = fake.counters();
+    println!(
+        "saga passes: {passes}, cleanup passes: {cleanup_passes}, errors after SDK retries: {errors}"
+    );
+    println!(
+        "fake counters: {}",
+        serde_json::to_string_pretty(&counters).unwrap_or_default()
+    );
+    let mut by_outcome: BTreeMap<&str, u64> = BTreeMap::new();
+    for operation in [
+        "DescribeTrainingJob",
+        "CreateTrainingJob",
+        "DescribeEndpoint",
+        "CreateEndpoint",
+        "UpdateEndpoint",
+    ] {
+        for outcome in [
+            "ok",
+            "not_found",
+            "already_exists",
+            "throttled",
+            "server_error",
+            "terminal",
+            "network",
+        ] {
+            let n = calls
+                .get_or_create(&SageMakerCallLabels { operation, outcome })
+                .get();
+            if n > 0 {
+                *by_outcome.entry(outcome).or_default() += n;
+            }
+        }
+    }
+    println!("aleph_sagemaker_calls_total by outcome (selected operations): {by_outcome:?}");
+
+    assert!(counters.throttled > 0, "the test injected throttling");
+    assert_eq!(
+        counters.training_jobs_created, 1,
+        "exactly one training job"
+    );
+    assert_eq!(counters.models_created, 1, "exactly one Model");
+    assert_eq!(
+        counters.endpoint_configs_created, 2,
+        "one EndpointConfig per instance count"
+    );
+    assert_eq!(counters.endpoints_created, 1, "exactly one endpoint");
+    assert_eq!(counters.endpoint_updates, 1, "exactly one update");
+    assert_eq!(
+        (
+            counters.live_models,
+            counters.live_endpoint_configs,
+            counters.live_endpoints,
+            counters.running_training_jobs
+        ),
+        (0, 0, 0, 0),
+        "nothing left after cleanup"
+    );
+}
+
+/// The adapter built from the environment alone: static keys, region and
+/// `AWS_ENDPOINT_URL_SAGEMAKER`. Environment variables cannot be set safely in
+/// a threaded test, so the test runs itself again in a child process.
+#[tokio::test]
+async fn adapter_from_env_honours_the_endpoint_variable() {
+    const CHILD: &str = "ALEPH_SAGEMAKER_ENV_CHILD";
+    if std::env::var(CHILD).is_ok() {
+        let calls = Calls::default();
+        let api = AwsSageMaker::from_env(&AwsSageMakerConfig::default(), calls)
+            .await
+            .expect("from_env");
+        assert_eq!(api.region(), Some("eu-west-1"));
+        let e = api.describe_model("from-env").await;
+        assert!(e.as_ref().is_err_and(SageMakerError::is_not_found), "{e:?}");
+        return;
+    }
+    let fake = fake(FakeConfig::default()).await;
+    let exe = std::env::current_exe().expect("the test binary");
+    let output = Command::new(exe)
+        .args([
+            "--exact",
+            "adapter_from_env_honours_the_endpoint_variable",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDALEPHE2E")
+        .env("AWS_SECRET_ACCESS_KEY", "aleph-e2e-not-a-secret")
+        .env("AWS_REGION", "eu-west-1")
+        .env("AWS_ENDPOINT_URL_SAGEMAKER", fake.endpoint_url())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .expect("running the child test");
+    assert!(
+        output.status.success(),
+        "child failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        fake.counters().calls.get("DescribeModel").copied(),
+        Some(1),
+        "the child reached the fake"
+    );
+}

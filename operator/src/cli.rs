@@ -1,0 +1,84 @@
+//! Command line: every flag can also be set by an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Aleph: run AI on Kubernetes — tenants, models, plugins and pipelines.
+#[derive(Debug, Parser)]
+#[command(name = "aleph-operator", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controllers.
+    Run(Box<RunArgs>),
+    /// Print every CustomResourceDefinition as YAML.
+    Crds(CrdsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Write one file per kind into this directory instead of printing.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Namespaces to watch, comma-separated; all when empty (Tenants are cluster-scoped and always watched).
+    #[arg(long, env = "ALEPH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    pub namespaces: Vec<String>,
+    /// Objects reconciled at once per controller.
+    #[arg(long, env = "ALEPH_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+    /// Sustained requests per second to the Kubernetes API.
+    #[arg(long, env = "ALEPH_KUBE_QPS", default_value_t = 50.0)]
+    pub kube_qps: f64,
+    /// Burst of requests to the Kubernetes API.
+    #[arg(long, env = "ALEPH_KUBE_BURST", default_value_t = 100)]
+    pub kube_burst: u32,
+    /// Log filter, for example `info` or `aleph_controllers=debug,info`.
+    #[arg(long, env = "ALEPH_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, env = "ALEPH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Address of /metrics, /livez and /readyz.
+    #[arg(long, env = "ALEPH_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease; only the leader writes.
+    #[arg(long, env = "ALEPH_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, env = "ALEPH_LEASE_NAME", default_value = "aleph-operator")]
+    pub lease_name: String,
+    /// The Lease's namespace; the pod's namespace (POD_NAMESPACE) or `default`.
+    #[arg(long, env = "ALEPH_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long a lease is valid without renewal, in seconds.
+    #[arg(long, env = "ALEPH_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// How often the leader renews (and others retry), in seconds.
+    #[arg(long, env = "ALEPH_LEASE_RETRY", default_value_t = 2)]
+    pub lease_retry_seconds: u64,
+    /// The AWS region when a resource names none.
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// Impersonate this user for every request (to run with a ServiceAccount's exact permissions).
+    #[arg(long, env = "ALEPH_IMPERSONATE")]
+    pub impersonate: Option<String>,
+}

@@ -1,0 +1,153 @@
+//! `aleph-operator run`: logging, the client, leader election, the HTTP
+//! endpoints and every controller, until SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::wait::{await_condition, conditions};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use aleph_controllers::context::{Context, Settings};
+use aleph_controllers::leader::{self, LeaderState, LeaseConfig};
+use aleph_controllers::metrics::Metrics;
+use aleph_controllers::runner::{Readiness, RunOptions};
+
+use crate::cli::{LogFormat, RunArgs};
+
+/// Errors that stop the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("Kubernetes configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    #[error("HTTP endpoints: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    init_logging(&args);
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+
+    let mut config = kube::Config::infer().await?;
+    if let Some(user) = &args.impersonate {
+        config.auth_info.impersonate = Some(user.clone());
+    }
+    let default_namespace = config.default_namespace.clone();
+    let client = aleph_controllers::client::build_client(config, metrics.clone(), args.kube_qps, args.kube_burst)?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+
+    let readiness = Readiness::default();
+    let http = tokio::spawn(crate::http::serve(args.metrics_addr, Arc::new(registry), readiness.clone(), shutdown()));
+
+    let leader = if args.leader_elect {
+        let state = LeaderState::new(false);
+        let lease = LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or(default_namespace),
+            identity: identity(),
+            lease_duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
+            retry_period: Duration::from_secs(args.lease_retry_seconds.max(1)),
+        };
+        tokio::spawn(leader::run(client.clone(), lease, state.clone(), shutdown()));
+        state
+    } else {
+        LeaderState::new(true)
+    };
+    let gauge = metrics.leader.clone();
+    let mut leading = leader.subscribe();
+    gauge.set(i64::from(leader.is_leader()));
+    tokio::spawn(async move {
+        while leading.changed().await.is_ok() {
+            gauge.set(i64::from(*leading.borrow_and_update()));
+        }
+    });
+
+    wait_for_crds(&client).await?;
+    let settings = Settings { aws_region: args.aws_region.clone() };
+    let ctx = Arc::new(Context::new(client.clone(), metrics, leader, settings));
+    let options = RunOptions { concurrency: args.concurrency.max(1) };
+    let namespaces: Vec<String> = args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect();
+    aleph_controllers::run_all(ctx, &options, &namespaces, &readiness, shutdown).await;
+    if let Ok(result) = http.await {
+        result?;
+    }
+    Ok(())
+}
+
+/// Waits until every Aleph CRD is established, saying which are missing.
+async fn wait_for_crds(client: &kube::Client) -> Result<(), kube::Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in aleph_crds::all_crds() {
+        let name = crd.metadata.name.unwrap_or_default();
+        loop {
+            let wait = await_condition(api.clone(), &name, conditions::is_crd_established());
+            match tokio::time::timeout(Duration::from_secs(30), wait).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(error)) => tracing::warn!(%error, crd = %name, "waiting for CRD"),
+                Err(_) => tracing::warn!(crd = %name, "CRD not established yet: install it with `kubectl apply -f crds/`"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+fn init_logging(args: &RunArgs) {
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

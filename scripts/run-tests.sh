@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs every test against the cluster KUBECONFIG names (started by
+# e2e/cluster/with-cluster.sh): installs the CRDs, starts the operator and
+# moto's SageMaker emulator, runs `cargo test --workspace`, and stops what it
+# started, also when a test fails.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+state="${ALEPH_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/cluster}"
+mkdir -p "$state/logs"
+
+echo "==> building the workspace" >&2
+cargo build --workspace --all-targets --quiet
+
+echo "==> installing the CRDs" >&2
+kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
+kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  "$root/e2e/sagemaker/moto.sh" stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+eval "$("$root/e2e/sagemaker/moto.sh" start)"
+export ALEPH_MOTO_URL="${ALEPH_MOTO_URL:-$("$root/e2e/sagemaker/moto.sh" url)}"
+
+# The operator under test, with leader election on (the chart's default).
+export ALEPH_OPERATOR_METRICS="127.0.0.1:18080"
+"$root/target/debug/aleph-operator" run --metrics-addr "$ALEPH_OPERATOR_METRICS" \
+  --lease-namespace default --lease-name aleph-operator-e2e --log-format json \
+  >"$state/logs/operator.log" 2>&1 &
+pids+=($!)
+export ALEPH_OPERATOR_LOG="$state/logs/operator.log"
+for _ in $(seq 1 60); do
+  curl -fsS "http://$ALEPH_OPERATOR_METRICS/readyz" >/dev/null 2>&1 && break
+  sleep 1
+done
+curl -fsS "http://$ALEPH_OPERATOR_METRICS/readyz" >/dev/null || {
+  echo "the operator did not become ready; its log:" >&2
+  tail -50 "$state/logs/operator.log" >&2
+  exit 1
+}
+
+echo "==> cargo test --workspace" >&2
+status=0
+cargo test --workspace --no-fail-fast -- --test-threads="${ALEPH_TEST_THREADS:-4}" 2>&1 | tee "$state/logs/test.log" || status=$?
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then status=1; fi
+if [ "$status" -ne 0 ]; then
+  echo "==> some tests failed; the operator's log tail:" >&2
+  tail -30 "$state/logs/operator.log" >&2
+fi
+# One summary line for the whole run.
+passed=$(grep -Eo '[0-9]+ passed' "$state/logs/test.log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$state/logs/test.log" | awk '{s+=$1} END {print s+0}')
+echo "total: $passed passed, $failed failed"
+exit "$status"
