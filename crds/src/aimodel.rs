@@ -36,7 +36,7 @@ use crate::common::{
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 52").message("an AIModel name is at most 52 characters, so that its children's names are valid").field_path(".metadata.name")
+    validation = Rule::new("self.metadata.name.size() <= 52").message("an AIModel name is at most 52 characters, so that its children's names are valid")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.source) || has(self.training)").message("set source, or training whose artifact becomes the source"))]

@@ -28,10 +28,9 @@ use crate::common::{ComputeResources, Condition, EnvVar, SageMakerTraining};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 40").message("a Pipeline name is at most 40 characters, so that run and job names stay valid").field_path(".metadata.name")
+    validation = Rule::new("self.metadata.name.size() <= 40").message("a Pipeline name is at most 40 characters, so that run and job names stay valid")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.steps.all(s, s.dependsOn.all(d, self.steps.exists(t, t.name == d)))").message("every dependsOn entry must name a step of this pipeline").field_path(".steps"))]
 #[x_kube(validation = Rule::new("!has(self.finally) || self.finally.all(f, !self.steps.exists(s, s.name == f.name))").message("a finally step's name must differ from every step's name").field_path(".finally"))]
 pub struct PipelineSpec {
     /// Typed parameters; runs supply values, defaults fill the rest.
@@ -68,11 +67,11 @@ pub struct PipelineSpec {
 /// A typed parameter.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.type != 'enum' || size(self.values) > 0").message("an enum param needs values").field_path(".values"))]
-#[x_kube(validation = Rule::new("self.type == 'enum' || size(self.values) == 0").message("values is only for enum params").field_path(".values"))]
+#[x_kube(validation = Rule::new("self.type != 'enum' || (has(self.values) && size(self.values) > 0)").message("an enum param needs values").field_path(".values"))]
+#[x_kube(validation = Rule::new("self.type == 'enum' || !has(self.values) || size(self.values) == 0").message("values is only for enum params").field_path(".values"))]
 #[x_kube(validation = Rule::new("!has(self.default) || self.type != 'int' || self.default.matches('^-?[0-9]+$')").message("the default of an int param must be an integer").field_path(".default"))]
 #[x_kube(validation = Rule::new("!has(self.default) || self.type != 'bool' || self.default in ['true', 'false']").message("the default of a bool param must be true or false").field_path(".default"))]
-#[x_kube(validation = Rule::new("!has(self.default) || self.type != 'enum' || self.default in self.values").message("the default of an enum param must be one of its values").field_path(".default"))]
+#[x_kube(validation = Rule::new("!has(self.default) || self.type != 'enum' || (has(self.values) && self.default in self.values)").message("the default of an enum param must be one of its values").field_path(".default"))]
 pub struct ParamSpec {
     /// The param's name, used as `$(params.NAME)` in step fields.
     #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_-]{0,62}$"))]
@@ -116,12 +115,12 @@ pub enum ParamType {
 #[x_kube(validation = Rule::new("!self.dependsOn.exists(d, d == self.name)").message("a step cannot depend on itself").field_path(".dependsOn"))]
 pub struct PipelineStep {
     /// The step's name, unique in the pipeline.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"))]
     pub name: String,
     /// Steps that must succeed before this one starts.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Set)]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(max = 32)))]
     pub depends_on: Vec<String>,
     /// Run only when this holds, for example `params.deploy == 'true'` or
     /// `steps.evaluate.outputs.accuracy != '0'`; skipped otherwise.
@@ -439,8 +438,10 @@ pub struct PipelineRunStatus {
     /// The params the run uses, defaults applied.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, String>,
-    /// The pipeline spec this run executes, copied when it started.
+    /// The pipeline spec this run executes, copied when it started (validated
+    /// when the Pipeline was applied, so stored as is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
     pub pipeline_spec: Option<PipelineSpec>,
     /// Each step's state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -481,4 +482,12 @@ pub struct StepStatus {
     /// Small outputs (at most 4 KiB in all) for later steps.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, String>,
+}
+
+fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }

@@ -28,7 +28,7 @@ use crate::common::{ComputeResources, Condition, EgressDestination, EnvVar, Secr
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 52").message("a Plugin name is at most 52 characters").field_path(".metadata.name")
+    validation = Rule::new("self.metadata.name.size() <= 52").message("a Plugin name is at most 52 characters")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.mode != 'service' || has(self.port)").message("a service plugin needs a port").field_path(".port"))]

@@ -30,7 +30,7 @@ use crate::common::{Condition, DeletionPolicy, EgressDestination};
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.spec.namespaces.all(n, size(self.metadata.name) + size(n) <= 62)").message("tenant name plus namespace name must be at most 62 characters, so that '<tenant>-<name>' is a valid namespace").field_path(".spec.namespaces"),
-    validation = Rule::new("size(self.metadata.name) <= 40").message("a tenant name is at most 40 characters").field_path(".metadata.name")
+    validation = Rule::new("size(self.metadata.name) <= 40").message("a tenant name is at most 40 characters")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {

@@ -12,8 +12,7 @@ if [ ! -d "$ALEPH_STATE" ]; then
 fi
 ensure_state_dir_is_ours
 
-mkdir -p "$ALEPH_CACHE"
-exec 9>"$ALEPH_CACHE/cluster.lock"
+exec 9>"$ALEPH_STATE.lock"
 flock 9
 
 stop_components
@@ -21,5 +20,5 @@ if [ -d "$ALEPH_STATE/logs" ]; then
   rm -rf "$ALEPH_CACHE/cluster-logs"
   cp -r "$ALEPH_STATE/logs" "$ALEPH_CACHE/cluster-logs"
 fi
-rm -rf "$ALEPH_STATE"
+rm -rf "$ALEPH_STATE" "$ALEPH_STATE.lock"
 log "the local control plane is down"

@@ -8,7 +8,7 @@ export GOTOOLCHAIN=local
 export GOFLAGS="${GOFLAGS:--mod=mod}"
 
 # shellcheck disable=SC2034 # for the scripts that source this file
-declare KUBERNETES_VERSION=v1.35.4 ETCD_VERSION=v3.6.16 KWOK_VERSION=v0.8.0 HELM_VERSION=v3.21.4
+declare KUBERNETES_VERSION=v1.35.4 ETCD_VERSION=v3.6.16 KWOK_VERSION=v0.8.0 HELM_VERSION=v3.22.0
 
 # The directory holding the binaries of one pinned module: keyed by the module's
 # go.mod and go.sum and by the Go version, so a change of any of them rebuilds.

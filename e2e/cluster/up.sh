@@ -19,8 +19,8 @@ PKI=$ALEPH_STATE/pki
 KUBECONFIG_FILE=$ALEPH_STATE/kubeconfig
 started_at=$SECONDS
 
-mkdir -p "$ALEPH_CACHE"
-exec 9>"$ALEPH_CACHE/cluster.lock"
+mkdir -p "$(dirname "$ALEPH_STATE")"
+exec 9>"$ALEPH_STATE.lock"
 flock 9
 
 for bin in "${COMPONENTS[@]}" kubectl; do

@@ -5,11 +5,22 @@
 # the binaries (kubectl, helm, ...) on PATH, exports KUBECONFIG, runs the command
 # and always stops the cluster afterwards. Exits with the command's status.
 #
+# Each run gets a cluster of its own (state in $ALEPH_CACHE/runs/<pid>, random
+# ports), so runs at the same time do not stop each other's cluster; set
+# ALEPH_STATE to use (and afterwards stop) the cluster of up.sh instead.
 # ALEPH_USE_EXISTING_CLUSTER=1 with a KUBECONFIG that reaches a cluster (kind,
 # for example) uses that cluster instead: nothing is started or stopped.
 # ALEPH_KEEP_CLUSTER=1 leaves the local control plane running afterwards.
 set -euo pipefail
+own_state=false
+if [ -z "${ALEPH_STATE:-}" ]; then
+  own_state=true
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+if $own_state; then
+  ALEPH_STATE=$ALEPH_CACHE/runs/$$
+fi
+export ALEPH_STATE
 
 if [ $# -eq 0 ]; then
   echo "usage: $0 COMMAND [ARGS...]" >&2
@@ -34,6 +45,15 @@ if [ "${ALEPH_USE_EXISTING_CLUSTER:-}" = 1 ] && [ -n "${KUBECONFIG:-}" ]; then
 fi
 
 if ! $use_existing; then
+  # Clusters of earlier runs that could not clean up (killed): their run is gone.
+  for dir in "$ALEPH_CACHE"/runs/*; do
+    [ -d "$dir" ] || continue
+    pid=${dir##*/}
+    if [[ $pid =~ ^[0-9]+$ ]] && [ "$pid" != $$ ] && ! kill -0 "$pid" 2>/dev/null; then
+      log "removing the cluster of an earlier run ($dir)"
+      ALEPH_STATE=$dir "$CLUSTER_DIR/down.sh" || true
+    fi
+  done
   # shellcheck disable=SC2317 # run by the EXIT trap
   cleanup() {
     if [ "${ALEPH_KEEP_CLUSTER:-}" = 1 ]; then

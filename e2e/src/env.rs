@@ -266,17 +266,17 @@ async fn delete_all(client: &Client, namespace: &str, tracked: &[(ApiResource, S
     let params = DeleteParams::background();
     for (resource, name) in tracked.iter().rev() {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
-        if let Err(e) = api.delete(name, &params).await {
-            if !is_not_found(&e) {
-                eprintln!("cannot delete {} {name}: {e}", resource.kind);
-            }
+        if let Err(e) = api.delete(name, &params).await
+            && !is_not_found(&e)
+        {
+            eprintln!("cannot delete {} {name}: {e}", resource.kind);
         }
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    if let Err(e) = namespaces.delete(namespace, &params).await {
-        if !is_not_found(&e) {
-            eprintln!("cannot delete namespace {namespace}: {e}");
-        }
+    if let Err(e) = namespaces.delete(namespace, &params).await
+        && !is_not_found(&e)
+    {
+        eprintln!("cannot delete namespace {namespace}: {e}");
     }
 }
 

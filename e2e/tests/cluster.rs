@@ -8,7 +8,7 @@ use std::time::Duration;
 use aleph_e2e::{TestEnv, has_condition, unique_name, wait_for, wait_for_deletion};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ResourceQuota, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 
@@ -277,7 +277,7 @@ data:
     ))
     .await;
     wait_for(
-        &Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(env.client(), &name),
+        &Api::<ServiceAccount>::namespaced(env.client(), &name),
         "default",
         TIMEOUT,
         |_| true,

@@ -23,7 +23,7 @@ use aleph_crds::{
     ConditionStatus, DeletionPolicy, EndpointStatus, SageMakerServing, SageMakerTraining,
     TrainingStatus,
 };
-use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
+use aleph_e2e::sagemaker_fake::{FakeConfig, FakeCounters, SageMakerFake};
 use aws_config::BehaviorVersion;
 use aws_sdk_sagemaker::config::Credentials;
 use prometheus_client::metrics::counter::Counter;
@@ -1128,19 +1128,24 @@ async fn errors_are_classified_over_http() {
     assert_eq!(count("CreateTrainingJob", "ok"), 1);
 }
 
-/// The whole life of one model under 30% throttling, 5% server errors and 10%
-/// lost responses, with a "restart" (a new client, no memory but the status)
-/// before every pass: it converges without a duplicate and leaves nothing.
-#[tokio::test]
-async fn fake_faults_and_restarts_converge_without_duplicates_or_leftovers() {
-    let fake = fake(FakeConfig {
+/// Faults of a chaos run: 30% throttling, 5% server errors, 10% lost responses.
+fn chaos_config(seed: u64) -> FakeConfig {
+    FakeConfig {
         throttle_fraction: 0.3,
         server_error_fraction: 0.05,
         lost_response_fraction: 0.1,
-        seed: 7,
+        seed,
         ..FakeConfig::default()
-    })
-    .await;
+    }
+}
+
+/// The whole life of one model under faults, with a "restart" (a new client,
+/// no memory but the status) before every pass: train, serve, scale out (a new
+/// EndpointConfig and an update), then delete; with `delete_while_updating`
+/// the deletion starts as soon as the update is asked for. Returns the fake's
+/// counters after cleanup.
+async fn chaos_run(seed: u64, delete_while_updating: bool) -> (FakeCounters, String) {
+    let fake = fake(chaos_config(seed)).await;
     let url = fake.endpoint_url();
     let calls = Calls::default();
     let owner = uid();
@@ -1152,11 +1157,11 @@ async fn fake_faults_and_restarts_converge_without_duplicates_or_leftovers() {
     let mut errors = 0;
     let mut passes = 0;
     let mut scaled = false;
-    let converged = loop {
+    loop {
         passes += 1;
         assert!(
             passes < 300,
-            "no convergence after {passes} passes: {training:?} {endpoint:?}"
+            "seed {seed}: no convergence after {passes} passes: {training:?} {endpoint:?}"
         );
         // A restart: nothing survives but the status.
         let api = adapter_with(&url, adapter_config(), calls.clone()).await;
@@ -1166,12 +1171,12 @@ async fn fake_faults_and_restarts_converge_without_duplicates_or_leftovers() {
             {
                 Ok(outcome) => outcome,
                 Err(e) => {
-                    assert!(e.is_recoverable(), "{e}");
+                    assert!(e.is_recoverable(), "seed {seed}: {e}");
                     errors += 1;
                     continue;
                 }
             };
-        assert!(!outcome.terminal, "{outcome:?}");
+        assert!(!outcome.terminal, "seed {seed}: {outcome:?}");
         training = Some(outcome.status.clone());
         let Some(artifact) = outcome.artifact_uri().map(str::to_string) else {
             continue;
@@ -1190,29 +1195,34 @@ async fn fake_faults_and_restarts_converge_without_duplicates_or_leftovers() {
         {
             Ok(outcome) => outcome,
             Err(e) => {
-                assert!(e.is_recoverable(), "{e}");
+                assert!(e.is_recoverable(), "seed {seed}: {e}");
                 errors += 1;
                 continue;
             }
         };
-        assert!(!served.terminal, "{served:?}");
+        assert!(!served.terminal, "seed {seed}: {served:?}");
         endpoint = served.status.clone();
+        if scaled && delete_while_updating && served.condition.reason == "EndpointUpdating" {
+            break;
+        }
         if served.in_service() {
             if scaled {
-                break served;
+                assert_eq!(
+                    endpoint.as_ref().and_then(|s| s.state.as_deref()),
+                    Some("InService")
+                );
+                break;
             }
             // Scale out once: a new EndpointConfig and an update, same Model.
             serving.initial_instance_count = 2;
             scaled = true;
         }
-    };
-    let status = converged.status.clone().expect("status");
-    assert_eq!(status.state.as_deref(), Some("InService"));
+    }
 
     let mut cleanup_passes = 0;
     loop {
         cleanup_passes += 1;
-        assert!(cleanup_passes < 100, "cleanup did not finish");
+        assert!(cleanup_passes < 100, "seed {seed}: cleanup did not finish");
         let api = adapter_with(&url, adapter_config(), calls.clone()).await;
         match cleanup(
             &api,
@@ -1226,27 +1236,28 @@ async fn fake_faults_and_restarts_converge_without_duplicates_or_leftovers() {
             Ok(CleanupOutcome::Done) => break,
             Ok(CleanupOutcome::RequeueAfter { .. }) => {}
             Err(e) => {
-                assert!(e.is_recoverable(), "{e}");
+                assert!(e.is_recoverable(), "seed {seed}: {e}");
                 errors += 1;
             }
         }
     }
 
-    let counters = fake.counters();
-    println!(
-        "saga passes: {passes}, cleanup passes: {cleanup_passes}, errors after SDK retries: {errors}"
-    );
-    println!(
-        "fake counters: {}",
-        serde_json::to_string_pretty(&counters).unwrap_or_default()
-    );
     let mut by_outcome: BTreeMap<&str, u64> = BTreeMap::new();
     for operation in [
-        "DescribeTrainingJob",
         "CreateTrainingJob",
-        "DescribeEndpoint",
+        "DescribeTrainingJob",
+        "CreateModel",
+        "DescribeModel",
+        "DeleteModel",
+        "ListModels",
+        "CreateEndpointConfig",
+        "DescribeEndpointConfig",
+        "DeleteEndpointConfig",
+        "ListEndpointConfigs",
         "CreateEndpoint",
+        "DescribeEndpoint",
         "UpdateEndpoint",
+        "DeleteEndpoint",
     ] {
         for outcome in [
             "ok",
@@ -1265,30 +1276,59 @@ async fn fake_faults_and_restarts_converge_without_duplicates_or_leftovers() {
             }
         }
     }
-    println!("aleph_sagemaker_calls_total by outcome (selected operations): {by_outcome:?}");
+    let summary = format!(
+        "seed {seed} (delete while updating: {delete_while_updating}): {passes} saga passes, {cleanup_passes} cleanup \
+         passes, {errors} errors left after SDK retries; calls by outcome {by_outcome:?}"
+    );
+    (fake.counters(), summary)
+}
 
-    assert!(counters.throttled > 0, "the test injected throttling");
-    assert_eq!(
-        counters.training_jobs_created, 1,
-        "exactly one training job"
-    );
-    assert_eq!(counters.models_created, 1, "exactly one Model");
-    assert_eq!(
-        counters.endpoint_configs_created, 2,
-        "one EndpointConfig per instance count"
-    );
-    assert_eq!(counters.endpoints_created, 1, "exactly one endpoint");
-    assert_eq!(counters.endpoint_updates, 1, "exactly one update");
-    assert_eq!(
-        (
-            counters.live_models,
-            counters.live_endpoint_configs,
-            counters.live_endpoints,
-            counters.running_training_jobs
-        ),
-        (0, 0, 0, 0),
-        "nothing left after cleanup"
-    );
+/// Under 30% throttling, 5% server errors and 10% lost responses, with a
+/// restart before every pass, the sagas converge with no duplicate job,
+/// Model, EndpointConfig or endpoint, and cleanup leaves nothing.
+#[tokio::test]
+async fn fake_faults_and_restarts_converge_without_duplicates_or_leftovers() {
+    for (seed, delete_while_updating) in
+        [(7, false), (11, false), (23, false), (42, true), (99, true)]
+    {
+        let (counters, summary) = chaos_run(seed, delete_while_updating).await;
+        println!("{summary}");
+        println!(
+            "fake counters: {}",
+            serde_json::to_string(&counters).unwrap_or_default()
+        );
+        assert!(
+            counters.throttled > 0,
+            "seed {seed}: the test injected throttling"
+        );
+        assert_eq!(
+            counters.training_jobs_created, 1,
+            "seed {seed}: exactly one training job"
+        );
+        assert_eq!(counters.models_created, 1, "seed {seed}: exactly one Model");
+        assert_eq!(
+            counters.endpoint_configs_created, 2,
+            "seed {seed}: one EndpointConfig per instance count"
+        );
+        assert_eq!(
+            counters.endpoints_created, 1,
+            "seed {seed}: exactly one endpoint"
+        );
+        assert_eq!(
+            counters.endpoint_updates, 1,
+            "seed {seed}: exactly one update"
+        );
+        assert_eq!(
+            (
+                counters.live_models,
+                counters.live_endpoint_configs,
+                counters.live_endpoints,
+                counters.running_training_jobs
+            ),
+            (0, 0, 0, 0),
+            "seed {seed}: nothing left after cleanup"
+        );
+    }
 }
 
 /// The adapter built from the environment alone: static keys, region and
@@ -1309,7 +1349,8 @@ async fn adapter_from_env_honours_the_endpoint_variable() {
     }
     let fake = fake(FakeConfig::default()).await;
     let exe = std::env::current_exe().expect("the test binary");
-    let output = Command::new(exe)
+    // Async, so that the fake keeps serving on this test's runtime meanwhile.
+    let output = tokio::process::Command::new(exe)
         .args([
             "--exact",
             "adapter_from_env_honours_the_endpoint_variable",
@@ -1324,6 +1365,7 @@ async fn adapter_from_env_honours_the_endpoint_variable() {
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_ENDPOINT_URL")
         .output()
+        .await
         .expect("running the child test");
     assert!(
         output.status.success(),

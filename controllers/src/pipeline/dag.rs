@@ -169,10 +169,7 @@ impl When {
             .ok_or_else(|| {
                 "the value must be one single-quoted string, for example 'true'".to_string()
             })?;
-        let subject = params::references(&format!("$({lhs})"))
-            .ok()
-            .and_then(|refs| refs.into_iter().next())
-            .filter(|_| !lhs.contains(['(', ')', '$']))
+        let subject = params::parse_reference(lhs)
             .ok_or_else(|| format!("{lhs:?} is neither params.NAME nor steps.STEP.outputs.KEY"))?;
         Ok(Self {
             subject,
@@ -288,11 +285,13 @@ impl Graph {
             .and_then(|d| start.checked_add_signed(d))
     }
 
-    /// Fresh statuses for a run: every step Pending, in [`Graph::names`] order.
+    /// Fresh statuses for a run: every step Pending, in spec order (steps,
+    /// then finally steps).
     pub fn initial_statuses(&self) -> Vec<StepStatus> {
-        self.names()
-            .map(|name| StepStatus {
-                name: name.to_string(),
+        self.nodes
+            .iter()
+            .map(|node| StepStatus {
+                name: node.step.name.clone(),
                 ..StepStatus::default()
             })
             .collect()
@@ -771,6 +770,7 @@ pub fn format_time(time: DateTime<Utc>) -> String {
 pub fn step_outputs(steps: &[StepStatus]) -> StepOutputs {
     steps
         .iter()
+        .rev()
         .filter(|s| matches!(s.phase, StepPhase::Succeeded | StepPhase::Reused))
         .map(|s| (s.name.clone(), s.outputs.clone()))
         .collect()
@@ -795,22 +795,28 @@ impl State {
     }
 }
 
-/// Says what to do next in a run; see the module docs for the rules.
-pub fn plan(graph: &Graph, run: &RunState<'_>, now: DateTime<Utc>) -> Vec<Action> {
-    let status: BTreeMap<&str, &StepStatus> = run
-        .steps
-        .iter()
-        .rev()
-        .map(|s| (s.name.as_str(), s))
-        .collect();
-    let stop = if run.cancelled {
+fn latest_statuses(steps: &[StepStatus]) -> BTreeMap<&str, &StepStatus> {
+    // The first entry of a name wins, as in `apply`.
+    steps.iter().rev().map(|s| (s.name.as_str(), s)).collect()
+}
+
+fn stop_reason(run: &RunState<'_>) -> Option<StopReason> {
+    if run.cancelled {
         Some(StopReason::Cancelled)
     } else if run.deadline_passed {
         Some(StopReason::DeadlinePassed)
     } else {
         None
-    };
-    let mut state: Vec<State> = graph
+    }
+}
+
+/// Each node's state as observed, before this pass changes anything.
+fn observe(
+    graph: &Graph,
+    status: &BTreeMap<&str, &StepStatus>,
+    stop: Option<StopReason>,
+) -> Vec<State> {
+    graph
         .nodes
         .iter()
         .map(|node| {
@@ -832,7 +838,14 @@ pub fn plan(graph: &Graph, run: &RunState<'_>, now: DateTime<Utc>) -> Vec<Action
                 }
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Says what to do next in a run; see the module docs for the rules.
+pub fn plan(graph: &Graph, run: &RunState<'_>, now: DateTime<Utc>) -> Vec<Action> {
+    let status = latest_statuses(run.steps);
+    let stop = stop_reason(run);
+    let mut state = observe(graph, &status, stop);
     let outputs = step_outputs(run.steps);
     let mut running = state.iter().filter(|&&s| s == State::Running).count();
     let cap = graph.parallelism.unwrap_or(usize::MAX);
@@ -1074,23 +1087,13 @@ pub fn next_retry_time(steps: &[StepStatus]) -> Option<DateTime<Utc>> {
         .min()
 }
 
-/// Finished steps over all steps, for example `3/7`. A failed step with a
-/// retry left is not finished.
-pub fn progress(graph: &Graph, steps: &[StepStatus]) -> String {
-    let finished = graph
-        .names()
-        .filter(|name| {
-            steps
-                .iter()
-                .find(|s| s.name == *name)
-                .is_some_and(|s| match s.phase {
-                    StepPhase::Succeeded | StepPhase::Reused | StepPhase::Skipped => true,
-                    StepPhase::Failed => graph
-                        .step(name)
-                        .is_none_or(|step| s.attempts >= max_attempts(step)),
-                    StepPhase::Pending | StepPhase::Running | StepPhase::Retrying => false,
-                })
-        })
+/// Finished steps over all steps, for example `3/7`. A failed step that
+/// will be retried is not finished.
+pub fn progress(graph: &Graph, run: &RunState<'_>) -> String {
+    let status = latest_statuses(run.steps);
+    let finished = observe(graph, &status, stop_reason(run))
+        .into_iter()
+        .filter(|s| s.is_done())
         .count();
     format!("{finished}/{}", graph.len())
 }
@@ -1235,6 +1238,7 @@ pub fn resume_plan(spec: &PipelineSpec, previous: &[StepStatus]) -> Vec<StepStat
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use aleph_crds::pipeline::{ContainerAction, ParamSpec, RolloutAction};
@@ -1345,6 +1349,16 @@ mod tests {
             plan(&self.graph, &state, self.now)
         }
 
+        fn progress(&self) -> String {
+            let state = RunState {
+                steps: &self.steps,
+                params: &self.params,
+                cancelled: self.cancelled,
+                deadline_passed: self.deadline_passed,
+            };
+            progress(&self.graph, &state)
+        }
+
         fn pass(&mut self) -> Vec<Action> {
             let actions = self.plan();
             assert_eq!(actions, self.plan(), "plan is deterministic");
@@ -1397,7 +1411,7 @@ mod tests {
         assert_eq!(run.started(), ["d"]);
         run.succeed("d");
         assert_eq!(run.started(), ["cleanup"]);
-        assert_eq!(progress(&run.graph, &run.steps), "4/5");
+        assert_eq!(run.progress(), "4/5");
         run.succeed("cleanup");
         let actions = run.pass();
         assert_eq!(
@@ -1408,7 +1422,7 @@ mod tests {
                 message: "all 5 steps succeeded".into()
             }]
         );
-        assert_eq!(progress(&run.graph, &run.steps), "5/5");
+        assert_eq!(run.progress(), "5/5");
     }
 
     #[test]
@@ -1587,6 +1601,7 @@ mod tests {
         );
         assert_eq!(run.phase("c"), StepPhase::Failed);
         assert_eq!(run.started(), ["cleanup"], "finally still runs");
+        assert_eq!(run.progress(), "4/5", "the stopped step is finished");
         run.succeed("cleanup");
         let actions = run.pass();
         assert!(
@@ -1989,7 +2004,7 @@ mod tests {
         let mut run = Run::new(&s);
         run.steps = resumed;
         assert_eq!(run.started(), ["train"]);
-        assert_eq!(progress(&run.graph, &run.steps), "3/6");
+        assert_eq!(run.progress(), "3/6");
         // Nothing is reused from an unknown or empty run, nor on a cycle.
         assert!(
             resume_plan(&s, &[])
@@ -2021,14 +2036,14 @@ mod tests {
         let mut s = diamond();
         s.steps[0].retries = retries(1, 0, 1, 0);
         let mut run = Run::new(&s);
-        assert_eq!(progress(&run.graph, &run.steps), "0/5");
+        assert_eq!(run.progress(), "0/5");
         run.started();
         run.fail("a");
-        assert_eq!(progress(&run.graph, &run.steps), "0/5", "a retry is left");
+        assert_eq!(run.progress(), "0/5", "a retry is left");
         run.pass();
         run.pass();
         run.fail("a");
-        assert_eq!(progress(&run.graph, &run.steps), "1/5");
+        assert_eq!(run.progress(), "1/5");
     }
 
     #[test]
@@ -2129,6 +2144,8 @@ mod tests {
         cancel_at: Option<usize>,
         deadline_at: Option<usize>,
         flag: bool,
+        /// Resume from an earlier run in which these regular steps succeeded.
+        resumed: Option<Vec<bool>>,
     }
 
     fn scenario() -> impl Strategy<Value = Scenario> {
@@ -2150,6 +2167,7 @@ mod tests {
                         proptest::option::of(0usize..30),
                         proptest::option::of(0usize..30),
                         any::<bool>(),
+                        proptest::option::of(proptest::collection::vec(any::<bool>(), n)),
                     ),
                 )
             })
@@ -2163,7 +2181,7 @@ mod tests {
                     whens,
                     parallelism,
                     finishes,
-                    (cancel_at, deadline_at, flag),
+                    (cancel_at, deadline_at, flag, resumed),
                 )| {
                     let mut steps: Vec<PipelineStep> =
                         (0..n).map(|j| step(&format!("s{j}"), &[])).collect();
@@ -2210,6 +2228,7 @@ mod tests {
                         cancel_at,
                         deadline_at,
                         flag,
+                        resumed,
                     }
                 },
             )
@@ -2226,7 +2245,42 @@ mod tests {
     /// every pass; returns the Finish action.
     fn simulate(sc: &Scenario) -> Result<Action, TestCaseError> {
         let graph = validate(&sc.spec).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let mut steps = graph.initial_statuses();
+        let mut steps = match &sc.resumed {
+            None => graph.initial_statuses(),
+            Some(succeeded) => {
+                let previous: Vec<StepStatus> = sc
+                    .spec
+                    .steps
+                    .iter()
+                    .zip(succeeded)
+                    .map(|(step, &ok)| StepStatus {
+                        name: step.name.clone(),
+                        phase: if ok {
+                            StepPhase::Succeeded
+                        } else {
+                            StepPhase::Failed
+                        },
+                        outputs: BTreeMap::from([("ok".to_string(), "yes".to_string())]),
+                        ..StepStatus::default()
+                    })
+                    .collect();
+                let resumed = resume_plan(&sc.spec, &previous);
+                for status in &resumed {
+                    let reused = status.phase == StepPhase::Reused;
+                    let deps_reused = graph.dependencies(&status.name).iter().all(|d| {
+                        resumed
+                            .iter()
+                            .any(|r| &r.name == d && r.phase == StepPhase::Reused)
+                    });
+                    prop_assert!(
+                        !reused || deps_reused,
+                        "{} reused without its dependencies",
+                        status.name
+                    );
+                }
+                resumed
+            }
+        };
         let params = BTreeMap::from([(
             "flag".to_string(),
             if sc.flag { "yes" } else { "no" }.to_string(),
@@ -2277,6 +2331,7 @@ mod tests {
                 match action {
                     Action::Start { step, attempt } => {
                         prop_assert!(!stopping, "started {} while stopping", step);
+                        prop_assert_ne!(phase_of(step), StepPhase::Reused, "reran a reused step");
                         prop_assert!(!graph.is_finally(step));
                         for dep in graph.dependencies(step) {
                             prop_assert!(
@@ -2488,7 +2543,7 @@ mod tests {
                 .collect();
             let state = RunState { steps: &steps, params: &BTreeMap::new(), cancelled, deadline_passed };
             let _ = plan(&g, &state, t0());
-            let _ = progress(&g, &steps);
+            let _ = progress(&g, &state);
             let _ = resume_plan(&diamond(), &steps);
         }
     }

@@ -152,7 +152,7 @@ pub fn job_name(run: &str, step: &str, attempt: i32) -> String {
         return full;
     }
     match 63usize.checked_sub(suffix.len()) {
-        Some(room) if room >= 10 => format!("{}{suffix}", bounded_name(run, room).to_lowercase()),
+        Some(room) if room >= 10 => format!("{}{suffix}", bounded_name(run, room)),
         _ => bounded_name(&full, 63),
     }
 }
@@ -577,6 +577,7 @@ pub fn parse_outputs(message: &str) -> Result<BTreeMap<String, String>, OutputsT
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use aleph_crds::pipeline::PipelineSpec;

@@ -187,7 +187,8 @@ pub fn is_output_key(key: &str) -> bool {
     !key.is_empty() && key.chars().all(is_param_char)
 }
 
-fn parse_reference(inner: &str) -> Option<Reference> {
+/// Parses what sits inside `$(...)`: `params.NAME` or `steps.STEP.outputs.KEY`.
+pub(crate) fn parse_reference(inner: &str) -> Option<Reference> {
     if let Some(name) = inner.strip_prefix("params.") {
         let first_ok = name
             .chars()
@@ -336,6 +337,7 @@ pub fn substitute_for_container(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -235,6 +235,7 @@ pub fn runs_to_prune(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

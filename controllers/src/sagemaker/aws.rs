@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, ConfigLoader};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, ConfigLoader};
 use aws_sdk_sagemaker::Client;
 use aws_sdk_sagemaker::config::Region;
 use aws_sdk_sagemaker::config::http::HttpResponse;
@@ -89,7 +89,12 @@ impl AwsSageMaker {
         config: &AwsSageMakerConfig,
         calls: Family<SageMakerCallLabels, Counter>,
     ) -> SmResult<Self> {
-        Self::load(aws_config::defaults(BehaviorVersion::latest()), config, calls).await
+        Self::load(
+            aws_config::defaults(BehaviorVersion::latest()),
+            config,
+            calls,
+        )
+        .await
     }
 
     /// Like [`AwsSageMaker::from_env`], from a loader the caller has already
@@ -120,11 +125,15 @@ impl AwsSageMaker {
             return Err(SageMakerError::Terminal {
                 operation: "Configure",
                 code: "MissingRegion".into(),
-                message: "no AWS region: set AWS_REGION, a profile region, or the operator's region"
-                    .into(),
+                message:
+                    "no AWS region: set AWS_REGION, a profile region, or the operator's region"
+                        .into(),
             });
         }
-        Ok(Self { client: Client::new(&sdk), calls })
+        Ok(Self {
+            client: Client::new(&sdk),
+            calls,
+        })
     }
 
     /// Wraps a client built elsewhere.
@@ -134,8 +143,16 @@ impl AwsSageMaker {
 
     /// The same client settings in another region.
     pub fn with_region(&self, region: &str) -> Self {
-        let conf = self.client.config().to_builder().region(Region::new(region.to_string())).build();
-        Self { client: Client::from_conf(conf), calls: self.calls.clone() }
+        let conf = self
+            .client
+            .config()
+            .to_builder()
+            .region(Region::new(region.to_string()))
+            .build();
+        Self {
+            client: Client::from_conf(conf),
+            calls: self.calls.clone(),
+        }
     }
 
     /// The client's region.
@@ -144,7 +161,9 @@ impl AwsSageMaker {
     }
 
     fn count(&self, operation: &'static str, outcome: &'static str) {
-        self.calls.get_or_create(&SageMakerCallLabels { operation, outcome }).inc();
+        self.calls
+            .get_or_create(&SageMakerCallLabels { operation, outcome })
+            .inc();
     }
 
     /// Counts and classifies the result of one call.
@@ -153,7 +172,13 @@ impl AwsSageMaker {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let result = result.map_err(|e| from_sdk_error(operation, &e));
-        self.count(operation, result.as_ref().err().map_or("ok", SageMakerError::metric_outcome));
+        self.count(
+            operation,
+            result
+                .as_ref()
+                .err()
+                .map_or("ok", SageMakerError::metric_outcome),
+        );
         if let Err(e) = &result {
             tracing::debug!(operation, outcome = e.metric_outcome(), error = %e, "SageMaker call failed");
         }
@@ -163,22 +188,29 @@ impl AwsSageMaker {
 
 /// Classifies an SDK error. Only SageMaker's error code and message, and the
 /// error chain of a transport failure, go into the message: never the request.
-pub fn from_sdk_error<E>(operation: &'static str, error: &SdkError<E, HttpResponse>) -> SageMakerError
+pub fn from_sdk_error<E>(
+    operation: &'static str,
+    error: &SdkError<E, HttpResponse>,
+) -> SageMakerError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match error {
-        SdkError::ServiceError(service) => {
-            classify(operation, Some(service.raw().status().as_u16()), error.code(), error.message())
-        }
-        SdkError::TimeoutError(_) => SageMakerError::recoverable(
+        SdkError::ServiceError(service) => classify(
             operation,
-            RecoverableKind::Timeout,
-            "the call timed out",
+            Some(service.raw().status().as_u16()),
+            error.code(),
+            error.message(),
         ),
+        SdkError::TimeoutError(_) => {
+            SageMakerError::recoverable(operation, RecoverableKind::Timeout, "the call timed out")
+        }
         SdkError::DispatchFailure(dispatch) => {
-            let kind =
-                if dispatch.is_timeout() { RecoverableKind::Timeout } else { RecoverableKind::Network };
+            let kind = if dispatch.is_timeout() {
+                RecoverableKind::Timeout
+            } else {
+                RecoverableKind::Network
+            };
             SageMakerError::recoverable(
                 operation,
                 kind,
@@ -188,12 +220,16 @@ where
         SdkError::ResponseError(response) => SageMakerError::recoverable(
             operation,
             RecoverableKind::ServerError,
-            format!("unreadable response (HTTP {})", response.raw().status().as_u16()),
+            format!(
+                "unreadable response (HTTP {})",
+                response.raw().status().as_u16()
+            ),
         ),
         SdkError::ConstructionFailure(_) => {
             let text = DisplayErrorContext(error).to_string();
             let lower = text.to_ascii_lowercase();
-            if lower.contains("credential") || lower.contains("identity") || lower.contains("token") {
+            if lower.contains("credential") || lower.contains("identity") || lower.contains("token")
+            {
                 SageMakerError::recoverable(
                     operation,
                     RecoverableKind::Auth,
@@ -216,7 +252,9 @@ where
 }
 
 fn tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
-    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
 }
 
 impl SageMakerApi for AwsSageMaker {
@@ -257,10 +295,12 @@ impl SageMakerApi for AwsSageMaker {
                         .build(),
                 )
                 .enable_managed_spot_training(r.spot_max_wait_seconds.is_some())
-                .set_hyper_parameters(
-                    (!r.hyperparameters.is_empty())
-                        .then(|| r.hyperparameters.clone().into_iter().collect::<HashMap<_, _>>()),
-                )
+                .set_hyper_parameters((!r.hyperparameters.is_empty()).then(|| {
+                    r.hyperparameters
+                        .clone()
+                        .into_iter()
+                        .collect::<HashMap<_, _>>()
+                }))
                 .set_tags(Some(tags(&r.tags)));
             for input in &r.inputs {
                 call = call.input_data_config(
@@ -298,13 +338,20 @@ impl SageMakerApi for AwsSageMaker {
 
     fn describe_training_job<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<TrainingJob>> {
         Box::pin(async move {
-            let call = self.client.describe_training_job().training_job_name(name).send().await;
+            let call = self
+                .client
+                .describe_training_job()
+                .training_job_name(name)
+                .send()
+                .await;
             let out = self.finish("DescribeTrainingJob", call)?;
             Ok(TrainingJob {
                 name: out.training_job_name().unwrap_or(name).to_string(),
                 arn: out.training_job_arn().map(str::to_string),
                 state: TrainingJobState::parse(
-                    out.training_job_status().map(|s| s.as_str()).unwrap_or("Unknown"),
+                    out.training_job_status()
+                        .map(|s| s.as_str())
+                        .unwrap_or("Unknown"),
                 ),
                 secondary_status: out.secondary_status().map(|s| s.as_str().to_string()),
                 failure_reason: out.failure_reason().map(clean_message),
@@ -318,7 +365,12 @@ impl SageMakerApi for AwsSageMaker {
 
     fn stop_training_job<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
         Box::pin(async move {
-            let call = self.client.stop_training_job().training_job_name(name).send().await;
+            let call = self
+                .client
+                .stop_training_job()
+                .training_job_name(name)
+                .send()
+                .await;
             self.finish("StopTrainingJob", call).map(|_| ())
         })
     }
@@ -353,7 +405,9 @@ impl SageMakerApi for AwsSageMaker {
                 name: out.model_name().unwrap_or(name).to_string(),
                 arn: out.model_arn().map(str::to_string),
                 image: container.and_then(|c| c.image()).map(str::to_string),
-                model_data_url: container.and_then(|c| c.model_data_url()).map(str::to_string),
+                model_data_url: container
+                    .and_then(|c| c.model_data_url())
+                    .map(str::to_string),
             })
         })
     }
@@ -386,7 +440,10 @@ impl SageMakerApi for AwsSageMaker {
                         .filter(|n| n.contains(name_contains))
                         .map(str::to_string),
                 );
-                token = out.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+                token = out
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
                 if token.is_none() {
                     break;
                 }
@@ -419,7 +476,10 @@ impl SageMakerApi for AwsSageMaker {
                         .filter(|n| n.contains(name_contains))
                         .map(str::to_string),
                 );
-                token = out.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+                token = out
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
                 if token.is_none() {
                     break;
                 }
@@ -458,8 +518,12 @@ impl SageMakerApi for AwsSageMaker {
         name: &'a str,
     ) -> BoxFuture<'a, SmResult<EndpointConfig>> {
         Box::pin(async move {
-            let call =
-                self.client.describe_endpoint_config().endpoint_config_name(name).send().await;
+            let call = self
+                .client
+                .describe_endpoint_config()
+                .endpoint_config_name(name)
+                .send()
+                .await;
             let out = self.finish("DescribeEndpointConfig", call)?;
             Ok(EndpointConfig {
                 name: out.endpoint_config_name().unwrap_or(name).to_string(),
@@ -475,7 +539,12 @@ impl SageMakerApi for AwsSageMaker {
 
     fn delete_endpoint_config<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
         Box::pin(async move {
-            let call = self.client.delete_endpoint_config().endpoint_config_name(name).send().await;
+            let call = self
+                .client
+                .delete_endpoint_config()
+                .endpoint_config_name(name)
+                .send()
+                .await;
             self.finish("DeleteEndpointConfig", call).map(|_| ())
         })
     }
@@ -500,13 +569,20 @@ impl SageMakerApi for AwsSageMaker {
 
     fn describe_endpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<Endpoint>> {
         Box::pin(async move {
-            let call = self.client.describe_endpoint().endpoint_name(name).send().await;
+            let call = self
+                .client
+                .describe_endpoint()
+                .endpoint_name(name)
+                .send()
+                .await;
             let out = self.finish("DescribeEndpoint", call)?;
             Ok(Endpoint {
                 name: out.endpoint_name().unwrap_or(name).to_string(),
                 arn: out.endpoint_arn().map(str::to_string),
                 state: EndpointState::parse(
-                    out.endpoint_status().map(|s| s.as_str()).unwrap_or("Unknown"),
+                    out.endpoint_status()
+                        .map(|s| s.as_str())
+                        .unwrap_or("Unknown"),
                 ),
                 config_name: out.endpoint_config_name().map(str::to_string),
                 pending_config_name: out
@@ -538,7 +614,12 @@ impl SageMakerApi for AwsSageMaker {
 
     fn delete_endpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
         Box::pin(async move {
-            let call = self.client.delete_endpoint().endpoint_name(name).send().await;
+            let call = self
+                .client
+                .delete_endpoint()
+                .endpoint_name(name)
+                .send()
+                .await;
             self.finish("DeleteEndpoint", call).map(|_| ())
         })
     }
@@ -562,7 +643,10 @@ pub struct RegionalClients {
 impl RegionalClients {
     /// Clients derived from `default` (which sets credentials, retries and timeouts).
     pub fn new(default: AwsSageMaker) -> Self {
-        Self { default: Arc::new(default), by_region: Mutex::new(HashMap::new()) }
+        Self {
+            default: Arc::new(default),
+            by_region: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The adapter for `region`.

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use aleph_crds::{DeletionPolicy, EndpointStatus, SageMakerServing, SageMakerTraining, TrainingStatus};
+use aleph_crds::{
+    DeletionPolicy, EndpointStatus, SageMakerServing, SageMakerTraining, TrainingStatus,
+};
 
 use super::naming::{endpoint_name, is_owned, owner_tag, training_job_name};
 use super::{EndpointState, SageMakerApi, SmResult, TrainingJobState};
@@ -40,7 +42,10 @@ impl CleanupOutcome {
     }
 
     fn wait(after: Duration, waiting_for: impl Into<String>) -> Self {
-        Self::RequeueAfter { after, waiting_for: waiting_for.into() }
+        Self::RequeueAfter {
+            after,
+            waiting_for: waiting_for.into(),
+        }
     }
 
     /// Both: done when both are, else the sooner requeue with both reasons.
@@ -48,9 +53,18 @@ impl CleanupOutcome {
         match (self, other) {
             (Self::Done, other) | (other, Self::Done) => other,
             (
-                Self::RequeueAfter { after: a, waiting_for: wa },
-                Self::RequeueAfter { after: b, waiting_for: wb },
-            ) => Self::RequeueAfter { after: a.min(b), waiting_for: format!("{wa}; {wb}") },
+                Self::RequeueAfter {
+                    after: a,
+                    waiting_for: wa,
+                },
+                Self::RequeueAfter {
+                    after: b,
+                    waiting_for: wb,
+                },
+            ) => Self::RequeueAfter {
+                after: a.min(b),
+                waiting_for: format!("{wa}; {wb}"),
+            },
         }
     }
 }
@@ -73,14 +87,19 @@ pub async fn cleanup(
         outcome = outcome.and(stop_training(api, training).await?);
     }
     match endpoint {
-        Some(endpoint) => outcome = outcome.and(cleanup_endpoint(api, owner_uid, endpoint, &[]).await?),
+        Some(endpoint) => {
+            outcome = outcome.and(cleanup_endpoint(api, owner_uid, endpoint, &[]).await?)
+        }
         None => sweep(api, owner_uid, &[]).await?,
     }
     Ok(outcome)
 }
 
 /// Stops the job if it runs, and waits until it no longer does.
-pub async fn stop_training(api: &dyn SageMakerApi, training: &TrainingStatus) -> SmResult<CleanupOutcome> {
+pub async fn stop_training(
+    api: &dyn SageMakerApi,
+    training: &TrainingStatus,
+) -> SmResult<CleanupOutcome> {
     // Rejected at creation: there is no job.
     if training.job_status.is_none() && training.failure_reason.is_some() {
         return Ok(CleanupOutcome::Done);
@@ -90,7 +109,12 @@ pub async fn stop_training(api: &dyn SageMakerApi, training: &TrainingStatus) ->
         Err(e) if e.is_not_found() => return Ok(CleanupOutcome::Done),
         Err(e) => return Err(e),
     };
-    let waiting = || CleanupOutcome::wait(REQUEUE_DELETING, format!("training job {} to stop", job.name));
+    let waiting = || {
+        CleanupOutcome::wait(
+            REQUEUE_DELETING,
+            format!("training job {} to stop", job.name),
+        )
+    };
     match job.state {
         TrainingJobState::InProgress => match api.stop_training_job(&training.job_name).await {
             Ok(()) => Ok(waiting()),
@@ -133,12 +157,19 @@ pub(crate) async fn cleanup_endpoint(
     }
     match &endpoint.state {
         EndpointState::Deleting => {
-            return Ok(CleanupOutcome::wait(REQUEUE_DELETING, format!("endpoint {} to be deleted", endpoint.name)));
+            return Ok(CleanupOutcome::wait(
+                REQUEUE_DELETING,
+                format!("endpoint {} to be deleted", endpoint.name),
+            ));
         }
         state if state.is_transitional() => {
             return Ok(CleanupOutcome::wait(
                 REQUEUE_BUSY,
-                format!("endpoint {} to leave {} before deleting it", endpoint.name, state.as_str()),
+                format!(
+                    "endpoint {} to leave {} before deleting it",
+                    endpoint.name,
+                    state.as_str()
+                ),
             ));
         }
         _ => {}
@@ -154,7 +185,10 @@ pub(crate) async fn cleanup_endpoint(
             Ok(CleanupOutcome::Done)
         }
         Err(e) => Err(e),
-        Ok(_) => Ok(CleanupOutcome::wait(REQUEUE_DELETING, format!("endpoint {} to be deleted", endpoint.name))),
+        Ok(_) => Ok(CleanupOutcome::wait(
+            REQUEUE_DELETING,
+            format!("endpoint {} to be deleted", endpoint.name),
+        )),
     }
 }
 
@@ -164,7 +198,10 @@ pub(crate) async fn cleanup_endpoint(
 pub(crate) async fn sweep(api: &dyn SageMakerApi, owner_uid: &str, keep: &[&str]) -> SmResult<()> {
     let tag = format!("-{}-", owner_tag(owner_uid));
     let configs = api.list_endpoint_configs(&tag).await?;
-    for config in configs.iter().filter(|c| is_owned(c, owner_uid) && !keep.contains(&c.as_str())) {
+    for config in configs
+        .iter()
+        .filter(|c| is_owned(c, owner_uid) && !keep.contains(&c.as_str()))
+    {
         match api.delete_endpoint_config(config).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
@@ -172,7 +209,10 @@ pub(crate) async fn sweep(api: &dyn SageMakerApi, owner_uid: &str, keep: &[&str]
         }
     }
     let models = api.list_models(&tag).await?;
-    for model in models.iter().filter(|m| is_owned(m, owner_uid) && !keep.contains(&m.as_str())) {
+    for model in models
+        .iter()
+        .filter(|m| is_owned(m, owner_uid) && !keep.contains(&m.as_str()))
+    {
         match api.delete_model(model).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
@@ -230,11 +270,17 @@ mod tests {
     fn outcomes_combine() {
         let a = CleanupOutcome::wait(Duration::from_secs(30), "a");
         let b = CleanupOutcome::wait(Duration::from_secs(10), "b");
-        assert_eq!(CleanupOutcome::Done.and(CleanupOutcome::Done), CleanupOutcome::Done);
+        assert_eq!(
+            CleanupOutcome::Done.and(CleanupOutcome::Done),
+            CleanupOutcome::Done
+        );
         assert_eq!(CleanupOutcome::Done.and(a.clone()), a);
         assert_eq!(
             a.and(b),
-            CleanupOutcome::RequeueAfter { after: Duration::from_secs(10), waiting_for: "a; b".into() }
+            CleanupOutcome::RequeueAfter {
+                after: Duration::from_secs(10),
+                waiting_for: "a; b".into()
+            }
         );
     }
 }

@@ -23,8 +23,9 @@ use aleph_crds::{ConditionStatus, EndpointStatus, SageMakerServing};
 use super::cleanup::{CleanupOutcome, cleanup_endpoint, sweep};
 use super::naming::{endpoint_config_name, endpoint_name, is_owned, is_valid_name, model_name};
 use super::{
-    CreateEndpointConfigRequest, CreateEndpointRequest, CreateModelRequest, Endpoint, EndpointState,
-    REQUEUE_CHANGING, REQUEUE_STEADY, SageMakerApi, SageMakerError, SageMakerEvent, SmResult, owner_tags,
+    CreateEndpointConfigRequest, CreateEndpointRequest, CreateModelRequest, Endpoint,
+    EndpointState, REQUEUE_CHANGING, REQUEUE_STEADY, SageMakerApi, SageMakerError, SageMakerEvent,
+    SmResult, owner_tags,
 };
 use crate::conditions::NewCondition;
 
@@ -114,13 +115,30 @@ pub async fn reconcile_endpoint(
     if !is_valid_name(&endpoint) {
         return Ok(invalid(
             status,
-            format!("{endpoint:?} is not a valid SageMaker endpoint name (letters, digits and inner hyphens, at most 63)"),
+            format!(
+                "{endpoint:?} is not a valid SageMaker endpoint name (letters, digits and inner hyphens, at most 63)"
+            ),
         ));
     }
     let model_data_url = Some(model_data_url).filter(|u| !u.is_empty());
-    let model = model_name(owner_uid, name, &serving.image, model_data_url.unwrap_or_default(), &serving.role_arn);
+    let model = model_name(
+        owner_uid,
+        name,
+        &serving.image,
+        model_data_url.unwrap_or_default(),
+        &serving.role_arn,
+    );
     let config = endpoint_config_name(owner_uid, name, &model, serving);
-    let desired = Desired { owner_uid, namespace, name, serving, model_data_url, endpoint, model, config };
+    let desired = Desired {
+        owner_uid,
+        namespace,
+        name,
+        serving,
+        model_data_url,
+        endpoint,
+        model,
+        config,
+    };
     match advance(api, &desired, status, adopt).await {
         Err(e) if rejects_spec(&e) => Ok(rejected(status, &e)),
         other => other,
@@ -141,7 +159,10 @@ async fn advance(
         match cleanup_endpoint(api, desired.owner_uid, prev, &keep).await? {
             CleanupOutcome::Done => events.push(SageMakerEvent::normal(
                 "EndpointDeleted",
-                format!("Deleted SageMaker endpoint {}: the endpoint is now {}", prev.name, desired.endpoint),
+                format!(
+                    "Deleted SageMaker endpoint {}: the endpoint is now {}",
+                    prev.name, desired.endpoint
+                ),
             )),
             CleanupOutcome::RequeueAfter { after, waiting_for } => {
                 return Ok(EndpointOutcome {
@@ -149,7 +170,10 @@ async fn advance(
                     condition: NewCondition::no(
                         SERVING,
                         "EndpointRenaming",
-                        format!("waiting for {waiting_for} before creating {}", desired.endpoint),
+                        format!(
+                            "waiting for {waiting_for} before creating {}",
+                            desired.endpoint
+                        ),
                     ),
                     terminal: false,
                     requeue_after: Some(after),
@@ -193,11 +217,19 @@ async fn create(
     };
     events.push(SageMakerEvent::normal(
         "EndpointCreating",
-        format!("Creating SageMaker endpoint {} with config {}", desired.endpoint, desired.config),
+        format!(
+            "Creating SageMaker endpoint {} with config {}",
+            desired.endpoint, desired.config
+        ),
     ));
     // A previous endpoint of this name is gone: what it ran is unused now.
     if prev.is_some_and(|p| p.config_name.is_some()) {
-        sweep(api, desired.owner_uid, &[desired.config.as_str(), desired.model.as_str()]).await?;
+        sweep(
+            api,
+            desired.owner_uid,
+            &[desired.config.as_str(), desired.model.as_str()],
+        )
+        .await?;
     }
     Ok(EndpointOutcome {
         status: Some(EndpointStatus {
@@ -273,7 +305,9 @@ async fn observe(
             condition: NewCondition::no(
                 SERVING,
                 "EndpointDeleting",
-                format!("SageMaker endpoint {name} is being deleted; it is created again once gone"),
+                format!(
+                    "SageMaker endpoint {name} is being deleted; it is created again once gone"
+                ),
             ),
             terminal: false,
             requeue_after: Some(REQUEUE_CHANGING),
@@ -285,9 +319,11 @@ async fn observe(
                 status.config_name = current;
             }
             let condition = match state {
-                EndpointState::Creating => {
-                    NewCondition::no(SERVING, "EndpointCreating", format!("SageMaker is creating endpoint {name}"))
-                }
+                EndpointState::Creating => NewCondition::no(
+                    SERVING,
+                    "EndpointCreating",
+                    format!("SageMaker is creating endpoint {name}"),
+                ),
                 EndpointState::Updating | EndpointState::SystemUpdating => NewCondition::yes(
                     SERVING,
                     "EndpointUpdating",
@@ -345,7 +381,10 @@ async fn observe(
             }
             events.push(SageMakerEvent::normal(
                 "EndpointReplacing",
-                format!("Deleting failed SageMaker endpoint {name} to create it again with config {}", desired.config),
+                format!(
+                    "Deleting failed SageMaker endpoint {name} to create it again with config {}",
+                    desired.config
+                ),
             ));
             status.state = Some(EndpointState::Deleting.as_str().to_string());
             Ok(EndpointOutcome {
@@ -384,7 +423,8 @@ async fn observe(
             }
 
             if on_desired {
-                let moved = prev.and_then(|p| p.config_name.as_deref()) != Some(desired.config.as_str());
+                let moved =
+                    prev.and_then(|p| p.config_name.as_deref()) != Some(desired.config.as_str());
                 if serving && (was_state != Some("InService") || moved) {
                     events.push(SageMakerEvent::normal(
                         "EndpointInService",
@@ -395,7 +435,10 @@ async fn observe(
                     NewCondition::yes(
                         SERVING,
                         "EndpointInService",
-                        format!("SageMaker endpoint {name} serves model {} (config {})", desired.model, desired.config),
+                        format!(
+                            "SageMaker endpoint {name} serves model {} (config {})",
+                            desired.model, desired.config
+                        ),
                     )
                 } else {
                     NewCondition::no(
@@ -408,7 +451,11 @@ async fn observe(
                     status: Some(status),
                     condition,
                     terminal: false,
-                    requeue_after: Some(if serving { REQUEUE_STEADY } else { REQUEUE_CHANGING }),
+                    requeue_after: Some(if serving {
+                        REQUEUE_STEADY
+                    } else {
+                        REQUEUE_CHANGING
+                    }),
                     events,
                 });
             }
@@ -416,7 +463,11 @@ async fn observe(
             // Runs another config: move it to the desired one.
             ensure_model(api, desired).await?;
             let config_existed = ensure_config(api, desired).await?;
-            if let Some(reason) = found.failure_reason.as_deref().filter(|_| config_existed && serving) {
+            if let Some(reason) = found
+                .failure_reason
+                .as_deref()
+                .filter(|_| config_existed && serving)
+            {
                 // The config was made by an earlier pass, which updated the endpoint
                 // to it; SageMaker rolled that update back.
                 let message = format!(
@@ -425,7 +476,10 @@ async fn observe(
                     desired.config
                 );
                 if was_state != Some("InService") {
-                    events.push(SageMakerEvent::warning("EndpointUpdateFailed", message.clone()));
+                    events.push(SageMakerEvent::warning(
+                        "EndpointUpdateFailed",
+                        message.clone(),
+                    ));
                 }
                 return Ok(EndpointOutcome {
                     status: Some(status),
@@ -442,7 +496,9 @@ async fn observe(
                 Err(e) if e.is_terminal() => {
                     let now = api.describe_endpoint(name).await?;
                     let target = Some(desired.config.as_str());
-                    if now.pending_config_name.as_deref() != target && now.config_name.as_deref() != target {
+                    if now.pending_config_name.as_deref() != target
+                        && now.config_name.as_deref() != target
+                    {
                         return Err(e);
                     }
                 }
@@ -451,20 +507,29 @@ async fn observe(
             let from = found.config_name.as_deref().unwrap_or("none");
             events.push(SageMakerEvent::normal(
                 "EndpointUpdating",
-                format!("Updating SageMaker endpoint {name} from config {from} to {}", desired.config),
+                format!(
+                    "Updating SageMaker endpoint {name} from config {from} to {}",
+                    desired.config
+                ),
             ));
             status.state = Some(EndpointState::Updating.as_str().to_string());
             let condition = if serving {
                 NewCondition::yes(
                     SERVING,
                     "EndpointUpdating",
-                    format!("SageMaker endpoint {name} serves while it moves to config {}", desired.config),
+                    format!(
+                        "SageMaker endpoint {name} serves while it moves to config {}",
+                        desired.config
+                    ),
                 )
             } else {
                 NewCondition::no(
                     SERVING,
                     "EndpointUpdating",
-                    format!("SageMaker endpoint {name} is moving to config {}", desired.config),
+                    format!(
+                        "SageMaker endpoint {name} is moving to config {}",
+                        desired.config
+                    ),
                 )
             };
             Ok(EndpointOutcome {
@@ -495,9 +560,10 @@ async fn model_of(
         return Ok(prev.model_name.clone());
     }
     match api.describe_endpoint_config(config).await {
-        Ok(described) => {
-            Ok(described.model_names.into_iter().find(|m| is_owned(m, desired.owner_uid)))
-        }
+        Ok(described) => Ok(described
+            .model_names
+            .into_iter()
+            .find(|m| is_owned(m, desired.owner_uid))),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
     }
@@ -548,7 +614,10 @@ async fn ensure_config(api: &dyn SageMakerApi, desired: &Desired<'_>) -> SmResul
 
 /// Whether an error means SageMaker will not accept what the spec asks for.
 fn rejects_spec(error: &SageMakerError) -> bool {
-    let creating = matches!(error.operation(), "CreateModel" | "CreateEndpointConfig" | "CreateEndpoint" | "UpdateEndpoint");
+    let creating = matches!(
+        error.operation(),
+        "CreateModel" | "CreateEndpointConfig" | "CreateEndpoint" | "UpdateEndpoint"
+    );
     error.is_terminal() || (creating && error.is_not_found())
 }
 

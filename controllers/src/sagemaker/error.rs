@@ -151,7 +151,11 @@ impl SageMakerError {
         kind: RecoverableKind,
         message: impl Into<String>,
     ) -> Self {
-        Self::Recoverable { operation, kind, message: clean_message(&message.into()) }
+        Self::Recoverable {
+            operation,
+            kind,
+            message: clean_message(&message.into()),
+        }
     }
 }
 
@@ -255,11 +259,19 @@ pub fn classify(
         return SageMakerError::AlreadyExists { operation, message };
     }
     let code = if code.is_empty() {
-        if status == 0 { "Unknown".to_string() } else { format!("HTTP{status}") }
+        if status == 0 {
+            "Unknown".to_string()
+        } else {
+            format!("HTTP{status}")
+        }
     } else {
         code.to_string()
     };
-    SageMakerError::Terminal { operation, code, message }
+    SageMakerError::Terminal {
+        operation,
+        code,
+        message,
+    }
 }
 
 /// `aws.protocoltests#ValidationException` and `ValidationException:http://...`
@@ -280,8 +292,11 @@ fn describe(code: &str, message: &str, status: u16) -> String {
 
 /// Keeps a message to one line of bounded length.
 pub(crate) fn clean_message(message: &str) -> String {
-    let one_line: String =
-        message.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_MESSAGE).collect();
+    let one_line: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_MESSAGE)
+        .collect();
     one_line.trim().to_string()
 }
 
@@ -291,7 +306,12 @@ mod tests {
 
     #[test]
     fn throttling_is_recoverable() {
-        let e = classify("DescribeEndpoint", Some(400), Some("ThrottlingException"), Some("Rate exceeded"));
+        let e = classify(
+            "DescribeEndpoint",
+            Some(400),
+            Some("ThrottlingException"),
+            Some("Rate exceeded"),
+        );
         assert!(e.is_recoverable());
         assert_eq!(e.metric_outcome(), "throttled");
         assert_eq!(e.reason(), "SageMakerThrottled");
@@ -301,7 +321,11 @@ mod tests {
 
     #[test]
     fn server_errors_are_recoverable() {
-        for (status, code) in [(500, "InternalFailure"), (503, "ServiceUnavailable"), (502, "")] {
+        for (status, code) in [
+            (500, "InternalFailure"),
+            (503, "ServiceUnavailable"),
+            (502, ""),
+        ] {
             let e = classify("CreateModel", Some(status), Some(code), None);
             assert!(e.is_recoverable(), "{status} {code}");
             assert_eq!(e.metric_outcome(), "server_error");
@@ -311,12 +335,36 @@ mod tests {
     #[test]
     fn missing_resources_in_both_spellings() {
         let cases = [
-            ("DescribeTrainingJob", "ValidationException", "Requested resource not found."),
-            ("DescribeModel", "ValidationException", "Could not find model \"arn:aws:sagemaker:x\"."),
-            ("DescribeEndpoint", "ValidationException", "Could not find endpoint \"e\"."),
-            ("DescribeEndpointConfig", "ValidationException", "Could not find endpoint configuration \"c\"."),
-            ("StopTrainingJob", "ResourceNotFound", "Requested resource not found."),
-            ("DescribeTrainingJob", "com.amazonaws.sagemaker#ResourceNotFound", ""),
+            (
+                "DescribeTrainingJob",
+                "ValidationException",
+                "Requested resource not found.",
+            ),
+            (
+                "DescribeModel",
+                "ValidationException",
+                "Could not find model \"arn:aws:sagemaker:x\".",
+            ),
+            (
+                "DescribeEndpoint",
+                "ValidationException",
+                "Could not find endpoint \"e\".",
+            ),
+            (
+                "DescribeEndpointConfig",
+                "ValidationException",
+                "Could not find endpoint configuration \"c\".",
+            ),
+            (
+                "StopTrainingJob",
+                "ResourceNotFound",
+                "Requested resource not found.",
+            ),
+            (
+                "DescribeTrainingJob",
+                "com.amazonaws.sagemaker#ResourceNotFound",
+                "",
+            ),
         ];
         for (op, code, message) in cases {
             let e = classify(op, Some(400), Some(code), Some(message));
@@ -328,9 +376,21 @@ mod tests {
     #[test]
     fn duplicates_in_both_spellings() {
         let cases = [
-            ("CreateTrainingJob", "ResourceInUse", "Training job names must be unique"),
-            ("CreateModel", "ValidationException", "Cannot create already existing model \"m\"."),
-            ("CreateEndpoint", "ValidationException", "Cannot create already existing endpoint \"e\"."),
+            (
+                "CreateTrainingJob",
+                "ResourceInUse",
+                "Training job names must be unique",
+            ),
+            (
+                "CreateModel",
+                "ValidationException",
+                "Cannot create already existing model \"m\".",
+            ),
+            (
+                "CreateEndpoint",
+                "ValidationException",
+                "Cannot create already existing endpoint \"e\".",
+            ),
         ];
         for (op, code, message) in cases {
             let e = classify(op, Some(400), Some(code), Some(message));
@@ -344,19 +404,33 @@ mod tests {
             "CreateTrainingJob",
             Some(400),
             Some("ValidationException"),
-            Some("1 validation error detected: Value 'ml.x' at 'resourceConfig.instanceType' failed"),
+            Some(
+                "1 validation error detected: Value 'ml.x' at 'resourceConfig.instanceType' failed",
+            ),
         );
         assert!(e.is_terminal());
         assert_eq!(e.metric_outcome(), "terminal");
-        let e = classify("CreateEndpoint", Some(400), Some("ResourceLimitExceeded"), Some("quota"));
-        assert!(matches!(e, SageMakerError::Terminal { ref code, .. } if code == "ResourceLimitExceeded"));
+        let e = classify(
+            "CreateEndpoint",
+            Some(400),
+            Some("ResourceLimitExceeded"),
+            Some("quota"),
+        );
+        assert!(
+            matches!(e, SageMakerError::Terminal { ref code, .. } if code == "ResourceLimitExceeded")
+        );
         let e = classify("CreateEndpoint", Some(404), None, None);
         assert!(matches!(e, SageMakerError::Terminal { ref code, .. } if code == "HTTP404"));
     }
 
     #[test]
     fn credentials_are_recoverable() {
-        let e = classify("DescribeModel", Some(400), Some("ExpiredTokenException"), Some("expired"));
+        let e = classify(
+            "DescribeModel",
+            Some(400),
+            Some("ExpiredTokenException"),
+            Some("expired"),
+        );
         assert!(e.is_recoverable());
         assert_eq!(e.metric_outcome(), "auth");
         assert_eq!(e.reason(), "SageMakerAccessDenied");
@@ -365,7 +439,12 @@ mod tests {
     #[test]
     fn messages_are_one_bounded_line() {
         let long = "x\n".repeat(2000);
-        let e = classify("DescribeModel", Some(400), Some("ValidationException"), Some(&long));
+        let e = classify(
+            "DescribeModel",
+            Some(400),
+            Some("ValidationException"),
+            Some(&long),
+        );
         assert!(!e.message().contains('\n'));
         assert!(e.message().chars().count() <= MAX_MESSAGE);
     }

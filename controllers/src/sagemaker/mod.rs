@@ -45,8 +45,10 @@ pub trait SageMakerApi: Send + Sync {
     fn stop_training_job<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>>;
 
     /// Creates a Model; returns its ARN.
-    fn create_model<'a>(&'a self, request: &'a CreateModelRequest)
-    -> BoxFuture<'a, SmResult<String>>;
+    fn create_model<'a>(
+        &'a self,
+        request: &'a CreateModelRequest,
+    ) -> BoxFuture<'a, SmResult<String>>;
     /// Describes a Model.
     fn describe_model<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<Model>>;
     /// Deletes a Model.
@@ -364,11 +366,19 @@ pub struct SageMakerEvent {
 
 impl SageMakerEvent {
     pub(crate) fn normal(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { type_: EventType::Normal, reason, message: message.into() }
+        Self {
+            type_: EventType::Normal,
+            reason,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn warning(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { type_: EventType::Warning, reason, message: message.into() }
+        Self {
+            type_: EventType::Warning,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -382,7 +392,10 @@ pub(crate) const REQUEUE_STEADY: Duration = Duration::from_secs(300);
 /// The tags the operator puts on everything it makes in SageMaker.
 pub fn owner_tags(owner_uid: &str, namespace: &str, name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/managed-by".to_string(), "aleph-operator".to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "aleph-operator".to_string(),
+        ),
         ("aleph.dev/namespace".to_string(), namespace.to_string()),
         ("aleph.dev/name".to_string(), name.to_string()),
         ("aleph.dev/owner-uid".to_string(), owner_uid.to_string()),

@@ -57,8 +57,16 @@ impl FieldHasher {
 /// Keeps ASCII letters and digits, turns everything else into `-`, trims `-`
 /// from both ends and cuts to `max` characters.
 pub fn sanitize(value: &str, max: usize) -> String {
-    let mapped: String =
-        value.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let mapped: String = value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
     let mut out: String = mapped.trim_matches('-').chars().take(max).collect();
     while out.ends_with('-') {
         out.pop();
@@ -70,7 +78,11 @@ pub fn sanitize(value: &str, max: usize) -> String {
 fn compose(part: &str, suffix: &str) -> String {
     let room = MAX_NAME - PREFIX.len() - 1 - suffix.len();
     let part = sanitize(part, room);
-    if part.is_empty() { format!("{PREFIX}{suffix}") } else { format!("{PREFIX}{part}-{suffix}") }
+    if part.is_empty() {
+        format!("{PREFIX}{suffix}")
+    } else {
+        format!("{PREFIX}{part}-{suffix}")
+    }
 }
 
 /// The 8-hex tag of an owner, part of every Model and EndpointConfig name it makes.
@@ -88,7 +100,10 @@ pub fn is_owned(resource: &str, owner_uid: &str) -> bool {
     let Some((head, hash)) = rest.rsplit_once('-') else {
         return false;
     };
-    let is_hex8 = hash.len() == 8 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let is_hex8 = hash.len() == 8
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     is_hex8 && (head == tag || head.ends_with(&format!("-{tag}")))
 }
 
@@ -106,19 +121,28 @@ pub fn training_job_name(owner_uid: &str, name: &str, spec: &SageMakerTraining) 
         .field(&spec.instance_count.to_string())
         .field(&spec.volume_size_gb.to_string())
         .field(&spec.max_runtime_seconds.to_string())
-        .opt(spec.spot.as_ref().map(|s| s.max_wait_seconds.to_string()).as_deref())
+        .opt(
+            spec.spot
+                .as_ref()
+                .map(|s| s.max_wait_seconds.to_string())
+                .as_deref(),
+        )
         .field(&spec.hyperparameters.len().to_string());
     for (k, v) in &spec.hyperparameters {
         h.field(k).field(v);
     }
     h.field(&spec.inputs.len().to_string());
     for input in &spec.inputs {
-        h.field(&input.name).field(&input.s3_uri).opt(input.content_type.as_deref());
+        h.field(&input.name)
+            .field(&input.s3_uri)
+            .opt(input.content_type.as_deref());
     }
     h.field(&spec.output_s3_uri).opt(spec.kms_key_id.as_deref());
     match &spec.vpc {
         Some(vpc) => {
-            h.field("vpc").field(&vpc.security_group_ids.join(",")).field(&vpc.subnets.join(","));
+            h.field("vpc")
+                .field(&vpc.security_group_ids.join(","))
+                .field(&vpc.subnets.join(","));
         }
         None => {
             h.field("novpc");
@@ -129,7 +153,13 @@ pub fn training_job_name(owner_uid: &str, name: &str, spec: &SageMakerTraining) 
 }
 
 /// The Model's name: a hash of the image, the artifact and the role (and the owner).
-pub fn model_name(owner_uid: &str, name: &str, image: &str, model_data_url: &str, role_arn: &str) -> String {
+pub fn model_name(
+    owner_uid: &str,
+    name: &str,
+    image: &str,
+    model_data_url: &str,
+    role_arn: &str,
+) -> String {
     let hash = FieldHasher::new("aleph.dev/model")
         .field(owner_uid)
         .field(image)
@@ -140,7 +170,12 @@ pub fn model_name(owner_uid: &str, name: &str, image: &str, model_data_url: &str
 }
 
 /// The EndpointConfig's name: a hash of the Model and the variant's shape.
-pub fn endpoint_config_name(owner_uid: &str, name: &str, model_name: &str, serving: &SageMakerServing) -> String {
+pub fn endpoint_config_name(
+    owner_uid: &str,
+    name: &str,
+    model_name: &str,
+    serving: &SageMakerServing,
+) -> String {
     let hash = FieldHasher::new("aleph.dev/endpoint-config")
         .field(owner_uid)
         .field(model_name)
@@ -157,7 +192,10 @@ pub fn endpoint_name(namespace: &str, name: &str, serving: &SageMakerServing) ->
     if let Some(explicit) = &serving.endpoint_name {
         return explicit.clone();
     }
-    let hash = FieldHasher::new("aleph.dev/endpoint").field(namespace).field(name).hex(6);
+    let hash = FieldHasher::new("aleph.dev/endpoint")
+        .field(namespace)
+        .field(name)
+        .hex(6);
     compose(&format!("{namespace}-{name}"), &hash)
 }
 
@@ -166,7 +204,9 @@ pub fn is_valid_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= MAX_NAME
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
         && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
@@ -248,7 +288,13 @@ mod tests {
     #[test]
     fn models_and_configs_are_recognised_by_owner() {
         let serving = serving();
-        let model = model_name("uid-1", "m", &serving.image, "s3://b/model.tar.gz", &serving.role_arn);
+        let model = model_name(
+            "uid-1",
+            "m",
+            &serving.image,
+            "s3://b/model.tar.gz",
+            &serving.role_arn,
+        );
         let config = endpoint_config_name("uid-1", "m", &model, &serving);
         assert_ne!(model, config);
         assert!(is_owned(&model, "uid-1"));
@@ -268,15 +314,24 @@ mod tests {
         assert_ne!(m1, m2);
         let mut bigger = s.clone();
         bigger.initial_instance_count = 2;
-        assert_ne!(endpoint_config_name("u", "m", &m1, &s), endpoint_config_name("u", "m", &m1, &bigger));
-        assert_eq!(endpoint_config_name("u", "m", &m1, &s), endpoint_config_name("u", "m", &m1, &s));
+        assert_ne!(
+            endpoint_config_name("u", "m", &m1, &s),
+            endpoint_config_name("u", "m", &m1, &bigger)
+        );
+        assert_eq!(
+            endpoint_config_name("u", "m", &m1, &s),
+            endpoint_config_name("u", "m", &m1, &s)
+        );
     }
 
     #[test]
     fn endpoint_name_is_explicit_or_derived() {
         let mut s = serving();
         let derived = endpoint_name("team-a", "fraud", &s);
-        assert!(derived.starts_with("aleph-team-a-fraud-") && is_valid_name(&derived), "{derived}");
+        assert!(
+            derived.starts_with("aleph-team-a-fraud-") && is_valid_name(&derived),
+            "{derived}"
+        );
         assert_ne!(derived, endpoint_name("team-a-fraud", "x", &s));
         s.endpoint_name = Some("prod-fraud".into());
         assert_eq!(endpoint_name("team-a", "fraud", &s), "prod-fraud");

@@ -44,7 +44,11 @@ impl TrainingOutcome {
 
     /// The trained model's artifact, once completed.
     pub fn artifact_uri(&self) -> Option<&str> {
-        if self.completed() { self.status.artifact_uri.as_deref() } else { None }
+        if self.completed() {
+            self.status.artifact_uri.as_deref()
+        } else {
+            None
+        }
     }
 }
 
@@ -76,7 +80,12 @@ pub async fn reconcile_training(
 
     // SageMaker rejected this very spec before: say so again without calling it.
     if let Some(prev) = prev.filter(|p| p.job_status.is_none() && p.failure_reason.is_some()) {
-        return Ok(rejected(prev.clone(), prev.failure_reason.clone().unwrap_or_default(), events, false));
+        return Ok(rejected(
+            prev.clone(),
+            prev.failure_reason.clone().unwrap_or_default(),
+            events,
+            false,
+        ));
     }
 
     let job = match api.describe_training_job(&job_name).await {
@@ -129,8 +138,15 @@ pub async fn reconcile_training(
 
 /// Stops the job of a superseded spec if it may still be running. Returns the
 /// event to publish when it asked SageMaker to stop it.
-async fn stop_superseded(api: &dyn SageMakerApi, prev: &TrainingStatus) -> SmResult<Option<SageMakerEvent>> {
-    let known_final = prev.job_status.as_deref().map(TrainingJobState::parse).is_some_and(|s| s.is_final());
+async fn stop_superseded(
+    api: &dyn SageMakerApi,
+    prev: &TrainingStatus,
+) -> SmResult<Option<SageMakerEvent>> {
+    let known_final = prev
+        .job_status
+        .as_deref()
+        .map(TrainingJobState::parse)
+        .is_some_and(|s| s.is_final());
     // Rejected at creation: there is no job.
     let never_created = prev.job_status.is_none() && prev.failure_reason.is_some();
     if known_final || never_created {
@@ -148,14 +164,22 @@ async fn stop_superseded(api: &dyn SageMakerApi, prev: &TrainingStatus) -> SmRes
         // Terminal: it finished between the two calls.
         Ok(()) => Ok(Some(SageMakerEvent::normal(
             "TrainingStopped",
-            format!("Stopped SageMaker training job {}: the training spec changed", prev.job_name),
+            format!(
+                "Stopped SageMaker training job {}: the training spec changed",
+                prev.job_name
+            ),
         ))),
         Err(e) if e.is_not_found() || e.is_terminal() => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-fn rejected(status: TrainingStatus, reason: String, events: Vec<SageMakerEvent>, first: bool) -> TrainingOutcome {
+fn rejected(
+    status: TrainingStatus,
+    reason: String,
+    events: Vec<SageMakerEvent>,
+    first: bool,
+) -> TrainingOutcome {
     let mut events = events;
     let message = format!(
         "SageMaker rejected training job {}: {reason}. Fix spec.training; the job is retried when the spec changes",
@@ -180,7 +204,9 @@ fn observed(
     prev: Option<&TrainingStatus>,
     mut events: Vec<SageMakerEvent>,
 ) -> TrainingOutcome {
-    let was = prev.and_then(|p| p.job_status.as_deref()).map(TrainingJobState::parse);
+    let was = prev
+        .and_then(|p| p.job_status.as_deref())
+        .map(TrainingJobState::parse);
     let changed = was.as_ref() != Some(&job.state);
     let name = job.name.clone();
     let mut status = TrainingStatus {
@@ -191,9 +217,17 @@ fn observed(
     };
     let (condition, terminal, requeue_after) = match &job.state {
         TrainingJobState::InProgress => {
-            let detail = job.secondary_status.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+            let detail = job
+                .secondary_status
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
             (
-                NewCondition::no(TRAINED, "TrainingInProgress", format!("SageMaker training job {name} is running{detail}")),
+                NewCondition::no(
+                    TRAINED,
+                    "TrainingInProgress",
+                    format!("SageMaker training job {name} is running{detail}"),
+                ),
                 false,
                 Some(REQUEUE_TRAINING),
             )
@@ -201,7 +235,10 @@ fn observed(
         TrainingJobState::Completed => {
             // SageMaker writes the artifact to <output>/<job>/output/model.tar.gz.
             let artifact = job.model_artifacts.clone().unwrap_or_else(|| {
-                format!("{}/{name}/output/model.tar.gz", spec.output_s3_uri.trim_end_matches('/'))
+                format!(
+                    "{}/{name}/output/model.tar.gz",
+                    spec.output_s3_uri.trim_end_matches('/')
+                )
             });
             status.artifact_uri = Some(artifact.clone());
             if changed {
@@ -211,13 +248,20 @@ fn observed(
                 ));
             }
             (
-                NewCondition::yes(TRAINED, "TrainingCompleted", format!("SageMaker training job {name} completed; the model is at {artifact}")),
+                NewCondition::yes(
+                    TRAINED,
+                    "TrainingCompleted",
+                    format!("SageMaker training job {name} completed; the model is at {artifact}"),
+                ),
                 false,
                 None,
             )
         }
         TrainingJobState::Failed => {
-            let reason = job.failure_reason.clone().unwrap_or_else(|| "no reason given".into());
+            let reason = job
+                .failure_reason
+                .clone()
+                .unwrap_or_else(|| "no reason given".into());
             status.failure_reason = Some(reason.clone());
             let message = format!(
                 "SageMaker training job {name} failed: {reason}. Fix the cause and change spec.training to start a new job"
@@ -225,10 +269,18 @@ fn observed(
             if changed {
                 events.push(SageMakerEvent::warning("TrainingFailed", message.clone()));
             }
-            (NewCondition::no(TRAINED, "TrainingFailed", message), true, None)
+            (
+                NewCondition::no(TRAINED, "TrainingFailed", message),
+                true,
+                None,
+            )
         }
         TrainingJobState::Stopping => (
-            NewCondition::no(TRAINED, "TrainingStopping", format!("SageMaker training job {name} is stopping")),
+            NewCondition::no(
+                TRAINED,
+                "TrainingStopping",
+                format!("SageMaker training job {name} is stopping"),
+            ),
             false,
             Some(REQUEUE_CHANGING),
         ),
@@ -240,7 +292,11 @@ fn observed(
             if changed {
                 events.push(SageMakerEvent::warning("TrainingStopped", message.clone()));
             }
-            (NewCondition::no(TRAINED, "TrainingStopped", message), true, None)
+            (
+                NewCondition::no(TRAINED, "TrainingStopped", message),
+                true,
+                None,
+            )
         }
         TrainingJobState::Other(state) => (
             NewCondition::new(
@@ -253,7 +309,13 @@ fn observed(
             Some(REQUEUE_TRAINING),
         ),
     };
-    TrainingOutcome { status, condition, terminal, requeue_after, events }
+    TrainingOutcome {
+        status,
+        condition,
+        terminal,
+        requeue_after,
+        events,
+    }
 }
 
 /// The CreateTrainingJob request for a spec.
