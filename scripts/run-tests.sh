@@ -7,6 +7,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 state="${ALEPH_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/cluster}"
+# Build outside the clone so a second run (and a fresh clone) reuses the dependencies.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/target}"
 mkdir -p "$state/logs"
 
 echo "==> building the workspace" >&2
@@ -28,7 +30,7 @@ export ALEPH_MOTO_URL="${ALEPH_MOTO_URL:-$("$root/e2e/sagemaker/moto.sh" url)}"
 
 # The operator under test, with leader election on (the chart's default).
 export ALEPH_OPERATOR_METRICS="127.0.0.1:18080"
-"$root/target/debug/aleph-operator" run --metrics-addr "$ALEPH_OPERATOR_METRICS" \
+"$CARGO_TARGET_DIR/debug/aleph-operator" run --metrics-addr "$ALEPH_OPERATOR_METRICS" \
   --lease-namespace default --lease-name aleph-operator-e2e --log-format json \
   >"$state/logs/operator.log" 2>&1 &
 pids+=($!)

@@ -19,7 +19,7 @@ PKI=$ALEPH_STATE/pki
 KUBECONFIG_FILE=$ALEPH_STATE/kubeconfig
 started_at=$SECONDS
 
-mkdir -p "$(dirname "$ALEPH_STATE")"
+mkdir -p "$ALEPH_CACHE" "$(dirname "$ALEPH_STATE")"
 exec 9>"$ALEPH_STATE.lock"
 flock 9
 
@@ -71,34 +71,48 @@ trap on_error ERR
 
 # --- ports -------------------------------------------------------------------
 
-port_in_use() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
+# Random ports are taken below the kernel's range for outgoing connections, so
+# that no client socket holds one, and are checked against every socket in use.
+# The ports lock, held until every component listens, keeps clusters starting at
+# the same time from picking the same ports.
+exec 8>"$ALEPH_CACHE/ports.lock"
+flock 8
+read -r ephemeral_low ephemeral_high </proc/sys/net/ipv4/ip_local_port_range
+if [ "$ephemeral_low" -gt 12000 ]; then
+  range_low=10000 range_size=$((ephemeral_low - 10000))
+else
+  range_low=$((ephemeral_high + 1)) range_size=$((65535 - ephemeral_high))
+fi
+
+port_in_use() { [ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]; }
 
 taken=" "
+# variable fixed: sets the variable to the fixed port, or to a free one.
 pick_port() {
-  local fixed=$1 port
+  local var=$1 fixed=$2 port
   if [ -n "$fixed" ]; then
     if port_in_use "$fixed"; then
-      log "port $fixed is already in use"
+      log "port $fixed ($var) is already in use"
       return 1
     fi
     port=$fixed
   else
     while :; do
-      port=$((20000 + RANDOM % 30000))
+      port=$((range_low + (RANDOM * 32768 + RANDOM) % range_size))
       [[ $taken == *" $port "* ]] && continue
       port_in_use "$port" || break
     done
   fi
   taken+="$port "
-  echo "$port"
+  printf -v "$var" '%s' "$port"
 }
 
-ETCD_PORT=$(pick_port "${ALEPH_ETCD_PORT:-}")
-ETCD_PEER_PORT=$(pick_port "${ALEPH_ETCD_PEER_PORT:-}")
-APISERVER_PORT=$(pick_port "${ALEPH_APISERVER_PORT:-}")
-KCM_PORT=$(pick_port "${ALEPH_KCM_PORT:-}")
-SCHEDULER_PORT=$(pick_port "${ALEPH_SCHEDULER_PORT:-}")
-KWOK_PORT=$(pick_port "${ALEPH_KWOK_PORT:-}")
+pick_port ETCD_PORT "${ALEPH_ETCD_PORT:-}"
+pick_port ETCD_PEER_PORT "${ALEPH_ETCD_PEER_PORT:-}"
+pick_port APISERVER_PORT "${ALEPH_APISERVER_PORT:-}"
+pick_port KCM_PORT "${ALEPH_KCM_PORT:-}"
+pick_port SCHEDULER_PORT "${ALEPH_SCHEDULER_PORT:-}"
+pick_port KWOK_PORT "${ALEPH_KWOK_PORT:-}"
 cat >"$ALEPH_STATE/ports.env" <<EOF
 ETCD_PORT=$ETCD_PORT
 ETCD_PEER_PORT=$ETCD_PEER_PORT
@@ -192,8 +206,8 @@ start() {
   local name=$1 bin
   shift
   bin=$(bin_path "$name")
-  # fd 9 holds the lock of this script: the daemons must not keep it.
-  setsid "$bin" "$@" >"$ALEPH_STATE/logs/$name.log" 2>&1 </dev/null 9>&- &
+  # fds 8 and 9 hold this script's locks: the daemons must not keep them.
+  setsid "$bin" "$@" >"$ALEPH_STATE/logs/$name.log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$ALEPH_STATE/pids/$name.pid"
 }
 
@@ -302,6 +316,7 @@ start kwok \
 wait_healthy kube-controller-manager https_ok "https://127.0.0.1:$KCM_PORT/healthz"
 wait_healthy kube-scheduler https_ok "https://127.0.0.1:$SCHEDULER_PORT/healthz"
 wait_healthy kwok curl -fsS --max-time 2 "http://127.0.0.1:$KWOK_PORT/healthz"
+flock -u 8
 
 kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
@@ -317,6 +332,7 @@ wait_until_empty() {
     fi
     sleep 0.25
   done
+  log "$what: done ($((SECONDS - started_at))s)"
 }
 
 # Each prints what is not there yet; nothing when all is well.

@@ -104,7 +104,9 @@ stop_server() {
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$((SECONDS + 10))
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
   fi
   rm -f "$STATE/pid" "$STATE/url"
 }

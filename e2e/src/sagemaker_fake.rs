@@ -870,10 +870,10 @@ impl Inner {
                     json!({"S3ModelArtifacts": format!("{output}/{name}/output/model.tar.gz")}),
                 );
             }
-            if job.status == "Failed" {
-                if let Some(reason) = &job.failure_reason {
-                    map.insert("FailureReason".into(), json!(reason));
-                }
+            if job.status == "Failed"
+                && let Some(reason) = &job.failure_reason
+            {
+                map.insert("FailureReason".into(), json!(reason));
             }
             if let Some(ended) = job.ended {
                 map.insert("TrainingEndTime".into(), json!(ended));

@@ -203,10 +203,10 @@ async fn cleanup_until_done(
 /// as running, or one it starts now (then `true`: stop it at the end). Fails
 /// loudly when none works.
 fn moto_url() -> (String, bool) {
-    if let Ok(url) = std::env::var("ALEPH_MOTO_URL") {
-        if !url.is_empty() {
-            return (url, false);
-        }
+    if let Ok(url) = std::env::var("ALEPH_MOTO_URL")
+        && !url.is_empty()
+    {
+        return (url, false);
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/sagemaker/moto.sh");
     // One already running (started by hand or by another run): use it, leave it.
@@ -1337,45 +1337,85 @@ async fn fake_faults_and_restarts_converge_without_duplicates_or_leftovers() {
 #[tokio::test]
 async fn adapter_from_env_honours_the_endpoint_variable() {
     const CHILD: &str = "ALEPH_SAGEMAKER_ENV_CHILD";
-    if std::env::var(CHILD).is_ok() {
-        let calls = Calls::default();
-        let api = AwsSageMaker::from_env(&AwsSageMakerConfig::default(), calls)
-            .await
-            .expect("from_env");
-        assert_eq!(api.region(), Some("eu-west-1"));
-        let e = api.describe_model("from-env").await;
-        assert!(e.as_ref().is_err_and(SageMakerError::is_not_found), "{e:?}");
-        return;
+    match std::env::var(CHILD).as_deref() {
+        Ok("keys") => {
+            let api = AwsSageMaker::from_env(&AwsSageMakerConfig::default(), Calls::default())
+                .await
+                .expect("from_env");
+            assert_eq!(api.region(), Some("eu-west-1"));
+            let e = api.describe_model("from-env").await;
+            assert!(e.as_ref().is_err_and(SageMakerError::is_not_found), "{e:?}");
+            return;
+        }
+        Ok("no-keys") => {
+            let calls = Calls::default();
+            let api = AwsSageMaker::from_env(&AwsSageMakerConfig::default(), calls.clone())
+                .await
+                .expect("from_env");
+            let e = api.describe_model("from-env").await;
+            assert!(
+                matches!(
+                    e,
+                    Err(SageMakerError::Recoverable {
+                        kind: RecoverableKind::Auth,
+                        ..
+                    })
+                ),
+                "missing credentials are reported as such: {e:?}"
+            );
+            let auth = SageMakerCallLabels {
+                operation: "DescribeModel",
+                outcome: "auth",
+            };
+            assert_eq!(calls.get_or_create(&auth).get(), 1);
+            return;
+        }
+        _ => {}
     }
     let fake = fake(FakeConfig::default()).await;
     let exe = std::env::current_exe().expect("the test binary");
-    // Async, so that the fake keeps serving on this test's runtime meanwhile.
-    let output = tokio::process::Command::new(exe)
-        .args([
-            "--exact",
-            "adapter_from_env_honours_the_endpoint_variable",
-            "--nocapture",
-        ])
-        .env(CHILD, "1")
-        .env("AWS_ACCESS_KEY_ID", "AKIDALEPHE2E")
-        .env("AWS_SECRET_ACCESS_KEY", "aleph-e2e-not-a-secret")
-        .env("AWS_REGION", "eu-west-1")
-        .env("AWS_ENDPOINT_URL_SAGEMAKER", fake.endpoint_url())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .output()
-        .await
-        .expect("running the child test");
-    assert!(
-        output.status.success(),
-        "child failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    for (mode, keys) in [("keys", true), ("no-keys", false)] {
+        // Async, so that the fake keeps serving on this test's runtime meanwhile.
+        let mut child = tokio::process::Command::new(&exe);
+        child
+            .args([
+                "--exact",
+                "adapter_from_env_honours_the_endpoint_variable",
+                "--nocapture",
+            ])
+            .env(CHILD, mode)
+            .env("AWS_REGION", "eu-west-1")
+            .env("AWS_ENDPOINT_URL_SAGEMAKER", fake.endpoint_url())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent/aleph-e2e/config")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/aleph-e2e/credentials",
+            )
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+        if keys {
+            child
+                .env("AWS_ACCESS_KEY_ID", "AKIDALEPHE2E")
+                .env("AWS_SECRET_ACCESS_KEY", "aleph-e2e-not-a-secret");
+        }
+        let output = child.output().await.expect("running the child test");
+        assert!(
+            output.status.success(),
+            "child ({mode}) failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     assert_eq!(
         fake.counters().calls.get("DescribeModel").copied(),
         Some(1),
-        "the child reached the fake"
+        "the child with keys reached the fake, the one without did not"
     );
 }

@@ -8,6 +8,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // kube's TLS uses ring; the AWS SDK brings aws-lc-rs too, so choose one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Crds(args) => match print_crds(args.dir.as_deref()) {

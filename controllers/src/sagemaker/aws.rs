@@ -206,16 +206,26 @@ where
             SageMakerError::recoverable(operation, RecoverableKind::Timeout, "the call timed out")
         }
         SdkError::DispatchFailure(dispatch) => {
-            let kind = if dispatch.is_timeout() {
-                RecoverableKind::Timeout
+            let text = DisplayErrorContext(error).to_string();
+            if mentions_credentials(&text) {
+                // The credential chain found nothing usable: no request was sent.
+                SageMakerError::recoverable(
+                    operation,
+                    RecoverableKind::Auth,
+                    format!("no usable AWS credentials: {text}"),
+                )
             } else {
-                RecoverableKind::Network
-            };
-            SageMakerError::recoverable(
-                operation,
-                kind,
-                format!("could not reach SageMaker: {}", DisplayErrorContext(error)),
-            )
+                let kind = if dispatch.is_timeout() {
+                    RecoverableKind::Timeout
+                } else {
+                    RecoverableKind::Network
+                };
+                SageMakerError::recoverable(
+                    operation,
+                    kind,
+                    format!("could not reach SageMaker: {text}"),
+                )
+            }
         }
         SdkError::ResponseError(response) => SageMakerError::recoverable(
             operation,
@@ -227,9 +237,7 @@ where
         ),
         SdkError::ConstructionFailure(_) => {
             let text = DisplayErrorContext(error).to_string();
-            let lower = text.to_ascii_lowercase();
-            if lower.contains("credential") || lower.contains("identity") || lower.contains("token")
-            {
+            if mentions_credentials(&text) {
                 SageMakerError::recoverable(
                     operation,
                     RecoverableKind::Auth,
@@ -249,6 +257,15 @@ where
             DisplayErrorContext(error).to_string(),
         ),
     }
+}
+
+/// Whether a client-side failure is about credentials (the SDK reports a
+/// credential chain that found nothing as a dispatch or construction failure).
+fn mentions_credentials(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("credential")
+        || lower.contains("identity resolver")
+        || lower.contains("no identity")
 }
 
 fn tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {

@@ -71,10 +71,10 @@ pub async fn reconcile_training(
     let mut events = Vec::new();
 
     // A previous spec's job: stop it if it is still running.
-    if let Some(prev) = status.filter(|s| s.job_name != job_name) {
-        if let Some(event) = stop_superseded(api, prev).await? {
-            events.push(event);
-        }
+    if let Some(prev) = status.filter(|s| s.job_name != job_name)
+        && let Some(event) = stop_superseded(api, prev).await?
+    {
+        events.push(event);
     }
     let prev = status.filter(|s| s.job_name == job_name);
 
