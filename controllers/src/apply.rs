@@ -40,8 +40,12 @@ pub async fn apply<K>(api: &Api<K>, obj: &K) -> kube::Result<K>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
 {
-    api.patch(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
-        .await
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
 }
 
 /// Applies `desired` only when it differs from what is observed, so a steady
@@ -49,7 +53,11 @@ where
 ///
 /// The comparison is semantic: every field `desired` sets must already hold
 /// the same value in `observed` (fields defaulted by the API server are ignored).
-pub async fn apply_if_changed<K>(api: &Api<K>, observed: Option<&K>, desired: &K) -> kube::Result<bool>
+pub async fn apply_if_changed<K>(
+    api: &Api<K>,
+    observed: Option<&K>,
+    desired: &K,
+) -> kube::Result<bool>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
 {
@@ -64,7 +72,10 @@ where
 
 /// Whether every field `desired` sets holds the same value in `observed`.
 pub fn is_subset<A: Serialize, B: Serialize>(desired: &A, observed: &B) -> bool {
-    match (serde_json::to_value(desired), serde_json::to_value(observed)) {
+    match (
+        serde_json::to_value(desired),
+        serde_json::to_value(observed),
+    ) {
         (Ok(d), Ok(o)) => value_subset(&d, &o),
         _ => false,
     }
@@ -116,8 +127,12 @@ where
         "kind": K::kind(&()),
         "status": desired,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(true)
 }
 

@@ -23,7 +23,10 @@ pub fn build_client(
     qps: f64,
     burst: u32,
 ) -> kube::Result<kube::Client> {
-    let layer = InstrumentLayer { metrics, limiter: Arc::new(RateLimiter::new(qps, burst)) };
+    let layer = InstrumentLayer {
+        metrics,
+        limiter: Arc::new(RateLimiter::new(qps, burst)),
+    };
     Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
 }
 
@@ -39,7 +42,11 @@ impl RateLimiter {
     /// A bucket refilled at `qps` tokens per second holding at most `burst`.
     pub fn new(qps: f64, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
-        Self { qps: qps.max(0.1), burst, state: Mutex::new((burst, Instant::now())) }
+        Self {
+            qps: qps.max(0.1),
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
     }
 
     /// Waits for a token.
@@ -48,10 +55,15 @@ impl RateLimiter {
             let mut state = self.state.lock().await;
             let now = Instant::now();
             let (tokens, last) = *state;
-            let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.qps).min(self.burst);
+            let tokens =
+                (tokens + now.duration_since(last).as_secs_f64() * self.qps).min(self.burst);
             let tokens = tokens - 1.0;
             *state = (tokens, now);
-            if tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-tokens / self.qps) }
+            if tokens >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-tokens / self.qps)
+            }
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -68,7 +80,11 @@ struct InstrumentLayer {
 impl<S> Layer<S> for InstrumentLayer {
     type Service = Instrumented<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Instrumented { inner, metrics: self.metrics.clone(), limiter: self.limiter.clone() }
+        Instrumented {
+            inner,
+            metrics: self.metrics.clone(),
+            limiter: self.limiter.clone(),
+        }
     }
 }
 
@@ -103,11 +119,7 @@ fn is_collection(path: &str) -> bool {
         Some(&"apis") => segments.get(3..),
         _ => None,
     };
-    match rest {
-        Some([_]) => true,
-        Some(["namespaces", _, _]) => true,
-        _ => false,
-    }
+    matches!(rest, Some([_] | ["namespaces", _, _]))
 }
 
 impl<S, B, RB> Service<Request<B>> for Instrumented<S>
@@ -139,7 +151,10 @@ where
                 Ok(resp) => resp.status().as_u16().to_string(),
                 Err(_) => "error".to_string(),
             };
-            metrics.kube_requests.get_or_create(&KubeRequestLabels { verb, code }).inc();
+            metrics
+                .kube_requests
+                .get_or_create(&KubeRequestLabels { verb, code })
+                .inc();
             result
         })
     }
@@ -151,14 +166,40 @@ mod tests {
 
     #[test]
     fn verbs_are_named_like_the_audit_log() {
-        assert_eq!(verb_of(&Method::GET, "/api/v1/namespaces/a/pods", None), "list");
-        assert_eq!(verb_of(&Method::GET, "/api/v1/namespaces/a/pods/p", None), "get");
+        assert_eq!(
+            verb_of(&Method::GET, "/api/v1/namespaces/a/pods", None),
+            "list"
+        );
+        assert_eq!(
+            verb_of(&Method::GET, "/api/v1/namespaces/a/pods/p", None),
+            "get"
+        );
         assert_eq!(verb_of(&Method::GET, "/api/v1/namespaces", None), "list");
         assert_eq!(verb_of(&Method::GET, "/api/v1/namespaces/a", None), "get");
-        assert_eq!(verb_of(&Method::GET, "/apis/aleph.dev/v1alpha1/tenants", Some("watch=true&x=1")), "watch");
-        assert_eq!(verb_of(&Method::GET, "/apis/aleph.dev/v1alpha1/tenants/t", None), "get");
-        assert_eq!(verb_of(&Method::GET, "/apis/apps/v1/namespaces/n/deployments", None), "list");
-        assert_eq!(verb_of(&Method::PATCH, "/apis/apps/v1/namespaces/n/deployments/d", None), "patch");
+        assert_eq!(
+            verb_of(
+                &Method::GET,
+                "/apis/aleph.dev/v1alpha1/tenants",
+                Some("watch=true&x=1")
+            ),
+            "watch"
+        );
+        assert_eq!(
+            verb_of(&Method::GET, "/apis/aleph.dev/v1alpha1/tenants/t", None),
+            "get"
+        );
+        assert_eq!(
+            verb_of(&Method::GET, "/apis/apps/v1/namespaces/n/deployments", None),
+            "list"
+        );
+        assert_eq!(
+            verb_of(
+                &Method::PATCH,
+                "/apis/apps/v1/namespaces/n/deployments/d",
+                None
+            ),
+            "patch"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,7 +29,12 @@ impl NewCondition {
         reason: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        Self { type_, status, reason: reason.into(), message: message.into() }
+        Self {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 
     /// A `True` condition.
@@ -103,12 +108,24 @@ mod tests {
             last_transition_time: "2020-01-01T00:00:00Z".into(),
             observed_generation: Some(1),
         }];
-        set_condition(&mut conditions, NewCondition::yes("Ready", "New", "m"), Some(2));
+        set_condition(
+            &mut conditions,
+            NewCondition::yes("Ready", "New", "m"),
+            Some(2),
+        );
         assert_eq!(conditions[0].last_transition_time, "2020-01-01T00:00:00Z");
         assert_eq!(conditions[0].reason, "New");
-        set_condition(&mut conditions, NewCondition::no("Ready", "Broken", "m"), Some(3));
+        set_condition(
+            &mut conditions,
+            NewCondition::no("Ready", "Broken", "m"),
+            Some(3),
+        );
         assert_ne!(conditions[0].last_transition_time, "2020-01-01T00:00:00Z");
-        set_condition(&mut conditions, NewCondition::no("Degraded", "X", "m"), Some(3));
+        set_condition(
+            &mut conditions,
+            NewCondition::no("Degraded", "X", "m"),
+            Some(3),
+        );
         assert_eq!(conditions.len(), 2);
         assert_eq!(conditions[0].type_, "Degraded");
     }

@@ -37,14 +37,24 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
 impl Context {
     /// Builds the context; the tests use the same constructor.
-    pub fn new(client: kube::Client, metrics: Arc<Metrics>, leader: LeaderState, settings: Settings) -> Self {
-        let reporter = Reporter { controller: "aleph-operator".into(), instance: std::env::var("POD_NAME").ok() };
+    pub fn new(
+        client: kube::Client,
+        metrics: Arc<Metrics>,
+        leader: LeaderState,
+        settings: Settings,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "aleph-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -93,11 +103,20 @@ impl Context {
             }
             Err(_) => 0,
         };
-        Action::requeue(backoff(failures, Duration::from_secs(1), Duration::from_secs(300)))
+        Action::requeue(backoff(
+            failures,
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        ))
     }
 }
 
 /// A key naming an object for per-object bookkeeping.
 pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
 }

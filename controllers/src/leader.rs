@@ -22,7 +22,10 @@ impl LeaderState {
     /// A state that starts as `leading`.
     pub fn new(leading: bool) -> Self {
         let (tx, _) = watch::channel(leading);
-        Self { leading: Arc::new(AtomicBool::new(leading)), tx: Arc::new(tx) }
+        Self {
+            leading: Arc::new(AtomicBool::new(leading)),
+            tx: Arc::new(tx),
+        }
     }
 
     /// Whether this replica holds the lease now.
@@ -103,7 +106,11 @@ fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
-fn desired_spec(config: &LeaseConfig, acquire_time: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+fn desired_spec(
+    config: &LeaseConfig,
+    acquire_time: Option<MicroTime>,
+    transitions: i32,
+) -> LeaseSpec {
     LeaseSpec {
         holder_identity: Some(config.identity.clone()),
         lease_duration_seconds: Some(config.lease_duration.as_secs().max(1) as i32),
@@ -117,7 +124,10 @@ fn desired_spec(config: &LeaseConfig, acquire_time: Option<MicroTime>, transitio
 async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> kube::Result<bool> {
     let Some(mut lease) = api.get_opt(&config.name).await? else {
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(config.name.clone()), ..ObjectMeta::default() },
+            metadata: ObjectMeta {
+                name: Some(config.name.clone()),
+                ..ObjectMeta::default()
+            },
             spec: Some(desired_spec(config, None, 0)),
         };
         return match api.create(&PostParams::default(), &lease).await {
@@ -140,10 +150,17 @@ async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> kube::R
         return Ok(false);
     }
     let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
-    let acquire = if ours { spec.acquire_time.clone() } else { None };
+    let acquire = if ours {
+        spec.acquire_time.clone()
+    } else {
+        None
+    };
     lease.spec = Some(desired_spec(config, acquire, transitions));
     // replace carries the resourceVersion: a concurrent writer gets 409 and loses.
-    match api.replace(&config.name, &PostParams::default(), &lease).await {
+    match api
+        .replace(&config.name, &PostParams::default(), &lease)
+        .await
+    {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(e),
@@ -151,13 +168,18 @@ async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> kube::R
 }
 
 async fn release(api: &Api<Lease>, config: &LeaseConfig) -> kube::Result<()> {
-    let Some(mut lease) = api.get_opt(&config.name).await? else { return Ok(()) };
-    let Some(spec) = lease.spec.as_mut() else { return Ok(()) };
+    let Some(mut lease) = api.get_opt(&config.name).await? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(());
+    };
     if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
         return Ok(());
     }
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
-    api.replace(&config.name, &PostParams::default(), &lease).await?;
+    api.replace(&config.name, &PostParams::default(), &lease)
+        .await?;
     Ok(())
 }

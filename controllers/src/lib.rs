@@ -24,12 +24,23 @@ use runner::{Readiness, RunOptions};
 
 /// Runs every controller until `shutdown()` resolves. `namespaces` limits the
 /// namespaced kinds to those namespaces (all when empty).
-pub async fn run_all<S, F>(ctx: Arc<Context>, options: &RunOptions, namespaces: &[String], readiness: &Readiness, shutdown: S)
-where
+pub async fn run_all<S, F>(
+    ctx: Arc<Context>,
+    options: &RunOptions,
+    namespaces: &[String],
+    readiness: &Readiness,
+    shutdown: S,
+) where
     S: Fn() -> F,
     F: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
     let _ = namespaces;
-    let tenant = runner::run(tenant::controller(&ctx.client), ctx.clone(), options, readiness, shutdown());
+    let tenant = runner::run(
+        tenant::controller(&ctx.client),
+        ctx.clone(),
+        options,
+        readiness,
+        shutdown(),
+    );
     tenant.await;
 }

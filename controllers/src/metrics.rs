@@ -97,7 +97,11 @@ impl Metrics {
     /// Registers every metric under the prefix `aleph`.
     pub fn register(self: &Arc<Self>, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("aleph");
-        r.register("reconcile", "Reconciles by controller and result", self.reconciles.clone());
+        r.register(
+            "reconcile",
+            "Reconciles by controller and result",
+            self.reconciles.clone(),
+        );
         r.register(
             "reconcile_errors",
             "Reconcile errors by controller and error kind",
@@ -108,7 +112,11 @@ impl Metrics {
             "Reconcile duration by controller",
             self.reconcile_duration.clone(),
         );
-        r.register("leader", "1 while this replica holds the leader lease", self.leader.clone());
+        r.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            self.leader.clone(),
+        );
         r.register(
             "kube_requests",
             "Requests sent to the Kubernetes API by verb and status code",
@@ -128,12 +136,18 @@ impl Metrics {
 
     /// Starts timing one reconcile; the returned guard records it when finished.
     pub fn reconcile_timer(self: &Arc<Self>, controller: &'static str) -> ReconcileTimer {
-        ReconcileTimer { metrics: self.clone(), controller, started: Instant::now() }
+        ReconcileTimer {
+            metrics: self.clone(),
+            controller,
+            started: Instant::now(),
+        }
     }
 
     /// Counts a failed reconcile.
     pub fn reconcile_failed(&self, controller: &'static str, error: &'static str) {
-        self.reconcile_errors.get_or_create(&ErrorLabels { controller, error }).inc();
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { controller, error })
+            .inc();
     }
 }
 
@@ -150,7 +164,9 @@ impl ReconcileTimer {
     pub fn finish(self, ok: bool) {
         let m = &self.metrics;
         m.reconcile_duration
-            .get_or_create(&ControllerLabels { controller: self.controller })
+            .get_or_create(&ControllerLabels {
+                controller: self.controller,
+            })
             .observe(self.started.elapsed().as_secs_f64());
         m.reconciles
             .get_or_create(&ReconcileLabels {
@@ -159,7 +175,8 @@ impl ReconcileTimer {
             })
             .inc();
         m.first_reconcile.call_once(|| {
-            m.first_reconcile_seconds.set(m.started.elapsed().as_secs_f64());
+            m.first_reconcile_seconds
+                .set(m.started.elapsed().as_secs_f64());
         });
     }
 }

@@ -45,7 +45,9 @@ impl Readiness {
     fn register(&self) -> ReadyGuard {
         self.registered.fetch_add(1, Ordering::SeqCst);
         self.pending.fetch_add(1, Ordering::SeqCst);
-        ReadyGuard { pending: self.pending.clone() }
+        ReadyGuard {
+            pending: self.pending.clone(),
+        }
     }
 }
 
@@ -77,8 +79,16 @@ pub async fn run<K: Reconcile>(
     let store = controller.store();
     let guard = readiness.register();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            guard.synced();
+        // Only one of several concurrent waiters is woken when the store fills,
+        // so ask again every second rather than wait once.
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(1), store.wait_until_ready())
+                .await
+            {
+                Ok(Ok(())) => break guard.synced(),
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
         }
     });
     // Becoming leader reconciles every object again: while following, nothing was written.
@@ -130,14 +140,17 @@ async fn reconcile_guarded<K: Reconcile>(
         name = obj.name_any(),
     );
     let timer = ctx.metrics.reconcile_timer(K::CONTROLLER);
-    let result = K::reconcile(Arc::new(obj.clone()), ctx.clone()).instrument(span.clone()).await;
+    let result = K::reconcile(Arc::new(obj.clone()), ctx.clone())
+        .instrument(span.clone())
+        .await;
     match &result {
         Ok(_) => {
             ctx.reset_backoff(&object_key(obj));
             timer.finish(true);
         }
         Err(error) => {
-            ctx.metrics.reconcile_failed(K::CONTROLLER, error.metric_label());
+            ctx.metrics
+                .reconcile_failed(K::CONTROLLER, error.metric_label());
             span.in_scope(|| tracing::warn!(%error, "reconcile failed"));
             timer.finish(false);
         }
@@ -145,7 +158,11 @@ async fn reconcile_guarded<K: Reconcile>(
     result
 }
 
-fn error_policy<K: Reconcile>(guarded: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy<K: Reconcile>(
+    guarded: Arc<DeserializeGuard<K>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     match &guarded.0 {
         Ok(obj) => ctx.error_action(&object_key(obj), error),
         Err(_) => Action::await_change(),

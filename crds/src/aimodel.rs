@@ -89,7 +89,9 @@ pub struct AIModelSpec {
 pub struct ModelSource {
     /// `hf://org/name[@revision]`, `s3://bucket/prefix`, `pvc://claim/path`,
     /// `ollama://name[:tag]` or `oci://registry/repository[:tag|@digest]`.
-    #[schemars(regex(pattern = r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|ollama://[a-z0-9][a-z0-9._-]*(:[A-Za-z0-9._-]+)?|oci://[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+([:@][A-Za-z0-9._:-]+)?)$"))]
+    #[schemars(regex(
+        pattern = r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|ollama://[a-z0-9][a-z0-9._-]*(:[A-Za-z0-9._-]+)?|oci://[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+([:@][A-Za-z0-9._:-]+)?)$"
+    ))]
     #[schemars(length(max = 512))]
     pub uri: String,
     /// A Secret whose keys become the download's environment (for example

@@ -90,7 +90,10 @@ pub enum DeletionPolicy {
 #[x_kube(validation = Rule::new("has(self.value) != has(self.secretKeyRef)").message("set exactly one of value and secretKeyRef"))]
 pub struct EnvVar {
     /// The variable's name.
-    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_.-]*$"))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    )]
     pub name: String,
     /// A literal value.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,9 @@
 //! Aleph's API: the five kinds of group `aleph.dev`, version `v1alpha1`, and
 //! their CustomResourceDefinitions. Types only, no I/O.
 
+// `#[kube(printcolumn(...), validation = ...)]` repeat by design: one per column or rule.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod aimodel;
 pub mod common;
 pub mod pipeline;

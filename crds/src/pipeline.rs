@@ -115,7 +115,10 @@ pub enum ParamType {
 #[x_kube(validation = Rule::new("!self.dependsOn.exists(d, d == self.name)").message("a step cannot depend on itself").field_path(".dependsOn"))]
 pub struct PipelineStep {
     /// The step's name, unique in the pipeline.
-    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+    )]
     pub name: String,
     /// Steps that must succeed before this one starts.
     #[serde(default)]
@@ -125,7 +128,9 @@ pub struct PipelineStep {
     /// Run only when this holds, for example `params.deploy == 'true'` or
     /// `steps.evaluate.outputs.accuracy != '0'`; skipped otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(params\.[a-zA-Z_][a-zA-Z0-9_-]*|steps\.[a-z0-9-]+\.outputs\.[a-zA-Z0-9_-]+) (==|!=) '[^']*'$"))]
+    #[schemars(regex(
+        pattern = r"^(params\.[a-zA-Z_][a-zA-Z0-9_-]*|steps\.[a-z0-9-]+\.outputs\.[a-zA-Z0-9_-]+) (==|!=) '[^']*'$"
+    ))]
     pub when: Option<String>,
     /// Retries of a failed attempt, with exponential backoff between them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -320,13 +325,26 @@ pub struct PipelineStatus {
     namespaced,
     status = "PipelineRunStatus",
     doc = "One execution of a Pipeline: its steps' Jobs run in dependency order; cancel stops it; resumeFrom reruns only what failed in an earlier run.",
-    printcolumn(name = "Pipeline", type_ = "string", json_path = ".spec.pipelineRef.name"),
+    printcolumn(
+        name = "Pipeline",
+        type_ = "string",
+        json_path = ".spec.pipelineRef.name"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
     printcolumn(name = "Started", type_ = "date", json_path = ".status.startTime"),
     printcolumn(name = "Duration", type_ = "string", json_path = ".status.duration"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Succeeded\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Succeeded\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.pipelineRef == oldSelf.pipelineRef").message("pipelineRef is immutable").field_path(".pipelineRef"))]

@@ -37,7 +37,10 @@ pub struct PluginSpec {
     #[schemars(regex(pattern = r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$"))]
     pub version: String,
     /// The image, by tag or digest.
-    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[a-z0-9.-]+(:[0-9]+)?/[^\s]+$|^[a-z0-9][^\s/]*(/[^\s]+)?$"))]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^[a-z0-9.-]+(:[0-9]+)?/[^\s]+$|^[a-z0-9][^\s/]*(/[^\s]+)?$")
+    )]
     pub image: String,
     /// `service`: a long-running Deployment with a Service; `job`: a template Pipeline steps run.
     #[serde(default)]
@@ -152,7 +155,10 @@ pub struct PluginPermission {
     #[schemars(length(min = 1, max = 32))]
     pub resources: Vec<String>,
     /// Verbs, for example `get`, `list`, `watch`.
-    #[schemars(length(min = 1, max = 16), inner(regex(pattern = r"^(get|list|watch|create|update|patch|delete|deletecollection)$")))]
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(regex(pattern = r"^(get|list|watch|create|update|patch|delete|deletecollection)$"))
+    )]
     pub verbs: Vec<String>,
 }
 

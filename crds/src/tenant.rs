@@ -38,7 +38,10 @@ pub struct TenantSpec {
     #[schemars(length(min = 1, max = 64))]
     pub owners: Vec<TenantOwner>,
     /// Short names of the tenant's namespaces; the operator creates `<tenant>-<name>` for each.
-    #[schemars(length(min = 1, max = 100), inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
+    #[schemars(
+        length(min = 1, max = 100),
+        inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub namespaces: Vec<String>,
     /// The plan: its default quota applies unless `quota` overrides a field.

@@ -30,7 +30,10 @@ fn crds_directory_holds_exactly_the_five_kinds() {
         .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml") || n.ends_with(".json"))
         .collect();
     yaml.sort();
-    let mut expected: Vec<String> = aleph_crds::all_crds().into_iter().map(|(f, _)| f.to_string()).collect();
+    let mut expected: Vec<String> = aleph_crds::all_crds()
+        .into_iter()
+        .map(|(f, _)| f.to_string())
+        .collect();
     expected.sort();
     assert_eq!(yaml, expected);
 }

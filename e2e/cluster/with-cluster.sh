@@ -49,7 +49,9 @@ if ! $use_existing; then
   for dir in "$ALEPH_CACHE"/runs/*; do
     [ -d "$dir" ] || continue
     pid=${dir##*/}
-    if [[ $pid =~ ^[0-9]+$ ]] && [ "$pid" != $$ ] && ! kill -0 "$pid" 2>/dev/null; then
+    # Alive means still running this script (not gone, a zombie or another program).
+    if [[ $pid =~ ^[0-9]+$ ]] && [ "$pid" != $$ ] &&
+      ! tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q with-cluster.sh; then
       log "removing the cluster of an earlier run ($dir)"
       ALEPH_STATE=$dir "$CLUSTER_DIR/down.sh" || true
     fi

@@ -13,9 +13,22 @@
 //!
 //! # async fn example() {
 //! let env = TestEnv::new().await;
-//! env.apply_yaml("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n").await;
-//! let deployments = env.api::<Deployment>();
-//! wait_for(&deployments, "web", Duration::from_secs(60), |d| {
+//! env.apply_yaml(
+//!     r#"
+//! apiVersion: apps/v1
+//! kind: Deployment
+//! metadata: {name: web}
+//! spec:
+//!   replicas: 3
+//!   selector: {matchLabels: {app: web}}
+//!   template:
+//!     metadata: {labels: {app: web}}
+//!     spec:
+//!       containers: [{name: web, image: registry.k8s.io/pause:3.10}]
+//! "#,
+//! )
+//! .await;
+//! wait_for(&env.api::<Deployment>(), "web", Duration::from_secs(60), |d| {
 //!     d.status.as_ref().and_then(|s| s.ready_replicas) == Some(3)
 //! })
 //! .await;

@@ -13,116 +13,223 @@ async fn crds_install_and_examples_are_accepted() {
     let env = TestEnv::new().await;
     let crds = root().join("crds");
     let crds = crds.to_string_lossy();
-    env.kubectl(["apply", "--server-side", "--force-conflicts", "-f", &crds]).await.expect_success();
-    let out = env.kubectl(["wait", "--for=condition=Established", "--timeout=60s", "-f", &crds]).await.expect_success();
-    assert_eq!(out.stdout.matches("condition met").count(), 5, "{}", out.stdout);
+    env.kubectl(["apply", "--server-side", "--force-conflicts", "-f", &crds])
+        .await
+        .expect_success();
+    let out = env
+        .kubectl([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            &crds,
+        ])
+        .await
+        .expect_success();
+    assert_eq!(
+        out.stdout.matches("condition met").count(),
+        5,
+        "{}",
+        out.stdout
+    );
 
-    let names = env.kubectl(["get", "crd", "-o", "name"]).await.expect_success();
-    let ours: Vec<&str> = names.stdout.lines().filter(|l| l.ends_with(".aleph.dev")).collect();
+    let names = env
+        .kubectl(["get", "crd", "-o", "name"])
+        .await
+        .expect_success();
+    let ours: Vec<&str> = names
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with(".aleph.dev"))
+        .collect();
     assert_eq!(ours.len(), 5, "{ours:?}");
 
     // Server-side dry run: every admission check runs, nothing is stored.
     let examples = root().join("examples");
     let out = env
-        .kubectl(["apply", "--dry-run=server", "-f", &examples.to_string_lossy()])
+        .kubectl([
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &examples.to_string_lossy(),
+        ])
         .await
         .expect_success();
-    for kind in ["tenant.aleph.dev/acme", "aimodel.aleph.dev/llama-3-8b", "aimodel.aleph.dev/fraud-xgboost",
-        "plugin.aleph.dev/pii-redactor", "pipeline.aleph.dev/nightly-retrain", "pipelinerun.aleph.dev/"] {
-        assert!(out.stdout.contains(kind), "{kind} not applied: {}", out.stdout);
+    for kind in [
+        "tenant.aleph.dev/acme",
+        "aimodel.aleph.dev/llama-3-8b",
+        "aimodel.aleph.dev/fraud-xgboost",
+        "plugin.aleph.dev/pii-redactor",
+        "pipeline.aleph.dev/nightly-retrain",
+        "pipelinerun.aleph.dev/",
+    ] {
+        assert!(
+            out.stdout.contains(kind),
+            "{kind} not applied: {}",
+            out.stdout
+        );
     }
 
-    let explain = env.kubectl(["explain", "aimodel.spec"]).await.expect_success();
-    for text in ["Where the model's weights come from", "autoscaling", "The serving runtime"] {
-        assert!(explain.stdout.contains(text), "kubectl explain lacks `{text}`:\n{}", explain.stdout);
+    let explain = env
+        .kubectl(["explain", "aimodel.spec"])
+        .await
+        .expect_success();
+    for text in [
+        "Where the model's weights come from",
+        "autoscaling",
+        "The serving runtime",
+    ] {
+        assert!(
+            explain.stdout.contains(text),
+            "kubectl explain lacks `{text}`:\n{}",
+            explain.stdout
+        );
     }
     let categories = env.kubectl(["get", "aleph"]).await;
-    assert!(categories.success(), "kubectl get aleph: {}", categories.stderr);
+    assert!(
+        categories.success(),
+        "kubectl get aleph: {}",
+        categories.stderr
+    );
     env.cleanup().await;
 }
 
 /// (description, manifest, text the API server's refusal must contain)
 const INVALID: &[(&str, &str, &str)] = &[
-    ("tenant without owners", r#"
+    (
+        "tenant without owners",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Tenant
 metadata: { name: e2e-bad-owners }
 spec: { owners: [], namespaces: [a] }
-"#, "spec.owners"),
-    ("tenant with an unknown plan", r#"
+"#,
+        "spec.owners",
+    ),
+    (
+        "tenant with an unknown plan",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Tenant
 metadata: { name: e2e-bad-plan }
 spec: { owners: [{ kind: User, name: a }], namespaces: [a], plan: platinum }
-"#, "spec.plan"),
-    ("tenant namespace that is not a DNS label", r#"
+"#,
+        "spec.plan",
+    ),
+    (
+        "tenant namespace that is not a DNS label",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Tenant
 metadata: { name: e2e-bad-ns }
 spec: { owners: [{ kind: User, name: a }], namespaces: [Research_Team] }
-"#, "spec.namespaces"),
-    ("service account owner without namespace", r#"
+"#,
+        "spec.namespaces",
+    ),
+    (
+        "service account owner without namespace",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Tenant
 metadata: { name: e2e-bad-sa }
 spec: { owners: [{ kind: ServiceAccount, name: ci }], namespaces: [a] }
-"#, "namespace is required for a ServiceAccount owner"),
-    ("tenant plus namespace name too long", r#"
+"#,
+        "namespace is required for a ServiceAccount owner",
+    ),
+    (
+        "tenant plus namespace name too long",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Tenant
 metadata: { name: e2e-a-rather-long-tenant-name-for-this }
 spec: { owners: [{ kind: User, name: a }], namespaces: [a-rather-long-namespace-name-too] }
-"#, "spec.namespaces"),
-    ("model without source or training", r#"
+"#,
+        "spec.namespaces",
+    ),
+    (
+        "model without source or training",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: AIModel
 metadata: { name: no-source }
 spec: { runtime: { engine: vllm } }
-"#, "set source, or training"),
-    ("model source with an unknown scheme", r#"
+"#,
+        "set source, or training",
+    ),
+    (
+        "model source with an unknown scheme",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: AIModel
 metadata: { name: bad-uri }
 spec: { source: { uri: "ftp://models/llama" } }
-"#, "spec.source.uri"),
-    ("minReplicas above maxReplicas", r#"
+"#,
+        "spec.source.uri",
+    ),
+    (
+        "minReplicas above maxReplicas",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: AIModel
 metadata: { name: bad-bounds }
 spec: { source: { uri: "hf://org/model" }, autoscaling: { minReplicas: 5, maxReplicas: 2, targetConcurrency: 4 } }
-"#, "minReplicas must be at most maxReplicas"),
-    ("replicas together with autoscaling", r#"
+"#,
+        "minReplicas must be at most maxReplicas",
+    ),
+    (
+        "replicas together with autoscaling",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: AIModel
 metadata: { name: both }
 spec: { source: { uri: "hf://org/model" }, replicas: 2, autoscaling: { maxReplicas: 3, targetCpuUtilization: 70 } }
-"#, "replicas and autoscaling are exclusive"),
-    ("too many GPUs", r#"
+"#,
+        "replicas and autoscaling are exclusive",
+    ),
+    (
+        "too many GPUs",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: AIModel
 metadata: { name: many-gpus }
 spec: { source: { uri: "hf://org/model" }, resources: { gpus: 100 } }
-"#, "spec.resources.gpus"),
-    ("custom runtime without image", r#"
+"#,
+        "spec.resources.gpus",
+    ),
+    (
+        "custom runtime without image",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: AIModel
 metadata: { name: custom }
 spec: { source: { uri: "hf://org/model" }, runtime: { engine: custom } }
-"#, "a custom runtime needs image and port"),
-    ("SageMaker backend without its section", r#"
+"#,
+        "a custom runtime needs image and port",
+    ),
+    (
+        "SageMaker backend without its section",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: AIModel
 metadata: { name: sm }
 spec: { source: { uri: "s3://bucket/model" }, backend: SageMaker }
-"#, "backend SageMaker needs the sagemaker section"),
-    ("training role that is not an IAM role ARN", r#"
+"#,
+        "backend SageMaker needs the sagemaker section",
+    ),
+    (
+        "training role that is not an IAM role ARN",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: AIModel
 metadata: { name: bad-role }
 spec:
   training: { image: img, roleArn: "admin", instanceType: ml.m5.xlarge, outputS3Uri: "s3://bucket/out" }
-"#, "spec.training.roleArn"),
-    ("spot wait shorter than the runtime", r#"
+"#,
+        "spec.training.roleArn",
+    ),
+    (
+        "spot wait shorter than the runtime",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: AIModel
 metadata: { name: bad-spot }
@@ -134,20 +241,32 @@ spec:
     outputS3Uri: "s3://bucket/out"
     maxRuntimeSeconds: 7200
     spot: { maxWaitSeconds: 60 }
-"#, "spot.maxWaitSeconds must be at least maxRuntimeSeconds"),
-    ("plugin version that is not semver", r#"
+"#,
+        "spot.maxWaitSeconds must be at least maxRuntimeSeconds",
+    ),
+    (
+        "plugin version that is not semver",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Plugin
 metadata: { name: bad-version }
 spec: { version: latest, image: ghcr.io/acme/p:1, port: 8080 }
-"#, "spec.version"),
-    ("service plugin without a port", r#"
+"#,
+        "spec.version",
+    ),
+    (
+        "service plugin without a port",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Plugin
 metadata: { name: no-port }
 spec: { version: 1.0.0, image: ghcr.io/acme/p:1, mode: service }
-"#, "a service plugin needs a port"),
-    ("plugin permission with a wildcard", r#"
+"#,
+        "a service plugin needs a port",
+    ),
+    (
+        "plugin permission with a wildcard",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Plugin
 metadata: { name: wildcard }
@@ -156,8 +275,12 @@ spec:
   image: ghcr.io/acme/p:1
   mode: job
   permissions: [{ apiGroups: [""], resources: ["*"], verbs: [get] }]
-"#, "wildcards are not allowed"),
-    ("step with two actions", r#"
+"#,
+        "wildcards are not allowed",
+    ),
+    (
+        "step with two actions",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Pipeline
 metadata: { name: two-actions }
@@ -166,16 +289,24 @@ spec:
     - name: a
       container: { image: busybox }
       plugin: { name: p }
-"#, "a step has exactly one action"),
-    ("step depending on itself", r#"
+"#,
+        "a step has exactly one action",
+    ),
+    (
+        "step depending on itself",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Pipeline
 metadata: { name: self-dep }
 spec:
   steps:
     - { name: a, dependsOn: [a], container: { image: busybox } }
-"#, "a step cannot depend on itself"),
-    ("duplicate step names", r#"
+"#,
+        "a step cannot depend on itself",
+    ),
+    (
+        "duplicate step names",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Pipeline
 metadata: { name: dup }
@@ -183,16 +314,24 @@ spec:
   steps:
     - { name: a, container: { image: busybox } }
     - { name: a, container: { image: alpine } }
-"#, "spec.steps[1]"),
-    ("enum param without values", r#"
+"#,
+        "spec.steps[1]",
+    ),
+    (
+        "enum param without values",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Pipeline
 metadata: { name: enum-param }
 spec:
   params: [{ name: size, type: enum }]
   steps: [{ name: a, container: { image: busybox } }]
-"#, "an enum param needs values"),
-    ("retry cap below the initial delay", r#"
+"#,
+        "an enum param needs values",
+    ),
+    (
+        "retry cap below the initial delay",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: Pipeline
 metadata: { name: bad-retry }
@@ -201,13 +340,19 @@ spec:
     - name: a
       container: { image: busybox }
       retries: { limit: 2, initialDelaySeconds: 60, maxDelaySeconds: 10 }
-"#, "maxDelaySeconds must be at least initialDelaySeconds"),
-    ("run without a pipeline reference", r#"
+"#,
+        "maxDelaySeconds must be at least initialDelaySeconds",
+    ),
+    (
+        "run without a pipeline reference",
+        r#"
 apiVersion: aleph.dev/v1alpha1
 kind: PipelineRun
 metadata: { name: no-ref }
 spec: { params: [] }
-"#, "spec.pipelineRef"),
+"#,
+        "spec.pipelineRef",
+    ),
 ];
 
 #[tokio::test]
@@ -215,11 +360,18 @@ async fn each_validation_rule_refuses_a_bad_manifest_naming_the_field() {
     let env = TestEnv::new().await;
     let mut failures = Vec::new();
     for (what, manifest, expected) in INVALID {
-        let out = env.kubectl_with_stdin(["create", "--dry-run=server", "-f", "-"], manifest).await;
+        let out = env
+            .kubectl_with_stdin(["create", "--dry-run=server", "-f", "-"], manifest)
+            .await;
         if out.success() {
-            failures.push(format!("{what}: accepted, expected a refusal mentioning `{expected}`"));
+            failures.push(format!(
+                "{what}: accepted, expected a refusal mentioning `{expected}`"
+            ));
         } else if !out.stderr.contains(expected) {
-            failures.push(format!("{what}: refused without mentioning `{expected}`: {}", out.stderr.trim()));
+            failures.push(format!(
+                "{what}: refused without mentioning `{expected}`: {}",
+                out.stderr.trim()
+            ));
         }
     }
     println!("{} invalid manifests checked", INVALID.len());
@@ -236,9 +388,15 @@ kind: PipelineRun
 metadata: { name: immutable }
 spec: { pipelineRef: { name: first }, params: [] }
 "#;
-    env.kubectl_with_stdin(["apply", "-f", "-"], run).await.expect_success();
+    env.kubectl_with_stdin(["apply", "-f", "-"], run)
+        .await
+        .expect_success();
     let changed = run.replace("name: first", "name: second");
     let out = env.kubectl_with_stdin(["apply", "-f", "-"], &changed).await;
-    assert!(!out.success() && out.stderr.contains("pipelineRef is immutable"), "{}", out.stderr);
+    assert!(
+        !out.success() && out.stderr.contains("pipelineRef is immutable"),
+        "{}",
+        out.stderr
+    );
     env.cleanup().await;
 }

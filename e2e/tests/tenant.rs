@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
 use aleph_e2e::{TestEnv, has_condition, unique_name, wait_for, wait_for_deletion};
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -35,7 +37,10 @@ spec:
 
 async fn ready_tenant(env: &TestEnv, name: &str) -> Tenant {
     let tenants: Api<Tenant> = env.cluster_api();
-    wait_for(&tenants, name, TIMEOUT, |t| has_condition(t, "Ready", "True")).await
+    wait_for(&tenants, name, TIMEOUT, |t| {
+        has_condition(t, "Ready", "True")
+    })
+    .await
 }
 
 fn pod(name: &str, image: &str, gpus: Option<(&str, &str)>) -> Pod {
@@ -63,7 +68,9 @@ async fn delete_tenant(env: &TestEnv, name: &str) {
 async fn tenant_provisions_namespaces_quotas_policies_and_bindings() {
     let env = TestEnv::new().await;
     let name = unique_name("tn");
-    env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(&name, "")).await.expect_success();
+    env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(&name, ""))
+        .await
+        .expect_success();
     let tenant = ready_tenant(&env, &name).await;
     let status = tenant.status.expect("status");
     assert_eq!(status.namespace_count, 2);
@@ -72,13 +79,36 @@ async fn tenant_provisions_namespaces_quotas_policies_and_bindings() {
     let client = env.client();
     for short in ["research", "prod"] {
         let ns = format!("{name}-{short}");
-        let namespace = Api::<Namespace>::all(client.clone()).get(&ns).await.expect("namespace exists");
-        assert_eq!(namespace.metadata.labels.unwrap_or_default().get("aleph.dev/tenant"), Some(&name));
-        let rq = Api::<ResourceQuota>::namespaced(client.clone(), &ns).get("aleph-tenant-quota").await.expect("quota");
+        let namespace = Api::<Namespace>::all(client.clone())
+            .get(&ns)
+            .await
+            .expect("namespace exists");
+        assert_eq!(
+            namespace
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get("aleph.dev/tenant"),
+            Some(&name)
+        );
+        let rq = Api::<ResourceQuota>::namespaced(client.clone(), &ns)
+            .get("aleph-tenant-quota")
+            .await
+            .expect("quota");
         let hard = rq.spec.and_then(|s| s.hard).unwrap_or_default();
-        assert_eq!(hard.get("requests.nvidia.com/gpu").map(|q| q.0.as_str()), Some("2"), "{hard:?}");
-        Api::<LimitRange>::namespaced(client.clone(), &ns).get("aleph-tenant-defaults").await.expect("limit range");
-        Api::<NetworkPolicy>::namespaced(client.clone(), &ns).get("aleph-tenant-isolation").await.expect("network policy");
+        assert_eq!(
+            hard.get("requests.nvidia.com/gpu").map(|q| q.0.as_str()),
+            Some("2"),
+            "{hard:?}"
+        );
+        Api::<LimitRange>::namespaced(client.clone(), &ns)
+            .get("aleph-tenant-defaults")
+            .await
+            .expect("limit range");
+        Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+            .get("aleph-tenant-isolation")
+            .await
+            .expect("network policy");
         let rbs = Api::<RoleBinding>::namespaced(client.clone(), &ns);
         rbs.get("aleph-owners-admin").await.expect("admin binding");
         rbs.get("aleph-owners-view").await.expect("view binding");
@@ -87,7 +117,13 @@ async fn tenant_provisions_namespaces_quotas_policies_and_bindings() {
     env.cleanup().await;
 }
 
-async fn can_i(client: kube::Client, verb: &str, resource: &str, group: &str, namespace: &str) -> bool {
+async fn can_i(
+    client: kube::Client,
+    verb: &str,
+    resource: &str,
+    group: &str,
+    namespace: &str,
+) -> bool {
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
@@ -102,7 +138,10 @@ async fn can_i(client: kube::Client, verb: &str, resource: &str, group: &str, na
         ..Default::default()
     };
     let api: Api<SelfSubjectAccessReview> = Api::all(client);
-    let answer = api.create(&PostParams::default(), &review).await.expect("access review");
+    let answer = api
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("access review");
     answer.status.is_some_and(|s| s.allowed)
 }
 
@@ -112,7 +151,9 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
     let a = unique_name("tna");
     let b = unique_name("tnb");
     for t in [&a, &b] {
-        env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(t, "")).await.expect_success();
+        env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(t, ""))
+            .await
+            .expect_success();
     }
     ready_tenant(&env, &a).await;
     ready_tenant(&env, &b).await;
@@ -131,7 +172,10 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
         let theirs = can_i(alice.clone(), verb, resource, group, &other).await;
         matrix.push(format!("{verb} {resource}: own={mine} other={theirs}"));
         assert!(mine, "owner cannot {verb} {resource} in its namespace");
-        assert!(!theirs, "owner can {verb} {resource} in another tenant's namespace");
+        assert!(
+            !theirs,
+            "owner can {verb} {resource} in another tenant's namespace"
+        );
     }
     println!("can-i matrix for {a}-alice:\n{}", matrix.join("\n"));
     // A real write as the owner.
@@ -142,22 +186,47 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
           "template": { "metadata": { "labels": { "app": "web" } },
             "spec": { "containers": [{ "name": "web", "image": "ghcr.io/acme/web:1" }] } } },
     });
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(alice.clone(), &own);
-    deployments.create(&PostParams::default(), &serde_json::from_value(deployment.clone()).expect("json")).await.expect("owner creates a Deployment");
-    let foreign: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(alice.clone(), &other);
-    let denied = foreign.create(&PostParams::default(), &serde_json::from_value(deployment).expect("json")).await;
-    assert!(matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403), "{denied:?}");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(alice.clone(), &own);
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment.clone()).expect("json"),
+        )
+        .await
+        .expect("owner creates a Deployment");
+    let foreign: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(alice.clone(), &other);
+    let denied = foreign
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment).expect("json"),
+        )
+        .await;
+    assert!(
+        matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "{denied:?}"
+    );
 
     // Removing bob (view) removes his binding; removing a namespace removes it.
     let tenants: Api<Tenant> = env.cluster_api();
     let patch = serde_json::json!({ "spec": { "owners": [{ "kind": "User", "name": format!("{a}-alice"), "role": "admin" }], "namespaces": ["research"] } });
-    tenants.patch(&a, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch tenant");
+    tenants
+        .patch(&a, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch tenant");
     let bob = env.impersonated_client(&format!("{a}-bob"), &[]);
     let rbs: Api<RoleBinding> = Api::namespaced(env.client(), &own);
     wait_for_deletion(&rbs, "aleph-owners-view", TIMEOUT).await;
-    assert!(!can_i(bob, "get", "pods", "", &own).await, "a removed owner keeps access");
+    assert!(
+        !can_i(bob, "get", "pods", "", &own).await,
+        "a removed owner keeps access"
+    );
     let namespaces: Api<Namespace> = Api::all(env.client());
-    wait_for(&namespaces, &format!("{a}-prod"), TIMEOUT, |ns| ns.metadata.deletion_timestamp.is_some()).await;
+    wait_for(&namespaces, &format!("{a}-prod"), TIMEOUT, |ns| {
+        ns.metadata.deletion_timestamp.is_some()
+    })
+    .await;
 
     delete_tenant(&env, &a).await;
     delete_tenant(&env, &b).await;
@@ -168,36 +237,82 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
 async fn admission_rules_refuse_pods_with_a_message_naming_the_rule() {
     let env = TestEnv::new().await;
     let name = unique_name("tnadm");
-    env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(&name, "")).await.expect_success();
+    env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(&name, ""))
+        .await
+        .expect_success();
     ready_tenant(&env, &name).await;
     let ns = format!("{name}-research");
     let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
     let pp = PostParams::default();
-    let bad_registry = pods.create(&pp, &pod("bad-registry", "docker.io/library/nginx:1", None)).await;
+    let bad_registry = pods
+        .create(&pp, &pod("bad-registry", "docker.io/library/nginx:1", None))
+        .await;
     let message = format!("{bad_registry:?}");
-    assert!(message.contains("allowedRegistries") && message.contains("docker.io/library/nginx:1"), "{message}");
-    let bad_gpu = pods.create(&pp, &pod("bad-gpu", "ghcr.io/acme/train:1", Some(("1", "NVIDIA-A100-SXM4-80GB")))).await;
-    assert!(format!("{bad_gpu:?}").contains("allowedGpuProducts"), "{bad_gpu:?}");
-    pods.create(&pp, &pod("good", "ghcr.io/acme/train:1", Some(("1", "NVIDIA-H100-80GB-HBM3")))).await.expect("an allowed pod is admitted");
+    assert!(
+        message.contains("allowedRegistries") && message.contains("docker.io/library/nginx:1"),
+        "{message}"
+    );
+    let bad_gpu = pods
+        .create(
+            &pp,
+            &pod(
+                "bad-gpu",
+                "ghcr.io/acme/train:1",
+                Some(("1", "NVIDIA-A100-SXM4-80GB")),
+            ),
+        )
+        .await;
+    assert!(
+        format!("{bad_gpu:?}").contains("allowedGpuProducts"),
+        "{bad_gpu:?}"
+    );
+    pods.create(
+        &pp,
+        &pod(
+            "good",
+            "ghcr.io/acme/train:1",
+            Some(("1", "NVIDIA-H100-80GB-HBM3")),
+        ),
+    )
+    .await
+    .expect("an allowed pod is admitted");
 
     // Cordon: new pods are refused, the running one stays.
     let tenants: Api<Tenant> = env.cluster_api();
-    tenants.patch(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "spec": { "cordoned": true } }))).await.expect("cordon");
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({ "spec": { "cordoned": true } })),
+        )
+        .await
+        .expect("cordon");
     let mut refused = String::new();
     for _ in 0..60 {
-        match pods.create(&pp, &pod("after-cordon", "ghcr.io/acme/train:1", None)).await {
+        match pods
+            .create(&pp, &pod("after-cordon", "ghcr.io/acme/train:1", None))
+            .await
+        {
             Err(e) => {
                 refused = e.to_string();
                 break;
             }
             Ok(_) => {
-                let _ = pods.delete("after-cordon", &DeleteParams::default().grace_period(0)).await;
+                let _ = pods
+                    .delete("after-cordon", &DeleteParams::default().grace_period(0))
+                    .await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
-    assert!(refused.contains("cordoned"), "a cordoned tenant admitted a pod: {refused}");
-    assert!(pods.get("good").await.is_ok(), "cordon removed a running pod");
+    assert!(
+        refused.contains("cordoned"),
+        "a cordoned tenant admitted a pod: {refused}"
+    );
+    assert!(
+        pods.get("good").await.is_ok(),
+        "cordon removed a running pod"
+    );
     delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
@@ -206,8 +321,11 @@ async fn admission_rules_refuse_pods_with_a_message_naming_the_rule() {
 async fn concurrent_gpu_pods_never_exceed_the_tenant_quota() {
     let env = TestEnv::new().await;
     let name = unique_name("tngpu");
-    let yaml = tenant_yaml(&name, "").replace("namespaces: [research, prod]", "namespaces: [a, b, c]");
-    env.kubectl_with_stdin(["apply", "-f", "-"], &yaml).await.expect_success();
+    let yaml =
+        tenant_yaml(&name, "").replace("namespaces: [research, prod]", "namespaces: [a, b, c]");
+    env.kubectl_with_stdin(["apply", "-f", "-"], &yaml)
+        .await
+        .expect_success();
     ready_tenant(&env, &name).await;
     let client = env.client();
     let mut tasks = Vec::new();
@@ -215,8 +333,14 @@ async fn concurrent_gpu_pods_never_exceed_the_tenant_quota() {
         for short in ["a", "b", "c"] {
             for i in 0..3 {
                 let api: Api<Pod> = Api::namespaced(client.clone(), &format!("{name}-{short}"));
-                let p = pod(&format!("gpu-{round}-{i}"), "ghcr.io/acme/train:1", Some(("1", "NVIDIA-H100-80GB-HBM3")));
-                tasks.push(tokio::spawn(async move { api.create(&PostParams::default(), &p).await.is_ok() }));
+                let p = pod(
+                    &format!("gpu-{round}-{i}"),
+                    "ghcr.io/acme/train:1",
+                    Some(("1", "NVIDIA-H100-80GB-HBM3")),
+                );
+                tasks.push(tokio::spawn(async move {
+                    api.create(&PostParams::default(), &p).await.is_ok()
+                }));
             }
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -229,13 +353,24 @@ async fn concurrent_gpu_pods_never_exceed_the_tenant_quota() {
     let mut peak = 0i64;
     for short in ["a", "b", "c"] {
         let api: Api<Pod> = Api::namespaced(client.clone(), &format!("{name}-{short}"));
-        for p in api.list(&Default::default()).await.expect("list pods").items {
-            let gpus = p.spec.and_then(|s| s.containers.into_iter().next()).and_then(|c| c.resources)
-                .and_then(|r| r.requests).and_then(|r| r.get("nvidia.com/gpu").map(|q| q.0.clone()));
+        for p in api
+            .list(&Default::default())
+            .await
+            .expect("list pods")
+            .items
+        {
+            let gpus = p
+                .spec
+                .and_then(|s| s.containers.into_iter().next())
+                .and_then(|c| c.resources)
+                .and_then(|r| r.requests)
+                .and_then(|r| r.get("nvidia.com/gpu").map(|q| q.0.clone()));
             peak += gpus.and_then(|g| g.parse::<i64>().ok()).unwrap_or(0);
         }
     }
-    println!("GPU pods requested: 36, admitted: {admitted}, GPUs in use across the tenant: {peak} (quota 4)");
+    println!(
+        "GPU pods requested: 36, admitted: {admitted}, GPUs in use across the tenant: {peak} (quota 4)"
+    );
     assert!(peak <= 4, "the tenant uses {peak} GPUs with a quota of 4");
     assert!(admitted >= 1, "no GPU pod was admitted at all");
     delete_tenant(&env, &name).await;
@@ -246,18 +381,44 @@ async fn concurrent_gpu_pods_never_exceed_the_tenant_quota() {
 async fn prevent_deletion_blocks_and_deletion_removes_namespaces() {
     let env = TestEnv::new().await;
     let name = unique_name("tndel");
-    env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(&name, "  preventDeletion: true")).await.expect_success();
+    env.kubectl_with_stdin(
+        ["apply", "-f", "-"],
+        &tenant_yaml(&name, "  preventDeletion: true"),
+    )
+    .await
+    .expect_success();
     ready_tenant(&env, &name).await;
-    let out = env.kubectl(["delete", "tenant", &name, "--wait=false"]).await;
-    assert!(!out.success() && out.stderr.contains("preventDeletion"), "{}", out.stderr);
+    let out = env
+        .kubectl(["delete", "tenant", &name, "--wait=false"])
+        .await;
+    assert!(
+        !out.success() && out.stderr.contains("preventDeletion"),
+        "{}",
+        out.stderr
+    );
     let tenants: Api<Tenant> = env.cluster_api();
-    tenants.patch(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "spec": { "preventDeletion": false } }))).await.expect("unprotect");
-    env.kubectl(["delete", "tenant", &name, "--wait=false"]).await.expect_success();
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({ "spec": { "preventDeletion": false } })),
+        )
+        .await
+        .expect("unprotect");
+    env.kubectl(["delete", "tenant", &name, "--wait=false"])
+        .await
+        .expect_success();
     wait_for_deletion(&tenants, &name, TIMEOUT).await;
     let namespaces: Api<Namespace> = Api::all(env.client());
     for short in ["research", "prod"] {
-        let ns = namespaces.get_opt(&format!("{name}-{short}")).await.expect("get namespace");
-        assert!(ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()), "namespace {short} survives its tenant");
+        let ns = namespaces
+            .get_opt(&format!("{name}-{short}"))
+            .await
+            .expect("get namespace");
+        assert!(
+            ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+            "namespace {short} survives its tenant"
+        );
     }
     env.cleanup().await;
 }
@@ -266,7 +427,13 @@ async fn prevent_deletion_blocks_and_deletion_removes_namespaces() {
 async fn invalid_tenant_specs_are_refused_at_apply() {
     let env = TestEnv::new().await;
     let bad = tenant_yaml("e2e-invalid", "").replace("plan: pro", "plan: gold");
-    let out = env.kubectl_with_stdin(["apply", "--dry-run=server", "-f", "-"], &bad).await;
-    assert!(!out.success() && out.stderr.contains("spec.plan"), "{}", out.stderr);
+    let out = env
+        .kubectl_with_stdin(["apply", "--dry-run=server", "-f", "-"], &bad)
+        .await;
+    assert!(
+        !out.success() && out.stderr.contains("spec.plan"),
+        "{}",
+        out.stderr
+    );
     env.cleanup().await;
 }

@@ -40,7 +40,12 @@ pub enum LogFormat {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Namespaces to watch, comma-separated; all when empty (Tenants are cluster-scoped and always watched).
-    #[arg(long, env = "ALEPH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "ALEPH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     pub namespaces: Vec<String>,
     /// Objects reconciled at once per controller.
     #[arg(long, env = "ALEPH_CONCURRENCY", default_value_t = 4)]

@@ -40,7 +40,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         config.auth_info.impersonate = Some(user.clone());
     }
     let default_namespace = config.default_namespace.clone();
-    let client = aleph_controllers::client::build_client(config, metrics.clone(), args.kube_qps, args.kube_burst)?;
+    let client = aleph_controllers::client::build_client(
+        config,
+        metrics.clone(),
+        args.kube_qps,
+        args.kube_burst,
+    )?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = move || {
@@ -56,7 +61,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     });
 
     let readiness = Readiness::default();
-    let http = tokio::spawn(crate::http::serve(args.metrics_addr, Arc::new(registry), readiness.clone(), shutdown()));
+    let http = tokio::spawn(crate::http::serve(
+        args.metrics_addr,
+        Arc::new(registry),
+        readiness.clone(),
+        shutdown(),
+    ));
 
     let leader = if args.leader_elect {
         let state = LeaderState::new(false);
@@ -71,7 +81,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             lease_duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
             retry_period: Duration::from_secs(args.lease_retry_seconds.max(1)),
         };
-        tokio::spawn(leader::run(client.clone(), lease, state.clone(), shutdown()));
+        tokio::spawn(leader::run(
+            client.clone(),
+            lease,
+            state.clone(),
+            shutdown(),
+        ));
         state
     } else {
         LeaderState::new(true)
@@ -86,10 +101,19 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     });
 
     wait_for_crds(&client).await?;
-    let settings = Settings { aws_region: args.aws_region.clone() };
+    let settings = Settings {
+        aws_region: args.aws_region.clone(),
+    };
     let ctx = Arc::new(Context::new(client.clone(), metrics, leader, settings));
-    let options = RunOptions { concurrency: args.concurrency.max(1) };
-    let namespaces: Vec<String> = args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect();
+    let options = RunOptions {
+        concurrency: args.concurrency.max(1),
+    };
+    let namespaces: Vec<String> = args
+        .namespaces
+        .iter()
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect();
     aleph_controllers::run_all(ctx, &options, &namespaces, &readiness, shutdown).await;
     if let Ok(result) = http.await {
         result?;
@@ -107,7 +131,9 @@ async fn wait_for_crds(client: &kube::Client) -> Result<(), kube::Error> {
             match tokio::time::timeout(Duration::from_secs(30), wait).await {
                 Ok(Ok(_)) => break,
                 Ok(Err(error)) => tracing::warn!(%error, crd = %name, "waiting for CRD"),
-                Err(_) => tracing::warn!(crd = %name, "CRD not established yet: install it with `kubectl apply -f crds/`"),
+                Err(_) => {
+                    tracing::warn!(crd = %name, "CRD not established yet: install it with `kubectl apply -f crds/`")
+                }
             }
         }
     }
@@ -125,7 +151,12 @@ fn init_logging(args: &RunArgs) {
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }

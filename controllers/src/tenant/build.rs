@@ -2,8 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use aleph_crds::tenant::{ComplianceProfile, EgressMode, OwnerRole, SubjectKind, Tenant, TenantOwner};
-use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+use aleph_crds::tenant::{
+    ComplianceProfile, EgressMode, OwnerRole, SubjectKind, Tenant, TenantOwner,
+};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -47,7 +51,10 @@ pub fn namespace(tenant: &Tenant, name: &str) -> Result<Namespace> {
     let mut labels = tenant_labels(&tenant.name_any());
     if restricted(tenant) {
         for mode in ["enforce", "audit", "warn"] {
-            labels.insert(format!("pod-security.kubernetes.io/{mode}"), "restricted".into());
+            labels.insert(
+                format!("pod-security.kubernetes.io/{mode}"),
+                "restricted".into(),
+            );
         }
     }
     from_json(json!({
@@ -110,14 +117,18 @@ pub fn network_policy(tenant: &Tenant, namespace: &str) -> Result<Option<Network
     if !net.isolated && !restricted_egress {
         return Ok(None);
     }
-    let same_tenant = json!({ "namespaceSelector": { "matchLabels": { TENANT_LABEL: tenant.name_any() } } });
-    let mut spec = json!({ "podSelector": {}, "policyTypes": [] });
+    let same_tenant =
+        json!({ "namespaceSelector": { "matchLabels": { TENANT_LABEL: tenant.name_any() } } });
+    let mut spec = json!({ "podSelector": {} });
+    let mut policy_types = Vec::new();
     if net.isolated {
         let mut from = vec![same_tenant.clone()];
         if !net.platform_namespace_labels.is_empty() {
-            from.push(json!({ "namespaceSelector": { "matchLabels": net.platform_namespace_labels } }));
+            from.push(
+                json!({ "namespaceSelector": { "matchLabels": net.platform_namespace_labels } }),
+            );
         }
-        spec["policyTypes"].as_array_mut().map(|a| a.push(json!("Ingress")));
+        policy_types.push("Ingress");
         spec["ingress"] = json!([{ "from": from }]);
     }
     if restricted_egress {
@@ -128,13 +139,18 @@ pub fn network_policy(tenant: &Tenant, namespace: &str) -> Result<Option<Network
         for dest in &net.allowed_egress {
             let mut rule = json!({ "to": [{ "ipBlock": { "cidr": dest.cidr } }] });
             if !dest.ports.is_empty() {
-                rule["ports"] = dest.ports.iter().map(|p| json!({ "protocol": "TCP", "port": p.0 })).collect();
+                rule["ports"] = dest
+                    .ports
+                    .iter()
+                    .map(|p| json!({ "protocol": "TCP", "port": p.0 }))
+                    .collect();
             }
             rules.push(rule);
         }
-        spec["policyTypes"].as_array_mut().map(|a| a.push(json!("Egress")));
+        policy_types.push("Egress");
         spec["egress"] = Value::Array(rules);
     }
+    spec["policyTypes"] = json!(policy_types);
     from_json(json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -146,8 +162,12 @@ pub fn network_policy(tenant: &Tenant, namespace: &str) -> Result<Option<Network
 
 fn subject(owner: &TenantOwner) -> Value {
     match owner.kind {
-        SubjectKind::User => json!({ "kind": "User", "name": owner.name, "apiGroup": "rbac.authorization.k8s.io" }),
-        SubjectKind::Group => json!({ "kind": "Group", "name": owner.name, "apiGroup": "rbac.authorization.k8s.io" }),
+        SubjectKind::User => {
+            json!({ "kind": "User", "name": owner.name, "apiGroup": "rbac.authorization.k8s.io" })
+        }
+        SubjectKind::Group => {
+            json!({ "kind": "Group", "name": owner.name, "apiGroup": "rbac.authorization.k8s.io" })
+        }
         SubjectKind::ServiceAccount => {
             json!({ "kind": "ServiceAccount", "name": owner.name, "namespace": owner.namespace.clone().unwrap_or_default() })
         }
@@ -166,7 +186,13 @@ fn role_name(role: OwnerRole) -> &'static str {
 pub fn role_bindings(tenant: &Tenant, namespace: &str) -> Result<Vec<RoleBinding>> {
     let mut out = Vec::new();
     for role in [OwnerRole::Admin, OwnerRole::Edit, OwnerRole::View] {
-        let subjects: Vec<Value> = tenant.spec.owners.iter().filter(|o| o.role == role).map(subject).collect();
+        let subjects: Vec<Value> = tenant
+            .spec
+            .owners
+            .iter()
+            .filter(|o| o.role == role)
+            .map(subject)
+            .collect();
         if subjects.is_empty() {
             continue;
         }
@@ -192,7 +218,10 @@ pub fn role_bindings(tenant: &Tenant, namespace: &str) -> Result<Vec<RoleBinding
 }
 
 fn cel_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))).collect();
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")))
+        .collect();
     format!("[{}]", quoted.join(", "))
 }
 
@@ -203,7 +232,9 @@ pub fn admission_policy_name(tenant: &str) -> String {
 
 /// The tenant's admission rules as a ValidatingAdmissionPolicy and its binding,
 /// or None when the tenant has no rule.
-pub fn admission_policy(tenant: &Tenant) -> Result<Option<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)>> {
+pub fn admission_policy(
+    tenant: &Tenant,
+) -> Result<Option<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)>> {
     let t = tenant.name_any();
     let a = &tenant.spec.admission;
     let pods = "request.resource.resource == 'pods'";
@@ -289,7 +320,8 @@ pub fn admission_policy(tenant: &Tenant) -> Result<Option<(ValidatingAdmissionPo
 }
 
 /// The cluster-wide policy refusing to delete a Tenant whose spec sets `preventDeletion`.
-pub fn prevent_deletion_policy() -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+pub fn prevent_deletion_policy()
+-> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
     let labels = standard_labels("tenant", "all");
     let meta = json!({ "name": PREVENT_DELETION_POLICY, "labels": labels });
     let policy = from_json(json!({
@@ -352,7 +384,10 @@ spec:
         let admin = &rbs[0];
         assert_eq!(admin.role_ref.name, "admin");
         assert_eq!(admin.subjects.as_ref().map(Vec::len), Some(2));
-        assert_eq!(admin.metadata.owner_references.as_ref().map(Vec::len), Some(1));
+        assert_eq!(
+            admin.metadata.owner_references.as_ref().map(Vec::len),
+            Some(1)
+        );
     }
 
     #[test]
@@ -360,9 +395,16 @@ spec:
         let t = tenant(ACME);
         let ns = namespace(&t, "acme-research").expect("builds");
         let labels = ns.metadata.labels.unwrap_or_default();
-        assert_eq!(labels.get("pod-security.kubernetes.io/enforce").map(String::as_str), Some("restricted"));
+        assert_eq!(
+            labels
+                .get("pod-security.kubernetes.io/enforce")
+                .map(String::as_str),
+            Some("restricted")
+        );
         assert_eq!(labels.get(TENANT_LABEL).map(String::as_str), Some("acme"));
-        let np = network_policy(&t, "acme-research").expect("builds").expect("isolated");
+        let np = network_policy(&t, "acme-research")
+            .expect("builds")
+            .expect("isolated");
         let types = np.spec.and_then(|s| s.policy_types).unwrap_or_default();
         assert_eq!(types, vec!["Ingress".to_string(), "Egress".to_string()]);
     }
@@ -373,10 +415,31 @@ spec:
         let (policy, binding) = admission_policy(&t).expect("builds").expect("rules");
         let validations = policy.spec.and_then(|s| s.validations).unwrap_or_default();
         assert_eq!(validations.len(), 3);
-        assert!(validations[0].message.as_deref().unwrap_or("").contains("cordoned"));
-        assert!(validations[1].message_expression.as_deref().unwrap_or("").contains("allowedRegistries"));
-        assert!(validations[2].message.as_deref().unwrap_or("").contains("allowedGpuProducts"));
-        assert_eq!(binding.spec.and_then(|s| s.policy_name).as_deref(), Some("aleph-tenant-acme"));
+        assert!(
+            validations[0]
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .contains("cordoned")
+        );
+        assert!(
+            validations[1]
+                .message_expression
+                .as_deref()
+                .unwrap_or("")
+                .contains("allowedRegistries")
+        );
+        assert!(
+            validations[2]
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .contains("allowedGpuProducts")
+        );
+        assert_eq!(
+            binding.spec.and_then(|s| s.policy_name).as_deref(),
+            Some("aleph-tenant-acme")
+        );
     }
 
     #[test]
@@ -384,6 +447,10 @@ spec:
         let t = tenant(ACME);
         let lr = limit_range(&t, "acme-research").expect("builds");
         let item = &lr.spec.expect("spec").limits[0];
-        assert!(item.default_request.as_ref().is_some_and(|d| d.contains_key("cpu") && d.contains_key("memory")));
+        assert!(
+            item.default_request
+                .as_ref()
+                .is_some_and(|d| d.contains_key("cpu") && d.contains_key("memory"))
+        );
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use aleph_crds::common::{ConditionStatus, DeletionPolicy};
 use aleph_crds::tenant::{ResourceUsage, Tenant};
-use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -42,16 +44,28 @@ pub const QUOTA_GUARD_POLICY: &str = "aleph-tenant-quota-guard";
 
 /// The Tenant controller, watching what it makes.
 pub fn controller(client: &kube::Client) -> Controller<DeserializeGuard<Tenant>> {
-    let owned = || watcher::Config::default().labels(TENANT_LABEL).any_semantic();
-    Controller::new(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default().any_semantic())
-        .owns(Api::<ResourceQuota>::all(client.clone()), owned())
-        .owns(Api::<LimitRange>::all(client.clone()), owned())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
-        .owns(Api::<RoleBinding>::all(client.clone()), owned())
-        .owns(Api::<ValidatingAdmissionPolicy>::all(client.clone()), owned())
-        .watches(Api::<Namespace>::all(client.clone()), owned(), |ns: Namespace| {
-            ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
-        })
+    let owned = || {
+        watcher::Config::default()
+            .labels(TENANT_LABEL)
+            .any_semantic()
+    };
+    Controller::new(
+        Api::<DeserializeGuard<Tenant>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(Api::<ResourceQuota>::all(client.clone()), owned())
+    .owns(Api::<LimitRange>::all(client.clone()), owned())
+    .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
+    .owns(Api::<RoleBinding>::all(client.clone()), owned())
+    .owns(
+        Api::<ValidatingAdmissionPolicy>::all(client.clone()),
+        owned(),
+    )
+    .watches(
+        Api::<Namespace>::all(client.clone()),
+        owned(),
+        |ns: Namespace| ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t)),
+    )
 }
 
 impl Reconcile for Tenant {
@@ -80,11 +94,37 @@ async fn ensure_cluster_policies(client: &kube::Client) -> Result<()> {
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     let (policy, binding) = build::prevent_deletion_policy()?;
-    apply_if_changed(&policies, policies.get_opt(build::PREVENT_DELETION_POLICY).await?.as_ref(), &policy).await?;
-    apply_if_changed(&bindings, bindings.get_opt(build::PREVENT_DELETION_POLICY).await?.as_ref(), &binding).await?;
+    apply_if_changed(
+        &policies,
+        policies
+            .get_opt(build::PREVENT_DELETION_POLICY)
+            .await?
+            .as_ref(),
+        &policy,
+    )
+    .await?;
+    apply_if_changed(
+        &bindings,
+        bindings
+            .get_opt(build::PREVENT_DELETION_POLICY)
+            .await?
+            .as_ref(),
+        &binding,
+    )
+    .await?;
     let (policy, binding) = quota_guard_policy()?;
-    apply_if_changed(&policies, policies.get_opt(QUOTA_GUARD_POLICY).await?.as_ref(), &policy).await?;
-    apply_if_changed(&bindings, bindings.get_opt(QUOTA_GUARD_POLICY).await?.as_ref(), &binding).await?;
+    apply_if_changed(
+        &policies,
+        policies.get_opt(QUOTA_GUARD_POLICY).await?.as_ref(),
+        &policy,
+    )
+    .await?;
+    apply_if_changed(
+        &bindings,
+        bindings.get_opt(QUOTA_GUARD_POLICY).await?.as_ref(),
+        &binding,
+    )
+    .await?;
     CLUSTER_POLICIES_APPLIED.store(true, Ordering::SeqCst);
     Ok(())
 }
@@ -121,15 +161,23 @@ fn quota_guard_policy() -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissio
 }
 
 fn by_name<K: Resource>(items: Vec<K>) -> BTreeMap<(String, String), K> {
-    items.into_iter().map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o)).collect()
+    items
+        .into_iter()
+        .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o))
+        .collect()
 }
 
-async fn list_labelled<K>(client: &kube::Client, tenant: &str) -> Result<BTreeMap<(String, String), K>>
+async fn list_labelled<K>(
+    client: &kube::Client,
+    tenant: &str,
+) -> Result<BTreeMap<(String, String), K>>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let api: Api<K> = Api::all(client.clone());
-    let list = api.list(&ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}"))).await?;
+    let list = api
+        .list(&ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}")))
+        .await?;
     Ok(by_name(list.items))
 }
 
@@ -139,24 +187,44 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let generation = tenant.metadata.generation;
     ensure_cluster_policies(client).await?;
 
-    let hard = quota::tenant_hard(tenant.spec.plan, tenant.spec.quota.as_ref()).map_err(Error::InvalidSpec);
+    let hard = quota::tenant_hard(tenant.spec.plan, tenant.spec.quota.as_ref())
+        .map_err(Error::InvalidSpec);
     let hard = match hard {
         Ok(hard) => hard,
         Err(error) => {
             let mut status = tenant.status.clone().unwrap_or_default();
-            set_condition(&mut status.conditions, NewCondition::no("Ready", "InvalidSpec", error.to_string()), generation);
+            set_condition(
+                &mut status.conditions,
+                NewCondition::no("Ready", "InvalidSpec", error.to_string()),
+                generation,
+            );
             status.observed_generation = generation;
-            patch_status_if_changed(&Api::<Tenant>::all(client.clone()), tenant, tenant.status.as_ref(), &status).await?;
+            patch_status_if_changed(
+                &Api::<Tenant>::all(client.clone()),
+                tenant,
+                tenant.status.as_ref(),
+                &status,
+            )
+            .await?;
             return Err(error);
         }
     };
 
     let ns_api: Api<Namespace> = Api::all(client.clone());
-    let labelled: BTreeMap<String, Namespace> =
-        list_labelled::<Namespace>(client, &name).await?.into_iter().map(|((_, n), ns)| (n, ns)).collect();
+    let labelled: BTreeMap<String, Namespace> = list_labelled::<Namespace>(client, &name)
+        .await?
+        .into_iter()
+        .map(|((_, n), ns)| (n, ns))
+        .collect();
     let quotas = list_labelled::<ResourceQuota>(client, &name).await?;
-    let desired_names: Vec<String> =
-        tenant.spec.namespaces.iter().map(|n| build::namespace_name(&name, n)).collect::<BTreeSet<_>>().into_iter().collect();
+    let desired_names: Vec<String> = tenant
+        .spec
+        .namespaces
+        .iter()
+        .map(|n| build::namespace_name(&name, n))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
 
     // Namespaces: create or update ours, never take over somebody else's.
     let mut conflicts = Vec::new();
@@ -168,7 +236,9 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             None => ns_api.get_opt(ns_name).await?,
         };
         if let Some(ns) = &observed {
-            if ns.labels().get(TENANT_LABEL).is_some_and(|t| t != &name) || (ns.labels().get(TENANT_LABEL).is_none()) {
+            if ns.labels().get(TENANT_LABEL).is_some_and(|t| t != &name)
+                || (ns.labels().get(TENANT_LABEL).is_none())
+            {
                 conflicts.push(ns_name.clone());
                 continue;
             }
@@ -179,7 +249,9 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
         let mut desired = build::namespace(tenant, ns_name)?;
         if quotas.contains_key(&(ns_name.clone(), QUOTA_NAME.to_string())) {
-            desired.labels_mut().insert(QUOTA_READY_LABEL.to_string(), "ready".to_string());
+            desired
+                .labels_mut()
+                .insert(QUOTA_READY_LABEL.to_string(), "ready".to_string());
         }
         apply_if_changed(&ns_api, observed.as_ref(), &desired).await?;
         ready_namespaces.push(ns_name.clone());
@@ -200,7 +272,12 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     for ns_name in &ready_namespaces {
         let lr = build::limit_range(tenant, ns_name)?;
         let key = (ns_name.clone(), build::LIMIT_RANGE_NAME.to_string());
-        apply_if_changed(&Api::namespaced(client.clone(), ns_name), limit_ranges.get(&key), &lr).await?;
+        apply_if_changed(
+            &Api::namespaced(client.clone(), ns_name),
+            limit_ranges.get(&key),
+            &lr,
+        )
+        .await?;
 
         let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns_name);
         let key = (ns_name.clone(), build::NETWORK_POLICY_NAME.to_string());
@@ -208,7 +285,9 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             Some(np) => {
                 apply_if_changed(&np_api, policies.get(&key), &np).await?;
             }
-            None if policies.contains_key(&key) => delete_ignoring_missing(&np_api, build::NETWORK_POLICY_NAME).await?,
+            None if policies.contains_key(&key) => {
+                delete_ignoring_missing(&np_api, build::NETWORK_POLICY_NAME).await?
+            }
             None => {}
         }
 
@@ -231,8 +310,18 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let policy_name = build::admission_policy_name(&name);
     match build::admission_policy(tenant)? {
         Some((policy, binding)) => {
-            apply_if_changed(&vap_api, vap_api.get_opt(&policy_name).await?.as_ref(), &policy).await?;
-            apply_if_changed(&vapb_api, vapb_api.get_opt(&policy_name).await?.as_ref(), &binding).await?;
+            apply_if_changed(
+                &vap_api,
+                vap_api.get_opt(&policy_name).await?.as_ref(),
+                &policy,
+            )
+            .await?;
+            apply_if_changed(
+                &vapb_api,
+                vapb_api.get_opt(&policy_name).await?.as_ref(),
+                &binding,
+            )
+            .await?;
         }
         None => {
             delete_ignoring_missing(&vapb_api, &policy_name).await?;
@@ -249,19 +338,38 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     status.observed_generation = generation;
     status.namespaces = ready_namespaces.clone();
     status.namespace_count = i32::try_from(ready_namespaces.len()).unwrap_or(i32::MAX);
-    status.gpus = usage.get(quota::GPU).map(|u| format!("{}/{}", u.used, u.hard));
-    let all_quotas_in_place = ready_namespaces.iter().all(|ns| quotas.contains_key(&(ns.clone(), QUOTA_NAME.to_string())));
+    status.gpus = usage
+        .get(quota::GPU)
+        .map(|u| format!("{}/{}", u.used, u.hard));
+    let all_quotas_in_place = ready_namespaces
+        .iter()
+        .all(|ns| quotas.contains_key(&(ns.clone(), QUOTA_NAME.to_string())));
     let was_ready = crate::conditions::is_true(&status.conditions, "Ready");
     let ready = if !conflicts.is_empty() {
         NewCondition::no(
             "Ready",
             "NamespaceConflict",
-            format!("namespaces {} already exist and belong to somebody else: rename them in spec.namespaces", conflicts.join(", ")),
+            format!(
+                "namespaces {} already exist and belong to somebody else: rename them in spec.namespaces",
+                conflicts.join(", ")
+            ),
         )
-    } else if waiting || !all_quotas_in_place || ready_namespaces.len() != desired_names.len() || rebalance.pending {
-        NewCondition::no("Ready", "Provisioning", "creating the tenant's namespaces and quotas")
+    } else if waiting
+        || !all_quotas_in_place
+        || ready_namespaces.len() != desired_names.len()
+        || rebalance.pending
+    {
+        NewCondition::no(
+            "Ready",
+            "Provisioning",
+            "creating the tenant's namespaces and quotas",
+        )
     } else {
-        NewCondition::yes("Ready", "Provisioned", format!("{} namespaces provisioned", ready_namespaces.len()))
+        NewCondition::yes(
+            "Ready",
+            "Provisioned",
+            format!("{} namespaces provisioned", ready_namespaces.len()),
+        )
     };
     let is_ready = ready.status == ConditionStatus::True;
     set_condition(&mut status.conditions, ready, generation);
@@ -272,23 +380,43 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         .collect();
     let was_exhausted = crate::conditions::is_true(&status.conditions, "QuotaExhausted");
     let exhausted_condition = if exhausted.is_empty() {
-        NewCondition::no("QuotaExhausted", "WithinQuota", "usage is below the tenant quota")
+        NewCondition::no(
+            "QuotaExhausted",
+            "WithinQuota",
+            "usage is below the tenant quota",
+        )
     } else {
         NewCondition::yes(
             "QuotaExhausted",
             "QuotaExhausted",
-            format!("the tenant uses all of {}: raise spec.quota or free resources", exhausted.join(", ")),
+            format!(
+                "the tenant uses all of {}: raise spec.quota or free resources",
+                exhausted.join(", ")
+            ),
         )
     };
     let note = exhausted_condition.message.clone();
     set_condition(&mut status.conditions, exhausted_condition, generation);
     status.usage = usage;
-    let changed = patch_status_if_changed(&Api::<Tenant>::all(client.clone()), tenant, tenant.status.as_ref(), &status).await?;
+    let changed = patch_status_if_changed(
+        &Api::<Tenant>::all(client.clone()),
+        tenant,
+        tenant.status.as_ref(),
+        &status,
+    )
+    .await?;
     if changed && is_ready && !was_ready {
-        ctx.event(tenant, EventType::Normal, "TenantProvisioned", format!("{} namespaces provisioned", status.namespace_count)).await;
+        ctx.event(
+            tenant,
+            EventType::Normal,
+            "TenantProvisioned",
+            format!("{} namespaces provisioned", status.namespace_count),
+        )
+        .await;
     }
     if changed && !exhausted.is_empty() && !was_exhausted {
-        ctx.event(tenant, EventType::Warning, "QuotaExhausted", note).await;
+        ctx.event(tenant, EventType::Warning, "QuotaExhausted", note)
+            .await;
     }
     Ok(if is_ready && !rebalance.pending {
         Action::requeue(Duration::from_secs(3600))
@@ -315,7 +443,10 @@ async fn release_namespace(api: &Api<Namespace>, name: &str, policy: DeletionPol
         DeletionPolicy::Delete => delete_ignoring_missing(api, name).await,
         DeletionPolicy::Retain => {
             let patch = json!({ "metadata": { "labels": { TENANT_LABEL: null, QUOTA_READY_LABEL: null } } });
-            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
                 Err(e) => Err(e.into()),
@@ -331,17 +462,26 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     for (_, ns_name) in labelled.keys() {
         release_namespace(&ns_api, ns_name, tenant.spec.deletion_policy).await?;
     }
-    ctx.event(tenant, EventType::Normal, "TenantDeleted", match tenant.spec.deletion_policy {
-        DeletionPolicy::Delete => format!("deleting {} namespaces", labelled.len()),
-        DeletionPolicy::Retain => format!("released {} namespaces (Retain)", labelled.len()),
-    })
+    ctx.event(
+        tenant,
+        EventType::Normal,
+        "TenantDeleted",
+        match tenant.spec.deletion_policy {
+            DeletionPolicy::Delete => format!("deleting {} namespaces", labelled.len()),
+            DeletionPolicy::Retain => format!("released {} namespaces (Retain)", labelled.len()),
+        },
+    )
     .await;
     Ok(Action::await_change())
 }
 
 fn quota_values(map: Option<&BTreeMap<String, Quantity>>) -> BTreeMap<String, Milli> {
-    map.map(|m| m.iter().filter_map(|(k, v)| quota::parse_quantity(&v.0).ok().map(|q| (k.clone(), q))).collect())
-        .unwrap_or_default()
+    map.map(|m| {
+        m.iter()
+            .filter_map(|(k, v)| quota::parse_quantity(&v.0).ok().map(|q| (k.clone(), q)))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Sum of usage over the tenant's namespaces, against the tenant's hard limits.
@@ -352,7 +492,9 @@ fn aggregate_usage(
 ) -> BTreeMap<String, ResourceUsage> {
     let mut used: BTreeMap<&str, Milli> = hard.keys().map(|k| (*k, 0)).collect();
     for ns in namespaces {
-        let Some(rq) = quotas.get(&(ns.clone(), QUOTA_NAME.to_string())) else { continue };
+        let Some(rq) = quotas.get(&(ns.clone(), QUOTA_NAME.to_string())) else {
+            continue;
+        };
         let values = quota_values(rq.status.as_ref().and_then(|s| s.used.as_ref()));
         for (resource, total) in used.iter_mut() {
             *total += values.get(*resource).copied().unwrap_or(0);
@@ -361,7 +503,13 @@ fn aggregate_usage(
     used.into_iter()
         .map(|(r, u)| {
             let h = hard.get(r).copied().unwrap_or(0);
-            (r.to_string(), ResourceUsage { used: quota::display(r, u), hard: quota::display(r, h) })
+            (
+                r.to_string(),
+                ResourceUsage {
+                    used: quota::display(r, u),
+                    hard: quota::display(r, h),
+                },
+            )
         })
         .collect()
 }
@@ -369,6 +517,14 @@ fn aggregate_usage(
 struct Rebalance {
     pending: bool,
 }
+
+/// A namespace, its quota if it exists, and that quota's hard limits and usage.
+type ObservedQuota = (
+    String,
+    Option<ResourceQuota>,
+    BTreeMap<String, Milli>,
+    BTreeMap<String, Milli>,
+);
 
 /// Splits the tenant's hard limits over its namespaces' ResourceQuotas:
 /// lower first, then raise, each write conditioned on the quota's
@@ -380,15 +536,25 @@ async fn rebalance_quotas(
     quotas: &BTreeMap<(String, String), ResourceQuota>,
     hard: &BTreeMap<&'static str, Milli>,
 ) -> Result<Rebalance> {
-    let mut current: Vec<(String, Option<ResourceQuota>, BTreeMap<String, Milli>, BTreeMap<String, Milli>)> = Vec::new();
+    let mut current: Vec<ObservedQuota> = Vec::new();
     for ns in namespaces {
         let rq = quotas.get(&(ns.clone(), QUOTA_NAME.to_string())).cloned();
-        let h = quota_values(rq.as_ref().and_then(|q| q.spec.as_ref()).and_then(|s| s.hard.as_ref()));
-        let mut u = quota_values(rq.as_ref().and_then(|q| q.status.as_ref()).and_then(|s| s.used.as_ref()));
+        let h = quota_values(
+            rq.as_ref()
+                .and_then(|q| q.spec.as_ref())
+                .and_then(|s| s.hard.as_ref()),
+        );
+        let mut u = quota_values(
+            rq.as_ref()
+                .and_then(|q| q.status.as_ref())
+                .and_then(|s| s.used.as_ref()),
+        );
         // The quota controller has not counted yet: assume the namespace uses its whole hard limit.
-        let counted = rq.as_ref().and_then(|q| q.status.as_ref()).and_then(|s| s.hard.as_ref()).is_some_and(|sh| {
-            quota_values(Some(sh)) == h
-        });
+        let counted = rq
+            .as_ref()
+            .and_then(|q| q.status.as_ref())
+            .and_then(|s| s.hard.as_ref())
+            .is_some_and(|sh| quota_values(Some(sh)) == h);
         if rq.is_some() && !counted {
             u = h.clone();
         }
@@ -396,8 +562,14 @@ async fn rebalance_quotas(
     }
     let mut target: Vec<BTreeMap<String, Milli>> = vec![BTreeMap::new(); current.len()];
     for (resource, tenant_hard) in hard {
-        let used: Vec<Milli> = current.iter().map(|(_, _, _, u)| u.get(*resource).copied().unwrap_or(0)).collect();
-        for (i, share) in quota::split(*tenant_hard, &used, quota::unit_of(resource)).into_iter().enumerate() {
+        let used: Vec<Milli> = current
+            .iter()
+            .map(|(_, _, _, u)| u.get(*resource).copied().unwrap_or(0))
+            .collect();
+        for (i, share) in quota::split(*tenant_hard, &used, quota::unit_of(resource))
+            .into_iter()
+            .enumerate()
+        {
             target[i].insert(resource.to_string(), share);
         }
     }
@@ -409,8 +581,10 @@ async fn rebalance_quotas(
         let api: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
         match rq {
             Some(rq) => {
-                let lower: BTreeMap<String, Milli> =
-                    target[i].iter().map(|(r, t)| (r.clone(), (*t).min(h.get(r).copied().unwrap_or(*t)))).collect();
+                let lower: BTreeMap<String, Milli> = target[i]
+                    .iter()
+                    .map(|(r, t)| (r.clone(), (*t).min(h.get(r).copied().unwrap_or(*t))))
+                    .collect();
                 if &lower != h {
                     let updated = replace_hard(&api, rq, &lower).await?;
                     lowered.push((i, Some(updated)));
@@ -447,7 +621,16 @@ async fn rebalance_quotas(
                     "spec": { "hard": to_quantities(&target[i]) },
                 }))
                 .map_err(|e| Error::Serialization(e.to_string()))?;
-                match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() }, &rq).await {
+                match api
+                    .create(
+                        &PostParams {
+                            field_manager: Some(MANAGER.into()),
+                            ..PostParams::default()
+                        },
+                        &rq,
+                    )
+                    .await
+                {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => return Err(e.into()),
@@ -460,16 +643,30 @@ async fn rebalance_quotas(
 }
 
 fn to_quantities(values: &BTreeMap<String, Milli>) -> BTreeMap<String, Quantity> {
-    values.iter().map(|(k, v)| (k.clone(), Quantity(quota::format_quantity(*v)))).collect()
+    values
+        .iter()
+        .map(|(k, v)| (k.clone(), Quantity(quota::format_quantity(*v))))
+        .collect()
 }
 
 /// Replaces the hard limits of `rq`, failing with a conflict if it changed since read.
-async fn replace_hard(api: &Api<ResourceQuota>, rq: &ResourceQuota, hard: &BTreeMap<String, Milli>) -> Result<ResourceQuota> {
+async fn replace_hard(
+    api: &Api<ResourceQuota>,
+    rq: &ResourceQuota,
+    hard: &BTreeMap<String, Milli>,
+) -> Result<ResourceQuota> {
     let mut updated = rq.clone();
     updated.metadata.managed_fields = None;
     let spec = updated.spec.get_or_insert_with(Default::default);
     spec.hard = Some(to_quantities(hard));
     Ok(api
-        .replace(&rq.name_any(), &PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() }, &updated)
+        .replace(
+            &rq.name_any(),
+            &PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..PostParams::default()
+            },
+            &updated,
+        )
         .await?)
 }

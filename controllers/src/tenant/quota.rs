@@ -34,14 +34,18 @@ pub const PIPELINES: &str = "count/pipelines.aleph.dev";
 pub type Milli = i128;
 
 /// The tenant-wide hard limits: the plan's defaults overridden by `quota`.
-pub fn tenant_hard(plan: TenantPlan, quota: Option<&TenantQuota>) -> Result<BTreeMap<&'static str, Milli>, String> {
+pub fn tenant_hard(
+    plan: TenantPlan,
+    quota: Option<&TenantQuota>,
+) -> Result<BTreeMap<&'static str, Milli>, String> {
     let (cpu, memory, gpu, pods, storage, models, plugins, pipelines) = match plan {
         TenantPlan::Free => ("4", "8Gi", 0, 20, "20Gi", 2, 5, 5),
         TenantPlan::Pro => ("32", "128Gi", 4, 200, "500Gi", 20, 50, 50),
         TenantPlan::Enterprise => ("256", "1Ti", 32, 2000, "10Ti", 200, 500, 500),
     };
     let q = quota.cloned().unwrap_or_default();
-    let pick = |set: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>, default: &str| {
+    let pick = |set: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+                default: &str| {
         parse_quantity(set.map(|q| q.0.as_str()).unwrap_or(default))
     };
     let count = |set: Option<i64>, default: i64| Milli::from(set.unwrap_or(default)) * 1000;
@@ -61,7 +65,9 @@ pub fn tenant_hard(plan: TenantPlan, quota: Option<&TenantQuota>) -> Result<BTre
 pub fn parse_quantity(s: &str) -> Result<Milli, String> {
     let s = s.trim();
     let bad = || format!("`{s}` is not a valid quantity");
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(s.len());
     let (number, suffix) = s.split_at(split);
     if number.is_empty() {
         return Err(bad());
@@ -69,7 +75,11 @@ pub fn parse_quantity(s: &str) -> Result<Milli, String> {
     let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
     let negative = whole.starts_with('-');
     let whole = whole.trim_start_matches(['-', '+']);
-    let whole: i128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+    let whole: i128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
     // Keep up to nine fractional digits as nano-units, enough for every suffix.
     let frac_digits: String = frac.chars().take(9).collect();
     if !frac_digits.chars().all(|c| c.is_ascii_digit()) {
@@ -107,7 +117,11 @@ pub fn parse_quantity(s: &str) -> Result<Milli, String> {
 
 /// Formats thousandths as a quantity: whole units when exact, `m` otherwise.
 pub fn format_quantity(milli: Milli) -> String {
-    if milli % 1000 == 0 { (milli / 1000).to_string() } else { format!("{milli}m") }
+    if milli % 1000 == 0 {
+        (milli / 1000).to_string()
+    } else {
+        format!("{milli}m")
+    }
 }
 
 /// Formats a value for people: GPUs and counts as integers, memory in Gi when round.
@@ -206,7 +220,10 @@ mod tests {
         let pro = tenant_hard(TenantPlan::Pro, None).expect("valid");
         assert_eq!(pro[GPU], 4000);
         assert_eq!(pro[CPU], 32000);
-        let custom = TenantQuota { gpus: Some(8), ..TenantQuota::default() };
+        let custom = TenantQuota {
+            gpus: Some(8),
+            ..TenantQuota::default()
+        };
         let hard = tenant_hard(TenantPlan::Pro, Some(&custom)).expect("valid");
         assert_eq!(hard[GPU], 8000);
         assert_eq!(hard[PODS], 200_000);
