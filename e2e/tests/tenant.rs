@@ -59,6 +59,24 @@ fn pod(name: &str, image: &str, gpus: Option<(&str, &str)>) -> Pod {
     serde_json::from_value(pod).expect("pod JSON")
 }
 
+/// Creates `pod` until the API server refuses it (at most 30 s), deleting the
+/// copies admitted meanwhile; returns the refusal, or "admitted" if none came.
+async fn refusal(pods: &Api<Pod>, pod: Pod) -> String {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    for _ in 0..30 {
+        match pods.create(&PostParams::default(), &pod).await {
+            Err(e) => return e.to_string(),
+            Ok(_) => {
+                let _ = pods
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    "admitted".to_string()
+}
+
 async fn delete_tenant(env: &TestEnv, name: &str) {
     let tenants: Api<Tenant> = env.cluster_api();
     let _ = tenants.delete(name, &DeleteParams::default()).await;
