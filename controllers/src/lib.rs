@@ -34,7 +34,14 @@ pub async fn run_all<S, F>(
     S: Fn() -> F,
     F: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
-    let _ = namespaces;
+    if !namespaces.is_empty() {
+        // Only the cluster-scoped Tenant controller runs so far; the namespaced
+        // kinds' controllers will honour the list. Say so rather than ignore it.
+        tracing::warn!(
+            ?namespaces,
+            "--namespaces has no effect yet: only the Tenant controller (cluster-scoped) runs"
+        );
+    }
     let tenant = runner::run(
         tenant::controller(&ctx.client),
         ctx.clone(),
