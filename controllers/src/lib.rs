@@ -3,6 +3,7 @@
 //! objects, pure), `apply` (server-side apply) and `status` (conditions from
 //! what was observed). External systems sit behind a trait (see `sagemaker`).
 
+pub mod aimodel;
 pub mod apply;
 pub mod client;
 pub mod conditions;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugin;
 pub mod runner;
 pub mod sagemaker;
 pub mod tenant;
@@ -20,10 +22,12 @@ pub use error::{Error, Result};
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use runner::{Readiness, RunOptions};
 
 /// Runs every controller until `shutdown()` resolves. `namespaces` limits the
-/// namespaced kinds to those namespaces (all when empty).
+/// namespaced kinds to those namespaces (all when empty): one watch per
+/// namespace, as a multi-namespace cache does.
 pub async fn run_all<S, F>(
     ctx: Arc<Context>,
     options: &RunOptions,
@@ -34,20 +38,48 @@ pub async fn run_all<S, F>(
     S: Fn() -> F,
     F: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
-    if !namespaces.is_empty() {
-        // Only the cluster-scoped Tenant controller runs so far; the namespaced
-        // kinds' controllers will honour the list. Say so rather than ignore it.
-        tracing::warn!(
-            ?namespaces,
-            "--namespaces has no effect yet: only the Tenant controller (cluster-scoped) runs"
-        );
-    }
-    let tenant = runner::run(
-        tenant::controller(&ctx.client),
+    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let client = &ctx.client;
+    let mut all: Vec<BoxFuture<'_, ()>> = vec![Box::pin(runner::run(
+        tenant::controller(client),
         ctx.clone(),
         options,
         readiness,
         shutdown(),
-    );
-    tenant.await;
+    ))];
+    for ns in scopes {
+        all.push(Box::pin(runner::run(
+            aimodel::controller(client, ns),
+            ctx.clone(),
+            options,
+            readiness,
+            shutdown(),
+        )));
+        all.push(Box::pin(runner::run(
+            plugin::controller(client, ns),
+            ctx.clone(),
+            options,
+            readiness,
+            shutdown(),
+        )));
+        all.push(Box::pin(runner::run(
+            pipeline::controller::pipeline_controller(client, ns),
+            ctx.clone(),
+            options,
+            readiness,
+            shutdown(),
+        )));
+        all.push(Box::pin(runner::run(
+            pipeline::controller::run_controller(client, ns),
+            ctx.clone(),
+            options,
+            readiness,
+            shutdown(),
+        )));
+    }
+    futures::future::join_all(all).await;
 }

@@ -61,6 +61,17 @@ impl ReadyGuard {
     }
 }
 
+/// The API of a kind in one namespace, or in all when `namespace` is `None`.
+pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    }
+}
+
 /// How controllers run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {

@@ -1,0 +1,31 @@
+//! The Plugin reconciler.
+
+use std::sync::Arc;
+
+use aleph_crds::plugin::Plugin;
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::runner::{Reconcile, scoped_api};
+
+/// The Plugin controller for one namespace (all when `None`), watching what it makes.
+pub fn controller(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> Controller<DeserializeGuard<Plugin>> {
+    Controller::new(
+        scoped_api(client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+}
+
+impl Reconcile for Plugin {
+    const CONTROLLER: &'static str = "plugin";
+
+    async fn reconcile(_obj: Arc<Self>, _ctx: Arc<Context>) -> Result<Action> {
+        Ok(Action::await_change())
+    }
+}
