@@ -23,7 +23,7 @@ pub use error::{Error, Result};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use runner::{Readiness, RunOptions};
+use runner::{Readiness, RunOptions, Watch};
 
 /// Runs every controller until `shutdown()` resolves. `namespaces` limits the
 /// namespaced kinds to those namespaces (all when empty): one watch per
@@ -38,20 +38,36 @@ pub async fn run_all<S, F>(
     S: Fn() -> F,
     F: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
-    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
-        vec![None]
+    let selector = options.selector.as_deref();
+    let scopes: Vec<Watch<'_>> = if namespaces.is_empty() {
+        vec![Watch {
+            namespace: None,
+            selector,
+        }]
     } else {
-        namespaces.iter().map(|n| Some(n.as_str())).collect()
+        namespaces
+            .iter()
+            .map(|n| Watch {
+                namespace: Some(n.as_str()),
+                selector,
+            })
+            .collect()
     };
     let client = &ctx.client;
     let mut all: Vec<BoxFuture<'_, ()>> = vec![Box::pin(runner::run(
-        tenant::controller(client),
+        tenant::controller(
+            client,
+            &Watch {
+                namespace: None,
+                selector,
+            },
+        ),
         ctx.clone(),
         options,
         readiness,
         shutdown(),
     ))];
-    for ns in scopes {
+    for ns in &scopes {
         all.push(Box::pin(runner::run(
             aimodel::controller(client, ns),
             ctx.clone(),

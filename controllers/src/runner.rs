@@ -61,14 +61,35 @@ impl ReadyGuard {
     }
 }
 
-/// The API of a kind in one namespace, or in all when `namespace` is `None`.
-pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> kube::Api<K>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(ns) => kube::Api::namespaced(client.clone(), ns),
-        None => kube::Api::all(client.clone()),
+/// What one controller watches: a namespace (all when `None`) and, for
+/// sharding or tests, a label selector on the primary objects.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Watch<'a> {
+    /// The namespace of the namespaced kinds; all when `None`.
+    pub namespace: Option<&'a str>,
+    /// Only primary objects matching this label selector are reconciled.
+    pub selector: Option<&'a str>,
+}
+
+impl Watch<'_> {
+    /// The API of a namespaced kind in the watched namespace.
+    pub fn api<K>(&self, client: &kube::Client) -> kube::Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+    {
+        match self.namespace {
+            Some(ns) => kube::Api::namespaced(client.clone(), ns),
+            None => kube::Api::all(client.clone()),
+        }
+    }
+
+    /// The watcher configuration of the primary objects.
+    pub fn primary(&self) -> kube::runtime::watcher::Config {
+        let config = kube::runtime::watcher::Config::default().any_semantic();
+        match self.selector {
+            Some(selector) if !selector.is_empty() => config.labels(selector),
+            _ => config,
+        }
     }
 }
 
@@ -77,6 +98,8 @@ where
 pub struct RunOptions {
     /// Objects reconciled at once per controller.
     pub concurrency: u16,
+    /// Only objects matching this label selector are reconciled (all when `None`).
+    pub selector: Option<String>,
 }
 
 /// Runs `controller` until `shutdown` resolves.

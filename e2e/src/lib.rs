@@ -40,12 +40,14 @@ mod apply;
 mod conditions;
 mod env;
 mod kubectl;
+pub mod operator;
 mod wait;
 
 pub use apply::{Applied, ApplyError, apply_yaml};
 pub use conditions::{Condition, find_condition, has_condition};
 pub use env::{E2E_LABEL, FIELD_MANAGER, TestEnv, install_crypto_provider, unique_name};
 pub use kubectl::{KubectlOutput, kubectl, kubectl_with_stdin};
+pub use operator::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL};
 pub use wait::{failure_report, wait_for, wait_for_deletion};
 
 pub mod sagemaker_fake;

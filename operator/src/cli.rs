@@ -47,6 +47,10 @@ pub struct RunArgs {
         default_value = ""
     )]
     pub namespaces: Vec<String>,
+    /// Reconcile only the objects matching this label selector, for example
+    /// `aleph.dev/shard=a` to split the work between operator instances.
+    #[arg(long, env = "ALEPH_WATCH_LABEL_SELECTOR")]
+    pub watch_label_selector: Option<String>,
     /// Objects reconciled at once per controller.
     #[arg(long, env = "ALEPH_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,

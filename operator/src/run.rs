@@ -107,6 +107,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let ctx = Arc::new(Context::new(client.clone(), metrics, leader, settings));
     let options = RunOptions {
         concurrency: args.concurrency.max(1),
+        selector: args.watch_label_selector.clone(),
     };
     let namespaces: Vec<String> = args
         .namespaces

@@ -5,21 +5,17 @@ use std::sync::Arc;
 use aleph_crds::aimodel::AIModel;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::runner::{Reconcile, scoped_api};
+use crate::runner::{Reconcile, Watch};
 
-/// The AIModel controller for one namespace (all when `None`), watching what it makes.
+/// The AIModel controller for what `watch` names, watching what it makes.
 pub fn controller(
     client: &kube::Client,
-    namespace: Option<&str>,
+    watch: &Watch<'_>,
 ) -> Controller<DeserializeGuard<AIModel>> {
-    Controller::new(
-        scoped_api(client, namespace),
-        watcher::Config::default().any_semantic(),
-    )
+    Controller::new(watch.api(client), watch.primary())
 }
 
 impl Reconcile for AIModel {

@@ -5,32 +5,25 @@ use std::sync::Arc;
 use aleph_crds::pipeline::{Pipeline, PipelineRun};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::runner::{Reconcile, scoped_api};
+use crate::runner::{Reconcile, Watch};
 
-/// The Pipeline controller (schedules) for one namespace (all when `None`).
+/// The Pipeline controller (schedules) for what `watch` names.
 pub fn pipeline_controller(
     client: &kube::Client,
-    namespace: Option<&str>,
+    watch: &Watch<'_>,
 ) -> Controller<DeserializeGuard<Pipeline>> {
-    Controller::new(
-        scoped_api(client, namespace),
-        watcher::Config::default().any_semantic(),
-    )
+    Controller::new(watch.api(client), watch.primary())
 }
 
-/// The PipelineRun controller for one namespace (all when `None`), watching its Jobs.
+/// The PipelineRun controller for what `watch` names, watching its Jobs.
 pub fn run_controller(
     client: &kube::Client,
-    namespace: Option<&str>,
+    watch: &Watch<'_>,
 ) -> Controller<DeserializeGuard<PipelineRun>> {
-    Controller::new(
-        scoped_api(client, namespace),
-        watcher::Config::default().any_semantic(),
-    )
+    Controller::new(watch.api(client), watch.primary())
 }
 
 impl Reconcile for Pipeline {

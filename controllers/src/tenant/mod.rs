@@ -32,7 +32,7 @@ use crate::apply::{FINALIZER, MANAGER, TENANT_LABEL, apply_if_changed, patch_sta
 use crate::conditions::{NewCondition, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::runner::Reconcile;
+use crate::runner::{Reconcile, Watch};
 use build::QUOTA_NAME;
 use quota::Milli;
 
@@ -43,7 +43,10 @@ pub const QUOTA_READY_LABEL: &str = "aleph.dev/quota";
 pub const QUOTA_GUARD_POLICY: &str = "aleph-tenant-quota-guard";
 
 /// The Tenant controller, watching what it makes.
-pub fn controller(client: &kube::Client) -> Controller<DeserializeGuard<Tenant>> {
+pub fn controller(
+    client: &kube::Client,
+    watch: &Watch<'_>,
+) -> Controller<DeserializeGuard<Tenant>> {
     let owned = || {
         watcher::Config::default()
             .labels(TENANT_LABEL)
@@ -51,7 +54,7 @@ pub fn controller(client: &kube::Client) -> Controller<DeserializeGuard<Tenant>>
     };
     Controller::new(
         Api::<DeserializeGuard<Tenant>>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+        watch.primary(),
     )
     .owns(Api::<ResourceQuota>::all(client.clone()), owned())
     .owns(Api::<LimitRange>::all(client.clone()), owned())

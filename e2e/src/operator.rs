@@ -1,0 +1,268 @@
+//! Operator processes a test starts itself: a second replica for leader
+//! election, one that is killed and restarted, one with another SageMaker
+//! endpoint or with a ServiceAccount's permissions.
+//!
+//! The binary is `$ALEPH_OPERATOR_BIN`, or `aleph-operator` in
+//! `$CARGO_TARGET_DIR/debug` (then `target/debug`); `make test` builds it first.
+//! Each process gets a free port for its HTTP endpoints and a log file, and is
+//! killed when dropped.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+/// The label that hands an object to a test's own operator: the shared
+/// operator started by `make test` skips objects that carry it.
+pub const PRIVATE_OPERATOR_LABEL: &str = "aleph.dev/e2e-operator";
+
+/// What to start.
+#[derive(Clone, Debug, Default)]
+pub struct OperatorOptions {
+    /// Extra arguments after `run` (the metrics address is added).
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Reconcile only objects labelled `aleph.dev/e2e-operator=<value>`.
+    pub private_label: Option<String>,
+    /// A name for the log file.
+    pub name: String,
+}
+
+/// A running operator process.
+#[derive(Debug)]
+pub struct OperatorProcess {
+    child: Option<Child>,
+    options: OperatorOptions,
+    metrics_addr: String,
+    log: PathBuf,
+    started_at: Instant,
+}
+
+/// The operator binary the tests run.
+pub fn operator_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("ALEPH_OPERATOR_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    target.join("debug/aleph-operator")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+impl OperatorProcess {
+    /// Starts the operator; see [`OperatorProcess::wait_ready`].
+    pub async fn start(options: OperatorOptions) -> Self {
+        let mut process = OperatorProcess {
+            child: None,
+            metrics_addr: String::new(),
+            log: PathBuf::new(),
+            options,
+            started_at: Instant::now(),
+        };
+        process.spawn();
+        process
+    }
+
+    fn spawn(&mut self) {
+        let bin = operator_binary();
+        assert!(
+            bin.exists(),
+            "{} does not exist: build it with `cargo build -p aleph-operator` (make test does)",
+            bin.display()
+        );
+        self.metrics_addr = format!("127.0.0.1:{}", free_port());
+        let dir = std::env::temp_dir().join("aleph-e2e-operators");
+        let _ = std::fs::create_dir_all(&dir);
+        self.log = dir.join(format!(
+            "{}-{}.log",
+            if self.options.name.is_empty() {
+                "operator"
+            } else {
+                &self.options.name
+            },
+            crate::unique_name("p")
+        ));
+        let log = std::fs::File::create(&self.log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", self.log.display()));
+        let err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone the log file handle: {e}"));
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run")
+            .arg("--metrics-addr")
+            .arg(&self.metrics_addr)
+            .arg("--log-format")
+            .arg("json")
+            .args(&self.options.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .kill_on_drop(true);
+        if let Some(value) = &self.options.private_label {
+            cmd.arg("--watch-label-selector")
+                .arg(format!("{PRIVATE_OPERATOR_LABEL}={value}"));
+        }
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        self.started_at = Instant::now();
+        self.child = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display())),
+        );
+    }
+
+    /// The `host:port` of its HTTP endpoints.
+    pub fn metrics_addr(&self) -> &str {
+        &self.metrics_addr
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> &PathBuf {
+        &self.log
+    }
+
+    /// The log's last `lines` lines, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// When the process was (last) started.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// GETs `path` from its HTTP endpoints: `(status, body)`, or `None` when nothing answers.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&self.metrics_addr, path).await
+    }
+
+    /// Its `/metrics` text (empty when nothing answers).
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200; panics with the log's tail after `timeout`.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((200, _)) = self.get("/readyz").await {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "the operator exited ({status}) before it was ready; its log:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the operator was not ready within {timeout:?}; its log:\n{}",
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits up to `timeout` for it to exit;
+    /// returns whether it exited in time (it is killed otherwise).
+    pub async fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(_) => true,
+            Err(_) => {
+                let _ = child.kill().await;
+                false
+            }
+        }
+    }
+
+    /// Kills the process and starts it again with the same options (and a new port).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn();
+    }
+}
+
+/// A minimal HTTP/1.1 GET: `(status, body)`, or `None` when nothing answers.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Some((status, body))
+}
+
+/// The sum of a metric's samples whose labels contain every `label="value"` pair.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            if metric != name {
+                return None;
+            }
+            if labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            {
+                value.parse::<f64>().ok()
+            } else {
+                None
+            }
+        })
+        .sum()
+}
