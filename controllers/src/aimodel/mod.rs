@@ -1,5 +1,7 @@
 //! The AIModel reconciler.
 
+pub mod sagemaker;
+
 use std::sync::Arc;
 
 use aleph_crds::aimodel::AIModel;
