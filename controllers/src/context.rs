@@ -12,12 +12,15 @@ use kube::{Resource, ResourceExt};
 use crate::error::{Error, backoff};
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
+use crate::sagemaker::aws::{AwsSageMaker, AwsSageMakerConfig, RegionalClients};
 
 /// Settings of the operator that reconcilers read.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     /// The AWS region when a resource names none.
     pub aws_region: Option<String>,
+    /// The SageMaker API's URL; the environment's (`AWS_ENDPOINT_URL_SAGEMAKER`) or AWS's when `None`.
+    pub sagemaker_endpoint_url: Option<String>,
 }
 
 /// Shared by every reconcile of every controller.
@@ -33,6 +36,7 @@ pub struct Context {
     /// Operator settings.
     pub settings: Settings,
     failures: Mutex<HashMap<String, u32>>,
+    sagemaker: tokio::sync::OnceCell<RegionalClients>,
 }
 
 impl std::fmt::Debug for Context {
@@ -62,6 +66,7 @@ impl Context {
             leader,
             settings,
             failures: Mutex::new(HashMap::new()),
+            sagemaker: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -80,6 +85,27 @@ impl Context {
         if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(%error, reason, "could not publish event");
         }
+    }
+
+    /// The SageMaker adapter for `region` (the operator's default when `None`),
+    /// built from the environment on first use: the default credential chain,
+    /// the operator's region and `AWS_ENDPOINT_URL_SAGEMAKER`.
+    pub async fn sagemaker(&self, region: Option<&str>) -> Result<Arc<AwsSageMaker>, Error> {
+        let clients = self
+            .sagemaker
+            .get_or_try_init(|| async {
+                let config = AwsSageMakerConfig {
+                    region: self.settings.aws_region.clone(),
+                    endpoint_url: self.settings.sagemaker_endpoint_url.clone(),
+                    ..AwsSageMakerConfig::default()
+                };
+                AwsSageMaker::from_env(&config, self.metrics.sagemaker_calls.clone())
+                    .await
+                    .map(RegionalClients::new)
+            })
+            .await
+            .map_err(|e| Error::SageMaker(e.to_string()))?;
+        Ok(clients.get(region))
     }
 
     /// Forgets the failures of `obj` after a successful reconcile.

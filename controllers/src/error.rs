@@ -20,6 +20,10 @@ pub enum Error {
     /// An object could not be decoded or encoded.
     #[error("serialization: {0}")]
     Serialization(String),
+    /// Deletion waits for something outside the cluster (a job stopping, an
+    /// endpoint being deleted); the finalizer stays and the cleanup runs again.
+    #[error("cleanup pending: {0}")]
+    CleanupPending(String),
     /// The finalizer machinery failed.
     #[error("finalizer: {0}")]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
@@ -40,6 +44,7 @@ impl Error {
             Error::Dependency(_) => "Dependency",
             Error::SageMaker(_) => "SageMaker",
             Error::Serialization(_) => "Serialization",
+            Error::CleanupPending(_) => "CleanupPending",
             Error::Finalizer(_) => "Finalizer",
         }
     }

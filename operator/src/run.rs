@@ -103,6 +103,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     wait_for_crds(&client).await?;
     let settings = Settings {
         aws_region: args.aws_region.clone(),
+        sagemaker_endpoint_url: None,
     };
     let ctx = Arc::new(Context::new(client.clone(), metrics, leader, settings));
     let options = RunOptions {
