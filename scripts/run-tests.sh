@@ -31,7 +31,10 @@ export ALEPH_MOTO_URL="${ALEPH_MOTO_URL:-$("$root/e2e/sagemaker/moto.sh" url)}"
 # The operator under test, with leader election on (the chart's default).
 # Objects labelled aleph.dev/e2e-operator belong to operators a test starts itself.
 export ALEPH_OPERATOR_METRICS="127.0.0.1:18080"
-"$CARGO_TARGET_DIR/debug/aleph-operator" run --metrics-addr "$ALEPH_OPERATOR_METRICS" \
+# Its SageMaker is moto's server, with moto's placeholder credentials.
+AWS_ENDPOINT_URL_SAGEMAKER="$ALEPH_MOTO_URL" AWS_REGION=us-east-1 \
+  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+  "$CARGO_TARGET_DIR/debug/aleph-operator" run --sagemaker-max-poll-seconds 2 --metrics-addr "$ALEPH_OPERATOR_METRICS" \
   --lease-namespace default --lease-name aleph-operator-e2e --log-format json \
   --watch-label-selector '!aleph.dev/e2e-operator' \
   >"$state/logs/operator.log" 2>&1 &

@@ -21,6 +21,9 @@ pub struct Settings {
     pub aws_region: Option<String>,
     /// The SageMaker API's URL; the environment's (`AWS_ENDPOINT_URL_SAGEMAKER`) or AWS's when `None`.
     pub sagemaker_endpoint_url: Option<String>,
+    /// The longest wait between two looks at a changing SageMaker resource
+    /// (jobs and endpoints are otherwise polled every 30 to 300 seconds).
+    pub sagemaker_max_poll: Option<Duration>,
 }
 
 /// Shared by every reconcile of every controller.

@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// The AWS region when a resource names none.
     #[arg(long, env = "AWS_REGION")]
     pub aws_region: Option<String>,
+    /// The longest wait, in seconds, between two looks at a SageMaker training
+    /// job or endpoint that is changing; by default 30 to 300 seconds by state.
+    #[arg(long, env = "ALEPH_SAGEMAKER_MAX_POLL_SECONDS")]
+    pub sagemaker_max_poll_seconds: Option<u64>,
     /// Impersonate this user for every request (to run with a ServiceAccount's exact permissions).
     #[arg(long, env = "ALEPH_IMPERSONATE")]
     pub impersonate: Option<String>,

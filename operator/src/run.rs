@@ -104,6 +104,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let settings = Settings {
         aws_region: args.aws_region.clone(),
         sagemaker_endpoint_url: None,
+        sagemaker_max_poll: args.sagemaker_max_poll_seconds.map(Duration::from_secs),
     };
     let ctx = Arc::new(Context::new(client.clone(), metrics, leader, settings));
     let options = RunOptions {
