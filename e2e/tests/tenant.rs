@@ -436,3 +436,101 @@ async fn invalid_tenant_specs_are_refused_at_apply() {
     );
     env.cleanup().await;
 }
+
+/// Creates `yaml` with `kubectl create --dry-run=server` until the API server
+/// refuses it (at most 30 s: policies reach its cache a moment after they are
+/// written); returns the refusal, or "admitted".
+async fn dry_run_refusal(env: &TestEnv, ns: &str, yaml: &str) -> String {
+    for _ in 0..30 {
+        let out = env
+            .kubectl_with_stdin(["create", "--dry-run=server", "-n", ns, "-f", "-"], yaml)
+            .await;
+        if !out.success() {
+            return out.stderr;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    "admitted".to_string()
+}
+
+#[tokio::test]
+async fn compliance_profile_enforces_its_controls() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnhip");
+    env.kubectl_with_stdin(
+        ["apply", "-f", "-"],
+        &tenant_yaml(&name, "  compliance: hipaa"),
+    )
+    .await
+    .expect_success();
+    ready_tenant(&env, &name).await;
+    let ns = format!("{name}-research");
+
+    // Pod Security `restricted` is enforced on the namespace.
+    let namespaces: Api<Namespace> = env.cluster_api();
+    let namespace = namespaces.get(&ns).await.expect("tenant namespace");
+    let labels = namespace.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("restricted")
+    );
+    let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
+    let message = refusal(&pods, pod("root", "ghcr.io/acme/train:1", None)).await;
+    assert!(
+        message.contains("restricted"),
+        "Pod Security restricted refuses a pod without a security context: {message}"
+    );
+
+    // Egress is denied except DNS.
+    let policies: Api<NetworkPolicy> = Api::namespaced(env.client(), &ns);
+    let policy = policies
+        .get("aleph-tenant-isolation")
+        .await
+        .expect("isolation policy");
+    let spec = policy.spec.expect("policy spec");
+    assert!(
+        spec.policy_types
+            .unwrap_or_default()
+            .contains(&"Egress".to_string()),
+        "egress is restricted"
+    );
+    let egress = serde_json::to_string(&spec.egress.unwrap_or_default()).expect("egress JSON");
+    assert!(egress.contains("53"), "DNS stays allowed: {egress}");
+
+    // SageMaker training must name a KMS key.
+    let model = |kms: &str| {
+        format!(
+            r#"
+apiVersion: aleph.dev/v1alpha1
+kind: AIModel
+metadata: {{ name: trained }}
+spec:
+  backend: SageMaker
+  training:
+    image: 123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7
+    roleArn: arn:aws:iam::123456789012:role/training
+    instanceType: ml.m5.xlarge
+    outputS3Uri: s3://acme-models/out{kms}
+  sagemaker:
+    image: 123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7
+    roleArn: arn:aws:iam::123456789012:role/serving
+    instanceType: ml.m5.large
+"#
+        )
+    };
+    let refused = dry_run_refusal(&env, &ns, &model("")).await;
+    assert!(
+        refused.contains("compliance hipaa") && refused.contains("kmsKeyId"),
+        "{refused}"
+    );
+    env.kubectl_with_stdin(
+        ["create", "--dry-run=server", "-n", &ns, "-f", "-"],
+        &model("\n    kmsKeyId: arn:aws:kms:us-east-1:123456789012:key/abc"),
+    )
+    .await
+    .expect_success();
+    delete_tenant(&env, &name).await;
+    env.cleanup().await;
+}

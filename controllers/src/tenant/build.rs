@@ -282,6 +282,30 @@ pub fn admission_policy(
             "reason": "Forbidden",
         }));
     }
+    let needs_kms = matches!(
+        tenant.spec.compliance,
+        ComplianceProfile::Hipaa | ComplianceProfile::Pci
+    );
+    if needs_kms {
+        let profile = match tenant.spec.compliance {
+            ComplianceProfile::Pci => "pci",
+            _ => "hipaa",
+        };
+        // Only a spec change is checked, so that objects created before the
+        // profile was set can still be updated (finalizers, labels) and deleted.
+        let unchanged = "(request.operation == 'UPDATE' && object.spec == oldObject.spec)";
+        let steps = "(object.spec.steps + (has(object.spec.finally) ? object.spec.finally : []))";
+        validations.push(json!({
+            "expression": format!("request.resource.resource != 'aimodels' || {unchanged} || !has(object.spec.training) || has(object.spec.training.kmsKeyId)"),
+            "message": format!("tenant {t} (rule: compliance {}): a SageMaker training job must name a KMS key (spec.training.kmsKeyId)", profile),
+            "reason": "Forbidden",
+        }));
+        validations.push(json!({
+            "expression": format!("request.resource.resource != 'pipelines' || {unchanged} || {steps}.all(s, !has(s.training) || has(s.training.kmsKeyId))"),
+            "message": format!("tenant {t} (rule: compliance {}): every SageMaker training step must name a KMS key (training.kmsKeyId)", profile),
+            "reason": "Forbidden",
+        }));
+    }
     if validations.is_empty() {
         return Ok(None);
     }
@@ -301,6 +325,7 @@ pub fn admission_policy(
                 "resourceRules": [
                     { "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"] },
                     { "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["persistentvolumeclaims"] },
+                    { "apiGroups": ["aleph.dev"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["aimodels", "pipelines"] },
                 ],
             },
             "validations": validations,
