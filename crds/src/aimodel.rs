@@ -1,6 +1,8 @@
 //! `AIModel`: a model served on the cluster's GPU nodes or on a SageMaker
 //! endpoint, optionally trained on SageMaker first.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -44,6 +46,8 @@ use crate::common::{
 #[x_kube(validation = Rule::new("self.backend != 'SageMaker' || has(self.sagemaker)").message("backend SageMaker needs the sagemaker section").field_path(".sagemaker"))]
 #[x_kube(validation = Rule::new("self.backend == 'SageMaker' || !has(self.sagemaker)").message("the sagemaker section is only for backend SageMaker").field_path(".sagemaker"))]
 #[x_kube(validation = Rule::new("self.backend != 'SageMaker' || !has(self.canary)").message("canary is only supported on the Kubernetes backend").field_path(".canary"))]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetCpuUtilization) || (has(self.resources) && has(self.resources.cpu))").message("targetCpuUtilization is a share of the CPU request: set resources.cpu").field_path(".autoscaling.targetCpuUtilization"))]
+#[x_kube(validation = Rule::new("!has(self.resources) || !has(self.resources.gpuProduct) || (has(self.resources.gpus) && self.resources.gpus > 0)").message("gpuProduct needs gpus of at least 1").field_path(".resources.gpuProduct"))]
 pub struct AIModelSpec {
     /// Where the model's weights come from. Optional when `training` produces them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +85,11 @@ pub struct AIModelSpec {
     /// Whether SageMaker resources are deleted with the AIModel (Delete) or kept (Retain).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Annotations on the serving pods (stable and canary), for example a
+    /// service mesh's or a cost tool's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 /// Where a model's weights come from.
@@ -189,13 +198,20 @@ pub struct ModelCache {
     /// Size of the cache volume.
     #[serde(default = "default_cache_size")]
     pub size: Quantity,
-    /// StorageClass of the cache volume; the cluster default when unset.
+    /// StorageClass of the cache volume; the cluster default when unset. The
+    /// volume is ReadWriteMany: serving pods on several nodes mount it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
     /// How long the download may take before it fails with ModelDownloadFailed, in seconds.
     #[serde(default = "default_download_timeout")]
     #[schemars(range(min = 30, max = 86400))]
     pub download_timeout_seconds: i64,
+    /// Annotations on the download Job's pod. The Job is shared by every model
+    /// with the same source in the namespace and made once, so the first
+    /// model's annotations are the ones it carries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 impl Default for ModelCache {
@@ -205,6 +221,7 @@ impl Default for ModelCache {
             size: default_cache_size(),
             storage_class_name: None,
             download_timeout_seconds: default_download_timeout(),
+            pod_annotations: BTreeMap::new(),
         }
     }
 }

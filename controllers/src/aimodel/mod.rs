@@ -1,29 +1,749 @@
 //! The AIModel reconciler.
+//!
+//! On the Kubernetes backend a model becomes: a model cache (a claim and a
+//! download Job shared by the models with the same source, see [`cache`]),
+//! then a serving Deployment (and a canary one), a Service, an HPA when it
+//! autoscales, and an HTTPRoute splitting traffic to a canary when the Gateway
+//! API is installed (see [`build`]). Its status says what is going on
+//! ([`status`]). On the SageMaker backend, and for training, the [`sagemaker`]
+//! part does the work and its Serving condition becomes Ready.
+//!
+//! Stages: validate (in [`build::plan`]) -> build -> apply (server-side apply,
+//! only what changed) -> status (written only when it changed).
 
+pub mod build;
+pub mod cache;
+pub mod runtime;
 pub mod sagemaker;
+pub mod status;
+pub mod validate;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use aleph_crds::aimodel::AIModel;
+use aleph_crds::aimodel::{AIModel, AIModelStatus, CacheStatus, ServingBackend};
+use aleph_crds::common::ConditionStatus;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
+use crate::apply::{FINALIZER, MANAGER, apply, is_subset, patch_status_if_changed};
+use crate::conditions::{NewCondition, find, set_condition};
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::runner::{Reconcile, Watch};
+use crate::sagemaker::endpoint::SERVING;
+use crate::sagemaker::training::TRAINED;
+use build::{MODEL_LABEL, ModelVolume, ServingPlan, TrackPlan};
+use cache::{CACHE_LABEL, CacheState, READY_ANNOTATION};
+use status::{DEGRADED, Observation, PROGRESSING, READY, TrackObservation};
 
-/// The AIModel controller for what `watch` names, watching what it makes.
+/// The AIModel controller for what `watch` names, watching what it makes:
+/// Deployments, Services and HPAs (owned), cache claims and Jobs (owned by
+/// every model using them) and the serving pods (for scheduling failures and
+/// crashes).
 pub fn controller(
     client: &kube::Client,
     watch: &Watch<'_>,
 ) -> Controller<DeserializeGuard<AIModel>> {
+    let children = || {
+        watcher::Config::default()
+            .labels(MODEL_LABEL)
+            .any_semantic()
+    };
+    let caches = || {
+        watcher::Config::default()
+            .labels(CACHE_LABEL)
+            .any_semantic()
+    };
     Controller::new(watch.api(client), watch.primary())
+        .owns(watch.api::<Deployment>(client), children())
+        .owns(watch.api::<Service>(client), children())
+        .owns(watch.api::<HorizontalPodAutoscaler>(client), children())
+        .owns(watch.api::<Job>(client), caches())
+        .owns(watch.api::<PersistentVolumeClaim>(client), caches())
+        .watches(watch.api::<Pod>(client), children(), |pod: Pod| {
+            let namespace = pod.namespace()?;
+            pod.labels()
+                .get(MODEL_LABEL)
+                .map(|name| ObjectRef::new(name).within(&namespace))
+        })
 }
 
 impl Reconcile for AIModel {
     const CONTROLLER: &'static str = "aimodel";
 
-    async fn reconcile(_obj: Arc<Self>, _ctx: Arc<Context>) -> Result<Action> {
-        Ok(Action::await_change())
+    async fn reconcile(model: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+        let Some(namespace) = model.namespace() else {
+            return Ok(Action::await_change());
+        };
+        let has_finalizer = model.finalizers().iter().any(|f| f == FINALIZER);
+        // Only what lives outside the cluster needs a finalizer; everything
+        // else is garbage-collected through owner references.
+        if !sagemaker::uses_sagemaker(&model) && !has_finalizer {
+            if model.metadata.deletion_timestamp.is_some() {
+                return Ok(Action::await_change());
+            }
+            return reconcile_model(&model, &ctx).await;
+        }
+        let api: Api<AIModel> = Api::namespaced(ctx.client.clone(), &namespace);
+        finalizer(&api, FINALIZER, model, |event| async {
+            match event {
+                FinalizerEvent::Apply(m) => reconcile_model(&m, &ctx).await,
+                FinalizerEvent::Cleanup(m) => cleanup(&m, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
+            other => Error::Finalizer(Box::new(other)),
+        })
     }
+}
+
+/// Deletion: what is on SageMaker goes first (the Kubernetes children are
+/// garbage-collected). Until SageMaker is done the finalizer stays.
+async fn cleanup(model: &AIModel, ctx: &Context) -> Result<Action> {
+    match sagemaker::cleanup(model, ctx).await? {
+        Some(after) => Err(Error::CleanupPending(format!(
+            "SageMaker resources of {} are being removed; looking again in about {}s",
+            model.name_any(),
+            after.as_secs()
+        ))),
+        None => Ok(Action::await_change()),
+    }
+}
+
+fn shortest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One pass over a live model: SageMaker (when used), then serving, then status.
+async fn reconcile_model(model: &AIModel, ctx: &Context) -> Result<Action> {
+    let namespace = model.namespace().unwrap_or_default();
+    let api: Api<AIModel> = Api::namespaced(ctx.client.clone(), &namespace);
+    let generation = model.metadata.generation;
+    let mut status = model.status.clone().unwrap_or_default();
+
+    let sagemaker_requeue = if sagemaker::uses_sagemaker(model) {
+        sagemaker::reconcile(model, ctx, &mut status).await?
+    } else {
+        status
+            .conditions
+            .retain(|c| c.type_ != TRAINED && c.type_ != SERVING);
+        None
+    };
+
+    let outcome = match model.spec.backend {
+        ServingBackend::SageMaker => {
+            remove_kubernetes_serving(model, ctx).await?;
+            sagemaker_serving_status(model, ctx, &mut status);
+            Ok(Some(Duration::from_secs(300)))
+        }
+        ServingBackend::Kubernetes => serve(model, ctx, &mut status).await,
+    };
+    status.observed_generation = generation;
+    let changed = patch_status_if_changed(&api, model, model.status.as_ref(), &status).await?;
+    if changed {
+        publish_events(model, ctx, model.status.as_ref(), &status).await;
+    }
+    let requeue = shortest(outcome?, sagemaker_requeue);
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Events for what changed: ModelDeployed when the model first turns Ready,
+/// and a Warning when it turns Degraded for a new reason.
+async fn publish_events(
+    model: &AIModel,
+    ctx: &Context,
+    before: Option<&AIModelStatus>,
+    after: &AIModelStatus,
+) {
+    let old = |type_: &str| before.and_then(|s| find(&s.conditions, type_));
+    let new = |type_: &str| find(&after.conditions, type_);
+    if let Some(ready) = new(READY)
+        && ready.status == ConditionStatus::True
+        && ready.reason == "Serving"
+        && old(READY).is_none_or(|c| c.status != ConditionStatus::True)
+    {
+        ctx.event(
+            model,
+            EventType::Normal,
+            "ModelDeployed",
+            ready.message.clone(),
+        )
+        .await;
+    }
+    if let Some(degraded) = new(DEGRADED)
+        && degraded.status == ConditionStatus::True
+        && old(DEGRADED)
+            .is_none_or(|c| c.status != ConditionStatus::True || c.reason != degraded.reason)
+    {
+        let reason = match degraded.reason.as_str() {
+            "Unschedulable" => "ModelUnschedulable",
+            other => other,
+        };
+        ctx.event(model, EventType::Warning, reason, degraded.message.clone())
+            .await;
+    }
+}
+
+/// On the SageMaker backend, Ready follows the endpoint's Serving condition
+/// and the URL is the endpoint's invocation URL.
+fn sagemaker_serving_status(model: &AIModel, ctx: &Context, status: &mut AIModelStatus) {
+    let generation = model.metadata.generation;
+    let ready = match find(&status.conditions, SERVING) {
+        Some(serving) => NewCondition::new(
+            READY,
+            serving.status,
+            serving.reason.clone(),
+            serving.message.clone(),
+        ),
+        None => NewCondition::new(
+            READY,
+            ConditionStatus::Unknown,
+            "Pending",
+            "waiting for the SageMaker endpoint",
+        ),
+    };
+    let in_service = ready.status == ConditionStatus::True;
+    set_condition(&mut status.conditions, ready, generation);
+    status
+        .conditions
+        .retain(|c| c.type_ != PROGRESSING && c.type_ != DEGRADED);
+    status.replicas = None;
+    status.ready_replicas = None;
+    status.replica_summary = None;
+    status.selector = None;
+    status.cache = None;
+    let region = model
+        .spec
+        .sagemaker
+        .as_ref()
+        .and_then(|s| s.region.clone())
+        .or_else(|| ctx.settings.aws_region.clone());
+    status.url = match (&status.endpoint, region) {
+        (Some(endpoint), Some(region)) if in_service => Some(format!(
+            "https://runtime.sagemaker.{region}.amazonaws.com/endpoints/{}/invocations",
+            endpoint.name
+        )),
+        _ => None,
+    };
+}
+
+/// Records an invalid spec in the status: Ready False, reason InvalidSpec.
+fn invalid_spec(status: &mut AIModelStatus, generation: Option<i64>, message: &str) {
+    for condition in [
+        NewCondition::no(READY, "InvalidSpec", message),
+        NewCondition::no(
+            PROGRESSING,
+            "InvalidSpec",
+            "waiting for the spec to be fixed",
+        ),
+        NewCondition::yes(DEGRADED, "InvalidSpec", message),
+    ] {
+        set_condition(&mut status.conditions, condition, generation);
+    }
+}
+
+/// The Kubernetes backend: caches, Deployments, Services, HPA, HTTPRoute and
+/// the conditions that describe them. Returns when to look again.
+async fn serve(
+    model: &AIModel,
+    ctx: &Context,
+    status: &mut AIModelStatus,
+) -> Result<Option<Duration>> {
+    let generation = model.metadata.generation;
+    let uri = match (&model.spec.source, &model.spec.training) {
+        (Some(source), _) => source.uri.clone(),
+        (None, Some(_)) => match sagemaker::trained_artifact(Some(status)) {
+            Some(artifact) => artifact,
+            None => {
+                let failed = find(&status.conditions, TRAINED).is_some_and(|c| {
+                    c.status == ConditionStatus::False
+                        && status
+                            .training
+                            .as_ref()
+                            .is_some_and(|t| t.failure_reason.is_some())
+                });
+                let (ready, progressing) = if failed {
+                    (
+                        NewCondition::no(
+                            READY,
+                            "TrainingFailed",
+                            "no model to serve: the training job failed (see the Trained condition)",
+                        ),
+                        NewCondition::no(PROGRESSING, "TrainingFailed", "the training job failed"),
+                    )
+                } else {
+                    (
+                        NewCondition::no(
+                            READY,
+                            "WaitingForTraining",
+                            "serving starts once the training job has produced the model",
+                        ),
+                        NewCondition::yes(
+                            PROGRESSING,
+                            "WaitingForTraining",
+                            "waiting for the training job's artifact",
+                        ),
+                    )
+                };
+                set_condition(&mut status.conditions, ready, generation);
+                set_condition(&mut status.conditions, progressing, generation);
+                status.conditions.retain(|c| c.type_ != DEGRADED);
+                return Ok(Some(Duration::from_secs(30)));
+            }
+        },
+        (None, None) => {
+            let message = "spec.source: set source, or training whose artifact becomes the source";
+            invalid_spec(status, generation, message);
+            return Err(Error::InvalidSpec(message.into()));
+        }
+    };
+    status.served_source = Some(uri.clone());
+    let plan = match build::plan(model, &uri) {
+        Ok(plan) => plan,
+        Err(e) => {
+            invalid_spec(status, generation, &e.to_string());
+            return Err(Error::InvalidSpec(e.to_string()));
+        }
+    };
+    let client = &ctx.client;
+    let namespace = plan.namespace.clone();
+
+    // Caches first: a Deployment is made (or changed) only once its weights are in place.
+    let mut caches: BTreeMap<String, CacheState> = BTreeMap::new();
+    for track in plan.tracks() {
+        if matches!(track.volume, ModelVolume::Cache { .. }) && !caches.contains_key(&track.uri) {
+            let state = ensure_cache(model, client, &namespace, track).await?;
+            caches.insert(track.uri.clone(), state);
+        }
+    }
+
+    let selector = ListParams::default().labels(&plan.selector());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
+    let observed_deployments = owned_by(model, deployments.list(&selector).await?.items);
+    let observed_services = owned_by(model, services.list(&selector).await?.items);
+    let observed_hpas = owned_by(model, hpas.list(&selector).await?.items);
+
+    // The Service exists from the start so that the URL is stable.
+    let gateway = model.spec.canary.is_some() && gateway_api_installed(client).await;
+    let mut wanted_services = vec![build::service(model, &plan)?];
+    if gateway {
+        for track in plan.tracks() {
+            wanted_services.push(build::track_service(model, &plan, track)?);
+        }
+    }
+    for service in &wanted_services {
+        apply_changed(
+            &services,
+            observed_services.get(&service.name_any()),
+            service,
+        )
+        .await?;
+    }
+    delete_unwanted(&services, &observed_services, &names(&wanted_services)).await?;
+
+    let mut applied: BTreeMap<String, Deployment> = BTreeMap::new();
+    let mut up_to_date: BTreeMap<String, bool> = BTreeMap::new();
+    for track in plan.tracks() {
+        let name = track.deployment_name(&plan.name);
+        let observed = observed_deployments.get(&name);
+        let weights_ready = caches
+            .get(&track.uri)
+            .is_none_or(|state| *state == CacheState::Ready);
+        if weights_ready {
+            let desired = build::deployment(model, &plan, track)?;
+            let current = apply_changed(&deployments, observed, &desired).await?;
+            applied.insert(name.clone(), current);
+            up_to_date.insert(name, true);
+        } else if let Some(observed) = observed {
+            // Keep serving the previous weights until the new ones are in place.
+            applied.insert(name.clone(), observed.clone());
+            up_to_date.insert(name, false);
+        }
+    }
+    let wanted_deployments: BTreeSet<String> = plan
+        .tracks()
+        .map(|t| t.deployment_name(&plan.name))
+        .collect();
+    delete_unwanted(&deployments, &observed_deployments, &wanted_deployments).await?;
+
+    match build::hpa(model, &plan)? {
+        Some(hpa) => {
+            apply_changed(&hpas, observed_hpas.get(&hpa.name_any()), &hpa).await?;
+            delete_unwanted(&hpas, &observed_hpas, &BTreeSet::from([hpa.name_any()])).await?;
+        }
+        None => delete_unwanted(&hpas, &observed_hpas, &BTreeSet::new()).await?,
+    }
+
+    if gateway_api_installed_cached() || gateway {
+        reconcile_route(model, client, &plan, gateway).await?;
+    }
+
+    // What the cluster made of it.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pods = pods.list(&selector).await?.items;
+    let url = plan.url();
+    let tracks: Vec<TrackObservation<'_>> = plan
+        .tracks()
+        .map(|t| {
+            let name = t.deployment_name(&plan.name);
+            TrackObservation {
+                track: t.track,
+                deployment: applied.get(&name),
+                cache: caches.get(&t.uri).cloned(),
+                up_to_date: up_to_date.get(&name).copied().unwrap_or(false),
+            }
+        })
+        .collect();
+    let assessment = status::assess(&Observation {
+        gpus: model.spec.resources.gpus.unwrap_or(0),
+        gpu_product: model.spec.resources.gpu_product.as_deref(),
+        tracks,
+        pods: &pods,
+        url: &url,
+    });
+    let all_up_to_date = plan
+        .tracks()
+        .all(|t| up_to_date.get(&t.deployment_name(&plan.name)) == Some(&true));
+    if all_up_to_date {
+        let wanted: BTreeSet<String> = caches.keys().map(|uri| cache::cache_name(uri)).collect();
+        release_caches(model, client, &namespace, &wanted).await?;
+    }
+
+    let requeue = if assessment.degraded.status == ConditionStatus::True {
+        Duration::from_secs(60)
+    } else if assessment.progressing.status == ConditionStatus::True {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(600)
+    };
+    set_condition(&mut status.conditions, assessment.ready, generation);
+    set_condition(&mut status.conditions, assessment.progressing, generation);
+    set_condition(&mut status.conditions, assessment.degraded, generation);
+    status.replicas = Some(assessment.replicas);
+    status.ready_replicas = Some(assessment.ready_replicas);
+    status.replica_summary = Some(format!(
+        "{}/{}",
+        assessment.ready_replicas, assessment.replicas
+    ));
+    status.selector = Some(plan.selector());
+    status.url = Some(url);
+    status.cache = plan
+        .tracks()
+        .next()
+        .and_then(|t| match &t.volume {
+            ModelVolume::Cache { claim } => Some((claim.clone(), caches.get(&t.uri)?.phase())),
+            _ => None,
+        })
+        .map(|(claim_name, phase)| CacheStatus {
+            claim_name,
+            phase: phase.to_string(),
+        });
+    Ok(Some(requeue))
+}
+
+fn names<K: Resource>(objects: &[K]) -> BTreeSet<String> {
+    objects.iter().map(|o| o.name_any()).collect()
+}
+
+/// The objects whose controller is `model`, by name.
+fn owned_by<K: Resource>(model: &AIModel, items: Vec<K>) -> BTreeMap<String, K> {
+    let uid = model.uid();
+    items
+        .into_iter()
+        .filter(|o| {
+            o.owner_references()
+                .iter()
+                .any(|r| Some(&r.uid) == uid.as_ref() && r.controller == Some(true))
+        })
+        .map(|o| (o.name_any(), o))
+        .collect()
+}
+
+/// Applies `desired` unless `observed` already holds it; returns the object as it now is.
+async fn apply_changed<K>(api: &Api<K>, observed: Option<&K>, desired: &K) -> Result<K>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    if let Some(observed) = observed
+        && is_subset(desired, observed)
+    {
+        return Ok(observed.clone());
+    }
+    Ok(apply(api, desired).await?)
+}
+
+/// Deletes the observed objects not in `wanted`.
+async fn delete_unwanted<K>(
+    api: &Api<K>,
+    observed: &BTreeMap<String, K>,
+    wanted: &BTreeSet<String>,
+) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    for name in observed.keys().filter(|n| !wanted.contains(*n)) {
+        delete_ignoring_missing(api, name).await?;
+    }
+    Ok(())
+}
+
+async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Switching to the SageMaker backend removes the serving Deployments,
+/// Services and HPA the model had on the cluster.
+async fn remove_kubernetes_serving(model: &AIModel, ctx: &Context) -> Result<()> {
+    let namespace = model.namespace().unwrap_or_default();
+    let selector = ListParams::default().labels(&format!("{MODEL_LABEL}={}", model.name_any()));
+    let none = BTreeSet::new();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let observed = owned_by(model, deployments.list(&selector).await?.items);
+    delete_unwanted(&deployments, &observed, &none).await?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    let observed = owned_by(model, services.list(&selector).await?.items);
+    delete_unwanted(&services, &observed, &none).await?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+    let observed = owned_by(model, hpas.list(&selector).await?.items);
+    delete_unwanted(&hpas, &observed, &none).await?;
+    Ok(())
+}
+
+// --- the model cache -----------------------------------------------------------
+
+/// Makes `track`'s cache claim and download Job if missing, adds `model` to
+/// their users, marks the claim ready once the Job succeeded, and returns
+/// where the cache stands.
+async fn ensure_cache(
+    model: &AIModel,
+    client: &kube::Client,
+    namespace: &str,
+    track: &TrackPlan,
+) -> Result<CacheState> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let name = cache::cache_name(&track.uri);
+    let claim = match claims.get_opt(&name).await? {
+        Some(claim) => add_user(&claims, claim, model).await?,
+        None => create_or_join(&claims, &cache::claim(model, &track.uri)?, model).await?,
+    };
+    let mut job = match jobs.get_opt(&name).await? {
+        Some(job) => Some(add_user(&jobs, job, model).await?),
+        None => None,
+    };
+    if !cache::claim_is_ready(&claim) {
+        if job.is_none() {
+            let desired = cache::job(model, &track.uri, &track.source)?;
+            job = Some(create_or_join(&jobs, &desired, model).await?);
+        }
+        if job.as_ref().is_some_and(cache::job_succeeded) {
+            let patch = json!({ "metadata": { "annotations": { READY_ANNOTATION: "true" } } });
+            claims
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            return Ok(CacheState::Ready);
+        }
+    }
+    Ok(cache::state(
+        &track.uri,
+        Some(&claim),
+        job.as_ref(),
+        model.spec.cache.download_timeout_seconds,
+    ))
+}
+
+/// Creates `desired`; if another model made it first, joins its users.
+async fn create_or_join<K>(api: &Api<K>, desired: &K, model: &AIModel) -> Result<K>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, desired).await {
+        Ok(created) => Ok(created),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let existing = api.get(&desired.name_any()).await?;
+            add_user(api, existing, model).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Adds `model` to the owners of a shared cache object (a strategic merge
+/// keyed by UID leaves the other users' references alone).
+async fn add_user<K>(api: &Api<K>, object: K, model: &AIModel) -> Result<K>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let Some(reference) = cache::user_ref(model) else {
+        return Ok(object);
+    };
+    if object
+        .owner_references()
+        .iter()
+        .any(|r| r.uid == reference.uid)
+    {
+        return Ok(object);
+    }
+    let patch = json!({ "metadata": { "ownerReferences": [reference] } });
+    Ok(api
+        .patch(
+            &object.name_any(),
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await?)
+}
+
+/// Drops `model` from the users of the caches it no longer uses; a cache
+/// nobody uses any more is deleted.
+async fn release_caches(
+    model: &AIModel,
+    client: &kube::Client,
+    namespace: &str,
+    wanted: &BTreeSet<String>,
+) -> Result<()> {
+    let Some(uid) = model.uid() else {
+        return Ok(());
+    };
+    let selector = ListParams::default().labels(CACHE_LABEL);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    for job in jobs.list(&selector).await?.items {
+        release(&jobs, &job, &uid, wanted).await?;
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    for claim in claims.list(&selector).await?.items {
+        release(&claims, &claim, &uid, wanted).await?;
+    }
+    Ok(())
+}
+
+async fn release<K>(api: &Api<K>, object: &K, uid: &str, wanted: &BTreeSet<String>) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.name_any();
+    let owners = object.owner_references();
+    if wanted.contains(&name) || !owners.iter().any(|r| r.uid == uid) {
+        return Ok(());
+    }
+    if owners.iter().all(|r| r.uid == uid) {
+        return delete_ignoring_missing(api, &name).await;
+    }
+    let patch = json!({ "metadata": { "ownerReferences": [{ "$patch": "delete", "uid": uid }] } });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+// --- the Gateway API ---------------------------------------------------------------
+
+const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
+const GATEWAY_RECHECK: Duration = Duration::from_secs(60);
+static GATEWAY_SEEN: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
+
+/// What the last look found, without looking again.
+fn gateway_api_installed_cached() -> bool {
+    GATEWAY_SEEN
+        .lock()
+        .ok()
+        .and_then(|seen| *seen)
+        .is_some_and(|(_, installed)| installed)
+}
+
+/// Whether the cluster serves HTTPRoutes (looked up at most once a minute).
+async fn gateway_api_installed(client: &kube::Client) -> bool {
+    if let Ok(seen) = GATEWAY_SEEN.lock()
+        && let Some((at, installed)) = *seen
+        && at.elapsed() < GATEWAY_RECHECK
+    {
+        return installed;
+    }
+    let installed = match client.list_api_group_resources(GATEWAY_API).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == "httproutes"),
+        Err(kube::Error::Api(s)) if s.code == 404 => false,
+        Err(error) => {
+            tracing::debug!(%error, "cannot tell whether the Gateway API is installed");
+            return gateway_api_installed_cached();
+        }
+    };
+    if let Ok(mut seen) = GATEWAY_SEEN.lock() {
+        *seen = Some((Instant::now(), installed));
+    }
+    installed
+}
+
+/// Applies the canary's HTTPRoute, or deletes the model's route when there is no canary.
+async fn reconcile_route(
+    model: &AIModel,
+    client: &kube::Client,
+    plan: &ServingPlan,
+    wanted: bool,
+) -> Result<()> {
+    let resource = build::http_route_resource();
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &plan.namespace, &resource);
+    let observed = match routes.get_opt(&plan.name).await {
+        Ok(route) => route.filter(|r| {
+            r.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == model.uid().as_ref())
+        }),
+        // The Gateway API went away since the last look.
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    match build::http_route(model, plan)?.filter(|_| wanted) {
+        Some(route) => {
+            if observed.as_ref().is_some_and(|o| is_subset(&route, o)) {
+                return Ok(());
+            }
+            routes
+                .patch(
+                    &plan.name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&route),
+                )
+                .await?;
+        }
+        None if observed.is_some() => delete_ignoring_missing(&routes, &plan.name).await?,
+        None => {}
+    }
+    Ok(())
 }

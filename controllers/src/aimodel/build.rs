@@ -1,0 +1,538 @@
+//! The children of an AIModel on the Kubernetes backend, built from its spec
+//! alone: the serving Deployments (stable and canary), the Service, the
+//! HorizontalPodAutoscaler and, for a canary behind the Gateway API, an
+//! HTTPRoute with weights. No client.
+//!
+//! Names: the Deployment, Service, HPA and HTTPRoute are called like the
+//! model; the canary Deployment `<model>-canary`; with an HTTPRoute, one
+//! Service per track, `<model>-stable` and `<model>-canary`. Every child
+//! carries the labels of [`standard_labels`] (so `aleph.dev/model: <model>`)
+//! and a controller owner reference to the model.
+
+use std::collections::BTreeMap;
+
+use aleph_crds::aimodel::{AIModel, ModelRuntime};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+use kube::api::DynamicObject;
+use serde_json::{Value, json};
+
+use super::cache;
+use super::runtime::{MODEL_DIR, ProbeTiming, RuntimeProfile, profile};
+use super::validate::{Source, SpecError, source_for_runtime, validate};
+use crate::apply::{controller_ref, standard_labels};
+use crate::error::{Error, Result};
+
+/// Label of every child and serving pod: the model's name.
+pub const MODEL_LABEL: &str = "aleph.dev/model";
+/// Label of serving Deployments and pods: `stable` or `canary`.
+pub const TRACK_LABEL: &str = "aleph.dev/track";
+/// The per-pod metric the HPA reads for `targetConcurrency`: requests in
+/// flight in one serving pod, served by a custom metrics adapter (for example
+/// prometheus-adapter over the runtime's own request gauge).
+pub const CONCURRENCY_METRIC: &str = "aleph_inflight_requests";
+/// The node label that names a node's GPU product (from GPU feature discovery).
+pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+/// The extended resource of NVIDIA GPUs, and the key of GPU nodes' taint.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Long enough for the slowest engine to load a large model before the
+/// Deployment reports that its rollout stalled.
+pub const PROGRESS_DEADLINE_SECONDS: i32 = 3600;
+
+/// One of a model's two serving versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Track {
+    /// The main version.
+    Stable,
+    /// The canary.
+    Canary,
+}
+
+impl Track {
+    /// The value of [`TRACK_LABEL`].
+    pub fn label(self) -> &'static str {
+        match self {
+            Track::Stable => "stable",
+            Track::Canary => "canary",
+        }
+    }
+}
+
+/// How serving pods get the weights.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelVolume {
+    /// The shared model cache (a claim filled by the download Job).
+    Cache {
+        /// The cache's claim.
+        claim: String,
+    },
+    /// A claim of the user's, mounted as it is (`pvc://`).
+    Claim {
+        /// The claim.
+        claim: String,
+        /// The path inside it.
+        sub_path: String,
+    },
+    /// Each pod downloads into its own volume first (the cache is off).
+    PerPod,
+}
+
+/// One serving version, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrackPlan {
+    /// Stable or canary.
+    pub track: Track,
+    /// The source URI.
+    pub uri: String,
+    /// The parsed source.
+    pub source: Source,
+    /// The runtime as declared.
+    pub runtime: ModelRuntime,
+    /// The serving container.
+    pub profile: RuntimeProfile,
+    /// Where the weights come from.
+    pub volume: ModelVolume,
+    /// The Deployment's replicas; `None` when the HPA sets them.
+    pub replicas: Option<i32>,
+}
+
+impl TrackPlan {
+    /// The Deployment's name.
+    pub fn deployment_name(&self, model: &str) -> String {
+        match self.track {
+            Track::Stable => model.to_string(),
+            Track::Canary => format!("{model}-canary"),
+        }
+    }
+
+    /// The per-track Service's name (with an HTTPRoute).
+    pub fn service_name(&self, model: &str) -> String {
+        format!("{model}-{}", self.track.label())
+    }
+}
+
+/// Everything the model's children are built from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServingPlan {
+    /// The model's name.
+    pub name: String,
+    /// The model's namespace.
+    pub namespace: String,
+    /// The main version.
+    pub stable: TrackPlan,
+    /// The canary, if any.
+    pub canary: Option<TrackPlan>,
+    /// The canary's share of traffic, in percent (0 without a canary).
+    pub canary_percent: i32,
+}
+
+impl ServingPlan {
+    /// The tracks, stable first.
+    pub fn tracks(&self) -> impl Iterator<Item = &TrackPlan> {
+        std::iter::once(&self.stable).chain(self.canary.as_ref())
+    }
+
+    /// Where the model's API answers: the Service's cluster DNS name and
+    /// port, under `/v1` when the API is OpenAI-compatible.
+    pub fn url(&self) -> String {
+        let base = format!(
+            "http://{}.{}.svc.cluster.local:{}",
+            self.name, self.namespace, self.stable.profile.port
+        );
+        if self.stable.profile.openai {
+            format!("{base}/v1")
+        } else {
+            base
+        }
+    }
+
+    /// The label selector of every serving pod (stable and canary).
+    pub fn selector(&self) -> String {
+        format!("{MODEL_LABEL}={}", self.name)
+    }
+}
+
+/// Splits `total` replicas by the canary's share: the canary gets
+/// `round(total * percent / 100)`, at least 1 when the share is positive, and
+/// the stable version keeps at least 1. Returns (stable, canary).
+pub fn split(total: i32, percent: i32) -> (i32, i32) {
+    if percent <= 0 || total <= 0 {
+        return (total.max(0), 0);
+    }
+    let canary = ((i64::from(total) * i64::from(percent.min(100)) + 50) / 100).max(1);
+    let canary = i32::try_from(canary).unwrap_or(total);
+    (total.saturating_sub(canary).max(1), canary)
+}
+
+fn track_plan(
+    model: &AIModel,
+    track: Track,
+    field: &str,
+    uri: &str,
+    runtime: &ModelRuntime,
+    replicas: Option<i32>,
+) -> Result<TrackPlan, SpecError> {
+    let source = source_for_runtime(field, uri, runtime)?;
+    let gpus = model.spec.resources.gpus.unwrap_or(0);
+    let profile = profile(runtime, &source, &model.name_any(), gpus);
+    let volume = match &source {
+        Source::Pvc { claim, path } => ModelVolume::Claim {
+            claim: claim.clone(),
+            sub_path: path.clone(),
+        },
+        _ if model.spec.cache.enabled => ModelVolume::Cache {
+            claim: cache::cache_name(uri),
+        },
+        _ => ModelVolume::PerPod,
+    };
+    Ok(TrackPlan {
+        track,
+        uri: uri.to_string(),
+        source,
+        runtime: runtime.clone(),
+        profile,
+        volume,
+        replicas,
+    })
+}
+
+/// Resolves the spec into a plan, serving `serving_uri` (the spec's source,
+/// or the trained artifact). Fails on what the schema cannot catch.
+pub fn plan(model: &AIModel, serving_uri: &str) -> Result<ServingPlan, SpecError> {
+    validate(model, serving_uri)?;
+    let percent = model
+        .spec
+        .canary
+        .as_ref()
+        .map_or(0, |c| c.traffic_percent.clamp(0, 100));
+    let (stable_replicas, canary_replicas) = match &model.spec.autoscaling {
+        Some(auto) => (None, split(auto.min_replicas, percent).1),
+        None => {
+            let (s, c) = split(model.spec.replicas.unwrap_or(1), percent);
+            (Some(s), c)
+        }
+    };
+    let stable = track_plan(
+        model,
+        Track::Stable,
+        "spec.source.uri",
+        serving_uri,
+        &model.spec.runtime,
+        stable_replicas,
+    )?;
+    let canary = match &model.spec.canary {
+        Some(canary) => {
+            let uri = canary
+                .source
+                .as_ref()
+                .map_or(serving_uri, |s| s.uri.as_str());
+            let runtime = canary.runtime.as_ref().unwrap_or(&model.spec.runtime);
+            Some(track_plan(
+                model,
+                Track::Canary,
+                "spec.canary.source.uri",
+                uri,
+                runtime,
+                Some(canary_replicas),
+            )?)
+        }
+        None => None,
+    };
+    Ok(ServingPlan {
+        name: model.name_any(),
+        namespace: model.namespace().unwrap_or_default(),
+        stable,
+        canary,
+        canary_percent: if model.spec.canary.is_some() {
+            percent
+        } else {
+            0
+        },
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| Error::Serialization(e.to_string()))
+}
+
+fn labels(plan: &ServingPlan, track: Option<Track>) -> BTreeMap<String, String> {
+    let mut labels = standard_labels("model", &plan.name);
+    if let Some(track) = track {
+        labels.insert(TRACK_LABEL.to_string(), track.label().to_string());
+    }
+    labels
+}
+
+fn metadata(model: &AIModel, plan: &ServingPlan, name: &str, track: Option<Track>) -> Value {
+    json!({
+        "name": name,
+        "namespace": plan.namespace,
+        "labels": labels(plan, track),
+        "ownerReferences": controller_ref(model).into_iter().collect::<Vec<_>>(),
+    })
+}
+
+fn probe(timing: &ProbeTiming) -> Value {
+    json!({
+        "httpGet": { "path": timing.path, "port": "http" },
+        "periodSeconds": timing.period_seconds,
+        "failureThreshold": timing.failure_threshold,
+        "timeoutSeconds": timing.timeout_seconds,
+    })
+}
+
+/// CPU, memory and GPUs, requested and limited alike.
+fn resources(model: &AIModel) -> Value {
+    let res = &model.spec.resources;
+    let mut amounts = serde_json::Map::new();
+    if let Some(cpu) = &res.cpu {
+        amounts.insert("cpu".into(), json!(cpu));
+    }
+    if let Some(memory) = &res.memory {
+        amounts.insert("memory".into(), json!(memory));
+    }
+    if let Some(gpus) = res.gpus.filter(|g| *g > 0) {
+        amounts.insert(GPU_RESOURCE.into(), json!(gpus.to_string()));
+    }
+    if amounts.is_empty() {
+        return json!({});
+    }
+    json!({ "requests": amounts, "limits": amounts })
+}
+
+fn env(track: &TrackPlan) -> Vec<Value> {
+    let mut env: Vec<(String, Value)> = track
+        .profile
+        .env
+        .iter()
+        .map(|(name, value)| (name.clone(), json!({ "name": name, "value": value })))
+        .collect();
+    for var in &track.runtime.env {
+        let value = match (&var.value, &var.secret_key_ref) {
+            (_, Some(secret)) => json!({
+                "name": var.name,
+                "valueFrom": { "secretKeyRef": { "name": secret.name, "key": secret.key } },
+            }),
+            (value, None) => {
+                json!({ "name": var.name, "value": value.clone().unwrap_or_default() })
+            }
+        };
+        match env.iter_mut().find(|(name, _)| *name == var.name) {
+            Some(slot) => slot.1 = value,
+            None => env.push((var.name.clone(), value)),
+        }
+    }
+    env.into_iter().map(|(_, v)| v).collect()
+}
+
+/// The serving Deployment of `track`.
+pub fn deployment(model: &AIModel, plan: &ServingPlan, track: &TrackPlan) -> Result<Deployment> {
+    let profile = &track.profile;
+    let gpus = model.spec.resources.gpus.unwrap_or(0);
+    let mut model_mount = json!({ "name": "model", "mountPath": MODEL_DIR, "readOnly": true });
+    let model_volume = match &track.volume {
+        ModelVolume::Cache { claim } => {
+            json!({ "name": "model", "persistentVolumeClaim": { "claimName": claim, "readOnly": true } })
+        }
+        ModelVolume::Claim { claim, sub_path } => {
+            if !sub_path.is_empty() {
+                model_mount["subPath"] = json!(sub_path);
+            }
+            json!({ "name": "model", "persistentVolumeClaim": { "claimName": claim, "readOnly": true } })
+        }
+        ModelVolume::PerPod => {
+            json!({ "name": "model", "emptyDir": { "sizeLimit": model.spec.cache.size } })
+        }
+    };
+    let mut container = json!({
+        "name": profile.container,
+        "image": profile.image,
+        "args": profile.args,
+        "ports": [{ "name": "http", "containerPort": profile.port, "protocol": "TCP" }],
+        "env": env(track),
+        "resources": resources(model),
+        "volumeMounts": [model_mount, { "name": "dshm", "mountPath": "/dev/shm" }],
+        "startupProbe": probe(&profile.startup),
+        "readinessProbe": probe(&profile.readiness),
+        "livenessProbe": probe(&profile.liveness),
+    });
+    if let Some(command) = &profile.command {
+        container["command"] = json!(command);
+    }
+    let mut pod_spec = json!({
+        // A Service named like the engine would otherwise inject variables
+        // such as VLLM_PORT that the engine reads as its own settings.
+        "enableServiceLinks": false,
+        "terminationGracePeriodSeconds": 60,
+        "containers": [container],
+        "volumes": [model_volume, { "name": "dshm", "emptyDir": { "medium": "Memory" } }],
+    });
+    if track.volume == ModelVolume::PerPod {
+        let credentials = match track.track {
+            Track::Stable => model.spec.source.as_ref(),
+            Track::Canary => model
+                .spec
+                .canary
+                .as_ref()
+                .and_then(|c| c.source.as_ref())
+                .or(model.spec.source.as_ref()),
+        }
+        .filter(|s| s.uri == track.uri)
+        .and_then(|s| s.credentials_secret.as_ref());
+        let init = cache::download_container(&track.source, &track.uri, credentials)?;
+        pod_spec["initContainers"] = json!([init]);
+    }
+    if gpus > 0 {
+        pod_spec["tolerations"] =
+            json!([{ "key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule" }]);
+        if let Some(product) = &model.spec.resources.gpu_product {
+            pod_spec["nodeSelector"] = json!({ GPU_PRODUCT_LABEL: product });
+        }
+    }
+    let selector = BTreeMap::from([
+        (MODEL_LABEL.to_string(), plan.name.clone()),
+        (TRACK_LABEL.to_string(), track.track.label().to_string()),
+    ]);
+    let mut spec = json!({
+        "revisionHistoryLimit": 3,
+        "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+        "selector": { "matchLabels": selector },
+        "template": {
+            "metadata": {
+                "labels": labels(plan, Some(track.track)),
+                "annotations": model.spec.pod_annotations,
+            },
+            "spec": pod_spec,
+        },
+    });
+    if let Some(replicas) = track.replicas {
+        spec["replicas"] = json!(replicas);
+    }
+    from_json(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(model, plan, &track.deployment_name(&plan.name), Some(track.track)),
+        "spec": spec,
+    }))
+}
+
+fn http_port(port: i32) -> Value {
+    json!({ "name": "http", "port": port, "targetPort": "http", "protocol": "TCP", "appProtocol": "http" })
+}
+
+/// The Service in front of every serving pod of the model (stable and
+/// canary: traffic splits by replica ratio).
+pub fn service(model: &AIModel, plan: &ServingPlan) -> Result<Service> {
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(model, plan, &plan.name, None),
+        "spec": {
+            "selector": { MODEL_LABEL: plan.name },
+            "ports": [http_port(plan.stable.profile.port)],
+        },
+    }))
+}
+
+/// The Service of one track, a backend of the HTTPRoute.
+pub fn track_service(model: &AIModel, plan: &ServingPlan, track: &TrackPlan) -> Result<Service> {
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(model, plan, &track.service_name(&plan.name), Some(track.track)),
+        "spec": {
+            "selector": { MODEL_LABEL: plan.name, TRACK_LABEL: track.track.label() },
+            "ports": [http_port(track.profile.port)],
+        },
+    }))
+}
+
+/// The HorizontalPodAutoscaler of the stable Deployment, when autoscaling is on.
+pub fn hpa(model: &AIModel, plan: &ServingPlan) -> Result<Option<HorizontalPodAutoscaler>> {
+    let Some(auto) = &model.spec.autoscaling else {
+        return Ok(None);
+    };
+    let mut metrics = Vec::new();
+    if let Some(cpu) = auto.target_cpu_utilization {
+        metrics.push(json!({
+            "type": "Resource",
+            "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": cpu } },
+        }));
+    }
+    if let Some(concurrency) = auto.target_concurrency {
+        metrics.push(json!({
+            "type": "Pods",
+            "pods": {
+                "metric": { "name": CONCURRENCY_METRIC },
+                "target": { "type": "AverageValue", "averageValue": concurrency.to_string() },
+            },
+        }));
+    }
+    from_json(json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(model, plan, &plan.name, None),
+        "spec": {
+            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": plan.stable.deployment_name(&plan.name) },
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": auto.max_replicas,
+            "metrics": metrics,
+            "behavior": { "scaleDown": { "stabilizationWindowSeconds": auto.scale_down_stabilization_seconds } },
+        },
+    }))
+    .map(Some)
+}
+
+/// The Gateway API's HTTPRoute kind.
+pub fn http_route_resource() -> kube::discovery::ApiResource {
+    kube::discovery::ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        plural: "httproutes".into(),
+    }
+}
+
+/// With a canary: an HTTPRoute attached to the model's Service (the Gateway
+/// API's mesh binding) that sends `100 - p` percent of requests to the stable
+/// Service and `p` percent to the canary's.
+pub fn http_route(model: &AIModel, plan: &ServingPlan) -> Result<Option<DynamicObject>> {
+    let Some(canary) = &plan.canary else {
+        return Ok(None);
+    };
+    let stable = &plan.stable;
+    from_json(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": metadata(model, plan, &plan.name, None),
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": plan.name, "port": stable.profile.port }],
+            "rules": [{
+                "backendRefs": [
+                    { "name": stable.service_name(&plan.name), "port": stable.profile.port, "weight": 100 - plan.canary_percent },
+                    { "name": canary.service_name(&plan.name), "port": canary.profile.port, "weight": plan.canary_percent },
+                ],
+            }],
+        },
+    }))
+    .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_one_stable_and_rounds_the_canary() {
+        assert_eq!(split(10, 20), (8, 2));
+        assert_eq!(split(4, 10), (3, 1));
+        assert_eq!(split(1, 50), (1, 1));
+        assert_eq!(split(5, 0), (5, 0));
+        assert_eq!(split(4, 100), (1, 4));
+        assert_eq!(split(0, 30), (0, 0));
+        assert_eq!(split(3, 50), (1, 2));
+    }
+}

@@ -1,0 +1,392 @@
+//! The model cache: a PersistentVolumeClaim per source and namespace, filled
+//! once by a download Job, mounted read-only by every serving pod of every
+//! model with that source. No client.
+//!
+//! The claim and the Job are named from a hash of the source URI
+//! (`aleph-cache-<hash>`) and carry a (non-controller) owner reference to each
+//! model using them, so garbage collection removes them after the last of
+//! those models. They are made once and never updated (a Job's template and a
+//! claim's size are immutable): the first model's cache settings win.
+//! The claim is annotated [`READY_ANNOTATION`] once the Job has succeeded, so a
+//! cache stays ready even when its Job is deleted.
+
+use std::collections::BTreeMap;
+
+use aleph_crds::aimodel::AIModel;
+use aleph_crds::common::SecretRef;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, PersistentVolumeClaim};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::runtime::OLLAMA_IMAGE;
+use super::validate::Source;
+use crate::apply::standard_labels;
+use crate::error::{Error, Result};
+
+/// Label on a cache's claim, Job and download pod: the hash of the source.
+pub const CACHE_LABEL: &str = "aleph.dev/cache";
+/// Annotation on a cache's claim once the weights are in it (`"true"`).
+pub const READY_ANNOTATION: &str = "aleph.dev/cache-ready";
+/// Annotation on a cache's claim and Job: the source URI.
+pub const SOURCE_ANNOTATION: &str = "aleph.dev/source";
+/// Where a download container writes the weights.
+pub const TARGET_DIR: &str = "/mnt/model";
+/// Retries of a failed download before the Job fails.
+pub const DOWNLOAD_RETRIES: i32 = 2;
+
+/// The image that downloads from the Hugging Face Hub (installs the hub's CLI).
+pub const HF_DOWNLOAD_IMAGE: &str = "docker.io/library/python:3.12-slim";
+/// The version of `huggingface_hub` the download installs.
+pub const HF_HUB_VERSION: &str = "0.35.3";
+/// The image that downloads from S3.
+pub const S3_DOWNLOAD_IMAGE: &str = "docker.io/amazon/aws-cli:2.31.18";
+
+/// The hash naming the cache of `uri`: 10 hex digits of its SHA-256.
+pub fn cache_hash(uri: &str) -> String {
+    let digest = Sha256::digest(uri.as_bytes());
+    digest
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+}
+
+/// The name of the claim and Job of `uri`'s cache.
+pub fn cache_name(uri: &str) -> String {
+    format!("aleph-cache-{}", cache_hash(uri))
+}
+
+/// A non-controller owner reference to `model`: one of possibly several users.
+pub fn user_ref(model: &AIModel) -> Option<OwnerReference> {
+    let meta = model.meta();
+    Some(OwnerReference {
+        api_version: AIModel::api_version(&()).to_string(),
+        kind: AIModel::kind(&()).to_string(),
+        name: meta.name.clone()?,
+        uid: meta.uid.clone()?,
+        controller: None,
+        block_owner_deletion: None,
+    })
+}
+
+/// The container that puts the weights of `source` into [`TARGET_DIR`]: the
+/// cache Job's, or a serving pod's init container when the cache is off.
+pub fn download_container(
+    source: &Source,
+    uri: &str,
+    credentials: Option<&SecretRef>,
+) -> Result<Container> {
+    let (image, script, mut env): (String, String, Vec<(&str, String)>) = match source {
+        Source::HuggingFace { repo, revision } => (
+            HF_DOWNLOAD_IMAGE.to_string(),
+            format!(
+                "set -eu\n\
+                 pip install --quiet --no-cache-dir --disable-pip-version-check \"huggingface_hub[hf_transfer]=={HF_HUB_VERSION}\"\n\
+                 if [ -n \"${{MODEL_REVISION:-}}\" ]; then set -- --revision \"$MODEL_REVISION\"; fi\n\
+                 hf download \"$MODEL_REPO\" \"$@\" --local-dir \"$TARGET\"\n\
+                 rm -rf \"$TARGET/.cache\"\n"
+            ),
+            vec![
+                ("MODEL_REPO", repo.clone()),
+                ("MODEL_REVISION", revision.clone().unwrap_or_default()),
+                ("HF_HOME", "/tmp/hf".to_string()),
+                ("HF_HUB_ENABLE_HF_TRANSFER", "1".to_string()),
+                ("HF_HUB_DISABLE_TELEMETRY", "1".to_string()),
+            ],
+        ),
+        Source::S3 { .. } => (
+            S3_DOWNLOAD_IMAGE.to_string(),
+            "set -eu\n\
+             case \"$SOURCE\" in\n\
+             *.tar.gz|*.tgz)\n\
+             \x20 aws s3 cp --only-show-errors \"$SOURCE\" \"$TARGET/.download.tar.gz\"\n\
+             \x20 tar -xzf \"$TARGET/.download.tar.gz\" -C \"$TARGET\"\n\
+             \x20 rm -f \"$TARGET/.download.tar.gz\" ;;\n\
+             *) aws s3 sync --only-show-errors \"$SOURCE\" \"$TARGET\" ;;\n\
+             esac\n"
+                .to_string(),
+            Vec::new(),
+        ),
+        Source::Oci { image } => (
+            image.clone(),
+            "set -eu\ncp -a /models/. \"$TARGET\"/\n".to_string(),
+            Vec::new(),
+        ),
+        Source::Ollama { name } => (
+            OLLAMA_IMAGE.to_string(),
+            "set -eu\n\
+             ollama serve >/tmp/ollama.log 2>&1 &\n\
+             i=0\n\
+             until ollama list >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 120 ] || { cat /tmp/ollama.log; exit 1; }; sleep 1; done\n\
+             ollama pull \"$MODEL_NAME\"\n"
+                .to_string(),
+            vec![
+                ("MODEL_NAME", name.clone()),
+                ("OLLAMA_MODELS", TARGET_DIR.to_string()),
+                ("OLLAMA_HOST", "127.0.0.1:11434".to_string()),
+            ],
+        ),
+        Source::Pvc { .. } => {
+            return Err(Error::InvalidSpec(
+                "a pvc:// source is mounted, never downloaded".into(),
+            ));
+        }
+    };
+    env.insert(0, ("SOURCE", uri.to_string()));
+    env.insert(1, ("TARGET", TARGET_DIR.to_string()));
+    let env: Vec<serde_json::Value> = env
+        .into_iter()
+        .map(|(name, value)| json!({ "name": name, "value": value }))
+        .collect();
+    let mut container = json!({
+        "name": "download",
+        "image": image,
+        "command": ["sh", "-c", script],
+        "env": env,
+        "volumeMounts": [{ "name": "model", "mountPath": TARGET_DIR }],
+        "resources": {
+            "requests": { "cpu": "500m", "memory": "1Gi" },
+            "limits": { "memory": "4Gi" },
+        },
+    });
+    if let Some(secret) = credentials {
+        container["envFrom"] = json!([{ "secretRef": { "name": secret.name } }]);
+    }
+    serde_json::from_value(container).map_err(|e| Error::Serialization(e.to_string()))
+}
+
+fn cache_labels(uri: &str) -> BTreeMap<String, String> {
+    standard_labels("cache", &cache_hash(uri))
+}
+
+/// The cache claim of `uri` as `model` would make it.
+pub fn claim(model: &AIModel, uri: &str) -> Result<PersistentVolumeClaim> {
+    let cache = &model.spec.cache;
+    let mut spec = json!({
+        "accessModes": ["ReadWriteMany"],
+        "resources": { "requests": { "storage": cache.size } },
+    });
+    if let Some(class) = &cache.storage_class_name {
+        spec["storageClassName"] = json!(class);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": cache_name(uri),
+            "namespace": model.namespace(),
+            "labels": cache_labels(uri),
+            "annotations": { SOURCE_ANNOTATION: uri },
+            "ownerReferences": user_ref(model).into_iter().collect::<Vec<_>>(),
+        },
+        "spec": spec,
+    }))
+    .map_err(|e| Error::Serialization(e.to_string()))
+}
+
+/// The download Job of `uri` as `model` would make it.
+pub fn job(model: &AIModel, uri: &str, source: &Source) -> Result<Job> {
+    let cache = &model.spec.cache;
+    let name = cache_name(uri);
+    let credentials = model
+        .spec
+        .source
+        .as_ref()
+        .filter(|s| s.uri == uri)
+        .and_then(|s| s.credentials_secret.as_ref())
+        .or_else(|| {
+            model
+                .spec
+                .canary
+                .as_ref()
+                .and_then(|c| c.source.as_ref())
+                .filter(|s| s.uri == uri)
+                .and_then(|s| s.credentials_secret.as_ref())
+        });
+    let container = download_container(source, uri, credentials)?;
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": model.namespace(),
+            "labels": cache_labels(uri),
+            "annotations": { SOURCE_ANNOTATION: uri },
+            "ownerReferences": user_ref(model).into_iter().collect::<Vec<_>>(),
+        },
+        "spec": {
+            "backoffLimit": DOWNLOAD_RETRIES,
+            "activeDeadlineSeconds": cache.download_timeout_seconds,
+            "template": {
+                "metadata": {
+                    "labels": cache_labels(uri),
+                    "annotations": cache.pod_annotations,
+                },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "enableServiceLinks": false,
+                    "containers": [container],
+                    "volumes": [{ "name": "model", "persistentVolumeClaim": { "claimName": name } }],
+                },
+            },
+        },
+    }))
+    .map_err(|e| Error::Serialization(e.to_string()))
+}
+
+/// Where a cache stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheState {
+    /// The claim or the Job does not exist yet, or the claim waits for a volume.
+    Pending(String),
+    /// The Job runs.
+    Downloading(String),
+    /// The weights are in the claim.
+    Ready,
+    /// The Job failed: why, and what to do.
+    Failed(String),
+}
+
+impl CacheState {
+    /// The phase shown in `status.cache.phase`.
+    pub fn phase(&self) -> &'static str {
+        match self {
+            CacheState::Pending(_) => "Pending",
+            CacheState::Downloading(_) => "Downloading",
+            CacheState::Ready => "Ready",
+            CacheState::Failed(_) => "Failed",
+        }
+    }
+}
+
+/// Whether the Job has a condition `type_` that is True; its reason and message.
+fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<(&'a str, &'a str)> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| {
+            (
+                c.reason.as_deref().unwrap_or(""),
+                c.message.as_deref().unwrap_or(""),
+            )
+        })
+}
+
+/// Whether the claim says its weights are in place.
+pub fn claim_is_ready(claim: &PersistentVolumeClaim) -> bool {
+    claim
+        .annotations()
+        .get(READY_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+/// Whether the Job has completed.
+pub fn job_succeeded(job: &Job) -> bool {
+    job_condition(job, "Complete").is_some()
+}
+
+/// The state of `uri`'s cache from its claim and Job.
+pub fn state(
+    uri: &str,
+    claim: Option<&PersistentVolumeClaim>,
+    job: Option<&Job>,
+    timeout_seconds: i64,
+) -> CacheState {
+    let name = cache_name(uri);
+    if claim.is_some_and(claim_is_ready) || job.is_some_and(job_succeeded) {
+        return CacheState::Ready;
+    }
+    if let Some(job) = job
+        && let Some((reason, message)) = job_condition(job, "Failed")
+    {
+        let why = match reason {
+            "DeadlineExceeded" => format!(
+                "it took longer than spec.cache.downloadTimeoutSeconds ({timeout_seconds}s)"
+            ),
+            "BackoffLimitExceeded" => format!("it failed {} times", DOWNLOAD_RETRIES + 1),
+            _ if message.is_empty() => reason.to_string(),
+            _ => format!("{message} ({reason})"),
+        };
+        return CacheState::Failed(format!(
+            "downloading {uri} into {name} failed: {why}. See `kubectl logs job/{name}`; fix the source or its credentials, then delete Job {name} to download again"
+        ));
+    }
+    let Some(claim) = claim else {
+        return CacheState::Pending(format!("making the cache volume {name} for {uri}"));
+    };
+    let bound = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Bound");
+    if job.is_none() {
+        return CacheState::Pending(format!("starting the download of {uri} into {name}"));
+    }
+    if !bound {
+        let class = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref())
+            .map_or_else(
+                || "the default StorageClass".to_string(),
+                |c| format!("StorageClass {c}"),
+            );
+        return CacheState::Pending(format!(
+            "waiting for the cache volume {name} to be bound: {class} must provide a ReadWriteMany volume (`kubectl describe pvc {name}`)"
+        ));
+    }
+    CacheState::Downloading(format!(
+        "downloading {uri} into {name} (at most {timeout_seconds}s)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_short_and_per_source() {
+        let a = cache_name("hf://org/model");
+        assert_eq!(a, cache_name("hf://org/model"));
+        assert_ne!(a, cache_name("hf://org/model@v2"));
+        assert_eq!(a.len(), "aleph-cache-".len() + 10);
+    }
+
+    fn job_with(condition: &str, reason: &str) -> Job {
+        serde_json::from_value(json!({
+            "metadata": { "name": "j" },
+            "status": { "conditions": [{ "type": condition, "status": "True", "reason": reason, "message": "m" }] },
+        }))
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_failed_job_explains_itself_and_a_ready_claim_wins() {
+        let failed = job_with("Failed", "BackoffLimitExceeded");
+        let CacheState::Failed(message) = state("hf://a/b", None, Some(&failed), 60) else {
+            panic!("a failed Job fails the cache");
+        };
+        assert!(message.contains("failed 3 times"));
+        assert!(message.contains("delete Job aleph-cache-"));
+        let deadline = job_with("Failed", "DeadlineExceeded");
+        assert!(matches!(
+            state("hf://a/b", None, Some(&deadline), 60),
+            CacheState::Failed(m) if m.contains("downloadTimeoutSeconds (60s)")
+        ));
+        let ready: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": { "name": "c", "annotations": { READY_ANNOTATION: "true" } },
+        }))
+        .unwrap_or_default();
+        assert_eq!(state("hf://a/b", Some(&ready), None, 60), CacheState::Ready);
+        assert_eq!(
+            state("hf://a/b", None, Some(&job_with("Complete", "")), 60),
+            CacheState::Ready
+        );
+    }
+}

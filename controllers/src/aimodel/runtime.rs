@@ -1,0 +1,303 @@
+//! The serving engines: for each, the image, command and arguments, port,
+//! probes and environment of the serving container. No client.
+//!
+//! The weights are always at [`MODEL_DIR`] inside the serving container (the
+//! model cache, a `pvc://` volume, or a per-pod copy), so every engine loads
+//! from a local path and none downloads at start.
+
+use aleph_crds::aimodel::{ModelRuntime, RuntimeEngine};
+
+use super::validate::Source;
+
+/// Where the serving container finds the weights.
+pub const MODEL_DIR: &str = "/models";
+
+/// The vLLM image when the spec names none.
+pub const VLLM_IMAGE: &str = "docker.io/vllm/vllm-openai:v0.11.0";
+/// The Ollama image when the spec names none.
+pub const OLLAMA_IMAGE: &str = "docker.io/ollama/ollama:0.12.6";
+/// The Text Generation Inference image when the spec names none.
+pub const TGI_IMAGE: &str = "ghcr.io/huggingface/text-generation-inference:3.3.6";
+/// The Triton Inference Server image when the spec names none.
+pub const TRITON_IMAGE: &str = "nvcr.io/nvidia/tritonserver:25.09-py3";
+
+/// How long and how often a probe looks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeTiming {
+    /// The HTTP path.
+    pub path: String,
+    /// Seconds between looks.
+    pub period_seconds: i32,
+    /// Failed looks in a row before the probe fails.
+    pub failure_threshold: i32,
+    /// Seconds one look may take.
+    pub timeout_seconds: i32,
+}
+
+impl ProbeTiming {
+    fn new(path: &str, period_seconds: i32, failure_threshold: i32, timeout_seconds: i32) -> Self {
+        Self {
+            path: path.to_string(),
+            period_seconds,
+            failure_threshold,
+            timeout_seconds,
+        }
+    }
+}
+
+/// The serving container of one engine for one model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeProfile {
+    /// The engine.
+    pub engine: RuntimeEngine,
+    /// The container's name (the engine's).
+    pub container: &'static str,
+    /// The image.
+    pub image: String,
+    /// The entrypoint, when the image's is not the server.
+    pub command: Option<Vec<String>>,
+    /// The arguments: the engine's, then the spec's.
+    pub args: Vec<String>,
+    /// The HTTP port.
+    pub port: i32,
+    /// Startup probe: long enough to load the weights.
+    pub startup: ProbeTiming,
+    /// Readiness probe.
+    pub readiness: ProbeTiming,
+    /// Liveness probe.
+    pub liveness: ProbeTiming,
+    /// Literal environment the engine needs.
+    pub env: Vec<(String, String)>,
+    /// Whether the API is OpenAI-compatible under `/v1`.
+    pub openai: bool,
+}
+
+/// The startup budget of engines that load weights onto GPUs: 30 minutes.
+const LOAD_PERIOD: i32 = 10;
+const LOAD_FAILURES: i32 = 180;
+
+/// The serving container of `runtime` for a model called `served_name`,
+/// loaded from `source`, on `gpus` GPUs.
+pub fn profile(
+    runtime: &ModelRuntime,
+    source: &Source,
+    served_name: &str,
+    gpus: i32,
+) -> RuntimeProfile {
+    let shards = gpus.max(1);
+    let mut profile = match runtime.engine {
+        RuntimeEngine::Vllm => {
+            let mut args = vec![
+                "--model".to_string(),
+                MODEL_DIR.to_string(),
+                "--served-model-name".to_string(),
+                served_name.to_string(),
+            ];
+            if let Some(repo) = source.repo_id()
+                && repo != served_name
+            {
+                args.push(repo.to_string());
+            }
+            args.extend([
+                "--host".to_string(),
+                "0.0.0.0".to_string(),
+                "--port".to_string(),
+                "8000".to_string(),
+                "--tensor-parallel-size".to_string(),
+                shards.to_string(),
+            ]);
+            RuntimeProfile {
+                engine: RuntimeEngine::Vllm,
+                container: "vllm",
+                image: VLLM_IMAGE.to_string(),
+                command: None,
+                args,
+                port: 8000,
+                startup: ProbeTiming::new("/health", LOAD_PERIOD, LOAD_FAILURES, 5),
+                readiness: ProbeTiming::new("/health", 5, 3, 5),
+                liveness: ProbeTiming::new("/health", 15, 4, 10),
+                env: vec![
+                    ("HF_HUB_OFFLINE".into(), "1".into()),
+                    ("VLLM_NO_USAGE_STATS".into(), "1".into()),
+                ],
+                openai: true,
+            }
+        }
+        RuntimeEngine::Tgi => {
+            let mut args = vec![
+                "--model-id".to_string(),
+                MODEL_DIR.to_string(),
+                "--hostname".to_string(),
+                "0.0.0.0".to_string(),
+                "--port".to_string(),
+                "8080".to_string(),
+            ];
+            if shards > 1 {
+                args.extend(["--num-shard".to_string(), shards.to_string()]);
+            }
+            RuntimeProfile {
+                engine: RuntimeEngine::Tgi,
+                container: "tgi",
+                image: TGI_IMAGE.to_string(),
+                command: None,
+                args,
+                port: 8080,
+                startup: ProbeTiming::new("/health", LOAD_PERIOD, LOAD_FAILURES, 5),
+                readiness: ProbeTiming::new("/health", 5, 3, 5),
+                liveness: ProbeTiming::new("/health", 15, 4, 10),
+                env: vec![
+                    ("HF_HUB_OFFLINE".into(), "1".into()),
+                    ("HF_HUB_DISABLE_TELEMETRY".into(), "1".into()),
+                ],
+                openai: true,
+            }
+        }
+        RuntimeEngine::Triton => RuntimeProfile {
+            engine: RuntimeEngine::Triton,
+            container: "triton",
+            image: TRITON_IMAGE.to_string(),
+            command: Some(vec!["tritonserver".to_string()]),
+            args: vec![
+                format!("--model-repository={MODEL_DIR}"),
+                "--http-port=8000".to_string(),
+                "--grpc-port=8001".to_string(),
+                "--metrics-port=8002".to_string(),
+            ],
+            port: 8000,
+            startup: ProbeTiming::new("/v2/health/ready", LOAD_PERIOD, LOAD_FAILURES, 5),
+            readiness: ProbeTiming::new("/v2/health/ready", 5, 3, 5),
+            liveness: ProbeTiming::new("/v2/health/live", 15, 4, 10),
+            env: Vec::new(),
+            openai: false,
+        },
+        RuntimeEngine::Ollama => {
+            let env = vec![
+                ("OLLAMA_HOST".into(), "0.0.0.0:11434".into()),
+                ("OLLAMA_MODELS".into(), MODEL_DIR.into()),
+                // The store is mounted read-only: never prune it.
+                ("OLLAMA_NOPRUNE".into(), "1".into()),
+                ("OLLAMA_KEEP_ALIVE".into(), "-1".into()),
+            ];
+            RuntimeProfile {
+                engine: RuntimeEngine::Ollama,
+                container: "ollama",
+                image: OLLAMA_IMAGE.to_string(),
+                command: Some(vec!["/bin/ollama".to_string()]),
+                args: vec!["serve".to_string()],
+                port: 11434,
+                // Ollama answers at once and loads a model on its first request.
+                startup: ProbeTiming::new("/", 5, 60, 5),
+                readiness: ProbeTiming::new("/api/tags", 5, 3, 5),
+                liveness: ProbeTiming::new("/", 15, 4, 10),
+                env,
+                openai: true,
+            }
+        }
+        RuntimeEngine::Custom => {
+            let path = runtime.health_path.clone().unwrap_or_else(|| "/".into());
+            RuntimeProfile {
+                engine: RuntimeEngine::Custom,
+                container: "server",
+                image: String::new(),
+                command: None,
+                args: Vec::new(),
+                port: runtime.port.unwrap_or(8080),
+                startup: ProbeTiming::new(&path, LOAD_PERIOD, LOAD_FAILURES, 5),
+                readiness: ProbeTiming::new(&path, 5, 3, 5),
+                liveness: ProbeTiming::new(&path, 15, 4, 10),
+                env: vec![("MODEL_DIR".into(), MODEL_DIR.into())],
+                openai: false,
+            }
+        }
+    };
+    if let Some(image) = &runtime.image {
+        profile.image = image.clone();
+    }
+    if let Some(port) = runtime.port
+        && port != profile.port
+    {
+        retarget_port(&mut profile, port);
+    }
+    if let Some(path) = &runtime.health_path {
+        profile.startup.path = path.clone();
+        profile.readiness.path = path.clone();
+        profile.liveness.path = path.clone();
+    }
+    profile.args.extend(runtime.args.iter().cloned());
+    profile
+}
+
+/// Moves a built-in engine to another port: its port argument and its environment.
+fn retarget_port(profile: &mut RuntimeProfile, port: i32) {
+    let old = profile.port.to_string();
+    let mut next_is_port = false;
+    for arg in &mut profile.args {
+        if next_is_port {
+            *arg = port.to_string();
+            next_is_port = false;
+        } else if arg == "--port" {
+            next_is_port = true;
+        } else if let Some(rest) = arg.strip_prefix("--http-port=")
+            && rest == old
+        {
+            *arg = format!("--http-port={port}");
+        }
+    }
+    for (name, value) in &mut profile.env {
+        if name == "OLLAMA_HOST" {
+            *value = format!("0.0.0.0:{port}");
+        }
+    }
+    profile.port = port;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hf() -> Source {
+        Source::HuggingFace {
+            repo: "org/model".into(),
+            revision: None,
+        }
+    }
+
+    #[test]
+    fn vllm_shards_over_the_gpus_and_keeps_user_args_last() {
+        let runtime = ModelRuntime {
+            args: vec!["--max-model-len=8192".into()],
+            ..ModelRuntime::default()
+        };
+        let p = profile(&runtime, &hf(), "chat", 4);
+        let tp = p
+            .args
+            .iter()
+            .position(|a| a == "--tensor-parallel-size")
+            .map(|i| p.args[i + 1].clone());
+        assert_eq!(tp.as_deref(), Some("4"));
+        assert_eq!(
+            p.args.last().map(String::as_str),
+            Some("--max-model-len=8192")
+        );
+        assert!(p.args.contains(&"org/model".to_string()));
+        assert!(p.startup.period_seconds * p.startup.failure_threshold >= 1800);
+    }
+
+    #[test]
+    fn a_custom_port_moves_the_engine_argument() {
+        let runtime = ModelRuntime {
+            engine: RuntimeEngine::Tgi,
+            port: Some(9000),
+            ..ModelRuntime::default()
+        };
+        let p = profile(&runtime, &hf(), "m", 1);
+        assert_eq!(p.port, 9000);
+        let port_arg = p
+            .args
+            .iter()
+            .position(|a| a == "--port")
+            .map(|i| p.args[i + 1].clone());
+        assert_eq!(port_arg.as_deref(), Some("9000"));
+        assert!(!p.args.contains(&"--num-shard".to_string()));
+    }
+}

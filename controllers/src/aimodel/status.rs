@@ -1,0 +1,519 @@
+//! The Ready, Progressing and Degraded conditions of a model served on the
+//! cluster, from what was observed: its caches, Deployments and pods. No client.
+//!
+//! Reasons a user can act on, most specific first:
+//! - Degraded: `ModelDownloadFailed`, `QuotaExceeded`, `AdmissionDenied`,
+//!   `PodCreationFailed`, `Unschedulable`, `ImagePullFailed`,
+//!   `ContainerConfigError`, `RuntimeCrashLooping`, `RolloutStalled`;
+//! - Progressing: `DownloadingModel`, `RollingOut`;
+//! - Ready: `Serving`, or False with the reason above (or `ScaledToZero`).
+
+use aleph_crds::common::ConditionStatus;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+
+use super::build::Track;
+use super::cache::CacheState;
+use crate::conditions::NewCondition;
+
+/// The condition types this module sets.
+pub const READY: &str = "Ready";
+/// Something is changing toward the spec.
+pub const PROGRESSING: &str = "Progressing";
+/// Something is wrong that the operator cannot fix alone.
+pub const DEGRADED: &str = "Degraded";
+
+/// What was observed of one serving track.
+#[derive(Clone, Debug)]
+pub struct TrackObservation<'a> {
+    /// Stable or canary.
+    pub track: Track,
+    /// Its Deployment, as last read or applied.
+    pub deployment: Option<&'a Deployment>,
+    /// Its cache, when it has one.
+    pub cache: Option<CacheState>,
+    /// Whether the Deployment matches the spec (it waits for a download otherwise).
+    pub up_to_date: bool,
+}
+
+/// What was observed of a model's serving side.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    /// GPUs per replica.
+    pub gpus: i32,
+    /// The GPU product asked for.
+    pub gpu_product: Option<&'a str>,
+    /// The tracks, stable first.
+    pub tracks: Vec<TrackObservation<'a>>,
+    /// The model's serving pods.
+    pub pods: &'a [Pod],
+    /// Where the model answers.
+    pub url: &'a str,
+}
+
+/// The conditions and replica counts of a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assessment {
+    /// Ready.
+    pub ready: NewCondition,
+    /// Progressing.
+    pub progressing: NewCondition,
+    /// Degraded.
+    pub degraded: NewCondition,
+    /// Desired serving replicas over all tracks.
+    pub replicas: i32,
+    /// Ready serving replicas over all tracks.
+    pub ready_replicas: i32,
+}
+
+/// A Deployment's rollout: replicas wanted, ready, and whether it is complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rollout {
+    desired: i32,
+    ready: i32,
+    complete: bool,
+}
+
+fn rollout(deployment: &Deployment) -> Rollout {
+    let desired = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let status = deployment.status.clone().unwrap_or_default();
+    let observed = match (status.observed_generation, deployment.metadata.generation) {
+        (Some(seen), Some(generation)) => seen >= generation,
+        (_, None) => true,
+        (None, Some(_)) => false,
+    };
+    let ready = status.ready_replicas.unwrap_or(0);
+    let complete = observed
+        && status.updated_replicas.unwrap_or(0) >= desired
+        && status.replicas.unwrap_or(0) <= desired
+        && status.available_replicas.unwrap_or(0) >= desired;
+    Rollout {
+        desired,
+        ready,
+        complete,
+    }
+}
+
+fn deployment_condition<'a>(
+    deployment: &'a Deployment,
+    type_: &str,
+    status: &str,
+) -> Option<(&'a str, &'a str)> {
+    deployment
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| {
+            (
+                c.reason.as_deref().unwrap_or(""),
+                c.message.as_deref().unwrap_or(""),
+            )
+        })
+}
+
+/// Why the API server refused the Deployment's pods, from its ReplicaFailure condition.
+fn refusal(deployment: &Deployment) -> Option<(&'static str, String)> {
+    let (_, message) = deployment_condition(deployment, "ReplicaFailure", "True")?;
+    let lower = message.to_ascii_lowercase();
+    Some(
+        if lower.contains("exceeded quota") || lower.contains("must specify limits") {
+            (
+                "QuotaExceeded",
+                format!(
+                    "the namespace's quota refuses the serving pods: {message}. Lower spec.resources or the replicas, or ask the tenant's owners to raise its quota"
+                ),
+            )
+        } else if lower.contains("denied") || lower.contains("forbidden") {
+            (
+                "AdmissionDenied",
+                format!(
+                    "an admission policy refuses the serving pods: {message}. Change the spec to follow the policy"
+                ),
+            )
+        } else {
+            (
+                "PodCreationFailed",
+                format!("the serving pods cannot be created: {message}"),
+            )
+        },
+    )
+}
+
+fn is_live(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+fn pod_name(pod: &Pod) -> &str {
+    pod.metadata.name.as_deref().unwrap_or("")
+}
+
+/// The scheduler's refusal of a pending pod, if any.
+fn unschedulable(pod: &Pod) -> Option<&str> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        })
+        .map(|c| c.message.as_deref().unwrap_or(""))
+}
+
+/// The message of an unschedulable serving pod: what it needs, then the scheduler's words.
+pub fn unschedulable_message(
+    gpus: i32,
+    gpu_product: Option<&str>,
+    pod: &str,
+    scheduler: &str,
+) -> String {
+    let about_gpus = scheduler.contains("nvidia.com/gpu")
+        || scheduler.contains("node affinity/selector")
+        || scheduler.contains("untolerated taint");
+    if gpus > 0 && about_gpus {
+        let what = match gpu_product {
+            Some(product) => format!("{gpus} x {product}"),
+            None => gpus.to_string(),
+        };
+        format!(
+            "needs {what} GPUs; no node has them free (pod {pod}: {scheduler}). Lower spec.resources.gpus, free GPUs, or add nodes with them"
+        )
+    } else {
+        format!("no node can run the serving pod {pod}: {scheduler}")
+    }
+}
+
+/// A container's problem that waiting will not fix: a reason and a message.
+fn container_problem(
+    pod: &str,
+    status: &ContainerStatus,
+    init: bool,
+) -> Option<(&'static str, String)> {
+    let waiting = status.state.as_ref()?.waiting.as_ref()?;
+    let reason = waiting.reason.as_deref().unwrap_or("");
+    let detail = waiting.message.as_deref().unwrap_or("");
+    let name = &status.name;
+    match reason {
+        "CrashLoopBackOff" => {
+            let exit = status
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| format!(", last exit code {}", t.exit_code))
+                .unwrap_or_default();
+            if init {
+                Some((
+                    "ModelDownloadFailed",
+                    format!(
+                        "downloading the weights in pod {pod} keeps failing ({} restarts{exit}): see `kubectl logs {pod} -c {name}`; fix the source or its credentials",
+                        status.restart_count
+                    ),
+                ))
+            } else {
+                Some((
+                    "RuntimeCrashLooping",
+                    format!(
+                        "the {name} container of pod {pod} keeps crashing ({} restarts{exit}): see `kubectl logs {pod} -c {name} --previous`",
+                        status.restart_count
+                    ),
+                ))
+            }
+        }
+        "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" => Some((
+            "ImagePullFailed",
+            format!(
+                "cannot pull the image {} of pod {pod}: {detail}",
+                status.image
+            ),
+        )),
+        "CreateContainerConfigError" | "CreateContainerError" => Some((
+            "ContainerConfigError",
+            format!(
+                "the {name} container of pod {pod} cannot start: {detail}. Check the Secrets and settings it refers to"
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// The first serving pod problem: unschedulable, then container problems.
+fn pod_problem(obs: &Observation<'_>) -> Option<(&'static str, String)> {
+    let live: Vec<&Pod> = obs.pods.iter().filter(|p| is_live(p)).collect();
+    for pod in &live {
+        if let Some(message) = unschedulable(pod) {
+            return Some((
+                "Unschedulable",
+                unschedulable_message(obs.gpus, obs.gpu_product, pod_name(pod), message),
+            ));
+        }
+    }
+    for pod in &live {
+        let Some(status) = pod.status.as_ref() else {
+            continue;
+        };
+        let init = status.init_container_statuses.iter().flatten();
+        for s in init {
+            if let Some(problem) = container_problem(pod_name(pod), s, true) {
+                return Some(problem);
+            }
+        }
+        for s in status.container_statuses.iter().flatten() {
+            if let Some(problem) = container_problem(pod_name(pod), s, false) {
+                return Some(problem);
+            }
+        }
+    }
+    None
+}
+
+/// Judges the model from `obs`.
+pub fn assess(obs: &Observation<'_>) -> Assessment {
+    let mut replicas = 0;
+    let mut ready_replicas = 0;
+    let mut complete = true;
+    let mut downloading: Option<String> = None;
+    let mut degraded: Option<(&'static str, String)> = None;
+    for track in &obs.tracks {
+        match &track.cache {
+            Some(CacheState::Failed(message)) if degraded.is_none() => {
+                degraded = Some(("ModelDownloadFailed", message.clone()));
+            }
+            Some(CacheState::Pending(message) | CacheState::Downloading(message))
+                if downloading.is_none() =>
+            {
+                downloading = Some(message.clone());
+            }
+            _ => {}
+        }
+        match track.deployment {
+            Some(deployment) => {
+                let r = rollout(deployment);
+                replicas += r.desired;
+                ready_replicas += r.ready;
+                complete &= r.complete && track.up_to_date;
+                if degraded.is_none() {
+                    degraded = refusal(deployment);
+                }
+                if degraded.is_none()
+                    && let Some((reason, message)) =
+                        deployment_condition(deployment, "Progressing", "False")
+                    && reason == "ProgressDeadlineExceeded"
+                {
+                    degraded = Some((
+                        "RolloutStalled",
+                        format!("the rollout of {} stalled: {message}", track.track.label()),
+                    ));
+                }
+            }
+            None => complete = false,
+        }
+    }
+    if degraded.is_none()
+        && let Some(problem) = pod_problem(obs)
+    {
+        degraded = Some(problem);
+    }
+    // A stalled rollout is explained better by a pod's problem.
+    if let Some(("RolloutStalled", _)) = degraded
+        && let Some(problem) = pod_problem(obs)
+    {
+        degraded = Some(problem);
+    }
+
+    let progressing = match (&downloading, complete) {
+        (Some(message), _) => NewCondition::yes(PROGRESSING, "DownloadingModel", message.clone()),
+        (None, false) => NewCondition::yes(
+            PROGRESSING,
+            "RollingOut",
+            format!("{ready_replicas} of {replicas} serving replicas ready with the current spec"),
+        ),
+        (None, true) => NewCondition::no(
+            PROGRESSING,
+            "Deployed",
+            "every serving replica runs the current spec",
+        ),
+    };
+    let progressing = match &degraded {
+        Some(("ModelDownloadFailed", _)) if downloading.is_none() => NewCondition::no(
+            PROGRESSING,
+            "ModelDownloadFailed",
+            "waiting for the download to be fixed",
+        ),
+        _ => progressing,
+    };
+    let ready = match &degraded {
+        Some((reason, message)) => NewCondition::no(READY, *reason, message.clone()),
+        None if progressing.status == ConditionStatus::True => NewCondition::no(
+            READY,
+            progressing.reason.clone(),
+            progressing.message.clone(),
+        ),
+        None if replicas == 0 => NewCondition::no(
+            READY,
+            "ScaledToZero",
+            "no serving replicas: scale up with `kubectl scale aimodel/<name> --replicas=1`",
+        ),
+        None => NewCondition::yes(
+            READY,
+            "Serving",
+            format!(
+                "serving at {} with {ready_replicas}/{replicas} replicas",
+                obs.url
+            ),
+        ),
+    };
+    let degraded = match degraded {
+        Some((reason, message)) => NewCondition::yes(DEGRADED, reason, message),
+        None => NewCondition::no(DEGRADED, "Healthy", "no problem observed"),
+    };
+    Assessment {
+        ready,
+        progressing,
+        degraded,
+        replicas,
+        ready_replicas,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(generation: i64, observed: i64, desired: i32, ready: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": { "name": "m", "generation": generation },
+            "spec": { "replicas": desired, "selector": {}, "template": {} },
+            "status": {
+                "observedGeneration": observed,
+                "replicas": desired,
+                "updatedReplicas": desired,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+            },
+        }))
+        .unwrap_or_default()
+    }
+
+    fn observe<'a>(
+        d: Option<&'a Deployment>,
+        pods: &'a [Pod],
+        cache: Option<CacheState>,
+    ) -> Observation<'a> {
+        Observation {
+            gpus: 2,
+            gpu_product: Some("NVIDIA-H100-80GB-HBM3"),
+            tracks: vec![TrackObservation {
+                track: Track::Stable,
+                deployment: d,
+                cache,
+                up_to_date: true,
+            }],
+            pods,
+            url: "http://m.ns.svc.cluster.local:8000/v1",
+        }
+    }
+
+    #[test]
+    fn a_complete_rollout_is_ready() {
+        let d = deployment(2, 2, 2, 2);
+        let a = assess(&observe(Some(&d), &[], Some(CacheState::Ready)));
+        assert_eq!(a.ready.status, ConditionStatus::True);
+        assert_eq!(a.ready.reason, "Serving");
+        assert_eq!(a.progressing.status, ConditionStatus::False);
+        assert_eq!(a.degraded.status, ConditionStatus::False);
+        assert_eq!((a.replicas, a.ready_replicas), (2, 2));
+    }
+
+    #[test]
+    fn an_unobserved_generation_is_still_rolling_out() {
+        let d = deployment(3, 2, 2, 2);
+        let a = assess(&observe(Some(&d), &[], None));
+        assert_eq!(a.ready.reason, "RollingOut");
+        assert_eq!(a.progressing.status, ConditionStatus::True);
+    }
+
+    #[test]
+    fn an_unschedulable_pod_says_which_gpus_are_missing() {
+        let d = deployment(1, 1, 1, 0);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "m-abc" },
+            "status": { "phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/5 nodes are available: 2 Insufficient nvidia.com/gpu, 3 node(s) didn't match Pod's node affinity/selector.",
+            }]},
+        }))
+        .unwrap_or_default();
+        let pods = [pod];
+        let a = assess(&observe(Some(&d), &pods, None));
+        assert_eq!(a.degraded.status, ConditionStatus::True);
+        assert_eq!(a.degraded.reason, "Unschedulable");
+        assert!(
+            a.degraded
+                .message
+                .starts_with("needs 2 x NVIDIA-H100-80GB-HBM3 GPUs; no node has them free"),
+            "{}",
+            a.degraded.message
+        );
+        assert_eq!(a.ready.reason, "Unschedulable");
+    }
+
+    #[test]
+    fn quota_refusals_and_crash_loops_are_named() {
+        let mut d = deployment(1, 1, 1, 0);
+        if let Some(status) = d.status.as_mut() {
+            status.conditions = serde_json::from_value(json!([{
+                "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                "message": "pods \"m-x\" is forbidden: exceeded quota: aleph-tenant-quota, requested: requests.nvidia.com/gpu=2",
+            }]))
+            .ok();
+        }
+        let a = assess(&observe(Some(&d), &[], None));
+        assert_eq!(a.degraded.reason, "QuotaExceeded");
+        assert!(a.ready.message.contains("exceeded quota"));
+
+        let d = deployment(1, 1, 1, 0);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "m-abc" },
+            "status": { "phase": "Running", "containerStatuses": [{
+                "name": "vllm", "image": "vllm", "imageID": "", "ready": false, "restartCount": 4,
+                "state": { "waiting": { "reason": "CrashLoopBackOff" } },
+                "lastState": { "terminated": { "exitCode": 1 } },
+            }]},
+        }))
+        .unwrap_or_default();
+        let pods = [pod];
+        let a = assess(&observe(Some(&d), &pods, None));
+        assert_eq!(a.degraded.reason, "RuntimeCrashLooping");
+        assert!(a.degraded.message.contains("last exit code 1"));
+    }
+
+    #[test]
+    fn downloads_progress_and_failures_degrade() {
+        let a = assess(&observe(
+            None,
+            &[],
+            Some(CacheState::Downloading("downloading".into())),
+        ));
+        assert_eq!(a.progressing.reason, "DownloadingModel");
+        assert_eq!(a.ready.reason, "DownloadingModel");
+        assert_eq!(a.degraded.status, ConditionStatus::False);
+        let a = assess(&observe(None, &[], Some(CacheState::Failed("boom".into()))));
+        assert_eq!(a.degraded.reason, "ModelDownloadFailed");
+        assert_eq!(a.ready.reason, "ModelDownloadFailed");
+        assert_eq!(a.progressing.status, ConditionStatus::False);
+    }
+}
