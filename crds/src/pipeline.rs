@@ -32,6 +32,8 @@ use crate::common::{ComputeResources, Condition, EnvVar, SageMakerTraining};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.finally) || self.finally.all(f, !self.steps.exists(s, s.name == f.name))").message("a finally step's name must differ from every step's name").field_path(".finally"))]
+#[x_kube(validation = Rule::new("self.steps.all(s, s.dependsOn.all(d, self.steps.exists(t, t.name == d)))").message("every dependsOn entry of a step must name a step of spec.steps (not a finally step)").field_path(".steps"))]
+#[x_kube(validation = Rule::new("!has(self.finally) || self.finally.all(f, f.dependsOn.all(d, self.finally.exists(t, t.name == d)))").message("a finally step may depend only on other finally steps: they all run after every step anyway").field_path(".finally"))]
 pub struct PipelineSpec {
     /// Typed parameters; runs supply values, defaults fill the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -113,6 +115,7 @@ pub enum ParamType {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.container), has(self.plugin), has(self.training), has(self.rollout)].filter(x, x).size() == 1").message("a step has exactly one action: container, plugin, training or rollout"))]
 #[x_kube(validation = Rule::new("!self.dependsOn.exists(d, d == self.name)").message("a step cannot depend on itself").field_path(".dependsOn"))]
+#[x_kube(validation = Rule::new("!has(self.podAnnotations) || has(self.container) || has(self.plugin)").message("podAnnotations is only for container and plugin steps, which run pods").field_path(".podAnnotations"))]
 pub struct PipelineStep {
     /// The step's name, unique in the pipeline.
     #[schemars(
@@ -151,6 +154,12 @@ pub struct PipelineStep {
     /// Point an AIModel at a new source and wait for it to be Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutAction>,
+    /// Annotations on the pods of a container or plugin step (for example a
+    /// service mesh's or an autoscaler's); `$(params.NAME)` and
+    /// `$(steps.STEP.outputs.KEY)` are substituted in the values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 /// Retries and their backoff.
@@ -247,8 +256,9 @@ fn default_rollout_timeout() -> i64 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineSchedule {
-    /// Five-field cron, for example `0 2 * * *`.
-    #[schemars(regex(pattern = r"^(\S+\s+){4}\S+$|^@(hourly|daily|weekly|monthly|yearly)$"))]
+    /// Five-field cron, for example `0 2 * * *`, or six fields with a
+    /// leading seconds field, for example `*/30 * * * * *`.
+    #[schemars(regex(pattern = r"^(\S+\s+){4,5}\S+$|^@(hourly|daily|weekly|monthly|yearly)$"))]
     pub cron: String,
     /// IANA time zone, for example `Europe/Paris`; UTC when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,6 +321,9 @@ pub struct PipelineStatus {
     /// When the schedule last created a run (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<String>,
+    /// The runs the schedule created that have not finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<String>,
 }
 
 /// One execution of a Pipeline.

@@ -498,6 +498,9 @@ fn substituted_fields(step: &PipelineStep) -> Vec<&str> {
     if let Some(r) = &step.rollout {
         fields.extend(r.source.as_deref());
     }
+    if step.container.is_some() || step.plugin.is_some() {
+        fields.extend(step.pod_annotations.values().map(String::as_str));
+    }
     fields
 }
 
@@ -1261,6 +1264,7 @@ mod tests {
             plugin: None,
             training: None,
             rollout: None,
+            pod_annotations: BTreeMap::new(),
         }
     }
 

@@ -365,6 +365,20 @@ pub fn build_step_job(
         set_env(&mut env, built);
     }
 
+    let annotations = step
+        .pod_annotations
+        .iter()
+        .map(|(key, value)| {
+            // Annotations are not expanded by the kubelet: values go in as they are.
+            params::substitute(value, params, outputs)
+                .map(|v| (key.clone(), v))
+                .map_err(|source| JobError::Substitution {
+                    step: step.name.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<BTreeMap<_, _>, JobError>>()?;
+
     let (requirements, gpus) = requirements(&resources);
     let mut tolerations = Vec::new();
     let mut node_selector = BTreeMap::new();
@@ -437,6 +451,7 @@ pub fn build_step_job(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    annotations: (!annotations.is_empty()).then_some(annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod),
@@ -605,6 +620,9 @@ params:
 steps:
   - name: train
     timeoutSeconds: 3600
+    podAnnotations:
+      example.com/epochs: "e$(params.epochs)"
+      example.com/data: $(steps.fetch.outputs.uri)
     container:
       image: ghcr.io/acme/trainer:$(params.epochs)
       command: ["python", "train.py"]
@@ -722,6 +740,19 @@ status:
         assert_eq!(
             spec.template.metadata.as_ref().unwrap().labels.as_ref(),
             Some(labels)
+        );
+        let annotations = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap();
+        assert_eq!(annotations["example.com/epochs"], "e3");
+        assert_eq!(
+            annotations["example.com/data"], "s3://b/$x",
+            "annotations are not expanded by the kubelet, so nothing is escaped"
         );
         let pod = pod(&job);
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));

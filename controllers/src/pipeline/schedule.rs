@@ -8,7 +8,7 @@
 use std::str::FromStr;
 
 use aleph_crds::pipeline::{ConcurrencyPolicy, RunPhase};
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -20,7 +20,7 @@ use super::jobs::bounded_name;
 pub enum ScheduleError {
     /// The cron expression does not parse.
     #[error(
-        "schedule.cron {cron:?} is invalid: {why}; use five fields (minute hour day-of-month month day-of-week), for example \"0 2 * * *\", or @hourly, @daily, @weekly, @monthly, @yearly"
+        "schedule.cron {cron:?} is invalid: {why}; use five fields (minute hour day-of-month month day-of-week), for example \"0 2 * * *\", six with a leading seconds field, for example \"*/30 * * * * *\", or @hourly, @daily, @weekly, @monthly, @yearly"
     )]
     InvalidCron {
         /// The expression.
@@ -51,8 +51,8 @@ impl ScheduleError {
     }
 }
 
-/// A parsed schedule: a five-field cron (or `@daily` and friends) read in a
-/// time zone.
+/// A parsed schedule: a five-field cron, a six-field one whose first field is
+/// the seconds, or `@daily` and friends, read in a time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     cron: Cron,
@@ -87,17 +87,17 @@ impl Schedule {
                     why: format!("unknown nickname {trimmed}"),
                 });
             }
-        } else if trimmed.split_whitespace().count() != 5 {
+        } else if !(5..=6).contains(&trimmed.split_whitespace().count()) {
             return Err(ScheduleError::InvalidCron {
                 cron: cron.to_string(),
                 why: format!(
-                    "it has {} fields, not 5",
+                    "it has {} fields, not 5 or 6",
                     trimmed.split_whitespace().count()
                 ),
             });
         }
         let parsed = CronParser::builder()
-            .seconds(Seconds::Disallowed)
+            .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build()
             .parse(trimmed)
@@ -157,9 +157,16 @@ impl Schedule {
 }
 
 /// The name of the run of a pipeline's slot: `<pipeline>-<yyyymmddhhmm>`
-/// (the slot in UTC), cut and hashed to stay within 63 characters.
+/// (the slot in UTC), with the seconds appended (`<yyyymmddhhmmss>`) for a
+/// slot that is not on a whole minute, cut and hashed to stay within 63
+/// characters.
 pub fn run_name(pipeline: &str, slot: DateTime<Utc>) -> String {
-    bounded_name(&format!("{pipeline}-{}", slot.format("%Y%m%d%H%M")), 63)
+    let stamp = if slot.second() == 0 {
+        slot.format("%Y%m%d%H%M")
+    } else {
+        slot.format("%Y%m%d%H%M%S")
+    };
+    bounded_name(&format!("{pipeline}-{stamp}"), 63)
 }
 
 /// What to do about a due slot, given the runs of the pipeline still going.
@@ -342,8 +349,9 @@ mod tests {
         for bad in [
             "",
             "* * * *",
-            "0 0 * * * *",
+            "0 0 * * * * *",
             "61 * * * *",
+            "61 * * * * *",
             "0 25 * * *",
             "@fortnightly",
             "a b c d e",
@@ -354,6 +362,7 @@ mod tests {
                 "{bad}: {err}"
             );
             assert!(err.to_string().contains("five fields"), "{err}");
+            assert!(err.to_string().contains("seconds"), "{err}");
             assert_eq!(err.reason(), "InvalidSchedule");
         }
         let err = Schedule::parse("0 0 30 2 *", None).unwrap_err();
@@ -384,6 +393,28 @@ mod tests {
     }
 
     #[test]
+    fn a_leading_seconds_field_is_read_as_seconds() {
+        let s = Schedule::parse("*/20 * * * * *", None).unwrap();
+        assert_eq!(
+            s.next_after(utc("2026-01-02T09:30:05Z")),
+            Some(utc("2026-01-02T09:30:20Z"))
+        );
+        let due = s.due(
+            Some(utc("2026-01-02T09:30:00Z")),
+            utc("2026-01-01T00:00:00Z"),
+            utc("2026-01-02T09:30:41Z"),
+        );
+        assert_eq!(due.missed, Some(utc("2026-01-02T09:30:40Z")));
+        assert_eq!(due.next, Some(utc("2026-01-02T09:31:00Z")));
+        // Five fields still mean minutes.
+        let minutes = Schedule::parse("*/20 * * * *", None).unwrap();
+        assert_eq!(
+            minutes.next_after(utc("2026-01-02T09:30:05Z")),
+            Some(utc("2026-01-02T09:40:00Z"))
+        );
+    }
+
+    #[test]
     fn run_names_are_deterministic_and_bounded() {
         let slot = utc("2026-01-02T02:00:00Z");
         assert_eq!(run_name("nightly", slot), "nightly-202601020200");
@@ -391,6 +422,10 @@ mod tests {
         assert_ne!(
             run_name("nightly", slot),
             run_name("nightly", utc("2026-01-02T02:01:00Z"))
+        );
+        assert_eq!(
+            run_name("nightly", utc("2026-01-02T02:00:20Z")),
+            "nightly-20260102020020"
         );
         let long = "p".repeat(60);
         let a = run_name(&long, slot);
