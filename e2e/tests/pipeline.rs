@@ -1,0 +1,835 @@
+//! Pipelines and PipelineRuns end to end, against the operator started by the
+//! test command: Jobs run by kwok (`aleph.dev/test-run-duration`,
+//! `aleph.dev/test-fail` and `aleph.dev/test-output` on the step's pods say
+//! how long they run, whether they fail and what outputs they write), SageMaker
+//! training against moto, rollouts to AIModels served on the cluster.
+//!
+//! Times in statuses have second precision, so comparisons of step and
+//! attempt times allow a second either way.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use aleph_crds::aimodel::AIModel;
+use aleph_crds::pipeline::{Pipeline, PipelineRun, RunPhase, StepPhase, StepStatus};
+use aleph_e2e::{TestEnv, find_condition, has_condition, wait_for, wait_for_deletion};
+use aws_config::BehaviorVersion;
+use aws_sdk_sagemaker::config::Credentials;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{ListParams, Patch, PatchParams};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn time(text: Option<&str>) -> Timestamp {
+    let text = text.unwrap_or_else(|| panic!("a time is missing"));
+    text.parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
+}
+
+/// Seconds from `a` to `b`.
+fn seconds(a: Timestamp, b: Timestamp) -> i64 {
+    b.as_second() - a.as_second()
+}
+
+fn status_of(run: &PipelineRun) -> &aleph_crds::pipeline::PipelineRunStatus {
+    run.status
+        .as_ref()
+        .unwrap_or_else(|| panic!("run {} has no status", run.name_any()))
+}
+
+fn step<'a>(run: &'a PipelineRun, name: &str) -> &'a StepStatus {
+    status_of(run)
+        .steps
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("run {} has no step {name}: {:#?}", run.name_any(), run.status))
+}
+
+fn phase(run: &PipelineRun) -> RunPhase {
+    run.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+fn finished(run: &PipelineRun) -> bool {
+    matches!(
+        phase(run),
+        RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled
+    )
+}
+
+fn reason(run: &PipelineRun) -> String {
+    find_condition(run, "Succeeded")
+        .and_then(|c| c.reason)
+        .unwrap_or_default()
+}
+
+fn message(run: &PipelineRun) -> String {
+    find_condition(run, "Succeeded")
+        .and_then(|c| c.message)
+        .unwrap_or_default()
+}
+
+async fn finished_run(env: &TestEnv, name: &str) -> PipelineRun {
+    wait_for(&env.api::<PipelineRun>(), name, TIMEOUT, finished).await
+}
+
+fn run_yaml(name: &str, pipeline: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: PipelineRun\nmetadata: {{ name: {name} }}\nspec:\n  pipelineRef: {{ name: {pipeline} }}\n{extra}"
+    )
+}
+
+/// A container step's YAML: `annotations` go on its pod (kwok reads them).
+fn container_step(name: &str, depends_on: &[&str], annotations: &str, args: &str) -> String {
+    format!(
+        "    - name: {name}\n      dependsOn: [{}]\n      podAnnotations: {{ {annotations} }}\n      container: {{ image: registry.k8s.io/pause:3.10, args: [{args}] }}\n",
+        depends_on.join(", ")
+    )
+}
+
+/// The Jobs of a run, by name.
+async fn jobs_of(env: &TestEnv, run: &str) -> Vec<Job> {
+    env.api::<Job>()
+        .list(&ListParams::default().labels(&format!("aleph.dev/pipelinerun={run}")))
+        .await
+        .unwrap_or_else(|e| panic!("listing the Jobs of {run}: {e}"))
+        .items
+}
+
+/// The events about one object: `(reason, message)`, oldest first.
+async fn events_of(env: &TestEnv, kind: &str, name: &str) -> Vec<(String, String)> {
+    let mut events: Vec<Event> = env
+        .api::<Event>()
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind={kind},involvedObject.name={name}"
+        )))
+        .await
+        .unwrap_or_else(|e| panic!("listing the events of {kind} {name}: {e}"))
+        .items;
+    events.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+    events
+        .into_iter()
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until an event with `reason` about the object has been recorded.
+async fn wait_event(env: &TestEnv, kind: &str, name: &str, reason: &str) -> String {
+    for _ in 0..60 {
+        if let Some((_, message)) = events_of(env, kind, name)
+            .await
+            .into_iter()
+            .find(|(r, _)| r == reason)
+        {
+            return message;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "no {reason} event about {kind} {name}; its events: {:#?}",
+        events_of(env, kind, name).await
+    );
+}
+
+#[tokio::test]
+async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
+    let env = TestEnv::new().await;
+    let mut yaml = String::from(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: { name: diamond }\nspec:\n  params:\n    - { name: size, type: int, default: \"3\" }\n  steps:\n",
+    );
+    yaml.push_str(&container_step(
+        "prepare",
+        &[],
+        "aleph.dev/test-run-duration: 1s, aleph.dev/test-output: \"version=42\\nrows=1000\"",
+        "\"--size=$(params.size)\"",
+    ));
+    for branch in ["left", "middle", "right"] {
+        yaml.push_str(&container_step(
+            branch,
+            &["prepare"],
+            "aleph.dev/test-run-duration: 4s",
+            "\"--version=$(steps.prepare.outputs.version)\"",
+        ));
+    }
+    yaml.push_str(&container_step(
+        "merge",
+        &["left", "middle", "right"],
+        "aleph.dev/test-run-duration: 1s",
+        "\"--rows=$(steps.prepare.outputs.rows)\"",
+    ));
+    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&run_yaml(
+        "diamond-1",
+        "diamond",
+        "  params: [{ name: size, value: \"7\" }]\n",
+    ))
+    .await;
+
+    let run = finished_run(&env, "diamond-1").await;
+    assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
+    assert_eq!(reason(&run), "Succeeded");
+    assert!(has_condition(&run, "Succeeded", "True"));
+    let status = status_of(&run);
+    assert_eq!(status.progress.as_deref(), Some("5/5"));
+    assert_eq!(status.params.get("size").map(String::as_str), Some("7"));
+    assert!(status.pipeline_spec.is_some(), "the spec is snapshotted");
+    for s in &status.steps {
+        assert_eq!(s.phase, StepPhase::Succeeded, "{s:#?}");
+        assert_eq!(s.attempts, 1, "{s:#?}");
+        assert!(s.job_name.is_some(), "{s:#?}");
+    }
+
+    // Dependency order, from the steps' times.
+    let start = |name: &str| time(step(&run, name).start_time.as_deref());
+    let finish = |name: &str| time(step(&run, name).finish_time.as_deref());
+    let branches = ["left", "middle", "right"];
+    for branch in branches {
+        assert!(
+            start(branch) >= finish("prepare"),
+            "{branch} started before prepare finished"
+        );
+        assert!(
+            start("merge") >= finish(branch),
+            "merge started before {branch} finished"
+        );
+    }
+    // The branches ran at the same time: each started before any finished.
+    let last_start = branches.iter().map(|b| start(b)).max().unwrap_or_default();
+    let first_finish = branches.iter().map(|b| finish(b)).min().unwrap_or_default();
+    assert!(
+        last_start < first_finish,
+        "the branches did not overlap: last start {last_start}, first finish {first_finish}"
+    );
+    assert!(
+        seconds(last_start, first_finish) >= 3,
+        "4 s branches overlap by at least 3 s: {last_start} .. {first_finish}"
+    );
+
+    // Outputs went from prepare to the later steps, params to prepare.
+    assert_eq!(
+        step(&run, "prepare").outputs.get("version").map(String::as_str),
+        Some("42")
+    );
+    let jobs = jobs_of(&env, "diamond-1").await;
+    assert_eq!(jobs.len(), 5);
+    let args = |job: &str| -> Vec<String> {
+        let job = jobs
+            .iter()
+            .find(|j| j.name_any() == job)
+            .unwrap_or_else(|| panic!("no Job {job}"));
+        job.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers[0].args.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(args("diamond-1-prepare-1"), ["--size=7"]);
+    assert_eq!(args("diamond-1-middle-1"), ["--version=42"]);
+    assert_eq!(args("diamond-1-merge-1"), ["--rows=1000"]);
+    for job in &jobs {
+        let spec = job.spec.as_ref().expect("a Job spec");
+        assert_eq!(spec.backoff_limit, Some(0), "retries are the operator's");
+        let owner = &job.owner_references()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("PipelineRun", Some(true)));
+    }
+
+    // Printer columns and events.
+    let table = env.kubectl(["get", "pipelinerun", "diamond-1"]).await;
+    assert!(table.success(), "{}", table.stderr);
+    let header: Vec<&str> = table.stdout.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "PIPELINE", "PHASE", "PROGRESS", "STARTED", "DURATION", "AGE"]
+    );
+    let row: Vec<&str> = table.stdout.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(&row[..4], ["diamond-1", "diamond", "Succeeded", "5/5"], "{}", table.stdout);
+    wait_event(&env, "PipelineRun", "diamond-1", "Started").await;
+    let done = wait_event(&env, "PipelineRun", "diamond-1", "Succeeded").await;
+    assert!(done.contains("all 5 steps succeeded"), "{done}");
+
+    // The pipeline reports itself valid and its last run.
+    let pipeline = wait_for(&env.api::<Pipeline>(), "diamond", TIMEOUT, |p| {
+        p.status.as_ref().and_then(|s| s.last_run.as_deref()) == Some("diamond-1")
+    })
+    .await;
+    assert!(has_condition(&pipeline, "Ready", "True"));
+    assert_eq!(pipeline.status.map(|s| s.step_count), Some(5));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_still_runs() {
+    let env = TestEnv::new().await;
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: flaky }}\nspec:\n  steps:\n{}      retries: {{ limit: 2, initialDelaySeconds: 3, factor: 2, maxDelaySeconds: 30 }}\n{}{}  finally:\n{}",
+        container_step(
+            "train",
+            &[],
+            "aleph.dev/test-fail: \"true\", aleph.dev/test-run-duration: 1s",
+            ""
+        ),
+        container_step("deploy", &["train"], "aleph.dev/test-run-duration: 1s", ""),
+        container_step("lint", &[], "aleph.dev/test-run-duration: 1s", ""),
+        container_step("report", &[], "aleph.dev/test-run-duration: 1s", ""),
+    );
+    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&run_yaml("flaky-1", "flaky", "")).await;
+
+    let run = finished_run(&env, "flaky-1").await;
+    assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
+    assert_eq!(reason(&run), "StepFailed");
+    assert!(message(&run).contains("step train failed"), "{}", message(&run));
+    assert!(message(&run).contains("exit code 1"), "{}", message(&run));
+
+    let train = step(&run, "train");
+    assert_eq!(train.phase, StepPhase::Failed);
+    assert_eq!(train.attempts, 3, "one attempt and two retries");
+    assert_eq!(train.attempt_times.len(), 3);
+    let deploy = step(&run, "deploy");
+    assert_eq!(deploy.phase, StepPhase::Skipped);
+    assert!(
+        deploy.message.as_deref().unwrap_or_default().contains("dependency train failed"),
+        "{deploy:#?}"
+    );
+    assert!(deploy.job_name.is_none(), "a skipped step runs nothing");
+    assert_eq!(step(&run, "lint").phase, StepPhase::Succeeded);
+    let report = step(&run, "report");
+    assert_eq!(report.phase, StepPhase::Succeeded, "finally runs after a failure");
+    assert!(time(report.start_time.as_deref()) >= time(train.finish_time.as_deref()));
+
+    // The backoff, from the attempts' times: each attempt's Job failed at
+    // some time, and the next attempt started 3 s, then 6 s, later.
+    let jobs = jobs_of(&env, "flaky-1").await;
+    let failed_at = |attempt: usize| -> Timestamp {
+        let job = jobs
+            .iter()
+            .find(|j| j.name_any() == format!("flaky-1-train-{attempt}"))
+            .unwrap_or_else(|| panic!("no Job for attempt {attempt}"));
+        let condition = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Failed"))
+            .unwrap_or_else(|| panic!("attempt {attempt}'s Job did not fail: {job:#?}"));
+        condition
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(|| panic!("no transition time"))
+    };
+    let attempt_started = |attempt: usize| time(train.attempt_times.get(attempt - 1).map(String::as_str));
+    let waits: Vec<i64> = (1..=2)
+        .map(|a| seconds(failed_at(a), attempt_started(a + 1)))
+        .collect();
+    for (wait, declared) in waits.iter().zip([3, 6]) {
+        assert!(
+            (declared - 1..=declared + 3).contains(wait),
+            "waited {wait}s before a retry whose backoff is {declared}s (all waits: {waits:?})"
+        );
+    }
+    assert!(waits[1] > waits[0], "the backoff grows: {waits:?}");
+
+    let retrying = wait_event(&env, "PipelineRun", "flaky-1", "StepRetrying").await;
+    assert!(retrying.contains("attempt 1 of 3 failed"), "{retrying}");
+    assert!(retrying.contains("next attempt in 3s"), "{retrying}");
+    let failed = wait_event(&env, "PipelineRun", "flaky-1", "StepFailed").await;
+    assert!(failed.contains("step train failed after 3 attempts"), "{failed}");
+    wait_event(&env, "PipelineRun", "flaky-1", "Failed").await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
+    let env = TestEnv::new().await;
+    // Every 4 seconds; each run takes about 7.
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: ticker }}\nspec:\n  params:\n    - {{ name: mode, type: enum, values: [fast, full], default: full }}\n  steps:\n{}  schedule:\n    cron: \"*/4 * * * * *\"\n    timeZone: Europe/Paris\n    concurrencyPolicy: Forbid\n    successfulRunsHistoryLimit: 10\n    params: [{{ name: mode, value: fast }}]\n",
+        container_step("tick", &[], "aleph.dev/test-run-duration: 7s", "\"--mode=$(params.mode)\""),
+    );
+    env.apply_yaml(&yaml).await;
+    let runs = env.api::<PipelineRun>();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = runs.list(&ListParams::default()).await.expect("list runs").items;
+        let unfinished: Vec<String> = list
+            .iter()
+            .filter(|r| !finished(r))
+            .map(|r| r.name_any())
+            .collect();
+        assert!(
+            unfinished.len() <= 1,
+            "two runs at once under Forbid: {unfinished:?}"
+        );
+        seen.extend(list.iter().map(|r| r.name_any()));
+        let succeeded = list.iter().filter(|r| phase(r) == RunPhase::Succeeded).count();
+        if succeeded >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than 2 scheduled runs succeeded within 60 s: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut list = runs.list(&ListParams::default()).await.expect("list runs").items;
+    list.retain(finished);
+    list.sort_by_key(|r| time(status_of(r).start_time.as_deref()));
+    for pair in list.windows(2) {
+        let (a, b) = (status_of(&pair[0]), status_of(&pair[1]));
+        assert!(
+            time(b.start_time.as_deref()) >= time(a.completion_time.as_deref()),
+            "{} started before {} finished",
+            pair[1].name_any(),
+            pair[0].name_any()
+        );
+    }
+    let first = &list[0];
+    assert!(first.name_any().starts_with("ticker-"), "{}", first.name_any());
+    assert_eq!(status_of(first).params.get("mode").map(String::as_str), Some("fast"));
+    assert_eq!(first.owner_references()[0].kind, "Pipeline");
+    let skipped = wait_event(&env, "Pipeline", "ticker", "RunSkipped").await;
+    assert!(skipped.contains("concurrencyPolicy is Forbid"), "{skipped}");
+    wait_event(&env, "Pipeline", "ticker", "RunCreated").await;
+    let pipeline = env.api::<Pipeline>().get("ticker").await.expect("the pipeline");
+    let status = pipeline.status.expect("a pipeline status");
+    assert!(status.last_schedule_time.is_some());
+    assert!(status.active.len() <= 1, "{:?}", status.active);
+
+    // Suspended: no new runs; the history shrinks to its new limit.
+    env.api::<Pipeline>()
+        .patch(
+            "ticker",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"spec": {"schedule": {"suspend": true, "successfulRunsHistoryLimit": 1}}})),
+        )
+        .await
+        .expect("suspend the schedule");
+    let settled = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = runs.list(&ListParams::default()).await.expect("list runs").items;
+        if list.iter().all(finished) && list.len() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < settled,
+            "the history did not shrink to 1 run: {:?}",
+            list.iter().map(|r| (r.name_any(), phase(r))).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let before: Vec<String> = runs.list(&ListParams::default()).await.expect("list").items.iter().map(|r| r.name_any()).collect();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after: Vec<String> = runs.list(&ListParams::default()).await.expect("list").items.iter().map(|r| r.name_any()).collect();
+    assert_eq!(before, after, "a suspended schedule creates no run");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
+    let env = TestEnv::new().await;
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: long }}\nspec:\n  steps:\n{}{}  finally:\n{}",
+        container_step("crunch", &[], "aleph.dev/test-run-duration: 300s", ""),
+        container_step("publish", &["crunch"], "aleph.dev/test-run-duration: 1s", ""),
+        container_step("cleanup", &[], "aleph.dev/test-run-duration: 1s", ""),
+    );
+    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&run_yaml("long-1", "long", "")).await;
+    let runs = env.api::<PipelineRun>();
+    wait_for(&runs, "long-1", TIMEOUT, |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.steps.iter().any(|s| s.name == "crunch" && s.phase == StepPhase::Running))
+    })
+    .await;
+    let jobs = env.api::<Job>();
+    wait_for(&jobs, "long-1-crunch-1", TIMEOUT, |_| true).await;
+
+    let out = env
+        .kubectl(["patch", "pipelinerun", "long-1", "--type=merge", "-p", r#"{"spec":{"cancel":true}}"#])
+        .await;
+    assert!(out.success(), "{}", out.stderr);
+    let run = finished_run(&env, "long-1").await;
+    assert_eq!(phase(&run), RunPhase::Cancelled, "{:#?}", run.status);
+    assert_eq!(reason(&run), "Cancelled");
+    assert!(has_condition(&run, "Succeeded", "False"));
+    wait_for_deletion(&jobs, "long-1-crunch-1", Duration::from_secs(30)).await;
+    let crunch = step(&run, "crunch");
+    assert_eq!(crunch.phase, StepPhase::Failed);
+    assert!(
+        crunch.message.as_deref().unwrap_or_default().contains("cancelled"),
+        "{crunch:#?}"
+    );
+    assert_eq!(step(&run, "publish").phase, StepPhase::Skipped);
+    assert_eq!(step(&run, "cleanup").phase, StepPhase::Succeeded, "finally runs after cancel");
+
+    // A cancelled run stays cancelled.
+    let out = env
+        .kubectl(["patch", "pipelinerun", "long-1", "--type=merge", "-p", r#"{"spec":{"cancel":false}}"#])
+        .await;
+    assert!(!out.success() && out.stderr.contains("cannot be uncancelled"), "{}", out.stderr);
+    wait_event(&env, "PipelineRun", "long-1", "Cancelled").await;
+    env.cleanup().await;
+}
+
+fn resumable_pipeline(fail_validate: bool) -> String {
+    let fail = if fail_validate {
+        ", aleph.dev/test-fail: \"true\""
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: etl }}\nspec:\n  steps:\n{}{}{}{}",
+        container_step(
+            "extract",
+            &[],
+            "aleph.dev/test-run-duration: 1s, aleph.dev/test-output: \"rows=1234\"",
+            ""
+        ),
+        container_step(
+            "validate",
+            &["extract"],
+            &format!("aleph.dev/test-run-duration: 1s{fail}"),
+            "\"--rows=$(steps.extract.outputs.rows)\""
+        ),
+        container_step(
+            "load",
+            &["validate"],
+            "aleph.dev/test-run-duration: 1s",
+            "\"--rows=$(steps.extract.outputs.rows)\""
+        ),
+        container_step("docs", &[], "aleph.dev/test-run-duration: 1s", ""),
+    )
+}
+
+#[tokio::test]
+async fn resume_from_reruns_only_what_did_not_succeed_and_reuses_outputs() {
+    let env = TestEnv::new().await;
+    env.apply_yaml(&resumable_pipeline(true)).await;
+    env.apply_yaml(&run_yaml("etl-1", "etl", "")).await;
+    let first = finished_run(&env, "etl-1").await;
+    assert_eq!(phase(&first), RunPhase::Failed);
+    assert_eq!(step(&first, "extract").phase, StepPhase::Succeeded);
+    assert_eq!(step(&first, "validate").phase, StepPhase::Failed);
+    assert_eq!(step(&first, "load").phase, StepPhase::Skipped);
+    assert_eq!(step(&first, "docs").phase, StepPhase::Succeeded);
+
+    // The cause is fixed in the pipeline; only the failed part runs again.
+    env.apply_yaml(&resumable_pipeline(false)).await;
+    env.apply_yaml(&run_yaml("etl-2", "etl", "  resumeFrom: etl-1\n")).await;
+    let second = finished_run(&env, "etl-2").await;
+    assert_eq!(phase(&second), RunPhase::Succeeded, "{:#?}", second.status);
+    for reused in ["extract", "docs"] {
+        let s = step(&second, reused);
+        assert_eq!(s.phase, StepPhase::Reused, "{s:#?}");
+        assert_eq!(s.attempts, 0, "{s:#?}");
+    }
+    assert_eq!(
+        step(&second, "extract").outputs.get("rows").map(String::as_str),
+        Some("1234"),
+        "the reused step keeps its outputs"
+    );
+    assert_eq!(step(&second, "validate").phase, StepPhase::Succeeded);
+    assert_eq!(step(&second, "load").phase, StepPhase::Succeeded);
+    let mut jobs: Vec<String> = jobs_of(&env, "etl-2").await.iter().map(|j| j.name_any()).collect();
+    jobs.sort();
+    assert_eq!(jobs, ["etl-2-load-1", "etl-2-validate-1"], "only the failed part ran");
+    let load = env.api::<Job>().get("etl-2-load-1").await.expect("the load Job");
+    let args = load
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers[0].args.clone())
+        .unwrap_or_default();
+    assert_eq!(args, ["--rows=1234"], "reused outputs reach the rerun steps");
+    let started = wait_event(&env, "PipelineRun", "etl-2", "Started").await;
+    assert!(started.contains("resuming etl-1: reusing extract, docs"), "{started}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_cycle_is_reported_as_invalid_graph_naming_its_steps() {
+    let env = TestEnv::new().await;
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: loop }}\nspec:\n  steps:\n{}{}{}{}",
+        container_step("fetch", &[], "", ""),
+        container_step("alpha", &["fetch", "gamma"], "", ""),
+        container_step("beta", &["alpha"], "", ""),
+        container_step("gamma", &["beta"], "", ""),
+    );
+    env.apply_yaml(&yaml).await;
+    let pipeline = wait_for(&env.api::<Pipeline>(), "loop", TIMEOUT, |p| {
+        has_condition(p, "Ready", "False")
+    })
+    .await;
+    let ready = find_condition(&pipeline, "Ready").expect("a Ready condition");
+    assert_eq!(ready.reason.as_deref(), Some("InvalidGraph"));
+    let text = ready.message.unwrap_or_default();
+    assert!(text.contains("alpha -> gamma -> beta"), "{text}");
+
+    env.apply_yaml(&run_yaml("loop-1", "loop", "")).await;
+    let run = finished_run(&env, "loop-1").await;
+    assert_eq!(phase(&run), RunPhase::Failed);
+    assert_eq!(reason(&run), "InvalidGraph");
+    assert!(
+        message(&run).contains("the steps alpha -> gamma -> beta form a dependency cycle"),
+        "{}",
+        message(&run)
+    );
+    assert!(jobs_of(&env, "loop-1").await.is_empty(), "nothing ran");
+    let event = wait_event(&env, "PipelineRun", "loop-1", "InvalidGraph").await;
+    assert!(event.contains("alpha -> gamma -> beta"), "{event}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_missing_param_fails_the_run_naming_it() {
+    let env = TestEnv::new().await;
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: needs }}\nspec:\n  params:\n    - {{ name: dataset, type: string }}\n    - {{ name: epochs, type: int, default: \"3\" }}\n  steps:\n{}",
+        container_step("go", &[], "", "\"$(params.dataset)\""),
+    );
+    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&run_yaml("needs-1", "needs", "")).await;
+    let run = finished_run(&env, "needs-1").await;
+    assert_eq!(phase(&run), RunPhase::Failed);
+    assert_eq!(reason(&run), "ParameterMissing");
+    assert!(message(&run).contains("param dataset"), "{}", message(&run));
+    env.apply_yaml(&run_yaml(
+        "needs-2",
+        "needs",
+        "  params: [{ name: epochs, value: many }, { name: dataset, value: d }]\n",
+    ))
+    .await;
+    let run = finished_run(&env, "needs-2").await;
+    assert_eq!(reason(&run), "InvalidParameter");
+    assert!(message(&run).contains("\"many\" is not an integer"), "{}", message(&run));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_finished_run_is_deleted_with_its_jobs_after_its_ttl() {
+    let env = TestEnv::new().await;
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: brief }}\nspec:\n  ttlSecondsAfterFinished: 3\n  steps:\n{}",
+        container_step("only", &[], "aleph.dev/test-run-duration: 1s", ""),
+    );
+    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&run_yaml("brief-1", "brief", "")).await;
+    let run = finished_run(&env, "brief-1").await;
+    assert_eq!(phase(&run), RunPhase::Succeeded);
+    wait_for_deletion(&env.api::<PipelineRun>(), "brief-1", Duration::from_secs(30)).await;
+    wait_for_deletion(&env.api::<Job>(), "brief-1-only-1", Duration::from_secs(30)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_pipelines_are_refused_at_apply_time() {
+    let env = TestEnv::new().await;
+    let cases = [
+        (
+            format!("  steps:\n{}", container_step("a", &["ghost"], "", "")),
+            "every dependsOn entry of a step must name a step",
+        ),
+        (
+            format!(
+                "  steps:\n{}  finally:\n{}",
+                container_step("a", &[], "", ""),
+                container_step("f", &["a"], "", "")
+            ),
+            "a finally step may depend only on other finally steps",
+        ),
+        (
+            "  steps:\n    - name: a\n      container: { image: x }\n      rollout: { model: m, source: \"hf://a/b\" }\n".to_string(),
+            "exactly one action",
+        ),
+        (
+            "  steps:\n    - name: a\n      podAnnotations: { x: \"z\" }\n      rollout: { model: m, source: \"hf://a/b\" }\n".to_string(),
+            "podAnnotations is only for container and plugin steps",
+        ),
+        (
+            format!(
+                "  steps:\n{}  schedule: {{ cron: \"* * * * * * *\" }}\n",
+                container_step("a", &[], "", "")
+            ),
+            "spec.schedule.cron",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let yaml = format!("apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: bad }}\nspec:\n{spec}");
+        match env.try_apply_yaml(&yaml).await {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(e) => assert!(e.to_string().contains(expected), "expected {expected:?} in: {e}"),
+        }
+    }
+    env.cleanup().await;
+}
+
+/// moto's URL: `ALEPH_MOTO_URL` (set by `make test`, which points the
+/// operator at the same server), or the server `e2e/sagemaker/moto.sh` runs.
+fn moto_url() -> String {
+    if let Ok(url) = std::env::var("ALEPH_MOTO_URL")
+        && !url.is_empty()
+    {
+        return url;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/sagemaker/moto.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .arg("url")
+        .output()
+        .unwrap_or_else(|e| panic!("running {script} url: {e}"));
+    let url = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        output.status.success() && url.starts_with("http"),
+        "the SageMaker steps need moto, the server the operator under test talks to: set ALEPH_MOTO_URL"
+    );
+    url
+}
+
+async fn sagemaker(url: &str) -> aws_sdk_sagemaker::Client {
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "aleph-e2e"))
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(url)
+        .load()
+        .await;
+    aws_sdk_sagemaker::Client::new(&sdk)
+}
+
+fn training_step(name: &str, bucket_prefix: &str) -> String {
+    format!(
+        r#"    - name: {name}
+      training:
+        image: 123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7
+        roleArn: arn:aws:iam::123456789012:role/aleph-training
+        instanceType: ml.m5.xlarge
+        outputS3Uri: s3://aleph-e2e/{bucket_prefix}
+        hyperparameters: {{ num_round: "$(params.rounds)" }}
+        inputs: [{{ name: train, s3Uri: "s3://aleph-e2e/data/train" }}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
+    let url = moto_url();
+    let env = TestEnv::new().await;
+    let prefix = format!("pipelines/{}", env.namespace());
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: fit }}\nspec:\n  params:\n    - {{ name: rounds, type: int, default: \"20\" }}\n  steps:\n{}{}",
+        training_step("train", &prefix),
+        container_step("evaluate", &["train"], "aleph.dev/test-run-duration: 1s", "\"--model=$(steps.train.outputs.artifactUri)\""),
+    );
+    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&run_yaml("fit-1", "fit", "  params: [{ name: rounds, value: \"35\" }]\n"))
+        .await;
+    let run = finished_run(&env, "fit-1").await;
+    assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
+    let train = step(&run, "train");
+    let artifact = train.outputs.get("artifactUri").cloned().unwrap_or_default();
+    let job_name = train.outputs.get("trainingJob").cloned().unwrap_or_default();
+    assert!(artifact.starts_with("s3://aleph-e2e/"), "{train:#?}");
+    assert_eq!(train.job_name.as_deref(), Some(job_name.as_str()));
+
+    // The job exists in SageMaker, with the run's hyperparameters.
+    let described = sagemaker(&url)
+        .await
+        .describe_training_job()
+        .training_job_name(&job_name)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("DescribeTrainingJob {job_name}: {e:?}"));
+    assert_eq!(
+        described
+            .hyper_parameters()
+            .and_then(|h| h.get("num_round"))
+            .map(String::as_str),
+        Some("35")
+    );
+    // Its artifact reached the next step.
+    let evaluate = env.api::<Job>().get("fit-1-evaluate-1").await.expect("the evaluate Job");
+    let args = evaluate
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers[0].args.clone())
+        .unwrap_or_default();
+    assert_eq!(args, [format!("--model={artifact}")]);
+    let started = wait_event(&env, "PipelineRun", "fit-1", "TrainingStarted").await;
+    assert!(started.contains("step train") && started.contains(&job_name), "{started}");
+    // No finalizer is left once no training job runs.
+    let run = env.api::<PipelineRun>().get("fit-1").await.expect("the run");
+    assert!(run.finalizers().is_empty(), "{:?}", run.finalizers());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_rollout_step_points_an_aimodel_at_the_trained_artifact_and_waits_for_it() {
+    moto_url();
+    let env = TestEnv::new().await;
+    env.apply_yaml(
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: AIModel
+metadata: { name: scorer }
+spec:
+  backend: Kubernetes
+  source: { uri: "s3://aleph-e2e/seed/model.tar.gz" }
+  runtime: { engine: custom, image: registry.k8s.io/pause:3.10, port: 8080 }
+  resources: { cpu: 500m, memory: 512Mi }
+  cache: { enabled: false }
+"#,
+    )
+    .await;
+    let models = env.api::<AIModel>();
+    let before = wait_for(&models, "scorer", TIMEOUT, |m| has_condition(m, "Ready", "True")).await;
+    let generation = before.metadata.generation.unwrap_or_default();
+
+    let prefix = format!("rollouts/{}", env.namespace());
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: ship }}\nspec:\n  params:\n    - {{ name: rounds, type: int, default: \"10\" }}\n  steps:\n{}    - name: rollout\n      dependsOn: [train]\n      rollout: {{ model: scorer, fromStep: train, readyTimeoutSeconds: 120 }}\n",
+        training_step("train", &prefix),
+    );
+    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&run_yaml("ship-1", "ship", "")).await;
+    let run = finished_run(&env, "ship-1").await;
+    assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
+    let artifact = step(&run, "train").outputs.get("artifactUri").cloned().unwrap_or_default();
+    let rollout = step(&run, "rollout");
+    assert_eq!(rollout.outputs.get("source"), Some(&artifact), "{rollout:#?}");
+
+    let model = models.get("scorer").await.expect("the model");
+    assert_eq!(model.spec.source.as_ref().map(|s| s.uri.as_str()), Some(artifact.as_str()));
+    let rolled = model.metadata.generation.unwrap_or_default();
+    assert!(rolled > generation, "the rollout changed the spec");
+    assert!(has_condition(&model, "Ready", "True"));
+    assert!(
+        model.status.as_ref().and_then(|s| s.observed_generation).unwrap_or_default() >= rolled,
+        "the step waited for the controller to observe the new generation"
+    );
+    assert_eq!(
+        rollout.outputs.get("generation").map(String::as_str),
+        Some(rolled.to_string().as_str())
+    );
+    assert_eq!(
+        model.annotations().get("aleph.dev/rolled-out-by").map(String::as_str),
+        Some("ship-1")
+    );
+    let managers: Vec<String> = model
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(managers.iter().any(|m| m == "aleph-pipeline"), "{managers:?}");
+    env.cleanup().await;
+}
