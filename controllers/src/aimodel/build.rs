@@ -315,9 +315,11 @@ fn env(track: &TrackPlan) -> Vec<Value> {
                 "name": var.name,
                 "valueFrom": { "secretKeyRef": { "name": secret.name, "key": secret.key } },
             }),
-            (value, None) => {
-                json!({ "name": var.name, "value": value.clone().unwrap_or_default() })
+            (Some(value), None) if !value.is_empty() => {
+                json!({ "name": var.name, "value": value })
             }
+            // The API server drops empty values; so does the desired object.
+            (_, None) => json!({ "name": var.name }),
         };
         match env.iter_mut().find(|(name, _)| *name == var.name) {
             Some(slot) => slot.1 = value,

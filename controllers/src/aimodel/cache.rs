@@ -137,9 +137,17 @@ pub fn download_container(
     };
     env.insert(0, ("SOURCE", uri.to_string()));
     env.insert(1, ("TARGET", TARGET_DIR.to_string()));
+    // The API server drops empty values: leave them out so that what is
+    // applied compares equal to what is read back.
     let env: Vec<serde_json::Value> = env
         .into_iter()
-        .map(|(name, value)| json!({ "name": name, "value": value }))
+        .map(|(name, value)| {
+            if value.is_empty() {
+                json!({ "name": name })
+            } else {
+                json!({ "name": name, "value": value })
+            }
+        })
         .collect();
     let mut container = json!({
         "name": "download",

@@ -93,24 +93,34 @@ impl Reconcile for AIModel {
         let has_finalizer = model.finalizers().iter().any(|f| f == FINALIZER);
         // Only what lives outside the cluster needs a finalizer; everything
         // else is garbage-collected through owner references.
-        if !sagemaker::uses_sagemaker(&model) && !has_finalizer {
+        let result = if !sagemaker::uses_sagemaker(&model) && !has_finalizer {
             if model.metadata.deletion_timestamp.is_some() {
                 return Ok(Action::await_change());
             }
-            return reconcile_model(&model, &ctx).await;
-        }
-        let api: Api<AIModel> = Api::namespaced(ctx.client.clone(), &namespace);
-        finalizer(&api, FINALIZER, model, |event| async {
-            match event {
-                FinalizerEvent::Apply(m) => reconcile_model(&m, &ctx).await,
-                FinalizerEvent::Cleanup(m) => cleanup(&m, &ctx).await,
+            reconcile_model(&model, &ctx).await
+        } else {
+            let api: Api<AIModel> = Api::namespaced(ctx.client.clone(), &namespace);
+            finalizer(&api, FINALIZER, model, |event| async {
+                match event {
+                    FinalizerEvent::Apply(m) => reconcile_model(&m, &ctx).await,
+                    FinalizerEvent::Cleanup(m) => cleanup(&m, &ctx).await,
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
+                other => Error::Finalizer(Box::new(other)),
+            })
+        };
+        match result {
+            // The namespace is going away with the model in it: nothing to make.
+            Err(Error::Kube(kube::Error::Api(status)))
+                if status.code == 403 && status.message.contains("being terminated") =>
+            {
+                Ok(Action::await_change())
             }
-        })
-        .await
-        .map_err(|e| match e {
-            FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
-            other => Error::Finalizer(Box::new(other)),
-        })
+            other => other,
+        }
     }
 }
 
@@ -208,14 +218,18 @@ async fn publish_events(
 /// and the URL is the endpoint's invocation URL.
 fn sagemaker_serving_status(model: &AIModel, ctx: &Context, status: &mut AIModelStatus) {
     let generation = model.metadata.generation;
-    let ready = match find(&status.conditions, SERVING) {
-        Some(serving) => NewCondition::new(
+    let failure = sagemaker::terminal_failure(status).cloned();
+    let ready = match (&failure, find(&status.conditions, SERVING)) {
+        (Some(failure), _) => {
+            NewCondition::no(READY, failure.reason.clone(), failure.message.clone())
+        }
+        (None, Some(serving)) => NewCondition::new(
             READY,
             serving.status,
             serving.reason.clone(),
             serving.message.clone(),
         ),
-        None => NewCondition::new(
+        (None, None) => NewCondition::new(
             READY,
             ConditionStatus::Unknown,
             "Pending",
@@ -224,9 +238,12 @@ fn sagemaker_serving_status(model: &AIModel, ctx: &Context, status: &mut AIModel
     };
     let in_service = ready.status == ConditionStatus::True;
     set_condition(&mut status.conditions, ready, generation);
-    status
-        .conditions
-        .retain(|c| c.type_ != PROGRESSING && c.type_ != DEGRADED);
+    status.conditions.retain(|c| c.type_ != PROGRESSING);
+    let degraded = match failure {
+        Some(failure) => NewCondition::yes(DEGRADED, failure.reason, failure.message),
+        None => NewCondition::no(DEGRADED, "AsExpected", "no SageMaker failure"),
+    };
+    set_condition(&mut status.conditions, degraded, generation);
     status.replicas = None;
     status.ready_replicas = None;
     status.replica_summary = None;

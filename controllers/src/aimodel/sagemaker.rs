@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use aleph_crds::aimodel::{AIModel, AIModelStatus, ServingBackend};
-use aleph_crds::common::ConditionStatus;
+use aleph_crds::common::{Condition, ConditionStatus};
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
@@ -62,6 +62,29 @@ pub fn trained_artifact(status: Option<&AIModelStatus>) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Reasons of the Trained and Serving conditions that only a spec change fixes.
+const TERMINAL_REASONS: &[&str] = &[
+    "TrainingRejected",
+    "TrainingFailed",
+    "TrainingStopped",
+    "EndpointFailed",
+    "EndpointUpdateFailed",
+    "EndpointRejected",
+    "EndpointNameConflict",
+    "InvalidSpec",
+];
+
+/// The Trained or Serving condition that reports a terminal failure (training
+/// first), for Ready and Degraded to repeat.
+pub fn terminal_failure(status: &AIModelStatus) -> Option<&Condition> {
+    [TRAINED, SERVING].iter().find_map(|type_| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == *type_ && TERMINAL_REASONS.contains(&c.reason.as_str()))
+    })
 }
 
 struct Identity<'a> {

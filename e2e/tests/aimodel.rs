@@ -1,0 +1,669 @@
+//! AIModels on the Kubernetes backend, end to end, against the operator
+//! started by the test command: serving Deployments on the right GPU nodes,
+//! rollouts, scheduling failures, autoscaling and `kubectl scale`, the model
+//! cache, canaries, quota refusals and garbage collection.
+//!
+//! The local control plane has no volume provisioner, so the tests that use
+//! the model cache provide volumes themselves: hostPath PersistentVolumes of a
+//! storage class of their own, bound by the real PV controller.
+
+use std::time::Duration;
+
+use aleph_crds::AIModel;
+use aleph_e2e::{
+    OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, find_condition,
+    has_condition, unique_name, wait_for, wait_for_deletion,
+};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Service};
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const H100: &str = "NVIDIA-H100-80GB-HBM3";
+
+/// An AIModel manifest; `spec` is the spec's body, indented by two spaces.
+fn model_yaml(name: &str, spec: &str) -> String {
+    format!("apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+/// Makes `count` hostPath volumes of a storage class of the test's own and
+/// returns the class: what a provisioner would do on a real cluster.
+async fn cache_storage(env: &TestEnv, count: usize) -> String {
+    let class = format!("{}-cache", env.namespace());
+    let mut yaml = String::new();
+    for i in 0..count {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {class}-{i}\n  labels: {{ aleph.dev/e2e: \"true\" }}\nspec:\n  capacity: {{ storage: 100Gi }}\n  accessModes: [ReadWriteMany, ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: {class}\n  hostPath: {{ path: /tmp/{class}-{i} }}\n"
+        ));
+    }
+    env.apply_yaml(&yaml).await;
+    class
+}
+
+async fn patch_spec(env: &TestEnv, name: &str, spec: serde_json::Value) {
+    env.api::<AIModel>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({ "spec": spec })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("patching AIModel {name}: {e}"));
+}
+
+/// Whether the model's status describes its current generation.
+fn current(m: &AIModel) -> bool {
+    m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation
+}
+
+async fn wait_ready(env: &TestEnv, name: &str) -> AIModel {
+    wait_for(&env.api::<AIModel>(), name, TIMEOUT, |m| {
+        current(m) && has_condition(m, "Ready", "True")
+    })
+    .await
+}
+
+async fn pods_of(env: &TestEnv, selector: &str) -> Vec<Pod> {
+    env.api::<Pod>()
+        .list(&ListParams::default().labels(selector))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+async fn events_with_reason(env: &TestEnv, name: &str, reason: &str) -> Vec<Event> {
+    env.api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.involved_object.kind.as_deref() == Some("AIModel")
+                && e.involved_object.name.as_deref() == Some(name)
+        })
+        .collect()
+}
+
+fn gpu_request(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref()?.containers[0]
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("nvidia.com/gpu")
+        .map(|q| q.0.clone())
+}
+
+fn template_spec(d: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod template")
+}
+
+#[tokio::test]
+async fn the_vllm_example_serves_from_h100_nodes_only_and_turns_ready_with_a_url() {
+    let env = TestEnv::new().await;
+    let class = cache_storage(&env, 1).await;
+    let example = include_str!("../../examples/aimodel-vllm.yaml");
+    assert!(example.contains("  cache:\n    size: 40Gi"));
+    let manifest = example.replace(
+        "  cache:\n    size: 40Gi",
+        &format!("  cache:\n    size: 40Gi\n    storageClassName: {class}"),
+    );
+    env.apply_yaml(
+        "apiVersion: v1\nkind: Secret\nmetadata: { name: hf-token }\nstringData: { HF_TOKEN: hf_not_a_real_token }\n",
+    )
+    .await;
+    env.apply_yaml(&manifest).await;
+
+    let model = wait_ready(&env, "llama-3-8b").await;
+    let status = model.status.clone().expect("status");
+    let url = format!(
+        "http://llama-3-8b.{}.svc.cluster.local:8000/v1",
+        env.namespace()
+    );
+    assert_eq!(status.url.as_deref(), Some(url.as_str()));
+    assert_eq!(status.ready_replicas, Some(1));
+    assert_eq!(status.replica_summary.as_deref(), Some("1/1"));
+    assert_eq!(status.selector.as_deref(), Some("aleph.dev/model=llama-3-8b"));
+    assert_eq!(status.cache.as_ref().map(|c| c.phase.as_str()), Some("Ready"));
+
+    // The Deployment's pod asks for the GPU, selects the product, tolerates the taint.
+    let deployment = env.api::<Deployment>().get("llama-3-8b").await.expect("deployment");
+    let pod_spec = template_spec(&deployment);
+    let container = &pod_spec.containers[0];
+    let resources = container.resources.as_ref().expect("resources");
+    for side in [&resources.requests, &resources.limits] {
+        assert_eq!(
+            side.as_ref().and_then(|r| r.get("nvidia.com/gpu")).map(|q| q.0.as_str()),
+            Some("1")
+        );
+    }
+    assert_eq!(
+        pod_spec
+            .node_selector
+            .as_ref()
+            .and_then(|n| n.get("nvidia.com/gpu.product"))
+            .map(String::as_str),
+        Some(H100)
+    );
+    assert!(pod_spec.tolerations.iter().flatten().any(|t| {
+        t.key.as_deref() == Some("nvidia.com/gpu") && t.effect.as_deref() == Some("NoSchedule")
+    }));
+    let args = container.args.clone().unwrap_or_default();
+    assert!(args.windows(2).any(|w| w == ["--tensor-parallel-size", "1"]), "{args:?}");
+
+    // Its pods run on H100 nodes only.
+    let pods = pods_of(&env, "aleph.dev/model=llama-3-8b").await;
+    assert!(!pods.is_empty());
+    for pod in &pods {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        assert!(
+            node.starts_with("aleph-gpu-h100-"),
+            "pod {} runs on {node}, not on an H100 node",
+            pod.name_any()
+        );
+    }
+
+    // The Service in front of it, the HPA of the example's autoscaling.
+    let service = env.api::<Service>().get("llama-3-8b").await.expect("service");
+    let port = service.spec.and_then(|s| s.ports).expect("ports")[0].port;
+    assert_eq!(port, 8000);
+    let hpa = env
+        .api::<HorizontalPodAutoscaler>()
+        .get("llama-3-8b")
+        .await
+        .expect("hpa");
+    let hpa_spec = hpa.spec.expect("hpa spec");
+    assert_eq!((hpa_spec.min_replicas, hpa_spec.max_replicas), (Some(1), 4));
+
+    // The event and the printer columns.
+    assert!(!events_with_reason(&env, "llama-3-8b", "ModelDeployed").await.is_empty());
+    let table = env
+        .kubectl(["get", "aimodel", "llama-3-8b"])
+        .await
+        .expect_success()
+        .stdout;
+    let header = table.lines().next().unwrap_or_default();
+    for column in ["RUNTIME", "GPUS", "REPLICAS", "READY", "URL", "AGE"] {
+        assert!(header.contains(column), "no {column} column in:\n{table}");
+    }
+    let row = table.lines().nth(1).unwrap_or_default();
+    for cell in ["vllm", "1/1", "True", url.as_str()] {
+        assert!(row.contains(cell), "no {cell} in:\n{table}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn changing_the_gpu_count_rolls_the_deployment_and_too_many_gpus_is_unschedulable() {
+    let env = TestEnv::new().await;
+    env.apply_yaml(&model_yaml(
+        "roll",
+        &format!(
+            "  source: {{ uri: hf://acme/roll-7b }}\n  cache: {{ enabled: false }}\n  resources: {{ gpus: 1, gpuProduct: {H100} }}\n"
+        ),
+    ))
+    .await;
+    wait_ready(&env, "roll").await;
+    let deployments = env.api::<Deployment>();
+    let before = deployments.get("roll").await.expect("deployment");
+
+    patch_spec(&env, "roll", serde_json::json!({ "resources": { "gpus": 2 } })).await;
+    wait_ready(&env, "roll").await;
+    let after = deployments.get("roll").await.expect("deployment");
+    assert!(after.metadata.generation > before.metadata.generation);
+    let container = &template_spec(&after).containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    assert!(args.windows(2).any(|w| w == ["--tensor-parallel-size", "2"]), "{args:?}");
+    // A rollout: a second ReplicaSet, and the ready pod is the new one with 2 GPUs.
+    let replica_sets = env
+        .api::<ReplicaSet>()
+        .list(&ListParams::default().labels("aleph.dev/model=roll"))
+        .await
+        .expect("replica sets")
+        .items;
+    assert_eq!(replica_sets.len(), 2, "a new ReplicaSet for the new template");
+    let pods = wait_until(|| async {
+        let pods = pods_of(&env, "aleph.dev/model=roll").await;
+        (pods.len() == 1 && gpu_request(&pods[0]).as_deref() == Some("2")).then_some(pods)
+    })
+    .await;
+    let node = pods[0].spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    assert!(node.starts_with("aleph-gpu-h100-"), "{node}");
+
+    // More GPUs than any node has: Degraded, Unschedulable, with what is missing.
+    patch_spec(&env, "roll", serde_json::json!({ "resources": { "gpus": 16 } })).await;
+    let model = wait_for(&env.api::<AIModel>(), "roll", TIMEOUT, |m| {
+        current(m) && has_condition(m, "Degraded", "True")
+    })
+    .await;
+    let degraded = find_condition(&model, "Degraded").expect("Degraded");
+    assert_eq!(degraded.reason.as_deref(), Some("Unschedulable"));
+    let message = degraded.message.unwrap_or_default();
+    assert!(
+        message.starts_with("needs 16 x NVIDIA-H100-80GB-HBM3 GPUs; no node has them free"),
+        "{message}"
+    );
+    let ready = find_condition(&model, "Ready").expect("Ready");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason.as_deref(), Some("Unschedulable"));
+    assert!(!events_with_reason(&env, "roll", "ModelUnschedulable").await.is_empty());
+    env.cleanup().await;
+}
+
+/// Polls `check` every half second until it gives a value (at most [`TIMEOUT`]).
+async fn wait_until<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn autoscaling_makes_an_hpa_and_kubectl_scale_sets_the_replicas() {
+    let env = TestEnv::new().await;
+    env.apply_yaml(&model_yaml(
+        "auto",
+        "  source: { uri: hf://acme/auto-1b }\n  cache: { enabled: false }\n  resources: { cpu: \"2\", memory: 4Gi }\n  autoscaling:\n    minReplicas: 2\n    maxReplicas: 5\n    targetCpuUtilization: 60\n    targetConcurrency: 10\n    scaleDownStabilizationSeconds: 90\n",
+    ))
+    .await;
+    let hpa = wait_for(&env.api::<HorizontalPodAutoscaler>(), "auto", TIMEOUT, |_| true).await;
+    let spec = hpa.spec.expect("hpa spec");
+    assert_eq!(spec.scale_target_ref.name, "auto");
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 5));
+    let metrics = spec.metrics.unwrap_or_default();
+    let cpu = metrics.iter().find_map(|m| m.resource.as_ref()).expect("cpu");
+    assert_eq!(cpu.target.average_utilization, Some(60));
+    let pods = metrics.iter().find_map(|m| m.pods.as_ref()).expect("pods metric");
+    assert_eq!(pods.metric.name, "aleph_inflight_requests");
+    assert_eq!(pods.target.average_value.as_ref().map(|q| q.0.as_str()), Some("10"));
+    let window = spec
+        .behavior
+        .and_then(|b| b.scale_down)
+        .and_then(|s| s.stabilization_window_seconds);
+    assert_eq!(window, Some(90));
+    // The HPA controller brings the Deployment to the minimum; the model follows.
+    let model = wait_for(&env.api::<AIModel>(), "auto", TIMEOUT, |m| {
+        current(m)
+            && has_condition(m, "Ready", "True")
+            && m.status.as_ref().and_then(|s| s.ready_replicas) == Some(2)
+    })
+    .await;
+    assert_eq!(model.status.and_then(|s| s.replicas), Some(2));
+    // While it autoscales, the spec has no replicas to scale.
+    let refused = env
+        .kubectl(["scale", "aimodel/auto", "--replicas=3"])
+        .await
+        .expect_failure();
+    assert!(refused.stderr.contains("replicas and autoscaling are exclusive"), "{refused}");
+
+    // Without autoscaling, `kubectl scale` sets spec.replicas and the Deployment follows.
+    env.apply_yaml(&model_yaml(
+        "manual",
+        "  source: { uri: hf://acme/manual-1b }\n  cache: { enabled: false }\n  resources: { cpu: \"1\" }\n",
+    ))
+    .await;
+    wait_ready(&env, "manual").await;
+    env.kubectl(["scale", "aimodel/manual", "--replicas=3"])
+        .await
+        .expect_success();
+    let model = wait_for(&env.api::<AIModel>(), "manual", TIMEOUT, |m| {
+        current(m)
+            && has_condition(m, "Ready", "True")
+            && m.status.as_ref().and_then(|s| s.ready_replicas) == Some(3)
+    })
+    .await;
+    assert_eq!(model.spec.replicas, Some(3));
+    assert_eq!(model.status.as_ref().and_then(|s| s.replicas), Some(3));
+    let deployment = env.api::<Deployment>().get("manual").await.expect("deployment");
+    assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(3));
+    assert!(env
+        .api::<HorizontalPodAutoscaler>()
+        .get_opt("manual")
+        .await
+        .expect("get hpa")
+        .is_none());
+    // The scale subresource reads what it wrote.
+    let scale = env
+        .kubectl(["get", "aimodel/manual", "--subresource=scale", "-o", "jsonpath={.spec.replicas}/{.status.replicas}/{.status.selector}"])
+        .await
+        .expect_success();
+    assert_eq!(scale.stdout.trim(), "3/3/aleph.dev/model=manual");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_cache_job_runs_once_for_two_models_with_the_same_source() {
+    let env = TestEnv::new().await;
+    let class = cache_storage(&env, 2).await;
+    let spec = format!(
+        "  source: {{ uri: hf://acme/shared-3b }}\n  runtime: {{ engine: tgi }}\n  resources: {{ cpu: \"1\" }}\n  cache: {{ storageClassName: {class}, size: 20Gi }}\n"
+    );
+    env.apply_yaml(&model_yaml("first", &spec)).await;
+    let first = wait_ready(&env, "first").await;
+    env.apply_yaml(&model_yaml("second", &spec)).await;
+    let second = wait_ready(&env, "second").await;
+
+    let claim_name = first.status.as_ref().and_then(|s| s.cache.clone()).expect("cache").claim_name;
+    assert_eq!(
+        second.status.as_ref().and_then(|s| s.cache.clone()).map(|c| c.claim_name),
+        Some(claim_name.clone())
+    );
+    // One Job, one download pod, one claim: used by both models.
+    let jobs = env
+        .api::<Job>()
+        .list(&ListParams::default().labels("aleph.dev/cache"))
+        .await
+        .expect("jobs")
+        .items;
+    assert_eq!(jobs.len(), 1, "one download for one source");
+    let job = &jobs[0];
+    assert_eq!(job.name_any(), claim_name);
+    let job_status = job.status.clone().unwrap_or_default();
+    assert_eq!((job_status.succeeded, job_status.failed.unwrap_or(0)), (Some(1), 0));
+    let download_pods = env
+        .api::<Pod>()
+        .list(&ListParams::default().labels("aleph.dev/cache"))
+        .await
+        .expect("pods")
+        .items;
+    assert_eq!(download_pods.len(), 1, "the download ran once");
+    let claims = env
+        .api::<PersistentVolumeClaim>()
+        .list(&ListParams::default().labels("aleph.dev/cache"))
+        .await
+        .expect("claims")
+        .items;
+    assert_eq!(claims.len(), 1);
+    let users: Vec<String> = claims[0].owner_references().iter().map(|r| r.name.clone()).collect();
+    assert_eq!(users.len(), 2, "{users:?}");
+    assert!(users.contains(&"first".to_string()) && users.contains(&"second".to_string()));
+    // Both serve from the claim, read-only.
+    for name in ["first", "second"] {
+        let d = env.api::<Deployment>().get(name).await.expect("deployment");
+        let volume = template_spec(&d)
+            .volumes
+            .iter()
+            .flatten()
+            .find_map(|v| v.persistent_volume_claim.clone())
+            .expect("the cache claim");
+        assert_eq!(volume.claim_name, claim_name);
+        assert_eq!(volume.read_only, Some(true));
+    }
+    // The first model goes; the cache stays for the second.
+    env.api::<AIModel>()
+        .delete("first", &DeleteParams::default())
+        .await
+        .expect("delete first");
+    wait_for_deletion(&env.api::<Deployment>(), "first", TIMEOUT).await;
+    let claim = wait_for(&env.api::<PersistentVolumeClaim>(), &claim_name, TIMEOUT, |c| {
+        c.owner_references().len() == 1
+    })
+    .await;
+    assert_eq!(claim.owner_references()[0].name, "second");
+    assert!(claim.metadata.deletion_timestamp.is_none());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failing_download_is_model_download_failed() {
+    let env = TestEnv::new().await;
+    let class = cache_storage(&env, 1).await;
+    env.apply_yaml(&model_yaml(
+        "broken",
+        &format!(
+            "  source: {{ uri: hf://acme/does-not-exist }}\n  resources: {{ cpu: \"1\" }}\n  cache:\n    storageClassName: {class}\n    podAnnotations: {{ aleph.dev/test-fail: \"true\" }}\n"
+        ),
+    ))
+    .await;
+    let model = wait_for(&env.api::<AIModel>(), "broken", Duration::from_secs(180), |m| {
+        has_condition(m, "Degraded", "True")
+    })
+    .await;
+    let degraded = find_condition(&model, "Degraded").expect("Degraded");
+    assert_eq!(degraded.reason.as_deref(), Some("ModelDownloadFailed"));
+    let message = degraded.message.unwrap_or_default();
+    assert!(message.contains("hf://acme/does-not-exist"), "{message}");
+    assert!(message.contains("kubectl logs job/aleph-cache-"), "{message}");
+    let ready = find_condition(&model, "Ready").expect("Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("ModelDownloadFailed")));
+    assert_eq!(
+        model.status.and_then(|s| s.cache).map(|c| c.phase),
+        Some("Failed".to_string())
+    );
+    // Nothing serves a model that is not there.
+    assert!(env.api::<Deployment>().get_opt("broken").await.expect("get").is_none());
+    assert!(!events_with_reason(&env, "broken", "ModelDownloadFailed").await.is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_canary_gets_its_share_of_the_replicas_and_promoting_it_moves_it_into_the_spec() {
+    let env = TestEnv::new().await;
+    env.apply_yaml(&model_yaml(
+        "chat",
+        "  source: { uri: hf://acme/chat@v1 }\n  cache: { enabled: false }\n  resources: { cpu: \"1\" }\n  replicas: 4\n  canary:\n    source: { uri: hf://acme/chat@v2 }\n    trafficPercent: 25\n",
+    ))
+    .await;
+    let model = wait_ready(&env, "chat").await;
+    assert_eq!(model.status.as_ref().and_then(|s| s.ready_replicas), Some(4));
+    let deployments = env.api::<Deployment>();
+    let stable = deployments.get("chat").await.expect("stable");
+    let canary = deployments.get("chat-canary").await.expect("canary");
+    assert_eq!(stable.spec.as_ref().and_then(|s| s.replicas), Some(3));
+    assert_eq!(canary.spec.as_ref().and_then(|s| s.replicas), Some(1));
+    let revision = |d: &Deployment| {
+        template_spec(d).init_containers.iter().flatten().next().and_then(|c| {
+            c.env.iter().flatten().find(|e| e.name == "MODEL_REVISION").and_then(|e| e.value.clone())
+        })
+    };
+    assert_eq!(revision(&stable).as_deref(), Some("v1"));
+    assert_eq!(revision(&canary).as_deref(), Some("v2"));
+    // One Service in front of both: 3 stable and 1 canary pod behind it.
+    let service = env.api::<Service>().get("chat").await.expect("service");
+    let selector = service.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert_eq!(selector.len(), 1);
+    assert_eq!(selector.get("aleph.dev/model").map(String::as_str), Some("chat"));
+    assert_eq!(pods_of(&env, "aleph.dev/model=chat,aleph.dev/track=stable").await.len(), 3);
+    assert_eq!(pods_of(&env, "aleph.dev/model=chat,aleph.dev/track=canary").await.len(), 1);
+
+    // Promote: the canary's source becomes the model's, the canary goes.
+    patch_spec(
+        &env,
+        "chat",
+        serde_json::json!({ "source": { "uri": "hf://acme/chat@v2" }, "canary": null }),
+    )
+    .await;
+    wait_for_deletion(&deployments, "chat-canary", TIMEOUT).await;
+    let model = wait_for(&env.api::<AIModel>(), "chat", TIMEOUT, |m| {
+        current(m)
+            && has_condition(m, "Ready", "True")
+            && m.status.as_ref().and_then(|s| s.ready_replicas) == Some(4)
+    })
+    .await;
+    assert_eq!(model.status.and_then(|s| s.served_source).as_deref(), Some("hf://acme/chat@v2"));
+    let stable = deployments.get("chat").await.expect("stable");
+    assert_eq!(stable.spec.as_ref().and_then(|s| s.replicas), Some(4));
+    assert_eq!(revision(&stable).as_deref(), Some("v2"));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_the_model_removes_every_child() {
+    let env = TestEnv::new().await;
+    let class = cache_storage(&env, 1).await;
+    env.apply_yaml(&model_yaml(
+        "doomed",
+        &format!(
+            "  source: {{ uri: hf://acme/doomed-1b }}\n  resources: {{ cpu: \"1\" }}\n  cache: {{ storageClassName: {class} }}\n  autoscaling: {{ minReplicas: 1, maxReplicas: 3, targetConcurrency: 5 }}\n  canary:\n    runtime: {{ engine: vllm, args: [\"--enable-prefix-caching\"] }}\n    trafficPercent: 50\n"
+        ),
+    ))
+    .await;
+    let model = wait_ready(&env, "doomed").await;
+    let claim = model.status.and_then(|s| s.cache).expect("cache").claim_name;
+    let deployments = env.api::<Deployment>();
+    for name in ["doomed", "doomed-canary"] {
+        deployments.get(name).await.expect("deployment");
+    }
+    env.api::<Service>().get("doomed").await.expect("service");
+    env.api::<HorizontalPodAutoscaler>().get("doomed").await.expect("hpa");
+    env.api::<Job>().get(&claim).await.expect("cache job");
+    env.api::<PersistentVolumeClaim>().get(&claim).await.expect("cache claim");
+
+    env.api::<AIModel>()
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for_deletion(&env.api::<AIModel>(), "doomed", TIMEOUT).await;
+    for name in ["doomed", "doomed-canary"] {
+        wait_for_deletion(&deployments, name, TIMEOUT).await;
+    }
+    wait_for_deletion(&env.api::<Service>(), "doomed", TIMEOUT).await;
+    wait_for_deletion(&env.api::<HorizontalPodAutoscaler>(), "doomed", TIMEOUT).await;
+    wait_for_deletion(&env.api::<Job>(), &claim, TIMEOUT).await;
+    wait_for_deletion(&env.api::<PersistentVolumeClaim>(), &claim, TIMEOUT).await;
+    wait_until(|| async { pods_of(&env, "aleph.dev/model=doomed").await.is_empty().then_some(()) })
+        .await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_model_the_quota_refuses_says_why() {
+    let env = TestEnv::new().await;
+    env.apply_yaml(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: { name: gpus }\nspec:\n  hard: { requests.nvidia.com/gpu: \"1\" }\n",
+    )
+    .await;
+    // The quota controller must have counted before the refusal is certain.
+    wait_for(&env.api::<k8s_openapi::api::core::v1::ResourceQuota>(), "gpus", TIMEOUT, |q| {
+        q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some()
+    })
+    .await;
+    env.apply_yaml(&model_yaml(
+        "greedy",
+        &format!(
+            "  source: {{ uri: hf://acme/greedy-70b }}\n  cache: {{ enabled: false }}\n  resources: {{ gpus: 2, gpuProduct: {H100} }}\n"
+        ),
+    ))
+    .await;
+    let model = wait_for(&env.api::<AIModel>(), "greedy", TIMEOUT, |m| {
+        has_condition(m, "Degraded", "True")
+    })
+    .await;
+    let degraded = find_condition(&model, "Degraded").expect("Degraded");
+    assert_eq!(degraded.reason.as_deref(), Some("QuotaExceeded"));
+    let message = degraded.message.unwrap_or_default();
+    assert!(message.contains("exceeded quota: gpus"), "{message}");
+    assert!(message.contains("nvidia.com/gpu"), "{message}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_specs_are_refused_at_apply_or_explained_in_the_status() {
+    let env = TestEnv::new().await;
+    // The schema: CPU utilisation needs a CPU request.
+    let refused = env
+        .try_apply_yaml(&model_yaml(
+            "no-cpu",
+            "  source: { uri: hf://acme/x }\n  autoscaling: { maxReplicas: 3, targetCpuUtilization: 50 }\n",
+        ))
+        .await
+        .expect_err("refused");
+    let message = refused.to_string();
+    assert!(message.contains("targetCpuUtilization is a share of the CPU request"), "{message}");
+    let refused = env
+        .try_apply_yaml(&model_yaml("bad-uri", "  source: { uri: \"gs://bucket/model\" }\n"))
+        .await
+        .expect_err("refused");
+    assert!(refused.to_string().contains("spec.source.uri"), "{refused}");
+
+    // What only the operator can tell: an Ollama model on vLLM.
+    env.apply_yaml(&model_yaml(
+        "mismatch",
+        "  source: { uri: \"ollama://llama3.2:1b\" }\n  runtime: { engine: vllm }\n",
+    ))
+    .await;
+    let model = wait_for(&env.api::<AIModel>(), "mismatch", TIMEOUT, |m| {
+        find_condition(m, "Ready").is_some_and(|c| c.reason.as_deref() == Some("InvalidSpec"))
+    })
+    .await;
+    let ready = find_condition(&model, "Ready").expect("Ready");
+    let message = ready.message.unwrap_or_default();
+    assert!(message.starts_with("spec.source.uri:"), "{message}");
+    assert!(message.contains("runtime.engine: ollama"), "{message}");
+    assert!(env.api::<Deployment>().get_opt("mismatch").await.expect("get").is_none());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_ready_model_is_left_alone() {
+    // An operator of its own, so that its write count is this model's alone.
+    let env = TestEnv::new().await;
+    let label = unique_name("steady");
+    let mut operator = OperatorProcess::start(OperatorOptions {
+        args: vec![
+            "--leader-elect".into(),
+            "false".into(),
+            "--namespaces".into(),
+            env.namespace().to_string(),
+        ],
+        private_label: Some(label.clone()),
+        name: "aimodel-steady".into(),
+        ..OperatorOptions::default()
+    })
+    .await;
+    operator.wait_ready(Duration::from_secs(90)).await;
+    env.apply_yaml(&format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata:\n  name: steady\n  labels: {{ {PRIVATE_OPERATOR_LABEL}: \"{label}\" }}\nspec:\n  source: {{ uri: hf://acme/steady-8b }}\n  cache: {{ enabled: false }}\n  resources: {{ gpus: 1, gpuProduct: {H100}, cpu: \"4\", memory: 16Gi }}\n  runtime:\n    env: [{{ name: EMPTY, value: \"\" }}, {{ name: VLLM_LOGGING_LEVEL, value: INFO }}]\n  autoscaling: {{ minReplicas: 1, maxReplicas: 3, targetCpuUtilization: 50, targetConcurrency: 8 }}\n  canary: {{ runtime: {{ engine: tgi }}, trafficPercent: 30 }}\n"
+    ))
+    .await;
+    wait_ready(&env, "steady").await;
+    // Let the last pod and status updates settle: the write count stops moving.
+    let mut before = operator.writes_besides_the_lease().await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = operator.writes_besides_the_lease().await;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    // Every change of the model triggers a reconcile; none finds anything to write.
+    let models = env.api::<AIModel>();
+    for i in 0..5 {
+        let patch = serde_json::json!({ "metadata": { "annotations": { "example.com/poke": i.to_string() } } });
+        models
+            .patch("steady", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("annotate");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = operator.writes_besides_the_lease().await;
+    assert_eq!(
+        before, after,
+        "a steady state sends no write; the operator's log:\n{}",
+        operator.log_tail(40)
+    );
+    assert!(has_condition(&models.get("steady").await.expect("model"), "Ready", "True"));
+    operator.terminate(Duration::from_secs(10)).await;
+    env.cleanup().await;
+}
