@@ -91,6 +91,10 @@ pub struct PluginSpec {
     /// Scale to zero and keep the configuration.
     #[serde(default)]
     pub disabled: bool,
+    /// Annotations put on the plugin's pods, for example for a service mesh.
+    /// Keys starting with `aleph.dev/plugin-` are the operator's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 fn one() -> i32 {
@@ -191,7 +195,68 @@ pub struct PluginStatus {
     /// When the rollout of the current version started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_started: Option<String>,
+    /// The generation whose version failed; that spec is not rolled out again
+    /// until it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_generation: Option<i64>,
+    /// Everything that shaped the pods of the last version that was Ready: what a
+    /// rollback restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good_release: Option<PluginRelease>,
     /// The in-cluster address of a service plugin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+}
+
+/// What shapes a plugin's pods: one release of the plugin. An upgrade that
+/// fails rolls the pods back to the last release that was Ready.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginRelease {
+    /// The version.
+    pub version: String,
+    /// The image.
+    pub image: String,
+    /// The container's command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The container's arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Configuration files.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Mounted Secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+    /// CPU, memory and GPUs of each pod.
+    #[serde(default)]
+    pub resources: ComputeResources,
+    /// The RuntimeClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+    /// Annotations of the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+impl PluginRelease {
+    /// The release a spec declares.
+    pub fn of(spec: &PluginSpec) -> Self {
+        Self {
+            version: spec.version.clone(),
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            config: spec.config.clone(),
+            secrets: spec.secrets.clone(),
+            resources: spec.resources.clone(),
+            runtime_class_name: spec.sandbox.runtime_class_name.clone(),
+            pod_annotations: spec.pod_annotations.clone(),
+        }
+    }
 }
