@@ -121,7 +121,12 @@ fn vllm_on_an_h100_asks_for_the_gpu_selects_the_product_and_tolerates_the_taint(
             .map(String::as_str),
         Some("NVIDIA-H100-80GB-HBM3")
     );
-    let toleration = spec.tolerations.iter().flatten().next().expect("toleration");
+    let toleration = spec
+        .tolerations
+        .iter()
+        .flatten()
+        .next()
+        .expect("toleration");
     assert_eq!(toleration.key.as_deref(), Some("nvidia.com/gpu"));
     assert_eq!(toleration.operator.as_deref(), Some("Exists"));
     assert_eq!(toleration.effect.as_deref(), Some("NoSchedule"));
@@ -152,25 +157,51 @@ fn vllm_on_an_h100_asks_for_the_gpu_selects_the_product_and_tolerates_the_taint(
         .expect("dshm");
     assert_eq!(shm.medium.as_deref(), Some("Memory"));
     assert_eq!(env(c).get("HF_HUB_OFFLINE"), Some(&Some("1")));
-    assert!(spec.init_containers.is_none(), "the cache downloads, not the pod");
+    assert!(
+        spec.init_containers.is_none(),
+        "the cache downloads, not the pod"
+    );
     assert_eq!(spec.enable_service_links, Some(false));
     // Labels, pod annotations, owner.
     let template = d.spec.as_ref().map(|s| &s.template).expect("template");
-    let labels = template.metadata.as_ref().and_then(|m| m.labels.as_ref()).expect("labels");
-    assert_eq!(labels.get("aleph.dev/model").map(String::as_str), Some("llama-3-8b"));
-    assert_eq!(labels.get("aleph.dev/track").map(String::as_str), Some("stable"));
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .expect("labels");
+    assert_eq!(
+        labels.get("aleph.dev/model").map(String::as_str),
+        Some("llama-3-8b")
+    );
+    assert_eq!(
+        labels.get("aleph.dev/track").map(String::as_str),
+        Some("stable")
+    );
     let annotations = template
         .metadata
         .as_ref()
         .and_then(|m| m.annotations.as_ref())
         .expect("annotations");
-    assert_eq!(annotations.get("example.com/team").map(String::as_str), Some("research"));
-    let owner = d.metadata.owner_references.iter().flatten().next().expect("owner");
+    assert_eq!(
+        annotations.get("example.com/team").map(String::as_str),
+        Some("research")
+    );
+    let owner = d
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .next()
+        .expect("owner");
     assert_eq!(owner.kind, "AIModel");
     assert_eq!(owner.controller, Some(true));
     // The Service and the URL (OpenAI-compatible under /v1).
     let svc = build::service(&model, &plan).expect("service");
-    let port = &svc.spec.as_ref().and_then(|s| s.ports.clone()).expect("ports")[0];
+    let port = &svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .expect("ports")[0];
     assert_eq!(port.port, 8000);
     assert_eq!(
         plan.url(),
@@ -187,8 +218,17 @@ fn the_cache_claim_and_job_download_once_with_the_credentials() {
     let claim = cache::claim(&model, uri).expect("claim");
     assert_eq!(claim.metadata.name, Some(cache::cache_name(uri)));
     let spec = claim.spec.as_ref().expect("claim spec");
-    assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteMany".to_string()][..]));
-    let owner = claim.metadata.owner_references.iter().flatten().next().expect("user");
+    assert_eq!(
+        spec.access_modes.as_deref(),
+        Some(&["ReadWriteMany".to_string()][..])
+    );
+    let owner = claim
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .next()
+        .expect("user");
     assert_eq!(owner.controller, None, "a cache is shared: no controller");
     let job = cache::job(&model, uri, &plan.stable.source).expect("job");
     let job_spec = job.spec.as_ref().expect("job spec");
@@ -199,15 +239,24 @@ fn the_cache_claim_and_job_download_once_with_the_credentials() {
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some(cache::HF_DOWNLOAD_IMAGE));
     let env = env(c);
-    assert_eq!(env.get("MODEL_REPO"), Some(&Some("meta-llama/Llama-3.1-8B-Instruct")));
+    assert_eq!(
+        env.get("MODEL_REPO"),
+        Some(&Some("meta-llama/Llama-3.1-8B-Instruct"))
+    );
     assert_eq!(env.get("MODEL_REVISION"), Some(&Some("main")));
     let from = c.env_from.iter().flatten().next().expect("envFrom");
-    assert_eq!(from.secret_ref.as_ref().map(|s| s.name.as_str()), Some("hf-token"));
+    assert_eq!(
+        from.secret_ref.as_ref().map(|s| s.name.as_str()),
+        Some("hf-token")
+    );
     assert_eq!(mount_path(c, "model"), Some(cache::TARGET_DIR));
     // The download's mount is writable; the claim is the cache's.
     let volume = pod.volumes.iter().flatten().next().expect("volume");
     assert_eq!(
-        volume.persistent_volume_claim.as_ref().map(|p| p.claim_name.clone()),
+        volume
+            .persistent_volume_claim
+            .as_ref()
+            .map(|p| p.claim_name.clone()),
         Some(cache::cache_name(uri))
     );
 }
@@ -221,26 +270,49 @@ fn tgi_shards_over_four_gpus_and_downloads_per_pod_without_the_cache() {
     assert_eq!(arg_value(c, "--model-id"), Some("/models"));
     assert_eq!(arg_value(c, "--num-shard"), Some("4"));
     assert_eq!(arg_value(c, "--port"), Some("8080"));
-    assert_eq!(resource(c, "limits", "nvidia.com/gpu").as_deref(), Some("4"));
+    assert_eq!(
+        resource(c, "limits", "nvidia.com/gpu").as_deref(),
+        Some("4")
+    );
     assert_eq!(resource(c, "requests", "memory").as_deref(), Some("128Gi"));
     assert_eq!(resource(c, "requests", "cpu"), None);
     assert_eq!(env(c).get("MAX_INPUT_TOKENS"), Some(&Some("4096")));
     assert!(budget(c.startup_probe.as_ref()) >= 1800);
     let spec = pod(&d);
     assert_eq!(
-        spec.node_selector.as_ref().and_then(|n| n.get("nvidia.com/gpu.product")).map(String::as_str),
+        spec.node_selector
+            .as_ref()
+            .and_then(|n| n.get("nvidia.com/gpu.product"))
+            .map(String::as_str),
         Some("NVIDIA-A100-SXM4-80GB")
     );
     // No cache: an init container downloads into an emptyDir.
-    let init = spec.init_containers.iter().flatten().next().expect("init container");
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .next()
+        .expect("init container");
     assert_eq!(init.name, "download");
     assert_eq!(init.image.as_deref(), Some(cache::HF_DOWNLOAD_IMAGE));
-    let volume = spec.volumes.iter().flatten().find(|v| v.name == "model").expect("model");
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "model")
+        .expect("model");
     assert_eq!(
-        volume.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()).map(|q| q.0.as_str()),
+        volume
+            .empty_dir
+            .as_ref()
+            .and_then(|e| e.size_limit.as_ref())
+            .map(|q| q.0.as_str()),
         Some("30Gi")
     );
-    assert_eq!(plan.url(), "http://mistral.research.svc.cluster.local:8080/v1");
+    assert_eq!(
+        plan.url(),
+        "http://mistral.research.svc.cluster.local:8080/v1"
+    );
 }
 
 #[test]
@@ -249,19 +321,33 @@ fn triton_autoscales_with_an_hpa_and_leaves_replicas_to_it() {
     let (plan, d) = stable(&model);
     let c = container(&d);
     assert_eq!(c.image.as_deref(), Some(runtime::TRITON_IMAGE));
-    assert_eq!(c.command.as_deref(), Some(&["tritonserver".to_string()][..]));
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["tritonserver".to_string()][..])
+    );
     assert!(args(c).contains(&"--model-repository=/models"));
     assert!(args(c).contains(&"--http-port=8000"));
-    assert_eq!(http_path(c.readiness_probe.as_ref()), Some("/v2/health/ready"));
-    assert_eq!(http_path(c.liveness_probe.as_ref()), Some("/v2/health/live"));
+    assert_eq!(
+        http_path(c.readiness_probe.as_ref()),
+        Some("/v2/health/ready")
+    );
+    assert_eq!(
+        http_path(c.liveness_probe.as_ref()),
+        Some("/v2/health/live")
+    );
     assert!(budget(c.startup_probe.as_ref()) >= 1800);
-    assert_eq!(resource(c, "limits", "nvidia.com/gpu").as_deref(), Some("1"));
+    assert_eq!(
+        resource(c, "limits", "nvidia.com/gpu").as_deref(),
+        Some("1")
+    );
     // No product: any GPU node, still tolerating the taint.
     assert!(pod(&d).node_selector.is_none());
     assert!(pod(&d).tolerations.is_some());
     // The HPA owns the replica count.
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), None);
-    let hpa = build::hpa(&model, &plan).expect("hpa").expect("autoscaling");
+    let hpa = build::hpa(&model, &plan)
+        .expect("hpa")
+        .expect("autoscaling");
     let spec = hpa.spec.expect("hpa spec");
     assert_eq!(spec.min_replicas, Some(2));
     assert_eq!(spec.max_replicas, 10);
@@ -274,9 +360,15 @@ fn triton_autoscales_with_an_hpa_and_leaves_replicas_to_it() {
         .expect("cpu metric");
     assert_eq!(cpu.name, "cpu");
     assert_eq!(cpu.target.average_utilization, Some(70));
-    let pods = metrics.iter().find_map(|m| m.pods.as_ref()).expect("pods metric");
+    let pods = metrics
+        .iter()
+        .find_map(|m| m.pods.as_ref())
+        .expect("pods metric");
     assert_eq!(pods.metric.name, build::CONCURRENCY_METRIC);
-    assert_eq!(pods.target.average_value.as_ref().map(|q| q.0.as_str()), Some("16"));
+    assert_eq!(
+        pods.target.average_value.as_ref().map(|q| q.0.as_str()),
+        Some("16")
+    );
     let stabilization = spec
         .behavior
         .and_then(|b| b.scale_down)
@@ -285,12 +377,25 @@ fn triton_autoscales_with_an_hpa_and_leaves_replicas_to_it() {
     // Triton's HTTP API is not OpenAI's.
     assert_eq!(plan.url(), "http://resnet.vision.svc.cluster.local:8000");
     // The S3 download uses the credentials as its environment.
-    let job = cache::job(&model, "s3://acme-models/triton/resnet50", &plan.stable.source)
-        .expect("job");
-    let c = &job.spec.and_then(|s| s.template.spec).expect("pod").containers[0];
+    let job = cache::job(
+        &model,
+        "s3://acme-models/triton/resnet50",
+        &plan.stable.source,
+    )
+    .expect("job");
+    let c = &job
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0];
     assert_eq!(c.image.as_deref(), Some(cache::S3_DOWNLOAD_IMAGE));
     assert_eq!(
-        c.env_from.iter().flatten().next().and_then(|f| f.secret_ref.as_ref()).map(|s| s.name.as_str()),
+        c.env_from
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|f| f.secret_ref.as_ref())
+            .map(|s| s.name.as_str()),
         Some("aws-creds")
     );
 }
@@ -313,7 +418,11 @@ fn ollama_on_cpu_gets_no_gpu_toleration_or_selector() {
     assert!(pod(&d).node_selector.is_none());
     assert_eq!(plan.url(), "http://tiny.dev.svc.cluster.local:11434/v1");
     let job = cache::job(&model, "ollama://llama3.2:1b", &plan.stable.source).expect("job");
-    let c = &job.spec.and_then(|s| s.template.spec).expect("pod").containers[0];
+    let c = &job
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0];
     let env = self::env(c);
     assert_eq!(env.get("MODEL_NAME"), Some(&Some("llama3.2:1b")));
 }
@@ -337,14 +446,30 @@ fn a_custom_runtime_runs_as_declared_on_the_users_claim() {
         .and_then(|e| e.value_from.as_ref())
         .and_then(|v| v.secret_key_ref.as_ref())
         .expect("secret env");
-    assert_eq!((secret.name.as_str(), secret.key.as_str()), ("scorer", "api-key"));
+    assert_eq!(
+        (secret.name.as_str(), secret.key.as_str()),
+        ("scorer", "api-key")
+    );
     // The claim is mounted as it is, at the path inside it.
-    let mount = c.volume_mounts.iter().flatten().find(|m| m.name == "model").expect("mount");
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "model")
+        .expect("mount");
     assert_eq!(mount.sub_path.as_deref(), Some("scorer/v3"));
     assert_eq!(mount.read_only, Some(true));
-    let volume = pod(&d).volumes.iter().flatten().find(|v| v.name == "model").expect("volume");
+    let volume = pod(&d)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "model")
+        .expect("volume");
     assert_eq!(
-        volume.persistent_volume_claim.as_ref().map(|p| p.claim_name.as_str()),
+        volume
+            .persistent_volume_claim
+            .as_ref()
+            .map(|p| p.claim_name.as_str()),
         Some("weights")
     );
     assert_eq!(plan.url(), "http://scorer.dev.svc.cluster.local:9000");
@@ -362,24 +487,51 @@ fn a_canary_splits_replicas_and_weights() {
     assert_eq!(canary_d.metadata.name.as_deref(), Some("chat-canary"));
     // Each has its own cache; both ask for 2 GPUs and shard over them.
     let claim = |d: &Deployment| {
-        pod(d).volumes.iter().flatten().find(|v| v.name == "model")
-            .and_then(|v| v.persistent_volume_claim.as_ref()).map(|p| p.claim_name.clone())
+        pod(d)
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "model")
+            .and_then(|v| v.persistent_volume_claim.as_ref())
+            .map(|p| p.claim_name.clone())
     };
     assert_eq!(claim(&stable), Some(cache::cache_name("hf://acme/chat@v1")));
-    assert_eq!(claim(&canary_d), Some(cache::cache_name("hf://acme/chat@v2")));
-    assert_eq!(arg_value(container(&canary_d), "--tensor-parallel-size"), Some("2"));
+    assert_eq!(
+        claim(&canary_d),
+        Some(cache::cache_name("hf://acme/chat@v2"))
+    );
+    assert_eq!(
+        arg_value(container(&canary_d), "--tensor-parallel-size"),
+        Some("2")
+    );
     // The selectors tell the tracks apart; the Service selects both.
     let selector = |d: &Deployment| {
-        d.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default()
+        d.spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default()
     };
-    assert_eq!(selector(&stable).get("aleph.dev/track").map(String::as_str), Some("stable"));
-    assert_eq!(selector(&canary_d).get("aleph.dev/track").map(String::as_str), Some("canary"));
+    assert_eq!(
+        selector(&stable).get("aleph.dev/track").map(String::as_str),
+        Some("stable")
+    );
+    assert_eq!(
+        selector(&canary_d)
+            .get("aleph.dev/track")
+            .map(String::as_str),
+        Some("canary")
+    );
     let svc = build::service(&model, &plan).expect("service");
     let svc_selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
     assert_eq!(svc_selector.len(), 1);
-    assert_eq!(svc_selector.get("aleph.dev/model").map(String::as_str), Some("chat"));
+    assert_eq!(
+        svc_selector.get("aleph.dev/model").map(String::as_str),
+        Some("chat")
+    );
     // With the Gateway API: weights 75/25 to the per-track Services.
-    let route = build::http_route(&model, &plan).expect("route").expect("a canary route");
+    let route = build::http_route(&model, &plan)
+        .expect("route")
+        .expect("a canary route");
     let backends = &route.data["spec"]["rules"][0]["backendRefs"];
     assert_eq!(backends[0]["name"], "chat-stable");
     assert_eq!(backends[0]["weight"], 75);
@@ -396,5 +548,9 @@ fn an_ollama_source_on_vllm_is_an_invalid_spec_naming_the_field() {
     }
     let err = build::plan(&model, "ollama://llama3").expect_err("invalid");
     assert_eq!(err.field, "spec.source.uri");
-    assert!(err.message.contains("runtime.engine: ollama"), "{}", err.message);
+    assert!(
+        err.message.contains("runtime.engine: ollama"),
+        "{}",
+        err.message
+    );
 }

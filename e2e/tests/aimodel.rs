@@ -26,7 +26,9 @@ const H100: &str = "NVIDIA-H100-80GB-HBM3";
 
 /// An AIModel manifest; `spec` is the spec's body, indented by two spaces.
 fn model_yaml(name: &str, spec: &str) -> String {
-    format!("apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata:\n  name: {name}\nspec:\n{spec}")
+    format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
 }
 
 /// Makes `count` hostPath volumes of a storage class of the test's own and
@@ -134,17 +136,29 @@ async fn the_vllm_example_serves_from_h100_nodes_only_and_turns_ready_with_a_url
     assert_eq!(status.url.as_deref(), Some(url.as_str()));
     assert_eq!(status.ready_replicas, Some(1));
     assert_eq!(status.replica_summary.as_deref(), Some("1/1"));
-    assert_eq!(status.selector.as_deref(), Some("aleph.dev/model=llama-3-8b"));
-    assert_eq!(status.cache.as_ref().map(|c| c.phase.as_str()), Some("Ready"));
+    assert_eq!(
+        status.selector.as_deref(),
+        Some("aleph.dev/model=llama-3-8b")
+    );
+    assert_eq!(
+        status.cache.as_ref().map(|c| c.phase.as_str()),
+        Some("Ready")
+    );
 
     // The Deployment's pod asks for the GPU, selects the product, tolerates the taint.
-    let deployment = env.api::<Deployment>().get("llama-3-8b").await.expect("deployment");
+    let deployment = env
+        .api::<Deployment>()
+        .get("llama-3-8b")
+        .await
+        .expect("deployment");
     let pod_spec = template_spec(&deployment);
     let container = &pod_spec.containers[0];
     let resources = container.resources.as_ref().expect("resources");
     for side in [&resources.requests, &resources.limits] {
         assert_eq!(
-            side.as_ref().and_then(|r| r.get("nvidia.com/gpu")).map(|q| q.0.as_str()),
+            side.as_ref()
+                .and_then(|r| r.get("nvidia.com/gpu"))
+                .map(|q| q.0.as_str()),
             Some("1")
         );
     }
@@ -160,13 +174,21 @@ async fn the_vllm_example_serves_from_h100_nodes_only_and_turns_ready_with_a_url
         t.key.as_deref() == Some("nvidia.com/gpu") && t.effect.as_deref() == Some("NoSchedule")
     }));
     let args = container.args.clone().unwrap_or_default();
-    assert!(args.windows(2).any(|w| w == ["--tensor-parallel-size", "1"]), "{args:?}");
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--tensor-parallel-size", "1"]),
+        "{args:?}"
+    );
 
     // Its pods run on H100 nodes only.
     let pods = pods_of(&env, "aleph.dev/model=llama-3-8b").await;
     assert!(!pods.is_empty());
     for pod in &pods {
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         assert!(
             node.starts_with("aleph-gpu-h100-"),
             "pod {} runs on {node}, not on an H100 node",
@@ -175,7 +197,11 @@ async fn the_vllm_example_serves_from_h100_nodes_only_and_turns_ready_with_a_url
     }
 
     // The Service in front of it, the HPA of the example's autoscaling.
-    let service = env.api::<Service>().get("llama-3-8b").await.expect("service");
+    let service = env
+        .api::<Service>()
+        .get("llama-3-8b")
+        .await
+        .expect("service");
     let port = service.spec.and_then(|s| s.ports).expect("ports")[0].port;
     assert_eq!(port, 8000);
     let hpa = env
@@ -187,7 +213,11 @@ async fn the_vllm_example_serves_from_h100_nodes_only_and_turns_ready_with_a_url
     assert_eq!((hpa_spec.min_replicas, hpa_spec.max_replicas), (Some(1), 4));
 
     // The event and the printer columns.
-    assert!(!events_with_reason(&env, "llama-3-8b", "ModelDeployed").await.is_empty());
+    assert!(
+        !events_with_reason(&env, "llama-3-8b", "ModelDeployed")
+            .await
+            .is_empty()
+    );
     let table = env
         .kubectl(["get", "aimodel", "llama-3-8b"])
         .await
@@ -218,13 +248,22 @@ async fn changing_the_gpu_count_rolls_the_deployment_and_too_many_gpus_is_unsche
     let deployments = env.api::<Deployment>();
     let before = deployments.get("roll").await.expect("deployment");
 
-    patch_spec(&env, "roll", serde_json::json!({ "resources": { "gpus": 2 } })).await;
+    patch_spec(
+        &env,
+        "roll",
+        serde_json::json!({ "resources": { "gpus": 2 } }),
+    )
+    .await;
     wait_ready(&env, "roll").await;
     let after = deployments.get("roll").await.expect("deployment");
     assert!(after.metadata.generation > before.metadata.generation);
     let container = &template_spec(&after).containers[0];
     let args = container.args.clone().unwrap_or_default();
-    assert!(args.windows(2).any(|w| w == ["--tensor-parallel-size", "2"]), "{args:?}");
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--tensor-parallel-size", "2"]),
+        "{args:?}"
+    );
     // A rollout: a second ReplicaSet, and the ready pod is the new one with 2 GPUs.
     let replica_sets = env
         .api::<ReplicaSet>()
@@ -232,17 +271,30 @@ async fn changing_the_gpu_count_rolls_the_deployment_and_too_many_gpus_is_unsche
         .await
         .expect("replica sets")
         .items;
-    assert_eq!(replica_sets.len(), 2, "a new ReplicaSet for the new template");
+    assert_eq!(
+        replica_sets.len(),
+        2,
+        "a new ReplicaSet for the new template"
+    );
     let pods = wait_until(|| async {
         let pods = pods_of(&env, "aleph.dev/model=roll").await;
         (pods.len() == 1 && gpu_request(&pods[0]).as_deref() == Some("2")).then_some(pods)
     })
     .await;
-    let node = pods[0].spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let node = pods[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
     assert!(node.starts_with("aleph-gpu-h100-"), "{node}");
 
     // More GPUs than any node has: Degraded, Unschedulable, with what is missing.
-    patch_spec(&env, "roll", serde_json::json!({ "resources": { "gpus": 16 } })).await;
+    patch_spec(
+        &env,
+        "roll",
+        serde_json::json!({ "resources": { "gpus": 16 } }),
+    )
+    .await;
     let model = wait_for(&env.api::<AIModel>(), "roll", TIMEOUT, |m| {
         current(m) && has_condition(m, "Degraded", "True")
     })
@@ -257,7 +309,11 @@ async fn changing_the_gpu_count_rolls_the_deployment_and_too_many_gpus_is_unsche
     let ready = find_condition(&model, "Ready").expect("Ready");
     assert_eq!(ready.status, "False");
     assert_eq!(ready.reason.as_deref(), Some("Unschedulable"));
-    assert!(!events_with_reason(&env, "roll", "ModelUnschedulable").await.is_empty());
+    assert!(
+        !events_with_reason(&env, "roll", "ModelUnschedulable")
+            .await
+            .is_empty()
+    );
     env.cleanup().await;
 }
 
@@ -272,7 +328,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {TIMEOUT:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {TIMEOUT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -285,16 +344,31 @@ async fn autoscaling_makes_an_hpa_and_kubectl_scale_sets_the_replicas() {
         "  source: { uri: hf://acme/auto-1b }\n  cache: { enabled: false }\n  resources: { cpu: \"2\", memory: 4Gi }\n  autoscaling:\n    minReplicas: 2\n    maxReplicas: 5\n    targetCpuUtilization: 60\n    targetConcurrency: 10\n    scaleDownStabilizationSeconds: 90\n",
     ))
     .await;
-    let hpa = wait_for(&env.api::<HorizontalPodAutoscaler>(), "auto", TIMEOUT, |_| true).await;
+    let hpa = wait_for(
+        &env.api::<HorizontalPodAutoscaler>(),
+        "auto",
+        TIMEOUT,
+        |_| true,
+    )
+    .await;
     let spec = hpa.spec.expect("hpa spec");
     assert_eq!(spec.scale_target_ref.name, "auto");
     assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 5));
     let metrics = spec.metrics.unwrap_or_default();
-    let cpu = metrics.iter().find_map(|m| m.resource.as_ref()).expect("cpu");
+    let cpu = metrics
+        .iter()
+        .find_map(|m| m.resource.as_ref())
+        .expect("cpu");
     assert_eq!(cpu.target.average_utilization, Some(60));
-    let pods = metrics.iter().find_map(|m| m.pods.as_ref()).expect("pods metric");
+    let pods = metrics
+        .iter()
+        .find_map(|m| m.pods.as_ref())
+        .expect("pods metric");
     assert_eq!(pods.metric.name, "aleph_inflight_requests");
-    assert_eq!(pods.target.average_value.as_ref().map(|q| q.0.as_str()), Some("10"));
+    assert_eq!(
+        pods.target.average_value.as_ref().map(|q| q.0.as_str()),
+        Some("10")
+    );
     let window = spec
         .behavior
         .and_then(|b| b.scale_down)
@@ -313,7 +387,12 @@ async fn autoscaling_makes_an_hpa_and_kubectl_scale_sets_the_replicas() {
         .kubectl(["scale", "aimodel/auto", "--replicas=3"])
         .await
         .expect_failure();
-    assert!(refused.stderr.contains("replicas and autoscaling are exclusive"), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("replicas and autoscaling are exclusive"),
+        "{refused}"
+    );
 
     // Without autoscaling, `kubectl scale` sets spec.replicas and the Deployment follows.
     env.apply_yaml(&model_yaml(
@@ -333,17 +412,28 @@ async fn autoscaling_makes_an_hpa_and_kubectl_scale_sets_the_replicas() {
     .await;
     assert_eq!(model.spec.replicas, Some(3));
     assert_eq!(model.status.as_ref().and_then(|s| s.replicas), Some(3));
-    let deployment = env.api::<Deployment>().get("manual").await.expect("deployment");
-    assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(3));
-    assert!(env
-        .api::<HorizontalPodAutoscaler>()
-        .get_opt("manual")
+    let deployment = env
+        .api::<Deployment>()
+        .get("manual")
         .await
-        .expect("get hpa")
-        .is_none());
+        .expect("deployment");
+    assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(3));
+    assert!(
+        env.api::<HorizontalPodAutoscaler>()
+            .get_opt("manual")
+            .await
+            .expect("get hpa")
+            .is_none()
+    );
     // The scale subresource reads what it wrote.
     let scale = env
-        .kubectl(["get", "aimodel/manual", "--subresource=scale", "-o", "jsonpath={.spec.replicas}/{.status.replicas}/{.status.selector}"])
+        .kubectl([
+            "get",
+            "aimodel/manual",
+            "--subresource=scale",
+            "-o",
+            "jsonpath={.spec.replicas}/{.status.replicas}/{.status.selector}",
+        ])
         .await
         .expect_success();
     assert_eq!(scale.stdout.trim(), "3/3/aleph.dev/model=manual");
@@ -362,9 +452,18 @@ async fn the_cache_job_runs_once_for_two_models_with_the_same_source() {
     env.apply_yaml(&model_yaml("second", &spec)).await;
     let second = wait_ready(&env, "second").await;
 
-    let claim_name = first.status.as_ref().and_then(|s| s.cache.clone()).expect("cache").claim_name;
+    let claim_name = first
+        .status
+        .as_ref()
+        .and_then(|s| s.cache.clone())
+        .expect("cache")
+        .claim_name;
     assert_eq!(
-        second.status.as_ref().and_then(|s| s.cache.clone()).map(|c| c.claim_name),
+        second
+            .status
+            .as_ref()
+            .and_then(|s| s.cache.clone())
+            .map(|c| c.claim_name),
         Some(claim_name.clone())
     );
     // One Job, one download pod, one claim: used by both models.
@@ -378,7 +477,10 @@ async fn the_cache_job_runs_once_for_two_models_with_the_same_source() {
     let job = &jobs[0];
     assert_eq!(job.name_any(), claim_name);
     let job_status = job.status.clone().unwrap_or_default();
-    assert_eq!((job_status.succeeded, job_status.failed.unwrap_or(0)), (Some(1), 0));
+    assert_eq!(
+        (job_status.succeeded, job_status.failed.unwrap_or(0)),
+        (Some(1), 0)
+    );
     let download_pods = env
         .api::<Pod>()
         .list(&ListParams::default().labels("aleph.dev/cache"))
@@ -393,7 +495,11 @@ async fn the_cache_job_runs_once_for_two_models_with_the_same_source() {
         .expect("claims")
         .items;
     assert_eq!(claims.len(), 1);
-    let users: Vec<String> = claims[0].owner_references().iter().map(|r| r.name.clone()).collect();
+    let users: Vec<String> = claims[0]
+        .owner_references()
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
     assert_eq!(users.len(), 2, "{users:?}");
     assert!(users.contains(&"first".to_string()) && users.contains(&"second".to_string()));
     // Both serve from the claim, read-only.
@@ -414,9 +520,12 @@ async fn the_cache_job_runs_once_for_two_models_with_the_same_source() {
         .await
         .expect("delete first");
     wait_for_deletion(&env.api::<Deployment>(), "first", TIMEOUT).await;
-    let claim = wait_for(&env.api::<PersistentVolumeClaim>(), &claim_name, TIMEOUT, |c| {
-        c.owner_references().len() == 1
-    })
+    let claim = wait_for(
+        &env.api::<PersistentVolumeClaim>(),
+        &claim_name,
+        TIMEOUT,
+        |c| c.owner_references().len() == 1,
+    )
     .await;
     assert_eq!(claim.owner_references()[0].name, "second");
     assert!(claim.metadata.deletion_timestamp.is_none());
@@ -434,24 +543,43 @@ async fn a_failing_download_is_model_download_failed() {
         ),
     ))
     .await;
-    let model = wait_for(&env.api::<AIModel>(), "broken", Duration::from_secs(180), |m| {
-        has_condition(m, "Degraded", "True")
-    })
+    let model = wait_for(
+        &env.api::<AIModel>(),
+        "broken",
+        Duration::from_secs(180),
+        |m| has_condition(m, "Degraded", "True"),
+    )
     .await;
     let degraded = find_condition(&model, "Degraded").expect("Degraded");
     assert_eq!(degraded.reason.as_deref(), Some("ModelDownloadFailed"));
     let message = degraded.message.unwrap_or_default();
     assert!(message.contains("hf://acme/does-not-exist"), "{message}");
-    assert!(message.contains("kubectl logs job/aleph-cache-"), "{message}");
+    assert!(
+        message.contains("kubectl logs job/aleph-cache-"),
+        "{message}"
+    );
     let ready = find_condition(&model, "Ready").expect("Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("ModelDownloadFailed")));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("False", Some("ModelDownloadFailed"))
+    );
     assert_eq!(
         model.status.and_then(|s| s.cache).map(|c| c.phase),
         Some("Failed".to_string())
     );
     // Nothing serves a model that is not there.
-    assert!(env.api::<Deployment>().get_opt("broken").await.expect("get").is_none());
-    assert!(!events_with_reason(&env, "broken", "ModelDownloadFailed").await.is_empty());
+    assert!(
+        env.api::<Deployment>()
+            .get_opt("broken")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        !events_with_reason(&env, "broken", "ModelDownloadFailed")
+            .await
+            .is_empty()
+    );
     env.cleanup().await;
 }
 
@@ -464,16 +592,28 @@ async fn a_canary_gets_its_share_of_the_replicas_and_promoting_it_moves_it_into_
     ))
     .await;
     let model = wait_ready(&env, "chat").await;
-    assert_eq!(model.status.as_ref().and_then(|s| s.ready_replicas), Some(4));
+    assert_eq!(
+        model.status.as_ref().and_then(|s| s.ready_replicas),
+        Some(4)
+    );
     let deployments = env.api::<Deployment>();
     let stable = deployments.get("chat").await.expect("stable");
     let canary = deployments.get("chat-canary").await.expect("canary");
     assert_eq!(stable.spec.as_ref().and_then(|s| s.replicas), Some(3));
     assert_eq!(canary.spec.as_ref().and_then(|s| s.replicas), Some(1));
     let revision = |d: &Deployment| {
-        template_spec(d).init_containers.iter().flatten().next().and_then(|c| {
-            c.env.iter().flatten().find(|e| e.name == "MODEL_REVISION").and_then(|e| e.value.clone())
-        })
+        template_spec(d)
+            .init_containers
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|c| {
+                c.env
+                    .iter()
+                    .flatten()
+                    .find(|e| e.name == "MODEL_REVISION")
+                    .and_then(|e| e.value.clone())
+            })
     };
     assert_eq!(revision(&stable).as_deref(), Some("v1"));
     assert_eq!(revision(&canary).as_deref(), Some("v2"));
@@ -481,9 +621,22 @@ async fn a_canary_gets_its_share_of_the_replicas_and_promoting_it_moves_it_into_
     let service = env.api::<Service>().get("chat").await.expect("service");
     let selector = service.spec.and_then(|s| s.selector).unwrap_or_default();
     assert_eq!(selector.len(), 1);
-    assert_eq!(selector.get("aleph.dev/model").map(String::as_str), Some("chat"));
-    assert_eq!(pods_of(&env, "aleph.dev/model=chat,aleph.dev/track=stable").await.len(), 3);
-    assert_eq!(pods_of(&env, "aleph.dev/model=chat,aleph.dev/track=canary").await.len(), 1);
+    assert_eq!(
+        selector.get("aleph.dev/model").map(String::as_str),
+        Some("chat")
+    );
+    assert_eq!(
+        pods_of(&env, "aleph.dev/model=chat,aleph.dev/track=stable")
+            .await
+            .len(),
+        3
+    );
+    assert_eq!(
+        pods_of(&env, "aleph.dev/model=chat,aleph.dev/track=canary")
+            .await
+            .len(),
+        1
+    );
 
     // Promote: the canary's source becomes the model's, the canary goes.
     patch_spec(
@@ -499,7 +652,10 @@ async fn a_canary_gets_its_share_of_the_replicas_and_promoting_it_moves_it_into_
             && m.status.as_ref().and_then(|s| s.ready_replicas) == Some(4)
     })
     .await;
-    assert_eq!(model.status.and_then(|s| s.served_source).as_deref(), Some("hf://acme/chat@v2"));
+    assert_eq!(
+        model.status.and_then(|s| s.served_source).as_deref(),
+        Some("hf://acme/chat@v2")
+    );
     let stable = deployments.get("chat").await.expect("stable");
     assert_eq!(stable.spec.as_ref().and_then(|s| s.replicas), Some(4));
     assert_eq!(revision(&stable).as_deref(), Some("v2"));
@@ -518,15 +674,25 @@ async fn deleting_the_model_removes_every_child() {
     ))
     .await;
     let model = wait_ready(&env, "doomed").await;
-    let claim = model.status.and_then(|s| s.cache).expect("cache").claim_name;
+    let claim = model
+        .status
+        .and_then(|s| s.cache)
+        .expect("cache")
+        .claim_name;
     let deployments = env.api::<Deployment>();
     for name in ["doomed", "doomed-canary"] {
         deployments.get(name).await.expect("deployment");
     }
     env.api::<Service>().get("doomed").await.expect("service");
-    env.api::<HorizontalPodAutoscaler>().get("doomed").await.expect("hpa");
+    env.api::<HorizontalPodAutoscaler>()
+        .get("doomed")
+        .await
+        .expect("hpa");
     env.api::<Job>().get(&claim).await.expect("cache job");
-    env.api::<PersistentVolumeClaim>().get(&claim).await.expect("cache claim");
+    env.api::<PersistentVolumeClaim>()
+        .get(&claim)
+        .await
+        .expect("cache claim");
 
     env.api::<AIModel>()
         .delete("doomed", &DeleteParams::default())
@@ -540,8 +706,13 @@ async fn deleting_the_model_removes_every_child() {
     wait_for_deletion(&env.api::<HorizontalPodAutoscaler>(), "doomed", TIMEOUT).await;
     wait_for_deletion(&env.api::<Job>(), &claim, TIMEOUT).await;
     wait_for_deletion(&env.api::<PersistentVolumeClaim>(), &claim, TIMEOUT).await;
-    wait_until(|| async { pods_of(&env, "aleph.dev/model=doomed").await.is_empty().then_some(()) })
-        .await;
+    wait_until(|| async {
+        pods_of(&env, "aleph.dev/model=doomed")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
     env.cleanup().await;
 }
 
@@ -553,9 +724,12 @@ async fn a_model_the_quota_refuses_says_why() {
     )
     .await;
     // The quota controller must have counted before the refusal is certain.
-    wait_for(&env.api::<k8s_openapi::api::core::v1::ResourceQuota>(), "gpus", TIMEOUT, |q| {
-        q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some()
-    })
+    wait_for(
+        &env.api::<k8s_openapi::api::core::v1::ResourceQuota>(),
+        "gpus",
+        TIMEOUT,
+        |q| q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some(),
+    )
     .await;
     env.apply_yaml(&model_yaml(
         "greedy",
@@ -588,9 +762,15 @@ async fn bad_specs_are_refused_at_apply_or_explained_in_the_status() {
         .await
         .expect_err("refused");
     let message = refused.to_string();
-    assert!(message.contains("targetCpuUtilization is a share of the CPU request"), "{message}");
+    assert!(
+        message.contains("targetCpuUtilization is a share of the CPU request"),
+        "{message}"
+    );
     let refused = env
-        .try_apply_yaml(&model_yaml("bad-uri", "  source: { uri: \"gs://bucket/model\" }\n"))
+        .try_apply_yaml(&model_yaml(
+            "bad-uri",
+            "  source: { uri: \"gs://bucket/model\" }\n",
+        ))
         .await
         .expect_err("refused");
     assert!(refused.to_string().contains("spec.source.uri"), "{refused}");
@@ -609,7 +789,13 @@ async fn bad_specs_are_refused_at_apply_or_explained_in_the_status() {
     let message = ready.message.unwrap_or_default();
     assert!(message.starts_with("spec.source.uri:"), "{message}");
     assert!(message.contains("runtime.engine: ollama"), "{message}");
-    assert!(env.api::<Deployment>().get_opt("mismatch").await.expect("get").is_none());
+    assert!(
+        env.api::<Deployment>()
+            .get_opt("mismatch")
+            .await
+            .expect("get")
+            .is_none()
+    );
     env.cleanup().await;
 }
 
@@ -659,11 +845,16 @@ async fn a_ready_model_is_left_alone() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = operator.writes_besides_the_lease().await;
     assert_eq!(
-        before, after,
+        before,
+        after,
         "a steady state sends no write; the operator's log:\n{}",
         operator.log_tail(40)
     );
-    assert!(has_condition(&models.get("steady").await.expect("model"), "Ready", "True"));
+    assert!(has_condition(
+        &models.get("steady").await.expect("model"),
+        "Ready",
+        "True"
+    ));
     operator.terminate(Duration::from_secs(10)).await;
     env.cleanup().await;
 }
