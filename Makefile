@@ -27,6 +27,9 @@ crds: ## Regenerate crds/ and the chart's copy from the Rust types
 	cargo run --quiet -p aleph-operator -- crds --dir crds
 	cp crds/*.yaml charts/aleph-operator/crds/
 
+bench: ## Convergence, API requests and memory of the operator against a plain client's floor (not part of `make test`)
+	scripts/bench.sh $(BENCH_ARGS)
+
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings

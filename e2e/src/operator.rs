@@ -140,6 +140,11 @@ impl OperatorProcess {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The process id, while it runs (for reading `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// When the process was (last) started.
     pub fn started_at(&self) -> Instant {
         self.started_at

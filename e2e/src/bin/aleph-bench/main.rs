@@ -1,0 +1,656 @@
+//! `aleph-bench`: how fast Aleph converges, how much it asks of the API
+//! server, how little memory it needs, against the floor a plain client reaches.
+//!
+//! ```text
+//! make bench BENCH_ARGS="--sizes 100 --idle-seconds 30"
+//! ```
+//!
+//! For each size N it measures, on the cluster `KUBECONFIG` points at (the
+//! local control plane of `e2e/cluster`, whose kwok runs the pods):
+//!
+//! 1. the floor: a plain client (the operator's QPS and burst, as many workers
+//!    as the operator has reconcilers) writes what the reconcilers would write
+//!    for N Tenants and for N AIModels, and waits for the same readiness;
+//! 2. Aleph: an operator process (`$ALEPH_OPERATOR_BIN`) is started, N Tenants
+//!    and then N AIModels are created, each timed until all report Ready, with
+//!    the operator's requests by verb from its `/metrics`;
+//! 3. the operator's writes during an idle window, and its peak resident memory;
+//! 4. a restart with every object present: process start to the first
+//!    reconcile, to every object reconciled once, and the writes of that resync.
+//!
+//! Then it prints one Markdown table. The objects are left in place: the
+//! cluster of `make bench` is thrown away afterwards.
+
+mod aimodels;
+mod observe;
+mod table;
+mod tenants;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aleph_e2e::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL};
+use clap::{Parser, ValueEnum};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use kube::Resource;
+use kube::api::{Api, PostParams};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use observe::{ReadyWatch, converge};
+use table::{Convergence, KindFigures, Requests, Setup, SizeFigures, delta};
+
+/// The label on everything the benchmark makes for Aleph: the run's id.
+const BENCH_LABEL: &str = "aleph.dev/bench";
+/// The label on everything the floor writes.
+const FLOOR_LABEL: &str = "aleph.dev/bench-floor";
+/// The field manager of the benchmark's own writes.
+const FIELD_MANAGER: &str = "aleph-bench";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("building the objects: {0}")]
+    Build(#[from] aleph_controllers::Error),
+    #[error("{0}")]
+    Setup(String),
+    #[error("writing the report: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = BenchError> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    Tenants,
+    Aimodels,
+}
+
+/// Benchmarks the Aleph operator against a plain client's floor.
+#[derive(Debug, Parser)]
+#[command(name = "aleph-bench", version)]
+struct Args {
+    /// The sizes N: Tenants and AIModels each.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    sizes: Vec<usize>,
+    /// The kinds to measure.
+    #[arg(long, value_delimiter = ',', default_value = "tenants,aimodels")]
+    kinds: Vec<Kind>,
+    /// Seconds of idleness, after convergence, during which the operator's writes are counted.
+    #[arg(long, default_value_t = 300)]
+    idle_seconds: u64,
+    /// The operator's `--kube-qps`; the floor client keeps to the same.
+    #[arg(long, default_value_t = 500.0)]
+    kube_qps: f64,
+    /// The operator's `--kube-burst`; the floor client keeps to the same.
+    #[arg(long, default_value_t = 1000)]
+    kube_burst: u32,
+    /// The operator's `--concurrency` (reconciles at once per controller).
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// Parallel workers of the floor client; by default the operator's concurrency.
+    #[arg(long)]
+    floor_workers: Option<usize>,
+    /// Creates at once when the benchmark creates the Tenants and AIModels.
+    #[arg(long, default_value_t = 32)]
+    creators: usize,
+    /// Give up waiting for readiness after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_seconds: u64,
+    /// Give up waiting for readiness when no object got ready for this many seconds.
+    #[arg(long, default_value_t = 180)]
+    stall_seconds: u64,
+    /// The operator's `--log-level` (its log file is named in the progress lines).
+    #[arg(long, default_value = "info")]
+    operator_log_level: String,
+    /// Also write the report (the machine, the command and the table) to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+/// One size of one run: its id (in names and labels), N, and an unthrottled
+/// client for the benchmark's own requests.
+#[derive(Clone)]
+pub struct Run {
+    pub id: String,
+    pub n: usize,
+    pub client: kube::Client,
+}
+
+impl Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("id", &self.id)
+            .field("n", &self.n)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Run {
+    /// Labels of the objects made for Aleph (and only for this run's operator).
+    pub fn aleph_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (BENCH_LABEL.to_string(), self.id.clone()),
+            (PRIVATE_OPERATOR_LABEL.to_string(), self.id.clone()),
+        ])
+    }
+
+    /// The selector of the objects made for Aleph.
+    pub fn aleph_selector(&self) -> String {
+        format!("{BENCH_LABEL}={}", self.id)
+    }
+
+    /// Labels of the floor's objects.
+    pub fn floor_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(FLOOR_LABEL.to_string(), self.id.clone())])
+    }
+
+    /// The selector of the floor's objects.
+    pub fn floor_selector(&self) -> String {
+        format!("{FLOOR_LABEL}={}", self.id)
+    }
+}
+
+/// Creates `obj` with the benchmark's field manager.
+pub async fn post<K>(api: &Api<K>, obj: &K) -> Result<()>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    api.create(&pp, obj).await?;
+    Ok(())
+}
+
+/// Runs `f` on every item, `concurrency` at a time; the first error stops it.
+pub async fn create_all<T, F, Fut>(items: Vec<T>, concurrency: usize, f: F) -> Result<()>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    futures::stream::iter(items.into_iter().map(f))
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// A client keeping to `qps` and `burst` like the operator's, with its own request counters.
+fn limited_client(config: kube::Config, qps: f64, burst: u32) -> Result<(kube::Client, Registry)> {
+    let metrics = Arc::new(aleph_controllers::metrics::Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let client = aleph_controllers::client::build_client(config, metrics, qps, burst)?;
+    Ok((client, registry))
+}
+
+fn requests_of(registry: &Registry) -> Requests {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return Requests::new();
+    }
+    observe::requests_by_verb(&text)
+}
+
+/// A namespace of the benchmark, once its default ServiceAccount exists (pods need it).
+async fn namespace(
+    client: &kube::Client,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<()> {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": name, "labels": labels },
+    }))
+    .map_err(|e| BenchError::Setup(e.to_string()))?;
+    post(&Api::all(client.clone()), &ns).await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while accounts.get_opt("default").await?.is_none() {
+        if Instant::now() > deadline {
+            return Err(BenchError::Setup(format!(
+                "namespace {name} got no default ServiceAccount in 120 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Fake nodes (run by kwok) with room for `pods` more pods: the local control
+/// plane's own nodes hold 110 each.
+async fn ensure_nodes(client: &kube::Client, run_id: &str, pods: usize) -> Result<()> {
+    const PODS_PER_NODE: usize = 1000;
+    let count = pods.div_ceil(PODS_PER_NODE);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for i in 0..count {
+        let name = format!("aleph-bench-{run_id}-{i}");
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": { "kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0" },
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                    BENCH_LABEL: run_id,
+                },
+            },
+            "spec": {},
+            "status": {
+                "allocatable": { "cpu": "1000", "memory": "4000Gi", "pods": PODS_PER_NODE.to_string() },
+                "capacity": { "cpu": "1000", "memory": "4000Gi", "pods": PODS_PER_NODE.to_string() },
+            },
+        }))
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+        post(&nodes, &node).await?;
+        names.push(name);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for name in names {
+        loop {
+            let ready =
+                nodes.get_opt(&name).await?.is_some_and(|n| {
+                    let ready = n.status.and_then(|s| s.conditions).is_some_and(|c| {
+                        c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                    });
+                    let tainted = n.spec.and_then(|s| s.taints).is_some_and(|t| {
+                        t.iter().any(|t| t.key.starts_with("node.kubernetes.io/"))
+                    });
+                    ready && !tainted
+                });
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Setup(format!(
+                    "node {name} did not get Ready in 120 s: is kwok running?"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(())
+}
+
+fn progress(message: impl AsRef<str>) {
+    eprintln!("==> {}", message.as_ref());
+}
+
+fn seconds(c: &Convergence) -> String {
+    match c {
+        Convergence::Done(d) => format!("{:.1} s", d.as_secs_f64()),
+        Convergence::TimedOut { ready, after } => {
+            format!(
+                "gave up after {:.0} s with {ready} ready",
+                after.as_secs_f64()
+            )
+        }
+    }
+}
+
+/// What the operator has done so far, from its `/metrics`.
+#[derive(Debug, Default)]
+struct OperatorCounters {
+    requests: Requests,
+    reconciles: Requests,
+    reconcile_seconds: Requests,
+}
+
+impl OperatorCounters {
+    async fn read(operator: &OperatorProcess) -> Self {
+        let metrics = operator.metrics().await;
+        OperatorCounters {
+            requests: observe::requests_by_verb(&metrics),
+            reconciles: observe::sum_by(&metrics, observe::RECONCILES, "controller"),
+            reconcile_seconds: observe::sum_by(&metrics, observe::RECONCILE_SECONDS, "controller"),
+        }
+    }
+
+    /// The figures of `controller` from `before` to now.
+    fn since(
+        &self,
+        before: &OperatorCounters,
+        controller: &str,
+        aleph: Convergence,
+        (floor, floor_requests): (Convergence, Requests),
+    ) -> KindFigures {
+        let of = |r: &Requests| r.get(controller).copied().unwrap_or(0.0);
+        KindFigures {
+            aleph,
+            floor,
+            requests: delta(&before.requests, &self.requests),
+            floor_requests,
+            reconciles: of(&self.reconciles) - of(&before.reconciles),
+            reconcile_seconds: of(&self.reconcile_seconds) - of(&before.reconcile_seconds),
+        }
+    }
+}
+
+/// The operator's requests by verb so far.
+async fn operator_requests(operator: &OperatorProcess) -> Requests {
+    observe::requests_by_verb(&operator.metrics().await)
+}
+
+struct Bench {
+    args: Args,
+    config: kube::Config,
+    client: kube::Client,
+    run_id: String,
+}
+
+impl Bench {
+    fn operator_args(&self) -> Vec<String> {
+        vec![
+            "--leader-elect".into(),
+            "false".into(),
+            "--kube-qps".into(),
+            self.args.kube_qps.to_string(),
+            "--kube-burst".into(),
+            self.args.kube_burst.to_string(),
+            "--concurrency".into(),
+            self.args.concurrency.to_string(),
+            "--log-level".into(),
+            self.args.operator_log_level.clone(),
+        ]
+    }
+
+    fn floor_workers(&self) -> usize {
+        self.args
+            .floor_workers
+            .unwrap_or(usize::from(self.args.concurrency))
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.args.timeout_seconds)
+    }
+
+    fn stall(&self) -> Duration {
+        Duration::from_secs(self.args.stall_seconds)
+    }
+
+    fn measures(&self, kind: Kind) -> bool {
+        self.args.kinds.contains(&kind)
+    }
+
+    async fn size(&self, n: usize) -> Result<SizeFigures> {
+        let run = Run {
+            id: format!("{}-{n}", self.run_id),
+            n,
+            client: self.client.clone(),
+        };
+        let mut figures = SizeFigures {
+            n,
+            ..SizeFigures::default()
+        };
+        let aleph_models_ns = format!("ab-{}-models", run.id);
+        let floor_models_ns = format!("af-{}-models", run.id);
+
+        // The floor first, with no operator running.
+        let mut tenant_floor = None;
+        let mut model_floor = None;
+        if self.measures(Kind::Tenants) {
+            let (client, registry) = limited_client(
+                self.config.clone(),
+                self.args.kube_qps,
+                self.args.kube_burst,
+            )?;
+            progress(format!("N={n}: floor: writing the children of {n} Tenants"));
+            let start = Instant::now();
+            tenants::floor(&run, &client, self.floor_workers()).await?;
+            let took = Convergence::Done(start.elapsed());
+            progress(format!("N={n}: floor Tenants: {}", seconds(&took)));
+            tenant_floor = Some((took, requests_of(&registry)));
+        }
+        if self.measures(Kind::Aimodels) {
+            namespace(&self.client, &floor_models_ns, &run.floor_labels()).await?;
+            let (client, registry) = limited_client(
+                self.config.clone(),
+                self.args.kube_qps,
+                self.args.kube_burst,
+            )?;
+            let watch = ReadyWatch::start(
+                Api::<Deployment>::namespaced(self.client.clone(), &floor_models_ns),
+                &run.floor_selector(),
+                n,
+                aimodels::is_available,
+            )
+            .await;
+            progress(format!(
+                "N={n}: floor: writing {n} Deployments and Services"
+            ));
+            let start = Instant::now();
+            aimodels::floor(&run, &client, &floor_models_ns, self.floor_workers()).await?;
+            let took = converge(watch, start, self.timeout(), self.stall()).await;
+            progress(format!(
+                "N={n}: floor AIModels (Deployments available): {}",
+                seconds(&took)
+            ));
+            model_floor = Some((took, requests_of(&registry)));
+        }
+        if self.measures(Kind::Tenants) {
+            tenants::delete_floor_policies(&run).await?;
+        }
+
+        // Aleph.
+        let mut operator = OperatorProcess::start(OperatorOptions {
+            args: self.operator_args(),
+            env: Vec::new(),
+            private_label: Some(run.id.clone()),
+            name: format!("bench-{}", run.id),
+        })
+        .await;
+        operator.wait_ready(Duration::from_secs(120)).await;
+        let pid = operator.pid();
+        progress(format!(
+            "N={n}: operator started (pid {}, log {})",
+            pid.map_or_else(|| "?".to_string(), |p| p.to_string()),
+            operator.log_path().display()
+        ));
+
+        if let Some(floor) = tenant_floor {
+            let watch = ReadyWatch::start(
+                Api::<aleph_crds::tenant::Tenant>::all(self.client.clone()),
+                &run.aleph_selector(),
+                n,
+                tenants::is_ready,
+            )
+            .await;
+            let before = OperatorCounters::read(&operator).await;
+            progress(format!("N={n}: creating {n} Tenants"));
+            let start = Instant::now();
+            tenants::create(&run, self.args.creators).await?;
+            let aleph = converge(watch, start, self.timeout(), self.stall()).await;
+            let after = OperatorCounters::read(&operator).await;
+            progress(format!("N={n}: Tenants Ready: {}", seconds(&aleph)));
+            figures.tenants = Some(after.since(&before, "tenant", aleph, floor));
+        }
+        if let Some(floor) = model_floor {
+            namespace(
+                &self.client,
+                &aleph_models_ns,
+                &BTreeMap::from([(BENCH_LABEL.to_string(), run.id.clone())]),
+            )
+            .await?;
+            let watch = ReadyWatch::start(
+                Api::<aleph_crds::aimodel::AIModel>::namespaced(
+                    self.client.clone(),
+                    &aleph_models_ns,
+                ),
+                &run.aleph_selector(),
+                n,
+                aimodels::is_ready,
+            )
+            .await;
+            let before = OperatorCounters::read(&operator).await;
+            progress(format!("N={n}: creating {n} AIModels"));
+            let start = Instant::now();
+            aimodels::create(&run, &aleph_models_ns, self.args.creators).await?;
+            let aleph = converge(watch, start, self.timeout(), self.stall()).await;
+            let after = OperatorCounters::read(&operator).await;
+            progress(format!("N={n}: AIModels Ready: {}", seconds(&aleph)));
+            figures.aimodels = Some(after.since(&before, "aimodel", aleph, floor));
+        }
+
+        // Idle.
+        let idle = Duration::from_secs(self.args.idle_seconds);
+        progress(format!(
+            "N={n}: counting the operator's writes for {} s of idleness",
+            idle.as_secs()
+        ));
+        let before = operator_requests(&operator).await;
+        tokio::time::sleep(idle).await;
+        let idle_requests = delta(&before, &operator_requests(&operator).await);
+        progress(format!("N={n}: idle requests: {idle_requests:?}"));
+        figures.idle_writes = Some(idle_requests);
+        figures.peak_rss_kib = pid.and_then(observe::peak_rss_kib);
+
+        // A restart with every object present.
+        let expected: BTreeMap<&str, f64> =
+            [(Kind::Tenants, "tenant"), (Kind::Aimodels, "aimodel")]
+                .into_iter()
+                .filter(|(k, _)| self.measures(*k))
+                .map(|(_, c)| (c, observe::as_f64(n)))
+                .collect();
+        operator.restart().await;
+        let started = operator.started_at();
+        let pid = operator.pid();
+        let mut first = None;
+        let deadline = started + self.timeout();
+        let resync = loop {
+            let metrics = operator.metrics().await;
+            let reconciles = observe::sum_by(&metrics, observe::RECONCILES, "controller");
+            if first.is_none() && reconciles.values().sum::<f64>() > 0.0 {
+                first = Some(started.elapsed());
+                figures.first_reconcile_in_process =
+                    observe::gauge(&metrics, observe::FIRST_RECONCILE);
+            }
+            if expected
+                .iter()
+                .all(|(c, want)| reconciles.get(*c).copied().unwrap_or(0.0) >= *want)
+            {
+                figures.resync_writes = Some(observe::requests_by_verb(&metrics));
+                break Convergence::Done(started.elapsed());
+            }
+            if std::time::Instant::now() > deadline {
+                break Convergence::TimedOut {
+                    ready: observe::count(reconciles.values().sum::<f64>()),
+                    after: started.elapsed(),
+                };
+            }
+            let pause = if first.is_none() { 10 } else { 200 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        };
+        figures.first_reconcile = first;
+        figures.resync = Some(resync);
+        // Let the caches settle before reading the peak.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        figures.restart_peak_rss_kib = pid.and_then(observe::peak_rss_kib);
+        progress(format!(
+            "N={n}: restart: first reconcile {:?}, every object reconciled {:?}",
+            figures.first_reconcile, figures.resync
+        ));
+        operator.terminate(Duration::from_secs(10)).await;
+        Ok(figures)
+    }
+}
+
+/// The machine: cores, memory, CPU model.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = observe::status_kib(&meminfo, "MemTotal").map_or(0.0, |k| {
+        observe::as_f64(usize::try_from(k).unwrap_or(usize::MAX)) / 1024.0 / 1024.0
+    });
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({model}), {mem_gib:.1} GiB memory, Linux {}",
+        kernel.trim()
+    )
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("aleph-bench: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    aleph_e2e::install_crypto_provider();
+    let config = kube::Config::infer().await.map_err(|e| {
+        BenchError::Setup(format!(
+            "no cluster to benchmark ({e}): set KUBECONFIG or run `make bench`"
+        ))
+    })?;
+    let client = kube::Client::try_from(config.clone())?;
+    let run_id = aleph_e2e::unique_name("r")
+        .rsplit('-')
+        .next()
+        .unwrap_or("run")
+        .to_lowercase();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let started = k8s_openapi::jiff::Timestamp::now();
+    if args.kinds.contains(&Kind::Aimodels) {
+        let pods = 2 * args.sizes.iter().sum::<usize>();
+        progress(format!("adding fake nodes for {pods} pods"));
+        ensure_nodes(&client, &run_id, pods).await?;
+    }
+    let bench = Bench {
+        config,
+        client,
+        run_id,
+        args,
+    };
+    let mut sizes = Vec::new();
+    for n in bench.args.sizes.clone() {
+        sizes.push(bench.size(n).await?);
+    }
+    let setup = Setup {
+        operator_flags: bench.operator_args().join(" "),
+        floor: format!(
+            "a plain client with the operator's QPS and burst ({} / {}) and {} workers, each writing one object's children in order",
+            bench.args.kube_qps,
+            bench.args.kube_burst,
+            bench.floor_workers()
+        ),
+        idle: Duration::from_secs(bench.args.idle_seconds),
+    };
+    let report = format!(
+        "Date: {started}\nMachine: {}\nCommand: `{command}`\n\n{}",
+        machine(),
+        table::render(&setup, &sizes)
+    );
+    println!("{report}");
+    if let Some(path) = &bench.args.output {
+        std::fs::write(path, &report)?;
+    }
+    Ok(())
+}

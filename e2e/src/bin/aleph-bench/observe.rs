@@ -1,0 +1,265 @@
+//! What the benchmark reads: the operator's `/metrics`, its `/proc` status,
+//! and when a set of objects is ready (by a watch, so that waiting adds no
+//! polling load to the API server).
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::table::{Convergence, Requests};
+
+/// The operator's requests to the Kubernetes API, summed over status codes, by verb.
+pub const KUBE_REQUESTS: &str = "aleph_kube_requests_total";
+/// Finished reconciles by controller and result.
+pub const RECONCILES: &str = "aleph_reconcile_total";
+/// The summed duration of reconciles by controller.
+pub const RECONCILE_SECONDS: &str = "aleph_reconcile_duration_seconds_sum";
+/// Seconds from process start to the first finished reconcile.
+pub const FIRST_RECONCILE: &str = "aleph_first_reconcile_seconds";
+
+/// The value of `label` in a sample's label set (`verb="get",code="200"`).
+fn label<'a>(labels: &'a str, label: &str) -> Option<&'a str> {
+    let start = labels.find(&format!("{label}=\""))? + label.len() + 2;
+    let rest = &labels[start..];
+    Some(&rest[..rest.find('"')?])
+}
+
+/// The samples of `name` in Prometheus text, grouped by the value of `by`.
+pub fn sum_by(metrics: &str, name: &str, by: &str) -> Requests {
+    let mut out = Requests::new();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name {
+            continue;
+        }
+        let (Some(key), Ok(value)) = (label(labels, by), value.parse::<f64>()) else {
+            continue;
+        };
+        *out.entry(key.to_string()).or_default() += value;
+    }
+    out
+}
+
+/// The operator's requests by verb.
+pub fn requests_by_verb(metrics: &str) -> Requests {
+    sum_by(metrics, KUBE_REQUESTS, "verb")
+}
+
+/// The value of an unlabelled gauge.
+pub fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (metric, value) = line.split_once(' ')?;
+        (metric == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// A count as a float (counts here are far below 2^52).
+#[allow(clippy::cast_precision_loss)]
+pub fn as_f64(count: usize) -> f64 {
+    count as f64
+}
+
+/// A float counter's value as a count.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub fn count(value: f64) -> usize {
+    value.max(0.0) as usize
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmHWM:    12345 kB`).
+pub fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// The peak resident set size (VmHWM) of process `pid`, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(&status, "VmHWM")
+}
+
+/// Tracks, through a watch started before anything is created, when `want`
+/// objects matching `selector` satisfy `ready`.
+#[derive(Debug)]
+pub struct ReadyWatch {
+    done: Option<oneshot::Receiver<Instant>>,
+    count: tokio::sync::watch::Receiver<usize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadyWatch {
+    /// Starts watching; returns once the watch's initial list has arrived, so
+    /// no later change is missed.
+    pub async fn start<K>(api: Api<K>, selector: &str, want: usize, ready: fn(&K) -> bool) -> Self
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let (done_tx, done) = oneshot::channel();
+        let (count_tx, count) = tokio::sync::watch::channel(0usize);
+        let (synced_tx, synced) = oneshot::channel::<()>();
+        let config = watcher::Config::default().labels(selector).any_semantic();
+        let task = tokio::spawn(async move {
+            let mut stream = watcher(api, config).boxed();
+            let mut ready_names: HashSet<String> = HashSet::new();
+            let mut synced_tx = Some(synced_tx);
+            let mut done_tx = Some(done_tx);
+            while let Some(event) = stream.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(error) => {
+                        eprintln!("watch error (retrying): {error}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                match event {
+                    watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                        let key =
+                            format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+                        if ready(&obj) {
+                            ready_names.insert(key);
+                        } else {
+                            ready_names.remove(&key);
+                        }
+                    }
+                    watcher::Event::Delete(obj) => {
+                        ready_names.remove(&format!(
+                            "{}/{}",
+                            obj.namespace().unwrap_or_default(),
+                            obj.name_any()
+                        ));
+                    }
+                    watcher::Event::Init => {}
+                    watcher::Event::InitDone => {
+                        if let Some(tx) = synced_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                let _ = count_tx.send(ready_names.len());
+                if ready_names.len() >= want
+                    && let Some(tx) = done_tx.take()
+                {
+                    let _ = tx.send(Instant::now());
+                }
+            }
+        });
+        let _ = synced.await;
+        ReadyWatch {
+            done: Some(done),
+            count,
+            task,
+        }
+    }
+
+    /// When every object was ready, if that happens by `deadline`.
+    pub async fn done_by(&mut self, deadline: Instant) -> Option<Instant> {
+        let done = self.done.as_mut()?;
+        match tokio::time::timeout_at(deadline, done).await {
+            Ok(Ok(at)) => {
+                self.done = None;
+                Some(at)
+            }
+            Ok(Err(_)) => {
+                self.done = None;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// How many are ready now.
+    pub fn ready(&self) -> usize {
+        *self.count.borrow()
+    }
+}
+
+impl Drop for ReadyWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until every object of `watch` is ready (the time counted from
+/// `start`), giving up at `timeout` or when no object got ready for `stall`.
+pub async fn converge(
+    mut watch: ReadyWatch,
+    start: Instant,
+    timeout: Duration,
+    stall: Duration,
+) -> Convergence {
+    let deadline = start + timeout;
+    let mut last = (watch.ready(), Instant::now());
+    loop {
+        let check = (Instant::now() + Duration::from_secs(1)).min(deadline);
+        if let Some(at) = watch.done_by(check).await {
+            return Convergence::Done(at.duration_since(start));
+        }
+        let now = Instant::now();
+        let ready = watch.ready();
+        if ready != last.0 {
+            last = (ready, now);
+        }
+        if now >= deadline || now.duration_since(last.1) >= stall {
+            return Convergence::TimedOut {
+                ready,
+                after: start.elapsed(),
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = r#"# HELP aleph_kube_requests Requests sent to the Kubernetes API by verb and status code.
+# TYPE aleph_kube_requests counter
+aleph_kube_requests_total{verb="list",code="200"} 12
+aleph_kube_requests_total{verb="patch",code="200"} 30
+aleph_kube_requests_total{verb="patch",code="409"} 2
+aleph_kube_requests_total{verb="watch",code="200"} 9
+aleph_kube_requests_total{verb="get",code="error"} 1
+aleph_reconcile_total{controller="tenant",result="success"} 40
+aleph_reconcile_total{controller="aimodel",result="success"} 5
+aleph_reconcile_total{controller="tenant",result="error"} 1
+aleph_first_reconcile_seconds 0.123
+# EOF
+"#;
+
+    #[test]
+    fn requests_are_summed_over_codes_by_verb() {
+        let by_verb = requests_by_verb(METRICS);
+        assert_eq!(by_verb.get("patch"), Some(&32.0));
+        assert_eq!(by_verb.get("list"), Some(&12.0));
+        assert_eq!(by_verb.get("get"), Some(&1.0));
+        assert_eq!(by_verb.get("create"), None);
+        assert_eq!(gauge(METRICS, FIRST_RECONCILE), Some(0.123));
+        assert_eq!(gauge(METRICS, "aleph_leader"), None);
+        let by_controller = sum_by(METRICS, RECONCILES, "controller");
+        assert_eq!(by_controller.get("tenant"), Some(&41.0));
+        assert_eq!(by_controller.get("aimodel"), Some(&5.0));
+    }
+
+    #[test]
+    fn the_peak_is_read_from_proc_status() {
+        let status = "Name:\taleph-operator\nVmPeak:\t  900000 kB\nVmHWM:\t   41234 kB\nVmRSS:\t   40000 kB\n";
+        assert_eq!(status_kib(status, "VmHWM"), Some(41234));
+        assert_eq!(status_kib(status, "VmRSS"), Some(40000));
+        assert_eq!(status_kib(status, "VmSwap"), None);
+        // This very process has a status file.
+        assert!(peak_rss_kib(std::process::id()).is_some_and(|k| k > 0));
+    }
+}
