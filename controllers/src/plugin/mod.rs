@@ -224,8 +224,21 @@ async fn reconcile_plugin(plugin: &Plugin, ctx: &Context) -> Result<Action> {
     let policy = build::policy_name(&name);
     match (build::role(target), build::role_binding(target)) {
         (Some(role), Some(binding)) => {
-            ensure(&roles, &role, &uid).await?;
-            ensure(&bindings, &binding, &uid).await?;
+            let granted = match ensure(&roles, &role, &uid).await {
+                Ok(_) => ensure(&bindings, &binding, &uid).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(Error::Kube(kube::Error::Api(status))) = &granted
+                && status.code == 403
+            {
+                // RBAC lets the operator grant only what it holds itself, unless it may escalate.
+                let message = format!(
+                    "the operator may not grant spec.permissions ({}): narrow them to what the operator holds, or let it escalate Roles (chart value rbac.pluginRoleEscalation)",
+                    status.message
+                );
+                report_blocked(plugin, ctx, "PermissionsNotGranted", &message).await;
+            }
+            granted?;
         }
         _ => {
             remove(&bindings, &policy, &uid).await?;
