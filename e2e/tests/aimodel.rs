@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use aleph_crds::AIModel;
+use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
 use aleph_e2e::{
     OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, find_condition,
     has_condition, unique_name, wait_for, wait_for_deletion,
@@ -857,4 +858,128 @@ async fn a_ready_model_is_left_alone() {
     ));
     operator.terminate(Duration::from_secs(10)).await;
     env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_model_trained_on_sagemaker_is_served_on_the_cluster_once_trained() {
+    // The in-repo SageMaker fake trains for a few seconds; an operator of the
+    // test's own talks to it.
+    let env = TestEnv::new().await;
+    let class = cache_storage(&env, 1).await;
+    let sagemaker = SageMakerFake::start(FakeConfig {
+        training_describes: 3,
+        training_min_millis: 5_000,
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("starting the SageMaker fake: {e}"));
+    let label = unique_name("trained");
+    let mut operator = OperatorProcess::start(OperatorOptions {
+        args: vec![
+            "--leader-elect".into(),
+            "false".into(),
+            "--namespaces".into(),
+            env.namespace().to_string(),
+            "--sagemaker-max-poll-seconds".into(),
+            "1".into(),
+        ],
+        env: vec![
+            (
+                "AWS_ENDPOINT_URL_SAGEMAKER".into(),
+                sagemaker.endpoint_url(),
+            ),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "AKIDALEPHE2E".into()),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                "aleph-e2e-not-a-secret".into(),
+            ),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ],
+        private_label: Some(label.clone()),
+        name: "aimodel-trained".into(),
+    })
+    .await;
+    operator.wait_ready(Duration::from_secs(90)).await;
+    env.apply_yaml(&format!(
+        "apiVersion: aleph.dev/v1alpha1
+kind: AIModel
+metadata:
+  name: fraud
+  labels: {{ {PRIVATE_OPERATOR_LABEL}: \"{label}\" }}
+spec:
+  runtime: {{ engine: custom, image: ghcr.io/acme/xgboost-serve:1.7, port: 8080, healthPath: /ping }}
+  resources: {{ cpu: \"1\" }}
+  cache: {{ storageClassName: {class} }}
+  training:
+    image: 123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7
+    roleArn: arn:aws:iam::123456789012:role/aleph-training
+    instanceType: ml.m5.xlarge
+    outputS3Uri: s3://aleph-e2e/models/fraud
+    inputs: [{{ name: train, s3Uri: s3://aleph-e2e/data/train }}]
+"
+    ))
+    .await;
+    let models = env.api::<AIModel>();
+    let waiting = wait_for(&models, "fraud", TIMEOUT, |m| {
+        find_condition(m, "Ready")
+            .is_some_and(|c| c.reason.as_deref() == Some("WaitingForTraining"))
+    })
+    .await;
+    assert!(has_condition(&waiting, "Progressing", "True"));
+    assert!(
+        env.api::<Deployment>()
+            .get_opt("fraud")
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    let model = wait_ready(&env, "fraud").await;
+    let status = model.status.expect("status");
+    let artifact = status
+        .training
+        .as_ref()
+        .and_then(|t| t.artifact_uri.clone())
+        .expect("the trained artifact");
+    assert!(
+        artifact.starts_with("s3://aleph-e2e/models/fraud"),
+        "{artifact}"
+    );
+    assert_eq!(status.served_source.as_deref(), Some(artifact.as_str()));
+    // The artifact went through the cache like any S3 source.
+    let claim = status.cache.expect("cache").claim_name;
+    let job = env
+        .api::<Job>()
+        .get(&claim)
+        .await
+        .expect("the download Job");
+    let container = &job
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0];
+    let source = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "SOURCE")
+        .and_then(|e| e.value.clone());
+    assert_eq!(source.as_deref(), Some(artifact.as_str()));
+    env.api::<Deployment>()
+        .get("fraud")
+        .await
+        .expect("the serving Deployment");
+    assert_eq!(sagemaker.counters().training_jobs_created, 1);
+
+    // Deleting it goes through SageMaker's cleanup, then garbage collection.
+    models
+        .delete("fraud", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for_deletion(&models, "fraud", TIMEOUT).await;
+    wait_for_deletion(&env.api::<Deployment>(), "fraud", TIMEOUT).await;
+    operator.terminate(Duration::from_secs(10)).await;
+    env.cleanup().await;
+    sagemaker.shutdown().await;
 }

@@ -292,24 +292,21 @@ async fn serve(
         (None, Some(_)) => match sagemaker::trained_artifact(Some(status)) {
             Some(artifact) => artifact,
             None => {
-                let failed = find(&status.conditions, TRAINED).is_some_and(|c| {
-                    c.status == ConditionStatus::False
-                        && status
-                            .training
-                            .as_ref()
-                            .is_some_and(|t| t.failure_reason.is_some())
-                });
-                let (ready, progressing) = if failed {
-                    (
+                let conditions = match sagemaker::terminal_failure(status).cloned() {
+                    Some(failure) => [
                         NewCondition::no(
                             READY,
-                            "TrainingFailed",
-                            "no model to serve: the training job failed (see the Trained condition)",
+                            failure.reason.clone(),
+                            format!("no model to serve: {}", failure.message),
                         ),
-                        NewCondition::no(PROGRESSING, "TrainingFailed", "the training job failed"),
-                    )
-                } else {
-                    (
+                        NewCondition::no(
+                            PROGRESSING,
+                            failure.reason.clone(),
+                            "waiting for the training spec to be fixed",
+                        ),
+                        NewCondition::yes(DEGRADED, failure.reason, failure.message),
+                    ],
+                    None => [
                         NewCondition::no(
                             READY,
                             "WaitingForTraining",
@@ -320,11 +317,12 @@ async fn serve(
                             "WaitingForTraining",
                             "waiting for the training job's artifact",
                         ),
-                    )
+                        NewCondition::no(DEGRADED, "Healthy", "no problem observed"),
+                    ],
                 };
-                set_condition(&mut status.conditions, ready, generation);
-                set_condition(&mut status.conditions, progressing, generation);
-                status.conditions.retain(|c| c.type_ != DEGRADED);
+                for condition in conditions {
+                    set_condition(&mut status.conditions, condition, generation);
+                }
                 return Ok(Some(Duration::from_secs(30)));
             }
         },
