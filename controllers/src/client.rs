@@ -110,16 +110,48 @@ pub fn verb_of(method: &Method, path: &str, query: Option<&str>) -> &'static str
     }
 }
 
-/// Whether a path names a collection (`.../namespaces/ns/pods`) rather than an object.
-fn is_collection(path: &str) -> bool {
+/// The segments of a path after its API group and version:
+/// `/api/v1/<rest>` or `/apis/<group>/<version>/<rest>`.
+fn resource_segments(path: &str) -> Option<Vec<&str>> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    // /api/v1/<res> | /api/v1/namespaces/<ns>/<res> | /apis/<g>/<v>/<res> | /apis/<g>/<v>/namespaces/<ns>/<res>
     let rest = match segments.first() {
         Some(&"api") => segments.get(2..),
         Some(&"apis") => segments.get(3..),
         _ => None,
+    }?;
+    Some(rest.to_vec())
+}
+
+/// Whether a path names a collection (`.../namespaces/ns/pods`) rather than an object.
+fn is_collection(path: &str) -> bool {
+    // <res> | namespaces/<ns>/<res>
+    matches!(
+        resource_segments(path).as_deref(),
+        Some([_] | ["namespaces", _, _])
+    )
+}
+
+/// The resource a path names, with its subresource (`pods`, `tenants/status`,
+/// `namespaces`); `other` when it names none (discovery, `/version`). Bounded
+/// by the API's resources: object names never appear.
+pub fn resource_of(path: &str) -> String {
+    let Some(rest) = resource_segments(path) else {
+        return "other".to_owned();
     };
-    matches!(rest, Some([_] | ["namespaces", _, _]))
+    let parts: &[&str] = match rest.as_slice() {
+        // A namespace's own subresources, not a resource in it.
+        ["namespaces", _, sub @ ("status" | "finalize")] => {
+            return format!("namespaces/{sub}");
+        }
+        // namespaces/<ns>/<res>[/<name>[/<sub>]]
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        all => all,
+    };
+    match parts {
+        [] => "other".to_owned(),
+        [resource] | [resource, _] => (*resource).to_owned(),
+        [resource, _, sub, ..] => format!("{resource}/{sub}"),
+    }
 }
 
 impl<S, B, RB> Service<Request<B>> for Instrumented<S>
@@ -138,6 +170,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let verb = verb_of(req.method(), req.uri().path(), req.uri().query());
+        let resource = resource_of(req.uri().path());
         let metrics = self.metrics.clone();
         let limiter = self.limiter.clone();
         let fut = self.inner.call(req);
@@ -153,7 +186,11 @@ where
             };
             metrics
                 .kube_requests
-                .get_or_create(&KubeRequestLabels { verb, code })
+                .get_or_create(&KubeRequestLabels {
+                    verb,
+                    resource,
+                    code,
+                })
                 .inc();
             result
         })
@@ -200,6 +237,33 @@ mod tests {
             ),
             "patch"
         );
+    }
+
+    #[test]
+    fn resources_name_no_object() {
+        assert_eq!(resource_of("/api/v1/namespaces/a/pods"), "pods");
+        assert_eq!(resource_of("/api/v1/namespaces/a/pods/p"), "pods");
+        assert_eq!(resource_of("/api/v1/namespaces/a/pods/p/log"), "pods/log");
+        assert_eq!(resource_of("/api/v1/namespaces"), "namespaces");
+        assert_eq!(resource_of("/api/v1/namespaces/a"), "namespaces");
+        assert_eq!(
+            resource_of("/api/v1/namespaces/a/finalize"),
+            "namespaces/finalize"
+        );
+        assert_eq!(
+            resource_of("/apis/aleph.dev/v1alpha1/tenants/t/status"),
+            "tenants/status"
+        );
+        assert_eq!(
+            resource_of("/apis/coordination.k8s.io/v1/namespaces/n/leases/aleph"),
+            "leases"
+        );
+        assert_eq!(
+            resource_of("/apis/aleph.dev/v1alpha1/namespaces/n/aimodels/m/scale"),
+            "aimodels/scale"
+        );
+        assert_eq!(resource_of("/apis/aleph.dev/v1alpha1"), "other");
+        assert_eq!(resource_of("/version"), "other");
     }
 
     #[tokio::test(start_paused = true)]

@@ -41,6 +41,9 @@ pub struct ControllerLabels {
 pub struct KubeRequestLabels {
     /// get, list, watch, create, update, patch, delete.
     pub verb: &'static str,
+    /// The resource, with its subresource when there is one (`leases`,
+    /// `tenants/status`); `other` for paths that name none (discovery).
+    pub resource: String,
     /// The HTTP status code, or `error` when no response came.
     pub code: String,
 }
@@ -65,8 +68,10 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
-    /// Requests sent to the Kubernetes API by verb and status code.
+    /// Requests sent to the Kubernetes API by verb, resource and status code.
     pub kube_requests: Family<KubeRequestLabels, Counter>,
+    /// Objects skipped because they do not match the operator's types.
+    pub undecodable_objects: Family<ControllerLabels, Counter>,
     /// SageMaker calls by operation and outcome.
     pub sagemaker_calls: Family<SageMakerCallLabels, Counter>,
     /// Seconds from process start to the first finished reconcile.
@@ -85,6 +90,7 @@ impl Default for Metrics {
             }),
             leader: Gauge::default(),
             kube_requests: Family::default(),
+            undecodable_objects: Family::default(),
             sagemaker_calls: Family::default(),
             first_reconcile_seconds: Gauge::default(),
             started: Instant::now(),
@@ -119,8 +125,13 @@ impl Metrics {
         );
         r.register(
             "kube_requests",
-            "Requests sent to the Kubernetes API by verb and status code",
+            "Requests sent to the Kubernetes API by verb, resource and status code",
             self.kube_requests.clone(),
+        );
+        r.register(
+            "undecodable_objects",
+            "Objects skipped because they do not match the operator's types, by controller",
+            self.undecodable_objects.clone(),
         );
         r.register(
             "sagemaker_calls",
@@ -178,5 +189,77 @@ impl ReconcileTimer {
             m.first_reconcile_seconds
                 .set(m.started.elapsed().as_secs_f64());
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The families a text names (`aleph_reconcile_total` is the family
+    /// `aleph_reconcile`, as `# TYPE` names it).
+    fn families(text: &str) -> std::collections::BTreeSet<String> {
+        text.match_indices("aleph_")
+            .map(|(at, _)| {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name)
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_dashboard_plots_only_exported_metrics() {
+        let metrics = Arc::new(Metrics::default());
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        // Families without samples are not encoded: give each one.
+        metrics.reconcile_timer("tenant").finish(false);
+        metrics.reconcile_failed("tenant", "Kube");
+        metrics
+            .kube_requests
+            .get_or_create(&KubeRequestLabels {
+                verb: "get",
+                resource: "tenants".into(),
+                code: "200".into(),
+            })
+            .inc();
+        metrics
+            .undecodable_objects
+            .get_or_create(&ControllerLabels {
+                controller: "tenant",
+            })
+            .inc();
+        metrics
+            .sagemaker_calls
+            .get_or_create(&SageMakerCallLabels {
+                operation: "DescribeEndpoint",
+                outcome: "ok",
+            })
+            .inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let exported: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        let dashboard = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/aleph-operator-dashboard.json"
+        ))
+        .unwrap_or_else(|e| panic!("the Grafana dashboard: {e}"));
+        let plotted = families(&dashboard);
+        assert!(plotted.len() >= 6, "the dashboard plots {plotted:?}");
+        let missing: Vec<_> = plotted.difference(&exported).collect();
+        assert!(missing.is_empty(), "plotted but not exported: {missing:?}");
     }
 }

@@ -39,6 +39,7 @@
 mod apply;
 mod conditions;
 mod env;
+pub mod helm;
 mod kubectl;
 pub mod operator;
 mod wait;

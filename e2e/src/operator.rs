@@ -18,6 +18,9 @@ use tokio::process::{Child, Command};
 /// operator started by `make test` skips objects that carry it.
 pub const PRIVATE_OPERATOR_LABEL: &str = "aleph.dev/e2e-operator";
 
+/// The counter of requests to the Kubernetes API, by verb, resource and code.
+pub const KUBE_REQUESTS: &str = "aleph_kube_requests_total";
+
 /// What to start.
 #[derive(Clone, Debug, Default)]
 pub struct OperatorOptions {
@@ -161,6 +164,71 @@ impl OperatorProcess {
             .await
             .map(|(_, body)| body)
             .unwrap_or_default()
+    }
+
+    /// The sum of a metric's samples with these labels (0 when absent or when
+    /// nothing answers); see [`metric_sum`].
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.metrics().await, name, labels)
+    }
+
+    /// Whether its leader gauge (`aleph_leader`) says it holds the lease.
+    pub async fn is_leader(&self) -> bool {
+        let text = self.metrics().await;
+        text.lines().any(|l| l.trim() == "aleph_leader 1")
+    }
+
+    /// Requests that change something (create, update, patch, delete) it sent
+    /// to the API server, its Lease's excluded.
+    pub async fn writes_besides_the_lease(&self) -> f64 {
+        let text = self.metrics().await;
+        ["create", "update", "patch", "delete"]
+            .iter()
+            .map(|verb| {
+                metric_sum(&text, KUBE_REQUESTS, &[("verb", verb)])
+                    - metric_sum(
+                        &text,
+                        KUBE_REQUESTS,
+                        &[("verb", verb), ("resource", "leases")],
+                    )
+            })
+            .sum()
+    }
+
+    /// Waits until `check` holds for its `/metrics` text; panics with the
+    /// metrics and the log's tail after `timeout`.
+    pub async fn wait_for_metrics(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.metrics().await;
+            if check(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; its metrics:\n{text}\nits log:\n{}",
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the process has exited (or was never started or already reaped).
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Its whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until `/readyz` answers 200; panics with the log's tail after `timeout`.

@@ -336,7 +336,6 @@ fn rbac_has_no_wildcards_and_least_privilege() {
         ("networking.k8s.io", "networkpolicies", "patch"),
         ("rbac.authorization.k8s.io", "rolebindings", "patch"),
         ("rbac.authorization.k8s.io", "clusterroles", "bind"),
-        ("rbac.authorization.k8s.io", "roles", "escalate"),
         (
             "admissionregistration.k8s.io",
             "validatingadmissionpolicybindings",
@@ -362,12 +361,30 @@ fn rbac_has_no_wildcards_and_least_privilege() {
             "update",
         ),
         ("aleph.dev", "tenants", "delete"),
+        // Only with rbac.pluginRoleEscalation: plugins get what the operator holds.
+        ("rbac.authorization.k8s.io", "roles", "escalate"),
+        ("rbac.authorization.k8s.io", "roles", "bind"),
     ] {
         assert!(
             !grants(group, resource, verb),
             "{operator} grants {verb} {group}/{resource}, which it must not need"
         );
     }
+
+    let escalating = render(&["rbac.pluginRoleEscalation=true"]);
+    let escalating_role = of_kind(&escalating, "ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == operator.as_str())
+        .expect("the operator's ClusterRole");
+    assert!(
+        escalating_role["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["resources"] == serde_json::json!(["roles"])
+                && r["verbs"] == serde_json::json!(["bind", "escalate"])),
+        "rbac.pluginRoleEscalation=true grants no escalate on Roles"
+    );
 
     let lease_role = only(&objects, "Role");
     assert_eq!(lease_role["metadata"]["namespace"], NAMESPACE);
@@ -378,6 +395,11 @@ fn rbac_has_no_wildcards_and_least_privilege() {
                 && r["resources"] == serde_json::json!(["leases"])
         ),
         "the namespaced Role is for leases only: {rules:?}"
+    );
+    assert_eq!(
+        rules[0]["verbs"],
+        serde_json::json!(["get", "create", "update"]),
+        "leader election reads, creates and renews its Lease, nothing more"
     );
     let binding = only(&objects, "RoleBinding");
     assert_eq!(binding["roleRef"]["name"], lease_role["metadata"]["name"]);

@@ -3,6 +3,7 @@
 mod cli;
 mod http;
 mod run;
+mod telemetry;
 
 use clap::Parser;
 
@@ -22,7 +23,6 @@ async fn main() -> std::process::ExitCode {
         cli::Command::Run(args) => match run::run(*args).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(error) => {
-                tracing::error!(%error, "aleph-operator stopped");
                 eprintln!("aleph-operator: {error}");
                 std::process::ExitCode::FAILURE
             }

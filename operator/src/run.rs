@@ -9,14 +9,13 @@ use kube::api::Api;
 use kube::runtime::wait::{await_condition, conditions};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 use aleph_controllers::context::{Context, Settings};
 use aleph_controllers::leader::{self, LeaderState, LeaseConfig};
 use aleph_controllers::metrics::Metrics;
 use aleph_controllers::runner::{Readiness, RunOptions};
 
-use crate::cli::{LogFormat, RunArgs};
+use crate::cli::RunArgs;
 
 /// Errors that stop the operator.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +29,17 @@ pub enum RunError {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    init_logging(&args);
+    let telemetry = crate::telemetry::init(&args.log_level, args.log_format);
+    let result = run_controllers(args).await;
+    if let Err(error) = &result {
+        tracing::error!(%error, "aleph-operator stopped");
+    }
+    // Flushing the trace export blocks on its HTTP client.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result
+}
+
+async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -68,7 +77,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         shutdown(),
     ));
 
-    let leader = if args.leader_elect {
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let (leader, election) = if args.leader_elect {
         let state = LeaderState::new(false);
         let lease = LeaseConfig {
             name: args.lease_name.clone(),
@@ -81,15 +91,19 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             lease_duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
             retry_period: Duration::from_secs(args.lease_retry_seconds.max(1)),
         };
-        tokio::spawn(leader::run(
+        // The lease is released only once the controllers have stopped, so no
+        // reconcile still in flight writes after another replica took over.
+        let task = tokio::spawn(leader::run(
             client.clone(),
             lease,
             state.clone(),
-            shutdown(),
+            async move {
+                let _ = release_rx.await;
+            },
         ));
-        state
+        (state, Some(task))
     } else {
-        LeaderState::new(true)
+        (LeaderState::new(true), None)
     };
     let gauge = metrics.leader.clone();
     let mut leading = leader.subscribe();
@@ -100,7 +114,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     });
 
-    wait_for_crds(&client).await?;
+    tokio::select! {
+        result = wait_for_crds(&client) => result?,
+        () = shutdown() => {
+            stop_election(release_tx, election).await;
+            return Ok(());
+        }
+    }
     let settings = Settings {
         aws_region: args.aws_region.clone(),
         sagemaker_endpoint_url: None,
@@ -118,10 +138,27 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .cloned()
         .collect();
     aleph_controllers::run_all(ctx, &options, &namespaces, &readiness, shutdown).await;
+    tracing::info!("controllers stopped");
+    stop_election(release_tx, election).await;
     if let Ok(result) = http.await {
         result?;
     }
     Ok(())
+}
+
+/// Ends leader election, releasing the lease if held (within 5 seconds).
+async fn stop_election(
+    release: tokio::sync::oneshot::Sender<()>,
+    election: Option<tokio::task::JoinHandle<()>>,
+) {
+    let _ = release.send(());
+    if let Some(task) = election
+        && tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("leader election did not stop within 5 s");
+    }
 }
 
 /// Waits until every Aleph CRD is established, saying which are missing.
@@ -148,20 +185,6 @@ fn identity() -> String {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     })
-}
-
-fn init_logging(args: &RunArgs) {
-    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 async fn wait_for_signal() {
