@@ -826,6 +826,7 @@ spec:
   owners: [{{ kind: User, name: {tenant}-alice, role: admin }}]
   namespaces: [plugins]
   plan: pro
+  quota: {{ cpu: "1" }}
   admission:
     allowedRegistries: ["ghcr.io/acme/"]
 "#
@@ -874,6 +875,25 @@ spec:
         "{}",
         message(&refused, "Ready")
     );
+
+    // Pods beyond the tenant's CPU quota: refused too, and said so.
+    let heavy = plugin_yaml("heavy", "1.0.0", "")
+        .replace("cpu: 100m", "cpu: \"2\"")
+        .replace(
+            "metadata: { name: heavy }",
+            &format!("metadata: {{ name: heavy, namespace: {ns} }}"),
+        );
+    env.apply_yaml(&heavy).await;
+    let over = wait_for(&plugins, "heavy", TIMEOUT, |p| {
+        current(p) && reason(p, "Degraded") == "QuotaExceeded"
+    })
+    .await;
+    assert!(
+        message(&over, "Degraded").contains("exceeded quota"),
+        "{}",
+        message(&over, "Degraded")
+    );
+    assert_eq!(reason(&over, "Ready"), "QuotaExceeded");
 
     // A plugin from the allowed registry runs there, reachable from the tenant only.
     let inside = plugin_yaml("summarizer", "1.0.0", "").replace(
