@@ -13,7 +13,11 @@ use std::time::Duration;
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::pipeline::{Pipeline, PipelineRun, RunPhase, StepPhase, StepStatus};
-use aleph_e2e::{TestEnv, find_condition, has_condition, wait_for, wait_for_deletion};
+use aleph_e2e::sagemaker_fake::{FAILURE_REASON_TAG, FakeConfig, OUTCOME_TAG, SageMakerFake};
+use aleph_e2e::{
+    OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, find_condition,
+    has_condition, unique_name, wait_for, wait_for_deletion,
+};
 use aws_config::BehaviorVersion;
 use aws_sdk_sagemaker::config::Credentials;
 use k8s_openapi::api::batch::v1::Job;
@@ -46,7 +50,13 @@ fn step<'a>(run: &'a PipelineRun, name: &str) -> &'a StepStatus {
         .steps
         .iter()
         .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("run {} has no step {name}: {:#?}", run.name_any(), run.status))
+        .unwrap_or_else(|| {
+            panic!(
+                "run {} has no step {name}: {:#?}",
+                run.name_any(),
+                run.status
+            )
+        })
 }
 
 fn phase(run: &PipelineRun) -> RunPhase {
@@ -112,12 +122,7 @@ async fn events_of(env: &TestEnv, kind: &str, name: &str) -> Vec<(String, String
     events.sort_by_key(|e| e.metadata.creation_timestamp.clone());
     events
         .into_iter()
-        .map(|e| {
-            (
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default(),
-            )
-        })
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
         .collect()
 }
 
@@ -215,7 +220,10 @@ async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
 
     // Outputs went from prepare to the later steps, params to prepare.
     assert_eq!(
-        step(&run, "prepare").outputs.get("version").map(String::as_str),
+        step(&run, "prepare")
+            .outputs
+            .get("version")
+            .map(String::as_str),
         Some("42")
     );
     let jobs = jobs_of(&env, "diamond-1").await;
@@ -238,19 +246,41 @@ async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
         let spec = job.spec.as_ref().expect("a Job spec");
         assert_eq!(spec.backoff_limit, Some(0), "retries are the operator's");
         let owner = &job.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.controller), ("PipelineRun", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("PipelineRun", Some(true))
+        );
     }
 
     // Printer columns and events.
     let table = env.kubectl(["get", "pipelinerun", "diamond-1"]).await;
     assert!(table.success(), "{}", table.stderr);
-    let header: Vec<&str> = table.stdout.lines().next().unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = table
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(
         header,
-        ["NAME", "PIPELINE", "PHASE", "PROGRESS", "STARTED", "DURATION", "AGE"]
+        [
+            "NAME", "PIPELINE", "PHASE", "PROGRESS", "STARTED", "DURATION", "AGE"
+        ]
     );
-    let row: Vec<&str> = table.stdout.lines().nth(1).unwrap_or_default().split_whitespace().collect();
-    assert_eq!(&row[..4], ["diamond-1", "diamond", "Succeeded", "5/5"], "{}", table.stdout);
+    let row: Vec<&str> = table
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..4],
+        ["diamond-1", "diamond", "Succeeded", "5/5"],
+        "{}",
+        table.stdout
+    );
     wait_event(&env, "PipelineRun", "diamond-1", "Started").await;
     let done = wait_event(&env, "PipelineRun", "diamond-1", "Succeeded").await;
     assert!(done.contains("all 5 steps succeeded"), "{done}");
@@ -286,7 +316,11 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
     let run = finished_run(&env, "flaky-1").await;
     assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
     assert_eq!(reason(&run), "StepFailed");
-    assert!(message(&run).contains("step train failed"), "{}", message(&run));
+    assert!(
+        message(&run).contains("step train failed"),
+        "{}",
+        message(&run)
+    );
     assert!(message(&run).contains("exit code 1"), "{}", message(&run));
 
     let train = step(&run, "train");
@@ -296,13 +330,21 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
     let deploy = step(&run, "deploy");
     assert_eq!(deploy.phase, StepPhase::Skipped);
     assert!(
-        deploy.message.as_deref().unwrap_or_default().contains("dependency train failed"),
+        deploy
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("dependency train failed"),
         "{deploy:#?}"
     );
     assert!(deploy.job_name.is_none(), "a skipped step runs nothing");
     assert_eq!(step(&run, "lint").phase, StepPhase::Succeeded);
     let report = step(&run, "report");
-    assert_eq!(report.phase, StepPhase::Succeeded, "finally runs after a failure");
+    assert_eq!(
+        report.phase,
+        StepPhase::Succeeded,
+        "finally runs after a failure"
+    );
     assert!(time(report.start_time.as_deref()) >= time(train.finish_time.as_deref()));
 
     // The backoff, from the attempts' times: each attempt's Job failed at
@@ -325,7 +367,8 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
             .map(|t| t.0)
             .unwrap_or_else(|| panic!("no transition time"))
     };
-    let attempt_started = |attempt: usize| time(train.attempt_times.get(attempt - 1).map(String::as_str));
+    let attempt_started =
+        |attempt: usize| time(train.attempt_times.get(attempt - 1).map(String::as_str));
     let waits: Vec<i64> = (1..=2)
         .map(|a| seconds(failed_at(a), attempt_started(a + 1)))
         .collect();
@@ -341,7 +384,10 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
     assert!(retrying.contains("attempt 1 of 3 failed"), "{retrying}");
     assert!(retrying.contains("next attempt in 3s"), "{retrying}");
     let failed = wait_event(&env, "PipelineRun", "flaky-1", "StepFailed").await;
-    assert!(failed.contains("step train failed after 3 attempts"), "{failed}");
+    assert!(
+        failed.contains("step train failed after 3 attempts"),
+        "{failed}"
+    );
     wait_event(&env, "PipelineRun", "flaky-1", "Failed").await;
     env.cleanup().await;
 }
@@ -352,14 +398,23 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
     // Every 4 seconds; each run takes about 7.
     let yaml = format!(
         "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: ticker }}\nspec:\n  params:\n    - {{ name: mode, type: enum, values: [fast, full], default: full }}\n  steps:\n{}  schedule:\n    cron: \"*/4 * * * * *\"\n    timeZone: Europe/Paris\n    concurrencyPolicy: Forbid\n    successfulRunsHistoryLimit: 10\n    params: [{{ name: mode, value: fast }}]\n",
-        container_step("tick", &[], "aleph.dev/test-run-duration: 7s", "\"--mode=$(params.mode)\""),
+        container_step(
+            "tick",
+            &[],
+            "aleph.dev/test-run-duration: 7s",
+            "\"--mode=$(params.mode)\""
+        ),
     );
     env.apply_yaml(&yaml).await;
     let runs = env.api::<PipelineRun>();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let list = runs.list(&ListParams::default()).await.expect("list runs").items;
+        let list = runs
+            .list(&ListParams::default())
+            .await
+            .expect("list runs")
+            .items;
         let unfinished: Vec<String> = list
             .iter()
             .filter(|r| !finished(r))
@@ -370,7 +425,10 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
             "two runs at once under Forbid: {unfinished:?}"
         );
         seen.extend(list.iter().map(|r| r.name_any()));
-        let succeeded = list.iter().filter(|r| phase(r) == RunPhase::Succeeded).count();
+        let succeeded = list
+            .iter()
+            .filter(|r| phase(r) == RunPhase::Succeeded)
+            .count();
         if succeeded >= 2 {
             break;
         }
@@ -380,7 +438,11 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let mut list = runs.list(&ListParams::default()).await.expect("list runs").items;
+    let mut list = runs
+        .list(&ListParams::default())
+        .await
+        .expect("list runs")
+        .items;
     list.retain(finished);
     list.sort_by_key(|r| time(status_of(r).start_time.as_deref()));
     for pair in list.windows(2) {
@@ -393,13 +455,24 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
         );
     }
     let first = &list[0];
-    assert!(first.name_any().starts_with("ticker-"), "{}", first.name_any());
-    assert_eq!(status_of(first).params.get("mode").map(String::as_str), Some("fast"));
+    assert!(
+        first.name_any().starts_with("ticker-"),
+        "{}",
+        first.name_any()
+    );
+    assert_eq!(
+        status_of(first).params.get("mode").map(String::as_str),
+        Some("fast")
+    );
     assert_eq!(first.owner_references()[0].kind, "Pipeline");
     let skipped = wait_event(&env, "Pipeline", "ticker", "RunSkipped").await;
     assert!(skipped.contains("concurrencyPolicy is Forbid"), "{skipped}");
     wait_event(&env, "Pipeline", "ticker", "RunCreated").await;
-    let pipeline = env.api::<Pipeline>().get("ticker").await.expect("the pipeline");
+    let pipeline = env
+        .api::<Pipeline>()
+        .get("ticker")
+        .await
+        .expect("the pipeline");
     let status = pipeline.status.expect("a pipeline status");
     assert!(status.last_schedule_time.is_some());
     assert!(status.active.len() <= 1, "{:?}", status.active);
@@ -415,20 +488,40 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
         .expect("suspend the schedule");
     let settled = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let list = runs.list(&ListParams::default()).await.expect("list runs").items;
+        let list = runs
+            .list(&ListParams::default())
+            .await
+            .expect("list runs")
+            .items;
         if list.iter().all(finished) && list.len() == 1 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < settled,
             "the history did not shrink to 1 run: {:?}",
-            list.iter().map(|r| (r.name_any(), phase(r))).collect::<Vec<_>>()
+            list.iter()
+                .map(|r| (r.name_any(), phase(r)))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let before: Vec<String> = runs.list(&ListParams::default()).await.expect("list").items.iter().map(|r| r.name_any()).collect();
+    let before: Vec<String> = runs
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|r| r.name_any())
+        .collect();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let after: Vec<String> = runs.list(&ListParams::default()).await.expect("list").items.iter().map(|r| r.name_any()).collect();
+    let after: Vec<String> = runs
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|r| r.name_any())
+        .collect();
     assert_eq!(before, after, "a suspended schedule creates no run");
     env.cleanup().await;
 }
@@ -439,23 +532,37 @@ async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
     let yaml = format!(
         "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: long }}\nspec:\n  steps:\n{}{}  finally:\n{}",
         container_step("crunch", &[], "aleph.dev/test-run-duration: 300s", ""),
-        container_step("publish", &["crunch"], "aleph.dev/test-run-duration: 1s", ""),
+        container_step(
+            "publish",
+            &["crunch"],
+            "aleph.dev/test-run-duration: 1s",
+            ""
+        ),
         container_step("cleanup", &[], "aleph.dev/test-run-duration: 1s", ""),
     );
     env.apply_yaml(&yaml).await;
     env.apply_yaml(&run_yaml("long-1", "long", "")).await;
     let runs = env.api::<PipelineRun>();
     wait_for(&runs, "long-1", TIMEOUT, |r| {
-        r.status
-            .as_ref()
-            .is_some_and(|s| s.steps.iter().any(|s| s.name == "crunch" && s.phase == StepPhase::Running))
+        r.status.as_ref().is_some_and(|s| {
+            s.steps
+                .iter()
+                .any(|s| s.name == "crunch" && s.phase == StepPhase::Running)
+        })
     })
     .await;
     let jobs = env.api::<Job>();
     wait_for(&jobs, "long-1-crunch-1", TIMEOUT, |_| true).await;
 
     let out = env
-        .kubectl(["patch", "pipelinerun", "long-1", "--type=merge", "-p", r#"{"spec":{"cancel":true}}"#])
+        .kubectl([
+            "patch",
+            "pipelinerun",
+            "long-1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"cancel":true}}"#,
+        ])
         .await;
     assert!(out.success(), "{}", out.stderr);
     let run = finished_run(&env, "long-1").await;
@@ -466,17 +573,36 @@ async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
     let crunch = step(&run, "crunch");
     assert_eq!(crunch.phase, StepPhase::Failed);
     assert!(
-        crunch.message.as_deref().unwrap_or_default().contains("cancelled"),
+        crunch
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cancelled"),
         "{crunch:#?}"
     );
     assert_eq!(step(&run, "publish").phase, StepPhase::Skipped);
-    assert_eq!(step(&run, "cleanup").phase, StepPhase::Succeeded, "finally runs after cancel");
+    assert_eq!(
+        step(&run, "cleanup").phase,
+        StepPhase::Succeeded,
+        "finally runs after cancel"
+    );
 
     // A cancelled run stays cancelled.
     let out = env
-        .kubectl(["patch", "pipelinerun", "long-1", "--type=merge", "-p", r#"{"spec":{"cancel":false}}"#])
+        .kubectl([
+            "patch",
+            "pipelinerun",
+            "long-1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"cancel":false}}"#,
+        ])
         .await;
-    assert!(!out.success() && out.stderr.contains("cannot be uncancelled"), "{}", out.stderr);
+    assert!(
+        !out.success() && out.stderr.contains("cannot be uncancelled"),
+        "{}",
+        out.stderr
+    );
     wait_event(&env, "PipelineRun", "long-1", "Cancelled").await;
     env.cleanup().await;
 }
@@ -525,7 +651,8 @@ async fn resume_from_reruns_only_what_did_not_succeed_and_reuses_outputs() {
 
     // The cause is fixed in the pipeline; only the failed part runs again.
     env.apply_yaml(&resumable_pipeline(false)).await;
-    env.apply_yaml(&run_yaml("etl-2", "etl", "  resumeFrom: etl-1\n")).await;
+    env.apply_yaml(&run_yaml("etl-2", "etl", "  resumeFrom: etl-1\n"))
+        .await;
     let second = finished_run(&env, "etl-2").await;
     assert_eq!(phase(&second), RunPhase::Succeeded, "{:#?}", second.status);
     for reused in ["extract", "docs"] {
@@ -534,24 +661,46 @@ async fn resume_from_reruns_only_what_did_not_succeed_and_reuses_outputs() {
         assert_eq!(s.attempts, 0, "{s:#?}");
     }
     assert_eq!(
-        step(&second, "extract").outputs.get("rows").map(String::as_str),
+        step(&second, "extract")
+            .outputs
+            .get("rows")
+            .map(String::as_str),
         Some("1234"),
         "the reused step keeps its outputs"
     );
     assert_eq!(step(&second, "validate").phase, StepPhase::Succeeded);
     assert_eq!(step(&second, "load").phase, StepPhase::Succeeded);
-    let mut jobs: Vec<String> = jobs_of(&env, "etl-2").await.iter().map(|j| j.name_any()).collect();
+    let mut jobs: Vec<String> = jobs_of(&env, "etl-2")
+        .await
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
     jobs.sort();
-    assert_eq!(jobs, ["etl-2-load-1", "etl-2-validate-1"], "only the failed part ran");
-    let load = env.api::<Job>().get("etl-2-load-1").await.expect("the load Job");
+    assert_eq!(
+        jobs,
+        ["etl-2-load-1", "etl-2-validate-1"],
+        "only the failed part ran"
+    );
+    let load = env
+        .api::<Job>()
+        .get("etl-2-load-1")
+        .await
+        .expect("the load Job");
     let args = load
         .spec
         .and_then(|s| s.template.spec)
         .and_then(|p| p.containers[0].args.clone())
         .unwrap_or_default();
-    assert_eq!(args, ["--rows=1234"], "reused outputs reach the rerun steps");
+    assert_eq!(
+        args,
+        ["--rows=1234"],
+        "reused outputs reach the rerun steps"
+    );
     let started = wait_event(&env, "PipelineRun", "etl-2", "Started").await;
-    assert!(started.contains("resuming etl-1: reusing extract, docs"), "{started}");
+    assert!(
+        started.contains("resuming etl-1: reusing extract, docs"),
+        "{started}"
+    );
     env.cleanup().await;
 }
 
@@ -611,7 +760,11 @@ async fn a_missing_param_fails_the_run_naming_it() {
     .await;
     let run = finished_run(&env, "needs-2").await;
     assert_eq!(reason(&run), "InvalidParameter");
-    assert!(message(&run).contains("\"many\" is not an integer"), "{}", message(&run));
+    assert!(
+        message(&run).contains("\"many\" is not an integer"),
+        "{}",
+        message(&run)
+    );
     env.cleanup().await;
 }
 
@@ -626,7 +779,12 @@ async fn a_finished_run_is_deleted_with_its_jobs_after_its_ttl() {
     env.apply_yaml(&run_yaml("brief-1", "brief", "")).await;
     let run = finished_run(&env, "brief-1").await;
     assert_eq!(phase(&run), RunPhase::Succeeded);
-    wait_for_deletion(&env.api::<PipelineRun>(), "brief-1", Duration::from_secs(30)).await;
+    wait_for_deletion(
+        &env.api::<PipelineRun>(),
+        "brief-1",
+        Duration::from_secs(30),
+    )
+    .await;
     wait_for_deletion(&env.api::<Job>(), "brief-1-only-1", Duration::from_secs(30)).await;
     env.cleanup().await;
 }
@@ -664,10 +822,15 @@ async fn bad_pipelines_are_refused_at_apply_time() {
         ),
     ];
     for (spec, expected) in cases {
-        let yaml = format!("apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: bad }}\nspec:\n{spec}");
+        let yaml = format!(
+            "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: bad }}\nspec:\n{spec}"
+        );
         match env.try_apply_yaml(&yaml).await {
             Ok(_) => panic!("accepted:\n{yaml}"),
-            Err(e) => assert!(e.to_string().contains(expected), "expected {expected:?} in: {e}"),
+            Err(e) => assert!(
+                e.to_string().contains(expected),
+                "expected {expected:?} in: {e}"
+            ),
         }
     }
     env.cleanup().await;
@@ -697,7 +860,13 @@ fn moto_url() -> String {
 
 async fn sagemaker(url: &str) -> aws_sdk_sagemaker::Client {
     let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "aleph-e2e"))
+        .credentials_provider(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "aleph-e2e",
+        ))
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(url)
         .load()
@@ -727,16 +896,33 @@ async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
     let yaml = format!(
         "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: fit }}\nspec:\n  params:\n    - {{ name: rounds, type: int, default: \"20\" }}\n  steps:\n{}{}",
         training_step("train", &prefix),
-        container_step("evaluate", &["train"], "aleph.dev/test-run-duration: 1s", "\"--model=$(steps.train.outputs.artifactUri)\""),
+        container_step(
+            "evaluate",
+            &["train"],
+            "aleph.dev/test-run-duration: 1s",
+            "\"--model=$(steps.train.outputs.artifactUri)\""
+        ),
     );
     env.apply_yaml(&yaml).await;
-    env.apply_yaml(&run_yaml("fit-1", "fit", "  params: [{ name: rounds, value: \"35\" }]\n"))
-        .await;
+    env.apply_yaml(&run_yaml(
+        "fit-1",
+        "fit",
+        "  params: [{ name: rounds, value: \"35\" }]\n",
+    ))
+    .await;
     let run = finished_run(&env, "fit-1").await;
     assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
     let train = step(&run, "train");
-    let artifact = train.outputs.get("artifactUri").cloned().unwrap_or_default();
-    let job_name = train.outputs.get("trainingJob").cloned().unwrap_or_default();
+    let artifact = train
+        .outputs
+        .get("artifactUri")
+        .cloned()
+        .unwrap_or_default();
+    let job_name = train
+        .outputs
+        .get("trainingJob")
+        .cloned()
+        .unwrap_or_default();
     assert!(artifact.starts_with("s3://aleph-e2e/"), "{train:#?}");
     assert_eq!(train.job_name.as_deref(), Some(job_name.as_str()));
 
@@ -756,7 +942,11 @@ async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
         Some("35")
     );
     // Its artifact reached the next step.
-    let evaluate = env.api::<Job>().get("fit-1-evaluate-1").await.expect("the evaluate Job");
+    let evaluate = env
+        .api::<Job>()
+        .get("fit-1-evaluate-1")
+        .await
+        .expect("the evaluate Job");
     let args = evaluate
         .spec
         .and_then(|s| s.template.spec)
@@ -764,9 +954,16 @@ async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
         .unwrap_or_default();
     assert_eq!(args, [format!("--model={artifact}")]);
     let started = wait_event(&env, "PipelineRun", "fit-1", "TrainingStarted").await;
-    assert!(started.contains("step train") && started.contains(&job_name), "{started}");
+    assert!(
+        started.contains("step train") && started.contains(&job_name),
+        "{started}"
+    );
     // No finalizer is left once no training job runs.
-    let run = env.api::<PipelineRun>().get("fit-1").await.expect("the run");
+    let run = env
+        .api::<PipelineRun>()
+        .get("fit-1")
+        .await
+        .expect("the run");
     assert!(run.finalizers().is_empty(), "{:?}", run.finalizers());
     env.cleanup().await;
 }
@@ -790,7 +987,10 @@ spec:
     )
     .await;
     let models = env.api::<AIModel>();
-    let before = wait_for(&models, "scorer", TIMEOUT, |m| has_condition(m, "Ready", "True")).await;
+    let before = wait_for(&models, "scorer", TIMEOUT, |m| {
+        has_condition(m, "Ready", "True")
+    })
+    .await;
     let generation = before.metadata.generation.unwrap_or_default();
 
     let prefix = format!("rollouts/{}", env.namespace());
@@ -802,17 +1002,33 @@ spec:
     env.apply_yaml(&run_yaml("ship-1", "ship", "")).await;
     let run = finished_run(&env, "ship-1").await;
     assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
-    let artifact = step(&run, "train").outputs.get("artifactUri").cloned().unwrap_or_default();
+    let artifact = step(&run, "train")
+        .outputs
+        .get("artifactUri")
+        .cloned()
+        .unwrap_or_default();
     let rollout = step(&run, "rollout");
-    assert_eq!(rollout.outputs.get("source"), Some(&artifact), "{rollout:#?}");
+    assert_eq!(
+        rollout.outputs.get("source"),
+        Some(&artifact),
+        "{rollout:#?}"
+    );
 
     let model = models.get("scorer").await.expect("the model");
-    assert_eq!(model.spec.source.as_ref().map(|s| s.uri.as_str()), Some(artifact.as_str()));
+    assert_eq!(
+        model.spec.source.as_ref().map(|s| s.uri.as_str()),
+        Some(artifact.as_str())
+    );
     let rolled = model.metadata.generation.unwrap_or_default();
     assert!(rolled > generation, "the rollout changed the spec");
     assert!(has_condition(&model, "Ready", "True"));
     assert!(
-        model.status.as_ref().and_then(|s| s.observed_generation).unwrap_or_default() >= rolled,
+        model
+            .status
+            .as_ref()
+            .and_then(|s| s.observed_generation)
+            .unwrap_or_default()
+            >= rolled,
         "the step waited for the controller to observe the new generation"
     );
     assert_eq!(
@@ -820,7 +1036,10 @@ spec:
         Some(rolled.to_string().as_str())
     );
     assert_eq!(
-        model.annotations().get("aleph.dev/rolled-out-by").map(String::as_str),
+        model
+            .annotations()
+            .get("aleph.dev/rolled-out-by")
+            .map(String::as_str),
         Some("ship-1")
     );
     let managers: Vec<String> = model
@@ -830,6 +1049,203 @@ spec:
         .flatten()
         .filter_map(|m| m.manager.clone())
         .collect();
-    assert!(managers.iter().any(|m| m == "aleph-pipeline"), "{managers:?}");
+    assert!(
+        managers.iter().any(|m| m == "aleph-pipeline"),
+        "{managers:?}"
+    );
     env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_deadline_stops_the_run_with_timeout_and_finally_still_runs() {
+    let env = TestEnv::new().await;
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: slow }}\nspec:\n  deadlineSeconds: 4\n  steps:\n{}{}  finally:\n{}",
+        container_step("crawl", &[], "aleph.dev/test-run-duration: 300s", ""),
+        container_step("index", &["crawl"], "", ""),
+        container_step("notify", &[], "aleph.dev/test-run-duration: 1s", ""),
+    );
+    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&run_yaml("slow-1", "slow", "")).await;
+    let run = finished_run(&env, "slow-1").await;
+    assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
+    assert_eq!(reason(&run), "Timeout");
+    assert!(
+        message(&run).contains("deadline of 4s"),
+        "{}",
+        message(&run)
+    );
+    let status = status_of(&run);
+    let took = seconds(
+        time(status.start_time.as_deref()),
+        time(status.completion_time.as_deref()),
+    );
+    assert!((4..=15).contains(&took), "took {took}s");
+    assert_eq!(step(&run, "crawl").phase, StepPhase::Failed);
+    assert_eq!(step(&run, "index").phase, StepPhase::Skipped);
+    assert_eq!(step(&run, "notify").phase, StepPhase::Succeeded);
+    wait_for_deletion(&env.api::<Job>(), "slow-1-crawl-1", Duration::from_secs(30)).await;
+    wait_event(&env, "PipelineRun", "slow-1", "Timeout").await;
+    env.cleanup().await;
+}
+
+/// An operator of the test's own, for `env`'s namespace and the runs labelled
+/// `label`, whose SageMaker is `url`.
+async fn private_operator(env: &TestEnv, url: &str, label: &str) -> OperatorProcess {
+    let mut op = OperatorProcess::start(OperatorOptions {
+        args: vec![
+            "--leader-elect".into(),
+            "false".into(),
+            "--namespaces".into(),
+            env.namespace().to_string(),
+            "--sagemaker-max-poll-seconds".into(),
+            "1".into(),
+        ],
+        env: vec![
+            ("AWS_ENDPOINT_URL_SAGEMAKER".into(), url.to_string()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "AKIDALEPHE2E".into()),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                "aleph-e2e-not-a-secret".into(),
+            ),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ],
+        private_label: Some(label.to_string()),
+        name: "pipeline-training".into(),
+    })
+    .await;
+    op.wait_ready(Duration::from_secs(90)).await;
+    op
+}
+
+async fn fake_sagemaker(config: FakeConfig) -> SageMakerFake {
+    SageMakerFake::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("starting the SageMaker fake: {e}"))
+}
+
+/// A training step for the fake, with tags (the fake reads a job's outcome from them).
+fn fake_training_step(name: &str, tags: &str, extra: &str) -> String {
+    format!(
+        "    - name: {name}\n{extra}      training:\n        image: 123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7\n        roleArn: arn:aws:iam::123456789012:role/aleph-training\n        instanceType: ml.m5.xlarge\n        outputS3Uri: s3://aleph-e2e/fake\n        tags: {{ {tags} }}\n"
+    )
+}
+
+/// A run handed to the test's own operator.
+fn labelled_run(name: &str, pipeline: &str, label: &str) -> String {
+    format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: PipelineRun\nmetadata:\n  name: {name}\n  labels: {{ {PRIVATE_OPERATOR_LABEL}: \"{label}\" }}\nspec:\n  pipelineRef: {{ name: {pipeline} }}\n"
+    )
+}
+
+/// Against the in-repo SageMaker fake, whose jobs here run until stopped
+/// (moto's complete at once), with an operator of the test's own pointed at it.
+#[tokio::test]
+async fn cancelling_or_deleting_a_run_stops_its_training_job() {
+    let env = TestEnv::new().await;
+    let sm = fake_sagemaker(FakeConfig {
+        training_describes: 1_000_000,
+        training_min_millis: 3_600_000,
+        stopping_describes: 1,
+        ..FakeConfig::default()
+    })
+    .await;
+    let label = unique_name("pipeline");
+    let _op = private_operator(&env, &sm.endpoint_url(), &label).await;
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: longfit }}\nspec:\n  steps:\n{}{}",
+        fake_training_step("train", "team: ml", ""),
+        container_step("evaluate", &["train"], "", ""),
+    );
+    env.apply_yaml(&yaml).await;
+    let runs = env.api::<PipelineRun>();
+    let training_running = |r: &PipelineRun| {
+        r.status.as_ref().is_some_and(|s| {
+            s.steps
+                .iter()
+                .any(|s| s.name == "train" && s.phase == StepPhase::Running && s.job_name.is_some())
+        }) && r.finalizers().iter().any(|f| f == "aleph.dev/cleanup")
+    };
+
+    // Cancel: the training job is stopped, the run ends Cancelled, the finalizer goes.
+    env.apply_yaml(&labelled_run("longfit-1", "longfit", &label))
+        .await;
+    let running = wait_for(&runs, "longfit-1", TIMEOUT, training_running).await;
+    let job = step(&running, "train").job_name.clone().unwrap_or_default();
+    assert_eq!(
+        sm.training_job(&job).map(|j| j.status),
+        Some("InProgress".into())
+    );
+    runs.patch(
+        "longfit-1",
+        &PatchParams::default(),
+        &Patch::Merge(&serde_json::json!({"spec": {"cancel": true}})),
+    )
+    .await
+    .expect("cancel the run");
+    let run = finished_run(&env, "longfit-1").await;
+    assert_eq!(phase(&run), RunPhase::Cancelled, "{:#?}", run.status);
+    let stopped = sm.training_job(&job).map(|j| j.status).unwrap_or_default();
+    assert!(stopped == "Stopping" || stopped == "Stopped", "{stopped}");
+    let run = wait_for(&runs, "longfit-1", TIMEOUT, |r| r.finalizers().is_empty()).await;
+    assert_eq!(step(&run, "evaluate").phase, StepPhase::Skipped);
+
+    // Delete: the finalizer holds the run until its training job is stopped.
+    env.apply_yaml(&labelled_run("longfit-2", "longfit", &label))
+        .await;
+    let running = wait_for(&runs, "longfit-2", TIMEOUT, training_running).await;
+    let job = step(&running, "train").job_name.clone().unwrap_or_default();
+    runs.delete("longfit-2", &Default::default())
+        .await
+        .expect("delete the run");
+    wait_for_deletion(&runs, "longfit-2", TIMEOUT).await;
+    assert_eq!(
+        sm.training_job(&job).map(|j| j.status),
+        Some("Stopped".into()),
+        "deleting the run stopped its training job"
+    );
+    assert_eq!(sm.counters().training_jobs_stopped, 2);
+
+    env.cleanup().await;
+    sm.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step() {
+    let env = TestEnv::new().await;
+    let sm = fake_sagemaker(FakeConfig::default()).await;
+    let label = unique_name("pipeline");
+    let _op = private_operator(&env, &sm.endpoint_url(), &label).await;
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: badfit }}\nspec:\n  steps:\n{}",
+        fake_training_step(
+            "train",
+            &format!(
+                "{OUTCOME_TAG}: fail, {FAILURE_REASON_TAG}: \"AlgorithmError: out of memory\""
+            ),
+            "      retries: { limit: 1, initialDelaySeconds: 1 }\n"
+        ),
+    );
+    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&labelled_run("badfit-1", "badfit", &label))
+        .await;
+    let run = finished_run(&env, "badfit-1").await;
+    assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
+    assert_eq!(reason(&run), "StepFailed");
+    assert!(
+        message(&run).contains("AlgorithmError: out of memory"),
+        "{}",
+        message(&run)
+    );
+    let train = step(&run, "train");
+    assert_eq!(train.attempts, 2);
+    assert_eq!(
+        sm.counters().training_jobs_created,
+        2,
+        "each attempt is a SageMaker job of its own"
+    );
+    assert!(run.finalizers().is_empty(), "{:?}", run.finalizers());
+    env.cleanup().await;
+    sm.shutdown().await;
 }

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aleph_crds::common::ConditionStatus;
-use aleph_crds::pipeline::{
-    Pipeline, PipelineRef, PipelineRun, PipelineRunSpec, RunPhase,
-};
+use aleph_crds::pipeline::{Pipeline, PipelineRef, PipelineRun, PipelineRunSpec, RunPhase};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -314,9 +312,7 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
                 name: r.name_any(),
                 phase: phase(r),
                 completion_time: parse_time(
-                    r.status
-                        .as_ref()
-                        .and_then(|s| s.completion_time.as_deref()),
+                    r.status.as_ref().and_then(|s| s.completion_time.as_deref()),
                 )
                 .unwrap_or(now),
             })

@@ -320,7 +320,10 @@ status:
 "#);
         match job_outcome(&running, &[unschedulable], None) {
             JobOutcome::Running(Some(m)) => {
-                assert!(m.contains("cannot be scheduled") && m.contains("nvidia.com/gpu"), "{m}")
+                assert!(
+                    m.contains("cannot be scheduled") && m.contains("nvidia.com/gpu"),
+                    "{m}"
+                )
             }
             other => panic!("{other:?}"),
         }

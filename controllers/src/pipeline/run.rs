@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use aleph_crds::TrainingStatus;
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::common::{ConditionStatus, SageMakerTraining};
 use aleph_crds::pipeline::{
@@ -35,7 +36,6 @@ use aleph_crds::pipeline::{
     StepPhase, StepStatus,
 };
 use aleph_crds::plugin::Plugin;
-use aleph_crds::TrainingStatus;
 use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -120,7 +120,7 @@ impl Observed {
 }
 
 /// What came of starting a step.
-enum Started {
+enum StartOutcome {
     /// Started (`job_name` is the Job or SageMaker job), and what is already known.
     Started {
         job_name: Option<String>,
@@ -268,7 +268,11 @@ fn model_ready(model: &AIModel, generation: i64) -> Result<(), String> {
 /// How long to wait before looking at a rollout again: often at first, then
 /// less so, at most every 30 seconds.
 fn rollout_poll(elapsed: TimeDelta) -> Duration {
-    Duration::from_secs(u64::try_from(elapsed.num_seconds() / 10).unwrap_or(0).clamp(2, 30))
+    Duration::from_secs(
+        u64::try_from(elapsed.num_seconds() / 10)
+            .unwrap_or(0)
+            .clamp(2, 30),
+    )
 }
 
 /// One reconcile of one run.
@@ -435,7 +439,11 @@ impl Pass<'_> {
         let status = self.run.status.clone().unwrap_or_default();
         let mut waiting: Option<Duration> = None;
         if let Some(spec) = status.pipeline_spec.as_ref() {
-            for s in status.steps.iter().filter(|s| s.phase == StepPhase::Running) {
+            for s in status
+                .steps
+                .iter()
+                .filter(|s| s.phase == StepPhase::Running)
+            {
                 let training = spec
                     .steps
                     .iter()
@@ -555,7 +563,11 @@ impl Pass<'_> {
         let mut previous: Option<(String, PipelineRunStatus)> = None;
         if let Some(from) = self.run.spec.resume_from.clone() {
             if from == self.name {
-                self.fail_at_start(status, "InvalidResume", "a run cannot resume itself: name an earlier run in spec.resumeFrom".into());
+                self.fail_at_start(
+                    status,
+                    "InvalidResume",
+                    "a run cannot resume itself: name an earlier run in spec.resumeFrom".into(),
+                );
                 return Ok(false);
             }
             let Some(earlier) = self.api.get_opt(&from).await? else {
@@ -621,10 +633,7 @@ impl Pass<'_> {
         };
         status.phase = RunPhase::Running;
         status.start_time = Some(dag::format_time(self.now));
-        let mut note = format!(
-            "started pipeline {pipeline_name}: {} steps",
-            graph.len()
-        );
+        let mut note = format!("started pipeline {pipeline_name}: {} steps", graph.len());
         if let Some((from, _)) = &previous {
             let reused: Vec<&str> = status
                 .steps
@@ -715,15 +724,14 @@ impl Pass<'_> {
                             .start_step(definition, *attempt, &status.params, &outputs)
                             .await?
                         {
-                            Started::Started { job_name, observed } => {
+                            StartOutcome::Started { job_name, observed } => {
                                 dag::apply(&mut status.steps, &action, self.now);
-                                if let Some(s) = status.steps.iter_mut().find(|s| &s.name == step)
-                                {
+                                if let Some(s) = status.steps.iter_mut().find(|s| &s.name == step) {
                                     s.job_name = job_name;
                                 }
                                 self.record(&graph, status, step, observed, stopping);
                             }
-                            Started::Failed(message) => {
+                            StartOutcome::Failed(message) => {
                                 dag::apply(&mut status.steps, &action, self.now);
                                 self.record(
                                     &graph,
@@ -733,10 +741,9 @@ impl Pass<'_> {
                                     stopping,
                                 );
                             }
-                            Started::Blocked(message) => {
+                            StartOutcome::Blocked(message) => {
                                 blocked.insert(step.clone());
-                                if let Some(s) = status.steps.iter_mut().find(|s| &s.name == step)
-                                {
+                                if let Some(s) = status.steps.iter_mut().find(|s| &s.name == step) {
                                     s.message = Some(message);
                                 }
                                 self.recheck_in(RETRY_REFUSED);
@@ -947,7 +954,9 @@ impl Pass<'_> {
         match kind(step) {
             StepKind::Job => {
                 let Some(job_name) = s.job_name.as_deref() else {
-                    return Ok(Observed::Failed("no Job was recorded for the attempt".into()));
+                    return Ok(Observed::Failed(
+                        "no Job was recorded for the attempt".into(),
+                    ));
                 };
                 let Some(job) = jobs.get(job_name) else {
                     return Ok(Observed::Failed(format!(
@@ -986,7 +995,7 @@ impl Pass<'_> {
     fn training_observed(&mut self, step: &str, outcome: TrainingOutcome) -> Observed {
         for event in &outcome.events {
             self.events.push((
-                event.type_.clone(),
+                event.type_,
                 event.reason,
                 format!("step {step}: {}", event.message),
             ));
@@ -1165,19 +1174,19 @@ impl Pass<'_> {
         attempt: i32,
         params: &BTreeMap<String, String>,
         outputs: &StepOutputs,
-    ) -> Result<Started> {
+    ) -> Result<StartOutcome> {
         match kind(step) {
             StepKind::Job => self.start_job(step, attempt, params, outputs).await,
             StepKind::Training(training) => {
                 let spec = match substituted_training(training, params, outputs) {
                     Ok(spec) => spec,
-                    Err(why) => return Ok(Started::Failed(why)),
+                    Err(why) => return Ok(StartOutcome::Failed(why)),
                 };
                 // The job lives outside the cluster: hold the run until it is stopped.
                 self.set_finalizer(true).await?;
                 let api = match self.ctx.sagemaker(spec.region.as_deref()).await {
                     Ok(api) => api,
-                    Err(e) => return Ok(Started::Blocked(format!("{e}; retrying"))),
+                    Err(e) => return Ok(StartOutcome::Blocked(format!("{e}; retrying"))),
                 };
                 let owner = training_owner_name(&step.name, attempt);
                 match reconcile_training(
@@ -1193,12 +1202,12 @@ impl Pass<'_> {
                     Ok(outcome) => {
                         let job_name = Some(outcome.status.job_name.clone());
                         let observed = self.training_observed(&step.name, outcome);
-                        Ok(Started::Started { job_name, observed })
+                        Ok(StartOutcome::Started { job_name, observed })
                     }
-                    Err(e) => Ok(Started::Blocked(format!("SageMaker: {e}; retrying"))),
+                    Err(e) => Ok(StartOutcome::Blocked(format!("SageMaker: {e}; retrying"))),
                 }
             }
-            StepKind::Rollout(_) => Ok(Started::Started {
+            StepKind::Rollout(_) => Ok(StartOutcome::Started {
                 job_name: None,
                 // Observed at once on the next pass, which sets the source.
                 observed: Observed::Running {
@@ -1215,7 +1224,7 @@ impl Pass<'_> {
         attempt: i32,
         params: &BTreeMap<String, String>,
         outputs: &StepOutputs,
-    ) -> Result<Started> {
+    ) -> Result<StartOutcome> {
         let plugin = match &step.plugin {
             Some(action) => {
                 let plugins: Api<Plugin> =
@@ -1233,7 +1242,7 @@ impl Pass<'_> {
             plugin.as_ref(),
         ) {
             Ok(job) => job,
-            Err(e) => return Ok(Started::Failed(e.to_string())),
+            Err(e) => return Ok(StartOutcome::Failed(e.to_string())),
         };
         let job_name = job.name_any();
         let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
@@ -1248,26 +1257,26 @@ impl Pass<'_> {
                         .any(|o| o.uid == self.uid && o.controller == Some(true))
                 });
                 if !ours {
-                    return Ok(Started::Blocked(format!(
+                    return Ok(StartOutcome::Blocked(format!(
                         "Job {job_name} exists and belongs to something else (a deleted run of the same name?): waiting for it to go away"
                     )));
                 }
             }
             Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
-                return Ok(Started::Failed(format!(
+                return Ok(StartOutcome::Failed(format!(
                     "the API server refused its Job: {}",
                     e.message
                 )));
             }
             Err(kube::Error::Api(e)) if e.code == 403 => {
-                return Ok(Started::Blocked(format!(
+                return Ok(StartOutcome::Blocked(format!(
                     "the API server refused its Job for now: {}; retrying",
                     e.message
                 )));
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Started::Started {
+        Ok(StartOutcome::Started {
             job_name: Some(job_name),
             observed: Observed::running(),
         })
@@ -1338,7 +1347,10 @@ spec:
             "{MODEL}status:\n  observedGeneration: 3\n  conditions:\n    - {{type: Ready, status: \"False\", reason: Progressing, message: rolling, lastTransitionTime: \"2026-01-01T00:00:00Z\"}}\n"
         ));
         let err = model_ready(&m, 3).unwrap_err();
-        assert!(err.contains("Progressing") && err.contains("rolling"), "{err}");
+        assert!(
+            err.contains("Progressing") && err.contains("rolling"),
+            "{err}"
+        );
         m = model(&format!(
             "{MODEL}status:\n  observedGeneration: 3\n  conditions:\n    - {{type: Ready, status: \"True\", reason: Serving, message: ok, lastTransitionTime: \"2026-01-01T00:00:00Z\", observedGeneration: 2}}\n"
         ));
@@ -1357,7 +1369,10 @@ spec:
         let params = BTreeMap::from([("v".to_string(), "7".to_string())]);
         let outputs = StepOutputs::from([(
             "train".to_string(),
-            BTreeMap::from([(ARTIFACT_OUTPUT.to_string(), "s3://b/out/model.tar.gz".to_string())]),
+            BTreeMap::from([(
+                ARTIFACT_OUTPUT.to_string(),
+                "s3://b/out/model.tar.gz".to_string(),
+            )]),
         )]);
         let literal = RolloutAction {
             model: "m".into(),
@@ -1406,8 +1421,14 @@ spec:
     #[test]
     fn rollouts_are_polled_often_then_less() {
         assert_eq!(rollout_poll(TimeDelta::seconds(0)), Duration::from_secs(2));
-        assert_eq!(rollout_poll(TimeDelta::seconds(100)), Duration::from_secs(10));
-        assert_eq!(rollout_poll(TimeDelta::seconds(3600)), Duration::from_secs(30));
+        assert_eq!(
+            rollout_poll(TimeDelta::seconds(100)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            rollout_poll(TimeDelta::seconds(3600)),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
