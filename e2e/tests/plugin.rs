@@ -645,7 +645,8 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back() {
         "the bad version was retried"
     );
 
-    // A fixed version rolls out and clears Degraded.
+    // A fixed version rolls out and clears Degraded (with a deadline a busy
+    // cluster cannot miss).
     merge(
         &plugins,
         name,
@@ -653,6 +654,7 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back() {
             "version": "1.2.0",
             "image": format!("ghcr.io/acme/{name}:1.2.0"),
             "podAnnotations": null,
+            "progressDeadlineSeconds": 300,
         } }),
     )
     .await;
