@@ -19,8 +19,9 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const H100: &str = "NVIDIA-H100-80GB-HBM3";
@@ -982,4 +983,103 @@ spec:
     operator.terminate(Duration::from_secs(10)).await;
     env.cleanup().await;
     sagemaker.shutdown().await;
+}
+
+/// The Gateway API's HTTPRoute kind, its schema reduced to what the test reads.
+const HTTPROUTE_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: httproutes.gateway.networking.k8s.io
+  annotations:
+    api-approved.kubernetes.io: https://github.com/kubernetes-sigs/gateway-api/pull/2466
+spec:
+  group: gateway.networking.k8s.io
+  names: { kind: HTTPRoute, listKind: HTTPRouteList, plural: httproutes, singular: httproute }
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      subresources: { status: {} }
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec: { type: object, x-kubernetes-preserve-unknown-fields: true }
+            status: { type: object, x-kubernetes-preserve-unknown-fields: true }
+";
+
+#[tokio::test]
+async fn with_the_gateway_api_a_canary_gets_an_httproute_with_weights() {
+    let env = TestEnv::new().await;
+    env.apply_yaml(HTTPROUTE_CRD).await;
+    let crds: Api<CustomResourceDefinition> = env.cluster_api();
+    wait_for(
+        &crds,
+        "httproutes.gateway.networking.k8s.io",
+        TIMEOUT,
+        |crd| {
+            crd.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        },
+    )
+    .await;
+    env.apply_yaml(&model_yaml(
+        "split",
+        "  source: { uri: hf://acme/split@v1 }\n  cache: { enabled: false }\n  resources: { cpu: \"1\" }\n  replicas: 2\n  canary:\n    source: { uri: hf://acme/split@v2 }\n    trafficPercent: 10\n",
+    ))
+    .await;
+    let resource = ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        plural: "httproutes".into(),
+    };
+    let routes: Api<DynamicObject> = Api::namespaced_with(env.client(), env.namespace(), &resource);
+    // The operator looks for the Gateway API at most once a minute.
+    let route = wait_for(&routes, "split", Duration::from_secs(150), |_| true).await;
+    let spec = &route.data["spec"];
+    assert_eq!(spec["parentRefs"][0]["kind"], "Service");
+    assert_eq!(spec["parentRefs"][0]["name"], "split");
+    let backends = &spec["rules"][0]["backendRefs"];
+    assert_eq!(backends[0]["name"], "split-stable");
+    assert_eq!(backends[0]["weight"], 90);
+    assert_eq!(backends[1]["name"], "split-canary");
+    assert_eq!(backends[1]["weight"], 10);
+    let services = env.api::<Service>();
+    for track in ["stable", "canary"] {
+        let service = services
+            .get(&format!("split-{track}"))
+            .await
+            .expect("a Service per track");
+        let selector = service.spec.and_then(|s| s.selector).unwrap_or_default();
+        assert_eq!(
+            selector.get("aleph.dev/track").map(String::as_str),
+            Some(track)
+        );
+    }
+    // Replicas split too: 1 stable (at least one stays), 1 canary.
+    let deployments = env.api::<Deployment>();
+    for name in ["split", "split-canary"] {
+        let d = deployments.get(name).await.expect("deployment");
+        assert_eq!(d.spec.and_then(|s| s.replicas), Some(1));
+    }
+
+    // Without a canary, the route and the per-track Services go.
+    patch_spec(&env, "split", serde_json::json!({ "canary": null })).await;
+    wait_for_deletion(&routes, "split", TIMEOUT).await;
+    wait_for_deletion(&services, "split-canary", TIMEOUT).await;
+    wait_for_deletion(&services, "split-stable", TIMEOUT).await;
+    wait_for_deletion(&deployments, "split-canary", TIMEOUT).await;
+    services
+        .get("split")
+        .await
+        .expect("the model's Service stays");
+    env.cleanup().await;
 }

@@ -450,6 +450,9 @@ async fn serve(
         Duration::from_secs(60)
     } else if assessment.progressing.status == ConditionStatus::True {
         Duration::from_secs(10)
+    } else if model.spec.canary.is_some() && !gateway {
+        // A canary without the Gateway API: look for it again now and then.
+        GATEWAY_RECHECK
     } else {
         Duration::from_secs(600)
     };
@@ -735,27 +738,37 @@ async fn reconcile_route(
     let routes: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &plan.namespace, &resource);
     let observed = match routes.get_opt(&plan.name).await {
-        Ok(route) => route.filter(|r| {
-            r.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == model.uid().as_ref())
-        }),
+        Ok(observed) => observed,
         // The Gateway API went away since the last look.
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
         Err(e) => return Err(e.into()),
     };
+    // A route of that name that is not the model's is left alone.
+    if observed.as_ref().is_some_and(|r| {
+        !r.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == model.uid().as_ref())
+    }) {
+        return Ok(());
+    }
     match build::http_route(model, plan)?.filter(|_| wanted) {
         Some(route) => {
             if observed.as_ref().is_some_and(|o| is_subset(&route, o)) {
                 return Ok(());
             }
-            routes
+            let applied = routes
                 .patch(
                     &plan.name,
                     &PatchParams::apply(MANAGER).force(),
                     &Patch::Apply(&route),
                 )
-                .await?;
+                .await;
+            match applied {
+                Ok(_) => {}
+                // The HTTPRoute kind was removed since the last look.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         None if observed.is_some() => delete_ignoring_missing(&routes, &plan.name).await?,
         None => {}
