@@ -4,6 +4,7 @@
 #
 #   docker build -t aleph-operator:dev .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/aleph-operator:TAG --push .
+#   docker build --build-arg FEATURES=otlp -t aleph-operator:dev-otlp .   # with OpenTelemetry export
 #
 # Each platform is compiled natively (under emulation when it is not the build host's), which
 # keeps the C parts of the TLS stacks (ring, aws-lc) on their usual toolchain.
@@ -12,6 +13,8 @@ ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS builder
 ARG TARGETARCH
+# Cargo features of aleph-operator, comma-separated (otlp: OpenTelemetry trace export).
+ARG FEATURES=""
 # musl-tools for the static C runtime; cmake, clang and perl for aws-lc-sys (the AWS SDK's TLS).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools cmake clang perl make \
@@ -33,6 +36,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     target="$(cat /rust-target)" \
  && cargo build --release --locked -p aleph-operator --bin aleph-operator --target "$target" \
+      ${FEATURES:+--features "$FEATURES"} \
  && mkdir -p /out \
  && cp "target/$target/release/aleph-operator" /out/aleph-operator \
  && /out/aleph-operator --help >/dev/null

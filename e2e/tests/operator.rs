@@ -740,7 +740,7 @@ subjects: [{{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}]
 async fn an_object_that_does_not_decode_is_skipped_and_the_controller_goes_on() {
     let env = TestEnv::new().await;
     let label = unique_name("dec");
-    let pipeline = |name: &str| {
+    let pipeline = |name: &str, namespace: Option<&str>| {
         let text = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pipeline.yaml"),
         )
@@ -748,11 +748,14 @@ async fn an_object_that_does_not_decode_is_skipped_and_the_controller_goes_on() 
         let mut doc: Value = serde_saphyr::from_str(&text).expect("the example parses");
         doc["metadata"]["name"] = json!(name);
         doc["metadata"]["labels"][PRIVATE_OPERATOR_LABEL] = json!(label);
+        if let Some(namespace) = namespace {
+            doc["metadata"]["namespace"] = json!(namespace);
+        }
         doc.to_string()
     };
     // The schema says int32 but does not bound it, and the API server stores
     // any integer: another writer's status can hold what the types cannot.
-    let mut applied = apply(&env, &pipeline("undecodable")).await;
+    let mut applied = apply(&env, &pipeline("undecodable", None)).await;
     let pipelines = api_for(&env, &applied[0]);
     pipelines
         .patch_status(
@@ -792,14 +795,33 @@ async fn an_object_that_does_not_decode_is_skipped_and_the_controller_goes_on() 
     assert_eq!(line["namespace"], env.namespace());
     assert!(line["error"].as_str().is_some_and(|e| !e.is_empty()));
 
-    // The same controller still reconciles the objects that decode.
-    applied.extend(apply(&env, &pipeline("decodable")).await);
+    // The same controller still reconciles the objects that decode; with
+    // --namespaces, only in the namespaces named.
+    let unwatched = unique_name("e2e-unwatched");
+    env.apply_yaml(&format!(
+        "{{apiVersion: v1, kind: Namespace, metadata: {{name: {unwatched}, labels: {{aleph.dev/e2e: 'true'}}}}}}"
+    ))
+    .await;
+    let elsewhere = apply(&env, &pipeline("elsewhere", Some(&unwatched))).await;
+    applied.extend(apply(&env, &pipeline("decodable", None)).await);
+    wait_for(&pipelines, "decodable", TIMEOUT, status_written).await;
     op.wait_for_metrics("a pipeline reconcile", TIMEOUT, |m| {
         metric_sum(m, "aleph_reconcile_total", &[("controller", "pipeline")]) > 0.0
     })
     .await;
     assert!(!op.has_exited(), "the operator stopped");
     assert_eq!(op.get("/readyz").await.map(|r| r.0), Some(200));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let other =
+        Api::<DynamicObject>::namespaced_with(env.client(), &unwatched, &elsewhere[0].resource)
+            .get("elsewhere")
+            .await
+            .expect("the Pipeline outside the watched namespace");
+    assert!(
+        !status_written(&other),
+        "a Pipeline outside --namespaces was reconciled: {:?}",
+        other.data["status"]
+    );
 
     delete_and_wait(&env, &applied).await;
     op.kill().await;
