@@ -1083,3 +1083,66 @@ async fn with_the_gateway_api_a_canary_gets_an_httproute_with_weights() {
         .expect("the model's Service stays");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_tenants_admission_rules_and_quota_show_in_the_model_status() {
+    let env = TestEnv::new().await;
+    let tenant = unique_name("aim");
+    env.apply_yaml(&format!(
+        "apiVersion: aleph.dev/v1alpha1
+kind: Tenant
+metadata: {{ name: {tenant} }}
+spec:
+  owners: [{{ kind: User, name: {tenant}-owner, role: admin }}]
+  namespaces: [serve]
+  plan: pro
+  quota: {{ gpus: 1 }}
+  admission:
+    allowedRegistries: [\"ghcr.io/acme/\"]
+"
+    ))
+    .await;
+    let tenants: Api<aleph_crds::Tenant> = env.cluster_api();
+    wait_for(&tenants, &tenant, TIMEOUT, |t| {
+        has_condition(t, "Ready", "True")
+    })
+    .await;
+    let namespace = format!("{tenant}-serve");
+    let models: Api<AIModel> = Api::namespaced(env.client(), &namespace);
+
+    // The tenant's registries: vLLM's public image is not among them.
+    env.apply_yaml(&format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata: {{ name: public-image, namespace: {namespace} }}\nspec:\n  source: {{ uri: pvc://weights/llama }}\n  resources: {{ gpus: 1, gpuProduct: {H100} }}\n"
+    ))
+    .await;
+    let model = wait_for(&models, "public-image", TIMEOUT, |m| {
+        has_condition(m, "Degraded", "True")
+    })
+    .await;
+    let degraded = find_condition(&model, "Degraded").expect("Degraded");
+    assert_eq!(degraded.reason.as_deref(), Some("AdmissionDenied"));
+    let message = degraded.message.unwrap_or_default();
+    assert!(message.contains("allowedRegistries"), "{message}");
+    assert!(message.contains("docker.io/vllm/vllm-openai"), "{message}");
+
+    // The tenant's quota: one GPU, and the model asks for two per replica.
+    env.apply_yaml(&format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata: {{ name: two-gpus, namespace: {namespace} }}\nspec:\n  source: {{ uri: pvc://weights/llama }}\n  runtime: {{ engine: custom, image: ghcr.io/acme/server:1.0, port: 8080 }}\n  resources: {{ gpus: 2, gpuProduct: {H100} }}\n"
+    ))
+    .await;
+    let model = wait_for(&models, "two-gpus", TIMEOUT, |m| {
+        has_condition(m, "Degraded", "True")
+    })
+    .await;
+    let degraded = find_condition(&model, "Degraded").expect("Degraded");
+    assert_eq!(degraded.reason.as_deref(), Some("QuotaExceeded"));
+    let message = degraded.message.unwrap_or_default();
+    assert!(message.contains("exceeded quota"), "{message}");
+    assert!(message.contains("nvidia.com/gpu"), "{message}");
+    let ready = find_condition(&model, "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("False", Some("QuotaExceeded"))
+    );
+    env.cleanup().await;
+}
