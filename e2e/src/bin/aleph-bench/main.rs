@@ -309,6 +309,7 @@ fn seconds(c: &Convergence) -> String {
 #[derive(Debug, Default)]
 struct OperatorCounters {
     requests: Requests,
+    by_resource: Requests,
     reconciles: Requests,
     reconcile_seconds: Requests,
 }
@@ -318,6 +319,7 @@ impl OperatorCounters {
         let metrics = operator.metrics().await;
         OperatorCounters {
             requests: observe::requests_by_verb(&metrics),
+            by_resource: observe::requests_by_verb_and_resource(&metrics),
             reconciles: observe::sum_by(&metrics, observe::RECONCILES, "controller"),
             reconcile_seconds: observe::sum_by(&metrics, observe::RECONCILE_SECONDS, "controller"),
         }
@@ -337,15 +339,11 @@ impl OperatorCounters {
             floor,
             requests: delta(&before.requests, &self.requests),
             floor_requests,
+            by_resource: delta(&before.by_resource, &self.by_resource),
             reconciles: of(&self.reconciles) - of(&before.reconciles),
             reconcile_seconds: of(&self.reconcile_seconds) - of(&before.reconcile_seconds),
         }
     }
-}
-
-/// The operator's requests by verb so far.
-async fn operator_requests(operator: &OperatorProcess) -> Requests {
-    observe::requests_by_verb(&operator.metrics().await)
 }
 
 struct Bench {
@@ -458,6 +456,7 @@ impl Bench {
         .await;
         operator.wait_ready(Duration::from_secs(120)).await;
         let pid = operator.pid();
+        let sampler = pid.map(observe::MemorySampler::start);
         progress(format!(
             "N={n}: operator started (pid {}, log {})",
             pid.map_or_else(|| "?".to_string(), |p| p.to_string()),
@@ -514,12 +513,18 @@ impl Bench {
             "N={n}: counting the operator's writes for {} s of idleness",
             idle.as_secs()
         ));
-        let before = operator_requests(&operator).await;
+        let before = OperatorCounters::read(&operator).await;
         tokio::time::sleep(idle).await;
-        let idle_requests = delta(&before, &operator_requests(&operator).await);
-        progress(format!("N={n}: idle requests: {idle_requests:?}"));
+        let after = OperatorCounters::read(&operator).await;
+        let idle_requests = delta(&before.requests, &after.requests);
+        progress(format!(
+            "N={n}: the operator's requests while idle: {:?}",
+            delta(&before.by_resource, &after.by_resource)
+        ));
         figures.idle_writes = Some(idle_requests);
-        figures.peak_rss_kib = pid.and_then(observe::peak_rss_kib);
+        if let Some(sampler) = sampler {
+            figures.memory = Some(sampler.finish().await);
+        }
 
         // A restart with every object present.
         let expected: BTreeMap<&str, f64> =
@@ -530,7 +535,7 @@ impl Bench {
                 .collect();
         operator.restart().await;
         let started = operator.started_at();
-        let pid = operator.pid();
+        let sampler = operator.pid().map(observe::MemorySampler::start);
         let mut first = None;
         let deadline = started + self.timeout();
         let resync = loop {
@@ -561,7 +566,9 @@ impl Bench {
         figures.resync = Some(resync);
         // Let the caches settle before reading the peak.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        figures.restart_peak_rss_kib = pid.and_then(observe::peak_rss_kib);
+        if let Some(sampler) = sampler {
+            figures.restart_memory = Some(sampler.finish().await);
+        }
         progress(format!(
             "N={n}: restart: first reconcile {:?}, every object reconciled {:?}",
             figures.first_reconcile, figures.resync
@@ -592,6 +599,13 @@ fn machine() -> String {
     )
 }
 
+/// The 1, 5 and 15 minute load averages: other work on the machine shows here.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run(Args::parse()).await {
@@ -618,6 +632,7 @@ async fn run(args: Args) -> Result<()> {
         .to_lowercase();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let started = k8s_openapi::jiff::Timestamp::now();
+    let load_before = load_average();
     if args.kinds.contains(&Kind::Aimodels) {
         let pods = 2 * args.sizes.iter().sum::<usize>();
         progress(format!("adding fake nodes for {pods} pods"));
@@ -644,8 +659,9 @@ async fn run(args: Args) -> Result<()> {
         idle: Duration::from_secs(bench.args.idle_seconds),
     };
     let report = format!(
-        "Date: {started}\nMachine: {}\nCommand: `{command}`\n\n{}",
+        "Date: {started}\nMachine: {}\nLoad average before and after: {load_before} / {}\nCommand: `{command}`\n\n{}",
         machine(),
+        load_average(),
         table::render(&setup, &sizes)
     );
     println!("{report}");

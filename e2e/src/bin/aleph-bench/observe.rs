@@ -51,6 +51,35 @@ pub fn sum_by(metrics: &str, name: &str, by: &str) -> Requests {
     out
 }
 
+/// The samples of `name` grouped by the values of two labels, as `"a b"`
+/// (just `"a"` when the second label is absent).
+pub fn sum_by_pair(metrics: &str, name: &str, first: &str, second: &str) -> Requests {
+    let mut out = Requests::new();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name {
+            continue;
+        }
+        let (Some(a), Ok(value)) = (label(labels, first), value.parse::<f64>()) else {
+            continue;
+        };
+        let key = match label(labels, second) {
+            Some(b) => format!("{a} {b}"),
+            None => a.to_string(),
+        };
+        *out.entry(key).or_default() += value;
+    }
+    out
+}
+
+/// The operator's requests by verb and resource (`"list namespaces"`).
+pub fn requests_by_verb_and_resource(metrics: &str) -> Requests {
+    sum_by_pair(metrics, KUBE_REQUESTS, "verb", "resource")
+}
+
 /// The operator's requests by verb.
 pub fn requests_by_verb(metrics: &str) -> Requests {
     sum_by(metrics, KUBE_REQUESTS, "verb")
@@ -88,6 +117,63 @@ pub fn status_kib(status: &str, field: &str) -> Option<u64> {
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status_kib(&status, "VmHWM")
+}
+
+/// The resident memory of a process, in KiB: the kernel's peak (VmHWM), and
+/// the largest anonymous (heap) and file-backed (mapped executable) parts seen
+/// by sampling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub peak_kib: u64,
+    pub anon_kib: u64,
+    pub file_kib: u64,
+}
+
+/// Samples `/proc/<pid>/status` every 200 ms until stopped.
+#[derive(Debug)]
+pub struct MemorySampler {
+    pid: u32,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Memory>,
+}
+
+impl MemorySampler {
+    /// Starts sampling process `pid`.
+    pub fn start(pid: u32) -> Self {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut seen = Memory::default();
+            loop {
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    let field = |f| status_kib(&status, f).unwrap_or(0);
+                    seen.peak_kib = seen.peak_kib.max(field("VmHWM"));
+                    seen.anon_kib = seen.anon_kib.max(field("RssAnon"));
+                    seen.file_kib = seen.file_kib.max(field("RssFile"));
+                }
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            seen
+        });
+        MemorySampler {
+            pid,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops sampling (the process must still run, for its final peak).
+    pub async fn finish(mut self) -> Memory {
+        let last = peak_rss_kib(self.pid).unwrap_or(0);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let mut seen = (&mut self.task).await.unwrap_or_default();
+        seen.peak_kib = seen.peak_kib.max(last);
+        seen
+    }
 }
 
 /// Tracks, through a watch started before anything is created, when `want`
@@ -254,6 +340,21 @@ aleph_first_reconcile_seconds 0.123
     }
 
     #[test]
+    fn requests_are_grouped_by_verb_and_resource_when_labelled() {
+        let metrics = "aleph_kube_requests_total{verb=\"list\",resource=\"namespaces\",code=\"200\"} 4\n\
+                       aleph_kube_requests_total{verb=\"list\",resource=\"namespaces\",code=\"500\"} 1\n\
+                       aleph_kube_requests_total{verb=\"patch\",resource=\"tenants/status\",code=\"200\"} 2\n";
+        let by = requests_by_verb_and_resource(metrics);
+        assert_eq!(by.get("list namespaces"), Some(&5.0));
+        assert_eq!(by.get("patch tenants/status"), Some(&2.0));
+        // Without the resource label, the verb alone.
+        assert_eq!(
+            requests_by_verb_and_resource(METRICS).get("patch"),
+            Some(&32.0)
+        );
+    }
+
+    #[test]
     fn the_peak_is_read_from_proc_status() {
         let status = "Name:\taleph-operator\nVmPeak:\t  900000 kB\nVmHWM:\t   41234 kB\nVmRSS:\t   40000 kB\n";
         assert_eq!(status_kib(status, "VmHWM"), Some(41234));
@@ -261,5 +362,14 @@ aleph_first_reconcile_seconds 0.123
         assert_eq!(status_kib(status, "VmSwap"), None);
         // This very process has a status file.
         assert!(peak_rss_kib(std::process::id()).is_some_and(|k| k > 0));
+    }
+
+    #[tokio::test]
+    async fn the_sampler_sees_heap_and_code() {
+        let sampler = MemorySampler::start(std::process::id());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = sampler.finish().await;
+        assert!(seen.anon_kib > 0 && seen.file_kib > 0, "{seen:?}");
+        assert!(seen.peak_kib >= seen.anon_kib, "{seen:?}");
     }
 }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::observe::Memory;
+
 /// The goals the figures are judged against.
 pub mod goals {
     /// Aleph's convergence time at most this many times the direct-write floor…
@@ -78,6 +80,8 @@ pub struct KindFigures {
     pub requests: Requests,
     /// The floor client's requests by verb.
     pub floor_requests: Requests,
+    /// The operator's requests by verb and resource during convergence.
+    pub by_resource: Requests,
     /// The operator's reconciles of this kind during convergence.
     pub reconciles: f64,
     /// Their summed duration, in seconds.
@@ -102,10 +106,10 @@ pub struct SizeFigures {
     pub aimodels: Option<KindFigures>,
     /// The operator's writes by verb during the idle window after convergence.
     pub idle_writes: Option<Requests>,
-    /// Peak resident memory (VmHWM) of the operator that converged, in KiB.
-    pub peak_rss_kib: Option<u64>,
-    /// Peak resident memory of an operator restarted with every object present, in KiB.
-    pub restart_peak_rss_kib: Option<u64>,
+    /// Resident memory of the operator that converged.
+    pub memory: Option<Memory>,
+    /// Resident memory of an operator restarted with every object present.
+    pub restart_memory: Option<Memory>,
     /// From process start to the first finished reconcile, with every object present.
     pub first_reconcile: Option<Duration>,
     /// The operator's own measure of the same (`aleph_first_reconcile_seconds`).
@@ -119,9 +123,9 @@ pub struct SizeFigures {
 impl SizeFigures {
     /// The higher of the two peaks.
     pub fn peak_rss_mib(&self) -> Option<f64> {
-        let peak = match (self.peak_rss_kib, self.restart_peak_rss_kib) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
+        let peak = match (self.memory, self.restart_memory) {
+            (Some(a), Some(b)) => Some(a.peak_kib.max(b.peak_kib)),
+            (a, b) => a.or(b).map(|m| m.peak_kib),
         }?;
         Some(kib_to_mib(peak))
     }
@@ -266,6 +270,15 @@ fn writes_cell(requests: &Requests) -> String {
     format!("{total:.0} ({})", parts.join(", "))
 }
 
+fn memory_cell(m: Memory) -> String {
+    format!(
+        "{:.1} ({:.1} + {:.1})",
+        kib_to_mib(m.peak_kib),
+        kib_to_mib(m.anon_kib),
+        kib_to_mib(m.file_kib)
+    )
+}
+
 fn opt<T>(value: Option<T>, show: impl Fn(T) -> String) -> String {
     value.map_or_else(|| "–".to_string(), show)
 }
@@ -365,14 +378,14 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
         idle_verdict(sizes).word(),
     );
     row(
-        "peak RSS while converging (MiB)",
-        &|s| opt(s.peak_rss_kib, |k| format!("{:.1}", kib_to_mib(k))),
+        "peak RSS while converging, MiB (largest heap + mapped code seen)",
+        &|s| opt(s.memory, memory_cell),
         "",
         "",
     );
     row(
-        "peak RSS after a restart with everything present (MiB)",
-        &|s| opt(s.restart_peak_rss_kib, |k| format!("{:.1}", kib_to_mib(k))),
+        "peak RSS after a restart with everything present, MiB (heap + code)",
+        &|s| opt(s.restart_memory, memory_cell),
         "",
         "",
     );
@@ -407,6 +420,35 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
         "",
         "",
     );
+    out.push_str(&breakdown(sizes));
+    out
+}
+
+/// The operator's requests per object by verb and resource, most first.
+fn breakdown(sizes: &[SizeFigures]) -> String {
+    let mut out = String::new();
+    for s in sizes {
+        for (plural, figures) in [("Tenants", &s.tenants), ("AIModels", &s.aimodels)] {
+            let Some(k) = figures else { continue };
+            if k.by_resource.is_empty() {
+                continue;
+            }
+            let mut entries: Vec<(&String, &f64)> = k.by_resource.iter().collect();
+            entries.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+            #[allow(clippy::cast_precision_loss)]
+            let n = s.n.max(1) as f64;
+            let parts: Vec<String> = entries
+                .iter()
+                .map(|(key, count)| format!("{key} {:.2}", *count / n))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\n{plural} at N={}, the operator's requests per object by verb and resource: {}.",
+                s.n,
+                parts.join(", ")
+            );
+        }
+    }
     out
 }
 
@@ -424,6 +466,7 @@ mod tests {
             floor: Convergence::Done(Duration::from_secs_f64(floor)),
             requests: requests(&[("list", 600.0), ("patch", 300.0)]),
             floor_requests: requests(&[("create", 700.0)]),
+            by_resource: requests(&[("list namespaces", 500.0), ("patch tenants", 300.0)]),
             reconciles: 400.0,
             reconcile_seconds: 20.0,
         }
@@ -435,8 +478,16 @@ mod tests {
             tenants: Some(kind(10.0 * ratio, 10.0)),
             aimodels: None,
             idle_writes: Some(requests(&[("get", 3.0), ("patch", idle)])),
-            peak_rss_kib: Some(rss_mib * 1024),
-            restart_peak_rss_kib: Some(rss_mib * 1024 / 2),
+            memory: Some(Memory {
+                peak_kib: rss_mib * 1024,
+                anon_kib: rss_mib * 512,
+                file_kib: rss_mib * 512,
+            }),
+            restart_memory: Some(Memory {
+                peak_kib: rss_mib * 512,
+                anon_kib: rss_mib * 256,
+                file_kib: rss_mib * 256,
+            }),
             first_reconcile: Some(Duration::from_secs_f64(first)),
             first_reconcile_in_process: Some(first - 0.01),
             resync: Some(Convergence::Done(Duration::from_secs(2))),
@@ -542,11 +593,25 @@ mod tests {
             ),
             "{table}"
         );
+        assert!(
+            table.contains("| peak RSS while converging, MiB (largest heap + mapped code seen) | 30.0 (15.0 + 15.0) | 60.0 (30.0 + 30.0) |"),
+            "{table}"
+        );
         assert!(!table.contains("AIModels"), "{table}");
-        // Every row has the same number of cells.
+        // Every row of the table has the same number of cells.
         let cells = |l: &str| l.matches('|').count();
         assert!(
-            lines[2..].iter().all(|l| cells(l) == cells(lines[2])),
+            lines[2..]
+                .iter()
+                .take_while(|l| l.starts_with('|'))
+                .all(|l| cells(l) == cells(lines[2])),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "Tenants at N=1000, the operator's requests per object by verb and resource: \
+                 list namespaces 0.50, patch tenants 0.30."
+            ),
             "{table}"
         );
     }
