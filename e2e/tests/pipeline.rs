@@ -959,12 +959,10 @@ async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
         "{started}"
     );
     // No finalizer is left once no training job runs.
-    let run = env
-        .api::<PipelineRun>()
-        .get("fit-1")
-        .await
-        .expect("the run");
-    assert!(run.finalizers().is_empty(), "{:?}", run.finalizers());
+    wait_for(&env.api::<PipelineRun>(), "fit-1", TIMEOUT, |r| {
+        r.finalizers().is_empty()
+    })
+    .await;
     env.cleanup().await;
 }
 
@@ -1245,7 +1243,163 @@ async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step()
         2,
         "each attempt is a SageMaker job of its own"
     );
-    assert!(run.finalizers().is_empty(), "{:?}", run.finalizers());
+    // The finalizer goes once no training job runs.
+    wait_for(&env.api::<PipelineRun>(), "badfit-1", TIMEOUT, |r| {
+        r.finalizers().is_empty()
+    })
+    .await;
     env.cleanup().await;
     sm.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replace_schedule_cancels_the_running_run_for_the_next_one() {
+    let env = TestEnv::new().await;
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: latest }}\nspec:\n  steps:\n{}  schedule:\n    cron: \"*/3 * * * * *\"\n    concurrencyPolicy: Replace\n",
+        container_step("sync", &[], "aleph.dev/test-run-duration: 300s", ""),
+    );
+    env.apply_yaml(&yaml).await;
+    let runs = env.api::<PipelineRun>();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    let (cancelled, running) = loop {
+        let list = runs
+            .list(&ListParams::default())
+            .await
+            .expect("list runs")
+            .items;
+        let cancelled: Vec<String> = list
+            .iter()
+            .filter(|r| phase(r) == RunPhase::Cancelled)
+            .map(|r| r.name_any())
+            .collect();
+        let running: Vec<String> = list
+            .iter()
+            .filter(|r| phase(r) == RunPhase::Running)
+            .map(|r| r.name_any())
+            .collect();
+        if !cancelled.is_empty() && !running.is_empty() {
+            break (cancelled, running);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no run was replaced within 45 s: {:?}",
+            list.iter()
+                .map(|r| (r.name_any(), phase(r)))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let replaced = wait_event(&env, "Pipeline", "latest", "RunReplaced").await;
+    assert!(replaced.contains(&cancelled[0]), "{replaced}");
+    let old = runs.get(&cancelled[0]).await.expect("the cancelled run");
+    assert!(old.spec.cancel, "Replace cancels through spec.cancel");
+    assert_eq!(reason(&old), "Cancelled");
+    assert!(
+        running.iter().all(|r| r > &cancelled[0]),
+        "the newer run goes on"
+    );
+    env.api::<Pipeline>()
+        .patch(
+            "latest",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"spec": {"schedule": {"suspend": true}}})),
+        )
+        .await
+        .expect("suspend the schedule");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_plugin_step_runs_the_job_plugin_sandboxed_and_a_service_plugin_is_refused() {
+    let env = TestEnv::new().await;
+    env.apply_yaml(
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: Plugin
+metadata: { name: scanner }
+spec:
+  version: 1.2.0
+  image: ghcr.io/acme/scanner:1.2.0
+  mode: job
+  args: ["--quiet"]
+---
+apiVersion: aleph.dev/v1alpha1
+kind: Plugin
+metadata: { name: redactor }
+spec:
+  version: 1.0.0
+  image: ghcr.io/acme/redactor:1.0.0
+  mode: service
+  port: 8080
+"#,
+    )
+    .await;
+    env.apply_yaml(
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: Pipeline
+metadata: { name: scan }
+spec:
+  params:
+    - { name: target, type: string, default: "s3://acme/data" }
+  steps:
+    - name: scan
+      podAnnotations: { aleph.dev/test-run-duration: 1s }
+      plugin: { name: scanner, args: ["--target=$(params.target)"] }
+    - name: redact
+      plugin: { name: redactor }
+"#,
+    )
+    .await;
+    env.apply_yaml(&run_yaml("scan-1", "scan", "")).await;
+    let run = finished_run(&env, "scan-1").await;
+    assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
+    assert_eq!(step(&run, "scan").phase, StepPhase::Succeeded);
+    let redact = step(&run, "redact");
+    assert_eq!(redact.phase, StepPhase::Failed);
+    assert!(
+        redact
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("plugin redactor has mode service"),
+        "{redact:#?}"
+    );
+    assert!(
+        message(&run).contains("step redact failed"),
+        "{}",
+        message(&run)
+    );
+
+    let job = env
+        .api::<Job>()
+        .get("scan-1-scan-1")
+        .await
+        .expect("the scan Job");
+    let template = job.spec.expect("a Job spec").template;
+    assert_eq!(
+        template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .and_then(|l| l.get("aleph.dev/plugin"))
+            .map(String::as_str),
+        Some("scanner")
+    );
+    let pod = template.spec.expect("a pod spec");
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/acme/scanner:1.2.0")
+    );
+    assert_eq!(
+        container.args.clone().unwrap_or_default(),
+        ["--quiet", "--target=s3://acme/data"]
+    );
+    let security = container.security_context.clone().unwrap_or_default();
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    env.cleanup().await;
 }

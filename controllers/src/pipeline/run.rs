@@ -794,7 +794,8 @@ impl Pass<'_> {
         let message = running_message(&graph, &status.steps, &progress);
         status.progress = Some(progress);
         status.phase = RunPhase::Running;
-        status.duration = Some(format_duration(self.now - started));
+        // Set when the run finishes: a duration written now would be stale on the next look.
+        status.duration = None;
         set_condition(
             &mut status.conditions,
             NewCondition::new(SUCCEEDED, ConditionStatus::Unknown, "Running", message),
