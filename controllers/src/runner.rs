@@ -61,6 +61,10 @@ impl ReadyGuard {
     }
 }
 
+/// How long in-flight reconciles may run after shutdown began (the chart gives
+/// the pod 30 s).
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// What one controller watches: a namespace (all when `None`) and, for
 /// sharding or tests, a label selector on the primary objects.
 #[derive(Clone, Copy, Debug, Default)]
@@ -143,6 +147,8 @@ pub async fn run<K: Reconcile>(
 ) {
     let store = controller.store();
     let guard = readiness.register();
+    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let synced_flag = synced.clone();
     tokio::spawn(async move {
         // Only one of several concurrent waiters is woken when the store fills,
         // so ask again every second rather than wait once.
@@ -150,12 +156,33 @@ pub async fn run<K: Reconcile>(
             match tokio::time::timeout(std::time::Duration::from_secs(1), store.wait_until_ready())
                 .await
             {
-                Ok(Ok(())) => break guard.synced(),
+                Ok(Ok(())) => {
+                    synced_flag.store(true, Ordering::SeqCst);
+                    break guard.synced();
+                }
                 Ok(Err(_)) => break,
                 Err(_) => {}
             }
         }
     });
+    let shutdown = futures::FutureExt::shared(shutdown);
+    // kube-runtime holds a controller's work until its cache has synced, and its
+    // graceful shutdown waits for that too: a controller whose lists are refused
+    // (missing RBAC or CRDs) would never stop. It has nothing in flight, so it
+    // stops at once; a synced one gets a bounded drain.
+    let stop_anyway = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            if synced.load(Ordering::SeqCst) {
+                tokio::time::sleep(SHUTDOWN_DRAIN).await;
+                tracing::warn!(
+                    controller = K::CONTROLLER,
+                    "reconciles still running {SHUTDOWN_DRAIN:?} after shutdown began; stopping"
+                );
+            }
+        }
+    };
     // Becoming leader reconciles every object again: while following, nothing was written.
     let leader_gained = futures::stream::unfold(ctx.leader.subscribe(), |mut rx| async move {
         loop {
@@ -165,7 +192,7 @@ pub async fn run<K: Reconcile>(
             }
         }
     });
-    controller
+    let running = controller
         .trigger_backoff(WatchBackoff::default())
         .with_config(ControllerConfig::default().concurrency(options.concurrency))
         .reconcile_all_on(leader_gained)
@@ -175,8 +202,11 @@ pub async fn run<K: Reconcile>(
             if let Err(error) = result {
                 tracing::debug!(%error, controller = K::CONTROLLER, "controller event");
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        () = running => {}
+        () = stop_anyway => {}
+    }
 }
 
 async fn reconcile_guarded<K: Reconcile>(

@@ -616,6 +616,40 @@ subjects: [{{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}]
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    // A SIGTERM stops an operator whose caches never synced, too.
+    let mut unsynced = OperatorProcess::start(OperatorOptions {
+        args: [
+            "--leader-elect",
+            "false",
+            "--impersonate",
+            &user,
+            "--namespaces",
+            env.namespace(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+        private_label: Some(label.clone()),
+        name: "unsynced".into(),
+        ..OperatorOptions::default()
+    })
+    .await;
+    unsynced
+        .wait_for_metrics("a refused list", TIMEOUT, |m| {
+            metric_sum(m, KUBE_REQUESTS, &[("verb", "list"), ("code", "403")]) > 0.0
+        })
+        .await;
+    let stopping = Instant::now();
+    assert!(
+        unsynced.terminate(Duration::from_secs(10)).await,
+        "SIGTERM did not stop an operator whose caches never synced; its log:\n{}",
+        unsynced.log_tail(20)
+    );
+    println!(
+        "SIGTERM before the caches synced: exited in {:.2} s",
+        stopping.elapsed().as_secs_f64()
+    );
+
     // Read access everywhere: the caches sync, but every write is refused.
     apply(
         &env,
