@@ -32,6 +32,26 @@ pub enum Error {
 /// Reconcile result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The outcome of a reconcile run through `kube::runtime::finalizer`: the
+/// reconciler's own errors come out unwrapped, and a finalizer that cannot be
+/// removed because the object is already gone is no error at all.
+pub fn from_finalizer(
+    result: std::result::Result<
+        kube::runtime::controller::Action,
+        kube::runtime::finalizer::Error<Error>,
+    >,
+) -> Result<kube::runtime::controller::Action> {
+    use kube::runtime::finalizer::Error as F;
+    match result {
+        Ok(action) => Ok(action),
+        Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => Err(e),
+        Err(F::RemoveFinalizer(kube::Error::Api(status))) if status.code == 404 => {
+            Ok(kube::runtime::controller::Action::await_change())
+        }
+        Err(other) => Err(Error::Finalizer(Box::new(other))),
+    }
+}
+
 impl Error {
     /// The variant's name: a bounded metric label.
     pub fn metric_label(&self) -> &'static str {

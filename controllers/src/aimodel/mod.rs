@@ -32,7 +32,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -100,17 +100,15 @@ impl Reconcile for AIModel {
             reconcile_model(&model, &ctx).await
         } else {
             let api: Api<AIModel> = Api::namespaced(ctx.client.clone(), &namespace);
-            finalizer(&api, FINALIZER, model, |event| async {
-                match event {
-                    FinalizerEvent::Apply(m) => reconcile_model(&m, &ctx).await,
-                    FinalizerEvent::Cleanup(m) => cleanup(&m, &ctx).await,
-                }
-            })
-            .await
-            .map_err(|e| match e {
-                FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
-                other => Error::Finalizer(Box::new(other)),
-            })
+            crate::error::from_finalizer(
+                finalizer(&api, FINALIZER, model, |event| async {
+                    match event {
+                        FinalizerEvent::Apply(m) => reconcile_model(&m, &ctx).await,
+                        FinalizerEvent::Cleanup(m) => cleanup(&m, &ctx).await,
+                    }
+                })
+                .await,
+            )
         };
         match result {
             // The namespace is going away with the model in it: nothing to make.

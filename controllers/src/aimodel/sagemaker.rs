@@ -262,7 +262,7 @@ async fn publish(ctx: &Context, model: &AIModel, events: &[SageMakerEvent]) {
     for event in events {
         ctx.event(
             model,
-            event.type_.clone(),
+            event.type_,
             event.reason,
             event.message.clone(),
         )

@@ -439,7 +439,16 @@ spec:
         let t = tenant(ACME);
         let (policy, binding) = admission_policy(&t).expect("builds").expect("rules");
         let validations = policy.spec.and_then(|s| s.validations).unwrap_or_default();
-        assert_eq!(validations.len(), 3);
+        // cordoned, registries, GPU products, and hipaa's two KMS rules
+        // (for AIModels and for Pipelines).
+        assert_eq!(validations.len(), 5);
+        assert!(validations[3..].iter().all(|v| {
+            v.message
+                .as_deref()
+                .unwrap_or("")
+                .contains("compliance hipaa")
+                && v.message.as_deref().unwrap_or("").contains("kmsKeyId")
+        }));
         assert!(
             validations[0]
                 .message

@@ -76,14 +76,15 @@ impl Reconcile for Tenant {
 
     async fn reconcile(tenant: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let api: Api<Tenant> = Api::all(ctx.client.clone());
-        finalizer(&api, FINALIZER, tenant, |event| async {
-            match event {
-                FinalizerEvent::Apply(t) => apply(&t, &ctx).await,
-                FinalizerEvent::Cleanup(t) => cleanup(&t, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))
+        crate::error::from_finalizer(
+            finalizer(&api, FINALIZER, tenant, |event| async {
+                match event {
+                    FinalizerEvent::Apply(t) => apply(&t, &ctx).await,
+                    FinalizerEvent::Cleanup(t) => cleanup(&t, &ctx).await,
+                }
+            })
+            .await,
+        )
     }
 }
 
@@ -344,9 +345,13 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     status.gpus = usage
         .get(quota::GPU)
         .map(|u| format!("{}/{}", u.used, u.hard));
-    let all_quotas_in_place = ready_namespaces
-        .iter()
-        .all(|ns| quotas.contains_key(&(ns.clone(), QUOTA_NAME.to_string())));
+    // In place and counted: until the quota controller has filled in a
+    // quota's status, the API server refuses every object the quota counts.
+    let all_quotas_in_place = ready_namespaces.iter().all(|ns| {
+        quotas
+            .get(&(ns.clone(), QUOTA_NAME.to_string()))
+            .is_some_and(quota_counted)
+    });
     let was_ready = crate::conditions::is_true(&status.conditions, "Ready");
     let ready = if !conflicts.is_empty() {
         NewCondition::no(
@@ -365,7 +370,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         NewCondition::no(
             "Ready",
             "Provisioning",
-            "creating the tenant's namespaces and quotas",
+            "creating the tenant's namespaces and quotas, and waiting for the quota controller to count their usage",
         )
     } else {
         NewCondition::yes(
@@ -529,6 +534,16 @@ type ObservedQuota = (
     BTreeMap<String, Milli>,
 );
 
+/// Whether the quota controller has counted usage against the quota's
+/// current hard limits.
+fn quota_counted(rq: &ResourceQuota) -> bool {
+    let spec = quota_values(rq.spec.as_ref().and_then(|s| s.hard.as_ref()));
+    rq.status
+        .as_ref()
+        .and_then(|s| s.hard.as_ref())
+        .is_some_and(|sh| quota_values(Some(sh)) == spec)
+}
+
 /// Splits the tenant's hard limits over its namespaces' ResourceQuotas:
 /// lower first, then raise, each write conditioned on the quota's
 /// resourceVersion so a concurrent admission forces a fresh look.
@@ -553,12 +568,7 @@ async fn rebalance_quotas(
                 .and_then(|s| s.used.as_ref()),
         );
         // The quota controller has not counted yet: assume the namespace uses its whole hard limit.
-        let counted = rq
-            .as_ref()
-            .and_then(|q| q.status.as_ref())
-            .and_then(|s| s.hard.as_ref())
-            .is_some_and(|sh| quota_values(Some(sh)) == h);
-        if rq.is_some() && !counted {
+        if rq.as_ref().is_some_and(|q| !quota_counted(q)) {
             u = h.clone();
         }
         current.push((ns.clone(), rq, h, u));

@@ -346,6 +346,23 @@ impl OperatorCounters {
     }
 }
 
+/// Waits until the operator has sent no write for `quiet` (at most `limit`);
+/// returns how long that took.
+async fn settle(operator: &OperatorProcess, quiet: Duration, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut last = table::writes(&OperatorCounters::read(operator).await.requests);
+    let mut since = Instant::now();
+    while since.elapsed() < quiet && start.elapsed() < limit {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = table::writes(&OperatorCounters::read(operator).await.requests);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    start.elapsed()
+}
+
 struct Bench {
     args: Args,
     config: kube::Config,
@@ -507,7 +524,12 @@ impl Bench {
             figures.aimodels = Some(after.since(&before, "aimodel", aleph, floor));
         }
 
-        // Idle.
+        // Idle, once the tail of convergence (the events published after the
+        // last status write, for one) is over.
+        let settled = settle(&operator, Duration::from_secs(10), Duration::from_secs(120)).await;
+        progress(format!(
+            "N={n}: the operator's writes settled after {settled:.0?}"
+        ));
         let idle = Duration::from_secs(self.args.idle_seconds);
         progress(format!(
             "N={n}: counting the operator's writes for {} s of idleness",

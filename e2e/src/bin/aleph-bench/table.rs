@@ -437,8 +437,10 @@ fn breakdown(sizes: &[SizeFigures]) -> String {
             entries.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
             #[allow(clippy::cast_precision_loss)]
             let n = s.n.max(1) as f64;
+            // Requests that round to nothing per object (a watch restarted) are left out.
             let parts: Vec<String> = entries
                 .iter()
+                .filter(|(_, count)| **count / n >= 0.005)
                 .map(|(key, count)| format!("{key} {:.2}", *count / n))
                 .collect();
             let _ = writeln!(
