@@ -208,7 +208,17 @@ start() {
   bin=$(bin_path "$name")
   # fds 8 and 9 hold this script's locks: the daemons must not keep them.
   setsid "$bin" "$@" >"$ALEPH_STATE/logs/$name.log" 2>&1 </dev/null 8>&- 9>&- &
-  echo $! >"$ALEPH_STATE/pids/$name.pid"
+  local pid=$!
+  echo "$pid" >"$ALEPH_STATE/pids/$name.pid"
+  # Until the forked shell has exec'd the binary, the pid's command line is
+  # still this script's, and component_pid would take it for an exited
+  # component: wait (at most 10 s) for the exec.
+  local i
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "/$name " && break
+    sleep 0.1
+  done
 }
 
 # name check...: waits until the check command succeeds; on timeout or when the
