@@ -14,8 +14,9 @@ output="${BENCH_OUTPUT:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/bench/latest.md}"
 mkdir -p "$(dirname "$output")"
 
 echo "==> building aleph-operator and aleph-bench (release)" >&2
-cargo build --release --quiet -p aleph-operator
-cargo build --release --quiet -p aleph-e2e --bin aleph-bench
+# One invocation: built apart, the two would unify features differently and
+# build the AWS SDK twice.
+cargo build --release --quiet -p aleph-operator -p aleph-e2e --bin aleph-operator --bin aleph-bench
 export ALEPH_OPERATOR_BIN="$CARGO_TARGET_DIR/release/aleph-operator"
 
 # Runs inside with-cluster.sh, with KUBECONFIG and PATH set.

@@ -133,6 +133,8 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 pub struct RunOptions {
     /// Objects reconciled at once per controller.
     pub concurrency: u16,
+    /// How long a scheduled reconcile waits for further events about its object.
+    pub debounce: std::time::Duration,
     /// Only objects matching this label selector are reconciled (all when `None`).
     pub selector: Option<String>,
 }
@@ -194,7 +196,11 @@ pub async fn run<K: Reconcile>(
     });
     let running = controller
         .trigger_backoff(WatchBackoff::default())
-        .with_config(ControllerConfig::default().concurrency(options.concurrency))
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(options.concurrency)
+                .debounce(options.debounce),
+        )
         .reconcile_all_on(leader_gained)
         .graceful_shutdown_on(shutdown)
         .run(reconcile_guarded::<K>, error_policy::<K>, ctx)

@@ -34,6 +34,12 @@ log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 # The components up.sh starts, in start order (down.sh stops them in reverse).
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
+# pid: the process's command line, arguments separated by spaces. (Read whole:
+# `tr | grep -q` under pipefail fails when grep stops reading early.)
+cmdline_of() {
+  tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true
+}
+
 # The pid recorded for a component, if its process is still the one we started
 # (the recorded pid is alive and runs that component's binary).
 component_pid() {
@@ -42,7 +48,7 @@ component_pid() {
   pid=$(cat "$file")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "/$name " || return 1
+  [[ "$(cmdline_of "$pid")" == *"/$name "* ]] || return 1
   echo "$pid"
 }
 

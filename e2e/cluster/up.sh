@@ -216,7 +216,7 @@ start() {
   local i
   for ((i = 0; i < 100; i++)); do
     kill -0 "$pid" 2>/dev/null || break
-    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "/$name " && break
+    [[ "$(cmdline_of "$pid")" == *"/$name "* ]] && break
     sleep 0.1
   done
 }

@@ -51,7 +51,7 @@ if ! $use_existing; then
     pid=${dir##*/}
     # Alive means still running this script (not gone, a zombie or another program).
     if [[ $pid =~ ^[0-9]+$ ]] && [ "$pid" != $$ ] &&
-      ! tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q with-cluster.sh; then
+      [[ "$(cmdline_of "$pid")" != *with-cluster.sh* ]]; then
       log "removing the cluster of an earlier run ($dir)"
       ALEPH_STATE=$dir "$CLUSTER_DIR/down.sh" || true
     fi

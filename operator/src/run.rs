@@ -129,6 +129,7 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
     let ctx = Arc::new(Context::new(client.clone(), metrics, leader, settings));
     let options = RunOptions {
         concurrency: args.concurrency.max(1),
+        debounce: std::time::Duration::from_millis(args.debounce_ms),
         selector: args.watch_label_selector.clone(),
     };
     let namespaces: Vec<String> = args

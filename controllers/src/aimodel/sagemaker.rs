@@ -260,13 +260,8 @@ async fn recoverable(
 
 async fn publish(ctx: &Context, model: &AIModel, events: &[SageMakerEvent]) {
     for event in events {
-        ctx.event(
-            model,
-            event.type_,
-            event.reason,
-            event.message.clone(),
-        )
-        .await;
+        ctx.event(model, event.type_, event.reason, event.message.clone())
+            .await;
     }
 }
 

@@ -249,6 +249,9 @@ pub fn build_step_job(
         plain_env("ALEPH_OUTPUTS_FILE", OUTPUTS_FILE),
     ];
     let sandboxed;
+    // A plugin step runs as the plugin's ServiceAccount (made by the Plugin
+    // controller), with a token only when the plugin declares permissions.
+    let mut service_account: Option<(String, bool)> = None;
     let (image, command, args, step_env, resources, runtime_class) =
         if let Some(c) = &step.container {
             sandboxed = false;
@@ -292,6 +295,10 @@ pub fn build_step_job(
                 });
             }
             labels.insert(LABEL_PLUGIN.to_string(), label_value(&action.name));
+            service_account = Some((
+                action.name.clone(),
+                crate::plugin::build::mounts_token(plugin),
+            ));
             volumes.push(empty_dir("tmp"));
             mounts.push(mount("tmp", "/tmp", false));
             if !plugin.spec.config.is_empty() {
@@ -418,7 +425,11 @@ pub fn build_step_job(
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         node_selector: (!node_selector.is_empty()).then_some(node_selector),
         runtime_class_name: runtime_class,
-        automount_service_account_token: sandboxed.then_some(false),
+        automount_service_account_token: service_account
+            .as_ref()
+            .map(|(_, token)| *token)
+            .or(sandboxed.then_some(false)),
+        service_account_name: service_account.map(|(name, _)| name),
         security_context: sandboxed.then(|| PodSecurityContext {
             run_as_non_root: Some(true),
             seccomp_profile: Some(runtime_default()),
@@ -850,6 +861,29 @@ status:
     }
 
     #[test]
+    fn a_plugin_step_with_permissions_gets_its_token() {
+        let spec = pipeline();
+        let mut plugin = plugin();
+        plugin.spec.permissions = vec![aleph_crds::plugin::PluginPermission {
+            api_groups: vec![String::new()],
+            resources: vec!["configmaps".into()],
+            verbs: vec!["get".into()],
+        }];
+        let job = build_step_job(
+            &run(),
+            &spec.steps[1],
+            1,
+            &params(),
+            &outputs(),
+            Some(&plugin),
+        )
+        .unwrap();
+        let pod = pod(&job);
+        assert_eq!(pod.service_account_name.as_deref(), Some("scanner"));
+        assert_eq!(pod.automount_service_account_token, Some(true));
+    }
+
+    #[test]
     fn a_plugin_step_runs_sandboxed() {
         let spec = pipeline();
         let plugin = plugin();
@@ -868,6 +902,7 @@ status:
         );
         let pod = pod(&job);
         assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.service_account_name.as_deref(), Some("scanner"));
         assert_eq!(pod.runtime_class_name.as_deref(), Some("gvisor"));
         let pod_security = pod.security_context.as_ref().unwrap();
         assert_eq!(pod_security.run_as_non_root, Some(true));
