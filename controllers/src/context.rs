@@ -40,6 +40,9 @@ pub struct Context {
     pub settings: Settings,
     failures: Mutex<HashMap<String, u32>>,
     sagemaker: tokio::sync::OnceCell<RegionalClients>,
+    /// The Tenant controller's caches of the children it watches (set when
+    /// the controller is built; a reconcile without them lists).
+    pub tenant_cache: std::sync::OnceLock<crate::tenant::Cache>,
 }
 
 impl std::fmt::Debug for Context {
@@ -70,6 +73,7 @@ impl Context {
             settings,
             failures: Mutex::new(HashMap::new()),
             sagemaker: tokio::sync::OnceCell::new(),
+            tenant_cache: std::sync::OnceLock::new(),
         }
     }
 

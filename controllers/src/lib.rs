@@ -56,7 +56,7 @@ pub async fn run_all<S, F>(
     let client = &ctx.client;
     let mut all: Vec<BoxFuture<'_, ()>> = vec![Box::pin(runner::run(
         tenant::controller(
-            client,
+            &ctx,
             &Watch {
                 namespace: None,
                 selector,

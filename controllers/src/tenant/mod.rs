@@ -23,8 +23,8 @@ use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -42,33 +42,97 @@ pub const QUOTA_READY_LABEL: &str = "aleph.dev/quota";
 /// The policy refusing pods in tenant namespaces whose quota is not in place yet.
 pub const QUOTA_GUARD_POLICY: &str = "aleph-tenant-quota-guard";
 
-/// The Tenant controller, watching what it makes.
-pub fn controller(
-    client: &kube::Client,
-    watch: &Watch<'_>,
-) -> Controller<DeserializeGuard<Tenant>> {
+/// The tenants' children the controller watches anyway, cached so that a
+/// pass reads them without a request. ResourceQuotas are not among them: the
+/// rebalance must see every quota of the tenant as it is now, and a quota
+/// missing from a cache that lags behind its creation would let the others
+/// grow past the tenant's share.
+pub struct Cache {
+    namespaces: Store<Namespace>,
+    limit_ranges: Store<LimitRange>,
+    network_policies: Store<NetworkPolicy>,
+    role_bindings: Store<RoleBinding>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").finish_non_exhaustive()
+    }
+}
+
+/// A watch of `api` whose objects (without their managed fields) are kept in
+/// the returned store, and the stream of touched objects that triggers the
+/// controller.
+fn cached_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    (reader, stream)
+}
+
+/// The Tenant controller, watching what it makes. The caches of its watches
+/// go into `ctx` for the reconciles to read.
+pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGuard<Tenant>> {
+    let client = &ctx.client;
     let owned = || {
         watcher::Config::default()
             .labels(TENANT_LABEL)
             .any_semantic()
     };
+    let (namespaces, namespace_stream) =
+        cached_watch(Api::<Namespace>::all(client.clone()), owned());
+    let (limit_ranges, limit_range_stream) =
+        cached_watch(Api::<LimitRange>::all(client.clone()), owned());
+    let (network_policies, network_policy_stream) =
+        cached_watch(Api::<NetworkPolicy>::all(client.clone()), owned());
+    let (role_bindings, role_binding_stream) =
+        cached_watch(Api::<RoleBinding>::all(client.clone()), owned());
+    if ctx
+        .tenant_cache
+        .set(Cache {
+            namespaces,
+            limit_ranges,
+            network_policies,
+            role_bindings,
+        })
+        .is_err()
+    {
+        tracing::warn!(
+            "a second Tenant controller on one context: its reconciles read the first one's caches"
+        );
+    }
     Controller::new(
         Api::<DeserializeGuard<Tenant>>::all(client.clone()),
         watch.primary(),
     )
     .owns(Api::<ResourceQuota>::all(client.clone()), owned())
-    .owns(Api::<LimitRange>::all(client.clone()), owned())
-    .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
-    .owns(Api::<RoleBinding>::all(client.clone()), owned())
+    .owns_stream(limit_range_stream)
+    .owns_stream(network_policy_stream)
+    .owns_stream(role_binding_stream)
     .owns(
         Api::<ValidatingAdmissionPolicy>::all(client.clone()),
         owned(),
     )
-    .watches(
-        Api::<Namespace>::all(client.clone()),
-        owned(),
-        |ns: Namespace| ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t)),
-    )
+    .watches_stream(namespace_stream, |ns: Namespace| {
+        ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
+    })
 }
 
 impl Reconcile for Tenant {
@@ -171,6 +235,38 @@ fn by_name<K: Resource>(items: Vec<K>) -> BTreeMap<(String, String), K> {
         .collect()
 }
 
+/// The tenant's objects in `store`, once the store has been filled.
+fn cached<K>(store: &Store<K>, tenant: &str) -> Option<BTreeMap<(String, String), K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    futures::FutureExt::now_or_never(store.wait_until_ready())?.ok()?;
+    Some(by_name(
+        store
+            .state()
+            .into_iter()
+            .filter(|o| o.labels().get(TENANT_LABEL).map(String::as_str) == Some(tenant))
+            .map(|o| (*o).clone())
+            .collect(),
+    ))
+}
+
+/// The tenant's objects of kind `K`: from the controller's cache when it has
+/// one (`pick` chooses it) and it is filled, else listed.
+async fn children<K>(
+    ctx: &Context,
+    pick: impl Fn(&Cache) -> &Store<K>,
+    tenant: &str,
+) -> Result<BTreeMap<(String, String), K>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + 'static,
+{
+    if let Some(found) = ctx.tenant_cache.get().and_then(|c| cached(pick(c), tenant)) {
+        return Ok(found);
+    }
+    list_labelled(&ctx.client, tenant).await
+}
+
 async fn list_labelled<K>(
     client: &kube::Client,
     tenant: &str,
@@ -215,7 +311,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     };
 
     let ns_api: Api<Namespace> = Api::all(client.clone());
-    let labelled: BTreeMap<String, Namespace> = list_labelled::<Namespace>(client, &name)
+    let labelled: BTreeMap<String, Namespace> = children(ctx, |c| &c.namespaces, &name)
         .await?
         .into_iter()
         .map(|((_, n), ns)| (n, ns))
@@ -270,9 +366,9 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }
 
     // Per-namespace children.
-    let limit_ranges = list_labelled::<LimitRange>(client, &name).await?;
-    let policies = list_labelled::<NetworkPolicy>(client, &name).await?;
-    let bindings = list_labelled::<RoleBinding>(client, &name).await?;
+    let limit_ranges = children(ctx, |c| &c.limit_ranges, &name).await?;
+    let policies = children(ctx, |c| &c.network_policies, &name).await?;
+    let bindings = children(ctx, |c| &c.role_bindings, &name).await?;
     for ns_name in &ready_namespaces {
         let lr = build::limit_range(tenant, ns_name)?;
         let key = (ns_name.clone(), build::LIMIT_RANGE_NAME.to_string());
@@ -535,13 +631,19 @@ type ObservedQuota = (
 );
 
 /// Whether the quota controller has counted usage against the quota's
-/// current hard limits.
+/// current hard limits: its status has the spec's hard limits and a usage for
+/// each (the API server refuses objects of a resource without one, "status
+/// unknown for quota"; the quota controller counts a custom resource only
+/// once its discovery, every 30 s, has found it).
 fn quota_counted(rq: &ResourceQuota) -> bool {
     let spec = quota_values(rq.spec.as_ref().and_then(|s| s.hard.as_ref()));
-    rq.status
-        .as_ref()
-        .and_then(|s| s.hard.as_ref())
-        .is_some_and(|sh| quota_values(Some(sh)) == spec)
+    let Some(status) = rq.status.as_ref() else {
+        return false;
+    };
+    let used = status.used.as_ref();
+    status.hard.as_ref().is_some_and(|sh| {
+        quota_values(Some(sh)) == spec && sh.keys().all(|r| used.is_some_and(|u| u.contains_key(r)))
+    })
 }
 
 /// Splits the tenant's hard limits over its namespaces' ResourceQuotas:
