@@ -52,6 +52,8 @@ pub struct Cache {
     limit_ranges: Store<LimitRange>,
     network_policies: Store<NetworkPolicy>,
     role_bindings: Store<RoleBinding>,
+    admission_policies: Store<ValidatingAdmissionPolicy>,
+    admission_bindings: Store<ValidatingAdmissionPolicyBinding>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -104,6 +106,14 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
         cached_watch(Api::<NetworkPolicy>::all(client.clone()), owned());
     let (role_bindings, role_binding_stream) =
         cached_watch(Api::<RoleBinding>::all(client.clone()), owned());
+    let (admission_policies, admission_policy_stream) = cached_watch(
+        Api::<ValidatingAdmissionPolicy>::all(client.clone()),
+        owned(),
+    );
+    let (admission_bindings, admission_binding_stream) = cached_watch(
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
+        owned(),
+    );
     if ctx
         .tenant_cache
         .set(Cache {
@@ -111,6 +121,8 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             limit_ranges,
             network_policies,
             role_bindings,
+            admission_policies,
+            admission_bindings,
         })
         .is_err()
     {
@@ -126,10 +138,8 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     .owns_stream(limit_range_stream)
     .owns_stream(network_policy_stream)
     .owns_stream(role_binding_stream)
-    .owns(
-        Api::<ValidatingAdmissionPolicy>::all(client.clone()),
-        owned(),
-    )
+    .owns_stream(admission_policy_stream)
+    .owns_stream(admission_binding_stream)
     .watches_stream(namespace_stream, |ns: Namespace| {
         ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
     })
@@ -408,24 +418,21 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let vap_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let vapb_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     let policy_name = build::admission_policy_name(&name);
+    let admission_policies = children(ctx, |c| &c.admission_policies, &name).await?;
+    let admission_bindings = children(ctx, |c| &c.admission_bindings, &name).await?;
+    let key = (String::new(), policy_name.clone());
     match build::admission_policy(tenant)? {
         Some((policy, binding)) => {
-            apply_if_changed(
-                &vap_api,
-                vap_api.get_opt(&policy_name).await?.as_ref(),
-                &policy,
-            )
-            .await?;
-            apply_if_changed(
-                &vapb_api,
-                vapb_api.get_opt(&policy_name).await?.as_ref(),
-                &binding,
-            )
-            .await?;
+            apply_if_changed(&vap_api, admission_policies.get(&key), &policy).await?;
+            apply_if_changed(&vapb_api, admission_bindings.get(&key), &binding).await?;
         }
         None => {
-            delete_ignoring_missing(&vapb_api, &policy_name).await?;
-            delete_ignoring_missing(&vap_api, &policy_name).await?;
+            if admission_bindings.contains_key(&key) {
+                delete_ignoring_missing(&vapb_api, &policy_name).await?;
+            }
+            if admission_policies.contains_key(&key) {
+                delete_ignoring_missing(&vap_api, &policy_name).await?;
+            }
         }
     }
 
