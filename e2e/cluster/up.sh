@@ -216,7 +216,7 @@ start() {
   local i
   for ((i = 0; i < 100; i++)); do
     kill -0 "$pid" 2>/dev/null || break
-    [[ "$(cmdline_of "$pid")" == *"/$name "* ]] && break
+    component_pid "$name" >/dev/null && break
     sleep 0.1
   done
 }

@@ -860,24 +860,28 @@ status:
         assert!(pod.containers[0].args.is_none());
     }
 
+    /// The Job of the example's plugin step, run with `plugin`.
+    fn plugin_step_job(plugin: &Plugin) -> Job {
+        build_step_job(
+            &run(),
+            &pipeline().steps[1],
+            1,
+            &params(),
+            &outputs(),
+            Some(plugin),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_plugin_step_with_permissions_gets_its_token() {
-        let spec = pipeline();
         let mut plugin = plugin();
         plugin.spec.permissions = vec![aleph_crds::plugin::PluginPermission {
             api_groups: vec![String::new()],
             resources: vec!["configmaps".into()],
             verbs: vec!["get".into()],
         }];
-        let job = build_step_job(
-            &run(),
-            &spec.steps[1],
-            1,
-            &params(),
-            &outputs(),
-            Some(&plugin),
-        )
-        .unwrap();
+        let job = plugin_step_job(&plugin);
         let pod = pod(&job);
         assert_eq!(pod.service_account_name.as_deref(), Some("scanner"));
         assert_eq!(pod.automount_service_account_token, Some(true));
@@ -885,17 +889,7 @@ status:
 
     #[test]
     fn a_plugin_step_runs_sandboxed() {
-        let spec = pipeline();
-        let plugin = plugin();
-        let job = build_step_job(
-            &run(),
-            &spec.steps[1],
-            1,
-            &params(),
-            &outputs(),
-            Some(&plugin),
-        )
-        .unwrap();
+        let job = plugin_step_job(&plugin());
         assert_eq!(
             job.metadata.labels.as_ref().unwrap()[LABEL_PLUGIN],
             "scanner"
