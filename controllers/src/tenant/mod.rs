@@ -450,11 +450,22 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         .map(|u| format!("{}/{}", u.used, u.hard));
     // In place and counted: until the quota controller has filled in a
     // quota's status, the API server refuses every object the quota counts.
-    let all_quotas_in_place = ready_namespaces.iter().all(|ns| {
-        quotas
-            .get(&(ns.clone(), QUOTA_NAME.to_string()))
-            .is_some_and(quota_counted)
-    });
+    let uncounted: Vec<String> = ready_namespaces
+        .iter()
+        .filter_map(|ns| {
+            match quotas
+                .get(&(ns.clone(), QUOTA_NAME.to_string()))
+                .map(quota_count)
+            {
+                None => Some(format!("{ns} (no quota yet)")),
+                Some(QuotaCount::Counted) => None,
+                Some(QuotaCount::Pending) => Some(format!("{ns} (new limits)")),
+                Some(QuotaCount::Missing(resources)) => {
+                    Some(format!("{ns} ({})", resources.join(", ")))
+                }
+            }
+        })
+        .collect();
     let was_ready = crate::conditions::is_true(&status.conditions, "Ready");
     let ready = if !conflicts.is_empty() {
         NewCondition::no(
@@ -465,15 +476,20 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 conflicts.join(", ")
             ),
         )
-    } else if waiting
-        || !all_quotas_in_place
-        || ready_namespaces.len() != desired_names.len()
-        || rebalance.pending
-    {
+    } else if !uncounted.is_empty() {
         NewCondition::no(
             "Ready",
             "Provisioning",
-            "creating the tenant's namespaces and quotas, and waiting for the quota controller to count their usage",
+            format!(
+                "waiting for the quota controller to count the quotas of {}: until it does, the API server refuses what they limit there",
+                uncounted.join(", ")
+            ),
+        )
+    } else if waiting || ready_namespaces.len() != desired_names.len() || rebalance.pending {
+        NewCondition::no(
+            "Ready",
+            "Provisioning",
+            "creating the tenant's namespaces and quotas",
         )
     } else {
         NewCondition::yes(
@@ -637,20 +653,111 @@ type ObservedQuota = (
     BTreeMap<String, Milli>,
 );
 
+/// A hard limit on an extended resource no pod requests: adding or removing
+/// it changes the quota's hard limits without changing what the quota
+/// admits, which is what makes the quota controller count the quota again.
+pub const RECOUNT_MARKER: &str = "requests.aleph.dev/recount";
+/// When the operator last asked the quota controller to count a quota again.
+pub const RECOUNT_ANNOTATION: &str = "aleph.dev/recount-requested-at";
+/// How long to give the quota controller between two such requests.
+const RECOUNT_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
+/// How far the quota controller has counted a quota.
+#[derive(Debug, PartialEq, Eq)]
+enum QuotaCount {
+    /// It has not taken in the quota's current hard limits yet.
+    Pending,
+    /// It has taken them in but has no usage for these resources: it synced
+    /// the quota before its discovery (every 30 s) found their custom
+    /// resource, and it will not look at the quota again before its full
+    /// resync (5 min by default) or a change to the quota's hard limits.
+    Missing(Vec<String>),
+    /// Every hard limit has a usage: the API server admits what fits.
+    Counted,
+}
+
 /// Whether the quota controller has counted usage against the quota's
 /// current hard limits: its status has the spec's hard limits and a usage for
 /// each (the API server refuses objects of a resource without one, "status
-/// unknown for quota"; the quota controller counts a custom resource only
-/// once its discovery, every 30 s, has found it).
-fn quota_counted(rq: &ResourceQuota) -> bool {
+/// unknown for quota").
+fn quota_count(rq: &ResourceQuota) -> QuotaCount {
     let spec = quota_values(rq.spec.as_ref().and_then(|s| s.hard.as_ref()));
     let Some(status) = rq.status.as_ref() else {
-        return false;
+        return QuotaCount::Pending;
     };
+    let Some(status_hard) = status.hard.as_ref() else {
+        return QuotaCount::Pending;
+    };
+    if quota_values(Some(status_hard)) != spec {
+        return QuotaCount::Pending;
+    }
     let used = status.used.as_ref();
-    status.hard.as_ref().is_some_and(|sh| {
-        quota_values(Some(sh)) == spec && sh.keys().all(|r| used.is_some_and(|u| u.contains_key(r)))
-    })
+    let missing: Vec<String> = status_hard
+        .keys()
+        .filter(|r| r.as_str() != RECOUNT_MARKER && !used.is_some_and(|u| u.contains_key(*r)))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        QuotaCount::Counted
+    } else {
+        QuotaCount::Missing(missing)
+    }
+}
+
+fn quota_counted(rq: &ResourceQuota) -> bool {
+    quota_count(rq) == QuotaCount::Counted
+}
+
+/// The quota's hard limits, without the recount marker.
+fn hard_limits(rq: Option<&ResourceQuota>) -> BTreeMap<String, Milli> {
+    let mut hard = quota_values(
+        rq.and_then(|q| q.spec.as_ref())
+            .and_then(|s| s.hard.as_ref()),
+    );
+    hard.remove(RECOUNT_MARKER);
+    hard
+}
+
+/// Whether to ask the quota controller to count `rq` again now: it has
+/// resources it did not count, and the last request is long enough ago for
+/// its discovery to have found them meanwhile.
+fn recount_due(rq: &ResourceQuota, now: chrono::DateTime<chrono::Utc>) -> bool {
+    if !matches!(quota_count(rq), QuotaCount::Missing(_)) {
+        return false;
+    }
+    rq.annotations()
+        .get(RECOUNT_ANNOTATION)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_none_or(|last| now - last.with_timezone(&chrono::Utc) >= RECOUNT_INTERVAL)
+}
+
+/// Asks the quota controller to count `rq` again, by adding or removing the
+/// recount marker (it watches changes to the hard limits only).
+async fn request_recount(api: &Api<ResourceQuota>, rq: &ResourceQuota) -> Result<()> {
+    let mut updated = rq.clone();
+    updated.metadata.managed_fields = None;
+    let hard = updated
+        .spec
+        .get_or_insert_with(Default::default)
+        .hard
+        .get_or_insert_with(Default::default);
+    if hard.remove(RECOUNT_MARKER).is_none() {
+        hard.insert(RECOUNT_MARKER.to_string(), Quantity("0".to_string()));
+    }
+    updated.annotations_mut().insert(
+        RECOUNT_ANNOTATION.to_string(),
+        crate::conditions::now_rfc3339(),
+    );
+    api.replace(
+        &rq.name_any(),
+        &PostParams {
+            field_manager: Some(MANAGER.into()),
+            ..PostParams::default()
+        },
+        &updated,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Splits the tenant's hard limits over its namespaces' ResourceQuotas:
@@ -666,11 +773,7 @@ async fn rebalance_quotas(
     let mut current: Vec<ObservedQuota> = Vec::new();
     for ns in namespaces {
         let rq = quotas.get(&(ns.clone(), QUOTA_NAME.to_string())).cloned();
-        let h = quota_values(
-            rq.as_ref()
-                .and_then(|q| q.spec.as_ref())
-                .and_then(|s| s.hard.as_ref()),
-        );
+        let h = hard_limits(rq.as_ref());
         let mut u = quota_values(
             rq.as_ref()
                 .and_then(|q| q.status.as_ref())
@@ -724,9 +827,12 @@ async fn rebalance_quotas(
         let api: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
         match rq {
             Some(rq) => {
-                let h = quota_values(rq.spec.as_ref().and_then(|s| s.hard.as_ref()));
-                if h != target[i] {
+                if hard_limits(Some(&rq)) != target[i] {
+                    // A change to the hard limits makes the quota controller count it again too.
                     replace_hard(&api, &rq, &target[i]).await?;
+                    pending = true;
+                } else if recount_due(&rq, chrono::Utc::now()) {
+                    request_recount(&api, &rq).await?;
                     pending = true;
                 }
             }
@@ -767,7 +873,7 @@ async fn rebalance_quotas(
 fn to_quantities(values: &BTreeMap<String, Milli>) -> BTreeMap<String, Quantity> {
     values
         .iter()
-        .map(|(k, v)| (k.clone(), Quantity(quota::format_quantity(*v))))
+        .map(|(k, v)| (k.clone(), Quantity(quota::display(k, *v))))
         .collect()
 }
 
@@ -791,4 +897,76 @@ async fn replace_hard(
             &updated,
         )
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota(
+        spec: &[(&str, &str)],
+        status_hard: &[(&str, &str)],
+        used: &[(&str, &str)],
+    ) -> ResourceQuota {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), Quantity((*v).to_string())))
+                .collect::<BTreeMap<_, _>>()
+        };
+        serde_json::from_value(json!({
+            "metadata": { "name": QUOTA_NAME, "namespace": "t-a" },
+            "spec": { "hard": map(spec) },
+            "status": { "hard": map(status_hard), "used": map(used) },
+        }))
+        .expect("a ResourceQuota")
+    }
+
+    #[test]
+    fn a_quota_is_counted_only_with_a_usage_for_each_current_hard_limit() {
+        let hard = [("pods", "10"), (quota::AI_MODELS, "2")];
+        assert_eq!(
+            quota_count(&quota(&hard, &[("pods", "20")], &[("pods", "0")])),
+            QuotaCount::Pending,
+            "the controller has not taken in the new limits"
+        );
+        assert_eq!(
+            quota_count(&quota(&hard, &hard, &[("pods", "0")])),
+            QuotaCount::Missing(vec![quota::AI_MODELS.to_string()])
+        );
+        assert_eq!(
+            quota_count(&quota(
+                &hard,
+                &[("pods", "10000m"), (quota::AI_MODELS, "2")],
+                &[("pods", "1"), (quota::AI_MODELS, "0")]
+            )),
+            QuotaCount::Counted,
+            "quantities compare by value"
+        );
+        let marked = [("pods", "10"), (RECOUNT_MARKER, "0")];
+        assert_eq!(
+            quota_count(&quota(&marked, &marked, &[("pods", "0")])),
+            QuotaCount::Counted,
+            "the recount marker needs no usage"
+        );
+        assert_eq!(hard_limits(Some(&quota(&marked, &[], &[]))).len(), 1);
+    }
+
+    #[test]
+    fn a_recount_is_asked_for_at_most_every_interval_and_only_when_missing() {
+        let hard = [("pods", "10"), (quota::AI_MODELS, "2")];
+        let now = chrono::Utc::now();
+        let mut missing = quota(&hard, &hard, &[("pods", "0")]);
+        assert!(recount_due(&missing, now));
+        missing.annotations_mut().insert(
+            RECOUNT_ANNOTATION.to_string(),
+            (now - chrono::TimeDelta::seconds(3)).to_rfc3339(),
+        );
+        assert!(!recount_due(&missing, now));
+        assert!(recount_due(&missing, now + RECOUNT_INTERVAL));
+        let counted = quota(&hard, &hard, &[("pods", "0"), (quota::AI_MODELS, "0")]);
+        assert!(!recount_due(&counted, now));
+        let pending = quota(&hard, &[], &[]);
+        assert!(!recount_due(&pending, now));
+    }
 }

@@ -124,14 +124,19 @@ pub fn format_quantity(milli: Milli) -> String {
     }
 }
 
-/// Formats a value for people: GPUs and counts as integers, memory in Gi when round.
+/// Formats a value for people (and for the quotas' hard limits): GPUs and
+/// counts as integers, memory and storage in the largest binary unit that
+/// divides them (`128Gi`, `1Ti`, `500Mi`).
 pub fn display(resource: &str, milli: Milli) -> String {
-    let gi: Milli = (1 << 30) * 1000;
-    if (resource == MEMORY || resource == STORAGE) && milli % gi == 0 && milli != 0 {
-        format!("{}Gi", milli / gi)
-    } else {
-        format_quantity(milli)
+    if (resource == MEMORY || resource == STORAGE) && milli != 0 {
+        for (suffix, shift) in [("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+            let unit: Milli = (1 << shift) * 1000;
+            if milli % unit == 0 {
+                return format!("{}{suffix}", milli / unit);
+            }
+        }
     }
+    format_quantity(milli)
 }
 
 /// One namespace's current quota.
@@ -192,6 +197,15 @@ mod tests {
         assert!(parse_quantity("5Xi").is_err());
         assert_eq!(format_quantity(1500), "1500m");
         assert_eq!(format_quantity(2000), "2");
+        let gi = (1 << 30) * 1000;
+        assert_eq!(display(MEMORY, 128 * gi), "128Gi");
+        assert_eq!(display(MEMORY, 1024 * gi), "1Ti");
+        assert_eq!(display(STORAGE, gi / 2), "512Mi");
+        assert_eq!(display(STORAGE, 1500), "1500m");
+        assert_eq!(display(CPU, 1024 * 1000), "1024");
+        for value in [128 * gi, gi / 2, 7 * 1024 * 1000, 1500] {
+            assert_eq!(parse_quantity(&display(MEMORY, value)), Ok(value));
+        }
     }
 
     #[test]
