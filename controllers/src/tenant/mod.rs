@@ -545,10 +545,13 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         ctx.event(tenant, EventType::Warning, "QuotaExhausted", note)
             .await;
     }
+    // What a Tenant waits for wakes it through the watches: namespaces turning
+    // Active, quotas created, rewritten and counted. The requeue is for what
+    // no watch shows (the next recount request) and a safety net.
     Ok(if is_ready && !rebalance.pending {
         Action::requeue(Duration::from_secs(3600))
     } else {
-        Action::requeue(Duration::from_secs(2))
+        Action::requeue(NOT_READY_REQUEUE)
     })
 }
 
@@ -659,6 +662,8 @@ type ObservedQuota = (
 pub const RECOUNT_MARKER: &str = "requests.aleph.dev/recount";
 /// When the operator last asked the quota controller to count a quota again.
 pub const RECOUNT_ANNOTATION: &str = "aleph.dev/recount-requested-at";
+/// How long a Tenant that is not Ready waits for a look without a watch event.
+const NOT_READY_REQUEUE: Duration = Duration::from_secs(10);
 /// How long to give the quota controller between two such requests.
 const RECOUNT_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
