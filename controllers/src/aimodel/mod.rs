@@ -29,12 +29,13 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -75,12 +76,18 @@ pub fn controller(
         .owns(watch.api::<HorizontalPodAutoscaler>(client), children())
         .owns(watch.api::<Job>(client), caches())
         .owns(watch.api::<PersistentVolumeClaim>(client), caches())
-        .watches(watch.api::<Pod>(client), children(), |pod: Pod| {
-            let namespace = pod.namespace()?;
-            pod.labels()
-                .get(MODEL_LABEL)
-                .map(|name| ObjectRef::new(name).within(&namespace))
-        })
+        // Pods as metadata only: any change to a pod (its status too) is an
+        // event, and the model's pass lists the pods it looks at; decoding
+        // whole pods would cost most of the watches' memory.
+        .watches_stream(
+            watcher(watch.api::<PartialObjectMeta<Pod>>(client), children()).touched_objects(),
+            |pod: PartialObjectMeta<Pod>| {
+                let namespace = pod.namespace()?;
+                pod.labels()
+                    .get(MODEL_LABEL)
+                    .map(|name| ObjectRef::new(name).within(&namespace))
+            },
+        )
 }
 
 impl Reconcile for AIModel {
