@@ -65,6 +65,20 @@ impl ReadyGuard {
 /// the pod 30 s).
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Objects per page of a watch's initial list.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
+/// The watcher configuration every watch starts from: initial lists in pages
+/// of [`LIST_PAGE_SIZE`]. Not `any_semantic`: the API server answers a list at
+/// any resourceVersion from its cache in one piece, whatever the limit, and
+/// when the operator starts every watch lists at once, so the whole of every
+/// kind would be held and decoded together. A paged list at the latest
+/// resourceVersion is served from the cache as well on recent Kubernetes
+/// versions (consistent reads from the watch cache).
+pub fn watch_config() -> kube::runtime::watcher::Config {
+    kube::runtime::watcher::Config::default().page_size(LIST_PAGE_SIZE)
+}
+
 /// What one controller watches: a namespace (all when `None`) and, for
 /// sharding or tests, a label selector on the primary objects.
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,7 +103,7 @@ impl Watch<'_> {
 
     /// The watcher configuration of the primary objects.
     pub fn primary(&self) -> kube::runtime::watcher::Config {
-        let config = kube::runtime::watcher::Config::default().any_semantic();
+        let config = watch_config();
         match self.selector {
             Some(selector) if !selector.is_empty() => config.labels(selector),
             _ => config,

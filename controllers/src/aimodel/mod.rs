@@ -60,16 +60,8 @@ pub fn controller(
     client: &kube::Client,
     watch: &Watch<'_>,
 ) -> Controller<DeserializeGuard<AIModel>> {
-    let children = || {
-        watcher::Config::default()
-            .labels(MODEL_LABEL)
-            .any_semantic()
-    };
-    let caches = || {
-        watcher::Config::default()
-            .labels(CACHE_LABEL)
-            .any_semantic()
-    };
+    let children = || crate::runner::watch_config().labels(MODEL_LABEL);
+    let caches = || crate::runner::watch_config().labels(CACHE_LABEL);
     Controller::new(watch.api(client), watch.primary())
         .owns(watch.api::<Deployment>(client), children())
         .owns(watch.api::<Service>(client), children())

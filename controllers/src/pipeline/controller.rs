@@ -22,7 +22,6 @@ use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -47,7 +46,7 @@ pub fn pipeline_controller(
 ) -> Controller<DeserializeGuard<Pipeline>> {
     Controller::new(watch.api(client), watch.primary()).watches(
         watch.api::<DeserializeGuard<PipelineRun>>(client),
-        watcher::Config::default().any_semantic(),
+        crate::runner::watch_config(),
         |guarded: DeserializeGuard<PipelineRun>| {
             let run = guarded.0.ok()?;
             let namespace = run.namespace()?;
@@ -63,7 +62,7 @@ pub fn run_controller(
 ) -> Controller<DeserializeGuard<PipelineRun>> {
     Controller::new(watch.api(client), watch.primary()).owns(
         watch.api::<Job>(client),
-        watcher::Config::default().labels(LABEL_RUN).any_semantic(),
+        crate::runner::watch_config().labels(LABEL_RUN),
     )
 }
 

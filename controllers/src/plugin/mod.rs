@@ -24,7 +24,6 @@ use kube::api::{Api, DeleteParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -42,11 +41,7 @@ pub fn controller(
     client: &kube::Client,
     watch: &Watch<'_>,
 ) -> Controller<DeserializeGuard<Plugin>> {
-    let owned = || {
-        watcher::Config::default()
-            .labels(PLUGIN_LABEL)
-            .any_semantic()
-    };
+    let owned = || crate::runner::watch_config().labels(PLUGIN_LABEL);
     Controller::new(watch.api(client), watch.primary())
         .owns(watch.api::<Deployment>(client), owned())
         .owns(watch.api::<Service>(client), owned())

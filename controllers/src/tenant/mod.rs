@@ -93,11 +93,7 @@ where
 /// go into `ctx` for the reconciles to read.
 pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGuard<Tenant>> {
     let client = &ctx.client;
-    let owned = || {
-        watcher::Config::default()
-            .labels(TENANT_LABEL)
-            .any_semantic()
-    };
+    let owned = || crate::runner::watch_config().labels(TENANT_LABEL);
     let (namespaces, namespace_stream) =
         cached_watch(Api::<Namespace>::all(client.clone()), owned());
     let (limit_ranges, limit_range_stream) =
