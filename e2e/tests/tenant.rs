@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
 use aleph_e2e::{TestEnv, has_condition, unique_name, wait_for, wait_for_deletion};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -373,6 +374,25 @@ async fn admission_rules_refuse_pods_with_a_message_naming_the_rule() {
     assert!(
         pods.get("good").await.is_ok(),
         "cordon removed a running pod"
+    );
+
+    // The binding is watched: deleted by hand, it is made again, and the
+    // rules hold again.
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = env.cluster_api();
+    let binding = format!("aleph-tenant-{name}");
+    let removed = bindings
+        .delete(&binding, &DeleteParams::default())
+        .await
+        .expect("delete the tenant's admission binding");
+    let removed_uid = removed.left().and_then(|b| b.metadata.uid);
+    wait_for(&bindings, &binding, TIMEOUT, |b| {
+        b.metadata.uid.is_some() && b.metadata.uid != removed_uid
+    })
+    .await;
+    let refused = refusal(&pods, pod("after-repair", "ghcr.io/acme/train:1", None)).await;
+    assert!(
+        refused.contains("cordoned"),
+        "after the binding was made again a pod was admitted: {refused}"
     );
     delete_tenant(&env, &name).await;
     env.cleanup().await;
