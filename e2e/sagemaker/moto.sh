@@ -12,12 +12,12 @@
 set -euo pipefail
 
 MOTO_VERSION=5.2.5
-ALEPH_CACHE="${ALEPH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph}"
+# ALEPH_CACHE, log and cmdline_of.
+# shellcheck source=../cluster/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../cluster/lib.sh"
 VENV="$ALEPH_CACHE/venv-moto-$MOTO_VERSION"
 STATE="${ALEPH_MOTO_STATE:-$ALEPH_CACHE/moto}"
 PYTHON="${PYTHON:-python3}"
-
-log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 
 install_moto() {
   if [ -x "$VENV/bin/moto_server" ] && [ -f "$VENV/.installed" ]; then
@@ -43,9 +43,7 @@ recorded_pid() {
   pid=$(cat "$STATE/pid")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  local cmdline
-  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  [[ $cmdline == *moto_server* ]] || return 1
+  [[ "$(cmdline_of "$pid")" == *moto_server* ]] || return 1
   echo "$pid"
 }
 

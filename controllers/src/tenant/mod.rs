@@ -749,15 +749,7 @@ async fn request_recount(api: &Api<ResourceQuota>, rq: &ResourceQuota) -> Result
         RECOUNT_ANNOTATION.to_string(),
         crate::conditions::now_rfc3339(),
     );
-    api.replace(
-        &rq.name_any(),
-        &PostParams {
-            field_manager: Some(MANAGER.into()),
-            ..PostParams::default()
-        },
-        &updated,
-    )
-    .await?;
+    replace_quota(api, updated).await?;
     Ok(())
 }
 
@@ -886,11 +878,17 @@ async fn replace_hard(
 ) -> Result<ResourceQuota> {
     let mut updated = rq.clone();
     updated.metadata.managed_fields = None;
-    let spec = updated.spec.get_or_insert_with(Default::default);
-    spec.hard = Some(to_quantities(hard));
+    updated.spec.get_or_insert_with(Default::default).hard = Some(to_quantities(hard));
+    replace_quota(api, updated).await
+}
+
+/// Writes `updated` over its quota, conditioned on the resourceVersion it
+/// carries: a quota changed meanwhile (an admission counted) fails with a
+/// conflict and the pass starts again from a fresh look.
+async fn replace_quota(api: &Api<ResourceQuota>, updated: ResourceQuota) -> Result<ResourceQuota> {
     Ok(api
         .replace(
-            &rq.name_any(),
+            &updated.name_any(),
             &PostParams {
                 field_manager: Some(MANAGER.into()),
                 ..PostParams::default()
