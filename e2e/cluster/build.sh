@@ -22,7 +22,11 @@ targets=(
   "kube-controller-manager kubernetes k8s.io/kubernetes/cmd/kube-controller-manager K8S"
   "kube-scheduler kubernetes k8s.io/kubernetes/cmd/kube-scheduler K8S"
   "kubectl kubernetes k8s.io/kubernetes/cmd/kubectl K8S"
+  "kubelet kubernetes k8s.io/kubernetes/cmd/kubelet K8S"
+  "kube-proxy kubernetes k8s.io/kubernetes/cmd/kube-proxy K8S"
   "kwok kwok sigs.k8s.io/kwok/cmd/kwok -s -w"
+  "coredns coredns github.com/coredns/coredns -s -w"
+  "kube-router kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router -s -w"
   "helm helm helm.sh/helm/v3/cmd/helm -s -w"
 )
 

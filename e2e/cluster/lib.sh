@@ -21,10 +21,12 @@ module_bin_dir() {
 # Where each binary lives after build.sh.
 bin_path() {
   case $1 in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) echo "$(module_bin_dir kubernetes)/$1" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) echo "$(module_bin_dir kubernetes)/$1" ;;
     etcd) echo "$(module_bin_dir etcd)/etcd" ;;
     kwok) echo "$(module_bin_dir kwok)/kwok" ;;
     helm) echo "$(module_bin_dir helm)/helm" ;;
+    coredns) echo "$(module_bin_dir coredns)/coredns" ;;
+    kube-router) echo "$(module_bin_dir kube-router)/kube-router" ;;
     *) echo "unknown binary $1" >&2; return 1 ;;
   esac
 }
