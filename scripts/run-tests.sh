@@ -10,6 +10,17 @@ state="${ALEPH_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/cluster}"
 # Build outside the clone so a second run (and a fresh clone) reuses the dependencies.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/target}"
 mkdir -p "$state/logs"
+# Nothing here has AWS configuration of its own: the SDK's default chain must
+# not ask the EC2 metadata address (it would leave this machine).
+export AWS_EC2_METADATA_DISABLED=true
+# The address pods on the real node reach this machine at (up.sh), where the
+# S3 and SageMaker emulator listens; moto's state belongs to this run.
+if [ -f "$state/ports.env" ]; then
+  # shellcheck disable=SC1091
+  source "$state/ports.env"
+  export ALEPH_HOST_IP="${HOST_IP:-127.0.0.1}" ALEPH_APISERVER_PORT="$APISERVER_PORT"
+  export ALEPH_MOTO_HOST="$ALEPH_HOST_IP" ALEPH_MOTO_STATE="$state/moto"
+fi
 
 echo "==> building the workspace" >&2
 cargo build --workspace --all-targets --quiet

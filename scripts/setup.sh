@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# Installs what the build and the tests need beyond Rust, Go and Python:
-# Debian packages (openssl for the control plane's certificates, lua5.1 for the
-# Argo CD health checks, cmake/clang for the AWS SDK's crypto). Idempotent.
+# Installs what the build and the tests need beyond Rust, Go and Python, from
+# Debian's packages. Idempotent.
+# - openssl: the control plane's certificates; lua5.1: the Argo CD health checks;
+#   cmake: the AWS SDK's crypto; curl, flock (util-linux).
+# - The real node (e2e/cluster/node.sh): containerd, runc, the CNI plugins,
+#   iptables, ipset, iproute2, conntrack; unshare/nsenter (util-linux).
+# - The images (e2e/images): gcc and libc6-dev for the static pause binary.
 set -euo pipefail
 need=()
-command -v openssl >/dev/null || need+=(openssl)
-command -v lua5.1 >/dev/null || need+=(lua5.1)
-command -v cmake >/dev/null || need+=(cmake)
-command -v flock >/dev/null || need+=(util-linux)
-command -v curl >/dev/null || need+=(curl)
+have() { command -v "$1" >/dev/null 2>&1; }
+have openssl || need+=(openssl)
+have lua5.1 || need+=(lua5.1)
+have cmake || need+=(cmake)
+have flock || need+=(util-linux)
+have curl || need+=(curl)
+have containerd || need+=(containerd)
+have runc || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+have iptables || need+=(iptables)
+have ipset || need+=(ipset)
+have ip || need+=(iproute2)
+have conntrack || need+=(conntrack)
+have gcc || need+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need[*]}" >&2
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

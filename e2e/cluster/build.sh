@@ -45,7 +45,10 @@ for t in "${targets[@]}"; do
   mkdir -p "$(dirname "$out")"
   log "[$n/$total] building $name from $pkg (the first build takes minutes)"
   started=$SECONDS
-  (cd "$CLUSTER_DIR/go/$module" && go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$pkg")
+  # CoreDNS runs in an image with nothing but itself: a static binary.
+  cgo=1
+  [ "$name" = coredns ] && cgo=0
+  (cd "$CLUSTER_DIR/go/$module" && CGO_ENABLED=$cgo go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$pkg")
   mv "$out.tmp" "$out"
   log "[$n/$total] $name built in $((SECONDS - started))s"
 done

@@ -6,6 +6,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# Real nodes of clusters whose state is gone (a run killed before it cleaned up).
+"$CLUSTER_DIR/node.sh" sweep
 if [ ! -d "$ALEPH_STATE" ]; then
   log "no local control plane state in $ALEPH_STATE"
   exit 0
@@ -15,6 +17,8 @@ ensure_state_dir_is_ours
 exec 9>"$ALEPH_STATE.lock"
 flock 9
 
+# The real node first: its kubelet would otherwise restart what is stopped.
+"$CLUSTER_DIR/node.sh" down
 stop_components
 if [ -d "$ALEPH_STATE/logs" ]; then
   rm -rf "$ALEPH_CACHE/cluster-logs"

@@ -31,6 +31,17 @@ bin_path() {
   esac
 }
 
+# The real node (node.sh).
+REAL_NODE_NAME=aleph-real-0
+CLUSTER_DNS_IP=10.96.0.10
+CNI_BIN_DIR=${ALEPH_CNI_BIN_DIR:-/usr/lib/cni}
+PAUSE_IMAGE=aleph.local/pause:3.10
+PAUSE_IMAGE_TAR=$ALEPH_CACHE/images/pause.tar
+# The cgroup v1 hierarchies mounted under /sys/fs/cgroup (cpu, memory, ...).
+NODE_CGROUP_CONTROLLERS=$(awk '$3 == "cgroup" && $2 ~ "^/sys/fs/cgroup/" { sub("^/sys/fs/cgroup/", "", $2); print $2 }' /proc/self/mounts 2>/dev/null | sort -u | tr '\n' ' ')
+# Whether this cluster has a real node: on unless ALEPH_REAL_NODE=0.
+real_node_enabled() { [ "${ALEPH_REAL_NODE:-1}" != 0 ]; }
+
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 
 # The components up.sh starts, in start order (down.sh stops them in reverse).

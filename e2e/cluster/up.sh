@@ -46,6 +46,11 @@ cluster_healthy() {
   for name in "${COMPONENTS[@]}"; do
     component_pid "$name" >/dev/null || return 1
   done
+  if real_node_enabled; then
+    for name in node-init containerd kubelet kube-proxy kube-router; do
+      [ -f "$ALEPH_STATE/node/pids/$name.pid" ] && kill -0 "$(cat "$ALEPH_STATE/node/pids/$name.pid")" 2>/dev/null || return 1
+    done
+  fi
   apiserver_ready
 }
 
@@ -58,6 +63,7 @@ fi
 if [ -d "$ALEPH_STATE" ]; then
   ensure_state_dir_is_ours
   log "replacing the stale cluster state in $ALEPH_STATE"
+  "$CLUSTER_DIR/node.sh" down
   stop_components
   rm -rf "$ALEPH_STATE"
 fi
@@ -65,6 +71,7 @@ mkdir -p "$ALEPH_STATE"/{pki,logs,pids}
 
 on_error() {
   log "the control plane did not start; logs are in $ALEPH_STATE/logs"
+  "$CLUSTER_DIR/node.sh" down || true
   stop_components
 }
 trap on_error ERR
@@ -121,7 +128,21 @@ KCM_PORT=$KCM_PORT
 SCHEDULER_PORT=$SCHEDULER_PORT
 KWOK_PORT=$KWOK_PORT
 EOF
-SERVER=https://127.0.0.1:$APISERVER_PORT
+
+# The API server listens where the real node's pods reach it: the host's end
+# of the node's link (node.sh). Without a real node, on loopback.
+HOST_IP=127.0.0.1
+if real_node_enabled; then
+  "$CLUSTER_DIR/node.sh" sweep
+  "$CLUSTER_DIR/node.sh" network
+  # shellcheck disable=SC1091
+  source "$ALEPH_STATE/node/node.env"
+  HOST_IP=$NODE_HOST_IP
+else
+  log "ALEPH_REAL_NODE=0: no real node; only kwok's fake nodes (pods never run)"
+fi
+echo "HOST_IP=$HOST_IP" >>"$ALEPH_STATE/ports.env"
+SERVER=https://$HOST_IP:$APISERVER_PORT
 
 # --- certificates ------------------------------------------------------------
 
@@ -151,7 +172,8 @@ issue() {
 
 client_ext='basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth'
 serving_ext='basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth'
-serving_ext+='\nsubjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default'
+serving_ext+="\nsubjectAltName=IP:127.0.0.1,IP:$HOST_IP,IP:10.96.0.1,"
+serving_ext+='DNS:localhost,DNS:kubernetes,DNS:kubernetes.default'
 serving_ext+=',DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local'
 
 log "making certificates"
@@ -161,6 +183,8 @@ issue ca admin "/O=system:masters/CN=aleph-admin" "$client_ext"
 issue ca kube-controller-manager "/CN=system:kube-controller-manager" "$client_ext"
 issue ca kube-scheduler "/CN=system:kube-scheduler" "$client_ext"
 issue ca kwok "/O=system:masters/CN=kwok-controller" "$client_ext"
+# How the API server authenticates to kubelets (logs, exec, port-forward).
+issue ca apiserver-kubelet-client "/CN=aleph:apiserver-kubelet-client" "$client_ext"
 # The front proxy (request header) CA: how the API server authenticates itself
 # to aggregated API servers, and what the components' delegated authentication
 # expects to find in kube-system/extension-apiserver-authentication.
@@ -206,8 +230,16 @@ start() {
   local name=$1 bin
   shift
   bin=$(bin_path "$name")
+  local wrap=()
+  if [ "$name" = kube-controller-manager ] && [ "$(id -u)" -eq 0 ]; then
+    # The hostPath provisioner writes its volumes under /tmp/hostpath_pv: in a
+    # mount namespace of its own, that is this cluster's $ALEPH_STATE/volumes
+    # (the real node binds the same directory there), so they go with the state.
+    mkdir -p "$ALEPH_STATE/volumes" /tmp/hostpath_pv
+    wrap=(unshare --mount --propagation private sh -c 'mount --bind "$0" /tmp/hostpath_pv && exec "$@"' "$ALEPH_STATE/volumes")
+  fi
   # fds 8 and 9 hold this script's locks: the daemons must not keep them.
-  setsid "$bin" "$@" >"$ALEPH_STATE/logs/$name.log" 2>&1 </dev/null 8>&- 9>&- &
+  setsid "${wrap[@]}" "$bin" "$@" >"$ALEPH_STATE/logs/$name.log" 2>&1 </dev/null 8>&- 9>&- &
   local pid=$!
   echo "$pid" >"$ALEPH_STATE/pids/$name.pid"
   # Until the forked shell has exec'd the binary, the pid's command line is
@@ -258,11 +290,15 @@ start etcd \
   --log-level=warn
 wait_healthy etcd curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
 
+# The `kubernetes` Service's endpoint is the API server's own address, which
+# only makes sense when pods can reach it.
+endpoint_reconciler=none
+real_node_enabled && endpoint_reconciler=lease
 log "starting kube-apiserver on $SERVER"
 start kube-apiserver \
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-  --bind-address=127.0.0.1 \
-  --advertise-address=127.0.0.1 \
+  --bind-address="$HOST_IP" \
+  --advertise-address="$HOST_IP" \
   --secure-port="$APISERVER_PORT" \
   --tls-cert-file="$PKI/apiserver.crt" \
   --tls-private-key-file="$PKI/apiserver.key" \
@@ -275,12 +311,15 @@ start kube-apiserver \
   --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
   --proxy-client-key-file="$PKI/front-proxy-client.key" \
   --authorization-mode=Node,RBAC \
-  --enable-admission-plugins=NodeRestriction \
+  --enable-admission-plugins=NodeRestriction,PodNodeSelector,PodTolerationRestriction \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI/sa.pub" \
   --service-account-signing-key-file="$PKI/sa.key" \
   --service-cluster-ip-range=10.96.0.0/16 \
-  --endpoint-reconciler-type=none \
+  --endpoint-reconciler-type="$endpoint_reconciler" \
+  --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+  --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+  --kubelet-preferred-address-types=InternalIP \
   --allow-privileged=true \
   --profiling=false
 wait_healthy kube-apiserver https_ok --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$SERVER/readyz"
@@ -304,6 +343,7 @@ start kube-controller-manager \
   --service-account-private-key-file="$PKI/sa.key" \
   --cluster-signing-cert-file="$PKI/ca.crt" \
   --cluster-signing-key-file="$PKI/ca.key" \
+  --enable-hostpath-provisioner=true \
   --profiling=false
 start kube-scheduler \
   --kubeconfig="$ALEPH_STATE/kube-scheduler.kubeconfig" \
@@ -354,6 +394,9 @@ nodes_tainted_not_ready() {
   kc get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.taints[*].key}{"\n"}{end}' |
     awk '/node.kubernetes.io\/(not-ready|unreachable)/ { print $1 }'
 }
+dns_not_ready() {
+  [ "$(kc -n kube-system get deployment coredns -o jsonpath='{.status.readyReplicas}')" = 1 ] || echo "coredns not ready"
+}
 no_default_service_account() {
   kc get serviceaccount default --namespace default -o name >/dev/null 2>&1 || echo missing
 }
@@ -362,6 +405,14 @@ log "waiting for the nodes to be Ready and schedulable"
 wait_until_empty "the nodes to be Ready" nodes_not_ready
 wait_until_empty "the not-ready taints to be lifted" nodes_tainted_not_ready
 wait_until_empty "the default ServiceAccount" no_default_service_account
+
+# The default StorageClass (the controller manager's hostPath provisioner).
+kc apply -f "$CLUSTER_DIR/manifests/storage.yaml" >/dev/null
+if real_node_enabled; then
+  kc apply -f "$CLUSTER_DIR/manifests/real-node.yaml" >/dev/null
+  "$CLUSTER_DIR/node.sh" up
+  wait_until_empty "cluster DNS to be ready" dns_not_ready
+fi
 
 trap - ERR
 log "the local control plane is up in $((SECONDS - started_at))s ($ALEPH_STATE)"

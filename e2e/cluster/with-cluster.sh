@@ -28,6 +28,10 @@ if [ $# -eq 0 ]; then
 fi
 
 "$CLUSTER_DIR/build.sh"
+# The images the real node runs (no registry: built here, imported by node.sh).
+if real_node_enabled && [ "${ALEPH_USE_EXISTING_CLUSTER:-}" != 1 ]; then
+  "$CLUSTER_DIR/../images/build.sh"
+fi
 for bin in kubectl helm kwok kube-apiserver etcd; do
   dir=$(dirname "$(bin_path "$bin")")
   case ":$PATH:" in *":$dir:"*) ;; *) PATH="$dir:$PATH" ;; esac

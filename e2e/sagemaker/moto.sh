@@ -2,7 +2,8 @@
 # Runs moto's server (a SageMaker API emulator from PyPI) for the SageMaker tests.
 #
 #   moto.sh start   installs moto into a cached virtualenv (once), starts
-#                   moto_server on 127.0.0.1 on a free port, writes its URL to
+#                   moto_server on $ALEPH_MOTO_HOST (default 127.0.0.1; the
+#                   local cluster's host address, so that pods reach it) on a free port, writes its URL to
 #                   $ALEPH_MOTO_STATE/url and prints the export lines
 #   moto.sh stop    stops the server recorded in $ALEPH_MOTO_STATE/pid
 #   moto.sh url     prints the URL of the running server
@@ -18,6 +19,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../cluster/lib.sh"
 VENV="$ALEPH_CACHE/venv-moto-$MOTO_VERSION"
 STATE="${ALEPH_MOTO_STATE:-$ALEPH_CACHE/moto}"
 PYTHON="${PYTHON:-python3}"
+HOST="${ALEPH_MOTO_HOST:-127.0.0.1}"
 
 install_moto() {
   if [ -x "$VENV/bin/moto_server" ] && [ -f "$VENV/.installed" ]; then
@@ -54,7 +56,7 @@ healthy() {
 }
 
 free_port() {
-  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("'"$HOST"'", 0)); print(s.getsockname()[1]); s.close()'
 }
 
 print_export() {
@@ -73,10 +75,10 @@ start() {
   stop_server
   local port url pid deadline
   port=${ALEPH_MOTO_PORT:-$(free_port)}
-  url="http://127.0.0.1:$port"
+  url="http://$HOST:$port"
   log "starting moto_server on $url (log: $STATE/moto.log)"
   # setsid: the server outlives this script and is not in the caller's process group.
-  setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$STATE/moto.log" 2>&1 </dev/null &
+  setsid "$VENV/bin/moto_server" -H "$HOST" -p "$port" >"$STATE/moto.log" 2>&1 </dev/null &
   pid=$!
   echo "$pid" >"$STATE/pid"
   echo "$url" >"$STATE/url"

@@ -1,4 +1,5 @@
-//! Running `helm` against the cluster of `KUBECONFIG`, and the chart's path.
+//! Running `helm` against the cluster of `KUBECONFIG`, the chart's path, a
+//! release of the chart in a test's namespace, and the examples.
 //!
 //! The binary is `$HELM`, else `helm` on `PATH`, else the newest one
 //! `e2e/cluster/build.sh` built under `$ALEPH_CACHE/bin`
@@ -7,7 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
 use tokio::process::Command;
+
+use crate::env::{TestEnv, unique_name};
+use crate::operator::PRIVATE_OPERATOR_LABEL;
 
 /// `charts/aleph-operator` in this checkout.
 pub fn chart_dir() -> PathBuf {
@@ -94,3 +101,102 @@ where
         ))
     }
 }
+
+/// A release of `charts/aleph-operator` in the test's namespace.
+pub struct Release {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Release {
+    /// `helm install` with the CRDs skipped (the cluster has them); its
+    /// cluster-scoped objects are deleted at cleanup even if the test fails.
+    pub async fn install(env: &TestEnv, extra: &[&str]) -> Release {
+        let release = Release {
+            name: unique_name("aleph"),
+            namespace: env.namespace().to_owned(),
+        };
+        let roles = ApiResource::erase::<ClusterRole>(&());
+        let full = release.fullname();
+        for name in [full.clone(), format!("{full}-edit"), format!("{full}-view")] {
+            env.delete_on_cleanup(roles.clone(), &name);
+        }
+        env.delete_on_cleanup(ApiResource::erase::<ClusterRoleBinding>(&()), &full);
+        let chart = chart_dir();
+        let mut args = vec![
+            "install",
+            release.name.as_str(),
+            chart.to_str().unwrap_or_default(),
+            "--namespace",
+            release.namespace.as_str(),
+            "--skip-crds",
+        ];
+        args.extend_from_slice(extra);
+        if let Err(e) = helm(&args).await {
+            panic!("{e}");
+        }
+        release
+    }
+
+    /// The objects' name (the chart's `aleph-operator.fullname`).
+    pub fn fullname(&self) -> String {
+        format!("{}-aleph-operator", self.name)
+    }
+
+    /// The user the operator's ServiceAccount authenticates as.
+    pub fn service_account_user(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace,
+            self.fullname()
+        )
+    }
+
+    pub async fn uninstall(&self) {
+        if let Err(e) = helm([
+            "uninstall",
+            self.name.as_str(),
+            "--namespace",
+            self.namespace.as_str(),
+            "--wait",
+        ])
+        .await
+        {
+            panic!("{e}");
+        }
+    }
+}
+
+
+/// Every example of `examples/`, labelled for the operator of `label`: the
+/// Tenant (cluster-scoped) gets a unique name.
+pub fn examples(label: &str, tenant: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    // A PipelineRun names its Pipeline, and a rollout step its AIModel: apply
+    // them after what they refer to.
+    files.sort_by_key(|p| p.to_string_lossy().contains("pipelinerun"));
+    let mut documents = Vec::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for mut doc in docs.into_iter().filter(|d| !d.is_null()) {
+            doc["metadata"]["labels"][PRIVATE_OPERATOR_LABEL] = json!(label);
+            if doc["kind"] == "Tenant" {
+                doc["metadata"]["name"] = json!(tenant);
+            }
+            documents.push(doc.to_string());
+        }
+    }
+    assert_eq!(documents.len(), 6, "one example per kind (two AIModels)");
+    documents.join("\n---\n")
+}
+

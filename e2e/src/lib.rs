@@ -42,6 +42,7 @@ mod env;
 pub mod helm;
 mod kubectl;
 pub mod operator;
+pub mod real_node;
 mod wait;
 
 pub use apply::{Applied, ApplyError, apply_yaml};

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use aleph_e2e::helm::{chart_dir, helm};
+use aleph_e2e::helm::{Release, chart_dir, examples, helm};
 use aleph_e2e::operator::{KUBE_REQUESTS, metric_sum};
 use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
 use aleph_e2e::{
@@ -27,71 +27,6 @@ use serde_json::{Value, json};
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// Lease timing of the leader-election tests: short, so takeovers are quick.
 const LEASE_SECONDS: u64 = 4;
-
-/// A release of `charts/aleph-operator` in the test's namespace.
-struct Release {
-    name: String,
-    namespace: String,
-}
-
-impl Release {
-    /// `helm install` with the CRDs skipped (the cluster has them); its
-    /// cluster-scoped objects are deleted at cleanup even if the test fails.
-    async fn install(env: &TestEnv, extra: &[&str]) -> Release {
-        let release = Release {
-            name: unique_name("aleph"),
-            namespace: env.namespace().to_owned(),
-        };
-        let roles = ApiResource::erase::<ClusterRole>(&());
-        let full = release.fullname();
-        for name in [full.clone(), format!("{full}-edit"), format!("{full}-view")] {
-            env.delete_on_cleanup(roles.clone(), &name);
-        }
-        env.delete_on_cleanup(ApiResource::erase::<ClusterRoleBinding>(&()), &full);
-        let chart = chart_dir();
-        let mut args = vec![
-            "install",
-            release.name.as_str(),
-            chart.to_str().unwrap_or_default(),
-            "--namespace",
-            release.namespace.as_str(),
-            "--skip-crds",
-        ];
-        args.extend_from_slice(extra);
-        if let Err(e) = helm(&args).await {
-            panic!("{e}");
-        }
-        release
-    }
-
-    /// The objects' name (the chart's `aleph-operator.fullname`).
-    fn fullname(&self) -> String {
-        format!("{}-aleph-operator", self.name)
-    }
-
-    /// The user the operator's ServiceAccount authenticates as.
-    fn service_account_user(&self) -> String {
-        format!(
-            "system:serviceaccount:{}:{}",
-            self.namespace,
-            self.fullname()
-        )
-    }
-
-    async fn uninstall(&self) {
-        if let Err(e) = helm([
-            "uninstall",
-            self.name.as_str(),
-            "--namespace",
-            self.namespace.as_str(),
-            "--wait",
-        ])
-        .await
-        {
-            panic!("{e}");
-        }
-    }
-}
 
 /// A Tenant with one namespace, labelled for the operator of `label`.
 fn small_tenant(name: &str, label: &str) -> String {
@@ -310,38 +245,6 @@ async fn chart_installs_into_the_cluster_under_restricted_pod_security() {
         "helm uninstall leaves the ClusterRole behind"
     );
     env.cleanup().await;
-}
-
-/// Every example of `examples/`, labelled for the operator of `label`: the
-/// Tenant (cluster-scoped) gets a unique name.
-fn examples(label: &str, tenant: &str) -> String {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    // A PipelineRun names its Pipeline, and a rollout step its AIModel: apply
-    // them after what they refer to.
-    files.sort_by_key(|p| p.to_string_lossy().contains("pipelinerun"));
-    let mut documents = Vec::new();
-    for file in files {
-        let text =
-            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        for mut doc in docs.into_iter().filter(|d| !d.is_null()) {
-            doc["metadata"]["labels"][PRIVATE_OPERATOR_LABEL] = json!(label);
-            if doc["kind"] == "Tenant" {
-                doc["metadata"]["name"] = json!(tenant);
-            }
-            documents.push(doc.to_string());
-        }
-    }
-    assert_eq!(documents.len(), 6, "one example per kind (two AIModels)");
-    documents.join("\n---\n")
 }
 
 #[tokio::test]
