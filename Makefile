@@ -1,7 +1,7 @@
 # The two commands that matter: `make demo` and `make test`.
 SHELL := /bin/bash
 
-.PHONY: demo test down cluster-up cluster-down binaries crds lint fmt bench
+.PHONY: demo test down cluster-up cluster-down binaries images crds lint fmt bench
 
 demo: ## Local control plane + CRDs + operator + examples
 	scripts/demo.sh
@@ -10,9 +10,13 @@ test: ## Every test: unit, CRD drift, chart, Argo CD health, SageMaker, end to e
 	scripts/setup.sh
 	e2e/cluster/with-cluster.sh scripts/run-tests.sh
 
-down: ## Stop the operator and the local control plane started by `make demo`
+down: ## Stop what `make demo` started: the emulator, the operator, the local control plane and its real node
+	-source e2e/cluster/lib.sh && ALEPH_MOTO_STATE="$$ALEPH_STATE/moto" e2e/sagemaker/moto.sh stop
 	-source e2e/cluster/lib.sh && [ -f "$$ALEPH_STATE/pids/operator.pid" ] && kill "$$(cat "$$ALEPH_STATE/pids/operator.pid")"
 	e2e/cluster/down.sh
+
+images: ## Build the images the real node runs (e2e/images) into ~/.cache/aleph/images
+	e2e/images/build.sh
 
 binaries: ## Build the control plane's binaries into ~/.cache/aleph/bin
 	e2e/cluster/build.sh

@@ -1,37 +1,91 @@
 #!/usr/bin/env bash
-# Brings up a working system on this machine: the local control plane, the
-# CRDs, the operator (in the background) and the examples.
+# Brings up a working system on this machine: the local control plane with its
+# real node, the S3 and SageMaker emulator, the operator installed by its Helm
+# chart from the locally built image (running as pods on the real node), and
+# the examples; waits until the examples have settled and shows them.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 "$root/scripts/setup.sh"
 source "$root/e2e/cluster/lib.sh"
 "$root/e2e/cluster/build.sh"
+"$root/e2e/images/build.sh"
 for bin in kubectl helm; do PATH="$(dirname "$(bin_path "$bin")"):$PATH"; done
+export PATH
 "$root/e2e/cluster/up.sh" >/dev/null
 export KUBECONFIG="$ALEPH_STATE/kubeconfig"
-cargo build --release -p aleph-operator --quiet
-kubectl apply --server-side -f crds/ >/dev/null
-kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
-if [ -f "$ALEPH_STATE/pids/operator.pid" ] && kill -0 "$(cat "$ALEPH_STATE/pids/operator.pid")" 2>/dev/null; then
-  echo "==> the operator is already running" >&2
-else
-  mkdir -p "$ALEPH_STATE/pids" "$ALEPH_STATE/logs"
-  nohup "$root/target/release/aleph-operator" run --leader-elect=false --metrics-addr 127.0.0.1:8080 \
-    >"$ALEPH_STATE/logs/operator.log" 2>&1 &
-  echo $! >"$ALEPH_STATE/pids/operator.pid"
-fi
+# shellcheck disable=SC1091
+source "$ALEPH_STATE/ports.env"
+
+# Nothing the demo runs has AWS configuration of its own: no EC2 metadata lookups.
+export AWS_EC2_METADATA_DISABLED=true
+# moto serves SageMaker (and S3) on the host address the real node's pods reach.
+export ALEPH_MOTO_STATE="$ALEPH_STATE/moto" ALEPH_MOTO_HOST="$HOST_IP"
+eval "$("$root/e2e/sagemaker/moto.sh" start)"
+moto_port=${ALEPH_MOTO_URL##*:}
+
+values="$ALEPH_STATE/demo-values.yaml"
+cat >"$values" <<EOF
+image: {repository: aleph.local/aleph-operator, tag: dev, pullPolicy: Never}
+replicaCount: 2
+operator:
+  logFormat: text
+  aws: {region: us-east-1}
+nodeSelector: {aleph.dev/node-pool: real}
+tolerations:
+- {key: aleph.dev/real-node, operator: Exists, effect: NoSchedule}
+networkPolicy:
+  # The local API server's port and the emulator's, beside the usual ones.
+  egressPorts: [443, 6443, $APISERVER_PORT, $moto_port]
+extraEnv:
+- {name: AWS_EC2_METADATA_DISABLED, value: "true"}
+- {name: AWS_ENDPOINT_URL_SAGEMAKER, value: "$ALEPH_MOTO_URL"}
+- {name: AWS_ACCESS_KEY_ID, value: testing}
+- {name: AWS_SECRET_ACCESS_KEY, value: testing}
+EOF
+echo "==> helm upgrade --install aleph charts/aleph-operator (namespace aleph-system)" >&2
+helm upgrade --install aleph charts/aleph-operator --namespace aleph-system --create-namespace \
+  -f "$values" --wait --timeout 5m >/dev/null
+kubectl -n aleph-system rollout status deployment/aleph-aleph-operator --timeout=180s >/dev/null
+
 kubectl apply -f examples/tenant.yaml
-kubectl wait --for=condition=Ready --timeout=120s tenant/acme
+kubectl wait --for=condition=Ready --timeout=180s tenant/acme
+kubectl -n acme-research get secret hf-token >/dev/null 2>&1 ||
+  kubectl -n acme-research create secret generic hf-token --from-literal=token=hf_demo_placeholder >/dev/null
 for f in examples/*.yaml; do
   [ "$f" = examples/tenant.yaml ] || kubectl apply -n acme-research -f "$f"
 done
+
+# Settled: every object's status describes its current generation, has a Ready
+# condition, and stays the same over two looks five seconds apart.
+echo "==> waiting for the examples to settle" >&2
+summary() {
+  kubectl get aleph -A -o jsonpath='{range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name} {.metadata.generation} {.status.observedGeneration} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason} {.status.conditions[?(@.type=="Ready")].message}{"\n"}{end}'
+}
+previous="" deadline=$((SECONDS + 300))
+while :; do
+  current=$(summary)
+  if [ "$current" = "$previous" ] && ! awk '$2 != $3 || $4 == "" { bad = 1 } END { exit !bad }' <<<"$current"; then
+    break
+  fi
+  if [ $SECONDS -ge $deadline ]; then
+    echo "==> the examples did not settle within 300 s; as they are now:" >&2
+    break
+  fi
+  previous=$current
+  sleep 5
+done
 kubectl get aleph -A
+echo
+kubectl get pods -A -o wide --field-selector spec.nodeName="$REAL_NODE_NAME"
 cat <<EOT
 
-Aleph is running. In this shell:
+Aleph is running: the operator as pods on the real node ($REAL_NODE_NAME), beside
+kwok's fake CPU and GPU nodes. In this shell:
   export KUBECONFIG=$KUBECONFIG
   export PATH=$(dirname "$(bin_path kubectl)"):\$PATH
   kubectl get aleph -A
-Operator log: $ALEPH_STATE/logs/operator.log   Stop everything: make down
+  kubectl describe aimodel -n acme-research      # each object's status says what it is doing
+Operator logs: kubectl -n aleph-system logs deploy/aleph-aleph-operator
+Stop everything: make down
 EOT

@@ -61,11 +61,15 @@ curl -fsS "http://$ALEPH_OPERATOR_METRICS/readyz" >/dev/null || {
   exit 1
 }
 
-echo "==> cargo test --workspace" >&2
+# Arguments select tests (`scripts/run-tests.sh -p aleph-e2e --test tenant`);
+# without any, everything runs.
+selection=("$@")
+[ ${#selection[@]} -gt 0 ] || selection=(--workspace)
+echo "==> cargo test ${selection[*]}" >&2
 status=0
 # --show-output: the figures passing tests print (takeover times, quota peaks,
 # SageMaker object counts) show in the log too.
-cargo test --workspace --no-fail-fast -- --test-threads="${ALEPH_TEST_THREADS:-4}" --show-output 2>&1 | tee "$state/logs/test.log" || status=$?
+cargo test "${selection[@]}" --no-fail-fast -- --test-threads="${ALEPH_TEST_THREADS:-4}" --show-output 2>&1 | tee "$state/logs/test.log" || status=$?
 if [ "${PIPESTATUS[0]}" -ne 0 ]; then status=1; fi
 if [ "$status" -ne 0 ]; then
   echo "==> some tests failed; the operator's log tail:" >&2

@@ -167,7 +167,6 @@ impl Release {
     }
 }
 
-
 /// Every example of `examples/`, labelled for the operator of `label`: the
 /// Tenant (cluster-scoped) gets a unique name.
 pub fn examples(label: &str, tenant: &str) -> String {
@@ -199,4 +198,3 @@ pub fn examples(label: &str, tenant: &str) -> String {
     assert_eq!(documents.len(), 6, "one example per kind (two AIModels)");
     documents.join("\n---\n")
 }
-

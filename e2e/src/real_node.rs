@@ -62,9 +62,8 @@ pub async fn require(client: &Client) -> Node {
 /// Makes every pod created from now on in `namespace` go to the real node.
 pub async fn pin_namespace(client: &Client, namespace: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let tolerations = format!(
-        r#"[{{"key":"{REAL_NODE_TAINT}","operator":"Exists","effect":"NoSchedule"}}]"#
-    );
+    let tolerations =
+        format!(r#"[{{"key":"{REAL_NODE_TAINT}","operator":"Exists","effect":"NoSchedule"}}]"#);
     let patch = serde_json::json!({
         "metadata": {"annotations": {
             NODE_SELECTOR_ANNOTATION: format!("{REAL_NODE_POOL_LABEL}=real"),

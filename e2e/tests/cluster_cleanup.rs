@@ -61,7 +61,10 @@ fn host_state() -> HostState {
     let nft = run("sh", &["-c", "nft list ruleset 2>/dev/null || true"]);
     let cgroups = run(
         "sh",
-        &["-c", "find /sys/fs/cgroup/*/aleph -maxdepth 1 -type d 2>/dev/null || true"],
+        &[
+            "-c",
+            "find /sys/fs/cgroup/*/aleph -maxdepth 1 -type d 2>/dev/null || true",
+        ],
     );
     HostState {
         mounts: sorted_lines(&mounts, |_| true),
@@ -148,10 +151,7 @@ fn down_leaves_nothing_behind_after_the_cluster_is_killed() {
         .expect("cannot run e2e/cluster/up.sh");
     if !up.status.success() {
         let _ = script("down.sh", &state).status();
-        panic!(
-            "up.sh failed: {}",
-            String::from_utf8_lossy(&up.stderr)
-        );
+        panic!("up.sh failed: {}", String::from_utf8_lossy(&up.stderr));
     }
     let node_index = std::fs::read_to_string(state.join("node/index"))
         .expect("the cluster has no real node (node/index)")
@@ -164,12 +164,20 @@ fn down_leaves_nothing_behind_after_the_cluster_is_killed() {
         "the real node's network namespace {netns} is missing while the cluster runs"
     );
     assert!(
-        running.links.iter().any(|l| l.starts_with(&format!("aleph-h{node_index}"))),
+        running
+            .links
+            .iter()
+            .any(|l| l.starts_with(&format!("aleph-h{node_index}"))),
         "the real node's link is missing while the cluster runs"
     );
     let containers = run(
         "sh",
-        &["-c", &format!("find /sys/fs/cgroup/pids/aleph/{node_index}/pods -name cgroup.procs -exec cat {{}} + | wc -l")],
+        &[
+            "-c",
+            &format!(
+                "find /sys/fs/cgroup/pids/aleph/{node_index}/pods -name cgroup.procs -exec cat {{}} + | wc -l"
+            ),
+        ],
     );
     let containers: usize = containers.trim().parse().unwrap_or(0);
     assert!(

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use aleph_e2e::helm::{Release, chart_dir, examples, helm};
+use aleph_e2e::helm::{Release, examples};
 use aleph_e2e::operator::{KUBE_REQUESTS, metric_sum};
 use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
 use aleph_e2e::{
