@@ -17,6 +17,9 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
+use tokio::time::Instant;
+
+use crate::apply::apply_yaml;
 use crate::kubectl::{KubectlOutput, kubectl};
 use crate::wait::wait_for;
 
@@ -28,6 +31,13 @@ pub const REAL_NODE_POOL_LABEL: &str = "aleph.dev/node-pool";
 pub const REAL_NODE_TAINT: &str = "aleph.dev/real-node";
 /// The image with a shell and network tools (busybox) built by `e2e/images`.
 pub const BUSYBOX_IMAGE: &str = "aleph.local/busybox:dev";
+
+/// How long a pod on the real node may take to run and be Ready.
+pub const POD_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long [`expect_connect`] gives network policies to take effect.
+pub const POLICY_SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many checks in a row [`expect_connect`] wants the same outcome.
+pub const SETTLED_CHECKS: u32 = 3;
 
 const NODE_SELECTOR_ANNOTATION: &str = "scheduler.alpha.kubernetes.io/node-selector";
 const DEFAULT_TOLERATIONS_ANNOTATION: &str = "scheduler.alpha.kubernetes.io/defaultTolerations";
@@ -80,6 +90,51 @@ pub async fn pin_namespace(client: &Client, namespace: &str) {
 /// non-root user with the restricted security context (so it is admitted in
 /// namespaces with Pod Security `restricted`).
 pub fn busybox_pod(name: &str, labels: &BTreeMap<&str, &str>, script: &str) -> String {
+    pod_manifest(name, labels, script, "")
+}
+
+/// A [`busybox_pod`] serving `body` as `/index.html` with busybox `httpd` on
+/// each of `ports`, and Ready only once the first one answers an HTTP GET (its
+/// readiness probe). `body` is one line of letters, digits, `-`, `.` and `_`.
+pub fn httpd_pod(name: &str, labels: &BTreeMap<&str, &str>, ports: &[u16], body: &str) -> String {
+    assert!(
+        body.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
+        "an httpd body is letters, digits, '-', '.' and '_': {body:?}"
+    );
+    let (first, others) = ports
+        .split_first()
+        .unwrap_or_else(|| panic!("httpd pod {name} needs a port"));
+    // Without -f httpd goes to the background; the last one stays in front.
+    let mut script = format!("mkdir -p /tmp/www && echo {body} >/tmp/www/index.html");
+    for port in others {
+        script.push_str(&format!(" && httpd -p {port} -h /tmp/www"));
+    }
+    script.push_str(&format!(" && exec httpd -f -p {first} -h /tmp/www"));
+    pod_manifest(name, labels, &script, &readiness_probe_http(*first))
+}
+
+/// The YAML of a container's readiness probe: an HTTP GET of `/` on `port`
+/// every second, to append to a container of [`busybox_pod`]'s shape.
+pub fn readiness_probe_http(port: u16) -> String {
+    format!(
+        "    readinessProbe:\n      httpGet: {{path: /, port: {port}}}\n      periodSeconds: 1\n      failureThreshold: 1\n"
+    )
+}
+
+/// A [`busybox_pod`] that only sleeps: a client to run commands in with [`exec`].
+pub fn client_pod(name: &str, labels: &BTreeMap<&str, &str>) -> String {
+    busybox_pod(name, labels, "exec sleep 3600")
+}
+
+/// [`busybox_pod`] with `container_extra` (YAML lines indented by four
+/// spaces, such as [`readiness_probe_http`]) appended to its container.
+pub fn pod_manifest(
+    name: &str,
+    labels: &BTreeMap<&str, &str>,
+    script: &str,
+    container_extra: &str,
+) -> String {
     let labels: String = labels
         .iter()
         .map(|(k, v)| format!("{k}: \"{v}\", "))
@@ -110,8 +165,38 @@ spec:
     securityContext:
       allowPrivilegeEscalation: false
       capabilities: {{drop: [ALL]}}
-"#
+{container_extra}"#
     )
+}
+
+/// Creates the pods of `manifests` in `namespace` (a namespace pinned with
+/// [`pin_namespace`]), waits until each runs and is Ready, checks that each is
+/// on the real node, and returns them by name, with their IPs.
+pub async fn run_pods(
+    client: &Client,
+    namespace: &str,
+    manifests: &[String],
+) -> BTreeMap<String, Pod> {
+    let mut names = Vec::new();
+    for manifest in manifests {
+        let applied = apply_yaml(client, manifest, Some(namespace))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a pod in {namespace}: {e}"));
+        names.extend(applied.into_iter().filter_map(|a| a.object.metadata.name));
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut running = BTreeMap::new();
+    for name in names {
+        let pod = wait_running(&pods, &name, POD_START_TIMEOUT).await;
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        assert_eq!(
+            node.as_deref(),
+            Some(REAL_NODE_NAME),
+            "pod {namespace}/{name} is not on the real node (is its namespace pinned?)"
+        );
+        running.insert(name, pod);
+    }
+    running
 }
 
 /// Waits until pod `name` runs and is Ready, and returns it (with its IP).
@@ -136,6 +221,88 @@ pub fn pod_ip(pod: &Pod) -> String {
 /// Runs `sh -c script` in the pod's first container (`kubectl exec`).
 pub async fn exec(namespace: &str, pod: &str, script: &str) -> KubectlOutput {
     kubectl(["exec", "-n", namespace, pod, "--", "sh", "-c", script]).await
+}
+
+/// Waits until a TCP connection from `pod` to `host:port` opens (`want`
+/// true) or does not open (`want` false) in [`SETTLED_CHECKS`] checks in a
+/// row, and panics with every outcome seen when that does not happen within
+/// [`POLICY_SETTLE_TIMEOUT`]. Network policies reach the node's packet filter
+/// a moment after a pod or a policy appears, so the first checks may differ;
+/// a policy that never takes effect, or that never lets the connection
+/// through, fails.
+pub async fn expect_connect(namespace: &str, pod: &str, host: &str, port: u16, want: bool) {
+    let deadline = Instant::now() + POLICY_SETTLE_TIMEOUT;
+    let mut seen = Vec::new();
+    let mut in_a_row = 0;
+    while in_a_row < SETTLED_CHECKS {
+        let started = Instant::now();
+        let opened = can_connect(namespace, pod, host, port, 2).await;
+        seen.push(format!(
+            "{} after {:.1}s",
+            if opened { "opened" } else { "did not open" },
+            started.elapsed().as_secs_f32()
+        ));
+        in_a_row = if opened == want { in_a_row + 1 } else { 0 };
+        if in_a_row < SETTLED_CHECKS {
+            assert!(
+                Instant::now() < deadline,
+                "a TCP connection from {namespace}/{pod} to {host}:{port} should {}open; \
+                 it was not so {SETTLED_CHECKS} times in a row within {POLICY_SETTLE_TIMEOUT:?}: {}",
+                if want { "" } else { "not " },
+                seen.join(", ")
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// `nslookup NAME` in the pod: what it printed and whether it succeeded.
+pub async fn nslookup(namespace: &str, pod: &str, name: &str) -> KubectlOutput {
+    exec(namespace, pod, &format!("nslookup {name}")).await
+}
+
+/// An HTTP/1.0 `GET path` of `host:port` from the pod, sent with busybox `nc`
+/// (the busybox image's `wget` crashes): the whole response, status line,
+/// headers and body, in `stdout`.
+pub async fn http_get(
+    namespace: &str,
+    pod: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> KubectlOutput {
+    exec(
+        namespace,
+        pod,
+        &format!(
+            "printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | nc -w 3 {host} {port}"
+        ),
+    )
+    .await
+}
+
+/// The address pods on the real node reach this machine at (`ALEPH_HOST_IP`,
+/// which the test command exports).
+pub fn host_ip() -> String {
+    std::env::var("ALEPH_HOST_IP").unwrap_or_else(|_| {
+        panic!(
+            "ALEPH_HOST_IP is not set: it is the address pods reach this machine at \
+             (HOST_IP in $ALEPH_STATE/ports.env); scripts/run-tests.sh exports it"
+        )
+    })
+}
+
+/// The API server's port on [`host_ip`] (`ALEPH_APISERVER_PORT`): something
+/// that listens on this machine, for tests of egress to it.
+pub fn apiserver_port() -> u16 {
+    let text = std::env::var("ALEPH_APISERVER_PORT").unwrap_or_else(|_| {
+        panic!(
+            "ALEPH_APISERVER_PORT is not set (APISERVER_PORT in $ALEPH_STATE/ports.env); \
+             scripts/run-tests.sh exports it"
+        )
+    });
+    text.parse()
+        .unwrap_or_else(|e| panic!("ALEPH_APISERVER_PORT={text:?} is not a port: {e}"))
 }
 
 /// Whether a TCP connection from the pod to `host:port` opens within

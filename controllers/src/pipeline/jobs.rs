@@ -25,8 +25,8 @@ use aleph_crds::plugin::{Plugin, PluginMode};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -430,11 +430,7 @@ pub fn build_step_job(
             .map(|(_, token)| *token)
             .or(sandboxed.then_some(false)),
         service_account_name: service_account.map(|(name, _)| name),
-        security_context: sandboxed.then(|| PodSecurityContext {
-            run_as_non_root: Some(true),
-            seccomp_profile: Some(runtime_default()),
-            ..PodSecurityContext::default()
-        }),
+        security_context: sandboxed.then(crate::plugin::build::sandbox_pod_context),
         ..PodSpec::default()
     };
     Ok(Job {
@@ -900,6 +896,14 @@ status:
         assert_eq!(pod.runtime_class_name.as_deref(), Some("gvisor"));
         let pod_security = pod.security_context.as_ref().unwrap();
         assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_security.run_as_user,
+            Some(crate::plugin::build::SANDBOX_USER)
+        );
+        assert_eq!(
+            pod_security.run_as_group,
+            Some(crate::plugin::build::SANDBOX_USER)
+        );
         let c = &pod.containers[0];
         assert_eq!(
             c.image.as_deref(),

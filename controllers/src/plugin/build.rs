@@ -9,8 +9,9 @@
 //! | ConfigMap | `<plugin>-config` | always: the configuration files, mounted read-only at [`CONFIG_DIR`] |
 //! | Deployment, Service | `<plugin>` | service mode |
 //!
-//! Every pod runs in the sandbox: non-root, read-only root filesystem (with a
-//! writable emptyDir at `/tmp`), all capabilities dropped, no privilege
+//! Every pod runs in the sandbox: as the unprivileged user and group
+//! [`SANDBOX_USER`] whatever user the image names, read-only root filesystem
+//! (with a writable emptyDir at `/tmp`), all capabilities dropped, no privilege
 //! escalation, the RuntimeDefault seccomp profile, and the optional RuntimeClass.
 
 use std::collections::BTreeMap;
@@ -61,6 +62,10 @@ pub const PLUGIN_LABEL: &str = "aleph.dev/plugin";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// The value of [`COMPONENT_LABEL`] on a service plugin's pods.
 pub const SERVICE_COMPONENT: &str = "plugin-service";
+/// The user and group every plugin process runs as: the conventional
+/// unprivileged `nonroot` (65532). Set rather than left to the image, so that
+/// an image whose default user is root (most are) still runs, and never as root.
+pub const SANDBOX_USER: i64 = 65532;
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
 const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 
@@ -345,6 +350,18 @@ pub fn sandbox_context() -> SecurityContext {
     }
 }
 
+/// The sandbox of the plugin's pod: the unprivileged [`SANDBOX_USER`] and the
+/// RuntimeDefault seccomp profile.
+pub fn sandbox_pod_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(SANDBOX_USER),
+        run_as_group: Some(SANDBOX_USER),
+        seccomp_profile: Some(runtime_default()),
+        ..PodSecurityContext::default()
+    }
+}
+
 fn requirements(resources: &ComputeResources) -> Option<ResourceRequirements> {
     let mut amounts = BTreeMap::new();
     if let Some(cpu) = &resources.cpu {
@@ -505,11 +522,7 @@ pub fn pod_template(t: Target<'_>, release: &PluginRelease) -> PodTemplateSpec {
             automount_service_account_token: Some(mounts_token(t.plugin)),
             enable_service_links: Some(false),
             runtime_class_name: release.runtime_class_name.clone(),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                seccomp_profile: Some(runtime_default()),
-                ..PodSecurityContext::default()
-            }),
+            security_context: Some(sandbox_pod_context()),
             tolerations: gpus.then(|| {
                 vec![Toleration {
                     key: Some(GPU_RESOURCE.into()),
@@ -605,6 +618,8 @@ spec:
         assert_eq!(pod.service_account_name.as_deref(), Some("pii-redactor"));
         let psc = pod.security_context.expect("pod security context");
         assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.run_as_user, Some(SANDBOX_USER));
+        assert_eq!(psc.run_as_group, Some(SANDBOX_USER));
         assert_eq!(
             psc.seccomp_profile.map(|s| s.type_).as_deref(),
             Some("RuntimeDefault")
