@@ -259,7 +259,9 @@ stringData: { token: hf_e2e }
         };
         let object = wait_for(&api, &name, TIMEOUT, |o| {
             o.data["status"]["observedGeneration"].as_i64() == o.metadata.generation
-                && find_condition(&o.data, "Ready").is_some()
+                && o.data["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
         })
         .await;
         let condition = find_condition(&object.data, "Ready");
