@@ -62,18 +62,22 @@ ca_certificates() {
   cp "$bundle" "$root/etc/ssl/certs/ca-certificates.crt"
 }
 
-# The candidate version of a Debian package and its .deb's SHA-256, as apt knows them.
+# "PACKAGE=VERSION SHA256" for each package: its candidate version and the SHA-256
+# of that .deb, as apt knows them.
 deb_id() {
-  apt-cache show --no-all-versions "$1" 2>/dev/null |
-    awk -v p="$1" '/^Version:/ {v=$2} /^SHA256:/ {s=$2} END {if (v == "" || s == "") exit 1; print p "=" v " " s}' ||
-    die "apt knows no package $1 (apt-get update?)"
+  local out
+  out=$(apt-cache show --no-all-versions "$@" 2>/dev/null |
+    awk '/^Package:/ {p=$2} /^Version:/ {v=$2} /^SHA256:/ {print p "=" v " " $2}') || true
+  [ "$(wc -l <<<"$out")" = $# ] || die "apt does not know all of $* (apt-get update?)"
+  echo "$out"
 }
 
-# The path of a package's .deb in the download cache, fetched on first use.
+# The path of a .deb in the download cache, fetched on first use.
+# Arguments: a line of deb_id ("PACKAGE=VERSION SHA256").
 deb_file() {
-  local pkg=$1 version sha file tmp
-  read -r version sha <<<"$(deb_id "$pkg")"
-  version=${version#*=}
+  local pkg version sha file tmp
+  read -r pkg sha <<<"$*"
+  version=${pkg#*=} pkg=${pkg%%=*}
   file="$SRC/debs/${pkg}_$sha.deb"
   if [ ! -f "$file" ]; then
     need apt-get "this script downloads Debian packages with apt-get download"
@@ -95,27 +99,31 @@ deb_file() {
 DEB_SKIP=" dpkg debconf install-info tar perl perl-base "
 deb_closure() {
   local -A seen=()
-  local queue=("$@") pkg line kind name alt taken
-  while [ ${#queue[@]} -gt 0 ]; do
-    pkg=${queue[0]}
-    queue=("${queue[@]:1}")
-    [ -z "${seen[$pkg]:-}" ] || continue
-    seen[$pkg]=1
-    echo "$pkg"
-    taken=0 alt=0
+  local level=("$@") next line kind name alt taken pkg
+  # One apt-cache call per level of the graph: each call costs seconds.
+  while [ ${#level[@]} -gt 0 ]; do
+    next=()
+    for pkg in "${level[@]}"; do seen[$pkg]=1; done
     while IFS= read -r line; do
-      # "  Depends: name", " |Depends: name" (an alternative follows), "  Depends: <virtual>"
+      # "name" starts a package; then "  Depends: dep", " |Depends: dep" (an
+      # alternative follows), "  Depends: <virtual>".
+      if [[ $line != " "* ]]; then
+        taken=0 alt=0
+        continue
+      fi
       [[ $line =~ ^\ (\||\ )(Pre)?Depends:\ (.*)$ ]] || continue
       kind=${BASH_REMATCH[1]} name=${BASH_REMATCH[3]%:any}
       [ "$alt" = 1 ] || taken=0
       if [ "$taken" = 0 ] && [[ $name != \<* ]] && [[ $DEB_SKIP != *" $name "* ]]; then
-        queue+=("$name")
+        [ -n "${seen[$name]:-}" ] || next+=("$name")
         taken=1
       fi
       [ "$kind" = "|" ] && alt=1 || alt=0
     done < <(apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks \
-      --no-replaces --no-enhances "$pkg" 2>/dev/null)
-  done | sort
+      --no-replaces --no-enhances "${level[@]}" 2>/dev/null)
+    mapfile -t level < <(printf '%s\n' "${next[@]}" | sort -u | grep . || true)
+  done
+  printf '%s\n' "${!seen[@]}" | sort
 }
 
 # --- the images ------------------------------------------------------------------
@@ -123,7 +131,8 @@ deb_closure() {
 #   ref_NAME            its reference
 #   inputs_NAME         prints what the image is made from (hashed into its key); fails
 #                       with a clear message when a prerequisite is missing
-#   stage_NAME ROOT     fills ROOT with the files and sets OCI_ARGS (layers and config)
+#   stage_NAME ROOT     fills ROOT with the files and sets OCI_ARGS (layers and config);
+#                       INPUTS holds what inputs_NAME printed
 
 ref_pause() { echo aleph.local/pause:3.10; }
 inputs_pause() {
@@ -147,7 +156,7 @@ inputs_busybox() {
 }
 stage_busybox() {
   local root=$1 deb applet
-  deb=$(deb_file busybox-static)
+  deb=$(deb_file "$INPUTS")
   mkdir -p "$root/.deb"
   dpkg-deb -x "$deb" "$root/.deb"
   mkdir -p "$root/bin"
@@ -228,22 +237,23 @@ MODEL_CACHE_SITE=/usr/local/lib/aleph-model-cache
 inputs_model-cache() {
   need dpkg-deb "the model-cache image unpacks Debian's python3.11 packages"
   "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is missing: the model-cache image installs its wheels with $PYTHON -m pip"
-  local pkg
-  for pkg in $(deb_closure "${MODEL_CACHE_DEBS[@]}"); do deb_id "$pkg"; done
+  # shellcheck disable=SC2046 # one package a word
+  deb_id $(deb_closure "${MODEL_CACHE_DEBS[@]}")
   sha256sum "$IMAGES_DIR/model-cache/requirements.txt" "$IMAGES_DIR/model-cache/aleph-model-download" | cut -d' ' -f1
   sha256sum /etc/ssl/certs/ca-certificates.crt | cut -d' ' -f1
 }
 stage_model-cache() {
-  local root=$1 pkg
-  for pkg in $(deb_closure "${MODEL_CACHE_DEBS[@]}"); do
-    dpkg-deb -x "$(deb_file "$pkg")" "$root"
-  done
+  local root=$1 id
+  # The packages inputs_model-cache listed (their closure takes long to compute).
+  while read -r id; do
+    dpkg-deb -x "$(deb_file "$id")" "$root"
+  done < <(grep -E '^[a-z0-9][a-z0-9.+-]*=' <<<"$INPUTS")
   # Documentation is of no use in an image.
   rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/info" "$root/usr/share/lintian"
   ln -sf python3.11 "$root/usr/bin/python3"
   # Wheels for Debian's CPython 3.11 whatever Python runs pip; hash-checked, with
   # every dependency pinned. No .pyc files: they would embed build times.
-  "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --no-compile \
+  PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --no-compile \
     --target "$root$MODEL_CACHE_SITE" --require-hashes --only-binary=:all: \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --python-version 3.11 --implementation cp --abi cp311 \
@@ -287,6 +297,7 @@ build_one() {
     STAGES+=("$stage")
     mkdir -p "$stage/root"
     OCI_ARGS=()
+    INPUTS=$inputs
     "stage_$name" "$stage/root"
     digest=$("${OCI[@]}" build --ref "$ref" "${OCI_ARGS[@]}" --out "$file.part") || die "oci.py build of $name failed"
     mv "$file.part" "$file"

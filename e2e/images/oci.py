@@ -362,7 +362,10 @@ def unpack(args):
             with tarfile.open(fileobj=io.BytesIO(blob.read())) as tar:
                 # The archive was made by `build` on this machine: keep owners,
                 # modes (the sticky bit of /tmp) and absolute symbolic links.
-                tar.extractall(args.dir, filter="fully_trusted")
+                if hasattr(tarfile, "fully_trusted_filter"):
+                    tar.extractall(args.dir, filter="fully_trusted")
+                else:  # Pythons before extraction filters: the same behaviour
+                    tar.extractall(args.dir)
 
 
 def main():
