@@ -150,7 +150,8 @@ class Layer:
                 info.uid, info.gid = self.uid, self.gid
                 info.uname = info.gname = ""
                 if src is None:
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    # A parent of the destination belongs to root, whoever owns what is placed in it.
+                    info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, 0, 0
                     tar.addfile(info)
                     continue
                 st = os.lstat(src)
