@@ -198,6 +198,14 @@ inputs_aleph-operator() {
   # No musl target here: glibc, linked statically (see e2e/images/README.md). Cargo
   # rebuilds only what changed; the binary's hash keys the image.
   log "cargo build --release (static glibc) of aleph-operator into $OPERATOR_TARGET_DIR"
+  # Run from a cargo test, this script inherits what cargo sets for the test
+  # (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...); build scripts that watch those (ring's)
+  # would then rebuild the whole tree. Cargo sets them itself where they belong.
+  local var
+  for var in $(compgen -e | grep -E '^(CARGO|OUT_DIR|CARGO_(MANIFEST|PKG|CRATE|BIN|PRIMARY|TARGET_TMPDIR|CFG)_?.*)$' |
+    grep -vE '^CARGO_(HOME|NET_.*|HTTP_.*|REGISTRIES_.*|TERM_.*|BUILD_JOBS)$'); do
+    unset "$var"
+  done
   (cd "$REPO" && CARGO_TARGET_DIR="$OPERATOR_TARGET_DIR" \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
     cargo build --quiet --release --locked -p aleph-operator --bin aleph-operator \
