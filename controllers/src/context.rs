@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::sagemaker::aws::{AwsSageMaker, AwsSageMakerConfig, RegionalClients};
 
 /// Settings of the operator that reconcilers read.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// The AWS region when a resource names none.
     pub aws_region: Option<String>,
@@ -24,6 +24,19 @@ pub struct Settings {
     /// The longest wait between two looks at a changing SageMaker resource
     /// (jobs and endpoints are otherwise polled every 30 to 300 seconds).
     pub sagemaker_max_poll: Option<Duration>,
+    /// The image that downloads models from `hf://` and `s3://` sources.
+    pub model_cache_image: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            aws_region: None,
+            sagemaker_endpoint_url: None,
+            sagemaker_max_poll: None,
+            model_cache_image: crate::aimodel::cache::DEFAULT_MODEL_CACHE_IMAGE.to_string(),
+        }
+    }
 }
 
 /// Shared by every reconcile of every controller.

@@ -10,6 +10,9 @@ use aleph_crds::aimodel::AIModel;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 
+/// The model-cache image the tests configure (not the default, to see it used).
+const MODEL_CACHE_IMAGE: &str = "registry.example/aleph-model-cache:test";
+
 fn fixture(name: &str) -> AIModel {
     let path = format!(
         "{}/tests/fixtures/aimodel/{name}.yaml",
@@ -31,7 +34,8 @@ fn plan(model: &AIModel) -> ServingPlan {
 
 fn stable(model: &AIModel) -> (ServingPlan, Deployment) {
     let plan = plan(model);
-    let deployment = build::deployment(model, &plan, &plan.stable).expect("deployment");
+    let deployment =
+        build::deployment(model, &plan, &plan.stable, MODEL_CACHE_IMAGE).expect("deployment");
     (plan, deployment)
 }
 
@@ -230,20 +234,29 @@ fn the_cache_claim_and_job_download_once_with_the_credentials() {
         .next()
         .expect("user");
     assert_eq!(owner.controller, None, "a cache is shared: no controller");
-    let job = cache::job(&model, uri, &plan.stable.source).expect("job");
+    let job = cache::job(&model, uri, &plan.stable.source, MODEL_CACHE_IMAGE).expect("job");
     let job_spec = job.spec.as_ref().expect("job spec");
     assert_eq!(job_spec.active_deadline_seconds, Some(1800));
     assert_eq!(job_spec.backoff_limit, Some(cache::DOWNLOAD_RETRIES));
     let pod = job_spec.template.spec.as_ref().expect("pod");
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
     let c = &pod.containers[0];
-    assert_eq!(c.image.as_deref(), Some(cache::HF_DOWNLOAD_IMAGE));
-    let env = env(c);
+    // The model-cache image runs its own downloader: no shell, no install at start.
+    assert_eq!(c.image.as_deref(), Some(MODEL_CACHE_IMAGE));
+    assert_eq!(c.command, None);
+    assert_eq!(c.args, None);
     assert_eq!(
-        env.get("MODEL_REPO"),
-        Some(&Some("meta-llama/Llama-3.1-8B-Instruct"))
+        c.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
     );
+    let env = env(c);
+    assert_eq!(env.get("SOURCE"), Some(&Some(uri)));
+    assert_eq!(env.get("TARGET"), Some(&Some(cache::TARGET_DIR)));
     assert_eq!(env.get("MODEL_REVISION"), Some(&Some("main")));
+    // The fixture's cache has the default size, 50Gi: 1/64 of it, 10m a GiB.
+    assert_eq!(resource(c, "requests", "memory").as_deref(), Some("800Mi"));
+    assert_eq!(resource(c, "requests", "cpu").as_deref(), Some("500m"));
+    assert_eq!(resource(c, "limits", "memory").as_deref(), Some("4Gi"));
     let from = c.env_from.iter().flatten().next().expect("envFrom");
     assert_eq!(
         from.secret_ref.as_ref().map(|s| s.name.as_str()),
@@ -294,7 +307,13 @@ fn tgi_shards_over_four_gpus_and_downloads_per_pod_without_the_cache() {
         .next()
         .expect("init container");
     assert_eq!(init.name, "download");
-    assert_eq!(init.image.as_deref(), Some(cache::HF_DOWNLOAD_IMAGE));
+    assert_eq!(init.image.as_deref(), Some(MODEL_CACHE_IMAGE));
+    // The per-pod volume's size limit (30Gi) sizes the download's requests.
+    assert_eq!(
+        resource(init, "requests", "memory").as_deref(),
+        Some("480Mi")
+    );
+    assert_eq!(resource(init, "requests", "cpu").as_deref(), Some("300m"));
     let volume = spec
         .volumes
         .iter()
@@ -381,6 +400,7 @@ fn triton_autoscales_with_an_hpa_and_leaves_replicas_to_it() {
         &model,
         "s3://acme-models/triton/resnet50",
         &plan.stable.source,
+        MODEL_CACHE_IMAGE,
     )
     .expect("job");
     let c = &job
@@ -388,7 +408,12 @@ fn triton_autoscales_with_an_hpa_and_leaves_replicas_to_it() {
         .and_then(|s| s.template.spec)
         .expect("pod")
         .containers[0];
-    assert_eq!(c.image.as_deref(), Some(cache::S3_DOWNLOAD_IMAGE));
+    assert_eq!(c.image.as_deref(), Some(MODEL_CACHE_IMAGE));
+    assert_eq!(c.command, None);
+    assert_eq!(
+        env(c).get("SOURCE"),
+        Some(&Some("s3://acme-models/triton/resnet50"))
+    );
     assert_eq!(
         c.env_from
             .iter()
@@ -417,7 +442,13 @@ fn ollama_on_cpu_gets_no_gpu_toleration_or_selector() {
     assert!(pod(&d).tolerations.is_none());
     assert!(pod(&d).node_selector.is_none());
     assert_eq!(plan.url(), "http://tiny.dev.svc.cluster.local:11434/v1");
-    let job = cache::job(&model, "ollama://llama3.2:1b", &plan.stable.source).expect("job");
+    let job = cache::job(
+        &model,
+        "ollama://llama3.2:1b",
+        &plan.stable.source,
+        MODEL_CACHE_IMAGE,
+    )
+    .expect("job");
     let c = &job
         .spec
         .and_then(|s| s.template.spec)
@@ -482,8 +513,8 @@ fn a_canary_splits_replicas_and_weights() {
     let canary = plan.canary.as_ref().expect("canary");
     assert_eq!(plan.stable.replicas, Some(3));
     assert_eq!(canary.replicas, Some(1));
-    let stable = build::deployment(&model, &plan, &plan.stable).expect("stable");
-    let canary_d = build::deployment(&model, &plan, canary).expect("canary");
+    let stable = build::deployment(&model, &plan, &plan.stable, MODEL_CACHE_IMAGE).expect("stable");
+    let canary_d = build::deployment(&model, &plan, canary, MODEL_CACHE_IMAGE).expect("canary");
     assert_eq!(canary_d.metadata.name.as_deref(), Some("chat-canary"));
     // Each has its own cache; both ask for 2 GPUs and shard over them.
     let claim = |d: &Deployment| {

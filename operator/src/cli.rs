@@ -96,6 +96,9 @@ pub struct RunArgs {
     /// job or endpoint that is changing; by default 30 to 300 seconds by state.
     #[arg(long, env = "ALEPH_SAGEMAKER_MAX_POLL_SECONDS")]
     pub sagemaker_max_poll_seconds: Option<u64>,
+    /// The image of the model cache's downloads from `hf://` and `s3://` sources.
+    #[arg(long, env = "ALEPH_MODEL_CACHE_IMAGE", default_value = aleph_controllers::aimodel::cache::DEFAULT_MODEL_CACHE_IMAGE)]
+    pub model_cache_image: String,
     /// Impersonate this user for every request (to run with a ServiceAccount's exact permissions).
     #[arg(long, env = "ALEPH_IMPERSONATE")]
     pub impersonate: Option<String>,

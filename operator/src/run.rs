@@ -125,6 +125,7 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
         aws_region: args.aws_region.clone(),
         sagemaker_endpoint_url: None,
         sagemaker_max_poll: args.sagemaker_max_poll_seconds.map(Duration::from_secs),
+        model_cache_image: args.model_cache_image.clone(),
     };
     let ctx = Arc::new(Context::new(client.clone(), metrics, leader, settings));
     let options = RunOptions {

@@ -329,8 +329,14 @@ fn env(track: &TrackPlan) -> Vec<Value> {
     env.into_iter().map(|(_, v)| v).collect()
 }
 
-/// The serving Deployment of `track`.
-pub fn deployment(model: &AIModel, plan: &ServingPlan, track: &TrackPlan) -> Result<Deployment> {
+/// The serving Deployment of `track`; `model_cache_image` downloads the weights
+/// of `hf://` and `s3://` sources when the cache is off.
+pub fn deployment(
+    model: &AIModel,
+    plan: &ServingPlan,
+    track: &TrackPlan,
+    model_cache_image: &str,
+) -> Result<Deployment> {
     let profile = &track.profile;
     let gpus = model.spec.resources.gpus.unwrap_or(0);
     let mut model_mount = json!({ "name": "model", "mountPath": MODEL_DIR, "readOnly": true });
@@ -383,7 +389,13 @@ pub fn deployment(model: &AIModel, plan: &ServingPlan, track: &TrackPlan) -> Res
         }
         .filter(|s| s.uri == track.uri)
         .and_then(|s| s.credentials_secret.as_ref());
-        let init = cache::download_container(&track.source, &track.uri, credentials)?;
+        let init = cache::download_container(
+            &track.source,
+            &track.uri,
+            credentials,
+            model_cache_image,
+            &model.spec.cache.size.0,
+        )?;
         pod_spec["initContainers"] = json!([init]);
     }
     if gpus > 0 {

@@ -9,6 +9,13 @@
 //! claim's size are immutable): the first model's cache settings win.
 //! The claim is annotated [`READY_ANNOTATION`] once the Job has succeeded, so a
 //! cache stays ready even when its Job is deleted.
+//!
+//! `hf://` and `s3://` sources are downloaded by the project's model-cache image
+//! (`e2e/images/model-cache`): a Python with `huggingface_hub` and `boto3` baked
+//! in, running `aleph-model-download`, which reads `SOURCE` and `TARGET`, skips
+//! files already complete, writes each file atomically, and on failure leaves one
+//! line naming the source and the cause in the container's termination message.
+//! The image comes from the operator's `--model-cache-image` setting.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +32,7 @@ use super::runtime::OLLAMA_IMAGE;
 use super::validate::Source;
 use crate::apply::standard_labels;
 use crate::error::{Error, Result};
+use crate::tenant::quota::{MEMORY, display, format_quantity, parse_quantity};
 
 /// Label on a cache's claim, Job and download pod: the hash of the source.
 pub const CACHE_LABEL: &str = "aleph.dev/cache";
@@ -37,12 +45,15 @@ pub const TARGET_DIR: &str = "/mnt/model";
 /// Retries of a failed download before the Job fails.
 pub const DOWNLOAD_RETRIES: i32 = 2;
 
-/// The image that downloads from the Hugging Face Hub (installs the hub's CLI).
-pub const HF_DOWNLOAD_IMAGE: &str = "docker.io/library/python:3.12-slim";
-/// The version of `huggingface_hub` the download installs.
-pub const HF_HUB_VERSION: &str = "0.35.3";
-/// The image that downloads from S3.
-pub const S3_DOWNLOAD_IMAGE: &str = "docker.io/amazon/aws-cli:2.31.18";
+/// The image that downloads `hf://` and `s3://` sources unless the operator is
+/// told another (`--model-cache-image`): the model-cache image of this release.
+pub const DEFAULT_MODEL_CACHE_IMAGE: &str = concat!(
+    "ghcr.io/aleph-dev/aleph-model-cache:",
+    env!("CARGO_PKG_VERSION")
+);
+
+const MI: i128 = 1 << 20;
+const GI: i128 = 1 << 30;
 
 /// The hash naming the cache of `uri`: 10 hex digits of its SHA-256.
 pub fn cache_hash(uri: &str) -> String {
@@ -72,57 +83,73 @@ pub fn user_ref(model: &AIModel) -> Option<OwnerReference> {
     })
 }
 
+/// The resources of a download container, from the size the model's spec gives
+/// its cache (`spec.cache.size`, also the size limit of a per-pod volume), which
+/// bounds how much the download moves:
+///
+/// - memory request: 1/64 of the size, at least 256Mi and at most 2Gi (50Gi,
+///   the default, asks 800Mi): buffers of parallel part downloads, the Python
+///   runtime, and page cache of what is being written;
+/// - CPU request: 10m per GiB, at least 100m and at most 1 (50Gi asks 500m):
+///   hashing, TLS and decompression keep about one core busy at full speed;
+/// - memory limit: 4Gi, room for the Hub's chunked transfers on any size.
+///
+/// A size that does not parse (the API server validates it first) counts as
+/// the default 50Gi. The values are written in the API server's canonical
+/// form, so what is applied compares equal to what is read back.
+pub fn download_resources(cache_size: &str) -> serde_json::Value {
+    let bytes = parse_quantity(cache_size)
+        .map(|milli| milli / 1000)
+        .unwrap_or(50 * GI);
+    let memory = (bytes / 64).clamp(256 * MI, 2 * GI);
+    // Whole mebibytes, so the quantity is canonical.
+    let memory = (memory + MI - 1) / MI * MI;
+    let cpu_milli = (bytes / GI * 10).clamp(100, 1000);
+    json!({
+        "requests": {
+            "cpu": format_quantity(cpu_milli),
+            "memory": display(MEMORY, memory * 1000),
+        },
+        "limits": { "memory": "4Gi" },
+    })
+}
+
 /// The container that puts the weights of `source` into [`TARGET_DIR`]: the
 /// cache Job's, or a serving pod's init container when the cache is off.
+/// `image` downloads `hf://` and `s3://` sources (the model-cache image);
+/// `cache_size` sizes the container's requests ([`download_resources`]).
 pub fn download_container(
     source: &Source,
     uri: &str,
     credentials: Option<&SecretRef>,
+    image: &str,
+    cache_size: &str,
 ) -> Result<Container> {
-    let (image, script, mut env): (String, String, Vec<(&str, String)>) = match source {
-        Source::HuggingFace { repo, revision } => (
-            HF_DOWNLOAD_IMAGE.to_string(),
-            format!(
-                "set -eu\n\
-                 pip install --quiet --no-cache-dir --disable-pip-version-check \"huggingface_hub[hf_transfer]=={HF_HUB_VERSION}\"\n\
-                 if [ -n \"${{MODEL_REVISION:-}}\" ]; then set -- --revision \"$MODEL_REVISION\"; fi\n\
-                 hf download \"$MODEL_REPO\" \"$@\" --local-dir \"$TARGET\"\n\
-                 rm -rf \"$TARGET/.cache\"\n"
-            ),
+    // (image, shell script or None for the image's own entrypoint, environment)
+    let (image, script, mut env): (String, Option<String>, Vec<(&str, String)>) = match source {
+        Source::HuggingFace { revision, .. } => (
+            image.to_string(),
+            None,
             vec![
-                ("MODEL_REPO", repo.clone()),
                 ("MODEL_REVISION", revision.clone().unwrap_or_default()),
                 ("HF_HOME", "/tmp/hf".to_string()),
-                ("HF_HUB_ENABLE_HF_TRANSFER", "1".to_string()),
                 ("HF_HUB_DISABLE_TELEMETRY", "1".to_string()),
             ],
         ),
-        Source::S3 { .. } => (
-            S3_DOWNLOAD_IMAGE.to_string(),
-            "set -eu\n\
-             case \"$SOURCE\" in\n\
-             *.tar.gz|*.tgz)\n\
-             \x20 aws s3 cp --only-show-errors \"$SOURCE\" \"$TARGET/.download.tar.gz\"\n\
-             \x20 tar -xzf \"$TARGET/.download.tar.gz\" -C \"$TARGET\"\n\
-             \x20 rm -f \"$TARGET/.download.tar.gz\" ;;\n\
-             *) aws s3 sync --only-show-errors \"$SOURCE\" \"$TARGET\" ;;\n\
-             esac\n"
-                .to_string(),
-            Vec::new(),
-        ),
+        Source::S3 { .. } => (image.to_string(), None, Vec::new()),
         Source::Oci { image } => (
             image.clone(),
-            "set -eu\ncp -a /models/. \"$TARGET\"/\n".to_string(),
+            Some("set -eu\ncp -a /models/. \"$TARGET\"/\n".to_string()),
             Vec::new(),
         ),
         Source::Ollama { name } => (
             OLLAMA_IMAGE.to_string(),
-            "set -eu\n\
+            Some("set -eu\n\
              ollama serve >/tmp/ollama.log 2>&1 &\n\
              i=0\n\
              until ollama list >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 120 ] || { cat /tmp/ollama.log; exit 1; }; sleep 1; done\n\
              ollama pull \"$MODEL_NAME\"\n"
-                .to_string(),
+                .to_string()),
             vec![
                 ("MODEL_NAME", name.clone()),
                 ("OLLAMA_MODELS", TARGET_DIR.to_string()),
@@ -152,14 +179,16 @@ pub fn download_container(
     let mut container = json!({
         "name": "download",
         "image": image,
-        "command": ["sh", "-c", script],
         "env": env,
         "volumeMounts": [{ "name": "model", "mountPath": TARGET_DIR }],
-        "resources": {
-            "requests": { "cpu": "500m", "memory": "1Gi" },
-            "limits": { "memory": "4Gi" },
-        },
+        "resources": download_resources(cache_size),
     });
+    match script {
+        Some(script) => container["command"] = json!(["sh", "-c", script]),
+        // The downloader writes its one-line cause to /dev/termination-log; when
+        // it dies before (killed for memory), the log's tail says what happened.
+        None => container["terminationMessagePolicy"] = json!("FallbackToLogsOnError"),
+    }
     if let Some(secret) = credentials {
         container["envFrom"] = json!([{ "secretRef": { "name": secret.name } }]);
     }
@@ -195,8 +224,9 @@ pub fn claim(model: &AIModel, uri: &str) -> Result<PersistentVolumeClaim> {
     .map_err(|e| Error::Serialization(e.to_string()))
 }
 
-/// The download Job of `uri` as `model` would make it.
-pub fn job(model: &AIModel, uri: &str, source: &Source) -> Result<Job> {
+/// The download Job of `uri` as `model` would make it; `image` downloads
+/// `hf://` and `s3://` sources.
+pub fn job(model: &AIModel, uri: &str, source: &Source, image: &str) -> Result<Job> {
     let cache = &model.spec.cache;
     let name = cache_name(uri);
     let credentials = model
@@ -214,7 +244,7 @@ pub fn job(model: &AIModel, uri: &str, source: &Source) -> Result<Job> {
                 .filter(|s| s.uri == uri)
                 .and_then(|s| s.credentials_secret.as_ref())
         });
-    let container = download_container(source, uri, credentials)?;
+    let container = download_container(source, uri, credentials, image, &cache.size.0)?;
     serde_json::from_value(json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -357,6 +387,31 @@ pub fn state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn download_requests_follow_the_cache_size_within_bounds() {
+        let requests = |size: &str| {
+            let r = download_resources(size);
+            (
+                r["requests"]["cpu"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                r["requests"]["memory"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        };
+        assert_eq!(requests("50Gi"), ("500m".into(), "800Mi".into()));
+        assert_eq!(requests("1Gi"), ("100m".into(), "256Mi".into()));
+        assert_eq!(requests("100Gi"), ("1".into(), "1600Mi".into()));
+        assert_eq!(requests("1Ti"), ("1".into(), "2Gi".into()));
+        // Not whole mebibytes: rounded up to them.
+        assert_eq!(requests("20G"), ("180m".into(), "299Mi".into()));
+        assert_eq!(requests("not a size"), requests("50Gi"));
+        assert_eq!(download_resources("1Gi")["limits"]["memory"], "4Gi");
+    }
 
     #[test]
     fn names_are_stable_short_and_per_source() {

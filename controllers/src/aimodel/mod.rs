@@ -344,7 +344,14 @@ async fn serve(
     let mut caches: BTreeMap<String, CacheState> = BTreeMap::new();
     for track in plan.tracks() {
         if matches!(track.volume, ModelVolume::Cache { .. }) && !caches.contains_key(&track.uri) {
-            let state = ensure_cache(model, client, &namespace, track).await?;
+            let state = ensure_cache(
+                model,
+                client,
+                &namespace,
+                track,
+                &ctx.settings.model_cache_image,
+            )
+            .await?;
             caches.insert(track.uri.clone(), state);
         }
     }
@@ -384,7 +391,7 @@ async fn serve(
             .get(&track.uri)
             .is_none_or(|state| *state == CacheState::Ready);
         if weights_ready {
-            let desired = build::deployment(model, &plan, track)?;
+            let desired = build::deployment(model, &plan, track, &ctx.settings.model_cache_image)?;
             let current = apply_changed(&deployments, observed, &desired).await?;
             applied.insert(name.clone(), current);
             up_to_date.insert(name, true);
@@ -563,6 +570,7 @@ async fn ensure_cache(
     client: &kube::Client,
     namespace: &str,
     track: &TrackPlan,
+    model_cache_image: &str,
 ) -> Result<CacheState> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
@@ -577,7 +585,7 @@ async fn ensure_cache(
     };
     if !cache::claim_is_ready(&claim) {
         if job.is_none() {
-            let desired = cache::job(model, &track.uri, &track.source)?;
+            let desired = cache::job(model, &track.uri, &track.source, model_cache_image)?;
             job = Some(create_or_join(&jobs, &desired, model).await?);
         }
         if job.as_ref().is_some_and(cache::job_succeeded) {

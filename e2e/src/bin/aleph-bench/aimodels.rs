@@ -103,7 +103,15 @@ fn floor_children(
     let plan = build::plan(model, &uri)
         .map_err(|e| BenchError::Setup(format!("the benchmark AIModel is invalid: {e}")))?;
     let service = floor_owned(&build::service(model, &plan)?, labels)?;
-    let deployment = floor_owned(&build::deployment(model, &plan, &plan.stable)?, labels)?;
+    let deployment = floor_owned(
+        &build::deployment(
+            model,
+            &plan,
+            &plan.stable,
+            aleph_controllers::aimodel::cache::DEFAULT_MODEL_CACHE_IMAGE,
+        )?,
+        labels,
+    )?;
     let hpa = match build::hpa(model, &plan)? {
         Some(hpa) => Some(floor_owned(&hpa, labels)?),
         None => None,
