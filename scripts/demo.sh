@@ -30,6 +30,7 @@ image: {repository: aleph.local/aleph-operator, tag: dev, pullPolicy: Never}
 replicaCount: 2
 operator:
   logFormat: text
+  modelCacheImage: aleph.local/model-cache:dev
   aws: {region: us-east-1}
 nodeSelector: {aleph.dev/node-pool: real}
 tolerations:

@@ -13,6 +13,8 @@ mkdir -p "$state/logs"
 # Nothing here has AWS configuration of its own: the SDK's default chain must
 # not ask the EC2 metadata address (it would leave this machine).
 export AWS_EC2_METADATA_DISABLED=true
+# The model cache downloads with the image e2e/images builds and the real node has.
+export ALEPH_MODEL_CACHE_IMAGE="${ALEPH_MODEL_CACHE_IMAGE:-aleph.local/model-cache:dev}"
 # The address pods on the real node reach this machine at (up.sh), where the
 # S3 and SageMaker emulator listens; moto's state belongs to this run.
 if [ -f "$state/ports.env" ]; then

@@ -61,6 +61,7 @@ rbac: {{create: {rbac}}}
 operator:
   watchLabelSelector: "{PRIVATE_OPERATOR_LABEL}={label}"
   logFormat: text
+  modelCacheImage: aleph.local/model-cache:dev
   leaderElection: {{leaseDurationSeconds: 6, retrySeconds: 1}}
   aws: {{region: us-east-1}}
 networkPolicy:

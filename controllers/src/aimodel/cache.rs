@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::common::SecretRef;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Container, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -329,11 +329,45 @@ pub fn job_succeeded(job: &Job) -> bool {
     job_condition(job, "Complete").is_some()
 }
 
-/// The state of `uri`'s cache from its claim and Job.
+/// The selector of the download pods of `uri`'s cache.
+pub fn pod_selector(uri: &str) -> String {
+    format!("{CACHE_LABEL}={}", cache_hash(uri))
+}
+
+/// What the download's latest failed attempt left: its container's
+/// termination message (the downloader writes one line there naming the
+/// source and the cause), or its exit code when it left none.
+pub fn last_failure(pods: &[Pod]) -> Option<String> {
+    pods.iter()
+        .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter_map(|container| {
+            let terminated = container.state.as_ref()?.terminated.as_ref()?;
+            if terminated.exit_code == 0 {
+                return None;
+            }
+            let message = terminated
+                .message
+                .as_deref()
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map_or_else(
+                    || format!("the download exited with code {}", terminated.exit_code),
+                    str::to_owned,
+                );
+            Some((terminated.finished_at.as_ref().map(|t| t.0), message))
+        })
+        .max_by_key(|(finished, _)| *finished)
+        .map(|(_, message)| message)
+}
+
+/// The state of `uri`'s cache from its claim, its Job and what the Job's
+/// latest failed attempt said (`failure`, from [`last_failure`]).
 pub fn state(
     uri: &str,
     claim: Option<&PersistentVolumeClaim>,
     job: Option<&Job>,
+    failure: Option<&str>,
     timeout_seconds: i64,
 ) -> CacheState {
     let name = cache_name(uri);
@@ -350,6 +384,10 @@ pub fn state(
             "BackoffLimitExceeded" => format!("it failed {} times", DOWNLOAD_RETRIES + 1),
             _ if message.is_empty() => reason.to_string(),
             _ => format!("{message} ({reason})"),
+        };
+        let why = match failure {
+            Some(failure) => format!("{failure} ({why})"),
+            None => why,
         };
         return CacheState::Failed(format!(
             "downloading {uri} into {name} failed: {why}. See `kubectl logs job/{name}`; fix the source or its credentials, then delete Job {name} to download again"
@@ -379,9 +417,14 @@ pub fn state(
             "waiting for the cache volume {name} to be bound: {class} must provide a ReadWriteMany volume (`kubectl describe pvc {name}`)"
         ));
     }
-    CacheState::Downloading(format!(
-        "downloading {uri} into {name} (at most {timeout_seconds}s)"
-    ))
+    match failure {
+        Some(failure) => CacheState::Downloading(format!(
+            "downloading {uri} into {name} (at most {timeout_seconds}s); an attempt failed, retrying: {failure}"
+        )),
+        None => CacheState::Downloading(format!(
+            "downloading {uri} into {name} (at most {timeout_seconds}s)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -432,24 +475,76 @@ mod tests {
     #[test]
     fn a_failed_job_explains_itself_and_a_ready_claim_wins() {
         let failed = job_with("Failed", "BackoffLimitExceeded");
-        let CacheState::Failed(message) = state("hf://a/b", None, Some(&failed), 60) else {
+        let CacheState::Failed(message) = state("hf://a/b", None, Some(&failed), None, 60) else {
             panic!("a failed Job fails the cache");
         };
         assert!(message.contains("failed 3 times"));
         assert!(message.contains("delete Job aleph-cache-"));
         let deadline = job_with("Failed", "DeadlineExceeded");
         assert!(matches!(
-            state("hf://a/b", None, Some(&deadline), 60),
+            state("hf://a/b", None, Some(&deadline), None, 60),
             CacheState::Failed(m) if m.contains("downloadTimeoutSeconds (60s)")
         ));
         let ready: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": { "name": "c", "annotations": { READY_ANNOTATION: "true" } },
         }))
         .unwrap_or_default();
-        assert_eq!(state("hf://a/b", Some(&ready), None, 60), CacheState::Ready);
         assert_eq!(
-            state("hf://a/b", None, Some(&job_with("Complete", "")), 60),
+            state("hf://a/b", Some(&ready), None, None, 60),
             CacheState::Ready
+        );
+        assert_eq!(
+            state("hf://a/b", None, Some(&job_with("Complete", "")), None, 60),
+            CacheState::Ready
+        );
+    }
+
+    fn failed_pod(exit_code: i32, message: Option<&str>, finished: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": format!("p-{finished}") },
+            "status": { "containerStatuses": [{
+                "name": "download", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": { "terminated": {
+                    "exitCode": exit_code, "message": message, "finishedAt": finished,
+                } },
+            }] },
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn the_latest_failed_attempt_speaks_in_its_own_words() {
+        let pods = [
+            failed_pod(1, Some("s3://m/a: old cause\n"), "2026-01-01T00:00:01Z"),
+            failed_pod(
+                1,
+                Some("s3://m/a: no such object (NoSuchKey)\n"),
+                "2026-01-01T00:00:03Z",
+            ),
+            failed_pod(0, None, "2026-01-01T00:00:05Z"),
+        ];
+        assert_eq!(
+            last_failure(&pods).as_deref(),
+            Some("s3://m/a: no such object (NoSuchKey)")
+        );
+        let silent = [failed_pod(137, None, "2026-01-01T00:00:01Z")];
+        assert_eq!(
+            last_failure(&silent).as_deref(),
+            Some("the download exited with code 137")
+        );
+        let job = job_with("Failed", "BackoffLimitExceeded");
+        let CacheState::Failed(message) = state(
+            "s3://m/a",
+            None,
+            Some(&job),
+            last_failure(&pods).as_deref(),
+            60,
+        ) else {
+            panic!("a failed Job is a failed cache");
+        };
+        assert!(
+            message.contains("no such object (NoSuchKey) (it failed 3 times)"),
+            "{message}"
         );
     }
 }

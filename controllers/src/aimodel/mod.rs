@@ -596,10 +596,22 @@ async fn ensure_cache(
             return Ok(CacheState::Ready);
         }
     }
+    // The downloader's own words about a failed attempt.
+    let failure = match &job {
+        Some(_) if !cache::claim_is_ready(&claim) => {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+            let attempts = pods
+                .list(&ListParams::default().labels(&cache::pod_selector(&track.uri)))
+                .await?;
+            cache::last_failure(&attempts.items)
+        }
+        _ => None,
+    };
     Ok(cache::state(
         &track.uri,
         Some(&claim),
         job.as_ref(),
+        failure.as_deref(),
         model.spec.cache.download_timeout_seconds,
     ))
 }

@@ -1,0 +1,261 @@
+//! The model cache on the real node: the download Job, run from the project's
+//! model-cache image, really fetches a model's files from the S3 emulator
+//! (moto, listening where the node's pods reach this machine) into a real
+//! PersistentVolume of the local StorageClass; a second AIModel with the same
+//! source reuses the files without downloading again; a missing object turns
+//! the model `ModelDownloadFailed` with the downloader's own words.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use aleph_crds::aimodel::AIModel;
+use aleph_e2e::real_node::{pin_namespace, require};
+use aleph_e2e::{TestEnv, find_condition, unique_name, wait_for};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams};
+use sha2::{Digest, Sha256};
+
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+fn env_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the tests with `make test` (scripts/run-tests.sh exports it)"
+        )
+    })
+}
+
+/// The Python of moto's virtualenv (moto.sh), which has boto3.
+fn moto_python() -> PathBuf {
+    let cache = std::env::var("ALEPH_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/aleph", std::env::var("HOME").unwrap_or_default()));
+    let script = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sagemaker/moto.sh"),
+    )
+    .expect("e2e/sagemaker/moto.sh");
+    let version = script
+        .lines()
+        .find_map(|l| l.strip_prefix("MOTO_VERSION="))
+        .expect("moto.sh sets MOTO_VERSION");
+    let python = PathBuf::from(format!("{cache}/venv-moto-{version}/bin/python"));
+    assert!(
+        python.is_file(),
+        "{} is missing: run e2e/sagemaker/moto.sh install",
+        python.display()
+    );
+    python
+}
+
+/// Puts `objects` (key, contents) into a new bucket of the emulator.
+fn s3_put(bucket: &str, objects: &[(&str, &[u8])]) {
+    let dir = std::env::temp_dir().join(unique_name("s3-objects"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut pairs = Vec::new();
+    for (i, (key, data)) in objects.iter().enumerate() {
+        let file = dir.join(format!("object-{i}"));
+        std::fs::write(&file, data).expect("write object");
+        pairs.push(format!("{key}={}", file.display()));
+    }
+    let status = Command::new(moto_python())
+        .args([
+            "-c",
+            "import sys, boto3\n\
+             s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
+                               aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             s3.create_bucket(Bucket=sys.argv[2])\n\
+             for pair in sys.argv[3:]:\n\
+             \x20   key, path = pair.split('=', 1)\n\
+             \x20   s3.upload_file(path, sys.argv[2], key)\n",
+            &env_var("ALEPH_MOTO_URL"),
+            bucket,
+        ])
+        .args(&pairs)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .status()
+        .expect("run boto3");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "uploading to the emulator's S3 failed");
+}
+
+fn model(name: &str, uri: &str) -> String {
+    format!(
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: AIModel
+metadata: {{name: {name}}}
+spec:
+  source:
+    uri: {uri}
+    credentialsSecret: {{name: s3}}
+  runtime: {{engine: vllm}}
+  resources: {{cpu: 100m, memory: 256Mi}}
+  cache: {{size: 1Gi, downloadTimeoutSeconds: 300}}
+"#
+    )
+}
+
+fn cache_phase(model: &AIModel) -> Option<&str> {
+    model
+        .status
+        .as_ref()?
+        .cache
+        .as_ref()
+        .map(|c| c.phase.as_str())
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The directory on this machine behind a claim of the local StorageClass.
+async fn volume_dir(env: &TestEnv, claim: &str) -> PathBuf {
+    let claims: Api<PersistentVolumeClaim> = env.api();
+    let claim = claims.get(claim).await.expect("the cache's claim");
+    let volume = claim
+        .spec
+        .and_then(|s| s.volume_name)
+        .expect("the claim is bound to a volume");
+    let pv = env
+        .cluster_api::<PersistentVolume>()
+        .get(&volume)
+        .await
+        .expect("the claim's volume");
+    let path = pv
+        .spec
+        .and_then(|s| s.host_path)
+        .map(|h| h.path)
+        .expect("a hostPath volume");
+    let relative = path
+        .strip_prefix("/tmp/hostpath_pv/")
+        .unwrap_or_else(|| panic!("unexpected volume path {path}"));
+    PathBuf::from(env_var("ALEPH_STATE"))
+        .join("volumes")
+        .join(relative)
+}
+
+#[tokio::test]
+async fn the_model_cache_downloads_from_s3_once_and_names_a_missing_object() {
+    let env = TestEnv::new().await;
+    require(&env.client()).await;
+    pin_namespace(&env.client(), env.namespace()).await;
+
+    let bucket = unique_name("models");
+    let weights: Vec<u8> = (0..(3 << 20)).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let config = br#"{"architectures": ["LlamaForCausalLM"], "layers": 2}"#;
+    s3_put(
+        &bucket,
+        &[("tiny/model.bin", &weights), ("tiny/config.json", config)],
+    );
+    // Credentials and the endpoint, as a user would give them for any S3.
+    env.apply_yaml(&format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: s3}}
+stringData:
+  AWS_ENDPOINT_URL: "{}"
+  AWS_ACCESS_KEY_ID: testing
+  AWS_SECRET_ACCESS_KEY: testing
+  AWS_REGION: us-east-1
+"#,
+        env_var("ALEPH_MOTO_URL")
+    ))
+    .await;
+
+    let uri = format!("s3://{bucket}/tiny/");
+    env.apply_yaml(&model("first", &uri)).await;
+    let models: Api<AIModel> = env.api();
+    let first = wait_for(&models, "first", TIMEOUT, |m| {
+        cache_phase(m) == Some("Ready")
+    })
+    .await;
+    let claim = first
+        .status
+        .as_ref()
+        .and_then(|s| s.cache.as_ref())
+        .map(|c| c.claim_name.clone())
+        .expect("status.cache.claimName");
+
+    // The files are really in the volume, whole.
+    let dir = volume_dir(&env, &claim).await;
+    let got = std::fs::read(dir.join("model.bin"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join("model.bin").display()));
+    assert_eq!(sha256_hex(&got), sha256_hex(&weights), "model.bin differs");
+    assert_eq!(
+        std::fs::read(dir.join("config.json")).expect("config.json"),
+        config.to_vec()
+    );
+
+    let pods: Api<Pod> = env.api();
+    let selector = format!(
+        "aleph.dev/cache={}",
+        claim.trim_start_matches("aleph-cache-")
+    );
+    let downloads = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .expect("list download pods")
+        .items;
+    assert_eq!(downloads.len(), 1, "one download pod");
+    let on_real_node = downloads[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        == Some(aleph_e2e::real_node::REAL_NODE_NAME);
+    assert!(on_real_node, "the download ran on the real node");
+
+    // The same source again: the same claim, no second download.
+    env.apply_yaml(&model("second", &uri)).await;
+    let second = wait_for(&models, "second", TIMEOUT, |m| {
+        cache_phase(m) == Some("Ready")
+    })
+    .await;
+    assert_eq!(
+        second
+            .status
+            .as_ref()
+            .and_then(|s| s.cache.as_ref())
+            .map(|c| c.claim_name.as_str()),
+        Some(claim.as_str()),
+        "the second model uses the first one's cache"
+    );
+    let jobs: Api<Job> = env.api();
+    let job = jobs.get(&claim).await.expect("the download Job");
+    assert_eq!(
+        job.status.as_ref().and_then(|s| s.succeeded),
+        Some(1),
+        "the download ran once"
+    );
+    let downloads = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .expect("list download pods")
+        .items;
+    assert_eq!(downloads.len(), 1, "no second download pod");
+
+    // A missing object: the downloader's own message in the model's status.
+    let missing = format!("s3://{bucket}/absent/model.gguf");
+    env.apply_yaml(&model("missing", &missing)).await;
+    let failed = wait_for(&models, "missing", TIMEOUT, |m| {
+        m.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "ModelDownloadFailed")
+        })
+    })
+    .await;
+    let status = serde_json::to_value(&failed.status).expect("status");
+    let ready = find_condition(&status, "Ready").expect("Ready condition");
+    let message = ready.message.unwrap_or_default();
+    assert!(
+        message.contains(&missing) && message.contains("no such object"),
+        "the Ready message does not carry the downloader's words: {message}"
+    );
+    println!("model cache: {message}");
+    env.cleanup().await;
+}
