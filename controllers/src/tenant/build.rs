@@ -231,9 +231,13 @@ pub fn admission_policy_name(tenant: &str) -> String {
 }
 
 /// The tenant's admission rules as a ValidatingAdmissionPolicy and its binding,
-/// or None when the tenant has no rule.
+/// or None when the tenant has no rule. `operator_images` are the images the
+/// operator itself runs in tenant namespaces (the model cache's downloader):
+/// the platform's own, allowed whatever the tenant's registries say, or an
+/// AIModel's download could never start there.
 pub fn admission_policy(
     tenant: &Tenant,
+    operator_images: &[String],
 ) -> Result<Option<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)>> {
     let t = tenant.name_any();
     let a = &tenant.spec.admission;
@@ -249,10 +253,11 @@ pub fn admission_policy(
     }
     if !a.allowed_registries.is_empty() {
         let list = cel_list(&a.allowed_registries);
+        let own = cel_list(operator_images);
         validations.push(json!({
-            "expression": format!("!({pods}) || {all_containers}.all(c, {list}.exists(r, c.image.startsWith(r)))"),
+            "expression": format!("!({pods}) || {all_containers}.all(c, c.image in {own} || {list}.exists(r, c.image.startsWith(r)))"),
             "messageExpression": format!(
-                "'tenant {t} (rule: allowedRegistries): image ' + {all_containers}.filter(c, !{list}.exists(r, c.image.startsWith(r)))[0].image + ' is not from an allowed registry ({})'",
+                "'tenant {t} (rule: allowedRegistries): image ' + {all_containers}.filter(c, !(c.image in {own}) && !{list}.exists(r, c.image.startsWith(r)))[0].image + ' is not from an allowed registry ({})'",
                 a.allowed_registries.join(", ")
             ),
             "reason": "Forbidden",
@@ -437,7 +442,9 @@ spec:
     #[test]
     fn admission_rules_name_the_rule() {
         let t = tenant(ACME);
-        let (policy, binding) = admission_policy(&t).expect("builds").expect("rules");
+        let (policy, binding) = admission_policy(&t, &["aleph.local/model-cache:dev".to_string()])
+            .expect("builds")
+            .expect("rules");
         let validations = policy.spec.and_then(|s| s.validations).unwrap_or_default();
         // cordoned, registries, GPU products, and hipaa's two KMS rules
         // (for AIModels and for Pipelines).
@@ -455,6 +462,12 @@ spec:
                 .as_deref()
                 .unwrap_or("")
                 .contains("cordoned")
+        );
+        // The operator's own downloader passes whatever the registries say.
+        assert!(
+            validations[1]
+                .expression
+                .contains("c.image in ['aleph.local/model-cache:dev']")
         );
         assert!(
             validations[1]

@@ -417,7 +417,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let admission_policies = children(ctx, |c| &c.admission_policies, &name).await?;
     let admission_bindings = children(ctx, |c| &c.admission_bindings, &name).await?;
     let key = (String::new(), policy_name.clone());
-    match build::admission_policy(tenant)? {
+    let operator_images = [ctx.settings.model_cache_image.clone()];
+    match build::admission_policy(tenant, &operator_images)? {
         Some((policy, binding)) => {
             apply_if_changed(&vap_api, admission_policies.get(&key), &policy).await?;
             apply_if_changed(&vapb_api, admission_bindings.get(&key), &binding).await?;
