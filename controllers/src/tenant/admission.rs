@@ -152,7 +152,8 @@ impl PodSpecCel {
 }
 
 /// The rules on one pod spec, each guarded by `guard` (which says the request
-/// carries such a spec). `what` names the object in messages.
+/// carries such a spec). `what` names the object in messages (it goes inside
+/// a CEL string literal: no quotes).
 fn pod_rules(tenant: &Tenant, cel: &PodSpecCel, guard: &str, what: &str) -> Vec<Value> {
     let t = tenant.name_any();
     let a = &tenant.spec.admission;
@@ -163,8 +164,9 @@ fn pod_rules(tenant: &Tenant, cel: &PodSpecCel, guard: &str, what: &str) -> Vec<
         rules.push(json!({
             "expression": format!("!({guard}) || {new_images}.all(i, {list}.exists(r, i.startsWith(r)))"),
             "messageExpression": format!(
-                "'tenant {t} (rule: allowedRegistries): {what} image ' + {new_images}.filter(i, !{list}.exists(r, i.startsWith(r)))[0] + ' is not from an allowed registry ({})'",
-                a.allowed_registries.join(", ")
+                "{} + {new_images}.filter(i, !{list}.exists(r, i.startsWith(r)))[0] + {}",
+                lit(&format!("tenant {t} (rule: allowedRegistries): {what} image ")),
+                lit(&format!(" is not from an allowed registry ({})", a.allowed_registries.join(", ")))
             ),
             "reason": "Forbidden",
         }));
@@ -233,7 +235,7 @@ pub fn admission_policy(
             "reason": "Forbidden",
         }));
     }
-    validations.extend(pod_rules(tenant, &pod, is_pod, "the pod's"));
+    validations.extend(pod_rules(tenant, &pod, is_pod, "pod"));
     if !a.allowed_storage_classes.is_empty() {
         let list = cel_list(&a.allowed_storage_classes);
         validations.push(json!({

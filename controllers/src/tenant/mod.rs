@@ -193,13 +193,18 @@ async fn report_failure(tenant: &Tenant, ctx: &Context, error: &Error) {
     if matches!(error, Error::InvalidSpec(_)) {
         return;
     }
+    // An API server's refusal can quote a whole object; Events take 1 kiB.
+    let mut message: String = error.to_string().chars().take(900).collect();
+    if message.len() < error.to_string().len() {
+        message.push_str(" …");
+    }
     let mut status = tenant.status.clone().unwrap_or_default();
     set_condition(
         &mut status.conditions,
         NewCondition::no(
             "Ready",
             error.metric_label(),
-            format!("{error}; the operator retries with backoff"),
+            format!("{message}; the operator retries with backoff"),
         ),
         tenant.metadata.generation,
     );
@@ -207,13 +212,8 @@ async fn report_failure(tenant: &Tenant, ctx: &Context, error: &Error) {
     if let Err(e) = patch_status_if_changed(&api, tenant, tenant.status.as_ref(), &status).await {
         tracing::warn!(error = %e, "cannot write the failure into the Tenant's status");
     }
-    ctx.event(
-        tenant,
-        EventType::Warning,
-        "ReconcileFailed",
-        error.to_string(),
-    )
-    .await;
+    ctx.event(tenant, EventType::Warning, "ReconcileFailed", message)
+        .await;
 }
 
 /// The operator's own user name, as the API server sees it (a ServiceAccount
@@ -530,17 +530,18 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
 
     // The tenant-wide quota, split over the namespaces that exist, with the
     // headroom moved to where the quota refused a creation.
-    let demands = ctx
+    let refusals = ctx
         .tenant_cache
         .get()
         .map(|c| {
-            demands(
+            recent_refusals(
                 &c.refusals,
                 &ready_namespaces,
                 k8s_openapi::jiff::Timestamp::now(),
             )
         })
         .unwrap_or_default();
+    let demands = demands(client, refusals).await?;
     let rebalance =
         rebalance_quotas(tenant, client, &ready_namespaces, &quotas, &hard, &demands).await?;
     if rebalance.moved {
@@ -782,46 +783,99 @@ struct Rebalance {
     note: String,
 }
 
-/// How long a refusal keeps asking for headroom. The ReplicaSet and Job
-/// controllers retry refused pods with a backoff that doubles from 5 ms, and
-/// the API server drops repeats of an event beyond 25 in a burst; a demand
-/// older than this is taken as given up.
-const DEMAND_WINDOW_SECONDS: i64 = 300;
-/// How soon a Tenant with open demands looks again (a demand that expires
-/// gives its headroom back to the even split).
-const DEMAND_WINDOW_REQUEUE: Duration = Duration::from_secs(60);
+/// How long a refusal keeps asking for headroom while its ReplicaSet or Job
+/// still lacks pods. Those controllers retry a refused pod with a backoff that
+/// doubles from 5 ms up to 1000 s, so a demand must outlive the longest wait
+/// between two retries, or its headroom would go back before the retry.
+const DEMAND_WINDOW_SECONDS: i64 = 1200;
+/// How soon a Tenant with open demands looks again (an answered or expired
+/// demand gives its headroom back to the even split).
+const DEMAND_WINDOW_REQUEUE: Duration = Duration::from_secs(30);
 /// How soon a Tenant whose limits are moving looks again without an event.
 const MOVING_REQUEUE: Duration = Duration::from_secs(2);
 
-/// The demands open in the tenant's namespaces: from the recent refusals by
-/// their quotas, per namespace and resource the highest usage a refused
-/// creation would have brought the namespace to, and since when.
-fn demands(
+/// The recent refusals by the tenant's quotas in `namespaces`.
+fn recent_refusals(
     refusals: &Store<Event>,
     namespaces: &[String],
     now: k8s_openapi::jiff::Timestamp,
-) -> BTreeMap<String, BTreeMap<String, quota::Demand>> {
+) -> Vec<Arc<Event>> {
+    refusals
+        .state()
+        .into_iter()
+        .filter(|event| {
+            let in_tenant = event.namespace().is_some_and(|ns| namespaces.contains(&ns));
+            let last = event
+                .series
+                .as_ref()
+                .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+                .or_else(|| event.last_timestamp.as_ref().map(|t| t.0))
+                .or_else(|| event.event_time.as_ref().map(|t| t.0))
+                .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0));
+            in_tenant
+                && last.is_some_and(|l| now.as_second() - l.as_second() <= DEMAND_WINDOW_SECONDS)
+                && event
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(&format!("exceeded quota: {QUOTA_NAME},")))
+        })
+        .collect()
+}
+
+/// Whether the ReplicaSet or Job a refusal is about still waits for pods: it
+/// exists (the same object) and has fewer pods than it wants. A refusal about
+/// another kind is taken as open until it is old.
+async fn still_waiting(client: &kube::Client, event: &Event) -> Result<bool> {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::batch::v1::Job;
+    let involved = &event.involved_object;
+    let (Some(ns), Some(name)) = (involved.namespace.as_deref(), involved.name.as_deref()) else {
+        return Ok(false);
+    };
+    let same = |uid: Option<&String>| involved.uid.is_none() || uid == involved.uid.as_ref();
+    match involved.kind.as_deref() {
+        Some("ReplicaSet") => {
+            let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+            Ok(match api.get_opt(name).await? {
+                Some(rs) if same(rs.metadata.uid.as_ref()) => {
+                    let wanted = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    let made = rs.status.as_ref().map_or(0, |s| s.replicas);
+                    made < wanted
+                }
+                _ => false,
+            })
+        }
+        Some("Job") => {
+            let api: Api<Job> = Api::namespaced(client.clone(), ns);
+            Ok(match api.get_opt(name).await? {
+                Some(job) if same(job.metadata.uid.as_ref()) => {
+                    let status = job.status.clone().unwrap_or_default();
+                    let finished = status.conditions.iter().flatten().any(|c| {
+                        (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
+                    });
+                    let parallelism = job.spec.as_ref().and_then(|s| s.parallelism).unwrap_or(1);
+                    !finished && status.active.unwrap_or(0) < parallelism
+                }
+                _ => false,
+            })
+        }
+        _ => Ok(true),
+    }
+}
+
+/// The demands open in the tenant's namespaces: from the recent refusals by
+/// their quotas whose ReplicaSet or Job still waits, per namespace and
+/// resource the highest usage a refused creation would have brought the
+/// namespace to, and since when.
+async fn demands(
+    client: &kube::Client,
+    refusals: Vec<Arc<Event>>,
+) -> Result<BTreeMap<String, BTreeMap<String, quota::Demand>>> {
     let mut out: BTreeMap<String, BTreeMap<String, quota::Demand>> = BTreeMap::new();
-    for event in refusals.state() {
-        let Some(ns) = event.namespace().filter(|ns| namespaces.contains(ns)) else {
+    for event in refusals {
+        let Some(ns) = event.namespace() else {
             continue;
         };
-        let last = event
-            .series
-            .as_ref()
-            .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
-            .or_else(|| event.last_timestamp.as_ref().map(|t| t.0))
-            .or_else(|| event.event_time.as_ref().map(|t| t.0))
-            .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        let Some(last) = last else { continue };
-        if now.as_second() - last.as_second() > DEMAND_WINDOW_SECONDS {
-            continue;
-        }
-        let first = event
-            .first_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or(last.as_second());
         let Some((requested, used)) = event
             .message
             .as_deref()
@@ -829,6 +883,16 @@ fn demands(
         else {
             continue;
         };
+        if !still_waiting(client, &event).await? {
+            continue;
+        }
+        let first = event
+            .first_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| event.event_time.as_ref().map(|t| t.0))
+            .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .map_or(0, |t| t.as_second());
         let per_resource = out.entry(ns).or_default();
         for (resource, amount) in requested {
             let level = used.get(&resource).copied().unwrap_or(0) + amount;
@@ -840,7 +904,7 @@ fn demands(
             entry.since = entry.since.min(first);
         }
     }
-    out
+    Ok(out)
 }
 
 /// A namespace's quota as the rebalance sees it.
