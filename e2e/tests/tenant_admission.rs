@@ -48,13 +48,27 @@ spec:
 async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() {
     let env = TestEnv::new().await;
     let name = unique_name("tnupd");
-    ready_tenant(&env, &name, &tenant_yaml(&name, "")).await;
+    // The built-in admin role does not add ephemeral containers: bind a role that does.
+    let debugger = debugger_role(&env, &format!("{name}-debugger"), &format!("{name}-alice")).await;
+    ready_tenant(&env, &name, &tenant_yaml(&name, &debugger)).await;
     let ns = format!("{name}-one");
     let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
     let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
     // In force for the owner first (the policies reach the API server's cache a moment after they are written).
     let first = until_refused(async || {
         pods.create(&dry_run(), &typed(pod("probe", "docker.io/evil/x:1")))
+            .await
+    })
+    .await;
+    assert!(refused_by(&first, "allowedRegistries"), "{first}");
+    // And the owners' policy, which reaches the cache on its own.
+    let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
+    let first = until_refused(async || {
+        deployments
+            .create(
+                &dry_run(),
+                &typed(deployment("probe", &pod("x", "docker.io/evil/x:1"))),
+            )
             .await
     })
     .await;
@@ -123,7 +137,6 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
         "an init container: {message}"
     );
     // A Deployment's template: refused at apply, not later in its ReplicaSet's events.
-    let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
     let message = outcome(
         deployments
             .create(

@@ -99,7 +99,11 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
     let env = TestEnv::new().await;
     let a = unique_name("tnesa");
     let b = unique_name("tnesb");
-    ready_tenant(&env, &a, &tenant_yaml(&a, "hipaa")).await;
+    // The built-in admin role does not add ephemeral containers; the owner of
+    // the first tenant gets a role that does, so that the tenant's rule on
+    // them is what refuses.
+    let debugger = debugger_role(&env, &format!("{a}-debugger"), &format!("{a}-owner")).await;
+    ready_tenant(&env, &a, &format!("{}{debugger}", tenant_yaml(&a, "hipaa"))).await;
     ready_tenant(&env, &b, &tenant_yaml(&b, "none")).await;
     let (ns_a, ns_b) = (format!("{a}-app"), format!("{b}-app"));
     let alice = env.impersonated_client(&format!("{a}-owner"), &[]);

@@ -123,3 +123,29 @@ pub async fn until_refused<T>(mut attempt: impl AsyncFnMut() -> Result<T, kube::
 pub fn refused_by(message: &str, rule: &str) -> bool {
     message != "admitted" && message.contains(rule)
 }
+
+/// Makes the ClusterRole `name` that lets its holder add ephemeral containers
+/// (`kubectl debug`), which the built-in `admin` role does not; returns the
+/// YAML lines that bind it to `user` through a Tenant's
+/// `additionalRoleBindings`. Deleted at the test's cleanup.
+pub async fn debugger_role(env: &TestEnv, name: &str, user: &str) -> String {
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = env.cluster_api();
+    roles
+        .create(
+            &PostParams::default(),
+            &typed(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": { "name": name },
+                "rules": [{ "apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["get", "patch", "update"] }],
+            })),
+        )
+        .await
+        .expect("the debugger ClusterRole");
+    env.delete_on_cleanup(
+        kube::discovery::ApiResource::erase::<k8s_openapi::api::rbac::v1::ClusterRole>(&()),
+        name,
+    );
+    format!(
+        "  additionalRoleBindings:\n    - clusterRole: {name}\n      subjects: [{{ kind: User, name: {user} }}]\n"
+    )
+}
