@@ -61,18 +61,6 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
     })
     .await;
     assert!(refused_by(&first, "allowedRegistries"), "{first}");
-    // And the owners' policy, which reaches the cache on its own.
-    let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
-    let first = until_refused(async || {
-        deployments
-            .create(
-                &dry_run(),
-                &typed(deployment("probe", &pod("x", "docker.io/evil/x:1"))),
-            )
-            .await
-    })
-    .await;
-    assert!(refused_by(&first, "allowedRegistries"), "{first}");
 
     pods.create(
         &PostParams::default(),
@@ -137,6 +125,8 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
         "an init container: {message}"
     );
     // A Deployment's template: refused at apply, not later in its ReplicaSet's events.
+    owners_policy_in_force(&alice, &ns).await;
+    let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
     let message = outcome(
         deployments
             .create(
@@ -191,6 +181,7 @@ async fn gpu_pods_must_be_pinned_to_an_allowed_product() {
         refused_by(&message, "allowedGpuProducts"),
         "affinity to an A100: {message}"
     );
+    owners_policy_in_force(&alice, &ns).await;
 
     let mut either = gpu_pod("either", image, 1);
     either["spec"]["affinity"] = affinity(&[H100, A100]);
@@ -568,6 +559,7 @@ async fn allowed_runtime_classes_are_enforced_on_pods_and_templates() {
         "{message}"
     );
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
+    owners_policy_in_force(&alice, &ns).await;
     let message = outcome(
         deployments
             .create(
@@ -642,6 +634,7 @@ async fn allowed_storage_classes_are_enforced_on_claims_and_claim_templates() {
         .create(&PostParams::default(), &claim("fast", Some("fast-ssd")))
         .await
         .expect("a claim of an allowed class is admitted");
+    owners_policy_in_force(&alice, &ns).await;
     let statefulsets: Api<StatefulSet> = Api::namespaced(alice.clone(), &ns);
     let sts = json!({ "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": { "name": "db" },
         "spec": { "serviceName": "db", "replicas": 1, "selector": { "matchLabels": { "app": "db" } },

@@ -149,3 +149,19 @@ pub async fn debugger_role(env: &TestEnv, name: &str, user: &str) -> String {
         "  additionalRoleBindings:\n    - clusterRole: {name}\n      subjects: [{{ kind: User, name: {user} }}]\n"
     )
 }
+
+/// Waits until the tenant's owners' policy holds for `client` in `namespace`
+/// (it reaches the API server's cache on its own, a moment after the
+/// tenant's other policy): deleting the operator's isolation policy, in a dry
+/// run, is refused.
+pub async fn owners_policy_in_force(client: &kube::Client, namespace: &str) {
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), namespace);
+    let dry = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    let message =
+        until_refused(async || policies.delete("aleph-tenant-isolation", &dry).await).await;
+    assert!(refused_by(&message, "made by the operator"), "{message}");
+}
