@@ -479,7 +479,7 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
 
     let report = ledger.report();
     println!(
-        "{} attempts as the owners of {a} and {b}:\n{report}",
+        "{} checks as the owners of {a} and {b}:\n{report}",
         ledger.rows.len()
     );
     assert!(
