@@ -1343,4 +1343,37 @@ mod tests {
         let pending = quota(&hard, &[], &[]);
         assert!(!recount_due(&pending, now));
     }
+
+    fn refusal(ns: &str, name: &str, message: &str, last: &str) -> Event {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": ns },
+            "involvedObject": { "kind": "ReplicaSet", "namespace": ns, "name": "web-1" },
+            "reason": "FailedCreate",
+            "message": message,
+            "firstTimestamp": last,
+            "lastTimestamp": last,
+        }))
+        .expect("an Event")
+    }
+
+    #[test]
+    fn only_recent_refusals_by_the_tenant_quota_in_its_namespaces_count() {
+        let (reader, mut writer) = reflector::store::<Event>();
+        let quota = "Error creating: pods \"web-1-\" is forbidden: exceeded quota: aleph-tenant-quota, \
+            requested: requests.nvidia.com/gpu=4, used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=2";
+        let other = "Error creating: pods \"web-1-\" is forbidden: exceeded quota: someone-elses, \
+            requested: requests.nvidia.com/gpu=4, used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=2";
+        for event in [
+            refusal("t-a", "fresh", quota, "2026-01-01T00:10:00Z"),
+            refusal("t-a", "old", quota, "2026-01-01T00:00:00Z"),
+            refusal("t-a", "other-quota", other, "2026-01-01T00:10:00Z"),
+            refusal("elsewhere", "outside", quota, "2026-01-01T00:10:00Z"),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(event));
+        }
+        let now: k8s_openapi::jiff::Timestamp = "2026-01-01T00:25:00Z".parse().expect("a time");
+        let found = recent_refusals(&reader, &["t-a".to_string(), "t-b".to_string()], now);
+        let names: Vec<String> = found.iter().map(|e| e.name_any()).collect();
+        assert_eq!(names, vec!["fresh".to_string()]);
+    }
 }
