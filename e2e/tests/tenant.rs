@@ -551,9 +551,9 @@ fn gpu_deployment(name: &str, gpus: u32) -> serde_json::Value {
     })
 }
 
-/// Finding 1: with the headroom split evenly (2 and 2), a workload bigger
-/// than one namespace's share was refused for ever. The ReplicaSet's refusal
-/// moves the headroom, and the Deployment becomes available.
+/// A workload bigger than one namespace's even share of the headroom (2 of a
+/// 2-namespace tenant's 4 GPUs): the ReplicaSet's refusal moves the headroom
+/// to its namespace, and the Deployment becomes available.
 #[tokio::test]
 async fn a_deployment_asking_for_all_the_tenants_gpus_becomes_available() {
     let env = TestEnv::new().await;

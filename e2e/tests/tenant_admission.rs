@@ -41,9 +41,9 @@ spec:
     )
 }
 
-/// Finding 2: the rules held only at CREATE. An image changed on a running
-/// pod, an ephemeral container (`kubectl debug`), an init container and a
-/// Deployment's template are now refused too, each naming the rule.
+/// The rules hold beyond a pod's CREATE: an image changed on a running pod,
+/// an ephemeral container (`kubectl debug`), an init container, and the
+/// templates of a Deployment and a CronJob are refused, each naming the rule.
 #[tokio::test]
 async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() {
     let env = TestEnv::new().await;
@@ -159,8 +159,8 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
     env.cleanup().await;
 }
 
-/// Finding 3: the GPU-product rule read only `nodeSelector`. A GPU pod
-/// steered by node affinity to another product, or not pinned at all, is
+/// The GPU-product rule reads node affinity as well as `nodeSelector`. A GPU
+/// pod steered by node affinity to another product, or not pinned at all, is
 /// refused with a message that says how to pin it; pinned by affinity to an
 /// allowed product, it is admitted and lands there.
 #[tokio::test]
@@ -239,10 +239,9 @@ fn network_policy(name: &str, spec: serde_json::Value) -> NetworkPolicy {
     }))
 }
 
-/// Finding 4: under a compliance profile the owner could add a policy that
-/// allows all egress (policies add up) and so undo the restricted egress.
-/// Widening policies and changes to the operator's policy are refused; a
-/// policy that stays within the tenant passes.
+/// Under a compliance profile a policy that allows all egress would undo the
+/// restricted egress (policies add up). Widening policies and changes to the
+/// operator's policy are refused; a policy that stays within the tenant passes.
 #[tokio::test]
 async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
     let env = TestEnv::new().await;
