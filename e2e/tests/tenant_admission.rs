@@ -802,3 +802,75 @@ async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_an
     delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
+
+/// Cordoned, a tenant refuses new pods, new workloads (at `kubectl apply`)
+/// and ephemeral containers; a running pod stays and can still be updated.
+#[tokio::test]
+async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tncrd");
+    let debugger = debugger_role(&env, &format!("{name}-debugger"), &format!("{name}-alice")).await;
+    ready_tenant(&env, &name, &tenant_yaml(&name, &debugger)).await;
+    let ns = format!("{name}-one");
+    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
+    pods.create(
+        &PostParams::default(),
+        &typed(pod("running", "ghcr.io/acme/web:1")),
+    )
+    .await
+    .expect("a pod before the cordon");
+    let tenants: Api<Tenant> = env.cluster_api();
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "cordoned": true } })),
+        )
+        .await
+        .expect("cordon");
+    let message = until_refused(async || {
+        pods.create(&dry_run(), &typed(pod("new", "ghcr.io/acme/web:1")))
+            .await
+    })
+    .await;
+    assert!(refused_by(&message, "cordoned"), "a new pod: {message}");
+    let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
+    let message = until_refused(async || {
+        deployments
+            .create(
+                &dry_run(),
+                &typed(deployment("web", &pod("x", "ghcr.io/acme/web:1"))),
+            )
+            .await
+    })
+    .await;
+    assert!(
+        refused_by(&message, "cordoned"),
+        "a new Deployment: {message}"
+    );
+    let message = outcome(
+        pods.patch_subresource(
+            "ephemeralcontainers",
+            "running",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [
+                { "name": "debugger", "image": "ghcr.io/acme/debug:1" },
+            ] } })),
+        )
+        .await,
+    );
+    assert!(
+        refused_by(&message, "cordoned"),
+        "an ephemeral container: {message}"
+    );
+    pods.patch(
+        "running",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "labels": { "still": "here" } } })),
+    )
+    .await
+    .expect("the running pod can still be updated");
+    delete_tenant(&env, &name).await;
+    env.cleanup().await;
+}

@@ -230,7 +230,7 @@ pub fn admission_policy(
     let mut validations = Vec::new();
     if tenant.spec.cordoned {
         validations.push(json!({
-            "expression": format!("!({is_pod}) || (request.operation == 'UPDATE' && request.subResource != 'ephemeralcontainers')"),
+            "expression": format!("!({is_pod}) || (request.operation == 'UPDATE' && !(has(request.subResource) && request.subResource == 'ephemeralcontainers'))"),
             "message": format!("tenant {t} is cordoned (rule: cordoned): new pods and ephemeral containers are refused; running pods keep running"),
             "reason": "Forbidden",
         }));
