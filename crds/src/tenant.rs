@@ -209,6 +209,11 @@ pub struct TenantNetwork {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub allowed_egress: Vec<EgressDestination>,
+    /// When true, owners cannot write NetworkPolicies that widen egress or
+    /// open ingress beyond the tenant and its platform namespaces, nor change
+    /// or delete the operator's policies. Always on under a compliance profile.
+    #[serde(default)]
+    pub lock_policies: bool,
 }
 
 impl Default for TenantNetwork {
@@ -218,6 +223,7 @@ impl Default for TenantNetwork {
             platform_namespace_labels: default_platform_labels(),
             egress: EgressMode::default(),
             allowed_egress: Vec::new(),
+            lock_policies: false,
         }
     }
 }
@@ -257,9 +263,28 @@ pub struct TenantAdmission {
     #[schemars(length(max = 32))]
     pub allowed_storage_classes: Vec<String>,
     /// GPU products (`nvidia.com/gpu.product`) pods may select; any when empty.
+    /// When set, a pod that requests `nvidia.com/gpu` must be pinned to them, by
+    /// `nodeSelector` or by a required node affinity whose values are all allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub allowed_gpu_products: Vec<String>,
+    /// DNS domains Ingress and HTTPRoute hostnames must belong to (the domain
+    /// itself or any name under it, for example `acme.example.com`); any when
+    /// empty. When set, a rule without a host (which matches every host) is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(regex(
+            pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        ))
+    )]
+    pub allowed_domains: Vec<String>,
+    /// Whether Services of type NodePort may be made (they open a port on every node).
+    #[serde(default)]
+    pub allow_node_ports: bool,
+    /// Whether Services of type LoadBalancer may be made (they get an external address).
+    #[serde(default)]
+    pub allow_load_balancers: bool,
 }
 
 /// An extra RoleBinding made in every tenant namespace.

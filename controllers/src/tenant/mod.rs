@@ -1,6 +1,7 @@
 //! The Tenant reconciler: namespaces, quotas, limit ranges, network policies,
 //! role bindings and admission policies of an organisation.
 
+pub mod admission;
 pub mod build;
 pub mod quota;
 
@@ -14,7 +15,7 @@ use aleph_crds::tenant::{ResourceUsage, Tenant};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::core::v1::{Event, LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -54,6 +55,9 @@ pub struct Cache {
     role_bindings: Store<RoleBinding>,
     admission_policies: Store<ValidatingAdmissionPolicy>,
     admission_bindings: Store<ValidatingAdmissionPolicyBinding>,
+    /// Pod creations refused by a tenant quota (FailedCreate events of
+    /// ReplicaSets and Jobs): where the tenant's headroom is needed.
+    refusals: Store<Event>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -110,6 +114,13 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
         Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
         owned(),
     );
+    // Only FailedCreate events, and only the tenant quota's refusals wake a
+    // Tenant: the reconcile moves headroom to the refused namespace.
+    let (refusals, refusal_stream) = cached_watch(
+        Api::<Event>::all(client.clone()),
+        crate::runner::watch_config().fields("reason=FailedCreate"),
+    );
+    let tenant_of_namespace = namespaces.clone();
     if ctx
         .tenant_cache
         .set(Cache {
@@ -119,6 +130,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             role_bindings,
             admission_policies,
             admission_bindings,
+            refusals,
         })
         .is_err()
     {
@@ -139,6 +151,17 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     .watches_stream(namespace_stream, |ns: Namespace| {
         ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
     })
+    .watches_stream(refusal_stream, move |event: Event| {
+        let refused = event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&format!("exceeded quota: {QUOTA_NAME},")));
+        if !refused {
+            return None;
+        }
+        let ns = tenant_of_namespace.get(&ObjectRef::new(event.namespace()?.as_str()))?;
+        ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
+    })
 }
 
 impl Reconcile for Tenant {
@@ -149,13 +172,74 @@ impl Reconcile for Tenant {
         crate::error::from_finalizer(
             finalizer(&api, FINALIZER, tenant, |event| async {
                 match event {
-                    FinalizerEvent::Apply(t) => apply(&t, &ctx).await,
+                    FinalizerEvent::Apply(t) => match apply(&t, &ctx).await {
+                        Err(error) => {
+                            report_failure(&t, &ctx, &error).await;
+                            Err(error)
+                        }
+                        done => done,
+                    },
                     FinalizerEvent::Cleanup(t) => cleanup(&t, &ctx).await,
                 }
             })
             .await,
         )
     }
+}
+
+/// Shows a failed pass in the Tenant's Ready condition and as an Event (an
+/// invalid spec has said so already).
+async fn report_failure(tenant: &Tenant, ctx: &Context, error: &Error) {
+    if matches!(error, Error::InvalidSpec(_)) {
+        return;
+    }
+    // An API server's refusal can quote a whole object; Events take 1 kiB.
+    let mut message: String = error.to_string().chars().take(900).collect();
+    if message.len() < error.to_string().len() {
+        message.push_str(" …");
+    }
+    let mut status = tenant.status.clone().unwrap_or_default();
+    set_condition(
+        &mut status.conditions,
+        NewCondition::no(
+            "Ready",
+            error.metric_label(),
+            format!("{message}; the operator retries with backoff"),
+        ),
+        tenant.metadata.generation,
+    );
+    let api = Api::<Tenant>::all(ctx.client.clone());
+    if let Err(e) = patch_status_if_changed(&api, tenant, tenant.status.as_ref(), &status).await {
+        tracing::warn!(error = %e, "cannot write the failure into the Tenant's status");
+    }
+    ctx.event(tenant, EventType::Warning, "ReconcileFailed", message)
+        .await;
+}
+
+/// The operator's own user name, as the API server sees it (a ServiceAccount
+/// in the chart, whatever the kubeconfig says elsewhere): the owners' policy
+/// exempts it, so that the operator can still write what it owns.
+static OPERATOR_USER: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+async fn operator_user(client: &kube::Client) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    OPERATOR_USER
+        .get_or_try_init(|| async {
+            let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+            let review = reviews
+                .create(&PostParams::default(), &SelfSubjectReview::default())
+                .await?;
+            review
+                .status
+                .and_then(|s| s.user_info)
+                .and_then(|u| u.username)
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    Error::Serialization("the API server did not say who the operator is".into())
+                })
+        })
+        .await
+        .cloned()
 }
 
 static CLUSTER_POLICIES_APPLIED: AtomicBool = AtomicBool::new(false);
@@ -410,31 +494,72 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
     }
 
-    // Admission rules.
+    // Admission rules: the policy for everyone, and the one for the tenant's users.
+    let operator = operator_user(client).await?;
     let vap_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let vapb_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-    let policy_name = build::admission_policy_name(&name);
     let admission_policies = children(ctx, |c| &c.admission_policies, &name).await?;
     let admission_bindings = children(ctx, |c| &c.admission_bindings, &name).await?;
-    let key = (String::new(), policy_name.clone());
+    // The images the operator itself runs in tenant namespaces (the model
+    // cache's downloader) pass the registry rule: the platform's own.
     let operator_images = [ctx.settings.model_cache_image.clone()];
-    match build::admission_policy(tenant, &operator_images)? {
-        Some((policy, binding)) => {
-            apply_if_changed(&vap_api, admission_policies.get(&key), &policy).await?;
-            apply_if_changed(&vapb_api, admission_bindings.get(&key), &binding).await?;
-        }
-        None => {
-            if admission_bindings.contains_key(&key) {
-                delete_ignoring_missing(&vapb_api, &policy_name).await?;
+    let desired_policies = [
+        (
+            admission::admission_policy_name(&name),
+            admission::admission_policy(tenant, &operator_images)?,
+        ),
+        (
+            admission::owner_policy_name(&name),
+            Some(admission::owner_policy(
+                tenant,
+                &operator,
+                &operator_images,
+            )?),
+        ),
+    ];
+    for (policy_name, desired) in desired_policies {
+        let key = (String::new(), policy_name.clone());
+        match desired {
+            Some((policy, binding)) => {
+                apply_if_changed(&vap_api, admission_policies.get(&key), &policy).await?;
+                apply_if_changed(&vapb_api, admission_bindings.get(&key), &binding).await?;
             }
-            if admission_policies.contains_key(&key) {
-                delete_ignoring_missing(&vap_api, &policy_name).await?;
+            None => {
+                if admission_bindings.contains_key(&key) {
+                    delete_ignoring_missing(&vapb_api, &policy_name).await?;
+                }
+                if admission_policies.contains_key(&key) {
+                    delete_ignoring_missing(&vap_api, &policy_name).await?;
+                }
             }
         }
     }
 
-    // The tenant-wide quota, split over the namespaces that exist.
-    let rebalance = rebalance_quotas(tenant, client, &ready_namespaces, &quotas, &hard).await?;
+    // The tenant-wide quota, split over the namespaces that exist, with the
+    // headroom moved to where the quota refused a creation.
+    let refusals = ctx
+        .tenant_cache
+        .get()
+        .map(|c| {
+            recent_refusals(
+                &c.refusals,
+                &ready_namespaces,
+                k8s_openapi::jiff::Timestamp::now(),
+            )
+        })
+        .unwrap_or_default();
+    let demands = demands(client, refusals).await?;
+    let rebalance =
+        rebalance_quotas(tenant, client, &ready_namespaces, &quotas, &hard, &demands).await?;
+    if rebalance.moved {
+        ctx.event(
+            tenant,
+            EventType::Normal,
+            "QuotaRebalanced",
+            rebalance.note.clone(),
+        )
+        .await;
+    }
 
     // Status.
     let usage = aggregate_usage(&quotas, &ready_namespaces, &hard);
@@ -482,7 +607,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 uncounted.join(", ")
             ),
         )
-    } else if waiting || ready_namespaces.len() != desired_names.len() || rebalance.pending {
+    } else if waiting || ready_namespaces.len() != desired_names.len() || rebalance.creating {
         NewCondition::no(
             "Ready",
             "Provisioning",
@@ -545,8 +670,18 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     // What a Tenant waits for wakes it through the watches: namespaces turning
     // Active, quotas created, rewritten and counted. The requeue is for what
     // no watch shows (the next recount request) and a safety net.
-    Ok(if is_ready && !rebalance.pending {
-        Action::requeue(Duration::from_secs(3600))
+    Ok(if rebalance.moving {
+        // Lowered limits reach the quotas' status (which admission reads) a
+        // moment later; the raise follows then. Their watch wakes the Tenant
+        // first; this is the safety net.
+        Action::requeue(MOVING_REQUEUE)
+    } else if is_ready {
+        // Refusals wake the Tenant through the events watch.
+        Action::requeue(if demands.is_empty() {
+            Duration::from_secs(3600)
+        } else {
+            DEMAND_WINDOW_REQUEUE
+        })
     } else {
         Action::requeue(NOT_READY_REQUEUE)
     })
@@ -641,17 +776,373 @@ fn aggregate_usage(
         .collect()
 }
 
+/// What one rebalancing pass did.
+#[derive(Debug, Default)]
 struct Rebalance {
-    pending: bool,
+    /// A namespace's quota was created: the tenant is still being provisioned.
+    creating: bool,
+    /// Limits are on their way (lowered and not yet raised, a conflicting
+    /// admission, a recount asked for): look again soon.
+    moving: bool,
+    /// Headroom moved toward a refused namespace.
+    moved: bool,
+    /// What moved, for the event.
+    note: String,
 }
 
-/// A namespace, its quota if it exists, and that quota's hard limits and usage.
-type ObservedQuota = (
-    String,
-    Option<ResourceQuota>,
-    BTreeMap<String, Milli>,
-    BTreeMap<String, Milli>,
-);
+/// How long a refusal keeps asking for headroom while its ReplicaSet or Job
+/// still lacks pods. Those controllers retry a refused pod with a backoff that
+/// doubles from 5 ms up to 1000 s, so a demand must outlive the longest wait
+/// between two retries, or its headroom would go back before the retry.
+const DEMAND_WINDOW_SECONDS: i64 = 1200;
+/// How soon a Tenant with open demands looks again (an answered or expired
+/// demand gives its headroom back to the even split).
+const DEMAND_WINDOW_REQUEUE: Duration = Duration::from_secs(30);
+/// How soon a Tenant whose limits are moving looks again without an event.
+const MOVING_REQUEUE: Duration = Duration::from_secs(2);
+
+/// The recent refusals by the tenant's quotas in `namespaces`.
+fn recent_refusals(
+    refusals: &Store<Event>,
+    namespaces: &[String],
+    now: k8s_openapi::jiff::Timestamp,
+) -> Vec<Arc<Event>> {
+    refusals
+        .state()
+        .into_iter()
+        .filter(|event| {
+            let in_tenant = event.namespace().is_some_and(|ns| namespaces.contains(&ns));
+            let last = event
+                .series
+                .as_ref()
+                .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+                .or_else(|| event.last_timestamp.as_ref().map(|t| t.0))
+                .or_else(|| event.event_time.as_ref().map(|t| t.0))
+                .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0));
+            in_tenant
+                && last.is_some_and(|l| now.as_second() - l.as_second() <= DEMAND_WINDOW_SECONDS)
+                && event
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(&format!("exceeded quota: {QUOTA_NAME},")))
+        })
+        .collect()
+}
+
+/// Whether the ReplicaSet or Job a refusal is about still waits for pods: it
+/// exists (the same object) and has fewer pods than it wants. A refusal about
+/// another kind is taken as open until it is old.
+async fn still_waiting(client: &kube::Client, event: &Event) -> Result<bool> {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::batch::v1::Job;
+    let involved = &event.involved_object;
+    let (Some(ns), Some(name)) = (involved.namespace.as_deref(), involved.name.as_deref()) else {
+        return Ok(false);
+    };
+    let same = |uid: Option<&String>| involved.uid.is_none() || uid == involved.uid.as_ref();
+    match involved.kind.as_deref() {
+        Some("ReplicaSet") => {
+            let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+            Ok(match api.get_opt(name).await? {
+                Some(rs) if same(rs.metadata.uid.as_ref()) => {
+                    let wanted = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    let made = rs.status.as_ref().map_or(0, |s| s.replicas);
+                    made < wanted
+                }
+                _ => false,
+            })
+        }
+        Some("Job") => {
+            let api: Api<Job> = Api::namespaced(client.clone(), ns);
+            Ok(match api.get_opt(name).await? {
+                Some(job) if same(job.metadata.uid.as_ref()) => {
+                    let status = job.status.clone().unwrap_or_default();
+                    let finished = status.conditions.iter().flatten().any(|c| {
+                        (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
+                    });
+                    let parallelism = job.spec.as_ref().and_then(|s| s.parallelism).unwrap_or(1);
+                    !finished && status.active.unwrap_or(0) < parallelism
+                }
+                _ => false,
+            })
+        }
+        _ => Ok(true),
+    }
+}
+
+/// The demands open in the tenant's namespaces: from the recent refusals by
+/// their quotas whose ReplicaSet or Job still waits, per namespace and
+/// resource the highest usage a refused creation would have brought the
+/// namespace to, and since when.
+async fn demands(
+    client: &kube::Client,
+    refusals: Vec<Arc<Event>>,
+) -> Result<BTreeMap<String, BTreeMap<String, quota::Demand>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, quota::Demand>> = BTreeMap::new();
+    for event in refusals {
+        let Some(ns) = event.namespace() else {
+            continue;
+        };
+        let Some((requested, used)) = event
+            .message
+            .as_deref()
+            .and_then(|m| quota::parse_refusal(m, QUOTA_NAME))
+        else {
+            continue;
+        };
+        if !still_waiting(client, &event).await? {
+            continue;
+        }
+        let first = event
+            .first_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| event.event_time.as_ref().map(|t| t.0))
+            .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .map_or(0, |t| t.as_second());
+        let per_resource = out.entry(ns).or_default();
+        for (resource, amount) in requested {
+            let level = used.get(&resource).copied().unwrap_or(0) + amount;
+            let entry = per_resource.entry(resource).or_insert(quota::Demand {
+                level,
+                since: first,
+            });
+            entry.level = entry.level.max(level);
+            entry.since = entry.since.min(first);
+        }
+    }
+    Ok(out)
+}
+
+/// A namespace's quota as the rebalance sees it.
+struct Observed {
+    namespace: String,
+    quota: Option<ResourceQuota>,
+    /// The spec's hard limits.
+    hard: BTreeMap<String, Milli>,
+    /// What admission enforces now: the larger of spec and status.
+    enforced: BTreeMap<String, Milli>,
+    used: BTreeMap<String, Milli>,
+}
+
+/// Splits the tenant's hard limits over its namespaces' ResourceQuotas,
+/// moving headroom to where a creation was refused, so that no namespace
+/// ever enforces more than the tenant has:
+///
+/// 1. lower every limit above its target, each write conditioned on the
+///    quota's resourceVersion (a concurrent admission changes it, and the
+///    write fails instead of cutting below what was just admitted);
+/// 2. create missing quotas with what is free now;
+/// 3. raise a limit only by what the others do not enforce: admission reads a
+///    quota's status, which the quota controller updates a moment after its
+///    spec, so a lowered limit counts at its old value until then.
+///
+/// At every instant the limits admission reads sum to at most the tenant's.
+async fn rebalance_quotas(
+    tenant: &Tenant,
+    client: &kube::Client,
+    namespaces: &[String],
+    quotas: &BTreeMap<(String, String), ResourceQuota>,
+    hard: &BTreeMap<&'static str, Milli>,
+    demands: &BTreeMap<String, BTreeMap<String, quota::Demand>>,
+) -> Result<Rebalance> {
+    let mut current: Vec<Observed> = Vec::new();
+    for ns in namespaces {
+        let rq = quotas.get(&(ns.clone(), QUOTA_NAME.to_string())).cloned();
+        let h = hard_limits(rq.as_ref());
+        let mut status_hard = quota_values(
+            rq.as_ref()
+                .and_then(|q| q.status.as_ref())
+                .and_then(|s| s.hard.as_ref()),
+        );
+        status_hard.remove(RECOUNT_MARKER);
+        let mut enforced = h.clone();
+        for (r, v) in status_hard {
+            let e = enforced.entry(r).or_insert(0);
+            *e = (*e).max(v);
+        }
+        let mut used = quota_values(
+            rq.as_ref()
+                .and_then(|q| q.status.as_ref())
+                .and_then(|s| s.used.as_ref()),
+        );
+        // Not counted yet: assume the namespace uses all it may admit.
+        if rq.as_ref().is_some_and(|q| !quota_counted(q)) {
+            used = enforced.clone();
+        }
+        current.push(Observed {
+            namespace: ns.clone(),
+            quota: rq,
+            hard: h,
+            enforced,
+            used,
+        });
+    }
+    let mut target: Vec<BTreeMap<String, Milli>> = vec![BTreeMap::new(); current.len()];
+    for (resource, tenant_hard) in hard {
+        let used: Vec<Milli> = current
+            .iter()
+            .map(|o| o.used.get(*resource).copied().unwrap_or(0))
+            .collect();
+        let wanted: Vec<Option<quota::Demand>> = current
+            .iter()
+            .map(|o| {
+                demands
+                    .get(&o.namespace)
+                    .and_then(|d| d.get(*resource))
+                    .copied()
+            })
+            .collect();
+        let shares = quota::targets(*tenant_hard, &used, &wanted, quota::unit_of(resource));
+        for (i, share) in shares.into_iter().enumerate() {
+            target[i].insert(resource.to_string(), share);
+        }
+    }
+    let mut pass = Rebalance::default();
+    let mut notes = Vec::new();
+
+    // 1. Lower.
+    for (i, o) in current.iter_mut().enumerate() {
+        let Some(rq) = &o.quota else { continue };
+        let lower: BTreeMap<String, Milli> = target[i]
+            .iter()
+            .map(|(r, t)| (r.clone(), (*t).min(o.hard.get(r).copied().unwrap_or(*t))))
+            .collect();
+        if lower != o.hard {
+            let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &o.namespace);
+            match replace_hard(&api, rq, &lower).await {
+                Ok(updated) => {
+                    o.quota = Some(updated);
+                    o.hard = lower;
+                    pass.moving = true;
+                }
+                Err(e) if is_conflict(&e) => {
+                    // An admission counted meanwhile: look again.
+                    pass.moving = true;
+                    return Ok(pass);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    // 2. Create the missing quotas with what nobody else enforces.
+    for i in 0..current.len() {
+        if current[i].quota.is_some() {
+            continue;
+        }
+        let mut start = BTreeMap::new();
+        for (resource, tenant_hard) in hard {
+            let enforced: Vec<Milli> = current
+                .iter()
+                .map(|o| o.enforced.get(*resource).copied().unwrap_or(0))
+                .collect();
+            let t = target[i].get(*resource).copied().unwrap_or(0);
+            start.insert(
+                resource.to_string(),
+                quota::raise_to(*tenant_hard, &enforced, i, 0, t).max(0),
+            );
+        }
+        let ns = current[i].namespace.clone();
+        let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
+        let rq: ResourceQuota = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {
+                "name": QUOTA_NAME,
+                "namespace": ns,
+                "labels": build::tenant_labels(&tenant.name_any()),
+                "ownerReferences": crate::apply::controller_ref(tenant).into_iter().collect::<Vec<_>>(),
+            },
+            "spec": { "hard": to_quantities(&start) },
+        }))
+        .map_err(|e| Error::Serialization(e.to_string()))?;
+        match api
+            .create(
+                &PostParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..PostParams::default()
+                },
+                &rq,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        current[i].enforced = start;
+        pass.creating = true;
+        pass.moving = true;
+    }
+    if pass.creating {
+        return Ok(pass);
+    }
+
+    // 3. Raise, the namespaces with a demand first.
+    let mut order: Vec<usize> = (0..current.len()).collect();
+    order.sort_by_key(|i| !demands.contains_key(&current[*i].namespace));
+    for i in order {
+        let Some(rq) = current[i].quota.clone() else {
+            continue;
+        };
+        let mut raised = current[i].hard.clone();
+        for (resource, tenant_hard) in hard {
+            let enforced: Vec<Milli> = current
+                .iter()
+                .map(|o| o.enforced.get(*resource).copied().unwrap_or(0))
+                .collect();
+            let h = current[i].hard.get(*resource).copied().unwrap_or(0);
+            let t = target[i].get(*resource).copied().unwrap_or(0);
+            raised.insert(
+                resource.to_string(),
+                quota::raise_to(*tenant_hard, &enforced, i, h, t),
+            );
+        }
+        let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &current[i].namespace);
+        if raised != current[i].hard {
+            match replace_hard(&api, &rq, &raised).await {
+                Ok(_) => {}
+                Err(e) if is_conflict(&e) => {
+                    pass.moving = true;
+                    return Ok(pass);
+                }
+                Err(e) => return Err(e),
+            }
+            if demands.contains_key(&current[i].namespace) {
+                let gpus = |m: &BTreeMap<String, Milli>| m.get(quota::GPU).copied().unwrap_or(0);
+                notes.push(format!(
+                    "{}: GPUs {} -> {}",
+                    current[i].namespace,
+                    quota::display(quota::GPU, gpus(&current[i].hard)),
+                    quota::display(quota::GPU, gpus(&raised))
+                ));
+                pass.moved = true;
+            }
+            for (r, v) in &raised {
+                let e = current[i].enforced.entry(r.clone()).or_insert(0);
+                *e = (*e).max(*v);
+            }
+            current[i].hard = raised;
+        } else if recount_due(&rq, chrono::Utc::now()) {
+            request_recount(&api, &rq).await?;
+            pass.moving = true;
+        }
+        if current[i].hard != target[i] {
+            // Waiting for the others' lowered limits to be enforced.
+            pass.moving = true;
+        }
+    }
+    pass.note = format!(
+        "moved headroom to where the quota refused a creation: {}",
+        notes.join(", ")
+    );
+    Ok(pass)
+}
+
+fn is_conflict(error: &Error) -> bool {
+    matches!(error, Error::Kube(kube::Error::Api(s)) if s.code == 409)
+}
 
 /// A hard limit on an extended resource no pod requests: adding or removing
 /// it changes the quota's hard limits without changing what the quota
@@ -752,116 +1243,6 @@ async fn request_recount(api: &Api<ResourceQuota>, rq: &ResourceQuota) -> Result
     );
     replace_quota(api, updated).await?;
     Ok(())
-}
-
-/// Splits the tenant's hard limits over its namespaces' ResourceQuotas:
-/// lower first, then raise, each write conditioned on the quota's
-/// resourceVersion so a concurrent admission forces a fresh look.
-async fn rebalance_quotas(
-    tenant: &Tenant,
-    client: &kube::Client,
-    namespaces: &[String],
-    quotas: &BTreeMap<(String, String), ResourceQuota>,
-    hard: &BTreeMap<&'static str, Milli>,
-) -> Result<Rebalance> {
-    let mut current: Vec<ObservedQuota> = Vec::new();
-    for ns in namespaces {
-        let rq = quotas.get(&(ns.clone(), QUOTA_NAME.to_string())).cloned();
-        let h = hard_limits(rq.as_ref());
-        let mut u = quota_values(
-            rq.as_ref()
-                .and_then(|q| q.status.as_ref())
-                .and_then(|s| s.used.as_ref()),
-        );
-        // The quota controller has not counted yet: assume the namespace uses its whole hard limit.
-        if rq.as_ref().is_some_and(|q| !quota_counted(q)) {
-            u = h.clone();
-        }
-        current.push((ns.clone(), rq, h, u));
-    }
-    let mut target: Vec<BTreeMap<String, Milli>> = vec![BTreeMap::new(); current.len()];
-    for (resource, tenant_hard) in hard {
-        let used: Vec<Milli> = current
-            .iter()
-            .map(|(_, _, _, u)| u.get(*resource).copied().unwrap_or(0))
-            .collect();
-        for (i, share) in quota::split(*tenant_hard, &used, quota::unit_of(resource))
-            .into_iter()
-            .enumerate()
-        {
-            target[i].insert(resource.to_string(), share);
-        }
-    }
-    let mut pending = false;
-    // Phase 1: lower (and create new quotas, which start from their share; the
-    // shares of existing namespaces only shrink in this phase).
-    let mut lowered = Vec::new();
-    for (i, (ns, rq, h, _)) in current.iter().enumerate() {
-        let api: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
-        match rq {
-            Some(rq) => {
-                let lower: BTreeMap<String, Milli> = target[i]
-                    .iter()
-                    .map(|(r, t)| (r.clone(), (*t).min(h.get(r).copied().unwrap_or(*t))))
-                    .collect();
-                if &lower != h {
-                    let updated = replace_hard(&api, rq, &lower).await?;
-                    lowered.push((i, Some(updated)));
-                    pending = true;
-                } else {
-                    lowered.push((i, Some(rq.clone())));
-                }
-            }
-            None => lowered.push((i, None)),
-        }
-    }
-    // Phase 2: raise, and create the missing quotas.
-    for (i, rq) in lowered {
-        let (ns, _, _, _) = &current[i];
-        let api: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
-        match rq {
-            Some(rq) => {
-                if hard_limits(Some(&rq)) != target[i] {
-                    // A change to the hard limits makes the quota controller count it again too.
-                    replace_hard(&api, &rq, &target[i]).await?;
-                    pending = true;
-                } else if recount_due(&rq, chrono::Utc::now()) {
-                    request_recount(&api, &rq).await?;
-                    pending = true;
-                }
-            }
-            None => {
-                let rq: ResourceQuota = serde_json::from_value(json!({
-                    "apiVersion": "v1",
-                    "kind": "ResourceQuota",
-                    "metadata": {
-                        "name": QUOTA_NAME,
-                        "namespace": ns,
-                        "labels": build::tenant_labels(&tenant.name_any()),
-                        "ownerReferences": crate::apply::controller_ref(tenant).into_iter().collect::<Vec<_>>(),
-                    },
-                    "spec": { "hard": to_quantities(&target[i]) },
-                }))
-                .map_err(|e| Error::Serialization(e.to_string()))?;
-                match api
-                    .create(
-                        &PostParams {
-                            field_manager: Some(MANAGER.into()),
-                            ..PostParams::default()
-                        },
-                        &rq,
-                    )
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-                pending = true;
-            }
-        }
-    }
-    Ok(Rebalance { pending })
 }
 
 fn to_quantities(values: &BTreeMap<String, Milli>) -> BTreeMap<String, Quantity> {
@@ -968,5 +1349,38 @@ mod tests {
         assert!(!recount_due(&counted, now));
         let pending = quota(&hard, &[], &[]);
         assert!(!recount_due(&pending, now));
+    }
+
+    fn refusal(ns: &str, name: &str, message: &str, last: &str) -> Event {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": ns },
+            "involvedObject": { "kind": "ReplicaSet", "namespace": ns, "name": "web-1" },
+            "reason": "FailedCreate",
+            "message": message,
+            "firstTimestamp": last,
+            "lastTimestamp": last,
+        }))
+        .expect("an Event")
+    }
+
+    #[test]
+    fn only_recent_refusals_by_the_tenant_quota_in_its_namespaces_count() {
+        let (reader, mut writer) = reflector::store::<Event>();
+        let quota = "Error creating: pods \"web-1-\" is forbidden: exceeded quota: aleph-tenant-quota, \
+            requested: requests.nvidia.com/gpu=4, used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=2";
+        let other = "Error creating: pods \"web-1-\" is forbidden: exceeded quota: someone-elses, \
+            requested: requests.nvidia.com/gpu=4, used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=2";
+        for event in [
+            refusal("t-a", "fresh", quota, "2026-01-01T00:10:00Z"),
+            refusal("t-a", "old", quota, "2026-01-01T00:00:00Z"),
+            refusal("t-a", "other-quota", other, "2026-01-01T00:10:00Z"),
+            refusal("elsewhere", "outside", quota, "2026-01-01T00:10:00Z"),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(event));
+        }
+        let now: k8s_openapi::jiff::Timestamp = "2026-01-01T00:25:00Z".parse().expect("a time");
+        let found = recent_refusals(&reader, &["t-a".to_string(), "t-b".to_string()], now);
+        let names: Vec<String> = found.iter().map(|e| e.name_any()).collect();
+        assert_eq!(names, vec!["fresh".to_string()]);
     }
 }

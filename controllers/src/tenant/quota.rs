@@ -171,6 +171,110 @@ pub fn split(tenant_hard: Milli, used: &[Milli], unit: Milli) -> Vec<Milli> {
         .collect()
 }
 
+/// What one namespace needs of one resource after a refusal for quota: the
+/// usage its refused creation would have brought it to, and since when it
+/// has been refused (earlier refusals are served first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Demand {
+    /// Usage the namespace needs room for.
+    pub level: Milli,
+    /// When the first refusal still unanswered was seen (seconds since the epoch).
+    pub since: i64,
+}
+
+/// The new hard limits of each namespace for one resource, moving the
+/// tenant's headroom to where creations were refused: each namespace keeps
+/// what it uses; then each namespace with a demand gets what its refused
+/// creation needs, oldest first, when the headroom left covers all of it (a
+/// part would admit nothing); what is left is split evenly, demanders first.
+/// The result sums to at most `tenant_hard` (or to the usage, when usage
+/// already exceeds it).
+pub fn targets(
+    tenant_hard: Milli,
+    used: &[Milli],
+    demands: &[Option<Demand>],
+    unit: Milli,
+) -> Vec<Milli> {
+    let used: Vec<Milli> = used.iter().map(|u| (*u).max(0)).collect();
+    let mut target = used.clone();
+    let mut free = tenant_hard - used.iter().sum::<Milli>();
+    if free <= 0 || used.is_empty() {
+        return target;
+    }
+    let mut demanders: Vec<(i64, usize, Milli)> = demands
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let d = (*d)?;
+            let need = d.level - used.get(i).copied().unwrap_or(0);
+            // Whole units: a refused pod asked for whole GPUs, pods, MiB.
+            let need = (need + unit - 1) / unit * unit;
+            (need > 0).then_some((d.since, i, need))
+        })
+        .collect();
+    demanders.sort();
+    for (_, i, need) in &demanders {
+        if *need <= free {
+            target[*i] += need;
+            free -= need;
+        }
+    }
+    let mut order: Vec<usize> = demanders.iter().map(|(_, i, _)| *i).collect();
+    let rest: Vec<usize> = (0..used.len()).filter(|i| !order.contains(i)).collect();
+    order.extend(rest);
+    let n = used.len() as Milli;
+    let units = free / unit;
+    let (base, extra) = (units / n, units % n);
+    for (rank, i) in order.into_iter().enumerate() {
+        target[i] += (base + Milli::from((rank as Milli) < extra)) * unit;
+    }
+    target
+}
+
+/// How far namespace `i`'s hard limit may be raised now toward `target`
+/// without the limits the API server enforces exceeding the tenant's:
+/// `enforced[j]` is what namespace j may admit up to now, the larger of its
+/// quota's spec and status (the quota controller copies a new spec into the
+/// status, which admission reads, a moment later). Never lower than `hard`.
+pub fn raise_to(
+    tenant_hard: Milli,
+    enforced: &[Milli],
+    i: usize,
+    hard: Milli,
+    target: Milli,
+) -> Milli {
+    let others: Milli = enforced
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, e)| *e)
+        .sum();
+    hard.max(target.min(tenant_hard - others))
+}
+
+/// A refusal by the tenant's quota, read from its message (`exceeded quota:
+/// <quota>, requested: r=v,..., used: r=v,..., limited: r=v,...`): the
+/// resources requested and the usage at that moment.
+pub fn parse_refusal(
+    message: &str,
+    quota: &str,
+) -> Option<(BTreeMap<String, Milli>, BTreeMap<String, Milli>)> {
+    let rest = message
+        .split_once(&format!("exceeded quota: {quota}, requested: "))?
+        .1;
+    let (requested, rest) = rest.split_once(", used: ")?;
+    let used = rest.split_once(", limited: ").map_or(rest, |(u, _)| u);
+    let pairs = |list: &str| -> Option<BTreeMap<String, Milli>> {
+        list.split(',')
+            .map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                Some((k.to_string(), parse_quantity(v).ok()?))
+            })
+            .collect()
+    };
+    Some((pairs(requested)?, pairs(used)?))
+}
+
 /// The granularity a resource is split in.
 pub fn unit_of(resource: &str) -> Milli {
     match resource {
@@ -227,6 +331,98 @@ mod tests {
             }
         }
         assert_eq!(split(8000, &[0, 0, 0], 1000), vec![3000, 3000, 2000]);
+    }
+
+    #[test]
+    fn headroom_moves_to_a_refused_namespace_and_never_past_the_tenant() {
+        // Two namespaces, 4 GPUs, nothing used: an even split, 2 and 2.
+        assert_eq!(
+            targets(4000, &[0, 0], &[None, None], 1000),
+            vec![2000, 2000]
+        );
+        // A Deployment in the first asks for all 4: the first gets them.
+        let all = Some(Demand {
+            level: 4000,
+            since: 10,
+        });
+        assert_eq!(targets(4000, &[0, 0], &[all, None], 1000), vec![4000, 0]);
+        // 3 of 4: the first gets 3, the one left goes to it too (demanders first).
+        let three = Some(Demand {
+            level: 3000,
+            since: 10,
+        });
+        assert_eq!(targets(4000, &[0, 0], &[three, None], 1000), vec![4000, 0]);
+        // What the other uses stays with it; a demand larger than the headroom gets nothing extra.
+        assert_eq!(
+            targets(4000, &[0, 2000], &[all, None], 1000),
+            vec![1000, 3000]
+        );
+        // Two demands: the older first; the younger only if what is left covers it.
+        let old = Some(Demand {
+            level: 3000,
+            since: 1,
+        });
+        let young = Some(Demand {
+            level: 2000,
+            since: 2,
+        });
+        assert_eq!(
+            targets(4000, &[0, 0, 0], &[young, old, None], 1000),
+            vec![0, 4000, 0]
+        );
+        // A satisfied demand (usage reached its level) changes nothing.
+        let met = Some(Demand {
+            level: 1000,
+            since: 1,
+        });
+        assert_eq!(
+            targets(4000, &[1000, 0], &[met, None], 1000),
+            vec![3000, 1000]
+        );
+        // Usage over the tenant's limit (the limit was lowered): usage only.
+        assert_eq!(
+            targets(2000, &[2000, 1000], &[None, all], 1000),
+            vec![2000, 1000]
+        );
+        // Any mix of usage and demands: never past the tenant, never below usage.
+        for used in [[0, 0, 0], [1000, 0, 3000], [4000, 0, 0]] {
+            for demands in [[None, None, None], [all, None, None], [None, three, old]] {
+                let t = targets(4000, &used, &demands, 1000);
+                let sum: Milli = t.iter().sum();
+                assert!(sum <= 4000.max(used.iter().sum()), "{t:?}");
+                assert!(t.iter().zip(&used).all(|(t, u)| t >= u), "{t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_raise_waits_for_the_others_to_be_lowered_where_admission_reads() {
+        // The other namespace's quota was lowered to 0 in its spec, but its
+        // status (what admission reads) still says 2: raise only to 2.
+        assert_eq!(raise_to(4000, &[2000, 2000], 0, 2000, 4000), 2000);
+        // Once its status says 0, all the way.
+        assert_eq!(raise_to(4000, &[2000, 0], 0, 2000, 4000), 4000);
+        // Never below the current limit.
+        assert_eq!(raise_to(4000, &[3000, 3000], 0, 3000, 4000), 3000);
+    }
+
+    #[test]
+    fn refusals_are_read_from_the_quota_message() {
+        let message = "Error creating: pods \"web-6d4cf56db6-\" is forbidden: exceeded quota: aleph-tenant-quota, \
+            requested: requests.cpu=500m,requests.nvidia.com/gpu=3, used: requests.cpu=0,requests.nvidia.com/gpu=0, \
+            limited: requests.cpu=16,requests.nvidia.com/gpu=2";
+        let (requested, used) = parse_refusal(message, "aleph-tenant-quota").expect("parses");
+        assert_eq!(requested.get(GPU), Some(&3000));
+        assert_eq!(requested.get(CPU), Some(&500));
+        assert_eq!(used.get(GPU), Some(&0));
+        assert!(parse_refusal(message, "other-quota").is_none());
+        assert!(
+            parse_refusal(
+                "pods \"x\" is forbidden: exceeded quota: aleph-tenant-quota",
+                "aleph-tenant-quota"
+            )
+            .is_none()
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use aleph_controllers::tenant::{QUOTA_READY_LABEL, build, quota};
+use aleph_controllers::tenant::{QUOTA_READY_LABEL, admission, build, quota};
 use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -114,7 +114,12 @@ async fn floor_one(
         )
         .await?;
     }
-    if let Some((policy, binding)) = build::admission_policy(tenant)? {
+    // The operator writes both of the tenant's policies; so does the floor.
+    let owners = admission::owner_policy(tenant, "aleph-bench-floor", &[])?;
+    for (policy, binding) in admission::admission_policy(tenant, &[])?
+        .into_iter()
+        .chain([owners])
+    {
         let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
         let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
         post(&policies, &floor_owned(policy, labels)).await?;

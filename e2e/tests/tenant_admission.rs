@@ -1,0 +1,876 @@
+//! A tenant's admission rules on every path to a pod (UPDATE, ephemeral and
+//! init containers, workload templates), GPU pinning, locked NetworkPolicies,
+//! Services and Ingress hosts, runtime and storage classes; the Retain
+//! deletion policy and additional RoleBindings. Owners act through
+//! impersonation. Against the operator started by the test command.
+
+mod tenant_support;
+
+use std::time::Duration;
+
+use aleph_crds::tenant::Tenant;
+use aleph_e2e::{TestEnv, unique_name, wait_for, wait_for_deletion};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tenant_support::*;
+
+fn tenant_yaml(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: Tenant
+metadata: {{ name: {name} }}
+spec:
+  owners:
+    - {{ kind: User, name: {name}-alice, role: admin }}
+  namespaces: [one, two]
+  plan: pro
+  admission:
+    allowedRegistries: ["ghcr.io/acme/"]
+    allowedGpuProducts: ["{H100}"]
+{extra}
+"#
+    )
+}
+
+/// The rules hold beyond a pod's CREATE: an image changed on a running pod,
+/// an ephemeral container (`kubectl debug`), an init container, and the
+/// templates of a Deployment and a CronJob are refused, each naming the rule.
+#[tokio::test]
+async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnupd");
+    // The built-in admin role does not add ephemeral containers: bind a role that does.
+    let debugger = debugger_role(&env, &format!("{name}-debugger"), &format!("{name}-alice")).await;
+    ready_tenant(&env, &name, &tenant_yaml(&name, &debugger)).await;
+    let ns = format!("{name}-one");
+    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
+    // In force for the owner first (the policies reach the API server's cache a moment after they are written).
+    let first = until_refused(async || {
+        pods.create(&dry_run(), &typed(pod("probe", "docker.io/evil/x:1")))
+            .await
+    })
+    .await;
+    assert!(refused_by(&first, "allowedRegistries"), "{first}");
+
+    pods.create(
+        &PostParams::default(),
+        &typed(pod("p2", "ghcr.io/acme/web:1")),
+    )
+    .await
+    .expect("an allowed pod is admitted");
+    // `kubectl set image pod/p2 main=docker.io/evil/x:1`
+    let set_image = pods
+        .patch(
+            "p2",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({ "spec": { "containers": [{ "name": "main", "image": "docker.io/evil/x:1" }] } })),
+        )
+        .await;
+    let message = outcome(set_image);
+    assert!(
+        refused_by(&message, "allowedRegistries") && message.contains("docker.io/evil/x:1"),
+        "an image change by UPDATE: {message}"
+    );
+    // An unchanged image still lets the pod be updated (labels, finalizers).
+    pods.patch(
+        "p2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "labels": { "touched": "yes" } } })),
+    )
+    .await
+    .expect("a label change on an admitted pod passes");
+    // `kubectl debug p2 --image=docker.io/evil/x:1`
+    let debug = pods
+        .patch_subresource(
+            "ephemeralcontainers",
+            "p2",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [
+                { "name": "debugger", "image": "docker.io/evil/x:1", "targetContainerName": "main" },
+            ] } })),
+        )
+        .await;
+    let message = outcome(debug);
+    assert!(
+        refused_by(&message, "allowedRegistries"),
+        "an ephemeral container: {message}"
+    );
+    // An allowed debug image passes.
+    pods.patch_subresource(
+        "ephemeralcontainers",
+        "p2",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [
+            { "name": "debugger", "image": "ghcr.io/acme/debug:1" },
+        ] } })),
+    )
+    .await
+    .expect("an ephemeral container from an allowed registry is admitted");
+    // An init container.
+    let mut init = pod("init", "ghcr.io/acme/web:1");
+    init["spec"]["initContainers"] = json!([container("fetch", "docker.io/evil/fetch:1")]);
+    let message = outcome(pods.create(&PostParams::default(), &typed(init)).await);
+    assert!(
+        refused_by(&message, "allowedRegistries") && message.contains("docker.io/evil/fetch:1"),
+        "an init container: {message}"
+    );
+    // A Deployment's template: refused at apply, not later in its ReplicaSet's events.
+    owners_policy_in_force(&alice, &ns).await;
+    let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
+    let message = outcome(
+        deployments
+            .create(
+                &PostParams::default(),
+                &typed(deployment("web", &pod("x", "docker.io/evil/x:1"))),
+            )
+            .await,
+    );
+    assert!(
+        refused_by(&message, "allowedRegistries") && message.contains("pod template"),
+        "a Deployment: {message}"
+    );
+    // And the same image through a CronJob's template.
+    let cronjob = json!({
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": { "name": "nightly" },
+        "spec": { "schedule": "0 3 * * *", "jobTemplate": { "spec": { "template": {
+            "spec": { "restartPolicy": "Never", "containers": [container("job", "docker.io/evil/x:1")] } } } } },
+    });
+    let cronjobs: Api<k8s_openapi::api::batch::v1::CronJob> = Api::namespaced(alice.clone(), &ns);
+    let message = outcome(
+        cronjobs
+            .create(&PostParams::default(), &typed(cronjob))
+            .await,
+    );
+    assert!(
+        refused_by(&message, "allowedRegistries"),
+        "a CronJob: {message}"
+    );
+    delete_tenant(&env, &name).await;
+    env.cleanup().await;
+}
+
+/// The GPU-product rule reads node affinity as well as `nodeSelector`. A GPU
+/// pod steered by node affinity to another product, or not pinned at all, is
+/// refused with a message that says how to pin it; pinned by affinity to an
+/// allowed product, it is admitted and lands there.
+#[tokio::test]
+async fn gpu_pods_must_be_pinned_to_an_allowed_product() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnpin");
+    ready_tenant(&env, &name, &tenant_yaml(&name, "")).await;
+    let ns = format!("{name}-one");
+    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
+    let image = "ghcr.io/acme/train:1";
+
+    let mut to_a100 = gpu_pod("a100", image, 1);
+    to_a100["spec"]["affinity"] = affinity(&[A100]);
+    let message =
+        until_refused(async || pods.create(&dry_run(), &typed(to_a100.clone())).await).await;
+    assert!(
+        refused_by(&message, "allowedGpuProducts"),
+        "affinity to an A100: {message}"
+    );
+    owners_policy_in_force(&alice, &ns).await;
+
+    let mut either = gpu_pod("either", image, 1);
+    either["spec"]["affinity"] = affinity(&[H100, A100]);
+    let message = outcome(pods.create(&PostParams::default(), &typed(either)).await);
+    assert!(
+        refused_by(&message, "allowedGpuProducts"),
+        "affinity to H100 or A100: {message}"
+    );
+
+    let unpinned = gpu_pod("unpinned", image, 1);
+    let message = outcome(pods.create(&PostParams::default(), &typed(unpinned)).await);
+    assert!(
+        refused_by(&message, "not pinned") && message.contains("nodeSelector"),
+        "a GPU pod without a selector: {message}"
+    );
+    // The same through a Deployment: refused at apply.
+    let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
+    let message = outcome(
+        deployments
+            .create(
+                &PostParams::default(),
+                &typed(deployment("unpinned", &gpu_pod("x", image, 1))),
+            )
+            .await,
+    );
+    assert!(
+        refused_by(&message, "not pinned"),
+        "an unpinned GPU Deployment: {message}"
+    );
+
+    let mut pinned = gpu_pod("pinned", image, 1);
+    pinned["spec"]["affinity"] = affinity(&[H100]);
+    pods.create(&PostParams::default(), &typed(pinned))
+        .await
+        .expect("a GPU pod pinned by affinity to an allowed product is admitted");
+    let admin_pods: Api<Pod> = Api::namespaced(env.client(), &ns);
+    let placed = wait_for(&admin_pods, "pinned", TIMEOUT, |p| {
+        p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+    })
+    .await;
+    let node = placed.spec.and_then(|s| s.node_name).unwrap_or_default();
+    assert!(node.contains("h100"), "the pinned pod landed on {node}");
+    // A pod without GPUs needs no pinning.
+    pods.create(&PostParams::default(), &typed(pod("cpu", image)))
+        .await
+        .expect("a CPU pod is admitted");
+    delete_tenant(&env, &name).await;
+    env.cleanup().await;
+}
+
+fn network_policy(name: &str, spec: serde_json::Value) -> NetworkPolicy {
+    typed(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": { "name": name }, "spec": spec,
+    }))
+}
+
+/// Under a compliance profile a policy that allows all egress would undo the
+/// restricted egress (policies add up). Widening policies and changes to the
+/// operator's policy are refused; a policy that stays within the tenant passes.
+#[tokio::test]
+async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnnet");
+    ready_tenant(&env, &name, &tenant_yaml(&name, "  compliance: hipaa")).await;
+    let ns = format!("{name}-one");
+    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let policies: Api<NetworkPolicy> = Api::namespaced(alice.clone(), &ns);
+    let allow_all_egress = network_policy(
+        "allow-all-egress",
+        json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{}] }),
+    );
+    let message =
+        until_refused(async || policies.create(&dry_run(), &allow_all_egress).await).await;
+    assert!(
+        refused_by(&message, "compliance hipaa"),
+        "allow all egress: {message}"
+    );
+    let message = outcome(
+        policies
+            .create(&PostParams::default(), &allow_all_egress)
+            .await,
+    );
+    assert!(
+        refused_by(&message, "compliance hipaa"),
+        "allow all egress: {message}"
+    );
+    for (what, spec) in [
+        (
+            "egress to the internet",
+            json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{ "to": [{ "ipBlock": { "cidr": "0.0.0.0/0" } }] }] }),
+        ),
+        (
+            "egress to every namespace",
+            json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{ "to": [{ "namespaceSelector": {} }] }] }),
+        ),
+        (
+            "ingress from anywhere",
+            json!({ "podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}] }),
+        ),
+        (
+            "ingress from another tenant",
+            json!({ "podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "aleph.dev/tenant": "someone-else" } } }] }] }),
+        ),
+    ] {
+        let message = outcome(
+            policies
+                .create(&PostParams::default(), &network_policy("wider", spec))
+                .await,
+        );
+        assert!(
+            refused_by(&message, "compliance hipaa"),
+            "{what}: {message}"
+        );
+    }
+    // The operator's policy can be neither deleted nor changed.
+    let message = outcome(
+        policies
+            .delete("aleph-tenant-isolation", &DeleteParams::default())
+            .await,
+    );
+    assert!(
+        refused_by(&message, "made by the operator"),
+        "delete: {message}"
+    );
+    let message = outcome(
+        policies
+            .patch(
+                "aleph-tenant-isolation",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "egress": [{}] } })),
+            )
+            .await,
+    );
+    assert!(message != "admitted", "change: {message}");
+    // Narrower policies pass: within the namespace, within the tenant, DNS.
+    policies
+        .create(
+            &PostParams::default(),
+            &network_policy(
+                "within",
+                json!({ "podSelector": { "matchLabels": { "app": "db" } }, "policyTypes": ["Ingress", "Egress"],
+                  "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "app": "web" } } }] }],
+                  "egress": [{ "to": [{ "namespaceSelector": { "matchLabels": { "aleph.dev/tenant": name } } }] },
+                             { "ports": [{ "protocol": "UDP", "port": 53 }] }] }),
+            ),
+        )
+        .await
+        .expect("a policy within the tenant is admitted");
+    // Everywhere: the operator's policy is still the one it made.
+    let admin: Api<NetworkPolicy> = Api::namespaced(env.client(), &ns);
+    let isolation = admin
+        .get("aleph-tenant-isolation")
+        .await
+        .expect("still there");
+    let types = isolation
+        .spec
+        .and_then(|s| s.policy_types)
+        .unwrap_or_default();
+    assert!(types.contains(&"Egress".to_string()));
+    delete_tenant(&env, &name).await;
+    env.cleanup().await;
+}
+
+/// Without a compliance profile or `network.lockPolicies`, owners keep
+/// writing their own NetworkPolicies (the operator's are still protected).
+#[tokio::test]
+async fn without_a_lock_owners_write_their_own_network_policies() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnopen");
+    ready_tenant(&env, &name, &tenant_yaml(&name, "")).await;
+    let ns = format!("{name}-one");
+    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let policies: Api<NetworkPolicy> = Api::namespaced(alice.clone(), &ns);
+    let message = until_refused(async || {
+        policies
+            .delete(
+                "aleph-tenant-isolation",
+                &DeleteParams {
+                    dry_run: true,
+                    ..DeleteParams::default()
+                },
+            )
+            .await
+    })
+    .await;
+    assert!(refused_by(&message, "made by the operator"), "{message}");
+    policies
+        .create(
+            &PostParams::default(),
+            &network_policy(
+                "open",
+                json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{}] }),
+            ),
+        )
+        .await
+        .expect("an unlocked tenant's owner may allow egress");
+    // Locking the tenant refuses the same policy from then on.
+    let tenants: Api<Tenant> = env.cluster_api();
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "network": { "lockPolicies": true } } })),
+        )
+        .await
+        .expect("lock");
+    let message = until_refused(async || {
+        policies
+            .create(
+                &dry_run(),
+                &network_policy(
+                    "open2",
+                    json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{}] }),
+                ),
+            )
+            .await
+    })
+    .await;
+    assert!(refused_by(&message, "network.lockPolicies"), "{message}");
+    delete_tenant(&env, &name).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_allowed() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnsvc");
+    let extra = "    allowedDomains: [\"acme.example.com\"]";
+    let yaml = tenant_yaml(&name, "").replace(
+        &format!("    allowedGpuProducts: [\"{H100}\"]\n"),
+        &format!("    allowedGpuProducts: [\"{H100}\"]\n{extra}\n"),
+    );
+    ready_tenant(&env, &name, &yaml).await;
+    let ns = format!("{name}-one");
+    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let services: Api<Service> = Api::namespaced(alice.clone(), &ns);
+    let service = |name: &str, type_: &str| -> Service {
+        typed(
+            json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name },
+            "spec": { "type": type_, "selector": { "app": "web" }, "ports": [{ "port": 80 }] } }),
+        )
+    };
+    let message = until_refused(async || {
+        services
+            .create(&dry_run(), &service("np", "NodePort"))
+            .await
+    })
+    .await;
+    assert!(refused_by(&message, "allowNodePorts"), "{message}");
+    let message = outcome(
+        services
+            .create(&PostParams::default(), &service("lb", "LoadBalancer"))
+            .await,
+    );
+    assert!(refused_by(&message, "allowLoadBalancers"), "{message}");
+    services
+        .create(&PostParams::default(), &service("web", "ClusterIP"))
+        .await
+        .expect("a ClusterIP Service is admitted");
+    let message = outcome(
+        services
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "type": "NodePort" } })),
+            )
+            .await,
+    );
+    assert!(
+        refused_by(&message, "allowNodePorts"),
+        "turned into a NodePort: {message}"
+    );
+
+    let ingresses: Api<Ingress> = Api::namespaced(alice.clone(), &ns);
+    let ingress = |name: &str, host: Option<&str>| -> Ingress {
+        let mut rule = json!({ "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+            "backend": { "service": { "name": "web", "port": { "number": 80 } } } }] } });
+        if let Some(host) = host {
+            rule["host"] = json!(host);
+        }
+        typed(
+            json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": { "name": name },
+            "spec": { "rules": [rule] } }),
+        )
+    };
+    for (what, host) in [
+        ("a foreign host", Some("shop.other.example.com")),
+        ("a look-alike host", Some("evilacme.example.com")),
+        ("no host (every host)", None),
+    ] {
+        let message = outcome(
+            ingresses
+                .create(&PostParams::default(), &ingress("bad", host))
+                .await,
+        );
+        assert!(refused_by(&message, "allowedDomains"), "{what}: {message}");
+    }
+    ingresses
+        .create(
+            &PostParams::default(),
+            &ingress("good", Some("api.acme.example.com")),
+        )
+        .await
+        .expect("a host under the allowed domain is admitted");
+
+    // Allowed by the Tenant, a NodePort passes.
+    let tenants: Api<Tenant> = env.cluster_api();
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "admission": { "allowNodePorts": true } } })),
+        )
+        .await
+        .expect("allow node ports");
+    let mut admitted = false;
+    for _ in 0..60 {
+        if services
+            .create(&dry_run(), &service("np", "NodePort"))
+            .await
+            .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(admitted, "a NodePort is admitted once the Tenant allows it");
+    delete_tenant(&env, &name).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn allowed_runtime_classes_are_enforced_on_pods_and_templates() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnrtc");
+    // The RuntimeClass admission plugin refuses unknown classes first; make both.
+    let (allowed, other) = (format!("{name}-gvisor"), format!("{name}-kata"));
+    let classes: Api<RuntimeClass> = env.cluster_api();
+    for (class, handler) in [(&allowed, "runsc"), (&other, "kata")] {
+        classes
+            .create(
+                &PostParams::default(),
+                &typed(
+                    json!({ "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                "metadata": { "name": class }, "handler": handler }),
+                ),
+            )
+            .await
+            .expect("runtime class");
+    }
+    let yaml = tenant_yaml(&name, "").replace(
+        "    allowedRegistries:",
+        &format!("    allowedRuntimeClasses: [\"{allowed}\"]\n    allowedRegistries:"),
+    );
+    ready_tenant(&env, &name, &yaml).await;
+    let ns = format!("{name}-one");
+    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
+    let with_class = |pod_name: &str, class: &str| {
+        let mut p = pod(pod_name, "ghcr.io/acme/web:1");
+        p["spec"]["runtimeClassName"] = json!(class);
+        p["spec"]["nodeSelector"] = json!({ "aleph.dev/node-pool": "cpu" });
+        p
+    };
+    let message = until_refused(async || {
+        pods.create(&dry_run(), &typed(with_class("kata", &other)))
+            .await
+    })
+    .await;
+    assert!(
+        refused_by(&message, "allowedRuntimeClasses") && message.contains(&allowed),
+        "{message}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
+    owners_policy_in_force(&alice, &ns).await;
+    let message = outcome(
+        deployments
+            .create(
+                &PostParams::default(),
+                &typed(deployment("kata", &with_class("x", &other))),
+            )
+            .await,
+    );
+    assert!(
+        refused_by(&message, "allowedRuntimeClasses"),
+        "a Deployment: {message}"
+    );
+    pods.create(
+        &PostParams::default(),
+        &typed(with_class("gvisor", &allowed)),
+    )
+    .await
+    .expect("a pod of an allowed runtime class is admitted");
+    pods.create(
+        &PostParams::default(),
+        &typed(pod("default", "ghcr.io/acme/web:1")),
+    )
+    .await
+    .expect("a pod without a runtime class is admitted");
+    delete_tenant(&env, &name).await;
+    for class in [&allowed, &other] {
+        let _ = classes.delete(class, &DeleteParams::default()).await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn allowed_storage_classes_are_enforced_on_claims_and_claim_templates() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnstc");
+    let yaml = tenant_yaml(&name, "").replace(
+        "    allowedRegistries:",
+        "    allowedStorageClasses: [\"fast-ssd\"]\n    allowedRegistries:",
+    );
+    ready_tenant(&env, &name, &yaml).await;
+    let ns = format!("{name}-one");
+    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(alice.clone(), &ns);
+    let claim = |claim_name: &str, class: Option<&str>| -> PersistentVolumeClaim {
+        let mut c = json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": claim_name },
+            "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } } });
+        if let Some(class) = class {
+            c["spec"]["storageClassName"] = json!(class);
+        }
+        typed(c)
+    };
+    let message = until_refused(async || {
+        claims
+            .create(&dry_run(), &claim("slow", Some("standard")))
+            .await
+    })
+    .await;
+    assert!(
+        refused_by(&message, "allowedStorageClasses") && message.contains("fast-ssd"),
+        "{message}"
+    );
+    let message = outcome(
+        claims
+            .create(&PostParams::default(), &claim("default", None))
+            .await,
+    );
+    assert!(
+        refused_by(&message, "allowedStorageClasses"),
+        "no class (the cluster's default): {message}"
+    );
+    claims
+        .create(&PostParams::default(), &claim("fast", Some("fast-ssd")))
+        .await
+        .expect("a claim of an allowed class is admitted");
+    owners_policy_in_force(&alice, &ns).await;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(alice.clone(), &ns);
+    let sts = json!({ "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": { "name": "db" },
+        "spec": { "serviceName": "db", "replicas": 1, "selector": { "matchLabels": { "app": "db" } },
+          "template": { "metadata": { "labels": { "app": "db" } }, "spec": { "containers": [container("db", "ghcr.io/acme/db:1")] } },
+          "volumeClaimTemplates": [{ "metadata": { "name": "data" }, "spec": { "storageClassName": "standard",
+            "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } } }] } });
+    let message = outcome(
+        statefulsets
+            .create(&PostParams::default(), &typed(sts))
+            .await,
+    );
+    assert!(
+        refused_by(&message, "allowedStorageClasses"),
+        "a StatefulSet's claim template: {message}"
+    );
+    delete_tenant(&env, &name).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn deletion_policy_retain_keeps_the_namespaces_and_what_is_in_them() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnret");
+    let yaml = tenant_yaml(&name, "  deletionPolicy: Retain");
+    ready_tenant(&env, &name, &yaml).await;
+    let client = env.client();
+    let config = json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "keep-me" }, "data": { "k": "v" } });
+    for short in ["one", "two"] {
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &format!("{name}-{short}"));
+        maps.create(&PostParams::default(), &typed(config.clone()))
+            .await
+            .expect("config map");
+    }
+    // A namespace taken off the list is released, not deleted.
+    let tenants: Api<Tenant> = env.cluster_api();
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "namespaces": ["one"] } })),
+        )
+        .await
+        .expect("drop a namespace");
+    let namespaces: Api<Namespace> = env.cluster_api();
+    let released = wait_for(&namespaces, &format!("{name}-two"), TIMEOUT, |ns| {
+        !ns.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key("aleph.dev/tenant"))
+    })
+    .await;
+    assert!(
+        released.metadata.deletion_timestamp.is_none(),
+        "a Retain namespace is not deleted"
+    );
+    // The Tenant deleted: its namespaces stay, released, with their objects.
+    tenants
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete tenant");
+    wait_for_deletion(&tenants, &name, TIMEOUT).await;
+    for short in ["one", "two"] {
+        let ns_name = format!("{name}-{short}");
+        let ns = namespaces
+            .get(&ns_name)
+            .await
+            .expect("the namespace is kept");
+        assert!(
+            ns.metadata.deletion_timestamp.is_none(),
+            "{ns_name} is being deleted"
+        );
+        let labels = ns.metadata.labels.unwrap_or_default();
+        assert!(
+            !labels.contains_key("aleph.dev/tenant"),
+            "{ns_name} still carries the tenant label"
+        );
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns_name);
+        maps.get("keep-me")
+            .await
+            .expect("the namespace's objects are kept");
+        // Kept by the tenant's policy, so removed by the test itself.
+        let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+    }
+    env.cleanup().await;
+}
+
+async fn may(
+    client: &kube::Client,
+    user: &str,
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+) -> bool {
+    let review: SubjectAccessReview = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                resource: Some(resource.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    api.create(&PostParams::default(), &review)
+        .await
+        .expect("access review")
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
+#[tokio::test]
+async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_and_only_there() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnarb");
+    let carol = format!("{name}-carol");
+    let yaml = format!(
+        "{}  additionalRoleBindings:\n    - clusterRole: view\n      subjects: [{{ kind: User, name: {carol} }}]\n",
+        tenant_yaml(&name, "")
+    );
+    ready_tenant(&env, &name, &yaml).await;
+    let client = env.client();
+    for short in ["one", "two"] {
+        let ns = format!("{name}-{short}");
+        let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+        let binding = bindings
+            .get("aleph-extra-0")
+            .await
+            .expect("the additional binding");
+        assert_eq!(binding.role_ref.name, "view");
+        assert!(
+            may(&client, &carol, "list", "pods", &ns).await,
+            "carol can list pods in {ns}"
+        );
+        assert!(
+            !may(&client, &carol, "create", "pods", &ns).await,
+            "view does not create"
+        );
+    }
+    assert!(
+        !may(&client, &carol, "list", "pods", env.namespace()).await,
+        "nothing outside the tenant"
+    );
+    // Real reads as carol.
+    let as_carol = env.impersonated_client(&carol, &[]);
+    Api::<Pod>::namespaced(as_carol.clone(), &format!("{name}-one"))
+        .list(&Default::default())
+        .await
+        .expect("carol lists pods");
+    // Removed from the spec, the binding goes.
+    let tenants: Api<Tenant> = env.cluster_api();
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "additionalRoleBindings": null } })),
+        )
+        .await
+        .expect("remove");
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &format!("{name}-one"));
+    wait_for_deletion(&bindings, "aleph-extra-0", TIMEOUT).await;
+    assert!(!may(&client, &carol, "list", "pods", &format!("{name}-one")).await);
+    delete_tenant(&env, &name).await;
+    env.cleanup().await;
+}
+
+/// Cordoned, a tenant refuses new pods, new workloads (at `kubectl apply`)
+/// and ephemeral containers; a running pod stays and can still be updated.
+#[tokio::test]
+async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tncrd");
+    let debugger = debugger_role(&env, &format!("{name}-debugger"), &format!("{name}-alice")).await;
+    ready_tenant(&env, &name, &tenant_yaml(&name, &debugger)).await;
+    let ns = format!("{name}-one");
+    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
+    pods.create(
+        &PostParams::default(),
+        &typed(pod("running", "ghcr.io/acme/web:1")),
+    )
+    .await
+    .expect("a pod before the cordon");
+    let tenants: Api<Tenant> = env.cluster_api();
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "cordoned": true } })),
+        )
+        .await
+        .expect("cordon");
+    let message = until_refused(async || {
+        pods.create(&dry_run(), &typed(pod("new", "ghcr.io/acme/web:1")))
+            .await
+    })
+    .await;
+    assert!(refused_by(&message, "cordoned"), "a new pod: {message}");
+    let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
+    let message = until_refused(async || {
+        deployments
+            .create(
+                &dry_run(),
+                &typed(deployment("web", &pod("x", "ghcr.io/acme/web:1"))),
+            )
+            .await
+    })
+    .await;
+    assert!(
+        refused_by(&message, "cordoned"),
+        "a new Deployment: {message}"
+    );
+    let message = outcome(
+        pods.patch_subresource(
+            "ephemeralcontainers",
+            "running",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [
+                { "name": "debugger", "image": "ghcr.io/acme/debug:1" },
+            ] } })),
+        )
+        .await,
+    );
+    assert!(
+        refused_by(&message, "cordoned"),
+        "an ephemeral container: {message}"
+    );
+    pods.patch(
+        "running",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "labels": { "still": "here" } } })),
+    )
+    .await
+    .expect("the running pod can still be updated");
+    delete_tenant(&env, &name).await;
+    env.cleanup().await;
+}

@@ -1,0 +1,497 @@
+//! Escalation: the owners of two tenants, through impersonation, and a
+//! ServiceAccount token one of them made, try to get out of their tenant or
+//! undo its controls. Every attempt must be refused. Against the operator
+//! started by the test command.
+
+mod tenant_support;
+
+use std::fmt::Write as _;
+
+use aleph_crds::tenant::Tenant;
+use aleph_e2e::{TestEnv, install_crypto_provider, unique_name};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, Pod, ResourceQuota, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tenant_support::*;
+
+fn tenant_yaml(name: &str, compliance: &str) -> String {
+    format!(
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: Tenant
+metadata: {{ name: {name} }}
+spec:
+  owners: [{{ kind: User, name: {name}-owner, role: admin }}]
+  namespaces: [app]
+  plan: pro
+  quota: {{ gpus: 2 }}
+  admission:
+    allowedRegistries: ["ghcr.io/{name}/"]
+    allowedGpuProducts: ["{H100}"]
+    allowedDomains: ["{name}.example.com"]
+  compliance: {compliance}
+"#
+    )
+}
+
+/// The attempts made and how each ended.
+#[derive(Default)]
+struct Ledger {
+    rows: Vec<(String, String, bool)>,
+}
+
+impl Ledger {
+    /// Records an attempt that must be refused: by RBAC (403) or by an
+    /// admission rule whose message contains `expect` (any refusal when empty).
+    fn refused<T>(&mut self, what: &str, expect: &str, result: Result<T, kube::Error>) {
+        let (message, ok) = match result {
+            Ok(_) => ("ADMITTED".to_string(), false),
+            Err(kube::Error::Api(s)) => {
+                let ok = expect.is_empty() || s.message.contains(expect);
+                (format!("{} {}", s.code, s.message), ok)
+            }
+            Err(e) => (e.to_string(), false),
+        };
+        self.rows.push((what.to_string(), message, ok));
+    }
+
+    fn check(&mut self, what: &str, held: bool, detail: String) {
+        self.rows.push((what.to_string(), detail, held));
+    }
+
+    fn report(&self) -> String {
+        let mut text = String::new();
+        for (i, (what, message, ok)) in self.rows.iter().enumerate() {
+            let short: String = message.chars().take(160).collect();
+            let _ = writeln!(
+                text,
+                "{:>2} {} {what}: {short}",
+                i + 1,
+                if *ok { "refused" } else { "FAILED " }
+            );
+        }
+        text
+    }
+}
+
+/// A client that authenticates with `token` only (no certificate, no impersonation).
+async fn token_client(token: &str) -> kube::Client {
+    install_crypto_provider();
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_string().into()),
+        ..Default::default()
+    };
+    kube::Client::try_from(config).expect("token client")
+}
+
+#[tokio::test]
+async fn tenant_owners_cannot_escalate_or_undo_isolation() {
+    let env = TestEnv::new().await;
+    let a = unique_name("tnesa");
+    let b = unique_name("tnesb");
+    // The built-in admin role does not add ephemeral containers; the owner of
+    // the first tenant gets a role that does, so that the tenant's rule on
+    // them is what refuses.
+    let debugger = debugger_role(&env, &format!("{a}-debugger"), &format!("{a}-owner")).await;
+    ready_tenant(&env, &a, &format!("{}{debugger}", tenant_yaml(&a, "hipaa"))).await;
+    ready_tenant(&env, &b, &tenant_yaml(&b, "none")).await;
+    let (ns_a, ns_b) = (format!("{a}-app"), format!("{b}-app"));
+    let alice = env.impersonated_client(&format!("{a}-owner"), &[]);
+    let bob = env.impersonated_client(&format!("{b}-owner"), &[]);
+    let good_image = format!("ghcr.io/{a}/web:1");
+    let pp = PostParams::default();
+
+    // Both policies in force for alice before the attempts start.
+    let pods_a: Api<Pod> = Api::namespaced(alice.clone(), &ns_a);
+    let probe = until_refused(async || {
+        pods_a
+            .create(&dry_run(), &typed(pod("probe", "docker.io/evil/x:1")))
+            .await
+    })
+    .await;
+    assert!(refused_by(&probe, "allowedRegistries"), "{probe}");
+    let deployments_a: Api<Deployment> = Api::namespaced(alice.clone(), &ns_a);
+    let probe = until_refused(async || {
+        deployments_a
+            .create(
+                &dry_run(),
+                &typed(deployment("probe", &pod("p", "docker.io/evil/x:1"))),
+            )
+            .await
+    })
+    .await;
+    assert!(refused_by(&probe, "allowedRegistries"), "{probe}");
+
+    let mut ledger = Ledger::default();
+
+    // RBAC: cluster-admin, namespaces, the Tenant, quotas, limits, policies, bindings.
+    let crb: ClusterRoleBinding = typed(
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": { "name": format!("{a}-takeover") },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": format!("{a}-owner") }] }),
+    );
+    ledger.refused(
+        "bind cluster-admin cluster-wide",
+        "",
+        Api::<ClusterRoleBinding>::all(alice.clone())
+            .create(&pp, &crb)
+            .await,
+    );
+    let rb: RoleBinding = typed(
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": { "name": "takeover" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": format!("{a}-owner") }] }),
+    );
+    let rbs_a: Api<RoleBinding> = Api::namespaced(alice.clone(), &ns_a);
+    ledger.refused(
+        "bind cluster-admin in its own namespace",
+        "",
+        rbs_a.create(&pp, &rb).await,
+    );
+    let namespaces: Api<Namespace> = Api::all(alice.clone());
+    ledger.refused(
+        "create a namespace outside the prefix",
+        "",
+        namespaces.create(&pp, &typed(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": format!("x{a}") } }))).await,
+    );
+    ledger.refused(
+        "relabel its namespace out of the tenant",
+        "",
+        namespaces
+            .patch(&ns_a, &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "labels": { "aleph.dev/tenant": null, "pod-security.kubernetes.io/enforce": "privileged" } } })))
+            .await,
+    );
+    let tenants: Api<Tenant> = Api::all(alice.clone());
+    ledger.refused(
+        "raise its Tenant's GPU quota",
+        "",
+        tenants
+            .patch(
+                &a,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "quota": { "gpus": 64 } } })),
+            )
+            .await,
+    );
+    let quotas: Api<ResourceQuota> = Api::namespaced(alice.clone(), &ns_a);
+    ledger.refused(
+        "raise its namespace's ResourceQuota",
+        "",
+        quotas
+            .patch(
+                "aleph-tenant-quota",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "hard": { "requests.nvidia.com/gpu": "64" } } })),
+            )
+            .await,
+    );
+    ledger.refused(
+        "delete its ResourceQuota",
+        "",
+        quotas
+            .delete("aleph-tenant-quota", &DeleteParams::default())
+            .await,
+    );
+    let limits: Api<LimitRange> = Api::namespaced(alice.clone(), &ns_a);
+    ledger.refused(
+        "delete its LimitRange",
+        "",
+        limits
+            .delete("aleph-tenant-defaults", &DeleteParams::default())
+            .await,
+    );
+    let vaps: Api<ValidatingAdmissionPolicy> = Api::all(alice.clone());
+    ledger.refused(
+        "empty its admission policy",
+        "",
+        vaps.patch(
+            &format!("aleph-tenant-{a}"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "validations": [{ "expression": "true" }] } })),
+        )
+        .await,
+    );
+    let vapbs: Api<ValidatingAdmissionPolicyBinding> = Api::all(alice.clone());
+    ledger.refused(
+        "delete its admission binding",
+        "",
+        vapbs
+            .delete(&format!("aleph-tenant-{a}"), &DeleteParams::default())
+            .await,
+    );
+    ledger.refused(
+        "delete its owners' binding",
+        "made by the operator",
+        rbs_a
+            .delete("aleph-owners-admin", &DeleteParams::default())
+            .await,
+    );
+    ledger.refused(
+        "add a subject to its owners' binding",
+        "made by the operator",
+        rbs_a
+            .patch("aleph-owners-admin", &PatchParams::default(), &Patch::Merge(json!({ "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated" }] })))
+            .await,
+    );
+
+    // The other tenant.
+    let secrets_b: Api<Secret> = Api::namespaced(alice.clone(), &ns_b);
+    ledger.refused(
+        "read the other tenant's Secrets",
+        "",
+        secrets_b.list(&ListParams::default()).await,
+    );
+    let pods_b: Api<Pod> = Api::namespaced(alice.clone(), &ns_b);
+    ledger.refused(
+        "create a pod in the other tenant",
+        "",
+        pods_b
+            .create(&pp, &typed(pod("intruder", &good_image)))
+            .await,
+    );
+    let policies_a_by_bob: Api<NetworkPolicy> = Api::namespaced(bob.clone(), &ns_a);
+    ledger.refused(
+        "delete the other tenant's isolation policy",
+        "",
+        policies_a_by_bob
+            .delete("aleph-tenant-isolation", &DeleteParams::default())
+            .await,
+    );
+    ledger.refused(
+        "edit the other tenant's Tenant",
+        "",
+        Api::<Tenant>::all(bob.clone()).patch(&a, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "owners": [{ "kind": "User", "name": format!("{b}-owner"), "role": "admin" }] } }))).await,
+    );
+
+    // Pod Security `restricted` under hipaa.
+    for (what, field, value) in [
+        (
+            "a privileged pod",
+            "containers",
+            json!([{ "name": "main", "image": good_image, "securityContext": { "privileged": true } }]),
+        ),
+        (
+            "a hostPath pod",
+            "volumes",
+            json!([{ "name": "root", "hostPath": { "path": "/" } }]),
+        ),
+        ("a hostNetwork pod", "hostNetwork", json!(true)),
+        ("a hostPID pod", "hostPID", json!(true)),
+    ] {
+        let mut p = pod("host", &good_image);
+        p["spec"][field] = value;
+        ledger.refused(
+            &format!("{what} under hipaa"),
+            "restricted",
+            pods_a.create(&pp, &typed(p)).await,
+        );
+    }
+
+    // Images through UPDATE and ephemeral containers; GPU products through affinity.
+    pods_a
+        .create(&pp, &typed(pod("running", &good_image)))
+        .await
+        .expect("an allowed pod");
+    ledger.refused(
+        "change a running pod's image (kubectl set image)",
+        "allowedRegistries",
+        pods_a.patch("running", &PatchParams::default(), &Patch::Strategic(json!({ "spec": { "containers": [{ "name": "main", "image": "docker.io/evil/x:1" }] } }))).await,
+    );
+    ledger.refused(
+        "add an ephemeral container (kubectl debug)",
+        "allowedRegistries",
+        pods_a
+            .patch_subresource("ephemeralcontainers", "running", &PatchParams::default(), &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [container("dbg", "docker.io/evil/x:1")] } })))
+            .await,
+    );
+    let mut init = pod("init", &good_image);
+    init["spec"]["initContainers"] = json!([container("init", "docker.io/evil/x:1")]);
+    ledger.refused(
+        "an init container from another registry",
+        "allowedRegistries",
+        pods_a.create(&pp, &typed(init)).await,
+    );
+    ledger.refused(
+        "a Deployment from another registry",
+        "allowedRegistries",
+        deployments_a
+            .create(
+                &pp,
+                &typed(deployment("evil", &pod("p", "docker.io/evil/x:1"))),
+            )
+            .await,
+    );
+    let mut a100 = gpu_pod("a100", &good_image, 1);
+    a100["spec"]["affinity"] = affinity(&[A100]);
+    ledger.refused(
+        "a GPU pod steered to an A100 by affinity",
+        "allowedGpuProducts",
+        pods_a.create(&pp, &typed(a100)).await,
+    );
+    ledger.refused(
+        "a GPU pod pinned to nothing",
+        "not pinned",
+        pods_a
+            .create(&pp, &typed(gpu_pod("any", &good_image, 1)))
+            .await,
+    );
+
+    // Network: widening, the operator's policy, NodePorts, foreign hosts.
+    let policies_a: Api<NetworkPolicy> = Api::namespaced(alice.clone(), &ns_a);
+    let np = |spec: serde_json::Value| -> NetworkPolicy {
+        typed(
+            json!({ "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": { "name": "wide" }, "spec": spec }),
+        )
+    };
+    ledger.refused(
+        "a NetworkPolicy allowing all egress",
+        "compliance hipaa",
+        policies_a
+            .create(
+                &pp,
+                &np(json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{}] })),
+            )
+            .await,
+    );
+    ledger.refused(
+        "a NetworkPolicy allowing ingress from the other tenant",
+        "compliance hipaa",
+        policies_a
+            .create(&pp, &np(json!({ "podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "aleph.dev/tenant": b } } }] }] })))
+            .await,
+    );
+    ledger.refused(
+        "delete its isolation policy",
+        "made by the operator",
+        policies_a
+            .delete("aleph-tenant-isolation", &DeleteParams::default())
+            .await,
+    );
+    let services_a: Api<Service> = Api::namespaced(alice.clone(), &ns_a);
+    ledger.refused(
+        "a NodePort Service",
+        "allowNodePorts",
+        services_a
+            .create(&pp, &typed(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "np" },
+                "spec": { "type": "NodePort", "selector": { "app": "x" }, "ports": [{ "port": 80 }] } })))
+            .await,
+    );
+    let ingresses_a: Api<Ingress> = Api::namespaced(alice.clone(), &ns_a);
+    ledger.refused(
+        "an Ingress for the other tenant's host",
+        "allowedDomains",
+        ingresses_a
+            .create(&pp, &typed(json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": { "name": "steal" },
+                "spec": { "rules": [{ "host": format!("www.{b}.example.com"), "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+                    "backend": { "service": { "name": "web", "port": { "number": 80 } } } }] } }] } })))
+            .await,
+    );
+
+    // A ServiceAccount the owner made, bound to admin in its namespace, used through a real token.
+    let sas: Api<ServiceAccount> = Api::namespaced(alice.clone(), &ns_a);
+    sas.create(
+        &pp,
+        &typed(
+            json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "ci" } }),
+        ),
+    )
+    .await
+    .expect("the owner makes a ServiceAccount");
+    rbs_a
+        .create(&pp, &typed(json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": { "name": "ci-admin" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "ci", "namespace": ns_a }] })))
+        .await
+        .expect("the owner binds admin to it in its namespace");
+    let token = Api::<ServiceAccount>::namespaced(env.client(), &ns_a)
+        .create_token_request("ci", &pp, &TokenRequest::default())
+        .await
+        .expect("a token")
+        .status
+        .map(|s| s.token)
+        .unwrap_or_default();
+    let ci = token_client(&token).await;
+    let ci_pods: Api<Pod> = Api::namespaced(ci.clone(), &ns_a);
+    ci_pods
+        .list(&ListParams::default())
+        .await
+        .expect("the token works in its namespace");
+    ledger.refused(
+        "token: a pod from another registry",
+        "allowedRegistries",
+        ci_pods
+            .create(&pp, &typed(pod("ci", "docker.io/evil/x:1")))
+            .await,
+    );
+    ledger.refused(
+        "token: a NetworkPolicy allowing all egress",
+        "compliance hipaa",
+        Api::<NetworkPolicy>::namespaced(ci.clone(), &ns_a)
+            .create(
+                &pp,
+                &np(json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{}] })),
+            )
+            .await,
+    );
+    ledger.refused(
+        "token: bind cluster-admin",
+        "",
+        Api::<RoleBinding>::namespaced(ci.clone(), &ns_a)
+            .create(&pp, &rb)
+            .await,
+    );
+    ledger.refused(
+        "token: read the other tenant's Secrets",
+        "",
+        Api::<Secret>::namespaced(ci.clone(), &ns_b)
+            .list(&ListParams::default())
+            .await,
+    );
+    ledger.refused(
+        "token: delete the isolation policy",
+        "made by the operator",
+        Api::<NetworkPolicy>::namespaced(ci.clone(), &ns_a)
+            .delete("aleph-tenant-isolation", &DeleteParams::default())
+            .await,
+    );
+
+    // What stood is still in place.
+    let admin_policies: Api<NetworkPolicy> = Api::namespaced(env.client(), &ns_a);
+    let held = admin_policies
+        .get_opt("aleph-tenant-isolation")
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    ledger.check("the isolation policy is still there", held, String::new());
+
+    let report = ledger.report();
+    println!(
+        "{} checks as the owners of {a} and {b}:\n{report}",
+        ledger.rows.len()
+    );
+    assert!(
+        ledger.rows.len() >= 25,
+        "only {} attempts",
+        ledger.rows.len()
+    );
+    assert!(
+        ledger.rows.iter().all(|(_, _, ok)| *ok),
+        "not every attempt was refused:\n{report}"
+    );
+    delete_tenant(&env, &a).await;
+    delete_tenant(&env, &b).await;
+    env.cleanup().await;
+}

@@ -1,0 +1,167 @@
+//! What the tenant tests share: Tenants, owners, pods and refusals.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use aleph_crds::tenant::Tenant;
+use aleph_e2e::{TestEnv, has_condition, wait_for};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+pub const H100: &str = "NVIDIA-H100-80GB-HBM3";
+pub const A100: &str = "NVIDIA-A100-SXM4-80GB";
+
+/// Applies the Tenant `yaml` and waits until it is Ready.
+pub async fn ready_tenant(env: &TestEnv, name: &str, yaml: &str) -> Tenant {
+    env.kubectl_with_stdin(["apply", "-f", "-"], yaml)
+        .await
+        .expect_success();
+    let tenants: Api<Tenant> = env.cluster_api();
+    wait_for(&tenants, name, TIMEOUT, |t| {
+        has_condition(t, "Ready", "True")
+    })
+    .await
+}
+
+pub async fn delete_tenant(env: &TestEnv, name: &str) {
+    let tenants: Api<Tenant> = env.cluster_api();
+    let _ = tenants.delete(name, &DeleteParams::default()).await;
+}
+
+/// A pod that meets Pod Security `restricted`, so that only the tenant's own
+/// rules can refuse it.
+pub fn pod(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": {
+            "securityContext": { "runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": { "type": "RuntimeDefault" } },
+            "containers": [container("main", image)],
+        },
+    })
+}
+
+pub fn container(name: &str, image: &str) -> Value {
+    json!({
+        "name": name,
+        "image": image,
+        "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } },
+    })
+}
+
+/// `pod` asking for `gpus` GPUs, tolerating the GPU nodes' taint.
+pub fn gpu_pod(name: &str, image: &str, gpus: u32) -> Value {
+    let mut p = pod(name, image);
+    p["spec"]["containers"][0]["resources"] = json!({
+        "requests": { "nvidia.com/gpu": gpus.to_string() },
+        "limits": { "nvidia.com/gpu": gpus.to_string() },
+    });
+    p["spec"]["tolerations"] =
+        json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]);
+    p
+}
+
+/// Required node affinity to `products`.
+pub fn affinity(products: &[&str]) -> Value {
+    json!({ "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{ "matchExpressions": [
+            { "key": "nvidia.com/gpu.product", "operator": "In", "values": products },
+        ] }],
+    } } })
+}
+
+/// A Deployment of one replica whose pod template is `pod`'s spec.
+pub fn deployment(name: &str, pod: &Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": name } },
+            "template": { "metadata": { "labels": { "app": name } }, "spec": pod["spec"] },
+        },
+    })
+}
+
+pub fn typed<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("a valid object")
+}
+
+/// Server-side dry run: the request goes through admission and stores nothing.
+pub fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    }
+}
+
+/// The refusal of `result` ("admitted" when there was none).
+pub fn outcome<T>(result: Result<T, kube::Error>) -> String {
+    match result {
+        Ok(_) => "admitted".to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Repeats `attempt` (which must store nothing: a dry run) until it is
+/// refused, for at most 30 s: admission policies reach the API server's
+/// cache a moment after they are written. Returns the refusal, or "admitted".
+pub async fn until_refused<T>(mut attempt: impl AsyncFnMut() -> Result<T, kube::Error>) -> String {
+    for _ in 0..60 {
+        if let Err(e) = attempt().await {
+            return e.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    "admitted".to_string()
+}
+
+/// Whether `message` is a refusal naming `rule`.
+pub fn refused_by(message: &str, rule: &str) -> bool {
+    message != "admitted" && message.contains(rule)
+}
+
+/// Makes the ClusterRole `name` that lets its holder add ephemeral containers
+/// (`kubectl debug`), which the built-in `admin` role does not; returns the
+/// YAML lines that bind it to `user` through a Tenant's
+/// `additionalRoleBindings`. Deleted at the test's cleanup.
+pub async fn debugger_role(env: &TestEnv, name: &str, user: &str) -> String {
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = env.cluster_api();
+    roles
+        .create(
+            &PostParams::default(),
+            &typed(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": { "name": name },
+                "rules": [{ "apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["get", "patch", "update"] }],
+            })),
+        )
+        .await
+        .expect("the debugger ClusterRole");
+    env.delete_on_cleanup(
+        kube::discovery::ApiResource::erase::<k8s_openapi::api::rbac::v1::ClusterRole>(&()),
+        name,
+    );
+    format!(
+        "  additionalRoleBindings:\n    - clusterRole: {name}\n      subjects: [{{ kind: User, name: {user} }}]\n"
+    )
+}
+
+/// Waits until the tenant's owners' policy holds for `client` in `namespace`
+/// (it reaches the API server's cache on its own, a moment after the
+/// tenant's other policy): deleting the operator's isolation policy, in a dry
+/// run, is refused.
+pub async fn owners_policy_in_force(client: &kube::Client, namespace: &str) {
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), namespace);
+    let dry = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    let message =
+        until_refused(async || policies.delete("aleph-tenant-isolation", &dry).await).await;
+    assert!(refused_by(&message, "made by the operator"), "{message}");
+}
