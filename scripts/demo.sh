@@ -58,15 +58,16 @@ for f in examples/*.yaml; do
 done
 
 # Settled: every object's status describes its current generation, has a Ready
-# condition, and stays the same over two looks five seconds apart.
+# condition (a PipelineRun: Succeeded), and stays the same over two looks five
+# seconds apart.
 echo "==> waiting for the examples to settle" >&2
 summary() {
-  kubectl get aleph -A -o jsonpath='{range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name} {.metadata.generation} {.status.observedGeneration} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason} {.status.conditions[?(@.type=="Ready")].message}{"\n"}{end}'
+  kubectl get aleph -A -o jsonpath='{range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name} {.metadata.generation} {.status.observedGeneration} ready={.status.conditions[?(@.type=="Ready")].status} succeeded={.status.conditions[?(@.type=="Succeeded")].status} {.status.conditions[?(@.type=="Ready")].message}{"\n"}{end}'
 }
 previous="" deadline=$((SECONDS + 300))
 while :; do
   current=$(summary)
-  if [ "$current" = "$previous" ] && ! awk '$2 != $3 || $4 == "" { bad = 1 } END { exit !bad }' <<<"$current"; then
+  if [ "$current" = "$previous" ] && ! awk '$2 != $3 || ($4 == "ready=" && $5 == "succeeded=") { bad = 1 } END { exit !bad }' <<<"$current"; then
     break
   fi
   if [ $SECONDS -ge $deadline ]; then

@@ -145,7 +145,9 @@ kill_cgroup_tree() {
     fi
     sleep 0.2
   done
-  for ctl in $NODE_CGROUP_CONTROLLERS; do
+  # runc also makes each container's cgroup in the cgroup v2 hierarchy of a
+  # hybrid host (`unified`), though no controller of the node uses it.
+  for ctl in $NODE_CGROUP_CONTROLLERS unified; do
     [ -d "$CGROUP_ROOT/$ctl/$rel" ] || continue
     # A cgroup dir is removed by rmdir only; the files in it are not real.
     find "$CGROUP_ROOT/$ctl/$rel" -depth -type d -exec rmdir {} \; 2>/dev/null || true
