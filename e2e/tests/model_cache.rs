@@ -249,8 +249,8 @@ stringData:
         })
     })
     .await;
-    let status = serde_json::to_value(&failed.status).expect("status");
-    let ready = find_condition(&status, "Ready").expect("Ready condition");
+    let object = serde_json::json!({ "status": failed.status });
+    let ready = find_condition(&object, "Ready").expect("Ready condition");
     let message = ready.message.unwrap_or_default();
     assert!(
         message.contains(&missing) && message.contains("no such object"),
