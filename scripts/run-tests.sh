@@ -78,7 +78,8 @@ if [ "$status" -ne 0 ]; then
   tail -30 "$state/logs/operator.log" >&2
 fi
 # One summary line for the whole run.
-passed=$(grep -Eo '[0-9]+ passed' "$state/logs/test.log" | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' "$state/logs/test.log" | awk '{s+=$1} END {print s+0}')
+# From cargo's own "test result:" lines only (what tests print may say "failed").
+passed=$(grep -E '^test result:' "$state/logs/test.log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -E '^test result:' "$state/logs/test.log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 echo "total: $passed passed, $failed failed"
 exit "$status"

@@ -200,13 +200,20 @@ fn down_leaves_nothing_behind_after_the_cluster_is_killed() {
     let left = processes_of(&state);
     assert!(left.is_empty(), "processes left behind: {left:?}");
     assert!(!state.exists(), "{} is still there", state.display());
-    assert_eq!(before.mounts, after.mounts, "mounts differ");
-    assert_eq!(before.links, after.links, "network interfaces differ");
-    assert_eq!(before.routes, after.routes, "routes differ");
-    assert_eq!(before.netns, after.netns, "network namespaces differ");
-    assert_eq!(before.iptables, after.iptables, "iptables rules differ");
-    assert_eq!(before.nftables, after.nftables, "nftables rules differ");
-    assert_eq!(before.cgroups, after.cgroups, "cgroups differ");
+    // Left behind: what is there after and was not before (what went away
+    // meanwhile, such as a stale cgroup of an earlier run, is no leak).
+    for (what, before, after) in [
+        ("mounts", &before.mounts, &after.mounts),
+        ("network interfaces", &before.links, &after.links),
+        ("routes", &before.routes, &after.routes),
+        ("network namespaces", &before.netns, &after.netns),
+        ("iptables rules", &before.iptables, &after.iptables),
+        ("nftables rules", &before.nftables, &after.nftables),
+        ("cgroups", &before.cgroups, &after.cgroups),
+    ] {
+        let left: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
+        assert!(left.is_empty(), "{what} left behind: {left:?}");
+    }
     println!(
         "cleanup: killed {killed} processes and {containers} container processes; host unchanged"
     );
