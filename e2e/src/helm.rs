@@ -198,3 +198,22 @@ pub fn examples(label: &str, tenant: &str) -> String {
     assert_eq!(documents.len(), 6, "one example per kind (two AIModels)");
     documents.join("\n---\n")
 }
+
+/// Applies every example for the operator of `label` in the test's namespace,
+/// with the Secret the vLLM example downloads with and a unique Tenant name;
+/// returns what was applied. Panics if the server refuses anything.
+pub async fn apply_examples(env: &TestEnv, label: &str) -> Vec<crate::Applied> {
+    env.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: { name: hf-token }
+stringData: { token: hf_e2e }
+"#,
+    )
+    .await;
+    let tenant = unique_name("acme");
+    env.try_apply_yaml(&examples(label, &tenant))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use aleph_e2e::helm::{Release, examples};
+use aleph_e2e::helm::{Release, apply_examples};
 use aleph_e2e::operator::{KUBE_REQUESTS, metric_sum};
 use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
 use aleph_e2e::{
@@ -273,18 +273,7 @@ async fn the_charts_service_account_is_enough_to_reconcile_every_example() {
     op.wait_ready(TIMEOUT).await;
     sole_leader(&[&op], Duration::from_secs(30)).await;
 
-    // The vLLM example downloads with this token.
-    env.apply_yaml(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: { name: hf-token }
-stringData: { token: hf_e2e }
-"#,
-    )
-    .await;
-    let tenant = unique_name("acme");
-    let applied = apply(&env, &examples(&label, &tenant)).await;
+    let applied = apply_examples(&env, &label).await;
     for item in &applied {
         let name = item.object.metadata.name.clone().unwrap_or_default();
         let object = wait_for(&api_for(&env, item), &name, TIMEOUT, status_written).await;

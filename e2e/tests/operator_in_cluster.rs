@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use aleph_e2e::helm::{Release, examples, helm};
+use aleph_e2e::helm::{Release, apply_examples, helm};
 use aleph_e2e::operator::{http_get, metric_sum};
 use aleph_e2e::real_node::{pin_namespace, pod_ip, require};
 use aleph_e2e::{PRIVATE_OPERATOR_LABEL, TestEnv, find_condition, kubectl, unique_name, wait_for};
@@ -237,20 +237,7 @@ async fn the_operator_runs_in_the_cluster_from_its_chart() {
     }
 
     // Every example, reconciled by the in-cluster leader.
-    env.apply_yaml(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: { name: hf-token }
-stringData: { token: hf_e2e }
-"#,
-    )
-    .await;
-    let tenant = unique_name("acme");
-    let applied = env
-        .try_apply_yaml(&examples(&label, &tenant))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let applied = apply_examples(&env, &label).await;
     for item in &applied {
         let name = item.object.metadata.name.clone().unwrap_or_default();
         let api: Api<DynamicObject> = if item.namespaced {

@@ -14,6 +14,9 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
+mod tenant_support;
+use tenant_support::delete_tenant;
+
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn tenant_yaml(name: &str, extra: &str) -> String {
@@ -38,11 +41,7 @@ spec:
 }
 
 async fn ready_tenant(env: &TestEnv, name: &str) -> Tenant {
-    let tenants: Api<Tenant> = env.cluster_api();
-    wait_for(&tenants, name, TIMEOUT, |t| {
-        has_condition(t, "Ready", "True")
-    })
-    .await
+    tenant_support::wait_ready(env, name).await
 }
 
 fn pod(name: &str, image: &str, gpus: Option<(&str, &str)>) -> Pod {
@@ -77,11 +76,6 @@ async fn refusal(pods: &Api<Pod>, pod: Pod) -> String {
         }
     }
     "admitted".to_string()
-}
-
-async fn delete_tenant(env: &TestEnv, name: &str) {
-    let tenants: Api<Tenant> = env.cluster_api();
-    let _ = tenants.delete(name, &DeleteParams::default()).await;
 }
 
 #[tokio::test]

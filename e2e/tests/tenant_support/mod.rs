@@ -18,6 +18,11 @@ pub async fn ready_tenant(env: &TestEnv, name: &str, yaml: &str) -> Tenant {
     env.kubectl_with_stdin(["apply", "-f", "-"], yaml)
         .await
         .expect_success();
+    wait_ready(env, name).await
+}
+
+/// Waits until the Tenant `name` is Ready.
+pub async fn wait_ready(env: &TestEnv, name: &str) -> Tenant {
     let tenants: Api<Tenant> = env.cluster_api();
     wait_for(&tenants, name, TIMEOUT, |t| {
         has_condition(t, "Ready", "True")
