@@ -57,6 +57,28 @@ for f in examples/*.yaml; do
   [ "$f" = examples/tenant.yaml ] || kubectl apply -n acme-research -f "$f"
 done
 
+# A model that really answers: a tiny GGUF (random weights) in the S3 emulator,
+# served by llama.cpp in acme-prod, whose pods go to the real node.
+echo "==> writing a tiny GGUF model and uploading it to the S3 emulator" >&2
+cargo build --quiet --release -p tiny-gguf
+gguf="$ALEPH_STATE/tiny-chat.gguf"
+"${CARGO_TARGET_DIR:-$root/target}/release/tiny-gguf" "$gguf" tiny-chat 1 >/dev/null
+"$("$root/e2e/sagemaker/moto.sh" python)" - "$ALEPH_MOTO_URL" "$gguf" <<'PY'
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="testing", aws_secret_access_key="testing")
+s3.create_bucket(Bucket="aleph-demo-models")
+s3.upload_file(sys.argv[2], "aleph-demo-models", "tiny-chat/model.gguf")
+PY
+kubectl annotate --overwrite namespace acme-prod \
+  "scheduler.alpha.kubernetes.io/node-selector=aleph.dev/node-pool=real" \
+  "scheduler.alpha.kubernetes.io/defaultTolerations=[{\"key\":\"aleph.dev/real-node\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}]" >/dev/null
+kubectl -n acme-prod create secret generic demo-s3 --dry-run=client -o yaml \
+  --from-literal=AWS_ENDPOINT_URL="$ALEPH_MOTO_URL" --from-literal=AWS_REGION=us-east-1 \
+  --from-literal=AWS_ACCESS_KEY_ID=testing --from-literal=AWS_SECRET_ACCESS_KEY=testing |
+  kubectl apply -f - >/dev/null
+kubectl apply -n acme-prod -f examples/serving/tiny-chat.yaml
+
 # Settled: every object's status describes its current generation, has a Ready
 # condition (a PipelineRun: Succeeded), and stays the same over two looks five
 # seconds apart.
@@ -80,6 +102,21 @@ done
 kubectl get aleph -A
 echo
 kubectl get pods -A -o wide --field-selector spec.nodeName="$REAL_NODE_NAME"
+
+# The real model answers, through the same commands the user gets below.
+kubectl -n acme-prod wait --for=condition=Ready --timeout=300s aimodel/tiny-chat >/dev/null ||
+  echo "==> aimodel/tiny-chat is not Ready: kubectl -n acme-prod describe aimodel tiny-chat" >&2
+forward_log="$ALEPH_STATE/logs/port-forward.log"
+kubectl -n acme-prod port-forward svc/tiny-chat 8080:8080 >"$forward_log" 2>&1 &
+forward=$!
+for _ in $(seq 1 20); do curl -fsS http://127.0.0.1:8080/health >/dev/null 2>&1 && break; sleep 0.5; done
+echo
+echo "==> POST /v1/chat/completions to tiny-chat (llama.cpp on $REAL_NODE_NAME):"
+curl -sS --max-time 30 http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \
+  -d '{"model": "tiny-chat", "max_tokens": 12, "messages": [{"role": "user", "content": "Hello!"}]}' ||
+  echo "(no answer; see $forward_log)"
+echo
+kill "$forward" 2>/dev/null || true
 cat <<EOT
 
 Aleph is running: the operator as pods on the real node ($REAL_NODE_NAME), beside
@@ -88,6 +125,12 @@ kwok's fake CPU and GPU nodes. In this shell:
   export PATH=$(dirname "$(bin_path kubectl)"):\$PATH
   kubectl get aleph -A
   kubectl describe aimodel -n acme-research      # each object's status says what it is doing
+Talk to the model that really serves (llama.cpp, a tiny random-weight GGUF):
+  kubectl -n acme-prod port-forward svc/tiny-chat 8080:8080 &
+  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "tiny-chat", "messages": [{"role": "user", "content": "Hello!"}]}'
+  (add "stream": true for server-sent events; inside the cluster its URL is
+   $(kubectl -n acme-prod get aimodel tiny-chat -o jsonpath='{.status.url}'))
 Operator logs: kubectl -n aleph-system logs deploy/aleph-aleph-operator
 Stop everything: make down
 EOT

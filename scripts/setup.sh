@@ -5,7 +5,8 @@
 #   cmake: the AWS SDK's crypto; curl, flock (util-linux).
 # - The real node (e2e/cluster/node.sh): containerd, runc, the CNI plugins,
 #   iptables, ipset, iproute2, conntrack; unshare/nsenter (util-linux).
-# - The images (e2e/images): gcc and libc6-dev for the static pause binary.
+# - The images (e2e/images): gcc and libc6-dev for the static pause binary; g++,
+#   cmake, ninja-build, binutils (strip) and file for the static llama-server.
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -22,6 +23,10 @@ have ipset || need+=(ipset)
 have ip || need+=(iproute2)
 have conntrack || need+=(conntrack)
 have gcc || need+=(gcc)
+have g++ || need+=(g++)
+have ninja || need+=(ninja-build)
+have strip || need+=(binutils)
+have file || need+=(file)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need[*]}" >&2

@@ -48,6 +48,7 @@ use crate::common::{
 #[x_kube(validation = Rule::new("self.backend != 'SageMaker' || !has(self.canary)").message("canary is only supported on the Kubernetes backend").field_path(".canary"))]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetCpuUtilization) || (has(self.resources) && has(self.resources.cpu))").message("targetCpuUtilization is a share of the CPU request: set resources.cpu").field_path(".autoscaling.targetCpuUtilization"))]
 #[x_kube(validation = Rule::new("!has(self.resources) || !has(self.resources.gpuProduct) || (has(self.resources.gpus) && self.resources.gpus > 0)").message("gpuProduct needs gpus of at least 1").field_path(".resources.gpuProduct"))]
+#[x_kube(validation = Rule::new("!has(self.runtime) || !has(self.runtime.engine) || self.runtime.engine != 'llamacpp' || !has(self.source) || self.source.uri.endsWith('.gguf') || (has(self.runtime.args) && self.runtime.args.exists(a, a == '--model' || a == '-m' || a.startsWith('--model=')))").message("llama.cpp serves one GGUF file: name it in source.uri (for example s3://bucket/path/model.gguf), or pass runtime.args [--model, /models/<file>.gguf]").field_path(".source.uri"))]
 pub struct AIModelSpec {
     /// Where the model's weights come from. Optional when `training` produces them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +86,13 @@ pub struct AIModelSpec {
     /// Whether SageMaker resources are deleted with the AIModel (Delete) or kept (Retain).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// The ServiceAccount that the serving pods and the download Job run as:
+    /// one bound to a cloud identity (EKS IRSA or Pod Identity, GKE or Azure
+    /// workload identity) reads an `s3://` (or other cloud) source without
+    /// static keys. The namespace's `default` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
+    pub service_account_name: Option<String>,
     /// Annotations on the serving pods (stable and canary), for example a
     /// service mesh's or a cost tool's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -114,7 +122,7 @@ pub struct ModelSource {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.engine != 'custom' || (has(self.image) && has(self.port))").message("a custom runtime needs image and port"))]
 pub struct ModelRuntime {
-    /// The engine: vllm, ollama, tgi, triton or custom.
+    /// The engine: vllm, ollama, tgi, triton, llamacpp or custom.
     #[serde(default)]
     pub engine: RuntimeEngine,
     /// The image; each built-in engine has a default.
@@ -123,6 +131,7 @@ pub struct ModelRuntime {
     pub image: Option<String>,
     /// Extra arguments appended to the engine's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128), inner(length(max = 4096)))]
     pub args: Vec<String>,
     /// The port the runtime serves on; each built-in engine has a default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,6 +159,9 @@ pub enum RuntimeEngine {
     Tgi,
     /// NVIDIA Triton Inference Server.
     Triton,
+    /// llama.cpp's `llama-server`: OpenAI-compatible, serves one GGUF file, on
+    /// CPUs (`gpus: 0`) or GPUs.
+    Llamacpp,
     /// Your own image, port and health path.
     Custom,
 }
@@ -247,7 +259,9 @@ pub struct Canary {
     /// The canary's runtime; the main runtime when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<ModelRuntime>,
-    /// Percent of traffic (and of replicas) that goes to the canary.
+    /// Percent of traffic (and of replicas) that goes to the canary. At 100
+    /// every replica runs the canary; to promote it for good, move its source
+    /// and runtime into the main spec and remove `canary`.
     #[schemars(range(min = 0, max = 100))]
     pub traffic_percent: i32,
 }

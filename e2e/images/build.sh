@@ -4,6 +4,7 @@
 #   ctr -a SOCKET -n k8s.io images import FILE
 #
 #   e2e/images/build.sh [NAME...]      NAME: pause busybox coredns aleph-operator model-cache
+#                                            llama-server
 #                                      (all of them when none is given)
 #
 # Output, in ALEPH_IMAGES_DIR (default $ALEPH_CACHE/images):
@@ -25,7 +26,7 @@ OUT="${ALEPH_IMAGES_DIR:-$ALEPH_CACHE/images}"
 SRC="$ALEPH_CACHE/images-src"
 PYTHON="${PYTHON:-python3}"
 OCI=("$PYTHON" "$IMAGES_DIR/oci.py")
-ALL=(pause busybox coredns aleph-operator model-cache)
+ALL=(pause busybox coredns aleph-operator model-cache llama-server)
 
 die() {
   printf 'build.sh: %s\n' "$*" >&2
@@ -281,6 +282,83 @@ stage_model-cache() {
     --env "PYTHONPATH=$MODEL_CACHE_SITE" --env PYTHONDONTWRITEBYTECODE=1 --env PYTHONUNBUFFERED=1
     --env HF_HOME=/tmp/hf --env HF_HUB_DISABLE_TELEMETRY=1
     --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt)
+}
+
+# llama.cpp's server, built from the llama.cpp tree that llama-cpp-python's source
+# distribution vendors (PyPI is reachable here, GitHub is not): build b11312, commit
+# 0c1e57098, the version of ghcr.io/ggml-org/llama.cpp:server-b11312. One static
+# binary; CPU only, for any x86-64 with AVX2 (no -march=native), no OpenSSL, no web UI.
+LLAMACPP_PYPI=llama-cpp-python==0.3.36
+LLAMACPP_SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+LLAMACPP_BUILD=11312
+LLAMACPP_COMMIT=0c1e57098
+LLAMACPP_CMAKE=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF
+  -DGGML_OPENMP=OFF -DGGML_CCACHE=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF
+  -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+  -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON
+  "-DLLAMA_BUILD_NUMBER=$LLAMACPP_BUILD" "-DLLAMA_BUILD_COMMIT=$LLAMACPP_COMMIT"
+  -DCMAKE_EXE_LINKER_FLAGS=-static)
+ref_llama-server() { echo "aleph.local/llama-server:b$LLAMACPP_BUILD"; }
+# The binary, built once per source and recipe into $ALEPH_CACHE/build (a cold build
+# takes about 20 minutes on two cores; see e2e/images/README.md).
+llamacpp_key() {
+  { echo "$LLAMACPP_SDIST_SHA256"; printf '%s\n' "${LLAMACPP_CMAKE[@]}"; g++ --version | head -1; cmake --version | head -1; } |
+    sha256sum | cut -c1-16
+}
+llamacpp_bin() { echo "$ALEPH_CACHE/build/llama-server-b$LLAMACPP_BUILD-$(llamacpp_key)/llama-server"; }
+llamacpp_build() {
+  local bin dir sdist tmp
+  bin=$(llamacpp_bin)
+  [ -x "$bin" ] && return 0
+  dir=$(dirname "$bin")
+  sdist="$SRC/llama_cpp_python-${LLAMACPP_PYPI#*==}.tar.gz"
+  if [ ! -f "$sdist" ] || [ "$(sha256sum "$sdist" | cut -d' ' -f1)" != "$LLAMACPP_SDIST_SHA256" ]; then
+    log "downloading the source distribution of $LLAMACPP_PYPI"
+    mkdir -p "$SRC"
+    tmp=$(mktemp -d "$SRC/.get.XXXXXX")
+    printf '%s --hash=sha256:%s\n' "$LLAMACPP_PYPI" "$LLAMACPP_SDIST_SHA256" >"$tmp/req.txt"
+    # --no-binary: the source distribution (the only one for Linux), hash-checked.
+    "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: --require-hashes \
+      -r "$tmp/req.txt" -d "$tmp" >&2 || { rm -rf "$tmp"; die "pip download of $LLAMACPP_PYPI failed"; }
+    mv "$tmp"/llama_cpp_python-*.tar.gz "$sdist"
+    rm -rf "$tmp"
+  fi
+  log "building llama-server b$LLAMACPP_BUILD (static, CPU) into $dir; the first build takes about 20 minutes"
+  rm -rf "$dir.part"
+  mkdir -p "$dir.part/src"
+  tar -xzf "$sdist" -C "$dir.part/src" --strip-components=3 "llama_cpp_python-${LLAMACPP_PYPI#*==}/vendor/llama.cpp"
+  (cmake -S "$dir.part/src" -B "$dir.part/build" -G Ninja "${LLAMACPP_CMAKE[@]}" >"$dir.part/build.log" 2>&1 &&
+    cmake --build "$dir.part/build" --target llama-server -j "$(nproc)" >>"$dir.part/build.log" 2>&1) ||
+    die "building llama-server failed; its log: $dir.part/build.log"
+  mkdir -p "$dir"
+  strip -o "$dir/llama-server.part" "$dir.part/build/bin/llama-server"
+  mv "$dir/llama-server.part" "$bin"
+  rm -rf "$dir.part"
+}
+inputs_llama-server() {
+  need cmake "the llama-server image compiles llama.cpp (apt-get install cmake)"
+  need g++ "the llama-server image compiles llama.cpp (apt-get install g++)"
+  need ninja "the llama-server image compiles llama.cpp with Ninja (apt-get install ninja-build)"
+  need file "the static link of llama-server is checked with file(1)"
+  "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is missing: the llama-server image downloads llama.cpp's source with $PYTHON -m pip"
+  llamacpp_build
+  local bin
+  bin=$(llamacpp_bin)
+  file -L "$bin" | grep -Eq 'statically linked|static-pie linked' || die "$bin is not statically linked: $(file -L "$bin")"
+  sha256sum "$bin" | cut -d' ' -f1
+}
+stage_llama-server() {
+  local root=$1
+  mkdir -p "$root/app"
+  cp "$(llamacpp_bin)" "$root/app/llama-server"
+  base_files "$root"
+  # Upstream's server image: /app/llama-server as the entrypoint, port 8080,
+  # listening on every address. Here it runs as nonroot.
+  OCI_ARGS=(--layer "$root:/" --entrypoint '["/app/llama-server"]' --user 65532:65532 --workdir /app
+    --env LLAMA_ARG_HOST=0.0.0.0 --expose 8080
+    --label org.opencontainers.image.title=llama-server
+    --label "org.opencontainers.image.version=b$LLAMACPP_BUILD"
+    --label "org.opencontainers.image.revision=$LLAMACPP_COMMIT")
 }
 
 # --- driver ------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 #                   $ALEPH_MOTO_STATE/url and prints the export lines
 #   moto.sh stop    stops the server recorded in $ALEPH_MOTO_STATE/pid
 #   moto.sh url     prints the URL of the running server
+#   moto.sh python  installs the virtualenv (once) and prints its Python, which
+#                   has boto3 (for putting objects into the emulator's S3)
 #
 # The virtualenv lives in ${ALEPH_CACHE:-$HOME/.cache/aleph}/venv-moto-<version>,
 # outside the clone. Idempotent: start with a healthy server running only prints.
@@ -118,5 +120,6 @@ case "${1:-}" in
   stop) stop_server ;;
   url) healthy && cat "$STATE/url" ;;
   install) install_moto ;;
-  *) echo "usage: $0 start|stop|url|install" >&2; exit 2 ;;
+  python) install_moto && echo "$VENV/bin/python" ;;
+  *) echo "usage: $0 start|stop|url|install|python" >&2; exit 2 ;;
 esac

@@ -43,6 +43,8 @@ pub mod helm;
 mod kubectl;
 pub mod operator;
 pub mod real_node;
+pub mod s3;
+pub mod serving;
 mod wait;
 
 pub use apply::{Applied, ApplyError, apply_yaml};

@@ -316,3 +316,30 @@ pub async fn can_connect(namespace: &str, pod: &str, host: &str, port: u16, seco
     .await
     .success()
 }
+
+/// The directory on this machine behind `claim` (of the local StorageClass,
+/// kube-controller-manager's hostPath provisioner), once it is bound.
+pub async fn volume_dir(client: &Client, namespace: &str, claim: &str) -> std::path::PathBuf {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let bound = wait_for(&claims, claim, POD_START_TIMEOUT, |c| {
+        c.spec.as_ref().and_then(|s| s.volume_name.as_ref()).is_some()
+    })
+    .await;
+    let volume = bound.spec.and_then(|s| s.volume_name).unwrap_or_default();
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&volume)
+        .await
+        .unwrap_or_else(|e| panic!("the volume {volume} of claim {claim}: {e}"));
+    let path = pv
+        .spec
+        .and_then(|s| s.host_path)
+        .map(|h| h.path)
+        .unwrap_or_else(|| panic!("the volume {volume} is not a hostPath volume"));
+    let relative = path
+        .strip_prefix("/tmp/hostpath_pv/")
+        .unwrap_or_else(|| panic!("unexpected volume path {path}"));
+    std::path::PathBuf::from(crate::s3::env_var("ALEPH_STATE"))
+        .join("volumes")
+        .join(relative)
+}

@@ -5,79 +5,18 @@
 //! source reuses the files without downloading again; a missing object turns
 //! the model `ModelDownloadFailed` with the downloader's own words.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use aleph_crds::aimodel::AIModel;
-use aleph_e2e::real_node::{pin_namespace, require};
+use aleph_e2e::real_node::{pin_namespace, require, volume_dir};
+use aleph_e2e::s3::{env_var, s3_put};
 use aleph_e2e::{TestEnv, find_condition, unique_name, wait_for};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use sha2::{Digest, Sha256};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
-
-fn env_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: run the tests with `make test` (scripts/run-tests.sh exports it)"
-        )
-    })
-}
-
-/// The Python of moto's virtualenv (moto.sh), which has boto3.
-fn moto_python() -> PathBuf {
-    let cache = std::env::var("ALEPH_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/aleph", std::env::var("HOME").unwrap_or_default()));
-    let script = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sagemaker/moto.sh"),
-    )
-    .expect("e2e/sagemaker/moto.sh");
-    let version = script
-        .lines()
-        .find_map(|l| l.strip_prefix("MOTO_VERSION="))
-        .expect("moto.sh sets MOTO_VERSION");
-    let python = PathBuf::from(format!("{cache}/venv-moto-{version}/bin/python"));
-    assert!(
-        python.is_file(),
-        "{} is missing: run e2e/sagemaker/moto.sh install",
-        python.display()
-    );
-    python
-}
-
-/// Puts `objects` (key, contents) into a new bucket of the emulator.
-fn s3_put(bucket: &str, objects: &[(&str, &[u8])]) {
-    let dir = std::env::temp_dir().join(unique_name("s3-objects"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut pairs = Vec::new();
-    for (i, (key, data)) in objects.iter().enumerate() {
-        let file = dir.join(format!("object-{i}"));
-        std::fs::write(&file, data).expect("write object");
-        pairs.push(format!("{key}={}", file.display()));
-    }
-    let status = Command::new(moto_python())
-        .args([
-            "-c",
-            "import sys, boto3\n\
-             s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
-                               aws_access_key_id='testing', aws_secret_access_key='testing')\n\
-             s3.create_bucket(Bucket=sys.argv[2])\n\
-             for pair in sys.argv[3:]:\n\
-             \x20   key, path = pair.split('=', 1)\n\
-             \x20   s3.upload_file(path, sys.argv[2], key)\n",
-            &env_var("ALEPH_MOTO_URL"),
-            bucket,
-        ])
-        .args(&pairs)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .status()
-        .expect("run boto3");
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(status.success(), "uploading to the emulator's S3 failed");
-}
 
 fn model(name: &str, uri: &str) -> String {
     format!(
@@ -110,32 +49,6 @@ fn sha256_hex(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// The directory on this machine behind a claim of the local StorageClass.
-async fn volume_dir(env: &TestEnv, claim: &str) -> PathBuf {
-    let claims: Api<PersistentVolumeClaim> = env.api();
-    let claim = claims.get(claim).await.expect("the cache's claim");
-    let volume = claim
-        .spec
-        .and_then(|s| s.volume_name)
-        .expect("the claim is bound to a volume");
-    let pv = env
-        .cluster_api::<PersistentVolume>()
-        .get(&volume)
-        .await
-        .expect("the claim's volume");
-    let path = pv
-        .spec
-        .and_then(|s| s.host_path)
-        .map(|h| h.path)
-        .expect("a hostPath volume");
-    let relative = path
-        .strip_prefix("/tmp/hostpath_pv/")
-        .unwrap_or_else(|| panic!("unexpected volume path {path}"));
-    PathBuf::from(env_var("ALEPH_STATE"))
-        .join("volumes")
-        .join(relative)
 }
 
 #[tokio::test]
@@ -182,7 +95,7 @@ stringData:
         .expect("status.cache.claimName");
 
     // The files are really in the volume, whole.
-    let dir = volume_dir(&env, &claim).await;
+    let dir = volume_dir(&env.client(), env.namespace(), &claim).await;
     let got = std::fs::read(dir.join("model.bin"))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.join("model.bin").display()));
     assert_eq!(sha256_hex(&got), sha256_hex(&weights), "model.bin differs");

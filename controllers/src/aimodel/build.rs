@@ -40,6 +40,10 @@ pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Long enough for the slowest engine to load a large model before the
 /// Deployment reports that its rollout stalled.
 pub const PROGRESS_DEADLINE_SECONDS: i32 = 3600;
+/// How long a serving pod that is being replaced keeps serving after it left
+/// the Service's endpoints: longer than kube-proxy and gateways take to drop
+/// it, so that no new request reaches a stopping engine.
+pub const PRE_STOP_SECONDS: i64 = 5;
 
 /// One of a model's two serving versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,10 +160,14 @@ impl ServingPlan {
 
 /// Splits `total` replicas by the canary's share: the canary gets
 /// `round(total * percent / 100)`, at least 1 when the share is positive, and
-/// the stable version keeps at least 1. Returns (stable, canary).
+/// the stable version keeps at least 1 below 100 %. At 100 % the canary has
+/// every replica and takes all the traffic. Returns (stable, canary).
 pub fn split(total: i32, percent: i32) -> (i32, i32) {
     if percent <= 0 || total <= 0 {
         return (total.max(0), 0);
+    }
+    if percent >= 100 {
+        return (0, total);
     }
     let canary = ((i64::from(total) * i64::from(percent.min(100)) + 50) / 100).max(1);
     let canary = i32::try_from(canary).unwrap_or(total);
@@ -365,6 +373,13 @@ pub fn deployment(
         "startupProbe": probe(&profile.startup),
         "readinessProbe": probe(&profile.readiness),
         "livenessProbe": probe(&profile.liveness),
+        // When the engine dies, the end of its log becomes the termination
+        // message, which the model's status quotes.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        // A pod being replaced leaves the Service's endpoints first; it keeps
+        // serving until every node's proxy has seen that, so a rollout drops
+        // no request.
+        "lifecycle": { "preStop": { "sleep": { "seconds": PRE_STOP_SECONDS } } },
     });
     if let Some(command) = &profile.command {
         container["command"] = json!(command);
@@ -374,6 +389,7 @@ pub fn deployment(
         // such as VLLM_PORT that the engine reads as its own settings.
         "enableServiceLinks": false,
         "terminationGracePeriodSeconds": 60,
+        "serviceAccountName": model.spec.service_account_name,
         "containers": [container],
         "volumes": [model_volume, { "name": "dshm", "emptyDir": { "medium": "Memory" } }],
     });
@@ -545,7 +561,8 @@ mod tests {
         assert_eq!(split(4, 10), (3, 1));
         assert_eq!(split(1, 50), (1, 1));
         assert_eq!(split(5, 0), (5, 0));
-        assert_eq!(split(4, 100), (1, 4));
+        assert_eq!(split(4, 100), (0, 4));
+        assert_eq!(split(4, 99), (1, 4));
         assert_eq!(split(0, 30), (0, 0));
         assert_eq!(split(3, 50), (1, 2));
     }

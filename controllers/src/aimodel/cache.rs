@@ -266,6 +266,8 @@ pub fn job(model: &AIModel, uri: &str, source: &Source, image: &str) -> Result<J
                 "spec": {
                     "restartPolicy": "Never",
                     "enableServiceLinks": false,
+                    // The identity that reads the source (IRSA, workload identity).
+                    "serviceAccountName": model.spec.service_account_name,
                     "containers": [container],
                     "volumes": [{ "name": "model", "persistentVolumeClaim": { "claimName": name } }],
                 },

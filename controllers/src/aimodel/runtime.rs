@@ -20,6 +20,12 @@ pub const OLLAMA_IMAGE: &str = "docker.io/ollama/ollama:0.12.6";
 pub const TGI_IMAGE: &str = "ghcr.io/huggingface/text-generation-inference:3.3.6";
 /// The Triton Inference Server image when the spec names none.
 pub const TRITON_IMAGE: &str = "nvcr.io/nvidia/tritonserver:25.09-py3";
+/// The llama.cpp server image when the spec names none: build b11312 (commit
+/// 0c1e57098), the version `e2e/images` builds locally as
+/// `aleph.local/llama-server:b11312`.
+pub const LLAMACPP_IMAGE: &str = "ghcr.io/ggml-org/llama.cpp:server-b11312";
+/// The port llama.cpp's server listens on.
+const LLAMACPP_PORT: i32 = 8080;
 
 /// How long and how often a probe looks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +81,34 @@ pub struct RuntimeProfile {
 /// The startup budget of engines that load weights onto GPUs: 30 minutes.
 const LOAD_PERIOD: i32 = 10;
 const LOAD_FAILURES: i32 = 180;
+/// The same 30 minutes, looked at every 2 s: llama.cpp loads small models in
+/// a second or two, and a 10 s period would make every rollout 10 s slower.
+const QUICK_LOAD_PERIOD: i32 = 2;
+const QUICK_LOAD_FAILURES: i32 = 900;
+
+/// Whether `args` set `flag` (`--flag value`, `--flag=value`, or one of its
+/// short forms).
+fn sets(args: &[String], flags: &[&str]) -> bool {
+    args.iter().any(|arg| {
+        flags
+            .iter()
+            .any(|f| arg == f || arg.strip_prefix(f).is_some_and(|rest| rest.starts_with('=')))
+    })
+}
+
+/// The GGUF file llama.cpp loads, when the source names one: an `s3://`
+/// object `*.gguf` (downloaded under its own name) or a `pvc://` path to one
+/// (mounted as the file itself). `None` when the arguments must say.
+pub fn gguf_path(source: &Source) -> Option<String> {
+    match source {
+        Source::S3 { uri } if uri.ends_with(".gguf") => {
+            let file = uri.rsplit('/').next().unwrap_or_default();
+            Some(format!("{MODEL_DIR}/{file}"))
+        }
+        Source::Pvc { path, .. } if path.ends_with(".gguf") => Some(MODEL_DIR.to_string()),
+        _ => None,
+    }
+}
 
 /// The serving container of `runtime` for a model called `served_name`,
 /// loaded from `source`, on `gpus` GPUs.
@@ -193,6 +227,44 @@ pub fn profile(
                 openai: true,
             }
         }
+        RuntimeEngine::Llamacpp => {
+            let mut args = Vec::new();
+            // The spec's arguments may name the file or the served names
+            // themselves; the engine's then stay out of the way.
+            if !sets(&runtime.args, &["--model", "-m"])
+                && let Some(path) = gguf_path(source)
+            {
+                args.extend(["--model".to_string(), path]);
+            }
+            if !sets(&runtime.args, &["--alias", "-a"]) {
+                args.extend(["--alias".to_string(), served_name.to_string()]);
+            }
+            args.extend([
+                "--host".to_string(),
+                "0.0.0.0".to_string(),
+                "--port".to_string(),
+                LLAMACPP_PORT.to_string(),
+                // Every layer on the GPUs when there are any; none otherwise.
+                "--n-gpu-layers".to_string(),
+                if gpus > 0 { "999" } else { "0" }.to_string(),
+                // Prometheus metrics at /metrics (requests in flight, tokens).
+                "--metrics".to_string(),
+            ]);
+            RuntimeProfile {
+                engine: RuntimeEngine::Llamacpp,
+                container: "llama-server",
+                image: LLAMACPP_IMAGE.to_string(),
+                command: None,
+                args,
+                port: LLAMACPP_PORT,
+                // /health answers 503 while the model loads, 200 once it serves.
+                startup: ProbeTiming::new("/health", QUICK_LOAD_PERIOD, QUICK_LOAD_FAILURES, 5),
+                readiness: ProbeTiming::new("/health", 2, 3, 5),
+                liveness: ProbeTiming::new("/health", 15, 4, 10),
+                env: Vec::new(),
+                openai: true,
+            }
+        }
         RuntimeEngine::Custom => {
             let path = runtime.health_path.clone().unwrap_or_else(|| "/".into());
             RuntimeProfile {
@@ -281,6 +353,54 @@ mod tests {
         );
         assert!(p.args.contains(&"org/model".to_string()));
         assert!(p.startup.period_seconds * p.startup.failure_threshold >= 1800);
+    }
+
+    #[test]
+    fn llamacpp_loads_the_named_gguf_and_yields_to_the_spec() {
+        let runtime = ModelRuntime {
+            engine: RuntimeEngine::Llamacpp,
+            ..ModelRuntime::default()
+        };
+        let s3 = Source::S3 {
+            uri: "s3://models/tiny/chat.gguf".into(),
+        };
+        let p = profile(&runtime, &s3, "chat", 0);
+        assert_eq!(
+            p.args,
+            [
+                "--model",
+                "/models/chat.gguf",
+                "--alias",
+                "chat",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "8080",
+                "--n-gpu-layers",
+                "0",
+                "--metrics"
+            ]
+        );
+        assert_eq!(p.startup.path, "/health");
+        assert!(p.startup.period_seconds * p.startup.failure_threshold >= 1800);
+        let pvc = Source::Pvc {
+            claim: "weights".into(),
+            path: "tiny/chat.gguf".into(),
+        };
+        assert_eq!(gguf_path(&pvc).as_deref(), Some("/models"));
+        let own = ModelRuntime {
+            engine: RuntimeEngine::Llamacpp,
+            args: vec!["--model=/models/x.gguf".into(), "-a".into(), "c2".into()],
+            port: Some(9000),
+            ..ModelRuntime::default()
+        };
+        let p = profile(&own, &s3, "chat", 2);
+        assert!(!p.args.contains(&"/models/chat.gguf".to_string()));
+        assert!(!p.args.contains(&"--alias".to_string()));
+        assert_eq!(p.port, 9000);
+        let at = |flag: &str| p.args.iter().position(|a| a == flag).map(|i| p.args[i + 1].clone());
+        assert_eq!(at("--port").as_deref(), Some("9000"));
+        assert_eq!(at("--n-gpu-layers").as_deref(), Some("999"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Reasons a user can act on, most specific first:
 //! - Degraded: `ModelDownloadFailed`, `QuotaExceeded`, `AdmissionDenied`,
 //!   `PodCreationFailed`, `Unschedulable`, `ImagePullFailed`,
-//!   `ContainerConfigError`, `RuntimeCrashLooping`, `RolloutStalled`;
+//!   `ContainerConfigError`, `RuntimeCrashLooping` (with the exit code and the
+//!   end of the container's log), `RuntimeOOMKilled`, `RolloutStalled`;
 //! - Progressing: `DownloadingModel`, `RollingOut`;
 //! - Ready: `Serving`, or False with the reason above (or `ScaledToZero`).
 
@@ -196,53 +197,139 @@ pub fn unschedulable_message(
     }
 }
 
+/// How many of the log's last lines a message quotes.
+const LOG_TAIL_LINES: usize = 8;
+/// At most this many characters of them.
+const LOG_TAIL_CHARS: usize = 1000;
+
+/// The end of a termination message (with `FallbackToLogsOnError`, the last
+/// lines of the container's log): its last non-empty lines, on one line.
+pub fn log_tail(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join(" | ");
+    match tail.char_indices().rev().nth(LOG_TAIL_CHARS) {
+        // Keep the end, where the cause usually is.
+        Some((cut, _)) => format!("…{}", &tail[cut..]),
+        None => tail,
+    }
+}
+
+/// The memory limit of container `name` in `pod`, if it has one.
+fn memory_limit<'a>(pod: &'a Pod, name: &str) -> Option<&'a str> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == name)?
+        .resources
+        .as_ref()?
+        .limits
+        .as_ref()?
+        .get("memory")
+        .map(|q| q.0.as_str())
+}
+
+/// A serving container that crashed, from how its last run ended: exit code,
+/// the kubelet's reason and the end of its log. `None` while it has not
+/// crashed, or runs ready again.
+fn crash(pod: &Pod, status: &ContainerStatus) -> Option<(&'static str, String)> {
+    let state = status.state.as_ref()?;
+    let looping = state
+        .waiting
+        .as_ref()
+        .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"));
+    // The run that just ended (before the kubelet restarts it), or the one before.
+    let ended = state
+        .terminated
+        .as_ref()
+        .filter(|t| t.exit_code != 0)
+        .or_else(|| status.last_state.as_ref()?.terminated.as_ref());
+    // Between restarts a crashing container runs, not ready, for a while: its
+    // last run still explains why the model is not serving.
+    let restarted_unready = status.restart_count > 0 && !status.ready;
+    if !(looping || state.terminated.as_ref().is_some_and(|t| t.exit_code != 0) || restarted_unready) {
+        return None;
+    }
+    let ended = ended?;
+    let name = &status.name;
+    let pod_name = pod_name(pod);
+    let restarts = status.restart_count;
+    let code = ended.exit_code;
+    if ended.reason.as_deref() == Some("OOMKilled") {
+        let limit = memory_limit(pod, name)
+            .map(|l| format!(" of {l}"))
+            .unwrap_or_default();
+        return Some((
+            "RuntimeOOMKilled",
+            format!(
+                "the {name} container of pod {pod_name} ran out of memory and was killed (OOMKilled, exit code {code}, {restarts} restarts) under its memory limit{limit}: raise spec.resources.memory, or make the engine allocate less (a smaller context or fewer parallel slots in runtime.args)"
+            ),
+        ));
+    }
+    let why = match ended.reason.as_deref() {
+        Some(reason) if !reason.is_empty() => format!("exit code {code}, {reason}"),
+        _ => format!("exit code {code}"),
+    };
+    let log = ended
+        .message
+        .as_deref()
+        .map(log_tail)
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("; the end of its log: {t}"))
+        .unwrap_or_else(|| format!("; see `kubectl logs {pod_name} -c {name} --previous`"));
+    Some((
+        "RuntimeCrashLooping",
+        format!(
+            "the {name} container of pod {pod_name} keeps crashing ({restarts} restarts, last {why}){log}"
+        ),
+    ))
+}
+
 /// A container's problem that waiting will not fix: a reason and a message.
 fn container_problem(
-    pod: &str,
+    pod: &Pod,
     status: &ContainerStatus,
     init: bool,
 ) -> Option<(&'static str, String)> {
+    let name = &status.name;
+    let pod_name = pod_name(pod);
+    if !init && let Some(problem) = crash(pod, status) {
+        return Some(problem);
+    }
     let waiting = status.state.as_ref()?.waiting.as_ref()?;
     let reason = waiting.reason.as_deref().unwrap_or("");
     let detail = waiting.message.as_deref().unwrap_or("");
-    let name = &status.name;
     match reason {
-        "CrashLoopBackOff" => {
+        "CrashLoopBackOff" if init => {
             let exit = status
                 .last_state
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
                 .map(|t| format!(", last exit code {}", t.exit_code))
                 .unwrap_or_default();
-            if init {
-                Some((
-                    "ModelDownloadFailed",
-                    format!(
-                        "downloading the weights in pod {pod} keeps failing ({} restarts{exit}): see `kubectl logs {pod} -c {name}`; fix the source or its credentials",
-                        status.restart_count
-                    ),
-                ))
-            } else {
-                Some((
-                    "RuntimeCrashLooping",
-                    format!(
-                        "the {name} container of pod {pod} keeps crashing ({} restarts{exit}): see `kubectl logs {pod} -c {name} --previous`",
-                        status.restart_count
-                    ),
-                ))
-            }
+            Some((
+                "ModelDownloadFailed",
+                format!(
+                    "downloading the weights in pod {pod_name} keeps failing ({} restarts{exit}): see `kubectl logs {pod_name} -c {name}`; fix the source or its credentials",
+                    status.restart_count
+                ),
+            ))
         }
         "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" => Some((
             "ImagePullFailed",
             format!(
-                "cannot pull the image {} of pod {pod}: {detail}",
+                "cannot pull the image {} of pod {pod_name}: {detail}",
                 status.image
             ),
         )),
         "CreateContainerConfigError" | "CreateContainerError" => Some((
             "ContainerConfigError",
             format!(
-                "the {name} container of pod {pod} cannot start: {detail}. Check the Secrets and settings it refers to"
+                "the {name} container of pod {pod_name} cannot start: {detail}. Check the Secrets and settings it refers to"
             ),
         )),
         _ => None,
@@ -266,12 +353,12 @@ fn pod_problem(obs: &Observation<'_>) -> Option<(&'static str, String)> {
         };
         let init = status.init_container_statuses.iter().flatten();
         for s in init {
-            if let Some(problem) = container_problem(pod_name(pod), s, true) {
+            if let Some(problem) = container_problem(pod, s, true) {
                 return Some(problem);
             }
         }
         for s in status.container_statuses.iter().flatten() {
-            if let Some(problem) = container_problem(pod_name(pod), s, false) {
+            if let Some(problem) = container_problem(pod, s, false) {
                 return Some(problem);
             }
         }
@@ -499,6 +586,56 @@ mod tests {
         let a = assess(&observe(Some(&d), &pods, None));
         assert_eq!(a.degraded.reason, "RuntimeCrashLooping");
         assert!(a.degraded.message.contains("last exit code 1"));
+
+        // The log's end (FallbackToLogsOnError) and the kubelet's reason.
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "m-abc" },
+            "status": { "phase": "Running", "containerStatuses": [{
+                "name": "llama-server", "image": "x", "imageID": "", "ready": false, "restartCount": 2,
+                "state": { "running": {} },
+                "lastState": { "terminated": { "exitCode": 1, "reason": "Error",
+                    "message": "main: loading model\n\ngguf_init_from_file_impl: invalid magic characters: 'junk'\nmain: exiting due to model loading error\n" } },
+            }]},
+        }))
+        .unwrap_or_default();
+        let pods = [pod];
+        let a = assess(&observe(Some(&d), &pods, None));
+        assert_eq!(a.degraded.reason, "RuntimeCrashLooping");
+        assert!(
+            a.ready
+                .message
+                .contains("exit code 1, Error); the end of its log: main: loading model | gguf_init_from_file_impl: invalid magic characters: 'junk' | main: exiting due to model loading error"),
+            "{}",
+            a.ready.message
+        );
+
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "m-abc" },
+            "spec": { "containers": [{ "name": "llama-server", "resources": { "limits": { "memory": "32Mi" } } }] },
+            "status": { "phase": "Running", "containerStatuses": [{
+                "name": "llama-server", "image": "x", "imageID": "", "ready": false, "restartCount": 1,
+                "state": { "waiting": { "reason": "CrashLoopBackOff" } },
+                "lastState": { "terminated": { "exitCode": 137, "reason": "OOMKilled" } },
+            }]},
+        }))
+        .unwrap_or_default();
+        let pods = [pod];
+        let a = assess(&observe(Some(&d), &pods, None));
+        assert_eq!(a.ready.reason, "RuntimeOOMKilled");
+        assert!(a.ready.message.contains("exit code 137"), "{}", a.ready.message);
+        assert!(a.ready.message.contains("memory limit of 32Mi"), "{}", a.ready.message);
+    }
+
+    #[test]
+    fn the_log_tail_keeps_the_last_lines() {
+        let log: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(
+            log_tail(&log),
+            "line 13 | line 14 | line 15 | line 16 | line 17 | line 18 | line 19 | line 20"
+        );
+        let long = "x".repeat(5000);
+        let tail = log_tail(&long);
+        assert!(tail.starts_with('…') && tail.chars().count() <= LOG_TAIL_CHARS + 2);
     }
 
     #[test]

@@ -173,6 +173,21 @@ pub fn source_for_runtime(
                 "the ollama engine serves ollama:// models (or a pvc:// volume holding Ollama's model store)",
             ));
         }
+        (_, RuntimeEngine::Llamacpp)
+            if super::runtime::gguf_path(&source).is_none()
+                && !runtime
+                    .args
+                    .iter()
+                    .any(|a| a == "--model" || a == "-m" || a.starts_with("--model=")) =>
+        {
+            return Err(error(
+                field,
+                format!(
+                    "llama.cpp serves one GGUF file, and {uri} does not name one: use a source ending in .gguf (s3://bucket/path/model.gguf, pvc://claim/path/model.gguf) or pass runtime.args [--model, {}/<file>.gguf]",
+                    super::runtime::MODEL_DIR
+                ),
+            ));
+        }
         _ => {}
     }
     Ok(source)
@@ -185,6 +200,7 @@ pub fn engine_name(engine: RuntimeEngine) -> &'static str {
         RuntimeEngine::Ollama => "ollama",
         RuntimeEngine::Tgi => "tgi",
         RuntimeEngine::Triton => "triton",
+        RuntimeEngine::Llamacpp => "llamacpp",
         RuntimeEngine::Custom => "custom",
     }
 }

@@ -1,0 +1,69 @@
+//! The S3 emulator (moto's server, started per test run by
+//! scripts/run-tests.sh): putting objects the way a user would upload them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::unique_name;
+
+/// The environment variable `name`, which scripts/run-tests.sh exports.
+pub fn env_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the tests with `make test` (scripts/run-tests.sh exports it)"
+        )
+    })
+}
+
+/// The Python of moto's virtualenv (moto.sh), which has boto3.
+pub fn moto_python() -> PathBuf {
+    let cache = std::env::var("ALEPH_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/aleph", std::env::var("HOME").unwrap_or_default()));
+    let script = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sagemaker/moto.sh"),
+    )
+    .expect("e2e/sagemaker/moto.sh");
+    let version = script
+        .lines()
+        .find_map(|l| l.strip_prefix("MOTO_VERSION="))
+        .expect("moto.sh sets MOTO_VERSION");
+    let python = PathBuf::from(format!("{cache}/venv-moto-{version}/bin/python"));
+    assert!(
+        python.is_file(),
+        "{} is missing: run e2e/sagemaker/moto.sh install",
+        python.display()
+    );
+    python
+}
+
+/// Puts `objects` (key, contents) into a new bucket of the emulator.
+pub fn s3_put(bucket: &str, objects: &[(&str, &[u8])]) {
+    let dir = std::env::temp_dir().join(unique_name("s3-objects"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut pairs = Vec::new();
+    for (i, (key, data)) in objects.iter().enumerate() {
+        let file = dir.join(format!("object-{i}"));
+        std::fs::write(&file, data).expect("write object");
+        pairs.push(format!("{key}={}", file.display()));
+    }
+    let status = Command::new(moto_python())
+        .args([
+            "-c",
+            "import sys, boto3\n\
+             s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
+                               aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             s3.create_bucket(Bucket=sys.argv[2])\n\
+             for pair in sys.argv[3:]:\n\
+             \x20   key, path = pair.split('=', 1)\n\
+             \x20   s3.upload_file(path, sys.argv[2], key)\n",
+            &env_var("ALEPH_MOTO_URL"),
+            bucket,
+        ])
+        .args(&pairs)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .status()
+        .expect("run boto3");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "uploading to the emulator's S3 failed");
+}
+
