@@ -63,6 +63,26 @@ pub async fn apply_yaml(
     yaml: &str,
     default_namespace: Option<&str>,
 ) -> Result<Vec<Applied>, ApplyError> {
+    apply_documents(client, yaml, default_namespace, false).await
+}
+
+/// Like [`apply_yaml`] with `dryRun=All`: the API server runs every check
+/// (schema, CEL rules, admission) and answers as if it stored the objects,
+/// but stores nothing.
+pub async fn dry_run_apply_yaml(
+    client: &Client,
+    yaml: &str,
+    default_namespace: Option<&str>,
+) -> Result<Vec<Applied>, ApplyError> {
+    apply_documents(client, yaml, default_namespace, true).await
+}
+
+async fn apply_documents(
+    client: &Client,
+    yaml: &str,
+    default_namespace: Option<&str>,
+    dry_run: bool,
+) -> Result<Vec<Applied>, ApplyError> {
     let documents: Vec<serde_json::Value> =
         serde_saphyr::from_multiple(yaml).map_err(|e| ApplyError::Yaml(e.to_string()))?;
     let mut applied = Vec::new();
@@ -75,7 +95,7 @@ pub async fn apply_yaml(
                 index,
                 message: e.to_string(),
             })?;
-        applied.push(apply_one(client, index, object, default_namespace).await?);
+        applied.push(apply_one(client, index, object, default_namespace, dry_run).await?);
     }
     Ok(applied)
 }
@@ -85,6 +105,7 @@ async fn apply_one(
     index: usize,
     mut object: DynamicObject,
     default_namespace: Option<&str>,
+    dry_run: bool,
 ) -> Result<Applied, ApplyError> {
     let types = object.types.clone().ok_or_else(|| ApplyError::Document {
         index,
@@ -120,7 +141,10 @@ async fn apply_one(
         object.metadata.namespace = None;
         Api::all_with(client.clone(), &resource)
     };
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut params = PatchParams::apply(FIELD_MANAGER).force();
+    if dry_run {
+        params = params.dry_run();
+    }
     let stored = api
         .patch(&name, &params, &Patch::Apply(&object))
         .await

@@ -14,7 +14,7 @@ use kube::{Client, Config, Resource};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use crate::apply::{Applied, ApplyError, apply_yaml};
+use crate::apply::{Applied, ApplyError, apply_yaml, dry_run_apply_yaml};
 use crate::kubectl::{KubectlOutput, kubectl, kubectl_with_stdin};
 use crate::wait::wait_for;
 
@@ -151,6 +151,13 @@ impl TestEnv {
             }
         }
         Ok(applied)
+    }
+
+    /// Server-side applies a manifest with `dryRun=All`: every check of the API
+    /// server runs (schema, CEL rules, admission), nothing is stored, so there
+    /// is nothing to clean up. Returns the server's refusal, if any.
+    pub async fn try_dry_run_yaml(&self, yaml: &str) -> Result<Vec<Applied>, ApplyError> {
+        dry_run_apply_yaml(&self.client, yaml, Some(&self.namespace)).await
     }
 
     /// Registers a cluster-scoped object made some other way for deletion at

@@ -47,7 +47,7 @@ pub mod s3;
 pub mod serving;
 mod wait;
 
-pub use apply::{Applied, ApplyError, apply_yaml};
+pub use apply::{Applied, ApplyError, apply_yaml, dry_run_apply_yaml};
 pub use conditions::{Condition, find_condition, has_condition};
 pub use env::{E2E_LABEL, FIELD_MANAGER, TestEnv, install_crypto_provider, unique_name};
 pub use kubectl::{KubectlOutput, kubectl, kubectl_with_stdin};

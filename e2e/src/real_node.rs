@@ -323,7 +323,10 @@ pub async fn volume_dir(client: &Client, namespace: &str, claim: &str) -> std::p
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let bound = wait_for(&claims, claim, POD_START_TIMEOUT, |c| {
-        c.spec.as_ref().and_then(|s| s.volume_name.as_ref()).is_some()
+        c.spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_ref())
+            .is_some()
     })
     .await;
     let volume = bound.spec.and_then(|s| s.volume_name).unwrap_or_default();

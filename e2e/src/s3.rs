@@ -66,4 +66,3 @@ pub fn s3_put(bucket: &str, objects: &[(&str, &[u8])]) {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "uploading to the emulator's S3 failed");
 }
-

@@ -209,7 +209,11 @@ impl RequestLoop {
     pub async fn start(namespace: &str, pod: &str, base: &str, model: &str) -> Self {
         let stop_file = format!("/tmp/stop-{}", crate::unique_name("loop"));
         let mut child = Command::new("kubectl")
-            .args(exec_args(namespace, pod, &["loop", base, model, &stop_file]))
+            .args(exec_args(
+                namespace,
+                pod,
+                &["loop", base, model, &stop_file],
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -222,7 +226,11 @@ impl RequestLoop {
             .await
             .expect("the request loop's first request did not succeed within 60 s")
             .expect("read the loop's output");
-        assert_eq!(first.as_deref(), Some("started"), "the request loop did not start");
+        assert_eq!(
+            first.as_deref(),
+            Some("started"),
+            "the request loop did not start"
+        );
         Self {
             child,
             output,
@@ -248,7 +256,12 @@ impl RequestLoop {
         .await
         .expect_success();
         let mut out = Vec::new();
-        while let Some(line) = self.output.next_line().await.expect("read the loop's tally") {
+        while let Some(line) = self
+            .output
+            .next_line()
+            .await
+            .expect("read the loop's tally")
+        {
             out.push(line);
         }
         let status = self.child.wait().await.expect("wait for the loop");

@@ -9,11 +9,12 @@
 use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::AIModel;
-use tiny_gguf::{Shape, tiny_llama};
+use aleph_crds::tenant::Tenant;
 use aleph_e2e::real_node::{pin_namespace, require, run_pods};
 use aleph_e2e::s3::{env_var, s3_put};
-use aleph_e2e::serving::{Answer, LLAMACPP_IMAGE, RequestLoop, Streamed, Tally, client, client_pod};
-use aleph_crds::tenant::Tenant;
+use aleph_e2e::serving::{
+    Answer, LLAMACPP_IMAGE, RequestLoop, Streamed, Tally, client, client_pod,
+};
 use aleph_e2e::{
     TestEnv, apply_yaml, find_condition, has_condition, unique_name, wait_for, wait_for_deletion,
 };
@@ -21,6 +22,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, ListParams};
+use tiny_gguf::{Shape, tiny_llama};
 
 /// From apply to Ready: the download, the image's start and the load.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -62,7 +64,7 @@ spec:
     engine: llamacpp
     image: {LLAMACPP_IMAGE}
     args: {args}
-  resources: {{gpus: 0, cpu: "1", memory: 256Mi}}
+  resources: {{gpus: 0, memory: 256Mi}}
   cache: {{size: 1Gi, downloadTimeoutSeconds: 300}}
 {extra}"#
     )
@@ -161,7 +163,10 @@ spec:
         ))
         .await;
         let tenants: Api<Tenant> = env.cluster_api();
-        wait_for(&tenants, &name, READY_TIMEOUT, |t| has_condition(t, "Ready", "True")).await;
+        wait_for(&tenants, &name, READY_TIMEOUT, |t| {
+            has_condition(t, "Ready", "True")
+        })
+        .await;
         let ns = format!("{name}-apps");
         let accounts: Api<ServiceAccount> = Api::namespaced(env.client(), &ns);
         wait_for(&accounts, "default", READY_TIMEOUT, |_| true).await;
@@ -191,7 +196,12 @@ async fn a_llamacpp_model_from_s3_answers_chat_and_streams_and_rolls_without_err
     let (env, bucket, ns) = setup(&[("tiny/chat.gguf", &gguf)], true).await;
     // The identity the download and the serving pods run as (IRSA would
     // annotate it with a role).
-    apply(&env, &ns, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: model-reader}\n").await;
+    apply(
+        &env,
+        &ns,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: model-reader}\n",
+    )
+    .await;
 
     let uri = format!("s3://{bucket}/tiny/chat.gguf");
     let started = Instant::now();
@@ -227,13 +237,19 @@ async fn a_llamacpp_model_from_s3_answers_chat_and_streams_and_rolls_without_err
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
         .and_then(|s| s.service_account_name.clone());
-    assert_eq!(job_sa.as_deref(), Some("model-reader"), "the download's ServiceAccount");
+    assert_eq!(
+        job_sa.as_deref(),
+        Some("model-reader"),
+        "the download's ServiceAccount"
+    );
     let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
     let serving = serving_pods(&pods, "chat").await;
     assert_eq!(serving.len(), 1);
     let pod = &serving[0];
     assert_eq!(
-        pod.spec.as_ref().and_then(|s| s.service_account_name.as_deref()),
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref()),
         Some("model-reader"),
         "the serving pod's ServiceAccount"
     );
@@ -242,7 +258,10 @@ async fn a_llamacpp_model_from_s3_answers_chat_and_streams_and_rolls_without_err
         Some(aleph_e2e::real_node::REAL_NODE_NAME)
     );
     let args = container_args(pod);
-    let model_arg = args.iter().position(|a| a == "--model").map(|i| args[i + 1].as_str());
+    let model_arg = args
+        .iter()
+        .position(|a| a == "--model")
+        .map(|i| args[i + 1].as_str());
     assert_eq!(model_arg, Some("/models/chat.gguf"), "{args:?}");
 
     // The API, from a pod in the model's namespace.
@@ -259,7 +278,9 @@ async fn a_llamacpp_model_from_s3_answers_chat_and_streams_and_rolls_without_err
     let body = &answer.body;
     assert_eq!(body["object"], "chat.completion", "{body}");
     assert_eq!(body["model"], "chat", "{body}");
-    let content = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    let content = body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
     assert!(!content.is_empty(), "an empty completion: {body}");
     let tokens = body["usage"]["completion_tokens"].as_u64().unwrap_or(0);
     assert!(
@@ -270,7 +291,11 @@ async fn a_llamacpp_model_from_s3_answers_chat_and_streams_and_rolls_without_err
     // Where the time from apply to the first answer went, from the objects'
     // own timestamps: the download Job's run, the serving pod's start and
     // load (created to Ready), and the first request.
-    let download = match job.status.as_ref().map(|s| (&s.start_time, &s.completion_time)) {
+    let download = match job
+        .status
+        .as_ref()
+        .map(|s| (&s.start_time, &s.completion_time))
+    {
         Some((Some(start), Some(done))) => seconds_between(&start.0, &done.0),
         _ => f64::NAN,
     };
@@ -300,7 +325,10 @@ async fn a_llamacpp_model_from_s3_answers_chat_and_streams_and_rolls_without_err
             .is_some_and(|t| t.starts_with("text/event-stream")),
         "{streamed:?}"
     );
-    assert!(streamed.done, "the stream did not end with [DONE]: {streamed:?}");
+    assert!(
+        streamed.done,
+        "the stream did not end with [DONE]: {streamed:?}"
+    );
     assert!(
         streamed.events >= 2 && !streamed.content.is_empty(),
         "a stream of one event or no content: {streamed:?}"
@@ -320,6 +348,19 @@ async fn a_llamacpp_model_from_s3_answers_chat_and_streams_and_rolls_without_err
             "  serviceAccountName: model-reader\n",
         ),
     )
+    .await;
+    // The operator writes the new template; then the rollout completes.
+    let template_args = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.args.clone())
+            .unwrap_or_default()
+    };
+    wait_for(&deployments, "chat", ROLLOUT_TIMEOUT, |d| {
+        template_args(d).contains(&"256".to_string())
+    })
     .await;
     let after = wait_rolled_out(&deployments, "chat").await;
     assert_ne!(
@@ -345,7 +386,10 @@ async fn a_llamacpp_model_from_s3_answers_chat_and_streams_and_rolls_without_err
         "llamacpp: rollout under load: {} requests, {} failed",
         tally.ok, tally.failed
     );
-    assert_eq!(tally.failed, 0, "requests failed during the rollout: {tally:?}");
+    assert_eq!(
+        tally.failed, 0,
+        "requests failed during the rollout: {tally:?}"
+    );
     assert!(tally.ok >= 10, "too few requests to tell: {tally:?}");
     wait_serving(&models, "chat", 1).await;
     env.cleanup().await;
@@ -355,8 +399,11 @@ async fn a_llamacpp_model_from_s3_answers_chat_and_streams_and_rolls_without_err
 async fn the_canary_gets_its_share_of_real_traffic_and_promotion_moves_it_all() {
     let stable = tiny_llama("tiny-stable", 1, Shape::default());
     let canary = tiny_llama("tiny-canary", 2, Shape::default());
-    let (env, bucket, ns) =
-        setup(&[("v1/model.gguf", &stable), ("v2/model.gguf", &canary)], false).await;
+    let (env, bucket, ns) = setup(
+        &[("v1/model.gguf", &stable), ("v2/model.gguf", &canary)],
+        false,
+    )
+    .await;
     let v1 = format!("s3://{bucket}/v1/model.gguf");
     let v2 = format!("s3://{bucket}/v2/model.gguf");
     // The canary announces another model name, which tells its answers apart.
@@ -389,7 +436,12 @@ async fn the_canary_gets_its_share_of_real_traffic_and_promotion_moves_it_all() 
     );
 
     let requests = 400;
-    let tally: Tally = client(&ns, "client", &["count", &base, "duo", &requests.to_string()]).await;
+    let tally: Tally = client(
+        &ns,
+        "client",
+        &["count", &base, "duo", &requests.to_string()],
+    )
+    .await;
     assert_eq!(tally.failed, 0, "{tally:?}");
     let to_canary = tally.models.get("duo-canary").copied().unwrap_or(0);
     let to_stable = tally.models.get("duo").copied().unwrap_or(0);
@@ -433,8 +485,11 @@ async fn a_corrupt_model_and_a_starved_pod_say_why_in_status() {
     // Not a GGUF file: the engine fails to load it and exits.
     let junk: Vec<u8> = b"this is not a model ".repeat(4096);
     let gguf = tiny_llama("tiny-chat", 1, Shape::default());
-    let (env, bucket, _) =
-        setup(&[("bad/model.gguf", &junk), ("ok/model.gguf", &gguf)], false).await;
+    let (env, bucket, _) = setup(
+        &[("bad/model.gguf", &junk), ("ok/model.gguf", &gguf)],
+        false,
+    )
+    .await;
     env.apply_yaml(&llamacpp_model(
         "broken",
         &format!("s3://{bucket}/bad/model.gguf"),
@@ -463,7 +518,9 @@ async fn a_corrupt_model_and_a_starved_pod_say_why_in_status() {
     assert_eq!(status, "False");
     assert!(message.contains("exit code 1"), "no exit code: {message}");
     assert!(
-        message.contains("the end of its log:") && message.contains("gguf"),
+        message.contains("the end of its log:")
+            && message.contains("invalid magic characters")
+            && message.contains("failed to load model"),
         "the engine's own words are missing: {message}"
     );
 
@@ -509,7 +566,11 @@ spec:
     .await;
     let model = wait_serving(&models, "local", 1).await;
     assert!(
-        model.status.as_ref().and_then(|s| s.cache.as_ref()).is_none(),
+        model
+            .status
+            .as_ref()
+            .and_then(|s| s.cache.as_ref())
+            .is_none(),
         "a pvc:// source is mounted, not cached"
     );
     let answer: Answer = client(&ns, "client", &["chat", &url(&model), "local"]).await;

@@ -90,9 +90,12 @@ const QUICK_LOAD_FAILURES: i32 = 900;
 /// short forms).
 fn sets(args: &[String], flags: &[&str]) -> bool {
     args.iter().any(|arg| {
-        flags
-            .iter()
-            .any(|f| arg == f || arg.strip_prefix(f).is_some_and(|rest| rest.starts_with('=')))
+        flags.iter().any(|f| {
+            arg == f
+                || arg
+                    .strip_prefix(f)
+                    .is_some_and(|rest| rest.starts_with('='))
+        })
     })
 }
 
@@ -398,7 +401,12 @@ mod tests {
         assert!(!p.args.contains(&"/models/chat.gguf".to_string()));
         assert!(!p.args.contains(&"--alias".to_string()));
         assert_eq!(p.port, 9000);
-        let at = |flag: &str| p.args.iter().position(|a| a == flag).map(|i| p.args[i + 1].clone());
+        let at = |flag: &str| {
+            p.args
+                .iter()
+                .position(|a| a == flag)
+                .map(|i| p.args[i + 1].clone())
+        };
         assert_eq!(at("--port").as_deref(), Some("9000"));
         assert_eq!(at("--n-gpu-layers").as_deref(), Some("999"));
     }

@@ -251,13 +251,21 @@ fn crash(pod: &Pod, status: &ContainerStatus) -> Option<(&'static str, String)> 
     // Between restarts a crashing container runs, not ready, for a while: its
     // last run still explains why the model is not serving.
     let restarted_unready = status.restart_count > 0 && !status.ready;
-    if !(looping || state.terminated.as_ref().is_some_and(|t| t.exit_code != 0) || restarted_unready) {
+    if !(looping
+        || state.terminated.as_ref().is_some_and(|t| t.exit_code != 0)
+        || restarted_unready)
+    {
         return None;
     }
     let ended = ended?;
     let name = &status.name;
     let pod_name = pod_name(pod);
     let restarts = status.restart_count;
+    let times = match restarts {
+        0 => String::new(),
+        1 => ", restarted once".to_string(),
+        n => format!(", restarted {n} times"),
+    };
     let code = ended.exit_code;
     if ended.reason.as_deref() == Some("OOMKilled") {
         let limit = memory_limit(pod, name)
@@ -266,7 +274,7 @@ fn crash(pod: &Pod, status: &ContainerStatus) -> Option<(&'static str, String)> 
         return Some((
             "RuntimeOOMKilled",
             format!(
-                "the {name} container of pod {pod_name} ran out of memory and was killed (OOMKilled, exit code {code}, {restarts} restarts) under its memory limit{limit}: raise spec.resources.memory, or make the engine allocate less (a smaller context or fewer parallel slots in runtime.args)"
+                "the {name} container of pod {pod_name} ran out of memory and was killed (OOMKilled, exit code {code}{times}) under its memory limit{limit}: raise spec.resources.memory, or make the engine allocate less (a smaller context or fewer parallel slots in runtime.args)"
             ),
         ));
     }
@@ -281,11 +289,14 @@ fn crash(pod: &Pod, status: &ContainerStatus) -> Option<(&'static str, String)> 
         .filter(|t| !t.is_empty())
         .map(|t| format!("; the end of its log: {t}"))
         .unwrap_or_else(|| format!("; see `kubectl logs {pod_name} -c {name} --previous`"));
+    let verb = if restarts == 0 {
+        "crashed"
+    } else {
+        "keeps crashing"
+    };
     Some((
         "RuntimeCrashLooping",
-        format!(
-            "the {name} container of pod {pod_name} keeps crashing ({restarts} restarts, last {why}){log}"
-        ),
+        format!("the {name} container of pod {pod_name} {verb} (last {why}{times}){log}"),
     ))
 }
 
@@ -604,7 +615,7 @@ mod tests {
         assert!(
             a.ready
                 .message
-                .contains("exit code 1, Error); the end of its log: main: loading model | gguf_init_from_file_impl: invalid magic characters: 'junk' | main: exiting due to model loading error"),
+                .contains("keeps crashing (last exit code 1, Error, restarted 2 times); the end of its log: main: loading model | gguf_init_from_file_impl: invalid magic characters: 'junk' | main: exiting due to model loading error"),
             "{}",
             a.ready.message
         );
@@ -622,8 +633,16 @@ mod tests {
         let pods = [pod];
         let a = assess(&observe(Some(&d), &pods, None));
         assert_eq!(a.ready.reason, "RuntimeOOMKilled");
-        assert!(a.ready.message.contains("exit code 137"), "{}", a.ready.message);
-        assert!(a.ready.message.contains("memory limit of 32Mi"), "{}", a.ready.message);
+        assert!(
+            a.ready.message.contains("exit code 137"),
+            "{}",
+            a.ready.message
+        );
+        assert!(
+            a.ready.message.contains("memory limit of 32Mi"),
+            "{}",
+            a.ready.message
+        );
     }
 
     #[test]

@@ -27,11 +27,65 @@ const TOKEN_BYTE: i32 = 6;
 
 /// The word pieces of the vocabulary (after the control and byte tokens).
 const WORDS: &[&str] = &[
-    "▁", "▁the", "▁a", "▁model", "▁aleph", "▁hello", "▁world", "▁is", "▁of", "▁to", "▁and",
-    "▁in", "▁on", "▁GPU", "▁serve", "▁token", "▁cluster", "▁node", "▁pod", "▁tenant", ".",
-    ",", "!", "?", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o",
-    "p", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z", "A", "B", "C", "D", "E", "0", "1",
-    "2", "3",
+    "▁",
+    "▁the",
+    "▁a",
+    "▁model",
+    "▁aleph",
+    "▁hello",
+    "▁world",
+    "▁is",
+    "▁of",
+    "▁to",
+    "▁and",
+    "▁in",
+    "▁on",
+    "▁GPU",
+    "▁serve",
+    "▁token",
+    "▁cluster",
+    "▁node",
+    "▁pod",
+    "▁tenant",
+    ".",
+    ",",
+    "!",
+    "?",
+    "a",
+    "b",
+    "c",
+    "d",
+    "e",
+    "f",
+    "g",
+    "h",
+    "i",
+    "j",
+    "k",
+    "l",
+    "m",
+    "n",
+    "o",
+    "p",
+    "q",
+    "r",
+    "s",
+    "t",
+    "u",
+    "v",
+    "w",
+    "x",
+    "y",
+    "z",
+    "A",
+    "B",
+    "C",
+    "D",
+    "E",
+    "0",
+    "1",
+    "2",
+    "3",
 ];
 
 /// A ChatML template, rendered by llama.cpp's Jinja engine.
@@ -166,7 +220,8 @@ pub fn tiny_llama(name: &str, seed: u64, shape: Shape) -> Vec<u8> {
     let vocab = tokens.len();
     let first_word = 3 + 256;
     let mut rng = Weights(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut random = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.next() * scale).collect() };
+    let mut random =
+        |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.next() * scale).collect() };
     let e = shape.embd;
     let mut tensors = vec![Tensor {
         name: "token_embd.weight".into(),
