@@ -91,7 +91,10 @@ pub struct AIModelSpec {
     /// workload identity) reads an `s3://` (or other cloud) source without
     /// static keys. The namespace's `default` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
     pub service_account_name: Option<String>,
     /// Annotations on the serving pods (stable and canary), for example a
     /// service mesh's or a cost tool's.
