@@ -66,3 +66,21 @@ pub fn s3_put(bucket: &str, objects: &[(&str, &[u8])]) {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "uploading to the emulator's S3 failed");
 }
+
+/// The Secret with the emulator's endpoint and placeholder keys, as a user
+/// gives them for any S3.
+pub fn s3_secret() -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: s3}}
+stringData:
+  AWS_ENDPOINT_URL: "{}"
+  AWS_ACCESS_KEY_ID: testing
+  AWS_SECRET_ACCESS_KEY: testing
+  AWS_REGION: us-east-1
+"#,
+        env_var("ALEPH_MOTO_URL")
+    )
+}

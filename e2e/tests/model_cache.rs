@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aleph_crds::aimodel::AIModel;
 use aleph_e2e::real_node::{pin_namespace, require, volume_dir};
-use aleph_e2e::s3::{env_var, s3_put};
+use aleph_e2e::s3::{s3_put, s3_secret};
 use aleph_e2e::{TestEnv, find_condition, unique_name, wait_for};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -65,20 +65,7 @@ async fn the_model_cache_downloads_from_s3_once_and_names_a_missing_object() {
         &[("tiny/model.bin", &weights), ("tiny/config.json", config)],
     );
     // Credentials and the endpoint, as a user would give them for any S3.
-    env.apply_yaml(&format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3}}
-stringData:
-  AWS_ENDPOINT_URL: "{}"
-  AWS_ACCESS_KEY_ID: testing
-  AWS_SECRET_ACCESS_KEY: testing
-  AWS_REGION: us-east-1
-"#,
-        env_var("ALEPH_MOTO_URL")
-    ))
-    .await;
+    env.apply_yaml(&s3_secret()).await;
 
     let uri = format!("s3://{bucket}/tiny/");
     env.apply_yaml(&model("first", &uri)).await;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::tenant::Tenant;
 use aleph_e2e::real_node::{pin_namespace, require, run_pods};
-use aleph_e2e::s3::{env_var, s3_put};
+use aleph_e2e::s3::{s3_put, s3_secret};
 use aleph_e2e::serving::{
     Answer, LLAMACPP_IMAGE, RequestLoop, Streamed, Tally, client, client_pod,
 };
@@ -28,24 +28,6 @@ use tiny_gguf::{Shape, tiny_llama};
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// A rollout of one or four tiny models.
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// The Secret with the emulator's endpoint and placeholder keys, as a user
-/// gives them for any S3.
-fn s3_secret() -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3}}
-stringData:
-  AWS_ENDPOINT_URL: "{}"
-  AWS_ACCESS_KEY_ID: testing
-  AWS_SECRET_ACCESS_KEY: testing
-  AWS_REGION: us-east-1
-"#,
-        env_var("ALEPH_MOTO_URL")
-    )
-}
 
 /// An AIModel served by llama.cpp on CPUs; `extra` is more of the spec
 /// (YAML lines indented by two spaces).

@@ -243,21 +243,14 @@ fn crash(pod: &Pod, status: &ContainerStatus) -> Option<(&'static str, String)> 
         .as_ref()
         .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"));
     // The run that just ended (before the kubelet restarts it), or the one before.
-    let ended = state
-        .terminated
-        .as_ref()
-        .filter(|t| t.exit_code != 0)
-        .or_else(|| status.last_state.as_ref()?.terminated.as_ref());
+    let just_failed = state.terminated.as_ref().filter(|t| t.exit_code != 0);
     // Between restarts a crashing container runs, not ready, for a while: its
     // last run still explains why the model is not serving.
     let restarted_unready = status.restart_count > 0 && !status.ready;
-    if !(looping
-        || state.terminated.as_ref().is_some_and(|t| t.exit_code != 0)
-        || restarted_unready)
-    {
+    if !(looping || just_failed.is_some() || restarted_unready) {
         return None;
     }
-    let ended = ended?;
+    let ended = just_failed.or_else(|| status.last_state.as_ref()?.terminated.as_ref())?;
     let name = &status.name;
     let pod_name = pod_name(pod);
     let restarts = status.restart_count;
