@@ -172,6 +172,14 @@ pub struct TenantQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub pipelines: Option<i64>,
+    /// Total namespaces: those in `spec.namespaces` and those the owners create
+    /// themselves. While there is room, owners with the admin role may create
+    /// namespaces named `<tenant>-<name>` and labelled `aleph.dev/tenant: <tenant>`;
+    /// the Tenant adopts them (quota, policies, bindings). Set it to the length of
+    /// `spec.namespaces` to turn this off. Plan default: free 3, pro 10, enterprise 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub namespaces: Option<i64>,
 }
 
 /// Default container requests and limits (a LimitRange in each namespace).

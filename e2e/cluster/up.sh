@@ -408,6 +408,14 @@ wait_until_empty "the default ServiceAccount" no_default_service_account
 
 # The default StorageClass (the controller manager's hostPath provisioner).
 kc apply -f "$CLUSTER_DIR/manifests/storage.yaml" >/dev/null
+# The Gateway API's kinds (HTTPRoute: tenants' hostnames are checked at
+# admission), from the module go/gateway-api pins (its CRDs, nothing built).
+gateway_api=$(cd "$CLUSTER_DIR/go/gateway-api" && go mod download sigs.k8s.io/gateway-api &&
+  go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)
+for kind in gatewayclasses gateways httproutes referencegrants; do
+  kc apply --server-side -f "$gateway_api/config/crd/standard/gateway.networking.k8s.io_$kind.yaml" >/dev/null
+done
+kc wait --for=condition=Established --timeout=60s crd/httproutes.gateway.networking.k8s.io >/dev/null
 if real_node_enabled; then
   kc apply -f "$CLUSTER_DIR/manifests/real-node.yaml" >/dev/null
   "$CLUSTER_DIR/node.sh" up

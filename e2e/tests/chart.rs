@@ -336,6 +336,11 @@ fn rbac_has_no_wildcards_and_least_privilege() {
         ("networking.k8s.io", "networkpolicies", "patch"),
         ("rbac.authorization.k8s.io", "rolebindings", "patch"),
         ("rbac.authorization.k8s.io", "clusterroles", "bind"),
+        // Each Tenant's ClusterRole and binding for its admin owners' namespaces.
+        ("rbac.authorization.k8s.io", "clusterroles", "create"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings", "create"),
+        ("aleph.dev", "tenants", "own"),
+        ("aleph.dev", "tenantnamespaces", "create"),
         (
             "admissionregistration.k8s.io",
             "validatingadmissionpolicybindings",
@@ -353,8 +358,7 @@ fn rbac_has_no_wildcards_and_least_privilege() {
         ("", "secrets", "get"),
         ("", "pods", "delete"),
         ("coordination.k8s.io", "leases", "update"),
-        ("rbac.authorization.k8s.io", "clusterroles", "create"),
-        ("rbac.authorization.k8s.io", "clusterrolebindings", "create"),
+        ("rbac.authorization.k8s.io", "clusterroles", "escalate"),
         (
             "apiextensions.k8s.io",
             "customresourcedefinitions",

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Po
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tenant_support::*;
 
@@ -246,7 +246,8 @@ fn network_policy(name: &str, spec: serde_json::Value) -> NetworkPolicy {
 async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
     let env = TestEnv::new().await;
     let name = unique_name("tnnet");
-    ready_tenant(&env, &name, &tenant_yaml(&name, "  compliance: hipaa")).await;
+    let extra = "  compliance: hipaa\n  network:\n    allowedEgress: [{ cidr: 10.200.0.0/16, ports: [443] }, { cidr: 10.201.0.0/16 }]";
+    ready_tenant(&env, &name, &tenant_yaml(&name, extra)).await;
     let ns = format!("{name}-one");
     let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
     let policies: Api<NetworkPolicy> = Api::namespaced(alice.clone(), &ns);
@@ -277,6 +278,26 @@ async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
         (
             "egress to every namespace",
             json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{ "to": [{ "namespaceSelector": {} }] }] }),
+        ),
+        (
+            "an allowed block on a port it does not list",
+            json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{ "to": [{ "ipBlock": { "cidr": "10.200.0.0/16" } }], "ports": [{ "port": 22 }] }] }),
+        ),
+        (
+            "an allowed block on every port",
+            json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{ "to": [{ "ipBlock": { "cidr": "10.200.0.0/16" } }] }] }),
+        ),
+        (
+            "an allowed block on a range of ports",
+            json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{ "to": [{ "ipBlock": { "cidr": "10.200.0.0/16" } }], "ports": [{ "port": 443, "endPort": 8443 }] }] }),
+        ),
+        (
+            "an allowed block over UDP",
+            json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{ "to": [{ "ipBlock": { "cidr": "10.200.0.0/16" } }], "ports": [{ "port": 443, "protocol": "UDP" }] }] }),
+        ),
+        (
+            "a block with open ports in one rule with a block of listed ports",
+            json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{ "to": [{ "ipBlock": { "cidr": "10.201.0.0/16" } }, { "ipBlock": { "cidr": "10.200.0.0/16" } }], "ports": [{ "port": 80 }] }] }),
         ),
         (
             "ingress from anywhere",
@@ -331,6 +352,19 @@ async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
         )
         .await
         .expect("a policy within the tenant is admitted");
+    // The allowed blocks, each on its own ports: 443 to the first, any port to the second.
+    policies
+        .create(
+            &PostParams::default(),
+            &network_policy(
+                "allowed-blocks",
+                json!({ "podSelector": {}, "policyTypes": ["Egress"],
+                  "egress": [{ "to": [{ "ipBlock": { "cidr": "10.200.0.0/16" } }], "ports": [{ "protocol": "TCP", "port": 443 }] },
+                             { "to": [{ "ipBlock": { "cidr": "10.201.0.0/16" } }] }] }),
+            ),
+        )
+        .await
+        .expect("egress to the allowed blocks on their ports is admitted");
     // Everywhere: the operator's policy is still the one it made.
     let admin: Api<NetworkPolicy> = Api::namespaced(env.client(), &ns);
     let isolation = admin
@@ -406,6 +440,9 @@ async fn without_a_lock_owners_write_their_own_network_policies() {
     env.cleanup().await;
 }
 
+/// NodePort and LoadBalancer Services are refused unless the Tenant allows
+/// them; Ingress hosts and HTTPRoute hostnames must be the Tenant's allowed
+/// domains or names under them, on CREATE and UPDATE.
 #[tokio::test]
 async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_allowed() {
     let env = TestEnv::new().await;
@@ -487,6 +524,62 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
         )
         .await
         .expect("a host under the allowed domain is admitted");
+
+    // HTTPRoutes (the Gateway API's kinds are installed by the local control
+    // plane): the rule holds for everyone, so the cluster admin writes them
+    // here (the built-in admin role does not cover Gateway API kinds).
+    let resource = ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        plural: "httproutes".into(),
+    };
+    let routes: Api<DynamicObject> = Api::namespaced_with(env.client(), &ns, &resource);
+    let route = |name: &str, hostnames: Option<&[&str]>| -> DynamicObject {
+        let mut spec = json!({ "rules": [{ "backendRefs": [{ "name": "web", "port": 80 }] }] });
+        if let Some(hostnames) = hostnames {
+            spec["hostnames"] = json!(hostnames);
+        }
+        typed(json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": name }, "spec": spec }))
+    };
+    for (what, hostnames) in [
+        ("a foreign hostname", Some(&["shop.other.example.com"][..])),
+        (
+            "one foreign hostname among allowed ones",
+            Some(&["api.acme.example.com", "acme.example.org"][..]),
+        ),
+        ("a look-alike hostname", Some(&["evilacme.example.com"][..])),
+        ("no hostnames (every host)", None),
+    ] {
+        let message = outcome(
+            routes
+                .create(&PostParams::default(), &route("bad", hostnames))
+                .await,
+        );
+        assert!(refused_by(&message, "allowedDomains"), "HTTPRoute with {what}: {message}");
+    }
+    routes
+        .create(
+            &PostParams::default(),
+            &route("good", Some(&["acme.example.com", "api.acme.example.com"])),
+        )
+        .await
+        .expect("an HTTPRoute for the allowed domain and a name under it is admitted");
+    let message = outcome(
+        routes
+            .patch(
+                "good",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "hostnames": ["api.other.example.com"] } })),
+            )
+            .await,
+    );
+    assert!(
+        refused_by(&message, "allowedDomains"),
+        "an HTTPRoute changed to a foreign hostname: {message}"
+    );
 
     // Allowed by the Tenant, a NodePort passes.
     let tenants: Api<Tenant> = env.cluster_api();

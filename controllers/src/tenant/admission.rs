@@ -21,6 +21,8 @@
 //! constraint, a new Service type), so objects made before a rule existed can
 //! still be labelled, scaled, finalized and deleted.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use aleph_crds::tenant::{ComplianceProfile, Tenant};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -358,6 +360,16 @@ pub fn policies_locked(tenant: &Tenant) -> bool {
     tenant.spec.network.lock_policies || tenant.spec.compliance != ComplianceProfile::None
 }
 
+/// The tenant's namespaces as its owners' policy sees them: those
+/// `spec.namespaces` declares, how many count against the limit (declared and
+/// owner-created), and the limit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NamespaceRoom {
+    pub declared: Vec<String>,
+    pub count: usize,
+    pub limit: usize,
+}
+
 /// The policy and binding that hold for the tenant's users (everyone but the
 /// operator, cluster admins and kube-system's controllers, named by
 /// `operator`, the operator's user name).
@@ -365,6 +377,7 @@ pub fn owner_policy(
     tenant: &Tenant,
     operator: &str,
     operator_images: &[String],
+    room: &NamespaceRoom,
 ) -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
     let t = tenant.name_any();
     let template = PodSpecCel {
@@ -414,13 +427,14 @@ pub fn owner_policy(
         ),
         "reason": "Forbidden",
     }));
+    validations.extend(owner_namespace_rules(&t, room));
     if policies_locked(tenant) {
         validations.push(json!({
             "expression": format!("request.resource.resource != 'networkpolicies' || request.operation == 'DELETE' || ({})", network_policy_within(tenant)),
             "message": format!(
                 "tenant {t} (rule: {}): a NetworkPolicy here may allow ingress only from pods of its namespace, the tenant's namespaces \
                  (namespaceSelector matchLabels aleph.dev/tenant: {t}) and the platform's namespaces, and egress only to DNS (port 53), \
-                 the tenant's namespaces and the Tenant's network.allowedEgress blocks",
+                 the tenant's namespaces and the Tenant's network.allowedEgress blocks on their listed ports",
                 if tenant.spec.compliance == ComplianceProfile::None { "network.lockPolicies".to_string() } else { format!("compliance {}", profile_name(tenant.spec.compliance)) }
             ),
             "reason": "Forbidden",
@@ -434,6 +448,7 @@ pub fn owner_policy(
         { "apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["networkpolicies"] },
         { "apiGroups": ["rbac.authorization.k8s.io"], "apiVersions": ["v1"], "operations": ["UPDATE", "DELETE"], "resources": ["rolebindings"] },
         { "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE", "DELETE"], "resources": ["resourcequotas", "limitranges"] },
+        { "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "DELETE"], "resources": ["namespaces"] },
     ]);
     let variables = json!([
         { "name": "isWorkload", "expression": "request.resource.resource == 'cronjobs' || (request.resource.resource in ['deployments', 'statefulsets', 'daemonsets', 'replicasets', 'jobs', 'replicationcontrollers'] && has(object.spec.template))" },
@@ -451,6 +466,116 @@ pub fn owner_policy(
     if let Some(spec) = policy.spec.as_mut() {
         spec.match_conditions = Some(from_json(exemptions(operator))?);
     }
+    Ok((policy, binding))
+}
+
+/// The owners' rules on the tenant's namespaces themselves (the binding
+/// selects namespaces labelled with the tenant, so these see the namespaces
+/// an owner creates for the tenant): named with the tenant's prefix, within
+/// the namespace count, without the operator's labels; only those not in
+/// `spec.namespaces` may be deleted.
+fn owner_namespace_rules(t: &str, room: &NamespaceRoom) -> Vec<Value> {
+    let creating = "request.resource.resource != 'namespaces' || request.operation != 'CREATE'";
+    let reserved = format!(
+        "object.metadata.labels.all(k, !(k.startsWith('pod-security.kubernetes.io/') || k == {} \
+         || (k.startsWith('aleph.dev/') && k != {})))",
+        lit(crate::apply::MANAGED_BY),
+        lit(TENANT_LABEL)
+    );
+    vec![
+        json!({
+            "expression": format!("{creating} || object.metadata.name.startsWith({})", lit(&format!("{t}-"))),
+            "message": format!("tenant {t}: a namespace its owners create must be named {t}-<name>"),
+            "reason": "Forbidden",
+        }),
+        json!({
+            "expression": format!("{creating} || {} < {}", room.count, room.limit),
+            "message": format!(
+                "tenant {t} has {} of its {} namespaces (spec.quota.namespaces): delete one of those its owners created, or ask the platform team for more",
+                room.count, room.limit
+            ),
+            "reason": "Forbidden",
+        }),
+        json!({
+            "expression": format!("{creating} || {reserved}"),
+            "message": format!(
+                "tenant {t}: labels under aleph.dev/ (but aleph.dev/tenant), pod-security.kubernetes.io/ and {} are set by the operator, not on creation",
+                crate::apply::MANAGED_BY
+            ),
+            "reason": "Forbidden",
+        }),
+        json!({
+            "expression": format!(
+                "request.resource.resource != 'namespaces' || request.operation != 'DELETE' || !(oldObject.metadata.name in {})",
+                cel_list(&room.declared)
+            ),
+            "messageExpression": format!(
+                "'namespace ' + oldObject.metadata.name + {}",
+                lit(&format!(" is in the Tenant {t}'s spec.namespaces: the platform team removes it there"))
+            ),
+            "reason": "Forbidden",
+        }),
+    ]
+}
+
+/// The cluster-wide policy on namespaces created or deleted by users whose
+/// right to do so comes from a Tenant (they may `create` the
+/// `tenantnamespaces` marker): the namespace must be labelled with a tenant
+/// the user owns (the `own` verb on that Tenant). Platform admins (who may
+/// update Tenants) and the operator are not concerned; the tenant's owners'
+/// policy then checks the name, the count and the labels.
+pub fn owner_namespaces_policy(
+    operator: &str,
+) -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+    use super::build::{OWN_VERB, OWNER_NAMESPACES_POLICY, SELF_SERVICE_RESOURCE};
+    let meta = json!({
+        "name": OWNER_NAMESPACES_POLICY,
+        "labels": crate::apply::standard_labels("tenant", "all"),
+    });
+    let owns = |object: &str| {
+        format!(
+            "has({object}.metadata.labels) && {tl} in {object}.metadata.labels \
+             && authorizer.group('aleph.dev').resource('tenants').name({object}.metadata.labels[{tl}]).check({}).allowed()",
+            lit(OWN_VERB),
+            tl = lit(TENANT_LABEL),
+        )
+    };
+    let policy = from_json(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": meta,
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "DELETE"], "resources": ["namespaces"] }],
+            },
+            "matchConditions": [
+                { "name": "not-the-operator", "expression": format!("request.userInfo.username != {}", lit(operator)) },
+                { "name": "a-tenant-owner", "expression": format!("authorizer.group('aleph.dev').resource({}).check('create').allowed()", lit(SELF_SERVICE_RESOURCE)) },
+                { "name": "not-a-platform-admin", "expression": "!authorizer.group('aleph.dev').resource('tenants').check('update').allowed()" },
+            ],
+            "validations": [
+                {
+                    "expression": format!("request.operation != 'CREATE' || ({})", owns("object")),
+                    "message": format!(
+                        "a namespace a tenant owner creates must be labelled {TENANT_LABEL}: <tenant> with a tenant the user owns, and named <tenant>-<name>"
+                    ),
+                    "reason": "Forbidden",
+                },
+                {
+                    "expression": format!("request.operation != 'DELETE' || ({})", owns("oldObject")),
+                    "messageExpression": "'namespace ' + oldObject.metadata.name + ' does not belong to a tenant the user owns'",
+                    "reason": "Forbidden",
+                },
+            ],
+        },
+    }))?;
+    let binding = from_json(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": meta,
+        "spec": { "policyName": OWNER_NAMESPACES_POLICY, "validationActions": ["Deny"] },
+    }))?;
     Ok((policy, binding))
 }
 
@@ -494,27 +619,54 @@ fn network_policy_within(tenant: &Tenant) -> String {
             all.join(" && ")
         )
     };
-    let cidrs: Vec<String> = if egress_restricted(tenant) {
-        tenant
-            .spec
-            .network
-            .allowed_egress
-            .iter()
-            .map(|d| d.cidr.clone())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // Each allowed block with its TCP ports (None: every port). A block listed
+    // twice allows the union of its entries.
+    let mut blocks: BTreeMap<String, Option<BTreeSet<i32>>> = BTreeMap::new();
+    if egress_restricted(tenant) {
+        for d in &tenant.spec.network.allowed_egress {
+            let ports = blocks
+                .entry(d.cidr.clone())
+                .or_insert_with(|| Some(BTreeSet::new()));
+            match (ports.as_mut(), d.ports.is_empty()) {
+                (_, true) => *ports = None,
+                (Some(set), false) => set.extend(d.ports.iter().map(|p| p.0)),
+                (None, false) => {}
+            }
+        }
+    }
+    let cidrs: Vec<String> = blocks.keys().cloned().collect();
     let allowed_block = format!(
         "(has(p.ipBlock) && !has(p.namespaceSelector) && !has(p.podSelector) && p.ipBlock.cidr in {})",
         cel_list(&cidrs)
     );
+    // A rule that reaches a block with listed ports opens only those: TCP,
+    // by number, no ranges.
+    let port_checks: Vec<String> = blocks
+        .iter()
+        .filter_map(|(cidr, ports)| {
+            let ports: Vec<String> = ports.as_ref()?.iter().map(i32::to_string).collect();
+            Some(format!(
+                "(p.ipBlock.cidr != {} || (has(r.ports) && size(r.ports) > 0 && r.ports.all(x, has(x.port) && !has(x.endPort) \
+                 && (!has(x.protocol) || x.protocol == 'TCP') && string(x.port) in {})))",
+                lit(cidr),
+                cel_list(&ports)
+            ))
+        })
+        .collect();
+    let block_ports = if port_checks.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " && r.to.all(p, !has(p.ipBlock) || ({}))",
+            port_checks.join(" && ")
+        )
+    };
     let ingress_ok = format!(
         "has(r.from) && size(r.from) > 0 && r.from.all(p, {same_ns} || {tenant_ns} || {platform_ns})"
     );
     let dns_only = "(has(r.ports) && size(r.ports) > 0 && r.ports.all(x, has(x.port) && string(x.port) == '53'))";
     let egress_ok = format!(
-        "(has(r.to) && size(r.to) > 0 && r.to.all(p, {same_ns} || {tenant_ns} || {allowed_block})) || ((!has(r.to) || size(r.to) == 0) && {dns_only})"
+        "(has(r.to) && size(r.to) > 0 && r.to.all(p, {same_ns} || {tenant_ns} || {allowed_block}){block_ports}) || ((!has(r.to) || size(r.to) == 0) && {dns_only})"
     );
     format!(
         "(!has(object.spec.ingress) || object.spec.ingress.all(r, {ingress_ok})) && (!has(object.spec.egress) || object.spec.egress.all(r, {egress_ok}))"
@@ -676,7 +828,7 @@ spec:
     fn the_owners_policy_covers_templates_and_the_operators_objects_and_exempts_the_operator() {
         let t = tenant(ACME);
         let (policy, _) =
-            owner_policy(&t, "system:serviceaccount:aleph-system:aleph-operator", &[])
+            owner_policy(&t, "system:serviceaccount:aleph-system:aleph-operator", &[], &NamespaceRoom::default())
                 .expect("builds");
         let r = resources(&policy);
         for res in [
@@ -723,7 +875,7 @@ spec:
         assert!(policies_locked(&t));
         t.spec.compliance = ComplianceProfile::None;
         assert!(!policies_locked(&t));
-        let (policy, _) = owner_policy(&t, "op", &[]).expect("builds");
+        let (policy, _) = owner_policy(&t, "op", &[], &NamespaceRoom::default()).expect("builds");
         assert!(
             !messages(&policy)
                 .iter()
@@ -731,6 +883,78 @@ spec:
         );
         t.spec.network.lock_policies = true;
         assert!(policies_locked(&t));
+    }
+
+    #[test]
+    fn the_owners_namespace_rules_bake_in_the_count_and_the_declared_names() {
+        let t = tenant(ACME);
+        let room = NamespaceRoom {
+            declared: vec!["acme-research".into()],
+            count: 3,
+            limit: 3,
+        };
+        let (policy, _) = owner_policy(&t, "op", &[], &room).expect("builds");
+        let spec = policy.spec.expect("spec");
+        let expressions: Vec<String> = spec
+            .validations
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.expression)
+            .collect();
+        assert!(expressions.iter().any(|e| e.ends_with("|| 3 < 3")), "{expressions:?}");
+        assert!(
+            expressions
+                .iter()
+                .any(|e| e.contains("startsWith('acme-')")),
+            "{expressions:?}"
+        );
+        assert!(
+            expressions
+                .iter()
+                .any(|e| e.contains("!(oldObject.metadata.name in ['acme-research'])")),
+            "{expressions:?}"
+        );
+        let rules = spec
+            .match_constraints
+            .and_then(|m| m.resource_rules)
+            .unwrap_or_default();
+        assert!(rules.iter().any(|r| {
+            r.resources.as_deref() == Some(&["namespaces".to_string()][..])
+                && r.operations.as_deref()
+                    == Some(&["CREATE".to_string(), "DELETE".to_string()][..])
+        }));
+        // The cluster-wide policy applies to owners only, not to the operator
+        // nor to whoever may update Tenants.
+        let (cluster, _) = owner_namespaces_policy("op").expect("builds");
+        let conditions: Vec<String> = cluster
+            .spec
+            .and_then(|s| s.match_conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.expression)
+            .collect();
+        assert_eq!(conditions.len(), 3, "{conditions:?}");
+        assert!(conditions[0].contains("'op'"));
+        assert!(conditions[1].contains("'tenantnamespaces'"));
+        assert!(conditions[2].starts_with("!authorizer") && conditions[2].contains("'update'"));
+    }
+
+    #[test]
+    fn an_allowed_block_with_ports_opens_only_those_ports() {
+        let mut t = tenant(ACME);
+        t.spec.network.allowed_egress = serde_json::from_value(serde_json::json!([
+            { "cidr": "10.0.0.0/8", "ports": [443] },
+            { "cidr": "10.0.0.0/8", "ports": [8443] },
+            { "cidr": "192.168.0.0/16" },
+        ]))
+        .expect("egress");
+        let cel = network_policy_within(&t);
+        assert!(cel.contains("p.ipBlock.cidr in ['10.0.0.0/8', '192.168.0.0/16']"), "{cel}");
+        assert!(
+            cel.contains("p.ipBlock.cidr != '10.0.0.0/8' ||") && cel.contains("string(x.port) in ['443', '8443']"),
+            "{cel}"
+        );
+        assert!(!cel.contains("p.ipBlock.cidr != '192.168.0.0/16'"), "{cel}");
     }
 
     #[test]

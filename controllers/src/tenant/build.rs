@@ -10,7 +10,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::{LimitRange, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -25,6 +25,19 @@ pub const LIMIT_RANGE_NAME: &str = "aleph-tenant-defaults";
 pub const NETWORK_POLICY_NAME: &str = "aleph-tenant-isolation";
 /// The cluster-wide policy that refuses to delete a Tenant with `preventDeletion`.
 pub const PREVENT_DELETION_POLICY: &str = "aleph-tenant-prevent-deletion";
+
+/// The label the operator puts on a namespace an owner created and the Tenant
+/// adopted (the value is `owner`). Such a namespace is the tenant's although
+/// `spec.namespaces` does not list it.
+pub const ORIGIN_LABEL: &str = "aleph.dev/origin";
+/// The cluster-wide policy on namespaces that owners create and delete.
+pub const OWNER_NAMESPACES_POLICY: &str = "aleph-tenant-owner-namespaces";
+/// A verb on a Tenant: its holder may create and delete the tenant's namespaces.
+pub const OWN_VERB: &str = "own";
+/// A resource that names no object, only a right: whoever may `create` it got
+/// the right to create namespaces from a Tenant. The cluster-wide policy on
+/// namespaces applies to them.
+pub const SELF_SERVICE_RESOURCE: &str = "tenantnamespaces";
 
 /// The full name of a tenant namespace.
 pub fn namespace_name(tenant: &str, short: &str) -> String {
@@ -62,6 +75,66 @@ pub fn namespace(tenant: &Tenant, name: &str) -> Result<Namespace> {
         "kind": "Namespace",
         "metadata": { "name": name, "labels": labels },
     }))
+}
+
+/// A namespace an owner created, as the Tenant adopts it.
+pub fn adopted_namespace(tenant: &Tenant, name: &str) -> Result<Namespace> {
+    let mut ns = namespace(tenant, name)?;
+    ns.labels_mut()
+        .insert(ORIGIN_LABEL.to_string(), "owner".to_string());
+    Ok(ns)
+}
+
+/// The name of the ClusterRole (and its binding) that lets the tenant's admin
+/// owners create and delete the tenant's namespaces.
+pub fn owner_cluster_role_name(tenant: &str) -> String {
+    format!("aleph-tenant-{tenant}-owners")
+}
+
+/// The ClusterRole and binding that let the tenant's admin owners create
+/// namespaces (and delete those not in `spec.namespaces`), or None when no
+/// owner is an admin or the tenant has no room for more namespaces. RBAC
+/// cannot limit `create` by name: the admission policies do (the cluster-wide
+/// one and the tenant's owners' policy).
+pub fn owner_cluster_role(
+    tenant: &Tenant,
+    room: bool,
+) -> Result<Option<(ClusterRole, ClusterRoleBinding)>> {
+    let t = tenant.name_any();
+    let subjects: Vec<Value> = tenant
+        .spec
+        .owners
+        .iter()
+        .filter(|o| o.role == OwnerRole::Admin)
+        .map(subject)
+        .collect();
+    if subjects.is_empty() || !room {
+        return Ok(None);
+    }
+    let name = owner_cluster_role_name(&t);
+    let meta = json!({
+        "name": name,
+        "labels": tenant_labels(&t),
+        "ownerReferences": controller_ref(tenant).into_iter().collect::<Vec<_>>(),
+    });
+    let role = from_json(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": meta,
+        "rules": [
+            { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["create", "delete"] },
+            { "apiGroups": ["aleph.dev"], "resources": [SELF_SERVICE_RESOURCE], "verbs": ["create"] },
+            { "apiGroups": ["aleph.dev"], "resources": ["tenants"], "resourceNames": [t], "verbs": ["get", OWN_VERB] },
+        ],
+    }))?;
+    let binding = from_json(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": meta,
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name },
+        "subjects": subjects,
+    }))?;
+    Ok(Some((role, binding)))
 }
 
 fn owned_meta(tenant: &Tenant, name: &str, namespace: &str) -> Value {

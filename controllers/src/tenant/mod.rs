@@ -17,7 +17,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::{Event, LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::DeserializeGuard;
@@ -245,46 +245,32 @@ async fn operator_user(client: &kube::Client) -> Result<String> {
 static CLUSTER_POLICIES_APPLIED: AtomicBool = AtomicBool::new(false);
 
 /// The cluster-wide admission policies every tenant relies on, applied once per process.
-async fn ensure_cluster_policies(client: &kube::Client) -> Result<()> {
+async fn ensure_cluster_policies(client: &kube::Client, operator: &str) -> Result<()> {
     if CLUSTER_POLICIES_APPLIED.load(Ordering::SeqCst) {
         return Ok(());
     }
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-    let (policy, binding) = build::prevent_deletion_policy()?;
-    apply_if_changed(
-        &policies,
-        policies
-            .get_opt(build::PREVENT_DELETION_POLICY)
-            .await?
-            .as_ref(),
-        &policy,
-    )
-    .await?;
-    apply_if_changed(
-        &bindings,
-        bindings
-            .get_opt(build::PREVENT_DELETION_POLICY)
-            .await?
-            .as_ref(),
-        &binding,
-    )
-    .await?;
-    let (policy, binding) = quota_guard_policy()?;
-    apply_if_changed(
-        &policies,
-        policies.get_opt(QUOTA_GUARD_POLICY).await?.as_ref(),
-        &policy,
-    )
-    .await?;
-    apply_if_changed(
-        &bindings,
-        bindings.get_opt(QUOTA_GUARD_POLICY).await?.as_ref(),
-        &binding,
-    )
-    .await?;
+    for (policy, binding) in [
+        build::prevent_deletion_policy()?,
+        quota_guard_policy()?,
+        admission::owner_namespaces_policy(operator)?,
+    ] {
+        let name = policy.name_any();
+        apply_if_changed(&policies, policies.get_opt(&name).await?.as_ref(), &policy).await?;
+        apply_if_changed(&bindings, bindings.get_opt(&name).await?.as_ref(), &binding).await?;
+    }
     CLUSTER_POLICIES_APPLIED.store(true, Ordering::SeqCst);
     Ok(())
+}
+
+/// Whether a namespace labelled with the tenant but not in `spec.namespaces`
+/// is one an owner created (adopted already, or not made by the operator),
+/// rather than one taken off the list.
+fn owner_created(ns: &Namespace) -> bool {
+    let labels = ns.labels();
+    labels.get(build::ORIGIN_LABEL).is_some_and(|o| o == "owner")
+        || labels.get(crate::apply::MANAGED_BY).is_none_or(|m| m != MANAGER)
 }
 
 fn quota_guard_policy() -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
@@ -375,7 +361,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let client = &ctx.client;
     let name = tenant.name_any();
     let generation = tenant.metadata.generation;
-    ensure_cluster_policies(client).await?;
+    let operator = operator_user(client).await?;
+    ensure_cluster_policies(client, &operator).await?;
 
     let hard = quota::tenant_hard(tenant.spec.plan, tenant.spec.quota.as_ref())
         .map_err(Error::InvalidSpec);
@@ -416,10 +403,45 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         .into_iter()
         .collect();
 
+    // Namespaces the owners created, oldest first: adopted while the
+    // tenant's namespace count allows (two owners creating at once can both
+    // pass admission; the later ones then wait, unadopted, where the owners
+    // have no access and the quota guard refuses pods).
+    let limit = quota::namespace_limit(tenant.spec.plan, tenant.spec.quota.as_ref());
+    let mut owners_namespaces: Vec<&Namespace> = labelled
+        .iter()
+        .filter(|(n, ns)| {
+            !desired_names.contains(n)
+                && ns.metadata.deletion_timestamp.is_none()
+                && owner_created(ns)
+        })
+        .map(|(_, ns)| ns)
+        .collect();
+    owners_namespaces.sort_by_key(|ns| (ns.creation_timestamp(), ns.name_any()));
+    let room_for = limit.saturating_sub(desired_names.len());
+    let excess: Vec<String> = owners_namespaces
+        .iter()
+        .skip(room_for)
+        .map(|ns| ns.name_any())
+        .collect();
+    let adopted: Vec<&Namespace> = owners_namespaces.iter().take(room_for).copied().collect();
+    let room = admission::NamespaceRoom {
+        declared: desired_names.clone(),
+        count: desired_names.len() + owners_namespaces.len(),
+        limit,
+    };
+
     // Namespaces: create or update ours, never take over somebody else's.
     let mut conflicts = Vec::new();
     let mut ready_namespaces = Vec::new();
     let mut waiting = false;
+    let with_quota_label = |mut ns: Namespace| {
+        if quotas.contains_key(&(ns.name_any(), QUOTA_NAME.to_string())) {
+            ns.labels_mut()
+                .insert(QUOTA_READY_LABEL.to_string(), "ready".to_string());
+        }
+        ns
+    };
     for ns_name in &desired_names {
         let observed = match labelled.get(ns_name) {
             Some(ns) => Some(ns.clone()),
@@ -437,22 +459,63 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 continue;
             }
         }
-        let mut desired = build::namespace(tenant, ns_name)?;
-        if quotas.contains_key(&(ns_name.clone(), QUOTA_NAME.to_string())) {
-            desired
-                .labels_mut()
-                .insert(QUOTA_READY_LABEL.to_string(), "ready".to_string());
-        }
+        let desired = with_quota_label(build::namespace(tenant, ns_name)?);
         apply_if_changed(&ns_api, observed.as_ref(), &desired).await?;
         ready_namespaces.push(ns_name.clone());
     }
+    let mut newly_adopted = Vec::new();
+    for ns in &adopted {
+        let ns_name = ns.name_any();
+        if !ns.labels().contains_key(build::ORIGIN_LABEL) {
+            newly_adopted.push(ns_name.clone());
+        }
+        let desired = with_quota_label(build::adopted_namespace(tenant, &ns_name)?);
+        apply_if_changed(&ns_api, Some(*ns), &desired).await?;
+        ready_namespaces.push(ns_name);
+    }
+    if !newly_adopted.is_empty() {
+        ctx.event(
+            tenant,
+            EventType::Normal,
+            "NamespaceAdopted",
+            format!(
+                "adopted {} (created by an owner): quota, limits, policies and bindings follow",
+                newly_adopted.join(", ")
+            ),
+        )
+        .await;
+    }
 
-    // Namespaces taken off the list.
+    // Namespaces taken off the list (not those the owners created).
     for (ns_name, ns) in &labelled {
-        if desired_names.contains(ns_name) || ns.metadata.deletion_timestamp.is_some() {
+        if desired_names.contains(ns_name)
+            || ns.metadata.deletion_timestamp.is_some()
+            || owner_created(ns)
+        {
             continue;
         }
         release_namespace(&ns_api, ns_name, tenant.spec.deletion_policy).await?;
+    }
+
+    // The admin owners' right to create namespaces, while there is room.
+    let role_api: Api<ClusterRole> = Api::all(client.clone());
+    let role_binding_api: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let role_name = build::owner_cluster_role_name(&name);
+    match build::owner_cluster_role(tenant, limit > desired_names.len())? {
+        Some((role, binding)) => {
+            apply_if_changed(&role_api, role_api.get_opt(&role_name).await?.as_ref(), &role)
+                .await?;
+            apply_if_changed(
+                &role_binding_api,
+                role_binding_api.get_opt(&role_name).await?.as_ref(),
+                &binding,
+            )
+            .await?;
+        }
+        None => {
+            delete_ignoring_missing(&role_binding_api, &role_name).await?;
+            delete_ignoring_missing(&role_api, &role_name).await?;
+        }
     }
 
     // Per-namespace children.
@@ -495,7 +558,6 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }
 
     // Admission rules: the policy for everyone, and the one for the tenant's users.
-    let operator = operator_user(client).await?;
     let vap_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let vapb_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     let admission_policies = children(ctx, |c| &c.admission_policies, &name).await?;
@@ -514,6 +576,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 tenant,
                 &operator,
                 &operator_images,
+                &room,
             )?),
         ),
     ];
@@ -598,6 +661,15 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 conflicts.join(", ")
             ),
         )
+    } else if !excess.is_empty() {
+        NewCondition::no(
+            "Ready",
+            "NamespaceLimitExceeded",
+            format!(
+                "owners created {} beyond the tenant's {limit} namespaces (spec.quota.namespaces): they are not adopted; delete them or raise the quota",
+                excess.join(", ")
+            ),
+        )
     } else if !uncounted.is_empty() {
         NewCondition::no(
             "Ready",
@@ -607,7 +679,10 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 uncounted.join(", ")
             ),
         )
-    } else if waiting || ready_namespaces.len() != desired_names.len() || rebalance.creating {
+    } else if waiting
+        || ready_namespaces.len() != desired_names.len() + adopted.len()
+        || rebalance.creating
+    {
         NewCondition::no(
             "Ready",
             "Provisioning",
@@ -621,6 +696,19 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         )
     };
     let is_ready = ready.status == ConditionStatus::True;
+    let was_over = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.reason == "NamespaceLimitExceeded");
+    if !excess.is_empty() && !was_over {
+        ctx.event(
+            tenant,
+            EventType::Warning,
+            "NamespaceLimitExceeded",
+            ready.message.clone(),
+        )
+        .await;
+    }
     set_condition(&mut status.conditions, ready, generation);
     let exhausted: Vec<String> = usage
         .iter()

@@ -61,6 +61,17 @@ pub fn tenant_hard(
     ]))
 }
 
+/// How many namespaces the tenant may have, declared and owner-created.
+pub fn namespace_limit(plan: TenantPlan, quota: Option<&TenantQuota>) -> usize {
+    let default = match plan {
+        TenantPlan::Free => 3,
+        TenantPlan::Pro => 10,
+        TenantPlan::Enterprise => 100,
+    };
+    let limit = quota.and_then(|q| q.namespaces).unwrap_or(default);
+    usize::try_from(limit.max(0)).unwrap_or(usize::MAX)
+}
+
 /// Parses a Kubernetes quantity (`250m`, `2`, `1.5`, `64Gi`, `1e3`, `10M`) into thousandths.
 pub fn parse_quantity(s: &str) -> Result<Milli, String> {
     let s = s.trim();

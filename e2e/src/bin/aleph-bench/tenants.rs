@@ -115,7 +115,12 @@ async fn floor_one(
         .await?;
     }
     // The operator writes both of the tenant's policies; so does the floor.
-    let owners = admission::owner_policy(tenant, "aleph-bench-floor", &[])?;
+    let room = admission::NamespaceRoom {
+        declared: vec![ns_name.clone()],
+        count: 1,
+        limit: 1,
+    };
+    let owners = admission::owner_policy(tenant, "aleph-bench-floor", &[], &room)?;
     for (policy, binding) in admission::admission_policy(tenant, &[])?
         .into_iter()
         .chain([owners])
