@@ -77,6 +77,12 @@ if [ "$status" -ne 0 ]; then
   echo "==> some tests failed; the operator's log tail:" >&2
   tail -30 "$state/logs/operator.log" >&2
 fi
+# Why each failing test failed, at the end where a truncated log still shows it.
+if grep -qE "^thread '[^']*'.* panicked at" "$state/logs/test.log"; then
+  echo "==> the failing tests' panics:"
+  awk "/^thread '[^']*'.* panicked at/ { n = 8 } /^stack backtrace:/ { n = 0 } n > 0 { print; n-- }" \
+    "$state/logs/test.log" | cut -c1-300 | head -150
+fi
 # One summary line for the whole run.
 # From cargo's own "test result:" lines only (what tests print may say "failed").
 passed=$(grep -E '^test result:' "$state/logs/test.log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')

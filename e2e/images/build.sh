@@ -3,8 +3,8 @@
 # whose containerd has no registry to pull from: each archive imports with
 #   ctr -a SOCKET -n k8s.io images import FILE
 #
-#   e2e/images/build.sh [NAME...]      NAME: pause busybox coredns aleph-operator model-cache
-#                                            llama-server
+#   e2e/images/build.sh [NAME...]      NAME: pause busybox coredns aleph-operator aleph-gateway
+#                                            model-cache llama-server
 #                                      (all of them when none is given)
 #
 # Output, in ALEPH_IMAGES_DIR (default $ALEPH_CACHE/images):
@@ -26,7 +26,7 @@ OUT="${ALEPH_IMAGES_DIR:-$ALEPH_CACHE/images}"
 SRC="$ALEPH_CACHE/images-src"
 PYTHON="${PYTHON:-python3}"
 OCI=("$PYTHON" "$IMAGES_DIR/oci.py")
-ALL=(pause busybox coredns aleph-operator model-cache llama-server)
+ALL=(pause busybox coredns aleph-operator aleph-gateway model-cache llama-server)
 
 die() {
   printf 'build.sh: %s\n' "$*" >&2
@@ -193,12 +193,16 @@ stage_coredns() {
 ref_aleph-operator() { echo aleph.local/aleph-operator:dev; }
 OPERATOR_TARGET_DIR="${ALEPH_STATIC_TARGET_DIR:-$ALEPH_CACHE/target-static}"
 operator_bin() { echo "$OPERATOR_TARGET_DIR/x86_64-unknown-linux-gnu/release/aleph-operator"; }
-inputs_aleph-operator() {
-  need cargo "the aleph-operator image builds the operator with cargo"
-  need file "the static link of the operator is checked with file(1)"
+gateway_bin() { echo "$OPERATOR_TARGET_DIR/x86_64-unknown-linux-gnu/release/aleph-gateway"; }
+STATIC_BUILT=""
+# Both binaries in one cargo build (they share most of their dependencies), once per run.
+static_build() {
+  [ -z "$STATIC_BUILT" ] || return 0
+  need cargo "the aleph-operator and aleph-gateway images build their binaries with cargo"
+  need file "the static link of the binaries is checked with file(1)"
   # No musl target here: glibc, linked statically (see e2e/images/README.md). Cargo
   # rebuilds only what changed; the binary's hash keys the image.
-  log "cargo build --release (static glibc) of aleph-operator into $OPERATOR_TARGET_DIR"
+  log "cargo build --release (static glibc) of aleph-operator and aleph-gateway into $OPERATOR_TARGET_DIR"
   # Run from a cargo test, this script inherits what cargo sets for the test
   # (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...); build scripts that watch those (ring's)
   # would then rebuild the whole tree. Cargo sets them itself where they belong.
@@ -210,15 +214,21 @@ inputs_aleph-operator() {
   (cd "$REPO" && CARGO_TARGET_DIR="$OPERATOR_TARGET_DIR" \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
     cargo build --quiet --release --locked -p aleph-operator --bin aleph-operator \
-    --target x86_64-unknown-linux-gnu >&2) || die "cargo build of the static aleph-operator failed"
+    -p aleph-gateway --bin aleph-gateway \
+    --target x86_64-unknown-linux-gnu >&2) || die "cargo build of the static binaries failed"
   local bin
-  bin=$(operator_bin)
-  file -L "$bin" | grep -Eq 'statically linked|static-pie linked' ||
-    die "$bin is not statically linked: $(file -L "$bin")"
-  if ldd "$bin" >/dev/null 2>&1 && ! ldd "$bin" 2>&1 | grep -q 'statically linked'; then
-    die "$bin has dynamic dependencies: $(ldd "$bin" 2>&1 | tr '\n' ' ')"
-  fi
-  sha256sum "$bin" | cut -d' ' -f1
+  for bin in "$(operator_bin)" "$(gateway_bin)"; do
+    file -L "$bin" | grep -Eq 'statically linked|static-pie linked' ||
+      die "$bin is not statically linked: $(file -L "$bin")"
+    if ldd "$bin" >/dev/null 2>&1 && ! ldd "$bin" 2>&1 | grep -q 'statically linked'; then
+      die "$bin has dynamic dependencies: $(ldd "$bin" 2>&1 | tr '\n' ' ')"
+    fi
+  done
+  STATIC_BUILT=1
+}
+inputs_aleph-operator() {
+  static_build
+  sha256sum "$(operator_bin)" | cut -d' ' -f1
   sha256sum /etc/ssl/certs/ca-certificates.crt | cut -d' ' -f1
 }
 stage_aleph-operator() {
@@ -237,6 +247,28 @@ stage_aleph-operator() {
     --label org.opencontainers.image.licenses=Apache-2.0
     --label org.opencontainers.image.version=dev
     --user 65532:65532 --expose 8080 --entrypoint '["/aleph-operator"]' --cmd '["run"]')
+}
+
+ref_aleph-gateway() { echo aleph.local/aleph-gateway:dev; }
+inputs_aleph-gateway() {
+  static_build
+  sha256sum "$(gateway_bin)" | cut -d' ' -f1
+  sha256sum /etc/ssl/certs/ca-certificates.crt | cut -d' ' -f1
+}
+stage_aleph-gateway() {
+  local root=$1
+  mkdir -p "$root/rootfs" "$root/home"
+  cp "$(gateway_bin)" "$root/rootfs/aleph-gateway"
+  base_files "$root/rootfs"
+  ca_certificates "$root/rootfs"
+  OCI_ARGS=(--layer "$root/rootfs:/" --layer "$root/home:/home/nonroot:65532:65532"
+    --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+    --label org.opencontainers.image.title=aleph-gateway
+    --label "org.opencontainers.image.description=OpenAI-compatible gateway in front of Aleph's models"
+    --label org.opencontainers.image.source=https://github.com/aleph-dev/aleph
+    --label org.opencontainers.image.licenses=Apache-2.0
+    --label org.opencontainers.image.version=dev
+    --user 65532:65532 --expose 8000 --expose 9090 --entrypoint '["/aleph-gateway"]' --cmd '["run"]')
 }
 
 # Debian's Python, unpacked from its packages, with pinned wheels beside it.

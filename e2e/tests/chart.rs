@@ -139,8 +139,34 @@ fn parse_documents(stream: &str) -> Vec<Value> {
     objects
 }
 
+/// The operator's objects of `kind` (the gateway's are `gateway_of_kind`'s).
 fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    objects.iter().filter(|o| o["kind"] == kind).collect()
+    objects
+        .iter()
+        .filter(|o| o["kind"] == kind && !is_gateway(o))
+        .collect()
+}
+
+fn is_gateway(object: &Value) -> bool {
+    object["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+}
+
+fn gateway_of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == kind && is_gateway(o))
+        .collect()
+}
+
+fn only_gateway<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found = gateway_of_kind(objects, kind);
+    assert_eq!(
+        found.len(),
+        1,
+        "want exactly one gateway {kind}, rendered {}",
+        found.len()
+    );
+    found[0]
 }
 
 fn only<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
@@ -631,7 +657,86 @@ fn schema_rejects_bad_values() {
         "image.pullPolicy=Sometimes",
         "replicaCount=-1",
         "no.such.value=1",
+        "gateway.routing=random",
+        "gateway.replicaCount=0",
+        "gateway.port=0",
     ] {
         assert!(try_render(&[bad]).is_err(), "--set {bad} was accepted");
     }
+}
+
+/// The gateway is on by default: its own Deployment (restricted, probes on
+/// /healthz and /readyz, each replica told its share of the limits), Service,
+/// PodDisruptionBudget, and read-only RBAC; selected by labels the operator's
+/// selectors never match. Off, none of it renders.
+#[test]
+fn the_gateway_is_on_by_default_with_read_only_rbac() {
+    let objects = render(&[]);
+    let deployment = only_gateway(&objects, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    assert_eq!(selector["app.kubernetes.io/name"], "aleph-gateway");
+    let operator_selector = &only(&objects, "Deployment")["spec"]["selector"]["matchLabels"];
+    assert_ne!(selector, operator_selector);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert!(
+        container["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("ghcr.io/aleph-dev/aleph-gateway:")),
+        "{}",
+        container["image"]
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for arg in [
+        "run",
+        "--listen=0.0.0.0:8080",
+        "--replicas-share=2",
+        "--routing=least-in-flight",
+    ] {
+        assert!(args.contains(&arg), "{arg} missing from {args:?}");
+    }
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+
+    let role = only_gateway(&objects, "ClusterRole");
+    let mut resources = Vec::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        assert_eq!(
+            rule["verbs"],
+            serde_json::json!(["get", "list", "watch"]),
+            "the gateway only reads: {rule}"
+        );
+        for r in rule["resources"].as_array().expect("resources") {
+            resources.push(r.as_str().unwrap_or_default().to_string());
+        }
+    }
+    resources.sort();
+    assert_eq!(
+        resources,
+        ["aimodels", "endpointslices", "secrets", "tenants"]
+    );
+    let binding = only_gateway(&objects, "ClusterRoleBinding");
+    assert_eq!(binding["subjects"][0]["name"], pod["serviceAccountName"]);
+    let service = only_gateway(&objects, "Service");
+    assert_eq!(service["spec"]["ports"][0]["port"], 80);
+    assert_eq!(&service["spec"]["selector"], selector);
+    let budget = only_gateway(&objects, "PodDisruptionBudget");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+
+    let off = render(&["gateway.enabled=false"]);
+    assert!(
+        off.iter().all(|o| !is_gateway(o)),
+        "gateway objects rendered with gateway.enabled=false"
+    );
 }

@@ -57,6 +57,8 @@ fn values(label: &str, rbac: bool) -> String {
         r#"
 image: {{repository: aleph.local/aleph-operator, tag: dev, pullPolicy: Never}}
 replicaCount: 2
+gateway:
+  image: {{repository: aleph.local/aleph-gateway, tag: dev, pullPolicy: Never}}
 rbac: {{create: {rbac}}}
 operator:
   watchLabelSelector: "{PRIVATE_OPERATOR_LABEL}={label}"
@@ -108,7 +110,15 @@ fn running(pod: &Pod) -> bool {
 }
 
 async fn release_pods(pods: &Api<Pod>, release: &Release) -> Vec<Pod> {
-    let selector = format!("app.kubernetes.io/instance={}", release.name);
+    component_pods(pods, release, "operator").await
+}
+
+/// The release's live pods of one component: `operator` or `gateway`.
+async fn component_pods(pods: &Api<Pod>, release: &Release, component: &str) -> Vec<Pod> {
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/component={component}",
+        release.name
+    );
     pods.list(&ListParams::default().labels(&selector))
         .await
         .expect("list the release's pods")
@@ -223,6 +233,34 @@ async fn the_operator_runs_in_the_cluster_from_its_chart() {
         ready_since.elapsed().as_secs_f64()
     );
     let since = k8s_openapi::jiff::Timestamp::now().to_string();
+
+    // The gateway's two replicas: Ready once their watches (Tenants, AIModels,
+    // key Secrets, EndpointSlices) have listed, which its read-only RBAC allows;
+    // a call without a key gets OpenAI's error shape with 401.
+    let deadline = Instant::now() + TIMEOUT;
+    let gateways = loop {
+        let list = component_pods(&pods, &release, "gateway").await;
+        if list.len() == 2 && list.iter().all(is_ready) {
+            break list;
+        }
+        if Instant::now() > deadline {
+            let out = kubectl(["describe", "pods", "-n", &release.namespace]).await;
+            panic!("the gateway's 2 pods never turned Ready:\n{}", out.stdout);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for pod in &gateways {
+        let addr = format!("{}:8080", pod_ip(pod));
+        let (code, body) = http_get(&addr, "/v1/models").await.expect("GET /v1/models");
+        assert_eq!(code, 401, "/v1/models without a key on {addr}: {body}");
+        assert!(
+            body.contains("\"error\""),
+            "not OpenAI's error shape: {body}"
+        );
+        let metrics = format!("{}:9090", pod_ip(pod));
+        let (code, _) = http_get(&metrics, "/metrics").await.expect("GET /metrics");
+        assert_eq!(code, 200, "/metrics on {metrics}");
+    }
 
     for pod in &ready {
         let addr = format!("{}:8080", pod_ip(pod));

@@ -541,8 +541,10 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
         if let Some(hostnames) = hostnames {
             spec["hostnames"] = json!(hostnames);
         }
-        typed(json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": { "name": name }, "spec": spec }))
+        typed(
+            json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": name }, "spec": spec }),
+        )
     };
     for (what, hostnames) in [
         ("a foreign hostname", Some(&["shop.other.example.com"][..])),
@@ -558,7 +560,10 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
                 .create(&PostParams::default(), &route("bad", hostnames))
                 .await,
         );
-        assert!(refused_by(&message, "allowedDomains"), "HTTPRoute with {what}: {message}");
+        assert!(
+            refused_by(&message, "allowedDomains"),
+            "HTTPRoute with {what}: {message}"
+        );
     }
     routes
         .create(

@@ -77,3 +77,29 @@ An Argo CD sync-wave annotation, when enabled. Call with (list $ "wave").
 argocd.argoproj.io/sync-wave: {{ index . 1 | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+The gateway's labels: its own name, so that the operator's selectors never take its pods.
+*/}}
+{{- define "aleph-gateway.selectorLabels" -}}
+app.kubernetes.io/name: aleph-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "aleph-gateway.labels" -}}
+helm.sh/chart: {{ include "aleph-operator.chart" . }}
+{{ include "aleph-gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/part-of: aleph
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "aleph-gateway.image" -}}
+{{- $i := .Values.gateway.image }}
+{{- if $i.digest }}
+{{- printf "%s@%s" $i.repository $i.digest }}
+{{- else }}
+{{- printf "%s:%s" $i.repository (default .Chart.AppVersion $i.tag) }}
+{{- end }}
+{{- end }}

@@ -827,9 +827,13 @@ spec:
     #[test]
     fn the_owners_policy_covers_templates_and_the_operators_objects_and_exempts_the_operator() {
         let t = tenant(ACME);
-        let (policy, _) =
-            owner_policy(&t, "system:serviceaccount:aleph-system:aleph-operator", &[], &NamespaceRoom::default())
-                .expect("builds");
+        let (policy, _) = owner_policy(
+            &t,
+            "system:serviceaccount:aleph-system:aleph-operator",
+            &[],
+            &NamespaceRoom::default(),
+        )
+        .expect("builds");
         let r = resources(&policy);
         for res in [
             "deployments",
@@ -901,7 +905,10 @@ spec:
             .into_iter()
             .map(|v| v.expression)
             .collect();
-        assert!(expressions.iter().any(|e| e.ends_with("|| 3 < 3")), "{expressions:?}");
+        assert!(
+            expressions.iter().any(|e| e.ends_with("|| 3 < 3")),
+            "{expressions:?}"
+        );
         assert!(
             expressions
                 .iter()
@@ -949,9 +956,13 @@ spec:
         ]))
         .expect("egress");
         let cel = network_policy_within(&t);
-        assert!(cel.contains("p.ipBlock.cidr in ['10.0.0.0/8', '192.168.0.0/16']"), "{cel}");
         assert!(
-            cel.contains("p.ipBlock.cidr != '10.0.0.0/8' ||") && cel.contains("string(x.port) in ['443', '8443']"),
+            cel.contains("p.ipBlock.cidr in ['10.0.0.0/8', '192.168.0.0/16']"),
+            "{cel}"
+        );
+        assert!(
+            cel.contains("p.ipBlock.cidr != '10.0.0.0/8' ||")
+                && cel.contains("string(x.port) in ['443', '8443']"),
             "{cel}"
         );
         assert!(!cel.contains("p.ipBlock.cidr != '192.168.0.0/16'"), "{cel}");

@@ -269,8 +269,12 @@ async fn ensure_cluster_policies(client: &kube::Client, operator: &str) -> Resul
 /// rather than one taken off the list.
 fn owner_created(ns: &Namespace) -> bool {
     let labels = ns.labels();
-    labels.get(build::ORIGIN_LABEL).is_some_and(|o| o == "owner")
-        || labels.get(crate::apply::MANAGED_BY).is_none_or(|m| m != MANAGER)
+    labels
+        .get(build::ORIGIN_LABEL)
+        .is_some_and(|o| o == "owner")
+        || labels
+            .get(crate::apply::MANAGED_BY)
+            .is_none_or(|m| m != MANAGER)
 }
 
 fn quota_guard_policy() -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
@@ -503,8 +507,12 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let role_name = build::owner_cluster_role_name(&name);
     match build::owner_cluster_role(tenant, limit > desired_names.len())? {
         Some((role, binding)) => {
-            apply_if_changed(&role_api, role_api.get_opt(&role_name).await?.as_ref(), &role)
-                .await?;
+            apply_if_changed(
+                &role_api,
+                role_api.get_opt(&role_name).await?.as_ref(),
+                &role,
+            )
+            .await?;
             apply_if_changed(
                 &role_binding_api,
                 role_binding_api.get_opt(&role_name).await?.as_ref(),
