@@ -295,3 +295,28 @@ async fn readyz_waits_for_the_state_to_be_synced() {
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown.error_code(), "not_found");
 }
+
+#[tokio::test]
+async fn chunked_bodies_over_the_limit_get_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = GatewayConfig {
+        max_body_bytes: 1024,
+        ..GatewayConfig::default()
+    };
+    let (gw, stub) = one_model_gateway(config, TenantLimits::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let chunk = "x".repeat(600);
+    let request = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {ACME_KEY}\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+         258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request_too_large"));
+    assert_eq!(stub.hits(), 0);
+}
