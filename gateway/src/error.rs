@@ -38,7 +38,7 @@ pub enum ApiError {
     #[error("the model `{0}` belongs to another tenant")]
     ModelForbidden(String),
     /// A tenant limit is used up.
-    #[error("rate limit reached for {limit}; retry after {} s", retry_after.as_secs())]
+    #[error("rate limit reached for {limit}; retry after {} s", retry_after_seconds(*retry_after))]
     RateLimited {
         /// Which limit: `requests per minute`, `tokens per minute`, `tokens per day`.
         limit: &'static str,

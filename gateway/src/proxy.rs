@@ -70,15 +70,17 @@ async fn forward(
     if declared.is_some_and(|n| n > config.max_body_bytes as u64) {
         return Err(too_large);
     }
-    let bytes = axum::body::to_bytes(body, config.max_body_bytes)
-        .await
-        .map_err(|e| {
-            if is_length_limit(&e) {
-                too_large
-            } else {
-                ApiError::BodyUnreadable
-            }
-        })?;
+    let bytes =
+        tokio::time::timeout_at(deadline, axum::body::to_bytes(body, config.max_body_bytes))
+            .await
+            .map_err(|_| ApiError::BodyUnreadable)?
+            .map_err(|e| {
+                if is_length_limit(&e) {
+                    too_large
+                } else {
+                    ApiError::BodyUnreadable
+                }
+            })?;
     let mut json: Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let Some(object) = json.as_object_mut() else {
@@ -145,24 +147,30 @@ async fn forward(
             Sent::Answered(response) if response.status() != StatusCode::SERVICE_UNAVAILABLE => {
                 (guard, response)
             }
-            first => {
-                let retry = inner.balancer.pick_other(model, prefix.as_deref(), &guard);
-                match (first, retry) {
-                    (Sent::Answered(_) | Sent::NotConnected, Some(other)) => {
+            first @ (Sent::Answered(_) | Sent::NotConnected) => {
+                // Nothing has reached the client yet and the engine did no
+                // work (refused, or said it cannot): one more endpoint may.
+                match inner.balancer.pick_other(model, prefix.as_deref(), &guard) {
+                    Some(other) => {
                         tracing::info!(
                             model = %model.id(), failed = %guard.addr(), retry = %other.addr(),
                             "retrying on another endpoint"
                         );
+                        drop(first);
                         drop(guard);
                         match send(gateway, &other, &path, &parts.headers, &body, deadline).await {
                             Sent::Answered(response) => (other, response),
                             failed => return Err(failed.error()),
                         }
                     }
-                    (Sent::Answered(response), _) => (guard, response),
-                    (failed, _) => return Err(failed.error()),
+                    None => match first {
+                        Sent::Answered(response) => (guard, response),
+                        failed => return Err(failed.error()),
+                    },
                 }
             }
+            // The request may have reached the engine: not retried.
+            failed => return Err(failed.error()),
         };
     Ok(respond(
         gateway, &caller, model, guard, in_flight, upstream, deadline,

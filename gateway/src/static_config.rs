@@ -105,3 +105,47 @@ impl StaticConfig {
         Ok(snapshot)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Lookup, Track};
+
+    #[test]
+    fn the_documented_shape_reads_into_a_snapshot() {
+        let text = r#"{
+          "tenants": {"acme": {"requestsPerMinute": 600, "tokensPerDay": 1000000}},
+          "keys": [{"tenant": "acme", "name": "acme/key-ci", "sha256": "ABCDEF"},
+                   {"tenant": "acme", "name": "acme/key-dev", "key": "sk-aleph-dev"}],
+          "models": [{"tenant": "acme", "name": "llama", "namespace": "acme-ml",
+                      "aimodel": "llama", "servedName": "llama-3.1-8b", "canaryPercent": 10,
+                      "endpoints": [{"addr": "10.0.0.7:8000", "track": "stable"},
+                                    {"addr": "10.0.0.8:8000", "track": "canary", "ready": false}]}]
+        }"#;
+        let snapshot = StaticConfig::from_json(text)
+            .and_then(StaticConfig::into_snapshot)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(snapshot.tenants["acme"].requests_per_minute, Some(600));
+        assert_eq!(snapshot.keys["abcdef"].name, "acme/key-ci");
+        assert_eq!(
+            snapshot
+                .key_owner("sk-aleph-dev")
+                .map(|k| k.tenant.as_str()),
+            Some("acme")
+        );
+        let Lookup::Found(model) = snapshot.lookup("acme", "acme-ml/llama") else {
+            panic!("llama not found");
+        };
+        assert_eq!(model.served_name, "llama-3.1-8b");
+        assert_eq!(model.canary_percent, 10);
+        assert!(model.endpoints[0].ready, "ready unless said otherwise");
+        assert_eq!(model.endpoints[1].track, Track::Canary);
+        assert!(!model.endpoints[1].ready);
+        let keyless = r#"{"keys": [{"tenant": "acme", "name": "x"}]}"#;
+        assert!(
+            StaticConfig::from_json(keyless)
+                .and_then(StaticConfig::into_snapshot)
+                .is_err()
+        );
+    }
+}
