@@ -1,0 +1,86 @@
+//! The HTTP surface: the OpenAI-compatible API, health and readiness on one
+//! listener, `/metrics` on another (so that it need not be exposed with the API).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+
+use crate::error::ApiError;
+use crate::{Gateway, auth, proxy};
+
+/// The API router.
+pub fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", post(proxy::handle))
+        .route("/v1/completions", post(proxy::handle))
+        .route("/v1/embeddings", post(proxy::handle))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(gateway)
+}
+
+/// The router of the metrics listener: `/metrics` in the OpenMetrics text format.
+pub fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(registry)
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn readyz(State(gateway): State<Gateway>) -> Response {
+    if gateway.state().is_synced() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "state not synced").into_response()
+    }
+}
+
+/// `GET /v1/models`: every model of the caller's tenant, ready or not.
+async fn list_models(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
+    let snapshot = gateway.state().snapshot();
+    let caller = match auth::authenticate(&gateway.inner.authenticators, &headers, &snapshot).await
+    {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let mut models: Vec<_> = snapshot.models_of(&caller.tenant).iter().collect();
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    let data: Vec<_> = models
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.name,
+                "object": "model",
+                "created": m.created,
+                "owned_by": caller.tenant,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({"object": "list", "data": data});
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,151 @@
+//! `aleph-gateway`: one OpenAI-compatible endpoint in front of every model,
+//! for many tenants. It authenticates the caller, resolves the requested
+//! model within the caller's tenant, applies the tenant's limits, picks an
+//! endpoint (canary split, then least in flight or prompt-prefix hash),
+//! forwards the request with `"model"` rewritten to the engine's name, streams
+//! the answer back and meters its tokens from the engine's `usage`.
+//!
+//! This crate's core knows nothing of Kubernetes: it reads a [`GatewayState`]
+//! that whoever knows the tenants, keys, models and endpoints fills in (a
+//! static file today, watches later) and marks synced.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod error;
+pub mod limits;
+mod proxy;
+pub mod route;
+pub mod state;
+pub mod static_config;
+pub mod usage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::registry::Registry;
+
+pub use auth::{Authenticator, Caller};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::ApiError;
+pub use limits::Limits;
+pub use route::{Balancer, RoutingMode};
+pub use state::{Endpoint, GatewayState, KeyInfo, Model, Snapshot, TenantLimits, Track, hash_key};
+pub use usage::{Metrics, UsageLedger, UsageTotals};
+
+/// How the gateway behaves; the same for every tenant.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long connecting to an engine may take before another endpoint is tried.
+    pub connect_timeout: Duration,
+    /// How long an engine may take to send its response headers (for a
+    /// streamed request, until its first bytes; for a plain one, until the
+    /// whole answer is computed).
+    pub response_header_timeout: Duration,
+    /// How long a whole exchange may last, streaming included; a stream still
+    /// running then is cut off.
+    pub request_timeout: Duration,
+    /// The `Retry-After` sent when a model has no ready endpoint.
+    pub retry_after: Duration,
+    /// How many gateway replicas share each tenant limit (see [`limits`]).
+    pub replicas_share: u64,
+    /// How an endpoint is picked within a track.
+    pub routing: RoutingMode,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            connect_timeout: Duration::from_secs(2),
+            response_header_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(900),
+            retry_after: Duration::from_secs(5),
+            replicas_share: 1,
+            routing: RoutingMode::LeastInFlight,
+        }
+    }
+}
+
+/// The gateway: configuration, state and counters, shared by every request.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: GatewayConfig,
+    state: Arc<GatewayState>,
+    authenticators: Vec<Authenticator>,
+    balancer: Balancer,
+    limits: Arc<Limits>,
+    ledger: Arc<UsageLedger>,
+    metrics: Metrics,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Gateway {
+    /// A gateway reading `state`, timing its limits and usage days on `clock`
+    /// and registering its metrics in `registry`. It authenticates API keys.
+    pub fn new(
+        config: GatewayConfig,
+        state: Arc<GatewayState>,
+        clock: Arc<dyn Clock>,
+        registry: &mut Registry,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Self {
+            inner: Arc::new(Inner {
+                balancer: Balancer::new(config.routing),
+                limits: Arc::new(Limits::new(clock.clone(), config.replicas_share)),
+                ledger: Arc::new(UsageLedger::new(clock)),
+                metrics: Metrics::new(registry),
+                authenticators: vec![Authenticator::ApiKeys],
+                state,
+                config,
+                client,
+            }),
+        }
+    }
+
+    /// The axum router of the API: `/v1/...`, `/healthz` and `/readyz`.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone())
+    }
+
+    /// The state the gateway reads.
+    pub fn state(&self) -> &Arc<GatewayState> {
+        &self.inner.state
+    }
+
+    /// The running usage totals per (tenant, model).
+    pub fn usage(&self) -> &Arc<UsageLedger> {
+        &self.inner.ledger
+    }
+
+    /// The Prometheus series.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The endpoint picker and its in-flight counts.
+    pub fn balancer(&self) -> &Balancer {
+        &self.inner.balancer
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.config
+    }
+}

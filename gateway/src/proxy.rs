@@ -1,0 +1,399 @@
+//! Forwarding an inference request to an engine and streaming its answer
+//! back, metering the tokens on the way.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::{Full, LengthLimitError};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::ApiError;
+use crate::route::{EndpointGuard, RoutingMode, prompt_prefix};
+use crate::state::Model;
+use crate::usage::{InflightGuard, Meter, UsageScanner};
+use crate::{Gateway, auth};
+
+/// The labels of `requests_total`, filled in as the request is understood.
+#[derive(Default)]
+struct Labels {
+    tenant: String,
+    model: String,
+}
+
+/// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
+pub(crate) async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
+    let mut labels = Labels::default();
+    let response = match forward(&gateway, request, &mut labels).await {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status().is_server_error() {
+                tracing::warn!(tenant = %labels.tenant, model = %labels.model, %error, "request failed");
+            }
+            error.into_response()
+        }
+    };
+    gateway
+        .metrics()
+        .count_request(&labels.tenant, &labels.model, response.status().as_u16());
+    response
+}
+
+async fn forward(
+    gateway: &Gateway,
+    request: Request,
+    labels: &mut Labels,
+) -> Result<Response, ApiError> {
+    let inner = &gateway.inner;
+    let config = &inner.config;
+    let deadline = Instant::now() + config.request_timeout;
+    let snapshot = inner.state.snapshot();
+    let (parts, body) = request.into_parts();
+    let caller = auth::authenticate(&inner.authenticators, &parts.headers, &snapshot).await?;
+    labels.tenant.clone_from(&caller.tenant);
+
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = ApiError::BodyTooLarge {
+        limit: config.max_body_bytes,
+    };
+    if declared.is_some_and(|n| n > config.max_body_bytes as u64) {
+        return Err(too_large);
+    }
+    let bytes =
+        tokio::time::timeout_at(deadline, axum::body::to_bytes(body, config.max_body_bytes))
+            .await
+            .map_err(|_| ApiError::BodyUnreadable)?
+            .map_err(|e| {
+                if is_length_limit(&e) {
+                    too_large
+                } else {
+                    ApiError::BodyUnreadable
+                }
+            })?;
+    let mut json: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let Some(object) = json.as_object_mut() else {
+        return Err(ApiError::InvalidJson("not an object".into()));
+    };
+    let requested = object
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or(ApiError::MissingModel)?
+        .to_owned();
+    let model = match snapshot.lookup(&caller.tenant, &requested) {
+        crate::state::Lookup::Found(model) => model,
+        crate::state::Lookup::OtherTenant => return Err(ApiError::ModelForbidden(requested)),
+        crate::state::Lookup::Unknown => return Err(ApiError::ModelNotFound(requested)),
+    };
+    labels.model.clone_from(&model.name);
+    let no_endpoint = || ApiError::NoReadyEndpoint {
+        model: model.name.clone(),
+        retry_after: config.retry_after,
+    };
+    if !model.has_ready_endpoint() {
+        return Err(no_endpoint());
+    }
+    let tenant_limits = snapshot
+        .tenants
+        .get(&caller.tenant)
+        .cloned()
+        .unwrap_or_default();
+    inner.limits.admit(&caller.tenant, &tenant_limits)?;
+
+    object.insert("model".into(), Value::String(model.served_name.clone()));
+    if object.get("stream").and_then(Value::as_bool) == Some(true) {
+        // Usage is reported at the end of a stream only when asked for; it
+        // is asked for even when the client said no, since tokens must be
+        // counted. The extra chunk (empty `choices`) is valid for clients.
+        let options = object
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(options) = options.as_object_mut() {
+            options.insert("include_usage".into(), Value::Bool(true));
+        } else {
+            *options = serde_json::json!({"include_usage": true});
+        }
+    }
+    let prefix = match config.routing {
+        RoutingMode::PrefixHash { prefix_chars, .. } => prompt_prefix(&json, prefix_chars),
+        RoutingMode::LeastInFlight => None,
+    };
+    let body =
+        Bytes::from(serde_json::to_vec(&json).map_err(|e| ApiError::InvalidJson(e.to_string()))?);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+
+    let guard = inner
+        .balancer
+        .pick(model, prefix.as_deref())
+        .ok_or_else(no_endpoint)?;
+    let in_flight = inner.metrics.in_flight(&model.namespace, &model.aimodel);
+    let (guard, upstream) =
+        match send(gateway, &guard, &path, &parts.headers, &body, deadline).await {
+            Sent::Answered(response) if response.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                (guard, response)
+            }
+            first @ (Sent::Answered(_) | Sent::NotConnected) => {
+                // Nothing has reached the client yet and the engine did no
+                // work (refused, or said it cannot): one more endpoint may.
+                match inner.balancer.pick_other(model, prefix.as_deref(), &guard) {
+                    Some(other) => {
+                        tracing::info!(
+                            model = %model.id(), failed = %guard.addr(), retry = %other.addr(),
+                            "retrying on another endpoint"
+                        );
+                        drop(first);
+                        drop(guard);
+                        match send(gateway, &other, &path, &parts.headers, &body, deadline).await {
+                            Sent::Answered(response) => (other, response),
+                            failed => return Err(failed.error()),
+                        }
+                    }
+                    None => match first {
+                        Sent::Answered(response) => (guard, response),
+                        failed => return Err(failed.error()),
+                    },
+                }
+            }
+            // The request may have reached the engine: not retried.
+            failed => return Err(failed.error()),
+        };
+    Ok(respond(
+        gateway, &caller, model, guard, in_flight, upstream, deadline,
+    ))
+}
+
+/// What sending to one endpoint gave.
+enum Sent {
+    Answered(hyper::Response<Incoming>),
+    /// The connection could not be made: nothing reached the engine.
+    NotConnected,
+    /// The connection broke after the request was (maybe) sent.
+    Failed,
+    TimedOut,
+}
+
+impl Sent {
+    fn error(self) -> ApiError {
+        match self {
+            Sent::TimedOut => ApiError::UpstreamTimeout,
+            _ => ApiError::UpstreamUnreachable,
+        }
+    }
+}
+
+async fn send(
+    gateway: &Gateway,
+    endpoint: &EndpointGuard,
+    path: &str,
+    client_headers: &HeaderMap,
+    body: &Bytes,
+    deadline: Instant,
+) -> Sent {
+    let config = &gateway.inner.config;
+    let uri = match Uri::builder()
+        .scheme("http")
+        .authority(endpoint.addr().to_string())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(_) => return Sent::Failed,
+    };
+    let mut request = hyper::Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+    if let Some(accept) = client_headers.get(header::ACCEPT) {
+        request = request.header(header::ACCEPT, accept);
+    }
+    let Ok(request) = request.body(Full::new(body.clone())) else {
+        return Sent::Failed;
+    };
+    let headers_by = (Instant::now() + config.response_header_timeout).min(deadline);
+    match tokio::time::timeout_at(headers_by, gateway.inner.client.request(request)).await {
+        Ok(Ok(response)) => Sent::Answered(response),
+        Ok(Err(error)) if error.is_connect() => {
+            tracing::debug!(endpoint = %endpoint.addr(), %error, "could not connect");
+            Sent::NotConnected
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(endpoint = %endpoint.addr(), %error, "upstream request failed");
+            Sent::Failed
+        }
+        Err(_) => Sent::TimedOut,
+    }
+}
+
+/// Headers that describe one hop, not the message.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn respond(
+    gateway: &Gateway,
+    caller: &crate::Caller,
+    model: &Model,
+    endpoint: EndpointGuard,
+    in_flight: InflightGuard,
+    upstream: hyper::Response<Incoming>,
+    deadline: Instant,
+) -> Response {
+    let (parts, incoming) = upstream.into_parts();
+    let event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let scanner = if event_stream {
+        UsageScanner::sse()
+    } else {
+        UsageScanner::json()
+    };
+    let meter = parts.status.is_success().then(|| Meter {
+        metrics: gateway.inner.metrics.clone(),
+        limits: gateway.inner.limits.clone(),
+        ledger: gateway.inner.ledger.clone(),
+        tenant: caller.tenant.clone(),
+        model: model.name.clone(),
+        key: caller.key_name.clone(),
+    });
+    let body = MeteredBody {
+        inner: incoming,
+        scanner,
+        meter,
+        endpoint: Some(endpoint),
+        in_flight: Some(in_flight),
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        finished: false,
+    };
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = parts.status;
+    let headers = response.headers_mut();
+    for (name, value) in &parts.headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if event_stream {
+        // Proxies in front of the gateway must not hold the events back.
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    response
+}
+
+/// The engine's response body on its way to the client: passed through frame
+/// by frame (the client's reads pace the engine's writes), scanned for
+/// `usage`, holding the request in flight until it ends or is dropped.
+/// Dropping it (the client went away) drops the upstream response, which
+/// closes the engine connection and so cancels the generation.
+struct MeteredBody {
+    inner: Incoming,
+    scanner: UsageScanner,
+    meter: Option<Meter>,
+    endpoint: Option<EndpointGuard>,
+    in_flight: Option<InflightGuard>,
+    deadline: Pin<Box<Sleep>>,
+    finished: bool,
+}
+
+impl MeteredBody {
+    /// Records the usage found, once.
+    fn settle(&mut self) {
+        if let Some(meter) = self.meter.take()
+            && let Some(usage) = self.scanner.usage()
+        {
+            meter.record(usage);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.settle();
+        self.endpoint = None;
+        self.in_flight = None;
+        self.finished = true;
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.finish();
+            return Poll::Ready(Some(Err("the request timeout passed".into())));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.finish();
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let complete = frame.data_ref().is_some_and(|data| this.scanner.feed(data));
+                // Settle before the last bytes leave, so that a client that has
+                // read the whole answer finds its usage counted.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                } else if complete {
+                    this.settle();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}

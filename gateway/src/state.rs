@@ -1,0 +1,259 @@
+//! The snapshot of tenants, keys and models that every request reads.
+//!
+//! Whoever fills it (the static configuration today, Kubernetes watches later)
+//! builds a new [`Snapshot`] and swaps it in whole through [`GatewayState`];
+//! a request holds the `Arc` it loaded for its whole life, so it never sees
+//! half of an update. Counters that must outlive a swap (requests in flight,
+//! canary counters, limit windows) live outside the snapshot, keyed by name.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// A tenant's limits, as whole-tenant numbers (before any replica share).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantLimits {
+    /// Requests admitted per minute.
+    pub requests_per_minute: Option<u64>,
+    /// Prompt plus completion tokens per minute.
+    pub tokens_per_minute: Option<u64>,
+    /// Prompt plus completion tokens per UTC day.
+    pub tokens_per_day: Option<u64>,
+}
+
+/// Who an API key belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct KeyInfo {
+    /// The tenant the key acts for.
+    pub tenant: String,
+    /// The key's id, e.g. `namespace/secret-name`: a metric label and a log
+    /// field, never the key itself.
+    pub name: String,
+}
+
+/// The release track an endpoint serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Track {
+    /// The current release.
+    #[default]
+    Stable,
+    /// The release being tried on `canary_percent` of the requests.
+    Canary,
+}
+
+/// One replica of a model's engine.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Endpoint {
+    /// Where the engine listens (plain HTTP).
+    pub addr: SocketAddr,
+    /// Which release it serves.
+    #[serde(default)]
+    pub track: Track,
+    /// Whether it passes its readiness probe; only ready endpoints get requests.
+    #[serde(default = "ready_by_default")]
+    pub ready: bool,
+}
+
+fn ready_by_default() -> bool {
+    true
+}
+
+/// A model as clients see it, with the endpoints that serve it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Model {
+    /// What clients send as `"model"`; unique within its tenant.
+    pub name: String,
+    /// The AIModel's namespace.
+    pub namespace: String,
+    /// The AIModel's object name.
+    pub aimodel: String,
+    /// The name the engine knows: the request's `"model"` is rewritten to it.
+    pub served_name: String,
+    /// When the model was created (Unix seconds), shown by `/v1/models`.
+    #[serde(default)]
+    pub created: i64,
+    /// Every endpoint, ready or not.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// The share of requests (0 to 100) sent to the canary track when both
+    /// tracks have a ready endpoint.
+    #[serde(default)]
+    pub canary_percent: u8,
+}
+
+impl Model {
+    /// `namespace/aimodel`: the key of the model's counters.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.aimodel)
+    }
+
+    /// Whether any endpoint can take a request.
+    pub fn has_ready_endpoint(&self) -> bool {
+        self.endpoints.iter().any(|e| e.ready)
+    }
+
+    fn answers_to(&self, requested: &str) -> bool {
+        if self.name == requested {
+            return true;
+        }
+        requested.split_once('/').is_some_and(|(ns, name)| {
+            ns == self.namespace && (name == self.aimodel || name == self.name)
+        })
+    }
+}
+
+/// What a requested model name resolves to for a tenant.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// The caller's tenant has it.
+    Found(&'a Model),
+    /// Only another tenant has a model by that name.
+    OtherTenant,
+    /// No tenant has it.
+    Unknown,
+}
+
+/// Everything the handlers need to know, at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Tenant name to its limits. A key whose tenant is missing here still
+    /// authenticates, with no limits.
+    pub tenants: HashMap<String, TenantLimits>,
+    /// [`hash_key`] of an API key to its owner. Keys are held hashed only.
+    pub keys: HashMap<String, KeyInfo>,
+    /// Tenant name to its models.
+    pub models: HashMap<String, Vec<Model>>,
+}
+
+impl Snapshot {
+    /// The owner of a presented API key.
+    pub fn key_owner(&self, key: &str) -> Option<&KeyInfo> {
+        self.keys.get(&hash_key(key))
+    }
+
+    /// A tenant's models (none for an unknown tenant).
+    pub fn models_of(&self, tenant: &str) -> &[Model] {
+        self.models
+            .get(tenant)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Resolves `requested` (a model's `name`, or `namespace/aimodel`, or
+    /// `namespace/name`) for a caller of `tenant`.
+    pub fn lookup(&self, tenant: &str, requested: &str) -> Lookup<'_> {
+        if let Some(model) = self
+            .models_of(tenant)
+            .iter()
+            .find(|m| m.answers_to(requested))
+        {
+            return Lookup::Found(model);
+        }
+        let elsewhere = self
+            .models
+            .iter()
+            .filter(|(owner, _)| owner.as_str() != tenant)
+            .any(|(_, models)| models.iter().any(|m| m.answers_to(requested)));
+        if elsewhere {
+            Lookup::OtherTenant
+        } else {
+            Lookup::Unknown
+        }
+    }
+
+    /// Adds a model to a tenant, replacing one with the same namespace and
+    /// AIModel name.
+    pub fn upsert_model(&mut self, tenant: &str, model: Model) {
+        let models = self.models.entry(tenant.to_owned()).or_default();
+        match models
+            .iter_mut()
+            .find(|m| m.namespace == model.namespace && m.aimodel == model.aimodel)
+        {
+            Some(existing) => *existing = model,
+            None => models.push(model),
+        }
+    }
+
+    /// Removes the model of an AIModel, whichever tenant has it.
+    pub fn remove_model(&mut self, namespace: &str, aimodel: &str) {
+        for models in self.models.values_mut() {
+            models.retain(|m| !(m.namespace == namespace && m.aimodel == aimodel));
+        }
+        self.models.retain(|_, models| !models.is_empty());
+    }
+
+    /// Adds an API key (given in clear; only its hash is kept).
+    pub fn insert_key(&mut self, key: &str, info: KeyInfo) {
+        self.keys.insert(hash_key(key), info);
+    }
+}
+
+/// The SHA-256 of an API key, lowercase hex: how keys are stored and looked up.
+pub fn hash_key(key: &str) -> String {
+    hex(&Sha256::digest(key.as_bytes()))
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The current snapshot, swapped whole, and whether it is complete yet.
+#[derive(Debug, Default)]
+pub struct GatewayState {
+    snapshot: RwLock<Arc<Snapshot>>,
+    synced: AtomicBool,
+}
+
+impl GatewayState {
+    /// An empty, unsynced state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current snapshot; cheap (one `Arc` clone).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the snapshot.
+    pub fn replace(&self, snapshot: Snapshot) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+    }
+
+    /// Changes a copy of the current snapshot and swaps it in. Concurrent
+    /// updates are serialized: none is lost.
+    pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        let mut guard = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = Snapshot::clone(&guard);
+        change(&mut next);
+        *guard = Arc::new(next);
+    }
+
+    /// Records that every source has delivered its first complete listing:
+    /// `/readyz` turns ready.
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Whether [`mark_synced`](Self::mark_synced) was called.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+}

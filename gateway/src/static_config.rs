@@ -1,0 +1,151 @@
+//! A state read from a JSON file, so that the gateway can run without
+//! Kubernetes:
+//!
+//! ```json
+//! {
+//!   "tenants": {"acme": {"requestsPerMinute": 600, "tokensPerDay": 1000000}},
+//!   "keys": [{"tenant": "acme", "name": "acme/key-ci", "sha256": "<hex>"}],
+//!   "models": [{"tenant": "acme", "name": "llama", "namespace": "acme-ml",
+//!               "aimodel": "llama", "servedName": "llama-3.1-8b",
+//!               "canaryPercent": 10,
+//!               "endpoints": [{"addr": "10.0.0.7:8000", "track": "stable"}]}]
+//! }
+//! ```
+//!
+//! A key is given by its `sha256` (what `aleph-gateway keygen` prints) or,
+//! for tests, in clear as `key`.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use crate::state::{KeyInfo, Model, Snapshot, TenantLimits, hash_key};
+
+/// The file's content.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// Tenant name to limits.
+    #[serde(default)]
+    pub tenants: HashMap<String, TenantLimits>,
+    /// API keys.
+    #[serde(default)]
+    pub keys: Vec<StaticKey>,
+    /// Models with their endpoints.
+    #[serde(default)]
+    pub models: Vec<StaticModel>,
+}
+
+/// One API key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticKey {
+    /// The tenant it acts for.
+    pub tenant: String,
+    /// Its id.
+    pub name: String,
+    /// SHA-256 of the key, hex.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The key in clear.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// One model of a tenant.
+#[derive(Debug, Deserialize)]
+pub struct StaticModel {
+    /// The tenant that owns it.
+    pub tenant: String,
+    /// The model.
+    #[serde(flatten)]
+    pub model: Model,
+}
+
+/// What is wrong with a static configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StaticConfigError {
+    /// Not the expected JSON.
+    #[error("invalid static configuration: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A key with neither `sha256` nor `key`.
+    #[error("key {0} has neither sha256 nor key")]
+    KeyWithoutSecret(String),
+}
+
+impl StaticConfig {
+    /// Parses the file's content.
+    pub fn from_json(text: &str) -> Result<Self, StaticConfigError> {
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// The snapshot it describes.
+    pub fn into_snapshot(self) -> Result<Snapshot, StaticConfigError> {
+        let mut snapshot = Snapshot {
+            tenants: self.tenants,
+            ..Snapshot::default()
+        };
+        for key in self.keys {
+            let hash = match (key.sha256, key.key) {
+                (Some(hash), _) => hash.to_ascii_lowercase(),
+                (None, Some(clear)) => hash_key(&clear),
+                (None, None) => return Err(StaticConfigError::KeyWithoutSecret(key.name)),
+            };
+            snapshot.keys.insert(
+                hash,
+                KeyInfo {
+                    tenant: key.tenant,
+                    name: key.name,
+                },
+            );
+        }
+        for StaticModel { tenant, model } in self.models {
+            snapshot.upsert_model(&tenant, model);
+        }
+        Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Lookup, Track};
+
+    #[test]
+    fn the_documented_shape_reads_into_a_snapshot() {
+        let text = r#"{
+          "tenants": {"acme": {"requestsPerMinute": 600, "tokensPerDay": 1000000}},
+          "keys": [{"tenant": "acme", "name": "acme/key-ci", "sha256": "ABCDEF"},
+                   {"tenant": "acme", "name": "acme/key-dev", "key": "sk-aleph-dev"}],
+          "models": [{"tenant": "acme", "name": "llama", "namespace": "acme-ml",
+                      "aimodel": "llama", "servedName": "llama-3.1-8b", "canaryPercent": 10,
+                      "endpoints": [{"addr": "10.0.0.7:8000", "track": "stable"},
+                                    {"addr": "10.0.0.8:8000", "track": "canary", "ready": false}]}]
+        }"#;
+        let snapshot = StaticConfig::from_json(text)
+            .and_then(StaticConfig::into_snapshot)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(snapshot.tenants["acme"].requests_per_minute, Some(600));
+        assert_eq!(snapshot.keys["abcdef"].name, "acme/key-ci");
+        assert_eq!(
+            snapshot
+                .key_owner("sk-aleph-dev")
+                .map(|k| k.tenant.as_str()),
+            Some("acme")
+        );
+        let Lookup::Found(model) = snapshot.lookup("acme", "acme-ml/llama") else {
+            panic!("llama not found");
+        };
+        assert_eq!(model.served_name, "llama-3.1-8b");
+        assert_eq!(model.canary_percent, 10);
+        assert!(model.endpoints[0].ready, "ready unless said otherwise");
+        assert_eq!(model.endpoints[1].track, Track::Canary);
+        assert!(!model.endpoints[1].ready);
+        let keyless = r#"{"keys": [{"tenant": "acme", "name": "x"}]}"#;
+        assert!(
+            StaticConfig::from_json(keyless)
+                .and_then(StaticConfig::into_snapshot)
+                .is_err()
+        );
+    }
+}

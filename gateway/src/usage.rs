@@ -1,0 +1,557 @@
+//! Token metering: the engine's own `usage` counts, read from plain JSON
+//! responses and from the server-sent events of streamed ones as they pass,
+//! turned into Prometheus series, tenant limit charges and per (tenant,
+//! model) running totals for today and this month.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Datelike, NaiveDate};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+
+use crate::clock::Clock;
+use crate::limits::Limits;
+
+/// The tokens of one request, as the engine counted them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// `usage.prompt_tokens`.
+    pub prompt_tokens: u64,
+    /// `usage.completion_tokens` (0 for embeddings).
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// The `usage` object of a response or chunk, when it has a non-null one.
+    pub fn of(response: &Value) -> Option<Usage> {
+        Usage::from_object(response.get("usage")?)
+    }
+
+    fn from_object(usage: &Value) -> Option<Usage> {
+        let usage = usage.as_object()?;
+        let count = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
+        Some(Usage {
+            prompt_tokens: count("prompt_tokens"),
+            completion_tokens: count("completion_tokens"),
+        })
+    }
+
+    /// Prompt plus completion tokens.
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
+/// Which tokens a count is of.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum TokenKind {
+    /// Prompt tokens.
+    #[allow(non_camel_case_types)]
+    prompt,
+    /// Completion tokens.
+    #[allow(non_camel_case_types)]
+    completion,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    tenant: String,
+    model: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    tenant: String,
+    model: String,
+    key: String,
+    kind: TokenKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InflightLabels {
+    namespace: String,
+    model: String,
+}
+
+/// The gateway's Prometheus series, all prefixed `aleph_gateway_`:
+/// `requests_total{tenant,model,code}`,
+/// `tokens_total{tenant,model,key,kind="prompt"|"completion"}` and
+/// `inflight_requests{namespace,model}` (per AIModel, what its autoscaling
+/// reads).
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    inflight: Family<InflightLabels, Gauge>,
+}
+
+impl Metrics {
+    /// The series, registered in `registry` under the `aleph_gateway` prefix.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let registry = registry.sub_registry_with_prefix("aleph_gateway");
+        registry.register(
+            "requests",
+            "Requests answered, by tenant, model and HTTP status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Tokens the engines reported in usage, by tenant, model, key and kind",
+            metrics.tokens.clone(),
+        );
+        registry.register(
+            "inflight_requests",
+            "Requests in flight through this gateway, by AIModel",
+            metrics.inflight.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one answered request. `model` is the model's client-facing name,
+    /// empty when the request never resolved to one (so that the label values
+    /// stay bounded).
+    pub fn count_request(&self, tenant: &str, model: &str, code: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: tenant.to_owned(),
+                model: model.to_owned(),
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// Requests counted so far with these labels.
+    pub fn requests(&self, tenant: &str, model: &str, code: u16) -> u64 {
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: tenant.to_owned(),
+                model: model.to_owned(),
+                code: code.to_string(),
+            })
+            .get()
+    }
+
+    fn count_tokens(&self, tenant: &str, model: &str, key: &str, usage: Usage) {
+        for (kind, n) in [
+            (TokenKind::prompt, usage.prompt_tokens),
+            (TokenKind::completion, usage.completion_tokens),
+        ] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    tenant: tenant.to_owned(),
+                    model: model.to_owned(),
+                    key: key.to_owned(),
+                    kind,
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Tokens counted so far with these labels.
+    pub fn tokens(&self, tenant: &str, model: &str, key: &str, kind: TokenKind) -> u64 {
+        self.tokens
+            .get_or_create(&TokenLabels {
+                tenant: tenant.to_owned(),
+                model: model.to_owned(),
+                key: key.to_owned(),
+                kind,
+            })
+            .get()
+    }
+
+    /// Counts one request in flight to the AIModel `namespace/model` until the
+    /// returned guard is dropped.
+    pub fn in_flight(&self, namespace: &str, model: &str) -> InflightGuard {
+        let gauge = self
+            .inflight
+            .get_or_create(&InflightLabels {
+                namespace: namespace.to_owned(),
+                model: model.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        InflightGuard { gauge }
+    }
+}
+
+/// One request in the `inflight_requests` gauge.
+#[derive(Debug)]
+pub struct InflightGuard {
+    gauge: Gauge,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Token counts over a period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenTotals {
+    /// Requests whose usage was reported.
+    pub requests: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+}
+
+impl TokenTotals {
+    fn add(&mut self, usage: Usage) {
+        self.requests += 1;
+        self.prompt_tokens = self.prompt_tokens.saturating_add(usage.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(usage.completion_tokens);
+    }
+}
+
+/// One (tenant, model)'s usage today and this month (UTC), as this replica saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageTotals {
+    /// The day `today` counts.
+    pub day: NaiveDate,
+    /// Usage on `day`.
+    pub today: TokenTotals,
+    /// Usage in the month of `day`.
+    pub this_month: TokenTotals,
+}
+
+impl UsageTotals {
+    fn at(day: NaiveDate) -> Self {
+        Self {
+            day,
+            today: TokenTotals::default(),
+            this_month: TokenTotals::default(),
+        }
+    }
+
+    fn roll(&mut self, day: NaiveDate) {
+        if day == self.day {
+            return;
+        }
+        if (day.year(), day.month()) != (self.day.year(), self.day.month()) {
+            self.this_month = TokenTotals::default();
+        }
+        self.today = TokenTotals::default();
+        self.day = day;
+    }
+}
+
+/// Running usage per (tenant, model name), for a status writer to read.
+#[derive(Debug)]
+pub struct UsageLedger {
+    clock: Arc<dyn Clock>,
+    totals: Mutex<HashMap<(String, String), UsageTotals>>,
+}
+
+impl UsageLedger {
+    /// An empty ledger on `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            totals: Mutex::default(),
+        }
+    }
+
+    fn today(&self) -> NaiveDate {
+        let now = self.clock.now();
+        DateTime::from_timestamp(i64::try_from(now.as_secs()).unwrap_or(i64::MAX), 0)
+            .unwrap_or_default()
+            .date_naive()
+    }
+
+    /// Adds one request's usage.
+    pub fn record(&self, tenant: &str, model: &str, usage: Usage) {
+        let day = self.today();
+        let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = totals
+            .entry((tenant.to_owned(), model.to_owned()))
+            .or_insert_with(|| UsageTotals::at(day));
+        entry.roll(day);
+        entry.today.add(usage);
+        entry.this_month.add(usage);
+    }
+
+    /// A (tenant, model)'s totals as of now; zero when it had no usage.
+    pub fn totals(&self, tenant: &str, model: &str) -> UsageTotals {
+        let day = self.today();
+        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entry = totals
+            .get(&(tenant.to_owned(), model.to_owned()))
+            .copied()
+            .unwrap_or_else(|| UsageTotals::at(day));
+        entry.roll(day);
+        entry
+    }
+
+    /// Every (tenant, model) with usage, with its totals as of now.
+    pub fn all(&self) -> Vec<((String, String), UsageTotals)> {
+        let day = self.today();
+        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        totals
+            .iter()
+            .map(|(key, totals)| {
+                let mut totals = *totals;
+                totals.roll(day);
+                (key.clone(), totals)
+            })
+            .collect()
+    }
+}
+
+/// Everything one request's usage goes to, with the request's labels.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    pub(crate) metrics: Metrics,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) ledger: Arc<UsageLedger>,
+    pub(crate) tenant: String,
+    pub(crate) model: String,
+    pub(crate) key: String,
+}
+
+impl Meter {
+    pub(crate) fn record(&self, usage: Usage) {
+        self.metrics
+            .count_tokens(&self.tenant, &self.model, &self.key, usage);
+        self.limits.charge(&self.tenant, usage.total());
+        self.ledger.record(&self.tenant, &self.model, usage);
+    }
+}
+
+/// Longest SSE line kept while looking for `usage`; longer lines (huge
+/// content chunks) pass through unexamined.
+const MAX_SSE_LINE: usize = 1 << 20;
+/// How much of the start and of the end of a JSON response is kept to find
+/// its `usage`: the whole body when it fits in the start.
+const JSON_WINDOW: usize = 1 << 20;
+
+/// Finds the `usage` in a response body as it passes, keeping only bounded
+/// parts of it; the bytes themselves go to the client untouched.
+#[derive(Debug)]
+pub(crate) enum UsageScanner {
+    /// `text/event-stream`: every `data:` line carrying a `usage` is parsed;
+    /// the last one seen counts (engines that report usage on every chunk
+    /// report running totals).
+    Sse {
+        line: Vec<u8>,
+        skipping: bool,
+        usage: Option<Usage>,
+        done: bool,
+    },
+    /// A JSON document: parsed whole when small, else its `usage` is looked
+    /// for in the first and last [`JSON_WINDOW`] bytes.
+    Json {
+        head: Vec<u8>,
+        tail: Vec<u8>,
+        overflowed: bool,
+    },
+}
+
+impl UsageScanner {
+    pub(crate) fn sse() -> Self {
+        UsageScanner::Sse {
+            line: Vec::new(),
+            skipping: false,
+            usage: None,
+            done: false,
+        }
+    }
+
+    pub(crate) fn json() -> Self {
+        UsageScanner::Json {
+            head: Vec::new(),
+            tail: Vec::new(),
+            overflowed: false,
+        }
+    }
+
+    /// Looks at the next bytes of the body. Returns true once the stream has
+    /// said it is complete (`data: [DONE]`), so usage can be settled before
+    /// those bytes reach the client.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> bool {
+        match self {
+            UsageScanner::Sse {
+                line,
+                skipping,
+                usage,
+                done,
+            } => {
+                for &b in bytes {
+                    if b == b'\n' {
+                        if !*skipping {
+                            match sse_line(line) {
+                                SseLine::Usage(u) => *usage = Some(u),
+                                SseLine::Done => *done = true,
+                                SseLine::Other => {}
+                            }
+                        }
+                        line.clear();
+                        *skipping = false;
+                    } else if !*skipping {
+                        if line.len() >= MAX_SSE_LINE {
+                            line.clear();
+                            *skipping = true;
+                        } else {
+                            line.push(b);
+                        }
+                    }
+                }
+                *done
+            }
+            UsageScanner::Json {
+                head,
+                tail,
+                overflowed,
+            } => {
+                let room = JSON_WINDOW.saturating_sub(head.len());
+                let (to_head, rest) = bytes.split_at(room.min(bytes.len()));
+                head.extend_from_slice(to_head);
+                if !rest.is_empty() {
+                    *overflowed = true;
+                    tail.extend_from_slice(rest);
+                    if tail.len() > 2 * JSON_WINDOW {
+                        tail.drain(..tail.len() - JSON_WINDOW);
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// The usage found, once the body has ended (or was cut off).
+    pub(crate) fn usage(&mut self) -> Option<Usage> {
+        match self {
+            UsageScanner::Sse {
+                line,
+                skipping,
+                usage,
+                ..
+            } => {
+                if !*skipping && let SseLine::Usage(u) = sse_line(line) {
+                    *usage = Some(u);
+                }
+                *usage
+            }
+            UsageScanner::Json {
+                head,
+                tail,
+                overflowed,
+            } => {
+                if !*overflowed {
+                    return serde_json::from_slice::<Value>(head)
+                        .ok()
+                        .and_then(|v| Usage::of(&v));
+                }
+                usage_after_last_key(tail).or_else(|| usage_after_last_key(head))
+            }
+        }
+    }
+}
+
+enum SseLine {
+    Usage(Usage),
+    Done,
+    Other,
+}
+
+fn sse_line(line: &[u8]) -> SseLine {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(data) = line.strip_prefix(b"data:") else {
+        return SseLine::Other;
+    };
+    let data = data.trim_ascii();
+    if data == b"[DONE]" {
+        return SseLine::Done;
+    }
+    // Most chunks carry no usage: skip parsing them.
+    if !contains(data, b"\"usage\"") {
+        return SseLine::Other;
+    }
+    match serde_json::from_slice::<Value>(data)
+        .ok()
+        .and_then(|v| Usage::of(&v))
+    {
+        Some(usage) => SseLine::Usage(usage),
+        None => SseLine::Other,
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The object following the last `"usage":` in a fragment of JSON.
+fn usage_after_last_key(fragment: &[u8]) -> Option<Usage> {
+    let key = b"\"usage\"";
+    let at = fragment.windows(key.len()).rposition(|w| w == key)?;
+    let rest = fragment[at + key.len()..].trim_ascii_start();
+    let rest = rest.strip_prefix(b":")?;
+    let value = serde_json::Deserializer::from_slice(rest)
+        .into_iter::<Value>()
+        .next()?
+        .ok()?;
+    Usage::from_object(&value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_usage_split_across_chunks() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\r\n\r\n",
+            "data: [DONE]\n\n"
+        );
+        let mut scanner = UsageScanner::sse();
+        let mut done = false;
+        for chunk in stream.as_bytes().chunks(7) {
+            done = scanner.feed(chunk);
+        }
+        assert!(done);
+        assert_eq!(
+            scanner.usage(),
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 3
+            })
+        );
+    }
+
+    #[test]
+    fn json_usage_small_and_large() {
+        let mut small = UsageScanner::json();
+        small.feed(br#"{"usage":{"prompt_tokens":4,"total_tokens":4},"data":[]}"#);
+        assert_eq!(
+            small.usage(),
+            Some(Usage {
+                prompt_tokens: 4,
+                completion_tokens: 0
+            })
+        );
+        let mut large = UsageScanner::json();
+        large.feed(b"{\"data\":[");
+        let filler = vec![b'1'; JSON_WINDOW];
+        large.feed(&filler);
+        large.feed(&filler);
+        large.feed(br#"],"usage":{"prompt_tokens":9,"completion_tokens":1}}"#);
+        assert_eq!(
+            large.usage(),
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 1
+            })
+        );
+    }
+}
