@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    ComputeResources, Condition, DeletionPolicy, EnvVar, SageMakerTraining, SecretRef,
+    ComputeResources, Condition, DeletionPolicy, EnvVar, QUANTITY_MAX_LENGTH, SageMakerTraining,
+    SecretRef, positive_quantity,
 };
 
 /// A model to serve: where its weights come from, which runtime serves it, on
@@ -91,7 +92,10 @@ pub struct AIModelSpec {
     /// workload identity) reads an `s3://` (or other cloud) source without
     /// static keys. The namespace's `default` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
     pub service_account_name: Option<String>,
     /// Annotations on the serving pods (stable and canary), for example a
     /// service mesh's or a cost tool's.
@@ -201,7 +205,7 @@ fn default_stabilization() -> i32 {
 }
 
 /// The model cache.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelCache {
     /// Download into a shared PersistentVolumeClaim once (true), or let each pod fetch the model (false).
@@ -209,6 +213,8 @@ pub struct ModelCache {
     pub enabled: bool,
     /// Size of the cache volume.
     #[serde(default = "default_cache_size")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = positive_quantity("cache.size", "50Gi"))]
     pub size: Quantity,
     /// StorageClass of the cache volume; the cluster default when unset. The
     /// volume is ReadWriteMany: serving pods on several nodes mount it.
