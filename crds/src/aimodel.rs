@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    ComputeResources, Condition, DeletionPolicy, EnvVar, SageMakerTraining, SecretRef,
+    ComputeResources, Condition, DeletionPolicy, EnvVar, QUANTITY_MAX_LENGTH, SageMakerTraining,
+    SecretRef, positive_quantity,
 };
 
 /// A model to serve: where its weights come from, which runtime serves it, on
@@ -204,7 +205,7 @@ fn default_stabilization() -> i32 {
 }
 
 /// The model cache.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelCache {
     /// Download into a shared PersistentVolumeClaim once (true), or let each pod fetch the model (false).
@@ -212,6 +213,8 @@ pub struct ModelCache {
     pub enabled: bool,
     /// Size of the cache volume.
     #[serde(default = "default_cache_size")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = positive_quantity("cache.size", "50Gi"))]
     pub size: Quantity,
     /// StorageClass of the cache volume; the cluster default when unset. The
     /// volume is ReadWriteMany: serving pods on several nodes mount it.

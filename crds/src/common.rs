@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use kube::KubeSchema;
+use kube::core::{Message, Rule};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -103,15 +104,50 @@ pub struct EnvVar {
     pub secret_key_ref: Option<SecretKeyRef>,
 }
 
+/// The longest string a quantity field takes. Besides refusing nonsense, it
+/// bounds the API server's cost estimate of the field's CEL rule: without it an
+/// int-or-string value is estimated at the size of a whole request, and the rule
+/// of a quantity inside a list (a Pipeline's steps) goes over the budget.
+pub const QUANTITY_MAX_LENGTH: u32 = 64;
+
+/// The rule of a quantity field of at least zero. A `Quantity` is
+/// `x-kubernetes-int-or-string`, which the API server checks for nothing more
+/// than being an integer or a string: `lots` or `-1Gi` would be stored and only
+/// fail when the operator writes the ResourceQuota, LimitRange or pod.
+/// `field` names the field in the message, `example` is a good value.
+pub fn non_negative_quantity(field: &str, example: &str) -> Rule {
+    Rule::new(
+        "type(self) == int ? self >= 0 : isQuantity(self) && !quantity(self).isLessThan(quantity('0'))",
+    )
+    .message(Message::Message(format!(
+        "{field} must be a Kubernetes quantity of at least 0, for example {example}"
+    )))
+}
+
+/// The rule of a quantity field greater than zero (a volume's size: the API
+/// server refuses a PersistentVolumeClaim of size 0).
+pub fn positive_quantity(field: &str, example: &str) -> Rule {
+    Rule::new(
+        "type(self) == int ? self > 0 : isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+    )
+    .message(Message::Message(format!(
+        "{field} must be a Kubernetes quantity greater than 0, for example {example}"
+    )))
+}
+
 /// CPU and memory for a container, as Kubernetes quantities.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeResources {
     /// CPU request and limit, for example `2` or `500m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = non_negative_quantity("resources.cpu", "500m or 2"))]
     pub cpu: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     /// Memory request and limit, for example `16Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = non_negative_quantity("resources.memory", "16Gi"))]
     pub memory: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     /// Number of `nvidia.com/gpu` devices, requested and limited alike.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,12 +161,15 @@ pub struct ComputeResources {
 }
 
 /// A network destination a workload may reach.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EgressDestination {
     /// An IP block in CIDR notation, for example `10.0.0.0/8`.
     #[schemars(length(min = 9, max = 43))]
     #[schemars(regex(pattern = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"))]
+    // The pattern lets `10.0.0.0/33` or `010.0.0.0/8` through; the NetworkPolicy
+    // write would then fail on every pass.
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("cidr must be an IP block in CIDR notation, for example 10.0.0.0/8 or 2001:db8::/32"))]
     pub cidr: String,
     /// TCP ports allowed to that block; all ports when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

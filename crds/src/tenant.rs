@@ -8,7 +8,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, DeletionPolicy, EgressDestination};
+use crate::common::{
+    Condition, DeletionPolicy, EgressDestination, QUANTITY_MAX_LENGTH, non_negative_quantity,
+};
 
 /// An organisation on the cluster: the namespaces it owns, who administers them,
 /// how much of the cluster (GPUs included) it may use in total, whom it may talk
@@ -140,14 +142,18 @@ pub enum TenantPlan {
 }
 
 /// Tenant-wide limits. Unset fields come from the plan.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantQuota {
     /// Total CPU requests, for example `64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = non_negative_quantity("quota.cpu", "64 or 500m"))]
     pub cpu: Option<Quantity>,
     /// Total memory requests, for example `256Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = non_negative_quantity("quota.memory", "256Gi"))]
     pub memory: Option<Quantity>,
     /// Total `nvidia.com/gpu` requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +165,8 @@ pub struct TenantQuota {
     pub pods: Option<i64>,
     /// Total storage requested by PersistentVolumeClaims, for example `1Ti`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = non_negative_quantity("quota.storage", "1Ti"))]
     pub storage: Option<Quantity>,
     /// Total AIModels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,20 +191,28 @@ pub struct TenantQuota {
 }
 
 /// Default container requests and limits (a LimitRange in each namespace).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantLimitRange {
     /// Default CPU request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = non_negative_quantity("limitRange.defaultCpuRequest", "100m"))]
     pub default_cpu_request: Option<Quantity>,
     /// Default CPU limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = non_negative_quantity("limitRange.defaultCpuLimit", "1"))]
     pub default_cpu_limit: Option<Quantity>,
     /// Default memory request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = non_negative_quantity("limitRange.defaultMemoryRequest", "128Mi"))]
     pub default_memory_request: Option<Quantity>,
     /// Default memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
+    #[x_kube(validation = non_negative_quantity("limitRange.defaultMemoryLimit", "1Gi"))]
     pub default_memory_limit: Option<Quantity>,
 }
 
