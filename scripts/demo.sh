@@ -35,6 +35,12 @@ operator:
 nodeSelector: {aleph.dev/node-pool: real}
 tolerations:
 - {key: aleph.dev/real-node, operator: Exists, effect: NoSchedule}
+gateway:
+  image: {repository: aleph.local/aleph-gateway, tag: dev, pullPolicy: Never}
+  nodeSelector: {aleph.dev/node-pool: real}
+  tolerations:
+  - {key: aleph.dev/real-node, operator: Exists, effect: NoSchedule}
+  resources: {requests: {cpu: 10m, memory: 32Mi}}
 networkPolicy:
   # The local API server's port and the emulator's, beside the usual ones.
   egressPorts: [443, 6443, $APISERVER_PORT, $moto_port]
@@ -44,6 +50,9 @@ extraEnv:
 - {name: AWS_ACCESS_KEY_ID, value: testing}
 - {name: AWS_SECRET_ACCESS_KEY, value: testing}
 EOF
+# A platform namespace: tenants' isolation admits the gateway's requests from it.
+kubectl create namespace aleph-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label --overwrite namespace aleph-system aleph.dev/platform=true >/dev/null
 echo "==> helm upgrade --install aleph charts/aleph-operator (namespace aleph-system)" >&2
 helm upgrade --install aleph charts/aleph-operator --namespace aleph-system --create-namespace \
   -f "$values" --wait --timeout 5m >/dev/null

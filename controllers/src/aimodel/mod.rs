@@ -364,10 +364,12 @@ async fn serve(
     let observed_services = owned_by(model, services.list(&selector).await?.items);
     let observed_hpas = owned_by(model, hpas.list(&selector).await?.items);
 
-    // The Service exists from the start so that the URL is stable.
-    let gateway = model.spec.canary.is_some() && gateway_api_installed(client).await;
+    // The Service exists from the start so that the URL is stable. With a
+    // canary, each track has its own Service too: the HTTPRoute's backends
+    // (where the Gateway API is installed) and what aleph-gateway splits
+    // traffic between at the exact percentage.
     let mut wanted_services = vec![build::service(model, &plan)?];
-    if gateway {
+    if model.spec.canary.is_some() {
         for track in plan.tracks() {
             wanted_services.push(build::track_service(model, &plan, track)?);
         }
@@ -415,6 +417,7 @@ async fn serve(
         None => delete_unwanted(&hpas, &observed_hpas, &BTreeSet::new()).await?,
     }
 
+    let gateway = model.spec.canary.is_some() && gateway_api_installed(client).await;
     if gateway_api_installed_cached() || gateway {
         reconcile_route(model, client, &plan, gateway).await?;
     }

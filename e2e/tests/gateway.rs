@@ -1,0 +1,292 @@
+//! aleph-gateway in front of a real engine, on the real node: the chart's own
+//! gateway objects (rendered with `helm template`) run in a platform
+//! namespace; a Tenant's model is llama.cpp serving a tiny GGUF from the S3
+//! emulator; a user's program calls the gateway with the official `openai`
+//! Python client and the tenants' API keys (Secrets holding the keys' SHA-256).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aleph_crds::aimodel::AIModel;
+use aleph_crds::tenant::Tenant;
+use aleph_e2e::helm::{chart_dir, helm};
+use aleph_e2e::real_node::{pin_namespace, require};
+use aleph_e2e::s3::{s3_put, s3_secret};
+use aleph_e2e::serving::LLAMACPP_IMAGE;
+use aleph_e2e::{TestEnv, apply_yaml, find_condition, has_condition, openai, unique_name, wait_for};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tiny_gguf::{Shape, tiny_llama};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn tenant(name: &str, gateway: &str) -> String {
+    format!(
+        r#"apiVersion: aleph.dev/v1alpha1
+kind: Tenant
+metadata: {{name: {name}}}
+spec:
+  owners: [{{kind: User, name: {name}-owner}}]
+  namespaces: [apps]
+  plan: free
+  admission:
+    allowedRegistries: ["aleph.local/"]
+{gateway}"#
+    )
+}
+
+/// A key and the Secret that gives it to the tenant owning `namespace`.
+fn key_secret(name: &str) -> (String, String) {
+    let key = format!("sk-aleph-{}", unique_name("k").replace('-', ""));
+    let sha = format!("{:x}", Sha256::digest(key.as_bytes()));
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  labels: {{aleph.dev/gateway-key: \"true\"}}\nstringData: {{sha256: {sha}}}\n"
+    );
+    (key, yaml)
+}
+
+async fn apply(env: &TestEnv, ns: &str, yaml: &str) {
+    apply_yaml(&env.client(), yaml, Some(ns))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The chart's gateway objects, one replica of the locally built image.
+async fn render_gateway(release: &str, namespace: &str) -> String {
+    let chart = chart_dir();
+    helm([
+        "template",
+        release,
+        chart.to_str().unwrap_or_default(),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        "1.35.0",
+        "--show-only",
+        "templates/gateway.yaml",
+        "--set",
+        "gateway.replicaCount=1",
+        "--set",
+        "gateway.image.repository=aleph.local/aleph-gateway",
+        "--set",
+        "gateway.image.tag=dev",
+        "--set",
+        "gateway.image.pullPolicy=Never",
+        "--set",
+        "gateway.podDisruptionBudget.enabled=false",
+        "--set",
+        "gateway.resources.requests.cpu=10m",
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Sums `aleph_gateway_tokens_total` samples of `tenant` and `kind`.
+fn tokens(metrics: &str, tenant: &str, kind: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("aleph_gateway_tokens_total{"))
+        .filter(|l| {
+            l.contains(&format!("tenant=\"{tenant}\"")) && l.contains(&format!("kind=\"{kind}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+fn number(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {v}"))
+}
+
+#[tokio::test]
+async fn tenants_call_their_models_through_the_gateway_with_the_openai_client() {
+    let env = TestEnv::new().await;
+    require(&env.client()).await;
+    let a = unique_name("gwa");
+    let b = unique_name("gwb");
+    // Tenant a may spend 400 tokens a minute; b has no model of its own.
+    env.apply_yaml(&tenant(&a, "  gateway: {tokensPerMinute: 400}\n"))
+        .await;
+    env.apply_yaml(&tenant(&b, "")).await;
+    let tenants: Api<Tenant> = env.cluster_api();
+    for t in [&a, &b] {
+        wait_for(&tenants, t, READY_TIMEOUT, |t| has_condition(t, "Ready", "True")).await;
+    }
+    let (ns_a, ns_b) = (format!("{a}-apps"), format!("{b}-apps"));
+    pin_namespace(&env.client(), &ns_a).await;
+
+    // The model, served by llama.cpp from the S3 emulator.
+    let bucket = unique_name("gw-models");
+    s3_put(&bucket, &[("tiny/chat.gguf", &tiny_llama("tiny-chat", 1, Shape::default()))]);
+    apply(&env, &ns_a, &s3_secret()).await;
+    apply(
+        &env,
+        &ns_a,
+        &format!(
+            r#"apiVersion: aleph.dev/v1alpha1
+kind: AIModel
+metadata: {{name: chat}}
+spec:
+  source: {{uri: "s3://{bucket}/tiny/chat.gguf", credentialsSecret: {{name: s3}}}}
+  runtime: {{engine: llamacpp, image: {LLAMACPP_IMAGE}}}
+  resources: {{gpus: 0, memory: 256Mi}}
+  cache: {{size: 1Gi, downloadTimeoutSeconds: 300}}
+"#
+        ),
+    )
+    .await;
+
+    // The gateway, in a platform namespace (the tenants' isolation admits it).
+    let platform = env.namespace().to_string();
+    Api::<Namespace>::all(env.client())
+        .patch(
+            &platform,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "aleph.dev/platform": "true" } } })),
+        )
+        .await
+        .expect("label the platform namespace");
+    pin_namespace(&env.client(), &platform).await;
+    let release = unique_name("gw");
+    env.apply_yaml(&render_gateway(&release, &platform).await).await;
+
+    // Keys: one for each tenant, in its namespace.
+    let (key_a, secret_a) = key_secret("team-key");
+    let (key_b, secret_b) = key_secret("team-key");
+    apply(&env, &ns_a, &secret_a).await;
+    apply(&env, &ns_b, &secret_b).await;
+
+    let started = Instant::now();
+    let models: Api<AIModel> = Api::namespaced(env.client(), &ns_a);
+    wait_for(&models, "chat", READY_TIMEOUT, |m| {
+        let object = json!({ "status": m.status });
+        find_condition(&object, "Ready").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    println!(
+        "gateway: the model served {:.1}s after it was applied",
+        started.elapsed().as_secs_f32()
+    );
+    let pods: Api<Pod> = env.api();
+    let gateway_pod = wait_for_gateway_pod(&pods).await;
+    let pod_ip = gateway_pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("the gateway pod's IP");
+    let services: Api<Service> = env.api();
+    let service = services
+        .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
+        .await
+        .expect("list the gateway Service")
+        .items
+        .into_iter()
+        .next()
+        .expect("the gateway Service");
+    let cluster_ip = service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("the gateway Service's address");
+    let base = format!("http://{cluster_ip}:80/v1");
+    let python = openai::python();
+
+    // Each key lists its tenant's models: a's, once the gateway has seen it;
+    // b has none.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = openai::call(&python, &base, &key_a, "models", &[]).await;
+        if listed["ids"] == json!(["chat"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tenant a's models through the gateway: {listed}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let listed = openai::call(&python, &base, &key_b, "models", &[]).await;
+    assert_eq!(listed["ids"], json!([]), "tenant b's models");
+
+    // Chat, a stream and a completion, each counted from the engine's usage.
+    let mut used: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut count = |answer: &Value| {
+        *used.entry("prompt").or_default() += number(answer, "prompt_tokens");
+        *used.entry("completion").or_default() += number(answer, "completion_tokens");
+    };
+    let chat = openai::call(&python, &base, &key_a, "chat", &["chat", "8", "Say hello"]).await;
+    assert_eq!(chat["model"], "chat", "{chat}");
+    assert!(!chat["content"].as_str().unwrap_or_default().is_empty(), "{chat}");
+    count(&chat);
+    let stream = openai::call(&python, &base, &key_a, "stream", &["chat", "8", "Count to five"]).await;
+    assert!(number(&stream, "chunks") >= 2, "{stream}");
+    assert!(!stream["content"].as_str().unwrap_or_default().is_empty(), "{stream}");
+    count(&stream);
+    let completion =
+        openai::call(&python, &base, &key_a, "completion", &["chat", "8", "Once upon a time"]).await;
+    assert!(!completion["content"].as_str().unwrap_or_default().is_empty(), "{completion}");
+    count(&completion);
+
+    // Refusals, in OpenAI's shape: another tenant's key, a bad key, an unknown model.
+    let other = openai::call(&python, &base, &key_b, "chat", &["chat", "8", "hi"]).await;
+    assert_eq!(other["status"], 403, "tenant b calling tenant a's model: {other}");
+    let bad = openai::call(&python, &base, "sk-aleph-not-a-key", "chat", &["chat", "8", "hi"]).await;
+    assert_eq!(bad["status"], 401, "a bad key: {bad}");
+    let unknown = openai::call(&python, &base, &key_a, "chat", &["no-such-model", "8", "hi"]).await;
+    assert_eq!(unknown["status"], 400, "an unknown model: {unknown}");
+
+    // Tenant a's 400 tokens a minute run out: 429 with Retry-After.
+    let mut limited = None;
+    for _ in 0..60 {
+        let answer = openai::call(&python, &base, &key_a, "chat", &["chat", "8", "Say hello again"]).await;
+        if answer["status"] == 429 {
+            limited = Some(answer);
+            break;
+        }
+        count(&answer);
+    }
+    let limited = limited.expect("tenant a never reached its token limit");
+    assert!(
+        limited["retry_after"].as_str().is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1)),
+        "429 without a Retry-After: {limited}"
+    );
+
+    // The gateway's counters equal the engine's usage, exactly.
+    let (code, metrics) = aleph_e2e::operator::http_get(&format!("{pod_ip}:9090"), "/metrics")
+        .await
+        .expect("GET the gateway's /metrics");
+    assert_eq!(code, 200);
+    for kind in ["prompt", "completion"] {
+        assert_eq!(
+            tokens(&metrics, &a, kind),
+            used[kind],
+            "{kind} tokens counted by the gateway against the engine's usage"
+        );
+    }
+    println!(
+        "gateway: tenant {a} used {} prompt and {} completion tokens, as the gateway counted",
+        used["prompt"], used["completion"]
+    );
+    env.cleanup().await;
+}
+
+async fn wait_for_gateway_pod(pods: &Api<Pod>) -> Pod {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
+            .await
+            .expect("list the gateway's pods")
+            .items;
+        if let Some(pod) = list.into_iter().find(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        }) {
+            return pod;
+        }
+        assert!(Instant::now() < deadline, "the gateway's pod never turned Ready");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
