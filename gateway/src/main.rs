@@ -78,12 +78,9 @@ struct RunArgs {
     #[arg(long)]
     static_config: Option<PathBuf>,
     /// Watch AIModels, key Secrets and EndpointSlices in this namespace only
-    /// (Tenants are cluster-wide); all namespaces when unset.
-    #[arg(
-        long,
-        env = "ALEPH_GATEWAY_WATCH_NAMESPACE",
-        conflicts_with = "static_config"
-    )]
+    /// (Tenants are cluster-wide); all namespaces when unset. Unused with
+    /// `--static-config`.
+    #[arg(long, env = "ALEPH_GATEWAY_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
     /// A tracing filter: `info`, `aleph_gateway=debug,info`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]

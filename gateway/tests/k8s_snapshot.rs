@@ -528,3 +528,118 @@ fn plan_defaults_and_overrides() {
         Some(0)
     );
 }
+
+/// Each listed path: the list's kind and its items.
+type Lists = HashMap<&'static str, (&'static str, Vec<serde_json::Value>)>;
+
+/// A fake API server: lists the fixtures (and an AIModel that does not match
+/// the schema), holds every watch open, and records what was asked.
+async fn fake_api_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::body::Body;
+    use axum::extract::{Request, State};
+    use std::sync::{Arc, Mutex};
+
+    let mut models: Vec<serde_json::Value> = parse(MODELS);
+    models.push(serde_json::json!({
+        "apiVersion": "aleph.dev/v1alpha1",
+        "kind": "AIModel",
+        "metadata": {"name": "broken", "namespace": "acme-ml"},
+        "spec": {"replicas": "many"},
+    }));
+    let lists: Arc<Lists> = Arc::new(HashMap::from([
+        (
+            "/apis/aleph.dev/v1alpha1/tenants",
+            ("TenantList", parse(TENANTS)),
+        ),
+        ("/apis/aleph.dev/v1alpha1/aimodels", ("AIModelList", models)),
+        ("/api/v1/secrets", ("SecretList", parse(KEYS))),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            ("EndpointSliceList", parse(SLICES)),
+        ),
+    ]));
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let asked = asked.clone();
+        move |State(lists): State<Arc<Lists>>, request: Request| {
+            let asked = asked.clone();
+            async move {
+                let path = request.uri().path().to_string();
+                let query = request.uri().query().unwrap_or_default().to_string();
+                asked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("{path}?{query}"));
+                if query.contains("watch=true") {
+                    let never = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+                    return http::Response::new(Body::from_stream(never));
+                }
+                let body = match lists.get(path.as_str()) {
+                    Some((kind, items)) => serde_json::json!({
+                        "apiVersion": "v1",
+                        "kind": kind,
+                        "metadata": {"resourceVersion": "7"},
+                        "items": items,
+                    }),
+                    None => serde_json::json!({}),
+                };
+                http::Response::new(Body::from(body.to_string()))
+            }
+        }
+    };
+    let app = axum::Router::new().fallback(handler).with_state(lists);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), asked)
+}
+
+#[tokio::test]
+async fn the_watches_fill_the_state_and_mark_it_synced() {
+    let (url, asked) = fake_api_server().await;
+    let config = kube::Config::new(url.parse().unwrap_or_else(|e| panic!("{e}")));
+    let client = kube::Client::try_from(config).unwrap_or_else(|e| panic!("{e}"));
+    let state = std::sync::Arc::new(aleph_gateway::GatewayState::new());
+    let watching = tokio::spawn(aleph_gateway::k8s::watch(
+        client,
+        aleph_gateway::k8s::WatchOptions::default(),
+        state.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !state.is_synced() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not synced in 10 s; asked: {asked:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    watching.abort();
+    // The AIModel that does not decode is skipped; everything else is there.
+    assert_eq!(*state.snapshot(), expected());
+    let asked = asked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let selector_of = |path: &str| {
+        asked
+            .iter()
+            .find(|a| a.starts_with(&format!("{path}?")) && !a.contains("watch=true"))
+            .map(|a| a.contains("labelSelector="))
+    };
+    assert_eq!(selector_of("/apis/aleph.dev/v1alpha1/tenants"), Some(false));
+    assert_eq!(
+        selector_of("/apis/aleph.dev/v1alpha1/aimodels"),
+        Some(false)
+    );
+    assert!(
+        asked.iter().any(|a| a.starts_with("/api/v1/secrets?")
+            && a.contains("labelSelector=aleph.dev%2Fgateway-key%3Dtrue")),
+        "{asked:?}"
+    );
+    assert!(
+        asked.iter().any(
+            |a| a.starts_with("/apis/discovery.k8s.io/v1/endpointslices?")
+                && a.contains("labelSelector=aleph.dev%2Fmodel")
+        ),
+        "{asked:?}"
+    );
+}
