@@ -8,7 +8,7 @@
 //! - An **API key** is a Secret labelled `aleph.dev/gateway-key: "true"` in a
 //!   tenant namespace, whose `data.sha256` is the SHA-256 of the key in hex
 //!   (what `aleph-gateway keygen` prints on its second line). The key itself is
-//!   never stored, and the gateway keeps no other field of the Secret. The
+//!   never stored, and the gateway keeps no other data field of the Secret. The
 //!   key's name (a metric label and a log field) is `<namespace>/<secret>`.
 //! - A **model** is an AIModel on the Kubernetes backend in a tenant
 //!   namespace; clients call it by its name, and the request's `"model"` is
