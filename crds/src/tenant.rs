@@ -84,6 +84,10 @@ pub struct TenantSpec {
     /// `network.allowedEgress`, and (hipaa, pci) require a KMS key on SageMaker jobs.
     #[serde(default)]
     pub compliance: ComplianceProfile,
+    /// Limits the gateway applies to the tenant's API keys, all of them together;
+    /// each set field overrides the plan's default.
+    #[serde(default)]
+    pub gateway: TenantGateway,
 }
 
 /// A tenant owner.
@@ -188,6 +192,25 @@ pub struct TenantQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub namespaces: Option<i64>,
+}
+
+/// The gateway's limits for a tenant: requests and tokens (prompt plus
+/// completion) over all of its API keys. Unset fields come from the plan.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantGateway {
+    /// Requests admitted per minute. Plan default: free 60, pro 600, enterprise 6000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub requests_per_minute: Option<i64>,
+    /// Tokens per minute. Plan default: free 20000, pro 200000, enterprise 2000000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub tokens_per_minute: Option<i64>,
+    /// Tokens per UTC day. Plan default: free 200000, pro 5000000, enterprise unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub tokens_per_day: Option<i64>,
 }
 
 /// Default container requests and limits (a LimitRange in each namespace).

@@ -6,13 +6,14 @@
 //! the answer back and meters its tokens from the engine's `usage`.
 //!
 //! This crate's core knows nothing of Kubernetes: it reads a [`GatewayState`]
-//! that whoever knows the tenants, keys, models and endpoints fills in (a
-//! static file today, watches later) and marks synced.
+//! that whoever knows the tenants, keys, models and endpoints fills in and
+//! marks synced: the watches of [`k8s`], or a static file ([`static_config`]).
 
 pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod error;
+pub mod k8s;
 pub mod limits;
 mod proxy;
 pub mod route;

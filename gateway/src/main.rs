@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aleph_gateway::k8s::{self, WatchOptions};
 use aleph_gateway::static_config::StaticConfig;
 use aleph_gateway::{Gateway, GatewayConfig, GatewayState, RoutingMode, SystemClock};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -72,8 +73,15 @@ struct RunArgs {
     prefix_load_factor: f64,
     /// A JSON file of tenants, keys and models (see `static_config`), for
     /// running without Kubernetes; the state counts as synced once it is read.
+    /// Without it, the state comes from the cluster (in-cluster configuration
+    /// or kubeconfig).
     #[arg(long)]
     static_config: Option<PathBuf>,
+    /// Watch AIModels, key Secrets and EndpointSlices in this namespace only
+    /// (Tenants are cluster-wide); all namespaces when unset. Unused with
+    /// `--static-config`.
+    #[arg(long, env = "ALEPH_GATEWAY_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// A tracing filter: `info`, `aleph_gateway=debug,info`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
@@ -126,12 +134,25 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
     };
     let state = Arc::new(GatewayState::new());
-    if let Some(path) = &args.static_config {
+    let watches = if let Some(path) = &args.static_config {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         state.replace(StaticConfig::from_json(&text)?.into_snapshot()?);
         state.mark_synced();
         tracing::info!(path = %path.display(), "static configuration loaded");
-    }
+        None
+    } else {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("no Kubernetes client (and no --static-config): {e}"))?;
+        let options = WatchOptions {
+            namespace: args.watch_namespace.clone(),
+        };
+        tracing::info!(
+            namespace = args.watch_namespace.as_deref().unwrap_or("(all)"),
+            "watching the cluster"
+        );
+        Some(tokio::spawn(k8s::watch(client, options, state.clone())))
+    };
     let mut registry = Registry::default();
     let gateway = Gateway::new(config, state, Arc::new(SystemClock), &mut registry);
     let registry = Arc::new(registry);
@@ -159,6 +180,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     wait_for_signal().await;
     tracing::info!("shutting down: finishing the requests in flight");
     let _ = stop_tx.send(true);
+    if let Some(watches) = watches {
+        watches.abort();
+    }
     api.await??;
     metrics.await??;
     Ok(())

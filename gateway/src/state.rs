@@ -1,6 +1,6 @@
 //! The snapshot of tenants, keys and models that every request reads.
 //!
-//! Whoever fills it (the static configuration today, Kubernetes watches later)
+//! Whoever fills it (the Kubernetes watches of [`crate::k8s`], or a static configuration)
 //! builds a new [`Snapshot`] and swaps it in whole through [`GatewayState`];
 //! a request holds the `Arc` it loaded for its whole life, so it never sees
 //! half of an update. Counters that must outlive a swap (requests in flight,
@@ -121,7 +121,7 @@ pub enum Lookup<'a> {
 }
 
 /// Everything the handlers need to know, at one moment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Tenant name to its limits. A key whose tenant is missing here still
     /// authenticates, with no limits.

@@ -1,0 +1,645 @@
+//! The snapshot built from cluster objects: tenants and their limits, key
+//! Secrets, models with their served names, tracks and endpoints.
+
+use std::collections::HashMap;
+
+use aleph_crds::aimodel::AIModel;
+use aleph_crds::tenant::{Tenant, TenantGateway, TenantPlan};
+use aleph_gateway::k8s::{Ignored, build_snapshot, build_snapshot_reporting, gateway_limits};
+use aleph_gateway::{Endpoint, KeyInfo, Model, Snapshot, TenantLimits, Track};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+const TENANTS: &str = r#"
+- apiVersion: aleph.dev/v1alpha1
+  kind: Tenant
+  metadata: {name: acme}
+  spec:
+    owners: [{kind: User, name: alice}]
+    namespaces: [ml, web]
+    plan: pro
+    gateway: {tokensPerDay: 1000000}
+  status:
+    namespaces: [acme-ml, acme-web]
+- apiVersion: aleph.dev/v1alpha1
+  kind: Tenant
+  metadata: {name: globex}
+  spec:
+    owners: [{kind: User, name: bob}]
+    namespaces: [ai]
+  status:
+    namespaces: [globex-ai]
+- apiVersion: aleph.dev/v1alpha1
+  kind: Tenant
+  metadata: {name: initech}
+  spec:
+    owners: [{kind: Group, name: initech-admins}]
+    namespaces: [lab]
+    plan: enterprise
+    gateway: {requestsPerMinute: 100, tokensPerMinute: 0}
+"#;
+
+// data.sha256 is base64 (as every Secret's data) of the key's hex SHA-256:
+// sk-aleph-acme-ci, sk-aleph-acme-upper (in upper case, with a newline),
+// sk-aleph-globex, sk-aleph-stray, then "not-a-hash".
+const KEYS: &str = r#"
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: key-ci
+    namespace: acme-ml
+    labels: {aleph.dev/gateway-key: "true"}
+  data:
+    sha256: ODBiMTQ0MWM5ZWU3NzUxMWE1ZDFiZTFlMjgzMDQ0ZTExMTFjMWQ1YmU1Nzg3ZDg5MTc1M2ZmNGQwZjE1Y2U5Nw==
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: key-upper
+    namespace: acme-web
+    labels: {aleph.dev/gateway-key: "true"}
+  data:
+    sha256: NUNGNzk0QTdFNjg3NTI0Mjc2RUZDRDEyMjI3NDBGRURGNjMxRjg2MEE2NTgxOEQ1MjNFQjQyNDQyNTkyMzFCNQo=
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: key-1
+    namespace: globex-ai
+    labels: {aleph.dev/gateway-key: "true"}
+  data:
+    sha256: YjU0MzU2NWJlY2Q1NmZkOGYzYTA0ZTk0MmM2Y2NiMjBkYjU2NjFjZTg3ZWVkZGU0MjcyYWE5Y2JkZTI0Y2ExNw==
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: key-copy
+    namespace: globex-ai
+    labels: {aleph.dev/gateway-key: "true"}
+  data:
+    sha256: ODBiMTQ0MWM5ZWU3NzUxMWE1ZDFiZTFlMjgzMDQ0ZTExMTFjMWQ1YmU1Nzg3ZDg5MTc1M2ZmNGQwZjE1Y2U5Nw==
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: stray
+    namespace: default
+    labels: {aleph.dev/gateway-key: "true"}
+  data:
+    sha256: Mzg5OTg3Yzk3OGM2YjgyOTg0YmNiYWVjN2EwNzUwODc4ZDIzNWQ0Nzg5N2I1M2MxMzMxOTA5MjJkMDVkNWRiYQ==
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: key-bad
+    namespace: acme-ml
+    labels: {aleph.dev/gateway-key: "true"}
+  data:
+    sha256: bm90LWEtaGFzaA==
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: key-empty
+    namespace: acme-ml
+    labels: {aleph.dev/gateway-key: "true"}
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: unlabelled
+    namespace: globex-ai
+  data:
+    sha256: Mzg5OTg3Yzk3OGM2YjgyOTg0YmNiYWVjN2EwNzUwODc4ZDIzNWQ0Nzg5N2I1M2MxMzMxOTA5MjJkMDVkNWRiYQ==
+"#;
+
+const MODELS: &str = r#"
+- apiVersion: aleph.dev/v1alpha1
+  kind: AIModel
+  metadata: {name: llama, namespace: acme-ml, creationTimestamp: "2025-01-02T03:04:05Z"}
+  spec:
+    source: {uri: "hf://meta-llama/Llama-3.1-8B-Instruct"}
+    runtime: {engine: vllm}
+    canary:
+      source: {uri: "hf://meta-llama/Llama-3.2-3B-Instruct"}
+      trafficPercent: 10
+- apiVersion: aleph.dev/v1alpha1
+  kind: AIModel
+  metadata: {name: tiny, namespace: acme-ml, creationTimestamp: "2025-02-03T04:05:06Z"}
+  spec:
+    source: {uri: "s3://models/tiny/chat.gguf"}
+    runtime: {engine: llamacpp, args: ["--alias", "tiny-chat"]}
+- apiVersion: aleph.dev/v1alpha1
+  kind: AIModel
+  metadata: {name: local, namespace: acme-web}
+  spec:
+    source: {uri: "ollama://llama3.2:1b"}
+    runtime: {engine: ollama}
+- apiVersion: aleph.dev/v1alpha1
+  kind: AIModel
+  metadata: {name: mistral, namespace: globex-ai}
+  spec:
+    source: {uri: "hf://mistralai/Mistral-7B-Instruct-v0.3"}
+    runtime: {engine: tgi}
+    canary:
+      runtime: {engine: tgi, args: ["--max-input-tokens", "4096"]}
+      trafficPercent: 25
+- apiVersion: aleph.dev/v1alpha1
+  kind: AIModel
+  metadata: {name: vision, namespace: globex-ai}
+  spec:
+    source: {uri: "oci://registry.example.com/models/vision:1"}
+    runtime: {engine: custom, image: "registry.example.com/vision-server:1", port: 9000}
+- apiVersion: aleph.dev/v1alpha1
+  kind: AIModel
+  metadata: {name: hosted, namespace: globex-ai}
+  spec:
+    source: {uri: "s3://models/hosted"}
+    backend: SageMaker
+    sagemaker:
+      image: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/serve:1
+      roleArn: arn:aws:iam::123456789012:role/serve
+      instanceType: ml.g5.xlarge
+- apiVersion: aleph.dev/v1alpha1
+  kind: AIModel
+  metadata: {name: platform, namespace: default}
+  spec:
+    source: {uri: "hf://org/model"}
+"#;
+
+const SLICES: &str = r#"
+# llama has per-track Services: the slice of the all-pods Service is not used.
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: llama-x7k2p
+    namespace: acme-ml
+    labels: {kubernetes.io/service-name: llama, aleph.dev/model: llama}
+  addressType: IPv4
+  ports: [{name: http, port: 8000, protocol: TCP}]
+  endpoints:
+    - addresses: [10.0.0.1]
+    - addresses: [10.0.0.2]
+    - addresses: [10.0.0.3]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: llama-stable-q8r4m
+    namespace: acme-ml
+    labels: {kubernetes.io/service-name: llama-stable, aleph.dev/model: llama, aleph.dev/track: stable}
+  addressType: IPv4
+  ports: [{name: http, port: 8000, protocol: TCP}]
+  endpoints:
+    - addresses: [10.0.0.2]
+      conditions: {ready: true, serving: true, terminating: false}
+      nodeName: gpu-1
+    - addresses: [10.0.0.1]
+      conditions: {ready: false}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: llama-canary-z9d1c
+    namespace: acme-ml
+    labels: {kubernetes.io/service-name: llama-canary, aleph.dev/model: llama, aleph.dev/track: canary}
+  addressType: IPv4
+  ports: [{name: http, port: 8000, protocol: TCP}]
+  endpoints:
+    - addresses: [10.0.0.3]
+      conditions: {ready: true}
+# tiny: two slices sharing one endpoint, two ports, and an FQDN slice.
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: tiny-a1
+    namespace: acme-ml
+    labels: {kubernetes.io/service-name: tiny, aleph.dev/model: tiny}
+  addressType: IPv4
+  ports: [{name: metrics, port: 9100}, {name: http, port: 8080}]
+  endpoints:
+    - addresses: [10.0.1.1, 10.0.9.9]
+    - addresses: [10.0.1.2]
+      conditions: {ready: false}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: tiny-b2
+    namespace: acme-ml
+    labels: {kubernetes.io/service-name: tiny, aleph.dev/model: tiny}
+  addressType: IPv4
+  ports: [{name: metrics, port: 9100}, {name: http, port: 8080}]
+  endpoints:
+    - addresses: [10.0.1.2]
+      conditions: {ready: true}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: tiny-fqdn
+    namespace: acme-ml
+    labels: {kubernetes.io/service-name: tiny, aleph.dev/model: tiny}
+  addressType: FQDN
+  ports: [{name: http, port: 8080}]
+  endpoints:
+    - addresses: [tiny.example.com]
+# mistral: a canary without per-track Services (no Gateway API): all stable.
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: mistral-m3n4
+    namespace: globex-ai
+    labels: {kubernetes.io/service-name: mistral, aleph.dev/model: mistral}
+  addressType: IPv6
+  ports: [{port: 8080}]
+  endpoints:
+    - addresses: ["fd00::2"]
+      conditions: {}
+    - addresses: ["fd00::1"]
+# The same model name in another tenant's namespace: not mistral's.
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: mistral-zz
+    namespace: acme-web
+    labels: {kubernetes.io/service-name: mistral, aleph.dev/model: mistral}
+  addressType: IPv4
+  ports: [{name: http, port: 8080}]
+  endpoints:
+    - addresses: [10.9.9.9]
+# hosted (SageMaker) and platform (no tenant) have no model.
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: platform-aa
+    namespace: default
+    labels: {kubernetes.io/service-name: platform, aleph.dev/model: platform}
+  addressType: IPv4
+  ports: [{name: http, port: 8000}]
+  endpoints:
+    - addresses: [10.8.8.8]
+"#;
+
+fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> Vec<T> {
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("fixture: {e}"))
+}
+
+fn endpoint(addr: &str, track: Track, ready: bool) -> Endpoint {
+    Endpoint {
+        addr: addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}")),
+        track,
+        ready,
+    }
+}
+
+fn key(tenant: &str, name: &str) -> KeyInfo {
+    KeyInfo {
+        tenant: tenant.into(),
+        name: name.into(),
+    }
+}
+
+fn limits(rpm: Option<u64>, tpm: Option<u64>, tpd: Option<u64>) -> TenantLimits {
+    TenantLimits {
+        requests_per_minute: rpm,
+        tokens_per_minute: tpm,
+        tokens_per_day: tpd,
+    }
+}
+
+fn fixtures() -> (Vec<Tenant>, Vec<AIModel>, Vec<Secret>, Vec<EndpointSlice>) {
+    (parse(TENANTS), parse(MODELS), parse(KEYS), parse(SLICES))
+}
+
+fn expected() -> Snapshot {
+    use Track::{Canary, Stable};
+    Snapshot {
+        tenants: HashMap::from([
+            (
+                "acme".into(),
+                limits(Some(600), Some(200_000), Some(1_000_000)),
+            ),
+            (
+                "globex".into(),
+                limits(Some(60), Some(20_000), Some(200_000)),
+            ),
+            ("initech".into(), limits(Some(100), Some(0), None)),
+        ]),
+        keys: HashMap::from([
+            (
+                aleph_gateway::hash_key("sk-aleph-acme-ci"),
+                key("acme", "acme-ml/key-ci"),
+            ),
+            (
+                aleph_gateway::hash_key("sk-aleph-acme-upper"),
+                key("acme", "acme-web/key-upper"),
+            ),
+            (
+                aleph_gateway::hash_key("sk-aleph-globex"),
+                key("globex", "globex-ai/key-1"),
+            ),
+        ]),
+        models: HashMap::from([
+            (
+                "acme".into(),
+                vec![
+                    Model {
+                        name: "llama".into(),
+                        namespace: "acme-ml".into(),
+                        aimodel: "llama".into(),
+                        served_name: "llama".into(),
+                        created: 1_735_787_045,
+                        endpoints: vec![
+                            endpoint("10.0.0.1:8000", Stable, false),
+                            endpoint("10.0.0.2:8000", Stable, true),
+                            endpoint("10.0.0.3:8000", Canary, true),
+                        ],
+                        canary_percent: 10,
+                    },
+                    Model {
+                        name: "tiny".into(),
+                        namespace: "acme-ml".into(),
+                        aimodel: "tiny".into(),
+                        served_name: "tiny-chat".into(),
+                        created: 1_738_555_506,
+                        endpoints: vec![
+                            endpoint("10.0.1.1:8080", Stable, true),
+                            endpoint("10.0.1.2:8080", Stable, true),
+                        ],
+                        canary_percent: 0,
+                    },
+                    Model {
+                        name: "local".into(),
+                        namespace: "acme-web".into(),
+                        aimodel: "local".into(),
+                        served_name: "llama3.2:1b".into(),
+                        created: 0,
+                        endpoints: vec![],
+                        canary_percent: 0,
+                    },
+                ],
+            ),
+            (
+                "globex".into(),
+                vec![
+                    Model {
+                        name: "mistral".into(),
+                        namespace: "globex-ai".into(),
+                        aimodel: "mistral".into(),
+                        served_name: "mistral".into(),
+                        created: 0,
+                        endpoints: vec![
+                            endpoint("[fd00::1]:8080", Stable, true),
+                            endpoint("[fd00::2]:8080", Stable, true),
+                        ],
+                        canary_percent: 25,
+                    },
+                    Model {
+                        name: "vision".into(),
+                        namespace: "globex-ai".into(),
+                        aimodel: "vision".into(),
+                        served_name: "vision".into(),
+                        created: 0,
+                        endpoints: vec![],
+                        canary_percent: 0,
+                    },
+                ],
+            ),
+        ]),
+    }
+}
+
+#[test]
+fn the_cluster_objects_make_the_whole_snapshot() {
+    let (tenants, models, keys, slices) = fixtures();
+    let snapshot = build_snapshot(&tenants, &models, &keys, &slices);
+    assert_eq!(snapshot, expected());
+    // The keys work end to end: a presented key finds its tenant.
+    let owner = snapshot.key_owner("sk-aleph-acme-upper");
+    assert_eq!(owner.map(|k| k.tenant.as_str()), Some("acme"));
+    assert!(snapshot.key_owner("sk-aleph-stray").is_none());
+}
+
+#[test]
+fn left_out_key_secrets_are_reported_with_their_reason() {
+    let (tenants, models, keys, slices) = fixtures();
+    let (_, mut ignored) = build_snapshot_reporting(&tenants, &models, &keys, &slices);
+    ignored.sort();
+    let secret = |namespace: &str, name: &str, reason: &str| Ignored {
+        kind: "Secret".into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        reason: reason.into(),
+    };
+    assert_eq!(
+        ignored,
+        [
+            secret(
+                "acme-ml",
+                "key-bad",
+                "data.sha256 is not 64 hex digits (the SHA-256 of the key)"
+            ),
+            secret("acme-ml", "key-empty", "no data.sha256"),
+            secret("default", "stray", "not in a tenant's namespace"),
+            secret("globex-ai", "key-copy", "the same key as acme-ml/key-ci"),
+        ]
+    );
+}
+
+#[test]
+fn the_order_of_the_lists_does_not_matter() {
+    let (mut tenants, mut models, mut keys, mut slices) = fixtures();
+    tenants.reverse();
+    models.reverse();
+    keys.reverse();
+    slices.reverse();
+    assert_eq!(
+        build_snapshot(&tenants, &models, &keys, &slices),
+        expected()
+    );
+}
+
+#[test]
+fn nothing_listed_is_an_empty_snapshot() {
+    assert_eq!(build_snapshot(&[], &[], &[], &[]), Snapshot::default());
+    // Keys and models without their tenant's status are nobody's.
+    let (_, models, keys, slices) = fixtures();
+    assert_eq!(
+        build_snapshot(&[], &models, &keys, &slices),
+        Snapshot::default()
+    );
+}
+
+#[test]
+fn a_namespace_listed_by_two_tenants_belongs_to_the_first_by_name() {
+    let tenants: Vec<Tenant> = parse(
+        r#"
+- apiVersion: aleph.dev/v1alpha1
+  kind: Tenant
+  metadata: {name: zeta}
+  spec: {owners: [{kind: User, name: z}], namespaces: [shared]}
+  status: {namespaces: [shared]}
+- apiVersion: aleph.dev/v1alpha1
+  kind: Tenant
+  metadata: {name: alpha}
+  spec: {owners: [{kind: User, name: a}], namespaces: [shared]}
+  status: {namespaces: [shared]}
+"#,
+    );
+    let keys: Vec<Secret> = parse(
+        r#"
+- apiVersion: v1
+  kind: Secret
+  metadata: {name: k, namespace: shared, labels: {aleph.dev/gateway-key: "true"}}
+  data: {sha256: YjU0MzU2NWJlY2Q1NmZkOGYzYTA0ZTk0MmM2Y2NiMjBkYjU2NjFjZTg3ZWVkZGU0MjcyYWE5Y2JkZTI0Y2ExNw==}
+"#,
+    );
+    let snapshot = build_snapshot(&tenants, &[], &keys, &[]);
+    assert_eq!(
+        snapshot.key_owner("sk-aleph-globex"),
+        Some(&key("alpha", "shared/k"))
+    );
+}
+
+#[test]
+fn plan_defaults_and_overrides() {
+    let none = TenantGateway::default();
+    assert_eq!(
+        gateway_limits(TenantPlan::Free, &none),
+        limits(Some(60), Some(20_000), Some(200_000))
+    );
+    assert_eq!(
+        gateway_limits(TenantPlan::Pro, &none),
+        limits(Some(600), Some(200_000), Some(5_000_000))
+    );
+    assert_eq!(
+        gateway_limits(TenantPlan::Enterprise, &none),
+        limits(Some(6_000), Some(2_000_000), None)
+    );
+    let some = TenantGateway {
+        requests_per_minute: Some(5),
+        tokens_per_minute: None,
+        tokens_per_day: Some(7),
+    };
+    assert_eq!(
+        gateway_limits(TenantPlan::Enterprise, &some),
+        limits(Some(5), Some(2_000_000), Some(7))
+    );
+    assert_eq!(
+        gateway_limits(TenantPlan::Free, &some),
+        limits(Some(5), Some(20_000), Some(7))
+    );
+    let negative = TenantGateway {
+        requests_per_minute: Some(-1),
+        ..TenantGateway::default()
+    };
+    assert_eq!(
+        gateway_limits(TenantPlan::Pro, &negative).requests_per_minute,
+        Some(0)
+    );
+}
+
+/// Each listed path: the list's kind and its items.
+type Lists = HashMap<&'static str, (&'static str, Vec<serde_json::Value>)>;
+
+/// A fake API server: lists the fixtures (and an AIModel that does not match
+/// the schema), holds every watch open, and records what was asked.
+async fn fake_api_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::body::Body;
+    use axum::extract::{Request, State};
+    use std::sync::{Arc, Mutex};
+
+    let mut models: Vec<serde_json::Value> = parse(MODELS);
+    models.push(serde_json::json!({
+        "apiVersion": "aleph.dev/v1alpha1",
+        "kind": "AIModel",
+        "metadata": {"name": "broken", "namespace": "acme-ml"},
+        "spec": {"replicas": "many"},
+    }));
+    let lists: Arc<Lists> = Arc::new(HashMap::from([
+        (
+            "/apis/aleph.dev/v1alpha1/tenants",
+            ("TenantList", parse(TENANTS)),
+        ),
+        ("/apis/aleph.dev/v1alpha1/aimodels", ("AIModelList", models)),
+        ("/api/v1/secrets", ("SecretList", parse(KEYS))),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            ("EndpointSliceList", parse(SLICES)),
+        ),
+    ]));
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let asked = asked.clone();
+        move |State(lists): State<Arc<Lists>>, request: Request| {
+            let asked = asked.clone();
+            async move {
+                let path = request.uri().path().to_string();
+                let query = request.uri().query().unwrap_or_default().to_string();
+                asked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("{path}?{query}"));
+                if query.contains("watch=true") {
+                    let never = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+                    return http::Response::new(Body::from_stream(never));
+                }
+                let body = match lists.get(path.as_str()) {
+                    Some((kind, items)) => serde_json::json!({
+                        "apiVersion": "v1",
+                        "kind": kind,
+                        "metadata": {"resourceVersion": "7"},
+                        "items": items,
+                    }),
+                    None => serde_json::json!({}),
+                };
+                http::Response::new(Body::from(body.to_string()))
+            }
+        }
+    };
+    let app = axum::Router::new().fallback(handler).with_state(lists);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), asked)
+}
+
+#[tokio::test]
+async fn the_watches_fill_the_state_and_mark_it_synced() {
+    let (url, asked) = fake_api_server().await;
+    let config = kube::Config::new(url.parse().unwrap_or_else(|e| panic!("{e}")));
+    let client = kube::Client::try_from(config).unwrap_or_else(|e| panic!("{e}"));
+    let state = std::sync::Arc::new(aleph_gateway::GatewayState::new());
+    let watching = tokio::spawn(aleph_gateway::k8s::watch(
+        client,
+        aleph_gateway::k8s::WatchOptions::default(),
+        state.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !state.is_synced() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not synced in 10 s; asked: {asked:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    watching.abort();
+    // The AIModel that does not decode is skipped; everything else is there.
+    assert_eq!(*state.snapshot(), expected());
+    let asked = asked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let selector_of = |path: &str| {
+        asked
+            .iter()
+            .find(|a| a.starts_with(&format!("{path}?")) && !a.contains("watch=true"))
+            .map(|a| a.contains("labelSelector="))
+    };
+    assert_eq!(selector_of("/apis/aleph.dev/v1alpha1/tenants"), Some(false));
+    assert_eq!(
+        selector_of("/apis/aleph.dev/v1alpha1/aimodels"),
+        Some(false)
+    );
+    assert!(
+        asked.iter().any(|a| a.starts_with("/api/v1/secrets?")
+            && a.contains("labelSelector=aleph.dev%2Fgateway-key%3Dtrue")),
+        "{asked:?}"
+    );
+    assert!(
+        asked.iter().any(
+            |a| a.starts_with("/apis/discovery.k8s.io/v1/endpointslices?")
+                && a.contains("labelSelector=aleph.dev%2Fmodel")
+        ),
+        "{asked:?}"
+    );
+}
