@@ -26,6 +26,9 @@ pub struct Settings {
     pub sagemaker_max_poll: Option<Duration>,
     /// The image that downloads models from `hf://` and `s3://` sources.
     pub model_cache_image: String,
+    /// aleph-gateway's OpenAI-compatible base URL, shown in the status of the
+    /// models it serves.
+    pub gateway_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             sagemaker_endpoint_url: None,
             sagemaker_max_poll: None,
             model_cache_image: crate::aimodel::cache::DEFAULT_MODEL_CACHE_IMAGE.to_string(),
+            gateway_url: None,
         }
     }
 }

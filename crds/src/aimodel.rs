@@ -340,9 +340,16 @@ pub struct AIModelStatus {
     /// The label selector of the serving pods (for the scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// Where the model's API answers.
+    /// Where the model's API answers inside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The OpenAI-compatible URL of aleph-gateway, which serves this model to
+    /// the keys of its tenant (when the operator knows the gateway's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_url: Option<String>,
+    /// The `model` to ask the gateway for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_model: Option<String>,
     /// The source being served (the trained artifact when training is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_source: Option<String>,

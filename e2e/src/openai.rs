@@ -75,7 +75,13 @@ pub fn python() -> PathBuf {
 /// `key`; `args` follow the action (model, max tokens, prompt).
 pub async fn call(python: &PathBuf, base: &str, key: &str, action: &str, args: &[&str]) -> Value {
     let mut command = tokio::process::Command::new(python);
-    command.arg("-c").arg(SCRIPT).arg(base).arg(key).arg(action).args(args);
+    command
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(base)
+        .arg(key)
+        .arg(action)
+        .args(args);
     let out = command
         .output()
         .await

@@ -13,7 +13,9 @@ use aleph_e2e::helm::{chart_dir, helm};
 use aleph_e2e::real_node::{pin_namespace, require};
 use aleph_e2e::s3::{s3_put, s3_secret};
 use aleph_e2e::serving::LLAMACPP_IMAGE;
-use aleph_e2e::{TestEnv, apply_yaml, find_condition, has_condition, openai, unique_name, wait_for};
+use aleph_e2e::{
+    TestEnv, apply_yaml, find_condition, has_condition, openai, unique_name, wait_for,
+};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -114,14 +116,23 @@ async fn tenants_call_their_models_through_the_gateway_with_the_openai_client() 
     env.apply_yaml(&tenant(&b, "")).await;
     let tenants: Api<Tenant> = env.cluster_api();
     for t in [&a, &b] {
-        wait_for(&tenants, t, READY_TIMEOUT, |t| has_condition(t, "Ready", "True")).await;
+        wait_for(&tenants, t, READY_TIMEOUT, |t| {
+            has_condition(t, "Ready", "True")
+        })
+        .await;
     }
     let (ns_a, ns_b) = (format!("{a}-apps"), format!("{b}-apps"));
     pin_namespace(&env.client(), &ns_a).await;
 
     // The model, served by llama.cpp from the S3 emulator.
     let bucket = unique_name("gw-models");
-    s3_put(&bucket, &[("tiny/chat.gguf", &tiny_llama("tiny-chat", 1, Shape::default()))]);
+    s3_put(
+        &bucket,
+        &[(
+            "tiny/chat.gguf",
+            &tiny_llama("tiny-chat", 1, Shape::default()),
+        )],
+    );
     apply(&env, &ns_a, &s3_secret()).await;
     apply(
         &env,
@@ -152,7 +163,8 @@ spec:
         .expect("label the platform namespace");
     pin_namespace(&env.client(), &platform).await;
     let release = unique_name("gw");
-    env.apply_yaml(&render_gateway(&release, &platform).await).await;
+    env.apply_yaml(&render_gateway(&release, &platform).await)
+        .await;
 
     // Keys: one for each tenant, in its namespace.
     let (key_a, secret_a) = key_secret("team-key");
@@ -202,7 +214,10 @@ spec:
         if listed["ids"] == json!(["chat"]) {
             break;
         }
-        assert!(Instant::now() < deadline, "tenant a's models through the gateway: {listed}");
+        assert!(
+            Instant::now() < deadline,
+            "tenant a's models through the gateway: {listed}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let listed = openai::call(&python, &base, &key_b, "models", &[]).await;
@@ -216,29 +231,78 @@ spec:
     };
     let chat = openai::call(&python, &base, &key_a, "chat", &["chat", "8", "Say hello"]).await;
     assert_eq!(chat["model"], "chat", "{chat}");
-    assert!(!chat["content"].as_str().unwrap_or_default().is_empty(), "{chat}");
+    assert!(
+        !chat["content"].as_str().unwrap_or_default().is_empty(),
+        "{chat}"
+    );
     count(&chat);
-    let stream = openai::call(&python, &base, &key_a, "stream", &["chat", "8", "Count to five"]).await;
+    let stream = openai::call(
+        &python,
+        &base,
+        &key_a,
+        "stream",
+        &["chat", "8", "Count to five"],
+    )
+    .await;
     assert!(number(&stream, "chunks") >= 2, "{stream}");
-    assert!(!stream["content"].as_str().unwrap_or_default().is_empty(), "{stream}");
+    assert!(
+        !stream["content"].as_str().unwrap_or_default().is_empty(),
+        "{stream}"
+    );
     count(&stream);
-    let completion =
-        openai::call(&python, &base, &key_a, "completion", &["chat", "8", "Once upon a time"]).await;
-    assert!(!completion["content"].as_str().unwrap_or_default().is_empty(), "{completion}");
+    let completion = openai::call(
+        &python,
+        &base,
+        &key_a,
+        "completion",
+        &["chat", "8", "Once upon a time"],
+    )
+    .await;
+    assert!(
+        !completion["content"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{completion}"
+    );
     count(&completion);
 
     // Refusals, in OpenAI's shape: another tenant's key, a bad key, an unknown model.
     let other = openai::call(&python, &base, &key_b, "chat", &["chat", "8", "hi"]).await;
-    assert_eq!(other["status"], 403, "tenant b calling tenant a's model: {other}");
-    let bad = openai::call(&python, &base, "sk-aleph-not-a-key", "chat", &["chat", "8", "hi"]).await;
+    assert_eq!(
+        other["status"], 403,
+        "tenant b calling tenant a's model: {other}"
+    );
+    let bad = openai::call(
+        &python,
+        &base,
+        "sk-aleph-not-a-key",
+        "chat",
+        &["chat", "8", "hi"],
+    )
+    .await;
     assert_eq!(bad["status"], 401, "a bad key: {bad}");
-    let unknown = openai::call(&python, &base, &key_a, "chat", &["no-such-model", "8", "hi"]).await;
+    let unknown = openai::call(
+        &python,
+        &base,
+        &key_a,
+        "chat",
+        &["no-such-model", "8", "hi"],
+    )
+    .await;
     assert_eq!(unknown["status"], 400, "an unknown model: {unknown}");
 
     // Tenant a's 400 tokens a minute run out: 429 with Retry-After.
     let mut limited = None;
     for _ in 0..60 {
-        let answer = openai::call(&python, &base, &key_a, "chat", &["chat", "8", "Say hello again"]).await;
+        let answer = openai::call(
+            &python,
+            &base,
+            &key_a,
+            "chat",
+            &["chat", "8", "Say hello again"],
+        )
+        .await;
         if answer["status"] == 429 {
             limited = Some(answer);
             break;
@@ -247,7 +311,9 @@ spec:
     }
     let limited = limited.expect("tenant a never reached its token limit");
     assert!(
-        limited["retry_after"].as_str().is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1)),
+        limited["retry_after"]
+            .as_str()
+            .is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1)),
         "429 without a Retry-After: {limited}"
     );
 
@@ -286,7 +352,10 @@ async fn wait_for_gateway_pod(pods: &Api<Pod>) -> Pod {
         }) {
             return pod;
         }
-        assert!(Instant::now() < deadline, "the gateway's pod never turned Ready");
+        assert!(
+            Instant::now() < deadline,
+            "the gateway's pod never turned Ready"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

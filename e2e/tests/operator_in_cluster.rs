@@ -298,6 +298,27 @@ async fn the_operator_runs_in_the_cluster_from_its_chart() {
             item.resource.kind,
             reason.unwrap_or_default()
         );
+        // A model served in the cluster names the chart's gateway beside its own URL.
+        if item.resource.kind == "AIModel"
+            && object.data["status"]["url"].is_string()
+            && object.data["spec"]["backend"] != "SageMaker"
+        {
+            let gateway = format!(
+                "http://{}-gateway.{}.svc.cluster.local/v1",
+                release.fullname(),
+                release.namespace
+            );
+            assert_eq!(
+                object.data["status"]["gatewayUrl"],
+                gateway.as_str(),
+                "{name}"
+            );
+            assert_eq!(
+                object.data["status"]["gatewayModel"],
+                name.as_str(),
+                "{name}"
+            );
+        }
     }
     let mut refused = Vec::new();
     for pod in &ready {

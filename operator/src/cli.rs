@@ -99,6 +99,10 @@ pub struct RunArgs {
     /// The image of the model cache's downloads from `hf://` and `s3://` sources.
     #[arg(long, env = "ALEPH_MODEL_CACHE_IMAGE", default_value = aleph_controllers::aimodel::cache::DEFAULT_MODEL_CACHE_IMAGE)]
     pub model_cache_image: String,
+    /// aleph-gateway's OpenAI-compatible base URL (`http://NAME.NAMESPACE.svc.cluster.local/v1`),
+    /// shown in the status of every model it serves.
+    #[arg(long, env = "ALEPH_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
     /// Impersonate this user for every request (to run with a ServiceAccount's exact permissions).
     #[arg(long, env = "ALEPH_IMPERSONATE")]
     pub impersonate: Option<String>,

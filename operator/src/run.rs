@@ -126,6 +126,7 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
         sagemaker_endpoint_url: None,
         sagemaker_max_poll: args.sagemaker_max_poll_seconds.map(Duration::from_secs),
         model_cache_image: args.model_cache_image.clone(),
+        gateway_url: args.gateway_url.clone().filter(|u| !u.is_empty()),
     };
     let ctx = Arc::new(Context::new(client.clone(), metrics, leader, settings));
     let options = RunOptions {

@@ -86,6 +86,10 @@ app.kubernetes.io/name: aleph-gateway
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{- define "aleph-gateway.fullname" -}}
+{{- printf "%s-gateway" (include "aleph-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "aleph-gateway.labels" -}}
 helm.sh/chart: {{ include "aleph-operator.chart" . }}
 {{ include "aleph-gateway.selectorLabels" . }}

@@ -252,6 +252,9 @@ fn sagemaker_serving_status(model: &AIModel, ctx: &Context, status: &mut AIModel
         .as_ref()
         .and_then(|s| s.region.clone())
         .or_else(|| ctx.settings.aws_region.clone());
+    // The gateway routes to Kubernetes-backed models only.
+    status.gateway_url = None;
+    status.gateway_model = None;
     status.url = match (&status.endpoint, region) {
         (Some(endpoint), Some(region)) if in_service => Some(format!(
             "https://runtime.sagemaker.{region}.amazonaws.com/endpoints/{}/invocations",
@@ -474,6 +477,9 @@ async fn serve(
     ));
     status.selector = Some(plan.selector());
     status.url = Some(url);
+    // The gateway serves Kubernetes-backed models under their own name.
+    status.gateway_url = ctx.settings.gateway_url.clone();
+    status.gateway_model = ctx.settings.gateway_url.as_ref().map(|_| plan.name.clone());
     status.cache = plan
         .tracks()
         .next()
