@@ -126,6 +126,32 @@ curl -sS --max-time 30 http://127.0.0.1:8080/v1/chat/completions -H 'Content-Typ
   echo "(no answer; see $forward_log)"
 echo
 kill "$forward" 2>/dev/null || true
+
+# The same model through aleph-gateway, with an API key of the tenant acme: the
+# key's SHA-256 goes into a labelled Secret in one of the tenant's namespaces.
+key_file="$ALEPH_STATE/demo-api-key"
+[ -s "$key_file" ] || echo "sk-aleph-$(head -c 32 /dev/urandom | sha256sum | cut -c1-64)" >"$key_file"
+api_key=$(cat "$key_file")
+kubectl -n acme-prod create secret generic demo-api-key --dry-run=client -o yaml \
+  --from-literal=sha256="$(printf %s "$api_key" | sha256sum | cut -d' ' -f1)" |
+  kubectl label --local -f - aleph.dev/gateway-key=true -o yaml | kubectl apply -f - >/dev/null
+gateway_log="$ALEPH_STATE/logs/port-forward-gateway.log"
+kubectl -n aleph-system port-forward svc/aleph-aleph-operator-gateway 8081:80 >"$gateway_log" 2>&1 &
+forward=$!
+for _ in $(seq 1 20); do curl -fsS http://127.0.0.1:8081/readyz >/dev/null 2>&1 && break; sleep 0.5; done
+echo "==> the same through aleph-gateway with acme's API key (GET /v1/models, then a chat):"
+for _ in $(seq 1 20); do
+  curl -fsS http://127.0.0.1:8081/v1/models -H "Authorization: Bearer $api_key" 2>/dev/null | grep -q tiny-chat && break
+  sleep 0.5
+done
+curl -sS --max-time 10 http://127.0.0.1:8081/v1/models -H "Authorization: Bearer $api_key" || true
+echo
+curl -sS --max-time 30 http://127.0.0.1:8081/v1/chat/completions -H "Authorization: Bearer $api_key" \
+  -H 'Content-Type: application/json' \
+  -d '{"model": "tiny-chat", "max_tokens": 12, "messages": [{"role": "user", "content": "Hello!"}]}' ||
+  echo "(no answer; see $gateway_log)"
+echo
+kill "$forward" 2>/dev/null || true
 cat <<EOT
 
 Aleph is running: the operator as pods on the real node ($REAL_NODE_NAME), beside
@@ -140,6 +166,11 @@ Talk to the model that really serves (llama.cpp, a tiny random-weight GGUF):
     -d '{"model": "tiny-chat", "messages": [{"role": "user", "content": "Hello!"}]}'
   (add "stream": true for server-sent events; inside the cluster its URL is
    $(kubectl -n acme-prod get aimodel tiny-chat -o jsonpath='{.status.url}'))
+Or through aleph-gateway, with acme's API key (in $key_file):
+  kubectl -n aleph-system port-forward svc/aleph-aleph-operator-gateway 8081:80 &
+  curl http://127.0.0.1:8081/v1/chat/completions -H "Authorization: Bearer \$(cat $key_file)" \\
+    -H 'Content-Type: application/json' -d '{"model": "tiny-chat", "messages": [{"role": "user", "content": "Hello!"}]}'
+  (inside the cluster: $(kubectl -n acme-prod get aimodel tiny-chat -o jsonpath='{.status.gatewayUrl}'))
 Operator logs: kubectl -n aleph-system logs deploy/aleph-aleph-operator
 Stop everything: make down
 EOT
