@@ -231,22 +231,30 @@ inputs_aleph-operator() {
   sha256sum "$(operator_bin)" | cut -d' ' -f1
   sha256sum /etc/ssl/certs/ca-certificates.crt | cut -d' ' -f1
 }
-stage_aleph-operator() {
-  local root=$1
+# A static binary of the workspace as distroless/static would hold it: ROOT NAME
+# BINARY DESCRIPTION, then the ports it exposes.
+stage_static() {
+  local root=$1 name=$2 bin=$3 description=$4
+  shift 4
   mkdir -p "$root/rootfs" "$root/home"
-  cp "$(operator_bin)" "$root/rootfs/aleph-operator"
+  cp "$bin" "$root/rootfs/$name"
   base_files "$root/rootfs"
   ca_certificates "$root/rootfs"
-  # The final stage of the Dockerfile, which stays the release recipe; its base,
-  # distroless/static, adds the files of base_files and the CA bundle.
   OCI_ARGS=(--layer "$root/rootfs:/" --layer "$root/home:/home/nonroot:65532:65532"
     --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-    --label org.opencontainers.image.title=aleph-operator
-    --label "org.opencontainers.image.description=Kubernetes operator for the Aleph AI platform"
+    --label "org.opencontainers.image.title=$name"
+    --label "org.opencontainers.image.description=$description"
     --label org.opencontainers.image.source=https://github.com/aleph-dev/aleph
     --label org.opencontainers.image.licenses=Apache-2.0
     --label org.opencontainers.image.version=dev
-    --user 65532:65532 --expose 8080 --entrypoint '["/aleph-operator"]' --cmd '["run"]')
+    --user 65532:65532 --entrypoint "[\"/$name\"]" --cmd '["run"]')
+  local port
+  for port in "$@"; do OCI_ARGS+=(--expose "$port"); done
+}
+# The final stage of the Dockerfile, which stays the release recipe; its base,
+# distroless/static, adds the files of base_files and the CA bundle.
+stage_aleph-operator() {
+  stage_static "$1" aleph-operator "$(operator_bin)" "Kubernetes operator for the Aleph AI platform" 8080
 }
 
 ref_aleph-gateway() { echo aleph.local/aleph-gateway:dev; }
@@ -256,19 +264,7 @@ inputs_aleph-gateway() {
   sha256sum /etc/ssl/certs/ca-certificates.crt | cut -d' ' -f1
 }
 stage_aleph-gateway() {
-  local root=$1
-  mkdir -p "$root/rootfs" "$root/home"
-  cp "$(gateway_bin)" "$root/rootfs/aleph-gateway"
-  base_files "$root/rootfs"
-  ca_certificates "$root/rootfs"
-  OCI_ARGS=(--layer "$root/rootfs:/" --layer "$root/home:/home/nonroot:65532:65532"
-    --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-    --label org.opencontainers.image.title=aleph-gateway
-    --label "org.opencontainers.image.description=OpenAI-compatible gateway in front of Aleph's models"
-    --label org.opencontainers.image.source=https://github.com/aleph-dev/aleph
-    --label org.opencontainers.image.licenses=Apache-2.0
-    --label org.opencontainers.image.version=dev
-    --user 65532:65532 --expose 8000 --expose 9090 --entrypoint '["/aleph-gateway"]' --cmd '["run"]')
+  stage_static "$1" aleph-gateway "$(gateway_bin)" "OpenAI-compatible gateway in front of Aleph's models" 8080 9090
 }
 
 # Debian's Python, unpacked from its packages, with pinned wheels beside it.

@@ -89,6 +89,9 @@ struct RunArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // kube's TLS uses ring; built beside the operator (whose AWS SDK brings
+    // aws-lc-rs), rustls would not know which to take.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Keygen => {
