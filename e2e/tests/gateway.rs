@@ -16,7 +16,7 @@ use aleph_e2e::serving::LLAMACPP_IMAGE;
 use aleph_e2e::{
     TestEnv, apply_yaml, find_condition, has_condition, openai, unique_name, wait_for,
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -190,20 +190,10 @@ spec:
         .as_ref()
         .and_then(|s| s.pod_ip.clone())
         .expect("the gateway pod's IP");
-    let services: Api<Service> = env.api();
-    let service = services
-        .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
-        .await
-        .expect("list the gateway Service")
-        .items
-        .into_iter()
-        .next()
-        .expect("the gateway Service");
-    let cluster_ip = service
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("the gateway Service's address");
-    let base = format!("http://{cluster_ip}:80/v1");
+    // The client runs on this machine, outside the real node's network
+    // namespace, where kube-proxy's Service addresses do not apply: it calls
+    // the gateway's pod, as the Service would.
+    let base = format!("http://{pod_ip}:8080/v1");
     let python = openai::python();
 
     // Each key lists its tenant's models: a's, once the gateway has seen it;

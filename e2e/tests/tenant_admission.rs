@@ -896,7 +896,16 @@ async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_an
         .expect("remove");
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &format!("{name}-one"));
     wait_for_deletion(&bindings, "aleph-extra-0", TIMEOUT).await;
-    assert!(!may(&client, &carol, "list", "pods", &format!("{name}-one")).await);
+    // The authorizer reads RBAC from its own cache, a moment behind the API.
+    let mut revoked = false;
+    for _ in 0..20 {
+        if !may(&client, &carol, "list", "pods", &format!("{name}-one")).await {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(revoked, "carol still lists pods 5 s after her binding went");
     delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
