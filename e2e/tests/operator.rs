@@ -177,9 +177,10 @@ async fn chart_installs_into_the_cluster_under_restricted_pod_security() {
     assert_eq!(status.ready_replicas, Some(1), "helm --wait returned early");
     let pods = env
         .api::<Pod>()
-        .list(
-            &ListParams::default().labels(&format!("app.kubernetes.io/instance={}", release.name)),
-        )
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/component=operator",
+            release.name
+        )))
         .await
         .expect("pods");
     assert_eq!(pods.items.len(), 1, "one operator pod");

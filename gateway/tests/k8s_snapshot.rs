@@ -598,6 +598,8 @@ async fn fake_api_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Strin
 
 #[tokio::test]
 async fn the_watches_fill_the_state_and_mark_it_synced() {
+    // Built with the whole workspace, rustls has aws-lc-rs beside ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (url, asked) = fake_api_server().await;
     let config = kube::Config::new(url.parse().unwrap_or_else(|e| panic!("{e}")));
     let client = kube::Client::try_from(config).unwrap_or_else(|e| panic!("{e}"));
