@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aleph_crds::common::{ConditionStatus, DeletionPolicy};
-use aleph_crds::tenant::{ResourceUsage, Tenant};
+use aleph_crds::tenant::{ResourceUsage, Tenant, TenantStatus};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -91,6 +91,16 @@ where
         .reflect(writer)
         .touched_objects();
     (reader, stream)
+}
+
+/// The Tenant's status without `gatewayUsage`, which the autoscaler's usage
+/// summary writes (its own field manager): the reconciler neither compares
+/// nor writes it back from a possibly older read.
+fn own_status(tenant: &Tenant) -> Option<TenantStatus> {
+    tenant
+        .status
+        .clone()
+        .map(TenantStatus::without_gateway_usage)
 }
 
 /// The Tenant controller, watching what it makes. The caches of its watches
@@ -209,7 +219,14 @@ async fn report_failure(tenant: &Tenant, ctx: &Context, error: &Error) {
         tenant.metadata.generation,
     );
     let api = Api::<Tenant>::all(ctx.client.clone());
-    if let Err(e) = patch_status_if_changed(&api, tenant, tenant.status.as_ref(), &status).await {
+    if let Err(e) = patch_status_if_changed(
+        &api,
+        tenant,
+        own_status(tenant).as_ref(),
+        &status.clone().without_gateway_usage(),
+    )
+    .await
+    {
         tracing::warn!(error = %e, "cannot write the failure into the Tenant's status");
     }
     ctx.event(tenant, EventType::Warning, "ReconcileFailed", message)
@@ -383,8 +400,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             patch_status_if_changed(
                 &Api::<Tenant>::all(client.clone()),
                 tenant,
-                tenant.status.as_ref(),
-                &status,
+                own_status(tenant).as_ref(),
+                &status.clone().without_gateway_usage(),
             )
             .await?;
             return Err(error);
@@ -746,8 +763,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let changed = patch_status_if_changed(
         &Api::<Tenant>::all(client.clone()),
         tenant,
-        tenant.status.as_ref(),
-        &status,
+        own_status(tenant).as_ref(),
+        &status.clone().without_gateway_usage(),
     )
     .await?;
     if changed && is_ready && !was_ready {
