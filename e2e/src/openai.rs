@@ -45,6 +45,31 @@ try:
         out = {"model": r.model, "content": r.choices[0].text,
                "prompt_tokens": r.usage.prompt_tokens,
                "completion_tokens": r.usage.completion_tokens}
+    elif action == "load":
+        # Workers calling in a closed loop for some seconds: what each got.
+        import collections, threading, time
+        model, workers, seconds, max_tokens = rest[0], int(rest[1]), float(rest[2]), int(rest[3])
+        deadline = time.monotonic() + seconds
+        counts, lock = collections.Counter(), threading.Lock()
+        def work():
+            while time.monotonic() < deadline:
+                try:
+                    client.chat.completions.create(
+                        model=model, max_tokens=max_tokens,
+                        messages=[{"role": "user", "content": "Tell me a story"}])
+                    outcome = "ok"
+                except openai.APIStatusError as e:
+                    outcome = "status %d" % e.status_code
+                except Exception as e:
+                    outcome = type(e).__name__
+                with lock:
+                    counts[outcome] += 1
+        threads = [threading.Thread(target=work) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out = {"ok": counts.pop("ok", 0), "failed": dict(counts)}
     else:
         raise SystemExit("unknown action " + action)
 except openai.APIStatusError as e:

@@ -9,17 +9,15 @@ use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::helm::{chart_dir, helm};
+use aleph_e2e::gateway;
 use aleph_e2e::real_node::{pin_namespace, require};
 use aleph_e2e::s3::{s3_put, s3_secret};
 use aleph_e2e::serving::LLAMACPP_IMAGE;
 use aleph_e2e::{
     TestEnv, apply_yaml, find_condition, has_condition, openai, unique_name, wait_for,
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tiny_gguf::{Shape, tiny_llama};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,63 +37,10 @@ spec:
     )
 }
 
-/// A key and the Secret that gives it to the tenant owning `namespace`.
-fn key_secret(name: &str) -> (String, String) {
-    let key = format!("sk-aleph-{}", unique_name("k").replace('-', ""));
-    let sha = format!("{:x}", Sha256::digest(key.as_bytes()));
-    let yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  labels: {{aleph.dev/gateway-key: \"true\"}}\nstringData: {{sha256: {sha}}}\n"
-    );
-    (key, yaml)
-}
-
 async fn apply(env: &TestEnv, ns: &str, yaml: &str) {
     apply_yaml(&env.client(), yaml, Some(ns))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// The chart's gateway objects, one replica of the locally built image.
-async fn render_gateway(release: &str, namespace: &str) -> String {
-    let chart = chart_dir();
-    helm([
-        "template",
-        release,
-        chart.to_str().unwrap_or_default(),
-        "--namespace",
-        namespace,
-        "--kube-version",
-        "1.35.0",
-        "--show-only",
-        "templates/gateway.yaml",
-        "--set",
-        "gateway.replicaCount=1",
-        "--set",
-        "gateway.image.repository=aleph.local/aleph-gateway",
-        "--set",
-        "gateway.image.tag=dev",
-        "--set",
-        "gateway.image.pullPolicy=Never",
-        "--set",
-        "gateway.podDisruptionBudget.enabled=false",
-        "--set",
-        "gateway.resources.requests.cpu=10m",
-    ])
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Sums `aleph_gateway_tokens_total` samples of `tenant` and `kind`.
-fn tokens(metrics: &str, tenant: &str, kind: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("aleph_gateway_tokens_total{"))
-        .filter(|l| {
-            l.contains(&format!("tenant=\"{tenant}\"")) && l.contains(&format!("kind=\"{kind}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
 }
 
 fn number(v: &Value, field: &str) -> u64 {
@@ -152,23 +97,11 @@ spec:
     .await;
 
     // The gateway, in a platform namespace (the tenants' isolation admits it).
-    let platform = env.namespace().to_string();
-    Api::<Namespace>::all(env.client())
-        .patch(
-            &platform,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "labels": { "aleph.dev/platform": "true" } } })),
-        )
-        .await
-        .expect("label the platform namespace");
-    pin_namespace(&env.client(), &platform).await;
-    let release = unique_name("gw");
-    env.apply_yaml(&render_gateway(&release, &platform).await)
-        .await;
+    gateway::install(&env, 1).await;
 
     // Keys: one for each tenant, in its namespace.
-    let (key_a, secret_a) = key_secret("team-key");
-    let (key_b, secret_b) = key_secret("team-key");
+    let (key_a, secret_a) = gateway::key_secret("team-key");
+    let (key_b, secret_b) = gateway::key_secret("team-key");
     apply(&env, &ns_a, &secret_a).await;
     apply(&env, &ns_b, &secret_b).await;
 
@@ -183,13 +116,10 @@ spec:
         "gateway: the model served {:.1}s after it was applied",
         started.elapsed().as_secs_f32()
     );
-    let pods: Api<Pod> = env.api();
-    let gateway_pod = wait_for_gateway_pod(&pods).await;
-    let pod_ip = gateway_pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .expect("the gateway pod's IP");
+    let gateway_pod = gateway::ready_pods(&env.client(), env.namespace(), 1, READY_TIMEOUT)
+        .await
+        .remove(0);
+    let pod_ip = gateway::pod_ip(&gateway_pod);
     // The client runs on this machine, outside the real node's network
     // namespace, where kube-proxy's Service addresses do not apply: it calls
     // the gateway's pod, as the Service would.
@@ -308,13 +238,14 @@ spec:
     );
 
     // The gateway's counters equal the engine's usage, exactly.
-    let (code, metrics) = aleph_e2e::operator::http_get(&format!("{pod_ip}:9090"), "/metrics")
-        .await
-        .expect("GET the gateway's /metrics");
-    assert_eq!(code, 200);
+    let metrics = gateway::metrics(&pod_ip).await;
     for kind in ["prompt", "completion"] {
         assert_eq!(
-            tokens(&metrics, &a, kind),
+            gateway::sum(
+                &metrics,
+                "aleph_gateway_tokens_total",
+                &[("tenant", &a), ("kind", kind)]
+            ),
             used[kind],
             "{kind} tokens counted by the gateway against the engine's usage"
         );
@@ -323,29 +254,24 @@ spec:
         "gateway: tenant {a} used {} prompt and {} completion tokens, as the gateway counted",
         used["prompt"], used["completion"]
     );
-    env.cleanup().await;
-}
 
-async fn wait_for_gateway_pod(pods: &Api<Pod>) -> Pod {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
-            .await
-            .expect("list the gateway's pods")
-            .items;
-        if let Some(pod) = list.into_iter().find(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        }) {
-            return pod;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway's pod never turned Ready"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // The operator adds them up in the Tenant's status: today and this month.
+    let requests = gateway::sum(&metrics, "aleph_gateway_requests_total", &[("tenant", &a)]);
+    let want = json!({
+        "requests": requests,
+        "promptTokens": used["prompt"],
+        "completionTokens": used["completion"],
+    });
+    let tenant = wait_for(&tenants, &a, Duration::from_secs(90), |t| {
+        let usage = json!(t.status.as_ref().and_then(|s| s.gateway_usage.as_ref()));
+        usage["today"] == want && usage["thisMonth"] == want
+    })
+    .await;
+    let usage = tenant.status.and_then(|s| s.gateway_usage).expect("usage");
+    assert_eq!(usage.day, chrono::Utc::now().format("%Y-%m-%d").to_string());
+    println!(
+        "gateway: the Tenant's status shows {want} for {}",
+        usage.day
+    );
+    env.cleanup().await;
 }
