@@ -578,3 +578,17 @@ fn an_ollama_source_on_vllm_is_an_invalid_spec_naming_the_field() {
         err.message
     );
 }
+
+#[test]
+fn target_concurrency_leaves_the_replicas_to_the_operators_autoscaler() {
+    let mut model = fixture("triton-s3");
+    let auto = model.spec.autoscaling.as_mut().expect("autoscaling");
+    auto.target_cpu_utilization = None;
+    auto.target_concurrency = Some(4);
+    auto.min_replicas = 0;
+    let (plan, d) = stable(&model);
+    // No HPA, and no replica count in the Deployment the operator applies:
+    // the autoscaler sets it through the scale subresource.
+    assert!(build::hpa(&model, &plan).expect("hpa").is_none());
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), None);
+}
