@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -81,15 +81,7 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(move |o: &mut K| {
-            o.managed_fields_mut().clear();
-            trim(o);
-        })
-        .reflect(writer)
-        .applied_objects();
+    let (reader, stream) = crate::runner::cached_watch(api, config, trim);
     let drive = async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
