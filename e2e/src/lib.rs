@@ -39,6 +39,7 @@
 mod apply;
 mod conditions;
 mod env;
+pub mod gateway;
 pub mod helm;
 mod kubectl;
 pub mod openai;

@@ -9,80 +9,26 @@ use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::helm::{chart_dir, helm};
+use aleph_e2e::gateway::{
+    key_secret, platform_namespace, pod_ip, render_gateway, tenant, wait_for_gateway_pods,
+};
 use aleph_e2e::real_node::{pin_namespace, require};
 use aleph_e2e::s3::{s3_put, s3_secret};
 use aleph_e2e::serving::LLAMACPP_IMAGE;
 use aleph_e2e::{
     TestEnv, apply_yaml, find_condition, has_condition, openai, unique_name, wait_for,
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tiny_gguf::{Shape, tiny_llama};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn tenant(name: &str, gateway: &str) -> String {
-    format!(
-        r#"apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{name: {name}}}
-spec:
-  owners: [{{kind: User, name: {name}-owner}}]
-  namespaces: [apps]
-  plan: free
-  admission:
-    allowedRegistries: ["aleph.local/"]
-{gateway}"#
-    )
-}
-
-/// A key and the Secret that gives it to the tenant owning `namespace`.
-fn key_secret(name: &str) -> (String, String) {
-    let key = format!("sk-aleph-{}", unique_name("k").replace('-', ""));
-    let sha = format!("{:x}", Sha256::digest(key.as_bytes()));
-    let yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  labels: {{aleph.dev/gateway-key: \"true\"}}\nstringData: {{sha256: {sha}}}\n"
-    );
-    (key, yaml)
-}
 
 async fn apply(env: &TestEnv, ns: &str, yaml: &str) {
     apply_yaml(&env.client(), yaml, Some(ns))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// The chart's gateway objects, one replica of the locally built image.
-async fn render_gateway(release: &str, namespace: &str) -> String {
-    let chart = chart_dir();
-    helm([
-        "template",
-        release,
-        chart.to_str().unwrap_or_default(),
-        "--namespace",
-        namespace,
-        "--kube-version",
-        "1.35.0",
-        "--show-only",
-        "templates/gateway.yaml",
-        "--set",
-        "gateway.replicaCount=1",
-        "--set",
-        "gateway.image.repository=aleph.local/aleph-gateway",
-        "--set",
-        "gateway.image.tag=dev",
-        "--set",
-        "gateway.image.pullPolicy=Never",
-        "--set",
-        "gateway.podDisruptionBudget.enabled=false",
-        "--set",
-        "gateway.resources.requests.cpu=10m",
-    ])
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Sums `aleph_gateway_tokens_total` samples of `tenant` and `kind`.
@@ -153,17 +99,9 @@ spec:
 
     // The gateway, in a platform namespace (the tenants' isolation admits it).
     let platform = env.namespace().to_string();
-    Api::<Namespace>::all(env.client())
-        .patch(
-            &platform,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "labels": { "aleph.dev/platform": "true" } } })),
-        )
-        .await
-        .expect("label the platform namespace");
-    pin_namespace(&env.client(), &platform).await;
+    platform_namespace(&env.client(), &platform).await;
     let release = unique_name("gw");
-    env.apply_yaml(&render_gateway(&release, &platform).await)
+    env.apply_yaml(&render_gateway(&release, &platform, 1, &[]).await)
         .await;
 
     // Keys: one for each tenant, in its namespace.
@@ -184,12 +122,8 @@ spec:
         started.elapsed().as_secs_f32()
     );
     let pods: Api<Pod> = env.api();
-    let gateway_pod = wait_for_gateway_pod(&pods).await;
-    let pod_ip = gateway_pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .expect("the gateway pod's IP");
+    let gateway_pods = wait_for_gateway_pods(&pods, 1, READY_TIMEOUT).await;
+    let pod_ip = pod_ip(&gateway_pods[0]);
     // The client runs on this machine, outside the real node's network
     // namespace, where kube-proxy's Service addresses do not apply: it calls
     // the gateway's pod, as the Service would.
@@ -324,28 +258,4 @@ spec:
         used["prompt"], used["completion"]
     );
     env.cleanup().await;
-}
-
-async fn wait_for_gateway_pod(pods: &Api<Pod>) -> Pod {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
-            .await
-            .expect("list the gateway's pods")
-            .items;
-        if let Some(pod) = list.into_iter().find(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        }) {
-            return pod;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway's pod never turned Ready"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
