@@ -33,6 +33,8 @@ bin_path() {
 
 # The real node (node.sh).
 REAL_NODE_NAME=aleph-real-0
+# The Services' ClusterIP range (kube-apiserver --service-cluster-ip-range).
+SERVICE_CIDR=10.96.0.0/16
 CLUSTER_DNS_IP=10.96.0.10
 CNI_BIN_DIR=${ALEPH_CNI_BIN_DIR:-/usr/lib/cni}
 PAUSE_IMAGE=aleph.local/pause:3.10

@@ -660,13 +660,18 @@ fn schema_rejects_bad_values() {
         "gateway.routing=random",
         "gateway.replicaCount=0",
         "gateway.port=0",
+        "gateway.coldStartQueue=0",
+        "gateway.drainSeconds=-1",
+        // The drain must leave the requests in flight some of the grace period.
+        "gateway.drainSeconds=60",
     ] {
         assert!(try_render(&[bad]).is_err(), "--set {bad} was accepted");
     }
 }
 
 /// The gateway is on by default: its own Deployment (restricted, probes on
-/// /healthz and /readyz, each replica told its share of the limits), Service,
+/// /healthz and /readyz, each replica told its share of the limits, a drain
+/// shorter than the grace period), Service,
 /// PodDisruptionBudget, and read-only RBAC; selected by labels the operator's
 /// selectors never match. Off, none of it renders.
 #[test]
@@ -698,9 +703,16 @@ fn the_gateway_is_on_by_default_with_read_only_rbac() {
         "--listen=0.0.0.0:8080",
         "--replicas-share=2",
         "--routing=least-in-flight",
+        "--cold-start-timeout=300",
+        "--cold-start-queue=256",
+        "--drain-seconds=5",
     ] {
         assert!(args.contains(&arg), "{arg} missing from {args:?}");
     }
+    assert_eq!(
+        pod["terminationGracePeriodSeconds"], 60,
+        "the drain and then the requests in flight"
+    );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     let security = &container["securityContext"];

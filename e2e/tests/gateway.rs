@@ -9,33 +9,21 @@ use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::gateway;
+use aleph_e2e::gateway::{
+    self, key_secret, platform_namespace, pod_ip, render_gateway, tenant, wait_for_gateway_pods,
+};
 use aleph_e2e::real_node::{pin_namespace, require};
 use aleph_e2e::s3::{s3_put, s3_secret};
 use aleph_e2e::serving::LLAMACPP_IMAGE;
 use aleph_e2e::{
     TestEnv, apply_yaml, find_condition, has_condition, openai, unique_name, wait_for,
 };
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde_json::{Value, json};
 use tiny_gguf::{Shape, tiny_llama};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn tenant(name: &str, gateway: &str) -> String {
-    format!(
-        r#"apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{name: {name}}}
-spec:
-  owners: [{{kind: User, name: {name}-owner}}]
-  namespaces: [apps]
-  plan: free
-  admission:
-    allowedRegistries: ["aleph.local/"]
-{gateway}"#
-    )
-}
 
 async fn apply(env: &TestEnv, ns: &str, yaml: &str) {
     apply_yaml(&env.client(), yaml, Some(ns))
@@ -97,11 +85,15 @@ spec:
     .await;
 
     // The gateway, in a platform namespace (the tenants' isolation admits it).
-    gateway::install(&env, 1).await;
+    let platform = env.namespace().to_string();
+    platform_namespace(&env.client(), &platform).await;
+    let release = unique_name("gw");
+    env.apply_yaml(&render_gateway(&release, &platform, 1, &[]).await)
+        .await;
 
     // Keys: one for each tenant, in its namespace.
-    let (key_a, secret_a) = gateway::key_secret("team-key");
-    let (key_b, secret_b) = gateway::key_secret("team-key");
+    let (key_a, secret_a) = key_secret("team-key");
+    let (key_b, secret_b) = key_secret("team-key");
     apply(&env, &ns_a, &secret_a).await;
     apply(&env, &ns_b, &secret_b).await;
 
@@ -116,10 +108,9 @@ spec:
         "gateway: the model served {:.1}s after it was applied",
         started.elapsed().as_secs_f32()
     );
-    let gateway_pod = gateway::ready_pods(&env.client(), env.namespace(), 1, READY_TIMEOUT)
-        .await
-        .remove(0);
-    let pod_ip = gateway::pod_ip(&gateway_pod);
+    let pods: Api<Pod> = env.api();
+    let gateway_pods = wait_for_gateway_pods(&pods, 1, READY_TIMEOUT).await;
+    let pod_ip = pod_ip(&gateway_pods[0]);
     // The client runs on this machine, outside the real node's network
     // namespace, where kube-proxy's Service addresses do not apply: it calls
     // the gateway's pod, as the Service would.

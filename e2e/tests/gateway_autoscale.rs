@@ -152,7 +152,7 @@ spec:
     );
 
     // The first request waits for a replica to start, then is served.
-    let pod = gateway::ready_pods(&env.client(), env.namespace(), 1, READY_TIMEOUT)
+    let pod = gateway::wait_for_gateway_pods(&env.api(), 1, READY_TIMEOUT)
         .await
         .remove(0);
     let base = format!("http://{}:8080/v1", gateway::pod_ip(&pod));
@@ -186,26 +186,34 @@ spec:
 
     // Four callers in a closed loop keep about four requests in flight:
     // with one per replica wanted, the model gets its maximum, 2.
-    let load = {
-        let (python, base, key) = (python.clone(), base.clone(), key.clone());
-        tokio::spawn(async move {
-            openai::call(&python, &base, &key, "load", &["zero", "4", "40", "16"]).await
-        })
-    };
-    let rose = wait_replicas(&deployments, "zero", 2, Duration::from_secs(40)).await;
+    let load = openai::LoadLoop::start(
+        &python,
+        None,
+        &base,
+        &key,
+        "zero",
+        4,
+        Duration::from_secs(60),
+    )
+    .await;
+    let rose = wait_replicas(&deployments, "zero", 2, Duration::from_secs(60)).await;
     println!(
         "gateway autoscale: 2 replicas {:.1}s into the load",
         rose.as_secs_f32()
     );
-    let outcome = load.await.expect("the load loop");
-    let ok = outcome["ok"].as_u64().unwrap_or_default();
-    assert!(ok > 0, "{outcome}");
+    // Both replicas take their share before the load stops.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let tally = load.stop().await;
+    assert!(tally.ok > 0, "{tally:?}");
     assert_eq!(
-        outcome["failed"],
-        json!({}),
-        "every request of the load loop: {outcome}"
+        (tally.failed, tally.ok),
+        (0, tally.sent),
+        "every request of the load loop answered: {tally:?}"
     );
-    println!("gateway autoscale: the load loop's {ok} requests all answered");
+    println!(
+        "gateway autoscale: the load loop's {} requests all answered",
+        tally.ok
+    );
 
     // Load gone: down to one after the stabilization window, then to zero
     // after the idle time.

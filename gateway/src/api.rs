@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
@@ -23,7 +24,31 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            close_while_draining,
+        ))
         .with_state(gateway)
+}
+
+/// While the gateway drains, each answer closes its HTTP/1 connection
+/// (`Connection: close`): a client that keeps connections alive opens its
+/// next one through the Service, which no longer sends it here.
+async fn close_while_draining(
+    State(gateway): State<Gateway>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let http1 = request.version() <= Version::HTTP_11;
+    let mut response = next.run(request).await;
+    // Looked at once the answer is ready: a request that began before the
+    // drain (one held for a starting model, say) closes its connection too.
+    if http1 && gateway.is_draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The router of the metrics listener: `/metrics` in the OpenMetrics text format.
@@ -49,7 +74,9 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
 }
 
 async fn readyz(State(gateway): State<Gateway>) -> Response {
-    if gateway.state().is_synced() {
+    if gateway.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if gateway.state().is_synced() {
         (StatusCode::OK, "ok").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "state not synced").into_response()

@@ -53,6 +53,25 @@ pub enum ApiError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The model, scaling from zero, got no ready endpoint within the time a
+    /// request may wait for one.
+    #[error("the model `{model}` did not become ready within {} s", seconds(*waited))]
+    ColdStartTimeout {
+        /// The requested model.
+        model: String,
+        /// How long the request waited.
+        waited: Duration,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// As many requests as may wait for the model to start already do.
+    #[error("too many requests are waiting for the model `{model}` to start")]
+    ColdStartQueueFull {
+        /// The requested model.
+        model: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The engine could not be reached.
     #[error("the model's engine could not be reached")]
     UpstreamUnreachable,
@@ -76,7 +95,9 @@ impl ApiError {
             | ApiError::ModelNotFound(_) => StatusCode::BAD_REQUEST,
             ApiError::ModelForbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NoReadyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoReadyEndpoint { .. }
+            | ApiError::ColdStartTimeout { .. }
+            | ApiError::ColdStartQueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -90,6 +111,8 @@ impl ApiError {
             ApiError::ModelForbidden(_) => "permission_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::NoReadyEndpoint { .. }
+            | ApiError::ColdStartTimeout { .. }
+            | ApiError::ColdStartQueueFull { .. }
             | ApiError::UpstreamUnreachable
             | ApiError::UpstreamTimeout => "server_error",
             _ => "invalid_request_error",
@@ -109,6 +132,8 @@ impl ApiError {
             ApiError::ModelForbidden(_) => "model_not_permitted",
             ApiError::RateLimited { .. } => "rate_limit_exceeded",
             ApiError::NoReadyEndpoint { .. } => "model_not_ready",
+            ApiError::ColdStartTimeout { .. } => "model_start_timeout",
+            ApiError::ColdStartQueueFull { .. } => "model_start_queue_full",
             ApiError::UpstreamUnreachable => "upstream_unreachable",
             ApiError::UpstreamTimeout => "upstream_timeout",
             ApiError::NotFound => "not_found",
@@ -129,9 +154,20 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after, .. }
-            | ApiError::NoReadyEndpoint { retry_after, .. } => Some(*retry_after),
+            | ApiError::NoReadyEndpoint { retry_after, .. }
+            | ApiError::ColdStartTimeout { retry_after, .. }
+            | ApiError::ColdStartQueueFull { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
+    }
+}
+
+/// A duration in seconds as people write it: `300`, `0.5`.
+fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{:.1}", d.as_secs_f64())
     }
 }
 

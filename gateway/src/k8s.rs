@@ -13,6 +13,8 @@
 //! - A **model** is an AIModel on the Kubernetes backend in a tenant
 //!   namespace; clients call it by its name, and the request's `"model"` is
 //!   rewritten to the name the engine serves it under ([`served_name`]).
+//! - It **scales from zero** when its `spec.autoscaling.minReplicas` is 0:
+//!   requests that find no ready endpoint wait for one ([`scales_from_zero`]).
 //! - Its **endpoints** are those of the EndpointSlices of the per-track
 //!   Services `<model>-stable` and `<model>-canary` when they exist (the
 //!   operator makes them for a canary behind the Gateway API), otherwise
@@ -315,9 +317,20 @@ pub fn build_snapshot_reporting(
                     .map_or(0, |t| t.0.as_second()),
                 endpoints,
                 canary_percent,
+                scale_from_zero: scales_from_zero(model),
             });
     }
     (snapshot, ignored)
+}
+
+/// Whether the AIModel may run no replica at all (`spec.autoscaling.minReplicas: 0`):
+/// its requests then wait for a first ready endpoint rather than being refused.
+pub fn scales_from_zero(model: &AIModel) -> bool {
+    model
+        .spec
+        .autoscaling
+        .as_ref()
+        .is_some_and(|a| a.min_replicas == 0)
 }
 
 /// The key hash of a key Secret: `data.sha256`, 64 hex digits (surrounding

@@ -71,6 +71,20 @@ struct RunArgs {
     /// ε of prefix-hash mode: an endpoint above (1 + ε) times the average load is skipped.
     #[arg(long, default_value_t = 0.25)]
     prefix_load_factor: f64,
+    /// Seconds a request for a model that scales from zero (AIModel
+    /// `spec.autoscaling.minReplicas: 0`) may wait for its first ready
+    /// replica before a 503.
+    #[arg(long, default_value_t = 300.0)]
+    cold_start_timeout: f64,
+    /// Requests that may wait so, per model; more get 503 at once.
+    #[arg(long, default_value_t = 256)]
+    cold_start_queue: usize,
+    /// Seconds the gateway, told to stop (SIGTERM), keeps accepting and
+    /// serving while not ready, before it finishes the requests in flight and
+    /// exits: long enough for kube-proxy and clients to stop sending it
+    /// connections. The pod's grace period must be longer.
+    #[arg(long, default_value_t = 5.0)]
+    drain_seconds: f64,
     /// A JSON file of tenants, keys and models (see `static_config`), for
     /// running without Kubernetes; the state counts as synced once it is read.
     /// Without it, the state comes from the cluster (in-cluster configuration
@@ -135,7 +149,10 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 load_factor: args.prefix_load_factor,
             },
         },
+        cold_start_timeout: seconds("cold-start-timeout", args.cold_start_timeout)?,
+        cold_start_queue: args.cold_start_queue,
     };
+    let drain = seconds("drain-seconds", args.drain_seconds)?;
     let state = Arc::new(GatewayState::new());
     let watches = if let Some(path) = &args.static_config {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -160,34 +177,17 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let gateway = Gateway::new(config, state, Arc::new(SystemClock), &mut registry);
     let registry = Arc::new(registry);
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
     let api = tokio::net::TcpListener::bind(args.listen).await?;
     let metrics = tokio::net::TcpListener::bind(args.metrics_listen).await?;
-    tracing::info!(api = %args.listen, metrics = %args.metrics_listen, "listening");
-    let api = tokio::spawn(
-        axum::serve(api, gateway.router())
-            .with_graceful_shutdown(stopped())
-            .into_future(),
-    );
-    let metrics = tokio::spawn(
-        axum::serve(metrics, aleph_gateway::api::metrics_router(registry))
-            .with_graceful_shutdown(stopped())
-            .into_future(),
-    );
-    wait_for_signal().await;
-    tracing::info!("shutting down: finishing the requests in flight");
-    let _ = stop_tx.send(true);
+    tracing::info!(api = %api.local_addr()?, metrics = %metrics.local_addr()?, "listening");
+    let served =
+        aleph_gateway::server::serve(gateway, api, metrics, registry, wait_for_signal(), drain)
+            .await;
     if let Some(watches) = watches {
         watches.abort();
     }
-    api.await??;
-    metrics.await??;
+    served?;
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 
+use crate::cold_start::NotReady;
 use crate::error::ApiError;
 use crate::route::{EndpointGuard, RoutingMode, prompt_prefix};
 use crate::state::Model;
@@ -91,18 +92,24 @@ async fn forward(
         .and_then(Value::as_str)
         .ok_or(ApiError::MissingModel)?
         .to_owned();
-    let model = match snapshot.lookup(&caller.tenant, &requested) {
-        crate::state::Lookup::Found(model) => model,
+    let mut model = match snapshot.lookup(&caller.tenant, &requested) {
+        crate::state::Lookup::Found(model) => model.clone(),
         crate::state::Lookup::OtherTenant => return Err(ApiError::ModelForbidden(requested)),
         crate::state::Lookup::Unknown => return Err(ApiError::ModelNotFound(requested)),
     };
     labels.model.clone_from(&model.name);
-    let no_endpoint = || ApiError::NoReadyEndpoint {
+    // What the model's autoscaling reads: the arrival at once, and the
+    // request in flight from now on, while it waits for an endpoint too.
+    inner
+        .metrics
+        .count_arrival(&model.namespace, &model.aimodel);
+    let in_flight = inner.metrics.in_flight(&model.namespace, &model.aimodel);
+    let no_endpoint = |model: &Model| ApiError::NoReadyEndpoint {
         model: model.name.clone(),
         retry_after: config.retry_after,
     };
-    if !model.has_ready_endpoint() {
-        return Err(no_endpoint());
+    if !model.has_ready_endpoint() && !model.scale_from_zero {
+        return Err(no_endpoint(&model));
     }
     let tenant_limits = snapshot
         .tenants
@@ -110,6 +117,11 @@ async fn forward(
         .cloned()
         .unwrap_or_default();
     inner.limits.admit(&caller.tenant, &tenant_limits)?;
+    if !model.has_ready_endpoint() {
+        model = wait_for_endpoint(gateway, &caller.tenant, &requested, &model, deadline).await?;
+    }
+    drop(snapshot);
+    let model = &model;
 
     object.insert("model".into(), Value::String(model.served_name.clone()));
     if object.get("stream").and_then(Value::as_bool) == Some(true) {
@@ -140,8 +152,7 @@ async fn forward(
     let guard = inner
         .balancer
         .pick(model, prefix.as_deref())
-        .ok_or_else(no_endpoint)?;
-    let in_flight = inner.metrics.in_flight(&model.namespace, &model.aimodel);
+        .ok_or_else(|| no_endpoint(model))?;
     let (guard, upstream) =
         match send(gateway, &guard, &path, &parts.headers, &body, deadline).await {
             Sent::Answered(response) if response.status() != StatusCode::SERVICE_UNAVAILABLE => {
@@ -175,6 +186,51 @@ async fn forward(
     Ok(respond(
         gateway, &caller, model, guard, in_flight, upstream, deadline,
     ))
+}
+
+/// Holds a request for `model` (which scales from zero and has no ready
+/// endpoint) until it has one, and returns the model as it then is.
+async fn wait_for_endpoint(
+    gateway: &Gateway,
+    tenant: &str,
+    requested: &str,
+    model: &Model,
+    deadline: Instant,
+) -> Result<Model, ApiError> {
+    let inner = &gateway.inner;
+    let config = &inner.config;
+    let started = Instant::now();
+    let until = (started + config.cold_start_timeout).min(deadline);
+    tracing::debug!(model = %model.id(), "waiting for a first ready endpoint");
+    let waited = inner
+        .cold_start
+        .wait_until_ready(&inner.state, tenant, requested, model, until)
+        .await;
+    match waited {
+        Ok(ready) => {
+            tracing::debug!(
+                model = %ready.id(),
+                waited_ms = started.elapsed().as_millis(),
+                "a ready endpoint appeared"
+            );
+            Ok(ready)
+        }
+        Err(NotReady::QueueFull) => Err(ApiError::ColdStartQueueFull {
+            model: model.name.clone(),
+            retry_after: config.retry_after,
+        }),
+        Err(NotReady::TimedOut) => Err(ApiError::ColdStartTimeout {
+            model: model.name.clone(),
+            waited: until.saturating_duration_since(started),
+            retry_after: config.retry_after,
+        }),
+        Err(NotReady::NoLongerScalesFromZero) => Err(ApiError::NoReadyEndpoint {
+            model: model.name.clone(),
+            retry_after: config.retry_after,
+        }),
+        Err(NotReady::Forbidden) => Err(ApiError::ModelForbidden(requested.to_owned())),
+        Err(NotReady::Gone) => Err(ApiError::ModelNotFound(requested.to_owned())),
+    }
 }
 
 /// What sending to one endpoint gave.

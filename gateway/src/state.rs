@@ -5,6 +5,8 @@
 //! a request holds the `Arc` it loaded for its whole life, so it never sees
 //! half of an update. Counters that must outlive a swap (requests in flight,
 //! canary counters, limit windows) live outside the snapshot, keyed by name.
+//! Every swap is announced ([`GatewayState::changes`]), so that requests
+//! waiting for a model's first ready endpoint look again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 /// A tenant's limits, as whole-tenant numbers (before any replica share).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -86,6 +89,11 @@ pub struct Model {
     /// tracks have a ready endpoint.
     #[serde(default)]
     pub canary_percent: u8,
+    /// Whether the model may have no replica at all (an AIModel's
+    /// `spec.autoscaling.minReplicas: 0`): a request that finds no ready
+    /// endpoint then waits for one instead of being refused.
+    #[serde(default)]
+    pub scale_from_zero: bool,
 }
 
 impl Model {
@@ -212,16 +220,39 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// The current snapshot, swapped whole, and whether it is complete yet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GatewayState {
     snapshot: RwLock<Arc<Snapshot>>,
     synced: AtomicBool,
+    /// Counts the swaps; its receivers wake on each.
+    swaps: watch::Sender<u64>,
+}
+
+impl Default for GatewayState {
+    fn default() -> Self {
+        Self {
+            snapshot: RwLock::default(),
+            synced: AtomicBool::default(),
+            swaps: watch::Sender::new(0),
+        }
+    }
 }
 
 impl GatewayState {
     /// An empty, unsynced state.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A receiver that wakes after every swap of the snapshot. Take it before
+    /// reading the snapshot it should watch over: a swap in between then
+    /// still wakes it.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.swaps.subscribe()
+    }
+
+    fn announce_swap(&self) {
+        self.swaps.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The current snapshot; cheap (one `Arc` clone).
@@ -235,6 +266,7 @@ impl GatewayState {
     /// Replaces the snapshot.
     pub fn replace(&self, snapshot: Snapshot) {
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        self.announce_swap();
     }
 
     /// Changes a copy of the current snapshot and swaps it in. Concurrent
@@ -244,6 +276,8 @@ impl GatewayState {
         let mut next = Snapshot::clone(&guard);
         change(&mut next);
         *guard = Arc::new(next);
+        drop(guard);
+        self.announce_swap();
     }
 
     /// Records that every source has delivered its first complete listing:

@@ -8,9 +8,14 @@
 //!   "models": [{"tenant": "acme", "name": "llama", "namespace": "acme-ml",
 //!               "aimodel": "llama", "servedName": "llama-3.1-8b",
 //!               "canaryPercent": 10,
-//!               "endpoints": [{"addr": "10.0.0.7:8000", "track": "stable"}]}]
+//!               "endpoints": [{"addr": "10.0.0.7:8000", "track": "stable"}]},
+//!              {"tenant": "acme", "name": "rare", "namespace": "acme-ml",
+//!               "aimodel": "rare", "servedName": "rare", "scaleFromZero": true}]
 //! }
 //! ```
+//!
+//! A model with `scaleFromZero` holds requests while it has no ready endpoint
+//! (for up to `--cold-start-timeout`); one without answers them 503 at once.
 //!
 //! A key is given by its `sha256` (what `aleph-gateway keygen` prints) or,
 //! for tests, in clear as `key`.
@@ -120,7 +125,9 @@ mod tests {
           "models": [{"tenant": "acme", "name": "llama", "namespace": "acme-ml",
                       "aimodel": "llama", "servedName": "llama-3.1-8b", "canaryPercent": 10,
                       "endpoints": [{"addr": "10.0.0.7:8000", "track": "stable"},
-                                    {"addr": "10.0.0.8:8000", "track": "canary", "ready": false}]}]
+                                    {"addr": "10.0.0.8:8000", "track": "canary", "ready": false}]},
+                     {"tenant": "acme", "name": "rare", "namespace": "acme-ml",
+                      "aimodel": "rare", "servedName": "rare", "scaleFromZero": true}]
         }"#;
         let snapshot = StaticConfig::from_json(text)
             .and_then(StaticConfig::into_snapshot)
@@ -141,6 +148,12 @@ mod tests {
         assert!(model.endpoints[0].ready, "ready unless said otherwise");
         assert_eq!(model.endpoints[1].track, Track::Canary);
         assert!(!model.endpoints[1].ready);
+        assert!(!model.scale_from_zero, "only when said");
+        let Lookup::Found(rare) = snapshot.lookup("acme", "rare") else {
+            panic!("rare not found");
+        };
+        assert!(rare.scale_from_zero);
+        assert!(rare.endpoints.is_empty());
         let keyless = r#"{"keys": [{"tenant": "acme", "name": "x"}]}"#;
         assert!(
             StaticConfig::from_json(keyless)

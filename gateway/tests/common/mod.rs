@@ -396,6 +396,7 @@ pub fn model(name: &str, endpoints: Vec<Endpoint>) -> Model {
         created: 1_700_000_000,
         endpoints,
         canary_percent: 0,
+        scale_from_zero: false,
     }
 }
 
