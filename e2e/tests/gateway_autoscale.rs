@@ -57,8 +57,8 @@ async fn wait_replicas(
 }
 
 /// The reasons of the model's scaling events, oldest first.
-async fn scaling_events(env: &TestEnv, model: &str) -> Vec<(String, String)> {
-    let events: Api<Event> = env.api();
+async fn scaling_events(env: &TestEnv, namespace: &str, model: &str) -> Vec<(String, String)> {
+    let events: Api<Event> = Api::namespaced(env.client(), namespace);
     let mut list: Vec<Event> = events
         .list(&ListParams::default().fields(&format!(
             "involvedObject.name={model},involvedObject.kind=AIModel"
@@ -178,7 +178,7 @@ spec:
         cold_start.as_secs_f32()
     );
     assert_eq!(replicas(&deployments, "zero").await, Some(1));
-    let events = scaling_events(&env, "zero").await;
+    let events = scaling_events(&env, &ns, "zero").await;
     assert!(
         events.iter().any(|(r, _)| r == "ScaledFromZero"),
         "no ScaledFromZero event: {events:?}"
@@ -236,7 +236,7 @@ spec:
         "gateway autoscale: back to zero {:.1}s after the load stopped",
         stopped.elapsed().as_secs_f32()
     );
-    let reasons: Vec<String> = scaling_events(&env, "zero")
+    let reasons: Vec<String> = scaling_events(&env, &ns, "zero")
         .await
         .into_iter()
         .map(|(r, _)| r)
