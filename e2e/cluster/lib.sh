@@ -38,7 +38,9 @@ SERVICE_CIDR=10.96.0.0/16
 CLUSTER_DNS_IP=10.96.0.10
 CNI_BIN_DIR=${ALEPH_CNI_BIN_DIR:-/usr/lib/cni}
 PAUSE_IMAGE=aleph.local/pause:3.10
-PAUSE_IMAGE_TAR=$ALEPH_CACHE/images/pause.tar
+# Where e2e/images/build.sh writes the images, and so where the node imports them from.
+IMAGE_ARCHIVES_DIR=${ALEPH_IMAGES_DIR:-$ALEPH_CACHE/images}
+PAUSE_IMAGE_TAR=$IMAGE_ARCHIVES_DIR/pause.tar
 # The cgroup v1 hierarchies mounted under /sys/fs/cgroup (cpu, memory, ...).
 NODE_CGROUP_CONTROLLERS=$(awk '$3 == "cgroup" && $2 ~ "^/sys/fs/cgroup/" { sub("^/sys/fs/cgroup/", "", $2); print $2 }' /proc/self/mounts 2>/dev/null | sort -u | tr '\n' ' ')
 # Whether this cluster has a real node: on unless ALEPH_REAL_NODE=0.

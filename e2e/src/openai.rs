@@ -109,7 +109,7 @@ base, key, model, workers, mode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys
 total = int(sys.argv[6]) if mode == "count" else None
 lock, stop = threading.Lock(), threading.Event()
 tally = {"sent": 0, "ok": 0, "failed": 0, "models": {}, "errors": [], "okPerSecond": {},
-         "maxSeconds": 0.0}
+         "maxSeconds": 0.0, "slowestEndedAt": 0.0}
 
 def worker():
     client = openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=60)
@@ -129,7 +129,8 @@ def worker():
                 tally["models"][r.model] = tally["models"].get(r.model, 0) + 1
                 second = str(int(ended))
                 tally["okPerSecond"][second] = tally["okPerSecond"].get(second, 0) + 1
-                tally["maxSeconds"] = max(tally["maxSeconds"], ended - started)
+                if ended - started > tally["maxSeconds"]:
+                    tally["maxSeconds"], tally["slowestEndedAt"] = ended - started, ended
                 if tally["ok"] == 1 and total is None:
                     print("started", flush=True)
         except Exception as e:
@@ -169,6 +170,8 @@ pub struct Load {
     pub ok_per_second: std::collections::BTreeMap<String, u64>,
     /// The longest a completion took, in seconds.
     pub max_seconds: f64,
+    /// When that completion ended (Unix seconds).
+    pub slowest_ended_at: f64,
 }
 
 impl Load {

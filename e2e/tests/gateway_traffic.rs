@@ -327,6 +327,9 @@ async fn deleting_a_gateway_pod_during_a_load_loop_loses_no_request() {
         "the load never reached gateway {doomed_name}: {counts:?}"
     );
     let deleted_at = unix_now();
+    let deleted_at_exactly = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let deleting = Instant::now();
     pods.delete(&doomed_name, &DeleteParams::default())
         .await
@@ -346,7 +349,7 @@ async fn deleting_a_gateway_pod_during_a_load_loop_loses_no_request() {
         "gateway kill: {} requests sent, {} answered, {} failed; gateway {doomed_name} had answered \
          {doomed_answered}, the other {survivor_answered} before its deletion and {survivor_now} at the \
          end; {} answered after the deletion, {} after the pod was gone ({:.1} s after the delete), \
-         the replacement Ready {:.1} s after it; slowest request {:.3} s",
+         the replacement Ready {:.1} s after it; slowest request {:.3} s, ended {:+.1} s from the delete",
         tally.sent,
         tally.ok,
         tally.failed,
@@ -355,6 +358,7 @@ async fn deleting_a_gateway_pod_during_a_load_loop_loses_no_request() {
         gone_after.as_secs_f64(),
         replaced_after.as_secs_f64(),
         tally.max_seconds,
+        tally.slowest_ended_at - deleted_at_exactly,
     );
     assert_eq!(tally.failed, 0, "requests failed: {tally:?}");
     assert_eq!(
