@@ -48,6 +48,19 @@ real_node_enabled() { [ "${ALEPH_REAL_NODE:-1}" != 0 ]; }
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 
+# Says loudly when the filesystem holding PATH has little room left: the
+# real node's pods, images and model files live there, and a full disk shows
+# only later, as pods that cannot start.
+warn_if_disk_low() {
+  local dir=$1 free_kib
+  mkdir -p "$dir"
+  free_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  if [ "${free_kib:-0}" -lt $((10 * 1024 * 1024)) ]; then
+    printf '\033[1;31m==> WARNING: only %s MiB free under %s; the real node needs several GiB (images, models, pod logs). Free some space, or tests on the real node will time out.\033[0m\n' \
+      "$((free_kib / 1024))" "$dir" >&2
+  fi
+}
+
 # The components up.sh starts, in start order (down.sh stops them in reverse).
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 

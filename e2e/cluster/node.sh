@@ -229,6 +229,7 @@ EOF
 
 write_configs() {
   local d=$NODE_DIR
+  warn_if_disk_low "$d"
   mkdir -p "$d"/{containerd/root,containerd/state,cni/net.d,kubelet,pod-logs,container-logs,volumes,logs}
   cat >"$d/containerd/config.toml" <<EOF
 version = 2
@@ -305,9 +306,12 @@ clusterDomain: cluster.local
 clusterDNS: [$CLUSTER_DNS_IP]
 resolvConf: $d/resolv.conf
 failSwapOn: false
-# Images cannot be pulled again here: never collect them.
+# Images cannot be pulled again here: never collect them (the threshold
+# alone is not enough: a disk that is all but full reaches 100 %, and
+# containerd 1.6 does not pin the sandbox image).
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+imageMinimumGCAge: 876000h
 evictionHard:
   memory.available: 100Mi
   nodefs.available: 1%
