@@ -41,6 +41,7 @@ mod conditions;
 mod env;
 pub mod helm;
 mod kubectl;
+pub mod oidc;
 pub mod openai;
 pub mod operator;
 pub mod real_node;

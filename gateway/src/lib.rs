@@ -31,12 +31,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prometheus_client::registry::Registry;
 
-pub use auth::{Authenticator, Caller};
+pub use auth::{Authenticators, Caller};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ApiError;
 pub use limits::Limits;
 pub use route::{Balancer, RoutingMode};
-pub use state::{Endpoint, GatewayState, KeyInfo, Model, Snapshot, TenantLimits, Track, hash_key};
+pub use state::{
+    Endpoint, GatewayState, KeyInfo, Model, Owners, Snapshot, TenantLimits, Track, hash_key,
+};
 pub use usage::{Metrics, UsageLedger, UsageTotals};
 
 /// How the gateway behaves; the same for every tenant.
@@ -85,7 +87,7 @@ pub struct Gateway {
 struct Inner {
     config: GatewayConfig,
     state: Arc<GatewayState>,
-    authenticators: Vec<Authenticator>,
+    authenticators: Authenticators,
     balancer: Balancer,
     limits: Arc<Limits>,
     ledger: Arc<UsageLedger>,
@@ -102,6 +104,24 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         registry: &mut Registry,
     ) -> Self {
+        Self::with_authenticators(
+            config,
+            state,
+            clock,
+            registry,
+            Authenticators::api_keys_only(),
+        )
+    }
+
+    /// [`new`](Self::new), authenticating API keys and what `authenticators`
+    /// enables besides (OIDC tokens, Kubernetes tokens).
+    pub fn with_authenticators(
+        config: GatewayConfig,
+        state: Arc<GatewayState>,
+        clock: Arc<dyn Clock>,
+        registry: &mut Registry,
+        authenticators: Authenticators,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -112,7 +132,7 @@ impl Gateway {
                 limits: Arc::new(Limits::new(clock.clone(), config.replicas_share)),
                 ledger: Arc::new(UsageLedger::new(clock)),
                 metrics: Metrics::new(registry),
-                authenticators: vec![Authenticator::ApiKeys],
+                authenticators,
                 state,
                 config,
                 client,

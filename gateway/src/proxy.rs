@@ -15,11 +15,11 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 
+use crate::Gateway;
 use crate::error::ApiError;
 use crate::route::{EndpointGuard, RoutingMode, prompt_prefix};
 use crate::state::Model;
 use crate::usage::{InflightGuard, Meter, UsageScanner};
-use crate::{Gateway, auth};
 
 /// The labels of `requests_total`, filled in as the request is understood.
 #[derive(Default)]
@@ -56,8 +56,11 @@ async fn forward(
     let deadline = Instant::now() + config.request_timeout;
     let snapshot = inner.state.snapshot();
     let (parts, body) = request.into_parts();
-    let caller = auth::authenticate(&inner.authenticators, &parts.headers, &snapshot).await?;
-    labels.tenant.clone_from(&caller.tenant);
+    let caller = inner
+        .authenticators
+        .authenticate(&parts.headers, &snapshot)
+        .await?;
+    labels.tenant = caller.single_tenant().to_owned();
 
     let declared = parts
         .headers
@@ -91,11 +94,13 @@ async fn forward(
         .and_then(Value::as_str)
         .ok_or(ApiError::MissingModel)?
         .to_owned();
-    let model = match snapshot.lookup(&caller.tenant, &requested) {
-        crate::state::Lookup::Found(model) => model,
+    // The request is the tenant's whose model it calls: its limits, its usage.
+    let (tenant, model) = match snapshot.lookup(&caller.tenants, &requested) {
+        crate::state::Lookup::Found { tenant, model } => (tenant, model),
         crate::state::Lookup::OtherTenant => return Err(ApiError::ModelForbidden(requested)),
         crate::state::Lookup::Unknown => return Err(ApiError::ModelNotFound(requested)),
     };
+    labels.tenant = tenant.to_owned();
     labels.model.clone_from(&model.name);
     let no_endpoint = || ApiError::NoReadyEndpoint {
         model: model.name.clone(),
@@ -104,12 +109,8 @@ async fn forward(
     if !model.has_ready_endpoint() {
         return Err(no_endpoint());
     }
-    let tenant_limits = snapshot
-        .tenants
-        .get(&caller.tenant)
-        .cloned()
-        .unwrap_or_default();
-    inner.limits.admit(&caller.tenant, &tenant_limits)?;
+    let tenant_limits = snapshot.tenants.get(tenant).cloned().unwrap_or_default();
+    inner.limits.admit(tenant, &tenant_limits)?;
 
     object.insert("model".into(), Value::String(model.served_name.clone()));
     if object.get("stream").and_then(Value::as_bool) == Some(true) {
@@ -173,7 +174,7 @@ async fn forward(
             failed => return Err(failed.error()),
         };
     Ok(respond(
-        gateway, &caller, model, guard, in_flight, upstream, deadline,
+        gateway, tenant, &caller, model, guard, in_flight, upstream, deadline,
     ))
 }
 
@@ -247,8 +248,10 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
+#[allow(clippy::too_many_arguments)]
 fn respond(
     gateway: &Gateway,
+    tenant: &str,
     caller: &crate::Caller,
     model: &Model,
     endpoint: EndpointGuard,
@@ -271,7 +274,7 @@ fn respond(
         metrics: gateway.inner.metrics.clone(),
         limits: gateway.inner.limits.clone(),
         ledger: gateway.inner.ledger.clone(),
-        tenant: caller.tenant.clone(),
+        tenant: tenant.to_owned(),
         model: model.name.clone(),
         key: caller.key_name.clone(),
     });
