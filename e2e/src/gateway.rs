@@ -18,7 +18,8 @@ use crate::unique_name;
 /// The label of the gateway's pods (value `gateway`).
 pub const GATEWAY_COMPONENT: &str = "app.kubernetes.io/component=gateway";
 
-/// A Tenant named `name` with one namespace, `<name>-apps`, admitting the
+/// A Tenant named `name`, owned by the user `<name>-owner` and the group
+/// `<name>-ml`, with one namespace, `<name>-apps`, admitting the
 /// local images; `gateway` is more of the spec (YAML lines indented by two
 /// spaces, e.g. `  gateway: {tokensPerMinute: 400}\n`), or empty.
 pub fn tenant(name: &str, gateway: &str) -> String {
@@ -27,7 +28,7 @@ pub fn tenant(name: &str, gateway: &str) -> String {
 kind: Tenant
 metadata: {{name: {name}}}
 spec:
-  owners: [{{kind: User, name: {name}-owner}}]
+  owners: [{{kind: User, name: {name}-owner}}, {{kind: Group, name: {name}-ml}}]
   namespaces: [apps]
   plan: free
   admission:

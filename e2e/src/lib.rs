@@ -42,6 +42,7 @@ mod env;
 pub mod gateway;
 pub mod helm;
 mod kubectl;
+pub mod oidc;
 pub mod openai;
 pub mod operator;
 pub mod real_node;

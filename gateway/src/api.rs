@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 
 use crate::error::ApiError;
-use crate::{Gateway, auth, proxy};
+use crate::{Gateway, proxy};
 
 /// The API router.
 pub fn router(gateway: Gateway) -> Router {
@@ -83,24 +83,27 @@ async fn readyz(State(gateway): State<Gateway>) -> Response {
     }
 }
 
-/// `GET /v1/models`: every model of the caller's tenant, ready or not.
+/// `GET /v1/models`: every model of the caller's tenants, ready or not.
 async fn list_models(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
     let snapshot = gateway.state().snapshot();
-    let caller = match auth::authenticate(&gateway.inner.authenticators, &headers, &snapshot).await
+    let caller = match gateway
+        .inner
+        .authenticators
+        .authenticate(&headers, &snapshot)
+        .await
     {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
-    let mut models: Vec<_> = snapshot.models_of(&caller.tenant).iter().collect();
-    models.sort_by(|a, b| a.name.cmp(&b.name));
-    let data: Vec<_> = models
+    let data: Vec<_> = snapshot
+        .models_for(&caller.tenants)
         .into_iter()
-        .map(|m| {
+        .map(|listed| {
             serde_json::json!({
-                "id": m.name,
+                "id": listed.id,
                 "object": "model",
-                "created": m.created,
-                "owned_by": caller.tenant,
+                "created": listed.model.created,
+                "owned_by": listed.tenant,
             })
         })
         .collect();

@@ -115,16 +115,19 @@ impl ColdStartQueues {
         until: Instant,
     ) -> Result<Model, NotReady> {
         let _slot = self.enter(model).ok_or(NotReady::QueueFull)?;
+        let tenant = tenant.to_owned();
         // Subscribed before the first look: a swap after it wakes the loop.
         let mut changes = state.changes();
         loop {
             let snapshot = state.snapshot();
-            match snapshot.lookup(tenant, requested) {
-                Lookup::Found(now) if now.has_ready_endpoint() => return Ok(now.clone()),
-                Lookup::Found(now) if !now.scale_from_zero => {
+            match snapshot.lookup(std::slice::from_ref(&tenant), requested) {
+                Lookup::Found { model: now, .. } if now.has_ready_endpoint() => {
+                    return Ok(now.clone());
+                }
+                Lookup::Found { model: now, .. } if !now.scale_from_zero => {
                     return Err(NotReady::NoLongerScalesFromZero);
                 }
-                Lookup::Found(_) => {}
+                Lookup::Found { .. } => {}
                 Lookup::OtherTenant => return Err(NotReady::Forbidden),
                 Lookup::Unknown => return Err(NotReady::Gone),
             }

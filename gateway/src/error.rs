@@ -16,6 +16,16 @@ pub enum ApiError {
     /// A key that no tenant owns.
     #[error("invalid API key")]
     InvalidKey,
+    /// A bearer token that is not an API key and did not authenticate.
+    #[error("invalid bearer token: {0}")]
+    TokenRejected(crate::auth::TokenRejection),
+    /// The caller authenticated but acts for no tenant.
+    #[error("{0}")]
+    NoTenant(String),
+    /// The token could not be checked now (its issuer or the API server did
+    /// not answer).
+    #[error("{0}")]
+    AuthUnavailable(String),
     /// The body is larger than the gateway accepts.
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge {
@@ -87,7 +97,11 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
+            ApiError::MissingKey | ApiError::InvalidKey | ApiError::TokenRejected(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::NoTenant(_) => StatusCode::FORBIDDEN,
+            ApiError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyUnreadable
             | ApiError::InvalidJson(_)
@@ -107,8 +121,11 @@ impl ApiError {
     /// OpenAI's `type`.
     pub fn kind(&self) -> &'static str {
         match self {
-            ApiError::MissingKey | ApiError::InvalidKey => "authentication_error",
-            ApiError::ModelForbidden(_) => "permission_error",
+            ApiError::MissingKey | ApiError::InvalidKey | ApiError::TokenRejected(_) => {
+                "authentication_error"
+            }
+            ApiError::ModelForbidden(_) | ApiError::NoTenant(_) => "permission_error",
+            ApiError::AuthUnavailable(_) => "server_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::NoReadyEndpoint { .. }
             | ApiError::ColdStartTimeout { .. }
@@ -124,6 +141,9 @@ impl ApiError {
         match self {
             ApiError::MissingKey => "missing_api_key",
             ApiError::InvalidKey => "invalid_api_key",
+            ApiError::TokenRejected(rejection) => rejection.code(),
+            ApiError::NoTenant(_) => "no_tenant",
+            ApiError::AuthUnavailable(_) => "authentication_unavailable",
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::BodyUnreadable => "body_unreadable",
             ApiError::InvalidJson(_) => "invalid_json",
@@ -157,6 +177,7 @@ impl ApiError {
             | ApiError::NoReadyEndpoint { retry_after, .. }
             | ApiError::ColdStartTimeout { retry_after, .. }
             | ApiError::ColdStartQueueFull { retry_after, .. } => Some(*retry_after),
+            ApiError::AuthUnavailable(_) => Some(AUTH_RETRY_AFTER),
             _ => None,
         }
     }
@@ -170,6 +191,8 @@ fn seconds(d: Duration) -> String {
         format!("{:.1}", d.as_secs_f64())
     }
 }
+/// The `Retry-After` of a token that could not be checked.
+const AUTH_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
 pub(crate) fn retry_after_seconds(wait: Duration) -> u64 {

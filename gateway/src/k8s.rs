@@ -4,7 +4,10 @@
 //!
 //! - A **tenant** is a Tenant; its limits are `spec.gateway` over the plan's
 //!   defaults ([`gateway_limits`]). A namespace belongs to the Tenant whose
-//!   `status.namespaces` lists it.
+//!   `status.namespaces` lists it (the namespaces the operator made from
+//!   `spec.namespaces` and those labelled `aleph.dev/tenant` it adopted): a
+//!   ServiceAccount there acts for that tenant. Its `spec.owners` of kind
+//!   `User` and `Group` are whom OIDC users are matched against.
 //! - An **API key** is a Secret labelled `aleph.dev/gateway-key: "true"` in a
 //!   tenant namespace, whose `data.sha256` is the SHA-256 of the key in hex
 //!   (what `aleph-gateway keygen` prints on its second line). The key itself is
@@ -23,10 +26,13 @@
 //! # RBAC
 //!
 //! Read only, cluster-wide (or in the `--watch-namespace` for the namespaced
-//! kinds), and nothing else:
+//! kinds), and nothing else but the TokenReviews that check Kubernetes tokens:
 //!
 //! ```yaml
 //! rules:
+//!   - apiGroups: ["authentication.k8s.io"]   # with TokenReview on
+//!     resources: ["tokenreviews"]
+//!     verbs: ["create"]
 //!   - apiGroups: ["aleph.dev"]
 //!     resources: ["tenants", "aimodels"]
 //!     verbs: ["get", "list", "watch"]
@@ -50,7 +56,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aleph_crds::aimodel::{AIModel, ModelRuntime, RuntimeEngine, ServingBackend};
-use aleph_crds::tenant::{Tenant, TenantGateway, TenantPlan};
+use aleph_crds::tenant::{SubjectKind, Tenant, TenantGateway, TenantPlan};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -212,7 +218,22 @@ pub fn build_snapshot_reporting(
         for ns in tenant.status.iter().flat_map(|s| &s.namespaces) {
             tenant_of.entry(ns.as_str()).or_insert_with(|| name.clone());
         }
+        for owner in &tenant.spec.owners {
+            let names = match owner.kind {
+                SubjectKind::User => &mut snapshot.owners.users,
+                SubjectKind::Group => &mut snapshot.owners.groups,
+                SubjectKind::ServiceAccount => continue,
+            };
+            names
+                .entry(owner.name.clone())
+                .or_default()
+                .insert(name.clone());
+        }
     }
+    snapshot.namespaces = tenant_of
+        .iter()
+        .map(|(ns, tenant)| ((*ns).to_owned(), tenant.clone()))
+        .collect();
 
     // Keys, in (namespace, name) order: of two Secrets with one hash, the first wins.
     let mut keys: Vec<&Secret> = keys
@@ -576,10 +597,9 @@ where
     }
 }
 
-/// Keeps of a Tenant its plan, gateway limits and namespaces.
+/// Keeps of a Tenant its plan, gateway limits, owners and namespaces.
 fn trim_tenant(tenant: &mut Tenant) {
     let spec = &mut tenant.spec;
-    spec.owners = Vec::new();
     spec.namespaces = Vec::new();
     spec.quota = None;
     spec.limit_range = None;

@@ -38,12 +38,14 @@ use prometheus_client::registry::Registry;
 
 use crate::cold_start::ColdStartQueues;
 
-pub use auth::{Authenticator, Caller};
+pub use auth::{Authenticators, Caller};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ApiError;
 pub use limits::Limits;
 pub use route::{Balancer, RoutingMode};
-pub use state::{Endpoint, GatewayState, KeyInfo, Model, Snapshot, TenantLimits, Track, hash_key};
+pub use state::{
+    Endpoint, GatewayState, KeyInfo, Model, Owners, Snapshot, TenantLimits, Track, hash_key,
+};
 pub use usage::{Metrics, UsageLedger, UsageTotals};
 
 /// How the gateway behaves; the same for every tenant.
@@ -99,7 +101,7 @@ pub struct Gateway {
 struct Inner {
     config: GatewayConfig,
     state: Arc<GatewayState>,
-    authenticators: Vec<Authenticator>,
+    authenticators: Authenticators,
     balancer: Balancer,
     limits: Arc<Limits>,
     ledger: Arc<UsageLedger>,
@@ -120,6 +122,24 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         registry: &mut Registry,
     ) -> Self {
+        Self::with_authenticators(
+            config,
+            state,
+            clock,
+            registry,
+            Authenticators::api_keys_only(),
+        )
+    }
+
+    /// [`new`](Self::new), authenticating API keys and what `authenticators`
+    /// enables besides (OIDC tokens, Kubernetes tokens).
+    pub fn with_authenticators(
+        config: GatewayConfig,
+        state: Arc<GatewayState>,
+        clock: Arc<dyn Clock>,
+        registry: &mut Registry,
+        authenticators: Authenticators,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -132,7 +152,7 @@ impl Gateway {
                 ledger: Arc::new(UsageLedger::new(clock)),
                 cold_start: ColdStartQueues::new(config.cold_start_queue, metrics.clone()),
                 metrics,
-                authenticators: vec![Authenticator::ApiKeys],
+                authenticators,
                 state,
                 config,
                 client,

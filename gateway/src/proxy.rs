@@ -15,12 +15,12 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 
+use crate::Gateway;
 use crate::cold_start::NotReady;
 use crate::error::ApiError;
 use crate::route::{EndpointGuard, RoutingMode, prompt_prefix};
 use crate::state::Model;
 use crate::usage::{InflightGuard, Meter, UsageScanner};
-use crate::{Gateway, auth};
 
 /// The labels of `requests_total`, filled in as the request is understood.
 #[derive(Default)]
@@ -57,8 +57,11 @@ async fn forward(
     let deadline = Instant::now() + config.request_timeout;
     let snapshot = inner.state.snapshot();
     let (parts, body) = request.into_parts();
-    let caller = auth::authenticate(&inner.authenticators, &parts.headers, &snapshot).await?;
-    labels.tenant.clone_from(&caller.tenant);
+    let caller = inner
+        .authenticators
+        .authenticate(&parts.headers, &snapshot)
+        .await?;
+    labels.tenant = caller.single_tenant().to_owned();
 
     let declared = parts
         .headers
@@ -92,11 +95,13 @@ async fn forward(
         .and_then(Value::as_str)
         .ok_or(ApiError::MissingModel)?
         .to_owned();
-    let mut model = match snapshot.lookup(&caller.tenant, &requested) {
-        crate::state::Lookup::Found(model) => model.clone(),
+    // The request is the tenant's whose model it calls: its limits, its usage.
+    let (tenant, mut model) = match snapshot.lookup(&caller.tenants, &requested) {
+        crate::state::Lookup::Found { tenant, model } => (tenant.to_owned(), model.clone()),
         crate::state::Lookup::OtherTenant => return Err(ApiError::ModelForbidden(requested)),
         crate::state::Lookup::Unknown => return Err(ApiError::ModelNotFound(requested)),
     };
+    labels.tenant.clone_from(&tenant);
     labels.model.clone_from(&model.name);
     // What the model's autoscaling reads: the arrival at once, and the
     // request in flight from now on, while it waits for an endpoint too.
@@ -111,14 +116,10 @@ async fn forward(
     if !model.has_ready_endpoint() && !model.scale_from_zero {
         return Err(no_endpoint(&model));
     }
-    let tenant_limits = snapshot
-        .tenants
-        .get(&caller.tenant)
-        .cloned()
-        .unwrap_or_default();
-    inner.limits.admit(&caller.tenant, &tenant_limits)?;
+    let tenant_limits = snapshot.tenants.get(&tenant).cloned().unwrap_or_default();
+    inner.limits.admit(&tenant, &tenant_limits)?;
     if !model.has_ready_endpoint() {
-        model = wait_for_endpoint(gateway, &caller.tenant, &requested, &model, deadline).await?;
+        model = wait_for_endpoint(gateway, &tenant, &requested, &model, deadline).await?;
     }
     drop(snapshot);
     let model = &model;
@@ -184,7 +185,7 @@ async fn forward(
             failed => return Err(failed.error()),
         };
     Ok(respond(
-        gateway, &caller, model, guard, in_flight, upstream, deadline,
+        gateway, &tenant, &caller, model, guard, in_flight, upstream, deadline,
     ))
 }
 
@@ -303,8 +304,10 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
+#[allow(clippy::too_many_arguments)]
 fn respond(
     gateway: &Gateway,
+    tenant: &str,
     caller: &crate::Caller,
     model: &Model,
     endpoint: EndpointGuard,
@@ -327,7 +330,7 @@ fn respond(
         metrics: gateway.inner.metrics.clone(),
         limits: gateway.inner.limits.clone(),
         ledger: gateway.inner.ledger.clone(),
-        tenant: caller.tenant.clone(),
+        tenant: tenant.to_owned(),
         model: model.name.clone(),
         key: caller.key_name.clone(),
     });

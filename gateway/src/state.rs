@@ -8,7 +8,7 @@
 //! Every swap is announced ([`GatewayState::changes`]), so that requests
 //! waiting for a model's first ready endpoint look again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -117,15 +117,43 @@ impl Model {
     }
 }
 
-/// What a requested model name resolves to for a tenant.
+/// What a requested model name resolves to for a caller.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup<'a> {
-    /// The caller's tenant has it.
-    Found(&'a Model),
-    /// Only another tenant has a model by that name.
+    /// One of the caller's tenants has it: the request is that tenant's.
+    Found {
+        /// The tenant whose model it is (its limits apply, its usage grows).
+        tenant: &'a str,
+        /// The model.
+        model: &'a Model,
+    },
+    /// Only a tenant the caller does not act for has a model by that name.
     OtherTenant,
     /// No tenant has it.
     Unknown,
+}
+
+/// A model as one caller lists it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Listed<'a> {
+    /// The id the caller lists and calls it by: the model's name, or
+    /// `namespace/name` when a model listed before it has that name.
+    pub id: String,
+    /// The tenant it belongs to.
+    pub tenant: &'a str,
+    /// The model.
+    pub model: &'a Model,
+}
+
+/// Who owns which tenants, as `Tenant.spec.owners` says: for callers known
+/// by a user name and groups (OIDC tokens, users the API server
+/// authenticates).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owners {
+    /// A `User` owner's name to the tenants it owns.
+    pub users: HashMap<String, BTreeSet<String>>,
+    /// A `Group` owner's name to the tenants it owns.
+    pub groups: HashMap<String, BTreeSet<String>>,
 }
 
 /// Everything the handlers need to know, at one moment.
@@ -138,6 +166,11 @@ pub struct Snapshot {
     pub keys: HashMap<String, KeyInfo>,
     /// Tenant name to its models.
     pub models: HashMap<String, Vec<Model>>,
+    /// Namespace to the tenant it belongs to: where a ServiceAccount's
+    /// tenant is found.
+    pub namespaces: HashMap<String, String>,
+    /// The tenants' `User` and `Group` owners.
+    pub owners: Owners,
 }
 
 impl Snapshot {
@@ -154,20 +187,67 @@ impl Snapshot {
             .unwrap_or_default()
     }
 
+    /// The tenant a namespace belongs to.
+    pub fn tenant_of_namespace(&self, namespace: &str) -> Option<&str> {
+        self.namespaces.get(namespace).map(String::as_str)
+    }
+
+    /// The tenants that `user`, or any of `groups`, owns: sorted, each once.
+    pub fn tenants_owned_by(&self, user: &str, groups: &[String]) -> Vec<String> {
+        let mut tenants: BTreeSet<&String> = BTreeSet::new();
+        tenants.extend(self.owners.users.get(user).into_iter().flatten());
+        for group in groups {
+            tenants.extend(self.owners.groups.get(group).into_iter().flatten());
+        }
+        tenants.into_iter().cloned().collect()
+    }
+
+    /// The models a caller of `tenants` sees, sorted by id. The tenants are
+    /// taken in the order given (callers hold them sorted by name), each
+    /// tenant's models in its own order; a model whose name an earlier one
+    /// already has is listed as `namespace/name`, so every id is unique and
+    /// calls the model it lists (see [`lookup`](Self::lookup)).
+    pub fn models_for<'a>(&'a self, tenants: &'a [String]) -> Vec<Listed<'a>> {
+        let mut names: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut listed = Vec::new();
+        for tenant in tenants {
+            for model in self.models_of(tenant) {
+                let id = if names.insert(model.name.as_str()) {
+                    model.name.clone()
+                } else {
+                    format!("{}/{}", model.namespace, model.name)
+                };
+                listed.push(Listed {
+                    id,
+                    tenant: tenant.as_str(),
+                    model,
+                });
+            }
+        }
+        listed.sort_by(|a, b| a.id.cmp(&b.id));
+        listed
+    }
+
     /// Resolves `requested` (a model's `name`, or `namespace/aimodel`, or
-    /// `namespace/name`) for a caller of `tenant`.
-    pub fn lookup(&self, tenant: &str, requested: &str) -> Lookup<'_> {
-        if let Some(model) = self
-            .models_of(tenant)
-            .iter()
-            .find(|m| m.answers_to(requested))
-        {
-            return Lookup::Found(model);
+    /// `namespace/name`) for a caller acting for `tenants`: the first of them
+    /// (in the order given) that has a model answering to it wins.
+    pub fn lookup<'a>(&'a self, tenants: &'a [String], requested: &str) -> Lookup<'a> {
+        for tenant in tenants {
+            if let Some(model) = self
+                .models_of(tenant)
+                .iter()
+                .find(|m| m.answers_to(requested))
+            {
+                return Lookup::Found {
+                    tenant: tenant.as_str(),
+                    model,
+                };
+            }
         }
         let elsewhere = self
             .models
             .iter()
-            .filter(|(owner, _)| owner.as_str() != tenant)
+            .filter(|(owner, _)| !tenants.contains(owner))
             .any(|(_, models)| models.iter().any(|m| m.answers_to(requested)));
         if elsewhere {
             Lookup::OtherTenant

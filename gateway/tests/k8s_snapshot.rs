@@ -1,12 +1,12 @@
 //! The snapshot built from cluster objects: tenants and their limits, key
 //! Secrets, models with their served names, tracks and endpoints.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::tenant::{Tenant, TenantGateway, TenantPlan};
 use aleph_gateway::k8s::{Ignored, build_snapshot, build_snapshot_reporting, gateway_limits};
-use aleph_gateway::{Endpoint, KeyInfo, Model, Snapshot, TenantLimits, Track};
+use aleph_gateway::{Endpoint, KeyInfo, Model, Owners, Snapshot, TenantLimits, Track};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -15,7 +15,7 @@ const TENANTS: &str = r#"
   kind: Tenant
   metadata: {name: acme}
   spec:
-    owners: [{kind: User, name: alice}]
+    owners: [{kind: User, name: alice}, {kind: ServiceAccount, name: ci, namespace: acme-ml}]
     namespaces: [ml, web]
     plan: pro
     gateway: {tokensPerDay: 1000000}
@@ -404,6 +404,19 @@ fn expected() -> Snapshot {
                 ],
             ),
         ]),
+        // initech has no status yet: no namespace.
+        namespaces: HashMap::from([
+            ("acme-ml".into(), "acme".into()),
+            ("acme-web".into(), "acme".into()),
+            ("globex-ai".into(), "globex".into()),
+        ]),
+        owners: Owners {
+            users: HashMap::from([
+                ("alice".into(), BTreeSet::from(["acme".into()])),
+                ("bob".into(), BTreeSet::from(["globex".into()])),
+            ]),
+            groups: HashMap::from([("initech-admins".into(), BTreeSet::from(["initech".into()]))]),
+        },
     }
 }
 
