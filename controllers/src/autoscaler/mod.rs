@@ -204,6 +204,10 @@ async fn looks(ctx: &Context, settings: &Settings, stores: &Stores) {
     let mut arrivals: HashMap<(String, ModelKey), f64> = HashMap::new();
     let mut ledger = Ledger::default();
     let mut last_flush = Instant::now();
+    // What each autoscaled model was last told about unread gateways, and
+    // the tenants whose usage could not be written (each told once).
+    let mut reported: HashMap<ModelKey, String> = HashMap::new();
+    let mut usage_failing: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -228,6 +232,7 @@ async fn looks(ctx: &Context, settings: &Settings, stores: &Stores) {
         let mut load: HashMap<ModelKey, f64> = HashMap::new();
         let mut complete = !pods.is_empty();
         let mut alive = HashSet::new();
+        let mut unread = Vec::new();
         for (pod, sample) in pods.iter().zip(samples) {
             let uid = pod.uid().unwrap_or_default();
             alive.insert(uid.clone());
@@ -235,6 +240,10 @@ async fn looks(ctx: &Context, settings: &Settings, stores: &Stores) {
                 Ok(sample) => sample,
                 Err(error) => {
                     tracing::debug!(%error, "a gateway's metrics could not be read");
+                    unread.push((
+                        format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+                        error,
+                    ));
                     complete = false;
                     continue;
                 }
@@ -258,11 +267,104 @@ async fn looks(ctx: &Context, settings: &Settings, stores: &Stores) {
             let _ = ledger.take();
             continue;
         }
-        scale_models(ctx, stores, &mut histories, &load, complete, now).await;
+        let gap = MetricsGap::of(&settings.gateway_selector, pods.len(), unread);
+        let measured = Measured {
+            load: &load,
+            complete,
+            gap: gap.as_ref(),
+        };
+        scale_models(ctx, stores, &mut histories, &mut reported, &measured, now).await;
         if last_flush.elapsed() >= settings.usage_interval {
             last_flush = Instant::now();
-            write_usage(ctx, stores, &mut ledger).await;
+            write_usage(ctx, stores, &mut ledger, &mut usage_failing).await;
         }
+    }
+}
+
+/// What one look at the gateways measured.
+struct Measured<'a> {
+    /// Requests in flight per model, summed over the gateways read.
+    load: &'a HashMap<ModelKey, f64>,
+    /// Every running gateway was read (and there is at least one).
+    complete: bool,
+    /// Why not, when not.
+    gap: Option<&'a MetricsGap>,
+}
+
+/// Gateways whose in-flight counts are missing from a look: the autoscaled
+/// models are told (a Warning event when it starts or the set of pods
+/// changes, a Normal one when every gateway is read again), since replicas
+/// are then never lowered and a model at zero cannot be woken by a request.
+#[derive(Debug, PartialEq)]
+struct MetricsGap {
+    /// What identifies this gap: the unread pods (not their errors, which
+    /// may change from one look to the next).
+    signature: String,
+    message: String,
+}
+
+impl MetricsGap {
+    fn of(selector: &str, running: usize, mut unread: Vec<(String, String)>) -> Option<Self> {
+        if running == 0 {
+            return Some(Self {
+                signature: String::new(),
+                message: format!(
+                    "no running aleph-gateway pod (label {selector}): the requests in flight \
+                     cannot be measured, so the replicas are left as they are; install the \
+                     chart's gateway (gateway.enabled) or use targetCpuUtilization"
+                ),
+            });
+        }
+        if unread.is_empty() {
+            return None;
+        }
+        unread.sort();
+        let pods: Vec<&str> = unread.iter().map(|(pod, _)| pod.as_str()).collect();
+        let (first, error) = &unread[0];
+        Some(Self {
+            signature: pods.join(","),
+            message: format!(
+                "the metrics of {} of {running} gateway pods could not be read ({}; {first}: \
+                 {error}): replicas are raised on the load seen but not lowered until every \
+                 gateway is read",
+                unread.len(),
+                pods.join(", ")
+            ),
+        })
+    }
+}
+
+/// Tells `model` when the gateways it is scaled on stop or start being read
+/// in full (see [`MetricsGap`]); `reported` holds what it was last told.
+async fn report_gap(
+    ctx: &Context,
+    model: &AIModel,
+    key: &ModelKey,
+    reported: &mut HashMap<ModelKey, String>,
+    gap: Option<&MetricsGap>,
+) {
+    match (gap, reported.get(key)) {
+        (Some(gap), told) if told != Some(&gap.signature) => {
+            reported.insert(key.clone(), gap.signature.clone());
+            ctx.event(
+                model,
+                EventType::Warning,
+                "GatewayMetricsUnavailable",
+                gap.message.clone(),
+            )
+            .await;
+        }
+        (None, Some(_)) => {
+            reported.remove(key);
+            ctx.event(
+                model,
+                EventType::Normal,
+                "GatewayMetricsRestored",
+                "every gateway's requests in flight are read again",
+            )
+            .await;
+        }
+        _ => {}
     }
 }
 
@@ -304,8 +406,8 @@ async fn scale_models(
     ctx: &Context,
     stores: &Stores,
     histories: &mut HashMap<ModelKey, History>,
-    load: &HashMap<ModelKey, f64>,
-    complete: bool,
+    reported: &mut HashMap<ModelKey, String>,
+    measured: &Measured<'_>,
     now: Instant,
 ) {
     let stable: HashMap<ModelKey, Arc<Deployment>> = stores
@@ -329,6 +431,7 @@ async fn scale_models(
         };
         let key = (model.namespace().unwrap_or_default(), model.name_any());
         live.insert(key.clone());
+        report_gap(ctx, &model, &key, reported, measured.gap).await;
         let Some(deployment) = stable.get(&key) else {
             continue;
         };
@@ -348,23 +451,24 @@ async fn scale_models(
         let history = histories
             .entry(key.clone())
             .or_insert_with(|| History::new(now));
-        let measured = Load {
-            in_flight: load.get(&key).copied().unwrap_or(0.0),
-            complete,
+        let load = Load {
+            in_flight: measured.load.get(&key).copied().unwrap_or(0.0),
+            complete: measured.complete,
         };
-        if let Some(decision) = decide(&policy, history, current, measured, now) {
+        if let Some(decision) = decide(&policy, history, current, load, now) {
             apply_decision(
                 ctx,
                 &model,
                 &deployment.name_any(),
                 current,
-                &measured,
+                &load,
                 decision,
             )
             .await;
         }
     }
     histories.retain(|key, _| live.contains(key));
+    reported.retain(|key, _| live.contains(key));
 }
 
 async fn apply_decision(
@@ -431,15 +535,23 @@ async fn apply_decision(
 /// Adds what the tenants used since the last write to their status, with the
 /// Tenant's resourceVersion as a precondition (so no two writes add the same
 /// growth twice, and none is lost); what cannot be written waits for the next.
-async fn write_usage(ctx: &Context, stores: &Stores, ledger: &mut Ledger) {
+///
+/// A write that fails for another reason than a newer resourceVersion is
+/// told to the Tenant once (a Warning event), until a write succeeds.
+async fn write_usage(
+    ctx: &Context,
+    stores: &Stores,
+    ledger: &mut Ledger,
+    failing: &mut HashSet<String>,
+) {
     let growth: BTreeMap<String, UsageTotals> = ledger.take();
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     for (name, totals) in growth {
         let reference = reflector::ObjectRef::<Tenant>::new(&name);
-        if stores.tenants.get(&reference).is_none() {
+        let Some(tenant) = stores.tenants.get(&reference) else {
             // Not a tenant this operator serves (or gone): not ours to count.
             continue;
-        }
+        };
         let result = async {
             let tenant = api.get_status(&name).await?;
             let current = tenant
@@ -462,9 +574,86 @@ async fn write_usage(ctx: &Context, stores: &Stores, ledger: &mut Ledger) {
             .await
         }
         .await;
-        if let Err(error) = result {
-            tracing::debug!(tenant = %name, %error, "usage not written yet; adding it next time");
-            ledger.restore(name, totals);
+        match result {
+            Ok(_) => {
+                if failing.remove(&name) {
+                    ctx.event(
+                        tenant.as_ref(),
+                        EventType::Normal,
+                        "GatewayUsageRecorded",
+                        "the gateways' usage is written to status.gatewayUsage again",
+                    )
+                    .await;
+                }
+            }
+            Err(error) => {
+                tracing::debug!(tenant = %name, %error, "usage not written yet; adding it next time");
+                let conflict = matches!(&error, kube::Error::Api(s) if s.code == 409);
+                if !conflict && failing.insert(name.clone()) {
+                    ctx.event(
+                        tenant.as_ref(),
+                        EventType::Warning,
+                        "GatewayUsageNotRecorded",
+                        format!(
+                            "could not write the gateways' usage to status.gatewayUsage \
+                             ({error}); it is kept and added with the next write"
+                        ),
+                    )
+                    .await;
+                }
+                ledger.restore(name, totals);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unread(pods: &[&str]) -> Vec<(String, String)> {
+        pods.iter()
+            .map(|p| (p.to_string(), "connection refused".to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_gateway_read_is_no_gap() {
+        assert_eq!(MetricsGap::of("app=gw", 2, Vec::new()), None);
+    }
+
+    #[test]
+    fn no_running_gateway_says_so_and_names_the_selector() {
+        let gap = MetricsGap::of("app=gw", 0, Vec::new()).expect("a gap");
+        assert!(
+            gap.message
+                .starts_with("no running aleph-gateway pod (label app=gw)")
+        );
+        assert!(
+            gap.message.contains("targetCpuUtilization"),
+            "{}",
+            gap.message
+        );
+    }
+
+    #[test]
+    fn unread_gateways_are_named_and_their_set_is_the_signature() {
+        let gap = MetricsGap::of("app=gw", 3, unread(&["p/b", "p/a"])).expect("a gap");
+        assert_eq!(gap.signature, "p/a,p/b");
+        assert!(
+            gap.message.starts_with(
+                "the metrics of 2 of 3 gateway pods could not be read (p/a, p/b; p/a: connection refused)"
+            ),
+            "{}",
+            gap.message
+        );
+        // Another error from the same pods is the same gap (not told again).
+        let mut again = unread(&["p/a", "p/b"]);
+        again[0].1 = "timed out".to_string();
+        let same = MetricsGap::of("app=gw", 3, again).expect("a gap");
+        assert_eq!(same.signature, gap.signature);
+        // No gateway at all differs from any set of unread ones.
+        let none = MetricsGap::of("app=gw", 0, Vec::new()).expect("a gap");
+        assert_ne!(none.signature, gap.signature);
     }
 }
