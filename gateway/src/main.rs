@@ -167,8 +167,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let api = tokio::net::TcpListener::bind(args.listen).await?;
-    let metrics = tokio::net::TcpListener::bind(args.metrics_listen).await?;
+    let api = aleph_gateway::api::bind(args.listen).await?;
+    let metrics = aleph_gateway::api::bind(args.metrics_listen).await?;
     tracing::info!(api = %args.listen, metrics = %args.metrics_listen, "listening");
     let api = tokio::spawn(
         axum::serve(api, gateway.router())

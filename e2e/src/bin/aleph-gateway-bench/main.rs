@@ -656,6 +656,14 @@ async fn measure_all(
         ),
         _ => "Pinning: none.".to_string(),
     };
+    let pinning = format!(
+        "{pinning} Every process of the benchmark at nice {}, in a scheduling group (autogroup) at nice {} (other work on the machine at its own).",
+        procs::nice(own_pid()).map_or("?".into(), |n| n.to_string()),
+        std::fs::read_to_string("/proc/self/autogroup")
+            .ok()
+            .and_then(|a| a.split_whitespace().last().map(str::to_string))
+            .unwrap_or_else(|| "?".into())
+    );
     let setup = Setup {
         lines: vec![
             format!("aleph-gateway: `{gateway_version}` (release build, `--static-config`, one tenant with limits it checks on every request but never reaches, one key, one model); nginx: `{nginx_version}` (`worker_processes 1`, upstream keepalive, `proxy_buffering off`, no access log)."),

@@ -163,6 +163,11 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
+/// The nice value of a process.
+pub fn nice(pid: u32) -> Option<i64> {
+    stat_fields(pid)?.get(16)?.parse().ok()
+}
+
 /// User plus system CPU time of a process, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let fields = stat_fields(pid)?;
@@ -229,7 +234,7 @@ impl CpuMeter {
 pub fn nginx_config(dir: &Path, listen: SocketAddr, engine: SocketAddr) -> String {
     let d = dir.display();
     format!(
-        r"# Written by aleph-gateway-bench: nginx as a plain reverse proxy.
+        r#"# Written by aleph-gateway-bench: nginx as a plain reverse proxy.
 daemon off;
 master_process on;
 worker_processes 1;
@@ -263,7 +268,7 @@ http {{
         }}
     }}
 }}
-"
+"#
     )
 }
 

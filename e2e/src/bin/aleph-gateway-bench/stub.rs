@@ -37,7 +37,8 @@ const LAST_CHUNKS: &str = "data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.co
 /// load generator, the gateway's re-serialised body, nginx passing it
 /// through) writes compact JSON.
 fn wants_stream(body: &[u8]) -> bool {
-    body.windows(14).any(|w| w == b"\"stream\":true")
+    const NEEDLE: &[u8] = b"\"stream\":true";
+    body.windows(NEEDLE.len()).any(|w| w == NEEDLE)
 }
 
 type StubBody = Either<
