@@ -8,9 +8,9 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use http_body_util::{BodyExt, Full, LengthLimitError, StreamBody};
+use http_body_util::{Full, LengthLimitError};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
@@ -172,7 +172,9 @@ async fn forward(
             // The request may have reached the engine: not retried.
             failed => return Err(failed.error()),
         };
-    Ok(respond(gateway, &caller, model, guard, in_flight, upstream, deadline).await)
+    Ok(respond(
+        gateway, &caller, model, guard, in_flight, upstream, deadline,
+    ))
 }
 
 /// What sending to one endpoint gave.
@@ -245,13 +247,7 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
-/// Plain (not streamed) answers that declare at most this length are read
-/// whole from the engine before the client gets them: the engine has
-/// computed them before it sent its headers, and whole, they leave in one
-/// write with their headers instead of one write per frame.
-const WHOLE_ANSWER_MAX: u64 = 256 << 10;
-
-async fn respond(
+fn respond(
     gateway: &Gateway,
     caller: &crate::Caller,
     model: &Model,
@@ -279,13 +275,6 @@ async fn respond(
         model: model.name.clone(),
         key: caller.key_name.clone(),
     });
-    let whole = !event_stream
-        && parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n <= WHOLE_ANSWER_MAX);
     let body = MeteredBody {
         inner: incoming,
         scanner,
@@ -295,12 +284,7 @@ async fn respond(
         deadline: Box::pin(tokio::time::sleep_until(deadline)),
         finished: false,
     };
-    let body = if whole {
-        read_whole(body).await
-    } else {
-        Body::new(body)
-    };
-    let mut response = Response::new(body);
+    let mut response = Response::new(Body::new(body));
     *response.status_mut() = parts.status;
     let headers = response.headers_mut();
     for (name, value) in &parts.headers {
@@ -313,28 +297,6 @@ async fn respond(
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
     response
-}
-
-/// Reads a metered body to its end (metering it and ending its request in
-/// flight on the way, as when it is streamed), then gives the client the
-/// same: the whole body, or what came before an error and then the error.
-async fn read_whole(mut body: MeteredBody) -> Body {
-    let mut data = BytesMut::new();
-    loop {
-        match body.frame().await {
-            None => return Body::from(data.freeze()),
-            Some(Ok(frame)) => {
-                if let Some(chunk) = frame.data_ref() {
-                    data.extend_from_slice(chunk);
-                }
-            }
-            Some(Err(error)) => {
-                let frames: [Result<Frame<Bytes>, axum::BoxError>; 2] =
-                    [Ok(Frame::data(data.freeze())), Err(error)];
-                return Body::new(StreamBody::new(futures::stream::iter(frames)));
-            }
-        }
-    }
 }
 
 /// The engine's response body on its way to the client: passed through frame

@@ -134,7 +134,8 @@ impl Samples {
             Some(o) => {
                 self.first_byte
                     .push(micros(o.first_byte.saturating_duration_since(since)));
-                self.end.push(micros(o.end.saturating_duration_since(since)));
+                self.end
+                    .push(micros(o.end.saturating_duration_since(since)));
             }
             None => self.errors += 1,
         }

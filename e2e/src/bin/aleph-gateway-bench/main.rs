@@ -243,7 +243,10 @@ fn large_config(
         let own_models: Vec<usize> = (t..models).step_by(tenants).collect();
         for k in &own_keys {
             for m in &own_models {
-                requests.push((bearer(&key(*k)), chat_body(&format!("model-{m:04}"), stream)));
+                requests.push((
+                    bearer(&key(*k)),
+                    chat_body(&format!("model-{m:04}"), stream),
+                ));
             }
         }
     }
@@ -439,7 +442,10 @@ fn run(args: &Args) -> Result<()> {
         proxy_cpu: pin.then_some(args.proxy_cpu),
         ticks: procs::ticks_per_second(),
     };
-    progress(format!("logs and configurations in {}", bench.dir.display()));
+    progress(format!(
+        "logs and configurations in {}",
+        bench.dir.display()
+    ));
 
     let mut stub = Proc::spawn(
         "stub",
@@ -508,12 +514,8 @@ async fn measure_all(
         (Mode::Stream, args.stream_concurrency),
     ]);
     let key = format!("sk-aleph-bench-{}", sha256_hex("bench"));
-    let requests = |mode: Mode| {
-        vec![(
-            bearer(&key),
-            chat_body("bench-model", mode == Mode::Stream),
-        )]
-    };
+    let requests =
+        |mode: Mode| vec![(bearer(&key), chat_body("bench-model", mode == Mode::Stream))];
     let gateway_version = version_of(&bench.gateway_bin, "--version");
     let nginx_version = version_of(&args.nginx_bin, "-v");
 
@@ -559,7 +561,13 @@ async fn measure_all(
                 stub.check_running()?;
                 let target = Target::new(addr, requests(mode));
                 let run = measure(
-                    bench, &client, &target, load, window, proxy_pids, stub.pid(),
+                    bench,
+                    &client,
+                    &target,
+                    load,
+                    window,
+                    proxy_pids,
+                    stub.pid(),
                 )
                 .await;
                 let s = &run.samples;
@@ -621,7 +629,10 @@ async fn measure_all(
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     large.idle_rss_kib = procs::status_kib(gateway.pid(), "VmRSS");
-    for (mode, requests) in [(Mode::Plain, plain_requests), (Mode::Stream, stream_requests)] {
+    for (mode, requests) in [
+        (Mode::Plain, plain_requests),
+        (Mode::Stream, stream_requests),
+    ] {
         let combos = requests.len();
         let target = Target::new(addr, requests);
         let c = concurrency[&mode];
@@ -666,7 +677,9 @@ async fn measure_all(
     );
     let setup = Setup {
         lines: vec![
-            format!("aleph-gateway: `{gateway_version}` (release build, `--static-config`, one tenant with limits it checks on every request but never reaches, one key, one model); nginx: `{nginx_version}` (`worker_processes 1`, upstream keepalive, `proxy_buffering off`, no access log)."),
+            format!(
+                "aleph-gateway: `{gateway_version}` (release build, `--static-config`, one tenant with limits it checks on every request but never reaches, one key, one model); nginx: `{nginx_version}` (`worker_processes 1`, upstream keepalive, `proxy_buffering off`, no access log)."
+            ),
             pinning,
             format!(
                 "Stub engine: plain answers at once ({} bytes with `usage`); streams: a role chunk, {} content chunks and a usage chunk then `[DONE]`, {} µs apart.",
@@ -678,7 +691,11 @@ async fn measure_all(
                 "Each run: {} s warm-up, then {} s measured. Open loop at {} req/s; closed loop with {} callers (plain) and {} (streams). HTTP/1.1 keep-alive on every hop.",
                 args.warmup_seconds,
                 args.seconds,
-                args.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),
+                args.rates
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and "),
                 args.concurrency,
                 args.stream_concurrency
             ),

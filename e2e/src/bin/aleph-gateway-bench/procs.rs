@@ -21,7 +21,13 @@ pub fn free_addr() -> Result<SocketAddr> {
 /// Pins every thread of this process to `cpu`.
 pub fn pin_self(cpu: usize) -> Result<()> {
     let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", &cpu.to_string(), &std::process::id().to_string()])
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
         .stdout(Stdio::null())
         .status()
         .map_err(|e| BenchError::Setup(format!("taskset: {e}")))?;
@@ -185,8 +191,7 @@ pub fn children(pid: u32) -> Vec<u32> {
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&p| {
-            stat_fields(p)
-                .and_then(|f| f.get(1).and_then(|ppid| ppid.parse::<u32>().ok()))
+            stat_fields(p).and_then(|f| f.get(1).and_then(|ppid| ppid.parse::<u32>().ok()))
                 == Some(pid)
         })
         .collect()

@@ -290,15 +290,13 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
             let cpu: Vec<String> = Path::ALL
                 .iter()
                 .map(|path| {
-                    f.runs
-                        .get(&(mode, load, *path))
-                        .map_or("–".into(), |r| {
-                            let (proxy, stub, client) = r.cpu;
-                            format!(
-                                "{} / {stub:.0} / {client:.0}",
-                                proxy.map_or("–".into(), |p| format!("{p:.0}"))
-                            )
-                        })
+                    f.runs.get(&(mode, load, *path)).map_or("–".into(), |r| {
+                        let (proxy, stub, client) = r.cpu;
+                        format!(
+                            "{} / {stub:.0} / {client:.0}",
+                            proxy.map_or("–".into(), |p| format!("{p:.0}"))
+                        )
+                    })
                 })
                 .collect();
             let _ = writeln!(

@@ -64,7 +64,10 @@ fn stream(options: StubOptions) -> StubBody {
             i if i == total - 1 => LAST_CHUNKS,
             _ => CONTENT_CHUNK,
         };
-        Some((Ok(Frame::data(Bytes::from_static(text.as_bytes()))), (i + 1, interval)))
+        Some((
+            Ok(Frame::data(Bytes::from_static(text.as_bytes()))),
+            (i + 1, interval),
+        ))
     });
     Either::Right(StreamBody::new(Box::pin(frames)))
 }
