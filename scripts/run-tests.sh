@@ -82,6 +82,8 @@ if grep -qE "^thread '[^']*'.* panicked at" "$state/logs/test.log"; then
   echo "==> the failing tests' panics:"
   awk "/^thread '[^']*'.* panicked at/ { n = 8 } /^stack backtrace:/ { n = 0 } n > 0 { print; n-- }" \
     "$state/logs/test.log" | cut -c1-300 | head -150
+  # Pods that never start are often a full disk (the real node's images and pods).
+  echo "==> room left on the disk: $(df -Ph "$state" | awk 'NR == 2 { print $4 " free of " $2 " (" $5 " used)" }')"
 fi
 # One summary line for the whole run.
 # From cargo's own "test result:" lines only (what tests print may say "failed").

@@ -5,6 +5,7 @@
 
 pub mod aimodel;
 pub mod apply;
+pub mod autoscaler;
 pub mod client;
 pub mod conditions;
 pub mod context;

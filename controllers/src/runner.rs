@@ -79,6 +79,36 @@ pub fn watch_config() -> kube::runtime::watcher::Config {
     kube::runtime::watcher::Config::default().page_size(LIST_PAGE_SIZE)
 }
 
+/// A watch of `api` whose objects (without their managed fields, and trimmed
+/// by `trim` of what the reader never needs) are kept in the returned store,
+/// and the stream of touched objects that drives it.
+pub fn cached_watch<K>(
+    api: kube::Api<K>,
+    config: kube::runtime::watcher::Config,
+    trim: fn(&mut K),
+) -> (
+    kube::runtime::reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = kube::runtime::watcher(api, config)
+        .default_backoff()
+        .modify(move |o: &mut K| {
+            o.managed_fields_mut().clear();
+            trim(o);
+        })
+        .reflect(writer)
+        .touched_objects();
+    (reader, stream)
+}
+
+/// Keeps nothing less: for [`cached_watch`] readers that need whole objects.
+pub fn untrimmed<K>(_: &mut K) {}
+
 /// What one controller watches: a namespace (all when `None`) and, for
 /// sharding or tests, a label selector on the primary objects.
 #[derive(Clone, Copy, Debug, Default)]

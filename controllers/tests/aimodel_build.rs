@@ -379,15 +379,8 @@ fn triton_autoscales_with_an_hpa_and_leaves_replicas_to_it() {
         .expect("cpu metric");
     assert_eq!(cpu.name, "cpu");
     assert_eq!(cpu.target.average_utilization, Some(70));
-    let pods = metrics
-        .iter()
-        .find_map(|m| m.pods.as_ref())
-        .expect("pods metric");
-    assert_eq!(pods.metric.name, build::CONCURRENCY_METRIC);
-    assert_eq!(
-        pods.target.average_value.as_ref().map(|q| q.0.as_str()),
-        Some("16")
-    );
+    // CPU only: targetConcurrency is the operator's, on the gateway's load.
+    assert_eq!(metrics.len(), 1, "{metrics:?}");
     let stabilization = spec
         .behavior
         .and_then(|b| b.scale_down)
@@ -584,4 +577,18 @@ fn an_ollama_source_on_vllm_is_an_invalid_spec_naming_the_field() {
         "{}",
         err.message
     );
+}
+
+#[test]
+fn target_concurrency_leaves_the_replicas_to_the_operators_autoscaler() {
+    let mut model = fixture("triton-s3");
+    let auto = model.spec.autoscaling.as_mut().expect("autoscaling");
+    auto.target_cpu_utilization = None;
+    auto.target_concurrency = Some(4);
+    auto.min_replicas = 0;
+    let (plan, d) = stable(&model);
+    // No HPA, and no replica count in the Deployment the operator applies:
+    // the autoscaler sets it through the scale subresource.
+    assert!(build::hpa(&model, &plan).expect("hpa").is_none());
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), None);
 }

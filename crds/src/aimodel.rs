@@ -46,6 +46,7 @@ use crate::common::{
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.replicas)").message("replicas and autoscaling are exclusive: remove replicas to autoscale, or autoscaling to scale by hand").field_path(".replicas"))]
 #[x_kube(validation = Rule::new("self.backend != 'SageMaker' || has(self.sagemaker)").message("backend SageMaker needs the sagemaker section").field_path(".sagemaker"))]
 #[x_kube(validation = Rule::new("self.backend == 'SageMaker' || !has(self.sagemaker)").message("the sagemaker section is only for backend SageMaker").field_path(".sagemaker"))]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || self.autoscaling.minReplicas > 0 || !has(self.canary)").message("a canary's replicas are a share of minReplicas: scale to zero without a canary, or keep minReplicas at least 1").field_path(".autoscaling.minReplicas"))]
 #[x_kube(validation = Rule::new("self.backend != 'SageMaker' || !has(self.canary)").message("canary is only supported on the Kubernetes backend").field_path(".canary"))]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetCpuUtilization) || (has(self.resources) && has(self.resources.cpu))").message("targetCpuUtilization is a share of the CPU request: set resources.cpu").field_path(".autoscaling.targetCpuUtilization"))]
 #[x_kube(validation = Rule::new("!has(self.resources) || !has(self.resources.gpuProduct) || (has(self.resources.gpus) && self.resources.gpus > 0)").message("gpuProduct needs gpus of at least 1").field_path(".resources.gpuProduct"))]
@@ -65,7 +66,7 @@ pub struct AIModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: Option<i32>,
-    /// Autoscaling by CPU utilisation and/or in-flight requests per pod.
+    /// Autoscaling on the gateway's requests in flight (to and from zero) or on CPU utilisation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
     /// The model cache: weights are downloaded once into a PersistentVolumeClaim
@@ -170,24 +171,32 @@ pub enum RuntimeEngine {
     Custom,
 }
 
-/// Autoscaling bounds and targets (an autoscaling/v2 HorizontalPodAutoscaler).
+/// Autoscaling bounds and targets: on the requests in flight that aleph-gateway
+/// measures (`targetConcurrency`, scaled by the operator, down to zero when
+/// `minReplicas` is 0), or on CPU utilisation (`targetCpuUtilization`, an
+/// autoscaling/v2 HorizontalPodAutoscaler).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must be at most maxReplicas").field_path(".minReplicas"))]
-#[x_kube(validation = Rule::new("has(self.targetCpuUtilization) || has(self.targetConcurrency)").message("set targetCpuUtilization, targetConcurrency or both"))]
+#[x_kube(validation = Rule::new("has(self.targetCpuUtilization) || has(self.targetConcurrency)").message("set targetConcurrency (requests in flight per replica, measured by aleph-gateway) or targetCpuUtilization (an HPA)"))]
+#[x_kube(validation = Rule::new("!has(self.targetCpuUtilization) || !has(self.targetConcurrency)").message("targetConcurrency (scaled on the gateway's requests in flight) and targetCpuUtilization (scaled by an HPA) are exclusive: set one").field_path(".targetCpuUtilization"))]
+#[x_kube(validation = Rule::new("self.minReplicas > 0 || has(self.targetConcurrency)").message("scaling to zero (minReplicas 0) needs targetConcurrency: the gateway's requests decide when a replica starts").field_path(".minReplicas"))]
 pub struct Autoscaling {
-    /// The fewest replicas.
+    /// The fewest replicas; 0 (with `targetConcurrency`) stops every replica
+    /// after `scaleToZeroAfterSeconds` without requests, and the gateway holds
+    /// the next request while one starts.
     #[serde(default = "one")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 0, max = 1000))]
     pub min_replicas: i32,
     /// The most replicas.
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
-    /// Target average CPU utilisation, percent of the request.
+    /// Target average CPU utilisation, percent of the request (an HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: Option<i32>,
-    /// Target in-flight requests per pod (the pods metric `aleph_inflight_requests`).
+    /// Target requests in flight per replica, summed over aleph-gateway's
+    /// replicas: the operator keeps `ceil(in flight / target)` replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub target_concurrency: Option<i32>,
@@ -195,12 +204,20 @@ pub struct Autoscaling {
     #[serde(default = "default_stabilization")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: i32,
+    /// With `minReplicas: 0`: seconds without any request before the last
+    /// replica stops.
+    #[serde(default = "default_scale_to_zero")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub scale_to_zero_after_seconds: i32,
 }
 
 fn one() -> i32 {
     1
 }
 fn default_stabilization() -> i32 {
+    300
+}
+fn default_scale_to_zero() -> i32 {
     300
 }
 
@@ -362,6 +379,27 @@ pub struct AIModelStatus {
     /// The SageMaker endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<EndpointStatus>,
+    /// The last decision of the operator's autoscaler (`targetConcurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// What the autoscaler last decided, from the gateway's measurements.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// The replicas it set.
+    pub desired_replicas: i32,
+    /// The replicas before.
+    pub previous_replicas: i32,
+    /// Requests in flight (queued included) over every gateway replica when it decided.
+    pub in_flight: i64,
+    /// When it decided (RFC 3339).
+    pub last_scale_time: String,
+    /// ScaledUp, ScaledDown, ScaledToZero or ScaledFromZero.
+    pub reason: String,
+    /// Why, in words.
+    pub message: String,
 }
 
 /// The model cache's state.

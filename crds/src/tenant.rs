@@ -384,6 +384,47 @@ pub struct TenantStatus {
     /// Usage against the tenant-wide quota, by resource name (for example `requests.nvidia.com/gpu`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub usage: BTreeMap<String, ResourceUsage>,
+    /// What the tenant's callers used through aleph-gateway, today and this
+    /// month (UTC), summed from the gateways' counters by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_usage: Option<GatewayUsage>,
+}
+
+impl TenantStatus {
+    /// This status without `gateway_usage` (which has its own writer).
+    #[must_use]
+    pub fn without_gateway_usage(mut self) -> Self {
+        self.gateway_usage = None;
+        self
+    }
+}
+
+/// A tenant's use of aleph-gateway in the current UTC day and month.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayUsage {
+    /// The UTC day `today` counts (`2026-12-01`).
+    pub day: String,
+    /// Requests and tokens on `day`.
+    pub today: UsageTotals,
+    /// The UTC month `this_month` counts (`2026-12`).
+    pub month: String,
+    /// Requests and tokens in `month`.
+    pub this_month: UsageTotals,
+    /// When the operator last added to it (RFC 3339).
+    pub updated: String,
+}
+
+/// Requests answered and tokens the engines reported.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageTotals {
+    /// Requests answered (any status).
+    pub requests: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
 }
 
 /// Used and hard for one resource across the tenant.

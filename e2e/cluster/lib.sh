@@ -33,16 +33,33 @@ bin_path() {
 
 # The real node (node.sh).
 REAL_NODE_NAME=aleph-real-0
+# The Services' ClusterIP range (kube-apiserver --service-cluster-ip-range).
+SERVICE_CIDR=10.96.0.0/16
 CLUSTER_DNS_IP=10.96.0.10
 CNI_BIN_DIR=${ALEPH_CNI_BIN_DIR:-/usr/lib/cni}
 PAUSE_IMAGE=aleph.local/pause:3.10
-PAUSE_IMAGE_TAR=$ALEPH_CACHE/images/pause.tar
+# Where e2e/images/build.sh writes the images, and so where the node imports them from.
+IMAGE_ARCHIVES_DIR=${ALEPH_IMAGES_DIR:-$ALEPH_CACHE/images}
+PAUSE_IMAGE_TAR=$IMAGE_ARCHIVES_DIR/pause.tar
 # The cgroup v1 hierarchies mounted under /sys/fs/cgroup (cpu, memory, ...).
 NODE_CGROUP_CONTROLLERS=$(awk '$3 == "cgroup" && $2 ~ "^/sys/fs/cgroup/" { sub("^/sys/fs/cgroup/", "", $2); print $2 }' /proc/self/mounts 2>/dev/null | sort -u | tr '\n' ' ')
 # Whether this cluster has a real node: on unless ALEPH_REAL_NODE=0.
 real_node_enabled() { [ "${ALEPH_REAL_NODE:-1}" != 0 ]; }
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+
+# Says loudly when the filesystem holding PATH has little room left: the
+# real node's pods, images and model files live there, and a full disk shows
+# only later, as pods that cannot start.
+warn_if_disk_low() {
+  local dir=$1 free_kib
+  mkdir -p "$dir"
+  free_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  if [ "${free_kib:-0}" -lt $((10 * 1024 * 1024)) ]; then
+    printf '\033[1;31m==> WARNING: only %s MiB free under %s; the real node needs several GiB (images, models, pod logs). Free some space, or tests on the real node will time out.\033[0m\n' \
+      "$((free_kib / 1024))" "$dir" >&2
+  fi
+}
 
 # The components up.sh starts, in start order (down.sh stops them in reverse).
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)

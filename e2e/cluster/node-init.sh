@@ -92,7 +92,7 @@ run kube-router "$(bin_path kube-router)" \
   --v=1
 
 # images.tsv: name, reference, digest, archive (e2e/images/build.sh).
-mapfile -t archives < <(awk -F'\t' '$1 != "pause" { print $4 }' "$ALEPH_CACHE/images/images.tsv" 2>/dev/null)
+mapfile -t archives < <(awk -F'\t' '$1 != "pause" { print $4 }' "$IMAGE_ARCHIVES_DIR/images.tsv" 2>/dev/null)
 import_images "${archives[@]}"
 log "images imported"
 touch "$NODE_DIR/images-imported"

@@ -23,7 +23,9 @@
 #   root, logs), removed with the state directory.
 # Addresses: link 10.210.N.0/30 (host .1, node .2), pods 10.211.N.0/24 (bridge
 # .1). The node's namespace has no default route: pods reach the host's link
-# address, each other and Services, and nothing beyond this machine.
+# address, each other and Services, and nothing beyond this machine; so do
+# processes run in the namespace (`ip netns exec aleph-nN`), through a route
+# of the Service range to loopback.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -175,6 +177,12 @@ network() {
   ip -n "$ns" link set eth0 up
   ip -n "$ns" link set lo up
   ip route add "10.211.$n.0/24" via "10.210.$n.2" dev "$host_if"
+  # Processes of the node itself (what `ip netns exec aleph-nN` runs) reach
+  # Services as a node's do: kube-proxy's DNAT happens after the route lookup,
+  # which needs some route to the ClusterIP range. Loopback takes it (this
+  # kernel has no dummy devices), so a packet no rule rewrites is dropped
+  # here rather than sent off this machine.
+  ip -n "$ns" route add "$SERVICE_CIDR" dev lo
   cat >"$NODE_DIR/node.env" <<EOF
 NODE_INDEX=$n
 NODE_NETNS=$ns
@@ -221,6 +229,7 @@ EOF
 
 write_configs() {
   local d=$NODE_DIR
+  warn_if_disk_low "$d"
   mkdir -p "$d"/{containerd/root,containerd/state,cni/net.d,kubelet,pod-logs,container-logs,volumes,logs}
   cat >"$d/containerd/config.toml" <<EOF
 version = 2
@@ -297,9 +306,12 @@ clusterDomain: cluster.local
 clusterDNS: [$CLUSTER_DNS_IP]
 resolvConf: $d/resolv.conf
 failSwapOn: false
-# Images cannot be pulled again here: never collect them.
+# Images cannot be pulled again here: never collect them (the threshold
+# alone is not enough: a disk that is all but full reaches 100 %, and
+# containerd 1.6 does not pin the sandbox image).
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+imageMinimumGCAge: 876000h
 evictionHard:
   memory.available: 100Mi
   nodefs.available: 1%

@@ -39,8 +39,10 @@
 mod apply;
 mod conditions;
 mod env;
+pub mod gateway;
 pub mod helm;
 mod kubectl;
+pub mod oidc;
 pub mod openai;
 pub mod operator;
 pub mod real_node;

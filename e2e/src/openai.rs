@@ -95,3 +95,223 @@ pub async fn call(python: &PathBuf, base: &str, key: &str, action: &str, args: &
     serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("the openai client printed no JSON ({e}): {stdout}"))
 }
+
+/// Many tiny chat completions (`max_tokens` 1, temperature 0) from several
+/// workers at once, each a thread with a client of its own (`max_retries=0`,
+/// connections kept alive): `count N` sends N in all; `loop` runs until its
+/// standard input closes, printing `started` after the first success. Prints
+/// one JSON tally at the end (see [`Load`]).
+pub const LOAD_SCRIPT: &str = r#"
+import json, sys, threading, time
+import openai
+
+base, key, model, workers, mode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+total = int(sys.argv[6]) if mode == "count" else None
+lock, stop = threading.Lock(), threading.Event()
+tally = {"sent": 0, "ok": 0, "failed": 0, "models": {}, "errors": [], "okPerSecond": {},
+         "maxSeconds": 0.0, "slowestEndedAt": 0.0}
+
+def worker():
+    client = openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=60)
+    while True:
+        with lock:
+            if stop.is_set() or (total is not None and tally["sent"] >= total):
+                return
+            tally["sent"] += 1
+        started = time.time()
+        try:
+            r = client.chat.completions.create(
+                model=model, max_tokens=1, temperature=0,
+                messages=[{"role": "user", "content": "Say one word"}])
+            ended = time.time()
+            with lock:
+                tally["ok"] += 1
+                tally["models"][r.model] = tally["models"].get(r.model, 0) + 1
+                second = str(int(ended))
+                tally["okPerSecond"][second] = tally["okPerSecond"].get(second, 0) + 1
+                if ended - started > tally["maxSeconds"]:
+                    tally["maxSeconds"], tally["slowestEndedAt"] = ended - started, ended
+                if tally["ok"] == 1 and total is None:
+                    print("started", flush=True)
+        except Exception as e:
+            with lock:
+                tally["failed"] += 1
+                if len(tally["errors"]) < 20:
+                    tally["errors"].append(f"{time.time():.3f} {type(e).__name__}: {e}")
+
+if total is None:
+    def wait_for_eof():
+        sys.stdin.read()
+        stop.set()
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+threads = [threading.Thread(target=worker) for _ in range(workers)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(tally), flush=True)
+"#;
+
+/// What a run of [`LOAD_SCRIPT`] counted.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Load {
+    /// Requests started.
+    pub sent: u64,
+    /// Requests answered with a completion.
+    pub ok: u64,
+    /// Requests that raised (an error status, a broken connection, a timeout).
+    pub failed: u64,
+    /// Completions per `model` of the answer (the name the engine answered with).
+    pub models: std::collections::BTreeMap<String, u64>,
+    /// The first failures, each with its Unix time.
+    pub errors: Vec<String>,
+    /// Completions per second they ended in (Unix seconds, as text).
+    pub ok_per_second: std::collections::BTreeMap<String, u64>,
+    /// The longest a completion took, in seconds.
+    pub max_seconds: f64,
+    /// When that completion ended (Unix seconds).
+    pub slowest_ended_at: f64,
+}
+
+impl Load {
+    /// Completions that ended at or after `unix_seconds`.
+    pub fn ok_since(&self, unix_seconds: u64) -> u64 {
+        self.ok_per_second
+            .iter()
+            .filter(|(second, _)| second.parse::<u64>().is_ok_and(|s| s >= unix_seconds))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The client's command: in the real node's network namespace `netns`
+/// (`ip netns exec`, where Services' ClusterIPs work) or on this machine.
+/// Proxies of the environment are dropped: every address is on this machine.
+fn load_command(python: &PathBuf, netns: Option<&str>) -> tokio::process::Command {
+    let mut command = match netns {
+        Some(netns) => {
+            let mut c = tokio::process::Command::new("ip");
+            c.args(["netns", "exec", netns]).arg(python);
+            c
+        }
+        None => tokio::process::Command::new(python),
+    };
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        command.env_remove(var);
+    }
+    command.arg("-c").arg(LOAD_SCRIPT);
+    command
+}
+
+fn parse_load(stdout: &str) -> Load {
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("the load client printed no tally ({e}): {stdout}"))
+}
+
+/// Sends `requests` chat completions for `model` to `base` with `key` from
+/// `workers` workers, and returns the tally.
+pub async fn load_count(
+    python: &PathBuf,
+    netns: Option<&str>,
+    base: &str,
+    key: &str,
+    model: &str,
+    workers: u32,
+    requests: u64,
+) -> Load {
+    let out = load_command(python, netns)
+        .args([
+            base,
+            key,
+            model,
+            &workers.to_string(),
+            "count",
+            &requests.to_string(),
+        ])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running the load client: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the load client failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_load(&stdout)
+}
+
+/// Chat completions sent without pause until [`LoadLoop::stop`].
+pub struct LoadLoop {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl LoadLoop {
+    /// Starts `workers` workers sending completions for `model` to `base`
+    /// with `key`, and returns once one has succeeded (within `timeout`).
+    pub async fn start(
+        python: &PathBuf,
+        netns: Option<&str>,
+        base: &str,
+        key: &str,
+        model: &str,
+        workers: u32,
+        timeout: std::time::Duration,
+    ) -> LoadLoop {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = load_command(python, netns)
+            .args([base, key, model, &workers.to_string(), "loop"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the load client: {e}"));
+        let stdin = child.stdin.take();
+        let mut stdout =
+            tokio::io::BufReader::new(child.stdout.take().expect("the load client's stdout"))
+                .lines();
+        let first = tokio::time::timeout(timeout, stdout.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no request of the load succeeded within {timeout:?}"))
+            .expect("read the load client's output");
+        assert_eq!(
+            first.as_deref(),
+            Some("started"),
+            "the load did not start: {first:?}"
+        );
+        LoadLoop {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Stops sending, waits for the requests in flight, and returns the tally.
+    pub async fn stop(mut self) -> Load {
+        drop(self.stdin.take());
+        let mut out = String::new();
+        while let Some(line) = self
+            .stdout
+            .next_line()
+            .await
+            .expect("read the load client's tally")
+        {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let status = self.child.wait().await.expect("wait for the load client");
+        assert!(status.success(), "the load client failed: {out}");
+        parse_load(&out)
+    }
+}

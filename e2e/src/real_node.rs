@@ -69,6 +69,28 @@ pub async fn require(client: &Client) -> Node {
     node
 }
 
+/// The name of the real node's network namespace (`aleph-n<N>`, as
+/// `e2e/cluster/node.sh` made it for the cluster of `$ALEPH_STATE`): where
+/// kube-proxy's rules, and so Services' ClusterIPs, apply. A command run in it
+/// (`ip netns exec NAME ...`) reaches Services as the node's own processes do;
+/// this machine's other processes reach pods only, by their IPs.
+pub fn node_netns() -> String {
+    let state = std::env::var("ALEPH_STATE").unwrap_or_else(|_| {
+        panic!(
+            "ALEPH_STATE is not set: run the tests under e2e/cluster/with-cluster.sh, which \
+             starts the real node and says where its state is"
+        )
+    });
+    let path = std::path::Path::new(&state).join("node/node.env");
+    let env = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the real node's {}: {e}", path.display()));
+    env.lines()
+        .find_map(|line| line.strip_prefix("NODE_NETNS="))
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| panic!("no NODE_NETNS in {}", path.display()))
+}
+
 /// Makes every pod created from now on in `namespace` go to the real node.
 pub async fn pin_namespace(client: &Client, namespace: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -198,7 +198,9 @@ async fn the_vllm_example_serves_from_h100_nodes_only_and_turns_ready_with_a_url
         );
     }
 
-    // The Service in front of it, the HPA of the example's autoscaling.
+    // The Service in front of it. The example scales on the gateway's
+    // requests in flight: no HPA; the operator's autoscaler keeps the
+    // minimum while no request comes.
     let service = env
         .api::<Service>()
         .get("llama-3-8b")
@@ -206,13 +208,22 @@ async fn the_vllm_example_serves_from_h100_nodes_only_and_turns_ready_with_a_url
         .expect("service");
     let port = service.spec.and_then(|s| s.ports).expect("ports")[0].port;
     assert_eq!(port, 8000);
-    let hpa = env
-        .api::<HorizontalPodAutoscaler>()
+    assert!(
+        env.api::<HorizontalPodAutoscaler>()
+            .get_opt("llama-3-8b")
+            .await
+            .expect("get hpa")
+            .is_none(),
+        "targetConcurrency is scaled by the operator, not an HPA"
+    );
+    let replicas = env
+        .api::<Deployment>()
         .get("llama-3-8b")
         .await
-        .expect("hpa");
-    let hpa_spec = hpa.spec.expect("hpa spec");
-    assert_eq!((hpa_spec.min_replicas, hpa_spec.max_replicas), (Some(1), 4));
+        .expect("deployment")
+        .spec
+        .and_then(|s| s.replicas);
+    assert_eq!(replicas, Some(1));
 
     // The event and the printer columns.
     assert!(
@@ -343,7 +354,7 @@ async fn autoscaling_makes_an_hpa_and_kubectl_scale_sets_the_replicas() {
     let env = TestEnv::new().await;
     env.apply_yaml(&model_yaml(
         "auto",
-        "  source: { uri: hf://acme/auto-1b }\n  cache: { enabled: false }\n  resources: { cpu: \"2\", memory: 4Gi }\n  autoscaling:\n    minReplicas: 2\n    maxReplicas: 5\n    targetCpuUtilization: 60\n    targetConcurrency: 10\n    scaleDownStabilizationSeconds: 90\n",
+        "  source: { uri: hf://acme/auto-1b }\n  cache: { enabled: false }\n  resources: { cpu: \"2\", memory: 4Gi }\n  autoscaling:\n    minReplicas: 2\n    maxReplicas: 5\n    targetCpuUtilization: 60\n    scaleDownStabilizationSeconds: 90\n",
     ))
     .await;
     let hpa = wait_for(
@@ -362,15 +373,7 @@ async fn autoscaling_makes_an_hpa_and_kubectl_scale_sets_the_replicas() {
         .find_map(|m| m.resource.as_ref())
         .expect("cpu");
     assert_eq!(cpu.target.average_utilization, Some(60));
-    let pods = metrics
-        .iter()
-        .find_map(|m| m.pods.as_ref())
-        .expect("pods metric");
-    assert_eq!(pods.metric.name, "aleph_inflight_requests");
-    assert_eq!(
-        pods.target.average_value.as_ref().map(|q| q.0.as_str()),
-        Some("10")
-    );
+    assert_eq!(metrics.len(), 1, "CPU only: {metrics:?}");
     let window = spec
         .behavior
         .and_then(|b| b.scale_down)
@@ -671,7 +674,7 @@ async fn deleting_the_model_removes_every_child() {
     env.apply_yaml(&model_yaml(
         "doomed",
         &format!(
-            "  source: {{ uri: hf://acme/doomed-1b }}\n  resources: {{ cpu: \"1\" }}\n  cache: {{ storageClassName: {class} }}\n  autoscaling: {{ minReplicas: 1, maxReplicas: 3, targetConcurrency: 5 }}\n  canary:\n    runtime: {{ engine: vllm, args: [\"--enable-prefix-caching\"] }}\n    trafficPercent: 50\n"
+            "  source: {{ uri: hf://acme/doomed-1b }}\n  resources: {{ cpu: \"1\" }}\n  cache: {{ storageClassName: {class} }}\n  autoscaling: {{ minReplicas: 1, maxReplicas: 3, targetCpuUtilization: 50 }}\n  canary:\n    runtime: {{ engine: vllm, args: [\"--enable-prefix-caching\"] }}\n    trafficPercent: 50\n"
         ),
     ))
     .await;
@@ -820,7 +823,7 @@ async fn a_ready_model_is_left_alone() {
     .await;
     operator.wait_ready(Duration::from_secs(90)).await;
     env.apply_yaml(&format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata:\n  name: steady\n  labels: {{ {PRIVATE_OPERATOR_LABEL}: \"{label}\" }}\nspec:\n  source: {{ uri: hf://acme/steady-8b }}\n  cache: {{ enabled: false }}\n  resources: {{ gpus: 1, gpuProduct: {H100}, cpu: \"4\", memory: 16Gi }}\n  runtime:\n    env: [{{ name: EMPTY, value: \"\" }}, {{ name: VLLM_LOGGING_LEVEL, value: INFO }}]\n  autoscaling: {{ minReplicas: 1, maxReplicas: 3, targetCpuUtilization: 50, targetConcurrency: 8 }}\n  canary: {{ runtime: {{ engine: tgi }}, trafficPercent: 30 }}\n"
+        "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata:\n  name: steady\n  labels: {{ {PRIVATE_OPERATOR_LABEL}: \"{label}\" }}\nspec:\n  source: {{ uri: hf://acme/steady-8b }}\n  cache: {{ enabled: false }}\n  resources: {{ gpus: 1, gpuProduct: {H100}, cpu: \"4\", memory: 16Gi }}\n  runtime:\n    env: [{{ name: EMPTY, value: \"\" }}, {{ name: VLLM_LOGGING_LEVEL, value: INFO }}]\n  autoscaling: {{ minReplicas: 1, maxReplicas: 3, targetConcurrency: 8 }}\n  canary: {{ runtime: {{ engine: tgi }}, trafficPercent: 30 }}\n"
     ))
     .await;
     wait_ready(&env, "steady").await;

@@ -648,6 +648,66 @@ fn sync_waves_put_rbac_before_the_deployment() {
     assert!(wave(only(&objects, "ServiceMonitor")) > deployment);
 }
 
+/// `resource:verb,verb` of each resource the gateway's ClusterRole grants, sorted.
+fn gateway_grants(objects: &[Value]) -> Vec<String> {
+    let role = only_gateway(objects, "ClusterRole");
+    let mut grants = Vec::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .expect("verbs")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for r in rule["resources"].as_array().expect("resources") {
+            grants.push(format!(
+                "{}:{}",
+                r.as_str().unwrap_or_default(),
+                verbs.join(",")
+            ));
+        }
+    }
+    grants.sort();
+    grants
+}
+
+/// OIDC values become the gateway's flags, and a CA ConfigMap is mounted
+/// where `--oidc-ca-file` points.
+#[test]
+fn oidc_values_become_the_gateway_flags() {
+    let objects = render(&[
+        "gateway.oidc.issuerUrl=https://sso.example.com/realms/acme",
+        "gateway.oidc.audience=aleph",
+        "gateway.oidc.usernameClaim=preferred_username",
+        "gateway.oidc.caConfigMap.name=sso-ca",
+        "gateway.tokenReview.audiences={aleph,vault}",
+    ]);
+    let pod = &only_gateway(&objects, "Deployment")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for arg in [
+        "--oidc-issuer-url=https://sso.example.com/realms/acme",
+        "--oidc-audience=aleph",
+        "--oidc-username-claim=preferred_username",
+        "--oidc-groups-claim=groups",
+        "--oidc-ca-file=/etc/aleph-gateway/oidc-ca/ca.crt",
+        "--token-review-audiences=aleph,vault",
+        "--token-review-cache-seconds=30",
+    ] {
+        assert!(args.contains(&arg), "{arg} missing from {args:?}");
+    }
+    assert_eq!(
+        container["volumeMounts"][0]["mountPath"],
+        "/etc/aleph-gateway/oidc-ca"
+    );
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], "sso-ca");
+}
+
 #[test]
 fn schema_rejects_bad_values() {
     for bad in [
@@ -660,13 +720,22 @@ fn schema_rejects_bad_values() {
         "gateway.routing=random",
         "gateway.replicaCount=0",
         "gateway.port=0",
+        "gateway.coldStartQueue=0",
+        "gateway.drainSeconds=-1",
+        // The drain must leave the requests in flight some of the grace period.
+        "gateway.drainSeconds=60",
+        "gateway.oidc.issuerUrl=https://sso.example.com",
+        "gateway.oidc.issuerUrl=sso.example.com",
+        "gateway.tokenReview.cacheSeconds=-1",
+        "gateway.oidc.usernameClaim=",
     ] {
         assert!(try_render(&[bad]).is_err(), "--set {bad} was accepted");
     }
 }
 
 /// The gateway is on by default: its own Deployment (restricted, probes on
-/// /healthz and /readyz, each replica told its share of the limits), Service,
+/// /healthz and /readyz, each replica told its share of the limits, a drain
+/// shorter than the grace period), Service,
 /// PodDisruptionBudget, and read-only RBAC; selected by labels the operator's
 /// selectors never match. Off, none of it renders.
 #[test]
@@ -698,9 +767,16 @@ fn the_gateway_is_on_by_default_with_read_only_rbac() {
         "--listen=0.0.0.0:8080",
         "--replicas-share=2",
         "--routing=least-in-flight",
+        "--cold-start-timeout=300",
+        "--cold-start-queue=256",
+        "--drain-seconds=5",
     ] {
         assert!(args.contains(&arg), "{arg} missing from {args:?}");
     }
+    assert_eq!(
+        pod["terminationGracePeriodSeconds"], 60,
+        "the drain and then the requests in flight"
+    );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     let security = &container["securityContext"];
@@ -709,22 +785,38 @@ fn the_gateway_is_on_by_default_with_read_only_rbac() {
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
 
-    let role = only_gateway(&objects, "ClusterRole");
-    let mut resources = Vec::new();
-    for rule in role["rules"].as_array().expect("rules") {
-        assert_eq!(
-            rule["verbs"],
-            serde_json::json!(["get", "list", "watch"]),
-            "the gateway only reads: {rule}"
-        );
-        for r in rule["resources"].as_array().expect("resources") {
-            resources.push(r.as_str().unwrap_or_default().to_string());
-        }
-    }
-    resources.sort();
+    // It reads, and creates TokenReviews (which write nothing) to check
+    // Kubernetes tokens; without TokenReview, it only reads.
     assert_eq!(
-        resources,
-        ["aimodels", "endpointslices", "secrets", "tenants"]
+        gateway_grants(&objects),
+        [
+            "aimodels:get,list,watch",
+            "endpointslices:get,list,watch",
+            "secrets:get,list,watch",
+            "tenants:get,list,watch",
+            "tokenreviews:create",
+        ]
+    );
+    let args = container["args"].to_string();
+    assert!(!args.contains("oidc"), "OIDC is off by default: {args}");
+    let without = render(&["gateway.tokenReview.enabled=false"]);
+    assert_eq!(
+        gateway_grants(&without),
+        [
+            "aimodels:get,list,watch",
+            "endpointslices:get,list,watch",
+            "secrets:get,list,watch",
+            "tenants:get,list,watch",
+        ]
+    );
+    let off = &only_gateway(&without, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        off["args"]
+            .as_array()
+            .expect("args")
+            .contains(&Value::from("--token-review=false")),
+        "{}",
+        off["args"]
     );
     let binding = only_gateway(&objects, "ClusterRoleBinding");
     assert_eq!(binding["subjects"][0]["name"], pod["serviceAccountName"]);

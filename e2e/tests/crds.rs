@@ -177,6 +177,36 @@ spec: { source: { uri: "hf://org/model" }, autoscaling: { minReplicas: 5, maxRep
         "minReplicas must be at most maxReplicas",
     ),
     (
+        "both autoscaling targets",
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: AIModel
+metadata: { name: both-targets }
+spec: { source: { uri: "hf://org/model" }, resources: { cpu: "1" }, autoscaling: { maxReplicas: 3, targetCpuUtilization: 70, targetConcurrency: 4 } }
+"#,
+        "targetConcurrency (scaled on the gateway's requests in flight) and targetCpuUtilization (scaled by an HPA) are exclusive",
+    ),
+    (
+        "scale to zero on CPU",
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: AIModel
+metadata: { name: zero-cpu }
+spec: { source: { uri: "hf://org/model" }, resources: { cpu: "1" }, autoscaling: { minReplicas: 0, maxReplicas: 3, targetCpuUtilization: 70 } }
+"#,
+        "scaling to zero (minReplicas 0) needs targetConcurrency",
+    ),
+    (
+        "scale to zero with a canary",
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: AIModel
+metadata: { name: zero-canary }
+spec: { source: { uri: "hf://org/model" }, autoscaling: { minReplicas: 0, maxReplicas: 3, targetConcurrency: 2 }, canary: { trafficPercent: 10, runtime: { engine: tgi } } }
+"#,
+        "a canary's replicas are a share of minReplicas",
+    ),
+    (
         "replicas together with autoscaling",
         r#"
 apiVersion: aleph.dev/v1alpha1

@@ -2,52 +2,35 @@
 //! gateway objects (rendered with `helm template`) run in a platform
 //! namespace; a Tenant's model is llama.cpp serving a tiny GGUF from the S3
 //! emulator; a user's program calls the gateway with the official `openai`
-//! Python client and the tenants' API keys (Secrets holding the keys' SHA-256).
+//! Python client and the tenants' API keys (Secrets holding the keys' SHA-256),
+//! ServiceAccount tokens minted with the TokenRequest API (checked by the
+//! gateway with TokenReviews), and OIDC tokens of an issuer the test runs on
+//! this machine's link address, which the gateway's pod reaches.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::helm::{chart_dir, helm};
-use aleph_e2e::real_node::{pin_namespace, require};
+use aleph_e2e::gateway::{
+    self, key_secret, platform_namespace, pod_ip, render_gateway, tenant, wait_for_gateway_pods,
+};
+use aleph_e2e::oidc::LocalIssuer;
+use aleph_e2e::real_node::{host_ip, pin_namespace, require};
 use aleph_e2e::s3::{s3_put, s3_secret};
 use aleph_e2e::serving::LLAMACPP_IMAGE;
 use aleph_e2e::{
     TestEnv, apply_yaml, find_condition, has_condition, openai, unique_name, wait_for,
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tiny_gguf::{Shape, tiny_llama};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn tenant(name: &str, gateway: &str) -> String {
-    format!(
-        r#"apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{name: {name}}}
-spec:
-  owners: [{{kind: User, name: {name}-owner}}]
-  namespaces: [apps]
-  plan: free
-  admission:
-    allowedRegistries: ["aleph.local/"]
-{gateway}"#
-    )
-}
-
-/// A key and the Secret that gives it to the tenant owning `namespace`.
-fn key_secret(name: &str) -> (String, String) {
-    let key = format!("sk-aleph-{}", unique_name("k").replace('-', ""));
-    let sha = format!("{:x}", Sha256::digest(key.as_bytes()));
-    let yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  labels: {{aleph.dev/gateway-key: \"true\"}}\nstringData: {{sha256: {sha}}}\n"
-    );
-    (key, yaml)
-}
+/// The client id the gateway's OIDC tokens are for.
+const OIDC_AUDIENCE: &str = "aleph-e2e";
 
 async fn apply(env: &TestEnv, ns: &str, yaml: &str) {
     apply_yaml(&env.client(), yaml, Some(ns))
@@ -55,47 +38,40 @@ async fn apply(env: &TestEnv, ns: &str, yaml: &str) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// The chart's gateway objects, one replica of the locally built image.
-async fn render_gateway(release: &str, namespace: &str) -> String {
-    let chart = chart_dir();
-    helm([
-        "template",
-        release,
-        chart.to_str().unwrap_or_default(),
-        "--namespace",
-        namespace,
-        "--kube-version",
-        "1.35.0",
-        "--show-only",
-        "templates/gateway.yaml",
-        "--set",
-        "gateway.replicaCount=1",
-        "--set",
-        "gateway.image.repository=aleph.local/aleph-gateway",
-        "--set",
-        "gateway.image.tag=dev",
-        "--set",
-        "gateway.image.pullPolicy=Never",
-        "--set",
-        "gateway.podDisruptionBudget.enabled=false",
-        "--set",
-        "gateway.resources.requests.cpu=10m",
-    ])
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Sums `aleph_gateway_tokens_total` samples of `tenant` and `kind`.
-fn tokens(metrics: &str, tenant: &str, kind: &str) -> u64 {
+/// Sums `aleph_gateway_tokens_total` samples of the credential `key`.
+fn tokens_of_key(metrics: &str, key: &str) -> u64 {
     metrics
         .lines()
         .filter(|l| l.starts_with("aleph_gateway_tokens_total{"))
-        .filter(|l| {
-            l.contains(&format!("tenant=\"{tenant}\"")) && l.contains(&format!("kind=\"{kind}\""))
-        })
+        .filter(|l| l.contains(&format!("key=\"{key}\"")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
+}
+
+/// A token of the ServiceAccount `namespace/name` (made first), from the
+/// TokenRequest API, for the API server's own audience.
+async fn service_account_token(env: &TestEnv, namespace: &str, name: &str) -> String {
+    apply(
+        env,
+        namespace,
+        &format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}}}\n"),
+    )
+    .await;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    Api::<ServiceAccount>::namespaced(env.client(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("a token of {namespace}/{name}: {e}"))
+        .status
+        .map(|s| s.token)
+        .unwrap_or_else(|| panic!("the TokenRequest of {namespace}/{name} has no token"))
 }
 
 fn number(v: &Value, field: &str) -> u64 {
@@ -153,17 +129,16 @@ spec:
 
     // The gateway, in a platform namespace (the tenants' isolation admits it).
     let platform = env.namespace().to_string();
-    Api::<Namespace>::all(env.client())
-        .patch(
-            &platform,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "labels": { "aleph.dev/platform": "true" } } })),
-        )
-        .await
-        .expect("label the platform namespace");
-    pin_namespace(&env.client(), &platform).await;
+    platform_namespace(&env.client(), &platform).await;
+    // The identity provider, where the gateway's pod reaches this machine.
+    let issuer = LocalIssuer::start(&host_ip()).await;
     let release = unique_name("gw");
-    env.apply_yaml(&render_gateway(&release, &platform).await)
+    let oidc = [
+        format!("gateway.oidc.issuerUrl={}", issuer.url),
+        format!("gateway.oidc.audience={OIDC_AUDIENCE}"),
+    ];
+    let oidc: Vec<&str> = oidc.iter().map(String::as_str).collect();
+    env.apply_yaml(&render_gateway(&release, &platform, 1, &oidc).await)
         .await;
 
     // Keys: one for each tenant, in its namespace.
@@ -184,12 +159,8 @@ spec:
         started.elapsed().as_secs_f32()
     );
     let pods: Api<Pod> = env.api();
-    let gateway_pod = wait_for_gateway_pod(&pods).await;
-    let pod_ip = gateway_pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .expect("the gateway pod's IP");
+    let gateway_pods = wait_for_gateway_pods(&pods, 1, READY_TIMEOUT).await;
+    let pod_ip = pod_ip(&gateway_pods[0]);
     // The client runs on this machine, outside the real node's network
     // namespace, where kube-proxy's Service addresses do not apply: it calls
     // the gateway's pod, as the Service would.
@@ -213,12 +184,82 @@ spec:
     let listed = openai::call(&python, &base, &key_b, "models", &[]).await;
     assert_eq!(listed["ids"], json!([]), "tenant b's models");
 
+    // ServiceAccount tokens: a's acts for a, b's for b (no model, and 403 on
+    // a's), one outside every tenant is refused (403), garbage is not a token (401).
+    let sa_a = service_account_token(&env, &ns_a, "caller").await;
+    let sa_b = service_account_token(&env, &ns_b, "caller").await;
+    let outsider = service_account_token(&env, &platform, "outsider").await;
+    let listed = openai::call(&python, &base, &sa_a, "models", &[]).await;
+    assert_eq!(
+        listed["ids"],
+        json!(["chat"]),
+        "models of a's ServiceAccount"
+    );
+    let sa_chat = openai::call(&python, &base, &sa_a, "chat", &["chat", "8", "Hi there"]).await;
+    assert_eq!(
+        sa_chat["model"], "chat",
+        "a's ServiceAccount calling chat: {sa_chat}"
+    );
+    let sa_used = number(&sa_chat, "prompt_tokens") + number(&sa_chat, "completion_tokens");
+    let listed = openai::call(&python, &base, &sa_b, "models", &[]).await;
+    assert_eq!(listed["ids"], json!([]), "models of b's ServiceAccount");
+    let refused = openai::call(&python, &base, &sa_b, "chat", &["chat", "8", "hi"]).await;
+    assert_eq!(
+        refused["status"], 403,
+        "b's ServiceAccount on a's model: {refused}"
+    );
+    let outside = openai::call(&python, &base, &outsider, "models", &[]).await;
+    assert_eq!(
+        outside["status"], 403,
+        "a ServiceAccount of no tenant: {outside}"
+    );
+    assert!(
+        outside["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("{platform}/outsider"))),
+        "{outside}"
+    );
+    let garbage = openai::call(&python, &base, "not-a-token", "models", &[]).await;
+    assert_eq!(garbage["status"], 401, "a garbage token: {garbage}");
+
+    // OIDC: a member of a's group lists and calls a's models; a user of no
+    // tenant's owners gets 403; a token for another client 401.
+    let user = unique_name("alice");
+    let group_a = format!("{a}-ml");
+    let member = issuer.token(OIDC_AUDIENCE, &user, &["staff", &group_a]);
+    let listed = openai::call(&python, &base, &member, "models", &[]).await;
+    assert_eq!(
+        listed["ids"],
+        json!(["chat"]),
+        "models of a member of {group_a}"
+    );
+    let oidc_chat = openai::call(&python, &base, &member, "chat", &["chat", "8", "Hello"]).await;
+    assert_eq!(
+        oidc_chat["model"], "chat",
+        "the OIDC user calling chat: {oidc_chat}"
+    );
+    let oidc_used = number(&oidc_chat, "prompt_tokens") + number(&oidc_chat, "completion_tokens");
+    let stranger = issuer.token(OIDC_AUDIENCE, &user, &["staff"]);
+    let refused = openai::call(&python, &base, &stranger, "models", &[]).await;
+    assert_eq!(
+        refused["status"], 403,
+        "an OIDC user of no tenant: {refused}"
+    );
+    let elsewhere = issuer.token("another-client", &user, &[&group_a]);
+    let refused = openai::call(&python, &base, &elsewhere, "models", &[]).await;
+    assert_eq!(
+        refused["status"], 401,
+        "a token for another client: {refused}"
+    );
+
     // Chat, a stream and a completion, each counted from the engine's usage.
     let mut used: BTreeMap<&str, u64> = BTreeMap::new();
     let mut count = |answer: &Value| {
         *used.entry("prompt").or_default() += number(answer, "prompt_tokens");
         *used.entry("completion").or_default() += number(answer, "completion_tokens");
     };
+    count(&sa_chat);
+    count(&oidc_chat);
     let chat = openai::call(&python, &base, &key_a, "chat", &["chat", "8", "Say hello"]).await;
     assert_eq!(chat["model"], "chat", "{chat}");
     assert!(
@@ -308,44 +349,46 @@ spec:
     );
 
     // The gateway's counters equal the engine's usage, exactly.
-    let (code, metrics) = aleph_e2e::operator::http_get(&format!("{pod_ip}:9090"), "/metrics")
-        .await
-        .expect("GET the gateway's /metrics");
-    assert_eq!(code, 200);
+    let metrics = gateway::metrics(&pod_ip).await;
     for kind in ["prompt", "completion"] {
         assert_eq!(
-            tokens(&metrics, &a, kind),
+            gateway::sum(
+                &metrics,
+                "aleph_gateway_tokens_total",
+                &[("tenant", &a), ("kind", kind)]
+            ),
             used[kind],
             "{kind} tokens counted by the gateway against the engine's usage"
         );
     }
+    // The tokens' own credentials count theirs, under bounded names.
+    assert_eq!(
+        tokens_of_key(&metrics, &format!("sa:{ns_a}/caller")),
+        sa_used
+    );
+    assert_eq!(tokens_of_key(&metrics, &format!("oidc:{user}")), oidc_used);
     println!(
         "gateway: tenant {a} used {} prompt and {} completion tokens, as the gateway counted",
         used["prompt"], used["completion"]
     );
-    env.cleanup().await;
-}
 
-async fn wait_for_gateway_pod(pods: &Api<Pod>) -> Pod {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
-            .await
-            .expect("list the gateway's pods")
-            .items;
-        if let Some(pod) = list.into_iter().find(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        }) {
-            return pod;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway's pod never turned Ready"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // The operator adds them up in the Tenant's status: today and this month.
+    let requests = gateway::sum(&metrics, "aleph_gateway_requests_total", &[("tenant", &a)]);
+    let want = json!({
+        "requests": requests,
+        "promptTokens": used["prompt"],
+        "completionTokens": used["completion"],
+    });
+    let tenant = wait_for(&tenants, &a, Duration::from_secs(90), |t| {
+        let usage = json!(t.status.as_ref().and_then(|s| s.gateway_usage.as_ref()));
+        usage["today"] == want && usage["thisMonth"] == want
+    })
+    .await;
+    let usage = tenant.status.and_then(|s| s.gateway_usage).expect("usage");
+    assert_eq!(usage.day, chrono::Utc::now().format("%Y-%m-%d").to_string());
+    println!(
+        "gateway: the Tenant's status shows {want} for {}",
+        usage.day
+    );
+    env.cleanup().await;
 }

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::{ListenerExt, TapIo};
@@ -14,7 +15,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::ApiError;
-use crate::{Gateway, auth, proxy};
+use crate::{Gateway, proxy};
 
 /// A listener whose accepted connections have Nagle's algorithm off.
 pub type ApiListener = TapIo<TcpListener, fn(&mut TcpStream)>;
@@ -25,8 +26,13 @@ pub type ApiListener = TapIo<TcpListener, fn(&mut TcpStream)>;
 /// kept-alive connection) waits for the client to acknowledge the previous
 /// one, which a client may delay by up to 40 ms.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<ApiListener> {
-    let listener = TcpListener::bind(addr).await?;
-    Ok(listener.tap_io(no_delay as fn(&mut TcpStream)))
+    Ok(no_delay_on_accept(TcpListener::bind(addr).await?))
+}
+
+/// `listener`, with Nagle's algorithm off on every connection it accepts
+/// (see [`bind`]).
+pub fn no_delay_on_accept(listener: TcpListener) -> ApiListener {
+    listener.tap_io(no_delay as fn(&mut TcpStream))
 }
 
 fn no_delay(stream: &mut TcpStream) {
@@ -45,7 +51,31 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            close_while_draining,
+        ))
         .with_state(gateway)
+}
+
+/// While the gateway drains, each answer closes its HTTP/1 connection
+/// (`Connection: close`): a client that keeps connections alive opens its
+/// next one through the Service, which no longer sends it here.
+async fn close_while_draining(
+    State(gateway): State<Gateway>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let http1 = request.version() <= Version::HTTP_11;
+    let mut response = next.run(request).await;
+    // Looked at once the answer is ready: a request that began before the
+    // drain (one held for a starting model, say) closes its connection too.
+    if http1 && gateway.is_draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The router of the metrics listener: `/metrics` in the OpenMetrics text format.
@@ -71,31 +101,36 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
 }
 
 async fn readyz(State(gateway): State<Gateway>) -> Response {
-    if gateway.state().is_synced() {
+    if gateway.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if gateway.state().is_synced() {
         (StatusCode::OK, "ok").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "state not synced").into_response()
     }
 }
 
-/// `GET /v1/models`: every model of the caller's tenant, ready or not.
+/// `GET /v1/models`: every model of the caller's tenants, ready or not.
 async fn list_models(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
     let snapshot = gateway.state().snapshot();
-    let caller = match auth::authenticate(&gateway.inner.authenticators, &headers, &snapshot).await
+    let caller = match gateway
+        .inner
+        .authenticators
+        .authenticate(&headers, &snapshot)
+        .await
     {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
-    let mut models: Vec<_> = snapshot.models_of(&caller.tenant).iter().collect();
-    models.sort_by(|a, b| a.name.cmp(&b.name));
-    let data: Vec<_> = models
+    let data: Vec<_> = snapshot
+        .models_for(&caller.tenants)
         .into_iter()
-        .map(|m| {
+        .map(|listed| {
             serde_json::json!({
-                "id": m.name,
+                "id": listed.id,
                 "object": "model",
-                "created": m.created,
-                "owned_by": caller.tenant,
+                "created": listed.model.created,
+                "owned_by": listed.tenant,
             })
         })
         .collect();

@@ -16,6 +16,16 @@ pub enum ApiError {
     /// A key that no tenant owns.
     #[error("invalid API key")]
     InvalidKey,
+    /// A bearer token that is not an API key and did not authenticate.
+    #[error("invalid bearer token: {0}")]
+    TokenRejected(crate::auth::TokenRejection),
+    /// The caller authenticated but acts for no tenant.
+    #[error("{0}")]
+    NoTenant(String),
+    /// The token could not be checked now (its issuer or the API server did
+    /// not answer).
+    #[error("{0}")]
+    AuthUnavailable(String),
     /// The body is larger than the gateway accepts.
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge {
@@ -53,6 +63,25 @@ pub enum ApiError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The model, scaling from zero, got no ready endpoint within the time a
+    /// request may wait for one.
+    #[error("the model `{model}` did not become ready within {} s", seconds(*waited))]
+    ColdStartTimeout {
+        /// The requested model.
+        model: String,
+        /// How long the request waited.
+        waited: Duration,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// As many requests as may wait for the model to start already do.
+    #[error("too many requests are waiting for the model `{model}` to start")]
+    ColdStartQueueFull {
+        /// The requested model.
+        model: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The engine could not be reached.
     #[error("the model's engine could not be reached")]
     UpstreamUnreachable,
@@ -68,7 +97,11 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
+            ApiError::MissingKey | ApiError::InvalidKey | ApiError::TokenRejected(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::NoTenant(_) => StatusCode::FORBIDDEN,
+            ApiError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyUnreadable
             | ApiError::InvalidJson(_)
@@ -76,7 +109,9 @@ impl ApiError {
             | ApiError::ModelNotFound(_) => StatusCode::BAD_REQUEST,
             ApiError::ModelForbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NoReadyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoReadyEndpoint { .. }
+            | ApiError::ColdStartTimeout { .. }
+            | ApiError::ColdStartQueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -86,10 +121,15 @@ impl ApiError {
     /// OpenAI's `type`.
     pub fn kind(&self) -> &'static str {
         match self {
-            ApiError::MissingKey | ApiError::InvalidKey => "authentication_error",
-            ApiError::ModelForbidden(_) => "permission_error",
+            ApiError::MissingKey | ApiError::InvalidKey | ApiError::TokenRejected(_) => {
+                "authentication_error"
+            }
+            ApiError::ModelForbidden(_) | ApiError::NoTenant(_) => "permission_error",
+            ApiError::AuthUnavailable(_) => "server_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::NoReadyEndpoint { .. }
+            | ApiError::ColdStartTimeout { .. }
+            | ApiError::ColdStartQueueFull { .. }
             | ApiError::UpstreamUnreachable
             | ApiError::UpstreamTimeout => "server_error",
             _ => "invalid_request_error",
@@ -101,6 +141,9 @@ impl ApiError {
         match self {
             ApiError::MissingKey => "missing_api_key",
             ApiError::InvalidKey => "invalid_api_key",
+            ApiError::TokenRejected(rejection) => rejection.code(),
+            ApiError::NoTenant(_) => "no_tenant",
+            ApiError::AuthUnavailable(_) => "authentication_unavailable",
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::BodyUnreadable => "body_unreadable",
             ApiError::InvalidJson(_) => "invalid_json",
@@ -109,6 +152,8 @@ impl ApiError {
             ApiError::ModelForbidden(_) => "model_not_permitted",
             ApiError::RateLimited { .. } => "rate_limit_exceeded",
             ApiError::NoReadyEndpoint { .. } => "model_not_ready",
+            ApiError::ColdStartTimeout { .. } => "model_start_timeout",
+            ApiError::ColdStartQueueFull { .. } => "model_start_queue_full",
             ApiError::UpstreamUnreachable => "upstream_unreachable",
             ApiError::UpstreamTimeout => "upstream_timeout",
             ApiError::NotFound => "not_found",
@@ -129,11 +174,25 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after, .. }
-            | ApiError::NoReadyEndpoint { retry_after, .. } => Some(*retry_after),
+            | ApiError::NoReadyEndpoint { retry_after, .. }
+            | ApiError::ColdStartTimeout { retry_after, .. }
+            | ApiError::ColdStartQueueFull { retry_after, .. } => Some(*retry_after),
+            ApiError::AuthUnavailable(_) => Some(AUTH_RETRY_AFTER),
             _ => None,
         }
     }
 }
+
+/// A duration in seconds as people write it: `300`, `0.5`.
+fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{:.1}", d.as_secs_f64())
+    }
+}
+/// The `Retry-After` of a token that could not be checked.
+const AUTH_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
 pub(crate) fn retry_after_seconds(wait: Duration) -> u64 {

@@ -4,7 +4,10 @@
 //!
 //! - A **tenant** is a Tenant; its limits are `spec.gateway` over the plan's
 //!   defaults ([`gateway_limits`]). A namespace belongs to the Tenant whose
-//!   `status.namespaces` lists it.
+//!   `status.namespaces` lists it (the namespaces the operator made from
+//!   `spec.namespaces` and those labelled `aleph.dev/tenant` it adopted): a
+//!   ServiceAccount there acts for that tenant. Its `spec.owners` of kind
+//!   `User` and `Group` are whom OIDC users are matched against.
 //! - An **API key** is a Secret labelled `aleph.dev/gateway-key: "true"` in a
 //!   tenant namespace, whose `data.sha256` is the SHA-256 of the key in hex
 //!   (what `aleph-gateway keygen` prints on its second line). The key itself is
@@ -13,6 +16,8 @@
 //! - A **model** is an AIModel on the Kubernetes backend in a tenant
 //!   namespace; clients call it by its name, and the request's `"model"` is
 //!   rewritten to the name the engine serves it under ([`served_name`]).
+//! - It **scales from zero** when its `spec.autoscaling.minReplicas` is 0:
+//!   requests that find no ready endpoint wait for one ([`scales_from_zero`]).
 //! - Its **endpoints** are those of the EndpointSlices of the per-track
 //!   Services `<model>-stable` and `<model>-canary` when they exist (the
 //!   operator makes them for a canary behind the Gateway API), otherwise
@@ -21,10 +26,13 @@
 //! # RBAC
 //!
 //! Read only, cluster-wide (or in the `--watch-namespace` for the namespaced
-//! kinds), and nothing else:
+//! kinds), and nothing else but the TokenReviews that check Kubernetes tokens:
 //!
 //! ```yaml
 //! rules:
+//!   - apiGroups: ["authentication.k8s.io"]   # with TokenReview on
+//!     resources: ["tokenreviews"]
+//!     verbs: ["create"]
 //!   - apiGroups: ["aleph.dev"]
 //!     resources: ["tenants", "aimodels"]
 //!     verbs: ["get", "list", "watch"]
@@ -48,7 +56,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aleph_crds::aimodel::{AIModel, ModelRuntime, RuntimeEngine, ServingBackend};
-use aleph_crds::tenant::{Tenant, TenantGateway, TenantPlan};
+use aleph_crds::tenant::{SubjectKind, Tenant, TenantGateway, TenantPlan};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -210,7 +218,22 @@ pub fn build_snapshot_reporting(
         for ns in tenant.status.iter().flat_map(|s| &s.namespaces) {
             tenant_of.entry(ns.as_str()).or_insert_with(|| name.clone());
         }
+        for owner in &tenant.spec.owners {
+            let names = match owner.kind {
+                SubjectKind::User => &mut snapshot.owners.users,
+                SubjectKind::Group => &mut snapshot.owners.groups,
+                SubjectKind::ServiceAccount => continue,
+            };
+            names
+                .entry(owner.name.clone())
+                .or_default()
+                .insert(name.clone());
+        }
     }
+    snapshot.namespaces = tenant_of
+        .iter()
+        .map(|(ns, tenant)| ((*ns).to_owned(), tenant.clone()))
+        .collect();
 
     // Keys, in (namespace, name) order: of two Secrets with one hash, the first wins.
     let mut keys: Vec<&Secret> = keys
@@ -315,9 +338,20 @@ pub fn build_snapshot_reporting(
                     .map_or(0, |t| t.0.as_second()),
                 endpoints,
                 canary_percent,
+                scale_from_zero: scales_from_zero(model),
             });
     }
     (snapshot, ignored)
+}
+
+/// Whether the AIModel may run no replica at all (`spec.autoscaling.minReplicas: 0`):
+/// its requests then wait for a first ready endpoint rather than being refused.
+pub fn scales_from_zero(model: &AIModel) -> bool {
+    model
+        .spec
+        .autoscaling
+        .as_ref()
+        .is_some_and(|a| a.min_replicas == 0)
 }
 
 /// The key hash of a key Secret: `data.sha256`, 64 hex digits (surrounding
@@ -563,10 +597,9 @@ where
     }
 }
 
-/// Keeps of a Tenant its plan, gateway limits and namespaces.
+/// Keeps of a Tenant its plan, gateway limits, owners and namespaces.
 fn trim_tenant(tenant: &mut Tenant) {
     let spec = &mut tenant.spec;
-    spec.owners = Vec::new();
     spec.namespaces = Vec::new();
     spec.quota = None;
     spec.limit_range = None;

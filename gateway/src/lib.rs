@@ -3,7 +3,9 @@
 //! model within the caller's tenant, applies the tenant's limits, picks an
 //! endpoint (canary split, then least in flight or prompt-prefix hash),
 //! forwards the request with `"model"` rewritten to the engine's name, streams
-//! the answer back and meters its tokens from the engine's `usage`.
+//! the answer back and meters its tokens from the engine's `usage`. A request
+//! for a model that scales from zero and has no ready replica waits for one.
+//! [`server`] serves it all and drains on shutdown.
 //!
 //! This crate's core knows nothing of Kubernetes: it reads a [`GatewayState`]
 //! that whoever knows the tenants, keys, models and endpoints fills in and
@@ -12,16 +14,19 @@
 pub mod api;
 pub mod auth;
 pub mod clock;
+mod cold_start;
 pub mod error;
 pub mod k8s;
 pub mod limits;
 mod proxy;
 pub mod route;
+pub mod server;
 pub mod state;
 pub mod static_config;
 pub mod usage;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,12 +36,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prometheus_client::registry::Registry;
 
-pub use auth::{Authenticator, Caller};
+use crate::cold_start::ColdStartQueues;
+
+pub use auth::{Authenticators, Caller};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ApiError;
 pub use limits::Limits;
 pub use route::{Balancer, RoutingMode};
-pub use state::{Endpoint, GatewayState, KeyInfo, Model, Snapshot, TenantLimits, Track, hash_key};
+pub use state::{
+    Endpoint, GatewayState, KeyInfo, Model, Owners, Snapshot, TenantLimits, Track, hash_key,
+};
 pub use usage::{Metrics, UsageLedger, UsageTotals};
 
 /// How the gateway behaves; the same for every tenant.
@@ -59,6 +68,11 @@ pub struct GatewayConfig {
     pub replicas_share: u64,
     /// How an endpoint is picked within a track.
     pub routing: RoutingMode,
+    /// How long a request for a model that scales from zero may wait for its
+    /// first ready endpoint.
+    pub cold_start_timeout: Duration,
+    /// How many requests may wait so for each model; more get 503.
+    pub cold_start_queue: usize,
 }
 
 impl Default for GatewayConfig {
@@ -71,6 +85,8 @@ impl Default for GatewayConfig {
             retry_after: Duration::from_secs(5),
             replicas_share: 1,
             routing: RoutingMode::LeastInFlight,
+            cold_start_timeout: Duration::from_secs(300),
+            cold_start_queue: 256,
         }
     }
 }
@@ -85,12 +101,16 @@ pub struct Gateway {
 struct Inner {
     config: GatewayConfig,
     state: Arc<GatewayState>,
-    authenticators: Vec<Authenticator>,
+    authenticators: Authenticators,
     balancer: Balancer,
     limits: Arc<Limits>,
     ledger: Arc<UsageLedger>,
     metrics: Metrics,
+    cold_start: ColdStartQueues,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Set once shutdown has begun: `/readyz` fails and connections close
+    /// after each answer.
+    draining: AtomicBool,
 }
 
 impl Gateway {
@@ -102,22 +122,61 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         registry: &mut Registry,
     ) -> Self {
+        Self::with_authenticators(
+            config,
+            state,
+            clock,
+            registry,
+            Authenticators::api_keys_only(),
+        )
+    }
+
+    /// [`new`](Self::new), authenticating API keys and what `authenticators`
+    /// enables besides (OIDC tokens, Kubernetes tokens).
+    pub fn with_authenticators(
+        config: GatewayConfig,
+        state: Arc<GatewayState>,
+        clock: Arc<dyn Clock>,
+        registry: &mut Registry,
+        authenticators: Authenticators,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
+        let metrics = Metrics::new(registry);
         Self {
             inner: Arc::new(Inner {
                 balancer: Balancer::new(config.routing),
                 limits: Arc::new(Limits::new(clock.clone(), config.replicas_share)),
                 ledger: Arc::new(UsageLedger::new(clock)),
-                metrics: Metrics::new(registry),
-                authenticators: vec![Authenticator::ApiKeys],
+                cold_start: ColdStartQueues::new(config.cold_start_queue, metrics.clone()),
+                metrics,
+                authenticators,
                 state,
                 config,
                 client,
+                draining: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Begins the shutdown: from now on `/readyz` answers 503 (so that the
+    /// Service stops sending new connections here) and every answer closes
+    /// its connection (so that keep-alive clients reconnect elsewhere). The
+    /// requests keep being served; see [`server`].
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether [`start_draining`](Self::start_draining) was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// The requests waiting for a first ready endpoint of `model` now.
+    pub fn cold_start_waiting(&self, model: &Model) -> usize {
+        self.inner.cold_start.waiting(model)
     }
 
     /// The axum router of the API: `/v1/...`, `/healthz` and `/readyz`.

@@ -6,9 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aleph_gateway::auth::oidc::{OidcConfig, OidcVerifier};
+use aleph_gateway::auth::token_review::{TokenReviewConfig, TokenReviewer};
 use aleph_gateway::k8s::{self, WatchOptions};
 use aleph_gateway::static_config::StaticConfig;
-use aleph_gateway::{Gateway, GatewayConfig, GatewayState, RoutingMode, SystemClock};
+use aleph_gateway::{
+    Authenticators, Gateway, GatewayConfig, GatewayState, RoutingMode, SystemClock,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
 use rand::RngCore;
@@ -71,6 +75,20 @@ struct RunArgs {
     /// ε of prefix-hash mode: an endpoint above (1 + ε) times the average load is skipped.
     #[arg(long, default_value_t = 0.25)]
     prefix_load_factor: f64,
+    /// Seconds a request for a model that scales from zero (AIModel
+    /// `spec.autoscaling.minReplicas: 0`) may wait for its first ready
+    /// replica before a 503.
+    #[arg(long, default_value_t = 300.0)]
+    cold_start_timeout: f64,
+    /// Requests that may wait so, per model; more get 503 at once.
+    #[arg(long, default_value_t = 256)]
+    cold_start_queue: usize,
+    /// Seconds the gateway, told to stop (SIGTERM), keeps accepting and
+    /// serving while not ready, before it finishes the requests in flight and
+    /// exits: long enough for kube-proxy and clients to stop sending it
+    /// connections. The pod's grace period must be longer.
+    #[arg(long, default_value_t = 5.0)]
+    drain_seconds: f64,
     /// A JSON file of tenants, keys and models (see `static_config`), for
     /// running without Kubernetes; the state counts as synced once it is read.
     /// Without it, the state comes from the cluster (in-cluster configuration
@@ -82,6 +100,44 @@ struct RunArgs {
     /// `--static-config`.
     #[arg(long, env = "ALEPH_GATEWAY_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Check bearer tokens that are neither API keys nor the OIDC issuer's
+    /// with a TokenReview (a ServiceAccount acts for the tenant of its
+    /// namespace). Needs the cluster (not with `--static-config`) and RBAC
+    /// `create` on `tokenreviews`.
+    #[arg(long, env = "ALEPH_GATEWAY_TOKEN_REVIEW", default_value_t = true, action = clap::ArgAction::Set)]
+    token_review: bool,
+    /// Audiences a Kubernetes token must be for (one of them), comma-separated;
+    /// none: the API server's own.
+    #[arg(
+        long,
+        env = "ALEPH_GATEWAY_TOKEN_REVIEW_AUDIENCES",
+        value_delimiter = ','
+    )]
+    token_review_audiences: Vec<String>,
+    /// Seconds a TokenReview's answer is kept (by the token's SHA-256).
+    #[arg(long, default_value_t = 30)]
+    token_review_cache_seconds: u64,
+    /// The OIDC issuer whose tokens are accepted, exactly as their `iss`
+    /// says; unset: no OIDC.
+    #[arg(long, env = "ALEPH_GATEWAY_OIDC_ISSUER_URL")]
+    oidc_issuer_url: Option<String>,
+    /// The client id the OIDC tokens' `aud` must include.
+    #[arg(long, env = "ALEPH_GATEWAY_OIDC_AUDIENCE")]
+    oidc_audience: Option<String>,
+    /// The claim naming the user, matched against Tenant owners of kind User.
+    #[arg(long, env = "ALEPH_GATEWAY_OIDC_USERNAME_CLAIM", default_value = "sub")]
+    oidc_username_claim: String,
+    /// The claim listing the user's groups, matched against owners of kind Group.
+    #[arg(
+        long,
+        env = "ALEPH_GATEWAY_OIDC_GROUPS_CLAIM",
+        default_value = "groups"
+    )]
+    oidc_groups_claim: String,
+    /// PEM certificates the issuer's TLS certificate must chain to (instead
+    /// of the system's).
+    #[arg(long, env = "ALEPH_GATEWAY_OIDC_CA_FILE")]
+    oidc_ca_file: Option<PathBuf>,
     /// A tracing filter: `info`, `aleph_gateway=debug,info`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
@@ -135,13 +191,38 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 load_factor: args.prefix_load_factor,
             },
         },
+        cold_start_timeout: seconds("cold-start-timeout", args.cold_start_timeout)?,
+        cold_start_queue: args.cold_start_queue,
     };
+    let drain = seconds("drain-seconds", args.drain_seconds)?;
+    let mut authenticators = Authenticators::default();
+    if let Some(issuer) = &args.oidc_issuer_url {
+        let mut oidc = OidcConfig::new(issuer, args.oidc_audience.clone().unwrap_or_default());
+        oidc.username_claim.clone_from(&args.oidc_username_claim);
+        oidc.groups_claim.clone_from(&args.oidc_groups_claim);
+        oidc.ca_file.clone_from(&args.oidc_ca_file);
+        let verifier = Arc::new(OidcVerifier::new(oidc)?);
+        if issuer.starts_with("http://") {
+            tracing::warn!(%issuer, "the OIDC issuer is plain HTTP: its keys can be tampered with on the way");
+        }
+        tracing::info!(%issuer, "accepting OIDC tokens");
+        tokio::spawn({
+            let verifier = verifier.clone();
+            async move { verifier.warm_up().await }
+        });
+        authenticators.oidc = Some(verifier);
+    }
     let state = Arc::new(GatewayState::new());
     let watches = if let Some(path) = &args.static_config {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         state.replace(StaticConfig::from_json(&text)?.into_snapshot()?);
         state.mark_synced();
         tracing::info!(path = %path.display(), "static configuration loaded");
+        if args.token_review {
+            tracing::info!(
+                "no TokenReview without the cluster: Kubernetes tokens are not accepted"
+            );
+        }
         None
     } else {
         let client = kube::Client::try_default()
@@ -154,40 +235,44 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             namespace = args.watch_namespace.as_deref().unwrap_or("(all)"),
             "watching the cluster"
         );
+        if args.token_review {
+            let review = TokenReviewConfig {
+                audiences: args
+                    .token_review_audiences
+                    .iter()
+                    .filter(|a| !a.is_empty())
+                    .cloned()
+                    .collect(),
+                cache_ttl: Duration::from_secs(args.token_review_cache_seconds),
+                ..TokenReviewConfig::default()
+            };
+            tracing::info!(audiences = ?review.audiences, "accepting Kubernetes tokens (TokenReview)");
+            authenticators.token_review =
+                Some(Arc::new(TokenReviewer::new(client.clone(), review)));
+        }
         Some(tokio::spawn(k8s::watch(client, options, state.clone())))
     };
     let mut registry = Registry::default();
-    let gateway = Gateway::new(config, state, Arc::new(SystemClock), &mut registry);
+    let gateway = Gateway::with_authenticators(
+        config,
+        state,
+        Arc::new(SystemClock),
+        &mut registry,
+        authenticators,
+    );
     let registry = Arc::new(registry);
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let api = aleph_gateway::api::bind(args.listen).await?;
-    let metrics = aleph_gateway::api::bind(args.metrics_listen).await?;
-    tracing::info!(api = %args.listen, metrics = %args.metrics_listen, "listening");
-    let api = tokio::spawn(
-        axum::serve(api, gateway.router())
-            .with_graceful_shutdown(stopped())
-            .into_future(),
-    );
-    let metrics = tokio::spawn(
-        axum::serve(metrics, aleph_gateway::api::metrics_router(registry))
-            .with_graceful_shutdown(stopped())
-            .into_future(),
-    );
-    wait_for_signal().await;
-    tracing::info!("shutting down: finishing the requests in flight");
-    let _ = stop_tx.send(true);
+    let api = tokio::net::TcpListener::bind(args.listen).await?;
+    let metrics = tokio::net::TcpListener::bind(args.metrics_listen).await?;
+    tracing::info!(api = %api.local_addr()?, metrics = %metrics.local_addr()?, "listening");
+    let served =
+        aleph_gateway::server::serve(gateway, api, metrics, registry, wait_for_signal(), drain)
+            .await;
     if let Some(watches) = watches {
         watches.abort();
     }
-    api.await??;
-    metrics.await??;
+    served?;
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -15,11 +15,12 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 
+use crate::Gateway;
+use crate::cold_start::NotReady;
 use crate::error::ApiError;
 use crate::route::{EndpointGuard, RoutingMode, prompt_prefix};
 use crate::state::Model;
 use crate::usage::{InflightGuard, Meter, UsageScanner};
-use crate::{Gateway, auth};
 
 /// The labels of `requests_total`, filled in as the request is understood.
 #[derive(Default)]
@@ -56,8 +57,11 @@ async fn forward(
     let deadline = Instant::now() + config.request_timeout;
     let snapshot = inner.state.snapshot();
     let (parts, body) = request.into_parts();
-    let caller = auth::authenticate(&inner.authenticators, &parts.headers, &snapshot).await?;
-    labels.tenant.clone_from(&caller.tenant);
+    let caller = inner
+        .authenticators
+        .authenticate(&parts.headers, &snapshot)
+        .await?;
+    labels.tenant = caller.single_tenant().to_owned();
 
     let declared = parts
         .headers
@@ -91,25 +95,34 @@ async fn forward(
         .and_then(Value::as_str)
         .ok_or(ApiError::MissingModel)?
         .to_owned();
-    let model = match snapshot.lookup(&caller.tenant, &requested) {
-        crate::state::Lookup::Found(model) => model,
+    // The request is the tenant's whose model it calls: its limits, its usage.
+    let (tenant, mut model) = match snapshot.lookup(&caller.tenants, &requested) {
+        crate::state::Lookup::Found { tenant, model } => (tenant.to_owned(), model.clone()),
         crate::state::Lookup::OtherTenant => return Err(ApiError::ModelForbidden(requested)),
         crate::state::Lookup::Unknown => return Err(ApiError::ModelNotFound(requested)),
     };
+    labels.tenant.clone_from(&tenant);
     labels.model.clone_from(&model.name);
-    let no_endpoint = || ApiError::NoReadyEndpoint {
+    // What the model's autoscaling reads: the arrival at once, and the
+    // request in flight from now on, while it waits for an endpoint too.
+    inner
+        .metrics
+        .count_arrival(&model.namespace, &model.aimodel);
+    let in_flight = inner.metrics.in_flight(&model.namespace, &model.aimodel);
+    let no_endpoint = |model: &Model| ApiError::NoReadyEndpoint {
         model: model.name.clone(),
         retry_after: config.retry_after,
     };
-    if !model.has_ready_endpoint() {
-        return Err(no_endpoint());
+    if !model.has_ready_endpoint() && !model.scale_from_zero {
+        return Err(no_endpoint(&model));
     }
-    let tenant_limits = snapshot
-        .tenants
-        .get(&caller.tenant)
-        .cloned()
-        .unwrap_or_default();
-    inner.limits.admit(&caller.tenant, &tenant_limits)?;
+    let tenant_limits = snapshot.tenants.get(&tenant).cloned().unwrap_or_default();
+    inner.limits.admit(&tenant, &tenant_limits)?;
+    if !model.has_ready_endpoint() {
+        model = wait_for_endpoint(gateway, &tenant, &requested, &model, deadline).await?;
+    }
+    drop(snapshot);
+    let model = &model;
 
     object.insert("model".into(), Value::String(model.served_name.clone()));
     if object.get("stream").and_then(Value::as_bool) == Some(true) {
@@ -140,8 +153,7 @@ async fn forward(
     let guard = inner
         .balancer
         .pick(model, prefix.as_deref())
-        .ok_or_else(no_endpoint)?;
-    let in_flight = inner.metrics.in_flight(&model.namespace, &model.aimodel);
+        .ok_or_else(|| no_endpoint(model))?;
     let (guard, upstream) =
         match send(gateway, &guard, &path, &parts.headers, &body, deadline).await {
             Sent::Answered(response) if response.status() != StatusCode::SERVICE_UNAVAILABLE => {
@@ -173,8 +185,53 @@ async fn forward(
             failed => return Err(failed.error()),
         };
     Ok(respond(
-        gateway, &caller, model, guard, in_flight, upstream, deadline,
+        gateway, &tenant, &caller, model, guard, in_flight, upstream, deadline,
     ))
+}
+
+/// Holds a request for `model` (which scales from zero and has no ready
+/// endpoint) until it has one, and returns the model as it then is.
+async fn wait_for_endpoint(
+    gateway: &Gateway,
+    tenant: &str,
+    requested: &str,
+    model: &Model,
+    deadline: Instant,
+) -> Result<Model, ApiError> {
+    let inner = &gateway.inner;
+    let config = &inner.config;
+    let started = Instant::now();
+    let until = (started + config.cold_start_timeout).min(deadline);
+    tracing::debug!(model = %model.id(), "waiting for a first ready endpoint");
+    let waited = inner
+        .cold_start
+        .wait_until_ready(&inner.state, tenant, requested, model, until)
+        .await;
+    match waited {
+        Ok(ready) => {
+            tracing::debug!(
+                model = %ready.id(),
+                waited_ms = started.elapsed().as_millis(),
+                "a ready endpoint appeared"
+            );
+            Ok(ready)
+        }
+        Err(NotReady::QueueFull) => Err(ApiError::ColdStartQueueFull {
+            model: model.name.clone(),
+            retry_after: config.retry_after,
+        }),
+        Err(NotReady::TimedOut) => Err(ApiError::ColdStartTimeout {
+            model: model.name.clone(),
+            waited: until.saturating_duration_since(started),
+            retry_after: config.retry_after,
+        }),
+        Err(NotReady::NoLongerScalesFromZero) => Err(ApiError::NoReadyEndpoint {
+            model: model.name.clone(),
+            retry_after: config.retry_after,
+        }),
+        Err(NotReady::Forbidden) => Err(ApiError::ModelForbidden(requested.to_owned())),
+        Err(NotReady::Gone) => Err(ApiError::ModelNotFound(requested.to_owned())),
+    }
 }
 
 /// What sending to one endpoint gave.
@@ -247,8 +304,10 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
+#[allow(clippy::too_many_arguments)]
 fn respond(
     gateway: &Gateway,
+    tenant: &str,
     caller: &crate::Caller,
     model: &Model,
     endpoint: EndpointGuard,
@@ -271,7 +330,7 @@ fn respond(
         metrics: gateway.inner.metrics.clone(),
         limits: gateway.inner.limits.clone(),
         ledger: gateway.inner.ledger.clone(),
-        tenant: caller.tenant.clone(),
+        tenant: tenant.to_owned(),
         model: model.name.clone(),
         key: caller.key_name.clone(),
     });

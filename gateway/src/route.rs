@@ -317,6 +317,7 @@ mod tests {
                 })
                 .collect(),
             canary_percent,
+            scale_from_zero: false,
         }
     }
 

@@ -5,14 +5,17 @@
 //! a request holds the `Arc` it loaded for its whole life, so it never sees
 //! half of an update. Counters that must outlive a swap (requests in flight,
 //! canary counters, limit windows) live outside the snapshot, keyed by name.
+//! Every swap is announced ([`GatewayState::changes`]), so that requests
+//! waiting for a model's first ready endpoint look again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 /// A tenant's limits, as whole-tenant numbers (before any replica share).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -86,6 +89,11 @@ pub struct Model {
     /// tracks have a ready endpoint.
     #[serde(default)]
     pub canary_percent: u8,
+    /// Whether the model may have no replica at all (an AIModel's
+    /// `spec.autoscaling.minReplicas: 0`): a request that finds no ready
+    /// endpoint then waits for one instead of being refused.
+    #[serde(default)]
+    pub scale_from_zero: bool,
 }
 
 impl Model {
@@ -109,15 +117,43 @@ impl Model {
     }
 }
 
-/// What a requested model name resolves to for a tenant.
+/// What a requested model name resolves to for a caller.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup<'a> {
-    /// The caller's tenant has it.
-    Found(&'a Model),
-    /// Only another tenant has a model by that name.
+    /// One of the caller's tenants has it: the request is that tenant's.
+    Found {
+        /// The tenant whose model it is (its limits apply, its usage grows).
+        tenant: &'a str,
+        /// The model.
+        model: &'a Model,
+    },
+    /// Only a tenant the caller does not act for has a model by that name.
     OtherTenant,
     /// No tenant has it.
     Unknown,
+}
+
+/// A model as one caller lists it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Listed<'a> {
+    /// The id the caller lists and calls it by: the model's name, or
+    /// `namespace/name` when a model listed before it has that name.
+    pub id: String,
+    /// The tenant it belongs to.
+    pub tenant: &'a str,
+    /// The model.
+    pub model: &'a Model,
+}
+
+/// Who owns which tenants, as `Tenant.spec.owners` says: for callers known
+/// by a user name and groups (OIDC tokens, users the API server
+/// authenticates).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owners {
+    /// A `User` owner's name to the tenants it owns.
+    pub users: HashMap<String, BTreeSet<String>>,
+    /// A `Group` owner's name to the tenants it owns.
+    pub groups: HashMap<String, BTreeSet<String>>,
 }
 
 /// Everything the handlers need to know, at one moment.
@@ -130,6 +166,11 @@ pub struct Snapshot {
     pub keys: HashMap<String, KeyInfo>,
     /// Tenant name to its models.
     pub models: HashMap<String, Vec<Model>>,
+    /// Namespace to the tenant it belongs to: where a ServiceAccount's
+    /// tenant is found.
+    pub namespaces: HashMap<String, String>,
+    /// The tenants' `User` and `Group` owners.
+    pub owners: Owners,
 }
 
 impl Snapshot {
@@ -146,20 +187,67 @@ impl Snapshot {
             .unwrap_or_default()
     }
 
+    /// The tenant a namespace belongs to.
+    pub fn tenant_of_namespace(&self, namespace: &str) -> Option<&str> {
+        self.namespaces.get(namespace).map(String::as_str)
+    }
+
+    /// The tenants that `user`, or any of `groups`, owns: sorted, each once.
+    pub fn tenants_owned_by(&self, user: &str, groups: &[String]) -> Vec<String> {
+        let mut tenants: BTreeSet<&String> = BTreeSet::new();
+        tenants.extend(self.owners.users.get(user).into_iter().flatten());
+        for group in groups {
+            tenants.extend(self.owners.groups.get(group).into_iter().flatten());
+        }
+        tenants.into_iter().cloned().collect()
+    }
+
+    /// The models a caller of `tenants` sees, sorted by id. The tenants are
+    /// taken in the order given (callers hold them sorted by name), each
+    /// tenant's models in its own order; a model whose name an earlier one
+    /// already has is listed as `namespace/name`, so every id is unique and
+    /// calls the model it lists (see [`lookup`](Self::lookup)).
+    pub fn models_for<'a>(&'a self, tenants: &'a [String]) -> Vec<Listed<'a>> {
+        let mut names: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut listed = Vec::new();
+        for tenant in tenants {
+            for model in self.models_of(tenant) {
+                let id = if names.insert(model.name.as_str()) {
+                    model.name.clone()
+                } else {
+                    format!("{}/{}", model.namespace, model.name)
+                };
+                listed.push(Listed {
+                    id,
+                    tenant: tenant.as_str(),
+                    model,
+                });
+            }
+        }
+        listed.sort_by(|a, b| a.id.cmp(&b.id));
+        listed
+    }
+
     /// Resolves `requested` (a model's `name`, or `namespace/aimodel`, or
-    /// `namespace/name`) for a caller of `tenant`.
-    pub fn lookup(&self, tenant: &str, requested: &str) -> Lookup<'_> {
-        if let Some(model) = self
-            .models_of(tenant)
-            .iter()
-            .find(|m| m.answers_to(requested))
-        {
-            return Lookup::Found(model);
+    /// `namespace/name`) for a caller acting for `tenants`: the first of them
+    /// (in the order given) that has a model answering to it wins.
+    pub fn lookup<'a>(&'a self, tenants: &'a [String], requested: &str) -> Lookup<'a> {
+        for tenant in tenants {
+            if let Some(model) = self
+                .models_of(tenant)
+                .iter()
+                .find(|m| m.answers_to(requested))
+            {
+                return Lookup::Found {
+                    tenant: tenant.as_str(),
+                    model,
+                };
+            }
         }
         let elsewhere = self
             .models
             .iter()
-            .filter(|(owner, _)| owner.as_str() != tenant)
+            .filter(|(owner, _)| !tenants.contains(owner))
             .any(|(_, models)| models.iter().any(|m| m.answers_to(requested)));
         if elsewhere {
             Lookup::OtherTenant
@@ -213,16 +301,39 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// The current snapshot, swapped whole, and whether it is complete yet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GatewayState {
     snapshot: RwLock<Arc<Snapshot>>,
     synced: AtomicBool,
+    /// Counts the swaps; its receivers wake on each.
+    swaps: watch::Sender<u64>,
+}
+
+impl Default for GatewayState {
+    fn default() -> Self {
+        Self {
+            snapshot: RwLock::default(),
+            synced: AtomicBool::default(),
+            swaps: watch::Sender::new(0),
+        }
+    }
 }
 
 impl GatewayState {
     /// An empty, unsynced state.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A receiver that wakes after every swap of the snapshot. Take it before
+    /// reading the snapshot it should watch over: a swap in between then
+    /// still wakes it.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.swaps.subscribe()
+    }
+
+    fn announce_swap(&self) {
+        self.swaps.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The current snapshot; cheap (one `Arc` clone).
@@ -236,6 +347,7 @@ impl GatewayState {
     /// Replaces the snapshot.
     pub fn replace(&self, snapshot: Snapshot) {
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        self.announce_swap();
     }
 
     /// Changes a copy of the current snapshot and swaps it in. Concurrent
@@ -245,6 +357,8 @@ impl GatewayState {
         let mut next = Snapshot::clone(&guard);
         change(&mut next);
         *guard = Arc::new(next);
+        drop(guard);
+        self.announce_swap();
     }
 
     /// Records that every source has delivered its first complete listing:

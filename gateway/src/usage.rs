@@ -198,14 +198,20 @@ struct InflightLabels {
 
 /// The gateway's Prometheus series, all prefixed `aleph_gateway_`:
 /// `requests_total{tenant,model,code}`,
-/// `tokens_total{tenant,model,key,kind="prompt"|"completion"}` and
-/// `inflight_requests{namespace,model}` (per AIModel, what its autoscaling
-/// reads).
+/// `tokens_total{tenant,model,key,kind="prompt"|"completion"}`, and per
+/// AIModel (`model` is its object name), what its autoscaling reads:
+/// `inflight_requests{namespace,model}` (requests between their resolution to
+/// the model and their answer's end, those waiting for a first ready
+/// endpoint included), `arrivals_total{namespace,model}` (requests resolved
+/// to the model, counted before any wait) and `queued_requests{namespace,model}`
+/// (requests waiting for a first ready endpoint).
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     inflight: Family<InflightLabels, Gauge>,
+    arrivals: Family<InflightLabels, Counter>,
+    queued: Family<InflightLabels, Gauge>,
 }
 
 impl Metrics {
@@ -225,10 +231,41 @@ impl Metrics {
         );
         registry.register(
             "inflight_requests",
-            "Requests in flight through this gateway, by AIModel",
+            "Requests in flight through this gateway (waiting for a first ready endpoint included), by AIModel",
             metrics.inflight.clone(),
         );
+        registry.register(
+            "arrivals",
+            "Requests received for each AIModel, counted before any wait",
+            metrics.arrivals.clone(),
+        );
+        registry.register(
+            "queued_requests",
+            "Requests waiting for a first ready endpoint of their AIModel",
+            metrics.queued.clone(),
+        );
         metrics
+    }
+
+    /// Counts a request resolved to the AIModel `namespace/model`.
+    pub fn count_arrival(&self, namespace: &str, model: &str) {
+        self.arrivals
+            .get_or_create(&InflightLabels {
+                namespace: namespace.to_owned(),
+                model: model.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The requests waiting for a first ready endpoint of the AIModel
+    /// `namespace/model`: a gauge to raise and lower.
+    pub(crate) fn queued(&self, namespace: &str, model: &str) -> Gauge {
+        self.queued
+            .get_or_create(&InflightLabels {
+                namespace: namespace.to_owned(),
+                model: model.to_owned(),
+            })
+            .clone()
     }
 
     /// Counts one answered request. `model` is the model's client-facing name,

@@ -1,12 +1,12 @@
 //! The snapshot built from cluster objects: tenants and their limits, key
 //! Secrets, models with their served names, tracks and endpoints.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::tenant::{Tenant, TenantGateway, TenantPlan};
 use aleph_gateway::k8s::{Ignored, build_snapshot, build_snapshot_reporting, gateway_limits};
-use aleph_gateway::{Endpoint, KeyInfo, Model, Snapshot, TenantLimits, Track};
+use aleph_gateway::{Endpoint, KeyInfo, Model, Owners, Snapshot, TenantLimits, Track};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -15,7 +15,7 @@ const TENANTS: &str = r#"
   kind: Tenant
   metadata: {name: acme}
   spec:
-    owners: [{kind: User, name: alice}]
+    owners: [{kind: User, name: alice}, {kind: ServiceAccount, name: ci, namespace: acme-ml}]
     namespaces: [ml, web]
     plan: pro
     gateway: {tokensPerDay: 1000000}
@@ -128,6 +128,8 @@ const MODELS: &str = r#"
   spec:
     source: {uri: "ollama://llama3.2:1b"}
     runtime: {engine: ollama}
+    # Scaled from zero: its requests wait for a first replica.
+    autoscaling: {minReplicas: 0, maxReplicas: 2, targetConcurrency: 4}
 - apiVersion: aleph.dev/v1alpha1
   kind: AIModel
   metadata: {name: mistral, namespace: globex-ai}
@@ -143,6 +145,7 @@ const MODELS: &str = r#"
   spec:
     source: {uri: "oci://registry.example.com/models/vision:1"}
     runtime: {engine: custom, image: "registry.example.com/vision-server:1", port: 9000}
+    autoscaling: {minReplicas: 1, maxReplicas: 3, targetConcurrency: 8}
 - apiVersion: aleph.dev/v1alpha1
   kind: AIModel
   metadata: {name: hosted, namespace: globex-ai}
@@ -345,6 +348,7 @@ fn expected() -> Snapshot {
                             endpoint("10.0.0.3:8000", Canary, true),
                         ],
                         canary_percent: 10,
+                        scale_from_zero: false,
                     },
                     Model {
                         name: "tiny".into(),
@@ -357,6 +361,7 @@ fn expected() -> Snapshot {
                             endpoint("10.0.1.2:8080", Stable, true),
                         ],
                         canary_percent: 0,
+                        scale_from_zero: false,
                     },
                     Model {
                         name: "local".into(),
@@ -366,6 +371,7 @@ fn expected() -> Snapshot {
                         created: 0,
                         endpoints: vec![],
                         canary_percent: 0,
+                        scale_from_zero: true,
                     },
                 ],
             ),
@@ -383,6 +389,7 @@ fn expected() -> Snapshot {
                             endpoint("[fd00::2]:8080", Stable, true),
                         ],
                         canary_percent: 25,
+                        scale_from_zero: false,
                     },
                     Model {
                         name: "vision".into(),
@@ -392,10 +399,24 @@ fn expected() -> Snapshot {
                         created: 0,
                         endpoints: vec![],
                         canary_percent: 0,
+                        scale_from_zero: false,
                     },
                 ],
             ),
         ]),
+        // initech has no status yet: no namespace.
+        namespaces: HashMap::from([
+            ("acme-ml".into(), "acme".into()),
+            ("acme-web".into(), "acme".into()),
+            ("globex-ai".into(), "globex".into()),
+        ]),
+        owners: Owners {
+            users: HashMap::from([
+                ("alice".into(), BTreeSet::from(["acme".into()])),
+                ("bob".into(), BTreeSet::from(["globex".into()])),
+            ]),
+            groups: HashMap::from([("initech-admins".into(), BTreeSet::from(["initech".into()]))]),
+        },
     }
 }
 

@@ -103,6 +103,16 @@ pub struct RunArgs {
     /// shown in the status of every model it serves.
     #[arg(long, env = "ALEPH_GATEWAY_URL")]
     pub gateway_url: Option<String>,
+    /// The label selector of aleph-gateway's pods, whose `/metrics` drive
+    /// `targetConcurrency` autoscaling and the Tenants' usage summary.
+    #[arg(long, env = "ALEPH_GATEWAY_POD_SELECTOR", default_value = aleph_controllers::autoscaler::DEFAULT_GATEWAY_SELECTOR)]
+    pub gateway_pod_selector: String,
+    /// Milliseconds between two looks of the autoscaler at the gateways.
+    #[arg(long, env = "ALEPH_AUTOSCALE_INTERVAL_MS", default_value_t = 2000)]
+    pub autoscale_interval_ms: u64,
+    /// Seconds between two writes of a Tenant's usage summary.
+    #[arg(long, env = "ALEPH_USAGE_INTERVAL_SECONDS", default_value_t = 10)]
+    pub usage_interval_seconds: u64,
     /// Impersonate this user for every request (to run with a ServiceAccount's exact permissions).
     #[arg(long, env = "ALEPH_IMPERSONATE")]
     pub impersonate: Option<String>,

@@ -140,7 +140,19 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
         .filter(|n| !n.is_empty())
         .cloned()
         .collect();
+    let autoscaler = tokio::spawn(aleph_controllers::autoscaler::run(
+        ctx.clone(),
+        aleph_controllers::autoscaler::Settings {
+            interval: Duration::from_millis(args.autoscale_interval_ms.max(100)),
+            gateway_selector: args.gateway_pod_selector.clone(),
+            usage_interval: Duration::from_secs(args.usage_interval_seconds.max(1)),
+        },
+        options.selector.clone(),
+        namespaces.clone(),
+        shutdown(),
+    ));
     aleph_controllers::run_all(ctx, &options, &namespaces, &readiness, shutdown).await;
+    let _ = autoscaler.await;
     tracing::info!("controllers stopped");
     stop_election(release_tx, election).await;
     if let Ok(result) = http.await {

@@ -29,10 +29,6 @@ use crate::error::{Error, Result};
 pub const MODEL_LABEL: &str = "aleph.dev/model";
 /// Label of serving Deployments and pods: `stable` or `canary`.
 pub const TRACK_LABEL: &str = "aleph.dev/track";
-/// The per-pod metric the HPA reads for `targetConcurrency`: requests in
-/// flight in one serving pod, served by a custom metrics adapter (for example
-/// prometheus-adapter over the runtime's own request gauge).
-pub const CONCURRENCY_METRIC: &str = "aleph_inflight_requests";
 /// The node label that names a node's GPU product (from GPU feature discovery).
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 /// The extended resource of NVIDIA GPUs, and the key of GPU nodes' taint.
@@ -479,27 +475,16 @@ pub fn track_service(model: &AIModel, plan: &ServingPlan, track: &TrackPlan) -> 
     }))
 }
 
-/// The HorizontalPodAutoscaler of the stable Deployment, when autoscaling is on.
+/// The HorizontalPodAutoscaler of the stable Deployment, when it scales on
+/// CPU utilisation (`targetConcurrency` is scaled by the operator's
+/// autoscaler, on the gateway's measurements: see `crate::autoscaler`).
 pub fn hpa(model: &AIModel, plan: &ServingPlan) -> Result<Option<HorizontalPodAutoscaler>> {
     let Some(auto) = &model.spec.autoscaling else {
         return Ok(None);
     };
-    let mut metrics = Vec::new();
-    if let Some(cpu) = auto.target_cpu_utilization {
-        metrics.push(json!({
-            "type": "Resource",
-            "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": cpu } },
-        }));
-    }
-    if let Some(concurrency) = auto.target_concurrency {
-        metrics.push(json!({
-            "type": "Pods",
-            "pods": {
-                "metric": { "name": CONCURRENCY_METRIC },
-                "target": { "type": "AverageValue", "averageValue": concurrency.to_string() },
-            },
-        }));
-    }
+    let Some(cpu) = auto.target_cpu_utilization else {
+        return Ok(None);
+    };
     from_json(json!({
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -508,7 +493,10 @@ pub fn hpa(model: &AIModel, plan: &ServingPlan) -> Result<Option<HorizontalPodAu
             "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": plan.stable.deployment_name(&plan.name) },
             "minReplicas": auto.min_replicas,
             "maxReplicas": auto.max_replicas,
-            "metrics": metrics,
+            "metrics": [{
+                "type": "Resource",
+                "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": cpu } },
+            }],
             "behavior": { "scaleDown": { "stabilizationWindowSeconds": auto.scale_down_stabilization_seconds } },
         },
     }))

@@ -166,7 +166,14 @@ async fn reconcile_model(model: &AIModel, ctx: &Context) -> Result<Action> {
         ServingBackend::Kubernetes => serve(model, ctx, &mut status).await,
     };
     status.observed_generation = generation;
-    let changed = patch_status_if_changed(&api, model, model.status.as_ref(), &status).await?;
+    // `status.autoscaler` is the autoscaler's (its own field manager): never
+    // written back from a possibly older read.
+    status.autoscaler = None;
+    let current = model.status.clone().map(|mut s| {
+        s.autoscaler = None;
+        s
+    });
+    let changed = patch_status_if_changed(&api, model, current.as_ref(), &status).await?;
     if changed {
         publish_events(model, ctx, model.status.as_ref(), &status).await;
     }
@@ -447,6 +454,11 @@ async fn serve(
         tracks,
         pods: &pods,
         url: &url,
+        scales_to_zero: model
+            .spec
+            .autoscaling
+            .as_ref()
+            .is_some_and(|a| a.min_replicas == 0 && a.target_concurrency.is_some()),
     });
     let all_up_to_date = plan
         .tracks()

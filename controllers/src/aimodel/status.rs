@@ -50,6 +50,8 @@ pub struct Observation<'a> {
     pub pods: &'a [Pod],
     /// Where the model answers.
     pub url: &'a str,
+    /// Whether the autoscaler stops the last replica when no request comes.
+    pub scales_to_zero: bool,
 }
 
 /// The conditions and replica counts of a model.
@@ -452,6 +454,11 @@ pub fn assess(obs: &Observation<'_>) -> Assessment {
             progressing.reason.clone(),
             progressing.message.clone(),
         ),
+        None if replicas == 0 && obs.scales_to_zero => NewCondition::yes(
+            READY,
+            "ScaledToZero",
+            "no replica runs while no request comes: aleph-gateway holds the next request while one starts",
+        ),
         None if replicas == 0 => NewCondition::no(
             READY,
             "ScaledToZero",
@@ -515,7 +522,23 @@ mod tests {
             }],
             pods,
             url: "http://m.ns.svc.cluster.local:8000/v1",
+            scales_to_zero: false,
         }
+    }
+
+    #[test]
+    fn zero_replicas_are_ready_only_when_the_autoscaler_put_them_there() {
+        let d = deployment(1, 1, 0, 0);
+        let by_hand = assess(&observe(Some(&d), &[], None));
+        assert_eq!(by_hand.ready.status, ConditionStatus::False);
+        assert_eq!(by_hand.ready.reason, "ScaledToZero");
+        let autoscaled = assess(&Observation {
+            scales_to_zero: true,
+            ..observe(Some(&d), &[], None)
+        });
+        assert_eq!(autoscaled.ready.status, ConditionStatus::True);
+        assert_eq!(autoscaled.ready.reason, "ScaledToZero");
+        assert_eq!((autoscaled.replicas, autoscaled.ready_replicas), (0, 0));
     }
 
     #[test]

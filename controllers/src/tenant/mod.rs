@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aleph_crds::common::{ConditionStatus, DeletionPolicy};
-use aleph_crds::tenant::{ResourceUsage, Tenant};
+use aleph_crds::tenant::{ResourceUsage, Tenant, TenantStatus};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -24,8 +24,7 @@ use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -66,31 +65,14 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// A watch of `api` whose objects (without their managed fields) are kept in
-/// the returned store, and the stream of touched objects that triggers the
-/// controller.
-fn cached_watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects();
-    (reader, stream)
+/// The Tenant's status without `gatewayUsage`, which the autoscaler's usage
+/// summary writes (its own field manager): the reconciler neither compares
+/// nor writes it back from a possibly older read.
+fn own_status(tenant: &Tenant) -> Option<TenantStatus> {
+    tenant
+        .status
+        .clone()
+        .map(TenantStatus::without_gateway_usage)
 }
 
 /// The Tenant controller, watching what it makes. The caches of its watches
@@ -98,27 +80,42 @@ where
 pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGuard<Tenant>> {
     let client = &ctx.client;
     let owned = || crate::runner::watch_config().labels(TENANT_LABEL);
-    let (namespaces, namespace_stream) =
-        cached_watch(Api::<Namespace>::all(client.clone()), owned());
-    let (limit_ranges, limit_range_stream) =
-        cached_watch(Api::<LimitRange>::all(client.clone()), owned());
-    let (network_policies, network_policy_stream) =
-        cached_watch(Api::<NetworkPolicy>::all(client.clone()), owned());
-    let (role_bindings, role_binding_stream) =
-        cached_watch(Api::<RoleBinding>::all(client.clone()), owned());
-    let (admission_policies, admission_policy_stream) = cached_watch(
+    let (namespaces, namespace_stream) = crate::runner::cached_watch(
+        Api::<Namespace>::all(client.clone()),
+        owned(),
+        crate::runner::untrimmed,
+    );
+    let (limit_ranges, limit_range_stream) = crate::runner::cached_watch(
+        Api::<LimitRange>::all(client.clone()),
+        owned(),
+        crate::runner::untrimmed,
+    );
+    let (network_policies, network_policy_stream) = crate::runner::cached_watch(
+        Api::<NetworkPolicy>::all(client.clone()),
+        owned(),
+        crate::runner::untrimmed,
+    );
+    let (role_bindings, role_binding_stream) = crate::runner::cached_watch(
+        Api::<RoleBinding>::all(client.clone()),
+        owned(),
+        crate::runner::untrimmed,
+    );
+    let (admission_policies, admission_policy_stream) = crate::runner::cached_watch(
         Api::<ValidatingAdmissionPolicy>::all(client.clone()),
         owned(),
+        crate::runner::untrimmed,
     );
-    let (admission_bindings, admission_binding_stream) = cached_watch(
+    let (admission_bindings, admission_binding_stream) = crate::runner::cached_watch(
         Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
         owned(),
+        crate::runner::untrimmed,
     );
     // Only FailedCreate events, and only the tenant quota's refusals wake a
     // Tenant: the reconcile moves headroom to the refused namespace.
-    let (refusals, refusal_stream) = cached_watch(
+    let (refusals, refusal_stream) = crate::runner::cached_watch(
         Api::<Event>::all(client.clone()),
         crate::runner::watch_config().fields("reason=FailedCreate"),
+        crate::runner::untrimmed,
     );
     let tenant_of_namespace = namespaces.clone();
     if ctx
@@ -209,7 +206,14 @@ async fn report_failure(tenant: &Tenant, ctx: &Context, error: &Error) {
         tenant.metadata.generation,
     );
     let api = Api::<Tenant>::all(ctx.client.clone());
-    if let Err(e) = patch_status_if_changed(&api, tenant, tenant.status.as_ref(), &status).await {
+    if let Err(e) = patch_status_if_changed(
+        &api,
+        tenant,
+        own_status(tenant).as_ref(),
+        &status.clone().without_gateway_usage(),
+    )
+    .await
+    {
         tracing::warn!(error = %e, "cannot write the failure into the Tenant's status");
     }
     ctx.event(tenant, EventType::Warning, "ReconcileFailed", message)
@@ -383,8 +387,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             patch_status_if_changed(
                 &Api::<Tenant>::all(client.clone()),
                 tenant,
-                tenant.status.as_ref(),
-                &status,
+                own_status(tenant).as_ref(),
+                &status.clone().without_gateway_usage(),
             )
             .await?;
             return Err(error);
@@ -746,8 +750,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let changed = patch_status_if_changed(
         &Api::<Tenant>::all(client.clone()),
         tenant,
-        tenant.status.as_ref(),
-        &status,
+        own_status(tenant).as_ref(),
+        &status.clone().without_gateway_usage(),
     )
     .await?;
     if changed && is_ready && !was_ready {
@@ -1379,6 +1383,7 @@ async fn replace_quota(api: &Api<ResourceQuota>, updated: ResourceQuota) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::{reflector, watcher};
 
     fn quota(
         spec: &[(&str, &str)],

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aleph_gateway::{
-    Endpoint, Gateway, GatewayConfig, GatewayState, KeyInfo, ManualClock, Model, Snapshot,
-    TenantLimits, Track,
+    Authenticators, Endpoint, Gateway, GatewayConfig, GatewayState, KeyInfo, ManualClock, Model,
+    Snapshot, TenantLimits, Track,
 };
 use axum::body::Body;
 use axum::extract::State;
@@ -50,15 +50,33 @@ impl Harness {
         harness
     }
 
+    /// A gateway authenticating API keys and what `authenticators` enables,
+    /// serving `snapshot`, synced.
+    pub async fn start_with(
+        config: GatewayConfig,
+        snapshot: Snapshot,
+        authenticators: Authenticators,
+    ) -> Harness {
+        let harness = Harness::start_unsynced_with(config, authenticators).await;
+        harness.gateway.state().replace(snapshot);
+        harness.gateway.state().mark_synced();
+        harness
+    }
+
     /// A gateway with an empty state, not yet synced.
     pub async fn start_unsynced(config: GatewayConfig) -> Harness {
+        Harness::start_unsynced_with(config, Authenticators::api_keys_only()).await
+    }
+
+    async fn start_unsynced_with(config: GatewayConfig, authenticators: Authenticators) -> Harness {
         let clock = Arc::new(ManualClock::new(START));
         let mut registry = Registry::default();
-        let gateway = Gateway::new(
+        let gateway = Gateway::with_authenticators(
             config,
             Arc::new(GatewayState::new()),
             clock.clone(),
             &mut registry,
+            authenticators,
         );
         let addr = serve(gateway.router()).await;
         let metrics_addr = serve(aleph_gateway::api::metrics_router(Arc::new(registry))).await;
@@ -396,6 +414,7 @@ pub fn model(name: &str, endpoints: Vec<Endpoint>) -> Model {
         created: 1_700_000_000,
         endpoints,
         canary_percent: 0,
+        scale_from_zero: false,
     }
 }
 
