@@ -1,7 +1,7 @@
 # The two commands that matter: `make demo` and `make test`.
 SHELL := /bin/bash
 
-.PHONY: demo test down cluster-up cluster-down binaries images crds lint fmt bench
+.PHONY: demo test down cluster-up cluster-down binaries images crds lint fmt bench bench-gateway
 
 demo: ## Local control plane + CRDs + operator + examples
 	scripts/demo.sh
@@ -31,8 +31,11 @@ crds: ## Regenerate crds/ and the chart's copy from the Rust types
 	cargo run --quiet -p aleph-operator -- crds --dir crds
 	cp crds/*.yaml charts/aleph-operator/crds/
 
-bench: ## Convergence, API requests and memory of the operator against a plain client's floor (not part of `make test`)
-	scripts/bench.sh $(BENCH_ARGS)
+bench: ## The operator (convergence, API requests, memory against a plain client's floor) and the gateway (against nginx); not part of `make test`
+	BENCH_GATEWAY_ARGS="$(BENCH_GATEWAY_ARGS)" scripts/bench.sh $(BENCH_ARGS)
+
+bench-gateway: ## The gateway's part of `make bench` alone: latency, throughput and memory against nginx, no cluster
+	scripts/bench-gateway.sh $(BENCH_GATEWAY_ARGS)
 
 lint:
 	cargo fmt --all -- --check

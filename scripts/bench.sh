@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# `make bench`: builds the operator and the benchmark in release mode, starts a
-# local control plane of its own (e2e/cluster/with-cluster.sh), installs the
-# CRDs and runs aleph-bench, which starts the operator itself and prints one
-# table. Arguments go to aleph-bench, for example
+# `make bench`: builds the operator, the gateway and the benchmarks in release
+# mode, starts a local control plane of its own (e2e/cluster/with-cluster.sh),
+# installs the CRDs and runs aleph-bench, which starts the operator itself and
+# prints one table; then, once the control plane is down, the gateway's part
+# (scripts/bench-gateway.sh: the gateway and nginx against a stub engine, no
+# cluster). Arguments go to aleph-bench, for example
 #   scripts/bench.sh --sizes 100 --idle-seconds 30
-# The report is also written to $BENCH_OUTPUT (default
-# ~/.cache/aleph/bench/latest.md); docs/benchmarks.md records the latest one.
+# and $BENCH_GATEWAY_ARGS to aleph-gateway-bench. The report of both is
+# written to $BENCH_OUTPUT (default ~/.cache/aleph/bench/latest.md);
+# docs/benchmarks.md records the latest one. `make bench-gateway` runs the
+# gateway's part alone.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -13,10 +17,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ale
 output="${BENCH_OUTPUT:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/bench/latest.md}"
 mkdir -p "$(dirname "$output")"
 
-echo "==> building aleph-operator and aleph-bench (release)" >&2
+echo "==> building aleph-operator, aleph-gateway and the benchmarks (release)" >&2
 # One invocation: built apart, the two would unify features differently and
 # build the AWS SDK twice.
-cargo build --release --quiet -p aleph-operator -p aleph-e2e --bin aleph-operator --bin aleph-bench
+cargo build --release --quiet -p aleph-operator -p aleph-e2e --bin aleph-operator --bin aleph-bench --bin aleph-gateway-bench
+# The gateway on its own, so that its features are its own.
+cargo build --release --quiet -p aleph-gateway --bin aleph-gateway
 export ALEPH_OPERATOR_BIN="$CARGO_TARGET_DIR/release/aleph-operator"
 
 # Runs inside with-cluster.sh, with KUBECONFIG and PATH set.
@@ -29,4 +35,13 @@ run() {
 export -f run
 export output
 e2e/cluster/with-cluster.sh bash -c 'run "$@"' bench "$@"
+
+# The gateway's part, after the control plane has stopped, so that it does
+# not share the CPUs with it.
+gateway_output="${output%.md}-gateway.md"
+# shellcheck disable=SC2086 # BENCH_GATEWAY_ARGS is a list of arguments
+ALEPH_BENCH_NO_BUILD=1 BENCH_GATEWAY_OUTPUT="$gateway_output" \
+  scripts/bench-gateway.sh ${BENCH_GATEWAY_ARGS:-}
+printf '\n## Gateway\n\n' >>"$output"
+cat "$gateway_output" >>"$output"
 echo "==> report written to $output" >&2

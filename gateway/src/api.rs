@@ -1,6 +1,7 @@
 //! The HTTP surface: the OpenAI-compatible API, health and readiness on one
 //! listener, `/metrics` on another (so that it need not be exposed with the API).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -9,10 +10,36 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::{ListenerExt, TapIo};
 use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::ApiError;
 use crate::{Gateway, proxy};
+
+/// A listener whose accepted connections have Nagle's algorithm off.
+pub type ApiListener = TapIo<TcpListener, fn(&mut TcpStream)>;
+
+/// Binds a listener for [`router`] (or [`metrics_router`]) with Nagle's
+/// algorithm off on every accepted connection. With it on, a small write
+/// (a streamed event after the headers, an answer after the last one on a
+/// kept-alive connection) waits for the client to acknowledge the previous
+/// one, which a client may delay by up to 40 ms.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<ApiListener> {
+    Ok(no_delay_on_accept(TcpListener::bind(addr).await?))
+}
+
+/// `listener`, with Nagle's algorithm off on every connection it accepts
+/// (see [`bind`]).
+pub fn no_delay_on_accept(listener: TcpListener) -> ApiListener {
+    listener.tap_io(no_delay as fn(&mut TcpStream))
+}
+
+fn no_delay(stream: &mut TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+}
 
 /// The API router.
 pub fn router(gateway: Gateway) -> Router {

@@ -44,14 +44,17 @@ pub async fn serve(
     let (stop_api, api_stopped) = stop_signal();
     let (stop_metrics, metrics_stopped) = stop_signal();
     let api = tokio::spawn(
-        axum::serve(api, gateway.router())
+        axum::serve(crate::api::no_delay_on_accept(api), gateway.router())
             .with_graceful_shutdown(api_stopped)
             .into_future(),
     );
     let metrics = tokio::spawn(
-        axum::serve(metrics, crate::api::metrics_router(registry))
-            .with_graceful_shutdown(metrics_stopped)
-            .into_future(),
+        axum::serve(
+            crate::api::no_delay_on_accept(metrics),
+            crate::api::metrics_router(registry),
+        )
+        .with_graceful_shutdown(metrics_stopped)
+        .into_future(),
     );
 
     shutdown.await;

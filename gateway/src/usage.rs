@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::clock::Clock;
@@ -32,6 +33,15 @@ impl Usage {
         Usage::from_object(response.get("usage")?)
     }
 
+    /// The `usage` of a JSON document, as [`Usage::of`] finds it in the
+    /// parsed document (a document that does not parse has none), but
+    /// building only the `usage` value: the rest (the generated text above
+    /// all) is checked as strictly and skipped, not allocated.
+    pub fn of_json(document: &[u8]) -> Option<Usage> {
+        let UsageOnly(usage) = serde_json::from_slice(document).ok()?;
+        Usage::from_object(&usage?)
+    }
+
     fn from_object(usage: &Value) -> Option<Usage> {
         let usage = usage.as_object()?;
         let count = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
@@ -44,6 +54,113 @@ impl Usage {
     /// Prompt plus completion tokens.
     pub fn total(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
+/// The last top-level `usage` member of a JSON object (as in a parsed
+/// [`Value`], where a repeated key keeps its last value); `None` inside when
+/// there is none. Anything but an object fails to deserialize.
+struct UsageOnly(Option<Value>);
+
+impl<'de> Deserialize<'de> for UsageOnly {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = UsageOnly;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UsageOnly, A::Error> {
+                let mut usage = None;
+                while let Some(IsUsage(is_usage)) = map.next_key()? {
+                    if is_usage {
+                        usage = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<Checked>()?;
+                    }
+                }
+                Ok(UsageOnly(usage))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// Any JSON value, checked as strictly as a parsed [`Value`] is (escapes,
+/// surrogates, UTF-8) and kept nowhere: strings without escapes are
+/// borrowed, never copied.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> Visitor<'de> for Any {
+            type Value = Checked;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_unit<E>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+                while map.next_key::<Checked>()?.is_some() {
+                    map.next_value::<Checked>()?;
+                }
+                Ok(Checked)
+            }
+        }
+        deserializer.deserialize_any(Any)
+    }
+}
+
+/// Whether a member's key is `usage` (after unescaping).
+struct IsUsage(bool);
+
+impl<'de> Deserialize<'de> for IsUsage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl Visitor<'_> for Key {
+            type Value = IsUsage;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<IsUsage, E> {
+                Ok(IsUsage(key == "usage"))
+            }
+        }
+        deserializer.deserialize_str(Key)
     }
 }
 
@@ -423,25 +540,29 @@ impl UsageScanner {
                 usage,
                 done,
             } => {
-                for &b in bytes {
-                    if b == b'\n' {
-                        if !*skipping {
-                            match sse_line(line) {
-                                SseLine::Usage(u) => *usage = Some(u),
-                                SseLine::Done => *done = true,
-                                SseLine::Other => {}
-                            }
-                        }
-                        line.clear();
-                        *skipping = false;
-                    } else if !*skipping {
-                        if line.len() >= MAX_SSE_LINE {
+                let mut rest = bytes;
+                loop {
+                    let end = rest.iter().position(|&b| b == b'\n');
+                    let part = &rest[..end.unwrap_or(rest.len())];
+                    if !*skipping {
+                        if line.len() + part.len() > MAX_SSE_LINE {
                             line.clear();
                             *skipping = true;
                         } else {
-                            line.push(b);
+                            line.extend_from_slice(part);
                         }
                     }
+                    let Some(end) = end else { break };
+                    if !*skipping {
+                        match sse_line(line) {
+                            SseLine::Usage(u) => *usage = Some(u),
+                            SseLine::Done => *done = true,
+                            SseLine::Other => {}
+                        }
+                    }
+                    line.clear();
+                    *skipping = false;
+                    rest = &rest[end + 1..];
                 }
                 *done
             }
@@ -485,9 +606,7 @@ impl UsageScanner {
                 overflowed,
             } => {
                 if !*overflowed {
-                    return serde_json::from_slice::<Value>(head)
-                        .ok()
-                        .and_then(|v| Usage::of(&v));
+                    return Usage::of_json(head);
                 }
                 usage_after_last_key(tail).or_else(|| usage_after_last_key(head))
             }
@@ -514,10 +633,7 @@ fn sse_line(line: &[u8]) -> SseLine {
     if !contains(data, b"\"usage\"") {
         return SseLine::Other;
     }
-    match serde_json::from_slice::<Value>(data)
-        .ok()
-        .and_then(|v| Usage::of(&v))
-    {
+    match Usage::of_json(data) {
         Some(usage) => SseLine::Usage(usage),
         None => SseLine::Other,
     }
@@ -564,6 +680,68 @@ mod tests {
                 completion_tokens: 3
             })
         );
+    }
+
+    #[test]
+    fn usage_of_json_reads_as_a_parsed_document_does() {
+        let documents: [&[u8]; 12] = [
+            br#"{"id":"x","choices":[{"delta":{"content":"usage"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2,"completion_tokens":5}}"#,
+            br#"{"us\u0061ge":{"prompt_tokens":7}}"#,
+            br#"{"usage":null}"#,
+            br#"{"usage":{"prompt_tokens":1.5,"completion_tokens":-1}}"#,
+            br#"{"nested":{"usage":{"prompt_tokens":9}}}"#,
+            br#"[{"usage":{"prompt_tokens":9}}]"#,
+            br#""usage""#,
+            br#"{"usage":{"prompt_tokens":2}} trailing"#,
+            br#"{"usage":{"prompt_tokens":2}"#,
+            b" { \"usage\" : { \"completion_tokens\" : 8 } } ",
+            br#"{"a":"\ud800","usage":{"prompt_tokens":2}}"#,
+        ];
+        for document in documents {
+            let parsed = serde_json::from_slice::<Value>(document)
+                .ok()
+                .and_then(|v| Usage::of(&v));
+            assert_eq!(
+                Usage::of_json(document),
+                parsed,
+                "{}",
+                String::from_utf8_lossy(document)
+            );
+        }
+    }
+
+    #[test]
+    fn sse_lines_over_the_limit_are_skipped_whole() {
+        let mut long = b"data: {\"usage\":{\"prompt_tokens\":99}, \"x\":\"".to_vec();
+        long.resize(MAX_SSE_LINE + 10, b'a');
+        long.extend_from_slice(b"\"}\n\n");
+        long.extend_from_slice(b"data: {\"usage\":{\"prompt_tokens\":5}}\n\ndata: [DONE]\n\n");
+        for size in [1, 7, 4096, long.len()] {
+            let mut scanner = UsageScanner::sse();
+            let mut done = false;
+            for chunk in long.chunks(size) {
+                done = scanner.feed(chunk);
+            }
+            assert!(done);
+            assert_eq!(
+                scanner.usage(),
+                Some(Usage {
+                    prompt_tokens: 5,
+                    completion_tokens: 0
+                }),
+                "chunks of {size}"
+            );
+        }
+        // A line of exactly the limit is still read.
+        let mut exact = b"data: {\"usage\":{\"prompt_tokens\":6},\"x\":\"".to_vec();
+        exact.resize(MAX_SSE_LINE - 2, b'a');
+        exact.extend_from_slice(b"\"}");
+        assert_eq!(exact.len(), MAX_SSE_LINE);
+        exact.push(b'\n');
+        let mut scanner = UsageScanner::sse();
+        scanner.feed(&exact);
+        assert_eq!(scanner.usage().map(|u| u.prompt_tokens), Some(6));
     }
 
     #[test]

@@ -158,10 +158,10 @@ pub async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> Reply {
 
 /// Serves `router` on 127.0.0.1:0.
 pub async fn serve(router: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = aleph_gateway::api::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let addr = axum::serve::Listener::local_addr(&listener).expect("addr");
     tokio::spawn(async move { axum::serve(listener, router).await });
     addr
 }

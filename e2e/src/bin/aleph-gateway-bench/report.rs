@@ -1,0 +1,478 @@
+//! The figures of a run, the goals they are judged against, and the table
+//! they are printed as.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::load::{Samples, percentile};
+
+/// The goals.
+pub mod goals {
+    /// The gateway's added p99 latency at most this many times nginx's.
+    pub const ADDED_P99_RATIO: f64 = 1.2;
+    /// The gateway's closed-loop throughput at least this share of nginx's.
+    pub const THROUGHPUT_SHARE: f64 = 0.9;
+    /// The gateway's resident memory with the large configuration, MiB.
+    pub const RSS_MIB: f64 = 30.0;
+}
+
+/// Which way the requests go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Path {
+    Direct,
+    Gateway,
+    Nginx,
+}
+
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Direct, Path::Gateway, Path::Nginx];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Gateway => "aleph-gateway",
+            Path::Nginx => "nginx",
+        }
+    }
+}
+
+/// Plain JSON answers or server-sent event streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    Plain,
+    Stream,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::Stream => "stream",
+        }
+    }
+}
+
+/// How the load is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Load {
+    /// Open loop at this many requests per second.
+    Rate(u32),
+    /// Closed loop with this many callers.
+    Closed(usize),
+}
+
+/// One measured run.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub samples: Samples,
+    /// CPU use during the run, percent of one core: the proxy (none for
+    /// direct), the stub engine, the load generator.
+    pub cpu: (Option<f64>, f64, f64),
+}
+
+/// The gateway with the large configuration.
+#[derive(Clone, Debug, Default)]
+pub struct LargeConfig {
+    pub tenants: usize,
+    pub keys: usize,
+    pub models: usize,
+    /// VmRSS once started and ready, before any request, KiB.
+    pub idle_rss_kib: Option<u64>,
+    /// VmHWM after the load, KiB.
+    pub peak_rss_kib: Option<u64>,
+    /// Closed-loop runs through it, cycling over every key and model.
+    pub runs: BTreeMap<Mode, Run>,
+    pub concurrency: BTreeMap<Mode, usize>,
+}
+
+/// Everything measured.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    pub runs: BTreeMap<(Mode, Load, Path), Run>,
+    /// VmHWM of the gateway after all the runs, KiB.
+    pub gateway_peak_kib: Option<u64>,
+    /// VmHWM of nginx's master plus its worker after all the runs, KiB.
+    pub nginx_peak_kib: Option<u64>,
+    pub large: LargeConfig,
+}
+
+fn mib(kib: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let kib = kib as f64;
+    kib / 1024.0
+}
+
+fn p(sorted: &[u32], q: f64) -> Option<i64> {
+    percentile(sorted, q).map(i64::from)
+}
+
+fn pair(a: Option<i64>, b: Option<i64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{a} / {b}"),
+        _ => "–".into(),
+    }
+}
+
+/// Which latency of a run: to the first byte or to the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Point {
+    FirstByte,
+    End,
+}
+
+impl Figures {
+    fn samples(&self, mode: Mode, load: Load, path: Path, point: Point) -> Option<&[u32]> {
+        let run = self.runs.get(&(mode, load, path))?;
+        Some(match point {
+            Point::FirstByte => &run.samples.first_byte,
+            Point::End => &run.samples.end,
+        })
+    }
+
+    /// p50 and p99 of a path, µs.
+    pub fn latency(
+        &self,
+        mode: Mode,
+        load: Load,
+        path: Path,
+        point: Point,
+    ) -> (Option<i64>, Option<i64>) {
+        match self.samples(mode, load, path, point) {
+            Some(s) => (p(s, 50.0), p(s, 99.0)),
+            None => (None, None),
+        }
+    }
+
+    /// p50 and p99 of a proxy minus those of the direct path, µs.
+    pub fn added(
+        &self,
+        mode: Mode,
+        load: Load,
+        path: Path,
+        point: Point,
+    ) -> (Option<i64>, Option<i64>) {
+        let (d50, d99) = self.latency(mode, load, Path::Direct, point);
+        let (p50, p99) = self.latency(mode, load, path, point);
+        (
+            p50.zip(d50).map(|(a, b)| a - b),
+            p99.zip(d99).map(|(a, b)| a - b),
+        )
+    }
+
+    fn throughput(&self, mode: Mode, load: Load, path: Path) -> Option<f64> {
+        self.runs
+            .get(&(mode, load, path))
+            .map(|r| r.samples.throughput)
+    }
+}
+
+/// The verdict on the added p99 of one row: the ratio and whether it meets the goal.
+fn added_verdict(gateway: Option<i64>, nginx: Option<i64>) -> (String, Option<bool>) {
+    match (gateway, nginx) {
+        (Some(g), Some(n)) if n > 0 => {
+            #[allow(clippy::cast_precision_loss)]
+            let ratio = g as f64 / n as f64;
+            let met = ratio <= goals::ADDED_P99_RATIO;
+            (
+                format!("{} ({ratio:.2}×)", if met { "met" } else { "**missed**" }),
+                Some(met),
+            )
+        }
+        (Some(g), Some(_)) => {
+            // nginx added nothing measurable: only a gateway that added
+            // nothing either meets the goal.
+            let met = g <= 0;
+            (
+                format!(
+                    "{} (nginx adds ≤ 0)",
+                    if met { "met" } else { "**missed**" }
+                ),
+                Some(met),
+            )
+        }
+        _ => ("–".into(), None),
+    }
+}
+
+/// How the run was set up, for the report's header.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    pub lines: Vec<String>,
+    pub rates: Vec<u32>,
+    pub concurrency: BTreeMap<Mode, usize>,
+}
+
+/// The table and the goals' verdicts, in Markdown.
+#[allow(clippy::too_many_lines)]
+pub fn render(setup: &Setup, f: &Figures) -> String {
+    let mut out = String::new();
+    for line in &setup.lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(
+        out,
+        "\nLatencies in µs. \"added\" is a proxy's percentile minus the direct path's \
+         percentile in the same scenario (a difference of percentiles, not the percentile \
+         of per-request differences). Open-loop latencies run from each request's intended \
+         start.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| figure | direct | aleph-gateway | nginx | goal | result |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|---|---|");
+    let mut added_verdicts: Vec<(String, Option<bool>, String)> = Vec::new();
+    for mode in [Mode::Plain, Mode::Stream] {
+        let points: &[(Point, &str)] = match mode {
+            Mode::Plain => &[(Point::End, "")],
+            Mode::Stream => &[(Point::FirstByte, ", first byte"), (Point::End, ", end")],
+        };
+        for rate in &setup.rates {
+            let load = Load::Rate(*rate);
+            for (point, what) in points {
+                let label = format!("{}, {rate} req/s{what}", mode.name());
+                let cells: Vec<String> = Path::ALL
+                    .iter()
+                    .map(|path| {
+                        let (a, b) = f.latency(mode, load, *path, *point);
+                        pair(a, b)
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "| {label}: p50 / p99 | {} | {} | {} |  |  |",
+                    cells[0], cells[1], cells[2]
+                );
+                let (g50, g99) = f.added(mode, load, Path::Gateway, *point);
+                let (n50, n99) = f.added(mode, load, Path::Nginx, *point);
+                let (verdict, met) = added_verdict(g99, n99);
+                let _ = writeln!(
+                    out,
+                    "| {label}: added p50 / p99 |  | {} | {} | p99 ≤ {} × nginx's | {verdict} |",
+                    pair(g50, g99),
+                    pair(n50, n99),
+                    goals::ADDED_P99_RATIO
+                );
+                added_verdicts.push((label, met, verdict));
+            }
+        }
+        if let Some(&concurrency) = setup.concurrency.get(&mode) {
+            let load = Load::Closed(concurrency);
+            let label = format!("{}, closed loop ({concurrency} callers)", mode.name());
+            let tput: Vec<Option<f64>> = Path::ALL
+                .iter()
+                .map(|p| f.throughput(mode, load, *p))
+                .collect();
+            let cell = |t: Option<f64>| t.map_or("–".into(), |t| format!("{t:.0}"));
+            let (verdict, _) = throughput_verdict(tput[1], tput[2]);
+            let _ = writeln!(
+                out,
+                "| {label}: req/s | {} | {} | {} | ≥ {:.0} % of nginx's | {verdict} |",
+                cell(tput[0]),
+                cell(tput[1]),
+                cell(tput[2]),
+                goals::THROUGHPUT_SHARE * 100.0
+            );
+            for (point, what) in points {
+                let cells: Vec<String> = Path::ALL
+                    .iter()
+                    .map(|path| {
+                        let (a, b) = f.latency(mode, load, *path, *point);
+                        pair(a, b)
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "| {label}{what}: p50 / p99 | {} | {} | {} |  |  |",
+                    cells[0], cells[1], cells[2]
+                );
+            }
+            let cpu: Vec<String> = Path::ALL
+                .iter()
+                .map(|path| {
+                    f.runs.get(&(mode, load, *path)).map_or("–".into(), |r| {
+                        let (proxy, stub, client) = r.cpu;
+                        format!(
+                            "{} / {stub:.0} / {client:.0}",
+                            proxy.map_or("–".into(), |p| format!("{p:.0}"))
+                        )
+                    })
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {label}: CPU % of one core, proxy / stub / load generator | {} | {} | {} |  |  |",
+                cpu[0], cpu[1], cpu[2]
+            );
+        }
+    }
+    let errors: Vec<u64> = Path::ALL
+        .iter()
+        .map(|path| {
+            f.runs
+                .iter()
+                .filter(|((_, _, p), _)| p == path)
+                .map(|(_, r)| r.samples.errors)
+                .sum()
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "| failed requests, all runs above | {} | {} | {} |  |  |",
+        errors[0], errors[1], errors[2]
+    );
+    let lag: Vec<String> = Path::ALL
+        .iter()
+        .map(|path| {
+            let mut all: Vec<u32> = f
+                .runs
+                .iter()
+                .filter(|((_, l, p), _)| p == path && matches!(l, Load::Rate(_)))
+                .flat_map(|(_, r)| r.samples.lag.iter().copied())
+                .collect();
+            all.sort_unstable();
+            pair(p(&all, 50.0), p(&all, 99.0))
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "| the load generator's lag in releasing open-loop requests, p50 / p99 | {} | {} | {} |  |  |",
+        lag[0], lag[1], lag[2]
+    );
+    let _ = writeln!(
+        out,
+        "| peak RSS over the runs above, MiB |  | {} | {} |  |  |",
+        f.gateway_peak_kib
+            .map_or("–".into(), |k| format!("{:.1}", mib(k))),
+        f.nginx_peak_kib
+            .map_or("–".into(), |k| format!("{:.1} (master + worker)", mib(k)))
+    );
+    let large = &f.large;
+    let large_label = format!(
+        "{} keys and {} models ({} tenants)",
+        large.keys, large.models, large.tenants
+    );
+    let rss_verdict = |kib: Option<u64>| match kib {
+        Some(k) if mib(k) <= goals::RSS_MIB => ("met".to_string(), Some(true)),
+        Some(_) => ("**missed**".to_string(), Some(false)),
+        None => ("–".to_string(), None),
+    };
+    let (idle_verdict, idle_met) = rss_verdict(large.idle_rss_kib);
+    let (peak_verdict, peak_met) = rss_verdict(large.peak_rss_kib);
+    let _ = writeln!(
+        out,
+        "| {large_label}: RSS idle, MiB |  | {} |  | ≤ {} MiB | {idle_verdict} |",
+        large
+            .idle_rss_kib
+            .map_or("–".into(), |k| format!("{:.1}", mib(k))),
+        goals::RSS_MIB
+    );
+    let _ = writeln!(
+        out,
+        "| {large_label}: peak RSS under load, MiB |  | {} |  | ≤ {} MiB | {peak_verdict} |",
+        large
+            .peak_rss_kib
+            .map_or("–".into(), |k| format!("{:.1}", mib(k))),
+        goals::RSS_MIB
+    );
+    for (mode, run) in &large.runs {
+        let concurrency = large.concurrency.get(mode).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "| {large_label}: {}, closed loop ({concurrency} callers, every key and model in turn): req/s, p50 / p99 |  | {:.0}, {} |  |  |  |",
+            mode.name(),
+            run.samples.throughput,
+            pair(p(&run.samples.end, 50.0), p(&run.samples.end, 99.0)),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| cold start from zero to the first token on the real engine |  | not measured here |  |  |  |"
+    );
+
+    // The verdicts.
+    let _ = writeln!(out, "\n| goal | figure | verdict |\n|---|---|---|");
+    let measured: Vec<_> = added_verdicts
+        .iter()
+        .filter(|(_, met, _)| met.is_some())
+        .collect();
+    let missed: Vec<&str> = measured
+        .iter()
+        .filter(|(_, met, _)| *met == Some(false))
+        .map(|(label, _, _)| label.as_str())
+        .collect();
+    let _ = writeln!(
+        out,
+        "| added p99 at most {} × nginx's, every open-loop row | {} of {} rows met{} | {} |",
+        goals::ADDED_P99_RATIO,
+        measured.len() - missed.len(),
+        measured.len(),
+        if missed.is_empty() {
+            String::new()
+        } else {
+            format!("; missed: {}", missed.join("; "))
+        },
+        if measured.is_empty() {
+            "–"
+        } else if missed.is_empty() {
+            "met"
+        } else {
+            "**missed**"
+        }
+    );
+    let mut shares = Vec::new();
+    let mut all_met = true;
+    for mode in [Mode::Plain, Mode::Stream] {
+        if let Some(&c) = setup.concurrency.get(&mode) {
+            let load = Load::Closed(c);
+            let (text, met) = throughput_verdict(
+                f.throughput(mode, load, Path::Gateway),
+                f.throughput(mode, load, Path::Nginx),
+            );
+            all_met &= met == Some(true);
+            shares.push(format!("{}: {text}", mode.name()));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "| at least {:.0} % of nginx's throughput | {} | {} |",
+        goals::THROUGHPUT_SHARE * 100.0,
+        shares.join("; "),
+        if all_met { "met" } else { "**missed**" }
+    );
+    let _ = writeln!(
+        out,
+        "| at most {} MiB RSS with {large_label} | idle {}, under load {} | {} |",
+        goals::RSS_MIB,
+        large
+            .idle_rss_kib
+            .map_or("–".into(), |k| format!("{:.1} MiB", mib(k))),
+        large
+            .peak_rss_kib
+            .map_or("–".into(), |k| format!("{:.1} MiB", mib(k))),
+        if idle_met == Some(true) && peak_met == Some(true) {
+            "met"
+        } else {
+            "**missed**"
+        }
+    );
+    out
+}
+
+fn throughput_verdict(gateway: Option<f64>, nginx: Option<f64>) -> (String, Option<bool>) {
+    match (gateway, nginx) {
+        (Some(g), Some(n)) if n > 0.0 => {
+            let share = g / n;
+            let met = share >= goals::THROUGHPUT_SHARE;
+            (
+                format!(
+                    "{} ({:.0} %)",
+                    if met { "met" } else { "**missed**" },
+                    share * 100.0
+                ),
+                Some(met),
+            )
+        }
+        _ => ("–".into(), None),
+    }
+}
