@@ -167,6 +167,22 @@ impl Figures {
 }
 
 /// The verdict on the added p99 of one row: the ratio and whether it meets the goal.
+/// One row of p50 / p99 latencies, a cell per path.
+fn latency_row(out: &mut String, f: &Figures, label: &str, mode: Mode, load: Load, point: Point) {
+    let cells: Vec<String> = Path::ALL
+        .iter()
+        .map(|path| {
+            let (a, b) = f.latency(mode, load, *path, point);
+            pair(a, b)
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "| {label}: p50 / p99 | {} | {} | {} |  |  |",
+        cells[0], cells[1], cells[2]
+    );
+}
+
 fn added_verdict(gateway: Option<i64>, nginx: Option<i64>) -> (String, Option<bool>) {
     match (gateway, nginx) {
         (Some(g), Some(n)) if n > 0 => {
@@ -231,18 +247,7 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
             let load = Load::Rate(*rate);
             for (point, what) in points {
                 let label = format!("{}, {rate} req/s{what}", mode.name());
-                let cells: Vec<String> = Path::ALL
-                    .iter()
-                    .map(|path| {
-                        let (a, b) = f.latency(mode, load, *path, *point);
-                        pair(a, b)
-                    })
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "| {label}: p50 / p99 | {} | {} | {} |  |  |",
-                    cells[0], cells[1], cells[2]
-                );
+                latency_row(&mut out, f, &label, mode, load, *point);
                 let (g50, g99) = f.added(mode, load, Path::Gateway, *point);
                 let (n50, n99) = f.added(mode, load, Path::Nginx, *point);
                 let (verdict, met) = added_verdict(g99, n99);
@@ -274,18 +279,7 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
                 goals::THROUGHPUT_SHARE * 100.0
             );
             for (point, what) in points {
-                let cells: Vec<String> = Path::ALL
-                    .iter()
-                    .map(|path| {
-                        let (a, b) = f.latency(mode, load, *path, *point);
-                        pair(a, b)
-                    })
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "| {label}{what}: p50 / p99 | {} | {} | {} |  |  |",
-                    cells[0], cells[1], cells[2]
-                );
+                latency_row(&mut out, f, &format!("{label}{what}"), mode, load, *point);
             }
             let cpu: Vec<String> = Path::ALL
                 .iter()
