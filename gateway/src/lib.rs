@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod clock;
 mod cold_start;
 pub mod error;

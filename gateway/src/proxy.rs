@@ -12,10 +12,10 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::{Full, LengthLimitError};
 use hyper::body::Incoming;
-use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 
 use crate::Gateway;
+use crate::body::RequestBody;
 use crate::cold_start::NotReady;
 use crate::error::ApiError;
 use crate::route::{EndpointGuard, RoutingMode, prompt_prefix};
@@ -85,16 +85,8 @@ async fn forward(
                     ApiError::BodyUnreadable
                 }
             })?;
-    let mut json: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let Some(object) = json.as_object_mut() else {
-        return Err(ApiError::InvalidJson("not an object".into()));
-    };
-    let requested = object
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or(ApiError::MissingModel)?
-        .to_owned();
+    let request_body = RequestBody::parse(&bytes)?;
+    let requested = request_body.string("model").ok_or(ApiError::MissingModel)?;
     // The request is the tenant's whose model it calls: its limits, its usage.
     let (tenant, mut model) = match snapshot.lookup(&caller.tenants, &requested) {
         crate::state::Lookup::Found { tenant, model } => (tenant.to_owned(), model.clone()),
@@ -124,26 +116,18 @@ async fn forward(
     drop(snapshot);
     let model = &model;
 
-    object.insert("model".into(), Value::String(model.served_name.clone()));
-    if object.get("stream").and_then(Value::as_bool) == Some(true) {
-        // Usage is reported at the end of a stream only when asked for; it
-        // is asked for even when the client said no, since tokens must be
-        // counted. The extra chunk (empty `choices`) is valid for clients.
-        let options = object
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if let Some(options) = options.as_object_mut() {
-            options.insert("include_usage".into(), Value::Bool(true));
-        } else {
-            *options = serde_json::json!({"include_usage": true});
-        }
-    }
+    // The engine's name for the model; and for a stream, usage at its end:
+    // reported only when asked for, it is asked for even when the client
+    // said no, since tokens must be counted. The extra chunk (empty
+    // `choices`) is valid for clients.
+    let body = Bytes::from(request_body.rewrite(&model.served_name));
     let prefix = match config.routing {
-        RoutingMode::PrefixHash { prefix_chars, .. } => prompt_prefix(&json, prefix_chars),
+        RoutingMode::PrefixHash { prefix_chars, .. } => {
+            prompt_prefix(&request_body.prompt_fields(), prefix_chars)
+        }
         RoutingMode::LeastInFlight => None,
     };
-    let body =
-        Bytes::from(serde_json::to_vec(&json).map_err(|e| ApiError::InvalidJson(e.to_string()))?);
+    drop(request_body);
     let path = parts
         .uri
         .path_and_query()
