@@ -38,17 +38,6 @@ async fn apply(env: &TestEnv, ns: &str, yaml: &str) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Sums `aleph_gateway_tokens_total` samples of the credential `key`.
-fn tokens_of_key(metrics: &str, key: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("aleph_gateway_tokens_total{"))
-        .filter(|l| l.contains(&format!("key=\"{key}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
-
 /// A token of the ServiceAccount `namespace/name` (made first), from the
 /// TokenRequest API, for the API server's own audience.
 async fn service_account_token(env: &TestEnv, namespace: &str, name: &str) -> String {
@@ -363,10 +352,21 @@ spec:
     }
     // The tokens' own credentials count theirs, under bounded names.
     assert_eq!(
-        tokens_of_key(&metrics, &format!("sa:{ns_a}/caller")),
+        gateway::sum(
+            &metrics,
+            "aleph_gateway_tokens_total",
+            &[("key", &format!("sa:{ns_a}/caller"))]
+        ),
         sa_used
     );
-    assert_eq!(tokens_of_key(&metrics, &format!("oidc:{user}")), oidc_used);
+    assert_eq!(
+        gateway::sum(
+            &metrics,
+            "aleph_gateway_tokens_total",
+            &[("key", &format!("oidc:{user}"))]
+        ),
+        oidc_used
+    );
     println!(
         "gateway: tenant {a} used {} prompt and {} completion tokens, as the gateway counted",
         used["prompt"], used["completion"]
