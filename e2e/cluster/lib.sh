@@ -82,6 +82,19 @@ component_pid() {
   echo "$pid"
 }
 
+# True when a component's process is gone. One failed look is not enough: while
+# a process execs its binary, /proc/<pid>/cmdline reads empty for a moment (the
+# new image's arguments are not set up yet), and a component just started would
+# be taken for one that exited. Three looks over half a second are.
+component_gone() {
+  local i
+  for ((i = 0; i < 3; i++)); do
+    component_pid "$1" >/dev/null && return 1
+    [ $i -lt 2 ] && sleep 0.25
+  done
+  return 0
+}
+
 # Stops the recorded processes: TERM to each, then KILL to what is still
 # running after the grace period. Only the pids in $ALEPH_STATE/pids are touched.
 stop_components() {

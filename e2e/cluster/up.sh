@@ -259,7 +259,7 @@ wait_healthy() {
   local name=$1 deadline=$((SECONDS + timeout))
   shift
   until "$@" >/dev/null 2>&1; do
-    if ! component_pid "$name" >/dev/null; then
+    if component_gone "$name"; then
       log "$name exited; the end of $ALEPH_STATE/logs/$name.log:"
       tail -n 40 "$ALEPH_STATE/logs/$name.log" >&2
       return 1
