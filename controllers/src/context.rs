@@ -127,9 +127,11 @@ impl Context {
                     .await
                     .map(RegionalClients::new)
             })
-            .await
-            .map_err(|e| Error::SageMaker(e.to_string()))?;
-        Ok(clients.get(region))
+            .await?;
+        clients.get(region).map_err(|e| Error::Blocked {
+            reason: "AWSNotConfigured",
+            message: e.message().to_string(),
+        })
     }
 
     /// Forgets the failures of `obj` after a successful reconcile.

@@ -5,18 +5,36 @@ use std::time::Duration;
 /// What can go wrong in a reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A Kubernetes API call failed.
+    /// A Kubernetes API call failed (a refusal of a child object among them:
+    /// 422 invalid, 403 forbidden, 409 conflict).
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     /// The spec is invalid in a way the schema cannot catch; retried only when it changes.
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
-    /// An object the spec depends on is missing or not ready yet.
-    #[error("waiting: {0}")]
-    Dependency(String),
-    /// A SageMaker call failed in a way retrying may fix.
-    #[error("SageMaker: {0}")]
-    SageMaker(String),
+    /// A child's name is taken by an object that belongs to something else;
+    /// it is left alone until the user removes it or renames the owner.
+    #[error("name taken: {0}")]
+    NameConflict(String),
+    /// The pass cannot go on for a reason the user must fix outside the
+    /// spec, named by the kind (for example `PermissionsNotGranted`).
+    #[error("{message}")]
+    Blocked {
+        /// The condition reason.
+        reason: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// An object the spec names (a Secret, a ConfigMap) does not exist.
+    #[error("missing: {0}")]
+    Missing(String),
+    /// The object is not ready to be worked on yet (no UID, a step that must
+    /// settle first); the next pass goes on.
+    #[error("not ready yet: {0}")]
+    NotReady(String),
+    /// A SageMaker call failed, classified (terminal, recoverable, not found).
+    #[error("{0}")]
+    SageMaker(#[from] crate::sagemaker::SageMakerError),
     /// An object could not be decoded or encoded.
     #[error("serialization: {0}")]
     Serialization(String),
@@ -61,12 +79,49 @@ impl Error {
             Error::Kube(kube::Error::Api(s)) if s.code == 422 => "Invalid",
             Error::Kube(_) => "Kube",
             Error::InvalidSpec(_) => "InvalidSpec",
-            Error::Dependency(_) => "Dependency",
+            Error::NameConflict(_) => "NameConflict",
+            Error::Blocked { .. } => "Blocked",
+            Error::Missing(_) => "Missing",
+            Error::NotReady(_) => "NotReady",
             Error::SageMaker(_) => "SageMaker",
             Error::Serialization(_) => "Serialization",
             Error::CleanupPending(_) => "CleanupPending",
             Error::Finalizer(_) => "Finalizer",
         }
+    }
+
+    /// The CamelCase reason of the `Ready=False` condition a failed pass
+    /// leaves: what kind of failure, for `kubectl get -o wide` and alerts.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => match s.code {
+                409 => "Conflict",
+                403 => "Forbidden",
+                422 | 400 => "Refused",
+                404 => "NotFound",
+                _ => "KubernetesAPIError",
+            },
+            Error::Kube(_) => "KubernetesAPIUnreachable",
+            Error::SageMaker(e) => e.reason(),
+            Error::Blocked { reason, .. } => reason,
+            Error::Finalizer(_) => "FinalizerFailed",
+            other => other.metric_label(),
+        }
+    }
+
+    /// The message for a condition or an Event: the error in full, cut to
+    /// fit (an API server's refusal can quote a whole object; Events take 1 kiB).
+    pub fn user_message(&self) -> String {
+        const MAX: usize = 900;
+        let text = self.to_string();
+        if text.len() <= MAX {
+            return text;
+        }
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{} …", &text[..cut])
     }
 
     /// Whether retrying without a spec change is pointless.
@@ -98,5 +153,24 @@ mod tests {
         assert!(fifth >= Duration::from_secs(32));
         let huge = backoff(40, base, cap);
         assert!(huge <= cap.mul_f64(1.2) && huge >= cap);
+    }
+    #[test]
+    fn reasons_name_the_kind_of_failure_and_messages_fit_an_event() {
+        let refused = Error::Kube(kube::Error::Api(
+            kube::core::Status::failure(&"x".repeat(5000), "Invalid")
+                .with_code(422)
+                .boxed(),
+        ));
+        assert_eq!(refused.reason(), "Refused");
+        let message = refused.user_message();
+        assert!(message.len() <= 904 && message.ends_with(" …"), "{message}");
+        let region = Error::SageMaker(crate::sagemaker::SageMakerError::Terminal {
+            operation: "Configure",
+            code: "MissingRegion".into(),
+            message: "no region".into(),
+        });
+        assert_eq!(region.reason(), "SageMakerRejected");
+        assert_eq!(Error::NameConflict("x".into()).reason(), "NameConflict");
+        assert_eq!(Error::Missing("x".into()).reason(), "Missing");
     }
 }

@@ -15,6 +15,9 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use aleph_crds::Condition;
+
+use crate::conditions::{NewCondition, set_condition};
 use crate::context::{Context, object_key};
 use crate::error::{Error, Result};
 
@@ -24,6 +27,28 @@ pub trait Reconcile:
 {
     /// The controller's name in metrics and logs, for example `tenant`.
     const CONTROLLER: &'static str;
+
+    /// The object's conditions as last written.
+    fn conditions(&self) -> &[Condition];
+
+    /// The condition a failed pass is shown in: `Ready=False` with the error's
+    /// reason and message, unless the kind says otherwise (`None`: the
+    /// object's conditions are final, and only the Event tells).
+    fn failure_condition(&self, error: &Error) -> Option<NewCondition> {
+        Some(NewCondition::no(
+            "Ready",
+            error.reason(),
+            format!(
+                "{}; the operator retries{}",
+                error.user_message(),
+                if error.is_permanent() {
+                    " when the spec changes"
+                } else {
+                    " with backoff"
+                }
+            ),
+        ))
+    }
 
     /// Drives the cluster toward `obj`'s spec and reports status.
     fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action>> + Send;
@@ -306,10 +331,75 @@ async fn reconcile_guarded<K: Reconcile>(
             ctx.metrics
                 .reconcile_failed(K::CONTROLLER, error.metric_label());
             span.in_scope(|| tracing::warn!(%error, "reconcile failed"));
+            report_failure(obj, &ctx, error).instrument(span).await;
             timer.finish(false);
         }
     }
     result
+}
+
+/// Shows a failed pass to the user, whatever the kind and the error: in the
+/// object's condition (written only when it changes, over the latest status so
+/// that what the pass wrote before failing stays) and as a Warning Event.
+async fn report_failure<K: Reconcile>(obj: &K, ctx: &Context, error: &Error) {
+    ctx.event(
+        obj,
+        kube::runtime::events::EventType::Warning,
+        "ReconcileFailed",
+        error.user_message(),
+    )
+    .await;
+    let Some(condition) = obj.failure_condition(error) else {
+        return;
+    };
+    if let Err(e) = write_condition(obj, ctx, condition).await {
+        tracing::warn!(error = %e, "could not write the failure into the status");
+    }
+}
+
+async fn write_condition<K: Reconcile>(
+    obj: &K,
+    ctx: &Context,
+    condition: NewCondition,
+) -> Result<(), kube::Error> {
+    use kube::api::{GetParams, Patch, PatchParams};
+    let name = obj.name_any();
+    let request = kube::core::Request::new(K::url_path(&(), obj.namespace().as_deref()));
+    let latest: K = ctx
+        .client
+        .request(
+            request
+                .get(&name, &GetParams::default())
+                .map_err(kube::Error::BuildRequest)?,
+        )
+        .await?;
+    let before = latest.conditions();
+    // A kind that explained an invalid spec in its own words keeps them.
+    if matches!(before.iter().find(|c| c.type_ == condition.type_), Some(c)
+        if c.reason == condition.reason && condition.reason == "InvalidSpec")
+    {
+        return Ok(());
+    }
+    let mut conditions = before.to_vec();
+    set_condition(&mut conditions, condition, latest.meta().generation);
+    if conditions == before {
+        return Ok(());
+    }
+    let patch = serde_json::json!({ "status": { "conditions": conditions } });
+    let _: K = ctx
+        .client
+        .request(
+            request
+                .patch_subresource(
+                    "status",
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .map_err(kube::Error::BuildRequest)?,
+        )
+        .await?;
+    Ok(())
 }
 
 fn error_policy<K: Reconcile>(
@@ -330,6 +420,35 @@ mod tests {
     use kube::runtime::utils::Backoff;
 
     use super::WatchBackoff;
+
+    /// The failure report writes a status of conditions alone on an object
+    /// that has none yet: every kind must read it back.
+    #[test]
+    fn a_status_of_conditions_alone_decodes_for_every_kind() {
+        let status = serde_json::json!({ "conditions": [{
+            "type": "Ready", "status": "False", "reason": "Refused",
+            "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]});
+        let tenant: aleph_crds::TenantStatus =
+            serde_json::from_value(status.clone()).expect("decodes");
+        let model: aleph_crds::AIModelStatus =
+            serde_json::from_value(status.clone()).expect("decodes");
+        let plugin: aleph_crds::PluginStatus =
+            serde_json::from_value(status.clone()).expect("decodes");
+        let pipeline: aleph_crds::PipelineStatus =
+            serde_json::from_value(status.clone()).expect("decodes");
+        let run: aleph_crds::PipelineRunStatus = serde_json::from_value(status).expect("decodes");
+        for conditions in [
+            &tenant.conditions,
+            &model.conditions,
+            &plugin.conditions,
+            &pipeline.conditions,
+            &run.conditions,
+        ] {
+            assert_eq!(conditions.len(), 1);
+            assert_eq!(conditions[0].reason, "Refused");
+        }
+    }
 
     #[test]
     fn watch_backoff_is_short_and_resets() {

@@ -32,7 +32,7 @@ use crate::common::{
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Runtime", type_ = "string", json_path = ".spec.runtime.engine"),
+    printcolumn(name = "Runtime", type_ = "string", description = "what serves the model: its engine, or sagemaker", json_path = ".status.runtime"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.resources.gpus"),
     printcolumn(name = "Replicas", type_ = "string", description = "ready/desired replicas", json_path = ".status.replicaSummary"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
@@ -351,6 +351,10 @@ pub struct AIModelStatus {
     /// Ready serving replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// What serves the model: the engine (`vllm`, `llamacpp`, ...) on the
+    /// cluster, or `sagemaker` for a SageMaker endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// `ready/desired`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_summary: Option<String>,

@@ -363,6 +363,27 @@ pub fn last_failure(pods: &[Pod]) -> Option<String> {
         .map(|(_, message)| message)
 }
 
+fn claim_is_bound(claim: &PersistentVolumeClaim) -> bool {
+    claim
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Bound")
+}
+
+/// What an unbound cache volume needs.
+fn unbound_cause(claim: &PersistentVolumeClaim, name: &str) -> String {
+    let class = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.as_deref())
+        .map_or_else(
+            || "the default StorageClass".to_string(),
+            |c| format!("StorageClass {c}"),
+        );
+    format!("{class} must provide a ReadWriteMany volume (`kubectl describe pvc {name}`)")
+}
+
 /// The state of `uri`'s cache from its claim, its Job and what the Job's
 /// latest failed attempt said (`failure`, from [`last_failure`]).
 pub fn state(
@@ -376,9 +397,21 @@ pub fn state(
     if claim.is_some_and(claim_is_ready) || job.is_some_and(job_succeeded) {
         return CacheState::Ready;
     }
+    let unbound = claim.filter(|c| !claim_is_bound(c));
     if let Some(job) = job
         && let Some((reason, message)) = job_condition(job, "Failed")
     {
+        // The deadline runs from the Job's creation: a volume that never bound
+        // is the cause, not a slow download (none started).
+        if let Some(claim) = unbound
+            && reason == "DeadlineExceeded"
+            && failure.is_none()
+        {
+            return CacheState::Failed(format!(
+                "the download of {uri} never started: the cache volume {name} was never bound ({}); once it can be, delete Job {name} to download again",
+                unbound_cause(claim, &name)
+            ));
+        }
         let why = match reason {
             "DeadlineExceeded" => format!(
                 "it took longer than spec.cache.downloadTimeoutSeconds ({timeout_seconds}s)"
@@ -398,25 +431,13 @@ pub fn state(
     let Some(claim) = claim else {
         return CacheState::Pending(format!("making the cache volume {name} for {uri}"));
     };
-    let bound = claim
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|p| p == "Bound");
     if job.is_none() {
         return CacheState::Pending(format!("starting the download of {uri} into {name}"));
     }
-    if !bound {
-        let class = claim
-            .spec
-            .as_ref()
-            .and_then(|s| s.storage_class_name.as_deref())
-            .map_or_else(
-                || "the default StorageClass".to_string(),
-                |c| format!("StorageClass {c}"),
-            );
+    if unbound.is_some() {
         return CacheState::Pending(format!(
-            "waiting for the cache volume {name} to be bound: {class} must provide a ReadWriteMany volume (`kubectl describe pvc {name}`)"
+            "waiting for the cache volume {name} to be bound: {}",
+            unbound_cause(claim, &name)
         ));
     }
     match failure {
@@ -487,6 +508,25 @@ mod tests {
             state("hf://a/b", None, Some(&deadline), None, 60),
             CacheState::Failed(m) if m.contains("downloadTimeoutSeconds (60s)")
         ));
+        // A deadline passed while the volume never bound: that is the cause.
+        let unbound: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": { "name": "c" },
+            "spec": { "storageClassName": "slow" },
+            "status": { "phase": "Pending" },
+        }))
+        .unwrap_or_default();
+        let CacheState::Failed(message) =
+            state("hf://a/b", Some(&unbound), Some(&deadline), None, 60)
+        else {
+            panic!("a passed deadline fails the cache");
+        };
+        assert!(
+            message.contains("never started")
+                && message.contains("never bound")
+                && message.contains("StorageClass slow")
+                && !message.contains("downloadTimeoutSeconds"),
+            "{message}"
+        );
         let ready: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": { "name": "c", "annotations": { READY_ANNOTATION: "true" } },
         }))

@@ -85,6 +85,12 @@ pub fn controller(
 impl Reconcile for AIModel {
     const CONTROLLER: &'static str = "aimodel";
 
+    fn conditions(&self) -> &[aleph_crds::Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+
     async fn reconcile(model: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let Some(namespace) = model.namespace() else {
             return Ok(Action::await_change());
@@ -166,6 +172,7 @@ async fn reconcile_model(model: &AIModel, ctx: &Context) -> Result<Action> {
         ServingBackend::Kubernetes => serve(model, ctx, &mut status).await,
     };
     status.observed_generation = generation;
+    status.runtime = Some(serving_runtime(model));
     // `status.autoscaler` is the autoscaler's (its own field manager): never
     // written back from a possibly older read.
     status.autoscaler = None;
@@ -179,6 +186,17 @@ async fn reconcile_model(model: &AIModel, ctx: &Context) -> Result<Action> {
     }
     let requeue = shortest(outcome?, sagemaker_requeue);
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// What serves the model, for `status.runtime` and the Runtime column.
+fn serving_runtime(model: &AIModel) -> String {
+    match model.spec.backend {
+        ServingBackend::SageMaker => "sagemaker".into(),
+        ServingBackend::Kubernetes => serde_json::to_value(model.spec.runtime.engine)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    }
 }
 
 /// Events for what changed: ModelDeployed when the model first turns Ready,

@@ -97,7 +97,7 @@ struct Identity<'a> {
 fn identity(model: &AIModel) -> Result<Identity<'_>> {
     let uid = model
         .uid()
-        .ok_or_else(|| Error::Dependency("the AIModel has no UID yet".into()))?;
+        .ok_or_else(|| Error::NotReady("the AIModel has no UID yet".into()))?;
     Ok(Identity {
         uid,
         namespace: model.namespace().unwrap_or_default(),
@@ -238,7 +238,7 @@ async fn recoverable(
     error: &SageMakerError,
 ) -> Error {
     if !error.is_recoverable() {
-        return Error::SageMaker(error.to_string());
+        return Error::SageMaker(error.clone());
     }
     set_condition(
         &mut status.conditions,
@@ -255,7 +255,7 @@ async fn recoverable(
     if let Err(e) = patch_status_if_changed(&api, model, model.status.as_ref(), &*status).await {
         tracing::warn!(error = %e, "could not record the SageMaker error in the status");
     }
-    Error::SageMaker(error.to_string())
+    Error::SageMaker(error.clone())
 }
 
 async fn publish(ctx: &Context, model: &AIModel, events: &[SageMakerEvent]) {
@@ -294,6 +294,20 @@ pub async fn cleanup(model: &AIModel, ctx: &Context) -> Result<Option<Duration>>
     let policy = model.spec.deletion_policy;
     let training_region = model.spec.training.as_ref().and_then(|t| t.region.clone());
     let serving_region = model.spec.sagemaker.as_ref().and_then(|s| s.region.clone());
+    // With no region anywhere no client could have made anything: a model
+    // whose status shows nothing made is not held back by the missing region.
+    let nothing_made = status.is_none_or(|s| s.training.is_none() && s.endpoint.is_none());
+    if nothing_made {
+        for region in [&training_region, &serving_region] {
+            if let Err(Error::Blocked {
+                reason: "AWSNotConfigured",
+                ..
+            }) = ctx.sagemaker(region.as_deref()).await
+            {
+                return Ok(None);
+            }
+        }
+    }
     let outcomes = if training_region == serving_region {
         let api = ctx.sagemaker(training_region.as_deref()).await?;
         vec![

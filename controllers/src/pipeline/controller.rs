@@ -69,6 +69,12 @@ pub fn run_controller(
 impl Reconcile for Pipeline {
     const CONTROLLER: &'static str = "pipeline";
 
+    fn conditions(&self) -> &[aleph_crds::Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+
     async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let namespace = obj
             .namespace()
@@ -79,6 +85,33 @@ impl Reconcile for Pipeline {
 
 impl Reconcile for PipelineRun {
     const CONTROLLER: &'static str = "pipelinerun";
+
+    fn conditions(&self) -> &[aleph_crds::Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+
+    /// A run is `Succeeded=Unknown` while a failed pass is retried; a
+    /// finished run's outcome stays as it is.
+    fn failure_condition(&self, error: &Error) -> Option<crate::conditions::NewCondition> {
+        if self
+            .status
+            .as_ref()
+            .is_some_and(|s| s.completion_time.is_some())
+        {
+            return None;
+        }
+        Some(crate::conditions::NewCondition::new(
+            "Succeeded",
+            aleph_crds::ConditionStatus::Unknown,
+            error.reason(),
+            format!(
+                "{}; the operator retries with backoff",
+                error.user_message()
+            ),
+        ))
+    }
 
     async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let namespace = obj
@@ -146,7 +179,7 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
     };
     let uid = pipeline
         .uid()
-        .ok_or_else(|| Error::Dependency("the Pipeline has no UID yet".into()))?;
+        .ok_or_else(|| Error::NotReady("the Pipeline has no UID yet".into()))?;
     let now = Utc::now();
     let generation = pipeline.metadata.generation;
     let spec = &pipeline.spec;

@@ -190,7 +190,23 @@ fn running_message(graph: &Graph, steps: &[StepStatus], progress: &str) -> Strin
     let mut message = format!("{progress} steps finished");
     let running = names(StepPhase::Running);
     if !running.is_empty() {
-        message.push_str(&format!("; running: {}", running.join(", ")));
+        // A running step that says something (it waits, it retries a call)
+        // says it here too: the run's condition is what users look at.
+        let described: Vec<String> = running
+            .iter()
+            .map(|name| {
+                match steps
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .and_then(|s| s.message.as_deref())
+                    .filter(|m| !m.is_empty())
+                {
+                    Some(said) => format!("{name} ({said})"),
+                    None => name.to_string(),
+                }
+            })
+            .collect();
+        message.push_str(&format!("; running: {}", described.join(", ")));
     }
     let retrying = names(StepPhase::Retrying);
     if !retrying.is_empty() {
@@ -299,7 +315,7 @@ pub async fn reconcile(name: &str, namespace: &str, ctx: &Context) -> Result<Act
     };
     let uid = run
         .uid()
-        .ok_or_else(|| Error::Dependency("the PipelineRun has no UID yet".into()))?;
+        .ok_or_else(|| Error::NotReady("the PipelineRun has no UID yet".into()))?;
     let mut pass = Pass {
         ctx,
         api,
@@ -1463,6 +1479,12 @@ spec:
         assert_eq!(
             running_message(&graph, &steps, "1/3"),
             "1/3 steps finished; running: b; waiting to retry: c"
+        );
+        let mut blocked = steps.clone();
+        blocked[1].message = Some("no AWS region; retrying".into());
+        assert_eq!(
+            running_message(&graph, &blocked, "1/3"),
+            "1/3 steps finished; running: b (no AWS region; retrying); waiting to retry: c"
         );
     }
 }

@@ -55,47 +55,19 @@ pub fn controller(
 impl Reconcile for Plugin {
     const CONTROLLER: &'static str = "plugin";
 
+    fn conditions(&self) -> &[aleph_crds::Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+
     async fn reconcile(plugin: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
-        match reconcile_plugin(&plugin, &ctx).await {
-            Err(Error::Dependency(message)) => {
-                // A name taken by an object that is not this plugin's.
-                report_blocked(&plugin, &ctx, "NameConflict", &message).await;
-                Err(Error::Dependency(message))
-            }
-            other => other,
-        }
+        reconcile_plugin(&plugin, &ctx).await
     }
 }
 
 fn plugin_api(ctx: &Context, plugin: &Plugin) -> Api<Plugin> {
     Api::namespaced(ctx.client.clone(), &plugin.namespace().unwrap_or_default())
-}
-
-/// Sets `Ready=False` with `reason`, best effort (the reconcile fails anyway).
-async fn report_blocked(plugin: &Plugin, ctx: &Context, reason: &str, message: &str) {
-    let generation = plugin.metadata.generation;
-    let mut status = plugin.status.clone().unwrap_or_default();
-    status.observed_generation = generation;
-    set_condition(
-        &mut status.conditions,
-        NewCondition::no("Ready", reason, message),
-        generation,
-    );
-    set_condition(
-        &mut status.conditions,
-        NewCondition::no("Progressing", reason, ""),
-        generation,
-    );
-    if let Err(error) = patch_status_if_changed(
-        &plugin_api(ctx, plugin),
-        plugin,
-        plugin.status.as_ref(),
-        &status,
-    )
-    .await
-    {
-        tracing::warn!(%error, "could not report the plugin's status");
-    }
 }
 
 fn controlled_by<K: Resource>(obj: &K, uid: &str) -> bool {
@@ -118,7 +90,7 @@ where
     let observed = api.get_opt(&name).await?;
     if let Some(observed) = observed {
         if !controlled_by(&observed, uid) {
-            return Err(Error::Dependency(format!(
+            return Err(Error::NameConflict(format!(
                 "a {} named {name} already exists and does not belong to this plugin: delete it or rename the plugin",
                 K::kind(&())
             )));
@@ -168,7 +140,7 @@ async fn reconcile_plugin(plugin: &Plugin, ctx: &Context) -> Result<Action> {
         .ok_or_else(|| Error::InvalidSpec("a Plugin must have a namespace".into()))?;
     let uid = plugin
         .uid()
-        .ok_or_else(|| Error::Dependency("the Plugin has no uid yet".into()))?;
+        .ok_or_else(|| Error::NotReady("the Plugin has no UID yet".into()))?;
     let name = plugin.name_any();
     let generation = plugin.metadata.generation;
     let previous = plugin.status.clone().unwrap_or_default();
@@ -231,7 +203,10 @@ async fn reconcile_plugin(plugin: &Plugin, ctx: &Context) -> Result<Action> {
                     "the operator may not grant spec.permissions ({}): narrow them to what the operator holds, or let it escalate Roles (chart value rbac.pluginRoleEscalation)",
                     status.message
                 );
-                report_blocked(plugin, ctx, "PermissionsNotGranted", &message).await;
+                return Err(Error::Blocked {
+                    reason: "PermissionsNotGranted",
+                    message,
+                });
             }
             granted?;
         }
@@ -297,7 +272,7 @@ async fn reconcile_plugin(plugin: &Plugin, ctx: &Context) -> Result<Action> {
         }
     }
     let Some(assessment) = assessment else {
-        return Err(Error::Dependency(
+        return Err(Error::NotReady(
             "the rollback did not settle in one pass".into(),
         ));
     };

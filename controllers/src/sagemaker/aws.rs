@@ -84,7 +84,8 @@ pub struct AwsSageMaker {
 impl AwsSageMaker {
     /// Loads the SDK configuration from the environment (the default
     /// credential chain, `AWS_REGION`, `AWS_ENDPOINT_URL_SAGEMAKER`, ...) and
-    /// builds the client. Fails when no region is set anywhere.
+    /// builds the client. Without a region anywhere, only resources that name
+    /// their own can be served.
     pub async fn from_env(
         config: &AwsSageMakerConfig,
         calls: Family<SageMakerCallLabels, Counter>,
@@ -120,16 +121,9 @@ impl AwsSageMaker {
         if let Some(url) = &config.endpoint_url {
             loader = loader.endpoint_url(url);
         }
+        // Without a region anywhere, the client still serves the resources
+        // that name their own (see `RegionalClients::get`).
         let sdk = loader.load().await;
-        if sdk.region().is_none() {
-            return Err(SageMakerError::Terminal {
-                operation: "Configure",
-                code: "MissingRegion".into(),
-                message:
-                    "no AWS region: set AWS_REGION, a profile region, or the operator's region"
-                        .into(),
-            });
-        }
         Ok(Self {
             client: Client::new(&sdk),
             calls,
@@ -666,17 +660,77 @@ impl RegionalClients {
         }
     }
 
-    /// The adapter for `region`.
-    pub fn get(&self, region: Option<&str>) -> Arc<AwsSageMaker> {
+    /// The adapter for `region` (the default's when `None`); an error when
+    /// neither the resource nor the operator names a region.
+    pub fn get(&self, region: Option<&str>) -> SmResult<Arc<AwsSageMaker>> {
         let Some(region) = region.filter(|r| Some(*r) != self.default.region()) else {
-            return self.default.clone();
+            return match self.default.region() {
+                Some(_) => Ok(self.default.clone()),
+                None => Err(SageMakerError::Terminal {
+                    operation: "Configure",
+                    code: "MissingRegion".into(),
+                    message: "no AWS region: set the resource's region, or the operator's (chart value operator.aws.region, or AWS_REGION)".into(),
+                }),
+            };
         };
         let mut map = match self.by_region.lock() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
-        map.entry(region.to_string())
+        Ok(map
+            .entry(region.to_string())
             .or_insert_with(|| Arc::new(self.default.with_region(region)))
-            .clone()
+            .clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clients(region: Option<&str>) -> RegionalClients {
+        let mut conf = aws_sdk_sagemaker::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url("http://127.0.0.1:9");
+        if let Some(region) = region {
+            conf = conf.region(Region::new(region.to_string()));
+        }
+        RegionalClients::new(AwsSageMaker::from_client(
+            Client::from_conf(conf.build()),
+            Family::default(),
+        ))
+    }
+
+    #[test]
+    fn a_resource_region_works_without_the_operators() {
+        let clients = clients(None);
+        let error = clients.get(None).expect_err("no region anywhere");
+        assert!(
+            error.is_terminal() && error.message().contains("region"),
+            "{error}"
+        );
+        let eu = clients.get(Some("eu-west-1")).expect("a region");
+        assert_eq!(eu.region(), Some("eu-west-1"));
+        assert!(Arc::ptr_eq(
+            &eu,
+            &clients.get(Some("eu-west-1")).expect("a region")
+        ));
+    }
+
+    #[test]
+    fn the_operators_region_is_the_default() {
+        let clients = clients(Some("us-east-1"));
+        assert_eq!(
+            clients.get(None).expect("a region").region(),
+            Some("us-east-1")
+        );
+        assert_eq!(
+            clients.get(Some("us-east-1")).expect("a region").region(),
+            Some("us-east-1")
+        );
+        assert_eq!(
+            clients.get(Some("ap-south-1")).expect("a region").region(),
+            Some("ap-south-1")
+        );
     }
 }

@@ -401,9 +401,3 @@ pub fn owner_tags(owner_uid: &str, namespace: &str, name: &str) -> BTreeMap<Stri
         ("aleph.dev/owner-uid".to_string(), owner_uid.to_string()),
     ])
 }
-
-impl From<SageMakerError> for crate::error::Error {
-    fn from(error: SageMakerError) -> Self {
-        crate::error::Error::SageMaker(error.to_string())
-    }
-}

@@ -164,60 +164,24 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
 impl Reconcile for Tenant {
     const CONTROLLER: &'static str = "tenant";
 
+    fn conditions(&self) -> &[aleph_crds::Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+
     async fn reconcile(tenant: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let api: Api<Tenant> = Api::all(ctx.client.clone());
         crate::error::from_finalizer(
             finalizer(&api, FINALIZER, tenant, |event| async {
                 match event {
-                    FinalizerEvent::Apply(t) => match apply(&t, &ctx).await {
-                        Err(error) => {
-                            report_failure(&t, &ctx, &error).await;
-                            Err(error)
-                        }
-                        done => done,
-                    },
+                    FinalizerEvent::Apply(t) => apply(&t, &ctx).await,
                     FinalizerEvent::Cleanup(t) => cleanup(&t, &ctx).await,
                 }
             })
             .await,
         )
     }
-}
-
-/// Shows a failed pass in the Tenant's Ready condition and as an Event (an
-/// invalid spec has said so already).
-async fn report_failure(tenant: &Tenant, ctx: &Context, error: &Error) {
-    if matches!(error, Error::InvalidSpec(_)) {
-        return;
-    }
-    // An API server's refusal can quote a whole object; Events take 1 kiB.
-    let mut message: String = error.to_string().chars().take(900).collect();
-    if message.len() < error.to_string().len() {
-        message.push_str(" …");
-    }
-    let mut status = tenant.status.clone().unwrap_or_default();
-    set_condition(
-        &mut status.conditions,
-        NewCondition::no(
-            "Ready",
-            error.metric_label(),
-            format!("{message}; the operator retries with backoff"),
-        ),
-        tenant.metadata.generation,
-    );
-    let api = Api::<Tenant>::all(ctx.client.clone());
-    if let Err(e) = patch_status_if_changed(
-        &api,
-        tenant,
-        own_status(tenant).as_ref(),
-        &status.clone().without_gateway_usage(),
-    )
-    .await
-    {
-        tracing::warn!(error = %e, "cannot write the failure into the Tenant's status");
-    }
-    ctx.event(tenant, EventType::Warning, "ReconcileFailed", message)
-        .await;
 }
 
 /// The operator's own user name, as the API server sees it (a ServiceAccount

@@ -1,0 +1,322 @@
+//! Every failure is visible: whatever stops a reconcile shows in the object's
+//! condition (reason and message) and as a Warning Event, whatever the kind and
+//! the class of error. Each class is provoked for real against the API server:
+//! a child's name taken by someone else's object (Plugin), an API refusal of a
+//! child (Tenant), missing AWS configuration (AIModel, PipelineRun), and a
+//! per-resource SageMaker region that works without an operator-wide one.
+
+use std::time::Duration;
+
+use aleph_crds::{AIModel, Plugin, Tenant};
+use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
+use aleph_e2e::{
+    OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, find_condition, unique_name,
+    wait_for, wait_for_deletion,
+};
+use k8s_openapi::api::core::v1::{Event, ServiceAccount};
+use kube::Resource;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn condition(obj: &impl serde::Serialize, type_: &str) -> (String, String, String) {
+    let c = find_condition(obj, type_).unwrap_or_default();
+    (
+        c.status,
+        c.reason.unwrap_or_default(),
+        c.message.unwrap_or_default(),
+    )
+}
+
+/// The Warning Events `ReconcileFailed` about the `kind` named `name` in `events`' scope.
+async fn failure_events(events: &Api<Event>, kind: &str, name: &str) -> Vec<String> {
+    events
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("ReconcileFailed")
+                && e.type_.as_deref() == Some("Warning")
+                && e.involved_object.kind.as_deref() == Some(kind)
+                && e.involved_object.name.as_deref() == Some(name)
+        })
+        .filter_map(|e| e.message)
+        .collect()
+}
+
+/// Waits until a `ReconcileFailed` Event about the object says `needle`.
+async fn wait_event(events: &Api<Event>, kind: &str, name: &str, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = failure_events(events, kind, name).await;
+        if let Some(message) = found.iter().find(|m| m.contains(needle)) {
+            return message.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ReconcileFailed event about {kind} {name} saying {needle:?}; events: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A child's name taken by an object that is not the Plugin's: Ready=False
+/// NameConflict naming it, an Event, the foreign object untouched; once it is
+/// gone, the Plugin recovers.
+#[tokio::test]
+async fn a_plugin_whose_child_name_is_taken_says_so_and_recovers() {
+    let env = TestEnv::new().await;
+    let name = "taken";
+    let accounts: Api<ServiceAccount> = env.api();
+    // The plugin's ServiceAccount has the plugin's name.
+    let expected_account = name.to_string();
+    let foreign = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(expected_account.clone()),
+            labels: Some([("owner".to_string(), "someone-else".to_string())].into()),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    let plugins: Api<Plugin> = env.api();
+    accounts
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("create the foreign ServiceAccount");
+    env.apply_yaml(&format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Plugin\nmetadata: {{ name: {name} }}\nspec:\n  version: 1.0.0\n  image: ghcr.io/acme/{name}:1.0.0\n  port: 9000\n  replicas: 1\n"
+    ))
+    .await;
+    let blocked = wait_for(&plugins, name, WAIT, |p: &Plugin| {
+        condition(p, "Ready").1 == "NameConflict"
+    })
+    .await;
+    let (status, _, message) = condition(&blocked, "Ready");
+    assert_eq!(status, "False");
+    assert!(
+        message.contains(&expected_account) && message.contains("does not belong to this plugin"),
+        "{message}"
+    );
+    wait_event(&env.api(), "Plugin", name, "does not belong to this plugin").await;
+    let still = accounts
+        .get(&expected_account)
+        .await
+        .expect("foreign account");
+    assert_eq!(
+        still
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .get("owner"),
+        Some(&"someone-else".to_string()),
+        "the foreign object is left alone"
+    );
+    assert!(still.meta().owner_references.is_none());
+
+    accounts
+        .delete(&expected_account, &DeleteParams::default())
+        .await
+        .expect("delete the foreign account");
+    wait_for(&plugins, name, WAIT, |p: &Plugin| {
+        condition(p, "Ready").1 != "NameConflict"
+    })
+    .await;
+    env.cleanup().await;
+}
+
+/// The API server refuses a child the Tenant's spec asks for (a NetworkPolicy
+/// with an ipBlock the API refuses although the schema cannot tell): the
+/// Tenant's Ready condition and an Event quote the refusal within one pass.
+#[tokio::test]
+async fn a_tenant_whose_child_is_refused_shows_the_refusal() {
+    let env = TestEnv::new().await;
+    let name = unique_name("refused");
+    let tenants: Api<Tenant> = env.cluster_api();
+    // A default CPU request above the default limit: each quantity is valid,
+    // the LimitRange made of them is not.
+    let yaml = format!(
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: Tenant
+metadata: {{ name: {name} }}
+spec:
+  owners: [{{ kind: Group, name: {name}-admins, role: admin }}]
+  namespaces: [work]
+  quota: {{ cpu: "1", memory: 1Gi }}
+  limitRange: {{ defaultCpuRequest: "2", defaultCpuLimit: "1" }}
+"#
+    );
+    env.apply_yaml(&yaml).await;
+    env.delete_on_cleanup(kube::discovery::ApiResource::erase::<Tenant>(&()), &name);
+    let refused = wait_for(&tenants, &name, WAIT, |t: &Tenant| {
+        condition(t, "Ready").1 == "Refused"
+    })
+    .await;
+    let (status, _, message) = condition(&refused, "Ready");
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("LimitRange") && message.contains("retries"),
+        "the refusal is quoted: {message}"
+    );
+    let events: Api<Event> = Api::all(env.client());
+    wait_event(&events, "Tenant", &name, "LimitRange").await;
+    env.cleanup().await;
+}
+
+fn sagemaker_model(name: &str, label: &str, region: Option<&str>) -> String {
+    let region = region.map_or(String::new(), |r| format!("\n    region: {r}"));
+    format!(
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: AIModel
+metadata:
+  name: {name}
+  labels: {{ {PRIVATE_OPERATOR_LABEL}: "{label}" }}
+spec:
+  backend: SageMaker
+  training:
+    image: 123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7
+    roleArn: arn:aws:iam::123456789012:role/aleph-training
+    instanceType: ml.m5.xlarge
+    outputS3Uri: s3://aleph-e2e/models/{name}{region}
+    inputs:
+      - name: train
+        s3Uri: s3://aleph-e2e/data/train
+  sagemaker:
+    image: 123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost-serve:1.7
+    roleArn: arn:aws:iam::123456789012:role/aleph-serving
+    instanceType: ml.m5.large{region}
+"#
+    )
+}
+
+/// An operator with no AWS region at all: a model that names its region
+/// trains and serves there; one that does not says so in Ready and an Event
+/// (and goes away when deleted, since nothing was made); the same for a
+/// PipelineRun's training step, in the run's own condition.
+#[tokio::test]
+async fn the_resources_region_serves_without_the_operators_and_none_at_all_is_shown() {
+    let env = TestEnv::new().await;
+    let sm = SageMakerFake::start(FakeConfig::default())
+        .await
+        .expect("start the SageMaker fake");
+    let label = unique_name("region");
+    let mut op = OperatorProcess::start(OperatorOptions {
+        args: vec![
+            "--leader-elect".into(),
+            "false".into(),
+            "--namespaces".into(),
+            env.namespace().to_string(),
+            "--sagemaker-max-poll-seconds".into(),
+            "1".into(),
+        ],
+        env: vec![
+            ("AWS_ENDPOINT_URL_SAGEMAKER".into(), sm.endpoint_url()),
+            ("AWS_REGION".into(), String::new()),
+            ("AWS_DEFAULT_REGION".into(), String::new()),
+            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "AKIDALEPHE2E".into()),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                "aleph-e2e-not-a-secret".into(),
+            ),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ],
+        private_label: Some(label.clone()),
+        name: "no-region".into(),
+    })
+    .await;
+    op.wait_ready(Duration::from_secs(90)).await;
+    let models: Api<AIModel> = env.api();
+
+    env.apply_yaml(&sagemaker_model("regional", &label, Some("eu-west-1")))
+        .await;
+    env.apply_yaml(&sagemaker_model("nowhere", &label, None))
+        .await;
+
+    let regional = wait_for(&models, "regional", WAIT, |m: &AIModel| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.training.as_ref())
+            .is_some_and(|t| !t.job_name.is_empty())
+    })
+    .await;
+    assert_eq!(
+        regional.status.as_ref().and_then(|s| s.runtime.as_deref()),
+        Some("sagemaker"),
+        "the Runtime column says what serves the model"
+    );
+    assert_eq!(sm.counters().training_jobs_created, 1);
+
+    let nowhere = wait_for(&models, "nowhere", WAIT, |m: &AIModel| {
+        condition(m, "Ready").1 == "AWSNotConfigured"
+    })
+    .await;
+    let (status, _, message) = condition(&nowhere, "Ready");
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("no AWS region") && message.contains("region"),
+        "{message}"
+    );
+    wait_event(&env.api(), "AIModel", "nowhere", "no AWS region").await;
+    assert_eq!(
+        sm.counters().training_jobs_created,
+        1,
+        "nothing was made for the model without a region"
+    );
+
+    // A PipelineRun's training step without a region: the run's own condition says it.
+    env.apply_yaml(&format!(
+        r#"
+apiVersion: aleph.dev/v1alpha1
+kind: Pipeline
+metadata:
+  name: train
+  labels: {{ {PRIVATE_OPERATOR_LABEL}: "{label}" }}
+spec:
+  steps:
+    - name: fit
+      training:
+        image: 123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7
+        roleArn: arn:aws:iam::123456789012:role/aleph-training
+        instanceType: ml.m5.xlarge
+        outputS3Uri: s3://aleph-e2e/models/pipeline
+        inputs:
+          - name: train
+            s3Uri: s3://aleph-e2e/data/train
+---
+apiVersion: aleph.dev/v1alpha1
+kind: PipelineRun
+metadata:
+  name: train-1
+  labels: {{ {PRIVATE_OPERATOR_LABEL}: "{label}" }}
+spec:
+  pipelineRef: {{ name: train }}
+"#
+    ))
+    .await;
+    let runs: Api<aleph_crds::PipelineRun> = env.api();
+    let run = wait_for(&runs, "train-1", WAIT, |r: &aleph_crds::PipelineRun| {
+        condition(r, "Succeeded").2.contains("no AWS region")
+    })
+    .await;
+    let (status, _, message) = condition(&run, "Succeeded");
+    assert_eq!(
+        status, "Unknown",
+        "the run waits, it has not failed: {message}"
+    );
+    assert!(message.contains("fit ("), "the step is named: {message}");
+
+    for name in ["regional", "nowhere"] {
+        models
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete model");
+    }
+    wait_for_deletion(&models, "nowhere", WAIT).await;
+    wait_for_deletion(&models, "regional", WAIT).await;
+    env.cleanup().await;
+}
