@@ -30,6 +30,28 @@ pub fn standard_labels(kind_label: &str, name: &str) -> BTreeMap<String, String>
     ])
 }
 
+/// The outcome of an API call with "not found" as `None`: for deletes and
+/// patches of objects that may be gone already.
+pub fn ignore_missing<T>(result: kube::Result<T>) -> crate::error::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes `name` (its dependents in the background); gone already is fine.
+pub async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> crate::error::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    ignore_missing(
+        api.delete(name, &kube::api::DeleteParams::background())
+            .await,
+    )
+    .map(|_| ())
+}
+
 /// An owner reference making `owner` the controller of a child.
 pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
     owner.controller_owner_ref(&())

@@ -8,6 +8,12 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// An RFC 3339 time as written in a status; `None` when absent or unreadable.
+pub fn parse_time(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
 /// A condition to set, without its transition time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewCondition {

@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -41,7 +41,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::apply::{FINALIZER, MANAGER, apply, is_subset, patch_status_if_changed};
+use crate::apply::{
+    FINALIZER, MANAGER, apply, delete_ignoring_missing, ignore_missing, is_subset,
+    patch_status_if_changed,
+};
 use crate::conditions::{NewCondition, find, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -570,17 +573,6 @@ where
     Ok(())
 }
 
-async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<()>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Switching to the SageMaker backend removes the serving Deployments,
 /// Services and HPA the model had on the cluster.
 async fn remove_kubernetes_serving(model: &AIModel, ctx: &Context) -> Result<()> {
@@ -736,14 +728,11 @@ where
         return delete_ignoring_missing(api, &name).await;
     }
     let patch = json!({ "metadata": { "ownerReferences": [{ "$patch": "delete", "uid": uid }] } });
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    ignore_missing(
+        api.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await,
+    )
+    .map(|_| ())
 }
 
 // --- the Gateway API ---------------------------------------------------------------
@@ -793,11 +782,9 @@ async fn reconcile_route(
     let resource = build::http_route_resource();
     let routes: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &plan.namespace, &resource);
-    let observed = match routes.get_opt(&plan.name).await {
-        Ok(observed) => observed,
-        // The Gateway API went away since the last look.
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-        Err(e) => return Err(e.into()),
+    // None: the Gateway API went away since the last look.
+    let Some(observed) = ignore_missing(routes.get_opt(&plan.name).await)? else {
+        return Ok(());
     };
     // A route of that name that is not the model's is left alone.
     if observed.as_ref().is_some_and(|r| {
@@ -819,12 +806,8 @@ async fn reconcile_route(
                     &Patch::Apply(&route),
                 )
                 .await;
-            match applied {
-                Ok(_) => {}
-                // The HTTPRoute kind was removed since the last look.
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            // Not found: the HTTPRoute kind was removed since the last look.
+            ignore_missing(applied)?;
         }
         None if observed.is_some() => delete_ignoring_missing(&routes, &plan.name).await?,
         None => {}

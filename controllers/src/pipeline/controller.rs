@@ -29,8 +29,8 @@ use super::dag;
 use super::jobs::{LABEL_RUN, label_value};
 use super::run::{self, is_finished};
 use super::schedule::{self, FinishedRun, Schedule, SlotDecision};
-use crate::apply::{TENANT_LABEL, patch_status_if_changed, standard_labels};
-use crate::conditions::{NewCondition, find, set_condition};
+use crate::apply::{TENANT_LABEL, ignore_missing, patch_status_if_changed, standard_labels};
+use crate::conditions::{NewCondition, find, parse_time, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runner::{Reconcile, Watch};
@@ -119,11 +119,6 @@ impl Reconcile for PipelineRun {
             .ok_or_else(|| Error::InvalidSpec("a PipelineRun without a namespace".into()))?;
         run::reconcile(&obj.name_any(), &namespace, &ctx).await
     }
-}
-
-fn parse_time(text: Option<&str>) -> Option<DateTime<Utc>> {
-    text.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Whether `run` was made by `pipeline`'s schedule (its controller owner).
@@ -354,10 +349,8 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
             schedule_spec.successful_runs_history_limit,
             schedule_spec.failed_runs_history_limit,
         ) {
-            match runs_api.delete(&old, &DeleteParams::background()).await {
-                Ok(_) => tracing::info!(run = old, "pruned a finished scheduled run"),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
+            if ignore_missing(runs_api.delete(&old, &DeleteParams::background()).await)?.is_some() {
+                tracing::info!(run = old, "pruned a finished scheduled run");
             }
         }
     }

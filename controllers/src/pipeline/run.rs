@@ -39,7 +39,7 @@ use aleph_crds::plugin::Plugin;
 use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -49,8 +49,8 @@ use super::dag::{self, FinishReason, Graph, RunState};
 use super::jobs::{self, LABEL_ATTEMPT, LABEL_RUN, LABEL_STEP};
 use super::observe::{JobOutcome, job_outcome};
 use super::params::{self, StepOutputs};
-use crate::apply::{FINALIZER, MANAGER};
-use crate::conditions::{NewCondition, find, set_condition};
+use crate::apply::{FINALIZER, MANAGER, delete_ignoring_missing};
+use crate::conditions::{NewCondition, find, parse_time, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::sagemaker::{CleanupOutcome, reconcile_training, training::TrainingOutcome};
@@ -156,11 +156,6 @@ pub fn format_duration(delta: TimeDelta) -> String {
         (0, _, _) => format!("{h}h{m}m{s}s"),
         _ => format!("{d}d{h}h"),
     }
-}
-
-fn parse_time(text: Option<&str>) -> Option<DateTime<Utc>> {
-    text.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn to_std(delta: TimeDelta) -> Duration {
@@ -514,15 +509,7 @@ impl Pass<'_> {
                 to_std(expires - self.now) + Duration::from_millis(200),
             ));
         }
-        match self
-            .api
-            .delete(&self.name, &DeleteParams::background())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_ignoring_missing(&self.api, &self.name).await?;
         tracing::info!(ttl, "deleted a finished run whose TTL passed");
         Ok(Action::await_change())
     }
@@ -1308,11 +1295,7 @@ impl Pass<'_> {
         match kind(step) {
             StepKind::Job => {
                 let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-                match api.delete(job_name, &DeleteParams::background()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                delete_ignoring_missing(&api, job_name).await?;
             }
             StepKind::Training(training) => {
                 self.stop_training(training, job_name).await?;

@@ -20,7 +20,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -28,7 +28,9 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::apply::{TENANT_LABEL, apply, is_subset, patch_status_if_changed};
+use crate::apply::{
+    TENANT_LABEL, apply, delete_ignoring_missing, is_subset, patch_status_if_changed,
+};
 use crate::conditions::{NewCondition, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -113,11 +115,7 @@ where
     if !controlled_by(&observed, uid) {
         return Ok(());
     }
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    delete_ignoring_missing(api, name).await
 }
 
 fn release_of(deployment: Option<&Deployment>) -> Option<String> {

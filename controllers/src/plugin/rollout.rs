@@ -17,7 +17,7 @@ use aleph_crds::plugin::{PluginRelease, PluginSpec, PluginStatus};
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
 
-use crate::conditions::{NewCondition, set_condition};
+use crate::conditions::{NewCondition, parse_time, set_condition};
 
 /// How long to wait before looking again at a plugin that is settled.
 pub const SETTLED_REQUEUE: Duration = Duration::from_secs(600);
@@ -203,11 +203,6 @@ fn promote(status: &mut PluginStatus, release: &PluginRelease, job: bool, notes:
     status.last_good_release = Some(release.clone());
     status.last_good_version = Some(release.version.clone());
     status.last_good_image = Some(release.image.clone());
-}
-
-fn parse_time(text: Option<&str>) -> Option<DateTime<Utc>> {
-    text.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Computes the status of a plugin from what was observed, or asks for a rollback.

@@ -24,6 +24,7 @@ use aws_sdk_sagemaker::types::{
     ProductionVariant, ResourceConfig, S3DataDistribution, S3DataSource, S3DataType,
     StoppingCondition, Tag, TrainingInputMode, TrainingInstanceType, VpcConfig,
 };
+use aws_smithy_async::future::pagination_stream::PaginationStream;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
@@ -158,6 +159,35 @@ impl AwsSageMaker {
         self.calls
             .get_or_create(&SageMakerCallLabels { operation, outcome })
             .inc();
+    }
+
+    /// The names on the pages of a list call (each page counted as a call),
+    /// kept only when they contain `name_contains` (SageMaker's filter is
+    /// case-insensitive), at most [`MAX_PAGES`] pages.
+    async fn names_in_pages<O, E>(
+        &self,
+        operation: &'static str,
+        mut pages: PaginationStream<Result<O, SdkError<E, HttpResponse>>>,
+        name_contains: &str,
+        names: impl Fn(&O) -> Vec<&str>,
+    ) -> SmResult<Vec<String>>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let mut found = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let Some(page) = pages.next().await else {
+                break;
+            };
+            let out = self.finish(operation, page)?;
+            found.extend(
+                names(&out)
+                    .into_iter()
+                    .filter(|n| n.contains(name_contains))
+                    .map(str::to_string),
+            );
+        }
+        Ok(found)
     }
 
     /// Counts and classifies the result of one call.
@@ -432,34 +462,17 @@ impl SageMakerApi for AwsSageMaker {
 
     fn list_models<'a>(&'a self, name_contains: &'a str) -> BoxFuture<'a, SmResult<Vec<String>>> {
         Box::pin(async move {
-            let mut names = Vec::new();
-            let mut token: Option<String> = None;
-            for _ in 0..MAX_PAGES {
-                let call = self
-                    .client
-                    .list_models()
-                    .name_contains(name_contains)
-                    .max_results(100)
-                    .set_next_token(token.take())
-                    .send()
-                    .await;
-                let out = self.finish("ListModels", call)?;
-                names.extend(
-                    out.models()
-                        .iter()
-                        .filter_map(|m| m.model_name())
-                        .filter(|n| n.contains(name_contains))
-                        .map(str::to_string),
-                );
-                token = out
-                    .next_token()
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_string);
-                if token.is_none() {
-                    break;
-                }
-            }
-            Ok(names)
+            let pages = self
+                .client
+                .list_models()
+                .name_contains(name_contains)
+                .max_results(100)
+                .into_paginator()
+                .send();
+            self.names_in_pages("ListModels", pages, name_contains, |out| {
+                out.models().iter().filter_map(|m| m.model_name()).collect()
+            })
+            .await
         })
     }
 
@@ -468,34 +481,20 @@ impl SageMakerApi for AwsSageMaker {
         name_contains: &'a str,
     ) -> BoxFuture<'a, SmResult<Vec<String>>> {
         Box::pin(async move {
-            let mut names = Vec::new();
-            let mut token: Option<String> = None;
-            for _ in 0..MAX_PAGES {
-                let call = self
-                    .client
-                    .list_endpoint_configs()
-                    .name_contains(name_contains)
-                    .max_results(100)
-                    .set_next_token(token.take())
-                    .send()
-                    .await;
-                let out = self.finish("ListEndpointConfigs", call)?;
-                names.extend(
-                    out.endpoint_configs()
-                        .iter()
-                        .filter_map(|c| c.endpoint_config_name())
-                        .filter(|n| n.contains(name_contains))
-                        .map(str::to_string),
-                );
-                token = out
-                    .next_token()
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_string);
-                if token.is_none() {
-                    break;
-                }
-            }
-            Ok(names)
+            let pages = self
+                .client
+                .list_endpoint_configs()
+                .name_contains(name_contains)
+                .max_results(100)
+                .into_paginator()
+                .send();
+            self.names_in_pages("ListEndpointConfigs", pages, name_contains, |out| {
+                out.endpoint_configs()
+                    .iter()
+                    .filter_map(|c| c.endpoint_config_name())
+                    .collect()
+            })
+            .await
         })
     }
 

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{Event, LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -28,7 +28,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::apply::{FINALIZER, MANAGER, TENANT_LABEL, apply_if_changed, patch_status_if_changed};
+use crate::apply::{
+    FINALIZER, MANAGER, TENANT_LABEL, apply_if_changed, delete_ignoring_missing, ignore_missing,
+    patch_status_if_changed,
+};
 use crate::conditions::{NewCondition, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -751,17 +754,6 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     })
 }
 
-async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<()>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Deletes a namespace the tenant no longer lists, or with Retain lets it go
 /// (drops the tenant's labels so no policy of the tenant applies any more).
 async fn release_namespace(api: &Api<Namespace>, name: &str, policy: DeletionPolicy) -> Result<()> {
@@ -769,14 +761,11 @@ async fn release_namespace(api: &Api<Namespace>, name: &str, policy: DeletionPol
         DeletionPolicy::Delete => delete_ignoring_missing(api, name).await,
         DeletionPolicy::Retain => {
             let patch = json!({ "metadata": { "labels": { TENANT_LABEL: null, QUOTA_READY_LABEL: null } } });
-            match api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(e.into()),
-            }
+            ignore_missing(
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await,
+            )
+            .map(|_| ())
         }
     }
 }
