@@ -12,6 +12,7 @@ pub mod context;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod pipeline;
 pub mod plugin;
 pub mod runner;

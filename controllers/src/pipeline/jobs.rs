@@ -30,9 +30,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use sha2::{Digest, Sha256};
 
 use super::params::{self, StepOutputs, SubstitutionError};
+use crate::names::bounded_name;
+use crate::plugin::build::{PLUGIN_CONFIG_DIR, PLUGIN_SECRETS_DIR, plugin_config_map_name};
 
 /// The name of the step's container.
 pub const STEP_CONTAINER: &str = "step";
@@ -54,10 +55,6 @@ pub const LABEL_PIPELINE: &str = "aleph.dev/pipeline";
 pub const LABEL_PLUGIN: &str = "aleph.dev/plugin";
 /// Label: the tenant, copied from the run when it carries it.
 pub const LABEL_TENANT: &str = "aleph.dev/tenant";
-/// Where a plugin's configuration files are mounted.
-pub const PLUGIN_CONFIG_DIR: &str = "/etc/aleph-plugin";
-/// Where a plugin's Secrets are mounted, one directory each.
-pub const PLUGIN_SECRETS_DIR: &str = "/var/run/secrets/aleph-plugin";
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
 const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 
@@ -112,31 +109,6 @@ pub enum JobError {
     },
 }
 
-fn short_hash(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
-}
-
-/// `name` if it has at most `max` characters; otherwise its start, cut so
-/// that `-` and an 8-character hash of the whole name fit, which keeps
-/// different long names apart. The result ends with a letter or digit.
-pub fn bounded_name(name: &str, max: usize) -> String {
-    if name.len() <= max {
-        return name.to_string();
-    }
-    let keep = max.saturating_sub(9);
-    let mut prefix: String = name.chars().take(keep).collect();
-    while prefix.len() > keep || prefix.ends_with(|c: char| !c.is_ascii_alphanumeric()) {
-        prefix.pop();
-    }
-    let hash = short_hash(name);
-    if prefix.is_empty() {
-        hash.chars().take(max).collect()
-    } else {
-        format!("{prefix}-{hash}")
-    }
-}
-
 /// A run's name as a label value (at most 63 characters): the name itself,
 /// or [`bounded_name`] of it. Select a run's Jobs with `LABEL_RUN=label_value(run)`.
 pub fn label_value(name: &str) -> String {
@@ -183,12 +155,6 @@ pub fn step_labels(run: &PipelineRun, step: &str, attempt: i32) -> BTreeMap<Stri
         labels.insert(LABEL_TENANT.to_string(), tenant.clone());
     }
     labels
-}
-
-/// The ConfigMap holding a plugin's configuration files, made by the Plugin
-/// reconciler.
-pub fn plugin_config_map_name(plugin: &str) -> String {
-    bounded_name(&format!("{plugin}-config"), 253)
 }
 
 /// Builds the Job of one attempt of a container or plugin step.

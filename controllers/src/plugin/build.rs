@@ -40,7 +40,18 @@ use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 use crate::apply::{TENANT_LABEL, controller_ref, standard_labels};
-use crate::pipeline::jobs::{PLUGIN_CONFIG_DIR, PLUGIN_SECRETS_DIR, plugin_config_map_name};
+use crate::names::bounded_name;
+
+/// Where a plugin's configuration files are mounted (in its service's pods and
+/// in a pipeline step that runs it).
+pub const PLUGIN_CONFIG_DIR: &str = "/etc/aleph-plugin";
+/// Where a plugin's Secrets are mounted, one directory each.
+pub const PLUGIN_SECRETS_DIR: &str = "/var/run/secrets/aleph-plugin";
+
+/// The ConfigMap holding a plugin's configuration files.
+pub fn plugin_config_map_name(plugin: &str) -> String {
+    bounded_name(&format!("{plugin}-config"), 253)
+}
 
 /// Where the configuration files are mounted, read-only.
 pub const CONFIG_DIR: &str = PLUGIN_CONFIG_DIR;
