@@ -25,10 +25,11 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::dag;
+use super::graph;
 use super::jobs::{LABEL_RUN, label_value};
 use super::run::{self, is_finished};
 use super::schedule::{self, FinishedRun, Schedule, SlotDecision};
+use super::scheduler;
 use crate::apply::{TENANT_LABEL, ignore_missing, patch_status_if_changed, standard_labels};
 use crate::conditions::{NewCondition, find, parse_time, set_condition};
 use crate::context::Context;
@@ -146,7 +147,7 @@ fn scheduled_run(pipeline: &Pipeline, name: &str, slot: DateTime<Utc>) -> Option
             namespace: pipeline.namespace(),
             labels: Some(labels),
             annotations: Some(
-                [(SCHEDULED_AT.to_string(), dag::format_time(slot))]
+                [(SCHEDULED_AT.to_string(), scheduler::format_time(slot))]
                     .into_iter()
                     .collect(),
             ),
@@ -185,7 +186,7 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
     let mut requeue: Option<Duration> = None;
 
     // Validity.
-    let graph = dag::validate(spec);
+    let graph = graph::validate(spec);
     let parsed = spec
         .schedule
         .as_ref()
@@ -270,7 +271,7 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
         let due = schedule.due(last, created, now);
         if let Some(slot) = due.missed {
             let run_name = schedule::run_name(name, slot);
-            let slot_text = dag::format_time(slot);
+            let slot_text = scheduler::format_time(slot);
             match schedule::decide_slot(schedule_spec.concurrency_policy, &active) {
                 SlotDecision::Skip { active: going } => {
                     events.push((

@@ -10,9 +10,9 @@
 //! 2. looks at every running step: its Job (and pod, for the outputs in the
 //!    termination message), its SageMaker training job, or the AIModel it
 //!    rolls out;
-//! 3. asks [`dag::plan`] what to do next and does it: creates Jobs, starts
-//!    training jobs, patches AIModels, deletes the Jobs of stopped steps,
-//!    finishes the run;
+//! 3. asks [`scheduler::plan`] what to do next and does it: creates Jobs,
+//!    starts training jobs, patches AIModels, deletes the Jobs of stopped
+//!    steps, finishes the run;
 //! 4. writes the status with the resourceVersion it read as a precondition,
 //!    so a pass working from an old view fails instead of overwriting a newer
 //!    status, and publishes the pass's events.
@@ -45,10 +45,12 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::dag::{self, FinishReason, Graph, RunState};
+use super::graph::{self, Graph};
 use super::jobs::{self, LABEL_ATTEMPT, LABEL_RUN, LABEL_STEP};
 use super::observe::{JobOutcome, job_outcome};
 use super::params::{self, StepOutputs};
+use super::retry;
+use super::scheduler::{self, FinishReason, RunState};
 use crate::apply::{FINALIZER, MANAGER, delete_ignoring_missing};
 use crate::conditions::{NewCondition, find, parse_time, set_condition};
 use crate::context::Context;
@@ -516,7 +518,7 @@ impl Pass<'_> {
 
     /// Fails the run before any step ran.
     fn fail_at_start(&mut self, status: &mut PipelineRunStatus, reason: &str, message: String) {
-        let now = dag::format_time(self.now);
+        let now = scheduler::format_time(self.now);
         status.phase = RunPhase::Failed;
         status.start_time.get_or_insert(now.clone());
         status.completion_time = Some(now);
@@ -601,7 +603,7 @@ impl Pass<'_> {
             previous = Some((from, earlier_status));
         }
 
-        let graph = match dag::validate(&spec) {
+        let graph = match graph::validate(&spec) {
             Ok(graph) => graph,
             Err(e) => {
                 let message = format!("pipeline {pipeline_name}: {e}");
@@ -631,11 +633,11 @@ impl Pass<'_> {
         };
         status.params = params;
         status.steps = match &previous {
-            Some((_, earlier)) => dag::resume_plan(&spec, &earlier.steps),
+            Some((_, earlier)) => scheduler::resume_plan(&spec, &earlier.steps),
             None => graph.initial_statuses(),
         };
         status.phase = RunPhase::Running;
-        status.start_time = Some(dag::format_time(self.now));
+        status.start_time = Some(scheduler::format_time(self.now));
         let mut note = format!("started pipeline {pipeline_name}: {} steps", graph.len());
         if let Some((from, _)) = &previous {
             let reused: Vec<&str> = status
@@ -664,7 +666,7 @@ impl Pass<'_> {
         let Some(spec) = status.pipeline_spec.clone() else {
             return Ok(());
         };
-        let graph = match dag::validate(&spec) {
+        let graph = match graph::validate(&spec) {
             Ok(graph) => graph,
             Err(e) => {
                 self.fail_at_start(status, e.reason(), e.to_string());
@@ -691,7 +693,7 @@ impl Pass<'_> {
             let Some(step) = graph.step(&s.name) else {
                 continue;
             };
-            let outputs = dag::step_outputs(&status.steps);
+            let outputs = scheduler::step_outputs(&status.steps);
             let observed = self
                 .observe(step, &s, &status.params, &outputs, &jobs)
                 .await?;
@@ -708,34 +710,34 @@ impl Pass<'_> {
                     cancelled: self.run.spec.cancel,
                     deadline_passed,
                 };
-                dag::plan(&graph, &state, self.now)
+                scheduler::plan(&graph, &state, self.now)
             };
             let mut acted = false;
             for action in actions {
                 match &action {
-                    dag::Action::Start { step, attempt }
-                    | dag::Action::StartFinally { step, attempt } => {
+                    scheduler::Action::Start { step, attempt }
+                    | scheduler::Action::StartFinally { step, attempt } => {
                         if blocked.contains(step) {
                             continue;
                         }
                         let Some(definition) = graph.step(step) else {
                             continue;
                         };
-                        let outputs = dag::step_outputs(&status.steps);
+                        let outputs = scheduler::step_outputs(&status.steps);
                         acted = true;
                         match self
                             .start_step(definition, *attempt, &status.params, &outputs)
                             .await?
                         {
                             StartOutcome::Started { job_name, observed } => {
-                                dag::apply(&mut status.steps, &action, self.now);
+                                scheduler::apply(&mut status.steps, &action, self.now);
                                 if let Some(s) = status.steps.iter_mut().find(|s| &s.name == step) {
                                     s.job_name = job_name;
                                 }
                                 self.record(&graph, status, step, observed, stopping);
                             }
                             StartOutcome::Failed(message) => {
-                                dag::apply(&mut status.steps, &action, self.now);
+                                scheduler::apply(&mut status.steps, &action, self.now);
                                 self.record(
                                     &graph,
                                     status,
@@ -753,16 +755,16 @@ impl Pass<'_> {
                             }
                         }
                     }
-                    dag::Action::Retry { not_before, .. } => {
+                    scheduler::Action::Retry { not_before, .. } => {
                         acted = true;
-                        dag::apply(&mut status.steps, &action, self.now);
+                        scheduler::apply(&mut status.steps, &action, self.now);
                         self.recheck_at(*not_before);
                     }
-                    dag::Action::Skip { .. } => {
+                    scheduler::Action::Skip { .. } => {
                         acted = true;
-                        dag::apply(&mut status.steps, &action, self.now);
+                        scheduler::apply(&mut status.steps, &action, self.now);
                     }
-                    dag::Action::Stop { step, .. } => {
+                    scheduler::Action::Stop { step, .. } => {
                         acted = true;
                         if let (Some(definition), Some(s)) = (
                             graph.step(step),
@@ -770,9 +772,9 @@ impl Pass<'_> {
                         ) {
                             self.stop_step(definition, &s).await?;
                         }
-                        dag::apply(&mut status.steps, &action, self.now);
+                        scheduler::apply(&mut status.steps, &action, self.now);
                     }
-                    dag::Action::Finish {
+                    scheduler::Action::Finish {
                         phase,
                         reason,
                         message,
@@ -793,7 +795,7 @@ impl Pass<'_> {
             cancelled: self.run.spec.cancel,
             deadline_passed,
         };
-        let progress = dag::progress(&graph, &state);
+        let progress = scheduler::progress(&graph, &state);
         let message = running_message(&graph, &status.steps, &progress);
         status.progress = Some(progress);
         status.phase = RunPhase::Running;
@@ -804,7 +806,7 @@ impl Pass<'_> {
             NewCondition::new(SUCCEEDED, ConditionStatus::Unknown, "Running", message),
             self.run.metadata.generation,
         );
-        if let Some(t) = dag::next_retry_time(&status.steps) {
+        if let Some(t) = scheduler::next_retry_time(&status.steps) {
             self.recheck_at(t);
         }
         Ok(())
@@ -829,10 +831,10 @@ impl Pass<'_> {
                 }
             }
             Observed::Succeeded(outputs) => {
-                dag::record_succeeded(&mut status.steps, name, outputs, self.now);
+                scheduler::record_succeeded(&mut status.steps, name, outputs, self.now);
             }
             Observed::Failed(message) => {
-                dag::record_failed(&mut status.steps, name, &message, self.now);
+                scheduler::record_failed(&mut status.steps, name, &message, self.now);
                 let Some(step) = graph.step(name) else {
                     return;
                 };
@@ -841,13 +843,13 @@ impl Pass<'_> {
                     .iter()
                     .find(|s| s.name == name)
                     .map_or(1, |s| s.attempts.max(1));
-                let max = dag::max_attempts(step);
+                let max = retry::max_attempts(step);
                 let may_retry = graph.is_finally(name) || !stopping;
                 if may_retry && attempts < max {
                     let delay = step
                         .retries
                         .as_ref()
-                        .map_or(TimeDelta::zero(), |r| dag::backoff(r, attempts));
+                        .map_or(TimeDelta::zero(), |r| retry::backoff(r, attempts));
                     self.event(
                         EventType::Warning,
                         "StepRetrying",
@@ -882,7 +884,7 @@ impl Pass<'_> {
     ) {
         let started = parse_time(status.start_time.as_deref()).unwrap_or(self.now);
         status.phase = phase;
-        status.completion_time = Some(dag::format_time(self.now));
+        status.completion_time = Some(scheduler::format_time(self.now));
         status.duration = Some(format_duration(self.now - started));
         let state = RunState {
             steps: &status.steps,
@@ -890,7 +892,7 @@ impl Pass<'_> {
             cancelled: self.run.spec.cancel,
             deadline_passed: false,
         };
-        status.progress = Some(dag::progress(graph, &state));
+        status.progress = Some(scheduler::progress(graph, &state));
         let condition = if phase == RunPhase::Succeeded {
             NewCondition::yes(SUCCEEDED, reason.as_str(), message.clone())
         } else {
@@ -1441,7 +1443,7 @@ spec:
             ]
         }))
         .unwrap();
-        let graph = dag::validate(&spec).unwrap();
+        let graph = graph::validate(&spec).unwrap();
         let steps = vec![
             StepStatus {
                 name: "a".into(),
