@@ -627,24 +627,35 @@ async fn ensure_cache(
             return Ok(CacheState::Ready);
         }
     }
-    // The downloader's own words about a failed attempt.
-    let failure = match &job {
+    // The downloader's own words about a failed attempt, and why an attempt
+    // cannot start (a credentials Secret that does not exist, an image).
+    let (failure, stuck) = match &job {
         Some(_) if !cache::claim_is_ready(&claim) => {
             let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
             let attempts = pods
                 .list(&ListParams::default().labels(&cache::pod_selector(&track.uri)))
                 .await?;
-            cache::last_failure(&attempts.items)
+            (
+                cache::last_failure(&attempts.items),
+                attempts.items.iter().find_map(status::start_problem),
+            )
         }
-        _ => None,
+        _ => (None, None),
     };
-    Ok(cache::state(
+    let state = cache::state(
         &track.uri,
         Some(&claim),
         job.as_ref(),
         failure.as_deref(),
         model.spec.cache.download_timeout_seconds,
-    ))
+    );
+    Ok(match (state, stuck) {
+        (CacheState::Downloading(_), Some(stuck)) => CacheState::Failed(format!(
+            "the download of {} is stuck: {stuck}; it starts by itself once that is fixed",
+            track.uri
+        )),
+        (state, _) => state,
+    })
 }
 
 /// Creates `desired`; if another model made it first, joins its users.

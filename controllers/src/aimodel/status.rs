@@ -342,6 +342,20 @@ fn container_problem(
     }
 }
 
+/// Why `pod` cannot start its containers (an image it cannot pull, a Secret or
+/// ConfigMap it names that does not exist), if that is why it waits.
+pub fn start_problem(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|s| container_problem(pod, s, true))
+        .filter(|(reason, _)| *reason != "ModelDownloadFailed")
+        .map(|(_, message)| message)
+}
+
 /// The first serving pod problem: unschedulable, then container problems.
 fn pod_problem(obs: &Observation<'_>) -> Option<(&'static str, String)> {
     let live: Vec<&Pod> = obs.pods.iter().filter(|p| is_live(p)).collect();
@@ -687,5 +701,36 @@ mod tests {
         assert_eq!(a.degraded.reason, "ModelDownloadFailed");
         assert_eq!(a.ready.reason, "ModelDownloadFailed");
         assert_eq!(a.progressing.status, ConditionStatus::False);
+    }
+
+    #[test]
+    fn a_download_pod_that_cannot_start_says_why() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "aleph-cache-x-abcde" },
+            "status": { "containerStatuses": [{
+                "name": "download", "image": "aleph.local/model-cache:dev", "imageID": "",
+                "ready": false, "restartCount": 0,
+                "state": { "waiting": {
+                    "reason": "CreateContainerConfigError",
+                    "message": "secret \"hf-token\" not found",
+                }},
+            }]},
+        }))
+        .expect("a pod");
+        let problem = start_problem(&pod).expect("a problem");
+        assert!(
+            problem.contains("secret \"hf-token\" not found")
+                && problem.contains("aleph-cache-x-abcde"),
+            "{problem}"
+        );
+        let running: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "p" },
+            "status": { "containerStatuses": [{
+                "name": "download", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                "state": { "running": {} },
+            }]},
+        }))
+        .expect("a pod");
+        assert_eq!(start_problem(&running), None);
     }
 }
