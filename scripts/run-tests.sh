@@ -9,6 +9,9 @@ cd "$root"
 state="${ALEPH_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/cluster}"
 # Build outside the clone so a second run (and a fresh clone) reuses the dependencies.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/target}"
+# Incremental state is for editing; here it would only fill the disk (the real
+# node needs room for its images).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 mkdir -p "$state/logs"
 # Nothing here has AWS configuration of its own: the SDK's default chain must
 # not ask the EC2 metadata address (it would leave this machine).

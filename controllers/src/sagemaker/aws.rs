@@ -150,9 +150,13 @@ impl AwsSageMaker {
         }
     }
 
-    /// The client's region.
+    /// The client's region (an empty one, as `AWS_REGION=` sets, is none).
     pub fn region(&self) -> Option<&str> {
-        self.client.config().region().map(|r| r.as_ref())
+        self.client
+            .config()
+            .region()
+            .map(|r| r.as_ref())
+            .filter(|r| !r.is_empty())
     }
 
     fn count(&self, operation: &'static str, outcome: &'static str) {
@@ -662,6 +666,7 @@ impl RegionalClients {
     /// The adapter for `region` (the default's when `None`); an error when
     /// neither the resource nor the operator names a region.
     pub fn get(&self, region: Option<&str>) -> SmResult<Arc<AwsSageMaker>> {
+        let region = region.filter(|r| !r.is_empty());
         let Some(region) = region.filter(|r| Some(*r) != self.default.region()) else {
             return match self.default.region() {
                 Some(_) => Ok(self.default.clone()),
@@ -714,6 +719,17 @@ mod tests {
             &eu,
             &clients.get(Some("eu-west-1")).expect("a region")
         ));
+    }
+
+    #[test]
+    fn an_empty_region_is_none() {
+        let clients = clients(Some(""));
+        assert!(clients.get(None).is_err());
+        assert!(clients.get(Some("")).is_err());
+        assert_eq!(
+            clients.get(Some("eu-west-1")).expect("a region").region(),
+            Some("eu-west-1")
+        );
     }
 
     #[test]
