@@ -1,7 +1,7 @@
 # The two commands that matter: `make demo` and `make test`.
 SHELL := /bin/bash
 
-.PHONY: demo test down cluster-up cluster-down binaries images crds lint fmt bench bench-gateway
+.PHONY: demo test unit down cluster-up cluster-down binaries images crds lint fmt bench bench-gateway
 
 demo: ## Local control plane + CRDs + operator + examples
 	scripts/demo.sh
@@ -9,6 +9,9 @@ demo: ## Local control plane + CRDs + operator + examples
 test: ## Every test: unit, CRD drift, chart, Argo CD health, SageMaker, end to end
 	scripts/setup.sh
 	e2e/cluster/with-cluster.sh scripts/run-tests.sh
+
+unit: ## The tests that need no cluster: the reconcilers' pure stages and sagas, the CRDs, the gateway (stub engines over real HTTP)
+	cargo test --workspace --exclude aleph-e2e --exclude tiny-gguf
 
 down: ## Stop what `make demo` started: the emulator, the operator, the local control plane and its real node
 	-source e2e/cluster/lib.sh && ALEPH_MOTO_STATE="$$ALEPH_STATE/moto" e2e/sagemaker/moto.sh stop
