@@ -1,49 +1,7 @@
 use super::*;
-use aleph_crds::pipeline::{ContainerAction, ParamSpec, RolloutAction};
+use crate::pipeline::test_support::{param, spec, step};
+use aleph_crds::pipeline::RolloutAction;
 use proptest::prelude::*;
-
-fn step(name: &str, deps: &[&str]) -> PipelineStep {
-    PipelineStep {
-        name: name.into(),
-        depends_on: deps.iter().map(|d| d.to_string()).collect(),
-        when: None,
-        retries: None,
-        timeout_seconds: None,
-        container: Some(ContainerAction {
-            image: "busybox".into(),
-            command: vec![],
-            args: vec![],
-            env: vec![],
-            resources: Default::default(),
-        }),
-        plugin: None,
-        training: None,
-        rollout: None,
-        pod_annotations: BTreeMap::new(),
-    }
-}
-
-fn spec(steps: Vec<PipelineStep>, finally: Vec<PipelineStep>) -> PipelineSpec {
-    PipelineSpec {
-        params: vec![],
-        steps,
-        finally,
-        parallelism: None,
-        deadline_seconds: None,
-        schedule: None,
-        ttl_seconds_after_finished: None,
-    }
-}
-
-fn param(name: &str) -> ParamSpec {
-    ParamSpec {
-        name: name.into(),
-        type_: Default::default(),
-        default: Some("x".into()),
-        values: vec![],
-        description: None,
-    }
-}
 
 #[test]
 fn when_parses_the_crd_grammar() {

@@ -14,3 +14,5 @@ pub mod retry;
 pub mod run;
 pub mod schedule;
 pub mod scheduler;
+#[cfg(test)]
+mod test_support;

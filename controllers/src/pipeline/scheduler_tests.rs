@@ -1,50 +1,8 @@
 use super::*;
 use crate::pipeline::graph::validate;
-use aleph_crds::pipeline::{ContainerAction, ParamSpec, PipelineStep, RetryPolicy};
+use crate::pipeline::test_support::{param, spec, step};
+use aleph_crds::pipeline::{PipelineStep, RetryPolicy};
 use proptest::prelude::*;
-
-fn step(name: &str, deps: &[&str]) -> PipelineStep {
-    PipelineStep {
-        name: name.into(),
-        depends_on: deps.iter().map(|d| d.to_string()).collect(),
-        when: None,
-        retries: None,
-        timeout_seconds: None,
-        container: Some(ContainerAction {
-            image: "busybox".into(),
-            command: vec![],
-            args: vec![],
-            env: vec![],
-            resources: Default::default(),
-        }),
-        plugin: None,
-        training: None,
-        rollout: None,
-        pod_annotations: BTreeMap::new(),
-    }
-}
-
-fn spec(steps: Vec<PipelineStep>, finally: Vec<PipelineStep>) -> PipelineSpec {
-    PipelineSpec {
-        params: vec![],
-        steps,
-        finally,
-        parallelism: None,
-        deadline_seconds: None,
-        schedule: None,
-        ttl_seconds_after_finished: None,
-    }
-}
-
-fn param(name: &str) -> ParamSpec {
-    ParamSpec {
-        name: name.into(),
-        type_: Default::default(),
-        default: Some("x".into()),
-        values: vec![],
-        description: None,
-    }
-}
 
 fn retries(limit: i32, initial: i64, factor: i32, max: i64) -> Option<RetryPolicy> {
     Some(RetryPolicy {

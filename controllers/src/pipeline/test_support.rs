@@ -1,0 +1,48 @@
+//! Builders of pipeline specs for the graph's and the scheduler's tests.
+
+use std::collections::BTreeMap;
+
+use aleph_crds::pipeline::{ContainerAction, ParamSpec, PipelineSpec, PipelineStep};
+
+pub fn step(name: &str, deps: &[&str]) -> PipelineStep {
+    PipelineStep {
+        name: name.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        when: None,
+        retries: None,
+        timeout_seconds: None,
+        container: Some(ContainerAction {
+            image: "busybox".into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            resources: Default::default(),
+        }),
+        plugin: None,
+        training: None,
+        rollout: None,
+        pod_annotations: BTreeMap::new(),
+    }
+}
+
+pub fn spec(steps: Vec<PipelineStep>, finally: Vec<PipelineStep>) -> PipelineSpec {
+    PipelineSpec {
+        params: vec![],
+        steps,
+        finally,
+        parallelism: None,
+        deadline_seconds: None,
+        schedule: None,
+        ttl_seconds_after_finished: None,
+    }
+}
+
+pub fn param(name: &str) -> ParamSpec {
+    ParamSpec {
+        name: name.into(),
+        type_: Default::default(),
+        default: Some("x".into()),
+        values: vec![],
+        description: None,
+    }
+}
