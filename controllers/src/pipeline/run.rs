@@ -205,6 +205,22 @@ fn running_message(graph: &Graph, steps: &[StepStatus], progress: &str) -> Strin
             .collect();
         message.push_str(&format!("; running: {}", described.join(", ")));
     }
+    // A step that could not start yet says why (a missing region, a plugin
+    // that is not ready).
+    let blocked: Vec<String> = names(StepPhase::Pending)
+        .into_iter()
+        .filter_map(|name| {
+            let said = steps
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.message.as_deref())
+                .filter(|m| !m.is_empty())?;
+            Some(format!("{name} ({said})"))
+        })
+        .collect();
+    if !blocked.is_empty() {
+        message.push_str(&format!("; cannot start: {}", blocked.join(", ")));
+    }
     let retrying = names(StepPhase::Retrying);
     if !retrying.is_empty() {
         message.push_str(&format!("; waiting to retry: {}", retrying.join(", ")));
@@ -1470,6 +1486,11 @@ spec:
         assert_eq!(
             running_message(&graph, &blocked, "1/3"),
             "1/3 steps finished; running: b (no AWS region; retrying); waiting to retry: c"
+        );
+        blocked[1].phase = StepPhase::Pending;
+        assert_eq!(
+            running_message(&graph, &blocked, "1/3"),
+            "1/3 steps finished; cannot start: b (no AWS region; retrying); waiting to retry: c"
         );
     }
 }
