@@ -284,3 +284,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "cleanup_tests.rs"]
+mod saga_tests;

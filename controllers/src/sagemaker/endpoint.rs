@@ -655,3 +655,7 @@ pub fn recoverable_condition(error: &SageMakerError) -> NewCondition {
         format!("{error}; the operator retries with backoff"),
     )
 }
+
+#[cfg(test)]
+#[path = "endpoint_tests.rs"]
+mod tests;

@@ -13,6 +13,8 @@ pub mod aws;
 pub mod cleanup;
 pub mod endpoint;
 mod error;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod naming;
 pub mod training;
 

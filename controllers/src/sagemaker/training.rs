@@ -377,3 +377,7 @@ pub fn recoverable_condition(error: &SageMakerError) -> NewCondition {
         format!("{error}; the operator retries with backoff"),
     )
 }
+
+#[cfg(test)]
+#[path = "training_tests.rs"]
+mod tests;

@@ -1,0 +1,690 @@
+//! An in-memory SageMaker for the sagas' unit tests: no network, no cluster.
+//!
+//! It keeps training jobs, Models, EndpointConfigs and Endpoints in a `Mutex`
+//! and answers like SageMaker does, with the errors the real adapter's
+//! [`classify`] makes of SageMaker's answers:
+//!
+//! - a create of an existing name is [`SageMakerError::AlreadyExists`]
+//!   (`ResourceInUse` for training jobs, "Cannot create already existing ..."
+//!   for the rest);
+//! - a describe, stop, update or delete of a missing name is
+//!   [`SageMakerError::NotFound`], and so is a create that refers to a missing
+//!   Model or EndpointConfig;
+//! - stopping a job that is not InProgress, or updating an endpoint that is
+//!   busy, is a `ValidationException` ([`SageMakerError::Terminal`]).
+//!
+//! Time does not pass by itself: a training job stays InProgress until
+//! [`MemorySageMaker::finish_training`], a stopped one Stopping until
+//! [`MemorySageMaker::finish_stopping`], and an endpoint Creating or Updating
+//! until [`MemorySageMaker::settle_endpoint`]. Deletes remove at once.
+//!
+//! Every call is counted per operation ([`MemorySageMaker::calls`]), and
+//! [`MemorySageMaker::fail_next`] makes the next call of an operation fail.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use futures::future::BoxFuture;
+
+use super::{
+    CreateEndpointConfigRequest, CreateEndpointRequest, CreateModelRequest,
+    CreateTrainingJobRequest, Endpoint, EndpointConfig, EndpointState, Model, SageMakerApi,
+    SageMakerError, SmResult, TrainingJob, TrainingJobState, classify,
+};
+
+const ARN_PREFIX: &str = "arn:aws:sagemaker:us-east-1:123456789012";
+
+/// A failure to inject, turned into a [`SageMakerError`] by [`classify`] from
+/// what SageMaker would answer.
+#[derive(Clone, Debug)]
+pub(crate) enum Fault {
+    /// `ThrottlingException`, HTTP 400: recoverable.
+    Throttled,
+    /// HTTP 500 `InternalFailure`: recoverable.
+    ServerError,
+    /// `ValidationException` with this message: terminal (unless the message
+    /// says not found or already exists).
+    Validation(String),
+}
+
+/// How a training job ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum JobEnd {
+    /// Completed; the artifact is `<output>/<job>/output/model.tar.gz`.
+    Completed,
+    /// Failed with this reason.
+    Failed(String),
+}
+
+/// A training job as the memory keeps it.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredJob {
+    /// The request that created it.
+    pub request: CreateTrainingJobRequest,
+    /// What Describe answers.
+    pub job: TrainingJob,
+}
+
+/// A Model as the memory keeps it.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredModel {
+    /// The request that created it.
+    pub request: CreateModelRequest,
+}
+
+/// An EndpointConfig as the memory keeps it.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredConfig {
+    /// The request that created it.
+    pub request: CreateEndpointConfigRequest,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: BTreeMap<String, StoredJob>,
+    models: BTreeMap<String, StoredModel>,
+    configs: BTreeMap<String, StoredConfig>,
+    endpoints: BTreeMap<String, Endpoint>,
+    calls: BTreeMap<&'static str, usize>,
+    faults: BTreeMap<&'static str, VecDeque<Fault>>,
+}
+
+/// The in-memory SageMaker.
+#[derive(Default)]
+pub(crate) struct MemorySageMaker {
+    state: Mutex<State>,
+}
+
+/// SageMaker's answer for a missing resource: a `ValidationException` whose
+/// message says so, which [`classify`] makes [`SageMakerError::NotFound`].
+fn not_found(operation: &'static str, message: String) -> SageMakerError {
+    let error = validation(operation, message);
+    debug_assert!(error.is_not_found(), "{error:?}");
+    error
+}
+
+/// A `ValidationException`, classified as the real adapter does.
+fn validation(operation: &'static str, message: String) -> SageMakerError {
+    classify(
+        operation,
+        Some(400),
+        Some("ValidationException"),
+        Some(&message),
+    )
+}
+
+fn ready<'a, T: Send + 'a>(result: SmResult<T>) -> BoxFuture<'a, SmResult<T>> {
+    Box::pin(std::future::ready(result))
+}
+
+impl MemorySageMaker {
+    /// An empty SageMaker.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("the memory SageMaker's lock")
+    }
+
+    /// Counts a call of `operation` and fails it when a fault is queued.
+    fn enter(&self, operation: &'static str) -> Result<MutexGuard<'_, State>, SageMakerError> {
+        let mut state = self.lock();
+        *state.calls.entry(operation).or_default() += 1;
+        if let Some(fault) = state
+            .faults
+            .get_mut(operation)
+            .and_then(VecDeque::pop_front)
+        {
+            return Err(match fault {
+                Fault::Throttled => classify(
+                    operation,
+                    Some(400),
+                    Some("ThrottlingException"),
+                    Some("Rate exceeded"),
+                ),
+                Fault::ServerError => classify(
+                    operation,
+                    Some(500),
+                    Some("InternalFailure"),
+                    Some("We encountered an internal error. Please try again."),
+                ),
+                Fault::Validation(message) => validation(operation, message),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Makes the next call of `operation` (for example `"CreateTrainingJob"`)
+    /// fail with `fault`; queued faults are used one per call, in order.
+    pub(crate) fn fail_next(&self, operation: &'static str, fault: Fault) {
+        self.lock()
+            .faults
+            .entry(operation)
+            .or_default()
+            .push_back(fault);
+    }
+
+    /// How many times `operation` was called, failed calls included.
+    pub(crate) fn calls(&self, operation: &str) -> usize {
+        self.lock()
+            .calls
+            .get(operation)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// How many calls were made in all.
+    pub(crate) fn total_calls(&self) -> usize {
+        self.lock().calls.values().sum()
+    }
+
+    /// Forgets the call counts.
+    pub(crate) fn reset_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// The training job of this name.
+    pub(crate) fn training_job(&self, name: &str) -> Option<StoredJob> {
+        self.lock().jobs.get(name).cloned()
+    }
+
+    /// The names of all training jobs.
+    pub(crate) fn training_job_names(&self) -> Vec<String> {
+        self.lock().jobs.keys().cloned().collect()
+    }
+
+    /// Ends a job that is InProgress.
+    pub(crate) fn finish_training(&self, name: &str, end: JobEnd) {
+        let mut state = self.lock();
+        let stored = state.jobs.get_mut(name).expect("the training job exists");
+        assert_eq!(
+            stored.job.state,
+            TrainingJobState::InProgress,
+            "only a running job can finish"
+        );
+        match end {
+            JobEnd::Completed => {
+                stored.job.state = TrainingJobState::Completed;
+                stored.job.secondary_status = Some("Completed".into());
+                stored.job.model_artifacts = Some(format!(
+                    "{}/{name}/output/model.tar.gz",
+                    stored.request.output_s3_uri.trim_end_matches('/')
+                ));
+            }
+            JobEnd::Failed(reason) => {
+                stored.job.state = TrainingJobState::Failed;
+                stored.job.secondary_status = Some("Failed".into());
+                stored.job.failure_reason = Some(reason);
+            }
+        }
+    }
+
+    /// Moves a Stopping job to Stopped.
+    pub(crate) fn finish_stopping(&self, name: &str) {
+        let mut state = self.lock();
+        let stored = state.jobs.get_mut(name).expect("the training job exists");
+        assert_eq!(
+            stored.job.state,
+            TrainingJobState::Stopping,
+            "only a stopping job can stop"
+        );
+        stored.job.state = TrainingJobState::Stopped;
+        stored.job.secondary_status = Some("Stopped".into());
+    }
+
+    /// The Model of this name.
+    pub(crate) fn model(&self, name: &str) -> Option<StoredModel> {
+        self.lock().models.get(name).cloned()
+    }
+
+    /// The names of all Models.
+    pub(crate) fn model_names(&self) -> Vec<String> {
+        self.lock().models.keys().cloned().collect()
+    }
+
+    /// The EndpointConfig of this name.
+    pub(crate) fn endpoint_config(&self, name: &str) -> Option<StoredConfig> {
+        self.lock().configs.get(name).cloned()
+    }
+
+    /// The names of all EndpointConfigs.
+    pub(crate) fn endpoint_config_names(&self) -> Vec<String> {
+        self.lock().configs.keys().cloned().collect()
+    }
+
+    /// The Endpoint of this name.
+    pub(crate) fn endpoint(&self, name: &str) -> Option<Endpoint> {
+        self.lock().endpoints.get(name).cloned()
+    }
+
+    /// The names of all Endpoints.
+    pub(crate) fn endpoint_names(&self) -> Vec<String> {
+        self.lock().endpoints.keys().cloned().collect()
+    }
+
+    /// Finishes what an endpoint is doing: Creating becomes InService, and
+    /// Updating becomes InService on the config it was moving to.
+    pub(crate) fn settle_endpoint(&self, name: &str) {
+        let mut state = self.lock();
+        let endpoint = state.endpoints.get_mut(name).expect("the endpoint exists");
+        match endpoint.state {
+            EndpointState::Creating => {}
+            EndpointState::Updating => {
+                endpoint.config_name = endpoint.pending_config_name.take();
+            }
+            ref other => panic!("endpoint {name} is {}, not changing", other.as_str()),
+        }
+        endpoint.state = EndpointState::InService;
+    }
+
+    /// Makes an endpoint that is Creating fail.
+    pub(crate) fn fail_endpoint(&self, name: &str, reason: &str) {
+        let mut state = self.lock();
+        let endpoint = state.endpoints.get_mut(name).expect("the endpoint exists");
+        assert_eq!(endpoint.state, EndpointState::Creating);
+        endpoint.state = EndpointState::Failed;
+        endpoint.failure_reason = Some(reason.to_string());
+    }
+
+    /// An endpoint, its config and Model that someone else made.
+    pub(crate) fn seed_foreign_endpoint(&self, endpoint: &str, config: &str, model: &str) {
+        let mut state = self.lock();
+        state.models.insert(
+            model.to_string(),
+            StoredModel {
+                request: CreateModelRequest {
+                    name: model.to_string(),
+                    image: "foreign-image".into(),
+                    model_data_url: None,
+                    role_arn: "arn:aws:iam::123456789012:role/foreign".into(),
+                    tags: BTreeMap::new(),
+                },
+            },
+        );
+        state.configs.insert(
+            config.to_string(),
+            StoredConfig {
+                request: CreateEndpointConfigRequest {
+                    name: config.to_string(),
+                    variant_name: "AllTraffic".into(),
+                    model_name: model.to_string(),
+                    instance_type: "ml.m5.large".into(),
+                    initial_instance_count: 1,
+                    tags: BTreeMap::new(),
+                },
+            },
+        );
+        state.endpoints.insert(
+            endpoint.to_string(),
+            Endpoint {
+                name: endpoint.to_string(),
+                arn: Some(format!("{ARN_PREFIX}:endpoint/{endpoint}")),
+                state: EndpointState::InService,
+                config_name: Some(config.to_string()),
+                pending_config_name: None,
+                failure_reason: None,
+            },
+        );
+    }
+}
+
+impl SageMakerApi for MemorySageMaker {
+    fn create_training_job<'a>(
+        &'a self,
+        request: &'a CreateTrainingJobRequest,
+    ) -> BoxFuture<'a, SmResult<String>> {
+        const OP: &str = "CreateTrainingJob";
+        ready(self.enter(OP).and_then(|mut state| {
+            let name = &request.job_name;
+            let arn = format!("{ARN_PREFIX}:training-job/{name}");
+            if state.jobs.contains_key(name) {
+                return Err(classify(
+                    OP,
+                    Some(400),
+                    Some("ResourceInUse"),
+                    Some(&format!(
+                        "Training job names must be unique within an AWS account and region, and a training job \
+                         with this name already exists ({arn})"
+                    )),
+                ));
+            }
+            state.jobs.insert(
+                name.clone(),
+                StoredJob {
+                    request: request.clone(),
+                    job: TrainingJob {
+                        name: name.clone(),
+                        arn: Some(arn.clone()),
+                        state: TrainingJobState::InProgress,
+                        secondary_status: Some("Starting".into()),
+                        failure_reason: None,
+                        model_artifacts: None,
+                    },
+                },
+            );
+            Ok(arn)
+        }))
+    }
+
+    fn describe_training_job<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<TrainingJob>> {
+        const OP: &str = "DescribeTrainingJob";
+        ready(self.enter(OP).and_then(|state| {
+            state
+                .jobs
+                .get(name)
+                .map(|s| s.job.clone())
+                .ok_or_else(|| not_found(OP, "Requested resource not found.".into()))
+        }))
+    }
+
+    fn stop_training_job<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
+        const OP: &str = "StopTrainingJob";
+        ready(self.enter(OP).and_then(|mut state| {
+            let stored = state
+                .jobs
+                .get_mut(name)
+                .ok_or_else(|| not_found(OP, "Requested resource not found.".into()))?;
+            if stored.job.state != TrainingJobState::InProgress {
+                return Err(validation(
+                    OP,
+                    format!(
+                        "The request was rejected because the training job is in status {}.",
+                        stored.job.state.as_str()
+                    ),
+                ));
+            }
+            stored.job.state = TrainingJobState::Stopping;
+            stored.job.secondary_status = Some("Stopping".into());
+            Ok(())
+        }))
+    }
+
+    fn create_model<'a>(
+        &'a self,
+        request: &'a CreateModelRequest,
+    ) -> BoxFuture<'a, SmResult<String>> {
+        const OP: &str = "CreateModel";
+        ready(self.enter(OP).and_then(|mut state| {
+            let name = &request.name;
+            let arn = format!("{ARN_PREFIX}:model/{name}");
+            if state.models.contains_key(name) {
+                return Err(validation(
+                    OP,
+                    format!("Cannot create already existing model \"{arn}\"."),
+                ));
+            }
+            state.models.insert(
+                name.clone(),
+                StoredModel {
+                    request: request.clone(),
+                },
+            );
+            Ok(arn)
+        }))
+    }
+
+    fn describe_model<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<Model>> {
+        const OP: &str = "DescribeModel";
+        ready(self.enter(OP).and_then(|state| {
+            state
+                .models
+                .get(name)
+                .map(|m| Model {
+                    name: name.to_string(),
+                    arn: Some(format!("{ARN_PREFIX}:model/{name}")),
+                    image: Some(m.request.image.clone()),
+                    model_data_url: m.request.model_data_url.clone(),
+                })
+                .ok_or_else(|| {
+                    not_found(
+                        OP,
+                        format!("Could not find model \"{ARN_PREFIX}:model/{name}\"."),
+                    )
+                })
+        }))
+    }
+
+    fn delete_model<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
+        const OP: &str = "DeleteModel";
+        ready(self.enter(OP).and_then(|mut state| {
+            state.models.remove(name).map(|_| ()).ok_or_else(|| {
+                not_found(
+                    OP,
+                    format!("Could not find model \"{ARN_PREFIX}:model/{name}\"."),
+                )
+            })
+        }))
+    }
+
+    fn list_models<'a>(&'a self, name_contains: &'a str) -> BoxFuture<'a, SmResult<Vec<String>>> {
+        ready(self.enter("ListModels").map(|state| {
+            state
+                .models
+                .keys()
+                .filter(|n| n.contains(name_contains))
+                .cloned()
+                .collect()
+        }))
+    }
+
+    fn create_endpoint_config<'a>(
+        &'a self,
+        request: &'a CreateEndpointConfigRequest,
+    ) -> BoxFuture<'a, SmResult<String>> {
+        const OP: &str = "CreateEndpointConfig";
+        ready(self.enter(OP).and_then(|mut state| {
+            let name = &request.name;
+            let arn = format!("{ARN_PREFIX}:endpoint-config/{name}");
+            if state.configs.contains_key(name) {
+                return Err(validation(
+                    OP,
+                    format!("Cannot create already existing endpoint configuration \"{arn}\"."),
+                ));
+            }
+            if !state.models.contains_key(&request.model_name) {
+                return Err(not_found(
+                    OP,
+                    format!(
+                        "Could not find model \"{ARN_PREFIX}:model/{}\".",
+                        request.model_name
+                    ),
+                ));
+            }
+            state.configs.insert(
+                name.clone(),
+                StoredConfig {
+                    request: request.clone(),
+                },
+            );
+            Ok(arn)
+        }))
+    }
+
+    fn describe_endpoint_config<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, SmResult<EndpointConfig>> {
+        const OP: &str = "DescribeEndpointConfig";
+        ready(self.enter(OP).and_then(|state| {
+            state
+                .configs
+                .get(name)
+                .map(|c| EndpointConfig {
+                    name: name.to_string(),
+                    arn: Some(format!("{ARN_PREFIX}:endpoint-config/{name}")),
+                    model_names: vec![c.request.model_name.clone()],
+                })
+                .ok_or_else(|| {
+                    not_found(
+                        OP,
+                        format!("Could not find endpoint configuration \"{name}\"."),
+                    )
+                })
+        }))
+    }
+
+    fn delete_endpoint_config<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
+        const OP: &str = "DeleteEndpointConfig";
+        ready(self.enter(OP).and_then(|mut state| {
+            state.configs.remove(name).map(|_| ()).ok_or_else(|| {
+                not_found(
+                    OP,
+                    format!("Could not find endpoint configuration \"{name}\"."),
+                )
+            })
+        }))
+    }
+
+    fn list_endpoint_configs<'a>(
+        &'a self,
+        name_contains: &'a str,
+    ) -> BoxFuture<'a, SmResult<Vec<String>>> {
+        ready(self.enter("ListEndpointConfigs").map(|state| {
+            state
+                .configs
+                .keys()
+                .filter(|n| n.contains(name_contains))
+                .cloned()
+                .collect()
+        }))
+    }
+
+    fn create_endpoint<'a>(
+        &'a self,
+        request: &'a CreateEndpointRequest,
+    ) -> BoxFuture<'a, SmResult<String>> {
+        const OP: &str = "CreateEndpoint";
+        ready(self.enter(OP).and_then(|mut state| {
+            let name = &request.name;
+            let arn = format!("{ARN_PREFIX}:endpoint/{name}");
+            if state.endpoints.contains_key(name) {
+                return Err(validation(
+                    OP,
+                    format!("Cannot create already existing endpoint \"{arn}\"."),
+                ));
+            }
+            if !state.configs.contains_key(&request.config_name) {
+                return Err(not_found(
+                    OP,
+                    format!(
+                        "Could not find endpoint configuration \"{}\".",
+                        request.config_name
+                    ),
+                ));
+            }
+            state.endpoints.insert(
+                name.clone(),
+                Endpoint {
+                    name: name.clone(),
+                    arn: Some(arn.clone()),
+                    state: EndpointState::Creating,
+                    config_name: Some(request.config_name.clone()),
+                    pending_config_name: None,
+                    failure_reason: None,
+                },
+            );
+            Ok(arn)
+        }))
+    }
+
+    fn describe_endpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<Endpoint>> {
+        const OP: &str = "DescribeEndpoint";
+        ready(self.enter(OP).and_then(|state| {
+            state
+                .endpoints
+                .get(name)
+                .cloned()
+                .ok_or_else(|| not_found(OP, format!("Could not find endpoint \"{name}\".")))
+        }))
+    }
+
+    fn update_endpoint<'a>(
+        &'a self,
+        name: &'a str,
+        config_name: &'a str,
+    ) -> BoxFuture<'a, SmResult<String>> {
+        const OP: &str = "UpdateEndpoint";
+        ready(self.enter(OP).and_then(|mut state| {
+            if !state.configs.contains_key(config_name) {
+                return Err(not_found(
+                    OP,
+                    format!("Could not find endpoint configuration \"{config_name}\"."),
+                ));
+            }
+            let endpoint = state
+                .endpoints
+                .get_mut(name)
+                .ok_or_else(|| not_found(OP, format!("Could not find endpoint \"{name}\".")))?;
+            if endpoint.state != EndpointState::InService {
+                return Err(validation(
+                    OP,
+                    format!(
+                        "Cannot update in-progress endpoint \"{}\".",
+                        endpoint.arn.clone().unwrap_or_default()
+                    ),
+                ));
+            }
+            endpoint.state = EndpointState::Updating;
+            endpoint.pending_config_name = Some(config_name.to_string());
+            endpoint.failure_reason = None;
+            Ok(endpoint.arn.clone().unwrap_or_default())
+        }))
+    }
+
+    fn delete_endpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
+        const OP: &str = "DeleteEndpoint";
+        ready(self.enter(OP).and_then(|mut state| {
+            state
+                .endpoints
+                .remove(name)
+                .map(|_| ())
+                .ok_or_else(|| not_found(OP, format!("Could not find endpoint \"{name}\".")))
+        }))
+    }
+}
+
+/// What the sagas' tests share: an owner and specs.
+pub(crate) mod fixtures {
+    use aleph_crds::{SageMakerServing, SageMakerTraining};
+
+    /// The owning object's UID.
+    pub(crate) const OWNER: &str = "6f1c2a4e-0000-4000-8000-000000000001";
+    /// Another owner's UID.
+    pub(crate) const OTHER_OWNER: &str = "6f1c2a4e-0000-4000-8000-000000000002";
+    /// The owning object's namespace.
+    pub(crate) const NAMESPACE: &str = "ml";
+    /// The owning object's name.
+    pub(crate) const NAME: &str = "fraud";
+    /// The inference image.
+    pub(crate) const SERVE_IMAGE: &str =
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost-serve:1.7";
+    /// A first model artifact.
+    pub(crate) const ARTIFACT_V1: &str = "s3://aleph-unit/models/v1/model.tar.gz";
+    /// A second model artifact.
+    pub(crate) const ARTIFACT_V2: &str = "s3://aleph-unit/models/v2/model.tar.gz";
+
+    /// A training spec with one tag, one hyperparameter and one channel.
+    pub(crate) fn training_spec() -> SageMakerTraining {
+        serde_json::from_value(serde_json::json!({
+            "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7",
+            "roleArn": "arn:aws:iam::123456789012:role/aleph-training",
+            "instanceType": "ml.m5.xlarge",
+            "outputS3Uri": "s3://aleph-unit/models/",
+            "hyperparameters": {"num_round": "50"},
+            "inputs": [{"name": "train", "s3Uri": "s3://aleph-unit/data/train", "contentType": "text/csv"}],
+            "tags": {"team": "risk"}
+        }))
+        .expect("a valid training spec")
+    }
+
+    /// A serving spec with a derived endpoint name.
+    pub(crate) fn serving_spec() -> SageMakerServing {
+        serde_json::from_value(serde_json::json!({
+            "image": SERVE_IMAGE,
+            "roleArn": "arn:aws:iam::123456789012:role/aleph-serving",
+            "instanceType": "ml.m5.large"
+        }))
+        .expect("a valid serving spec")
+    }
+}
