@@ -55,6 +55,6 @@ pub use conditions::{Condition, find_condition, has_condition};
 pub use env::{E2E_LABEL, FIELD_MANAGER, TestEnv, install_crypto_provider, unique_name};
 pub use kubectl::{KubectlOutput, kubectl, kubectl_with_stdin};
 pub use operator::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL};
-pub use wait::{failure_report, wait_for, wait_for_deletion};
+pub use wait::{events_about, failure_report, wait_for, wait_for_deletion};
 
 pub mod sagemaker_fake;

@@ -191,3 +191,24 @@ fn pod_summary(pod: &Pod) -> String {
         .unwrap_or_default();
     format!("{} phase={phase} node={node} {conditions}", pod.name_any())
 }
+
+/// The Events in `events`' scope about the `kind` named `name` with `reason`.
+pub async fn events_about(
+    events: &Api<k8s_openapi::api::core::v1::Event>,
+    kind: &str,
+    name: &str,
+    reason: &str,
+) -> Vec<k8s_openapi::api::core::v1::Event> {
+    events
+        .list(&kube::api::ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.involved_object.kind.as_deref() == Some(kind)
+                && e.involved_object.name.as_deref() == Some(name)
+        })
+        .collect()
+}

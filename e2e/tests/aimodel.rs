@@ -82,18 +82,7 @@ async fn pods_of(env: &TestEnv, selector: &str) -> Vec<Pod> {
 }
 
 async fn events_with_reason(env: &TestEnv, name: &str, reason: &str) -> Vec<Event> {
-    env.api::<Event>()
-        .list(&ListParams::default())
-        .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.involved_object.kind.as_deref() == Some("AIModel")
-                && e.involved_object.name.as_deref() == Some(name)
-        })
-        .collect()
+    aleph_e2e::events_about(&env.api(), "AIModel", name, reason).await
 }
 
 fn gpu_request(pod: &Pod) -> Option<String> {

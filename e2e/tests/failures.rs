@@ -15,7 +15,7 @@ use aleph_e2e::{
 };
 use k8s_openapi::api::core::v1::{Event, ServiceAccount};
 use kube::Resource;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -30,18 +30,10 @@ fn condition(obj: &impl serde::Serialize, type_: &str) -> (String, String, Strin
 
 /// The Warning Events `ReconcileFailed` about the `kind` named `name` in `events`' scope.
 async fn failure_events(events: &Api<Event>, kind: &str, name: &str) -> Vec<String> {
-    events
-        .list(&ListParams::default())
+    aleph_e2e::events_about(events, kind, name, "ReconcileFailed")
         .await
-        .expect("list events")
-        .items
         .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some("ReconcileFailed")
-                && e.type_.as_deref() == Some("Warning")
-                && e.involved_object.kind.as_deref() == Some(kind)
-                && e.involved_object.name.as_deref() == Some(name)
-        })
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
         .filter_map(|e| e.message)
         .collect()
 }
