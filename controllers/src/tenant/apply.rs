@@ -1,0 +1,456 @@
+//! The pass that writes a tenant's children: the cluster-wide admission
+//! policies, its namespaces (declared, adopted, released), the owners'
+//! cluster role, the limit ranges, network policies, role bindings and
+//! admission policies of its namespaces, and its quotas (through
+//! [`super::rebalance`]); and the release of its namespaces when it goes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aleph_crds::common::DeletionPolicy;
+use aleph_crds::tenant::Tenant;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use serde_json::json;
+
+use super::build::{self, QUOTA_NAME};
+use super::rebalance::{demands, rebalance_quotas, recent_refusals};
+use super::{
+    DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, QUOTA_GUARD_POLICY,
+    QUOTA_READY_LABEL, admission, children, list_labelled, quota, status, validate,
+};
+use crate::apply::{
+    MANAGER, TENANT_LABEL, apply_if_changed, delete_ignoring_missing, ignore_missing,
+};
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// The operator's own user name, as the API server sees it (a ServiceAccount
+/// in the chart, whatever the kubeconfig says elsewhere): the owners' policy
+/// exempts it, so that the operator can still write what it owns.
+static OPERATOR_USER: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+async fn operator_user(client: &kube::Client) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    OPERATOR_USER
+        .get_or_try_init(|| async {
+            let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+            let review = reviews
+                .create(&PostParams::default(), &SelfSubjectReview::default())
+                .await?;
+            review
+                .status
+                .and_then(|s| s.user_info)
+                .and_then(|u| u.username)
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    Error::Serialization("the API server did not say who the operator is".into())
+                })
+        })
+        .await
+        .cloned()
+}
+
+static CLUSTER_POLICIES_APPLIED: AtomicBool = AtomicBool::new(false);
+
+/// The cluster-wide admission policies every tenant relies on, applied once per process.
+async fn ensure_cluster_policies(client: &kube::Client, operator: &str) -> Result<()> {
+    if CLUSTER_POLICIES_APPLIED.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    for (policy, binding) in [
+        build::prevent_deletion_policy()?,
+        quota_guard_policy()?,
+        admission::owner_namespaces_policy(operator)?,
+    ] {
+        let name = policy.name_any();
+        apply_if_changed(&policies, policies.get_opt(&name).await?.as_ref(), &policy).await?;
+        apply_if_changed(&bindings, bindings.get_opt(&name).await?.as_ref(), &binding).await?;
+    }
+    CLUSTER_POLICIES_APPLIED.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Whether a namespace labelled with the tenant but not in `spec.namespaces`
+/// is one an owner created (adopted already, or not made by the operator),
+/// rather than one taken off the list.
+fn owner_created(ns: &Namespace) -> bool {
+    let labels = ns.labels();
+    labels
+        .get(build::ORIGIN_LABEL)
+        .is_some_and(|o| o == "owner")
+        || labels
+            .get(crate::apply::MANAGED_BY)
+            .is_none_or(|m| m != MANAGER)
+}
+
+fn quota_guard_policy() -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+    let meta = json!({ "name": QUOTA_GUARD_POLICY, "labels": crate::apply::standard_labels("tenant", "all") });
+    let policy = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": meta,
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": { "resourceRules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"] }] },
+            "validations": [{
+                "expression": format!("has(namespaceObject.metadata.labels) && '{QUOTA_READY_LABEL}' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['{QUOTA_READY_LABEL}'] == 'ready'"),
+                "message": "the tenant quota of this namespace is not in place yet: retry in a few seconds",
+                "reason": "Forbidden",
+            }],
+        },
+    }))
+    .map_err(|e| Error::Serialization(e.to_string()))?;
+    let binding = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": meta,
+        "spec": {
+            "policyName": QUOTA_GUARD_POLICY,
+            "validationActions": ["Deny"],
+            "matchResources": { "namespaceSelector": { "matchExpressions": [{ "key": TENANT_LABEL, "operator": "Exists" }] } },
+        },
+    }))
+    .map_err(|e| Error::Serialization(e.to_string()))?;
+    Ok((policy, binding))
+}
+
+pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
+    let client = &ctx.client;
+    let name = tenant.name_any();
+    let operator = operator_user(client).await?;
+    ensure_cluster_policies(client, &operator).await?;
+
+    let hard = match validate::tenant_hard(tenant) {
+        Ok(hard) => hard,
+        Err(error) => {
+            status::invalid_spec(tenant, client, &error).await?;
+            return Err(error);
+        }
+    };
+
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let labelled: BTreeMap<String, Namespace> = children(ctx, |c| &c.namespaces, &name)
+        .await?
+        .into_iter()
+        .map(|((_, n), ns)| (n, ns))
+        .collect();
+    let quotas = list_labelled::<ResourceQuota>(client, &name).await?;
+    let desired_names: Vec<String> = tenant
+        .spec
+        .namespaces
+        .iter()
+        .map(|n| build::namespace_name(&name, n))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+
+    // Namespaces the owners created, oldest first: adopted while the
+    // tenant's namespace count allows (two owners creating at once can both
+    // pass admission; the later ones then wait, unadopted, where the owners
+    // have no access and the quota guard refuses pods).
+    let limit = quota::namespace_limit(tenant.spec.plan, tenant.spec.quota.as_ref());
+    let mut owners_namespaces: Vec<&Namespace> = labelled
+        .iter()
+        .filter(|(n, ns)| {
+            !desired_names.contains(n)
+                && ns.metadata.deletion_timestamp.is_none()
+                && owner_created(ns)
+        })
+        .map(|(_, ns)| ns)
+        .collect();
+    owners_namespaces.sort_by_key(|ns| (ns.creation_timestamp(), ns.name_any()));
+    let room_for = limit.saturating_sub(desired_names.len());
+    let excess: Vec<String> = owners_namespaces
+        .iter()
+        .skip(room_for)
+        .map(|ns| ns.name_any())
+        .collect();
+    let adopted: Vec<&Namespace> = owners_namespaces.iter().take(room_for).copied().collect();
+    let room = admission::NamespaceRoom {
+        declared: desired_names.clone(),
+        count: desired_names.len() + owners_namespaces.len(),
+        limit,
+    };
+
+    // Namespaces: create or update ours, never take over somebody else's.
+    let mut conflicts = Vec::new();
+    let mut ready_namespaces = Vec::new();
+    let mut waiting = false;
+    let with_quota_label = |mut ns: Namespace| {
+        if quotas.contains_key(&(ns.name_any(), QUOTA_NAME.to_string())) {
+            ns.labels_mut()
+                .insert(QUOTA_READY_LABEL.to_string(), "ready".to_string());
+        }
+        ns
+    };
+    for ns_name in &desired_names {
+        let observed = match labelled.get(ns_name) {
+            Some(ns) => Some(ns.clone()),
+            None => ns_api.get_opt(ns_name).await?,
+        };
+        if let Some(ns) = &observed {
+            if ns.labels().get(TENANT_LABEL).is_some_and(|t| t != &name)
+                || (ns.labels().get(TENANT_LABEL).is_none())
+            {
+                conflicts.push(ns_name.clone());
+                continue;
+            }
+            if ns.metadata.deletion_timestamp.is_some() {
+                waiting = true;
+                continue;
+            }
+        }
+        let desired = with_quota_label(build::namespace(tenant, ns_name)?);
+        apply_if_changed(&ns_api, observed.as_ref(), &desired).await?;
+        ready_namespaces.push(ns_name.clone());
+    }
+    let mut newly_adopted = Vec::new();
+    for ns in &adopted {
+        let ns_name = ns.name_any();
+        if !ns.labels().contains_key(build::ORIGIN_LABEL) {
+            newly_adopted.push(ns_name.clone());
+        }
+        let desired = with_quota_label(build::adopted_namespace(tenant, &ns_name)?);
+        apply_if_changed(&ns_api, Some(*ns), &desired).await?;
+        ready_namespaces.push(ns_name);
+    }
+    if !newly_adopted.is_empty() {
+        ctx.event(
+            tenant,
+            EventType::Normal,
+            "NamespaceAdopted",
+            format!(
+                "adopted {} (created by an owner): quota, limits, policies and bindings follow",
+                newly_adopted.join(", ")
+            ),
+        )
+        .await;
+    }
+
+    // Namespaces taken off the list (not those the owners created).
+    for (ns_name, ns) in &labelled {
+        if desired_names.contains(ns_name)
+            || ns.metadata.deletion_timestamp.is_some()
+            || owner_created(ns)
+        {
+            continue;
+        }
+        release_namespace(&ns_api, ns_name, tenant.spec.deletion_policy).await?;
+    }
+
+    // The admin owners' right to create namespaces, while there is room.
+    let role_api: Api<ClusterRole> = Api::all(client.clone());
+    let role_binding_api: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let role_name = build::owner_cluster_role_name(&name);
+    match build::owner_cluster_role(tenant, limit > desired_names.len())? {
+        Some((role, binding)) => {
+            apply_if_changed(
+                &role_api,
+                role_api.get_opt(&role_name).await?.as_ref(),
+                &role,
+            )
+            .await?;
+            apply_if_changed(
+                &role_binding_api,
+                role_binding_api.get_opt(&role_name).await?.as_ref(),
+                &binding,
+            )
+            .await?;
+        }
+        None => {
+            delete_ignoring_missing(&role_binding_api, &role_name).await?;
+            delete_ignoring_missing(&role_api, &role_name).await?;
+        }
+    }
+
+    // Per-namespace children.
+    let limit_ranges = children(ctx, |c| &c.limit_ranges, &name).await?;
+    let policies = children(ctx, |c| &c.network_policies, &name).await?;
+    let bindings = children(ctx, |c| &c.role_bindings, &name).await?;
+    for ns_name in &ready_namespaces {
+        let lr = build::limit_range(tenant, ns_name)?;
+        let key = (ns_name.clone(), build::LIMIT_RANGE_NAME.to_string());
+        apply_if_changed(
+            &Api::namespaced(client.clone(), ns_name),
+            limit_ranges.get(&key),
+            &lr,
+        )
+        .await?;
+
+        let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns_name);
+        let key = (ns_name.clone(), build::NETWORK_POLICY_NAME.to_string());
+        match build::network_policy(tenant, ns_name)? {
+            Some(np) => {
+                apply_if_changed(&np_api, policies.get(&key), &np).await?;
+            }
+            None if policies.contains_key(&key) => {
+                delete_ignoring_missing(&np_api, build::NETWORK_POLICY_NAME).await?
+            }
+            None => {}
+        }
+
+        let rb_api: Api<RoleBinding> = Api::namespaced(client.clone(), ns_name);
+        let desired = build::role_bindings(tenant, ns_name)?;
+        let wanted: BTreeSet<String> = desired.iter().map(|rb| rb.name_any()).collect();
+        for rb in &desired {
+            apply_if_changed(&rb_api, bindings.get(&(ns_name.clone(), rb.name_any())), rb).await?;
+        }
+        for (ns, rb_name) in bindings.keys() {
+            if ns == ns_name && !wanted.contains(rb_name) {
+                delete_ignoring_missing(&rb_api, rb_name).await?;
+            }
+        }
+    }
+
+    // Admission rules: the policy for everyone, and the one for the tenant's users.
+    let vap_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let vapb_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let admission_policies = children(ctx, |c| &c.admission_policies, &name).await?;
+    let admission_bindings = children(ctx, |c| &c.admission_bindings, &name).await?;
+    // The images the operator itself runs in tenant namespaces (the model
+    // cache's downloader) pass the registry rule: the platform's own.
+    let operator_images = [ctx.settings.model_cache_image.clone()];
+    let desired_policies = [
+        (
+            admission::admission_policy_name(&name),
+            admission::admission_policy(tenant, &operator_images)?,
+        ),
+        (
+            admission::owner_policy_name(&name),
+            Some(admission::owner_policy(
+                tenant,
+                &operator,
+                &operator_images,
+                &room,
+            )?),
+        ),
+    ];
+    for (policy_name, desired) in desired_policies {
+        let key = (String::new(), policy_name.clone());
+        match desired {
+            Some((policy, binding)) => {
+                apply_if_changed(&vap_api, admission_policies.get(&key), &policy).await?;
+                apply_if_changed(&vapb_api, admission_bindings.get(&key), &binding).await?;
+            }
+            None => {
+                if admission_bindings.contains_key(&key) {
+                    delete_ignoring_missing(&vapb_api, &policy_name).await?;
+                }
+                if admission_policies.contains_key(&key) {
+                    delete_ignoring_missing(&vap_api, &policy_name).await?;
+                }
+            }
+        }
+    }
+
+    // The tenant-wide quota, split over the namespaces that exist, with the
+    // headroom moved to where the quota refused a creation.
+    let refusals = ctx
+        .tenant_cache
+        .get()
+        .map(|c| {
+            recent_refusals(
+                &c.refusals,
+                &ready_namespaces,
+                k8s_openapi::jiff::Timestamp::now(),
+            )
+        })
+        .unwrap_or_default();
+    let demands = demands(client, refusals).await?;
+    let rebalance =
+        rebalance_quotas(tenant, client, &ready_namespaces, &quotas, &hard, &demands).await?;
+    if rebalance.moved {
+        ctx.event(
+            tenant,
+            EventType::Normal,
+            "QuotaRebalanced",
+            rebalance.note.clone(),
+        )
+        .await;
+    }
+
+    // Status.
+    let is_ready = status::write(
+        tenant,
+        ctx,
+        status::Pass {
+            quotas: &quotas,
+            hard: &hard,
+            ready_namespaces: &ready_namespaces,
+            declared: desired_names.len(),
+            adopted: adopted.len(),
+            conflicts: &conflicts,
+            excess: &excess,
+            limit,
+            waiting,
+            creating: rebalance.creating,
+        },
+    )
+    .await?;
+    // What a Tenant waits for wakes it through the watches: namespaces turning
+    // Active, quotas created, rewritten and counted. The requeue is for what
+    // no watch shows (the next recount request) and a safety net.
+    Ok(if rebalance.moving {
+        // Lowered limits reach the quotas' status (which admission reads) a
+        // moment later; the raise follows then. Their watch wakes the Tenant
+        // first; this is the safety net.
+        Action::requeue(MOVING_REQUEUE)
+    } else if is_ready {
+        // Refusals wake the Tenant through the events watch.
+        Action::requeue(if demands.is_empty() {
+            Duration::from_secs(3600)
+        } else {
+            DEMAND_WINDOW_REQUEUE
+        })
+    } else {
+        Action::requeue(NOT_READY_REQUEUE)
+    })
+}
+
+/// Deletes a namespace the tenant no longer lists, or with Retain lets it go
+/// (drops the tenant's labels so no policy of the tenant applies any more).
+async fn release_namespace(api: &Api<Namespace>, name: &str, policy: DeletionPolicy) -> Result<()> {
+    match policy {
+        DeletionPolicy::Delete => delete_ignoring_missing(api, name).await,
+        DeletionPolicy::Retain => {
+            let patch = json!({ "metadata": { "labels": { TENANT_LABEL: null, QUOTA_READY_LABEL: null } } });
+            ignore_missing(
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await,
+            )
+            .map(|_| ())
+        }
+    }
+}
+
+pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
+    let name = tenant.name_any();
+    let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
+    let labelled = list_labelled::<Namespace>(&ctx.client, &name).await?;
+    for (_, ns_name) in labelled.keys() {
+        release_namespace(&ns_api, ns_name, tenant.spec.deletion_policy).await?;
+    }
+    ctx.event(
+        tenant,
+        EventType::Normal,
+        "TenantDeleted",
+        match tenant.spec.deletion_policy {
+            DeletionPolicy::Delete => format!("deleting {} namespaces", labelled.len()),
+            DeletionPolicy::Retain => format!("released {} namespaces (Retain)", labelled.len()),
+        },
+    )
+    .await;
+    Ok(Action::await_change())
+}

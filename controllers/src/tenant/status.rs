@@ -1,0 +1,254 @@
+//! The Tenant's status: its namespaces and their count, the usage of its
+//! quota, and the Ready and QuotaExhausted conditions with their events,
+//! from what the apply pass found and did.
+
+use std::collections::BTreeMap;
+
+use aleph_crds::common::ConditionStatus;
+use aleph_crds::tenant::{ResourceUsage, Tenant, TenantStatus};
+use k8s_openapi::api::core::v1::ResourceQuota;
+use kube::api::Api;
+use kube::runtime::events::EventType;
+
+use super::build::QUOTA_NAME;
+use super::quota::{self, Milli};
+use super::rebalance::{QuotaCount, quota_count, quota_values};
+use crate::apply::patch_status_if_changed;
+use crate::conditions::{NewCondition, set_condition};
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// The Tenant's status without `gatewayUsage`, which the autoscaler's usage
+/// summary writes (its own field manager): the reconciler neither compares
+/// nor writes it back from a possibly older read.
+fn own_status(tenant: &Tenant) -> Option<TenantStatus> {
+    tenant
+        .status
+        .clone()
+        .map(TenantStatus::without_gateway_usage)
+}
+
+/// Records a spec the validation refused: Ready is False with `InvalidSpec`.
+pub(super) async fn invalid_spec(
+    tenant: &Tenant,
+    client: &kube::Client,
+    error: &Error,
+) -> Result<()> {
+    let generation = tenant.metadata.generation;
+    let mut status = tenant.status.clone().unwrap_or_default();
+    set_condition(
+        &mut status.conditions,
+        NewCondition::no("Ready", "InvalidSpec", error.to_string()),
+        generation,
+    );
+    status.observed_generation = generation;
+    patch_status_if_changed(
+        &Api::<Tenant>::all(client.clone()),
+        tenant,
+        own_status(tenant).as_ref(),
+        &status.clone().without_gateway_usage(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the apply pass found and did, which the status reports.
+pub(super) struct Pass<'a> {
+    /// The tenant's ResourceQuotas, as listed at the start of the pass.
+    pub(super) quotas: &'a BTreeMap<(String, String), ResourceQuota>,
+    /// The tenant-wide hard limits.
+    pub(super) hard: &'a BTreeMap<&'static str, Milli>,
+    /// The namespaces in place, declared and adopted.
+    pub(super) ready_namespaces: &'a [String],
+    /// How many namespaces `spec.namespaces` declares.
+    pub(super) declared: usize,
+    /// How many of the namespaces the owners created are adopted.
+    pub(super) adopted: usize,
+    /// Declared namespaces that exist and belong to somebody else.
+    pub(super) conflicts: &'a [String],
+    /// Namespaces the owners created beyond the tenant's namespace count.
+    pub(super) excess: &'a [String],
+    /// The tenant's namespace count (`spec.quota.namespaces` or the plan's).
+    pub(super) limit: usize,
+    /// A declared namespace is still being deleted.
+    pub(super) waiting: bool,
+    /// The rebalance created a namespace's quota.
+    pub(super) creating: bool,
+}
+
+/// Computes the Tenant's status from `pass`, writes it and tells the events
+/// of its changes. Whether the Tenant is Ready.
+pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Result<bool> {
+    let client = &ctx.client;
+    let generation = tenant.metadata.generation;
+    let Pass {
+        quotas,
+        hard,
+        ready_namespaces,
+        declared,
+        adopted,
+        conflicts,
+        excess,
+        limit,
+        waiting,
+        creating,
+    } = pass;
+    let usage = aggregate_usage(quotas, ready_namespaces, hard);
+    let mut status = tenant.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    status.namespaces = ready_namespaces.to_vec();
+    status.namespace_count = i32::try_from(ready_namespaces.len()).unwrap_or(i32::MAX);
+    status.gpus = usage
+        .get(quota::GPU)
+        .map(|u| format!("{}/{}", u.used, u.hard));
+    // In place and counted: until the quota controller has filled in a
+    // quota's status, the API server refuses every object the quota counts.
+    let uncounted: Vec<String> = ready_namespaces
+        .iter()
+        .filter_map(|ns| {
+            match quotas
+                .get(&(ns.clone(), QUOTA_NAME.to_string()))
+                .map(quota_count)
+            {
+                None => Some(format!("{ns} (no quota yet)")),
+                Some(QuotaCount::Counted) => None,
+                Some(QuotaCount::Pending) => Some(format!("{ns} (new limits)")),
+                Some(QuotaCount::Missing(resources)) => {
+                    Some(format!("{ns} ({})", resources.join(", ")))
+                }
+            }
+        })
+        .collect();
+    let was_ready = crate::conditions::is_true(&status.conditions, "Ready");
+    let ready = if !conflicts.is_empty() {
+        NewCondition::no(
+            "Ready",
+            "NamespaceConflict",
+            format!(
+                "namespaces {} already exist and belong to somebody else: rename them in spec.namespaces",
+                conflicts.join(", ")
+            ),
+        )
+    } else if !excess.is_empty() {
+        NewCondition::no(
+            "Ready",
+            "NamespaceLimitExceeded",
+            format!(
+                "owners created {} beyond the tenant's {limit} namespaces (spec.quota.namespaces): they are not adopted; delete them or raise the quota",
+                excess.join(", ")
+            ),
+        )
+    } else if !uncounted.is_empty() {
+        NewCondition::no(
+            "Ready",
+            "Provisioning",
+            format!(
+                "waiting for the quota controller to count the quotas of {}: until it does, the API server refuses what they limit there",
+                uncounted.join(", ")
+            ),
+        )
+    } else if waiting || ready_namespaces.len() != declared + adopted || creating {
+        NewCondition::no(
+            "Ready",
+            "Provisioning",
+            "creating the tenant's namespaces and quotas",
+        )
+    } else {
+        NewCondition::yes(
+            "Ready",
+            "Provisioned",
+            format!("{} namespaces provisioned", ready_namespaces.len()),
+        )
+    };
+    let is_ready = ready.status == ConditionStatus::True;
+    let was_over = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.reason == "NamespaceLimitExceeded");
+    if !excess.is_empty() && !was_over {
+        ctx.event(
+            tenant,
+            EventType::Warning,
+            "NamespaceLimitExceeded",
+            ready.message.clone(),
+        )
+        .await;
+    }
+    set_condition(&mut status.conditions, ready, generation);
+    let exhausted: Vec<String> = usage
+        .iter()
+        .filter(|(r, u)| hard.get(r.as_str()).is_some_and(|h| *h > 0) && u.used == u.hard)
+        .map(|(r, u)| format!("{r} ({}/{})", u.used, u.hard))
+        .collect();
+    let was_exhausted = crate::conditions::is_true(&status.conditions, "QuotaExhausted");
+    let exhausted_condition = if exhausted.is_empty() {
+        NewCondition::no(
+            "QuotaExhausted",
+            "WithinQuota",
+            "usage is below the tenant quota",
+        )
+    } else {
+        NewCondition::yes(
+            "QuotaExhausted",
+            "QuotaExhausted",
+            format!(
+                "the tenant uses all of {}: raise spec.quota or free resources",
+                exhausted.join(", ")
+            ),
+        )
+    };
+    let note = exhausted_condition.message.clone();
+    set_condition(&mut status.conditions, exhausted_condition, generation);
+    status.usage = usage;
+    let changed = patch_status_if_changed(
+        &Api::<Tenant>::all(client.clone()),
+        tenant,
+        own_status(tenant).as_ref(),
+        &status.clone().without_gateway_usage(),
+    )
+    .await?;
+    if changed && is_ready && !was_ready {
+        ctx.event(
+            tenant,
+            EventType::Normal,
+            "TenantProvisioned",
+            format!("{} namespaces provisioned", status.namespace_count),
+        )
+        .await;
+    }
+    if changed && !exhausted.is_empty() && !was_exhausted {
+        ctx.event(tenant, EventType::Warning, "QuotaExhausted", note)
+            .await;
+    }
+    Ok(is_ready)
+}
+
+/// Sum of usage over the tenant's namespaces, against the tenant's hard limits.
+fn aggregate_usage(
+    quotas: &BTreeMap<(String, String), ResourceQuota>,
+    namespaces: &[String],
+    hard: &BTreeMap<&'static str, Milli>,
+) -> BTreeMap<String, ResourceUsage> {
+    let mut used: BTreeMap<&str, Milli> = hard.keys().map(|k| (*k, 0)).collect();
+    for ns in namespaces {
+        let Some(rq) = quotas.get(&(ns.clone(), QUOTA_NAME.to_string())) else {
+            continue;
+        };
+        let values = quota_values(rq.status.as_ref().and_then(|s| s.used.as_ref()));
+        for (resource, total) in used.iter_mut() {
+            *total += values.get(*resource).copied().unwrap_or(0);
+        }
+    }
+    used.into_iter()
+        .map(|(r, u)| {
+            let h = hard.get(r).copied().unwrap_or(0);
+            (
+                r.to_string(),
+                ResourceUsage {
+                    used: quota::display(r, u),
+                    hard: quota::display(r, h),
+                },
+            )
+        })
+        .collect()
+}
