@@ -340,15 +340,16 @@ async fn reconcile_guarded<K: Reconcile>(
 
 /// Shows a failed pass to the user, whatever the kind and the error: in the
 /// object's condition (written only when it changes, over the latest status so
-/// that what the pass wrote before failing stays) and as a Warning Event.
+/// that what the pass wrote before failing stays) and as a Warning Event. A
+/// deletion that waits for something outside the cluster is progress, not a
+/// failure: its Event is Normal (`CleanupPending`).
 async fn report_failure<K: Reconcile>(obj: &K, ctx: &Context, error: &Error) {
-    ctx.event(
-        obj,
-        kube::runtime::events::EventType::Warning,
-        "ReconcileFailed",
-        error.user_message(),
-    )
-    .await;
+    use kube::runtime::events::EventType;
+    let (type_, reason) = match error {
+        Error::CleanupPending(_) => (EventType::Normal, "CleanupPending"),
+        _ => (EventType::Warning, "ReconcileFailed"),
+    };
+    ctx.event(obj, type_, reason, error.user_message()).await;
     let Some(condition) = obj.failure_condition(error) else {
         return;
     };

@@ -119,9 +119,9 @@ async fn a_plugin_whose_child_name_is_taken_says_so_and_recovers() {
     env.cleanup().await;
 }
 
-/// The API server refuses a child the Tenant's spec asks for (a NetworkPolicy
-/// with an ipBlock the API refuses although the schema cannot tell): the
-/// Tenant's Ready condition and an Event quote the refusal within one pass.
+/// The API server refuses a child the Tenant's spec asks for (a LimitRange
+/// whose default CPU request is above its default limit, which the schema
+/// cannot tell): the Tenant's Ready condition and an Event quote the refusal.
 #[tokio::test]
 async fn a_tenant_whose_child_is_refused_shows_the_refusal() {
     let env = TestEnv::new().await;
