@@ -1,6 +1,7 @@
 //! Writing to the cluster: labels every made object carries, owner references,
 //! and server-side apply with the field manager `aleph-operator`.
 
+use aleph_crds::keys::PART_OF_LABEL;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
@@ -12,20 +13,14 @@ use serde::de::DeserializeOwned;
 
 /// The field manager of every write.
 pub const MANAGER: &str = "aleph-operator";
-/// The finalizer for what Kubernetes cannot collect by itself.
-pub const FINALIZER: &str = "aleph.dev/cleanup";
 /// Label: who manages the object.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// Label: the platform the object is part of.
-pub const PART_OF: &str = "app.kubernetes.io/part-of";
-/// Label: the tenant an object belongs to.
-pub const TENANT_LABEL: &str = "aleph.dev/tenant";
 
 /// The labels every object the operator makes carries, plus `aleph.dev/<kind>: <name>`.
 pub fn standard_labels(kind_label: &str, name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.to_string(), MANAGER.to_string()),
-        (PART_OF.to_string(), "aleph".to_string()),
+        (PART_OF_LABEL.to_string(), "aleph".to_string()),
         (format!("aleph.dev/{kind_label}"), name.to_string()),
     ])
 }

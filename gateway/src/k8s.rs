@@ -49,6 +49,7 @@
 //! service account read every Secret it can see. Scope it with
 //! `--watch-namespace` and a Role where that matters.
 
+use aleph_crds::keys::{GATEWAY_KEY_LABEL, MODEL_LABEL, SERVICE_NAME_LABEL};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -70,17 +71,8 @@ use tokio::sync::Notify;
 
 use crate::state::{Endpoint, GatewayState, KeyInfo, Model, Snapshot, TenantLimits, Track};
 
-/// Label of the Secrets that hold an API key's hash; its value is `"true"`.
-pub const GATEWAY_KEY_LABEL: &str = "aleph.dev/gateway-key";
 /// The Secret's data field holding the key's SHA-256, hex.
 pub const KEY_HASH_FIELD: &str = "sha256";
-/// Label every Service the operator makes for an AIModel carries (its value
-/// is the model's name). The EndpointSlice controller copies a Service's
-/// labels onto its EndpointSlices, so the gateway watches only the
-/// EndpointSlices carrying it.
-pub const MODEL_LABEL: &str = "aleph.dev/model";
-/// Label the EndpointSlice controller puts on each slice: its Service's name.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The name of the Services' port the engines serve on.
 pub const HTTP_PORT_NAME: &str = "http";
 /// How long changes are gathered before the snapshot is rebuilt.

@@ -9,6 +9,7 @@
 //! carries the labels of [`standard_labels`] (so `aleph.dev/model: <model>`)
 //! and a controller owner reference to the model.
 
+use aleph_crds::keys::{GPU_PRODUCT_LABEL, MODEL_LABEL, TRACK_LABEL};
 use std::collections::BTreeMap;
 
 use aleph_crds::aimodel::{AIModel, ModelRuntime};
@@ -25,12 +26,6 @@ use super::validate::{Source, SpecError, source_for_runtime, validate};
 use crate::apply::{controller_ref, standard_labels};
 use crate::error::{Error, Result};
 
-/// Label of every child and serving pod: the model's name.
-pub const MODEL_LABEL: &str = "aleph.dev/model";
-/// Label of serving Deployments and pods: `stable` or `canary`.
-pub const TRACK_LABEL: &str = "aleph.dev/track";
-/// The node label that names a node's GPU product (from GPU feature discovery).
-pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 /// The extended resource of NVIDIA GPUs, and the key of GPU nodes' taint.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Long enough for the slowest engine to load a large model before the

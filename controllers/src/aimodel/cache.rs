@@ -7,7 +7,7 @@
 //! model using them, so garbage collection removes them after the last of
 //! those models. They are made once and never updated (a Job's template and a
 //! claim's size are immutable): the first model's cache settings win.
-//! The claim is annotated [`READY_ANNOTATION`] once the Job has succeeded, so a
+//! The claim is annotated [`CACHE_READY_ANNOTATION`] once the Job has succeeded, so a
 //! cache stays ready even when its Job is deleted.
 //!
 //! `hf://` and `s3://` sources are downloaded by the project's model-cache image
@@ -17,6 +17,7 @@
 //! line naming the source and the cause in the container's termination message.
 //! The image comes from the operator's `--model-cache-image` setting.
 
+use aleph_crds::keys::{CACHE_LABEL, CACHE_READY_ANNOTATION, CACHE_SOURCE_ANNOTATION};
 use std::collections::BTreeMap;
 
 use aleph_crds::aimodel::AIModel;
@@ -34,12 +35,6 @@ use crate::apply::standard_labels;
 use crate::error::{Error, Result};
 use crate::tenant::quota::{MEMORY, display, format_quantity, parse_quantity};
 
-/// Label on a cache's claim, Job and download pod: the hash of the source.
-pub const CACHE_LABEL: &str = "aleph.dev/cache";
-/// Annotation on a cache's claim once the weights are in it (`"true"`).
-pub const READY_ANNOTATION: &str = "aleph.dev/cache-ready";
-/// Annotation on a cache's claim and Job: the source URI.
-pub const SOURCE_ANNOTATION: &str = "aleph.dev/source";
 /// Where a download container writes the weights.
 pub const TARGET_DIR: &str = "/mnt/model";
 /// Retries of a failed download before the Job fails.
@@ -216,7 +211,7 @@ pub fn claim(model: &AIModel, uri: &str) -> Result<PersistentVolumeClaim> {
             "name": cache_name(uri),
             "namespace": model.namespace(),
             "labels": cache_labels(uri),
-            "annotations": { SOURCE_ANNOTATION: uri },
+            "annotations": { CACHE_SOURCE_ANNOTATION: uri },
             "ownerReferences": user_ref(model).into_iter().collect::<Vec<_>>(),
         },
         "spec": spec,
@@ -252,7 +247,7 @@ pub fn job(model: &AIModel, uri: &str, source: &Source, image: &str) -> Result<J
             "name": name,
             "namespace": model.namespace(),
             "labels": cache_labels(uri),
-            "annotations": { SOURCE_ANNOTATION: uri },
+            "annotations": { CACHE_SOURCE_ANNOTATION: uri },
             "ownerReferences": user_ref(model).into_iter().collect::<Vec<_>>(),
         },
         "spec": {
@@ -322,7 +317,7 @@ fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<(&'a str, &'a str)> {
 pub fn claim_is_ready(claim: &PersistentVolumeClaim) -> bool {
     claim
         .annotations()
-        .get(READY_ANNOTATION)
+        .get(CACHE_READY_ANNOTATION)
         .is_some_and(|v| v == "true")
 }
 
@@ -528,7 +523,7 @@ mod tests {
             "{message}"
         );
         let ready: PersistentVolumeClaim = serde_json::from_value(json!({
-            "metadata": { "name": "c", "annotations": { READY_ANNOTATION: "true" } },
+            "metadata": { "name": "c", "annotations": { CACHE_READY_ANNOTATION: "true" } },
         }))
         .unwrap_or_default();
         assert_eq!(

@@ -18,6 +18,7 @@ pub mod sagemaker;
 pub mod status;
 pub mod validate;
 
+use aleph_crds::keys::{CACHE_LABEL, CACHE_READY_ANNOTATION, FINALIZER, MODEL_LABEL};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,8 +43,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::apply::{
-    FINALIZER, MANAGER, apply, delete_ignoring_missing, ignore_missing, is_subset,
-    patch_status_if_changed,
+    MANAGER, apply, delete_ignoring_missing, ignore_missing, is_subset, patch_status_if_changed,
 };
 use crate::conditions::{NewCondition, find, set_condition};
 use crate::context::Context;
@@ -51,8 +51,8 @@ use crate::error::{Error, Result};
 use crate::runner::{Reconcile, Watch};
 use crate::sagemaker::endpoint::SERVING;
 use crate::sagemaker::training::TRAINED;
-use build::{MODEL_LABEL, ModelVolume, ServingPlan, TrackPlan};
-use cache::{CACHE_LABEL, CacheState, READY_ANNOTATION};
+use build::{ModelVolume, ServingPlan, TrackPlan};
+use cache::CacheState;
 use status::{DEGRADED, Observation, PROGRESSING, READY, TrackObservation};
 
 /// The AIModel controller for what `watch` names, watching what it makes:
@@ -620,7 +620,8 @@ async fn ensure_cache(
             job = Some(create_or_join(&jobs, &desired, model).await?);
         }
         if job.as_ref().is_some_and(cache::job_succeeded) {
-            let patch = json!({ "metadata": { "annotations": { READY_ANNOTATION: "true" } } });
+            let patch =
+                json!({ "metadata": { "annotations": { CACHE_READY_ANNOTATION: "true" } } });
             claims
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;

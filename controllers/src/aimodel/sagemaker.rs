@@ -14,6 +14,7 @@
 //! backoff. SageMaker saying no for good (a rejected spec, a failed job) is a
 //! terminal condition and is not retried until the spec changes.
 
+use aleph_crds::keys::ADOPT_ENDPOINT_ANNOTATION;
 use std::time::Duration;
 
 use aleph_crds::aimodel::{AIModel, AIModelStatus, ServingBackend};
@@ -32,11 +33,6 @@ use crate::sagemaker::{
     SageMakerError, SageMakerEvent, endpoint_for_cleanup, reconcile_endpoint, reconcile_training,
     training_for_cleanup,
 };
-
-/// Set on an AIModel to adopt an existing SageMaker endpoint of that name:
-/// the operator moves it to the model's own config and from then on manages
-/// it like one it created (and deletes it with `deletionPolicy: Delete`).
-pub const ADOPT_ENDPOINT_ANNOTATION: &str = "aleph.dev/adopt-endpoint";
 
 /// Whether `model` has anything on SageMaker: a training job or SageMaker serving.
 pub fn uses_sagemaker(model: &AIModel) -> bool {

@@ -15,6 +15,7 @@ pub mod decide;
 pub mod scrape;
 pub mod usage;
 
+use aleph_crds::keys::{MODEL_LABEL, TRACK_LABEL};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::Context;
-use crate::aimodel::build::{MODEL_LABEL, TRACK_LABEL};
+
 use decide::{Decision, History, Load, Policy, decide};
 use scrape::{GatewaySample, ModelKey, Scraper};
 use usage::Ledger;

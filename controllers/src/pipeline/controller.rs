@@ -9,6 +9,7 @@
 //! runs created by hand are not, and neither count towards the concurrency
 //! policy nor are pruned. The PipelineRun reconciler is in [`super::run`].
 
+use aleph_crds::keys::{RUN_LABEL, SCHEDULED_AT_ANNOTATION, TENANT_LABEL};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,18 +27,15 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::graph;
-use super::jobs::{LABEL_RUN, label_value};
+use super::jobs::label_value;
 use super::run::{self, is_finished};
 use super::schedule::{self, FinishedRun, Schedule, SlotDecision};
 use super::scheduler;
-use crate::apply::{TENANT_LABEL, ignore_missing, patch_status_if_changed, standard_labels};
+use crate::apply::{ignore_missing, patch_status_if_changed, standard_labels};
 use crate::conditions::{NewCondition, find, parse_time, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runner::{Reconcile, Watch};
-
-/// Annotation on a scheduled run: the slot it was created for (RFC 3339).
-pub const SCHEDULED_AT: &str = "aleph.dev/scheduled-at";
 
 /// The Pipeline controller (validity, schedules) for what `watch` names,
 /// woken by the runs of its pipelines.
@@ -63,7 +61,7 @@ pub fn run_controller(
 ) -> Controller<DeserializeGuard<PipelineRun>> {
     Controller::new(watch.api(client), watch.primary()).owns(
         watch.api::<Job>(client),
-        crate::runner::watch_config().labels(LABEL_RUN),
+        crate::runner::watch_config().labels(RUN_LABEL),
     )
 }
 
@@ -147,9 +145,12 @@ fn scheduled_run(pipeline: &Pipeline, name: &str, slot: DateTime<Utc>) -> Option
             namespace: pipeline.namespace(),
             labels: Some(labels),
             annotations: Some(
-                [(SCHEDULED_AT.to_string(), scheduler::format_time(slot))]
-                    .into_iter()
-                    .collect(),
+                [(
+                    SCHEDULED_AT_ANNOTATION.to_string(),
+                    scheduler::format_time(slot),
+                )]
+                .into_iter()
+                .collect(),
             ),
             owner_references: Some(vec![pipeline.controller_owner_ref(&())?]),
             ..ObjectMeta::default()
@@ -370,7 +371,8 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::pipeline::jobs::LABEL_PIPELINE;
+
+    use aleph_crds::keys::PIPELINE_LABEL;
     use aleph_crds::pipeline::PipelineStatus;
 
     fn pipeline() -> Pipeline {
@@ -405,10 +407,10 @@ spec:
         assert_eq!(run.metadata.name.as_deref(), Some("nightly-202601020200"));
         assert_eq!(run.metadata.namespace.as_deref(), Some("team-a"));
         let labels = run.metadata.labels.as_ref().unwrap();
-        assert_eq!(labels[LABEL_PIPELINE], "nightly");
+        assert_eq!(labels[PIPELINE_LABEL], "nightly");
         assert_eq!(labels[TENANT_LABEL], "acme");
         assert_eq!(
-            run.metadata.annotations.as_ref().unwrap()[SCHEDULED_AT],
+            run.metadata.annotations.as_ref().unwrap()[SCHEDULED_AT_ANNOTATION],
             "2026-01-02T02:00:00Z"
         );
         assert!(scheduled_by(&run, "11111111-2222-3333-4444-555555555555"));

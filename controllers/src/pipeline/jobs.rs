@@ -17,6 +17,10 @@
 //! The directory [`OUTPUTS_DIR`] is an emptyDir, writable even when the root
 //! filesystem is read-only.
 
+use aleph_crds::keys::{
+    ATTEMPT_LABEL, GPU_PRODUCT_LABEL, PIPELINE_LABEL, PLUGIN_LABEL, RUN_LABEL, STEP_LABEL,
+    TENANT_LABEL,
+};
 use std::collections::BTreeMap;
 
 use aleph_crds::common::ComputeResources;
@@ -43,20 +47,7 @@ pub const OUTPUTS_DIR: &str = "/aleph/outputs";
 pub const OUTPUTS_FILE: &str = "/aleph/outputs/outputs";
 /// A termination message this long may have been cut by the kubelet.
 pub const MAX_OUTPUTS_BYTES: usize = 4096;
-/// Label: the run a Job belongs to (see [`label_value`]).
-pub const LABEL_RUN: &str = "aleph.dev/pipelinerun";
-/// Label: the step a Job runs.
-pub const LABEL_STEP: &str = "aleph.dev/step";
-/// Label: the attempt a Job is.
-pub const LABEL_ATTEMPT: &str = "aleph.dev/attempt";
-/// Label: the Pipeline of the run.
-pub const LABEL_PIPELINE: &str = "aleph.dev/pipeline";
-/// Label: the Plugin a plugin step's pod runs (its NetworkPolicy selects on it).
-pub const LABEL_PLUGIN: &str = "aleph.dev/plugin";
-/// Label: the tenant, copied from the run when it carries it.
-pub const LABEL_TENANT: &str = "aleph.dev/tenant";
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
-const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 
 /// Why a step's Job cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,7 +101,7 @@ pub enum JobError {
 }
 
 /// A run's name as a label value (at most 63 characters): the name itself,
-/// or [`bounded_name`] of it. Select a run's Jobs with `LABEL_RUN=label_value(run)`.
+/// or [`bounded_name`] of it. Select a run's Jobs with `RUN_LABEL=label_value(run)`.
 pub fn label_value(name: &str) -> String {
     bounded_name(name, 63)
 }
@@ -138,11 +129,11 @@ pub fn step_labels(run: &PipelineRun, step: &str, attempt: i32) -> BTreeMap<Stri
             "aleph-operator".to_string(),
         ),
         ("app.kubernetes.io/part-of".to_string(), "aleph".to_string()),
-        (LABEL_RUN.to_string(), label_value(run_name)),
-        (LABEL_STEP.to_string(), step.to_string()),
-        (LABEL_ATTEMPT.to_string(), attempt.to_string()),
+        (RUN_LABEL.to_string(), label_value(run_name)),
+        (STEP_LABEL.to_string(), step.to_string()),
+        (ATTEMPT_LABEL.to_string(), attempt.to_string()),
         (
-            LABEL_PIPELINE.to_string(),
+            PIPELINE_LABEL.to_string(),
             label_value(&run.spec.pipeline_ref.name),
         ),
     ]);
@@ -150,9 +141,9 @@ pub fn step_labels(run: &PipelineRun, step: &str, attempt: i32) -> BTreeMap<Stri
         .metadata
         .labels
         .as_ref()
-        .and_then(|l| l.get(LABEL_TENANT))
+        .and_then(|l| l.get(TENANT_LABEL))
     {
-        labels.insert(LABEL_TENANT.to_string(), tenant.clone());
+        labels.insert(TENANT_LABEL.to_string(), tenant.clone());
     }
     labels
 }
@@ -260,7 +251,7 @@ pub fn build_step_job(
                     plugin: action.name.clone(),
                 });
             }
-            labels.insert(LABEL_PLUGIN.to_string(), label_value(&action.name));
+            labels.insert(PLUGIN_LABEL.to_string(), label_value(&action.name));
             service_account = Some((
                 action.name.clone(),
                 crate::plugin::build::mounts_token(plugin),
@@ -853,7 +844,7 @@ status:
     fn a_plugin_step_runs_sandboxed() {
         let job = plugin_step_job(&plugin());
         assert_eq!(
-            job.metadata.labels.as_ref().unwrap()[LABEL_PLUGIN],
+            job.metadata.labels.as_ref().unwrap()[PLUGIN_LABEL],
             "scanner"
         );
         let pod = pod(&job);

@@ -25,6 +25,7 @@
 //! deleted (or cancelled) then first asks SageMaker to stop them. Every other
 //! child is a Job owned by the run, which garbage collection removes.
 
+use aleph_crds::keys::{ATTEMPT_LABEL, FINALIZER, ROLLED_OUT_BY_ANNOTATION, RUN_LABEL, STEP_LABEL};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -46,12 +47,12 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::graph::{self, Graph};
-use super::jobs::{self, LABEL_ATTEMPT, LABEL_RUN, LABEL_STEP};
+use super::jobs::{self};
 use super::observe::{JobOutcome, job_outcome};
 use super::params::{self, StepOutputs};
 use super::retry;
 use super::scheduler::{self, FinishReason, RunState};
-use crate::apply::{FINALIZER, MANAGER, delete_ignoring_missing};
+use crate::apply::{MANAGER, delete_ignoring_missing};
 use crate::conditions::{NewCondition, find, parse_time, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -62,8 +63,6 @@ pub const SUCCEEDED: &str = "Succeeded";
 /// The field manager of rollout steps' patches to AIModels: a manager of its
 /// own, so the managed fields say that a pipeline set the model's source.
 pub const ROLLOUT_MANAGER: &str = "aleph-pipeline";
-/// Annotation a rollout step sets on the AIModel: the run that set its source.
-pub const ROLLED_OUT_BY: &str = "aleph.dev/rolled-out-by";
 /// The output of a training step holding the model artifact's URI.
 pub const ARTIFACT_OUTPUT: &str = "artifactUri";
 /// The output of a training step holding the SageMaker training job's name.
@@ -931,7 +930,7 @@ impl Pass<'_> {
 
     async fn list_jobs(&self) -> Result<BTreeMap<String, Job>> {
         let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let selector = format!("{LABEL_RUN}={}", jobs::label_value(&self.name));
+        let selector = format!("{RUN_LABEL}={}", jobs::label_value(&self.name));
         Ok(api
             .list(&ListParams::default().labels(&selector))
             .await?
@@ -944,7 +943,7 @@ impl Pass<'_> {
     async fn pods_of(&mut self, step: &str, attempt: i32) -> Result<Vec<Pod>> {
         if self.pods.is_none() {
             let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-            let selector = format!("{LABEL_RUN}={}", jobs::label_value(&self.name));
+            let selector = format!("{RUN_LABEL}={}", jobs::label_value(&self.name));
             self.pods = Some(
                 api.list(&ListParams::default().labels(&selector))
                     .await?
@@ -958,8 +957,8 @@ impl Pass<'_> {
             .flatten()
             .filter(|p| {
                 let labels = p.labels();
-                labels.get(LABEL_STEP).map(String::as_str) == Some(step)
-                    && labels.get(LABEL_ATTEMPT) == Some(&attempt)
+                labels.get(STEP_LABEL).map(String::as_str) == Some(step)
+                    && labels.get(ATTEMPT_LABEL) == Some(&attempt)
             })
             .cloned()
             .collect())
@@ -1123,7 +1122,7 @@ impl Pass<'_> {
                 "kind": AIModel::kind(&()),
                 "metadata": {
                     "name": rollout.model,
-                    "annotations": { ROLLED_OUT_BY: self.name },
+                    "annotations": { ROLLED_OUT_BY_ANNOTATION: self.name },
                 },
                 "spec": { "source": { "uri": uri } },
             });

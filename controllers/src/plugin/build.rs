@@ -14,6 +14,10 @@
 //! (with a writable emptyDir at `/tmp`), all capabilities dropped, no privilege
 //! escalation, the RuntimeDefault seccomp profile, and the optional RuntimeClass.
 
+use aleph_crds::keys::{
+    COMPONENT_LABEL, GPU_PRODUCT_LABEL, PLUGIN_LABEL, PLUGIN_RELEASE_ANNOTATION,
+    PLUGIN_VERSION_ANNOTATION, TENANT_LABEL,
+};
 use std::collections::BTreeMap;
 
 use aleph_crds::common::ComputeResources;
@@ -39,7 +43,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
-use crate::apply::{TENANT_LABEL, controller_ref, standard_labels};
+use crate::apply::{controller_ref, standard_labels};
 use crate::names::bounded_name;
 
 /// Where a plugin's configuration files are mounted (in its service's pods and
@@ -61,16 +65,6 @@ pub const SECRETS_DIR: &str = PLUGIN_SECRETS_DIR;
 pub const CONTAINER: &str = "plugin";
 /// The name of the container port and of the Service's port.
 pub const PORT_NAME: &str = "plugin";
-/// Pod annotation: the plugin version the pod runs.
-pub const VERSION_ANNOTATION: &str = "aleph.dev/plugin-version";
-/// Pod annotation: a hash of the release the pod runs.
-pub const RELEASE_ANNOTATION: &str = "aleph.dev/plugin-release";
-/// Annotation keys with this prefix are the operator's.
-pub const RESERVED_ANNOTATION_PREFIX: &str = "aleph.dev/plugin-";
-/// Label: the plugin an object belongs to.
-pub const PLUGIN_LABEL: &str = "aleph.dev/plugin";
-/// Label telling a service plugin's pods from the Job pods of pipeline steps.
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// The value of [`COMPONENT_LABEL`] on a service plugin's pods.
 pub const SERVICE_COMPONENT: &str = "plugin-service";
 /// The user and group every plugin process runs as: the conventional
@@ -78,7 +72,6 @@ pub const SERVICE_COMPONENT: &str = "plugin-service";
 /// an image whose default user is root (most are) still runs, and never as root.
 pub const SANDBOX_USER: i64 = 65532;
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
-const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 
 /// The plugin being built for, with the tenant of its namespace.
 #[derive(Clone, Copy, Debug)]
@@ -516,8 +509,8 @@ pub fn pod_template(t: Target<'_>, release: &PluginRelease) -> PodTemplateSpec {
         ..Container::default()
     };
     let mut annotations = release.pod_annotations.clone();
-    annotations.insert(VERSION_ANNOTATION.into(), release.version.clone());
-    annotations.insert(RELEASE_ANNOTATION.into(), release_hash(release));
+    annotations.insert(PLUGIN_VERSION_ANNOTATION.into(), release.version.clone());
+    annotations.insert(PLUGIN_RELEASE_ANNOTATION.into(), release_hash(release));
     let mut labels = t.labels();
     labels.extend(t.pod_selector());
     PodTemplateSpec {
@@ -701,11 +694,13 @@ spec:
             .and_then(|m| m.annotations)
             .unwrap_or_default();
         assert_eq!(
-            annotations.get(VERSION_ANNOTATION).map(String::as_str),
+            annotations
+                .get(PLUGIN_VERSION_ANNOTATION)
+                .map(String::as_str),
             Some("1.0.0")
         );
         assert_eq!(
-            annotations.get(RELEASE_ANNOTATION),
+            annotations.get(PLUGIN_RELEASE_ANNOTATION),
             Some(&release_hash(&old))
         );
         let image = template.spec.map(|s| s.containers[0].image.clone());

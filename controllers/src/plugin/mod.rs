@@ -12,6 +12,7 @@ pub mod build;
 pub mod rollout;
 pub mod validate;
 
+use aleph_crds::keys::{PLUGIN_LABEL, PLUGIN_RELEASE_ANNOTATION, TENANT_LABEL};
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -28,14 +29,12 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::apply::{
-    TENANT_LABEL, apply, delete_ignoring_missing, is_subset, patch_status_if_changed,
-};
+use crate::apply::{apply, delete_ignoring_missing, is_subset, patch_status_if_changed};
 use crate::conditions::{NewCondition, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runner::{Reconcile, Watch};
-use build::{PLUGIN_LABEL, RELEASE_ANNOTATION, Target};
+use build::Target;
 use rollout::{Observation, Outcome};
 
 /// The Plugin controller for what `watch` names, watching what it makes.
@@ -127,7 +126,7 @@ fn release_of(deployment: Option<&Deployment>) -> Option<String> {
         .as_ref()?
         .annotations
         .as_ref()?
-        .get(RELEASE_ANNOTATION)
+        .get(PLUGIN_RELEASE_ANNOTATION)
         .cloned()
 }
 

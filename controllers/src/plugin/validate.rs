@@ -1,10 +1,9 @@
 //! What the CRD's schema cannot check about a Plugin spec (no client).
 
+use aleph_crds::keys::PLUGIN_ANNOTATION_PREFIX;
 use std::collections::BTreeSet;
 
 use aleph_crds::plugin::{PluginPermission, PluginSpec};
-
-use super::build::RESERVED_ANNOTATION_PREFIX;
 
 /// Resources that are not namespaced: a Role in the plugin's namespace cannot
 /// grant them, so asking for them is a mistake worth saying.
@@ -46,9 +45,9 @@ pub fn validate(spec: &PluginSpec) -> Result<(), String> {
         }
     }
     for key in spec.pod_annotations.keys() {
-        if key.starts_with(RESERVED_ANNOTATION_PREFIX) {
+        if key.starts_with(PLUGIN_ANNOTATION_PREFIX) {
             return Err(format!(
-                "podAnnotations key {key} is the operator's ({RESERVED_ANNOTATION_PREFIX}*): choose another"
+                "podAnnotations key {key} is the operator's ({PLUGIN_ANNOTATION_PREFIX}*): choose another"
             ));
         }
         if !qualified_name(key) {

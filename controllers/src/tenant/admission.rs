@@ -21,6 +21,7 @@
 //! constraint, a new Service type), so objects made before a rule existed can
 //! still be labelled, scaled, finalized and deleted.
 
+use aleph_crds::keys::{GPU_PRODUCT_LABEL, TENANT_LABEL};
 use std::collections::{BTreeMap, BTreeSet};
 
 use aleph_crds::tenant::{ComplianceProfile, Tenant};
@@ -31,11 +32,8 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::build::{egress_restricted, tenant_labels};
-use crate::apply::{MANAGED_BY, MANAGER, TENANT_LABEL, controller_ref};
+use crate::apply::{MANAGED_BY, MANAGER, controller_ref};
 use crate::error::{Error, Result};
-
-/// The node label GPU feature discovery sets to the GPU's product name.
-pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 
 /// The name of the tenant's policy (and binding) that holds for everyone.
 pub fn admission_policy_name(tenant: &str) -> String {

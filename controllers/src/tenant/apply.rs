@@ -4,6 +4,7 @@
 //! admission policies of its namespaces, and its quotas (through
 //! [`super::rebalance`]); and the release of its namespaces when it goes.
 
+use aleph_crds::keys::{ORIGIN_LABEL, QUOTA_READY_LABEL, TENANT_LABEL};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,12 +26,10 @@ use serde_json::json;
 use super::build::{self, QUOTA_NAME};
 use super::rebalance::{demands, rebalance_quotas, recent_refusals};
 use super::{
-    DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, QUOTA_GUARD_POLICY,
-    QUOTA_READY_LABEL, admission, children, list_labelled, quota, status, validate,
+    DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, QUOTA_GUARD_POLICY, admission,
+    children, list_labelled, quota, status, validate,
 };
-use crate::apply::{
-    MANAGER, TENANT_LABEL, apply_if_changed, delete_ignoring_missing, ignore_missing,
-};
+use crate::apply::{MANAGER, apply_if_changed, delete_ignoring_missing, ignore_missing};
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -87,9 +86,7 @@ async fn ensure_cluster_policies(client: &kube::Client, operator: &str) -> Resul
 /// rather than one taken off the list.
 fn owner_created(ns: &Namespace) -> bool {
     let labels = ns.labels();
-    labels
-        .get(build::ORIGIN_LABEL)
-        .is_some_and(|o| o == "owner")
+    labels.get(ORIGIN_LABEL).is_some_and(|o| o == "owner")
         || labels
             .get(crate::apply::MANAGED_BY)
             .is_none_or(|m| m != MANAGER)
@@ -219,7 +216,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let mut newly_adopted = Vec::new();
     for ns in &adopted {
         let ns_name = ns.name_any();
-        if !ns.labels().contains_key(build::ORIGIN_LABEL) {
+        if !ns.labels().contains_key(ORIGIN_LABEL) {
             newly_adopted.push(ns_name.clone());
         }
         let desired = with_quota_label(build::adopted_namespace(tenant, &ns_name)?);

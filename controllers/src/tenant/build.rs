@@ -1,5 +1,6 @@
 //! Desired children of a Tenant, built from its spec alone (no client).
 
+use aleph_crds::keys::{ORIGIN_LABEL, TENANT_LABEL};
 use std::collections::BTreeMap;
 
 use aleph_crds::tenant::{
@@ -14,7 +15,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::apply::{TENANT_LABEL, controller_ref, standard_labels};
+use crate::apply::{controller_ref, standard_labels};
 use crate::error::{Error, Result};
 
 /// Name of the per-namespace ResourceQuota.
@@ -26,10 +27,6 @@ pub const NETWORK_POLICY_NAME: &str = "aleph-tenant-isolation";
 /// The cluster-wide policy that refuses to delete a Tenant with `preventDeletion`.
 pub const PREVENT_DELETION_POLICY: &str = "aleph-tenant-prevent-deletion";
 
-/// The label the operator puts on a namespace an owner created and the Tenant
-/// adopted (the value is `owner`). Such a namespace is the tenant's although
-/// `spec.namespaces` does not list it.
-pub const ORIGIN_LABEL: &str = "aleph.dev/origin";
 /// The cluster-wide policy on namespaces that owners create and delete.
 pub const OWNER_NAMESPACES_POLICY: &str = "aleph-tenant-owner-namespaces";
 /// A verb on a Tenant: its holder may create and delete the tenant's namespaces.

@@ -14,6 +14,7 @@ mod rebalance;
 mod status;
 mod validate;
 
+use aleph_crds::keys::{FINALIZER, TENANT_LABEL};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,15 +33,11 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
-use crate::apply::{FINALIZER, TENANT_LABEL};
 use crate::context::Context;
 use crate::error::Result;
 use crate::runner::{Reconcile, Watch};
 use build::QUOTA_NAME;
 
-/// Namespace label set once the namespace's ResourceQuota exists; until then
-/// the quota guard policy refuses pods there, so nothing escapes the quota.
-pub const QUOTA_READY_LABEL: &str = "aleph.dev/quota";
 /// The policy refusing pods in tenant namespaces whose quota is not in place yet.
 pub const QUOTA_GUARD_POLICY: &str = "aleph-tenant-quota-guard";
 /// How long a refusal keeps asking for headroom while its ReplicaSet or Job
@@ -57,8 +54,6 @@ const MOVING_REQUEUE: Duration = Duration::from_secs(2);
 /// it changes the quota's hard limits without changing what the quota
 /// admits, which is what makes the quota controller count the quota again.
 pub const RECOUNT_MARKER: &str = "requests.aleph.dev/recount";
-/// When the operator last asked the quota controller to count a quota again.
-pub const RECOUNT_ANNOTATION: &str = "aleph.dev/recount-requested-at";
 /// How long a Tenant that is not Ready waits for a look without a watch event.
 const NOT_READY_REQUEUE: Duration = Duration::from_secs(10);
 /// How long to give the quota controller between two such requests.

@@ -2,6 +2,7 @@
 //! moved to where a creation was refused, quotas created, lowered and raised,
 //! and the quota controller asked to count them again.
 
+use aleph_crds::keys::RECOUNT_ANNOTATION;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use serde_json::json;
 
 use super::build::{self, QUOTA_NAME};
 use super::quota::{self, Milli};
-use super::{DEMAND_WINDOW_SECONDS, RECOUNT_ANNOTATION, RECOUNT_INTERVAL, RECOUNT_MARKER};
+use super::{DEMAND_WINDOW_SECONDS, RECOUNT_INTERVAL, RECOUNT_MARKER};
 use crate::apply::MANAGER;
 use crate::error::{Error, Result};
 

@@ -1,4 +1,5 @@
 use super::*;
+use aleph_crds::keys::RECOUNT_ANNOTATION;
 use kube::runtime::{reflector, watcher};
 
 fn quota(

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use aleph_controllers::aimodel::build::{self, MODEL_LABEL};
+use aleph_controllers::aimodel::build;
 use aleph_crds::aimodel::AIModel;
+use aleph_crds::keys::MODEL_LABEL;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use aleph_controllers::tenant::{QUOTA_READY_LABEL, admission, build, quota};
+use aleph_controllers::tenant::{admission, build, quota};
+use aleph_crds::keys::QUOTA_READY_LABEL;
 use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
