@@ -1,8 +1,9 @@
 //! What every reconciler is given: the client, metrics, the event recorder,
 //! the leader state and the operator's settings.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
@@ -13,6 +14,13 @@ use crate::error::{Error, backoff};
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::sagemaker::aws::{AwsSageMaker, AwsSageMakerConfig, RegionalClients};
+
+/// The image that downloads `hf://` and `s3://` sources unless the operator is
+/// told another (`--model-cache-image`): the model-cache image of this release.
+pub const DEFAULT_MODEL_CACHE_IMAGE: &str = concat!(
+    "ghcr.io/aleph-dev/aleph-model-cache:",
+    env!("CARGO_PKG_VERSION")
+);
 
 /// Settings of the operator that reconcilers read.
 #[derive(Clone, Debug)]
@@ -37,7 +45,7 @@ impl Default for Settings {
             aws_region: None,
             sagemaker_endpoint_url: None,
             sagemaker_max_poll: None,
-            model_cache_image: crate::aimodel::cache::DEFAULT_MODEL_CACHE_IMAGE.to_string(),
+            model_cache_image: DEFAULT_MODEL_CACHE_IMAGE.to_string(),
             gateway_url: None,
         }
     }
@@ -57,9 +65,9 @@ pub struct Context {
     pub settings: Settings,
     failures: Mutex<HashMap<String, u32>>,
     sagemaker: tokio::sync::OnceCell<RegionalClients>,
-    /// The Tenant controller's caches of the children it watches (set when
-    /// the controller is built; a reconcile without them lists).
-    pub tenant_cache: std::sync::OnceLock<crate::tenant::Cache>,
+    /// Each controller's own state (its caches, what it has done once), kept
+    /// by type, so that this shared context depends on no kind.
+    states: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -90,8 +98,20 @@ impl Context {
             settings,
             failures: Mutex::new(HashMap::new()),
             sagemaker: tokio::sync::OnceCell::new(),
-            tenant_cache: std::sync::OnceLock::new(),
+            states: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The state of type `T` that one controller keeps for all its
+    /// reconciles, made with `T::default()` on first use.
+    pub fn state<T: Any + Default + Send + Sync>(&self) -> Arc<T> {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = states
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()));
+        Arc::clone(state)
+            .downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("states are keyed by their type"))
     }
 
     /// Publishes an event about `obj`; a failure to publish is logged, never fatal.
@@ -171,4 +191,36 @@ pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
         obj.namespace().unwrap_or_default(),
         obj.name_any()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicU32);
+
+    #[derive(Default)]
+    struct Other(std::sync::atomic::AtomicU32);
+
+    #[tokio::test]
+    async fn each_controller_state_is_made_once_and_kept_apart() {
+        // A client whose every request fails: the state needs no API server.
+        let service = tower::service_fn(|_: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, _>(std::io::Error::other("no API server"))
+        });
+        let client = kube::Client::new(service, "default");
+        let ctx = Context::new(
+            client,
+            Arc::new(Metrics::default()),
+            LeaderState::new(true),
+            Settings::default(),
+        );
+        ctx.state::<Counter>().0.fetch_add(1, Ordering::SeqCst);
+        ctx.state::<Counter>().0.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(ctx.state::<Counter>().0.load(Ordering::SeqCst), 2);
+        assert_eq!(ctx.state::<Other>().0.load(Ordering::SeqCst), 0);
+    }
 }

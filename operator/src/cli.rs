@@ -97,7 +97,7 @@ pub struct RunArgs {
     #[arg(long, env = "ALEPH_SAGEMAKER_MAX_POLL_SECONDS")]
     pub sagemaker_max_poll_seconds: Option<u64>,
     /// The image of the model cache's downloads from `hf://` and `s3://` sources.
-    #[arg(long, env = "ALEPH_MODEL_CACHE_IMAGE", default_value = aleph_controllers::aimodel::cache::DEFAULT_MODEL_CACHE_IMAGE)]
+    #[arg(long, env = "ALEPH_MODEL_CACHE_IMAGE", default_value = aleph_controllers::context::DEFAULT_MODEL_CACHE_IMAGE)]
     pub model_cache_image: String,
     /// aleph-gateway's OpenAI-compatible base URL (`http://NAME.NAMESPACE.svc.cluster.local/v1`),
     /// shown in the status of every model it serves.

@@ -40,13 +40,6 @@ pub const TARGET_DIR: &str = "/mnt/model";
 /// Retries of a failed download before the Job fails.
 pub const DOWNLOAD_RETRIES: i32 = 2;
 
-/// The image that downloads `hf://` and `s3://` sources unless the operator is
-/// told another (`--model-cache-image`): the model-cache image of this release.
-pub const DEFAULT_MODEL_CACHE_IMAGE: &str = concat!(
-    "ghcr.io/aleph-dev/aleph-model-cache:",
-    env!("CARGO_PKG_VERSION")
-);
-
 const MI: i128 = 1 << 20;
 const GI: i128 = 1 << 30;
 

@@ -6,7 +6,7 @@
 
 use aleph_crds::keys::{ORIGIN_LABEL, QUOTA_READY_LABEL, TENANT_LABEL};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aleph_crds::common::DeletionPolicy;
@@ -26,8 +26,8 @@ use serde_json::json;
 use super::build::{self, QUOTA_NAME};
 use super::rebalance::{demands, rebalance_quotas, recent_refusals};
 use super::{
-    DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, QUOTA_GUARD_POLICY, admission,
-    children, list_labelled, quota, status, validate,
+    DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, QUOTA_GUARD_POLICY, TenantState,
+    admission, children, list_labelled, quota, status, validate,
 };
 use crate::apply::{MANAGER, apply_if_changed, delete_ignoring_missing, ignore_missing};
 use crate::context::Context;
@@ -36,11 +36,10 @@ use crate::error::{Error, Result};
 /// The operator's own user name, as the API server sees it (a ServiceAccount
 /// in the chart, whatever the kubeconfig says elsewhere): the owners' policy
 /// exempts it, so that the operator can still write what it owns.
-static OPERATOR_USER: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
-
-async fn operator_user(client: &kube::Client) -> Result<String> {
+async fn operator_user(client: &kube::Client, state: &TenantState) -> Result<String> {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-    OPERATOR_USER
+    state
+        .operator_user
         .get_or_try_init(|| async {
             let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
             let review = reviews
@@ -59,11 +58,14 @@ async fn operator_user(client: &kube::Client) -> Result<String> {
         .cloned()
 }
 
-static CLUSTER_POLICIES_APPLIED: AtomicBool = AtomicBool::new(false);
-
-/// The cluster-wide admission policies every tenant relies on, applied once per process.
-async fn ensure_cluster_policies(client: &kube::Client, operator: &str) -> Result<()> {
-    if CLUSTER_POLICIES_APPLIED.load(Ordering::SeqCst) {
+/// The cluster-wide admission policies every tenant relies on, applied once
+/// per operator.
+async fn ensure_cluster_policies(
+    client: &kube::Client,
+    state: &TenantState,
+    operator: &str,
+) -> Result<()> {
+    if state.cluster_policies_applied.load(Ordering::SeqCst) {
         return Ok(());
     }
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
@@ -77,7 +79,7 @@ async fn ensure_cluster_policies(client: &kube::Client, operator: &str) -> Resul
         apply_if_changed(&policies, policies.get_opt(&name).await?.as_ref(), &policy).await?;
         apply_if_changed(&bindings, bindings.get_opt(&name).await?.as_ref(), &binding).await?;
     }
-    CLUSTER_POLICIES_APPLIED.store(true, Ordering::SeqCst);
+    state.cluster_policies_applied.store(true, Ordering::SeqCst);
     Ok(())
 }
 
@@ -126,8 +128,9 @@ fn quota_guard_policy() -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissio
 pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let client = &ctx.client;
     let name = tenant.name_any();
-    let operator = operator_user(client).await?;
-    ensure_cluster_policies(client, &operator).await?;
+    let state = ctx.state::<TenantState>();
+    let operator = operator_user(client, &state).await?;
+    ensure_cluster_policies(client, &state, &operator).await?;
 
     let hard = match validate::tenant_hard(tenant) {
         Ok(hard) => hard,
@@ -354,8 +357,8 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
 
     // The tenant-wide quota, split over the namespaces that exist, with the
     // headroom moved to where the quota refused a creation.
-    let refusals = ctx
-        .tenant_cache
+    let refusals = state
+        .cache
         .get()
         .map(|c| {
             recent_refusals(

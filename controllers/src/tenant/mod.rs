@@ -64,7 +64,7 @@ const RECOUNT_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 /// rebalance must see every quota of the tenant as it is now, and a quota
 /// missing from a cache that lags behind its creation would let the others
 /// grow past the tenant's share.
-pub struct Cache {
+struct Cache {
     namespaces: Store<Namespace>,
     limit_ranges: Store<LimitRange>,
     network_policies: Store<NetworkPolicy>,
@@ -74,6 +74,19 @@ pub struct Cache {
     /// Pod creations refused by a tenant quota (FailedCreate events of
     /// ReplicaSets and Jobs): where the tenant's headroom is needed.
     refusals: Store<Event>,
+}
+
+/// What the Tenant controller keeps between reconciles, in the context's
+/// per-controller state.
+#[derive(Debug, Default)]
+pub struct TenantState {
+    /// The caches of the children it watches (set when the controller is
+    /// built; a reconcile without them lists).
+    cache: std::sync::OnceLock<Cache>,
+    /// The operator's own user name, as the API server sees it.
+    operator_user: tokio::sync::OnceCell<String>,
+    /// Whether the cluster-wide admission policies are applied (once per context).
+    cluster_policies_applied: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -126,7 +139,8 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     );
     let tenant_of_namespace = namespaces.clone();
     if ctx
-        .tenant_cache
+        .state::<TenantState>()
+        .cache
         .set(Cache {
             namespaces,
             limit_ranges,
@@ -224,7 +238,12 @@ async fn children<K>(
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + 'static,
 {
-    if let Some(found) = ctx.tenant_cache.get().and_then(|c| cached(pick(c), tenant)) {
+    if let Some(found) = ctx
+        .state::<TenantState>()
+        .cache
+        .get()
+        .and_then(|c| cached(pick(c), tenant))
+    {
         return Ok(found);
     }
     list_labelled(&ctx.client, tenant).await

@@ -109,7 +109,7 @@ fn floor_children(
             model,
             &plan,
             &plan.stable,
-            aleph_controllers::aimodel::cache::DEFAULT_MODEL_CACHE_IMAGE,
+            aleph_controllers::context::DEFAULT_MODEL_CACHE_IMAGE,
         )?,
         labels,
     )?;
