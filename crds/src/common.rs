@@ -135,6 +135,26 @@ pub fn positive_quantity(field: &str, example: &str) -> Rule {
     )))
 }
 
+/// The rule that a default request is not above its default limit, for the
+/// object holding both (a LimitRange would be refused at reconcile time). A
+/// value that is not a quantity is left to its own field's rule.
+pub fn request_within_limit(request: &str, limit: &str, path: &str) -> Rule {
+    let q = |f: &str| {
+        format!("(type(self.{f}) == int ? quantity(string(self.{f})) : quantity(self.{f}))")
+    };
+    let valid = |f: &str| format!("(type(self.{f}) == int || isQuantity(self.{f}))");
+    Rule::new(format!(
+        "!has(self.{request}) || !has(self.{limit}) || !{} || !{} || !{}.isGreaterThan({})",
+        valid(request),
+        valid(limit),
+        q(request),
+        q(limit)
+    ))
+    .message(Message::Message(format!(
+        "{path}.{request} must not be greater than {path}.{limit}"
+    )))
+}
+
 /// CPU and memory for a container, as Kubernetes quantities.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]

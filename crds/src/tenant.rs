@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{
     Condition, DeletionPolicy, EgressDestination, QUANTITY_MAX_LENGTH, non_negative_quantity,
+    request_within_limit,
 };
 
 /// An organisation on the cluster: the namespaces it owns, who administers them,
@@ -216,6 +217,10 @@ pub struct TenantGateway {
 /// Default container requests and limits (a LimitRange in each namespace).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = request_within_limit("defaultCpuRequest", "defaultCpuLimit", "limitRange"),
+    validation = request_within_limit("defaultMemoryRequest", "defaultMemoryLimit", "limitRange")
+)]
 pub struct TenantLimitRange {
     /// Default CPU request.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,6 @@
-//! Quantities and CIDRs are checked at `kubectl apply` by the CRDs' CEL rules
-//! (`isQuantity`, `quantity`, `isCIDR`), against a real API server: each bad
-//! value is refused with a message naming the field and giving a good value,
+//! Quantities, CIDRs and default requests against their limits are checked at
+//! `kubectl apply` by the CRDs' CEL rules (`isQuantity`, `quantity`, `isCIDR`),
+//! against a real API server: each bad value is refused with a message naming the field and giving a good value,
 //! and the good values (strings and plain integers) are accepted. Everything is
 //! a server-side apply with `dryRun=All`: the API server runs every check and
 //! stores nothing, so the operator never sees these objects.
@@ -143,6 +143,21 @@ const TENANT_CASES: &[Bad] = &[
         "defaultMemoryLimit: 1GB",
         "spec.limitRange.defaultMemoryLimit",
         "limitRange.defaultMemoryLimit must be",
+    ),
+    // Each value valid alone, the pair not: a LimitRange the API server refuses.
+    bad(
+        TENANT,
+        "defaultCpuRequest: 100m",
+        "defaultCpuRequest: 2",
+        "spec.limitRange",
+        "limitRange.defaultCpuRequest must not be greater than limitRange.defaultCpuLimit",
+    ),
+    bad(
+        TENANT,
+        "defaultMemoryRequest: 128Mi",
+        "defaultMemoryRequest: 2Gi",
+        "spec.limitRange",
+        "limitRange.defaultMemoryRequest must not be greater than limitRange.defaultMemoryLimit",
     ),
     bad(
         TENANT,

@@ -1,13 +1,14 @@
 //! Every failure is visible: whatever stops a reconcile shows in the object's
 //! condition (reason and message) and as a Warning Event, whatever the kind and
 //! the class of error. Each class is provoked for real against the API server:
-//! a child's name taken by someone else's object (Plugin), an API refusal of a
-//! child (Tenant), missing AWS configuration (AIModel, PipelineRun), and a
-//! per-resource SageMaker region that works without an operator-wide one.
+//! a child's name taken by someone else's object (Plugin), missing AWS
+//! configuration (AIModel, PipelineRun), and a per-resource SageMaker region
+//! that works without an operator-wide one. API refusals of children, for
+//! every kind, are in `failure_classes.rs`.
 
 use std::time::Duration;
 
-use aleph_crds::{AIModel, Plugin, Tenant};
+use aleph_crds::{AIModel, Plugin};
 use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
 use aleph_e2e::{
     OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, find_condition, unique_name,
@@ -116,45 +117,6 @@ async fn a_plugin_whose_child_name_is_taken_says_so_and_recovers() {
         condition(p, "Ready").1 != "NameConflict"
     })
     .await;
-    env.cleanup().await;
-}
-
-/// The API server refuses a child the Tenant's spec asks for (a LimitRange
-/// whose default CPU request is above its default limit, which the schema
-/// cannot tell): the Tenant's Ready condition and an Event quote the refusal.
-#[tokio::test]
-async fn a_tenant_whose_child_is_refused_shows_the_refusal() {
-    let env = TestEnv::new().await;
-    let name = unique_name("refused");
-    let tenants: Api<Tenant> = env.cluster_api();
-    // A default CPU request above the default limit: each quantity is valid,
-    // the LimitRange made of them is not.
-    let yaml = format!(
-        r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{ name: {name} }}
-spec:
-  owners: [{{ kind: Group, name: {name}-admins, role: admin }}]
-  namespaces: [work]
-  quota: {{ cpu: "1", memory: 1Gi }}
-  limitRange: {{ defaultCpuRequest: "2", defaultCpuLimit: "1" }}
-"#
-    );
-    env.apply_yaml(&yaml).await;
-    env.delete_on_cleanup(kube::discovery::ApiResource::erase::<Tenant>(&()), &name);
-    let refused = wait_for(&tenants, &name, WAIT, |t: &Tenant| {
-        condition(t, "Ready").1 == "Refused"
-    })
-    .await;
-    let (status, _, message) = condition(&refused, "Ready");
-    assert_eq!(status, "False");
-    assert!(
-        message.contains("LimitRange") && message.contains("retries"),
-        "the refusal is quoted: {message}"
-    );
-    let events: Api<Event> = Api::all(env.client());
-    wait_event(&events, "Tenant", &name, "LimitRange").await;
     env.cleanup().await;
 }
 
