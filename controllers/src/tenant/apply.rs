@@ -71,7 +71,7 @@ async fn ensure_cluster_policies(
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     for (policy, binding) in [
-        build::prevent_deletion_policy()?,
+        build::prevent_deletion_policy(),
         quota_guard_policy()?,
         admission::owner_namespaces_policy(operator)?,
     ] {
@@ -212,7 +212,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 continue;
             }
         }
-        let desired = with_quota_label(build::namespace(tenant, ns_name)?);
+        let desired = with_quota_label(build::namespace(tenant, ns_name));
         apply_if_changed(&ns_api, observed.as_ref(), &desired).await?;
         ready_namespaces.push(ns_name.clone());
     }
@@ -222,7 +222,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         if !ns.labels().contains_key(ORIGIN_LABEL) {
             newly_adopted.push(ns_name.clone());
         }
-        let desired = with_quota_label(build::adopted_namespace(tenant, &ns_name)?);
+        let desired = with_quota_label(build::adopted_namespace(tenant, &ns_name));
         apply_if_changed(&ns_api, Some(*ns), &desired).await?;
         ready_namespaces.push(ns_name);
     }
@@ -254,7 +254,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let role_api: Api<ClusterRole> = Api::all(client.clone());
     let role_binding_api: Api<ClusterRoleBinding> = Api::all(client.clone());
     let role_name = build::owner_cluster_role_name(&name);
-    match build::owner_cluster_role(tenant, limit > desired_names.len())? {
+    match build::owner_cluster_role(tenant, limit > desired_names.len()) {
         Some((role, binding)) => {
             apply_if_changed(
                 &role_api,
@@ -280,7 +280,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let policies = children(ctx, |c| &c.network_policies, &name).await?;
     let bindings = children(ctx, |c| &c.role_bindings, &name).await?;
     for ns_name in &ready_namespaces {
-        let lr = build::limit_range(tenant, ns_name)?;
+        let lr = build::limit_range(tenant, ns_name);
         let key = (ns_name.clone(), build::LIMIT_RANGE_NAME.to_string());
         apply_if_changed(
             &Api::namespaced(client.clone(), ns_name),
@@ -291,7 +291,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
 
         let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns_name);
         let key = (ns_name.clone(), build::NETWORK_POLICY_NAME.to_string());
-        match build::network_policy(tenant, ns_name)? {
+        match build::network_policy(tenant, ns_name) {
             Some(np) => {
                 apply_if_changed(&np_api, policies.get(&key), &np).await?;
             }
@@ -302,7 +302,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
 
         let rb_api: Api<RoleBinding> = Api::namespaced(client.clone(), ns_name);
-        let desired = build::role_bindings(tenant, ns_name)?;
+        let desired = build::role_bindings(tenant, ns_name);
         let wanted: BTreeSet<String> = desired.iter().map(|rb| rb.name_any()).collect();
         for rb in &desired {
             apply_if_changed(&rb_api, bindings.get(&(ns_name.clone(), rb.name_any())), rb).await?;

@@ -1,22 +1,34 @@
 //! Desired children of a Tenant, built from its spec alone (no client).
 
-use aleph_crds::keys::{ORIGIN_LABEL, TENANT_LABEL};
 use std::collections::BTreeMap;
+
+use aleph_crds::keys::{ORIGIN_LABEL, TENANT_LABEL};
 
 use aleph_crds::tenant::{
     ComplianceProfile, EgressMode, OwnerRole, SubjectKind, Tenant, TenantOwner,
 };
 use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicySpec, Validation,
 };
-use k8s_openapi::api::core::v1::{LimitRange, Namespace};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::api::core::v1::{LimitRange, LimitRangeItem, LimitRangeSpec, Namespace};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use serde_json::{Value, json};
 
 use crate::apply::{controller_ref, standard_labels};
-use crate::error::{Error, Result};
+
+/// The API group of RBAC's kinds.
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// Name of the per-namespace ResourceQuota.
 pub const QUOTA_NAME: &str = "aleph-tenant-quota";
@@ -48,16 +60,24 @@ pub fn tenant_labels(tenant: &str) -> BTreeMap<String, String> {
     labels
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
-    serde_json::from_value(value).map_err(|e| Error::Serialization(e.to_string()))
-}
-
 fn restricted(tenant: &Tenant) -> bool {
     tenant.spec.compliance != ComplianceProfile::None
 }
 
+/// The metadata of a child of `tenant`: its labels and, unless `namespace` is
+/// `None` for a cluster-wide child, its namespace; owned by the Tenant.
+fn owned_meta(tenant: &Tenant, name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespace.map(str::to_string),
+        labels: Some(tenant_labels(&tenant.name_any())),
+        owner_references: Some(controller_ref(tenant).into_iter().collect()),
+        ..ObjectMeta::default()
+    }
+}
+
 /// The namespace `name` of the tenant.
-pub fn namespace(tenant: &Tenant, name: &str) -> Result<Namespace> {
+pub fn namespace(tenant: &Tenant, name: &str) -> Namespace {
     let mut labels = tenant_labels(&tenant.name_any());
     if restricted(tenant) {
         for mode in ["enforce", "audit", "warn"] {
@@ -67,25 +87,47 @@ pub fn namespace(tenant: &Tenant, name: &str) -> Result<Namespace> {
             );
         }
     }
-    from_json(json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": { "name": name, "labels": labels },
-    }))
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
 }
 
 /// A namespace an owner created, as the Tenant adopts it.
-pub fn adopted_namespace(tenant: &Tenant, name: &str) -> Result<Namespace> {
-    let mut ns = namespace(tenant, name)?;
+pub fn adopted_namespace(tenant: &Tenant, name: &str) -> Namespace {
+    let mut ns = namespace(tenant, name);
     ns.labels_mut()
         .insert(ORIGIN_LABEL.to_string(), "owner".to_string());
-    Ok(ns)
+    ns
 }
 
 /// The name of the ClusterRole (and its binding) that lets the tenant's admin
 /// owners create and delete the tenant's namespaces.
 pub fn owner_cluster_role_name(tenant: &str) -> String {
     format!("aleph-tenant-{tenant}-owners")
+}
+
+fn rule(group: &str, resources: &[&str], names: &[&str], verbs: &[&str]) -> PolicyRule {
+    let strings = |items: &[&str]| items.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(strings(resources)),
+        resource_names: (!names.is_empty()).then(|| strings(names)),
+        verbs: strings(verbs),
+        ..PolicyRule::default()
+    }
+}
+
+fn cluster_role_ref(name: &str) -> RoleRef {
+    RoleRef {
+        api_group: RBAC_GROUP.to_string(),
+        kind: "ClusterRole".to_string(),
+        name: name.to_string(),
+    }
 }
 
 /// The ClusterRole and binding that let the tenant's admin owners create
@@ -96,9 +138,9 @@ pub fn owner_cluster_role_name(tenant: &str) -> String {
 pub fn owner_cluster_role(
     tenant: &Tenant,
     room: bool,
-) -> Result<Option<(ClusterRole, ClusterRoleBinding)>> {
+) -> Option<(ClusterRole, ClusterRoleBinding)> {
     let t = tenant.name_any();
-    let subjects: Vec<Value> = tenant
+    let subjects: Vec<Subject> = tenant
         .spec
         .owners
         .iter()
@@ -106,73 +148,54 @@ pub fn owner_cluster_role(
         .map(subject)
         .collect();
     if subjects.is_empty() || !room {
-        return Ok(None);
+        return None;
     }
     let name = owner_cluster_role_name(&t);
-    let meta = json!({
-        "name": name,
-        "labels": tenant_labels(&t),
-        "ownerReferences": controller_ref(tenant).into_iter().collect::<Vec<_>>(),
-    });
-    let role = from_json(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": meta,
-        "rules": [
-            { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["create", "delete"] },
-            { "apiGroups": ["aleph.dev"], "resources": [SELF_SERVICE_RESOURCE], "verbs": ["create"] },
-            { "apiGroups": ["aleph.dev"], "resources": ["tenants"], "resourceNames": [t], "verbs": ["get", OWN_VERB] },
-        ],
-    }))?;
-    let binding = from_json(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": meta,
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name },
-        "subjects": subjects,
-    }))?;
-    Ok(Some((role, binding)))
-}
-
-fn owned_meta(tenant: &Tenant, name: &str, namespace: &str) -> Value {
-    json!({
-        "name": name,
-        "namespace": namespace,
-        "labels": tenant_labels(&tenant.name_any()),
-        "ownerReferences": controller_ref(tenant).into_iter().collect::<Vec<_>>(),
-    })
+    let meta = owned_meta(tenant, &name, None);
+    let role = ClusterRole {
+        metadata: meta.clone(),
+        rules: Some(vec![
+            rule("", &["namespaces"], &[], &["create", "delete"]),
+            rule("aleph.dev", &[SELF_SERVICE_RESOURCE], &[], &["create"]),
+            rule("aleph.dev", &["tenants"], &[&t], &["get", OWN_VERB]),
+        ]),
+        ..ClusterRole::default()
+    };
+    let binding = ClusterRoleBinding {
+        metadata: meta,
+        role_ref: cluster_role_ref(&name),
+        subjects: Some(subjects),
+    };
+    Some((role, binding))
 }
 
 /// Default container requests and limits. Requests are always defaulted,
 /// because a namespace with a CPU or memory quota refuses pods without them.
-pub fn limit_range(tenant: &Tenant, namespace: &str) -> Result<LimitRange> {
+pub fn limit_range(tenant: &Tenant, namespace: &str) -> LimitRange {
     let lr = tenant.spec.limit_range.clone().unwrap_or_default();
-    let q = |v: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>, d: &str| {
-        v.map(|q| q.0).unwrap_or_else(|| d.to_string())
-    };
-    let mut item = json!({
-        "type": "Container",
-        "defaultRequest": {
-            "cpu": q(lr.default_cpu_request, "100m"),
-            "memory": q(lr.default_memory_request, "128Mi"),
-        },
-    });
-    let mut limits = serde_json::Map::new();
-    if let Some(cpu) = lr.default_cpu_limit {
-        limits.insert("cpu".into(), json!(cpu.0));
+    let or = |v: Option<Quantity>, d: &str| v.unwrap_or_else(|| Quantity(d.to_string()));
+    let default_request = BTreeMap::from([
+        ("cpu".to_string(), or(lr.default_cpu_request, "100m")),
+        ("memory".to_string(), or(lr.default_memory_request, "128Mi")),
+    ]);
+    let limits: BTreeMap<String, Quantity> = [
+        ("cpu", lr.default_cpu_limit),
+        ("memory", lr.default_memory_limit),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|q| (k.to_string(), q)))
+    .collect();
+    LimitRange {
+        metadata: owned_meta(tenant, LIMIT_RANGE_NAME, Some(namespace)),
+        spec: Some(LimitRangeSpec {
+            limits: vec![LimitRangeItem {
+                type_: "Container".to_string(),
+                default_request: Some(default_request),
+                default: (!limits.is_empty()).then_some(limits),
+                ..LimitRangeItem::default()
+            }],
+        }),
     }
-    if let Some(memory) = lr.default_memory_limit {
-        limits.insert("memory".into(), json!(memory.0));
-    }
-    if !limits.is_empty() {
-        item["default"] = Value::Object(limits);
-    }
-    from_json(json!({
-        "apiVersion": "v1",
-        "kind": "LimitRange",
-        "metadata": owned_meta(tenant, LIMIT_RANGE_NAME, namespace),
-        "spec": { "limits": [item] },
-    }))
 }
 
 /// Whether egress is restricted: by the spec or by a compliance profile.
@@ -180,67 +203,105 @@ pub fn egress_restricted(tenant: &Tenant) -> bool {
     tenant.spec.network.egress == EgressMode::Restricted || restricted(tenant)
 }
 
+fn namespaces_labelled(labels: BTreeMap<String, String>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(labels),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn ports(protocol: &str, numbers: impl IntoIterator<Item = i32>) -> Vec<NetworkPolicyPort> {
+    numbers
+        .into_iter()
+        .map(|port| NetworkPolicyPort {
+            protocol: Some(protocol.to_string()),
+            port: Some(IntOrString::Int(port)),
+            ..NetworkPolicyPort::default()
+        })
+        .collect()
+}
+
 /// Ingress from the tenant and platform namespaces; egress restricted when asked.
-pub fn network_policy(tenant: &Tenant, namespace: &str) -> Result<Option<NetworkPolicy>> {
+pub fn network_policy(tenant: &Tenant, namespace: &str) -> Option<NetworkPolicy> {
     let net = &tenant.spec.network;
     let restricted_egress = egress_restricted(tenant);
     if !net.isolated && !restricted_egress {
-        return Ok(None);
+        return None;
     }
-    let same_tenant =
-        json!({ "namespaceSelector": { "matchLabels": { TENANT_LABEL: tenant.name_any() } } });
-    let mut spec = json!({ "podSelector": {} });
+    let same_tenant = namespaces_labelled(BTreeMap::from([(
+        TENANT_LABEL.to_string(),
+        tenant.name_any(),
+    )]));
+    let mut spec = NetworkPolicySpec {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicySpec::default()
+    };
     let mut policy_types = Vec::new();
     if net.isolated {
         let mut from = vec![same_tenant.clone()];
         if !net.platform_namespace_labels.is_empty() {
-            from.push(
-                json!({ "namespaceSelector": { "matchLabels": net.platform_namespace_labels } }),
-            );
+            from.push(namespaces_labelled(net.platform_namespace_labels.clone()));
         }
-        policy_types.push("Ingress");
-        spec["ingress"] = json!([{ "from": from }]);
+        policy_types.push("Ingress".to_string());
+        spec.ingress = Some(vec![NetworkPolicyIngressRule {
+            from: Some(from),
+            ports: None,
+        }]);
     }
     if restricted_egress {
+        let mut dns = ports("UDP", [53]);
+        dns.extend(ports("TCP", [53]));
         let mut rules = vec![
-            json!({ "ports": [{ "protocol": "UDP", "port": 53 }, { "protocol": "TCP", "port": 53 }] }),
-            json!({ "to": [same_tenant] }),
+            NetworkPolicyEgressRule {
+                ports: Some(dns),
+                to: None,
+            },
+            NetworkPolicyEgressRule {
+                ports: None,
+                to: Some(vec![same_tenant]),
+            },
         ];
         for dest in &net.allowed_egress {
-            let mut rule = json!({ "to": [{ "ipBlock": { "cidr": dest.cidr } }] });
-            if !dest.ports.is_empty() {
-                rule["ports"] = dest
-                    .ports
-                    .iter()
-                    .map(|p| json!({ "protocol": "TCP", "port": p.0 }))
-                    .collect();
-            }
-            rules.push(rule);
+            rules.push(NetworkPolicyEgressRule {
+                to: Some(vec![NetworkPolicyPeer {
+                    ip_block: Some(IPBlock {
+                        cidr: dest.cidr.clone(),
+                        except: None,
+                    }),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: (!dest.ports.is_empty())
+                    .then(|| ports("TCP", dest.ports.iter().map(|p| p.0))),
+            });
         }
-        policy_types.push("Egress");
-        spec["egress"] = Value::Array(rules);
+        policy_types.push("Egress".to_string());
+        spec.egress = Some(rules);
     }
-    spec["policyTypes"] = json!(policy_types);
-    from_json(json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": owned_meta(tenant, NETWORK_POLICY_NAME, namespace),
-        "spec": spec,
-    }))
-    .map(Some)
+    spec.policy_types = Some(policy_types);
+    Some(NetworkPolicy {
+        metadata: owned_meta(tenant, NETWORK_POLICY_NAME, Some(namespace)),
+        spec: Some(spec),
+    })
 }
 
-fn subject(owner: &TenantOwner) -> Value {
-    match owner.kind {
-        SubjectKind::User => {
-            json!({ "kind": "User", "name": owner.name, "apiGroup": "rbac.authorization.k8s.io" })
-        }
-        SubjectKind::Group => {
-            json!({ "kind": "Group", "name": owner.name, "apiGroup": "rbac.authorization.k8s.io" })
-        }
-        SubjectKind::ServiceAccount => {
-            json!({ "kind": "ServiceAccount", "name": owner.name, "namespace": owner.namespace.clone().unwrap_or_default() })
-        }
+fn subject(owner: &TenantOwner) -> Subject {
+    let (kind, api_group, namespace) = match owner.kind {
+        SubjectKind::User => ("User", Some(RBAC_GROUP.to_string()), None),
+        SubjectKind::Group => ("Group", Some(RBAC_GROUP.to_string()), None),
+        SubjectKind::ServiceAccount => (
+            "ServiceAccount",
+            None,
+            Some(owner.namespace.clone().unwrap_or_default()),
+        ),
+    };
+    Subject {
+        kind: kind.to_string(),
+        name: owner.name.clone(),
+        api_group,
+        namespace,
     }
 }
 
@@ -253,10 +314,15 @@ fn role_name(role: OwnerRole) -> &'static str {
 }
 
 /// One RoleBinding per owner role in use, plus the additional bindings.
-pub fn role_bindings(tenant: &Tenant, namespace: &str) -> Result<Vec<RoleBinding>> {
+pub fn role_bindings(tenant: &Tenant, namespace: &str) -> Vec<RoleBinding> {
+    let binding = |name: String, cluster_role: &str, subjects: Vec<Subject>| RoleBinding {
+        metadata: owned_meta(tenant, &name, Some(namespace)),
+        role_ref: cluster_role_ref(cluster_role),
+        subjects: Some(subjects),
+    };
     let mut out = Vec::new();
     for role in [OwnerRole::Admin, OwnerRole::Edit, OwnerRole::View] {
-        let subjects: Vec<Value> = tenant
+        let subjects: Vec<Subject> = tenant
             .spec
             .owners
             .iter()
@@ -267,54 +333,62 @@ pub fn role_bindings(tenant: &Tenant, namespace: &str) -> Result<Vec<RoleBinding
             continue;
         }
         let cluster_role = role_name(role);
-        out.push(from_json(json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": owned_meta(tenant, &format!("aleph-owners-{cluster_role}"), namespace),
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role },
-            "subjects": subjects,
-        }))?);
+        out.push(binding(
+            format!("aleph-owners-{cluster_role}"),
+            cluster_role,
+            subjects,
+        ));
     }
     for (i, extra) in tenant.spec.additional_role_bindings.iter().enumerate() {
-        out.push(from_json(json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": owned_meta(tenant, &format!("aleph-extra-{i}"), namespace),
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": extra.cluster_role },
-            "subjects": extra.subjects.iter().map(subject).collect::<Vec<_>>(),
-        }))?);
+        out.push(binding(
+            format!("aleph-extra-{i}"),
+            &extra.cluster_role,
+            extra.subjects.iter().map(subject).collect(),
+        ));
     }
-    Ok(out)
+    out
 }
 
 /// The cluster-wide policy refusing to delete a Tenant whose spec sets `preventDeletion`.
-pub fn prevent_deletion_policy()
--> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
-    let labels = standard_labels("tenant", "all");
-    let meta = json!({ "name": PREVENT_DELETION_POLICY, "labels": labels });
-    let policy = from_json(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": meta,
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [{ "apiGroups": ["aleph.dev"], "apiVersions": ["*"], "operations": ["DELETE"], "resources": ["tenants"] }],
-            },
-            "validations": [{
-                "expression": "!has(oldObject.spec.preventDeletion) || oldObject.spec.preventDeletion == false",
-                "messageExpression": "'tenant ' + oldObject.metadata.name + ' has spec.preventDeletion: true; set it to false before deleting the tenant'",
-                "reason": "Forbidden",
-            }],
-        },
-    }))?;
-    let binding = from_json(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": meta,
-        "spec": { "policyName": PREVENT_DELETION_POLICY, "validationActions": ["Deny"] },
-    }))?;
-    Ok((policy, binding))
+pub fn prevent_deletion_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let metadata = ObjectMeta {
+        name: Some(PREVENT_DELETION_POLICY.to_string()),
+        labels: Some(standard_labels("tenant", "all")),
+        ..ObjectMeta::default()
+    };
+    let policy = ValidatingAdmissionPolicy {
+        metadata: metadata.clone(),
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".to_string()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![NamedRuleWithOperations {
+                    api_groups: Some(vec!["aleph.dev".to_string()]),
+                    api_versions: Some(vec!["*".to_string()]),
+                    operations: Some(vec!["DELETE".to_string()]),
+                    resources: Some(vec!["tenants".to_string()]),
+                    ..NamedRuleWithOperations::default()
+                }]),
+                ..MatchResources::default()
+            }),
+            validations: Some(vec![Validation {
+                expression: "!has(oldObject.spec.preventDeletion) || oldObject.spec.preventDeletion == false".to_string(),
+                message_expression: Some("'tenant ' + oldObject.metadata.name + ' has spec.preventDeletion: true; set it to false before deleting the tenant'".to_string()),
+                reason: Some("Forbidden".to_string()),
+                ..Validation::default()
+            }]),
+            ..ValidatingAdmissionPolicySpec::default()
+        }),
+        ..ValidatingAdmissionPolicy::default()
+    };
+    let binding = ValidatingAdmissionPolicyBinding {
+        metadata,
+        spec: Some(ValidatingAdmissionPolicyBindingSpec {
+            policy_name: Some(PREVENT_DELETION_POLICY.to_string()),
+            validation_actions: Some(vec!["Deny".to_string()]),
+            ..ValidatingAdmissionPolicyBindingSpec::default()
+        }),
+    };
+    (policy, binding)
 }
 
 #[cfg(test)]
@@ -347,7 +421,7 @@ spec:
     #[test]
     fn owners_are_grouped_by_role() {
         let t = tenant(ACME);
-        let rbs = role_bindings(&t, "acme-research").expect("builds");
+        let rbs = role_bindings(&t, "acme-research");
         assert_eq!(rbs.len(), 2);
         let admin = &rbs[0];
         assert_eq!(admin.role_ref.name, "admin");
@@ -361,7 +435,7 @@ spec:
     #[test]
     fn compliance_restricts_pods_and_egress() {
         let t = tenant(ACME);
-        let ns = namespace(&t, "acme-research").expect("builds");
+        let ns = namespace(&t, "acme-research");
         let labels = ns.metadata.labels.unwrap_or_default();
         assert_eq!(
             labels
@@ -370,9 +444,7 @@ spec:
             Some("restricted")
         );
         assert_eq!(labels.get(TENANT_LABEL).map(String::as_str), Some("acme"));
-        let np = network_policy(&t, "acme-research")
-            .expect("builds")
-            .expect("isolated");
+        let np = network_policy(&t, "acme-research").expect("isolated");
         let types = np.spec.and_then(|s| s.policy_types).unwrap_or_default();
         assert_eq!(types, vec!["Ingress".to_string(), "Egress".to_string()]);
     }
@@ -380,7 +452,7 @@ spec:
     #[test]
     fn limit_range_always_defaults_requests() {
         let t = tenant(ACME);
-        let lr = limit_range(&t, "acme-research").expect("builds");
+        let lr = limit_range(&t, "acme-research");
         let item = &lr.spec.expect("spec").limits[0];
         assert!(
             item.default_request

@@ -79,7 +79,7 @@ async fn floor_one(
     let namespaces: Api<Namespace> = Api::all(client.clone());
     post(
         &namespaces,
-        &floor_owned(build::namespace(tenant, &ns_name)?, labels),
+        &floor_owned(build::namespace(tenant, &ns_name), labels),
     )
     .await?;
 
@@ -98,17 +98,17 @@ async fn floor_one(
     post(&Api::namespaced(client.clone(), &ns_name), &quota).await?;
     post(
         &Api::namespaced(client.clone(), &ns_name),
-        &floor_owned(build::limit_range(tenant, &ns_name)?, labels),
+        &floor_owned(build::limit_range(tenant, &ns_name), labels),
     )
     .await?;
-    if let Some(np) = build::network_policy(tenant, &ns_name)? {
+    if let Some(np) = build::network_policy(tenant, &ns_name) {
         post(
             &Api::namespaced(client.clone(), &ns_name),
             &floor_owned(np, labels),
         )
         .await?;
     }
-    for rb in build::role_bindings(tenant, &ns_name)? {
+    for rb in build::role_bindings(tenant, &ns_name) {
         post(
             &Api::namespaced(client.clone(), &ns_name),
             &floor_owned(rb, labels),
