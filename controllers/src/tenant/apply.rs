@@ -26,8 +26,8 @@ use serde_json::json;
 use super::build::{self, QUOTA_NAME};
 use super::rebalance::{demands, rebalance_quotas, recent_refusals};
 use super::{
-    DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, QUOTA_GUARD_POLICY, TenantState,
-    admission, children, list_labelled, quota, status, validate,
+    DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, TenantState, admission, children,
+    list_labelled, quota, status, validate,
 };
 use crate::apply::{MANAGER, apply_if_changed, delete_ignoring_missing, ignore_missing};
 use crate::context::Context;
@@ -72,7 +72,7 @@ async fn ensure_cluster_policies(
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     for (policy, binding) in [
         build::prevent_deletion_policy(),
-        quota_guard_policy()?,
+        build::quota_guard_policy(),
         admission::owner_namespaces_policy(operator)?,
     ] {
         let name = policy.name_any();
@@ -92,37 +92,6 @@ fn owner_created(ns: &Namespace) -> bool {
         || labels
             .get(crate::apply::MANAGED_BY)
             .is_none_or(|m| m != MANAGER)
-}
-
-fn quota_guard_policy() -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
-    let meta = json!({ "name": QUOTA_GUARD_POLICY, "labels": crate::apply::standard_labels("tenant", "all") });
-    let policy = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": meta,
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": { "resourceRules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"] }] },
-            "validations": [{
-                "expression": format!("has(namespaceObject.metadata.labels) && '{QUOTA_READY_LABEL}' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['{QUOTA_READY_LABEL}'] == 'ready'"),
-                "message": "the tenant quota of this namespace is not in place yet: retry in a few seconds",
-                "reason": "Forbidden",
-            }],
-        },
-    }))
-    .map_err(|e| Error::Serialization(e.to_string()))?;
-    let binding = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": meta,
-        "spec": {
-            "policyName": QUOTA_GUARD_POLICY,
-            "validationActions": ["Deny"],
-            "matchResources": { "namespaceSelector": { "matchExpressions": [{ "key": TENANT_LABEL, "operator": "Exists" }] } },
-        },
-    }))
-    .map_err(|e| Error::Serialization(e.to_string()))?;
-    Ok((policy, binding))
 }
 
 pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {

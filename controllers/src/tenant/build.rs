@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use aleph_crds::keys::{ORIGIN_LABEL, TENANT_LABEL};
+use aleph_crds::keys::{ORIGIN_LABEL, QUOTA_READY_LABEL, TENANT_LABEL};
 
 use aleph_crds::tenant::{
     ComplianceProfile, EgressMode, OwnerRole, SubjectKind, Tenant, TenantOwner,
@@ -21,7 +21,9 @@ use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
@@ -30,6 +32,8 @@ use crate::apply::{controller_ref, standard_labels};
 /// The API group of RBAC's kinds.
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
+/// The cluster-wide policy refusing pods in a tenant namespace without its quota.
+pub const QUOTA_GUARD_POLICY: &str = "aleph-tenant-quota-guard";
 /// Name of the per-namespace ResourceQuota.
 pub const QUOTA_NAME: &str = "aleph-tenant-quota";
 /// Name of the per-namespace LimitRange.
@@ -349,10 +353,33 @@ pub fn role_bindings(tenant: &Tenant, namespace: &str) -> Vec<RoleBinding> {
     out
 }
 
-/// The cluster-wide policy refusing to delete a Tenant whose spec sets `preventDeletion`.
-pub fn prevent_deletion_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+/// A rule of an admission policy: `operations` on `resources` of `group`.
+pub fn resource_rule(
+    group: &str,
+    version: &str,
+    operations: &[&str],
+    resources: &[&str],
+) -> NamedRuleWithOperations {
+    let strings = |items: &[&str]| Some(items.iter().map(|s| (*s).to_string()).collect());
+    NamedRuleWithOperations {
+        api_groups: Some(vec![group.to_string()]),
+        api_versions: Some(vec![version.to_string()]),
+        operations: strings(operations),
+        resources: strings(resources),
+        ..NamedRuleWithOperations::default()
+    }
+}
+
+/// One of the operator's cluster-wide admission policies, `Fail` on error,
+/// and its `Deny` binding, limited to `binding_resources` when given.
+pub fn cluster_policy(
+    name: &str,
+    rules: Vec<NamedRuleWithOperations>,
+    validations: Vec<Validation>,
+    binding_resources: Option<MatchResources>,
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     let metadata = ObjectMeta {
-        name: Some(PREVENT_DELETION_POLICY.to_string()),
+        name: Some(name.to_string()),
         labels: Some(standard_labels("tenant", "all")),
         ..ObjectMeta::default()
     };
@@ -361,21 +388,10 @@ pub fn prevent_deletion_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmiss
         spec: Some(ValidatingAdmissionPolicySpec {
             failure_policy: Some("Fail".to_string()),
             match_constraints: Some(MatchResources {
-                resource_rules: Some(vec![NamedRuleWithOperations {
-                    api_groups: Some(vec!["aleph.dev".to_string()]),
-                    api_versions: Some(vec!["*".to_string()]),
-                    operations: Some(vec!["DELETE".to_string()]),
-                    resources: Some(vec!["tenants".to_string()]),
-                    ..NamedRuleWithOperations::default()
-                }]),
+                resource_rules: Some(rules),
                 ..MatchResources::default()
             }),
-            validations: Some(vec![Validation {
-                expression: "!has(oldObject.spec.preventDeletion) || oldObject.spec.preventDeletion == false".to_string(),
-                message_expression: Some("'tenant ' + oldObject.metadata.name + ' has spec.preventDeletion: true; set it to false before deleting the tenant'".to_string()),
-                reason: Some("Forbidden".to_string()),
-                ..Validation::default()
-            }]),
+            validations: Some(validations),
             ..ValidatingAdmissionPolicySpec::default()
         }),
         ..ValidatingAdmissionPolicy::default()
@@ -383,12 +399,60 @@ pub fn prevent_deletion_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmiss
     let binding = ValidatingAdmissionPolicyBinding {
         metadata,
         spec: Some(ValidatingAdmissionPolicyBindingSpec {
-            policy_name: Some(PREVENT_DELETION_POLICY.to_string()),
+            policy_name: Some(name.to_string()),
             validation_actions: Some(vec!["Deny".to_string()]),
+            match_resources: binding_resources,
             ..ValidatingAdmissionPolicyBindingSpec::default()
         }),
     };
     (policy, binding)
+}
+
+/// The cluster-wide policy refusing to delete a Tenant whose spec sets `preventDeletion`.
+pub fn prevent_deletion_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    cluster_policy(
+        PREVENT_DELETION_POLICY,
+        vec![resource_rule("aleph.dev", "*", &["DELETE"], &["tenants"])],
+        vec![Validation {
+            expression: "!has(oldObject.spec.preventDeletion) || oldObject.spec.preventDeletion == false".to_string(),
+            message_expression: Some("'tenant ' + oldObject.metadata.name + ' has spec.preventDeletion: true; set it to false before deleting the tenant'".to_string()),
+            reason: Some("Forbidden".to_string()),
+            ..Validation::default()
+        }],
+        None,
+    )
+}
+
+/// The cluster-wide policy refusing pods in a tenant namespace until its
+/// ResourceQuota is in place (the namespace is labelled
+/// [`QUOTA_READY_LABEL`] then), so that no pod escapes the quota.
+pub fn quota_guard_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    cluster_policy(
+        QUOTA_GUARD_POLICY,
+        vec![resource_rule("", "v1", &["CREATE"], &["pods"])],
+        vec![Validation {
+            expression: format!(
+                "has(namespaceObject.metadata.labels) && '{QUOTA_READY_LABEL}' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['{QUOTA_READY_LABEL}'] == 'ready'"
+            ),
+            message: Some(
+                "the tenant quota of this namespace is not in place yet: retry in a few seconds"
+                    .to_string(),
+            ),
+            reason: Some("Forbidden".to_string()),
+            ..Validation::default()
+        }],
+        Some(MatchResources {
+            namespace_selector: Some(LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: TENANT_LABEL.to_string(),
+                    operator: "Exists".to_string(),
+                    values: None,
+                }]),
+                ..LabelSelector::default()
+            }),
+            ..MatchResources::default()
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -38,8 +38,6 @@ use crate::error::Result;
 use crate::runner::{Reconcile, Watch};
 use build::QUOTA_NAME;
 
-/// The policy refusing pods in tenant namespaces whose quota is not in place yet.
-pub const QUOTA_GUARD_POLICY: &str = "aleph-tenant-quota-guard";
 /// How long a refusal keeps asking for headroom while its ReplicaSet or Job
 /// still lacks pods. Those controllers retry a refused pod with a backoff that
 /// doubles from 5 ms up to 1000 s, so a demand must outlive the longest wait
