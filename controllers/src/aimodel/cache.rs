@@ -22,11 +22,15 @@ use std::collections::BTreeMap;
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::common::SecretRef;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EnvFromSource, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SecretEnvSource, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::runtime::OLLAMA_IMAGE;
@@ -85,7 +89,7 @@ pub fn user_ref(model: &AIModel) -> Option<OwnerReference> {
 /// A size that does not parse (the API server validates it first) counts as
 /// the default 50Gi. The values are written in the API server's canonical
 /// form, so what is applied compares equal to what is read back.
-pub fn download_resources(cache_size: &str) -> serde_json::Value {
+pub fn download_resources(cache_size: &str) -> ResourceRequirements {
     let bytes = parse_quantity(cache_size)
         .map(|milli| milli / 1000)
         .unwrap_or(50 * GI);
@@ -93,13 +97,20 @@ pub fn download_resources(cache_size: &str) -> serde_json::Value {
     // Whole mebibytes, so the quantity is canonical.
     let memory = (memory + MI - 1) / MI * MI;
     let cpu_milli = (bytes / GI * 10).clamp(100, 1000);
-    json!({
-        "requests": {
-            "cpu": format_quantity(cpu_milli),
-            "memory": display(MEMORY, memory * 1000),
-        },
-        "limits": { "memory": "4Gi" },
-    })
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(format_quantity(cpu_milli))),
+            (
+                "memory".to_string(),
+                Quantity(display(MEMORY, memory * 1000)),
+            ),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("4Gi".to_string()),
+        )])),
+        ..ResourceRequirements::default()
+    }
 }
 
 /// The container that puts the weights of `source` into [`TARGET_DIR`]: the
@@ -154,62 +165,84 @@ pub fn download_container(
     env.insert(1, ("TARGET", TARGET_DIR.to_string()));
     // The API server drops empty values: leave them out so that what is
     // applied compares equal to what is read back.
-    let env: Vec<serde_json::Value> = env
+    let env = env
         .into_iter()
-        .map(|(name, value)| {
-            if value.is_empty() {
-                json!({ "name": name })
-            } else {
-                json!({ "name": name, "value": value })
-            }
+        .map(|(name, value)| EnvVar {
+            name: name.to_string(),
+            value: (!value.is_empty()).then_some(value),
+            ..EnvVar::default()
         })
         .collect();
-    let mut container = json!({
-        "name": "download",
-        "image": image,
-        "env": env,
-        "volumeMounts": [{ "name": "model", "mountPath": TARGET_DIR }],
-        "resources": download_resources(cache_size),
-    });
-    match script {
-        Some(script) => container["command"] = json!(["sh", "-c", script]),
+    Ok(Container {
+        name: "download".to_string(),
+        image: Some(image),
+        env: Some(env),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "model".to_string(),
+            mount_path: TARGET_DIR.to_string(),
+            ..VolumeMount::default()
+        }]),
+        resources: Some(download_resources(cache_size)),
+        command: script
+            .as_ref()
+            .map(|script| vec!["sh".to_string(), "-c".to_string(), script.clone()]),
         // The downloader writes its one-line cause to /dev/termination-log; when
         // it dies before (killed for memory), the log's tail says what happened.
-        None => container["terminationMessagePolicy"] = json!("FallbackToLogsOnError"),
-    }
-    if let Some(secret) = credentials {
-        container["envFrom"] = json!([{ "secretRef": { "name": secret.name } }]);
-    }
-    serde_json::from_value(container).map_err(|e| Error::Serialization(e.to_string()))
+        termination_message_policy: script
+            .is_none()
+            .then(|| "FallbackToLogsOnError".to_string()),
+        env_from: credentials.map(|secret| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: secret.name.clone(),
+                    optional: None,
+                }),
+                ..EnvFromSource::default()
+            }]
+        }),
+        ..Container::default()
+    })
 }
 
 fn cache_labels(uri: &str) -> BTreeMap<String, String> {
     standard_labels("cache", &cache_hash(uri))
 }
 
-/// The cache claim of `uri` as `model` would make it.
-pub fn claim(model: &AIModel, uri: &str) -> Result<PersistentVolumeClaim> {
-    let cache = &model.spec.cache;
-    let mut spec = json!({
-        "accessModes": ["ReadWriteMany"],
-        "resources": { "requests": { "storage": cache.size } },
-    });
-    if let Some(class) = &cache.storage_class_name {
-        spec["storageClassName"] = json!(class);
+/// The metadata of a cache's claim and Job: shared by the models that use
+/// it, each one an owner.
+fn cache_meta(model: &AIModel, uri: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(cache_name(uri)),
+        namespace: model.namespace(),
+        labels: Some(cache_labels(uri)),
+        annotations: Some(BTreeMap::from([(
+            CACHE_SOURCE_ANNOTATION.to_string(),
+            uri.to_string(),
+        )])),
+        owner_references: Some(user_ref(model).into_iter().collect()),
+        ..ObjectMeta::default()
     }
-    serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {
-            "name": cache_name(uri),
-            "namespace": model.namespace(),
-            "labels": cache_labels(uri),
-            "annotations": { CACHE_SOURCE_ANNOTATION: uri },
-            "ownerReferences": user_ref(model).into_iter().collect::<Vec<_>>(),
-        },
-        "spec": spec,
-    }))
-    .map_err(|e| Error::Serialization(e.to_string()))
+}
+
+/// The cache claim of `uri` as `model` would make it.
+pub fn claim(model: &AIModel, uri: &str) -> PersistentVolumeClaim {
+    let cache = &model.spec.cache;
+    PersistentVolumeClaim {
+        metadata: cache_meta(model, uri),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteMany".to_string()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    cache.size.clone(),
+                )])),
+                limits: None,
+            }),
+            storage_class_name: cache.storage_class_name.clone(),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
 }
 
 /// The download Job of `uri` as `model` would make it; `image` downloads
@@ -233,36 +266,38 @@ pub fn job(model: &AIModel, uri: &str, source: &Source, image: &str) -> Result<J
                 .and_then(|s| s.credentials_secret.as_ref())
         });
     let container = download_container(source, uri, credentials, image, &cache.size.0)?;
-    serde_json::from_value(json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": model.namespace(),
-            "labels": cache_labels(uri),
-            "annotations": { CACHE_SOURCE_ANNOTATION: uri },
-            "ownerReferences": user_ref(model).into_iter().collect::<Vec<_>>(),
-        },
-        "spec": {
-            "backoffLimit": DOWNLOAD_RETRIES,
-            "activeDeadlineSeconds": cache.download_timeout_seconds,
-            "template": {
-                "metadata": {
-                    "labels": cache_labels(uri),
-                    "annotations": cache.pod_annotations,
-                },
-                "spec": {
-                    "restartPolicy": "Never",
-                    "enableServiceLinks": false,
+    Ok(Job {
+        metadata: cache_meta(model, uri),
+        spec: Some(JobSpec {
+            backoff_limit: Some(DOWNLOAD_RETRIES),
+            active_deadline_seconds: Some(cache.download_timeout_seconds),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(cache_labels(uri)),
+                    annotations: Some(cache.pod_annotations.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_string()),
+                    enable_service_links: Some(false),
                     // The identity that reads the source (IRSA, workload identity).
-                    "serviceAccountName": model.spec.service_account_name,
-                    "containers": [container],
-                    "volumes": [{ "name": "model", "persistentVolumeClaim": { "claimName": name } }],
-                },
+                    service_account_name: model.spec.service_account_name.clone(),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "model".to_string(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: name,
+                            read_only: None,
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
             },
-        },
-    }))
-    .map_err(|e| Error::Serialization(e.to_string()))
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    })
 }
 
 /// Where a cache stands.
@@ -440,22 +475,15 @@ pub fn state(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
     fn download_requests_follow_the_cache_size_within_bounds() {
         let requests = |size: &str| {
-            let r = download_resources(size);
-            (
-                r["requests"]["cpu"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                r["requests"]["memory"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
+            let r = download_resources(size).requests.unwrap_or_default();
+            (r["cpu"].0.clone(), r["memory"].0.clone())
         };
         assert_eq!(requests("50Gi"), ("500m".into(), "800Mi".into()));
         assert_eq!(requests("1Gi"), ("100m".into(), "256Mi".into()));
@@ -464,7 +492,10 @@ mod tests {
         // Not whole mebibytes: rounded up to them.
         assert_eq!(requests("20G"), ("180m".into(), "299Mi".into()));
         assert_eq!(requests("not a size"), requests("50Gi"));
-        assert_eq!(download_resources("1Gi")["limits"]["memory"], "4Gi");
+        assert_eq!(
+            download_resources("1Gi").limits.unwrap_or_default()["memory"].0,
+            "4Gi"
+        );
     }
 
     #[test]

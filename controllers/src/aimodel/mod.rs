@@ -608,7 +608,7 @@ async fn ensure_cache(
     let name = cache::cache_name(&track.uri);
     let claim = match claims.get_opt(&name).await? {
         Some(claim) => add_user(&claims, claim, model).await?,
-        None => create_or_join(&claims, &cache::claim(model, &track.uri)?, model).await?,
+        None => create_or_join(&claims, &cache::claim(model, &track.uri), model).await?,
     };
     let mut job = match jobs.get_opt(&name).await? {
         Some(job) => Some(add_user(&jobs, job, model).await?),
