@@ -51,7 +51,7 @@ pub fn tenant_labels(tenant: &str) -> BTreeMap<String, String> {
     labels
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
     serde_json::from_value(value).map_err(|e| Error::Serialization(e.to_string()))
 }
 
@@ -295,27 +295,43 @@ pub fn prevent_deletion_policy()
 -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
     let labels = standard_labels("tenant", "all");
     let meta = json!({ "name": PREVENT_DELETION_POLICY, "labels": labels });
+    let spec = json!({
+        "failurePolicy": "Fail",
+        "matchConstraints": {
+            "resourceRules": [{ "apiGroups": ["aleph.dev"], "apiVersions": ["*"], "operations": ["DELETE"], "resources": ["tenants"] }],
+        },
+        "validations": [{
+            "expression": "!has(oldObject.spec.preventDeletion) || oldObject.spec.preventDeletion == false",
+            "messageExpression": "'tenant ' + oldObject.metadata.name + ' has spec.preventDeletion: true; set it to false before deleting the tenant'",
+            "reason": "Forbidden",
+        }],
+    });
+    policy_with_binding(meta, spec, None)
+}
+
+/// A ValidatingAdmissionPolicy of `meta` and `spec`, and its binding (of the
+/// same metadata) denying what the policy refuses in the namespaces
+/// `match_resources` selects (everywhere when None).
+pub(super) fn policy_with_binding(
+    meta: Value,
+    spec: Value,
+    match_resources: Option<Value>,
+) -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+    let mut binding_spec = json!({ "policyName": meta["name"], "validationActions": ["Deny"] });
+    if let Some(match_resources) = match_resources {
+        binding_spec["matchResources"] = match_resources;
+    }
     let policy = from_json(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
         "metadata": meta,
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [{ "apiGroups": ["aleph.dev"], "apiVersions": ["*"], "operations": ["DELETE"], "resources": ["tenants"] }],
-            },
-            "validations": [{
-                "expression": "!has(oldObject.spec.preventDeletion) || oldObject.spec.preventDeletion == false",
-                "messageExpression": "'tenant ' + oldObject.metadata.name + ' has spec.preventDeletion: true; set it to false before deleting the tenant'",
-                "reason": "Forbidden",
-            }],
-        },
+        "spec": spec,
     }))?;
     let binding = from_json(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
         "metadata": meta,
-        "spec": { "policyName": PREVENT_DELETION_POLICY, "validationActions": ["Deny"] },
+        "spec": binding_spec,
     }))?;
     Ok((policy, binding))
 }
@@ -323,12 +339,7 @@ pub fn prevent_deletion_policy()
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tenant(yaml: &str) -> Tenant {
-        let mut t: Tenant = serde_saphyr::from_str(yaml).expect("fixture parses");
-        t.metadata.uid = Some("uid-1".into());
-        t
-    }
+    use crate::tenant::tenant_from_yaml as tenant;
 
     const ACME: &str = r#"
 apiVersion: aleph.dev/v1alpha1
