@@ -21,9 +21,7 @@
 //! constraint, a new Service type), so objects made before a rule existed can
 //! still be labelled, scaled, finalized and deleted.
 
-use aleph_crds::keys::{GPU_PRODUCT_LABEL, TENANT_LABEL};
-use std::collections::{BTreeMap, BTreeSet};
-
+use aleph_crds::keys::TENANT_LABEL;
 use aleph_crds::tenant::{ComplianceProfile, Tenant};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -31,9 +29,44 @@ use k8s_openapi::api::admissionregistration::v1::{
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use super::build::{egress_restricted, tenant_labels};
+use super::build::tenant_labels;
+use super::cel::{
+    PodSpecCel, cel_list, exemptions, host_allowed, lit, network_policy_within,
+    owner_namespace_rules, pod_rules,
+};
 use crate::apply::{MANAGED_BY, MANAGER, controller_ref};
 use crate::error::{Error, Result};
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| Error::Serialization(e.to_string()))
+}
+
+/// A ValidatingAdmissionPolicy of `meta` and `spec`, and its binding (of the
+/// same metadata) denying what the policy refuses in the namespaces
+/// `match_resources` selects (everywhere when None).
+fn policy_with_binding(
+    meta: Value,
+    spec: Value,
+    match_resources: Option<Value>,
+) -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+    let mut binding_spec = json!({ "policyName": meta["name"], "validationActions": ["Deny"] });
+    if let Some(match_resources) = match_resources {
+        binding_spec["matchResources"] = match_resources;
+    }
+    let policy = from_json(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": meta,
+        "spec": spec,
+    }))?;
+    let binding = from_json(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": meta,
+        "spec": binding_spec,
+    }))?;
+    Ok((policy, binding))
+}
 
 /// The name of the tenant's policy (and binding) that holds for everyone.
 pub fn admission_policy_name(tenant: &str) -> String {
@@ -43,185 +76,6 @@ pub fn admission_policy_name(tenant: &str) -> String {
 /// The name of the tenant's policy (and binding) that holds for its users.
 pub fn owner_policy_name(tenant: &str) -> String {
     format!("aleph-tenant-{tenant}-owners")
-}
-
-/// A CEL string literal.
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// A CEL list of string literals.
-fn cel_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| lit(s)).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
-    serde_json::from_value(value).map_err(|e| Error::Serialization(e.to_string()))
-}
-
-/// CEL over one pod spec (`s`) and, on UPDATE, the spec it replaces (`old`).
-struct PodSpecCel {
-    s: &'static str,
-    old: &'static str,
-}
-
-impl PodSpecCel {
-    /// Every image of the spec: containers, init containers, ephemeral containers.
-    fn images(spec: &str) -> String {
-        format!(
-            "({spec}.containers.map(c, c.image) \
-             + (has({spec}.initContainers) ? {spec}.initContainers.map(c, c.image) : []) \
-             + (has({spec}.ephemeralContainers) ? {spec}.ephemeralContainers.map(c, c.image) : []))"
-        )
-    }
-
-    /// The images an UPDATE adds (all of them on CREATE).
-    fn new_images(&self) -> String {
-        format!(
-            "{}.filter(i, request.operation != 'UPDATE' || !({}.exists(o, o == i)))",
-            Self::images(self.s),
-            Self::images(self.old)
-        )
-    }
-
-    /// Whether an UPDATE leaves `field` of the spec as it was.
-    fn unchanged(&self, field: &str) -> String {
-        let (s, old) = (self.s, self.old);
-        format!(
-            "(request.operation == 'UPDATE' && has({old}.{field}) == has({s}.{field}) \
-             && (!has({s}.{field}) || {old}.{field} == {s}.{field}))"
-        )
-    }
-
-    fn scheduling_unchanged(&self) -> String {
-        format!(
-            "({} && {})",
-            self.unchanged("nodeSelector"),
-            self.unchanged("affinity")
-        )
-    }
-
-    /// Whether a container or init container asks for GPUs.
-    fn requests_gpus(&self) -> String {
-        let s = self.s;
-        let asks = |field: &str| {
-            format!(
-                "(has(c.resources.{field}) && 'nvidia.com/gpu' in c.resources.{field} \
-                 && string(c.resources.{field}['nvidia.com/gpu']) != '0')"
-            )
-        };
-        format!(
-            "({s}.containers + (has({s}.initContainers) ? {s}.initContainers : []))\
-             .exists(c, has(c.resources) && ({} || {}))",
-            asks("requests"),
-            asks("limits")
-        )
-    }
-
-    /// Whether the spec can only land on nodes of the listed products.
-    fn pinned(&self, products: &str) -> String {
-        let s = self.s;
-        let p = lit(GPU_PRODUCT_LABEL);
-        let required =
-            format!("{s}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution");
-        format!(
-            "((has({s}.nodeSelector) && {p} in {s}.nodeSelector && {s}.nodeSelector[{p}] in {products}) \
-             || (has({s}.affinity) && has({s}.affinity.nodeAffinity) && has({required}) \
-                 && size({required}.nodeSelectorTerms) > 0 \
-                 && {required}.nodeSelectorTerms.all(t, has(t.matchExpressions) \
-                    && t.matchExpressions.exists(e, e.key == {p} && e.operator == 'In' \
-                       && has(e.values) && size(e.values) > 0 && e.values.all(v, v in {products})))))"
-        )
-    }
-
-    /// Whether the spec names a product outside the list (by selector or affinity).
-    fn names_other_product(&self, products: &str) -> String {
-        let s = self.s;
-        let p = lit(GPU_PRODUCT_LABEL);
-        let required =
-            format!("{s}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution");
-        format!(
-            "((has({s}.nodeSelector) && {p} in {s}.nodeSelector && !({s}.nodeSelector[{p}] in {products})) \
-             || (has({s}.affinity) && has({s}.affinity.nodeAffinity) && has({required}) \
-                 && {required}.nodeSelectorTerms.exists(t, has(t.matchExpressions) \
-                    && t.matchExpressions.exists(e, e.key == {p} && e.operator == 'In' \
-                       && has(e.values) && e.values.exists(v, !(v in {products}))))))"
-        )
-    }
-}
-
-/// The rules on one pod spec, each guarded by `guard` (which says the request
-/// carries such a spec). `what` names the object in messages (it goes inside
-/// a CEL string literal: no quotes).
-/// `operator_images` (the images the operator itself runs in tenant
-/// namespaces, such as the model cache's downloader) pass the registry rule.
-fn pod_rules(
-    tenant: &Tenant,
-    cel: &PodSpecCel,
-    guard: &str,
-    what: &str,
-    operator_images: &[String],
-) -> Vec<Value> {
-    let t = tenant.name_any();
-    let a = &tenant.spec.admission;
-    let mut rules = Vec::new();
-    if !a.allowed_registries.is_empty() {
-        let list = cel_list(&a.allowed_registries);
-        let own = cel_list(operator_images);
-        let new_images = cel.new_images();
-        rules.push(json!({
-            "expression": format!("!({guard}) || {new_images}.all(i, i in {own} || {list}.exists(r, i.startsWith(r)))"),
-            "messageExpression": format!(
-                "{} + {new_images}.filter(i, !(i in {own}) && !{list}.exists(r, i.startsWith(r)))[0] + {}",
-                lit(&format!("tenant {t} (rule: allowedRegistries): {what} image ")),
-                lit(&format!(" is not from an allowed registry ({})", a.allowed_registries.join(", ")))
-            ),
-            "reason": "Forbidden",
-        }));
-    }
-    if !a.allowed_runtime_classes.is_empty() {
-        let list = cel_list(&a.allowed_runtime_classes);
-        let s = cel.s;
-        rules.push(json!({
-            "expression": format!(
-                "!({guard}) || !has({s}.runtimeClassName) || {s}.runtimeClassName in {list} || {}",
-                cel.unchanged("runtimeClassName")
-            ),
-            "message": format!(
-                "tenant {t} (rule: allowedRuntimeClasses): {what} runtimeClassName must be one of {}",
-                a.allowed_runtime_classes.join(", ")
-            ),
-            "reason": "Forbidden",
-        }));
-    }
-    if !a.allowed_gpu_products.is_empty() {
-        let list = cel_list(&a.allowed_gpu_products);
-        let allowed = a.allowed_gpu_products.join(", ");
-        let unchanged = cel.scheduling_unchanged();
-        rules.push(json!({
-            "expression": format!("!({guard}) || !{} || {unchanged}", cel.names_other_product(&list)),
-            "message": format!(
-                "tenant {t} (rule: allowedGpuProducts): {what} selects a GPU product (nvidia.com/gpu.product) other than {allowed}"
-            ),
-            "reason": "Forbidden",
-        }));
-        rules.push(json!({
-            "expression": format!("!({guard}) || !{} || {} || {unchanged}", cel.requests_gpus(), cel.pinned(&list)),
-            "message": format!(
-                "tenant {t} (rule: allowedGpuProducts): {what} requests nvidia.com/gpu but is not pinned to an allowed GPU product: \
-                 set nodeSelector nvidia.com/gpu.product to one of {allowed}, or a required node affinity \
-                 (every nodeSelectorTerm with nvidia.com/gpu.product In values among {allowed})"
-            ),
-            "reason": "Forbidden",
-        }));
-    }
-    rules
-}
-
-/// Whether `host` (a CEL expression) is one of the allowed domains or under one.
-fn host_allowed(host: &str, domains: &str) -> String {
-    format!("{domains}.exists(d, {host} == d || {host}.endsWith('.' + d))")
 }
 
 /// The policy and binding that hold for everyone in the tenant's namespaces,
@@ -343,16 +197,6 @@ pub fn admission_policy(
     .map(Some)
 }
 
-/// Who is exempt from the owners' policy: the operator itself, cluster
-/// admins, and kube-system's controllers.
-fn exemptions(operator: &str) -> Value {
-    json!([
-        { "name": "not-the-operator", "expression": format!("request.userInfo.username != {}", lit(operator)) },
-        { "name": "not-a-cluster-admin", "expression": "!has(request.userInfo.groups) || !('system:masters' in request.userInfo.groups)" },
-        { "name": "not-a-kube-system-controller", "expression": "!request.userInfo.username.startsWith('system:serviceaccount:kube-system:') && request.userInfo.username != 'system:kube-controller-manager'" },
-    ])
-}
-
 /// Whether NetworkPolicies of the tenant are locked against widening.
 pub fn policies_locked(tenant: &Tenant) -> bool {
     tenant.spec.network.lock_policies || tenant.spec.compliance != ComplianceProfile::None
@@ -467,55 +311,6 @@ pub fn owner_policy(
     Ok((policy, binding))
 }
 
-/// The owners' rules on the tenant's namespaces themselves (the binding
-/// selects namespaces labelled with the tenant, so these see the namespaces
-/// an owner creates for the tenant): named with the tenant's prefix, within
-/// the namespace count, without the operator's labels; only those not in
-/// `spec.namespaces` may be deleted.
-fn owner_namespace_rules(t: &str, room: &NamespaceRoom) -> Vec<Value> {
-    let creating = "request.resource.resource != 'namespaces' || request.operation != 'CREATE'";
-    let reserved = format!(
-        "object.metadata.labels.all(k, !(k.startsWith('pod-security.kubernetes.io/') || k == {} \
-         || (k.startsWith('aleph.dev/') && k != {})))",
-        lit(crate::apply::MANAGED_BY),
-        lit(TENANT_LABEL)
-    );
-    vec![
-        json!({
-            "expression": format!("{creating} || object.metadata.name.startsWith({})", lit(&format!("{t}-"))),
-            "message": format!("tenant {t}: a namespace its owners create must be named {t}-<name>"),
-            "reason": "Forbidden",
-        }),
-        json!({
-            "expression": format!("{creating} || {} < {}", room.count, room.limit),
-            "message": format!(
-                "tenant {t} has {} of its {} namespaces (spec.quota.namespaces): delete one of those its owners created, or ask the platform team for more",
-                room.count, room.limit
-            ),
-            "reason": "Forbidden",
-        }),
-        json!({
-            "expression": format!("{creating} || {reserved}"),
-            "message": format!(
-                "tenant {t}: labels under aleph.dev/ (but aleph.dev/tenant), pod-security.kubernetes.io/ and {} are set by the operator, not on creation",
-                crate::apply::MANAGED_BY
-            ),
-            "reason": "Forbidden",
-        }),
-        json!({
-            "expression": format!(
-                "request.resource.resource != 'namespaces' || request.operation != 'DELETE' || !(oldObject.metadata.name in {})",
-                cel_list(&room.declared)
-            ),
-            "messageExpression": format!(
-                "'namespace ' + oldObject.metadata.name + {}",
-                lit(&format!(" is in the Tenant {t}'s spec.namespaces: the platform team removes it there"))
-            ),
-            "reason": "Forbidden",
-        }),
-    ]
-}
-
 /// The cluster-wide policy on namespaces created or deleted by users whose
 /// right to do so comes from a Tenant (they may `create` the
 /// `tenantnamespaces` marker): the namespace must be labelled with a tenant
@@ -538,43 +333,32 @@ pub fn owner_namespaces_policy(
             tl = lit(TENANT_LABEL),
         )
     };
-    let policy = from_json(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": meta,
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "DELETE"], "resources": ["namespaces"] }],
-            },
-            "matchConditions": [
-                { "name": "not-the-operator", "expression": format!("request.userInfo.username != {}", lit(operator)) },
-                { "name": "a-tenant-owner", "expression": format!("authorizer.group('aleph.dev').resource({}).check('create').allowed()", lit(SELF_SERVICE_RESOURCE)) },
-                { "name": "not-a-platform-admin", "expression": "!authorizer.group('aleph.dev').resource('tenants').check('update').allowed()" },
-            ],
-            "validations": [
-                {
-                    "expression": format!("request.operation != 'CREATE' || ({})", owns("object")),
-                    "message": format!(
-                        "a namespace a tenant owner creates must be labelled {TENANT_LABEL}: <tenant> with a tenant the user owns, and named <tenant>-<name>"
-                    ),
-                    "reason": "Forbidden",
-                },
-                {
-                    "expression": format!("request.operation != 'DELETE' || ({})", owns("oldObject")),
-                    "messageExpression": "'namespace ' + oldObject.metadata.name + ' does not belong to a tenant the user owns'",
-                    "reason": "Forbidden",
-                },
-            ],
+    let spec = json!({
+        "failurePolicy": "Fail",
+        "matchConstraints": {
+            "resourceRules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "DELETE"], "resources": ["namespaces"] }],
         },
-    }))?;
-    let binding = from_json(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": meta,
-        "spec": { "policyName": OWNER_NAMESPACES_POLICY, "validationActions": ["Deny"] },
-    }))?;
-    Ok((policy, binding))
+        "matchConditions": [
+            { "name": "not-the-operator", "expression": format!("request.userInfo.username != {}", lit(operator)) },
+            { "name": "a-tenant-owner", "expression": format!("authorizer.group('aleph.dev').resource({}).check('create').allowed()", lit(SELF_SERVICE_RESOURCE)) },
+            { "name": "not-a-platform-admin", "expression": "!authorizer.group('aleph.dev').resource('tenants').check('update').allowed()" },
+        ],
+        "validations": [
+            {
+                "expression": format!("request.operation != 'CREATE' || ({})", owns("object")),
+                "message": format!(
+                    "a namespace a tenant owner creates must be labelled {TENANT_LABEL}: <tenant> with a tenant the user owns, and named <tenant>-<name>"
+                ),
+                "reason": "Forbidden",
+            },
+            {
+                "expression": format!("request.operation != 'DELETE' || ({})", owns("oldObject")),
+                "messageExpression": "'namespace ' + oldObject.metadata.name + ' does not belong to a tenant the user owns'",
+                "reason": "Forbidden",
+            },
+        ],
+    });
+    policy_with_binding(meta, spec, None)
 }
 
 fn profile_name(profile: ComplianceProfile) -> &'static str {
@@ -584,91 +368,6 @@ fn profile_name(profile: ComplianceProfile) -> &'static str {
         ComplianceProfile::Sox => "sox",
         ComplianceProfile::Pci => "pci",
     }
-}
-
-/// CEL: the NetworkPolicy in `object` allows nothing beyond what the tenant's
-/// own isolation policy allows.
-fn network_policy_within(tenant: &Tenant) -> String {
-    let t = tenant.name_any();
-    let tenant_ns = format!(
-        "(has(p.namespaceSelector) && has(p.namespaceSelector.matchLabels) && {} in p.namespaceSelector.matchLabels && p.namespaceSelector.matchLabels[{}] == {})",
-        lit(TENANT_LABEL),
-        lit(TENANT_LABEL),
-        lit(&t)
-    );
-    let same_ns = "(has(p.podSelector) && !has(p.namespaceSelector) && !has(p.ipBlock))";
-    let platform = &tenant.spec.network.platform_namespace_labels;
-    let platform_ns = if platform.is_empty() {
-        "false".to_string()
-    } else {
-        let all: Vec<String> = platform
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{} in p.namespaceSelector.matchLabels && p.namespaceSelector.matchLabels[{}] == {}",
-                    lit(k),
-                    lit(k),
-                    lit(v)
-                )
-            })
-            .collect();
-        format!(
-            "(has(p.namespaceSelector) && has(p.namespaceSelector.matchLabels) && {})",
-            all.join(" && ")
-        )
-    };
-    // Each allowed block with its TCP ports (None: every port). A block listed
-    // twice allows the union of its entries.
-    let mut blocks: BTreeMap<String, Option<BTreeSet<i32>>> = BTreeMap::new();
-    if egress_restricted(tenant) {
-        for d in &tenant.spec.network.allowed_egress {
-            let ports = blocks
-                .entry(d.cidr.clone())
-                .or_insert_with(|| Some(BTreeSet::new()));
-            match (ports.as_mut(), d.ports.is_empty()) {
-                (_, true) => *ports = None,
-                (Some(set), false) => set.extend(d.ports.iter().map(|p| p.0)),
-                (None, false) => {}
-            }
-        }
-    }
-    let cidrs: Vec<String> = blocks.keys().cloned().collect();
-    let allowed_block = format!(
-        "(has(p.ipBlock) && !has(p.namespaceSelector) && !has(p.podSelector) && p.ipBlock.cidr in {})",
-        cel_list(&cidrs)
-    );
-    // A rule that reaches a block with listed ports opens only those: TCP,
-    // by number, no ranges.
-    let port_checks: Vec<String> = blocks
-        .iter()
-        .filter_map(|(cidr, ports)| {
-            let ports: Vec<String> = ports.as_ref()?.iter().map(i32::to_string).collect();
-            Some(format!(
-                "(p.ipBlock.cidr != {} || (has(r.ports) && size(r.ports) > 0 && r.ports.all(x, has(x.port) && !has(x.endPort) \
-                 && (!has(x.protocol) || x.protocol == 'TCP') && string(x.port) in {})))",
-                lit(cidr),
-                cel_list(&ports)
-            ))
-        })
-        .collect();
-    let block_ports = if port_checks.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " && r.to.all(p, !has(p.ipBlock) || ({}))",
-            port_checks.join(" && ")
-        )
-    };
-    let ingress_ok = format!(
-        "has(r.from) && size(r.from) > 0 && r.from.all(p, {same_ns} || {tenant_ns} || {platform_ns})"
-    );
-    let dns_only = "(has(r.ports) && size(r.ports) > 0 && r.ports.all(x, has(x.port) && string(x.port) == '53'))";
-    let egress_ok = format!(
-        "(has(r.to) && size(r.to) > 0 && r.to.all(p, {same_ns} || {tenant_ns} || {allowed_block}){block_ports}) || ((!has(r.to) || size(r.to) == 0) && {dns_only})"
-    );
-    format!(
-        "(!has(object.spec.ingress) || object.spec.ingress.all(r, {ingress_ok})) && (!has(object.spec.egress) || object.spec.egress.all(r, {egress_ok}))"
-    )
 }
 
 fn policy_and_binding(
@@ -692,283 +391,10 @@ fn policy_and_binding(
     if variables.as_array().is_some_and(|v| !v.is_empty()) {
         spec["variables"] = variables;
     }
-    let policy = from_json(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": meta,
-        "spec": spec,
-    }))?;
-    let binding = from_json(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": meta,
-        "spec": {
-            "policyName": name,
-            "validationActions": ["Deny"],
-            "matchResources": { "namespaceSelector": { "matchLabels": { TENANT_LABEL: t } } },
-        },
-    }))?;
-    Ok((policy, binding))
+    let tenant_namespaces = json!({ "namespaceSelector": { "matchLabels": { TENANT_LABEL: t } } });
+    policy_with_binding(meta, spec, Some(tenant_namespaces))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tenant(yaml: &str) -> Tenant {
-        let mut t: Tenant = serde_saphyr::from_str(yaml).expect("fixture parses");
-        t.metadata.uid = Some("uid-1".into());
-        t
-    }
-
-    const ACME: &str = r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: { name: acme }
-spec:
-  owners: [{ kind: User, name: alice, role: admin }]
-  namespaces: [research]
-  admission:
-    allowedRegistries: ["ghcr.io/acme/"]
-    allowedGpuProducts: ["NVIDIA-H100-80GB-HBM3"]
-    allowedDomains: ["acme.example.com"]
-  cordoned: true
-  compliance: hipaa
-"#;
-
-    fn messages(policy: &ValidatingAdmissionPolicy) -> Vec<String> {
-        policy
-            .spec
-            .as_ref()
-            .and_then(|s| s.validations.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.message.or(v.message_expression).unwrap_or_default())
-            .collect()
-    }
-
-    fn resources(policy: &ValidatingAdmissionPolicy) -> Vec<(String, Vec<String>)> {
-        policy
-            .spec
-            .as_ref()
-            .and_then(|s| s.match_constraints.as_ref())
-            .and_then(|m| m.resource_rules.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .flat_map(|r| {
-                let ops = r.operations.clone().unwrap_or_default();
-                r.resources
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(move |res| (res, ops.clone()))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn every_rule_names_itself_and_covers_every_path_to_a_pod() {
-        let t = tenant(ACME);
-        let own = ["aleph.local/model-cache:dev".to_string()];
-        let (policy, binding) = admission_policy(&t, &own).expect("builds").expect("rules");
-        let m = messages(&policy);
-        // cordoned, registries, GPU product, GPU pinning, NodePort, LoadBalancer,
-        // Ingress and HTTPRoute domains, hipaa's two KMS rules.
-        assert_eq!(m.len(), 10, "{m:#?}");
-        for rule in [
-            "cordoned",
-            "allowedRegistries",
-            "allowedGpuProducts",
-            "allowNodePorts",
-            "allowLoadBalancers",
-            "allowedDomains",
-            "compliance hipaa",
-        ] {
-            assert!(m.iter().any(|m| m.contains(rule)), "no rule {rule}: {m:#?}");
-        }
-        assert!(
-            m.iter()
-                .any(|m| m.contains("is not pinned") && m.contains("nodeSelector"))
-        );
-        let r = resources(&policy);
-        for res in [
-            "pods",
-            "pods/ephemeralcontainers",
-            "persistentvolumeclaims",
-            "services",
-            "ingresses",
-            "httproutes",
-        ] {
-            let ops = r
-                .iter()
-                .find(|(name, _)| name == res)
-                .map(|(_, o)| o.clone())
-                .unwrap_or_default();
-            assert!(
-                ops.contains(&"CREATE".to_string()) && ops.contains(&"UPDATE".to_string()),
-                "{res}: {ops:?}"
-            );
-        }
-        // Nobody is exempt from the rules on pods.
-        assert!(
-            policy
-                .spec
-                .as_ref()
-                .and_then(|s| s.match_conditions.as_ref())
-                .is_none()
-        );
-        assert_eq!(
-            binding.spec.and_then(|s| s.policy_name).as_deref(),
-            Some("aleph-tenant-acme")
-        );
-    }
-
-    #[test]
-    fn the_owners_policy_covers_templates_and_the_operators_objects_and_exempts_the_operator() {
-        let t = tenant(ACME);
-        let (policy, _) = owner_policy(
-            &t,
-            "system:serviceaccount:aleph-system:aleph-operator",
-            &[],
-            &NamespaceRoom::default(),
-        )
-        .expect("builds");
-        let r = resources(&policy);
-        for res in [
-            "deployments",
-            "statefulsets",
-            "daemonsets",
-            "jobs",
-            "cronjobs",
-            "networkpolicies",
-            "rolebindings",
-        ] {
-            assert!(r.iter().any(|(name, _)| name == res), "{res} missing");
-        }
-        let np = r
-            .iter()
-            .find(|(n, _)| n == "networkpolicies")
-            .map(|(_, o)| o.clone())
-            .unwrap_or_default();
-        assert!(np.contains(&"DELETE".to_string()));
-        let m = messages(&policy);
-        assert!(
-            m.iter()
-                .any(|m| m.contains("compliance hipaa") && m.contains("NetworkPolicy")),
-            "{m:#?}"
-        );
-        assert!(m.iter().any(|m| m.contains("made by the operator")));
-        let conditions = policy
-            .spec
-            .and_then(|s| s.match_conditions)
-            .unwrap_or_default();
-        let exempt: Vec<&str> = conditions.iter().map(|c| c.expression.as_str()).collect();
-        assert!(
-            exempt
-                .iter()
-                .any(|e| e.contains("'system:serviceaccount:aleph-system:aleph-operator'")),
-            "{exempt:?}"
-        );
-        assert!(exempt.iter().any(|e| e.contains("system:masters")));
-    }
-
-    #[test]
-    fn policies_are_unlocked_only_without_compliance_or_lock() {
-        let mut t = tenant(ACME);
-        assert!(policies_locked(&t));
-        t.spec.compliance = ComplianceProfile::None;
-        assert!(!policies_locked(&t));
-        let (policy, _) = owner_policy(&t, "op", &[], &NamespaceRoom::default()).expect("builds");
-        assert!(
-            !messages(&policy)
-                .iter()
-                .any(|m| m.contains("a NetworkPolicy here"))
-        );
-        t.spec.network.lock_policies = true;
-        assert!(policies_locked(&t));
-    }
-
-    #[test]
-    fn the_owners_namespace_rules_bake_in_the_count_and_the_declared_names() {
-        let t = tenant(ACME);
-        let room = NamespaceRoom {
-            declared: vec!["acme-research".into()],
-            count: 3,
-            limit: 3,
-        };
-        let (policy, _) = owner_policy(&t, "op", &[], &room).expect("builds");
-        let spec = policy.spec.expect("spec");
-        let expressions: Vec<String> = spec
-            .validations
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.expression)
-            .collect();
-        assert!(
-            expressions.iter().any(|e| e.ends_with("|| 3 < 3")),
-            "{expressions:?}"
-        );
-        assert!(
-            expressions
-                .iter()
-                .any(|e| e.contains("startsWith('acme-')")),
-            "{expressions:?}"
-        );
-        assert!(
-            expressions
-                .iter()
-                .any(|e| e.contains("!(oldObject.metadata.name in ['acme-research'])")),
-            "{expressions:?}"
-        );
-        let rules = spec
-            .match_constraints
-            .and_then(|m| m.resource_rules)
-            .unwrap_or_default();
-        assert!(rules.iter().any(|r| {
-            r.resources.as_deref() == Some(&["namespaces".to_string()][..])
-                && r.operations.as_deref()
-                    == Some(&["CREATE".to_string(), "DELETE".to_string()][..])
-        }));
-        // The cluster-wide policy applies to owners only, not to the operator
-        // nor to whoever may update Tenants.
-        let (cluster, _) = owner_namespaces_policy("op").expect("builds");
-        let conditions: Vec<String> = cluster
-            .spec
-            .and_then(|s| s.match_conditions)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.expression)
-            .collect();
-        assert_eq!(conditions.len(), 3, "{conditions:?}");
-        assert!(conditions[0].contains("'op'"));
-        assert!(conditions[1].contains("'tenantnamespaces'"));
-        assert!(conditions[2].starts_with("!authorizer") && conditions[2].contains("'update'"));
-    }
-
-    #[test]
-    fn an_allowed_block_with_ports_opens_only_those_ports() {
-        let mut t = tenant(ACME);
-        t.spec.network.allowed_egress = serde_json::from_value(serde_json::json!([
-            { "cidr": "10.0.0.0/8", "ports": [443] },
-            { "cidr": "10.0.0.0/8", "ports": [8443] },
-            { "cidr": "192.168.0.0/16" },
-        ]))
-        .expect("egress");
-        let cel = network_policy_within(&t);
-        assert!(
-            cel.contains("p.ipBlock.cidr in ['10.0.0.0/8', '192.168.0.0/16']"),
-            "{cel}"
-        );
-        assert!(
-            cel.contains("p.ipBlock.cidr != '10.0.0.0/8' ||")
-                && cel.contains("string(x.port) in ['443', '8443']"),
-            "{cel}"
-        );
-        assert!(!cel.contains("p.ipBlock.cidr != '192.168.0.0/16'"), "{cel}");
-    }
-
-    #[test]
-    fn quotes_in_names_cannot_break_out_of_a_cel_string() {
-        assert_eq!(lit("a'b\\c"), "'a\\'b\\\\c'");
-        assert_eq!(cel_list(&["x".into(), "y'".into()]), "['x', 'y\\'']");
-    }
-}
+#[path = "admission_tests.rs"]
+mod tests;

@@ -458,12 +458,7 @@ pub fn quota_guard_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tenant(yaml: &str) -> Tenant {
-        let mut t: Tenant = serde_saphyr::from_str(yaml).expect("fixture parses");
-        t.metadata.uid = Some("uid-1".into());
-        t
-    }
+    use crate::tenant::tenant_from_yaml as tenant;
 
     const ACME: &str = r#"
 apiVersion: aleph.dev/v1alpha1

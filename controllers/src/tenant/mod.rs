@@ -9,6 +9,7 @@
 pub mod admission;
 mod apply;
 pub mod build;
+mod cel;
 pub mod quota;
 mod rebalance;
 mod status;
@@ -259,4 +260,12 @@ where
         .list(&ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}")))
         .await?;
     Ok(by_name(list.items))
+}
+
+/// A Tenant from YAML, with a UID (so its children get an owner reference).
+#[cfg(test)]
+fn tenant_from_yaml(yaml: &str) -> Tenant {
+    let mut t: Tenant = serde_saphyr::from_str(yaml).expect("fixture parses");
+    t.metadata.uid = Some("uid-1".into());
+    t
 }

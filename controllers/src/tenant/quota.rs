@@ -299,6 +299,10 @@ pub fn unit_of(resource: &str) -> Milli {
 mod tests {
     use super::*;
 
+    fn demand(level: Milli, since: i64) -> Option<Demand> {
+        Some(Demand { level, since })
+    }
+
     #[test]
     fn quantities_parse_to_thousandths() {
         assert_eq!(parse_quantity("250m"), Ok(250));
@@ -352,16 +356,10 @@ mod tests {
             vec![2000, 2000]
         );
         // A Deployment in the first asks for all 4: the first gets them.
-        let all = Some(Demand {
-            level: 4000,
-            since: 10,
-        });
+        let all = demand(4000, 10);
         assert_eq!(targets(4000, &[0, 0], &[all, None], 1000), vec![4000, 0]);
         // 3 of 4: the first gets 3, the one left goes to it too (demanders first).
-        let three = Some(Demand {
-            level: 3000,
-            since: 10,
-        });
+        let three = demand(3000, 10);
         assert_eq!(targets(4000, &[0, 0], &[three, None], 1000), vec![4000, 0]);
         // What the other uses stays with it; a demand larger than the headroom gets nothing extra.
         assert_eq!(
@@ -369,23 +367,14 @@ mod tests {
             vec![1000, 3000]
         );
         // Two demands: the older first; the younger only if what is left covers it.
-        let old = Some(Demand {
-            level: 3000,
-            since: 1,
-        });
-        let young = Some(Demand {
-            level: 2000,
-            since: 2,
-        });
+        let old = demand(3000, 1);
+        let young = demand(2000, 2);
         assert_eq!(
             targets(4000, &[0, 0, 0], &[young, old, None], 1000),
             vec![0, 4000, 0]
         );
         // A satisfied demand (usage reached its level) changes nothing.
-        let met = Some(Demand {
-            level: 1000,
-            since: 1,
-        });
+        let met = demand(1000, 1);
         assert_eq!(
             targets(4000, &[1000, 0], &[met, None], 1000),
             vec![3000, 1000]
