@@ -1,18 +1,30 @@
-//! Pipeline and PipelineRun: the graph (`graph`), its scheduler (`scheduler`)
-//! and the steps' retry policy (`retry`), params and substitutions (`params`),
-//! cron schedules (`schedule`), the Jobs that run steps (`jobs`) and what
-//! became of them (`observe`), all pure; `controller` (Pipelines: validity,
-//! schedules) and `run` (PipelineRuns: execution) run them against the
-//! cluster.
+//! Pipeline and PipelineRun, in the stages every kind goes through:
+//!
+//! - validate: `validate` (a Pipeline's graph and schedule, and its `Ready`
+//!   condition), on the graph (`graph`) and the params (`params`);
+//! - build: `jobs` (the Job that runs a container or plugin step; `build`
+//!   names this stage's API);
+//! - apply: `apply` (Pipelines: schedules, their runs, history) and `run`
+//!   (PipelineRuns: execution), which starts, observes and stops each step
+//!   through its kind's driver in `steps`;
+//! - status: `status` (what became of a step's Job) and `scheduler` (the one
+//!   place step statuses change: what to do next, and its record).
+//!
+//! `retry` (the steps' retry policy) and `schedule` (cron schedules) are
+//! pure too; `controller` sets up both controllers.
 
+pub mod apply;
+pub mod build;
 pub mod controller;
 pub mod graph;
 pub mod jobs;
-pub mod observe;
 pub mod params;
 pub mod retry;
 pub mod run;
 pub mod schedule;
 pub mod scheduler;
+pub mod status;
+pub mod steps;
 #[cfg(test)]
 mod test_support;
+pub mod validate;

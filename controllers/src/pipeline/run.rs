@@ -3,16 +3,16 @@
 //! Each pass reads the run fresh from the API server (the cache may not have
 //! caught up with the previous pass's status write), then:
 //!
-//! 1. on the first pass, snapshots the Pipeline's spec into
+//! 1. on the first pass (see `start`), snapshots the Pipeline's spec into
 //!    `status.pipelineSpec`, resolves the params and, for `resumeFrom`, reuses
 //!    the steps that succeeded in the earlier run; an invalid graph or params
 //!    fail the run at once (`InvalidGraph`, `ParameterMissing`, ...);
-//! 2. looks at every running step: its Job (and pod, for the outputs in the
-//!    termination message), its SageMaker training job, or the AIModel it
-//!    rolls out;
-//! 3. asks [`scheduler::plan`] what to do next and does it: creates Jobs,
-//!    starts training jobs, patches AIModels, deletes the Jobs of stopped
-//!    steps, finishes the run;
+//! 2. looks at every running step through its kind's driver (see
+//!    [`steps`]): its Job (and pod, for the outputs in the termination
+//!    message), its SageMaker training job, or the AIModel it rolls out;
+//! 3. asks [`scheduler::plan`] what to do next and does it: starts steps
+//!    (creates Jobs, starts training jobs, patches AIModels), stops them,
+//!    finishes the run;
 //! 4. writes the status with the resourceVersion it read as a precondition,
 //!    so a pass working from an old view fails instead of overwriting a newer
 //!    status, and publishes the pass's events.
@@ -25,22 +25,16 @@
 //! deleted (or cancelled) then first asks SageMaker to stop them. Every other
 //! child is a Job owned by the run, which garbage collection removes.
 
-use aleph_crds::keys::{ATTEMPT_LABEL, FINALIZER, ROLLED_OUT_BY_ANNOTATION, RUN_LABEL, STEP_LABEL};
+use aleph_crds::keys::{FINALIZER, RUN_LABEL};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use aleph_crds::TrainingStatus;
-use aleph_crds::aimodel::AIModel;
-use aleph_crds::common::{ConditionStatus, SageMakerTraining};
-use aleph_crds::pipeline::{
-    ParamValue, Pipeline, PipelineRun, PipelineRunStatus, PipelineStep, RolloutAction, RunPhase,
-    StepPhase, StepStatus,
-};
-use aleph_crds::plugin::Plugin;
+use aleph_crds::common::ConditionStatus;
+use aleph_crds::pipeline::{PipelineRun, PipelineRunStatus, RunPhase, StepPhase, StepStatus};
 use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -48,25 +42,19 @@ use serde_json::json;
 
 use super::graph::{self, Graph};
 use super::jobs::{self};
-use super::observe::{JobOutcome, job_outcome};
-use super::params::{self, StepOutputs};
 use super::retry;
 use super::scheduler::{self, FinishReason, RunState};
+use super::steps::{self, Observed, StartOutcome, StepDriver, Values, sagemaker};
 use crate::apply::{MANAGER, delete_ignoring_missing};
-use crate::conditions::{NewCondition, find, parse_time, set_condition};
+use crate::conditions::{NewCondition, parse_time, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::sagemaker::{CleanupOutcome, reconcile_training, training::TrainingOutcome};
+use crate::sagemaker::CleanupOutcome;
+
+mod start;
 
 /// The condition every run reports.
 pub const SUCCEEDED: &str = "Succeeded";
-/// The field manager of rollout steps' patches to AIModels: a manager of its
-/// own, so the managed fields say that a pipeline set the model's source.
-pub const ROLLOUT_MANAGER: &str = "aleph-pipeline";
-/// The output of a training step holding the model artifact's URI.
-pub const ARTIFACT_OUTPUT: &str = "artifactUri";
-/// The output of a training step holding the SageMaker training job's name.
-pub const TRAINING_JOB_OUTPUT: &str = "trainingJob";
 
 /// How often a run waiting for its Pipeline (or its resumeFrom run) looks again.
 const WAIT_FOR_REFERENCE: Duration = Duration::from_secs(10);
@@ -74,65 +62,6 @@ const WAIT_FOR_REFERENCE: Duration = Duration::from_secs(10);
 const RETRY_REFUSED: Duration = Duration::from_secs(10);
 /// The longest a running run goes without a look, events or not.
 const RESYNC: Duration = Duration::from_secs(300);
-/// How often a running training job is looked at when nothing caps it lower.
-const TRAINING_POLL: Duration = Duration::from_secs(30);
-
-/// What kind of action a step runs.
-enum StepKind<'a> {
-    /// A container or plugin: a Job.
-    Job,
-    /// A SageMaker training job.
-    Training(&'a SageMakerTraining),
-    /// An AIModel rollout.
-    Rollout(&'a RolloutAction),
-}
-
-fn kind(step: &PipelineStep) -> StepKind<'_> {
-    if let Some(t) = &step.training {
-        StepKind::Training(t)
-    } else if let Some(r) = &step.rollout {
-        StepKind::Rollout(r)
-    } else {
-        StepKind::Job
-    }
-}
-
-/// What a pass found out about a running step.
-#[derive(Debug, Clone, PartialEq)]
-enum Observed {
-    /// Still running; what it waits for, and when to look again.
-    Running {
-        message: Option<String>,
-        recheck: Option<Duration>,
-    },
-    /// Succeeded with these outputs.
-    Succeeded(BTreeMap<String, String>),
-    /// Failed: why.
-    Failed(String),
-}
-
-impl Observed {
-    fn running() -> Self {
-        Self::Running {
-            message: None,
-            recheck: None,
-        }
-    }
-}
-
-/// What came of starting a step.
-enum StartOutcome {
-    /// Started (`job_name` is the Job or SageMaker job), and what is already known.
-    Started {
-        job_name: Option<String>,
-        observed: Observed,
-    },
-    /// Could not start and never will this attempt (a missing plugin, a
-    /// reference that does not resolve, a Job the API server rejects).
-    Failed(String),
-    /// Could not start for now (quota, admission); stays Pending and is tried again.
-    Blocked(String),
-}
 
 /// Whether a run has finished.
 pub fn is_finished(phase: RunPhase) -> bool {
@@ -161,13 +90,6 @@ pub fn format_duration(delta: TimeDelta) -> String {
 
 fn to_std(delta: TimeDelta) -> Duration {
     delta.to_std().unwrap_or(Duration::ZERO)
-}
-
-/// When the current attempt of a step started.
-fn attempt_started(s: &StepStatus, now: DateTime<Utc>) -> DateTime<Utc> {
-    parse_time(s.attempt_times.last().map(String::as_str))
-        .or_else(|| parse_time(s.start_time.as_deref()))
-        .unwrap_or(now)
 }
 
 /// The message of the `Succeeded` condition of a running run.
@@ -227,96 +149,22 @@ fn running_message(graph: &Graph, steps: &[StepStatus], progress: &str) -> Strin
     message
 }
 
-/// The training spec with `$(params.X)` and `$(steps.S.outputs.K)` filled in
-/// its hyperparameters.
-fn substituted_training(
-    spec: &SageMakerTraining,
-    params: &BTreeMap<String, String>,
-    outputs: &StepOutputs,
-) -> Result<SageMakerTraining, String> {
-    let mut spec = spec.clone();
-    for value in spec.hyperparameters.values_mut() {
-        *value = params::substitute(value, params, outputs).map_err(|e| e.to_string())?;
-    }
-    Ok(spec)
-}
-
-/// The source a rollout step sets: its literal (substituted) or the
-/// `artifactUri` output of `fromStep`.
-fn rollout_source(
-    rollout: &RolloutAction,
-    params: &BTreeMap<String, String>,
-    outputs: &StepOutputs,
-) -> Result<String, String> {
-    if let Some(source) = &rollout.source {
-        return params::substitute(source, params, outputs).map_err(|e| e.to_string());
-    }
-    let from = rollout.from_step.as_deref().unwrap_or_default();
-    outputs
-        .get(from)
-        .and_then(|o| o.get(ARTIFACT_OUTPUT))
-        .cloned()
-        .ok_or_else(|| {
-            format!("step {from} has no {ARTIFACT_OUTPUT} output to roll out: fromStep must name a training step, or a step that writes {ARTIFACT_OUTPUT}")
-        })
-}
-
-/// The name a training step's SageMaker job is derived from (with the run's
-/// UID and the training spec): one job per attempt.
-fn training_owner_name(step: &str, attempt: i32) -> String {
-    format!("{step}-{attempt}")
-}
-
-/// Whether a rolled-out AIModel is Ready at (or past) `generation`, and if
-/// not, why.
-fn model_ready(model: &AIModel, generation: i64) -> Result<(), String> {
-    let status = model.status.as_ref();
-    let observed = status.and_then(|s| s.observed_generation).unwrap_or(0);
-    let ready = status.and_then(|s| find(&s.conditions, "Ready"));
-    if observed < generation {
-        return Err(format!(
-            "its controller has not observed generation {generation} yet (observedGeneration {observed})"
-        ));
-    }
-    match ready {
-        Some(c)
-            if c.status == ConditionStatus::True
-                && c.observed_generation.is_none_or(|g| g >= generation) =>
-        {
-            Ok(())
-        }
-        Some(c) => Err(format!(
-            "Ready is {:?} ({}): {}",
-            c.status, c.reason, c.message
-        )),
-        None => Err("it has no Ready condition yet".to_string()),
-    }
-}
-
-/// How long to wait before looking at a rollout again: often at first, then
-/// less so, at most every 30 seconds.
-fn rollout_poll(elapsed: TimeDelta) -> Duration {
-    Duration::from_secs(
-        u64::try_from(elapsed.num_seconds() / 10)
-            .unwrap_or(0)
-            .clamp(2, 30),
-    )
-}
-
-/// One reconcile of one run.
-struct Pass<'a> {
-    ctx: &'a Context,
+/// One reconcile of one run. The step drivers (`steps`) start, observe and
+/// stop steps through it: they read the run, raise events and ask for the
+/// next look, and leave the step statuses to this module.
+pub(super) struct Pass<'a> {
+    pub(super) ctx: &'a Context,
     api: Api<PipelineRun>,
     /// The run as last read or written.
-    run: PipelineRun,
-    namespace: String,
-    name: String,
-    uid: String,
-    now: DateTime<Utc>,
-    events: Vec<(EventType, &'static str, String)>,
+    pub(super) run: PipelineRun,
+    pub(super) namespace: String,
+    pub(super) name: String,
+    pub(super) uid: String,
+    pub(super) now: DateTime<Utc>,
+    pub(super) events: Vec<(EventType, &'static str, String)>,
     recheck: Option<Duration>,
     /// The run's pods, listed once per pass when a Job step needs them.
-    pods: Option<Vec<Pod>>,
+    pub(super) pods: Option<Vec<Pod>>,
 }
 
 /// Reconciles one PipelineRun.
@@ -363,11 +211,11 @@ pub async fn reconcile(name: &str, namespace: &str, ctx: &Context) -> Result<Act
 }
 
 impl Pass<'_> {
-    fn recheck_in(&mut self, after: Duration) {
+    pub(super) fn recheck_in(&mut self, after: Duration) {
         self.recheck = Some(self.recheck.map_or(after, |r| r.min(after)));
     }
 
-    fn recheck_at(&mut self, time: DateTime<Utc>) {
+    pub(super) fn recheck_at(&mut self, time: DateTime<Utc>) {
         // A little after, so that the time has surely come.
         self.recheck_in(to_std(time - self.now) + Duration::from_millis(200));
     }
@@ -376,7 +224,12 @@ impl Pass<'_> {
         Action::requeue(self.recheck.map_or(RESYNC, |r| r.min(RESYNC)))
     }
 
-    fn event(&mut self, type_: EventType, reason: &'static str, note: impl Into<String>) {
+    pub(super) fn event(
+        &mut self,
+        type_: EventType,
+        reason: &'static str,
+        note: impl Into<String>,
+    ) {
         self.events.push((type_, reason, note.into()));
     }
 
@@ -391,7 +244,7 @@ impl Pass<'_> {
     }
 
     /// Adds or removes the finalizer, with the resourceVersion read as a precondition.
-    async fn set_finalizer(&mut self, present: bool) -> Result<()> {
+    pub(super) async fn set_finalizer(&mut self, present: bool) -> Result<()> {
         if self.has_finalizer() == present {
             return Ok(());
         }
@@ -480,7 +333,7 @@ impl Pass<'_> {
                     .and_then(|step| step.training.as_ref());
                 if let (Some(training), Some(job)) = (training, s.job_name.as_deref())
                     && let CleanupOutcome::RequeueAfter { after, .. } =
-                        self.stop_training(training, job).await?
+                        sagemaker::stop_training(self.ctx, training, job).await?
                 {
                     waiting = Some(waiting.map_or(after, |w| w.min(after)));
                 }
@@ -493,21 +346,6 @@ impl Pass<'_> {
                 Ok(Action::await_change())
             }
         }
-    }
-
-    async fn stop_training(
-        &self,
-        training: &SageMakerTraining,
-        job_name: &str,
-    ) -> Result<CleanupOutcome> {
-        let api = self.ctx.sagemaker(training.region.as_deref()).await?;
-        let status = TrainingStatus {
-            job_name: job_name.to_string(),
-            job_status: Some("InProgress".into()),
-            artifact_uri: None,
-            failure_reason: None,
-        };
-        Ok(crate::sagemaker::cleanup::stop_training(api.as_ref(), &status).await?)
     }
 
     /// A finished run: deleted once its TTL has passed.
@@ -529,151 +367,6 @@ impl Pass<'_> {
         delete_ignoring_missing(&self.api, &self.name).await?;
         tracing::info!(ttl, "deleted a finished run whose TTL passed");
         Ok(Action::await_change())
-    }
-
-    /// Fails the run before any step ran.
-    fn fail_at_start(&mut self, status: &mut PipelineRunStatus, reason: &str, message: String) {
-        let now = scheduler::format_time(self.now);
-        status.phase = RunPhase::Failed;
-        status.start_time.get_or_insert(now.clone());
-        status.completion_time = Some(now);
-        status.duration = Some(format_duration(TimeDelta::zero()));
-        set_condition(
-            &mut status.conditions,
-            NewCondition::no(SUCCEEDED, reason, message.clone()),
-            self.run.metadata.generation,
-        );
-        let reason: &'static str = match reason {
-            "InvalidGraph" => "InvalidGraph",
-            "ParameterMissing" => "ParameterMissing",
-            "InvalidParameter" => "InvalidParameter",
-            _ => "InvalidResume",
-        };
-        self.event(EventType::Warning, reason, message);
-    }
-
-    /// The run waits for something it refers to.
-    fn wait_at_start(&mut self, status: &mut PipelineRunStatus, reason: &str, message: String) {
-        status.phase = RunPhase::Pending;
-        set_condition(
-            &mut status.conditions,
-            NewCondition::new(SUCCEEDED, ConditionStatus::Unknown, reason, message),
-            self.run.metadata.generation,
-        );
-        self.recheck_in(WAIT_FOR_REFERENCE);
-    }
-
-    /// The first pass: snapshots the pipeline, resolves the params, plans a
-    /// resume. Returns whether the run is ready to advance (false: it waits or
-    /// has failed, and `status` says so).
-    async fn start(&mut self, status: &mut PipelineRunStatus) -> Result<bool> {
-        let pipeline_name = self.run.spec.pipeline_ref.name.clone();
-        let pipelines: Api<Pipeline> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let Some(pipeline) = pipelines.get_opt(&pipeline_name).await? else {
-            let message = format!(
-                "pipeline {pipeline_name} does not exist in namespace {}: create it (the run starts when it does) or fix spec.pipelineRef",
-                self.namespace
-            );
-            self.wait_at_start(status, "PipelineNotFound", message);
-            return Ok(false);
-        };
-        let spec = pipeline.spec.clone();
-        status.pipeline_spec = Some(spec.clone());
-
-        let mut previous: Option<(String, PipelineRunStatus)> = None;
-        if let Some(from) = self.run.spec.resume_from.clone() {
-            if from == self.name {
-                self.fail_at_start(
-                    status,
-                    "InvalidResume",
-                    "a run cannot resume itself: name an earlier run in spec.resumeFrom".into(),
-                );
-                return Ok(false);
-            }
-            let Some(earlier) = self.api.get_opt(&from).await? else {
-                let message = format!(
-                    "spec.resumeFrom names run {from}, which does not exist in namespace {}",
-                    self.namespace
-                );
-                self.fail_at_start(status, "InvalidResume", message);
-                return Ok(false);
-            };
-            if earlier.spec.pipeline_ref.name != pipeline_name {
-                let message = format!(
-                    "spec.resumeFrom names run {from} of pipeline {}, not of {pipeline_name}: resume a run of the same pipeline",
-                    earlier.spec.pipeline_ref.name
-                );
-                self.fail_at_start(status, "InvalidResume", message);
-                return Ok(false);
-            }
-            let earlier_status = earlier.status.unwrap_or_default();
-            if !is_finished(earlier_status.phase) {
-                let message = format!(
-                    "waiting for run {from} (named in spec.resumeFrom) to finish; cancel it to resume sooner"
-                );
-                status.pipeline_spec = None;
-                self.wait_at_start(status, "WaitingForResumeFrom", message);
-                return Ok(false);
-            }
-            previous = Some((from, earlier_status));
-        }
-
-        let graph = match graph::validate(&spec) {
-            Ok(graph) => graph,
-            Err(e) => {
-                let message = format!("pipeline {pipeline_name}: {e}");
-                self.fail_at_start(status, e.reason(), message);
-                return Ok(false);
-            }
-        };
-        // A resumed run keeps the earlier run's param values unless it gives its own.
-        let mut given: Vec<ParamValue> = previous
-            .iter()
-            .flat_map(|(_, p)| p.params.iter())
-            .filter(|(k, _)| spec.params.iter().any(|p| &p.name == *k))
-            .filter(|(k, _)| !self.run.spec.params.iter().any(|p| &p.name == *k))
-            .map(|(k, v)| ParamValue {
-                name: k.clone(),
-                value: v.clone(),
-            })
-            .collect();
-        given.extend(self.run.spec.params.iter().cloned());
-        let params = match params::resolve_params(&spec.params, &given) {
-            Ok(params) => params,
-            Err(e) => {
-                let message = format!("pipeline {pipeline_name}: {e}");
-                self.fail_at_start(status, e.reason(), message);
-                return Ok(false);
-            }
-        };
-        status.params = params;
-        status.steps = match &previous {
-            Some((_, earlier)) => scheduler::resume_plan(&spec, &earlier.steps),
-            None => graph.initial_statuses(),
-        };
-        status.phase = RunPhase::Running;
-        status.start_time = Some(scheduler::format_time(self.now));
-        let mut note = format!("started pipeline {pipeline_name}: {} steps", graph.len());
-        if let Some((from, _)) = &previous {
-            let reused: Vec<&str> = status
-                .steps
-                .iter()
-                .filter(|s| s.phase == StepPhase::Reused)
-                .map(|s| s.name.as_str())
-                .collect();
-            if reused.is_empty() {
-                note.push_str(&format!(
-                    "; resuming {from}: no step can be reused, all run again"
-                ));
-            } else {
-                note.push_str(&format!(
-                    "; resuming {from}: reusing {}, running the rest again",
-                    reused.join(", ")
-                ));
-            }
-        }
-        self.event(EventType::Normal, "Started", note);
-        Ok(true)
     }
 
     /// Observes the running steps, then carries out what the scheduler says.
@@ -709,9 +402,12 @@ impl Pass<'_> {
                 continue;
             };
             let outputs = scheduler::step_outputs(&status.steps);
-            let observed = self
-                .observe(step, &s, &status.params, &outputs, &jobs)
-                .await?;
+            let values = Values {
+                params: &status.params,
+                outputs: &outputs,
+                jobs: &jobs,
+            };
+            let observed = steps::driver(self, step).observe(&s, &values).await?;
             self.record(&graph, status, &s.name, observed, stopping);
         }
 
@@ -739,9 +435,14 @@ impl Pass<'_> {
                             continue;
                         };
                         let outputs = scheduler::step_outputs(&status.steps);
+                        let values = Values {
+                            params: &status.params,
+                            outputs: &outputs,
+                            jobs: &jobs,
+                        };
                         acted = true;
-                        match self
-                            .start_step(definition, *attempt, &status.params, &outputs)
+                        match steps::driver(self, definition)
+                            .start(*attempt, &values)
                             .await?
                         {
                             StartOutcome::Started { job_name, observed } => {
@@ -781,11 +482,16 @@ impl Pass<'_> {
                     }
                     scheduler::Action::Stop { step, .. } => {
                         acted = true;
-                        if let (Some(definition), Some(s)) = (
+                        // A step with no Job or SageMaker job has nothing running to stop.
+                        if let (Some(definition), Some(job_name)) = (
                             graph.step(step),
-                            status.steps.iter().find(|s| &s.name == step).cloned(),
+                            status
+                                .steps
+                                .iter()
+                                .find(|s| &s.name == step)
+                                .and_then(|s| s.job_name.clone()),
                         ) {
-                            self.stop_step(definition, &s).await?;
+                            steps::driver(self, definition).stop(&job_name).await?;
                         }
                         scheduler::apply(&mut status.steps, &action, self.now);
                     }
@@ -939,557 +645,9 @@ impl Pass<'_> {
             .map(|job| (job.name_any(), job))
             .collect())
     }
-
-    async fn pods_of(&mut self, step: &str, attempt: i32) -> Result<Vec<Pod>> {
-        if self.pods.is_none() {
-            let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-            let selector = format!("{RUN_LABEL}={}", jobs::label_value(&self.name));
-            self.pods = Some(
-                api.list(&ListParams::default().labels(&selector))
-                    .await?
-                    .items,
-            );
-        }
-        let attempt = attempt.to_string();
-        Ok(self
-            .pods
-            .iter()
-            .flatten()
-            .filter(|p| {
-                let labels = p.labels();
-                labels.get(STEP_LABEL).map(String::as_str) == Some(step)
-                    && labels.get(ATTEMPT_LABEL) == Some(&attempt)
-            })
-            .cloned()
-            .collect())
-    }
-
-    async fn observe(
-        &mut self,
-        step: &PipelineStep,
-        s: &StepStatus,
-        params: &BTreeMap<String, String>,
-        outputs: &StepOutputs,
-        jobs: &BTreeMap<String, Job>,
-    ) -> Result<Observed> {
-        match kind(step) {
-            StepKind::Job => {
-                let Some(job_name) = s.job_name.as_deref() else {
-                    return Ok(Observed::Failed(
-                        "no Job was recorded for the attempt".into(),
-                    ));
-                };
-                let Some(job) = jobs.get(job_name) else {
-                    return Ok(Observed::Failed(format!(
-                        "its Job {job_name} was deleted before it finished"
-                    )));
-                };
-                let pods = self.pods_of(&step.name, s.attempts).await?;
-                Ok(match job_outcome(job, &pods, step.timeout_seconds) {
-                    JobOutcome::Running(message) => Observed::Running {
-                        message,
-                        recheck: None,
-                    },
-                    JobOutcome::Succeeded(outputs) => Observed::Succeeded(outputs),
-                    JobOutcome::Failed(message) => Observed::Failed(message),
-                })
-            }
-            StepKind::Training(training) => {
-                self.observe_training(step, training, s, params, outputs)
-                    .await
-            }
-            StepKind::Rollout(rollout) => {
-                self.observe_rollout(step, rollout, s, params, outputs)
-                    .await
-            }
-        }
-    }
-
-    fn cap_poll(&self, after: Duration) -> Duration {
-        self.ctx
-            .settings
-            .sagemaker_max_poll
-            .map_or(after, |cap| after.min(cap))
-    }
-
-    /// Turns a pass of the training saga into what it means for the step.
-    fn training_observed(&mut self, step: &str, outcome: TrainingOutcome) -> Observed {
-        for event in &outcome.events {
-            self.events.push((
-                event.type_,
-                event.reason,
-                format!("step {step}: {}", event.message),
-            ));
-        }
-        if let Some(artifact) = outcome.artifact_uri() {
-            return Observed::Succeeded(BTreeMap::from([
-                (ARTIFACT_OUTPUT.to_string(), artifact.to_string()),
-                (
-                    TRAINING_JOB_OUTPUT.to_string(),
-                    outcome.status.job_name.clone(),
-                ),
-            ]));
-        }
-        if outcome.terminal {
-            return Observed::Failed(outcome.condition.message);
-        }
-        Observed::Running {
-            message: Some(outcome.condition.message),
-            recheck: Some(self.cap_poll(outcome.requeue_after.unwrap_or(TRAINING_POLL))),
-        }
-    }
-
-    async fn observe_training(
-        &mut self,
-        step: &PipelineStep,
-        training: &SageMakerTraining,
-        s: &StepStatus,
-        params: &BTreeMap<String, String>,
-        outputs: &StepOutputs,
-    ) -> Result<Observed> {
-        let spec = match substituted_training(training, params, outputs) {
-            Ok(spec) => spec,
-            Err(why) => return Ok(Observed::Failed(why)),
-        };
-        if let Some(limit) = step.timeout_seconds {
-            let started = attempt_started(s, self.now);
-            if self.now - started >= TimeDelta::try_seconds(limit).unwrap_or(TimeDelta::MAX) {
-                if let Some(job) = s.job_name.as_deref() {
-                    self.stop_training(&spec, job).await?;
-                }
-                return Ok(Observed::Failed(format!(
-                    "timed out after {limit}s (the step's timeoutSeconds); the SageMaker training job was asked to stop"
-                )));
-            }
-            self.recheck_at(started + TimeDelta::try_seconds(limit).unwrap_or(TimeDelta::MAX));
-        }
-        let api = match self.ctx.sagemaker(spec.region.as_deref()).await {
-            Ok(api) => api,
-            Err(e) => {
-                return Ok(Observed::Running {
-                    message: Some(format!("{e}; retrying")),
-                    recheck: Some(self.cap_poll(TRAINING_POLL)),
-                });
-            }
-        };
-        let previous = s.job_name.as_ref().map(|job| TrainingStatus {
-            job_name: job.clone(),
-            job_status: Some("InProgress".into()),
-            artifact_uri: None,
-            failure_reason: None,
-        });
-        let owner = training_owner_name(&step.name, s.attempts.max(1));
-        match reconcile_training(
-            api.as_ref(),
-            &self.uid,
-            &self.namespace,
-            &owner,
-            &spec,
-            previous.as_ref(),
-        )
-        .await
-        {
-            Ok(outcome) => Ok(self.training_observed(&step.name, outcome)),
-            Err(e) => Ok(Observed::Running {
-                message: Some(format!("SageMaker: {e}; retrying")),
-                recheck: Some(self.cap_poll(TRAINING_POLL)),
-            }),
-        }
-    }
-
-    async fn observe_rollout(
-        &mut self,
-        step: &PipelineStep,
-        rollout: &RolloutAction,
-        s: &StepStatus,
-        params: &BTreeMap<String, String>,
-        outputs: &StepOutputs,
-    ) -> Result<Observed> {
-        let uri = match rollout_source(rollout, params, outputs) {
-            Ok(uri) => uri,
-            Err(why) => return Ok(Observed::Failed(why)),
-        };
-        let models: Api<AIModel> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let Some(mut model) = models.get_opt(&rollout.model).await? else {
-            return Ok(Observed::Failed(format!(
-                "AIModel {} does not exist in namespace {}: create it or fix rollout.model",
-                rollout.model, self.namespace
-            )));
-        };
-        if model.spec.source.as_ref().map(|s| s.uri.as_str()) != Some(uri.as_str()) {
-            let patch = json!({
-                "apiVersion": AIModel::api_version(&()),
-                "kind": AIModel::kind(&()),
-                "metadata": {
-                    "name": rollout.model,
-                    "annotations": { ROLLED_OUT_BY_ANNOTATION: self.name },
-                },
-                "spec": { "source": { "uri": uri } },
-            });
-            match models
-                .patch(
-                    &rollout.model,
-                    &PatchParams::apply(ROLLOUT_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await
-            {
-                Ok(patched) => {
-                    model = patched;
-                    self.event(
-                        EventType::Normal,
-                        "RolloutStarted",
-                        format!(
-                            "step {}: AIModel {} now has source {uri} (generation {})",
-                            step.name,
-                            rollout.model,
-                            model.metadata.generation.unwrap_or_default()
-                        ),
-                    );
-                }
-                Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
-                    return Ok(Observed::Failed(format!(
-                        "AIModel {} refused source {uri}: {}",
-                        rollout.model, e.message
-                    )));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let generation = model.metadata.generation.unwrap_or(0);
-        let why = match model_ready(&model, generation) {
-            Ok(()) => {
-                return Ok(Observed::Succeeded(BTreeMap::from([
-                    ("model".to_string(), rollout.model.clone()),
-                    ("source".to_string(), uri),
-                    ("generation".to_string(), generation.to_string()),
-                ])));
-            }
-            Err(why) => why,
-        };
-        let limit = step
-            .timeout_seconds
-            .map_or(rollout.ready_timeout_seconds, |t| {
-                t.min(rollout.ready_timeout_seconds)
-            });
-        let started = attempt_started(s, self.now);
-        let elapsed = self.now - started;
-        if elapsed >= TimeDelta::try_seconds(limit).unwrap_or(TimeDelta::MAX) {
-            return Ok(Observed::Failed(format!(
-                "AIModel {} was not Ready within {limit}s of setting source {uri}: {why}",
-                rollout.model
-            )));
-        }
-        Ok(Observed::Running {
-            message: Some(format!(
-                "waiting for AIModel {} to be Ready with source {uri} (generation {generation}): {why}",
-                rollout.model
-            )),
-            recheck: Some(rollout_poll(elapsed)),
-        })
-    }
-
-    async fn start_step(
-        &mut self,
-        step: &PipelineStep,
-        attempt: i32,
-        params: &BTreeMap<String, String>,
-        outputs: &StepOutputs,
-    ) -> Result<StartOutcome> {
-        match kind(step) {
-            StepKind::Job => self.start_job(step, attempt, params, outputs).await,
-            StepKind::Training(training) => {
-                let spec = match substituted_training(training, params, outputs) {
-                    Ok(spec) => spec,
-                    Err(why) => return Ok(StartOutcome::Failed(why)),
-                };
-                // The job lives outside the cluster: hold the run until it is stopped.
-                self.set_finalizer(true).await?;
-                let api = match self.ctx.sagemaker(spec.region.as_deref()).await {
-                    Ok(api) => api,
-                    Err(e) => return Ok(StartOutcome::Blocked(format!("{e}; retrying"))),
-                };
-                let owner = training_owner_name(&step.name, attempt);
-                match reconcile_training(
-                    api.as_ref(),
-                    &self.uid,
-                    &self.namespace,
-                    &owner,
-                    &spec,
-                    None,
-                )
-                .await
-                {
-                    Ok(outcome) => {
-                        let job_name = Some(outcome.status.job_name.clone());
-                        let observed = self.training_observed(&step.name, outcome);
-                        Ok(StartOutcome::Started { job_name, observed })
-                    }
-                    Err(e) => Ok(StartOutcome::Blocked(format!("SageMaker: {e}; retrying"))),
-                }
-            }
-            StepKind::Rollout(_) => Ok(StartOutcome::Started {
-                job_name: None,
-                // Observed at once on the next pass, which sets the source.
-                observed: Observed::Running {
-                    message: Some("setting the AIModel's source".into()),
-                    recheck: Some(Duration::from_millis(100)),
-                },
-            }),
-        }
-    }
-
-    async fn start_job(
-        &mut self,
-        step: &PipelineStep,
-        attempt: i32,
-        params: &BTreeMap<String, String>,
-        outputs: &StepOutputs,
-    ) -> Result<StartOutcome> {
-        let plugin = match &step.plugin {
-            Some(action) => {
-                let plugins: Api<Plugin> =
-                    Api::namespaced(self.ctx.client.clone(), &self.namespace);
-                plugins.get_opt(&action.name).await?
-            }
-            None => None,
-        };
-        let job = match jobs::build_step_job(
-            &self.run,
-            step,
-            attempt,
-            params,
-            outputs,
-            plugin.as_ref(),
-        ) {
-            Ok(job) => job,
-            Err(e) => return Ok(StartOutcome::Failed(e.to_string())),
-        };
-        let job_name = job.name_any();
-        let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        match api.create(&PostParams::default(), &job).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.reason == "AlreadyExists" => {
-                // An earlier pass created it, unless a deleted run of the same name did.
-                let existing = api.get_opt(&job_name).await?;
-                let ours = existing.as_ref().is_some_and(|j| {
-                    j.owner_references()
-                        .iter()
-                        .any(|o| o.uid == self.uid && o.controller == Some(true))
-                });
-                if !ours {
-                    return Ok(StartOutcome::Blocked(format!(
-                        "Job {job_name} exists and belongs to something else (a deleted run of the same name?): waiting for it to go away"
-                    )));
-                }
-            }
-            Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
-                return Ok(StartOutcome::Failed(format!(
-                    "the API server refused its Job: {}",
-                    e.message
-                )));
-            }
-            Err(kube::Error::Api(e)) if e.code == 403 => {
-                return Ok(StartOutcome::Blocked(format!(
-                    "the API server refused its Job for now: {}; retrying",
-                    e.message
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Ok(StartOutcome::Started {
-            job_name: Some(job_name),
-            observed: Observed::running(),
-        })
-    }
-
-    /// Stops a running step: deletes its Job, or asks SageMaker to stop its
-    /// training job. A rollout step has nothing running to stop.
-    async fn stop_step(&mut self, step: &PipelineStep, s: &StepStatus) -> Result<()> {
-        let Some(job_name) = s.job_name.as_deref() else {
-            return Ok(());
-        };
-        match kind(step) {
-            StepKind::Job => {
-                let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-                delete_ignoring_missing(&api, job_name).await?;
-            }
-            StepKind::Training(training) => {
-                self.stop_training(training, job_name).await?;
-            }
-            StepKind::Rollout(_) => {}
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use aleph_crds::aimodel::AIModel;
-
-    #[test]
-    fn durations_read_like_kubectl_ages() {
-        assert_eq!(format_duration(TimeDelta::seconds(0)), "0s");
-        assert_eq!(format_duration(TimeDelta::seconds(45)), "45s");
-        assert_eq!(format_duration(TimeDelta::seconds(252)), "4m12s");
-        assert_eq!(format_duration(TimeDelta::seconds(7384)), "2h3m4s");
-        assert_eq!(format_duration(TimeDelta::seconds(273_600)), "3d4h");
-        assert_eq!(format_duration(TimeDelta::seconds(-5)), "0s");
-    }
-
-    fn model(yaml: &str) -> AIModel {
-        serde_saphyr::from_str(yaml).unwrap()
-    }
-
-    const MODEL: &str = r#"
-apiVersion: aleph.dev/v1alpha1
-kind: AIModel
-metadata: {name: m, namespace: ns, generation: 3}
-spec:
-  source: {uri: "s3://b/new"}
-"#;
-
-    #[test]
-    fn a_model_is_ready_only_at_the_generation_of_the_rollout() {
-        let mut m = model(MODEL);
-        let err = model_ready(&m, 3).unwrap_err();
-        assert!(err.contains("not observed generation 3"), "{err}");
-        m = model(&format!(
-            "{MODEL}status:\n  observedGeneration: 2\n  conditions:\n    - {{type: Ready, status: \"True\", reason: Serving, message: ok, lastTransitionTime: \"2026-01-01T00:00:00Z\"}}\n"
-        ));
-        assert!(model_ready(&m, 3).is_err(), "Ready for an older generation");
-        m = model(&format!(
-            "{MODEL}status:\n  observedGeneration: 3\n  conditions:\n    - {{type: Ready, status: \"False\", reason: Progressing, message: rolling, lastTransitionTime: \"2026-01-01T00:00:00Z\"}}\n"
-        ));
-        let err = model_ready(&m, 3).unwrap_err();
-        assert!(
-            err.contains("Progressing") && err.contains("rolling"),
-            "{err}"
-        );
-        m = model(&format!(
-            "{MODEL}status:\n  observedGeneration: 3\n  conditions:\n    - {{type: Ready, status: \"True\", reason: Serving, message: ok, lastTransitionTime: \"2026-01-01T00:00:00Z\", observedGeneration: 2}}\n"
-        ));
-        assert!(
-            model_ready(&m, 3).is_err(),
-            "a condition of an older generation"
-        );
-        m = model(&format!(
-            "{MODEL}status:\n  observedGeneration: 4\n  conditions:\n    - {{type: Ready, status: \"True\", reason: Serving, message: ok, lastTransitionTime: \"2026-01-01T00:00:00Z\", observedGeneration: 4}}\n"
-        ));
-        assert_eq!(model_ready(&m, 3), Ok(()));
-    }
-
-    #[test]
-    fn rollout_sources_come_from_the_literal_or_the_training_output() {
-        let params = BTreeMap::from([("v".to_string(), "7".to_string())]);
-        let outputs = StepOutputs::from([(
-            "train".to_string(),
-            BTreeMap::from([(
-                ARTIFACT_OUTPUT.to_string(),
-                "s3://b/out/model.tar.gz".to_string(),
-            )]),
-        )]);
-        let literal = RolloutAction {
-            model: "m".into(),
-            source: Some("hf://acme/model@v$(params.v)".into()),
-            from_step: None,
-            ready_timeout_seconds: 60,
-        };
-        assert_eq!(
-            rollout_source(&literal, &params, &outputs).unwrap(),
-            "hf://acme/model@v7"
-        );
-        let from = RolloutAction {
-            source: None,
-            from_step: Some("train".into()),
-            ..literal.clone()
-        };
-        assert_eq!(
-            rollout_source(&from, &params, &outputs).unwrap(),
-            "s3://b/out/model.tar.gz"
-        );
-        let missing = RolloutAction {
-            from_step: Some("prep".into()),
-            ..from
-        };
-        let err = rollout_source(&missing, &params, &outputs).unwrap_err();
-        assert!(err.contains("step prep has no artifactUri"), "{err}");
-    }
-
-    #[test]
-    fn training_hyperparameters_are_substituted() {
-        let spec: SageMakerTraining = serde_json::from_value(json!({
-            "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/xgb:1",
-            "roleArn": "arn:aws:iam::123456789012:role/sm",
-            "instanceType": "ml.m5.large",
-            "outputS3Uri": "s3://b/out",
-            "hyperparameters": {"rounds": "$(params.rounds)", "eta": "0.1"},
-        }))
-        .unwrap();
-        let params = BTreeMap::from([("rounds".to_string(), "50".to_string())]);
-        let done = substituted_training(&spec, &params, &StepOutputs::new()).unwrap();
-        assert_eq!(done.hyperparameters["rounds"], "50");
-        assert_eq!(done.hyperparameters["eta"], "0.1");
-        assert!(substituted_training(&spec, &BTreeMap::new(), &StepOutputs::new()).is_err());
-    }
-
-    #[test]
-    fn rollouts_are_polled_often_then_less() {
-        assert_eq!(rollout_poll(TimeDelta::seconds(0)), Duration::from_secs(2));
-        assert_eq!(
-            rollout_poll(TimeDelta::seconds(100)),
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            rollout_poll(TimeDelta::seconds(3600)),
-            Duration::from_secs(30)
-        );
-    }
-
-    #[test]
-    fn the_running_message_names_running_and_retrying_steps() {
-        let spec: aleph_crds::pipeline::PipelineSpec = serde_json::from_value(json!({
-            "steps": [
-                {"name": "a", "container": {"image": "x"}},
-                {"name": "b", "container": {"image": "x"}},
-                {"name": "c", "container": {"image": "x"}},
-            ]
-        }))
-        .unwrap();
-        let graph = graph::validate(&spec).unwrap();
-        let steps = vec![
-            StepStatus {
-                name: "a".into(),
-                phase: StepPhase::Succeeded,
-                ..StepStatus::default()
-            },
-            StepStatus {
-                name: "b".into(),
-                phase: StepPhase::Running,
-                ..StepStatus::default()
-            },
-            StepStatus {
-                name: "c".into(),
-                phase: StepPhase::Retrying,
-                ..StepStatus::default()
-            },
-        ];
-        assert_eq!(
-            running_message(&graph, &steps, "1/3"),
-            "1/3 steps finished; running: b; waiting to retry: c"
-        );
-        let mut blocked = steps.clone();
-        blocked[1].message = Some("no AWS region; retrying".into());
-        assert_eq!(
-            running_message(&graph, &blocked, "1/3"),
-            "1/3 steps finished; running: b (no AWS region; retrying); waiting to retry: c"
-        );
-        blocked[1].phase = StepPhase::Pending;
-        assert_eq!(
-            running_message(&graph, &blocked, "1/3"),
-            "1/3 steps finished; cannot start: b (no AWS region; retrying); waiting to retry: c"
-        );
-    }
-}
+#[path = "run_tests.rs"]
+mod tests;

@@ -90,8 +90,8 @@ impl fmt::Display for SkipReason {
             Self::WhenUnavailable { when, why } => {
                 write!(f, "skipped: when {when} cannot be evaluated: {why}")
             }
-            Self::Cancelled => write!(f, "skipped: the run was cancelled"),
-            Self::DeadlinePassed => write!(f, "skipped: the run's deadline passed"),
+            Self::Cancelled => write!(f, "skipped: {}", StopReason::Cancelled.why()),
+            Self::DeadlinePassed => write!(f, "skipped: {}", StopReason::DeadlinePassed.why()),
         }
     }
 }
@@ -105,12 +105,19 @@ pub enum StopReason {
     DeadlinePassed,
 }
 
+impl StopReason {
+    /// What happened to the run, as the steps it stops or skips say it.
+    fn why(self) -> &'static str {
+        match self {
+            Self::Cancelled => "the run was cancelled",
+            Self::DeadlinePassed => "the run's deadline passed",
+        }
+    }
+}
+
 impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Cancelled => write!(f, "stopped: the run was cancelled"),
-            Self::DeadlinePassed => write!(f, "stopped: the run's deadline passed"),
-        }
+        write!(f, "stopped: {}", self.why())
     }
 }
 

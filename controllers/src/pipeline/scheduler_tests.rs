@@ -1,6 +1,6 @@
 use super::*;
 use crate::pipeline::graph::validate;
-use crate::pipeline::test_support::{param, spec, step};
+use crate::pipeline::test_support::{param, spec, step, step_status};
 use aleph_crds::pipeline::{PipelineStep, RetryPolicy};
 use proptest::prelude::*;
 
@@ -487,31 +487,11 @@ fn resume_reuses_what_succeeded_and_reruns_the_rest() {
             outputs: BTreeMap::from([("uri".to_string(), "s3://b/d".to_string())]),
             ..StepStatus::default()
         },
-        StepStatus {
-            name: "train".into(),
-            phase: StepPhase::Failed,
-            ..StepStatus::default()
-        },
-        StepStatus {
-            name: "eval".into(),
-            phase: StepPhase::Succeeded,
-            ..StepStatus::default()
-        },
-        StepStatus {
-            name: "lint".into(),
-            phase: StepPhase::Reused,
-            ..StepStatus::default()
-        },
-        StepStatus {
-            name: "docs".into(),
-            phase: StepPhase::Succeeded,
-            ..StepStatus::default()
-        },
-        StepStatus {
-            name: "cleanup".into(),
-            phase: StepPhase::Succeeded,
-            ..StepStatus::default()
-        },
+        step_status("train", StepPhase::Failed),
+        step_status("eval", StepPhase::Succeeded),
+        step_status("lint", StepPhase::Reused),
+        step_status("docs", StepPhase::Succeeded),
+        step_status("cleanup", StepPhase::Succeeded),
     ];
     let resumed = resume_plan(&s, &previous);
     let phases: Vec<(&str, StepPhase)> =
@@ -541,16 +521,8 @@ fn resume_reuses_what_succeeded_and_reruns_the_rest() {
     );
     let cyclic = spec(vec![step("a", &["b"]), step("b", &["a"])], vec![]);
     let all_ok = [
-        StepStatus {
-            name: "a".into(),
-            phase: StepPhase::Succeeded,
-            ..StepStatus::default()
-        },
-        StepStatus {
-            name: "b".into(),
-            phase: StepPhase::Succeeded,
-            ..StepStatus::default()
-        },
+        step_status("a", StepPhase::Succeeded),
+        step_status("b", StepPhase::Succeeded),
     ];
     assert!(
         resume_plan(&cyclic, &all_ok)

@@ -1,8 +1,10 @@
-//! Builders of pipeline specs for the graph's and the scheduler's tests.
+//! Builders of pipeline specs and step statuses for the pipeline's tests.
 
 use std::collections::BTreeMap;
 
-use aleph_crds::pipeline::{ContainerAction, ParamSpec, PipelineSpec, PipelineStep};
+use aleph_crds::pipeline::{
+    ContainerAction, ParamSpec, PipelineSpec, PipelineStep, StepPhase, StepStatus,
+};
 
 pub fn step(name: &str, deps: &[&str]) -> PipelineStep {
     PipelineStep {
@@ -44,5 +46,14 @@ pub fn param(name: &str) -> ParamSpec {
         default: Some("x".into()),
         values: vec![],
         description: None,
+    }
+}
+
+/// The status of step `name`, in `phase` and nothing else said.
+pub fn step_status(name: &str, phase: StepPhase) -> StepStatus {
+    StepStatus {
+        name: name.into(),
+        phase,
+        ..StepStatus::default()
     }
 }
