@@ -190,8 +190,9 @@ pub(super) async fn serve(
         None => delete_unwanted(&hpas, &observed_hpas, &BTreeSet::new()).await?,
     }
 
-    let gateway = model.spec.canary.is_some() && gateway_api_installed(client).await;
-    if gateway_api_installed_cached() || gateway {
+    let seen = &ctx.state::<AiModelState>().gateway_api;
+    let gateway = model.spec.canary.is_some() && gateway_api_installed(client, seen).await;
+    if gateway_api_installed_cached(seen) || gateway {
         reconcile_route(model, client, &plan, gateway).await?;
     }
 
@@ -493,20 +494,28 @@ where
 
 const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
 const GATEWAY_RECHECK: Duration = Duration::from_secs(60);
-static GATEWAY_SEEN: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
+/// What the AIModel controller keeps between reconciles, in the context's
+/// per-controller state.
+#[derive(Debug, Default)]
+pub(super) struct AiModelState {
+    /// When the controller last looked whether the cluster serves the
+    /// Gateway API, and what it found.
+    gateway_api: GatewaySeen,
+}
+
+type GatewaySeen = Mutex<Option<(Instant, bool)>>;
 
 /// What the last look found, without looking again.
-fn gateway_api_installed_cached() -> bool {
-    GATEWAY_SEEN
-        .lock()
+fn gateway_api_installed_cached(seen: &GatewaySeen) -> bool {
+    seen.lock()
         .ok()
         .and_then(|seen| *seen)
         .is_some_and(|(_, installed)| installed)
 }
 
 /// Whether the cluster serves HTTPRoutes (looked up at most once a minute).
-async fn gateway_api_installed(client: &kube::Client) -> bool {
-    if let Ok(seen) = GATEWAY_SEEN.lock()
+async fn gateway_api_installed(client: &kube::Client, seen: &GatewaySeen) -> bool {
+    if let Ok(seen) = seen.lock()
         && let Some((at, installed)) = *seen
         && at.elapsed() < GATEWAY_RECHECK
     {
@@ -517,10 +526,10 @@ async fn gateway_api_installed(client: &kube::Client) -> bool {
         Err(kube::Error::Api(s)) if s.code == 404 => false,
         Err(error) => {
             tracing::debug!(%error, "cannot tell whether the Gateway API is installed");
-            return gateway_api_installed_cached();
+            return gateway_api_installed_cached(seen);
         }
     };
-    if let Ok(mut seen) = GATEWAY_SEEN.lock() {
+    if let Ok(mut seen) = seen.lock() {
         *seen = Some((Instant::now(), installed));
     }
     installed
