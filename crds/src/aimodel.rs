@@ -9,8 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    ComputeResources, Condition, DeletionPolicy, EnvVar, QUANTITY_MAX_LENGTH, SageMakerTraining,
-    SecretRef, positive_quantity,
+    ComputeResources, DeletionPolicy, EnvVar, QUANTITY_MAX_LENGTH, SageMakerTraining, SecretRef,
+    kind_status, one, positive_quantity,
 };
 
 /// A model to serve: where its weights come from, which runtime serves it, on
@@ -211,9 +211,6 @@ pub struct Autoscaling {
     pub scale_to_zero_after_seconds: i32,
 }
 
-fn one() -> i32 {
-    1
-}
 fn default_stabilization() -> i32 {
     300
 }
@@ -334,58 +331,53 @@ fn default_variant() -> String {
     "AllTraffic".into()
 }
 
-/// What the operator observed of an AIModel.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct AIModelStatus {
-    /// The generation this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Degraded, Trained, Serving.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-    /// Desired serving replicas.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<i32>,
-    /// Ready serving replicas.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_replicas: Option<i32>,
-    /// What serves the model: the engine (`vllm`, `llamacpp`, ...) on the
-    /// cluster, or `sagemaker` for a SageMaker endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<String>,
-    /// `ready/desired`, for `kubectl get`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replica_summary: Option<String>,
-    /// The label selector of the serving pods (for the scale subresource).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<String>,
-    /// Where the model's API answers inside the cluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// The OpenAI-compatible URL of aleph-gateway, which serves this model to
-    /// the keys of its tenant (when the operator knows the gateway's address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway_url: Option<String>,
-    /// The `model` to ask the gateway for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway_model: Option<String>,
-    /// The source being served (the trained artifact when training is set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub served_source: Option<String>,
-    /// The model cache.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<CacheStatus>,
-    /// The SageMaker training job.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub training: Option<TrainingStatus>,
-    /// The SageMaker endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<EndpointStatus>,
-    /// The last decision of the operator's autoscaler (`targetConcurrency`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autoscaler: Option<AutoscalerStatus>,
+kind_status! {
+    /// What the operator observed of an AIModel.
+    pub struct AIModelStatus {
+        /// Ready, Progressing, Degraded, Trained, Serving.
+        conditions;
+        /// Desired serving replicas.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub replicas: Option<i32>,
+        /// Ready serving replicas.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ready_replicas: Option<i32>,
+        /// What serves the model: the engine (`vllm`, `llamacpp`, ...) on the
+        /// cluster, or `sagemaker` for a SageMaker endpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub runtime: Option<String>,
+        /// `ready/desired`, for `kubectl get`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub replica_summary: Option<String>,
+        /// The label selector of the serving pods (for the scale subresource).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub selector: Option<String>,
+        /// Where the model's API answers inside the cluster.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url: Option<String>,
+        /// The OpenAI-compatible URL of aleph-gateway, which serves this model to
+        /// the keys of its tenant (when the operator knows the gateway's address).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gateway_url: Option<String>,
+        /// The `model` to ask the gateway for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gateway_model: Option<String>,
+        /// The source being served (the trained artifact when training is set).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub served_source: Option<String>,
+        /// The model cache.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cache: Option<CacheStatus>,
+        /// The SageMaker training job.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub training: Option<TrainingStatus>,
+        /// The SageMaker endpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub endpoint: Option<EndpointStatus>,
+        /// The last decision of the operator's autoscaler (`targetConcurrency`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub autoscaler: Option<AutoscalerStatus>,
+    }
 }
 
 /// What the autoscaler last decided, from the gateway's measurements.

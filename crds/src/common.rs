@@ -53,6 +53,43 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+/// Declares the status struct of a kind. Every kind's status starts with the same two fields:
+/// `observedGeneration` and `conditions` (a list map keyed by `type`), documented by the doc
+/// comment written before `conditions;`; the kind's own fields follow.
+macro_rules! kind_status {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(#[doc = $conditions_doc:literal])+
+            conditions;
+            $($fields:tt)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(
+            ::serde::Serialize,
+            ::serde::Deserialize,
+            Clone,
+            Debug,
+            PartialEq,
+            ::schemars::JsonSchema,
+            Default,
+        )]
+        #[serde(rename_all = "camelCase")]
+        pub struct $name {
+            /// The generation this status describes.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub observed_generation: Option<i64>,
+            $(#[doc = $conditions_doc])+
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+            pub conditions: Vec<$crate::common::Condition>,
+            $($fields)*
+        }
+    };
+}
+pub(crate) use kind_status;
+
 /// A reference to a key of a Secret in the object's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -258,7 +295,8 @@ pub struct SageMakerTraining {
     pub region: Option<String>,
 }
 
-fn one() -> i32 {
+/// The default of a count of at least one.
+pub(crate) fn one() -> i32 {
     1
 }
 fn default_volume_gb() -> i32 {

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{ComputeResources, Condition, EnvVar, SageMakerTraining};
+use crate::common::{ComputeResources, EnvVar, SageMakerTraining, kind_status};
 
 /// A DAG of steps with typed params, retries with backoff, `finally` steps, a
 /// parallelism cap, a deadline and an optional cron schedule.
@@ -301,29 +301,24 @@ pub enum ConcurrencyPolicy {
     Replace,
 }
 
-/// What the operator observed of a Pipeline.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct PipelineStatus {
-    /// The generation this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Ready (the graph is valid), and why not.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-    /// Number of steps, finally steps included.
-    #[serde(default)]
-    pub step_count: i32,
-    /// The newest run's name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_run: Option<String>,
-    /// When the schedule last created a run (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_schedule_time: Option<String>,
-    /// The runs the schedule created that have not finished.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub active: Vec<String>,
+kind_status! {
+    /// What the operator observed of a Pipeline.
+    pub struct PipelineStatus {
+        /// Ready (the graph is valid), and why not.
+        conditions;
+        /// Number of steps, finally steps included.
+        #[serde(default)]
+        pub step_count: i32,
+        /// The newest run's name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_run: Option<String>,
+        /// When the schedule last created a run (RFC 3339).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_schedule_time: Option<String>,
+        /// The runs the schedule created that have not finished.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub active: Vec<String>,
+    }
 }
 
 /// One execution of a Pipeline.
@@ -439,45 +434,40 @@ pub enum StepPhase {
     Reused,
 }
 
-/// What the operator observed of a PipelineRun.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct PipelineRunStatus {
-    /// The generation this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Succeeded (Unknown while running), with reasons InvalidGraph,
-    /// ParameterMissing, StepFailed, Timeout, Cancelled.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-    /// The run's phase.
-    #[serde(default)]
-    pub phase: RunPhase,
-    /// Finished steps over all steps, for example `3/7`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<String>,
-    /// When the run started (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<String>,
-    /// When the run finished (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<String>,
-    /// How long the run took, for example `4m12s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration: Option<String>,
-    /// The params the run uses, defaults applied.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub params: BTreeMap<String, String>,
-    /// The pipeline spec this run executes, copied when it started (validated
-    /// when the Pipeline was applied, so stored as is).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserved_object")]
-    pub pipeline_spec: Option<PipelineSpec>,
-    /// Each step's state.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
-    pub steps: Vec<StepStatus>,
+kind_status! {
+    /// What the operator observed of a PipelineRun.
+    pub struct PipelineRunStatus {
+        /// Succeeded (Unknown while running), with reasons InvalidGraph,
+        /// ParameterMissing, StepFailed, Timeout, Cancelled.
+        conditions;
+        /// The run's phase.
+        #[serde(default)]
+        pub phase: RunPhase,
+        /// Finished steps over all steps, for example `3/7`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub progress: Option<String>,
+        /// When the run started (RFC 3339).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub start_time: Option<String>,
+        /// When the run finished (RFC 3339).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub completion_time: Option<String>,
+        /// How long the run took, for example `4m12s`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub duration: Option<String>,
+        /// The params the run uses, defaults applied.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub params: BTreeMap<String, String>,
+        /// The pipeline spec this run executes, copied when it started (validated
+        /// when the Pipeline was applied, so stored as is).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(schema_with = "preserved_object")]
+        pub pipeline_spec: Option<PipelineSpec>,
+        /// Each step's state.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+        pub steps: Vec<StepStatus>,
+    }
 }
 
 /// One step's state in a run.

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{ComputeResources, Condition, EgressDestination, EnvVar, SecretRef};
+use crate::common::{ComputeResources, EgressDestination, EnvVar, SecretRef, kind_status, one};
 
 /// A versioned, sandboxed extension running inside a tenant: a service
 /// (Deployment and Service) or a job template for Pipeline steps. Upgrades that
@@ -97,9 +97,6 @@ pub struct PluginSpec {
     pub pod_annotations: BTreeMap<String, String>,
 }
 
-fn one() -> i32 {
-    1
-}
 fn default_progress_deadline() -> i32 {
     300
 }
@@ -166,46 +163,41 @@ pub struct PluginPermission {
     pub verbs: Vec<String>,
 }
 
-/// What the operator observed of a Plugin.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct PluginStatus {
-    /// The generation this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Degraded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-    /// The version running now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_version: Option<String>,
-    /// The image running now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_image: Option<String>,
-    /// The last version that was Ready: the rollback target.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_good_version: Option<String>,
-    /// The image of the last version that was Ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_good_image: Option<String>,
-    /// A version that failed and was rolled back; it is not tried again until the spec changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed_version: Option<String>,
-    /// When the rollout of the current version started (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout_started: Option<String>,
-    /// The generation whose version failed; that spec is not rolled out again
-    /// until it changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed_generation: Option<i64>,
-    /// Everything that shaped the pods of the last version that was Ready: what a
-    /// rollback restores.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_good_release: Option<PluginRelease>,
-    /// The in-cluster address of a service plugin.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
+kind_status! {
+    /// What the operator observed of a Plugin.
+    pub struct PluginStatus {
+        /// Ready, Progressing, Degraded.
+        conditions;
+        /// The version running now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub current_version: Option<String>,
+        /// The image running now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub current_image: Option<String>,
+        /// The last version that was Ready: the rollback target.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_good_version: Option<String>,
+        /// The image of the last version that was Ready.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_good_image: Option<String>,
+        /// A version that failed and was rolled back; it is not tried again until the spec changes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub failed_version: Option<String>,
+        /// When the rollout of the current version started (RFC 3339).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rollout_started: Option<String>,
+        /// The generation whose version failed; that spec is not rolled out again
+        /// until it changes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub failed_generation: Option<i64>,
+        /// Everything that shaped the pods of the last version that was Ready: what a
+        /// rollback restores.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_good_release: Option<PluginRelease>,
+        /// The in-cluster address of a service plugin.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub endpoint: Option<String>,
+    }
 }
 
 /// What shapes a plugin's pods: one release of the plugin. An upgrade that

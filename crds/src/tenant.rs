@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    Condition, DeletionPolicy, EgressDestination, QUANTITY_MAX_LENGTH, non_negative_quantity,
+    DeletionPolicy, EgressDestination, QUANTITY_MAX_LENGTH, kind_status, non_negative_quantity,
     request_within_limit,
 };
 
@@ -366,33 +366,28 @@ pub enum ComplianceProfile {
     Pci,
 }
 
-/// What the operator observed of a Tenant.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct TenantStatus {
-    /// The generation this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Ready, and what went wrong where something did.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-    /// The tenant's namespaces that exist.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub namespaces: Vec<String>,
-    /// How many namespaces exist.
-    #[serde(default)]
-    pub namespace_count: i32,
-    /// GPUs used/hard, for `kubectl get`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpus: Option<String>,
-    /// Usage against the tenant-wide quota, by resource name (for example `requests.nvidia.com/gpu`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub usage: BTreeMap<String, ResourceUsage>,
-    /// What the tenant's callers used through aleph-gateway, today and this
-    /// month (UTC), summed from the gateways' counters by the operator.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway_usage: Option<GatewayUsage>,
+kind_status! {
+    /// What the operator observed of a Tenant.
+    pub struct TenantStatus {
+        /// Ready, and what went wrong where something did.
+        conditions;
+        /// The tenant's namespaces that exist.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub namespaces: Vec<String>,
+        /// How many namespaces exist.
+        #[serde(default)]
+        pub namespace_count: i32,
+        /// GPUs used/hard, for `kubectl get`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gpus: Option<String>,
+        /// Usage against the tenant-wide quota, by resource name (for example `requests.nvidia.com/gpu`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub usage: BTreeMap<String, ResourceUsage>,
+        /// What the tenant's callers used through aleph-gateway, today and this
+        /// month (UTC), summed from the gateways' counters by the operator.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gateway_usage: Option<GatewayUsage>,
+    }
 }
 
 impl TenantStatus {

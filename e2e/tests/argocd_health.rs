@@ -1,5 +1,7 @@
-//! The Argo CD health checks in `deploy/argocd/health/<Kind>/health.lua`, run against their
-//! `health_test.yaml` cases the way Argo CD runs them: Lua 5.1 with only the base and table
+//! The Argo CD health checks, run against their `health_test.yaml` cases the way Argo CD runs
+//! them. Each kind's script is `deploy/argocd/health/common.lua`, a blank line, then the kind's
+//! own rules in `deploy/argocd/health/<Kind>/health.lua`, exactly as `render-cm-patch.sh` puts it
+//! into `argocd-cm-patch.yaml`. Argo CD runs it in Lua 5.1 with only the base and table
 //! libraries (and a safe `os`), the object as the global `obj`, the result a table with
 //! `status` and `message`.
 //!
@@ -222,6 +224,18 @@ fn run_health(lua: &str, script: &Path, object: &Value) -> Result<(String, Strin
     Ok((status.to_string(), message.to_string()))
 }
 
+/// The self-contained script of a kind, as Argo CD gets it: the shared part, a blank line, then
+/// the kind's own rules (what `deploy/argocd/render-cm-patch.sh` writes into the ConfigMap).
+fn health_script(kind: &str) -> String {
+    let kind_rules = health_dir().join(kind).join("health.lua");
+    assert!(kind_rules.is_file(), "{} is missing", kind_rules.display());
+    format!(
+        "{}\n{}",
+        read(&health_dir().join("common.lua")),
+        read(&kind_rules)
+    )
+}
+
 fn load_tests(kind: &str) -> HealthTests {
     let path = health_dir().join(kind).join("health_test.yaml");
     serde_saphyr::from_str(&read(&path))
@@ -231,8 +245,7 @@ fn load_tests(kind: &str) -> HealthTests {
 fn check_kind(kind: &str) {
     let lua = lua();
     let dir = health_dir().join(kind);
-    let script = dir.join("health.lua");
-    assert!(script.is_file(), "{} is missing", script.display());
+    let script = Scratch::new(&format!("{kind}.lua"), &health_script(kind));
     let tests = load_tests(kind);
     assert!(
         tests.tests.len() >= 5,
@@ -257,7 +270,7 @@ fn check_kind(kind: &str) {
             "{}: wrong kind",
             input.display()
         );
-        match run_health(&lua, &script, &object) {
+        match run_health(&lua, &script.path, &object) {
             Ok((status, message)) => {
                 if status != expected.status || message != expected.message {
                     failures.push(format!(
@@ -350,10 +363,10 @@ fn argocd_cm_patch_embeds_every_health_check() {
         let embedded = patch["data"][&key]
             .as_str()
             .unwrap_or_else(|| panic!("{} has no {key}", path.display()));
-        let script = read(&health_dir().join(kind).join("health.lua"));
         assert!(
-            embedded == script,
-            "{key} in {} differs from {kind}/health.lua: run deploy/argocd/render-cm-patch.sh",
+            embedded == health_script(kind),
+            "{key} in {} differs from common.lua and {kind}/health.lua: \
+             run deploy/argocd/render-cm-patch.sh",
             path.display()
         );
     }
@@ -361,18 +374,34 @@ fn argocd_cm_patch_embeds_every_health_check() {
 
 static SCRATCH: AtomicUsize = AtomicUsize::new(0);
 
+/// A script written to a file of its own for the harness to load, removed when dropped.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn new(name: &str, script: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "aleph-health-{}-{}-{name}",
+            std::process::id(),
+            SCRATCH.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::write(&path, script).expect("write a scratch script");
+        Scratch { path }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// Runs a throw-away script through the harness.
 fn run_snippet(script: &str, object: &Value) -> Result<(String, String), String> {
     let lua = lua();
-    let path = std::env::temp_dir().join(format!(
-        "aleph-health-{}-{}.lua",
-        std::process::id(),
-        SCRATCH.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::write(&path, script).expect("write a scratch script");
-    let result = run_health(&lua, &path, object);
-    let _ = fs::remove_file(&path);
-    result
+    let script = Scratch::new("snippet.lua", script);
+    run_health(&lua, &script.path, object)
 }
 
 #[test]

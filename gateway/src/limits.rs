@@ -140,13 +140,22 @@ mod tests {
         (clock.clone(), Limits::new(clock, share))
     }
 
+    fn tenant_limits(
+        requests_per_minute: Option<u64>,
+        tokens_per_minute: Option<u64>,
+        tokens_per_day: Option<u64>,
+    ) -> TenantLimits {
+        TenantLimits {
+            requests_per_minute,
+            tokens_per_minute,
+            tokens_per_day,
+        }
+    }
+
     #[test]
     fn requests_per_minute_refuse_until_the_minute_ends() {
         let (clock, limits) = limits(1);
-        let tenant = TenantLimits {
-            requests_per_minute: Some(2),
-            ..TenantLimits::default()
-        };
+        let tenant = tenant_limits(Some(2), None, None);
         clock.advance(Duration::from_secs(15));
         assert!(limits.admit("a", &tenant).is_ok());
         assert!(limits.admit("a", &tenant).is_ok());
@@ -166,10 +175,7 @@ mod tests {
     #[test]
     fn tokens_refuse_the_next_request_once_used() {
         let (clock, limits) = limits(1);
-        let tenant = TenantLimits {
-            tokens_per_day: Some(100),
-            ..TenantLimits::default()
-        };
+        let tenant = tenant_limits(None, None, Some(100));
         assert!(limits.admit("a", &tenant).is_ok());
         limits.charge("a", 150);
         let Err(ApiError::RateLimited { limit, retry_after }) = limits.admit("a", &tenant) else {
@@ -185,10 +191,7 @@ mod tests {
         let (_, limits) = limits(3);
         assert_eq!(limits.replica_limit(10), 4);
         assert_eq!(limits.replica_limit(1), 1);
-        let tenant = TenantLimits {
-            requests_per_minute: Some(10),
-            ..TenantLimits::default()
-        };
+        let tenant = tenant_limits(Some(10), None, None);
         for _ in 0..4 {
             assert!(limits.admit("a", &tenant).is_ok());
         }

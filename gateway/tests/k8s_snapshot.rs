@@ -10,268 +10,16 @@ use aleph_gateway::{Endpoint, KeyInfo, Model, Owners, Snapshot, TenantLimits, Tr
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-const TENANTS: &str = r#"
-- apiVersion: aleph.dev/v1alpha1
-  kind: Tenant
-  metadata: {name: acme}
-  spec:
-    owners: [{kind: User, name: alice}, {kind: ServiceAccount, name: ci, namespace: acme-ml}]
-    namespaces: [ml, web]
-    plan: pro
-    gateway: {tokensPerDay: 1000000}
-  status:
-    namespaces: [acme-ml, acme-web]
-- apiVersion: aleph.dev/v1alpha1
-  kind: Tenant
-  metadata: {name: globex}
-  spec:
-    owners: [{kind: User, name: bob}]
-    namespaces: [ai]
-  status:
-    namespaces: [globex-ai]
-- apiVersion: aleph.dev/v1alpha1
-  kind: Tenant
-  metadata: {name: initech}
-  spec:
-    owners: [{kind: Group, name: initech-admins}]
-    namespaces: [lab]
-    plan: enterprise
-    gateway: {requestsPerMinute: 100, tokensPerMinute: 0}
-"#;
+const TENANTS: &str = include_str!("fixtures/k8s_snapshot/tenants.yaml");
 
 // data.sha256 is base64 (as every Secret's data) of the key's hex SHA-256:
 // sk-aleph-acme-ci, sk-aleph-acme-upper (in upper case, with a newline),
 // sk-aleph-globex, sk-aleph-stray, then "not-a-hash".
-const KEYS: &str = r#"
-- apiVersion: v1
-  kind: Secret
-  metadata:
-    name: key-ci
-    namespace: acme-ml
-    labels: {aleph.dev/gateway-key: "true"}
-  data:
-    sha256: ODBiMTQ0MWM5ZWU3NzUxMWE1ZDFiZTFlMjgzMDQ0ZTExMTFjMWQ1YmU1Nzg3ZDg5MTc1M2ZmNGQwZjE1Y2U5Nw==
-- apiVersion: v1
-  kind: Secret
-  metadata:
-    name: key-upper
-    namespace: acme-web
-    labels: {aleph.dev/gateway-key: "true"}
-  data:
-    sha256: NUNGNzk0QTdFNjg3NTI0Mjc2RUZDRDEyMjI3NDBGRURGNjMxRjg2MEE2NTgxOEQ1MjNFQjQyNDQyNTkyMzFCNQo=
-- apiVersion: v1
-  kind: Secret
-  metadata:
-    name: key-1
-    namespace: globex-ai
-    labels: {aleph.dev/gateway-key: "true"}
-  data:
-    sha256: YjU0MzU2NWJlY2Q1NmZkOGYzYTA0ZTk0MmM2Y2NiMjBkYjU2NjFjZTg3ZWVkZGU0MjcyYWE5Y2JkZTI0Y2ExNw==
-- apiVersion: v1
-  kind: Secret
-  metadata:
-    name: key-copy
-    namespace: globex-ai
-    labels: {aleph.dev/gateway-key: "true"}
-  data:
-    sha256: ODBiMTQ0MWM5ZWU3NzUxMWE1ZDFiZTFlMjgzMDQ0ZTExMTFjMWQ1YmU1Nzg3ZDg5MTc1M2ZmNGQwZjE1Y2U5Nw==
-- apiVersion: v1
-  kind: Secret
-  metadata:
-    name: stray
-    namespace: default
-    labels: {aleph.dev/gateway-key: "true"}
-  data:
-    sha256: Mzg5OTg3Yzk3OGM2YjgyOTg0YmNiYWVjN2EwNzUwODc4ZDIzNWQ0Nzg5N2I1M2MxMzMxOTA5MjJkMDVkNWRiYQ==
-- apiVersion: v1
-  kind: Secret
-  metadata:
-    name: key-bad
-    namespace: acme-ml
-    labels: {aleph.dev/gateway-key: "true"}
-  data:
-    sha256: bm90LWEtaGFzaA==
-- apiVersion: v1
-  kind: Secret
-  metadata:
-    name: key-empty
-    namespace: acme-ml
-    labels: {aleph.dev/gateway-key: "true"}
-- apiVersion: v1
-  kind: Secret
-  metadata:
-    name: unlabelled
-    namespace: globex-ai
-  data:
-    sha256: Mzg5OTg3Yzk3OGM2YjgyOTg0YmNiYWVjN2EwNzUwODc4ZDIzNWQ0Nzg5N2I1M2MxMzMxOTA5MjJkMDVkNWRiYQ==
-"#;
+const KEYS: &str = include_str!("fixtures/k8s_snapshot/keys.yaml");
 
-const MODELS: &str = r#"
-- apiVersion: aleph.dev/v1alpha1
-  kind: AIModel
-  metadata: {name: llama, namespace: acme-ml, creationTimestamp: "2025-01-02T03:04:05Z"}
-  spec:
-    source: {uri: "hf://meta-llama/Llama-3.1-8B-Instruct"}
-    runtime: {engine: vllm}
-    canary:
-      source: {uri: "hf://meta-llama/Llama-3.2-3B-Instruct"}
-      trafficPercent: 10
-- apiVersion: aleph.dev/v1alpha1
-  kind: AIModel
-  metadata: {name: tiny, namespace: acme-ml, creationTimestamp: "2025-02-03T04:05:06Z"}
-  spec:
-    source: {uri: "s3://models/tiny/chat.gguf"}
-    runtime: {engine: llamacpp, args: ["--alias", "tiny-chat"]}
-- apiVersion: aleph.dev/v1alpha1
-  kind: AIModel
-  metadata: {name: local, namespace: acme-web}
-  spec:
-    source: {uri: "ollama://llama3.2:1b"}
-    runtime: {engine: ollama}
-    # Scaled from zero: its requests wait for a first replica.
-    autoscaling: {minReplicas: 0, maxReplicas: 2, targetConcurrency: 4}
-- apiVersion: aleph.dev/v1alpha1
-  kind: AIModel
-  metadata: {name: mistral, namespace: globex-ai}
-  spec:
-    source: {uri: "hf://mistralai/Mistral-7B-Instruct-v0.3"}
-    runtime: {engine: tgi}
-    canary:
-      runtime: {engine: tgi, args: ["--max-input-tokens", "4096"]}
-      trafficPercent: 25
-- apiVersion: aleph.dev/v1alpha1
-  kind: AIModel
-  metadata: {name: vision, namespace: globex-ai}
-  spec:
-    source: {uri: "oci://registry.example.com/models/vision:1"}
-    runtime: {engine: custom, image: "registry.example.com/vision-server:1", port: 9000}
-    autoscaling: {minReplicas: 1, maxReplicas: 3, targetConcurrency: 8}
-- apiVersion: aleph.dev/v1alpha1
-  kind: AIModel
-  metadata: {name: hosted, namespace: globex-ai}
-  spec:
-    source: {uri: "s3://models/hosted"}
-    backend: SageMaker
-    sagemaker:
-      image: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/serve:1
-      roleArn: arn:aws:iam::123456789012:role/serve
-      instanceType: ml.g5.xlarge
-- apiVersion: aleph.dev/v1alpha1
-  kind: AIModel
-  metadata: {name: platform, namespace: default}
-  spec:
-    source: {uri: "hf://org/model"}
-"#;
+const MODELS: &str = include_str!("fixtures/k8s_snapshot/models.yaml");
 
-const SLICES: &str = r#"
-# llama has per-track Services: the slice of the all-pods Service is not used.
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata:
-    name: llama-x7k2p
-    namespace: acme-ml
-    labels: {kubernetes.io/service-name: llama, aleph.dev/model: llama}
-  addressType: IPv4
-  ports: [{name: http, port: 8000, protocol: TCP}]
-  endpoints:
-    - addresses: [10.0.0.1]
-    - addresses: [10.0.0.2]
-    - addresses: [10.0.0.3]
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata:
-    name: llama-stable-q8r4m
-    namespace: acme-ml
-    labels: {kubernetes.io/service-name: llama-stable, aleph.dev/model: llama, aleph.dev/track: stable}
-  addressType: IPv4
-  ports: [{name: http, port: 8000, protocol: TCP}]
-  endpoints:
-    - addresses: [10.0.0.2]
-      conditions: {ready: true, serving: true, terminating: false}
-      nodeName: gpu-1
-    - addresses: [10.0.0.1]
-      conditions: {ready: false}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata:
-    name: llama-canary-z9d1c
-    namespace: acme-ml
-    labels: {kubernetes.io/service-name: llama-canary, aleph.dev/model: llama, aleph.dev/track: canary}
-  addressType: IPv4
-  ports: [{name: http, port: 8000, protocol: TCP}]
-  endpoints:
-    - addresses: [10.0.0.3]
-      conditions: {ready: true}
-# tiny: two slices sharing one endpoint, two ports, and an FQDN slice.
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata:
-    name: tiny-a1
-    namespace: acme-ml
-    labels: {kubernetes.io/service-name: tiny, aleph.dev/model: tiny}
-  addressType: IPv4
-  ports: [{name: metrics, port: 9100}, {name: http, port: 8080}]
-  endpoints:
-    - addresses: [10.0.1.1, 10.0.9.9]
-    - addresses: [10.0.1.2]
-      conditions: {ready: false}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata:
-    name: tiny-b2
-    namespace: acme-ml
-    labels: {kubernetes.io/service-name: tiny, aleph.dev/model: tiny}
-  addressType: IPv4
-  ports: [{name: metrics, port: 9100}, {name: http, port: 8080}]
-  endpoints:
-    - addresses: [10.0.1.2]
-      conditions: {ready: true}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata:
-    name: tiny-fqdn
-    namespace: acme-ml
-    labels: {kubernetes.io/service-name: tiny, aleph.dev/model: tiny}
-  addressType: FQDN
-  ports: [{name: http, port: 8080}]
-  endpoints:
-    - addresses: [tiny.example.com]
-# mistral: a canary without per-track Services (no Gateway API): all stable.
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata:
-    name: mistral-m3n4
-    namespace: globex-ai
-    labels: {kubernetes.io/service-name: mistral, aleph.dev/model: mistral}
-  addressType: IPv6
-  ports: [{port: 8080}]
-  endpoints:
-    - addresses: ["fd00::2"]
-      conditions: {}
-    - addresses: ["fd00::1"]
-# The same model name in another tenant's namespace: not mistral's.
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata:
-    name: mistral-zz
-    namespace: acme-web
-    labels: {kubernetes.io/service-name: mistral, aleph.dev/model: mistral}
-  addressType: IPv4
-  ports: [{name: http, port: 8080}]
-  endpoints:
-    - addresses: [10.9.9.9]
-# hosted (SageMaker) and platform (no tenant) have no model.
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata:
-    name: platform-aa
-    namespace: default
-    labels: {kubernetes.io/service-name: platform, aleph.dev/model: platform}
-  addressType: IPv4
-  ports: [{name: http, port: 8000}]
-  endpoints:
-    - addresses: [10.8.8.8]
-"#;
+const SLICES: &str = include_str!("fixtures/k8s_snapshot/slices.yaml");
 
 fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> Vec<T> {
     serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("fixture: {e}"))
@@ -289,6 +37,21 @@ fn key(tenant: &str, name: &str) -> KeyInfo {
     KeyInfo {
         tenant: tenant.into(),
         name: name.into(),
+    }
+}
+
+/// Model `name`, of the AIModel `name` in `namespace`, served under its own name, created at
+/// time 0, without a canary, not scaled from zero.
+fn model(namespace: &str, name: &str, endpoints: Vec<Endpoint>) -> Model {
+    Model {
+        name: name.into(),
+        namespace: namespace.into(),
+        aimodel: name.into(),
+        served_name: name.into(),
+        created: 0,
+        endpoints,
+        canary_percent: 0,
+        scale_from_zero: false,
     }
 }
 
@@ -337,41 +100,34 @@ fn expected() -> Snapshot {
                 "acme".into(),
                 vec![
                     Model {
-                        name: "llama".into(),
-                        namespace: "acme-ml".into(),
-                        aimodel: "llama".into(),
-                        served_name: "llama".into(),
                         created: 1_735_787_045,
-                        endpoints: vec![
-                            endpoint("10.0.0.1:8000", Stable, false),
-                            endpoint("10.0.0.2:8000", Stable, true),
-                            endpoint("10.0.0.3:8000", Canary, true),
-                        ],
                         canary_percent: 10,
-                        scale_from_zero: false,
+                        ..model(
+                            "acme-ml",
+                            "llama",
+                            vec![
+                                endpoint("10.0.0.1:8000", Stable, false),
+                                endpoint("10.0.0.2:8000", Stable, true),
+                                endpoint("10.0.0.3:8000", Canary, true),
+                            ],
+                        )
                     },
                     Model {
-                        name: "tiny".into(),
-                        namespace: "acme-ml".into(),
-                        aimodel: "tiny".into(),
                         served_name: "tiny-chat".into(),
                         created: 1_738_555_506,
-                        endpoints: vec![
-                            endpoint("10.0.1.1:8080", Stable, true),
-                            endpoint("10.0.1.2:8080", Stable, true),
-                        ],
-                        canary_percent: 0,
-                        scale_from_zero: false,
+                        ..model(
+                            "acme-ml",
+                            "tiny",
+                            vec![
+                                endpoint("10.0.1.1:8080", Stable, true),
+                                endpoint("10.0.1.2:8080", Stable, true),
+                            ],
+                        )
                     },
                     Model {
-                        name: "local".into(),
-                        namespace: "acme-web".into(),
-                        aimodel: "local".into(),
                         served_name: "llama3.2:1b".into(),
-                        created: 0,
-                        endpoints: vec![],
-                        canary_percent: 0,
                         scale_from_zero: true,
+                        ..model("acme-web", "local", vec![])
                     },
                 ],
             ),
@@ -379,28 +135,17 @@ fn expected() -> Snapshot {
                 "globex".into(),
                 vec![
                     Model {
-                        name: "mistral".into(),
-                        namespace: "globex-ai".into(),
-                        aimodel: "mistral".into(),
-                        served_name: "mistral".into(),
-                        created: 0,
-                        endpoints: vec![
-                            endpoint("[fd00::1]:8080", Stable, true),
-                            endpoint("[fd00::2]:8080", Stable, true),
-                        ],
                         canary_percent: 25,
-                        scale_from_zero: false,
+                        ..model(
+                            "globex-ai",
+                            "mistral",
+                            vec![
+                                endpoint("[fd00::1]:8080", Stable, true),
+                                endpoint("[fd00::2]:8080", Stable, true),
+                            ],
+                        )
                     },
-                    Model {
-                        name: "vision".into(),
-                        namespace: "globex-ai".into(),
-                        aimodel: "vision".into(),
-                        served_name: "vision".into(),
-                        created: 0,
-                        endpoints: vec![],
-                        canary_percent: 0,
-                        scale_from_zero: false,
-                    },
+                    model("globex-ai", "vision", vec![]),
                 ],
             ),
         ]),

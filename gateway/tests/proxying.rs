@@ -7,23 +7,76 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aleph_gateway::{GatewayConfig, TenantLimits};
+use aleph_gateway::{Endpoint, GatewayConfig, TenantLimits};
 use axum::http::StatusCode;
 use common::{ACME_KEY, Harness, Reply, Stub, canary, eventually, model, snapshot, stable};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-async fn single(name: &str) -> (Harness, Stub, SocketAddr) {
-    let (stub, addr) = Stub::start(name).await;
-    let harness = Harness::start(
-        GatewayConfig::default(),
-        snapshot(
-            vec![model("llama", vec![stable(addr)])],
-            TenantLimits::default(),
-        ),
+/// A gateway with `config` serving model `llama` on `endpoints`.
+async fn serving(config: GatewayConfig, endpoints: Vec<Endpoint>) -> Harness {
+    Harness::start(
+        config,
+        snapshot(vec![model("llama", endpoints)], TenantLimits::default()),
     )
+    .await
+}
+
+async fn single(name: &str) -> (Harness, Stub, SocketAddr) {
+    single_with(name, GatewayConfig::default()).await
+}
+
+/// One stub engine `name` behind a gateway with `config`.
+async fn single_with(name: &str, config: GatewayConfig) -> (Harness, Stub, SocketAddr) {
+    let (stub, addr) = Stub::start(name).await;
+    (serving(config, vec![stable(addr)]).await, stub, addr)
+}
+
+/// Stub engines, one a name, and their stable endpoints.
+async fn start_stubs(names: &[&str]) -> (Vec<Stub>, Vec<Endpoint>) {
+    let mut stubs = Vec::new();
+    let mut endpoints = Vec::new();
+    for name in names {
+        let (stub, addr) = Stub::start(name).await;
+        stubs.push(stub);
+        endpoints.push(stable(addr));
+    }
+    (stubs, endpoints)
+}
+
+/// Asks `llama` to complete the prompt `x`.
+async fn complete_x(gw: &Harness) -> Reply {
+    gw.post(
+        "/v1/completions",
+        ACME_KEY,
+        json!({"model": "llama", "prompt": "x"}),
+    )
+    .await
+}
+
+/// Asks `llama` for the embedding of `input`.
+async fn embed(gw: &Harness, input: &str) -> Reply {
+    gw.post(
+        "/v1/embeddings",
+        ACME_KEY,
+        json!({"model": "llama", "input": input}),
+    )
+    .await
+}
+
+/// Sends `request` with tenant `acme`'s key, for the test to read the response as it comes.
+async fn send(gw: &Harness, path: &str, request: &Value) -> hyper::Response<Incoming> {
+    gw.send(path, Some(ACME_KEY), request.to_string().into_bytes())
+        .await
+}
+
+/// Waits for the requests to `addr` to leave the in-flight count.
+async fn nothing_in_flight(gw: &Harness, addr: SocketAddr) {
+    eventually("the request to leave the in-flight count", async || {
+        gw.gateway.balancer().in_flight(addr) == 0
+    })
     .await;
-    (harness, stub, addr)
 }
 
 #[tokio::test]
@@ -48,19 +101,13 @@ async fn the_model_field_is_rewritten_to_the_served_name() {
         bodies[0].get("stream_options").is_none(),
         "added only to streams"
     );
-    let embedded = gw
-        .post(
-            "/v1/embeddings",
-            ACME_KEY,
-            json!({"model": "llama", "input": "a b"}),
-        )
-        .await;
+    let embedded = embed(&gw, "a b").await;
     assert_eq!(embedded.status, StatusCode::OK);
     assert_eq!(embedded.json()["data"][0]["embedding"][1], -0.5);
 }
 
 /// Reads the next body chunk, failing after 5 s.
-async fn next_chunk(body: &mut hyper::body::Incoming) -> Option<String> {
+async fn next_chunk(body: &mut Incoming) -> Option<String> {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
             .await
@@ -79,13 +126,7 @@ async fn streams_pass_through_chunk_by_chunk() {
         "model": "llama", "stream": true, "stub_gate": true, "stub_chunks": 3,
         "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 4,
     });
-    let response = gw
-        .send(
-            "/v1/chat/completions",
-            Some(ACME_KEY),
-            request.to_string().into_bytes(),
-        )
-        .await;
+    let response = send(&gw, "/v1/chat/completions", &request).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response
@@ -123,13 +164,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
         "model": "llama", "stream": true, "stub_chunks": 2000, "stub_chunk_delay_ms": 10,
         "messages": [{"role": "user", "content": "go on forever"}],
     });
-    let response = gw
-        .send(
-            "/v1/chat/completions",
-            Some(ACME_KEY),
-            request.to_string().into_bytes(),
-        )
-        .await;
+    let response = send(&gw, "/v1/chat/completions", &request).await;
     let mut body = response.into_body();
     assert!(
         next_chunk(&mut body)
@@ -142,10 +177,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
         stub.stream_cancelled()
     })
     .await;
-    eventually("the request to leave the in-flight count", async || {
-        gw.gateway.balancer().in_flight(addr) == 0
-    })
-    .await;
+    nothing_in_flight(&gw, addr).await;
     assert_eq!(
         gw.metric(
             "aleph_gateway_inflight_requests",
@@ -158,18 +190,8 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_in_flight_spreads_concurrent_slow_requests_evenly() {
-    let mut stubs = Vec::new();
-    let mut endpoints = Vec::new();
-    for name in ["a", "b", "c"] {
-        let (stub, addr) = Stub::start(name).await;
-        stubs.push(stub);
-        endpoints.push(stable(addr));
-    }
-    let gw = Harness::start(
-        GatewayConfig::default(),
-        snapshot(vec![model("llama", endpoints)], TenantLimits::default()),
-    )
-    .await;
+    let (stubs, endpoints) = start_stubs(&["a", "b", "c"]).await;
+    let gw = serving(GatewayConfig::default(), endpoints).await;
     let slow = json!({"model": "llama", "prompt": "slow", "stub_delay_ms": 600});
     let replies: Vec<Reply> = futures::future::join_all(
         (0..9).map(|_| gw.post("/v1/completions", ACME_KEY, slow.clone())),
@@ -193,13 +215,7 @@ async fn the_canary_gets_exactly_its_percentage() {
     .await;
     let mut answered: HashMap<String, usize> = HashMap::new();
     for _ in 0..1000 {
-        let reply = gw
-            .post(
-                "/v1/embeddings",
-                ACME_KEY,
-                json!({"model": "llama", "input": "x"}),
-            )
-            .await;
+        let reply = embed(&gw, "x").await;
         assert_eq!(reply.status, StatusCode::OK);
         *answered.entry(reply.stub()).or_default() += 1;
     }
@@ -222,42 +238,16 @@ async fn refusing_addr() -> SocketAddr {
 async fn a_refused_connection_is_retried_on_another_endpoint() {
     let dead = refusing_addr().await;
     let (stub, addr) = Stub::start("alive").await;
-    let gw = Harness::start(
-        GatewayConfig::default(),
-        snapshot(
-            vec![model("llama", vec![stable(dead), stable(addr)])],
-            TenantLimits::default(),
-        ),
-    )
-    .await;
+    let gw = serving(GatewayConfig::default(), vec![stable(dead), stable(addr)]).await;
     for _ in 0..6 {
-        let reply = gw
-            .post(
-                "/v1/completions",
-                ACME_KEY,
-                json!({"model": "llama", "prompt": "x"}),
-            )
-            .await;
+        let reply = complete_x(&gw).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.stub(), "alive");
     }
     assert_eq!(stub.hits(), 6);
 
-    let only_dead = Harness::start(
-        GatewayConfig::default(),
-        snapshot(
-            vec![model("llama", vec![stable(dead)])],
-            TenantLimits::default(),
-        ),
-    )
-    .await;
-    let reply = only_dead
-        .post(
-            "/v1/completions",
-            ACME_KEY,
-            json!({"model": "llama", "prompt": "x"}),
-        )
-        .await;
+    let only_dead = serving(GatewayConfig::default(), vec![stable(dead)]).await;
+    let reply = complete_x(&only_dead).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.error_code(), "upstream_unreachable");
 }
@@ -267,25 +257,13 @@ async fn a_503_is_retried_once_on_another_endpoint() {
     let (loading, loading_addr) = Stub::start("loading").await;
     let (ready, ready_addr) = Stub::start("ready").await;
     loading.set_unavailable(true);
-    let gw = Harness::start(
+    let gw = serving(
         GatewayConfig::default(),
-        snapshot(
-            vec![model(
-                "llama",
-                vec![stable(loading_addr), stable(ready_addr)],
-            )],
-            TenantLimits::default(),
-        ),
+        vec![stable(loading_addr), stable(ready_addr)],
     )
     .await;
     for _ in 0..6 {
-        let reply = gw
-            .post(
-                "/v1/completions",
-                ACME_KEY,
-                json!({"model": "llama", "prompt": "x"}),
-            )
-            .await;
+        let reply = complete_x(&gw).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.stub(), "ready");
     }
@@ -298,13 +276,7 @@ async fn a_503_is_retried_once_on_another_endpoint() {
     // Both answer 503: one retry, then the engine's answer goes back.
     ready.set_unavailable(true);
     let (before_loading, before_ready) = (loading.hits(), ready.hits());
-    let reply = gw
-        .post(
-            "/v1/completions",
-            ACME_KEY,
-            json!({"model": "llama", "prompt": "x"}),
-        )
-        .await;
+    let reply = complete_x(&gw).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         (loading.hits() - before_loading) + (ready.hits() - before_ready),
@@ -419,13 +391,7 @@ async fn token_counters_equal_the_engines_usage() {
 
 #[tokio::test]
 async fn prefix_hash_sends_a_shared_prefix_to_one_endpoint() {
-    let mut stubs = Vec::new();
-    let mut endpoints = Vec::new();
-    for name in ["a", "b", "c", "d"] {
-        let (stub, addr) = Stub::start(name).await;
-        stubs.push(stub);
-        endpoints.push(stable(addr));
-    }
+    let (_stubs, endpoints) = start_stubs(&["a", "b", "c", "d"]).await;
     let config = GatewayConfig {
         routing: aleph_gateway::RoutingMode::PrefixHash {
             prefix_chars: 32,
@@ -433,11 +399,7 @@ async fn prefix_hash_sends_a_shared_prefix_to_one_endpoint() {
         },
         ..GatewayConfig::default()
     };
-    let gw = Harness::start(
-        config,
-        snapshot(vec![model("llama", endpoints)], TenantLimits::default()),
-    )
-    .await;
+    let gw = serving(config, endpoints).await;
     let system = "You are a terse assistant for ACME support.";
     let mut answered = std::collections::HashSet::new();
     for question in [
@@ -469,19 +431,11 @@ async fn prefix_hash_sends_a_shared_prefix_to_one_endpoint() {
 
 #[tokio::test]
 async fn an_engine_slower_than_the_header_timeout_gets_504() {
-    let (stub, addr) = Stub::start("slow").await;
     let config = GatewayConfig {
         response_header_timeout: Duration::from_millis(200),
         ..GatewayConfig::default()
     };
-    let gw = Harness::start(
-        config,
-        snapshot(
-            vec![model("llama", vec![stable(addr)])],
-            TenantLimits::default(),
-        ),
-    )
-    .await;
+    let (gw, stub, addr) = single_with("slow", config).await;
     let reply = gw
         .post(
             "/v1/completions",
@@ -501,27 +455,13 @@ async fn an_engine_slower_than_the_header_timeout_gets_504() {
 
 #[tokio::test]
 async fn the_request_timeout_cuts_a_stream_off() {
-    let (_stub, addr) = Stub::start("endless").await;
     let config = GatewayConfig {
         request_timeout: Duration::from_millis(300),
         ..GatewayConfig::default()
     };
-    let gw = Harness::start(
-        config,
-        snapshot(
-            vec![model("llama", vec![stable(addr)])],
-            TenantLimits::default(),
-        ),
-    )
-    .await;
+    let (gw, _stub, addr) = single_with("endless", config).await;
     let request = json!({"model": "llama", "stream": true, "stub_chunks": 2000, "stub_chunk_delay_ms": 10, "prompt": "x"});
-    let response = gw
-        .send(
-            "/v1/completions",
-            Some(ACME_KEY),
-            request.to_string().into_bytes(),
-        )
-        .await;
+    let response = send(&gw, "/v1/completions", &request).await;
     assert_eq!(response.status(), StatusCode::OK);
     let outcome =
         tokio::time::timeout(Duration::from_secs(5), response.into_body().collect()).await;
@@ -529,8 +469,5 @@ async fn the_request_timeout_cuts_a_stream_off() {
         matches!(outcome, Ok(Err(_))),
         "the stream ends in an error, early"
     );
-    eventually("the request to leave the in-flight count", async || {
-        gw.gateway.balancer().in_flight(addr) == 0
-    })
-    .await;
+    nothing_in_flight(&gw, addr).await;
 }

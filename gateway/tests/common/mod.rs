@@ -300,6 +300,16 @@ fn prompt_tokens(body: &Value) -> u64 {
         .map_or(0, words)
 }
 
+/// A JSON answer from the stub `name` names.
+fn json_reply(name: [(&str, String); 1], reply: &Value) -> Response {
+    (
+        name,
+        [("content-type", "application/json")],
+        reply.to_string(),
+    )
+        .into_response()
+}
+
 async fn answer(State(stub): State<Stub>, uri: Uri, body: Bytes) -> Response {
     let stub = stub.inner.clone();
     stub.hits.fetch_add(1, Ordering::SeqCst);
@@ -326,12 +336,7 @@ async fn answer(State(stub): State<Stub>, uri: Uri, body: Bytes) -> Response {
             "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
         });
-        return (
-            name,
-            [("content-type", "application/json")],
-            reply.to_string(),
-        )
-            .into_response();
+        return json_reply(name, &reply);
     }
     let completion = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(7);
     let usage = json!({
@@ -347,12 +352,7 @@ async fn answer(State(stub): State<Stub>, uri: Uri, body: Bytes) -> Response {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
             "usage": usage,
         });
-        return (
-            name,
-            [("content-type", "application/json")],
-            reply.to_string(),
-        )
-            .into_response();
+        return json_reply(name, &reply);
     }
     let chunks = body.get("stub_chunks").and_then(Value::as_u64).unwrap_or(3);
     let pace = Duration::from_millis(

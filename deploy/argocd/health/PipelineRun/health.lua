@@ -1,6 +1,6 @@
 -- Argo CD health of an Aleph PipelineRun (aleph.dev/v1alpha1).
--- Runs in Argo CD's gopher-lua sandbox: Lua 5.1 with the base and table libraries only, so no
--- string functions or methods. See deploy/argocd/README.md for what each status means.
+-- The rules of this kind only: render-cm-patch.sh puts health/common.lua (the shared part,
+-- which this uses) before them to make the script that Argo CD runs.
 --
 -- A run is read from its Succeeded condition, with status.phase as a fallback:
 -- Healthy: Succeeded=True (phase Succeeded).
@@ -11,37 +11,9 @@
 -- Progressing: not started yet, Pending, Running (Succeeded=Unknown), being cancelled or deleted.
 -- A finished run never changes, so its outcome wins over a status of an older generation.
 
-local function findCondition(conditionType)
-  if obj.status == nil or obj.status.conditions == nil then
-    return nil
-  end
-  for _, condition in ipairs(obj.status.conditions) do
-    if condition.type == conditionType then
-      return condition
-    end
-  end
-  return nil
-end
-
--- A condition's message, else its reason, else the fallback.
-local function describe(condition, fallback)
-  if condition ~= nil then
-    if condition.message ~= nil and condition.message ~= "" then
-      return condition.message
-    end
-    if condition.reason ~= nil and condition.reason ~= "" then
-      return condition.reason
-    end
-  end
-  return fallback
-end
-
-if obj.metadata.deletionTimestamp ~= nil then
-  local message = "Being deleted"
-  if obj.metadata.finalizers ~= nil and #obj.metadata.finalizers > 0 then
-    message = "Being deleted; waiting for finalizers: " .. table.concat(obj.metadata.finalizers, ", ")
-  end
-  return { status = "Progressing", message = message }
+local deleting = deletionHealth()
+if deleting ~= nil then
+  return deleting
 end
 
 if obj.status == nil then

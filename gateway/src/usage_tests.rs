@@ -1,0 +1,111 @@
+use super::*;
+
+#[test]
+fn sse_usage_split_across_chunks() {
+    let stream = concat!(
+        "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\r\n\r\n",
+        "data: [DONE]\n\n"
+    );
+    let mut scanner = UsageScanner::sse();
+    let mut done = false;
+    for chunk in stream.as_bytes().chunks(7) {
+        done = scanner.feed(chunk);
+    }
+    assert!(done);
+    assert_eq!(
+        scanner.usage(),
+        Some(Usage {
+            prompt_tokens: 12,
+            completion_tokens: 3
+        })
+    );
+}
+
+#[test]
+fn usage_of_json_reads_as_a_parsed_document_does() {
+    let documents: [&[u8]; 12] = [
+        br#"{"id":"x","choices":[{"delta":{"content":"usage"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+        br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2,"completion_tokens":5}}"#,
+        br#"{"us\u0061ge":{"prompt_tokens":7}}"#,
+        br#"{"usage":null}"#,
+        br#"{"usage":{"prompt_tokens":1.5,"completion_tokens":-1}}"#,
+        br#"{"nested":{"usage":{"prompt_tokens":9}}}"#,
+        br#"[{"usage":{"prompt_tokens":9}}]"#,
+        br#""usage""#,
+        br#"{"usage":{"prompt_tokens":2}} trailing"#,
+        br#"{"usage":{"prompt_tokens":2}"#,
+        b" { \"usage\" : { \"completion_tokens\" : 8 } } ",
+        br#"{"a":"\ud800","usage":{"prompt_tokens":2}}"#,
+    ];
+    for document in documents {
+        let parsed = serde_json::from_slice::<Value>(document)
+            .ok()
+            .and_then(|v| Usage::of(&v));
+        assert_eq!(
+            Usage::of_json(document),
+            parsed,
+            "{}",
+            String::from_utf8_lossy(document)
+        );
+    }
+}
+
+#[test]
+fn sse_lines_over_the_limit_are_skipped_whole() {
+    let mut long = b"data: {\"usage\":{\"prompt_tokens\":99}, \"x\":\"".to_vec();
+    long.resize(MAX_SSE_LINE + 10, b'a');
+    long.extend_from_slice(b"\"}\n\n");
+    long.extend_from_slice(b"data: {\"usage\":{\"prompt_tokens\":5}}\n\ndata: [DONE]\n\n");
+    for size in [1, 7, 4096, long.len()] {
+        let mut scanner = UsageScanner::sse();
+        let mut done = false;
+        for chunk in long.chunks(size) {
+            done = scanner.feed(chunk);
+        }
+        assert!(done);
+        assert_eq!(
+            scanner.usage(),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 0
+            }),
+            "chunks of {size}"
+        );
+    }
+    // A line of exactly the limit is still read.
+    let mut exact = b"data: {\"usage\":{\"prompt_tokens\":6},\"x\":\"".to_vec();
+    exact.resize(MAX_SSE_LINE - 2, b'a');
+    exact.extend_from_slice(b"\"}");
+    assert_eq!(exact.len(), MAX_SSE_LINE);
+    exact.push(b'\n');
+    let mut scanner = UsageScanner::sse();
+    scanner.feed(&exact);
+    assert_eq!(scanner.usage().map(|u| u.prompt_tokens), Some(6));
+}
+
+#[test]
+fn json_usage_small_and_large() {
+    let mut small = UsageScanner::json();
+    small.feed(br#"{"usage":{"prompt_tokens":4,"total_tokens":4},"data":[]}"#);
+    assert_eq!(
+        small.usage(),
+        Some(Usage {
+            prompt_tokens: 4,
+            completion_tokens: 0
+        })
+    );
+    let mut large = UsageScanner::json();
+    large.feed(b"{\"data\":[");
+    let filler = vec![b'1'; JSON_WINDOW];
+    large.feed(&filler);
+    large.feed(&filler);
+    large.feed(br#"],"usage":{"prompt_tokens":9,"completion_tokens":1}}"#);
+    assert_eq!(
+        large.usage(),
+        Some(Usage {
+            prompt_tokens: 9,
+            completion_tokens: 1
+        })
+    );
+}
