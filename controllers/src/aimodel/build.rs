@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use aleph_crds::aimodel::{AIModel, ModelRuntime};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{EnvVar, Service};
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
@@ -24,15 +24,15 @@ use super::runtime::{MODEL_DIR, ProbeTiming, RuntimeProfile, profile};
 use super::validate::{Source, SpecError, source_for_runtime, validate};
 use crate::apply::{controller_ref, standard_labels};
 use crate::error::{Error, Result};
+pub use crate::workload::{GPU_PRODUCT_LABEL, GPU_RESOURCE};
+use crate::workload::{
+    gpu_node_selector, gpu_tolerations, plain_env, requirements, secret_env, set_env,
+};
 
 /// Label of every child and serving pod: the model's name.
 pub const MODEL_LABEL: &str = "aleph.dev/model";
 /// Label of serving Deployments and pods: `stable` or `canary`.
 pub const TRACK_LABEL: &str = "aleph.dev/track";
-/// The node label that names a node's GPU product (from GPU feature discovery).
-pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
-/// The extended resource of NVIDIA GPUs, and the key of GPU nodes' taint.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Long enough for the slowest engine to load a large model before the
 /// Deployment reports that its rollout stalled.
 pub const PROGRESS_DEADLINE_SECONDS: i32 = 3600;
@@ -289,48 +289,29 @@ fn probe(timing: &ProbeTiming) -> Value {
 
 /// CPU, memory and GPUs, requested and limited alike.
 fn resources(model: &AIModel) -> Value {
-    let res = &model.spec.resources;
-    let mut amounts = serde_json::Map::new();
-    if let Some(cpu) = &res.cpu {
-        amounts.insert("cpu".into(), json!(cpu));
-    }
-    if let Some(memory) = &res.memory {
-        amounts.insert("memory".into(), json!(memory));
-    }
-    if let Some(gpus) = res.gpus.filter(|g| *g > 0) {
-        amounts.insert(GPU_RESOURCE.into(), json!(gpus.to_string()));
-    }
-    if amounts.is_empty() {
-        return json!({});
-    }
-    json!({ "requests": amounts, "limits": amounts })
+    json!(requirements(&model.spec.resources).unwrap_or_default())
 }
 
-fn env(track: &TrackPlan) -> Vec<Value> {
-    let mut env: Vec<(String, Value)> = track
+fn env(track: &TrackPlan) -> Vec<EnvVar> {
+    let mut env: Vec<EnvVar> = track
         .profile
         .env
         .iter()
-        .map(|(name, value)| (name.clone(), json!({ "name": name, "value": value })))
+        .map(|(name, value)| plain_env(name, value))
         .collect();
     for var in &track.runtime.env {
         let value = match (&var.value, &var.secret_key_ref) {
-            (_, Some(secret)) => json!({
-                "name": var.name,
-                "valueFrom": { "secretKeyRef": { "name": secret.name, "key": secret.key } },
-            }),
-            (Some(value), None) if !value.is_empty() => {
-                json!({ "name": var.name, "value": value })
-            }
+            (_, Some(secret)) => secret_env(&var.name, secret),
+            (Some(value), None) if !value.is_empty() => plain_env(&var.name, value),
             // The API server drops empty values; so does the desired object.
-            (_, None) => json!({ "name": var.name }),
+            (_, None) => EnvVar {
+                name: var.name.clone(),
+                ..EnvVar::default()
+            },
         };
-        match env.iter_mut().find(|(name, _)| *name == var.name) {
-            Some(slot) => slot.1 = value,
-            None => env.push((var.name.clone(), value)),
-        }
+        set_env(&mut env, value);
     }
-    env.into_iter().map(|(_, v)| v).collect()
+    env
 }
 
 /// The serving Deployment of `track`; `model_cache_image` downloads the weights
@@ -342,7 +323,6 @@ pub fn deployment(
     model_cache_image: &str,
 ) -> Result<Deployment> {
     let profile = &track.profile;
-    let gpus = model.spec.resources.gpus.unwrap_or(0);
     let mut model_mount = json!({ "name": "model", "mountPath": MODEL_DIR, "readOnly": true });
     let model_volume = match &track.volume {
         ModelVolume::Cache { claim } => {
@@ -410,11 +390,10 @@ pub fn deployment(
         )?;
         pod_spec["initContainers"] = json!([init]);
     }
-    if gpus > 0 {
-        pod_spec["tolerations"] =
-            json!([{ "key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule" }]);
-        if let Some(product) = &model.spec.resources.gpu_product {
-            pod_spec["nodeSelector"] = json!({ GPU_PRODUCT_LABEL: product });
+    if let Some(tolerations) = gpu_tolerations(&model.spec.resources) {
+        pod_spec["tolerations"] = json!(tolerations);
+        if let Some(node_selector) = gpu_node_selector(&model.spec.resources) {
+            pod_spec["nodeSelector"] = json!(node_selector);
         }
     }
     let selector = BTreeMap::from([
