@@ -18,6 +18,7 @@ pub mod plugin;
 pub mod runner;
 pub mod sagemaker;
 pub mod tenant;
+pub mod workload;
 
 pub use context::Context;
 pub use error::{Error, Result};

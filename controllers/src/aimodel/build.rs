@@ -9,13 +9,13 @@
 //! carries the labels of [`standard_labels`] (so `aleph.dev/model: <model>`)
 //! and a controller owner reference to the model.
 
-use aleph_crds::keys::{GPU_PRODUCT_LABEL, MODEL_LABEL, TRACK_LABEL};
+use aleph_crds::keys::{MODEL_LABEL, TRACK_LABEL};
 use std::collections::BTreeMap;
 
 use aleph_crds::aimodel::{AIModel, ModelRuntime};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{EnvVar, Service};
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
@@ -25,9 +25,11 @@ use super::runtime::{MODEL_DIR, ProbeTiming, RuntimeProfile, profile};
 use super::validate::{Source, SpecError, source_for_runtime, validate};
 use crate::apply::{controller_ref, standard_labels};
 use crate::error::{Error, Result};
+pub use crate::workload::GPU_RESOURCE;
+use crate::workload::{
+    gpu_node_selector, gpu_tolerations, plain_env, requirements, secret_env, set_env,
+};
 
-/// The extended resource of NVIDIA GPUs, and the key of GPU nodes' taint.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Long enough for the slowest engine to load a large model before the
 /// Deployment reports that its rollout stalled.
 pub const PROGRESS_DEADLINE_SECONDS: i32 = 3600;
@@ -284,48 +286,29 @@ fn probe(timing: &ProbeTiming) -> Value {
 
 /// CPU, memory and GPUs, requested and limited alike.
 fn resources(model: &AIModel) -> Value {
-    let res = &model.spec.resources;
-    let mut amounts = serde_json::Map::new();
-    if let Some(cpu) = &res.cpu {
-        amounts.insert("cpu".into(), json!(cpu));
-    }
-    if let Some(memory) = &res.memory {
-        amounts.insert("memory".into(), json!(memory));
-    }
-    if let Some(gpus) = res.gpus.filter(|g| *g > 0) {
-        amounts.insert(GPU_RESOURCE.into(), json!(gpus.to_string()));
-    }
-    if amounts.is_empty() {
-        return json!({});
-    }
-    json!({ "requests": amounts, "limits": amounts })
+    json!(requirements(&model.spec.resources).unwrap_or_default())
 }
 
-fn env(track: &TrackPlan) -> Vec<Value> {
-    let mut env: Vec<(String, Value)> = track
+fn env(track: &TrackPlan) -> Vec<EnvVar> {
+    let mut env: Vec<EnvVar> = track
         .profile
         .env
         .iter()
-        .map(|(name, value)| (name.clone(), json!({ "name": name, "value": value })))
+        .map(|(name, value)| plain_env(name, value))
         .collect();
     for var in &track.runtime.env {
         let value = match (&var.value, &var.secret_key_ref) {
-            (_, Some(secret)) => json!({
-                "name": var.name,
-                "valueFrom": { "secretKeyRef": { "name": secret.name, "key": secret.key } },
-            }),
-            (Some(value), None) if !value.is_empty() => {
-                json!({ "name": var.name, "value": value })
-            }
+            (_, Some(secret)) => secret_env(&var.name, secret),
+            (Some(value), None) if !value.is_empty() => plain_env(&var.name, value),
             // The API server drops empty values; so does the desired object.
-            (_, None) => json!({ "name": var.name }),
+            (_, None) => EnvVar {
+                name: var.name.clone(),
+                ..EnvVar::default()
+            },
         };
-        match env.iter_mut().find(|(name, _)| *name == var.name) {
-            Some(slot) => slot.1 = value,
-            None => env.push((var.name.clone(), value)),
-        }
+        set_env(&mut env, value);
     }
-    env.into_iter().map(|(_, v)| v).collect()
+    env
 }
 
 /// The serving Deployment of `track`; `model_cache_image` downloads the weights
@@ -337,7 +320,6 @@ pub fn deployment(
     model_cache_image: &str,
 ) -> Result<Deployment> {
     let profile = &track.profile;
-    let gpus = model.spec.resources.gpus.unwrap_or(0);
     let mut model_mount = json!({ "name": "model", "mountPath": MODEL_DIR, "readOnly": true });
     let model_volume = match &track.volume {
         ModelVolume::Cache { claim } => {
@@ -405,11 +387,10 @@ pub fn deployment(
         )?;
         pod_spec["initContainers"] = json!([init]);
     }
-    if gpus > 0 {
-        pod_spec["tolerations"] =
-            json!([{ "key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule" }]);
-        if let Some(product) = &model.spec.resources.gpu_product {
-            pod_spec["nodeSelector"] = json!({ GPU_PRODUCT_LABEL: product });
+    if let Some(tolerations) = gpu_tolerations(&model.spec.resources) {
+        pod_spec["tolerations"] = json!(tolerations);
+        if let Some(node_selector) = gpu_node_selector(&model.spec.resources) {
+            pod_spec["nodeSelector"] = json!(node_selector);
         }
     }
     let selector = BTreeMap::from([

@@ -18,26 +18,24 @@
 //! filesystem is read-only.
 
 use aleph_crds::keys::{
-    ATTEMPT_LABEL, GPU_PRODUCT_LABEL, PIPELINE_LABEL, PLUGIN_LABEL, RUN_LABEL, STEP_LABEL,
-    TENANT_LABEL,
+    ATTEMPT_LABEL, PIPELINE_LABEL, PLUGIN_LABEL, RUN_LABEL, STEP_LABEL, TENANT_LABEL,
 };
 use std::collections::BTreeMap;
 
-use aleph_crds::common::ComputeResources;
 use aleph_crds::pipeline::{PipelineRun, PipelineStep};
 use aleph_crds::plugin::{Plugin, PluginMode};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::params::{self, StepOutputs, SubstitutionError};
 use crate::names::bounded_name;
 use crate::plugin::build::{PLUGIN_CONFIG_DIR, PLUGIN_SECRETS_DIR, plugin_config_map_name};
+use crate::workload::{
+    config_map_volume, empty_dir, gpu_node_selector, gpu_tolerations, mount, plain_env,
+    requirements, runtime_default, sandbox_context, sandbox_pod_context, secret_env, secret_volume,
+    set_env,
+};
 
 /// The name of the step's container.
 pub const STEP_CONTAINER: &str = "step";
@@ -47,7 +45,6 @@ pub const OUTPUTS_DIR: &str = "/aleph/outputs";
 pub const OUTPUTS_FILE: &str = "/aleph/outputs/outputs";
 /// A termination message this long may have been cut by the kubelet.
 pub const MAX_OUTPUTS_BYTES: usize = 4096;
-const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
 /// Why a step's Job cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -259,26 +256,15 @@ pub fn build_step_job(
             volumes.push(empty_dir("tmp"));
             mounts.push(mount("tmp", "/tmp", false));
             if !plugin.spec.config.is_empty() {
-                volumes.push(Volume {
-                    name: "plugin-config".into(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: plugin_config_map_name(&action.name),
-                        ..ConfigMapVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                });
+                volumes.push(config_map_volume(
+                    "plugin-config",
+                    plugin_config_map_name(&action.name),
+                ));
                 mounts.push(mount("plugin-config", PLUGIN_CONFIG_DIR, true));
             }
             for (i, secret) in plugin.spec.secrets.iter().enumerate() {
                 let volume = format!("plugin-secret-{i}");
-                volumes.push(Volume {
-                    name: volume.clone(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(secret.name.clone()),
-                        ..SecretVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                });
+                volumes.push(secret_volume(&volume, &secret.name));
                 mounts.push(mount(
                     &volume,
                     &format!("{PLUGIN_SECRETS_DIR}/{}", secret.name),
@@ -308,18 +294,7 @@ pub fn build_step_job(
 
     for var in &step_env {
         let built = if let Some(secret) = &var.secret_key_ref {
-            EnvVar {
-                name: var.name.clone(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: secret.name.clone(),
-                        key: secret.key.clone(),
-                        optional: None,
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            }
+            secret_env(&var.name, secret)
         } else {
             // Plugin env is the plugin's own, taken as written; step env is substituted.
             let value = var.value.clone().unwrap_or_default();
@@ -343,33 +318,18 @@ pub fn build_step_job(
         })
         .collect::<Result<BTreeMap<_, _>, JobError>>()?;
 
-    let (requirements, gpus) = requirements(&resources);
-    let mut tolerations = Vec::new();
-    let mut node_selector = BTreeMap::new();
-    if gpus {
-        tolerations.push(Toleration {
-            key: Some(GPU_RESOURCE.into()),
-            operator: Some("Exists".into()),
-            effect: Some("NoSchedule".into()),
-            ..Toleration::default()
-        });
-    }
-    if let Some(product) = &resources.gpu_product {
-        node_selector.insert(GPU_PRODUCT_LABEL.to_string(), product.clone());
-    }
-
     let container = Container {
         name: STEP_CONTAINER.into(),
         image: Some(image),
         command: (!command.is_empty()).then_some(command),
         args: (!args.is_empty()).then_some(args),
         env: Some(env),
-        resources: requirements,
+        resources: requirements(&resources),
         volume_mounts: Some(mounts),
         termination_message_path: Some(OUTPUTS_FILE.into()),
         termination_message_policy: Some("File".into()),
         security_context: Some(if sandboxed {
-            sandbox_container_context()
+            sandbox_context()
         } else {
             container_step_context()
         }),
@@ -379,15 +339,15 @@ pub fn build_step_job(
         restart_policy: Some("Never".into()),
         containers: vec![container],
         volumes: Some(volumes),
-        tolerations: (!tolerations.is_empty()).then_some(tolerations),
-        node_selector: (!node_selector.is_empty()).then_some(node_selector),
+        tolerations: gpu_tolerations(&resources),
+        node_selector: gpu_node_selector(&resources),
         runtime_class_name: runtime_class,
         automount_service_account_token: service_account
             .as_ref()
             .map(|(_, token)| *token)
             .or(sandboxed.then_some(false)),
         service_account_name: service_account.map(|(name, _)| name),
-        security_context: sandboxed.then(crate::plugin::build::sandbox_pod_context),
+        security_context: sandboxed.then(sandbox_pod_context),
         ..PodSpec::default()
     };
     Ok(Job {
@@ -424,91 +384,6 @@ pub fn build_step_job(
         }),
         status: None,
     })
-}
-
-fn plain_env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_string(),
-        value: Some(value.to_string()),
-        ..EnvVar::default()
-    }
-}
-
-/// Adds or replaces a variable: env is a list keyed by name, and server-side
-/// apply refuses duplicate keys.
-fn set_env(env: &mut Vec<EnvVar>, var: EnvVar) {
-    match env.iter_mut().find(|e| e.name == var.name) {
-        Some(existing) => *existing = var,
-        None => env.push(var),
-    }
-}
-
-fn empty_dir(name: &str) -> Volume {
-    Volume {
-        name: name.to_string(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
-    }
-}
-
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: name.to_string(),
-        mount_path: path.to_string(),
-        read_only: read_only.then_some(true),
-        ..VolumeMount::default()
-    }
-}
-
-/// CPU and memory as request and limit alike; GPUs as `nvidia.com/gpu`
-/// requests and limits. The flag says whether GPUs were asked for.
-fn requirements(resources: &ComputeResources) -> (Option<ResourceRequirements>, bool) {
-    let mut amounts = BTreeMap::new();
-    if let Some(cpu) = &resources.cpu {
-        amounts.insert("cpu".to_string(), cpu.clone());
-    }
-    if let Some(memory) = &resources.memory {
-        amounts.insert("memory".to_string(), memory.clone());
-    }
-    let gpus = resources.gpus.unwrap_or(0) > 0;
-    if let Some(n) = resources.gpus.filter(|&n| n > 0) {
-        amounts.insert(GPU_RESOURCE.to_string(), Quantity(n.to_string()));
-    }
-    if amounts.is_empty() {
-        return (None, false);
-    }
-    (
-        Some(ResourceRequirements {
-            requests: Some(amounts.clone()),
-            limits: Some(amounts),
-            ..ResourceRequirements::default()
-        }),
-        gpus,
-    )
-}
-
-fn runtime_default() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        ..SeccompProfile::default()
-    }
-}
-
-/// The plugin sandbox: non-root, read-only root filesystem, no capabilities,
-/// no privilege escalation, the RuntimeDefault seccomp profile.
-fn sandbox_container_context() -> SecurityContext {
-    SecurityContext {
-        run_as_non_root: Some(true),
-        read_only_root_filesystem: Some(true),
-        allow_privilege_escalation: Some(false),
-        privileged: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Capabilities::default()
-        }),
-        seccomp_profile: Some(runtime_default()),
-        ..SecurityContext::default()
-    }
 }
 
 /// Container steps run user images (often as root, as training images do),

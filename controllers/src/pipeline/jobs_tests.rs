@@ -1,6 +1,8 @@
 use super::*;
+use aleph_crds::common::ComputeResources;
 use aleph_crds::keys::PLUGIN_LABEL;
 use aleph_crds::pipeline::PipelineSpec;
+use k8s_openapi::api::core::v1::EnvVar;
 use proptest::prelude::*;
 
 const RUN: &str = r#"

@@ -15,29 +15,24 @@
 //! escalation, the RuntimeDefault seccomp profile, and the optional RuntimeClass.
 
 use aleph_crds::keys::{
-    COMPONENT_LABEL, GPU_PRODUCT_LABEL, PLUGIN_LABEL, PLUGIN_RELEASE_ANNOTATION,
-    PLUGIN_VERSION_ANNOTATION, TENANT_LABEL,
+    COMPONENT_LABEL, PLUGIN_LABEL, PLUGIN_RELEASE_ANNOTATION, PLUGIN_VERSION_ANNOTATION,
+    TENANT_LABEL,
 };
 use std::collections::BTreeMap;
 
-use aleph_crds::common::ComputeResources;
 use aleph_crds::plugin::{Plugin, PluginMode, PluginProtocol, PluginRelease};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction, Toleration, Volume,
-    VolumeMount,
+    ConfigMap, Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Probe, Service,
+    ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -45,6 +40,12 @@ use sha2::{Digest, Sha256};
 
 use crate::apply::{controller_ref, standard_labels};
 use crate::names::bounded_name;
+/// The user and group every plugin process runs as (see [`crate::workload`]).
+pub use crate::workload::SANDBOX_USER;
+use crate::workload::{
+    config_map_volume, empty_dir, gpu_node_selector, gpu_tolerations, mount, plain_env,
+    requirements, sandbox_context, sandbox_pod_context, secret_env, secret_volume, set_env,
+};
 
 /// Where a plugin's configuration files are mounted (in its service's pods and
 /// in a pipeline step that runs it).
@@ -67,11 +68,6 @@ pub const CONTAINER: &str = "plugin";
 pub const PORT_NAME: &str = "plugin";
 /// The value of [`COMPONENT_LABEL`] on a service plugin's pods.
 pub const SERVICE_COMPONENT: &str = "plugin-service";
-/// The user and group every plugin process runs as: the conventional
-/// unprivileged `nonroot` (65532). Set rather than left to the image, so that
-/// an image whose default user is root (most are) still runs, and never as root.
-pub const SANDBOX_USER: i64 = 65532;
-const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
 /// The plugin being built for, with the tenant of its namespace.
 #[derive(Clone, Copy, Debug)]
@@ -331,67 +327,6 @@ pub fn service(t: Target<'_>) -> Option<Service> {
     })
 }
 
-fn runtime_default() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        ..SeccompProfile::default()
-    }
-}
-
-/// The sandbox of the plugin's container.
-pub fn sandbox_context() -> SecurityContext {
-    SecurityContext {
-        run_as_non_root: Some(true),
-        read_only_root_filesystem: Some(true),
-        allow_privilege_escalation: Some(false),
-        privileged: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Capabilities::default()
-        }),
-        seccomp_profile: Some(runtime_default()),
-        ..SecurityContext::default()
-    }
-}
-
-/// The sandbox of the plugin's pod: the unprivileged [`SANDBOX_USER`] and the
-/// RuntimeDefault seccomp profile.
-pub fn sandbox_pod_context() -> PodSecurityContext {
-    PodSecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(SANDBOX_USER),
-        run_as_group: Some(SANDBOX_USER),
-        seccomp_profile: Some(runtime_default()),
-        ..PodSecurityContext::default()
-    }
-}
-
-fn requirements(resources: &ComputeResources) -> Option<ResourceRequirements> {
-    let mut amounts = BTreeMap::new();
-    if let Some(cpu) = &resources.cpu {
-        amounts.insert("cpu".to_string(), cpu.clone());
-    }
-    if let Some(memory) = &resources.memory {
-        amounts.insert("memory".to_string(), memory.clone());
-    }
-    if let Some(n) = resources.gpus.filter(|&n| n > 0) {
-        amounts.insert(GPU_RESOURCE.to_string(), Quantity(n.to_string()));
-    }
-    (!amounts.is_empty()).then(|| ResourceRequirements {
-        requests: Some(amounts.clone()),
-        limits: Some(amounts),
-        ..ResourceRequirements::default()
-    })
-}
-
-fn plain_env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_string(),
-        value: Some(value.to_string()),
-        ..EnvVar::default()
-    }
-}
-
 fn env(name: &str, release: &PluginRelease) -> Vec<EnvVar> {
     let mut vars = vec![
         plain_env("ALEPH_PLUGIN_NAME", name),
@@ -400,25 +335,11 @@ fn env(name: &str, release: &PluginRelease) -> Vec<EnvVar> {
     ];
     for var in &release.env {
         let built = match &var.secret_key_ref {
-            Some(secret) => EnvVar {
-                name: var.name.clone(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: secret.name.clone(),
-                        key: secret.key.clone(),
-                        optional: None,
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            },
+            Some(secret) => secret_env(&var.name, secret),
             None => plain_env(&var.name, var.value.as_deref().unwrap_or_default()),
         };
-        // env is a list keyed by name: a declared variable replaces a built-in one.
-        match vars.iter_mut().find(|v| v.name == built.name) {
-            Some(existing) => *existing = built,
-            None => vars.push(built),
-        }
+        // A declared variable replaces a built-in one.
+        set_env(&mut vars, built);
     }
     vars
 }
@@ -429,49 +350,21 @@ pub fn pod_template(t: Target<'_>, release: &PluginRelease) -> PodTemplateSpec {
     let spec = &t.plugin.spec;
     let name = t.name();
     let mut volumes = vec![
-        Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        },
-        Volume {
-            name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config_map_name(&name),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
+        empty_dir("tmp"),
+        config_map_volume("config", config_map_name(&name)),
     ];
     let mut mounts = vec![
-        VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..VolumeMount::default()
-        },
-        VolumeMount {
-            name: "config".into(),
-            mount_path: CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        },
+        mount("tmp", "/tmp", false),
+        mount("config", CONFIG_DIR, true),
     ];
     for (i, secret) in release.secrets.iter().enumerate() {
         let volume = format!("secret-{i}");
-        volumes.push(Volume {
-            name: volume.clone(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.name.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: volume,
-            mount_path: format!("{SECRETS_DIR}/{}", secret.name),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
+        volumes.push(secret_volume(&volume, &secret.name));
+        mounts.push(mount(
+            &volume,
+            &format!("{SECRETS_DIR}/{}", secret.name),
+            true,
+        ));
     }
     let listens = spec.mode == PluginMode::Service;
     let ports = spec.port.filter(|_| listens).map(|p| {
@@ -494,7 +387,6 @@ pub fn pod_template(t: Target<'_>, release: &PluginRelease) -> PodTemplateSpec {
             ..Probe::default()
         }),
     };
-    let gpus = release.resources.gpus.unwrap_or(0) > 0;
     let container = Container {
         name: CONTAINER.into(),
         image: Some(release.image.clone()),
@@ -527,19 +419,8 @@ pub fn pod_template(t: Target<'_>, release: &PluginRelease) -> PodTemplateSpec {
             enable_service_links: Some(false),
             runtime_class_name: release.runtime_class_name.clone(),
             security_context: Some(sandbox_pod_context()),
-            tolerations: gpus.then(|| {
-                vec![Toleration {
-                    key: Some(GPU_RESOURCE.into()),
-                    operator: Some("Exists".into()),
-                    effect: Some("NoSchedule".into()),
-                    ..Toleration::default()
-                }]
-            }),
-            node_selector: release
-                .resources
-                .gpu_product
-                .as_ref()
-                .map(|p| BTreeMap::from([(GPU_PRODUCT_LABEL.to_string(), p.clone())])),
+            tolerations: gpu_tolerations(&release.resources),
+            node_selector: gpu_node_selector(&release.resources),
             ..PodSpec::default()
         }),
     }
@@ -575,220 +456,5 @@ pub fn deployment(t: Target<'_>, release: &PluginRelease) -> Deployment {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) fn plugin(yaml: &str) -> Plugin {
-        let mut p: Plugin = serde_saphyr::from_str(yaml).expect("fixture parses");
-        p.metadata.uid = Some("uid-1".into());
-        p.metadata.namespace = Some("acme-research".into());
-        p
-    }
-
-    const EXAMPLE: &str = include_str!("../../../examples/plugin.yaml");
-
-    const JOB: &str = r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Plugin
-metadata: { name: tokenizer }
-spec:
-  version: 0.3.0
-  image: ghcr.io/acme/tokenizer:0.3.0
-  mode: job
-  permissions:
-    - apiGroups: [""]
-      resources: [configmaps]
-      verbs: [get, list]
-    - apiGroups: [apps]
-      resources: [deployments]
-      verbs: [get]
-"#;
-
-    fn target(p: &Plugin) -> Target<'_> {
-        Target {
-            plugin: p,
-            tenant: Some("acme"),
-        }
-    }
-
-    #[test]
-    fn every_pod_runs_in_the_sandbox_without_a_token() {
-        let p = plugin(EXAMPLE);
-        let d = deployment(target(&p), &PluginRelease::of(&p.spec));
-        let spec = d.spec.expect("spec");
-        assert_eq!(spec.progress_deadline_seconds, Some(120));
-        let pod = spec.template.spec.expect("pod spec");
-        assert_eq!(pod.automount_service_account_token, Some(false));
-        assert_eq!(pod.service_account_name.as_deref(), Some("pii-redactor"));
-        let psc = pod.security_context.expect("pod security context");
-        assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(psc.run_as_user, Some(SANDBOX_USER));
-        assert_eq!(psc.run_as_group, Some(SANDBOX_USER));
-        assert_eq!(
-            psc.seccomp_profile.map(|s| s.type_).as_deref(),
-            Some("RuntimeDefault")
-        );
-        assert!(pod.runtime_class_name.is_none());
-        let c = &pod.containers[0];
-        let sc = c
-            .security_context
-            .clone()
-            .expect("container security context");
-        assert_eq!(sc.run_as_non_root, Some(true));
-        assert_eq!(sc.read_only_root_filesystem, Some(true));
-        assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(
-            sc.capabilities.and_then(|c| c.drop),
-            Some(vec!["ALL".to_string()])
-        );
-        let mounts = c.volume_mounts.clone().unwrap_or_default();
-        assert!(mounts.iter().any(|m| m.mount_path == "/tmp"));
-        assert!(
-            mounts
-                .iter()
-                .any(|m| m.mount_path == CONFIG_DIR && m.read_only == Some(true))
-        );
-        let sa = service_account(target(&p));
-        assert_eq!(sa.automount_service_account_token, Some(false));
-        assert!(role(target(&p)).is_none() && role_binding(target(&p)).is_none());
-    }
-
-    #[test]
-    fn upgrades_keep_the_old_pods_until_new_ones_are_ready() {
-        let p = plugin(EXAMPLE);
-        let d = deployment(target(&p), &PluginRelease::of(&p.spec));
-        let rolling = d
-            .spec
-            .and_then(|s| s.strategy)
-            .and_then(|s| s.rolling_update)
-            .expect("rolling update");
-        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
-    }
-
-    #[test]
-    fn disabled_scales_to_zero_and_keeps_the_rest() {
-        let mut p = plugin(EXAMPLE);
-        p.spec.disabled = true;
-        let d = deployment(target(&p), &PluginRelease::of(&p.spec));
-        assert_eq!(d.spec.and_then(|s| s.replicas), Some(0));
-        assert!(
-            config_map(target(&p), &PluginRelease::of(&p.spec))
-                .data
-                .is_some()
-        );
-        assert!(service(target(&p)).is_some());
-    }
-
-    #[test]
-    fn the_release_shapes_the_pods() {
-        let p = plugin(EXAMPLE);
-        let mut old = PluginRelease::of(&p.spec);
-        old.version = "1.0.0".into();
-        old.image = "ghcr.io/acme/pii-redactor:1.0.0".into();
-        old.pod_annotations.clear();
-        let new = PluginRelease::of(&p.spec);
-        assert_ne!(release_hash(&old), release_hash(&new));
-        let template = pod_template(target(&p), &old);
-        let annotations = template
-            .metadata
-            .and_then(|m| m.annotations)
-            .unwrap_or_default();
-        assert_eq!(
-            annotations
-                .get(PLUGIN_VERSION_ANNOTATION)
-                .map(String::as_str),
-            Some("1.0.0")
-        );
-        assert_eq!(
-            annotations.get(PLUGIN_RELEASE_ANNOTATION),
-            Some(&release_hash(&old))
-        );
-        let image = template.spec.map(|s| s.containers[0].image.clone());
-        assert_eq!(
-            image.flatten().as_deref(),
-            Some("ghcr.io/acme/pii-redactor:1.0.0")
-        );
-    }
-
-    #[test]
-    fn permissions_become_exactly_one_role_bound_to_the_plugin() {
-        let p = plugin(JOB);
-        let r = role(target(&p)).expect("role");
-        let rules = r.rules.expect("rules");
-        assert_eq!(rules.len(), 2);
-        assert_eq!(rules[0].verbs, vec!["get".to_string(), "list".to_string()]);
-        assert_eq!(rules[1].api_groups, Some(vec!["apps".to_string()]));
-        let rb = role_binding(target(&p)).expect("binding");
-        assert_eq!(rb.role_ref.name, "aleph-plugin-tokenizer");
-        let subject = &rb.subjects.expect("subjects")[0];
-        assert_eq!(subject.name, "tokenizer");
-        assert_eq!(subject.namespace.as_deref(), Some("acme-research"));
-        assert_eq!(
-            service_account(target(&p)).automount_service_account_token,
-            Some(true)
-        );
-        assert!(service(target(&p)).is_none());
-        assert!(endpoint(&p).is_none());
-    }
-
-    #[test]
-    fn network_policy_allows_dns_the_listed_egress_and_the_tenant() {
-        let p = plugin(EXAMPLE);
-        let np = network_policy(target(&p));
-        assert_eq!(
-            np.metadata.name.as_deref(),
-            Some("aleph-plugin-pii-redactor")
-        );
-        let spec = np.spec.expect("spec");
-        assert_eq!(
-            spec.policy_types,
-            Some(vec!["Ingress".to_string(), "Egress".to_string()])
-        );
-        let egress = spec.egress.expect("egress");
-        assert_eq!(egress.len(), 1 + p.spec.sandbox.allowed_egress.len());
-        let dns_ports = egress[0].ports.clone().unwrap_or_default();
-        assert_eq!(dns_ports.len(), 2);
-        for (rule, dest) in egress[1..].iter().zip(&p.spec.sandbox.allowed_egress) {
-            let to = rule.to.clone().unwrap_or_default();
-            assert_eq!(
-                to[0].ip_block.as_ref().map(|b| b.cidr.clone()),
-                Some(dest.cidr.clone())
-            );
-        }
-        let ingress = spec.ingress.expect("ingress");
-        let from = ingress[0].from.clone().unwrap_or_default();
-        let selector = from[0]
-            .namespace_selector
-            .clone()
-            .and_then(|s| s.match_labels)
-            .unwrap_or_default();
-        assert_eq!(selector.get(TENANT_LABEL).map(String::as_str), Some("acme"));
-        // Outside a tenant: the plugin's own namespace only.
-        let alone = network_policy(Target {
-            plugin: &p,
-            tenant: None,
-        });
-        let from = alone.spec.and_then(|s| s.ingress).expect("ingress")[0]
-            .from
-            .clone()
-            .unwrap_or_default();
-        assert!(from[0].namespace_selector.is_none() && from[0].pod_selector.is_some());
-        // A job template takes no ingress.
-        let job = plugin(JOB);
-        let ingress = network_policy(target(&job)).spec.and_then(|s| s.ingress);
-        assert_eq!(ingress, Some(Vec::new()));
-    }
-
-    #[test]
-    fn service_and_endpoint_use_the_declared_port() {
-        let p = plugin(EXAMPLE);
-        let svc = service(target(&p)).expect("service");
-        let port = &svc.spec.expect("spec").ports.expect("ports")[0];
-        assert_eq!(port.port, 8080);
-        assert_eq!(port.protocol.as_deref(), Some("TCP"));
-        assert_eq!(
-            endpoint(&p).as_deref(),
-            Some("pii-redactor.acme-research.svc:8080")
-        );
-    }
-}
+#[path = "build_tests.rs"]
+mod tests;

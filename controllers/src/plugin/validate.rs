@@ -137,23 +137,12 @@ fn qualified_name(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aleph_crds::plugin::Plugin;
+    use crate::plugin::test_support;
 
     fn spec(extra: &str) -> PluginSpec {
-        let yaml = format!(
-            r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Plugin
-metadata: {{ name: p }}
-spec:
-  version: 1.0.0
-  image: ghcr.io/acme/p:1.0.0
-  mode: job
-{extra}
-"#
-        );
-        let p: Plugin = serde_saphyr::from_str(&yaml).expect("fixture parses");
-        p.spec
+        test_support::spec(&format!(
+            "  version: 1.0.0\n  image: ghcr.io/acme/p:1.0.0\n  mode: job\n{extra}"
+        ))
     }
 
     #[test]

@@ -1,0 +1,179 @@
+//! Writes a Plugin's children to the API: each child is applied only when it
+//! is not already as desired, children no longer wanted are deleted, and a
+//! child of the same name that belongs to something else is left alone.
+
+use aleph_crds::keys::PLUGIN_RELEASE_ANNOTATION;
+use std::fmt::Debug;
+
+use aleph_crds::plugin::{PluginMode, PluginRelease};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::Api;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::build::{self, Target};
+use super::status::{self, Progress};
+use crate::apply::{apply, delete_ignoring_missing, is_subset};
+use crate::error::{Error, Result};
+
+fn controlled_by<K: Resource>(obj: &K, uid: &str) -> bool {
+    obj.meta()
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// Applies `desired` unless it is already as desired, and returns the child as
+/// it is now. A child of that name that belongs to something else is left
+/// alone and reported.
+async fn ensure<K>(api: &Api<K>, desired: &K, uid: &str) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = desired.name_any();
+    let observed = api.get_opt(&name).await?;
+    if let Some(observed) = observed {
+        if !controlled_by(&observed, uid) {
+            return Err(Error::NameConflict(format!(
+                "a {} named {name} already exists and does not belong to this plugin: delete it or rename the plugin",
+                K::kind(&())
+            )));
+        }
+        if is_subset(desired, &observed) {
+            return Ok(observed);
+        }
+    }
+    Ok(apply(api, desired).await?)
+}
+
+/// Deletes the child `name` if it is this plugin's.
+async fn remove<K>(api: &Api<K>, name: &str, uid: &str) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let Some(observed) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    if !controlled_by(&observed, uid) {
+        return Ok(());
+    }
+    delete_ignoring_missing(api, name).await
+}
+
+fn release_of(deployment: Option<&Deployment>) -> Option<String> {
+    deployment?
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(PLUGIN_RELEASE_ANNOTATION)
+        .cloned()
+}
+
+/// Where the children go: the plugin's namespace, owned by the plugin `uid`.
+#[derive(Clone, Copy)]
+pub struct Children<'a> {
+    /// The client that writes them.
+    pub client: &'a kube::Client,
+    /// The plugin's namespace.
+    pub namespace: &'a str,
+    /// The plugin's UID, which owns every child.
+    pub uid: &'a str,
+}
+
+impl Children<'_> {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), self.namespace)
+    }
+
+    /// What does not depend on the release: the ServiceAccount, the Role and
+    /// RoleBinding (deleted without permissions), the NetworkPolicy and the
+    /// Service (deleted for a job template).
+    pub async fn apply_fixed(&self, target: Target<'_>) -> Result<()> {
+        let uid = self.uid;
+        let name = target.plugin.name_any();
+        let service_accounts: Api<ServiceAccount> = self.api();
+        ensure(&service_accounts, &build::service_account(target), uid).await?;
+        let roles: Api<Role> = self.api();
+        let bindings: Api<RoleBinding> = self.api();
+        let policy = build::policy_name(&name);
+        match (build::role(target), build::role_binding(target)) {
+            (Some(role), Some(binding)) => {
+                let granted = match ensure(&roles, &role, uid).await {
+                    Ok(_) => ensure(&bindings, &binding, uid).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                if let Err(Error::Kube(kube::Error::Api(status))) = &granted
+                    && status.code == 403
+                {
+                    // RBAC lets the operator grant only what it holds itself, unless it may escalate.
+                    let message = format!(
+                        "the operator may not grant spec.permissions ({}): narrow them to what the operator holds, or let it escalate Roles (chart value rbac.pluginRoleEscalation)",
+                        status.message
+                    );
+                    return Err(Error::Blocked {
+                        reason: "PermissionsNotGranted",
+                        message,
+                    });
+                }
+                granted?;
+            }
+            _ => {
+                remove(&bindings, &policy, uid).await?;
+                remove(&roles, &policy, uid).await?;
+            }
+        }
+        let policies: Api<NetworkPolicy> = self.api();
+        ensure(&policies, &build::network_policy(target), uid).await?;
+        let services: Api<Service> = self.api();
+        match build::service(target) {
+            Some(service) => {
+                ensure(&services, &service, uid).await?;
+            }
+            None => remove(&services, &name, uid).await?,
+        }
+        Ok(())
+    }
+
+    /// The children that carry `release`: the ConfigMap and, for a service,
+    /// the Deployment (deleted for a job template). Returns the Deployment's
+    /// rollout (`None` for a job template) and whether the Deployment was
+    /// just given another release.
+    pub async fn apply_release(
+        &self,
+        target: Target<'_>,
+        release: &PluginRelease,
+    ) -> Result<(Option<Progress>, bool)> {
+        let uid = self.uid;
+        let plugin = target.plugin;
+        let name = plugin.name_any();
+        let deployments: Api<Deployment> = self.api();
+        let config_maps: Api<ConfigMap> = self.api();
+        ensure(&config_maps, &build::config_map(target, release), uid).await?;
+        Ok(match plugin.spec.mode {
+            PluginMode::Service => {
+                let desired = build::deployment(target, release);
+                let observed = deployments.get_opt(&name).await?;
+                let changed = release_of(observed.as_ref()) != release_of(Some(&desired));
+                let now = ensure(&deployments, &desired, uid).await?;
+                (Some(status::progress(&now)), changed)
+            }
+            PluginMode::Job => {
+                remove(&deployments, &name, uid).await?;
+                (None, false)
+            }
+        })
+    }
+}
