@@ -370,3 +370,11 @@ mod tests {
         assert!(matches!(name, Ok(Ok(ref n)) if n == "gpu-pod-lands"));
     }
 }
+
+/// The workspace root, the directory that holds the `e2e` crate.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the e2e crate sits in the workspace root")
+        .to_path_buf()
+}
