@@ -180,3 +180,11 @@ async fn discover(
         }
     }
 }
+
+/// A Tenant manifest: `spec` is the body of its spec, YAML lines indented by
+/// two spaces.
+pub fn tenant_manifest(name: &str, spec: &str) -> String {
+    format!(
+        "\napiVersion: aleph.dev/v1alpha1\nkind: Tenant\nmetadata: {{ name: {name} }}\nspec:\n{spec}"
+    )
+}

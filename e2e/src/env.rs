@@ -345,6 +345,14 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{}-{suffix}", prefix.trim_end_matches('-'))
 }
 
+/// The workspace root, the directory that holds the `e2e` crate.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the e2e crate sits in the workspace root")
+        .to_path_buf()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

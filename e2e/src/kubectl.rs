@@ -108,3 +108,13 @@ where
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// The words of line `n` of a table `kubectl get` printed (0: the header).
+pub fn table_row(table: &str, n: usize) -> Vec<&str> {
+    table
+        .lines()
+        .nth(n)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect()
+}

@@ -36,7 +36,9 @@
 //! # }
 //! ```
 
+mod access;
 mod apply;
+pub mod aws;
 mod conditions;
 mod env;
 pub mod gateway;
@@ -50,11 +52,15 @@ pub mod s3;
 pub mod serving;
 mod wait;
 
-pub use apply::{Applied, ApplyError, apply_yaml, dry_run_apply_yaml};
+pub use access::can_i;
+pub use apply::{Applied, ApplyError, apply_yaml, dry_run_apply_yaml, tenant_manifest};
 pub use conditions::{Condition, find_condition, has_condition};
-pub use env::{E2E_LABEL, FIELD_MANAGER, TestEnv, install_crypto_provider, unique_name};
-pub use kubectl::{KubectlOutput, kubectl, kubectl_with_stdin};
+pub use env::{E2E_LABEL, FIELD_MANAGER, TestEnv, install_crypto_provider, repo_root, unique_name};
+pub use kubectl::{KubectlOutput, kubectl, kubectl_with_stdin, table_row};
 pub use operator::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL};
-pub use wait::{events_about, failure_report, wait_for, wait_for_deletion};
+pub use wait::{
+    events_about, failure_report, live_pods, refusal, wait_for, wait_for_deletion,
+    wait_tenant_ready,
+};
 
 pub mod sagemaker_fake;

@@ -84,3 +84,22 @@ stringData:
         env_var("ALEPH_MOTO_URL")
     )
 }
+
+/// Puts a tiny one-layer llama, `tiny-chat`, at `tiny/chat.gguf` in `bucket`.
+pub fn s3_put_tiny_chat(bucket: &str) {
+    s3_put(
+        bucket,
+        &[(
+            "tiny/chat.gguf",
+            &tiny_gguf::tiny_llama("tiny-chat", 1, tiny_gguf::Shape::default()),
+        )],
+    );
+}
+
+/// An AIModel whose source is `uri` read with the `s3` Secret's credentials;
+/// `rest` is the rest of its spec (YAML lines indented by two spaces).
+pub fn s3_model_yaml(name: &str, uri: &str, rest: &str) -> String {
+    format!(
+        "\napiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata: {{name: {name}}}\nspec:\n  source:\n    uri: {uri}\n    credentialsSecret: {{name: s3}}\n{rest}"
+    )
+}

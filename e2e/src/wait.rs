@@ -3,11 +3,14 @@
 use std::fmt::{Debug, Write as _};
 use std::time::Duration;
 
+use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
+
+use crate::{TestEnv, has_condition};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
@@ -211,4 +214,43 @@ pub async fn events_about(
                 && e.involved_object.name.as_deref() == Some(name)
         })
         .collect()
+}
+
+/// Creates `pod` until the API server refuses it (at most 30 s), deleting the
+/// copies admitted meanwhile; returns the refusal, or "admitted" if none came.
+pub async fn refusal(pods: &Api<Pod>, pod: Pod) -> String {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    for _ in 0..30 {
+        match pods.create(&PostParams::default(), &pod).await {
+            Err(e) => return e.to_string(),
+            Ok(_) => {
+                let _ = pods
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    "admitted".to_string()
+}
+
+/// The pods matching the label `selector` that are not being deleted; panics
+/// with `context` when the list fails.
+pub async fn live_pods(pods: &Api<Pod>, selector: &str, context: &str) -> Vec<Pod> {
+    pods.list(&ListParams::default().labels(selector))
+        .await
+        .expect(context)
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Waits until the Tenant `name` is Ready, and returns it.
+pub async fn wait_tenant_ready(env: &TestEnv, name: &str, timeout: Duration) -> Tenant {
+    let tenants: Api<Tenant> = env.cluster_api();
+    wait_for(&tenants, name, timeout, |t| {
+        has_condition(t, "Ready", "True")
+    })
+    .await
 }

@@ -10,10 +10,11 @@
 use std::time::Duration;
 
 use aleph_crds::AIModel;
-use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
+use aleph_e2e::sagemaker_fake::FakeConfig;
 use aleph_e2e::{
-    OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, find_condition,
-    has_condition, unique_name, wait_for, wait_for_deletion,
+    OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition,
+    has_condition, live_pods, tenant_manifest, unique_name, wait_for, wait_for_deletion,
+    wait_tenant_ready,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -71,14 +72,7 @@ async fn wait_ready(env: &TestEnv, name: &str) -> AIModel {
 }
 
 async fn pods_of(env: &TestEnv, selector: &str) -> Vec<Pod> {
-    env.api::<Pod>()
-        .list(&ListParams::default().labels(selector))
-        .await
-        .expect("list pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
+    live_pods(&env.api::<Pod>(), selector, "list pods").await
 }
 
 async fn events_with_reason(env: &TestEnv, name: &str, reason: &str) -> Vec<Event> {
@@ -859,41 +853,20 @@ async fn a_model_trained_on_sagemaker_is_served_on_the_cluster_once_trained() {
     // test's own talks to it.
     let env = TestEnv::new().await;
     let class = cache_storage(&env, 1).await;
-    let sagemaker = SageMakerFake::start(FakeConfig {
+    let sagemaker = aws::start_fake(FakeConfig {
         training_describes: 3,
         training_min_millis: 5_000,
         ..FakeConfig::default()
     })
-    .await
-    .unwrap_or_else(|e| panic!("starting the SageMaker fake: {e}"));
-    let label = unique_name("trained");
-    let mut operator = OperatorProcess::start(OperatorOptions {
-        args: vec![
-            "--leader-elect".into(),
-            "false".into(),
-            "--namespaces".into(),
-            env.namespace().to_string(),
-            "--sagemaker-max-poll-seconds".into(),
-            "1".into(),
-        ],
-        env: vec![
-            (
-                "AWS_ENDPOINT_URL_SAGEMAKER".into(),
-                sagemaker.endpoint_url(),
-            ),
-            ("AWS_REGION".into(), "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID".into(), "AKIDALEPHE2E".into()),
-            (
-                "AWS_SECRET_ACCESS_KEY".into(),
-                "aleph-e2e-not-a-secret".into(),
-            ),
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-        ],
-        private_label: Some(label.clone()),
-        name: "aimodel-trained".into(),
-    })
     .await;
-    operator.wait_ready(Duration::from_secs(90)).await;
+    let label = unique_name("trained");
+    let mut operator = aws::start_operator(aws::operator_options(
+        env.namespace(),
+        &sagemaker.endpoint_url(),
+        &label,
+        "aimodel-trained",
+    ))
+    .await;
     env.apply_yaml(&format!(
         "apiVersion: aleph.dev/v1alpha1
 kind: AIModel
@@ -1090,25 +1063,20 @@ async fn with_the_gateway_api_a_canary_gets_an_httproute_with_weights() {
 async fn a_tenants_admission_rules_and_quota_show_in_the_model_status() {
     let env = TestEnv::new().await;
     let tenant = unique_name("aim");
-    env.apply_yaml(&format!(
-        "apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{ name: {tenant} }}
-spec:
-  owners: [{{ kind: User, name: {tenant}-owner, role: admin }}]
+    env.apply_yaml(&tenant_manifest(
+        &tenant,
+        &format!(
+            "  owners: [{{ kind: User, name: {tenant}-owner, role: admin }}]
   namespaces: [serve]
   plan: pro
   quota: {{ gpus: 1 }}
   admission:
     allowedRegistries: [\"ghcr.io/acme/\"]
 "
+        ),
     ))
     .await;
-    let tenants: Api<aleph_crds::Tenant> = env.cluster_api();
-    wait_for(&tenants, &tenant, TIMEOUT, |t| {
-        has_condition(t, "Ready", "True")
-    })
-    .await;
+    wait_tenant_ready(&env, &tenant, TIMEOUT).await;
     let namespace = format!("{tenant}-serve");
     let models: Api<AIModel> = Api::namespaced(env.client(), &namespace);
 

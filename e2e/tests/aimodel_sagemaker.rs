@@ -12,21 +12,18 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aleph_controllers::sagemaker::naming::is_owned;
 use aleph_crds::AIModel;
+use aleph_e2e::aws::Lister;
 use aleph_e2e::sagemaker_fake::{FAILURE_REASON_TAG, FakeConfig, OUTCOME_TAG, SageMakerFake};
 use aleph_e2e::{
-    OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, find_condition, unique_name,
+    Condition, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, unique_name,
     wait_for, wait_for_deletion,
 };
-use aws_config::BehaviorVersion;
-use aws_sdk_sagemaker::config::Credentials;
 use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use rand::Rng;
 
-const REGION: &str = "us-east-1";
 const WAIT: Duration = Duration::from_secs(120);
 
 /// moto's URL: `ALEPH_MOTO_URL` (set by `make test`), or the server
@@ -60,33 +57,11 @@ fn moto_url() -> String {
 
 /// Starts an operator for `env`'s namespace whose SageMaker is `url`.
 async fn operator(env: &TestEnv, url: &str, label: &str) -> OperatorProcess {
-    let mut op = OperatorProcess::start(OperatorOptions {
-        args: vec![
-            "--leader-elect".into(),
-            "false".into(),
-            "--namespaces".into(),
-            env.namespace().to_string(),
-            "--sagemaker-max-poll-seconds".into(),
-            "1".into(),
-            "--log-level".into(),
-            "info,aleph_controllers=debug".into(),
-        ],
-        env: vec![
-            ("AWS_ENDPOINT_URL_SAGEMAKER".into(), url.to_string()),
-            ("AWS_REGION".into(), REGION.into()),
-            ("AWS_ACCESS_KEY_ID".into(), "AKIDALEPHE2E".into()),
-            (
-                "AWS_SECRET_ACCESS_KEY".into(),
-                "aleph-e2e-not-a-secret".into(),
-            ),
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-        ],
-        private_label: Some(label.to_string()),
-        name: "sagemaker".into(),
-    })
-    .await;
-    op.wait_ready(Duration::from_secs(90)).await;
-    op
+    let mut options = aws::operator_options(env.namespace(), url, label, "sagemaker");
+    options
+        .args
+        .extend(["--log-level".into(), "info,aleph_controllers=debug".into()]);
+    aws::start_operator(options).await
 }
 
 /// An AIModel trained on SageMaker and served there; `tags` go on the job
@@ -136,105 +111,6 @@ fn condition_is(model: &AIModel, type_: &str, status: &str) -> bool {
     find_condition(model, type_).is_some_and(|c| c.status == status)
 }
 
-/// Lists with the SDK directly, to count what exists in the emulator.
-struct Lister(aws_sdk_sagemaker::Client);
-
-impl Lister {
-    async fn new(url: &str) -> Self {
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .credentials_provider(Credentials::new(
-                "AKIDALEPHE2E",
-                "aleph-e2e-not-a-secret",
-                None,
-                None,
-                "aleph-e2e",
-            ))
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(url)
-            .load()
-            .await;
-        Self(aws_sdk_sagemaker::Client::new(&sdk))
-    }
-
-    async fn training_jobs(&self, name: &str) -> Vec<String> {
-        let out = self
-            .0
-            .list_training_jobs()
-            .name_contains(name)
-            .max_results(100)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("ListTrainingJobs: {e:?}"));
-        out.training_job_summaries()
-            .iter()
-            .filter_map(|s| s.training_job_name())
-            .filter(|n| *n == name)
-            .map(str::to_string)
-            .collect()
-    }
-
-    async fn models(&self, owner: &str) -> Vec<String> {
-        let out = self
-            .0
-            .list_models()
-            .max_results(100)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("ListModels: {e:?}"));
-        out.models()
-            .iter()
-            .filter_map(|m| m.model_name())
-            .filter(|n| is_owned(n, owner))
-            .map(str::to_string)
-            .collect()
-    }
-
-    async fn endpoint_configs(&self, owner: &str) -> Vec<String> {
-        let out = self
-            .0
-            .list_endpoint_configs()
-            .max_results(100)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("ListEndpointConfigs: {e:?}"));
-        out.endpoint_configs()
-            .iter()
-            .filter_map(|c| c.endpoint_config_name())
-            .filter(|n| is_owned(n, owner))
-            .map(str::to_string)
-            .collect()
-    }
-
-    async fn endpoint_exists(&self, name: &str) -> bool {
-        self.0
-            .describe_endpoint()
-            .endpoint_name(name)
-            .send()
-            .await
-            .is_ok()
-    }
-
-    async fn delete_everything(&self, endpoint: &str, owner: &str) {
-        let _ = self
-            .0
-            .delete_endpoint()
-            .endpoint_name(endpoint)
-            .send()
-            .await;
-        for config in self.endpoint_configs(owner).await {
-            let _ = self
-                .0
-                .delete_endpoint_config()
-                .endpoint_config_name(config)
-                .send()
-                .await;
-        }
-        for model in self.models(owner).await {
-            let _ = self.0.delete_model().model_name(model).send().await;
-        }
-    }
-}
-
 async fn event_reasons(env: &TestEnv, name: &str) -> BTreeSet<String> {
     let events: Api<Event> = env.api();
     let list = events
@@ -251,6 +127,57 @@ async fn delete_model(api: &Api<AIModel>, name: &str) {
     api.delete(name, &DeleteParams::default())
         .await
         .unwrap_or_else(|e| panic!("deleting AIModel {name}: {e}"));
+}
+
+/// Deletes the AIModel and waits until it is gone.
+async fn delete_and_wait(api: &Api<AIModel>, name: &str) {
+    delete_model(api, name).await;
+    wait_for_deletion(api, name, WAIT).await;
+}
+
+/// Starts a SageMaker fake and an operator for `env`'s namespace that calls it,
+/// for the AIModels labelled with a new name made from `prefix`.
+async fn with_fake(
+    env: &TestEnv,
+    config: FakeConfig,
+    prefix: &str,
+) -> (SageMakerFake, String, OperatorProcess, Api<AIModel>) {
+    let sm = aws::start_fake(config).await;
+    let label = unique_name(prefix);
+    let op = operator(env, &sm.endpoint_url(), &label).await;
+    (sm, label, op, env.api())
+}
+
+/// Waits until the AIModel's training job is InProgress.
+async fn training_in_progress(api: &Api<AIModel>, name: &str) -> AIModel {
+    wait_for(api, name, WAIT, |m: &AIModel| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.training.as_ref())
+            .and_then(|t| t.job_status.as_deref())
+            == Some("InProgress")
+    })
+    .await
+}
+
+/// Waits until the AIModel's Trained condition has `reason`; returns the condition.
+async fn trained_with_reason(api: &Api<AIModel>, name: &str, reason: &str) -> Condition {
+    let model = wait_for(api, name, WAIT, |m: &AIModel| {
+        find_condition(m, "Trained").is_some_and(|c| c.reason.as_deref() == Some(reason))
+    })
+    .await;
+    find_condition(&model, "Trained").unwrap_or_else(|| panic!("no Trained"))
+}
+
+/// An operator for `env`'s namespace that calls moto, for the AIModels
+/// labelled with a new name; and a [`Lister`] of what moto holds.
+async fn with_moto(env: &TestEnv) -> (String, OperatorProcess, Api<AIModel>, Lister) {
+    let url = moto_url();
+    let label = unique_name("moto");
+    let op = operator(env, &url, &label).await;
+    let api: Api<AIModel> = env.api();
+    let list = Lister::new(&url).await;
+    (label, op, api, list)
 }
 
 fn training_job_of(model: &AIModel) -> String {
@@ -274,11 +201,7 @@ fn endpoint_of(model: &AIModel) -> String {
 #[tokio::test]
 async fn moto_trains_once_serves_and_deletes_everything() {
     let env = TestEnv::new().await;
-    let url = moto_url();
-    let label = unique_name("moto");
-    let op = operator(&env, &url, &label).await;
-    let api: Api<AIModel> = env.api();
-    let list = Lister::new(&url).await;
+    let (label, op, api, list) = with_moto(&env).await;
 
     env.apply_yaml(&model_yaml("fraud", &label, &[], false))
         .await;
@@ -303,7 +226,7 @@ async fn moto_trains_once_serves_and_deletes_everything() {
 
     // Exactly one job for the spec, however many reconciles ran.
     let job = training_job_of(&model);
-    assert_eq!(list.training_jobs(&job).await, vec![job.clone()]);
+    assert_eq!(list.training_jobs_named(&job).await, vec![job.clone()]);
     let endpoint = endpoint_of(&model);
     assert!(list.endpoint_exists(&endpoint).await, "endpoint {endpoint}");
     assert_eq!(list.models(&owner).await.len(), 1, "one Model");
@@ -318,8 +241,7 @@ async fn moto_trains_once_serves_and_deletes_everything() {
     }
 
     // Deleting the AIModel deletes what it made in SageMaker.
-    delete_model(&api, "fraud").await;
-    wait_for_deletion(&api, "fraud", WAIT).await;
+    delete_and_wait(&api, "fraud").await;
     assert!(
         !list.endpoint_exists(&endpoint).await,
         "endpoint left behind"
@@ -339,11 +261,7 @@ async fn moto_trains_once_serves_and_deletes_everything() {
 #[tokio::test]
 async fn moto_retain_keeps_the_endpoint() {
     let env = TestEnv::new().await;
-    let url = moto_url();
-    let label = unique_name("moto");
-    let _op = operator(&env, &url, &label).await;
-    let api: Api<AIModel> = env.api();
-    let list = Lister::new(&url).await;
+    let (label, _op, api, list) = with_moto(&env).await;
 
     env.apply_yaml(&model_yaml("kept", &label, &[], true)).await;
     let model = wait_for(&api, "kept", WAIT, |m: &AIModel| {
@@ -352,8 +270,7 @@ async fn moto_retain_keeps_the_endpoint() {
     .await;
     let owner = model.uid().unwrap_or_default();
     let endpoint = endpoint_of(&model);
-    delete_model(&api, "kept").await;
-    wait_for_deletion(&api, "kept", WAIT).await;
+    delete_and_wait(&api, "kept").await;
     let kept = (
         list.endpoint_exists(&endpoint).await,
         list.models(&owner).await.len(),
@@ -368,35 +285,23 @@ async fn moto_retain_keeps_the_endpoint() {
     env.cleanup().await;
 }
 
-async fn fake(config: FakeConfig) -> SageMakerFake {
-    SageMakerFake::start(config)
-        .await
-        .unwrap_or_else(|e| panic!("starting the SageMaker fake: {e}"))
-}
-
 #[tokio::test]
 async fn fake_in_progress_then_completed_shows_in_status_and_events() {
     let env = TestEnv::new().await;
-    let sm = fake(FakeConfig {
-        training_describes: 3,
-        training_min_millis: 6_000,
-        ..FakeConfig::default()
-    })
+    let (sm, label, _op, api) = with_fake(
+        &env,
+        FakeConfig {
+            training_describes: 3,
+            training_min_millis: 6_000,
+            ..FakeConfig::default()
+        },
+        "fake",
+    )
     .await;
-    let label = unique_name("fake");
-    let _op = operator(&env, &sm.endpoint_url(), &label).await;
-    let api: Api<AIModel> = env.api();
 
     env.apply_yaml(&model_yaml("slow", &label, &[], false))
         .await;
-    let running = wait_for(&api, "slow", WAIT, |m: &AIModel| {
-        m.status
-            .as_ref()
-            .and_then(|s| s.training.as_ref())
-            .and_then(|t| t.job_status.as_deref())
-            == Some("InProgress")
-    })
-    .await;
+    let running = training_in_progress(&api, "slow").await;
     assert!(
         condition_is(&running, "Trained", "False"),
         "Trained is False while the job runs: {:?}",
@@ -417,8 +322,7 @@ async fn fake_in_progress_then_completed_shows_in_status_and_events() {
         assert!(reasons.contains(reason), "event {reason} in {reasons:?}");
     }
     assert_eq!(sm.counters().training_jobs_created, 1);
-    delete_model(&api, "slow").await;
-    wait_for_deletion(&api, "slow", WAIT).await;
+    delete_and_wait(&api, "slow").await;
     let counters = sm.counters();
     assert_eq!(
         (
@@ -436,10 +340,7 @@ async fn fake_in_progress_then_completed_shows_in_status_and_events() {
 #[tokio::test]
 async fn fake_failed_job_is_terminal_with_the_reason() {
     let env = TestEnv::new().await;
-    let sm = fake(FakeConfig::default()).await;
-    let label = unique_name("fake");
-    let _op = operator(&env, &sm.endpoint_url(), &label).await;
-    let api: Api<AIModel> = env.api();
+    let (sm, label, _op, api) = with_fake(&env, FakeConfig::default(), "fake").await;
 
     let reason = "AlgorithmError: out of memory in epoch 3";
     env.apply_yaml(&model_yaml(
@@ -449,11 +350,7 @@ async fn fake_failed_job_is_terminal_with_the_reason() {
         false,
     ))
     .await;
-    let failed = wait_for(&api, "broken", WAIT, |m: &AIModel| {
-        find_condition(m, "Trained").is_some_and(|c| c.reason.as_deref() == Some("TrainingFailed"))
-    })
-    .await;
-    let trained = find_condition(&failed, "Trained").unwrap_or_else(|| panic!("no Trained"));
+    let trained = trained_with_reason(&api, "broken", "TrainingFailed").await;
     assert_eq!(trained.status, "False");
     assert!(
         trained
@@ -495,30 +392,23 @@ async fn fake_failed_job_is_terminal_with_the_reason() {
 #[tokio::test]
 async fn fake_deleting_during_training_stops_the_job() {
     let env = TestEnv::new().await;
-    let sm = fake(FakeConfig {
-        training_describes: 1_000_000,
-        training_min_millis: 3_600_000,
-        stopping_describes: 2,
-        ..FakeConfig::default()
-    })
+    let (sm, label, _op, api) = with_fake(
+        &env,
+        FakeConfig {
+            training_describes: 1_000_000,
+            training_min_millis: 3_600_000,
+            stopping_describes: 2,
+            ..FakeConfig::default()
+        },
+        "fake",
+    )
     .await;
-    let label = unique_name("fake");
-    let _op = operator(&env, &sm.endpoint_url(), &label).await;
-    let api: Api<AIModel> = env.api();
 
     env.apply_yaml(&model_yaml("stopme", &label, &[], false))
         .await;
-    let running = wait_for(&api, "stopme", WAIT, |m: &AIModel| {
-        m.status
-            .as_ref()
-            .and_then(|s| s.training.as_ref())
-            .and_then(|t| t.job_status.as_deref())
-            == Some("InProgress")
-    })
-    .await;
+    let running = training_in_progress(&api, "stopme").await;
     let job = training_job_of(&running);
-    delete_model(&api, "stopme").await;
-    wait_for_deletion(&api, "stopme", WAIT).await;
+    delete_and_wait(&api, "stopme").await;
     let stopped = sm
         .training_job(&job)
         .unwrap_or_else(|| panic!("job {job} vanished"));
@@ -531,23 +421,19 @@ async fn fake_deleting_during_training_stops_the_job() {
 #[tokio::test]
 async fn fake_throttling_is_shown_as_recoverable_then_converges() {
     let env = TestEnv::new().await;
-    let sm = fake(FakeConfig {
-        throttle_fraction: 1.0,
-        ..FakeConfig::default()
-    })
+    let (sm, label, _op, api) = with_fake(
+        &env,
+        FakeConfig {
+            throttle_fraction: 1.0,
+            ..FakeConfig::default()
+        },
+        "fake",
+    )
     .await;
-    let label = unique_name("fake");
-    let _op = operator(&env, &sm.endpoint_url(), &label).await;
-    let api: Api<AIModel> = env.api();
 
     env.apply_yaml(&model_yaml("throttled", &label, &[], false))
         .await;
-    let throttled = wait_for(&api, "throttled", WAIT, |m: &AIModel| {
-        find_condition(m, "Trained")
-            .is_some_and(|c| c.reason.as_deref() == Some("SageMakerThrottled"))
-    })
-    .await;
-    let trained = find_condition(&throttled, "Trained").unwrap_or_else(|| panic!("no Trained"));
+    let trained = trained_with_reason(&api, "throttled", "SageMakerThrottled").await;
     assert_eq!(trained.status, "Unknown");
     assert!(
         trained
@@ -564,8 +450,7 @@ async fn fake_throttling_is_shown_as_recoverable_then_converges() {
     })
     .await;
     assert_eq!(sm.counters().training_jobs_created, 1);
-    delete_model(&api, "throttled").await;
-    wait_for_deletion(&api, "throttled", WAIT).await;
+    delete_and_wait(&api, "throttled").await;
     env.cleanup().await;
     sm.shutdown().await;
 }
@@ -580,19 +465,20 @@ async fn exactly_once_across_restarts_and_throttling() {
     const MODELS: usize = 4;
     const RESTARTS: usize = 6;
     let env = TestEnv::new().await;
-    let sm = fake(FakeConfig {
-        training_describes: 3,
-        training_min_millis: 4_000,
-        endpoint_creating_describes: 3,
-        throttle_fraction: 0.3,
-        lost_response_fraction: 0.1,
-        seed: rand::rng().random(),
-        ..FakeConfig::default()
-    })
+    let (sm, label, mut op, api) = with_fake(
+        &env,
+        FakeConfig {
+            training_describes: 3,
+            training_min_millis: 4_000,
+            endpoint_creating_describes: 3,
+            throttle_fraction: 0.3,
+            lost_response_fraction: 0.1,
+            seed: rand::rng().random(),
+            ..FakeConfig::default()
+        },
+        "chaos",
+    )
     .await;
-    let label = unique_name("chaos");
-    let mut op = operator(&env, &sm.endpoint_url(), &label).await;
-    let api: Api<AIModel> = env.api();
     let names: Vec<String> = (0..MODELS).map(|i| format!("chaos-{i}")).collect();
     for name in &names {
         env.apply_yaml(&model_yaml(name, &label, &[], false)).await;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use aleph_e2e::repo_root;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -108,13 +109,6 @@ struct HealthStatus {
     status: String,
     #[serde(default)]
     message: String,
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the e2e crate sits in the workspace root")
-        .to_path_buf()
 }
 
 fn health_dir() -> PathBuf {

@@ -11,71 +11,20 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use aleph_e2e::helm::helm_binary;
+use aleph_e2e::repo_root;
 use serde_json::Value;
 
 const NAMESPACE: &str = "aleph-system";
 const RELEASE: &str = "aleph";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the e2e crate sits in the workspace root")
-        .to_path_buf()
-}
-
 fn chart_dir() -> PathBuf {
     repo_root().join("charts/aleph-operator")
 }
 
-fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ALEPH_CACHE") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("aleph");
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/aleph")
-}
-
-fn runs(helm: &Path) -> bool {
-    Command::new(helm)
-        .arg("version")
-        .output()
-        .is_ok_and(|out| out.status.success())
-}
-
-fn helm() -> PathBuf {
-    if let Some(helm) = std::env::var_os("HELM") {
-        let helm = PathBuf::from(helm);
-        assert!(runs(&helm), "HELM={} does not run", helm.display());
-        return helm;
-    }
-    let on_path = PathBuf::from("helm");
-    if runs(&on_path) {
-        return on_path;
-    }
-    let bin = cache_dir().join("bin");
-    let mut built: Vec<PathBuf> = fs::read_dir(&bin)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("helm-"))
-        .map(|entry| entry.path().join("helm"))
-        .filter(|helm| runs(helm))
-        .collect();
-    built.sort();
-    built.pop().unwrap_or_else(|| {
-        panic!(
-            "no helm: set HELM, put helm on PATH, or build it with e2e/cluster/build.sh \
-             (looked in {})",
-            bin.display()
-        )
-    })
-}
-
 /// Runs helm; its standard output, or its standard error as the error.
 fn run_helm(args: &[&str]) -> Result<String, String> {
-    let helm = helm();
+    let helm = helm_binary();
     let out = Command::new(&helm)
         .args(args)
         .output()

@@ -11,8 +11,7 @@ use std::time::Duration;
 use aleph_crds::{AIModel, Plugin};
 use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
 use aleph_e2e::{
-    OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, find_condition, unique_name,
-    wait_for, wait_for_deletion,
+    PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, unique_name, wait_for, wait_for_deletion,
 };
 use k8s_openapi::api::core::v1::{Event, ServiceAccount};
 use kube::Resource;
@@ -27,6 +26,16 @@ fn condition(obj: &impl serde::Serialize, type_: &str) -> (String, String, Strin
         c.reason.unwrap_or_default(),
         c.message.unwrap_or_default(),
     )
+}
+
+/// Waits until the object's Ready condition has `reason`; returns its
+/// `(status, reason, message)`.
+async fn ready_with_reason<K>(api: &Api<K>, name: &str, reason: &str) -> (String, String, String)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object = wait_for(api, name, WAIT, |o: &K| condition(o, "Ready").1 == reason).await;
+    condition(&object, "Ready")
 }
 
 /// The Warning Events `ReconcileFailed` about the `kind` named `name` in `events`' scope.
@@ -82,11 +91,7 @@ async fn a_plugin_whose_child_name_is_taken_says_so_and_recovers() {
         "apiVersion: aleph.dev/v1alpha1\nkind: Plugin\nmetadata: {{ name: {name} }}\nspec:\n  version: 1.0.0\n  image: ghcr.io/acme/{name}:1.0.0\n  port: 9000\n  replicas: 1\n"
     ))
     .await;
-    let blocked = wait_for(&plugins, name, WAIT, |p: &Plugin| {
-        condition(p, "Ready").1 == "NameConflict"
-    })
-    .await;
-    let (status, _, message) = condition(&blocked, "Ready");
+    let (status, _, message) = ready_with_reason(&plugins, name, "NameConflict").await;
     assert_eq!(status, "False");
     assert!(
         message.contains(&expected_account) && message.contains("does not belong to this plugin"),
@@ -158,32 +163,18 @@ async fn the_resources_region_serves_without_the_operators_and_none_at_all_is_sh
         .await
         .expect("start the SageMaker fake");
     let label = unique_name("region");
-    let mut op = OperatorProcess::start(OperatorOptions {
-        args: vec![
-            "--leader-elect".into(),
-            "false".into(),
-            "--namespaces".into(),
-            env.namespace().to_string(),
-            "--sagemaker-max-poll-seconds".into(),
-            "1".into(),
-        ],
-        env: vec![
-            ("AWS_ENDPOINT_URL_SAGEMAKER".into(), sm.endpoint_url()),
-            ("AWS_REGION".into(), String::new()),
+    let mut options =
+        aws::operator_options(env.namespace(), &sm.endpoint_url(), &label, "no-region");
+    // No region: an empty AWS_REGION and AWS_DEFAULT_REGION, no config file.
+    options.env = aws::operator_env(&sm.endpoint_url(), "");
+    options.env.splice(
+        2..2,
+        [
             ("AWS_DEFAULT_REGION".into(), String::new()),
             ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
-            ("AWS_ACCESS_KEY_ID".into(), "AKIDALEPHE2E".into()),
-            (
-                "AWS_SECRET_ACCESS_KEY".into(),
-                "aleph-e2e-not-a-secret".into(),
-            ),
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
         ],
-        private_label: Some(label.clone()),
-        name: "no-region".into(),
-    })
-    .await;
-    op.wait_ready(Duration::from_secs(90)).await;
+    );
+    let _op = aws::start_operator(options).await;
     let models: Api<AIModel> = env.api();
 
     env.apply_yaml(&sagemaker_model("regional", &label, Some("eu-west-1")))
@@ -205,11 +196,7 @@ async fn the_resources_region_serves_without_the_operators_and_none_at_all_is_sh
     );
     assert_eq!(sm.counters().training_jobs_created, 1);
 
-    let nowhere = wait_for(&models, "nowhere", WAIT, |m: &AIModel| {
-        condition(m, "Ready").1 == "AWSNotConfigured"
-    })
-    .await;
-    let (status, _, message) = condition(&nowhere, "Ready");
+    let (status, _, message) = ready_with_reason(&models, "nowhere", "AWSNotConfigured").await;
     assert_eq!(status, "False");
     assert!(
         message.contains("no AWS region") && message.contains("region"),

@@ -17,7 +17,7 @@ use aleph_e2e::gateway::{
 };
 use aleph_e2e::oidc::LocalIssuer;
 use aleph_e2e::real_node::{host_ip, pin_namespace, require};
-use aleph_e2e::s3::{s3_put, s3_secret};
+use aleph_e2e::s3::{s3_put_tiny_chat, s3_secret};
 use aleph_e2e::serving::LLAMACPP_IMAGE;
 use aleph_e2e::{
     TestEnv, apply_yaml, find_condition, has_condition, openai, unique_name, wait_for,
@@ -26,7 +26,6 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use tiny_gguf::{Shape, tiny_llama};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The client id the gateway's OIDC tokens are for.
@@ -91,13 +90,7 @@ async fn tenants_call_their_models_through_the_gateway_with_the_openai_client() 
 
     // The model, served by llama.cpp from the S3 emulator.
     let bucket = unique_name("gw-models");
-    s3_put(
-        &bucket,
-        &[(
-            "tiny/chat.gguf",
-            &tiny_llama("tiny-chat", 1, Shape::default()),
-        )],
-    );
+    s3_put_tiny_chat(&bucket);
     apply(&env, &ns_a, &s3_secret()).await;
     apply(
         &env,

@@ -7,18 +7,17 @@
 use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::AIModel;
-use aleph_crds::tenant::Tenant;
 use aleph_e2e::real_node::{pin_namespace, require};
-use aleph_e2e::s3::{s3_put, s3_secret};
+use aleph_e2e::s3::{s3_put_tiny_chat, s3_secret};
 use aleph_e2e::serving::LLAMACPP_IMAGE;
 use aleph_e2e::{
-    TestEnv, apply_yaml, find_condition, gateway, has_condition, openai, unique_name, wait_for,
+    TestEnv, apply_yaml, find_condition, gateway, openai, tenant_manifest, unique_name, wait_for,
+    wait_tenant_ready,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use tiny_gguf::{Shape, tiny_llama};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Idle seconds before the last replica stops.
@@ -80,25 +79,15 @@ async fn a_model_scales_from_zero_on_its_first_request_and_with_the_gateways_loa
     let env = TestEnv::new().await;
     require(&env.client()).await;
     let t = unique_name("gwz");
-    env.apply_yaml(&format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {t}}}\nspec:\n  owners: [{{kind: User, name: {t}-owner}}]\n  namespaces: [apps]\n  plan: enterprise\n  admission:\n    allowedRegistries: [\"aleph.local/\"]\n"
-    ))
-    .await;
-    let tenants: Api<Tenant> = env.cluster_api();
-    wait_for(&tenants, &t, READY_TIMEOUT, |t| {
-        has_condition(t, "Ready", "True")
-    })
-    .await;
+    let spec = format!(
+        "  owners: [{{kind: User, name: {t}-owner}}]\n  namespaces: [apps]\n  plan: enterprise\n  admission:\n    allowedRegistries: [\"aleph.local/\"]\n"
+    );
+    env.apply_yaml(&tenant_manifest(&t, &spec)).await;
+    wait_tenant_ready(&env, &t, READY_TIMEOUT).await;
     let ns = format!("{t}-apps");
     pin_namespace(&env.client(), &ns).await;
     let bucket = unique_name("gwz-models");
-    s3_put(
-        &bucket,
-        &[(
-            "tiny/chat.gguf",
-            &tiny_llama("tiny-chat", 1, Shape::default()),
-        )],
-    );
+    s3_put_tiny_chat(&bucket);
     let apply = |yaml: String| {
         let client = env.client();
         let ns = ns.clone();

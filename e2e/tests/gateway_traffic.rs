@@ -7,16 +7,16 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aleph_crds::aimodel::AIModel;
-use aleph_crds::tenant::Tenant;
 use aleph_e2e::gateway::{
     key_secret, platform_namespace, pod_ip, render_gateway, tenant, wait_for_gateway_pods,
 };
 use aleph_e2e::openai::{self, Load, LoadLoop, load_count};
 use aleph_e2e::real_node::{node_netns, pin_namespace, require};
-use aleph_e2e::s3::{s3_put, s3_secret};
+use aleph_e2e::s3::{s3_put, s3_put_tiny_chat, s3_secret};
 use aleph_e2e::serving::LLAMACPP_IMAGE;
 use aleph_e2e::{
-    TestEnv, apply_yaml, find_condition, has_condition, unique_name, wait_for, wait_for_deletion,
+    TestEnv, apply_yaml, find_condition, unique_name, wait_for, wait_for_deletion,
+    wait_tenant_ready,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -33,11 +33,7 @@ const UNLIMITED: &str = "  gateway: {requestsPerMinute: 10000000, tokensPerMinut
 async fn tenant_with_key(env: &TestEnv, prefix: &str) -> (String, String) {
     let name = unique_name(prefix);
     env.apply_yaml(&tenant(&name, UNLIMITED)).await;
-    let tenants: Api<Tenant> = env.cluster_api();
-    wait_for(&tenants, &name, READY_TIMEOUT, |t| {
-        has_condition(t, "Ready", "True")
-    })
-    .await;
+    wait_tenant_ready(env, &name, READY_TIMEOUT).await;
     let ns = format!("{name}-apps");
     pin_namespace(&env.client(), &ns).await;
     let (key, secret) = key_secret("load-key");
@@ -243,13 +239,7 @@ async fn deleting_a_gateway_pod_during_a_load_loop_loses_no_request() {
     require(&env.client()).await;
     let (ns, key) = tenant_with_key(&env, "gwk").await;
     let bucket = unique_name("gw-kill");
-    s3_put(
-        &bucket,
-        &[(
-            "tiny/chat.gguf",
-            &tiny_llama("tiny-chat", 1, Shape::default()),
-        )],
-    );
+    s3_put_tiny_chat(&bucket);
     apply_yaml(
         &env.client(),
         &llamacpp_model("chat", &format!("s3://{bucket}/tiny/chat.gguf"), ""),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aleph_crds::aimodel::AIModel;
 use aleph_e2e::real_node::{pin_namespace, require, volume_dir};
-use aleph_e2e::s3::{s3_put, s3_secret};
+use aleph_e2e::s3::{s3_model_yaml, s3_put, s3_secret};
 use aleph_e2e::{TestEnv, find_condition, unique_name, wait_for};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -19,20 +19,19 @@ use sha2::{Digest, Sha256};
 const TIMEOUT: Duration = Duration::from_secs(240);
 
 fn model(name: &str, uri: &str) -> String {
-    format!(
-        r#"
-apiVersion: aleph.dev/v1alpha1
-kind: AIModel
-metadata: {{name: {name}}}
-spec:
-  source:
-    uri: {uri}
-    credentialsSecret: {{name: s3}}
-  runtime: {{engine: vllm}}
-  resources: {{cpu: 100m, memory: 256Mi}}
-  cache: {{size: 1Gi, downloadTimeoutSeconds: 300}}
-"#
+    s3_model_yaml(
+        name,
+        uri,
+        "  runtime: {engine: vllm}\n  resources: {cpu: 100m, memory: 256Mi}\n  cache: {size: 1Gi, downloadTimeoutSeconds: 300}\n",
     )
+}
+
+/// The download pods that match `selector`.
+async fn download_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
+    pods.list(&ListParams::default().labels(selector))
+        .await
+        .expect("list download pods")
+        .items
 }
 
 fn cache_phase(model: &AIModel) -> Option<&str> {
@@ -96,11 +95,7 @@ async fn the_model_cache_downloads_from_s3_once_and_names_a_missing_object() {
         "aleph.dev/cache={}",
         claim.trim_start_matches("aleph-cache-")
     );
-    let downloads = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .expect("list download pods")
-        .items;
+    let downloads = download_pods(&pods, &selector).await;
     assert_eq!(downloads.len(), 1, "one download pod");
     let on_real_node = downloads[0]
         .spec
@@ -131,11 +126,7 @@ async fn the_model_cache_downloads_from_s3_once_and_names_a_missing_object() {
         Some(1),
         "the download ran once"
     );
-    let downloads = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .expect("list download pods")
-        .items;
+    let downloads = download_pods(&pods, &selector).await;
     assert_eq!(downloads.len(), 1, "no second download pod");
 
     // A missing object: the downloader's own message in the model's status.

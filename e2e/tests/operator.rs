@@ -448,6 +448,35 @@ async fn only_the_leader_writes_and_another_takes_over_when_it_dies_or_stops() {
     env.cleanup().await;
 }
 
+/// A ClusterRoleBinding `<user>-<suffix>` that gives the user `user` the ClusterRole `role`.
+fn user_binding_yaml(user: &str, suffix: &str, role: &str) -> String {
+    format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{ name: {user}-{suffix} }}
+roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role} }}
+subjects: [{{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}]
+"#
+    )
+}
+
+/// A ClusterRole `<user>-<suffix>` with `rules`, bound to the user `user`.
+fn user_role_yaml(user: &str, suffix: &str, rules: &str) -> String {
+    format!(
+        "\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{ name: {user}-{suffix} }}\nrules:\n{rules}---{}",
+        user_binding_yaml(user, suffix, &format!("{user}-{suffix}"))
+    )
+}
+
+/// Waits until the operator's metrics count a list the API server refused.
+async fn wait_refused_list(op: &OperatorProcess) {
+    op.wait_for_metrics("a refused list", TIMEOUT, |m| {
+        metric_sum(m, KUBE_REQUESTS, &[("verb", "list"), ("code", "403")]) > 0.0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn readyz_waits_for_the_caches_and_metrics_count_reconciles() {
     let env = TestEnv::new().await;
@@ -456,26 +485,15 @@ async fn readyz_waits_for_the_caches_and_metrics_count_reconciles() {
     // The user may find the CRDs but list nothing else: the caches cannot sync.
     apply(
         &env,
-        &format!(
-            r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {{ name: {user}-crds }}
-rules:
-  - apiGroups: [apiextensions.k8s.io]
-    resources: [customresourcedefinitions]
-    verbs: [get, list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{ name: {user}-crds }}
-roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {user}-crds }}
-subjects: [{{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}]
-"#
+        &user_role_yaml(
+            &user,
+            "crds",
+            "  - apiGroups: [apiextensions.k8s.io]\n    resources: [customresourcedefinitions]\n    verbs: [get, list, watch]\n",
         ),
     )
     .await;
-    let op = OperatorProcess::start(OperatorOptions {
+    // Operators that act as the user, for this namespace and label.
+    let impersonating = |name: &str| OperatorOptions {
         args: [
             "--leader-elect",
             "false",
@@ -488,20 +506,17 @@ subjects: [{{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}]
         .map(|s| (*s).to_owned())
         .collect(),
         private_label: Some(label.clone()),
-        name: "observability".into(),
+        name: name.into(),
         ..OperatorOptions::default()
-    })
-    .await;
+    };
+    let op = OperatorProcess::start(impersonating("observability")).await;
     // Alive at once; not ready while the watches are refused.
     let deadline = Instant::now() + TIMEOUT;
     while op.get("/livez").await.map(|r| r.0) != Some(200) {
         assert!(Instant::now() < deadline, "/livez never answered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    op.wait_for_metrics("a refused list", TIMEOUT, |m| {
-        metric_sum(m, KUBE_REQUESTS, &[("verb", "list"), ("code", "403")]) > 0.0
-    })
-    .await;
+    wait_refused_list(&op).await;
     for _ in 0..20 {
         assert_eq!(op.get("/livez").await.map(|r| r.0), Some(200));
         let (code, body) = op.get("/readyz").await.unwrap_or_default();
@@ -510,28 +525,8 @@ subjects: [{{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}]
     }
 
     // A SIGTERM stops an operator whose caches never synced, too.
-    let mut unsynced = OperatorProcess::start(OperatorOptions {
-        args: [
-            "--leader-elect",
-            "false",
-            "--impersonate",
-            &user,
-            "--namespaces",
-            env.namespace(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
-        private_label: Some(label.clone()),
-        name: "unsynced".into(),
-        ..OperatorOptions::default()
-    })
-    .await;
-    unsynced
-        .wait_for_metrics("a refused list", TIMEOUT, |m| {
-            metric_sum(m, KUBE_REQUESTS, &[("verb", "list"), ("code", "403")]) > 0.0
-        })
-        .await;
+    let mut unsynced = OperatorProcess::start(impersonating("unsynced")).await;
+    wait_refused_list(&unsynced).await;
     let stopping = Instant::now();
     assert!(
         unsynced.terminate(Duration::from_secs(10)).await,
@@ -546,22 +541,10 @@ subjects: [{{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}]
     // Read access everywhere: the caches sync, but every write is refused.
     apply(
         &env,
-        &format!(
-            r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {{ name: {user}-read }}
-rules:
-  - apiGroups: ["*"]
-    resources: ["*"]
-    verbs: [get, list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{ name: {user}-read }}
-roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {user}-read }}
-subjects: [{{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}]
-"#
+        &user_role_yaml(
+            &user,
+            "read",
+            "  - apiGroups: [\"*\"]\n    resources: [\"*\"]\n    verbs: [get, list, watch]\n",
         ),
     )
     .await;
@@ -611,19 +594,7 @@ subjects: [{{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}]
     );
 
     // Write access: the retry, after backoff, succeeds.
-    apply(
-        &env,
-        &format!(
-            r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{ name: {user}-admin }}
-roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin }}
-subjects: [{{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}]
-"#
-        ),
-    )
-    .await;
+    apply(&env, &user_binding_yaml(&user, "admin", "cluster-admin")).await;
     let tenants: Api<DynamicObject> = Api::all_with(
         env.client(),
         &ApiResource::erase::<aleph_crds::tenant::Tenant>(&()),

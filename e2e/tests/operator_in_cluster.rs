@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 use aleph_e2e::helm::{Release, apply_examples, helm};
 use aleph_e2e::operator::{http_get, metric_sum};
 use aleph_e2e::real_node::{pin_namespace, pod_ip, require};
-use aleph_e2e::{PRIVATE_OPERATOR_LABEL, TestEnv, find_condition, kubectl, unique_name, wait_for};
+use aleph_e2e::{
+    PRIVATE_OPERATOR_LABEL, TestEnv, find_condition, kubectl, live_pods, unique_name, wait_for,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
+use kube::api::{Api, DeleteParams, DynamicObject};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -119,13 +121,7 @@ async fn component_pods(pods: &Api<Pod>, release: &Release, component: &str) -> 
         "app.kubernetes.io/instance={},app.kubernetes.io/component={component}",
         release.name
     );
-    pods.list(&ListParams::default().labels(&selector))
-        .await
-        .expect("list the release's pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
+    live_pods(pods, &selector, "list the release's pods").await
 }
 
 /// Waits until `check` holds for exactly `count` live pods of the release.

@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::pipeline::{Pipeline, PipelineRun, RunPhase, StepPhase, StepStatus};
-use aleph_e2e::sagemaker_fake::{FAILURE_REASON_TAG, FakeConfig, OUTCOME_TAG, SageMakerFake};
+use aleph_e2e::sagemaker_fake::{FAILURE_REASON_TAG, FakeConfig, OUTCOME_TAG};
 use aleph_e2e::{
-    OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, find_condition,
-    has_condition, unique_name, wait_for, wait_for_deletion,
+    OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, has_condition,
+    table_row, unique_name, wait_for, wait_for_deletion,
 };
-use aws_config::BehaviorVersion;
 use aws_sdk_sagemaker::config::Credentials;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Event;
@@ -90,6 +89,24 @@ fn run_yaml(name: &str, pipeline: &str, extra: &str) -> String {
     format!(
         "apiVersion: aleph.dev/v1alpha1\nkind: PipelineRun\nmetadata: {{ name: {name} }}\nspec:\n  pipelineRef: {{ name: {pipeline} }}\n{extra}"
     )
+}
+
+/// Applies the PipelineRun `name` of `pipeline` (`extra` ends its spec) and
+/// waits until it has finished.
+async fn run_to_end(env: &TestEnv, name: &str, pipeline: &str, extra: &str) -> PipelineRun {
+    env.apply_yaml(&run_yaml(name, pipeline, extra)).await;
+    finished_run(env, name).await
+}
+
+/// Asserts the run's phase and its Succeeded condition's reason.
+fn assert_ended(run: &PipelineRun, expected: RunPhase, why: &str) {
+    assert_eq!(phase(run), expected, "{:#?}", run.status);
+    assert_eq!(reason(run), why);
+}
+
+/// Asserts that the run's Succeeded condition's message contains `text`.
+fn assert_message(run: &PipelineRun, text: &str) {
+    assert!(message(run).contains(text), "{}", message(run));
 }
 
 /// A container step's YAML: `annotations` go on its pod (kwok reads them).
@@ -171,16 +188,14 @@ async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
         "\"--rows=$(steps.prepare.outputs.rows)\"",
     ));
     env.apply_yaml(&yaml).await;
-    env.apply_yaml(&run_yaml(
+    let run = run_to_end(
+        &env,
         "diamond-1",
         "diamond",
         "  params: [{ name: size, value: \"7\" }]\n",
-    ))
+    )
     .await;
-
-    let run = finished_run(&env, "diamond-1").await;
-    assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
-    assert_eq!(reason(&run), "Succeeded");
+    assert_ended(&run, RunPhase::Succeeded, "Succeeded");
     assert!(has_condition(&run, "Succeeded", "True"));
     let status = status_of(&run);
     assert_eq!(status.progress.as_deref(), Some("5/5"));
@@ -255,26 +270,14 @@ async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
     // Printer columns and events.
     let table = env.kubectl(["get", "pipelinerun", "diamond-1"]).await;
     assert!(table.success(), "{}", table.stderr);
-    let header: Vec<&str> = table
-        .stdout
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let header = table_row(&table.stdout, 0);
     assert_eq!(
         header,
         [
             "NAME", "PIPELINE", "PHASE", "PROGRESS", "STARTED", "DURATION", "AGE"
         ]
     );
-    let row: Vec<&str> = table
-        .stdout
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let row = table_row(&table.stdout, 1);
     assert_eq!(
         &row[..4],
         ["diamond-1", "diamond", "Succeeded", "5/5"],
@@ -311,17 +314,10 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
         container_step("report", &[], "aleph.dev/test-run-duration: 1s", ""),
     );
     env.apply_yaml(&yaml).await;
-    env.apply_yaml(&run_yaml("flaky-1", "flaky", "")).await;
-
-    let run = finished_run(&env, "flaky-1").await;
-    assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
-    assert_eq!(reason(&run), "StepFailed");
-    assert!(
-        message(&run).contains("step train failed"),
-        "{}",
-        message(&run)
-    );
-    assert!(message(&run).contains("exit code 1"), "{}", message(&run));
+    let run = run_to_end(&env, "flaky-1", "flaky", "").await;
+    assert_ended(&run, RunPhase::Failed, "StepFailed");
+    assert_message(&run, "step train failed");
+    assert_message(&run, "exit code 1");
 
     let train = step(&run, "train");
     assert_eq!(train.phase, StepPhase::Failed);
@@ -566,8 +562,7 @@ async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
         .await;
     assert!(out.success(), "{}", out.stderr);
     let run = finished_run(&env, "long-1").await;
-    assert_eq!(phase(&run), RunPhase::Cancelled, "{:#?}", run.status);
-    assert_eq!(reason(&run), "Cancelled");
+    assert_ended(&run, RunPhase::Cancelled, "Cancelled");
     assert!(has_condition(&run, "Succeeded", "False"));
     wait_for_deletion(&jobs, "long-1-crunch-1", Duration::from_secs(30)).await;
     let crunch = step(&run, "crunch");
@@ -641,8 +636,7 @@ fn resumable_pipeline(fail_validate: bool) -> String {
 async fn resume_from_reruns_only_what_did_not_succeed_and_reuses_outputs() {
     let env = TestEnv::new().await;
     env.apply_yaml(&resumable_pipeline(true)).await;
-    env.apply_yaml(&run_yaml("etl-1", "etl", "")).await;
-    let first = finished_run(&env, "etl-1").await;
+    let first = run_to_end(&env, "etl-1", "etl", "").await;
     assert_eq!(phase(&first), RunPhase::Failed);
     assert_eq!(step(&first, "extract").phase, StepPhase::Succeeded);
     assert_eq!(step(&first, "validate").phase, StepPhase::Failed);
@@ -651,9 +645,7 @@ async fn resume_from_reruns_only_what_did_not_succeed_and_reuses_outputs() {
 
     // The cause is fixed in the pipeline; only the failed part runs again.
     env.apply_yaml(&resumable_pipeline(false)).await;
-    env.apply_yaml(&run_yaml("etl-2", "etl", "  resumeFrom: etl-1\n"))
-        .await;
-    let second = finished_run(&env, "etl-2").await;
+    let second = run_to_end(&env, "etl-2", "etl", "  resumeFrom: etl-1\n").await;
     assert_eq!(phase(&second), RunPhase::Succeeded, "{:#?}", second.status);
     for reused in ["extract", "docs"] {
         let s = step(&second, reused);
@@ -724,14 +716,11 @@ async fn a_cycle_is_reported_as_invalid_graph_naming_its_steps() {
     let text = ready.message.unwrap_or_default();
     assert!(text.contains("alpha -> gamma -> beta"), "{text}");
 
-    env.apply_yaml(&run_yaml("loop-1", "loop", "")).await;
-    let run = finished_run(&env, "loop-1").await;
-    assert_eq!(phase(&run), RunPhase::Failed);
-    assert_eq!(reason(&run), "InvalidGraph");
-    assert!(
-        message(&run).contains("the steps alpha -> gamma -> beta form a dependency cycle"),
-        "{}",
-        message(&run)
+    let run = run_to_end(&env, "loop-1", "loop", "").await;
+    assert_ended(&run, RunPhase::Failed, "InvalidGraph");
+    assert_message(
+        &run,
+        "the steps alpha -> gamma -> beta form a dependency cycle",
     );
     assert!(jobs_of(&env, "loop-1").await.is_empty(), "nothing ran");
     let event = wait_event(&env, "PipelineRun", "loop-1", "InvalidGraph").await;
@@ -747,24 +736,18 @@ async fn a_missing_param_fails_the_run_naming_it() {
         container_step("go", &[], "", "\"$(params.dataset)\""),
     );
     env.apply_yaml(&yaml).await;
-    env.apply_yaml(&run_yaml("needs-1", "needs", "")).await;
-    let run = finished_run(&env, "needs-1").await;
-    assert_eq!(phase(&run), RunPhase::Failed);
-    assert_eq!(reason(&run), "ParameterMissing");
-    assert!(message(&run).contains("param dataset"), "{}", message(&run));
-    env.apply_yaml(&run_yaml(
+    let run = run_to_end(&env, "needs-1", "needs", "").await;
+    assert_ended(&run, RunPhase::Failed, "ParameterMissing");
+    assert_message(&run, "param dataset");
+    let run = run_to_end(
+        &env,
         "needs-2",
         "needs",
         "  params: [{ name: epochs, value: many }, { name: dataset, value: d }]\n",
-    ))
+    )
     .await;
-    let run = finished_run(&env, "needs-2").await;
     assert_eq!(reason(&run), "InvalidParameter");
-    assert!(
-        message(&run).contains("\"many\" is not an integer"),
-        "{}",
-        message(&run)
-    );
+    assert_message(&run, "\"many\" is not an integer");
     env.cleanup().await;
 }
 
@@ -776,8 +759,7 @@ async fn a_finished_run_is_deleted_with_its_jobs_after_its_ttl() {
         container_step("only", &[], "aleph.dev/test-run-duration: 1s", ""),
     );
     env.apply_yaml(&yaml).await;
-    env.apply_yaml(&run_yaml("brief-1", "brief", "")).await;
-    let run = finished_run(&env, "brief-1").await;
+    let run = run_to_end(&env, "brief-1", "brief", "").await;
     assert_eq!(phase(&run), RunPhase::Succeeded);
     wait_for_deletion(
         &env.api::<PipelineRun>(),
@@ -859,19 +841,8 @@ fn moto_url() -> String {
 }
 
 async fn sagemaker(url: &str) -> aws_sdk_sagemaker::Client {
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .credentials_provider(Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "aleph-e2e",
-        ))
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(url)
-        .load()
-        .await;
-    aws_sdk_sagemaker::Client::new(&sdk)
+    let credentials = Credentials::new("testing", "testing", None, None, "aleph-e2e");
+    aws::sagemaker_client(url, "us-east-1", credentials).await
 }
 
 fn training_step(name: &str, bucket_prefix: &str) -> String {
@@ -904,13 +875,13 @@ async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
         ),
     );
     env.apply_yaml(&yaml).await;
-    env.apply_yaml(&run_yaml(
+    let run = run_to_end(
+        &env,
         "fit-1",
         "fit",
         "  params: [{ name: rounds, value: \"35\" }]\n",
-    ))
+    )
     .await;
-    let run = finished_run(&env, "fit-1").await;
     assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
     let train = step(&run, "train");
     let artifact = train
@@ -997,8 +968,7 @@ spec:
         training_step("train", &prefix),
     );
     env.apply_yaml(&yaml).await;
-    env.apply_yaml(&run_yaml("ship-1", "ship", "")).await;
-    let run = finished_run(&env, "ship-1").await;
+    let run = run_to_end(&env, "ship-1", "ship", "").await;
     assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
     let artifact = step(&run, "train")
         .outputs
@@ -1064,15 +1034,9 @@ async fn the_deadline_stops_the_run_with_timeout_and_finally_still_runs() {
         container_step("notify", &[], "aleph.dev/test-run-duration: 1s", ""),
     );
     env.apply_yaml(&yaml).await;
-    env.apply_yaml(&run_yaml("slow-1", "slow", "")).await;
-    let run = finished_run(&env, "slow-1").await;
-    assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
-    assert_eq!(reason(&run), "Timeout");
-    assert!(
-        message(&run).contains("deadline of 4s"),
-        "{}",
-        message(&run)
-    );
+    let run = run_to_end(&env, "slow-1", "slow", "").await;
+    assert_ended(&run, RunPhase::Failed, "Timeout");
+    assert_message(&run, "deadline of 4s");
     let status = status_of(&run);
     let took = seconds(
         time(status.start_time.as_deref()),
@@ -1090,37 +1054,13 @@ async fn the_deadline_stops_the_run_with_timeout_and_finally_still_runs() {
 /// An operator of the test's own, for `env`'s namespace and the runs labelled
 /// `label`, whose SageMaker is `url`.
 async fn private_operator(env: &TestEnv, url: &str, label: &str) -> OperatorProcess {
-    let mut op = OperatorProcess::start(OperatorOptions {
-        args: vec![
-            "--leader-elect".into(),
-            "false".into(),
-            "--namespaces".into(),
-            env.namespace().to_string(),
-            "--sagemaker-max-poll-seconds".into(),
-            "1".into(),
-        ],
-        env: vec![
-            ("AWS_ENDPOINT_URL_SAGEMAKER".into(), url.to_string()),
-            ("AWS_REGION".into(), "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID".into(), "AKIDALEPHE2E".into()),
-            (
-                "AWS_SECRET_ACCESS_KEY".into(),
-                "aleph-e2e-not-a-secret".into(),
-            ),
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-        ],
-        private_label: Some(label.to_string()),
-        name: "pipeline-training".into(),
-    })
-    .await;
-    op.wait_ready(Duration::from_secs(90)).await;
-    op
-}
-
-async fn fake_sagemaker(config: FakeConfig) -> SageMakerFake {
-    SageMakerFake::start(config)
-        .await
-        .unwrap_or_else(|e| panic!("starting the SageMaker fake: {e}"))
+    aws::start_operator(aws::operator_options(
+        env.namespace(),
+        url,
+        label,
+        "pipeline-training",
+    ))
+    .await
 }
 
 /// A training step for the fake, with tags (the fake reads a job's outcome from them).
@@ -1142,7 +1082,7 @@ fn labelled_run(name: &str, pipeline: &str, label: &str) -> String {
 #[tokio::test]
 async fn cancelling_or_deleting_a_run_stops_its_training_job() {
     let env = TestEnv::new().await;
-    let sm = fake_sagemaker(FakeConfig {
+    let sm = aws::start_fake(FakeConfig {
         training_describes: 1_000_000,
         training_min_millis: 3_600_000,
         stopping_describes: 1,
@@ -1212,7 +1152,7 @@ async fn cancelling_or_deleting_a_run_stops_its_training_job() {
 #[tokio::test]
 async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step() {
     let env = TestEnv::new().await;
-    let sm = fake_sagemaker(FakeConfig::default()).await;
+    let sm = aws::start_fake(FakeConfig::default()).await;
     let label = unique_name("pipeline");
     let _op = private_operator(&env, &sm.endpoint_url(), &label).await;
     let yaml = format!(
@@ -1229,13 +1169,8 @@ async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step()
     env.apply_yaml(&labelled_run("badfit-1", "badfit", &label))
         .await;
     let run = finished_run(&env, "badfit-1").await;
-    assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
-    assert_eq!(reason(&run), "StepFailed");
-    assert!(
-        message(&run).contains("AlgorithmError: out of memory"),
-        "{}",
-        message(&run)
-    );
+    assert_ended(&run, RunPhase::Failed, "StepFailed");
+    assert_message(&run, "AlgorithmError: out of memory");
     let train = step(&run, "train");
     assert_eq!(train.attempts, 2);
     assert_eq!(
@@ -1352,8 +1287,7 @@ spec:
 "#,
     )
     .await;
-    env.apply_yaml(&run_yaml("scan-1", "scan", "")).await;
-    let run = finished_run(&env, "scan-1").await;
+    let run = run_to_end(&env, "scan-1", "scan", "").await;
     assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
     assert_eq!(step(&run, "scan").phase, StepPhase::Succeeded);
     let redact = step(&run, "redact");
@@ -1366,11 +1300,7 @@ spec:
             .contains("plugin redactor has mode service"),
         "{redact:#?}"
     );
-    assert!(
-        message(&run).contains("step redact failed"),
-        "{}",
-        message(&run)
-    );
+    assert_message(&run, "step redact failed");
 
     let job = env
         .api::<Job>()

@@ -5,17 +5,19 @@
 use std::time::Duration;
 
 use aleph_crds::plugin::Plugin;
-use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, find_condition, has_condition, unique_name, wait_for, wait_for_deletion};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+use aleph_e2e::{
+    TestEnv, can_i, find_condition, has_condition, live_pods, refusal, table_row, tenant_manifest,
+    unique_name, wait_for, wait_for_deletion,
 };
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+
+mod tenant_support;
+use tenant_support::{delete_tenant, ready_tenant};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const EXAMPLE: &str = include_str!("../../examples/plugin.yaml");
@@ -72,13 +74,7 @@ async fn merge(plugins: &Api<Plugin>, name: &str, patch: serde_json::Value) {
 
 async fn plugin_pods(env: &TestEnv, namespace: &str, name: &str) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(env.client(), namespace);
-    pods.list(&ListParams::default().labels(&format!("aleph.dev/plugin={name}")))
-        .await
-        .expect("list pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
+    live_pods(&pods, &format!("aleph.dev/plugin={name}"), "list pods").await
 }
 
 async fn events(env: &TestEnv, namespace: &str, name: &str) -> Vec<(String, String, String)> {
@@ -118,28 +114,6 @@ async fn event(env: &TestEnv, namespace: &str, name: &str, reason_: &str) -> Str
         "no {reason_} event for plugin {name}; events: {:?}",
         events(env, namespace, name).await
     );
-}
-
-async fn can_i(client: kube::Client, verb: &str, resource: &str, group: &str, ns: &str) -> bool {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                resource: Some(resource.into()),
-                group: Some(group.into()),
-                namespace: Some(ns.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<SelfSubjectAccessReview>::all(client)
-        .create(&PostParams::default(), &review)
-        .await
-        .expect("access review")
-        .status
-        .is_some_and(|s| s.allowed)
 }
 
 fn service_account_client(env: &TestEnv, namespace: &str, name: &str) -> kube::Client {
@@ -195,23 +169,13 @@ async fn example_plugin_runs_sandboxed_without_a_token_and_with_only_the_listed_
         .await
         .expect_success()
         .stdout;
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let header = table_row(&table, 0);
     assert_eq!(
         header,
         ["NAME", "VERSION", "MODE", "READY", "AGE"],
         "{table}"
     );
-    let row: Vec<&str> = table
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let row = table_row(&table, 1);
     assert_eq!(
         row[..4],
         ["pii-redactor", "1.4.2", "service", "True"],
@@ -795,37 +759,14 @@ async fn job_templates_are_ready_without_a_deployment() {
     env.cleanup().await;
 }
 
-/// Creates `pod` until the API server refuses it (at most 30 s), deleting the
-/// copies admitted meanwhile; returns the refusal.
-async fn refusal(pods: &Api<Pod>, pod: Pod) -> String {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    for _ in 0..30 {
-        match pods.create(&PostParams::default(), &pod).await {
-            Err(e) => return e.to_string(),
-            Ok(_) => {
-                let _ = pods
-                    .delete(&name, &DeleteParams::default().grace_period(0))
-                    .await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-    "admitted".to_string()
-}
-
 #[tokio::test]
 async fn a_tenants_admission_rules_apply_to_plugin_pods() {
     let env = TestEnv::new().await;
     let tenant = unique_name("tnplg");
-    env.kubectl_with_stdin(
-        ["apply", "-f", "-"],
+    let yaml = tenant_manifest(
+        &tenant,
         &format!(
-            r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{ name: {tenant} }}
-spec:
-  owners: [{{ kind: User, name: {tenant}-alice, role: admin }}]
+            r#"  owners: [{{ kind: User, name: {tenant}-alice, role: admin }}]
   namespaces: [plugins]
   plan: pro
   quota: {{ cpu: "1" }}
@@ -833,14 +774,9 @@ spec:
     allowedRegistries: ["ghcr.io/acme/"]
 "#
         ),
-    )
-    .await
-    .expect_success();
-    let tenants: Api<Tenant> = env.cluster_api();
-    wait_for(&tenants, &tenant, TIMEOUT, |t| {
-        has_condition(t, "Ready", "True")
-    })
-    .await;
+    );
+    // Applied, and Ready within 90 s.
+    ready_tenant(&env, &tenant, &yaml).await;
     let ns = format!("{tenant}-plugins");
     // Wait until the tenant's rule is in force.
     let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
@@ -929,6 +865,6 @@ spec:
             .get("aleph.dev/tenant"),
         Some(&tenant)
     );
-    let _ = tenants.delete(&tenant, &DeleteParams::default()).await;
+    delete_tenant(&env, &tenant).await;
     env.cleanup().await;
 }

@@ -15,13 +15,15 @@ use std::time::Duration;
 use aleph_controllers::plugin::build::SANDBOX_USER;
 use aleph_crds::pipeline::{PipelineRun, RunPhase, StepPhase, StepStatus};
 use aleph_crds::plugin::Plugin;
-use aleph_crds::tenant::Tenant;
 use aleph_e2e::real_node::{
     self, BUSYBOX_IMAGE, REAL_NODE_NAME, REAL_NODE_POOL_LABEL, REAL_NODE_TAINT, apiserver_port,
     client_pod, exec, expect_connect, host_ip, http_get, httpd_pod, nslookup, pin_namespace,
     pod_ip, pod_manifest, readiness_probe_http, run_pods,
 };
-use aleph_e2e::{TestEnv, find_condition, has_condition, kubectl, unique_name, wait_for};
+use aleph_e2e::{
+    TestEnv, find_condition, has_condition, kubectl, tenant_manifest, unique_name, wait_for,
+    wait_tenant_ready,
+};
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
@@ -305,17 +307,16 @@ spec:
 }
 
 fn tenant_yaml(name: &str, spec_extra: &str) -> String {
-    format!(
-        r#"apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{ name: {name} }}
-spec:
-  owners: [{{ kind: User, name: {name}-owner }}]
+    tenant_manifest(
+        name,
+        &format!(
+            r#"  owners: [{{ kind: User, name: {name}-owner }}]
   namespaces: [apps]
   plan: free
   admission:
     allowedRegistries: ["aleph.local/"]
 {spec_extra}"#
+        ),
     )
 }
 
@@ -323,11 +324,7 @@ spec:
 /// (its default ServiceAccount exists), pins that namespace to the real node
 /// and returns its name.
 async fn ready_tenant_namespace(env: &TestEnv, tenant: &str) -> String {
-    let tenants: Api<Tenant> = env.cluster_api();
-    wait_for(&tenants, tenant, TIMEOUT, |t| {
-        has_condition(t, "Ready", "True")
-    })
-    .await;
+    wait_tenant_ready(env, tenant, TIMEOUT).await;
     let ns = format!("{tenant}-apps");
     let service_accounts: Api<ServiceAccount> = Api::namespaced(env.client(), &ns);
     wait_for(&service_accounts, "default", TIMEOUT, |_| true).await;

@@ -23,9 +23,9 @@ use aleph_crds::{
     ConditionStatus, DeletionPolicy, EndpointStatus, SageMakerServing, SageMakerTraining,
     TrainingStatus,
 };
-use aleph_e2e::sagemaker_fake::{FakeConfig, FakeCounters, SageMakerFake};
+use aleph_e2e::aws::{self, Lister};
+use aleph_e2e::sagemaker_fake::{FakeConfig, FakeCounters};
 use aws_config::BehaviorVersion;
-use aws_sdk_sagemaker::config::Credentials;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -50,13 +50,7 @@ fn adapter_config() -> AwsSageMakerConfig {
 /// The real adapter, with fake static credentials, pointed at `url`.
 async fn adapter_with(url: &str, config: AwsSageMakerConfig, calls: Calls) -> AwsSageMaker {
     let loader =
-        aws_config::defaults(BehaviorVersion::latest()).credentials_provider(Credentials::new(
-            "AKIDALEPHE2E",
-            "aleph-e2e-not-a-secret",
-            None,
-            None,
-            "aleph-e2e",
-        ));
+        aws_config::defaults(BehaviorVersion::latest()).credentials_provider(aws::credentials());
     let config = AwsSageMakerConfig {
         endpoint_url: Some(url.to_string()),
         ..config
@@ -69,13 +63,6 @@ async fn adapter_with(url: &str, config: AwsSageMakerConfig, calls: Calls) -> Aw
 
 async fn adapter(url: &str) -> AwsSageMaker {
     adapter_with(url, adapter_config(), Calls::default()).await
-}
-
-async fn fake(config: FakeConfig) -> SageMakerFake {
-    match SageMakerFake::start(config).await {
-        Ok(fake) => fake,
-        Err(e) => panic!("starting the SageMaker fake: {e}"),
-    }
 }
 
 fn uid() -> String {
@@ -240,81 +227,16 @@ fn stop_moto() {
     let _ = Command::new("bash").arg(script).arg("stop").status();
 }
 
-/// Lists with the SDK directly, to count what exists (the port has no List).
-struct Lister(aws_sdk_sagemaker::Client);
-
-impl Lister {
-    async fn new(url: &str) -> Self {
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .credentials_provider(Credentials::new(
-                "AKIDALEPHE2E",
-                "aleph-e2e-not-a-secret",
-                None,
-                None,
-                "aleph-e2e",
-            ))
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(url)
-            .load()
-            .await;
-        Self(aws_sdk_sagemaker::Client::new(&sdk))
-    }
-
-    async fn training_jobs(&self, contains: &str) -> Vec<String> {
-        let out = self
-            .0
-            .list_training_jobs()
-            .name_contains(contains)
-            .max_results(100)
-            .send()
-            .await;
-        let out = out.unwrap_or_else(|e| panic!("ListTrainingJobs: {e:?}"));
-        out.training_job_summaries()
-            .iter()
-            .filter_map(|s| s.training_job_name())
-            .filter(|n| n.contains(contains))
-            .map(str::to_string)
-            .collect()
-    }
-
-    async fn models(&self, owner: &str) -> Vec<String> {
-        let out = self.0.list_models().max_results(100).send().await;
-        let out = out.unwrap_or_else(|e| panic!("ListModels: {e:?}"));
-        out.models()
-            .iter()
-            .filter_map(|m| m.model_name())
-            .filter(|n| is_owned(n, owner))
-            .map(str::to_string)
-            .collect()
-    }
-
-    async fn endpoint_configs(&self, owner: &str) -> Vec<String> {
-        let out = self.0.list_endpoint_configs().max_results(100).send().await;
-        let out = out.unwrap_or_else(|e| panic!("ListEndpointConfigs: {e:?}"));
-        out.endpoint_configs()
-            .iter()
-            .filter_map(|c| c.endpoint_config_name())
-            .filter(|n| is_owned(n, owner))
-            .map(str::to_string)
-            .collect()
-    }
-
-    async fn endpoints(&self, name: &str) -> Vec<String> {
-        let out = self
-            .0
-            .list_endpoints()
-            .name_contains(name)
-            .max_results(100)
-            .send()
-            .await;
-        let out = out.unwrap_or_else(|e| panic!("ListEndpoints: {e:?}"));
-        out.endpoints()
-            .iter()
-            .filter_map(|e| e.endpoint_name())
-            .filter(|n| *n == name)
-            .map(str::to_string)
-            .collect()
-    }
+/// Asserts that no Model, EndpointConfig or endpoint is left.
+fn assert_nothing_live(counters: &FakeCounters) {
+    assert_eq!(
+        (
+            counters.live_models,
+            counters.live_endpoint_configs,
+            counters.live_endpoints
+        ),
+        (0, 0, 0)
+    );
 }
 
 #[tokio::test]
@@ -484,7 +406,7 @@ async fn moto_training_endpoint_and_cleanup() {
 
 #[tokio::test]
 async fn fake_training_runs_then_completes() {
-    let fake = fake(FakeConfig {
+    let fake = aws::start_fake(FakeConfig {
         training_describes: 3,
         ..FakeConfig::default()
     })
@@ -543,7 +465,7 @@ async fn fake_training_runs_then_completes() {
 
 #[tokio::test]
 async fn fake_training_failure_is_terminal_with_the_reason() {
-    let fake = fake(FakeConfig {
+    let fake = aws::start_fake(FakeConfig {
         training_describes: 1,
         ..FakeConfig::default()
     })
@@ -613,7 +535,7 @@ async fn fake_training_failure_is_terminal_with_the_reason() {
 
 #[tokio::test]
 async fn fake_cleanup_during_training_stops_the_job() {
-    let fake = fake(FakeConfig {
+    let fake = aws::start_fake(FakeConfig {
         training_describes: 100,
         stopping_describes: 2,
         ..FakeConfig::default()
@@ -679,7 +601,7 @@ async fn fake_cleanup_during_training_stops_the_job() {
 
 #[tokio::test]
 async fn fake_training_spec_change_stops_the_old_job_and_starts_one_new() {
-    let fake = fake(FakeConfig {
+    let fake = aws::start_fake(FakeConfig {
         training_describes: 100,
         ..FakeConfig::default()
     })
@@ -728,7 +650,7 @@ async fn fake_training_spec_change_stops_the_old_job_and_starts_one_new() {
 
 #[tokio::test]
 async fn fake_endpoint_creates_updates_and_cleans_up() {
-    let fake = fake(FakeConfig::default()).await;
+    let fake = aws::start_fake(FakeConfig::default()).await;
     let api = adapter(&fake.endpoint_url()).await;
     let owner = uid();
     let serving = serving_spec(SERVE_IMAGE, None);
@@ -810,20 +732,12 @@ async fn fake_endpoint_creates_updates_and_cleans_up() {
 
     // Cleanup: nothing of ours is left.
     cleanup_until_done(&api, &owner, None, Some(&updated), DeletionPolicy::Delete).await;
-    let counters = fake.counters();
-    assert_eq!(
-        (
-            counters.live_models,
-            counters.live_endpoint_configs,
-            counters.live_endpoints
-        ),
-        (0, 0, 0)
-    );
+    assert_nothing_live(&fake.counters());
 }
 
 #[tokio::test]
 async fn fake_endpoint_adoption_and_name_conflicts() {
-    let fake = fake(FakeConfig::default()).await;
+    let fake = aws::start_fake(FakeConfig::default()).await;
     let api = adapter(&fake.endpoint_url()).await;
     fake.seed_foreign_endpoint("legacy-fraud", "legacy-config", "legacy-model");
     let owner = uid();
@@ -898,7 +812,7 @@ async fn fake_endpoint_adoption_and_name_conflicts() {
 
 #[tokio::test]
 async fn fake_failed_endpoint_is_terminal_until_the_spec_changes() {
-    let fake = fake(FakeConfig::default()).await;
+    let fake = aws::start_fake(FakeConfig::default()).await;
     let api = adapter(&fake.endpoint_url()).await;
     let owner = uid();
     let artifact = "s3://aleph-e2e/models/v1/model.tar.gz";
@@ -1004,20 +918,12 @@ async fn fake_failed_endpoint_is_terminal_until_the_spec_changes() {
         DeletionPolicy::Delete,
     )
     .await;
-    let counters = fake.counters();
-    assert_eq!(
-        (
-            counters.live_models,
-            counters.live_endpoint_configs,
-            counters.live_endpoints
-        ),
-        (0, 0, 0)
-    );
+    assert_nothing_live(&fake.counters());
 }
 
 #[tokio::test]
 async fn errors_are_classified_over_http() {
-    let fake = fake(FakeConfig::default()).await;
+    let fake = aws::start_fake(FakeConfig::default()).await;
     let calls = Calls::default();
     let api = adapter_with(&fake.endpoint_url(), adapter_config(), calls.clone()).await;
 
@@ -1145,7 +1051,7 @@ fn chaos_config(seed: u64) -> FakeConfig {
 /// the deletion starts as soon as the update is asked for. Returns the fake's
 /// counters after cleanup.
 async fn chaos_run(seed: u64, delete_while_updating: bool) -> (FakeCounters, String) {
-    let fake = fake(chaos_config(seed)).await;
+    let fake = aws::start_fake(chaos_config(seed)).await;
     let url = fake.endpoint_url();
     let calls = Calls::default();
     let owner = uid();
@@ -1372,7 +1278,7 @@ async fn adapter_from_env_honours_the_endpoint_variable() {
         }
         _ => {}
     }
-    let fake = fake(FakeConfig::default()).await;
+    let fake = aws::start_fake(FakeConfig::default()).await;
     let exe = std::env::current_exe().expect("the test binary");
     for (mode, keys) in [("keys", true), ("no-keys", false)] {
         // Async, so that the fake keeps serving on this test's runtime meanwhile.

@@ -9,14 +9,14 @@
 use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::AIModel;
-use aleph_crds::tenant::Tenant;
 use aleph_e2e::real_node::{pin_namespace, require, run_pods};
-use aleph_e2e::s3::{s3_put, s3_secret};
+use aleph_e2e::s3::{s3_model_yaml, s3_put, s3_secret};
 use aleph_e2e::serving::{
     Answer, LLAMACPP_IMAGE, RequestLoop, Streamed, Tally, client, client_pod,
 };
 use aleph_e2e::{
-    TestEnv, apply_yaml, find_condition, has_condition, unique_name, wait_for, wait_for_deletion,
+    TestEnv, apply_yaml, find_condition, live_pods, tenant_manifest, unique_name, wait_for,
+    wait_for_deletion, wait_tenant_ready,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -33,23 +33,30 @@ const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(240);
 /// (YAML lines indented by two spaces).
 fn llamacpp_model(name: &str, uri: &str, args: &[&str], extra: &str) -> String {
     let args = serde_json::to_string(args).unwrap_or_default();
-    format!(
-        r#"
-apiVersion: aleph.dev/v1alpha1
-kind: AIModel
-metadata: {{name: {name}}}
-spec:
-  source:
-    uri: {uri}
-    credentialsSecret: {{name: s3}}
-  runtime:
+    let rest = format!(
+        r#"  runtime:
     engine: llamacpp
     image: {LLAMACPP_IMAGE}
     args: {args}
   resources: {{gpus: 0, memory: 256Mi}}
   cache: {{size: 1Gi, downloadTimeoutSeconds: 300}}
 {extra}"#
-    )
+    );
+    s3_model_yaml(name, uri, &rest)
+}
+
+/// Waits until the model's Ready condition has `reason`; returns its
+/// `(status, reason, message)`.
+async fn ready_with_reason(
+    models: &Api<AIModel>,
+    name: &str,
+    reason: &str,
+) -> (String, String, String) {
+    let model = wait_for(models, name, READY_TIMEOUT, |m| {
+        ready(m).is_some_and(|(_, r, _)| r == reason)
+    })
+    .await;
+    ready(&model).unwrap_or_default()
 }
 
 fn ready(model: &AIModel) -> Option<(String, String, String)> {
@@ -92,13 +99,8 @@ async fn wait_rolled_out(deployments: &Api<Deployment>, name: &str) -> Deploymen
 
 /// The serving pods of `model` that are not being deleted.
 async fn serving_pods(pods: &Api<Pod>, model: &str) -> Vec<Pod> {
-    pods.list(&ListParams::default().labels(&format!("aleph.dev/model={model}")))
-        .await
-        .expect("list serving pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
+    let selector = format!("aleph.dev/model={model}");
+    live_pods(pods, &selector, "list serving pods").await
 }
 
 fn container_args(pod: &Pod) -> Vec<String> {
@@ -130,25 +132,20 @@ async fn setup(objects: &[(&str, &[u8])], tenant: bool) -> (TestEnv, String, Str
     require(&env.client()).await;
     let ns = if tenant {
         let name = unique_name("serve");
-        env.apply_yaml(&format!(
-            r#"apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{name: {name}}}
-spec:
-  owners: [{{kind: User, name: {name}-owner}}]
+        env.apply_yaml(&tenant_manifest(
+            &name,
+            &format!(
+                r#"  owners: [{{kind: User, name: {name}-owner}}]
   namespaces: [apps]
   plan: free
   network: {{isolated: true}}
   admission:
     allowedRegistries: ["aleph.local/"]
 "#
+            ),
         ))
         .await;
-        let tenants: Api<Tenant> = env.cluster_api();
-        wait_for(&tenants, &name, READY_TIMEOUT, |t| {
-            has_condition(t, "Ready", "True")
-        })
-        .await;
+        wait_tenant_ready(&env, &name, READY_TIMEOUT).await;
         let ns = format!("{name}-apps");
         let accounts: Api<ServiceAccount> = Api::namespaced(env.client(), &ns);
         wait_for(&accounts, "default", READY_TIMEOUT, |_| true).await;
@@ -491,11 +488,7 @@ async fn a_corrupt_model_and_a_starved_pod_say_why_in_status() {
     )
     .await;
     let models: Api<AIModel> = env.api();
-    let broken = wait_for(&models, "broken", READY_TIMEOUT, |m| {
-        ready(m).is_some_and(|(_, reason, _)| reason == "RuntimeCrashLooping")
-    })
-    .await;
-    let (status, _, message) = ready(&broken).unwrap_or_default();
+    let (status, _, message) = ready_with_reason(&models, "broken", "RuntimeCrashLooping").await;
     println!("broken: {message}");
     assert_eq!(status, "False");
     assert!(message.contains("exit code 1"), "no exit code: {message}");
@@ -506,11 +499,7 @@ async fn a_corrupt_model_and_a_starved_pod_say_why_in_status() {
         "the engine's own words are missing: {message}"
     );
 
-    let starved = wait_for(&models, "starved", READY_TIMEOUT, |m| {
-        ready(m).is_some_and(|(_, reason, _)| reason == "RuntimeOOMKilled")
-    })
-    .await;
-    let (status, _, message) = ready(&starved).unwrap_or_default();
+    let (status, _, message) = ready_with_reason(&models, "starved", "RuntimeOOMKilled").await;
     println!("starved: {message}");
     assert_eq!(status, "False");
     assert!(

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, has_condition, unique_name, wait_for, wait_for_deletion};
-use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+use aleph_e2e::{
+    TestEnv, can_i, has_condition, refusal, tenant_manifest, unique_name, wait_for,
+    wait_for_deletion,
 };
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -20,13 +20,10 @@ use tenant_support::delete_tenant;
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn tenant_yaml(name: &str, extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{ name: {name} }}
-spec:
-  owners:
+    tenant_manifest(
+        name,
+        &format!(
+            r#"  owners:
     - {{ kind: User, name: {name}-alice, role: admin }}
     - {{ kind: User, name: {name}-bob, role: view }}
   namespaces: [research, prod]
@@ -37,6 +34,7 @@ spec:
     allowedGpuProducts: ["NVIDIA-H100-80GB-HBM3"]
 {extra}
 "#
+        ),
     )
 }
 
@@ -58,24 +56,6 @@ fn pod(name: &str, image: &str, gpus: Option<(&str, &str)>) -> Pod {
         pod["spec"]["tolerations"] = serde_json::json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]);
     }
     serde_json::from_value(pod).expect("pod JSON")
-}
-
-/// Creates `pod` until the API server refuses it (at most 30 s), deleting the
-/// copies admitted meanwhile; returns the refusal, or "admitted" if none came.
-async fn refusal(pods: &Api<Pod>, pod: Pod) -> String {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    for _ in 0..30 {
-        match pods.create(&PostParams::default(), &pod).await {
-            Err(e) => return e.to_string(),
-            Ok(_) => {
-                let _ = pods
-                    .delete(&name, &DeleteParams::default().grace_period(0))
-                    .await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-    "admitted".to_string()
 }
 
 #[tokio::test]
@@ -196,34 +176,6 @@ async fn a_quota_missing_a_usage_is_counted_again() {
     ready_tenant(&env, &name).await;
     delete_tenant(&env, &name).await;
     env.cleanup().await;
-}
-
-async fn can_i(
-    client: kube::Client,
-    verb: &str,
-    resource: &str,
-    group: &str,
-    namespace: &str,
-) -> bool {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                resource: Some(resource.into()),
-                group: Some(group.into()),
-                namespace: Some(namespace.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let api: Api<SelfSubjectAccessReview> = Api::all(client);
-    let answer = api
-        .create(&PostParams::default(), &review)
-        .await
-        .expect("access review");
-    answer.status.is_some_and(|s| s.allowed)
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ mod tenant_support;
 use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, unique_name, wait_for, wait_for_deletion};
+use aleph_e2e::{TestEnv, tenant_manifest, unique_name, wait_for, wait_for_deletion};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -23,13 +23,10 @@ use serde_json::json;
 use tenant_support::*;
 
 fn tenant_yaml(name: &str, extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{ name: {name} }}
-spec:
-  owners:
+    tenant_manifest(
+        name,
+        &format!(
+            r#"  owners:
     - {{ kind: User, name: {name}-alice, role: admin }}
   namespaces: [one, two]
   plan: pro
@@ -38,6 +35,7 @@ spec:
     allowedGpuProducts: ["{H100}"]
 {extra}
 "#
+        ),
     )
 }
 
@@ -55,11 +53,7 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
     let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
     let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
     // In force for the owner first (the policies reach the API server's cache a moment after they are written).
-    let first = until_refused(async || {
-        pods.create(&dry_run(), &typed(pod("probe", "docker.io/evil/x:1")))
-            .await
-    })
-    .await;
+    let first = create_refused(&pods, &pod("probe", "docker.io/evil/x:1")).await;
     assert!(refused_by(&first, "allowedRegistries"), "{first}");
 
     pods.create(
@@ -936,21 +930,13 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
         )
         .await
         .expect("cordon");
-    let message = until_refused(async || {
-        pods.create(&dry_run(), &typed(pod("new", "ghcr.io/acme/web:1")))
-            .await
-    })
-    .await;
+    let message = create_refused(&pods, &pod("new", "ghcr.io/acme/web:1")).await;
     assert!(refused_by(&message, "cordoned"), "a new pod: {message}");
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
-    let message = until_refused(async || {
-        deployments
-            .create(
-                &dry_run(),
-                &typed(deployment("web", &pod("x", "ghcr.io/acme/web:1"))),
-            )
-            .await
-    })
+    let message = create_refused(
+        &deployments,
+        &deployment("web", &pod("x", "ghcr.io/acme/web:1")),
+    )
     .await;
     assert!(
         refused_by(&message, "cordoned"),

@@ -8,7 +8,7 @@ mod tenant_support;
 use std::fmt::Write as _;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, install_crypto_provider, unique_name};
+use aleph_e2e::{TestEnv, install_crypto_provider, tenant_manifest, unique_name};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -24,13 +24,10 @@ use serde_json::json;
 use tenant_support::*;
 
 fn tenant_yaml(name: &str, compliance: &str) -> String {
-    format!(
-        r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{ name: {name} }}
-spec:
-  owners: [{{ kind: User, name: {name}-owner, role: admin }}]
+    tenant_manifest(
+        name,
+        &format!(
+            r#"  owners: [{{ kind: User, name: {name}-owner, role: admin }}]
   namespaces: [app]
   plan: pro
   quota: {{ gpus: 2 }}
@@ -40,6 +37,7 @@ spec:
     allowedDomains: ["{name}.example.com"]
   compliance: {compliance}
 "#
+        ),
     )
 }
 
@@ -113,22 +111,13 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
 
     // Both policies in force for alice before the attempts start.
     let pods_a: Api<Pod> = Api::namespaced(alice.clone(), &ns_a);
-    let probe = until_refused(async || {
-        pods_a
-            .create(&dry_run(), &typed(pod("probe", "docker.io/evil/x:1")))
-            .await
-    })
-    .await;
+    let probe = create_refused(&pods_a, &pod("probe", "docker.io/evil/x:1")).await;
     assert!(refused_by(&probe, "allowedRegistries"), "{probe}");
     let deployments_a: Api<Deployment> = Api::namespaced(alice.clone(), &ns_a);
-    let probe = until_refused(async || {
-        deployments_a
-            .create(
-                &dry_run(),
-                &typed(deployment("probe", &pod("p", "docker.io/evil/x:1"))),
-            )
-            .await
-    })
+    let probe = create_refused(
+        &deployments_a,
+        &deployment("probe", &pod("p", "docker.io/evil/x:1")),
+    )
     .await;
     assert!(refused_by(&probe, "allowedRegistries"), "{probe}");
 

@@ -8,7 +8,9 @@ mod tenant_support;
 use std::time::{Duration, Instant};
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, has_condition, unique_name, wait_for, wait_for_deletion};
+use aleph_e2e::{
+    TestEnv, has_condition, tenant_manifest, unique_name, wait_for, wait_for_deletion,
+};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -18,13 +20,10 @@ use serde_json::{Value, json};
 use tenant_support::*;
 
 fn tenant_yaml(name: &str, quota: &str) -> String {
-    format!(
-        r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: {{ name: {name} }}
-spec:
-  owners:
+    tenant_manifest(
+        name,
+        &format!(
+            r#"  owners:
     - {{ kind: User, name: {name}-alice, role: admin }}
     - {{ kind: User, name: {name}-victor, role: view }}
   namespaces: [one, two]
@@ -33,6 +32,7 @@ spec:
   admission:
     allowedRegistries: ["ghcr.io/acme/"]
 "#
+        ),
     )
 }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, has_condition, wait_for};
+use aleph_e2e::{TestEnv, wait_tenant_ready};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
@@ -23,11 +23,7 @@ pub async fn ready_tenant(env: &TestEnv, name: &str, yaml: &str) -> Tenant {
 
 /// Waits until the Tenant `name` is Ready.
 pub async fn wait_ready(env: &TestEnv, name: &str) -> Tenant {
-    let tenants: Api<Tenant> = env.cluster_api();
-    wait_for(&tenants, name, TIMEOUT, |t| {
-        has_condition(t, "Ready", "True")
-    })
-    .await
+    wait_tenant_ready(env, name, TIMEOUT).await
 }
 
 pub async fn delete_tenant(env: &TestEnv, name: &str) {
@@ -122,6 +118,16 @@ pub async fn until_refused<T>(mut attempt: impl AsyncFnMut() -> Result<T, kube::
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     "admitted".to_string()
+}
+
+/// Creates `object` as a `K` in a dry run until that is refused (see
+/// [`until_refused`]); returns the refusal, or "admitted".
+pub async fn create_refused<K>(api: &Api<K>, object: &Value) -> String
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object: K = typed(object.clone());
+    until_refused(async || api.create(&dry_run(), &object).await).await
 }
 
 /// Whether `message` is a refusal naming `rule`.

@@ -1,0 +1,354 @@
+//! Models, EndpointConfigs and endpoints: create, describe (which moves an
+//! endpoint along its lifecycle), update and delete.
+
+use serde_json::{Value, json};
+
+use super::http::{ApiError, ApiResult};
+use super::operations::{str_field, valid_name};
+use super::state::{ConfigRec, EndpointRec, Inner, ModelRec, epoch};
+
+impl Inner {
+    pub(super) fn create_model(&mut self, input: &Value) -> ApiResult {
+        let name = str_field(input, "ModelName")?;
+        valid_name("modelName", name)?;
+        str_field(input, "ExecutionRoleArn")?;
+        let arn = self.arn("model", name);
+        if self.models.contains_key(name) {
+            self.counters.duplicate_creates += 1;
+            return Err(ApiError::validation(format!(
+                "Cannot create already existing model \"{arn}\"."
+            )));
+        }
+        self.models.insert(
+            name.to_string(),
+            ModelRec {
+                arn: arn.clone(),
+                request: input.clone(),
+                created: epoch(),
+            },
+        );
+        self.counters.models_created += 1;
+        Ok(json!({"ModelArn": arn}))
+    }
+
+    pub(super) fn describe_model(&mut self, input: &Value) -> ApiResult {
+        let name = str_field(input, "ModelName")?;
+        let Some(model) = self.models.get(name) else {
+            return Err(ApiError::validation(format!(
+                "Could not find model \"{}\".",
+                self.arn("model", name)
+            )));
+        };
+        let mut out = json!({
+            "ModelName": name,
+            "ModelArn": model.arn,
+            "CreationTime": model.created,
+        });
+        if let Some(map) = out.as_object_mut() {
+            for key in [
+                "PrimaryContainer",
+                "Containers",
+                "ExecutionRoleArn",
+                "VpcConfig",
+            ] {
+                if let Some(v) = model.request.get(key) {
+                    map.insert(key.into(), v.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn delete_model(&mut self, input: &Value) -> ApiResult {
+        let name = str_field(input, "ModelName")?;
+        if self.models.remove(name).is_none() {
+            return Err(ApiError::validation(format!(
+                "Could not find model \"{}\".",
+                self.arn("model", name)
+            )));
+        }
+        Ok(json!({}))
+    }
+
+    // EndpointConfigs.
+
+    pub(super) fn create_endpoint_config(&mut self, input: &Value) -> ApiResult {
+        let name = str_field(input, "EndpointConfigName")?;
+        valid_name("endpointConfigName", name)?;
+        let arn = self.arn("endpoint-config", name);
+        if self.configs.contains_key(name) {
+            self.counters.duplicate_creates += 1;
+            return Err(ApiError::validation(format!(
+                "Cannot create already existing endpoint configuration \"{arn}\"."
+            )));
+        }
+        let variants = input
+            .get("ProductionVariants")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if variants.is_empty() {
+            return Err(ApiError::validation(
+                "ProductionVariants must have at least one element",
+            ));
+        }
+        for variant in &variants {
+            let model = variant
+                .get("ModelName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !self.models.contains_key(model) {
+                return Err(ApiError::validation(format!(
+                    "Could not find model \"{}\".",
+                    self.arn("model", model)
+                )));
+            }
+        }
+        self.configs.insert(
+            name.to_string(),
+            ConfigRec {
+                arn: arn.clone(),
+                request: input.clone(),
+                created: epoch(),
+            },
+        );
+        self.counters.endpoint_configs_created += 1;
+        Ok(json!({"EndpointConfigArn": arn}))
+    }
+
+    pub(super) fn describe_endpoint_config(&mut self, input: &Value) -> ApiResult {
+        let name = str_field(input, "EndpointConfigName")?;
+        let Some(config) = self.configs.get(name) else {
+            return Err(ApiError::validation(format!(
+                "Could not find endpoint configuration \"{}\".",
+                self.arn("endpoint-config", name)
+            )));
+        };
+        Ok(json!({
+            "EndpointConfigName": name,
+            "EndpointConfigArn": config.arn,
+            "ProductionVariants": config.request.get("ProductionVariants").cloned().unwrap_or(json!([])),
+            "CreationTime": config.created,
+        }))
+    }
+
+    pub(super) fn delete_endpoint_config(&mut self, input: &Value) -> ApiResult {
+        let name = str_field(input, "EndpointConfigName")?;
+        if self.configs.remove(name).is_none() {
+            return Err(ApiError::validation(format!(
+                "Could not find endpoint configuration \"{}\".",
+                self.arn("endpoint-config", name)
+            )));
+        }
+        Ok(json!({}))
+    }
+
+    /// Whether a config's Models carry the failure marker.
+    fn config_fails(&self, config: &str) -> bool {
+        let marker = &self.config.failure_marker;
+        let Some(config) = self.configs.get(config) else {
+            return false;
+        };
+        let variants = config
+            .request
+            .get("ProductionVariants")
+            .and_then(Value::as_array);
+        variants.into_iter().flatten().any(|v| {
+            let model = v
+                .get("ModelName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            self.models
+                .get(model)
+                .and_then(|m| {
+                    m.request
+                        .pointer("/PrimaryContainer/Image")
+                        .and_then(Value::as_str)
+                })
+                .is_some_and(|image| !marker.is_empty() && image.contains(marker.as_str()))
+        })
+    }
+
+    // Endpoints.
+
+    pub(super) fn create_endpoint(&mut self, input: &Value) -> ApiResult {
+        let name = str_field(input, "EndpointName")?;
+        valid_name("endpointName", name)?;
+        let config = str_field(input, "EndpointConfigName")?;
+        let arn = self.arn("endpoint", name);
+        if self.endpoints.contains_key(name) {
+            self.counters.duplicate_creates += 1;
+            return Err(ApiError::validation(format!(
+                "Cannot create already existing endpoint \"{arn}\"."
+            )));
+        }
+        if !self.configs.contains_key(config) {
+            return Err(ApiError::validation(format!(
+                "Could not find endpoint configuration \"{}\".",
+                self.arn("endpoint-config", config)
+            )));
+        }
+        let now = epoch();
+        self.endpoints.insert(
+            name.to_string(),
+            EndpointRec {
+                arn: arn.clone(),
+                config: config.to_string(),
+                pending: None,
+                status: "Creating",
+                describes: 0,
+                failure_reason: None,
+                created: now,
+                modified: now,
+            },
+        );
+        self.counters.endpoints_created += 1;
+        Ok(json!({"EndpointArn": arn}))
+    }
+
+    pub(super) fn describe_endpoint(&mut self, input: &Value) -> ApiResult {
+        let name = str_field(input, "EndpointName")?;
+        let creating = self.config.endpoint_creating_describes;
+        let updating = self.config.endpoint_updating_describes;
+        let deleting = self.config.endpoint_deleting_describes;
+        let Some(status) = self.endpoints.get(name).map(|e| e.status) else {
+            return Err(ApiError::validation(format!(
+                "Could not find endpoint \"{}\".",
+                self.arn("endpoint", name)
+            )));
+        };
+        let (config, pending) = match self.endpoints.get(name) {
+            Some(e) => (e.config.clone(), e.pending.clone()),
+            None => return Err(ApiError::validation("Requested resource not found.")),
+        };
+        let fails_now = self.config_fails(pending.as_deref().unwrap_or(&config));
+        let mut gone = false;
+        if let Some(e) = self.endpoints.get_mut(name) {
+            match status {
+                "Creating" => {
+                    e.describes += 1;
+                    if e.describes > creating {
+                        e.modified = epoch();
+                        if fails_now {
+                            e.status = "Failed";
+                            e.failure_reason = Some(
+                                "The primary container for production variant AllTraffic did not pass the ping health check."
+                                    .into(),
+                            );
+                        } else {
+                            e.status = "InService";
+                        }
+                    }
+                }
+                "Updating" => {
+                    e.describes += 1;
+                    if e.describes > updating {
+                        e.modified = epoch();
+                        e.status = "InService";
+                        if fails_now {
+                            e.failure_reason = Some(
+                                "Failed to update endpoint: the new production variant did not pass the ping health check; rolled back."
+                                    .into(),
+                            );
+                        } else if let Some(p) = e.pending.clone() {
+                            e.config = p;
+                            e.failure_reason = None;
+                        }
+                        e.pending = None;
+                    }
+                }
+                "Deleting" => {
+                    e.describes += 1;
+                    gone = e.describes > deleting;
+                }
+                _ => {}
+            }
+        }
+        if gone {
+            self.endpoints.remove(name);
+            return Err(ApiError::validation(format!(
+                "Could not find endpoint \"{}\".",
+                self.arn("endpoint", name)
+            )));
+        }
+        let Some(e) = self.endpoints.get(name) else {
+            return Err(ApiError::validation("Requested resource not found."));
+        };
+        let mut out = json!({
+            "EndpointName": name,
+            "EndpointArn": e.arn,
+            "EndpointConfigName": e.config,
+            "EndpointStatus": e.status,
+            "CreationTime": e.created,
+            "LastModifiedTime": e.modified,
+        });
+        if let Some(map) = out.as_object_mut() {
+            if let Some(reason) = &e.failure_reason {
+                map.insert("FailureReason".into(), json!(reason));
+            }
+            if let Some(pending) = &e.pending {
+                map.insert(
+                    "PendingDeploymentSummary".into(),
+                    json!({"EndpointConfigName": pending, "StartTime": e.modified}),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn update_endpoint(&mut self, input: &Value) -> ApiResult {
+        let name = str_field(input, "EndpointName")?;
+        let config = str_field(input, "EndpointConfigName")?;
+        let endpoint_arn = self.arn("endpoint", name);
+        let config_arn = self.arn("endpoint-config", config);
+        let config_exists = self.configs.contains_key(config);
+        let Some(e) = self.endpoints.get_mut(name) else {
+            return Err(ApiError::validation(format!(
+                "Could not find endpoint \"{endpoint_arn}\"."
+            )));
+        };
+        match e.status {
+            "InService" | "OutOfService" => {}
+            "Failed" => {
+                return Err(ApiError::validation(format!(
+                    "Cannot update failed endpoint \"{endpoint_arn}\"."
+                )));
+            }
+            _ => {
+                return Err(ApiError::validation(format!(
+                    "Cannot update in-progress endpoint \"{endpoint_arn}\"."
+                )));
+            }
+        }
+        if !config_exists {
+            return Err(ApiError::validation(format!(
+                "Could not find endpoint configuration \"{config_arn}\"."
+            )));
+        }
+        e.status = "Updating";
+        e.pending = Some(config.to_string());
+        e.describes = 0;
+        e.modified = epoch();
+        let arn = e.arn.clone();
+        self.counters.endpoint_updates += 1;
+        Ok(json!({"EndpointArn": arn}))
+    }
+
+    pub(super) fn delete_endpoint(&mut self, input: &Value) -> ApiResult {
+        let name = str_field(input, "EndpointName")?;
+        let immediate = self.config.endpoint_deleting_describes == 0;
+        let arn = self.arn("endpoint", name);
+        let Some(e) = self.endpoints.get_mut(name) else {
+            return Err(ApiError::validation(format!(
+                "Could not find endpoint \"{arn}\"."
+            )));
+        };
+        if immediate {
+            self.endpoints.remove(name);
+        } else {
+            e.status = "Deleting";
+            e.describes = 0;
+        }
+        Ok(json!({}))
+    }
+}
