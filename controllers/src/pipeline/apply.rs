@@ -20,7 +20,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::jobs::label_value;
+use super::build::label_value;
 use super::run::is_finished;
 use super::schedule::{self, FinishedRun, SlotDecision};
 use super::scheduler;

@@ -2,8 +2,8 @@
 //!
 //! - validate: `validate` (a Pipeline's graph and schedule, and its `Ready`
 //!   condition), on the graph (`graph`) and the params (`params`);
-//! - build: `jobs` (the Job that runs a container or plugin step; `build`
-//!   names this stage's API);
+//! - build: `build` (the Job that runs a container or plugin step, and the
+//!   outputs it reports back);
 //! - apply: `apply` (Pipelines: schedules, their runs, history) and `run`
 //!   (PipelineRuns: execution), which starts, observes and stops each step
 //!   through its kind's driver in `steps`;
@@ -17,7 +17,6 @@ pub mod apply;
 pub mod build;
 pub mod controller;
 pub mod graph;
-pub mod jobs;
 pub mod params;
 pub mod retry;
 pub mod run;

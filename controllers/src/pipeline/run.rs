@@ -40,8 +40,8 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::build;
 use super::graph::{self, Graph};
-use super::jobs::{self};
 use super::retry;
 use super::scheduler::{self, FinishReason, RunState};
 use super::steps::{self, Observed, StartOutcome, StepDriver, Values, sagemaker};
@@ -636,7 +636,7 @@ impl Pass<'_> {
 
     async fn list_jobs(&self) -> Result<BTreeMap<String, Job>> {
         let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let selector = format!("{RUN_LABEL}={}", jobs::label_value(&self.name));
+        let selector = format!("{RUN_LABEL}={}", build::label_value(&self.name));
         Ok(api
             .list(&ListParams::default().labels(&selector))
             .await?

@@ -557,7 +557,7 @@ fn entry<'a>(steps: &'a mut Vec<StepStatus>, name: &str) -> &'a mut StepStatus {
 }
 
 /// Records an action in the steps' statuses once it was carried out. `Start`
-/// leaves `jobName` to the caller (see `jobs::job_name`); `Finish` changes no
+/// leaves `jobName` to the caller (see `build::job_name`); `Finish` changes no
 /// step.
 pub fn apply(steps: &mut Vec<StepStatus>, action: &Action, now: DateTime<Utc>) {
     let now_text = format_time(now);

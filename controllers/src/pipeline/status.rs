@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 
-use super::jobs::{STEP_CONTAINER, parse_outputs};
+use super::build::{STEP_CONTAINER, parse_outputs};
 
 /// The most of a container's message quoted in a step's status.
 const MAX_QUOTED: usize = 256;

@@ -14,8 +14,7 @@ use kube::api::{Api, ListParams, PostParams};
 use super::{Observed, StartOutcome, StepDriver, Values};
 use crate::apply::delete_ignoring_missing;
 use crate::error::Result;
-use crate::pipeline::build::build_step_job;
-use crate::pipeline::jobs::{self};
+use crate::pipeline::build::{self, build_step_job};
 use crate::pipeline::run::Pass;
 use crate::pipeline::status::{JobOutcome, job_outcome};
 
@@ -29,7 +28,7 @@ impl JobStep<'_, '_> {
     async fn pods_of(&mut self, step: &str, attempt: i32) -> Result<Vec<Pod>> {
         if self.pass.pods.is_none() {
             let api: Api<Pod> = Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
-            let selector = format!("{RUN_LABEL}={}", jobs::label_value(&self.pass.name));
+            let selector = format!("{RUN_LABEL}={}", build::label_value(&self.pass.name));
             self.pass.pods = Some(
                 api.list(&ListParams::default().labels(&selector))
                     .await?
