@@ -1,10 +1,10 @@
 //! Writing to the cluster: labels every made object carries, owner references,
 //! and server-side apply with the field manager `aleph-operator`.
 
-use aleph_crds::keys::PART_OF_LABEL;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
+use aleph_crds::keys::PART_OF_LABEL;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use aleph_crds::conditions::READY;
 use futures::StreamExt;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -36,7 +37,7 @@ pub trait Reconcile:
     /// object's conditions are final, and only the Event tells).
     fn failure_condition(&self, error: &Error) -> Option<NewCondition> {
         Some(NewCondition::no(
-            "Ready",
+            READY,
             error.reason(),
             format!(
                 "{}; the operator retries{}",

@@ -2,10 +2,10 @@
 //! same way for each: compute resources and GPU scheduling, the sandbox's
 //! security contexts, env variables, volumes and mounts. Pure, no client.
 
-use aleph_crds::keys::GPU_PRODUCT_LABEL;
 use std::collections::BTreeMap;
 
 use aleph_crds::common::{ComputeResources, SecretKeyRef};
+use aleph_crds::keys::GPU_PRODUCT_LABEL;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     PodSecurityContext, ResourceRequirements, SeccompProfile, SecretKeySelector,

@@ -6,6 +6,7 @@
 
 pub mod aimodel;
 pub mod common;
+pub mod conditions;
 pub mod keys;
 pub mod pipeline;
 pub mod plugin;

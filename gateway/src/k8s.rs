@@ -49,7 +49,6 @@
 //! service account read every Secret it can see. Scope it with
 //! `--watch-namespace` and a Role where that matters.
 
-use aleph_crds::keys::{GATEWAY_KEY_LABEL, MODEL_LABEL, SERVICE_NAME_LABEL};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -57,6 +56,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aleph_crds::aimodel::{AIModel, ModelRuntime, RuntimeEngine, ServingBackend};
+use aleph_crds::keys::{GATEWAY_KEY_LABEL, MODEL_LABEL, SERVICE_NAME_LABEL};
 use aleph_crds::tenant::{SubjectKind, Tenant, TenantGateway, TenantPlan};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;

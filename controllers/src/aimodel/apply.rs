@@ -9,13 +9,14 @@
 //! ([`remove_kubernetes_serving`]); deleting the model removes what is on
 //! SageMaker first ([`cleanup`], behind the finalizer).
 
-use aleph_crds::keys::{CACHE_LABEL, CACHE_READY_ANNOTATION, MODEL_LABEL};
+use aleph_crds::conditions::{DEGRADED, PROGRESSING, READY};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::{AIModel, AIModelStatus, CacheStatus};
 use aleph_crds::common::ConditionStatus;
+use aleph_crds::keys::{CACHE_LABEL, CACHE_READY_ANNOTATION, MODEL_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
@@ -29,7 +30,7 @@ use serde_json::json;
 
 use super::build::{ModelVolume, ServingPlan, TrackPlan};
 use super::cache::CacheState;
-use super::status::{DEGRADED, Observation, PROGRESSING, READY, TrackObservation, invalid_spec};
+use super::status::{Observation, TrackObservation, invalid_spec};
 use super::{build, cache, sagemaker, status};
 use crate::apply::{MANAGER, apply, delete_ignoring_missing, ignore_missing, is_subset};
 use crate::conditions::{NewCondition, set_condition};

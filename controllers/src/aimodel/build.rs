@@ -9,10 +9,10 @@
 //! carries the labels of [`standard_labels`] (so `aleph.dev/model: <model>`)
 //! and a controller owner reference to the model.
 
-use aleph_crds::keys::{MODEL_LABEL, TRACK_LABEL};
 use std::collections::BTreeMap;
 
 use aleph_crds::aimodel::{AIModel, ModelRuntime};
+use aleph_crds::keys::{MODEL_LABEL, TRACK_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{EnvVar, Service};

@@ -17,11 +17,11 @@
 //! line naming the source and the cause in the container's termination message.
 //! The image comes from the operator's `--model-cache-image` setting.
 
-use aleph_crds::keys::{CACHE_LABEL, CACHE_READY_ANNOTATION, CACHE_SOURCE_ANNOTATION};
 use std::collections::BTreeMap;
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::common::SecretRef;
+use aleph_crds::keys::{CACHE_LABEL, CACHE_READY_ANNOTATION, CACHE_SOURCE_ANNOTATION};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, EnvFromSource, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,

@@ -24,12 +24,13 @@ pub mod sagemaker;
 pub mod status;
 pub mod validate;
 
-use aleph_crds::keys::{CACHE_LABEL, FINALIZER, MODEL_LABEL};
+use aleph_crds::conditions::{DEGRADED, PROGRESSING, READY, SERVING, TRAINED};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aleph_crds::aimodel::{AIModel, AIModelStatus, ServingBackend};
 use aleph_crds::common::ConditionStatus;
+use aleph_crds::keys::{CACHE_LABEL, FINALIZER, MODEL_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
@@ -49,10 +50,7 @@ use crate::conditions::{NewCondition, find, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runner::{Reconcile, Watch};
-use crate::sagemaker::endpoint::SERVING;
-use crate::sagemaker::training::TRAINED;
 use apply::{cleanup, remove_kubernetes_serving, serve};
-use status::{DEGRADED, PROGRESSING, READY};
 
 /// The AIModel controller for what `watch` names, watching what it makes:
 /// Deployments, Services and HPAs (owned), cache claims and Jobs (owned by

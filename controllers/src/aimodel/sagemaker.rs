@@ -14,11 +14,12 @@
 //! backoff. SageMaker saying no for good (a rejected spec, a failed job) is a
 //! terminal condition and is not retried until the spec changes.
 
-use aleph_crds::keys::ADOPT_ENDPOINT_ANNOTATION;
+use aleph_crds::conditions::{SERVING, TRAINED};
 use std::time::Duration;
 
 use aleph_crds::aimodel::{AIModel, AIModelStatus, ServingBackend};
 use aleph_crds::common::{Condition, ConditionStatus};
+use aleph_crds::keys::ADOPT_ENDPOINT_ANNOTATION;
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
@@ -27,8 +28,6 @@ use crate::conditions::{NewCondition, set_condition};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::sagemaker::cleanup::{CleanupOutcome, cleanup as cleanup_saga};
-use crate::sagemaker::endpoint::SERVING;
-use crate::sagemaker::training::TRAINED;
 use crate::sagemaker::{
     SageMakerError, SageMakerEvent, endpoint_for_cleanup, reconcile_endpoint, reconcile_training,
     training_for_cleanup,

@@ -11,19 +11,13 @@
 
 use aleph_crds::aimodel::AIModelStatus;
 use aleph_crds::common::ConditionStatus;
+use aleph_crds::conditions::{DEGRADED, PROGRESSING, READY};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 use super::build::Track;
 use super::cache::CacheState;
 use crate::conditions::{NewCondition, set_condition};
-
-/// The condition types this module sets.
-pub const READY: &str = "Ready";
-/// Something is changing toward the spec.
-pub const PROGRESSING: &str = "Progressing";
-/// Something is wrong that the operator cannot fix alone.
-pub const DEGRADED: &str = "Degraded";
 
 /// What was observed of one serving track.
 #[derive(Clone, Debug)]

@@ -15,13 +15,13 @@ pub mod decide;
 pub mod scrape;
 pub mod usage;
 
-use aleph_crds::keys::{MODEL_LABEL, TRACK_LABEL};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::{AIModel, AutoscalerStatus, ServingBackend};
+use aleph_crds::keys::{MODEL_LABEL, TRACK_LABEL};
 use aleph_crds::tenant::{Tenant, UsageTotals};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;

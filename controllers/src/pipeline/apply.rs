@@ -7,10 +7,11 @@
 //! runs created by hand are not, and neither count towards the concurrency
 //! policy nor are pruned.
 
-use aleph_crds::keys::{SCHEDULED_AT_ANNOTATION, TENANT_LABEL};
+use aleph_crds::conditions::READY;
 use std::time::Duration;
 
 use aleph_crds::common::ConditionStatus;
+use aleph_crds::keys::{SCHEDULED_AT_ANNOTATION, TENANT_LABEL};
 use aleph_crds::pipeline::{Pipeline, PipelineRef, PipelineRun, PipelineRunSpec, RunPhase};
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -99,7 +100,7 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
     // Validity.
     let (graph, parsed) = validate::validate_pipeline(spec);
     let ready = validate::ready_condition(spec, &graph, parsed.as_ref());
-    let was = find(&status.conditions, "Ready").map(|c| (c.status, c.reason.clone()));
+    let was = find(&status.conditions, READY).map(|c| (c.status, c.reason.clone()));
     if ready.status == ConditionStatus::False
         && was.as_ref() != Some(&(ConditionStatus::False, ready.reason.clone()))
     {

@@ -17,11 +17,11 @@
 //! The directory [`OUTPUTS_DIR`] is an emptyDir, writable even when the root
 //! filesystem is read-only.
 
+use std::collections::BTreeMap;
+
 use aleph_crds::keys::{
     ATTEMPT_LABEL, PIPELINE_LABEL, PLUGIN_LABEL, RUN_LABEL, STEP_LABEL, TENANT_LABEL,
 };
-use std::collections::BTreeMap;
-
 use aleph_crds::pipeline::{PipelineRun, PipelineStep};
 use aleph_crds::plugin::{Plugin, PluginMode};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};

@@ -3,9 +3,10 @@
 //! Pipeline reconciler is in [`super::apply`], the PipelineRun reconciler in
 //! [`super::run`].
 
-use aleph_crds::keys::RUN_LABEL;
+use aleph_crds::conditions::SUCCEEDED;
 use std::sync::Arc;
 
+use aleph_crds::keys::RUN_LABEL;
 use aleph_crds::pipeline::{Pipeline, PipelineRun};
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
@@ -85,7 +86,7 @@ impl Reconcile for PipelineRun {
             return None;
         }
         Some(crate::conditions::NewCondition::new(
-            "Succeeded",
+            SUCCEEDED,
             aleph_crds::ConditionStatus::Unknown,
             error.reason(),
             format!(

@@ -25,11 +25,12 @@
 //! deleted (or cancelled) then first asks SageMaker to stop them. Every other
 //! child is a Job owned by the run, which garbage collection removes.
 
-use aleph_crds::keys::{FINALIZER, RUN_LABEL};
+use aleph_crds::conditions::SUCCEEDED;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aleph_crds::common::ConditionStatus;
+use aleph_crds::keys::{FINALIZER, RUN_LABEL};
 use aleph_crds::pipeline::{PipelineRun, PipelineRunStatus, RunPhase, StepPhase, StepStatus};
 use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::batch::v1::Job;
@@ -52,9 +53,6 @@ use crate::error::{Error, Result};
 use crate::sagemaker::CleanupOutcome;
 
 mod start;
-
-/// The condition every run reports.
-pub const SUCCEEDED: &str = "Succeeded";
 
 /// How often a run waiting for its Pipeline (or its resumeFrom run) looks again.
 const WAIT_FOR_REFERENCE: Duration = Duration::from_secs(10);

@@ -7,6 +7,7 @@
 //! `Ready` condition. A run is checked again when it starts (see
 //! [`run`](super::run)), against the spec it snapshots.
 
+use aleph_crds::conditions::READY;
 use aleph_crds::pipeline::PipelineSpec;
 
 use super::graph::{self, Graph, GraphError};
@@ -35,8 +36,8 @@ pub fn ready_condition(
     parsed: Option<&Result<Schedule, ScheduleError>>,
 ) -> NewCondition {
     match (graph, parsed) {
-        (Err(e), _) => NewCondition::no("Ready", e.reason(), e.to_string()),
-        (_, Some(Err(e))) => NewCondition::no("Ready", e.reason(), e.to_string()),
+        (Err(e), _) => NewCondition::no(READY, e.reason(), e.to_string()),
+        (_, Some(Err(e))) => NewCondition::no(READY, e.reason(), e.to_string()),
         (Ok(g), Some(Ok(_))) => {
             let s = spec.schedule.as_ref();
             let cron = s.map(|s| s.cron.as_str()).unwrap_or_default();
@@ -47,7 +48,7 @@ pub fn ready_condition(
                 ""
             };
             NewCondition::yes(
-                "Ready",
+                READY,
                 "Valid",
                 format!(
                     "{} steps; runs on schedule {cron:?} in {zone}{suspended}",
@@ -56,7 +57,7 @@ pub fn ready_condition(
             )
         }
         (Ok(g), None) => NewCondition::yes(
-            "Ready",
+            READY,
             "Valid",
             format!("{} steps; start it with a PipelineRun", g.len()),
         ),

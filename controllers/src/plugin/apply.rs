@@ -2,9 +2,9 @@
 //! is not already as desired, children no longer wanted are deleted, and a
 //! child of the same name that belongs to something else is left alone.
 
-use aleph_crds::keys::PLUGIN_RELEASE_ANNOTATION;
 use std::fmt::Debug;
 
+use aleph_crds::keys::PLUGIN_RELEASE_ANNOTATION;
 use aleph_crds::plugin::{PluginMode, PluginRelease};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};

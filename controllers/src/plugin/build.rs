@@ -14,12 +14,12 @@
 //! (with a writable emptyDir at `/tmp`), all capabilities dropped, no privilege
 //! escalation, the RuntimeDefault seccomp profile, and the optional RuntimeClass.
 
+use std::collections::BTreeMap;
+
 use aleph_crds::keys::{
     COMPONENT_LABEL, PLUGIN_LABEL, PLUGIN_RELEASE_ANNOTATION, PLUGIN_VERSION_ANNOTATION,
     TENANT_LABEL,
 };
-use std::collections::BTreeMap;
-
 use aleph_crds::plugin::{Plugin, PluginMode, PluginProtocol, PluginRelease};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,

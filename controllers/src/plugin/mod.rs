@@ -19,9 +19,9 @@ pub mod validate;
 #[cfg(test)]
 mod test_support;
 
-use aleph_crds::keys::{PLUGIN_LABEL, TENANT_LABEL};
 use std::sync::Arc;
 
+use aleph_crds::keys::{PLUGIN_LABEL, TENANT_LABEL};
 use aleph_crds::plugin::Plugin;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};

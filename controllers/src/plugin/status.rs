@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use aleph_crds::common::ConditionStatus;
+use aleph_crds::conditions::{DEGRADED, PROGRESSING, READY};
 use aleph_crds::plugin::{PluginRelease, PluginSpec, PluginStatus};
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -211,12 +212,12 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
     }
     let degraded = if o.rolled_back {
         NewCondition::yes(
-            "Degraded",
+            DEGRADED,
             "RolledBack",
             rolled_back_message(&status, spec, &release.version),
         )
     } else {
-        NewCondition::no("Degraded", "AsExpected", "")
+        NewCondition::no(DEGRADED, "AsExpected", "")
     };
     let set = |status: &mut PluginStatus, c: NewCondition| {
         set_condition(&mut status.conditions, c, generation);
@@ -229,25 +230,25 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
             set(
                 &mut status,
                 NewCondition::yes(
-                    "Ready",
+                    READY,
                     "Disabled",
                     "Disabled: Pipeline steps cannot run it until spec.disabled is false",
                 ),
             );
-            set(&mut status, NewCondition::no("Progressing", "Disabled", ""));
+            set(&mut status, NewCondition::no(PROGRESSING, "Disabled", ""));
         } else {
             promote(&mut status, release, true, &mut notes);
             set(
                 &mut status,
                 NewCondition::yes(
-                    "Ready",
+                    READY,
                     "Available",
                     format!("Version {} is ready for Pipeline steps", release.version),
                 ),
             );
             set(
                 &mut status,
-                NewCondition::no("Progressing", "RolloutComplete", ""),
+                NewCondition::no(PROGRESSING, "RolloutComplete", ""),
             );
         }
         set(&mut status, degraded);
@@ -259,12 +260,12 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
         set(
             &mut status,
             NewCondition::yes(
-                "Ready",
+                READY,
                 "Disabled",
                 "Scaled to zero; the configuration is kept: set spec.disabled to false to run it again",
             ),
         );
-        set(&mut status, NewCondition::no("Progressing", "Disabled", ""));
+        set(&mut status, NewCondition::no(PROGRESSING, "Disabled", ""));
         set(&mut status, degraded);
         return settled(status, notes);
     }
@@ -277,7 +278,7 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
         set(
             &mut status,
             NewCondition::yes(
-                "Ready",
+                READY,
                 "Running",
                 format!("Version {} is running", release.version),
             ),
@@ -285,7 +286,7 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
         set(
             &mut status,
             NewCondition::no(
-                "Progressing",
+                PROGRESSING,
                 if o.rolled_back {
                     "RolledBack"
                 } else {
@@ -332,7 +333,7 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
     let counts = format!("{}/{} pods ready", progress.ready, progress.desired);
     let ready = if let Some(failure) = &progress.failure {
         NewCondition::no(
-            "Ready",
+            READY,
             failure.reason,
             format!(
                 "Pods of version {} are refused: {}",
@@ -341,7 +342,7 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
         )
     } else if exceeded {
         NewCondition::no(
-            "Ready",
+            READY,
             "ProgressDeadlineExceeded",
             format!(
                 "Version {} was not ready within {}s ({counts}) and there is no earlier version to roll back to: check its pods' events and logs",
@@ -350,20 +351,20 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
         )
     } else if o.rolled_back {
         NewCondition::no(
-            "Ready",
+            READY,
             "RollingOut",
             format!("Rolling back to version {} ({counts})", release.version),
         )
     } else {
         NewCondition::no(
-            "Ready",
+            READY,
             "RollingOut",
             format!("Version {} is rolling out ({counts})", release.version),
         )
     };
     let progressing = if exceeded {
         NewCondition::no(
-            "Progressing",
+            PROGRESSING,
             "ProgressDeadlineExceeded",
             ready.message.clone(),
         )
@@ -373,7 +374,7 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
             _ => String::new(),
         };
         NewCondition::yes(
-            "Progressing",
+            PROGRESSING,
             "RollingOut",
             format!("Rolling out version {}{was}", release.version),
         )
@@ -381,7 +382,7 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
     let degraded = if o.rolled_back {
         degraded
     } else if ready.status == ConditionStatus::False && ready.reason != "RollingOut" {
-        NewCondition::yes("Degraded", ready.reason.clone(), ready.message.clone())
+        NewCondition::yes(DEGRADED, ready.reason.clone(), ready.message.clone())
     } else {
         degraded
     };
@@ -411,12 +412,12 @@ pub fn invalid_spec(
     status.observed_generation = generation;
     set_condition(
         &mut status.conditions,
-        NewCondition::no("Ready", "InvalidSpec", message.to_string()),
+        NewCondition::no(READY, "InvalidSpec", message.to_string()),
         generation,
     );
     set_condition(
         &mut status.conditions,
-        NewCondition::no("Progressing", "InvalidSpec", ""),
+        NewCondition::no(PROGRESSING, "InvalidSpec", ""),
         generation,
     );
     status

@@ -1,8 +1,8 @@
 //! What the CRD's schema cannot check about a Plugin spec (no client).
 
-use aleph_crds::keys::PLUGIN_ANNOTATION_PREFIX;
 use std::collections::BTreeSet;
 
+use aleph_crds::keys::PLUGIN_ANNOTATION_PREFIX;
 use aleph_crds::plugin::{PluginPermission, PluginSpec};
 
 /// Resources that are not namespaced: a Role in the plugin's namespace cannot

@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use aleph_crds::conditions::SERVING;
 use aleph_crds::{ConditionStatus, EndpointStatus, SageMakerServing};
 
 use super::cleanup::{CleanupOutcome, cleanup_endpoint, sweep};
@@ -28,9 +29,6 @@ use super::{
     SmResult, owner_tags,
 };
 use crate::conditions::NewCondition;
-
-/// The condition type this saga reports.
-pub const SERVING: &str = "Serving";
 
 /// How long to wait after asking SageMaker to delete a failed endpoint.
 const REQUEUE_REPLACING: Duration = Duration::from_secs(10);

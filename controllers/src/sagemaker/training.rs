@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use aleph_crds::conditions::TRAINED;
 use aleph_crds::{ConditionStatus, SageMakerTraining, TrainingStatus};
 
 use super::naming::training_job_name;
@@ -16,9 +17,6 @@ use super::{
     SageMakerEvent, SmResult, TrainingInput, TrainingJob, TrainingJobState, owner_tags,
 };
 use crate::conditions::NewCondition;
-
-/// The condition type this saga reports.
-pub const TRAINED: &str = "Trained";
 
 /// What one pass of the training saga found and did.
 #[derive(Clone, Debug, PartialEq)]

@@ -4,12 +4,12 @@
 //! admission policies of its namespaces, and its quotas (through
 //! [`super::rebalance`]); and the release of its namespaces when it goes.
 
-use aleph_crds::keys::{ORIGIN_LABEL, QUOTA_READY_LABEL, TENANT_LABEL};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aleph_crds::common::DeletionPolicy;
+use aleph_crds::keys::{ORIGIN_LABEL, QUOTA_READY_LABEL, TENANT_LABEL};
 use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,

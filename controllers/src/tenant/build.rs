@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use aleph_crds::keys::{ORIGIN_LABEL, QUOTA_READY_LABEL, TENANT_LABEL};
-
 use aleph_crds::tenant::{
     ComplianceProfile, EgressMode, OwnerRole, SubjectKind, Tenant, TenantOwner,
 };

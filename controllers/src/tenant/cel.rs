@@ -4,9 +4,9 @@
 //! who is exempt from the owners' policy. [`super::admission`] puts them into
 //! ValidatingAdmissionPolicies.
 
-use aleph_crds::keys::{GPU_PRODUCT_LABEL, TENANT_LABEL};
 use std::collections::{BTreeMap, BTreeSet};
 
+use aleph_crds::keys::{GPU_PRODUCT_LABEL, TENANT_LABEL};
 use aleph_crds::tenant::Tenant;
 use kube::ResourceExt;
 use serde_json::{Value, json};

@@ -15,11 +15,11 @@ mod rebalance;
 mod status;
 mod validate;
 
-use aleph_crds::keys::{FINALIZER, TENANT_LABEL};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aleph_crds::keys::{FINALIZER, TENANT_LABEL};
 use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,

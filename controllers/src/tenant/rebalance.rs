@@ -2,10 +2,10 @@
 //! moved to where a creation was refused, quotas created, lowered and raised,
 //! and the quota controller asked to count them again.
 
-use aleph_crds::keys::RECOUNT_ANNOTATION;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use aleph_crds::keys::RECOUNT_ANNOTATION;
 use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::core::v1::{Event, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;

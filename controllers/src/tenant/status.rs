@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use aleph_crds::common::ConditionStatus;
+use aleph_crds::conditions::READY;
 use aleph_crds::tenant::{ResourceUsage, Tenant, TenantStatus};
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::Api;
@@ -38,7 +39,7 @@ pub(super) async fn invalid_spec(
     let mut status = tenant.status.clone().unwrap_or_default();
     set_condition(
         &mut status.conditions,
-        NewCondition::no("Ready", "InvalidSpec", error.to_string()),
+        NewCondition::no(READY, "InvalidSpec", error.to_string()),
         generation,
     );
     status.observed_generation = generation;
@@ -119,10 +120,10 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
             }
         })
         .collect();
-    let was_ready = crate::conditions::is_true(&status.conditions, "Ready");
+    let was_ready = crate::conditions::is_true(&status.conditions, READY);
     let ready = if !conflicts.is_empty() {
         NewCondition::no(
-            "Ready",
+            READY,
             "NamespaceConflict",
             format!(
                 "namespaces {} already exist and belong to somebody else: rename them in spec.namespaces",
@@ -131,7 +132,7 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
         )
     } else if !excess.is_empty() {
         NewCondition::no(
-            "Ready",
+            READY,
             "NamespaceLimitExceeded",
             format!(
                 "owners created {} beyond the tenant's {limit} namespaces (spec.quota.namespaces): they are not adopted; delete them or raise the quota",
@@ -140,7 +141,7 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
         )
     } else if !uncounted.is_empty() {
         NewCondition::no(
-            "Ready",
+            READY,
             "Provisioning",
             format!(
                 "waiting for the quota controller to count the quotas of {}: until it does, the API server refuses what they limit there",
@@ -149,13 +150,13 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
         )
     } else if waiting || ready_namespaces.len() != declared + adopted || creating {
         NewCondition::no(
-            "Ready",
+            READY,
             "Provisioning",
             "creating the tenant's namespaces and quotas",
         )
     } else {
         NewCondition::yes(
-            "Ready",
+            READY,
             "Provisioned",
             format!("{} namespaces provisioned", ready_namespaces.len()),
         )
@@ -164,7 +165,7 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
     let was_over = status
         .conditions
         .iter()
-        .any(|c| c.type_ == "Ready" && c.reason == "NamespaceLimitExceeded");
+        .any(|c| c.type_ == READY && c.reason == "NamespaceLimitExceeded");
     if !excess.is_empty() && !was_over {
         ctx.event(
             tenant,

@@ -4,12 +4,13 @@
 //! waits, an invalid one fails at once.
 
 use aleph_crds::common::ConditionStatus;
+use aleph_crds::conditions::SUCCEEDED;
 use aleph_crds::pipeline::{ParamValue, Pipeline, PipelineRunStatus, RunPhase, StepPhase};
 use chrono::TimeDelta;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 
-use super::{Pass, SUCCEEDED, WAIT_FOR_REFERENCE, format_duration, is_finished};
+use super::{Pass, WAIT_FOR_REFERENCE, format_duration, is_finished};
 use crate::conditions::{NewCondition, set_condition};
 use crate::error::Result;
 use crate::pipeline::{graph, params, scheduler};

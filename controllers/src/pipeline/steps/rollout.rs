@@ -2,12 +2,13 @@
 //! as the field manager [`ROLLOUT_MANAGER`]) and waits until the model is
 //! Ready at the generation that source made.
 
-use aleph_crds::keys::ROLLED_OUT_BY_ANNOTATION;
+use aleph_crds::conditions::READY;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::common::ConditionStatus;
+use aleph_crds::keys::ROLLED_OUT_BY_ANNOTATION;
 use aleph_crds::pipeline::{PipelineStep, RolloutAction, StepStatus};
 use chrono::TimeDelta;
 use kube::Resource;
@@ -51,7 +52,7 @@ fn rollout_source(
 fn model_ready(model: &AIModel, generation: i64) -> Result<(), String> {
     let status = model.status.as_ref();
     let observed = status.and_then(|s| s.observed_generation).unwrap_or(0);
-    let ready = status.and_then(|s| find(&s.conditions, "Ready"));
+    let ready = status.and_then(|s| find(&s.conditions, READY));
     if observed < generation {
         return Err(format!(
             "its controller has not observed generation {generation} yet (observedGeneration {observed})"
