@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use aleph_crds::common::{ComputeResources, SecretKeyRef};
 use aleph_crds::keys::GPU_PRODUCT_LABEL;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     PodSecurityContext, ResourceRequirements, SeccompProfile, SecretKeySelector,
@@ -177,6 +178,22 @@ pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
         read_only: read_only.then_some(true),
         ..VolumeMount::default()
     }
+}
+
+/// The Job's condition `type_` when it is True: its reason and message.
+pub fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<(&'a str, &'a str)> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| {
+            (
+                c.reason.as_deref().unwrap_or_default(),
+                c.message.as_deref().unwrap_or_default(),
+            )
+        })
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use super::validate::Source;
 use crate::apply::standard_labels;
 use crate::error::{Error, Result};
 use crate::tenant::quota::{MEMORY, display, format_quantity, parse_quantity};
+use crate::workload::job_condition;
 
 /// Where a download container writes the weights.
 pub const TARGET_DIR: &str = "/mnt/model";
@@ -323,22 +324,6 @@ impl CacheState {
             CacheState::Failed(_) => "Failed",
         }
     }
-}
-
-/// Whether the Job has a condition `type_` that is True; its reason and message.
-fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<(&'a str, &'a str)> {
-    job.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")
-        .map(|c| {
-            (
-                c.reason.as_deref().unwrap_or(""),
-                c.message.as_deref().unwrap_or(""),
-            )
-        })
 }
 
 /// Whether the claim says its weights are in place.

@@ -7,6 +7,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 
 use super::build::{STEP_CONTAINER, parse_outputs};
+use crate::workload::job_condition;
 
 /// The most of a container's message quoted in a step's status.
 const MAX_QUOTED: usize = 256;
@@ -21,21 +22,6 @@ pub enum JobOutcome {
     Succeeded(BTreeMap<String, String>),
     /// Failed; why.
     Failed(String),
-}
-
-fn condition_true<'a>(job: &'a Job, type_: &str) -> Option<(&'a str, &'a str)> {
-    job.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")
-        .map(|c| {
-            (
-                c.reason.as_deref().unwrap_or_default(),
-                c.message.as_deref().unwrap_or_default(),
-            )
-        })
 }
 
 fn step_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
@@ -165,8 +151,8 @@ fn waiting(pods: &[Pod]) -> Option<String> {
 /// Reads an attempt's Job and its pods. `timeout` is the step's
 /// `timeoutSeconds`, for the message of a Job that ran out of time.
 pub fn job_outcome(job: &Job, pods: &[Pod], timeout: Option<i64>) -> JobOutcome {
-    let succeeded = condition_true(job, "Complete").is_some()
-        || (condition_true(job, "Failed").is_none()
+    let succeeded = job_condition(job, "Complete").is_some()
+        || (job_condition(job, "Failed").is_none()
             && job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0
             && job
                 .status
@@ -184,7 +170,7 @@ pub fn job_outcome(job: &Job, pods: &[Pod], timeout: Option<i64>) -> JobOutcome 
             Err(e) => JobOutcome::Failed(e.to_string()),
         };
     }
-    if let Some((reason, message)) = condition_true(job, "Failed") {
+    if let Some((reason, message)) = job_condition(job, "Failed") {
         return JobOutcome::Failed(failure(reason, message, pods, timeout));
     }
     JobOutcome::Running(waiting(pods))
