@@ -185,7 +185,17 @@ spec:
         Duration::from_secs(60),
     )
     .await;
-    let rose = wait_replicas(&deployments, "zero", 2, Duration::from_secs(60)).await;
+    let rise = Instant::now();
+    while replicas(&deployments, "zero").await != Some(2) {
+        if rise.elapsed() > Duration::from_secs(60) {
+            // What the load loop got tells a load that never arrived from
+            // an autoscaler that did not act on it.
+            let tally = load.stop().await;
+            panic!("zero did not reach 2 replicas within 60s of load; the load loop: {tally:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rose = rise.elapsed();
     println!(
         "gateway autoscale: 2 replicas {:.1}s into the load",
         rose.as_secs_f32()
