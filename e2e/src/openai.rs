@@ -96,8 +96,9 @@ pub async fn call(python: &PathBuf, base: &str, key: &str, action: &str, args: &
         .unwrap_or_else(|e| panic!("the openai client printed no JSON ({e}): {stdout}"))
 }
 
-/// Many tiny chat completions (`max_tokens` 1, temperature 0) from several
-/// workers at once, each a thread with a client of its own (`max_retries=0`,
+/// Many chat completions (temperature 0, each `max_tokens` long: with more
+/// than 1, the engine is told to ignore the end of sequence so that each
+/// request keeps it busy the same time) from several workers at once, each a thread with a client of its own (`max_retries=0`,
 /// connections kept alive): `count N` sends N in all; `loop` runs until its
 /// standard input closes, printing `started` after the first success. Prints
 /// one JSON tally at the end (see [`Load`]).
@@ -105,8 +106,9 @@ pub const LOAD_SCRIPT: &str = r#"
 import json, sys, threading, time
 import openai
 
-base, key, model, workers, mode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-total = int(sys.argv[6]) if mode == "count" else None
+base, key, model, workers, max_tokens, mode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+total = int(sys.argv[7]) if mode == "count" else None
+extra = {"ignore_eos": True} if max_tokens > 1 else None
 lock, stop = threading.Lock(), threading.Event()
 tally = {"sent": 0, "ok": 0, "failed": 0, "models": {}, "errors": [], "okPerSecond": {},
          "maxSeconds": 0.0, "slowestEndedAt": 0.0}
@@ -121,7 +123,7 @@ def worker():
         started = time.time()
         try:
             r = client.chat.completions.create(
-                model=model, max_tokens=1, temperature=0,
+                model=model, max_tokens=max_tokens, temperature=0, extra_body=extra,
                 messages=[{"role": "user", "content": "Say one word"}])
             ended = time.time()
             with lock:
@@ -217,26 +219,19 @@ fn parse_load(stdout: &str) -> Load {
         .unwrap_or_else(|e| panic!("the load client printed no tally ({e}): {stdout}"))
 }
 
-/// Sends `requests` chat completions for `model` to `base` with `key` from
-/// `workers` workers, and returns the tally.
+/// Sends `requests` chat completions of `spec` to `base` with `key`, and
+/// returns the tally.
 pub async fn load_count(
     python: &PathBuf,
     netns: Option<&str>,
     base: &str,
     key: &str,
-    model: &str,
-    workers: u32,
+    spec: LoadSpec<'_>,
     requests: u64,
 ) -> Load {
     let out = load_command(python, netns)
-        .args([
-            base,
-            key,
-            model,
-            &workers.to_string(),
-            "count",
-            &requests.to_string(),
-        ])
+        .args(spec.args(base, key))
+        .args(["count", &requests.to_string()])
         .output()
         .await
         .unwrap_or_else(|e| panic!("running the load client: {e}"));
@@ -249,6 +244,40 @@ pub async fn load_count(
     parse_load(&stdout)
 }
 
+/// What a load sends: to which model, from how many workers, how long each
+/// answer is.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadSpec<'a> {
+    /// The model requested.
+    pub model: &'a str,
+    /// Workers, each with one request in flight at a time.
+    pub workers: u32,
+    /// Tokens each completion generates (1: as short as it gets).
+    pub max_tokens: u32,
+}
+
+impl<'a> LoadSpec<'a> {
+    /// The load script's arguments before its mode.
+    fn args(&self, base: &str, key: &str) -> [String; 5] {
+        [
+            base.to_owned(),
+            key.to_owned(),
+            self.model.to_owned(),
+            self.workers.to_string(),
+            self.max_tokens.to_string(),
+        ]
+    }
+
+    /// `workers` workers sending one-token completions for `model`.
+    pub fn short(model: &'a str, workers: u32) -> Self {
+        Self {
+            model,
+            workers,
+            max_tokens: 1,
+        }
+    }
+}
+
 /// Chat completions sent without pause until [`LoadLoop::stop`].
 pub struct LoadLoop {
     child: tokio::process::Child,
@@ -257,20 +286,20 @@ pub struct LoadLoop {
 }
 
 impl LoadLoop {
-    /// Starts `workers` workers sending completions for `model` to `base`
-    /// with `key`, and returns once one has succeeded (within `timeout`).
+    /// Starts the load of `spec` to `base` with `key`, and returns once one
+    /// request has succeeded (within `timeout`).
     pub async fn start(
         python: &PathBuf,
         netns: Option<&str>,
         base: &str,
         key: &str,
-        model: &str,
-        workers: u32,
+        spec: LoadSpec<'_>,
         timeout: std::time::Duration,
     ) -> LoadLoop {
         use tokio::io::AsyncBufReadExt;
         let mut child = load_command(python, netns)
-            .args([base, key, model, &workers.to_string(), "loop"])
+            .args(spec.args(base, key))
+            .arg("loop")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())

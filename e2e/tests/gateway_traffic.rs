@@ -10,7 +10,7 @@ use aleph_crds::aimodel::AIModel;
 use aleph_e2e::gateway::{
     key_secret, platform_namespace, pod_ip, render_gateway, tenant, wait_for_gateway_pods,
 };
-use aleph_e2e::openai::{self, Load, LoadLoop, load_count};
+use aleph_e2e::openai::{self, Load, LoadLoop, LoadSpec, load_count};
 use aleph_e2e::real_node::{node_netns, pin_namespace, require};
 use aleph_e2e::s3::{s3_put, s3_put_tiny_chat, s3_secret};
 use aleph_e2e::serving::LLAMACPP_IMAGE;
@@ -82,7 +82,7 @@ async fn wait_until_answered_by(
 ) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let load = load_count(python, netns, base, key, model, 2, 10).await;
+        let load = load_count(python, netns, base, key, LoadSpec::short(model, 2), 10).await;
         if load.failed == 0 && names.iter().all(|n| load.models.contains_key(*n)) {
             return;
         }
@@ -157,7 +157,15 @@ async fn the_canary_gets_exactly_its_share_of_1000_requests_through_the_gateway(
 
     let requests = 1000;
     let started = Instant::now();
-    let load = load_count(&python, None, &base, &key, "duo", 4, requests).await;
+    let load = load_count(
+        &python,
+        None,
+        &base,
+        &key,
+        LoadSpec::short("duo", 4),
+        requests,
+    )
+    .await;
     let took = started.elapsed();
     assert_eq!(load.failed, 0, "{load:?}");
     assert_eq!(load.ok, requests, "{load:?}");
@@ -296,8 +304,7 @@ async fn deleting_a_gateway_pod_during_a_load_loop_loses_no_request() {
         Some(&netns),
         &base,
         &key,
-        "chat",
-        workers,
+        LoadSpec::short("chat", workers),
         Duration::from_secs(60),
     )
     .await;

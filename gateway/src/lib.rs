@@ -17,6 +17,7 @@ pub mod body;
 pub mod clock;
 mod cold_start;
 pub mod error;
+pub mod inflight;
 pub mod k8s;
 pub mod limits;
 mod proxy;

@@ -16,6 +16,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::clock::Clock;
+use crate::inflight::BusySeconds;
 use crate::limits::Limits;
 
 /// The tokens of one request, as the engine counted them.
@@ -202,7 +203,8 @@ struct InflightLabels {
 /// AIModel (`model` is its object name), what its autoscaling reads:
 /// `inflight_requests{namespace,model}` (requests between their resolution to
 /// the model and their answer's end, those waiting for a first ready
-/// endpoint included), `arrivals_total{namespace,model}` (requests resolved
+/// endpoint included), `inflight_seconds_total{namespace,model}` (its time
+/// integral: its rate is the mean in flight), `arrivals_total{namespace,model}` (requests resolved
 /// to the model, counted before any wait) and `queued_requests{namespace,model}`
 /// (requests waiting for a first ready endpoint).
 #[derive(Clone, Debug, Default)]
@@ -210,6 +212,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     inflight: Family<InflightLabels, Gauge>,
+    busy: Family<InflightLabels, BusySeconds>,
     arrivals: Family<InflightLabels, Counter>,
     queued: Family<InflightLabels, Gauge>,
 }
@@ -233,6 +236,11 @@ impl Metrics {
             "inflight_requests",
             "Requests in flight through this gateway (waiting for a first ready endpoint included), by AIModel",
             metrics.inflight.clone(),
+        );
+        registry.register(
+            "inflight_seconds",
+            "Request-seconds in flight (the time integral of inflight_requests): its rate is the mean number of requests in flight, by AIModel",
+            metrics.busy.clone(),
         );
         registry.register(
             "arrivals",
@@ -323,27 +331,29 @@ impl Metrics {
     /// Counts one request in flight to the AIModel `namespace/model` until the
     /// returned guard is dropped.
     pub fn in_flight(&self, namespace: &str, model: &str) -> InflightGuard {
-        let gauge = self
-            .inflight
-            .get_or_create(&InflightLabels {
-                namespace: namespace.to_owned(),
-                model: model.to_owned(),
-            })
-            .clone();
+        let labels = InflightLabels {
+            namespace: namespace.to_owned(),
+            model: model.to_owned(),
+        };
+        let gauge = self.inflight.get_or_create(&labels).clone();
+        let busy = self.busy.get_or_create(&labels).clone();
         gauge.inc();
-        InflightGuard { gauge }
+        busy.start(std::time::Instant::now());
+        InflightGuard { gauge, busy }
     }
 }
 
-/// One request in the `inflight_requests` gauge.
+/// One request in the `inflight_requests` gauge and its time integral.
 #[derive(Debug)]
 pub struct InflightGuard {
     gauge: Gauge,
+    busy: BusySeconds,
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.gauge.dec();
+        self.busy.end(std::time::Instant::now());
     }
 }
 

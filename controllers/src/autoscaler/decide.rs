@@ -1,7 +1,11 @@
 //! The scaling rule, without a cluster: the replicas a model should have from
 //! the requests in flight that the gateways measured.
 //!
-//! - Up at once: `ceil(in flight / targetConcurrency)`, at most `maxReplicas`.
+//! - In flight means the mean number of requests in flight since the last
+//!   look (from the gateways' request-seconds counter), not a point sample
+//!   that short requests slip through.
+//! - Up at once: `ceil(in flight / targetConcurrency)`, at most `maxReplicas`,
+//!   with the HPA's 10 % tolerance (1.05 per replica wanted is still 1).
 //! - Down only to the highest recommendation of the last
 //!   `scaleDownStabilizationSeconds` (as the HPA does), never below
 //!   `minReplicas`.
@@ -96,6 +100,54 @@ pub struct Decision {
     pub message: String,
 }
 
+/// How close to the replicas below a ratio may be and still be served by
+/// them (the HPA's default tolerance): a mean of 2.05 per target is 2.
+const TOLERANCE: f64 = 0.1;
+
+/// The replicas for `ratio` (in flight over the target per replica).
+fn replicas_for(ratio: f64) -> i32 {
+    if ratio <= 0.0 {
+        return 0;
+    }
+    let below = ratio.floor();
+    let replicas = if below >= 1.0 && ratio - below <= TOLERANCE + 1e-9 {
+        below
+    } else {
+        ratio.ceil()
+    };
+    replicas.min(f64::from(i32::MAX)) as i32
+}
+
+/// The mean number in flight of each (gateway replica, model) between two
+/// looks, from the request-seconds counter.
+#[derive(Debug, Default)]
+pub struct Means<K> {
+    last: std::collections::HashMap<K, (f64, Instant)>,
+}
+
+impl<K: std::hash::Hash + Eq> Means<K> {
+    /// The mean in flight of `key` since its last look, given its counter
+    /// `seconds` at `now`; `point` (the gauge now) on a first look, and when
+    /// the counter went back (the gateway restarted) or is missing.
+    pub fn mean(&mut self, key: K, seconds: Option<f64>, point: f64, now: Instant) -> f64 {
+        let Some(seconds) = seconds else {
+            self.last.remove(&key);
+            return point;
+        };
+        match self.last.insert(key, (seconds, now)) {
+            Some((before, at)) if seconds >= before && now > at => {
+                (seconds - before) / now.duration_since(at).as_secs_f64()
+            }
+            _ => point,
+        }
+    }
+
+    /// Forgets the keys not kept.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.last.retain(|key, _| keep(key));
+    }
+}
+
 /// The replicas `current` should become, or `None` to leave them.
 pub fn decide(
     policy: &Policy,
@@ -107,7 +159,7 @@ pub fn decide(
     if load.in_flight > 0.0 {
         history.active(now);
     }
-    let raw = (load.in_flight / policy.target).ceil() as i32;
+    let raw = replicas_for(load.in_flight / policy.target);
     let desired = if load.complete {
         history.recommendations.push_back((now, raw));
         while history
@@ -138,7 +190,8 @@ pub fn decide(
     if desired == current {
         return None;
     }
-    let in_flight = load.in_flight;
+    // Two decimals: a mean, not a count.
+    let in_flight = (load.in_flight * 100.0).round() / 100.0;
     let per = policy.target;
     let (reason, message) = if current == 0 {
         (
@@ -160,7 +213,7 @@ pub fn decide(
         (
             "ScaledUp",
             format!(
-                "{in_flight} request(s) in flight over the gateways, target {per} per replica: {current} -> {desired} replicas (max {})",
+                "{in_flight} request(s) in flight on average over the gateways since the last look, target {per} per replica: {current} -> {desired} replicas (max {})",
                 policy.max
             ),
         )
@@ -241,6 +294,39 @@ mod tests {
             decide(&p, &mut h, 1, load(0.0), at(91)).map(|d| d.desired),
             Some(0)
         );
+    }
+
+    #[test]
+    fn a_mean_just_over_a_whole_number_of_replicas_is_within_tolerance() {
+        assert_eq!(replicas_for(0.0), 0);
+        assert_eq!(replicas_for(0.05), 1);
+        assert_eq!(replicas_for(0.7), 1);
+        assert_eq!(replicas_for(1.0), 1);
+        assert_eq!(replicas_for(1.1), 1);
+        assert_eq!(replicas_for(1.11), 2);
+        assert_eq!(replicas_for(2.4), 3);
+        assert_eq!(replicas_for(3.08), 3);
+        assert_eq!(replicas_for(1e12), i32::MAX);
+    }
+
+    #[test]
+    fn the_mean_in_flight_is_the_counters_rate_between_looks() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut means = Means::default();
+        // First look: the gauge.
+        assert_eq!(means.mean("a", Some(10.0), 1.0, at(0)), 1.0);
+        // 7 request-seconds over 2 s: 3.5 in flight on average, whatever
+        // the gauge says at the instant of the look.
+        assert_eq!(means.mean("a", Some(17.0), 0.0, at(2000)), 3.5);
+        assert_eq!(means.mean("a", Some(17.0), 0.0, at(4000)), 0.0);
+        // A restarted gateway's counter starts again: the gauge, once.
+        assert_eq!(means.mean("a", Some(1.0), 2.0, at(6000)), 2.0);
+        assert_eq!(means.mean("a", Some(2.0), 2.0, at(7000)), 1.0);
+        // No counter (an older gateway): the gauge.
+        assert_eq!(means.mean("a", None, 4.0, at(8000)), 4.0);
+        means.retain(|k| *k != "a");
+        assert_eq!(means.mean("a", Some(9.0), 5.0, at(9000)), 5.0);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use serde_json::json;
 
 use crate::Context;
 
-use decide::{Decision, History, Load, Policy, decide};
+use decide::{Decision, History, Load, Means, Policy, decide};
 use scrape::{GatewaySample, ModelKey, Scraper};
 use usage::Ledger;
 
@@ -203,6 +203,7 @@ async fn looks(ctx: &Context, settings: &Settings, stores: &Stores) {
     let started = chrono::Utc::now();
     let mut histories: HashMap<ModelKey, History> = HashMap::new();
     let mut arrivals: HashMap<(String, ModelKey), f64> = HashMap::new();
+    let mut means: Means<(String, ModelKey)> = Means::default();
     let mut ledger = Ledger::default();
     let mut last_flush = Instant::now();
     // What each autoscaled model was last told about unread gateways, and
@@ -249,8 +250,16 @@ async fn looks(ctx: &Context, settings: &Settings, stores: &Stores) {
                     continue;
                 }
             };
-            for (key, value) in &sample.inflight {
-                *load.entry(key.clone()).or_default() += value.max(0.0);
+            let models: HashSet<&ModelKey> = sample
+                .inflight
+                .keys()
+                .chain(sample.inflight_seconds.keys())
+                .collect();
+            for key in models {
+                let point = sample.inflight.get(key).copied().unwrap_or(0.0);
+                let seconds = sample.inflight_seconds.get(key).copied();
+                let mean = means.mean((uid.clone(), key.clone()), seconds, point, now);
+                *load.entry(key.clone()).or_default() += mean.max(0.0);
             }
             note_arrivals(&mut arrivals, &mut histories, &uid, &sample, now);
             let new_replica = pod
@@ -262,6 +271,7 @@ async fn looks(ctx: &Context, settings: &Settings, stores: &Stores) {
         }
         ledger.retain(|pod| alive.contains(pod));
         arrivals.retain(|(pod, _), _| alive.contains(pod));
+        means.retain(|(pod, _)| alive.contains(pod));
         if !ctx.leader.is_leader() {
             // The leader counts and scales; a standby only keeps its
             // baselines current for when it takes over.

@@ -13,6 +13,8 @@ use hyper_util::rt::TokioExecutor;
 
 /// Requests in flight (queued ones included), by AIModel.
 pub const INFLIGHT: &str = "aleph_gateway_inflight_requests";
+/// Request-seconds in flight (the integral of [`INFLIGHT`]), by AIModel.
+pub const INFLIGHT_SECONDS: &str = "aleph_gateway_inflight_seconds_total";
 /// Requests received, by AIModel.
 pub const ARRIVALS: &str = "aleph_gateway_arrivals_total";
 /// Tokens reported by the engines, by tenant, model, key and kind.
@@ -28,6 +30,9 @@ pub type ModelKey = (String, String);
 pub struct GatewaySample {
     /// Requests in flight per model.
     pub inflight: HashMap<ModelKey, f64>,
+    /// Request-seconds in flight per model (a counter: its rate is the mean
+    /// in flight).
+    pub inflight_seconds: HashMap<ModelKey, f64>,
     /// Requests received per model (a counter).
     pub arrivals: HashMap<ModelKey, f64>,
     /// Every counter sample the usage summary reads, by its whole series
@@ -73,6 +78,11 @@ pub fn parse(text: &str) -> GatewaySample {
             INFLIGHT => {
                 if let Some(key) = model() {
                     *sample.inflight.entry(key).or_default() += value;
+                }
+            }
+            INFLIGHT_SECONDS => {
+                if let Some(key) = model() {
+                    *sample.inflight_seconds.entry(key).or_default() += value;
                 }
             }
             ARRIVALS => {
@@ -187,6 +197,7 @@ mod tests {
 # TYPE aleph_gateway_inflight_requests gauge
 aleph_gateway_inflight_requests{namespace="acme-prod",model="chat"} 3
 aleph_gateway_inflight_requests{namespace="acme-dev",model="chat"} 0
+aleph_gateway_inflight_seconds_total{namespace="acme-prod",model="chat"} 12.5
 aleph_gateway_arrivals_total{namespace="acme-prod",model="chat"} 41
 aleph_gateway_tokens_total{tenant="acme",model="chat",key="acme-prod/ci",kind="prompt"} 120
 aleph_gateway_tokens_total{tenant="acme",model="chat",key="acme-prod/ci",kind="completion"} 30
@@ -207,6 +218,7 @@ some_other_metric 4
                 .get(&("acme-dev".to_string(), "chat".to_string())),
             Some(&0.0)
         );
+        assert_eq!(s.inflight_seconds.get(&prod), Some(&12.5));
         assert_eq!(s.arrivals.get(&prod), Some(&41.0));
         let by_kind = |tenant: &str, kind: UsageKind| -> f64 {
             s.usage
