@@ -51,10 +51,36 @@ struct ModelCounters {
     next: usize,
 }
 
+/// A consistent-hash ring: each point's hash and the index of its endpoint
+/// among the candidates it was built for.
+type Ring = Arc<[(u64, usize)]>;
+
+/// Rings kept at most, one per set of candidates seen: past it they are
+/// all dropped and built again as needed (endpoint sets change rarely).
+const RINGS_KEPT: usize = 1024;
+
 #[derive(Debug, Default)]
 struct Counts {
     in_flight: HashMap<SocketAddr, usize>,
     models: HashMap<String, ModelCounters>,
+    /// The ring of each candidate list (addresses in order) seen lately.
+    rings: HashMap<Vec<SocketAddr>, Ring>,
+}
+
+impl Counts {
+    /// The ring of `candidates`, built once per list of candidates.
+    fn ring(&mut self, candidates: &[&Endpoint]) -> Ring {
+        let key: Vec<SocketAddr> = candidates.iter().map(|e| e.addr).collect();
+        if let Some(ring) = self.rings.get(&key) {
+            return ring.clone();
+        }
+        if self.rings.len() >= RINGS_KEPT {
+            self.rings.clear();
+        }
+        let ring = build_ring(&key);
+        self.rings.insert(key, ring.clone());
+        ring
+    }
 }
 
 /// Picks endpoints and counts the requests in flight on each.
@@ -184,12 +210,14 @@ impl Balancer {
             ) => {
                 let loads: Vec<usize> = candidates.iter().map(|e| load(counts, e)).collect();
                 let prefix: String = prompt.chars().take(prefix_chars).collect();
-                bounded_hash_pick(candidates, &loads, &prefix, load_factor)
+                let ring = counts.ring(candidates);
+                bounded_hash_pick(&ring, &loads, &prefix, load_factor)
             }
             _ => None,
         };
         let index = by_hash.unwrap_or_else(|| {
-            let counters = counts.models.entry(model.id()).or_default();
+            let id = model.id();
+            let counters = counts.models.entry(id.clone()).or_default();
             let start = counters.next;
             let n = candidates.len();
             let mut best = start % n;
@@ -206,7 +234,7 @@ impl Balancer {
                     best_load = l;
                 }
             }
-            if let Some(counters) = counts.models.get_mut(&model.id()) {
+            if let Some(counters) = counts.models.get_mut(&id) {
                 counters.next = best + 1;
             }
             best
@@ -229,31 +257,38 @@ fn ready(model: &Model, track: Track, except: Option<SocketAddr>) -> Vec<&Endpoi
         .collect()
 }
 
-/// The index of the candidate `prefix` hashes to, walking the ring past
-/// candidates whose load would exceed `(1 + load_factor)` times the average.
-fn bounded_hash_pick(
-    candidates: &[&Endpoint],
-    loads: &[usize],
-    prefix: &str,
-    load_factor: f64,
-) -> Option<usize> {
-    let mut ring: Vec<(u64, usize)> = candidates
+/// The ring of `addrs`: `RING_POINTS_PER_ENDPOINT` points each, at the hash
+/// of `addr#point`, sorted.
+fn build_ring(addrs: &[SocketAddr]) -> Ring {
+    let mut ring: Vec<(u64, usize)> = addrs
         .iter()
         .enumerate()
-        .flat_map(|(index, e)| {
-            let addr = e.addr.to_string();
+        .flat_map(|(index, addr)| {
+            let addr = addr.to_string();
             (0..RING_POINTS_PER_ENDPOINT)
                 .map(move |point| (fnv1a(format!("{addr}#{point}").as_bytes()), index))
         })
         .collect();
     ring.sort_unstable();
+    ring.into()
+}
+
+/// The index of the candidate `prefix` hashes to on `ring` (built for the
+/// candidates whose `loads` are given), walking the ring past candidates
+/// whose load would exceed `(1 + load_factor)` times the average.
+fn bounded_hash_pick(
+    ring: &[(u64, usize)],
+    loads: &[usize],
+    prefix: &str,
+    load_factor: f64,
+) -> Option<usize> {
     let total: usize = loads.iter().sum();
     #[expect(
         clippy::cast_precision_loss,
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss
     )]
-    let capacity = ((1.0 + load_factor.max(0.0)) * (total + 1) as f64 / candidates.len() as f64)
+    let capacity = ((1.0 + load_factor.max(0.0)) * (total + 1) as f64 / loads.len() as f64)
         .ceil() as usize;
     let start = ring.partition_point(|(h, _)| *h < fnv1a(prefix.as_bytes()));
     (0..ring.len())
