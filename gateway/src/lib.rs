@@ -211,3 +211,16 @@ impl Gateway {
         &self.inner.config
     }
 }
+
+/// The value of `key` in `map`, made with `make` when missing: the key is
+/// copied only then (`entry` would copy it on every call).
+pub(crate) fn entry_for<'a, V>(
+    map: &'a mut std::collections::HashMap<String, V>,
+    key: &str,
+    make: impl FnOnce() -> V,
+) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), make());
+    }
+    map.get_mut(key).expect("the entry was just made")
+}

@@ -85,7 +85,7 @@ impl Limits {
     pub fn admit(&self, tenant: &str, limits: &TenantLimits) -> Result<(), ApiError> {
         let now = self.clock.now();
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        let windows = tenants.entry(tenant.to_owned()).or_default();
+        let windows = crate::entry_for(&mut tenants, tenant, TenantWindows::default);
         windows.roll(now);
         let until_next = |period: Duration| {
             let period_ms = period.as_millis();
@@ -123,7 +123,7 @@ impl Limits {
         }
         let now = self.clock.now();
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        let windows = tenants.entry(tenant.to_owned()).or_default();
+        let windows = crate::entry_for(&mut tenants, tenant, TenantWindows::default);
         windows.roll(now);
         windows.tokens_this_minute = windows.tokens_this_minute.saturating_add(tokens);
         windows.tokens_today = windows.tokens_today.saturating_add(tokens);

@@ -288,8 +288,8 @@ fn bounded_hash_pick(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss
     )]
-    let capacity = ((1.0 + load_factor.max(0.0)) * (total + 1) as f64 / loads.len() as f64)
-        .ceil() as usize;
+    let capacity =
+        ((1.0 + load_factor.max(0.0)) * (total + 1) as f64 / loads.len() as f64).ceil() as usize;
     let start = ring.partition_point(|(h, _)| *h < fnv1a(prefix.as_bytes()));
     (0..ring.len())
         .map(|i| ring[(start + i) % ring.len()].1)

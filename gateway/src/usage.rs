@@ -414,7 +414,8 @@ impl UsageTotals {
 #[derive(Debug)]
 pub struct UsageLedger {
     clock: Arc<dyn Clock>,
-    totals: Mutex<HashMap<(String, String), UsageTotals>>,
+    /// By tenant, then model: looked up by borrowed names, without copying them.
+    totals: Mutex<HashMap<String, HashMap<String, UsageTotals>>>,
 }
 
 impl UsageLedger {
@@ -437,9 +438,8 @@ impl UsageLedger {
     pub fn record(&self, tenant: &str, model: &str, usage: Usage) {
         let day = self.today();
         let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = totals
-            .entry((tenant.to_owned(), model.to_owned()))
-            .or_insert_with(|| UsageTotals::at(day));
+        let models = crate::entry_for(&mut totals, tenant, HashMap::new);
+        let entry = crate::entry_for(models, model, || UsageTotals::at(day));
         entry.roll(day);
         entry.today.add(usage);
         entry.this_month.add(usage);
@@ -450,7 +450,8 @@ impl UsageLedger {
         let day = self.today();
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         let mut entry = totals
-            .get(&(tenant.to_owned(), model.to_owned()))
+            .get(tenant)
+            .and_then(|models| models.get(model))
             .copied()
             .unwrap_or_else(|| UsageTotals::at(day));
         entry.roll(day);
@@ -463,10 +464,12 @@ impl UsageLedger {
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         totals
             .iter()
-            .map(|(key, totals)| {
-                let mut totals = *totals;
-                totals.roll(day);
-                (key.clone(), totals)
+            .flat_map(|(tenant, models)| {
+                models.iter().map(move |(model, totals)| {
+                    let mut totals = *totals;
+                    totals.roll(day);
+                    ((tenant.clone(), model.clone()), totals)
+                })
             })
             .collect()
     }
