@@ -17,6 +17,15 @@ async fn pass(
         .expect("a pass without a recoverable error")
 }
 
+/// The in-memory SageMaker after a first pass over the fixture's spec has
+/// started its job.
+async fn started() -> (MemorySageMaker, SageMakerTraining, TrainingOutcome) {
+    let api = MemorySageMaker::new();
+    let spec = training_spec();
+    let first = pass(&api, &spec, None).await;
+    (api, spec, first)
+}
+
 fn reasons(outcome: &TrainingOutcome) -> Vec<&'static str> {
     outcome.events.iter().map(|e| e.reason).collect()
 }
@@ -90,9 +99,7 @@ async fn a_duplicate_on_create_looks_at_the_job_an_earlier_attempt_made() {
 
 #[tokio::test]
 async fn completion_is_reported_with_the_artifact() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let started = pass(&api, &spec, None).await;
+    let (api, spec, started) = started().await;
     let job = started.status.job_name.clone();
     let running = pass(&api, &spec, Some(&started.status)).await;
     assert!(!running.completed());
@@ -120,9 +127,7 @@ async fn completion_is_reported_with_the_artifact() {
 
 #[tokio::test]
 async fn a_failed_job_reports_its_reason_and_is_terminal() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let started = pass(&api, &spec, None).await;
+    let (api, spec, started) = started().await;
     let reason = "AlgorithmError: ran out of memory";
     api.finish_training(&started.status.job_name, JobEnd::Failed(reason.into()));
 
@@ -147,9 +152,7 @@ async fn a_failed_job_reports_its_reason_and_is_terminal() {
 
 #[tokio::test]
 async fn a_spec_change_stops_the_running_job_and_starts_one_new() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let first = pass(&api, &spec, None).await;
+    let (api, spec, first) = started().await;
     let running = pass(&api, &spec, Some(&first.status)).await;
     let old = running.status.job_name.clone();
 
@@ -185,9 +188,7 @@ async fn a_spec_change_stops_the_running_job_and_starts_one_new() {
 
 #[tokio::test]
 async fn a_spec_change_after_completion_leaves_the_old_job_alone() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let first = pass(&api, &spec, None).await;
+    let (api, spec, first) = started().await;
     api.finish_training(&first.status.job_name, JobEnd::Completed);
     let done = pass(&api, &spec, Some(&first.status)).await;
     api.reset_calls();
@@ -210,9 +211,7 @@ async fn a_spec_change_after_completion_leaves_the_old_job_alone() {
 
 #[tokio::test]
 async fn a_job_that_finished_before_the_stop_is_not_reported_stopped() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let first = pass(&api, &spec, None).await;
+    let (api, spec, first) = started().await;
     // It completes between the saga's Describe and its Stop.
     api.fail_next(
         "StopTrainingJob",
@@ -230,9 +229,7 @@ async fn a_job_that_finished_before_the_stop_is_not_reported_stopped() {
 
 #[tokio::test]
 async fn a_job_stopped_outside_the_operator_is_terminal() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let first = pass(&api, &spec, None).await;
+    let (api, spec, first) = started().await;
     let job = first.status.job_name.clone();
     api.stop_training_job(&job).await.expect("stopped");
 
