@@ -26,7 +26,7 @@ use kube::{Resource, ResourceExt};
 use crate::apply::patch_status_if_changed;
 use crate::conditions::{NewCondition, set_condition};
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, uid_of};
 use crate::sagemaker::cleanup::{CleanupOutcome, cleanup as cleanup_saga};
 use crate::sagemaker::{
     SageMakerError, SageMakerEvent, endpoint_for_cleanup, reconcile_endpoint, reconcile_training,
@@ -90,9 +90,7 @@ struct Identity<'a> {
 }
 
 fn identity(model: &AIModel) -> Result<Identity<'_>> {
-    let uid = model
-        .uid()
-        .ok_or_else(|| Error::NotReady("the AIModel has no UID yet".into()))?;
+    let uid = uid_of(model)?;
     Ok(Identity {
         uid,
         namespace: model.namespace().unwrap_or_default(),
