@@ -7,12 +7,22 @@ use crate::sagemaker::RecoverableKind;
 use crate::sagemaker::memory::fixtures::{NAME, NAMESPACE, OWNER, training_spec};
 use crate::sagemaker::memory::{Fault, JobEnd, MemorySageMaker};
 
+/// One pass of the saga for the fixtures' owner.
+async fn try_pass(
+    api: &MemorySageMaker,
+    spec: &SageMakerTraining,
+    status: Option<&TrainingStatus>,
+) -> SmResult<TrainingOutcome> {
+    reconcile_training(api, OWNER, NAMESPACE, NAME, spec, status).await
+}
+
+/// One pass that must not fail.
 async fn pass(
     api: &MemorySageMaker,
     spec: &SageMakerTraining,
     status: Option<&TrainingStatus>,
 ) -> TrainingOutcome {
-    reconcile_training(api, OWNER, NAMESPACE, NAME, spec, status)
+    try_pass(api, spec, status)
         .await
         .expect("a pass without a recoverable error")
 }
@@ -254,9 +264,7 @@ async fn a_recoverable_error_is_returned_and_nothing_is_created() {
     let spec = training_spec();
 
     api.fail_next("DescribeTrainingJob", Fault::Throttled);
-    let err = reconcile_training(&api, OWNER, NAMESPACE, NAME, &spec, None)
-        .await
-        .expect_err("throttled");
+    let err = try_pass(&api, &spec, None).await.expect_err("throttled");
     assert!(
         matches!(
             err,
@@ -271,9 +279,7 @@ async fn a_recoverable_error_is_returned_and_nothing_is_created() {
     assert_eq!(api.calls("CreateTrainingJob"), 0);
 
     api.fail_next("CreateTrainingJob", Fault::ServerError);
-    let err = reconcile_training(&api, OWNER, NAMESPACE, NAME, &spec, None)
-        .await
-        .expect_err("server error");
+    let err = try_pass(&api, &spec, None).await.expect_err("server error");
     assert!(err.is_recoverable(), "{err:?}");
     assert!(api.training_job_names().is_empty());
     let condition = recoverable_condition(&err);
