@@ -203,40 +203,34 @@ mod tests {
 
     #[test]
     fn verbs_are_named_like_the_audit_log() {
-        assert_eq!(
-            verb_of(&Method::GET, "/api/v1/namespaces/a/pods", None),
-            "list"
-        );
-        assert_eq!(
-            verb_of(&Method::GET, "/api/v1/namespaces/a/pods/p", None),
-            "get"
-        );
-        assert_eq!(verb_of(&Method::GET, "/api/v1/namespaces", None), "list");
-        assert_eq!(verb_of(&Method::GET, "/api/v1/namespaces/a", None), "get");
-        assert_eq!(
-            verb_of(
-                &Method::GET,
+        let get = Method::GET;
+        let cases = [
+            (&get, "/api/v1/namespaces/a/pods", None, "list"),
+            (&get, "/api/v1/namespaces/a/pods/p", None, "get"),
+            (&get, "/api/v1/namespaces", None, "list"),
+            (&get, "/api/v1/namespaces/a", None, "get"),
+            (
+                &get,
                 "/apis/aleph.dev/v1alpha1/tenants",
-                Some("watch=true&x=1")
+                Some("watch=true&x=1"),
+                "watch",
             ),
-            "watch"
-        );
-        assert_eq!(
-            verb_of(&Method::GET, "/apis/aleph.dev/v1alpha1/tenants/t", None),
-            "get"
-        );
-        assert_eq!(
-            verb_of(&Method::GET, "/apis/apps/v1/namespaces/n/deployments", None),
-            "list"
-        );
-        assert_eq!(
-            verb_of(
+            (&get, "/apis/aleph.dev/v1alpha1/tenants/t", None, "get"),
+            (&get, "/apis/apps/v1/namespaces/n/deployments", None, "list"),
+            (
                 &Method::PATCH,
                 "/apis/apps/v1/namespaces/n/deployments/d",
-                None
+                None,
+                "patch",
             ),
-            "patch"
-        );
+        ];
+        for (method, path, query, verb) in cases {
+            assert_eq!(
+                verb_of(method, path, query),
+                verb,
+                "{method} {path} {query:?}"
+            );
+        }
     }
 
     #[test]

@@ -114,6 +114,22 @@ impl Context {
             .unwrap_or_else(|_| unreachable!("states are keyed by their type"))
     }
 
+    /// Publishes a Normal event about `obj` (see [`Context::event`]).
+    pub async fn normal<K>(&self, obj: &K, reason: &str, note: impl Into<String>)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        self.event(obj, EventType::Normal, reason, note).await;
+    }
+
+    /// Publishes a Warning event about `obj` (see [`Context::event`]).
+    pub async fn warning<K>(&self, obj: &K, reason: &str, note: impl Into<String>)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        self.event(obj, EventType::Warning, reason, note).await;
+    }
+
     /// Publishes an event about `obj`; a failure to publish is logged, never fatal.
     pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, note: impl Into<String>)
     where

@@ -50,6 +50,14 @@ pub enum Error {
 /// Reconcile result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The object's UID; [`Error::NotReady`] until the API server has given it one.
+pub fn uid_of<K: kube::Resource<DynamicType = ()>>(obj: &K) -> Result<String> {
+    obj.meta()
+        .uid
+        .clone()
+        .ok_or_else(|| Error::NotReady(format!("the {} has no UID yet", K::kind(&()))))
+}
+
 /// The outcome of a reconcile run through `kube::runtime::finalizer`: the
 /// reconciler's own errors come out unwrapped, and a finalizer that cannot be
 /// removed because the object is already gone is no error at all.

@@ -57,48 +57,30 @@ pub async fn run_all<S, F>(
             .collect()
     };
     let client = &ctx.client;
-    let mut all: Vec<BoxFuture<'_, ()>> = vec![Box::pin(runner::run(
-        tenant::controller(
-            &ctx,
-            &Watch {
-                namespace: None,
-                selector,
-            },
-        ),
-        ctx.clone(),
-        options,
-        readiness,
-        shutdown(),
-    ))];
+    // Each controller is its own future type: boxed to run side by side.
+    macro_rules! run {
+        ($controller:expr) => {
+            Box::pin(runner::run(
+                $controller,
+                ctx.clone(),
+                options,
+                readiness,
+                shutdown(),
+            )) as BoxFuture<'_, ()>
+        };
+    }
+    let cluster = Watch {
+        namespace: None,
+        selector,
+    };
+    let mut all = vec![run!(tenant::controller(&ctx, &cluster))];
     for ns in &scopes {
-        all.push(Box::pin(runner::run(
-            aimodel::controller(client, ns),
-            ctx.clone(),
-            options,
-            readiness,
-            shutdown(),
-        )));
-        all.push(Box::pin(runner::run(
-            plugin::controller(client, ns),
-            ctx.clone(),
-            options,
-            readiness,
-            shutdown(),
-        )));
-        all.push(Box::pin(runner::run(
-            pipeline::controller::pipeline_controller(client, ns),
-            ctx.clone(),
-            options,
-            readiness,
-            shutdown(),
-        )));
-        all.push(Box::pin(runner::run(
-            pipeline::controller::run_controller(client, ns),
-            ctx.clone(),
-            options,
-            readiness,
-            shutdown(),
-        )));
+        all.extend([
+            run!(aimodel::controller(client, ns)),
+            run!(plugin::controller(client, ns)),
+            run!(pipeline::controller::pipeline_controller(client, ns)),
+            run!(pipeline::controller::run_controller(client, ns)),
+        ]);
     }
     futures::future::join_all(all).await;
 }

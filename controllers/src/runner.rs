@@ -55,6 +55,15 @@ pub trait Reconcile:
     fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action>> + Send;
 }
 
+/// The conditions of an object's status as last written (none before its
+/// first status): `conditions` picks them from the status.
+pub fn status_conditions<'a, S>(
+    status: Option<&'a S>,
+    conditions: impl FnOnce(&'a S) -> &'a [Condition],
+) -> &'a [Condition] {
+    status.map_or(&[], conditions)
+}
+
 /// Counts the caches that have not synced yet; ready when zero.
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {

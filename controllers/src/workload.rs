@@ -180,6 +180,22 @@ pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
+/// Each Secret of `secrets` as a volume (`{prefix}-0`, `{prefix}-1`, ...) in
+/// `volumes`, mounted read-only at `{dir}/{name}` in `mounts`.
+pub fn mount_secrets(
+    secrets: &[aleph_crds::SecretRef],
+    prefix: &str,
+    dir: &str,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+) {
+    for (i, secret) in secrets.iter().enumerate() {
+        let volume = format!("{prefix}-{i}");
+        volumes.push(secret_volume(&volume, &secret.name));
+        mounts.push(mount(&volume, &format!("{dir}/{}", secret.name), true));
+    }
+}
+
 /// The Job's condition `type_` when it is True: its reason and message.
 pub fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<(&'a str, &'a str)> {
     job.status

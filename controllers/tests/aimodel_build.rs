@@ -8,7 +8,7 @@ use aleph_controllers::aimodel::build::{self, ServingPlan};
 use aleph_controllers::aimodel::{cache, runtime};
 use aleph_crds::aimodel::AIModel;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Probe, Volume};
 
 /// The model-cache image the tests configure (not the default, to see it used).
 const MODEL_CACHE_IMAGE: &str = "registry.example/aleph-model-cache:test";
@@ -39,6 +39,13 @@ fn stable(model: &AIModel) -> (ServingPlan, Deployment) {
     (plan, deployment)
 }
 
+/// The fixture `name`, its plan and its stable Deployment.
+fn served(name: &str) -> (AIModel, ServingPlan, Deployment) {
+    let model = fixture(name);
+    let (plan, d) = stable(&model);
+    (model, plan, d)
+}
+
 fn pod(d: &Deployment) -> &PodSpec {
     d.spec
         .as_ref()
@@ -48,6 +55,13 @@ fn pod(d: &Deployment) -> &PodSpec {
 
 fn container(d: &Deployment) -> &Container {
     &pod(d).containers[0]
+}
+
+/// The container of the cache Job that downloads `uri`.
+fn cache_container(model: &AIModel, plan: &ServingPlan, uri: &str) -> Container {
+    let job = cache::job(model, uri, &plan.stable.source, MODEL_CACHE_IMAGE).expect("job");
+    let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
+    pod.containers.into_iter().next().expect("a container")
 }
 
 fn args(c: &Container) -> Vec<&str> {
@@ -89,6 +103,30 @@ fn env(c: &Container) -> BTreeMap<&str, Option<&str>> {
         .collect()
 }
 
+/// The pod's volume `name`.
+fn volume<'a>(spec: &'a PodSpec, name: &str) -> &'a Volume {
+    let mut volumes = spec.volumes.iter().flatten();
+    volumes
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("volume {name}"))
+}
+
+/// The GPU product the pod selects nodes by.
+fn gpu_product(spec: &PodSpec) -> Option<&str> {
+    let selector = spec.node_selector.as_ref()?;
+    selector.get("nvidia.com/gpu.product").map(String::as_str)
+}
+
+/// The first item of an optional list.
+fn first<T>(items: &Option<Vec<T>>) -> Option<&T> {
+    items.iter().flatten().next()
+}
+
+/// The value of `key` in an optional map (labels, annotations, selectors).
+fn value<'a>(map: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
+    map?.get(key).map(String::as_str)
+}
+
 fn mount_path<'a>(c: &'a Container, volume: &str) -> Option<&'a str> {
     c.volume_mounts
         .iter()
@@ -99,8 +137,7 @@ fn mount_path<'a>(c: &'a Container, volume: &str) -> Option<&'a str> {
 
 #[test]
 fn vllm_on_an_h100_asks_for_the_gpu_selects_the_product_and_tolerates_the_taint() {
-    let model = fixture("vllm-h100");
-    let (plan, d) = stable(&model);
+    let (model, plan, d) = served("vllm-h100");
     assert_eq!(d.metadata.name.as_deref(), Some("llama-3-8b"));
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(2));
     let c = container(&d);
@@ -118,19 +155,8 @@ fn vllm_on_an_h100_asks_for_the_gpu_selects_the_product_and_tolerates_the_taint(
         assert_eq!(resource(c, side, "memory").as_deref(), Some("64Gi"));
     }
     let spec = pod(&d);
-    assert_eq!(
-        spec.node_selector
-            .as_ref()
-            .and_then(|n| n.get("nvidia.com/gpu.product"))
-            .map(String::as_str),
-        Some("NVIDIA-H100-80GB-HBM3")
-    );
-    let toleration = spec
-        .tolerations
-        .iter()
-        .flatten()
-        .next()
-        .expect("toleration");
+    assert_eq!(gpu_product(spec), Some("NVIDIA-H100-80GB-HBM3"));
+    let toleration = first(&spec.tolerations).expect("toleration");
     assert_eq!(toleration.key.as_deref(), Some("nvidia.com/gpu"));
     assert_eq!(toleration.operator.as_deref(), Some("Exists"));
     assert_eq!(toleration.effect.as_deref(), Some("NoSchedule"));
@@ -141,24 +167,16 @@ fn vllm_on_an_h100_asks_for_the_gpu_selects_the_product_and_tolerates_the_taint(
     assert!(budget(c.startup_probe.as_ref()) >= 1800);
     // The weights: the cache claim, read-only, at /models; shared memory at /dev/shm.
     let cache_claim = cache::cache_name("hf://meta-llama/Llama-3.1-8B-Instruct@main");
-    let volume = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == "model")
-        .expect("model volume");
-    let claim = volume.persistent_volume_claim.as_ref().expect("a claim");
+    let model_volume = volume(spec, "model");
+    let claim = model_volume
+        .persistent_volume_claim
+        .as_ref()
+        .expect("a claim");
     assert_eq!(claim.claim_name, cache_claim);
     assert_eq!(claim.read_only, Some(true));
     assert_eq!(mount_path(c, "model"), Some("/models"));
     assert_eq!(mount_path(c, "dshm"), Some("/dev/shm"));
-    let shm = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == "dshm")
-        .and_then(|v| v.empty_dir.as_ref())
-        .expect("dshm");
+    let shm = volume(spec, "dshm").empty_dir.as_ref().expect("dshm");
     assert_eq!(shm.medium.as_deref(), Some("Memory"));
     assert_eq!(env(c).get("HF_HUB_OFFLINE"), Some(&Some("1")));
     assert!(
@@ -168,35 +186,16 @@ fn vllm_on_an_h100_asks_for_the_gpu_selects_the_product_and_tolerates_the_taint(
     assert_eq!(spec.enable_service_links, Some(false));
     // Labels, pod annotations, owner.
     let template = d.spec.as_ref().map(|s| &s.template).expect("template");
-    let labels = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref())
-        .expect("labels");
+    let meta = template.metadata.as_ref().expect("pod metadata");
+    let labels = meta.labels.as_ref().expect("labels");
+    assert_eq!(value(Some(labels), "aleph.dev/model"), Some("llama-3-8b"));
+    assert_eq!(value(Some(labels), "aleph.dev/track"), Some("stable"));
+    let annotations = meta.annotations.as_ref().expect("annotations");
     assert_eq!(
-        labels.get("aleph.dev/model").map(String::as_str),
-        Some("llama-3-8b")
-    );
-    assert_eq!(
-        labels.get("aleph.dev/track").map(String::as_str),
-        Some("stable")
-    );
-    let annotations = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.as_ref())
-        .expect("annotations");
-    assert_eq!(
-        annotations.get("example.com/team").map(String::as_str),
+        value(Some(annotations), "example.com/team"),
         Some("research")
     );
-    let owner = d
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .next()
-        .expect("owner");
+    let owner = first(&d.metadata.owner_references).expect("owner");
     assert_eq!(owner.kind, "AIModel");
     assert_eq!(owner.controller, Some(true));
     // The Service and the URL (OpenAI-compatible under /v1).
@@ -276,8 +275,7 @@ fn the_cache_claim_and_job_download_once_with_the_credentials() {
 
 #[test]
 fn tgi_shards_over_four_gpus_and_downloads_per_pod_without_the_cache() {
-    let model = fixture("tgi-4-gpus");
-    let (plan, d) = stable(&model);
+    let (_, plan, d) = served("tgi-4-gpus");
     let c = container(&d);
     assert_eq!(c.image.as_deref(), Some(runtime::TGI_IMAGE));
     assert_eq!(arg_value(c, "--model-id"), Some("/models"));
@@ -292,20 +290,9 @@ fn tgi_shards_over_four_gpus_and_downloads_per_pod_without_the_cache() {
     assert_eq!(env(c).get("MAX_INPUT_TOKENS"), Some(&Some("4096")));
     assert!(budget(c.startup_probe.as_ref()) >= 1800);
     let spec = pod(&d);
-    assert_eq!(
-        spec.node_selector
-            .as_ref()
-            .and_then(|n| n.get("nvidia.com/gpu.product"))
-            .map(String::as_str),
-        Some("NVIDIA-A100-SXM4-80GB")
-    );
+    assert_eq!(gpu_product(spec), Some("NVIDIA-A100-SXM4-80GB"));
     // No cache: an init container downloads into an emptyDir.
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .next()
-        .expect("init container");
+    let init = first(&spec.init_containers).expect("init container");
     assert_eq!(init.name, "download");
     assert_eq!(init.image.as_deref(), Some(MODEL_CACHE_IMAGE));
     // The per-pod volume's size limit (30Gi) sizes the download's requests.
@@ -314,14 +301,8 @@ fn tgi_shards_over_four_gpus_and_downloads_per_pod_without_the_cache() {
         Some("480Mi")
     );
     assert_eq!(resource(init, "requests", "cpu").as_deref(), Some("300m"));
-    let volume = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == "model")
-        .expect("model");
     assert_eq!(
-        volume
+        volume(spec, "model")
             .empty_dir
             .as_ref()
             .and_then(|e| e.size_limit.as_ref())
@@ -336,8 +317,7 @@ fn tgi_shards_over_four_gpus_and_downloads_per_pod_without_the_cache() {
 
 #[test]
 fn triton_autoscales_with_an_hpa_and_leaves_replicas_to_it() {
-    let model = fixture("triton-s3");
-    let (plan, d) = stable(&model);
+    let (model, plan, d) = served("triton-s3");
     let c = container(&d);
     assert_eq!(c.image.as_deref(), Some(runtime::TRITON_IMAGE));
     assert_eq!(
@@ -389,18 +369,7 @@ fn triton_autoscales_with_an_hpa_and_leaves_replicas_to_it() {
     // Triton's HTTP API is not OpenAI's.
     assert_eq!(plan.url(), "http://resnet.vision.svc.cluster.local:8000");
     // The S3 download uses the credentials as its environment.
-    let job = cache::job(
-        &model,
-        "s3://acme-models/triton/resnet50",
-        &plan.stable.source,
-        MODEL_CACHE_IMAGE,
-    )
-    .expect("job");
-    let c = &job
-        .spec
-        .and_then(|s| s.template.spec)
-        .expect("pod")
-        .containers[0];
+    let c = &cache_container(&model, &plan, "s3://acme-models/triton/resnet50");
     assert_eq!(c.image.as_deref(), Some(MODEL_CACHE_IMAGE));
     assert_eq!(c.command, None);
     assert_eq!(
@@ -420,8 +389,7 @@ fn triton_autoscales_with_an_hpa_and_leaves_replicas_to_it() {
 
 #[test]
 fn ollama_on_cpu_gets_no_gpu_toleration_or_selector() {
-    let model = fixture("ollama-cpu");
-    let (plan, d) = stable(&model);
+    let (model, plan, d) = served("ollama-cpu");
     let c = container(&d);
     assert_eq!(c.image.as_deref(), Some(runtime::OLLAMA_IMAGE));
     assert_eq!(args(c), ["serve"]);
@@ -435,26 +403,14 @@ fn ollama_on_cpu_gets_no_gpu_toleration_or_selector() {
     assert!(pod(&d).tolerations.is_none());
     assert!(pod(&d).node_selector.is_none());
     assert_eq!(plan.url(), "http://tiny.dev.svc.cluster.local:11434/v1");
-    let job = cache::job(
-        &model,
-        "ollama://llama3.2:1b",
-        &plan.stable.source,
-        MODEL_CACHE_IMAGE,
-    )
-    .expect("job");
-    let c = &job
-        .spec
-        .and_then(|s| s.template.spec)
-        .expect("pod")
-        .containers[0];
+    let c = &cache_container(&model, &plan, "ollama://llama3.2:1b");
     let env = self::env(c);
     assert_eq!(env.get("MODEL_NAME"), Some(&Some("llama3.2:1b")));
 }
 
 #[test]
 fn a_custom_runtime_runs_as_declared_on_the_users_claim() {
-    let model = fixture("custom-pvc");
-    let (plan, d) = stable(&model);
+    let (_, plan, d) = served("custom-pvc");
     let c = container(&d);
     assert_eq!(c.image.as_deref(), Some("ghcr.io/acme/scorer:1.4.2"));
     assert_eq!(args(c), ["--threads=4"]);
@@ -483,14 +439,8 @@ fn a_custom_runtime_runs_as_declared_on_the_users_claim() {
         .expect("mount");
     assert_eq!(mount.sub_path.as_deref(), Some("scorer/v3"));
     assert_eq!(mount.read_only, Some(true));
-    let volume = pod(&d)
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == "model")
-        .expect("volume");
     assert_eq!(
-        volume
+        volume(pod(&d), "model")
             .persistent_volume_claim
             .as_ref()
             .map(|p| p.claim_name.as_str()),
@@ -511,13 +461,8 @@ fn a_canary_splits_replicas_and_weights() {
     assert_eq!(canary_d.metadata.name.as_deref(), Some("chat-canary"));
     // Each has its own cache; both ask for 2 GPUs and shard over them.
     let claim = |d: &Deployment| {
-        pod(d)
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == "model")
-            .and_then(|v| v.persistent_volume_claim.as_ref())
-            .map(|p| p.claim_name.clone())
+        let claim = volume(pod(d), "model").persistent_volume_claim.as_ref();
+        claim.map(|p| p.claim_name.clone())
     };
     assert_eq!(claim(&stable), Some(cache::cache_name("hf://acme/chat@v1")));
     assert_eq!(
@@ -529,29 +474,19 @@ fn a_canary_splits_replicas_and_weights() {
         Some("2")
     );
     // The selectors tell the tracks apart; the Service selects both.
-    let selector = |d: &Deployment| {
-        d.spec
+    let track = |d: &Deployment| {
+        let selector = d
+            .spec
             .as_ref()
-            .and_then(|s| s.selector.match_labels.clone())
-            .unwrap_or_default()
+            .and_then(|s| s.selector.match_labels.as_ref());
+        value(selector, "aleph.dev/track").map(str::to_string)
     };
-    assert_eq!(
-        selector(&stable).get("aleph.dev/track").map(String::as_str),
-        Some("stable")
-    );
-    assert_eq!(
-        selector(&canary_d)
-            .get("aleph.dev/track")
-            .map(String::as_str),
-        Some("canary")
-    );
+    assert_eq!(track(&stable).as_deref(), Some("stable"));
+    assert_eq!(track(&canary_d).as_deref(), Some("canary"));
     let svc = build::service(&model, &plan).expect("service");
     let svc_selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
     assert_eq!(svc_selector.len(), 1);
-    assert_eq!(
-        svc_selector.get("aleph.dev/model").map(String::as_str),
-        Some("chat")
-    );
+    assert_eq!(value(Some(&svc_selector), "aleph.dev/model"), Some("chat"));
     // With the Gateway API: weights 75/25 to the per-track Services.
     let route = build::http_route(&model, &plan)
         .expect("route")
@@ -572,11 +507,8 @@ fn an_ollama_source_on_vllm_is_an_invalid_spec_naming_the_field() {
     }
     let err = build::plan(&model, "ollama://llama3").expect_err("invalid");
     assert_eq!(err.field, "spec.source.uri");
-    assert!(
-        err.message.contains("runtime.engine: ollama"),
-        "{}",
-        err.message
-    );
+    let message = &err.message;
+    assert!(message.contains("runtime.engine: ollama"), "{message}");
 }
 
 #[test]

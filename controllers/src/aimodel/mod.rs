@@ -40,7 +40,6 @@ use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -86,9 +85,7 @@ impl Reconcile for AIModel {
     const CONTROLLER: &'static str = "aimodel";
 
     fn conditions(&self) -> &[aleph_crds::Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
+        crate::runner::status_conditions(self.status.as_ref(), |s| &s.conditions)
     }
 
     async fn reconcile(model: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
@@ -201,13 +198,8 @@ async fn publish_events(
         && ready.reason == "Serving"
         && old(READY).is_none_or(|c| c.status != ConditionStatus::True)
     {
-        ctx.event(
-            model,
-            EventType::Normal,
-            "ModelDeployed",
-            ready.message.clone(),
-        )
-        .await;
+        ctx.normal(model, "ModelDeployed", ready.message.clone())
+            .await;
     }
     if let Some(degraded) = new(DEGRADED)
         && degraded.status == ConditionStatus::True
@@ -218,8 +210,7 @@ async fn publish_events(
             "Unschedulable" => "ModelUnschedulable",
             other => other,
         };
-        ctx.event(model, EventType::Warning, reason, degraded.message.clone())
-            .await;
+        ctx.warning(model, reason, degraded.message.clone()).await;
     }
 }
 

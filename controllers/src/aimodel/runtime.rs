@@ -49,6 +49,21 @@ impl ProbeTiming {
             timeout_seconds,
         }
     }
+
+    /// A startup probe for an engine that loads weights onto GPUs.
+    fn loading(path: &str) -> Self {
+        Self::new(path, LOAD_PERIOD, LOAD_FAILURES, 5)
+    }
+
+    /// A readiness probe, every 5 s.
+    fn ready(path: &str) -> Self {
+        Self::new(path, 5, 3, 5)
+    }
+
+    /// A liveness probe, every 15 s.
+    fn live(path: &str) -> Self {
+        Self::new(path, 15, 4, 10)
+    }
 }
 
 /// The serving container of one engine for one model.
@@ -113,6 +128,34 @@ pub fn gguf_path(source: &Source) -> Option<String> {
     }
 }
 
+/// A Hugging Face engine (vLLM, TGI), given as its engine, container name and
+/// image: the image's entrypoint serves, `/health` answers once the weights
+/// are on the GPUs, the Hub stays offline (the weights are local), and the
+/// variable `no_telemetry` turns the engine's usage reports off.
+fn hugging_face_engine(
+    (engine, container, image): (RuntimeEngine, &'static str, &str),
+    args: Vec<String>,
+    port: i32,
+    no_telemetry: &str,
+) -> RuntimeProfile {
+    RuntimeProfile {
+        engine,
+        container,
+        image: image.to_string(),
+        command: None,
+        args,
+        port,
+        startup: ProbeTiming::loading("/health"),
+        readiness: ProbeTiming::ready("/health"),
+        liveness: ProbeTiming::live("/health"),
+        env: vec![
+            ("HF_HUB_OFFLINE".into(), "1".into()),
+            (no_telemetry.into(), "1".into()),
+        ],
+        openai: true,
+    }
+}
+
 /// The serving container of `runtime` for a model called `served_name`,
 /// loaded from `source`, on `gpus` GPUs.
 pub fn profile(
@@ -143,22 +186,8 @@ pub fn profile(
                 "--tensor-parallel-size".to_string(),
                 shards.to_string(),
             ]);
-            RuntimeProfile {
-                engine: RuntimeEngine::Vllm,
-                container: "vllm",
-                image: VLLM_IMAGE.to_string(),
-                command: None,
-                args,
-                port: 8000,
-                startup: ProbeTiming::new("/health", LOAD_PERIOD, LOAD_FAILURES, 5),
-                readiness: ProbeTiming::new("/health", 5, 3, 5),
-                liveness: ProbeTiming::new("/health", 15, 4, 10),
-                env: vec![
-                    ("HF_HUB_OFFLINE".into(), "1".into()),
-                    ("VLLM_NO_USAGE_STATS".into(), "1".into()),
-                ],
-                openai: true,
-            }
+            let vllm = (RuntimeEngine::Vllm, "vllm", VLLM_IMAGE);
+            hugging_face_engine(vllm, args, 8000, "VLLM_NO_USAGE_STATS")
         }
         RuntimeEngine::Tgi => {
             let mut args = vec![
@@ -172,22 +201,8 @@ pub fn profile(
             if shards > 1 {
                 args.extend(["--num-shard".to_string(), shards.to_string()]);
             }
-            RuntimeProfile {
-                engine: RuntimeEngine::Tgi,
-                container: "tgi",
-                image: TGI_IMAGE.to_string(),
-                command: None,
-                args,
-                port: 8080,
-                startup: ProbeTiming::new("/health", LOAD_PERIOD, LOAD_FAILURES, 5),
-                readiness: ProbeTiming::new("/health", 5, 3, 5),
-                liveness: ProbeTiming::new("/health", 15, 4, 10),
-                env: vec![
-                    ("HF_HUB_OFFLINE".into(), "1".into()),
-                    ("HF_HUB_DISABLE_TELEMETRY".into(), "1".into()),
-                ],
-                openai: true,
-            }
+            let tgi = (RuntimeEngine::Tgi, "tgi", TGI_IMAGE);
+            hugging_face_engine(tgi, args, 8080, "HF_HUB_DISABLE_TELEMETRY")
         }
         RuntimeEngine::Triton => RuntimeProfile {
             engine: RuntimeEngine::Triton,
@@ -201,9 +216,9 @@ pub fn profile(
                 "--metrics-port=8002".to_string(),
             ],
             port: 8000,
-            startup: ProbeTiming::new("/v2/health/ready", LOAD_PERIOD, LOAD_FAILURES, 5),
-            readiness: ProbeTiming::new("/v2/health/ready", 5, 3, 5),
-            liveness: ProbeTiming::new("/v2/health/live", 15, 4, 10),
+            startup: ProbeTiming::loading("/v2/health/ready"),
+            readiness: ProbeTiming::ready("/v2/health/ready"),
+            liveness: ProbeTiming::live("/v2/health/live"),
             env: Vec::new(),
             openai: false,
         },
@@ -224,8 +239,8 @@ pub fn profile(
                 port: 11434,
                 // Ollama answers at once and loads a model on its first request.
                 startup: ProbeTiming::new("/", 5, 60, 5),
-                readiness: ProbeTiming::new("/api/tags", 5, 3, 5),
-                liveness: ProbeTiming::new("/", 15, 4, 10),
+                readiness: ProbeTiming::ready("/api/tags"),
+                liveness: ProbeTiming::live("/"),
                 env,
                 openai: true,
             }
@@ -263,7 +278,7 @@ pub fn profile(
                 // /health answers 503 while the model loads, 200 once it serves.
                 startup: ProbeTiming::new("/health", QUICK_LOAD_PERIOD, QUICK_LOAD_FAILURES, 5),
                 readiness: ProbeTiming::new("/health", 2, 3, 5),
-                liveness: ProbeTiming::new("/health", 15, 4, 10),
+                liveness: ProbeTiming::live("/health"),
                 env: Vec::new(),
                 openai: true,
             }
@@ -277,9 +292,9 @@ pub fn profile(
                 command: None,
                 args: Vec::new(),
                 port: runtime.port.unwrap_or(8080),
-                startup: ProbeTiming::new(&path, LOAD_PERIOD, LOAD_FAILURES, 5),
-                readiness: ProbeTiming::new(&path, 5, 3, 5),
-                liveness: ProbeTiming::new(&path, 15, 4, 10),
+                startup: ProbeTiming::loading(&path),
+                readiness: ProbeTiming::ready(&path),
+                liveness: ProbeTiming::live(&path),
                 env: vec![("MODEL_DIR".into(), MODEL_DIR.into())],
                 openai: false,
             }
@@ -337,6 +352,12 @@ mod tests {
         }
     }
 
+    /// The argument after `flag`.
+    fn arg_after<'a>(p: &'a RuntimeProfile, flag: &str) -> Option<&'a str> {
+        let i = p.args.iter().position(|a| a == flag)?;
+        Some(p.args[i + 1].as_str())
+    }
+
     #[test]
     fn vllm_shards_over_the_gpus_and_keeps_user_args_last() {
         let runtime = ModelRuntime {
@@ -344,12 +365,7 @@ mod tests {
             ..ModelRuntime::default()
         };
         let p = profile(&runtime, &hf(), "chat", 4);
-        let tp = p
-            .args
-            .iter()
-            .position(|a| a == "--tensor-parallel-size")
-            .map(|i| p.args[i + 1].clone());
-        assert_eq!(tp.as_deref(), Some("4"));
+        assert_eq!(arg_after(&p, "--tensor-parallel-size"), Some("4"));
         assert_eq!(
             p.args.last().map(String::as_str),
             Some("--max-model-len=8192")
@@ -401,14 +417,8 @@ mod tests {
         assert!(!p.args.contains(&"/models/chat.gguf".to_string()));
         assert!(!p.args.contains(&"--alias".to_string()));
         assert_eq!(p.port, 9000);
-        let at = |flag: &str| {
-            p.args
-                .iter()
-                .position(|a| a == flag)
-                .map(|i| p.args[i + 1].clone())
-        };
-        assert_eq!(at("--port").as_deref(), Some("9000"));
-        assert_eq!(at("--n-gpu-layers").as_deref(), Some("999"));
+        assert_eq!(arg_after(&p, "--port"), Some("9000"));
+        assert_eq!(arg_after(&p, "--n-gpu-layers"), Some("999"));
     }
 
     #[test]
@@ -420,12 +430,7 @@ mod tests {
         };
         let p = profile(&runtime, &hf(), "m", 1);
         assert_eq!(p.port, 9000);
-        let port_arg = p
-            .args
-            .iter()
-            .position(|a| a == "--port")
-            .map(|i| p.args[i + 1].clone());
-        assert_eq!(port_arg.as_deref(), Some("9000"));
+        assert_eq!(arg_after(&p, "--port"), Some("9000"));
         assert!(!p.args.contains(&"--num-shard".to_string()));
     }
 }

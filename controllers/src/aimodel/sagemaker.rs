@@ -26,11 +26,11 @@ use kube::{Resource, ResourceExt};
 use crate::apply::patch_status_if_changed;
 use crate::conditions::{NewCondition, set_condition};
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, uid_of};
 use crate::sagemaker::cleanup::{CleanupOutcome, cleanup as cleanup_saga};
 use crate::sagemaker::{
-    SageMakerError, SageMakerEvent, endpoint_for_cleanup, reconcile_endpoint, reconcile_training,
-    training_for_cleanup,
+    SagaOutcome, SageMakerError, SageMakerEvent, SmResult, endpoint_for_cleanup,
+    reconcile_endpoint, reconcile_training, training_for_cleanup,
 };
 
 /// Whether `model` has anything on SageMaker: a training job or SageMaker serving.
@@ -90,9 +90,7 @@ struct Identity<'a> {
 }
 
 fn identity(model: &AIModel) -> Result<Identity<'_>> {
-    let uid = model
-        .uid()
-        .ok_or_else(|| Error::NotReady("the AIModel has no UID yet".into()))?;
+    let uid = uid_of(model)?;
     Ok(Identity {
         uid,
         namespace: model.namespace().unwrap_or_default(),
@@ -124,7 +122,7 @@ pub async fn reconcile(
     match &model.spec.training {
         Some(training) => {
             let api = ctx.sagemaker(training.region.as_deref()).await?;
-            let outcome = reconcile_training(
+            let pass = reconcile_training(
                 api.as_ref(),
                 &id.uid,
                 &id.namespace,
@@ -133,17 +131,9 @@ pub async fn reconcile(
                 status.training.as_ref(),
             )
             .await;
-            match outcome {
-                Ok(outcome) => {
-                    publish(ctx, model, &outcome.events).await;
-                    status.training = Some(outcome.status);
-                    set_condition(&mut status.conditions, outcome.condition, id.generation);
-                    merge(outcome.requeue_after);
-                }
-                Err(error) => {
-                    return Err(recoverable(ctx, model, status, TRAINED, "training", &error).await);
-                }
-            }
+            let (trained, after) = settle(ctx, model, status, (TRAINED, "training"), pass).await?;
+            status.training = Some(trained);
+            merge(after);
         }
         None => status.conditions.retain(|c| c.type_ != TRAINED),
     }
@@ -192,7 +182,7 @@ pub async fn reconcile(
                 .map(String::as_str)
                 .filter(|a| !a.is_empty());
             let api = ctx.sagemaker(serving.region.as_deref()).await?;
-            let outcome = reconcile_endpoint(
+            let pass = reconcile_endpoint(
                 api.as_ref(),
                 &id.uid,
                 &id.namespace,
@@ -203,23 +193,37 @@ pub async fn reconcile(
                 adopt,
             )
             .await;
-            match outcome {
-                Ok(outcome) => {
-                    publish(ctx, model, &outcome.events).await;
-                    if outcome.status.is_some() {
-                        status.endpoint = outcome.status;
-                    }
-                    set_condition(&mut status.conditions, outcome.condition, id.generation);
-                    merge(outcome.requeue_after);
-                }
-                Err(error) => {
-                    return Err(recoverable(ctx, model, status, SERVING, "serving", &error).await);
-                }
+            let (endpoint, after) = settle(ctx, model, status, (SERVING, "serving"), pass).await?;
+            if endpoint.is_some() {
+                status.endpoint = endpoint;
             }
+            merge(after);
         }
         None => status.conditions.retain(|c| c.type_ != SERVING),
     }
     Ok(requeue)
+}
+
+/// Records one pass of a saga in `status`: publishes its events and sets its
+/// condition, and returns the saga's status and when to look again. An error
+/// is recorded as the condition `type_` of the saga `what` and returned (see
+/// [`recoverable`]).
+async fn settle<S>(
+    ctx: &Context,
+    model: &AIModel,
+    status: &mut AIModelStatus,
+    (type_, what): (&'static str, &str),
+    pass: SmResult<SagaOutcome<S>>,
+) -> Result<(S, Option<Duration>)> {
+    match pass {
+        Ok(outcome) => {
+            publish(ctx, model, &outcome.events).await;
+            let generation = model.meta().generation;
+            set_condition(&mut status.conditions, outcome.condition, generation);
+            Ok((outcome.status, outcome.requeue_after))
+        }
+        Err(error) => Err(recoverable(ctx, model, status, type_, what, &error).await),
+    }
 }
 
 /// Records a recoverable SageMaker error in the status (condition `Unknown`

@@ -36,8 +36,9 @@ fn observe<'a>(
     }
 }
 
-/// The assessment of `d` with one pod, written as JSON.
-fn assess_with_pod(d: &Deployment, pod: serde_json::Value) -> Assessment {
+/// The assessment of `d` with one pod, `m-abc`, written as JSON.
+fn assess_with_pod(d: &Deployment, mut pod: serde_json::Value) -> Assessment {
+    pod["metadata"] = json!({ "name": "m-abc" });
     let pods = [serde_json::from_value(pod).unwrap_or_default()];
     assess(&observe(Some(d), &pods, None))
 }
@@ -82,7 +83,6 @@ fn an_unschedulable_pod_says_which_gpus_are_missing() {
     let a = assess_with_pod(
         &d,
         json!({
-            "metadata": { "name": "m-abc" },
             "status": { "phase": "Pending", "conditions": [{
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                 "message": "0/5 nodes are available: 2 Insufficient nvidia.com/gpu, 3 node(s) didn't match Pod's node affinity/selector.",
@@ -91,12 +91,10 @@ fn an_unschedulable_pod_says_which_gpus_are_missing() {
     );
     assert_eq!(a.degraded.status, ConditionStatus::True);
     assert_eq!(a.degraded.reason, "Unschedulable");
+    let message = &a.degraded.message;
     assert!(
-        a.degraded
-            .message
-            .starts_with("needs 2 x NVIDIA-H100-80GB-HBM3 GPUs; no node has them free"),
-        "{}",
-        a.degraded.message
+        message.starts_with("needs 2 x NVIDIA-H100-80GB-HBM3 GPUs; no node has them free"),
+        "{message}"
     );
     assert_eq!(a.ready.reason, "Unschedulable");
 }
@@ -119,7 +117,6 @@ fn quota_refusals_and_crash_loops_are_named() {
     let a = assess_with_pod(
         &d,
         json!({
-            "metadata": { "name": "m-abc" },
             "status": { "phase": "Running", "containerStatuses": [{
                 "name": "vllm", "image": "vllm", "imageID": "", "ready": false, "restartCount": 4,
                 "state": { "waiting": { "reason": "CrashLoopBackOff" } },
@@ -134,7 +131,6 @@ fn quota_refusals_and_crash_loops_are_named() {
     let a = assess_with_pod(
         &d,
         json!({
-            "metadata": { "name": "m-abc" },
             "status": { "phase": "Running", "containerStatuses": [{
                 "name": "llama-server", "image": "x", "imageID": "", "ready": false, "restartCount": 2,
                 "state": { "running": {} },
@@ -144,18 +140,13 @@ fn quota_refusals_and_crash_loops_are_named() {
         }),
     );
     assert_eq!(a.degraded.reason, "RuntimeCrashLooping");
-    assert!(
-        a.ready
-            .message
-            .contains("keeps crashing (last exit code 1, Error, restarted 2 times); the end of its log: main: loading model | gguf_init_from_file_impl: invalid magic characters: 'junk' | main: exiting due to model loading error"),
-        "{}",
-        a.ready.message
-    );
+    let message = &a.ready.message;
+    let crash = "keeps crashing (last exit code 1, Error, restarted 2 times); the end of its log: main: loading model | gguf_init_from_file_impl: invalid magic characters: 'junk' | main: exiting due to model loading error";
+    assert!(message.contains(crash), "{message}");
 
     let a = assess_with_pod(
         &d,
         json!({
-            "metadata": { "name": "m-abc" },
             "spec": { "containers": [{ "name": "llama-server", "resources": { "limits": { "memory": "32Mi" } } }] },
             "status": { "phase": "Running", "containerStatuses": [{
                 "name": "llama-server", "image": "x", "imageID": "", "ready": false, "restartCount": 1,

@@ -29,7 +29,7 @@ use super::validate;
 use crate::apply::{ignore_missing, patch_status_if_changed, standard_labels};
 use crate::conditions::{find, parse_time, set_condition};
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::{Result, uid_of};
 
 /// Whether `run` was made by `pipeline`'s schedule (its controller owner).
 fn scheduled_by(run: &PipelineRun, pipeline_uid: &str) -> bool {
@@ -85,9 +85,7 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
     let Some(pipeline) = api.get_opt(name).await? else {
         return Ok(Action::await_change());
     };
-    let uid = pipeline
-        .uid()
-        .ok_or_else(|| Error::NotReady("the Pipeline has no UID yet".into()))?;
+    let uid = uid_of(&pipeline)?;
     let now = Utc::now();
     let generation = pipeline.metadata.generation;
     let spec = &pipeline.spec;

@@ -32,8 +32,8 @@ use super::params::{self, StepOutputs, SubstitutionError};
 use crate::names::bounded_name;
 use crate::plugin::build::{PLUGIN_CONFIG_DIR, PLUGIN_SECRETS_DIR, plugin_config_map_name};
 use crate::workload::{
-    config_map_volume, empty_dir, gpu_node_selector, gpu_tolerations, mount, plain_env,
-    requirements, runtime_default, sandbox_context, sandbox_pod_context, secret_env, secret_volume,
+    config_map_volume, empty_dir, gpu_node_selector, gpu_tolerations, mount, mount_secrets,
+    plain_env, requirements, runtime_default, sandbox_context, sandbox_pod_context, secret_env,
     set_env,
 };
 
@@ -262,15 +262,14 @@ pub fn build_step_job(
                 ));
                 mounts.push(mount("plugin-config", PLUGIN_CONFIG_DIR, true));
             }
-            for (i, secret) in plugin.spec.secrets.iter().enumerate() {
-                let volume = format!("plugin-secret-{i}");
-                volumes.push(secret_volume(&volume, &secret.name));
-                mounts.push(mount(
-                    &volume,
-                    &format!("{PLUGIN_SECRETS_DIR}/{}", secret.name),
-                    true,
-                ));
-            }
+            let secrets = &plugin.spec.secrets;
+            mount_secrets(
+                secrets,
+                "plugin-secret",
+                PLUGIN_SECRETS_DIR,
+                &mut volumes,
+                &mut mounts,
+            );
             let image = plugin
                 .status
                 .as_ref()

@@ -53,9 +53,7 @@ impl Reconcile for Pipeline {
     const CONTROLLER: &'static str = "pipeline";
 
     fn conditions(&self) -> &[aleph_crds::Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
+        crate::runner::status_conditions(self.status.as_ref(), |s| &s.conditions)
     }
 
     async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
@@ -70,9 +68,7 @@ impl Reconcile for PipelineRun {
     const CONTROLLER: &'static str = "pipelinerun";
 
     fn conditions(&self) -> &[aleph_crds::Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
+        crate::runner::status_conditions(self.status.as_ref(), |s| &s.conditions)
     }
 
     /// A run is `Succeeded=Unknown` while a failed pass is retried; a

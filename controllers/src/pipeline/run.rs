@@ -49,7 +49,7 @@ use super::steps::{self, Observed, StartOutcome, StepDriver, Values, sagemaker};
 use crate::apply::{MANAGER, delete_ignoring_missing};
 use crate::conditions::{NewCondition, parse_time, set_condition};
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::{Result, uid_of};
 use crate::sagemaker::CleanupOutcome;
 
 mod start;
@@ -171,9 +171,7 @@ pub async fn reconcile(name: &str, namespace: &str, ctx: &Context) -> Result<Act
     let Some(run) = api.get_opt(name).await? else {
         return Ok(Action::await_change());
     };
-    let uid = run
-        .uid()
-        .ok_or_else(|| Error::NotReady("the PipelineRun has no UID yet".into()))?;
+    let uid = uid_of(&run)?;
     let mut pass = Pass {
         ctx,
         api,
@@ -399,12 +397,7 @@ impl Pass<'_> {
             let Some(step) = graph.step(&s.name) else {
                 continue;
             };
-            let outputs = scheduler::step_outputs(&status.steps);
-            let values = Values {
-                params: &status.params,
-                outputs: &outputs,
-                jobs: &jobs,
-            };
+            let values = Values::of(status, &jobs);
             let observed = steps::driver(self, step).observe(&s, &values).await?;
             self.record(&graph, status, &s.name, observed, stopping);
         }
@@ -432,12 +425,7 @@ impl Pass<'_> {
                         let Some(definition) = graph.step(step) else {
                             continue;
                         };
-                        let outputs = scheduler::step_outputs(&status.steps);
-                        let values = Values {
-                            params: &status.params,
-                            outputs: &outputs,
-                            jobs: &jobs,
-                        };
+                        let values = Values::of(status, &jobs);
                         acted = true;
                         match steps::driver(self, definition)
                             .start(*attempt, &values)

@@ -252,6 +252,12 @@ mod tests {
             .with_timezone(&Utc)
     }
 
+    /// Asserts that the first slot of `schedule` after the time `after` is `next`.
+    #[track_caller]
+    fn assert_next(schedule: &Schedule, after: &str, next: &str) {
+        assert_eq!(schedule.next_after(utc(after)), Some(utc(next)));
+    }
+
     #[test]
     fn daily_in_utc() {
         let s = Schedule::parse("0 2 * * *", None).unwrap();
@@ -311,21 +317,12 @@ mod tests {
     fn time_zones_move_slots() {
         let s = Schedule::parse("0 2 * * *", Some("Europe/Paris")).unwrap();
         // Winter: Paris is UTC+1.
-        assert_eq!(
-            s.next_after(utc("2026-01-10T12:00:00Z")),
-            Some(utc("2026-01-11T01:00:00Z"))
-        );
+        assert_next(&s, "2026-01-10T12:00:00Z", "2026-01-11T01:00:00Z");
         // Summer: UTC+2.
-        assert_eq!(
-            s.next_after(utc("2026-07-10T12:00:00Z")),
-            Some(utc("2026-07-11T00:00:00Z"))
-        );
+        assert_next(&s, "2026-07-10T12:00:00Z", "2026-07-11T00:00:00Z");
         let ny = Schedule::parse("0 9 * * MON-FRI", Some("America/New_York")).unwrap();
         // Friday 2026-01-09 15:00 UTC is 10:00 in New York: next is Monday 09:00 EST.
-        assert_eq!(
-            ny.next_after(utc("2026-01-09T15:00:00Z")),
-            Some(utc("2026-01-12T14:00:00Z"))
-        );
+        assert_next(&ny, "2026-01-09T15:00:00Z", "2026-01-12T14:00:00Z");
     }
 
     #[test]
@@ -386,19 +383,13 @@ mod tests {
         }
         let weekly = Schedule::parse("@weekly", None).unwrap();
         // 2026-01-07 is a Wednesday; the next Sunday midnight is the 11th.
-        assert_eq!(
-            weekly.next_after(utc("2026-01-07T10:00:00Z")),
-            Some(utc("2026-01-11T00:00:00Z"))
-        );
+        assert_next(&weekly, "2026-01-07T10:00:00Z", "2026-01-11T00:00:00Z");
     }
 
     #[test]
     fn a_leading_seconds_field_is_read_as_seconds() {
         let s = Schedule::parse("*/20 * * * * *", None).unwrap();
-        assert_eq!(
-            s.next_after(utc("2026-01-02T09:30:05Z")),
-            Some(utc("2026-01-02T09:30:20Z"))
-        );
+        assert_next(&s, "2026-01-02T09:30:05Z", "2026-01-02T09:30:20Z");
         let due = s.due(
             Some(utc("2026-01-02T09:30:00Z")),
             utc("2026-01-01T00:00:00Z"),
@@ -408,10 +399,7 @@ mod tests {
         assert_eq!(due.next, Some(utc("2026-01-02T09:31:00Z")));
         // Five fields still mean minutes.
         let minutes = Schedule::parse("*/20 * * * *", None).unwrap();
-        assert_eq!(
-            minutes.next_after(utc("2026-01-02T09:30:05Z")),
-            Some(utc("2026-01-02T09:40:00Z"))
-        );
+        assert_next(&minutes, "2026-01-02T09:30:05Z", "2026-01-02T09:40:00Z");
     }
 
     #[test]

@@ -291,9 +291,16 @@ pub fn plan(graph: &Graph, run: &RunState<'_>, now: DateTime<Utc>) -> Vec<Action
     let stop = stop_reason(run);
     let mut state = observe(graph, &status, stop);
     let outputs = step_outputs(run.steps);
-    let mut running = state.iter().filter(|&&s| s == State::Running).count();
-    let cap = graph.parallelism.unwrap_or(usize::MAX);
-    let mut actions = Vec::new();
+    let mut pass = Pass {
+        graph,
+        run,
+        status: &status,
+        outputs: &outputs,
+        now,
+        running: state.iter().filter(|&&s| s == State::Running).count(),
+        cap: graph.parallelism.unwrap_or(usize::MAX),
+        actions: Vec::new(),
+    };
 
     let regular_count = graph
         .order
@@ -305,10 +312,10 @@ pub fn plan(graph: &Graph, run: &RunState<'_>, now: DateTime<Utc>) -> Vec<Action
         for &i in regular {
             let name = graph.nodes[i].step.name.clone();
             match state[i] {
-                State::Running => actions.push(Action::Stop { step: name, why }),
+                State::Running => pass.actions.push(Action::Stop { step: name, why }),
                 State::Waiting | State::Retrying => {
                     state[i] = State::Skipped;
-                    actions.push(Action::Skip {
+                    pass.actions.push(Action::Skip {
                         step: name,
                         why: match why {
                             StopReason::Cancelled => SkipReason::Cancelled,
@@ -320,35 +327,15 @@ pub fn plan(graph: &Graph, run: &RunState<'_>, now: DateTime<Utc>) -> Vec<Action
             }
         }
     } else {
-        let mut pass = Pass {
-            graph,
-            run,
-            status: &status,
-            outputs: &outputs,
-            now,
-            running: &mut running,
-            cap,
-            actions: &mut actions,
-        };
         pass.advance(regular, &mut state);
     }
     if regular.iter().all(|&i| state[i].is_done()) {
-        let mut pass = Pass {
-            graph,
-            run,
-            status: &status,
-            outputs: &outputs,
-            now,
-            running: &mut running,
-            cap,
-            actions: &mut actions,
-        };
         pass.advance(finally, &mut state);
         if state.iter().all(|s| s.is_done()) {
-            actions.push(finish(graph, &state, stop, run));
+            pass.actions.push(finish(graph, &state, stop, run));
         }
     }
-    actions
+    pass.actions
 }
 
 /// One pass of the scheduler over a group of steps.
@@ -358,9 +345,10 @@ struct Pass<'p, 'r> {
     status: &'p BTreeMap<&'r str, &'r StepStatus>,
     outputs: &'p StepOutputs,
     now: DateTime<Utc>,
-    running: &'p mut usize,
+    /// The steps running, those this pass starts included.
+    running: usize,
     cap: usize,
-    actions: &'p mut Vec<Action>,
+    actions: Vec<Action>,
 }
 
 impl Pass<'_, '_> {
@@ -440,10 +428,10 @@ impl Pass<'_, '_> {
 
     /// Starts step `i` if the parallelism cap leaves room.
     fn start(&mut self, i: usize, attempt: i32, state: &mut [State]) {
-        if *self.running >= self.cap {
+        if self.running >= self.cap {
             return;
         }
-        *self.running += 1;
+        self.running += 1;
         state[i] = State::Running;
         let step = self.graph.nodes[i].step.name.clone();
         self.actions.push(if self.graph.nodes[i].finally {

@@ -57,24 +57,21 @@ impl Run {
         }
     }
 
-    fn plan(&self) -> Vec<Action> {
-        let state = RunState {
+    fn state(&self) -> RunState<'_> {
+        RunState {
             steps: &self.steps,
             params: &self.params,
             cancelled: self.cancelled,
             deadline_passed: self.deadline_passed,
-        };
-        plan(&self.graph, &state, self.now)
+        }
+    }
+
+    fn plan(&self) -> Vec<Action> {
+        plan(&self.graph, &self.state(), self.now)
     }
 
     fn progress(&self) -> String {
-        let state = RunState {
-            steps: &self.steps,
-            params: &self.params,
-            cancelled: self.cancelled,
-            deadline_passed: self.deadline_passed,
-        };
-        progress(&self.graph, &state)
+        progress(&self.graph, &self.state())
     }
 
     fn pass(&mut self) -> Vec<Action> {
@@ -87,6 +84,21 @@ impl Run {
             }
         }
         actions
+    }
+
+    /// The next pass, which must finish the run: its phase, reason and message.
+    fn finish(&mut self) -> (RunPhase, FinishReason, String) {
+        let actions = self.pass();
+        match &actions[..] {
+            [
+                Action::Finish {
+                    phase,
+                    reason,
+                    message,
+                },
+            ] => (*phase, *reason, message.clone()),
+            _ => panic!("the run does not finish: {actions:?}"),
+        }
     }
 
     fn started(&mut self) -> Vec<String> {
@@ -210,10 +222,14 @@ fn retries_back_off_exponentially_up_to_the_cap() {
     assert_eq!(s.attempts, 4);
     assert_eq!(s.attempt_times.len(), 4);
     run.fail("train");
-    let actions = run.pass();
+    let (phase, reason, message) = run.finish();
+    assert_eq!(
+        (phase, reason),
+        (RunPhase::Failed, FinishReason::StepFailed)
+    );
     assert!(
-        matches!(&actions[..], [Action::Finish { phase: RunPhase::Failed, reason: FinishReason::StepFailed, message }] if message.contains("train") && message.contains("attempt 4 failed")),
-        "{actions:?}"
+        message.contains("train") && message.contains("attempt 4 failed"),
+        "{message}"
     );
 }
 
@@ -253,11 +269,12 @@ fn a_failure_skips_dependents_transitively_then_finally_runs() {
     run.succeed("other");
     assert_eq!(run.started(), ["notify"]);
     run.succeed("notify");
-    let actions = run.pass();
-    assert!(
-        matches!(&actions[..], [Action::Finish { phase: RunPhase::Failed, reason: FinishReason::StepFailed, message }] if message.starts_with("step a failed")),
-        "{actions:?}"
+    let (phase, reason, message) = run.finish();
+    assert_eq!(
+        (phase, reason),
+        (RunPhase::Failed, FinishReason::StepFailed)
     );
+    assert!(message.starts_with("step a failed"), "{message}");
     assert_eq!(run.phase("c"), StepPhase::Skipped);
 }
 
@@ -268,10 +285,9 @@ fn a_failed_finally_step_fails_the_run() {
     run.succeed("a");
     run.started();
     run.fail("f");
-    let actions = run.pass();
-    assert!(
-        matches!(&actions[..], [Action::Finish { reason: FinishReason::StepFailed, message, .. }] if message.contains("step f"))
-    );
+    let (_, reason, message) = run.finish();
+    assert_eq!(reason, FinishReason::StepFailed);
+    assert!(message.contains("step f"), "{message}");
 }
 
 #[test]
@@ -307,11 +323,12 @@ fn cancel_stops_running_steps_skips_the_rest_and_runs_finally() {
     assert_eq!(run.started(), ["cleanup"], "finally still runs");
     assert_eq!(run.progress(), "4/5", "the stopped step is finished");
     run.succeed("cleanup");
-    let actions = run.pass();
-    assert!(
-        matches!(&actions[..], [Action::Finish { phase: RunPhase::Cancelled, reason: FinishReason::Cancelled, message }] if message.contains("c")),
-        "{actions:?}"
+    let (phase, reason, message) = run.finish();
+    assert_eq!(
+        (phase, reason),
+        (RunPhase::Cancelled, FinishReason::Cancelled)
     );
+    assert!(message.contains("c"), "{message}");
 }
 
 #[test]
@@ -359,11 +376,9 @@ fn the_deadline_stops_the_run_with_timeout() {
     );
     assert_eq!(run.started(), ["cleanup"]);
     run.succeed("cleanup");
-    let actions = run.pass();
-    assert!(
-        matches!(&actions[..], [Action::Finish { phase: RunPhase::Failed, reason: FinishReason::Timeout, message }] if message.contains("600s")),
-        "{actions:?}"
-    );
+    let (phase, reason, message) = run.finish();
+    assert_eq!((phase, reason), (RunPhase::Failed, FinishReason::Timeout));
+    assert!(message.contains("600s"), "{message}");
 }
 
 #[test]

@@ -43,8 +43,8 @@ use crate::names::bounded_name;
 /// The user and group every plugin process runs as (see [`crate::workload`]).
 pub use crate::workload::SANDBOX_USER;
 use crate::workload::{
-    config_map_volume, empty_dir, gpu_node_selector, gpu_tolerations, mount, plain_env,
-    requirements, sandbox_context, sandbox_pod_context, secret_env, secret_volume, set_env,
+    config_map_volume, empty_dir, gpu_node_selector, gpu_tolerations, mount, mount_secrets,
+    plain_env, requirements, sandbox_context, sandbox_pod_context, secret_env, set_env,
 };
 
 /// Where a plugin's configuration files are mounted (in its service's pods and
@@ -357,15 +357,13 @@ pub fn pod_template(t: Target<'_>, release: &PluginRelease) -> PodTemplateSpec {
         mount("tmp", "/tmp", false),
         mount("config", CONFIG_DIR, true),
     ];
-    for (i, secret) in release.secrets.iter().enumerate() {
-        let volume = format!("secret-{i}");
-        volumes.push(secret_volume(&volume, &secret.name));
-        mounts.push(mount(
-            &volume,
-            &format!("{SECRETS_DIR}/{}", secret.name),
-            true,
-        ));
-    }
+    mount_secrets(
+        &release.secrets,
+        "secret",
+        SECRETS_DIR,
+        &mut volumes,
+        &mut mounts,
+    );
     let listens = spec.mode == PluginMode::Service;
     let ports = spec.port.filter(|_| listens).map(|p| {
         vec![ContainerPort {

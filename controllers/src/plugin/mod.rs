@@ -35,7 +35,7 @@ use kube::runtime::events::EventType;
 
 use crate::apply::patch_status_if_changed;
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, uid_of};
 use crate::runner::{Reconcile, Watch};
 use apply::Children;
 use build::Target;
@@ -60,9 +60,7 @@ impl Reconcile for Plugin {
     const CONTROLLER: &'static str = "plugin";
 
     fn conditions(&self) -> &[aleph_crds::Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
+        crate::runner::status_conditions(self.status.as_ref(), |s| &s.conditions)
     }
 
     async fn reconcile(plugin: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
@@ -79,9 +77,7 @@ async fn reconcile_plugin(plugin: &Plugin, ctx: &Context) -> Result<Action> {
     let namespace = plugin
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("a Plugin must have a namespace".into()))?;
-    let uid = plugin
-        .uid()
-        .ok_or_else(|| Error::NotReady("the Plugin has no UID yet".into()))?;
+    let uid = uid_of(plugin)?;
     let generation = plugin.metadata.generation;
     let previous = plugin.status.clone().unwrap_or_default();
     let plugins = plugin_api(ctx, plugin);

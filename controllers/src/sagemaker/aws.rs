@@ -194,6 +194,20 @@ impl AwsSageMaker {
         Ok(found)
     }
 
+    /// Awaits one call, counts and classifies its result (see
+    /// [`AwsSageMaker::finish`]) and maps its output.
+    async fn call<T, E, R>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, SdkError<E>>>,
+        output: impl FnOnce(T) -> R,
+    ) -> SmResult<R>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        self.finish(operation, call.await).map(output)
+    }
+
     /// Counts and classifies the result of one call.
     fn finish<T, E>(&self, operation: &'static str, result: Result<T, SdkError<E>>) -> SmResult<T>
     where
@@ -235,14 +249,7 @@ where
         }
         SdkError::DispatchFailure(dispatch) => {
             let text = DisplayErrorContext(error).to_string();
-            if mentions_credentials(&text) {
-                // The credential chain found nothing usable: no request was sent.
-                SageMakerError::recoverable(
-                    operation,
-                    RecoverableKind::Auth,
-                    format!("no usable AWS credentials: {text}"),
-                )
-            } else {
+            credentials_failure(operation, &text).unwrap_or_else(|| {
                 let kind = if dispatch.is_timeout() {
                     RecoverableKind::Timeout
                 } else {
@@ -253,7 +260,7 @@ where
                     kind,
                     format!("could not reach SageMaker: {text}"),
                 )
-            }
+            })
         }
         SdkError::ResponseError(response) => SageMakerError::recoverable(
             operation,
@@ -265,19 +272,11 @@ where
         ),
         SdkError::ConstructionFailure(_) => {
             let text = DisplayErrorContext(error).to_string();
-            if mentions_credentials(&text) {
-                SageMakerError::recoverable(
-                    operation,
-                    RecoverableKind::Auth,
-                    format!("no usable AWS credentials: {text}"),
-                )
-            } else {
-                SageMakerError::Terminal {
-                    operation,
-                    code: "ClientError".into(),
-                    message: clean_message(&format!("the request could not be built: {text}")),
-                }
-            }
+            credentials_failure(operation, &text).unwrap_or_else(|| SageMakerError::Terminal {
+                operation,
+                code: "ClientError".into(),
+                message: clean_message(&format!("the request could not be built: {text}")),
+            })
         }
         _ => SageMakerError::recoverable(
             operation,
@@ -287,8 +286,20 @@ where
     }
 }
 
-/// Whether a client-side failure is about credentials (the SDK reports a
-/// credential chain that found nothing as a dispatch or construction failure).
+/// The error for a client-side failure that is about credentials, `None` for
+/// any other (the SDK reports a credential chain that found nothing usable as
+/// a dispatch or construction failure: no request was sent).
+fn credentials_failure(operation: &'static str, text: &str) -> Option<SageMakerError> {
+    mentions_credentials(text).then(|| {
+        SageMakerError::recoverable(
+            operation,
+            RecoverableKind::Auth,
+            format!("no usable AWS credentials: {text}"),
+        )
+    })
+}
+
+/// Whether a client-side failure is about credentials.
 fn mentions_credentials(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
     lower.contains("credential")
@@ -307,305 +318,242 @@ impl SageMakerApi for AwsSageMaker {
         &'a self,
         r: &'a CreateTrainingJobRequest,
     ) -> BoxFuture<'a, SmResult<String>> {
-        Box::pin(async move {
-            let mut call = self
-                .client
-                .create_training_job()
-                .training_job_name(&r.job_name)
-                .algorithm_specification(
-                    AlgorithmSpecification::builder()
-                        .training_image(&r.image)
-                        .training_input_mode(TrainingInputMode::File)
-                        .build(),
-                )
-                .role_arn(&r.role_arn)
-                .output_data_config(
-                    OutputDataConfig::builder()
-                        .s3_output_path(&r.output_s3_uri)
-                        .set_kms_key_id(r.kms_key_id.clone())
-                        .build(),
-                )
-                .resource_config(
-                    ResourceConfig::builder()
-                        .instance_type(TrainingInstanceType::from(r.instance_type.as_str()))
-                        .instance_count(r.instance_count)
-                        .volume_size_in_gb(r.volume_size_gb)
-                        .set_volume_kms_key_id(r.kms_key_id.clone())
-                        .build(),
-                )
-                .stopping_condition(
-                    StoppingCondition::builder()
-                        .max_runtime_in_seconds(saturate(r.max_runtime_seconds))
-                        .set_max_wait_time_in_seconds(r.spot_max_wait_seconds.map(saturate))
-                        .build(),
-                )
-                .enable_managed_spot_training(r.spot_max_wait_seconds.is_some())
-                .set_hyper_parameters((!r.hyperparameters.is_empty()).then(|| {
-                    r.hyperparameters
-                        .clone()
-                        .into_iter()
-                        .collect::<HashMap<_, _>>()
-                }))
-                .set_tags(Some(tags(&r.tags)));
-            for input in &r.inputs {
-                call = call.input_data_config(
-                    Channel::builder()
-                        .channel_name(&input.channel_name)
-                        .data_source(
-                            DataSource::builder()
-                                .s3_data_source(
-                                    S3DataSource::builder()
-                                        .s3_data_type(S3DataType::S3Prefix)
-                                        .s3_uri(&input.s3_uri)
-                                        .s3_data_distribution_type(
-                                            S3DataDistribution::FullyReplicated,
-                                        )
-                                        .build(),
-                                )
-                                .build(),
-                        )
-                        .set_content_type(input.content_type.clone())
-                        .build(),
-                );
-            }
-            if !r.subnets.is_empty() || !r.security_group_ids.is_empty() {
-                call = call.vpc_config(
-                    VpcConfig::builder()
-                        .set_security_group_ids(Some(r.security_group_ids.clone()))
-                        .set_subnets(Some(r.subnets.clone()))
-                        .build(),
-                );
-            }
-            let out = self.finish("CreateTrainingJob", call.send().await)?;
-            Ok(out.training_job_arn().unwrap_or_default().to_string())
-        })
+        let mut call = self
+            .client
+            .create_training_job()
+            .training_job_name(&r.job_name)
+            .algorithm_specification(
+                AlgorithmSpecification::builder()
+                    .training_image(&r.image)
+                    .training_input_mode(TrainingInputMode::File)
+                    .build(),
+            )
+            .role_arn(&r.role_arn)
+            .output_data_config(
+                OutputDataConfig::builder()
+                    .s3_output_path(&r.output_s3_uri)
+                    .set_kms_key_id(r.kms_key_id.clone())
+                    .build(),
+            )
+            .resource_config(
+                ResourceConfig::builder()
+                    .instance_type(TrainingInstanceType::from(r.instance_type.as_str()))
+                    .instance_count(r.instance_count)
+                    .volume_size_in_gb(r.volume_size_gb)
+                    .set_volume_kms_key_id(r.kms_key_id.clone())
+                    .build(),
+            )
+            .stopping_condition(
+                StoppingCondition::builder()
+                    .max_runtime_in_seconds(saturate(r.max_runtime_seconds))
+                    .set_max_wait_time_in_seconds(r.spot_max_wait_seconds.map(saturate))
+                    .build(),
+            )
+            .enable_managed_spot_training(r.spot_max_wait_seconds.is_some())
+            .set_hyper_parameters((!r.hyperparameters.is_empty()).then(|| {
+                r.hyperparameters
+                    .clone()
+                    .into_iter()
+                    .collect::<HashMap<_, _>>()
+            }))
+            .set_tags(Some(tags(&r.tags)));
+        for input in &r.inputs {
+            call = call.input_data_config(
+                Channel::builder()
+                    .channel_name(&input.channel_name)
+                    .data_source(
+                        DataSource::builder()
+                            .s3_data_source(
+                                S3DataSource::builder()
+                                    .s3_data_type(S3DataType::S3Prefix)
+                                    .s3_uri(&input.s3_uri)
+                                    .s3_data_distribution_type(S3DataDistribution::FullyReplicated)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .set_content_type(input.content_type.clone())
+                    .build(),
+            );
+        }
+        if !r.subnets.is_empty() || !r.security_group_ids.is_empty() {
+            call = call.vpc_config(
+                VpcConfig::builder()
+                    .set_security_group_ids(Some(r.security_group_ids.clone()))
+                    .set_subnets(Some(r.subnets.clone()))
+                    .build(),
+            );
+        }
+        Box::pin(self.call("CreateTrainingJob", call.send(), |out| {
+            arn(out.training_job_arn())
+        }))
     }
 
     fn describe_training_job<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<TrainingJob>> {
-        Box::pin(async move {
-            let call = self
-                .client
-                .describe_training_job()
-                .training_job_name(name)
-                .send()
-                .await;
-            let out = self.finish("DescribeTrainingJob", call)?;
-            Ok(TrainingJob {
+        let call = self.client.describe_training_job().training_job_name(name);
+        Box::pin(self.call("DescribeTrainingJob", call.send(), move |out| {
+            TrainingJob {
                 name: out.training_job_name().unwrap_or(name).to_string(),
                 arn: out.training_job_arn().map(str::to_string),
-                state: TrainingJobState::parse(
-                    out.training_job_status()
-                        .map(|s| s.as_str())
-                        .unwrap_or("Unknown"),
-                ),
+                state: TrainingJobState::parse(status(out.training_job_status())),
                 secondary_status: out.secondary_status().map(|s| s.as_str().to_string()),
                 failure_reason: out.failure_reason().map(clean_message),
                 model_artifacts: out
                     .model_artifacts()
                     .and_then(|a| a.s3_model_artifacts())
                     .map(str::to_string),
-            })
-        })
+            }
+        }))
     }
 
     fn stop_training_job<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
-        Box::pin(async move {
-            let call = self
-                .client
-                .stop_training_job()
-                .training_job_name(name)
-                .send()
-                .await;
-            self.finish("StopTrainingJob", call).map(|_| ())
-        })
+        let call = self.client.stop_training_job().training_job_name(name);
+        Box::pin(self.call("StopTrainingJob", call.send(), drop))
     }
 
     fn create_model<'a>(&'a self, r: &'a CreateModelRequest) -> BoxFuture<'a, SmResult<String>> {
-        Box::pin(async move {
-            let call = self
-                .client
-                .create_model()
-                .model_name(&r.name)
-                .primary_container(
-                    ContainerDefinition::builder()
-                        .image(&r.image)
-                        .set_model_data_url(r.model_data_url.clone())
-                        .build(),
-                )
-                .execution_role_arn(&r.role_arn)
-                .set_tags(Some(tags(&r.tags)))
-                .send()
-                .await;
-            let out = self.finish("CreateModel", call)?;
-            Ok(out.model_arn().unwrap_or_default().to_string())
-        })
+        let call = self
+            .client
+            .create_model()
+            .model_name(&r.name)
+            .primary_container(
+                ContainerDefinition::builder()
+                    .image(&r.image)
+                    .set_model_data_url(r.model_data_url.clone())
+                    .build(),
+            )
+            .execution_role_arn(&r.role_arn)
+            .set_tags(Some(tags(&r.tags)));
+        Box::pin(self.call("CreateModel", call.send(), |out| arn(out.model_arn())))
     }
 
     fn describe_model<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<Model>> {
-        Box::pin(async move {
-            let call = self.client.describe_model().model_name(name).send().await;
-            let out = self.finish("DescribeModel", call)?;
+        let call = self.client.describe_model().model_name(name);
+        Box::pin(self.call("DescribeModel", call.send(), move |out| {
             let container = out.primary_container().or_else(|| out.containers().first());
-            Ok(Model {
+            Model {
                 name: out.model_name().unwrap_or(name).to_string(),
                 arn: out.model_arn().map(str::to_string),
                 image: container.and_then(|c| c.image()).map(str::to_string),
                 model_data_url: container
                     .and_then(|c| c.model_data_url())
                     .map(str::to_string),
-            })
-        })
+            }
+        }))
     }
 
     fn delete_model<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
-        Box::pin(async move {
-            let call = self.client.delete_model().model_name(name).send().await;
-            self.finish("DeleteModel", call).map(|_| ())
-        })
+        let call = self.client.delete_model().model_name(name);
+        Box::pin(self.call("DeleteModel", call.send(), drop))
     }
 
     fn list_models<'a>(&'a self, name_contains: &'a str) -> BoxFuture<'a, SmResult<Vec<String>>> {
-        Box::pin(async move {
-            let pages = self
-                .client
-                .list_models()
-                .name_contains(name_contains)
-                .max_results(100)
-                .into_paginator()
-                .send();
+        let call = self.client.list_models().name_contains(name_contains);
+        let pages = call.max_results(100).into_paginator().send();
+        Box::pin(
             self.names_in_pages("ListModels", pages, name_contains, |out| {
                 out.models().iter().filter_map(|m| m.model_name()).collect()
-            })
-            .await
-        })
+            }),
+        )
     }
 
     fn list_endpoint_configs<'a>(
         &'a self,
         name_contains: &'a str,
     ) -> BoxFuture<'a, SmResult<Vec<String>>> {
-        Box::pin(async move {
-            let pages = self
-                .client
-                .list_endpoint_configs()
-                .name_contains(name_contains)
-                .max_results(100)
-                .into_paginator()
-                .send();
+        let call = self
+            .client
+            .list_endpoint_configs()
+            .name_contains(name_contains);
+        let pages = call.max_results(100).into_paginator().send();
+        Box::pin(
             self.names_in_pages("ListEndpointConfigs", pages, name_contains, |out| {
-                out.endpoint_configs()
-                    .iter()
-                    .filter_map(|c| c.endpoint_config_name())
-                    .collect()
-            })
-            .await
-        })
+                let configs = out.endpoint_configs().iter();
+                configs.filter_map(|c| c.endpoint_config_name()).collect()
+            }),
+        )
     }
 
     fn create_endpoint_config<'a>(
         &'a self,
         r: &'a CreateEndpointConfigRequest,
     ) -> BoxFuture<'a, SmResult<String>> {
-        Box::pin(async move {
-            let call = self
-                .client
-                .create_endpoint_config()
-                .endpoint_config_name(&r.name)
-                .production_variants(
-                    ProductionVariant::builder()
-                        .variant_name(&r.variant_name)
-                        .model_name(&r.model_name)
-                        .instance_type(r.instance_type.as_str().into())
-                        .initial_instance_count(r.initial_instance_count)
-                        .build(),
-                )
-                .set_tags(Some(tags(&r.tags)))
-                .send()
-                .await;
-            let out = self.finish("CreateEndpointConfig", call)?;
-            Ok(out.endpoint_config_arn().unwrap_or_default().to_string())
-        })
+        let call = self
+            .client
+            .create_endpoint_config()
+            .endpoint_config_name(&r.name)
+            .production_variants(
+                ProductionVariant::builder()
+                    .variant_name(&r.variant_name)
+                    .model_name(&r.model_name)
+                    .instance_type(r.instance_type.as_str().into())
+                    .initial_instance_count(r.initial_instance_count)
+                    .build(),
+            )
+            .set_tags(Some(tags(&r.tags)));
+        Box::pin(self.call("CreateEndpointConfig", call.send(), |out| {
+            arn(out.endpoint_config_arn())
+        }))
     }
 
     fn describe_endpoint_config<'a>(
         &'a self,
         name: &'a str,
     ) -> BoxFuture<'a, SmResult<EndpointConfig>> {
-        Box::pin(async move {
-            let call = self
-                .client
-                .describe_endpoint_config()
-                .endpoint_config_name(name)
-                .send()
-                .await;
-            let out = self.finish("DescribeEndpointConfig", call)?;
-            Ok(EndpointConfig {
-                name: out.endpoint_config_name().unwrap_or(name).to_string(),
-                arn: out.endpoint_config_arn().map(str::to_string),
-                model_names: out
-                    .production_variants()
-                    .iter()
-                    .filter_map(|v| v.model_name().map(str::to_string))
-                    .collect(),
-            })
-        })
+        let call = self
+            .client
+            .describe_endpoint_config()
+            .endpoint_config_name(name);
+        Box::pin(
+            self.call("DescribeEndpointConfig", call.send(), move |out| {
+                let variants = out.production_variants().iter();
+                EndpointConfig {
+                    name: out.endpoint_config_name().unwrap_or(name).to_string(),
+                    arn: out.endpoint_config_arn().map(str::to_string),
+                    model_names: variants
+                        .filter_map(|v| v.model_name().map(str::to_string))
+                        .collect(),
+                }
+            }),
+        )
     }
 
     fn delete_endpoint_config<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
-        Box::pin(async move {
-            let call = self
-                .client
-                .delete_endpoint_config()
-                .endpoint_config_name(name)
-                .send()
-                .await;
-            self.finish("DeleteEndpointConfig", call).map(|_| ())
-        })
+        let call = self
+            .client
+            .delete_endpoint_config()
+            .endpoint_config_name(name);
+        Box::pin(self.call("DeleteEndpointConfig", call.send(), drop))
     }
 
     fn create_endpoint<'a>(
         &'a self,
         r: &'a CreateEndpointRequest,
     ) -> BoxFuture<'a, SmResult<String>> {
-        Box::pin(async move {
-            let call = self
-                .client
-                .create_endpoint()
-                .endpoint_name(&r.name)
-                .endpoint_config_name(&r.config_name)
-                .set_tags(Some(tags(&r.tags)))
-                .send()
-                .await;
-            let out = self.finish("CreateEndpoint", call)?;
-            Ok(out.endpoint_arn().unwrap_or_default().to_string())
-        })
+        let call = self
+            .client
+            .create_endpoint()
+            .endpoint_name(&r.name)
+            .endpoint_config_name(&r.config_name)
+            .set_tags(Some(tags(&r.tags)));
+        Box::pin(self.call("CreateEndpoint", call.send(), |out| arn(out.endpoint_arn())))
     }
 
     fn describe_endpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<Endpoint>> {
-        Box::pin(async move {
-            let call = self
-                .client
-                .describe_endpoint()
-                .endpoint_name(name)
-                .send()
-                .await;
-            let out = self.finish("DescribeEndpoint", call)?;
-            Ok(Endpoint {
+        let call = self.client.describe_endpoint().endpoint_name(name);
+        Box::pin(self.call("DescribeEndpoint", call.send(), move |out| {
+            Endpoint {
                 name: out.endpoint_name().unwrap_or(name).to_string(),
                 arn: out.endpoint_arn().map(str::to_string),
-                state: EndpointState::parse(
-                    out.endpoint_status()
-                        .map(|s| s.as_str())
-                        .unwrap_or("Unknown"),
-                ),
+                state: EndpointState::parse(status(out.endpoint_status())),
                 config_name: out.endpoint_config_name().map(str::to_string),
                 pending_config_name: out
                     .pending_deployment_summary()
                     .and_then(|p| p.endpoint_config_name())
                     .map(str::to_string),
                 failure_reason: out.failure_reason().map(clean_message),
-            })
-        })
+            }
+        }))
     }
 
     fn update_endpoint<'a>(
@@ -613,30 +561,25 @@ impl SageMakerApi for AwsSageMaker {
         name: &'a str,
         config_name: &'a str,
     ) -> BoxFuture<'a, SmResult<String>> {
-        Box::pin(async move {
-            let call = self
-                .client
-                .update_endpoint()
-                .endpoint_name(name)
-                .endpoint_config_name(config_name)
-                .send()
-                .await;
-            let out = self.finish("UpdateEndpoint", call)?;
-            Ok(out.endpoint_arn().unwrap_or_default().to_string())
-        })
+        let call = self.client.update_endpoint().endpoint_name(name);
+        let call = call.endpoint_config_name(config_name);
+        Box::pin(self.call("UpdateEndpoint", call.send(), |out| arn(out.endpoint_arn())))
     }
 
     fn delete_endpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
-        Box::pin(async move {
-            let call = self
-                .client
-                .delete_endpoint()
-                .endpoint_name(name)
-                .send()
-                .await;
-            self.finish("DeleteEndpoint", call).map(|_| ())
-        })
+        let call = self.client.delete_endpoint().endpoint_name(name);
+        Box::pin(self.call("DeleteEndpoint", call.send(), drop))
     }
+}
+
+/// A created resource's ARN (empty when SageMaker names none).
+fn arn(arn: Option<&str>) -> String {
+    arn.unwrap_or_default().to_string()
+}
+
+/// A described resource's status, `"Unknown"` when SageMaker gives none.
+fn status<S: AsRef<str>>(status: Option<&S>) -> &str {
+    status.map_or("Unknown", AsRef::as_ref)
 }
 
 /// The most pages a List call follows (100 names each).

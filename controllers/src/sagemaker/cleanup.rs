@@ -174,11 +174,7 @@ pub(crate) async fn cleanup_endpoint(
         }
         _ => {}
     }
-    match api.delete_endpoint(&endpoint.name).await {
-        Ok(()) => {}
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e),
-    }
+    deleted(api.delete_endpoint(&endpoint.name).await)?;
     match api.describe_endpoint(&endpoint.name).await {
         Err(e) if e.is_not_found() => {
             sweep(api, owner_uid, keep).await?;
@@ -197,29 +193,24 @@ pub(crate) async fn cleanup_endpoint(
 /// rolled-back update left behind included.
 pub(crate) async fn sweep(api: &dyn SageMakerApi, owner_uid: &str, keep: &[&str]) -> SmResult<()> {
     let tag = format!("-{}-", owner_tag(owner_uid));
+    let swept = |name: &String| is_owned(name, owner_uid) && !keep.contains(&name.as_str());
     let configs = api.list_endpoint_configs(&tag).await?;
-    for config in configs
-        .iter()
-        .filter(|c| is_owned(c, owner_uid) && !keep.contains(&c.as_str()))
-    {
-        match api.delete_endpoint_config(config).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
+    for config in configs.iter().filter(|c| swept(c)) {
+        deleted(api.delete_endpoint_config(config).await)?;
     }
     let models = api.list_models(&tag).await?;
-    for model in models
-        .iter()
-        .filter(|m| is_owned(m, owner_uid) && !keep.contains(&m.as_str()))
-    {
-        match api.delete_model(model).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
+    for model in models.iter().filter(|m| swept(m)) {
+        deleted(api.delete_model(model).await)?;
     }
     Ok(())
+}
+
+/// A Delete call's result, with a resource that was already gone counted as deleted.
+pub(crate) fn deleted(result: SmResult<()>) -> SmResult<()> {
+    match result {
+        Err(e) if e.is_not_found() => Ok(()),
+        result => result,
+    }
 }
 
 /// The training status to give [`cleanup`]: the recorded one, or, when none was

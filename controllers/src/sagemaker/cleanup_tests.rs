@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::sagemaker::memory::fixtures::{
-    ARTIFACT_V1, NAME, NAMESPACE, OTHER_OWNER, OWNER, SERVE_IMAGE, serving_spec, training_spec,
+    ARTIFACT_V1, NAME, NAMESPACE, OTHER_OWNER, OWNER, SERVE_IMAGE, foreign_endpoint, serving_spec,
+    training_spec,
 };
 use crate::sagemaker::memory::{Fault, JobEnd, MemorySageMaker};
 use crate::sagemaker::naming::model_name;
@@ -48,6 +49,15 @@ async fn trained_and_serving(
     (training, endpoint)
 }
 
+/// Cleans up `OWNER`'s resources under [`DeletionPolicy::Delete`].
+async fn delete(
+    api: &MemorySageMaker,
+    training: Option<&TrainingStatus>,
+    endpoint: Option<&EndpointStatus>,
+) -> SmResult<CleanupOutcome> {
+    cleanup(api, OWNER, training, endpoint, DeletionPolicy::Delete).await
+}
+
 #[tokio::test]
 async fn delete_removes_what_the_status_names_and_a_second_cleanup_finds_nothing() {
     let api = MemorySageMaker::new();
@@ -74,15 +84,9 @@ async fn delete_removes_what_the_status_names_and_a_second_cleanup_finds_nothing
     .expect("a leftover Model");
     api.reset_calls();
 
-    let outcome = cleanup(
-        &api,
-        OWNER,
-        Some(&training),
-        Some(&endpoint),
-        DeletionPolicy::Delete,
-    )
-    .await
-    .expect("cleanup");
+    let outcome = delete(&api, Some(&training), Some(&endpoint))
+        .await
+        .expect("cleanup");
     assert_eq!(outcome, CleanupOutcome::Done);
     assert_eq!(api.endpoint_names(), vec![other_endpoint.name.clone()]);
     assert_eq!(
@@ -106,15 +110,9 @@ async fn delete_removes_what_the_status_names_and_a_second_cleanup_finds_nothing
 
     // Again (the finalizer's removal failed): nothing left to do.
     api.reset_calls();
-    let again = cleanup(
-        &api,
-        OWNER,
-        Some(&training),
-        Some(&endpoint),
-        DeletionPolicy::Delete,
-    )
-    .await
-    .expect("cleanup again");
+    let again = delete(&api, Some(&training), Some(&endpoint))
+        .await
+        .expect("cleanup again");
     assert!(again.is_done());
     assert_eq!(
         (
@@ -163,9 +161,7 @@ async fn a_running_job_is_stopped_and_waited_for() {
     let api = MemorySageMaker::new();
     let training = start_training(&api, OWNER, NAME).await;
 
-    let first = cleanup(&api, OWNER, Some(&training), None, DeletionPolicy::Delete)
-        .await
-        .expect("cleanup");
+    let first = delete(&api, Some(&training), None).await.expect("cleanup");
     match &first {
         CleanupOutcome::RequeueAfter { after, waiting_for } => {
             assert_eq!(*after, REQUEUE_DELETING);
@@ -178,16 +174,12 @@ async fn a_running_job_is_stopped_and_waited_for() {
         Some(TrainingJobState::Stopping)
     );
 
-    let second = cleanup(&api, OWNER, Some(&training), None, DeletionPolicy::Delete)
-        .await
-        .expect("cleanup");
+    let second = delete(&api, Some(&training), None).await.expect("cleanup");
     assert!(!second.is_done(), "still Stopping");
     assert_eq!(api.calls("StopTrainingJob"), 1, "asked once");
 
     api.finish_stopping(&training.job_name);
-    let third = cleanup(&api, OWNER, Some(&training), None, DeletionPolicy::Delete)
-        .await
-        .expect("cleanup");
+    let third = delete(&api, Some(&training), None).await.expect("cleanup");
     assert!(third.is_done());
     assert_eq!(api.calls("StopTrainingJob"), 1);
 }
@@ -201,9 +193,7 @@ async fn a_rejected_job_has_nothing_to_stop() {
         artifact_uri: None,
         failure_reason: Some("ValidationException: bad instance type".into()),
     };
-    let outcome = cleanup(&api, OWNER, Some(&rejected), None, DeletionPolicy::Delete)
-        .await
-        .expect("cleanup");
+    let outcome = delete(&api, Some(&rejected), None).await.expect("cleanup");
     assert!(outcome.is_done());
     assert_eq!(api.calls("DescribeTrainingJob"), 0);
     assert_eq!(api.calls("StopTrainingJob"), 0);
@@ -214,9 +204,7 @@ async fn an_endpoint_that_is_being_created_is_waited_for_then_deleted() {
     let api = MemorySageMaker::new();
     let endpoint = create_endpoint(&api, OWNER, NAME).await;
 
-    let busy = cleanup(&api, OWNER, None, Some(&endpoint), DeletionPolicy::Delete)
-        .await
-        .expect("cleanup");
+    let busy = delete(&api, None, Some(&endpoint)).await.expect("cleanup");
     match &busy {
         CleanupOutcome::RequeueAfter { after, waiting_for } => {
             assert_eq!(*after, REQUEUE_BUSY);
@@ -228,9 +216,7 @@ async fn an_endpoint_that_is_being_created_is_waited_for_then_deleted() {
     assert_eq!(api.model_names().len(), 1, "its Model is still in use");
 
     api.settle_endpoint(&endpoint.name);
-    let done = cleanup(&api, OWNER, None, Some(&endpoint), DeletionPolicy::Delete)
-        .await
-        .expect("cleanup");
+    let done = delete(&api, None, Some(&endpoint)).await.expect("cleanup");
     assert!(done.is_done());
     assert!(api.endpoint_names().is_empty());
     assert!(api.model_names().is_empty());
@@ -243,7 +229,7 @@ async fn a_recoverable_error_is_returned_and_the_next_cleanup_finishes() {
     let (_, endpoint) = trained_and_serving(&api, OWNER, NAME).await;
     api.fail_next("DeleteEndpoint", Fault::Throttled);
 
-    let err = cleanup(&api, OWNER, None, Some(&endpoint), DeletionPolicy::Delete)
+    let err = delete(&api, None, Some(&endpoint))
         .await
         .expect_err("throttled");
     assert!(err.is_recoverable(), "{err:?}");
@@ -254,9 +240,7 @@ async fn a_recoverable_error_is_returned_and_the_next_cleanup_finishes() {
         "nothing swept before the endpoint is gone"
     );
 
-    let done = cleanup(&api, OWNER, None, Some(&endpoint), DeletionPolicy::Delete)
-        .await
-        .expect("cleanup");
+    let done = delete(&api, None, Some(&endpoint)).await.expect("cleanup");
     assert!(done.is_done());
     assert!(api.endpoint_names().is_empty());
     assert!(api.model_names().is_empty());
@@ -279,15 +263,9 @@ async fn without_a_recorded_status_the_spec_names_what_to_clean_up() {
     assert_eq!(endpoint.name, made.name);
     assert_eq!(endpoint.config_name, None);
 
-    let first = cleanup(
-        &api,
-        OWNER,
-        Some(&training),
-        Some(&endpoint),
-        DeletionPolicy::Delete,
-    )
-    .await
-    .expect("cleanup");
+    let first = delete(&api, Some(&training), Some(&endpoint))
+        .await
+        .expect("cleanup");
     assert!(!first.is_done(), "the job is stopping");
     assert!(
         api.endpoint_names().is_empty(),
@@ -296,30 +274,19 @@ async fn without_a_recorded_status_the_spec_names_what_to_clean_up() {
     assert!(api.model_names().is_empty());
     assert!(api.endpoint_config_names().is_empty());
     api.finish_stopping(&training.job_name);
-    let second = cleanup(
-        &api,
-        OWNER,
-        Some(&training),
-        Some(&endpoint),
-        DeletionPolicy::Delete,
-    )
-    .await
-    .expect("cleanup");
+    let second = delete(&api, Some(&training), Some(&endpoint))
+        .await
+        .expect("cleanup");
     assert!(second.is_done());
 }
 
 #[tokio::test]
 async fn an_endpoint_named_by_the_spec_but_not_ours_is_left_alone() {
-    let api = MemorySageMaker::new();
-    let mut serving = serving_spec();
-    serving.endpoint_name = Some("legacy-fraud".into());
-    api.seed_foreign_endpoint("legacy-fraud", "legacy-config", "legacy-model");
+    let (api, serving) = foreign_endpoint();
 
     let endpoint =
         endpoint_for_cleanup(None, NAMESPACE, NAME, Some(&serving), None).expect("an endpoint");
-    let outcome = cleanup(&api, OWNER, None, Some(&endpoint), DeletionPolicy::Delete)
-        .await
-        .expect("cleanup");
+    let outcome = delete(&api, None, Some(&endpoint)).await.expect("cleanup");
     assert!(outcome.is_done());
     assert_eq!(api.calls("DeleteEndpoint"), 0);
     assert_eq!(api.endpoint_names(), vec!["legacy-fraud".to_string()]);

@@ -25,30 +25,18 @@ use super::cleanup::{CleanupOutcome, cleanup_endpoint, sweep};
 use super::naming::{endpoint_config_name, endpoint_name, is_owned, is_valid_name, model_name};
 use super::{
     CreateEndpointConfigRequest, CreateEndpointRequest, CreateModelRequest, Endpoint,
-    EndpointState, REQUEUE_CHANGING, REQUEUE_STEADY, SageMakerApi, SageMakerError, SageMakerEvent,
-    SmResult, owner_tags,
+    EndpointState, REQUEUE_CHANGING, REQUEUE_STEADY, SagaOutcome, SageMakerApi, SageMakerError,
+    SageMakerEvent, SmResult, owner_tags,
 };
 use crate::conditions::NewCondition;
 
 /// How long to wait after asking SageMaker to delete a failed endpoint.
 const REQUEUE_REPLACING: Duration = Duration::from_secs(10);
 
-/// What one pass of the endpoint saga found and did.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EndpointOutcome {
-    /// The status to record in `status.endpoint`; `None` when this owner has no
-    /// endpoint (for example when the name is taken by someone else's).
-    pub status: Option<EndpointStatus>,
-    /// The `Serving` condition.
-    pub condition: NewCondition,
-    /// SageMaker said no for good, or the endpoint failed, or an update was
-    /// rolled back: do not retry until the spec changes.
-    pub terminal: bool,
-    /// When to look again.
-    pub requeue_after: Option<Duration>,
-    /// Events to publish.
-    pub events: Vec<SageMakerEvent>,
-}
+/// What one pass of the endpoint saga found and did; the status is the one to
+/// record in `status.endpoint`, `None` when this owner has no endpoint (for
+/// example when the name is taken by someone else's).
+pub type EndpointOutcome = SagaOutcome<Option<EndpointStatus>>;
 
 impl EndpointOutcome {
     /// Whether the endpoint serves the desired model.
@@ -163,9 +151,9 @@ async fn advance(
                 ),
             )),
             CleanupOutcome::RequeueAfter { after, waiting_for } => {
-                return Ok(EndpointOutcome {
-                    status: Some(prev.clone()),
-                    condition: NewCondition::no(
+                return Ok(EndpointOutcome::recheck(
+                    Some(prev.clone()),
+                    NewCondition::no(
                         SERVING,
                         "EndpointRenaming",
                         format!(
@@ -173,10 +161,9 @@ async fn advance(
                             desired.endpoint
                         ),
                     ),
-                    terminal: false,
-                    requeue_after: Some(after),
+                    after,
                     events,
-                });
+                ));
             }
         }
     }
@@ -229,23 +216,22 @@ async fn create(
         )
         .await?;
     }
-    Ok(EndpointOutcome {
-        status: Some(EndpointStatus {
+    Ok(EndpointOutcome::recheck(
+        Some(EndpointStatus {
             name: desired.endpoint.clone(),
             arn: Some(arn),
             state: Some(EndpointState::Creating.as_str().to_string()),
             model_name: Some(desired.model.clone()),
             config_name: Some(desired.config.clone()),
         }),
-        condition: NewCondition::no(
+        NewCondition::no(
             SERVING,
             "EndpointCreating",
             format!("SageMaker is creating endpoint {}", desired.endpoint),
         ),
-        terminal: false,
-        requeue_after: Some(REQUEUE_CHANGING),
+        REQUEUE_CHANGING,
         events,
-    })
+    ))
 }
 
 /// Acts on the endpoint as Describe reported it.
@@ -264,9 +250,9 @@ async fn observe(
         || owned(&found.config_name)
         || owned(&found.pending_config_name);
     if !ours {
-        return Ok(EndpointOutcome {
-            status: None,
-            condition: NewCondition::no(
+        return Ok(EndpointOutcome::terminal(
+            None,
+            NewCondition::no(
                 SERVING,
                 "EndpointNameConflict",
                 format!(
@@ -275,10 +261,8 @@ async fn observe(
                     desired.endpoint
                 ),
             ),
-            terminal: true,
-            requeue_after: None,
             events,
-        });
+        ));
     }
 
     let mut status = prev.cloned().unwrap_or_else(|| EndpointStatus {
@@ -298,19 +282,18 @@ async fn observe(
     let name = &desired.endpoint;
 
     match &found.state {
-        EndpointState::Deleting => Ok(EndpointOutcome {
-            status: Some(status),
-            condition: NewCondition::no(
+        EndpointState::Deleting => Ok(EndpointOutcome::recheck(
+            Some(status),
+            NewCondition::no(
                 SERVING,
                 "EndpointDeleting",
                 format!(
                     "SageMaker endpoint {name} is being deleted; it is created again once gone"
                 ),
             ),
-            terminal: false,
-            requeue_after: Some(REQUEUE_CHANGING),
+            REQUEUE_CHANGING,
             events,
-        }),
+        )),
         state if state.is_transitional() => {
             if status.config_name.is_none() && current.is_some() {
                 status.model_name = model_of(api, desired, prev, current.as_deref()).await?;
@@ -339,13 +322,12 @@ async fn observe(
                     format!("SageMaker endpoint {name} is in state {}", other.as_str()),
                 ),
             };
-            Ok(EndpointOutcome {
-                status: Some(status),
+            Ok(EndpointOutcome::recheck(
+                Some(status),
                 condition,
-                terminal: false,
-                requeue_after: Some(REQUEUE_CHANGING),
+                REQUEUE_CHANGING,
                 events,
-            })
+            ))
         }
         EndpointState::Failed => {
             let failed_on_desired =
@@ -363,20 +345,14 @@ async fn observe(
                 if was_state != Some("Failed") {
                     events.push(SageMakerEvent::warning("EndpointFailed", message.clone()));
                 }
-                return Ok(EndpointOutcome {
-                    status: Some(status),
-                    condition: NewCondition::no(SERVING, "EndpointFailed", message),
-                    terminal: true,
-                    requeue_after: None,
+                return Ok(EndpointOutcome::terminal(
+                    Some(status),
+                    NewCondition::no(SERVING, "EndpointFailed", message),
                     events,
-                });
+                ));
             }
             // Failed on an older spec: a failed endpoint cannot be updated, so replace it.
-            match api.delete_endpoint(name).await {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
+            super::cleanup::deleted(api.delete_endpoint(name).await)?;
             events.push(SageMakerEvent::normal(
                 "EndpointReplacing",
                 format!(
@@ -385,17 +361,16 @@ async fn observe(
                 ),
             ));
             status.state = Some(EndpointState::Deleting.as_str().to_string());
-            Ok(EndpointOutcome {
-                status: Some(status),
-                condition: NewCondition::no(
+            Ok(EndpointOutcome::recheck(
+                Some(status),
+                NewCondition::no(
                     SERVING,
                     "EndpointReplacing",
                     format!("SageMaker endpoint {name} failed; it is being replaced"),
                 ),
-                terminal: false,
-                requeue_after: Some(REQUEUE_REPLACING),
+                REQUEUE_REPLACING,
                 events,
-            })
+            ))
         }
         // InService, OutOfService.
         state => {
@@ -445,17 +420,16 @@ async fn observe(
                         format!("SageMaker endpoint {name} is out of service"),
                     )
                 };
-                return Ok(EndpointOutcome {
-                    status: Some(status),
+                return Ok(EndpointOutcome::recheck(
+                    Some(status),
                     condition,
-                    terminal: false,
-                    requeue_after: Some(if serving {
+                    if serving {
                         REQUEUE_STEADY
                     } else {
                         REQUEUE_CHANGING
-                    }),
+                    },
                     events,
-                });
+                ));
             }
 
             // Runs another config: move it to the desired one.
@@ -479,13 +453,11 @@ async fn observe(
                         message.clone(),
                     ));
                 }
-                return Ok(EndpointOutcome {
-                    status: Some(status),
-                    condition: NewCondition::yes(SERVING, "EndpointUpdateFailed", message),
-                    terminal: true,
-                    requeue_after: None,
+                return Ok(EndpointOutcome::terminal(
+                    Some(status),
+                    NewCondition::yes(SERVING, "EndpointUpdateFailed", message),
                     events,
-                });
+                ));
             }
             match api.update_endpoint(name, &desired.config).await {
                 Ok(_) => {}
@@ -530,13 +502,12 @@ async fn observe(
                     ),
                 )
             };
-            Ok(EndpointOutcome {
-                status: Some(status),
+            Ok(EndpointOutcome::recheck(
+                Some(status),
                 condition,
-                terminal: false,
-                requeue_after: Some(REQUEUE_CHANGING),
+                REQUEUE_CHANGING,
                 events,
-            })
+            ))
         }
     }
 }
@@ -569,11 +540,6 @@ async fn model_of(
 
 /// Makes the Model unless it exists; returns whether it existed.
 async fn ensure_model(api: &dyn SageMakerApi, desired: &Desired<'_>) -> SmResult<bool> {
-    match api.describe_model(&desired.model).await {
-        Ok(_) => return Ok(true),
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e),
-    }
     let request = CreateModelRequest {
         name: desired.model.clone(),
         image: desired.serving.image.clone(),
@@ -581,20 +547,12 @@ async fn ensure_model(api: &dyn SageMakerApi, desired: &Desired<'_>) -> SmResult
         role_arn: desired.serving.role_arn.clone(),
         tags: owner_tags(desired.owner_uid, desired.namespace, desired.name),
     };
-    match api.create_model(&request).await {
-        Ok(_) => Ok(false),
-        Err(e) if e.is_already_exists() => Ok(true),
-        Err(e) => Err(e),
-    }
+    let described = api.describe_model(&desired.model).await;
+    ensure(described, || api.create_model(&request)).await
 }
 
 /// Makes the EndpointConfig unless it exists; returns whether it existed.
 async fn ensure_config(api: &dyn SageMakerApi, desired: &Desired<'_>) -> SmResult<bool> {
-    match api.describe_endpoint_config(&desired.config).await {
-        Ok(_) => return Ok(true),
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e),
-    }
     let request = CreateEndpointConfigRequest {
         name: desired.config.clone(),
         variant_name: desired.serving.variant_name.clone(),
@@ -603,7 +561,22 @@ async fn ensure_config(api: &dyn SageMakerApi, desired: &Desired<'_>) -> SmResul
         initial_instance_count: desired.serving.initial_instance_count,
         tags: owner_tags(desired.owner_uid, desired.namespace, desired.name),
     };
-    match api.create_endpoint_config(&request).await {
+    let described = api.describe_endpoint_config(&desired.config).await;
+    ensure(described, || api.create_endpoint_config(&request)).await
+}
+
+/// Creates a resource unless `described` found it; returns whether it
+/// existed (one that appeared between the two calls counts as existing).
+async fn ensure<D, C, F>(described: SmResult<D>, create: impl FnOnce() -> F) -> SmResult<bool>
+where
+    F: Future<Output = SmResult<C>>,
+{
+    match described {
+        Ok(_) => return Ok(true),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e),
+    }
+    match create().await {
         Ok(_) => Ok(false),
         Err(e) if e.is_already_exists() => Ok(true),
         Err(e) => Err(e),
@@ -625,23 +598,19 @@ fn rejected(status: Option<&EndpointStatus>, error: &SageMakerError) -> Endpoint
         error.operation(),
         super::training::rejection(error)
     );
-    EndpointOutcome {
-        status: status.cloned(),
-        condition: NewCondition::no(SERVING, "EndpointRejected", message.clone()),
-        terminal: true,
-        requeue_after: None,
-        events: vec![SageMakerEvent::warning("EndpointRejected", message)],
-    }
+    EndpointOutcome::terminal(
+        status.cloned(),
+        NewCondition::no(SERVING, "EndpointRejected", message.clone()),
+        vec![SageMakerEvent::warning("EndpointRejected", message)],
+    )
 }
 
 fn invalid(status: Option<&EndpointStatus>, message: String) -> EndpointOutcome {
-    EndpointOutcome {
-        status: status.cloned(),
-        condition: NewCondition::no(SERVING, "InvalidSpec", message),
-        terminal: true,
-        requeue_after: None,
-        events: Vec::new(),
-    }
+    EndpointOutcome::terminal(
+        status.cloned(),
+        NewCondition::no(SERVING, "InvalidSpec", message),
+        Vec::new(),
+    )
 }
 
 /// The `Serving` condition for a pass that failed with an error retrying may fix.

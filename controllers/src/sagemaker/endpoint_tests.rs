@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::sagemaker::memory::fixtures::{
-    ARTIFACT_V1, ARTIFACT_V2, NAME, NAMESPACE, OWNER, SERVE_IMAGE, serving_spec,
+    ARTIFACT_V1, ARTIFACT_V2, NAME, NAMESPACE, OWNER, SERVE_IMAGE, foreign_endpoint, serving_spec,
 };
 use crate::sagemaker::memory::{Fault, MemorySageMaker};
 
@@ -276,10 +276,7 @@ async fn someone_elses_endpoint_of_that_name_is_a_conflict_and_left_alone() {
 
 #[tokio::test]
 async fn an_adopted_endpoint_moves_to_our_config_and_its_own_are_left_alone() {
-    let api = MemorySageMaker::new();
-    let mut serving = serving_spec();
-    serving.endpoint_name = Some("legacy-fraud".into());
-    api.seed_foreign_endpoint("legacy-fraud", "legacy-config", "legacy-model");
+    let (api, serving) = foreign_endpoint();
     let (model, config) = names_for(&serving, ARTIFACT_V1);
 
     let moving = pass(&api, &serving, ARTIFACT_V1, None, Some("legacy-fraud")).await;

@@ -117,6 +117,45 @@ fn ready<'a, T: Send + 'a>(result: SmResult<T>) -> BoxFuture<'a, SmResult<T>> {
     Box::pin(std::future::ready(result))
 }
 
+/// SageMaker's refusal to create `what` (for example `model`) under a name
+/// that is taken.
+fn already_exists(operation: &'static str, what: &str, arn: &str) -> SageMakerError {
+    validation(
+        operation,
+        format!("Cannot create already existing {what} \"{arn}\"."),
+    )
+}
+
+/// SageMaker's answer for a Model that does not exist.
+fn no_model(operation: &'static str, name: &str) -> SageMakerError {
+    not_found(
+        operation,
+        format!("Could not find model \"{ARN_PREFIX}:model/{name}\"."),
+    )
+}
+
+/// SageMaker's answer for an EndpointConfig that does not exist.
+fn no_config(operation: &'static str, name: &str) -> SageMakerError {
+    not_found(
+        operation,
+        format!("Could not find endpoint configuration \"{name}\"."),
+    )
+}
+
+/// SageMaker's answer for an Endpoint that does not exist.
+fn no_endpoint(operation: &'static str, name: &str) -> SageMakerError {
+    not_found(operation, format!("Could not find endpoint \"{name}\"."))
+}
+
+/// The names among `stored` that contain `name_contains`, in order.
+fn names_containing<V>(stored: &BTreeMap<String, V>, name_contains: &str) -> Vec<String> {
+    stored
+        .keys()
+        .filter(|n| n.contains(name_contains))
+        .cloned()
+        .collect()
+}
+
 impl MemorySageMaker {
     /// An empty SageMaker.
     pub(crate) fn new() -> Self {
@@ -409,10 +448,7 @@ impl SageMakerApi for MemorySageMaker {
             let name = &request.name;
             let arn = format!("{ARN_PREFIX}:model/{name}");
             if state.models.contains_key(name) {
-                return Err(validation(
-                    OP,
-                    format!("Cannot create already existing model \"{arn}\"."),
-                ));
+                return Err(already_exists(OP, "model", &arn));
             }
             state.models.insert(
                 name.clone(),
@@ -436,36 +472,21 @@ impl SageMakerApi for MemorySageMaker {
                     image: Some(m.request.image.clone()),
                     model_data_url: m.request.model_data_url.clone(),
                 })
-                .ok_or_else(|| {
-                    not_found(
-                        OP,
-                        format!("Could not find model \"{ARN_PREFIX}:model/{name}\"."),
-                    )
-                })
+                .ok_or_else(|| no_model(OP, name))
         }))
     }
 
     fn delete_model<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
         const OP: &str = "DeleteModel";
         ready(self.enter(OP).and_then(|mut state| {
-            state.models.remove(name).map(|_| ()).ok_or_else(|| {
-                not_found(
-                    OP,
-                    format!("Could not find model \"{ARN_PREFIX}:model/{name}\"."),
-                )
-            })
+            let removed = state.models.remove(name);
+            removed.map(|_| ()).ok_or_else(|| no_model(OP, name))
         }))
     }
 
     fn list_models<'a>(&'a self, name_contains: &'a str) -> BoxFuture<'a, SmResult<Vec<String>>> {
-        ready(self.enter("ListModels").map(|state| {
-            state
-                .models
-                .keys()
-                .filter(|n| n.contains(name_contains))
-                .cloned()
-                .collect()
-        }))
+        let listed = self.enter("ListModels");
+        ready(listed.map(|state| names_containing(&state.models, name_contains)))
     }
 
     fn create_endpoint_config<'a>(
@@ -477,19 +498,10 @@ impl SageMakerApi for MemorySageMaker {
             let name = &request.name;
             let arn = format!("{ARN_PREFIX}:endpoint-config/{name}");
             if state.configs.contains_key(name) {
-                return Err(validation(
-                    OP,
-                    format!("Cannot create already existing endpoint configuration \"{arn}\"."),
-                ));
+                return Err(already_exists(OP, "endpoint configuration", &arn));
             }
             if !state.models.contains_key(&request.model_name) {
-                return Err(not_found(
-                    OP,
-                    format!(
-                        "Could not find model \"{ARN_PREFIX}:model/{}\".",
-                        request.model_name
-                    ),
-                ));
+                return Err(no_model(OP, &request.model_name));
             }
             state.configs.insert(
                 name.clone(),
@@ -515,24 +527,15 @@ impl SageMakerApi for MemorySageMaker {
                     arn: Some(format!("{ARN_PREFIX}:endpoint-config/{name}")),
                     model_names: vec![c.request.model_name.clone()],
                 })
-                .ok_or_else(|| {
-                    not_found(
-                        OP,
-                        format!("Could not find endpoint configuration \"{name}\"."),
-                    )
-                })
+                .ok_or_else(|| no_config(OP, name))
         }))
     }
 
     fn delete_endpoint_config<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
         const OP: &str = "DeleteEndpointConfig";
         ready(self.enter(OP).and_then(|mut state| {
-            state.configs.remove(name).map(|_| ()).ok_or_else(|| {
-                not_found(
-                    OP,
-                    format!("Could not find endpoint configuration \"{name}\"."),
-                )
-            })
+            let removed = state.configs.remove(name);
+            removed.map(|_| ()).ok_or_else(|| no_config(OP, name))
         }))
     }
 
@@ -540,14 +543,8 @@ impl SageMakerApi for MemorySageMaker {
         &'a self,
         name_contains: &'a str,
     ) -> BoxFuture<'a, SmResult<Vec<String>>> {
-        ready(self.enter("ListEndpointConfigs").map(|state| {
-            state
-                .configs
-                .keys()
-                .filter(|n| n.contains(name_contains))
-                .cloned()
-                .collect()
-        }))
+        let listed = self.enter("ListEndpointConfigs");
+        ready(listed.map(|state| names_containing(&state.configs, name_contains)))
     }
 
     fn create_endpoint<'a>(
@@ -559,19 +556,10 @@ impl SageMakerApi for MemorySageMaker {
             let name = &request.name;
             let arn = format!("{ARN_PREFIX}:endpoint/{name}");
             if state.endpoints.contains_key(name) {
-                return Err(validation(
-                    OP,
-                    format!("Cannot create already existing endpoint \"{arn}\"."),
-                ));
+                return Err(already_exists(OP, "endpoint", &arn));
             }
             if !state.configs.contains_key(&request.config_name) {
-                return Err(not_found(
-                    OP,
-                    format!(
-                        "Could not find endpoint configuration \"{}\".",
-                        request.config_name
-                    ),
-                ));
+                return Err(no_config(OP, &request.config_name));
             }
             state.endpoints.insert(
                 name.clone(),
@@ -595,7 +583,7 @@ impl SageMakerApi for MemorySageMaker {
                 .endpoints
                 .get(name)
                 .cloned()
-                .ok_or_else(|| not_found(OP, format!("Could not find endpoint \"{name}\".")))
+                .ok_or_else(|| no_endpoint(OP, name))
         }))
     }
 
@@ -607,15 +595,12 @@ impl SageMakerApi for MemorySageMaker {
         const OP: &str = "UpdateEndpoint";
         ready(self.enter(OP).and_then(|mut state| {
             if !state.configs.contains_key(config_name) {
-                return Err(not_found(
-                    OP,
-                    format!("Could not find endpoint configuration \"{config_name}\"."),
-                ));
+                return Err(no_config(OP, config_name));
             }
             let endpoint = state
                 .endpoints
                 .get_mut(name)
-                .ok_or_else(|| not_found(OP, format!("Could not find endpoint \"{name}\".")))?;
+                .ok_or_else(|| no_endpoint(OP, name))?;
             if endpoint.state != EndpointState::InService {
                 return Err(validation(
                     OP,
@@ -639,7 +624,7 @@ impl SageMakerApi for MemorySageMaker {
                 .endpoints
                 .remove(name)
                 .map(|_| ())
-                .ok_or_else(|| not_found(OP, format!("Could not find endpoint \"{name}\".")))
+                .ok_or_else(|| no_endpoint(OP, name))
         }))
     }
 }
@@ -676,6 +661,17 @@ pub(crate) mod fixtures {
             "tags": {"team": "risk"}
         }))
         .expect("a valid training spec")
+    }
+
+    /// SageMaker holding someone else's endpoint `legacy-fraud` (its config
+    /// `legacy-config`, its model `legacy-model`), and a serving spec that
+    /// names that endpoint.
+    pub(crate) fn foreign_endpoint() -> (super::MemorySageMaker, SageMakerServing) {
+        let api = super::MemorySageMaker::new();
+        api.seed_foreign_endpoint("legacy-fraud", "legacy-config", "legacy-model");
+        let mut serving = serving_spec();
+        serving.endpoint_name = Some("legacy-fraud".into());
+        (api, serving)
     }
 
     /// A serving spec with a derived endpoint name.

@@ -24,6 +24,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kube::runtime::events::EventType;
 
+use crate::conditions::NewCondition;
+
 pub use cleanup::{CleanupOutcome, cleanup, endpoint_for_cleanup, training_for_cleanup};
 pub use endpoint::{EndpointOutcome, reconcile_endpoint};
 pub use error::{RecoverableKind, SageMakerError, classify};
@@ -353,6 +355,53 @@ pub struct Endpoint {
     pub pending_config_name: Option<String>,
     /// Why it failed (or why its last update failed).
     pub failure_reason: Option<String>,
+}
+
+/// What one pass of a saga found and did: [`TrainingOutcome`] for the
+/// training job, [`EndpointOutcome`] for the endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SagaOutcome<S> {
+    /// The status to record (in `status.training` or `status.endpoint`).
+    pub status: S,
+    /// The saga's condition (`Trained` or `Serving`).
+    pub condition: NewCondition,
+    /// SageMaker said no for good (a rejected spec, a failed or externally
+    /// stopped job, a failed endpoint, a rolled-back update): do not retry
+    /// until the spec changes.
+    pub terminal: bool,
+    /// When to look again; `None` once the outcome is final.
+    pub requeue_after: Option<Duration>,
+    /// Events to publish.
+    pub events: Vec<SageMakerEvent>,
+}
+
+impl<S> SagaOutcome<S> {
+    /// An outcome that is not terminal: look again after `after`.
+    pub fn recheck(
+        status: S,
+        condition: NewCondition,
+        after: Duration,
+        events: Vec<SageMakerEvent>,
+    ) -> Self {
+        Self {
+            status,
+            condition,
+            terminal: false,
+            requeue_after: Some(after),
+            events,
+        }
+    }
+
+    /// A terminal outcome: not retried until the spec changes.
+    pub fn terminal(status: S, condition: NewCondition, events: Vec<SageMakerEvent>) -> Self {
+        Self {
+            status,
+            condition,
+            terminal: true,
+            requeue_after: None,
+            events,
+        }
+    }
 }
 
 /// A Kubernetes Event the caller should publish.

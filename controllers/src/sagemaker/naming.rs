@@ -214,32 +214,11 @@ pub fn is_valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn training() -> SageMakerTraining {
-        serde_json::from_value(serde_json::json!({
-            "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1",
-            "roleArn": "arn:aws:iam::123456789012:role/train",
-            "instanceType": "ml.m5.xlarge",
-            "outputS3Uri": "s3://bucket/out",
-            "hyperparameters": {"eta": "0.1"},
-            "inputs": [{"name": "train", "s3Uri": "s3://bucket/train"}]
-        }))
-        .expect("a valid training spec")
-    }
-
-    fn serving() -> SageMakerServing {
-        serde_json::from_value(serde_json::json!({
-            "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/serve:1",
-            "roleArn": "arn:aws:iam::123456789012:role/serve",
-            "instanceType": "ml.m5.large"
-        }))
-        .expect("a valid serving spec")
-    }
+    use crate::sagemaker::memory::fixtures::{serving_spec, training_spec};
 
     #[test]
     fn training_job_name_is_stable_and_valid() {
-        let spec = training();
+        let spec = training_spec();
         let a = training_job_name("uid-1", "fraud-model", &spec);
         assert_eq!(a, training_job_name("uid-1", "fraud-model", &spec));
         assert!(a.starts_with("aleph-fraud-model-"), "{a}");
@@ -249,7 +228,7 @@ mod tests {
 
     #[test]
     fn training_job_name_changes_with_the_job_and_the_owner() {
-        let spec = training();
+        let spec = training_spec();
         let base = training_job_name("uid-1", "m", &spec);
         assert_ne!(base, training_job_name("uid-2", "m", &spec));
         let mut other = spec.clone();
@@ -260,20 +239,20 @@ mod tests {
         assert_ne!(base, training_job_name("uid-1", "m", &other));
         // Tags apply to the next job; they do not start one.
         let mut tagged = spec.clone();
-        tagged.tags = BTreeMap::from([("team".into(), "risk".into())]);
+        tagged.tags.insert("cost-center".into(), "ml".into());
         assert_eq!(base, training_job_name("uid-1", "m", &tagged));
     }
 
     #[test]
     fn long_and_odd_names_are_cut_to_valid_ones() {
         let long = "a".repeat(52);
-        let job = training_job_name("uid", &long, &training());
+        let job = training_job_name("uid", &long, &training_spec());
         assert!(job.len() <= MAX_NAME && is_valid_name(&job), "{job}");
         let model = model_name("uid", &format!("{long}.x-"), "img", "s3://b/m", "role");
         assert!(model.len() <= MAX_NAME && is_valid_name(&model), "{model}");
-        let ep = endpoint_name(&"n".repeat(63), &long, &serving());
+        let ep = endpoint_name(&"n".repeat(63), &long, &serving_spec());
         assert!(ep.len() <= MAX_NAME && is_valid_name(&ep), "{ep}");
-        let weird = training_job_name("uid", "---", &training());
+        let weird = training_job_name("uid", "---", &training_spec());
         assert!(is_valid_name(&weird), "{weird}");
     }
 
@@ -287,7 +266,7 @@ mod tests {
 
     #[test]
     fn models_and_configs_are_recognised_by_owner() {
-        let serving = serving();
+        let serving = serving_spec();
         let model = model_name(
             "uid-1",
             "m",
@@ -308,7 +287,7 @@ mod tests {
 
     #[test]
     fn model_and_config_names_follow_their_inputs() {
-        let s = serving();
+        let s = serving_spec();
         let m1 = model_name("u", "m", &s.image, "s3://b/1", &s.role_arn);
         let m2 = model_name("u", "m", &s.image, "s3://b/2", &s.role_arn);
         assert_ne!(m1, m2);
@@ -326,7 +305,7 @@ mod tests {
 
     #[test]
     fn endpoint_name_is_explicit_or_derived() {
-        let mut s = serving();
+        let mut s = serving_spec();
         let derived = endpoint_name("team-a", "fraud", &s);
         assert!(
             derived.starts_with("aleph-team-a-fraud-") && is_valid_name(&derived),

@@ -13,26 +13,15 @@ use aleph_crds::{ConditionStatus, SageMakerTraining, TrainingStatus};
 
 use super::naming::training_job_name;
 use super::{
-    CreateTrainingJobRequest, REQUEUE_CHANGING, REQUEUE_TRAINING, SageMakerApi, SageMakerError,
-    SageMakerEvent, SmResult, TrainingInput, TrainingJob, TrainingJobState, owner_tags,
+    CreateTrainingJobRequest, REQUEUE_CHANGING, REQUEUE_TRAINING, SagaOutcome, SageMakerApi,
+    SageMakerError, SageMakerEvent, SmResult, TrainingInput, TrainingJob, TrainingJobState,
+    owner_tags,
 };
 use crate::conditions::NewCondition;
 
-/// What one pass of the training saga found and did.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainingOutcome {
-    /// The status to record in `status.training`.
-    pub status: TrainingStatus,
-    /// The `Trained` condition.
-    pub condition: NewCondition,
-    /// SageMaker said no for good (a rejected spec, a failed or externally
-    /// stopped job): do not retry until the spec changes.
-    pub terminal: bool,
-    /// When to look again; `None` once the job is final.
-    pub requeue_after: Option<Duration>,
-    /// Events to publish.
-    pub events: Vec<SageMakerEvent>,
-}
+/// What one pass of the training saga found and did; the status is the one
+/// to record in `status.training`.
+pub type TrainingOutcome = SagaOutcome<TrainingStatus>;
 
 impl TrainingOutcome {
     /// Whether the job completed; then [`TrainingOutcome::artifact_uri`] is the model.
@@ -96,22 +85,21 @@ pub async fn reconcile_training(
                         "TrainingStarted",
                         format!("Started SageMaker training job {job_name}"),
                     ));
-                    return Ok(TrainingOutcome {
-                        status: TrainingStatus {
+                    return Ok(TrainingOutcome::recheck(
+                        TrainingStatus {
                             job_name: job_name.clone(),
                             job_status: Some("InProgress".into()),
                             artifact_uri: None,
                             failure_reason: None,
                         },
-                        condition: NewCondition::no(
+                        NewCondition::no(
                             TRAINED,
                             "TrainingInProgress",
                             format!("SageMaker training job {job_name} started"),
                         ),
-                        terminal: false,
-                        requeue_after: Some(REQUEUE_CHANGING),
+                        REQUEUE_CHANGING,
                         events,
-                    });
+                    ));
                 }
                 // An earlier attempt got through (the name is ours alone): look at it.
                 Err(e) if e.is_already_exists() => api.describe_training_job(&job_name).await?,
@@ -186,13 +174,25 @@ fn rejected(
     if first {
         events.push(SageMakerEvent::warning("TrainingRejected", message.clone()));
     }
-    TrainingOutcome {
+    TrainingOutcome::terminal(
         status,
-        condition: NewCondition::no(TRAINED, "TrainingRejected", message),
-        terminal: true,
-        requeue_after: None,
+        NewCondition::no(TRAINED, "TrainingRejected", message),
         events,
+    )
+}
+
+/// The condition, terminal flag and requeue of a job that ended without a
+/// model: `False` for good, and a warning event when the state is news.
+fn ended(
+    reason: &'static str,
+    message: String,
+    changed: bool,
+    events: &mut Vec<SageMakerEvent>,
+) -> (NewCondition, bool, Option<Duration>) {
+    if changed {
+        events.push(SageMakerEvent::warning(reason, message.clone()));
     }
+    (NewCondition::no(TRAINED, reason, message), true, None)
 }
 
 /// The outcome for a job as Describe reported it.
@@ -264,14 +264,7 @@ fn observed(
             let message = format!(
                 "SageMaker training job {name} failed: {reason}. Fix the cause and change spec.training to start a new job"
             );
-            if changed {
-                events.push(SageMakerEvent::warning("TrainingFailed", message.clone()));
-            }
-            (
-                NewCondition::no(TRAINED, "TrainingFailed", message),
-                true,
-                None,
-            )
+            ended("TrainingFailed", message, changed, &mut events)
         }
         TrainingJobState::Stopping => (
             NewCondition::no(
@@ -287,14 +280,7 @@ fn observed(
             let message = format!(
                 "SageMaker training job {name} was stopped before it completed; change spec.training to start a new job"
             );
-            if changed {
-                events.push(SageMakerEvent::warning("TrainingStopped", message.clone()));
-            }
-            (
-                NewCondition::no(TRAINED, "TrainingStopped", message),
-                true,
-                None,
-            )
+            ended("TrainingStopped", message, changed, &mut events)
         }
         TrainingJobState::Other(state) => (
             NewCondition::new(

@@ -7,14 +7,33 @@ use crate::sagemaker::RecoverableKind;
 use crate::sagemaker::memory::fixtures::{NAME, NAMESPACE, OWNER, training_spec};
 use crate::sagemaker::memory::{Fault, JobEnd, MemorySageMaker};
 
+/// One pass of the saga for the fixtures' owner.
+async fn try_pass(
+    api: &MemorySageMaker,
+    spec: &SageMakerTraining,
+    status: Option<&TrainingStatus>,
+) -> SmResult<TrainingOutcome> {
+    reconcile_training(api, OWNER, NAMESPACE, NAME, spec, status).await
+}
+
+/// One pass that must not fail.
 async fn pass(
     api: &MemorySageMaker,
     spec: &SageMakerTraining,
     status: Option<&TrainingStatus>,
 ) -> TrainingOutcome {
-    reconcile_training(api, OWNER, NAMESPACE, NAME, spec, status)
+    try_pass(api, spec, status)
         .await
         .expect("a pass without a recoverable error")
+}
+
+/// The in-memory SageMaker after a first pass over the fixture's spec has
+/// started its job.
+async fn started() -> (MemorySageMaker, SageMakerTraining, TrainingOutcome) {
+    let api = MemorySageMaker::new();
+    let spec = training_spec();
+    let first = pass(&api, &spec, None).await;
+    (api, spec, first)
 }
 
 fn reasons(outcome: &TrainingOutcome) -> Vec<&'static str> {
@@ -90,9 +109,7 @@ async fn a_duplicate_on_create_looks_at_the_job_an_earlier_attempt_made() {
 
 #[tokio::test]
 async fn completion_is_reported_with_the_artifact() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let started = pass(&api, &spec, None).await;
+    let (api, spec, started) = started().await;
     let job = started.status.job_name.clone();
     let running = pass(&api, &spec, Some(&started.status)).await;
     assert!(!running.completed());
@@ -120,9 +137,7 @@ async fn completion_is_reported_with_the_artifact() {
 
 #[tokio::test]
 async fn a_failed_job_reports_its_reason_and_is_terminal() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let started = pass(&api, &spec, None).await;
+    let (api, spec, started) = started().await;
     let reason = "AlgorithmError: ran out of memory";
     api.finish_training(&started.status.job_name, JobEnd::Failed(reason.into()));
 
@@ -147,9 +162,7 @@ async fn a_failed_job_reports_its_reason_and_is_terminal() {
 
 #[tokio::test]
 async fn a_spec_change_stops_the_running_job_and_starts_one_new() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let first = pass(&api, &spec, None).await;
+    let (api, spec, first) = started().await;
     let running = pass(&api, &spec, Some(&first.status)).await;
     let old = running.status.job_name.clone();
 
@@ -185,9 +198,7 @@ async fn a_spec_change_stops_the_running_job_and_starts_one_new() {
 
 #[tokio::test]
 async fn a_spec_change_after_completion_leaves_the_old_job_alone() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let first = pass(&api, &spec, None).await;
+    let (api, spec, first) = started().await;
     api.finish_training(&first.status.job_name, JobEnd::Completed);
     let done = pass(&api, &spec, Some(&first.status)).await;
     api.reset_calls();
@@ -210,9 +221,7 @@ async fn a_spec_change_after_completion_leaves_the_old_job_alone() {
 
 #[tokio::test]
 async fn a_job_that_finished_before_the_stop_is_not_reported_stopped() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let first = pass(&api, &spec, None).await;
+    let (api, spec, first) = started().await;
     // It completes between the saga's Describe and its Stop.
     api.fail_next(
         "StopTrainingJob",
@@ -230,9 +239,7 @@ async fn a_job_that_finished_before_the_stop_is_not_reported_stopped() {
 
 #[tokio::test]
 async fn a_job_stopped_outside_the_operator_is_terminal() {
-    let api = MemorySageMaker::new();
-    let spec = training_spec();
-    let first = pass(&api, &spec, None).await;
+    let (api, spec, first) = started().await;
     let job = first.status.job_name.clone();
     api.stop_training_job(&job).await.expect("stopped");
 
@@ -257,9 +264,7 @@ async fn a_recoverable_error_is_returned_and_nothing_is_created() {
     let spec = training_spec();
 
     api.fail_next("DescribeTrainingJob", Fault::Throttled);
-    let err = reconcile_training(&api, OWNER, NAMESPACE, NAME, &spec, None)
-        .await
-        .expect_err("throttled");
+    let err = try_pass(&api, &spec, None).await.expect_err("throttled");
     assert!(
         matches!(
             err,
@@ -274,9 +279,7 @@ async fn a_recoverable_error_is_returned_and_nothing_is_created() {
     assert_eq!(api.calls("CreateTrainingJob"), 0);
 
     api.fail_next("CreateTrainingJob", Fault::ServerError);
-    let err = reconcile_training(&api, OWNER, NAMESPACE, NAME, &spec, None)
-        .await
-        .expect_err("server error");
+    let err = try_pass(&api, &spec, None).await.expect_err("server error");
     assert!(err.is_recoverable(), "{err:?}");
     assert!(api.training_job_names().is_empty());
     let condition = recoverable_condition(&err);

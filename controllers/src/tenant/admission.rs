@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::build::tenant_labels;
 use super::cel::{
-    PodSpecCel, cel_list, exemptions, host_allowed, lit, network_policy_within,
+    PodSpecCel, cel_list, exemptions, forbid, host_allowed, lit, network_policy_within,
     owner_namespace_rules, pod_rules,
 };
 use crate::apply::{MANAGED_BY, MANAGER, controller_ref};
@@ -93,25 +93,23 @@ pub fn admission_policy(
     };
     let mut validations = Vec::new();
     if tenant.spec.cordoned {
-        validations.push(json!({
-            "expression": format!("!({is_pod}) || (request.operation == 'UPDATE' && !(has(request.subResource) && request.subResource == 'ephemeralcontainers'))"),
-            "message": format!("tenant {t} is cordoned (rule: cordoned): new pods and ephemeral containers are refused; running pods keep running"),
-            "reason": "Forbidden",
-        }));
+        validations.push(forbid(
+            format!("!({is_pod}) || (request.operation == 'UPDATE' && !(has(request.subResource) && request.subResource == 'ephemeralcontainers'))"),
+            format!("tenant {t} is cordoned (rule: cordoned): new pods and ephemeral containers are refused; running pods keep running"),
+        ));
     }
     validations.extend(pod_rules(tenant, &pod, is_pod, "pod", operator_images));
     if !a.allowed_storage_classes.is_empty() {
         let list = cel_list(&a.allowed_storage_classes);
-        validations.push(json!({
-            "expression": format!(
+        validations.push(forbid(
+            format!(
                 "request.resource.resource != 'persistentvolumeclaims' \
                  || (has(object.spec.storageClassName) && object.spec.storageClassName in {list}) \
                  || (request.operation == 'UPDATE' && has(oldObject.spec.storageClassName) == has(object.spec.storageClassName) \
                      && (!has(object.spec.storageClassName) || oldObject.spec.storageClassName == object.spec.storageClassName))"
             ),
-            "message": format!("tenant {t} (rule: allowedStorageClasses): storageClassName must be one of {}", a.allowed_storage_classes.join(", ")),
-            "reason": "Forbidden",
-        }));
+            format!("tenant {t} (rule: allowedStorageClasses): storageClassName must be one of {}", a.allowed_storage_classes.join(", ")),
+        ));
     }
     let is_service = "request.resource.group == '' && request.resource.resource == 'services'";
     let type_unchanged = "(request.operation == 'UPDATE' && has(oldObject.spec.type) && has(object.spec.type) && oldObject.spec.type == object.spec.type)";
@@ -120,37 +118,34 @@ pub fn admission_policy(
         (a.allow_load_balancers, "LoadBalancer", "allowLoadBalancers"),
     ] {
         if !allowed {
-            validations.push(json!({
-                "expression": format!("!({is_service}) || !has(object.spec.type) || object.spec.type != '{kind}' || {type_unchanged}"),
-                "message": format!("tenant {t} (rule: {field}): Services of type {kind} are not allowed in this tenant; use ClusterIP (the platform's ingress reaches it)"),
-                "reason": "Forbidden",
-            }));
+            validations.push(forbid(
+                format!("!({is_service}) || !has(object.spec.type) || object.spec.type != '{kind}' || {type_unchanged}"),
+                format!("tenant {t} (rule: {field}): Services of type {kind} are not allowed in this tenant; use ClusterIP (the platform's ingress reaches it)"),
+            ));
         }
     }
     if !a.allowed_domains.is_empty() {
         let domains = cel_list(&a.allowed_domains);
         let shown = a.allowed_domains.join(", ");
         let ingress = "request.resource.group == 'networking.k8s.io' && request.resource.resource == 'ingresses'";
-        validations.push(json!({
-            "expression": format!(
+        validations.push(forbid(
+            format!(
                 "!({ingress}) || (!has(object.spec.defaultBackend) \
                  && (has(object.spec.rules) ? object.spec.rules : []).all(r, has(r.host) && {}) \
                  && (has(object.spec.tls) ? object.spec.tls : []).all(x, !has(x.hosts) || x.hosts.all(h, {})))",
                 host_allowed("r.host", &domains),
                 host_allowed("h", &domains)
             ),
-            "message": format!("tenant {t} (rule: allowedDomains): every Ingress rule and TLS host must be one of {shown} or a name under one; a rule without a host or a default backend would take every host and is refused"),
-            "reason": "Forbidden",
-        }));
+            format!("tenant {t} (rule: allowedDomains): every Ingress rule and TLS host must be one of {shown} or a name under one; a rule without a host or a default backend would take every host and is refused"),
+        ));
         let route = "request.resource.group == 'gateway.networking.k8s.io' && request.resource.resource == 'httproutes'";
-        validations.push(json!({
-            "expression": format!(
+        validations.push(forbid(
+            format!(
                 "!({route}) || (has(object.spec.hostnames) && size(object.spec.hostnames) > 0 && object.spec.hostnames.all(h, {}))",
                 host_allowed("h", &domains)
             ),
-            "message": format!("tenant {t} (rule: allowedDomains): an HTTPRoute must list its hostnames, each one of {shown} or a name under one"),
-            "reason": "Forbidden",
-        }));
+            format!("tenant {t} (rule: allowedDomains): an HTTPRoute must list its hostnames, each one of {shown} or a name under one"),
+        ));
     }
     let needs_kms = matches!(
         tenant.spec.compliance,
@@ -165,16 +160,14 @@ pub fn admission_policy(
         // profile was set can still be updated (finalizers, labels) and deleted.
         let unchanged = "(request.operation == 'UPDATE' && object.spec == oldObject.spec)";
         let steps = "(object.spec.steps + (has(object.spec.finally) ? object.spec.finally : []))";
-        validations.push(json!({
-            "expression": format!("request.resource.resource != 'aimodels' || {unchanged} || !has(object.spec.training) || has(object.spec.training.kmsKeyId)"),
-            "message": format!("tenant {t} (rule: compliance {profile}): a SageMaker training job must name a KMS key (spec.training.kmsKeyId)"),
-            "reason": "Forbidden",
-        }));
-        validations.push(json!({
-            "expression": format!("request.resource.resource != 'pipelines' || {unchanged} || {steps}.all(s, !has(s.training) || has(s.training.kmsKeyId))"),
-            "message": format!("tenant {t} (rule: compliance {profile}): every SageMaker training step must name a KMS key (training.kmsKeyId)"),
-            "reason": "Forbidden",
-        }));
+        validations.push(forbid(
+            format!("request.resource.resource != 'aimodels' || {unchanged} || !has(object.spec.training) || has(object.spec.training.kmsKeyId)"),
+            format!("tenant {t} (rule: compliance {profile}): a SageMaker training job must name a KMS key (spec.training.kmsKeyId)"),
+        ));
+        validations.push(forbid(
+            format!("request.resource.resource != 'pipelines' || {unchanged} || {steps}.all(s, !has(s.training) || has(s.training.kmsKeyId))"),
+            format!("tenant {t} (rule: compliance {profile}): every SageMaker training step must name a KMS key (training.kmsKeyId)"),
+        ));
     }
     if validations.is_empty() {
         return Ok(None);
@@ -229,11 +222,10 @@ pub fn owner_policy(
     let is_workload = "variables.isWorkload";
     let mut validations = Vec::new();
     if tenant.spec.cordoned {
-        validations.push(json!({
-            "expression": format!("!({is_workload}) || request.operation != 'CREATE'"),
-            "message": format!("tenant {t} is cordoned (rule: cordoned): new workloads are refused; running pods keep running"),
-            "reason": "Forbidden",
-        }));
+        validations.push(forbid(
+            format!("!({is_workload}) || request.operation != 'CREATE'"),
+            format!("tenant {t} is cordoned (rule: cordoned): new workloads are refused; running pods keep running"),
+        ));
     }
     validations.extend(pod_rules(
         tenant,
@@ -245,14 +237,13 @@ pub fn owner_policy(
     let a = &tenant.spec.admission;
     if !a.allowed_storage_classes.is_empty() {
         let list = cel_list(&a.allowed_storage_classes);
-        validations.push(json!({
-            "expression": format!(
+        validations.push(forbid(
+            format!(
                 "request.resource.resource != 'statefulsets' || request.operation != 'CREATE' || !has(object.spec.volumeClaimTemplates) \
                  || object.spec.volumeClaimTemplates.all(v, has(v.spec.storageClassName) && v.spec.storageClassName in {list})"
             ),
-            "message": format!("tenant {t} (rule: allowedStorageClasses): every volumeClaimTemplate's storageClassName must be one of {}", a.allowed_storage_classes.join(", ")),
-            "reason": "Forbidden",
-        }));
+            format!("tenant {t} (rule: allowedStorageClasses): every volumeClaimTemplate's storageClassName must be one of {}", a.allowed_storage_classes.join(", ")),
+        ));
     }
     // The operator's objects: the owners may not change or delete them (the
     // operator would put them back; refusing says so at once).
@@ -271,16 +262,15 @@ pub fn owner_policy(
     }));
     validations.extend(owner_namespace_rules(&t, room));
     if policies_locked(tenant) {
-        validations.push(json!({
-            "expression": format!("request.resource.resource != 'networkpolicies' || request.operation == 'DELETE' || ({})", network_policy_within(tenant)),
-            "message": format!(
+        validations.push(forbid(
+            format!("request.resource.resource != 'networkpolicies' || request.operation == 'DELETE' || ({})", network_policy_within(tenant)),
+            format!(
                 "tenant {t} (rule: {}): a NetworkPolicy here may allow ingress only from pods of its namespace, the tenant's namespaces \
                  (namespaceSelector matchLabels aleph.dev/tenant: {t}) and the platform's namespaces, and egress only to DNS (port 53), \
                  the tenant's namespaces and the Tenant's network.allowedEgress blocks on their listed ports",
                 if tenant.spec.compliance == ComplianceProfile::None { "network.lockPolicies".to_string() } else { format!("compliance {}", profile_name(tenant.spec.compliance)) }
             ),
-            "reason": "Forbidden",
-        }));
+        ));
     }
     let write = json!(["CREATE", "UPDATE"]);
     let rules = json!([

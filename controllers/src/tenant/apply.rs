@@ -20,7 +20,6 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use serde_json::json;
 
 use super::build::{self, QUOTA_NAME};
@@ -196,9 +195,8 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         ready_namespaces.push(ns_name);
     }
     if !newly_adopted.is_empty() {
-        ctx.event(
+        ctx.normal(
             tenant,
-            EventType::Normal,
             "NamespaceAdopted",
             format!(
                 "adopted {} (created by an owner): quota, limits, policies and bindings follow",
@@ -341,13 +339,8 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let rebalance =
         rebalance_quotas(tenant, client, &ready_namespaces, &quotas, &hard, &demands).await?;
     if rebalance.moved {
-        ctx.event(
-            tenant,
-            EventType::Normal,
-            "QuotaRebalanced",
-            rebalance.note.clone(),
-        )
-        .await;
+        ctx.normal(tenant, "QuotaRebalanced", rebalance.note.clone())
+            .await;
     }
 
     // Status.
@@ -411,9 +404,8 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     for (_, ns_name) in labelled.keys() {
         release_namespace(&ns_api, ns_name, tenant.spec.deletion_policy).await?;
     }
-    ctx.event(
+    ctx.normal(
         tenant,
-        EventType::Normal,
         "TenantDeleted",
         match tenant.spec.deletion_policy {
             DeletionPolicy::Delete => format!("deleting {} namespaces", labelled.len()),

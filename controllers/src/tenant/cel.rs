@@ -122,6 +122,16 @@ impl PodSpecCel {
     }
 }
 
+/// A validation that refuses the request (reason `Forbidden`) when
+/// `expression` is false, saying `message`.
+pub(super) fn forbid(expression: String, message: String) -> Value {
+    json!({
+        "expression": expression,
+        "message": message,
+        "reason": "Forbidden",
+    })
+}
+
 /// The rules on one pod spec, each guarded by `guard` (which says the request
 /// carries such a spec). `what` names the object in messages (it goes inside
 /// a CEL string literal: no quotes).
@@ -154,38 +164,35 @@ pub(super) fn pod_rules(
     if !a.allowed_runtime_classes.is_empty() {
         let list = cel_list(&a.allowed_runtime_classes);
         let s = cel.s;
-        rules.push(json!({
-            "expression": format!(
+        rules.push(forbid(
+            format!(
                 "!({guard}) || !has({s}.runtimeClassName) || {s}.runtimeClassName in {list} || {}",
                 cel.unchanged("runtimeClassName")
             ),
-            "message": format!(
+            format!(
                 "tenant {t} (rule: allowedRuntimeClasses): {what} runtimeClassName must be one of {}",
                 a.allowed_runtime_classes.join(", ")
             ),
-            "reason": "Forbidden",
-        }));
+        ));
     }
     if !a.allowed_gpu_products.is_empty() {
         let list = cel_list(&a.allowed_gpu_products);
         let allowed = a.allowed_gpu_products.join(", ");
         let unchanged = cel.scheduling_unchanged();
-        rules.push(json!({
-            "expression": format!("!({guard}) || !{} || {unchanged}", cel.names_other_product(&list)),
-            "message": format!(
+        rules.push(forbid(
+            format!("!({guard}) || !{} || {unchanged}", cel.names_other_product(&list)),
+            format!(
                 "tenant {t} (rule: allowedGpuProducts): {what} selects a GPU product (nvidia.com/gpu.product) other than {allowed}"
             ),
-            "reason": "Forbidden",
-        }));
-        rules.push(json!({
-            "expression": format!("!({guard}) || !{} || {} || {unchanged}", cel.requests_gpus(), cel.pinned(&list)),
-            "message": format!(
+        ));
+        rules.push(forbid(
+            format!("!({guard}) || !{} || {} || {unchanged}", cel.requests_gpus(), cel.pinned(&list)),
+            format!(
                 "tenant {t} (rule: allowedGpuProducts): {what} requests nvidia.com/gpu but is not pinned to an allowed GPU product: \
                  set nodeSelector nvidia.com/gpu.product to one of {allowed}, or a required node affinity \
                  (every nodeSelectorTerm with nvidia.com/gpu.product In values among {allowed})"
             ),
-            "reason": "Forbidden",
-        }));
+        ));
     }
     rules
 }
@@ -219,27 +226,27 @@ pub(super) fn owner_namespace_rules(t: &str, room: &NamespaceRoom) -> Vec<Value>
         lit(TENANT_LABEL)
     );
     vec![
-        json!({
-            "expression": format!("{creating} || object.metadata.name.startsWith({})", lit(&format!("{t}-"))),
-            "message": format!("tenant {t}: a namespace its owners create must be named {t}-<name>"),
-            "reason": "Forbidden",
-        }),
-        json!({
-            "expression": format!("{creating} || {} < {}", room.count, room.limit),
-            "message": format!(
+        forbid(
+            format!(
+                "{creating} || object.metadata.name.startsWith({})",
+                lit(&format!("{t}-"))
+            ),
+            format!("tenant {t}: a namespace its owners create must be named {t}-<name>"),
+        ),
+        forbid(
+            format!("{creating} || {} < {}", room.count, room.limit),
+            format!(
                 "tenant {t} has {} of its {} namespaces (spec.quota.namespaces): delete one of those its owners created, or ask the platform team for more",
                 room.count, room.limit
             ),
-            "reason": "Forbidden",
-        }),
-        json!({
-            "expression": format!("{creating} || {reserved}"),
-            "message": format!(
+        ),
+        forbid(
+            format!("{creating} || {reserved}"),
+            format!(
                 "tenant {t}: labels under aleph.dev/ (but aleph.dev/tenant), pod-security.kubernetes.io/ and {} are set by the operator, not on creation",
                 crate::apply::MANAGED_BY
             ),
-            "reason": "Forbidden",
-        }),
+        ),
         json!({
             "expression": format!(
                 "request.resource.resource != 'namespaces' || request.operation != 'DELETE' || !(oldObject.metadata.name in {})",

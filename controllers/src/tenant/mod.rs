@@ -16,6 +16,7 @@ mod status;
 mod validate;
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 
 use crate::context::Context;
 use crate::error::Result;
@@ -99,43 +101,16 @@ impl std::fmt::Debug for Cache {
 pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGuard<Tenant>> {
     let client = &ctx.client;
     let owned = || crate::runner::watch_config().labels(TENANT_LABEL);
-    let (namespaces, namespace_stream) = crate::runner::cached_watch(
-        Api::<Namespace>::all(client.clone()),
-        owned(),
-        crate::runner::untrimmed,
-    );
-    let (limit_ranges, limit_range_stream) = crate::runner::cached_watch(
-        Api::<LimitRange>::all(client.clone()),
-        owned(),
-        crate::runner::untrimmed,
-    );
-    let (network_policies, network_policy_stream) = crate::runner::cached_watch(
-        Api::<NetworkPolicy>::all(client.clone()),
-        owned(),
-        crate::runner::untrimmed,
-    );
-    let (role_bindings, role_binding_stream) = crate::runner::cached_watch(
-        Api::<RoleBinding>::all(client.clone()),
-        owned(),
-        crate::runner::untrimmed,
-    );
-    let (admission_policies, admission_policy_stream) = crate::runner::cached_watch(
-        Api::<ValidatingAdmissionPolicy>::all(client.clone()),
-        owned(),
-        crate::runner::untrimmed,
-    );
-    let (admission_bindings, admission_binding_stream) = crate::runner::cached_watch(
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
-        owned(),
-        crate::runner::untrimmed,
-    );
+    let (namespaces, namespace_stream) = cluster_watch(client, owned());
+    let (limit_ranges, limit_range_stream) = cluster_watch(client, owned());
+    let (network_policies, network_policy_stream) = cluster_watch(client, owned());
+    let (role_bindings, role_binding_stream) = cluster_watch(client, owned());
+    let (admission_policies, admission_policy_stream) = cluster_watch(client, owned());
+    let (admission_bindings, admission_binding_stream) = cluster_watch(client, owned());
     // Only FailedCreate events, and only the tenant quota's refusals wake a
     // Tenant: the reconcile moves headroom to the refused namespace.
-    let (refusals, refusal_stream) = crate::runner::cached_watch(
-        Api::<Event>::all(client.clone()),
-        crate::runner::watch_config().fields("reason=FailedCreate"),
-        crate::runner::untrimmed,
-    );
+    let failed_creates = crate::runner::watch_config().fields("reason=FailedCreate");
+    let (refusals, refusal_stream) = cluster_watch(client, failed_creates);
     let tenant_of_namespace = namespaces.clone();
     if ctx
         .state::<TenantState>()
@@ -181,13 +156,26 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     })
 }
 
+/// A cached watch of the `K`s in the whole cluster that `config` selects, kept
+/// whole (see [`crate::runner::cached_watch`]).
+fn cluster_watch<K>(
+    client: &kube::Client,
+    config: kube::runtime::watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    crate::runner::cached_watch(Api::all(client.clone()), config, crate::runner::untrimmed)
+}
+
 impl Reconcile for Tenant {
     const CONTROLLER: &'static str = "tenant";
 
     fn conditions(&self) -> &[aleph_crds::Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
+        crate::runner::status_conditions(self.status.as_ref(), |s| &s.conditions)
     }
 
     async fn reconcile(tenant: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {

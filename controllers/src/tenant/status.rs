@@ -9,7 +9,6 @@ use aleph_crds::conditions::READY;
 use aleph_crds::tenant::{ResourceUsage, Tenant, TenantStatus};
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::Api;
-use kube::runtime::events::EventType;
 
 use super::build::QUOTA_NAME;
 use super::quota::{self, Milli};
@@ -167,13 +166,8 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
         .iter()
         .any(|c| c.type_ == READY && c.reason == "NamespaceLimitExceeded");
     if !excess.is_empty() && !was_over {
-        ctx.event(
-            tenant,
-            EventType::Warning,
-            "NamespaceLimitExceeded",
-            ready.message.clone(),
-        )
-        .await;
+        ctx.warning(tenant, "NamespaceLimitExceeded", ready.message.clone())
+            .await;
     }
     set_condition(&mut status.conditions, ready, generation);
     let exhausted: Vec<String> = usage
@@ -209,17 +203,15 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
     )
     .await?;
     if changed && is_ready && !was_ready {
-        ctx.event(
+        ctx.normal(
             tenant,
-            EventType::Normal,
             "TenantProvisioned",
             format!("{} namespaces provisioned", status.namespace_count),
         )
         .await;
     }
     if changed && !exhausted.is_empty() && !was_exhausted {
-        ctx.event(tenant, EventType::Warning, "QuotaExhausted", note)
-            .await;
+        ctx.warning(tenant, "QuotaExhausted", note).await;
     }
     Ok(is_ready)
 }

@@ -53,7 +53,7 @@ impl JobStep<'_, '_> {
 
 impl StepDriver for JobStep<'_, '_> {
     async fn start(&mut self, attempt: i32, values: &Values<'_>) -> Result<StartOutcome> {
-        let (step, params, outputs) = (self.step, values.params, values.outputs);
+        let (step, params, outputs) = (self.step, values.params, &values.outputs);
         let plugin = match &step.plugin {
             Some(action) => {
                 let plugins: Api<Plugin> =

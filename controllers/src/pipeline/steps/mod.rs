@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aleph_crds::pipeline::{PipelineStep, StepStatus};
+use aleph_crds::pipeline::{PipelineRunStatus, PipelineStep, StepStatus};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 
@@ -65,9 +65,20 @@ pub(super) struct Values<'a> {
     /// The run's params.
     pub params: &'a BTreeMap<String, String>,
     /// The outputs of the steps that succeeded.
-    pub outputs: &'a StepOutputs,
+    pub outputs: StepOutputs,
     /// The run's Jobs by name, as listed at the start of the pass.
     pub jobs: &'a BTreeMap<String, Job>,
+}
+
+impl<'a> Values<'a> {
+    /// The values as the run's `status` has them now.
+    pub fn of(status: &'a PipelineRunStatus, jobs: &'a BTreeMap<String, Job>) -> Self {
+        Self {
+            params: &status.params,
+            outputs: super::scheduler::step_outputs(&status.steps),
+            jobs,
+        }
+    }
 }
 
 /// Starts, observes and stops one step, within one pass of its run.

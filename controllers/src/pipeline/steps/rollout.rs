@@ -104,7 +104,7 @@ impl StepDriver for RolloutStep<'_, '_> {
 
     async fn observe(&mut self, s: &StepStatus, values: &Values<'_>) -> Result<Observed> {
         let (step, rollout) = (self.step, self.rollout);
-        let uri = match rollout_source(rollout, values.params, values.outputs) {
+        let uri = match rollout_source(rollout, values.params, &values.outputs) {
             Ok(uri) => uri,
             Err(why) => return Ok(Observed::Failed(why)),
         };

@@ -133,7 +133,7 @@ impl TrainingStep<'_, '_> {
 impl StepDriver for TrainingStep<'_, '_> {
     async fn start(&mut self, attempt: i32, values: &Values<'_>) -> Result<StartOutcome> {
         let (step, training) = (self.step, self.training);
-        let spec = match substituted_training(training, values.params, values.outputs) {
+        let spec = match substituted_training(training, values.params, &values.outputs) {
             Ok(spec) => spec,
             Err(why) => return Ok(StartOutcome::Failed(why)),
         };
@@ -155,7 +155,7 @@ impl StepDriver for TrainingStep<'_, '_> {
 
     async fn observe(&mut self, s: &StepStatus, values: &Values<'_>) -> Result<Observed> {
         let (step, training) = (self.step, self.training);
-        let spec = match substituted_training(training, values.params, values.outputs) {
+        let spec = match substituted_training(training, values.params, &values.outputs) {
             Ok(spec) => spec,
             Err(why) => return Ok(Observed::Failed(why)),
         };
