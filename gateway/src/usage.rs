@@ -178,23 +178,56 @@ pub enum TokenKind {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    tenant: String,
-    model: String,
-    code: String,
+    tenant: Name,
+    model: Name,
+    code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
-    tenant: String,
-    model: String,
-    key: String,
+    tenant: Name,
+    model: Name,
+    key: Name,
     kind: TokenKind,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InflightLabels {
-    namespace: String,
-    model: String,
+    namespace: Name,
+    model: Name,
+}
+
+/// A label value shared by every series that carries it: a tenant, model or
+/// key name is kept once however many series name it (20,000 token series
+/// over 1,000 keys and 1,000 models would otherwise hold 60,000 copies).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Name(Arc<str>);
+
+impl prometheus_client::encoding::EncodeLabelValue for Name {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        self.0.as_ref().encode(encoder)
+    }
+}
+
+/// The names seen so far, each kept once. Looked up by borrowed text, so a
+/// request copies a name only the first time it is seen. Names come from
+/// the state (tenants, models, keys that exist), so the set stays bounded.
+#[derive(Clone, Debug, Default)]
+struct Names(Arc<Mutex<std::collections::HashSet<Arc<str>>>>);
+
+impl Names {
+    fn get(&self, name: &str) -> Name {
+        let mut names = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = names.get(name) {
+            return Name(kept.clone());
+        }
+        let kept: Arc<str> = Arc::from(name);
+        names.insert(kept.clone());
+        Name(kept)
+    }
 }
 
 /// The gateway's Prometheus series, all prefixed `aleph_gateway_`:
@@ -213,6 +246,7 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     inflight: Family<InflightLabels, Gauge>,
     busy: Family<InflightLabels, BusySeconds>,
+    names: Names,
     arrivals: Family<InflightLabels, Counter>,
     queued: Family<InflightLabels, Gauge>,
 }
@@ -255,13 +289,17 @@ impl Metrics {
         metrics
     }
 
+    fn model_labels(&self, namespace: &str, model: &str) -> InflightLabels {
+        InflightLabels {
+            namespace: self.names.get(namespace),
+            model: self.names.get(model),
+        }
+    }
+
     /// Counts a request resolved to the AIModel `namespace/model`.
     pub fn count_arrival(&self, namespace: &str, model: &str) {
         self.arrivals
-            .get_or_create(&InflightLabels {
-                namespace: namespace.to_owned(),
-                model: model.to_owned(),
-            })
+            .get_or_create(&self.model_labels(namespace, model))
             .inc();
     }
 
@@ -269,10 +307,7 @@ impl Metrics {
     /// `namespace/model`: a gauge to raise and lower.
     pub(crate) fn queued(&self, namespace: &str, model: &str) -> Gauge {
         self.queued
-            .get_or_create(&InflightLabels {
-                namespace: namespace.to_owned(),
-                model: model.to_owned(),
-            })
+            .get_or_create(&self.model_labels(namespace, model))
             .clone()
     }
 
@@ -282,9 +317,9 @@ impl Metrics {
     pub fn count_request(&self, tenant: &str, model: &str, code: u16) {
         self.requests
             .get_or_create(&RequestLabels {
-                tenant: tenant.to_owned(),
-                model: model.to_owned(),
-                code: code.to_string(),
+                tenant: self.names.get(tenant),
+                model: self.names.get(model),
+                code,
             })
             .inc();
     }
@@ -293,9 +328,9 @@ impl Metrics {
     pub fn requests(&self, tenant: &str, model: &str, code: u16) -> u64 {
         self.requests
             .get_or_create(&RequestLabels {
-                tenant: tenant.to_owned(),
-                model: model.to_owned(),
-                code: code.to_string(),
+                tenant: self.names.get(tenant),
+                model: self.names.get(model),
+                code,
             })
             .get()
     }
@@ -307,9 +342,9 @@ impl Metrics {
         ] {
             self.tokens
                 .get_or_create(&TokenLabels {
-                    tenant: tenant.to_owned(),
-                    model: model.to_owned(),
-                    key: key.to_owned(),
+                    tenant: self.names.get(tenant),
+                    model: self.names.get(model),
+                    key: self.names.get(key),
                     kind,
                 })
                 .inc_by(n);
@@ -320,9 +355,9 @@ impl Metrics {
     pub fn tokens(&self, tenant: &str, model: &str, key: &str, kind: TokenKind) -> u64 {
         self.tokens
             .get_or_create(&TokenLabels {
-                tenant: tenant.to_owned(),
-                model: model.to_owned(),
-                key: key.to_owned(),
+                tenant: self.names.get(tenant),
+                model: self.names.get(model),
+                key: self.names.get(key),
                 kind,
             })
             .get()
@@ -331,10 +366,7 @@ impl Metrics {
     /// Counts one request in flight to the AIModel `namespace/model` until the
     /// returned guard is dropped.
     pub fn in_flight(&self, namespace: &str, model: &str) -> InflightGuard {
-        let labels = InflightLabels {
-            namespace: namespace.to_owned(),
-            model: model.to_owned(),
-        };
+        let labels = self.model_labels(namespace, model);
         let gauge = self.inflight.get_or_create(&labels).clone();
         let busy = self.busy.get_or_create(&labels).clone();
         gauge.inc();
