@@ -329,12 +329,13 @@ fn respond(
     };
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = parts.status;
-    let headers = response.headers_mut();
-    for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            headers.append(name.clone(), value.clone());
-        }
+    // The engine's headers move over as they are, less those of its hop.
+    let mut headers = parts.headers;
+    for name in HOP_BY_HOP {
+        headers.remove(name);
     }
+    *response.headers_mut() = headers;
+    let headers = response.headers_mut();
     if event_stream {
         // Proxies in front of the gateway must not hold the events back.
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
