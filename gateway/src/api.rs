@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::{ListenerExt, TapIo};
@@ -42,40 +41,46 @@ fn no_delay(stream: &mut TcpStream) {
 }
 
 /// The API router.
+///
+/// While the gateway drains, each answer closes its HTTP/1 connection
+/// (`Connection: close`): a client that keeps connections alive opens its
+/// next one through the Service, which no longer sends it here. Each handler
+/// says so itself ([`closing_while_draining`]) rather than through a
+/// middleware, which would box every request's future once more.
 pub fn router(gateway: Gateway) -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(proxy::handle))
         .route("/v1/completions", post(proxy::handle))
         .route("/v1/embeddings", post(proxy::handle))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::NotFound })
-        .layer(middleware::from_fn_with_state(
-            gateway.clone(),
-            close_while_draining,
-        ))
+        .fallback(not_found)
         .with_state(gateway)
 }
 
-/// While the gateway drains, each answer closes its HTTP/1 connection
-/// (`Connection: close`): a client that keeps connections alive opens its
-/// next one through the Service, which no longer sends it here.
-async fn close_while_draining(
-    State(gateway): State<Gateway>,
-    request: Request,
-    next: Next,
+/// `response`, closing its HTTP/1 connection when the gateway drains. Looked
+/// at once the answer is ready: a request that began before the drain (one
+/// held for a starting model, say) closes its connection too.
+pub(crate) fn closing_while_draining(
+    gateway: &Gateway,
+    version: Version,
+    mut response: Response,
 ) -> Response {
-    let http1 = request.version() <= Version::HTTP_11;
-    let mut response = next.run(request).await;
-    // Looked at once the answer is ready: a request that began before the
-    // drain (one held for a starting model, say) closes its connection too.
-    if http1 && gateway.is_draining() {
+    if version <= Version::HTTP_11 && gateway.is_draining() {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+async fn healthz(State(gateway): State<Gateway>, version: Version) -> Response {
+    closing_while_draining(&gateway, version, "ok".into_response())
+}
+
+async fn not_found(State(gateway): State<Gateway>, version: Version) -> Response {
+    closing_while_draining(&gateway, version, ApiError::NotFound.into_response())
 }
 
 /// The router of the metrics listener: `/metrics` in the OpenMetrics text format.
@@ -100,23 +105,33 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     }
 }
 
-async fn readyz(State(gateway): State<Gateway>) -> Response {
-    if gateway.is_draining() {
+async fn readyz(State(gateway): State<Gateway>, version: Version) -> Response {
+    let response = if gateway.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else if gateway.state().is_synced() {
         (StatusCode::OK, "ok").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "state not synced").into_response()
-    }
+    };
+    closing_while_draining(&gateway, version, response)
 }
 
 /// `GET /v1/models`: every model of the caller's tenants, ready or not.
-async fn list_models(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
+async fn list_models(
+    State(gateway): State<Gateway>,
+    version: Version,
+    headers: HeaderMap,
+) -> Response {
+    let response = models_of_caller(&gateway, &headers).await;
+    closing_while_draining(&gateway, version, response)
+}
+
+async fn models_of_caller(gateway: &Gateway, headers: &HeaderMap) -> Response {
     let snapshot = gateway.state().snapshot();
     let caller = match gateway
         .inner
         .authenticators
-        .authenticate(&headers, &snapshot)
+        .authenticate(headers, &snapshot)
         .await
     {
         Ok(caller) => caller,

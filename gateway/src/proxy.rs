@@ -31,6 +31,7 @@ struct Labels {
 
 /// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
 pub(crate) async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
+    let version = request.version();
     let mut labels = Labels::default();
     let response = match forward(&gateway, request, &mut labels).await {
         Ok(response) => response,
@@ -44,7 +45,7 @@ pub(crate) async fn handle(State(gateway): State<Gateway>, request: Request) -> 
     gateway
         .metrics()
         .count_request(&labels.tenant, &labels.model, response.status().as_u16());
-    response
+    crate::api::closing_while_draining(&gateway, version, response)
 }
 
 async fn forward(
