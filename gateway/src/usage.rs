@@ -336,18 +336,19 @@ impl Metrics {
     }
 
     fn count_tokens(&self, tenant: &str, model: &str, key: &str, usage: Usage) {
+        // The names are looked up once for both kinds.
+        let mut labels = TokenLabels {
+            tenant: self.names.get(tenant),
+            model: self.names.get(model),
+            key: self.names.get(key),
+            kind: TokenKind::prompt,
+        };
         for (kind, n) in [
             (TokenKind::prompt, usage.prompt_tokens),
             (TokenKind::completion, usage.completion_tokens),
         ] {
-            self.tokens
-                .get_or_create(&TokenLabels {
-                    tenant: self.names.get(tenant),
-                    model: self.names.get(model),
-                    key: self.names.get(key),
-                    kind,
-                })
-                .inc_by(n);
+            labels.kind = kind;
+            self.tokens.get_or_create(&labels).inc_by(n);
         }
     }
 
