@@ -338,11 +338,14 @@ async fn reconcile_guarded<K: Reconcile>(
             timer.finish(true);
         }
         Err(error) => {
+            // Both counters move together, before the failure is reported
+            // (which talks to the API server), so a scrape never sees one
+            // without the other.
             ctx.metrics
                 .reconcile_failed(K::CONTROLLER, error.metric_label());
+            timer.finish(false);
             span.in_scope(|| tracing::warn!(%error, "reconcile failed"));
             report_failure(obj, &ctx, error).instrument(span).await;
-            timer.finish(false);
         }
     }
     result
