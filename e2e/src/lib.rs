@@ -40,6 +40,7 @@ mod access;
 mod apply;
 pub mod aws;
 mod conditions;
+pub mod dynamic;
 mod env;
 pub mod gateway;
 pub mod helm;

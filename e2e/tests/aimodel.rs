@@ -1009,14 +1009,7 @@ async fn with_the_gateway_api_a_canary_gets_an_httproute_with_weights() {
         "  source: { uri: hf://acme/split@v1 }\n  cache: { enabled: false }\n  resources: { cpu: \"1\" }\n  replicas: 2\n  canary:\n    source: { uri: hf://acme/split@v2 }\n    trafficPercent: 10\n",
     ))
     .await;
-    let resource = ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "HTTPRoute".into(),
-        plural: "httproutes".into(),
-    };
-    let routes: Api<DynamicObject> = Api::namespaced_with(env.client(), env.namespace(), &resource);
+    let routes = aleph_e2e::dynamic::http_routes(env.client(), env.namespace());
     // The operator looks for the Gateway API at most once a minute.
     let route = wait_for(&routes, "split", Duration::from_secs(150), |_| true).await;
     let spec = &route.data["spec"];

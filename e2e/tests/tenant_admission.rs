@@ -522,14 +522,7 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
     // HTTPRoutes (the Gateway API's kinds are installed by the local control
     // plane): the rule holds for everyone, so the cluster admin writes them
     // here (the built-in admin role does not cover Gateway API kinds).
-    let resource = ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "HTTPRoute".into(),
-        plural: "httproutes".into(),
-    };
-    let routes: Api<DynamicObject> = Api::namespaced_with(env.client(), &ns, &resource);
+    let routes = aleph_e2e::dynamic::http_routes(env.client(), &ns);
     let route = |name: &str, hostnames: Option<&[&str]>| -> DynamicObject {
         let mut spec = json!({ "rules": [{ "backendRefs": [{ "name": "web", "port": 80 }] }] });
         if let Some(hostnames) = hostnames {
