@@ -140,23 +140,7 @@ fn condition(obj: &DynamicObject, type_: &str) -> (String, String, String) {
 /// Waits until a Warning Event `ReconcileFailed` about the object quotes `needle`.
 async fn wait_event(env: &TestEnv, kind: &str, name: &str, needle: &str) {
     let events: Api<Event> = Api::all(env.client());
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let found: Vec<String> = aleph_e2e::events_about(&events, kind, name, "ReconcileFailed")
-            .await
-            .into_iter()
-            .filter(|e| e.type_.as_deref() == Some("Warning"))
-            .filter_map(|e| e.message)
-            .collect();
-        if found.iter().any(|m| m.contains(needle)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no ReconcileFailed event about {kind} {name} quoting {needle:?}; events: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    aleph_e2e::wait_reconcile_failed(&events, kind, name, needle, WAIT).await;
 }
 
 /// Changes an annotation of the object: a reconcile at once, instead of at the

@@ -16,7 +16,7 @@ use aleph_crds::pipeline::{Pipeline, PipelineRun, RunPhase, StepPhase, StepStatu
 use aleph_e2e::sagemaker_fake::{FAILURE_REASON_TAG, FakeConfig, OUTCOME_TAG};
 use aleph_e2e::{
     OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, has_condition,
-    table_row, unique_name, wait_for, wait_for_deletion,
+    table_row, unique_name, wait_condition, wait_for, wait_for_deletion,
 };
 use aws_sdk_sagemaker::config::Credentials;
 use k8s_openapi::api::batch::v1::Job;
@@ -718,14 +718,9 @@ async fn a_cycle_is_reported_as_invalid_graph_naming_its_steps() {
         container_step("gamma", &["beta"], "", ""),
     );
     env.apply_yaml(&pipeline("loop", &spec)).await;
-    let pipeline = wait_for(&env.api::<Pipeline>(), "loop", TIMEOUT, |p| {
-        has_condition(p, "Ready", "False")
-    })
-    .await;
-    let ready = find_condition(&pipeline, "Ready").expect("a Ready condition");
-    assert_eq!(ready.reason.as_deref(), Some("InvalidGraph"));
-    let text = ready.message.unwrap_or_default();
-    assert!(text.contains("alpha -> gamma -> beta"), "{text}");
+    let pipelines = env.api::<Pipeline>();
+    let (_, ready) = wait_condition(&pipelines, "loop", TIMEOUT, "Ready", "False").await;
+    ready.assert_says("InvalidGraph", &["alpha -> gamma -> beta"]);
 
     let run = run_to_end(&env, "loop-1", "loop", "").await;
     assert_ended(&run, RunPhase::Failed, "InvalidGraph");
