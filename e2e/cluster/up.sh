@@ -329,31 +329,27 @@ wait_healthy kube-apiserver https_ok --cacert "$PKI/ca.crt" --cert "$PKI/admin.c
 
 log "starting kube-controller-manager, kube-scheduler and kwok"
 cp "$CLUSTER_DIR/manifests/kwok-stages.yaml" "$ALEPH_STATE/kwok.yaml"
-start kube-controller-manager \
-  --kubeconfig="$ALEPH_STATE/kube-controller-manager.kubeconfig" \
-  --authentication-kubeconfig="$ALEPH_STATE/kube-controller-manager.kubeconfig" \
-  --authorization-kubeconfig="$ALEPH_STATE/kube-controller-manager.kubeconfig" \
-  --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
-  --bind-address=127.0.0.1 \
-  --secure-port="$KCM_PORT" \
-  --leader-elect=false \
+# The flags kube-controller-manager and kube-scheduler share, in `flags`:
+# their own kubeconfig for everything, health on a local port, no leader
+# election and no profiling.
+component_flags() { # NAME PORT
+  local kubeconfig="$ALEPH_STATE/$1.kubeconfig"
+  flags=(--kubeconfig="$kubeconfig" --authentication-kubeconfig="$kubeconfig"
+    --authorization-kubeconfig="$kubeconfig"
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics
+    --bind-address=127.0.0.1 --secure-port="$2" --leader-elect=false --profiling=false)
+}
+component_flags kube-controller-manager "$KCM_PORT"
+start kube-controller-manager "${flags[@]}" \
   --controllers='*' \
   --use-service-account-credentials=true \
   --root-ca-file="$PKI/ca.crt" \
   --service-account-private-key-file="$PKI/sa.key" \
   --cluster-signing-cert-file="$PKI/ca.crt" \
   --cluster-signing-key-file="$PKI/ca.key" \
-  --enable-hostpath-provisioner=true \
-  --profiling=false
-start kube-scheduler \
-  --kubeconfig="$ALEPH_STATE/kube-scheduler.kubeconfig" \
-  --authentication-kubeconfig="$ALEPH_STATE/kube-scheduler.kubeconfig" \
-  --authorization-kubeconfig="$ALEPH_STATE/kube-scheduler.kubeconfig" \
-  --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
-  --bind-address=127.0.0.1 \
-  --secure-port="$SCHEDULER_PORT" \
-  --leader-elect=false \
-  --profiling=false
+  --enable-hostpath-provisioner=true
+component_flags kube-scheduler "$SCHEDULER_PORT"
+start kube-scheduler "${flags[@]}"
 start kwok \
   --kubeconfig="$ALEPH_STATE/kwok.kubeconfig" \
   --config="$ALEPH_STATE/kwok.yaml" \

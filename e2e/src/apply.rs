@@ -66,18 +66,10 @@ pub async fn apply_yaml(
     apply_documents(client, yaml, default_namespace, false).await
 }
 
-/// Like [`apply_yaml`] with `dryRun=All`: the API server runs every check
-/// (schema, CEL rules, admission) and answers as if it stored the objects,
-/// but stores nothing.
-pub async fn dry_run_apply_yaml(
-    client: &Client,
-    yaml: &str,
-    default_namespace: Option<&str>,
-) -> Result<Vec<Applied>, ApplyError> {
-    apply_documents(client, yaml, default_namespace, true).await
-}
-
-async fn apply_documents(
+/// [`apply_yaml`], or with `dry_run` its `dryRun=All` form: the API server
+/// runs every check (schema, CEL rules, admission) and answers as if it stored
+/// the objects, but stores nothing.
+pub(crate) async fn apply_documents(
     client: &Client,
     yaml: &str,
     default_namespace: Option<&str>,

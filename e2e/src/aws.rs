@@ -11,6 +11,15 @@ use aws_sdk_sagemaker::config::Credentials;
 use crate::sagemaker_fake::{FakeConfig, SageMakerFake};
 use crate::{OperatorOptions, OperatorProcess};
 
+/// An AIModel `name` for the operator of the test's own that serves `label`
+/// (see [`operator_options`]); `spec` is the body of its spec.
+pub fn labelled_model(name: &str, label: &str, spec: &str) -> String {
+    format!(
+        "\napiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata:\n  name: {name}\n  labels: {{ {}: \"{label}\" }}\nspec:\n{spec}",
+        crate::PRIVATE_OPERATOR_LABEL
+    )
+}
+
 /// The access key id of the fake credentials.
 pub const ACCESS_KEY_ID: &str = "AKIDALEPHE2E";
 /// The secret access key of the fake credentials.

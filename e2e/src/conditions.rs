@@ -17,6 +17,19 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+impl Condition {
+    /// Asserts that the condition's reason is `reason` and that its message
+    /// contains each of `parts`.
+    #[track_caller]
+    pub fn assert_says(&self, reason: &str, parts: &[&str]) {
+        assert_eq!(self.reason.as_deref(), Some(reason), "{self:?}");
+        let message = self.message.as_deref().unwrap_or_default();
+        for part in parts {
+            assert!(message.contains(part), "{part:?} is not in: {message}");
+        }
+    }
+}
+
 /// The condition of type `type_` in `object`'s `status.conditions`, if any.
 pub fn find_condition<T: Serialize>(object: &T, type_: &str) -> Option<Condition> {
     let value = serde_json::to_value(object).ok()?;

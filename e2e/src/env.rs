@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::discovery::ApiResource;
 use kube::{Client, Config, Resource};
 use rand::Rng;
 use rand::distr::Alphanumeric;
+use serde::de::DeserializeOwned;
 
-use crate::apply::{Applied, ApplyError, apply_yaml, dry_run_apply_yaml};
+use crate::apply::{Applied, ApplyError, apply_documents, apply_yaml};
 use crate::kubectl::{KubectlOutput, kubectl, kubectl_with_stdin};
 use crate::wait::wait_for;
 
@@ -119,6 +120,33 @@ impl TestEnv {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// Whether the object `name` of a namespaced kind is in the test's namespace.
+    pub async fn exists<K>(&self, name: &str) -> bool
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        self.api::<K>()
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("get {name}: {e}"))
+            .is_some()
+    }
+
+    /// The objects of a namespaced kind in the test's namespace that match the
+    /// label selector `labels`.
+    pub async fn list_labelled<K>(&self, labels: &str) -> Vec<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        self.api::<K>()
+            .list(&ListParams::default().labels(labels))
+            .await
+            .unwrap_or_else(|e| panic!("list the objects labelled {labels}: {e}"))
+            .items
+    }
+
     /// An API over the whole cluster: cluster-scoped kinds, or a namespaced kind
     /// in every namespace.
     pub fn cluster_api<K>(&self) -> Api<K>
@@ -157,7 +185,7 @@ impl TestEnv {
     /// server runs (schema, CEL rules, admission), nothing is stored, so there
     /// is nothing to clean up. Returns the server's refusal, if any.
     pub async fn try_dry_run_yaml(&self, yaml: &str) -> Result<Vec<Applied>, ApplyError> {
-        dry_run_apply_yaml(&self.client, yaml, Some(&self.namespace)).await
+        apply_documents(&self.client, yaml, Some(&self.namespace), true).await
     }
 
     /// Registers a cluster-scoped object made some other way for deletion at
@@ -313,22 +341,11 @@ fn test_name() -> String {
         .filter(|n| *n != "main")
         .and_then(|n| n.rsplit("::").next())
         .unwrap_or("test");
-    let label: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
-    let label = label.trim_matches('-');
+    let label = aleph_controllers::sagemaker::naming::sanitize(name, 40);
     if label.is_empty() {
         "test".to_owned()
     } else {
-        label.to_owned()
+        label
     }
 }
 

@@ -40,9 +40,11 @@ mod access;
 mod apply;
 pub mod aws;
 mod conditions;
+pub mod dynamic;
 mod env;
 pub mod gateway;
 pub mod helm;
+pub mod host;
 mod kubectl;
 pub mod oidc;
 pub mod openai;
@@ -53,14 +55,14 @@ pub mod serving;
 mod wait;
 
 pub use access::can_i;
-pub use apply::{Applied, ApplyError, apply_yaml, dry_run_apply_yaml, tenant_manifest};
+pub use apply::{Applied, ApplyError, apply_yaml, tenant_manifest};
 pub use conditions::{Condition, find_condition, has_condition};
 pub use env::{E2E_LABEL, FIELD_MANAGER, TestEnv, install_crypto_provider, repo_root, unique_name};
 pub use kubectl::{KubectlOutput, kubectl, kubectl_with_stdin, table_row};
 pub use operator::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL};
 pub use wait::{
-    events_about, failure_report, live_pods, refusal, wait_for, wait_for_deletion,
-    wait_tenant_ready,
+    events_about, failure_report, live_pods, poll, refusal, wait_condition, wait_for,
+    wait_for_deletion, wait_reconcile_failed, wait_tenant_ready,
 };
 
 pub mod sagemaker_fake;

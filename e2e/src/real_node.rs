@@ -162,13 +162,40 @@ pub fn pod_manifest(
         .map(|(k, v)| format!("{k}: \"{v}\", "))
         .collect();
     let script = serde_json::to_string(script).unwrap_or_default();
+    restricted_pod(
+        name,
+        &format!("  labels: {{{labels}}}\n"),
+        &format!(
+            r#"  - name: main
+    image: {BUSYBOX_IMAGE}
+    imagePullPolicy: Never
+    command: [sh, -c, {script}]
+    resources:
+      requests: {{cpu: 10m, memory: 16Mi}}
+      limits: {{cpu: 200m, memory: 64Mi}}
+"#
+        ),
+        container_extra,
+    )
+}
+
+/// A pod `name` that meets Pod Security `restricted`: a non-root user, the
+/// runtime's seccomp profile, no privilege escalation and no capabilities.
+/// `metadata` (YAML lines indented by two spaces) ends its metadata;
+/// `container` (from its `- name:` line on) is its one container, to which
+/// the container's security context and then `container_extra` are added.
+pub fn restricted_pod(
+    name: &str,
+    metadata: &str,
+    container: &str,
+    container_extra: &str,
+) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
 metadata:
   name: {name}
-  labels: {{{labels}}}
-spec:
+{metadata}spec:
   terminationGracePeriodSeconds: 1
   automountServiceAccountToken: false
   securityContext:
@@ -177,14 +204,7 @@ spec:
     runAsGroup: 65532
     seccompProfile: {{type: RuntimeDefault}}
   containers:
-  - name: main
-    image: {BUSYBOX_IMAGE}
-    imagePullPolicy: Never
-    command: [sh, -c, {script}]
-    resources:
-      requests: {{cpu: 10m, memory: 16Mi}}
-      limits: {{cpu: 200m, memory: 64Mi}}
-    securityContext:
+{container}    securityContext:
       allowPrivilegeEscalation: false
       capabilities: {{drop: [ALL]}}
 {container_extra}"#

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use crate::kubectl;
@@ -15,6 +15,25 @@ use crate::s3::env_var;
 
 /// The llama.cpp server image that e2e/images builds (build b11312).
 pub const LLAMACPP_IMAGE: &str = "aleph.local/llama-server:b11312";
+
+/// An AIModel `name` that llama.cpp serves on the CPU from `uri` (read with
+/// the `s3` Secret's credentials) through the model cache; `extra` is the
+/// rest of its spec (YAML lines indented by two spaces).
+pub fn llamacpp_model(name: &str, uri: &str, extra: &str) -> String {
+    let rest = format!(
+        "  runtime: {{engine: llamacpp, image: {LLAMACPP_IMAGE}}}\n  resources: {{gpus: 0, memory: 256Mi}}\n  cache: {{size: 1Gi, downloadTimeoutSeconds: 300}}\n{extra}"
+    );
+    crate::s3::s3_model_yaml(name, uri, &rest)
+}
+
+/// The name of the model cache's claim in the model's status.
+pub fn cache_claim(model: &aleph_crds::aimodel::AIModel) -> Option<String> {
+    model
+        .status
+        .as_ref()
+        .and_then(|s| s.cache.as_ref())
+        .map(|c| c.claim_name.clone())
+}
 
 /// The OpenAI client, run inside the client pod: `MODE BASE_URL MODEL [ARG]`.
 /// Every request opens a new connection, so that the Service's proxy picks a
@@ -99,32 +118,17 @@ elif mode in ("count", "loop"):
 /// a non-root user with the restricted security context.
 pub fn client_pod(name: &str) -> String {
     let image = env_var("ALEPH_MODEL_CACHE_IMAGE");
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  terminationGracePeriodSeconds: 1
-  automountServiceAccountToken: false
-  securityContext:
-    runAsNonRoot: true
-    runAsUser: 65532
-    runAsGroup: 65532
-    seccompProfile: {{type: RuntimeDefault}}
-  containers:
-  - name: client
+    let container = format!(
+        r#"  - name: client
     image: {image}
     imagePullPolicy: Never
     command: [/usr/bin/python3.11, -c, "import time; time.sleep(3600)"]
     resources:
       requests: {{cpu: 10m, memory: 32Mi}}
       limits: {{memory: 128Mi}}
-    securityContext:
-      allowPrivilegeEscalation: false
-      capabilities: {{drop: [ALL]}}
 "#
-    )
+    );
+    crate::real_node::restricted_pod(name, "", &container, "")
 }
 
 fn exec_args(namespace: &str, pod: &str, args: &[&str]) -> Vec<String> {
@@ -195,6 +199,13 @@ pub struct Tally {
     pub errors: Vec<String>,
 }
 
+impl Tally {
+    /// The answers whose `model` field was `model`.
+    pub fn answered_by(&self, model: &str) -> u32 {
+        self.models.get(model).copied().unwrap_or(0)
+    }
+}
+
 /// A request loop running in the client pod until [`RequestLoop::stop`].
 pub struct RequestLoop {
     child: Child,
@@ -255,18 +266,22 @@ impl RequestLoop {
         ])
         .await
         .expect_success();
-        let mut out = Vec::new();
-        while let Some(line) = self
-            .output
-            .next_line()
-            .await
-            .expect("read the loop's tally")
-        {
-            out.push(line);
-        }
+        let out = rest_of(&mut self.output, "the loop's tally").await;
         let status = self.child.wait().await.expect("wait for the loop");
         assert!(status.success(), "the request loop failed: {out:?}");
         let line = out.last().cloned().unwrap_or_default();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("no tally ({e}): {out:?}"))
+    }
+}
+
+/// The lines of `lines` up to its end; panics, naming `what`, on a read error.
+async fn rest_of<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>, what: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => out.push(line),
+            Ok(None) => return out,
+            Err(e) => panic!("read {what}: {e}"),
+        }
     }
 }

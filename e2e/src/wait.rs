@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::{TestEnv, has_condition};
+use crate::{Condition, TestEnv, find_condition, has_condition};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
@@ -54,6 +54,24 @@ where
     text.push('\n');
     text.push_str(&failure_report(api, name, last.as_ref()).await);
     panic!("{text}");
+}
+
+/// Waits until the object `name` has the condition `type_` with `status`;
+/// returns the object and that condition.
+pub async fn wait_condition<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    type_: &str,
+    status: &str,
+) -> (K, Condition)
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let object = wait_for(api, name, timeout, |o| has_condition(o, type_, status)).await;
+    let condition = find_condition(&object, type_)
+        .unwrap_or_else(|| panic!("{name} lost its {type_} condition"));
+    (object, condition)
 }
 
 /// Waits until the object `name` is gone. On timeout, panics with the same
@@ -214,6 +232,47 @@ pub async fn events_about(
                 && e.involved_object.name.as_deref() == Some(name)
         })
         .collect()
+}
+
+/// Calls `check` every `every` until it returns `Ok`, for at most `within`;
+/// then panics with what its last `Err` said.
+pub async fn poll<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(why) if Instant::now() >= deadline => panic!("{why} (waited {within:?})"),
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
+/// Waits (at most `within`) until a Warning Event `ReconcileFailed` in
+/// `events`' scope about the `kind` named `name` says `needle`; returns its
+/// message.
+pub async fn wait_reconcile_failed(
+    events: &Api<Event>,
+    kind: &str,
+    name: &str,
+    needle: &str,
+    within: Duration,
+) -> String {
+    poll(within, Duration::from_millis(500), async || {
+        let found: Vec<String> = events_about(events, kind, name, "ReconcileFailed")
+            .await
+            .into_iter()
+            .filter(|e| e.type_.as_deref() == Some("Warning"))
+            .filter_map(|e| e.message)
+            .collect();
+        found.iter().find(|m| m.contains(needle)).cloned().ok_or_else(|| {
+            format!("no ReconcileFailed event about {kind} {name} saying {needle:?}; events: {found:?}")
+        })
+    })
+    .await
 }
 
 /// Creates `pod` until the API server refuses it (at most 30 s), deleting the

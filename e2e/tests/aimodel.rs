@@ -13,8 +13,8 @@ use aleph_crds::AIModel;
 use aleph_e2e::sagemaker_fake::FakeConfig;
 use aleph_e2e::{
     OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition,
-    has_condition, live_pods, tenant_manifest, unique_name, wait_for, wait_for_deletion,
-    wait_tenant_ready,
+    has_condition, live_pods, tenant_manifest, unique_name, wait_condition, wait_for,
+    wait_for_deletion, wait_tenant_ready,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -22,7 +22,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const H100: &str = "NVIDIA-H100-80GB-HBM3";
@@ -192,11 +192,7 @@ async fn the_vllm_example_serves_from_h100_nodes_only_and_turns_ready_with_a_url
     let port = service.spec.and_then(|s| s.ports).expect("ports")[0].port;
     assert_eq!(port, 8000);
     assert!(
-        env.api::<HorizontalPodAutoscaler>()
-            .get_opt("llama-3-8b")
-            .await
-            .expect("get hpa")
-            .is_none(),
+        !env.exists::<HorizontalPodAutoscaler>("llama-3-8b").await,
         "targetConcurrency is scaled by the operator, not an HPA"
     );
     let replicas = env
@@ -262,17 +258,14 @@ async fn changing_the_gpu_count_rolls_the_deployment_and_too_many_gpus_is_unsche
     );
     // A rollout: a second ReplicaSet, and the ready pod is the new one with 2 GPUs.
     let replica_sets = env
-        .api::<ReplicaSet>()
-        .list(&ListParams::default().labels("aleph.dev/model=roll"))
-        .await
-        .expect("replica sets")
-        .items;
+        .list_labelled::<ReplicaSet>("aleph.dev/model=roll")
+        .await;
     assert_eq!(
         replica_sets.len(),
         2,
         "a new ReplicaSet for the new template"
     );
-    let pods = wait_until(|| async {
+    let pods = wait_until(async || {
         let pods = pods_of(&env, "aleph.dev/model=roll").await;
         (pods.len() == 1 && gpu_request(&pods[0]).as_deref() == Some("2")).then_some(pods)
     })
@@ -314,22 +307,11 @@ async fn changing_the_gpu_count_rolls_the_deployment_and_too_many_gpus_is_unsche
 }
 
 /// Polls `check` every half second until it gives a value (at most [`TIMEOUT`]).
-async fn wait_until<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+async fn wait_until<T>(mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    aleph_e2e::poll(TIMEOUT, Duration::from_millis(500), async || {
+        check().await.ok_or_else(|| "timed out".to_string())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -406,13 +388,7 @@ async fn autoscaling_makes_an_hpa_and_kubectl_scale_sets_the_replicas() {
         .await
         .expect("deployment");
     assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(3));
-    assert!(
-        env.api::<HorizontalPodAutoscaler>()
-            .get_opt("manual")
-            .await
-            .expect("get hpa")
-            .is_none()
-    );
+    assert!(!env.exists::<HorizontalPodAutoscaler>("manual").await);
     // The scale subresource reads what it wrote.
     let scale = env
         .kubectl([
@@ -455,12 +431,7 @@ async fn the_cache_job_runs_once_for_two_models_with_the_same_source() {
         Some(claim_name.clone())
     );
     // One Job, one download pod, one claim: used by both models.
-    let jobs = env
-        .api::<Job>()
-        .list(&ListParams::default().labels("aleph.dev/cache"))
-        .await
-        .expect("jobs")
-        .items;
+    let jobs = env.list_labelled::<Job>("aleph.dev/cache").await;
     assert_eq!(jobs.len(), 1, "one download for one source");
     let job = &jobs[0];
     assert_eq!(job.name_any(), claim_name);
@@ -469,19 +440,11 @@ async fn the_cache_job_runs_once_for_two_models_with_the_same_source() {
         (job_status.succeeded, job_status.failed.unwrap_or(0)),
         (Some(1), 0)
     );
-    let download_pods = env
-        .api::<Pod>()
-        .list(&ListParams::default().labels("aleph.dev/cache"))
-        .await
-        .expect("pods")
-        .items;
+    let download_pods = env.list_labelled::<Pod>("aleph.dev/cache").await;
     assert_eq!(download_pods.len(), 1, "the download ran once");
     let claims = env
-        .api::<PersistentVolumeClaim>()
-        .list(&ListParams::default().labels("aleph.dev/cache"))
-        .await
-        .expect("claims")
-        .items;
+        .list_labelled::<PersistentVolumeClaim>("aleph.dev/cache")
+        .await;
     assert_eq!(claims.len(), 1);
     let users: Vec<String> = claims[0]
         .owner_references()
@@ -556,13 +519,7 @@ async fn a_failing_download_is_model_download_failed() {
         Some("Failed".to_string())
     );
     // Nothing serves a model that is not there.
-    assert!(
-        env.api::<Deployment>()
-            .get_opt("broken")
-            .await
-            .expect("get")
-            .is_none()
-    );
+    assert!(!env.exists::<Deployment>("broken").await);
     assert!(
         !events_with_reason(&env, "broken", "ModelDownloadFailed")
             .await
@@ -694,7 +651,7 @@ async fn deleting_the_model_removes_every_child() {
     wait_for_deletion(&env.api::<HorizontalPodAutoscaler>(), "doomed", TIMEOUT).await;
     wait_for_deletion(&env.api::<Job>(), &claim, TIMEOUT).await;
     wait_for_deletion(&env.api::<PersistentVolumeClaim>(), &claim, TIMEOUT).await;
-    wait_until(|| async {
+    wait_until(async || {
         pods_of(&env, "aleph.dev/model=doomed")
             .await
             .is_empty()
@@ -726,15 +683,9 @@ async fn a_model_the_quota_refuses_says_why() {
         ),
     ))
     .await;
-    let model = wait_for(&env.api::<AIModel>(), "greedy", TIMEOUT, |m| {
-        has_condition(m, "Degraded", "True")
-    })
-    .await;
-    let degraded = find_condition(&model, "Degraded").expect("Degraded");
-    assert_eq!(degraded.reason.as_deref(), Some("QuotaExceeded"));
-    let message = degraded.message.unwrap_or_default();
-    assert!(message.contains("exceeded quota: gpus"), "{message}");
-    assert!(message.contains("nvidia.com/gpu"), "{message}");
+    let (_, degraded) =
+        wait_condition(&env.api::<AIModel>(), "greedy", TIMEOUT, "Degraded", "True").await;
+    degraded.assert_says("QuotaExceeded", &["exceeded quota: gpus", "nvidia.com/gpu"]);
     env.cleanup().await;
 }
 
@@ -777,13 +728,7 @@ async fn bad_specs_are_refused_at_apply_or_explained_in_the_status() {
     let message = ready.message.unwrap_or_default();
     assert!(message.starts_with("spec.source.uri:"), "{message}");
     assert!(message.contains("runtime.engine: ollama"), "{message}");
-    assert!(
-        env.api::<Deployment>()
-            .get_opt("mismatch")
-            .await
-            .expect("get")
-            .is_none()
-    );
+    assert!(!env.exists::<Deployment>("mismatch").await);
     env.cleanup().await;
 }
 
@@ -893,13 +838,7 @@ spec:
     })
     .await;
     assert!(has_condition(&waiting, "Progressing", "True"));
-    assert!(
-        env.api::<Deployment>()
-            .get_opt("fraud")
-            .await
-            .expect("get")
-            .is_none()
-    );
+    assert!(!env.exists::<Deployment>("fraud").await);
 
     let model = wait_ready(&env, "fraud").await;
     let status = model.status.expect("status");
@@ -1009,14 +948,7 @@ async fn with_the_gateway_api_a_canary_gets_an_httproute_with_weights() {
         "  source: { uri: hf://acme/split@v1 }\n  cache: { enabled: false }\n  resources: { cpu: \"1\" }\n  replicas: 2\n  canary:\n    source: { uri: hf://acme/split@v2 }\n    trafficPercent: 10\n",
     ))
     .await;
-    let resource = ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "HTTPRoute".into(),
-        plural: "httproutes".into(),
-    };
-    let routes: Api<DynamicObject> = Api::namespaced_with(env.client(), env.namespace(), &resource);
+    let routes = aleph_e2e::dynamic::http_routes(env.client(), env.namespace());
     // The operator looks for the Gateway API at most once a minute.
     let route = wait_for(&routes, "split", Duration::from_secs(150), |_| true).await;
     let spec = &route.data["spec"];
@@ -1085,30 +1017,19 @@ async fn a_tenants_admission_rules_and_quota_show_in_the_model_status() {
         "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata: {{ name: public-image, namespace: {namespace} }}\nspec:\n  source: {{ uri: pvc://weights/llama }}\n  resources: {{ gpus: 1, gpuProduct: {H100} }}\n"
     ))
     .await;
-    let model = wait_for(&models, "public-image", TIMEOUT, |m| {
-        has_condition(m, "Degraded", "True")
-    })
-    .await;
-    let degraded = find_condition(&model, "Degraded").expect("Degraded");
-    assert_eq!(degraded.reason.as_deref(), Some("AdmissionDenied"));
-    let message = degraded.message.unwrap_or_default();
-    assert!(message.contains("allowedRegistries"), "{message}");
-    assert!(message.contains("docker.io/vllm/vllm-openai"), "{message}");
+    let (_, degraded) = wait_condition(&models, "public-image", TIMEOUT, "Degraded", "True").await;
+    degraded.assert_says(
+        "AdmissionDenied",
+        &["allowedRegistries", "docker.io/vllm/vllm-openai"],
+    );
 
     // The tenant's quota: one GPU, and the model asks for two per replica.
     env.apply_yaml(&format!(
         "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata: {{ name: two-gpus, namespace: {namespace} }}\nspec:\n  source: {{ uri: pvc://weights/llama }}\n  runtime: {{ engine: custom, image: ghcr.io/acme/server:1.0, port: 8080 }}\n  resources: {{ gpus: 2, gpuProduct: {H100} }}\n"
     ))
     .await;
-    let model = wait_for(&models, "two-gpus", TIMEOUT, |m| {
-        has_condition(m, "Degraded", "True")
-    })
-    .await;
-    let degraded = find_condition(&model, "Degraded").expect("Degraded");
-    assert_eq!(degraded.reason.as_deref(), Some("QuotaExceeded"));
-    let message = degraded.message.unwrap_or_default();
-    assert!(message.contains("exceeded quota"), "{message}");
-    assert!(message.contains("nvidia.com/gpu"), "{message}");
+    let (model, degraded) = wait_condition(&models, "two-gpus", TIMEOUT, "Degraded", "True").await;
+    degraded.assert_says("QuotaExceeded", &["exceeded quota", "nvidia.com/gpu"]);
     let ready = find_condition(&model, "Ready").expect("Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_deref()),

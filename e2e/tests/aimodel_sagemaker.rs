@@ -16,8 +16,8 @@ use aleph_crds::AIModel;
 use aleph_e2e::aws::Lister;
 use aleph_e2e::sagemaker_fake::{FAILURE_REASON_TAG, FakeConfig, OUTCOME_TAG, SageMakerFake};
 use aleph_e2e::{
-    Condition, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, unique_name,
-    wait_for, wait_for_deletion,
+    Condition, OperatorProcess, TestEnv, aws, find_condition, unique_name, wait_for,
+    wait_for_deletion,
 };
 use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
@@ -76,16 +76,8 @@ fn model_yaml(name: &str, label: &str, tags: &[(&str, &str)], retain: bool) -> S
     } else {
         format!("\n    tags:{tags}")
     };
-    format!(
-        r#"
-apiVersion: aleph.dev/v1alpha1
-kind: AIModel
-metadata:
-  name: {name}
-  labels:
-    {PRIVATE_OPERATOR_LABEL}: "{label}"
-spec:
-  backend: SageMaker
+    let spec = format!(
+        r#"  backend: SageMaker
   deletionPolicy: {policy}
   training:
     image: 123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7
@@ -104,7 +96,8 @@ spec:
     instanceType: ml.m5.large
 "#,
         policy = if retain { "Retain" } else { "Delete" },
-    )
+    );
+    aws::labelled_model(name, label, &spec)
 }
 
 fn condition_is(model: &AIModel, type_: &str, status: &str) -> bool {
@@ -148,6 +141,17 @@ async fn with_fake(
     (sm, label, op, env.api())
 }
 
+/// [`with_fake`], and the AIModel `model` handed to its operator.
+async fn fake_with_model(
+    env: &TestEnv,
+    config: FakeConfig,
+    model: &str,
+) -> (SageMakerFake, OperatorProcess, Api<AIModel>) {
+    let (sm, label, op, api) = with_fake(env, config, "fake").await;
+    env.apply_yaml(&model_yaml(model, &label, &[], false)).await;
+    (sm, op, api)
+}
+
 /// Waits until the AIModel's training job is InProgress.
 async fn training_in_progress(api: &Api<AIModel>, name: &str) -> AIModel {
     wait_for(api, name, WAIT, |m: &AIModel| {
@@ -180,22 +184,29 @@ async fn with_moto(env: &TestEnv) -> (String, OperatorProcess, Api<AIModel>, Lis
     (label, op, api, list)
 }
 
-fn training_job_of(model: &AIModel) -> String {
+/// What `get` reads in the model's status; panics, naming `what`, when absent.
+fn from_status(
+    model: &AIModel,
+    what: &str,
+    get: impl FnOnce(&aleph_crds::aimodel::AIModelStatus) -> Option<String>,
+) -> String {
     model
         .status
         .as_ref()
-        .and_then(|s| s.training.as_ref())
-        .map(|t| t.job_name.clone())
-        .unwrap_or_else(|| panic!("no training job in the status: {:?}", model.status))
+        .and_then(get)
+        .unwrap_or_else(|| panic!("no {what} in the status: {:?}", model.status))
+}
+
+fn training_job_of(model: &AIModel) -> String {
+    from_status(model, "training job", |s| {
+        s.training.as_ref().map(|t| t.job_name.clone())
+    })
 }
 
 fn endpoint_of(model: &AIModel) -> String {
-    model
-        .status
-        .as_ref()
-        .and_then(|s| s.endpoint.as_ref())
-        .map(|e| e.name.clone())
-        .unwrap_or_else(|| panic!("no endpoint in the status: {:?}", model.status))
+    from_status(model, "endpoint", |s| {
+        s.endpoint.as_ref().map(|e| e.name.clone())
+    })
 }
 
 #[tokio::test]
@@ -288,19 +299,12 @@ async fn moto_retain_keeps_the_endpoint() {
 #[tokio::test]
 async fn fake_in_progress_then_completed_shows_in_status_and_events() {
     let env = TestEnv::new().await;
-    let (sm, label, _op, api) = with_fake(
-        &env,
-        FakeConfig {
-            training_describes: 3,
-            training_min_millis: 6_000,
-            ..FakeConfig::default()
-        },
-        "fake",
-    )
-    .await;
-
-    env.apply_yaml(&model_yaml("slow", &label, &[], false))
-        .await;
+    let config = FakeConfig {
+        training_describes: 3,
+        training_min_millis: 6_000,
+        ..FakeConfig::default()
+    };
+    let (sm, _op, api) = fake_with_model(&env, config, "slow").await;
     let running = training_in_progress(&api, "slow").await;
     assert!(
         condition_is(&running, "Trained", "False"),
@@ -352,15 +356,8 @@ async fn fake_failed_job_is_terminal_with_the_reason() {
     .await;
     let trained = trained_with_reason(&api, "broken", "TrainingFailed").await;
     assert_eq!(trained.status, "False");
-    assert!(
-        trained
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains(reason),
-        "the condition carries SageMaker's FailureReason: {:?}",
-        trained.message
-    );
+    // The condition carries SageMaker's FailureReason.
+    trained.assert_says("TrainingFailed", &[reason]);
     let failed = wait_for(&api, "broken", WAIT, |m: &AIModel| {
         condition_is(m, "Ready", "False") && condition_is(m, "Degraded", "True")
     })
@@ -392,20 +389,13 @@ async fn fake_failed_job_is_terminal_with_the_reason() {
 #[tokio::test]
 async fn fake_deleting_during_training_stops_the_job() {
     let env = TestEnv::new().await;
-    let (sm, label, _op, api) = with_fake(
-        &env,
-        FakeConfig {
-            training_describes: 1_000_000,
-            training_min_millis: 3_600_000,
-            stopping_describes: 2,
-            ..FakeConfig::default()
-        },
-        "fake",
-    )
-    .await;
-
-    env.apply_yaml(&model_yaml("stopme", &label, &[], false))
-        .await;
+    let config = FakeConfig {
+        training_describes: 1_000_000,
+        training_min_millis: 3_600_000,
+        stopping_describes: 2,
+        ..FakeConfig::default()
+    };
+    let (sm, _op, api) = fake_with_model(&env, config, "stopme").await;
     let running = training_in_progress(&api, "stopme").await;
     let job = training_job_of(&running);
     delete_and_wait(&api, "stopme").await;
@@ -421,29 +411,14 @@ async fn fake_deleting_during_training_stops_the_job() {
 #[tokio::test]
 async fn fake_throttling_is_shown_as_recoverable_then_converges() {
     let env = TestEnv::new().await;
-    let (sm, label, _op, api) = with_fake(
-        &env,
-        FakeConfig {
-            throttle_fraction: 1.0,
-            ..FakeConfig::default()
-        },
-        "fake",
-    )
-    .await;
-
-    env.apply_yaml(&model_yaml("throttled", &label, &[], false))
-        .await;
+    let config = FakeConfig {
+        throttle_fraction: 1.0,
+        ..FakeConfig::default()
+    };
+    let (sm, _op, api) = fake_with_model(&env, config, "throttled").await;
     let trained = trained_with_reason(&api, "throttled", "SageMakerThrottled").await;
     assert_eq!(trained.status, "Unknown");
-    assert!(
-        trained
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("Recoverable"),
-        "{:?}",
-        trained.message
-    );
+    trained.assert_says("SageMakerThrottled", &["Recoverable"]);
     sm.set_throttle_fraction(0.0);
     wait_for(&api, "throttled", WAIT, |m: &AIModel| {
         condition_is(m, "Serving", "True")

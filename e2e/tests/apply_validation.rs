@@ -7,13 +7,25 @@
 
 use aleph_e2e::TestEnv;
 
+/// A manifest of `kind` named `name`, whose spec's body is `spec`.
+macro_rules! manifest {
+    ($kind:literal, $name:literal, $spec:literal) => {
+        concat!(
+            "\napiVersion: aleph.dev/v1alpha1\nkind: ",
+            $kind,
+            "\nmetadata: { name: ",
+            $name,
+            " }\nspec:\n",
+            $spec
+        )
+    };
+}
+
 /// A Tenant with every checked field set to a good value.
-const TENANT: &str = r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Tenant
-metadata: { name: e2e-apply-validation }
-spec:
-  owners: [{ kind: User, name: alice }]
+const TENANT: &str = manifest!(
+    "Tenant",
+    "e2e-apply-validation",
+    r#"  owners: [{ kind: User, name: alice }]
   namespaces: [one]
   quota: { cpu: 64, memory: 256Gi, storage: 1Ti }
   limitRange:
@@ -24,46 +36,44 @@ spec:
   network:
     egress: Restricted
     allowedEgress: [{ cidr: 10.20.0.0/16 }, { cidr: "fd00:10::/32" }]
-"#;
+"#
+);
 
 /// A Plugin with every checked field set to a good value.
-const PLUGIN: &str = r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Plugin
-metadata: { name: apply-validation }
-spec:
-  version: 1.0.0
+const PLUGIN: &str = manifest!(
+    "Plugin",
+    "apply-validation",
+    r#"  version: 1.0.0
   image: ghcr.io/acme/p:1
   port: 8080
   resources: { cpu: 500m, memory: 256Mi }
   sandbox:
     allowedEgress: [{ cidr: 10.0.0.0/8, ports: [443] }, { cidr: "2001:db8::/32" }]
-"#;
+"#
+);
 
 /// An AIModel with every checked field set to a good value.
-const AIMODEL: &str = r#"
-apiVersion: aleph.dev/v1alpha1
-kind: AIModel
-metadata: { name: apply-validation }
-spec:
-  source: { uri: "hf://org/model" }
+const AIMODEL: &str = manifest!(
+    "AIModel",
+    "apply-validation",
+    r#"  source: { uri: "hf://org/model" }
   resources: { cpu: 2, memory: 16Gi }
   cache: { size: 50Gi }
-"#;
+"#
+);
 
 /// A Pipeline with every checked field set to a good value.
-const PIPELINE: &str = r#"
-apiVersion: aleph.dev/v1alpha1
-kind: Pipeline
-metadata: { name: apply-validation }
-spec:
-  steps:
+const PIPELINE: &str = manifest!(
+    "Pipeline",
+    "apply-validation",
+    r#"  steps:
     - name: train
       container: { image: busybox, resources: { cpu: "2", memory: 8Gi } }
   finally:
     - name: notify
       container: { image: busybox, resources: { cpu: 100m, memory: 64Mi } }
-"#;
+"#
+);
 
 /// One bad value: which manifest, what to replace in it and by what, and the
 /// field path and message the refusal must carry.
@@ -306,24 +316,23 @@ async fn check(good: &str, cases: &[Bad]) {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn tenant_quantities_and_cidrs_are_checked_at_apply() {
-    check(TENANT, TENANT_CASES).await;
+/// One test per kind: `test_name: (MANIFEST, CASES)`.
+macro_rules! refusal_tests {
+    ($($test:ident: ($manifest:ident, $cases:ident),)*) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                check($manifest, $cases).await;
+            }
+        )*
+    };
 }
 
-#[tokio::test]
-async fn plugin_quantities_and_cidrs_are_checked_at_apply() {
-    check(PLUGIN, PLUGIN_CASES).await;
-}
-
-#[tokio::test]
-async fn aimodel_quantities_are_checked_at_apply() {
-    check(AIMODEL, AIMODEL_CASES).await;
-}
-
-#[tokio::test]
-async fn pipeline_step_quantities_are_checked_at_apply() {
-    check(PIPELINE, PIPELINE_CASES).await;
+refusal_tests! {
+    tenant_quantities_and_cidrs_are_checked_at_apply: (TENANT, TENANT_CASES),
+    plugin_quantities_and_cidrs_are_checked_at_apply: (PLUGIN, PLUGIN_CASES),
+    aimodel_quantities_are_checked_at_apply: (AIMODEL, AIMODEL_CASES),
+    pipeline_step_quantities_are_checked_at_apply: (PIPELINE, PIPELINE_CASES),
 }
 
 /// Good values in each form the API server takes: plain integers, decimal and

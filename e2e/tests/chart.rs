@@ -107,26 +107,41 @@ fn gateway_of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-fn only_gateway<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
-    let found = gateway_of_kind(objects, kind);
+/// The one object of `found`, which are the rendered `what`s.
+fn exactly_one<'a>(found: Vec<&'a Value>, what: &str) -> &'a Value {
     assert_eq!(
         found.len(),
         1,
-        "want exactly one gateway {kind}, rendered {}",
+        "want exactly one {what}, rendered {}",
         found.len()
     );
     found[0]
 }
 
+fn only_gateway<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    exactly_one(gateway_of_kind(objects, kind), &format!("gateway {kind}"))
+}
+
 fn only<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
-    let found = of_kind(objects, kind);
-    assert_eq!(
-        found.len(),
-        1,
-        "want exactly one {kind}, rendered {}",
-        found.len()
-    );
-    found[0]
+    exactly_one(of_kind(objects, kind), kind)
+}
+
+/// Asserts that the container's args include each of `expected`.
+fn assert_has_args(container: &Value, expected: &[&str]) {
+    let args = strings(&container["args"], "args");
+    for arg in expected {
+        assert!(args.contains(arg), "{arg} missing from {args:?}");
+    }
+}
+
+/// The strings of the array `value`, which `what` names.
+fn strings<'a>(value: &'a Value, what: &str) -> Vec<&'a str> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("{what} is not an array: {value}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
 }
 
 fn operator_container(objects: &[Value]) -> &Value {
@@ -296,58 +311,58 @@ fn rbac_has_no_wildcards_and_least_privilege() {
                 has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
             })
     };
-    for (group, resource, verb) in [
-        ("aleph.dev", "tenants", "watch"),
-        ("aleph.dev", "aimodels/status", "patch"),
-        ("aleph.dev", "pipelineruns", "create"),
-        ("aleph.dev", "pipelineruns/finalizers", "update"),
-        ("", "namespaces", "delete"),
-        ("", "pods", "list"),
-        ("", "events", "create"),
-        ("events.k8s.io", "events", "create"),
-        ("apps", "deployments", "patch"),
-        ("batch", "jobs", "create"),
-        ("autoscaling", "horizontalpodautoscalers", "patch"),
-        ("networking.k8s.io", "networkpolicies", "patch"),
-        ("rbac.authorization.k8s.io", "rolebindings", "patch"),
-        ("rbac.authorization.k8s.io", "clusterroles", "bind"),
+    // What the operator needs, and what it must not be granted.
+    let needed = [
+        "watch tenants.aleph.dev",
+        "patch aimodels/status.aleph.dev",
+        "create pipelineruns.aleph.dev",
+        "update pipelineruns/finalizers.aleph.dev",
+        "delete namespaces",
+        "list pods",
+        "create events",
+        "create events.events.k8s.io",
+        "patch deployments.apps",
+        "create jobs.batch",
+        "patch horizontalpodautoscalers.autoscaling",
+        "patch networkpolicies.networking.k8s.io",
+        "patch rolebindings.rbac.authorization.k8s.io",
+        "bind clusterroles.rbac.authorization.k8s.io",
         // Each Tenant's ClusterRole and binding for its admin owners' namespaces.
-        ("rbac.authorization.k8s.io", "clusterroles", "create"),
-        ("rbac.authorization.k8s.io", "clusterrolebindings", "create"),
-        ("aleph.dev", "tenants", "own"),
-        ("aleph.dev", "tenantnamespaces", "create"),
-        (
-            "admissionregistration.k8s.io",
-            "validatingadmissionpolicybindings",
-            "patch",
-        ),
-        ("gateway.networking.k8s.io", "httproutes", "patch"),
-        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-    ] {
-        assert!(
-            grants(group, resource, verb),
-            "{operator} lacks {verb} {group}/{resource}"
-        );
-    }
-    for (group, resource, verb) in [
-        ("", "secrets", "get"),
-        ("", "pods", "delete"),
-        ("coordination.k8s.io", "leases", "update"),
-        ("rbac.authorization.k8s.io", "clusterroles", "escalate"),
-        (
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-            "update",
-        ),
-        ("aleph.dev", "tenants", "delete"),
+        "create clusterroles.rbac.authorization.k8s.io",
+        "create clusterrolebindings.rbac.authorization.k8s.io",
+        "own tenants.aleph.dev",
+        "create tenantnamespaces.aleph.dev",
+        "patch validatingadmissionpolicybindings.admissionregistration.k8s.io",
+        "patch httproutes.gateway.networking.k8s.io",
+        "watch customresourcedefinitions.apiextensions.k8s.io",
+    ];
+    let not_needed = [
+        "get secrets",
+        "delete pods",
+        "update leases.coordination.k8s.io",
+        "escalate clusterroles.rbac.authorization.k8s.io",
+        "update customresourcedefinitions.apiextensions.k8s.io",
+        "delete tenants.aleph.dev",
         // Only with rbac.pluginRoleEscalation: plugins get what the operator holds.
-        ("rbac.authorization.k8s.io", "roles", "escalate"),
-        ("rbac.authorization.k8s.io", "roles", "bind"),
-    ] {
-        assert!(
-            !grants(group, resource, verb),
-            "{operator} grants {verb} {group}/{resource}, which it must not need"
-        );
+        "escalate roles.rbac.authorization.k8s.io",
+        "bind roles.rbac.authorization.k8s.io",
+    ];
+    for (table, needed) in [(&needed[..], true), (&not_needed[..], false)] {
+        for grant in table {
+            // `verb resource.group`, as `kubectl auth can-i` takes it.
+            let (verb, resource) = grant.split_once(' ').expect("verb and resource");
+            let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
+            let what = if needed {
+                "lacks"
+            } else {
+                "grants, needlessly,"
+            };
+            assert_eq!(
+                grants(group, resource, verb),
+                needed,
+                "{operator} {what} {verb} {group}/{resource}"
+            );
+        }
     }
 
     let escalating = render(&["rbac.pluginRoleEscalation=true"]);
@@ -602,12 +617,7 @@ fn gateway_grants(objects: &[Value]) -> Vec<String> {
     let role = only_gateway(objects, "ClusterRole");
     let mut grants = Vec::new();
     for rule in role["rules"].as_array().expect("rules") {
-        let verbs: Vec<&str> = rule["verbs"]
-            .as_array()
-            .expect("verbs")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let verbs = strings(&rule["verbs"], "verbs");
         for r in rule["resources"].as_array().expect("resources") {
             grants.push(format!(
                 "{}:{}",
@@ -633,23 +643,18 @@ fn oidc_values_become_the_gateway_flags() {
     ]);
     let pod = &only_gateway(&objects, "Deployment")["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
-    let args: Vec<&str> = container["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    for arg in [
-        "--oidc-issuer-url=https://sso.example.com/realms/acme",
-        "--oidc-audience=aleph",
-        "--oidc-username-claim=preferred_username",
-        "--oidc-groups-claim=groups",
-        "--oidc-ca-file=/etc/aleph-gateway/oidc-ca/ca.crt",
-        "--token-review-audiences=aleph,vault",
-        "--token-review-cache-seconds=30",
-    ] {
-        assert!(args.contains(&arg), "{arg} missing from {args:?}");
-    }
+    assert_has_args(
+        container,
+        &[
+            "--oidc-issuer-url=https://sso.example.com/realms/acme",
+            "--oidc-audience=aleph",
+            "--oidc-username-claim=preferred_username",
+            "--oidc-groups-claim=groups",
+            "--oidc-ca-file=/etc/aleph-gateway/oidc-ca/ca.crt",
+            "--token-review-audiences=aleph,vault",
+            "--token-review-cache-seconds=30",
+        ],
+    );
     assert_eq!(
         container["volumeMounts"][0]["mountPath"],
         "/etc/aleph-gateway/oidc-ca"
@@ -705,23 +710,18 @@ fn the_gateway_is_on_by_default_with_read_only_rbac() {
         "{}",
         container["image"]
     );
-    let args: Vec<&str> = container["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    for arg in [
-        "run",
-        "--listen=0.0.0.0:8080",
-        "--replicas-share=2",
-        "--routing=least-in-flight",
-        "--cold-start-timeout=300",
-        "--cold-start-queue=256",
-        "--drain-seconds=5",
-    ] {
-        assert!(args.contains(&arg), "{arg} missing from {args:?}");
-    }
+    assert_has_args(
+        container,
+        &[
+            "run",
+            "--listen=0.0.0.0:8080",
+            "--replicas-share=2",
+            "--routing=least-in-flight",
+            "--cold-start-timeout=300",
+            "--cold-start-queue=256",
+            "--drain-seconds=5",
+        ],
+    );
     assert_eq!(
         pod["terminationGracePeriodSeconds"], 60,
         "the drain and then the requests in flight"

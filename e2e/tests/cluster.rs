@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aleph_e2e::{TestEnv, has_condition, unique_name, wait_for, wait_for_deletion};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ResourceQuota, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -71,17 +71,17 @@ async fn every_node_is_ready() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn deployment_gets_three_running_pods() {
-    let env = TestEnv::new().await;
-    env.apply_yaml(&format!(
+/// A Deployment `web` of `replicas` pause pods labelled `app: web`; `metadata`
+/// and `container` end its metadata and its container.
+fn web_deployment(replicas: u32, metadata: &str, container: &str) -> String {
+    format!(
         r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: web
-spec:
-  replicas: 3
+{metadata}spec:
+  replicas: {replicas}
   selector:
     matchLabels: {{app: web}}
   template:
@@ -91,11 +91,15 @@ spec:
       containers:
       - name: web
         image: {PAUSE_IMAGE}
-        resources:
-          requests: {{cpu: 10m, memory: 16Mi}}
-"#
-    ))
-    .await;
+{container}"#
+    )
+}
+
+#[tokio::test]
+async fn deployment_gets_three_running_pods() {
+    let env = TestEnv::new().await;
+    let resources = "        resources:\n          requests: {cpu: 10m, memory: 16Mi}\n";
+    env.apply_yaml(&web_deployment(3, "", resources)).await;
     wait_for(&env.api::<Deployment>(), "web", TIMEOUT, |d| {
         d.status.as_ref().and_then(|s| s.available_replicas) == Some(3)
     })
@@ -114,15 +118,14 @@ spec:
     env.cleanup().await;
 }
 
+/// A Pod `name` whose spec's body is `spec`.
+fn pod(name: &str, spec: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
 fn gpu_pod(name: &str, gpus: u32) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  nodeSelector:
+    let spec = format!(
+        r#"  nodeSelector:
     nvidia.com/gpu.product: {H100}
   tolerations:
   - key: nvidia.com/gpu
@@ -135,17 +138,26 @@ spec:
       limits:
         nvidia.com/gpu: {gpus}
 "#
-    )
+    );
+    pod(name, &spec)
+}
+
+/// The H100 nodes, or `None` (the test is skipped) when there are none.
+async fn h100_nodes(env: &TestEnv) -> Option<Vec<Node>> {
+    let nodes = gpu_nodes(env.client(), H100).await;
+    if nodes.is_empty() {
+        eprintln!("skipped: no node offers nvidia.com/gpu with product {H100}");
+        return None;
+    }
+    Some(nodes)
 }
 
 #[tokio::test]
 async fn gpu_pod_lands_on_an_h100_node() {
     let env = TestEnv::new().await;
-    let h100_nodes = gpu_nodes(env.client(), H100).await;
-    if h100_nodes.is_empty() {
-        eprintln!("skipped: no node offers nvidia.com/gpu with product {H100}");
+    let Some(h100_nodes) = h100_nodes(&env).await else {
         return env.cleanup().await;
-    }
+    };
     env.apply_yaml(&gpu_pod("trainer", 1)).await;
     let pod = wait_for(&env.api::<Pod>(), "trainer", TIMEOUT, |p| {
         pod_phase(p) == Some("Running")
@@ -162,8 +174,7 @@ async fn gpu_pod_lands_on_an_h100_node() {
 #[tokio::test]
 async fn gpu_pod_asking_for_more_than_a_node_has_stays_pending() {
     let env = TestEnv::new().await;
-    if gpu_nodes(env.client(), H100).await.is_empty() {
-        eprintln!("skipped: no node offers nvidia.com/gpu with product {H100}");
+    if h100_nodes(&env).await.is_none() {
         return env.cleanup().await;
     }
     env.apply_yaml(&gpu_pod("too-big", 9)).await;
@@ -197,29 +208,29 @@ spec:
     )
 }
 
-#[tokio::test]
-async fn job_completes() {
+/// Runs the Job `name` (its pod exits with `exit_code`; `annotations` go on
+/// it) until it has the condition `ended`, and returns its status.
+async fn run_job(name: &str, exit_code: u8, annotations: &str, ended: &str) -> JobStatus {
     let env = TestEnv::new().await;
-    env.apply_yaml(&job("succeeds", 0, "")).await;
-    let job = wait_for(&env.api::<Job>(), "succeeds", TIMEOUT, |j| {
-        has_condition(j, "Complete", "True")
+    env.apply_yaml(&job(name, exit_code, annotations)).await;
+    let job = wait_for(&env.api::<Job>(), name, TIMEOUT, |j| {
+        has_condition(j, ended, "True")
     })
     .await;
-    assert_eq!(job.status.and_then(|s| s.succeeded), Some(1));
     env.cleanup().await;
+    job.status.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn job_completes() {
+    let status = run_job("succeeds", 0, "", "Complete").await;
+    assert_eq!(status.succeeded, Some(1));
 }
 
 #[tokio::test]
 async fn job_with_a_failing_pod_fails() {
-    let env = TestEnv::new().await;
-    env.apply_yaml(&job("fails", 1, r#"aleph.dev/test-fail: "true""#))
-        .await;
-    let job = wait_for(&env.api::<Job>(), "fails", TIMEOUT, |j| {
-        has_condition(j, "Failed", "True")
-    })
-    .await;
-    assert_eq!(job.status.and_then(|s| s.failed), Some(1));
-    env.cleanup().await;
+    let status = run_job("fails", 1, r#"aleph.dev/test-fail: "true""#, "Failed").await;
+    assert_eq!(status.failed, Some(1));
 }
 
 #[tokio::test]
@@ -283,27 +294,8 @@ data:
         |_| true,
     )
     .await;
-    env.apply_yaml(&format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  namespace: {name}
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {{app: web}}
-  template:
-    metadata:
-      labels: {{app: web}}
-    spec:
-      containers:
-      - name: web
-        image: {PAUSE_IMAGE}
-"#
-    ))
-    .await;
+    env.apply_yaml(&web_deployment(2, &format!("  namespace: {name}\n"), ""))
+        .await;
     let deployments: Api<Deployment> = Api::namespaced(env.client(), &name);
     wait_for(&deployments, "web", TIMEOUT, |d| {
         d.status.as_ref().and_then(|s| s.ready_replicas) == Some(2)
@@ -348,15 +340,8 @@ spec:
     })
     .await;
 
-    let pod = |name: &str| {
-        format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  terminationGracePeriodSeconds: 0
+    let spec = format!(
+        r#"  terminationGracePeriodSeconds: 0
   containers:
   - name: app
     image: {PAUSE_IMAGE}
@@ -364,10 +349,10 @@ spec:
       requests: {{cpu: 250m, memory: 16Mi}}
       limits: {{cpu: 250m, memory: 16Mi}}
 "#
-        )
-    };
-    env.apply_yaml(&pod("first")).await;
-    env.apply_yaml(&pod("second")).await;
+    );
+    let small_pod = |name: &str| pod(name, &spec);
+    env.apply_yaml(&small_pod("first")).await;
+    env.apply_yaml(&small_pod("second")).await;
     wait_for(&quotas, "compute", TIMEOUT, |q| {
         used(q, "pods").as_deref() == Some("2")
             && used(q, "requests.cpu").as_deref() == Some("500m")
@@ -375,7 +360,7 @@ spec:
     .await;
 
     let refused = env
-        .try_apply_yaml(&pod("third"))
+        .try_apply_yaml(&small_pod("third"))
         .await
         .expect_err("a third pod exceeds the quota");
     let status = refused.api_status().map(|s| (s.code, s.message.clone()));

@@ -9,13 +9,14 @@
 
 use std::time::Duration;
 
+use aleph_crds::conditions::{READY, SUCCEEDED};
+use aleph_e2e::dynamic::aleph_resource;
 use aleph_e2e::{TestEnv, find_condition, unique_name, wait_for};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, PostParams};
-use kube::discovery::ApiResource;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -139,23 +140,7 @@ fn condition(obj: &DynamicObject, type_: &str) -> (String, String, String) {
 /// Waits until a Warning Event `ReconcileFailed` about the object quotes `needle`.
 async fn wait_event(env: &TestEnv, kind: &str, name: &str, needle: &str) {
     let events: Api<Event> = Api::all(env.client());
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let found: Vec<String> = aleph_e2e::events_about(&events, kind, name, "ReconcileFailed")
-            .await
-            .into_iter()
-            .filter(|e| e.type_.as_deref() == Some("Warning"))
-            .filter_map(|e| e.message)
-            .collect();
-        if found.iter().any(|m| m.contains(needle)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no ReconcileFailed event about {kind} {name} quoting {needle:?}; events: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    aleph_e2e::wait_reconcile_failed(&events, kind, name, needle, WAIT).await;
 }
 
 /// Changes an annotation of the object: a reconcile at once, instead of at the
@@ -176,32 +161,83 @@ struct Case {
     kind: &'static str,
     plural: &'static str,
     cluster_scoped: bool,
-    name: String,
-    yaml: String,
+    /// The object's name; a cluster-scoped one is made unique.
+    name: &'static str,
+    /// The body of its spec, where `{name}` stands for its name.
+    spec: &'static str,
     group: &'static str,
     resource: &'static str,
-    /// The label the operator puts on that child.
-    label: (&'static str, String),
+    /// The label the operator puts on that child, valued with the object's name.
+    label: &'static str,
 }
+
+const TENANT: Case = Case {
+    kind: "Tenant",
+    plural: "tenants",
+    cluster_scoped: true,
+    name: "refusals",
+    spec: "  owners: [{ kind: Group, name: {name}-admins, role: admin }]\n  namespaces: [work]\n  quota: { cpu: \"1\", memory: 1Gi }\n",
+    group: "",
+    resource: "resourcequotas",
+    label: "aleph.dev/tenant",
+};
+
+const MODEL: Case = Case {
+    kind: "AIModel",
+    plural: "aimodels",
+    cluster_scoped: false,
+    name: "refused-model",
+    spec: "  source: { uri: hf://acme/refused-8b }\n  cache: { enabled: false }\n  resources: { gpus: 1, cpu: \"1\", memory: 1Gi }\n",
+    group: "apps",
+    resource: "deployments",
+    label: "aleph.dev/model",
+};
+
+const PLUGIN: Case = Case {
+    kind: "Plugin",
+    plural: "plugins",
+    cluster_scoped: false,
+    name: "refused-plugin",
+    spec: "  version: 1.0.0\n  image: ghcr.io/acme/{name}:1.0.0\n  port: 9000\n  replicas: 1\n",
+    group: "apps",
+    resource: "deployments",
+    label: "aleph.dev/plugin",
+};
+
+const PIPELINE: Case = Case {
+    kind: "Pipeline",
+    plural: "pipelines",
+    cluster_scoped: false,
+    name: "refused-pipeline",
+    spec: "  steps:\n    - name: a\n      container: { image: registry.k8s.io/pause:3.10 }\n  schedule:\n    cron: \"*/3 * * * * *\"\n    concurrencyPolicy: Forbid\n",
+    group: "aleph.dev",
+    resource: "pipelineruns",
+    label: "aleph.dev/pipeline",
+};
 
 /// Refused as invalid, then as forbidden, then allowed: the kind's Ready
 /// condition and its Events follow each step.
-async fn refusals_show_and_clear(env: &TestEnv, case: Case) {
+async fn refusals_show_and_clear(case: &Case) {
+    let env = TestEnv::new().await;
+    let name = if case.cluster_scoped {
+        unique_name(case.name)
+    } else {
+        case.name.to_string()
+    };
+    let yaml = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: {}\nmetadata: {{ name: {name} }}\nspec:\n{}",
+        case.kind,
+        case.spec.replace("{name}", &name)
+    );
     let refusal = Refusal {
-        env,
+        env: &env,
         name: unique_name(&format!("refuse-{}", case.plural)),
         group: case.group,
         resource: case.resource,
-        label: case.label.clone(),
+        label: (case.label, name.clone()),
     };
     let marker = refusal.marker();
-    let resource = ApiResource {
-        group: "aleph.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "aleph.dev/v1alpha1".into(),
-        kind: case.kind.into(),
-        plural: case.plural.into(),
-    };
+    let resource = aleph_resource(case.kind, case.plural);
     let api: Api<DynamicObject> = if case.cluster_scoped {
         Api::all_with(env.client(), &resource)
     } else {
@@ -209,133 +245,75 @@ async fn refusals_show_and_clear(env: &TestEnv, case: Case) {
     };
 
     refusal.refuse("Invalid", 422).await;
-    env.apply_yaml(&case.yaml).await;
+    env.apply_yaml(&yaml).await;
     if case.cluster_scoped {
-        env.delete_on_cleanup(resource.clone(), &case.name);
+        env.delete_on_cleanup(resource.clone(), &name);
     }
     for (reason, code) in [("Refused", 422), ("Forbidden", 403)] {
         if code == 403 {
             refusal.refuse("Forbidden", 403).await;
-            poke(&api, &case.name, "forbidden").await;
+            poke(&api, &name, "forbidden").await;
         }
-        let shown = wait_for(&api, &case.name, WAIT, |o| {
-            let (_, r, m) = condition(o, "Ready");
+        let shown = wait_for(&api, &name, WAIT, |o| {
+            let (_, r, m) = condition(o, READY);
             r == reason && m.contains(&marker)
         })
         .await;
-        let (status, _, message) = condition(&shown, "Ready");
-        assert_eq!(status, "False", "{} {}: {message}", case.kind, case.name);
+        let (status, _, message) = condition(&shown, READY);
+        assert_eq!(status, "False", "{} {name}: {message}", case.kind);
         assert!(
             message.contains("retries"),
             "{} says it retries: {message}",
             case.kind
         );
-        wait_event(env, case.kind, &case.name, &marker).await;
+        wait_event(&env, case.kind, &name, &marker).await;
     }
 
     refusal.allow().await;
-    poke(&api, &case.name, "allowed").await;
-    wait_for(&api, &case.name, WAIT, |o| {
-        let (_, r, m) = condition(o, "Ready");
+    poke(&api, &name, "allowed").await;
+    wait_for(&api, &name, WAIT, |o| {
+        let (_, r, m) = condition(o, READY);
         r != "Refused" && r != "Forbidden" && !m.contains(&marker)
     })
     .await;
-}
-
-#[tokio::test]
-async fn a_tenant_shows_refusals_of_its_quota_and_recovers() {
-    let env = TestEnv::new().await;
-    let name = unique_name("refusals");
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Tenant\nmetadata: {{ name: {name} }}\nspec:\n  owners: [{{ kind: Group, name: {name}-admins, role: admin }}]\n  namespaces: [work]\n  quota: {{ cpu: \"1\", memory: 1Gi }}\n"
-    );
-    refusals_show_and_clear(
-        &env,
-        Case {
-            kind: "Tenant",
-            plural: "tenants",
-            cluster_scoped: true,
-            label: ("aleph.dev/tenant", name.clone()),
-            name,
-            yaml,
-            group: "",
-            resource: "resourcequotas",
-        },
-    )
-    .await;
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_model_shows_refusals_of_its_deployment_and_recovers() {
-    let env = TestEnv::new().await;
-    let name = "refused-model".to_string();
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata: {{ name: {name} }}\nspec:\n  source: {{ uri: hf://acme/refused-8b }}\n  cache: {{ enabled: false }}\n  resources: {{ gpus: 1, cpu: \"1\", memory: 1Gi }}\n"
-    );
-    refusals_show_and_clear(
-        &env,
-        Case {
-            kind: "AIModel",
-            plural: "aimodels",
-            cluster_scoped: false,
-            label: ("aleph.dev/model", name.clone()),
-            name,
-            yaml,
-            group: "apps",
-            resource: "deployments",
-        },
-    )
-    .await;
-    env.cleanup().await;
+/// One test per kind: `test_name: CASE`.
+macro_rules! refusal_tests {
+    ($($test:ident: $case:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                refusals_show_and_clear(&$case).await;
+            }
+        )*
+    };
 }
 
-#[tokio::test]
-async fn a_plugin_shows_refusals_of_its_deployment_and_recovers() {
-    let env = TestEnv::new().await;
-    let name = "refused-plugin".to_string();
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Plugin\nmetadata: {{ name: {name} }}\nspec:\n  version: 1.0.0\n  image: ghcr.io/acme/{name}:1.0.0\n  port: 9000\n  replicas: 1\n"
-    );
-    refusals_show_and_clear(
-        &env,
-        Case {
-            kind: "Plugin",
-            plural: "plugins",
-            cluster_scoped: false,
-            label: ("aleph.dev/plugin", name.clone()),
-            name,
-            yaml,
-            group: "apps",
-            resource: "deployments",
-        },
-    )
-    .await;
-    env.cleanup().await;
+refusal_tests! {
+    a_tenant_shows_refusals_of_its_quota_and_recovers: TENANT,
+    a_model_shows_refusals_of_its_deployment_and_recovers: MODEL,
+    a_plugin_shows_refusals_of_its_deployment_and_recovers: PLUGIN,
+    a_pipeline_shows_refusals_of_its_scheduled_runs_and_recovers: PIPELINE,
 }
 
-#[tokio::test]
-async fn a_pipeline_shows_refusals_of_its_scheduled_runs_and_recovers() {
-    let env = TestEnv::new().await;
-    let name = "refused-pipeline".to_string();
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: {name} }}\nspec:\n  steps:\n    - name: a\n      container: {{ image: registry.k8s.io/pause:3.10 }}\n  schedule:\n    cron: \"*/3 * * * * *\"\n    concurrencyPolicy: Forbid\n"
-    );
-    refusals_show_and_clear(
-        &env,
-        Case {
-            kind: "Pipeline",
-            plural: "pipelines",
-            cluster_scoped: false,
-            label: ("aleph.dev/pipeline", name.clone()),
-            name,
-            yaml,
-            group: "aleph.dev",
-            resource: "pipelineruns",
-        },
-    )
+/// Puts in force a policy that refuses the Jobs of the run `run` with
+/// `reason` and `code`, then applies the run (of the pipeline `once`).
+async fn refused_run<'a>(env: &'a TestEnv, run: &str, reason: &str, code: u16) -> Refusal<'a> {
+    let refusal = Refusal {
+        env,
+        name: unique_name(&format!("refuse-jobs-{code}")),
+        group: "batch",
+        resource: "jobs",
+        label: ("aleph.dev/pipelinerun", run.into()),
+    };
+    refusal.refuse(reason, code).await;
+    env.apply_yaml(&format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: PipelineRun\nmetadata: {{ name: {run} }}\nspec:\n  pipelineRef: {{ name: once }}\n"
+    ))
     .await;
-    env.cleanup().await;
+    refusal
 }
 
 /// A run's steps are its children: a Job refused as forbidden keeps the step
@@ -348,60 +326,33 @@ async fn a_run_shows_refusals_of_its_jobs() {
         "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: { name: once }\nspec:\n  steps:\n    - name: a\n      container: { image: registry.k8s.io/pause:3.10 }\n",
     )
     .await;
-    let resource = ApiResource {
-        group: "aleph.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "aleph.dev/v1alpha1".into(),
-        kind: "PipelineRun".into(),
-        plural: "pipelineruns".into(),
-    };
+    let resource = aleph_resource("PipelineRun", "pipelineruns");
     let runs: Api<DynamicObject> = Api::namespaced_with(env.client(), env.namespace(), &resource);
-    let run_yaml = |name: &str| {
-        format!(
-            "apiVersion: aleph.dev/v1alpha1\nkind: PipelineRun\nmetadata: {{ name: {name} }}\nspec:\n  pipelineRef: {{ name: once }}\n"
-        )
-    };
 
-    let waits = Refusal {
-        env: &env,
-        name: unique_name("refuse-jobs-403"),
-        group: "batch",
-        resource: "jobs",
-        label: ("aleph.dev/pipelinerun", "waits".into()),
-    };
-    waits.refuse("Forbidden", 403).await;
-    env.apply_yaml(&run_yaml("waits")).await;
+    let waits = refused_run(&env, "waits", "Forbidden", 403).await;
     let marker = waits.marker();
     let waiting = wait_for(&runs, "waits", WAIT, |r| {
-        condition(r, "Succeeded").2.contains(&marker)
+        condition(r, SUCCEEDED).2.contains(&marker)
     })
     .await;
-    let (status, _, message) = condition(&waiting, "Succeeded");
+    let (status, _, message) = condition(&waiting, SUCCEEDED);
     assert_eq!(status, "Unknown", "a forbidden Job waits: {message}");
     assert!(message.contains("cannot start: a"), "{message}");
     waits.allow().await;
     poke(&runs, "waits", "allowed").await;
     let started = wait_for(&runs, "waits", WAIT, |r| {
-        !condition(r, "Succeeded").2.contains(&marker)
+        !condition(r, SUCCEEDED).2.contains(&marker)
     })
     .await;
-    assert_ne!(condition(&started, "Succeeded").0, "False");
+    assert_ne!(condition(&started, SUCCEEDED).0, "False");
 
-    let fails = Refusal {
-        env: &env,
-        name: unique_name("refuse-jobs-422"),
-        group: "batch",
-        resource: "jobs",
-        label: ("aleph.dev/pipelinerun", "fails".into()),
-    };
-    fails.refuse("Invalid", 422).await;
-    env.apply_yaml(&run_yaml("fails")).await;
+    let fails = refused_run(&env, "fails", "Invalid", 422).await;
     let marker = fails.marker();
     let failed = wait_for(&runs, "fails", WAIT, |r| {
-        condition(r, "Succeeded").0 == "False"
+        condition(r, SUCCEEDED).0 == "False"
     })
     .await;
-    let (_, _, message) = condition(&failed, "Succeeded");
+    let (_, _, message) = condition(&failed, SUCCEEDED);
     assert!(
         message.contains(&marker),
         "the refusal is quoted: {message}"

@@ -38,30 +38,9 @@ where
     condition(&object, "Ready")
 }
 
-/// The Warning Events `ReconcileFailed` about the `kind` named `name` in `events`' scope.
-async fn failure_events(events: &Api<Event>, kind: &str, name: &str) -> Vec<String> {
-    aleph_e2e::events_about(events, kind, name, "ReconcileFailed")
-        .await
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter_map(|e| e.message)
-        .collect()
-}
-
 /// Waits until a `ReconcileFailed` Event about the object says `needle`.
 async fn wait_event(events: &Api<Event>, kind: &str, name: &str, needle: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let found = failure_events(events, kind, name).await;
-        if let Some(message) = found.iter().find(|m| m.contains(needle)) {
-            return message.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no ReconcileFailed event about {kind} {name} saying {needle:?}; events: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    aleph_e2e::wait_reconcile_failed(events, kind, name, needle, WAIT).await
 }
 
 /// A child's name taken by an object that is not the Plugin's: Ready=False
@@ -127,15 +106,8 @@ async fn a_plugin_whose_child_name_is_taken_says_so_and_recovers() {
 
 fn sagemaker_model(name: &str, label: &str, region: Option<&str>) -> String {
     let region = region.map_or(String::new(), |r| format!("\n    region: {r}"));
-    format!(
-        r#"
-apiVersion: aleph.dev/v1alpha1
-kind: AIModel
-metadata:
-  name: {name}
-  labels: {{ {PRIVATE_OPERATOR_LABEL}: "{label}" }}
-spec:
-  backend: SageMaker
+    let spec = format!(
+        r#"  backend: SageMaker
   training:
     image: 123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost:1.7
     roleArn: arn:aws:iam::123456789012:role/aleph-training
@@ -149,7 +121,8 @@ spec:
     roleArn: arn:aws:iam::123456789012:role/aleph-serving
     instanceType: ml.m5.large{region}
 "#
-    )
+    );
+    aws::labelled_model(name, label, &spec)
 }
 
 /// An operator with no AWS region at all: a model that names its region

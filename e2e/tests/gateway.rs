@@ -18,7 +18,7 @@ use aleph_e2e::gateway::{
 use aleph_e2e::oidc::LocalIssuer;
 use aleph_e2e::real_node::{host_ip, pin_namespace, require};
 use aleph_e2e::s3::{s3_put_tiny_chat, s3_secret};
-use aleph_e2e::serving::LLAMACPP_IMAGE;
+use aleph_e2e::serving::llamacpp_model;
 use aleph_e2e::{
     TestEnv, apply_yaml, find_condition, has_condition, openai, unique_name, wait_for,
 };
@@ -95,17 +95,7 @@ async fn tenants_call_their_models_through_the_gateway_with_the_openai_client() 
     apply(
         &env,
         &ns_a,
-        &format!(
-            r#"apiVersion: aleph.dev/v1alpha1
-kind: AIModel
-metadata: {{name: chat}}
-spec:
-  source: {{uri: "s3://{bucket}/tiny/chat.gguf", credentialsSecret: {{name: s3}}}}
-  runtime: {{engine: llamacpp, image: {LLAMACPP_IMAGE}}}
-  resources: {{gpus: 0, memory: 256Mi}}
-  cache: {{size: 1Gi, downloadTimeoutSeconds: 300}}
-"#
-        ),
+        &llamacpp_model("chat", &format!("s3://{bucket}/tiny/chat.gguf"), ""),
     )
     .await;
 
@@ -148,12 +138,15 @@ spec:
     // the gateway's pod, as the Service would.
     let base = format!("http://{pod_ip}:8080/v1");
     let python = openai::python();
+    let ask = async |token: &str, action: &str, args: &[&str]| {
+        openai::call(&python, &base, token, action, args).await
+    };
 
     // Each key lists its tenant's models: a's, once the gateway has seen it;
     // b has none.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let listed = openai::call(&python, &base, &key_a, "models", &[]).await;
+        let listed = ask(&key_a, "models", &[]).await;
         if listed["ids"] == json!(["chat"]) {
             break;
         }
@@ -163,7 +156,7 @@ spec:
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let listed = openai::call(&python, &base, &key_b, "models", &[]).await;
+    let listed = ask(&key_b, "models", &[]).await;
     assert_eq!(listed["ids"], json!([]), "tenant b's models");
 
     // ServiceAccount tokens: a's acts for a, b's for b (no model, and 403 on
@@ -171,26 +164,24 @@ spec:
     let sa_a = service_account_token(&env, &ns_a, "caller").await;
     let sa_b = service_account_token(&env, &ns_b, "caller").await;
     let outsider = service_account_token(&env, &platform, "outsider").await;
-    let listed = openai::call(&python, &base, &sa_a, "models", &[]).await;
-    assert_eq!(
-        listed["ids"],
-        json!(["chat"]),
-        "models of a's ServiceAccount"
-    );
-    let sa_chat = openai::call(&python, &base, &sa_a, "chat", &["chat", "8", "Hi there"]).await;
-    assert_eq!(
-        sa_chat["model"], "chat",
-        "a's ServiceAccount calling chat: {sa_chat}"
-    );
-    let sa_used = number(&sa_chat, "prompt_tokens") + number(&sa_chat, "completion_tokens");
-    let listed = openai::call(&python, &base, &sa_b, "models", &[]).await;
+    // A caller of tenant a (`who`) lists a's one model and chats with it.
+    let lists_and_chats = async |token: &str, who: &str, prompt: &str| {
+        let listed = ask(token, "models", &[]).await;
+        assert_eq!(listed["ids"], json!(["chat"]), "models of {who}");
+        let answer = ask(token, "chat", &["chat", "8", prompt]).await;
+        assert_eq!(answer["model"], "chat", "{who} calling chat: {answer}");
+        answer
+    };
+    let sa_chat = lists_and_chats(&sa_a, "a's ServiceAccount", "Hi there").await;
+    let sa_used = tokens_used(&sa_chat);
+    let listed = ask(&sa_b, "models", &[]).await;
     assert_eq!(listed["ids"], json!([]), "models of b's ServiceAccount");
-    let refused = openai::call(&python, &base, &sa_b, "chat", &["chat", "8", "hi"]).await;
+    let refused = ask(&sa_b, "chat", &["chat", "8", "hi"]).await;
     assert_eq!(
         refused["status"], 403,
         "b's ServiceAccount on a's model: {refused}"
     );
-    let outside = openai::call(&python, &base, &outsider, "models", &[]).await;
+    let outside = ask(&outsider, "models", &[]).await;
     assert_eq!(
         outside["status"], 403,
         "a ServiceAccount of no tenant: {outside}"
@@ -201,7 +192,7 @@ spec:
             .is_some_and(|m| m.contains(&format!("{platform}/outsider"))),
         "{outside}"
     );
-    let garbage = openai::call(&python, &base, "not-a-token", "models", &[]).await;
+    let garbage = ask("not-a-token", "models", &[]).await;
     assert_eq!(garbage["status"], 401, "a garbage token: {garbage}");
 
     // OIDC: a member of a's group lists and calls a's models; a user of no
@@ -209,26 +200,17 @@ spec:
     let user = unique_name("alice");
     let group_a = format!("{a}-ml");
     let member = issuer.token(OIDC_AUDIENCE, &user, &["staff", &group_a]);
-    let listed = openai::call(&python, &base, &member, "models", &[]).await;
-    assert_eq!(
-        listed["ids"],
-        json!(["chat"]),
-        "models of a member of {group_a}"
-    );
-    let oidc_chat = openai::call(&python, &base, &member, "chat", &["chat", "8", "Hello"]).await;
-    assert_eq!(
-        oidc_chat["model"], "chat",
-        "the OIDC user calling chat: {oidc_chat}"
-    );
-    let oidc_used = number(&oidc_chat, "prompt_tokens") + number(&oidc_chat, "completion_tokens");
+    let who = format!("the OIDC user, a member of {group_a}");
+    let oidc_chat = lists_and_chats(&member, &who, "Hello").await;
+    let oidc_used = tokens_used(&oidc_chat);
     let stranger = issuer.token(OIDC_AUDIENCE, &user, &["staff"]);
-    let refused = openai::call(&python, &base, &stranger, "models", &[]).await;
+    let refused = ask(&stranger, "models", &[]).await;
     assert_eq!(
         refused["status"], 403,
         "an OIDC user of no tenant: {refused}"
     );
     let elsewhere = issuer.token("another-client", &user, &[&group_a]);
-    let refused = openai::call(&python, &base, &elsewhere, "models", &[]).await;
+    let refused = ask(&elsewhere, "models", &[]).await;
     assert_eq!(
         refused["status"], 401,
         "a token for another client: {refused}"
@@ -242,80 +224,33 @@ spec:
     };
     count(&sa_chat);
     count(&oidc_chat);
-    let chat = openai::call(&python, &base, &key_a, "chat", &["chat", "8", "Say hello"]).await;
+    let chat = ask(&key_a, "chat", &["chat", "8", "Say hello"]).await;
     assert_eq!(chat["model"], "chat", "{chat}");
-    assert!(
-        !chat["content"].as_str().unwrap_or_default().is_empty(),
-        "{chat}"
-    );
+    assert_has_content(&chat);
     count(&chat);
-    let stream = openai::call(
-        &python,
-        &base,
-        &key_a,
-        "stream",
-        &["chat", "8", "Count to five"],
-    )
-    .await;
+    let stream = ask(&key_a, "stream", &["chat", "8", "Count to five"]).await;
     assert!(number(&stream, "chunks") >= 2, "{stream}");
-    assert!(
-        !stream["content"].as_str().unwrap_or_default().is_empty(),
-        "{stream}"
-    );
+    assert_has_content(&stream);
     count(&stream);
-    let completion = openai::call(
-        &python,
-        &base,
-        &key_a,
-        "completion",
-        &["chat", "8", "Once upon a time"],
-    )
-    .await;
-    assert!(
-        !completion["content"]
-            .as_str()
-            .unwrap_or_default()
-            .is_empty(),
-        "{completion}"
-    );
+    let completion = ask(&key_a, "completion", &["chat", "8", "Once upon a time"]).await;
+    assert_has_content(&completion);
     count(&completion);
 
     // Refusals, in OpenAI's shape: another tenant's key, a bad key, an unknown model.
-    let other = openai::call(&python, &base, &key_b, "chat", &["chat", "8", "hi"]).await;
+    let other = ask(&key_b, "chat", &["chat", "8", "hi"]).await;
     assert_eq!(
         other["status"], 403,
         "tenant b calling tenant a's model: {other}"
     );
-    let bad = openai::call(
-        &python,
-        &base,
-        "sk-aleph-not-a-key",
-        "chat",
-        &["chat", "8", "hi"],
-    )
-    .await;
+    let bad = ask("sk-aleph-not-a-key", "chat", &["chat", "8", "hi"]).await;
     assert_eq!(bad["status"], 401, "a bad key: {bad}");
-    let unknown = openai::call(
-        &python,
-        &base,
-        &key_a,
-        "chat",
-        &["no-such-model", "8", "hi"],
-    )
-    .await;
+    let unknown = ask(&key_a, "chat", &["no-such-model", "8", "hi"]).await;
     assert_eq!(unknown["status"], 400, "an unknown model: {unknown}");
 
     // Tenant a's 400 tokens a minute run out: 429 with Retry-After.
     let mut limited = None;
     for _ in 0..60 {
-        let answer = openai::call(
-            &python,
-            &base,
-            &key_a,
-            "chat",
-            &["chat", "8", "Say hello again"],
-        )
-        .await;
+        let answer = ask(&key_a, "chat", &["chat", "8", "Say hello again"]).await;
         if answer["status"] == 429 {
             limited = Some(answer);
             break;
@@ -384,4 +319,17 @@ spec:
         usage.day
     );
     env.cleanup().await;
+}
+
+/// Asserts that the answer has some content.
+fn assert_has_content(answer: &Value) {
+    assert!(
+        !answer["content"].as_str().unwrap_or_default().is_empty(),
+        "{answer}"
+    );
+}
+
+/// The prompt and completion tokens of an answer.
+fn tokens_used(answer: &Value) -> u64 {
+    number(answer, "prompt_tokens") + number(answer, "completion_tokens")
 }

@@ -13,7 +13,7 @@ use aleph_e2e::gateway::{
 use aleph_e2e::openai::{self, Load, LoadLoop, LoadSpec, load_count};
 use aleph_e2e::real_node::{node_netns, pin_namespace, require};
 use aleph_e2e::s3::{s3_put, s3_put_tiny_chat, s3_secret};
-use aleph_e2e::serving::LLAMACPP_IMAGE;
+use aleph_e2e::serving::{LLAMACPP_IMAGE, llamacpp_model};
 use aleph_e2e::{
     TestEnv, apply_yaml, find_condition, unique_name, wait_for, wait_for_deletion,
     wait_tenant_ready,
@@ -30,6 +30,36 @@ const UNLIMITED: &str = "  gateway: {requestsPerMinute: 10000000, tokensPerMinut
 
 /// A tenant with a key and the S3 Secret in its namespace, pinned to the real
 /// node. Returns the tenant's namespace and the key.
+/// A test on the real node: the test's environment (a platform namespace for
+/// the gateway), and [`tenant_with_key`]'s namespace and key.
+async fn gateway_test(prefix: &str) -> (TestEnv, String, String) {
+    let env = TestEnv::new().await;
+    require(&env.client()).await;
+    let (ns, key) = tenant_with_key(&env, prefix).await;
+    platform_namespace(&env.client(), env.namespace()).await;
+    (env, ns, key)
+}
+
+/// Applies the AIModel `yaml` in `ns` and a gateway of `gateways` replicas in
+/// the test's namespace; waits until the model `model` serves with
+/// `replicas` ready and the gateway's pods are ready, and returns them.
+async fn model_behind_gateway(
+    env: &TestEnv,
+    ns: &str,
+    (model, yaml, replicas): (&str, &str, i32),
+    gateways: u32,
+) -> Vec<Pod> {
+    apply_yaml(&env.client(), yaml, Some(ns))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    env.apply_yaml(&render_gateway(&unique_name("gw"), env.namespace(), gateways, &[]).await)
+        .await;
+    let models: Api<AIModel> = Api::namespaced(env.client(), ns);
+    wait_serving(&models, model, replicas).await;
+    let pods: Api<Pod> = env.api();
+    wait_for_gateway_pods(&pods, gateways as usize, READY_TIMEOUT).await
+}
+
 async fn tenant_with_key(env: &TestEnv, prefix: &str) -> (String, String) {
     let name = unique_name(prefix);
     env.apply_yaml(&tenant(&name, UNLIMITED)).await;
@@ -43,21 +73,6 @@ async fn tenant_with_key(env: &TestEnv, prefix: &str) -> (String, String) {
             .unwrap_or_else(|e| panic!("{e}"));
     }
     (ns, key)
-}
-
-/// An AIModel served by llama.cpp from `uri`; `extra` is more of the spec.
-fn llamacpp_model(name: &str, uri: &str, extra: &str) -> String {
-    format!(
-        r#"apiVersion: aleph.dev/v1alpha1
-kind: AIModel
-metadata: {{name: {name}}}
-spec:
-  source: {{uri: "{uri}", credentialsSecret: {{name: s3}}}}
-  runtime: {{engine: llamacpp, image: {LLAMACPP_IMAGE}}}
-  resources: {{gpus: 0, memory: 256Mi}}
-  cache: {{size: 1Gi, downloadTimeoutSeconds: 300}}
-{extra}"#
-    )
 }
 
 /// Waits until the model serves with `replicas` ready.
@@ -102,9 +117,7 @@ fn unix_now() -> u64 {
 
 #[tokio::test]
 async fn the_canary_gets_exactly_its_share_of_1000_requests_through_the_gateway() {
-    let env = TestEnv::new().await;
-    require(&env.client()).await;
-    let (ns, key) = tenant_with_key(&env, "gwc").await;
+    let (env, ns, key) = gateway_test("gwc").await;
     let bucket = unique_name("gw-canary");
     s3_put(
         &bucket,
@@ -133,22 +146,8 @@ async fn the_canary_gets_exactly_its_share_of_1000_requests_through_the_gateway(
       args: [--alias, duo-canary]
 "#
     );
-    apply_yaml(
-        &env.client(),
-        &llamacpp_model("duo", &format!("s3://{bucket}/v1/model.gguf"), &canary),
-        Some(&ns),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let platform = env.namespace().to_string();
-    platform_namespace(&env.client(), &platform).await;
-    env.apply_yaml(&render_gateway(&unique_name("gw"), &platform, 1, &[]).await)
-        .await;
-
-    let models: Api<AIModel> = Api::namespaced(env.client(), &ns);
-    wait_serving(&models, "duo", 2).await;
-    let pods: Api<Pod> = env.api();
-    let gateway = wait_for_gateway_pods(&pods, 1, READY_TIMEOUT).await;
+    let duo = llamacpp_model("duo", &format!("s3://{bucket}/v1/model.gguf"), &canary);
+    let gateway = model_behind_gateway(&env, &ns, ("duo", &duo, 2), 1).await;
     // One gateway replica, called at its pod's address from this machine:
     // its split counter sees every request.
     let base = format!("http://{}:8080/v1", pod_ip(&gateway[0]));
@@ -243,27 +242,12 @@ async fn wait_for_service_endpoints(slices: &Api<EndpointSlice>, service: &str, 
 
 #[tokio::test]
 async fn deleting_a_gateway_pod_during_a_load_loop_loses_no_request() {
-    let env = TestEnv::new().await;
-    require(&env.client()).await;
-    let (ns, key) = tenant_with_key(&env, "gwk").await;
+    let (env, ns, key) = gateway_test("gwk").await;
     let bucket = unique_name("gw-kill");
     s3_put_tiny_chat(&bucket);
-    apply_yaml(
-        &env.client(),
-        &llamacpp_model("chat", &format!("s3://{bucket}/tiny/chat.gguf"), ""),
-        Some(&ns),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let platform = env.namespace().to_string();
-    platform_namespace(&env.client(), &platform).await;
-    env.apply_yaml(&render_gateway(&unique_name("gw"), &platform, 2, &[]).await)
-        .await;
-
-    let models: Api<AIModel> = Api::namespaced(env.client(), &ns);
-    wait_serving(&models, "chat", 1).await;
+    let chat = llamacpp_model("chat", &format!("s3://{bucket}/tiny/chat.gguf"), "");
+    let gateways = model_behind_gateway(&env, &ns, ("chat", &chat, 1), 2).await;
     let pods: Api<Pod> = env.api();
-    let gateways = wait_for_gateway_pods(&pods, 2, READY_TIMEOUT).await;
     let services: Api<Service> = env.api();
     let service = services
         .list(&ListParams::default())

@@ -728,14 +728,7 @@ fn start_moto(venv: &Path, log: &Path) -> Moto {
         child,
         url: format!("http://127.0.0.1:{port}"),
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto_server did not listen on {port} in 60s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_listening(port, Duration::from_secs(60), "moto_server");
     moto
 }
 
@@ -794,6 +787,37 @@ fn download(image: &Image, root: &Path, moto: &Moto, source: &str, target: &str)
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts that the run said `said` on its standard output.
+fn assert_said(out: &Output, said: &str) {
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(said), "{stdout}");
+}
+
+/// Asserts that the run reported `expected` as its error, on its standard
+/// error and in the termination log.
+fn assert_reported(out: &Output, root: &Path, expected: &str) {
+    assert_eq!(text(&out.stderr).trim_end(), expected);
+    assert_eq!(
+        std::fs::read_to_string(root.join("dev/termination-log"))
+            .expect("termination-log")
+            .trim_end(),
+        expected
+    );
+}
+
+/// Waits until something listens on the local `port`, for at most `within`;
+/// `what` names it in the failure.
+fn wait_listening(port: u16, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} in {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn assert_world_readable(dir: &Path) {
@@ -875,11 +899,7 @@ fn the_model_cache_image_downloads_from_s3_once_and_explains_failures() {
         "/mnt/single",
     );
     assert!(out.status.success(), "single key: {}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("downloaded 1 files"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_said(&out, "downloaded 1 files");
     let file = root.join("mnt/single/model.gguf");
     assert_eq!(std::fs::read(&file).expect("the model file"), model);
     let again = download(
@@ -913,11 +933,7 @@ fn the_model_cache_image_downloads_from_s3_once_and_explains_failures() {
         assert!(out.status.success(), "prefix: {}", text(&out.stderr));
     }
     let out = download(&image, &root, &moto, "s3://models/tiny/", "/mnt/prefix");
-    assert!(
-        text(&out.stdout).contains("nothing to download: all 2 files"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_said(&out, "nothing to download: all 2 files");
     assert_eq!(
         std::fs::read(root.join("mnt/prefix/model.gguf")).expect("model"),
         model
@@ -948,11 +964,7 @@ fn the_model_cache_image_downloads_from_s3_once_and_explains_failures() {
         "s3://models/bundles/tiny.tar.gz",
         "/mnt/archive",
     );
-    assert!(
-        text(&again.stdout).contains("nothing to download"),
-        "{}",
-        text(&again.stdout)
-    );
+    assert_said(&again, "nothing to download");
 
     // Serving pods run as other users: everything is readable by all.
     assert_world_readable(&root.join("mnt"));
@@ -972,13 +984,7 @@ fn the_model_cache_image_downloads_from_s3_once_and_explains_failures() {
     let out = download(&image, &root, &moto, missing, "/mnt/missing");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let expected = format!("{missing}: no such object (NoSuchKey)");
-    assert_eq!(text(&out.stderr).trim_end(), expected);
-    assert_eq!(
-        std::fs::read_to_string(root.join("dev/termination-log"))
-            .expect("termination-log")
-            .trim_end(),
-        expected
-    );
+    assert_reported(&out, &root, &expected);
     let out = download(
         &image,
         &root,
@@ -1057,14 +1063,7 @@ fn the_model_cache_image_downloads_a_hugging_face_repository_once() {
             .spawn()
             .expect("start the stand-in Hub"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the stand-in Hub did not listen in 30s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_listening(port, Duration::from_secs(30), "the stand-in Hub");
     let hf = |source: &str, target: &str| {
         run_image(
             &image,
@@ -1078,11 +1077,7 @@ fn the_model_cache_image_downloads_a_hugging_face_repository_once() {
     };
     let out = hf("hf://org/tiny@main", "/mnt/hf");
     assert!(out.status.success(), "hf: {}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("downloaded 2 files"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_said(&out, "downloaded 2 files");
     assert_eq!(
         std::fs::read(root.join("mnt/hf/weights/model.safetensors")).expect("weights"),
         (0..=255u8).cycle().take(25600).collect::<Vec<u8>>()
@@ -1103,20 +1098,10 @@ fn the_model_cache_image_downloads_a_hugging_face_repository_once() {
     );
     assert_world_readable(&root.join("mnt/hf"));
     let again = hf("hf://org/tiny@main", "/mnt/hf");
-    assert!(
-        text(&again.stdout).contains("nothing to download"),
-        "{}",
-        text(&again.stdout)
-    );
+    assert_said(&again, "nothing to download");
 
     let out = hf("hf://org/missing", "/mnt/missing");
     assert_eq!(out.status.code(), Some(1));
     let expected = "hf://org/missing: no such repository, or it is private and no token can read it (HTTP 404)";
-    assert_eq!(text(&out.stderr).trim_end(), expected);
-    assert_eq!(
-        std::fs::read_to_string(root.join("dev/termination-log"))
-            .expect("termination-log")
-            .trim_end(),
-        expected
-    );
+    assert_reported(&out, &root, expected);
 }

@@ -73,12 +73,7 @@ async fn the_model_cache_downloads_from_s3_once_and_names_a_missing_object() {
         cache_phase(m) == Some("Ready")
     })
     .await;
-    let claim = first
-        .status
-        .as_ref()
-        .and_then(|s| s.cache.as_ref())
-        .map(|c| c.claim_name.clone())
-        .expect("status.cache.claimName");
+    let claim = aleph_e2e::serving::cache_claim(&first).expect("status.cache.claimName");
 
     // The files are really in the volume, whole.
     let dir = volume_dir(&env.client(), env.namespace(), &claim).await;

@@ -91,6 +91,15 @@ async fn apply(env: &TestEnv, yaml: &str) -> Vec<Applied> {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Waits until `replica` says it leads; `what` names the wait.
+async fn wait_leads(replica: &OperatorProcess, what: &str) {
+    replica
+        .wait_for_metrics(what, TIMEOUT, |m| {
+            m.lines().any(|l| l.trim() == "aleph_leader 1")
+        })
+        .await;
+}
+
 /// Waits until exactly one of `operators` says it leads, and returns its index.
 async fn sole_leader(operators: &[&OperatorProcess], timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
@@ -363,19 +372,11 @@ async fn only_the_leader_writes_and_another_takes_over_when_it_dies_or_stops() {
     let killed = Instant::now();
     let two = unique_name("le-two");
     applied.extend(apply(&env, &small_tenant(&two, &label)).await);
-    follower
-        .wait_for_metrics("the follower leads", TIMEOUT, |m| {
-            m.lines().any(|l| l.trim() == "aleph_leader 1")
-        })
-        .await;
+    wait_leads(&follower, "the follower leads").await;
     let leads_after = killed.elapsed();
     wait_for(&tenants, &two, TIMEOUT, tenant_reconciled).await;
     let takeover = killed.elapsed();
-    println!(
-        "takeover: {:.2} s (leader after {:.2} s, lease {LEASE_SECONDS} s)",
-        takeover.as_secs_f64(),
-        leads_after.as_secs_f64()
-    );
+    println!("takeover: {takeover:.2?} (leader after {leads_after:.2?}, lease {LEASE_SECONDS} s)");
     assert!(
         leads_after >= Duration::from_secs(LEASE_SECONDS / 2),
         "took over after {leads_after:?}, before the lease of the killed leader expired"
@@ -419,16 +420,10 @@ async fn only_the_leader_writes_and_another_takes_over_when_it_dies_or_stops() {
         after_exit, stopped_holder,
         "the stopped leader did not release the Lease"
     );
-    follower
-        .wait_for_metrics("the follower leads after SIGTERM", TIMEOUT, |m| {
-            m.lines().any(|l| l.trim() == "aleph_leader 1")
-        })
-        .await;
+    wait_leads(&follower, "the follower leads after SIGTERM").await;
     let handover = stopping.elapsed();
     println!(
-        "SIGTERM: exited in {:.2} s, handover: {:.2} s (lease {LEASE_SECONDS} s)",
-        exit_time.as_secs_f64(),
-        handover.as_secs_f64()
+        "SIGTERM: exited in {exit_time:.2?}, handover: {handover:.2?} (lease {LEASE_SECONDS} s)"
     );
     assert!(
         handover < Duration::from_secs(LEASE_SECONDS * 2),

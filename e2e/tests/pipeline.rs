@@ -16,14 +16,14 @@ use aleph_crds::pipeline::{Pipeline, PipelineRun, RunPhase, StepPhase, StepStatu
 use aleph_e2e::sagemaker_fake::{FAILURE_REASON_TAG, FakeConfig, OUTCOME_TAG};
 use aleph_e2e::{
     OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, has_condition,
-    table_row, unique_name, wait_for, wait_for_deletion,
+    table_row, unique_name, wait_condition, wait_for, wait_for_deletion,
 };
 use aws_sdk_sagemaker::config::Credentials;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -109,6 +109,102 @@ fn assert_message(run: &PipelineRun, text: &str) {
     assert!(message(run).contains(text), "{}", message(run));
 }
 
+/// A Pipeline named `name`; `spec` is the body of its spec.
+fn pipeline(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: {name} }}\nspec:\n{spec}"
+    )
+}
+
+/// The arguments of a Job's first container.
+fn job_args(job: &Job) -> Vec<String> {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers[0].args.clone())
+        .unwrap_or_default()
+}
+
+/// The Job `name`'s first container's arguments.
+async fn args_of(env: &TestEnv, name: &str) -> Vec<String> {
+    let job = env
+        .api::<Job>()
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("the Job {name}: {e}"));
+    job_args(&job)
+}
+
+/// Asserts that the step's phase is `expected` and its message contains `text`.
+fn assert_step(step: &StepStatus, expected: StepPhase, text: &str) {
+    assert_eq!(step.phase, expected, "{step:#?}");
+    assert!(
+        step.message.as_deref().unwrap_or_default().contains(text),
+        "{step:#?}"
+    );
+}
+
+/// The runs of the test's namespace.
+async fn list_runs(runs: &Api<PipelineRun>) -> Vec<PipelineRun> {
+    runs.list(&ListParams::default())
+        .await
+        .expect("list runs")
+        .items
+}
+
+/// The names of the runs of the test's namespace.
+async fn run_names(runs: &Api<PipelineRun>) -> Vec<String> {
+    list_runs(runs).await.iter().map(|r| r.name_any()).collect()
+}
+
+/// Polls the runs every `every` until `done` returns something; panics with
+/// `what` and the runs' phases after `within`.
+async fn poll_runs<T>(
+    runs: &Api<PipelineRun>,
+    within: Duration,
+    every: Duration,
+    what: &str,
+    mut done: impl FnMut(&[PipelineRun]) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let list = list_runs(runs).await;
+        if let Some(found) = done(&list) {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {within:?}: {:?}",
+            list.iter()
+                .map(|r| (r.name_any(), phase(r)))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Merge-patches the spec of the object `name`.
+async fn patch_spec<K>(api: &Api<K>, name: &str, spec: serde_json::Value)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&serde_json::json!({ "spec": spec })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("patching {name} with {spec}: {e}"));
+}
+
+/// Waits until the run `name` has no finalizer left.
+async fn wait_finalizers_gone(env: &TestEnv, name: &str) -> PipelineRun {
+    wait_for(&env.api::<PipelineRun>(), name, TIMEOUT, |r| {
+        r.finalizers().is_empty()
+    })
+    .await
+}
+
 /// A container step's YAML: `annotations` go on its pod (kwok reads them).
 fn container_step(name: &str, depends_on: &[&str], annotations: &str, args: &str) -> String {
     format!(
@@ -164,30 +260,29 @@ async fn wait_event(env: &TestEnv, kind: &str, name: &str, reason: &str) -> Stri
 #[tokio::test]
 async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
     let env = TestEnv::new().await;
-    let mut yaml = String::from(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: { name: diamond }\nspec:\n  params:\n    - { name: size, type: int, default: \"3\" }\n  steps:\n",
-    );
-    yaml.push_str(&container_step(
+    let mut steps = container_step(
         "prepare",
         &[],
         "aleph.dev/test-run-duration: 1s, aleph.dev/test-output: \"version=42\\nrows=1000\"",
         "\"--size=$(params.size)\"",
-    ));
+    );
     for branch in ["left", "middle", "right"] {
-        yaml.push_str(&container_step(
+        steps.push_str(&container_step(
             branch,
             &["prepare"],
             "aleph.dev/test-run-duration: 4s",
             "\"--version=$(steps.prepare.outputs.version)\"",
         ));
     }
-    yaml.push_str(&container_step(
+    steps.push_str(&container_step(
         "merge",
         &["left", "middle", "right"],
         "aleph.dev/test-run-duration: 1s",
         "\"--rows=$(steps.prepare.outputs.rows)\"",
     ));
-    env.apply_yaml(&yaml).await;
+    let spec =
+        format!("  params:\n    - {{ name: size, type: int, default: \"3\" }}\n  steps:\n{steps}");
+    env.apply_yaml(&pipeline("diamond", &spec)).await;
     let run = run_to_end(
         &env,
         "diamond-1",
@@ -244,15 +339,11 @@ async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
     let jobs = jobs_of(&env, "diamond-1").await;
     assert_eq!(jobs.len(), 5);
     let args = |job: &str| -> Vec<String> {
-        let job = jobs
-            .iter()
-            .find(|j| j.name_any() == job)
-            .unwrap_or_else(|| panic!("no Job {job}"));
-        job.spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| p.containers[0].args.clone())
-            .unwrap_or_default()
+        job_args(
+            jobs.iter()
+                .find(|j| j.name_any() == job)
+                .unwrap_or_else(|| panic!("no Job {job}")),
+        )
     };
     assert_eq!(args("diamond-1-prepare-1"), ["--size=7"]);
     assert_eq!(args("diamond-1-middle-1"), ["--version=42"]);
@@ -301,8 +392,8 @@ async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
 #[tokio::test]
 async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_still_runs() {
     let env = TestEnv::new().await;
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: flaky }}\nspec:\n  steps:\n{}      retries: {{ limit: 2, initialDelaySeconds: 3, factor: 2, maxDelaySeconds: 30 }}\n{}{}  finally:\n{}",
+    let spec = format!(
+        "  steps:\n{}      retries: {{ limit: 2, initialDelaySeconds: 3, factor: 2, maxDelaySeconds: 30 }}\n{}{}  finally:\n{}",
         container_step(
             "train",
             &[],
@@ -313,7 +404,7 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
         container_step("lint", &[], "aleph.dev/test-run-duration: 1s", ""),
         container_step("report", &[], "aleph.dev/test-run-duration: 1s", ""),
     );
-    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&pipeline("flaky", &spec)).await;
     let run = run_to_end(&env, "flaky-1", "flaky", "").await;
     assert_ended(&run, RunPhase::Failed, "StepFailed");
     assert_message(&run, "step train failed");
@@ -324,15 +415,7 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
     assert_eq!(train.attempts, 3, "one attempt and two retries");
     assert_eq!(train.attempt_times.len(), 3);
     let deploy = step(&run, "deploy");
-    assert_eq!(deploy.phase, StepPhase::Skipped);
-    assert!(
-        deploy
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("dependency train failed"),
-        "{deploy:#?}"
-    );
+    assert_step(deploy, StepPhase::Skipped, "dependency train failed");
     assert!(deploy.job_name.is_none(), "a skipped step runs nothing");
     assert_eq!(step(&run, "lint").phase, StepPhase::Succeeded);
     let report = step(&run, "report");
@@ -392,8 +475,8 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
 async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
     let env = TestEnv::new().await;
     // Every 4 seconds; each run takes about 7.
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: ticker }}\nspec:\n  params:\n    - {{ name: mode, type: enum, values: [fast, full], default: full }}\n  steps:\n{}  schedule:\n    cron: \"*/4 * * * * *\"\n    timeZone: Europe/Paris\n    concurrencyPolicy: Forbid\n    successfulRunsHistoryLimit: 10\n    params: [{{ name: mode, value: fast }}]\n",
+    let spec = format!(
+        "  params:\n    - {{ name: mode, type: enum, values: [fast, full], default: full }}\n  steps:\n{}  schedule:\n    cron: \"*/4 * * * * *\"\n    timeZone: Europe/Paris\n    concurrencyPolicy: Forbid\n    successfulRunsHistoryLimit: 10\n    params: [{{ name: mode, value: fast }}]\n",
         container_step(
             "tick",
             &[],
@@ -401,16 +484,12 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
             "\"--mode=$(params.mode)\""
         ),
     );
-    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&pipeline("ticker", &spec)).await;
     let runs = env.api::<PipelineRun>();
     let mut seen: BTreeSet<String> = BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let list = runs
-            .list(&ListParams::default())
-            .await
-            .expect("list runs")
-            .items;
+    let every = Duration::from_millis(300);
+    let what = "fewer than 2 scheduled runs succeeded";
+    poll_runs(&runs, Duration::from_secs(60), every, what, |list| {
         let unfinished: Vec<String> = list
             .iter()
             .filter(|r| !finished(r))
@@ -425,20 +504,10 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
             .iter()
             .filter(|r| phase(r) == RunPhase::Succeeded)
             .count();
-        if succeeded >= 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fewer than 2 scheduled runs succeeded within 60 s: {list:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let mut list = runs
-        .list(&ListParams::default())
-        .await
-        .expect("list runs")
-        .items;
+        (succeeded >= 2).then_some(())
+    })
+    .await;
+    let mut list = list_runs(&runs).await;
     list.retain(finished);
     list.sort_by_key(|r| time(status_of(r).start_time.as_deref()));
     for pair in list.windows(2) {
@@ -474,59 +543,30 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
     assert!(status.active.len() <= 1, "{:?}", status.active);
 
     // Suspended: no new runs; the history shrinks to its new limit.
-    env.api::<Pipeline>()
-        .patch(
-            "ticker",
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({"spec": {"schedule": {"suspend": true, "successfulRunsHistoryLimit": 1}}})),
-        )
-        .await
-        .expect("suspend the schedule");
-    let settled = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = runs
-            .list(&ListParams::default())
-            .await
-            .expect("list runs")
-            .items;
-        if list.iter().all(finished) && list.len() == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < settled,
-            "the history did not shrink to 1 run: {:?}",
-            list.iter()
-                .map(|r| (r.name_any(), phase(r)))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let before: Vec<String> = runs
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-        .iter()
-        .map(|r| r.name_any())
-        .collect();
+    let suspend =
+        serde_json::json!({"schedule": {"suspend": true, "successfulRunsHistoryLimit": 1}});
+    patch_spec(&env.api::<Pipeline>(), "ticker", suspend).await;
+    let every = Duration::from_millis(500);
+    let what = "the history did not shrink to 1 run";
+    poll_runs(&runs, Duration::from_secs(30), every, what, |list| {
+        (list.iter().all(finished) && list.len() == 1).then_some(())
+    })
+    .await;
+    let before = run_names(&runs).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let after: Vec<String> = runs
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-        .iter()
-        .map(|r| r.name_any())
-        .collect();
-    assert_eq!(before, after, "a suspended schedule creates no run");
+    assert_eq!(
+        before,
+        run_names(&runs).await,
+        "a suspended schedule creates no run"
+    );
     env.cleanup().await;
 }
 
 #[tokio::test]
 async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
     let env = TestEnv::new().await;
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: long }}\nspec:\n  steps:\n{}{}  finally:\n{}",
+    let spec = format!(
+        "  steps:\n{}{}  finally:\n{}",
         container_step("crunch", &[], "aleph.dev/test-run-duration: 300s", ""),
         container_step(
             "publish",
@@ -536,7 +576,7 @@ async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
         ),
         container_step("cleanup", &[], "aleph.dev/test-run-duration: 1s", ""),
     );
-    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&pipeline("long", &spec)).await;
     env.apply_yaml(&run_yaml("long-1", "long", "")).await;
     let runs = env.api::<PipelineRun>();
     wait_for(&runs, "long-1", TIMEOUT, |r| {
@@ -550,31 +590,13 @@ async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
     let jobs = env.api::<Job>();
     wait_for(&jobs, "long-1-crunch-1", TIMEOUT, |_| true).await;
 
-    let out = env
-        .kubectl([
-            "patch",
-            "pipelinerun",
-            "long-1",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"cancel":true}}"#,
-        ])
-        .await;
+    let out = set_cancel(&env, "long-1", true).await;
     assert!(out.success(), "{}", out.stderr);
     let run = finished_run(&env, "long-1").await;
     assert_ended(&run, RunPhase::Cancelled, "Cancelled");
     assert!(has_condition(&run, "Succeeded", "False"));
     wait_for_deletion(&jobs, "long-1-crunch-1", Duration::from_secs(30)).await;
-    let crunch = step(&run, "crunch");
-    assert_eq!(crunch.phase, StepPhase::Failed);
-    assert!(
-        crunch
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("cancelled"),
-        "{crunch:#?}"
-    );
+    assert_step(step(&run, "crunch"), StepPhase::Failed, "cancelled");
     assert_eq!(step(&run, "publish").phase, StepPhase::Skipped);
     assert_eq!(
         step(&run, "cleanup").phase,
@@ -583,16 +605,7 @@ async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
     );
 
     // A cancelled run stays cancelled.
-    let out = env
-        .kubectl([
-            "patch",
-            "pipelinerun",
-            "long-1",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"cancel":false}}"#,
-        ])
-        .await;
+    let out = set_cancel(&env, "long-1", false).await;
     assert!(
         !out.success() && out.stderr.contains("cannot be uncancelled"),
         "{}",
@@ -602,14 +615,21 @@ async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
     env.cleanup().await;
 }
 
+/// Sets the run's `spec.cancel` with kubectl.
+async fn set_cancel(env: &TestEnv, run: &str, cancel: bool) -> aleph_e2e::KubectlOutput {
+    let patch = format!(r#"{{"spec":{{"cancel":{cancel}}}}}"#);
+    env.kubectl(["patch", "pipelinerun", run, "--type=merge", "-p", &patch])
+        .await
+}
+
 fn resumable_pipeline(fail_validate: bool) -> String {
     let fail = if fail_validate {
         ", aleph.dev/test-fail: \"true\""
     } else {
         ""
     };
-    format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: etl }}\nspec:\n  steps:\n{}{}{}{}",
+    let spec = format!(
+        "  steps:\n{}{}{}{}",
         container_step(
             "extract",
             &[],
@@ -629,7 +649,8 @@ fn resumable_pipeline(fail_validate: bool) -> String {
             "\"--rows=$(steps.extract.outputs.rows)\""
         ),
         container_step("docs", &[], "aleph.dev/test-run-duration: 1s", ""),
-    )
+    );
+    pipeline("etl", &spec)
 }
 
 #[tokio::test]
@@ -673,18 +694,8 @@ async fn resume_from_reruns_only_what_did_not_succeed_and_reuses_outputs() {
         ["etl-2-load-1", "etl-2-validate-1"],
         "only the failed part ran"
     );
-    let load = env
-        .api::<Job>()
-        .get("etl-2-load-1")
-        .await
-        .expect("the load Job");
-    let args = load
-        .spec
-        .and_then(|s| s.template.spec)
-        .and_then(|p| p.containers[0].args.clone())
-        .unwrap_or_default();
     assert_eq!(
-        args,
+        args_of(&env, "etl-2-load-1").await,
         ["--rows=1234"],
         "reused outputs reach the rerun steps"
     );
@@ -699,22 +710,17 @@ async fn resume_from_reruns_only_what_did_not_succeed_and_reuses_outputs() {
 #[tokio::test]
 async fn a_cycle_is_reported_as_invalid_graph_naming_its_steps() {
     let env = TestEnv::new().await;
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: loop }}\nspec:\n  steps:\n{}{}{}{}",
+    let spec = format!(
+        "  steps:\n{}{}{}{}",
         container_step("fetch", &[], "", ""),
         container_step("alpha", &["fetch", "gamma"], "", ""),
         container_step("beta", &["alpha"], "", ""),
         container_step("gamma", &["beta"], "", ""),
     );
-    env.apply_yaml(&yaml).await;
-    let pipeline = wait_for(&env.api::<Pipeline>(), "loop", TIMEOUT, |p| {
-        has_condition(p, "Ready", "False")
-    })
-    .await;
-    let ready = find_condition(&pipeline, "Ready").expect("a Ready condition");
-    assert_eq!(ready.reason.as_deref(), Some("InvalidGraph"));
-    let text = ready.message.unwrap_or_default();
-    assert!(text.contains("alpha -> gamma -> beta"), "{text}");
+    env.apply_yaml(&pipeline("loop", &spec)).await;
+    let pipelines = env.api::<Pipeline>();
+    let (_, ready) = wait_condition(&pipelines, "loop", TIMEOUT, "Ready", "False").await;
+    ready.assert_says("InvalidGraph", &["alpha -> gamma -> beta"]);
 
     let run = run_to_end(&env, "loop-1", "loop", "").await;
     assert_ended(&run, RunPhase::Failed, "InvalidGraph");
@@ -731,11 +737,11 @@ async fn a_cycle_is_reported_as_invalid_graph_naming_its_steps() {
 #[tokio::test]
 async fn a_missing_param_fails_the_run_naming_it() {
     let env = TestEnv::new().await;
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: needs }}\nspec:\n  params:\n    - {{ name: dataset, type: string }}\n    - {{ name: epochs, type: int, default: \"3\" }}\n  steps:\n{}",
+    let spec = format!(
+        "  params:\n    - {{ name: dataset, type: string }}\n    - {{ name: epochs, type: int, default: \"3\" }}\n  steps:\n{}",
         container_step("go", &[], "", "\"$(params.dataset)\""),
     );
-    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&pipeline("needs", &spec)).await;
     let run = run_to_end(&env, "needs-1", "needs", "").await;
     assert_ended(&run, RunPhase::Failed, "ParameterMissing");
     assert_message(&run, "param dataset");
@@ -754,11 +760,9 @@ async fn a_missing_param_fails_the_run_naming_it() {
 #[tokio::test]
 async fn a_finished_run_is_deleted_with_its_jobs_after_its_ttl() {
     let env = TestEnv::new().await;
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: brief }}\nspec:\n  ttlSecondsAfterFinished: 3\n  steps:\n{}",
-        container_step("only", &[], "aleph.dev/test-run-duration: 1s", ""),
-    );
-    env.apply_yaml(&yaml).await;
+    let only = container_step("only", &[], "aleph.dev/test-run-duration: 1s", "");
+    let spec = format!("  ttlSecondsAfterFinished: 3\n  steps:\n{only}");
+    env.apply_yaml(&pipeline("brief", &spec)).await;
     let run = run_to_end(&env, "brief-1", "brief", "").await;
     assert_eq!(phase(&run), RunPhase::Succeeded);
     wait_for_deletion(
@@ -804,9 +808,7 @@ async fn bad_pipelines_are_refused_at_apply_time() {
         ),
     ];
     for (spec, expected) in cases {
-        let yaml = format!(
-            "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: bad }}\nspec:\n{spec}"
-        );
+        let yaml = pipeline("bad", &spec);
         match env.try_apply_yaml(&yaml).await {
             Ok(_) => panic!("accepted:\n{yaml}"),
             Err(e) => assert!(
@@ -864,8 +866,8 @@ async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
     let url = moto_url();
     let env = TestEnv::new().await;
     let prefix = format!("pipelines/{}", env.namespace());
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: fit }}\nspec:\n  params:\n    - {{ name: rounds, type: int, default: \"20\" }}\n  steps:\n{}{}",
+    let spec = format!(
+        "  params:\n    - {{ name: rounds, type: int, default: \"20\" }}\n  steps:\n{}{}",
         training_step("train", &prefix),
         container_step(
             "evaluate",
@@ -874,7 +876,7 @@ async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
             "\"--model=$(steps.train.outputs.artifactUri)\""
         ),
     );
-    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&pipeline("fit", &spec)).await;
     let run = run_to_end(
         &env,
         "fit-1",
@@ -913,27 +915,17 @@ async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
         Some("35")
     );
     // Its artifact reached the next step.
-    let evaluate = env
-        .api::<Job>()
-        .get("fit-1-evaluate-1")
-        .await
-        .expect("the evaluate Job");
-    let args = evaluate
-        .spec
-        .and_then(|s| s.template.spec)
-        .and_then(|p| p.containers[0].args.clone())
-        .unwrap_or_default();
-    assert_eq!(args, [format!("--model={artifact}")]);
+    assert_eq!(
+        args_of(&env, "fit-1-evaluate-1").await,
+        [format!("--model={artifact}")]
+    );
     let started = wait_event(&env, "PipelineRun", "fit-1", "TrainingStarted").await;
     assert!(
         started.contains("step train") && started.contains(&job_name),
         "{started}"
     );
     // No finalizer is left once no training job runs.
-    wait_for(&env.api::<PipelineRun>(), "fit-1", TIMEOUT, |r| {
-        r.finalizers().is_empty()
-    })
-    .await;
+    wait_finalizers_gone(&env, "fit-1").await;
     env.cleanup().await;
 }
 
@@ -963,11 +955,11 @@ spec:
     let generation = before.metadata.generation.unwrap_or_default();
 
     let prefix = format!("rollouts/{}", env.namespace());
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: ship }}\nspec:\n  params:\n    - {{ name: rounds, type: int, default: \"10\" }}\n  steps:\n{}    - name: rollout\n      dependsOn: [train]\n      rollout: {{ model: scorer, fromStep: train, readyTimeoutSeconds: 120 }}\n",
+    let spec = format!(
+        "  params:\n    - {{ name: rounds, type: int, default: \"10\" }}\n  steps:\n{}    - name: rollout\n      dependsOn: [train]\n      rollout: {{ model: scorer, fromStep: train, readyTimeoutSeconds: 120 }}\n",
         training_step("train", &prefix),
     );
-    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&pipeline("ship", &spec)).await;
     let run = run_to_end(&env, "ship-1", "ship", "").await;
     assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
     let artifact = step(&run, "train")
@@ -1027,13 +1019,13 @@ spec:
 #[tokio::test]
 async fn the_deadline_stops_the_run_with_timeout_and_finally_still_runs() {
     let env = TestEnv::new().await;
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: slow }}\nspec:\n  deadlineSeconds: 4\n  steps:\n{}{}  finally:\n{}",
+    let spec = format!(
+        "  deadlineSeconds: 4\n  steps:\n{}{}  finally:\n{}",
         container_step("crawl", &[], "aleph.dev/test-run-duration: 300s", ""),
         container_step("index", &["crawl"], "", ""),
         container_step("notify", &[], "aleph.dev/test-run-duration: 1s", ""),
     );
-    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&pipeline("slow", &spec)).await;
     let run = run_to_end(&env, "slow-1", "slow", "").await;
     assert_ended(&run, RunPhase::Failed, "Timeout");
     assert_message(&run, "deadline of 4s");
@@ -1091,12 +1083,12 @@ async fn cancelling_or_deleting_a_run_stops_its_training_job() {
     .await;
     let label = unique_name("pipeline");
     let _op = private_operator(&env, &sm.endpoint_url(), &label).await;
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: longfit }}\nspec:\n  steps:\n{}{}",
+    let steps = [
         fake_training_step("train", "team: ml", ""),
         container_step("evaluate", &["train"], "", ""),
-    );
-    env.apply_yaml(&yaml).await;
+    ];
+    let spec = format!("  steps:\n{}", steps.concat());
+    env.apply_yaml(&pipeline("longfit", &spec)).await;
     let runs = env.api::<PipelineRun>();
     let training_running = |r: &PipelineRun| {
         r.status.as_ref().is_some_and(|s| {
@@ -1115,18 +1107,12 @@ async fn cancelling_or_deleting_a_run_stops_its_training_job() {
         sm.training_job(&job).map(|j| j.status),
         Some("InProgress".into())
     );
-    runs.patch(
-        "longfit-1",
-        &PatchParams::default(),
-        &Patch::Merge(&serde_json::json!({"spec": {"cancel": true}})),
-    )
-    .await
-    .expect("cancel the run");
+    patch_spec(&runs, "longfit-1", serde_json::json!({"cancel": true})).await;
     let run = finished_run(&env, "longfit-1").await;
     assert_eq!(phase(&run), RunPhase::Cancelled, "{:#?}", run.status);
     let stopped = sm.training_job(&job).map(|j| j.status).unwrap_or_default();
     assert!(stopped == "Stopping" || stopped == "Stopped", "{stopped}");
-    let run = wait_for(&runs, "longfit-1", TIMEOUT, |r| r.finalizers().is_empty()).await;
+    let run = wait_finalizers_gone(&env, "longfit-1").await;
     assert_eq!(step(&run, "evaluate").phase, StepPhase::Skipped);
 
     // Delete: the finalizer holds the run until its training job is stopped.
@@ -1155,8 +1141,8 @@ async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step()
     let sm = aws::start_fake(FakeConfig::default()).await;
     let label = unique_name("pipeline");
     let _op = private_operator(&env, &sm.endpoint_url(), &label).await;
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: badfit }}\nspec:\n  steps:\n{}",
+    let spec = format!(
+        "  steps:\n{}",
         fake_training_step(
             "train",
             &format!(
@@ -1165,7 +1151,7 @@ async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step()
             "      retries: { limit: 1, initialDelaySeconds: 1 }\n"
         ),
     );
-    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&pipeline("badfit", &spec)).await;
     env.apply_yaml(&labelled_run("badfit-1", "badfit", &label))
         .await;
     let run = finished_run(&env, "badfit-1").await;
@@ -1179,10 +1165,7 @@ async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step()
         "each attempt is a SageMaker job of its own"
     );
     // The finalizer goes once no training job runs.
-    wait_for(&env.api::<PipelineRun>(), "badfit-1", TIMEOUT, |r| {
-        r.finalizers().is_empty()
-    })
-    .await;
+    wait_finalizers_gone(&env, "badfit-1").await;
     env.cleanup().await;
     sm.shutdown().await;
 }
@@ -1190,41 +1173,31 @@ async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step()
 #[tokio::test]
 async fn a_replace_schedule_cancels_the_running_run_for_the_next_one() {
     let env = TestEnv::new().await;
-    let yaml = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: latest }}\nspec:\n  steps:\n{}  schedule:\n    cron: \"*/3 * * * * *\"\n    concurrencyPolicy: Replace\n",
-        container_step("sync", &[], "aleph.dev/test-run-duration: 300s", ""),
+    let sync = container_step("sync", &[], "aleph.dev/test-run-duration: 300s", "");
+    let spec = format!(
+        "  steps:\n{sync}  schedule:\n    cron: \"*/3 * * * * *\"\n    concurrencyPolicy: Replace\n"
     );
-    env.apply_yaml(&yaml).await;
+    env.apply_yaml(&pipeline("latest", &spec)).await;
     let runs = env.api::<PipelineRun>();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
-    let (cancelled, running) = loop {
-        let list = runs
-            .list(&ListParams::default())
-            .await
-            .expect("list runs")
-            .items;
-        let cancelled: Vec<String> = list
-            .iter()
-            .filter(|r| phase(r) == RunPhase::Cancelled)
+    let in_phase = |list: &[PipelineRun], wanted: RunPhase| -> Vec<String> {
+        list.iter()
+            .filter(|r| phase(r) == wanted)
             .map(|r| r.name_any())
-            .collect();
-        let running: Vec<String> = list
-            .iter()
-            .filter(|r| phase(r) == RunPhase::Running)
-            .map(|r| r.name_any())
-            .collect();
-        if !cancelled.is_empty() && !running.is_empty() {
-            break (cancelled, running);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no run was replaced within 45 s: {:?}",
-            list.iter()
-                .map(|r| (r.name_any(), phase(r)))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+            .collect()
     };
+    let every = Duration::from_millis(300);
+    let (cancelled, running) = poll_runs(
+        &runs,
+        Duration::from_secs(45),
+        every,
+        "no run was replaced",
+        |list| {
+            let cancelled = in_phase(list, RunPhase::Cancelled);
+            let running = in_phase(list, RunPhase::Running);
+            (!cancelled.is_empty() && !running.is_empty()).then_some((cancelled, running))
+        },
+    )
+    .await;
     let replaced = wait_event(&env, "Pipeline", "latest", "RunReplaced").await;
     assert!(replaced.contains(&cancelled[0]), "{replaced}");
     let old = runs.get(&cancelled[0]).await.expect("the cancelled run");
@@ -1234,14 +1207,8 @@ async fn a_replace_schedule_cancels_the_running_run_for_the_next_one() {
         running.iter().all(|r| r > &cancelled[0]),
         "the newer run goes on"
     );
-    env.api::<Pipeline>()
-        .patch(
-            "latest",
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({"spec": {"schedule": {"suspend": true}}})),
-        )
-        .await
-        .expect("suspend the schedule");
+    let suspend = serde_json::json!({"schedule": {"suspend": true}});
+    patch_spec(&env.api::<Pipeline>(), "latest", suspend).await;
     env.cleanup().await;
 }
 
@@ -1291,14 +1258,10 @@ spec:
     assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
     assert_eq!(step(&run, "scan").phase, StepPhase::Succeeded);
     let redact = step(&run, "redact");
-    assert_eq!(redact.phase, StepPhase::Failed);
-    assert!(
-        redact
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("plugin redactor has mode service"),
-        "{redact:#?}"
+    assert_step(
+        redact,
+        StepPhase::Failed,
+        "plugin redactor has mode service",
     );
     assert_message(&run, "step redact failed");
 

@@ -17,10 +17,20 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
 mod tenant_support;
-use tenant_support::{delete_tenant, ready_tenant};
+use tenant_support::ready_tenant;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const EXAMPLE: &str = include_str!("../../examples/plugin.yaml");
+
+/// A fresh test namespace with the plugin `name` at `version` (`extra` ends
+/// its spec) applied and Running.
+async fn running_plugin(name: &str, version: &str, extra: &str) -> (TestEnv, Api<Plugin>) {
+    let env = TestEnv::new().await;
+    env.apply_yaml(&plugin_yaml(name, version, extra)).await;
+    let plugins: Api<Plugin> = env.api();
+    ready(&plugins, name, "Running").await;
+    (env, plugins)
+}
 
 fn plugin_yaml(name: &str, version: &str, extra: &str) -> String {
     format!(
@@ -53,8 +63,41 @@ fn message(plugin: &Plugin, type_: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until the plugin `name`, at its current generation, has the
+/// condition `type_` with `reason`, whose message says `says`.
+async fn wait_reason(
+    plugins: &Api<Plugin>,
+    name: &str,
+    type_: &str,
+    reason_is: &str,
+    says: &str,
+) -> Plugin {
+    let plugin = wait_for(plugins, name, TIMEOUT, |p| {
+        current(p) && reason(p, type_) == reason_is
+    })
+    .await;
+    let text = message(&plugin, type_);
+    assert!(text.contains(says), "{text}");
+    plugin
+}
+
+/// Asserts that a security context's seccomp profile is the runtime's default.
+#[track_caller]
+fn assert_runtime_default(profile: Option<k8s_openapi::api::core::v1::SeccompProfile>) {
+    assert_eq!(profile.map(|p| p.type_).as_deref(), Some("RuntimeDefault"));
+}
+
 fn current(plugin: &Plugin) -> bool {
     plugin.status.as_ref().and_then(|s| s.observed_generation) == plugin.metadata.generation
+}
+
+/// Moves the plugin `name` to `version` (its image `ghcr.io/acme/{name}:{version}`),
+/// with the fields of the object `also` in the same change of its spec.
+async fn upgrade(plugins: &Api<Plugin>, name: &str, version: &str, also: serde_json::Value) {
+    let mut spec = also;
+    spec["version"] = version.into();
+    spec["image"] = format!("ghcr.io/acme/{name}:{version}").into();
+    merge(plugins, name, serde_json::json!({ "spec": spec })).await;
 }
 
 /// Waits until the plugin reports `Ready=True` with `reason` for its current spec.
@@ -195,10 +238,7 @@ async fn example_plugin_runs_sandboxed_without_a_token_and_with_only_the_listed_
         );
         let psc = spec.security_context.clone().expect("pod security context");
         assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(
-            psc.seccomp_profile.map(|p| p.type_).as_deref(),
-            Some("RuntimeDefault")
-        );
+        assert_runtime_default(psc.seccomp_profile);
         let volumes = spec.volumes.clone().unwrap_or_default();
         assert!(
             !volumes
@@ -213,9 +253,15 @@ async fn example_plugin_runs_sandboxed_without_a_token_and_with_only_the_listed_
             .security_context
             .clone()
             .expect("container security context");
-        assert_eq!(sc.run_as_non_root, Some(true));
-        assert_eq!(sc.read_only_root_filesystem, Some(true));
-        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            (
+                sc.run_as_non_root,
+                sc.read_only_root_filesystem,
+                sc.allow_privilege_escalation
+            ),
+            (Some(true), Some(true), Some(false)),
+            "non-root, read-only root, no privilege escalation"
+        );
         assert_ne!(sc.privileged, Some(true));
         assert!(
             sc.capabilities
@@ -227,10 +273,7 @@ async fn example_plugin_runs_sandboxed_without_a_token_and_with_only_the_listed_
             sc.capabilities.and_then(|c| c.drop),
             Some(vec!["ALL".to_string()])
         );
-        assert_eq!(
-            sc.seccomp_profile.map(|p| p.type_).as_deref(),
-            Some("RuntimeDefault")
-        );
+        assert_runtime_default(sc.seccomp_profile);
         let mounts = c.volume_mounts.clone().unwrap_or_default();
         assert!(
             !mounts
@@ -357,10 +400,8 @@ async fn example_plugin_runs_sandboxed_without_a_token_and_with_only_the_listed_
 
 #[tokio::test]
 async fn the_service_account_gets_exactly_the_declared_permissions() {
-    let env = TestEnv::new().await;
-    let ns = env.namespace().to_string();
     let name = "indexer";
-    env.apply_yaml(&plugin_yaml(
+    let (env, plugins) = running_plugin(
         name,
         "2.0.0",
         r#"  permissions:
@@ -371,10 +412,9 @@ async fn the_service_account_gets_exactly_the_declared_permissions() {
       resources: [deployments]
       verbs: [get]
 "#,
-    ))
+    )
     .await;
-    let plugins: Api<Plugin> = env.api();
-    ready(&plugins, name, "Running").await;
+    let ns = env.namespace().to_string();
 
     // With permissions, the pods get a token for them.
     let sa: Api<ServiceAccount> = env.api();
@@ -490,22 +530,16 @@ async fn permissions_beyond_the_namespace_are_refused() {
     ))
     .await;
     let plugins: Api<Plugin> = env.api();
-    let plugin = wait_for(&plugins, "nodes-reader", TIMEOUT, |p| {
-        current(p) && reason(p, "Ready") == "InvalidSpec"
-    })
+    wait_reason(
+        &plugins,
+        "nodes-reader",
+        "Ready",
+        "InvalidSpec",
+        "cluster-wide",
+    )
     .await;
     assert!(
-        message(&plugin, "Ready").contains("cluster-wide"),
-        "{}",
-        message(&plugin, "Ready")
-    );
-    let deployments: Api<Deployment> = env.api();
-    assert!(
-        deployments
-            .get_opt("nodes-reader")
-            .await
-            .expect("get")
-            .is_none(),
+        !env.exists::<Deployment>("nodes-reader").await,
         "an invalid plugin was deployed"
     );
     env.cleanup().await;
@@ -513,25 +547,14 @@ async fn permissions_beyond_the_namespace_are_refused() {
 
 #[tokio::test]
 async fn an_upgrade_that_never_becomes_ready_is_rolled_back() {
-    let env = TestEnv::new().await;
-    let ns = env.namespace().to_string();
     let name = "ranker";
-    env.apply_yaml(&plugin_yaml(name, "1.0.0", "  progressDeadlineSeconds: 20"))
-        .await;
-    let plugins: Api<Plugin> = env.api();
-    ready(&plugins, name, "Running").await;
+    let (env, plugins) = running_plugin(name, "1.0.0", "  progressDeadlineSeconds: 20").await;
+    let ns = env.namespace().to_string();
 
     // 1.1.0's pods run but never become Ready.
-    merge(
-        &plugins,
-        name,
-        serde_json::json!({ "spec": {
-            "version": "1.1.0",
-            "image": format!("ghcr.io/acme/{name}:1.1.0"),
-            "podAnnotations": { "aleph.dev/test-never-ready": "true" },
-        } }),
-    )
-    .await;
+    let never_ready =
+        serde_json::json!({ "podAnnotations": { "aleph.dev/test-never-ready": "true" } });
+    upgrade(&plugins, name, "1.1.0", never_ready).await;
     let rolling = wait_for(&plugins, name, TIMEOUT, |p| {
         current(p) && has_condition(p, "Progressing", "True")
     })
@@ -611,17 +634,8 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back() {
 
     // A fixed version rolls out and clears Degraded (with a deadline a busy
     // cluster cannot miss).
-    merge(
-        &plugins,
-        name,
-        serde_json::json!({ "spec": {
-            "version": "1.2.0",
-            "image": format!("ghcr.io/acme/{name}:1.2.0"),
-            "podAnnotations": null,
-            "progressDeadlineSeconds": 300,
-        } }),
-    )
-    .await;
+    let fix = serde_json::json!({ "podAnnotations": null, "progressDeadlineSeconds": 300 });
+    upgrade(&plugins, name, "1.2.0", fix).await;
     let fixed = wait_for(&plugins, name, TIMEOUT, |p| {
         current(p)
             && has_condition(p, "Ready", "True")
@@ -639,17 +653,14 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back() {
 
 #[tokio::test]
 async fn disable_and_enable_keep_the_configuration_and_deletion_removes_every_child() {
-    let env = TestEnv::new().await;
-    let ns = env.namespace().to_string();
     let name = "summarizer";
-    env.apply_yaml(&plugin_yaml(
+    let (env, plugins) = running_plugin(
         name,
         "3.1.0",
         "  permissions: [{ apiGroups: [\"\"], resources: [configmaps], verbs: [get] }]",
-    ))
+    )
     .await;
-    let plugins: Api<Plugin> = env.api();
-    ready(&plugins, name, "Running").await;
+    let ns = env.namespace().to_string();
     assert_eq!(plugin_pods(&env, &ns, name).await.len(), 2);
 
     merge(
@@ -822,15 +833,14 @@ async fn a_tenants_admission_rules_apply_to_plugin_pods() {
             &format!("metadata: {{ name: heavy, namespace: {ns} }}"),
         );
     env.apply_yaml(&heavy).await;
-    let over = wait_for(&plugins, "heavy", TIMEOUT, |p| {
-        current(p) && reason(p, "Degraded") == "QuotaExceeded"
-    })
+    let over = wait_reason(
+        &plugins,
+        "heavy",
+        "Degraded",
+        "QuotaExceeded",
+        "exceeded quota",
+    )
     .await;
-    assert!(
-        message(&over, "Degraded").contains("exceeded quota"),
-        "{}",
-        message(&over, "Degraded")
-    );
     assert_eq!(reason(&over, "Ready"), "QuotaExceeded");
 
     // A plugin from the allowed registry runs there, reachable from the tenant only.
@@ -865,6 +875,5 @@ async fn a_tenants_admission_rules_apply_to_plugin_pods() {
             .get("aleph.dev/tenant"),
         Some(&tenant)
     );
-    delete_tenant(&env, &tenant).await;
     env.cleanup().await;
 }

@@ -62,6 +62,27 @@ fn container_running(pod: &Pod) -> bool {
 
 /// Starts a test on the real node: the node must be there and Ready, and the
 /// test's namespace is pinned to it.
+/// Runs in `ns` the servers `first` (on 8080 and 8081) and `second` (on
+/// 8080), each answering its name, and a client pod; returns the servers' IPs.
+async fn two_servers_and_a_client(
+    client: &kube::Client,
+    ns: &str,
+    first: &str,
+    second: &str,
+) -> (String, String) {
+    let pods = run_pods(
+        client,
+        ns,
+        &[
+            httpd_pod(first, &labels(first), &[8080, 8081], first),
+            httpd_pod(second, &labels(second), &[8080], second),
+            client_pod("client", &labels("client")),
+        ],
+    )
+    .await;
+    (pod_ip(&pods[first]), pod_ip(&pods[second]))
+}
+
 async fn pinned_env() -> TestEnv {
     let env = TestEnv::new().await;
     real_node::require(&env.client()).await;
@@ -343,18 +364,7 @@ async fn tenants_are_isolated_and_a_hipaa_tenant_reaches_only_its_allowed_egress
     // Servers outside every tenant, in the test's namespace (no policy there):
     // `listed` on 8080 (allowed to the hipaa tenant) and 8081 (not), `unlisted`
     // on 8080; and a client there that shows they all listen.
-    let outside = run_pods(
-        &client,
-        &ns,
-        &[
-            httpd_pod("listed", &labels("listed"), &[8080, 8081], "listed"),
-            httpd_pod("unlisted", &labels("unlisted"), &[8080], "unlisted"),
-            client_pod("client", &labels("client")),
-        ],
-    )
-    .await;
-    let listed = pod_ip(&outside["listed"]);
-    let unlisted = pod_ip(&outside["unlisted"]);
+    let (listed, unlisted) = two_servers_and_a_client(&client, &ns, "listed", "unlisted").await;
 
     let a = unique_name("rta");
     let b = unique_name("rtb");
@@ -385,28 +395,32 @@ async fn tenants_are_isolated_and_a_hipaa_tenant_reaches_only_its_allowed_egress
     let server_a = pod_ip(&in_a["server"]);
     let server_b = pod_ip(&in_b["server"]);
 
-    // Within a tenant: connected; across tenants: not, either way.
-    expect_connect(&ns_a, "client", &server_a, 8080, true).await;
-    expect_connect(&ns_b, "client", &server_b, 8080, true).await;
-    expect_connect(&ns_a, "client", &server_b, 8080, false).await;
-    expect_connect(&ns_b, "client", &server_a, 8080, false).await;
-    // The test's own namespace is no tenant's: kept out too.
-    expect_connect(&ns, "client", &server_a, 8080, false).await;
-    // Tenant A's egress is not restricted: it reaches the servers outside.
-    expect_connect(&ns_a, "client", &listed, 8081, true).await;
-    expect_connect(&ns_a, "client", &unlisted, 8080, true).await;
+    // Cluster DNS answers tenant A and the hipaa tenant.
     let kubernetes = "kubernetes.default.svc.cluster.local";
     nslookup(&ns_a, "client", kubernetes).await.expect_success();
-
-    // The hipaa tenant: DNS and exactly the listed destinations.
     nslookup(&ns_c, "client", kubernetes).await.expect_success();
-    expect_connect(&ns_c, "client", &host, apiserver, true).await;
-    expect_connect(&ns_c, "client", &listed, 8080, true).await;
-    expect_connect(&ns, "client", &listed, 8081, true).await;
-    expect_connect(&ns_c, "client", &listed, 8081, false).await;
-    expect_connect(&ns, "client", &unlisted, 8080, true).await;
-    expect_connect(&ns_c, "client", &unlisted, 8080, false).await;
-    expect_connect(&ns_c, "client", &server_a, 8080, false).await;
+    for (from, to, port, connects) in [
+        // Within a tenant: connected; across tenants: not, either way.
+        (&ns_a, &server_a, 8080, true),
+        (&ns_b, &server_b, 8080, true),
+        (&ns_a, &server_b, 8080, false),
+        (&ns_b, &server_a, 8080, false),
+        // The test's own namespace is no tenant's: kept out too.
+        (&ns, &server_a, 8080, false),
+        // Tenant A's egress is not restricted: it reaches the servers outside.
+        (&ns_a, &listed, 8081, true),
+        (&ns_a, &unlisted, 8080, true),
+        // The hipaa tenant: exactly the listed destinations.
+        (&ns_c, &host, apiserver, true),
+        (&ns_c, &listed, 8080, true),
+        (&ns, &listed, 8081, true),
+        (&ns_c, &listed, 8081, false),
+        (&ns, &unlisted, 8080, true),
+        (&ns_c, &unlisted, 8080, false),
+        (&ns_c, &server_a, 8080, false),
+    ] {
+        expect_connect(from, "client", to, port, connects).await;
+    }
 
     env.cleanup().await;
 }
@@ -416,18 +430,7 @@ async fn a_plugin_connects_only_to_its_allowed_egress_without_a_token_as_the_san
     let env = pinned_env().await;
     let client = env.client();
     let ns = env.namespace().to_string();
-    let servers = run_pods(
-        &client,
-        &ns,
-        &[
-            httpd_pod("allowed", &labels("allowed"), &[8080, 8081], "allowed"),
-            httpd_pod("other", &labels("other"), &[8080], "other"),
-            client_pod("client", &labels("client")),
-        ],
-    )
-    .await;
-    let allowed = pod_ip(&servers["allowed"]);
-    let other = pod_ip(&servers["other"]);
+    let (allowed, other) = two_servers_and_a_client(&client, &ns, "allowed", "other").await;
 
     env.apply_yaml(&format!(
         r#"apiVersion: aleph.dev/v1alpha1

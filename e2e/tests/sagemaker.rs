@@ -16,7 +16,7 @@ use aleph_controllers::sagemaker::naming::{
     endpoint_config_name, is_owned, model_name, training_job_name,
 };
 use aleph_controllers::sagemaker::{
-    CleanupOutcome, EndpointOutcome, RecoverableKind, SageMakerApi, SageMakerError,
+    CleanupOutcome, EndpointOutcome, RecoverableKind, SageMakerApi, SageMakerError, SageMakerEvent,
     TrainingOutcome, cleanup, reconcile_endpoint, reconcile_training,
 };
 use aleph_crds::{
@@ -24,7 +24,7 @@ use aleph_crds::{
     TrainingStatus,
 };
 use aleph_e2e::aws::{self, Lister};
-use aleph_e2e::sagemaker_fake::{FakeConfig, FakeCounters};
+use aleph_e2e::sagemaker_fake::{FakeConfig, FakeCounters, SageMakerFake};
 use aws_config::BehaviorVersion;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -100,86 +100,213 @@ fn serving_spec(image: &str, endpoint_name: Option<&str>) -> SageMakerServing {
 
 const SERVE_IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost-serve:1.7";
 
-/// Runs the training saga until `done` says stop (at most `max` passes),
-/// carrying the status from pass to pass like the status subresource would.
-async fn train_until(
-    api: &dyn SageMakerApi,
-    owner: &str,
-    name: &str,
-    spec: &SageMakerTraining,
-    mut status: Option<TrainingStatus>,
-    max: usize,
-    done: impl Fn(&TrainingOutcome) -> bool,
-) -> (TrainingOutcome, Vec<&'static str>) {
-    let mut reasons = Vec::new();
-    for _ in 0..max {
-        let outcome =
-            match reconcile_training(api, owner, NAMESPACE, name, spec, status.as_ref()).await {
-                Ok(outcome) => outcome,
-                Err(e) => panic!("training saga: {e}"),
-            };
-        reasons.extend(outcome.events.iter().map(|e| e.reason));
-        status = Some(outcome.status.clone());
-        if done(&outcome) {
-            return (outcome, reasons);
-        }
-    }
-    panic!("the training saga did not get there in {max} passes; last status {status:?}");
+/// The sagas of one object, `name` of the owner `owner`, through `api`.
+struct Saga<'a> {
+    api: &'a dyn SageMakerApi,
+    owner: String,
+    name: &'static str,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_until(
-    api: &dyn SageMakerApi,
-    owner: &str,
-    name: &str,
-    serving: &SageMakerServing,
-    artifact: &str,
-    mut status: Option<EndpointStatus>,
-    adopt: Option<&str>,
-    max: usize,
-    done: impl Fn(&EndpointOutcome) -> bool,
-) -> (EndpointOutcome, Vec<&'static str>) {
-    let mut reasons = Vec::new();
-    for _ in 0..max {
-        let outcome = match reconcile_endpoint(
+impl<'a> Saga<'a> {
+    /// A fresh owner's object `name`.
+    fn new(api: &'a dyn SageMakerApi, name: &'static str) -> Self {
+        Self {
             api,
-            owner,
-            NAMESPACE,
+            owner: uid(),
             name,
+        }
+    }
+
+    /// One pass of the training saga; panics, naming `what`, on an error.
+    async fn train(
+        &self,
+        spec: &SageMakerTraining,
+        status: Option<&TrainingStatus>,
+        what: &str,
+    ) -> TrainingOutcome {
+        reconcile_training(self.api, &self.owner, NAMESPACE, self.name, spec, status)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// One pass of the endpoint saga; panics, naming `what`, on an error.
+    async fn serve(
+        &self,
+        serving: &SageMakerServing,
+        artifact: &str,
+        status: Option<&EndpointStatus>,
+        adopt: Option<&str>,
+        what: &str,
+    ) -> EndpointOutcome {
+        reconcile_endpoint(
+            self.api,
+            &self.owner,
+            NAMESPACE,
+            self.name,
             serving,
             artifact,
-            status.as_ref(),
+            status,
             adopt,
         )
         .await
-        {
-            Ok(outcome) => outcome,
-            Err(e) => panic!("endpoint saga: {e}"),
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Runs the training saga until `done` says stop (at most `max` passes),
+    /// carrying the status from pass to pass like the status subresource would.
+    async fn train_until(
+        &self,
+        spec: &SageMakerTraining,
+        max: usize,
+        done: impl Fn(&TrainingOutcome) -> bool,
+    ) -> (TrainingOutcome, Vec<&'static str>) {
+        let pass = async |last: Option<&TrainingOutcome>| {
+            self.train(spec, last.map(|o| &o.status), "training saga")
+                .await
         };
-        reasons.extend(outcome.events.iter().map(|e| e.reason));
-        status = outcome.status.clone();
+        passes_until("training", max, pass, |o| &o.events, done).await
+    }
+
+    /// Runs the endpoint saga from `status` until `done` says stop (at most
+    /// `max` passes).
+    async fn serve_until(
+        &self,
+        serving: &SageMakerServing,
+        artifact: &str,
+        status: Option<EndpointStatus>,
+        adopt: Option<&str>,
+        max: usize,
+        done: impl Fn(&EndpointOutcome) -> bool,
+    ) -> (EndpointOutcome, Vec<&'static str>) {
+        let pass = async |last: Option<&EndpointOutcome>| {
+            let status = last.map_or(status.as_ref(), |o| o.status.as_ref());
+            self.serve(serving, artifact, status, adopt, "endpoint saga")
+                .await
+        };
+        passes_until("endpoint", max, pass, |o| &o.events, done).await
+    }
+
+    /// Serves `artifact` from `status` until the endpoint is in service.
+    async fn serve_in_service(
+        &self,
+        serving: &SageMakerServing,
+        artifact: &str,
+        status: Option<EndpointStatus>,
+        max: usize,
+    ) -> (EndpointOutcome, Vec<&'static str>) {
+        self.serve_until(
+            serving,
+            artifact,
+            status,
+            None,
+            max,
+            EndpointOutcome::in_service,
+        )
+        .await
+    }
+
+    /// Cleans up until done; returns the passes it took.
+    async fn cleanup_until_done(
+        &self,
+        training: Option<&TrainingStatus>,
+        endpoint: Option<&EndpointStatus>,
+        policy: DeletionPolicy,
+    ) -> usize {
+        for pass in 1..=20 {
+            match cleanup(self.api, &self.owner, training, endpoint, policy).await {
+                Ok(CleanupOutcome::Done) => return pass,
+                Ok(CleanupOutcome::RequeueAfter { .. }) => {}
+                Err(e) => panic!("cleanup: {e}"),
+            }
+        }
+        panic!("cleanup did not finish in 20 passes");
+    }
+}
+
+/// Runs `pass` (given the outcome of the pass before) until `done` says stop,
+/// at most `max` times; returns the last outcome and the reasons of all the
+/// `events` on the way.
+async fn passes_until<O: std::fmt::Debug>(
+    saga: &str,
+    max: usize,
+    mut pass: impl AsyncFnMut(Option<&O>) -> O,
+    events: impl Fn(&O) -> &[SageMakerEvent],
+    done: impl Fn(&O) -> bool,
+) -> (O, Vec<&'static str>) {
+    let mut reasons = Vec::new();
+    let mut last: Option<O> = None;
+    for _ in 0..max {
+        let outcome = pass(last.as_ref()).await;
+        reasons.extend(events(&outcome).iter().map(|e| e.reason));
         if done(&outcome) {
             return (outcome, reasons);
         }
+        last = Some(outcome);
     }
-    panic!("the endpoint saga did not get there in {max} passes; last status {status:?}");
+    panic!("the {saga} saga did not get there in {max} passes; last outcome {last:?}");
 }
 
-async fn cleanup_until_done(
-    api: &dyn SageMakerApi,
-    owner: &str,
-    training: Option<&TrainingStatus>,
-    endpoint: Option<&EndpointStatus>,
-    policy: DeletionPolicy,
-) -> usize {
-    for pass in 1..=20 {
-        match cleanup(api, owner, training, endpoint, policy).await {
-            Ok(CleanupOutcome::Done) => return pass,
-            Ok(CleanupOutcome::RequeueAfter { .. }) => {}
-            Err(e) => panic!("cleanup: {e}"),
+/// Asserts that `text` contains `part`.
+#[track_caller]
+fn assert_contains(text: &str, part: &str) {
+    assert!(text.contains(part), "{part:?} is not in: {text}");
+}
+
+/// Asserts that `result` is a recoverable error of `kind`.
+fn assert_recoverable<T: std::fmt::Debug>(
+    result: &Result<T, SageMakerError>,
+    kind: RecoverableKind,
+) {
+    assert!(
+        matches!(result, Err(SageMakerError::Recoverable { kind: k, .. }) if *k == kind),
+        "{result:?}"
+    );
+}
+
+/// What a chaos pass got: `Some` on success; `None` on an error, which must be
+/// recoverable (counted in `errors`).
+fn recovered<T>(result: Result<T, SageMakerError>, seed: u64, errors: &mut u32) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(e) => {
+            assert!(e.is_recoverable(), "seed {seed}: {e}");
+            *errors += 1;
+            None
         }
     }
-    panic!("cleanup did not finish in 20 passes");
+}
+
+/// The count of `operation` calls with `outcome`.
+fn count(calls: &Calls, operation: &'static str, outcome: &'static str) -> u64 {
+    calls
+        .get_or_create(&SageMakerCallLabels { operation, outcome })
+        .get()
+}
+
+/// The number of calls of `operation` the fake has answered.
+fn fake_calls(fake: &SageMakerFake, operation: &str) -> Option<u64> {
+    fake.counters().calls.get(operation).copied()
+}
+
+/// The status of the fake's training job `job`.
+fn job_status(fake: &SageMakerFake, job: &str) -> Option<String> {
+    fake.training_job(job).map(|j| j.status)
+}
+
+/// A fake with `config` and the real adapter pointed at it.
+async fn fake_and_adapter(config: FakeConfig) -> (SageMakerFake, AwsSageMaker) {
+    let fake = aws::start_fake(config).await;
+    let api = adapter(&fake.endpoint_url()).await;
+    (fake, api)
+}
+
+/// A fake whose training jobs run for `describes` describes, and the adapter.
+async fn fake_training_for(describes: u32) -> (SageMakerFake, AwsSageMaker) {
+    fake_and_adapter(FakeConfig {
+        training_describes: describes,
+        ..FakeConfig::default()
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -247,44 +374,30 @@ async fn moto_training_endpoint_and_cleanup() {
     let list = Lister::new(&url).await;
 
     // Training: one job, however many passes.
-    let owner = uid();
+    let saga = Saga::new(&api, "fraud");
+    let owner = saga.owner.clone();
     let spec = training_spec(&[]);
     let job = training_job_name(&owner, "fraud", &spec);
-    let first = reconcile_training(&api, &owner, NAMESPACE, "fraud", &spec, None)
-        .await
-        .expect("first pass");
+    let first = saga.train(&spec, None, "first pass").await;
     assert_eq!(first.status.job_name, job);
     assert_eq!(
         first.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
         ["TrainingStarted"]
     );
-    let second = reconcile_training(&api, &owner, NAMESPACE, "fraud", &spec, Some(&first.status))
-        .await
-        .expect("second pass");
+    let second = saga.train(&spec, Some(&first.status), "second pass").await;
     // moto's jobs are Completed at once.
     assert!(second.completed(), "{second:?}");
     assert_eq!(second.condition.status, ConditionStatus::True);
     let artifact = second.artifact_uri().expect("an artifact").to_string();
     assert!(artifact.starts_with("s3://"), "{artifact}");
-    let third = reconcile_training(
-        &api,
-        &owner,
-        NAMESPACE,
-        "fraud",
-        &spec,
-        Some(&second.status),
-    )
-    .await
-    .expect("third pass");
+    let third = saga.train(&spec, Some(&second.status), "third pass").await;
     assert!(
         third.events.is_empty(),
         "a steady state publishes nothing: {:?}",
         third.events
     );
     // A restart that lost the status still finds the job.
-    let fourth = reconcile_training(&api, &owner, NAMESPACE, "fraud", &spec, None)
-        .await
-        .expect("fourth pass");
+    let fourth = saga.train(&spec, None, "fourth pass").await;
     assert!(fourth.completed());
     assert_eq!(
         list.training_jobs(&job).await,
@@ -294,18 +407,7 @@ async fn moto_training_endpoint_and_cleanup() {
 
     // Endpoint: Model, EndpointConfig, Endpoint.
     let serving = serving_spec(SERVE_IMAGE, None);
-    let (outcome, reasons) = serve_until(
-        &api,
-        &owner,
-        "fraud",
-        &serving,
-        &artifact,
-        None,
-        None,
-        5,
-        EndpointOutcome::in_service,
-    )
-    .await;
+    let (outcome, reasons) = saga.serve_in_service(&serving, &artifact, None, 5).await;
     let status = outcome.status.clone().expect("an endpoint status");
     assert!(
         reasons.contains(&"EndpointCreating") && reasons.contains(&"EndpointInService"),
@@ -330,70 +432,40 @@ async fn moto_training_endpoint_and_cleanup() {
     );
     // Again, and again without the status: nothing new.
     for prev in [Some(&status), None] {
-        let again = reconcile_endpoint(
-            &api, &owner, NAMESPACE, "fraud", &serving, &artifact, prev, None,
-        )
-        .await
-        .expect("a steady pass");
+        let again = saga
+            .serve(&serving, &artifact, prev, None, "a steady pass")
+            .await;
         assert!(again.in_service(), "{again:?}");
     }
     assert_eq!(list.models(&owner).await.len(), 1);
     assert_eq!(list.endpoint_configs(&owner).await.len(), 1);
 
     // Retain keeps everything.
-    let done = cleanup_until_done(
-        &api,
-        &owner,
-        Some(&fourth.status),
-        Some(&status),
-        DeletionPolicy::Retain,
-    )
-    .await;
+    let both = (Some(&fourth.status), Some(&status));
+    let done = saga
+        .cleanup_until_done(both.0, both.1, DeletionPolicy::Retain)
+        .await;
     assert_eq!(done, 1);
     assert_eq!(list.models(&owner).await.len(), 1);
     assert_eq!(list.endpoint_configs(&owner).await.len(), 1);
     assert_eq!(list.endpoints(&status.name).await.len(), 1);
 
     // Delete removes the endpoint, its config and Model; the completed job stays (SageMaker keeps jobs).
-    cleanup_until_done(
-        &api,
-        &owner,
-        Some(&fourth.status),
-        Some(&status),
-        DeletionPolicy::Delete,
-    )
-    .await;
+    saga.cleanup_until_done(both.0, both.1, DeletionPolicy::Delete)
+        .await;
     assert!(list.models(&owner).await.is_empty());
     assert!(list.endpoint_configs(&owner).await.is_empty());
     assert!(list.endpoints(&status.name).await.is_empty());
     // Idempotent: a second cleanup finds nothing to do.
     assert_eq!(
-        cleanup_until_done(
-            &api,
-            &owner,
-            Some(&fourth.status),
-            Some(&status),
-            DeletionPolicy::Delete
-        )
-        .await,
+        saga.cleanup_until_done(both.0, both.1, DeletionPolicy::Delete)
+            .await,
         1
     );
 
     // Every call was counted, with bounded labels.
-    let ok = calls
-        .get_or_create(&SageMakerCallLabels {
-            operation: "CreateEndpoint",
-            outcome: "ok",
-        })
-        .get();
-    assert_eq!(ok, 1);
-    let not_found = calls
-        .get_or_create(&SageMakerCallLabels {
-            operation: "DescribeTrainingJob",
-            outcome: "not_found",
-        })
-        .get();
-    assert_eq!(not_found, 1);
+    assert_eq!(count(&calls, "CreateEndpoint", "ok"), 1);
+    assert_eq!(count(&calls, "DescribeTrainingJob", "not_found"), 1);
 
     if started {
         stop_moto();
@@ -406,52 +478,28 @@ async fn moto_training_endpoint_and_cleanup() {
 
 #[tokio::test]
 async fn fake_training_runs_then_completes() {
-    let fake = aws::start_fake(FakeConfig {
-        training_describes: 3,
-        ..FakeConfig::default()
-    })
-    .await;
-    let api = adapter(&fake.endpoint_url()).await;
-    let owner = uid();
+    let (fake, api) = fake_training_for(3).await;
+    let saga = Saga::new(&api, "churn");
     let spec = training_spec(&[]);
 
-    let (done, seen) = train_until(
-        &api,
-        &owner,
-        "churn",
-        &spec,
-        None,
-        10,
-        TrainingOutcome::completed,
-    )
-    .await;
+    let (done, seen) = saga
+        .train_until(&spec, 10, TrainingOutcome::completed)
+        .await;
     assert_eq!(seen, ["TrainingStarted", "TrainingCompleted"]);
     assert_eq!(done.condition.reason, "TrainingCompleted");
     assert_eq!(done.requeue_after, None);
-    let job = training_job_name(&owner, "churn", &spec);
+    let job = training_job_name(&saga.owner, "churn", &spec);
     assert_eq!(
         done.artifact_uri(),
         Some(format!("s3://aleph-e2e/models/{job}/output/model.tar.gz").as_str())
     );
-    let counters = fake.counters();
-    assert_eq!(counters.training_jobs_created, 1);
-    assert!(
-        counters
-            .calls
-            .get("DescribeTrainingJob")
-            .copied()
-            .unwrap_or_default()
-            >= 4
-    );
+    assert_eq!(fake.counters().training_jobs_created, 1);
+    assert!(fake_calls(&fake, "DescribeTrainingJob").unwrap_or_default() >= 4);
 
     // While it ran, the condition said so.
-    let fresh = uid();
-    let first = reconcile_training(&api, &fresh, NAMESPACE, "churn", &spec, None)
-        .await
-        .expect("create");
-    let running = reconcile_training(&api, &fresh, NAMESPACE, "churn", &spec, Some(&first.status))
-        .await
-        .expect("describe");
+    let fresh = Saga::new(&api, "churn");
+    let first = fresh.train(&spec, None, "create").await;
+    let running = fresh.train(&spec, Some(&first.status), "describe").await;
     assert_eq!(running.status.job_status.as_deref(), Some("InProgress"));
     assert_eq!(running.condition.status, ConditionStatus::False);
     assert_eq!(running.condition.reason, "TrainingInProgress");
@@ -465,13 +513,8 @@ async fn fake_training_runs_then_completes() {
 
 #[tokio::test]
 async fn fake_training_failure_is_terminal_with_the_reason() {
-    let fake = aws::start_fake(FakeConfig {
-        training_describes: 1,
-        ..FakeConfig::default()
-    })
-    .await;
-    let api = adapter(&fake.endpoint_url()).await;
-    let owner = uid();
+    let (fake, api) = fake_training_for(1).await;
+    let saga = Saga::new(&api, "churn");
     let spec = training_spec(&[
         ("aleph-fake-outcome", "fail"),
         (
@@ -479,121 +522,70 @@ async fn fake_training_failure_is_terminal_with_the_reason() {
             "AlgorithmError: label column missing in train.csv",
         ),
     ]);
-    let (failed, reasons) =
-        train_until(&api, &owner, "churn", &spec, None, 10, |o| o.terminal).await;
+    let (failed, reasons) = saga.train_until(&spec, 10, |o| o.terminal).await;
     assert_eq!(reasons, ["TrainingStarted", "TrainingFailed"]);
     assert_eq!(failed.status.job_status.as_deref(), Some("Failed"));
     assert_eq!(failed.condition.status, ConditionStatus::False);
     assert_eq!(failed.condition.reason, "TrainingFailed");
-    assert!(
-        failed.condition.message.contains("label column missing"),
-        "{}",
-        failed.condition.message
-    );
+    assert_contains(&failed.condition.message, "label column missing");
     assert_eq!(
         failed.status.failure_reason.as_deref(),
         Some("AlgorithmError: label column missing in train.csv")
     );
     assert_eq!(failed.requeue_after, None);
     // Once failed, it stays failed and quiet; no second job.
-    let again = reconcile_training(
-        &api,
-        &owner,
-        NAMESPACE,
-        "churn",
-        &spec,
-        Some(&failed.status),
-    )
-    .await
-    .expect("again");
+    let again = saga.train(&spec, Some(&failed.status), "again").await;
     assert!(again.terminal && again.events.is_empty());
     assert_eq!(fake.counters().training_jobs_created, 1);
 
     // A spec SageMaker rejects is terminal too, and not sent again.
+    let bad_saga = Saga {
+        name: "bad",
+        owner: saga.owner.clone(),
+        ..saga
+    };
     let mut bad = training_spec(&[]);
     bad.image = String::new();
-    let rejected = reconcile_training(&api, &owner, NAMESPACE, "bad", &bad, None)
-        .await
-        .expect("rejected");
+    let rejected = bad_saga.train(&bad, None, "rejected").await;
     assert!(rejected.terminal);
     assert_eq!(rejected.condition.reason, "TrainingRejected");
-    assert!(
-        rejected.condition.message.contains("ValidationException"),
-        "{}",
-        rejected.condition.message
-    );
-    let creates = fake.counters().calls.get("CreateTrainingJob").copied();
-    let again = reconcile_training(&api, &owner, NAMESPACE, "bad", &bad, Some(&rejected.status))
-        .await
-        .expect("again");
+    assert_contains(&rejected.condition.message, "ValidationException");
+    let creates = fake_calls(&fake, "CreateTrainingJob");
+    let again = bad_saga.train(&bad, Some(&rejected.status), "again").await;
     assert!(again.terminal);
-    assert_eq!(
-        fake.counters().calls.get("CreateTrainingJob").copied(),
-        creates
-    );
+    assert_eq!(fake_calls(&fake, "CreateTrainingJob"), creates);
 }
 
 #[tokio::test]
 async fn fake_cleanup_during_training_stops_the_job() {
-    let fake = aws::start_fake(FakeConfig {
+    let (fake, api) = fake_and_adapter(FakeConfig {
         training_describes: 100,
         stopping_describes: 2,
         ..FakeConfig::default()
     })
     .await;
-    let api = adapter(&fake.endpoint_url()).await;
-    let owner = uid();
+    let saga = Saga::new(&api, "long");
     let spec = training_spec(&[]);
-    let started = reconcile_training(&api, &owner, NAMESPACE, "long", &spec, None)
-        .await
-        .expect("start");
+    let started = saga.train(&spec, None, "start").await;
     let job = started.status.job_name.clone();
-    assert_eq!(
-        fake.training_job(&job).map(|j| j.status),
-        Some("InProgress".into())
-    );
+    assert_eq!(job_status(&fake, &job).as_deref(), Some("InProgress"));
 
     // Retain leaves it running.
-    cleanup_until_done(
-        &api,
-        &owner,
-        Some(&started.status),
-        None,
-        DeletionPolicy::Retain,
-    )
-    .await;
-    assert_eq!(
-        fake.training_job(&job).map(|j| j.status),
-        Some("InProgress".into())
-    );
+    let training = Some(&started.status);
+    saga.cleanup_until_done(training, None, DeletionPolicy::Retain)
+        .await;
+    assert_eq!(job_status(&fake, &job).as_deref(), Some("InProgress"));
 
-    let first = cleanup(
-        &api,
-        &owner,
-        Some(&started.status),
-        None,
-        DeletionPolicy::Delete,
-    )
-    .await
-    .expect("cleanup");
+    let first = cleanup(&api, &saga.owner, training, None, DeletionPolicy::Delete)
+        .await
+        .expect("cleanup");
     assert!(!first.is_done(), "cleanup waits for the job to stop");
-    assert_eq!(
-        fake.training_job(&job).map(|j| j.status),
-        Some("Stopping".into())
-    );
-    let passes = cleanup_until_done(
-        &api,
-        &owner,
-        Some(&started.status),
-        None,
-        DeletionPolicy::Delete,
-    )
-    .await;
+    assert_eq!(job_status(&fake, &job).as_deref(), Some("Stopping"));
+    let passes = saga
+        .cleanup_until_done(training, None, DeletionPolicy::Delete)
+        .await;
     assert!(passes > 1);
-    assert_eq!(
-        fake.training_job(&job).map(|j| j.status),
-        Some("Stopped".into())
-    );
+    assert_eq!(job_status(&fake, &job).as_deref(), Some("Stopped"));
     let counters = fake.counters();
     assert_eq!(counters.training_jobs_stopped, 1);
     assert_eq!(counters.running_training_jobs, 0);
@@ -601,47 +593,27 @@ async fn fake_cleanup_during_training_stops_the_job() {
 
 #[tokio::test]
 async fn fake_training_spec_change_stops_the_old_job_and_starts_one_new() {
-    let fake = aws::start_fake(FakeConfig {
-        training_describes: 100,
-        ..FakeConfig::default()
-    })
-    .await;
-    let api = adapter(&fake.endpoint_url()).await;
-    let owner = uid();
+    let (fake, api) = fake_training_for(100).await;
+    let saga = Saga::new(&api, "m");
     let spec = training_spec(&[]);
-    let first = reconcile_training(&api, &owner, NAMESPACE, "m", &spec, None)
-        .await
-        .expect("start");
-    let running = reconcile_training(&api, &owner, NAMESPACE, "m", &spec, Some(&first.status))
-        .await
-        .expect("run");
+    let first = saga.train(&spec, None, "start").await;
+    let running = saga.train(&spec, Some(&first.status), "run").await;
 
     let mut changed = spec.clone();
     changed
         .hyperparameters
         .insert("num_round".into(), "80".into());
-    let second = reconcile_training(
-        &api,
-        &owner,
-        NAMESPACE,
-        "m",
-        &changed,
-        Some(&running.status),
-    )
-    .await
-    .expect("new");
+    let second = saga.train(&changed, Some(&running.status), "new").await;
     assert_ne!(second.status.job_name, first.status.job_name);
     let reasons: Vec<_> = second.events.iter().map(|e| e.reason).collect();
     assert_eq!(reasons, ["TrainingStopped", "TrainingStarted"]);
     assert_eq!(
-        fake.training_job(&first.status.job_name).map(|j| j.status),
-        Some("Stopping".into())
+        job_status(&fake, &first.status.job_name).as_deref(),
+        Some("Stopping")
     );
     // Passes after that touch neither job again.
     for _ in 0..3 {
-        reconcile_training(&api, &owner, NAMESPACE, "m", &changed, Some(&second.status))
-            .await
-            .expect("pass");
+        saga.train(&changed, Some(&second.status), "pass").await;
     }
     let counters = fake.counters();
     assert_eq!(counters.training_jobs_created, 2);
@@ -650,23 +622,11 @@ async fn fake_training_spec_change_stops_the_old_job_and_starts_one_new() {
 
 #[tokio::test]
 async fn fake_endpoint_creates_updates_and_cleans_up() {
-    let fake = aws::start_fake(FakeConfig::default()).await;
-    let api = adapter(&fake.endpoint_url()).await;
-    let owner = uid();
+    let (fake, api) = fake_and_adapter(FakeConfig::default()).await;
+    let saga = Saga::new(&api, "fraud");
     let serving = serving_spec(SERVE_IMAGE, None);
     let v1 = "s3://aleph-e2e/models/v1/model.tar.gz";
-    let (first, reasons) = serve_until(
-        &api,
-        &owner,
-        "fraud",
-        &serving,
-        v1,
-        None,
-        None,
-        6,
-        EndpointOutcome::in_service,
-    )
-    .await;
+    let (first, reasons) = saga.serve_in_service(&serving, v1, None, 6).await;
     assert_eq!(reasons, ["EndpointCreating", "EndpointInService"]);
     assert_eq!(first.condition.status, ConditionStatus::True);
     let status = first.status.clone().expect("status");
@@ -682,39 +642,23 @@ async fn fake_endpoint_creates_updates_and_cleans_up() {
     );
 
     // While Creating the condition said so.
-    let other = uid();
-    let creating = reconcile_endpoint(&api, &other, NAMESPACE, "x", &serving, v1, None, None)
-        .await
-        .expect("creating");
+    let other = Saga::new(&api, "x");
+    let creating = other.serve(&serving, v1, None, None, "creating").await;
     assert_eq!(creating.condition.reason, "EndpointCreating");
     assert_eq!(creating.condition.status, ConditionStatus::False);
     assert_eq!(creating.requeue_after, Some(Duration::from_secs(30)));
-    cleanup_until_done(
-        &api,
-        &other,
-        None,
-        creating.status.as_ref(),
-        DeletionPolicy::Delete,
-    )
-    .await;
+    other
+        .cleanup_until_done(None, creating.status.as_ref(), DeletionPolicy::Delete)
+        .await;
 
     // A new model version: a new Model and config, UpdateEndpoint, then the old ones go.
     let v2 = "s3://aleph-e2e/models/v2/model.tar.gz";
-    let (second, reasons) = serve_until(
-        &api,
-        &owner,
-        "fraud",
-        &serving,
-        v2,
-        Some(status.clone()),
-        None,
-        8,
-        EndpointOutcome::in_service,
-    )
-    .await;
+    let (second, reasons) = saga
+        .serve_in_service(&serving, v2, Some(status.clone()), 8)
+        .await;
     assert_eq!(reasons, ["EndpointUpdating", "EndpointInService"]);
     let updated = second.status.clone().expect("status");
-    let model_v2 = model_name(&owner, "fraud", SERVE_IMAGE, v2, &serving.role_arn);
+    let model_v2 = model_name(&saga.owner, "fraud", SERVE_IMAGE, v2, &serving.role_arn);
     assert_eq!(updated.model_name.as_deref(), Some(model_v2.as_str()));
     assert_ne!(updated.config_name, status.config_name);
     assert_eq!(
@@ -731,25 +675,21 @@ async fn fake_endpoint_creates_updates_and_cleans_up() {
     assert_eq!(counters.endpoints_created, 2, "one for each owner");
 
     // Cleanup: nothing of ours is left.
-    cleanup_until_done(&api, &owner, None, Some(&updated), DeletionPolicy::Delete).await;
+    saga.cleanup_until_done(None, Some(&updated), DeletionPolicy::Delete)
+        .await;
     assert_nothing_live(&fake.counters());
 }
 
 #[tokio::test]
 async fn fake_endpoint_adoption_and_name_conflicts() {
-    let fake = aws::start_fake(FakeConfig::default()).await;
-    let api = adapter(&fake.endpoint_url()).await;
+    let (fake, api) = fake_and_adapter(FakeConfig::default()).await;
     fake.seed_foreign_endpoint("legacy-fraud", "legacy-config", "legacy-model");
-    let owner = uid();
+    let saga = Saga::new(&api, "fraud");
     let serving = serving_spec(SERVE_IMAGE, Some("legacy-fraud"));
     let artifact = "s3://aleph-e2e/models/v1/model.tar.gz";
 
     // Not ours and not adopted: leave it alone.
-    let conflict = reconcile_endpoint(
-        &api, &owner, NAMESPACE, "fraud", &serving, artifact, None, None,
-    )
-    .await
-    .expect("conflict");
+    let conflict = saga.serve(&serving, artifact, None, None, "conflict").await;
     assert!(conflict.terminal);
     assert_eq!(conflict.condition.reason, "EndpointNameConflict");
     assert_eq!(conflict.status, None);
@@ -760,18 +700,11 @@ async fn fake_endpoint_adoption_and_name_conflicts() {
     );
 
     // Adopted: moved to our config; the foreign config and Model stay.
-    let (adopted, reasons) = serve_until(
-        &api,
-        &owner,
-        "fraud",
-        &serving,
-        artifact,
-        None,
-        Some("legacy-fraud"),
-        8,
-        EndpointOutcome::in_service,
-    )
-    .await;
+    let adopt = Some("legacy-fraud");
+    let in_service = EndpointOutcome::in_service;
+    let (adopted, reasons) = saga
+        .serve_until(&serving, artifact, None, adopt, 8, in_service)
+        .await;
     assert_eq!(reasons, ["EndpointUpdating", "EndpointInService"]);
     let status = adopted.status.clone().expect("status");
     assert_eq!(status.name, "legacy-fraud");
@@ -779,7 +712,7 @@ async fn fake_endpoint_adoption_and_name_conflicts() {
         status
             .config_name
             .as_deref()
-            .is_some_and(|c| is_owned(c, &owner))
+            .is_some_and(|c| is_owned(c, &saga.owner))
     );
     assert_eq!(fake.counters().endpoints_created, 0);
     assert!(
@@ -788,79 +721,49 @@ async fn fake_endpoint_adoption_and_name_conflicts() {
     );
 
     // Cleanup deletes the adopted endpoint and what we made, not what we found.
-    cleanup_until_done(&api, &owner, None, Some(&status), DeletionPolicy::Delete).await;
+    saga.cleanup_until_done(None, Some(&status), DeletionPolicy::Delete)
+        .await;
     assert!(fake.endpoint("legacy-fraud").is_none());
     assert_eq!(fake.model_names(), ["legacy-model"]);
     assert_eq!(fake.endpoint_config_names(), ["legacy-config"]);
 
     // adopt and endpointName must agree.
-    let mismatch = reconcile_endpoint(
-        &api,
-        &owner,
-        NAMESPACE,
-        "fraud",
-        &serving,
-        artifact,
-        None,
-        Some("other"),
-    )
-    .await
-    .expect("invalid");
+    let mismatch = saga
+        .serve(&serving, artifact, None, Some("other"), "invalid")
+        .await;
     assert!(mismatch.terminal);
     assert_eq!(mismatch.condition.reason, "InvalidSpec");
 }
 
 #[tokio::test]
 async fn fake_failed_endpoint_is_terminal_until_the_spec_changes() {
-    let fake = aws::start_fake(FakeConfig::default()).await;
-    let api = adapter(&fake.endpoint_url()).await;
-    let owner = uid();
+    let (fake, api) = fake_and_adapter(FakeConfig::default()).await;
+    let saga = Saga::new(&api, "fraud");
     let artifact = "s3://aleph-e2e/models/v1/model.tar.gz";
     let broken = serving_spec(
         "123456789012.dkr.ecr.us-east-1.amazonaws.com/fake-fail:1",
         None,
     );
-    let (failed, reasons) = serve_until(
-        &api,
-        &owner,
-        "fraud",
-        &broken,
-        artifact,
-        None,
-        None,
-        6,
-        |o| o.terminal,
-    )
-    .await;
+    let terminal = |o: &EndpointOutcome| o.terminal;
+    let (failed, reasons) = saga
+        .serve_until(&broken, artifact, None, None, 6, terminal)
+        .await;
     assert_eq!(reasons, ["EndpointCreating", "EndpointFailed"]);
     assert_eq!(failed.condition.reason, "EndpointFailed");
-    assert!(
-        failed.condition.message.contains("ping health check"),
-        "{}",
-        failed.condition.message
-    );
+    assert_contains(&failed.condition.message, "ping health check");
     assert_eq!(failed.requeue_after, None);
 
     // A fixed image replaces the failed endpoint.
     let fixed = serving_spec(SERVE_IMAGE, None);
-    let (serving, reasons) = serve_until(
-        &api,
-        &owner,
-        "fraud",
-        &fixed,
-        artifact,
-        failed.status.clone(),
-        None,
-        8,
-        EndpointOutcome::in_service,
-    )
-    .await;
+    let (serving, reasons) = saga
+        .serve_in_service(&fixed, artifact, failed.status.clone(), 8)
+        .await;
     assert_eq!(
         reasons,
         ["EndpointReplacing", "EndpointCreating", "EndpointInService"]
     );
     let status = serving.status.clone().expect("status");
-    let fixed_model = model_name(&owner, "fraud", SERVE_IMAGE, artifact, &fixed.role_arn);
+    let fixed_model = model_name(&saga.owner, "fraud", SERVE_IMAGE, artifact, &fixed.role_arn);
     assert_eq!(
         fake.model_names(),
         vec![fixed_model],
@@ -869,18 +772,9 @@ async fn fake_failed_endpoint_is_terminal_until_the_spec_changes() {
     assert_eq!(fake.endpoint_config_names().len(), 1);
 
     // An update to a failing image is rolled back by SageMaker: terminal, still serving.
-    let (rolled_back, reasons) = serve_until(
-        &api,
-        &owner,
-        "fraud",
-        &broken,
-        artifact,
-        Some(status.clone()),
-        None,
-        8,
-        |o| o.terminal,
-    )
-    .await;
+    let (rolled_back, reasons) = saga
+        .serve_until(&broken, artifact, Some(status.clone()), None, 8, terminal)
+        .await;
     assert_eq!(reasons, ["EndpointUpdating", "EndpointUpdateFailed"]);
     assert_eq!(rolled_back.condition.status, ConditionStatus::True);
     assert_eq!(
@@ -891,18 +785,15 @@ async fn fake_failed_endpoint_is_terminal_until_the_spec_changes() {
         status.config_name
     );
     let updates = fake.counters().endpoint_updates;
-    let again = reconcile_endpoint(
-        &api,
-        &owner,
-        NAMESPACE,
-        "fraud",
-        &broken,
-        artifact,
-        rolled_back.status.as_ref(),
-        None,
-    )
-    .await
-    .expect("again");
+    let again = saga
+        .serve(
+            &broken,
+            artifact,
+            rolled_back.status.as_ref(),
+            None,
+            "again",
+        )
+        .await;
     assert!(again.terminal);
     assert_eq!(
         fake.counters().endpoint_updates,
@@ -910,14 +801,8 @@ async fn fake_failed_endpoint_is_terminal_until_the_spec_changes() {
         "a rolled-back update is not retried"
     );
 
-    cleanup_until_done(
-        &api,
-        &owner,
-        None,
-        rolled_back.status.as_ref(),
-        DeletionPolicy::Delete,
-    )
-    .await;
+    saga.cleanup_until_done(None, rolled_back.status.as_ref(), DeletionPolicy::Delete)
+        .await;
     assert_nothing_live(&fake.counters());
 }
 
@@ -942,14 +827,12 @@ async fn errors_are_classified_over_http() {
         );
     }
 
-    let owner = uid();
+    let saga = Saga::new(&api, "dup");
     let spec = training_spec(&[]);
-    let first = reconcile_training(&api, &owner, NAMESPACE, "dup", &spec, None)
-        .await
-        .expect("create");
+    let first = saga.train(&spec, None, "create").await;
     let request = aleph_controllers::sagemaker::training::create_request(
         &first.status.job_name,
-        &owner,
+        &saga.owner,
         NAMESPACE,
         "dup",
         &spec,
@@ -963,36 +846,13 @@ async fn errors_are_classified_over_http() {
     // Throttling and 5xx, after the SDK's bounded retries.
     fake.set_throttle_fraction(1.0);
     let throttled = api.describe_endpoint("x").await;
-    assert!(
-        matches!(
-            throttled,
-            Err(SageMakerError::Recoverable {
-                kind: RecoverableKind::Throttled,
-                ..
-            })
-        ),
-        "{throttled:?}"
-    );
+    assert_recoverable(&throttled, RecoverableKind::Throttled);
     fake.set_throttle_fraction(0.0);
     fake.set_server_error_fraction(1.0);
     let failed = api.describe_endpoint("x").await;
-    assert!(
-        matches!(
-            failed,
-            Err(SageMakerError::Recoverable {
-                kind: RecoverableKind::ServerError,
-                ..
-            })
-        ),
-        "{failed:?}"
-    );
+    assert_recoverable(&failed, RecoverableKind::ServerError);
     fake.set_server_error_fraction(0.0);
-    let describes = fake
-        .counters()
-        .calls
-        .get("DescribeEndpoint")
-        .copied()
-        .unwrap_or_default();
+    let describes = fake_calls(&fake, "DescribeEndpoint").unwrap_or_default();
     // 1 missing + 3 throttled attempts + 3 failed attempts.
     assert_eq!(describes, 7, "the SDK made a bounded number of attempts");
 
@@ -1022,16 +882,19 @@ async fn errors_are_classified_over_http() {
         );
     }
 
-    let count = |operation, outcome| {
-        calls
-            .get_or_create(&SageMakerCallLabels { operation, outcome })
-            .get()
-    };
-    assert_eq!(count("DescribeEndpoint", "throttled"), 1);
-    assert_eq!(count("DescribeEndpoint", "server_error"), 1);
-    assert_eq!(count("DescribeEndpoint", "not_found"), 1);
-    assert_eq!(count("CreateTrainingJob", "already_exists"), 1);
-    assert_eq!(count("CreateTrainingJob", "ok"), 1);
+    for (operation, outcome) in [
+        ("DescribeEndpoint", "throttled"),
+        ("DescribeEndpoint", "server_error"),
+        ("DescribeEndpoint", "not_found"),
+        ("CreateTrainingJob", "already_exists"),
+        ("CreateTrainingJob", "ok"),
+    ] {
+        assert_eq!(
+            count(&calls, operation, outcome),
+            1,
+            "{operation} {outcome}"
+        );
+    }
 }
 
 /// Faults of a chaos run: 30% throttling, 5% server errors, 10% lost responses.
@@ -1071,23 +934,17 @@ async fn chaos_run(seed: u64, delete_while_updating: bool) -> (FakeCounters, Str
         );
         // A restart: nothing survives but the status.
         let api = adapter_with(&url, adapter_config(), calls.clone()).await;
-        let outcome =
-            match reconcile_training(&api, &owner, NAMESPACE, "chaos", &spec, training.as_ref())
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    assert!(e.is_recoverable(), "seed {seed}: {e}");
-                    errors += 1;
-                    continue;
-                }
-            };
+        let trained =
+            reconcile_training(&api, &owner, NAMESPACE, "chaos", &spec, training.as_ref()).await;
+        let Some(outcome) = recovered(trained, seed, &mut errors) else {
+            continue;
+        };
         assert!(!outcome.terminal, "seed {seed}: {outcome:?}");
         training = Some(outcome.status.clone());
         let Some(artifact) = outcome.artifact_uri().map(str::to_string) else {
             continue;
         };
-        let served = match reconcile_endpoint(
+        let served = reconcile_endpoint(
             &api,
             &owner,
             NAMESPACE,
@@ -1097,14 +954,9 @@ async fn chaos_run(seed: u64, delete_while_updating: bool) -> (FakeCounters, Str
             endpoint.as_ref(),
             None,
         )
-        .await
-        {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                assert!(e.is_recoverable(), "seed {seed}: {e}");
-                errors += 1;
-                continue;
-            }
+        .await;
+        let Some(served) = recovered(served, seed, &mut errors) else {
+            continue;
         };
         assert!(!served.terminal, "seed {seed}: {served:?}");
         endpoint = served.status.clone();
@@ -1130,21 +982,10 @@ async fn chaos_run(seed: u64, delete_while_updating: bool) -> (FakeCounters, Str
         cleanup_passes += 1;
         assert!(cleanup_passes < 100, "seed {seed}: cleanup did not finish");
         let api = adapter_with(&url, adapter_config(), calls.clone()).await;
-        match cleanup(
-            &api,
-            &owner,
-            training.as_ref(),
-            endpoint.as_ref(),
-            DeletionPolicy::Delete,
-        )
-        .await
-        {
-            Ok(CleanupOutcome::Done) => break,
-            Ok(CleanupOutcome::RequeueAfter { .. }) => {}
-            Err(e) => {
-                assert!(e.is_recoverable(), "seed {seed}: {e}");
-                errors += 1;
-            }
+        let policy = DeletionPolicy::Delete;
+        let outcome = cleanup(&api, &owner, training.as_ref(), endpoint.as_ref(), policy).await;
+        if let Some(CleanupOutcome::Done) = recovered(outcome, seed, &mut errors) {
+            break;
         }
     }
 
@@ -1174,9 +1015,7 @@ async fn chaos_run(seed: u64, delete_while_updating: bool) -> (FakeCounters, Str
             "terminal",
             "network",
         ] {
-            let n = calls
-                .get_or_create(&SageMakerCallLabels { operation, outcome })
-                .get();
+            let n = count(&calls, operation, outcome);
             if n > 0 {
                 *by_outcome.entry(outcome).or_default() += n;
             }

@@ -203,12 +203,7 @@ async fn a_llamacpp_model_from_s3_answers_chat_and_streams_and_rolls_without_err
     // The cache Job downloaded, and the serving pod loads from /models, both
     // as the named ServiceAccount.
     let jobs: Api<Job> = Api::namespaced(env.client(), &ns);
-    let claim = model
-        .status
-        .as_ref()
-        .and_then(|s| s.cache.as_ref())
-        .map(|c| c.claim_name.clone())
-        .expect("status.cache");
+    let claim = aleph_e2e::serving::cache_claim(&model).expect("status.cache");
     let job = jobs.get(&claim).await.expect("the download Job");
     assert_eq!(job.status.as_ref().and_then(|s| s.succeeded), Some(1));
     let job_sa = job
@@ -422,8 +417,8 @@ async fn the_canary_gets_its_share_of_real_traffic_and_promotion_moves_it_all() 
     )
     .await;
     assert_eq!(tally.failed, 0, "{tally:?}");
-    let to_canary = tally.models.get("duo-canary").copied().unwrap_or(0);
-    let to_stable = tally.models.get("duo").copied().unwrap_or(0);
+    let to_canary = tally.answered_by("duo-canary");
+    let to_stable = tally.answered_by("duo");
     assert_eq!(
         to_canary + to_stable,
         requests,

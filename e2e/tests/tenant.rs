@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 mod tenant_support;
-use tenant_support::delete_tenant;
+use tenant_support::{delete, patch_tenant_spec};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -113,7 +113,6 @@ async fn tenant_provisions_namespaces_quotas_policies_and_bindings() {
         gpu_hard_sum <= 4,
         "namespace GPU limits sum to {gpu_hard_sum} > 4"
     );
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -174,7 +173,6 @@ async fn a_quota_missing_a_usage_is_counted_again() {
         "the operator asked for the recount"
     );
     ready_tenant(&env, &name).await;
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -261,8 +259,6 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
     })
     .await;
 
-    delete_tenant(&env, &a).await;
-    delete_tenant(&env, &b).await;
     env.cleanup().await;
 }
 
@@ -303,15 +299,13 @@ async fn admission_rules_refuse_pods_with_a_message_naming_the_rule() {
     .expect("an allowed pod is admitted");
 
     // Cordon: new pods are refused, the running one stays.
-    let tenants: Api<Tenant> = env.cluster_api();
-    tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({ "spec": { "cordoned": true } })),
-        )
-        .await
-        .expect("cordon");
+    patch_tenant_spec(
+        &env,
+        &name,
+        serde_json::json!({ "cordoned": true }),
+        "cordon",
+    )
+    .await;
     let refused = refusal(&pods, pod("after-cordon", "ghcr.io/acme/train:1", None)).await;
     assert!(
         refused.contains("cordoned"),
@@ -340,7 +334,6 @@ async fn admission_rules_refuse_pods_with_a_message_naming_the_rule() {
         refused.contains("cordoned"),
         "after the binding was made again a pod was admitted: {refused}"
     );
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -471,7 +464,6 @@ async fn concurrent_gpu_pods_never_exceed_the_tenant_quota() {
         "the namespaces' enforced GPU limits summed to {peak_enforced} > 4"
     );
     assert_eq!(admitted, 4, "the tenant's 4 GPUs are all usable");
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -542,10 +534,7 @@ async fn a_deployment_asking_for_all_the_tenants_gpus_becomes_available() {
     // Freed, the headroom goes back to the even split, and a bare pod asking
     // for 3 GPUs in the other namespace is refused there until a refusal by a
     // controller moves it: a Job asking for 3 runs.
-    deployments
-        .delete("big", &DeleteParams::default())
-        .await
-        .expect("delete");
+    delete(&deployments, "big").await.expect("delete");
     let jobs: Api<k8s_openapi::api::batch::v1::Job> =
         Api::namespaced(client.clone(), &namespaces[1]);
     let mut job = gpu_deployment("three", 3);
@@ -577,7 +566,6 @@ async fn a_deployment_asking_for_all_the_tenants_gpus_becomes_available() {
         started.elapsed().as_secs_f64()
     );
     assert!(enforced_gpus(&client, &name).await <= 4);
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -601,14 +589,13 @@ async fn prevent_deletion_blocks_and_deletion_removes_namespaces() {
         out.stderr
     );
     let tenants: Api<Tenant> = env.cluster_api();
-    tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({ "spec": { "preventDeletion": false } })),
-        )
-        .await
-        .expect("unprotect");
+    patch_tenant_spec(
+        &env,
+        &name,
+        serde_json::json!({ "preventDeletion": false }),
+        "unprotect",
+    )
+    .await;
     env.kubectl(["delete", "tenant", &name, "--wait=false"])
         .await
         .expect_success();
@@ -736,6 +723,5 @@ spec:
     )
     .await
     .expect_success();
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }

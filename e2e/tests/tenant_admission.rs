@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Po
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tenant_support::*;
 
@@ -76,10 +76,10 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
         "an image change by UPDATE: {message}"
     );
     // An unchanged image still lets the pod be updated (labels, finalizers).
-    pods.patch(
+    merge_patch(
+        &pods,
         "p2",
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "metadata": { "labels": { "touched": "yes" } } })),
+        json!({ "metadata": { "labels": { "touched": "yes" } } }),
     )
     .await
     .expect("a label change on an admitted pod passes");
@@ -149,7 +149,6 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
         refused_by(&message, "allowedRegistries"),
         "a CronJob: {message}"
     );
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -222,7 +221,6 @@ async fn gpu_pods_must_be_pinned_to_an_allowed_product() {
     pods.create(&PostParams::default(), &typed(pod("cpu", image)))
         .await
         .expect("a CPU pod is admitted");
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -313,23 +311,18 @@ async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
         );
     }
     // The operator's policy can be neither deleted nor changed.
-    let message = outcome(
-        policies
-            .delete("aleph-tenant-isolation", &DeleteParams::default())
-            .await,
-    );
+    let message = outcome(delete(&policies, "aleph-tenant-isolation").await);
     assert!(
         refused_by(&message, "made by the operator"),
         "delete: {message}"
     );
     let message = outcome(
-        policies
-            .patch(
-                "aleph-tenant-isolation",
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "egress": [{}] } })),
-            )
-            .await,
+        merge_patch(
+            &policies,
+            "aleph-tenant-isolation",
+            json!({ "spec": { "egress": [{}] } }),
+        )
+        .await,
     );
     assert!(message != "admitted", "change: {message}");
     // Narrower policies pass: within the namespace, within the tenant, DNS.
@@ -370,7 +363,6 @@ async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
         .and_then(|s| s.policy_types)
         .unwrap_or_default();
     assert!(types.contains(&"Egress".to_string()));
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -408,15 +400,13 @@ async fn without_a_lock_owners_write_their_own_network_policies() {
         .await
         .expect("an unlocked tenant's owner may allow egress");
     // Locking the tenant refuses the same policy from then on.
-    let tenants: Api<Tenant> = env.cluster_api();
-    tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "network": { "lockPolicies": true } } })),
-        )
-        .await
-        .expect("lock");
+    patch_tenant_spec(
+        &env,
+        &name,
+        serde_json::json!({ "network": { "lockPolicies": true } }),
+        "lock",
+    )
+    .await;
     let message = until_refused(async || {
         policies
             .create(
@@ -430,7 +420,6 @@ async fn without_a_lock_owners_write_their_own_network_policies() {
     })
     .await;
     assert!(refused_by(&message, "network.lockPolicies"), "{message}");
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -473,15 +462,8 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
         .create(&PostParams::default(), &service("web", "ClusterIP"))
         .await
         .expect("a ClusterIP Service is admitted");
-    let message = outcome(
-        services
-            .patch(
-                "web",
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "type": "NodePort" } })),
-            )
-            .await,
-    );
+    let message =
+        outcome(merge_patch(&services, "web", json!({ "spec": { "type": "NodePort" } })).await);
     assert!(
         refused_by(&message, "allowNodePorts"),
         "turned into a NodePort: {message}"
@@ -522,14 +504,7 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
     // HTTPRoutes (the Gateway API's kinds are installed by the local control
     // plane): the rule holds for everyone, so the cluster admin writes them
     // here (the built-in admin role does not cover Gateway API kinds).
-    let resource = ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "HTTPRoute".into(),
-        plural: "httproutes".into(),
-    };
-    let routes: Api<DynamicObject> = Api::namespaced_with(env.client(), &ns, &resource);
+    let routes = aleph_e2e::dynamic::http_routes(env.client(), &ns);
     let route = |name: &str, hostnames: Option<&[&str]>| -> DynamicObject {
         let mut spec = json!({ "rules": [{ "backendRefs": [{ "name": "web", "port": 80 }] }] });
         if let Some(hostnames) = hostnames {
@@ -567,13 +542,12 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
         .await
         .expect("an HTTPRoute for the allowed domain and a name under it is admitted");
     let message = outcome(
-        routes
-            .patch(
-                "good",
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "hostnames": ["api.other.example.com"] } })),
-            )
-            .await,
+        merge_patch(
+            &routes,
+            "good",
+            json!({ "spec": { "hostnames": ["api.other.example.com"] } }),
+        )
+        .await,
     );
     assert!(
         refused_by(&message, "allowedDomains"),
@@ -581,15 +555,13 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
     );
 
     // Allowed by the Tenant, a NodePort passes.
-    let tenants: Api<Tenant> = env.cluster_api();
-    tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "admission": { "allowNodePorts": true } } })),
-        )
-        .await
-        .expect("allow node ports");
+    patch_tenant_spec(
+        &env,
+        &name,
+        serde_json::json!({ "admission": { "allowNodePorts": true } }),
+        "allow node ports",
+    )
+    .await;
     let mut admitted = false;
     for _ in 0..60 {
         if services
@@ -603,7 +575,6 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(admitted, "a NodePort is admitted once the Tenant allows it");
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -677,7 +648,7 @@ async fn allowed_runtime_classes_are_enforced_on_pods_and_templates() {
     .expect("a pod without a runtime class is admitted");
     delete_tenant(&env, &name).await;
     for class in [&allowed, &other] {
-        let _ = classes.delete(class, &DeleteParams::default()).await;
+        let _ = delete(&classes, class).await;
     }
     env.cleanup().await;
 }
@@ -741,7 +712,6 @@ async fn allowed_storage_classes_are_enforced_on_claims_and_claim_templates() {
         refused_by(&message, "allowedStorageClasses"),
         "a StatefulSet's claim template: {message}"
     );
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -761,14 +731,13 @@ async fn deletion_policy_retain_keeps_the_namespaces_and_what_is_in_them() {
     }
     // A namespace taken off the list is released, not deleted.
     let tenants: Api<Tenant> = env.cluster_api();
-    tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "namespaces": ["one"] } })),
-        )
-        .await
-        .expect("drop a namespace");
+    patch_tenant_spec(
+        &env,
+        &name,
+        serde_json::json!({ "namespaces": ["one"] }),
+        "drop a namespace",
+    )
+    .await;
     let namespaces: Api<Namespace> = env.cluster_api();
     let released = wait_for(&namespaces, &format!("{name}-two"), TIMEOUT, |ns| {
         !ns.metadata
@@ -782,10 +751,7 @@ async fn deletion_policy_retain_keeps_the_namespaces_and_what_is_in_them() {
         "a Retain namespace is not deleted"
     );
     // The Tenant deleted: its namespaces stay, released, with their objects.
-    tenants
-        .delete(&name, &DeleteParams::default())
-        .await
-        .expect("delete tenant");
+    delete(&tenants, &name).await.expect("delete tenant");
     wait_for_deletion(&tenants, &name, TIMEOUT).await;
     for short in ["one", "two"] {
         let ns_name = format!("{name}-{short}");
@@ -807,7 +773,7 @@ async fn deletion_policy_retain_keeps_the_namespaces_and_what_is_in_them() {
             .await
             .expect("the namespace's objects are kept");
         // Kept by the tenant's policy, so removed by the test itself.
-        let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+        let _ = delete(&namespaces, &ns_name).await;
     }
     env.cleanup().await;
 }
@@ -879,15 +845,13 @@ async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_an
         .await
         .expect("carol lists pods");
     // Removed from the spec, the binding goes.
-    let tenants: Api<Tenant> = env.cluster_api();
-    tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "additionalRoleBindings": null } })),
-        )
-        .await
-        .expect("remove");
+    patch_tenant_spec(
+        &env,
+        &name,
+        serde_json::json!({ "additionalRoleBindings": null }),
+        "remove",
+    )
+    .await;
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &format!("{name}-one"));
     wait_for_deletion(&bindings, "aleph-extra-0", TIMEOUT).await;
     // The authorizer reads RBAC from its own cache, a moment behind the API.
@@ -900,7 +864,6 @@ async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_an
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(revoked, "carol still lists pods 5 s after her binding went");
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -921,15 +884,13 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
     )
     .await
     .expect("a pod before the cordon");
-    let tenants: Api<Tenant> = env.cluster_api();
-    tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "cordoned": true } })),
-        )
-        .await
-        .expect("cordon");
+    patch_tenant_spec(
+        &env,
+        &name,
+        serde_json::json!({ "cordoned": true }),
+        "cordon",
+    )
+    .await;
     let message = create_refused(&pods, &pod("new", "ghcr.io/acme/web:1")).await;
     assert!(refused_by(&message, "cordoned"), "a new pod: {message}");
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
@@ -957,13 +918,12 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
         refused_by(&message, "cordoned"),
         "an ephemeral container: {message}"
     );
-    pods.patch(
+    merge_patch(
+        &pods,
         "running",
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "metadata": { "labels": { "still": "here" } } })),
+        json!({ "metadata": { "labels": { "still": "here" } } }),
     )
     .await
     .expect("the running pod can still be updated");
-    delete_tenant(&env, &name).await;
     env.cleanup().await;
 }

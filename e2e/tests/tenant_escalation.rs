@@ -158,57 +158,44 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
     ledger.refused(
         "relabel its namespace out of the tenant",
         "",
-        namespaces
-            .patch(&ns_a, &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "labels": { "aleph.dev/tenant": null, "pod-security.kubernetes.io/enforce": "privileged" } } })))
-            .await,
+        merge_patch(&namespaces, &ns_a, json!({ "metadata": { "labels": { "aleph.dev/tenant": null, "pod-security.kubernetes.io/enforce": "privileged" } } })).await,
     );
     let tenants: Api<Tenant> = Api::all(alice.clone());
     ledger.refused(
         "raise its Tenant's GPU quota",
         "",
-        tenants
-            .patch(
-                &a,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "quota": { "gpus": 64 } } })),
-            )
-            .await,
+        merge_patch(&tenants, &a, json!({ "spec": { "quota": { "gpus": 64 } } })).await,
     );
     let quotas: Api<ResourceQuota> = Api::namespaced(alice.clone(), &ns_a);
     ledger.refused(
         "raise its namespace's ResourceQuota",
         "",
-        quotas
-            .patch(
-                "aleph-tenant-quota",
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "hard": { "requests.nvidia.com/gpu": "64" } } })),
-            )
-            .await,
+        merge_patch(
+            &quotas,
+            "aleph-tenant-quota",
+            json!({ "spec": { "hard": { "requests.nvidia.com/gpu": "64" } } }),
+        )
+        .await,
     );
     ledger.refused(
         "delete its ResourceQuota",
         "",
-        quotas
-            .delete("aleph-tenant-quota", &DeleteParams::default())
-            .await,
+        delete(&quotas, "aleph-tenant-quota").await,
     );
     let limits: Api<LimitRange> = Api::namespaced(alice.clone(), &ns_a);
     ledger.refused(
         "delete its LimitRange",
         "",
-        limits
-            .delete("aleph-tenant-defaults", &DeleteParams::default())
-            .await,
+        delete(&limits, "aleph-tenant-defaults").await,
     );
     let vaps: Api<ValidatingAdmissionPolicy> = Api::all(alice.clone());
     ledger.refused(
         "empty its admission policy",
         "",
-        vaps.patch(
+        merge_patch(
+            &vaps,
             &format!("aleph-tenant-{a}"),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "validations": [{ "expression": "true" }] } })),
+            json!({ "spec": { "validations": [{ "expression": "true" }] } }),
         )
         .await,
     );
@@ -216,23 +203,17 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
     ledger.refused(
         "delete its admission binding",
         "",
-        vapbs
-            .delete(&format!("aleph-tenant-{a}"), &DeleteParams::default())
-            .await,
+        delete(&vapbs, &format!("aleph-tenant-{a}")).await,
     );
     ledger.refused(
         "delete its owners' binding",
         "made by the operator",
-        rbs_a
-            .delete("aleph-owners-admin", &DeleteParams::default())
-            .await,
+        delete(&rbs_a, "aleph-owners-admin").await,
     );
     ledger.refused(
         "add a subject to its owners' binding",
         "made by the operator",
-        rbs_a
-            .patch("aleph-owners-admin", &PatchParams::default(), &Patch::Merge(json!({ "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated" }] })))
-            .await,
+        merge_patch(&rbs_a, "aleph-owners-admin", json!({ "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated" }] })).await,
     );
 
     // The other tenant.
@@ -254,9 +235,7 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
     ledger.refused(
         "delete the other tenant's isolation policy",
         "",
-        policies_a_by_bob
-            .delete("aleph-tenant-isolation", &DeleteParams::default())
-            .await,
+        delete(&policies_a_by_bob, "aleph-tenant-isolation").await,
     );
     ledger.refused(
         "edit the other tenant's Tenant",
@@ -344,15 +323,12 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
             json!({ "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": { "name": "wide" }, "spec": spec }),
         )
     };
+    let allow_all_egress =
+        np(json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{}] }));
     ledger.refused(
         "a NetworkPolicy allowing all egress",
         "compliance hipaa",
-        policies_a
-            .create(
-                &pp,
-                &np(json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{}] })),
-            )
-            .await,
+        policies_a.create(&pp, &allow_all_egress).await,
     );
     ledger.refused(
         "a NetworkPolicy allowing ingress from the other tenant",
@@ -364,9 +340,7 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
     ledger.refused(
         "delete its isolation policy",
         "made by the operator",
-        policies_a
-            .delete("aleph-tenant-isolation", &DeleteParams::default())
-            .await,
+        delete(&policies_a, "aleph-tenant-isolation").await,
     );
     let services_a: Api<Service> = Api::namespaced(alice.clone(), &ns_a);
     ledger.refused(
@@ -428,10 +402,7 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
         "token: a NetworkPolicy allowing all egress",
         "compliance hipaa",
         Api::<NetworkPolicy>::namespaced(ci.clone(), &ns_a)
-            .create(
-                &pp,
-                &np(json!({ "podSelector": {}, "policyTypes": ["Egress"], "egress": [{}] })),
-            )
+            .create(&pp, &allow_all_egress)
             .await,
     );
     ledger.refused(
@@ -480,7 +451,5 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
         ledger.rows.iter().all(|(_, _, ok)| *ok),
         "not every attempt was refused:\n{report}"
     );
-    delete_tenant(&env, &a).await;
-    delete_tenant(&env, &b).await;
     env.cleanup().await;
 }

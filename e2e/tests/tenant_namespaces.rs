@@ -269,8 +269,7 @@ async fn owners_create_namespaces_that_the_tenant_adopts_within_its_count() {
             "delete {what}: {message}"
         );
     }
-    namespaces
-        .delete(&extra, &DeleteParams::default())
+    delete(&namespaces, &extra)
         .await
         .expect("the owner deletes a namespace it created");
     wait_for_deletion(&Api::<Namespace>::all(admin.clone()), &extra, TIMEOUT).await;
@@ -341,6 +340,5 @@ async fn owners_create_namespaces_that_the_tenant_adopts_within_its_count() {
             "{ns} outlived its Tenant"
         );
     }
-    delete_tenant(&env, &other).await;
     env.cleanup().await;
 }

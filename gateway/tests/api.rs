@@ -7,11 +7,25 @@ use std::time::Duration;
 
 use aleph_gateway::{Endpoint, GatewayConfig, TenantLimits, Track};
 use axum::http::StatusCode;
-use common::{ACME_KEY, GLOBEX_KEY, Harness, Stub, model, snapshot, stable};
+use common::{ACME_KEY, GLOBEX_KEY, Harness, Reply, Stub, model, snapshot, stable};
 use serde_json::json;
 
 fn chat(model: &str) -> serde_json::Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 3})
+}
+
+/// A chat completion of `model` sent with `key`.
+async fn chat_as(gw: &Harness, key: &str, model: &str) -> Reply {
+    gw.post("/v1/chat/completions", key, chat(model)).await
+}
+
+/// [`one_model_gateway`] taking bodies of at most `max_body_bytes`.
+async fn body_limited_gateway(max_body_bytes: usize) -> (Harness, Stub) {
+    let config = GatewayConfig {
+        max_body_bytes,
+        ..GatewayConfig::default()
+    };
+    one_model_gateway(config, TenantLimits::default()).await
 }
 
 async fn one_model_gateway(config: GatewayConfig, limits: TenantLimits) -> (Harness, Stub) {
@@ -31,13 +45,11 @@ async fn missing_or_unknown_keys_get_401() {
     let missing = gw
         .post_raw("/v1/chat/completions", None, body.clone())
         .await;
-    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(missing.error_code(), "missing_api_key");
+    missing.assert_error(StatusCode::UNAUTHORIZED, "missing_api_key");
     let wrong = gw
         .post_raw("/v1/chat/completions", Some("sk-aleph-nope"), body)
         .await;
-    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(wrong.error_code(), "invalid_api_key");
+    wrong.assert_error(StatusCode::UNAUTHORIZED, "invalid_api_key");
     let models = gw.get("/v1/models", Some("sk-aleph-nope")).await;
     assert_eq!(models.status, StatusCode::UNAUTHORIZED);
     assert_eq!(stub.hits(), 0, "nothing reached the engine");
@@ -46,21 +58,13 @@ async fn missing_or_unknown_keys_get_401() {
 #[tokio::test]
 async fn another_tenants_model_gets_403_and_an_unknown_one_400() {
     let (gw, stub) = one_model_gateway(GatewayConfig::default(), TenantLimits::default()).await;
-    let theirs = gw
-        .post("/v1/chat/completions", ACME_KEY, chat("globex-model"))
-        .await;
-    assert_eq!(theirs.status, StatusCode::FORBIDDEN);
-    assert_eq!(theirs.error_code(), "model_not_permitted");
+    let theirs = chat_as(&gw, ACME_KEY, "globex-model").await;
+    theirs.assert_error(StatusCode::FORBIDDEN, "model_not_permitted");
     assert_eq!(theirs.json()["error"]["param"], "model");
-    let mine_for_them = gw
-        .post("/v1/chat/completions", GLOBEX_KEY, chat("llama"))
-        .await;
+    let mine_for_them = chat_as(&gw, GLOBEX_KEY, "llama").await;
     assert_eq!(mine_for_them.status, StatusCode::FORBIDDEN);
-    let unknown = gw
-        .post("/v1/chat/completions", ACME_KEY, chat("no-such-model"))
-        .await;
-    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
-    assert_eq!(unknown.error_code(), "model_not_found");
+    let unknown = chat_as(&gw, ACME_KEY, "no-such-model").await;
+    unknown.assert_error(StatusCode::BAD_REQUEST, "model_not_found");
     assert_eq!(stub.hits(), 0);
 }
 
@@ -74,30 +78,22 @@ async fn bodies_that_are_not_json_or_lack_a_model_get_400() {
             b"model=llama".to_vec(),
         )
         .await;
-    assert_eq!(garbage.status, StatusCode::BAD_REQUEST);
-    assert_eq!(garbage.error_code(), "invalid_json");
+    garbage.assert_error(StatusCode::BAD_REQUEST, "invalid_json");
     let array = gw.post("/v1/completions", ACME_KEY, json!(["llama"])).await;
-    assert_eq!(array.status, StatusCode::BAD_REQUEST);
-    assert_eq!(array.error_code(), "invalid_json");
+    array.assert_error(StatusCode::BAD_REQUEST, "invalid_json");
     let no_model = gw
         .post("/v1/embeddings", ACME_KEY, json!({"input": "x"}))
         .await;
-    assert_eq!(no_model.status, StatusCode::BAD_REQUEST);
-    assert_eq!(no_model.error_code(), "missing_model");
+    no_model.assert_error(StatusCode::BAD_REQUEST, "missing_model");
     assert_eq!(stub.hits(), 0);
 }
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413() {
-    let config = GatewayConfig {
-        max_body_bytes: 1024,
-        ..GatewayConfig::default()
-    };
-    let (gw, stub) = one_model_gateway(config, TenantLimits::default()).await;
+    let (gw, stub) = body_limited_gateway(1024).await;
     let big = json!({"model": "llama", "prompt": "x".repeat(2000)});
     let reply = gw.post("/v1/completions", ACME_KEY, big).await;
-    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(reply.error_code(), "request_too_large");
+    reply.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large");
     let small = json!({"model": "llama", "prompt": "x".repeat(500)});
     assert_eq!(
         gw.post("/v1/completions", ACME_KEY, small).await.status,
@@ -167,7 +163,7 @@ async fn no_ready_endpoint_gets_503_with_retry_after() {
     )
     .await;
     for name in ["llama", "empty"] {
-        let reply = gw.post("/v1/chat/completions", ACME_KEY, chat(name)).await;
+        let reply = chat_as(&gw, ACME_KEY, name).await;
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{name}");
         assert_eq!(reply.retry_after(), Some(7));
         assert_eq!(reply.error_code(), "model_not_ready");
@@ -183,34 +179,23 @@ async fn request_limit_refuses_with_retry_after_until_the_window_ends() {
     };
     let (gw, stub) = one_model_gateway(GatewayConfig::default(), limits).await;
     for _ in 0..2 {
-        let ok = gw
-            .post("/v1/chat/completions", ACME_KEY, chat("llama"))
-            .await;
+        let ok = chat_as(&gw, ACME_KEY, "llama").await;
         assert_eq!(ok.status, StatusCode::OK);
     }
-    let refused = gw
-        .post("/v1/chat/completions", ACME_KEY, chat("llama"))
-        .await;
-    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(refused.error_code(), "rate_limit_exceeded");
+    let refused = chat_as(&gw, ACME_KEY, "llama").await;
+    refused.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded");
     // The clock stands 10 s into its minute.
     assert_eq!(refused.retry_after(), Some(50));
     assert_eq!(stub.hits(), 2, "the refused request was not forwarded");
-    let other_tenant_unaffected = gw
-        .post("/v1/chat/completions", GLOBEX_KEY, chat("llama"))
-        .await;
+    let other_tenant_unaffected = chat_as(&gw, GLOBEX_KEY, "llama").await;
     assert_eq!(other_tenant_unaffected.status, StatusCode::FORBIDDEN);
 
     gw.clock.advance(Duration::from_secs(49));
-    let still = gw
-        .post("/v1/chat/completions", ACME_KEY, chat("llama"))
-        .await;
+    let still = chat_as(&gw, ACME_KEY, "llama").await;
     assert_eq!(still.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(still.retry_after(), Some(1));
     gw.clock.advance(Duration::from_secs(1));
-    let again = gw
-        .post("/v1/chat/completions", ACME_KEY, chat("llama"))
-        .await;
+    let again = chat_as(&gw, ACME_KEY, "llama").await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(
         gw.metric(
@@ -236,9 +221,7 @@ async fn token_limits_refuse_the_next_request_once_used() {
         .await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.json()["usage"]["total_tokens"], 11);
-    let refused = gw
-        .post("/v1/chat/completions", ACME_KEY, chat("llama"))
-        .await;
+    let refused = chat_as(&gw, ACME_KEY, "llama").await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.retry_after(), Some(50));
     assert!(
@@ -255,9 +238,7 @@ async fn token_limits_refuse_the_next_request_once_used() {
         .await;
     assert_eq!(second.status, StatusCode::OK);
     gw.clock.advance(Duration::from_secs(60));
-    let per_day = gw
-        .post("/v1/chat/completions", ACME_KEY, chat("llama"))
-        .await;
+    let per_day = chat_as(&gw, ACME_KEY, "llama").await;
     assert_eq!(per_day.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(
         per_day.json()["error"]["message"]
@@ -268,9 +249,7 @@ async fn token_limits_refuse_the_next_request_once_used() {
     let wait = per_day.retry_after().expect("retry-after");
     assert!(wait > 3600 && wait <= 86_400, "until midnight UTC: {wait}");
     gw.clock.advance(Duration::from_secs(wait));
-    let next_day = gw
-        .post("/v1/chat/completions", ACME_KEY, chat("llama"))
-        .await;
+    let next_day = chat_as(&gw, ACME_KEY, "llama").await;
     assert_eq!(next_day.status, StatusCode::OK);
 }
 
@@ -292,18 +271,13 @@ async fn readyz_waits_for_the_state_to_be_synced() {
     gw.gateway.state().mark_synced();
     assert_eq!(gw.get("/readyz", None).await.status, StatusCode::OK);
     let unknown = gw.get("/v2/anything", None).await;
-    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    assert_eq!(unknown.error_code(), "not_found");
+    unknown.assert_error(StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test]
 async fn chunked_bodies_over_the_limit_get_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let config = GatewayConfig {
-        max_body_bytes: 1024,
-        ..GatewayConfig::default()
-    };
-    let (gw, stub) = one_model_gateway(config, TenantLimits::default()).await;
+    let (gw, stub) = body_limited_gateway(1024).await;
     let mut stream = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");

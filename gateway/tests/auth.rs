@@ -17,7 +17,7 @@ use aleph_gateway::{Authenticators, GatewayConfig, Snapshot, TenantLimits};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use common::{ACME_KEY, Harness, Stub, model, serve, snapshot, stable};
+use common::{ACME_KEY, Harness, Reply, Stub, model, serve, snapshot, stable};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::EncodePrivateKey;
@@ -236,7 +236,12 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 async fn oidc_gateway(issuer: &Issuer, snapshot: Snapshot) -> (Harness, Arc<OidcVerifier>) {
-    let verifier = Arc::new(OidcVerifier::new(issuer.config()).expect("OIDC config"));
+    oidc_gateway_with(issuer.config(), snapshot).await
+}
+
+/// A gateway whose only authenticator is OIDC with `config`.
+async fn oidc_gateway_with(config: OidcConfig, snapshot: Snapshot) -> (Harness, Arc<OidcVerifier>) {
+    let verifier = Arc::new(OidcVerifier::new(config).expect("OIDC config"));
     let authenticators = Authenticators {
         oidc: Some(verifier.clone()),
         token_review: None,
@@ -245,14 +250,32 @@ async fn oidc_gateway(issuer: &Issuer, snapshot: Snapshot) -> (Harness, Arc<Oidc
     (gw, verifier)
 }
 
-// ------------------------------------------------------------------- OIDC
-
-#[tokio::test]
-async fn an_oidc_group_lists_and_calls_its_tenants_models_each_charged_to_its_own_tenant() {
+/// An issuer signing with one ES256 key, the two tenants' engines (acme,
+/// initech), and a gateway that trusts the issuer.
+async fn oidc_setup() -> (SigningKey, Issuer, Stub, Stub, Harness) {
     let key = SigningKey::es256("k1");
     let issuer = Issuer::start(&[&key]).await;
     let (snapshot, acme, initech) = tenants().await;
     let (gw, _) = oidc_gateway(&issuer, snapshot).await;
+    (key, issuer, acme, initech, gw)
+}
+
+/// Asserts that `reply` says authentication is unavailable for now.
+fn assert_authentication_unavailable(reply: &Reply) {
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.error_code(), "authentication_unavailable");
+}
+
+// ------------------------------------------------------------------- OIDC
+
+#[tokio::test]
+async fn an_oidc_group_lists_and_calls_its_tenants_models_each_charged_to_its_own_tenant() {
+    let (key, issuer, acme, initech, gw) = oidc_setup().await;
 
     // Group ml-team owns acme and initech: both tenants' models; initech's
     // llama, whose name acme's has (a before i), is listed by namespace.
@@ -294,20 +317,14 @@ async fn an_oidc_group_lists_and_calls_its_tenants_models_each_charged_to_its_ow
 async fn user_owners_match_the_username_claim_and_add_to_the_groups_tenants() {
     let key = SigningKey::rs256("rsa-1");
     let issuer = Issuer::start(&[&key]).await;
-    let (snapshot, _acme, _initech) = tenants().await;
-    let mut config = issuer.config();
-    config.username_claim = "preferred_username".into();
-    let verifier = Arc::new(OidcVerifier::new(config).expect("config"));
-    let mut snapshot = snapshot;
+    let (mut snapshot, _acme, _initech) = tenants().await;
     snapshot
         .owners
         .users
         .insert("bob@example.com".into(), ["globex".to_owned()].into());
-    let authenticators = Authenticators {
-        oidc: Some(verifier),
-        token_review: None,
-    };
-    let gw = Harness::start_with(GatewayConfig::default(), snapshot, authenticators).await;
+    let mut config = issuer.config();
+    config.username_claim = "preferred_username".into();
+    let (gw, _) = oidc_gateway_with(config, snapshot).await;
 
     // bob (by preferred_username, RS256) owns globex as a User, and is in ml-team.
     let bob = key.sign(&issuer.claims("bob", &["ml-team"]));
@@ -343,10 +360,7 @@ async fn user_owners_match_the_username_claim_and_add_to_the_groups_tenants() {
 
 #[tokio::test]
 async fn a_valid_token_of_no_tenant_gets_403() {
-    let key = SigningKey::es256("k1");
-    let issuer = Issuer::start(&[&key]).await;
-    let (snapshot, acme, _) = tenants().await;
-    let (gw, _) = oidc_gateway(&issuer, snapshot).await;
+    let (key, issuer, acme, _, gw) = oidc_setup().await;
     let nobody = key.sign(&issuer.claims("carol", &["interns"]));
     let models = gw.get("/v1/models", Some(&nobody)).await;
     assert_eq!(models.status, StatusCode::FORBIDDEN, "{}", models.text());
@@ -366,10 +380,7 @@ async fn a_valid_token_of_no_tenant_gets_403() {
 
 #[tokio::test]
 async fn bad_tokens_get_401_saying_what_is_wrong() {
-    let key = SigningKey::es256("k1");
-    let issuer = Issuer::start(&[&key]).await;
-    let (snapshot, acme, _) = tenants().await;
-    let (gw, _) = oidc_gateway(&issuer, snapshot).await;
+    let (key, issuer, acme, _, gw) = oidc_setup().await;
     let good = issuer.claims("alice", &["ml-team"]);
     let with = |change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
         let mut claims = good.clone();
@@ -452,12 +463,7 @@ async fn a_new_key_is_fetched_on_its_first_token_and_unknown_kids_do_not_flood_t
     // in a debug build) fits in one interval.
     let mut config = issuer.config();
     config.min_refresh_interval = INTERVAL;
-    let verifier = Arc::new(OidcVerifier::new(config).expect("config"));
-    let authenticators = Authenticators {
-        oidc: Some(verifier.clone()),
-        token_review: None,
-    };
-    let gw = Harness::start_with(GatewayConfig::default(), snapshot, authenticators).await;
+    let (gw, verifier) = oidc_gateway_with(config, snapshot).await;
     let claims = issuer.claims("alice", &["ml-team"]);
     let past_interval = INTERVAL + Duration::from_millis(100);
 
@@ -531,13 +537,7 @@ async fn an_unreachable_issuer_answers_503_and_api_keys_keep_working() {
     )
     .await;
     let reply = gw.get("/v1/models", Some(&token)).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        reply.text()
-    );
-    assert_eq!(reply.error_code(), "authentication_unavailable");
+    assert_authentication_unavailable(&reply);
     assert_eq!(reply.retry_after(), Some(5));
     assert_eq!(
         gw.get("/v1/models", Some(ACME_KEY)).await.status,
@@ -810,12 +810,6 @@ async fn an_unreachable_api_server_answers_503_and_is_asked_again() {
     };
     let (gw, _, reviewer) = review_gateway(closed, TokenReviewConfig::default(), None).await;
     let reply = gw.get("/v1/models", Some("sa-acme")).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        reply.text()
-    );
-    assert_eq!(reply.error_code(), "authentication_unavailable");
+    assert_authentication_unavailable(&reply);
     assert_eq!(reviewer.cached(), 0, "a failure to ask is not an answer");
 }

@@ -5,28 +5,40 @@ use serde_json::{Value, json};
 
 use super::http::{ApiError, ApiResult};
 use super::operations::{str_field, valid_name};
-use super::state::{ConfigRec, EndpointRec, Inner, ModelRec, epoch};
+use super::state::{EndpointRec, Inner, Record, epoch};
+
+/// SageMaker's answer about the missing `what` (`endpoint configuration`, say) `arn`.
+fn missing(what: &str, arn: &str) -> ApiError {
+    ApiError::validation(format!("Could not find {what} \"{arn}\"."))
+}
 
 impl Inner {
+    /// SageMaker's answer about the missing object `name` of the ARN kind
+    /// `kind` (`model`, `endpoint-config` or `endpoint`).
+    fn not_found(&self, kind: &str, name: &str) -> ApiError {
+        let what = match kind {
+            "endpoint-config" => "endpoint configuration",
+            other => other,
+        };
+        missing(what, &self.arn(kind, name))
+    }
+
+    /// SageMaker's answer to a second create of `what` `arn`, counted.
+    fn duplicate(&mut self, what: &str, arn: &str) -> ApiError {
+        self.counters.duplicate_creates += 1;
+        ApiError::validation(format!("Cannot create already existing {what} \"{arn}\"."))
+    }
+
     pub(super) fn create_model(&mut self, input: &Value) -> ApiResult {
         let name = str_field(input, "ModelName")?;
         valid_name("modelName", name)?;
         str_field(input, "ExecutionRoleArn")?;
         let arn = self.arn("model", name);
         if self.models.contains_key(name) {
-            self.counters.duplicate_creates += 1;
-            return Err(ApiError::validation(format!(
-                "Cannot create already existing model \"{arn}\"."
-            )));
+            return Err(self.duplicate("model", &arn));
         }
-        self.models.insert(
-            name.to_string(),
-            ModelRec {
-                arn: arn.clone(),
-                request: input.clone(),
-                created: epoch(),
-            },
-        );
+        self.models
+            .insert(name.to_string(), Record::new(arn.clone(), input));
         self.counters.models_created += 1;
         Ok(json!({"ModelArn": arn}))
     }
@@ -34,10 +46,7 @@ impl Inner {
     pub(super) fn describe_model(&mut self, input: &Value) -> ApiResult {
         let name = str_field(input, "ModelName")?;
         let Some(model) = self.models.get(name) else {
-            return Err(ApiError::validation(format!(
-                "Could not find model \"{}\".",
-                self.arn("model", name)
-            )));
+            return Err(self.not_found("model", name));
         };
         let mut out = json!({
             "ModelName": name,
@@ -62,10 +71,7 @@ impl Inner {
     pub(super) fn delete_model(&mut self, input: &Value) -> ApiResult {
         let name = str_field(input, "ModelName")?;
         if self.models.remove(name).is_none() {
-            return Err(ApiError::validation(format!(
-                "Could not find model \"{}\".",
-                self.arn("model", name)
-            )));
+            return Err(self.not_found("model", name));
         }
         Ok(json!({}))
     }
@@ -77,10 +83,7 @@ impl Inner {
         valid_name("endpointConfigName", name)?;
         let arn = self.arn("endpoint-config", name);
         if self.configs.contains_key(name) {
-            self.counters.duplicate_creates += 1;
-            return Err(ApiError::validation(format!(
-                "Cannot create already existing endpoint configuration \"{arn}\"."
-            )));
+            return Err(self.duplicate("endpoint configuration", &arn));
         }
         let variants = input
             .get("ProductionVariants")
@@ -98,20 +101,11 @@ impl Inner {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             if !self.models.contains_key(model) {
-                return Err(ApiError::validation(format!(
-                    "Could not find model \"{}\".",
-                    self.arn("model", model)
-                )));
+                return Err(self.not_found("model", model));
             }
         }
-        self.configs.insert(
-            name.to_string(),
-            ConfigRec {
-                arn: arn.clone(),
-                request: input.clone(),
-                created: epoch(),
-            },
-        );
+        self.configs
+            .insert(name.to_string(), Record::new(arn.clone(), input));
         self.counters.endpoint_configs_created += 1;
         Ok(json!({"EndpointConfigArn": arn}))
     }
@@ -119,10 +113,7 @@ impl Inner {
     pub(super) fn describe_endpoint_config(&mut self, input: &Value) -> ApiResult {
         let name = str_field(input, "EndpointConfigName")?;
         let Some(config) = self.configs.get(name) else {
-            return Err(ApiError::validation(format!(
-                "Could not find endpoint configuration \"{}\".",
-                self.arn("endpoint-config", name)
-            )));
+            return Err(self.not_found("endpoint-config", name));
         };
         Ok(json!({
             "EndpointConfigName": name,
@@ -135,10 +126,7 @@ impl Inner {
     pub(super) fn delete_endpoint_config(&mut self, input: &Value) -> ApiResult {
         let name = str_field(input, "EndpointConfigName")?;
         if self.configs.remove(name).is_none() {
-            return Err(ApiError::validation(format!(
-                "Could not find endpoint configuration \"{}\".",
-                self.arn("endpoint-config", name)
-            )));
+            return Err(self.not_found("endpoint-config", name));
         }
         Ok(json!({}))
     }
@@ -177,16 +165,10 @@ impl Inner {
         let config = str_field(input, "EndpointConfigName")?;
         let arn = self.arn("endpoint", name);
         if self.endpoints.contains_key(name) {
-            self.counters.duplicate_creates += 1;
-            return Err(ApiError::validation(format!(
-                "Cannot create already existing endpoint \"{arn}\"."
-            )));
+            return Err(self.duplicate("endpoint", &arn));
         }
         if !self.configs.contains_key(config) {
-            return Err(ApiError::validation(format!(
-                "Could not find endpoint configuration \"{}\".",
-                self.arn("endpoint-config", config)
-            )));
+            return Err(self.not_found("endpoint-config", config));
         }
         let now = epoch();
         self.endpoints.insert(
@@ -212,10 +194,7 @@ impl Inner {
         let updating = self.config.endpoint_updating_describes;
         let deleting = self.config.endpoint_deleting_describes;
         let Some(status) = self.endpoints.get(name).map(|e| e.status) else {
-            return Err(ApiError::validation(format!(
-                "Could not find endpoint \"{}\".",
-                self.arn("endpoint", name)
-            )));
+            return Err(self.not_found("endpoint", name));
         };
         let (config, pending) = match self.endpoints.get(name) {
             Some(e) => (e.config.clone(), e.pending.clone()),
@@ -266,10 +245,7 @@ impl Inner {
         }
         if gone {
             self.endpoints.remove(name);
-            return Err(ApiError::validation(format!(
-                "Could not find endpoint \"{}\".",
-                self.arn("endpoint", name)
-            )));
+            return Err(self.not_found("endpoint", name));
         }
         let Some(e) = self.endpoints.get(name) else {
             return Err(ApiError::validation("Requested resource not found."));
@@ -303,9 +279,7 @@ impl Inner {
         let config_arn = self.arn("endpoint-config", config);
         let config_exists = self.configs.contains_key(config);
         let Some(e) = self.endpoints.get_mut(name) else {
-            return Err(ApiError::validation(format!(
-                "Could not find endpoint \"{endpoint_arn}\"."
-            )));
+            return Err(missing("endpoint", &endpoint_arn));
         };
         match e.status {
             "InService" | "OutOfService" => {}
@@ -321,9 +295,7 @@ impl Inner {
             }
         }
         if !config_exists {
-            return Err(ApiError::validation(format!(
-                "Could not find endpoint configuration \"{config_arn}\"."
-            )));
+            return Err(missing("endpoint configuration", &config_arn));
         }
         e.status = "Updating";
         e.pending = Some(config.to_string());
@@ -339,9 +311,7 @@ impl Inner {
         let immediate = self.config.endpoint_deleting_describes == 0;
         let arn = self.arn("endpoint", name);
         let Some(e) = self.endpoints.get_mut(name) else {
-            return Err(ApiError::validation(format!(
-                "Could not find endpoint \"{arn}\"."
-            )));
+            return Err(missing("endpoint", &arn));
         };
         if immediate {
             self.endpoints.remove(name);

@@ -46,7 +46,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use state::{ConfigRec, EndpointRec, Inner, ModelRec, Shared, epoch, lock};
+use state::{EndpointRec, Inner, Record, Shared, epoch, lock};
 
 /// The account in every ARN the fake makes.
 pub const ACCOUNT: &str = "123456789012";
@@ -323,7 +323,7 @@ impl SageMakerFake {
         let model_arn = inner.arn("model", model);
         inner.models.insert(
             model.to_string(),
-            ModelRec {
+            Record {
                 arn: model_arn,
                 request: json!({"ModelName": model, "PrimaryContainer": {"Image": "foreign:1"}, "ExecutionRoleArn": "arn:aws:iam::123456789012:role/foreign"}),
                 created: now,
@@ -332,7 +332,7 @@ impl SageMakerFake {
         let config_arn = inner.arn("endpoint-config", config);
         inner.configs.insert(
             config.to_string(),
-            ConfigRec {
+            Record {
                 arn: config_arn,
                 request: json!({"EndpointConfigName": config, "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}]}),
                 created: now,

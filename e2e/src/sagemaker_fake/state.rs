@@ -26,16 +26,22 @@ pub(super) struct Job {
     pub(super) tags: BTreeMap<String, String>,
 }
 
-pub(super) struct ModelRec {
+/// A Model or an EndpointConfig: its ARN, the request that created it, and when.
+pub(super) struct Record {
     pub(super) arn: String,
     pub(super) request: Value,
     pub(super) created: f64,
 }
 
-pub(super) struct ConfigRec {
-    pub(super) arn: String,
-    pub(super) request: Value,
-    pub(super) created: f64,
+impl Record {
+    /// Created now by `request`.
+    pub(super) fn new(arn: String, request: &Value) -> Self {
+        Record {
+            arn,
+            request: request.clone(),
+            created: epoch(),
+        }
+    }
 }
 
 pub(super) struct EndpointRec {
@@ -53,8 +59,8 @@ pub(super) struct Inner {
     pub(super) config: FakeConfig,
     pub(super) rng: StdRng,
     pub(super) jobs: BTreeMap<String, Job>,
-    pub(super) models: BTreeMap<String, ModelRec>,
-    pub(super) configs: BTreeMap<String, ConfigRec>,
+    pub(super) models: BTreeMap<String, Record>,
+    pub(super) configs: BTreeMap<String, Record>,
     pub(super) endpoints: BTreeMap<String, EndpointRec>,
     pub(super) counters: FakeCounters,
     pub(super) requests: u64,

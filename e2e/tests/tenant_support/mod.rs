@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
 use aleph_e2e::{TestEnv, wait_tenant_ready};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
@@ -21,14 +21,42 @@ pub async fn ready_tenant(env: &TestEnv, name: &str, yaml: &str) -> Tenant {
     wait_ready(env, name).await
 }
 
-/// Waits until the Tenant `name` is Ready.
+/// Waits until the Tenant `name` is Ready. The Tenant is deleted at the
+/// test's cleanup.
 pub async fn wait_ready(env: &TestEnv, name: &str) -> Tenant {
+    env.delete_on_cleanup(kube::discovery::ApiResource::erase::<Tenant>(&()), name);
     wait_tenant_ready(env, name, TIMEOUT).await
 }
 
 pub async fn delete_tenant(env: &TestEnv, name: &str) {
     let tenants: Api<Tenant> = env.cluster_api();
     let _ = tenants.delete(name, &DeleteParams::default()).await;
+}
+
+/// Deletes `name` through `api`.
+pub async fn delete<K>(api: &Api<K>, name: &str) -> kube::Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &DeleteParams::default()).await.map(|_| ())
+}
+
+/// Merge-patches `name` through `api` with `patch`.
+pub async fn merge_patch<K>(api: &Api<K>, name: &str, patch: Value) -> kube::Result<K>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+}
+
+/// Merge-patches the spec of the Tenant `name` with `spec`, as the cluster
+/// admin; panics, saying `why`, when that fails.
+pub async fn patch_tenant_spec(env: &TestEnv, name: &str, spec: Value, why: &str) -> Tenant {
+    let tenants: Api<Tenant> = env.cluster_api();
+    merge_patch(&tenants, name, json!({ "spec": spec }))
+        .await
+        .unwrap_or_else(|e| panic!("{why}: {e}"))
 }
 
 /// A pod that meets Pod Security `restricted`, so that only the tenant's own

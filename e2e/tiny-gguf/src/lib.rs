@@ -7,13 +7,17 @@
 //! metadata (architecture hyper-parameters, tokenizer, chat template), the
 //! tensor infos, then the F32 tensor data, each aligned to 32 bytes.
 
-/// The GGUF value types used here.
-const UINT32: u32 = 4;
-const INT32: u32 = 5;
-const FLOAT32: u32 = 6;
-const BOOL: u32 = 7;
-const STRING: u32 = 8;
-const ARRAY: u32 = 9;
+/// The GGUF value types used here, by their numbers in the format.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+enum ValueType {
+    Uint32 = 4,
+    Int32 = 5,
+    Float32 = 6,
+    Bool = 7,
+    String = 8,
+    Array = 9,
+}
 /// The tensor type F32.
 const TENSOR_F32: u32 = 0;
 /// `general.alignment`'s default.
@@ -152,30 +156,30 @@ impl Writer {
         self.u64(s.len() as u64);
         self.out.extend_from_slice(s.as_bytes());
     }
-    fn key(&mut self, key: &str, kind: u32) {
+    fn key(&mut self, key: &str, kind: ValueType) {
         self.kvs += 1;
         self.string(key);
-        self.u32(kind);
+        self.u32(kind as u32);
     }
     fn kv_u32(&mut self, key: &str, v: u32) {
-        self.key(key, UINT32);
+        self.key(key, ValueType::Uint32);
         self.u32(v);
     }
     fn kv_f32(&mut self, key: &str, v: f32) {
-        self.key(key, FLOAT32);
+        self.key(key, ValueType::Float32);
         self.out.extend_from_slice(&v.to_le_bytes());
     }
     fn kv_bool(&mut self, key: &str, v: bool) {
-        self.key(key, BOOL);
+        self.key(key, ValueType::Bool);
         self.out.push(u8::from(v));
     }
     fn kv_str(&mut self, key: &str, v: &str) {
-        self.key(key, STRING);
+        self.key(key, ValueType::String);
         self.string(v);
     }
-    fn kv_array_header(&mut self, key: &str, item: u32, len: usize) {
-        self.key(key, ARRAY);
-        self.u32(item);
+    fn kv_array_header(&mut self, key: &str, item: ValueType, len: usize) {
+        self.key(key, ValueType::Array);
+        self.u32(item as u32);
         self.u64(len as u64);
     }
     fn pad(&mut self) {
@@ -302,15 +306,15 @@ pub fn tiny_llama(name: &str, seed: u64, shape: Shape) -> Vec<u8> {
     w.kv_u32("llama.rope.dimension_count", (e / shape.heads) as u32);
     w.kv_u32("llama.vocab_size", vocab as u32);
     w.kv_str("tokenizer.ggml.model", "llama");
-    w.kv_array_header("tokenizer.ggml.tokens", STRING, vocab);
+    w.kv_array_header("tokenizer.ggml.tokens", ValueType::String, vocab);
     for token in &tokens {
         w.string(token);
     }
-    w.kv_array_header("tokenizer.ggml.scores", FLOAT32, vocab);
+    w.kv_array_header("tokenizer.ggml.scores", ValueType::Float32, vocab);
     for score in &scores {
         w.out.extend_from_slice(&score.to_le_bytes());
     }
-    w.kv_array_header("tokenizer.ggml.token_type", INT32, vocab);
+    w.kv_array_header("tokenizer.ggml.token_type", ValueType::Int32, vocab);
     for kind in &types {
         w.out.extend_from_slice(&kind.to_le_bytes());
     }

@@ -204,6 +204,13 @@ impl Reply {
         error["code"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Asserts that the reply is an OpenAI error with `status` and `code`.
+    #[track_caller]
+    pub fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.error_code(), code);
+    }
+
     pub fn retry_after(&self) -> Option<u64> {
         self.headers
             .get("retry-after")

@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aleph_e2e::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL};
+use aleph_e2e::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, host};
 use clap::{Parser, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -346,6 +346,21 @@ impl OperatorCounters {
     }
 }
 
+/// One kind's convergence and the operator's counters around it.
+struct Measured {
+    before: OperatorCounters,
+    after: OperatorCounters,
+    aleph: Convergence,
+}
+
+impl Measured {
+    /// The figures of `controller`, against the `floor`.
+    fn figures(self, controller: &str, floor: (Convergence, Requests)) -> KindFigures {
+        self.after
+            .since(&self.before, controller, self.aleph, floor)
+    }
+}
+
 /// Waits until the operator has sent no write for `quiet` (at most `limit`);
 /// returns how long that took.
 async fn settle(operator: &OperatorProcess, quiet: Duration, limit: Duration) -> Duration {
@@ -402,6 +417,30 @@ impl Bench {
 
     fn measures(&self, kind: Kind) -> bool {
         self.args.kinds.contains(&kind)
+    }
+
+    /// Creates `n` objects (`kinds`) with `create` and waits until `watch`
+    /// sees them all Ready, reading the operator's counters before and after.
+    async fn measure(
+        &self,
+        operator: &OperatorProcess,
+        n: usize,
+        kinds: &str,
+        watch: ReadyWatch,
+        create: impl Future<Output = Result<()>>,
+    ) -> Result<Measured> {
+        let before = OperatorCounters::read(operator).await;
+        progress(format!("N={n}: creating {n} {kinds}"));
+        let start = Instant::now();
+        create.await?;
+        let aleph = converge(watch, start, self.timeout(), self.stall()).await;
+        let after = OperatorCounters::read(operator).await;
+        progress(format!("N={n}: {kinds} Ready: {}", seconds(&aleph)));
+        Ok(Measured {
+            before,
+            after,
+            aleph,
+        })
     }
 
     async fn size(&self, n: usize) -> Result<SizeFigures> {
@@ -488,14 +527,9 @@ impl Bench {
                 tenants::is_ready,
             )
             .await;
-            let before = OperatorCounters::read(&operator).await;
-            progress(format!("N={n}: creating {n} Tenants"));
-            let start = Instant::now();
-            tenants::create(&run, self.args.creators).await?;
-            let aleph = converge(watch, start, self.timeout(), self.stall()).await;
-            let after = OperatorCounters::read(&operator).await;
-            progress(format!("N={n}: Tenants Ready: {}", seconds(&aleph)));
-            figures.tenants = Some(after.since(&before, "tenant", aleph, floor));
+            let create = tenants::create(&run, self.args.creators);
+            let measured = self.measure(&operator, n, "Tenants", watch, create).await?;
+            figures.tenants = Some(measured.figures("tenant", floor));
         }
         if let Some(floor) = model_floor {
             namespace(
@@ -514,14 +548,11 @@ impl Bench {
                 aimodels::is_ready,
             )
             .await;
-            let before = OperatorCounters::read(&operator).await;
-            progress(format!("N={n}: creating {n} AIModels"));
-            let start = Instant::now();
-            aimodels::create(&run, &aleph_models_ns, self.args.creators).await?;
-            let aleph = converge(watch, start, self.timeout(), self.stall()).await;
-            let after = OperatorCounters::read(&operator).await;
-            progress(format!("N={n}: AIModels Ready: {}", seconds(&aleph)));
-            figures.aimodels = Some(after.since(&before, "aimodel", aleph, floor));
+            let create = aimodels::create(&run, &aleph_models_ns, self.args.creators);
+            let measured = self
+                .measure(&operator, n, "AIModels", watch, create)
+                .await?;
+            figures.aimodels = Some(measured.figures("aimodel", floor));
         }
 
         // Idle, once the tail of convergence (the events published after the
@@ -602,30 +633,16 @@ impl Bench {
 
 /// The machine: cores, memory, CPU model.
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gib = observe::status_kib(&meminfo, "MemTotal").map_or(0.0, |k| {
         observe::as_f64(usize::try_from(k).unwrap_or(usize::MAX)) / 1024.0 / 1024.0
     });
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown CPU", |(_, m)| m.trim())
-        .to_string();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
-        "{cores} cores ({model}), {mem_gib:.1} GiB memory, Linux {}",
-        kernel.trim()
+        "{} cores ({}), {mem_gib:.1} GiB memory, Linux {}",
+        host::usable_cores(),
+        host::cpu_model(),
+        host::kernel_release()
     )
-}
-
-/// The 1, 5 and 15 minute load averages: other work on the machine shows here.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 #[tokio::main]
@@ -654,7 +671,7 @@ async fn run(args: Args) -> Result<()> {
         .to_lowercase();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let started = k8s_openapi::jiff::Timestamp::now();
-    let load_before = load_average();
+    let load_before = host::load_average();
     if args.kinds.contains(&Kind::Aimodels) {
         let pods = 2 * args.sizes.iter().sum::<usize>();
         progress(format!("adding fake nodes for {pods} pods"));
@@ -683,7 +700,7 @@ async fn run(args: Args) -> Result<()> {
     let report = format!(
         "Date: {started}\nMachine: {}\nLoad average before and after: {load_before} / {}\nCommand: `{command}`\n\n{}",
         machine(),
-        load_average(),
+        host::load_average(),
         table::render(&setup, &sizes)
     );
     println!("{report}");

@@ -32,21 +32,26 @@ fn label<'a>(labels: &'a str, label: &str) -> Option<&'a str> {
     Some(&rest[..rest.find('"')?])
 }
 
+/// The samples of `name` in Prometheus text, as `(labels, value)`.
+fn samples<'a>(metrics: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(move |line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            let value = value.parse::<f64>().ok()?;
+            (metric == name).then_some((labels, value))
+        })
+}
+
 /// The samples of `name` in Prometheus text, grouped by the value of `by`.
 pub fn sum_by(metrics: &str, name: &str, by: &str) -> Requests {
     let mut out = Requests::new();
-    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-        if metric != name {
-            continue;
+    for (labels, value) in samples(metrics, name) {
+        if let Some(key) = label(labels, by) {
+            *out.entry(key.to_string()).or_default() += value;
         }
-        let (Some(key), Ok(value)) = (label(labels, by), value.parse::<f64>()) else {
-            continue;
-        };
-        *out.entry(key.to_string()).or_default() += value;
     }
     out
 }
@@ -55,15 +60,8 @@ pub fn sum_by(metrics: &str, name: &str, by: &str) -> Requests {
 /// (just `"a"` when the second label is absent).
 pub fn sum_by_pair(metrics: &str, name: &str, first: &str, second: &str) -> Requests {
     let mut out = Requests::new();
-    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-        if metric != name {
-            continue;
-        }
-        let (Some(a), Ok(value)) = (label(labels, first), value.parse::<f64>()) else {
+    for (labels, value) in samples(metrics, name) {
+        let Some(a) = label(labels, first) else {
             continue;
         };
         let key = match label(labels, second) {

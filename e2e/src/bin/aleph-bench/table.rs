@@ -550,6 +550,15 @@ mod tests {
         assert!(table.contains("10/1000 after 600 s"), "{table}");
     }
 
+    /// The line of `lines` that starts with `start`, or "".
+    fn row<'a>(lines: &[&'a str], start: &str) -> &'a str {
+        lines
+            .iter()
+            .find(|l| l.starts_with(start))
+            .copied()
+            .unwrap_or_default()
+    }
+
     #[test]
     fn the_table_has_a_column_per_size_and_a_row_per_figure() {
         let sizes = [size(100, 1.2, 0.0, 30, 0.2), size(1000, 1.4, 1.0, 60, 0.5)];
@@ -562,29 +571,17 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].contains("--kube-qps 500"), "{table}");
         assert_eq!(lines[2], "| figure | N=100 | N=1000 | goal | result |");
-        let ratio = lines
-            .iter()
-            .find(|l| l.starts_with("| Tenants: Aleph ÷ floor"))
-            .copied()
-            .unwrap_or_default();
+        let ratio = row(&lines, "| Tenants: Aleph ÷ floor");
         assert_eq!(
             ratio,
             "| Tenants: Aleph ÷ floor | 1.20 | 1.40 | ≤ 1.5 at N=1000 | met |"
         );
-        let requests = lines
-            .iter()
-            .find(|l| l.starts_with("| Tenants: operator requests per Tenant"))
-            .copied()
-            .unwrap_or_default();
+        let requests = row(&lines, "| Tenants: operator requests per Tenant");
         assert!(
             requests.contains("list 6.00, patch 3.00, = 9.00 | list 0.60, patch 0.30, = 0.90"),
             "{requests}"
         );
-        let idle = lines
-            .iter()
-            .find(|l| l.starts_with("| writes while idle (30 s)"))
-            .copied()
-            .unwrap_or_default();
+        let idle = row(&lines, "| writes while idle (30 s)");
         assert_eq!(
             idle,
             "| writes while idle (30 s) | 0 | 1 (patch 1) | 0 | **missed** |"

@@ -32,6 +32,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use aleph_e2e::host;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http_body_util::Full;
@@ -272,27 +273,14 @@ fn nginx_pids(nginx: &Proc) -> Vec<u32> {
     pids
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown CPU", |(_, m)| m.trim())
-        .to_string();
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
-        "{} CPUs online ({model}; {cores} usable by this process before pinning), Linux {}",
+        "{} CPUs online ({}; {} usable by this process before pinning), Linux {}",
         online.trim(),
-        kernel.trim()
+        host::cpu_model(),
+        host::usable_cores(),
+        host::kernel_release()
     )
 }
 
@@ -319,7 +307,7 @@ fn version_of(program: &FsPath, arg: &str) -> String {
 fn run(args: &Args) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let started = k8s_openapi::jiff::Timestamp::now();
-    let load_before = load_average();
+    let load_before = host::load_average();
     let machine = machine();
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let pin = !args.no_pin && cpus >= 2;
@@ -385,7 +373,7 @@ fn run(args: &Args) -> Result<()> {
         format!("Machine: {machine}"),
         format!(
             "Load average before and after: {load_before} / {}",
-            load_average()
+            host::load_average()
         ),
         format!("Command: `{command}`"),
     ];

@@ -96,6 +96,22 @@ pub struct Figures {
     pub large: LargeConfig,
 }
 
+/// KiB as MiB with one decimal, or a dash when unknown.
+/// p50 and p99 of a proxy minus those of the direct path, µs.
+fn added(
+    (p50, p99): (Option<i64>, Option<i64>),
+    (d50, d99): (Option<i64>, Option<i64>),
+) -> (Option<i64>, Option<i64>) {
+    (
+        p50.zip(d50).map(|(a, b)| a - b),
+        p99.zip(d99).map(|(a, b)| a - b),
+    )
+}
+
+fn mib_or_dash(kib: Option<u64>) -> String {
+    kib.map_or("–".into(), |k| format!("{:.1}", mib(k)))
+}
+
 fn mib(kib: u64) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let kib = kib as f64;
@@ -141,22 +157,6 @@ impl Figures {
             Some(s) => (p(s, 50.0), p(s, 99.0)),
             None => (None, None),
         }
-    }
-
-    /// p50 and p99 of a proxy minus those of the direct path, µs.
-    pub fn added(
-        &self,
-        mode: Mode,
-        load: Load,
-        path: Path,
-        point: Point,
-    ) -> (Option<i64>, Option<i64>) {
-        let (d50, d99) = self.latency(mode, load, Path::Direct, point);
-        let (p50, p99) = self.latency(mode, load, path, point);
-        (
-            p50.zip(d50).map(|(a, b)| a - b),
-            p99.zip(d99).map(|(a, b)| a - b),
-        )
     }
 
     fn throughput(&self, mode: Mode, load: Load, path: Path) -> Option<f64> {
@@ -248,8 +248,9 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
             for (point, what) in points {
                 let label = format!("{}, {rate} req/s{what}", mode.name());
                 latency_row(&mut out, f, &label, mode, load, *point);
-                let (g50, g99) = f.added(mode, load, Path::Gateway, *point);
-                let (n50, n99) = f.added(mode, load, Path::Nginx, *point);
+                let direct = f.latency(mode, load, Path::Direct, *point);
+                let (g50, g99) = added(f.latency(mode, load, Path::Gateway, *point), direct);
+                let (n50, n99) = added(f.latency(mode, load, Path::Nginx, *point), direct);
                 let (verdict, met) = added_verdict(g99, n99);
                 let _ = writeln!(
                     out,
@@ -300,15 +301,17 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
             );
         }
     }
+    // The runs of a path, with their loads.
+    let runs_of = |path: &Path| {
+        let path = *path;
+        f.runs
+            .iter()
+            .filter(move |((_, _, p), _)| *p == path)
+            .map(|((_, load, _), run)| (load, run))
+    };
     let errors: Vec<u64> = Path::ALL
         .iter()
-        .map(|path| {
-            f.runs
-                .iter()
-                .filter(|((_, _, p), _)| p == path)
-                .map(|(_, r)| r.samples.errors)
-                .sum()
-        })
+        .map(|path| runs_of(path).map(|(_, r)| r.samples.errors).sum())
         .collect();
     let _ = writeln!(
         out,
@@ -318,10 +321,8 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
     let lag: Vec<String> = Path::ALL
         .iter()
         .map(|path| {
-            let mut all: Vec<u32> = f
-                .runs
-                .iter()
-                .filter(|((_, l, p), _)| p == path && matches!(l, Load::Rate(_)))
+            let mut all: Vec<u32> = runs_of(path)
+                .filter(|(l, _)| matches!(l, Load::Rate(_)))
                 .flat_map(|(_, r)| r.samples.lag.iter().copied())
                 .collect();
             all.sort_unstable();
@@ -336,8 +337,7 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
     let _ = writeln!(
         out,
         "| peak RSS over the runs above, MiB |  | {} | {} |  |  |",
-        f.gateway_peak_kib
-            .map_or("–".into(), |k| format!("{:.1}", mib(k))),
+        mib_or_dash(f.gateway_peak_kib),
         f.nginx_peak_kib
             .map_or("–".into(), |k| format!("{:.1} (master + worker)", mib(k)))
     );
@@ -356,17 +356,13 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
     let _ = writeln!(
         out,
         "| {large_label}: RSS idle, MiB |  | {} |  | ≤ {} MiB | {idle_verdict} |",
-        large
-            .idle_rss_kib
-            .map_or("–".into(), |k| format!("{:.1}", mib(k))),
+        mib_or_dash(large.idle_rss_kib),
         goals::RSS_MIB
     );
     let _ = writeln!(
         out,
         "| {large_label}: peak RSS under load, MiB |  | {} |  | ≤ {} MiB | {peak_verdict} |",
-        large
-            .peak_rss_kib
-            .map_or("–".into(), |k| format!("{:.1}", mib(k))),
+        mib_or_dash(large.peak_rss_kib),
         goals::RSS_MIB
     );
     for (mode, run) in &large.runs {
