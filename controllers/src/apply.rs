@@ -11,6 +11,8 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::error::{Error, Result};
+
 /// The field manager of every write.
 pub const MANAGER: &str = "aleph-operator";
 /// Label: who manages the object.
@@ -85,6 +87,78 @@ where
     }
     apply(api, desired).await?;
     Ok(true)
+}
+
+/// The object children are made for: what owns them, by UID, and what the
+/// user calls its kind in a message ("plugin", "model", "tenant").
+#[derive(Clone, Copy, Debug)]
+pub struct Owner<'a> {
+    /// The owner's UID, the controller reference every child carries.
+    pub uid: &'a str,
+    /// The owner's kind, as a message names it.
+    pub noun: &'static str,
+}
+
+impl Owner<'_> {
+    /// Whether this owner is `obj`'s controller.
+    pub fn controls<K: Resource>(&self, obj: &K) -> bool {
+        obj.meta()
+            .owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.controller == Some(true) && r.uid == self.uid)
+    }
+
+    /// Applies `desired`, a child of this owner, unless it already holds.
+    /// Returns the child as it now is.
+    ///
+    /// `observed` is the child as last read (from a list, a cache or a GET);
+    /// with `None` the name is looked up first. An object of that name that
+    /// this owner does not control is never taken over: it is left as it is
+    /// and the pass fails with [`Error::NameConflict`] naming it.
+    pub async fn ensure<K>(&self, api: &Api<K>, observed: Option<&K>, desired: &K) -> Result<K>
+    where
+        K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
+        let looked_up;
+        let observed = match observed {
+            Some(observed) => Some(observed),
+            None => {
+                looked_up = api.get_opt(&desired.name_any()).await?;
+                looked_up.as_ref()
+            }
+        };
+        if let Some(observed) = observed {
+            if !self.controls(observed) {
+                return Err(self.conflict(&K::kind(&()), &observed.name_any()));
+            }
+            if is_subset(desired, observed) {
+                return Ok(observed.clone());
+            }
+        }
+        Ok(apply(api, desired).await?)
+    }
+
+    /// Deletes the child `name` if this owner controls it; another's object
+    /// of that name, or none, is left alone.
+    pub async fn remove<K>(&self, api: &Api<K>, name: &str) -> Result<()>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        match api.get_opt(name).await? {
+            Some(observed) if self.controls(&observed) => delete_ignoring_missing(api, name).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// The error for a `kind` named `name` that is not this owner's.
+    pub fn conflict(&self, kind: &str, name: &str) -> Error {
+        let noun = self.noun;
+        Error::NameConflict(format!(
+            "a {kind} named {name} already exists and does not belong to this {noun}: delete it or rename the {noun}"
+        ))
+    }
 }
 
 /// Whether every field `desired` sets holds the same value in `observed`.
@@ -167,5 +241,34 @@ mod tests {
         assert!(!value_subset(&changed, &observed));
         let missing = json!({"spec": {"paused": true}});
         assert!(!value_subset(&missing, &observed));
+    }
+
+    #[test]
+    fn an_owner_controls_only_what_names_it_as_controller() {
+        use k8s_openapi::api::core::v1::Service;
+        let owner = Owner {
+            uid: "u1",
+            noun: "model",
+        };
+        let with = |uid: &str, controller: Option<bool>| {
+            let mut service = Service::default();
+            service.metadata.owner_references = Some(vec![OwnerReference {
+                uid: uid.into(),
+                controller,
+                ..OwnerReference::default()
+            }]);
+            service
+        };
+        assert!(owner.controls(&with("u1", Some(true))));
+        assert!(
+            !owner.controls(&with("u1", None)),
+            "an owner, not the controller"
+        );
+        assert!(!owner.controls(&with("u2", Some(true))));
+        assert!(!owner.controls(&Service::default()));
+        assert_eq!(
+            owner.conflict("Service", "chat").to_string(),
+            "name taken: a Service named chat already exists and does not belong to this model: delete it or rename the model"
+        );
     }
 }

@@ -1,21 +1,24 @@
 //! Every failure is visible: whatever stops a reconcile shows in the object's
 //! condition (reason and message) and as a Warning Event, whatever the kind and
 //! the class of error. Each class is provoked for real against the API server:
-//! a child's name taken by someone else's object (Plugin), missing AWS
+//! a child's name taken by someone else's object (Plugin, AIModel, Tenant), missing AWS
 //! configuration (AIModel, PipelineRun), and a per-resource SageMaker region
 //! that works without an operator-wide one. API refusals of children, for
 //! every kind, are in `failure_classes.rs`.
 
 use std::time::Duration;
 
+use aleph_crds::tenant::Tenant;
 use aleph_crds::{AIModel, Plugin};
 use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
 use aleph_e2e::{
-    PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, unique_name, wait_for, wait_for_deletion,
+    PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, tenant_manifest, unique_name, wait_for,
+    wait_for_deletion,
 };
-use k8s_openapi::api::core::v1::{Event, ServiceAccount};
+use k8s_openapi::api::core::v1::{Event, Service, ServiceAccount, ServicePort, ServiceSpec};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Resource;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, PostParams};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -43,63 +46,160 @@ async fn wait_event(events: &Api<Event>, kind: &str, name: &str, needle: &str) -
     aleph_e2e::wait_reconcile_failed(events, kind, name, needle, WAIT).await
 }
 
-/// A child's name taken by an object that is not the Plugin's: Ready=False
-/// NameConflict naming it, an Event, the foreign object untouched; once it is
-/// gone, the Plugin recovers.
+/// A child's name taken, before its owner is applied, by an object that is
+/// not the owner's: Ready=False NameConflict naming the child, an Event, the
+/// foreign object untouched (its label kept, no owner reference added); once
+/// it is gone, the owner makes its own child of that name and recovers.
+struct Taken<'a, O, C> {
+    /// The owners' API and the owner's kind and name.
+    owners: Api<O>,
+    kind: &'a str,
+    name: &'a str,
+    /// How a message names the owner's kind.
+    noun: &'a str,
+    /// The owner's manifest.
+    manifest: String,
+    /// The children's API and the child whose name is taken first.
+    children: Api<C>,
+    child: C,
+}
+
+impl<O, C> Taken<'_, O, C>
+where
+    O: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    C: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    async fn says_so_and_recovers(self, env: &TestEnv) {
+        let child_name = self.child.meta().name.clone().expect("the child's name");
+        let mut foreign = self.child;
+        foreign.meta_mut().labels =
+            Some([("owner".to_string(), "someone-else".to_string())].into());
+        self.children
+            .create(&PostParams::default(), &foreign)
+            .await
+            .expect("create the foreign object");
+        env.apply_yaml(&self.manifest).await;
+
+        let (status, _, message) = ready_with_reason(&self.owners, self.name, "NameConflict").await;
+        assert_eq!(status, "False");
+        let belongs = format!("does not belong to this {}", self.noun);
+        assert!(
+            message.contains(&format!(" named {child_name} ")) && message.contains(&belongs),
+            "{message}"
+        );
+        wait_event(&env.api(), self.kind, self.name, &belongs).await;
+        let still = self
+            .children
+            .get(&child_name)
+            .await
+            .expect("the foreign object");
+        assert_eq!(
+            still.meta().labels.clone().unwrap_or_default().get("owner"),
+            Some(&"someone-else".to_string()),
+            "the foreign object is left alone"
+        );
+        assert!(still.meta().owner_references.is_none());
+
+        self.children
+            .delete(&child_name, &DeleteParams::default())
+            .await
+            .expect("delete the foreign object");
+        let owner = wait_for(&self.owners, self.name, WAIT, |o: &O| {
+            condition(o, "Ready").1 != "NameConflict"
+        })
+        .await;
+        let uid = owner.meta().uid.clone().expect("the owner's UID");
+        let own = wait_for(&self.children, &child_name, WAIT, |c: &C| {
+            c.meta()
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| r.uid == uid && r.controller == Some(true))
+        })
+        .await;
+        assert_eq!(
+            own.meta().labels.clone().unwrap_or_default().get("owner"),
+            None
+        );
+    }
+}
+
+fn named<K: Resource + Default>(name: &str) -> K {
+    let mut object = K::default();
+    object.meta_mut().name = Some(name.to_string());
+    object
+}
+
 #[tokio::test]
 async fn a_plugin_whose_child_name_is_taken_says_so_and_recovers() {
     let env = TestEnv::new().await;
     let name = "taken";
-    let accounts: Api<ServiceAccount> = env.api();
-    // The plugin's ServiceAccount has the plugin's name.
-    let expected_account = name.to_string();
-    let foreign = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some(expected_account.clone()),
-            labels: Some([("owner".to_string(), "someone-else".to_string())].into()),
-            ..ObjectMeta::default()
-        },
-        ..ServiceAccount::default()
-    };
-    let plugins: Api<Plugin> = env.api();
-    accounts
-        .create(&PostParams::default(), &foreign)
-        .await
-        .expect("create the foreign ServiceAccount");
-    env.apply_yaml(&format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Plugin\nmetadata: {{ name: {name} }}\nspec:\n  version: 1.0.0\n  image: ghcr.io/acme/{name}:1.0.0\n  port: 9000\n  replicas: 1\n"
-    ))
+    Taken {
+        owners: env.api::<Plugin>(),
+        kind: "Plugin",
+        name,
+        noun: "plugin",
+        manifest: format!(
+            "apiVersion: aleph.dev/v1alpha1\nkind: Plugin\nmetadata: {{ name: {name} }}\nspec:\n  version: 1.0.0\n  image: ghcr.io/acme/{name}:1.0.0\n  port: 9000\n  replicas: 1\n"
+        ),
+        // The plugin's ServiceAccount has the plugin's name.
+        children: env.api::<ServiceAccount>(),
+        child: named(name),
+    }
+    .says_so_and_recovers(&env)
     .await;
-    let (status, _, message) = ready_with_reason(&plugins, name, "NameConflict").await;
-    assert_eq!(status, "False");
-    assert!(
-        message.contains(&expected_account) && message.contains("does not belong to this plugin"),
-        "{message}"
-    );
-    wait_event(&env.api(), "Plugin", name, "does not belong to this plugin").await;
-    let still = accounts
-        .get(&expected_account)
-        .await
-        .expect("foreign account");
-    assert_eq!(
-        still
-            .metadata
-            .labels
-            .clone()
-            .unwrap_or_default()
-            .get("owner"),
-        Some(&"someone-else".to_string()),
-        "the foreign object is left alone"
-    );
-    assert!(still.meta().owner_references.is_none());
+    env.cleanup().await;
+}
 
-    accounts
-        .delete(&expected_account, &DeleteParams::default())
-        .await
-        .expect("delete the foreign account");
-    wait_for(&plugins, name, WAIT, |p: &Plugin| {
-        condition(p, "Ready").1 != "NameConflict"
-    })
+#[tokio::test]
+async fn a_model_whose_service_name_is_taken_says_so_and_recovers() {
+    let env = TestEnv::new().await;
+    let name = "taken-model";
+    let mut service: Service = named(name);
+    service.spec = Some(ServiceSpec {
+        ports: Some(vec![ServicePort {
+            port: 80,
+            ..ServicePort::default()
+        }]),
+        ..ServiceSpec::default()
+    });
+    Taken {
+        owners: env.api::<AIModel>(),
+        kind: "AIModel",
+        name,
+        noun: "model",
+        manifest: format!(
+            "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata: {{ name: {name} }}\nspec:\n  source: {{ uri: hf://acme/taken-1b }}\n  cache: {{ enabled: false }}\n  resources: {{ cpu: \"1\" }}\n"
+        ),
+        // The model's Service has the model's name.
+        children: env.api::<Service>(),
+        child: service,
+    }
+    .says_so_and_recovers(&env)
+    .await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_tenant_whose_cluster_role_name_is_taken_says_so_and_recovers() {
+    let env = TestEnv::new().await;
+    let name = unique_name("taken");
+    // The admin owners' ClusterRole, for creating namespaces while there is room.
+    let role = format!("aleph-tenant-{name}-owners");
+    env.delete_on_cleanup(ApiResource::erase::<ClusterRole>(&()), &role);
+    Taken {
+        owners: env.cluster_api::<Tenant>(),
+        kind: "Tenant",
+        name: &name,
+        noun: "tenant",
+        manifest: tenant_manifest(
+            &name,
+            &format!("  owners: [{{ kind: User, name: {name}-alice, role: admin }}]\n  namespaces: [one]\n  plan: pro\n"),
+        ),
+        children: env.cluster_api::<ClusterRole>(),
+        child: named(&role),
+    }
+    .says_so_and_recovers(&env)
     .await;
     env.cleanup().await;
 }

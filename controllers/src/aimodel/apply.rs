@@ -3,7 +3,8 @@
 //! On the Kubernetes backend ([`serve`]): the model cache (a shared claim and
 //! download Job, joined as one more user, released when no longer used), then
 //! the Services, Deployments, HPA and HTTPRoute, each applied only when the
-//! cluster's copy differs ([`apply_changed`]) and the model's children no
+//! cluster's copy differs ([`Owner::ensure`], which never takes over
+//! another's object of the same name) and the model's children no
 //! longer wanted deleted; then the conditions of what the cluster made of
 //! them. Switching to SageMaker removes the serving children
 //! ([`remove_kubernetes_serving`]); deleting the model removes what is on
@@ -32,10 +33,10 @@ use super::build::{ModelVolume, ServingPlan, TrackPlan};
 use super::cache::CacheState;
 use super::status::{Observation, TrackObservation, invalid_spec};
 use super::{build, cache, sagemaker, status};
-use crate::apply::{MANAGER, apply, delete_ignoring_missing, ignore_missing, is_subset};
+use crate::apply::{MANAGER, Owner, delete_ignoring_missing, ignore_missing, is_subset};
 use crate::conditions::{NewCondition, set_condition};
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, uid_of};
 
 /// Deletion: what is on SageMaker goes first (the Kubernetes children are
 /// garbage-collected). Until SageMaker is done the finalizer stays.
@@ -113,6 +114,8 @@ pub(super) async fn serve(
     };
     let client = &ctx.client;
     let namespace = plan.namespace.clone();
+    let uid = uid_of(model)?;
+    let owner = model_owner(&uid);
 
     // Caches first: a Deployment is made (or changed) only once its weights are in place.
     let mut caches: BTreeMap<String, CacheState> = BTreeMap::new();
@@ -134,9 +137,9 @@ pub(super) async fn serve(
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
-    let observed_deployments = owned_by(model, deployments.list(&selector).await?.items);
-    let observed_services = owned_by(model, services.list(&selector).await?.items);
-    let observed_hpas = owned_by(model, hpas.list(&selector).await?.items);
+    let observed_deployments = owned_by(owner, deployments.list(&selector).await?.items);
+    let observed_services = owned_by(owner, services.list(&selector).await?.items);
+    let observed_hpas = owned_by(owner, hpas.list(&selector).await?.items);
 
     // The Service exists from the start so that the URL is stable. With a
     // canary, each track has its own Service too: the HTTPRoute's backends
@@ -149,12 +152,13 @@ pub(super) async fn serve(
         }
     }
     for service in &wanted_services {
-        apply_changed(
-            &services,
-            observed_services.get(&service.name_any()),
-            service,
-        )
-        .await?;
+        owner
+            .ensure(
+                &services,
+                observed_services.get(&service.name_any()),
+                service,
+            )
+            .await?;
     }
     delete_unwanted(&services, &observed_services, &names(&wanted_services)).await?;
 
@@ -168,7 +172,7 @@ pub(super) async fn serve(
             .is_none_or(|state| *state == CacheState::Ready);
         if weights_ready {
             let desired = build::deployment(model, &plan, track, &ctx.settings.model_cache_image)?;
-            let current = apply_changed(&deployments, observed, &desired).await?;
+            let current = owner.ensure(&deployments, observed, &desired).await?;
             applied.insert(name.clone(), current);
             up_to_date.insert(name, true);
         } else if let Some(observed) = observed {
@@ -185,7 +189,9 @@ pub(super) async fn serve(
 
     match build::hpa(model, &plan)? {
         Some(hpa) => {
-            apply_changed(&hpas, observed_hpas.get(&hpa.name_any()), &hpa).await?;
+            owner
+                .ensure(&hpas, observed_hpas.get(&hpa.name_any()), &hpa)
+                .await?;
             delete_unwanted(&hpas, &observed_hpas, &BTreeSet::from([hpa.name_any()])).await?;
         }
         None => delete_unwanted(&hpas, &observed_hpas, &BTreeSet::new()).await?,
@@ -194,7 +200,7 @@ pub(super) async fn serve(
     let seen = &ctx.state::<AiModelState>().gateway_api;
     let gateway = model.spec.canary.is_some() && gateway_api_installed(client, seen).await;
     if gateway_api_installed_cached(seen) || gateway {
-        reconcile_route(model, client, &plan, gateway).await?;
+        reconcile_route(model, owner, client, &plan, gateway).await?;
     }
 
     // What the cluster made of it.
@@ -271,35 +277,22 @@ pub(super) async fn serve(
     Ok(Some(requeue))
 }
 
+/// A model as the owner of its serving children.
+fn model_owner(uid: &str) -> Owner<'_> {
+    Owner { uid, noun: "model" }
+}
+
 fn names<K: Resource>(objects: &[K]) -> BTreeSet<String> {
     objects.iter().map(|o| o.name_any()).collect()
 }
 
-/// The objects whose controller is `model`, by name.
-fn owned_by<K: Resource>(model: &AIModel, items: Vec<K>) -> BTreeMap<String, K> {
-    let uid = model.uid();
+/// The objects `owner` controls, by name.
+fn owned_by<K: Resource>(owner: Owner<'_>, items: Vec<K>) -> BTreeMap<String, K> {
     items
         .into_iter()
-        .filter(|o| {
-            o.owner_references()
-                .iter()
-                .any(|r| Some(&r.uid) == uid.as_ref() && r.controller == Some(true))
-        })
+        .filter(|o| owner.controls(o))
         .map(|o| (o.name_any(), o))
         .collect()
-}
-
-/// Applies `desired` unless `observed` already holds it; returns the object as it now is.
-async fn apply_changed<K>(api: &Api<K>, observed: Option<&K>, desired: &K) -> Result<K>
-where
-    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
-{
-    if let Some(observed) = observed
-        && is_subset(desired, observed)
-    {
-        return Ok(observed.clone());
-    }
-    Ok(apply(api, desired).await?)
 }
 
 /// Deletes the observed objects not in `wanted`.
@@ -321,16 +314,18 @@ where
 /// Services and HPA the model had on the cluster.
 pub(super) async fn remove_kubernetes_serving(model: &AIModel, ctx: &Context) -> Result<()> {
     let namespace = model.namespace().unwrap_or_default();
+    let uid = uid_of(model)?;
+    let owner = model_owner(&uid);
     let selector = ListParams::default().labels(&format!("{MODEL_LABEL}={}", model.name_any()));
     let none = BTreeSet::new();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let observed = owned_by(model, deployments.list(&selector).await?.items);
+    let observed = owned_by(owner, deployments.list(&selector).await?.items);
     delete_unwanted(&deployments, &observed, &none).await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    let observed = owned_by(model, services.list(&selector).await?.items);
+    let observed = owned_by(owner, services.list(&selector).await?.items);
     delete_unwanted(&services, &observed, &none).await?;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
-    let observed = owned_by(model, hpas.list(&selector).await?.items);
+    let observed = owned_by(owner, hpas.list(&selector).await?.items);
     delete_unwanted(&hpas, &observed, &none).await?;
     Ok(())
 }
@@ -539,6 +534,7 @@ async fn gateway_api_installed(client: &kube::Client, seen: &GatewaySeen) -> boo
 /// Applies the canary's HTTPRoute, or deletes the model's route when there is no canary.
 async fn reconcile_route(
     model: &AIModel,
+    owner: Owner<'_>,
     client: &kube::Client,
     plan: &ServingPlan,
     wanted: bool,
@@ -550,15 +546,16 @@ async fn reconcile_route(
     let Some(observed) = ignore_missing(routes.get_opt(&plan.name).await)? else {
         return Ok(());
     };
-    // A route of that name that is not the model's is left alone.
-    if observed.as_ref().is_some_and(|r| {
-        !r.owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == model.uid().as_ref())
-    }) {
-        return Ok(());
+    let desired = build::http_route(model, plan)?.filter(|_| wanted);
+    // A route of that name that is not the model's is left alone: that is
+    // an error only while the model wants its own.
+    if let Some(foreign) = observed.as_ref().filter(|r| !owner.controls(*r)) {
+        return match desired {
+            Some(_) => Err(owner.conflict("HTTPRoute", &foreign.name_any())),
+            None => Ok(()),
+        };
     }
-    match build::http_route(model, plan)?.filter(|_| wanted) {
+    match desired {
         Some(route) => {
             if observed.as_ref().is_some_and(|o| is_subset(&route, o)) {
                 return Ok(());

@@ -2,8 +2,6 @@
 //! is not already as desired, children no longer wanted are deleted, and a
 //! child of the same name that belongs to something else is left alone.
 
-use std::fmt::Debug;
-
 use aleph_crds::keys::PLUGIN_RELEASE_ANNOTATION;
 use aleph_crds::plugin::{PluginMode, PluginRelease};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -12,59 +10,11 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::build::{self, Target};
 use super::status::{self, Progress};
-use crate::apply::{apply, delete_ignoring_missing, is_subset};
+use crate::apply::Owner;
 use crate::error::{Error, Result};
-
-fn controlled_by<K: Resource>(obj: &K, uid: &str) -> bool {
-    obj.meta()
-        .owner_references
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .any(|r| r.controller == Some(true) && r.uid == uid)
-}
-
-/// Applies `desired` unless it is already as desired, and returns the child as
-/// it is now. A child of that name that belongs to something else is left
-/// alone and reported.
-async fn ensure<K>(api: &Api<K>, desired: &K, uid: &str) -> Result<K>
-where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
-{
-    let name = desired.name_any();
-    let observed = api.get_opt(&name).await?;
-    if let Some(observed) = observed {
-        if !controlled_by(&observed, uid) {
-            return Err(Error::NameConflict(format!(
-                "a {} named {name} already exists and does not belong to this plugin: delete it or rename the plugin",
-                K::kind(&())
-            )));
-        }
-        if is_subset(desired, &observed) {
-            return Ok(observed);
-        }
-    }
-    Ok(apply(api, desired).await?)
-}
-
-/// Deletes the child `name` if it is this plugin's.
-async fn remove<K>(api: &Api<K>, name: &str, uid: &str) -> Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    let Some(observed) = api.get_opt(name).await? else {
-        return Ok(());
-    };
-    if !controlled_by(&observed, uid) {
-        return Ok(());
-    }
-    delete_ignoring_missing(api, name).await
-}
 
 fn release_of(deployment: Option<&Deployment>) -> Option<String> {
     deployment?
@@ -91,6 +41,13 @@ pub struct Children<'a> {
 }
 
 impl Children<'_> {
+    fn owner(&self) -> Owner<'_> {
+        Owner {
+            uid: self.uid,
+            noun: "plugin",
+        }
+    }
+
     fn api<K>(&self) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -102,17 +59,22 @@ impl Children<'_> {
     /// RoleBinding (deleted without permissions), the NetworkPolicy and the
     /// Service (deleted for a job template).
     pub async fn apply_fixed(&self, target: Target<'_>) -> Result<()> {
-        let uid = self.uid;
         let name = target.plugin.name_any();
         let service_accounts: Api<ServiceAccount> = self.api();
-        ensure(&service_accounts, &build::service_account(target), uid).await?;
+        self.owner()
+            .ensure(&service_accounts, None, &build::service_account(target))
+            .await?;
         let roles: Api<Role> = self.api();
         let bindings: Api<RoleBinding> = self.api();
         let policy = build::policy_name(&name);
         match (build::role(target), build::role_binding(target)) {
             (Some(role), Some(binding)) => {
-                let granted = match ensure(&roles, &role, uid).await {
-                    Ok(_) => ensure(&bindings, &binding, uid).await.map(|_| ()),
+                let granted = match self.owner().ensure(&roles, None, &role).await {
+                    Ok(_) => self
+                        .owner()
+                        .ensure(&bindings, None, &binding)
+                        .await
+                        .map(|_| ()),
                     Err(e) => Err(e),
                 };
                 if let Err(Error::Kube(kube::Error::Api(status))) = &granted
@@ -131,18 +93,20 @@ impl Children<'_> {
                 granted?;
             }
             _ => {
-                remove(&bindings, &policy, uid).await?;
-                remove(&roles, &policy, uid).await?;
+                self.owner().remove(&bindings, &policy).await?;
+                self.owner().remove(&roles, &policy).await?;
             }
         }
         let policies: Api<NetworkPolicy> = self.api();
-        ensure(&policies, &build::network_policy(target), uid).await?;
+        self.owner()
+            .ensure(&policies, None, &build::network_policy(target))
+            .await?;
         let services: Api<Service> = self.api();
         match build::service(target) {
             Some(service) => {
-                ensure(&services, &service, uid).await?;
+                self.owner().ensure(&services, None, &service).await?;
             }
-            None => remove(&services, &name, uid).await?,
+            None => self.owner().remove(&services, &name).await?,
         }
         Ok(())
     }
@@ -156,22 +120,26 @@ impl Children<'_> {
         target: Target<'_>,
         release: &PluginRelease,
     ) -> Result<(Option<Progress>, bool)> {
-        let uid = self.uid;
         let plugin = target.plugin;
         let name = plugin.name_any();
         let deployments: Api<Deployment> = self.api();
         let config_maps: Api<ConfigMap> = self.api();
-        ensure(&config_maps, &build::config_map(target, release), uid).await?;
+        self.owner()
+            .ensure(&config_maps, None, &build::config_map(target, release))
+            .await?;
         Ok(match plugin.spec.mode {
             PluginMode::Service => {
                 let desired = build::deployment(target, release);
                 let observed = deployments.get_opt(&name).await?;
                 let changed = release_of(observed.as_ref()) != release_of(Some(&desired));
-                let now = ensure(&deployments, &desired, uid).await?;
+                let now = self
+                    .owner()
+                    .ensure(&deployments, observed.as_ref(), &desired)
+                    .await?;
                 (Some(status::progress(&now)), changed)
             }
             PluginMode::Job => {
-                remove(&deployments, &name, uid).await?;
+                self.owner().remove(&deployments, &name).await?;
                 (None, false)
             }
         })

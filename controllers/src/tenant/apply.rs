@@ -28,9 +28,9 @@ use super::{
     DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, TenantState, admission, children,
     list_labelled, quota, status, validate,
 };
-use crate::apply::{MANAGER, apply_if_changed, delete_ignoring_missing, ignore_missing};
+use crate::apply::{MANAGER, Owner, apply_if_changed, delete_ignoring_missing, ignore_missing};
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, uid_of};
 
 /// The operator's own user name, as the API server sees it (a ServiceAccount
 /// in the chart, whatever the kubeconfig says elsewhere): the owners' policy
@@ -96,6 +96,11 @@ fn owner_created(ns: &Namespace) -> bool {
 pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let client = &ctx.client;
     let name = tenant.name_any();
+    let uid = uid_of(tenant)?;
+    let owner = Owner {
+        uid: &uid,
+        noun: "tenant",
+    };
     let state = ctx.state::<TenantState>();
     let operator = operator_user(client, &state).await?;
     ensure_cluster_policies(client, &state, &operator).await?;
@@ -223,18 +228,8 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let role_name = build::owner_cluster_role_name(&name);
     match build::owner_cluster_role(tenant, limit > desired_names.len()) {
         Some((role, binding)) => {
-            apply_if_changed(
-                &role_api,
-                role_api.get_opt(&role_name).await?.as_ref(),
-                &role,
-            )
-            .await?;
-            apply_if_changed(
-                &role_binding_api,
-                role_binding_api.get_opt(&role_name).await?.as_ref(),
-                &binding,
-            )
-            .await?;
+            owner.ensure(&role_api, None, &role).await?;
+            owner.ensure(&role_binding_api, None, &binding).await?;
         }
         None => {
             delete_ignoring_missing(&role_binding_api, &role_name).await?;
@@ -249,18 +244,19 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     for ns_name in &ready_namespaces {
         let lr = build::limit_range(tenant, ns_name);
         let key = (ns_name.clone(), build::LIMIT_RANGE_NAME.to_string());
-        apply_if_changed(
-            &Api::namespaced(client.clone(), ns_name),
-            limit_ranges.get(&key),
-            &lr,
-        )
-        .await?;
+        owner
+            .ensure(
+                &Api::namespaced(client.clone(), ns_name),
+                limit_ranges.get(&key),
+                &lr,
+            )
+            .await?;
 
         let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns_name);
         let key = (ns_name.clone(), build::NETWORK_POLICY_NAME.to_string());
         match build::network_policy(tenant, ns_name) {
             Some(np) => {
-                apply_if_changed(&np_api, policies.get(&key), &np).await?;
+                owner.ensure(&np_api, policies.get(&key), &np).await?;
             }
             None if policies.contains_key(&key) => {
                 delete_ignoring_missing(&np_api, build::NETWORK_POLICY_NAME).await?
@@ -272,7 +268,9 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         let desired = build::role_bindings(tenant, ns_name);
         let wanted: BTreeSet<String> = desired.iter().map(|rb| rb.name_any()).collect();
         for rb in &desired {
-            apply_if_changed(&rb_api, bindings.get(&(ns_name.clone(), rb.name_any())), rb).await?;
+            owner
+                .ensure(&rb_api, bindings.get(&(ns_name.clone(), rb.name_any())), rb)
+                .await?;
         }
         for (ns, rb_name) in bindings.keys() {
             if ns == ns_name && !wanted.contains(rb_name) {
@@ -308,8 +306,12 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         let key = (String::new(), policy_name.clone());
         match desired {
             Some((policy, binding)) => {
-                apply_if_changed(&vap_api, admission_policies.get(&key), &policy).await?;
-                apply_if_changed(&vapb_api, admission_bindings.get(&key), &binding).await?;
+                owner
+                    .ensure(&vap_api, admission_policies.get(&key), &policy)
+                    .await?;
+                owner
+                    .ensure(&vapb_api, admission_bindings.get(&key), &binding)
+                    .await?;
             }
             None => {
                 if admission_bindings.contains_key(&key) {
