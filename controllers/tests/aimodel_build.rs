@@ -199,7 +199,7 @@ fn vllm_on_an_h100_asks_for_the_gpu_selects_the_product_and_tolerates_the_taint(
     assert_eq!(owner.kind, "AIModel");
     assert_eq!(owner.controller, Some(true));
     // The Service and the URL (OpenAI-compatible under /v1).
-    let svc = build::service(&model, &plan).expect("service");
+    let svc = build::service(&model, &plan);
     let port = &svc
         .spec
         .as_ref()
@@ -210,7 +210,7 @@ fn vllm_on_an_h100_asks_for_the_gpu_selects_the_product_and_tolerates_the_taint(
         plan.url(),
         "http://llama-3-8b.research.svc.cluster.local:8000/v1"
     );
-    assert!(build::hpa(&model, &plan).expect("hpa").is_none());
+    assert!(build::hpa(&model, &plan).is_none());
 }
 
 #[test]
@@ -344,9 +344,7 @@ fn triton_autoscales_with_an_hpa_and_leaves_replicas_to_it() {
     assert!(pod(&d).tolerations.is_some());
     // The HPA owns the replica count.
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), None);
-    let hpa = build::hpa(&model, &plan)
-        .expect("hpa")
-        .expect("autoscaling");
+    let hpa = build::hpa(&model, &plan).expect("autoscaling");
     let spec = hpa.spec.expect("hpa spec");
     assert_eq!(spec.min_replicas, Some(2));
     assert_eq!(spec.max_replicas, 10);
@@ -483,14 +481,12 @@ fn a_canary_splits_replicas_and_weights() {
     };
     assert_eq!(track(&stable).as_deref(), Some("stable"));
     assert_eq!(track(&canary_d).as_deref(), Some("canary"));
-    let svc = build::service(&model, &plan).expect("service");
+    let svc = build::service(&model, &plan);
     let svc_selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
     assert_eq!(svc_selector.len(), 1);
     assert_eq!(value(Some(&svc_selector), "aleph.dev/model"), Some("chat"));
     // With the Gateway API: weights 75/25 to the per-track Services.
-    let route = build::http_route(&model, &plan)
-        .expect("route")
-        .expect("a canary route");
+    let route = build::http_route(&model, &plan).expect("a canary route");
     let backends = &route.data["spec"]["rules"][0]["backendRefs"];
     assert_eq!(backends[0]["name"], "chat-stable");
     assert_eq!(backends[0]["weight"], 75);
@@ -521,6 +517,6 @@ fn target_concurrency_leaves_the_replicas_to_the_operators_autoscaler() {
     let (plan, d) = stable(&model);
     // No HPA, and no replica count in the Deployment the operator applies:
     // the autoscaler sets it through the scale subresource.
-    assert!(build::hpa(&model, &plan).expect("hpa").is_none());
+    assert!(build::hpa(&model, &plan).is_none());
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), None);
 }

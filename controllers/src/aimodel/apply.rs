@@ -145,10 +145,10 @@ pub(super) async fn serve(
     // canary, each track has its own Service too: the HTTPRoute's backends
     // (where the Gateway API is installed) and what aleph-gateway splits
     // traffic between at the exact percentage.
-    let mut wanted_services = vec![build::service(model, &plan)?];
+    let mut wanted_services = vec![build::service(model, &plan)];
     if model.spec.canary.is_some() {
         for track in plan.tracks() {
-            wanted_services.push(build::track_service(model, &plan, track)?);
+            wanted_services.push(build::track_service(model, &plan, track));
         }
     }
     for service in &wanted_services {
@@ -187,7 +187,7 @@ pub(super) async fn serve(
         .collect();
     delete_unwanted(&deployments, &observed_deployments, &wanted_deployments).await?;
 
-    match build::hpa(model, &plan)? {
+    match build::hpa(model, &plan) {
         Some(hpa) => {
             owner
                 .ensure(&hpas, observed_hpas.get(&hpa.name_any()), &hpa)
@@ -546,7 +546,7 @@ async fn reconcile_route(
     let Some(observed) = ignore_missing(routes.get_opt(&plan.name).await)? else {
         return Ok(());
     };
-    let desired = build::http_route(model, plan)?.filter(|_| wanted);
+    let desired = build::http_route(model, plan).filter(|_| wanted);
     // A route of that name that is not the model's is left alone: that is
     // an error only while the model wants its own.
     if let Some(foreign) = observed.as_ref().filter(|r| !owner.controls(*r)) {

@@ -13,21 +13,31 @@ use std::collections::BTreeMap;
 
 use aleph_crds::aimodel::{AIModel, ModelRuntime};
 use aleph_crds::keys::{MODEL_LABEL, TRACK_LABEL};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{EnvVar, Service};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, Service,
+    ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::cache;
 use super::runtime::{MODEL_DIR, ProbeTiming, RuntimeProfile, profile};
 use super::validate::{Source, SpecError, source_for_runtime, validate};
 use crate::apply::{controller_ref, standard_labels};
-use crate::error::{Error, Result};
+use crate::error::Result;
 pub use crate::workload::GPU_RESOURCE;
 use crate::workload::{
-    gpu_node_selector, gpu_tolerations, plain_env, requirements, secret_env, set_env,
+    self, gpu_node_selector, gpu_tolerations, plain_env, requirements, secret_env, set_env,
 };
 
 /// Long enough for the slowest engine to load a large model before the
@@ -254,10 +264,6 @@ pub fn plan(model: &AIModel, serving_uri: &str) -> Result<ServingPlan, SpecError
     })
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
-    serde_json::from_value(value).map_err(|e| Error::Serialization(e.to_string()))
-}
-
 fn labels(plan: &ServingPlan, track: Option<Track>) -> BTreeMap<String, String> {
     let mut labels = standard_labels("model", &plan.name);
     if let Some(track) = track {
@@ -266,27 +272,33 @@ fn labels(plan: &ServingPlan, track: Option<Track>) -> BTreeMap<String, String> 
     labels
 }
 
-fn metadata(model: &AIModel, plan: &ServingPlan, name: &str, track: Option<Track>) -> Value {
-    json!({
-        "name": name,
-        "namespace": plan.namespace,
-        "labels": labels(plan, track),
-        "ownerReferences": controller_ref(model).into_iter().collect::<Vec<_>>(),
-    })
+fn metadata(model: &AIModel, plan: &ServingPlan, name: &str, track: Option<Track>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(plan.namespace.clone()),
+        labels: Some(labels(plan, track)),
+        owner_references: Some(controller_ref(model).into_iter().collect()),
+        ..ObjectMeta::default()
+    }
 }
 
-fn probe(timing: &ProbeTiming) -> Value {
-    json!({
-        "httpGet": { "path": timing.path, "port": "http" },
-        "periodSeconds": timing.period_seconds,
-        "failureThreshold": timing.failure_threshold,
-        "timeoutSeconds": timing.timeout_seconds,
-    })
+/// The container port every engine serves on, by name.
+fn http() -> IntOrString {
+    IntOrString::String("http".to_string())
 }
 
-/// CPU, memory and GPUs, requested and limited alike.
-fn resources(model: &AIModel) -> Value {
-    json!(requirements(&model.spec.resources).unwrap_or_default())
+fn probe(timing: &ProbeTiming) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(timing.path.clone()),
+            port: http(),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(timing.period_seconds),
+        failure_threshold: Some(timing.failure_threshold),
+        timeout_seconds: Some(timing.timeout_seconds),
+        ..Probe::default()
+    }
 }
 
 fn env(track: &TrackPlan) -> Vec<EnvVar> {
@@ -311,6 +323,40 @@ fn env(track: &TrackPlan) -> Vec<EnvVar> {
     env
 }
 
+/// The model's weights, read-only, and the volume they come from.
+fn model_volume(model: &AIModel, track: &TrackPlan) -> (Volume, VolumeMount) {
+    let mut mount = workload::mount("model", MODEL_DIR, true);
+    let claim = |claim: &str| Volume {
+        name: "model".to_string(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim.to_string(),
+            read_only: Some(true),
+        }),
+        ..Volume::default()
+    };
+    let volume = match &track.volume {
+        ModelVolume::Cache { claim: name } => claim(name),
+        ModelVolume::Claim {
+            claim: name,
+            sub_path,
+        } => {
+            if !sub_path.is_empty() {
+                mount.sub_path = Some(sub_path.clone());
+            }
+            claim(name)
+        }
+        ModelVolume::PerPod => Volume {
+            name: "model".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(model.spec.cache.size.clone()),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    };
+    (volume, mount)
+}
+
 /// The serving Deployment of `track`; `model_cache_image` downloads the weights
 /// of `hf://` and `s3://` sources when the cache is off.
 pub fn deployment(
@@ -320,163 +366,223 @@ pub fn deployment(
     model_cache_image: &str,
 ) -> Result<Deployment> {
     let profile = &track.profile;
-    let mut model_mount = json!({ "name": "model", "mountPath": MODEL_DIR, "readOnly": true });
-    let model_volume = match &track.volume {
-        ModelVolume::Cache { claim } => {
-            json!({ "name": "model", "persistentVolumeClaim": { "claimName": claim, "readOnly": true } })
-        }
-        ModelVolume::Claim { claim, sub_path } => {
-            if !sub_path.is_empty() {
-                model_mount["subPath"] = json!(sub_path);
-            }
-            json!({ "name": "model", "persistentVolumeClaim": { "claimName": claim, "readOnly": true } })
-        }
-        ModelVolume::PerPod => {
-            json!({ "name": "model", "emptyDir": { "sizeLimit": model.spec.cache.size } })
-        }
-    };
-    let mut container = json!({
-        "name": profile.container,
-        "image": profile.image,
-        "args": profile.args,
-        "ports": [{ "name": "http", "containerPort": profile.port, "protocol": "TCP" }],
-        "env": env(track),
-        "resources": resources(model),
-        "volumeMounts": [model_mount, { "name": "dshm", "mountPath": "/dev/shm" }],
-        "startupProbe": probe(&profile.startup),
-        "readinessProbe": probe(&profile.readiness),
-        "livenessProbe": probe(&profile.liveness),
+    let (model_volume, model_mount) = model_volume(model, track);
+    let container = Container {
+        name: profile.container.to_string(),
+        image: Some(profile.image.clone()),
+        command: profile.command.clone(),
+        args: Some(profile.args.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_string()),
+            container_port: profile.port,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env(track)),
+        // CPU, memory and GPUs, requested and limited alike.
+        resources: Some(requirements(&model.spec.resources).unwrap_or_default()),
+        volume_mounts: Some(vec![
+            model_mount,
+            workload::mount("dshm", "/dev/shm", false),
+        ]),
+        startup_probe: Some(probe(&profile.startup)),
+        readiness_probe: Some(probe(&profile.readiness)),
+        liveness_probe: Some(probe(&profile.liveness)),
         // When the engine dies, the end of its log becomes the termination
         // message, which the model's status quotes.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         // A pod being replaced leaves the Service's endpoints first; it keeps
         // serving until every node's proxy has seen that, so a rollout drops
         // no request.
-        "lifecycle": { "preStop": { "sleep": { "seconds": PRE_STOP_SECONDS } } },
-    });
-    if let Some(command) = &profile.command {
-        container["command"] = json!(command);
-    }
-    let mut pod_spec = json!({
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        ..Container::default()
+    };
+    let init_containers = match track.volume {
+        ModelVolume::PerPod => {
+            let credentials = match track.track {
+                Track::Stable => model.spec.source.as_ref(),
+                Track::Canary => model
+                    .spec
+                    .canary
+                    .as_ref()
+                    .and_then(|c| c.source.as_ref())
+                    .or(model.spec.source.as_ref()),
+            }
+            .filter(|s| s.uri == track.uri)
+            .and_then(|s| s.credentials_secret.as_ref());
+            Some(vec![cache::download_container(
+                &track.source,
+                &track.uri,
+                credentials,
+                model_cache_image,
+                &model.spec.cache.size.0,
+            )?])
+        }
+        _ => None,
+    };
+    let tolerations = gpu_tolerations(&model.spec.resources);
+    let node_selector = tolerations
+        .as_ref()
+        .and_then(|_| gpu_node_selector(&model.spec.resources));
+    let pod_spec = PodSpec {
         // A Service named like the engine would otherwise inject variables
         // such as VLLM_PORT that the engine reads as its own settings.
-        "enableServiceLinks": false,
-        "terminationGracePeriodSeconds": 60,
-        "serviceAccountName": model.spec.service_account_name,
-        "containers": [container],
-        "volumes": [model_volume, { "name": "dshm", "emptyDir": { "medium": "Memory" } }],
-    });
-    if track.volume == ModelVolume::PerPod {
-        let credentials = match track.track {
-            Track::Stable => model.spec.source.as_ref(),
-            Track::Canary => model
-                .spec
-                .canary
-                .as_ref()
-                .and_then(|c| c.source.as_ref())
-                .or(model.spec.source.as_ref()),
-        }
-        .filter(|s| s.uri == track.uri)
-        .and_then(|s| s.credentials_secret.as_ref());
-        let init = cache::download_container(
-            &track.source,
-            &track.uri,
-            credentials,
-            model_cache_image,
-            &model.spec.cache.size.0,
-        )?;
-        pod_spec["initContainers"] = json!([init]);
-    }
-    if let Some(tolerations) = gpu_tolerations(&model.spec.resources) {
-        pod_spec["tolerations"] = json!(tolerations);
-        if let Some(node_selector) = gpu_node_selector(&model.spec.resources) {
-            pod_spec["nodeSelector"] = json!(node_selector);
-        }
-    }
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(60),
+        service_account_name: model.spec.service_account_name.clone(),
+        containers: vec![container],
+        init_containers,
+        volumes: Some(vec![
+            model_volume,
+            Volume {
+                name: "dshm".to_string(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: Some("Memory".to_string()),
+                    ..EmptyDirVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+        ]),
+        tolerations,
+        node_selector,
+        ..PodSpec::default()
+    };
     let selector = BTreeMap::from([
         (MODEL_LABEL.to_string(), plan.name.clone()),
         (TRACK_LABEL.to_string(), track.track.label().to_string()),
     ]);
-    let mut spec = json!({
-        "revisionHistoryLimit": 3,
-        "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
-        "selector": { "matchLabels": selector },
-        "template": {
-            "metadata": {
-                "labels": labels(plan, Some(track.track)),
-                "annotations": model.spec.pod_annotations,
+    Ok(Deployment {
+        metadata: metadata(
+            model,
+            plan,
+            &track.deployment_name(&plan.name),
+            Some(track.track),
+        ),
+        spec: Some(DeploymentSpec {
+            replicas: track.replicas,
+            revision_history_limit: Some(3),
+            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
             },
-            "spec": pod_spec,
-        },
-    });
-    if let Some(replicas) = track.replicas {
-        spec["replicas"] = json!(replicas);
-    }
-    from_json(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(model, plan, &track.deployment_name(&plan.name), Some(track.track)),
-        "spec": spec,
-    }))
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(plan, Some(track.track))),
+                    annotations: Some(model.spec.pod_annotations.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
 }
 
-fn http_port(port: i32) -> Value {
-    json!({ "name": "http", "port": port, "targetPort": "http", "protocol": "TCP", "appProtocol": "http" })
+/// A Service named `name` in front of the pods `selector` picks, on `port`.
+fn service_to(
+    model: &AIModel,
+    plan: &ServingPlan,
+    name: &str,
+    track: Option<Track>,
+    selector: BTreeMap<String, String>,
+    port: i32,
+) -> Service {
+    Service {
+        metadata: metadata(model, plan, name, track),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_string()),
+                port,
+                target_port: Some(http()),
+                protocol: Some("TCP".to_string()),
+                app_protocol: Some("http".to_string()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
 }
 
 /// The Service in front of every serving pod of the model (stable and
 /// canary: traffic splits by replica ratio).
-pub fn service(model: &AIModel, plan: &ServingPlan) -> Result<Service> {
-    from_json(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(model, plan, &plan.name, None),
-        "spec": {
-            "selector": { MODEL_LABEL: plan.name },
-            "ports": [http_port(plan.stable.profile.port)],
-        },
-    }))
+pub fn service(model: &AIModel, plan: &ServingPlan) -> Service {
+    let selector = BTreeMap::from([(MODEL_LABEL.to_string(), plan.name.clone())]);
+    service_to(
+        model,
+        plan,
+        &plan.name,
+        None,
+        selector,
+        plan.stable.profile.port,
+    )
 }
 
 /// The Service of one track, a backend of the HTTPRoute.
-pub fn track_service(model: &AIModel, plan: &ServingPlan, track: &TrackPlan) -> Result<Service> {
-    from_json(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(model, plan, &track.service_name(&plan.name), Some(track.track)),
-        "spec": {
-            "selector": { MODEL_LABEL: plan.name, TRACK_LABEL: track.track.label() },
-            "ports": [http_port(track.profile.port)],
-        },
-    }))
+pub fn track_service(model: &AIModel, plan: &ServingPlan, track: &TrackPlan) -> Service {
+    let selector = BTreeMap::from([
+        (MODEL_LABEL.to_string(), plan.name.clone()),
+        (TRACK_LABEL.to_string(), track.track.label().to_string()),
+    ]);
+    service_to(
+        model,
+        plan,
+        &track.service_name(&plan.name),
+        Some(track.track),
+        selector,
+        track.profile.port,
+    )
 }
 
 /// The HorizontalPodAutoscaler of the stable Deployment, when it scales on
 /// CPU utilisation (`targetConcurrency` is scaled by the operator's
 /// autoscaler, on the gateway's measurements: see `crate::autoscaler`).
-pub fn hpa(model: &AIModel, plan: &ServingPlan) -> Result<Option<HorizontalPodAutoscaler>> {
-    let Some(auto) = &model.spec.autoscaling else {
-        return Ok(None);
-    };
-    let Some(cpu) = auto.target_cpu_utilization else {
-        return Ok(None);
-    };
-    from_json(json!({
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": metadata(model, plan, &plan.name, None),
-        "spec": {
-            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": plan.stable.deployment_name(&plan.name) },
-            "minReplicas": auto.min_replicas,
-            "maxReplicas": auto.max_replicas,
-            "metrics": [{
-                "type": "Resource",
-                "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": cpu } },
-            }],
-            "behavior": { "scaleDown": { "stabilizationWindowSeconds": auto.scale_down_stabilization_seconds } },
-        },
-    }))
-    .map(Some)
+pub fn hpa(model: &AIModel, plan: &ServingPlan) -> Option<HorizontalPodAutoscaler> {
+    let auto = model.spec.autoscaling.as_ref()?;
+    let cpu = auto.target_cpu_utilization?;
+    Some(HorizontalPodAutoscaler {
+        metadata: metadata(model, plan, &plan.name, None),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".to_string()),
+                kind: "Deployment".to_string(),
+                name: plan.stable.deployment_name(&plan.name),
+            },
+            min_replicas: Some(auto.min_replicas),
+            max_replicas: auto.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".to_string(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".to_string(),
+                    target: MetricTarget {
+                        type_: "Utilization".to_string(),
+                        average_utilization: Some(cpu),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            behavior: Some(HorizontalPodAutoscalerBehavior {
+                scale_down: Some(HPAScalingRules {
+                    stabilization_window_seconds: Some(auto.scale_down_stabilization_seconds),
+                    ..HPAScalingRules::default()
+                }),
+                ..HorizontalPodAutoscalerBehavior::default()
+            }),
+        }),
+        ..HorizontalPodAutoscaler::default()
+    })
 }
 
 /// The Gateway API's HTTPRoute kind.
@@ -493,15 +599,14 @@ pub fn http_route_resource() -> kube::discovery::ApiResource {
 /// With a canary: an HTTPRoute attached to the model's Service (the Gateway
 /// API's mesh binding) that sends `100 - p` percent of requests to the stable
 /// Service and `p` percent to the canary's.
-pub fn http_route(model: &AIModel, plan: &ServingPlan) -> Result<Option<DynamicObject>> {
-    let Some(canary) = &plan.canary else {
-        return Ok(None);
-    };
+pub fn http_route(model: &AIModel, plan: &ServingPlan) -> Option<DynamicObject> {
+    let canary = plan.canary.as_ref()?;
     let stable = &plan.stable;
-    from_json(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": metadata(model, plan, &plan.name, None),
+    let mut route = DynamicObject::new(&plan.name, &http_route_resource());
+    route.metadata = metadata(model, plan, &plan.name, None);
+    // The Gateway API's types are not among k8s-openapi's; the spec is
+    // written out, and its shape checked by the tests against the CRD.
+    route.data = json!({
         "spec": {
             "parentRefs": [{ "group": "", "kind": "Service", "name": plan.name, "port": stable.profile.port }],
             "rules": [{
@@ -511,8 +616,8 @@ pub fn http_route(model: &AIModel, plan: &ServingPlan) -> Result<Option<DynamicO
                 ],
             }],
         },
-    }))
-    .map(Some)
+    });
+    Some(route)
 }
 
 #[cfg(test)]

@@ -24,49 +24,22 @@
 use aleph_crds::keys::TENANT_LABEL;
 use aleph_crds::tenant::{ComplianceProfile, Tenant};
 use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    MatchResources, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, Variable,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
-use serde_json::{Value, json};
 
-use super::build::tenant_labels;
-use super::cel::{
-    PodSpecCel, cel_list, exemptions, forbid, host_allowed, lit, network_policy_within,
-    owner_namespace_rules, pod_rules,
+use super::build::{
+    PolicyRules, cluster_wide_meta, policy_meta, policy_with_binding, resource_rule,
 };
-use crate::apply::{MANAGED_BY, MANAGER, controller_ref};
-use crate::error::{Error, Result};
+use super::cel::{
+    PodSpecCel, cel_list, condition, exemptions, forbid, forbid_saying, host_allowed, lit,
+    network_policy_within, not_the_operator, owner_namespace_rules, pod_rules,
+};
+use crate::apply::{MANAGED_BY, MANAGER};
 
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
-    serde_json::from_value(value).map_err(|e| Error::Serialization(e.to_string()))
-}
-
-/// A ValidatingAdmissionPolicy of `meta` and `spec`, and its binding (of the
-/// same metadata) denying what the policy refuses in the namespaces
-/// `match_resources` selects (everywhere when None).
-fn policy_with_binding(
-    meta: Value,
-    spec: Value,
-    match_resources: Option<Value>,
-) -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
-    let mut binding_spec = json!({ "policyName": meta["name"], "validationActions": ["Deny"] });
-    if let Some(match_resources) = match_resources {
-        binding_spec["matchResources"] = match_resources;
-    }
-    let policy = from_json(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": meta,
-        "spec": spec,
-    }))?;
-    let binding = from_json(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": meta,
-        "spec": binding_spec,
-    }))?;
-    Ok((policy, binding))
-}
+/// Creating and updating: what most rules look at.
+const WRITE: &[&str] = &["CREATE", "UPDATE"];
 
 /// The name of the tenant's policy (and binding) that holds for everyone.
 pub fn admission_policy_name(tenant: &str) -> String {
@@ -83,7 +56,7 @@ pub fn owner_policy_name(tenant: &str) -> String {
 pub fn admission_policy(
     tenant: &Tenant,
     operator_images: &[String],
-) -> Result<Option<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)>> {
+) -> Option<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
     let t = tenant.name_any();
     let a = &tenant.spec.admission;
     let is_pod = "request.resource.group == '' && request.resource.resource == 'pods'";
@@ -170,24 +143,24 @@ pub fn admission_policy(
         ));
     }
     if validations.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let write = json!(["CREATE", "UPDATE"]);
-    let rules = json!([
-        { "apiGroups": [""], "apiVersions": ["v1"], "operations": write, "resources": ["pods", "pods/ephemeralcontainers"] },
-        { "apiGroups": [""], "apiVersions": ["v1"], "operations": write, "resources": ["persistentvolumeclaims", "services"] },
-        { "apiGroups": ["networking.k8s.io"], "apiVersions": ["*"], "operations": write, "resources": ["ingresses"] },
-        { "apiGroups": ["gateway.networking.k8s.io"], "apiVersions": ["*"], "operations": write, "resources": ["httproutes"] },
-        { "apiGroups": ["aleph.dev"], "apiVersions": ["*"], "operations": write, "resources": ["aimodels", "pipelines"] },
-    ]);
-    policy_and_binding(
+    let rules = vec![
+        resource_rule("", "v1", WRITE, &["pods", "pods/ephemeralcontainers"]),
+        resource_rule("", "v1", WRITE, &["persistentvolumeclaims", "services"]),
+        resource_rule("networking.k8s.io", "*", WRITE, &["ingresses"]),
+        resource_rule("gateway.networking.k8s.io", "*", WRITE, &["httproutes"]),
+        resource_rule("aleph.dev", "*", WRITE, &["aimodels", "pipelines"]),
+    ];
+    Some(tenant_policy(
         tenant,
         &admission_policy_name(&t),
-        rules,
-        json!([]),
-        validations,
-    )
-    .map(Some)
+        PolicyRules {
+            rules,
+            validations,
+            ..PolicyRules::default()
+        },
+    ))
 }
 
 /// Whether NetworkPolicies of the tenant are locked against widening.
@@ -213,7 +186,7 @@ pub fn owner_policy(
     operator: &str,
     operator_images: &[String],
     room: &NamespaceRoom,
-) -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     let t = tenant.name_any();
     let template = PodSpecCel {
         s: "variables.spec",
@@ -253,13 +226,12 @@ pub fn owner_policy(
         lit(MANAGED_BY),
         lit(MANAGER)
     );
-    validations.push(json!({
-        "expression": format!("!(request.resource.resource in ['networkpolicies', 'rolebindings', 'resourcequotas', 'limitranges']) || request.operation == 'CREATE' || !{managed}"),
-        "messageExpression": format!(
+    validations.push(forbid_saying(
+        format!("!(request.resource.resource in ['networkpolicies', 'rolebindings', 'resourcequotas', 'limitranges']) || request.operation == 'CREATE' || !{managed}"),
+        format!(
             "'tenant {t}: ' + request.resource.resource + ' ' + oldObject.metadata.name + ' is made by the operator from the Tenant {t}; ask the platform team to change the Tenant instead'"
         ),
-        "reason": "Forbidden",
-    }));
+    ));
     validations.extend(owner_namespace_rules(&t, room));
     if policies_locked(tenant) {
         validations.push(forbid(
@@ -272,33 +244,63 @@ pub fn owner_policy(
             ),
         ));
     }
-    let write = json!(["CREATE", "UPDATE"]);
-    let rules = json!([
-        { "apiGroups": ["apps"], "apiVersions": ["v1"], "operations": write, "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"] },
-        { "apiGroups": ["batch"], "apiVersions": ["v1"], "operations": write, "resources": ["jobs", "cronjobs"] },
-        { "apiGroups": [""], "apiVersions": ["v1"], "operations": write, "resources": ["replicationcontrollers"] },
-        { "apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["networkpolicies"] },
-        { "apiGroups": ["rbac.authorization.k8s.io"], "apiVersions": ["v1"], "operations": ["UPDATE", "DELETE"], "resources": ["rolebindings"] },
-        { "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE", "DELETE"], "resources": ["resourcequotas", "limitranges"] },
-        { "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "DELETE"], "resources": ["namespaces"] },
-    ]);
-    let variables = json!([
-        { "name": "isWorkload", "expression": "request.resource.resource == 'cronjobs' || (request.resource.resource in ['deployments', 'statefulsets', 'daemonsets', 'replicasets', 'jobs', 'replicationcontrollers'] && has(object.spec.template))" },
-        { "name": "spec", "expression": "request.resource.resource == 'cronjobs' ? object.spec.jobTemplate.spec.template.spec : object.spec.template.spec" },
-        { "name": "oldSpec", "expression": "request.operation != 'UPDATE' ? null : request.resource.resource == 'cronjobs' ? oldObject.spec.jobTemplate.spec.template.spec : oldObject.spec.template.spec" },
-    ]);
-    let (mut policy, binding): (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) =
-        policy_and_binding(
-            tenant,
-            &owner_policy_name(&t),
+    let rules = vec![
+        resource_rule(
+            "apps",
+            "v1",
+            WRITE,
+            &["deployments", "statefulsets", "daemonsets", "replicasets"],
+        ),
+        resource_rule("batch", "v1", WRITE, &["jobs", "cronjobs"]),
+        resource_rule("", "v1", WRITE, &["replicationcontrollers"]),
+        resource_rule(
+            "networking.k8s.io",
+            "v1",
+            &["CREATE", "UPDATE", "DELETE"],
+            &["networkpolicies"],
+        ),
+        resource_rule(
+            "rbac.authorization.k8s.io",
+            "v1",
+            &["UPDATE", "DELETE"],
+            &["rolebindings"],
+        ),
+        resource_rule(
+            "",
+            "v1",
+            &["UPDATE", "DELETE"],
+            &["resourcequotas", "limitranges"],
+        ),
+        resource_rule("", "v1", &["CREATE", "DELETE"], &["namespaces"]),
+    ];
+    let variable = |name: &str, expression: &str| Variable {
+        name: name.to_string(),
+        expression: expression.to_string(),
+    };
+    let variables = vec![
+        variable(
+            "isWorkload",
+            "request.resource.resource == 'cronjobs' || (request.resource.resource in ['deployments', 'statefulsets', 'daemonsets', 'replicasets', 'jobs', 'replicationcontrollers'] && has(object.spec.template))",
+        ),
+        variable(
+            "spec",
+            "request.resource.resource == 'cronjobs' ? object.spec.jobTemplate.spec.template.spec : object.spec.template.spec",
+        ),
+        variable(
+            "oldSpec",
+            "request.operation != 'UPDATE' ? null : request.resource.resource == 'cronjobs' ? oldObject.spec.jobTemplate.spec.template.spec : oldObject.spec.template.spec",
+        ),
+    ];
+    tenant_policy(
+        tenant,
+        &owner_policy_name(&t),
+        PolicyRules {
             rules,
+            match_conditions: exemptions(operator),
             variables,
             validations,
-        )?;
-    if let Some(spec) = policy.spec.as_mut() {
-        spec.match_conditions = Some(from_json(exemptions(operator))?);
-    }
-    Ok((policy, binding))
+        },
+    )
 }
 
 /// The cluster-wide policy on namespaces created or deleted by users whose
@@ -309,12 +311,8 @@ pub fn owner_policy(
 /// policy then checks the name, the count and the labels.
 pub fn owner_namespaces_policy(
     operator: &str,
-) -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     use super::build::{OWN_VERB, OWNER_NAMESPACES_POLICY, SELF_SERVICE_RESOURCE};
-    let meta = json!({
-        "name": OWNER_NAMESPACES_POLICY,
-        "labels": crate::apply::standard_labels("tenant", "all"),
-    });
     let owns = |object: &str| {
         format!(
             "has({object}.metadata.labels) && {tl} in {object}.metadata.labels \
@@ -323,32 +321,37 @@ pub fn owner_namespaces_policy(
             tl = lit(TENANT_LABEL),
         )
     };
-    let spec = json!({
-        "failurePolicy": "Fail",
-        "matchConstraints": {
-            "resourceRules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "DELETE"], "resources": ["namespaces"] }],
-        },
-        "matchConditions": [
-            { "name": "not-the-operator", "expression": format!("request.userInfo.username != {}", lit(operator)) },
-            { "name": "a-tenant-owner", "expression": format!("authorizer.group('aleph.dev').resource({}).check('create').allowed()", lit(SELF_SERVICE_RESOURCE)) },
-            { "name": "not-a-platform-admin", "expression": "!authorizer.group('aleph.dev').resource('tenants').check('update').allowed()" },
+    let rules = PolicyRules {
+        rules: vec![resource_rule("", "v1", &["CREATE", "DELETE"], &["namespaces"])],
+        match_conditions: vec![
+            not_the_operator(operator),
+            condition(
+                "a-tenant-owner",
+                &format!(
+                    "authorizer.group('aleph.dev').resource({}).check('create').allowed()",
+                    lit(SELF_SERVICE_RESOURCE)
+                ),
+            ),
+            condition(
+                "not-a-platform-admin",
+                "!authorizer.group('aleph.dev').resource('tenants').check('update').allowed()",
+            ),
         ],
-        "validations": [
-            {
-                "expression": format!("request.operation != 'CREATE' || ({})", owns("object")),
-                "message": format!(
+        variables: Vec::new(),
+        validations: vec![
+            forbid(
+                format!("request.operation != 'CREATE' || ({})", owns("object")),
+                format!(
                     "a namespace a tenant owner creates must be labelled {TENANT_LABEL}: <tenant> with a tenant the user owns, and named <tenant>-<name>"
                 ),
-                "reason": "Forbidden",
-            },
-            {
-                "expression": format!("request.operation != 'DELETE' || ({})", owns("oldObject")),
-                "messageExpression": "'namespace ' + oldObject.metadata.name + ' does not belong to a tenant the user owns'",
-                "reason": "Forbidden",
-            },
+            ),
+            forbid_saying(
+                format!("request.operation != 'DELETE' || ({})", owns("oldObject")),
+                "'namespace ' + oldObject.metadata.name + ' does not belong to a tenant the user owns'".to_string(),
+            ),
         ],
-    });
-    policy_with_binding(meta, spec, None)
+    };
+    policy_with_binding(cluster_wide_meta(OWNER_NAMESPACES_POLICY), rules, None)
 }
 
 fn profile_name(profile: ComplianceProfile) -> &'static str {
@@ -360,29 +363,20 @@ fn profile_name(profile: ComplianceProfile) -> &'static str {
     }
 }
 
-fn policy_and_binding(
+/// One of the tenant's policies, owned by it, bound in its namespaces.
+fn tenant_policy(
     tenant: &Tenant,
     name: &str,
-    rules: Value,
-    variables: Value,
-    validations: Vec<Value>,
-) -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
-    let t = tenant.name_any();
-    let meta = json!({
-        "name": name,
-        "labels": tenant_labels(&t),
-        "ownerReferences": controller_ref(tenant).into_iter().collect::<Vec<_>>(),
-    });
-    let mut spec = json!({
-        "failurePolicy": "Fail",
-        "matchConstraints": { "resourceRules": rules },
-        "validations": validations,
-    });
-    if variables.as_array().is_some_and(|v| !v.is_empty()) {
-        spec["variables"] = variables;
-    }
-    let tenant_namespaces = json!({ "namespaceSelector": { "matchLabels": { TENANT_LABEL: t } } });
-    policy_with_binding(meta, spec, Some(tenant_namespaces))
+    rules: PolicyRules,
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let tenant_namespaces = MatchResources {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some([(TENANT_LABEL.to_string(), tenant.name_any())].into()),
+            ..LabelSelector::default()
+        }),
+        ..MatchResources::default()
+    };
+    policy_with_binding(policy_meta(tenant, name), rules, Some(tenant_namespaces))
 }
 
 #[cfg(test)]

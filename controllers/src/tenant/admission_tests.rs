@@ -49,7 +49,7 @@ fn resources(policy: &ValidatingAdmissionPolicy) -> Vec<(String, Vec<String>)> {
 fn every_rule_names_itself_and_covers_every_path_to_a_pod() {
     let t = tenant(ACME);
     let own = ["aleph.local/model-cache:dev".to_string()];
-    let (policy, binding) = admission_policy(&t, &own).expect("builds").expect("rules");
+    let (policy, binding) = admission_policy(&t, &own).expect("rules");
     let m = messages(&policy);
     // cordoned, registries, GPU product, GPU pinning, NodePort, LoadBalancer,
     // Ingress and HTTPRoute domains, hipaa's two KMS rules.
@@ -110,8 +110,7 @@ fn the_owners_policy_covers_templates_and_the_operators_objects_and_exempts_the_
         "system:serviceaccount:aleph-system:aleph-operator",
         &[],
         &NamespaceRoom::default(),
-    )
-    .expect("builds");
+    );
     let r = resources(&policy);
     for res in [
         "deployments",
@@ -157,7 +156,7 @@ fn policies_are_unlocked_only_without_compliance_or_lock() {
     assert!(policies_locked(&t));
     t.spec.compliance = ComplianceProfile::None;
     assert!(!policies_locked(&t));
-    let (policy, _) = owner_policy(&t, "op", &[], &NamespaceRoom::default()).expect("builds");
+    let (policy, _) = owner_policy(&t, "op", &[], &NamespaceRoom::default());
     assert!(
         !messages(&policy)
             .iter()
@@ -175,7 +174,7 @@ fn the_owners_namespace_rules_bake_in_the_count_and_the_declared_names() {
         count: 3,
         limit: 3,
     };
-    let (policy, _) = owner_policy(&t, "op", &[], &room).expect("builds");
+    let (policy, _) = owner_policy(&t, "op", &[], &room);
     let spec = policy.spec.expect("spec");
     let expressions: Vec<String> = spec
         .validations
@@ -209,7 +208,7 @@ fn the_owners_namespace_rules_bake_in_the_count_and_the_declared_names() {
     }));
     // The cluster-wide policy applies to owners only, not to the operator
     // nor to whoever may update Tenants.
-    let (cluster, _) = owner_namespaces_policy("op").expect("builds");
+    let (cluster, _) = owner_namespaces_policy("op");
     let conditions: Vec<String> = cluster
         .spec
         .and_then(|s| s.match_conditions)

@@ -72,7 +72,7 @@ async fn ensure_cluster_policies(
     for (policy, binding) in [
         build::prevent_deletion_policy(),
         build::quota_guard_policy(),
-        admission::owner_namespaces_policy(operator)?,
+        admission::owner_namespaces_policy(operator),
     ] {
         let name = policy.name_any();
         apply_if_changed(&policies, policies.get_opt(&name).await?.as_ref(), &policy).await?;
@@ -290,7 +290,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let desired_policies = [
         (
             admission::admission_policy_name(&name),
-            admission::admission_policy(tenant, &operator_images)?,
+            admission::admission_policy(tenant, &operator_images),
         ),
         (
             admission::owner_policy_name(&name),
@@ -299,7 +299,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 &operator,
                 &operator_images,
                 &room,
-            )?),
+            )),
         ),
     ];
     for (policy_name, desired) in desired_policies {

@@ -7,9 +7,9 @@ use aleph_crds::tenant::{
     ComplianceProfile, EgressMode, OwnerRole, SubjectKind, Tenant, TenantOwner,
 };
 use k8s_openapi::api::admissionregistration::v1::{
-    MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+    MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
-    ValidatingAdmissionPolicySpec, Validation,
+    ValidatingAdmissionPolicySpec, Validation, Variable,
 };
 use k8s_openapi::api::core::v1::{LimitRange, LimitRangeItem, LimitRangeSpec, Namespace};
 use k8s_openapi::api::networking::v1::{
@@ -69,7 +69,7 @@ fn restricted(tenant: &Tenant) -> bool {
 
 /// The metadata of a child of `tenant`: its labels and, unless `namespace` is
 /// `None` for a cluster-wide child, its namespace; owned by the Tenant.
-fn owned_meta(tenant: &Tenant, name: &str, namespace: Option<&str>) -> ObjectMeta {
+pub fn owned_meta(tenant: &Tenant, name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_string()),
         namespace: namespace.map(str::to_string),
@@ -369,6 +369,73 @@ pub fn resource_rule(
     }
 }
 
+/// The parts of an admission policy that vary: which requests it sees, who
+/// is exempt, the variables its validations share, and the validations.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyRules {
+    /// The requests the policy sees.
+    pub rules: Vec<NamedRuleWithOperations>,
+    /// Conditions a request must meet for the policy to apply (exemptions).
+    pub match_conditions: Vec<MatchCondition>,
+    /// Variables the validations share.
+    pub variables: Vec<Variable>,
+    /// What a request must satisfy.
+    pub validations: Vec<Validation>,
+}
+
+fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
+    (!items.is_empty()).then_some(items)
+}
+
+/// An admission policy of `metadata`, `Fail` on error, and its `Deny`
+/// binding of the same metadata, limited to `binding_resources` when given.
+pub fn policy_with_binding(
+    metadata: ObjectMeta,
+    policy: PolicyRules,
+    binding_resources: Option<MatchResources>,
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let name = metadata.name.clone();
+    let binding = ValidatingAdmissionPolicyBinding {
+        metadata: metadata.clone(),
+        spec: Some(ValidatingAdmissionPolicyBindingSpec {
+            policy_name: name,
+            validation_actions: Some(vec!["Deny".to_string()]),
+            match_resources: binding_resources,
+            ..ValidatingAdmissionPolicyBindingSpec::default()
+        }),
+    };
+    let policy = ValidatingAdmissionPolicy {
+        metadata,
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".to_string()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(policy.rules),
+                ..MatchResources::default()
+            }),
+            match_conditions: non_empty(policy.match_conditions),
+            variables: non_empty(policy.variables),
+            validations: Some(policy.validations),
+            ..ValidatingAdmissionPolicySpec::default()
+        }),
+        ..ValidatingAdmissionPolicy::default()
+    };
+    (policy, binding)
+}
+
+/// The metadata of one of the operator's cluster-wide objects, not a tenant's.
+pub fn cluster_wide_meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        labels: Some(standard_labels("tenant", "all")),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The metadata of the tenant's admission policy `name` (and its binding).
+pub fn policy_meta(tenant: &Tenant, name: &str) -> ObjectMeta {
+    owned_meta(tenant, name, None)
+}
+
 /// One of the operator's cluster-wide admission policies, `Fail` on error,
 /// and its `Deny` binding, limited to `binding_resources` when given.
 pub fn cluster_policy(
@@ -377,34 +444,15 @@ pub fn cluster_policy(
     validations: Vec<Validation>,
     binding_resources: Option<MatchResources>,
 ) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let metadata = ObjectMeta {
-        name: Some(name.to_string()),
-        labels: Some(standard_labels("tenant", "all")),
-        ..ObjectMeta::default()
-    };
-    let policy = ValidatingAdmissionPolicy {
-        metadata: metadata.clone(),
-        spec: Some(ValidatingAdmissionPolicySpec {
-            failure_policy: Some("Fail".to_string()),
-            match_constraints: Some(MatchResources {
-                resource_rules: Some(rules),
-                ..MatchResources::default()
-            }),
-            validations: Some(validations),
-            ..ValidatingAdmissionPolicySpec::default()
-        }),
-        ..ValidatingAdmissionPolicy::default()
-    };
-    let binding = ValidatingAdmissionPolicyBinding {
-        metadata,
-        spec: Some(ValidatingAdmissionPolicyBindingSpec {
-            policy_name: Some(name.to_string()),
-            validation_actions: Some(vec!["Deny".to_string()]),
-            match_resources: binding_resources,
-            ..ValidatingAdmissionPolicyBindingSpec::default()
-        }),
-    };
-    (policy, binding)
+    policy_with_binding(
+        cluster_wide_meta(name),
+        PolicyRules {
+            rules,
+            validations,
+            ..PolicyRules::default()
+        },
+        binding_resources,
+    )
 }
 
 /// The cluster-wide policy refusing to delete a Tenant whose spec sets `preventDeletion`.

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aleph_crds::keys::{GPU_PRODUCT_LABEL, TENANT_LABEL};
 use aleph_crds::tenant::Tenant;
+use k8s_openapi::api::admissionregistration::v1::{MatchCondition, Validation};
 use kube::ResourceExt;
-use serde_json::{Value, json};
 
 use super::admission::NamespaceRoom;
 use super::build::egress_restricted;
@@ -124,12 +124,24 @@ impl PodSpecCel {
 
 /// A validation that refuses the request (reason `Forbidden`) when
 /// `expression` is false, saying `message`.
-pub(super) fn forbid(expression: String, message: String) -> Value {
-    json!({
-        "expression": expression,
-        "message": message,
-        "reason": "Forbidden",
-    })
+pub(super) fn forbid(expression: String, message: String) -> Validation {
+    Validation {
+        expression,
+        message: Some(message),
+        reason: Some("Forbidden".to_string()),
+        ..Validation::default()
+    }
+}
+
+/// Like [`forbid`], with a message computed by the CEL `message_expression`
+/// (to name the offending value).
+pub(super) fn forbid_saying(expression: String, message_expression: String) -> Validation {
+    Validation {
+        expression,
+        message_expression: Some(message_expression),
+        reason: Some("Forbidden".to_string()),
+        ..Validation::default()
+    }
 }
 
 /// The rules on one pod spec, each guarded by `guard` (which says the request
@@ -143,7 +155,7 @@ pub(super) fn pod_rules(
     guard: &str,
     what: &str,
     operator_images: &[String],
-) -> Vec<Value> {
+) -> Vec<Validation> {
     let t = tenant.name_any();
     let a = &tenant.spec.admission;
     let mut rules = Vec::new();
@@ -151,15 +163,14 @@ pub(super) fn pod_rules(
         let list = cel_list(&a.allowed_registries);
         let own = cel_list(operator_images);
         let new_images = cel.new_images();
-        rules.push(json!({
-            "expression": format!("!({guard}) || {new_images}.all(i, i in {own} || {list}.exists(r, i.startsWith(r)))"),
-            "messageExpression": format!(
+        rules.push(forbid_saying(
+            format!("!({guard}) || {new_images}.all(i, i in {own} || {list}.exists(r, i.startsWith(r)))"),
+            format!(
                 "{} + {new_images}.filter(i, !(i in {own}) && !{list}.exists(r, i.startsWith(r)))[0] + {}",
                 lit(&format!("tenant {t} (rule: allowedRegistries): {what} image ")),
                 lit(&format!(" is not from an allowed registry ({})", a.allowed_registries.join(", ")))
             ),
-            "reason": "Forbidden",
-        }));
+        ));
     }
     if !a.allowed_runtime_classes.is_empty() {
         let list = cel_list(&a.allowed_runtime_classes);
@@ -204,12 +215,34 @@ pub(super) fn host_allowed(host: &str, domains: &str) -> String {
 
 /// Who is exempt from the owners' policy: the operator itself, cluster
 /// admins, and kube-system's controllers.
-pub(super) fn exemptions(operator: &str) -> Value {
-    json!([
-        { "name": "not-the-operator", "expression": format!("request.userInfo.username != {}", lit(operator)) },
-        { "name": "not-a-cluster-admin", "expression": "!has(request.userInfo.groups) || !('system:masters' in request.userInfo.groups)" },
-        { "name": "not-a-kube-system-controller", "expression": "!request.userInfo.username.startsWith('system:serviceaccount:kube-system:') && request.userInfo.username != 'system:kube-controller-manager'" },
-    ])
+pub(super) fn exemptions(operator: &str) -> Vec<MatchCondition> {
+    vec![
+        not_the_operator(operator),
+        condition(
+            "not-a-cluster-admin",
+            "!has(request.userInfo.groups) || !('system:masters' in request.userInfo.groups)",
+        ),
+        condition(
+            "not-a-kube-system-controller",
+            "!request.userInfo.username.startsWith('system:serviceaccount:kube-system:') && request.userInfo.username != 'system:kube-controller-manager'",
+        ),
+    ]
+}
+
+/// A policy's match condition `name`: the policy applies where `expression` holds.
+pub(super) fn condition(name: &str, expression: &str) -> MatchCondition {
+    MatchCondition {
+        name: name.to_string(),
+        expression: expression.to_string(),
+    }
+}
+
+/// The match condition that exempts the operator, whose user name is `operator`.
+pub(super) fn not_the_operator(operator: &str) -> MatchCondition {
+    condition(
+        "not-the-operator",
+        &format!("request.userInfo.username != {}", lit(operator)),
+    )
 }
 
 /// The owners' rules on the tenant's namespaces themselves (the binding
@@ -217,7 +250,7 @@ pub(super) fn exemptions(operator: &str) -> Value {
 /// an owner creates for the tenant): named with the tenant's prefix, within
 /// the namespace count, without the operator's labels; only those not in
 /// `spec.namespaces` may be deleted.
-pub(super) fn owner_namespace_rules(t: &str, room: &NamespaceRoom) -> Vec<Value> {
+pub(super) fn owner_namespace_rules(t: &str, room: &NamespaceRoom) -> Vec<Validation> {
     let creating = "request.resource.resource != 'namespaces' || request.operation != 'CREATE'";
     let reserved = format!(
         "object.metadata.labels.all(k, !(k.startsWith('pod-security.kubernetes.io/') || k == {} \
@@ -247,17 +280,18 @@ pub(super) fn owner_namespace_rules(t: &str, room: &NamespaceRoom) -> Vec<Value>
                 crate::apply::MANAGED_BY
             ),
         ),
-        json!({
-            "expression": format!(
+        forbid_saying(
+            format!(
                 "request.resource.resource != 'namespaces' || request.operation != 'DELETE' || !(oldObject.metadata.name in {})",
                 cel_list(&room.declared)
             ),
-            "messageExpression": format!(
+            format!(
                 "'namespace ' + oldObject.metadata.name + {}",
-                lit(&format!(" is in the Tenant {t}'s spec.namespaces: the platform team removes it there"))
+                lit(&format!(
+                    " is in the Tenant {t}'s spec.namespaces: the platform team removes it there"
+                ))
             ),
-            "reason": "Forbidden",
-        }),
+        ),
     ]
 }
 

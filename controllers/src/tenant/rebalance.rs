@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use aleph_crds::keys::RECOUNT_ANNOTATION;
 use aleph_crds::tenant::Tenant;
-use k8s_openapi::api::core::v1::{Event, ResourceQuota};
+use k8s_openapi::api::core::v1::{Event, ResourceQuota, ResourceQuotaSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::Store;
-use serde_json::json;
 
 use super::build::{self, QUOTA_NAME};
 use super::quota::{self, Milli};
@@ -287,18 +286,14 @@ pub(super) async fn rebalance_quotas(
         }
         let ns = current[i].namespace.clone();
         let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
-        let rq: ResourceQuota = serde_json::from_value(json!({
-            "apiVersion": "v1",
-            "kind": "ResourceQuota",
-            "metadata": {
-                "name": QUOTA_NAME,
-                "namespace": ns,
-                "labels": build::tenant_labels(&tenant.name_any()),
-                "ownerReferences": crate::apply::controller_ref(tenant).into_iter().collect::<Vec<_>>(),
-            },
-            "spec": { "hard": to_quantities(&start) },
-        }))
-        .map_err(|e| Error::Serialization(e.to_string()))?;
+        let rq = ResourceQuota {
+            metadata: build::owned_meta(tenant, QUOTA_NAME, Some(&ns)),
+            spec: Some(ResourceQuotaSpec {
+                hard: Some(to_quantities(&start)),
+                ..ResourceQuotaSpec::default()
+            }),
+            ..ResourceQuota::default()
+        };
         match api
             .create(
                 &PostParams {

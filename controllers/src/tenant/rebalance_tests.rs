@@ -1,6 +1,7 @@
 use super::*;
 use aleph_crds::keys::RECOUNT_ANNOTATION;
 use kube::runtime::{reflector, watcher};
+use serde_json::json;
 
 fn quota(
     spec: &[(&str, &str)],

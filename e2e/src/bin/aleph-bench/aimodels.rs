@@ -103,7 +103,7 @@ fn floor_children(
         .unwrap_or_default();
     let plan = build::plan(model, &uri)
         .map_err(|e| BenchError::Setup(format!("the benchmark AIModel is invalid: {e}")))?;
-    let service = floor_owned(&build::service(model, &plan)?, labels)?;
+    let service = floor_owned(&build::service(model, &plan), labels)?;
     let deployment = floor_owned(
         &build::deployment(
             model,
@@ -113,7 +113,7 @@ fn floor_children(
         )?,
         labels,
     )?;
-    let hpa = match build::hpa(model, &plan)? {
+    let hpa = match build::hpa(model, &plan) {
         Some(hpa) => Some(floor_owned(&hpa, labels)?),
         None => None,
     };
