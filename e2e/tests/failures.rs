@@ -50,31 +50,46 @@ async fn wait_event(events: &Api<Event>, kind: &str, name: &str, needle: &str) -
 /// not the owner's: Ready=False NameConflict naming the child, an Event, the
 /// foreign object untouched (its label kept, no owner reference added); once
 /// it is gone, the owner makes its own child of that name and recovers.
-struct Taken<'a, O, C> {
-    /// The owners' API and the owner's kind and name.
+struct Taken<'a, O> {
+    /// The owners' API, the owner's name and its manifest.
     owners: Api<O>,
-    kind: &'a str,
     name: &'a str,
-    /// How a message names the owner's kind.
-    noun: &'a str,
-    /// The owner's manifest.
     manifest: String,
-    /// The children's API and the child whose name is taken first.
-    children: Api<C>,
-    child: C,
 }
 
-impl<O, C> Taken<'_, O, C>
+impl<'a, O> Taken<'a, O>
 where
-    O: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-    C: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    O: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
 {
-    async fn says_so_and_recovers(self, env: &TestEnv) {
-        let child_name = self.child.meta().name.clone().expect("the child's name");
-        let mut foreign = self.child;
+    fn new(owners: Api<O>, name: &'a str, manifest: String) -> Self {
+        Taken {
+            owners,
+            name,
+            manifest,
+        }
+    }
+
+    /// `child`, in `children`, is the owner's child whose name is taken
+    /// first. Cleans `env` up at the end.
+    async fn says_so_and_recovers<C>(self, children: Api<C>, child: C, env: TestEnv)
+    where
+        C: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    {
+        let kind = O::kind(&());
+        // How a message names the owner's kind.
+        let noun = match kind.as_ref() {
+            "AIModel" => "model".to_string(),
+            other => other.to_lowercase(),
+        };
+        let child_name = child.meta().name.clone().expect("the child's name");
+        let mut foreign = child;
         foreign.meta_mut().labels =
             Some([("owner".to_string(), "someone-else".to_string())].into());
-        self.children
+        children
             .create(&PostParams::default(), &foreign)
             .await
             .expect("create the foreign object");
@@ -82,17 +97,13 @@ where
 
         let (status, _, message) = ready_with_reason(&self.owners, self.name, "NameConflict").await;
         assert_eq!(status, "False");
-        let belongs = format!("does not belong to this {}", self.noun);
+        let belongs = format!("does not belong to this {noun}");
         assert!(
             message.contains(&format!(" named {child_name} ")) && message.contains(&belongs),
             "{message}"
         );
-        wait_event(&env.api(), self.kind, self.name, &belongs).await;
-        let still = self
-            .children
-            .get(&child_name)
-            .await
-            .expect("the foreign object");
+        wait_event(&env.api(), &kind, self.name, &belongs).await;
+        let still = children.get(&child_name).await.expect("the foreign object");
         assert_eq!(
             still.meta().labels.clone().unwrap_or_default().get("owner"),
             Some(&"someone-else".to_string()),
@@ -100,7 +111,7 @@ where
         );
         assert!(still.meta().owner_references.is_none());
 
-        self.children
+        children
             .delete(&child_name, &DeleteParams::default())
             .await
             .expect("delete the foreign object");
@@ -109,7 +120,7 @@ where
         })
         .await;
         let uid = owner.meta().uid.clone().expect("the owner's UID");
-        let own = wait_for(&self.children, &child_name, WAIT, |c: &C| {
+        let own = wait_for(&children, &child_name, WAIT, |c: &C| {
             c.meta()
                 .owner_references
                 .iter()
@@ -134,74 +145,53 @@ fn named<K: Resource + Default>(name: &str) -> K {
 async fn a_plugin_whose_child_name_is_taken_says_so_and_recovers() {
     let env = TestEnv::new().await;
     let name = "taken";
-    Taken {
-        owners: env.api::<Plugin>(),
-        kind: "Plugin",
-        name,
-        noun: "plugin",
-        manifest: format!(
-            "apiVersion: aleph.dev/v1alpha1\nkind: Plugin\nmetadata: {{ name: {name} }}\nspec:\n  version: 1.0.0\n  image: ghcr.io/acme/{name}:1.0.0\n  port: 9000\n  replicas: 1\n"
-        ),
-        // The plugin's ServiceAccount has the plugin's name.
-        children: env.api::<ServiceAccount>(),
-        child: named(name),
-    }
-    .says_so_and_recovers(&env)
-    .await;
-    env.cleanup().await;
+    let manifest = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: Plugin\nmetadata: {{ name: {name} }}\nspec:\n  version: 1.0.0\n  image: ghcr.io/acme/{name}:1.0.0\n  port: 9000\n  replicas: 1\n"
+    );
+    // The plugin's ServiceAccount has the plugin's name.
+    let taken = Taken::new(env.api::<Plugin>(), name, manifest);
+    taken
+        .says_so_and_recovers(env.api::<ServiceAccount>(), named(name), env)
+        .await;
 }
 
 #[tokio::test]
 async fn a_model_whose_service_name_is_taken_says_so_and_recovers() {
     let env = TestEnv::new().await;
     let name = "taken-model";
+    let manifest = format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata: {{ name: {name} }}\nspec:\n  source: {{ uri: hf://acme/taken-1b }}\n  cache: {{ enabled: false }}\n  resources: {{ cpu: \"1\" }}\n"
+    );
+    // The model's Service has the model's name.
     let mut service: Service = named(name);
+    let port = ServicePort {
+        port: 80,
+        ..ServicePort::default()
+    };
     service.spec = Some(ServiceSpec {
-        ports: Some(vec![ServicePort {
-            port: 80,
-            ..ServicePort::default()
-        }]),
+        ports: Some(vec![port]),
         ..ServiceSpec::default()
     });
-    Taken {
-        owners: env.api::<AIModel>(),
-        kind: "AIModel",
-        name,
-        noun: "model",
-        manifest: format!(
-            "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata: {{ name: {name} }}\nspec:\n  source: {{ uri: hf://acme/taken-1b }}\n  cache: {{ enabled: false }}\n  resources: {{ cpu: \"1\" }}\n"
-        ),
-        // The model's Service has the model's name.
-        children: env.api::<Service>(),
-        child: service,
-    }
-    .says_so_and_recovers(&env)
-    .await;
-    env.cleanup().await;
+    let taken = Taken::new(env.api::<AIModel>(), name, manifest);
+    taken
+        .says_so_and_recovers(env.api::<Service>(), service, env)
+        .await;
 }
 
 #[tokio::test]
 async fn a_tenant_whose_cluster_role_name_is_taken_says_so_and_recovers() {
     let env = TestEnv::new().await;
     let name = unique_name("taken");
+    let spec = format!(
+        "  owners: [{{ kind: User, name: {name}-alice, role: admin }}]\n  namespaces: [one]\n"
+    );
+    let manifest = tenant_manifest(&name, &spec);
     // The admin owners' ClusterRole, for creating namespaces while there is room.
     let role = format!("aleph-tenant-{name}-owners");
     env.delete_on_cleanup(ApiResource::erase::<ClusterRole>(&()), &role);
-    Taken {
-        owners: env.cluster_api::<Tenant>(),
-        kind: "Tenant",
-        name: &name,
-        noun: "tenant",
-        manifest: tenant_manifest(
-            &name,
-            &format!("  owners: [{{ kind: User, name: {name}-alice, role: admin }}]\n  namespaces: [one]\n  plan: pro\n"),
-        ),
-        children: env.cluster_api::<ClusterRole>(),
-        child: named(&role),
-    }
-    .says_so_and_recovers(&env)
-    .await;
-    env.cleanup().await;
+    let taken = Taken::new(env.cluster_api::<Tenant>(), &name, manifest);
+    let roles = env.cluster_api::<ClusterRole>();
+    taken.says_so_and_recovers(roles, named(&role), env).await;
 }
 
 fn sagemaker_model(name: &str, label: &str, region: Option<&str>) -> String {

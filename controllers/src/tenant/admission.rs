@@ -30,11 +30,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
 use super::build::{
-    PolicyRules, cluster_wide_meta, policy_meta, policy_with_binding, resource_rule,
+    PolicyRules, cluster_wide_meta, forbid, forbid_saying, policy_meta, policy_with_binding,
+    resource_rule,
 };
 use super::cel::{
-    PodSpecCel, cel_list, condition, exemptions, forbid, forbid_saying, host_allowed, lit,
-    network_policy_within, not_the_operator, owner_namespace_rules, pod_rules,
+    PodSpecCel, cel_list, condition, exemptions, host_allowed, lit, network_policy_within,
+    not_the_operator, owner_namespace_rules, pod_rules,
 };
 use crate::apply::{MANAGED_BY, MANAGER};
 

@@ -455,17 +455,36 @@ pub fn cluster_policy(
     )
 }
 
+/// A validation that refuses the request (reason `Forbidden`) when
+/// `expression` is false, saying `message`.
+pub fn forbid(expression: String, message: String) -> Validation {
+    Validation {
+        expression,
+        message: Some(message),
+        reason: Some("Forbidden".to_string()),
+        ..Validation::default()
+    }
+}
+
+/// Like [`forbid`], with a message computed by the CEL `message_expression`
+/// (to name the offending value).
+pub fn forbid_saying(expression: String, message_expression: String) -> Validation {
+    Validation {
+        message: None,
+        message_expression: Some(message_expression),
+        ..forbid(expression, String::new())
+    }
+}
+
 /// The cluster-wide policy refusing to delete a Tenant whose spec sets `preventDeletion`.
 pub fn prevent_deletion_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     cluster_policy(
         PREVENT_DELETION_POLICY,
         vec![resource_rule("aleph.dev", "*", &["DELETE"], &["tenants"])],
-        vec![Validation {
-            expression: "!has(oldObject.spec.preventDeletion) || oldObject.spec.preventDeletion == false".to_string(),
-            message_expression: Some("'tenant ' + oldObject.metadata.name + ' has spec.preventDeletion: true; set it to false before deleting the tenant'".to_string()),
-            reason: Some("Forbidden".to_string()),
-            ..Validation::default()
-        }],
+        vec![forbid_saying(
+            "!has(oldObject.spec.preventDeletion) || oldObject.spec.preventDeletion == false".to_string(),
+            "'tenant ' + oldObject.metadata.name + ' has spec.preventDeletion: true; set it to false before deleting the tenant'".to_string(),
+        )],
         None,
     )
 }
@@ -477,17 +496,13 @@ pub fn quota_guard_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPo
     cluster_policy(
         QUOTA_GUARD_POLICY,
         vec![resource_rule("", "v1", &["CREATE"], &["pods"])],
-        vec![Validation {
-            expression: format!(
+        vec![forbid(
+            format!(
                 "has(namespaceObject.metadata.labels) && '{QUOTA_READY_LABEL}' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['{QUOTA_READY_LABEL}'] == 'ready'"
             ),
-            message: Some(
-                "the tenant quota of this namespace is not in place yet: retry in a few seconds"
-                    .to_string(),
-            ),
-            reason: Some("Forbidden".to_string()),
-            ..Validation::default()
-        }],
+            "the tenant quota of this namespace is not in place yet: retry in a few seconds"
+                .to_string(),
+        )],
         Some(MatchResources {
             namespace_selector: Some(LabelSelector {
                 match_expressions: Some(vec![LabelSelectorRequirement {

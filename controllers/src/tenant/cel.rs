@@ -12,7 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::{MatchCondition, Validation};
 use kube::ResourceExt;
 
 use super::admission::NamespaceRoom;
-use super::build::egress_restricted;
+use super::build::{egress_restricted, forbid, forbid_saying};
 
 /// A CEL string literal.
 pub(super) fn lit(s: &str) -> String {
@@ -119,28 +119,6 @@ impl PodSpecCel {
                     && t.matchExpressions.exists(e, e.key == {p} && e.operator == 'In' \
                        && has(e.values) && e.values.exists(v, !(v in {products}))))))"
         )
-    }
-}
-
-/// A validation that refuses the request (reason `Forbidden`) when
-/// `expression` is false, saying `message`.
-pub(super) fn forbid(expression: String, message: String) -> Validation {
-    Validation {
-        expression,
-        message: Some(message),
-        reason: Some("Forbidden".to_string()),
-        ..Validation::default()
-    }
-}
-
-/// Like [`forbid`], with a message computed by the CEL `message_expression`
-/// (to name the offending value).
-pub(super) fn forbid_saying(expression: String, message_expression: String) -> Validation {
-    Validation {
-        expression,
-        message_expression: Some(message_expression),
-        reason: Some("Forbidden".to_string()),
-        ..Validation::default()
     }
 }
 
