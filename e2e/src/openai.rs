@@ -71,6 +71,22 @@ pub fn python() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// Runs `command` (`what`, in messages) to its end and returns its standard
+/// output; panics, with its standard error, when it fails.
+async fn run_client(command: &mut tokio::process::Command, what: &str) -> String {
+    let out = command
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Runs `action` with the client against `base` (the API's `/v1` URL) with
 /// `key`; `args` follow the action (model, max tokens, prompt).
 pub async fn call(python: &PathBuf, base: &str, key: &str, action: &str, args: &[&str]) -> Value {
@@ -82,16 +98,7 @@ pub async fn call(python: &PathBuf, base: &str, key: &str, action: &str, args: &
         .arg(key)
         .arg(action)
         .args(args);
-    let out = command
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("running the openai client: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the openai client failed on {action}: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_client(&mut command, &format!("the openai client on {action}")).await;
     serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("the openai client printed no JSON ({e}): {stdout}"))
 }
@@ -229,19 +236,11 @@ pub async fn load_count(
     spec: LoadSpec<'_>,
     requests: u64,
 ) -> Load {
-    let out = load_command(python, netns)
+    let mut command = load_command(python, netns);
+    command
         .args(spec.args(base, key))
-        .args(["count", &requests.to_string()])
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("running the load client: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the load client failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_load(&stdout)
+        .args(["count", &requests.to_string()]);
+    parse_load(&run_client(&mut command, "the load client").await)
 }
 
 /// What a load sends: to which model, from how many workers, how long each
