@@ -194,17 +194,43 @@ impl Load {
     }
 }
 
-/// The client's command: in the real node's network namespace `netns`
-/// (`ip netns exec`, where Services' ClusterIPs work) or on this machine.
-/// Proxies of the environment are dropped: every address is on this machine.
-fn load_command(python: &PathBuf, netns: Option<&str>) -> tokio::process::Command {
-    let mut command = match netns {
+/// Where a load goes, and where its client runs.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadTarget<'a> {
+    /// The client's Python (see [`python`]).
+    pub python: &'a PathBuf,
+    /// The real node's network namespace to run the client in (`ip netns
+    /// exec`, where Services' ClusterIPs work), or `None`: this machine.
+    pub netns: Option<&'a str>,
+    /// The API's `/v1` URL.
+    pub base: &'a str,
+    /// The API key.
+    pub key: &'a str,
+}
+
+impl<'a> LoadTarget<'a> {
+    /// The API at `base` with `key`, called from this machine.
+    pub fn local(python: &'a PathBuf, base: &'a str, key: &'a str) -> Self {
+        LoadTarget {
+            python,
+            netns: None,
+            base,
+            key,
+        }
+    }
+}
+
+/// The client's command sending the load of `spec` to `target`, before its
+/// mode. Proxies of the environment are dropped: every address is on this
+/// machine.
+fn load_command(target: LoadTarget<'_>, spec: LoadSpec<'_>) -> tokio::process::Command {
+    let mut command = match target.netns {
         Some(netns) => {
             let mut c = tokio::process::Command::new("ip");
-            c.args(["netns", "exec", netns]).arg(python);
+            c.args(["netns", "exec", netns]).arg(target.python);
             c
         }
-        None => tokio::process::Command::new(python),
+        None => tokio::process::Command::new(target.python),
     };
     for var in [
         "HTTP_PROXY",
@@ -216,7 +242,10 @@ fn load_command(python: &PathBuf, netns: Option<&str>) -> tokio::process::Comman
     ] {
         command.env_remove(var);
     }
-    command.arg("-c").arg(LOAD_SCRIPT);
+    command
+        .arg("-c")
+        .arg(LOAD_SCRIPT)
+        .args(spec.args(target.base, target.key));
     command
 }
 
@@ -226,20 +255,11 @@ fn parse_load(stdout: &str) -> Load {
         .unwrap_or_else(|e| panic!("the load client printed no tally ({e}): {stdout}"))
 }
 
-/// Sends `requests` chat completions of `spec` to `base` with `key`, and
-/// returns the tally.
-pub async fn load_count(
-    python: &PathBuf,
-    netns: Option<&str>,
-    base: &str,
-    key: &str,
-    spec: LoadSpec<'_>,
-    requests: u64,
-) -> Load {
-    let mut command = load_command(python, netns);
-    command
-        .args(spec.args(base, key))
-        .args(["count", &requests.to_string()]);
+/// Sends `requests` chat completions of `spec` to `target`, and returns the
+/// tally.
+pub async fn load_count(target: LoadTarget<'_>, spec: LoadSpec<'_>, requests: u64) -> Load {
+    let mut command = load_command(target, spec);
+    command.args(["count", &requests.to_string()]);
     parse_load(&run_client(&mut command, "the load client").await)
 }
 
@@ -285,19 +305,15 @@ pub struct LoadLoop {
 }
 
 impl LoadLoop {
-    /// Starts the load of `spec` to `base` with `key`, and returns once one
-    /// request has succeeded (within `timeout`).
+    /// Starts the load of `spec` to `target`, and returns once one request
+    /// has succeeded (within `timeout`).
     pub async fn start(
-        python: &PathBuf,
-        netns: Option<&str>,
-        base: &str,
-        key: &str,
+        target: LoadTarget<'_>,
         spec: LoadSpec<'_>,
         timeout: std::time::Duration,
     ) -> LoadLoop {
         use tokio::io::AsyncBufReadExt;
-        let mut child = load_command(python, netns)
-            .args(spec.args(base, key))
+        let mut child = load_command(target, spec)
             .arg("loop")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
