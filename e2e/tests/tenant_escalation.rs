@@ -8,7 +8,7 @@ mod tenant_support;
 use std::fmt::Write as _;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, install_crypto_provider, tenant_manifest, unique_name};
+use aleph_e2e::{TestEnv, install_crypto_provider, unique_name};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -24,13 +24,12 @@ use serde_json::json;
 use tenant_support::*;
 
 fn tenant_yaml(name: &str, compliance: &str) -> String {
-    tenant_manifest(
+    pro_tenant(
         name,
+        &[("owner", "admin")],
+        "app",
         &format!(
-            r#"  owners: [{{ kind: User, name: {name}-owner, role: admin }}]
-  namespaces: [app]
-  plan: pro
-  quota: {{ gpus: 2 }}
+            r#"  quota: {{ gpus: 2 }}
   admission:
     allowedRegistries: ["ghcr.io/{name}/"]
     allowedGpuProducts: ["{H100}"]

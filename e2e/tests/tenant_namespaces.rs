@@ -8,9 +8,7 @@ mod tenant_support;
 use std::time::{Duration, Instant};
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{
-    TestEnv, has_condition, tenant_manifest, unique_name, wait_for, wait_for_deletion,
-};
+use aleph_e2e::{TestEnv, has_condition, unique_name, wait_for, wait_for_deletion};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -20,19 +18,12 @@ use serde_json::{Value, json};
 use tenant_support::*;
 
 fn tenant_yaml(name: &str, quota: &str) -> String {
-    tenant_manifest(
+    let rest = format!("{quota}\n  admission:\n    allowedRegistries: [\"ghcr.io/acme/\"]\n");
+    pro_tenant(
         name,
-        &format!(
-            r#"  owners:
-    - {{ kind: User, name: {name}-alice, role: admin }}
-    - {{ kind: User, name: {name}-victor, role: view }}
-  namespaces: [one, two]
-  plan: pro
-{quota}
-  admission:
-    allowedRegistries: ["ghcr.io/acme/"]
-"#
-        ),
+        &[("alice", "admin"), ("victor", "view")],
+        "one, two",
+        &rest,
     )
 }
 

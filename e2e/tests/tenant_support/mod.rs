@@ -5,13 +5,28 @@
 use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, wait_tenant_ready};
+use aleph_e2e::{TestEnv, tenant_manifest, wait_tenant_ready};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 pub const H100: &str = "NVIDIA-H100-80GB-HBM3";
 pub const A100: &str = "NVIDIA-A100-SXM4-80GB";
+
+/// A Tenant `name` on plan pro with the namespaces `namespaces` (a YAML
+/// list's items), owned by a User `{name}-{suffix}` of `role` for each of
+/// `owners` (suffix, role); `rest` ends its spec, YAML lines indented by two
+/// spaces.
+pub fn pro_tenant(name: &str, owners: &[(&str, &str)], namespaces: &str, rest: &str) -> String {
+    let owners: String = owners
+        .iter()
+        .map(|(who, role)| format!("    - {{ kind: User, name: {name}-{who}, role: {role} }}\n"))
+        .collect();
+    tenant_manifest(
+        name,
+        &format!("  owners:\n{owners}  namespaces: [{namespaces}]\n  plan: pro\n{rest}"),
+    )
+}
 
 /// Applies the Tenant `yaml` and waits until it is Ready.
 pub async fn ready_tenant(env: &TestEnv, name: &str, yaml: &str) -> Tenant {
@@ -161,6 +176,16 @@ where
 /// Whether `message` is a refusal naming `rule`.
 pub fn refused_by(message: &str, rule: &str) -> bool {
     message != "admitted" && message.contains(rule)
+}
+
+/// Creates `object` through `api` (stored if admitted, not a dry run) and
+/// asserts that it is refused naming `rule`; `what` names the case.
+pub async fn assert_create_refused<K>(api: &Api<K>, object: &K, rule: &str, what: &str)
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let message = outcome(api.create(&PostParams::default(), object).await);
+    assert!(refused_by(&message, rule), "{what}: {message}");
 }
 
 /// Makes the ClusterRole `name` that lets its holder add ephemeral containers
