@@ -5,7 +5,7 @@ use std::time::Duration;
 use aleph_crds::tenant::Tenant;
 use aleph_e2e::{TestEnv, can_i, has_condition, refusal, unique_name, wait_for, wait_for_deletion};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
@@ -13,7 +13,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 mod tenant_support;
-use tenant_support::{delete, patch_tenant_spec, pro_tenant, ready_tenant, wait_ready};
+use tenant_support::{
+    delete, deployment, patch_tenant_spec, pro_tenant, ready_tenant, tenant_objects, wait_ready,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -31,6 +33,12 @@ fn tenant_yaml(name: &str, extra: &str) -> String {
 }
 
 fn pod(name: &str, image: &str, gpus: Option<(&str, &str)>) -> Pod {
+    serde_json::from_value(pod_json(name, image, gpus)).expect("pod JSON")
+}
+
+/// A pod running `image`, with `gpus` (count, product) pinned to the GPU
+/// nodes of that product.
+fn pod_json(name: &str, image: &str, gpus: Option<(&str, &str)>) -> serde_json::Value {
     let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -44,7 +52,7 @@ fn pod(name: &str, image: &str, gpus: Option<(&str, &str)>) -> Pod {
         pod["spec"]["tolerations"] =
             json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]);
     }
-    serde_json::from_value(pod).expect("pod JSON")
+    pod
 }
 
 #[tokio::test]
@@ -72,27 +80,17 @@ async fn tenant_provisions_namespaces_quotas_policies_and_bindings() {
                 .get("aleph.dev/tenant"),
             Some(&name)
         );
-        let rq = Api::<ResourceQuota>::namespaced(client.clone(), &ns)
-            .get("aleph-tenant-quota")
-            .await
-            .expect("quota");
+        let (rq, _) = tenant_objects(&client, &ns).await;
         let hard = rq.spec.and_then(|s| s.hard).unwrap_or_default();
         let gpus: i64 = hard
             .get("requests.nvidia.com/gpu")
             .and_then(|q| q.0.parse().ok())
             .expect("a GPU limit");
         gpu_hard_sum += gpus;
-        Api::<LimitRange>::namespaced(client.clone(), &ns)
-            .get("aleph-tenant-defaults")
+        Api::<RoleBinding>::namespaced(client.clone(), &ns)
+            .get("aleph-owners-view")
             .await
-            .expect("limit range");
-        Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
-            .get("aleph-tenant-isolation")
-            .await
-            .expect("network policy");
-        let rbs = Api::<RoleBinding>::namespaced(client.clone(), &ns);
-        rbs.get("aleph-owners-admin").await.expect("admin binding");
-        rbs.get("aleph-owners-view").await.expect("view binding");
+            .expect("view binding");
     }
     // The namespaces' GPU limits never add up to more than the tenant's.
     assert!(
@@ -439,25 +437,13 @@ async fn concurrent_gpu_pods_never_exceed_the_tenant_quota() {
 }
 
 fn gpu_deployment(name: &str, gpus: u32) -> serde_json::Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": {
-                    "nodeSelector": { "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3" },
-                    "tolerations": [{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }],
-                    "containers": [{
-                        "name": "train", "image": "ghcr.io/acme/train:1",
-                        "resources": { "requests": { "nvidia.com/gpu": gpus.to_string() }, "limits": { "nvidia.com/gpu": gpus.to_string() } },
-                    }],
-                },
-            },
-        },
-    })
+    let gpus = gpus.to_string();
+    let pod = pod_json(
+        "train",
+        "ghcr.io/acme/train:1",
+        Some((&gpus, "NVIDIA-H100-80GB-HBM3")),
+    );
+    deployment(name, &pod)
 }
 
 /// Creates `object` through `api` and waits, at most 120 s, until `done`

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use aleph_crds::tenant::Tenant;
 use aleph_e2e::{TestEnv, has_condition, unique_name, wait_for, wait_for_deletion};
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -167,10 +166,7 @@ async fn owners_create_namespaces_that_the_tenant_adopts_within_its_count() {
             "{key} on {scratch}: {labels:?}"
         );
     }
-    let binding = Api::<RoleBinding>::namespaced(admin.clone(), &scratch)
-        .get("aleph-owners-admin")
-        .await
-        .expect("the owners' RoleBinding");
+    let (_, binding) = tenant_objects(&admin, &scratch).await;
     assert!(
         binding
             .subjects
@@ -179,18 +175,6 @@ async fn owners_create_namespaces_that_the_tenant_adopts_within_its_count() {
             .any(|s| s.name == format!("{name}-alice")),
         "alice is not bound in {scratch}"
     );
-    Api::<ResourceQuota>::namespaced(admin.clone(), &scratch)
-        .get("aleph-tenant-quota")
-        .await
-        .expect("the tenant's quota");
-    Api::<LimitRange>::namespaced(admin.clone(), &scratch)
-        .get("aleph-tenant-defaults")
-        .await
-        .expect("the tenant's limits");
-    Api::<NetworkPolicy>::namespaced(admin.clone(), &scratch)
-        .get("aleph-tenant-isolation")
-        .await
-        .expect("the tenant's isolation policy");
     // The tenant's rules hold there: a foreign image is refused.
     let message = outcome(
         pods.create(&dry_run(), &typed(pod("evil", "docker.io/evil/x:1")))

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
 use aleph_e2e::{TestEnv, tenant_manifest, wait_tenant_ready};
+use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -72,6 +75,40 @@ pub async fn patch_tenant_spec(env: &TestEnv, name: &str, spec: Value, why: &str
     merge_patch(&tenants, name, json!({ "spec": spec }))
         .await
         .unwrap_or_else(|e| panic!("{why}: {e}"))
+}
+
+/// Gets `name` in `namespace`, which must exist.
+async fn get_namespaced<K>(client: &kube::Client, namespace: &str, name: &str) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} {name} in {namespace}: {e}",
+                K::kind(&K::DynamicType::default())
+            )
+        })
+}
+
+/// What the operator makes in each of a tenant's namespaces, each of which
+/// must exist: the quota, the limits, the isolation policy and the owners'
+/// admin binding. Returns the quota and the binding.
+pub async fn tenant_objects(
+    client: &kube::Client,
+    namespace: &str,
+) -> (ResourceQuota, RoleBinding) {
+    let quota = get_namespaced(client, namespace, "aleph-tenant-quota").await;
+    get_namespaced::<LimitRange>(client, namespace, "aleph-tenant-defaults").await;
+    get_namespaced::<NetworkPolicy>(client, namespace, "aleph-tenant-isolation").await;
+    let binding = get_namespaced(client, namespace, "aleph-owners-admin").await;
+    (quota, binding)
 }
 
 /// A pod that meets Pod Security `restricted`, so that only the tenant's own
@@ -219,8 +256,7 @@ pub async fn debugger_role(env: &TestEnv, name: &str, user: &str) -> String {
 /// tenant's other policy): deleting the operator's isolation policy, in a dry
 /// run, is refused.
 pub async fn owners_policy_in_force(client: &kube::Client, namespace: &str) {
-    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
-        Api::namespaced(client.clone(), namespace);
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
     let dry = DeleteParams {
         dry_run: true,
         ..DeleteParams::default()
