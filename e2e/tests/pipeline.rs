@@ -486,12 +486,8 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
 async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
     let env = TestEnv::new().await;
     // Every 4 seconds; each run takes about 7.
-    let tick = container_step(
-        "tick",
-        &[],
-        "aleph.dev/test-run-duration: 7s",
-        "\"--mode=$(params.mode)\"",
-    );
+    let mode = "\"--mode=$(params.mode)\"";
+    let tick = container_step("tick", &[], "aleph.dev/test-run-duration: 7s", mode);
     let spec = format!(
         "  params:\n    - {{ name: mode, type: enum, values: [fast, full], default: full }}\n{}  schedule:\n    cron: \"*/4 * * * * *\"\n    timeZone: Europe/Paris\n    concurrencyPolicy: Forbid\n    successfulRunsHistoryLimit: 10\n    params: [{{ name: mode, value: fast }}]\n",
         steps_spec(&[tick], &[]),
@@ -1080,13 +1076,7 @@ fn labelled_run(name: &str, pipeline: &str, label: &str) -> String {
 #[tokio::test]
 async fn cancelling_or_deleting_a_run_stops_its_training_job() {
     let env = TestEnv::new().await;
-    let sm = aws::start_fake(FakeConfig {
-        training_describes: 1_000_000,
-        training_min_millis: 3_600_000,
-        stopping_describes: 1,
-        ..FakeConfig::default()
-    })
-    .await;
+    let sm = aws::start_fake(FakeConfig::training_until_stopped(1)).await;
     let label = unique_name("pipeline");
     let _op = private_operator(&env, &sm.endpoint_url(), &label).await;
     let steps = [

@@ -14,7 +14,8 @@ use serde_json::json;
 
 mod tenant_support;
 use tenant_support::{
-    delete, deployment, patch_tenant_spec, pro_tenant, ready_tenant, tenant_objects, wait_ready,
+    assert_namespaces_went, delete, deployment, patch_tenant_spec, pro_tenant, ready_tenant,
+    tenant_objects, wait_ready,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -555,17 +556,8 @@ async fn prevent_deletion_blocks_and_deletion_removes_namespaces() {
         .await
         .expect_success();
     wait_for_deletion(&tenants, &name, TIMEOUT).await;
-    let namespaces: Api<Namespace> = Api::all(env.client());
-    for short in ["research", "prod"] {
-        let ns = namespaces
-            .get_opt(&format!("{name}-{short}"))
-            .await
-            .expect("get namespace");
-        assert!(
-            ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
-            "namespace {short} survives its tenant"
-        );
-    }
+    let namespaces = [format!("{name}-research"), format!("{name}-prod")];
+    assert_namespaces_went(&env.client(), &namespaces).await;
     env.cleanup().await;
 }
 

@@ -305,15 +305,6 @@ async fn owners_create_namespaces_that_the_tenant_adopts_within_its_count() {
     // The Tenant's deletion takes the owners' namespaces with it (Delete).
     delete_tenant(&env, &name).await;
     wait_for_deletion(&tenants, &name, TIMEOUT).await;
-    for ns in [&scratch, &over[0]] {
-        let gone = Api::<Namespace>::all(admin.clone())
-            .get_opt(ns)
-            .await
-            .expect("get");
-        assert!(
-            gone.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
-            "{ns} outlived its Tenant"
-        );
-    }
+    assert_namespaces_went(&admin, &[scratch.clone(), over[0].clone()]).await;
     env.cleanup().await;
 }

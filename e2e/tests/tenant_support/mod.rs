@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
 use aleph_e2e::{TestEnv, tenant_manifest, wait_tenant_ready};
-use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -75,6 +75,22 @@ pub async fn patch_tenant_spec(env: &TestEnv, name: &str, spec: Value, why: &str
     merge_patch(&tenants, name, json!({ "spec": spec }))
         .await
         .unwrap_or_else(|e| panic!("{why}: {e}"))
+}
+
+/// Asserts that each of `namespaces` is gone or being deleted: it went with
+/// its Tenant.
+pub async fn assert_namespaces_went(client: &kube::Client, namespaces: &[String]) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    for ns in namespaces {
+        let left = api
+            .get_opt(ns)
+            .await
+            .unwrap_or_else(|e| panic!("get the namespace {ns}: {e}"));
+        assert!(
+            left.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+            "{ns} outlived its Tenant"
+        );
+    }
 }
 
 /// Gets `name` in `namespace`, which must exist.
