@@ -14,8 +14,8 @@ use serde_json::json;
 
 mod tenant_support;
 use tenant_support::{
-    assert_namespaces_went, delete, deployment, patch_tenant_spec, pro_tenant, ready_tenant,
-    tenant_objects, wait_ready,
+    assert_namespaces_went, delete, deployment, get_namespaced, patch_tenant_spec, pro_tenant,
+    ready_tenant, tenant_objects, wait_ready,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -602,13 +602,8 @@ async fn compliance_profile_enforces_its_controls() {
     // Pod Security `restricted` is enforced on the namespace.
     let namespaces: Api<Namespace> = env.cluster_api();
     let namespace = namespaces.get(&ns).await.expect("tenant namespace");
-    let labels = namespace.metadata.labels.unwrap_or_default();
-    assert_eq!(
-        labels
-            .get("pod-security.kubernetes.io/enforce")
-            .map(String::as_str),
-        Some("restricted")
-    );
+    let enforced = namespace.labels().get("pod-security.kubernetes.io/enforce");
+    assert_eq!(enforced.map(String::as_str), Some("restricted"));
     let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
     let message = refusal(&pods, pod("root", "ghcr.io/acme/train:1", None)).await;
     assert!(
@@ -617,11 +612,7 @@ async fn compliance_profile_enforces_its_controls() {
     );
 
     // Egress is denied except DNS.
-    let policies: Api<NetworkPolicy> = Api::namespaced(env.client(), &ns);
-    let policy = policies
-        .get("aleph-tenant-isolation")
-        .await
-        .expect("isolation policy");
+    let policy: NetworkPolicy = get_namespaced(&env.client(), &ns, "aleph-tenant-isolation").await;
     let spec = policy.spec.expect("policy spec");
     assert!(
         spec.policy_types

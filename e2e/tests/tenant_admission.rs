@@ -806,18 +806,8 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
     .await
     .expect("a pod before the cordon");
     patch_tenant_spec(&env, &name, json!({ "cordoned": true }), "cordon").await;
-    let message = create_refused(&pods, &pod("new", "ghcr.io/acme/web:1")).await;
-    assert!(refused_by(&message, "cordoned"), "a new pod: {message}");
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
-    let message = create_refused(
-        &deployments,
-        &deployment("web", &pod("x", "ghcr.io/acme/web:1")),
-    )
-    .await;
-    assert!(
-        refused_by(&message, "cordoned"),
-        "a new Deployment: {message}"
-    );
+    assert_pod_and_deployment_refused(&pods, &deployments, "ghcr.io/acme/web:1", "cordoned").await;
     let message = outcome(
         pods.patch_subresource(
             "ephemeralcontainers",

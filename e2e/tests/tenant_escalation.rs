@@ -110,15 +110,9 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
 
     // Both policies in force for alice before the attempts start.
     let pods_a: Api<Pod> = Api::namespaced(alice.clone(), &ns_a);
-    let probe = create_refused(&pods_a, &pod("probe", "docker.io/evil/x:1")).await;
-    assert!(refused_by(&probe, "allowedRegistries"), "{probe}");
     let deployments_a: Api<Deployment> = Api::namespaced(alice.clone(), &ns_a);
-    let probe = create_refused(
-        &deployments_a,
-        &deployment("probe", &pod("p", "docker.io/evil/x:1")),
-    )
-    .await;
-    assert!(refused_by(&probe, "allowedRegistries"), "{probe}");
+    let evil = "docker.io/evil/x:1";
+    assert_pod_and_deployment_refused(&pods_a, &deployments_a, evil, "allowedRegistries").await;
 
     let mut ledger = Ledger::default();
 

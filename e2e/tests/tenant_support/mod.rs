@@ -94,7 +94,7 @@ pub async fn assert_namespaces_went(client: &kube::Client, namespaces: &[String]
 }
 
 /// Gets `name` in `namespace`, which must exist.
-async fn get_namespaced<K>(client: &kube::Client, namespace: &str, name: &str) -> K
+pub async fn get_namespaced<K>(client: &kube::Client, namespace: &str, name: &str) -> K
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -239,6 +239,21 @@ where
 {
     let message = outcome(api.create(&PostParams::default(), object).await);
     assert!(refused_by(&message, rule), "{what}: {message}");
+}
+
+/// Waits until a pod running `image`, then a Deployment of such a pod, are
+/// refused in dry runs through `pods` and `deployments` (see
+/// [`create_refused`]), and asserts that each refusal names `rule`.
+pub async fn assert_pod_and_deployment_refused(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    deployments: &Api<k8s_openapi::api::apps::v1::Deployment>,
+    image: &str,
+    rule: &str,
+) {
+    let message = create_refused(pods, &pod("new", image)).await;
+    assert!(refused_by(&message, rule), "a new pod: {message}");
+    let message = create_refused(deployments, &deployment("web", &pod("x", image))).await;
+    assert!(refused_by(&message, rule), "a new Deployment: {message}");
 }
 
 /// Makes the ClusterRole `name` that lets its holder add ephemeral containers
