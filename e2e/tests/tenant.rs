@@ -33,6 +33,15 @@ fn tenant_yaml(name: &str, extra: &str) -> String {
     pro_tenant(name, &owners, "research, prod", &rest)
 }
 
+/// A fresh Tenant of [`tenant_yaml`] with `extra`, Ready: its name and its
+/// namespace `research`.
+async fn ready_research_tenant(env: &TestEnv, prefix: &str, extra: &str) -> (String, String) {
+    let name = unique_name(prefix);
+    ready_tenant(env, &name, &tenant_yaml(&name, extra)).await;
+    let ns = format!("{name}-research");
+    (name, ns)
+}
+
 fn pod(name: &str, image: &str, gpus: Option<(&str, &str)>) -> Pod {
     serde_json::from_value(pod_json(name, image, gpus)).expect("pod JSON")
 }
@@ -247,9 +256,7 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
 #[tokio::test]
 async fn admission_rules_refuse_pods_with_a_message_naming_the_rule() {
     let env = TestEnv::new().await;
-    let name = unique_name("tnadm");
-    ready_tenant(&env, &name, &tenant_yaml(&name, "")).await;
-    let ns = format!("{name}-research");
+    let (name, ns) = ready_research_tenant(&env, "tnadm", "").await;
     let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
     let pp = PostParams::default();
     // Admission policies reach the API server's policy cache a moment after
@@ -479,9 +486,7 @@ where
 #[tokio::test]
 async fn a_deployment_asking_for_all_the_tenants_gpus_becomes_available() {
     let env = TestEnv::new().await;
-    let name = unique_name("tnall");
-    ready_tenant(&env, &name, &tenant_yaml(&name, "")).await;
-    let ns = format!("{name}-research");
+    let (name, ns) = ready_research_tenant(&env, "tnall", "").await;
     let namespaces = vec![ns.clone(), format!("{name}-prod")];
     let client = env.client();
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
@@ -595,9 +600,7 @@ async fn dry_run_refusal(env: &TestEnv, ns: &str, yaml: &str) -> String {
 #[tokio::test]
 async fn compliance_profile_enforces_its_controls() {
     let env = TestEnv::new().await;
-    let name = unique_name("tnhip");
-    ready_tenant(&env, &name, &tenant_yaml(&name, "  compliance: hipaa")).await;
-    let ns = format!("{name}-research");
+    let (_, ns) = ready_research_tenant(&env, "tnhip", "  compliance: hipaa").await;
 
     // Pod Security `restricted` is enforced on the namespace.
     let namespaces: Api<Namespace> = env.cluster_api();

@@ -77,32 +77,15 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
     .await
     .expect("a label change on an admitted pod passes");
     // `kubectl debug p2 --image=docker.io/evil/x:1`
-    let debug = pods
-        .patch_subresource(
-            "ephemeralcontainers",
-            "p2",
-            &PatchParams::default(),
-            &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [
-                { "name": "debugger", "image": "docker.io/evil/x:1", "targetContainerName": "main" },
-            ] } })),
-        )
-        .await;
-    let message = outcome(debug);
+    let message = outcome(debug_pod(&pods, "p2", "docker.io/evil/x:1", Some("main")).await);
     assert!(
         refused_by(&message, "allowedRegistries"),
         "an ephemeral container: {message}"
     );
     // An allowed debug image passes.
-    pods.patch_subresource(
-        "ephemeralcontainers",
-        "p2",
-        &PatchParams::default(),
-        &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [
-            { "name": "debugger", "image": "ghcr.io/acme/debug:1" },
-        ] } })),
-    )
-    .await
-    .expect("an ephemeral container from an allowed registry is admitted");
+    debug_pod(&pods, "p2", "ghcr.io/acme/debug:1", None)
+        .await
+        .expect("an ephemeral container from an allowed registry is admitted");
     // An init container.
     let mut init = pod("init", "ghcr.io/acme/web:1");
     init["spec"]["initContainers"] = json!([container("fetch", "docker.io/evil/fetch:1")]);
@@ -808,17 +791,7 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
     patch_tenant_spec(&env, &name, json!({ "cordoned": true }), "cordon").await;
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
     assert_pod_and_deployment_refused(&pods, &deployments, "ghcr.io/acme/web:1", "cordoned").await;
-    let message = outcome(
-        pods.patch_subresource(
-            "ephemeralcontainers",
-            "running",
-            &PatchParams::default(),
-            &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [
-                { "name": "debugger", "image": "ghcr.io/acme/debug:1" },
-            ] } })),
-        )
-        .await,
-    );
+    let message = outcome(debug_pod(&pods, "running", "ghcr.io/acme/debug:1", None).await);
     assert!(
         refused_by(&message, "cordoned"),
         "an ephemeral container: {message}"

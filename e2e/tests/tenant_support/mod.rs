@@ -241,6 +241,29 @@ where
     assert!(refused_by(&message, rule), "{what}: {message}");
 }
 
+/// Adds the ephemeral container `debugger` running `image` to the pod `pod`
+/// through `pods`, as `kubectl debug` does; `target` names the container
+/// whose processes it sees, if any.
+pub async fn debug_pod(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &str,
+    image: &str,
+    target: Option<&str>,
+) -> kube::Result<k8s_openapi::api::core::v1::Pod> {
+    let mut debugger = json!({ "name": "debugger", "image": image });
+    if let Some(target) = target {
+        debugger["targetContainerName"] = json!(target);
+    }
+    let patch = json!({ "spec": { "ephemeralContainers": [debugger] } });
+    pods.patch_subresource(
+        "ephemeralcontainers",
+        pod,
+        &PatchParams::default(),
+        &Patch::Strategic(patch),
+    )
+    .await
+}
+
 /// Waits until a pod running `image`, then a Deployment of such a pod, are
 /// refused in dry runs through `pods` and `deployments` (see
 /// [`create_refused`]), and asserts that each refusal names `rule`.
