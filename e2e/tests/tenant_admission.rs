@@ -69,13 +69,7 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
         "an image change by UPDATE: {message}"
     );
     // An unchanged image still lets the pod be updated (labels, finalizers).
-    merge_patch(
-        &pods,
-        "p2",
-        json!({ "metadata": { "labels": { "touched": "yes" } } }),
-    )
-    .await
-    .expect("a label change on an admitted pod passes");
+    assert_pod_relabels(&pods, "p2").await;
     // `kubectl debug p2 --image=docker.io/evil/x:1`
     let message = outcome(debug_pod(&pods, "p2", "docker.io/evil/x:1", Some("main")).await);
     assert!(
@@ -796,12 +790,6 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
         refused_by(&message, "cordoned"),
         "an ephemeral container: {message}"
     );
-    merge_patch(
-        &pods,
-        "running",
-        json!({ "metadata": { "labels": { "still": "here" } } }),
-    )
-    .await
-    .expect("the running pod can still be updated");
+    assert_pod_relabels(&pods, "running").await;
     env.cleanup().await;
 }

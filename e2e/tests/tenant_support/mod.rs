@@ -264,6 +264,15 @@ pub async fn debug_pod(
     .await
 }
 
+/// Asserts that the pod `name` can still be updated where no admission rule
+/// looks: a label is added to it.
+pub async fn assert_pod_relabels(pods: &Api<k8s_openapi::api::core::v1::Pod>, name: &str) {
+    let labels = json!({ "metadata": { "labels": { "touched": "yes" } } });
+    merge_patch(pods, name, labels)
+        .await
+        .unwrap_or_else(|e| panic!("a label change on the admitted pod {name}: {e}"));
+}
+
 /// Waits until a pod running `image`, then a Deployment of such a pod, are
 /// refused in dry runs through `pods` and `deployments` (see
 /// [`create_refused`]), and asserts that each refusal names `rule`.
