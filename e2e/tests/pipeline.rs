@@ -27,6 +27,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The pod annotation by which a step's pod runs for a second under kwok.
+const RUNS_1S: &str = "aleph.dev/test-run-duration: 1s";
+
 fn time(text: Option<&str>) -> Timestamp {
     let text = text.unwrap_or_else(|| panic!("a time is missing"));
     text.parse()
@@ -295,7 +298,7 @@ async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
     steps.push_str(&container_step(
         "merge",
         &["left", "middle", "right"],
-        "aleph.dev/test-run-duration: 1s",
+        RUNS_1S,
         "\"--rows=$(steps.prepare.outputs.rows)\"",
     ));
     let spec =
@@ -407,14 +410,13 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
     let failing = "aleph.dev/test-fail: \"true\", aleph.dev/test-run-duration: 1s";
     let retries =
         "      retries: { limit: 2, initialDelaySeconds: 3, factor: 2, maxDelaySeconds: 30 }\n";
-    let one_second = "aleph.dev/test-run-duration: 1s";
     let spec = steps_spec(
         &[
             container_step("train", &[], failing, "") + retries,
-            container_step("deploy", &["train"], one_second, ""),
-            container_step("lint", &[], one_second, ""),
+            container_step("deploy", &["train"], RUNS_1S, ""),
+            container_step("lint", &[], RUNS_1S, ""),
         ],
-        &[container_step("report", &[], one_second, "")],
+        &[container_step("report", &[], RUNS_1S, "")],
     );
     let run = apply_and_run(&env, "flaky", &spec, "").await;
     assert_ended(&run, RunPhase::Failed, "StepFailed");
@@ -573,13 +575,12 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
 #[tokio::test]
 async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
     let env = TestEnv::new().await;
-    let one_second = "aleph.dev/test-run-duration: 1s";
     let spec = steps_spec(
         &[
             container_step("crunch", &[], "aleph.dev/test-run-duration: 300s", ""),
-            container_step("publish", &["crunch"], one_second, ""),
+            container_step("publish", &["crunch"], RUNS_1S, ""),
         ],
-        &[container_step("cleanup", &[], one_second, "")],
+        &[container_step("cleanup", &[], RUNS_1S, "")],
     );
     env.apply_yaml(&pipeline("long", &spec)).await;
     env.apply_yaml(&run_yaml("long-1", "long", "")).await;
@@ -633,23 +634,17 @@ fn resumable_pipeline(fail_validate: bool) -> String {
     } else {
         ""
     };
-    let one_second = "aleph.dev/test-run-duration: 1s";
     let rows = "\"--rows=$(steps.extract.outputs.rows)\"";
     let steps = [
         container_step(
             "extract",
             &[],
-            &format!("{one_second}, aleph.dev/test-output: \"rows=1234\""),
+            &format!("{RUNS_1S}, aleph.dev/test-output: \"rows=1234\""),
             "",
         ),
-        container_step(
-            "validate",
-            &["extract"],
-            &format!("{one_second}{fail}"),
-            rows,
-        ),
-        container_step("load", &["validate"], one_second, rows),
-        container_step("docs", &[], one_second, ""),
+        container_step("validate", &["extract"], &format!("{RUNS_1S}{fail}"), rows),
+        container_step("load", &["validate"], RUNS_1S, rows),
+        container_step("docs", &[], RUNS_1S, ""),
     ];
     pipeline("etl", &steps_spec(&steps, &[]))
 }
@@ -764,7 +759,7 @@ async fn a_missing_param_fails_the_run_naming_it() {
 #[tokio::test]
 async fn a_finished_run_is_deleted_with_its_jobs_after_its_ttl() {
     let env = TestEnv::new().await;
-    let only = container_step("only", &[], "aleph.dev/test-run-duration: 1s", "");
+    let only = container_step("only", &[], RUNS_1S, "");
     let spec = format!("  ttlSecondsAfterFinished: 3\n{}", steps_spec(&[only], &[]));
     let run = apply_and_run(&env, "brief", &spec, "").await;
     assert_eq!(phase(&run), RunPhase::Succeeded);
@@ -873,7 +868,7 @@ async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
         container_step(
             "evaluate",
             &["train"],
-            "aleph.dev/test-run-duration: 1s",
+            RUNS_1S,
             "\"--model=$(steps.train.outputs.artifactUri)\"",
         ),
     ];
@@ -1021,12 +1016,7 @@ async fn the_deadline_stops_the_run_with_timeout_and_finally_still_runs() {
             container_step("crawl", &[], "aleph.dev/test-run-duration: 300s", ""),
             container_step("index", &["crawl"], "", ""),
         ],
-        &[container_step(
-            "notify",
-            &[],
-            "aleph.dev/test-run-duration: 1s",
-            "",
-        )],
+        &[container_step("notify", &[], RUNS_1S, "")],
     );
     let run = apply_and_run(&env, "slow", &format!("  deadlineSeconds: 4\n{steps}"), "").await;
     assert_ended(&run, RunPhase::Failed, "Timeout");
