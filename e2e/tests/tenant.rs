@@ -285,7 +285,7 @@ async fn admission_rules_refuse_pods_with_a_message_naming_the_rule() {
     .expect("an allowed pod is admitted");
 
     // Cordon: new pods are refused, the running one stays.
-    patch_tenant_spec(&env, &name, json!({ "cordoned": true }), "cordon").await;
+    patch_tenant_spec(&env, &name, json!({ "cordoned": true })).await;
     let refused = refusal(&pods, pod("after-cordon", "ghcr.io/acme/train:1", None)).await;
     assert!(
         refused.contains("cordoned"),
@@ -550,13 +550,7 @@ async fn prevent_deletion_blocks_and_deletion_removes_namespaces() {
         out.stderr
     );
     let tenants: Api<Tenant> = env.cluster_api();
-    patch_tenant_spec(
-        &env,
-        &name,
-        json!({ "preventDeletion": false }),
-        "unprotect",
-    )
-    .await;
+    patch_tenant_spec(&env, &name, json!({ "preventDeletion": false })).await;
     env.kubectl(["delete", "tenant", &name, "--wait=false"])
         .await
         .expect_success();

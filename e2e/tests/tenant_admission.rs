@@ -349,13 +349,7 @@ async fn without_a_lock_owners_write_their_own_network_policies() {
         .await
         .expect("an unlocked tenant's owner may allow egress");
     // Locking the tenant refuses the same policy from then on.
-    patch_tenant_spec(
-        &env,
-        &name,
-        json!({ "network": { "lockPolicies": true } }),
-        "lock",
-    )
-    .await;
+    patch_tenant_spec(&env, &name, json!({ "network": { "lockPolicies": true } })).await;
     let message = until_refused(async || {
         policies
             .create(
@@ -500,7 +494,6 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
         &env,
         &name,
         json!({ "admission": { "allowNodePorts": true } }),
-        "allow node ports",
     )
     .await;
     let mut admitted = false;
@@ -659,13 +652,7 @@ async fn deletion_policy_retain_keeps_the_namespaces_and_what_is_in_them() {
     }
     // A namespace taken off the list is released, not deleted.
     let tenants: Api<Tenant> = env.cluster_api();
-    patch_tenant_spec(
-        &env,
-        &name,
-        json!({ "namespaces": ["one"] }),
-        "drop a namespace",
-    )
-    .await;
+    patch_tenant_spec(&env, &name, json!({ "namespaces": ["one"] })).await;
     let namespaces: Api<Namespace> = env.cluster_api();
     let released = wait_for(&namespaces, &format!("{name}-two"), TIMEOUT, |ns| {
         !ns.metadata
@@ -745,13 +732,7 @@ async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_an
         .await
         .expect("carol lists pods");
     // Removed from the spec, the binding goes.
-    patch_tenant_spec(
-        &env,
-        &name,
-        json!({ "additionalRoleBindings": null }),
-        "remove",
-    )
-    .await;
+    patch_tenant_spec(&env, &name, json!({ "additionalRoleBindings": null })).await;
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &format!("{name}-one"));
     wait_for_deletion(&bindings, "aleph-extra-0", TIMEOUT).await;
     // The authorizer reads RBAC from its own cache, a moment behind the API.
@@ -782,7 +763,7 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
     )
     .await
     .expect("a pod before the cordon");
-    patch_tenant_spec(&env, &name, json!({ "cordoned": true }), "cordon").await;
+    patch_tenant_spec(&env, &name, json!({ "cordoned": true })).await;
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
     assert_pod_and_deployment_refused(&pods, &deployments, "ghcr.io/acme/web:1", "cordoned").await;
     let message = outcome(debug_pod(&pods, "running", "ghcr.io/acme/debug:1", None).await);

@@ -69,12 +69,12 @@ where
 }
 
 /// Merge-patches the spec of the Tenant `name` with `spec`, as the cluster
-/// admin; panics, saying `why`, when that fails.
-pub async fn patch_tenant_spec(env: &TestEnv, name: &str, spec: Value, why: &str) -> Tenant {
+/// admin; panics, naming the patch, when that fails.
+pub async fn patch_tenant_spec(env: &TestEnv, name: &str, spec: Value) -> Tenant {
     let tenants: Api<Tenant> = env.cluster_api();
-    merge_patch(&tenants, name, json!({ "spec": spec }))
+    merge_patch(&tenants, name, json!({ "spec": spec.clone() }))
         .await
-        .unwrap_or_else(|e| panic!("{why}: {e}"))
+        .unwrap_or_else(|e| panic!("patching the spec of {name} with {spec}: {e}"))
 }
 
 /// Asserts that each of `namespaces` is gone or being deleted: it went with
