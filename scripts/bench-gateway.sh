@@ -9,12 +9,9 @@
 # ~/.cache/aleph/bench/latest-gateway.md); docs/benchmarks.md records the
 # latest one. ALEPH_BENCH_NO_BUILD=1 skips the build (bench.sh has built both);
 # ALEPH_BENCH_NICE=0 leaves the benchmark at normal priority.
-set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/target}"
-output="${BENCH_GATEWAY_OUTPUT:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/bench/latest-gateway.md}"
-mkdir -p "$(dirname "$output")"
+# shellcheck source=scripts/bench-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-env.sh"
+output="$(bench_output BENCH_GATEWAY_OUTPUT latest-gateway.md)"
 
 if [ "${ALEPH_BENCH_NO_BUILD:-}" != 1 ]; then
   echo "==> building aleph-gateway and aleph-gateway-bench (release)" >&2

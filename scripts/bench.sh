@@ -10,12 +10,9 @@
 # written to $BENCH_OUTPUT (default ~/.cache/aleph/bench/latest.md);
 # docs/benchmarks.md records the latest one. `make bench-gateway` runs the
 # gateway's part alone.
-set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/target}"
-output="${BENCH_OUTPUT:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/bench/latest.md}"
-mkdir -p "$(dirname "$output")"
+# shellcheck source=scripts/bench-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-env.sh"
+output="$(bench_output BENCH_OUTPUT latest.md)"
 
 echo "==> building aleph-operator, aleph-gateway and the benchmarks (release)" >&2
 # One invocation: built apart, the two would unify features differently and

@@ -54,7 +54,7 @@ pub mod s3;
 pub mod serving;
 mod wait;
 
-pub use access::can_i;
+pub use access::{can_i, user_can};
 pub use apply::{Applied, ApplyError, apply_yaml, tenant_manifest};
 pub use conditions::{Condition, find_condition, has_condition};
 pub use env::{E2E_LABEL, FIELD_MANAGER, TestEnv, install_crypto_provider, repo_root, unique_name};

@@ -71,6 +71,22 @@ pub fn python() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// Runs `command` (`what`, in messages) to its end and returns its standard
+/// output; panics, with its standard error, when it fails.
+async fn run_client(command: &mut tokio::process::Command, what: &str) -> String {
+    let out = command
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Runs `action` with the client against `base` (the API's `/v1` URL) with
 /// `key`; `args` follow the action (model, max tokens, prompt).
 pub async fn call(python: &PathBuf, base: &str, key: &str, action: &str, args: &[&str]) -> Value {
@@ -82,16 +98,7 @@ pub async fn call(python: &PathBuf, base: &str, key: &str, action: &str, args: &
         .arg(key)
         .arg(action)
         .args(args);
-    let out = command
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("running the openai client: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the openai client failed on {action}: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_client(&mut command, &format!("the openai client on {action}")).await;
     serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("the openai client printed no JSON ({e}): {stdout}"))
 }
@@ -187,17 +194,43 @@ impl Load {
     }
 }
 
-/// The client's command: in the real node's network namespace `netns`
-/// (`ip netns exec`, where Services' ClusterIPs work) or on this machine.
-/// Proxies of the environment are dropped: every address is on this machine.
-fn load_command(python: &PathBuf, netns: Option<&str>) -> tokio::process::Command {
-    let mut command = match netns {
+/// Where a load goes, and where its client runs.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadTarget<'a> {
+    /// The client's Python (see [`python`]).
+    pub python: &'a PathBuf,
+    /// The real node's network namespace to run the client in (`ip netns
+    /// exec`, where Services' ClusterIPs work), or `None`: this machine.
+    pub netns: Option<&'a str>,
+    /// The API's `/v1` URL.
+    pub base: &'a str,
+    /// The API key.
+    pub key: &'a str,
+}
+
+impl<'a> LoadTarget<'a> {
+    /// The API at `base` with `key`, called from this machine.
+    pub fn local(python: &'a PathBuf, base: &'a str, key: &'a str) -> Self {
+        LoadTarget {
+            python,
+            netns: None,
+            base,
+            key,
+        }
+    }
+}
+
+/// The client's command sending the load of `spec` to `target`, before its
+/// mode. Proxies of the environment are dropped: every address is on this
+/// machine.
+fn load_command(target: LoadTarget<'_>, spec: LoadSpec<'_>) -> tokio::process::Command {
+    let mut command = match target.netns {
         Some(netns) => {
             let mut c = tokio::process::Command::new("ip");
-            c.args(["netns", "exec", netns]).arg(python);
+            c.args(["netns", "exec", netns]).arg(target.python);
             c
         }
-        None => tokio::process::Command::new(python),
+        None => tokio::process::Command::new(target.python),
     };
     for var in [
         "HTTP_PROXY",
@@ -209,7 +242,10 @@ fn load_command(python: &PathBuf, netns: Option<&str>) -> tokio::process::Comman
     ] {
         command.env_remove(var);
     }
-    command.arg("-c").arg(LOAD_SCRIPT);
+    command
+        .arg("-c")
+        .arg(LOAD_SCRIPT)
+        .args(spec.args(target.base, target.key));
     command
 }
 
@@ -219,29 +255,12 @@ fn parse_load(stdout: &str) -> Load {
         .unwrap_or_else(|e| panic!("the load client printed no tally ({e}): {stdout}"))
 }
 
-/// Sends `requests` chat completions of `spec` to `base` with `key`, and
-/// returns the tally.
-pub async fn load_count(
-    python: &PathBuf,
-    netns: Option<&str>,
-    base: &str,
-    key: &str,
-    spec: LoadSpec<'_>,
-    requests: u64,
-) -> Load {
-    let out = load_command(python, netns)
-        .args(spec.args(base, key))
-        .args(["count", &requests.to_string()])
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("running the load client: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the load client failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_load(&stdout)
+/// Sends `requests` chat completions of `spec` to `target`, and returns the
+/// tally.
+pub async fn load_count(target: LoadTarget<'_>, spec: LoadSpec<'_>, requests: u64) -> Load {
+    let mut command = load_command(target, spec);
+    command.args(["count", &requests.to_string()]);
+    parse_load(&run_client(&mut command, "the load client").await)
 }
 
 /// What a load sends: to which model, from how many workers, how long each
@@ -286,19 +305,15 @@ pub struct LoadLoop {
 }
 
 impl LoadLoop {
-    /// Starts the load of `spec` to `base` with `key`, and returns once one
-    /// request has succeeded (within `timeout`).
+    /// Starts the load of `spec` to `target`, and returns once one request
+    /// has succeeded (within `timeout`).
     pub async fn start(
-        python: &PathBuf,
-        netns: Option<&str>,
-        base: &str,
-        key: &str,
+        target: LoadTarget<'_>,
         spec: LoadSpec<'_>,
         timeout: std::time::Duration,
     ) -> LoadLoop {
         use tokio::io::AsyncBufReadExt;
-        let mut child = load_command(python, netns)
-            .args(spec.args(base, key))
+        let mut child = load_command(target, spec)
             .arg("loop")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

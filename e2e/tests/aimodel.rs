@@ -798,12 +798,7 @@ async fn a_model_trained_on_sagemaker_is_served_on_the_cluster_once_trained() {
     // test's own talks to it.
     let env = TestEnv::new().await;
     let class = cache_storage(&env, 1).await;
-    let sagemaker = aws::start_fake(FakeConfig {
-        training_describes: 3,
-        training_min_millis: 5_000,
-        ..FakeConfig::default()
-    })
-    .await;
+    let sagemaker = aws::start_fake(FakeConfig::training(3, 5_000)).await;
     let label = unique_name("trained");
     let mut operator = aws::start_operator(aws::operator_options(
         env.namespace(),

@@ -299,12 +299,7 @@ async fn moto_retain_keeps_the_endpoint() {
 #[tokio::test]
 async fn fake_in_progress_then_completed_shows_in_status_and_events() {
     let env = TestEnv::new().await;
-    let config = FakeConfig {
-        training_describes: 3,
-        training_min_millis: 6_000,
-        ..FakeConfig::default()
-    };
-    let (sm, _op, api) = fake_with_model(&env, config, "slow").await;
+    let (sm, _op, api) = fake_with_model(&env, FakeConfig::training(3, 6_000), "slow").await;
     let running = training_in_progress(&api, "slow").await;
     assert!(
         condition_is(&running, "Trained", "False"),
@@ -389,12 +384,7 @@ async fn fake_failed_job_is_terminal_with_the_reason() {
 #[tokio::test]
 async fn fake_deleting_during_training_stops_the_job() {
     let env = TestEnv::new().await;
-    let config = FakeConfig {
-        training_describes: 1_000_000,
-        training_min_millis: 3_600_000,
-        stopping_describes: 2,
-        ..FakeConfig::default()
-    };
+    let config = FakeConfig::training_until_stopped(2);
     let (sm, _op, api) = fake_with_model(&env, config, "stopme").await;
     let running = training_in_progress(&api, "stopme").await;
     let job = training_job_of(&running);
@@ -443,13 +433,11 @@ async fn exactly_once_across_restarts_and_throttling() {
     let (sm, label, mut op, api) = with_fake(
         &env,
         FakeConfig {
-            training_describes: 3,
-            training_min_millis: 4_000,
             endpoint_creating_describes: 3,
             throttle_fraction: 0.3,
             lost_response_fraction: 0.1,
             seed: rand::rng().random(),
-            ..FakeConfig::default()
+            ..FakeConfig::training(3, 4_000)
         },
         "chaos",
     )

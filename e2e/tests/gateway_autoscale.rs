@@ -183,8 +183,8 @@ spec:
         workers: 4,
         max_tokens: 64,
     };
-    let load =
-        openai::LoadLoop::start(&python, None, &base, &key, spec, Duration::from_secs(60)).await;
+    let target = openai::LoadTarget::local(&python, &base, &key);
+    let load = openai::LoadLoop::start(target, spec, Duration::from_secs(60)).await;
     let rise = Instant::now();
     while replicas(&deployments, "zero").await != Some(2) {
         if rise.elapsed() > Duration::from_secs(60) {

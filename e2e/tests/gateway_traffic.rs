@@ -10,7 +10,7 @@ use aleph_crds::aimodel::AIModel;
 use aleph_e2e::gateway::{
     key_secret, platform_namespace, pod_ip, render_gateway, tenant, wait_for_gateway_pods,
 };
-use aleph_e2e::openai::{self, Load, LoadLoop, LoadSpec, load_count};
+use aleph_e2e::openai::{self, Load, LoadLoop, LoadSpec, LoadTarget, load_count};
 use aleph_e2e::real_node::{node_netns, pin_namespace, require};
 use aleph_e2e::s3::{s3_put, s3_put_tiny_chat, s3_secret};
 use aleph_e2e::serving::{LLAMACPP_IMAGE, llamacpp_model};
@@ -85,19 +85,13 @@ async fn wait_serving(models: &Api<AIModel>, name: &str, replicas: i32) {
     .await;
 }
 
-/// Waits until the gateway at `base` answers a completion for `model` with
+/// Waits until the gateway at `target` answers a completion for `model` with
 /// each of `names` (the engines' own model names), sending small batches.
-async fn wait_until_answered_by(
-    python: &std::path::PathBuf,
-    netns: Option<&str>,
-    base: &str,
-    key: &str,
-    model: &str,
-    names: &[&str],
-) {
+async fn wait_until_answered_by(target: LoadTarget<'_>, model: &str, names: &[&str]) {
+    let base = target.base;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let load = load_count(python, netns, base, key, LoadSpec::short(model, 2), 10).await;
+        let load = load_count(target, LoadSpec::short(model, 2), 10).await;
         if load.failed == 0 && names.iter().all(|n| load.models.contains_key(*n)) {
             return;
         }
@@ -152,19 +146,12 @@ async fn the_canary_gets_exactly_its_share_of_1000_requests_through_the_gateway(
     // its split counter sees every request.
     let base = format!("http://{}:8080/v1", pod_ip(&gateway[0]));
     let python = openai::python();
-    wait_until_answered_by(&python, None, &base, &key, "duo", &["duo", "duo-canary"]).await;
+    let target = LoadTarget::local(&python, &base, &key);
+    wait_until_answered_by(target, "duo", &["duo", "duo-canary"]).await;
 
     let requests = 1000;
     let started = Instant::now();
-    let load = load_count(
-        &python,
-        None,
-        &base,
-        &key,
-        LoadSpec::short("duo", 4),
-        requests,
-    )
-    .await;
+    let load = load_count(target, LoadSpec::short("duo", 4), requests).await;
     let took = started.elapsed();
     assert_eq!(load.failed, 0, "{load:?}");
     assert_eq!(load.ok, requests, "{load:?}");
@@ -275,7 +262,8 @@ async fn deleting_a_gateway_pod_during_a_load_loop_loses_no_request() {
     let python = openai::python();
     for pod in &gateways {
         let base = format!("http://{}:8080/v1", pod_ip(pod));
-        wait_until_answered_by(&python, None, &base, &key, "chat", &["chat"]).await;
+        let target = LoadTarget::local(&python, &base, &key);
+        wait_until_answered_by(target, "chat", &["chat"]).await;
     }
 
     // The load, from the real node's network namespace, through the
@@ -283,11 +271,14 @@ async fn deleting_a_gateway_pod_during_a_load_loop_loses_no_request() {
     let netns = node_netns();
     let base = format!("http://{cluster_ip}:80/v1");
     let workers = 6;
+    let target = LoadTarget {
+        python: &python,
+        netns: Some(&netns),
+        base: &base,
+        key: &key,
+    };
     let load = LoadLoop::start(
-        &python,
-        Some(&netns),
-        &base,
-        &key,
+        target,
         LoadSpec::short("chat", workers),
         Duration::from_secs(60),
     )

@@ -27,6 +27,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The pod annotation by which a step's pod runs for a second under kwok.
+const RUNS_1S: &str = "aleph.dev/test-run-duration: 1s";
+
 fn time(text: Option<&str>) -> Timestamp {
     let text = text.unwrap_or_else(|| panic!("a time is missing"));
     text.parse()
@@ -114,6 +117,24 @@ fn pipeline(name: &str, spec: &str) -> String {
     format!(
         "apiVersion: aleph.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: {name} }}\nspec:\n{spec}"
     )
+}
+
+/// The `steps:` of a Pipeline's spec (each a step's YAML, see
+/// [`container_step`]), then its `finally:` steps when there are some.
+fn steps_spec(steps: &[String], finally: &[String]) -> String {
+    let mut spec = format!("  steps:\n{}", steps.concat());
+    if !finally.is_empty() {
+        spec.push_str("  finally:\n");
+        spec.push_str(&finally.concat());
+    }
+    spec
+}
+
+/// Applies the Pipeline `name` of `spec` and its run `{name}-1` (`extra`
+/// ends the run's spec), and waits until the run has finished.
+async fn apply_and_run(env: &TestEnv, name: &str, spec: &str, extra: &str) -> PipelineRun {
+    env.apply_yaml(&pipeline(name, spec)).await;
+    run_to_end(env, &format!("{name}-1"), name, extra).await
 }
 
 /// The arguments of a Job's first container.
@@ -277,19 +298,13 @@ async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
     steps.push_str(&container_step(
         "merge",
         &["left", "middle", "right"],
-        "aleph.dev/test-run-duration: 1s",
+        RUNS_1S,
         "\"--rows=$(steps.prepare.outputs.rows)\"",
     ));
     let spec =
         format!("  params:\n    - {{ name: size, type: int, default: \"3\" }}\n  steps:\n{steps}");
-    env.apply_yaml(&pipeline("diamond", &spec)).await;
-    let run = run_to_end(
-        &env,
-        "diamond-1",
-        "diamond",
-        "  params: [{ name: size, value: \"7\" }]\n",
-    )
-    .await;
+    let extra = "  params: [{ name: size, value: \"7\" }]\n";
+    let run = apply_and_run(&env, "diamond", &spec, extra).await;
     assert_ended(&run, RunPhase::Succeeded, "Succeeded");
     assert!(has_condition(&run, "Succeeded", "True"));
     let status = status_of(&run);
@@ -392,20 +407,18 @@ async fn a_diamond_runs_in_dependency_order_with_its_branches_overlapping() {
 #[tokio::test]
 async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_still_runs() {
     let env = TestEnv::new().await;
-    let spec = format!(
-        "  steps:\n{}      retries: {{ limit: 2, initialDelaySeconds: 3, factor: 2, maxDelaySeconds: 30 }}\n{}{}  finally:\n{}",
-        container_step(
-            "train",
-            &[],
-            "aleph.dev/test-fail: \"true\", aleph.dev/test-run-duration: 1s",
-            ""
-        ),
-        container_step("deploy", &["train"], "aleph.dev/test-run-duration: 1s", ""),
-        container_step("lint", &[], "aleph.dev/test-run-duration: 1s", ""),
-        container_step("report", &[], "aleph.dev/test-run-duration: 1s", ""),
+    let failing = "aleph.dev/test-fail: \"true\", aleph.dev/test-run-duration: 1s";
+    let retries =
+        "      retries: { limit: 2, initialDelaySeconds: 3, factor: 2, maxDelaySeconds: 30 }\n";
+    let spec = steps_spec(
+        &[
+            container_step("train", &[], failing, "") + retries,
+            container_step("deploy", &["train"], RUNS_1S, ""),
+            container_step("lint", &[], RUNS_1S, ""),
+        ],
+        &[container_step("report", &[], RUNS_1S, "")],
     );
-    env.apply_yaml(&pipeline("flaky", &spec)).await;
-    let run = run_to_end(&env, "flaky-1", "flaky", "").await;
+    let run = apply_and_run(&env, "flaky", &spec, "").await;
     assert_ended(&run, RunPhase::Failed, "StepFailed");
     assert_message(&run, "step train failed");
     assert_message(&run, "exit code 1");
@@ -475,14 +488,11 @@ async fn a_failing_step_is_retried_with_backoff_then_fails_the_run_and_finally_s
 async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
     let env = TestEnv::new().await;
     // Every 4 seconds; each run takes about 7.
+    let mode = "\"--mode=$(params.mode)\"";
+    let tick = container_step("tick", &[], "aleph.dev/test-run-duration: 7s", mode);
     let spec = format!(
-        "  params:\n    - {{ name: mode, type: enum, values: [fast, full], default: full }}\n  steps:\n{}  schedule:\n    cron: \"*/4 * * * * *\"\n    timeZone: Europe/Paris\n    concurrencyPolicy: Forbid\n    successfulRunsHistoryLimit: 10\n    params: [{{ name: mode, value: fast }}]\n",
-        container_step(
-            "tick",
-            &[],
-            "aleph.dev/test-run-duration: 7s",
-            "\"--mode=$(params.mode)\""
-        ),
+        "  params:\n    - {{ name: mode, type: enum, values: [fast, full], default: full }}\n{}  schedule:\n    cron: \"*/4 * * * * *\"\n    timeZone: Europe/Paris\n    concurrencyPolicy: Forbid\n    successfulRunsHistoryLimit: 10\n    params: [{{ name: mode, value: fast }}]\n",
+        steps_spec(&[tick], &[]),
     );
     env.apply_yaml(&pipeline("ticker", &spec)).await;
     let runs = env.api::<PipelineRun>();
@@ -565,16 +575,12 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
 #[tokio::test]
 async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
     let env = TestEnv::new().await;
-    let spec = format!(
-        "  steps:\n{}{}  finally:\n{}",
-        container_step("crunch", &[], "aleph.dev/test-run-duration: 300s", ""),
-        container_step(
-            "publish",
-            &["crunch"],
-            "aleph.dev/test-run-duration: 1s",
-            ""
-        ),
-        container_step("cleanup", &[], "aleph.dev/test-run-duration: 1s", ""),
+    let spec = steps_spec(
+        &[
+            container_step("crunch", &[], "aleph.dev/test-run-duration: 300s", ""),
+            container_step("publish", &["crunch"], RUNS_1S, ""),
+        ],
+        &[container_step("cleanup", &[], RUNS_1S, "")],
     );
     env.apply_yaml(&pipeline("long", &spec)).await;
     env.apply_yaml(&run_yaml("long-1", "long", "")).await;
@@ -628,29 +634,19 @@ fn resumable_pipeline(fail_validate: bool) -> String {
     } else {
         ""
     };
-    let spec = format!(
-        "  steps:\n{}{}{}{}",
+    let rows = "\"--rows=$(steps.extract.outputs.rows)\"";
+    let steps = [
         container_step(
             "extract",
             &[],
-            "aleph.dev/test-run-duration: 1s, aleph.dev/test-output: \"rows=1234\"",
-            ""
+            &format!("{RUNS_1S}, aleph.dev/test-output: \"rows=1234\""),
+            "",
         ),
-        container_step(
-            "validate",
-            &["extract"],
-            &format!("aleph.dev/test-run-duration: 1s{fail}"),
-            "\"--rows=$(steps.extract.outputs.rows)\""
-        ),
-        container_step(
-            "load",
-            &["validate"],
-            "aleph.dev/test-run-duration: 1s",
-            "\"--rows=$(steps.extract.outputs.rows)\""
-        ),
-        container_step("docs", &[], "aleph.dev/test-run-duration: 1s", ""),
-    );
-    pipeline("etl", &spec)
+        container_step("validate", &["extract"], &format!("{RUNS_1S}{fail}"), rows),
+        container_step("load", &["validate"], RUNS_1S, rows),
+        container_step("docs", &[], RUNS_1S, ""),
+    ];
+    pipeline("etl", &steps_spec(&steps, &[]))
 }
 
 #[tokio::test]
@@ -710,14 +706,19 @@ async fn resume_from_reruns_only_what_did_not_succeed_and_reuses_outputs() {
 #[tokio::test]
 async fn a_cycle_is_reported_as_invalid_graph_naming_its_steps() {
     let env = TestEnv::new().await;
-    let spec = format!(
-        "  steps:\n{}{}{}{}",
-        container_step("fetch", &[], "", ""),
-        container_step("alpha", &["fetch", "gamma"], "", ""),
-        container_step("beta", &["alpha"], "", ""),
-        container_step("gamma", &["beta"], "", ""),
-    );
-    env.apply_yaml(&pipeline("loop", &spec)).await;
+    // (step, what it depends on)
+    let graph = [
+        ("fetch", &[][..]),
+        ("alpha", &["fetch", "gamma"][..]),
+        ("beta", &["alpha"][..]),
+        ("gamma", &["beta"][..]),
+    ];
+    let steps: Vec<String> = graph
+        .iter()
+        .map(|(name, after)| container_step(name, after, "", ""))
+        .collect();
+    env.apply_yaml(&pipeline("loop", &steps_spec(&steps, &[])))
+        .await;
     let pipelines = env.api::<Pipeline>();
     let (_, ready) = wait_condition(&pipelines, "loop", TIMEOUT, "Ready", "False").await;
     ready.assert_says("InvalidGraph", &["alpha -> gamma -> beta"]);
@@ -737,12 +738,10 @@ async fn a_cycle_is_reported_as_invalid_graph_naming_its_steps() {
 #[tokio::test]
 async fn a_missing_param_fails_the_run_naming_it() {
     let env = TestEnv::new().await;
-    let spec = format!(
-        "  params:\n    - {{ name: dataset, type: string }}\n    - {{ name: epochs, type: int, default: \"3\" }}\n  steps:\n{}",
-        container_step("go", &[], "", "\"$(params.dataset)\""),
-    );
-    env.apply_yaml(&pipeline("needs", &spec)).await;
-    let run = run_to_end(&env, "needs-1", "needs", "").await;
+    let params = "  params:\n    - { name: dataset, type: string }\n    - { name: epochs, type: int, default: \"3\" }\n";
+    let go = container_step("go", &[], "", "\"$(params.dataset)\"");
+    let spec = format!("{params}{}", steps_spec(&[go], &[]));
+    let run = apply_and_run(&env, "needs", &spec, "").await;
     assert_ended(&run, RunPhase::Failed, "ParameterMissing");
     assert_message(&run, "param dataset");
     let run = run_to_end(
@@ -760,10 +759,9 @@ async fn a_missing_param_fails_the_run_naming_it() {
 #[tokio::test]
 async fn a_finished_run_is_deleted_with_its_jobs_after_its_ttl() {
     let env = TestEnv::new().await;
-    let only = container_step("only", &[], "aleph.dev/test-run-duration: 1s", "");
-    let spec = format!("  ttlSecondsAfterFinished: 3\n  steps:\n{only}");
-    env.apply_yaml(&pipeline("brief", &spec)).await;
-    let run = run_to_end(&env, "brief-1", "brief", "").await;
+    let only = container_step("only", &[], RUNS_1S, "");
+    let spec = format!("  ttlSecondsAfterFinished: 3\n{}", steps_spec(&[only], &[]));
+    let run = apply_and_run(&env, "brief", &spec, "").await;
     assert_eq!(phase(&run), RunPhase::Succeeded);
     wait_for_deletion(
         &env.api::<PipelineRun>(),
@@ -780,14 +778,13 @@ async fn bad_pipelines_are_refused_at_apply_time() {
     let env = TestEnv::new().await;
     let cases = [
         (
-            format!("  steps:\n{}", container_step("a", &["ghost"], "", "")),
+            steps_spec(&[container_step("a", &["ghost"], "", "")], &[]),
             "every dependsOn entry of a step must name a step",
         ),
         (
-            format!(
-                "  steps:\n{}  finally:\n{}",
-                container_step("a", &[], "", ""),
-                container_step("f", &["a"], "", "")
+            steps_spec(
+                &[container_step("a", &[], "", "")],
+                &[container_step("f", &["a"], "", "")],
             ),
             "a finally step may depend only on other finally steps",
         ),
@@ -801,8 +798,8 @@ async fn bad_pipelines_are_refused_at_apply_time() {
         ),
         (
             format!(
-                "  steps:\n{}  schedule: {{ cron: \"* * * * * * *\" }}\n",
-                container_step("a", &[], "", "")
+                "{}  schedule: {{ cron: \"* * * * * * *\" }}\n",
+                steps_spec(&[container_step("a", &[], "", "")], &[])
             ),
             "spec.schedule.cron",
         ),
@@ -866,24 +863,19 @@ async fn a_sagemaker_training_step_passes_its_artifact_to_later_steps() {
     let url = moto_url();
     let env = TestEnv::new().await;
     let prefix = format!("pipelines/{}", env.namespace());
-    let spec = format!(
-        "  params:\n    - {{ name: rounds, type: int, default: \"20\" }}\n  steps:\n{}{}",
+    let steps = [
         training_step("train", &prefix),
         container_step(
             "evaluate",
             &["train"],
-            "aleph.dev/test-run-duration: 1s",
-            "\"--model=$(steps.train.outputs.artifactUri)\""
+            RUNS_1S,
+            "\"--model=$(steps.train.outputs.artifactUri)\"",
         ),
-    );
-    env.apply_yaml(&pipeline("fit", &spec)).await;
-    let run = run_to_end(
-        &env,
-        "fit-1",
-        "fit",
-        "  params: [{ name: rounds, value: \"35\" }]\n",
-    )
-    .await;
+    ];
+    let params = "  params:\n    - { name: rounds, type: int, default: \"20\" }\n";
+    let spec = format!("{params}{}", steps_spec(&steps, &[]));
+    let extra = "  params: [{ name: rounds, value: \"35\" }]\n";
+    let run = apply_and_run(&env, "fit", &spec, extra).await;
     assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
     let train = step(&run, "train");
     let artifact = train
@@ -955,12 +947,12 @@ spec:
     let generation = before.metadata.generation.unwrap_or_default();
 
     let prefix = format!("rollouts/{}", env.namespace());
+    let rollout = "    - name: rollout\n      dependsOn: [train]\n      rollout: { model: scorer, fromStep: train, readyTimeoutSeconds: 120 }\n";
     let spec = format!(
-        "  params:\n    - {{ name: rounds, type: int, default: \"10\" }}\n  steps:\n{}    - name: rollout\n      dependsOn: [train]\n      rollout: {{ model: scorer, fromStep: train, readyTimeoutSeconds: 120 }}\n",
-        training_step("train", &prefix),
+        "  params:\n    - {{ name: rounds, type: int, default: \"10\" }}\n{}",
+        steps_spec(&[training_step("train", &prefix), rollout.to_string()], &[]),
     );
-    env.apply_yaml(&pipeline("ship", &spec)).await;
-    let run = run_to_end(&env, "ship-1", "ship", "").await;
+    let run = apply_and_run(&env, "ship", &spec, "").await;
     assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
     let artifact = step(&run, "train")
         .outputs
@@ -1019,14 +1011,14 @@ spec:
 #[tokio::test]
 async fn the_deadline_stops_the_run_with_timeout_and_finally_still_runs() {
     let env = TestEnv::new().await;
-    let spec = format!(
-        "  deadlineSeconds: 4\n  steps:\n{}{}  finally:\n{}",
-        container_step("crawl", &[], "aleph.dev/test-run-duration: 300s", ""),
-        container_step("index", &["crawl"], "", ""),
-        container_step("notify", &[], "aleph.dev/test-run-duration: 1s", ""),
+    let steps = steps_spec(
+        &[
+            container_step("crawl", &[], "aleph.dev/test-run-duration: 300s", ""),
+            container_step("index", &["crawl"], "", ""),
+        ],
+        &[container_step("notify", &[], RUNS_1S, "")],
     );
-    env.apply_yaml(&pipeline("slow", &spec)).await;
-    let run = run_to_end(&env, "slow-1", "slow", "").await;
+    let run = apply_and_run(&env, "slow", &format!("  deadlineSeconds: 4\n{steps}"), "").await;
     assert_ended(&run, RunPhase::Failed, "Timeout");
     assert_message(&run, "deadline of 4s");
     let status = status_of(&run);
@@ -1074,21 +1066,15 @@ fn labelled_run(name: &str, pipeline: &str, label: &str) -> String {
 #[tokio::test]
 async fn cancelling_or_deleting_a_run_stops_its_training_job() {
     let env = TestEnv::new().await;
-    let sm = aws::start_fake(FakeConfig {
-        training_describes: 1_000_000,
-        training_min_millis: 3_600_000,
-        stopping_describes: 1,
-        ..FakeConfig::default()
-    })
-    .await;
+    let sm = aws::start_fake(FakeConfig::training_until_stopped(1)).await;
     let label = unique_name("pipeline");
     let _op = private_operator(&env, &sm.endpoint_url(), &label).await;
     let steps = [
         fake_training_step("train", "team: ml", ""),
         container_step("evaluate", &["train"], "", ""),
     ];
-    let spec = format!("  steps:\n{}", steps.concat());
-    env.apply_yaml(&pipeline("longfit", &spec)).await;
+    env.apply_yaml(&pipeline("longfit", &steps_spec(&steps, &[])))
+        .await;
     let runs = env.api::<PipelineRun>();
     let training_running = |r: &PipelineRun| {
         r.status.as_ref().is_some_and(|s| {
@@ -1141,17 +1127,12 @@ async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step()
     let sm = aws::start_fake(FakeConfig::default()).await;
     let label = unique_name("pipeline");
     let _op = private_operator(&env, &sm.endpoint_url(), &label).await;
-    let spec = format!(
-        "  steps:\n{}",
-        fake_training_step(
-            "train",
-            &format!(
-                "{OUTCOME_TAG}: fail, {FAILURE_REASON_TAG}: \"AlgorithmError: out of memory\""
-            ),
-            "      retries: { limit: 1, initialDelaySeconds: 1 }\n"
-        ),
-    );
-    env.apply_yaml(&pipeline("badfit", &spec)).await;
+    let tags =
+        format!("{OUTCOME_TAG}: fail, {FAILURE_REASON_TAG}: \"AlgorithmError: out of memory\"");
+    let retries = "      retries: { limit: 1, initialDelaySeconds: 1 }\n";
+    let train = fake_training_step("train", &tags, retries);
+    env.apply_yaml(&pipeline("badfit", &steps_spec(&[train], &[])))
+        .await;
     env.apply_yaml(&labelled_run("badfit-1", "badfit", &label))
         .await;
     let run = finished_run(&env, "badfit-1").await;
@@ -1175,7 +1156,8 @@ async fn a_replace_schedule_cancels_the_running_run_for_the_next_one() {
     let env = TestEnv::new().await;
     let sync = container_step("sync", &[], "aleph.dev/test-run-duration: 300s", "");
     let spec = format!(
-        "  steps:\n{sync}  schedule:\n    cron: \"*/3 * * * * *\"\n    concurrencyPolicy: Replace\n"
+        "{}  schedule:\n    cron: \"*/3 * * * * *\"\n    concurrencyPolicy: Replace\n",
+        steps_spec(&[sync], &[])
     );
     env.apply_yaml(&pipeline("latest", &spec)).await;
     let runs = env.api::<PipelineRun>();

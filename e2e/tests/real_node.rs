@@ -83,11 +83,15 @@ async fn two_servers_and_a_client(
     (pod_ip(&pods[first]), pod_ip(&pods[second]))
 }
 
-async fn pinned_env() -> TestEnv {
+/// A test's environment whose namespace's pods run on the real node (the
+/// test needs one): the environment, its client and its namespace.
+async fn pinned_env() -> (TestEnv, kube::Client, String) {
     let env = TestEnv::new().await;
-    real_node::require(&env.client()).await;
-    pin_namespace(&env.client(), env.namespace()).await;
-    env
+    let client = env.client();
+    real_node::require(&client).await;
+    pin_namespace(&client, env.namespace()).await;
+    let ns = env.namespace().to_string();
+    (env, client, ns)
 }
 
 #[tokio::test]
@@ -241,9 +245,7 @@ spec:
 
 #[tokio::test]
 async fn pods_resolve_cluster_dns_and_reach_services() {
-    let env = pinned_env().await;
-    let client = env.client();
-    let ns = env.namespace().to_string();
+    let (env, client, ns) = pinned_env().await;
     let body = unique_name("served-by-web");
     env.apply_yaml(
         r#"apiVersion: v1
@@ -355,9 +357,7 @@ async fn ready_tenant_namespace(env: &TestEnv, tenant: &str) -> String {
 
 #[tokio::test]
 async fn tenants_are_isolated_and_a_hipaa_tenant_reaches_only_its_allowed_egress() {
-    let env = pinned_env().await;
-    let client = env.client();
-    let ns = env.namespace().to_string();
+    let (env, client, ns) = pinned_env().await;
     let host = host_ip();
     let apiserver = apiserver_port();
 
@@ -427,9 +427,7 @@ async fn tenants_are_isolated_and_a_hipaa_tenant_reaches_only_its_allowed_egress
 
 #[tokio::test]
 async fn a_plugin_connects_only_to_its_allowed_egress_without_a_token_as_the_sandbox_user() {
-    let env = pinned_env().await;
-    let client = env.client();
-    let ns = env.namespace().to_string();
+    let (env, client, ns) = pinned_env().await;
     let (allowed, other) = two_servers_and_a_client(&client, &ns, "allowed", "other").await;
 
     env.apply_yaml(&format!(
@@ -581,9 +579,7 @@ fn exit_code(pod: &Pod) -> Option<i32> {
 
 #[tokio::test]
 async fn a_pipeline_of_real_containers_passes_outputs_in_order_and_fails_with_the_exit_code() {
-    let env = pinned_env().await;
-    let client = env.client();
-    let ns = env.namespace().to_string();
+    let (env, client, ns) = pinned_env().await;
     // Step a writes an output only its pod can know (its own name); step b
     // gets it through `$(steps.a.outputs.token)`, records it as its own
     // output, and exits with the run's param `code`.

@@ -3,69 +3,73 @@
 use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{
-    TestEnv, can_i, has_condition, refusal, tenant_manifest, unique_name, wait_for,
-    wait_for_deletion,
-};
+use aleph_e2e::{TestEnv, can_i, has_condition, refusal, unique_name, wait_for, wait_for_deletion};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
 
 mod tenant_support;
-use tenant_support::{delete, patch_tenant_spec};
+use tenant_support::{
+    assert_namespaces_went, delete, deployment, get_namespaced, patch_tenant_spec, pro_tenant,
+    ready_tenant, tenant_objects, wait_ready,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn tenant_yaml(name: &str, extra: &str) -> String {
-    tenant_manifest(
-        name,
-        &format!(
-            r#"  owners:
-    - {{ kind: User, name: {name}-alice, role: admin }}
-    - {{ kind: User, name: {name}-bob, role: view }}
-  namespaces: [research, prod]
-  plan: pro
-  quota: {{ gpus: 4 }}
+    let rest = format!(
+        r#"  quota: {{ gpus: 4 }}
   admission:
     allowedRegistries: ["ghcr.io/acme/", "registry.k8s.io/"]
     allowedGpuProducts: ["NVIDIA-H100-80GB-HBM3"]
 {extra}
 "#
-        ),
-    )
+    );
+    let owners = [("alice", "admin"), ("bob", "view")];
+    pro_tenant(name, &owners, "research, prod", &rest)
 }
 
-async fn ready_tenant(env: &TestEnv, name: &str) -> Tenant {
-    tenant_support::wait_ready(env, name).await
+/// A fresh Tenant of [`tenant_yaml`] with `extra`, Ready: its name and its
+/// namespace `research`.
+async fn ready_research_tenant(env: &TestEnv, prefix: &str, extra: &str) -> (String, String) {
+    let name = unique_name(prefix);
+    ready_tenant(env, &name, &tenant_yaml(&name, extra)).await;
+    let ns = format!("{name}-research");
+    (name, ns)
 }
 
 fn pod(name: &str, image: &str, gpus: Option<(&str, &str)>) -> Pod {
-    let mut pod = serde_json::json!({
+    serde_json::from_value(pod_json(name, image, gpus)).expect("pod JSON")
+}
+
+/// A pod running `image`, with `gpus` (count, product) pinned to the GPU
+/// nodes of that product.
+fn pod_json(name: &str, image: &str, gpus: Option<(&str, &str)>) -> serde_json::Value {
+    let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": { "name": name },
         "spec": { "containers": [{ "name": "main", "image": image }] },
     });
     if let Some((count, product)) = gpus {
-        pod["spec"]["containers"][0]["resources"] = serde_json::json!({
+        pod["spec"]["containers"][0]["resources"] = json!({
             "requests": { "nvidia.com/gpu": count }, "limits": { "nvidia.com/gpu": count } });
-        pod["spec"]["nodeSelector"] = serde_json::json!({ "nvidia.com/gpu.product": product });
-        pod["spec"]["tolerations"] = serde_json::json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]);
+        pod["spec"]["nodeSelector"] = json!({ "nvidia.com/gpu.product": product });
+        pod["spec"]["tolerations"] =
+            json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]);
     }
-    serde_json::from_value(pod).expect("pod JSON")
+    pod
 }
 
 #[tokio::test]
 async fn tenant_provisions_namespaces_quotas_policies_and_bindings() {
     let env = TestEnv::new().await;
     let name = unique_name("tn");
-    env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(&name, ""))
-        .await
-        .expect_success();
-    let tenant = ready_tenant(&env, &name).await;
+    let tenant = ready_tenant(&env, &name, &tenant_yaml(&name, "")).await;
     let status = tenant.status.expect("status");
     assert_eq!(status.namespace_count, 2);
     assert_eq!(status.gpus.as_deref(), Some("0/4"));
@@ -86,27 +90,17 @@ async fn tenant_provisions_namespaces_quotas_policies_and_bindings() {
                 .get("aleph.dev/tenant"),
             Some(&name)
         );
-        let rq = Api::<ResourceQuota>::namespaced(client.clone(), &ns)
-            .get("aleph-tenant-quota")
-            .await
-            .expect("quota");
+        let (rq, _) = tenant_objects(&client, &ns).await;
         let hard = rq.spec.and_then(|s| s.hard).unwrap_or_default();
         let gpus: i64 = hard
             .get("requests.nvidia.com/gpu")
             .and_then(|q| q.0.parse().ok())
             .expect("a GPU limit");
         gpu_hard_sum += gpus;
-        Api::<LimitRange>::namespaced(client.clone(), &ns)
-            .get("aleph-tenant-defaults")
+        Api::<RoleBinding>::namespaced(client.clone(), &ns)
+            .get("aleph-owners-view")
             .await
-            .expect("limit range");
-        Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
-            .get("aleph-tenant-isolation")
-            .await
-            .expect("network policy");
-        let rbs = Api::<RoleBinding>::namespaced(client.clone(), &ns);
-        rbs.get("aleph-owners-admin").await.expect("admin binding");
-        rbs.get("aleph-owners-view").await.expect("view binding");
+            .expect("view binding");
     }
     // The namespaces' GPU limits never add up to more than the tenant's.
     assert!(
@@ -132,13 +126,10 @@ async fn a_quota_missing_a_usage_is_counted_again() {
         "apiVersion: aleph.dev/v1alpha1\nkind: Tenant\nmetadata: {{ name: {name} }}\n\
          spec: {{ owners: [{{ kind: User, name: {name}-alice, role: admin }}], namespaces: [solo], plan: pro }}\n"
     );
-    env.kubectl_with_stdin(["apply", "-f", "-"], &yaml)
-        .await
-        .expect_success();
-    ready_tenant(&env, &name).await;
+    ready_tenant(&env, &name, &yaml).await;
     let resource = "count/aimodels.aleph.dev";
     let quotas: Api<ResourceQuota> = Api::namespaced(env.client(), &format!("{name}-solo"));
-    let patch = serde_json::json!({ "status": { "used": { resource: null } } });
+    let patch = json!({ "status": { "used": { resource: null } } });
     let forgotten = quotas
         .patch_status(
             "aleph-tenant-quota",
@@ -172,7 +163,7 @@ async fn a_quota_missing_a_usage_is_counted_again() {
             .contains_key("aleph.dev/recount-requested-at"),
         "the operator asked for the recount"
     );
-    ready_tenant(&env, &name).await;
+    wait_ready(&env, &name).await;
     env.cleanup().await;
 }
 
@@ -186,8 +177,8 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
             .await
             .expect_success();
     }
-    ready_tenant(&env, &a).await;
-    ready_tenant(&env, &b).await;
+    wait_ready(&env, &a).await;
+    wait_ready(&env, &b).await;
     let alice = env.impersonated_client(&format!("{a}-alice"), &[]);
     let own = format!("{a}-research");
     let other = format!("{b}-research");
@@ -210,7 +201,7 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
     }
     println!("can-i matrix for {a}-alice:\n{}", matrix.join("\n"));
     // A real write as the owner.
-    let deployment = serde_json::json!({
+    let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": { "name": "web" },
         "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "web" } },
@@ -241,7 +232,7 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
 
     // Removing bob (view) removes his binding; removing a namespace removes it.
     let tenants: Api<Tenant> = env.cluster_api();
-    let patch = serde_json::json!({ "spec": { "owners": [{ "kind": "User", "name": format!("{a}-alice"), "role": "admin" }], "namespaces": ["research"] } });
+    let patch = json!({ "spec": { "owners": [{ "kind": "User", "name": format!("{a}-alice"), "role": "admin" }], "namespaces": ["research"] } });
     tenants
         .patch(&a, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -265,12 +256,7 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
 #[tokio::test]
 async fn admission_rules_refuse_pods_with_a_message_naming_the_rule() {
     let env = TestEnv::new().await;
-    let name = unique_name("tnadm");
-    env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(&name, ""))
-        .await
-        .expect_success();
-    ready_tenant(&env, &name).await;
-    let ns = format!("{name}-research");
+    let (name, ns) = ready_research_tenant(&env, "tnadm", "").await;
     let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
     let pp = PostParams::default();
     // Admission policies reach the API server's policy cache a moment after
@@ -299,13 +285,7 @@ async fn admission_rules_refuse_pods_with_a_message_naming_the_rule() {
     .expect("an allowed pod is admitted");
 
     // Cordon: new pods are refused, the running one stays.
-    patch_tenant_spec(
-        &env,
-        &name,
-        serde_json::json!({ "cordoned": true }),
-        "cordon",
-    )
-    .await;
+    patch_tenant_spec(&env, &name, json!({ "cordoned": true })).await;
     let refused = refusal(&pods, pod("after-cordon", "ghcr.io/acme/train:1", None)).await;
     assert!(
         refused.contains("cordoned"),
@@ -403,10 +383,7 @@ async fn concurrent_gpu_pods_never_exceed_the_tenant_quota() {
     let name = unique_name("tngpu");
     let yaml =
         tenant_yaml(&name, "").replace("namespaces: [research, prod]", "namespaces: [a, b, c]");
-    env.kubectl_with_stdin(["apply", "-f", "-"], &yaml)
-        .await
-        .expect_success();
-    ready_tenant(&env, &name).await;
+    ready_tenant(&env, &name, &yaml).await;
     let client = env.client();
     let namespaces: Vec<String> = ["a", "b", "c"]
         .iter()
@@ -468,25 +445,39 @@ async fn concurrent_gpu_pods_never_exceed_the_tenant_quota() {
 }
 
 fn gpu_deployment(name: &str, gpus: u32) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": {
-                    "nodeSelector": { "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3" },
-                    "tolerations": [{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }],
-                    "containers": [{
-                        "name": "train", "image": "ghcr.io/acme/train:1",
-                        "resources": { "requests": { "nvidia.com/gpu": gpus.to_string() }, "limits": { "nvidia.com/gpu": gpus.to_string() } },
-                    }],
-                },
-            },
-        },
-    })
+    let gpus = gpus.to_string();
+    let pod = pod_json(
+        "train",
+        "ghcr.io/acme/train:1",
+        Some((&gpus, "NVIDIA-H100-80GB-HBM3")),
+    );
+    deployment(name, &pod)
+}
+
+/// Creates `object` through `api` and waits, at most 120 s, until `done`
+/// holds for it; returns the seconds from the create to then.
+async fn create_and_wait<K>(
+    api: &Api<K>,
+    object: serde_json::Value,
+    done: impl FnMut(&K) -> bool,
+) -> f64
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = object["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_string();
+    let kind = object["kind"].as_str().unwrap_or_default().to_string();
+    let started = std::time::Instant::now();
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(object).unwrap_or_else(|e| panic!("a {kind}: {e}")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create the {kind}: {e}"));
+    wait_for(api, &name, Duration::from_secs(120), done).await;
+    started.elapsed().as_secs_f64()
 }
 
 /// A workload bigger than one namespace's even share of the headroom (2 of a
@@ -495,32 +486,16 @@ fn gpu_deployment(name: &str, gpus: u32) -> serde_json::Value {
 #[tokio::test]
 async fn a_deployment_asking_for_all_the_tenants_gpus_becomes_available() {
     let env = TestEnv::new().await;
-    let name = unique_name("tnall");
-    env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(&name, ""))
-        .await
-        .expect_success();
-    ready_tenant(&env, &name).await;
-    let ns = format!("{name}-research");
+    let (name, ns) = ready_research_tenant(&env, "tnall", "").await;
     let namespaces = vec![ns.clone(), format!("{name}-prod")];
     let client = env.client();
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), &ns);
-    let started = std::time::Instant::now();
-    deployments
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(gpu_deployment("big", 4)).expect("deployment"),
-        )
-        .await
-        .expect("create the Deployment");
-    wait_for(&deployments, "big", Duration::from_secs(120), |d| {
+    let took = create_and_wait(&deployments, gpu_deployment("big", 4), |d| {
         d.status.as_ref().and_then(|s| s.available_replicas) == Some(1)
     })
     .await;
-    println!(
-        "a Deployment asking for all 4 GPUs was available {:.1} s after its creation",
-        started.elapsed().as_secs_f64()
-    );
+    println!("a Deployment asking for all 4 GPUs was available {took:.1} s after its creation");
     assert!(enforced_gpus(&client, &name).await <= 4);
     let (_, gpus) = gpus_in_use(&client, &namespaces).await;
     assert_eq!(gpus, 4);
@@ -538,8 +513,8 @@ async fn a_deployment_asking_for_all_the_tenants_gpus_becomes_available() {
     let jobs: Api<k8s_openapi::api::batch::v1::Job> =
         Api::namespaced(client.clone(), &namespaces[1]);
     let mut job = gpu_deployment("three", 3);
-    job["kind"] = serde_json::json!("Job");
-    job["apiVersion"] = serde_json::json!("batch/v1");
+    job["kind"] = json!("Job");
+    job["apiVersion"] = json!("batch/v1");
     job["spec"]
         .as_object_mut()
         .expect("spec")
@@ -548,22 +523,14 @@ async fn a_deployment_asking_for_all_the_tenants_gpus_becomes_available() {
         .as_object_mut()
         .expect("spec")
         .remove("selector");
-    job["spec"]["template"]["spec"]["restartPolicy"] = serde_json::json!("Never");
-    job["spec"]["template"]["metadata"] = serde_json::json!({});
-    let started = std::time::Instant::now();
-    jobs.create(
-        &PostParams::default(),
-        &serde_json::from_value(job).expect("job"),
-    )
-    .await
-    .expect("create the Job");
-    wait_for(&jobs, "three", Duration::from_secs(120), |j| {
+    job["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+    job["spec"]["template"]["metadata"] = json!({});
+    let took = create_and_wait(&jobs, job, |j| {
         j.status.as_ref().and_then(|s| s.succeeded) == Some(1)
     })
     .await;
     println!(
-        "a Job asking for 3 GPUs in the other namespace succeeded {:.1} s after its creation",
-        started.elapsed().as_secs_f64()
+        "a Job asking for 3 GPUs in the other namespace succeeded {took:.1} s after its creation"
     );
     assert!(enforced_gpus(&client, &name).await <= 4);
     env.cleanup().await;
@@ -573,13 +540,7 @@ async fn a_deployment_asking_for_all_the_tenants_gpus_becomes_available() {
 async fn prevent_deletion_blocks_and_deletion_removes_namespaces() {
     let env = TestEnv::new().await;
     let name = unique_name("tndel");
-    env.kubectl_with_stdin(
-        ["apply", "-f", "-"],
-        &tenant_yaml(&name, "  preventDeletion: true"),
-    )
-    .await
-    .expect_success();
-    ready_tenant(&env, &name).await;
+    ready_tenant(&env, &name, &tenant_yaml(&name, "  preventDeletion: true")).await;
     let out = env
         .kubectl(["delete", "tenant", &name, "--wait=false"])
         .await;
@@ -589,28 +550,13 @@ async fn prevent_deletion_blocks_and_deletion_removes_namespaces() {
         out.stderr
     );
     let tenants: Api<Tenant> = env.cluster_api();
-    patch_tenant_spec(
-        &env,
-        &name,
-        serde_json::json!({ "preventDeletion": false }),
-        "unprotect",
-    )
-    .await;
+    patch_tenant_spec(&env, &name, json!({ "preventDeletion": false })).await;
     env.kubectl(["delete", "tenant", &name, "--wait=false"])
         .await
         .expect_success();
     wait_for_deletion(&tenants, &name, TIMEOUT).await;
-    let namespaces: Api<Namespace> = Api::all(env.client());
-    for short in ["research", "prod"] {
-        let ns = namespaces
-            .get_opt(&format!("{name}-{short}"))
-            .await
-            .expect("get namespace");
-        assert!(
-            ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
-            "namespace {short} survives its tenant"
-        );
-    }
+    let namespaces = [format!("{name}-research"), format!("{name}-prod")];
+    assert_namespaces_went(&env.client(), &namespaces).await;
     env.cleanup().await;
 }
 
@@ -648,26 +594,13 @@ async fn dry_run_refusal(env: &TestEnv, ns: &str, yaml: &str) -> String {
 #[tokio::test]
 async fn compliance_profile_enforces_its_controls() {
     let env = TestEnv::new().await;
-    let name = unique_name("tnhip");
-    env.kubectl_with_stdin(
-        ["apply", "-f", "-"],
-        &tenant_yaml(&name, "  compliance: hipaa"),
-    )
-    .await
-    .expect_success();
-    ready_tenant(&env, &name).await;
-    let ns = format!("{name}-research");
+    let (_, ns) = ready_research_tenant(&env, "tnhip", "  compliance: hipaa").await;
 
     // Pod Security `restricted` is enforced on the namespace.
     let namespaces: Api<Namespace> = env.cluster_api();
     let namespace = namespaces.get(&ns).await.expect("tenant namespace");
-    let labels = namespace.metadata.labels.unwrap_or_default();
-    assert_eq!(
-        labels
-            .get("pod-security.kubernetes.io/enforce")
-            .map(String::as_str),
-        Some("restricted")
-    );
+    let enforced = namespace.labels().get("pod-security.kubernetes.io/enforce");
+    assert_eq!(enforced.map(String::as_str), Some("restricted"));
     let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
     let message = refusal(&pods, pod("root", "ghcr.io/acme/train:1", None)).await;
     assert!(
@@ -676,11 +609,7 @@ async fn compliance_profile_enforces_its_controls() {
     );
 
     // Egress is denied except DNS.
-    let policies: Api<NetworkPolicy> = Api::namespaced(env.client(), &ns);
-    let policy = policies
-        .get("aleph-tenant-isolation")
-        .await
-        .expect("isolation policy");
+    let policy: NetworkPolicy = get_namespaced(&env.client(), &ns, "aleph-tenant-isolation").await;
     let spec = policy.spec.expect("policy spec");
     assert!(
         spec.policy_types

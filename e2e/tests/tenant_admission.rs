@@ -9,11 +9,8 @@ mod tenant_support;
 use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, tenant_manifest, unique_name, wait_for, wait_for_deletion};
+use aleph_e2e::{TestEnv, unique_name, user_can, wait_for, wait_for_deletion};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::node::v1::RuntimeClass;
@@ -23,20 +20,18 @@ use serde_json::json;
 use tenant_support::*;
 
 fn tenant_yaml(name: &str, extra: &str) -> String {
-    tenant_manifest(
-        name,
-        &format!(
-            r#"  owners:
-    - {{ kind: User, name: {name}-alice, role: admin }}
-  namespaces: [one, two]
-  plan: pro
-  admission:
-    allowedRegistries: ["ghcr.io/acme/"]
-    allowedGpuProducts: ["{H100}"]
-{extra}
-"#
-        ),
-    )
+    let admission = format!(
+        "  admission:\n    allowedRegistries: [\"ghcr.io/acme/\"]\n    allowedGpuProducts: [\"{H100}\"]\n{extra}\n"
+    );
+    pro_tenant(name, &[("alice", "admin")], "one, two", &admission)
+}
+
+/// Applies `yaml`, the Tenant `name`, and waits until it is Ready; returns
+/// its owner alice (impersonated) and its namespace `one`.
+async fn alice_in_one(env: &TestEnv, name: &str, yaml: &str) -> (kube::Client, String) {
+    ready_tenant(env, name, yaml).await;
+    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    (alice, format!("{name}-one"))
 }
 
 /// The rules hold beyond a pod's CREATE: an image changed on a running pod,
@@ -48,9 +43,7 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
     let name = unique_name("tnupd");
     // The built-in admin role does not add ephemeral containers: bind a role that does.
     let debugger = debugger_role(&env, &format!("{name}-debugger"), &format!("{name}-alice")).await;
-    ready_tenant(&env, &name, &tenant_yaml(&name, &debugger)).await;
-    let ns = format!("{name}-one");
-    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, &debugger)).await;
     let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
     // In force for the owner first (the policies reach the API server's cache a moment after they are written).
     let first = create_refused(&pods, &pod("probe", "docker.io/evil/x:1")).await;
@@ -76,40 +69,17 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
         "an image change by UPDATE: {message}"
     );
     // An unchanged image still lets the pod be updated (labels, finalizers).
-    merge_patch(
-        &pods,
-        "p2",
-        json!({ "metadata": { "labels": { "touched": "yes" } } }),
-    )
-    .await
-    .expect("a label change on an admitted pod passes");
+    assert_pod_relabels(&pods, "p2").await;
     // `kubectl debug p2 --image=docker.io/evil/x:1`
-    let debug = pods
-        .patch_subresource(
-            "ephemeralcontainers",
-            "p2",
-            &PatchParams::default(),
-            &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [
-                { "name": "debugger", "image": "docker.io/evil/x:1", "targetContainerName": "main" },
-            ] } })),
-        )
-        .await;
-    let message = outcome(debug);
+    let message = outcome(debug_pod(&pods, "p2", "docker.io/evil/x:1", Some("main")).await);
     assert!(
         refused_by(&message, "allowedRegistries"),
         "an ephemeral container: {message}"
     );
     // An allowed debug image passes.
-    pods.patch_subresource(
-        "ephemeralcontainers",
-        "p2",
-        &PatchParams::default(),
-        &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [
-            { "name": "debugger", "image": "ghcr.io/acme/debug:1" },
-        ] } })),
-    )
-    .await
-    .expect("an ephemeral container from an allowed registry is admitted");
+    debug_pod(&pods, "p2", "ghcr.io/acme/debug:1", None)
+        .await
+        .expect("an ephemeral container from an allowed registry is admitted");
     // An init container.
     let mut init = pod("init", "ghcr.io/acme/web:1");
     init["spec"]["initContainers"] = json!([container("fetch", "docker.io/evil/fetch:1")]);
@@ -140,15 +110,7 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
             "spec": { "restartPolicy": "Never", "containers": [container("job", "docker.io/evil/x:1")] } } } } },
     });
     let cronjobs: Api<k8s_openapi::api::batch::v1::CronJob> = Api::namespaced(alice.clone(), &ns);
-    let message = outcome(
-        cronjobs
-            .create(&PostParams::default(), &typed(cronjob))
-            .await,
-    );
-    assert!(
-        refused_by(&message, "allowedRegistries"),
-        "a CronJob: {message}"
-    );
+    assert_create_refused(&cronjobs, &typed(cronjob), "allowedRegistries", "a CronJob").await;
     env.cleanup().await;
 }
 
@@ -160,9 +122,7 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
 async fn gpu_pods_must_be_pinned_to_an_allowed_product() {
     let env = TestEnv::new().await;
     let name = unique_name("tnpin");
-    ready_tenant(&env, &name, &tenant_yaml(&name, "")).await;
-    let ns = format!("{name}-one");
-    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, "")).await;
     let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
     let image = "ghcr.io/acme/train:1";
 
@@ -178,11 +138,13 @@ async fn gpu_pods_must_be_pinned_to_an_allowed_product() {
 
     let mut either = gpu_pod("either", image, 1);
     either["spec"]["affinity"] = affinity(&[H100, A100]);
-    let message = outcome(pods.create(&PostParams::default(), &typed(either)).await);
-    assert!(
-        refused_by(&message, "allowedGpuProducts"),
-        "affinity to H100 or A100: {message}"
-    );
+    assert_create_refused(
+        &pods,
+        &typed(either),
+        "allowedGpuProducts",
+        "affinity to H100 or A100",
+    )
+    .await;
 
     let unpinned = gpu_pod("unpinned", image, 1);
     let message = outcome(pods.create(&PostParams::default(), &typed(unpinned)).await);
@@ -192,18 +154,13 @@ async fn gpu_pods_must_be_pinned_to_an_allowed_product() {
     );
     // The same through a Deployment: refused at apply.
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
-    let message = outcome(
-        deployments
-            .create(
-                &PostParams::default(),
-                &typed(deployment("unpinned", &gpu_pod("x", image, 1))),
-            )
-            .await,
-    );
-    assert!(
-        refused_by(&message, "not pinned"),
-        "an unpinned GPU Deployment: {message}"
-    );
+    assert_create_refused(
+        &deployments,
+        &typed(deployment("unpinned", &gpu_pod("x", image, 1))),
+        "not pinned",
+        "an unpinned GPU Deployment",
+    )
+    .await;
 
     let mut pinned = gpu_pod("pinned", image, 1);
     pinned["spec"]["affinity"] = affinity(&[H100]);
@@ -239,9 +196,7 @@ async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
     let env = TestEnv::new().await;
     let name = unique_name("tnnet");
     let extra = "  compliance: hipaa\n  network:\n    allowedEgress: [{ cidr: 10.200.0.0/16, ports: [443] }, { cidr: 10.201.0.0/16 }]";
-    ready_tenant(&env, &name, &tenant_yaml(&name, extra)).await;
-    let ns = format!("{name}-one");
-    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, extra)).await;
     let policies: Api<NetworkPolicy> = Api::namespaced(alice.clone(), &ns);
     let allow_all_egress = network_policy(
         "allow-all-egress",
@@ -253,15 +208,13 @@ async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
         refused_by(&message, "compliance hipaa"),
         "allow all egress: {message}"
     );
-    let message = outcome(
-        policies
-            .create(&PostParams::default(), &allow_all_egress)
-            .await,
-    );
-    assert!(
-        refused_by(&message, "compliance hipaa"),
-        "allow all egress: {message}"
-    );
+    assert_create_refused(
+        &policies,
+        &allow_all_egress,
+        "compliance hipaa",
+        "allow all egress",
+    )
+    .await;
     for (what, spec) in [
         (
             "egress to the internet",
@@ -300,15 +253,13 @@ async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
             json!({ "podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "aleph.dev/tenant": "someone-else" } } }] }] }),
         ),
     ] {
-        let message = outcome(
-            policies
-                .create(&PostParams::default(), &network_policy("wider", spec))
-                .await,
-        );
-        assert!(
-            refused_by(&message, "compliance hipaa"),
-            "{what}: {message}"
-        );
+        assert_create_refused(
+            &policies,
+            &network_policy("wider", spec),
+            "compliance hipaa",
+            what,
+        )
+        .await;
     }
     // The operator's policy can be neither deleted nor changed.
     let message = outcome(delete(&policies, "aleph-tenant-isolation").await);
@@ -372,9 +323,7 @@ async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
 async fn without_a_lock_owners_write_their_own_network_policies() {
     let env = TestEnv::new().await;
     let name = unique_name("tnopen");
-    ready_tenant(&env, &name, &tenant_yaml(&name, "")).await;
-    let ns = format!("{name}-one");
-    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, "")).await;
     let policies: Api<NetworkPolicy> = Api::namespaced(alice.clone(), &ns);
     let message = until_refused(async || {
         policies
@@ -400,13 +349,7 @@ async fn without_a_lock_owners_write_their_own_network_policies() {
         .await
         .expect("an unlocked tenant's owner may allow egress");
     // Locking the tenant refuses the same policy from then on.
-    patch_tenant_spec(
-        &env,
-        &name,
-        serde_json::json!({ "network": { "lockPolicies": true } }),
-        "lock",
-    )
-    .await;
+    patch_tenant_spec(&env, &name, json!({ "network": { "lockPolicies": true } })).await;
     let message = until_refused(async || {
         policies
             .create(
@@ -435,9 +378,7 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
         &format!("    allowedGpuProducts: [\"{H100}\"]\n"),
         &format!("    allowedGpuProducts: [\"{H100}\"]\n{extra}\n"),
     );
-    ready_tenant(&env, &name, &yaml).await;
-    let ns = format!("{name}-one");
-    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let (alice, ns) = alice_in_one(&env, &name, &yaml).await;
     let services: Api<Service> = Api::namespaced(alice.clone(), &ns);
     let service = |name: &str, type_: &str| -> Service {
         typed(
@@ -452,12 +393,13 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
     })
     .await;
     assert!(refused_by(&message, "allowNodePorts"), "{message}");
-    let message = outcome(
-        services
-            .create(&PostParams::default(), &service("lb", "LoadBalancer"))
-            .await,
-    );
-    assert!(refused_by(&message, "allowLoadBalancers"), "{message}");
+    assert_create_refused(
+        &services,
+        &service("lb", "LoadBalancer"),
+        "allowLoadBalancers",
+        "a LoadBalancer",
+    )
+    .await;
     services
         .create(&PostParams::default(), &service("web", "ClusterIP"))
         .await
@@ -486,12 +428,7 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
         ("a look-alike host", Some("evilacme.example.com")),
         ("no host (every host)", None),
     ] {
-        let message = outcome(
-            ingresses
-                .create(&PostParams::default(), &ingress("bad", host))
-                .await,
-        );
-        assert!(refused_by(&message, "allowedDomains"), "{what}: {message}");
+        assert_create_refused(&ingresses, &ingress("bad", host), "allowedDomains", what).await;
     }
     ingresses
         .create(
@@ -524,15 +461,13 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
         ("a look-alike hostname", Some(&["evilacme.example.com"][..])),
         ("no hostnames (every host)", None),
     ] {
-        let message = outcome(
-            routes
-                .create(&PostParams::default(), &route("bad", hostnames))
-                .await,
-        );
-        assert!(
-            refused_by(&message, "allowedDomains"),
-            "HTTPRoute with {what}: {message}"
-        );
+        assert_create_refused(
+            &routes,
+            &route("bad", hostnames),
+            "allowedDomains",
+            &format!("HTTPRoute with {what}"),
+        )
+        .await;
     }
     routes
         .create(
@@ -558,8 +493,7 @@ async fn node_ports_load_balancers_and_foreign_ingress_hosts_are_refused_unless_
     patch_tenant_spec(
         &env,
         &name,
-        serde_json::json!({ "admission": { "allowNodePorts": true } }),
-        "allow node ports",
+        json!({ "admission": { "allowNodePorts": true } }),
     )
     .await;
     let mut admitted = false;
@@ -601,9 +535,7 @@ async fn allowed_runtime_classes_are_enforced_on_pods_and_templates() {
         "    allowedRegistries:",
         &format!("    allowedRuntimeClasses: [\"{allowed}\"]\n    allowedRegistries:"),
     );
-    ready_tenant(&env, &name, &yaml).await;
-    let ns = format!("{name}-one");
-    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let (alice, ns) = alice_in_one(&env, &name, &yaml).await;
     let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
     let with_class = |pod_name: &str, class: &str| {
         let mut p = pod(pod_name, "ghcr.io/acme/web:1");
@@ -622,18 +554,13 @@ async fn allowed_runtime_classes_are_enforced_on_pods_and_templates() {
     );
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
     owners_policy_in_force(&alice, &ns).await;
-    let message = outcome(
-        deployments
-            .create(
-                &PostParams::default(),
-                &typed(deployment("kata", &with_class("x", &other))),
-            )
-            .await,
-    );
-    assert!(
-        refused_by(&message, "allowedRuntimeClasses"),
-        "a Deployment: {message}"
-    );
+    assert_create_refused(
+        &deployments,
+        &typed(deployment("kata", &with_class("x", &other))),
+        "allowedRuntimeClasses",
+        "a Deployment",
+    )
+    .await;
     pods.create(
         &PostParams::default(),
         &typed(with_class("gvisor", &allowed)),
@@ -661,9 +588,7 @@ async fn allowed_storage_classes_are_enforced_on_claims_and_claim_templates() {
         "    allowedRegistries:",
         "    allowedStorageClasses: [\"fast-ssd\"]\n    allowedRegistries:",
     );
-    ready_tenant(&env, &name, &yaml).await;
-    let ns = format!("{name}-one");
-    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let (alice, ns) = alice_in_one(&env, &name, &yaml).await;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(alice.clone(), &ns);
     let claim = |claim_name: &str, class: Option<&str>| -> PersistentVolumeClaim {
         let mut c = json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": claim_name },
@@ -683,15 +608,13 @@ async fn allowed_storage_classes_are_enforced_on_claims_and_claim_templates() {
         refused_by(&message, "allowedStorageClasses") && message.contains("fast-ssd"),
         "{message}"
     );
-    let message = outcome(
-        claims
-            .create(&PostParams::default(), &claim("default", None))
-            .await,
-    );
-    assert!(
-        refused_by(&message, "allowedStorageClasses"),
-        "no class (the cluster's default): {message}"
-    );
+    assert_create_refused(
+        &claims,
+        &claim("default", None),
+        "allowedStorageClasses",
+        "no class (the cluster's default)",
+    )
+    .await;
     claims
         .create(&PostParams::default(), &claim("fast", Some("fast-ssd")))
         .await
@@ -703,15 +626,13 @@ async fn allowed_storage_classes_are_enforced_on_claims_and_claim_templates() {
           "template": { "metadata": { "labels": { "app": "db" } }, "spec": { "containers": [container("db", "ghcr.io/acme/db:1")] } },
           "volumeClaimTemplates": [{ "metadata": { "name": "data" }, "spec": { "storageClassName": "standard",
             "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } } }] } });
-    let message = outcome(
-        statefulsets
-            .create(&PostParams::default(), &typed(sts))
-            .await,
-    );
-    assert!(
-        refused_by(&message, "allowedStorageClasses"),
-        "a StatefulSet's claim template: {message}"
-    );
+    assert_create_refused(
+        &statefulsets,
+        &typed(sts),
+        "allowedStorageClasses",
+        "a StatefulSet's claim template",
+    )
+    .await;
     env.cleanup().await;
 }
 
@@ -731,13 +652,7 @@ async fn deletion_policy_retain_keeps_the_namespaces_and_what_is_in_them() {
     }
     // A namespace taken off the list is released, not deleted.
     let tenants: Api<Tenant> = env.cluster_api();
-    patch_tenant_spec(
-        &env,
-        &name,
-        serde_json::json!({ "namespaces": ["one"] }),
-        "drop a namespace",
-    )
-    .await;
+    patch_tenant_spec(&env, &name, json!({ "namespaces": ["one"] })).await;
     let namespaces: Api<Namespace> = env.cluster_api();
     let released = wait_for(&namespaces, &format!("{name}-two"), TIMEOUT, |ns| {
         !ns.metadata
@@ -778,34 +693,6 @@ async fn deletion_policy_retain_keeps_the_namespaces_and_what_is_in_them() {
     env.cleanup().await;
 }
 
-async fn may(
-    client: &kube::Client,
-    user: &str,
-    verb: &str,
-    resource: &str,
-    namespace: &str,
-) -> bool {
-    let review: SubjectAccessReview = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(user.into()),
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                resource: Some(resource.into()),
-                namespace: Some(namespace.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let api: Api<SubjectAccessReview> = Api::all(client.clone());
-    api.create(&PostParams::default(), &review)
-        .await
-        .expect("access review")
-        .status
-        .is_some_and(|s| s.allowed)
-}
-
 #[tokio::test]
 async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_and_only_there() {
     let env = TestEnv::new().await;
@@ -826,16 +713,16 @@ async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_an
             .expect("the additional binding");
         assert_eq!(binding.role_ref.name, "view");
         assert!(
-            may(&client, &carol, "list", "pods", &ns).await,
+            user_can(&client, &carol, "list", "pods", &ns).await,
             "carol can list pods in {ns}"
         );
         assert!(
-            !may(&client, &carol, "create", "pods", &ns).await,
+            !user_can(&client, &carol, "create", "pods", &ns).await,
             "view does not create"
         );
     }
     assert!(
-        !may(&client, &carol, "list", "pods", env.namespace()).await,
+        !user_can(&client, &carol, "list", "pods", env.namespace()).await,
         "nothing outside the tenant"
     );
     // Real reads as carol.
@@ -845,19 +732,13 @@ async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_an
         .await
         .expect("carol lists pods");
     // Removed from the spec, the binding goes.
-    patch_tenant_spec(
-        &env,
-        &name,
-        serde_json::json!({ "additionalRoleBindings": null }),
-        "remove",
-    )
-    .await;
+    patch_tenant_spec(&env, &name, json!({ "additionalRoleBindings": null })).await;
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &format!("{name}-one"));
     wait_for_deletion(&bindings, "aleph-extra-0", TIMEOUT).await;
     // The authorizer reads RBAC from its own cache, a moment behind the API.
     let mut revoked = false;
     for _ in 0..20 {
-        if !may(&client, &carol, "list", "pods", &format!("{name}-one")).await {
+        if !user_can(&client, &carol, "list", "pods", &format!("{name}-one")).await {
             revoked = true;
             break;
         }
@@ -874,9 +755,7 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
     let env = TestEnv::new().await;
     let name = unique_name("tncrd");
     let debugger = debugger_role(&env, &format!("{name}-debugger"), &format!("{name}-alice")).await;
-    ready_tenant(&env, &name, &tenant_yaml(&name, &debugger)).await;
-    let ns = format!("{name}-one");
-    let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
+    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, &debugger)).await;
     let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
     pods.create(
         &PostParams::default(),
@@ -884,46 +763,14 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
     )
     .await
     .expect("a pod before the cordon");
-    patch_tenant_spec(
-        &env,
-        &name,
-        serde_json::json!({ "cordoned": true }),
-        "cordon",
-    )
-    .await;
-    let message = create_refused(&pods, &pod("new", "ghcr.io/acme/web:1")).await;
-    assert!(refused_by(&message, "cordoned"), "a new pod: {message}");
+    patch_tenant_spec(&env, &name, json!({ "cordoned": true })).await;
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
-    let message = create_refused(
-        &deployments,
-        &deployment("web", &pod("x", "ghcr.io/acme/web:1")),
-    )
-    .await;
-    assert!(
-        refused_by(&message, "cordoned"),
-        "a new Deployment: {message}"
-    );
-    let message = outcome(
-        pods.patch_subresource(
-            "ephemeralcontainers",
-            "running",
-            &PatchParams::default(),
-            &Patch::Strategic(json!({ "spec": { "ephemeralContainers": [
-                { "name": "debugger", "image": "ghcr.io/acme/debug:1" },
-            ] } })),
-        )
-        .await,
-    );
+    assert_pod_and_deployment_refused(&pods, &deployments, "ghcr.io/acme/web:1", "cordoned").await;
+    let message = outcome(debug_pod(&pods, "running", "ghcr.io/acme/debug:1", None).await);
     assert!(
         refused_by(&message, "cordoned"),
         "an ephemeral container: {message}"
     );
-    merge_patch(
-        &pods,
-        "running",
-        json!({ "metadata": { "labels": { "still": "here" } } }),
-    )
-    .await
-    .expect("the running pod can still be updated");
+    assert_pod_relabels(&pods, "running").await;
     env.cleanup().await;
 }

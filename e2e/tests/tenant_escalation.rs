@@ -8,7 +8,7 @@ mod tenant_support;
 use std::fmt::Write as _;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, install_crypto_provider, tenant_manifest, unique_name};
+use aleph_e2e::{TestEnv, install_crypto_provider, unique_name};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -24,13 +24,12 @@ use serde_json::json;
 use tenant_support::*;
 
 fn tenant_yaml(name: &str, compliance: &str) -> String {
-    tenant_manifest(
+    pro_tenant(
         name,
+        &[("owner", "admin")],
+        "app",
         &format!(
-            r#"  owners: [{{ kind: User, name: {name}-owner, role: admin }}]
-  namespaces: [app]
-  plan: pro
-  quota: {{ gpus: 2 }}
+            r#"  quota: {{ gpus: 2 }}
   admission:
     allowedRegistries: ["ghcr.io/{name}/"]
     allowedGpuProducts: ["{H100}"]
@@ -111,15 +110,9 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
 
     // Both policies in force for alice before the attempts start.
     let pods_a: Api<Pod> = Api::namespaced(alice.clone(), &ns_a);
-    let probe = create_refused(&pods_a, &pod("probe", "docker.io/evil/x:1")).await;
-    assert!(refused_by(&probe, "allowedRegistries"), "{probe}");
     let deployments_a: Api<Deployment> = Api::namespaced(alice.clone(), &ns_a);
-    let probe = create_refused(
-        &deployments_a,
-        &deployment("probe", &pod("p", "docker.io/evil/x:1")),
-    )
-    .await;
-    assert!(refused_by(&probe, "allowedRegistries"), "{probe}");
+    let evil = "docker.io/evil/x:1";
+    assert_pod_and_deployment_refused(&pods_a, &deployments_a, evil, "allowedRegistries").await;
 
     let mut ledger = Ledger::default();
 

@@ -8,11 +8,8 @@ mod tenant_support;
 use std::time::{Duration, Instant};
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{
-    TestEnv, has_condition, tenant_manifest, unique_name, wait_for, wait_for_deletion,
-};
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use aleph_e2e::{TestEnv, has_condition, unique_name, wait_for, wait_for_deletion};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -20,19 +17,12 @@ use serde_json::{Value, json};
 use tenant_support::*;
 
 fn tenant_yaml(name: &str, quota: &str) -> String {
-    tenant_manifest(
+    let rest = format!("{quota}\n  admission:\n    allowedRegistries: [\"ghcr.io/acme/\"]\n");
+    pro_tenant(
         name,
-        &format!(
-            r#"  owners:
-    - {{ kind: User, name: {name}-alice, role: admin }}
-    - {{ kind: User, name: {name}-victor, role: view }}
-  namespaces: [one, two]
-  plan: pro
-{quota}
-  admission:
-    allowedRegistries: ["ghcr.io/acme/"]
-"#
-        ),
+        &[("alice", "admin"), ("victor", "view")],
+        "one, two",
+        &rest,
     )
 }
 
@@ -176,10 +166,7 @@ async fn owners_create_namespaces_that_the_tenant_adopts_within_its_count() {
             "{key} on {scratch}: {labels:?}"
         );
     }
-    let binding = Api::<RoleBinding>::namespaced(admin.clone(), &scratch)
-        .get("aleph-owners-admin")
-        .await
-        .expect("the owners' RoleBinding");
+    let (_, binding) = tenant_objects(&admin, &scratch).await;
     assert!(
         binding
             .subjects
@@ -188,18 +175,6 @@ async fn owners_create_namespaces_that_the_tenant_adopts_within_its_count() {
             .any(|s| s.name == format!("{name}-alice")),
         "alice is not bound in {scratch}"
     );
-    Api::<ResourceQuota>::namespaced(admin.clone(), &scratch)
-        .get("aleph-tenant-quota")
-        .await
-        .expect("the tenant's quota");
-    Api::<LimitRange>::namespaced(admin.clone(), &scratch)
-        .get("aleph-tenant-defaults")
-        .await
-        .expect("the tenant's limits");
-    Api::<NetworkPolicy>::namespaced(admin.clone(), &scratch)
-        .get("aleph-tenant-isolation")
-        .await
-        .expect("the tenant's isolation policy");
     // The tenant's rules hold there: a foreign image is refused.
     let message = outcome(
         pods.create(&dry_run(), &typed(pod("evil", "docker.io/evil/x:1")))
@@ -330,15 +305,6 @@ async fn owners_create_namespaces_that_the_tenant_adopts_within_its_count() {
     // The Tenant's deletion takes the owners' namespaces with it (Delete).
     delete_tenant(&env, &name).await;
     wait_for_deletion(&tenants, &name, TIMEOUT).await;
-    for ns in [&scratch, &over[0]] {
-        let gone = Api::<Namespace>::all(admin.clone())
-            .get_opt(ns)
-            .await
-            .expect("get");
-        assert!(
-            gone.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
-            "{ns} outlived its Tenant"
-        );
-    }
+    assert_namespaces_went(&admin, &[scratch.clone(), over[0].clone()]).await;
     env.cleanup().await;
 }

@@ -1,5 +1,23 @@
 use super::*;
 
+/// Feeds `stream` to an SSE scanner in chunks of `size` bytes: whether it saw
+/// the end of the stream, and the usage it read.
+fn scan_sse(stream: &[u8], size: usize) -> (bool, Option<Usage>) {
+    let mut scanner = UsageScanner::sse();
+    let mut done = false;
+    for chunk in stream.chunks(size) {
+        done = scanner.feed(chunk);
+    }
+    (done, scanner.usage())
+}
+
+fn usage(prompt_tokens: u64, completion_tokens: u64) -> Option<Usage> {
+    Some(Usage {
+        prompt_tokens,
+        completion_tokens,
+    })
+}
+
 #[test]
 fn sse_usage_split_across_chunks() {
     let stream = concat!(
@@ -7,19 +25,7 @@ fn sse_usage_split_across_chunks() {
         "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\r\n\r\n",
         "data: [DONE]\n\n"
     );
-    let mut scanner = UsageScanner::sse();
-    let mut done = false;
-    for chunk in stream.as_bytes().chunks(7) {
-        done = scanner.feed(chunk);
-    }
-    assert!(done);
-    assert_eq!(
-        scanner.usage(),
-        Some(Usage {
-            prompt_tokens: 12,
-            completion_tokens: 3
-        })
-    );
+    assert_eq!(scan_sse(stream.as_bytes(), 7), (true, usage(12, 3)));
 }
 
 #[test]
@@ -58,18 +64,9 @@ fn sse_lines_over_the_limit_are_skipped_whole() {
     long.extend_from_slice(b"\"}\n\n");
     long.extend_from_slice(b"data: {\"usage\":{\"prompt_tokens\":5}}\n\ndata: [DONE]\n\n");
     for size in [1, 7, 4096, long.len()] {
-        let mut scanner = UsageScanner::sse();
-        let mut done = false;
-        for chunk in long.chunks(size) {
-            done = scanner.feed(chunk);
-        }
-        assert!(done);
         assert_eq!(
-            scanner.usage(),
-            Some(Usage {
-                prompt_tokens: 5,
-                completion_tokens: 0
-            }),
+            scan_sse(&long, size),
+            (true, usage(5, 0)),
             "chunks of {size}"
         );
     }
@@ -88,24 +85,12 @@ fn sse_lines_over_the_limit_are_skipped_whole() {
 fn json_usage_small_and_large() {
     let mut small = UsageScanner::json();
     small.feed(br#"{"usage":{"prompt_tokens":4,"total_tokens":4},"data":[]}"#);
-    assert_eq!(
-        small.usage(),
-        Some(Usage {
-            prompt_tokens: 4,
-            completion_tokens: 0
-        })
-    );
+    assert_eq!(small.usage(), usage(4, 0));
     let mut large = UsageScanner::json();
     large.feed(b"{\"data\":[");
     let filler = vec![b'1'; JSON_WINDOW];
     large.feed(&filler);
     large.feed(&filler);
     large.feed(br#"],"usage":{"prompt_tokens":9,"completion_tokens":1}}"#);
-    assert_eq!(
-        large.usage(),
-        Some(Usage {
-            prompt_tokens: 9,
-            completion_tokens: 1
-        })
-    );
+    assert_eq!(large.usage(), usage(9, 1));
 }

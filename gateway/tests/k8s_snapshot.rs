@@ -260,31 +260,25 @@ fn a_namespace_listed_by_two_tenants_belongs_to_the_first_by_name() {
 #[test]
 fn plan_defaults_and_overrides() {
     let none = TenantGateway::default();
-    assert_eq!(
-        gateway_limits(TenantPlan::Free, &none),
-        limits(Some(60), Some(20_000), Some(200_000))
-    );
-    assert_eq!(
-        gateway_limits(TenantPlan::Pro, &none),
-        limits(Some(600), Some(200_000), Some(5_000_000))
-    );
-    assert_eq!(
-        gateway_limits(TenantPlan::Enterprise, &none),
-        limits(Some(6_000), Some(2_000_000), None)
-    );
     let some = TenantGateway {
         requests_per_minute: Some(5),
         tokens_per_minute: None,
         tokens_per_day: Some(7),
     };
-    assert_eq!(
-        gateway_limits(TenantPlan::Enterprise, &some),
-        limits(Some(5), Some(2_000_000), Some(7))
-    );
-    assert_eq!(
-        gateway_limits(TenantPlan::Free, &some),
-        limits(Some(5), Some(20_000), Some(7))
-    );
+    // (plan, overrides, requests a minute, tokens a minute, tokens a day)
+    for (plan, overrides, rpm, tpm, tpd) in [
+        (TenantPlan::Free, &none, 60, 20_000, Some(200_000)),
+        (TenantPlan::Pro, &none, 600, 200_000, Some(5_000_000)),
+        (TenantPlan::Enterprise, &none, 6_000, 2_000_000, None),
+        (TenantPlan::Enterprise, &some, 5, 2_000_000, Some(7)),
+        (TenantPlan::Free, &some, 5, 20_000, Some(7)),
+    ] {
+        assert_eq!(
+            gateway_limits(plan, overrides),
+            limits(Some(rpm), Some(tpm), tpd),
+            "{plan:?} with {overrides:?}"
+        );
+    }
     let negative = TenantGateway {
         requests_per_minute: Some(-1),
         ..TenantGateway::default()

@@ -24,11 +24,17 @@ async fn serving(config: GatewayConfig, endpoints: Vec<Endpoint>) -> Harness {
 }
 
 async fn single(name: &str) -> (Harness, Stub, SocketAddr) {
-    single_with(name, GatewayConfig::default()).await
+    single_with(name, |_| {}).await
 }
 
-/// One stub engine `name` behind a gateway with `config`.
-async fn single_with(name: &str, config: GatewayConfig) -> (Harness, Stub, SocketAddr) {
+/// One stub engine `name` behind a gateway with the default configuration
+/// as `configure` changes it.
+async fn single_with(
+    name: &str,
+    configure: impl FnOnce(&mut GatewayConfig),
+) -> (Harness, Stub, SocketAddr) {
+    let mut config = GatewayConfig::default();
+    configure(&mut config);
     let (stub, addr) = Stub::start(name).await;
     (serving(config, vec![stable(addr)]).await, stub, addr)
 }
@@ -431,11 +437,10 @@ async fn prefix_hash_sends_a_shared_prefix_to_one_endpoint() {
 
 #[tokio::test]
 async fn an_engine_slower_than_the_header_timeout_gets_504() {
-    let config = GatewayConfig {
-        response_header_timeout: Duration::from_millis(200),
-        ..GatewayConfig::default()
-    };
-    let (gw, stub, addr) = single_with("slow", config).await;
+    let (gw, stub, addr) = single_with("slow", |c| {
+        c.response_header_timeout = Duration::from_millis(200);
+    })
+    .await;
     let reply = gw
         .post(
             "/v1/completions",
@@ -458,11 +463,10 @@ async fn the_request_timeout_cuts_a_stream_off() {
     // Long enough for the first event to reach the client on a busy machine
     // (the timeout passing before it would close the connection before any
     // header), far shorter than the 20 s stream.
-    let config = GatewayConfig {
-        request_timeout: Duration::from_millis(1500),
-        ..GatewayConfig::default()
-    };
-    let (gw, _stub, addr) = single_with("endless", config).await;
+    let (gw, _stub, addr) = single_with("endless", |c| {
+        c.request_timeout = Duration::from_millis(1500);
+    })
+    .await;
     let request = json!({"model": "llama", "stream": true, "stub_chunks": 2000, "stub_chunk_delay_ms": 10, "prompt": "x"});
     let response = send(&gw, "/v1/completions", &request).await;
     assert_eq!(response.status(), StatusCode::OK);

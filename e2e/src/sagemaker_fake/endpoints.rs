@@ -1,6 +1,8 @@
 //! Models, EndpointConfigs and endpoints: create, describe (which moves an
 //! endpoint along its lifecycle), update and delete.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 
 use super::http::{ApiError, ApiResult};
@@ -12,7 +14,74 @@ fn missing(what: &str, arn: &str) -> ApiError {
     ApiError::validation(format!("Could not find {what} \"{arn}\"."))
 }
 
+/// The two kinds the fake keeps as [`Record`]s.
+#[derive(Clone, Copy)]
+enum Kind {
+    Model,
+    EndpointConfig,
+}
+
+impl Kind {
+    /// The kind's part of an ARN.
+    fn arn_kind(self) -> &'static str {
+        match self {
+            Kind::Model => "model",
+            Kind::EndpointConfig => "endpoint-config",
+        }
+    }
+}
+
 impl Inner {
+    /// The Records of `kind`.
+    fn records(&self, kind: Kind) -> &BTreeMap<String, Record> {
+        match kind {
+            Kind::Model => &self.models,
+            Kind::EndpointConfig => &self.configs,
+        }
+    }
+
+    /// The Record `name` of `kind`, or SageMaker's answer that it is missing.
+    fn record(&self, kind: Kind, name: &str) -> Result<&Record, ApiError> {
+        self.records(kind)
+            .get(name)
+            .ok_or_else(|| self.not_found(kind.arn_kind(), name))
+    }
+
+    /// Stores the `kind` `name` that `input` creates, counts the create, and
+    /// answers with its ARN under `arn_key`.
+    fn insert_record(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        arn: String,
+        input: &Value,
+        arn_key: &str,
+    ) -> ApiResult {
+        let (records, created) = match kind {
+            Kind::Model => (&mut self.models, &mut self.counters.models_created),
+            Kind::EndpointConfig => (
+                &mut self.configs,
+                &mut self.counters.endpoint_configs_created,
+            ),
+        };
+        records.insert(name.to_string(), Record::new(arn.clone(), input));
+        *created += 1;
+        Ok(json!({ arn_key: arn }))
+    }
+
+    /// Deletes the `kind` named by the field `name_field` of `input`.
+    fn delete_record(&mut self, kind: Kind, input: &Value, name_field: &str) -> ApiResult {
+        let name = str_field(input, name_field)?;
+        let records = match kind {
+            Kind::Model => &mut self.models,
+            Kind::EndpointConfig => &mut self.configs,
+        };
+        if records.remove(name).is_none() {
+            return Err(self.not_found(kind.arn_kind(), name));
+        }
+        Ok(json!({}))
+    }
+
     /// SageMaker's answer about the missing object `name` of the ARN kind
     /// `kind` (`model`, `endpoint-config` or `endpoint`).
     fn not_found(&self, kind: &str, name: &str) -> ApiError {
@@ -37,17 +106,12 @@ impl Inner {
         if self.models.contains_key(name) {
             return Err(self.duplicate("model", &arn));
         }
-        self.models
-            .insert(name.to_string(), Record::new(arn.clone(), input));
-        self.counters.models_created += 1;
-        Ok(json!({"ModelArn": arn}))
+        self.insert_record(Kind::Model, name, arn, input, "ModelArn")
     }
 
     pub(super) fn describe_model(&mut self, input: &Value) -> ApiResult {
         let name = str_field(input, "ModelName")?;
-        let Some(model) = self.models.get(name) else {
-            return Err(self.not_found("model", name));
-        };
+        let model = self.record(Kind::Model, name)?;
         let mut out = json!({
             "ModelName": name,
             "ModelArn": model.arn,
@@ -69,11 +133,7 @@ impl Inner {
     }
 
     pub(super) fn delete_model(&mut self, input: &Value) -> ApiResult {
-        let name = str_field(input, "ModelName")?;
-        if self.models.remove(name).is_none() {
-            return Err(self.not_found("model", name));
-        }
-        Ok(json!({}))
+        self.delete_record(Kind::Model, input, "ModelName")
     }
 
     // EndpointConfigs.
@@ -104,17 +164,12 @@ impl Inner {
                 return Err(self.not_found("model", model));
             }
         }
-        self.configs
-            .insert(name.to_string(), Record::new(arn.clone(), input));
-        self.counters.endpoint_configs_created += 1;
-        Ok(json!({"EndpointConfigArn": arn}))
+        self.insert_record(Kind::EndpointConfig, name, arn, input, "EndpointConfigArn")
     }
 
     pub(super) fn describe_endpoint_config(&mut self, input: &Value) -> ApiResult {
         let name = str_field(input, "EndpointConfigName")?;
-        let Some(config) = self.configs.get(name) else {
-            return Err(self.not_found("endpoint-config", name));
-        };
+        let config = self.record(Kind::EndpointConfig, name)?;
         Ok(json!({
             "EndpointConfigName": name,
             "EndpointConfigArn": config.arn,
@@ -124,11 +179,7 @@ impl Inner {
     }
 
     pub(super) fn delete_endpoint_config(&mut self, input: &Value) -> ApiResult {
-        let name = str_field(input, "EndpointConfigName")?;
-        if self.configs.remove(name).is_none() {
-            return Err(self.not_found("endpoint-config", name));
-        }
-        Ok(json!({}))
+        self.delete_record(Kind::EndpointConfig, input, "EndpointConfigName")
     }
 
     /// Whether a config's Models carry the failure marker.

@@ -111,6 +111,27 @@ impl Default for FakeConfig {
     }
 }
 
+impl FakeConfig {
+    /// Training jobs InProgress for `describes` describes and at least
+    /// `min_millis`; the rest the defaults.
+    pub fn training(describes: u32, min_millis: u64) -> Self {
+        Self {
+            training_describes: describes,
+            training_min_millis: min_millis,
+            ..Self::default()
+        }
+    }
+
+    /// Training jobs that run until they are stopped (a million describes,
+    /// an hour at least) and stop in `stopping_describes` describes.
+    pub fn training_until_stopped(stopping_describes: u32) -> Self {
+        Self {
+            stopping_describes,
+            ..Self::training(1_000_000, 3_600_000)
+        }
+    }
+}
+
 /// The fault fractions, changeable while the fake runs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -5,13 +5,31 @@
 use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, wait_tenant_ready};
+use aleph_e2e::{TestEnv, tenant_manifest, wait_tenant_ready};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 pub const H100: &str = "NVIDIA-H100-80GB-HBM3";
 pub const A100: &str = "NVIDIA-A100-SXM4-80GB";
+
+/// A Tenant `name` on plan pro with the namespaces `namespaces` (a YAML
+/// list's items), owned by a User `{name}-{suffix}` of `role` for each of
+/// `owners` (suffix, role); `rest` ends its spec, YAML lines indented by two
+/// spaces.
+pub fn pro_tenant(name: &str, owners: &[(&str, &str)], namespaces: &str, rest: &str) -> String {
+    let owners: String = owners
+        .iter()
+        .map(|(who, role)| format!("    - {{ kind: User, name: {name}-{who}, role: {role} }}\n"))
+        .collect();
+    tenant_manifest(
+        name,
+        &format!("  owners:\n{owners}  namespaces: [{namespaces}]\n  plan: pro\n{rest}"),
+    )
+}
 
 /// Applies the Tenant `yaml` and waits until it is Ready.
 pub async fn ready_tenant(env: &TestEnv, name: &str, yaml: &str) -> Tenant {
@@ -51,12 +69,62 @@ where
 }
 
 /// Merge-patches the spec of the Tenant `name` with `spec`, as the cluster
-/// admin; panics, saying `why`, when that fails.
-pub async fn patch_tenant_spec(env: &TestEnv, name: &str, spec: Value, why: &str) -> Tenant {
+/// admin; panics, naming the patch, when that fails.
+pub async fn patch_tenant_spec(env: &TestEnv, name: &str, spec: Value) -> Tenant {
     let tenants: Api<Tenant> = env.cluster_api();
-    merge_patch(&tenants, name, json!({ "spec": spec }))
+    merge_patch(&tenants, name, json!({ "spec": spec.clone() }))
         .await
-        .unwrap_or_else(|e| panic!("{why}: {e}"))
+        .unwrap_or_else(|e| panic!("patching the spec of {name} with {spec}: {e}"))
+}
+
+/// Asserts that each of `namespaces` is gone or being deleted: it went with
+/// its Tenant.
+pub async fn assert_namespaces_went(client: &kube::Client, namespaces: &[String]) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    for ns in namespaces {
+        let left = api
+            .get_opt(ns)
+            .await
+            .unwrap_or_else(|e| panic!("get the namespace {ns}: {e}"));
+        assert!(
+            left.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+            "{ns} outlived its Tenant"
+        );
+    }
+}
+
+/// Gets `name` in `namespace`, which must exist.
+pub async fn get_namespaced<K>(client: &kube::Client, namespace: &str, name: &str) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} {name} in {namespace}: {e}",
+                K::kind(&K::DynamicType::default())
+            )
+        })
+}
+
+/// What the operator makes in each of a tenant's namespaces, each of which
+/// must exist: the quota, the limits, the isolation policy and the owners'
+/// admin binding. Returns the quota and the binding.
+pub async fn tenant_objects(
+    client: &kube::Client,
+    namespace: &str,
+) -> (ResourceQuota, RoleBinding) {
+    let quota = get_namespaced(client, namespace, "aleph-tenant-quota").await;
+    get_namespaced::<LimitRange>(client, namespace, "aleph-tenant-defaults").await;
+    get_namespaced::<NetworkPolicy>(client, namespace, "aleph-tenant-isolation").await;
+    let binding = get_namespaced(client, namespace, "aleph-owners-admin").await;
+    (quota, binding)
 }
 
 /// A pod that meets Pod Security `restricted`, so that only the tenant's own
@@ -163,6 +231,63 @@ pub fn refused_by(message: &str, rule: &str) -> bool {
     message != "admitted" && message.contains(rule)
 }
 
+/// Creates `object` through `api` (stored if admitted, not a dry run) and
+/// asserts that it is refused naming `rule`; `what` names the case.
+pub async fn assert_create_refused<K>(api: &Api<K>, object: &K, rule: &str, what: &str)
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let message = outcome(api.create(&PostParams::default(), object).await);
+    assert!(refused_by(&message, rule), "{what}: {message}");
+}
+
+/// Adds the ephemeral container `debugger` running `image` to the pod `pod`
+/// through `pods`, as `kubectl debug` does; `target` names the container
+/// whose processes it sees, if any.
+pub async fn debug_pod(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &str,
+    image: &str,
+    target: Option<&str>,
+) -> kube::Result<k8s_openapi::api::core::v1::Pod> {
+    let mut debugger = json!({ "name": "debugger", "image": image });
+    if let Some(target) = target {
+        debugger["targetContainerName"] = json!(target);
+    }
+    let patch = json!({ "spec": { "ephemeralContainers": [debugger] } });
+    pods.patch_subresource(
+        "ephemeralcontainers",
+        pod,
+        &PatchParams::default(),
+        &Patch::Strategic(patch),
+    )
+    .await
+}
+
+/// Asserts that the pod `name` can still be updated where no admission rule
+/// looks: a label is added to it.
+pub async fn assert_pod_relabels(pods: &Api<k8s_openapi::api::core::v1::Pod>, name: &str) {
+    let labels = json!({ "metadata": { "labels": { "touched": "yes" } } });
+    merge_patch(pods, name, labels)
+        .await
+        .unwrap_or_else(|e| panic!("a label change on the admitted pod {name}: {e}"));
+}
+
+/// Waits until a pod running `image`, then a Deployment of such a pod, are
+/// refused in dry runs through `pods` and `deployments` (see
+/// [`create_refused`]), and asserts that each refusal names `rule`.
+pub async fn assert_pod_and_deployment_refused(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    deployments: &Api<k8s_openapi::api::apps::v1::Deployment>,
+    image: &str,
+    rule: &str,
+) {
+    let message = create_refused(pods, &pod("new", image)).await;
+    assert!(refused_by(&message, rule), "a new pod: {message}");
+    let message = create_refused(deployments, &deployment("web", &pod("x", image))).await;
+    assert!(refused_by(&message, rule), "a new Deployment: {message}");
+}
+
 /// Makes the ClusterRole `name` that lets its holder add ephemeral containers
 /// (`kubectl debug`), which the built-in `admin` role does not; returns the
 /// YAML lines that bind it to `user` through a Tenant's
@@ -194,8 +319,7 @@ pub async fn debugger_role(env: &TestEnv, name: &str, user: &str) -> String {
 /// tenant's other policy): deleting the operator's isolation policy, in a dry
 /// run, is refused.
 pub async fn owners_policy_in_force(client: &kube::Client, namespace: &str) {
-    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
-        Api::namespaced(client.clone(), namespace);
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
     let dry = DeleteParams {
         dry_run: true,
         ..DeleteParams::default()
