@@ -8,8 +8,8 @@ use aleph_crds::common::{ComputeResources, SecretKeyRef};
 use aleph_crds::keys::GPU_PRODUCT_LABEL;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    PodSecurityContext, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    Capabilities, ConfigMapVolumeSource, ContainerStatus, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, Pod, PodSecurityContext, ResourceRequirements, SeccompProfile, SecretKeySelector,
     SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -210,6 +210,45 @@ pub fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<(&'a str, &'a str)
                 c.message.as_deref().unwrap_or_default(),
             )
         })
+}
+
+/// Why the container of `status` (in the pod `pod_name`) waits without
+/// starting, when waiting will not fix it: an image it cannot pull
+/// (`ImagePullFailed`), or a Secret, ConfigMap or key it names that does not
+/// exist (`ContainerConfigError`). A reason and a message.
+pub fn waiting_problem(pod_name: &str, status: &ContainerStatus) -> Option<(&'static str, String)> {
+    let waiting = status.state.as_ref()?.waiting.as_ref()?;
+    let detail = waiting.message.as_deref().unwrap_or("");
+    match waiting.reason.as_deref()? {
+        "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" => Some((
+            "ImagePullFailed",
+            format!(
+                "cannot pull the image {} of pod {pod_name}: {detail}",
+                status.image
+            ),
+        )),
+        "CreateContainerConfigError" | "CreateContainerError" => Some((
+            "ContainerConfigError",
+            format!(
+                "the {} container of pod {pod_name} cannot start: {detail}. Check the Secrets and settings it refers to",
+                status.name
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// The first of `pod`'s containers (init containers first) that cannot
+/// start, as [`waiting_problem`] says.
+pub fn start_problem(pod: &Pod) -> Option<(&'static str, String)> {
+    let status = pod.status.as_ref()?;
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|s| waiting_problem(name, s))
 }
 
 #[cfg(test)]

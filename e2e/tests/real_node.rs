@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aleph_controllers::plugin::build::SANDBOX_USER;
+use aleph_crds::aimodel::AIModel;
 use aleph_crds::pipeline::{PipelineRun, RunPhase, StepPhase, StepStatus};
 use aleph_crds::plugin::Plugin;
 use aleph_e2e::real_node::{
@@ -708,5 +709,120 @@ spec:
             "{logs}"
         );
     }
+    env.cleanup().await;
+}
+
+/// The `(status, reason, message)` of an object's Ready condition.
+fn ready_of(obj: &impl serde::Serialize) -> (String, String, String) {
+    let c = find_condition(obj, "Ready").unwrap_or_default();
+    (
+        c.status,
+        c.reason.unwrap_or_default(),
+        c.message.unwrap_or_default(),
+    )
+}
+
+/// A Secret that does not exist, named by each kind's pods: an AIModel's
+/// download credentials, a Plugin's environment, a pipeline step's
+/// environment. The kubelet does not start those containers
+/// (CreateContainerConfigError); each object's Ready condition says so and
+/// names the Secret. Once the Secret exists, the plugin turns Ready, the run
+/// finishes and the model's download starts.
+#[tokio::test]
+async fn a_missing_secret_shows_in_each_kinds_status_and_creating_it_lets_them_start() {
+    let (env, _client, _ns) = pinned_env().await;
+    let secret = "absent";
+    let from_secret = format!("{{ name: TOKEN, secretKeyRef: {{ name: {secret}, key: token }} }}");
+    env.apply_yaml(&format!(
+        r#"apiVersion: aleph.dev/v1alpha1
+kind: Plugin
+metadata: {{ name: keyed }}
+spec:
+  version: 1.0.0
+  image: {BUSYBOX_IMAGE}
+  port: 8080
+  protocol: HTTP
+  command: [sh, -c, "mkdir -p /tmp/www && echo ok >/tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+  env: [{from_secret}]
+  resources: {{ cpu: 50m, memory: 32Mi }}
+---
+apiVersion: aleph.dev/v1alpha1
+kind: Pipeline
+metadata: {{ name: keyed }}
+spec:
+  steps:
+    - name: use
+      container:
+        image: {BUSYBOX_IMAGE}
+        command: [sh, -c, 'test -n "$TOKEN"']
+        env: [{from_secret}]
+---
+apiVersion: aleph.dev/v1alpha1
+kind: PipelineRun
+metadata: {{ name: keyed }}
+spec:
+  pipelineRef: {{ name: keyed }}
+---
+apiVersion: aleph.dev/v1alpha1
+kind: AIModel
+metadata: {{ name: keyed }}
+spec:
+  source: {{ uri: "s3://weights/keyed.gguf", credentialsSecret: {{ name: {secret} }} }}
+  cache: {{ enabled: false }}
+  runtime: {{ engine: custom, image: {BUSYBOX_IMAGE}, port: 8080 }}
+  resources: {{ cpu: 50m, memory: 32Mi }}
+"#
+    ))
+    .await;
+    let names_it = |message: &str| message.contains(&format!("\"{secret}\""));
+
+    let plugins: Api<Plugin> = env.api();
+    let plugin = wait_for(&plugins, "keyed", TIMEOUT, |p| {
+        ready_of(p).1 == "ContainerConfigError"
+    })
+    .await;
+    let (status, _, message) = ready_of(&plugin);
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("cannot start") && names_it(&message),
+        "{message}"
+    );
+
+    let models: Api<AIModel> = env.api();
+    let model = wait_for(&models, "keyed", TIMEOUT, |m| {
+        ready_of(m).1 == "ContainerConfigError"
+    })
+    .await;
+    let (status, _, message) = ready_of(&model);
+    assert_eq!(status, "False");
+    assert!(names_it(&message), "{message}");
+
+    let runs: Api<PipelineRun> = env.api();
+    // A run's condition is Succeeded, Unknown while it runs.
+    let run = wait_for(&runs, "keyed", TIMEOUT, |r| {
+        let message = find_condition(r, "Succeeded")
+            .and_then(|c| c.message)
+            .unwrap_or_default();
+        message.contains("cannot start (CreateContainerConfigError)") && names_it(&message)
+    })
+    .await;
+    assert_eq!(phase(&run), RunPhase::Running, "{:#?}", run.status);
+
+    env.apply_yaml(&format!(
+        // The download's endpoint is local and closed: it fails at once,
+        // as a download, without leaving the machine.
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {secret} }}\nstringData: {{ token: t0ken, AWS_ENDPOINT_URL: \"http://127.0.0.1:9\", AWS_ACCESS_KEY_ID: a, AWS_SECRET_ACCESS_KEY: b, AWS_REGION: us-east-1 }}\n"
+    ))
+    .await;
+    wait_for(&plugins, "keyed", TIMEOUT, |p| {
+        has_condition(p, "Ready", "True")
+    })
+    .await;
+    let run = finished_run(&env, "keyed").await;
+    assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
+    wait_for(&models, "keyed", TIMEOUT, |m| {
+        ready_of(m).1 != "ContainerConfigError"
+    })
+    .await;
     env.cleanup().await;
 }

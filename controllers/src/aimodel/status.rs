@@ -303,7 +303,6 @@ fn container_problem(
     }
     let waiting = status.state.as_ref()?.waiting.as_ref()?;
     let reason = waiting.reason.as_deref().unwrap_or("");
-    let detail = waiting.message.as_deref().unwrap_or("");
     match reason {
         "CrashLoopBackOff" if init => {
             let exit = status
@@ -320,35 +319,14 @@ fn container_problem(
                 ),
             ))
         }
-        "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" => Some((
-            "ImagePullFailed",
-            format!(
-                "cannot pull the image {} of pod {pod_name}: {detail}",
-                status.image
-            ),
-        )),
-        "CreateContainerConfigError" | "CreateContainerError" => Some((
-            "ContainerConfigError",
-            format!(
-                "the {name} container of pod {pod_name} cannot start: {detail}. Check the Secrets and settings it refers to"
-            ),
-        )),
-        _ => None,
+        _ => crate::workload::waiting_problem(pod_name, status),
     }
 }
 
 /// Why `pod` cannot start its containers (an image it cannot pull, a Secret or
 /// ConfigMap it names that does not exist), if that is why it waits.
 pub fn start_problem(pod: &Pod) -> Option<String> {
-    let status = pod.status.as_ref()?;
-    status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
-        .find_map(|s| container_problem(pod, s, true))
-        .filter(|(reason, _)| *reason != "ModelDownloadFailed")
-        .map(|(_, message)| message)
+    crate::workload::start_problem(pod).map(|(_, message)| message)
 }
 
 /// The first serving pod problem: unschedulable, then container problems.

@@ -5,14 +5,14 @@
 use aleph_crds::keys::PLUGIN_RELEASE_ANNOTATION;
 use aleph_crds::plugin::{PluginMode, PluginRelease};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
 
 use super::build::{self, Target};
-use super::status::{self, Progress};
+use super::status::{self, PodFailure, Progress};
 use crate::apply::Owner;
 use crate::error::{Error, Result};
 
@@ -111,6 +111,33 @@ impl Children<'_> {
         Ok(())
     }
 
+    /// Why a pod of `deployment` cannot start (an image it cannot pull, a
+    /// Secret it names that does not exist), if one is stuck so.
+    async fn start_problem(&self, deployment: &Deployment) -> Result<Option<PodFailure>> {
+        let pods: Api<Pod> = self.api();
+        let selector = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.as_ref())
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        if selector.is_empty() {
+            return Ok(None);
+        }
+        let listed = pods.list(&ListParams::default().labels(&selector)).await?;
+        Ok(listed
+            .items
+            .iter()
+            .find_map(crate::workload::start_problem)
+            .map(|(reason, message)| PodFailure { reason, message }))
+    }
+
     /// The children that carry `release`: the ConfigMap and, for a service,
     /// the Deployment (deleted for a job template). Returns the Deployment's
     /// rollout (`None` for a job template) and whether the Deployment was
@@ -136,7 +163,11 @@ impl Children<'_> {
                     .owner()
                     .ensure(&deployments, observed.as_ref(), &desired)
                     .await?;
-                (Some(status::progress(&now)), changed)
+                let mut progress = status::progress(&now);
+                if !progress.complete && progress.failure.is_none() {
+                    progress.failure = self.start_problem(&now).await?;
+                }
+                (Some(progress), changed)
             }
             PluginMode::Job => {
                 self.owner().remove(&deployments, &name).await?;

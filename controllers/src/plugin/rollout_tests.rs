@@ -208,23 +208,38 @@ fn a_first_install_past_its_deadline_has_nothing_to_roll_back_to() {
 }
 
 #[test]
-fn refused_pods_degrade_with_the_api_servers_message() {
+fn refused_pods_and_pods_that_cannot_start_degrade_saying_why() {
     let s = spec("1.0.0");
     let release = PluginRelease::of(&s);
     let status = PluginStatus::default();
-    let mut p = rolling(0);
-    p.failure = Some(PodFailure {
-        reason: "AdmissionDenied",
-        message: "pods \"p-1\" is forbidden: image docker.io/x is not allowed".into(),
-    });
-    let a = settled(assess(
-        &status,
-        &observe(&s, &status, 1, &release, p, true, t(0)),
-    ));
-    let (_, reason, message) = condition(&a.status, "Degraded");
-    assert_eq!(reason, "AdmissionDenied");
-    assert!(message.contains("docker.io/x"));
-    assert_eq!(condition(&a.status, "Ready").1, "AdmissionDenied");
+    for (reason, detail, how) in [
+        (
+            "AdmissionDenied",
+            "pods \"p-1\" is forbidden: image docker.io/x is not allowed",
+            "are refused",
+        ),
+        (
+            "ContainerConfigError",
+            "the plugin container of pod p-1 cannot start: secret \"absent\" not found",
+            "cannot start",
+        ),
+    ] {
+        let mut p = rolling(0);
+        p.failure = Some(PodFailure {
+            reason,
+            message: detail.into(),
+        });
+        let a = settled(assess(
+            &status,
+            &observe(&s, &status, 1, &release, p, true, t(0)),
+        ));
+        let (_, degraded, message) = condition(&a.status, "Degraded");
+        assert_eq!(degraded, reason);
+        assert!(message.contains(detail), "{message}");
+        let (_, ready, message) = condition(&a.status, "Ready");
+        assert_eq!(ready, reason);
+        assert_eq!(message, format!("Pods of version 1.0.0 {how}: {detail}"));
+    }
 }
 
 #[test]

@@ -22,7 +22,8 @@ pub const SETTLED_REQUEUE: Duration = Duration::from_secs(600);
 /// Why the Deployment cannot make pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodFailure {
-    /// `AdmissionDenied` or `QuotaExceeded`.
+    /// `AdmissionDenied` or `QuotaExceeded` (pods are refused), or
+    /// `ImagePullFailed` or `ContainerConfigError` (a pod cannot start).
     pub reason: &'static str,
     /// The API server's message.
     pub message: String,
@@ -332,11 +333,15 @@ pub fn assess(previous: &PluginStatus, o: &Observation<'_>) -> Outcome {
     status.current_image = good.map(|g| g.image.clone());
     let counts = format!("{}/{} pods ready", progress.ready, progress.desired);
     let ready = if let Some(failure) = &progress.failure {
+        let how = match failure.reason {
+            "QuotaExceeded" | "AdmissionDenied" => "are refused",
+            _ => "cannot start",
+        };
         NewCondition::no(
             READY,
             failure.reason,
             format!(
-                "Pods of version {} are refused: {}",
+                "Pods of version {} {how}: {}",
                 release.version, failure.message
             ),
         )
