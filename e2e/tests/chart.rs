@@ -330,6 +330,7 @@ fn rbac_has_no_wildcards_and_least_privilege() {
         // Each Tenant's ClusterRole and binding for its admin owners' namespaces.
         "create clusterroles.rbac.authorization.k8s.io",
         "create clusterrolebindings.rbac.authorization.k8s.io",
+        "watch clusterrolebindings.rbac.authorization.k8s.io",
         "own tenants.aleph.dev",
         "create tenantnamespaces.aleph.dev",
         "patch validatingadmissionpolicybindings.admissionregistration.k8s.io",

@@ -226,14 +226,23 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let role_api: Api<ClusterRole> = Api::all(client.clone());
     let role_binding_api: Api<ClusterRoleBinding> = Api::all(client.clone());
     let role_name = build::owner_cluster_role_name(&name);
+    let key = (String::new(), role_name.clone());
+    let roles = children(ctx, |c| &c.cluster_roles, &name).await?;
+    let role_bindings = children(ctx, |c| &c.cluster_role_bindings, &name).await?;
     match build::owner_cluster_role(tenant, limit > desired_names.len()) {
         Some((role, binding)) => {
-            owner.ensure(&role_api, None, &role).await?;
-            owner.ensure(&role_binding_api, None, &binding).await?;
+            owner.ensure(&role_api, roles.get(&key), &role).await?;
+            owner
+                .ensure(&role_binding_api, role_bindings.get(&key), &binding)
+                .await?;
         }
         None => {
-            delete_ignoring_missing(&role_binding_api, &role_name).await?;
-            delete_ignoring_missing(&role_api, &role_name).await?;
+            if role_bindings.contains_key(&key) {
+                delete_ignoring_missing(&role_binding_api, &role_name).await?;
+            }
+            if roles.contains_key(&key) {
+                delete_ignoring_missing(&role_api, &role_name).await?;
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::{Event, LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Api, ListParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -70,6 +70,9 @@ struct Cache {
     limit_ranges: Store<LimitRange>,
     network_policies: Store<NetworkPolicy>,
     role_bindings: Store<RoleBinding>,
+    /// The admin owners' ClusterRole and its binding.
+    cluster_roles: Store<ClusterRole>,
+    cluster_role_bindings: Store<ClusterRoleBinding>,
     admission_policies: Store<ValidatingAdmissionPolicy>,
     admission_bindings: Store<ValidatingAdmissionPolicyBinding>,
     /// Pod creations refused by a tenant quota (FailedCreate events of
@@ -105,6 +108,8 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     let (limit_ranges, limit_range_stream) = cluster_watch(client, owned());
     let (network_policies, network_policy_stream) = cluster_watch(client, owned());
     let (role_bindings, role_binding_stream) = cluster_watch(client, owned());
+    let (cluster_roles, cluster_role_stream) = cluster_watch(client, owned());
+    let (cluster_role_bindings, cluster_role_binding_stream) = cluster_watch(client, owned());
     let (admission_policies, admission_policy_stream) = cluster_watch(client, owned());
     let (admission_bindings, admission_binding_stream) = cluster_watch(client, owned());
     // Only FailedCreate events, and only the tenant quota's refusals wake a
@@ -120,6 +125,8 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             limit_ranges,
             network_policies,
             role_bindings,
+            cluster_roles,
+            cluster_role_bindings,
             admission_policies,
             admission_bindings,
             refusals,
@@ -138,6 +145,8 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     .owns_stream(limit_range_stream)
     .owns_stream(network_policy_stream)
     .owns_stream(role_binding_stream)
+    .owns_stream(cluster_role_stream)
+    .owns_stream(cluster_role_binding_stream)
     .owns_stream(admission_policy_stream)
     .owns_stream(admission_binding_stream)
     .watches_stream(namespace_stream, |ns: Namespace| {
