@@ -102,7 +102,9 @@ where
             message.contains(&format!(" named {child_name} ")) && message.contains(&belongs),
             "{message}"
         );
-        wait_event(&env.api(), &kind, self.name, &belongs).await;
+        // Anywhere: a cluster-scoped owner's Events go to the default namespace.
+        let events = Api::<Event>::all(env.client());
+        wait_event(&events, &kind, self.name, &belongs).await;
         let still = children.get(&child_name).await.expect("the foreign object");
         assert_eq!(
             still.meta().labels.clone().unwrap_or_default().get("owner"),
