@@ -5,6 +5,7 @@
 //! [`super::rebalance`]); and the release of its namespaces when it goes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,9 +18,11 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::build::{self, QUOTA_NAME};
@@ -91,6 +94,41 @@ fn owner_created(ns: &Namespace) -> bool {
         || labels
             .get(crate::apply::MANAGED_BY)
             .is_none_or(|m| m != MANAGER)
+}
+
+/// A tenant's children of one kind, by namespace ("" when cluster-wide) and name.
+type Children<K> = BTreeMap<(String, String), K>;
+
+/// The tenant's cluster-wide children `(A, B)` named `name` (a policy and
+/// its binding, a role and its binding), as last observed: applied while
+/// `desired`, else deleted where they exist, the binding first.
+async fn ensure_pair<A, B>(
+    owner: Owner<'_>,
+    apis: (&Api<A>, &Api<B>),
+    observed: (&Children<A>, &Children<B>),
+    name: &str,
+    desired: Option<(A, B)>,
+) -> Result<()>
+where
+    A: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    B: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let key = (String::new(), name.to_string());
+    match desired {
+        Some((a, b)) => {
+            owner.ensure(apis.0, observed.0.get(&key), &a).await?;
+            owner.ensure(apis.1, observed.1.get(&key), &b).await?;
+        }
+        None => {
+            if observed.1.contains_key(&key) {
+                delete_ignoring_missing(apis.1, name).await?;
+            }
+            if observed.0.contains_key(&key) {
+                delete_ignoring_missing(apis.0, name).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
@@ -226,25 +264,16 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let role_api: Api<ClusterRole> = Api::all(client.clone());
     let role_binding_api: Api<ClusterRoleBinding> = Api::all(client.clone());
     let role_name = build::owner_cluster_role_name(&name);
-    let key = (String::new(), role_name.clone());
     let roles = children(ctx, |c| &c.cluster_roles, &name).await?;
     let role_bindings = children(ctx, |c| &c.cluster_role_bindings, &name).await?;
-    match build::owner_cluster_role(tenant, limit > desired_names.len()) {
-        Some((role, binding)) => {
-            owner.ensure(&role_api, roles.get(&key), &role).await?;
-            owner
-                .ensure(&role_binding_api, role_bindings.get(&key), &binding)
-                .await?;
-        }
-        None => {
-            if role_bindings.contains_key(&key) {
-                delete_ignoring_missing(&role_binding_api, &role_name).await?;
-            }
-            if roles.contains_key(&key) {
-                delete_ignoring_missing(&role_api, &role_name).await?;
-            }
-        }
-    }
+    ensure_pair(
+        owner,
+        (&role_api, &role_binding_api),
+        (&roles, &role_bindings),
+        &role_name,
+        build::owner_cluster_role(tenant, limit > desired_names.len()),
+    )
+    .await?;
 
     // Per-namespace children.
     let limit_ranges = children(ctx, |c| &c.limit_ranges, &name).await?;
@@ -312,25 +341,14 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         ),
     ];
     for (policy_name, desired) in desired_policies {
-        let key = (String::new(), policy_name.clone());
-        match desired {
-            Some((policy, binding)) => {
-                owner
-                    .ensure(&vap_api, admission_policies.get(&key), &policy)
-                    .await?;
-                owner
-                    .ensure(&vapb_api, admission_bindings.get(&key), &binding)
-                    .await?;
-            }
-            None => {
-                if admission_bindings.contains_key(&key) {
-                    delete_ignoring_missing(&vapb_api, &policy_name).await?;
-                }
-                if admission_policies.contains_key(&key) {
-                    delete_ignoring_missing(&vap_api, &policy_name).await?;
-                }
-            }
-        }
+        ensure_pair(
+            owner,
+            (&vap_api, &vapb_api),
+            (&admission_policies, &admission_bindings),
+            &policy_name,
+            desired,
+        )
+        .await?;
     }
 
     // The tenant-wide quota, split over the namespaces that exist, with the
