@@ -258,59 +258,81 @@ mod tests {
         assert_eq!(schedule.next_after(utc(after)), Some(utc(next)));
     }
 
-    #[test]
-    fn daily_in_utc() {
-        let s = Schedule::parse("0 2 * * *", None).unwrap();
-        let due = s.due(
-            Some(utc("2026-01-01T02:00:00Z")),
-            utc("2025-12-01T00:00:00Z"),
-            utc("2026-01-02T09:30:00Z"),
-        );
-        assert_eq!(due.missed, Some(utc("2026-01-02T02:00:00Z")));
-        assert_eq!(due.next, Some(utc("2026-01-03T02:00:00Z")));
-    }
+    /// `(case, cron, last scheduled, created, now, missed slot due, next slot)`.
+    type DueCase = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
 
     #[test]
-    fn nothing_due_once_the_slot_is_scheduled() {
-        let s = Schedule::parse("*/15 * * * *", None).unwrap();
-        let due = s.due(
-            Some(utc("2026-01-02T09:15:00Z")),
-            utc("2025-12-01T00:00:00Z"),
-            utc("2026-01-02T09:29:59Z"),
-        );
-        assert_eq!(due.missed, None);
-        assert_eq!(due.next, Some(utc("2026-01-02T09:30:00Z")));
-    }
-
-    #[test]
-    fn a_slot_exactly_now_is_due() {
-        let s = Schedule::parse("30 9 * * *", None).unwrap();
-        let now = utc("2026-01-02T09:30:00Z");
-        let due = s.due(None, utc("2026-01-01T00:00:00Z"), now);
-        assert_eq!(due.missed, Some(now));
-    }
-
-    #[test]
-    fn only_the_latest_missed_slot_is_due() {
-        let s = Schedule::parse("@hourly", None).unwrap();
-        let due = s.due(
-            Some(utc("2026-01-01T00:00:00Z")),
-            utc("2025-01-01T00:00:00Z"),
-            utc("2026-01-03T05:10:00Z"),
-        );
-        assert_eq!(due.missed, Some(utc("2026-01-03T05:00:00Z")));
-    }
-
-    #[test]
-    fn slots_before_creation_are_not_due() {
-        let s = Schedule::parse("@daily", None).unwrap();
-        let due = s.due(
-            None,
-            utc("2026-01-02T08:00:00Z"),
-            utc("2026-01-02T09:00:00Z"),
-        );
-        assert_eq!(due.missed, None);
-        assert_eq!(due.next, Some(utc("2026-01-03T00:00:00Z")));
+    fn the_latest_missed_slot_since_creation_is_due_and_the_next_follows() {
+        let cases: [DueCase; 6] = [
+            (
+                "daily in UTC",
+                "0 2 * * *",
+                Some("2026-01-01T02:00:00Z"),
+                "2025-12-01T00:00:00Z",
+                "2026-01-02T09:30:00Z",
+                Some("2026-01-02T02:00:00Z"),
+                Some("2026-01-03T02:00:00Z"),
+            ),
+            (
+                "nothing due once the slot is scheduled",
+                "*/15 * * * *",
+                Some("2026-01-02T09:15:00Z"),
+                "2025-12-01T00:00:00Z",
+                "2026-01-02T09:29:59Z",
+                None,
+                Some("2026-01-02T09:30:00Z"),
+            ),
+            (
+                "a slot exactly now is due",
+                "30 9 * * *",
+                None,
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T09:30:00Z",
+                Some("2026-01-02T09:30:00Z"),
+                Some("2026-01-03T09:30:00Z"),
+            ),
+            (
+                "only the latest missed slot is due",
+                "@hourly",
+                Some("2026-01-01T00:00:00Z"),
+                "2025-01-01T00:00:00Z",
+                "2026-01-03T05:10:00Z",
+                Some("2026-01-03T05:00:00Z"),
+                Some("2026-01-03T06:00:00Z"),
+            ),
+            (
+                "slots before creation are not due",
+                "@daily",
+                None,
+                "2026-01-02T08:00:00Z",
+                "2026-01-02T09:00:00Z",
+                None,
+                Some("2026-01-03T00:00:00Z"),
+            ),
+            (
+                "a leading seconds field is read as seconds",
+                "*/20 * * * * *",
+                Some("2026-01-02T09:30:00Z"),
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T09:30:41Z",
+                Some("2026-01-02T09:30:40Z"),
+                Some("2026-01-02T09:31:00Z"),
+            ),
+        ];
+        for (case, cron, last, created, now, missed, next) in cases {
+            let s = Schedule::parse(cron, None).unwrap();
+            let due = s.due(last.map(utc), utc(created), utc(now));
+            assert_eq!(due.missed, missed.map(utc), "{case}: the slot due");
+            assert_eq!(due.next, next.map(utc), "{case}: the next slot");
+        }
     }
 
     #[test]
@@ -390,13 +412,6 @@ mod tests {
     fn a_leading_seconds_field_is_read_as_seconds() {
         let s = Schedule::parse("*/20 * * * * *", None).unwrap();
         assert_next(&s, "2026-01-02T09:30:05Z", "2026-01-02T09:30:20Z");
-        let due = s.due(
-            Some(utc("2026-01-02T09:30:00Z")),
-            utc("2026-01-01T00:00:00Z"),
-            utc("2026-01-02T09:30:41Z"),
-        );
-        assert_eq!(due.missed, Some(utc("2026-01-02T09:30:40Z")));
-        assert_eq!(due.next, Some(utc("2026-01-02T09:31:00Z")));
         // Five fields still mean minutes.
         let minutes = Schedule::parse("*/20 * * * *", None).unwrap();
         assert_next(&minutes, "2026-01-02T09:30:05Z", "2026-01-02T09:40:00Z");
