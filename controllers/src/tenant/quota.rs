@@ -110,11 +110,14 @@ pub fn parse_quantity(s: &str) -> Result<Milli, String> {
         "G" => (1_000_000_000, 1),
         "T" => (1_000_000_000_000, 1),
         "P" => (1_000_000_000_000_000, 1),
+        "E" => (1_000_000_000_000_000_000, 1),
         "Ki" => (1 << 10, 1),
         "Mi" => (1 << 20, 1),
         "Gi" => (1 << 30, 1),
         "Ti" => (1 << 40, 1),
         "Pi" => (1 << 50, 1),
+        "Ei" => (1 << 60, 1),
+        // An exponent (`1e3`, `2E6`); `E` alone is exa, above.
         e if e.starts_with(['e', 'E']) => {
             let exp: u32 = e[1..].parse().map_err(|_| bad())?;
             (10i128.checked_pow(exp).ok_or_else(bad)?, 1)
@@ -311,6 +314,10 @@ mod tests {
         assert_eq!(parse_quantity("1Ki"), Ok(1024 * 1000));
         assert_eq!(parse_quantity("64Gi"), Ok(64 * (1 << 30) * 1000));
         assert_eq!(parse_quantity("1e3"), Ok(1_000_000));
+        assert_eq!(parse_quantity("2E3"), Ok(2_000_000));
+        assert_eq!(parse_quantity("1E"), Ok(1_000_000_000_000_000_000_000));
+        assert_eq!(parse_quantity("1Ei"), Ok((1i128 << 60) * 1000));
+        assert!(parse_quantity("1Ex").is_err());
         assert_eq!(parse_quantity("10M"), Ok(10_000_000_000));
         assert!(parse_quantity("abc").is_err());
         assert!(parse_quantity("5Xi").is_err());
