@@ -21,6 +21,7 @@ pub mod build;
 pub mod cache;
 pub mod runtime;
 pub mod sagemaker;
+pub mod source;
 pub mod status;
 pub mod validate;
 

@@ -7,10 +7,7 @@
 
 use aleph_crds::aimodel::{ModelRuntime, RuntimeEngine};
 
-use super::validate::Source;
-
-/// Where the serving container finds the weights.
-pub const MODEL_DIR: &str = "/models";
+pub use super::source::{MODEL_DIR, Source, gguf_path};
 
 /// The vLLM image when the spec names none.
 pub const VLLM_IMAGE: &str = "docker.io/vllm/vllm-openai:v0.11.0";
@@ -112,20 +109,6 @@ fn sets(args: &[String], flags: &[&str]) -> bool {
                     .is_some_and(|rest| rest.starts_with('='))
         })
     })
-}
-
-/// The GGUF file llama.cpp loads, when the source names one: an `s3://`
-/// object `*.gguf` (downloaded under its own name) or a `pvc://` path to one
-/// (mounted as the file itself). `None` when the arguments must say.
-pub fn gguf_path(source: &Source) -> Option<String> {
-    match source {
-        Source::S3 { uri } if uri.ends_with(".gguf") => {
-            let file = uri.rsplit('/').next().unwrap_or_default();
-            Some(format!("{MODEL_DIR}/{file}"))
-        }
-        Source::Pvc { path, .. } if path.ends_with(".gguf") => Some(MODEL_DIR.to_string()),
-        _ => None,
-    }
 }
 
 /// A Hugging Face engine (vLLM, TGI), given as its engine, container name and

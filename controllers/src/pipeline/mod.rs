@@ -18,6 +18,7 @@ pub mod build;
 pub mod controller;
 pub mod graph;
 pub mod params;
+mod pass;
 pub mod retry;
 pub mod run;
 pub mod schedule;

@@ -30,11 +30,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aleph_crds::common::ConditionStatus;
-use aleph_crds::keys::{FINALIZER, RUN_LABEL};
+use aleph_crds::keys::RUN_LABEL;
 use aleph_crds::pipeline::{PipelineRun, PipelineRunStatus, RunPhase, StepPhase, StepStatus};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -43,6 +42,8 @@ use serde_json::json;
 
 use super::build;
 use super::graph::{self, Graph};
+use super::pass::Pass;
+use super::pass::to_std;
 use super::retry;
 use super::scheduler::{self, FinishReason, RunState};
 use super::steps::{self, Observed, StartOutcome, StepDriver, Values, sagemaker};
@@ -58,8 +59,6 @@ mod start;
 const WAIT_FOR_REFERENCE: Duration = Duration::from_secs(10);
 /// How often a step whose Job the API server refused for now is tried again.
 const RETRY_REFUSED: Duration = Duration::from_secs(10);
-/// The longest a running run goes without a look, events or not.
-const RESYNC: Duration = Duration::from_secs(300);
 
 /// Whether a run has finished.
 pub fn is_finished(phase: RunPhase) -> bool {
@@ -84,10 +83,6 @@ pub fn format_duration(delta: TimeDelta) -> String {
         (0, _, _) => format!("{h}h{m}m{s}s"),
         _ => format!("{d}d{h}h"),
     }
-}
-
-fn to_std(delta: TimeDelta) -> Duration {
-    delta.to_std().unwrap_or(Duration::ZERO)
 }
 
 /// The message of the `Succeeded` condition of a running run.
@@ -147,24 +142,6 @@ fn running_message(graph: &Graph, steps: &[StepStatus], progress: &str) -> Strin
     message
 }
 
-/// One reconcile of one run. The step drivers (`steps`) start, observe and
-/// stop steps through it: they read the run, raise events and ask for the
-/// next look, and leave the step statuses to this module.
-pub(super) struct Pass<'a> {
-    pub(super) ctx: &'a Context,
-    api: Api<PipelineRun>,
-    /// The run as last read or written.
-    pub(super) run: PipelineRun,
-    pub(super) namespace: String,
-    pub(super) name: String,
-    pub(super) uid: String,
-    pub(super) now: DateTime<Utc>,
-    pub(super) events: Vec<(EventType, &'static str, String)>,
-    recheck: Option<Duration>,
-    /// The run's pods, listed once per pass when a Job step needs them.
-    pub(super) pods: Option<Vec<Pod>>,
-}
-
 /// Reconciles one PipelineRun.
 pub async fn reconcile(name: &str, namespace: &str, ctx: &Context) -> Result<Action> {
     let api: Api<PipelineRun> = Api::namespaced(ctx.client.clone(), namespace);
@@ -172,18 +149,7 @@ pub async fn reconcile(name: &str, namespace: &str, ctx: &Context) -> Result<Act
         return Ok(Action::await_change());
     };
     let uid = uid_of(&run)?;
-    let mut pass = Pass {
-        ctx,
-        api,
-        run,
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        uid,
-        now: Utc::now(),
-        events: Vec::new(),
-        recheck: None,
-        pods: None,
-    };
+    let mut pass = Pass::new(ctx, api, run, namespace, name, uid);
     if pass.run.metadata.deletion_timestamp.is_some() {
         return pass.finalize().await;
     }
@@ -207,66 +173,6 @@ pub async fn reconcile(name: &str, namespace: &str, ctx: &Context) -> Result<Act
 }
 
 impl Pass<'_> {
-    pub(super) fn recheck_in(&mut self, after: Duration) {
-        self.recheck = Some(self.recheck.map_or(after, |r| r.min(after)));
-    }
-
-    pub(super) fn recheck_at(&mut self, time: DateTime<Utc>) {
-        // A little after, so that the time has surely come.
-        self.recheck_in(to_std(time - self.now) + Duration::from_millis(200));
-    }
-
-    fn action(&self) -> Action {
-        Action::requeue(self.recheck.map_or(RESYNC, |r| r.min(RESYNC)))
-    }
-
-    pub(super) fn event(
-        &mut self,
-        type_: EventType,
-        reason: &'static str,
-        note: impl Into<String>,
-    ) {
-        self.events.push((type_, reason, note.into()));
-    }
-
-    async fn publish(&mut self) {
-        for (type_, reason, note) in std::mem::take(&mut self.events) {
-            self.ctx.event(&self.run, type_, reason, note).await;
-        }
-    }
-
-    fn has_finalizer(&self) -> bool {
-        self.run.finalizers().iter().any(|f| f == FINALIZER)
-    }
-
-    /// Adds or removes the finalizer, with the resourceVersion read as a precondition.
-    pub(super) async fn set_finalizer(&mut self, present: bool) -> Result<()> {
-        if self.has_finalizer() == present {
-            return Ok(());
-        }
-        let mut list: Vec<String> = self
-            .run
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .cloned()
-            .collect();
-        if present {
-            list.push(FINALIZER.to_string());
-        }
-        let patch = json!({
-            "metadata": {
-                "finalizers": list,
-                "resourceVersion": self.run.resource_version(),
-            }
-        });
-        self.run = self
-            .api
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        Ok(())
-    }
-
     fn training_in_flight(&self, status: &PipelineRunStatus) -> bool {
         let Some(spec) = status.pipeline_spec.as_ref() else {
             return false;

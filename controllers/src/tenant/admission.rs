@@ -33,6 +33,7 @@ use super::build::{
     PolicyRules, cluster_wide_meta, forbid, forbid_saying, policy_meta, policy_with_binding,
     resource_rule,
 };
+pub use super::cel::NamespaceRoom;
 use super::cel::{
     PodSpecCel, cel_list, condition, exemptions, host_allowed, lit, network_policy_within,
     not_the_operator, owner_namespace_rules, pod_rules,
@@ -167,16 +168,6 @@ pub fn admission_policy(
 /// Whether NetworkPolicies of the tenant are locked against widening.
 pub fn policies_locked(tenant: &Tenant) -> bool {
     tenant.spec.network.lock_policies || tenant.spec.compliance != ComplianceProfile::None
-}
-
-/// The tenant's namespaces as its owners' policy sees them: those
-/// `spec.namespaces` declares, how many count against the limit (declared and
-/// owner-created), and the limit.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct NamespaceRoom {
-    pub declared: Vec<String>,
-    pub count: usize,
-    pub limit: usize,
 }
 
 /// The policy and binding that hold for the tenant's users (everyone but the

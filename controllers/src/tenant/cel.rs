@@ -1,7 +1,7 @@
 //! The CEL the tenant's admission policies are written in: string and list
 //! literals, the rules on a pod spec (a pod's or a workload's template), the
 //! bounds of a NetworkPolicy, the owners' rules on the tenant's namespaces and
-//! who is exempt from the owners' policy. [`super::admission`] puts them into
+//! who is exempt from the owners' policy. The admission module puts them into
 //! ValidatingAdmissionPolicies.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,8 +11,17 @@ use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::{MatchCondition, Validation};
 use kube::ResourceExt;
 
-use super::admission::NamespaceRoom;
 use super::build::{egress_restricted, forbid, forbid_saying};
+
+/// The tenant's namespaces as its owners' policy sees them: those
+/// `spec.namespaces` declares, how many count against the limit (declared and
+/// owner-created), and the limit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NamespaceRoom {
+    pub declared: Vec<String>,
+    pub count: usize,
+    pub limit: usize,
+}
 
 /// A CEL string literal.
 pub(super) fn lit(s: &str) -> String {

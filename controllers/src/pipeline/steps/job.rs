@@ -15,7 +15,7 @@ use super::{Observed, StartOutcome, StepDriver, Values};
 use crate::apply::delete_ignoring_missing;
 use crate::error::Result;
 use crate::pipeline::build::{self, build_step_job};
-use crate::pipeline::run::Pass;
+use crate::pipeline::pass::Pass;
 use crate::pipeline::status::{JobOutcome, job_outcome};
 
 /// A container or plugin step, in one pass.

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 
 use super::params::StepOutputs;
-use super::run::Pass;
+use super::pass::Pass;
 use crate::conditions::parse_time;
 use crate::error::Result;
 

@@ -21,7 +21,7 @@ use super::{Observed, StartOutcome, StepDriver, Values, attempt_started};
 use crate::conditions::find;
 use crate::error::Result;
 use crate::pipeline::params::{self, StepOutputs};
-use crate::pipeline::run::Pass;
+use crate::pipeline::pass::Pass;
 
 /// The field manager of rollout steps' patches to AIModels: a manager of its
 /// own, so the managed fields say that a pipeline set the model's source.

@@ -16,7 +16,7 @@ use super::{Observed, StartOutcome, StepDriver, Values, attempt_started};
 use crate::context::Context;
 use crate::error::Result;
 use crate::pipeline::params::{self, StepOutputs};
-use crate::pipeline::run::Pass;
+use crate::pipeline::pass::Pass;
 use crate::sagemaker::{
     CleanupOutcome, SageMakerApi, SmResult, reconcile_training, training::TrainingOutcome,
 };
