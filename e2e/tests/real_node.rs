@@ -765,7 +765,7 @@ spec:
 ---
 apiVersion: aleph.dev/v1alpha1
 kind: AIModel
-metadata: {{ name: keyed }}
+metadata: {{ name: keyed-model }}
 spec:
   source: {{ uri: "s3://weights/keyed.gguf", credentialsSecret: {{ name: {secret} }} }}
   cache: {{ enabled: false }}
@@ -789,7 +789,8 @@ spec:
     );
 
     let models: Api<AIModel> = env.api();
-    let model = wait_for(&models, "keyed", TIMEOUT, |m| {
+    // Not `keyed`: the plugin's Service has that name.
+    let model = wait_for(&models, "keyed-model", TIMEOUT, |m| {
         ready_of(m).1 == "ContainerConfigError"
     })
     .await;
@@ -820,7 +821,7 @@ spec:
     .await;
     let run = finished_run(&env, "keyed").await;
     assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
-    wait_for(&models, "keyed", TIMEOUT, |m| {
+    wait_for(&models, "keyed-model", TIMEOUT, |m| {
         ready_of(m).1 != "ContainerConfigError"
     })
     .await;
