@@ -18,6 +18,9 @@ use crate::pipeline::build::{self, build_step_job};
 use crate::pipeline::pass::Pass;
 use crate::pipeline::status::{JobOutcome, job_outcome};
 
+/// How often a step whose pod has not started yet is looked at.
+const POD_START_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A container or plugin step, in one pass.
 pub(in crate::pipeline) struct JobStep<'p, 'c> {
     pub(in crate::pipeline) pass: &'p mut Pass<'c>,
@@ -125,10 +128,19 @@ impl StepDriver for JobStep<'_, '_> {
         };
         let pods = self.pods_of(&step.name, s.attempts).await?;
         Ok(match job_outcome(job, &pods, step.timeout_seconds) {
-            JobOutcome::Running(message) => Observed::Running {
-                message,
-                recheck: None,
-            },
+            JobOutcome::Running(message) => {
+                // A pod that has not started changes nothing the run watches
+                // (its Job stays as it is) when the kubelet cannot start it:
+                // look again soon, so the run says why.
+                let starting = pods.is_empty()
+                    || pods.iter().any(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
+                    });
+                Observed::Running {
+                    message,
+                    recheck: starting.then_some(POD_START_POLL),
+                }
+            }
             JobOutcome::Succeeded(outputs) => Observed::Succeeded(outputs),
             JobOutcome::Failed(message) => Observed::Failed(message),
         })
