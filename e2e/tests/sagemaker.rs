@@ -16,8 +16,8 @@ use aleph_controllers::sagemaker::naming::{
     endpoint_config_name, is_owned, model_name, training_job_name,
 };
 use aleph_controllers::sagemaker::{
-    CleanupOutcome, EndpointOutcome, RecoverableKind, SageMakerApi, SageMakerError, SageMakerEvent,
-    TrainingOutcome, cleanup, reconcile_endpoint, reconcile_training,
+    CleanupOutcome, EndpointOutcome, RecoverableKind, SagaOwner, SageMakerApi, SageMakerError,
+    SageMakerEvent, TrainingOutcome, cleanup, reconcile_endpoint, reconcile_training,
 };
 use aleph_crds::{
     ConditionStatus, DeletionPolicy, EndpointStatus, SageMakerServing, SageMakerTraining,
@@ -117,6 +117,15 @@ impl<'a> Saga<'a> {
         }
     }
 
+    /// The object as the sagas know it.
+    fn saga_owner(&self) -> SagaOwner<'_> {
+        SagaOwner {
+            uid: &self.owner,
+            namespace: NAMESPACE,
+            name: self.name,
+        }
+    }
+
     /// One pass of the training saga; panics, naming `what`, on an error.
     async fn train(
         &self,
@@ -124,7 +133,7 @@ impl<'a> Saga<'a> {
         status: Option<&TrainingStatus>,
         what: &str,
     ) -> TrainingOutcome {
-        reconcile_training(self.api, &self.owner, NAMESPACE, self.name, spec, status)
+        reconcile_training(self.api, self.saga_owner(), spec, status)
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"))
     }
@@ -140,9 +149,7 @@ impl<'a> Saga<'a> {
     ) -> EndpointOutcome {
         reconcile_endpoint(
             self.api,
-            &self.owner,
-            NAMESPACE,
-            self.name,
+            self.saga_owner(),
             serving,
             artifact,
             status,
@@ -832,9 +839,11 @@ async fn errors_are_classified_over_http() {
     let first = saga.train(&spec, None, "create").await;
     let request = aleph_controllers::sagemaker::training::create_request(
         &first.status.job_name,
-        &saga.owner,
-        NAMESPACE,
-        "dup",
+        SagaOwner {
+            uid: &saga.owner,
+            namespace: NAMESPACE,
+            name: "dup",
+        },
         &spec,
     );
     let dup = api.create_training_job(&request).await;
@@ -918,6 +927,11 @@ async fn chaos_run(seed: u64, delete_while_updating: bool) -> (FakeCounters, Str
     let url = fake.endpoint_url();
     let calls = Calls::default();
     let owner = uid();
+    let chaos = SagaOwner {
+        uid: &owner,
+        namespace: NAMESPACE,
+        name: "chaos",
+    };
     let spec = training_spec(&[]);
     let mut serving = serving_spec(SERVE_IMAGE, None);
 
@@ -934,8 +948,7 @@ async fn chaos_run(seed: u64, delete_while_updating: bool) -> (FakeCounters, Str
         );
         // A restart: nothing survives but the status.
         let api = adapter_with(&url, adapter_config(), calls.clone()).await;
-        let trained =
-            reconcile_training(&api, &owner, NAMESPACE, "chaos", &spec, training.as_ref()).await;
+        let trained = reconcile_training(&api, chaos, &spec, training.as_ref()).await;
         let Some(outcome) = recovered(trained, seed, &mut errors) else {
             continue;
         };
@@ -944,17 +957,8 @@ async fn chaos_run(seed: u64, delete_while_updating: bool) -> (FakeCounters, Str
         let Some(artifact) = outcome.artifact_uri().map(str::to_string) else {
             continue;
         };
-        let served = reconcile_endpoint(
-            &api,
-            &owner,
-            NAMESPACE,
-            "chaos",
-            &serving,
-            &artifact,
-            endpoint.as_ref(),
-            None,
-        )
-        .await;
+        let served =
+            reconcile_endpoint(&api, chaos, &serving, &artifact, endpoint.as_ref(), None).await;
         let Some(served) = recovered(served, seed, &mut errors) else {
             continue;
         };

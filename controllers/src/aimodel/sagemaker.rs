@@ -29,8 +29,8 @@ use crate::context::Context;
 use crate::error::{Error, Result, uid_of};
 use crate::sagemaker::cleanup::{CleanupOutcome, cleanup as cleanup_saga};
 use crate::sagemaker::{
-    SagaOutcome, SageMakerError, SageMakerEvent, SmResult, endpoint_for_cleanup,
-    reconcile_endpoint, reconcile_training, training_for_cleanup,
+    SagaOutcome, SagaOwner, SageMakerError, SageMakerEvent, SmResult, endpoint_for_cleanup,
+    reconcile_endpoint, reconcile_training, recoverable_condition, training_for_cleanup,
 };
 
 /// Whether `model` has anything on SageMaker: a training job or SageMaker serving.
@@ -89,6 +89,17 @@ struct Identity<'a> {
     generation: Option<i64>,
 }
 
+impl Identity<'_> {
+    /// The model as the sagas know it.
+    fn owner(&self) -> SagaOwner<'_> {
+        SagaOwner {
+            uid: &self.uid,
+            namespace: &self.namespace,
+            name: self.name,
+        }
+    }
+}
+
 fn identity(model: &AIModel) -> Result<Identity<'_>> {
     let uid = uid_of(model)?;
     Ok(Identity {
@@ -122,15 +133,9 @@ pub async fn reconcile(
     match &model.spec.training {
         Some(training) => {
             let api = ctx.sagemaker(training.region.as_deref()).await?;
-            let pass = reconcile_training(
-                api.as_ref(),
-                &id.uid,
-                &id.namespace,
-                id.name,
-                training,
-                status.training.as_ref(),
-            )
-            .await;
+            let pass =
+                reconcile_training(api.as_ref(), id.owner(), training, status.training.as_ref())
+                    .await;
             let (trained, after) = settle(ctx, model, status, (TRAINED, "training"), pass).await?;
             status.training = Some(trained);
             merge(after);
@@ -184,9 +189,7 @@ pub async fn reconcile(
             let api = ctx.sagemaker(serving.region.as_deref()).await?;
             let pass = reconcile_endpoint(
                 api.as_ref(),
-                &id.uid,
-                &id.namespace,
-                id.name,
+                id.owner(),
                 serving,
                 &artifact,
                 status.endpoint.as_ref(),
@@ -239,16 +242,8 @@ async fn recoverable(
     if !error.is_recoverable() {
         return Error::SageMaker(error.clone());
     }
-    set_condition(
-        &mut status.conditions,
-        NewCondition::new(
-            condition,
-            ConditionStatus::Unknown,
-            error.reason(),
-            format!("SageMaker {what}: {error}; retrying with backoff (Recoverable)"),
-        ),
-        model.meta().generation,
-    );
+    let recovering = recoverable_condition(condition, what, error);
+    set_condition(&mut status.conditions, recovering, model.meta().generation);
     let api: Api<AIModel> =
         Api::namespaced(ctx.client.clone(), &model.namespace().unwrap_or_default());
     if let Err(e) = patch_status_if_changed(&api, model, model.status.as_ref(), &*status).await {

@@ -7,11 +7,20 @@ use crate::sagemaker::memory::fixtures::{
 };
 use crate::sagemaker::memory::{Fault, JobEnd, MemorySageMaker};
 use crate::sagemaker::naming::model_name;
-use crate::sagemaker::{CreateModelRequest, reconcile_endpoint, reconcile_training};
+use crate::sagemaker::{CreateModelRequest, SagaOwner, reconcile_endpoint, reconcile_training};
+
+/// The object `name` of the owner `uid`, as the sagas know it.
+fn saga_owner<'a>(uid: &'a str, name: &'a str) -> SagaOwner<'a> {
+    SagaOwner {
+        uid,
+        namespace: NAMESPACE,
+        name,
+    }
+}
 
 /// Starts a training job for `owner`; returns its status.
 async fn start_training(api: &MemorySageMaker, owner: &str, name: &str) -> TrainingStatus {
-    reconcile_training(api, owner, NAMESPACE, name, &training_spec(), None)
+    reconcile_training(api, saga_owner(owner, name), &training_spec(), None)
         .await
         .expect("started")
         .status
@@ -21,9 +30,7 @@ async fn start_training(api: &MemorySageMaker, owner: &str, name: &str) -> Train
 async fn create_endpoint(api: &MemorySageMaker, owner: &str, name: &str) -> EndpointStatus {
     reconcile_endpoint(
         api,
-        owner,
-        NAMESPACE,
-        name,
+        saga_owner(owner, name),
         &serving_spec(),
         ARTIFACT_V1,
         None,

@@ -25,8 +25,8 @@ use super::cleanup::{CleanupOutcome, cleanup_endpoint, sweep};
 use super::naming::{endpoint_config_name, endpoint_name, is_owned, is_valid_name, model_name};
 use super::{
     CreateEndpointConfigRequest, CreateEndpointRequest, CreateModelRequest, Endpoint,
-    EndpointState, REQUEUE_CHANGING, REQUEUE_STEADY, SagaOutcome, SageMakerApi, SageMakerError,
-    SageMakerEvent, SmResult, owner_tags,
+    EndpointState, REQUEUE_CHANGING, REQUEUE_STEADY, SagaOutcome, SagaOwner, SageMakerApi,
+    SageMakerError, SageMakerEvent, SmResult,
 };
 use crate::conditions::NewCondition;
 
@@ -52,9 +52,7 @@ impl EndpointOutcome {
 
 /// What this pass wants.
 struct Desired<'a> {
-    owner_uid: &'a str,
-    namespace: &'a str,
-    name: &'a str,
+    owner: SagaOwner<'a>,
     serving: &'a SageMakerServing,
     model_data_url: Option<&'a str>,
     endpoint: String,
@@ -74,12 +72,9 @@ struct Desired<'a> {
 ///
 /// Errors that retrying may fix are returned as `Err`; SageMaker rejecting a
 /// request is a terminal `Ok` outcome.
-#[allow(clippy::too_many_arguments)]
 pub async fn reconcile_endpoint(
     api: &dyn SageMakerApi,
-    owner_uid: &str,
-    namespace: &str,
-    name: &str,
+    owner: SagaOwner<'_>,
     serving: &SageMakerServing,
     model_data_url: &str,
     status: Option<&EndpointStatus>,
@@ -96,7 +91,7 @@ pub async fn reconcile_endpoint(
             ));
         }
         (Some(adopt), _) => adopt.to_string(),
-        (None, _) => endpoint_name(namespace, name, serving),
+        (None, _) => endpoint_name(owner.namespace, owner.name, serving),
     };
     if !is_valid_name(&endpoint) {
         return Ok(invalid(
@@ -108,17 +103,15 @@ pub async fn reconcile_endpoint(
     }
     let model_data_url = Some(model_data_url).filter(|u| !u.is_empty());
     let model = model_name(
-        owner_uid,
-        name,
+        owner.uid,
+        owner.name,
         &serving.image,
         model_data_url.unwrap_or_default(),
         &serving.role_arn,
     );
-    let config = endpoint_config_name(owner_uid, name, &model, serving);
+    let config = endpoint_config_name(owner.uid, owner.name, &model, serving);
     let desired = Desired {
-        owner_uid,
-        namespace,
-        name,
+        owner,
         serving,
         model_data_url,
         endpoint,
@@ -142,7 +135,7 @@ async fn advance(
     // The endpoint was renamed: delete the previous one first.
     if let Some(prev) = status.filter(|s| s.name != desired.endpoint) {
         let keep = [desired.config.as_str(), desired.model.as_str()];
-        match cleanup_endpoint(api, desired.owner_uid, prev, &keep).await? {
+        match cleanup_endpoint(api, desired.owner.uid, prev, &keep).await? {
             CleanupOutcome::Done => events.push(SageMakerEvent::normal(
                 "EndpointDeleted",
                 format!(
@@ -153,8 +146,7 @@ async fn advance(
             CleanupOutcome::RequeueAfter { after, waiting_for } => {
                 return Ok(EndpointOutcome::recheck(
                     Some(prev.clone()),
-                    NewCondition::no(
-                        SERVING,
+                    not_serving(
                         "EndpointRenaming",
                         format!(
                             "waiting for {waiting_for} before creating {}",
@@ -189,7 +181,7 @@ async fn create(
     let request = CreateEndpointRequest {
         name: desired.endpoint.clone(),
         config_name: desired.config.clone(),
-        tags: owner_tags(desired.owner_uid, desired.namespace, desired.name),
+        tags: desired.owner.tags(),
     };
     let arn = match api.create_endpoint(&request).await {
         Ok(arn) => arn,
@@ -211,7 +203,7 @@ async fn create(
     if prev.is_some_and(|p| p.config_name.is_some()) {
         sweep(
             api,
-            desired.owner_uid,
+            desired.owner.uid,
             &[desired.config.as_str(), desired.model.as_str()],
         )
         .await?;
@@ -224,8 +216,7 @@ async fn create(
             model_name: Some(desired.model.clone()),
             config_name: Some(desired.config.clone()),
         }),
-        NewCondition::no(
-            SERVING,
+        not_serving(
             "EndpointCreating",
             format!("SageMaker is creating endpoint {}", desired.endpoint),
         ),
@@ -243,7 +234,7 @@ async fn observe(
     adopt: Option<&str>,
     mut events: Vec<SageMakerEvent>,
 ) -> SmResult<EndpointOutcome> {
-    let owner_uid = desired.owner_uid;
+    let owner_uid = desired.owner.uid;
     let owned = |c: &Option<String>| c.as_deref().is_some_and(|c| is_owned(c, owner_uid));
     let ours = adopt == Some(desired.endpoint.as_str())
         || prev.is_some_and(|p| p.config_name.is_some())
@@ -252,8 +243,7 @@ async fn observe(
     if !ours {
         return Ok(EndpointOutcome::terminal(
             None,
-            NewCondition::no(
-                SERVING,
+            not_serving(
                 "EndpointNameConflict",
                 format!(
                     "SageMaker endpoint {} exists and was not made for this object; set spec.sagemaker.endpointName \
@@ -284,8 +274,7 @@ async fn observe(
     match &found.state {
         EndpointState::Deleting => Ok(EndpointOutcome::recheck(
             Some(status),
-            NewCondition::no(
-                SERVING,
+            not_serving(
                 "EndpointDeleting",
                 format!(
                     "SageMaker endpoint {name} is being deleted; it is created again once gone"
@@ -300,18 +289,15 @@ async fn observe(
                 status.config_name = current;
             }
             let condition = match state {
-                EndpointState::Creating => NewCondition::no(
-                    SERVING,
+                EndpointState::Creating => not_serving(
                     "EndpointCreating",
                     format!("SageMaker is creating endpoint {name}"),
                 ),
-                EndpointState::Updating | EndpointState::SystemUpdating => NewCondition::yes(
-                    SERVING,
+                EndpointState::Updating | EndpointState::SystemUpdating => in_service(
                     "EndpointUpdating",
                     format!("SageMaker endpoint {name} serves while it is being updated"),
                 ),
-                EndpointState::RollingBack => NewCondition::yes(
-                    SERVING,
+                EndpointState::RollingBack => in_service(
                     "EndpointRollingBack",
                     format!("SageMaker is rolling back an update of endpoint {name}"),
                 ),
@@ -347,24 +333,21 @@ async fn observe(
                 }
                 return Ok(EndpointOutcome::terminal(
                     Some(status),
-                    NewCondition::no(SERVING, "EndpointFailed", message),
+                    not_serving("EndpointFailed", message),
                     events,
                 ));
             }
             // Failed on an older spec: a failed endpoint cannot be updated, so replace it.
             super::cleanup::deleted(api.delete_endpoint(name).await)?;
-            events.push(SageMakerEvent::normal(
-                "EndpointReplacing",
-                format!(
-                    "Deleting failed SageMaker endpoint {name} to create it again with config {}",
-                    desired.config
-                ),
-            ));
+            let config = &desired.config;
+            let message = format!(
+                "Deleting failed SageMaker endpoint {name} to create it again with config {config}"
+            );
+            events.push(SageMakerEvent::normal("EndpointReplacing", message));
             status.state = Some(EndpointState::Deleting.as_str().to_string());
             Ok(EndpointOutcome::recheck(
                 Some(status),
-                NewCondition::no(
-                    SERVING,
+                not_serving(
                     "EndpointReplacing",
                     format!("SageMaker endpoint {name} failed; it is being replaced"),
                 ),
@@ -388,7 +371,7 @@ async fn observe(
                 .into_iter()
                 .flatten()
                 .collect();
-                sweep(api, desired.owner_uid, &keep).await?;
+                sweep(api, desired.owner.uid, &keep).await?;
                 status.config_name.clone_from(&current);
                 status.model_name = current_model;
             } else if status.model_name.is_none() && current.is_some() {
@@ -405,8 +388,7 @@ async fn observe(
                     ));
                 }
                 let condition = if serving {
-                    NewCondition::yes(
-                        SERVING,
+                    in_service(
                         "EndpointInService",
                         format!(
                             "SageMaker endpoint {name} serves model {} (config {})",
@@ -414,8 +396,7 @@ async fn observe(
                         ),
                     )
                 } else {
-                    NewCondition::no(
-                        SERVING,
+                    not_serving(
                         "EndpointOutOfService",
                         format!("SageMaker endpoint {name} is out of service"),
                     )
@@ -455,7 +436,7 @@ async fn observe(
                 }
                 return Ok(EndpointOutcome::terminal(
                     Some(status),
-                    NewCondition::yes(SERVING, "EndpointUpdateFailed", message),
+                    in_service("EndpointUpdateFailed", message),
                     events,
                 ));
             }
@@ -474,33 +455,20 @@ async fn observe(
                 }
                 Err(e) => return Err(e),
             }
-            let from = found.config_name.as_deref().unwrap_or("none");
-            events.push(SageMakerEvent::normal(
-                "EndpointUpdating",
-                format!(
-                    "Updating SageMaker endpoint {name} from config {from} to {}",
-                    desired.config
-                ),
-            ));
+            let (from, to) = (
+                found.config_name.as_deref().unwrap_or("none"),
+                &desired.config,
+            );
+            let message = format!("Updating SageMaker endpoint {name} from config {from} to {to}");
+            events.push(SageMakerEvent::normal("EndpointUpdating", message));
             status.state = Some(EndpointState::Updating.as_str().to_string());
             let condition = if serving {
-                NewCondition::yes(
-                    SERVING,
-                    "EndpointUpdating",
-                    format!(
-                        "SageMaker endpoint {name} serves while it moves to config {}",
-                        desired.config
-                    ),
-                )
+                let message =
+                    format!("SageMaker endpoint {name} serves while it moves to config {to}");
+                in_service("EndpointUpdating", message)
             } else {
-                NewCondition::no(
-                    SERVING,
-                    "EndpointUpdating",
-                    format!(
-                        "SageMaker endpoint {name} is moving to config {}",
-                        desired.config
-                    ),
-                )
+                let message = format!("SageMaker endpoint {name} is moving to config {to}");
+                not_serving("EndpointUpdating", message)
             };
             Ok(EndpointOutcome::recheck(
                 Some(status),
@@ -510,6 +478,16 @@ async fn observe(
             ))
         }
     }
+}
+
+/// The endpoint serves: every condition this saga writes is `Serving`.
+fn in_service(reason: &str, message: String) -> NewCondition {
+    NewCondition::yes(SERVING, reason, message)
+}
+
+/// The endpoint does not serve.
+fn not_serving(reason: &str, message: String) -> NewCondition {
+    NewCondition::no(SERVING, reason, message)
 }
 
 /// The Model (of this owner) that `config` serves.
@@ -532,7 +510,7 @@ async fn model_of(
         Ok(described) => Ok(described
             .model_names
             .into_iter()
-            .find(|m| is_owned(m, desired.owner_uid))),
+            .find(|m| is_owned(m, desired.owner.uid))),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
     }
@@ -545,7 +523,7 @@ async fn ensure_model(api: &dyn SageMakerApi, desired: &Desired<'_>) -> SmResult
         image: desired.serving.image.clone(),
         model_data_url: desired.model_data_url.map(str::to_string),
         role_arn: desired.serving.role_arn.clone(),
-        tags: owner_tags(desired.owner_uid, desired.namespace, desired.name),
+        tags: desired.owner.tags(),
     };
     let described = api.describe_model(&desired.model).await;
     ensure(described, || api.create_model(&request)).await
@@ -559,7 +537,7 @@ async fn ensure_config(api: &dyn SageMakerApi, desired: &Desired<'_>) -> SmResul
         model_name: desired.model.clone(),
         instance_type: desired.serving.instance_type.clone(),
         initial_instance_count: desired.serving.initial_instance_count,
-        tags: owner_tags(desired.owner_uid, desired.namespace, desired.name),
+        tags: desired.owner.tags(),
     };
     let described = api.describe_endpoint_config(&desired.config).await;
     ensure(described, || api.create_endpoint_config(&request)).await
@@ -600,7 +578,7 @@ fn rejected(status: Option<&EndpointStatus>, error: &SageMakerError) -> Endpoint
     );
     EndpointOutcome::terminal(
         status.cloned(),
-        NewCondition::no(SERVING, "EndpointRejected", message.clone()),
+        not_serving("EndpointRejected", message.clone()),
         vec![SageMakerEvent::warning("EndpointRejected", message)],
     )
 }
@@ -608,18 +586,8 @@ fn rejected(status: Option<&EndpointStatus>, error: &SageMakerError) -> Endpoint
 fn invalid(status: Option<&EndpointStatus>, message: String) -> EndpointOutcome {
     EndpointOutcome::terminal(
         status.cloned(),
-        NewCondition::no(SERVING, "InvalidSpec", message),
+        not_serving("InvalidSpec", message),
         Vec::new(),
-    )
-}
-
-/// The `Serving` condition for a pass that failed with an error retrying may fix.
-pub fn recoverable_condition(error: &SageMakerError) -> NewCondition {
-    NewCondition::new(
-        SERVING,
-        ConditionStatus::Unknown,
-        error.reason(),
-        format!("{error}; the operator retries with backoff"),
     )
 }
 

@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::sagemaker::memory::fixtures::{
-    ARTIFACT_V1, ARTIFACT_V2, NAME, NAMESPACE, OWNER, SERVE_IMAGE, foreign_endpoint, serving_spec,
+    ARTIFACT_V1, ARTIFACT_V2, FRAUD, NAME, NAMESPACE, OWNER, SERVE_IMAGE, foreign_endpoint,
+    serving_spec,
 };
 use crate::sagemaker::memory::{Fault, MemorySageMaker};
 
@@ -13,11 +14,9 @@ async fn pass(
     status: Option<&EndpointStatus>,
     adopt: Option<&str>,
 ) -> EndpointOutcome {
-    reconcile_endpoint(
-        api, OWNER, NAMESPACE, NAME, serving, artifact, status, adopt,
-    )
-    .await
-    .expect("a pass without a recoverable error")
+    reconcile_endpoint(api, FRAUD, serving, artifact, status, adopt)
+        .await
+        .expect("a pass without a recoverable error")
 }
 
 fn reasons(outcome: &EndpointOutcome) -> Vec<&'static str> {
@@ -192,22 +191,13 @@ async fn a_recoverable_error_is_returned_and_the_next_pass_creates_no_duplicate(
     let api = MemorySageMaker::new();
     let serving = serving_spec();
     api.fail_next("CreateEndpoint", Fault::Throttled);
-    let err = reconcile_endpoint(
-        &api,
-        OWNER,
-        NAMESPACE,
-        NAME,
-        &serving,
-        ARTIFACT_V1,
-        None,
-        None,
-    )
-    .await
-    .expect_err("throttled");
+    let err = reconcile_endpoint(&api, FRAUD, &serving, ARTIFACT_V1, None, None)
+        .await
+        .expect_err("throttled");
     assert!(err.is_recoverable(), "{err:?}");
     assert_eq!(err.operation(), "CreateEndpoint");
     assert!(api.endpoint_names().is_empty());
-    let condition = recoverable_condition(&err);
+    let condition = crate::sagemaker::recoverable_condition(SERVING, "endpoint", &err);
     assert_eq!(condition.status, ConditionStatus::Unknown);
     assert_eq!(condition.reason, "SageMakerThrottled");
 

@@ -354,17 +354,73 @@ impl MemorySageMaker {
                 },
             },
         );
-        state.endpoints.insert(
-            endpoint.to_string(),
-            Endpoint {
-                name: endpoint.to_string(),
-                arn: Some(format!("{ARN_PREFIX}:endpoint/{endpoint}")),
-                state: EndpointState::InService,
-                config_name: Some(config.to_string()),
-                pending_config_name: None,
-                failure_reason: None,
-            },
-        );
+        let arn = format!("{ARN_PREFIX}:endpoint/{endpoint}");
+        let record = endpoint_record(endpoint, arn, EndpointState::InService, config);
+        state.endpoints.insert(endpoint.to_string(), record);
+    }
+}
+
+/// Stores `value` under `name` in `table` unless the name is taken, which is
+/// `taken(arn)`; answers the new ARN, `<ARN_PREFIX>:<path>/<name>`.
+fn insert_new<V>(
+    table: &mut BTreeMap<String, V>,
+    path: &str,
+    name: &str,
+    value: V,
+    taken: impl FnOnce(&str) -> SageMakerError,
+) -> SmResult<String> {
+    let arn = format!("{ARN_PREFIX}:{path}/{name}");
+    if table.contains_key(name) {
+        return Err(taken(&arn));
+    }
+    table.insert(name.to_string(), value);
+    Ok(arn)
+}
+
+/// The stored value of `name`, or `missing` when there is none.
+fn found<'a, V>(
+    table: &'a mut BTreeMap<String, V>,
+    name: &str,
+    missing: SageMakerError,
+) -> SmResult<&'a mut V> {
+    table.get_mut(name).ok_or(missing)
+}
+
+/// Removes `name`, or answers `missing` when there is none.
+fn remove(
+    table: &mut BTreeMap<String, impl Sized>,
+    name: &str,
+    missing: SageMakerError,
+) -> SmResult<()> {
+    table.remove(name).map(drop).ok_or(missing)
+}
+
+/// An Endpoint as Create makes it, or as someone else left it.
+fn endpoint_record(name: &str, arn: String, state: EndpointState, config: &str) -> Endpoint {
+    Endpoint {
+        name: name.to_string(),
+        arn: Some(arn),
+        state,
+        config_name: Some(config.to_string()),
+        pending_config_name: None,
+        failure_reason: None,
+    }
+}
+
+/// SageMaker's answer for a training job that does not exist.
+fn no_job(operation: &'static str) -> SageMakerError {
+    not_found(operation, "Requested resource not found.".into())
+}
+
+impl MemorySageMaker {
+    /// Counts a call of `operation`, fails it when a fault is queued, and
+    /// otherwise answers what `act` makes of the state.
+    fn call<'a, T: Send + 'a>(
+        &self,
+        operation: &'static str,
+        act: impl FnOnce(&mut State) -> SmResult<T>,
+    ) -> BoxFuture<'a, SmResult<T>> {
+        ready(self.enter(operation).and_then(|mut state| act(&mut state)))
     }
 }
 
@@ -374,11 +430,22 @@ impl SageMakerApi for MemorySageMaker {
         request: &'a CreateTrainingJobRequest,
     ) -> BoxFuture<'a, SmResult<String>> {
         const OP: &str = "CreateTrainingJob";
-        ready(self.enter(OP).and_then(|mut state| {
+        self.call(OP, |state| {
             let name = &request.job_name;
-            let arn = format!("{ARN_PREFIX}:training-job/{name}");
-            if state.jobs.contains_key(name) {
-                return Err(classify(
+            let job = TrainingJob {
+                name: name.clone(),
+                arn: Some(format!("{ARN_PREFIX}:training-job/{name}")),
+                state: TrainingJobState::InProgress,
+                secondary_status: Some("Starting".into()),
+                failure_reason: None,
+                model_artifacts: None,
+            };
+            let stored = StoredJob {
+                request: request.clone(),
+                job,
+            };
+            insert_new(&mut state.jobs, "training-job", name, stored, |arn| {
+                classify(
                     OP,
                     Some(400),
                     Some("ResourceInUse"),
@@ -386,44 +453,22 @@ impl SageMakerApi for MemorySageMaker {
                         "Training job names must be unique within an AWS account and region, and a training job \
                          with this name already exists ({arn})"
                     )),
-                ));
-            }
-            state.jobs.insert(
-                name.clone(),
-                StoredJob {
-                    request: request.clone(),
-                    job: TrainingJob {
-                        name: name.clone(),
-                        arn: Some(arn.clone()),
-                        state: TrainingJobState::InProgress,
-                        secondary_status: Some("Starting".into()),
-                        failure_reason: None,
-                        model_artifacts: None,
-                    },
-                },
-            );
-            Ok(arn)
-        }))
+                )
+            })
+        })
     }
 
     fn describe_training_job<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<TrainingJob>> {
         const OP: &str = "DescribeTrainingJob";
-        ready(self.enter(OP).and_then(|state| {
-            state
-                .jobs
-                .get(name)
-                .map(|s| s.job.clone())
-                .ok_or_else(|| not_found(OP, "Requested resource not found.".into()))
-        }))
+        self.call(OP, |state| {
+            found(&mut state.jobs, name, no_job(OP)).map(|s| s.job.clone())
+        })
     }
 
     fn stop_training_job<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
         const OP: &str = "StopTrainingJob";
-        ready(self.enter(OP).and_then(|mut state| {
-            let stored = state
-                .jobs
-                .get_mut(name)
-                .ok_or_else(|| not_found(OP, "Requested resource not found.".into()))?;
+        self.call(OP, |state| {
+            let stored = found(&mut state.jobs, name, no_job(OP))?;
             if stored.job.state != TrainingJobState::InProgress {
                 return Err(validation(
                     OP,
@@ -436,7 +481,7 @@ impl SageMakerApi for MemorySageMaker {
             stored.job.state = TrainingJobState::Stopping;
             stored.job.secondary_status = Some("Stopping".into());
             Ok(())
-        }))
+        })
     }
 
     fn create_model<'a>(
@@ -444,49 +489,39 @@ impl SageMakerApi for MemorySageMaker {
         request: &'a CreateModelRequest,
     ) -> BoxFuture<'a, SmResult<String>> {
         const OP: &str = "CreateModel";
-        ready(self.enter(OP).and_then(|mut state| {
-            let name = &request.name;
-            let arn = format!("{ARN_PREFIX}:model/{name}");
-            if state.models.contains_key(name) {
-                return Err(already_exists(OP, "model", &arn));
-            }
-            state.models.insert(
-                name.clone(),
-                StoredModel {
-                    request: request.clone(),
-                },
-            );
-            Ok(arn)
-        }))
+        self.call(OP, |state| {
+            let stored = StoredModel {
+                request: request.clone(),
+            };
+            insert_new(&mut state.models, "model", &request.name, stored, |arn| {
+                already_exists(OP, "model", arn)
+            })
+        })
     }
 
     fn describe_model<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<Model>> {
         const OP: &str = "DescribeModel";
-        ready(self.enter(OP).and_then(|state| {
-            state
-                .models
-                .get(name)
-                .map(|m| Model {
-                    name: name.to_string(),
-                    arn: Some(format!("{ARN_PREFIX}:model/{name}")),
-                    image: Some(m.request.image.clone()),
-                    model_data_url: m.request.model_data_url.clone(),
-                })
-                .ok_or_else(|| no_model(OP, name))
-        }))
+        self.call(OP, |state| {
+            found(&mut state.models, name, no_model(OP, name)).map(|m| Model {
+                name: name.to_string(),
+                arn: Some(format!("{ARN_PREFIX}:model/{name}")),
+                image: Some(m.request.image.clone()),
+                model_data_url: m.request.model_data_url.clone(),
+            })
+        })
     }
 
     fn delete_model<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
         const OP: &str = "DeleteModel";
-        ready(self.enter(OP).and_then(|mut state| {
-            let removed = state.models.remove(name);
-            removed.map(|_| ()).ok_or_else(|| no_model(OP, name))
-        }))
+        self.call(OP, |state| {
+            remove(&mut state.models, name, no_model(OP, name))
+        })
     }
 
     fn list_models<'a>(&'a self, name_contains: &'a str) -> BoxFuture<'a, SmResult<Vec<String>>> {
-        let listed = self.enter("ListModels");
-        ready(listed.map(|state| names_containing(&state.models, name_contains)))
+        self.call("ListModels", |state| {
+            Ok(names_containing(&state.models, name_contains))
+        })
     }
 
     fn create_endpoint_config<'a>(
@@ -494,23 +529,18 @@ impl SageMakerApi for MemorySageMaker {
         request: &'a CreateEndpointConfigRequest,
     ) -> BoxFuture<'a, SmResult<String>> {
         const OP: &str = "CreateEndpointConfig";
-        ready(self.enter(OP).and_then(|mut state| {
-            let name = &request.name;
-            let arn = format!("{ARN_PREFIX}:endpoint-config/{name}");
-            if state.configs.contains_key(name) {
-                return Err(already_exists(OP, "endpoint configuration", &arn));
-            }
+        self.call(OP, |state| {
             if !state.models.contains_key(&request.model_name) {
                 return Err(no_model(OP, &request.model_name));
             }
-            state.configs.insert(
-                name.clone(),
-                StoredConfig {
-                    request: request.clone(),
-                },
-            );
-            Ok(arn)
-        }))
+            let stored = StoredConfig {
+                request: request.clone(),
+            };
+            let path = "endpoint-config";
+            insert_new(&mut state.configs, path, &request.name, stored, |arn| {
+                already_exists(OP, "endpoint configuration", arn)
+            })
+        })
     }
 
     fn describe_endpoint_config<'a>(
@@ -518,33 +548,29 @@ impl SageMakerApi for MemorySageMaker {
         name: &'a str,
     ) -> BoxFuture<'a, SmResult<EndpointConfig>> {
         const OP: &str = "DescribeEndpointConfig";
-        ready(self.enter(OP).and_then(|state| {
-            state
-                .configs
-                .get(name)
-                .map(|c| EndpointConfig {
-                    name: name.to_string(),
-                    arn: Some(format!("{ARN_PREFIX}:endpoint-config/{name}")),
-                    model_names: vec![c.request.model_name.clone()],
-                })
-                .ok_or_else(|| no_config(OP, name))
-        }))
+        self.call(OP, |state| {
+            found(&mut state.configs, name, no_config(OP, name)).map(|c| EndpointConfig {
+                name: name.to_string(),
+                arn: Some(format!("{ARN_PREFIX}:endpoint-config/{name}")),
+                model_names: vec![c.request.model_name.clone()],
+            })
+        })
     }
 
     fn delete_endpoint_config<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
         const OP: &str = "DeleteEndpointConfig";
-        ready(self.enter(OP).and_then(|mut state| {
-            let removed = state.configs.remove(name);
-            removed.map(|_| ()).ok_or_else(|| no_config(OP, name))
-        }))
+        self.call(OP, |state| {
+            remove(&mut state.configs, name, no_config(OP, name))
+        })
     }
 
     fn list_endpoint_configs<'a>(
         &'a self,
         name_contains: &'a str,
     ) -> BoxFuture<'a, SmResult<Vec<String>>> {
-        let listed = self.enter("ListEndpointConfigs");
-        ready(listed.map(|state| names_containing(&state.configs, name_contains)))
+        self.call("ListEndpointConfigs", |state| {
+            Ok(names_containing(&state.configs, name_contains))
+        })
     }
 
     fn create_endpoint<'a>(
@@ -552,39 +578,25 @@ impl SageMakerApi for MemorySageMaker {
         request: &'a CreateEndpointRequest,
     ) -> BoxFuture<'a, SmResult<String>> {
         const OP: &str = "CreateEndpoint";
-        ready(self.enter(OP).and_then(|mut state| {
+        self.call(OP, |state| {
+            let config = &request.config_name;
+            if !state.configs.contains_key(config) {
+                return Err(no_config(OP, config));
+            }
             let name = &request.name;
             let arn = format!("{ARN_PREFIX}:endpoint/{name}");
-            if state.endpoints.contains_key(name) {
-                return Err(already_exists(OP, "endpoint", &arn));
-            }
-            if !state.configs.contains_key(&request.config_name) {
-                return Err(no_config(OP, &request.config_name));
-            }
-            state.endpoints.insert(
-                name.clone(),
-                Endpoint {
-                    name: name.clone(),
-                    arn: Some(arn.clone()),
-                    state: EndpointState::Creating,
-                    config_name: Some(request.config_name.clone()),
-                    pending_config_name: None,
-                    failure_reason: None,
-                },
-            );
-            Ok(arn)
-        }))
+            let stored = endpoint_record(name, arn, EndpointState::Creating, config);
+            insert_new(&mut state.endpoints, "endpoint", name, stored, |arn| {
+                already_exists(OP, "endpoint", arn)
+            })
+        })
     }
 
     fn describe_endpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<Endpoint>> {
         const OP: &str = "DescribeEndpoint";
-        ready(self.enter(OP).and_then(|state| {
-            state
-                .endpoints
-                .get(name)
-                .cloned()
-                .ok_or_else(|| no_endpoint(OP, name))
-        }))
+        self.call(OP, |state| {
+            found(&mut state.endpoints, name, no_endpoint(OP, name)).cloned()
+        })
     }
 
     fn update_endpoint<'a>(
@@ -593,45 +605,36 @@ impl SageMakerApi for MemorySageMaker {
         config_name: &'a str,
     ) -> BoxFuture<'a, SmResult<String>> {
         const OP: &str = "UpdateEndpoint";
-        ready(self.enter(OP).and_then(|mut state| {
+        self.call(OP, |state| {
             if !state.configs.contains_key(config_name) {
                 return Err(no_config(OP, config_name));
             }
-            let endpoint = state
-                .endpoints
-                .get_mut(name)
-                .ok_or_else(|| no_endpoint(OP, name))?;
+            let endpoint = found(&mut state.endpoints, name, no_endpoint(OP, name))?;
+            let arn = endpoint.arn.clone().unwrap_or_default();
             if endpoint.state != EndpointState::InService {
-                return Err(validation(
-                    OP,
-                    format!(
-                        "Cannot update in-progress endpoint \"{}\".",
-                        endpoint.arn.clone().unwrap_or_default()
-                    ),
-                ));
+                let message = format!("Cannot update in-progress endpoint \"{arn}\".");
+                return Err(validation(OP, message));
             }
             endpoint.state = EndpointState::Updating;
             endpoint.pending_config_name = Some(config_name.to_string());
             endpoint.failure_reason = None;
-            Ok(endpoint.arn.clone().unwrap_or_default())
-        }))
+            Ok(arn)
+        })
     }
 
     fn delete_endpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, SmResult<()>> {
         const OP: &str = "DeleteEndpoint";
-        ready(self.enter(OP).and_then(|mut state| {
-            state
-                .endpoints
-                .remove(name)
-                .map(|_| ())
-                .ok_or_else(|| no_endpoint(OP, name))
-        }))
+        self.call(OP, |state| {
+            remove(&mut state.endpoints, name, no_endpoint(OP, name))
+        })
     }
 }
 
 /// What the sagas' tests share: an owner and specs.
 pub(crate) mod fixtures {
     use aleph_crds::{SageMakerServing, SageMakerTraining};
+
+    use crate::sagemaker::SagaOwner;
 
     /// The owning object's UID.
     pub(crate) const OWNER: &str = "6f1c2a4e-0000-4000-8000-000000000001";
@@ -641,6 +644,12 @@ pub(crate) mod fixtures {
     pub(crate) const NAMESPACE: &str = "ml";
     /// The owning object's name.
     pub(crate) const NAME: &str = "fraud";
+    /// The owning object, as the sagas know it.
+    pub(crate) const FRAUD: SagaOwner<'static> = SagaOwner {
+        uid: OWNER,
+        namespace: NAMESPACE,
+        name: NAME,
+    };
     /// The inference image.
     pub(crate) const SERVE_IMAGE: &str =
         "123456789012.dkr.ecr.us-east-1.amazonaws.com/xgboost-serve:1.7";

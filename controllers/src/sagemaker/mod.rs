@@ -21,6 +21,7 @@ pub mod training;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use aleph_crds::ConditionStatus;
 use futures::future::BoxFuture;
 use kube::runtime::events::EventType;
 
@@ -440,15 +441,49 @@ pub(crate) const REQUEUE_TRAINING: Duration = Duration::from_secs(60);
 /// How long to wait before looking at a steady endpoint again, to notice drift.
 pub(crate) const REQUEUE_STEADY: Duration = Duration::from_secs(300);
 
-/// The tags the operator puts on everything it makes in SageMaker.
-pub fn owner_tags(owner_uid: &str, namespace: &str, name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "aleph-operator".to_string(),
-        ),
-        ("aleph.dev/namespace".to_string(), namespace.to_string()),
-        ("aleph.dev/name".to_string(), name.to_string()),
-        ("aleph.dev/owner-uid".to_string(), owner_uid.to_string()),
-    ])
+/// The condition `type_` while the saga `what` (for example "training")
+/// retries a recoverable error: `Unknown`, with the error's reason.
+pub fn recoverable_condition(
+    type_: &'static str,
+    what: &str,
+    error: &SageMakerError,
+) -> NewCondition {
+    NewCondition::new(
+        type_,
+        ConditionStatus::Unknown,
+        error.reason(),
+        format!("SageMaker {what}: {error}; retrying with backoff (Recoverable)"),
+    )
+}
+
+/// The Kubernetes object a saga works for. Its UID names and tags what the
+/// saga makes, so that only this object's resources are ever changed or
+/// deleted; its namespace and name are shown in the tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SagaOwner<'a> {
+    /// The object's UID.
+    pub uid: &'a str,
+    /// The object's namespace.
+    pub namespace: &'a str,
+    /// The object's name.
+    pub name: &'a str,
+}
+
+impl SagaOwner<'_> {
+    /// The tags the operator puts on everything it makes in SageMaker for
+    /// this owner.
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "aleph-operator".to_string(),
+            ),
+            (
+                "aleph.dev/namespace".to_string(),
+                self.namespace.to_string(),
+            ),
+            ("aleph.dev/name".to_string(), self.name.to_string()),
+            ("aleph.dev/owner-uid".to_string(), self.uid.to_string()),
+        ])
+    }
 }

@@ -13,9 +13,9 @@ use aleph_crds::{ConditionStatus, SageMakerTraining, TrainingStatus};
 
 use super::naming::training_job_name;
 use super::{
-    CreateTrainingJobRequest, REQUEUE_CHANGING, REQUEUE_TRAINING, SagaOutcome, SageMakerApi,
-    SageMakerError, SageMakerEvent, SmResult, TrainingInput, TrainingJob, TrainingJobState,
-    owner_tags,
+    CreateTrainingJobRequest, REQUEUE_CHANGING, REQUEUE_TRAINING, SagaOutcome, SagaOwner,
+    SageMakerApi, SageMakerError, SageMakerEvent, SmResult, TrainingInput, TrainingJob,
+    TrainingJobState,
 };
 use crate::conditions::NewCondition;
 
@@ -41,20 +41,18 @@ impl TrainingOutcome {
 
 /// Advances the training job of one owner by one step.
 ///
-/// `owner_uid`, `namespace` and `name` identify the owning object; `status` is
+/// `owner` is the owning object; `status` is
 /// what the previous pass recorded (or `None`). Errors that retrying may fix
 /// ([`SageMakerError::Recoverable`]) are returned as `Err` so the caller backs
 /// off; everything else, including SageMaker rejecting the spec, is an `Ok`
 /// outcome.
 pub async fn reconcile_training(
     api: &dyn SageMakerApi,
-    owner_uid: &str,
-    namespace: &str,
-    name: &str,
+    owner: SagaOwner<'_>,
     spec: &SageMakerTraining,
     status: Option<&TrainingStatus>,
 ) -> SmResult<TrainingOutcome> {
-    let job_name = training_job_name(owner_uid, name, spec);
+    let job_name = training_job_name(owner.uid, owner.name, spec);
     let mut events = Vec::new();
 
     // A previous spec's job: stop it if it is still running.
@@ -78,7 +76,7 @@ pub async fn reconcile_training(
     let job = match api.describe_training_job(&job_name).await {
         Ok(job) => job,
         Err(e) if e.is_not_found() => {
-            let request = create_request(&job_name, owner_uid, namespace, name, spec);
+            let request = create_request(&job_name, owner, spec);
             match api.create_training_job(&request).await {
                 Ok(_) => {
                     events.push(SageMakerEvent::normal(
@@ -305,13 +303,11 @@ fn observed(
 /// The CreateTrainingJob request for a spec.
 pub fn create_request(
     job_name: &str,
-    owner_uid: &str,
-    namespace: &str,
-    name: &str,
+    owner: SagaOwner<'_>,
     spec: &SageMakerTraining,
 ) -> CreateTrainingJobRequest {
     let mut tags = spec.tags.clone();
-    tags.extend(owner_tags(owner_uid, namespace, name));
+    tags.extend(owner.tags());
     let (security_group_ids, subnets) = match &spec.vpc {
         Some(vpc) => (vpc.security_group_ids.clone(), vpc.subnets.clone()),
         None => (Vec::new(), Vec::new()),
@@ -350,16 +346,6 @@ pub(crate) fn rejection(error: &SageMakerError) -> String {
         SageMakerError::NotFound { message, .. } => format!("ResourceNotFound: {message}"),
         other => other.message().to_string(),
     }
-}
-
-/// The `Trained` condition for a pass that failed with an error retrying may fix.
-pub fn recoverable_condition(error: &SageMakerError) -> NewCondition {
-    NewCondition::new(
-        TRAINED,
-        ConditionStatus::Unknown,
-        error.reason(),
-        format!("{error}; the operator retries with backoff"),
-    )
 }
 
 #[cfg(test)]

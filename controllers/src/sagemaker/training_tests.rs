@@ -4,7 +4,7 @@ use kube::runtime::events::EventType;
 
 use super::*;
 use crate::sagemaker::RecoverableKind;
-use crate::sagemaker::memory::fixtures::{NAME, NAMESPACE, OWNER, training_spec};
+use crate::sagemaker::memory::fixtures::{FRAUD, NAME, OWNER, training_spec};
 use crate::sagemaker::memory::{Fault, JobEnd, MemorySageMaker};
 
 /// One pass of the saga for the fixtures' owner.
@@ -13,7 +13,7 @@ async fn try_pass(
     spec: &SageMakerTraining,
     status: Option<&TrainingStatus>,
 ) -> SmResult<TrainingOutcome> {
-    reconcile_training(api, OWNER, NAMESPACE, NAME, spec, status).await
+    reconcile_training(api, FRAUD, spec, status).await
 }
 
 /// One pass that must not fail.
@@ -71,7 +71,7 @@ async fn two_passes_without_a_status_create_one_job() {
 
     // The request carries the spec and the owner's tags next to the spec's.
     let request = api.training_job(&job).expect("the job").request;
-    assert_eq!(request, create_request(&job, OWNER, NAMESPACE, NAME, &spec));
+    assert_eq!(request, create_request(&job, FRAUD, &spec));
     assert_eq!(request.tags.get("team").map(String::as_str), Some("risk"));
     assert_eq!(
         request.tags.get("aleph.dev/owner-uid").map(String::as_str),
@@ -90,7 +90,7 @@ async fn a_duplicate_on_create_looks_at_the_job_an_earlier_attempt_made() {
     let spec = training_spec();
     let job = training_job_name(OWNER, NAME, &spec);
     // An earlier attempt created the job, but this pass's Describe still misses it.
-    api.create_training_job(&create_request(&job, OWNER, NAMESPACE, NAME, &spec))
+    api.create_training_job(&create_request(&job, FRAUD, &spec))
         .await
         .expect("created");
     api.fail_next(
@@ -282,7 +282,7 @@ async fn a_recoverable_error_is_returned_and_nothing_is_created() {
     let err = try_pass(&api, &spec, None).await.expect_err("server error");
     assert!(err.is_recoverable(), "{err:?}");
     assert!(api.training_job_names().is_empty());
-    let condition = recoverable_condition(&err);
+    let condition = crate::sagemaker::recoverable_condition(TRAINED, "training", &err);
     assert_eq!(condition.status, ConditionStatus::Unknown);
     assert_eq!(condition.reason, "SageMakerUnavailable");
 

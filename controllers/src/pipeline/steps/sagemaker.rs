@@ -18,7 +18,8 @@ use crate::error::Result;
 use crate::pipeline::params::{self, StepOutputs};
 use crate::pipeline::pass::Pass;
 use crate::sagemaker::{
-    CleanupOutcome, SageMakerApi, SmResult, reconcile_training, training::TrainingOutcome,
+    CleanupOutcome, SagaOwner, SageMakerApi, SmResult, reconcile_training,
+    training::TrainingOutcome,
 };
 
 /// The output of a training step holding the model artifact's URI.
@@ -83,15 +84,12 @@ impl TrainingStep<'_, '_> {
         previous: Option<&TrainingStatus>,
     ) -> SmResult<TrainingOutcome> {
         let owner = training_owner_name(&self.step.name, attempt);
-        reconcile_training(
-            api,
-            &self.pass.uid,
-            &self.pass.namespace,
-            &owner,
-            spec,
-            previous,
-        )
-        .await
+        let owner = SagaOwner {
+            uid: &self.pass.uid,
+            namespace: &self.pass.namespace,
+            name: &owner,
+        };
+        reconcile_training(api, owner, spec, previous).await
     }
 
     fn cap_poll(&self, after: Duration) -> Duration {
