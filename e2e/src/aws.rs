@@ -9,7 +9,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_sagemaker::config::Credentials;
 
 use crate::sagemaker_fake::{FakeConfig, SageMakerFake};
-use crate::{OperatorOptions, OperatorProcess};
+use crate::{OperatorOptions, OperatorProcess, TestEnv};
 
 /// An AIModel `name` for the operator of the test's own that serves `label`
 /// (see [`operator_options`]); `spec` is the body of its spec.
@@ -52,6 +52,14 @@ pub async fn start_fake(config: FakeConfig) -> SageMakerFake {
     SageMakerFake::start(config)
         .await
         .unwrap_or_else(|e| panic!("starting the SageMaker fake: {e}"))
+}
+
+/// Ends a test that ran against `fake`: cleans up `env` first, while the fake
+/// still answers the calls of the finalizers the cleanup sets off, then stops
+/// the fake.
+pub async fn cleanup_with_fake(env: TestEnv, fake: SageMakerFake) {
+    env.cleanup().await;
+    fake.shutdown().await;
 }
 
 /// The environment of an operator whose SageMaker is `url`: the region, the

@@ -9,11 +9,8 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
     pub status: String,
-    #[serde(default)]
     pub reason: Option<String>,
-    #[serde(default)]
     pub message: Option<String>,
-    #[serde(default)]
     pub observed_generation: Option<i64>,
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, ServiceAccount};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::discovery::ApiResource;
 use kube::{Client, Config, Resource};
@@ -167,6 +167,30 @@ impl TestEnv {
             .into_iter()
             .map(|applied| applied.object)
             .collect()
+    }
+
+    /// Applies the ResourceQuota `name` with the `hard` limits (resource,
+    /// quantity) to the test's namespace and waits, at most `timeout`, until
+    /// the quota controller has taken it up (its status shows the limits):
+    /// from then on what it counts is certain, and so are its refusals.
+    pub async fn resource_quota(
+        &self,
+        name: &str,
+        hard: &[(&str, &str)],
+        timeout: Duration,
+    ) -> ResourceQuota {
+        let limits: String = hard
+            .iter()
+            .map(|(resource, quantity)| format!("    {resource}: \"{quantity}\"\n"))
+            .collect();
+        self.apply_yaml(&format!(
+            "apiVersion: v1\nkind: ResourceQuota\nmetadata: {{ name: {name} }}\nspec:\n  hard:\n{limits}"
+        ))
+        .await;
+        wait_for(&self.api::<ResourceQuota>(), name, timeout, |q| {
+            q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some()
+        })
+        .await
     }
 
     /// Like [`TestEnv::apply_yaml`], returning the server's refusal instead of

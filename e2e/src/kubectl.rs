@@ -6,7 +6,7 @@ use std::fmt;
 use std::process::{ExitStatus, Stdio};
 
 use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 /// What a kubectl run printed and how it ended.
 #[derive(Debug)]
@@ -75,23 +75,12 @@ where
         .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ");
-    let mut child = Command::new("kubectl")
-        .args(&args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run kubectl ({e}); run the tests under e2e/cluster/with-cluster.sh, \
-                 which puts it on PATH"
-            )
-        });
+    let input = if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    let mut child = spawn_kubectl(&args, input, Stdio::piped());
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes())
             .await
@@ -107,6 +96,29 @@ where
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// Starts `kubectl ARGS...` with `stdin` and `stderr` as given and its
+/// stdout piped; it is killed if the [`Child`] is dropped before it ends.
+/// Panics when kubectl cannot be run.
+pub(crate) fn spawn_kubectl<I, S>(args: I, stdin: Stdio, stderr: Stdio) -> Child
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new("kubectl")
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run kubectl ({e}); run the tests under e2e/cluster/with-cluster.sh, \
+                 which puts it on PATH"
+            )
+        })
 }
 
 /// The words of line `n` of a table `kubectl get` printed (0: the header).

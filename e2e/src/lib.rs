@@ -61,7 +61,7 @@ pub use env::{E2E_LABEL, FIELD_MANAGER, TestEnv, install_crypto_provider, repo_r
 pub use kubectl::{KubectlOutput, kubectl, kubectl_with_stdin, table_row};
 pub use operator::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL};
 pub use wait::{
-    events_about, failure_report, live_pods, poll, refusal, wait_condition, wait_for,
+    events_about, failure_report, live_pods, node_of, poll, refusal, wait_condition, wait_for,
     wait_for_deletion, wait_reconcile_failed, wait_tenant_ready,
 };
 

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::apply::apply_yaml;
 use crate::kubectl::{KubectlOutput, kubectl};
-use crate::wait::wait_for;
+use crate::wait::{node_of, wait_for};
 
 /// The real node's name.
 pub const REAL_NODE_NAME: &str = "aleph-real-0";
@@ -230,9 +230,8 @@ pub async fn run_pods(
     let mut running = BTreeMap::new();
     for name in names {
         let pod = wait_running(&pods, &name, POD_START_TIMEOUT).await;
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         assert_eq!(
-            node.as_deref(),
+            node_of(&pod),
             Some(REAL_NODE_NAME),
             "pod {namespace}/{name} is not on the real node (is its namespace pinned?)"
         );

@@ -8,9 +8,10 @@ use std::process::Stdio;
 
 use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdout};
 
 use crate::kubectl;
+use crate::kubectl::spawn_kubectl;
 use crate::s3::env_var;
 
 /// The llama.cpp server image that e2e/images builds (build b11312).
@@ -219,18 +220,8 @@ impl RequestLoop {
     /// Starts the loop against `base` and returns once a request succeeded.
     pub async fn start(namespace: &str, pod: &str, base: &str, model: &str) -> Self {
         let stop_file = format!("/tmp/stop-{}", crate::unique_name("loop"));
-        let mut child = Command::new("kubectl")
-            .args(exec_args(
-                namespace,
-                pod,
-                &["loop", base, model, &stop_file],
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run kubectl exec");
+        let args = exec_args(namespace, pod, &["loop", base, model, &stop_file]);
+        let mut child = spawn_kubectl(args, Stdio::null(), Stdio::inherit());
         let stdout = child.stdout.take().expect("the loop's stdout");
         let mut output = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(std::time::Duration::from_secs(60), output.next_line())

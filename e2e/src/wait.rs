@@ -190,14 +190,15 @@ fn event_time(event: &Event) -> Option<Timestamp> {
         .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
+/// The node `pod` is bound to, if the scheduler has placed it.
+pub fn node_of(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
 fn pod_summary(pod: &Pod) -> String {
     let status = pod.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("-");
-    let node = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .unwrap_or("-");
+    let node = node_of(pod).unwrap_or("-");
     let conditions = status
         .and_then(|s| s.conditions.as_ref())
         .map(|cs| {

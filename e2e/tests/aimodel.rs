@@ -13,7 +13,7 @@ use aleph_crds::AIModel;
 use aleph_e2e::sagemaker_fake::FakeConfig;
 use aleph_e2e::{
     OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition,
-    has_condition, live_pods, tenant_manifest, unique_name, wait_condition, wait_for,
+    has_condition, live_pods, node_of, tenant_manifest, unique_name, wait_condition, wait_for,
     wait_for_deletion, wait_tenant_ready,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -169,11 +169,7 @@ async fn the_vllm_example_serves_from_h100_nodes_only_and_turns_ready_with_a_url
     let pods = pods_of(&env, "aleph.dev/model=llama-3-8b").await;
     assert!(!pods.is_empty());
     for pod in &pods {
-        let node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
+        let node = node_of(pod).unwrap_or_default();
         assert!(
             node.starts_with("aleph-gpu-h100-"),
             "pod {} runs on {node}, not on an H100 node",
@@ -270,11 +266,7 @@ async fn changing_the_gpu_count_rolls_the_deployment_and_too_many_gpus_is_unsche
         (pods.len() == 1 && gpu_request(&pods[0]).as_deref() == Some("2")).then_some(pods)
     })
     .await;
-    let node = pods[0]
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .unwrap_or_default();
+    let node = node_of(&pods[0]).unwrap_or_default();
     assert!(node.starts_with("aleph-gpu-h100-"), "{node}");
 
     // More GPUs than any node has: Degraded, Unschedulable, with what is missing.
@@ -664,18 +656,8 @@ async fn deleting_the_model_removes_every_child() {
 #[tokio::test]
 async fn a_model_the_quota_refuses_says_why() {
     let env = TestEnv::new().await;
-    env.apply_yaml(
-        "apiVersion: v1\nkind: ResourceQuota\nmetadata: { name: gpus }\nspec:\n  hard: { requests.nvidia.com/gpu: \"1\" }\n",
-    )
-    .await;
-    // The quota controller must have counted before the refusal is certain.
-    wait_for(
-        &env.api::<k8s_openapi::api::core::v1::ResourceQuota>(),
-        "gpus",
-        TIMEOUT,
-        |q| q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some(),
-    )
-    .await;
+    env.resource_quota("gpus", &[("requests.nvidia.com/gpu", "1")], TIMEOUT)
+        .await;
     env.apply_yaml(&model_yaml(
         "greedy",
         &format!(
@@ -880,8 +862,7 @@ spec:
     wait_for_deletion(&models, "fraud", TIMEOUT).await;
     wait_for_deletion(&env.api::<Deployment>(), "fraud", TIMEOUT).await;
     operator.terminate(Duration::from_secs(10)).await;
-    env.cleanup().await;
-    sagemaker.shutdown().await;
+    aws::cleanup_with_fake(env, sagemaker).await;
 }
 
 /// The Gateway API's HTTPRoute kind, its schema reduced to what the test reads.

@@ -332,8 +332,7 @@ async fn fake_in_progress_then_completed_shows_in_status_and_events() {
         (0, 0, 0),
         "nothing left: {counters:?}"
     );
-    env.cleanup().await;
-    sm.shutdown().await;
+    aws::cleanup_with_fake(env, sm).await;
 }
 
 #[tokio::test]
@@ -377,8 +376,7 @@ async fn fake_failed_job_is_terminal_with_the_reason() {
     let counters = sm.counters();
     assert_eq!(counters.training_jobs_created, 1, "{counters:?}");
     assert_eq!(counters.endpoints_created, 0, "{counters:?}");
-    env.cleanup().await;
-    sm.shutdown().await;
+    aws::cleanup_with_fake(env, sm).await;
 }
 
 #[tokio::test]
@@ -394,8 +392,7 @@ async fn fake_deleting_during_training_stops_the_job() {
         .unwrap_or_else(|| panic!("job {job} vanished"));
     assert_eq!(stopped.status, "Stopped", "{stopped:?}");
     assert_eq!(sm.counters().training_jobs_stopped, 1);
-    env.cleanup().await;
-    sm.shutdown().await;
+    aws::cleanup_with_fake(env, sm).await;
 }
 
 #[tokio::test]
@@ -416,8 +413,7 @@ async fn fake_throttling_is_shown_as_recoverable_then_converges() {
     .await;
     assert_eq!(sm.counters().training_jobs_created, 1);
     delete_and_wait(&api, "throttled").await;
-    env.cleanup().await;
-    sm.shutdown().await;
+    aws::cleanup_with_fake(env, sm).await;
 }
 
 /// Kills and restarts the operator at random moments while several models
@@ -530,6 +526,5 @@ async fn exactly_once_across_restarts_and_throttling() {
         (0, 0, 0, 0),
         "no leftovers: {counters:?}"
     );
-    env.cleanup().await;
-    sm.shutdown().await;
+    aws::cleanup_with_fake(env, sm).await;
 }

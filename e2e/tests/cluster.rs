@@ -313,19 +313,8 @@ data:
 #[tokio::test]
 async fn resource_quota_status_follows_pods() {
     let env = TestEnv::new().await;
-    env.apply_yaml(
-        r#"
-apiVersion: v1
-kind: ResourceQuota
-metadata:
-  name: compute
-spec:
-  hard:
-    pods: "2"
-    requests.cpu: "1"
-"#,
-    )
-    .await;
+    env.resource_quota("compute", &[("pods", "2"), ("requests.cpu", "1")], TIMEOUT)
+        .await;
     let quotas = env.api::<ResourceQuota>();
     let used = |quota: &ResourceQuota, resource: &str| {
         quota

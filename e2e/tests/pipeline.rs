@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::pipeline::{Pipeline, PipelineRun, RunPhase, StepPhase, StepStatus};
-use aleph_e2e::sagemaker_fake::{FAILURE_REASON_TAG, FakeConfig, OUTCOME_TAG};
+use aleph_e2e::sagemaker_fake::{FAILURE_REASON_TAG, FakeConfig, OUTCOME_TAG, SageMakerFake};
 use aleph_e2e::{
     OperatorProcess, PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, has_condition,
     table_row, unique_name, wait_condition, wait_for, wait_for_deletion,
@@ -1035,16 +1035,23 @@ async fn the_deadline_stops_the_run_with_timeout_and_finally_still_runs() {
     env.cleanup().await;
 }
 
-/// An operator of the test's own, for `env`'s namespace and the runs labelled
-/// `label`, whose SageMaker is `url`.
-async fn private_operator(env: &TestEnv, url: &str, label: &str) -> OperatorProcess {
-    aws::start_operator(aws::operator_options(
+/// Starts a SageMaker fake with `config` and an operator of the test's own
+/// that calls it, for `env`'s namespace and the runs labelled with the
+/// returned label (a new name).
+async fn fake_and_operator(
+    env: &TestEnv,
+    config: FakeConfig,
+) -> (SageMakerFake, OperatorProcess, String) {
+    let sm = aws::start_fake(config).await;
+    let label = unique_name("pipeline");
+    let options = aws::operator_options(
         env.namespace(),
-        url,
-        label,
+        &sm.endpoint_url(),
+        &label,
         "pipeline-training",
-    ))
-    .await
+    );
+    let op = aws::start_operator(options).await;
+    (sm, op, label)
 }
 
 /// A training step for the fake, with tags (the fake reads a job's outcome from them).
@@ -1066,9 +1073,7 @@ fn labelled_run(name: &str, pipeline: &str, label: &str) -> String {
 #[tokio::test]
 async fn cancelling_or_deleting_a_run_stops_its_training_job() {
     let env = TestEnv::new().await;
-    let sm = aws::start_fake(FakeConfig::training_until_stopped(1)).await;
-    let label = unique_name("pipeline");
-    let _op = private_operator(&env, &sm.endpoint_url(), &label).await;
+    let (sm, _op, label) = fake_and_operator(&env, FakeConfig::training_until_stopped(1)).await;
     let steps = [
         fake_training_step("train", "team: ml", ""),
         container_step("evaluate", &["train"], "", ""),
@@ -1117,16 +1122,13 @@ async fn cancelling_or_deleting_a_run_stops_its_training_job() {
     );
     assert_eq!(sm.counters().training_jobs_stopped, 2);
 
-    env.cleanup().await;
-    sm.shutdown().await;
+    aws::cleanup_with_fake(env, sm).await;
 }
 
 #[tokio::test]
 async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step() {
     let env = TestEnv::new().await;
-    let sm = aws::start_fake(FakeConfig::default()).await;
-    let label = unique_name("pipeline");
-    let _op = private_operator(&env, &sm.endpoint_url(), &label).await;
+    let (sm, _op, label) = fake_and_operator(&env, FakeConfig::default()).await;
     let tags =
         format!("{OUTCOME_TAG}: fail, {FAILURE_REASON_TAG}: \"AlgorithmError: out of memory\"");
     let retries = "      retries: { limit: 1, initialDelaySeconds: 1 }\n";
@@ -1147,8 +1149,7 @@ async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step()
     );
     // The finalizer goes once no training job runs.
     wait_finalizers_gone(&env, "badfit-1").await;
-    env.cleanup().await;
-    sm.shutdown().await;
+    aws::cleanup_with_fake(env, sm).await;
 }
 
 #[tokio::test]

@@ -22,8 +22,8 @@ use aleph_e2e::real_node::{
     pod_ip, pod_manifest, readiness_probe_http, run_pods,
 };
 use aleph_e2e::{
-    TestEnv, find_condition, has_condition, kubectl, tenant_manifest, unique_name, wait_for,
-    wait_tenant_ready,
+    TestEnv, find_condition, has_condition, kubectl, node_of, tenant_manifest, unique_name,
+    wait_for, wait_tenant_ready,
 };
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
@@ -166,15 +166,12 @@ spec:
     );
     let tolerated = wait_for(&pods, "tolerated", TIMEOUT, container_running).await;
     assert_eq!(
-        tolerated.spec.and_then(|s| s.node_name).as_deref(),
+        node_of(&tolerated),
         Some(REAL_NODE_NAME),
         "the pod that tolerates the taint runs elsewhere"
     );
-    let anywhere = wait_for(&pods, "anywhere", TIMEOUT, |p| {
-        p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
-    })
-    .await;
-    let elsewhere = anywhere.spec.and_then(|s| s.node_name).unwrap_or_default();
+    let anywhere = wait_for(&pods, "anywhere", TIMEOUT, |p| node_of(p).is_some()).await;
+    let elsewhere = node_of(&anywhere).unwrap_or_default();
     assert_ne!(
         elsewhere, REAL_NODE_NAME,
         "a pod that asked for nothing landed on the real node"
@@ -220,10 +217,7 @@ spec:
     ))
     .await;
     let unready = wait_for(&pods, "unready", TIMEOUT, container_running).await;
-    assert_eq!(
-        unready.spec.and_then(|s| s.node_name).as_deref(),
-        Some(REAL_NODE_NAME)
-    );
+    assert_eq!(node_of(&unready), Some(REAL_NODE_NAME));
     // Probed every second: after 5 s it has failed several times.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let unready = pods.get("unready").await.expect("pod unready");
@@ -238,7 +232,7 @@ spec:
     // The untolerated pod is still where it was.
     let still = pods.get("untolerated").await.expect("pod untolerated");
     assert!(
-        still.spec.and_then(|s| s.node_name).is_none(),
+        node_of(&still).is_none(),
         "the untolerated pod was scheduled"
     );
     env.cleanup().await;

@@ -9,7 +9,7 @@ mod tenant_support;
 use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
-use aleph_e2e::{TestEnv, unique_name, user_can, wait_for, wait_for_deletion};
+use aleph_e2e::{TestEnv, node_of, poll, unique_name, user_can, wait_for, wait_for_deletion};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -34,16 +34,32 @@ async fn alice_in_one(env: &TestEnv, name: &str, yaml: &str) -> (kube::Client, S
     (alice, format!("{name}-one"))
 }
 
+/// A fresh [`TestEnv`] and, named after `prefix`, a Ready Tenant whose
+/// admission adds `extra` to [`tenant_yaml`]'s; returns the env, the Tenant's
+/// name, its owner alice (impersonated) and its namespace `one`. With
+/// `debugger`, alice may also add ephemeral containers, which the built-in
+/// admin role does not allow: a role that does is bound to her.
+async fn env_with_alice(
+    prefix: &str,
+    extra: &str,
+    debugger: bool,
+) -> (TestEnv, String, kube::Client, String) {
+    let env = TestEnv::new().await;
+    let name = unique_name(prefix);
+    let mut extra = extra.to_string();
+    if debugger {
+        extra += &debugger_role(&env, &format!("{name}-debugger"), &format!("{name}-alice")).await;
+    }
+    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, &extra)).await;
+    (env, name, alice, ns)
+}
+
 /// The rules hold beyond a pod's CREATE: an image changed on a running pod,
 /// an ephemeral container (`kubectl debug`), an init container, and the
 /// templates of a Deployment and a CronJob are refused, each naming the rule.
 #[tokio::test]
 async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() {
-    let env = TestEnv::new().await;
-    let name = unique_name("tnupd");
-    // The built-in admin role does not add ephemeral containers: bind a role that does.
-    let debugger = debugger_role(&env, &format!("{name}-debugger"), &format!("{name}-alice")).await;
-    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, &debugger)).await;
+    let (env, _, alice, ns) = env_with_alice("tnupd", "", true).await;
     let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
     // In force for the owner first (the policies reach the API server's cache a moment after they are written).
     let first = create_refused(&pods, &pod("probe", "docker.io/evil/x:1")).await;
@@ -120,9 +136,7 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
 /// allowed product, it is admitted and lands there.
 #[tokio::test]
 async fn gpu_pods_must_be_pinned_to_an_allowed_product() {
-    let env = TestEnv::new().await;
-    let name = unique_name("tnpin");
-    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, "")).await;
+    let (env, _, alice, ns) = env_with_alice("tnpin", "", false).await;
     let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
     let image = "ghcr.io/acme/train:1";
 
@@ -168,11 +182,8 @@ async fn gpu_pods_must_be_pinned_to_an_allowed_product() {
         .await
         .expect("a GPU pod pinned by affinity to an allowed product is admitted");
     let admin_pods: Api<Pod> = Api::namespaced(env.client(), &ns);
-    let placed = wait_for(&admin_pods, "pinned", TIMEOUT, |p| {
-        p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
-    })
-    .await;
-    let node = placed.spec.and_then(|s| s.node_name).unwrap_or_default();
+    let placed = wait_for(&admin_pods, "pinned", TIMEOUT, |p| node_of(p).is_some()).await;
+    let node = node_of(&placed).unwrap_or_default();
     assert!(node.contains("h100"), "the pinned pod landed on {node}");
     // A pod without GPUs needs no pinning.
     pods.create(&PostParams::default(), &typed(pod("cpu", image)))
@@ -193,10 +204,8 @@ fn network_policy(name: &str, spec: serde_json::Value) -> NetworkPolicy {
 /// operator's policy are refused; a policy that stays within the tenant passes.
 #[tokio::test]
 async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
-    let env = TestEnv::new().await;
-    let name = unique_name("tnnet");
     let extra = "  compliance: hipaa\n  network:\n    allowedEgress: [{ cidr: 10.200.0.0/16, ports: [443] }, { cidr: 10.201.0.0/16 }]";
-    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, extra)).await;
+    let (env, name, alice, ns) = env_with_alice("tnnet", extra, false).await;
     let policies: Api<NetworkPolicy> = Api::namespaced(alice.clone(), &ns);
     let allow_all_egress = network_policy(
         "allow-all-egress",
@@ -321,9 +330,7 @@ async fn owners_cannot_widen_a_compliance_tenants_network_isolation() {
 /// writing their own NetworkPolicies (the operator's are still protected).
 #[tokio::test]
 async fn without_a_lock_owners_write_their_own_network_policies() {
-    let env = TestEnv::new().await;
-    let name = unique_name("tnopen");
-    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, "")).await;
+    let (env, name, alice, ns) = env_with_alice("tnopen", "", false).await;
     let policies: Api<NetworkPolicy> = Api::namespaced(alice.clone(), &ns);
     let message = until_refused(async || {
         policies
@@ -736,15 +743,18 @@ async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_an
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &format!("{name}-one"));
     wait_for_deletion(&bindings, "aleph-extra-0", TIMEOUT).await;
     // The authorizer reads RBAC from its own cache, a moment behind the API.
-    let mut revoked = false;
-    for _ in 0..20 {
-        if !user_can(&client, &carol, "list", "pods", &format!("{name}-one")).await {
-            revoked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(revoked, "carol still lists pods 5 s after her binding went");
+    poll(
+        Duration::from_secs(5),
+        Duration::from_millis(250),
+        async || {
+            if user_can(&client, &carol, "list", "pods", &format!("{name}-one")).await {
+                Err("carol still lists pods after her binding went".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     env.cleanup().await;
 }
 
@@ -752,10 +762,7 @@ async fn additional_role_bindings_grant_their_cluster_role_in_every_namespace_an
 /// and ephemeral containers; a running pod stays and can still be updated.
 #[tokio::test]
 async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers() {
-    let env = TestEnv::new().await;
-    let name = unique_name("tncrd");
-    let debugger = debugger_role(&env, &format!("{name}-debugger"), &format!("{name}-alice")).await;
-    let (alice, ns) = alice_in_one(&env, &name, &tenant_yaml(&name, &debugger)).await;
+    let (env, name, alice, ns) = env_with_alice("tncrd", "", true).await;
     let pods: Api<Pod> = Api::namespaced(alice.clone(), &ns);
     pods.create(
         &PostParams::default(),

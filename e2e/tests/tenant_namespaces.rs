@@ -16,14 +16,18 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use tenant_support::*;
 
-fn tenant_yaml(name: &str, quota: &str) -> String {
+/// Applies the Tenant `name`, owned by alice (admin) and victor (view), with
+/// the namespaces `one` and `two`, `quota` (its spec's quota line, or
+/// nothing) and images from `ghcr.io/acme/` only; waits until it is Ready.
+async fn ready_acme_tenant(env: &TestEnv, name: &str, quota: &str) -> Tenant {
     let rest = format!("{quota}\n  admission:\n    allowedRegistries: [\"ghcr.io/acme/\"]\n");
-    pro_tenant(
+    let yaml = pro_tenant(
         name,
         &[("alice", "admin"), ("victor", "view")],
         "one, two",
         &rest,
-    )
+    );
+    ready_tenant(env, name, &yaml).await
 }
 
 fn namespace(name: &str, labels: Value) -> Namespace {
@@ -59,13 +63,8 @@ async fn owners_create_namespaces_that_the_tenant_adopts_within_its_count() {
     let name = unique_name("tnself");
     let other = unique_name("tnothr");
     // Four namespaces in all: the two declared and two the owners may create.
-    ready_tenant(
-        &env,
-        &name,
-        &tenant_yaml(&name, "  quota: { namespaces: 4 }"),
-    )
-    .await;
-    ready_tenant(&env, &other, &tenant_yaml(&other, "")).await;
+    ready_acme_tenant(&env, &name, "  quota: { namespaces: 4 }").await;
+    ready_acme_tenant(&env, &other, "").await;
     let alice = env.impersonated_client(&format!("{name}-alice"), &[]);
     let namespaces: Api<Namespace> = Api::all(alice.clone());
     let mine = json!({ "aleph.dev/tenant": name });

@@ -13,6 +13,7 @@ use aleph_gateway::static_config::StaticConfig;
 use aleph_gateway::{
     Authenticators, Gateway, GatewayConfig, GatewayState, RoutingMode, SystemClock,
 };
+use aleph_signal::wait_for_signal;
 use clap::{Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
 use rand::RngCore;
@@ -284,27 +285,4 @@ fn init_logs(level: &str) {
         .flatten_event(true)
         .with_env_filter(filter)
         .init();
-}
-
-/// SIGTERM (what Kubernetes sends) or Ctrl-C.
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -64,7 +64,7 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
         }
     };
     tokio::spawn(async move {
-        wait_for_signal().await;
+        aleph_signal::wait_for_signal().await;
         tracing::info!("shutting down");
         let _ = shutdown_tx.send(true);
     });
@@ -200,26 +200,4 @@ fn identity() -> String {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     })
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

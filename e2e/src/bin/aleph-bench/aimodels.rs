@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use aleph_controllers::aimodel::build;
+use aleph_controllers::plugin::status::progress;
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::keys::MODEL_LABEL;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -159,13 +160,10 @@ pub fn is_ready(model: &AIModel) -> bool {
     })
 }
 
-/// Whether a Deployment has all its replicas available.
+/// Whether a Deployment has all its replicas available (as many as it
+/// desires, read as the operator reads them).
 pub fn is_available(deployment: &Deployment) -> bool {
-    let want = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
+    let want = progress(deployment).desired;
     deployment.status.as_ref().is_some_and(|s| {
         s.available_replicas.unwrap_or(0) >= want && s.observed_generation.is_some()
     })
