@@ -76,7 +76,7 @@ pub async fn run_all<S, F>(
     let mut all = vec![run!(tenant::controller(&ctx, &cluster))];
     for ns in &scopes {
         all.extend([
-            run!(aimodel::controller(client, ns)),
+            run!(aimodel::controller(&ctx, ns)),
             run!(plugin::controller(client, ns)),
             run!(pipeline::controller::pipeline_controller(client, ns)),
             run!(pipeline::controller::run_controller(client, ns)),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::{AIModel, AIModelStatus, CacheStatus};
 use aleph_crds::common::ConditionStatus;
-use aleph_crds::keys::{CACHE_LABEL, CACHE_READY_ANNOTATION, MODEL_LABEL};
+use aleph_crds::keys::{CACHE_LABEL, CACHE_READY_ANNOTATION};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
@@ -31,6 +31,7 @@ use serde_json::json;
 
 use super::build::{ModelVolume, ServingPlan, TrackPlan};
 use super::cache::CacheState;
+use super::observe::{ChildCaches, ModelChildren};
 use super::status::{Observation, TrackObservation, invalid_spec};
 use super::{build, cache, sagemaker, status};
 use crate::apply::{MANAGER, Owner, delete_ignoring_missing, ignore_missing, is_subset};
@@ -133,13 +134,18 @@ pub(super) async fn serve(
         }
     }
 
-    let selector = ListParams::default().labels(&plan.selector());
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
-    let observed_deployments = owned_by(owner, deployments.list(&selector).await?.items);
-    let observed_services = owned_by(owner, services.list(&selector).await?.items);
-    let observed_hpas = owned_by(owner, hpas.list(&selector).await?.items);
+    let observed = ModelChildren {
+        namespace: &namespace,
+        model: &plan.name,
+        owner,
+    }
+    .observe(ctx, &ctx.state::<AiModelState>().children)
+    .await?;
+    let (observed_deployments, observed_services, observed_hpas) =
+        (observed.deployments, observed.services, observed.hpas);
 
     // The Service exists from the start so that the URL is stable. With a
     // canary, each track has its own Service too: the HTTPRoute's backends
@@ -205,7 +211,10 @@ pub(super) async fn serve(
 
     // What the cluster made of it.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let pods = pods.list(&selector).await?.items;
+    let pods = pods
+        .list(&ListParams::default().labels(&plan.selector()))
+        .await?
+        .items;
     let url = plan.url();
     let tracks: Vec<TrackObservation<'_>> = plan
         .tracks()
@@ -286,15 +295,6 @@ fn names<K: Resource>(objects: &[K]) -> BTreeSet<String> {
     objects.iter().map(|o| o.name_any()).collect()
 }
 
-/// The objects `owner` controls, by name.
-fn owned_by<K: Resource>(owner: Owner<'_>, items: Vec<K>) -> BTreeMap<String, K> {
-    items
-        .into_iter()
-        .filter(|o| owner.controls(o))
-        .map(|o| (o.name_any(), o))
-        .collect()
-}
-
 /// Deletes the observed objects not in `wanted`.
 async fn delete_unwanted<K>(
     api: &Api<K>,
@@ -316,17 +316,22 @@ pub(super) async fn remove_kubernetes_serving(model: &AIModel, ctx: &Context) ->
     let namespace = model.namespace().unwrap_or_default();
     let uid = uid_of(model)?;
     let owner = model_owner(&uid);
-    let selector = ListParams::default().labels(&format!("{MODEL_LABEL}={}", model.name_any()));
+    let name = model.name_any();
+    let observed = ModelChildren {
+        namespace: &namespace,
+        model: &name,
+        owner,
+    }
+    .observe(ctx, &ctx.state::<AiModelState>().children)
+    .await?;
     let none = BTreeSet::new();
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let observed = owned_by(owner, deployments.list(&selector).await?.items);
-    delete_unwanted(&deployments, &observed, &none).await?;
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    let observed = owned_by(owner, services.list(&selector).await?.items);
-    delete_unwanted(&services, &observed, &none).await?;
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
-    let observed = owned_by(owner, hpas.list(&selector).await?.items);
-    delete_unwanted(&hpas, &observed, &none).await?;
+    let client = &ctx.client;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    delete_unwanted(&deployments, &observed.deployments, &none).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    delete_unwanted(&services, &observed.services, &none).await?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
+    delete_unwanted(&hpas, &observed.hpas, &none).await?;
     Ok(())
 }
 
@@ -497,6 +502,8 @@ pub(super) struct AiModelState {
     /// When the controller last looked whether the cluster serves the
     /// Gateway API, and what it found.
     gateway_api: GatewaySeen,
+    /// The caches of the controllers' watches of the serving children.
+    pub(super) children: ChildCaches,
 }
 
 type GatewaySeen = Mutex<Option<(Instant, bool)>>;

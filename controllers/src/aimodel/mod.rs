@@ -19,6 +19,7 @@
 mod apply;
 pub mod build;
 pub mod cache;
+mod observe;
 pub mod runtime;
 pub mod sagemaker;
 pub mod source;
@@ -32,10 +33,8 @@ use std::time::Duration;
 use aleph_crds::aimodel::{AIModel, AIModelStatus, ServingBackend};
 use aleph_crds::common::ConditionStatus;
 use aleph_crds::keys::{CACHE_LABEL, FINALIZER, MODEL_LABEL};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -51,21 +50,34 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runner::{Reconcile, Watch};
 use apply::{cleanup, remove_kubernetes_serving, serve};
+use observe::ChildStores;
 
 /// The AIModel controller for what `watch` names, watching what it makes:
 /// Deployments, Services and HPAs (owned), cache claims and Jobs (owned by
 /// every model using them) and the serving pods (for scheduling failures and
 /// crashes).
-pub fn controller(
-    client: &kube::Client,
-    watch: &Watch<'_>,
-) -> Controller<DeserializeGuard<AIModel>> {
+pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGuard<AIModel>> {
+    let client = &ctx.client;
     let children = || crate::runner::watch_config().labels(MODEL_LABEL);
     let caches = || crate::runner::watch_config().labels(CACHE_LABEL);
+    // The serving children are kept in caches that the passes read instead
+    // of listing them (see `observe`).
+    use crate::runner::{cached_watch, untrimmed};
+    let (deployments, deployment_stream) = cached_watch(watch.api(client), children(), untrimmed);
+    let (services, service_stream) = cached_watch(watch.api(client), children(), untrimmed);
+    let (hpas, hpa_stream) = cached_watch(watch.api(client), children(), untrimmed);
+    ctx.state::<apply::AiModelState>()
+        .children
+        .add(ChildStores {
+            scope: watch.namespace.map(str::to_string),
+            deployments,
+            services,
+            hpas,
+        });
     Controller::new(watch.api(client), watch.primary())
-        .owns(watch.api::<Deployment>(client), children())
-        .owns(watch.api::<Service>(client), children())
-        .owns(watch.api::<HorizontalPodAutoscaler>(client), children())
+        .owns_stream(deployment_stream)
+        .owns_stream(service_stream)
+        .owns_stream(hpa_stream)
         .owns(watch.api::<Job>(client), caches())
         .owns(watch.api::<PersistentVolumeClaim>(client), caches())
         // Pods as metadata only: any change to a pod (its status too) is an

@@ -1,0 +1,143 @@
+//! What a pass reads of a model's serving children (Deployments, Services
+//! and the HPA): from the caches of the controller's own watches of them, so
+//! that a pass does not list them again; or, where no controller of this
+//! context watches the namespace (a pass run on its own), by listing.
+//!
+//! A cache may lag behind the operator's own writes. That is safe here: a
+//! child missing from it is looked up by name before it is created
+//! ([`crate::apply::Owner::ensure`]), one the cache holds in an older version
+//! is applied again (server-side apply, the same result), and one deleted
+//! meanwhile is deleted again, ignoring that it is gone. Each change to a
+//! child wakes its model through the same watch, so the next pass sees it.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aleph_crds::keys::MODEL_LABEL;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::apply::Owner;
+use crate::context::Context;
+use crate::error::Result;
+
+/// How long a pass waits for a cache's first list before it lists itself.
+const CACHE_READY_WAIT: Duration = Duration::from_secs(5);
+
+/// The caches of one controller's watches of the models' serving children.
+#[derive(Clone)]
+pub(super) struct ChildStores {
+    /// The namespace the controller watches; all when `None`.
+    pub scope: Option<String>,
+    /// Deployments labelled with a model.
+    pub deployments: Store<Deployment>,
+    /// Services labelled with a model.
+    pub services: Store<Service>,
+    /// HPAs labelled with a model.
+    pub hpas: Store<HorizontalPodAutoscaler>,
+}
+
+/// The caches of every AIModel controller on one context (one per watched
+/// scope), in the context's per-controller state.
+#[derive(Default)]
+pub(super) struct ChildCaches(Mutex<Vec<ChildStores>>);
+
+impl Debug for ChildCaches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildCaches").finish_non_exhaustive()
+    }
+}
+
+impl ChildCaches {
+    /// Keeps the caches of a controller just built.
+    pub fn add(&self, stores: ChildStores) {
+        if let Ok(mut all) = self.0.lock() {
+            all.push(stores);
+        }
+    }
+
+    /// The caches that cover `namespace`, if a controller watches it.
+    fn covering(&self, namespace: &str) -> Option<ChildStores> {
+        let all = self.0.lock().ok()?;
+        all.iter()
+            .find(|s| s.scope.as_deref().is_none_or(|scope| scope == namespace))
+            .cloned()
+    }
+}
+
+/// A model's serving children that it controls, by name.
+pub(super) struct Children {
+    /// Its Deployments (the stable track's and the canary's).
+    pub deployments: BTreeMap<String, Deployment>,
+    /// Its Services.
+    pub services: BTreeMap<String, Service>,
+    /// Its HPA.
+    pub hpas: BTreeMap<String, HorizontalPodAutoscaler>,
+}
+
+/// Where a pass reads one model's children from.
+pub(super) struct ModelChildren<'a> {
+    /// The model's namespace.
+    pub namespace: &'a str,
+    /// The model's name (the value of its children's model label).
+    pub model: &'a str,
+    /// The model, as the owner its children name.
+    pub owner: Owner<'a>,
+}
+
+impl ModelChildren<'_> {
+    /// The model's children, from the watches' caches where a controller
+    /// watches its namespace, else listed.
+    pub async fn observe(&self, ctx: &Context, caches: &ChildCaches) -> Result<Children> {
+        let stores = caches.covering(self.namespace);
+        let stores = stores.as_ref();
+        Ok(Children {
+            deployments: self.read(ctx, stores.map(|s| &s.deployments)).await?,
+            services: self.read(ctx, stores.map(|s| &s.services)).await?,
+            hpas: self.read(ctx, stores.map(|s| &s.hpas)).await?,
+        })
+    }
+
+    async fn read<K>(&self, ctx: &Context, store: Option<&Store<K>>) -> Result<BTreeMap<String, K>>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        if let Some(store) = store
+            && let Ok(Ok(())) =
+                tokio::time::timeout(CACHE_READY_WAIT, store.wait_until_ready()).await
+        {
+            let found = store.state_filter(|o| self.holds(o));
+            return Ok(found
+                .into_iter()
+                .map(|o| (o.name_any(), K::clone(&o)))
+                .collect());
+        }
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), self.namespace);
+        let selector = ListParams::default().labels(&format!("{MODEL_LABEL}={}", self.model));
+        let listed = api.list(&selector).await?.items;
+        Ok(listed
+            .into_iter()
+            .filter(|o| self.owner.controls(o))
+            .map(|o| (o.name_any(), o))
+            .collect())
+    }
+
+    /// Whether `child` is one of this model's, as the list's selector and the
+    /// owner reference say.
+    fn holds<K: Resource>(&self, child: &K) -> bool {
+        child.meta().namespace.as_deref() == Some(self.namespace)
+            && child.labels().get(MODEL_LABEL).map(String::as_str) == Some(self.model)
+            && self.owner.controls(child)
+    }
+}
