@@ -137,13 +137,13 @@ pub(super) async fn serve(
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
-    let observed = ModelChildren {
+    let children = &ctx.state::<AiModelState>().children;
+    let model_children = ModelChildren {
         namespace: &namespace,
         model: &plan.name,
         owner,
-    }
-    .observe(ctx, &ctx.state::<AiModelState>().children)
-    .await?;
+    };
+    let observed = model_children.observe(ctx, children).await?;
     let (observed_deployments, observed_services, observed_hpas) =
         (observed.deployments, observed.services, observed.hpas);
 
@@ -210,11 +210,7 @@ pub(super) async fn serve(
     }
 
     // What the cluster made of it.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let pods = pods
-        .list(&ListParams::default().labels(&plan.selector()))
-        .await?
-        .items;
+    let pods = model_children.pods(ctx, children).await?;
     let url = plan.url();
     let tracks: Vec<TrackObservation<'_>> = plan
         .tracks()

@@ -37,12 +37,10 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::apply::patch_status_if_changed;
 use crate::conditions::{NewCondition, find, set_condition};
@@ -66,6 +64,9 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     let (deployments, deployment_stream) = cached_watch(watch.api(client), children(), untrimmed);
     let (services, service_stream) = cached_watch(watch.api(client), children(), untrimmed);
     let (hpas, hpa_stream) = cached_watch(watch.api(client), children(), untrimmed);
+    // Pods trimmed to what the status reads: any change to a pod (its status
+    // too) wakes its model.
+    let (pods, pod_stream) = cached_watch(watch.api(client), children(), observe::trim_pod);
     ctx.state::<apply::AiModelState>()
         .children
         .add(ChildStores {
@@ -73,6 +74,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             deployments,
             services,
             hpas,
+            pods,
         });
     Controller::new(watch.api(client), watch.primary())
         .owns_stream(deployment_stream)
@@ -80,18 +82,12 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
         .owns_stream(hpa_stream)
         .owns(watch.api::<Job>(client), caches())
         .owns(watch.api::<PersistentVolumeClaim>(client), caches())
-        // Pods as metadata only: any change to a pod (its status too) is an
-        // event, and the model's pass lists the pods it looks at; decoding
-        // whole pods would cost most of the watches' memory.
-        .watches_stream(
-            watcher(watch.api::<PartialObjectMeta<Pod>>(client), children()).touched_objects(),
-            |pod: PartialObjectMeta<Pod>| {
-                let namespace = pod.namespace()?;
-                pod.labels()
-                    .get(MODEL_LABEL)
-                    .map(|name| ObjectRef::new(name).within(&namespace))
-            },
-        )
+        .watches_stream(pod_stream, |pod: Pod| {
+            let namespace = pod.namespace()?;
+            pod.labels()
+                .get(MODEL_LABEL)
+                .map(|name| ObjectRef::new(name).within(&namespace))
+        })
 }
 
 impl Reconcile for AIModel {

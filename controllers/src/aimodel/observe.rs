@@ -1,7 +1,9 @@
-//! What a pass reads of a model's serving children (Deployments, Services
-//! and the HPA): from the caches of the controller's own watches of them, so
-//! that a pass does not list them again; or, where no controller of this
-//! context watches the namespace (a pass run on its own), by listing.
+//! What a pass reads of a model's serving children (Deployments, Services,
+//! the HPA) and of its serving pods: from the caches of the controller's own
+//! watches of them, so that a pass does not list them again; or, where no
+//! controller of this context watches the namespace (a pass run on its own),
+//! by listing. The pods are kept trimmed to what the status reads of them
+//! ([`trim_pod`]).
 //!
 //! A cache may lag behind the operator's own writes. That is safe here: a
 //! child missing from it is looked up by name before it is created
@@ -19,7 +21,7 @@ use aleph_crds::keys::MODEL_LABEL;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
@@ -43,6 +45,8 @@ pub(super) struct ChildStores {
     pub services: Store<Service>,
     /// HPAs labelled with a model.
     pub hpas: Store<HorizontalPodAutoscaler>,
+    /// Pods labelled with a model, trimmed by [`trim_pod`].
+    pub pods: Store<Pod>,
 }
 
 /// The caches of every AIModel controller on one context (one per watched
@@ -100,13 +104,27 @@ impl ModelChildren<'_> {
         let stores = caches.covering(self.namespace);
         let stores = stores.as_ref();
         Ok(Children {
-            deployments: self.read(ctx, stores.map(|s| &s.deployments)).await?,
-            services: self.read(ctx, stores.map(|s| &s.services)).await?,
-            hpas: self.read(ctx, stores.map(|s| &s.hpas)).await?,
+            deployments: self.read(ctx, stores.map(|s| &s.deployments), true).await?,
+            services: self.read(ctx, stores.map(|s| &s.services), true).await?,
+            hpas: self.read(ctx, stores.map(|s| &s.hpas), true).await?,
         })
     }
 
-    async fn read<K>(&self, ctx: &Context, store: Option<&Store<K>>) -> Result<BTreeMap<String, K>>
+    /// The model's serving pods (owned by its Deployments' ReplicaSets), from
+    /// the cache (trimmed by [`trim_pod`]) where a controller watches them.
+    pub async fn pods(&self, ctx: &Context, caches: &ChildCaches) -> Result<Vec<Pod>> {
+        let stores = caches.covering(self.namespace);
+        let pods = self.read(ctx, stores.as_ref().map(|s| &s.pods), false);
+        Ok(pods.await?.into_values().collect())
+    }
+
+    /// The model's `K`s, only those it controls when `owned`.
+    async fn read<K>(
+        &self,
+        ctx: &Context,
+        store: Option<&Store<K>>,
+        owned: bool,
+    ) -> Result<BTreeMap<String, K>>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -117,7 +135,7 @@ impl ModelChildren<'_> {
             && let Ok(Ok(())) =
                 tokio::time::timeout(CACHE_READY_WAIT, store.wait_until_ready()).await
         {
-            let found = store.state_filter(|o| self.holds(o));
+            let found = store.state_filter(|o| self.holds(o, owned));
             return Ok(found
                 .into_iter()
                 .map(|o| (o.name_any(), K::clone(&o)))
@@ -128,16 +146,40 @@ impl ModelChildren<'_> {
         let listed = api.list(&selector).await?.items;
         Ok(listed
             .into_iter()
-            .filter(|o| self.owner.controls(o))
+            .filter(|o| !owned || self.owner.controls(o))
             .map(|o| (o.name_any(), o))
             .collect())
     }
 
-    /// Whether `child` is one of this model's, as the list's selector and the
-    /// owner reference say.
-    fn holds<K: Resource>(&self, child: &K) -> bool {
+    /// Whether `child` is one of this model's, as the list's selector and,
+    /// when `owned`, the owner reference say.
+    fn holds<K: Resource>(&self, child: &K, owned: bool) -> bool {
         child.meta().namespace.as_deref() == Some(self.namespace)
             && child.labels().get(MODEL_LABEL).map(String::as_str) == Some(self.model)
-            && self.owner.controls(child)
+            && (!owned || self.owner.controls(child))
     }
+}
+
+/// Keeps of a serving pod what the model's status reads: its metadata, its
+/// status, its node, and its containers' names and resources (the memory
+/// limit an OOM kill is reported against). The rest of the spec (volumes,
+/// env, probes, tolerations) would only take memory.
+pub(super) fn trim_pod(pod: &mut Pod) {
+    let Some(spec) = pod.spec.take() else {
+        return;
+    };
+    let trim = |c: Container| Container {
+        name: c.name,
+        resources: c.resources,
+        ..Container::default()
+    };
+    pod.spec = Some(PodSpec {
+        containers: spec.containers.into_iter().map(trim).collect(),
+        init_containers: spec
+            .init_containers
+            .map(|cs| cs.into_iter().map(trim).collect()),
+        node_name: spec.node_name,
+        ..PodSpec::default()
+    });
+    pod.metadata.annotations = None;
 }

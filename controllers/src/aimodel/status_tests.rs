@@ -36,11 +36,21 @@ fn observe<'a>(
     }
 }
 
-/// The assessment of `d` with one pod, `m-abc`, written as JSON.
+/// The assessment of `d` with one pod, `m-abc`, written as JSON. The pod as
+/// the controller's watch cache keeps it (trimmed) must tell the same.
 fn assess_with_pod(d: &Deployment, mut pod: serde_json::Value) -> Assessment {
-    pod["metadata"] = json!({ "name": "m-abc" });
-    let pods = [serde_json::from_value(pod).unwrap_or_default()];
-    assess(&observe(Some(d), &pods, None))
+    pod["metadata"] = json!({ "name": "m-abc", "annotations": { "a": "b" } });
+    pod["spec"]["volumes"] = json!([{ "name": "weights", "emptyDir": {} }]);
+    if pod["spec"]["containers"].is_null() {
+        pod["spec"]["containers"] = json!([{ "name": "llama-server", "image": "engine" }]);
+    }
+    let pods: [Pod; 1] = [serde_json::from_value(pod).expect("a pod")];
+    let whole = assess(&observe(Some(d), &pods, None));
+    let mut trimmed = pods.clone();
+    crate::aimodel::observe::trim_pod(&mut trimmed[0]);
+    assert_ne!(trimmed, pods, "the pod is trimmed");
+    assert_eq!(assess(&observe(Some(d), &trimmed, None)), whole);
+    whole
 }
 
 #[test]
