@@ -38,7 +38,7 @@ use aleph_e2e::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, host};
 use clap::{Parser, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Resource;
 use kube::api::{Api, PostParams};
 use prometheus_client::registry::Registry;
