@@ -15,9 +15,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use aleph_crds::keys::MODEL_LABEL;
+use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -30,9 +30,6 @@ use serde::de::DeserializeOwned;
 use crate::apply::Owner;
 use crate::context::Context;
 use crate::error::Result;
-
-/// How long a pass waits for a cache's first list before it lists itself.
-const CACHE_READY_WAIT: Duration = Duration::from_secs(5);
 
 /// The caches of one controller's watches of the models' serving children.
 #[derive(Clone)]
@@ -131,9 +128,10 @@ impl ModelChildren<'_> {
             + DeserializeOwned
             + Debug,
     {
+        // A cache that has not finished its first list is not waited for:
+        // the pass lists instead (only just after the start).
         if let Some(store) = store
-            && let Ok(Ok(())) =
-                tokio::time::timeout(CACHE_READY_WAIT, store.wait_until_ready()).await
+            && let Some(Ok(())) = store.wait_until_ready().now_or_never()
         {
             let found = store.state_filter(|o| self.holds(o, owned));
             return Ok(found
