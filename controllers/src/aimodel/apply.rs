@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use aleph_crds::aimodel::{AIModel, AIModelStatus, CacheStatus};
 use aleph_crds::common::ConditionStatus;
-use aleph_crds::keys::{CACHE_LABEL, CACHE_READY_ANNOTATION};
+use aleph_crds::keys::CACHE_READY_ANNOTATION;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
@@ -31,7 +31,7 @@ use serde_json::json;
 
 use super::build::{ModelVolume, ServingPlan, TrackPlan};
 use super::cache::CacheState;
-use super::observe::{ChildCaches, ModelChildren};
+use super::observe::{ChildCaches, ModelChildren, cache_objects_used_by};
 use super::status::{Observation, TrackObservation, invalid_spec};
 use super::{build, cache, sagemaker, status};
 use crate::apply::{MANAGER, Owner, delete_ignoring_missing, ignore_missing, is_subset};
@@ -241,7 +241,7 @@ pub(super) async fn serve(
         .all(|t| up_to_date.get(&t.deployment_name(&plan.name)) == Some(&true));
     if all_up_to_date {
         let wanted: BTreeSet<String> = caches.keys().map(|uri| cache::cache_name(uri)).collect();
-        release_caches(model, client, &namespace, &wanted).await?;
+        release_caches(model, ctx, &namespace, &wanted).await?;
     }
 
     let requeue = if assessment.degraded.status == ConditionStatus::True {
@@ -446,42 +446,63 @@ where
 
 /// Drops `model` from the users of the caches it no longer uses; a cache
 /// nobody uses any more is deleted.
+///
+/// The objects it uses are read from the watch cache; one it no longer wants
+/// is read again live before anything is done to it, and deleted only if it
+/// still has no other user at that version (a precondition), so that a model
+/// that joined meanwhile never loses its cache.
 async fn release_caches(
     model: &AIModel,
-    client: &kube::Client,
+    ctx: &Context,
     namespace: &str,
     wanted: &BTreeSet<String>,
 ) -> Result<()> {
     let Some(uid) = model.uid() else {
         return Ok(());
     };
-    let selector = ListParams::default().labels(CACHE_LABEL);
+    let stores = ctx.state::<AiModelState>().children.stores(namespace);
+    let client = &ctx.client;
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    for job in jobs.list(&selector).await?.items {
-        release(&jobs, &job, &uid, wanted).await?;
+    let used = cache_objects_used_by(ctx, stores.as_ref().map(|s| &s.cache_jobs), namespace, &uid);
+    for job in used.await? {
+        release(&jobs, &job.name_any(), &uid, wanted).await?;
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    for claim in claims.list(&selector).await?.items {
-        release(&claims, &claim, &uid, wanted).await?;
+    let store = stores.as_ref().map(|s| &s.cache_claims);
+    for claim in cache_objects_used_by(ctx, store, namespace, &uid).await? {
+        release(&claims, &claim.name_any(), &uid, wanted).await?;
     }
     Ok(())
 }
 
-async fn release<K>(api: &Api<K>, object: &K, uid: &str, wanted: &BTreeSet<String>) -> Result<()>
+async fn release<K>(api: &Api<K>, name: &str, uid: &str, wanted: &BTreeSet<String>) -> Result<()>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let name = object.name_any();
+    if wanted.contains(name) {
+        return Ok(());
+    }
+    let Some(object) = api.get_opt(name).await? else {
+        return Ok(());
+    };
     let owners = object.owner_references();
-    if wanted.contains(&name) || !owners.iter().any(|r| r.uid == uid) {
+    if !owners.iter().any(|r| r.uid == uid) {
         return Ok(());
     }
     if owners.iter().all(|r| r.uid == uid) {
-        return delete_ignoring_missing(api, &name).await;
+        let unchanged = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: object.resource_version(),
+                uid: None,
+            }),
+            ..kube::api::DeleteParams::background()
+        };
+        // A conflict means someone changed it since: the next pass looks again.
+        return ignore_missing(api.delete(name, &unchanged).await).map(|_| ());
     }
     let patch = json!({ "metadata": { "ownerReferences": [{ "$patch": "delete", "uid": uid }] } });
     ignore_missing(
-        api.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+        api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
             .await,
     )
     .map(|_| ())

@@ -33,8 +33,7 @@ use std::time::Duration;
 use aleph_crds::aimodel::{AIModel, AIModelStatus, ServingBackend};
 use aleph_crds::common::ConditionStatus;
 use aleph_crds::keys::{CACHE_LABEL, FINALIZER, MODEL_LABEL};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::error_boundary::DeserializeGuard;
@@ -67,6 +66,8 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     // Pods trimmed to what the status reads: any change to a pod (its status
     // too) wakes its model.
     let (pods, pod_stream) = cached_watch(watch.api(client), children(), observe::trim_pod);
+    let (cache_jobs, cache_job_stream) = cached_watch(watch.api(client), caches(), untrimmed);
+    let (cache_claims, cache_claim_stream) = cached_watch(watch.api(client), caches(), untrimmed);
     ctx.state::<apply::AiModelState>()
         .children
         .add(ChildStores {
@@ -75,13 +76,15 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             services,
             hpas,
             pods,
+            cache_jobs,
+            cache_claims,
         });
     Controller::new(watch.api(client), watch.primary())
         .owns_stream(deployment_stream)
         .owns_stream(service_stream)
         .owns_stream(hpa_stream)
-        .owns(watch.api::<Job>(client), caches())
-        .owns(watch.api::<PersistentVolumeClaim>(client), caches())
+        .owns_stream(cache_job_stream)
+        .owns_stream(cache_claim_stream)
         .watches_stream(pod_stream, |pod: Pod| {
             let namespace = pod.namespace()?;
             pod.labels()

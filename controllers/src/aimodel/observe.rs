@@ -16,12 +16,13 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Mutex;
 
-use aleph_crds::keys::MODEL_LABEL;
+use aleph_crds::keys::{CACHE_LABEL, MODEL_LABEL};
 use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, PersistentVolumeClaim, Pod, PodSpec, Service};
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
@@ -44,6 +45,10 @@ pub(super) struct ChildStores {
     pub hpas: Store<HorizontalPodAutoscaler>,
     /// Pods labelled with a model, trimmed by [`trim_pod`].
     pub pods: Store<Pod>,
+    /// The model caches' download Jobs.
+    pub cache_jobs: Store<Job>,
+    /// The model caches' claims.
+    pub cache_claims: Store<PersistentVolumeClaim>,
 }
 
 /// The caches of every AIModel controller on one context (one per watched
@@ -92,6 +97,46 @@ pub(super) struct ModelChildren<'a> {
     pub model: &'a str,
     /// The model, as the owner its children name.
     pub owner: Owner<'a>,
+}
+
+/// The model caches' Jobs or claims in `namespace` that `uid` is a user of
+/// (an owner reference of the object), from the cache where a controller
+/// watches them, else listed. A cached copy may lag: what a pass does with it
+/// must be checked against the live object.
+pub(super) async fn cache_objects_used_by<K>(
+    ctx: &Context,
+    store: Option<&Store<K>>,
+    namespace: &str,
+    uid: &str,
+) -> Result<Vec<K>>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let used = |o: &K| o.owner_references().iter().any(|r| r.uid == uid);
+    if let Some(store) = store
+        && let Some(Ok(())) = store.wait_until_ready().now_or_never()
+    {
+        let found = store.state_filter(|o| {
+            o.meta().namespace.as_deref() == Some(namespace)
+                && o.labels().contains_key(CACHE_LABEL)
+                && used(o)
+        });
+        return Ok(found.into_iter().map(|o| K::clone(&o)).collect());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = api.list(&ListParams::default().labels(CACHE_LABEL)).await?;
+    Ok(listed.items.into_iter().filter(used).collect())
+}
+
+impl ChildCaches {
+    /// The caches that cover `namespace`, for the reads outside a model's
+    /// own children.
+    pub fn stores(&self, namespace: &str) -> Option<ChildStores> {
+        self.covering(namespace)
+    }
 }
 
 impl ModelChildren<'_> {
