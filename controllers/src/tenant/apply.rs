@@ -15,7 +15,7 @@ use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -29,7 +29,7 @@ use super::build::{self, QUOTA_NAME};
 use super::rebalance::{demands, rebalance_quotas, recent_refusals};
 use super::{
     DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, TenantState, admission, children,
-    list_labelled, quota, status, validate,
+    list_labelled, quota, status, tenant_quotas, validate,
 };
 use crate::apply::{MANAGER, Owner, apply_if_changed, delete_ignoring_missing, ignore_missing};
 use crate::context::Context;
@@ -157,7 +157,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         .into_iter()
         .map(|((_, n), ns)| (n, ns))
         .collect();
-    let quotas = list_labelled::<ResourceQuota>(client, &name).await?;
+    let quotas = tenant_quotas(ctx, &name).await?;
     let desired_names: Vec<String> = tenant
         .spec
         .namespaces
@@ -365,8 +365,16 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         })
         .unwrap_or_default();
     let demands = demands(client, refusals).await?;
-    let rebalance =
-        rebalance_quotas(tenant, client, &ready_namespaces, &quotas, &hard, &demands).await?;
+    let rebalance = rebalance_quotas(
+        tenant,
+        client,
+        &state.quota_ledger,
+        &ready_namespaces,
+        &quotas,
+        &hard,
+        &demands,
+    )
+    .await?;
     if rebalance.moved {
         ctx.normal(tenant, "QuotaRebalanced", rebalance.note.clone())
             .await;
@@ -430,6 +438,7 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let name = tenant.name_any();
     let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
     let labelled = list_labelled::<Namespace>(&ctx.client, &name).await?;
+    ctx.state::<TenantState>().quota_ledger.forget(&name);
     for (_, ns_name) in labelled.keys() {
         release_namespace(&ns_api, ns_name, tenant.spec.deletion_policy).await?;
     }

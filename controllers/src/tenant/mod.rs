@@ -11,6 +11,7 @@ mod apply;
 pub mod build;
 mod cel;
 pub mod quota;
+mod quota_view;
 mod rebalance;
 mod status;
 mod validate;
@@ -61,12 +62,12 @@ const NOT_READY_REQUEUE: Duration = Duration::from_secs(10);
 const RECOUNT_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 /// The tenants' children the controller watches anyway, cached so that a
-/// pass reads them without a request. ResourceQuotas are not among them: the
-/// rebalance must see every quota of the tenant as it is now, and a quota
-/// missing from a cache that lags behind its creation would let the others
-/// grow past the tenant's share.
+/// pass reads them without a request. The ResourceQuotas are read with the
+/// operator's own writes laid over them ([`quota_view`]): the rebalance must
+/// see every quota it wrote, even before the cache does.
 struct Cache {
     namespaces: Store<Namespace>,
+    quotas: Store<ResourceQuota>,
     limit_ranges: Store<LimitRange>,
     network_policies: Store<NetworkPolicy>,
     role_bindings: Store<RoleBinding>,
@@ -91,6 +92,8 @@ pub struct TenantState {
     operator_user: tokio::sync::OnceCell<String>,
     /// Whether the cluster-wide admission policies are applied (once per context).
     cluster_policies_applied: std::sync::atomic::AtomicBool,
+    /// The quotas written that the cache may not show yet.
+    quota_ledger: quota_view::QuotaLedger,
 }
 
 impl std::fmt::Debug for Cache {
@@ -105,6 +108,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     let client = &ctx.client;
     let owned = || crate::runner::watch_config().labels(TENANT_LABEL);
     let (namespaces, namespace_stream) = cluster_watch(client, owned());
+    let (quotas, quota_stream) = cluster_watch(client, owned());
     let (limit_ranges, limit_range_stream) = cluster_watch(client, owned());
     let (network_policies, network_policy_stream) = cluster_watch(client, owned());
     let (role_bindings, role_binding_stream) = cluster_watch(client, owned());
@@ -122,6 +126,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
         .cache
         .set(Cache {
             namespaces,
+            quotas,
             limit_ranges,
             network_policies,
             role_bindings,
@@ -141,7 +146,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
         Api::<DeserializeGuard<Tenant>>::all(client.clone()),
         watch.primary(),
     )
-    .owns(Api::<ResourceQuota>::all(client.clone()), owned())
+    .owns_stream(quota_stream)
     .owns_stream(limit_range_stream)
     .owns_stream(network_policy_stream)
     .owns_stream(role_binding_stream)
@@ -243,6 +248,19 @@ where
         return Ok(found);
     }
     list_labelled(&ctx.client, tenant).await
+}
+
+/// The tenant's ResourceQuotas: from the cache with the operator's own
+/// writes laid over it, or listed when that cannot be trusted.
+async fn tenant_quotas(ctx: &Context, tenant: &str) -> Result<quota_view::Quotas> {
+    let state = ctx.state::<TenantState>();
+    let cached = state.cache.get().and_then(|c| cached(&c.quotas, tenant));
+    if let Some(view) = state.quota_ledger.view(tenant, cached) {
+        return Ok(view);
+    }
+    let listed = list_labelled(&ctx.client, tenant).await?;
+    state.quota_ledger.listed(tenant, &listed);
+    Ok(listed)
 }
 
 async fn list_labelled<K>(

@@ -15,6 +15,7 @@ use kube::runtime::reflector::Store;
 
 use super::build::{self, QUOTA_NAME};
 use super::quota::{self, Milli};
+use super::quota_view::{QuotaLedger, Quotas};
 use super::{DEMAND_WINDOW_SECONDS, RECOUNT_INTERVAL, RECOUNT_MARKER};
 use crate::apply::MANAGER;
 use crate::error::{Error, Result};
@@ -179,29 +180,26 @@ struct Observed {
 ///    spec, so a lowered limit counts at its old value until then.
 ///
 /// At every instant the limits admission reads sum to at most the tenant's.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn rebalance_quotas(
     tenant: &Tenant,
     client: &kube::Client,
+    ledger: &QuotaLedger,
     namespaces: &[String],
-    quotas: &BTreeMap<(String, String), ResourceQuota>,
+    quotas: &Quotas,
     hard: &BTreeMap<&'static str, Milli>,
     demands: &BTreeMap<String, BTreeMap<String, quota::Demand>>,
 ) -> Result<Rebalance> {
+    let tenant_name = tenant.name_any();
+    let record = |outcome: Result<ResourceQuota>| {
+        ledger.wrote(&tenant_name, &outcome);
+        outcome
+    };
     let mut current: Vec<Observed> = Vec::new();
     for ns in namespaces {
         let rq = quotas.get(&(ns.clone(), QUOTA_NAME.to_string())).cloned();
         let h = hard_limits(rq.as_ref());
-        let mut status_hard = quota_values(
-            rq.as_ref()
-                .and_then(|q| q.status.as_ref())
-                .and_then(|s| s.hard.as_ref()),
-        );
-        status_hard.remove(RECOUNT_MARKER);
-        let mut enforced = h.clone();
-        for (r, v) in status_hard {
-            let e = enforced.entry(r).or_insert(0);
-            *e = (*e).max(v);
-        }
+        let enforced = enforced_limits(rq.as_ref());
         let mut used = quota_values(
             rq.as_ref()
                 .and_then(|q| q.status.as_ref())
@@ -251,7 +249,7 @@ pub(super) async fn rebalance_quotas(
             .collect();
         if lower != o.hard {
             let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &o.namespace);
-            match replace_hard(&api, rq, &lower).await {
+            match record(replace_hard(&api, rq, &lower).await) {
                 Ok(updated) => {
                     o.quota = Some(updated);
                     o.hard = lower;
@@ -294,7 +292,7 @@ pub(super) async fn rebalance_quotas(
             }),
             ..ResourceQuota::default()
         };
-        match api
+        let created = api
             .create(
                 &PostParams {
                     field_manager: Some(MANAGER.into()),
@@ -303,10 +301,12 @@ pub(super) async fn rebalance_quotas(
                 &rq,
             )
             .await
-        {
+            .map_err(Error::from);
+        match record(created) {
             Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
+            // Created by an earlier pass the view missed: the next pass lists.
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => {}
+            Err(e) => return Err(e),
         }
         current[i].enforced = start;
         pass.creating = true;
@@ -338,7 +338,7 @@ pub(super) async fn rebalance_quotas(
         }
         let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &current[i].namespace);
         if raised != current[i].hard {
-            match replace_hard(&api, &rq, &raised).await {
+            match record(replace_hard(&api, &rq, &raised).await) {
                 Ok(_) => {}
                 Err(e) if is_conflict(&e) => {
                     pass.moving = true;
@@ -362,7 +362,7 @@ pub(super) async fn rebalance_quotas(
             }
             current[i].hard = raised;
         } else if recount_due(&rq, chrono::Utc::now()) {
-            request_recount(&api, &rq).await?;
+            record(request_recount(&api, &rq).await)?;
             pass.moving = true;
         }
         if current[i].hard != target[i] {
@@ -427,6 +427,23 @@ fn quota_counted(rq: &ResourceQuota) -> bool {
     quota_count(rq) == QuotaCount::Counted
 }
 
+/// What admission enforces for a quota now: the larger of its spec's and its
+/// status's hard limits (the quota controller copies a new spec into the
+/// status, which admission reads, a moment later).
+pub(super) fn enforced_limits(rq: Option<&ResourceQuota>) -> BTreeMap<String, Milli> {
+    let mut status_hard = quota_values(
+        rq.and_then(|q| q.status.as_ref())
+            .and_then(|s| s.hard.as_ref()),
+    );
+    status_hard.remove(RECOUNT_MARKER);
+    let mut enforced = hard_limits(rq);
+    for (r, v) in status_hard {
+        let e = enforced.entry(r).or_insert(0);
+        *e = (*e).max(v);
+    }
+    enforced
+}
+
 /// The quota's hard limits, without the recount marker.
 fn hard_limits(rq: Option<&ResourceQuota>) -> BTreeMap<String, Milli> {
     let mut hard = quota_values(
@@ -452,7 +469,7 @@ fn recount_due(rq: &ResourceQuota, now: chrono::DateTime<chrono::Utc>) -> bool {
 
 /// Asks the quota controller to count `rq` again, by adding or removing the
 /// recount marker (it watches changes to the hard limits only).
-async fn request_recount(api: &Api<ResourceQuota>, rq: &ResourceQuota) -> Result<()> {
+async fn request_recount(api: &Api<ResourceQuota>, rq: &ResourceQuota) -> Result<ResourceQuota> {
     let mut updated = rq.clone();
     updated.metadata.managed_fields = None;
     let hard = updated
@@ -467,8 +484,7 @@ async fn request_recount(api: &Api<ResourceQuota>, rq: &ResourceQuota) -> Result
         RECOUNT_ANNOTATION.to_string(),
         crate::conditions::now_rfc3339(),
     );
-    replace_quota(api, updated).await?;
-    Ok(())
+    replace_quota(api, updated).await
 }
 
 fn to_quantities(values: &BTreeMap<String, Milli>) -> BTreeMap<String, Quantity> {
