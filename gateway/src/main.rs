@@ -13,7 +13,7 @@ use aleph_gateway::static_config::StaticConfig;
 use aleph_gateway::{
     Authenticators, Gateway, GatewayConfig, GatewayState, RoutingMode, SystemClock,
 };
-use aleph_signal::wait_for_signal;
+use aleph_util::signal::wait_for_signal;
 use clap::{Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
 use rand::RngCore;

@@ -64,7 +64,7 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
         }
     };
     tokio::spawn(async move {
-        aleph_signal::wait_for_signal().await;
+        aleph_util::signal::wait_for_signal().await;
         tracing::info!("shutting down");
         let _ = shutdown_tx.send(true);
     });

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use aleph_util::http::fetch;
+use http_body_util::Empty;
+use hyper::Request;
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -164,28 +166,13 @@ impl Scraper {
 
     /// One gateway's sample, or why it could not be read.
     pub async fn scrape(&self, addr: SocketAddr) -> Result<GatewaySample, String> {
-        let uri: hyper::Uri = format!("http://{addr}/metrics")
-            .parse()
+        let request = Request::get(format!("http://{addr}/metrics"))
+            .body(Empty::new())
             .map_err(|e| format!("{addr}: {e}"))?;
-        let fetch = async {
-            let response = self
-                .client
-                .get(uri)
-                .await
-                .map_err(|e| format!("{addr}: {e}"))?;
-            if !response.status().is_success() {
-                return Err(format!("{addr}: HTTP {}", response.status()));
-            }
-            let body = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| format!("{addr}: {e}"))?
-                .to_bytes();
-            Ok(parse(&String::from_utf8_lossy(&body)))
-        };
-        tokio::time::timeout(self.timeout, fetch)
+        let body = fetch(&self.client, request, MAX_BODY, self.timeout)
             .await
-            .map_err(|_| format!("{addr}: no answer within {:?}", self.timeout))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        Ok(parse(&String::from_utf8_lossy(&body)))
     }
 }
 

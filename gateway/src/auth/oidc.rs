@@ -24,9 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::http::{Uri, header};
+use aleph_util::http::fetch;
+use axum::http::{Request, Uri, header};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -392,30 +393,19 @@ impl OidcVerifier {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let request = axum::http::Request::get(uri)
+        let request = Request::get(url)
             .header(header::ACCEPT, "application/json")
             .body(Empty::new())
             .map_err(|e| format!("{url}: {e}"))?;
-        let fetch = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
-            if !response.status().is_success() {
-                return Err(format!("{url}: HTTP {}", response.status()));
-            }
-            let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?
-                .to_bytes();
-            serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
-        };
-        tokio::time::timeout(self.config.fetch_timeout, fetch)
-            .await
-            .map_err(|_| format!("{url}: no answer within {:?}", self.config.fetch_timeout))?
+        let body = fetch(
+            &self.http,
+            request,
+            MAX_DOCUMENT_BYTES,
+            self.config.fetch_timeout,
+        )
+        .await
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
     }
 }
 

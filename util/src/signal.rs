@@ -1,4 +1,4 @@
-//! The shutdown signal of Aleph's binaries, the operator and the gateway.
+//! The shutdown signal: what ends the operator and the gateway.
 
 /// Completes on SIGTERM (what Kubernetes sends) or Ctrl-C; on Ctrl-C alone
 /// where SIGTERM cannot be listened for.
