@@ -16,6 +16,7 @@ use crate::common::{
 /// A model to serve: where its weights come from, which runtime serves it, on
 /// which GPUs, how many replicas (or autoscaling), an optional canary, and
 /// optionally a SageMaker training job whose artifact becomes the source.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "aleph.dev",
@@ -53,7 +54,6 @@ use crate::common::{
 #[x_kube(validation = Rule::new("!has(self.runtime) || !has(self.runtime.engine) || self.runtime.engine != 'llamacpp' || !has(self.source) || self.source.uri.endsWith('.gguf') || (has(self.runtime.args) && self.runtime.args.exists(a, a == '--model' || a == '-m' || a.startsWith('--model=')))").message("llama.cpp serves one GGUF file: name it in source.uri (for example s3://bucket/path/model.gguf), or pass runtime.args [--model, /models/<file>.gguf]").field_path(".source.uri"))]
 pub struct AIModelSpec {
     /// Where the model's weights come from. Optional when `training` produces them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ModelSource>,
     /// The serving runtime.
     #[serde(default)]
@@ -63,27 +63,22 @@ pub struct AIModelSpec {
     pub resources: ComputeResources,
     /// Fixed number of serving replicas (default 1); `kubectl scale` sets it.
     /// Exclusive with `autoscaling`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: Option<i32>,
     /// Autoscaling on the gateway's requests in flight (to and from zero) or on CPU utilisation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
     /// The model cache: weights are downloaded once into a PersistentVolumeClaim
     /// shared by every model with the same source in the namespace.
     #[serde(default)]
     pub cache: ModelCache,
     /// A canary: another source and/or runtime that gets a share of the traffic.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
     /// Where the model is served: Kubernetes (Deployment, Service) or SageMaker (endpoint).
     #[serde(default)]
     pub backend: ServingBackend,
     /// A SageMaker training job; its artifact becomes the model's source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<SageMakerTraining>,
     /// SageMaker serving (backend SageMaker only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sagemaker: Option<SageMakerServing>,
     /// Whether SageMaker resources are deleted with the AIModel (Delete) or kept (Retain).
     #[serde(default)]
@@ -92,7 +87,6 @@ pub struct AIModelSpec {
     /// one bound to a cloud identity (EKS IRSA or Pod Identity, GKE or Azure
     /// workload identity) reads an `s3://` (or other cloud) source without
     /// static keys. The namespace's `default` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
         length(max = 253)
@@ -106,6 +100,7 @@ pub struct AIModelSpec {
 }
 
 /// Where a model's weights come from.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSource {
@@ -118,11 +113,11 @@ pub struct ModelSource {
     pub uri: String,
     /// A Secret whose keys become the download's environment (for example
     /// `HF_TOKEN`, or `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretRef>,
 }
 
 /// A serving runtime.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.engine != 'custom' || (has(self.image) && has(self.port))").message("a custom runtime needs image and port"))]
@@ -131,7 +126,6 @@ pub struct ModelRuntime {
     #[serde(default)]
     pub engine: RuntimeEngine,
     /// The image; each built-in engine has a default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
     /// Extra arguments appended to the engine's own.
@@ -139,11 +133,9 @@ pub struct ModelRuntime {
     #[schemars(length(max = 128), inner(length(max = 4096)))]
     pub args: Vec<String>,
     /// The port the runtime serves on; each built-in engine has a default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
     /// The readiness path; each built-in engine has a default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/.*$"))]
     pub health_path: Option<String>,
     /// Extra environment variables.
@@ -175,6 +167,7 @@ pub enum RuntimeEngine {
 /// measures (`targetConcurrency`, scaled by the operator, down to zero when
 /// `minReplicas` is 0), or on CPU utilisation (`targetCpuUtilization`, an
 /// autoscaling/v2 HorizontalPodAutoscaler).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must be at most maxReplicas").field_path(".minReplicas"))]
@@ -192,12 +185,10 @@ pub struct Autoscaling {
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
     /// Target average CPU utilisation, percent of the request (an HPA).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: Option<i32>,
     /// Target requests in flight per replica, summed over aleph-gateway's
     /// replicas: the operator keeps `ceil(in flight / target)` replicas.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub target_concurrency: Option<i32>,
     /// How long load must stay low before scaling down, in seconds.
@@ -219,6 +210,7 @@ fn default_scale_to_zero() -> i32 {
 }
 
 /// The model cache.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelCache {
@@ -232,7 +224,6 @@ pub struct ModelCache {
     pub size: Quantity,
     /// StorageClass of the cache volume; the cluster default when unset. The
     /// volume is ReadWriteMany: serving pods on several nodes mount it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
     /// How long the download may take before it fails with ModelDownloadFailed, in seconds.
     #[serde(default = "default_download_timeout")]
@@ -269,15 +260,14 @@ fn default_download_timeout() -> i64 {
 }
 
 /// A canary version of the model.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.source) || has(self.runtime)").message("a canary changes source, runtime or both"))]
 pub struct Canary {
     /// The canary's source; the main source when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ModelSource>,
     /// The canary's runtime; the main runtime when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<ModelRuntime>,
     /// Percent of traffic (and of replicas) that goes to the canary. At 100
     /// every replica runs the canary; to promote it for good, move its source
@@ -297,6 +287,7 @@ pub enum ServingBackend {
 }
 
 /// Serving on a SageMaker endpoint.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SageMakerServing {
@@ -318,11 +309,9 @@ pub struct SageMakerServing {
     #[schemars(regex(pattern = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"))]
     pub variant_name: String,
     /// The endpoint's name; derived from the namespace and name when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"))]
     pub endpoint_name: Option<String>,
     /// AWS region; the operator's default region when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"))]
     pub region: Option<String>,
 }
@@ -337,45 +326,32 @@ kind_status! {
         /// Ready, Progressing, Degraded, Trained, Serving.
         conditions;
         /// Desired serving replicas.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub replicas: Option<i32>,
         /// Ready serving replicas.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub ready_replicas: Option<i32>,
         /// What serves the model: the engine (`vllm`, `llamacpp`, ...) on the
         /// cluster, or `sagemaker` for a SageMaker endpoint.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub runtime: Option<String>,
         /// `ready/desired`, for `kubectl get`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub replica_summary: Option<String>,
         /// The label selector of the serving pods (for the scale subresource).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub selector: Option<String>,
         /// Where the model's API answers inside the cluster.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub url: Option<String>,
         /// The OpenAI-compatible URL of aleph-gateway, which serves this model to
         /// the keys of its tenant (when the operator knows the gateway's address).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub gateway_url: Option<String>,
         /// The `model` to ask the gateway for.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub gateway_model: Option<String>,
         /// The source being served (the trained artifact when training is set).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub served_source: Option<String>,
         /// The model cache.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub cache: Option<CacheStatus>,
         /// The SageMaker training job.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub training: Option<TrainingStatus>,
         /// The SageMaker endpoint.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub endpoint: Option<EndpointStatus>,
         /// The last decision of the operator's autoscaler (`targetConcurrency`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub autoscaler: Option<AutoscalerStatus>,
     }
 }
@@ -409,38 +385,33 @@ pub struct CacheStatus {
 }
 
 /// A SageMaker training job's state.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingStatus {
     /// The job's name (derived from the object's UID and the training spec).
     pub job_name: String,
     /// SageMaker's TrainingJobStatus: InProgress, Completed, Failed, Stopping, Stopped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_status: Option<String>,
     /// The model artifact, once Completed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_uri: Option<String>,
     /// SageMaker's FailureReason, once Failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
 }
 
 /// A SageMaker endpoint's state.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointStatus {
     /// The endpoint's name.
     pub name: String,
     /// The endpoint's ARN.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arn: Option<String>,
     /// SageMaker's EndpointStatus: Creating, InService, Updating, Failed…
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// The SageMaker Model in use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
     /// The EndpointConfig in use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_name: Option<String>,
 }

@@ -33,6 +33,7 @@ impl ConditionStatus {
 }
 
 /// One aspect of an object's state, in the shape Kubernetes uses everywhere.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
@@ -49,7 +50,6 @@ pub struct Condition {
     /// When the status last changed (RFC 3339).
     pub last_transition_time: String,
     /// The `metadata.generation` this condition was computed from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
 
@@ -66,6 +66,7 @@ macro_rules! kind_status {
         }
     ) => {
         $(#[$meta])*
+        #[serde_with::skip_serializing_none]
         #[derive(
             ::serde::Serialize,
             ::serde::Deserialize,
@@ -78,7 +79,6 @@ macro_rules! kind_status {
         #[serde(rename_all = "camelCase")]
         pub struct $name {
             /// The generation this status describes.
-            #[serde(default, skip_serializing_if = "Option::is_none")]
             pub observed_generation: Option<i64>,
             $(#[doc = $conditions_doc])+
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -123,6 +123,7 @@ pub enum DeletionPolicy {
 }
 
 /// An environment variable for a container: a literal value or a Secret key.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.value) != has(self.secretKeyRef)").message("set exactly one of value and secretKeyRef"))]
@@ -134,10 +135,8 @@ pub struct EnvVar {
     )]
     pub name: String,
     /// A literal value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// A key of a Secret in the same namespace; the value never appears in status or logs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<SecretKeyRef>,
 }
 
@@ -193,26 +192,23 @@ pub fn request_within_limit(request: &str, limit: &str, path: &str) -> Rule {
 }
 
 /// CPU and memory for a container, as Kubernetes quantities.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeResources {
     /// CPU request and limit, for example `2` or `500m`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
     #[x_kube(validation = non_negative_quantity("resources.cpu", "500m or 2"))]
     pub cpu: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     /// Memory request and limit, for example `16Gi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
     #[x_kube(validation = non_negative_quantity("resources.memory", "16Gi"))]
     pub memory: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     /// Number of `nvidia.com/gpu` devices, requested and limited alike.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 64))]
     pub gpus: Option<i32>,
     /// The GPU product the pod must run on, matched against the node label
     /// `nvidia.com/gpu.product`, for example `NVIDIA-H100-80GB-HBM3`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub gpu_product: Option<String>,
 }
@@ -240,6 +236,7 @@ pub struct Port(#[schemars(range(min = 1, max = 65535))] pub i32);
 
 /// A SageMaker training job. The job name is derived from the owning object's
 /// UID and this spec, so the same spec never starts two jobs.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.spot) || self.spot.maxWaitSeconds >= self.maxRuntimeSeconds").message("spot.maxWaitSeconds must be at least maxRuntimeSeconds").field_path(".spot.maxWaitSeconds"))]
@@ -266,7 +263,6 @@ pub struct SageMakerTraining {
     #[schemars(range(min = 1, max = 2419200))]
     pub max_runtime_seconds: i64,
     /// Run on managed spot capacity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot: Option<SpotTraining>,
     /// Hyperparameters passed to the algorithm, as strings.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -280,17 +276,14 @@ pub struct SageMakerTraining {
     #[schemars(regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"))]
     pub output_s3_uri: String,
     /// KMS key for the output and the volume; required by the hipaa and pci compliance profiles.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub kms_key_id: Option<String>,
     /// VPC the training containers run in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc: Option<VpcConfig>,
     /// Tags put on the job.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
     /// AWS region; the operator's default region when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"))]
     pub region: Option<String>,
 }
@@ -316,6 +309,7 @@ pub struct SpotTraining {
 }
 
 /// One input channel of a training job.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingChannel {
@@ -326,7 +320,6 @@ pub struct TrainingChannel {
     #[schemars(regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"))]
     pub s3_uri: String,
     /// MIME type of the data, for example `text/csv`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
 }
 

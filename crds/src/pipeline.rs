@@ -11,6 +11,7 @@ use crate::common::{ComputeResources, EnvVar, SageMakerTraining, kind_status};
 
 /// A DAG of steps with typed params, retries with backoff, `finally` steps, a
 /// parallelism cap, a deadline and an optional cron schedule.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "aleph.dev",
@@ -50,23 +51,20 @@ pub struct PipelineSpec {
     #[schemars(length(max = 8))]
     pub finally: Vec<PipelineStep>,
     /// The most steps running at once; unlimited when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub parallelism: Option<i32>,
     /// The longest a run may take, in seconds; it then fails with Timeout (finally steps still run).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 2592000))]
     pub deadline_seconds: Option<i64>,
     /// Create runs on a cron schedule.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<PipelineSchedule>,
     /// Delete finished runs (and their Jobs) after this many seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 31536000))]
     pub ttl_seconds_after_finished: Option<i64>,
 }
 
 /// A typed parameter.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.type != 'enum' || (has(self.values) && size(self.values) > 0)").message("an enum param needs values").field_path(".values"))]
@@ -82,7 +80,6 @@ pub struct ParamSpec {
     #[serde(rename = "type", default)]
     pub type_: ParamType,
     /// The value when a run gives none; a run must give one when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub default: Option<String>,
     /// The allowed values of an enum param.
@@ -90,7 +87,6 @@ pub struct ParamSpec {
     #[schemars(length(max = 64))]
     pub values: Vec<String>,
     /// What the param means.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 
@@ -111,6 +107,7 @@ pub enum ParamType {
 
 /// One step of a pipeline: exactly one action, with dependencies, a condition,
 /// retries and a timeout.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.container), has(self.plugin), has(self.training), has(self.rollout)].filter(x, x).size() == 1").message("a step has exactly one action: container, plugin, training or rollout"))]
@@ -130,29 +127,22 @@ pub struct PipelineStep {
     pub depends_on: Vec<String>,
     /// Run only when this holds, for example `params.deploy == 'true'` or
     /// `steps.evaluate.outputs.accuracy != '0'`; skipped otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(
         pattern = r"^(params\.[a-zA-Z_][a-zA-Z0-9_-]*|steps\.[a-z0-9-]+\.outputs\.[a-zA-Z0-9_-]+) (==|!=) '[^']*'$"
     ))]
     pub when: Option<String>,
     /// Retries of a failed attempt, with exponential backoff between them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetryPolicy>,
     /// The longest one attempt may run, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 604800))]
     pub timeout_seconds: Option<i64>,
     /// Run a container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerAction>,
     /// Run a `job`-mode Plugin.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<PluginAction>,
     /// Run a SageMaker training job; its artifact URI becomes the output `artifactUri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<SageMakerTraining>,
     /// Point an AIModel at a new source and wait for it to be Ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutAction>,
     /// Annotations on the pods of a container or plugin step (for example a
     /// service mesh's or an autoscaler's); `$(params.NAME)` and
@@ -229,6 +219,7 @@ pub struct PluginAction {
 }
 
 /// A step that rolls an AIModel to a new source.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.source) != has(self.fromStep)").message("set exactly one of source and fromStep"))]
@@ -237,10 +228,8 @@ pub struct RolloutAction {
     #[schemars(length(min = 1, max = 253))]
     pub model: String,
     /// The new source URI, with substitutions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Take the source from this earlier step's `artifactUri` output.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_step: Option<String>,
     /// How long to wait for the model to be Ready, in seconds.
     #[serde(default = "default_rollout_timeout")]
@@ -253,6 +242,7 @@ fn default_rollout_timeout() -> i64 {
 }
 
 /// A cron schedule.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineSchedule {
@@ -261,7 +251,6 @@ pub struct PipelineSchedule {
     #[schemars(regex(pattern = r"^(\S+\s+){4,5}\S+$|^@(hourly|daily|weekly|monthly|yearly)$"))]
     pub cron: String,
     /// IANA time zone, for example `Europe/Paris`; UTC when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
     /// What to do when a run is due while another is running.
     #[serde(default)]
@@ -310,10 +299,8 @@ kind_status! {
         #[serde(default)]
         pub step_count: i32,
         /// The newest run's name.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub last_run: Option<String>,
         /// When the schedule last created a run (RFC 3339).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub last_schedule_time: Option<String>,
         /// The runs the schedule created that have not finished.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -322,6 +309,7 @@ kind_status! {
 }
 
 /// One execution of a Pipeline.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "aleph.dev",
@@ -372,7 +360,6 @@ pub struct PipelineRunSpec {
     pub cancel: bool,
     /// An earlier run of the same pipeline: only its steps that did not succeed
     /// (and what depends on them) run again; the others' outputs are reused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub resume_from: Option<String>,
 }
@@ -444,23 +431,19 @@ kind_status! {
         #[serde(default)]
         pub phase: RunPhase,
         /// Finished steps over all steps, for example `3/7`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub progress: Option<String>,
         /// When the run started (RFC 3339).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub start_time: Option<String>,
         /// When the run finished (RFC 3339).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub completion_time: Option<String>,
         /// How long the run took, for example `4m12s`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub duration: Option<String>,
         /// The params the run uses, defaults applied.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         pub params: BTreeMap<String, String>,
         /// The pipeline spec this run executes, copied when it started (validated
         /// when the Pipeline was applied, so stored as is).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default)]
         #[schemars(schema_with = "preserved_object")]
         pub pipeline_spec: Option<PipelineSpec>,
         /// Each step's state.
@@ -471,6 +454,7 @@ kind_status! {
 }
 
 /// One step's state in a run.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StepStatus {
@@ -483,22 +467,17 @@ pub struct StepStatus {
     #[serde(default)]
     pub attempts: i32,
     /// When the first attempt started (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
     /// When the step finished (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_time: Option<String>,
     /// When the next retry may start (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_time: Option<String>,
     /// Start times of every attempt (RFC 3339).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempt_times: Vec<String>,
     /// What happened.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// The Job of the current attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
     /// Small outputs (at most 4 KiB in all) for later steps.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

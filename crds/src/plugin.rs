@@ -12,6 +12,7 @@ use crate::common::{ComputeResources, EgressDestination, EnvVar, SecretRef, kind
 /// A versioned, sandboxed extension running inside a tenant: a service
 /// (Deployment and Service) or a job template for Pipeline steps. Upgrades that
 /// do not become Ready in time roll back to the last good version.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "aleph.dev",
@@ -46,28 +47,14 @@ pub struct PluginSpec {
     #[serde(default)]
     pub mode: PluginMode,
     /// The port a service plugin listens on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
     /// The port's protocol.
     #[serde(default)]
     pub protocol: PluginProtocol,
-    /// The container's command; the image's entrypoint when empty.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    /// The container's arguments.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Environment variables.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<EnvVar>,
-    /// Configuration files, rendered into a ConfigMap mounted at `/etc/aleph-plugin`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub config: BTreeMap<String, String>,
-    /// Secrets mounted read-only at `/var/run/secrets/aleph-plugin/<name>`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    pub secrets: Vec<SecretRef>,
+    /// The container's command, arguments, environment, configuration files and Secrets.
+    #[serde(flatten)]
+    pub container: PluginContainer,
     /// Replicas of a service plugin.
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 100))]
@@ -95,6 +82,28 @@ pub struct PluginSpec {
     /// Keys starting with `aleph.dev/plugin-` are the operator's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// What a plugin's container runs with, in its spec and in each release.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginContainer {
+    /// The container's command; the image's entrypoint when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The container's arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Configuration files, rendered into a ConfigMap mounted at `/etc/aleph-plugin`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Secrets mounted read-only at `/var/run/secrets/aleph-plugin/<name>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub secrets: Vec<SecretRef>,
 }
 
 fn default_progress_deadline() -> i32 {
@@ -131,11 +140,11 @@ pub enum PluginProtocol {
 }
 
 /// The sandbox around a plugin's pods.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginSandbox {
     /// A RuntimeClass for stronger isolation, for example `gvisor` or `kata`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub runtime_class_name: Option<String>,
     /// Where the plugin may connect to besides DNS; nowhere else when empty.
@@ -169,39 +178,31 @@ kind_status! {
         /// Ready, Progressing, Degraded.
         conditions;
         /// The version running now.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub current_version: Option<String>,
         /// The image running now.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub current_image: Option<String>,
         /// The last version that was Ready: the rollback target.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub last_good_version: Option<String>,
         /// The image of the last version that was Ready.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub last_good_image: Option<String>,
         /// A version that failed and was rolled back; it is not tried again until the spec changes.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub failed_version: Option<String>,
         /// When the rollout of the current version started (RFC 3339).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub rollout_started: Option<String>,
         /// The generation whose version failed; that spec is not rolled out again
         /// until it changes.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub failed_generation: Option<i64>,
         /// Everything that shaped the pods of the last version that was Ready: what a
         /// rollback restores.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub last_good_release: Option<PluginRelease>,
         /// The in-cluster address of a service plugin.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub endpoint: Option<String>,
     }
 }
 
 /// What shapes a plugin's pods: one release of the plugin. An upgrade that
 /// fails rolls the pods back to the last release that was Ready.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginRelease {
@@ -209,26 +210,13 @@ pub struct PluginRelease {
     pub version: String,
     /// The image.
     pub image: String,
-    /// The container's command.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    /// The container's arguments.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Environment variables.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<EnvVar>,
-    /// Configuration files.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub config: BTreeMap<String, String>,
-    /// Mounted Secrets.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secrets: Vec<SecretRef>,
+    /// The container's command, arguments, environment, configuration files and Secrets.
+    #[serde(flatten)]
+    pub container: PluginContainer,
     /// CPU, memory and GPUs of each pod.
     #[serde(default)]
     pub resources: ComputeResources,
     /// The RuntimeClass.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_class_name: Option<String>,
     /// Annotations of the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -241,11 +229,7 @@ impl PluginRelease {
         Self {
             version: spec.version.clone(),
             image: spec.image.clone(),
-            command: spec.command.clone(),
-            args: spec.args.clone(),
-            env: spec.env.clone(),
-            config: spec.config.clone(),
-            secrets: spec.secrets.clone(),
+            container: spec.container.clone(),
             resources: spec.resources.clone(),
             runtime_class_name: spec.sandbox.runtime_class_name.clone(),
             pod_annotations: spec.pod_annotations.clone(),

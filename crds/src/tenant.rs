@@ -16,6 +16,7 @@ use crate::common::{
 /// An organisation on the cluster: the namespaces it owns, who administers them,
 /// how much of the cluster (GPUs included) it may use in total, whom it may talk
 /// to, what it may run, and which compliance controls apply.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "aleph.dev",
@@ -55,10 +56,8 @@ pub struct TenantSpec {
     pub plan: TenantPlan,
     /// Tenant-wide limits; each set field overrides the plan's default. The sum of
     /// usage over all the tenant's namespaces never exceeds them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<TenantQuota>,
     /// Default requests and limits for containers that do not set their own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_range: Option<TenantLimitRange>,
     /// Network isolation between tenants.
     #[serde(default)]
@@ -92,6 +91,7 @@ pub struct TenantSpec {
 }
 
 /// A tenant owner.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.kind == 'ServiceAccount' ? has(self.__namespace__) : !has(self.__namespace__)").message("namespace is required for a ServiceAccount owner and not allowed otherwise"))]
@@ -102,7 +102,6 @@ pub struct TenantOwner {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// The service account's namespace (ServiceAccount owners only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// The access the owner gets in every tenant namespace.
     #[serde(default)]
@@ -147,42 +146,35 @@ pub enum TenantPlan {
 }
 
 /// Tenant-wide limits. Unset fields come from the plan.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantQuota {
     /// Total CPU requests, for example `64`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
     #[x_kube(validation = non_negative_quantity("quota.cpu", "64 or 500m"))]
     pub cpu: Option<Quantity>,
     /// Total memory requests, for example `256Gi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
     #[x_kube(validation = non_negative_quantity("quota.memory", "256Gi"))]
     pub memory: Option<Quantity>,
     /// Total `nvidia.com/gpu` requests.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub gpus: Option<i64>,
     /// Total pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000000))]
     pub pods: Option<i64>,
     /// Total storage requested by PersistentVolumeClaims, for example `1Ti`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
     #[x_kube(validation = non_negative_quantity("quota.storage", "1Ti"))]
     pub storage: Option<Quantity>,
     /// Total AIModels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub ai_models: Option<i64>,
     /// Total Plugins.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub plugins: Option<i64>,
     /// Total Pipelines.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub pipelines: Option<i64>,
     /// Total namespaces: those in `spec.namespaces` and those the owners create
@@ -190,31 +182,29 @@ pub struct TenantQuota {
     /// namespaces named `<tenant>-<name>` and labelled `aleph.dev/tenant: <tenant>`;
     /// the Tenant adopts them (quota, policies, bindings). Set it to the length of
     /// `spec.namespaces` to turn this off. Plan default: free 3, pro 10, enterprise 100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub namespaces: Option<i64>,
 }
 
 /// The gateway's limits for a tenant: requests and tokens (prompt plus
 /// completion) over all of its API keys. Unset fields come from the plan.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantGateway {
     /// Requests admitted per minute. Plan default: free 60, pro 600, enterprise 6000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub requests_per_minute: Option<i64>,
     /// Tokens per minute. Plan default: free 20000, pro 200000, enterprise 2000000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub tokens_per_minute: Option<i64>,
     /// Tokens per UTC day. Plan default: free 200000, pro 5000000, enterprise unlimited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub tokens_per_day: Option<i64>,
 }
 
 /// Default container requests and limits (a LimitRange in each namespace).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -223,22 +213,18 @@ pub struct TenantGateway {
 )]
 pub struct TenantLimitRange {
     /// Default CPU request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
     #[x_kube(validation = non_negative_quantity("limitRange.defaultCpuRequest", "100m"))]
     pub default_cpu_request: Option<Quantity>,
     /// Default CPU limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
     #[x_kube(validation = non_negative_quantity("limitRange.defaultCpuLimit", "1"))]
     pub default_cpu_limit: Option<Quantity>,
     /// Default memory request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
     #[x_kube(validation = non_negative_quantity("limitRange.defaultMemoryRequest", "128Mi"))]
     pub default_memory_request: Option<Quantity>,
     /// Default memory limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = QUANTITY_MAX_LENGTH))]
     #[x_kube(validation = non_negative_quantity("limitRange.defaultMemoryLimit", "1Gi"))]
     pub default_memory_limit: Option<Quantity>,
@@ -378,14 +364,12 @@ kind_status! {
         #[serde(default)]
         pub namespace_count: i32,
         /// GPUs used/hard, for `kubectl get`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub gpus: Option<String>,
         /// Usage against the tenant-wide quota, by resource name (for example `requests.nvidia.com/gpu`).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         pub usage: BTreeMap<String, ResourceUsage>,
         /// What the tenant's callers used through aleph-gateway, today and this
         /// month (UTC), summed from the gateways' counters by the operator.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub gateway_usage: Option<GatewayUsage>,
     }
 }

@@ -255,14 +255,14 @@ pub fn build_step_job(
             ));
             volumes.push(empty_dir("tmp"));
             mounts.push(mount("tmp", "/tmp", false));
-            if !plugin.spec.config.is_empty() {
+            if !plugin.spec.container.config.is_empty() {
                 volumes.push(config_map_volume(
                     "plugin-config",
                     plugin_config_map_name(&action.name),
                 ));
                 mounts.push(mount("plugin-config", PLUGIN_CONFIG_DIR, true));
             }
-            let secrets = &plugin.spec.secrets;
+            let secrets = &plugin.spec.container.secrets;
             mount_secrets(
                 secrets,
                 "plugin-secret",
@@ -275,13 +275,13 @@ pub fn build_step_job(
                 .as_ref()
                 .and_then(|s| s.current_image.clone())
                 .unwrap_or_else(|| plugin.spec.image.clone());
-            let mut args = plugin.spec.args.clone();
+            let mut args = plugin.spec.container.args.clone();
             args.extend(subst_all(&action.args)?);
             (
                 image,
-                plugin.spec.command.clone(),
+                plugin.spec.container.command.clone(),
                 args,
-                plugin.spec.env.clone(),
+                plugin.spec.container.env.clone(),
                 plugin.spec.resources.clone(),
                 plugin.spec.sandbox.runtime_class_name.clone(),
             )

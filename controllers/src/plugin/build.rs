@@ -292,7 +292,7 @@ pub fn network_policy(t: Target<'_>) -> NetworkPolicy {
 pub fn config_map(t: Target<'_>, release: &PluginRelease) -> ConfigMap {
     ConfigMap {
         metadata: t.meta(config_map_name(&t.name())),
-        data: Some(release.config.clone()),
+        data: Some(release.container.config.clone()),
         ..ConfigMap::default()
     }
 }
@@ -333,7 +333,7 @@ fn env(name: &str, release: &PluginRelease) -> Vec<EnvVar> {
         plain_env("ALEPH_PLUGIN_VERSION", &release.version),
         plain_env("ALEPH_PLUGIN_CONFIG_DIR", CONFIG_DIR),
     ];
-    for var in &release.env {
+    for var in &release.container.env {
         let built = match &var.secret_key_ref {
             Some(secret) => secret_env(&var.name, secret),
             None => plain_env(&var.name, var.value.as_deref().unwrap_or_default()),
@@ -358,7 +358,7 @@ pub fn pod_template(t: Target<'_>, release: &PluginRelease) -> PodTemplateSpec {
         mount("config", CONFIG_DIR, true),
     ];
     mount_secrets(
-        &release.secrets,
+        &release.container.secrets,
         "secret",
         SECRETS_DIR,
         &mut volumes,
@@ -388,8 +388,8 @@ pub fn pod_template(t: Target<'_>, release: &PluginRelease) -> PodTemplateSpec {
     let container = Container {
         name: CONTAINER.into(),
         image: Some(release.image.clone()),
-        command: (!release.command.is_empty()).then(|| release.command.clone()),
-        args: (!release.args.is_empty()).then(|| release.args.clone()),
+        command: (!release.container.command.is_empty()).then(|| release.container.command.clone()),
+        args: (!release.container.args.is_empty()).then(|| release.container.args.clone()),
         env: Some(env(&name, release)),
         ports,
         readiness_probe,

@@ -32,7 +32,7 @@ pub fn validate(spec: &PluginSpec) -> Result<(), String> {
     for permission in &spec.permissions {
         check_permission(permission)?;
     }
-    for key in spec.config.keys() {
+    for key in spec.container.config.keys() {
         if key.is_empty()
             || key.len() > 253
             || !key
@@ -57,7 +57,7 @@ pub fn validate(spec: &PluginSpec) -> Result<(), String> {
         }
     }
     let mut names = BTreeSet::new();
-    for var in &spec.env {
+    for var in &spec.container.env {
         if !names.insert(var.name.as_str()) {
             return Err(format!(
                 "env variable {} is declared twice: keep one",
@@ -66,7 +66,7 @@ pub fn validate(spec: &PluginSpec) -> Result<(), String> {
         }
     }
     let mut secrets = BTreeSet::new();
-    for secret in &spec.secrets {
+    for secret in &spec.container.secrets {
         if !secrets.insert(secret.name.as_str()) {
             return Err(format!("secret {} is listed twice: keep one", secret.name));
         }
@@ -184,7 +184,7 @@ mod tests {
             "  config: { \"../etc/passwd\": x }",
             "  podAnnotations: { aleph.dev/plugin-version: x }",
             "  podAnnotations: { \"not a key\": x }",
-            "  env: [{ name: A, value: x }, { name: A, value: y }]",
+            "  env: [{ name: A, value: x }, { name: A, value: \"y\" }]",
             "  secrets: [{ name: s }, { name: s }]",
         ] {
             assert!(validate(&spec(extra)).is_err(), "{extra}");
