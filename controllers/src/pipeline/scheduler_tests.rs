@@ -1,6 +1,6 @@
 use super::*;
 use crate::pipeline::graph::validate;
-use crate::pipeline::test_support::{param, spec, step, step_status};
+use crate::pipeline::test_support::{dag, param, spec, step, step_status};
 use aleph_crds::pipeline::{PipelineStep, RetryPolicy};
 use proptest::prelude::*;
 
@@ -20,14 +20,9 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn diamond() -> PipelineSpec {
-    spec(
-        vec![
-            step("a", &[]),
-            step("b", &["a"]),
-            step("c", &["a"]),
-            step("d", &["b", "c"]),
-        ],
-        vec![step("cleanup", &[])],
+    dag(
+        &[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"])],
+        &["cleanup"],
     )
 }
 
@@ -86,19 +81,30 @@ impl Run {
         actions
     }
 
-    /// The next pass, which must finish the run: its phase, reason and message.
-    fn finish(&mut self) -> (RunPhase, FinishReason, String) {
+    /// The next pass, which must finish the run with `phase` and `reason`:
+    /// its message.
+    fn finish_as(&mut self, phase: RunPhase, reason: FinishReason) -> String {
         let actions = self.pass();
         match &actions[..] {
             [
                 Action::Finish {
-                    phase,
-                    reason,
+                    phase: p,
+                    reason: r,
                     message,
                 },
-            ] => (*phase, *reason, message.clone()),
+            ] => {
+                assert_eq!((*p, *r), (phase, reason), "{message}");
+                message.clone()
+            }
             _ => panic!("the run does not finish: {actions:?}"),
         }
+    }
+
+    /// Starts what is ready, lets `step` succeed and starts what that frees.
+    fn start_past(&mut self, step: &str) {
+        self.started();
+        self.succeed(step);
+        self.started();
     }
 
     fn started(&mut self) -> Vec<String> {
@@ -222,11 +228,7 @@ fn retries_back_off_exponentially_up_to_the_cap() {
     assert_eq!(s.attempts, 4);
     assert_eq!(s.attempt_times.len(), 4);
     run.fail("train");
-    let (phase, reason, message) = run.finish();
-    assert_eq!(
-        (phase, reason),
-        (RunPhase::Failed, FinishReason::StepFailed)
-    );
+    let message = run.finish_as(RunPhase::Failed, FinishReason::StepFailed);
     assert!(
         message.contains("train") && message.contains("attempt 4 failed"),
         "{message}"
@@ -235,14 +237,9 @@ fn retries_back_off_exponentially_up_to_the_cap() {
 
 #[test]
 fn a_failure_skips_dependents_transitively_then_finally_runs() {
-    let s = spec(
-        vec![
-            step("a", &[]),
-            step("b", &["a"]),
-            step("c", &["b"]),
-            step("other", &[]),
-        ],
-        vec![step("notify", &[])],
+    let s = dag(
+        &[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("other", &[])],
+        &["notify"],
     );
     let mut run = Run::new(&s);
     assert_eq!(run.started(), ["a", "other"]);
@@ -269,11 +266,7 @@ fn a_failure_skips_dependents_transitively_then_finally_runs() {
     run.succeed("other");
     assert_eq!(run.started(), ["notify"]);
     run.succeed("notify");
-    let (phase, reason, message) = run.finish();
-    assert_eq!(
-        (phase, reason),
-        (RunPhase::Failed, FinishReason::StepFailed)
-    );
+    let message = run.finish_as(RunPhase::Failed, FinishReason::StepFailed);
     assert!(message.starts_with("step a failed"), "{message}");
     assert_eq!(run.phase("c"), StepPhase::Skipped);
 }
@@ -281,12 +274,9 @@ fn a_failure_skips_dependents_transitively_then_finally_runs() {
 #[test]
 fn a_failed_finally_step_fails_the_run() {
     let mut run = Run::new(&spec(vec![step("a", &[])], vec![step("f", &[])]));
-    run.started();
-    run.succeed("a");
-    run.started();
+    run.start_past("a");
     run.fail("f");
-    let (_, reason, message) = run.finish();
-    assert_eq!(reason, FinishReason::StepFailed);
+    let message = run.finish_as(RunPhase::Failed, FinishReason::StepFailed);
     assert!(message.contains("step f"), "{message}");
 }
 
@@ -295,9 +285,7 @@ fn cancel_stops_running_steps_skips_the_rest_and_runs_finally() {
     let mut s = diamond();
     s.steps[1].retries = retries(5, 1, 1, 1);
     let mut run = Run::new(&s);
-    run.started();
-    run.succeed("a");
-    run.started();
+    run.start_past("a");
     run.fail("b");
     run.pass(); // b waits for its retry
     run.cancelled = true;
@@ -323,11 +311,7 @@ fn cancel_stops_running_steps_skips_the_rest_and_runs_finally() {
     assert_eq!(run.started(), ["cleanup"], "finally still runs");
     assert_eq!(run.progress(), "4/5", "the stopped step is finished");
     run.succeed("cleanup");
-    let (phase, reason, message) = run.finish();
-    assert_eq!(
-        (phase, reason),
-        (RunPhase::Cancelled, FinishReason::Cancelled)
-    );
+    let message = run.finish_as(RunPhase::Cancelled, FinishReason::Cancelled);
     assert!(message.contains("c"), "{message}");
 }
 
@@ -354,9 +338,7 @@ fn the_deadline_stops_the_run_with_timeout() {
         run.graph.deadline(t0()),
         Some(t0() + TimeDelta::seconds(600))
     );
-    run.started();
-    run.succeed("a");
-    run.started();
+    run.start_past("a");
     run.succeed("b");
     run.at(601);
     run.deadline_passed = true;
@@ -376,8 +358,7 @@ fn the_deadline_stops_the_run_with_timeout() {
     );
     assert_eq!(run.started(), ["cleanup"]);
     run.succeed("cleanup");
-    let (phase, reason, message) = run.finish();
-    assert_eq!((phase, reason), (RunPhase::Failed, FinishReason::Timeout));
+    let message = run.finish_as(RunPhase::Failed, FinishReason::Timeout);
     assert!(message.contains("600s"), "{message}");
 }
 
@@ -386,9 +367,7 @@ fn finally_steps_are_not_stopped_and_still_retry() {
     let mut s = spec(vec![step("a", &[])], vec![step("f", &[])]);
     s.finally[0].retries = retries(1, 0, 1, 0);
     let mut run = Run::new(&s);
-    run.started();
-    run.succeed("a");
-    run.started();
+    run.start_past("a");
     run.cancelled = true;
     assert!(run.pass().is_empty());
     run.fail("f");
@@ -407,14 +386,14 @@ fn finally_steps_are_not_stopped_and_still_retry() {
 
 #[test]
 fn when_skips_a_step_and_its_dependents_but_the_run_succeeds() {
-    let mut s = spec(
-        vec![
-            step("eval", &[]),
-            step("deploy", &["eval"]),
-            step("announce", &["deploy"]),
-            step("report", &["eval"]),
+    let mut s = dag(
+        &[
+            ("eval", &[]),
+            ("deploy", &["eval"]),
+            ("announce", &["deploy"]),
+            ("report", &["eval"]),
         ],
-        vec![],
+        &[],
     );
     s.params = vec![param("target")];
     s.steps[1].when = Some("steps.eval.outputs.accuracy != '0'".into());
@@ -485,15 +464,15 @@ fn when_holds_and_missing_outputs_skip() {
 
 #[test]
 fn resume_reuses_what_succeeded_and_reruns_the_rest() {
-    let s = spec(
-        vec![
-            step("fetch", &[]),
-            step("train", &["fetch"]),
-            step("eval", &["train"]),
-            step("lint", &[]),
-            step("docs", &["lint"]),
+    let s = dag(
+        &[
+            ("fetch", &[]),
+            ("train", &["fetch"]),
+            ("eval", &["train"]),
+            ("lint", &[]),
+            ("docs", &["lint"]),
         ],
-        vec![step("cleanup", &[])],
+        &["cleanup"],
     );
     let previous = vec![
         StepStatus {

@@ -39,6 +39,14 @@ pub fn spec(steps: Vec<PipelineStep>, finally: Vec<PipelineStep>) -> PipelineSpe
     }
 }
 
+/// A spec of steps given as (name, dependencies), and finally steps by name.
+pub fn dag(steps: &[(&str, &[&str])], finally: &[&str]) -> PipelineSpec {
+    spec(
+        steps.iter().map(|(name, deps)| step(name, deps)).collect(),
+        finally.iter().map(|name| step(name, &[])).collect(),
+    )
+}
+
 pub fn param(name: &str) -> ParamSpec {
     ParamSpec {
         name: name.into(),

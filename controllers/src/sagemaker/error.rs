@@ -118,30 +118,26 @@ impl SageMakerError {
 
     /// The `outcome` label of `aleph_sagemaker_calls_total`: a bounded set.
     pub fn metric_outcome(&self) -> &'static str {
-        match self {
-            Self::NotFound { .. } => "not_found",
-            Self::AlreadyExists { .. } => "already_exists",
-            Self::Terminal { .. } => "terminal",
-            Self::Recoverable { kind, .. } => match kind {
-                RecoverableKind::Throttled => "throttled",
-                RecoverableKind::ServerError => "server_error",
-                RecoverableKind::Network | RecoverableKind::Timeout => "network",
-                RecoverableKind::Auth => "auth",
-            },
-        }
+        self.labels().0
     }
 
     /// A CamelCase condition reason for this error.
     pub fn reason(&self) -> &'static str {
+        self.labels().1
+    }
+
+    /// Each kind of error's metric outcome and condition reason, side by side.
+    fn labels(&self) -> (&'static str, &'static str) {
+        use RecoverableKind as K;
         match self {
-            Self::NotFound { .. } => "SageMakerNotFound",
-            Self::AlreadyExists { .. } => "SageMakerConflict",
-            Self::Terminal { .. } => "SageMakerRejected",
+            Self::NotFound { .. } => ("not_found", "SageMakerNotFound"),
+            Self::AlreadyExists { .. } => ("already_exists", "SageMakerConflict"),
+            Self::Terminal { .. } => ("terminal", "SageMakerRejected"),
             Self::Recoverable { kind, .. } => match kind {
-                RecoverableKind::Throttled => "SageMakerThrottled",
-                RecoverableKind::ServerError => "SageMakerUnavailable",
-                RecoverableKind::Network | RecoverableKind::Timeout => "SageMakerUnreachable",
-                RecoverableKind::Auth => "SageMakerAccessDenied",
+                K::Throttled => ("throttled", "SageMakerThrottled"),
+                K::ServerError => ("server_error", "SageMakerUnavailable"),
+                K::Network | K::Timeout => ("network", "SageMakerUnreachable"),
+                K::Auth => ("auth", "SageMakerAccessDenied"),
             },
         }
     }
@@ -304,97 +300,104 @@ pub(crate) fn clean_message(message: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Throttling, server errors and expired credentials pass with time:
+    /// each is recoverable, with its own metric outcome and reason.
     #[test]
-    fn throttling_is_recoverable() {
-        let e = classify(
-            "DescribeEndpoint",
-            Some(400),
-            Some("ThrottlingException"),
-            Some("Rate exceeded"),
-        );
-        assert!(e.is_recoverable());
-        assert_eq!(e.metric_outcome(), "throttled");
-        assert_eq!(e.reason(), "SageMakerThrottled");
-        let e = classify("DescribeEndpoint", Some(429), None, None);
-        assert_eq!(e.metric_outcome(), "throttled");
-    }
-
-    #[test]
-    fn server_errors_are_recoverable() {
-        for (status, code) in [
-            (500, "InternalFailure"),
-            (503, "ServiceUnavailable"),
-            (502, ""),
-        ] {
-            let e = classify("CreateModel", Some(status), Some(code), None);
-            assert!(e.is_recoverable(), "{status} {code}");
-            assert_eq!(e.metric_outcome(), "server_error");
+    fn recoverable_errors_by_kind() {
+        let throttled = ("throttled", "SageMakerThrottled");
+        let unavailable = ("server_error", "SageMakerUnavailable");
+        let cases = [
+            (400, "ThrottlingException", "Rate exceeded", throttled),
+            (429, "", "", throttled),
+            (500, "InternalFailure", "", unavailable),
+            (503, "ServiceUnavailable", "", unavailable),
+            (502, "", "", unavailable),
+            (
+                400,
+                "ExpiredTokenException",
+                "expired",
+                ("auth", "SageMakerAccessDenied"),
+            ),
+        ];
+        for (status, code, message, (outcome, reason)) in cases {
+            let some = |s: &'static str| (!s.is_empty()).then_some(s);
+            let e = classify("DescribeModel", Some(status), some(code), some(message));
+            assert!(e.is_recoverable(), "{status} {code}: {e:?}");
+            assert_eq!(
+                (e.metric_outcome(), e.reason()),
+                (outcome, reason),
+                "{status} {code}"
+            );
         }
     }
 
+    /// SageMaker says "not found" and "already exists" with its own codes
+    /// and with a ValidationException whose message tells; both count.
     #[test]
-    fn missing_resources_in_both_spellings() {
+    fn missing_and_duplicate_resources_in_every_spelling() {
+        const MISSING: &str = "not_found";
+        const TAKEN: &str = "already_exists";
         let cases = [
             (
                 "DescribeTrainingJob",
                 "ValidationException",
                 "Requested resource not found.",
+                MISSING,
             ),
             (
                 "DescribeModel",
                 "ValidationException",
                 "Could not find model \"arn:aws:sagemaker:x\".",
+                MISSING,
             ),
             (
                 "DescribeEndpoint",
                 "ValidationException",
                 "Could not find endpoint \"e\".",
+                MISSING,
             ),
             (
                 "DescribeEndpointConfig",
                 "ValidationException",
                 "Could not find endpoint configuration \"c\".",
+                MISSING,
             ),
             (
                 "StopTrainingJob",
                 "ResourceNotFound",
                 "Requested resource not found.",
+                MISSING,
             ),
             (
                 "DescribeTrainingJob",
                 "com.amazonaws.sagemaker#ResourceNotFound",
                 "",
+                MISSING,
             ),
-        ];
-        for (op, code, message) in cases {
-            let e = classify(op, Some(400), Some(code), Some(message));
-            assert!(e.is_not_found(), "{op} {code} {message}: {e:?}");
-            assert_eq!(e.metric_outcome(), "not_found");
-        }
-    }
-
-    #[test]
-    fn duplicates_in_both_spellings() {
-        let cases = [
             (
                 "CreateTrainingJob",
                 "ResourceInUse",
                 "Training job names must be unique",
+                TAKEN,
             ),
             (
                 "CreateModel",
                 "ValidationException",
                 "Cannot create already existing model \"m\".",
+                TAKEN,
             ),
             (
                 "CreateEndpoint",
                 "ValidationException",
                 "Cannot create already existing endpoint \"e\".",
+                TAKEN,
             ),
         ];
-        for (op, code, message) in cases {
+        for (op, code, message, outcome) in cases {
             let e = classify(op, Some(400), Some(code), Some(message));
-            assert!(e.is_already_exists(), "{op}: {e:?}");
+            assert_eq!(e.metric_outcome(), outcome, "{op} {code} {message}: {e:?}");
+            assert_eq!(e.is_not_found(), outcome == MISSING, "{op}: {e:?}");
+            assert_eq!(e.is_already_exists(), outcome == TAKEN, "{op}: {e:?}");
         }
     }
 
@@ -421,19 +424,6 @@ mod tests {
         );
         let e = classify("CreateEndpoint", Some(404), None, None);
         assert!(matches!(e, SageMakerError::Terminal { ref code, .. } if code == "HTTP404"));
-    }
-
-    #[test]
-    fn credentials_are_recoverable() {
-        let e = classify(
-            "DescribeModel",
-            Some(400),
-            Some("ExpiredTokenException"),
-            Some("expired"),
-        );
-        assert!(e.is_recoverable());
-        assert_eq!(e.metric_outcome(), "auth");
-        assert_eq!(e.reason(), "SageMakerAccessDenied");
     }
 
     #[test]

@@ -25,7 +25,12 @@ fn cache(quotas: &[ResourceQuota]) -> Option<Quotas> {
     Some(
         quotas
             .iter()
-            .map(|rq| ((rq.namespace().unwrap(), rq.name_any()), rq.clone()))
+            .map(|rq| {
+                (
+                    (rq.namespace().unwrap_or_default(), rq.name_any()),
+                    rq.clone(),
+                )
+            })
             .collect(),
     )
 }
@@ -45,7 +50,11 @@ fn api_error(code: u16, reason: &str) -> Result<ResourceQuota> {
 }
 
 fn tracks(ledger: &QuotaLedger, tenant: &str) -> bool {
-    ledger.tenants.lock().unwrap().contains_key(tenant)
+    ledger
+        .tenants
+        .lock()
+        .expect("quota ledger")
+        .contains_key(tenant)
 }
 
 #[test]
@@ -60,39 +69,34 @@ fn without_writes_the_cache_is_the_view_and_an_unfilled_cache_means_a_list() {
     );
 }
 
+/// A write is laid over the cache while the cache misses it (a created
+/// quota) or holds an older version (a raise), and forgotten once the cache
+/// holds that version (the write's own event) or a newer one (the quota
+/// controller's status after it).
 #[test]
-fn a_created_quota_missing_from_the_cache_is_seen_until_the_cache_has_it() {
-    let ledger = QuotaLedger::default();
-    ledger.wrote(TENANT, &Ok(gpu_quota("acme-b", 9, "1")));
-    let lagging = cache(&[gpu_quota("acme-a", 5, "3")]);
-    let view = ledger.view(TENANT, lagging).expect("a view");
-    assert_eq!(gpus(&view, "acme-a").as_deref(), Some("3"));
-    assert_eq!(
-        gpus(&view, "acme-b").as_deref(),
-        Some("1"),
-        "the created quota"
-    );
+fn a_write_is_seen_until_the_cache_holds_it_or_a_newer_version() {
+    let a = || gpu_quota("acme-a", 5, "3");
+    let cases = [
+        ("created", None, 9),
+        ("raised", Some(gpu_quota("acme-b", 7, "1")), 9),
+        (
+            "raised, then counted",
+            Some(gpu_quota("acme-b", 7, "1")),
+            11,
+        ),
+    ];
+    for (what, before, caught_up_at) in cases {
+        let ledger = QuotaLedger::default();
+        ledger.wrote(TENANT, &Ok(gpu_quota("acme-b", 9, "2")));
+        let lagging: Vec<ResourceQuota> = std::iter::once(a()).chain(before).collect();
+        let view = ledger.view(TENANT, cache(&lagging)).expect("a view");
+        assert_eq!(gpus(&view, "acme-a").as_deref(), Some("3"), "{what}");
+        assert_eq!(gpus(&view, "acme-b").as_deref(), Some("2"), "{what}: ours");
 
-    let caught_up = cache(&[gpu_quota("acme-a", 5, "3"), gpu_quota("acme-b", 9, "1")]);
-    assert_eq!(ledger.view(TENANT, caught_up.clone()), caught_up);
-    assert!(
-        !tracks(&ledger, TENANT),
-        "nothing is kept once the cache holds every write"
-    );
-}
-
-#[test]
-fn a_raise_is_seen_over_an_older_cached_version_and_a_newer_one_wins() {
-    let ledger = QuotaLedger::default();
-    ledger.wrote(TENANT, &Ok(gpu_quota("acme-a", 12, "3")));
-    let older = cache(&[gpu_quota("acme-a", 10, "1")]);
-    let view = ledger.view(TENANT, older).expect("a view");
-    assert_eq!(gpus(&view, "acme-a").as_deref(), Some("3"), "our raise");
-
-    // The quota controller wrote the status after us: the cache's version is newer.
-    let newer = cache(&[gpu_quota("acme-a", 14, "3")]);
-    assert_eq!(ledger.view(TENANT, newer.clone()), newer);
-    assert!(!tracks(&ledger, TENANT));
+        let caught_up = cache(&[a(), gpu_quota("acme-b", caught_up_at, "2")]);
+        assert_eq!(ledger.view(TENANT, caught_up.clone()), caught_up, "{what}");
+        assert!(!tracks(&ledger, TENANT), "{what}: nothing kept");
+    }
 }
 
 /// The hazard the ledger closes, on the rebalance's own arithmetic: tenant
@@ -120,7 +124,7 @@ fn a_lagging_cache_cannot_make_the_enforced_limits_exceed_the_tenant() {
     let raise_b =
         |enforced: &[quota::Milli]| quota::raise_to(tenant_gpus, enforced, 1, enforced[1], 3_000);
 
-    let stale = enforced_gpus(lagging.as_ref().unwrap());
+    let stale = enforced_gpus(lagging.as_ref().expect("quotas"));
     assert_eq!(
         3_000 + raise_b(&stale),
         6_000,
@@ -134,43 +138,39 @@ fn a_lagging_cache_cannot_make_the_enforced_limits_exceed_the_tenant() {
     assert_eq!(seen[0] + raise_b(&seen), tenant_gpus);
 }
 
+/// A refusal wrote nothing and changes nothing. Any other failure may have
+/// written, or shows the view wrong: the next pass lists, and what the list
+/// finds is laid over the cache after it.
 #[test]
-fn an_unknown_outcome_lists_and_the_list_is_laid_over_the_cache_after() {
-    for outcome in [
-        api_error(409, "AlreadyExists"),
-        api_error(404, "NotFound"),
-        api_error(500, "InternalError"),
-        api_error(504, "Timeout"),
-    ] {
+fn a_failed_write_makes_the_next_pass_list_unless_it_was_refused() {
+    let cases = [
+        (409, "Conflict", false),
+        (422, "Invalid", false),
+        (403, "Forbidden", false),
+        (409, "AlreadyExists", true),
+        (404, "NotFound", true),
+        (500, "InternalError", true),
+        (504, "Timeout", true),
+    ];
+    for (code, reason, lists) in cases {
         let ledger = QuotaLedger::default();
-        ledger.wrote(TENANT, &outcome);
+        ledger.wrote(TENANT, &api_error(code, reason));
         let cached = cache(&[gpu_quota("acme-a", 5, "1")]);
-        assert_eq!(
-            ledger.view(TENANT, cached),
-            None,
-            "{outcome:?}: a live list"
-        );
-
-        let listed = cache(&[gpu_quota("acme-a", 8, "3")]).unwrap();
+        let view = ledger.view(TENANT, cached.clone());
+        if !lists {
+            assert_eq!(view, cached, "{reason}");
+            assert!(!tracks(&ledger, TENANT), "{reason}");
+            continue;
+        }
+        assert_eq!(view, None, "{reason}: a live list");
+        let listed = cache(&[gpu_quota("acme-a", 8, "3")]).expect("quotas");
         ledger.listed(TENANT, &listed);
-        let still_lagging = cache(&[gpu_quota("acme-a", 5, "1")]);
-        let view = ledger.view(TENANT, still_lagging).expect("a view");
-        assert_eq!(gpus(&view, "acme-a").as_deref(), Some("3"), "{outcome:?}");
-    }
-}
-
-#[test]
-fn a_refused_write_changes_nothing() {
-    for outcome in [
-        api_error(409, "Conflict"),
-        api_error(422, "Invalid"),
-        api_error(403, "Forbidden"),
-    ] {
-        let ledger = QuotaLedger::default();
-        ledger.wrote(TENANT, &outcome);
-        let cached = cache(&[gpu_quota("acme-a", 5, "1")]);
-        assert_eq!(ledger.view(TENANT, cached.clone()), cached, "{outcome:?}");
-        assert!(!tracks(&ledger, TENANT), "{outcome:?}");
+        let view = ledger.view(TENANT, cached).expect("a view");
+        assert_eq!(
+            gpus(&view, "acme-a").as_deref(),
+            Some("3"),
+            "{reason}: the list over the lagging cache"
+        );
     }
 }
 

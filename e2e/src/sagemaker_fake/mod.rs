@@ -216,14 +216,6 @@ pub struct SageMakerFake {
     task: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for SageMakerFake {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SageMakerFake")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
-    }
-}
-
 impl SageMakerFake {
     /// Starts the fake on `config.host:config.port`.
     pub async fn start(config: FakeConfig) -> std::io::Result<Self> {

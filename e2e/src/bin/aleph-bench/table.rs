@@ -102,7 +102,9 @@ impl KindFigures {
 pub struct SizeFigures {
     /// N: Tenants and AIModels each.
     pub n: usize,
+    /// The Tenants' convergence, against the floor (none when not run).
     pub tenants: Option<KindFigures>,
+    /// The AIModels' convergence, against the floor (none when not run).
     pub aimodels: Option<KindFigures>,
     /// The operator's writes by verb during the idle window after convergence.
     pub idle_writes: Option<Requests>,
