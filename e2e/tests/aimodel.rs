@@ -64,9 +64,25 @@ fn current(m: &AIModel) -> bool {
     m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation
 }
 
+/// Applies the AIModel `name` of `spec` and waits until it is Ready for it.
+async fn apply_ready(env: &TestEnv, name: &str, spec: &str) -> AIModel {
+    env.apply_yaml(&model_yaml(name, spec)).await;
+    wait_ready(env, name).await
+}
+
 async fn wait_ready(env: &TestEnv, name: &str) -> AIModel {
     wait_for(&env.api::<AIModel>(), name, TIMEOUT, |m| {
         current(m) && has_condition(m, "Ready", "True")
+    })
+    .await
+}
+
+/// Waits until the model is Ready for its current spec with `replicas` ready replicas.
+async fn wait_ready_replicas(env: &TestEnv, name: &str, replicas: i32) -> AIModel {
+    wait_for(&env.api::<AIModel>(), name, TIMEOUT, |m| {
+        current(m)
+            && has_condition(m, "Ready", "True")
+            && m.status.as_ref().and_then(|s| s.ready_replicas) == Some(replicas)
     })
     .await
 }
@@ -225,14 +241,14 @@ async fn the_vllm_example_serves_from_h100_nodes_only_and_turns_ready_with_a_url
 #[tokio::test]
 async fn changing_the_gpu_count_rolls_the_deployment_and_too_many_gpus_is_unschedulable() {
     let env = TestEnv::new().await;
-    env.apply_yaml(&model_yaml(
+    apply_ready(
+        &env,
         "roll",
         &format!(
             "  source: {{ uri: hf://acme/roll-7b }}\n  cache: {{ enabled: false }}\n  resources: {{ gpus: 1, gpuProduct: {H100} }}\n"
         ),
-    ))
+    )
     .await;
-    wait_ready(&env, "roll").await;
     let deployments = env.api::<Deployment>();
     let before = deployments.get("roll").await.expect("deployment");
 
@@ -325,24 +341,18 @@ async fn autoscaling_makes_an_hpa_and_kubectl_scale_sets_the_replicas() {
     assert_eq!(spec.scale_target_ref.name, "auto");
     assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 5));
     let metrics = spec.metrics.unwrap_or_default();
-    let cpu = metrics
-        .iter()
-        .find_map(|m| m.resource.as_ref())
-        .expect("cpu");
+    let [metric] = metrics.as_slice() else {
+        panic!("CPU only: {metrics:?}");
+    };
+    let cpu = metric.resource.as_ref().expect("cpu");
     assert_eq!(cpu.target.average_utilization, Some(60));
-    assert_eq!(metrics.len(), 1, "CPU only: {metrics:?}");
     let window = spec
         .behavior
         .and_then(|b| b.scale_down)
         .and_then(|s| s.stabilization_window_seconds);
     assert_eq!(window, Some(90));
     // The HPA controller brings the Deployment to the minimum; the model follows.
-    let model = wait_for(&env.api::<AIModel>(), "auto", TIMEOUT, |m| {
-        current(m)
-            && has_condition(m, "Ready", "True")
-            && m.status.as_ref().and_then(|s| s.ready_replicas) == Some(2)
-    })
-    .await;
+    let model = wait_ready_replicas(&env, "auto", 2).await;
     assert_eq!(model.status.and_then(|s| s.replicas), Some(2));
     // While it autoscales, the spec has no replicas to scale.
     let refused = env
@@ -357,21 +367,16 @@ async fn autoscaling_makes_an_hpa_and_kubectl_scale_sets_the_replicas() {
     );
 
     // Without autoscaling, `kubectl scale` sets spec.replicas and the Deployment follows.
-    env.apply_yaml(&model_yaml(
+    apply_ready(
+        &env,
         "manual",
         "  source: { uri: hf://acme/manual-1b }\n  cache: { enabled: false }\n  resources: { cpu: \"1\" }\n",
-    ))
+    )
     .await;
-    wait_ready(&env, "manual").await;
     env.kubectl(["scale", "aimodel/manual", "--replicas=3"])
         .await
         .expect_success();
-    let model = wait_for(&env.api::<AIModel>(), "manual", TIMEOUT, |m| {
-        current(m)
-            && has_condition(m, "Ready", "True")
-            && m.status.as_ref().and_then(|s| s.ready_replicas) == Some(3)
-    })
-    .await;
+    let model = wait_ready_replicas(&env, "manual", 3).await;
     assert_eq!(model.spec.replicas, Some(3));
     assert_eq!(model.status.as_ref().and_then(|s| s.replicas), Some(3));
     let deployment = env
@@ -403,10 +408,8 @@ async fn the_cache_job_runs_once_for_two_models_with_the_same_source() {
     let spec = format!(
         "  source: {{ uri: hf://acme/shared-3b }}\n  runtime: {{ engine: tgi }}\n  resources: {{ cpu: \"1\" }}\n  cache: {{ storageClassName: {class}, size: 20Gi }}\n"
     );
-    env.apply_yaml(&model_yaml("first", &spec)).await;
-    let first = wait_ready(&env, "first").await;
-    env.apply_yaml(&model_yaml("second", &spec)).await;
-    let second = wait_ready(&env, "second").await;
+    let first = apply_ready(&env, "first", &spec).await;
+    let second = apply_ready(&env, "second", &spec).await;
 
     let claim_name = first
         .status
@@ -523,12 +526,12 @@ async fn a_failing_download_is_model_download_failed() {
 #[tokio::test]
 async fn a_canary_gets_its_share_of_the_replicas_and_promoting_it_moves_it_into_the_spec() {
     let env = TestEnv::new().await;
-    env.apply_yaml(&model_yaml(
+    let model = apply_ready(
+        &env,
         "chat",
         "  source: { uri: hf://acme/chat@v1 }\n  cache: { enabled: false }\n  resources: { cpu: \"1\" }\n  replicas: 4\n  canary:\n    source: { uri: hf://acme/chat@v2 }\n    trafficPercent: 25\n",
-    ))
+    )
     .await;
-    let model = wait_ready(&env, "chat").await;
     assert_eq!(
         model.status.as_ref().and_then(|s| s.ready_replicas),
         Some(4)
@@ -583,12 +586,7 @@ async fn a_canary_gets_its_share_of_the_replicas_and_promoting_it_moves_it_into_
     )
     .await;
     wait_for_deletion(&deployments, "chat-canary", TIMEOUT).await;
-    let model = wait_for(&env.api::<AIModel>(), "chat", TIMEOUT, |m| {
-        current(m)
-            && has_condition(m, "Ready", "True")
-            && m.status.as_ref().and_then(|s| s.ready_replicas) == Some(4)
-    })
-    .await;
+    let model = wait_ready_replicas(&env, "chat", 4).await;
     assert_eq!(
         model.status.and_then(|s| s.served_source).as_deref(),
         Some("hf://acme/chat@v2")
@@ -603,14 +601,14 @@ async fn a_canary_gets_its_share_of_the_replicas_and_promoting_it_moves_it_into_
 async fn deleting_the_model_removes_every_child() {
     let env = TestEnv::new().await;
     let class = cache_storage(&env, 1).await;
-    env.apply_yaml(&model_yaml(
+    let model = apply_ready(
+        &env,
         "doomed",
         &format!(
             "  source: {{ uri: hf://acme/doomed-1b }}\n  resources: {{ cpu: \"1\" }}\n  cache: {{ storageClassName: {class} }}\n  autoscaling: {{ minReplicas: 1, maxReplicas: 3, targetCpuUtilization: 50 }}\n  canary:\n    runtime: {{ engine: vllm, args: [\"--enable-prefix-caching\"] }}\n    trafficPercent: 50\n"
         ),
-    ))
+    )
     .await;
-    let model = wait_ready(&env, "doomed").await;
     let claim = model
         .status
         .and_then(|s| s.cache)

@@ -12,8 +12,7 @@ use aleph_crds::tenant::Tenant;
 use aleph_crds::{AIModel, Plugin};
 use aleph_e2e::sagemaker_fake::{FakeConfig, SageMakerFake};
 use aleph_e2e::{
-    PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, tenant_manifest, unique_name, wait_for,
-    wait_for_deletion,
+    PRIVATE_OPERATOR_LABEL, TestEnv, aws, find_condition, unique_name, wait_for, wait_for_deletion,
 };
 use k8s_openapi::api::core::v1::{Event, Service, ServiceAccount, ServicePort, ServiceSpec};
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -65,7 +64,14 @@ where
         + serde::Serialize
         + std::fmt::Debug,
 {
-    fn new(owners: Api<O>, name: &'a str, manifest: String) -> Self {
+    /// The owner `name`, made through `owners`; `spec` is the body of its
+    /// spec, YAML lines indented by two spaces.
+    fn new(owners: Api<O>, name: &'a str, spec: &str) -> Self {
+        let manifest = format!(
+            "apiVersion: {}\nkind: {}\nmetadata: {{ name: {name} }}\nspec:\n{spec}",
+            O::api_version(&()),
+            O::kind(&())
+        );
         Taken {
             owners,
             name,
@@ -147,11 +153,11 @@ fn named<K: Resource + Default>(name: &str) -> K {
 async fn a_plugin_whose_child_name_is_taken_says_so_and_recovers() {
     let env = TestEnv::new().await;
     let name = "taken";
-    let manifest = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: Plugin\nmetadata: {{ name: {name} }}\nspec:\n  version: 1.0.0\n  image: ghcr.io/acme/{name}:1.0.0\n  port: 9000\n  replicas: 1\n"
+    let spec = format!(
+        "  version: 1.0.0\n  image: ghcr.io/acme/{name}:1.0.0\n  port: 9000\n  replicas: 1\n"
     );
     // The plugin's ServiceAccount has the plugin's name.
-    let taken = Taken::new(env.api::<Plugin>(), name, manifest);
+    let taken = Taken::new(env.api::<Plugin>(), name, &spec);
     taken
         .says_so_and_recovers(env.api::<ServiceAccount>(), named(name), env)
         .await;
@@ -161,9 +167,7 @@ async fn a_plugin_whose_child_name_is_taken_says_so_and_recovers() {
 async fn a_model_whose_service_name_is_taken_says_so_and_recovers() {
     let env = TestEnv::new().await;
     let name = "taken-model";
-    let manifest = format!(
-        "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata: {{ name: {name} }}\nspec:\n  source: {{ uri: hf://acme/taken-1b }}\n  cache: {{ enabled: false }}\n  resources: {{ cpu: \"1\" }}\n"
-    );
+    let spec = "  source: { uri: hf://acme/taken-1b }\n  cache: { enabled: false }\n  resources: { cpu: \"1\" }\n";
     // The model's Service has the model's name.
     let mut service: Service = named(name);
     let port = ServicePort {
@@ -174,7 +178,7 @@ async fn a_model_whose_service_name_is_taken_says_so_and_recovers() {
         ports: Some(vec![port]),
         ..ServiceSpec::default()
     });
-    let taken = Taken::new(env.api::<AIModel>(), name, manifest);
+    let taken = Taken::new(env.api::<AIModel>(), name, spec);
     taken
         .says_so_and_recovers(env.api::<Service>(), service, env)
         .await;
@@ -187,11 +191,10 @@ async fn a_tenant_whose_cluster_role_name_is_taken_says_so_and_recovers() {
     let spec = format!(
         "  owners: [{{ kind: User, name: {name}-alice, role: admin }}]\n  namespaces: [one]\n"
     );
-    let manifest = tenant_manifest(&name, &spec);
     // The admin owners' ClusterRole, for creating namespaces while there is room.
     let role = format!("aleph-tenant-{name}-owners");
     env.delete_on_cleanup(ApiResource::erase::<ClusterRole>(&()), &role);
-    let taken = Taken::new(env.cluster_api::<Tenant>(), &name, manifest);
+    let taken = Taken::new(env.cluster_api::<Tenant>(), &name, &spec);
     let roles = env.cluster_api::<ClusterRole>();
     taken.says_so_and_recovers(roles, named(&role), env).await;
 }

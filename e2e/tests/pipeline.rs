@@ -30,6 +30,10 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 /// The pod annotation by which a step's pod runs for a second under kwok.
 const RUNS_1S: &str = "aleph.dev/test-run-duration: 1s";
 
+/// The pod annotation by which a step's pod runs for five minutes under kwok:
+/// longer than any test waits, so until the run is stopped.
+const RUNS_UNTIL_STOPPED: &str = "aleph.dev/test-run-duration: 300s";
+
 fn time(text: Option<&str>) -> Timestamp {
     let text = text.unwrap_or_else(|| panic!("a time is missing"));
     text.parse()
@@ -128,6 +132,18 @@ fn steps_spec(steps: &[String], finally: &[String]) -> String {
         spec.push_str(&finally.concat());
     }
     spec
+}
+
+/// The steps of a run that has to be stopped: `long` runs until then, `next`
+/// depends on it, and `finally` is the run's `finally:` step.
+fn stopped_steps(long: &str, next: &str, finally: &str) -> String {
+    steps_spec(
+        &[
+            container_step(long, &[], RUNS_UNTIL_STOPPED, ""),
+            container_step(next, &[long], RUNS_1S, ""),
+        ],
+        &[container_step(finally, &[], RUNS_1S, "")],
+    )
 }
 
 /// Applies the Pipeline `name` of `spec` and its run `{name}-1` (`extra`
@@ -575,14 +591,8 @@ async fn a_forbid_schedule_creates_runs_one_at_a_time_and_prunes_its_history() {
 #[tokio::test]
 async fn cancel_deletes_the_running_jobs_skips_the_rest_and_runs_finally() {
     let env = TestEnv::new().await;
-    let spec = steps_spec(
-        &[
-            container_step("crunch", &[], "aleph.dev/test-run-duration: 300s", ""),
-            container_step("publish", &["crunch"], RUNS_1S, ""),
-        ],
-        &[container_step("cleanup", &[], RUNS_1S, "")],
-    );
-    env.apply_yaml(&pipeline("long", &spec)).await;
+    let steps = stopped_steps("crunch", "publish", "cleanup");
+    env.apply_yaml(&pipeline("long", &steps)).await;
     env.apply_yaml(&run_yaml("long-1", "long", "")).await;
     let runs = env.api::<PipelineRun>();
     wait_for(&runs, "long-1", TIMEOUT, |r| {
@@ -1011,14 +1021,11 @@ spec:
 #[tokio::test]
 async fn the_deadline_stops_the_run_with_timeout_and_finally_still_runs() {
     let env = TestEnv::new().await;
-    let steps = steps_spec(
-        &[
-            container_step("crawl", &[], "aleph.dev/test-run-duration: 300s", ""),
-            container_step("index", &["crawl"], "", ""),
-        ],
-        &[container_step("notify", &[], RUNS_1S, "")],
+    let spec = format!(
+        "  deadlineSeconds: 4\n{}",
+        stopped_steps("crawl", "index", "notify")
     );
-    let run = apply_and_run(&env, "slow", &format!("  deadlineSeconds: 4\n{steps}"), "").await;
+    let run = apply_and_run(&env, "slow", &spec, "").await;
     assert_ended(&run, RunPhase::Failed, "Timeout");
     assert_message(&run, "deadline of 4s");
     let status = status_of(&run);
@@ -1155,7 +1162,7 @@ async fn a_training_job_that_fails_is_retried_as_a_new_job_then_fails_the_step()
 #[tokio::test]
 async fn a_replace_schedule_cancels_the_running_run_for_the_next_one() {
     let env = TestEnv::new().await;
-    let sync = container_step("sync", &[], "aleph.dev/test-run-duration: 300s", "");
+    let sync = container_step("sync", &[], RUNS_UNTIL_STOPPED, "");
     let spec = format!(
         "{}  schedule:\n    cron: \"*/3 * * * * *\"\n    concurrencyPolicy: Replace\n",
         steps_spec(&[sync], &[])

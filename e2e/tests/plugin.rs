@@ -401,19 +401,15 @@ async fn example_plugin_runs_sandboxed_without_a_token_and_with_only_the_listed_
 #[tokio::test]
 async fn the_service_account_gets_exactly_the_declared_permissions() {
     let name = "indexer";
-    let (env, plugins) = running_plugin(
-        name,
-        "2.0.0",
-        r#"  permissions:
+    let declared = r#"  permissions:
     - apiGroups: [""]
       resources: [configmaps]
       verbs: [get, list, watch]
     - apiGroups: [apps]
       resources: [deployments]
       verbs: [get]
-"#,
-    )
-    .await;
+"#;
+    let (env, plugins) = running_plugin(name, "2.0.0", declared).await;
     let ns = env.namespace().to_string();
 
     // With permissions, the pods get a token for them.

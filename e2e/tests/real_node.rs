@@ -420,28 +420,34 @@ async fn tenants_are_isolated_and_a_hipaa_tenant_reaches_only_its_allowed_egress
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_plugin_connects_only_to_its_allowed_egress_without_a_token_as_the_sandbox_user() {
-    let (env, client, ns) = pinned_env().await;
-    let (allowed, other) = two_servers_and_a_client(&client, &ns, "allowed", "other").await;
-
-    env.apply_yaml(&format!(
+/// A Plugin `name` whose busybox httpd answers `page` on port 8080; `extra`
+/// ends its spec.
+fn httpd_plugin(name: &str, page: &str, extra: &str) -> String {
+    format!(
         r#"apiVersion: aleph.dev/v1alpha1
 kind: Plugin
-metadata: {{ name: probe }}
+metadata: {{ name: {name} }}
 spec:
   version: 1.0.0
   image: {BUSYBOX_IMAGE}
   port: 8080
   protocol: HTTP
-  command: [sh, -c, "mkdir -p /tmp/www && echo plugin >/tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+  command: [sh, -c, "mkdir -p /tmp/www && echo {page} >/tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
   resources: {{ cpu: 50m, memory: 32Mi }}
-  sandbox:
-    allowedEgress:
-      - {{ cidr: {allowed}/32, ports: [8080] }}
-"#
-    ))
-    .await;
+{extra}"#
+    )
+}
+
+#[tokio::test]
+async fn a_plugin_connects_only_to_its_allowed_egress_without_a_token_as_the_sandbox_user() {
+    let (env, client, ns) = pinned_env().await;
+    let (allowed, other) = two_servers_and_a_client(&client, &ns, "allowed", "other").await;
+
+    let egress = format!(
+        "  sandbox:\n    allowedEgress:\n      - {{ cidr: {allowed}/32, ports: [8080] }}\n"
+    );
+    env.apply_yaml(&httpd_plugin("probe", "plugin", &egress))
+        .await;
     let plugins: Api<Plugin> = env.api();
     let plugin = wait_for(&plugins, "probe", TIMEOUT, |p| {
         has_condition(p, "Ready", "True")
@@ -716,6 +722,21 @@ fn ready_of(obj: &impl serde::Serialize) -> (String, String, String) {
     )
 }
 
+/// Waits until the object's Ready condition has the reason
+/// `ContainerConfigError`, asserts that it is False and returns its message.
+async fn container_config_error<K>(api: &Api<K>, name: &str) -> String
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object = wait_for(api, name, TIMEOUT, |o| {
+        ready_of(o).1 == "ContainerConfigError"
+    })
+    .await;
+    let (status, _, message) = ready_of(&object);
+    assert_eq!(status, "False", "{name}'s Ready condition: {message}");
+    message
+}
+
 /// A Secret that does not exist, named by each kind's pods: an AIModel's
 /// download credentials, a Plugin's environment, a pipeline step's
 /// environment. The kubelet does not start those containers
@@ -727,19 +748,9 @@ async fn a_missing_secret_shows_in_each_kinds_status_and_creating_it_lets_them_s
     let (env, _client, _ns) = pinned_env().await;
     let secret = "absent";
     let from_secret = format!("{{ name: TOKEN, secretKeyRef: {{ name: {secret}, key: token }} }}");
+    let plugin = httpd_plugin("keyed", "ok", &format!("  env: [{from_secret}]\n"));
     env.apply_yaml(&format!(
-        r#"apiVersion: aleph.dev/v1alpha1
-kind: Plugin
-metadata: {{ name: keyed }}
-spec:
-  version: 1.0.0
-  image: {BUSYBOX_IMAGE}
-  port: 8080
-  protocol: HTTP
-  command: [sh, -c, "mkdir -p /tmp/www && echo ok >/tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
-  env: [{from_secret}]
-  resources: {{ cpu: 50m, memory: 32Mi }}
----
+        r#"{plugin}---
 apiVersion: aleph.dev/v1alpha1
 kind: Pipeline
 metadata: {{ name: keyed }}
@@ -771,12 +782,7 @@ spec:
     let names_it = |message: &str| message.contains(&format!("\"{secret}\""));
 
     let plugins: Api<Plugin> = env.api();
-    let plugin = wait_for(&plugins, "keyed", TIMEOUT, |p| {
-        ready_of(p).1 == "ContainerConfigError"
-    })
-    .await;
-    let (status, _, message) = ready_of(&plugin);
-    assert_eq!(status, "False");
+    let message = container_config_error(&plugins, "keyed").await;
     assert!(
         message.contains("cannot start") && names_it(&message),
         "{message}"
@@ -784,12 +790,7 @@ spec:
 
     let models: Api<AIModel> = env.api();
     // Not `keyed`: the plugin's Service has that name.
-    let model = wait_for(&models, "keyed-model", TIMEOUT, |m| {
-        ready_of(m).1 == "ContainerConfigError"
-    })
-    .await;
-    let (status, _, message) = ready_of(&model);
-    assert_eq!(status, "False");
+    let message = container_config_error(&models, "keyed-model").await;
     assert!(names_it(&message), "{message}");
 
     let runs: Api<PipelineRun> = env.api();

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tenant_support::*;
 
@@ -59,6 +59,12 @@ impl Ledger {
             Err(e) => (e.to_string(), false),
         };
         self.rows.push((what.to_string(), message, ok));
+    }
+
+    /// Records an attempt that must be refused, whoever refuses it: RBAC or
+    /// any admission rule.
+    fn refused_any<T>(&mut self, what: &str, result: Result<T, kube::Error>) {
+        self.refused(what, "", result);
     }
 
     fn check(&mut self, what: &str, held: bool, detail: String) {
@@ -123,9 +129,8 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
         "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
         "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": format!("{a}-owner") }] }),
     );
-    ledger.refused(
+    ledger.refused_any(
         "bind cluster-admin cluster-wide",
-        "",
         Api::<ClusterRoleBinding>::all(alice.clone())
             .create(&pp, &crb)
             .await,
@@ -137,32 +142,27 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
         "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": format!("{a}-owner") }] }),
     );
     let rbs_a: Api<RoleBinding> = Api::namespaced(alice.clone(), &ns_a);
-    ledger.refused(
+    ledger.refused_any(
         "bind cluster-admin in its own namespace",
-        "",
         rbs_a.create(&pp, &rb).await,
     );
     let namespaces: Api<Namespace> = Api::all(alice.clone());
-    ledger.refused(
+    ledger.refused_any(
         "create a namespace outside the prefix",
-        "",
         namespaces.create(&pp, &typed(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": format!("x{a}") } }))).await,
     );
-    ledger.refused(
+    ledger.refused_any(
         "relabel its namespace out of the tenant",
-        "",
         merge_patch(&namespaces, &ns_a, json!({ "metadata": { "labels": { "aleph.dev/tenant": null, "pod-security.kubernetes.io/enforce": "privileged" } } })).await,
     );
     let tenants: Api<Tenant> = Api::all(alice.clone());
-    ledger.refused(
+    ledger.refused_any(
         "raise its Tenant's GPU quota",
-        "",
         merge_patch(&tenants, &a, json!({ "spec": { "quota": { "gpus": 64 } } })).await,
     );
     let quotas: Api<ResourceQuota> = Api::namespaced(alice.clone(), &ns_a);
-    ledger.refused(
+    ledger.refused_any(
         "raise its namespace's ResourceQuota",
-        "",
         merge_patch(
             &quotas,
             "aleph-tenant-quota",
@@ -170,21 +170,18 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
         )
         .await,
     );
-    ledger.refused(
+    ledger.refused_any(
         "delete its ResourceQuota",
-        "",
         delete(&quotas, "aleph-tenant-quota").await,
     );
     let limits: Api<LimitRange> = Api::namespaced(alice.clone(), &ns_a);
-    ledger.refused(
+    ledger.refused_any(
         "delete its LimitRange",
-        "",
         delete(&limits, "aleph-tenant-defaults").await,
     );
     let vaps: Api<ValidatingAdmissionPolicy> = Api::all(alice.clone());
-    ledger.refused(
+    ledger.refused_any(
         "empty its admission policy",
-        "",
         merge_patch(
             &vaps,
             &format!("aleph-tenant-{a}"),
@@ -193,9 +190,8 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
         .await,
     );
     let vapbs: Api<ValidatingAdmissionPolicyBinding> = Api::all(alice.clone());
-    ledger.refused(
+    ledger.refused_any(
         "delete its admission binding",
-        "",
         delete(&vapbs, &format!("aleph-tenant-{a}")).await,
     );
     ledger.refused(
@@ -211,28 +207,24 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
 
     // The other tenant.
     let secrets_b: Api<Secret> = Api::namespaced(alice.clone(), &ns_b);
-    ledger.refused(
+    ledger.refused_any(
         "read the other tenant's Secrets",
-        "",
         secrets_b.list(&ListParams::default()).await,
     );
     let pods_b: Api<Pod> = Api::namespaced(alice.clone(), &ns_b);
-    ledger.refused(
+    ledger.refused_any(
         "create a pod in the other tenant",
-        "",
         pods_b
             .create(&pp, &typed(pod("intruder", &good_image)))
             .await,
     );
     let policies_a_by_bob: Api<NetworkPolicy> = Api::namespaced(bob.clone(), &ns_a);
-    ledger.refused(
+    ledger.refused_any(
         "delete the other tenant's isolation policy",
-        "",
         delete(&policies_a_by_bob, "aleph-tenant-isolation").await,
     );
-    ledger.refused(
+    ledger.refused_any(
         "edit the other tenant's Tenant",
-        "",
         Api::<Tenant>::all(bob.clone()).patch(&a, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "owners": [{ "kind": "User", "name": format!("{b}-owner"), "role": "admin" }] } }))).await,
     );
 
@@ -336,23 +328,25 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
         delete(&policies_a, "aleph-tenant-isolation").await,
     );
     let services_a: Api<Service> = Api::namespaced(alice.clone(), &ns_a);
+    let node_port: Service = typed(
+        json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "np" },
+        "spec": { "type": "NodePort", "selector": { "app": "x" }, "ports": [{ "port": 80 }] } }),
+    );
     ledger.refused(
         "a NodePort Service",
         "allowNodePorts",
-        services_a
-            .create(&pp, &typed(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "np" },
-                "spec": { "type": "NodePort", "selector": { "app": "x" }, "ports": [{ "port": 80 }] } })))
-            .await,
+        services_a.create(&pp, &node_port).await,
     );
     let ingresses_a: Api<Ingress> = Api::namespaced(alice.clone(), &ns_a);
+    let foreign_host: Ingress = typed(
+        json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": { "name": "steal" },
+        "spec": { "rules": [{ "host": format!("www.{b}.example.com"), "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+            "backend": { "service": { "name": "web", "port": { "number": 80 } } } }] } }] } }),
+    );
     ledger.refused(
         "an Ingress for the other tenant's host",
         "allowedDomains",
-        ingresses_a
-            .create(&pp, &typed(json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": { "name": "steal" },
-                "spec": { "rules": [{ "host": format!("www.{b}.example.com"), "http": { "paths": [{ "path": "/", "pathType": "Prefix",
-                    "backend": { "service": { "name": "web", "port": { "number": 80 } } } }] } }] } })))
-            .await,
+        ingresses_a.create(&pp, &foreign_host).await,
     );
 
     // A ServiceAccount the owner made, bound to admin in its namespace, used through a real token.
@@ -380,6 +374,9 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
         .unwrap_or_default();
     let ci = token_client(&token).await;
     let ci_pods: Api<Pod> = Api::namespaced(ci.clone(), &ns_a);
+    let ci_policies: Api<NetworkPolicy> = Api::namespaced(ci.clone(), &ns_a);
+    let ci_bindings: Api<RoleBinding> = Api::namespaced(ci.clone(), &ns_a);
+    let ci_secrets_b: Api<Secret> = Api::namespaced(ci.clone(), &ns_b);
     ci_pods
         .list(&ListParams::default())
         .await
@@ -394,30 +391,20 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
     ledger.refused(
         "token: a NetworkPolicy allowing all egress",
         "compliance hipaa",
-        Api::<NetworkPolicy>::namespaced(ci.clone(), &ns_a)
-            .create(&pp, &allow_all_egress)
-            .await,
+        ci_policies.create(&pp, &allow_all_egress).await,
     );
-    ledger.refused(
+    ledger.refused_any(
         "token: bind cluster-admin",
-        "",
-        Api::<RoleBinding>::namespaced(ci.clone(), &ns_a)
-            .create(&pp, &rb)
-            .await,
+        ci_bindings.create(&pp, &rb).await,
     );
-    ledger.refused(
+    ledger.refused_any(
         "token: read the other tenant's Secrets",
-        "",
-        Api::<Secret>::namespaced(ci.clone(), &ns_b)
-            .list(&ListParams::default())
-            .await,
+        ci_secrets_b.list(&ListParams::default()).await,
     );
     ledger.refused(
         "token: delete the isolation policy",
         "made by the operator",
-        Api::<NetworkPolicy>::namespaced(ci.clone(), &ns_a)
-            .delete("aleph-tenant-isolation", &DeleteParams::default())
-            .await,
+        delete(&ci_policies, "aleph-tenant-isolation").await,
     );
 
     // What stood is still in place.

@@ -41,15 +41,15 @@ fn key(tenant: &str, name: &str) -> KeyInfo {
 }
 
 /// Model `name`, of the AIModel `name` in `namespace`, served under its own name, created at
-/// time 0, without a canary, not scaled from zero.
-fn model(namespace: &str, name: &str, endpoints: Vec<Endpoint>) -> Model {
+/// time 0, without endpoints, without a canary, not scaled from zero.
+fn model(namespace: &str, name: &str) -> Model {
     Model {
         name: name.into(),
         namespace: namespace.into(),
         aimodel: name.into(),
         served_name: name.into(),
         created: 0,
-        endpoints,
+        endpoints: vec![],
         canary_percent: 0,
         scale_from_zero: false,
     }
@@ -102,32 +102,26 @@ fn expected() -> Snapshot {
                     Model {
                         created: 1_735_787_045,
                         canary_percent: 10,
-                        ..model(
-                            "acme-ml",
-                            "llama",
-                            vec![
-                                endpoint("10.0.0.1:8000", Stable, false),
-                                endpoint("10.0.0.2:8000", Stable, true),
-                                endpoint("10.0.0.3:8000", Canary, true),
-                            ],
-                        )
+                        endpoints: vec![
+                            endpoint("10.0.0.1:8000", Stable, false),
+                            endpoint("10.0.0.2:8000", Stable, true),
+                            endpoint("10.0.0.3:8000", Canary, true),
+                        ],
+                        ..model("acme-ml", "llama")
                     },
                     Model {
                         served_name: "tiny-chat".into(),
                         created: 1_738_555_506,
-                        ..model(
-                            "acme-ml",
-                            "tiny",
-                            vec![
-                                endpoint("10.0.1.1:8080", Stable, true),
-                                endpoint("10.0.1.2:8080", Stable, true),
-                            ],
-                        )
+                        endpoints: vec![
+                            endpoint("10.0.1.1:8080", Stable, true),
+                            endpoint("10.0.1.2:8080", Stable, true),
+                        ],
+                        ..model("acme-ml", "tiny")
                     },
                     Model {
                         served_name: "llama3.2:1b".into(),
                         scale_from_zero: true,
-                        ..model("acme-web", "local", vec![])
+                        ..model("acme-web", "local")
                     },
                 ],
             ),
@@ -136,16 +130,13 @@ fn expected() -> Snapshot {
                 vec![
                     Model {
                         canary_percent: 25,
-                        ..model(
-                            "globex-ai",
-                            "mistral",
-                            vec![
-                                endpoint("[fd00::1]:8080", Stable, true),
-                                endpoint("[fd00::2]:8080", Stable, true),
-                            ],
-                        )
+                        endpoints: vec![
+                            endpoint("[fd00::1]:8080", Stable, true),
+                            endpoint("[fd00::2]:8080", Stable, true),
+                        ],
+                        ..model("globex-ai", "mistral")
                     },
-                    model("globex-ai", "vision", vec![]),
+                    model("globex-ai", "vision"),
                 ],
             ),
         ]),
