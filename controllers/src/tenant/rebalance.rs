@@ -362,8 +362,13 @@ pub(super) async fn rebalance_quotas(
             }
             current[i].hard = raised;
         } else if recount_due(&rq, chrono::Utc::now()) {
-            record(request_recount(&api, &rq).await)?;
             pass.moving = true;
+            match record(request_recount(&api, &rq).await) {
+                Ok(_) => {}
+                // Counted meanwhile, or a view behind the quota: look again.
+                Err(e) if is_conflict(&e) => return Ok(pass),
+                Err(e) => return Err(e),
+            }
         }
         if current[i].hard != target[i] {
             // Waiting for the others' lowered limits to be enforced.
