@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
 use tokio::time::Instant;
@@ -106,6 +106,33 @@ pub async fn pin_namespace(client: &Client, namespace: &str) {
         .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap_or_else(|e| panic!("cannot pin namespace {namespace} to the real node: {e}"));
+    // The admission plugins read namespaces from the API server's informer,
+    // which takes the annotations a moment after the patch: a pod created in
+    // between goes anywhere. A dry-run creation shows when they apply.
+    let probe: Pod = serde_saphyr::from_str(&busybox_pod("pin-probe", &BTreeMap::new(), "true"))
+        .unwrap_or_else(|e| panic!("the pin probe pod: {e}"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let admitted = pods
+            .create(&dry_run, &probe)
+            .await
+            .unwrap_or_else(|e| panic!("a dry-run pod in {namespace}: {e}"));
+        let selector = admitted.spec.and_then(|s| s.node_selector).unwrap_or_default();
+        if selector.get(REAL_NODE_POOL_LABEL).map(String::as_str) == Some("real") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods created in {namespace} are still not pinned to the real node 30 s after \
+             its annotations were set: is the PodNodeSelector admission plugin on?"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A pod manifest running `script` with `sh -c` in the busybox image, as a
