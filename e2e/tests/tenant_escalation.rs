@@ -377,10 +377,16 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
     let ci_policies: Api<NetworkPolicy> = Api::namespaced(ci.clone(), &ns_a);
     let ci_bindings: Api<RoleBinding> = Api::namespaced(ci.clone(), &ns_a);
     let ci_secrets_b: Api<Secret> = Api::namespaced(ci.clone(), &ns_b);
-    ci_pods
-        .list(&ListParams::default())
-        .await
-        .expect("the token works in its namespace");
+    // The API server's authorizer reads RoleBindings from an informer: the
+    // binding takes effect a moment after it is created.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(e) = ci_pods.list(&ListParams::default()).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the token does not work in its namespace 30 s after admin was bound to it: {e}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     ledger.refused(
         "token: a pod from another registry",
         "allowedRegistries",
