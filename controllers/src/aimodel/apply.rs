@@ -460,14 +460,13 @@ async fn release_caches(
     let Some(uid) = model.uid() else {
         return Ok(());
     };
-    let stores = ctx.state::<AiModelState>().children.stores(namespace);
-    let client = &ctx.client;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let used = cache_objects_used_by(ctx, stores.as_ref().map(|s| &s.cache_jobs), namespace, &uid);
-    for job in used.await? {
+    let stores = ctx.state::<AiModelState>().children.covering(namespace);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let store = stores.as_ref().map(|s| &s.cache_jobs);
+    for job in cache_objects_used_by(ctx, store, namespace, &uid).await? {
         release(&jobs, &job.name_any(), &uid, wanted).await?;
     }
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
     let store = stores.as_ref().map(|s| &s.cache_claims);
     for claim in cache_objects_used_by(ctx, store, namespace, &uid).await? {
         release(&claims, &claim.name_any(), &uid, wanted).await?;

@@ -71,7 +71,7 @@ impl ChildCaches {
     }
 
     /// The caches that cover `namespace`, if a controller watches it.
-    fn covering(&self, namespace: &str) -> Option<ChildStores> {
+    pub(super) fn covering(&self, namespace: &str) -> Option<ChildStores> {
         let all = self.0.lock().ok()?;
         all.iter()
             .find(|s| s.scope.as_deref().is_none_or(|scope| scope == namespace))
@@ -129,14 +129,6 @@ where
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let listed = api.list(&ListParams::default().labels(CACHE_LABEL)).await?;
     Ok(listed.items.into_iter().filter(used).collect())
-}
-
-impl ChildCaches {
-    /// The caches that cover `namespace`, for the reads outside a model's
-    /// own children.
-    pub fn stores(&self, namespace: &str) -> Option<ChildStores> {
-        self.covering(namespace)
-    }
 }
 
 impl ModelChildren<'_> {
