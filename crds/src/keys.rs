@@ -55,6 +55,8 @@ pub const RUN_LABEL: &str = "aleph.dev/pipelinerun";
 pub const STEP_LABEL: &str = "aleph.dev/step";
 /// Label: the attempt a Job is.
 pub const ATTEMPT_LABEL: &str = "aleph.dev/attempt";
+/// Label: the index of a fan-out (`forEach`) instance's item.
+pub const ITEM_LABEL: &str = "aleph.dev/item";
 /// Label: the Pipeline of a run.
 pub const PIPELINE_LABEL: &str = "aleph.dev/pipeline";
 /// Annotation on a scheduled run: the slot it was created for (RFC 3339).

@@ -9,12 +9,14 @@ pub mod common;
 pub mod conditions;
 pub mod keys;
 pub mod pipeline;
+pub mod pipeline_data;
 pub mod plugin;
 pub mod tenant;
 
 pub use aimodel::*;
 pub use common::*;
 pub use pipeline::*;
+pub use pipeline_data::*;
 pub use plugin::*;
 pub use tenant::*;
 

@@ -8,6 +8,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{ComputeResources, EnvVar, SageMakerTraining, kind_status};
+use crate::pipeline_data::{
+    Approval, ApprovalAction, ForEach, Notification, NotificationStatus, NotifyAction,
+    WorkspaceBinding, WorkspaceDeclaration, WorkspaceMount, WorkspaceStatus,
+};
 
 /// A DAG of steps with typed params, retries with backoff, `finally` steps, a
 /// parallelism cap, a deadline and an optional cron schedule.
@@ -35,6 +39,10 @@ use crate::common::{ComputeResources, EnvVar, SageMakerTraining, kind_status};
 #[x_kube(validation = Rule::new("!has(self.finally) || self.finally.all(f, !self.steps.exists(s, s.name == f.name))").message("a finally step's name must differ from every step's name").field_path(".finally"))]
 #[x_kube(validation = Rule::new("self.steps.all(s, s.dependsOn.all(d, self.steps.exists(t, t.name == d)))").message("every dependsOn entry of a step must name a step of spec.steps (not a finally step)").field_path(".steps"))]
 #[x_kube(validation = Rule::new("!has(self.finally) || self.finally.all(f, f.dependsOn.all(d, self.finally.exists(t, t.name == d)))").message("a finally step may depend only on other finally steps: they all run after every step anyway").field_path(".finally"))]
+#[x_kube(validation = Rule::new("self.steps.all(s, !has(s.workspaces) || s.workspaces.all(w, has(self.workspaces) && self.workspaces.exists(d, d.name == w.name)))").message("every workspace a step mounts must be declared in spec.workspaces").field_path(".steps"))]
+#[x_kube(validation = Rule::new("!has(self.finally) || self.finally.all(s, !has(s.workspaces) || s.workspaces.all(w, has(self.workspaces) && self.workspaces.exists(d, d.name == w.name)))").message("every workspace a finally step mounts must be declared in spec.workspaces").field_path(".finally"))]
+#[x_kube(validation = Rule::new("self.steps.all(s, !has(s.forEach) || !has(s.forEach.param) || (has(self.params) && self.params.exists(p, p.name == s.forEach.param && p.type == 'list')))").message("forEach.param must name a param of type list: a fan-out runs over a list").field_path(".steps"))]
+#[x_kube(validation = Rule::new("self.steps.all(s, !has(s.forEach) || !has(s.forEach.fromOutput) || s.dependsOn.exists(d, s.forEach.fromOutput.startsWith('steps.' + d + '.outputs.')))").message("forEach.fromOutput must name an output of a step in the step's dependsOn").field_path(".steps"))]
 pub struct PipelineSpec {
     /// Typed parameters; runs supply values, defaults fill the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -61,6 +69,15 @@ pub struct PipelineSpec {
     /// Delete finished runs (and their Jobs) after this many seconds.
     #[schemars(range(min = 0, max = 31536000))]
     pub ttl_seconds_after_finished: Option<i64>,
+    /// Volumes the steps share; each run binds every one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 8))]
+    pub workspaces: Vec<WorkspaceDeclaration>,
+    /// Webhooks told when a run succeeds, fails or waits for an approval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub notifications: Vec<Notification>,
 }
 
 /// A typed parameter.
@@ -72,6 +89,7 @@ pub struct PipelineSpec {
 #[x_kube(validation = Rule::new("!has(self.default) || self.type != 'int' || self.default.matches('^-?[0-9]+$')").message("the default of an int param must be an integer").field_path(".default"))]
 #[x_kube(validation = Rule::new("!has(self.default) || self.type != 'bool' || self.default in ['true', 'false']").message("the default of a bool param must be true or false").field_path(".default"))]
 #[x_kube(validation = Rule::new("!has(self.default) || self.type != 'enum' || (has(self.values) && self.default in self.values)").message("the default of an enum param must be one of its values").field_path(".default"))]
+#[x_kube(validation = Rule::new("!has(self.default) || self.type != 'list' || self.default.matches('^\\\\s*\\\\[[\\\\s\\\\S]*\\\\]\\\\s*$')").message("the default of a list param must be a JSON array of strings, for example [\"a\", \"b\"]").field_path(".default"))]
 pub struct ParamSpec {
     /// The param's name, used as `$(params.NAME)` in step fields.
     #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_-]{0,62}$"))]
@@ -103,6 +121,9 @@ pub enum ParamType {
     Bool,
     /// One of `values`.
     Enum,
+    /// A JSON array of strings, for example `["en", "fr"]`; what `forEach`
+    /// runs over.
+    List,
 }
 
 /// One step of a pipeline: exactly one action, with dependencies, a condition,
@@ -110,7 +131,10 @@ pub enum ParamType {
 #[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.container), has(self.plugin), has(self.training), has(self.rollout)].filter(x, x).size() == 1").message("a step has exactly one action: container, plugin, training or rollout"))]
+#[x_kube(validation = Rule::new("[has(self.container), has(self.plugin), has(self.training), has(self.rollout), has(self.approval), has(self.notify)].filter(x, x).size() == 1").message("a step has exactly one action: container, plugin, training, rollout, approval or notify"))]
+#[x_kube(validation = Rule::new("!has(self.forEach) || has(self.container) || has(self.plugin)").message("forEach is for container and plugin steps").field_path(".forEach"))]
+#[x_kube(validation = Rule::new("!has(self.workspaces) || has(self.container) || has(self.plugin)").message("workspaces are mounted by container and plugin steps, which run pods").field_path(".workspaces"))]
+#[x_kube(validation = Rule::new("!has(self.approval) || !has(self.retries)").message("an approval step is not retried: a rejection is final").field_path(".retries"))]
 #[x_kube(validation = Rule::new("!self.dependsOn.exists(d, d == self.name)").message("a step cannot depend on itself").field_path(".dependsOn"))]
 #[x_kube(validation = Rule::new("!has(self.podAnnotations) || has(self.container) || has(self.plugin)").message("podAnnotations is only for container and plugin steps, which run pods").field_path(".podAnnotations"))]
 pub struct PipelineStep {
@@ -144,6 +168,18 @@ pub struct PipelineStep {
     pub training: Option<SageMakerTraining>,
     /// Point an AIModel at a new source and wait for it to be Ready.
     pub rollout: Option<RolloutAction>,
+    /// Wait until a user approves (or rejects) in the run's `spec.approvals`.
+    pub approval: Option<ApprovalAction>,
+    /// Post a message to a webhook; retried with backoff (3 retries from 5 s
+    /// when `retries` is unset).
+    pub notify: Option<NotifyAction>,
+    /// Run the step once per item (`$(item)` in its fields), as separate
+    /// Jobs; its output `results` is the JSON array of the instances' outputs.
+    pub for_each: Option<ForEach>,
+    /// Workspaces the step mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub workspaces: Vec<WorkspaceMount>,
     /// Annotations on the pods of a container or plugin step (for example a
     /// service mesh's or an autoscaler's); `$(params.NAME)` and
     /// `$(steps.STEP.outputs.KEY)` are substituted in the values.
@@ -347,6 +383,8 @@ kind_status! {
 #[x_kube(validation = Rule::new("self.params == oldSelf.params").message("params are immutable: create a new run").field_path(".params"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.resumeFrom) ? !has(self.resumeFrom) : has(self.resumeFrom) && self.resumeFrom == oldSelf.resumeFrom").message("resumeFrom is immutable").field_path(".resumeFrom"))]
 #[x_kube(validation = Rule::new("!oldSelf.cancel || self.cancel").message("a cancelled run cannot be uncancelled").field_path(".cancel"))]
+#[x_kube(validation = Rule::new("(has(self.workspaces) ? self.workspaces : []) == (has(oldSelf.workspaces) ? oldSelf.workspaces : [])").message("workspaces are immutable: create a new run").field_path(".workspaces"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.approvals) || (has(self.approvals) && oldSelf.approvals.all(o, self.approvals.exists(n, n == o)))").message("approvals are a record: add decisions, do not change or remove them").field_path(".approvals"))]
 pub struct PipelineRunSpec {
     /// The Pipeline to run, in the same namespace.
     pub pipeline_ref: PipelineRef,
@@ -362,6 +400,16 @@ pub struct PipelineRunSpec {
     /// (and what depends on them) run again; the others' outputs are reused.
     #[schemars(length(min = 1, max = 253))]
     pub resume_from: Option<String>,
+    /// What each of the pipeline's workspaces is bound to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 8))]
+    pub workspaces: Vec<WorkspaceBinding>,
+    /// Decisions on the run's approval steps, added with
+    /// `kubectl patch --type json` (see the README); the latest for a step counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub approvals: Vec<Approval>,
 }
 
 /// A reference to a Pipeline.
@@ -450,6 +498,14 @@ kind_status! {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
         pub steps: Vec<StepStatus>,
+        /// The claims behind the workspaces, and where a ReadWriteOnce one lives.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+        pub workspaces: Vec<WorkspaceStatus>,
+        /// The webhook deliveries of `spec.notifications`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+        pub notifications: Vec<NotificationStatus>,
     }
 }
 

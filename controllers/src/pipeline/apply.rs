@@ -73,6 +73,9 @@ fn scheduled_run(pipeline: &Pipeline, name: &str, slot: DateTime<Utc>) -> Option
             params: schedule.params.clone(),
             cancel: false,
             resume_from: None,
+            // The pipeline's default claim templates bind its workspaces.
+            workspaces: Vec::new(),
+            approvals: Vec::new(),
         },
         status: None,
     })

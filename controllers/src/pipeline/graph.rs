@@ -175,6 +175,7 @@ impl When {
                 .get(step)
                 .and_then(|o| o.get(key))
                 .ok_or_else(|| format!("step {step} has no output {key}"))?,
+            Reference::Item => return Err("a when cannot use $(item)".into()),
         };
         Ok((actual == &self.value) == (self.op == WhenOp::Equals))
     }
@@ -185,6 +186,7 @@ impl fmt::Display for When {
         let subject = match &self.subject {
             Reference::Param(name) => format!("params.{name}"),
             Reference::StepOutput { step, key } => format!("steps.{step}.outputs.{key}"),
+            Reference::Item => "item".into(),
         };
         let op = match self.op {
             WhenOp::Equals => "==",
@@ -483,6 +485,15 @@ fn substituted_fields(step: &PipelineStep) -> Vec<&str> {
     if step.container.is_some() || step.plugin.is_some() {
         fields.extend(step.pod_annotations.values().map(String::as_str));
     }
+    if let Some(a) = &step.approval {
+        fields.extend(a.message.as_deref());
+    }
+    if let Some(n) = &step.notify {
+        fields.push(n.message.as_str());
+    }
+    if let Some(items) = step.for_each.as_ref().and_then(|f| f.items.as_ref()) {
+        fields.extend(items.iter().map(String::as_str));
+    }
     fields
 }
 
@@ -535,12 +546,32 @@ fn check_references(
                 Reference::StepOutput { step: other, .. } if !runs_before(other) => {
                     "that step does not run before this one: add it to dependsOn"
                 }
+                Reference::Item if step.for_each.is_none() => {
+                    "only a step with forEach has an item"
+                }
                 _ => continue,
             };
             return Err(GraphError::UnknownReference {
                 step: step.name.clone(),
                 reference: reference.to_string(),
                 why: why.into(),
+            });
+        }
+    }
+    if let Some(from) = step
+        .for_each
+        .as_ref()
+        .and_then(|f| f.from_output.as_deref())
+    {
+        let source = from
+            .strip_prefix("steps.")
+            .and_then(|rest| rest.split_once(".outputs."))
+            .map(|(s, _)| s);
+        if !source.is_some_and(runs_before) {
+            return Err(GraphError::UnknownReference {
+                step: step.name.clone(),
+                reference: format!("forEach.fromOutput {from}"),
+                why: "that step does not run before this one: add it to dependsOn".into(),
             });
         }
     }

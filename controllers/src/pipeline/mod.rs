@@ -14,9 +14,11 @@
 //! pure too; `controller` sets up both controllers.
 
 pub mod apply;
+pub mod approvals;
 pub mod build;
 pub mod controller;
 pub mod graph;
+pub mod notify;
 pub mod params;
 mod pass;
 pub mod retry;
@@ -28,3 +30,4 @@ pub mod steps;
 #[cfg(test)]
 mod test_support;
 pub mod validate;
+pub mod workspaces;

@@ -105,6 +105,7 @@ fn check_type(spec: &ParamSpec, value: &str) -> Result<(), String> {
             "true" | "false" => Ok(()),
             _ => Err(format!("{value:?} is not true or false")),
         },
+        ParamType::List => parse_list(value).map(|_| ()),
         ParamType::Enum => {
             if spec.values.iter().any(|v| v == value) {
                 Ok(())
@@ -115,6 +116,36 @@ fn check_type(spec: &ParamSpec, value: &str) -> Result<(), String> {
                 ))
             }
         }
+    }
+}
+
+/// A list param's value (or a step output a fan-out runs over): a JSON
+/// array of strings; numbers and booleans are taken as their text.
+pub fn parse_list(value: &str) -> Result<Vec<String>, String> {
+    let parsed: serde_json::Value = serde_json::from_str(value)
+        .map_err(|e| format!("{} is not a JSON array: {e}", shorten(value)))?;
+    let serde_json::Value::Array(items) = parsed else {
+        return Err(format!("{} is not a JSON array", shorten(value)));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            serde_json::Value::String(s) => Ok(s),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            serde_json::Value::Bool(b) => Ok(b.to_string()),
+            other => Err(format!(
+                "its items must be strings, numbers or booleans, not {other}"
+            )),
+        })
+        .collect()
+}
+
+fn shorten(value: &str) -> String {
+    let cut: String = value.chars().take(64).collect();
+    if cut.len() < value.len() {
+        format!("{cut:?}...")
+    } else {
+        format!("{cut:?}")
     }
 }
 
@@ -130,13 +161,20 @@ pub enum Reference {
         /// The output's key.
         key: String,
     },
+    /// `$(item)`: the item of a `forEach` step's instance.
+    Item,
 }
+
+/// Where a fan-out instance's item travels among the params given to
+/// [`substitute`]: a key no param name can take.
+pub const ITEM_KEY: &str = "$(item)";
 
 impl std::fmt::Display for Reference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Param(name) => write!(f, "$(params.{name})"),
             Self::StepOutput { step, key } => write!(f, "$(steps.{step}.outputs.{key})"),
+            Self::Item => f.write_str(ITEM_KEY),
         }
     }
 }
@@ -160,6 +198,9 @@ pub enum SubstitutionError {
         /// Why not: no such step, it did not succeed, or it wrote no such key.
         why: String,
     },
+    /// `$(item)` outside a `forEach` step.
+    #[error("$(item) is only for steps with forEach")]
+    NoItem,
     /// Text starting with `$(params.` or `$(steps.` that is not a reference.
     #[error("{text:?} is not a valid reference: use $(params.NAME) or $(steps.STEP.outputs.KEY)")]
     Malformed {
@@ -189,6 +230,9 @@ pub fn is_output_key(key: &str) -> bool {
 
 /// Parses what sits inside `$(...)`: `params.NAME` or `steps.STEP.outputs.KEY`.
 pub(crate) fn parse_reference(inner: &str) -> Option<Reference> {
+    if inner == "item" {
+        return Some(Reference::Item);
+    }
     if let Some(name) = inner.strip_prefix("params.") {
         let first_ok = name
             .chars()
@@ -225,7 +269,10 @@ fn parse(input: &str) -> Result<Vec<Piece<'_>>, SubstitutionError> {
             continue;
         }
         let rest = &input[i..];
-        if !(rest.starts_with("$(params.") || rest.starts_with("$(steps.")) {
+        if !(rest.starts_with("$(params.")
+            || rest.starts_with("$(steps.")
+            || rest.starts_with(ITEM_KEY))
+        {
             i += 1;
             continue;
         }
@@ -272,6 +319,10 @@ fn lookup<'a>(
             .get(name)
             .map(String::as_str)
             .ok_or_else(|| SubstitutionError::UnknownParam { name: name.clone() }),
+        Reference::Item => params
+            .get(ITEM_KEY)
+            .map(String::as_str)
+            .ok_or(SubstitutionError::NoItem),
         Reference::StepOutput { step, key } => {
             let Some(step_outputs) = outputs.get(step) else {
                 return Err(SubstitutionError::UnknownStepOutput {

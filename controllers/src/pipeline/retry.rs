@@ -19,9 +19,35 @@ pub fn backoff(policy: &RetryPolicy, failed_attempt: i32) -> TimeDelta {
     TimeDelta::try_seconds(seconds).unwrap_or(TimeDelta::MAX)
 }
 
+/// The retries of a notify step that sets none: a webhook that is down for
+/// a moment should not lose the message.
+fn notify_default() -> RetryPolicy {
+    RetryPolicy {
+        limit: 3,
+        initial_delay_seconds: 5,
+        factor: 2,
+        max_delay_seconds: 60,
+    }
+}
+
+/// The step's retry policy: its own, or a notify step's default.
+fn policy(step: &PipelineStep) -> Option<std::borrow::Cow<'_, RetryPolicy>> {
+    match (&step.retries, &step.notify) {
+        (Some(r), _) => Some(std::borrow::Cow::Borrowed(r)),
+        (None, Some(_)) => Some(std::borrow::Cow::Owned(notify_default())),
+        (None, None) => None,
+    }
+}
+
 /// Attempts a step may make: 1 plus its retries.
 pub fn max_attempts(step: &PipelineStep) -> i32 {
-    step.retries.as_ref().map_or(0, |r| r.limit.clamp(0, 1000)) + 1
+    policy(step).map_or(0, |r| r.limit.clamp(0, 1000)) + 1
+}
+
+/// The delay before the retry that follows failed attempt `failed_attempt`
+/// of `step` (none without a policy).
+pub fn delay(step: &PipelineStep, failed_attempt: i32) -> TimeDelta {
+    policy(step).map_or(TimeDelta::zero(), |r| backoff(&r, failed_attempt))
 }
 
 #[cfg(test)]

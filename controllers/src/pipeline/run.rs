@@ -32,6 +32,7 @@ use std::time::Duration;
 use aleph_crds::common::ConditionStatus;
 use aleph_crds::keys::RUN_LABEL;
 use aleph_crds::pipeline::{PipelineRun, PipelineRunStatus, RunPhase, StepPhase, StepStatus};
+use aleph_crds::pipeline_data::{DeliveryPhase, RunEvent};
 use chrono::TimeDelta;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -53,6 +54,8 @@ use crate::context::Context;
 use crate::error::{Result, uid_of};
 use crate::sagemaker::CleanupOutcome;
 
+mod bind;
+mod notifications;
 mod start;
 
 /// How often a run waiting for its Pipeline (or its resumeFrom run) looks again.
@@ -155,18 +158,35 @@ pub async fn reconcile(name: &str, namespace: &str, ctx: &Context) -> Result<Act
     }
     let mut status = pass.run.status.clone().unwrap_or_default();
     status.observed_generation = pass.run.metadata.generation;
-    if !is_finished(status.phase) {
+    let was_finished = is_finished(status.phase);
+    if !was_finished {
         let ready = status.pipeline_spec.is_some() || pass.start(&mut status).await?;
         if ready {
             pass.advance(&mut status).await?;
         }
+        if is_finished(status.phase) {
+            let event = if status.phase == RunPhase::Succeeded {
+                RunEvent::Succeeded
+            } else {
+                RunEvent::Failed
+            };
+            pass.queue_notifications(&mut status, event, None);
+        }
     }
+    pass.deliver_notifications(&mut status).await?;
     pass.write_status(&status).await?;
     if pass.has_finalizer() && !pass.training_in_flight(&status) {
         pass.set_finalizer(false).await?;
     }
     pass.publish().await;
     if is_finished(status.phase) {
+        if status
+            .notifications
+            .iter()
+            .any(|n| n.phase == DeliveryPhase::Pending)
+        {
+            return Ok(pass.action());
+        }
         return pass.expire(&status).await;
     }
     Ok(pass.action())
@@ -291,6 +311,32 @@ impl Pass<'_> {
         }
         let stopping = self.run.spec.cancel || deadline_passed;
 
+        // 0. The claims behind the workspaces, before any step mounts them.
+        match self.bind_workspaces(&spec, status).await? {
+            bind::Binding::Ready => {}
+            bind::Binding::Invalid(why) => {
+                self.fail_at_start(status, "InvalidWorkspaces", why);
+                return Ok(());
+            }
+            bind::Binding::Waiting(why) if !stopping => {
+                status.phase = RunPhase::Running;
+                set_condition(
+                    &mut status.conditions,
+                    NewCondition::new(
+                        SUCCEEDED,
+                        ConditionStatus::Unknown,
+                        "WaitingForWorkspaces",
+                        why,
+                    ),
+                    self.run.metadata.generation,
+                );
+                self.recheck_in(RETRY_REFUSED);
+                return Ok(());
+            }
+            // A run stopped before its claims were there lets the scheduler skip its steps.
+            bind::Binding::Waiting(_) => {}
+        }
+
         // 1. What became of the running steps.
         let jobs = self.list_jobs().await?;
         let running: Vec<StepStatus> = status
@@ -307,6 +353,7 @@ impl Pass<'_> {
             let observed = steps::driver(self, step).observe(&s, &values).await?;
             self.record(&graph, status, &s.name, observed, stopping);
         }
+        self.place_workspaces(status);
 
         // 2. What to do next, until nothing is left to do in this pass.
         let mut blocked: BTreeSet<String> = BTreeSet::new();
@@ -341,6 +388,13 @@ impl Pass<'_> {
                                 scheduler::apply(&mut status.steps, &action, self.now);
                                 if let Some(s) = status.steps.iter_mut().find(|s| &s.name == step) {
                                     s.job_name = job_name;
+                                }
+                                if definition.approval.is_some() {
+                                    self.queue_notifications(
+                                        status,
+                                        RunEvent::ApprovalNeeded,
+                                        Some(step),
+                                    );
                                 }
                                 self.record(&graph, status, step, observed, stopping);
                             }
@@ -459,10 +513,7 @@ impl Pass<'_> {
                 let max = retry::max_attempts(step);
                 let may_retry = graph.is_finally(name) || !stopping;
                 if may_retry && attempts < max {
-                    let delay = step
-                        .retries
-                        .as_ref()
-                        .map_or(TimeDelta::zero(), |r| retry::backoff(r, attempts));
+                    let delay = retry::delay(step, attempts);
                     self.event(
                         EventType::Warning,
                         "StepRetrying",

@@ -26,11 +26,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use aleph_crds::pipeline::{PipelineSpec, RunPhase, StepPhase, StepStatus};
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::graph::Graph;
 use super::params::StepOutputs;
-use super::retry::{backoff, max_attempts};
+use super::retry::{delay as retry_delay, max_attempts};
 use crate::conditions::parse_time;
 
 /// What the scheduler knows of a run.
@@ -371,11 +371,7 @@ impl Pass<'_, '_> {
                 State::RetryLeft => {
                     let failed_at = parse_time(current.and_then(|s| s.finish_time.as_deref()))
                         .unwrap_or(self.now);
-                    let delay = node
-                        .step
-                        .retries
-                        .as_ref()
-                        .map_or(TimeDelta::zero(), |r| backoff(r, attempts));
+                    let delay = retry_delay(&node.step, attempts);
                     let not_before = failed_at
                         .checked_add_signed(delay)
                         .unwrap_or(DateTime::<Utc>::MAX_UTC);

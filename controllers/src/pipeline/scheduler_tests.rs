@@ -2,6 +2,7 @@ use super::*;
 use crate::pipeline::graph::validate;
 use crate::pipeline::test_support::{dag, param, spec, step, step_status};
 use aleph_crds::pipeline::{PipelineStep, RetryPolicy};
+use chrono::TimeDelta;
 use proptest::prelude::*;
 
 fn retries(limit: i32, initial: i64, factor: i32, max: i64) -> Option<RetryPolicy> {

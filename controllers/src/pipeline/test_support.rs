@@ -24,6 +24,10 @@ pub fn step(name: &str, deps: &[&str]) -> PipelineStep {
         training: None,
         rollout: None,
         pod_annotations: BTreeMap::new(),
+        approval: None,
+        notify: None,
+        for_each: None,
+        workspaces: vec![],
     }
 }
 
@@ -36,6 +40,8 @@ pub fn spec(steps: Vec<PipelineStep>, finally: Vec<PipelineStep>) -> PipelineSpe
         deadline_seconds: None,
         schedule: None,
         ttl_seconds_after_finished: None,
+        workspaces: vec![],
+        notifications: vec![],
     }
 }
 

@@ -37,6 +37,7 @@ impl Pass<'_> {
             "InvalidGraph" => "InvalidGraph",
             "ParameterMissing" => "ParameterMissing",
             "InvalidParameter" => "InvalidParameter",
+            "InvalidWorkspaces" => "InvalidWorkspaces",
             _ => "InvalidResume",
         };
         self.event(EventType::Warning, reason, message);

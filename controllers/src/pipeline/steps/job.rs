@@ -3,7 +3,9 @@
 //! of it is read from the Job and its pods by
 //! [`job_outcome`](crate::pipeline::status::job_outcome).
 
-use aleph_crds::keys::{ATTEMPT_LABEL, RUN_LABEL, STEP_LABEL};
+use std::collections::BTreeMap;
+
+use aleph_crds::keys::{ATTEMPT_LABEL, ITEM_LABEL, RUN_LABEL, STEP_LABEL};
 use aleph_crds::pipeline::{PipelineStep, StepStatus};
 use aleph_crds::plugin::Plugin;
 use k8s_openapi::api::batch::v1::Job;
@@ -11,12 +13,15 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 
+use super::fan_out::{self, Instance, Verdict};
 use super::{Observed, StartOutcome, StepDriver, Values};
 use crate::apply::delete_ignoring_missing;
 use crate::error::Result;
-use crate::pipeline::build::{self, build_step_job};
+use crate::pipeline::build::{self, build_step_job, job_name};
+use crate::pipeline::params::ITEM_KEY;
 use crate::pipeline::pass::Pass;
 use crate::pipeline::status::{JobOutcome, job_outcome};
+use crate::pipeline::workspaces;
 
 /// How often a step whose pod has not started yet is looked at.
 const POD_START_POLL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -28,7 +33,8 @@ pub(in crate::pipeline) struct JobStep<'p, 'c> {
 }
 
 impl JobStep<'_, '_> {
-    async fn pods_of(&mut self, step: &str, attempt: i32) -> Result<Vec<Pod>> {
+    /// The pods of an attempt (of one fan-out instance when `item` is given).
+    async fn pods_of(&mut self, step: &str, attempt: i32, item: Option<usize>) -> Result<Vec<Pod>> {
         if self.pass.pods.is_none() {
             let api: Api<Pod> = Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
             let selector = format!("{RUN_LABEL}={}", build::label_value(&self.pass.name));
@@ -39,6 +45,7 @@ impl JobStep<'_, '_> {
             );
         }
         let attempt = attempt.to_string();
+        let item = item.map(|i| i.to_string());
         Ok(self
             .pass
             .pods
@@ -48,15 +55,23 @@ impl JobStep<'_, '_> {
                 let labels = p.labels();
                 labels.get(STEP_LABEL).map(String::as_str) == Some(step)
                     && labels.get(ATTEMPT_LABEL) == Some(&attempt)
+                    && item
+                        .as_ref()
+                        .is_none_or(|i| labels.get(ITEM_LABEL) == Some(i))
             })
             .cloned()
             .collect())
     }
-}
 
-impl StepDriver for JobStep<'_, '_> {
-    async fn start(&mut self, attempt: i32, values: &Values<'_>) -> Result<StartOutcome> {
-        let (step, params, outputs) = (self.step, values.params, &values.outputs);
+    /// The Job of an attempt (of instance `item` of a fan-out), with the
+    /// step's workspaces; Err says why it cannot be built.
+    async fn job(
+        &mut self,
+        attempt: i32,
+        values: &Values<'_>,
+        item: Option<(usize, &str)>,
+    ) -> Result<std::result::Result<Job, String>> {
+        let step = self.step;
         let plugin = match &step.plugin {
             Some(action) => {
                 let plugins: Api<Plugin> =
@@ -65,21 +80,35 @@ impl StepDriver for JobStep<'_, '_> {
             }
             None => None,
         };
-        let job = match build_step_job(
+        let mut params = values.params.clone();
+        if let Some((_, value)) = item {
+            params.insert(ITEM_KEY.to_string(), value.to_string());
+        }
+        let mut job = match build_step_job(
             &self.pass.run,
             step,
             attempt,
-            params,
-            outputs,
+            &params,
+            &values.outputs,
             plugin.as_ref(),
         ) {
             Ok(job) => job,
-            Err(e) => return Ok(StartOutcome::Failed(e.to_string())),
+            Err(e) => return Ok(Err(e.to_string())),
         };
+        workspaces::attach(&mut job, step, values.workspaces);
+        if let Some((index, value)) = item {
+            instance(&mut job, &self.pass.name, &step.name, attempt, index, value);
+        }
+        Ok(Ok(job))
+    }
+
+    /// Creates a Job; None when it was created (now or by an earlier pass),
+    /// or why the step cannot start.
+    async fn create(&mut self, job: &Job) -> Result<Option<StartOutcome>> {
         let job_name = job.name_any();
         let api: Api<Job> = Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
-        match api.create(&PostParams::default(), &job).await {
-            Ok(_) => {}
+        match api.create(&PostParams::default(), job).await {
+            Ok(_) => Ok(None),
             Err(kube::Error::Api(e)) if e.reason == "AlreadyExists" => {
                 // An earlier pass created it, unless a deleted run of the same name did.
                 let existing = api.get_opt(&job_name).await?;
@@ -88,33 +117,162 @@ impl StepDriver for JobStep<'_, '_> {
                         .iter()
                         .any(|o| o.uid == self.pass.uid && o.controller == Some(true))
                 });
-                if !ours {
-                    return Ok(StartOutcome::Blocked(format!(
-                        "Job {job_name} exists and belongs to something else (a deleted run of the same name?): waiting for it to go away"
-                    )));
+                Ok((!ours).then(|| StartOutcome::Blocked(format!(
+                    "Job {job_name} exists and belongs to something else (a deleted run of the same name?): waiting for it to go away"
+                ))))
+            }
+            Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => Ok(Some(
+                StartOutcome::Failed(format!("the API server refused its Job: {}", e.message)),
+            )),
+            Err(kube::Error::Api(e)) if e.code == 403 => Ok(Some(StartOutcome::Blocked(format!(
+                "the API server refused its Job for now: {}; retrying",
+                e.message
+            )))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One look at a fan-out: what its instances did, and the next ones started.
+    async fn fan_out(&mut self, attempt: i32, values: &Values<'_>) -> Result<Observed> {
+        let Some(for_each) = self.step.for_each.as_ref() else {
+            return Ok(Observed::Failed("the step has no forEach".into()));
+        };
+        let items = match fan_out::items(for_each, values.params, &values.outputs) {
+            Ok(items) => items,
+            Err(why) => return Ok(Observed::Failed(why)),
+        };
+        let run = self.pass.name.clone();
+        let mut instances = Vec::with_capacity(items.len());
+        for index in 0..items.len() {
+            let name = fan_out::instance_job_name(&run, &self.step.name, attempt, index);
+            let state = match values.jobs.get(&name) {
+                None => Instance::NotStarted,
+                Some(job) => {
+                    let pods = self.pods_of(&self.step.name, attempt, Some(index)).await?;
+                    match job_outcome(job, &pods, self.step.timeout_seconds) {
+                        JobOutcome::Running(_) => Instance::Running,
+                        JobOutcome::Succeeded(outputs) => Instance::Succeeded(outputs),
+                        JobOutcome::Failed(why) => Instance::Failed(why),
+                    }
+                }
+            };
+            instances.push(state);
+        }
+        let cap = for_each
+            .parallelism
+            .map(|p| usize::try_from(p.max(1)).unwrap_or(1))
+            .or(values.parallelism);
+        let allowed = usize::try_from(for_each.allowed_failures.max(0)).unwrap_or(0);
+        Ok(match fan_out::verdict(&items, &instances, allowed, cap) {
+            Verdict::Going { start, message } => {
+                for index in start {
+                    let job = match self
+                        .job(attempt, values, Some((index, &items[index])))
+                        .await?
+                    {
+                        Ok(job) => job,
+                        Err(why) => return Ok(Observed::Failed(format!("item {index}: {why}"))),
+                    };
+                    match self.create(&job).await? {
+                        None => {}
+                        Some(StartOutcome::Failed(why)) => {
+                            return Ok(Observed::Failed(format!("item {index}: {why}")));
+                        }
+                        Some(_) => break,
+                    }
+                }
+                Observed::Running {
+                    message: Some(format!("fan-out: {message}")),
+                    recheck: Some(POD_START_POLL),
                 }
             }
-            Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
-                return Ok(StartOutcome::Failed(format!(
-                    "the API server refused its Job: {}",
-                    e.message
-                )));
+            Verdict::Succeeded(outputs) => Observed::Succeeded(outputs),
+            Verdict::Failed(why) => {
+                // Fail fast: the instances still running are stopped.
+                self.stop(&job_name(&run, &self.step.name, attempt)).await?;
+                Observed::Failed(why)
             }
-            Err(kube::Error::Api(e)) if e.code == 403 => {
-                return Ok(StartOutcome::Blocked(format!(
-                    "the API server refused its Job for now: {}; retrying",
-                    e.message
-                )));
+        })
+    }
+
+    /// Why the step's workspaces keep it from starting now, if they do.
+    fn workspace_hold(&self, values: &Values<'_>) -> Option<StartOutcome> {
+        if let Some(why) = workspaces::placement_conflict(self.step, values.workspaces) {
+            return Some(StartOutcome::Failed(why));
+        }
+        let waiting: Vec<&str> = self
+            .step
+            .workspaces
+            .iter()
+            .filter(|w| values.unplaced.contains(&w.name))
+            .map(|w| w.name.as_str())
+            .collect();
+        (!waiting.is_empty()).then(|| {
+            StartOutcome::Blocked(format!(
+                "waiting for the step that mounts {} (ReadWriteOnce) to be placed on a node, so that this one runs there too",
+                waiting.join(", ")
+            ))
+        })
+    }
+}
+
+/// Makes a step's Job the Job of fan-out instance `index`: its name, the
+/// item label on the Job and the pod, and the item in the environment.
+fn instance(job: &mut Job, run: &str, step: &str, attempt: i32, index: usize, item: &str) {
+    job.metadata.name = Some(fan_out::instance_job_name(run, step, attempt, index));
+    let label = |labels: &mut Option<BTreeMap<String, String>>| {
+        labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(ITEM_LABEL.to_string(), index.to_string());
+    };
+    label(&mut job.metadata.labels);
+    if let Some(spec) = job.spec.as_mut() {
+        if let Some(meta) = spec.template.metadata.as_mut() {
+            label(&mut meta.labels);
+        }
+        if let Some(pod) = spec.template.spec.as_mut() {
+            for c in &mut pod.containers {
+                let env = c.env.get_or_insert_with(Vec::new);
+                env.push(crate::workload::plain_env("ALEPH_ITEM", item));
+                env.push(crate::workload::plain_env(
+                    "ALEPH_ITEM_INDEX",
+                    &index.to_string(),
+                ));
             }
-            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl StepDriver for JobStep<'_, '_> {
+    async fn start(&mut self, attempt: i32, values: &Values<'_>) -> Result<StartOutcome> {
+        if let Some(hold) = self.workspace_hold(values) {
+            return Ok(hold);
+        }
+        if self.step.for_each.is_some() {
+            let observed = self.fan_out(attempt, values).await?;
+            return Ok(StartOutcome::Started {
+                // The instances' common prefix: what `stop` is given.
+                job_name: Some(job_name(&self.pass.name, &self.step.name, attempt)),
+                observed,
+            });
+        }
+        let job = match self.job(attempt, values, None).await? {
+            Ok(job) => job,
+            Err(why) => return Ok(StartOutcome::Failed(why)),
+        };
+        if let Some(outcome) = self.create(&job).await? {
+            return Ok(outcome);
         }
         Ok(StartOutcome::Started {
-            job_name: Some(job_name),
+            job_name: Some(job.name_any()),
             observed: Observed::running(),
         })
     }
 
     async fn observe(&mut self, s: &StepStatus, values: &Values<'_>) -> Result<Observed> {
+        if self.step.for_each.is_some() {
+            return self.fan_out(s.attempts, values).await;
+        }
         let (step, jobs) = (self.step, values.jobs);
         let Some(job_name) = s.job_name.as_deref() else {
             return Ok(Observed::Failed(
@@ -126,7 +284,7 @@ impl StepDriver for JobStep<'_, '_> {
                 "its Job {job_name} was deleted before it finished"
             )));
         };
-        let pods = self.pods_of(&step.name, s.attempts).await?;
+        let pods = self.pods_of(&step.name, s.attempts, None).await?;
         Ok(match job_outcome(job, &pods, step.timeout_seconds) {
             JobOutcome::Running(message) => {
                 // A pod that has not started changes nothing the run watches
@@ -148,6 +306,24 @@ impl StepDriver for JobStep<'_, '_> {
 
     async fn stop(&mut self, job_name: &str) -> Result<()> {
         let api: Api<Job> = Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
+        if self.step.for_each.is_some() {
+            // Every instance of the step's attempts still there.
+            let selector = format!(
+                "{RUN_LABEL}={},{STEP_LABEL}={}",
+                build::label_value(&self.pass.name),
+                self.step.name
+            );
+            for job in api.list(&ListParams::default().labels(&selector)).await? {
+                let running = job
+                    .status
+                    .as_ref()
+                    .is_none_or(|s| s.completion_time.is_none() && s.failed.unwrap_or(0) == 0);
+                if running {
+                    delete_ignoring_missing(&api, &job.name_any()).await?;
+                }
+            }
+            return Ok(());
+        }
         delete_ignoring_missing(&api, job_name).await?;
         Ok(())
     }

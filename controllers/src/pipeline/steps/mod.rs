@@ -7,10 +7,11 @@
 //! [`Observed`]): the run's reconciler records it in the step statuses
 //! through the [`scheduler`](super::scheduler).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use aleph_crds::pipeline::{PipelineRunStatus, PipelineStep, StepStatus};
+use aleph_crds::pipeline::{PipelineRunStatus, PipelineStep, StepPhase, StepStatus};
+use aleph_crds::pipeline_data::WorkspaceStatus;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 
@@ -19,6 +20,8 @@ use super::pass::Pass;
 use crate::conditions::parse_time;
 use crate::error::Result;
 
+pub mod fan_out;
+pub mod gate;
 pub mod job;
 pub mod rollout;
 pub mod sagemaker;
@@ -68,15 +71,54 @@ pub(super) struct Values<'a> {
     pub outputs: StepOutputs,
     /// The run's Jobs by name, as listed at the start of the pass.
     pub jobs: &'a BTreeMap<String, Job>,
+    /// The claims behind the run's workspaces.
+    pub workspaces: &'a [WorkspaceStatus],
+    /// ReadWriteOnce workspaces that a running step mounts and whose node is
+    /// not known yet: a step that mounts one waits until it is.
+    pub unplaced: BTreeSet<String>,
+    /// The pipeline's parallelism.
+    pub parallelism: Option<usize>,
 }
 
 impl<'a> Values<'a> {
     /// The values as the run's `status` has them now.
     pub fn of(status: &'a PipelineRunStatus, jobs: &'a BTreeMap<String, Job>) -> Self {
+        let spec = status.pipeline_spec.as_ref();
+        let unplaced = status
+            .workspaces
+            .iter()
+            .filter(|w| w.node.is_none())
+            .filter(|w| {
+                w.access_modes
+                    .iter()
+                    .any(|m| m.starts_with("ReadWriteOnce"))
+            })
+            .filter(|w| {
+                status
+                    .steps
+                    .iter()
+                    .filter(|s| s.phase == StepPhase::Running)
+                    .filter_map(|s| {
+                        spec.and_then(|spec| {
+                            spec.steps
+                                .iter()
+                                .chain(spec.finally.iter())
+                                .find(|d| d.name == s.name)
+                        })
+                    })
+                    .any(|d| d.workspaces.iter().any(|m| m.name == w.name))
+            })
+            .map(|w| w.name.clone())
+            .collect();
         Self {
             params: &status.params,
             outputs: super::scheduler::step_outputs(&status.steps),
             jobs,
+            workspaces: &status.workspaces,
+            unplaced,
+            parallelism: spec
+                .and_then(|s| s.parallelism)
+                .map(|p| usize::try_from(p.max(1)).unwrap_or(1)),
         }
     }
 }
@@ -99,6 +141,10 @@ pub(super) enum Driver<'p, 'c> {
     Training(sagemaker::TrainingStep<'p, 'c>),
     /// An AIModel rollout.
     Rollout(rollout::RolloutStep<'p, 'c>),
+    /// An approval gate.
+    Approval(gate::ApprovalStep<'p, 'c>),
+    /// A webhook message.
+    Notify(gate::NotifyStep<'p, 'c>),
 }
 
 /// The driver of `step` for the pass `pass`.
@@ -115,6 +161,14 @@ pub(super) fn driver<'p, 'c>(pass: &'p mut Pass<'c>, step: &'p PipelineStep) -> 
             step,
             rollout,
         })
+    } else if let Some(approval) = &step.approval {
+        Driver::Approval(gate::ApprovalStep {
+            pass,
+            step,
+            approval,
+        })
+    } else if let Some(notify) = &step.notify {
+        Driver::Notify(gate::NotifyStep { pass, step, notify })
     } else {
         Driver::Job(job::JobStep { pass, step })
     }
@@ -127,6 +181,8 @@ macro_rules! dispatch {
             Driver::Job($d) => $call,
             Driver::Training($d) => $call,
             Driver::Rollout($d) => $call,
+            Driver::Approval($d) => $call,
+            Driver::Notify($d) => $call,
         }
     };
 }
