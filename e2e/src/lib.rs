@@ -49,6 +49,7 @@ mod kubectl;
 pub mod oidc;
 pub mod openai;
 pub mod operator;
+pub mod pipelines;
 pub mod real_node;
 pub mod s3;
 pub mod serving;
