@@ -259,6 +259,7 @@ spec:
     let viewer = env.impersonated_client("viewer", &[]);
     let (code, why) = api_error(decide(&viewer, &ns, "gated-1", "Approve", "viewer", false).await);
     assert_eq!(code, 403, "{why}");
+    assert!(why.contains("User \"viewer\" cannot patch"), "{why}");
 
     // approver may, but only in their own name: the admission policy refuses
     // a decision naming someone else. The policy is applied when the first
@@ -272,7 +273,7 @@ spec:
         }
     })
     .await;
-    assert_eq!(refusal.0, 422, "{}", refusal.1);
+    assert_eq!(refusal.0, 403, "{}", refusal.1);
     assert!(
         refusal
             .1
@@ -282,7 +283,8 @@ spec:
     );
     let (code, why) =
         api_error(decide(&approver, &ns, "gated-1", "Approve", "someone-else", false).await);
-    assert_eq!(code, 422, "{why}");
+    assert_eq!(code, 403, "{why}");
+    assert!(why.contains("ValidatingAdmissionPolicy 'aleph-pipelinerun-approvals'"), "{why}");
     let still = runs.get("gated-1").await.expect("get gated-1");
     assert_eq!(step(&still, "gate").phase, StepPhase::Running);
     assert_eq!(step(&still, "deploy").phase, StepPhase::Pending);
