@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{ComputeResources, EnvVar, SageMakerTraining, kind_status};
+use crate::pipeline_artifacts::{ArtifactRef, ArtifactStore, StepArtifacts};
 use crate::pipeline_data::{
     Approval, ApprovalAction, ForEach, Notification, NotificationStatus, NotifyAction,
     WorkspaceBinding, WorkspaceDeclaration, WorkspaceMount, WorkspaceStatus,
@@ -43,6 +44,8 @@ use crate::pipeline_data::{
 #[x_kube(validation = Rule::new("!has(self.finally) || self.finally.all(s, !has(s.workspaces) || s.workspaces.all(w, has(self.workspaces) && self.workspaces.exists(d, d.name == w.name)))").message("every workspace a finally step mounts must be declared in spec.workspaces").field_path(".finally"))]
 #[x_kube(validation = Rule::new("self.steps.all(s, !has(s.forEach) || !has(s.forEach.param) || (has(self.params) && self.params.exists(p, p.name == s.forEach.param && p.type == 'list')))").message("forEach.param must name a param of type list: a fan-out runs over a list").field_path(".steps"))]
 #[x_kube(validation = Rule::new("self.steps.all(s, !has(s.forEach) || !has(s.forEach.fromOutput) || s.dependsOn.exists(d, s.forEach.fromOutput.startsWith('steps.' + d + '.outputs.')))").message("forEach.fromOutput must name an output of a step in the step's dependsOn").field_path(".steps"))]
+#[x_kube(validation = Rule::new("has(self.artifactStore) || (self.steps.all(s, !has(s.artifacts)) && (!has(self.finally) || self.finally.all(s, !has(s.artifacts))))").message("steps with artifacts need spec.artifactStore: the bucket they go to").field_path(".artifactStore"))]
+#[x_kube(validation = Rule::new("self.steps.all(s, !has(s.artifacts) || !has(s.artifacts.inputs) || s.artifacts.inputs.all(i, self.steps.exists(t, t.name != s.name && has(t.artifacts) && has(t.artifacts.outputs) && t.artifacts.outputs.exists(o, i.from == 'steps.' + t.name + '.artifacts.' + o.name))))").message("every input artifact must name an output artifact of another step: steps.STEP.artifacts.NAME").field_path(".steps"))]
 pub struct PipelineSpec {
     /// Typed parameters; runs supply values, defaults fill the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -78,6 +81,17 @@ pub struct PipelineSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub notifications: Vec<Notification>,
+    /// Where the steps' artifacts go.
+    pub artifact_store: Option<ArtifactStore>,
+    /// The ServiceAccount the pods of container steps run as (and the
+    /// containers that move their artifacts): one bound to a cloud identity
+    /// reads and writes the artifact store without static keys. The
+    /// namespace's `default` when unset; plugin steps run as their plugin's.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
+    pub service_account_name: Option<String>,
 }
 
 /// A typed parameter.
@@ -135,6 +149,10 @@ pub enum ParamType {
 #[x_kube(validation = Rule::new("!has(self.forEach) || has(self.container) || has(self.plugin)").message("forEach is for container and plugin steps").field_path(".forEach"))]
 #[x_kube(validation = Rule::new("!has(self.workspaces) || has(self.container) || has(self.plugin)").message("workspaces are mounted by container and plugin steps, which run pods").field_path(".workspaces"))]
 #[x_kube(validation = Rule::new("!has(self.approval) || !has(self.retries)").message("an approval step is not retried: a rejection is final").field_path(".retries"))]
+#[x_kube(validation = Rule::new("!has(self.artifacts) || has(self.container) || has(self.plugin)").message("artifacts are for container and plugin steps, which run pods").field_path(".artifacts"))]
+#[x_kube(validation = Rule::new("!has(self.artifacts) || !has(self.forEach)").message("a fan-out step cannot have artifacts: give them to a step before or after it").field_path(".artifacts"))]
+#[x_kube(validation = Rule::new("!has(self.memoize) || !self.memoize || ((has(self.container) || has(self.plugin)) && !has(self.forEach))").message("memoize is for container and plugin steps without forEach").field_path(".memoize"))]
+#[x_kube(validation = Rule::new("!has(self.artifacts) || !has(self.artifacts.inputs) || self.artifacts.inputs.all(i, self.dependsOn.exists(d, i.from.startsWith('steps.' + d + '.artifacts.')))").message("an input artifact must come from a step in dependsOn").field_path(".artifacts.inputs"))]
 #[x_kube(validation = Rule::new("!self.dependsOn.exists(d, d == self.name)").message("a step cannot depend on itself").field_path(".dependsOn"))]
 #[x_kube(validation = Rule::new("!has(self.podAnnotations) || has(self.container) || has(self.plugin)").message("podAnnotations is only for container and plugin steps, which run pods").field_path(".podAnnotations"))]
 pub struct PipelineStep {
@@ -180,6 +198,15 @@ pub struct PipelineStep {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub workspaces: Vec<WorkspaceMount>,
+    /// Artifacts the step takes from earlier steps and leaves for later ones,
+    /// in `spec.artifactStore`.
+    pub artifacts: Option<StepArtifacts>,
+    /// Reuse the outputs and artifacts of an earlier run of this pipeline
+    /// whose step had the same image, command, args, env and input artifacts
+    /// (the step is then `Reused` and runs no pod). What a step reads from a
+    /// workspace is not part of that: pass its digest as an argument.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memoize: bool,
     /// Annotations on the pods of a container or plugin step (for example a
     /// service mesh's or an autoscaler's); `$(params.NAME)` and
     /// `$(steps.STEP.outputs.KEY)` are substituted in the values.
@@ -538,6 +565,9 @@ pub struct StepStatus {
     /// Small outputs (at most 4 KiB in all) for later steps.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, String>,
+    /// The artifacts the step left, with their digests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactRef>,
 }
 
 fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

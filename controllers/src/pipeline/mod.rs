@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod approvals;
+pub mod artifacts;
 pub mod build;
 pub mod controller;
 pub mod graph;

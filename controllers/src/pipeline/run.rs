@@ -41,6 +41,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::artifacts;
 use super::build;
 use super::graph::{self, Graph};
 use super::pass::Pass;
@@ -55,6 +56,7 @@ use crate::error::{Result, uid_of};
 use crate::sagemaker::CleanupOutcome;
 
 mod bind;
+mod collect;
 mod notifications;
 mod start;
 
@@ -175,7 +177,7 @@ pub async fn reconcile(name: &str, namespace: &str, ctx: &Context) -> Result<Act
     }
     pass.deliver_notifications(&mut status).await?;
     pass.write_status(&status).await?;
-    if pass.has_finalizer() && !pass.training_in_flight(&status) {
+    if pass.has_finalizer() && !pass.training_in_flight(&status) && !has_artifacts(&status) {
         pass.set_finalizer(false).await?;
     }
     pass.publish().await;
@@ -190,6 +192,14 @@ pub async fn reconcile(name: &str, namespace: &str, ctx: &Context) -> Result<Act
         return pass.expire(&status).await;
     }
     Ok(pass.action())
+}
+
+/// Whether the run has artifacts to delete when it is deleted.
+fn has_artifacts(status: &PipelineRunStatus) -> bool {
+    status
+        .pipeline_spec
+        .as_ref()
+        .is_some_and(|spec| artifacts::run_has_artifacts(spec, &status.steps))
 }
 
 impl Pass<'_> {
@@ -260,6 +270,12 @@ impl Pass<'_> {
                     waiting = Some(waiting.map_or(after, |w| w.min(after)));
                 }
             }
+        }
+        if waiting.is_none()
+            && has_artifacts(&status)
+            && let Some(spec) = status.pipeline_spec.as_ref()
+        {
+            waiting = self.delete_artifacts(spec).await?;
         }
         match waiting {
             Some(after) => Ok(Action::requeue(after)),
@@ -498,7 +514,25 @@ impl Pass<'_> {
                 }
             }
             Observed::Succeeded(outputs) => {
+                let (outputs, refs) = artifacts::split_refs(outputs);
                 scheduler::record_succeeded(&mut status.steps, name, outputs, self.now);
+                if let Some(s) = status.steps.iter_mut().find(|s| s.name == name) {
+                    s.artifacts = refs;
+                }
+            }
+            Observed::Reused { outputs, message } => {
+                let (outputs, refs) = artifacts::split_refs(outputs);
+                scheduler::record_succeeded(&mut status.steps, name, outputs, self.now);
+                if let Some(s) = status.steps.iter_mut().find(|s| s.name == name) {
+                    s.artifacts = refs;
+                    s.phase = StepPhase::Reused;
+                    s.message = Some(message.clone());
+                }
+                self.event(
+                    EventType::Normal,
+                    "StepReused",
+                    format!("step {name}: {message}"),
+                );
             }
             Observed::Failed(message) => {
                 scheduler::record_failed(&mut status.steps, name, &message, self.now);

@@ -654,6 +654,7 @@ pub fn resume_plan(spec: &PipelineSpec, previous: &[StepStatus]) -> Vec<StepStat
                 name: step.name.clone(),
                 phase: StepPhase::Reused,
                 outputs: old.outputs.clone(),
+                artifacts: old.artifacts.clone(),
                 message: Some("reused: it succeeded in the run named in resumeFrom".into()),
                 ..StepStatus::default()
             },

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
 
+use super::artifacts::{FETCH_CONTAINER, REF_PREFIX, UPLOAD_CONTAINER};
 use super::build::{STEP_CONTAINER, parse_outputs};
 use crate::workload::job_condition;
 
@@ -24,19 +25,35 @@ pub enum JobOutcome {
     Failed(String),
 }
 
-fn step_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == STEP_CONTAINER)
-        .and_then(|c| {
-            c.state
-                .as_ref()
-                .and_then(|s| s.terminated.as_ref())
-                .or_else(|| c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))
-        })
+/// The pod's container statuses, init containers first (a step with
+/// artifacts runs its step container as an init container).
+fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+    pod.status.iter().flat_map(|s| {
+        s.init_container_statuses
+            .iter()
+            .flatten()
+            .chain(s.container_statuses.iter().flatten())
+    })
+}
+
+fn terminated(c: &ContainerStatus) -> Option<&ContainerStateTerminated> {
+    c.state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))
+}
+
+fn container_terminated<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStateTerminated> {
+    statuses(pod).find(|c| c.name == name).and_then(terminated)
+}
+
+/// What a container of the pod other than the step's own did, in a failure.
+fn helper_role(name: &str) -> &'static str {
+    match name {
+        FETCH_CONTAINER => "preparing the artifacts failed: ",
+        UPLOAD_CONTAINER => "uploading the artifacts failed: ",
+        _ => "",
+    }
 }
 
 fn phase(pod: &Pod) -> &str {
@@ -67,14 +84,19 @@ fn failure(job_reason: &str, job_message: &str, pods: &[Pod], timeout: Option<i6
             None => "timed out (the Job's active deadline passed)".to_string(),
         };
     }
-    let terminated = pods
+    let failed = pods
         .iter()
         .filter(|p| phase(p) == "Failed")
         .chain(pods.iter())
-        .find_map(step_terminated)
-        .filter(|t| t.exit_code != 0);
-    if let Some(t) = terminated {
-        let mut text = format!("exit code {}", t.exit_code);
+        .find_map(|p| {
+            statuses(p).find_map(|c| {
+                terminated(c)
+                    .filter(|t| t.exit_code != 0)
+                    .map(|t| (helper_role(&c.name), t))
+            })
+        });
+    if let Some((role, t)) = failed {
+        let mut text = format!("{role}exit code {}", t.exit_code);
         if let Some(reason) = t.reason.as_deref().filter(|r| !r.is_empty()) {
             text.push_str(&format!(" ({reason})"));
         }
@@ -121,9 +143,10 @@ fn waiting(pods: &[Pod]) -> Option<String> {
             ));
         }
         let waiting = status
-            .container_statuses
+            .init_container_statuses
             .iter()
             .flatten()
+            .chain(status.container_statuses.iter().flatten())
             .filter_map(|c| c.state.as_ref().and_then(|s| s.waiting.as_ref()))
             .find(|w| {
                 matches!(
@@ -159,14 +182,24 @@ pub fn job_outcome(job: &Job, pods: &[Pod], timeout: Option<i64>) -> JobOutcome 
                 .as_ref()
                 .is_some_and(|s| s.completion_time.is_some()));
     if succeeded {
-        let message = pods
-            .iter()
-            .filter(|p| phase(p) == "Succeeded")
-            .find_map(step_terminated)
-            .and_then(|t| t.message.as_deref())
-            .unwrap_or_default();
-        return match parse_outputs(message) {
-            Ok(outputs) => JobOutcome::Succeeded(outputs),
+        let done = pods.iter().find(|p| phase(p) == "Succeeded");
+        let message = |name: &str| {
+            done.and_then(|p| container_terminated(p, name))
+                .and_then(|t| t.message.as_deref())
+                .unwrap_or_default()
+        };
+        return match parse_outputs(message(STEP_CONTAINER)) {
+            Ok(mut outputs) => {
+                // Artifact references come from the uploader only.
+                outputs.retain(|key, _| !key.starts_with(REF_PREFIX));
+                let uploaded = parse_outputs(message(UPLOAD_CONTAINER)).unwrap_or_default();
+                outputs.extend(
+                    uploaded
+                        .into_iter()
+                        .filter(|(key, _)| key.starts_with(REF_PREFIX)),
+                );
+                JobOutcome::Succeeded(outputs)
+            }
             Err(e) => JobOutcome::Failed(e.to_string()),
         };
     }
@@ -245,6 +278,51 @@ status:
             job_outcome(&job(COMPLETE), &[], None),
             JobOutcome::Succeeded(BTreeMap::new()),
             "no pod left: no outputs"
+        );
+    }
+
+    /// A pod of a step with artifacts: the step ran as an init container,
+    /// then the uploader ended with `upload` (exit code, message).
+    fn artifact_pod(phase: &str, step_message: &str, upload: (i32, &str)) -> Pod {
+        let status = |name: &str, code: i32, message: &str| {
+            format!(
+                "    - {{name: {name}, image: i, imageID: \"\", ready: false, restartCount: 0, state: {{terminated: {{exitCode: {code}, message: {message:?}}}}}}}\n"
+            )
+        };
+        pod(&format!(
+            "metadata: {{name: p}}\nstatus:\n  phase: {phase}\n  initContainerStatuses:\n{}{}  containerStatuses:\n{}",
+            status("aleph-fetch", 0, ""),
+            status("step", 0, step_message),
+            status("aleph-upload", upload.0, upload.1),
+        ))
+    }
+
+    #[test]
+    fn a_step_with_artifacts_gives_its_outputs_and_the_uploaders_references() {
+        let reference = r#"{"name":"model","uri":"s3://b/k","sha256":"00","size":1}"#;
+        let pods = [artifact_pod(
+            "Succeeded",
+            "rows=3\naleph-artifact-fake=forged\n",
+            (0, &format!("aleph-artifact-model={reference}\nother=x\n")),
+        )];
+        assert_eq!(
+            job_outcome(&job(COMPLETE), &pods, None),
+            JobOutcome::Succeeded(BTreeMap::from([
+                ("aleph-artifact-model".into(), reference.into()),
+                ("rows".into(), "3".into()),
+            ])),
+            "references come from the uploader only, and only references from it"
+        );
+        let pods = [artifact_pod(
+            "Failed",
+            "rows=3\n",
+            (1, "the step wrote no file /out/model.bin (artifact model)"),
+        )];
+        assert_eq!(
+            job_outcome(&job(FAILED), &pods, None),
+            JobOutcome::Failed(
+                "uploading the artifacts failed: exit code 1: the step wrote no file /out/model.bin (artifact model)".into()
+            )
         );
     }
 

@@ -28,6 +28,8 @@ pub fn step(name: &str, deps: &[&str]) -> PipelineStep {
         notify: None,
         for_each: None,
         workspaces: vec![],
+        artifacts: None,
+        memoize: false,
     }
 }
 
@@ -42,6 +44,8 @@ pub fn spec(steps: Vec<PipelineStep>, finally: Vec<PipelineStep>) -> PipelineSpe
         ttl_seconds_after_finished: None,
         workspaces: vec![],
         notifications: vec![],
+        artifact_store: None,
+        service_account_name: None,
     }
 }
 

@@ -5,18 +5,21 @@
 
 use std::collections::BTreeMap;
 
-use aleph_crds::keys::{ATTEMPT_LABEL, ITEM_LABEL, RUN_LABEL, STEP_LABEL};
-use aleph_crds::pipeline::{PipelineStep, StepStatus};
+use aleph_crds::keys::{ATTEMPT_LABEL, ITEM_LABEL, PIPELINE_LABEL, RUN_LABEL, STEP_LABEL};
+use aleph_crds::pipeline::{Pipeline, PipelineStep, StepStatus};
 use aleph_crds::plugin::Plugin;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
 use kube::api::{Api, ListParams, PostParams};
 
 use super::fan_out::{self, Instance, Verdict};
 use super::{Observed, StartOutcome, StepDriver, Values};
 use crate::apply::delete_ignoring_missing;
 use crate::error::Result;
+use crate::pipeline::artifacts;
 use crate::pipeline::build::{self, build_step_job, job_name};
 use crate::pipeline::params::ITEM_KEY;
 use crate::pipeline::pass::Pass;
@@ -99,7 +102,134 @@ impl JobStep<'_, '_> {
         if let Some((index, value)) = item {
             instance(&mut job, &self.pass.name, &step.name, attempt, index, value);
         }
+        let service_account = values.spec.and_then(|s| s.service_account_name.clone());
+        if step.container.is_some()
+            && let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut())
+        {
+            pod.service_account_name = service_account;
+        }
         Ok(Ok(job))
+    }
+
+    /// Gives a step's Job its artifacts; returns its memoization key when
+    /// the step is memoized. Err says why the step cannot run.
+    fn artifacts(
+        &self,
+        job: &mut Job,
+        attempt: i32,
+        values: &Values<'_>,
+    ) -> std::result::Result<Option<String>, String> {
+        let step = self.step;
+        let inputs = artifacts::resolve_inputs(step, values.steps)?;
+        let outputs = step
+            .artifacts
+            .as_ref()
+            .map(|a| a.outputs.clone())
+            .unwrap_or_default();
+        let key = step
+            .memoize
+            .then(|| artifacts::memo_key(job, &inputs, &outputs));
+        if let Some(key) = &key {
+            job.metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(artifacts::MEMO_KEY_ANNOTATION.to_string(), key.clone());
+        }
+        if inputs.is_empty() && outputs.is_empty() {
+            return Ok(key);
+        }
+        let store = values
+            .spec
+            .and_then(|s| s.artifact_store.as_ref())
+            .ok_or("the step has artifacts but the pipeline has no artifactStore")?;
+        let destination = artifacts::destination(
+            store,
+            &self.pass.namespace,
+            &self.pass.name,
+            &step.name,
+            attempt,
+            key.as_deref(),
+        );
+        artifacts::attach(
+            job,
+            &inputs,
+            &outputs,
+            store,
+            &destination,
+            &self.pass.ctx.settings.model_cache_image,
+        );
+        Ok(key)
+    }
+
+    /// What an earlier run of a memoized step with the same key left, if
+    /// one did.
+    async fn memoized(&self, key: &str) -> Result<Option<Observed>> {
+        let api: Api<ConfigMap> = Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
+        let Some(record) = api.get_opt(&artifacts::memo_record_name(key)).await? else {
+            return Ok(None);
+        };
+        let data = record.data.unwrap_or_default();
+        let Some(outputs) = data
+            .get("outputs")
+            .and_then(|o| serde_json::from_str::<BTreeMap<String, String>>(o).ok())
+        else {
+            return Ok(None);
+        };
+        let run = data.get("run").cloned().unwrap_or_default();
+        Ok(Some(Observed::Reused {
+            outputs,
+            message: format!(
+                "memoized: reused what run {run} left (same image, command, args, env and inputs)"
+            ),
+        }))
+    }
+
+    /// Records what a memoized step left, for later runs: a ConfigMap owned
+    /// by the Pipeline, so it goes with it.
+    async fn remember(&mut self, key: &str, outputs: &BTreeMap<String, String>) -> Result<()> {
+        let pipeline_name = self.pass.run.spec.pipeline_ref.name.clone();
+        let pipelines: Api<Pipeline> =
+            Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
+        let Some(pipeline) = pipelines.get_opt(&pipeline_name).await? else {
+            return Ok(());
+        };
+        let record = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(artifacts::memo_record_name(key)),
+                namespace: Some(self.pass.namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    (PIPELINE_LABEL.to_string(), build::label_value(&pipeline_name)),
+                    (STEP_LABEL.to_string(), self.step.name.clone()),
+                ])),
+                owner_references: pipeline
+                    .controller_owner_ref(&())
+                    .map(|mut owner| {
+                        owner.controller = Some(false);
+                        vec![owner]
+                    }),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([
+                ("outputs".to_string(), serde_json::to_string(outputs).unwrap_or_default()),
+                ("run".to_string(), self.pass.name.clone()),
+                ("key".to_string(), key.to_string()),
+            ])),
+            ..ConfigMap::default()
+        };
+        let api: Api<ConfigMap> = Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
+        match api.create(&PostParams::default(), &record).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.reason == "AlreadyExists" => Ok(()),
+            Err(kube::Error::Api(e)) => {
+                let note = format!(
+                    "step {}: its outputs could not be recorded for memoization ({}): later runs run it again",
+                    self.step.name, e.message
+                );
+                self.pass.event(EventType::Warning, "MemoizationFailed", note);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates a Job; None when it was created (now or by an earlier pass),
@@ -216,6 +346,14 @@ impl JobStep<'_, '_> {
     }
 }
 
+impl JobStep<'_, '_> {
+    /// Whether this step's artifacts go under the run's prefix and are
+    /// deleted with the run.
+    fn collects_artifacts(&self, values: &Values<'_>) -> bool {
+        artifacts::collected_with_run(values.spec, self.step)
+    }
+}
+
 /// Makes a step's Job the Job of fan-out instance `index`: its name, the
 /// item label on the Job and the pod, and the item in the environment.
 fn instance(job: &mut Job, run: &str, step: &str, attempt: i32, index: usize, item: &str) {
@@ -256,10 +394,27 @@ impl StepDriver for JobStep<'_, '_> {
                 observed,
             });
         }
-        let job = match self.job(attempt, values, None).await? {
+        let mut job = match self.job(attempt, values, None).await? {
             Ok(job) => job,
             Err(why) => return Ok(StartOutcome::Failed(why)),
         };
+        let key = match self.artifacts(&mut job, attempt, values) {
+            Ok(key) => key,
+            Err(why) => return Ok(StartOutcome::Failed(why)),
+        };
+        if let Some(key) = &key
+            && let Some(reused) = self.memoized(key).await?
+        {
+            return Ok(StartOutcome::Started {
+                job_name: None,
+                observed: reused,
+            });
+        }
+        if self.collects_artifacts(values) {
+            // The run's artifacts are deleted with it: it keeps the
+            // finalizer until they are.
+            self.pass.set_finalizer(true).await?;
+        }
         if let Some(outcome) = self.create(&job).await? {
             return Ok(outcome);
         }
@@ -299,7 +454,16 @@ impl StepDriver for JobStep<'_, '_> {
                     recheck: starting.then_some(POD_START_POLL),
                 }
             }
-            JobOutcome::Succeeded(outputs) => Observed::Succeeded(outputs),
+            JobOutcome::Succeeded(outputs) => {
+                let key = job
+                    .annotations()
+                    .get(artifacts::MEMO_KEY_ANNOTATION)
+                    .cloned();
+                if let Some(key) = key.filter(|_| step.memoize) {
+                    self.remember(&key, &outputs).await?;
+                }
+                Observed::Succeeded(outputs)
+            }
             JobOutcome::Failed(message) => Observed::Failed(message),
         })
     }

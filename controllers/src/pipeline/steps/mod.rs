@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use aleph_crds::pipeline::{PipelineRunStatus, PipelineStep, StepPhase, StepStatus};
+use aleph_crds::pipeline::{PipelineRunStatus, PipelineSpec, PipelineStep, StepPhase, StepStatus};
 use aleph_crds::pipeline_data::WorkspaceStatus;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
@@ -36,6 +36,12 @@ pub(super) enum Observed {
     },
     /// Succeeded with these outputs.
     Succeeded(BTreeMap<String, String>),
+    /// Not run: these outputs of an earlier run were reused (memoization);
+    /// the message says which run.
+    Reused {
+        outputs: BTreeMap<String, String>,
+        message: String,
+    },
     /// Failed: why.
     Failed(String),
 }
@@ -78,6 +84,10 @@ pub(super) struct Values<'a> {
     pub unplaced: BTreeSet<String>,
     /// The pipeline's parallelism.
     pub parallelism: Option<usize>,
+    /// The pipeline spec the run executes.
+    pub spec: Option<&'a PipelineSpec>,
+    /// The steps' statuses (the artifacts they left).
+    pub steps: &'a [StepStatus],
 }
 
 impl<'a> Values<'a> {
@@ -119,6 +129,8 @@ impl<'a> Values<'a> {
             parallelism: spec
                 .and_then(|s| s.parallelism)
                 .map(|p| usize::try_from(p.max(1)).unwrap_or(1)),
+            spec,
+            steps: &status.steps,
         }
     }
 }
