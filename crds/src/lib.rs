@@ -1,4 +1,4 @@
-//! Aleph's API: the five kinds of group `aleph.dev`, version `v1alpha1`, and
+//! Aleph's API: the kinds of group `aleph.dev`, version `v1alpha1`, and
 //! their CustomResourceDefinitions. Types only, no I/O.
 
 // `#[kube(printcolumn(...), validation = ...)]` repeat by design: one per column or rule.
@@ -11,6 +11,7 @@ pub mod keys;
 pub mod pipeline;
 pub mod pipeline_data;
 pub mod plugin;
+pub mod step_template;
 pub mod tenant;
 
 pub use aimodel::*;
@@ -18,6 +19,7 @@ pub use common::*;
 pub use pipeline::*;
 pub use pipeline_data::*;
 pub use plugin::*;
+pub use step_template::*;
 pub use tenant::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -31,6 +33,8 @@ pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("plugin.yaml", Plugin::crd()),
         ("pipeline.yaml", Pipeline::crd()),
         ("pipelinerun.yaml", PipelineRun::crd()),
+        ("steptemplate.yaml", StepTemplate::crd()),
+        ("clustersteptemplate.yaml", ClusterStepTemplate::crd()),
     ]
 }
 
