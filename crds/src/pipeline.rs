@@ -133,11 +133,11 @@ pub enum ParamType {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.container), has(self.plugin), has(self.training), has(self.rollout), has(self.approval), has(self.notify), has(self.template)].filter(x, x).size() == 1").message("a step has exactly one action: container, plugin, training, rollout, approval, notify or template"))]
-#[x_kube(validation = Rule::new("!has(self.forEach) || has(self.container) || has(self.plugin) || has(self.template)").message("forEach is for container, plugin and template steps").field_path(".forEach"))]
-#[x_kube(validation = Rule::new("!has(self.workspaces) || has(self.container) || has(self.plugin) || has(self.template)").message("workspaces are mounted by container, plugin and template steps, which run pods").field_path(".workspaces"))]
+#[x_kube(validation = Rule::new("!has(self.forEach) || has(self.container) || has(self.plugin) || has(self.template)").message("forEach is for container and plugin steps, and for template steps, which expand into one").field_path(".forEach"))]
+#[x_kube(validation = Rule::new("!has(self.workspaces) || has(self.container) || has(self.plugin) || has(self.template)").message("workspaces are mounted by container and plugin steps, which run pods, and by template steps, which expand into one").field_path(".workspaces"))]
 #[x_kube(validation = Rule::new("!has(self.approval) || !has(self.retries)").message("an approval step is not retried: a rejection is final").field_path(".retries"))]
 #[x_kube(validation = Rule::new("!self.dependsOn.exists(d, d == self.name)").message("a step cannot depend on itself").field_path(".dependsOn"))]
-#[x_kube(validation = Rule::new("!has(self.podAnnotations) || has(self.container) || has(self.plugin) || has(self.template)").message("podAnnotations is only for container, plugin and template steps, which run pods").field_path(".podAnnotations"))]
+#[x_kube(validation = Rule::new("!has(self.podAnnotations) || has(self.container) || has(self.plugin) || has(self.template)").message("podAnnotations is only for container and plugin steps, which run pods, and for template steps, which expand into one").field_path(".podAnnotations"))]
 pub struct PipelineStep {
     /// The step's name, unique in the pipeline.
     #[schemars(

@@ -804,7 +804,7 @@ async fn bad_pipelines_are_refused_at_apply_time() {
         ),
         (
             "  steps:\n    - name: a\n      podAnnotations: { x: \"z\" }\n      rollout: { model: m, source: \"hf://a/b\" }\n".to_string(),
-            "podAnnotations is only for container, plugin and template steps",
+            "podAnnotations is only for container and plugin steps",
         ),
         (
             format!(
