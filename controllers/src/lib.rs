@@ -73,13 +73,17 @@ pub async fn run_all<S, F>(
         namespace: None,
         selector,
     };
-    let mut all = vec![run!(tenant::controller(&ctx, &cluster))];
+    let mut all = vec![
+        run!(tenant::controller(&ctx, &cluster)),
+        run!(pipeline::steptemplate::cluster_controller(client, &cluster)),
+    ];
     for ns in &scopes {
         all.extend([
             run!(aimodel::controller(&ctx, ns)),
             run!(plugin::controller(client, ns)),
             run!(pipeline::controller::pipeline_controller(client, ns)),
             run!(pipeline::controller::run_controller(client, ns)),
+            run!(pipeline::steptemplate::controller(client, ns)),
         ]);
     }
     futures::future::join_all(all).await;

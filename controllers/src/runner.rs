@@ -451,13 +451,17 @@ mod tests {
             serde_json::from_value(status.clone()).expect("decodes");
         let pipeline: aleph_crds::PipelineStatus =
             serde_json::from_value(status.clone()).expect("decodes");
-        let run: aleph_crds::PipelineRunStatus = serde_json::from_value(status).expect("decodes");
+        let run: aleph_crds::PipelineRunStatus =
+            serde_json::from_value(status.clone()).expect("decodes");
+        let template: aleph_crds::StepTemplateStatus =
+            serde_json::from_value(status).expect("decodes");
         for conditions in [
             &tenant.conditions,
             &model.conditions,
             &plugin.conditions,
             &pipeline.conditions,
             &run.conditions,
+            &template.conditions,
         ] {
             assert_eq!(conditions.len(), 1);
             assert_eq!(conditions[0].reason, "Refused");

@@ -1,4 +1,4 @@
-//! Aleph's API: the five kinds of group `aleph.dev`, version `v1alpha1`, and
+//! Aleph's API: the kinds of group `aleph.dev`, version `v1alpha1`, and
 //! their CustomResourceDefinitions. Types only, no I/O.
 
 // `#[kube(printcolumn(...), validation = ...)]` repeat by design: one per column or rule.
@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod pipeline_artifacts;
 pub mod pipeline_data;
 pub mod plugin;
+pub mod step_template;
 pub mod tenant;
 
 pub use aimodel::*;
@@ -20,6 +21,7 @@ pub use pipeline::*;
 pub use pipeline_artifacts::*;
 pub use pipeline_data::*;
 pub use plugin::*;
+pub use step_template::*;
 pub use tenant::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -33,6 +35,8 @@ pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("plugin.yaml", Plugin::crd()),
         ("pipeline.yaml", Pipeline::crd()),
         ("pipelinerun.yaml", PipelineRun::crd()),
+        ("steptemplate.yaml", StepTemplate::crd()),
+        ("clustersteptemplate.yaml", ClusterStepTemplate::crd()),
     ]
 }
 

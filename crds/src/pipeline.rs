@@ -13,6 +13,7 @@ use crate::pipeline_data::{
     Approval, ApprovalAction, ForEach, Notification, NotificationStatus, NotifyAction,
     WorkspaceBinding, WorkspaceDeclaration, WorkspaceMount, WorkspaceStatus,
 };
+use crate::step_template::TemplateRef;
 
 /// A DAG of steps with typed params, retries with backoff, `finally` steps, a
 /// parallelism cap, a deadline and an optional cron schedule.
@@ -145,16 +146,16 @@ pub enum ParamType {
 #[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.container), has(self.plugin), has(self.training), has(self.rollout), has(self.approval), has(self.notify)].filter(x, x).size() == 1").message("a step has exactly one action: container, plugin, training, rollout, approval or notify"))]
-#[x_kube(validation = Rule::new("!has(self.forEach) || has(self.container) || has(self.plugin)").message("forEach is for container and plugin steps").field_path(".forEach"))]
-#[x_kube(validation = Rule::new("!has(self.workspaces) || has(self.container) || has(self.plugin)").message("workspaces are mounted by container and plugin steps, which run pods").field_path(".workspaces"))]
+#[x_kube(validation = Rule::new("[has(self.container), has(self.plugin), has(self.training), has(self.rollout), has(self.approval), has(self.notify), has(self.template)].filter(x, x).size() == 1").message("a step has exactly one action: container, plugin, training, rollout, approval, notify or template"))]
+#[x_kube(validation = Rule::new("!has(self.forEach) || has(self.container) || has(self.plugin) || has(self.template)").message("forEach is for container and plugin steps, and for template steps, which expand into one").field_path(".forEach"))]
+#[x_kube(validation = Rule::new("!has(self.workspaces) || has(self.container) || has(self.plugin) || has(self.template)").message("workspaces are mounted by container and plugin steps, which run pods, and by template steps, which expand into one").field_path(".workspaces"))]
 #[x_kube(validation = Rule::new("!has(self.approval) || !has(self.retries)").message("an approval step is not retried: a rejection is final").field_path(".retries"))]
-#[x_kube(validation = Rule::new("!has(self.artifacts) || has(self.container) || has(self.plugin)").message("artifacts are for container and plugin steps, which run pods").field_path(".artifacts"))]
+#[x_kube(validation = Rule::new("!has(self.artifacts) || has(self.container) || has(self.plugin) || has(self.template)").message("artifacts are for container, plugin and template steps, which run pods").field_path(".artifacts"))]
 #[x_kube(validation = Rule::new("!has(self.artifacts) || !has(self.forEach)").message("a fan-out step cannot have artifacts: give them to a step before or after it").field_path(".artifacts"))]
-#[x_kube(validation = Rule::new("!has(self.memoize) || !self.memoize || ((has(self.container) || has(self.plugin)) && !has(self.forEach))").message("memoize is for container and plugin steps without forEach").field_path(".memoize"))]
+#[x_kube(validation = Rule::new("!has(self.memoize) || !self.memoize || ((has(self.container) || has(self.plugin) || has(self.template)) && !has(self.forEach))").message("memoize is for container, plugin and template steps without forEach").field_path(".memoize"))]
 #[x_kube(validation = Rule::new("!has(self.artifacts) || !has(self.artifacts.inputs) || self.artifacts.inputs.all(i, self.dependsOn.exists(d, i.from.startsWith('steps.' + d + '.artifacts.')))").message("an input artifact must come from a step in dependsOn").field_path(".artifacts.inputs"))]
 #[x_kube(validation = Rule::new("!self.dependsOn.exists(d, d == self.name)").message("a step cannot depend on itself").field_path(".dependsOn"))]
-#[x_kube(validation = Rule::new("!has(self.podAnnotations) || has(self.container) || has(self.plugin)").message("podAnnotations is only for container and plugin steps, which run pods").field_path(".podAnnotations"))]
+#[x_kube(validation = Rule::new("!has(self.podAnnotations) || has(self.container) || has(self.plugin) || has(self.template)").message("podAnnotations is only for container and plugin steps, which run pods, and for template steps, which expand into one").field_path(".podAnnotations"))]
 pub struct PipelineStep {
     /// The step's name, unique in the pipeline.
     #[schemars(
@@ -191,6 +192,10 @@ pub struct PipelineStep {
     /// Post a message to a webhook; retried with backoff (3 retries from 5 s
     /// when `retries` is unset).
     pub notify: Option<NotifyAction>,
+    /// Run a StepTemplate or ClusterStepTemplate (a container or plugin
+    /// step written once), with values for its params. The run expands it
+    /// when it starts and keeps that expansion in `status.pipelineSpec`.
+    pub template: Option<TemplateRef>,
     /// Run the step once per item (`$(item)` in its fields), as separate
     /// Jobs; its output `results` is the JSON array of the instances' outputs.
     pub for_each: Option<ForEach>,
@@ -207,8 +212,8 @@ pub struct PipelineStep {
     /// workspace is not part of that: pass its digest as an argument.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub memoize: bool,
-    /// Annotations on the pods of a container or plugin step (for example a
-    /// service mesh's or an autoscaler's); `$(params.NAME)` and
+    /// Annotations on the pods of a container, plugin or template step (for
+    /// example a service mesh's or an autoscaler's); `$(params.NAME)` and
     /// `$(steps.STEP.outputs.KEY)` are substituted in the values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
@@ -500,7 +505,8 @@ kind_status! {
     /// What the operator observed of a PipelineRun.
     pub struct PipelineRunStatus {
         /// Succeeded (Unknown while running), with reasons InvalidGraph,
-        /// ParameterMissing, StepFailed, Timeout, Cancelled.
+        /// ParameterMissing, InvalidTemplate, StepFailed, Timeout, Cancelled
+        /// (Unknown with TemplateNotFound while a step's template is missing).
         conditions;
         /// The run's phase.
         #[serde(default)]
@@ -516,8 +522,9 @@ kind_status! {
         /// The params the run uses, defaults applied.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         pub params: BTreeMap<String, String>,
-        /// The pipeline spec this run executes, copied when it started (validated
-        /// when the Pipeline was applied, so stored as is).
+        /// The pipeline spec this run executes, copied when it started, with
+        /// the step templates its steps use expanded (so a template changed
+        /// later does not change the run).
         #[serde(default)]
         #[schemars(schema_with = "preserved_object")]
         pub pipeline_spec: Option<PipelineSpec>,

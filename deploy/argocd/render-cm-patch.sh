@@ -21,7 +21,7 @@ metadata:
     app.kubernetes.io/part-of: argocd
 data:
 HEADER
-  for kind in Tenant AIModel Plugin Pipeline PipelineRun; do
+  for kind in Tenant AIModel Plugin Pipeline PipelineRun StepTemplate ClusterStepTemplate; do
     echo "  resource.customizations.health.aleph.dev_${kind}: |"
     { cat health/common.lua; echo; cat "health/$kind/health.lua"; } | while IFS= read -r line; do
       if [ -z "$line" ]; then echo; else printf '    %s\n' "$line"; fi

@@ -195,7 +195,11 @@ pub fn examples(label: &str, tenant: &str) -> String {
             documents.push(doc.to_string());
         }
     }
-    assert_eq!(documents.len(), 6, "one example per kind (two AIModels)");
+    assert_eq!(
+        documents.len(),
+        7,
+        "one example per namespaced kind (two AIModels) and the Tenant"
+    );
     documents.join("\n---\n")
 }
 

@@ -18,7 +18,15 @@ use aleph_e2e::repo_root;
 use serde::Deserialize;
 use serde_json::Value;
 
-const KINDS: [&str; 5] = ["Tenant", "AIModel", "Plugin", "Pipeline", "PipelineRun"];
+const KINDS: [&str; 7] = [
+    "Tenant",
+    "AIModel",
+    "Plugin",
+    "Pipeline",
+    "PipelineRun",
+    "StepTemplate",
+    "ClusterStepTemplate",
+];
 
 /// Health statuses Argo CD knows.
 const STATUSES: [&str; 6] = [
@@ -306,6 +314,16 @@ fn pipeline_health() {
 #[test]
 fn pipelinerun_health() {
     check_kind("PipelineRun");
+}
+
+#[test]
+fn steptemplate_health() {
+    check_kind("StepTemplate");
+}
+
+#[test]
+fn clustersteptemplate_health() {
+    check_kind("ClusterStepTemplate");
 }
 
 #[test]

@@ -317,6 +317,11 @@ fn rbac_has_no_wildcards_and_least_privilege() {
         "patch aimodels/status.aleph.dev",
         "create pipelineruns.aleph.dev",
         "update pipelineruns/finalizers.aleph.dev",
+        // Step templates: read where pipelines use them, Ready written.
+        "watch steptemplates.aleph.dev",
+        "watch clustersteptemplates.aleph.dev",
+        "patch steptemplates/status.aleph.dev",
+        "patch clustersteptemplates/status.aleph.dev",
         "delete namespaces",
         "list pods",
         "create events",
@@ -344,6 +349,9 @@ fn rbac_has_no_wildcards_and_least_privilege() {
         "escalate clusterroles.rbac.authorization.k8s.io",
         "update customresourcedefinitions.apiextensions.k8s.io",
         "delete tenants.aleph.dev",
+        // Templates are the platform's and the tenants' to write, not the operator's.
+        "update steptemplates.aleph.dev",
+        "create clustersteptemplates.aleph.dev",
         // Only with rbac.pluginRoleEscalation: plugins get what the operator holds.
         "escalate roles.rbac.authorization.k8s.io",
         "bind roles.rbac.authorization.k8s.io",
@@ -431,7 +439,11 @@ fn chart_crds_are_the_generated_crds() {
     let generated = repo_root().join("crds");
     let chart = chart_dir().join("crds");
     let generated_files = yaml_files(&generated);
-    assert_eq!(generated_files.len(), 5, "one CRD file per kind in crds/");
+    assert_eq!(
+        generated_files.len(),
+        aleph_crds::all_crds().len(),
+        "one CRD file per kind in crds/"
+    );
     let chart_entries: Vec<String> = fs::read_dir(&chart)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", chart.display()))
         .flatten()
@@ -454,7 +466,7 @@ fn chart_crds_are_the_generated_crds() {
 }
 
 #[test]
-fn rendered_crds_are_the_five_kinds() {
+fn rendered_crds_are_every_kind() {
     let objects = render(&[]);
     let mut names: Vec<&str> = of_kind(&objects, "CustomResourceDefinition")
         .iter()
@@ -465,9 +477,11 @@ fn rendered_crds_are_the_five_kinds() {
         names,
         [
             "aimodels.aleph.dev",
+            "clustersteptemplates.aleph.dev",
             "pipelineruns.aleph.dev",
             "pipelines.aleph.dev",
             "plugins.aleph.dev",
+            "steptemplates.aleph.dev",
             "tenants.aleph.dev",
         ]
     );

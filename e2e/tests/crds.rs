@@ -28,7 +28,7 @@ async fn crds_install_and_examples_are_accepted() {
         .expect_success();
     assert_eq!(
         out.stdout.matches("condition met").count(),
-        5,
+        aleph_crds::all_crds().len(),
         "{}",
         out.stdout
     );
@@ -42,7 +42,7 @@ async fn crds_install_and_examples_are_accepted() {
         .lines()
         .filter(|l| l.ends_with(".aleph.dev"))
         .collect();
-    assert_eq!(ours.len(), 5, "{ours:?}");
+    assert_eq!(ours.len(), aleph_crds::all_crds().len(), "{ours:?}");
 
     // Server-side dry run: every admission check runs, nothing is stored.
     let examples = root().join("examples");
@@ -62,6 +62,7 @@ async fn crds_install_and_examples_are_accepted() {
         "plugin.aleph.dev/pii-redactor",
         "pipeline.aleph.dev/nightly-retrain",
         "pipelinerun.aleph.dev/",
+        "steptemplate.aleph.dev/tokenize-v1",
     ] {
         assert!(
             out.stdout.contains(kind),

@@ -1,5 +1,6 @@
-//! The Pipeline reconciler: reports whether the graph and the schedule are
-//! valid (`Ready`), creates a PipelineRun for each due slot of the schedule
+//! The Pipeline reconciler: reports whether the step templates the steps use
+//! exist and expand, and whether the graph and the schedule are valid
+//! (`Ready`), creates a PipelineRun for each due slot of the schedule
 //! (named after the slot, so a retry or a second replica finds the run made
 //! before), applies the concurrency policy, prunes the oldest finished
 //! scheduled runs beyond the history limits, and records the last schedule
@@ -25,9 +26,10 @@ use super::build::label_value;
 use super::run::is_finished;
 use super::schedule::{self, FinishedRun, SlotDecision};
 use super::scheduler;
+use super::steptemplate;
 use super::validate;
 use crate::apply::{ignore_missing, patch_status_if_changed, standard_labels};
-use crate::conditions::{find, parse_time, set_condition};
+use crate::conditions::{NewCondition, find, parse_time, set_condition};
 use crate::context::Context;
 use crate::error::{Result, uid_of};
 
@@ -98,17 +100,21 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
     let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
     let mut requeue: Option<Duration> = None;
 
-    // Validity.
-    let (graph, parsed) = validate::validate_pipeline(spec);
-    let ready = validate::ready_condition(spec, &graph, parsed.as_ref());
+    // Validity: the step templates the steps use, then the graph they make.
+    let expanded = steptemplate::expand(&ctx.client, namespace, spec).await?;
+    let (graph, parsed) = validate::validate_pipeline(expanded.as_ref().unwrap_or(spec));
+    let ready = match &expanded {
+        Ok(expanded) => validate::ready_condition(expanded, &graph, parsed.as_ref()),
+        Err(e) => NewCondition::no(READY, e.reason(), e.to_string()),
+    };
     let was = find(&status.conditions, READY).map(|c| (c.status, c.reason.clone()));
     if ready.status == ConditionStatus::False
         && was.as_ref() != Some(&(ConditionStatus::False, ready.reason.clone()))
     {
-        let reason: &'static str = if graph.is_err() {
-            "InvalidGraph"
-        } else {
-            "InvalidSchedule"
+        let reason: &'static str = match (&expanded, &graph) {
+            (Err(e), _) => e.reason(),
+            (Ok(_), Err(_)) => "InvalidGraph",
+            (Ok(_), Ok(_)) => "InvalidSchedule",
         };
         events.push((EventType::Warning, reason, ready.message.clone()));
     }
@@ -141,7 +147,8 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
     active.sort();
 
     // The schedule.
-    if let (Some(schedule_spec), Some(Ok(schedule)), Ok(_)) = (&spec.schedule, &parsed, &graph)
+    if let (Some(schedule_spec), Some(Ok(schedule)), Ok(_), Ok(_)) =
+        (&spec.schedule, &parsed, &graph, &expanded)
         && !schedule_spec.suspend
     {
         let created = pipeline

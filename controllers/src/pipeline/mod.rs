@@ -12,6 +12,11 @@
 //!
 //! `retry` (the steps' retry policy) and `schedule` (cron schedules) are
 //! pure too; `controller` sets up both controllers.
+//!
+//! Step templates: `templates` expands the steps that use a StepTemplate or
+//! ClusterStepTemplate (pure), for the Pipeline's `Ready` and at a run's
+//! start; `steptemplate` reads the templates a pipeline uses and runs the
+//! templates' own controllers (their `Ready`).
 
 pub mod apply;
 pub mod approvals;
@@ -28,6 +33,8 @@ pub mod schedule;
 pub mod scheduler;
 pub mod status;
 pub mod steps;
+pub mod steptemplate;
+pub mod templates;
 #[cfg(test)]
 mod test_support;
 pub mod validate;

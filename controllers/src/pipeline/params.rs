@@ -87,7 +87,8 @@ pub fn resolve_params(
     Ok(resolved)
 }
 
-fn check_type(spec: &ParamSpec, value: &str) -> Result<(), String> {
+/// Whether `value` fits the type of the param `spec` declares; `Err` says why not.
+pub fn check_type(spec: &ParamSpec, value: &str) -> Result<(), String> {
     match spec.type_ {
         ParamType::String => Ok(()),
         ParamType::Int => {

@@ -26,6 +26,7 @@ pub fn step(name: &str, deps: &[&str]) -> PipelineStep {
         pod_annotations: BTreeMap::new(),
         approval: None,
         notify: None,
+        template: None,
         for_each: None,
         workspaces: vec![],
         artifacts: None,

@@ -169,7 +169,7 @@ fn the_first_scheduled_pod_places_its_read_write_once_workspaces() {
     let unscheduled = Pod::default();
     assert!(!record_nodes(
         &step,
-        &[unscheduled.clone()],
+        std::slice::from_ref(&unscheduled),
         &mut workspaces
     ));
     let mut scheduled = unscheduled;

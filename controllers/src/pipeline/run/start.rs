@@ -1,7 +1,8 @@
-//! The first pass of a run: snapshots the Pipeline's spec, resolves the
-//! params and, for `resumeFrom`, plans which steps the earlier run's
-//! successes spare; a run whose Pipeline (or earlier run) is not there yet
-//! waits, an invalid one fails at once.
+//! The first pass of a run: snapshots the Pipeline's spec (with the step
+//! templates its steps use expanded), resolves the params and, for
+//! `resumeFrom`, plans which steps the earlier run's successes spare; a run
+//! whose Pipeline, step template (or earlier run) is not there yet waits, an
+//! invalid one fails at once.
 
 use aleph_crds::common::ConditionStatus;
 use aleph_crds::conditions::SUCCEEDED;
@@ -13,7 +14,8 @@ use kube::runtime::events::EventType;
 use super::{Pass, WAIT_FOR_REFERENCE, format_duration, is_finished};
 use crate::conditions::{NewCondition, set_condition};
 use crate::error::Result;
-use crate::pipeline::{graph, params, scheduler};
+use crate::pipeline::templates::ExpandError;
+use crate::pipeline::{graph, params, scheduler, steptemplate};
 
 impl Pass<'_> {
     /// Fails the run before any step ran.
@@ -38,6 +40,7 @@ impl Pass<'_> {
             "ParameterMissing" => "ParameterMissing",
             "InvalidParameter" => "InvalidParameter",
             "InvalidWorkspaces" => "InvalidWorkspaces",
+            "InvalidTemplate" => "InvalidTemplate",
             _ => "InvalidResume",
         };
         self.event(EventType::Warning, reason, message);
@@ -68,7 +71,24 @@ impl Pass<'_> {
             self.wait_at_start(status, "PipelineNotFound", message);
             return Ok(false);
         };
-        let spec = pipeline.spec.clone();
+        // The snapshot has the step templates expanded: a template changed
+        // or deleted later does not change this run.
+        let spec =
+            match steptemplate::expand(&self.ctx.client, &self.namespace, &pipeline.spec).await? {
+                Ok(spec) => spec,
+                Err(e @ ExpandError::NotFound { .. }) => {
+                    let message =
+                        format!("pipeline {pipeline_name}: {e}; the run starts once it exists");
+                    self.wait_at_start(status, e.reason(), message);
+                    return Ok(false);
+                }
+                Err(e) => {
+                    status.pipeline_spec = Some(pipeline.spec.clone());
+                    let message = format!("pipeline {pipeline_name}: {e}");
+                    self.fail_at_start(status, e.reason(), message);
+                    return Ok(false);
+                }
+            };
         status.pipeline_spec = Some(spec.clone());
 
         let mut previous: Option<(String, PipelineRunStatus)> = None;

@@ -5,8 +5,8 @@
 -- Healthy: Ready=True for the current generation: the graph is valid and runs can be made.
 -- Suspended: valid, with a cron schedule that is suspended (as Argo CD shows a suspended CronJob).
 -- Progressing: no status yet, status of an older generation, being deleted.
--- Degraded: Ready=False: the graph is invalid (a cycle, an unknown dependency...); the message
---   says what to fix. A failed run does not degrade its Pipeline; the PipelineRun shows it.
+-- Degraded: Ready=False: the graph is invalid (a cycle, an unknown dependency...), or a step
+--   template a step uses is missing or does not expand; the message says what to fix. A failed run does not degrade its Pipeline; the PipelineRun shows it.
 
 return readyHealth({
   suspended = function()
