@@ -67,6 +67,53 @@ pub fn s3_put(bucket: &str, objects: &[(&str, &[u8])]) {
     assert!(status.success(), "uploading to the emulator's S3 failed");
 }
 
+/// Runs `script` (Python, with `s3` a boto3 client of the emulator and
+/// `args` the rest of the arguments) and returns what it printed.
+fn s3_script(script: &str, args: &[&str]) -> Vec<u8> {
+    let prelude = "import sys, boto3\n\
+                   s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
+                   \x20                 aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+                   args = sys.argv[2:]\n";
+    let output = Command::new(moto_python())
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .arg(env_var("ALEPH_MOTO_URL"))
+        .args(args)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("run boto3");
+    assert!(
+        output.status.success(),
+        "boto3 against the emulator failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// The contents of the object `key` of `bucket` in the emulator.
+pub fn s3_get(bucket: &str, key: &str) -> Vec<u8> {
+    s3_script(
+        "sys.stdout.buffer.write(s3.get_object(Bucket=args[0], Key=args[1])['Body'].read())\n",
+        &[bucket, key],
+    )
+}
+
+/// The keys under `prefix` in `bucket` of the emulator, sorted.
+pub fn s3_keys(bucket: &str, prefix: &str) -> Vec<String> {
+    let out = s3_script(
+        "for page in s3.get_paginator('list_objects_v2').paginate(Bucket=args[0], Prefix=args[1]):\n\
+         \x20   for o in page.get('Contents', []):\n\
+         \x20       print(o['Key'])\n",
+        &[bucket, prefix],
+    );
+    let mut keys: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// The Secret with the emulator's endpoint and placeholder keys, as a user
 /// gives them for any S3.
 pub fn s3_secret() -> String {
