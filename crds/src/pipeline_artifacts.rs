@@ -68,7 +68,7 @@ pub struct StepArtifacts {
 #[x_kube(validation = Rule::new("self.path.size() > 1 && !self.path.endsWith('/')").message("an artifact's path is a file, for example /out/model.bin").field_path(".path"))]
 pub struct ArtifactOutput {
     /// The artifact's name: later steps take it as `steps.STEP.artifacts.NAME`.
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9_-]{1,63}$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z0-9_-]{1,63}$"))]
     pub name: String,
     /// The file the step writes. Its directory is an empty directory the
     /// step's container gets (not the image's own), shared by the artifacts
@@ -83,10 +83,13 @@ pub struct ArtifactOutput {
 #[x_kube(validation = Rule::new("self.path.size() > 1 && !self.path.endsWith('/')").message("an input artifact's path is a file, for example /in/model.bin").field_path(".path"))]
 pub struct ArtifactInput {
     /// A name for the input, unique in the step.
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9_-]{1,63}$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z0-9_-]{1,63}$"))]
     pub name: String,
     /// `steps.STEP.artifacts.NAME`: an output artifact of an earlier step.
-    #[schemars(regex(pattern = r"^steps\.[a-z0-9-]+\.artifacts\.[a-zA-Z0-9_-]+$"))]
+    #[schemars(
+        length(max = 128),
+        regex(pattern = r"^steps\.[a-z0-9-]+\.artifacts\.[a-zA-Z0-9_-]+$")
+    )]
     pub from: String,
     /// Where the file appears in the step's container (read-only).
     #[schemars(length(max = 512), regex(pattern = r"^/.*$"))]

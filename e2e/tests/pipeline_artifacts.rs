@@ -195,12 +195,14 @@ async fn artifacts_flow_through_s3_with_their_digests_are_memoized_and_go_with_t
         "only the steps that are not memoized ran"
     );
     let events = env.api();
-    assert_eq!(
-        events_about(&events, "PipelineRun", "ml-2", "StepReused")
-            .await
-            .len(),
-        2
-    );
+    // One event per reused step; the recorder counts repeats of a reason
+    // about the same object in one series.
+    let reused: i32 = events_about(&events, "PipelineRun", "ml-2", "StepReused")
+        .await
+        .iter()
+        .map(|e| e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1))
+        .sum();
+    assert_eq!(reused, 2);
     let summary2 = artifact(&second, "publish", "summary");
     let (summary2_key, summary2_text) = check_in_s3(&bucket, &summary2);
     assert_eq!(summary2_text, summary_text);
