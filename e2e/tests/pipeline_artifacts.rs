@@ -135,7 +135,10 @@ async fn artifacts_flow_through_s3_with_their_digests_are_memoized_and_go_with_t
     env.apply_yaml(&run_manifest("ml-1", "ml", "")).await;
     let started = tokio::time::Instant::now();
     let first = finished_run(&env, "ml-1", TIMEOUT).await;
-    println!("run ml-1 finished in {:.1}s", started.elapsed().as_secs_f32());
+    println!(
+        "run ml-1 finished in {:.1}s",
+        started.elapsed().as_secs_f32()
+    );
     assert_eq!(phase(&first), RunPhase::Succeeded, "{:#?}", first.status);
     let model = artifact(&first, "train", "model");
     let (model_key, model_text) = check_in_s3(&bucket, &model);
@@ -166,7 +169,10 @@ async fn artifacts_flow_through_s3_with_their_digests_are_memoized_and_go_with_t
     // The artifacts are the only outputs' business of the uploader: the
     // steps' outputs hold only what the steps wrote.
     assert!(
-        step(&first, "train").outputs.keys().all(|k| k == "trainedBy"),
+        step(&first, "train")
+            .outputs
+            .keys()
+            .all(|k| k == "trainedBy"),
         "{:?}",
         step(&first, "train").outputs
     );
@@ -200,7 +206,13 @@ async fn artifacts_flow_through_s3_with_their_digests_are_memoized_and_go_with_t
     let reused: i32 = events_about(&events, "PipelineRun", "ml-2", "StepReused")
         .await
         .iter()
-        .map(|e| e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1))
+        .map(|e| {
+            e.series
+                .as_ref()
+                .and_then(|s| s.count)
+                .or(e.count)
+                .unwrap_or(1)
+        })
         .sum();
     assert_eq!(reused, 2);
     let summary2 = artifact(&second, "publish", "summary");
@@ -218,8 +230,14 @@ async fn artifacts_flow_through_s3_with_their_digests_are_memoized_and_go_with_t
         .expect_success();
     let runs: Api<PipelineRun> = env.api();
     wait_for_deletion(&runs, "ml-1", TIMEOUT).await;
-    assert_eq!(s3_keys(&bucket, &format!("runs/{ns}/ml-1/")), Vec::<String>::new());
-    assert_eq!(s3_keys(&bucket, &format!("runs/{ns}/ml-2/")), [summary2_key]);
+    assert_eq!(
+        s3_keys(&bucket, &format!("runs/{ns}/ml-1/")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        s3_keys(&bucket, &format!("runs/{ns}/ml-2/")),
+        [summary2_key]
+    );
     assert_eq!(s3_keys(&bucket, &cache), {
         let mut keys = vec![model_key, report_key];
         keys.sort();

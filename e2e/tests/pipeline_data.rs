@@ -130,7 +130,10 @@ spec:
     let evaluate = step(&run, "evaluate");
     assert_eq!(evaluate.phase, StepPhase::Succeeded, "{evaluate:#?}");
     assert_eq!(evaluate.outputs.get("count").map(String::as_str), Some("3"));
-    assert_eq!(evaluate.outputs.get("failed").map(String::as_str), Some("0"));
+    assert_eq!(
+        evaluate.outputs.get("failed").map(String::as_str),
+        Some("0")
+    );
     let results = json_output(&run, "evaluate", "results");
     let expected: Value = json!([
         { "metric": "accuracy", "index": "0", "rows": "3" },
@@ -173,8 +176,10 @@ async fn decide(
     dry_run: bool,
 ) -> Result<PipelineRun, kube::Error> {
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), namespace);
-    let mut params = PatchParams::default();
-    params.dry_run = dry_run;
+    let params = PatchParams {
+        dry_run,
+        ..PatchParams::default()
+    };
     let patch = json!({ "spec": { "approvals": [
         { "step": "gate", "decision": decision, "user": user, "message": "checked the metrics" }
     ] } });
@@ -242,13 +247,17 @@ spec:
     .await;
     assert_eq!(phase(&waiting), RunPhase::Running);
     let events = env.api();
-    let asked = poll(Duration::from_secs(30), Duration::from_millis(500), async || {
-        events_about(&events, "PipelineRun", "gated-1", "ApprovalNeeded")
-            .await
-            .into_iter()
-            .next()
-            .ok_or_else(|| "no ApprovalNeeded event about gated-1".to_string())
-    })
+    let asked = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        async || {
+            events_about(&events, "PipelineRun", "gated-1", "ApprovalNeeded")
+                .await
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no ApprovalNeeded event about gated-1".to_string())
+        },
+    )
     .await;
     assert_eq!(
         asked.message.as_deref(),
@@ -265,26 +274,31 @@ spec:
     // a decision naming someone else. The policy is applied when the first
     // gate starts waiting, and the API server takes a moment to load it.
     let approver = env.impersonated_client("approver", &[]);
-    let refusal = poll(Duration::from_secs(30), Duration::from_millis(500), async || {
-        match decide(&approver, &ns, "gated-1", "Approve", "someone-else", true).await {
+    let refusal = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        async || match decide(&approver, &ns, "gated-1", "Approve", "someone-else", true).await {
             Ok(_) => Err("a decision naming another user is still admitted".to_string()),
             Err(kube::Error::Api(status)) => Ok((status.code, status.message)),
             Err(e) => Err(format!("the dry run failed: {e}")),
-        }
-    })
+        },
+    )
     .await;
     assert_eq!(refusal.0, 403, "{}", refusal.1);
     assert!(
-        refusal
-            .1
-            .contains("a decision added to spec.approvals must name who sends it: set user to approver"),
+        refusal.1.contains(
+            "a decision added to spec.approvals must name who sends it: set user to approver"
+        ),
         "{}",
         refusal.1
     );
     let (code, why) =
         api_error(decide(&approver, &ns, "gated-1", "Approve", "someone-else", false).await);
     assert_eq!(code, 403, "{why}");
-    assert!(why.contains("ValidatingAdmissionPolicy 'aleph-pipelinerun-approvals'"), "{why}");
+    assert!(
+        why.contains("ValidatingAdmissionPolicy 'aleph-pipelinerun-approvals'"),
+        "{why}"
+    );
     let still = runs.get("gated-1").await.expect("get gated-1");
     assert_eq!(step(&still, "gate").phase, StepPhase::Running);
     assert_eq!(step(&still, "deploy").phase, StepPhase::Pending);
@@ -298,8 +312,14 @@ spec:
     assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
     let gate = step(&run, "gate");
     assert_eq!(gate.phase, StepPhase::Succeeded, "{gate:#?}");
-    assert_eq!(gate.outputs.get("decision").map(String::as_str), Some("Approve"));
-    assert_eq!(gate.outputs.get("decidedBy").map(String::as_str), Some("approver"));
+    assert_eq!(
+        gate.outputs.get("decision").map(String::as_str),
+        Some("Approve")
+    );
+    assert_eq!(
+        gate.outputs.get("decidedBy").map(String::as_str),
+        Some("approver")
+    );
     assert!(gate.outputs.contains_key("decidedAt"), "{gate:#?}");
     assert_eq!(step(&run, "deploy").phase, StepPhase::Succeeded);
     let deploy_job: k8s_openapi::api::batch::v1::Job = env
@@ -443,10 +463,12 @@ spec:
     // (which is a secret).
     let runs: Api<PipelineRun> = env.api();
     let run = wait_for(&runs, "told-1", TIMEOUT, |r| {
-        let notes = &r.status.as_ref().map(|s| s.notifications.clone()).unwrap_or_default();
-        notes.len() == 2
-            && notes[0].phase == DeliveryPhase::Delivered
-            && notes[1].attempts >= 2
+        let notes = &r
+            .status
+            .as_ref()
+            .map(|s| s.notifications.clone())
+            .unwrap_or_default();
+        notes.len() == 2 && notes[0].phase == DeliveryPhase::Delivered && notes[1].attempts >= 2
     })
     .await;
     let notes = run.status.clone().unwrap_or_default().notifications;
@@ -457,7 +479,10 @@ spec:
     assert!(notes[1].next_attempt_time.is_some(), "{notes:#?}");
     let why = notes[1].message.clone().unwrap_or_default();
     assert!(!why.is_empty(), "{notes:#?}");
-    assert!(!why.contains(&ip), "the message shows the webhook's URL: {why}");
+    assert!(
+        !why.contains(&ip),
+        "the message shows the webhook's URL: {why}"
+    );
 
     // What the receiver got: the step's message, then the run's success, each
     // once, as Slack-compatible JSON with the run's coordinates.
@@ -472,7 +497,11 @@ spec:
         })
         .collect();
     assert_eq!(texts.len(), 2, "{bodies:#?}");
-    assert_eq!(texts[0], ("step/announce", "training of tiny starts"), "{bodies:#?}");
+    assert_eq!(
+        texts[0],
+        ("step/announce", "training of tiny starts"),
+        "{bodies:#?}"
+    );
     assert_eq!(texts[1].0, "Succeeded", "{bodies:#?}");
     assert!(texts[1].1.contains("told-1"), "{bodies:#?}");
     for body in &bodies {

@@ -122,7 +122,10 @@ spec:
         .iter()
         .find(|s| s.name == "count")
         .expect("count in the snapshot");
-    assert!(count.template.is_none() && count.container.is_some(), "{count:#?}");
+    assert!(
+        count.template.is_none() && count.container.is_some(),
+        "{count:#?}"
+    );
     assert_eq!(
         label_values(&run_pods(&env, "words-1").await, "aleph.dev/step"),
         ["count", "fetch", "shout", "shout"]
@@ -158,16 +161,27 @@ spec:
     .await;
     let pipelines: Api<Pipeline> = env.api();
     let (_, ready) = wait_condition(&pipelines, "later", TIMEOUT, "Ready", "False").await;
-    assert_eq!(ready.reason.as_deref(), Some("TemplateNotFound"), "{ready:?}");
+    assert_eq!(
+        ready.reason.as_deref(),
+        Some("TemplateNotFound"),
+        "{ready:?}"
+    );
     assert!(
-        ready.message.as_deref().unwrap_or_default().contains("greet-v1"),
+        ready
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("greet-v1"),
         "{ready:?}"
     );
 
     env.apply_yaml(&run_manifest("later-1", "later", "")).await;
     let runs: Api<PipelineRun> = env.api();
     let waiting = wait_for(&runs, "later-1", TIMEOUT, |r| {
-        find_condition(r, "Succeeded").and_then(|c| c.reason).as_deref() == Some("TemplateNotFound")
+        find_condition(r, "Succeeded")
+            .and_then(|c| c.reason)
+            .as_deref()
+            == Some("TemplateNotFound")
     })
     .await;
     assert_eq!(phase(&waiting), RunPhase::Pending);

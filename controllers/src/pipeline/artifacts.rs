@@ -27,7 +27,9 @@ use std::collections::BTreeMap;
 
 use aleph_crds::common::SecretRef;
 use aleph_crds::pipeline::{PipelineSpec, PipelineStep, StepStatus};
-use aleph_crds::pipeline_artifacts::{ArtifactOutput, ArtifactRef, ArtifactRetention, ArtifactStore};
+use aleph_crds::pipeline_artifacts::{
+    ArtifactOutput, ArtifactRef, ArtifactRetention, ArtifactStore,
+};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Container, EnvFromSource, ResourceRequirements, SecretEnvSource, VolumeMount,
@@ -253,7 +255,9 @@ pub fn attach(
     let Some(index) = pod.containers.iter().position(|c| c.name == STEP_CONTAINER) else {
         return;
     };
-    pod.volumes.get_or_insert_with(Vec::new).push(empty_dir(VOLUME));
+    pod.volumes
+        .get_or_insert_with(Vec::new)
+        .push(empty_dir(VOLUME));
     let mut step = pod.containers.remove(index);
     let mounts = step.volume_mounts.get_or_insert_with(Vec::new);
 
@@ -349,7 +353,10 @@ pub fn split_refs(
 
 /// Puts artifact references back among outputs, as [`split_refs`] reads them
 /// (what a memoization record keeps).
-pub fn join_refs(outputs: &BTreeMap<String, String>, refs: &[ArtifactRef]) -> BTreeMap<String, String> {
+pub fn join_refs(
+    outputs: &BTreeMap<String, String>,
+    refs: &[ArtifactRef],
+) -> BTreeMap<String, String> {
     let mut all = outputs.clone();
     for artifact in refs {
         if let Ok(text) = serde_json::to_string(artifact) {
@@ -365,7 +372,12 @@ pub fn collected_with_run(spec: Option<&PipelineSpec>, step: &PipelineStep) -> b
     let deletes = spec
         .and_then(|s| s.artifact_store.as_ref())
         .is_some_and(|s| s.retention == ArtifactRetention::Delete);
-    deletes && !step.memoize && step.artifacts.as_ref().is_some_and(|a| !a.outputs.is_empty())
+    deletes
+        && !step.memoize
+        && step
+            .artifacts
+            .as_ref()
+            .is_some_and(|a| !a.outputs.is_empty())
 }
 
 /// Whether a run has artifacts of its own to delete with it: a step whose

@@ -63,17 +63,14 @@ fn gc_job(
                     containers: vec![Container {
                         name: "delete".into(),
                         image: Some(image.to_string()),
-                        command: Some(vec![
-                            "python3".into(),
-                            "-c".into(),
-                            GC_SCRIPT.to_string(),
-                        ]),
+                        command: Some(vec!["python3".into(), "-c".into(), GC_SCRIPT.to_string()]),
                         env: Some(vec![
                             plain_env("ALEPH_BUCKET", bucket),
                             plain_env("ALEPH_PREFIX", prefix),
                         ]),
-                        env_from: store.and_then(|s| s.credentials_secret.as_ref()).map(
-                            |secret| {
+                        env_from: store
+                            .and_then(|s| s.credentials_secret.as_ref())
+                            .map(|secret| {
                                 vec![EnvFromSource {
                                     secret_ref: Some(SecretEnvSource {
                                         name: secret.name.clone(),
@@ -81,8 +78,7 @@ fn gc_job(
                                     }),
                                     ..EnvFromSource::default()
                                 }]
-                            },
-                        ),
+                            }),
                         resources: Some(artifacts::mover_resources()),
                         ..Container::default()
                     }],
@@ -98,7 +94,10 @@ fn gc_job(
 impl Pass<'_> {
     /// Deletes the run's artifacts: starts the Job, or reads what became of
     /// it. None once they are deleted; otherwise when to look again.
-    pub(super) async fn delete_artifacts(&mut self, spec: &PipelineSpec) -> Result<Option<Duration>> {
+    pub(super) async fn delete_artifacts(
+        &mut self,
+        spec: &PipelineSpec,
+    ) -> Result<Option<Duration>> {
         let Some(store) = spec.artifact_store.as_ref() else {
             return Ok(None);
         };
@@ -131,7 +130,10 @@ impl Pass<'_> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let note = format!("deleting the run's artifacts under s3://{}/{prefix}", store.bucket);
+            let note = format!(
+                "deleting the run's artifacts under s3://{}/{prefix}",
+                store.bucket
+            );
             self.event(EventType::Normal, "DeletingArtifacts", note);
             self.publish().await;
             return Ok(Some(POLL));

@@ -11,9 +11,9 @@ use aleph_crds::plugin::Plugin;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use kube::api::{Api, ListParams, PostParams};
 
 use super::fan_out::{self, Instance, Verdict};
 use super::{Observed, StartOutcome, StepDriver, Values};
@@ -164,7 +164,8 @@ impl JobStep<'_, '_> {
     /// What an earlier run of a memoized step with the same key left, if
     /// one did.
     async fn memoized(&self, key: &str) -> Result<Option<Observed>> {
-        let api: Api<ConfigMap> = Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
+        let api: Api<ConfigMap> =
+            Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
         let Some(record) = api.get_opt(&artifacts::memo_record_name(key)).await? else {
             return Ok(None);
         };
@@ -198,25 +199,30 @@ impl JobStep<'_, '_> {
                 name: Some(artifacts::memo_record_name(key)),
                 namespace: Some(self.pass.namespace.clone()),
                 labels: Some(BTreeMap::from([
-                    (PIPELINE_LABEL.to_string(), build::label_value(&pipeline_name)),
+                    (
+                        PIPELINE_LABEL.to_string(),
+                        build::label_value(&pipeline_name),
+                    ),
                     (STEP_LABEL.to_string(), self.step.name.clone()),
                 ])),
-                owner_references: pipeline
-                    .controller_owner_ref(&())
-                    .map(|mut owner| {
-                        owner.controller = Some(false);
-                        vec![owner]
-                    }),
+                owner_references: pipeline.controller_owner_ref(&()).map(|mut owner| {
+                    owner.controller = Some(false);
+                    vec![owner]
+                }),
                 ..ObjectMeta::default()
             },
             data: Some(BTreeMap::from([
-                ("outputs".to_string(), serde_json::to_string(outputs).unwrap_or_default()),
+                (
+                    "outputs".to_string(),
+                    serde_json::to_string(outputs).unwrap_or_default(),
+                ),
                 ("run".to_string(), self.pass.name.clone()),
                 ("key".to_string(), key.to_string()),
             ])),
             ..ConfigMap::default()
         };
-        let api: Api<ConfigMap> = Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
+        let api: Api<ConfigMap> =
+            Api::namespaced(self.pass.ctx.client.clone(), &self.pass.namespace);
         match api.create(&PostParams::default(), &record).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.reason == "AlreadyExists" => Ok(()),
@@ -225,7 +231,8 @@ impl JobStep<'_, '_> {
                     "step {}: its outputs could not be recorded for memoization ({}): later runs run it again",
                     self.step.name, e.message
                 );
-                self.pass.event(EventType::Warning, "MemoizationFailed", note);
+                self.pass
+                    .event(EventType::Warning, "MemoizationFailed", note);
                 Ok(())
             }
             Err(e) => Err(e.into()),
