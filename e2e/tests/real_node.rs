@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use aleph_controllers::plugin::build::SANDBOX_USER;
 use aleph_crds::aimodel::AIModel;
-use aleph_crds::pipeline::{PipelineRun, RunPhase, StepPhase, StepStatus};
+use aleph_crds::pipeline::{PipelineRun, RunPhase, StepPhase};
 use aleph_crds::plugin::Plugin;
+use aleph_e2e::pipelines::{finished_run, phase, step};
 use aleph_e2e::real_node::{
     self, BUSYBOX_IMAGE, REAL_NODE_NAME, REAL_NODE_POOL_LABEL, REAL_NODE_TAINT, apiserver_port,
     client_pod, exec, expect_connect, host_ip, http_get, httpd_pod, nslookup, pin_namespace,
@@ -525,37 +526,10 @@ async fn a_plugin_connects_only_to_its_allowed_egress_without_a_token_as_the_san
     env.cleanup().await;
 }
 
-fn step<'a>(run: &'a PipelineRun, name: &str) -> &'a StepStatus {
-    run.status
-        .as_ref()
-        .and_then(|s| s.steps.iter().find(|s| s.name == name))
-        .unwrap_or_else(|| {
-            panic!(
-                "run {} has no step {name}: {:#?}",
-                run.name_any(),
-                run.status
-            )
-        })
-}
-
 fn time(text: Option<&str>) -> Timestamp {
     let text = text.unwrap_or_else(|| panic!("a time is missing"));
     text.parse()
         .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
-}
-
-fn phase(run: &PipelineRun) -> RunPhase {
-    run.status.as_ref().map(|s| s.phase).unwrap_or_default()
-}
-
-async fn finished_run(env: &TestEnv, name: &str) -> PipelineRun {
-    wait_for(&env.api::<PipelineRun>(), name, TIMEOUT, |r| {
-        matches!(
-            phase(r),
-            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled
-        )
-    })
-    .await
 }
 
 /// The step pods of a run.
@@ -615,7 +589,7 @@ spec:
     // Run 1: both steps succeed, in order, and the output went from a to b.
     let started = tokio::time::Instant::now();
     env.apply_yaml(&run_yaml("relay-ok", "0")).await;
-    let run = finished_run(&env, "relay-ok").await;
+    let run = finished_run(&env, "relay-ok", TIMEOUT).await;
     println!(
         "run relay-ok finished in {:.1}s",
         started.elapsed().as_secs_f32()
@@ -658,7 +632,7 @@ spec:
 
     // Run 2: b exits 3, is retried once, and the run fails with that code.
     env.apply_yaml(&run_yaml("relay-fail", "3")).await;
-    let run = finished_run(&env, "relay-fail").await;
+    let run = finished_run(&env, "relay-fail", TIMEOUT).await;
     assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
     let failed = find_condition(&run, "Succeeded").unwrap_or_else(|| panic!("no condition"));
     assert_eq!(failed.reason.as_deref(), Some("StepFailed"));
@@ -814,7 +788,7 @@ spec:
         has_condition(p, "Ready", "True")
     })
     .await;
-    let run = finished_run(&env, "keyed").await;
+    let run = finished_run(&env, "keyed", TIMEOUT).await;
     assert_eq!(phase(&run), RunPhase::Succeeded, "{:#?}", run.status);
     wait_for(&models, "keyed-model", TIMEOUT, |m| {
         ready_of(m).1 != "ContainerConfigError"

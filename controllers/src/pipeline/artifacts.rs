@@ -19,7 +19,7 @@
 //!    `status.steps[].artifacts` ([`split_refs`]).
 //!
 //! A run's objects are under `PREFIX/NAMESPACE/RUN/`, deleted with the run
-//! by a Job running [`GC_SCRIPT`] unless the store's retention is Keep; a
+//! by a Job running the script's `delete` unless the store's retention is Keep; a
 //! memoized step's are under `PREFIX/NAMESPACE/cache/KEY/`, kept for later
 //! runs.
 
@@ -54,12 +54,17 @@ pub const REF_PREFIX: &str = "aleph-artifact-";
 /// The annotation of a memoized step's Job: its memoization key.
 pub const MEMO_KEY_ANNOTATION: &str = "aleph.dev/memo-key";
 
-/// The script of [`FETCH_CONTAINER`].
-pub const FETCH_SCRIPT: &str = include_str!("artifacts/fetch.py");
-/// The script of [`UPLOAD_CONTAINER`].
-pub const UPLOAD_SCRIPT: &str = include_str!("artifacts/upload.py");
-/// The script of the Job that deletes a run's artifacts.
-pub const GC_SCRIPT: &str = include_str!("artifacts/gc.py");
+/// The script that moves artifacts: `fetch`, `upload` or `delete`.
+const SCRIPT: &str = include_str!("artifacts.py");
+
+/// The command that runs the artifact script's `mode` (`fetch`, `upload`
+/// or `delete`).
+pub fn script_command(mode: &str) -> Vec<String> {
+    ["python3", "-c", SCRIPT, mode]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect()
+}
 
 /// An input artifact, resolved to the object it takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,12 +190,12 @@ fn base(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// A container that moves artifacts: the model-cache image running
-/// `script`, with the store's credentials and the volume.
+/// A container that moves artifacts: the model-cache image running the
+/// script's `mode`, with the store's credentials and the volume.
 fn mover(
     name: &str,
     image: &str,
-    script: &str,
+    mode: &str,
     plan: &serde_json::Value,
     credentials: Option<&SecretRef>,
     read_only: bool,
@@ -198,11 +203,7 @@ fn mover(
     Container {
         name: name.to_string(),
         image: Some(image.to_string()),
-        command: Some(vec![
-            "python3".to_string(),
-            "-c".to_string(),
-            script.to_string(),
-        ]),
+        command: Some(script_command(mode)),
         env: Some(vec![plain_env("ALEPH_ARTIFACTS", &plan.to_string())]),
         env_from: credentials.map(|secret| {
             vec![EnvFromSource {
@@ -307,7 +308,7 @@ pub fn attach(
     let fetch = mover(
         FETCH_CONTAINER,
         image,
-        FETCH_SCRIPT,
+        "fetch",
         &json!({ "dirs": out_dirs, "inputs": fetched }),
         credentials,
         false,
@@ -324,7 +325,7 @@ pub fn attach(
         mover(
             UPLOAD_CONTAINER,
             image,
-            UPLOAD_SCRIPT,
+            "upload",
             &json!({ "outputs": uploads }),
             credentials,
             true,

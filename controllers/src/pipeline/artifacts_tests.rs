@@ -154,7 +154,14 @@ fn the_step_runs_between_the_fetch_and_the_upload_with_its_files_mounted() {
             "key": "team-a/r1/evaluate/1/log/eval.txt",
         })
     );
-    for c in [fetch, upload] {
+    for (c, mode) in [(fetch, "fetch"), (upload, "upload")] {
+        assert_eq!(
+            c.command
+                .as_ref()
+                .and_then(|c| c.last())
+                .map(String::as_str),
+            Some(mode)
+        );
         assert_eq!(c.image.as_deref(), Some("img:1"));
         let from = c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap();
         assert_eq!(from.name, "s3");

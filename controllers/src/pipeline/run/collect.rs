@@ -19,7 +19,7 @@ use super::Pass;
 use crate::apply::delete_ignoring_missing;
 use crate::error::Result;
 use crate::names::bounded_name;
-use crate::pipeline::artifacts::{self, GC_SCRIPT};
+use crate::pipeline::artifacts;
 use crate::pipeline::status::{JobOutcome, job_outcome};
 use crate::workload::plain_env;
 
@@ -63,7 +63,7 @@ fn gc_job(
                     containers: vec![Container {
                         name: "delete".into(),
                         image: Some(image.to_string()),
-                        command: Some(vec!["python3".into(), "-c".into(), GC_SCRIPT.to_string()]),
+                        command: Some(artifacts::script_command("delete")),
                         env: Some(vec![
                             plain_env("ALEPH_BUCKET", bucket),
                             plain_env("ALEPH_PREFIX", prefix),
