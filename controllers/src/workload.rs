@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use aleph_crds::common::{ComputeResources, SecretKeyRef};
+use aleph_crds::common::{ComputeResources, SecretKeyRef, SecretRef};
 use aleph_crds::keys::GPU_PRODUCT_LABEL;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, ContainerStatus, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, Pod, PodSecurityContext, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, ContainerStatus, EmptyDirVolumeSource, EnvFromSource,
+    EnvVar, EnvVarSource, Pod, PodSecurityContext, ResourceRequirements, SeccompProfile,
+    SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext, Toleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -126,6 +127,19 @@ pub fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
         }),
         ..EnvVar::default()
     }
+}
+
+/// Every key of a Secret as a variable (`envFrom`), or nothing.
+pub fn secret_env_from(secret: Option<&SecretRef>) -> Option<Vec<EnvFromSource>> {
+    secret.map(|secret| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.name.clone(),
+                optional: None,
+            }),
+            ..EnvFromSource::default()
+        }]
+    })
 }
 
 /// Adds or replaces a variable: env is a list keyed by name, and server-side

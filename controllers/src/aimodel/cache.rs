@@ -24,9 +24,9 @@ use aleph_crds::common::SecretRef;
 use aleph_crds::keys::{CACHE_LABEL, CACHE_READY_ANNOTATION, CACHE_SOURCE_ANNOTATION};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SecretEnvSource, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -192,15 +192,7 @@ pub fn download_container(
         termination_message_policy: script
             .is_none()
             .then(|| "FallbackToLogsOnError".to_string()),
-        env_from: credentials.map(|secret| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: secret.name.clone(),
-                    optional: None,
-                }),
-                ..EnvFromSource::default()
-            }]
-        }),
+        env_from: crate::workload::secret_env_from(credentials),
         ..Container::default()
     })
 }

@@ -31,9 +31,7 @@ use aleph_crds::pipeline_artifacts::{
     ArtifactOutput, ArtifactRef, ArtifactRetention, ArtifactStore,
 };
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, ResourceRequirements, SecretEnvSource, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, ResourceRequirements, VolumeMount};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -205,15 +203,7 @@ fn mover(
         image: Some(image.to_string()),
         command: Some(script_command(mode)),
         env: Some(vec![plain_env("ALEPH_ARTIFACTS", &plan.to_string())]),
-        env_from: credentials.map(|secret| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: secret.name.clone(),
-                    optional: None,
-                }),
-                ..EnvFromSource::default()
-            }]
-        }),
+        env_from: crate::workload::secret_env_from(credentials),
         volume_mounts: Some(vec![mount(VOLUME, DIR, read_only)]),
         resources: Some(mover_resources()),
         ..Container::default()

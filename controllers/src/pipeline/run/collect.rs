@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use aleph_crds::pipeline::PipelineSpec;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, Pod, PodSpec, PodTemplateSpec, SecretEnvSource,
-};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::EventType;
@@ -21,7 +19,7 @@ use crate::error::Result;
 use crate::names::bounded_name;
 use crate::pipeline::artifacts;
 use crate::pipeline::status::{JobOutcome, job_outcome};
-use crate::workload::plain_env;
+use crate::workload::{plain_env, secret_env_from};
 
 /// The label of a run's artifact-deleting Job: the run's name.
 pub const ARTIFACTS_OF_LABEL: &str = "aleph.dev/artifacts-of";
@@ -68,17 +66,9 @@ fn gc_job(
                             plain_env("ALEPH_BUCKET", bucket),
                             plain_env("ALEPH_PREFIX", prefix),
                         ]),
-                        env_from: store
-                            .and_then(|s| s.credentials_secret.as_ref())
-                            .map(|secret| {
-                                vec![EnvFromSource {
-                                    secret_ref: Some(SecretEnvSource {
-                                        name: secret.name.clone(),
-                                        optional: None,
-                                    }),
-                                    ..EnvFromSource::default()
-                                }]
-                            }),
+                        env_from: secret_env_from(
+                            store.and_then(|s| s.credentials_secret.as_ref()),
+                        ),
                         resources: Some(artifacts::mover_resources()),
                         ..Container::default()
                     }],
