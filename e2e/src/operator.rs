@@ -107,6 +107,8 @@ impl OperatorProcess {
             .arg(&self.metrics_addr)
             .arg("--log-format")
             .arg("json")
+            // The operator `make test` starts keeps the step template index.
+            .arg("--step-template-admission=false")
             .args(&self.options.args)
             .stdin(Stdio::null())
             .stdout(log)

@@ -71,3 +71,57 @@ pub fn run_manifest(name: &str, pipeline: &str, extra: &str) -> String {
         "apiVersion: aleph.dev/v1alpha1\nkind: PipelineRun\nmetadata: {{ name: {name} }}\nspec:\n  pipelineRef: {{ name: {pipeline} }}\n{extra}"
     )
 }
+
+/// The start of the admission policy's refusal of a step template it does not
+/// know (`aleph-pipeline-templates`).
+pub const UNKNOWN_TEMPLATE: &str = "no such step template: ";
+
+/// How long the template index may take to follow a template's creation or
+/// deletion.
+const INDEX_LAG: Duration = Duration::from_secs(20);
+
+/// The refusal of applying `yaml` for naming an unknown step template, once
+/// the template index says so (it follows a template's deletion within
+/// seconds); panics with what happened instead.
+pub async fn refused_for_unknown_template(env: &TestEnv, yaml: &str) -> String {
+    let deadline = std::time::Instant::now() + INDEX_LAG;
+    loop {
+        match env.try_dry_run_yaml(yaml).await {
+            Err(e) => {
+                let message = e
+                    .api_status()
+                    .map(|s| s.message.clone())
+                    .unwrap_or_else(|| panic!("not the API server's refusal: {e}"));
+                assert!(message.contains(UNKNOWN_TEMPLATE), "{message}");
+                return message;
+            }
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(_) => panic!("still admitted after {INDEX_LAG:?}:\n{yaml}"),
+        }
+    }
+}
+
+/// Applies `yaml`, a Pipeline whose templates were just created: the
+/// template index knows them within seconds, and until then the Pipeline is
+/// refused as naming an unknown template (any other refusal panics).
+pub async fn apply_once_templates_known(env: &TestEnv, yaml: &str) {
+    let deadline = std::time::Instant::now() + INDEX_LAG;
+    loop {
+        match env.try_apply_yaml(yaml).await {
+            Ok(_) => return,
+            Err(e) => {
+                let message = e
+                    .api_status()
+                    .map(|s| s.message.clone())
+                    .unwrap_or_default();
+                assert!(
+                    message.contains(UNKNOWN_TEMPLATE) && std::time::Instant::now() < deadline,
+                    "applying the pipeline: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}

@@ -545,6 +545,7 @@ fn values_become_the_operator_flags() {
         "operator.aws.region=eu-west-1",
         "operator.leaderElection.leaseDurationSeconds=30",
         "operator.leaderElection.retrySeconds=5",
+        "operator.stepTemplateAdmission=false",
     ]);
     let container = operator_container(&objects);
     for (name, value) in [
@@ -558,6 +559,7 @@ fn values_become_the_operator_flags() {
         ("AWS_REGION", "eu-west-1"),
         ("ALEPH_LEASE_DURATION", "30"),
         ("ALEPH_LEASE_RETRY", "5"),
+        ("ALEPH_STEP_TEMPLATE_ADMISSION", "false"),
     ] {
         assert_eq!(env_value(container, name), Some(value), "{name}");
     }
@@ -576,6 +578,11 @@ fn values_become_the_operator_flags() {
     let container = operator_container(&defaults);
     assert_eq!(env_value(container, "ALEPH_NAMESPACES"), Some(""));
     assert_eq!(env_value(container, "AWS_REGION"), None);
+    assert_eq!(
+        env_value(container, "ALEPH_STEP_TEMPLATE_ADMISSION"),
+        Some("true"),
+        "the step template check is on by default"
+    );
 }
 
 #[test]

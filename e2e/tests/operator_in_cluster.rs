@@ -66,6 +66,8 @@ operator:
   watchLabelSelector: "{PRIVATE_OPERATOR_LABEL}={label}"
   logFormat: text
   modelCacheImage: aleph.local/model-cache:dev
+  # The operator the other tests share keeps the step template index.
+  stepTemplateAdmission: false
   leaderElection: {{leaseDurationSeconds: 6, retrySeconds: 1}}
   aws: {{region: us-east-1}}
 networkPolicy:

@@ -1,13 +1,20 @@
 //! Step templates end to end: the example StepTemplate and a
 //! ClusterStepTemplate used by a pipeline whose containers really run on the
 //! real node; a run keeps the template as it was when the run started; a
-//! pipeline that names a missing template says so and its run waits for it.
+//! pipeline that names a template that does not exist is refused at apply
+//! (both kinds, every such name in the message), unless it defers the check,
+//! when it says so and its run waits for the template; a pipeline whose
+//! template was deleted can still be edited, and a new one naming it is
+//! refused again.
 
 use std::time::Duration;
 
 use aleph_crds::pipeline::{Pipeline, PipelineRun, RunPhase, StepPhase};
 use aleph_crds::step_template::StepTemplate;
-use aleph_e2e::pipelines::{finished_run, label_values, phase, run_manifest, run_pods, step};
+use aleph_e2e::pipelines::{
+    apply_once_templates_known, finished_run, label_values, phase, refused_for_unknown_template,
+    run_manifest, run_pods, step,
+};
 use aleph_e2e::real_node::{self, BUSYBOX_IMAGE, pin_namespace};
 use aleph_e2e::{TestEnv, find_condition, repo_root, unique_name, wait_condition, wait_for};
 use kube::api::{Api, Patch, PatchParams};
@@ -53,8 +60,10 @@ async fn templates_expand_into_steps_that_run_and_a_started_run_keeps_the_templa
     assert_eq!(ready.status, "True");
     // fetch waits a few seconds, so that the template can change while the
     // run is under way.
-    env.apply_yaml(&format!(
-        r#"apiVersion: aleph.dev/v1alpha1
+    apply_once_templates_known(
+        &env,
+        &format!(
+            r#"apiVersion: aleph.dev/v1alpha1
 kind: Pipeline
 metadata: {{ name: words }}
 spec:
@@ -77,7 +86,8 @@ spec:
         name: {upper}
         params: [{{ name: word, value: "$(item)" }}]
 "#
-    ))
+        ),
+    )
     .await;
     let pipelines: Api<Pipeline> = env.api();
     wait_condition(&pipelines, "words", TIMEOUT, "Ready", "True").await;
@@ -143,12 +153,43 @@ spec:
 }
 
 #[tokio::test]
-async fn a_missing_template_is_reported_and_its_runs_wait_until_it_exists() {
+async fn an_unknown_template_is_refused_at_apply_unless_the_pipeline_defers_the_check() {
     let env = TestEnv::new().await;
+    let namespace = env.namespace().to_string();
+    let missing_cluster = unique_name("nowhere");
+    // Both kinds unknown: the refusal names every one.
+    let refused = refused_for_unknown_template(
+        &env,
+        &format!(
+            r#"apiVersion: aleph.dev/v1alpha1
+kind: Pipeline
+metadata: {{ name: later }}
+spec:
+  steps:
+    - name: hello
+      template: {{ name: greet-v1, params: [{{ name: who, value: world }}] }}
+  finally:
+    - name: bye
+      template: {{ kind: ClusterStepTemplate, name: {missing_cluster} }}
+"#
+        ),
+    )
+    .await;
+    assert!(
+        refused.contains(&format!(
+            "StepTemplate greet-v1 in namespace {namespace}, ClusterStepTemplate {missing_cluster}"
+        )),
+        "{refused}"
+    );
+
+    // Deferred, the same pipeline is admitted; the operator reports the
+    // missing template and holds its runs.
     env.apply_yaml(
         r#"apiVersion: aleph.dev/v1alpha1
 kind: Pipeline
-metadata: { name: later }
+metadata:
+  name: later
+  annotations: { aleph.dev/template-check: Deferred }
 spec:
   steps:
     - name: hello
@@ -204,8 +245,7 @@ spec:
 
     // A step that gives the template a param it does not declare: the
     // pipeline says so, and its run fails at once saying the same.
-    env.apply_yaml(
-        r#"apiVersion: aleph.dev/v1alpha1
+    let wrong_yaml = r#"apiVersion: aleph.dev/v1alpha1
 kind: Pipeline
 metadata: { name: wrong }
 spec:
@@ -214,9 +254,8 @@ spec:
       template:
         name: greet-v1
         params: [{ name: name, value: world }]
-"#,
-    )
-    .await;
+"#;
+    apply_once_templates_known(&env, wrong_yaml).await;
     let wrong = wait_for(&pipelines, "wrong", TIMEOUT, |p| {
         find_condition(p, "Ready").and_then(|c| c.reason).as_deref() == Some("InvalidTemplate")
     })
@@ -233,5 +272,23 @@ spec:
     assert_eq!(phase(&run), RunPhase::Failed, "{:#?}", run.status);
     let failed = find_condition(&run, "Succeeded").unwrap_or_else(|| panic!("no condition"));
     assert_eq!(failed.reason.as_deref(), Some("InvalidTemplate"));
+
+    // The template is deleted: a pipeline that already names it can still
+    // be edited, and a new one naming it is refused again.
+    env.api::<StepTemplate>()
+        .delete("greet-v1", &Default::default())
+        .await
+        .expect("delete the template");
+    let another = wrong_yaml.replace("name: wrong", "name: another");
+    let refused = refused_for_unknown_template(&env, &another).await;
+    assert!(
+        refused.contains(&format!("StepTemplate greet-v1 in namespace {namespace}")),
+        "{refused}"
+    );
+    env.apply_yaml(&wrong_yaml.replace(
+        "name: wrong }",
+        "name: wrong, labels: { edited: \"yes\" } }",
+    ))
+    .await;
     env.cleanup().await;
 }

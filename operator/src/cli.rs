@@ -77,6 +77,13 @@ pub struct RunArgs {
     /// Elect a leader through a Lease; only the leader writes.
     #[arg(long, env = "ALEPH_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
+    /// Refuse, at apply, a Pipeline that names a step template that does not
+    /// exist: keep the index of templates (ConfigMap `aleph-step-templates` in
+    /// the Lease's namespace) and the admission policy that reads it. One
+    /// operator per cluster keeps them; others beside it (a second operator
+    /// for a shard) turn this off.
+    #[arg(long, env = "ALEPH_STEP_TEMPLATE_ADMISSION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub step_template_admission: bool,
     /// The Lease's name.
     #[arg(long, env = "ALEPH_LEASE_NAME", default_value = "aleph-operator")]
     pub lease_name: String,

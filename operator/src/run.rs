@@ -77,16 +77,18 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
         shutdown(),
     ));
 
+    // Where the Lease and the step template index live.
+    let own_namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or(default_namespace);
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     let (leader, election) = if args.leader_elect {
         let state = LeaderState::new(false);
         let lease = LeaseConfig {
             name: args.lease_name.clone(),
-            namespace: args
-                .lease_namespace
-                .clone()
-                .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                .unwrap_or(default_namespace),
+            namespace: own_namespace.clone(),
             identity: identity(),
             lease_duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
             retry_period: Duration::from_secs(args.lease_retry_seconds.max(1)),
@@ -151,7 +153,18 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
         namespaces.clone(),
         shutdown(),
     ));
+    let template_index = args.step_template_admission.then(|| {
+        tokio::spawn(aleph_controllers::pipeline::template_index::run(
+            ctx.clone(),
+            own_namespace.clone(),
+            namespaces.clone(),
+            shutdown(),
+        ))
+    });
     aleph_controllers::run_all(ctx, &options, &namespaces, &readiness, shutdown).await;
+    if let Some(task) = template_index {
+        let _ = task.await;
+    }
     let _ = autoscaler.await;
     tracing::info!("controllers stopped");
     stop_election(release_tx, election).await;

@@ -34,6 +34,7 @@ pub mod scheduler;
 pub mod status;
 pub mod steps;
 pub mod steptemplate;
+pub mod template_index;
 pub mod templates;
 #[cfg(test)]
 mod test_support;
