@@ -89,6 +89,42 @@ where
     Ok(true)
 }
 
+/// Adds (`present`) or removes Aleph's finalizer on `obj`, with the
+/// resourceVersion read as a precondition; the object as written, or None
+/// when it already was as asked.
+pub async fn set_finalizer<K>(api: &Api<K>, obj: &K, present: bool) -> kube::Result<Option<K>>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let finalizer = aleph_crds::keys::FINALIZER;
+    let has = obj.finalizers().iter().any(|f| f == finalizer);
+    if has == present {
+        return Ok(None);
+    }
+    let mut list: Vec<String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    if present {
+        list.push(finalizer.to_string());
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": list,
+            "resourceVersion": obj.resource_version(),
+        }
+    });
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(Some)
+}
+
 /// The object children are made for: what owns them, by UID, and what the
 /// user calls its kind in a message ("plugin", "model", "tenant").
 #[derive(Clone, Copy, Debug)]

@@ -32,7 +32,8 @@ pub struct ArtifactStore {
     /// ServiceAccount (`serviceAccountName`: EKS IRSA or Pod Identity).
     pub credentials_secret: Option<SecretRef>,
     /// Delete (the default): a run's artifacts are deleted with the run.
-    /// Keep: they stay. Memoized artifacts stay either way: later runs reuse them.
+    /// Keep: they stay. Memoized artifacts outlive the runs (later runs reuse
+    /// them): with Delete they are deleted with the Pipeline, with Keep they stay.
     #[serde(default)]
     pub retention: ArtifactRetention,
 }

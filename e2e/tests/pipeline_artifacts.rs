@@ -4,17 +4,21 @@
 //! artifact into a JSON list of metrics, scores each metric in a fan-out and
 //! publishes a summary; the digests in status are those of the objects in
 //! S3; a second run reuses the memoized steps without running them; deleting
-//! a run deletes its own artifacts and keeps the memoized ones.
+//! a run deletes its own artifacts and keeps the memoized ones; deleting the
+//! Pipeline deletes the memoized ones; deleting the namespace does not wait
+//! for a run's artifacts, which no Job can delete there any more.
 
 use std::time::Duration;
 
-use aleph_crds::pipeline::{PipelineRun, RunPhase, StepPhase};
+use aleph_crds::pipeline::{Pipeline, PipelineRun, RunPhase, StepPhase};
 use aleph_crds::pipeline_artifacts::ArtifactRef;
 use aleph_e2e::pipelines::{finished_run, label_values, phase, run_manifest, run_pods, step};
 use aleph_e2e::real_node::{self, BUSYBOX_IMAGE, pin_namespace};
 use aleph_e2e::s3::{s3_get, s3_keys, s3_put, s3_secret};
 use aleph_e2e::{TestEnv, events_about, kubectl, unique_name, wait_for_deletion};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 use kube::api::Api;
 use sha2::{Digest, Sha256};
 
@@ -236,7 +240,7 @@ async fn artifacts_flow_through_s3_with_their_digests_are_memoized_and_go_with_t
     );
     assert_eq!(
         s3_keys(&bucket, &format!("runs/{ns}/ml-2/")),
-        [summary2_key]
+        std::slice::from_ref(&summary2_key)
     );
     assert_eq!(s3_keys(&bucket, &cache), {
         let mut keys = vec![model_key, report_key];
@@ -251,5 +255,41 @@ async fn artifacts_flow_through_s3_with_their_digests_are_memoized_and_go_with_t
     );
     let jobs: Api<Job> = env.api();
     wait_for_deletion(&jobs, "ml-1-delete-artifacts", TIMEOUT).await;
+
+    // Deleting the Pipeline deletes the memoized artifacts (it waits for
+    // that), and nothing else: run 2's stay with run 2.
+    let pipelines: Api<Pipeline> = env.api();
+    let held = pipelines.get("ml").await.expect("the pipeline");
+    assert_eq!(held.finalizers(), ["aleph.dev/cleanup"]);
+    kubectl(["delete", "pipeline", "-n", &ns, "ml", "--wait=false"])
+        .await
+        .expect_success();
+    wait_for_deletion(&pipelines, "ml", TIMEOUT).await;
+    assert_eq!(s3_keys(&bucket, &cache), Vec::<String>::new());
+    assert_eq!(
+        s3_keys(&bucket, &format!("runs/{ns}/ml-2/")),
+        std::slice::from_ref(&summary2_key)
+    );
+    let deleting = events_about(&events, "Pipeline", "ml", "DeletingArtifacts").await;
+    assert_eq!(deleting.len(), 1);
+    let note = deleting[0].message.clone().unwrap_or_default();
+    assert!(
+        note.contains(&format!("of 2 step runs under s3://{bucket}/{cache}")),
+        "{note}"
+    );
+    wait_for_deletion(&jobs, "ml-delete-memoized", TIMEOUT).await;
+
+    // Deleting the namespace does not hang on run 2's finalizer: no Job can
+    // start there any more, so its artifacts are left.
+    let namespaces: Api<Namespace> = Api::all(env.client());
+    namespaces
+        .delete(&ns, &Default::default())
+        .await
+        .expect("delete the namespace");
+    wait_for_deletion(&namespaces, &ns, TIMEOUT).await;
+    assert_eq!(
+        s3_keys(&bucket, &format!("runs/{ns}/ml-2/")),
+        [summary2_key]
+    );
     env.cleanup().await;
 }

@@ -90,6 +90,10 @@ pub async fn reconcile_pipeline(name: &str, namespace: &str, ctx: &Context) -> R
     let Some(pipeline) = api.get_opt(name).await? else {
         return Ok(Action::await_change());
     };
+    if pipeline.metadata.deletion_timestamp.is_some() {
+        return super::memo::finish_deletion(&api, &pipeline, namespace, ctx).await;
+    }
+    super::memo::ensure_finalizer(&api, &pipeline).await?;
     let uid = uid_of(&pipeline)?;
     let now = Utc::now();
     let generation = pipeline.metadata.generation;

@@ -8,10 +8,11 @@
 #   upload  once the step's container has exited 0: uploads its output
 #           artifacts and reports each one's URI, SHA-256 and size in the
 #           termination message, one `aleph-artifact-NAME=JSON` line each;
-#   delete  when a run is deleted: deletes every object under its prefix.
+#   delete  when a run is deleted, or a pipeline with memoized steps: deletes
+#           every object under each of its prefixes.
 #
 # The plan is the JSON of $ALEPH_ARTIFACTS (fetch, upload) or $ALEPH_BUCKET and
-# $ALEPH_PREFIX (delete). A failure's one-line cause goes to
+# $ALEPH_PREFIX (delete: prefixes separated by spaces or lines). A failure's one-line cause goes to
 # /dev/termination-log, where the run's status and events read it.
 import hashlib
 import json
@@ -87,18 +88,19 @@ def upload():
 
 
 def delete():
-    bucket, prefix = os.environ["ALEPH_BUCKET"], os.environ["ALEPH_PREFIX"]
+    bucket = os.environ["ALEPH_BUCKET"]
     s3 = client()
     deleted = 0
-    try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            for i in range(0, len(keys), 1000):
-                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
-                deleted += len(keys[i:i + 1000])
-    except Exception as e:  # the cause, whatever it is, goes to the run's events
-        fail("deleting s3://%s/%s: %s" % (bucket, prefix, e))
-    print("deleted %d objects under s3://%s/%s" % (deleted, bucket, prefix))
+    for prefix in os.environ["ALEPH_PREFIX"].split():
+        try:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                for i in range(0, len(keys), 1000):
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+                    deleted += len(keys[i:i + 1000])
+        except Exception as e:  # the cause, whatever it is, goes to the owner's events
+            fail("deleting s3://%s/%s: %s" % (bucket, prefix, e))
+    print("deleted %d objects under %s in s3://%s" % (deleted, os.environ["ALEPH_PREFIX"].split(), bucket))
 
 
 {"fetch": fetch, "upload": upload, "delete": delete}[sys.argv[1]]()

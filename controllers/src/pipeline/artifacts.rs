@@ -126,6 +126,12 @@ pub fn run_prefix(store: &ArtifactStore, namespace: &str, run: &str) -> String {
     under(store, &format!("{namespace}/{run}/"))
 }
 
+/// The key prefix under which memoized steps of `namespace` leave their
+/// artifacts, one `KEY/` each (ends with `/`).
+pub fn cache_prefix(store: &ArtifactStore, namespace: &str) -> String {
+    under(store, &format!("{namespace}/cache/"))
+}
+
 /// The key prefix of one attempt's artifacts, or of a memoized step's.
 pub fn destination(
     store: &ArtifactStore,
@@ -136,7 +142,7 @@ pub fn destination(
     memo_key: Option<&str>,
 ) -> String {
     match memo_key {
-        Some(key) => under(store, &format!("{namespace}/cache/{key}/")),
+        Some(key) => format!("{}{key}/", cache_prefix(store, namespace)),
         None => format!("{}{step}/{attempt}/", run_prefix(store, namespace, run)),
     }
 }

@@ -24,6 +24,7 @@ pub mod artifacts;
 pub mod build;
 pub mod controller;
 pub mod graph;
+pub mod memo;
 pub mod notify;
 pub mod params;
 mod pass;

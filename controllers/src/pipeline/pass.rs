@@ -9,10 +9,9 @@ use aleph_crds::pipeline::PipelineRun;
 use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use serde_json::json;
 
 use crate::context::Context;
 use crate::error::Result;
@@ -78,29 +77,9 @@ impl Pass<'_> {
 
     /// Adds or removes the finalizer, with the resourceVersion read as a precondition.
     pub(super) async fn set_finalizer(&mut self, present: bool) -> Result<()> {
-        if self.has_finalizer() == present {
-            return Ok(());
+        if let Some(run) = crate::apply::set_finalizer(&self.api, &self.run, present).await? {
+            self.run = run;
         }
-        let mut list: Vec<String> = self
-            .run
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .cloned()
-            .collect();
-        if present {
-            list.push(FINALIZER.to_string());
-        }
-        let patch = json!({
-            "metadata": {
-                "finalizers": list,
-                "resourceVersion": self.run.resource_version(),
-            }
-        });
-        self.run = self
-            .api
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
         Ok(())
     }
     /// A pass over `run` at this moment, nothing yet to publish.

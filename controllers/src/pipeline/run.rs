@@ -56,7 +56,7 @@ use crate::error::{Result, uid_of};
 use crate::sagemaker::CleanupOutcome;
 
 mod bind;
-mod collect;
+pub(crate) mod collect;
 mod notifications;
 mod start;
 
