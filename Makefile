@@ -8,7 +8,7 @@ demo: ## Local control plane + CRDs + operator + examples
 
 test: ## Every test: unit, CRD drift, chart, Argo CD health, SageMaker, end to end
 	scripts/setup.sh
-	e2e/cluster/with-cluster.sh scripts/run-tests.sh
+	scripts/test.sh
 
 unit: ## The tests that need no cluster: the reconcilers' pure stages and sagas, the CRDs, the gateway (stub engines over real HTTP)
 	cargo test --workspace --exclude aleph-e2e --exclude tiny-gguf

@@ -11,6 +11,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::digest::Verified;
 use crate::error::{Error, Result};
 
 /// The field manager of every write.
@@ -81,12 +82,71 @@ where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
 {
     if let Some(observed) = observed
-        && is_subset(desired, observed)
+        && holding(api, observed, desired).await?.is_some()
     {
         return Ok(false);
     }
-    apply(api, desired).await?;
+    applied(api, desired).await?;
     Ok(true)
+}
+
+/// The child as it is when `desired` already holds in `observed`, else
+/// `None`. A trimmed cached copy ([`crate::digest`]) is judged by the record
+/// of the last full comparison; without one that matches, the child is read
+/// whole and compared field by field.
+async fn holding<K>(api: &Api<K>, observed: &K, desired: &K) -> kube::Result<Option<K>>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    match Verified::holds(observed, desired) {
+        None => Ok(is_subset(desired, observed).then(|| observed.clone())),
+        Some(true) => Ok(Some(observed.clone())),
+        Some(false) => {
+            let Some(whole) = api.get_opt(&observed.name_any()).await? else {
+                return Ok(None);
+            };
+            if !is_subset(desired, &whole) {
+                return Ok(None);
+            }
+            Verified::remember(&whole, desired);
+            Ok(Some(whole))
+        }
+    }
+}
+
+/// [`apply`], remembering the result's content where `desired` holds in it
+/// (a mutating webhook may change what was sent: then it is compared again
+/// on the next pass, as before).
+///
+/// Server-side apply merges the lists it treats as sets or keyed maps
+/// (`validationActions`, containers by name): an entry somebody else added
+/// by hand stays, owned by them, and `desired` still does not hold. Then the
+/// lists are replaced by a merge patch of `desired`, so that an edit by hand
+/// is undone rather than applied against on every pass.
+async fn applied<K>(api: &Api<K>, desired: &K) -> kube::Result<K>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    tracing::debug!(
+        kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or_default(),
+        name = %desired.name_any(),
+        namespace = desired.meta().namespace.as_deref().unwrap_or_default(),
+        "applying: missing or different in the cluster"
+    );
+    let mut result = apply(api, desired).await?;
+    if !is_subset(desired, &result) {
+        let params = PatchParams {
+            field_manager: Some(MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        result = api
+            .patch(&desired.name_any(), &params, &Patch::Merge(desired))
+            .await?;
+    }
+    if is_subset(desired, &result) {
+        Verified::remember(&result, desired);
+    }
+    Ok(result)
 }
 
 /// Adds (`present`) or removes Aleph's finalizer on `obj`, with the
@@ -169,11 +229,11 @@ impl Owner<'_> {
             if !self.controls(observed) {
                 return Err(self.conflict(&K::kind(&()), &observed.name_any()));
             }
-            if is_subset(desired, observed) {
-                return Ok(observed.clone());
+            if let Some(current) = holding(api, observed, desired).await? {
+                return Ok(current);
             }
         }
-        Ok(apply(api, desired).await?)
+        Ok(applied(api, desired).await?)
     }
 
     /// Deletes the child `name` if this owner controls it; another's object

@@ -9,6 +9,7 @@ pub mod autoscaler;
 pub mod client;
 pub mod conditions;
 pub mod context;
+pub mod digest;
 pub mod error;
 pub mod leader;
 pub mod metrics;

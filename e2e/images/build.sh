@@ -192,8 +192,8 @@ stage_coredns() {
 
 ref_aleph-operator() { echo aleph.local/aleph-operator:dev; }
 OPERATOR_TARGET_DIR="${ALEPH_STATIC_TARGET_DIR:-$ALEPH_CACHE/target-static}"
-operator_bin() { echo "$OPERATOR_TARGET_DIR/x86_64-unknown-linux-gnu/release/aleph-operator"; }
-gateway_bin() { echo "$OPERATOR_TARGET_DIR/x86_64-unknown-linux-gnu/release/aleph-gateway"; }
+operator_bin() { echo "$OPERATOR_TARGET_DIR/x86_64-unknown-linux-gnu/image/aleph-operator"; }
+gateway_bin() { echo "$OPERATOR_TARGET_DIR/x86_64-unknown-linux-gnu/image/aleph-gateway"; }
 STATIC_BUILT=""
 # Both binaries in one cargo build (they share most of their dependencies), once per run.
 static_build() {
@@ -202,7 +202,7 @@ static_build() {
   need file "the static link of the binaries is checked with file(1)"
   # No musl target here: glibc, linked statically (see e2e/images/README.md). Cargo
   # rebuilds only what changed; the binary's hash keys the image.
-  log "cargo build --release (static glibc) of aleph-operator and aleph-gateway into $OPERATOR_TARGET_DIR"
+  log "cargo build --profile image (static glibc) of aleph-operator and aleph-gateway into $OPERATOR_TARGET_DIR"
   # Run from a cargo test, this script inherits what cargo sets for the test
   # (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...); build scripts that watch those (ring's)
   # would then rebuild the whole tree. Cargo sets them itself where they belong.
@@ -213,7 +213,7 @@ static_build() {
   done
   (cd "$REPO" && CARGO_TARGET_DIR="$OPERATOR_TARGET_DIR" \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --quiet --release --locked -p aleph-operator --bin aleph-operator \
+    cargo build --quiet --profile image --locked -p aleph-operator --bin aleph-operator \
     -p aleph-gateway --bin aleph-gateway \
     --target x86_64-unknown-linux-gnu >&2) || die "cargo build of the static binaries failed"
   local bin

@@ -772,6 +772,106 @@ async fn a_ready_model_is_left_alone() {
     env.cleanup().await;
 }
 
+/// The engine container's value of `VLLM_LOGGING_LEVEL` in the Deployment.
+fn logging_level(d: &Deployment) -> Option<String> {
+    template_spec(d).containers.iter().find_map(|c| {
+        c.env
+            .as_deref()?
+            .iter()
+            .find(|e| e.name == "VLLM_LOGGING_LEVEL")?
+            .value
+            .clone()
+    })
+}
+
+/// Sets `VLLM_LOGGING_LEVEL` of the Deployment's first container by hand.
+async fn edit_logging_level(deployments: &Api<Deployment>, name: &str, level: &str) {
+    let d = deployments.get(name).await.expect("deployment");
+    let container = template_spec(&d).containers[0].name.clone();
+    let patch = serde_json::json!({ "spec": { "template": { "spec": { "containers": [
+        { "name": container, "env": [{ "name": "VLLM_LOGGING_LEVEL", "value": level }] }
+    ] } } } });
+    deployments
+        .patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .expect("edit the deployment by hand");
+}
+
+/// Sets the HPA's maxReplicas by hand.
+async fn edit_max_replicas(hpas: &Api<HorizontalPodAutoscaler>, name: &str, max: i32) {
+    let patch = serde_json::json!({ "spec": { "maxReplicas": max } });
+    hpas.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("edit the hpa by hand");
+}
+
+#[tokio::test]
+async fn edits_by_hand_to_a_models_children_are_undone_also_after_a_restart() {
+    // The operator keeps its cached children trimmed, with a digest of what
+    // it dropped: an edit of the dropped part must still be seen and undone,
+    // while it runs and when it starts again after an edit made meanwhile.
+    let env = TestEnv::new().await;
+    let label = unique_name("edited");
+    let mut operator = OperatorProcess::start(OperatorOptions {
+        args: vec![
+            "--leader-elect".into(),
+            "false".into(),
+            "--namespaces".into(),
+            env.namespace().to_string(),
+        ],
+        private_label: Some(label.clone()),
+        name: "aimodel-edited".into(),
+        ..OperatorOptions::default()
+    })
+    .await;
+    operator.wait_ready(Duration::from_secs(90)).await;
+    env.apply_yaml(&format!(
+        "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata:\n  name: edited\n  labels: {{ {PRIVATE_OPERATOR_LABEL}: \"{label}\" }}\nspec:\n  source: {{ uri: hf://acme/edited-1b }}\n  cache: {{ enabled: false }}\n  resources: {{ cpu: \"1\", memory: 2Gi }}\n  runtime:\n    env: [{{ name: VLLM_LOGGING_LEVEL, value: INFO }}]\n  autoscaling: {{ minReplicas: 1, maxReplicas: 3, targetCpuUtilization: 70 }}\n"
+    ))
+    .await;
+    wait_ready(&env, "edited").await;
+    let deployments = env.api::<Deployment>();
+    let hpas = env.api::<HorizontalPodAutoscaler>();
+    let restored_level = async || {
+        wait_for(&deployments, "edited", TIMEOUT, |d| {
+            logging_level(d).as_deref() == Some("INFO")
+        })
+        .await
+    };
+    let restored_max = async || {
+        wait_for(&hpas, "edited", TIMEOUT, |h| {
+            h.spec.as_ref().map(|s| s.max_replicas) == Some(3)
+        })
+        .await
+    };
+    assert_eq!(
+        logging_level(&deployments.get("edited").await.expect("deployment")).as_deref(),
+        Some("INFO")
+    );
+
+    // While the operator runs.
+    edit_logging_level(&deployments, "edited", "DEBUG").await;
+    edit_max_replicas(&hpas, "edited", 7).await;
+    restored_level().await;
+    restored_max().await;
+
+    // While it is away: the edits are there when it starts, and undone.
+    operator.kill().await;
+    edit_logging_level(&deployments, "edited", "TRACE").await;
+    edit_max_replicas(&hpas, "edited", 9).await;
+    assert_eq!(
+        logging_level(&deployments.get("edited").await.expect("deployment")).as_deref(),
+        Some("TRACE"),
+        "nothing undoes the edit while the operator is away"
+    );
+    operator.restart().await;
+    operator.wait_ready(Duration::from_secs(90)).await;
+    restored_level().await;
+    restored_max().await;
+    operator.terminate(Duration::from_secs(10)).await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_model_trained_on_sagemaker_is_served_on_the_cluster_once_trained() {
     // The in-repo SageMaker fake trains for a few seconds; an operator of the

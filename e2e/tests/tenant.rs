@@ -314,6 +314,26 @@ async fn admission_rules_refuse_pods_with_a_message_naming_the_rule() {
         refused.contains("cordoned"),
         "after the binding was made again a pod was admitted: {refused}"
     );
+
+    // Edited by hand (only audit, no longer deny), it is set back.
+    let audit_only = json!({ "spec": { "validationActions": ["Audit"] } });
+    bindings
+        .patch(
+            &binding,
+            &PatchParams::default(),
+            &Patch::Merge(&audit_only),
+        )
+        .await
+        .expect("edit the tenant's admission binding");
+    wait_for(&bindings, &binding, TIMEOUT, |b| {
+        b.spec.as_ref().and_then(|s| s.validation_actions.clone()) == Some(vec!["Deny".to_string()])
+    })
+    .await;
+    let refused = refusal(&pods, pod("after-edit", "ghcr.io/acme/train:1", None)).await;
+    assert!(
+        refused.contains("cordoned"),
+        "after the binding was set back a pod was admitted: {refused}"
+    );
     env.cleanup().await;
 }
 

@@ -58,11 +58,14 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     let children = || crate::runner::watch_config().labels(MODEL_LABEL);
     let caches = || crate::runner::watch_config().labels(CACHE_LABEL);
     // The serving children are kept in caches that the passes read instead
-    // of listing them (see `observe`).
+    // of listing them (see `observe`), trimmed to what the passes read and
+    // the digest of the rest (see `crate::digest`).
     use crate::runner::{cached_watch, untrimmed};
-    let (deployments, deployment_stream) = cached_watch(watch.api(client), children(), untrimmed);
-    let (services, service_stream) = cached_watch(watch.api(client), children(), untrimmed);
-    let (hpas, hpa_stream) = cached_watch(watch.api(client), children(), untrimmed);
+    let (deployments, deployment_stream) =
+        cached_watch(watch.api(client), children(), observe::trim_deployment);
+    let (services, service_stream) =
+        cached_watch(watch.api(client), children(), observe::trim_service);
+    let (hpas, hpa_stream) = cached_watch(watch.api(client), children(), observe::trim_hpa);
     // Pods trimmed to what the status reads: any change to a pod (its status
     // too) wakes its model.
     let (pods, pod_stream) = cached_watch(watch.api(client), children(), observe::trim_pod);

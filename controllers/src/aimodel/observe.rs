@@ -218,3 +218,25 @@ pub(super) fn trim_pod(pod: &mut Pod) {
     });
     pod.metadata.annotations = None;
 }
+
+/// Keeps of a serving Deployment its metadata, status, replica count and
+/// selector (what the status reads), and the digest of the rest
+/// ([`crate::digest`]): the pod template is most of its size.
+pub(super) fn trim_deployment(deployment: &mut Deployment) {
+    crate::digest::keep_digest(deployment, |d| {
+        if let Some(spec) = d.spec.as_mut() {
+            spec.template = Default::default();
+        }
+    });
+}
+
+/// Keeps of a Service or an HPA its metadata and status, and the digest of
+/// its spec ([`crate::digest`]): no pass reads more of them.
+pub(super) fn trim_service(service: &mut Service) {
+    crate::digest::keep_digest(service, |s| s.spec = None);
+}
+
+/// See [`trim_service`].
+pub(super) fn trim_hpa(hpa: &mut HorizontalPodAutoscaler) {
+    crate::digest::keep_digest(hpa, |h| h.spec = None);
+}

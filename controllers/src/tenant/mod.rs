@@ -107,19 +107,49 @@ impl std::fmt::Debug for Cache {
 pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGuard<Tenant>> {
     let client = &ctx.client;
     let owned = || crate::runner::watch_config().labels(TENANT_LABEL);
-    let (namespaces, namespace_stream) = cluster_watch(client, owned());
-    let (quotas, quota_stream) = cluster_watch(client, owned());
-    let (limit_ranges, limit_range_stream) = cluster_watch(client, owned());
-    let (network_policies, network_policy_stream) = cluster_watch(client, owned());
-    let (role_bindings, role_binding_stream) = cluster_watch(client, owned());
-    let (cluster_roles, cluster_role_stream) = cluster_watch(client, owned());
-    let (cluster_role_bindings, cluster_role_binding_stream) = cluster_watch(client, owned());
-    let (admission_policies, admission_policy_stream) = cluster_watch(client, owned());
-    let (admission_bindings, admission_binding_stream) = cluster_watch(client, owned());
+    // Namespaces and quotas are kept whole (the passes read them); the
+    // other children only as their metadata and the digest of the rest
+    // (see `crate::digest`).
+    use crate::digest::keep_digest;
+    use crate::runner::untrimmed;
+    let (namespaces, namespace_stream) = cluster_watch(client, owned(), untrimmed);
+    let (quotas, quota_stream) = cluster_watch(client, owned(), untrimmed);
+    let (limit_ranges, limit_range_stream) =
+        cluster_watch(client, owned(), |o: &mut LimitRange| {
+            keep_digest(o, |o| o.spec = None)
+        });
+    let (network_policies, network_policy_stream) =
+        cluster_watch(client, owned(), |o: &mut NetworkPolicy| {
+            keep_digest(o, |o| o.spec = None)
+        });
+    let (role_bindings, role_binding_stream) =
+        cluster_watch(client, owned(), |o: &mut RoleBinding| {
+            keep_digest(o, |o| o.subjects = None)
+        });
+    let (cluster_roles, cluster_role_stream) =
+        cluster_watch(client, owned(), |o: &mut ClusterRole| {
+            keep_digest(o, |o| {
+                o.rules = None;
+                o.aggregation_rule = None;
+            })
+        });
+    let (cluster_role_bindings, cluster_role_binding_stream) =
+        cluster_watch(client, owned(), |o: &mut ClusterRoleBinding| {
+            keep_digest(o, |o| o.subjects = None)
+        });
+    let (admission_policies, admission_policy_stream) =
+        cluster_watch(client, owned(), |o: &mut ValidatingAdmissionPolicy| {
+            keep_digest(o, |o| o.spec = None)
+        });
+    let (admission_bindings, admission_binding_stream) = cluster_watch(
+        client,
+        owned(),
+        |o: &mut ValidatingAdmissionPolicyBinding| keep_digest(o, |o| o.spec = None),
+    );
     // Only FailedCreate events, and only the tenant quota's refusals wake a
     // Tenant: the reconcile moves headroom to the refused namespace.
     let failed_creates = crate::runner::watch_config().fields("reason=FailedCreate");
-    let (refusals, refusal_stream) = cluster_watch(client, failed_creates);
+    let (refusals, refusal_stream) = cluster_watch(client, failed_creates, untrimmed);
     let tenant_of_namespace = namespaces.clone();
     if ctx
         .state::<TenantState>()
@@ -170,11 +200,12 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     })
 }
 
-/// A cached watch of the `K`s in the whole cluster that `config` selects, kept
-/// whole (see [`crate::runner::cached_watch`]).
+/// A cached watch of the `K`s in the whole cluster that `config` selects,
+/// trimmed by `trim` (see [`crate::runner::cached_watch`]).
 fn cluster_watch<K>(
     client: &kube::Client,
     config: kube::runtime::watcher::Config,
+    trim: fn(&mut K),
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
@@ -182,7 +213,7 @@ fn cluster_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    crate::runner::cached_watch(Api::all(client.clone()), config, crate::runner::untrimmed)
+    crate::runner::cached_watch(Api::all(client.clone()), config, trim)
 }
 
 impl Reconcile for Tenant {
