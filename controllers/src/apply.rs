@@ -100,8 +100,8 @@ where
 {
     match Verified::holds(observed, desired) {
         None => Ok(is_subset(desired, observed).then(|| observed.clone())),
-        Some(true) => Ok(Some(observed.clone())),
-        Some(false) => {
+        Some(true) if is_subset(desired.meta(), observed.meta()) => Ok(Some(observed.clone())),
+        Some(_) => {
             let Some(whole) = api.get_opt(&observed.name_any()).await? else {
                 return Ok(None);
             };

@@ -81,9 +81,9 @@ impl Verified {
         }
     }
 
-    /// Whether the trimmed copy `cached` is known to hold `desired`: its
-    /// content is the one last found to hold it, and its metadata holds
-    /// what `desired`'s sets. `None` when `cached` is not trimmed.
+    /// Whether the content of the trimmed copy `cached` is the one last
+    /// found to hold `desired`'s (its metadata, which the copy keeps, is the
+    /// caller's to compare). `None` when `cached` is not trimmed.
     pub fn holds<K: Resource + Serialize>(cached: &K, desired: &K) -> Option<bool> {
         let found = carried(cached)?;
         let known = (|| {
@@ -93,7 +93,7 @@ impl Verified {
             Some(records.get(uid) == Some(&(wanted, found)))
         })()
         .unwrap_or(false);
-        Some(known && crate::apply::is_subset(desired.meta(), cached.meta()))
+        Some(known)
     }
 }
 
@@ -145,10 +145,6 @@ mod tests {
         // Somebody edited the child's port: its new copy is not known either.
         let edited = trimmed(&service("uid-verified", 8080));
         assert_eq!(Verified::holds(&edited, &desired), Some(false));
-        // A label the desired child sets was removed from the child.
-        let mut unlabelled = cached.clone();
-        unlabelled.metadata.labels = None;
-        assert_eq!(Verified::holds(&unlabelled, &desired), Some(false));
         // A copy that is not trimmed is for the full comparison.
         assert_eq!(Verified::holds(&child, &desired), None);
     }
