@@ -712,11 +712,10 @@ async fn bad_specs_are_refused_at_apply_or_explained_in_the_status() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_ready_model_is_left_alone() {
-    // An operator of its own, so that its write count is this model's alone.
-    let env = TestEnv::new().await;
-    let label = unique_name("steady");
+/// An operator of the test's own, for `env`'s namespace and the models
+/// labelled with the returned label only, ready.
+async fn private_operator(env: &TestEnv, prefix: &str) -> (String, OperatorProcess) {
+    let label = unique_name(prefix);
     let mut operator = OperatorProcess::start(OperatorOptions {
         args: vec![
             "--leader-elect".into(),
@@ -725,11 +724,19 @@ async fn a_ready_model_is_left_alone() {
             env.namespace().to_string(),
         ],
         private_label: Some(label.clone()),
-        name: "aimodel-steady".into(),
+        name: format!("aimodel-{prefix}"),
         ..OperatorOptions::default()
     })
     .await;
     operator.wait_ready(Duration::from_secs(90)).await;
+    (label, operator)
+}
+
+#[tokio::test]
+async fn a_ready_model_is_left_alone() {
+    // An operator of its own, so that its write count is this model's alone.
+    let env = TestEnv::new().await;
+    let (label, mut operator) = private_operator(&env, "steady").await;
     env.apply_yaml(&format!(
         "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata:\n  name: steady\n  labels: {{ {PRIVATE_OPERATOR_LABEL}: \"{label}\" }}\nspec:\n  source: {{ uri: hf://acme/steady-8b }}\n  cache: {{ enabled: false }}\n  resources: {{ gpus: 1, gpuProduct: {H100}, cpu: \"4\", memory: 16Gi }}\n  runtime:\n    env: [{{ name: EMPTY, value: \"\" }}, {{ name: VLLM_LOGGING_LEVEL, value: INFO }}]\n  autoscaling: {{ minReplicas: 1, maxReplicas: 3, targetConcurrency: 8 }}\n  canary: {{ runtime: {{ engine: tgi }}, trafficPercent: 30 }}\n"
     ))
@@ -811,20 +818,7 @@ async fn edits_by_hand_to_a_models_children_are_undone_also_after_a_restart() {
     // it dropped: an edit of the dropped part must still be seen and undone,
     // while it runs and when it starts again after an edit made meanwhile.
     let env = TestEnv::new().await;
-    let label = unique_name("edited");
-    let mut operator = OperatorProcess::start(OperatorOptions {
-        args: vec![
-            "--leader-elect".into(),
-            "false".into(),
-            "--namespaces".into(),
-            env.namespace().to_string(),
-        ],
-        private_label: Some(label.clone()),
-        name: "aimodel-edited".into(),
-        ..OperatorOptions::default()
-    })
-    .await;
-    operator.wait_ready(Duration::from_secs(90)).await;
+    let (label, mut operator) = private_operator(&env, "edited").await;
     env.apply_yaml(&format!(
         "apiVersion: aleph.dev/v1alpha1\nkind: AIModel\nmetadata:\n  name: edited\n  labels: {{ {PRIVATE_OPERATOR_LABEL}: \"{label}\" }}\nspec:\n  source: {{ uri: hf://acme/edited-1b }}\n  cache: {{ enabled: false }}\n  resources: {{ cpu: \"1\", memory: 2Gi }}\n  runtime:\n    env: [{{ name: VLLM_LOGGING_LEVEL, value: INFO }}]\n  autoscaling: {{ minReplicas: 1, maxReplicas: 3, targetCpuUtilization: 70 }}\n"
     ))
