@@ -11,7 +11,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::digest::Verified;
+use crate::digest::{Created, Verified};
 use crate::error::{Error, Result};
 
 /// The field manager of every write.
@@ -79,15 +79,28 @@ pub async fn apply_if_changed<K>(
     desired: &K,
 ) -> kube::Result<bool>
 where
-    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug + 'static,
 {
-    if let Some(observed) = observed
+    let fresher = observed.and_then(Created::newer);
+    if let Some(observed) = fresher.as_ref().or(observed)
         && holding(api, observed, desired).await?.is_some()
     {
         return Ok(false);
     }
     applied(api, desired).await?;
     Ok(true)
+}
+
+/// Applies `desired` to a child this pass has just created or found to be
+/// its owner's, with nothing to compare against first (the caches do not
+/// show the pass's own writes yet).
+pub async fn apply_unchecked<K>(api: &Api<K>, desired: &K) -> kube::Result<K>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug + Send + 'static,
+{
+    let result = applied(api, desired).await?;
+    Created::record(&result, desired);
+    Ok(result)
 }
 
 /// The child as it is when `desired` already holds in `observed`, else
@@ -147,6 +160,62 @@ where
         Verified::remember(&result, desired);
     }
     Ok(result)
+}
+
+/// A resourceVersion no stored object has: etcd's revisions start at 1 and
+/// its first write makes 2, so an object's version is never "1".
+const NO_OBJECT_HAS_THIS_VERSION: &str = "1";
+
+/// What [`create_absent`] found.
+#[derive(Debug)]
+pub enum Absent<K> {
+    /// The child was created (or had just been, and no cache shows it yet).
+    Created(K),
+    /// An object of that name exists; nothing was written.
+    Exists,
+}
+
+/// Creates `desired`, which the caller's watch cache does not show, in one
+/// request that cannot change an object already there: a server-side apply
+/// with a resourceVersion precondition no stored object meets. An absent
+/// object is created as any apply creates it (the operator's field manager
+/// owns what it set); an existing one, of this operator's or of somebody
+/// else's, makes the API server answer 409 Conflict and is left untouched,
+/// so the caller looks it up and decides as before. A child created moments
+/// ago that the caches do not show yet ([`Created`]) needs no request.
+///
+/// Reading first and writing after, as a child missing from a cache used to
+/// be handled, costs two requests for every child made; this costs one.
+pub async fn create_absent<K>(api: &Api<K>, desired: &K) -> kube::Result<Absent<K>>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug + Send + 'static,
+{
+    if let Some(created) = Created::pending(desired) {
+        return Ok(Absent::Created(created));
+    }
+    let mut only_if_absent = desired.clone();
+    only_if_absent.meta_mut().resource_version = Some(NO_OBJECT_HAS_THIS_VERSION.to_string());
+    tracing::debug!(
+        kind = %K::kind(&()),
+        name = %desired.name_any(),
+        namespace = desired.meta().namespace.as_deref().unwrap_or_default(),
+        "creating: not in the cache"
+    );
+    let created = match apply(api, &only_if_absent).await {
+        Ok(created) => created,
+        Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Absent::Exists),
+        Err(e) => return Err(e),
+    };
+    // A mutating admission may have changed what was sent: settle it as
+    // any other apply does.
+    let created = if is_subset(desired, &created) {
+        Verified::remember(&created, desired);
+        created
+    } else {
+        applied(api, desired).await?
+    };
+    Created::record(&created, desired);
+    Ok(Absent::Created(created))
 }
 
 /// Adds (`present`) or removes Aleph's finalizer on `obj`, with the
@@ -215,10 +284,11 @@ impl Owner<'_> {
     /// and the pass fails with [`Error::NameConflict`] naming it.
     pub async fn ensure<K>(&self, api: &Api<K>, observed: Option<&K>, desired: &K) -> Result<K>
     where
-        K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+        K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug + 'static,
     {
         let looked_up;
-        let observed = match observed {
+        let fresher = observed.and_then(Created::newer);
+        let observed = match fresher.as_ref().or(observed) {
             Some(observed) => Some(observed),
             None => {
                 looked_up = api.get_opt(&desired.name_any()).await?;
@@ -234,6 +304,30 @@ impl Owner<'_> {
             }
         }
         Ok(applied(api, desired).await?)
+    }
+
+    /// [`Owner::ensure`] for a child read from a watch cache, where `cached`
+    /// is `None` when the cache (filled, or a list in its place) does not
+    /// show it: the child is then created without a read first
+    /// ([`create_absent`]), and only an object of that name already there
+    /// is looked up and judged as [`Owner::ensure`] judges it (never taken
+    /// over when it is somebody else's).
+    pub async fn ensure_cached<K>(&self, api: &Api<K>, cached: Option<&K>, desired: &K) -> Result<K>
+    where
+        K: Resource<DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug
+            + Send
+            + 'static,
+    {
+        if cached.is_none()
+            && let Absent::Created(created) = create_absent(api, desired).await?
+        {
+            return Ok(created);
+        }
+        self.ensure(api, cached, desired).await
     }
 
     /// Deletes the child `name` if this owner controls it; another's object
@@ -309,6 +403,12 @@ where
     if current == Some(desired) {
         return Ok(false);
     }
+    tracing::debug!(
+        kind = %K::kind(&()),
+        name = %obj.name_any(),
+        status = %serde_json::to_string(desired).unwrap_or_default(),
+        "writing the status: changed"
+    );
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),

@@ -97,6 +97,142 @@ impl Verified {
     }
 }
 
+/// How long a child the operator created is taken to exist without a
+/// cache showing it. A watch shows a new object within moments; past this
+/// (a watch that restarted and missed it, a cache that never holds the kind)
+/// the child is looked for again.
+const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A child the operator created and no cache has shown yet: its UID, the
+/// digest of the desired object it was created from, when, and the object
+/// as the API server returned it.
+struct Pending {
+    uid: String,
+    version: Option<u64>,
+    desired: u64,
+    at: std::time::Instant,
+    child: Box<dyn std::any::Any + Send>,
+}
+
+/// Children created and not yet seen by a cache, by kind, namespace and name.
+static CREATED: LazyLock<Mutex<HashMap<(String, String, String), Pending>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The digest of a whole object, metadata included: what a desired child
+/// was created from.
+fn whole_digest<K: Serialize>(obj: &K) -> Option<u64> {
+    let text = serde_json::to_string(obj).ok()?;
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// A resourceVersion as a number, to tell which of two versions of one
+/// object is newer (the API server's are etcd revisions).
+fn version_of<K: Resource>(obj: &K) -> Option<u64> {
+    obj.meta().resource_version.as_deref()?.parse().ok()
+}
+
+fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> (String, String, String) {
+    (
+        K::kind(&()).into_owned(),
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.name_any(),
+    )
+}
+
+/// The children the operator has just created, until its caches show them.
+///
+/// A cache lags the operator's own writes: the passes right after a create
+/// (woken by the create itself, or by a sibling's) would find the child
+/// missing from the cache and look it up again. A child recorded here, and
+/// still desired as it was created, needs no request; a cache that shows it
+/// ([`Created::seen`], called for every object a watch brings) ends the
+/// record, so from then on the cached copy decides.
+pub struct Created;
+
+impl Created {
+    /// Records `child`, just created from `desired`.
+    pub fn record<K>(child: &K, desired: &K)
+    where
+        K: Resource<DynamicType = ()> + Serialize + Clone + Send + 'static,
+    {
+        let (Some(uid), Some(desired_digest)) = (child.meta().uid.clone(), whole_digest(desired))
+        else {
+            return;
+        };
+        if let Ok(mut created) = CREATED.lock() {
+            created.retain(|_, p| p.at.elapsed() < PENDING_FOR);
+            created.insert(
+                key_of(child),
+                Pending {
+                    uid,
+                    version: version_of(child),
+                    desired: desired_digest,
+                    at: std::time::Instant::now(),
+                    child: Box::new(child.clone()),
+                },
+            );
+        }
+    }
+
+    /// The child created from exactly `desired` that no cache has shown
+    /// yet, as it was created.
+    pub fn pending<K>(desired: &K) -> Option<K>
+    where
+        K: Resource<DynamicType = ()> + Serialize + Clone + 'static,
+    {
+        let wanted = whole_digest(desired)?;
+        let created = CREATED.lock().ok()?;
+        let pending = created.get(&key_of(desired))?;
+        if pending.desired != wanted || pending.at.elapsed() >= PENDING_FOR {
+            return None;
+        }
+        pending.child.downcast_ref::<K>().cloned()
+    }
+
+    /// The child as the operator last wrote it, where `cached` is an older
+    /// version of it (the cache has not caught up with that write yet).
+    pub fn newer<K>(cached: &K) -> Option<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let created = CREATED.lock().ok()?;
+        if created.is_empty() {
+            return None;
+        }
+        let pending = created.get(&key_of(cached))?;
+        let same = cached.meta().uid.as_deref() == Some(pending.uid.as_str());
+        let older = matches!((version_of(cached), pending.version), (Some(c), Some(w)) if c < w);
+        if !same || !older || pending.at.elapsed() >= PENDING_FOR {
+            return None;
+        }
+        pending.child.downcast_ref::<K>().cloned()
+    }
+
+    /// A watch's cache now holds `obj`: a record of it ends once the cache
+    /// holds the version written or a later one.
+    pub fn seen<K: Resource<DynamicType = ()>>(obj: &K) {
+        let Ok(mut created) = CREATED.lock() else {
+            return;
+        };
+        if created.is_empty() {
+            return;
+        }
+        let key = key_of(obj);
+        let caught_up = created.get(&key).is_some_and(|p| {
+            obj.meta().uid.as_deref() == Some(p.uid.as_str())
+                && match (version_of(obj), p.version) {
+                    (Some(cached), Some(written)) => cached >= written,
+                    _ => true,
+                }
+        });
+        if caught_up {
+            created.remove(&key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +283,47 @@ mod tests {
         assert_eq!(Verified::holds(&edited, &desired), Some(false));
         // A copy that is not trimmed is for the full comparison.
         assert_eq!(Verified::holds(&child, &desired), None);
+    }
+
+    #[test]
+    fn a_created_child_is_pending_until_a_cache_shows_it_and_only_as_it_was_desired() {
+        let mut desired = wanted(80);
+        desired.metadata.name = Some("created-child".into());
+        let mut child = service("uid-created", 80);
+        child.metadata.name = Some("created-child".into());
+        assert!(Created::pending(&desired).is_none());
+        Created::record(&child, &desired);
+        assert_eq!(
+            Created::pending(&desired).and_then(|c| c.metadata.uid),
+            Some("uid-created".to_string())
+        );
+        // Desired otherwise than it was created from: not pending.
+        let mut relabelled = desired.clone();
+        relabelled.labels_mut().insert("c".into(), "d".into());
+        assert!(Created::pending(&relabelled).is_none());
+        assert!(Created::pending(&wanted(81)).is_none());
+        // Another object of that name (deleted and made again) ends nothing.
+        let mut other = child.clone();
+        other.metadata.uid = Some("uid-other".into());
+        Created::seen(&other);
+        assert!(Created::pending(&desired).is_some());
+        // The cache shows an older version: the record stays, and stands
+        // in for that version.
+        child.metadata.resource_version = Some("12".into());
+        Created::record(&child, &desired);
+        let mut older = child.clone();
+        older.metadata.resource_version = Some("11".into());
+        Created::seen(&older);
+        assert!(Created::pending(&desired).is_some());
+        assert_eq!(
+            Created::newer(&older).and_then(|c| c.metadata.resource_version),
+            Some("12".to_string())
+        );
+        assert!(Created::newer(&child).is_none());
+        // The cache shows the version written: the record ends.
+        Created::seen(&child);
+        assert!(Created::pending(&desired).is_none());
+        assert!(Created::newer(&older).is_none());
     }
 
     #[test]

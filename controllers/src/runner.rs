@@ -137,7 +137,14 @@ where
             trim(o);
         })
         .reflect(writer)
-        .touched_objects();
+        .touched_objects()
+        // After the store holds it: a pass that misses the record then
+        // finds the object in the cache.
+        .inspect(|touched| {
+            if let Ok(o) = touched {
+                crate::digest::Created::seen(o);
+            }
+        });
     (reader, stream)
 }
 

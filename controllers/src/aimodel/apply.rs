@@ -159,7 +159,7 @@ pub(super) async fn serve(
     }
     for service in &wanted_services {
         owner
-            .ensure(
+            .ensure_cached(
                 &services,
                 observed_services.get(&service.name_any()),
                 service,
@@ -178,7 +178,9 @@ pub(super) async fn serve(
             .is_none_or(|state| *state == CacheState::Ready);
         if weights_ready {
             let desired = build::deployment(model, &plan, track, &ctx.settings.model_cache_image)?;
-            let current = owner.ensure(&deployments, observed, &desired).await?;
+            let current = owner
+                .ensure_cached(&deployments, observed, &desired)
+                .await?;
             applied.insert(name.clone(), current);
             up_to_date.insert(name, true);
         } else if let Some(observed) = observed {
@@ -196,7 +198,7 @@ pub(super) async fn serve(
     match build::hpa(model, &plan) {
         Some(hpa) => {
             owner
-                .ensure(&hpas, observed_hpas.get(&hpa.name_any()), &hpa)
+                .ensure_cached(&hpas, observed_hpas.get(&hpa.name_any()), &hpa)
                 .await?;
             delete_unwanted(&hpas, &observed_hpas, &BTreeSet::from([hpa.name_any()])).await?;
         }

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aleph_crds::common::DeletionPolicy;
@@ -31,7 +30,10 @@ use super::{
     DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, TenantState, admission, children,
     list_labelled, quota, status, tenant_quotas, validate,
 };
-use crate::apply::{MANAGER, Owner, apply_if_changed, delete_ignoring_missing, ignore_missing};
+use crate::apply::{
+    Absent, MANAGER, Owner, apply_if_changed, apply_unchecked, create_absent,
+    delete_ignoring_missing, ignore_missing,
+};
 use crate::context::Context;
 use crate::error::{Error, Result, uid_of};
 
@@ -67,21 +69,25 @@ async fn ensure_cluster_policies(
     state: &TenantState,
     operator: &str,
 ) -> Result<()> {
-    if state.cluster_policies_applied.load(Ordering::SeqCst) {
-        return Ok(());
-    }
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-    for (policy, binding) in [
-        build::prevent_deletion_policy(),
-        build::quota_guard_policy(),
-        admission::owner_namespaces_policy(operator),
-    ] {
-        let name = policy.name_any();
-        apply_if_changed(&policies, policies.get_opt(&name).await?.as_ref(), &policy).await?;
-        apply_if_changed(&bindings, bindings.get_opt(&name).await?.as_ref(), &binding).await?;
-    }
-    state.cluster_policies_applied.store(true, Ordering::SeqCst);
+    state
+        .cluster_policies_applied
+        .get_or_try_init(|| async {
+            let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+            let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+            for (policy, binding) in [
+                build::prevent_deletion_policy(),
+                build::quota_guard_policy(),
+                admission::owner_namespaces_policy(operator),
+            ] {
+                let name = policy.name_any();
+                apply_if_changed(&policies, policies.get_opt(&name).await?.as_ref(), &policy)
+                    .await?;
+                apply_if_changed(&bindings, bindings.get_opt(&name).await?.as_ref(), &binding)
+                    .await?;
+            }
+            Ok::<(), Error>(())
+        })
+        .await?;
     Ok(())
 }
 
@@ -110,14 +116,18 @@ async fn ensure_pair<A, B>(
     desired: Option<(A, B)>,
 ) -> Result<()>
 where
-    A: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
-    B: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    A: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug + Send + 'static,
+    B: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug + Send + 'static,
 {
     let key = (String::new(), name.to_string());
     match desired {
         Some((a, b)) => {
-            owner.ensure(apis.0, observed.0.get(&key), &a).await?;
-            owner.ensure(apis.1, observed.1.get(&key), &b).await?;
+            owner
+                .ensure_cached(apis.0, observed.0.get(&key), &a)
+                .await?;
+            owner
+                .ensure_cached(apis.1, observed.1.get(&key), &b)
+                .await?;
         }
         None => {
             if observed.1.contains_key(&key) {
@@ -198,6 +208,8 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     // Namespaces: create or update ours, never take over somebody else's.
     let mut conflicts = Vec::new();
     let mut ready_namespaces = Vec::new();
+    // The namespaces as applied in this pass, for the quota label below.
+    let mut applied_namespaces: BTreeMap<String, Namespace> = BTreeMap::new();
     let mut waiting = false;
     let with_quota_label = |mut ns: Namespace| {
         if quotas.contains_key(&(ns.name_any(), QUOTA_NAME.to_string())) {
@@ -207,9 +219,19 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         ns
     };
     for ns_name in &desired_names {
+        let desired = with_quota_label(build::namespace(tenant, ns_name));
         let observed = match labelled.get(ns_name) {
             Some(ns) => Some(ns.clone()),
-            None => ns_api.get_opt(ns_name).await?,
+            // Not the tenant's as far as the cache knows: made here unless
+            // a namespace of that name exists, which is then looked at.
+            None => match create_absent(&ns_api, &desired).await? {
+                Absent::Created(_) => {
+                    ready_namespaces.push(ns_name.clone());
+                    applied_namespaces.insert(ns_name.clone(), desired);
+                    continue;
+                }
+                Absent::Exists => ns_api.get_opt(ns_name).await?,
+            },
         };
         if let Some(ns) = &observed {
             if ns.labels().get(TENANT_LABEL).is_some_and(|t| t != &name)
@@ -223,9 +245,9 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 continue;
             }
         }
-        let desired = with_quota_label(build::namespace(tenant, ns_name));
         apply_if_changed(&ns_api, observed.as_ref(), &desired).await?;
         ready_namespaces.push(ns_name.clone());
+        applied_namespaces.insert(ns_name.clone(), desired);
     }
     let mut newly_adopted = Vec::new();
     for ns in &adopted {
@@ -235,6 +257,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
         let desired = with_quota_label(build::adopted_namespace(tenant, &ns_name));
         apply_if_changed(&ns_api, Some(*ns), &desired).await?;
+        applied_namespaces.insert(ns_name.clone(), desired);
         ready_namespaces.push(ns_name);
     }
     if !newly_adopted.is_empty() {
@@ -283,7 +306,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         let lr = build::limit_range(tenant, ns_name);
         let key = (ns_name.clone(), build::LIMIT_RANGE_NAME.to_string());
         owner
-            .ensure(
+            .ensure_cached(
                 &Api::namespaced(client.clone(), ns_name),
                 limit_ranges.get(&key),
                 &lr,
@@ -294,7 +317,9 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         let key = (ns_name.clone(), build::NETWORK_POLICY_NAME.to_string());
         match build::network_policy(tenant, ns_name) {
             Some(np) => {
-                owner.ensure(&np_api, policies.get(&key), &np).await?;
+                owner
+                    .ensure_cached(&np_api, policies.get(&key), &np)
+                    .await?;
             }
             None if policies.contains_key(&key) => {
                 delete_ignoring_missing(&np_api, build::NETWORK_POLICY_NAME).await?
@@ -307,7 +332,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         let wanted: BTreeSet<String> = desired.iter().map(|rb| rb.name_any()).collect();
         for rb in &desired {
             owner
-                .ensure(&rb_api, bindings.get(&(ns_name.clone(), rb.name_any())), rb)
+                .ensure_cached(&rb_api, bindings.get(&(ns_name.clone(), rb.name_any())), rb)
                 .await?;
         }
         for (ns, rb_name) in bindings.keys() {
@@ -375,6 +400,24 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         &demands,
     )
     .await?;
+    // A quota this pass created is in place: its namespace gets the quota
+    // label now rather than a pass later, and the status counts it.
+    let quotas = if rebalance.creating {
+        let now = tenant_quotas(ctx, &name).await?;
+        for (ns_name, desired) in &applied_namespaces {
+            let key = (ns_name.clone(), QUOTA_NAME.to_string());
+            if now.contains_key(&key) && !quotas.contains_key(&key) {
+                let mut labelled = desired.clone();
+                labelled
+                    .labels_mut()
+                    .insert(QUOTA_READY_LABEL.to_string(), "ready".to_string());
+                apply_unchecked(&ns_api, &labelled).await?;
+            }
+        }
+        now
+    } else {
+        quotas
+    };
     if rebalance.moved {
         ctx.normal(tenant, "QuotaRebalanced", rebalance.note.clone())
             .await;

@@ -90,8 +90,9 @@ pub struct TenantState {
     cache: std::sync::OnceLock<Cache>,
     /// The operator's own user name, as the API server sees it.
     operator_user: tokio::sync::OnceCell<String>,
-    /// Whether the cluster-wide admission policies are applied (once per context).
-    cluster_policies_applied: std::sync::atomic::AtomicBool,
+    /// Set once the cluster-wide admission policies are applied (once per
+    /// context; the reconciles that start together wait for the first).
+    cluster_policies_applied: tokio::sync::OnceCell<()>,
     /// The quotas written that the cache may not show yet.
     quota_ledger: quota_view::QuotaLedger,
 }

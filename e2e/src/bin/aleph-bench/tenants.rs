@@ -10,6 +10,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -69,7 +70,8 @@ fn floor_owned<K: Resource>(mut obj: K, labels: &BTreeMap<String, String>) -> K 
 
 /// What the Tenant reconciler writes for `tenant`, in its order: the
 /// namespace, its ResourceQuota, LimitRange, NetworkPolicy and RoleBindings,
-/// the admission policy and its binding, then the namespace's quota label.
+/// the owners' ClusterRole and its binding, the two admission policies and
+/// their bindings, then the namespace's quota label.
 async fn floor_one(
     client: &kube::Client,
     tenant: &Tenant,
@@ -115,6 +117,20 @@ async fn floor_one(
         )
         .await?;
     }
+    // The admin owners' right to create namespaces (the plan leaves room
+    // for more than the one declared), as the operator writes it.
+    if let Some((role, binding)) = build::owner_cluster_role(tenant, true) {
+        post(
+            &Api::<ClusterRole>::all(client.clone()),
+            &floor_owned(role, labels),
+        )
+        .await?;
+        post(
+            &Api::<ClusterRoleBinding>::all(client.clone()),
+            &floor_owned(binding, labels),
+        )
+        .await?;
+    }
     // The operator writes both of the tenant's policies; so does the floor.
     let room = admission::NamespaceRoom {
         declared: vec![ns_name.clone()],
@@ -153,7 +169,8 @@ pub async fn floor(run: &Run, client: &kube::Client, workers: usize) -> Result<(
 }
 
 /// Deletes the floor's admission policies, so that they do not weigh on
-/// every later admission (the API server evaluates each binding's match).
+/// every later admission (the API server evaluates each binding's match),
+/// and its cluster roles and bindings.
 pub async fn delete_floor_policies(run: &Run) -> Result<()> {
     let selector = run.floor_selector();
     let lp = ListParams::default().labels(&selector);
@@ -163,6 +180,14 @@ pub async fn delete_floor_policies(run: &Run) -> Result<()> {
         .await?;
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(run.client.clone());
     policies
+        .delete_collection(&DeleteParams::default(), &lp)
+        .await?;
+    let role_bindings: Api<ClusterRoleBinding> = Api::all(run.client.clone());
+    role_bindings
+        .delete_collection(&DeleteParams::default(), &lp)
+        .await?;
+    let roles: Api<ClusterRole> = Api::all(run.client.clone());
+    roles
         .delete_collection(&DeleteParams::default(), &lp)
         .await?;
     Ok(())
