@@ -25,17 +25,13 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod static_config;
+mod upstream;
 pub mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use prometheus_client::registry::Registry;
 
 use crate::cold_start::ColdStartQueues;
@@ -75,6 +71,11 @@ pub struct GatewayConfig {
     pub cold_start_timeout: Duration,
     /// How many requests may wait so for each model; more get 503.
     pub cold_start_queue: usize,
+    /// How long a connection to an engine may stay idle, kept for the next
+    /// request to the same endpoint, before it is closed.
+    pub upstream_idle_timeout: Duration,
+    /// How many idle connections are kept per endpoint.
+    pub upstream_idle_per_endpoint: usize,
 }
 
 impl Default for GatewayConfig {
@@ -89,6 +90,8 @@ impl Default for GatewayConfig {
             routing: RoutingMode::LeastInFlight,
             cold_start_timeout: Duration::from_secs(300),
             cold_start_queue: 256,
+            upstream_idle_timeout: Duration::from_secs(30),
+            upstream_idle_per_endpoint: 1024,
         }
     }
 }
@@ -109,7 +112,8 @@ struct Inner {
     ledger: Arc<UsageLedger>,
     metrics: Metrics,
     cold_start: ColdStartQueues,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// The connections to the engines.
+    upstream: upstream::Pool,
     /// Set once shutdown has begun: `/readyz` fails and connections close
     /// after each answer.
     draining: AtomicBool,
@@ -142,10 +146,11 @@ impl Gateway {
         registry: &mut Registry,
         authenticators: Authenticators,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let upstream = upstream::Pool::new(upstream::PoolConfig {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.upstream_idle_timeout,
+            max_idle_per_endpoint: config.upstream_idle_per_endpoint,
+        });
         let metrics = Metrics::new(registry);
         Self {
             inner: Arc::new(Inner {
@@ -157,7 +162,7 @@ impl Gateway {
                 authenticators,
                 state,
                 config,
-                client,
+                upstream,
                 draining: AtomicBool::new(false),
             }),
         }

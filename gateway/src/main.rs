@@ -84,6 +84,13 @@ struct RunArgs {
     /// Requests that may wait so, per model; more get 503 at once.
     #[arg(long, default_value_t = 256)]
     cold_start_queue: usize,
+    /// Seconds a connection to an engine stays open while idle, for the
+    /// next request to the same endpoint.
+    #[arg(long, default_value_t = 30.0)]
+    upstream_idle_timeout: f64,
+    /// Idle connections kept per engine endpoint.
+    #[arg(long, default_value_t = 1024)]
+    upstream_idle_connections: usize,
     /// Seconds the gateway, told to stop (SIGTERM), keeps accepting and
     /// serving while not ready, before it finishes the requests in flight and
     /// exits: long enough for kube-proxy and clients to stop sending it
@@ -194,6 +201,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         cold_start_timeout: seconds("cold-start-timeout", args.cold_start_timeout)?,
         cold_start_queue: args.cold_start_queue,
+        upstream_idle_timeout: seconds("upstream-idle-timeout", args.upstream_idle_timeout)?,
+        upstream_idle_per_endpoint: args.upstream_idle_connections,
     };
     let drain = seconds("drain-seconds", args.drain_seconds)?;
     let mut authenticators = Authenticators::default();

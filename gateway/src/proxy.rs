@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -20,6 +20,7 @@ use crate::cold_start::NotReady;
 use crate::error::ApiError;
 use crate::route::{EndpointGuard, RoutingMode, prompt_prefix};
 use crate::state::Model;
+use crate::upstream::{Conn, SendError};
 use crate::usage::{InflightGuard, Meter, UsageScanner};
 
 /// The labels of `requests_total`, filled in as the request is understood.
@@ -139,36 +140,37 @@ async fn forward(
         .balancer
         .pick(model, prefix.as_deref())
         .ok_or_else(|| no_endpoint(model))?;
-    let (guard, upstream) =
-        match send(gateway, &guard, &path, &parts.headers, &body, deadline).await {
-            Sent::Answered(response) if response.status() != StatusCode::SERVICE_UNAVAILABLE => {
-                (guard, response)
-            }
-            first @ (Sent::Answered(_) | Sent::NotConnected) => {
-                // Nothing has reached the client yet and the engine did no
-                // work (refused, or said it cannot): one more endpoint may.
-                match inner.balancer.pick_other(model, prefix.as_deref(), &guard) {
-                    Some(other) => {
-                        tracing::info!(
-                            model = %model.id(), failed = %guard.addr(), retry = %other.addr(),
-                            "retrying on another endpoint"
-                        );
-                        drop(first);
-                        drop(guard);
-                        match send(gateway, &other, &path, &parts.headers, &body, deadline).await {
-                            Sent::Answered(response) => (other, response),
-                            failed => return Err(failed.error()),
-                        }
-                    }
-                    None => match first {
-                        Sent::Answered(response) => (guard, response),
+    let (guard, upstream) = match send(gateway, &guard, &path, &parts.headers, &body, deadline)
+        .await
+    {
+        Sent::Answered(response, conn) if response.status() != StatusCode::SERVICE_UNAVAILABLE => {
+            (guard, (response, conn))
+        }
+        first @ (Sent::Answered(..) | Sent::NotConnected) => {
+            // Nothing has reached the client yet and the engine did no
+            // work (refused, or said it cannot): one more endpoint may.
+            match inner.balancer.pick_other(model, prefix.as_deref(), &guard) {
+                Some(other) => {
+                    tracing::info!(
+                        model = %model.id(), failed = %guard.addr(), retry = %other.addr(),
+                        "retrying on another endpoint"
+                    );
+                    drop(first);
+                    drop(guard);
+                    match send(gateway, &other, &path, &parts.headers, &body, deadline).await {
+                        Sent::Answered(response, conn) => (other, (response, conn)),
                         failed => return Err(failed.error()),
-                    },
+                    }
                 }
+                None => match first {
+                    Sent::Answered(response, conn) => (guard, (response, conn)),
+                    failed => return Err(failed.error()),
+                },
             }
-            // The request may have reached the engine: not retried.
-            failed => return Err(failed.error()),
-        };
+        }
+        // The request may have reached the engine: not retried.
+        failed => return Err(failed.error()),
+    };
     Ok(respond(
         gateway, &tenant, &caller, model, guard, in_flight, upstream, deadline,
     ))
@@ -219,9 +221,12 @@ async fn wait_for_endpoint(
     }
 }
 
-/// What sending to one endpoint gave.
+/// What sending to one endpoint gave. Short-lived, moved once or twice:
+/// not worth an allocation to make it smaller.
+#[allow(clippy::large_enum_variant)]
 enum Sent {
-    Answered(hyper::Response<Incoming>),
+    /// The response head, and the connection its body comes on.
+    Answered(hyper::Response<Incoming>, Conn),
     /// The connection could not be made: nothing reached the engine.
     NotConnected,
     /// The connection broke after the request was (maybe) sent.
@@ -247,33 +252,31 @@ async fn send(
     deadline: Instant,
 ) -> Sent {
     let config = &gateway.inner.config;
-    let uri = match Uri::builder()
-        .scheme("http")
-        .authority(endpoint.addr().to_string())
-        .path_and_query(path)
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(_) => return Sent::Failed,
-    };
-    let mut request = hyper::Request::post(uri).header(header::CONTENT_TYPE, "application/json");
-    if let Some(accept) = client_headers.get(header::ACCEPT) {
-        request = request.header(header::ACCEPT, accept);
-    }
-    let Ok(request) = request.body(Full::new(body.clone())) else {
+    let addr = endpoint.addr();
+    let (Ok(uri), Ok(host)) = (Uri::try_from(path), HeaderValue::try_from(addr.to_string())) else {
         return Sent::Failed;
     };
+    let accept = client_headers.get(header::ACCEPT);
+    let make = || {
+        let mut request = hyper::Request::new(Full::new(body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(header::HOST, host.clone());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(accept) = accept {
+            headers.insert(header::ACCEPT, accept.clone());
+        }
+        request
+    };
     let headers_by = (Instant::now() + config.response_header_timeout).min(deadline);
-    match tokio::time::timeout_at(headers_by, gateway.inner.client.request(request)).await {
-        Ok(Ok(response)) => Sent::Answered(response),
-        Ok(Err(error)) if error.is_connect() => {
-            tracing::debug!(endpoint = %endpoint.addr(), %error, "could not connect");
-            Sent::NotConnected
-        }
-        Ok(Err(error)) => {
-            tracing::debug!(endpoint = %endpoint.addr(), %error, "upstream request failed");
-            Sent::Failed
-        }
+    match tokio::time::timeout_at(headers_by, gateway.inner.upstream.send(addr, make)).await {
+        Ok(Ok((response, conn))) => Sent::Answered(response, conn),
+        Ok(Err(SendError::NotConnected)) => Sent::NotConnected,
+        Ok(Err(SendError::Failed)) => Sent::Failed,
         Err(_) => Sent::TimedOut,
     }
 }
@@ -297,7 +300,7 @@ fn respond(
     model: &Model,
     endpoint: EndpointGuard,
     in_flight: InflightGuard,
-    upstream: hyper::Response<Incoming>,
+    (upstream, conn): (hyper::Response<Incoming>, Conn),
     deadline: Instant,
 ) -> Response {
     let (parts, incoming) = upstream.into_parts();
@@ -321,6 +324,8 @@ fn respond(
     });
     let body = MeteredBody {
         inner: incoming,
+        conn: Some(conn),
+        gateway: gateway.clone(),
         scanner,
         meter,
         endpoint: Some(endpoint),
@@ -347,10 +352,19 @@ fn respond(
 /// The engine's response body on its way to the client: passed through frame
 /// by frame (the client's reads pace the engine's writes), scanned for
 /// `usage`, holding the request in flight until it ends or is dropped.
-/// Dropping it (the client went away) drops the upstream response, which
-/// closes the engine connection and so cancels the generation.
+///
+/// It drives the engine connection itself: each poll first lets the
+/// connection read what the engine sent, then takes the next frame. The
+/// frames one read brought are so handed on one after the other, and the
+/// client's connection writes them at once. Once the body has ended, the
+/// connection goes back to the idle pool. Dropping the body before (the
+/// client went away) closes the engine connection and so cancels the
+/// generation.
 struct MeteredBody {
     inner: Incoming,
+    /// The connection the body comes on, until the body ends.
+    conn: Option<Conn>,
+    gateway: Gateway,
     scanner: UsageScanner,
     meter: Option<Meter>,
     endpoint: Option<EndpointGuard>,
@@ -369,17 +383,31 @@ impl MeteredBody {
         }
     }
 
-    fn finish(&mut self) {
+    /// Ends the exchange: the usage is recorded, the request leaves the
+    /// in-flight counts, and the engine connection goes back to the pool if
+    /// the body `ended` as HTTP says (else it closes).
+    fn finish(&mut self, ended: bool) {
         self.settle();
         self.endpoint = None;
         self.in_flight = None;
         self.finished = true;
+        if let Some(conn) = self.conn.take()
+            && ended
+        {
+            self.gateway.inner.upstream.put(conn);
+        }
     }
 }
 
 impl Drop for MeteredBody {
     fn drop(&mut self) {
-        self.settle();
+        // A body that was empty from the start is never polled.
+        let ended = !self.finished && http_body::Body::is_end_stream(&self.inner);
+        if ended {
+            self.finish(true);
+        } else {
+            self.settle();
+        }
     }
 }
 
@@ -396,17 +424,22 @@ impl http_body::Body for MeteredBody {
             return Poll::Ready(None);
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
-            this.finish();
+            this.finish(false);
             return Poll::Ready(Some(Err("the request timeout passed".into())));
+        }
+        if let Some(conn) = this.conn.as_mut() {
+            // Reads what the engine sent into `inner`. When it is pending,
+            // the engine's socket wakes this task.
+            let _ = conn.drive(cx);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
-                this.finish();
+                this.finish(true);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
-                this.finish();
+                this.finish(false);
                 Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -414,7 +447,7 @@ impl http_body::Body for MeteredBody {
                 // Settle before the last bytes leave, so that a client that has
                 // read the whole answer finds its usage counted.
                 if this.inner.is_end_stream() {
-                    this.finish();
+                    this.finish(true);
                 } else if complete {
                     this.settle();
                 }
