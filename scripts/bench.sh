@@ -6,10 +6,11 @@
 # (scripts/bench-gateway.sh: the gateway and nginx against a stub engine, no
 # cluster). Arguments go to aleph-bench, for example
 #   scripts/bench.sh --sizes 100 --idle-seconds 30
-# and $BENCH_GATEWAY_ARGS to aleph-gateway-bench. The report of both is
-# written to $BENCH_OUTPUT (default ~/.cache/aleph/bench/latest.md);
-# docs/benchmarks.md records the latest one. `make bench-gateway` runs the
-# gateway's part alone.
+# and $BENCH_GATEWAY_ARGS to aleph-gateway-bench; BENCH_GATEWAY=0 leaves the
+# gateway's part out (the long runs up to N = 5,000 of docs/benchmarks.md).
+# The report of both is written to $BENCH_OUTPUT (default
+# ~/.cache/aleph/bench/latest.md); docs/benchmarks.md records the latest one.
+# `make bench-gateway` runs the gateway's part alone.
 # shellcheck source=scripts/bench-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/bench-env.sh"
 output="$(bench_output BENCH_OUTPUT latest.md)"
@@ -19,7 +20,9 @@ echo "==> building aleph-operator, aleph-gateway and the benchmarks (release)" >
 # build the AWS SDK twice.
 cargo build --release --quiet -p aleph-operator -p aleph-e2e --bin aleph-operator --bin aleph-bench --bin aleph-gateway-bench
 # The gateway on its own, so that its features are its own.
-cargo build --release --quiet -p aleph-gateway --bin aleph-gateway
+if [ "${BENCH_GATEWAY:-1}" != 0 ]; then
+  cargo build --release --quiet -p aleph-gateway --bin aleph-gateway
+fi
 export ALEPH_OPERATOR_BIN="$CARGO_TARGET_DIR/release/aleph-operator"
 
 # Runs inside with-cluster.sh, with KUBECONFIG and PATH set.
@@ -33,6 +36,10 @@ export -f run
 export output
 e2e/cluster/with-cluster.sh bash -c 'run "$@"' bench "$@"
 
+if [ "${BENCH_GATEWAY:-1}" = 0 ]; then
+  echo "==> report written to $output (BENCH_GATEWAY=0: no gateway part)" >&2
+  exit 0
+fi
 # The gateway's part, after the control plane has stopped, so that it does
 # not share the CPUs with it.
 gateway_output="${output%.md}-gateway.md"

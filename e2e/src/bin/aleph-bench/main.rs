@@ -16,7 +16,16 @@
 //!    the operator's requests by verb from its `/metrics`;
 //! 3. the operator's writes during an idle window, and its peak resident memory;
 //! 4. a restart with every object present: process start to the first
-//!    reconcile, to every object reconciled once, and the writes of that resync.
+//!    reconcile, to every object reconciled once, and the writes of that resync;
+//! 5. from the API server's own `/metrics`: the operator's share of all the
+//!    requests it answered in each phase, and how many watches the operator
+//!    holds open (the API server's open watches before and after it stopped);
+//! 6. how convergence time, requests per object and peak memory grow from
+//!    one size to the next, against linear growth.
+//!
+//! The floor (`--floor-sizes`) and the idle window (`--idle-at`) are measured
+//! at the sizes up to 1,000 unless told otherwise, so that a run up to
+//! N = 5,000 spends its time on what grows.
 //!
 //! Then it prints one Markdown table. The objects are left in place: the
 //! cluster of `make bench` is thrown away afterwards.
@@ -47,7 +56,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use observe::{ReadyWatch, converge};
-use table::{Convergence, KindFigures, Requests, Setup, SizeFigures, delta};
+use table::{Convergence, KindFigures, Requests, Setup, Share, SizeFigures, delta};
 
 /// The label on everything the benchmark makes for Aleph: the run's id.
 const BENCH_LABEL: &str = "aleph.dev/bench";
@@ -55,6 +64,8 @@ const BENCH_LABEL: &str = "aleph.dev/bench";
 const FLOOR_LABEL: &str = "aleph.dev/bench-floor";
 /// The field manager of the benchmark's own writes.
 const FIELD_MANAGER: &str = "aleph-bench";
+/// The largest size at which the floor and the idle window are measured by default.
+const DEFAULT_FULL_UP_TO: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -83,6 +94,14 @@ struct Args {
     /// The sizes N: Tenants and AIModels each.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     sizes: Vec<usize>,
+    /// The sizes at which the floor is measured (the others show "not
+    /// measured", and no ratio), or `none`; by default those of --sizes up to 1,000.
+    #[arg(long, value_parser = size_list)]
+    floor_sizes: Option<SizeList>,
+    /// The sizes after whose convergence the idle window is counted, or
+    /// `none`; by default those of --sizes up to 1,000.
+    #[arg(long, value_parser = size_list)]
+    idle_at: Option<SizeList>,
     /// The kinds to measure.
     #[arg(long, value_delimiter = ',', default_value = "tenants,aimodels")]
     kinds: Vec<Kind>,
@@ -275,9 +294,10 @@ impl OperatorCounters {
         before: &OperatorCounters,
         controller: &str,
         aleph: Convergence,
-        (floor, floor_requests): (Convergence, Requests),
+        floor: Option<(Convergence, Requests)>,
     ) -> KindFigures {
         let of = |r: &Requests| r.get(controller).copied().unwrap_or(0.0);
+        let (floor, floor_requests) = floor.unzip();
         KindFigures {
             aleph,
             floor,
@@ -286,6 +306,7 @@ impl OperatorCounters {
             by_resource: delta(&before.by_resource, &self.by_resource),
             reconciles: of(&self.reconciles) - of(&before.reconciles),
             reconcile_seconds: of(&self.reconcile_seconds) - of(&before.reconcile_seconds),
+            api_share: None,
         }
     }
 }
@@ -295,13 +316,67 @@ struct Measured {
     before: OperatorCounters,
     after: OperatorCounters,
     aleph: Convergence,
+    /// The API server's requests before and after (WATCH left out).
+    api: Option<(f64, f64)>,
 }
 
 impl Measured {
-    /// The figures of `controller`, against the `floor`.
-    fn figures(self, controller: &str, floor: (Convergence, Requests)) -> KindFigures {
-        self.after
-            .since(&self.before, controller, self.aleph, floor)
+    /// The figures of `controller`, against the `floor` (if measured).
+    fn figures(self, controller: &str, floor: Option<(Convergence, Requests)>) -> KindFigures {
+        let api_share = self.api.map(|(before, after)| Share {
+            operator: observe::besides_watches(&delta(&self.before.requests, &self.after.requests)),
+            all: after - before,
+        });
+        let mut figures = self
+            .after
+            .since(&self.before, controller, self.aleph, floor);
+        figures.api_share = api_share;
+        figures
+    }
+}
+
+/// The API server's `/metrics` text (the benchmark's kubeconfig may read it;
+/// none, with a note, when it may not).
+async fn api_server_metrics(client: &kube::Client) -> Option<String> {
+    let request = match http::Request::get("/metrics").body(Vec::new()) {
+        Ok(request) => request,
+        Err(error) => {
+            progress(format!("the API server's /metrics: {error}"));
+            return None;
+        }
+    };
+    match client.request_text(request).await {
+        Ok(text) => Some(text),
+        Err(error) => {
+            progress(format!(
+                "the API server's /metrics could not be read ({error}): no shares or watches"
+            ));
+            None
+        }
+    }
+}
+
+/// The API server's requests so far, WATCH left out.
+async fn api_server_requests(client: &kube::Client) -> Option<f64> {
+    api_server_metrics(client)
+        .await
+        .map(|m| observe::apiserver_requests(&m))
+}
+
+/// The API server's open watches by resource once a stopped client's have
+/// closed: read until two reads half a second apart agree (at most 10 s).
+async fn settled_watches(client: &kube::Client) -> Option<(Requests, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut last = api_server_metrics(client).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = api_server_metrics(client).await?;
+        let watches = observe::apiserver_watches(&now);
+        if watches == observe::apiserver_watches(&last) || Instant::now() > deadline {
+            return Some((watches, observe::apiserver_requests(&now)));
+        }
+        last = now;
     }
 }
 
@@ -363,6 +438,16 @@ impl Bench {
         self.args.kinds.contains(&kind)
     }
 
+    /// Whether the floor is measured at size `n`.
+    fn floor_at(&self, n: usize) -> bool {
+        at_size(self.args.floor_sizes.as_ref(), n)
+    }
+
+    /// Whether the idle window is counted at size `n`.
+    fn idle_at(&self, n: usize) -> bool {
+        at_size(self.args.idle_at.as_ref(), n)
+    }
+
     /// Creates `n` objects (`kinds`) with `create` and waits until `watch`
     /// sees them all Ready, reading the operator's counters before and after.
     async fn measure(
@@ -373,17 +458,20 @@ impl Bench {
         watch: ReadyWatch,
         create: impl Future<Output = Result<()>>,
     ) -> Result<Measured> {
+        let api_before = api_server_requests(&self.client).await;
         let before = OperatorCounters::read(operator).await;
         progress(format!("N={n}: creating {n} {kinds}"));
         let start = Instant::now();
         create.await?;
         let aleph = converge(watch, start, self.timeout(), self.stall()).await;
         let after = OperatorCounters::read(operator).await;
+        let api_after = api_server_requests(&self.client).await;
         progress(format!("N={n}: {kinds} Ready: {}", seconds(&aleph)));
         Ok(Measured {
             before,
             after,
             aleph,
+            api: api_before.zip(api_after),
         })
     }
 
@@ -403,7 +491,11 @@ impl Bench {
         // The floor first, with no operator running.
         let mut tenant_floor = None;
         let mut model_floor = None;
-        if self.measures(Kind::Tenants) {
+        let floor = self.floor_at(n);
+        if !floor {
+            progress(format!("N={n}: no floor at this size (--floor-sizes)"));
+        }
+        if floor && self.measures(Kind::Tenants) {
             let (client, registry) = limited_client(
                 self.config.clone(),
                 self.args.kube_qps,
@@ -416,7 +508,7 @@ impl Bench {
             progress(format!("N={n}: floor Tenants: {}", seconds(&took)));
             tenant_floor = Some((took, requests_of(&registry)));
         }
-        if self.measures(Kind::Aimodels) {
+        if floor && self.measures(Kind::Aimodels) {
             namespace(&self.client, &floor_models_ns, &run.floor_labels()).await?;
             let (client, registry) = limited_client(
                 self.config.clone(),
@@ -442,7 +534,7 @@ impl Bench {
             ));
             model_floor = Some((took, requests_of(&registry)));
         }
-        if self.measures(Kind::Tenants) {
+        if floor && self.measures(Kind::Tenants) {
             tenants::delete_floor_policies(&run).await?;
         }
 
@@ -463,7 +555,7 @@ impl Bench {
             operator.log_path().display()
         ));
 
-        if let Some(floor) = tenant_floor {
+        if self.measures(Kind::Tenants) {
             let watch = ReadyWatch::start(
                 Api::<aleph_crds::tenant::Tenant>::all(self.client.clone()),
                 &run.aleph_selector(),
@@ -473,9 +565,9 @@ impl Bench {
             .await;
             let create = tenants::create(&run, self.args.creators);
             let measured = self.measure(&operator, n, "Tenants", watch, create).await?;
-            figures.tenants = Some(measured.figures("tenant", floor));
+            figures.tenants = Some(measured.figures("tenant", tenant_floor));
         }
-        if let Some(floor) = model_floor {
+        if self.measures(Kind::Aimodels) {
             namespace(
                 &self.client,
                 &aleph_models_ns,
@@ -496,7 +588,7 @@ impl Bench {
             let measured = self
                 .measure(&operator, n, "AIModels", watch, create)
                 .await?;
-            figures.aimodels = Some(measured.figures("aimodel", floor));
+            figures.aimodels = Some(measured.figures("aimodel", model_floor));
         }
 
         // Idle, once the tail of convergence (the events published after the
@@ -505,23 +597,49 @@ impl Bench {
         progress(format!(
             "N={n}: the operator's writes settled after {settled:.0?}"
         ));
-        let idle = Duration::from_secs(self.args.idle_seconds);
-        progress(format!(
-            "N={n}: counting the operator's writes for {} s of idleness",
-            idle.as_secs()
-        ));
-        let before = OperatorCounters::read(&operator).await;
-        tokio::time::sleep(idle).await;
-        let after = OperatorCounters::read(&operator).await;
-        let idle_requests = delta(&before.may_store, &after.may_store);
-        progress(format!(
-            "N={n}: the operator's requests while idle: {:?}",
-            delta(&before.by_resource, &after.by_resource)
-        ));
-        figures.idle_writes = Some(idle_requests);
+        if self.idle_at(n) {
+            let idle = Duration::from_secs(self.args.idle_seconds);
+            progress(format!(
+                "N={n}: counting the operator's writes for {} s of idleness",
+                idle.as_secs()
+            ));
+            let api_before = api_server_requests(&self.client).await;
+            let before = OperatorCounters::read(&operator).await;
+            tokio::time::sleep(idle).await;
+            let after = OperatorCounters::read(&operator).await;
+            let api_after = api_server_requests(&self.client).await;
+            let idle_requests = delta(&before.may_store, &after.may_store);
+            progress(format!(
+                "N={n}: the operator's requests while idle: {:?}",
+                delta(&before.by_resource, &after.by_resource)
+            ));
+            figures.idle_writes = Some(idle_requests);
+            figures.idle_share = api_before.zip(api_after).map(|(b, a)| Share {
+                operator: observe::besides_watches(&delta(&before.requests, &after.requests)),
+                all: a - b,
+            });
+        } else {
+            progress(format!("N={n}: no idle window at this size (--idle-at)"));
+        }
         if let Some(sampler) = sampler {
             figures.memory = Some(sampler.finish().await);
         }
+        // The watches open with the operator running, and right after it stopped.
+        let running = api_server_metrics(&self.client)
+            .await
+            .map(|m| observe::apiserver_watches(&m));
+        operator.kill().await;
+        let stopped = settled_watches(&self.client).await;
+        if let (Some(running), Some((stopped, _))) = (&running, &stopped) {
+            let watches = delta(stopped, running);
+            progress(format!(
+                "N={n}: the API server's open watches: {:.0} with the operator, {:.0} without",
+                running.values().sum::<f64>(),
+                stopped.values().sum::<f64>()
+            ));
+            figures.watches = Some(watches);
+        }
+        let api_stopped = stopped.map(|(_, requests)| requests);
 
         // A restart with every object present.
         let expected: BTreeMap<&str, f64> =
@@ -530,6 +648,7 @@ impl Bench {
                 .filter(|(k, _)| self.measures(*k))
                 .map(|(_, c)| (c, observe::as_f64(n)))
                 .collect();
+        // Stopped above: this starts it again.
         operator.restart().await;
         let started = operator.started_at();
         let sampler = operator.pid().map(observe::MemorySampler::start);
@@ -547,8 +666,14 @@ impl Bench {
                 .iter()
                 .all(|(c, want)| reconciles.get(*c).copied().unwrap_or(0.0) >= *want)
             {
+                let took = started.elapsed();
                 figures.resync_writes = Some(observe::requests_that_may_store(&metrics));
-                break Convergence::Done(started.elapsed());
+                let api_after = api_server_requests(&self.client).await;
+                figures.resync_share = api_stopped.zip(api_after).map(|(b, a)| Share {
+                    operator: observe::besides_watches(&observe::requests_by_verb(&metrics)),
+                    all: a - b,
+                });
+                break Convergence::Done(took);
             }
             if std::time::Instant::now() > deadline {
                 break Convergence::TimedOut {
@@ -575,6 +700,30 @@ impl Bench {
     }
 }
 
+/// Sizes given on the command line: `100,1000`, or `none`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SizeList(Vec<usize>);
+
+fn size_list(text: &str) -> std::result::Result<SizeList, String> {
+    if text.trim() == "none" {
+        return Ok(SizeList(Vec::new()));
+    }
+    text.split(',')
+        .map(|n| {
+            n.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("{n:?}: {e} (sizes like 100,1000, or none)"))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(SizeList)
+}
+
+/// Whether size `n` is among `listed`, or by default (none listed) at most
+/// [`DEFAULT_FULL_UP_TO`].
+fn at_size(listed: Option<&SizeList>, n: usize) -> bool {
+    listed.map_or(n <= DEFAULT_FULL_UP_TO, |sizes| sizes.0.contains(&n))
+}
+
 /// The machine: cores, memory, CPU model.
 fn machine() -> String {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -587,6 +736,35 @@ fn machine() -> String {
         host::cpu_model(),
         host::kernel_release()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floors_and_idle_windows_default_to_the_sizes_up_to_one_thousand() {
+        assert!(at_size(None, 100));
+        assert!(at_size(None, 1000));
+        assert!(!at_size(None, 5000));
+        assert!(at_size(Some(&SizeList(vec![5000])), 5000));
+        assert!(!at_size(Some(&SizeList(vec![1000])), 100));
+        let args = Args::parse_from([
+            "aleph-bench",
+            "--sizes",
+            "100,1000,5000",
+            "--idle-at",
+            "1000",
+            "--floor-sizes",
+            "none",
+        ]);
+        assert_eq!(args.sizes, [100, 1000, 5000]);
+        assert_eq!(args.idle_at, Some(SizeList(vec![1000])));
+        assert_eq!(args.floor_sizes, Some(SizeList(Vec::new())));
+        assert!(!at_size(args.floor_sizes.as_ref(), 100));
+        assert!(size_list("100,x").is_err());
+        assert_eq!(size_list("100, 1000"), Ok(SizeList(vec![100, 1000])));
+    }
 }
 
 #[tokio::main]
@@ -617,7 +795,13 @@ async fn run(args: Args) -> Result<()> {
     let started = k8s_openapi::jiff::Timestamp::now();
     let load_before = host::load_average();
     if args.kinds.contains(&Kind::Aimodels) {
-        let pods = 2 * args.sizes.iter().sum::<usize>();
+        // A pod per AIModel, and one per Deployment of the floor.
+        let floors: usize = args
+            .sizes
+            .iter()
+            .filter(|n| at_size(args.floor_sizes.as_ref(), **n))
+            .sum();
+        let pods = args.sizes.iter().sum::<usize>() + floors;
         progress(format!("adding fake nodes for {pods} pods"));
         nodes::ensure_nodes(&client, &run_id, pods).await?;
     }

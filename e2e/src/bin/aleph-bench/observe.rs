@@ -25,11 +25,40 @@ pub const RECONCILE_SECONDS: &str = "aleph_reconcile_duration_seconds_sum";
 /// Seconds from process start to the first finished reconcile.
 pub const FIRST_RECONCILE: &str = "aleph_first_reconcile_seconds";
 
+/// The API server's requests, by verb, resource and code (a WATCH is counted when it ends).
+pub const APISERVER_REQUESTS: &str = "apiserver_request_total";
+/// The API server's long-running requests in flight (WATCH, CONNECT), by verb and resource.
+pub const APISERVER_LONGRUNNING: &str = "apiserver_longrunning_requests";
+
+/// The `name="value"` pairs of a sample's label set (`verb="get",code="200"`),
+/// in order; the values as written (escapes left in).
+fn label_pairs(labels: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut rest = labels.trim_end_matches('}');
+    std::iter::from_fn(move || {
+        let (name, after) = rest.split_once("=\"")?;
+        let name = name.trim_start_matches(',').trim();
+        // The closing quote: the first one not escaped by a backslash.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let end = end?;
+        rest = &after[end + 1..];
+        Some((name, &after[..end]))
+    })
+}
+
 /// The value of `label` in a sample's label set (`verb="get",code="200"`).
 fn label<'a>(labels: &'a str, label: &str) -> Option<&'a str> {
-    let start = labels.find(&format!("{label}=\""))? + label.len() + 2;
-    let rest = &labels[start..];
-    Some(&rest[..rest.find('"')?])
+    label_pairs(labels).find_map(|(name, value)| (name == label).then_some(value))
 }
 
 /// The samples of `name` in Prometheus text, as `(labels, value)`.
@@ -108,6 +137,45 @@ pub fn requests_that_may_store(metrics: &str) -> Requests {
         }
     }
     out
+}
+
+/// The API server's requests so far, over every label, WATCH left out: the
+/// counter counts a watch when it ends, so a watch opened in one phase and
+/// closed in another would be counted in the other (and the operator counts
+/// its watches when they start). Watches are counted apart, open
+/// ([`apiserver_watches`]).
+pub fn apiserver_requests(metrics: &str) -> f64 {
+    samples(metrics, APISERVER_REQUESTS)
+        .filter(|(labels, _)| label(labels, "verb") != Some("WATCH"))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+/// The watches open on the API server now, by resource.
+pub fn apiserver_watches(metrics: &str) -> Requests {
+    let mut out = Requests::new();
+    for (labels, value) in samples(metrics, APISERVER_LONGRUNNING) {
+        if label(labels, "verb") != Some("WATCH") {
+            continue;
+        }
+        let resource = label(labels, "resource").unwrap_or_default();
+        let key = if resource.is_empty() {
+            "other"
+        } else {
+            resource
+        };
+        *out.entry(key.to_string()).or_default() += value;
+    }
+    out
+}
+
+/// The operator's requests by verb, its watches left out (as from [`apiserver_requests`]).
+pub fn besides_watches(requests: &Requests) -> f64 {
+    requests
+        .iter()
+        .filter(|(verb, _)| verb.as_str() != "watch")
+        .map(|(_, count)| count)
+        .sum()
 }
 
 /// The value of an unlabelled gauge.
@@ -377,6 +445,46 @@ aleph_first_reconcile_seconds 0.123
             requests_by_verb_and_resource(METRICS).get("patch"),
             Some(&32.0)
         );
+    }
+
+    #[test]
+    fn labels_are_matched_by_their_whole_name() {
+        let labels = r#"component="apiserver",group="apps",resource="deployments",scope="cluster",subresource="status",verb="PATCH""#;
+        assert_eq!(label(labels, "resource"), Some("deployments"));
+        assert_eq!(label(labels, "subresource"), Some("status"));
+        assert_eq!(label(labels, "verb"), Some("PATCH"));
+        assert_eq!(label(labels, "source"), None);
+        // The name of another label inside a value, and an escaped quote.
+        let labels = r#"path="/a,verb=\"x\"",verb="GET""#;
+        assert_eq!(label(labels, "verb"), Some("GET"));
+        assert_eq!(label(labels, "path"), Some(r#"/a,verb=\"x\""#));
+        assert_eq!(label("", "verb"), None);
+    }
+
+    /// Lines as kube-apiserver v1.35 writes them (labels sorted by name).
+    const APISERVER: &str = r#"# HELP apiserver_longrunning_requests [STABLE] Gauge of all active long-running apiserver requests broken out by verb, group, version, resource, scope and component. Not all requests are tracked this way.
+# TYPE apiserver_longrunning_requests gauge
+apiserver_longrunning_requests{component="apiserver",group="",resource="pods",scope="cluster",subresource="",verb="WATCH",version="v1"} 3
+apiserver_longrunning_requests{component="apiserver",group="apps",resource="deployments",scope="namespace",subresource="",verb="WATCH",version="v1"} 2
+apiserver_longrunning_requests{component="apiserver",group="",resource="pods",scope="resource",subresource="exec",verb="CONNECT",version="v1"} 1
+# HELP apiserver_request_total [STABLE] Counter of apiserver requests broken out for each verb, dry run value, group, version, resource, scope, component, and HTTP response code.
+# TYPE apiserver_request_total counter
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="cluster",subresource="",verb="LIST",version="v1"} 10
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="apps",resource="deployments",scope="namespace",subresource="",verb="POST",version="v1"} 25
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="cluster",subresource="",verb="WATCH",version="v1"} 7
+apiserver_request_total{code="200",component="",dry_run="",group="",resource="",scope="",subresource="/metrics",verb="GET",version=""} 1
+apiserver_request_total_other{verb="GET"} 100
+"#;
+
+    #[test]
+    fn the_api_servers_requests_are_summed_without_watches() {
+        assert_eq!(apiserver_requests(APISERVER), 36.0);
+        assert_eq!(apiserver_requests(METRICS), 0.0);
+        let watches = apiserver_watches(APISERVER);
+        assert_eq!(watches.get("pods"), Some(&3.0));
+        assert_eq!(watches.get("deployments"), Some(&2.0));
+        assert_eq!(watches.len(), 2);
+        assert_eq!(besides_watches(&requests_by_verb(METRICS)), 45.0);
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub mod goals {
     pub const PEAK_RSS_MIB: f64 = 64.0;
     /// From process start to the first finished reconcile.
     pub const FIRST_RECONCILE_SECONDS: f64 = 1.0;
+    /// Growth from one size to the next, divided by the growth of N: linear is 1.
+    pub const GROWTH: f64 = 1.0;
 }
 
 /// How long it took until every object was ready, or how far it got.
@@ -69,17 +71,49 @@ pub fn delta(before: &Requests, after: &Requests) -> Requests {
         .collect()
 }
 
+/// The operator's requests in a phase against all the API server answered in
+/// it, WATCH left out of both.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Share {
+    /// The operator's requests (its own count).
+    pub operator: f64,
+    /// The API server's requests (its `apiserver_request_total`).
+    pub all: f64,
+}
+
+impl Share {
+    /// The operator's part, 0 to 1 (none when the API server counted nothing).
+    pub fn fraction(&self) -> Option<f64> {
+        (self.all > 0.0).then(|| self.operator / self.all)
+    }
+
+    fn cell(self) -> String {
+        match self.fraction() {
+            Some(f) => format!(
+                "{:.1} % ({:.0} of {:.0})",
+                f * 100.0,
+                self.operator,
+                self.all
+            ),
+            None => format!("– ({:.0} of 0)", self.operator),
+        }
+    }
+}
+
 /// The figures of one kind (Tenants or AIModels) at one size.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KindFigures {
     /// From the first create until every object reported Ready.
     pub aleph: Convergence,
-    /// A plain client writing the same children directly, until the same readiness.
-    pub floor: Convergence,
+    /// A plain client writing the same children directly, until the same
+    /// readiness (none when the floor was not measured at this size).
+    pub floor: Option<Convergence>,
     /// The operator's requests by verb during convergence.
     pub requests: Requests,
-    /// The floor client's requests by verb.
-    pub floor_requests: Requests,
+    /// The floor client's requests by verb (none when not measured).
+    pub floor_requests: Option<Requests>,
+    /// The operator's share of the API server's requests during convergence.
+    pub api_share: Option<Share>,
     /// The operator's requests by verb and resource during convergence.
     pub by_resource: Requests,
     /// The operator's reconciles of this kind during convergence.
@@ -92,7 +126,7 @@ impl KindFigures {
     /// Aleph's time over the floor's, when both converged.
     pub fn ratio(&self) -> Option<f64> {
         let aleph = self.aleph.time()?.as_secs_f64();
-        let floor = self.floor.time()?.as_secs_f64();
+        let floor = self.floor?.time()?.as_secs_f64();
         (floor > 0.0).then(|| aleph / floor)
     }
 }
@@ -120,6 +154,13 @@ pub struct SizeFigures {
     pub resync: Option<Convergence>,
     /// The restarted operator's writes by verb during that resync.
     pub resync_writes: Option<Requests>,
+    /// The operator's share of the API server's requests during the idle window.
+    pub idle_share: Option<Share>,
+    /// The same during the resync after the restart.
+    pub resync_share: Option<Share>,
+    /// The watches the operator held open at idle, by resource: the API
+    /// server's open watches while it ran less those right after it stopped.
+    pub watches: Option<Requests>,
 }
 
 impl SizeFigures {
@@ -179,15 +220,30 @@ impl Verdict {
 
 /// The size a goal "at N = 1,000" is judged at: that one if measured, else the largest.
 fn judged_size(sizes: &[SizeFigures]) -> Option<&SizeFigures> {
-    sizes
-        .iter()
-        .find(|s| s.n == goals::RATIO_AT)
-        .or_else(|| sizes.iter().max_by_key(|s| s.n))
+    judged_among(sizes, |_| true)
 }
 
-fn at_note(size: Option<&SizeFigures>) -> String {
+/// The same among the sizes that `has`.
+fn judged_among(sizes: &[SizeFigures], has: impl Fn(&SizeFigures) -> bool) -> Option<&SizeFigures> {
+    sizes
+        .iter()
+        .find(|s| s.n == goals::RATIO_AT && has(s))
+        .or_else(|| sizes.iter().filter(|s| has(s)).max_by_key(|s| s.n))
+}
+
+/// The size the convergence goal of a kind is judged at: N = 1,000 if its
+/// floor was measured there, else the largest size with a floor.
+fn ratio_size(
+    sizes: &[SizeFigures],
+    kind: fn(&SizeFigures) -> Option<&KindFigures>,
+) -> Option<&SizeFigures> {
+    judged_among(sizes, |s| kind(s).is_some_and(|k| k.floor.is_some()))
+}
+
+/// Where a goal "at N = 1,000" was judged instead: at N, `which`.
+fn at_note(size: Option<&SizeFigures>, which: &str) -> String {
     match size {
-        Some(s) if s.n != goals::RATIO_AT => format!(" (judged at N={}, the largest run)", s.n),
+        Some(s) if s.n != goals::RATIO_AT => format!(" (judged at N={}, {which})", s.n),
         _ => String::new(),
     }
 }
@@ -197,7 +253,7 @@ pub fn ratio_verdict(
     sizes: &[SizeFigures],
     kind: fn(&SizeFigures) -> Option<&KindFigures>,
 ) -> Verdict {
-    let size = judged_size(sizes);
+    let size = ratio_size(sizes, kind);
     let figures = size.and_then(kind);
     match figures {
         None => Verdict::NotMeasured,
@@ -244,6 +300,105 @@ pub fn first_reconcile_verdict(sizes: &[SizeFigures]) -> Verdict {
     ))
 }
 
+/// How a figure grew from one size to the next, per unit of N: the figure's
+/// growth divided by N's (1 is linear, below 1 better).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Growth {
+    /// The factor.
+    Factor(f64),
+    /// At least this much: the larger size did not converge by the time it
+    /// gave up, so its time is longer than that.
+    AtLeast(f64),
+}
+
+impl Growth {
+    /// The growth of `(n, value)` to `(m, later)` per unit of N.
+    pub fn between(from: (usize, f64), to: (usize, f64)) -> Option<f64> {
+        let (n, value) = from;
+        let (m, later) = to;
+        if n == 0 || m <= n || value <= 0.0 {
+            return None;
+        }
+        // Counts of objects: small enough for f64.
+        #[allow(clippy::cast_precision_loss)]
+        let ratio = m as f64 / n as f64;
+        Some(later / value / ratio)
+    }
+
+    /// Whether it is linear or better (none when a bound leaves it open).
+    pub fn linear(self) -> Option<bool> {
+        match self {
+            Growth::Factor(f) => Some(f <= goals::GROWTH),
+            Growth::AtLeast(f) => (f > goals::GROWTH).then_some(false),
+        }
+    }
+
+    fn cell(self) -> String {
+        match self {
+            Growth::Factor(f) => format!("{f:.2}"),
+            Growth::AtLeast(f) => format!("> {f:.2}"),
+        }
+    }
+}
+
+/// A figure of one size, for its growth.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Figure {
+    /// Measured.
+    Value(f64),
+    /// Longer than this (a convergence that gave up).
+    Above(f64),
+}
+
+/// The growth of a figure into `size` from the largest smaller size measured.
+pub fn growth_into(
+    sizes: &[SizeFigures],
+    size: &SizeFigures,
+    figure: impl Fn(&SizeFigures) -> Option<Figure>,
+) -> Option<Growth> {
+    let before = sizes.iter().filter(|s| s.n < size.n).max_by_key(|s| s.n)?;
+    let Some(Figure::Value(from)) = figure(before) else {
+        return None;
+    };
+    match figure(size)? {
+        Figure::Value(to) => Growth::between((before.n, from), (size.n, to)).map(Growth::Factor),
+        Figure::Above(to) => Growth::between((before.n, from), (size.n, to)).map(Growth::AtLeast),
+    }
+}
+
+/// Linear or better at every step measured; worse at any; not measured when
+/// no step says.
+pub fn growth_verdict(
+    sizes: &[SizeFigures],
+    figure: impl Fn(&SizeFigures) -> Option<Figure>,
+) -> Option<bool> {
+    let steps: Vec<bool> = sizes
+        .iter()
+        .filter_map(|s| growth_into(sizes, s, &figure).and_then(Growth::linear))
+        .collect();
+    if steps.is_empty() {
+        None
+    } else {
+        Some(steps.iter().all(|linear| *linear))
+    }
+}
+
+fn growth_word(linear: Option<bool>) -> &'static str {
+    match linear {
+        Some(true) => "linear or better",
+        Some(false) => "**worse than linear**",
+        None => "not measured",
+    }
+}
+
+/// A kind's convergence time as a figure to grow.
+fn time_figure(k: &KindFigures) -> Figure {
+    match k.aleph {
+        Convergence::Done(d) => Figure::Value(d.as_secs_f64()),
+        Convergence::TimedOut { after, .. } => Figure::Above(after.as_secs_f64()),
+    }
+}
+
 fn per_object(requests: &Requests, n: usize) -> String {
     if requests.is_empty() {
         return "0".to_string();
@@ -285,6 +440,26 @@ fn opt<T>(value: Option<T>, show: impl Fn(T) -> String) -> String {
     value.map_or_else(|| "–".to_string(), show)
 }
 
+/// Like [`opt`], but "not measured" for nothing.
+fn measured<T>(value: Option<T>, show: impl Fn(T) -> String) -> String {
+    value.map_or_else(|| "not measured".to_string(), show)
+}
+
+/// Watches by resource: the total, then each resource, most first.
+fn watches_cell(watches: &Requests) -> String {
+    let total: f64 = watches.values().sum();
+    if total == 0.0 {
+        return "0".to_string();
+    }
+    let mut entries: Vec<(&String, &f64)> = watches.iter().collect();
+    entries.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = entries
+        .iter()
+        .map(|(resource, count)| format!("{resource} {count:.0}"))
+        .collect();
+    format!("{total:.0} ({})", parts.join(", "))
+}
+
 /// Renders the figures as one Markdown table: a row per figure, a column per size.
 pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
     let mut out = String::new();
@@ -320,7 +495,7 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
         ("Tenants", "Tenant", |s| s.tenants.as_ref()),
         ("AIModels", "AIModel", |s| s.aimodels.as_ref()),
     ];
-    let judged = at_note(judged_size(sizes));
+    let judged = at_note(judged_size(sizes), "the largest run");
     for (plural, singular, kind) in kinds {
         if !sizes.iter().any(|s| kind(s).is_some()) {
             continue;
@@ -333,14 +508,15 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
         );
         row(
             &format!("{plural}: floor, children written directly (s)"),
-            &|s| opt(kind(s), |k| k.floor.cell(s.n)),
+            &|s| opt(kind(s), |k| measured(k.floor, |f| f.cell(s.n))),
             "",
             "",
         );
+        let ratio_at = at_note(ratio_size(sizes, kind), "the largest with a floor");
         row(
             &format!("{plural}: Aleph ÷ floor"),
             &|s| opt(kind(s).and_then(KindFigures::ratio), |r| format!("{r:.2}")),
-            &format!("≤ {} at N={}{judged}", goals::RATIO, goals::RATIO_AT),
+            &format!("≤ {} at N={}{ratio_at}", goals::RATIO, goals::RATIO_AT),
             ratio_verdict(sizes, kind).word(),
         );
         row(
@@ -368,14 +544,18 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
         );
         row(
             &format!("{plural}: floor requests per {singular}"),
-            &|s| opt(kind(s), |k| per_object(&k.floor_requests, s.n)),
+            &|s| {
+                opt(kind(s), |k| {
+                    measured(k.floor_requests.as_ref(), |r| per_object(r, s.n))
+                })
+            },
             "",
             "",
         );
     }
     row(
         &format!("writes while idle ({} s)", setup.idle.as_secs()),
-        &|s| opt(s.idle_writes.as_ref(), writes_cell),
+        &|s| measured(s.idle_writes.as_ref(), writes_cell),
         "0",
         idle_verdict(sizes).word(),
     );
@@ -422,6 +602,73 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
         "",
         "",
     );
+    for (plural, _, kind) in kinds {
+        if !sizes.iter().any(|s| kind(s).is_some()) {
+            continue;
+        }
+        row(
+            &format!(
+                "operator's share of the API server's requests, WATCH left out: {plural} converging"
+            ),
+            &|s| opt(kind(s), |k| measured(k.api_share, Share::cell)),
+            "",
+            "",
+        );
+    }
+    row(
+        "operator's share of the API server's requests, WATCH left out: idle",
+        &|s| {
+            if s.idle_writes.is_none() {
+                "not measured".to_string()
+            } else {
+                measured(s.idle_share, Share::cell)
+            }
+        },
+        "",
+        "",
+    );
+    row(
+        "operator's share of the API server's requests, WATCH left out: restart resync",
+        &|s| opt(s.resync.as_ref(), |_| measured(s.resync_share, Share::cell)),
+        "",
+        "",
+    );
+    row(
+        "watches the operator holds open at idle (by resource)",
+        &|s| measured(s.watches.as_ref(), watches_cell),
+        "",
+        "",
+    );
+    // Growth from the next smaller size, per unit of N.
+    type FigureOf = Box<dyn Fn(&SizeFigures) -> Option<Figure>>;
+    let mut grown: Vec<(String, FigureOf)> = Vec::new();
+    for (plural, singular, kind) in kinds {
+        if !sizes.iter().any(|s| kind(s).is_some()) {
+            continue;
+        }
+        grown.push((
+            format!("{plural}: time to all Ready"),
+            Box::new(move |s: &SizeFigures| kind(s).map(time_figure)),
+        ));
+        grown.push((
+            format!("{plural}: operator requests per {singular}"),
+            Box::new(move |s: &SizeFigures| {
+                kind(s).map(|k| Figure::Value(k.requests.values().sum()))
+            }),
+        ));
+    }
+    grown.push((
+        "peak RSS, the higher".to_string(),
+        Box::new(|s: &SizeFigures| s.peak_rss_mib().map(Figure::Value)),
+    ));
+    for (name, figure) in &grown {
+        row(
+            &format!("growth from the size before, per unit of N: {name}"),
+            &|s| opt(growth_into(sizes, s, figure), Growth::cell),
+            &format!("≤ {:.1} (linear)", goals::GROWTH),
+            growth_word(growth_verdict(sizes, figure)),
+        );
+    }
     out.push_str(&breakdown(sizes));
     out
 }
@@ -467,9 +714,13 @@ mod tests {
     fn kind(aleph: f64, floor: f64) -> KindFigures {
         KindFigures {
             aleph: Convergence::Done(Duration::from_secs_f64(aleph)),
-            floor: Convergence::Done(Duration::from_secs_f64(floor)),
+            floor: Some(Convergence::Done(Duration::from_secs_f64(floor))),
             requests: requests(&[("list", 600.0), ("patch", 300.0)]),
-            floor_requests: requests(&[("create", 700.0)]),
+            floor_requests: Some(requests(&[("create", 700.0)])),
+            api_share: Some(Share {
+                operator: 900.0,
+                all: 3600.0,
+            }),
             by_resource: requests(&[("list namespaces", 500.0), ("patch tenants", 300.0)]),
             reconciles: 400.0,
             reconcile_seconds: 20.0,
@@ -496,6 +747,15 @@ mod tests {
             first_reconcile_in_process: Some(first - 0.01),
             resync: Some(Convergence::Done(Duration::from_secs(2))),
             resync_writes: Some(Requests::new()),
+            idle_share: Some(Share {
+                operator: 0.0,
+                all: 50.0,
+            }),
+            resync_share: Some(Share {
+                operator: 30.0,
+                all: 120.0,
+            }),
+            watches: Some(requests(&[("tenants", 1.0), ("namespaces", 2.0)])),
         }
     }
 
@@ -550,6 +810,183 @@ mod tests {
         );
         let table = render(&Setup::default(), &[s]);
         assert!(table.contains("10/1000 after 600 s"), "{table}");
+    }
+
+    #[test]
+    fn growth_is_measured_per_unit_of_n() {
+        // Ten times the objects in ten times the time: linear.
+        assert_eq!(Growth::between((100, 10.0), (1000, 100.0)), Some(1.0));
+        // Five times the objects in ten times the time: twice worse than linear.
+        assert_eq!(Growth::between((1000, 100.0), (5000, 1000.0)), Some(2.0));
+        // The same memory for more objects: better.
+        assert_eq!(Growth::between((100, 50.0), (1000, 50.0)), Some(0.1));
+        assert_eq!(Growth::between((100, 0.0), (1000, 50.0)), None);
+        assert_eq!(Growth::between((1000, 1.0), (100, 50.0)), None);
+        assert_eq!(Growth::Factor(1.0).linear(), Some(true));
+        assert_eq!(Growth::Factor(1.01).linear(), Some(false));
+        // A bound above linear decides; one below does not.
+        assert_eq!(Growth::AtLeast(1.5).linear(), Some(false));
+        assert_eq!(Growth::AtLeast(0.5).linear(), None);
+    }
+
+    /// A size whose Tenants took `seconds`, with `per_tenant` requests each and `rss_mib`.
+    fn grown(n: usize, seconds: f64, per_tenant: f64, rss_mib: u64) -> SizeFigures {
+        let mut s = size(n, 1.0, 0.0, rss_mib, 0.1);
+        if let Some(t) = s.tenants.as_mut() {
+            t.aleph = Convergence::Done(Duration::from_secs_f64(seconds));
+            #[allow(clippy::cast_precision_loss)]
+            let total = per_tenant * n as f64;
+            t.requests = requests(&[("patch", total)]);
+        }
+        s
+    }
+
+    #[test]
+    fn growth_rows_compare_each_size_with_the_one_before() {
+        let sizes = [
+            grown(100, 10.0, 30.0, 50),
+            grown(1000, 80.0, 30.0, 100),
+            grown(5000, 600.0, 27.0, 300),
+        ];
+        let time = |s: &SizeFigures| s.tenants.as_ref().map(time_figure);
+        assert_eq!(
+            growth_into(&sizes, &sizes[1], time),
+            Some(Growth::Factor(0.8))
+        );
+        assert_eq!(
+            growth_into(&sizes, &sizes[2], time),
+            Some(Growth::Factor(1.5))
+        );
+        assert_eq!(growth_into(&sizes, &sizes[0], time), None);
+        assert_eq!(growth_verdict(&sizes, time), Some(false));
+        let table = render(&Setup::default(), &sizes);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            row(
+                &lines,
+                "| growth from the size before, per unit of N: Tenants: time"
+            ),
+            "| growth from the size before, per unit of N: Tenants: time to all Ready | – | 0.80 | 1.50 | ≤ 1.0 (linear) | **worse than linear** |"
+        );
+        assert_eq!(
+            row(
+                &lines,
+                "| growth from the size before, per unit of N: Tenants: operator"
+            ),
+            "| growth from the size before, per unit of N: Tenants: operator requests per Tenant | – | 1.00 | 0.90 | ≤ 1.0 (linear) | linear or better |"
+        );
+        // The higher peak: 50, 100 and 300 MiB.
+        assert_eq!(
+            row(
+                &lines,
+                "| growth from the size before, per unit of N: peak RSS"
+            ),
+            "| growth from the size before, per unit of N: peak RSS, the higher | – | 0.20 | 0.60 | ≤ 1.0 (linear) | linear or better |"
+        );
+        // Sizes need not come in order; the one before is the next smaller.
+        let shuffled = [sizes[2].clone(), sizes[0].clone(), sizes[1].clone()];
+        assert_eq!(
+            growth_into(&shuffled, &shuffled[0], time),
+            Some(Growth::Factor(1.5))
+        );
+    }
+
+    #[test]
+    fn a_size_that_gave_up_grew_at_least_this_much() {
+        let mut sizes = [grown(1000, 100.0, 30.0, 100), grown(5000, 0.0, 30.0, 300)];
+        if let Some(t) = sizes[1].tenants.as_mut() {
+            t.aleph = Convergence::TimedOut {
+                ready: 4000,
+                after: Duration::from_secs(1000),
+            };
+        }
+        let time = |s: &SizeFigures| s.tenants.as_ref().map(time_figure);
+        assert_eq!(
+            growth_into(&sizes, &sizes[1], time),
+            Some(Growth::AtLeast(2.0))
+        );
+        assert_eq!(growth_verdict(&sizes, time), Some(false));
+        let table = render(&Setup::default(), &sizes);
+        assert!(
+            table.contains("| – | > 2.00 | ≤ 1.0 (linear) | **worse than linear** |"),
+            "{table}"
+        );
+        // One size alone grows from nothing.
+        assert_eq!(growth_verdict(&sizes[..1], time), None);
+    }
+
+    #[test]
+    fn sizes_without_a_floor_show_it_and_are_not_judged_on_it() {
+        let mut large = size(5000, 1.0, 0.0, 300, 0.5);
+        if let Some(t) = large.tenants.as_mut() {
+            t.floor = None;
+            t.floor_requests = None;
+        }
+        large.idle_writes = None;
+        large.idle_share = None;
+        let sizes = [size(100, 2.0, 0.0, 30, 0.2), large];
+        // Judged at the largest size with a floor: N=100, ratio 2.
+        assert_eq!(
+            ratio_verdict(&sizes, |s| s.tenants.as_ref()),
+            Verdict::Missed
+        );
+        let table = render(&Setup::default(), &sizes);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            row(&lines, "| Tenants: floor, children"),
+            "| Tenants: floor, children written directly (s) | 10.0 | not measured |  |  |"
+        );
+        assert_eq!(
+            row(&lines, "| Tenants: Aleph ÷ floor"),
+            "| Tenants: Aleph ÷ floor | 2.00 | – | ≤ 1.5 at N=1000 (judged at N=100, the largest with a floor) | **missed** |"
+        );
+        assert_eq!(
+            row(&lines, "| Tenants: floor requests"),
+            "| Tenants: floor requests per Tenant | create 7.00, = 7.00 | not measured |  |  |"
+        );
+        assert_eq!(
+            row(&lines, "| writes while idle"),
+            "| writes while idle (0 s) | 0 | not measured | 0 | met |"
+        );
+        assert_eq!(
+            row(
+                &lines,
+                "| operator's share of the API server's requests, WATCH left out: idle"
+            ),
+            "| operator's share of the API server's requests, WATCH left out: idle | 0.0 % (0 of 50) | not measured |  |  |"
+        );
+    }
+
+    #[test]
+    fn shares_and_watches_have_rows() {
+        let sizes = [size(100, 1.0, 0.0, 30, 0.2)];
+        let table = render(&Setup::default(), &sizes);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            row(
+                &lines,
+                "| operator's share of the API server's requests, WATCH left out: Tenants"
+            ),
+            "| operator's share of the API server's requests, WATCH left out: Tenants converging | 25.0 % (900 of 3600) |  |  |"
+        );
+        assert_eq!(
+            row(
+                &lines,
+                "| operator's share of the API server's requests, WATCH left out: restart"
+            ),
+            "| operator's share of the API server's requests, WATCH left out: restart resync | 25.0 % (30 of 120) |  |  |"
+        );
+        assert_eq!(
+            row(&lines, "| watches the operator"),
+            "| watches the operator holds open at idle (by resource) | 3 (namespaces 2, tenants 1) |  |  |"
+        );
+        assert!(!table.contains("AIModels converging"), "{table}");
+        let none = Share {
+            operator: 3.0,
+            all: 0.0,
+        };
+        assert_eq!(none.fraction(), None);
+        assert_eq!(none.cell(), "– (3 of 0)");
     }
 
     /// The line of `lines` that starts with `start`, or "".
