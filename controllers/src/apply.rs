@@ -397,7 +397,7 @@ pub async fn patch_status_if_changed<K, S>(
     desired: &S,
 ) -> kube::Result<bool>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
     S: Serialize + PartialEq,
 {
     if current == Some(desired) {
@@ -414,12 +414,15 @@ where
         "kind": K::kind(&()),
         "status": desired,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    // The next pass starts from this write until the cache shows it.
+    crate::digest::Created::wrote(&written);
     Ok(true)
 }
 

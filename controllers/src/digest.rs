@@ -109,7 +109,9 @@ const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 struct Pending {
     uid: String,
     version: Option<u64>,
-    desired: u64,
+    /// `None` for an object the operator wrote but did not create (a
+    /// status): never pending, only newer.
+    desired: Option<u64>,
     at: std::time::Instant,
     child: Box<dyn std::any::Any + Send>,
 }
@@ -157,20 +159,44 @@ impl Created {
     where
         K: Resource<DynamicType = ()> + Serialize + Clone + Send + 'static,
     {
-        let (Some(uid), Some(desired_digest)) = (child.meta().uid.clone(), whole_digest(desired))
-        else {
+        let Some(desired_digest) = whole_digest(desired) else {
+            return;
+        };
+        Self::insert(child, Some(desired_digest));
+    }
+
+    /// Records `obj` as the API server returned it after the operator wrote
+    /// it (its status): until a cache shows that version, [`Created::newer`]
+    /// gives it in place of the cached, older one, so the pass that the write
+    /// itself wakes starts from what was written rather than writing it again.
+    pub fn wrote<K>(obj: &K)
+    where
+        K: Resource<DynamicType = ()> + Clone + Send + 'static,
+    {
+        Self::insert(obj, None);
+    }
+
+    fn insert<K>(obj: &K, desired: Option<u64>)
+    where
+        K: Resource<DynamicType = ()> + Clone + Send + 'static,
+    {
+        let Some(uid) = obj.meta().uid.clone() else {
             return;
         };
         if let Ok(mut created) = CREATED.lock() {
             created.retain(|_, p| p.at.elapsed() < PENDING_FOR);
             created.insert(
-                key_of(child),
+                key_of(obj),
                 Pending {
                     uid,
-                    version: version_of(child),
-                    desired: desired_digest,
+                    version: version_of(obj),
+                    desired,
                     at: std::time::Instant::now(),
-                    child: Box::new(child.clone()),
+                    child: Box::new({
+                        let mut kept = obj.clone();
+                        kept.managed_fields_mut().clear();
+                        kept
+                    }),
                 },
             );
         }
@@ -185,7 +211,7 @@ impl Created {
         let wanted = whole_digest(desired)?;
         let created = CREATED.lock().ok()?;
         let pending = created.get(&key_of(desired))?;
-        if pending.desired != wanted || pending.at.elapsed() >= PENDING_FOR {
+        if pending.desired != Some(wanted) || pending.at.elapsed() >= PENDING_FOR {
             return None;
         }
         pending.child.downcast_ref::<K>().cloned()
@@ -334,5 +360,32 @@ mod tests {
         b.status = Some(Default::default());
         assert_eq!(content_digest(&a), content_digest(&b));
         assert_ne!(content_digest(&a), content_digest(&service("x", 81)));
+    }
+
+    #[test]
+    fn a_written_object_stands_in_for_older_cached_versions_only() {
+        let mut written = service("uid-written", 80);
+        written.metadata.name = Some("written-status".into());
+        written.metadata.resource_version = Some("12".into());
+        let mut cached = written.clone();
+        cached.metadata.resource_version = Some("11".into());
+        assert!(Created::newer(&cached).is_none());
+        Created::wrote(&written);
+        // Never pending: nothing was created from a desired object.
+        assert!(Created::pending(&written).is_none());
+        assert_eq!(
+            Created::newer(&cached).and_then(|s| s.metadata.resource_version),
+            Some("12".to_string())
+        );
+        // The cache caught up, or somebody wrote after: the cache decides.
+        let mut later = written.clone();
+        later.metadata.resource_version = Some("13".into());
+        assert!(Created::newer(&later).is_none());
+        // Another object of that name (deleted and made again) is not it.
+        let mut other = cached.clone();
+        other.metadata.uid = Some("uid-other".into());
+        assert!(Created::newer(&other).is_none());
+        Created::seen(&written);
+        assert!(Created::newer(&cached).is_none());
     }
 }

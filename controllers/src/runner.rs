@@ -327,6 +327,11 @@ async fn reconcile_guarded<K: Reconcile>(
     if !ctx.leader.is_leader() {
         return Ok(Action::await_change());
     }
+    // Where the operator has just written the object (its status) and the
+    // cache does not show that version yet, the pass starts from the write:
+    // it would otherwise find its own status missing and write it again.
+    let newer = crate::digest::Created::newer(obj);
+    let obj = newer.as_ref().unwrap_or(obj);
     // The object's name is `object`: JSON logs give the span's own name the key `name`.
     let span = tracing::info_span!(
         "reconcile",
@@ -407,7 +412,7 @@ async fn write_condition<K: Reconcile>(
         return Ok(());
     }
     let patch = serde_json::json!({ "status": { "conditions": conditions } });
-    let _: K = ctx
+    let written: K = ctx
         .client
         .request(
             request
@@ -420,6 +425,7 @@ async fn write_condition<K: Reconcile>(
                 .map_err(kube::Error::BuildRequest)?,
         )
         .await?;
+    crate::digest::Created::wrote(&written);
     Ok(())
 }
 

@@ -142,7 +142,7 @@ async fn reconcile_template<K>(
     ctx: &Context,
 ) -> Result<Action>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let generation = obj.meta().generation;
     let mut status = current.cloned().unwrap_or_default();
