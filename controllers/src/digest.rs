@@ -116,8 +116,11 @@ struct Pending {
     child: Box<dyn std::any::Any + Send>,
 }
 
-/// Children created and not yet seen by a cache, by kind, namespace and name.
-static CREATED: LazyLock<Mutex<HashMap<(String, String, String), Pending>>> =
+/// An object's kind, namespace and name.
+type Key = (String, String, String);
+
+/// Objects the operator created or wrote and no cache has shown yet, by key.
+static CREATED: LazyLock<Mutex<HashMap<Key, Pending>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The digest of a whole object, metadata included: what a desired child
@@ -135,7 +138,7 @@ fn version_of<K: Resource>(obj: &K) -> Option<u64> {
     obj.meta().resource_version.as_deref()?.parse().ok()
 }
 
-fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> (String, String, String) {
+fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> Key {
     (
         K::kind(&()).into_owned(),
         obj.meta().namespace.clone().unwrap_or_default(),

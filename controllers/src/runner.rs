@@ -331,6 +331,15 @@ async fn reconcile_guarded<K: Reconcile>(
     // cache does not show that version yet, the pass starts from the write:
     // it would otherwise find its own status missing and write it again.
     let newer = crate::digest::Created::newer(obj);
+    if let Some(written) = &newer {
+        tracing::debug!(
+            kind = %K::kind(&()),
+            name = %written.name_any(),
+            cached = obj.meta().resource_version.as_deref().unwrap_or(""),
+            written = written.meta().resource_version.as_deref().unwrap_or(""),
+            "starting from the operator's own write: the cache holds an older version"
+        );
+    }
     let obj = newer.as_ref().unwrap_or(obj);
     // The object's name is `object`: JSON logs give the span's own name the key `name`.
     let span = tracing::info_span!(

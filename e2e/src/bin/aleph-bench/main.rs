@@ -738,35 +738,6 @@ fn machine() -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn floors_and_idle_windows_default_to_the_sizes_up_to_one_thousand() {
-        assert!(at_size(None, 100));
-        assert!(at_size(None, 1000));
-        assert!(!at_size(None, 5000));
-        assert!(at_size(Some(&SizeList(vec![5000])), 5000));
-        assert!(!at_size(Some(&SizeList(vec![1000])), 100));
-        let args = Args::parse_from([
-            "aleph-bench",
-            "--sizes",
-            "100,1000,5000",
-            "--idle-at",
-            "1000",
-            "--floor-sizes",
-            "none",
-        ]);
-        assert_eq!(args.sizes, [100, 1000, 5000]);
-        assert_eq!(args.idle_at, Some(SizeList(vec![1000])));
-        assert_eq!(args.floor_sizes, Some(SizeList(Vec::new())));
-        assert!(!at_size(args.floor_sizes.as_ref(), 100));
-        assert!(size_list("100,x").is_err());
-        assert_eq!(size_list("100, 1000"), Ok(SizeList(vec![100, 1000])));
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run(Args::parse()).await {
@@ -836,4 +807,33 @@ async fn run(args: Args) -> Result<()> {
         std::fs::write(path, &report)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floors_and_idle_windows_default_to_the_sizes_up_to_one_thousand() {
+        assert!(at_size(None, 100));
+        assert!(at_size(None, 1000));
+        assert!(!at_size(None, 5000));
+        assert!(at_size(Some(&SizeList(vec![5000])), 5000));
+        assert!(!at_size(Some(&SizeList(vec![1000])), 100));
+        let args = Args::parse_from([
+            "aleph-bench",
+            "--sizes",
+            "100,1000,5000",
+            "--idle-at",
+            "1000",
+            "--floor-sizes",
+            "none",
+        ]);
+        assert_eq!(args.sizes, [100, 1000, 5000]);
+        assert_eq!(args.idle_at, Some(SizeList(vec![1000])));
+        assert_eq!(args.floor_sizes, Some(SizeList(Vec::new())));
+        assert!(!at_size(args.floor_sizes.as_ref(), 100));
+        assert!(size_list("100,x").is_err());
+        assert_eq!(size_list("100, 1000"), Ok(SizeList(vec![100, 1000])));
+    }
 }

@@ -88,14 +88,16 @@ impl Share {
     }
 
     fn cell(self) -> String {
+        // `+ 0.0` turns a difference of equal counts that came out as -0
+        // into 0, which is what it prints as.
+        let operator = self.operator + 0.0;
         match self.fraction() {
             Some(f) => format!(
-                "{:.1} % ({:.0} of {:.0})",
-                f * 100.0,
-                self.operator,
+                "{:.1} % ({operator:.0} of {:.0})",
+                f * 100.0 + 0.0,
                 self.all
             ),
-            None => format!("– ({:.0} of 0)", self.operator),
+            None => format!("– ({operator:.0} of 0)"),
         }
     }
 }
