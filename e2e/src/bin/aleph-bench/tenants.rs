@@ -172,23 +172,23 @@ pub async fn floor(run: &Run, client: &kube::Client, workers: usize) -> Result<(
 /// every later admission (the API server evaluates each binding's match),
 /// and its cluster roles and bindings.
 pub async fn delete_floor_policies(run: &Run) -> Result<()> {
-    let selector = run.floor_selector();
-    let lp = ListParams::default().labels(&selector);
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(run.client.clone());
-    bindings
-        .delete_collection(&DeleteParams::default(), &lp)
-        .await?;
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(run.client.clone());
-    policies
-        .delete_collection(&DeleteParams::default(), &lp)
-        .await?;
-    let role_bindings: Api<ClusterRoleBinding> = Api::all(run.client.clone());
-    role_bindings
-        .delete_collection(&DeleteParams::default(), &lp)
-        .await?;
-    let roles: Api<ClusterRole> = Api::all(run.client.clone());
-    roles
-        .delete_collection(&DeleteParams::default(), &lp)
+    let lp = ListParams::default().labels(&run.floor_selector());
+    delete_labelled::<ValidatingAdmissionPolicyBinding>(run, &lp).await?;
+    delete_labelled::<ValidatingAdmissionPolicy>(run, &lp).await?;
+    delete_labelled::<ClusterRoleBinding>(run, &lp).await?;
+    delete_labelled::<ClusterRole>(run, &lp).await
+}
+
+/// Deletes the cluster-scoped `K`s that `lp` selects.
+async fn delete_labelled<K>(run: &Run, lp: &ListParams) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::all(run.client.clone())
+        .delete_collection(&DeleteParams::default(), lp)
         .await?;
     Ok(())
 }
