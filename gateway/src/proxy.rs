@@ -6,12 +6,11 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use http_body_util::{Full, LengthLimitError};
-use hyper::body::Incoming;
+use http_body_util::LengthLimitError;
 use tokio::time::{Instant, Sleep};
 
 use crate::Gateway;
@@ -20,6 +19,7 @@ use crate::cold_start::NotReady;
 use crate::error::ApiError;
 use crate::route::{EndpointGuard, RoutingMode, prompt_prefix};
 use crate::state::Model;
+use crate::upstream::h1::{self, Head};
 use crate::upstream::{Conn, SendError};
 use crate::usage::{InflightGuard, Meter, UsageScanner};
 
@@ -143,7 +143,7 @@ async fn forward(
     let (guard, upstream) = match send(gateway, &guard, &path, &parts.headers, &body, deadline)
         .await
     {
-        Sent::Answered(response, conn) if response.status() != StatusCode::SERVICE_UNAVAILABLE => {
+        Sent::Answered(response, conn) if response.status != StatusCode::SERVICE_UNAVAILABLE => {
             (guard, (response, conn))
         }
         first @ (Sent::Answered(..) | Sent::NotConnected) => {
@@ -226,7 +226,7 @@ async fn wait_for_endpoint(
 #[allow(clippy::large_enum_variant)]
 enum Sent {
     /// The response head, and the connection its body comes on.
-    Answered(hyper::Response<Incoming>, Conn),
+    Answered(Head, Conn),
     /// The connection could not be made: nothing reached the engine.
     NotConnected,
     /// The connection broke after the request was (maybe) sent.
@@ -253,27 +253,20 @@ async fn send(
 ) -> Sent {
     let config = &gateway.inner.config;
     let addr = endpoint.addr();
-    let (Ok(uri), Ok(host)) = (Uri::try_from(path), HeaderValue::try_from(addr.to_string())) else {
+    if !h1::valid_path(path) {
         return Sent::Failed;
-    };
-    let accept = client_headers.get(header::ACCEPT);
-    let make = || {
-        let mut request = hyper::Request::new(Full::new(body.clone()));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri.clone();
-        let headers = request.headers_mut();
-        headers.insert(header::HOST, host.clone());
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(accept) = accept {
-            headers.insert(header::ACCEPT, accept.clone());
-        }
-        request
+    }
+    let host = addr.to_string();
+    let request = h1::Request {
+        path,
+        host: &host,
+        accept: client_headers
+            .get(header::ACCEPT)
+            .map(HeaderValue::as_bytes),
+        body,
     };
     let headers_by = (Instant::now() + config.response_header_timeout).min(deadline);
-    match tokio::time::timeout_at(headers_by, gateway.inner.upstream.send(addr, make)).await {
+    match tokio::time::timeout_at(headers_by, gateway.inner.upstream.send(addr, &request)).await {
         Ok(Ok((response, conn))) => Sent::Answered(response, conn),
         Ok(Err(SendError::NotConnected)) => Sent::NotConnected,
         Ok(Err(SendError::Failed)) => Sent::Failed,
@@ -300,11 +293,10 @@ fn respond(
     model: &Model,
     endpoint: EndpointGuard,
     in_flight: InflightGuard,
-    (upstream, conn): (hyper::Response<Incoming>, Conn),
+    (head, conn): (Head, Conn),
     deadline: Instant,
 ) -> Response {
-    let (parts, incoming) = upstream.into_parts();
-    let event_stream = parts
+    let event_stream = head
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -314,7 +306,7 @@ fn respond(
     } else {
         UsageScanner::json()
     };
-    let meter = parts.status.is_success().then(|| Meter {
+    let meter = head.status.is_success().then(|| Meter {
         metrics: gateway.inner.metrics.clone(),
         limits: gateway.inner.limits.clone(),
         ledger: gateway.inner.ledger.clone(),
@@ -323,7 +315,6 @@ fn respond(
         key: caller.key_name.clone(),
     });
     let body = MeteredBody {
-        inner: incoming,
         conn: Some(conn),
         gateway: gateway.clone(),
         scanner,
@@ -334,9 +325,9 @@ fn respond(
         finished: false,
     };
     let mut response = Response::new(Body::new(body));
-    *response.status_mut() = parts.status;
+    *response.status_mut() = head.status;
     // The engine's headers move over as they are, less those of its hop.
-    let mut headers = parts.headers;
+    let mut headers = head.headers;
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
@@ -353,15 +344,14 @@ fn respond(
 /// by frame (the client's reads pace the engine's writes), scanned for
 /// `usage`, holding the request in flight until it ends or is dropped.
 ///
-/// It drives the engine connection itself: each poll first lets the
-/// connection read what the engine sent, then takes the next frame. The
-/// frames one read brought are so handed on one after the other, and the
-/// client's connection writes them at once. Once the body has ended, the
+/// It reads the engine connection itself: each poll takes what the last read
+/// brought, and reads again only when that is used up. The frames one read
+/// brought are so handed on one after the other, and the client's
+/// connection writes them at once. Once the body has ended, the
 /// connection goes back to the idle pool. Dropping the body before (the
 /// client went away) closes the engine connection and so cancels the
 /// generation.
 struct MeteredBody {
-    inner: Incoming,
     /// The connection the body comes on, until the body ends.
     conn: Option<Conn>,
     gateway: Gateway,
@@ -402,7 +392,7 @@ impl MeteredBody {
 impl Drop for MeteredBody {
     fn drop(&mut self) {
         // A body that was empty from the start is never polled.
-        let ended = !self.finished && http_body::Body::is_end_stream(&self.inner);
+        let ended = !self.finished && self.conn.as_ref().is_some_and(Conn::body_ended);
         if ended {
             self.finish(true);
         } else {
@@ -427,12 +417,10 @@ impl http_body::Body for MeteredBody {
             this.finish(false);
             return Poll::Ready(Some(Err("the request timeout passed".into())));
         }
-        if let Some(conn) = this.conn.as_mut() {
-            // Reads what the engine sent into `inner`. When it is pending,
-            // the engine's socket wakes this task.
-            let _ = conn.drive(cx);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match conn.poll_data(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.finish(true);
@@ -442,26 +430,31 @@ impl http_body::Body for MeteredBody {
                 this.finish(false);
                 Poll::Ready(Some(Err(error.into())))
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                let complete = frame.data_ref().is_some_and(|data| this.scanner.feed(data));
+            Poll::Ready(Some(Ok(data))) => {
+                let ended = conn.body_ended();
+                let complete = this.scanner.feed(&data);
                 // Settle before the last bytes leave, so that a client that has
                 // read the whole answer finds its usage counted.
-                if this.inner.is_end_stream() {
+                if ended {
                     this.finish(true);
                 } else if complete {
                     this.settle();
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished || self.inner.is_end_stream()
+        self.finished || self.conn.as_ref().is_some_and(Conn::body_ended)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.conn.as_ref().and_then(Conn::body_remaining) {
+            Some(n) if !self.finished => SizeHint::with_exact(n),
+            _ if self.finished => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 

@@ -1,42 +1,42 @@
-//! Connections to the engines: HTTP/1.1, kept alive between requests in a
-//! small idle pool per endpoint, and driven by the request that uses one.
+//! Connections to the engines: HTTP/1.1 (see [`h1`]), kept alive between
+//! requests in a small idle pool per endpoint, and read by the request that
+//! uses one.
 //!
-//! A connection has no task of its own. While a request waits for the
-//! engine's response head, its task polls the connection (which writes the
-//! request and reads the head); while the answer streams back, the response
-//! body polls it before each frame it hands on (see `proxy::MeteredBody`). So
-//! the events that one read from the engine brought reach the client's
-//! connection one after the other in one poll, and leave in one write; no
-//! frame crosses from one task to another.
+//! A connection has no task of its own: it is a socket and a read buffer.
+//! The request's task writes the request and reads the response head; the
+//! response body then reads the socket itself each time it is polled (see
+//! `proxy::MeteredBody`), so the events that one read from the engine
+//! brought reach the client's connection one after the other in one poll,
+//! and leave in one write; no frame crosses from one task to another.
 //!
-//! A connection whose answer ended cleanly, and which HTTP/1.1 keeps open,
-//! goes back to its endpoint's idle list; a request for that endpoint takes
-//! the most recently returned one. An idle connection is polled by nobody,
-//! so one the engine closed meanwhile is found out when it is taken (it is
-//! polled once then, which reads the engine's end of the connection, and
-//! dropped); a request that a taken connection still fails before any answer
-//! (the engine closed it just as it was used) is sent again on a new
-//! connection. A connection whose request ends early (the client went away,
-//! the request timed out) is dropped, which closes it: the engine sees its
-//! client leave and stops generating.
+//! A connection whose answer ended as HTTP says, and which the engine keeps
+//! open, goes back to its endpoint's idle list; a request for that endpoint
+//! takes the most recently returned one. An idle connection is read by
+//! nobody, so one the engine closed meanwhile is found out when it is taken
+//! (a read that does not block shows the close, and it is dropped); a
+//! request that a taken connection still fails before any answer (the engine
+//! closed it just as it was used) is sent again on a new connection. A
+//! connection whose request ends early (the client went away, the request
+//! timed out) is dropped, which closes it: the engine sees its client leave
+//! and stops generating.
+
+pub(crate) mod h1;
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
 use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// A request's body towards an engine: the rewritten JSON, whole.
-pub(crate) type RequestBody = Full<Bytes>;
+use h1::{Decoded, Framing, Head};
+
+/// What a read asks the buffer to have room for.
+const READ_SIZE: usize = 4 << 10;
 
 /// How the connections to the engines are made and kept.
 #[derive(Debug, Clone)]
@@ -52,7 +52,6 @@ pub(crate) struct PoolConfig {
 /// The idle connections to every endpoint, and how new ones are made.
 pub(crate) struct Pool {
     config: PoolConfig,
-    builder: http1::Builder,
     idle: Mutex<Idle>,
 }
 
@@ -80,49 +79,158 @@ pub(crate) enum SendError {
     Failed,
 }
 
-/// One HTTP/1.1 connection to an engine, driven by whoever holds it.
+/// One HTTP/1.1 connection to an engine, read by whoever holds it.
 pub(crate) struct Conn {
-    sender: http1::SendRequest<RequestBody>,
-    /// The connection's state machine; `None` once it has ended.
-    driver: Option<Box<http1::Connection<TokioIo<TcpStream>, RequestBody>>>,
+    stream: TcpStream,
+    /// What was read and not yet taken.
+    buf: BytesMut,
+    /// How much is left of the body being read.
+    framing: Framing,
+    /// Whether the engine keeps the connection after the current answer.
+    keep_alive: bool,
     addr: SocketAddr,
     /// Whether it served a request before this one.
     reused: bool,
 }
 
+/// Why an exchange failed, and how far it got.
+struct Failure {
+    /// Some of the request was written.
+    sent: bool,
+    /// Some of an answer was read.
+    answered: bool,
+    error: io::Error,
+}
+
 impl Conn {
-    /// Moves the connection on: writes what is queued, reads what the engine
-    /// sent (into the response's head or body). `Ready` once the connection
-    /// has ended (closed, or failed).
-    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(driver) = self.driver.as_mut() else {
-            return Poll::Ready(());
-        };
-        match Pin::new(driver).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(result) => {
-                if let Err(error) = result {
-                    tracing::debug!(endpoint = %self.addr, %error, "engine connection failed");
-                }
-                self.driver = None;
-                Poll::Ready(())
+    /// Reads what the socket has into the buffer; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.buf) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                read => return Poll::Ready(read),
             }
         }
     }
 
-    /// Whether the connection can take a request now: it is open, and done
-    /// with the last one.
-    fn usable(&mut self, cx: &mut Context<'_>) -> bool {
-        self.drive(cx).is_pending() && self.sender.is_ready()
+    /// Writes the request and reads the response head.
+    async fn exchange(&mut self, head: &[u8], body: &[u8]) -> Result<Head, Failure> {
+        let mut out = head.chain(body);
+        let total = out.remaining();
+        if let Err(error) = self.stream.write_all_buf(&mut out).await {
+            return Err(Failure {
+                sent: out.remaining() < total,
+                answered: false,
+                error,
+            });
+        }
+        loop {
+            match h1::parse_head(&mut self.buf) {
+                Ok(Some(head)) => {
+                    self.framing = head.framing;
+                    self.keep_alive = head.keep_alive;
+                    // An empty body, or one read whole with its head, has ended.
+                    let _ = self.framing.settle(&mut self.buf);
+                    return Ok(head);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(Failure {
+                        sent: true,
+                        answered: true,
+                        error: error.into(),
+                    });
+                }
+            }
+            let read = std::future::poll_fn(|cx| self.poll_fill(cx)).await;
+            let error = match read {
+                Ok(0) => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the engine closed the connection before answering",
+                ),
+                Ok(_) => continue,
+                Err(error) => error,
+            };
+            return Err(Failure {
+                sent: true,
+                answered: !self.buf.is_empty(),
+                error,
+            });
+        }
+    }
+
+    /// The next bytes of the answer's body: `None` once it has ended as
+    /// HTTP says. When it is pending, the engine's socket wakes the task.
+    pub(crate) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            match self.framing.decode(&mut self.buf) {
+                Ok(Decoded::Data(data)) => {
+                    // A body whose end came with this data says so at once;
+                    // anything malformed after it fails the next poll.
+                    let _ = self.framing.settle(&mut self.buf);
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::More) => {}
+                Err(error) => {
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if self.framing == Framing::Eof => {
+                    self.framing = Framing::Done;
+                    self.keep_alive = false;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the engine closed the connection before the end of the answer",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+        }
+    }
+
+    /// Whether the answer's body has ended as HTTP says.
+    pub(crate) fn body_ended(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    /// Bytes of the body still to come, when the engine said how many.
+    pub(crate) fn body_remaining(&self) -> Option<u64> {
+        self.framing.remaining()
+    }
+
+    /// Whether the connection can take another request: the answer has
+    /// ended, the engine keeps the connection, and it sent nothing more.
+    fn reusable(&self) -> bool {
+        self.keep_alive && self.body_ended() && self.buf.is_empty()
+    }
+
+    /// Whether an idle connection is still open: a read that does not block
+    /// finds neither its end nor anything the engine should not have sent.
+    fn still_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
 impl Pool {
     pub(crate) fn new(config: PoolConfig) -> Self {
-        let builder = http1::Builder::new();
         Self {
             config,
-            builder,
             idle: Mutex::new(Idle {
                 lists: HashMap::new(),
                 swept: Instant::now(),
@@ -130,55 +238,38 @@ impl Pool {
         }
     }
 
-    /// Sends the request `make` makes to `addr`, on an idle connection or a
-    /// new one, and returns the response head with the connection, which
-    /// the caller drives while it reads the body and gives back with
-    /// [`put`](Self::put) once the body has ended.
+    /// Sends `request` to `addr`, on an idle connection or a new one, and
+    /// returns the response head with the connection, which the caller reads
+    /// the body from and gives back with [`put`](Self::put) once it has
+    /// ended.
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
-        make: impl Fn() -> hyper::Request<RequestBody>,
-    ) -> Result<(hyper::Response<Incoming>, Conn), SendError> {
-        let mut request = make();
+        request: &h1::Request<'_>,
+    ) -> Result<(Head, Conn), SendError> {
+        let head = request.head();
         let mut fresh_only = false;
         loop {
-            let taken = if fresh_only {
-                None
-            } else {
-                self.take(addr).await
-            };
+            let taken = if fresh_only { None } else { self.take(addr) };
             let mut conn = match taken {
                 Some(conn) => conn,
                 None => self.connect(addr).await?,
             };
-            let sent = {
-                let mut response = pin!(conn.sender.try_send_request(request));
-                std::future::poll_fn(|cx| {
-                    // The connection first: it writes the request and reads
-                    // the head, which completes the response's future.
-                    let _ = conn.drive(cx);
-                    response.as_mut().poll(cx)
-                })
-                .await
-            };
-            match sent {
-                Ok(response) => return Ok((response, conn)),
-                Err(mut failed) => {
-                    let unsent = failed.take_message();
-                    let error = failed.into_error();
-                    if conn.reused && (unsent.is_some() || closed_by_peer(&error)) {
+            match conn.exchange(&head, request.body).await {
+                Ok(answer) => return Ok((answer, conn)),
+                Err(failure) => {
+                    if conn.reused && !failure.answered && closed_by_peer(&failure.error) {
                         // The engine closed the idle connection as it was
                         // taken: the request goes again, on a new one.
-                        tracing::debug!(endpoint = %addr, %error, "idle engine connection was closed; reconnecting");
-                        request = unsent.unwrap_or_else(&make);
+                        tracing::debug!(endpoint = %addr, error = %failure.error, "idle engine connection was closed; reconnecting");
                         fresh_only = true;
                         continue;
                     }
-                    tracing::debug!(endpoint = %addr, %error, "upstream request failed");
-                    return Err(if unsent.is_some() {
-                        SendError::NotConnected
-                    } else {
+                    tracing::debug!(endpoint = %addr, error = %failure.error, "upstream request failed");
+                    return Err(if failure.sent {
                         SendError::Failed
+                    } else {
+                        SendError::NotConnected
                     });
                 }
             }
@@ -188,13 +279,12 @@ impl Pool {
     /// Gives back a connection whose answer has ended: it goes to its
     /// endpoint's idle list if it can take another request, else it closes.
     pub(crate) fn put(&self, mut conn: Conn) {
-        // Moves the connection past the end of the answer. Whoever takes it
-        // next polls it with a waker of its own.
-        let mut cx = Context::from_waker(Waker::noop());
-        if self.config.max_idle_per_endpoint == 0 || !conn.usable(&mut cx) {
+        if self.config.max_idle_per_endpoint == 0 || !conn.reusable() {
             return;
         }
         conn.reused = true;
+        // An idle connection holds no buffer.
+        conn.buf = BytesMut::new();
         let now = Instant::now();
         let mut closing = Vec::new();
         {
@@ -212,9 +302,9 @@ impl Pool {
 
     /// The most recently returned idle connection to `addr` that is still
     /// open; those the engine closed are dropped on the way.
-    async fn take(&self, addr: SocketAddr) -> Option<Conn> {
+    fn take(&self, addr: SocketAddr) -> Option<Conn> {
         loop {
-            let (mut conn, since) = {
+            let (conn, since) = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 let list = idle.lists.get_mut(&addr)?;
                 let taken = list.pop_back();
@@ -228,7 +318,7 @@ impl Pool {
                 self.forget(addr);
                 return None;
             }
-            if std::future::poll_fn(|cx| Poll::Ready(conn.usable(cx))).await {
+            if conn.still_open() {
                 return Some(conn);
             }
             tracing::debug!(endpoint = %addr, "idle engine connection was closed");
@@ -282,40 +372,24 @@ impl Pool {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        let (sender, driver) =
-            self.builder
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|error| {
-                    tracing::debug!(endpoint = %addr, %error, "HTTP/1 handshake failed");
-                    SendError::NotConnected
-                })?;
         Ok(Conn {
-            sender,
-            driver: Some(Box::new(driver)),
+            stream,
+            buf: BytesMut::new(),
+            framing: Framing::Done,
+            keep_alive: false,
             addr,
             reused: false,
         })
     }
 }
 
-/// Whether `error` says the engine closed the connection (before answering).
-fn closed_by_peer(error: &hyper::Error) -> bool {
-    if error.is_incomplete_message() || error.is_canceled() || error.is_closed() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = e.source();
-    }
-    false
+/// Whether `error` says the engine closed the connection.
+fn closed_by_peer(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
 }

@@ -1,0 +1,336 @@
+//! HTTP/1.1 on the wire towards an engine: the request the gateway sends
+//! (always a POST of a JSON body with its length), the response head
+//! (parsed by `httparse`, the parser hyper itself uses), and the body's
+//! framing (a length, chunks, or until the engine closes).
+//!
+//! This is the whole of what the gateway asks of HTTP/1.1 on that hop: one
+//! request at a time on a connection, no upgrades, no `Expect`. Keeping it to
+//! that lets a connection be a socket and one read buffer (4 KiB to start),
+//! where a general client keeps a request queue, a write buffer and a task's
+//! worth of state per connection; at hundreds of streams at once that was
+//! most of the gateway's memory, and its dispatch a fifth of its CPU.
+
+use bytes::{Buf, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+/// Longest response head accepted.
+pub(crate) const MAX_HEAD: usize = 64 << 10;
+/// Most header lines in a response head.
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size or trailer line accepted.
+const MAX_LINE: usize = 4 << 10;
+
+/// What is sent: `POST path` with a JSON body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request<'a> {
+    /// The path and query, as the client sent them.
+    pub path: &'a str,
+    /// The `Host` header: the endpoint's address.
+    pub host: &'a str,
+    /// The client's `Accept`, passed on when it sent one.
+    pub accept: Option<&'a [u8]>,
+    /// The JSON body.
+    pub body: &'a [u8],
+}
+
+impl Request<'_> {
+    /// The request line and headers, up to and including the empty line.
+    pub(crate) fn head(&self) -> Vec<u8> {
+        let mut head = Vec::with_capacity(128 + self.path.len() + self.host.len());
+        head.extend_from_slice(b"POST ");
+        head.extend_from_slice(self.path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        head.extend_from_slice(self.host.as_bytes());
+        head.extend_from_slice(b"\r\ncontent-type: application/json\r\n");
+        if let Some(accept) = self.accept {
+            head.extend_from_slice(b"accept: ");
+            head.extend_from_slice(accept);
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(self.body.len().to_string().as_bytes());
+        head.extend_from_slice(b"\r\n\r\n");
+        head
+    }
+}
+
+/// Whether `path` may go on a request line: it starts with `/` and holds no
+/// whitespace or control characters.
+pub(crate) fn valid_path(path: &str) -> bool {
+    path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A response head.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the connection may take another request after this answer.
+    pub keep_alive: bool,
+}
+
+/// Why a response could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    #[error("the engine's response is not valid HTTP/1.1: {0}")]
+    Invalid(&'static str),
+    #[error("the engine's response head is longer than {MAX_HEAD} bytes")]
+    HeadTooLong,
+}
+
+impl From<WireError> for std::io::Error {
+    fn from(error: WireError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, error)
+    }
+}
+
+/// Parses the response head at the start of `buf`, and takes it (and any
+/// interim `1xx` answers before it) off `buf`. `None`: the head is not all
+/// there yet.
+pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
+    loop {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut lines);
+        let len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(WireError::HeadTooLong);
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(WireError::Invalid("too many header lines"));
+            }
+            Err(_) => return Err(WireError::Invalid("malformed head")),
+        };
+        let code = response.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code).map_err(|_| WireError::Invalid("bad status"))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(WireError::Invalid("an upgrade was not asked for"));
+            }
+            // `100 Continue` and the like: the answer follows.
+            buf.advance(len);
+            continue;
+        }
+        let http11 = response.version == Some(1);
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        let mut coded = false;
+        let mut close = !http11;
+        for line in response.headers.iter() {
+            let name = HeaderName::from_bytes(line.name.as_bytes())
+                .map_err(|_| WireError::Invalid("bad header name"))?;
+            let value = HeaderValue::from_bytes(line.value)
+                .map_err(|_| WireError::Invalid("bad header value"))?;
+            if name == http::header::CONTENT_LENGTH {
+                let n = std::str::from_utf8(line.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or(WireError::Invalid("bad content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(WireError::Invalid("conflicting content-length"));
+                }
+                length = Some(n);
+            } else if name == http::header::TRANSFER_ENCODING {
+                coded = true;
+                chunked = last_token(line.value).eq_ignore_ascii_case(b"chunked");
+            } else if name == http::header::CONNECTION {
+                for token in line.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                        close = false;
+                    }
+                }
+            }
+            headers.append(name, value);
+        }
+        buf.advance(len);
+        let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Length(0)
+        } else if chunked {
+            Framing::Chunked(Chunk::Size)
+        } else if coded {
+            // A transfer coding that does not end in chunked: the body runs
+            // to the end of the connection.
+            Framing::Eof
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            Framing::Eof
+        };
+        let keep_alive = !close && framing != Framing::Eof;
+        return Ok(Some(Head {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+fn last_token(value: &[u8]) -> &[u8] {
+    value
+        .rsplit(|b| *b == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+}
+
+/// How a body is delimited, and how much of it is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked, at this point of the coding.
+    Chunked(Chunk),
+    /// Until the engine closes the connection.
+    Eof,
+    /// The body has ended.
+    Done,
+}
+
+/// Where a chunked body's decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// A chunk-size line comes next.
+    Size,
+    /// This many bytes of the current chunk are left.
+    Data(u64),
+    /// The CRLF after a chunk's data comes next.
+    DataEnd,
+    /// Trailer lines, up to an empty one.
+    Trailer,
+}
+
+/// What the buffer gave.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// The next bytes of the body.
+    Data(bytes::Bytes),
+    /// The body has ended.
+    End,
+    /// More must be read first.
+    More,
+}
+
+impl Framing {
+    /// Takes the next piece of the body off `buf`: at most what `buf` holds,
+    /// never more than the body has.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, WireError> {
+        self.settle(buf)?;
+        match self {
+            Framing::Done => Ok(Decoded::End),
+            Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::More);
+                }
+                let n = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
+                *left -= n as u64;
+                let data = buf.split_to(n).freeze();
+                if let Framing::Chunked(chunk @ Chunk::Data(0)) = self {
+                    *chunk = Chunk::DataEnd;
+                }
+                Ok(Decoded::Data(data))
+            }
+            Framing::Eof if buf.is_empty() => Ok(Decoded::More),
+            Framing::Eof => Ok(Decoded::Data(buf.split().freeze())),
+            // A size or trailer line, or a CRLF, not all read yet.
+            Framing::Chunked(_) => Ok(Decoded::More),
+        }
+    }
+
+    /// Moves past what `buf` holds that carries no data (the CRLF after a
+    /// chunk, the next chunk's size line, the last chunk and the trailers),
+    /// so that a body whose end has been read says so before it is polled
+    /// again.
+    pub(crate) fn settle(&mut self, buf: &mut BytesMut) -> Result<(), WireError> {
+        loop {
+            match *self {
+                Framing::Length(0) => {
+                    *self = Framing::Done;
+                    return Ok(());
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(());
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(WireError::Invalid("a chunk's data is not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    *self = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(());
+                    };
+                    *self = match chunk_size(&line)? {
+                        0 => Framing::Chunked(Chunk::Trailer),
+                        n => Framing::Chunked(Chunk::Data(n)),
+                    };
+                }
+                Framing::Chunked(Chunk::Trailer) => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(());
+                    };
+                    if line.is_empty() {
+                        *self = Framing::Done;
+                        return Ok(());
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Bytes of the body left, when known.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self {
+            Framing::Length(n) => Some(*n),
+            Framing::Done => Some(0),
+            _ => None,
+        }
+    }
+}
+
+/// Takes one line (without its line end) off `buf`; `None` until it is all there.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, WireError> {
+    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+        return if buf.len() > MAX_LINE {
+            Err(WireError::Invalid(
+                "a chunk-size or trailer line is too long",
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let mut line = buf.split_to(end + 1);
+    line.truncate(end);
+    if line.last() == Some(&b'\r') {
+        line.truncate(end - 1);
+    }
+    Ok(Some(line))
+}
+
+/// The size on a chunk-size line (hexadecimal, extensions after `;` ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
+    let digits = line
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    std::str::from_utf8(digits)
+        .ok()
+        .filter(|d| !d.is_empty() && d.len() <= 15)
+        .and_then(|d| u64::from_str_radix(d, 16).ok())
+        .ok_or(WireError::Invalid("bad chunk size"))
+}
+
+#[cfg(test)]
+#[path = "h1_tests.rs"]
+mod tests;
