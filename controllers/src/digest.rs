@@ -120,8 +120,44 @@ struct Pending {
 type Key = (String, String, String);
 
 /// Objects the operator created or wrote and no cache has shown yet, by key.
-static CREATED: LazyLock<Mutex<HashMap<Key, Pending>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static CREATED: LazyLock<Mutex<Records>> = LazyLock::new(|| {
+    Mutex::new(Records {
+        map: HashMap::new(),
+        pruned: std::time::Instant::now(),
+    })
+});
+
+/// The records, and when the expired ones were last dropped.
+struct Records {
+    map: HashMap<Key, Pending>,
+    pruned: std::time::Instant,
+}
+
+impl std::ops::Deref for Records {
+    type Target = HashMap<Key, Pending>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for Records {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Records {
+    /// Drops the expired records, at most once per tenth of their life: a
+    /// watch ends almost every record long before, so this only bounds
+    /// what a missed one keeps, off the path of every write.
+    fn prune(&mut self) {
+        if self.pruned.elapsed() < PENDING_FOR / 10 {
+            return;
+        }
+        self.pruned = std::time::Instant::now();
+        self.map.retain(|_, p| p.at.elapsed() < PENDING_FOR);
+    }
+}
 
 /// The digest of a whole object, metadata included: what a desired child
 /// was created from.
@@ -187,7 +223,7 @@ impl Created {
             return;
         };
         if let Ok(mut created) = CREATED.lock() {
-            created.retain(|_, p| p.at.elapsed() < PENDING_FOR);
+            created.prune();
             created.insert(
                 key_of(obj),
                 Pending {

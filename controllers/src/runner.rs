@@ -131,7 +131,8 @@ where
     use kube::runtime::WatchStreamExt;
     let (reader, writer) = kube::runtime::reflector::store();
     let stream = kube::runtime::watcher(api, config)
-        .default_backoff()
+        // The controller's own pause after a failed watch (see WatchBackoff).
+        .backoff(WatchBackoff::default())
         .modify(move |o: &mut K| {
             o.managed_fields_mut().clear();
             trim(o);
@@ -146,6 +147,19 @@ where
             }
         });
     (reader, stream)
+}
+
+/// The controller of a primary kind, its store filled by [`cached_watch`]:
+/// the objects kept without their managed fields (often most of a small
+/// object, and read by no pass), and the record of a status the operator
+/// wrote ([`crate::digest::Created::wrote`]) ended as soon as the watch
+/// shows it.
+pub fn primary_controller<K: Reconcile>(
+    api: kube::Api<DeserializeGuard<K>>,
+    config: kube::runtime::watcher::Config,
+) -> Controller<DeserializeGuard<K>> {
+    let (reader, stream) = cached_watch(api, config, untrimmed);
+    Controller::for_stream(stream, reader)
 }
 
 /// Keeps nothing less: for [`cached_watch`] readers that need whole objects.

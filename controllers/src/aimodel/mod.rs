@@ -82,7 +82,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             cache_jobs,
             cache_claims,
         });
-    Controller::new(watch.api(client), watch.primary())
+    crate::runner::primary_controller(watch.api(client), watch.primary())
         .owns_stream(deployment_stream)
         .owns_stream(service_stream)
         .owns_stream(hpa_stream)

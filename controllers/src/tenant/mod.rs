@@ -140,6 +140,9 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
         });
     let (admission_policies, admission_policy_stream) =
         cluster_watch(client, owned(), |o: &mut ValidatingAdmissionPolicy| {
+            // The status is the API server's type check of the rules:
+            // warnings that no pass reads, often larger than the rest.
+            o.status = None;
             keep_digest(o, |o| o.spec = None)
         });
     let (admission_bindings, admission_binding_stream) = cluster_watch(
@@ -173,7 +176,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             "a second Tenant controller on one context: its reconciles read the first one's caches"
         );
     }
-    Controller::new(
+    crate::runner::primary_controller(
         Api::<DeserializeGuard<Tenant>>::all(client.clone()),
         watch.primary(),
     )
