@@ -103,18 +103,14 @@ struct Failure {
 }
 
 impl Conn {
-    /// Reads what the socket has into the buffer; `Ok(0)` at its end.
+    /// Reads what the socket has into the buffer; `Ok(0)` at its end. A read
+    /// that leaves room in the buffer tells tokio the socket is drained, so
+    /// that [`still_open`](Self::still_open) needs no call of its own.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.buf) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                read => return Poll::Ready(read),
-            }
-        }
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.stream), cx, &mut self.buf)
     }
 
     /// Writes the request and reads the response head.
@@ -221,7 +217,13 @@ impl Conn {
 
     /// Whether an idle connection is still open: a read that does not block
     /// finds neither its end nor anything the engine should not have sent.
-    fn still_open(&self) -> bool {
+    fn still_open(&mut self) -> bool {
+        // Not readable since the last read drained the socket: open, and
+        // nothing was sent. Readable (or not known): a read tells which.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -304,7 +306,7 @@ impl Pool {
     /// open; those the engine closed are dropped on the way.
     fn take(&self, addr: SocketAddr) -> Option<Conn> {
         loop {
-            let (conn, since) = {
+            let (mut conn, since) = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 let list = idle.lists.get_mut(&addr)?;
                 let taken = list.pop_back();
