@@ -133,19 +133,6 @@ struct Records {
     pruned: std::time::Instant,
 }
 
-impl std::ops::Deref for Records {
-    type Target = HashMap<Key, Pending>;
-    fn deref(&self) -> &Self::Target {
-        &self.map
-    }
-}
-
-impl std::ops::DerefMut for Records {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.map
-    }
-}
-
 impl Records {
     /// Drops the expired records, at most once per tenth of their life: a
     /// watch ends almost every record long before, so this only bounds
@@ -224,7 +211,7 @@ impl Created {
         };
         if let Ok(mut created) = CREATED.lock() {
             created.prune();
-            created.insert(
+            created.map.insert(
                 key_of(obj),
                 Pending {
                     uid,
@@ -249,7 +236,7 @@ impl Created {
     {
         let wanted = whole_digest(desired)?;
         let created = CREATED.lock().ok()?;
-        let pending = created.get(&key_of(desired))?;
+        let pending = created.map.get(&key_of(desired))?;
         if pending.desired != Some(wanted) || pending.at.elapsed() >= PENDING_FOR {
             return None;
         }
@@ -263,10 +250,10 @@ impl Created {
         K: Resource<DynamicType = ()> + Clone + 'static,
     {
         let created = CREATED.lock().ok()?;
-        if created.is_empty() {
+        if created.map.is_empty() {
             return None;
         }
-        let pending = created.get(&key_of(cached))?;
+        let pending = created.map.get(&key_of(cached))?;
         let same = cached.meta().uid.as_deref() == Some(pending.uid.as_str());
         let older = matches!((version_of(cached), pending.version), (Some(c), Some(w)) if c < w);
         if !same || !older || pending.at.elapsed() >= PENDING_FOR {
@@ -281,11 +268,11 @@ impl Created {
         let Ok(mut created) = CREATED.lock() else {
             return;
         };
-        if created.is_empty() {
+        if created.map.is_empty() {
             return;
         }
         let key = key_of(obj);
-        let caught_up = created.get(&key).is_some_and(|p| {
+        let caught_up = created.map.get(&key).is_some_and(|p| {
             obj.meta().uid.as_deref() == Some(p.uid.as_str())
                 && match (version_of(obj), p.version) {
                     (Some(cached), Some(written)) => cached >= written,
@@ -293,7 +280,7 @@ impl Created {
                 }
         });
         if caught_up {
-            created.remove(&key);
+            created.map.remove(&key);
         }
     }
 }

@@ -450,11 +450,13 @@ impl http_body::Body for MeteredBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.conn.as_ref().and_then(Conn::body_remaining) {
-            Some(n) if !self.finished => SizeHint::with_exact(n),
-            _ if self.finished => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        if self.finished {
+            return SizeHint::with_exact(0);
         }
+        self.conn
+            .as_ref()
+            .and_then(Conn::body_remaining)
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
