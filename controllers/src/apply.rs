@@ -11,7 +11,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::digest::{Created, Verified};
+use crate::digest::{Created, Verified, beside_digest};
 use crate::error::{Error, Result};
 
 /// The field manager of every write.
@@ -113,7 +113,9 @@ where
 {
     match Verified::holds(observed, desired) {
         None => Ok(is_subset(desired, observed).then(|| observed.clone())),
-        Some(true) if is_subset(desired.meta(), observed.meta()) => Ok(Some(observed.clone())),
+        Some(true) if is_subset(&*beside_digest(desired.meta()), observed.meta()) => {
+            Ok(Some(observed.clone()))
+        }
         Some(_) => {
             let Some(whole) = api.get_opt(&observed.name_any()).await? else {
                 return Ok(None);

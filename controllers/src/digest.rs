@@ -9,51 +9,98 @@
 //! and remembers nothing) reads the child whole and compares it field by
 //! field, as before: an edit by hand is still undone on the next pass.
 //!
-//! The digest is computed in memory and never written: the annotation
-//! [`DIGEST_ANNOTATION`] exists only on the cached copies.
+//! The digest covers the child's annotations too, but for those of
+//! Kubernetes' own components (`kubernetes.io/` and its subdomains, which
+//! change on their own: a Deployment's revision): the copy keeps only
+//! those, so most copies keep no map of annotations at all. The digest is
+//! carried in the label [`DIGEST_LABEL`], computed in memory and never
+//! written: the label exists only on the cached copies, in the map of
+//! labels every watched child has anyway.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{LazyLock, Mutex};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
-/// The annotation that carries, on a trimmed cached copy only, the digest of
+/// The label that carries, on a trimmed cached copy only, the digest of
 /// what was trimmed from it.
-pub const DIGEST_ANNOTATION: &str = "aleph.dev/cached-content-digest";
+pub const DIGEST_LABEL: &str = "aleph.dev/cached-content-digest";
 
 /// At most this many comparisons are remembered; past it the record starts
 /// again (each child is then read whole once more).
 const MAX_RECORDS: usize = 200_000;
 
-/// The digest of everything in `obj` but its metadata and status: what a
-/// desired child sets besides its labels, annotations and owners.
-pub fn content_digest<K: Serialize>(obj: &K) -> Option<u64> {
+/// Whether the digest covers the annotation `key`: every one but those of
+/// Kubernetes' own components, which a trimmed copy keeps as they are.
+fn covered(key: &str) -> bool {
+    !key.split_once('/').is_some_and(|(domain, _)| {
+        domain == "kubernetes.io" || domain.ends_with(".kubernetes.io")
+    })
+}
+
+/// The digest of everything in `obj` but its metadata and status, and of
+/// its annotations that the digest covers: what a desired child sets
+/// besides its labels and owners.
+pub fn content_digest<K: Resource + Serialize>(obj: &K) -> Option<u64> {
     let mut value = serde_json::to_value(obj).ok()?;
     let fields = value.as_object_mut()?;
     fields.remove("metadata");
     fields.remove("status");
     let mut hasher = DefaultHasher::new();
     value.to_string().hash(&mut hasher);
+    let annotations: BTreeMap<&String, &String> = obj
+        .annotations()
+        .iter()
+        .filter(|(k, _)| covered(k))
+        .collect();
+    annotations.hash(&mut hasher);
     Some(hasher.finish())
 }
 
-/// Trims a cached copy: `strip` drops what no pass reads, and the digest of
-/// the content before it did is kept in [`DIGEST_ANNOTATION`]. A copy whose
-/// digest cannot be computed is kept whole.
+/// Trims a cached copy: `strip` drops what no pass reads, the annotations
+/// the digest covers are dropped, and the digest of the content before
+/// that is kept in [`DIGEST_LABEL`]. A copy whose digest cannot be
+/// computed is kept whole.
 pub fn keep_digest<K: Resource + Serialize>(obj: &mut K, strip: impl FnOnce(&mut K)) {
     if let Some(digest) = content_digest(obj) {
         strip(obj);
-        obj.annotations_mut()
-            .insert(DIGEST_ANNOTATION.to_string(), format!("{digest:016x}"));
+        let meta = obj.meta_mut();
+        if let Some(annotations) = meta.annotations.as_mut() {
+            annotations.retain(|k, _| !covered(k));
+            if annotations.is_empty() {
+                meta.annotations = None;
+            }
+        }
+        obj.labels_mut()
+            .insert(DIGEST_LABEL.to_string(), format!("{digest:016x}"));
     }
 }
 
 /// The digest a trimmed copy carries, if it is one.
 pub fn carried<K: Resource>(obj: &K) -> Option<u64> {
-    let text = obj.annotations().get(DIGEST_ANNOTATION)?;
+    let text = obj.labels().get(DIGEST_LABEL)?;
     u64::from_str_radix(text, 16).ok()
+}
+
+/// `desired`'s metadata as a trimmed copy can show it: without the
+/// annotations the digest covers (what [`Verified::holds`] judged).
+pub fn beside_digest(desired: &ObjectMeta) -> Cow<'_, ObjectMeta> {
+    let has_covered = desired
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.keys().any(|k| covered(k)));
+    if !has_covered {
+        return Cow::Borrowed(desired);
+    }
+    let mut meta = desired.clone();
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| !covered(k));
+    }
+    Cow::Owned(meta)
 }
 
 /// The last full comparisons, per child UID: (desired content, child content).
@@ -379,13 +426,56 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_ignores_metadata_and_status_only() {
+    fn the_digest_ignores_metadata_and_status_but_for_annotations_it_covers() {
         let a = service("x", 80);
         let mut b = service("y", 80);
         b.metadata.resource_version = Some("42".into());
         b.status = Some(Default::default());
+        b.annotations_mut()
+            .insert("deployment.kubernetes.io/revision".into(), "3".into());
         assert_eq!(content_digest(&a), content_digest(&b));
         assert_ne!(content_digest(&a), content_digest(&service("x", 81)));
+        let mut annotated = service("x", 80);
+        annotated
+            .annotations_mut()
+            .insert("example.com/owner".into(), "team-a".into());
+        assert_ne!(content_digest(&a), content_digest(&annotated));
+    }
+
+    #[test]
+    fn a_trimmed_copy_keeps_only_the_annotations_the_digest_leaves_out() {
+        let mut child = service("uid-annotated", 80);
+        child
+            .annotations_mut()
+            .insert("example.com/owner".into(), "team-a".into());
+        let mut copy = trimmed(&child);
+        assert!(copy.metadata.annotations.is_none());
+        assert!(carried(&copy).is_some());
+        child
+            .annotations_mut()
+            .insert("deployment.kubernetes.io/revision".into(), "2".into());
+        copy = trimmed(&child);
+        assert_eq!(
+            copy.annotations().keys().collect::<Vec<_>>(),
+            ["deployment.kubernetes.io/revision"]
+        );
+        // Verified with its annotation: a copy whose annotation changed
+        // (dropped from the copy, but in its digest) is no longer known.
+        let mut desired = wanted(80);
+        desired
+            .annotations_mut()
+            .insert("example.com/owner".into(), "team-a".into());
+        Verified::remember(&child, &desired);
+        assert_eq!(Verified::holds(&copy, &desired), Some(true));
+        assert!(crate::apply::is_subset(
+            &*beside_digest(desired.meta()),
+            copy.meta()
+        ));
+        let mut edited = child.clone();
+        edited
+            .annotations_mut()
+            .insert("example.com/owner".into(), "team-b".into());
+        assert_eq!(Verified::holds(&trimmed(&edited), &desired), Some(false));
     }
 
     #[test]

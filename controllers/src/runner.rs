@@ -101,7 +101,7 @@ impl ReadyGuard {
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Objects per page of a watch's initial list.
-pub const LIST_PAGE_SIZE: u32 = 100;
+pub const LIST_PAGE_SIZE: u32 = 50;
 
 /// The watcher configuration every watch starts from: initial lists in pages
 /// of [`LIST_PAGE_SIZE`]. Not `any_semantic`: the API server answers a list at

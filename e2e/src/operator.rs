@@ -102,6 +102,8 @@ impl OperatorProcess {
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot clone the log file handle: {e}"));
         let mut cmd = Command::new(&bin);
+        // The allocator's setting of the chart's Deployment.
+        cmd.env("GLIBC_TUNABLES", "glibc.malloc.arena_max=2");
         cmd.arg("run")
             .arg("--metrics-addr")
             .arg(&self.metrics_addr)

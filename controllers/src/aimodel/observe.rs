@@ -22,7 +22,9 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, PersistentVolumeClaim, Pod, PodSpec, Service};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerStatus, PersistentVolumeClaim, Pod, PodSpec, PodStatus, Service,
+};
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
@@ -196,10 +198,25 @@ impl ModelChildren<'_> {
 }
 
 /// Keeps of a serving pod what the model's status reads: its metadata, its
-/// status, its node, and its containers' names and resources (the memory
-/// limit an OOM kill is reported against). The rest of the spec (volumes,
-/// env, probes, tolerations) would only take memory.
+/// node, its containers' names and resources (the memory limit an OOM kill
+/// is reported against), and of its status the phase, the conditions and
+/// how each container runs ([`trim_container_status`]). The rest (volumes,
+/// env, probes, tolerations, addresses, image digests) would only take
+/// memory.
 pub(super) fn trim_pod(pod: &mut Pod) {
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        conditions: s.conditions,
+        reason: s.reason,
+        message: s.message,
+        container_statuses: s
+            .container_statuses
+            .map(|cs| cs.into_iter().map(trim_container_status).collect()),
+        init_container_statuses: s
+            .init_container_statuses
+            .map(|cs| cs.into_iter().map(trim_container_status).collect()),
+        ..PodStatus::default()
+    });
     let Some(spec) = pod.spec.take() else {
         return;
     };
@@ -217,6 +234,23 @@ pub(super) fn trim_pod(pod: &mut Pod) {
         ..PodSpec::default()
     });
     pod.metadata.annotations = None;
+}
+
+/// Keeps of a container's status how it runs and ran (its state, the last
+/// one, readiness and restarts), and its image only while it waits (the
+/// image a failed pull names).
+fn trim_container_status(c: ContainerStatus) -> ContainerStatus {
+    let waiting = c.state.as_ref().is_some_and(|s| s.waiting.is_some());
+    ContainerStatus {
+        image: if waiting { c.image } else { String::new() },
+        last_state: c.last_state,
+        name: c.name,
+        ready: c.ready,
+        restart_count: c.restart_count,
+        started: c.started,
+        state: c.state,
+        ..ContainerStatus::default()
+    }
 }
 
 /// Keeps of a serving Deployment its metadata, status, replica count and
