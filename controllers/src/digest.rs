@@ -9,13 +9,14 @@
 //! and remembers nothing) reads the child whole and compares it field by
 //! field, as before: an edit by hand is still undone on the next pass.
 //!
-//! The digest covers the child's annotations too, but for those of
-//! Kubernetes' own components (`kubernetes.io/` and its subdomains, which
-//! change on their own: a Deployment's revision): the copy keeps only
-//! those, so most copies keep no map of annotations at all. The digest is
-//! carried in the label [`DIGEST_LABEL`], computed in memory and never
-//! written: the label exists only on the cached copies, in the map of
-//! labels every watched child has anyway.
+//! The digest covers the child's labels and annotations too, but for the
+//! annotations of Kubernetes' own components (`kubernetes.io/` and its
+//! subdomains, which change on their own: a Deployment's revision): the copy
+//! keeps only those, so most copies keep no map of annotations, and a kind
+//! whose passes find its children by owner rather than by label keeps no
+//! map of labels either ([`keep_digest`]'s `strip` drops them). The digest
+//! is computed in memory and never written: it is kept beside the cache, by
+//! UID and version ([`carried`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -26,25 +27,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
-/// The label that carries, on a trimmed cached copy only, the digest of
-/// what was trimmed from it.
-pub const DIGEST_LABEL: &str = "aleph.dev/cached-content-digest";
-
-/// At most this many comparisons are remembered; past it the record starts
-/// again (each child is then read whole once more).
+/// At most this many comparisons (and as many digests) are remembered;
+/// past it the record starts again. A comparison forgotten costs a read of
+/// the child whole; a digest forgotten (only possible with more trimmed
+/// children than this), one write of a child that needed none.
 const MAX_RECORDS: usize = 200_000;
 
 /// Whether the digest covers the annotation `key`: every one but those of
 /// Kubernetes' own components, which a trimmed copy keeps as they are.
 fn covered(key: &str) -> bool {
-    !key.split_once('/').is_some_and(|(domain, _)| {
-        domain == "kubernetes.io" || domain.ends_with(".kubernetes.io")
-    })
+    !key.split_once('/')
+        .is_some_and(|(domain, _)| domain == "kubernetes.io" || domain.ends_with(".kubernetes.io"))
 }
 
 /// The digest of everything in `obj` but its metadata and status, and of
-/// its annotations that the digest covers: what a desired child sets
-/// besides its labels and owners.
+/// its labels and the annotations that the digest covers: what a desired
+/// child sets besides its owners.
 pub fn content_digest<K: Resource + Serialize>(obj: &K) -> Option<u64> {
     let mut value = serde_json::to_value(obj).ok()?;
     let fields = value.as_object_mut()?;
@@ -52,6 +50,7 @@ pub fn content_digest<K: Resource + Serialize>(obj: &K) -> Option<u64> {
     fields.remove("status");
     let mut hasher = DefaultHasher::new();
     value.to_string().hash(&mut hasher);
+    obj.labels().hash(&mut hasher);
     let annotations: BTreeMap<&String, &String> = obj
         .annotations()
         .iter()
@@ -61,42 +60,73 @@ pub fn content_digest<K: Resource + Serialize>(obj: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// The digests of the trimmed copies, by UID: (the version it was computed
+/// from, the digest). The watch computes it before its cache holds the copy,
+/// so a cached copy is never newer than its digest.
+static CARRIED: LazyLock<Mutex<HashMap<u128, (u64, u64)>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
 /// Trims a cached copy: `strip` drops what no pass reads, the annotations
 /// the digest covers are dropped, and the digest of the content before
-/// that is kept in [`DIGEST_LABEL`]. A copy whose digest cannot be
-/// computed is kept whole.
+/// that is kept beside the cache ([`carried`]). A copy whose digest cannot
+/// be computed (no UID, version or serialization) is kept whole.
 pub fn keep_digest<K: Resource + Serialize>(obj: &mut K, strip: impl FnOnce(&mut K)) {
-    if let Some(digest) = content_digest(obj) {
-        strip(obj);
-        let meta = obj.meta_mut();
-        if let Some(annotations) = meta.annotations.as_mut() {
-            annotations.retain(|k, _| !covered(k));
-            if annotations.is_empty() {
-                meta.annotations = None;
-            }
+    let (Some(uid), Some(version), Some(digest)) = (
+        obj.meta().uid.as_deref().map(uid_key),
+        version_of(obj),
+        content_digest(obj),
+    ) else {
+        return;
+    };
+    strip(obj);
+    let meta = obj.meta_mut();
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| !covered(k));
+        if annotations.is_empty() {
+            meta.annotations = None;
         }
-        obj.labels_mut()
-            .insert(DIGEST_LABEL.to_string(), format!("{digest:016x}"));
+    }
+    if let Ok(mut carried) = CARRIED.lock() {
+        if carried.len() >= MAX_RECORDS && !carried.contains_key(&uid) {
+            carried.clear();
+        }
+        carried.insert(uid, (version, digest));
     }
 }
 
-/// The digest a trimmed copy carries, if it is one.
-pub fn carried<K: Resource>(obj: &K) -> Option<u64> {
-    let text = obj.labels().get(DIGEST_LABEL)?;
-    u64::from_str_radix(text, 16).ok()
+/// Forgets the digest of a deleted child.
+pub fn forget<K: Resource>(obj: &K) {
+    if let (Some(uid), Ok(mut carried)) = (obj.meta().uid.as_deref(), CARRIED.lock()) {
+        carried.remove(&uid_key(uid));
+    }
 }
 
-/// `desired`'s metadata as a trimmed copy can show it: without the
-/// annotations the digest covers (what [`Verified::holds`] judged).
+/// The digest of the content of the trimmed copy `obj`: `None` for an
+/// object that is not one. An object newer than the last digest taken of
+/// its child (read whole, or created, after the watch last showed it) is
+/// judged as it is; an older one by its child's content as the watch last
+/// showed it, which is what a pass deciding whether to write must hold.
+pub fn carried<K: Resource>(obj: &K) -> Option<u64> {
+    let uid = uid_key(obj.meta().uid.as_deref()?);
+    let version = version_of(obj)?;
+    let carried = CARRIED.lock().ok()?;
+    let (at, digest) = carried.get(&uid)?;
+    (version <= *at).then_some(*digest)
+}
+
+/// `desired`'s metadata as a trimmed copy can show it: without its labels
+/// and the annotations the digest covers (what [`Verified::holds`] judged).
 pub fn beside_digest(desired: &ObjectMeta) -> Cow<'_, ObjectMeta> {
-    let has_covered = desired
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.keys().any(|k| covered(k)));
+    let has_covered = desired.labels.is_some()
+        || desired
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.keys().any(|k| covered(k)));
     if !has_covered {
         return Cow::Borrowed(desired);
     }
     let mut meta = desired.clone();
+    meta.labels = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|k, _| !covered(k));
     }
@@ -357,6 +387,7 @@ mod tests {
         let mut s = Service::default();
         s.metadata.name = Some("m".into());
         s.metadata.uid = Some(uid.into());
+        s.metadata.resource_version = Some("10".into());
         s.metadata.labels = Some([("a".to_string(), "b".to_string())].into());
         s.spec = Some(ServiceSpec {
             ports: Some(vec![ServicePort {
@@ -368,10 +399,17 @@ mod tests {
         s
     }
 
-    /// A desired Service: no UID, as the operator builds it.
+    /// A desired Service: no UID or version, as the operator builds it.
     fn wanted(port: i32) -> Service {
         let mut s = service("", port);
         s.metadata.uid = None;
+        s.metadata.resource_version = None;
+        s
+    }
+
+    /// `s` at `version`.
+    fn at(mut s: Service, version: &str) -> Service {
+        s.metadata.resource_version = Some(version.into());
         s
     }
 
@@ -394,10 +432,43 @@ mod tests {
         // The desired port changed: no longer known.
         assert_eq!(Verified::holds(&cached, &wanted(81)), Some(false));
         // Somebody edited the child's port: its new copy is not known either.
-        let edited = trimmed(&service("uid-verified", 8080));
+        let edited = trimmed(&at(service("uid-verified", 8080), "11"));
         assert_eq!(Verified::holds(&edited, &desired), Some(false));
-        // A copy that is not trimmed is for the full comparison.
-        assert_eq!(Verified::holds(&child, &desired), None);
+        // Nor an older copy still in a pass's hands: the child's content is
+        // judged as the watch last showed it.
+        assert_eq!(Verified::holds(&cached, &desired), Some(false));
+        // An object newer than the last digest (read whole, or created) is
+        // for the full comparison.
+        let newer = at(service("uid-verified", 80), "12");
+        assert_eq!(Verified::holds(&newer, &desired), None);
+        // A deleted child's digest is forgotten.
+        forget(&edited);
+        assert_eq!(carried(&edited), None);
+    }
+
+    #[test]
+    fn the_labels_are_in_the_digest_and_a_copy_may_drop_them() {
+        let desired = wanted(80);
+        let child = service("uid-labelled", 80);
+        let mut copy = child.clone();
+        keep_digest(&mut copy, |s| {
+            s.spec = None;
+            s.metadata.labels = None;
+        });
+        Verified::remember(&child, &desired);
+        assert_eq!(Verified::holds(&copy, &desired), Some(true));
+        assert!(crate::apply::is_subset(
+            &*beside_digest(desired.meta()),
+            copy.meta()
+        ));
+        let mut relabelled = at(child, "11");
+        relabelled
+            .labels_mut()
+            .insert("a".to_string(), "changed".to_string());
+        assert_eq!(
+            Verified::holds(&trimmed(&relabelled), &desired),
+            Some(false)
+        );
     }
 
     #[test]
@@ -477,6 +548,7 @@ mod tests {
         let mut copy = trimmed(&child);
         assert!(copy.metadata.annotations.is_none());
         assert!(carried(&copy).is_some());
+        assert!(copy.labels().contains_key("a"));
         child
             .annotations_mut()
             .insert("deployment.kubernetes.io/revision".into(), "2".into());
@@ -497,7 +569,7 @@ mod tests {
             &*beside_digest(desired.meta()),
             copy.meta()
         ));
-        let mut edited = child.clone();
+        let mut edited = at(child.clone(), "11");
         edited
             .annotations_mut()
             .insert("example.com/owner".into(), "team-b".into());

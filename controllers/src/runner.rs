@@ -128,6 +128,7 @@ pub fn cached_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    use futures::TryStreamExt;
     use kube::runtime::WatchStreamExt;
     let (reader, writer) = kube::runtime::reflector::store();
     let stream = kube::runtime::watcher(api, config)
@@ -136,6 +137,12 @@ where
         .modify(move |o: &mut K| {
             o.managed_fields_mut().clear();
             trim(o);
+        })
+        .map_ok(|event| {
+            if let kube::runtime::watcher::Event::Delete(o) = &event {
+                crate::digest::forget(o);
+            }
+            event
         })
         .reflect(writer)
         .touched_objects()

@@ -110,45 +110,67 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     let owned = || crate::runner::watch_config().labels(TENANT_LABEL);
     // Namespaces and quotas are kept whole (the passes read them); the
     // other children only as their metadata and the digest of the rest
-    // (see `crate::digest`).
+    // (see `crate::digest`), without their labels: a pass finds them by
+    // their owner reference ([`belongs`]).
     use crate::digest::keep_digest;
     use crate::runner::untrimmed;
     let (namespaces, namespace_stream) = cluster_watch(client, owned(), untrimmed);
     let (quotas, quota_stream) = cluster_watch(client, owned(), untrimmed);
     let (limit_ranges, limit_range_stream) =
         cluster_watch(client, owned(), |o: &mut LimitRange| {
-            keep_digest(o, |o| o.spec = None)
+            keep_digest(o, |o| {
+                o.spec = None;
+                o.metadata.labels = None;
+            })
         });
     let (network_policies, network_policy_stream) =
         cluster_watch(client, owned(), |o: &mut NetworkPolicy| {
-            keep_digest(o, |o| o.spec = None)
+            keep_digest(o, |o| {
+                o.spec = None;
+                o.metadata.labels = None;
+            })
         });
     let (role_bindings, role_binding_stream) =
         cluster_watch(client, owned(), |o: &mut RoleBinding| {
-            keep_digest(o, |o| o.subjects = None)
+            keep_digest(o, |o| {
+                o.subjects = None;
+                o.metadata.labels = None;
+            })
         });
     let (cluster_roles, cluster_role_stream) =
         cluster_watch(client, owned(), |o: &mut ClusterRole| {
             keep_digest(o, |o| {
                 o.rules = None;
                 o.aggregation_rule = None;
+                o.metadata.labels = None;
             })
         });
     let (cluster_role_bindings, cluster_role_binding_stream) =
         cluster_watch(client, owned(), |o: &mut ClusterRoleBinding| {
-            keep_digest(o, |o| o.subjects = None)
+            keep_digest(o, |o| {
+                o.subjects = None;
+                o.metadata.labels = None;
+            })
         });
     let (admission_policies, admission_policy_stream) =
         cluster_watch(client, owned(), |o: &mut ValidatingAdmissionPolicy| {
             // The status is the API server's type check of the rules:
             // warnings that no pass reads, often larger than the rest.
             o.status = None;
-            keep_digest(o, |o| o.spec = None)
+            keep_digest(o, |o| {
+                o.spec = None;
+                o.metadata.labels = None;
+            })
         });
     let (admission_bindings, admission_binding_stream) = cluster_watch(
         client,
         owned(),
-        |o: &mut ValidatingAdmissionPolicyBinding| keep_digest(o, |o| o.spec = None),
+        |o: &mut ValidatingAdmissionPolicyBinding| {
+            keep_digest(o, |o| {
+                o.spec = None;
+                o.metadata.labels = None;
+            })
+        },
     );
     // Only FailedCreate events, and only the tenant quota's refusals wake a
     // Tenant: the reconcile moves headroom to the refused namespace.
@@ -248,6 +270,19 @@ fn by_name<K: Resource>(items: Vec<K>) -> BTreeMap<(String, String), K> {
         .collect()
 }
 
+/// Whether `obj` is one of `tenant`'s children: labelled with it, or (a
+/// cached copy kept without its labels) owned by it.
+fn belongs<K: Resource>(obj: &K, tenant: &str) -> bool {
+    match obj.meta().labels.as_ref() {
+        Some(labels) => labels.get(TENANT_LABEL).map(String::as_str) == Some(tenant),
+        None => obj.owner_references().iter().any(|r| {
+            r.name == tenant
+                && r.kind == Tenant::kind(&())
+                && r.api_version == Tenant::api_version(&())
+        }),
+    }
+}
+
 /// The tenant's objects in `store`, once the store has been filled.
 fn cached<K>(store: &Store<K>, tenant: &str) -> Option<BTreeMap<(String, String), K>>
 where
@@ -258,7 +293,7 @@ where
         store
             .state()
             .into_iter()
-            .filter(|o| o.labels().get(TENANT_LABEL).map(String::as_str) == Some(tenant))
+            .filter(|o| belongs(o.as_ref(), tenant))
             .map(|o| (*o).clone())
             .collect(),
     ))
