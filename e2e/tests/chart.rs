@@ -560,6 +560,8 @@ fn values_become_the_operator_flags() {
         ("ALEPH_LEASE_DURATION", "30"),
         ("ALEPH_LEASE_RETRY", "5"),
         ("ALEPH_STEP_TEMPLATE_ADMISSION", "false"),
+        // The allocator setting the benchmark's memory figures are made with.
+        ("GLIBC_TUNABLES", "glibc.malloc.arena_max=2"),
     ] {
         assert_eq!(env_value(container, name), Some(value), "{name}");
     }
