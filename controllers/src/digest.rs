@@ -86,11 +86,17 @@ pub fn keep_digest<K: Resource + Serialize>(obj: &mut K, strip: impl FnOnce(&mut
             meta.annotations = None;
         }
     }
-    if let Ok(mut carried) = CARRIED.lock() {
-        if carried.len() >= MAX_RECORDS && !carried.contains_key(&uid) {
-            carried.clear();
+    bounded_insert(&CARRIED, uid, (version, digest));
+}
+
+/// Inserts into one of the records by UID, which starts again past
+/// [`MAX_RECORDS`].
+fn bounded_insert(records: &Mutex<HashMap<u128, (u64, u64)>>, uid: u128, value: (u64, u64)) {
+    if let Ok(mut records) = records.lock() {
+        if records.len() >= MAX_RECORDS && !records.contains_key(&uid) {
+            records.clear();
         }
-        carried.insert(uid, (version, digest));
+        records.insert(uid, value);
     }
 }
 
@@ -166,12 +172,7 @@ impl Verified {
         ) else {
             return;
         };
-        if let Ok(mut records) = VERIFIED.lock() {
-            if records.len() >= MAX_RECORDS && !records.contains_key(&uid) {
-                records.clear();
-            }
-            records.insert(uid, (wanted, found));
-        }
+        bounded_insert(&VERIFIED, uid, (wanted, found));
     }
 
     /// Whether the content of the trimmed copy `cached` is the one last
