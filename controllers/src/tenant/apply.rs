@@ -335,8 +335,10 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 .ensure_cached(&rb_api, bindings.get(&(ns_name.clone(), rb.name_any())), rb)
                 .await?;
         }
-        for (ns, rb_name) in bindings.keys() {
-            if ns == ns_name && !wanted.contains(rb_name) {
+        // Only the tenant's own: a RoleBinding somebody else made with the
+        // tenant's label (found when the pass lists by label) stays.
+        for ((ns, rb_name), found) in &bindings {
+            if ns == ns_name && !wanted.contains(rb_name) && owner.controls(found) {
                 delete_ignoring_missing(&rb_api, rb_name).await?;
             }
         }
