@@ -230,6 +230,20 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
         "{denied:?}"
     );
 
+    // A RoleBinding somebody else made in the namespace, with the tenant's
+    // label but not owned by the tenant, is not the tenant's to remove.
+    let rbs: Api<RoleBinding> = Api::namespaced(env.client(), &own);
+    let theirs: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": { "name": "team-readers", "labels": { aleph_crds::keys::TENANT_LABEL: a } },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": format!("{a}-carol") }],
+    }))
+    .expect("json");
+    rbs.create(&PostParams::default(), &theirs)
+        .await
+        .expect("a RoleBinding of somebody else's");
+
     // Removing bob (view) removes his binding; removing a namespace removes it.
     let tenants: Api<Tenant> = env.cluster_api();
     let patch = json!({ "spec": { "owners": [{ "kind": "User", "name": format!("{a}-alice"), "role": "admin" }], "namespaces": ["research"] } });
@@ -238,8 +252,11 @@ async fn owners_reach_their_namespaces_only_and_lose_access_when_removed() {
         .await
         .expect("patch tenant");
     let bob = env.impersonated_client(&format!("{a}-bob"), &[]);
-    let rbs: Api<RoleBinding> = Api::namespaced(env.client(), &own);
     wait_for_deletion(&rbs, "aleph-owners-view", TIMEOUT).await;
+    assert!(
+        rbs.get_opt("team-readers").await.expect("get").is_some(),
+        "the pass that removed the tenant's unwanted binding removed somebody else's too"
+    );
     assert!(
         !can_i(bob, "get", "pods", "", &own).await,
         "a removed owner keeps access"
