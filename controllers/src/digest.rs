@@ -148,15 +148,26 @@ static VERIFIED: LazyLock<Mutex<HashMap<u128, (u64, u64)>>> =
 /// allocation, for each of tens of thousands of children), or the hash of
 /// any other text.
 fn uid_key(uid: &str) -> u128 {
-    let hex: String = uid.chars().filter(|c| *c != '-').collect();
-    match u128::from_str_radix(&hex, 16) {
-        Ok(key) if hex.len() == 32 => key,
-        _ => {
-            let mut hasher = DefaultHasher::new();
-            uid.hash(&mut hasher);
-            u128::from(hasher.finish())
+    let mut key = 0u128;
+    let mut digits = 0;
+    for c in uid.chars().filter(|c| *c != '-') {
+        match c.to_digit(16) {
+            Some(d) if digits < 32 => {
+                key = key << 4 | u128::from(d);
+                digits += 1;
+            }
+            _ => {
+                digits = 0;
+                break;
+            }
         }
     }
+    if digits == 32 {
+        return key;
+    }
+    let mut hasher = DefaultHasher::new();
+    uid.hash(&mut hasher);
+    u128::from(hasher.finish())
 }
 
 /// The record of full comparisons that [`keep_digest`]'s copies are judged by.

@@ -112,65 +112,43 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     // other children only as their metadata and the digest of the rest
     // (see `crate::digest`), without their labels: a pass finds them by
     // their owner reference ([`belongs`]).
-    use crate::digest::keep_digest;
     use crate::runner::untrimmed;
     let (namespaces, namespace_stream) = cluster_watch(client, owned(), untrimmed);
     let (quotas, quota_stream) = cluster_watch(client, owned(), untrimmed);
     let (limit_ranges, limit_range_stream) =
         cluster_watch(client, owned(), |o: &mut LimitRange| {
-            keep_digest(o, |o| {
-                o.spec = None;
-                o.metadata.labels = None;
-            })
+            keep_unlabelled(o, |o| o.spec = None)
         });
     let (network_policies, network_policy_stream) =
         cluster_watch(client, owned(), |o: &mut NetworkPolicy| {
-            keep_digest(o, |o| {
-                o.spec = None;
-                o.metadata.labels = None;
-            })
+            keep_unlabelled(o, |o| o.spec = None)
         });
     let (role_bindings, role_binding_stream) =
         cluster_watch(client, owned(), |o: &mut RoleBinding| {
-            keep_digest(o, |o| {
-                o.subjects = None;
-                o.metadata.labels = None;
-            })
+            keep_unlabelled(o, |o| o.subjects = None)
         });
     let (cluster_roles, cluster_role_stream) =
         cluster_watch(client, owned(), |o: &mut ClusterRole| {
-            keep_digest(o, |o| {
+            keep_unlabelled(o, |o| {
                 o.rules = None;
                 o.aggregation_rule = None;
-                o.metadata.labels = None;
             })
         });
     let (cluster_role_bindings, cluster_role_binding_stream) =
         cluster_watch(client, owned(), |o: &mut ClusterRoleBinding| {
-            keep_digest(o, |o| {
-                o.subjects = None;
-                o.metadata.labels = None;
-            })
+            keep_unlabelled(o, |o| o.subjects = None)
         });
     let (admission_policies, admission_policy_stream) =
         cluster_watch(client, owned(), |o: &mut ValidatingAdmissionPolicy| {
             // The status is the API server's type check of the rules:
             // warnings that no pass reads, often larger than the rest.
             o.status = None;
-            keep_digest(o, |o| {
-                o.spec = None;
-                o.metadata.labels = None;
-            })
+            keep_unlabelled(o, |o| o.spec = None)
         });
     let (admission_bindings, admission_binding_stream) = cluster_watch(
         client,
         owned(),
-        |o: &mut ValidatingAdmissionPolicyBinding| {
-            keep_digest(o, |o| {
-                o.spec = None;
-                o.metadata.labels = None;
-            })
-        },
+        |o: &mut ValidatingAdmissionPolicyBinding| keep_unlabelled(o, |o| o.spec = None),
     );
     // Only FailedCreate events, and only the tenant quota's refusals wake a
     // Tenant: the reconcile moves headroom to the refused namespace.
@@ -268,6 +246,16 @@ fn by_name<K: Resource>(items: Vec<K>) -> BTreeMap<(String, String), K> {
         .into_iter()
         .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o))
         .collect()
+}
+
+/// Trims a cached child as [`crate::digest::keep_digest`] does, `strip`
+/// and its labels with it (the digest covers them; a pass finds the child
+/// by its owner, [`belongs`]).
+fn keep_unlabelled<K: Resource + serde::Serialize>(obj: &mut K, strip: impl FnOnce(&mut K)) {
+    crate::digest::keep_digest(obj, |o| {
+        strip(o);
+        o.meta_mut().labels = None;
+    });
 }
 
 /// Whether `obj` is one of `tenant`'s children: labelled with it, or (a
