@@ -85,11 +85,15 @@ struct Args {
     #[arg(long, env = "ALEPH_NGINX_BIN", default_value = "nginx")]
     nginx_bin: PathBuf,
     /// Seconds measured in each run.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Seconds of warm-up before each run, not measured.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     warmup_seconds: u64,
+    /// Rounds of each scenario: in each, every path runs once, in an order
+    /// that turns from round to round; a figure is the median of the rounds'.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
     /// The fixed arrival rates (requests per second) of the open-loop runs.
     #[arg(long, value_delimiter = ',', default_value = "200,1000")]
     rates: Vec<u32>,
@@ -444,8 +448,12 @@ async fn measure_all(
             }
             loads.push((mode, Load::Closed(concurrency[&mode])));
         }
+        let rounds = usize::from(args.rounds);
         for (mode, load) in loads {
-            for path in Path::ALL {
+            for (round, i) in (0..rounds).flat_map(|r| (0..Path::ALL.len()).map(move |i| (r, i))) {
+                // The first path of a round turns, so that none always runs
+                // right after another's load.
+                let path = Path::ALL[(i + round) % Path::ALL.len()];
                 let (addr, proxy_pids) = match path {
                     Path::Direct => (engine, None),
                     Path::Gateway => (gateway_addr, Some(vec![gateway.pid()])),
@@ -467,10 +475,11 @@ async fn measure_all(
                 .await;
                 let s = &run.samples;
                 progress(format!(
-                    "{} {:?} {}: {:.0} req/s, end p50 {:?} p99 {:?} µs, first byte p50 {:?} µs, {} failed; CPU proxy {:?} stub {:.0} client {:.0}",
+                    "{} {:?} {} (round {}/{rounds}): {:.0} req/s, end p50 {:?} p99 {:?} µs, first byte p50 {:?} µs, {} failed; CPU proxy {:?} stub {:.0} client {:.0}",
                     mode.name(),
                     load,
                     path.name(),
+                    round + 1,
                     s.throughput,
                     load::percentile(&s.end, 50.0),
                     load::percentile(&s.end, 99.0),
@@ -480,7 +489,11 @@ async fn measure_all(
                     run.cpu.1,
                     run.cpu.2,
                 ));
-                figures.runs.insert((mode, load, path), run);
+                figures
+                    .runs
+                    .entry((mode, load, path))
+                    .or_default()
+                    .push(run);
             }
         }
         figures.gateway_peak_kib = procs::status_kib(gateway.pid(), "VmHWM");
@@ -583,9 +596,10 @@ async fn measure_all(
                 args.chunk_interval_us
             ),
             format!(
-                "Each run: {} s warm-up, then {} s measured. Open loop at {} req/s; closed loop with {} callers (plain) and {} (streams). HTTP/1.1 keep-alive on every hop.",
+                "Each run: {} s warm-up, then {} s measured; {} rounds of each scenario, every path once per round (the first path turning), each figure the median of the rounds' (the failures their sum). Open loop at {} req/s; closed loop with {} callers (plain) and {} (streams). HTTP/1.1 keep-alive on every hop.",
                 args.warmup_seconds,
                 args.seconds,
+                args.rounds,
                 args.rates
                     .iter()
                     .map(ToString::to_string)

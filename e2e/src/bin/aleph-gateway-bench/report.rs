@@ -88,7 +88,9 @@ pub struct LargeConfig {
 /// Everything measured.
 #[derive(Clone, Debug, Default)]
 pub struct Figures {
-    pub runs: BTreeMap<(Mode, Load, Path), Run>,
+    /// The rounds of each scenario and path, in the order they ran; the
+    /// report gives the median of the rounds.
+    pub runs: BTreeMap<(Mode, Load, Path), Vec<Run>>,
     /// VmHWM of the gateway after all the runs, KiB.
     pub gateway_peak_kib: Option<u64>,
     /// VmHWM of nginx's master plus its worker after all the runs, KiB.
@@ -137,15 +139,13 @@ pub enum Point {
 }
 
 impl Figures {
-    fn samples(&self, mode: Mode, load: Load, path: Path, point: Point) -> Option<&[u32]> {
-        let run = self.runs.get(&(mode, load, path))?;
-        Some(match point {
-            Point::FirstByte => &run.samples.first_byte,
-            Point::End => &run.samples.end,
-        })
+    fn rounds(&self, mode: Mode, load: Load, path: Path) -> &[Run] {
+        self.runs
+            .get(&(mode, load, path))
+            .map_or(&[], Vec::as_slice)
     }
 
-    /// p50 and p99 of a path, µs.
+    /// p50 and p99 of a path, µs: each the median of the rounds' own.
     pub fn latency(
         &self,
         mode: Mode,
@@ -153,16 +153,60 @@ impl Figures {
         path: Path,
         point: Point,
     ) -> (Option<i64>, Option<i64>) {
-        match self.samples(mode, load, path, point) {
-            Some(s) => (p(s, 50.0), p(s, 99.0)),
-            None => (None, None),
-        }
+        let of = |q: f64| {
+            median_i64(
+                self.rounds(mode, load, path)
+                    .iter()
+                    .filter_map(|r| p(r.samples.at(point), q))
+                    .collect(),
+            )
+        };
+        (of(50.0), of(99.0))
     }
 
+    /// The p99 of each round of a path, µs, in the order they ran.
+    fn p99_by_round(&self, mode: Mode, load: Load, path: Path, point: Point) -> Vec<Option<i64>> {
+        self.rounds(mode, load, path)
+            .iter()
+            .map(|r| p(r.samples.at(point), 99.0))
+            .collect()
+    }
+
+    /// Requests per second of a path: the median of the rounds'.
     fn throughput(&self, mode: Mode, load: Load, path: Path) -> Option<f64> {
-        self.runs
-            .get(&(mode, load, path))
-            .map(|r| r.samples.throughput)
+        median_f64(
+            self.rounds(mode, load, path)
+                .iter()
+                .map(|r| r.samples.throughput)
+                .collect(),
+        )
+    }
+}
+
+/// The median of `values` (the mean of the two middle ones for an even
+/// count), or None when there are none.
+pub fn median_f64(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some(f64::midpoint(values[n / 2 - 1], values[n / 2])),
+    }
+}
+
+fn median_i64(values: Vec<i64>) -> Option<i64> {
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+    median_f64(values.into_iter().map(|v| v as f64).collect()).map(|m| m.round() as i64)
+}
+
+impl Samples {
+    /// The latencies of one point of the requests, sorted.
+    fn at(&self, point: Point) -> &[u32] {
+        match point {
+            Point::FirstByte => &self.first_byte,
+            Point::End => &self.end,
+        }
     }
 }
 
@@ -181,6 +225,26 @@ fn latency_row(out: &mut String, f: &Figures, label: &str, mode: Mode, load: Loa
         "| {label}: p50 / p99 | {} | {} | {} |  |  |",
         cells[0], cells[1], cells[2]
     );
+    let rounds: Vec<String> = Path::ALL
+        .iter()
+        .map(|path| {
+            let p99s = f.p99_by_round(mode, load, *path, point);
+            if p99s.len() < 2 {
+                return "–".into();
+            }
+            p99s.iter()
+                .map(|v| v.map_or("–".into(), |v| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    if rounds.iter().any(|r| r != "–") {
+        let _ = writeln!(
+            out,
+            "| {label}: p99 of each round | {} | {} | {} |  |  |",
+            rounds[0], rounds[1], rounds[2]
+        );
+    }
 }
 
 fn added_verdict(gateway: Option<i64>, nginx: Option<i64>) -> (String, Option<bool>) {
@@ -207,7 +271,54 @@ fn added_verdict(gateway: Option<i64>, nginx: Option<i64>) -> (String, Option<bo
 
 #[cfg(test)]
 mod tests {
-    use super::added_verdict;
+    use super::{Figures, Load, Mode, Path, Point, Run, added_verdict, median_f64};
+    use crate::load::Samples;
+
+    fn run(end: Vec<u32>, throughput: f64) -> Run {
+        Run {
+            samples: Samples {
+                first_byte: end.clone(),
+                end,
+                throughput,
+                ..Samples::default()
+            },
+            cpu: (None, 0.0, 0.0),
+        }
+    }
+
+    #[test]
+    fn a_path_s_figures_are_the_median_of_its_rounds() {
+        let key = (Mode::Plain, Load::Rate(200), Path::Gateway);
+        let mut f = Figures::default();
+        // Three rounds of 100 samples: the p99 of each is its 99th value.
+        let round = |slow: u32| {
+            let mut end: Vec<u32> = (1..=98).collect();
+            end.extend([slow, slow]);
+            end
+        };
+        f.runs.insert(
+            key,
+            vec![
+                run(round(900), 1000.0),
+                run(round(30_000), 900.0),
+                run(round(400), 1200.0),
+            ],
+        );
+        let (p50, p99) = f.latency(key.0, key.1, key.2, Point::End);
+        assert_eq!(p50, Some(50));
+        assert_eq!(p99, Some(900), "one slow round does not make the figure");
+        assert_eq!(f.throughput(key.0, key.1, key.2), Some(1000.0));
+        assert_eq!(
+            f.p99_by_round(key.0, key.1, key.2, Point::End),
+            vec![Some(900), Some(30_000), Some(400)]
+        );
+        assert_eq!(
+            f.latency(key.0, key.1, Path::Nginx, Point::End),
+            (None, None)
+        );
+        assert_eq!(median_f64(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median_f64(Vec::new()), None);
+    }
 
     #[test]
     fn a_negative_added_p99_gives_no_verdict() {
@@ -295,13 +406,19 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
             let cpu: Vec<String> = Path::ALL
                 .iter()
                 .map(|path| {
-                    f.runs.get(&(mode, load, *path)).map_or("–".into(), |r| {
-                        let (proxy, stub, client) = r.cpu;
-                        format!(
-                            "{} / {stub:.0} / {client:.0}",
-                            proxy.map_or("–".into(), |p| format!("{p:.0}"))
-                        )
-                    })
+                    let rounds = f.rounds(mode, load, *path);
+                    if rounds.is_empty() {
+                        return "–".into();
+                    }
+                    let median = |pick: fn(&Run) -> Option<f64>| {
+                        median_f64(rounds.iter().filter_map(pick).collect())
+                    };
+                    format!(
+                        "{} / {:.0} / {:.0}",
+                        median(|r| r.cpu.0).map_or("–".into(), |p| format!("{p:.0}")),
+                        median(|r| Some(r.cpu.1)).unwrap_or_default(),
+                        median(|r| Some(r.cpu.2)).unwrap_or_default(),
+                    )
                 })
                 .collect();
             let _ = writeln!(
@@ -317,7 +434,7 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
         f.runs
             .iter()
             .filter(move |((_, _, p), _)| *p == path)
-            .map(|((_, load, _), run)| (load, run))
+            .flat_map(|((_, load, _), rounds)| rounds.iter().map(move |run| (load, run)))
     };
     let errors: Vec<u64> = Path::ALL
         .iter()
