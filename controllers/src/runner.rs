@@ -106,9 +106,9 @@ pub const LIST_PAGE_SIZE: u32 = 50;
 /// Objects per page of the initial list of a controller's primary kind.
 /// Nothing is reconciled before that list is whole, and when the operator
 /// starts every watch lists at once, each page waiting its turn at the API
-/// server: in pages of [`LIST_PAGE_SIZE`], 1,000 Tenants took 20 turns and
-/// the first reconcile about 2 s. The primary objects are few and small
-/// beside their children (pods, Deployments), so their pages can be larger.
+/// server: in pages of [`LIST_PAGE_SIZE`], 1,000 Tenants take 20 turns. The
+/// primary objects are few and small beside their children (pods,
+/// Deployments), so their pages can be larger.
 pub const PRIMARY_LIST_PAGE_SIZE: u32 = 500;
 
 /// The watcher configuration every watch starts from: initial lists in pages
