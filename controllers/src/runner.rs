@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(sharded.page_size, Some(super::PRIMARY_LIST_PAGE_SIZE));
         assert_eq!(sharded.label_selector.as_deref(), Some("shard=a"));
         assert_eq!(super::watch_config().page_size, Some(super::LIST_PAGE_SIZE));
-        assert!(super::LIST_PAGE_SIZE < super::PRIMARY_LIST_PAGE_SIZE);
+        const { assert!(super::LIST_PAGE_SIZE < super::PRIMARY_LIST_PAGE_SIZE) };
     }
 
     #[test]
