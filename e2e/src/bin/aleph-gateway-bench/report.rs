@@ -287,6 +287,34 @@ mod tests {
     }
 
     #[test]
+    fn the_report_judges_the_median_round_and_shows_every_round() {
+        let load = super::Load::Closed(64);
+        let mut f = Figures::default();
+        for (path, rates) in [
+            (Path::Gateway, [900.0, 100.0, 950.0]),
+            (Path::Nginx, [1000.0, 1000.0, 990.0]),
+        ] {
+            f.runs.insert(
+                (Mode::Plain, load, path),
+                rates.iter().map(|r| run(vec![10, 20], *r)).collect(),
+            );
+        }
+        let setup = super::Setup {
+            concurrency: [(Mode::Plain, 64)].into(),
+            ..super::Setup::default()
+        };
+        let report = super::render(&setup, &f);
+        assert!(
+            report.contains("| plain, closed loop (64 callers): req/s | – | 900 | 1000 | ≥ 90 % of nginx's | met (90 %) |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| plain, closed loop (64 callers): req/s of each round | – | 900, 100, 950 | 1000, 1000, 990 |"),
+            "{report}"
+        );
+    }
+
+    #[test]
     fn a_path_s_figures_are_the_median_of_its_rounds() {
         let key = (Mode::Plain, Load::Rate(200), Path::Gateway);
         let mut f = Figures::default();
@@ -400,6 +428,26 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
                 cell(tput[2]),
                 goals::THROUGHPUT_SHARE * 100.0
             );
+            let rounds: Vec<String> = Path::ALL
+                .iter()
+                .map(|path| {
+                    let runs = f.rounds(mode, load, *path);
+                    if runs.len() < 2 {
+                        return "–".into();
+                    }
+                    runs.iter()
+                        .map(|r| format!("{:.0}", r.samples.throughput))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .collect();
+            if rounds.iter().any(|r| r != "–") {
+                let _ = writeln!(
+                    out,
+                    "| {label}: req/s of each round | {} | {} | {} |  |  |",
+                    rounds[0], rounds[1], rounds[2]
+                );
+            }
             for (point, what) in points {
                 latency_row(&mut out, f, &format!("{label}{what}"), mode, load, *point);
             }
