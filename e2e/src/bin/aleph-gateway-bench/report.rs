@@ -225,23 +225,32 @@ fn latency_row(out: &mut String, f: &Figures, label: &str, mode: Mode, load: Loa
         "| {label}: p50 / p99 | {} | {} | {} |  |  |",
         cells[0], cells[1], cells[2]
     );
+    each_round_row(out, label, "p99", |path| {
+        f.p99_by_round(mode, load, path, point)
+            .iter()
+            .map(|v| v.map_or("–".into(), |v| v.to_string()))
+            .collect()
+    });
+}
+
+/// The row of a figure's value in each round, a cell per path (`cells`
+/// gives a path's values in the order the rounds ran); none when no path
+/// ran more than one round.
+fn each_round_row(out: &mut String, label: &str, what: &str, cells: impl Fn(Path) -> Vec<String>) {
     let rounds: Vec<String> = Path::ALL
         .iter()
         .map(|path| {
-            let p99s = f.p99_by_round(mode, load, *path, point);
-            if p99s.len() < 2 {
+            let values = cells(*path);
+            if values.len() < 2 {
                 return "–".into();
             }
-            p99s.iter()
-                .map(|v| v.map_or("–".into(), |v| v.to_string()))
-                .collect::<Vec<_>>()
-                .join(", ")
+            values.join(", ")
         })
         .collect();
     if rounds.iter().any(|r| r != "–") {
         let _ = writeln!(
             out,
-            "| {label}: p99 of each round | {} | {} | {} |  |  |",
+            "| {label}: {what} of each round | {} | {} | {} |  |  |",
             rounds[0], rounds[1], rounds[2]
         );
     }
@@ -428,26 +437,12 @@ pub fn render(setup: &Setup, f: &Figures) -> String {
                 cell(tput[2]),
                 goals::THROUGHPUT_SHARE * 100.0
             );
-            let rounds: Vec<String> = Path::ALL
-                .iter()
-                .map(|path| {
-                    let runs = f.rounds(mode, load, *path);
-                    if runs.len() < 2 {
-                        return "–".into();
-                    }
-                    runs.iter()
-                        .map(|r| format!("{:.0}", r.samples.throughput))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .collect();
-            if rounds.iter().any(|r| r != "–") {
-                let _ = writeln!(
-                    out,
-                    "| {label}: req/s of each round | {} | {} | {} |  |  |",
-                    rounds[0], rounds[1], rounds[2]
-                );
-            }
+            each_round_row(&mut out, &label, "req/s", |path| {
+                f.rounds(mode, load, path)
+                    .iter()
+                    .map(|r| format!("{:.0}", r.samples.throughput))
+                    .collect()
+            });
             for (point, what) in points {
                 latency_row(&mut out, f, &format!("{label}{what}"), mode, load, *point);
             }
