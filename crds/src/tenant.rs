@@ -363,6 +363,10 @@ kind_status! {
         /// How many namespaces exist.
         #[serde(default)]
         pub namespace_count: i32,
+        /// The namespaces that count against the tenant's namespace limit
+        /// (declared and created by its owners) and that limit: what the
+        /// owners' admission policy checks a new namespace against.
+        pub namespace_room: Option<NamespaceRoom>,
         /// GPUs used/hard, for `kubectl get`.
         pub gpus: Option<String>,
         /// Usage against the tenant-wide quota, by resource name (for example `requests.nvidia.com/gpu`).
@@ -381,6 +385,17 @@ impl TenantStatus {
         self.gateway_usage = None;
         self
     }
+}
+
+/// How many of a tenant's namespaces count against its limit, and the limit.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceRoom {
+    /// The namespaces counted: those `spec.namespaces` declares and those the
+    /// owners created, adopted or not.
+    pub count: i32,
+    /// `spec.quota.namespaces`, or the plan's default.
+    pub limit: i32,
 }
 
 /// A tenant's use of aleph-gateway in the current UTC day and month.

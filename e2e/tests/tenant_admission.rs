@@ -10,12 +10,16 @@ use std::time::Duration;
 
 use aleph_crds::tenant::Tenant;
 use aleph_e2e::{TestEnv, node_of, poll, unique_name, user_can, wait_for, wait_for_deletion};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tenant_support::*;
 
@@ -780,4 +784,162 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
     );
     assert_pod_relabels(&pods, "running").await;
     env.cleanup().await;
+}
+
+/// The rules are two policies shared by every tenant, with the Tenant as
+/// their parameter. The API server's own type check of their CEL against the
+/// Tenant's schema finds nothing (a misspelt or misplaced field of the
+/// Tenant shows there as a warning), a policy changed by hand is put back,
+/// each tenant has only its two bindings, and its status carries the
+/// namespace room the owners' policy reads.
+#[tokio::test]
+async fn the_shared_policies_type_check_against_the_tenant_schema() {
+    let (env, name, _, _) = env_with_alice("tntype", "", false).await;
+    let policies: Api<ValidatingAdmissionPolicy> = env.cluster_api();
+    for policy in ["aleph-tenants", "aleph-tenants-owners"] {
+        let checked = wait_for(&policies, policy, TIMEOUT, |p| {
+            let generation = p.metadata.generation;
+            p.status
+                .as_ref()
+                .is_some_and(|s| generation.is_some() && s.observed_generation == generation)
+        })
+        .await;
+        let param = checked
+            .spec
+            .as_ref()
+            .and_then(|s| s.param_kind.clone())
+            .expect("paramKind");
+        assert_eq!(param.kind.as_deref(), Some("Tenant"), "{policy}");
+        let warnings = checked
+            .status
+            .and_then(|s| s.type_checking)
+            .and_then(|t| t.expression_warnings)
+            .unwrap_or_default();
+        // A rule on pods is also checked against Services, claims and the
+        // other kinds the policy matches, where it is guarded off: those
+        // fields are missing there. Nothing else may be wrong, and nothing
+        // read from the Tenant.
+        let wrong: Vec<String> = warnings
+            .iter()
+            .flat_map(|w| type_errors(&w.warning))
+            .filter(|e| !e.is_a_field_of_another_kind())
+            .map(|e| format!("{e:?}"))
+            .collect();
+        assert!(wrong.is_empty(), "{policy}: {wrong:#?}");
+    }
+    // Changed by hand, a shared policy is put back (not deleted here: the
+    // tests beside this one rely on it).
+    policies
+        .patch(
+            "aleph-tenants",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "failurePolicy": "Ignore" } })),
+        )
+        .await
+        .expect("edit the shared policy by hand");
+    wait_for(&policies, "aleph-tenants", TIMEOUT, |p| {
+        p.spec.as_ref().and_then(|s| s.failure_policy.as_deref()) == Some("Fail")
+    })
+    .await;
+    let own = policies
+        .list(&ListParams::default().labels(&format!("aleph.dev/tenant={name}")))
+        .await
+        .expect("list policies");
+    assert!(
+        own.items.is_empty(),
+        "the tenant has policies of its own: {:?}",
+        own.items.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = env.cluster_api();
+    let mut bound: Vec<(String, String)> = bindings
+        .list(&ListParams::default().labels(&format!("aleph.dev/tenant={name}")))
+        .await
+        .expect("list bindings")
+        .items
+        .into_iter()
+        .map(|b| {
+            let spec = b.spec.clone().unwrap_or_default();
+            let param = spec.param_ref.and_then(|p| p.name).unwrap_or_default();
+            (spec.policy_name.unwrap_or_default(), param)
+        })
+        .collect();
+    bound.sort();
+    assert_eq!(
+        bound,
+        vec![
+            ("aleph-tenants".to_string(), name.clone()),
+            ("aleph-tenants-owners".to_string(), name.clone()),
+        ]
+    );
+    let tenants: Api<Tenant> = env.cluster_api();
+    let room = tenants
+        .get(&name)
+        .await
+        .expect("the Tenant")
+        .status
+        .and_then(|s| s.namespace_room)
+        .expect("status.namespaceRoom");
+    // Two declared namespaces, the pro plan's ten.
+    assert_eq!((room.count, room.limit), (2, 10));
+}
+
+/// One error of the API server's type check: its message and the path of
+/// names it stops at (`object.spec.containers`).
+#[derive(Debug)]
+struct TypeError {
+    message: String,
+    path: String,
+}
+
+impl TypeError {
+    /// A field the request's object lacks in one of the kinds the policy
+    /// matches (not a field of the Tenant, nor of a variable read from it).
+    fn is_a_field_of_another_kind(&self) -> bool {
+        let root = self.path.split('.').next().unwrap_or_default();
+        let tenant_variable = self.path.starts_with("variables.")
+            && !self.path.starts_with("variables.spec.")
+            && !self.path.starts_with("variables.oldSpec.");
+        self.message.starts_with("undefined field") && root != "params" && !tenant_variable
+    }
+}
+
+/// The errors in a type check warning: `ERROR: <input>:1:<column>: <message>`,
+/// then the expression, then a caret under the column.
+fn type_errors(warning: &str) -> Vec<TypeError> {
+    warning
+        .split("ERROR: <input>:")
+        .skip(1)
+        .map(|entry| {
+            let mut lines = entry.lines();
+            let head = lines.next().unwrap_or_default();
+            let mut parts = head.splitn(3, ':');
+            let _line = parts.next();
+            let column: usize = parts
+                .next()
+                .and_then(|c| c.trim().parse().ok())
+                .unwrap_or_default();
+            let message = parts.next().unwrap_or_default().trim().to_string();
+            let expression = lines
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches(" | ")
+                .to_string();
+            // The path ends at the field the column points at.
+            let chars: Vec<char> = expression.chars().collect();
+            let is_name = |c: &char| c.is_ascii_alphanumeric() || *c == '_' || *c == '.';
+            let at = column.saturating_sub(1).min(chars.len());
+            let start = chars[..at]
+                .iter()
+                .rposition(|c| !is_name(c))
+                .map_or(0, |i| i + 1);
+            let end = chars[at..]
+                .iter()
+                .position(|c| !is_name(c))
+                .map_or(chars.len(), |i| at + i);
+            TypeError {
+                message,
+                path: chars[start..end].iter().collect(),
+            }
+        })
+        .collect()
 }

@@ -181,10 +181,10 @@ async fn tenant_owners_cannot_escalate_or_undo_isolation() {
     );
     let vaps: Api<ValidatingAdmissionPolicy> = Api::all(alice.clone());
     ledger.refused_any(
-        "empty its admission policy",
+        "empty the tenants' admission policy",
         merge_patch(
             &vaps,
-            &format!("aleph-tenant-{a}"),
+            "aleph-tenants",
             json!({ "spec": { "validations": [{ "expression": "true" }] } }),
         )
         .await,

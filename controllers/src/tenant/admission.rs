@@ -1,152 +1,215 @@
-//! The tenant's admission rules, as ValidatingAdmissionPolicies the API server
-//! enforces itself (no webhook), built from the spec alone.
+//! The tenants' admission rules, as ValidatingAdmissionPolicies the API
+//! server enforces itself (no webhook).
 //!
-//! Two policies per tenant:
+//! Two policies, shared by every tenant, take the Tenant as their parameter
+//! (`paramKind` Tenant): each tenant has a binding to each, which names the
+//! Tenant (`paramRef`) and selects its namespaces. The rules read what the
+//! tenant allows from its spec when a request is admitted, so a change of
+//! the spec holds at once, and the API server type-checks two policies
+//! however many tenants there are.
 //!
-//! - `aleph-tenant-<tenant>` holds for everyone, the operator and cluster
-//!   admins included: pods (CREATE, UPDATE and the `pods/ephemeralcontainers`
+//! - `aleph-tenants` holds for everyone, the operator and cluster admins
+//!   included: pods (CREATE, UPDATE and the `pods/ephemeralcontainers`
 //!   subresource), PersistentVolumeClaims, Services, Ingresses, HTTPRoutes,
 //!   and the compliance rules on AIModels and Pipelines. Pods are what runs,
 //!   whoever made them, so nothing is exempt there.
-//! - `aleph-tenant-<tenant>-owners` holds for the tenant's users only: the pod
+//! - `aleph-tenants-owners` holds for the tenants' users only: the pod
 //!   templates of workloads (so a bad Deployment is refused at `kubectl apply`,
 //!   not later in its ReplicaSet's events), NetworkPolicies that would widen
-//!   the tenant's isolation, and changes to the objects the operator made. The
-//!   operator, `system:masters` and kube-system's controllers (garbage
-//!   collection, namespace deletion, CronJobs) are exempt through
-//!   `matchConditions`: their writes are the operator's own or follow from it,
-//!   and the pods they lead to are still checked by the first policy.
+//!   the tenant's isolation, changes to the objects the operator made, and
+//!   the namespaces the owners create (within the room the Tenant's status
+//!   counts). The operator, `system:masters` and kube-system's controllers
+//!   (garbage collection, namespace deletion, CronJobs) are exempt through
+//!   `matchConditions`: their writes are the operator's own or follow from
+//!   it, and the pods they lead to are still checked by the first policy.
 //!
 //! On UPDATE a rule looks only at what changes (new images, a new scheduling
 //! constraint, a new Service type), so objects made before a rule existed can
 //! still be labelled, scaled, finalized and deleted.
 
 use aleph_crds::keys::TENANT_LABEL;
-use aleph_crds::tenant::{ComplianceProfile, Tenant};
+use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::{
-    MatchResources, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, Variable,
+    MatchResources, ParamKind, ParamRef, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 
 use super::build::{
     PolicyRules, cluster_wide_meta, forbid, forbid_saying, policy_meta, policy_with_binding,
     resource_rule,
 };
-pub use super::cel::NamespaceRoom;
 use super::cel::{
-    PodSpecCel, cel_list, condition, exemptions, host_allowed, lit, network_policy_within,
-    not_the_operator, owner_namespace_rules, pod_rules,
+    PodSpecCel, TENANT, admission_variables, condition, exemptions, host_allowed, lit,
+    network_policy_within, network_variables, not_the_operator, owner_namespace_rules, pod_rules,
+    room_variable, rule, variable,
 };
 use crate::apply::{MANAGED_BY, MANAGER};
 
 /// Creating and updating: what most rules look at.
 const WRITE: &[&str] = &["CREATE", "UPDATE"];
 
-/// The name of the tenant's policy (and binding) that holds for everyone.
-pub fn admission_policy_name(tenant: &str) -> String {
+/// The shared policy that holds for everyone in the tenants' namespaces.
+pub const TENANTS_POLICY: &str = "aleph-tenants";
+/// The shared policy that holds for the tenants' users.
+pub const OWNERS_POLICY: &str = "aleph-tenants-owners";
+
+/// The name of the tenant's binding to [`TENANTS_POLICY`].
+pub fn admission_binding_name(tenant: &str) -> String {
     format!("aleph-tenant-{tenant}")
 }
 
-/// The name of the tenant's policy (and binding) that holds for its users.
-pub fn owner_policy_name(tenant: &str) -> String {
+/// The name of the tenant's binding to [`OWNERS_POLICY`].
+pub fn owner_binding_name(tenant: &str) -> String {
     format!("aleph-tenant-{tenant}-owners")
 }
 
-/// The policy and binding that hold for everyone in the tenant's namespaces,
-/// or None when the tenant has no such rule.
-pub fn admission_policy(
-    tenant: &Tenant,
-    operator_images: &[String],
-) -> Option<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+/// The tenant's bindings: to each shared policy, with the Tenant as the
+/// parameter, in the tenant's namespaces.
+pub fn bindings(tenant: &Tenant) -> [ValidatingAdmissionPolicyBinding; 2] {
     let t = tenant.name_any();
-    let a = &tenant.spec.admission;
+    let binding = |name: String, policy: &str| ValidatingAdmissionPolicyBinding {
+        metadata: policy_meta(tenant, &name),
+        spec: Some(ValidatingAdmissionPolicyBindingSpec {
+            policy_name: Some(policy.to_string()),
+            param_ref: Some(ParamRef {
+                name: Some(t.clone()),
+                // The binding goes with the Tenant (it owns it); in between,
+                // nothing is held up by a Tenant already gone.
+                parameter_not_found_action: Some("Allow".to_string()),
+                ..ParamRef::default()
+            }),
+            validation_actions: Some(vec!["Deny".to_string()]),
+            match_resources: Some(MatchResources {
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some([(TENANT_LABEL.to_string(), t.clone())].into()),
+                    ..LabelSelector::default()
+                }),
+                ..MatchResources::default()
+            }),
+        }),
+    };
+    [
+        binding(admission_binding_name(&t), TENANTS_POLICY),
+        binding(owner_binding_name(&t), OWNERS_POLICY),
+    ]
+}
+
+/// A shared policy `name` of `rules`, with the Tenant as its parameter.
+/// Labelled with an empty tenant, so that the Tenant controller's watch of
+/// the tenants' policies sees it (and puts it back if it goes).
+fn shared_policy(name: &str, rules: PolicyRules) -> ValidatingAdmissionPolicy {
+    let mut meta = cluster_wide_meta(name);
+    meta.labels
+        .get_or_insert_default()
+        .insert(TENANT_LABEL.to_string(), String::new());
+    let (mut policy, _) = policy_with_binding(meta, rules, None);
+    if let Some(spec) = policy.spec.as_mut() {
+        spec.param_kind = Some(ParamKind {
+            api_version: Some(Tenant::api_version(&()).into_owned()),
+            kind: Some(Tenant::kind(&()).into_owned()),
+        });
+    }
+    policy
+}
+
+/// The policy that holds for everyone in the tenants' namespaces.
+/// `operator_images` (what the operator itself runs there) pass the
+/// registry rule.
+pub fn tenants_policy(operator_images: &[String]) -> ValidatingAdmissionPolicy {
     let is_pod = "request.resource.group == '' && request.resource.resource == 'pods'";
     let pod = PodSpecCel {
         s: "object.spec",
         old: "oldObject.spec",
     };
-    let mut validations = Vec::new();
-    if tenant.spec.cordoned {
-        validations.push(forbid(
-            format!("!({is_pod}) || (request.operation == 'UPDATE' && !(has(request.subResource) && request.subResource == 'ephemeralcontainers'))"),
-            format!("tenant {t} is cordoned (rule: cordoned): new pods and ephemeral containers are refused; running pods keep running"),
-        ));
-    }
-    validations.extend(pod_rules(tenant, &pod, is_pod, "pod", operator_images));
-    if !a.allowed_storage_classes.is_empty() {
-        let list = cel_list(&a.allowed_storage_classes);
-        validations.push(forbid(
-            format!(
-                "request.resource.resource != 'persistentvolumeclaims' \
-                 || (has(object.spec.storageClassName) && object.spec.storageClassName in {list}) \
-                 || (request.operation == 'UPDATE' && has(oldObject.spec.storageClassName) == has(object.spec.storageClassName) \
-                     && (!has(object.spec.storageClassName) || oldObject.spec.storageClassName == object.spec.storageClassName))"
-            ),
-            format!("tenant {t} (rule: allowedStorageClasses): storageClassName must be one of {}", a.allowed_storage_classes.join(", ")),
-        ));
-    }
+    let mut validations = vec![rule(
+        format!(
+            "!variables.cordoned || !({is_pod}) || (request.operation == 'UPDATE' && !(has(request.subResource) && request.subResource == 'ephemeralcontainers'))"
+        ),
+        format!(
+            "{TENANT} + ' is cordoned (rule: cordoned): new pods and ephemeral containers are refused; running pods keep running'"
+        ),
+        "the tenant is cordoned (rule: cordoned): new pods and ephemeral containers are refused",
+    )];
+    validations.extend(pod_rules(&pod, is_pod, "pod", operator_images));
+    validations.push(rule(
+        "size(variables.storageClasses) == 0 || request.resource.resource != 'persistentvolumeclaims' \
+         || (has(object.spec.storageClassName) && object.spec.storageClassName in variables.storageClasses) \
+         || (request.operation == 'UPDATE' && has(oldObject.spec.storageClassName) == has(object.spec.storageClassName) \
+             && (!has(object.spec.storageClassName) || oldObject.spec.storageClassName == object.spec.storageClassName))".to_string(),
+        format!("{TENANT} + ' (rule: allowedStorageClasses): storageClassName must be one of ' + variables.storageClasses.join(', ')"),
+        "the storageClassName is not one the tenant allows (rule: allowedStorageClasses)",
+    ));
     let is_service = "request.resource.group == '' && request.resource.resource == 'services'";
     let type_unchanged = "(request.operation == 'UPDATE' && has(oldObject.spec.type) && has(object.spec.type) && oldObject.spec.type == object.spec.type)";
-    for (allowed, kind, field) in [
-        (a.allow_node_ports, "NodePort", "allowNodePorts"),
-        (a.allow_load_balancers, "LoadBalancer", "allowLoadBalancers"),
+    for (kind, field) in [
+        ("NodePort", "allowNodePorts"),
+        ("LoadBalancer", "allowLoadBalancers"),
     ] {
-        if !allowed {
-            validations.push(forbid(
-                format!("!({is_service}) || !has(object.spec.type) || object.spec.type != '{kind}' || {type_unchanged}"),
-                format!("tenant {t} (rule: {field}): Services of type {kind} are not allowed in this tenant; use ClusterIP (the platform's ingress reaches it)"),
-            ));
-        }
+        validations.push(rule(
+            format!("variables.{field} || !({is_service}) || !has(object.spec.type) || object.spec.type != '{kind}' || {type_unchanged}"),
+            format!("{TENANT} + ' (rule: {field}): Services of type {kind} are not allowed in this tenant; use ClusterIP (the platform\\'s ingress reaches it)'"),
+            &format!("Services of type {kind} are not allowed in this tenant (rule: {field})"),
+        ));
     }
-    if !a.allowed_domains.is_empty() {
-        let domains = cel_list(&a.allowed_domains);
-        let shown = a.allowed_domains.join(", ");
-        let ingress = "request.resource.group == 'networking.k8s.io' && request.resource.resource == 'ingresses'";
-        validations.push(forbid(
-            format!(
-                "!({ingress}) || (!has(object.spec.defaultBackend) \
-                 && (has(object.spec.rules) ? object.spec.rules : []).all(r, has(r.host) && {}) \
-                 && (has(object.spec.tls) ? object.spec.tls : []).all(x, !has(x.hosts) || x.hosts.all(h, {})))",
-                host_allowed("r.host", &domains),
-                host_allowed("h", &domains)
+    let domains = "variables.domains";
+    let shown = "variables.domains.join(', ')";
+    let ingress =
+        "request.resource.group == 'networking.k8s.io' && request.resource.resource == 'ingresses'";
+    validations.push(rule(
+        format!(
+            "size({domains}) == 0 || !({ingress}) || (!has(object.spec.defaultBackend) \
+             && (has(object.spec.rules) ? object.spec.rules : []).all(r, has(r.host) && {}) \
+             && (has(object.spec.tls) ? object.spec.tls : []).all(x, !has(x.hosts) || x.hosts.all(h, {})))",
+            host_allowed("r.host", domains),
+            host_allowed("h", domains)
+        ),
+        format!("{TENANT} + ' (rule: allowedDomains): every Ingress rule and TLS host must be one of ' + {shown} + ' or a name under one; a rule without a host or a default backend would take every host and is refused'"),
+        "an Ingress host is not under a domain the tenant allows (rule: allowedDomains)",
+    ));
+    let route = "request.resource.group == 'gateway.networking.k8s.io' && request.resource.resource == 'httproutes'";
+    validations.push(rule(
+        format!(
+            "size({domains}) == 0 || !({route}) || (has(object.spec.hostnames) && size(object.spec.hostnames) > 0 && object.spec.hostnames.all(h, {}))",
+            host_allowed("h", domains)
+        ),
+        format!("{TENANT} + ' (rule: allowedDomains): an HTTPRoute must list its hostnames, each one of ' + {shown} + ' or a name under one'"),
+        "an HTTPRoute hostname is not under a domain the tenant allows (rule: allowedDomains)",
+    ));
+    // HIPAA and PCI: SageMaker jobs name a KMS key. Only a spec change is
+    // checked, so that objects created before the profile was set can still
+    // be updated (finalizers, labels) and deleted.
+    let needs_kms = "!(variables.compliance in ['hipaa', 'pci'])";
+    let unchanged = "(request.operation == 'UPDATE' && object.spec == oldObject.spec)";
+    let steps = "(object.spec.steps + (has(object.spec.finally) ? object.spec.finally : []))";
+    validations.push(rule(
+        format!("{needs_kms} || request.resource.resource != 'aimodels' || {unchanged} || !has(object.spec.training) || has(object.spec.training.kmsKeyId)"),
+        format!("{TENANT} + ' (rule: compliance ' + variables.compliance + '): a SageMaker training job must name a KMS key (spec.training.kmsKeyId)'"),
+        "the tenant's compliance profile needs a KMS key on SageMaker training jobs (spec.training.kmsKeyId)",
+    ));
+    validations.push(rule(
+        format!("{needs_kms} || request.resource.resource != 'pipelines' || {unchanged} || {steps}.all(s, !has(s.training) || has(s.training.kmsKeyId))"),
+        format!("{TENANT} + ' (rule: compliance ' + variables.compliance + '): every SageMaker training step must name a KMS key (training.kmsKeyId)'"),
+        "the tenant's compliance profile needs a KMS key on every SageMaker training step (training.kmsKeyId)",
+    ));
+    let flag = |name: &str| {
+        variable(
+            name,
+            &format!(
+                "has(params.spec.admission) && has(params.spec.admission.{name}) && params.spec.admission.{name}"
             ),
-            format!("tenant {t} (rule: allowedDomains): every Ingress rule and TLS host must be one of {shown} or a name under one; a rule without a host or a default backend would take every host and is refused"),
-        ));
-        let route = "request.resource.group == 'gateway.networking.k8s.io' && request.resource.resource == 'httproutes'";
-        validations.push(forbid(
-            format!(
-                "!({route}) || (has(object.spec.hostnames) && size(object.spec.hostnames) > 0 && object.spec.hostnames.all(h, {}))",
-                host_allowed("h", &domains)
-            ),
-            format!("tenant {t} (rule: allowedDomains): an HTTPRoute must list its hostnames, each one of {shown} or a name under one"),
-        ));
-    }
-    let needs_kms = matches!(
-        tenant.spec.compliance,
-        ComplianceProfile::Hipaa | ComplianceProfile::Pci
-    );
-    if needs_kms {
-        let profile = match tenant.spec.compliance {
-            ComplianceProfile::Pci => "pci",
-            _ => "hipaa",
-        };
-        // Only a spec change is checked, so that objects created before the
-        // profile was set can still be updated (finalizers, labels) and deleted.
-        let unchanged = "(request.operation == 'UPDATE' && object.spec == oldObject.spec)";
-        let steps = "(object.spec.steps + (has(object.spec.finally) ? object.spec.finally : []))";
-        validations.push(forbid(
-            format!("request.resource.resource != 'aimodels' || {unchanged} || !has(object.spec.training) || has(object.spec.training.kmsKeyId)"),
-            format!("tenant {t} (rule: compliance {profile}): a SageMaker training job must name a KMS key (spec.training.kmsKeyId)"),
-        ));
-        validations.push(forbid(
-            format!("request.resource.resource != 'pipelines' || {unchanged} || {steps}.all(s, !has(s.training) || has(s.training.kmsKeyId))"),
-            format!("tenant {t} (rule: compliance {profile}): every SageMaker training step must name a KMS key (training.kmsKeyId)"),
-        ));
-    }
-    if validations.is_empty() {
-        return None;
-    }
+        )
+    };
+    let mut variables = admission_variables();
+    variables.extend([
+        flag("allowNodePorts"),
+        flag("allowLoadBalancers"),
+        variable(
+            "domains",
+            "has(params.spec.admission) && has(params.spec.admission.allowedDomains) ? params.spec.admission.allowedDomains : []",
+        ),
+    ]);
     let rules = vec![
         resource_rule("", "v1", WRITE, &["pods", "pods/ephemeralcontainers"]),
         resource_rule("", "v1", WRITE, &["persistentvolumeclaims", "services"]),
@@ -154,62 +217,46 @@ pub fn admission_policy(
         resource_rule("gateway.networking.k8s.io", "*", WRITE, &["httproutes"]),
         resource_rule("aleph.dev", "*", WRITE, &["aimodels", "pipelines"]),
     ];
-    Some(tenant_policy(
-        tenant,
-        &admission_policy_name(&t),
+    shared_policy(
+        TENANTS_POLICY,
         PolicyRules {
             rules,
+            variables,
             validations,
             ..PolicyRules::default()
         },
-    ))
+    )
 }
 
-/// Whether NetworkPolicies of the tenant are locked against widening.
-pub fn policies_locked(tenant: &Tenant) -> bool {
-    tenant.spec.network.lock_policies || tenant.spec.compliance != ComplianceProfile::None
-}
-
-/// The policy and binding that hold for the tenant's users (everyone but the
-/// operator, cluster admins and kube-system's controllers, named by
-/// `operator`, the operator's user name).
-pub fn owner_policy(
-    tenant: &Tenant,
-    operator: &str,
-    operator_images: &[String],
-    room: &NamespaceRoom,
-) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let t = tenant.name_any();
+/// The policy that holds for the tenants' users (everyone but the operator,
+/// cluster admins and kube-system's controllers; `operator` is the
+/// operator's user name).
+pub fn owners_policy(operator: &str, operator_images: &[String]) -> ValidatingAdmissionPolicy {
     let template = PodSpecCel {
         s: "variables.spec",
         old: "variables.oldSpec",
     };
     let is_workload = "variables.isWorkload";
-    let mut validations = Vec::new();
-    if tenant.spec.cordoned {
-        validations.push(forbid(
-            format!("!({is_workload}) || request.operation != 'CREATE'"),
-            format!("tenant {t} is cordoned (rule: cordoned): new workloads are refused; running pods keep running"),
-        ));
-    }
+    let mut validations = vec![rule(
+        format!("!variables.cordoned || !({is_workload}) || request.operation != 'CREATE'"),
+        format!(
+            "{TENANT} + ' is cordoned (rule: cordoned): new workloads are refused; running pods keep running'"
+        ),
+        "the tenant is cordoned (rule: cordoned): new workloads are refused",
+    )];
     validations.extend(pod_rules(
-        tenant,
         &template,
         is_workload,
         "the pod template's",
         operator_images,
     ));
-    let a = &tenant.spec.admission;
-    if !a.allowed_storage_classes.is_empty() {
-        let list = cel_list(&a.allowed_storage_classes);
-        validations.push(forbid(
-            format!(
-                "request.resource.resource != 'statefulsets' || request.operation != 'CREATE' || !has(object.spec.volumeClaimTemplates) \
-                 || object.spec.volumeClaimTemplates.all(v, has(v.spec.storageClassName) && v.spec.storageClassName in {list})"
-            ),
-            format!("tenant {t} (rule: allowedStorageClasses): every volumeClaimTemplate's storageClassName must be one of {}", a.allowed_storage_classes.join(", ")),
-        ));
-    }
+    validations.push(rule(
+        "size(variables.storageClasses) == 0 || request.resource.resource != 'statefulsets' || request.operation != 'CREATE' \
+         || !has(object.spec.volumeClaimTemplates) \
+         || object.spec.volumeClaimTemplates.all(v, has(v.spec.storageClassName) && v.spec.storageClassName in variables.storageClasses)".to_string(),
+        format!("{TENANT} + ' (rule: allowedStorageClasses): every volumeClaimTemplate\\'s storageClassName must be one of ' + variables.storageClasses.join(', ')"),
+        "a volumeClaimTemplate's storageClassName is not one the tenant allows (rule: allowedStorageClasses)",
+    ));
     // The operator's objects: the owners may not change or delete them (the
     // operator would put them back; refusing says so at once).
     let managed = format!(
@@ -221,21 +268,20 @@ pub fn owner_policy(
     validations.push(forbid_saying(
         format!("!(request.resource.resource in ['networkpolicies', 'rolebindings', 'resourcequotas', 'limitranges']) || request.operation == 'CREATE' || !{managed}"),
         format!(
-            "'tenant {t}: ' + request.resource.resource + ' ' + oldObject.metadata.name + ' is made by the operator from the Tenant {t}; ask the platform team to change the Tenant instead'"
+            "{TENANT} + ': ' + request.resource.resource + ' ' + oldObject.metadata.name + ' is made by the operator from the Tenant ' + params.metadata.name + '; ask the platform team to change the Tenant instead'"
         ),
     ));
-    validations.extend(owner_namespace_rules(&t, room));
-    if policies_locked(tenant) {
-        validations.push(forbid(
-            format!("request.resource.resource != 'networkpolicies' || request.operation == 'DELETE' || ({})", network_policy_within(tenant)),
-            format!(
-                "tenant {t} (rule: {}): a NetworkPolicy here may allow ingress only from pods of its namespace, the tenant's namespaces \
-                 (namespaceSelector matchLabels aleph.dev/tenant: {t}) and the platform's namespaces, and egress only to DNS (port 53), \
-                 the tenant's namespaces and the Tenant's network.allowedEgress blocks on their listed ports",
-                if tenant.spec.compliance == ComplianceProfile::None { "network.lockPolicies".to_string() } else { format!("compliance {}", profile_name(tenant.spec.compliance)) }
-            ),
-        ));
-    }
+    validations.extend(owner_namespace_rules());
+    validations.push(rule(
+        format!("!variables.locked || request.resource.resource != 'networkpolicies' || request.operation == 'DELETE' || ({})", network_policy_within()),
+        format!(
+            "{TENANT} + ' (rule: ' + (variables.compliance == 'none' ? 'network.lockPolicies' : 'compliance ' + variables.compliance) \
+             + '): a NetworkPolicy here may allow ingress only from pods of its namespace, the tenant\\'s namespaces \
+             (namespaceSelector matchLabels aleph.dev/tenant: ' + params.metadata.name + ') and the platform\\'s namespaces, and egress only to DNS (port 53), \
+             the tenant\\'s namespaces and the Tenant\\'s network.allowedEgress blocks on their listed ports'"
+        ),
+        "a NetworkPolicy may not widen the tenant's isolation (rule: network.lockPolicies or the compliance profile)",
+    ));
     let rules = vec![
         resource_rule(
             "apps",
@@ -265,11 +311,7 @@ pub fn owner_policy(
         ),
         resource_rule("", "v1", &["CREATE", "DELETE"], &["namespaces"]),
     ];
-    let variable = |name: &str, expression: &str| Variable {
-        name: name.to_string(),
-        expression: expression.to_string(),
-    };
-    let variables = vec![
+    let mut variables = vec![
         variable(
             "isWorkload",
             "request.resource.resource == 'cronjobs' || (request.resource.resource in ['deployments', 'statefulsets', 'daemonsets', 'replicasets', 'jobs', 'replicationcontrollers'] && has(object.spec.template))",
@@ -283,9 +325,11 @@ pub fn owner_policy(
             "request.operation != 'UPDATE' ? null : request.resource.resource == 'cronjobs' ? oldObject.spec.jobTemplate.spec.template.spec : oldObject.spec.template.spec",
         ),
     ];
-    tenant_policy(
-        tenant,
-        &owner_policy_name(&t),
+    variables.extend(admission_variables());
+    variables.extend(network_variables());
+    variables.push(room_variable());
+    shared_policy(
+        OWNERS_POLICY,
         PolicyRules {
             rules,
             match_conditions: exemptions(operator),
@@ -344,31 +388,6 @@ pub fn owner_namespaces_policy(
         ],
     };
     policy_with_binding(cluster_wide_meta(OWNER_NAMESPACES_POLICY), rules, None)
-}
-
-fn profile_name(profile: ComplianceProfile) -> &'static str {
-    match profile {
-        ComplianceProfile::None => "none",
-        ComplianceProfile::Hipaa => "hipaa",
-        ComplianceProfile::Sox => "sox",
-        ComplianceProfile::Pci => "pci",
-    }
-}
-
-/// One of the tenant's policies, owned by it, bound in its namespaces.
-fn tenant_policy(
-    tenant: &Tenant,
-    name: &str,
-    rules: PolicyRules,
-) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let tenant_namespaces = MatchResources {
-        namespace_selector: Some(LabelSelector {
-            match_labels: Some([(TENANT_LABEL.to_string(), tenant.name_any())].into()),
-            ..LabelSelector::default()
-        }),
-        ..MatchResources::default()
-    };
-    policy_with_binding(policy_meta(tenant, name), rules, Some(tenant_namespaces))
 }
 
 #[cfg(test)]

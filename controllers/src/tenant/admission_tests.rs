@@ -1,4 +1,5 @@
 use super::*;
+use crate::tenant::cel::cel_list;
 use crate::tenant::tenant_from_yaml as tenant;
 
 const ACME: &str = r#"
@@ -23,7 +24,7 @@ fn messages(policy: &ValidatingAdmissionPolicy) -> Vec<String> {
         .and_then(|s| s.validations.clone())
         .unwrap_or_default()
         .into_iter()
-        .map(|v| v.message.or(v.message_expression).unwrap_or_default())
+        .map(|v| v.message_expression.or(v.message).unwrap_or_default())
         .collect()
 }
 
@@ -45,23 +46,74 @@ fn resources(policy: &ValidatingAdmissionPolicy) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+const OPERATOR: &str = "system:serviceaccount:aleph-system:aleph-operator";
+
+fn expressions(policy: &ValidatingAdmissionPolicy) -> Vec<String> {
+    let spec = policy.spec.as_ref().expect("spec");
+    let validations = spec
+        .validations
+        .iter()
+        .flatten()
+        .map(|v| v.expression.clone());
+    let variables = spec
+        .variables
+        .iter()
+        .flatten()
+        .map(|v| v.expression.clone());
+    validations.chain(variables).collect()
+}
+
+/// Every reference to `variables.<name>` has that variable declared, and
+/// every variable is used.
+fn variables_are_declared_and_used(policy: &ValidatingAdmissionPolicy) {
+    let spec = policy.spec.as_ref().expect("spec");
+    let declared: Vec<&str> = spec
+        .variables
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    let mut text = expressions(policy).join(" ");
+    for v in spec.validations.iter().flatten() {
+        text.push_str(v.message_expression.as_deref().unwrap_or_default());
+    }
+    for name in &declared {
+        assert!(
+            text.contains(&format!("variables.{name}")),
+            "variable {name} is never used"
+        );
+    }
+    for used in text.split("variables.").skip(1) {
+        let name: String = used
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        assert!(
+            declared.contains(&name.as_str()),
+            "variables.{name} is not declared"
+        );
+    }
+}
+
 #[test]
 fn every_rule_names_itself_and_covers_every_path_to_a_pod() {
-    let t = tenant(ACME);
     let own = ["aleph.local/model-cache:dev".to_string()];
-    let (policy, binding) = admission_policy(&t, &own).expect("rules");
+    let policy = tenants_policy(&own);
     let m = messages(&policy);
-    // cordoned, registries, GPU product, GPU pinning, NodePort, LoadBalancer,
-    // Ingress and HTTPRoute domains, hipaa's two KMS rules.
-    assert_eq!(m.len(), 10, "{m:#?}");
+    // cordoned, registries, runtime classes, GPU product, GPU pinning,
+    // storage classes, NodePort, LoadBalancer, Ingress and HTTPRoute domains,
+    // the compliance profiles' two KMS rules.
+    assert_eq!(m.len(), 12, "{m:#?}");
     for rule in [
         "cordoned",
         "allowedRegistries",
+        "allowedRuntimeClasses",
         "allowedGpuProducts",
+        "allowedStorageClasses",
         "allowNodePorts",
         "allowLoadBalancers",
         "allowedDomains",
-        "compliance hipaa",
+        "rule: compliance ' + variables.compliance",
     ] {
         assert!(m.iter().any(|m| m.contains(rule)), "no rule {rule}: {m:#?}");
     }
@@ -69,6 +121,13 @@ fn every_rule_names_itself_and_covers_every_path_to_a_pod() {
         m.iter()
             .any(|m| m.contains("is not pinned") && m.contains("nodeSelector"))
     );
+    // The operator's own images pass the registry rule.
+    assert!(
+        expressions(&policy)
+            .iter()
+            .any(|e| e.contains("i in ['aleph.local/model-cache:dev']"))
+    );
+    variables_are_declared_and_used(&policy);
     let r = resources(&policy);
     for res in [
         "pods",
@@ -88,29 +147,49 @@ fn every_rule_names_itself_and_covers_every_path_to_a_pod() {
             "{res}: {ops:?}"
         );
     }
+    let spec = policy.spec.as_ref().expect("spec");
     // Nobody is exempt from the rules on pods.
-    assert!(
-        policy
-            .spec
-            .as_ref()
-            .and_then(|s| s.match_conditions.as_ref())
-            .is_none()
-    );
-    assert_eq!(
-        binding.spec.and_then(|s| s.policy_name).as_deref(),
-        Some("aleph-tenant-acme")
-    );
+    assert!(spec.match_conditions.is_none());
+    let param = spec
+        .param_kind
+        .clone()
+        .expect("the Tenant is the parameter");
+    assert_eq!(param.api_version.as_deref(), Some("aleph.dev/v1alpha1"));
+    assert_eq!(param.kind.as_deref(), Some("Tenant"));
+}
+
+#[test]
+fn each_tenant_binds_both_policies_with_itself_as_the_parameter_in_its_namespaces() {
+    let t = tenant(ACME);
+    let [everyone, owners] = bindings(&t);
+    for (binding, name, policy) in [
+        (&everyone, "aleph-tenant-acme", TENANTS_POLICY),
+        (&owners, "aleph-tenant-acme-owners", OWNERS_POLICY),
+    ] {
+        assert_eq!(binding.metadata.name.as_deref(), Some(name));
+        assert_eq!(
+            binding.metadata.owner_references.as_ref().map(Vec::len),
+            Some(1),
+            "{name} goes with the Tenant"
+        );
+        let spec = binding.spec.clone().expect("spec");
+        assert_eq!(spec.policy_name.as_deref(), Some(policy));
+        let param = spec.param_ref.expect("paramRef");
+        assert_eq!(param.name.as_deref(), Some("acme"));
+        assert_eq!(param.namespace, None, "Tenants are cluster-scoped");
+        assert_eq!(spec.validation_actions, Some(vec!["Deny".to_string()]));
+        let selector = spec
+            .match_resources
+            .and_then(|m| m.namespace_selector)
+            .and_then(|s| s.match_labels)
+            .expect("the tenant's namespaces");
+        assert_eq!(selector.get(TENANT_LABEL).map(String::as_str), Some("acme"));
+    }
 }
 
 #[test]
 fn the_owners_policy_covers_templates_and_the_operators_objects_and_exempts_the_operator() {
-    let t = tenant(ACME);
-    let (policy, _) = owner_policy(
-        &t,
-        "system:serviceaccount:aleph-system:aleph-operator",
-        &[],
-        &NamespaceRoom::default(),
-    );
+    let policy = owners_policy(OPERATOR, &[]);
     let r = resources(&policy);
     for res in [
         "deployments",
@@ -132,10 +211,12 @@ fn the_owners_policy_covers_templates_and_the_operators_objects_and_exempts_the_
     let m = messages(&policy);
     assert!(
         m.iter()
-            .any(|m| m.contains("compliance hipaa") && m.contains("NetworkPolicy")),
+            .any(|m| m.contains("'compliance ' + variables.compliance")
+                && m.contains("NetworkPolicy")),
         "{m:#?}"
     );
     assert!(m.iter().any(|m| m.contains("made by the operator")));
+    variables_are_declared_and_used(&policy);
     let conditions = policy
         .spec
         .and_then(|s| s.match_conditions)
@@ -151,52 +232,25 @@ fn the_owners_policy_covers_templates_and_the_operators_objects_and_exempts_the_
 }
 
 #[test]
-fn policies_are_unlocked_only_without_compliance_or_lock() {
-    let mut t = tenant(ACME);
-    assert!(policies_locked(&t));
-    t.spec.compliance = ComplianceProfile::None;
-    assert!(!policies_locked(&t));
-    let (policy, _) = owner_policy(&t, "op", &[], &NamespaceRoom::default());
+fn the_owners_namespace_rules_read_the_room_and_the_declared_names_from_the_tenant() {
+    let policy = owners_policy("op", &[]);
+    let spec = policy.spec.clone().expect("spec");
+    let all = expressions(&policy).join("\n");
     assert!(
-        !messages(&policy)
-            .iter()
-            .any(|m| m.contains("a NetworkPolicy here"))
-    );
-    t.spec.network.lock_policies = true;
-    assert!(policies_locked(&t));
-}
-
-#[test]
-fn the_owners_namespace_rules_bake_in_the_count_and_the_declared_names() {
-    let t = tenant(ACME);
-    let room = NamespaceRoom {
-        declared: vec!["acme-research".into()],
-        count: 3,
-        limit: 3,
-    };
-    let (policy, _) = owner_policy(&t, "op", &[], &room);
-    let spec = policy.spec.expect("spec");
-    let expressions: Vec<String> = spec
-        .validations
-        .unwrap_or_default()
-        .into_iter()
-        .map(|v| v.expression)
-        .collect();
-    assert!(
-        expressions.iter().any(|e| e.ends_with("|| 3 < 3")),
-        "{expressions:?}"
+        all.contains("variables.room != null && variables.room.count < variables.room.limit"),
+        "{all}"
     );
     assert!(
-        expressions
-            .iter()
-            .any(|e| e.contains("startsWith('acme-')")),
-        "{expressions:?}"
+        all.contains("params.status.namespaceRoom"),
+        "the room comes from the Tenant's status: {all}"
     );
     assert!(
-        expressions
-            .iter()
-            .any(|e| e.contains("!(oldObject.metadata.name in ['acme-research'])")),
-        "{expressions:?}"
+        all.contains("object.metadata.name.startsWith(params.metadata.name + '-')"),
+        "{all}"
+    );
+    assert!(
+        all.contains("params.spec.namespaces : []).map(n, params.metadata.name + '-' + n)"),
+        "{all}"
     );
     let rules = spec
         .match_constraints
@@ -223,25 +277,22 @@ fn the_owners_namespace_rules_bake_in_the_count_and_the_declared_names() {
 }
 
 #[test]
-fn an_allowed_block_with_ports_opens_only_those_ports() {
-    let mut t = tenant(ACME);
-    t.spec.network.allowed_egress = serde_json::from_value(serde_json::json!([
-        { "cidr": "10.0.0.0/8", "ports": [443] },
-        { "cidr": "10.0.0.0/8", "ports": [8443] },
-        { "cidr": "192.168.0.0/16" },
-    ]))
-    .expect("egress");
-    let cel = network_policy_within(&t);
+fn the_network_rules_default_as_the_tenant_schema_does() {
+    let policy = owners_policy("op", &[]);
+    let all = expressions(&policy).join("\n");
+    // Unset, the platform's labels are the Tenant's default ones, egress is
+    // allowed (no blocks) and policies are unlocked unless a compliance
+    // profile is set.
+    assert!(all.contains("{'aleph.dev/platform': 'true'}"), "{all}");
     assert!(
-        cel.contains("p.ipBlock.cidr in ['10.0.0.0/8', '192.168.0.0/16']"),
-        "{cel}"
+        all.contains("params.spec.network.egress : 'Allow') == 'Restricted'"),
+        "{all}"
     );
+    assert!(all.contains("|| variables.compliance != 'none'"), "{all}");
     assert!(
-        cel.contains("p.ipBlock.cidr != '10.0.0.0/8' ||")
-            && cel.contains("string(x.port) in ['443', '8443']"),
-        "{cel}"
+        all.contains("d.ports.exists(q, string(q) == string(x.port))"),
+        "{all}"
     );
-    assert!(!cel.contains("p.ipBlock.cidr != '192.168.0.0/16'"), "{cel}");
 }
 
 #[test]

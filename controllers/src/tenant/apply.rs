@@ -62,13 +62,10 @@ async fn operator_user(client: &kube::Client, state: &TenantState) -> Result<Str
         .cloned()
 }
 
-/// The cluster-wide admission policies every tenant relies on, applied once
-/// per operator.
-async fn ensure_cluster_policies(
-    client: &kube::Client,
-    state: &TenantState,
-    operator: &str,
-) -> Result<()> {
+/// The cluster-wide admission policies every tenant relies on (the shared
+/// policies its bindings name among them), applied once per operator.
+async fn ensure_cluster_policies(ctx: &Context, state: &TenantState, operator: &str) -> Result<()> {
+    let client = &ctx.client;
     state
         .cluster_policies_applied
         .get_or_try_init(|| async {
@@ -85,9 +82,54 @@ async fn ensure_cluster_policies(
                 apply_if_changed(&bindings, bindings.get_opt(&name).await?.as_ref(), &binding)
                     .await?;
             }
+            for policy in shared_policies(ctx, state, operator) {
+                let name = policy.name_any();
+                apply_if_changed(&policies, policies.get_opt(&name).await?.as_ref(), policy)
+                    .await?;
+            }
             Ok::<(), Error>(())
         })
         .await?;
+    Ok(())
+}
+
+/// The admission policies every tenant's bindings name, as the operator
+/// wants them.
+fn shared_policies<'a>(
+    ctx: &Context,
+    state: &'a TenantState,
+    operator: &str,
+) -> &'a [ValidatingAdmissionPolicy] {
+    state.shared_policies.get_or_init(|| {
+        // The images the operator itself runs in tenant namespaces (the model
+        // cache's downloader) pass the registry rule: the platform's own.
+        let operator_images = [ctx.settings.model_cache_image.clone()];
+        vec![
+            admission::tenants_policy(&operator_images),
+            admission::owners_policy(operator, &operator_images),
+        ]
+    })
+}
+
+/// Puts the shared admission policies back where they were deleted or
+/// changed by hand: every tenant's rules are in them. Read from the watch of
+/// policies (a GET only where it does not show one).
+async fn keep_shared_policies(ctx: &Context, state: &TenantState, operator: &str) -> Result<()> {
+    let api: Api<ValidatingAdmissionPolicy> = Api::all(ctx.client.clone());
+    for policy in shared_policies(ctx, state, operator) {
+        let name = policy.name_any();
+        let cached = state.cache.get().and_then(|c| {
+            c.admission_policies
+                .get(&kube::runtime::reflector::ObjectRef::new(&name))
+        });
+        let observed = match cached {
+            Some(found) => Some((*found).clone()),
+            None => api.get_opt(&name).await?,
+        };
+        if apply_if_changed(&api, observed.as_ref(), policy).await? {
+            tracing::info!(policy = %name, "the shared admission policy was put back");
+        }
+    }
     Ok(())
 }
 
@@ -151,7 +193,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     };
     let state = ctx.state::<TenantState>();
     let operator = operator_user(client, &state).await?;
-    ensure_cluster_policies(client, &state, &operator).await?;
+    ensure_cluster_policies(ctx, &state, &operator).await?;
 
     let hard = match validate::tenant_hard(tenant) {
         Ok(hard) => hard,
@@ -199,12 +241,6 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         .map(|ns| ns.name_any())
         .collect();
     let adopted: Vec<&Namespace> = owners_namespaces.iter().take(room_for).copied().collect();
-    let room = admission::NamespaceRoom {
-        declared: desired_names.clone(),
-        count: desired_names.len() + owners_namespaces.len(),
-        limit,
-    };
-
     // Namespaces: create or update ours, never take over somebody else's.
     let mut conflicts = Vec::new();
     let mut ready_namespaces = Vec::new();
@@ -344,38 +380,24 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
     }
 
-    // Admission rules: the policy for everyone, and the one for the tenant's users.
+    // Admission rules: the tenant's bindings to the shared policies (for
+    // everyone, and for its users), with the Tenant as their parameter.
     let vap_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let vapb_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-    let admission_policies = children(ctx, |c| &c.admission_policies, &name).await?;
     let admission_bindings = children(ctx, |c| &c.admission_bindings, &name).await?;
-    // The images the operator itself runs in tenant namespaces (the model
-    // cache's downloader) pass the registry rule: the platform's own.
-    let operator_images = [ctx.settings.model_cache_image.clone()];
-    let desired_policies = [
-        (
-            admission::admission_policy_name(&name),
-            admission::admission_policy(tenant, &operator_images),
-        ),
-        (
-            admission::owner_policy_name(&name),
-            Some(admission::owner_policy(
-                tenant,
-                &operator,
-                &operator_images,
-                &room,
-            )),
-        ),
-    ];
-    for (policy_name, desired) in desired_policies {
-        ensure_pair(
-            owner,
-            (&vap_api, &vapb_api),
-            (&admission_policies, &admission_bindings),
-            &policy_name,
-            desired,
-        )
-        .await?;
+    for binding in admission::bindings(tenant) {
+        let key = (String::new(), binding.name_any());
+        owner
+            .ensure_cached(&vapb_api, admission_bindings.get(&key), &binding)
+            .await?;
+    }
+    keep_shared_policies(ctx, &state, &operator).await?;
+    // Policies of the tenant's own are those of an earlier version (one per
+    // tenant, before the shared ones): their bindings now name the shared
+    // policies, so they go.
+    let own_policies = children(ctx, |c| &c.admission_policies, &name).await?;
+    for (_, policy_name) in own_policies.keys() {
+        delete_ignoring_missing(&vap_api, policy_name).await?;
     }
 
     // The tenant-wide quota, split over the namespaces that exist, with the

@@ -1,31 +1,116 @@
-//! The CEL the tenant's admission policies are written in: string and list
-//! literals, the rules on a pod spec (a pod's or a workload's template), the
-//! bounds of a NetworkPolicy, the owners' rules on the tenant's namespaces and
-//! who is exempt from the owners' policy. The admission module puts them into
-//! ValidatingAdmissionPolicies.
-
-use std::collections::{BTreeMap, BTreeSet};
+//! The CEL the tenants' admission policies are written in. The policies are
+//! shared by every tenant and take the Tenant as their parameter (`params`):
+//! what a tenant allows is read from its spec (and its namespace room from its
+//! status) when a request is admitted. Here: string and list literals, the
+//! variables that read the Tenant, the rules on a pod spec (a pod's or a
+//! workload's template), the bounds of a NetworkPolicy, the owners' rules on
+//! the tenant's namespaces and who is exempt from the owners' policy. The
+//! admission module puts them into ValidatingAdmissionPolicies.
 
 use aleph_crds::keys::{GPU_PRODUCT_LABEL, TENANT_LABEL};
-use aleph_crds::tenant::Tenant;
-use k8s_openapi::api::admissionregistration::v1::{MatchCondition, Validation};
-use kube::ResourceExt;
+use aleph_crds::tenant::TenantNetwork;
+use k8s_openapi::api::admissionregistration::v1::{MatchCondition, Validation, Variable};
 
-use super::build::{egress_restricted, forbid, forbid_saying};
+use super::build::forbid_saying;
 
-/// The tenant's namespaces as its owners' policy sees them: those
-/// `spec.namespaces` declares, how many count against the limit (declared and
-/// owner-created), and the limit.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct NamespaceRoom {
-    pub declared: Vec<String>,
-    pub count: usize,
-    pub limit: usize,
-}
+/// CEL: `'tenant <name>'`, the start of every message.
+pub(super) const TENANT: &str = "'tenant ' + params.metadata.name";
 
 /// A CEL string literal.
 pub(super) fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// CEL: the Tenant's field at `path` (below `params`), or `default` where the
+/// field or one of its parents is unset.
+fn param_or(path: &[&str], default: &str) -> String {
+    let mut guards = Vec::new();
+    let mut at = "params".to_string();
+    for field in path {
+        at = format!("{at}.{field}");
+        guards.push(format!("has({at})"));
+    }
+    format!("({} ? {at} : {default})", guards.join(" && "))
+}
+
+/// A policy variable: `variables.<name>` in the rules.
+pub(super) fn variable(name: &str, expression: &str) -> Variable {
+    Variable {
+        name: name.to_string(),
+        expression: expression.to_string(),
+    }
+}
+
+/// The variables that read the Tenant's admission rules, for the rules on pod
+/// specs and storage classes (both policies use them).
+pub(super) fn admission_variables() -> Vec<Variable> {
+    let list = |field: &str| param_or(&["spec", "admission", field], "[]");
+    vec![
+        variable("cordoned", &param_or(&["spec", "cordoned"], "false")),
+        variable("compliance", &param_or(&["spec", "compliance"], "'none'")),
+        variable("registries", &list("allowedRegistries")),
+        variable("runtimeClasses", &list("allowedRuntimeClasses")),
+        variable("storageClasses", &list("allowedStorageClasses")),
+        variable("gpuProducts", &list("allowedGpuProducts")),
+    ]
+}
+
+/// The variables that read the Tenant's network rules (after
+/// [`admission_variables`], whose `compliance` they use): whether its
+/// NetworkPolicies are locked, the platform's namespace labels and the
+/// egress blocks allowed (none unless egress is restricted).
+pub(super) fn network_variables() -> Vec<Variable> {
+    let platform_default: Vec<String> = TenantNetwork::default()
+        .platform_namespace_labels
+        .iter()
+        .map(|(k, v)| format!("{}: {}", lit(k), lit(v)))
+        .collect();
+    let restricted = format!(
+        "({} == 'Restricted' || variables.compliance != 'none')",
+        param_or(&["spec", "network", "egress"], "'Allow'")
+    );
+    vec![
+        variable(
+            "locked",
+            &format!(
+                "{} || variables.compliance != 'none'",
+                param_or(&["spec", "network", "lockPolicies"], "false")
+            ),
+        ),
+        variable(
+            "platformLabels",
+            &param_or(
+                &["spec", "network", "platformNamespaceLabels"],
+                &format!("{{{}}}", platform_default.join(", ")),
+            ),
+        ),
+        variable(
+            "egressBlocks",
+            &format!(
+                "{restricted} ? {} : []",
+                param_or(&["spec", "network", "allowedEgress"], "[]")
+            ),
+        ),
+    ]
+}
+
+/// The variable of the tenant's namespace room (its status), null until the
+/// operator has counted.
+pub(super) fn room_variable() -> Variable {
+    variable(
+        "room",
+        "has(params.status) && has(params.status.namespaceRoom) ? params.status.namespaceRoom : null",
+    )
+}
+
+/// A validation that refuses the request (reason `Forbidden`) when
+/// `expression` is false, saying what the CEL `message_expression` computes
+/// (or `fallback`, should it fail).
+pub(super) fn rule(expression: String, message_expression: String, fallback: &str) -> Validation {
+    Validation {
+        message: Some(fallback.to_string()),
+        ..forbid_saying(expression, message_expression)
+    }
 }
 
 /// A CEL list of string literals.
@@ -85,11 +170,19 @@ impl PodSpecCel {
                  && string(c.resources.{field}['nvidia.com/gpu']) != '0')"
             )
         };
+        // Each list on its own: containers and init containers are distinct
+        // types to the API server's type check, which refuses to add them.
+        let any = |list: &str| {
+            format!(
+                "{list}.exists(c, has(c.resources) && ({} || {}))",
+                asks("requests"),
+                asks("limits")
+            )
+        };
         format!(
-            "({s}.containers + (has({s}.initContainers) ? {s}.initContainers : []))\
-             .exists(c, has(c.resources) && ({} || {}))",
-            asks("requests"),
-            asks("limits")
+            "({} || (has({s}.initContainers) && {}))",
+            any(&format!("{s}.containers")),
+            any(&format!("{s}.initContainers"))
         )
     }
 
@@ -132,67 +225,80 @@ impl PodSpecCel {
 }
 
 /// The rules on one pod spec, each guarded by `guard` (which says the request
-/// carries such a spec). `what` names the object in messages (it goes inside
-/// a CEL string literal: no quotes).
+/// carries such a spec) and applying only where the Tenant sets the rule.
+/// `what` names the object in messages (it goes inside a CEL string literal).
 /// `operator_images` (the images the operator itself runs in tenant
 /// namespaces, such as the model cache's downloader) pass the registry rule.
 pub(super) fn pod_rules(
-    tenant: &Tenant,
     cel: &PodSpecCel,
     guard: &str,
     what: &str,
     operator_images: &[String],
 ) -> Vec<Validation> {
-    let t = tenant.name_any();
-    let a = &tenant.spec.admission;
-    let mut rules = Vec::new();
-    if !a.allowed_registries.is_empty() {
-        let list = cel_list(&a.allowed_registries);
-        let own = cel_list(operator_images);
-        let new_images = cel.new_images();
-        rules.push(forbid_saying(
-            format!("!({guard}) || {new_images}.all(i, i in {own} || {list}.exists(r, i.startsWith(r)))"),
+    let own = cel_list(operator_images);
+    let new_images = cel.new_images();
+    let s = cel.s;
+    let products = "variables.gpuProducts";
+    let unchanged = cel.scheduling_unchanged();
+    vec![
+        rule(
             format!(
-                "{} + {new_images}.filter(i, !(i in {own}) && !{list}.exists(r, i.startsWith(r)))[0] + {}",
-                lit(&format!("tenant {t} (rule: allowedRegistries): {what} image ")),
-                lit(&format!(" is not from an allowed registry ({})", a.allowed_registries.join(", ")))
+                "!({guard}) || size(variables.registries) == 0 \
+                 || {new_images}.all(i, i in {own} || variables.registries.exists(r, i.startsWith(r)))"
             ),
-        ));
-    }
-    if !a.allowed_runtime_classes.is_empty() {
-        let list = cel_list(&a.allowed_runtime_classes);
-        let s = cel.s;
-        rules.push(forbid(
             format!(
-                "!({guard}) || !has({s}.runtimeClassName) || {s}.runtimeClassName in {list} || {}",
+                "{TENANT} + {} + {new_images}.filter(i, !(i in {own}) && !variables.registries.exists(r, i.startsWith(r)))[0] \
+                 + ' is not from an allowed registry (' + variables.registries.join(', ') + ')'",
+                lit(&format!(" (rule: allowedRegistries): {what} image "))
+            ),
+            "an image is not from an allowed registry of the tenant (rule: allowedRegistries)",
+        ),
+        rule(
+            format!(
+                "!({guard}) || size(variables.runtimeClasses) == 0 || !has({s}.runtimeClassName) \
+                 || {s}.runtimeClassName in variables.runtimeClasses || {}",
                 cel.unchanged("runtimeClassName")
             ),
             format!(
-                "tenant {t} (rule: allowedRuntimeClasses): {what} runtimeClassName must be one of {}",
-                a.allowed_runtime_classes.join(", ")
+                "{TENANT} + {} + variables.runtimeClasses.join(', ')",
+                lit(&format!(
+                    " (rule: allowedRuntimeClasses): {what} runtimeClassName must be one of "
+                ))
             ),
-        ));
-    }
-    if !a.allowed_gpu_products.is_empty() {
-        let list = cel_list(&a.allowed_gpu_products);
-        let allowed = a.allowed_gpu_products.join(", ");
-        let unchanged = cel.scheduling_unchanged();
-        rules.push(forbid(
-            format!("!({guard}) || !{} || {unchanged}", cel.names_other_product(&list)),
+            "the runtimeClassName is not one the tenant allows (rule: allowedRuntimeClasses)",
+        ),
+        rule(
             format!(
-                "tenant {t} (rule: allowedGpuProducts): {what} selects a GPU product (nvidia.com/gpu.product) other than {allowed}"
+                "!({guard}) || size({products}) == 0 || !{} || {unchanged}",
+                cel.names_other_product(products)
             ),
-        ));
-        rules.push(forbid(
-            format!("!({guard}) || !{} || {} || {unchanged}", cel.requests_gpus(), cel.pinned(&list)),
             format!(
-                "tenant {t} (rule: allowedGpuProducts): {what} requests nvidia.com/gpu but is not pinned to an allowed GPU product: \
-                 set nodeSelector nvidia.com/gpu.product to one of {allowed}, or a required node affinity \
-                 (every nodeSelectorTerm with nvidia.com/gpu.product In values among {allowed})"
+                "{TENANT} + {} + {products}.join(', ')",
+                lit(&format!(
+                    " (rule: allowedGpuProducts): {what} selects a GPU product (nvidia.com/gpu.product) other than "
+                ))
             ),
-        ));
-    }
-    rules
+            "a GPU product the tenant does not allow is selected (rule: allowedGpuProducts)",
+        ),
+        rule(
+            format!(
+                "!({guard}) || size({products}) == 0 || !{} || {} || {unchanged}",
+                cel.requests_gpus(),
+                cel.pinned(products)
+            ),
+            format!(
+                "{TENANT} + {} + {products}.join(', ') + {} + {products}.join(', ') + ')'",
+                lit(&format!(
+                    " (rule: allowedGpuProducts): {what} requests nvidia.com/gpu but is not pinned to an allowed GPU product: \
+                     set nodeSelector nvidia.com/gpu.product to one of "
+                )),
+                lit(
+                    ", or a required node affinity (every nodeSelectorTerm with nvidia.com/gpu.product In values among "
+                )
+            ),
+            "nvidia.com/gpu is requested without pinning to a GPU product the tenant allows (rule: allowedGpuProducts)",
+        ),
+    ]
 }
 
 /// Whether `host` (a CEL expression) is one of the allowed domains or under one.
@@ -235,9 +341,9 @@ pub(super) fn not_the_operator(operator: &str) -> MatchCondition {
 /// The owners' rules on the tenant's namespaces themselves (the binding
 /// selects namespaces labelled with the tenant, so these see the namespaces
 /// an owner creates for the tenant): named with the tenant's prefix, within
-/// the namespace count, without the operator's labels; only those not in
-/// `spec.namespaces` may be deleted.
-pub(super) fn owner_namespace_rules(t: &str, room: &NamespaceRoom) -> Vec<Validation> {
+/// the namespace room the Tenant's status counts (`variables.room`), without
+/// the operator's labels; only those not in `spec.namespaces` may be deleted.
+pub(super) fn owner_namespace_rules() -> Vec<Validation> {
     let creating = "request.resource.resource != 'namespaces' || request.operation != 'CREATE'";
     let reserved = format!(
         "object.metadata.labels.all(k, !(k.startsWith('pod-security.kubernetes.io/') || k == {} \
@@ -245,122 +351,80 @@ pub(super) fn owner_namespace_rules(t: &str, room: &NamespaceRoom) -> Vec<Valida
         lit(crate::apply::MANAGED_BY),
         lit(TENANT_LABEL)
     );
+    let declared = format!(
+        "{}.map(n, params.metadata.name + '-' + n)",
+        param_or(&["spec", "namespaces"], "[]")
+    );
     vec![
-        forbid(
+        rule(
+            format!("{creating} || object.metadata.name.startsWith(params.metadata.name + '-')"),
             format!(
-                "{creating} || object.metadata.name.startsWith({})",
-                lit(&format!("{t}-"))
+                "{TENANT} + ': a namespace its owners create must be named ' + params.metadata.name + '-<name>'"
             ),
-            format!("tenant {t}: a namespace its owners create must be named {t}-<name>"),
+            "a namespace a tenant's owners create must be named <tenant>-<name>",
         ),
-        forbid(
-            format!("{creating} || {} < {}", room.count, room.limit),
+        rule(
             format!(
-                "tenant {t} has {} of its {} namespaces (spec.quota.namespaces): delete one of those its owners created, or ask the platform team for more",
-                room.count, room.limit
+                "{creating} || (variables.room != null && variables.room.count < variables.room.limit)"
             ),
+            format!(
+                "variables.room == null ? {TENANT} + ': the operator has not counted its namespaces yet: retry in a few seconds' \
+                 : {TENANT} + ' has ' + string(variables.room.count) + ' of its ' + string(variables.room.limit) \
+                 + ' namespaces (spec.quota.namespaces): delete one of those its owners created, or ask the platform team for more'"
+            ),
+            "the tenant has no room for another namespace (spec.quota.namespaces)",
         ),
-        forbid(
+        rule(
             format!("{creating} || {reserved}"),
             format!(
-                "tenant {t}: labels under aleph.dev/ (but aleph.dev/tenant), pod-security.kubernetes.io/ and {} are set by the operator, not on creation",
-                crate::apply::MANAGED_BY
-            ),
-        ),
-        forbid_saying(
-            format!(
-                "request.resource.resource != 'namespaces' || request.operation != 'DELETE' || !(oldObject.metadata.name in {})",
-                cel_list(&room.declared)
-            ),
-            format!(
-                "'namespace ' + oldObject.metadata.name + {}",
+                "{TENANT} + {}",
                 lit(&format!(
-                    " is in the Tenant {t}'s spec.namespaces: the platform team removes it there"
+                    ": labels under aleph.dev/ (but aleph.dev/tenant), pod-security.kubernetes.io/ and {} are set by the operator, not on creation",
+                    crate::apply::MANAGED_BY
                 ))
             ),
+            "labels under aleph.dev/ (but aleph.dev/tenant) and pod-security.kubernetes.io/ are set by the operator",
+        ),
+        rule(
+            format!(
+                "request.resource.resource != 'namespaces' || request.operation != 'DELETE' || !(oldObject.metadata.name in {declared})"
+            ),
+            format!(
+                "'namespace ' + oldObject.metadata.name + ' is in the Tenant ' + params.metadata.name + {}",
+                lit("'s spec.namespaces: the platform team removes it there")
+            ),
+            "the namespace is in the Tenant's spec.namespaces: the platform team removes it there",
         ),
     ]
 }
 
 /// CEL: the NetworkPolicy in `object` allows nothing beyond what the tenant's
-/// own isolation policy allows.
-pub(super) fn network_policy_within(tenant: &Tenant) -> String {
-    let t = tenant.name_any();
+/// own isolation policy allows (read from [`network_variables`]).
+pub(super) fn network_policy_within() -> String {
     let tenant_ns = format!(
-        "(has(p.namespaceSelector) && has(p.namespaceSelector.matchLabels) && {} in p.namespaceSelector.matchLabels && p.namespaceSelector.matchLabels[{}] == {})",
+        "(has(p.namespaceSelector) && has(p.namespaceSelector.matchLabels) && {} in p.namespaceSelector.matchLabels && p.namespaceSelector.matchLabels[{}] == params.metadata.name)",
         lit(TENANT_LABEL),
         lit(TENANT_LABEL),
-        lit(&t)
     );
     let same_ns = "(has(p.podSelector) && !has(p.namespaceSelector) && !has(p.ipBlock))";
-    let platform = &tenant.spec.network.platform_namespace_labels;
-    let platform_ns = if platform.is_empty() {
-        "false".to_string()
-    } else {
-        let all: Vec<String> = platform
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{} in p.namespaceSelector.matchLabels && p.namespaceSelector.matchLabels[{}] == {}",
-                    lit(k),
-                    lit(k),
-                    lit(v)
-                )
-            })
-            .collect();
-        format!(
-            "(has(p.namespaceSelector) && has(p.namespaceSelector.matchLabels) && {})",
-            all.join(" && ")
-        )
-    };
-    // Each allowed block with its TCP ports (None: every port). A block listed
-    // twice allows the union of its entries.
-    let mut blocks: BTreeMap<String, Option<BTreeSet<i32>>> = BTreeMap::new();
-    if egress_restricted(tenant) {
-        for d in &tenant.spec.network.allowed_egress {
-            let ports = blocks
-                .entry(d.cidr.clone())
-                .or_insert_with(|| Some(BTreeSet::new()));
-            match (ports.as_mut(), d.ports.is_empty()) {
-                (_, true) => *ports = None,
-                (Some(set), false) => set.extend(d.ports.iter().map(|p| p.0)),
-                (None, false) => {}
-            }
-        }
-    }
-    let cidrs: Vec<String> = blocks.keys().cloned().collect();
-    let allowed_block = format!(
-        "(has(p.ipBlock) && !has(p.namespaceSelector) && !has(p.podSelector) && p.ipBlock.cidr in {})",
-        cel_list(&cidrs)
-    );
-    // A rule that reaches a block with listed ports opens only those: TCP,
-    // by number, no ranges.
-    let port_checks: Vec<String> = blocks
-        .iter()
-        .filter_map(|(cidr, ports)| {
-            let ports: Vec<String> = ports.as_ref()?.iter().map(i32::to_string).collect();
-            Some(format!(
-                "(p.ipBlock.cidr != {} || (has(r.ports) && size(r.ports) > 0 && r.ports.all(x, has(x.port) && !has(x.endPort) \
-                 && (!has(x.protocol) || x.protocol == 'TCP') && string(x.port) in {})))",
-                lit(cidr),
-                cel_list(&ports)
-            ))
-        })
-        .collect();
-    let block_ports = if port_checks.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " && r.to.all(p, !has(p.ipBlock) || ({}))",
-            port_checks.join(" && ")
-        )
-    };
+    let platform_ns = "(size(variables.platformLabels) > 0 && has(p.namespaceSelector) && has(p.namespaceSelector.matchLabels) \
+         && variables.platformLabels.all(k, k in p.namespaceSelector.matchLabels && p.namespaceSelector.matchLabels[k] == variables.platformLabels[k]))";
+    let allowed_block = "(has(p.ipBlock) && !has(p.namespaceSelector) && !has(p.podSelector) \
+         && variables.egressBlocks.exists(d, d.cidr == p.ipBlock.cidr))";
+    // A rule that reaches a block opens only the ports listed for it (TCP, by
+    // number, no ranges), unless an entry of that block lists none. A block
+    // listed twice allows the union of its entries.
+    let block_ports = "r.to.all(p, !has(p.ipBlock) \
+         || variables.egressBlocks.exists(d, d.cidr == p.ipBlock.cidr && (!has(d.ports) || size(d.ports) == 0)) \
+         || (has(r.ports) && size(r.ports) > 0 && r.ports.all(x, has(x.port) && !has(x.endPort) \
+             && (!has(x.protocol) || x.protocol == 'TCP') \
+             && variables.egressBlocks.exists(d, d.cidr == p.ipBlock.cidr && has(d.ports) && d.ports.exists(q, string(q) == string(x.port))))))";
     let ingress_ok = format!(
         "has(r.from) && size(r.from) > 0 && r.from.all(p, {same_ns} || {tenant_ns} || {platform_ns})"
     );
     let dns_only = "(has(r.ports) && size(r.ports) > 0 && r.ports.all(x, has(x.port) && string(x.port) == '53'))";
     let egress_ok = format!(
-        "(has(r.to) && size(r.to) > 0 && r.to.all(p, {same_ns} || {tenant_ns} || {allowed_block}){block_ports}) || ((!has(r.to) || size(r.to) == 0) && {dns_only})"
+        "(has(r.to) && size(r.to) > 0 && r.to.all(p, {same_ns} || {tenant_ns} || {allowed_block}) && {block_ports}) || ((!has(r.to) || size(r.to) == 0) && {dns_only})"
     );
     format!(
         "(!has(object.spec.ingress) || object.spec.ingress.all(r, {ingress_ok})) && (!has(object.spec.egress) || object.spec.egress.all(r, {egress_ok}))"

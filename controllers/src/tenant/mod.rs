@@ -93,6 +93,8 @@ pub struct TenantState {
     /// Set once the cluster-wide admission policies are applied (once per
     /// context; the reconciles that start together wait for the first).
     cluster_policies_applied: tokio::sync::OnceCell<()>,
+    /// The shared admission policies the tenants' bindings name.
+    shared_policies: std::sync::OnceLock<Vec<ValidatingAdmissionPolicy>>,
     /// The quotas written that the cache may not show yet.
     quota_ledger: quota_view::QuotaLedger,
 }
@@ -176,32 +178,51 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             "a second Tenant controller on one context: its reconciles read the first one's caches"
         );
     }
-    crate::runner::primary_controller(
+    let controller = crate::runner::primary_controller(
         Api::<DeserializeGuard<Tenant>>::all(client.clone()),
         watch.primary(),
-    )
-    .owns_stream(quota_stream)
-    .owns_stream(limit_range_stream)
-    .owns_stream(network_policy_stream)
-    .owns_stream(role_binding_stream)
-    .owns_stream(cluster_role_stream)
-    .owns_stream(cluster_role_binding_stream)
-    .owns_stream(admission_policy_stream)
-    .owns_stream(admission_binding_stream)
-    .watches_stream(namespace_stream, |ns: Namespace| {
-        ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
-    })
-    .watches_stream(refusal_stream, move |event: Event| {
-        let refused = event
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains(&format!("exceeded quota: {QUOTA_NAME},")));
-        if !refused {
-            return None;
-        }
-        let ns = tenant_of_namespace.get(&ObjectRef::new(event.namespace()?.as_str()))?;
-        ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
-    })
+    );
+    let tenants = controller.store();
+    controller
+        .owns_stream(quota_stream)
+        .owns_stream(limit_range_stream)
+        .owns_stream(network_policy_stream)
+        .owns_stream(role_binding_stream)
+        .owns_stream(cluster_role_stream)
+        .owns_stream(cluster_role_binding_stream)
+        .watches_stream(
+            admission_policy_stream,
+            move |policy: ValidatingAdmissionPolicy| {
+                // A tenant's own policy (of an earlier version) wakes its tenant; a
+                // shared one (no owner) any one tenant, whose pass puts it back.
+                match policy
+                    .owner_references()
+                    .iter()
+                    .find(|o| o.kind == "Tenant")
+                {
+                    Some(owner) => Some(ObjectRef::new(&owner.name)),
+                    None => tenants
+                        .state()
+                        .first()
+                        .map(|t| ObjectRef::new(&t.name_any())),
+                }
+            },
+        )
+        .owns_stream(admission_binding_stream)
+        .watches_stream(namespace_stream, |ns: Namespace| {
+            ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
+        })
+        .watches_stream(refusal_stream, move |event: Event| {
+            let refused = event
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains(&format!("exceeded quota: {QUOTA_NAME},")));
+            if !refused {
+                return None;
+            }
+            let ns = tenant_of_namespace.get(&ObjectRef::new(event.namespace()?.as_str()))?;
+            ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
+        })
 }
 
 /// A cached watch of the `K`s in the whole cluster that `config` selects,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use aleph_crds::common::ConditionStatus;
 use aleph_crds::conditions::READY;
-use aleph_crds::tenant::{ResourceUsage, Tenant, TenantStatus};
+use aleph_crds::tenant::{NamespaceRoom, ResourceUsage, Tenant, TenantStatus};
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::Api;
 
@@ -98,6 +98,12 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
     status.observed_generation = generation;
     status.namespaces = ready_namespaces.to_vec();
     status.namespace_count = i32::try_from(ready_namespaces.len()).unwrap_or(i32::MAX);
+    // What the owners' admission policy checks a new namespace against.
+    let counted = declared + adopted + excess.len();
+    status.namespace_room = Some(NamespaceRoom {
+        count: i32::try_from(counted).unwrap_or(i32::MAX),
+        limit: i32::try_from(limit).unwrap_or(i32::MAX),
+    });
     status.gpus = usage
         .get(quota::GPU)
         .map(|u| format!("{}/{}", u.used, u.hard));

@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use aleph_controllers::tenant::{admission, build, quota};
 use aleph_crds::keys::QUOTA_READY_LABEL;
 use aleph_crds::tenant::Tenant;
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -22,8 +20,9 @@ use crate::{BenchError, Result, Run, create_all, post};
 pub const NAMESPACE: &str = "main";
 
 /// The Tenant `name`: one namespace, one owner, isolation (a NetworkPolicy)
-/// and an admission rule (a ValidatingAdmissionPolicy and its binding), so
-/// every kind of child the reconciler makes is made.
+/// and an admission rule (read by the shared ValidatingAdmissionPolicies
+/// through the tenant's bindings), so every kind of child the reconciler
+/// makes is made.
 pub fn tenant(name: &str, labels: &BTreeMap<String, String>) -> Result<Tenant> {
     serde_json::from_value(json!({
         "apiVersion": "aleph.dev/v1alpha1",
@@ -70,8 +69,8 @@ fn floor_owned<K: Resource>(mut obj: K, labels: &BTreeMap<String, String>) -> K 
 
 /// What the Tenant reconciler writes for `tenant`, in its order: the
 /// namespace, its ResourceQuota, LimitRange, NetworkPolicy and RoleBindings,
-/// the owners' ClusterRole and its binding, the two admission policies and
-/// their bindings, then the namespace's quota label.
+/// the owners' ClusterRole and its binding, the two bindings to the shared
+/// admission policies, then the namespace's quota label.
 async fn floor_one(
     client: &kube::Client,
     tenant: &Tenant,
@@ -131,20 +130,10 @@ async fn floor_one(
         )
         .await?;
     }
-    // The operator writes both of the tenant's policies; so does the floor.
-    let room = admission::NamespaceRoom {
-        declared: vec![ns_name.clone()],
-        count: 1,
-        limit: 1,
-    };
-    let owners = admission::owner_policy(tenant, "aleph-bench-floor", &[], &room);
-    for (policy, binding) in admission::admission_policy(tenant, &[])
-        .into_iter()
-        .chain([owners])
-    {
-        let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-        let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-        post(&policies, &floor_owned(policy, labels)).await?;
+    // The operator writes the tenant's two bindings to the shared admission
+    // policies; so does the floor.
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    for binding in admission::bindings(tenant) {
         post(&bindings, &floor_owned(binding, labels)).await?;
     }
     let patch = json!({ "metadata": { "labels": { QUOTA_READY_LABEL: "ready" } } });
@@ -168,13 +157,12 @@ pub async fn floor(run: &Run, client: &kube::Client, workers: usize) -> Result<(
     .await
 }
 
-/// Deletes the floor's admission policies, so that they do not weigh on
+/// Deletes the floor's admission bindings, so that they do not weigh on
 /// every later admission (the API server evaluates each binding's match),
 /// and its cluster roles and bindings.
 pub async fn delete_floor_policies(run: &Run) -> Result<()> {
     let lp = ListParams::default().labels(&run.floor_selector());
     delete_labelled::<ValidatingAdmissionPolicyBinding>(run, &lp).await?;
-    delete_labelled::<ValidatingAdmissionPolicy>(run, &lp).await?;
     delete_labelled::<ClusterRoleBinding>(run, &lp).await?;
     delete_labelled::<ClusterRole>(run, &lp).await
 }
