@@ -156,6 +156,9 @@ pub struct SizeFigures {
     pub resync: Option<Convergence>,
     /// The restarted operator's writes by verb during that resync.
     pub resync_writes: Option<Requests>,
+    /// The restarted operator's requests by verb and resource during that
+    /// resync (WATCH included).
+    pub resync_by_resource: Option<Requests>,
     /// The operator's share of the API server's requests during the idle window.
     pub idle_share: Option<Share>,
     /// The same during the resync after the restart.
@@ -493,12 +496,16 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
     };
 
     type KindOf = fn(&SizeFigures) -> Option<&KindFigures>;
-    let kinds: [(&str, &str, KindOf); 2] = [
-        ("Tenants", "Tenant", |s| s.tenants.as_ref()),
-        ("AIModels", "AIModel", |s| s.aimodels.as_ref()),
+    let kinds: [(&str, &str, &str, KindOf); 2] = [
+        ("Tenants", "Tenant", "quotas counted", |s| {
+            s.tenants.as_ref()
+        }),
+        ("AIModels", "AIModel", "Deployments available", |s| {
+            s.aimodels.as_ref()
+        }),
     ];
     let judged = at_note(judged_size(sizes), "the largest run");
-    for (plural, singular, kind) in kinds {
+    for (plural, singular, floor_end, kind) in kinds {
         if !sizes.iter().any(|s| kind(s).is_some()) {
             continue;
         }
@@ -509,7 +516,7 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
             "",
         );
         row(
-            &format!("{plural}: floor, children written directly (s)"),
+            &format!("{plural}: floor, children written directly until {floor_end} (s)"),
             &|s| opt(kind(s), |k| measured(k.floor, |f| f.cell(s.n))),
             "",
             "",
@@ -604,7 +611,7 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
         "",
         "",
     );
-    for (plural, _, kind) in kinds {
+    for (plural, _, _, kind) in kinds {
         if !sizes.iter().any(|s| kind(s).is_some()) {
             continue;
         }
@@ -644,7 +651,7 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
     // Growth from the next smaller size, per unit of N.
     type FigureOf = Box<dyn Fn(&SizeFigures) -> Option<Figure>>;
     let mut grown: Vec<(String, FigureOf)> = Vec::new();
-    for (plural, singular, kind) in kinds {
+    for (plural, singular, _, kind) in kinds {
         if !sizes.iter().any(|s| kind(s).is_some()) {
             continue;
         }
@@ -701,6 +708,20 @@ fn breakdown(sizes: &[SizeFigures]) -> String {
                 parts.join(", ")
             );
         }
+        if let Some(resync) = s.resync_by_resource.as_ref().filter(|r| !r.is_empty()) {
+            let mut entries: Vec<(&String, &f64)> = resync.iter().collect();
+            entries.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+            let parts: Vec<String> = entries
+                .iter()
+                .map(|(key, count)| format!("{key} {count:.0}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nThe restart at N={} (every Tenant and AIModel present), the operator's requests from its start until each was reconciled once, by verb and resource: {}.",
+                s.n,
+                parts.join(", ")
+            );
+        }
     }
     out
 }
@@ -749,6 +770,7 @@ mod tests {
             first_reconcile_in_process: Some(first - 0.01),
             resync: Some(Convergence::Done(Duration::from_secs(2))),
             resync_writes: Some(Requests::new()),
+            resync_by_resource: None,
             idle_share: Some(Share {
                 operator: 0.0,
                 all: 50.0,
@@ -936,7 +958,7 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             row(&lines, "| Tenants: floor, children"),
-            "| Tenants: floor, children written directly (s) | 10.0 | not measured |  |  |"
+            "| Tenants: floor, children written directly until quotas counted (s) | 10.0 | not measured |  |  |"
         );
         assert_eq!(
             row(&lines, "| Tenants: Aleph ÷ floor"),
