@@ -589,7 +589,13 @@ mod tests {
         );
         assert_eq!(
             woken(FirstList::Touches).await,
-            ["listed-first", "changed", "deleted", "a watch error", "listed-again"]
+            [
+                "listed-first",
+                "changed",
+                "deleted",
+                "a watch error",
+                "listed-again"
+            ]
         );
     }
 

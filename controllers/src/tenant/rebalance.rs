@@ -428,10 +428,7 @@ pub(super) fn quota_count(rq: &ResourceQuota) -> QuotaCount {
     }
 }
 
-/// Whether the quota controller has counted every resource of `rq` (what a
-/// Tenant waits for before it is Ready: until then the API server refuses
-/// the objects the quota counts).
-pub fn quota_counted(rq: &ResourceQuota) -> bool {
+fn quota_counted(rq: &ResourceQuota) -> bool {
     quota_count(rq) == QuotaCount::Counted
 }
 

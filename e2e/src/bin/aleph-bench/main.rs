@@ -47,7 +47,7 @@ use aleph_e2e::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, host};
 use clap::{Parser, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Resource;
 use kube::api::{Api, PostParams};
 use prometheus_client::registry::Registry;
@@ -501,28 +501,11 @@ impl Bench {
                 self.args.kube_qps,
                 self.args.kube_burst,
             )?;
-            // Done when every quota is counted, as a Tenant is Ready only
-            // then (the API server refuses what an uncounted quota counts),
-            // just as the AIModels' floor waits for its Deployments.
-            let watch = ReadyWatch::start(
-                Api::<ResourceQuota>::all(self.client.clone()),
-                &run.floor_selector(),
-                n,
-                aleph_controllers::tenant::quota_counted,
-            )
-            .await;
             progress(format!("N={n}: floor: writing the children of {n} Tenants"));
             let start = Instant::now();
             tenants::floor(&run, &client, self.floor_workers()).await?;
-            progress(format!(
-                "N={n}: floor: children written in {:.1} s; waiting for the quotas to be counted",
-                start.elapsed().as_secs_f64()
-            ));
-            let took = converge(watch, start, self.timeout(), self.stall()).await;
-            progress(format!(
-                "N={n}: floor Tenants (quotas counted): {}",
-                seconds(&took)
-            ));
+            let took = Convergence::Done(start.elapsed());
+            progress(format!("N={n}: floor Tenants: {}", seconds(&took)));
             tenant_floor = Some((took, requests_of(&registry)));
         }
         if floor && self.measures(Kind::Aimodels) {
