@@ -125,13 +125,6 @@ pub fn watch_config() -> kube::runtime::watcher::Config {
 /// A watch of `api` whose objects (without their managed fields, and trimmed
 /// by `trim` of what the reader never needs) are kept in the returned store,
 /// and the stream of touched objects that drives it.
-///
-/// The objects of the watch's first list are not in the stream, only in the
-/// store: at start every primary object is reconciled anyway (its own first
-/// list wakes it), and each child listed would only push its owner's first
-/// reconcile back by the debounce, child after child. Lists after that (a
-/// watch that lost its place) are in the stream: they may show changes
-/// missed meanwhile.
 pub fn cached_watch<K>(
     api: kube::Api<K>,
     config: kube::runtime::watcher::Config,
@@ -143,33 +136,8 @@ pub fn cached_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    watch_into_store(api, config, trim, FirstList::Quiet)
-}
-
-/// Whether the objects of a watch's first list are in its stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FirstList {
-    /// They are: a primary kind's first list wakes each object.
-    Touches,
-    /// Only the store has them (see [`cached_watch`]).
-    Quiet,
-}
-
-fn watch_into_store<K>(
-    api: kube::Api<K>,
-    config: kube::runtime::watcher::Config,
-    trim: fn(&mut K),
-    first_list: FirstList,
-) -> (
-    kube::runtime::reflector::Store<K>,
-    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
     use futures::TryStreamExt;
     use kube::runtime::WatchStreamExt;
-    use kube::runtime::watcher::Event;
     let (reader, writer) = kube::runtime::reflector::store();
     let stream = kube::runtime::watcher(api, config)
         // The controller's own pause after a failed watch (see WatchBackoff).
@@ -179,13 +147,13 @@ where
             trim(o);
         })
         .map_ok(|event| {
-            if let Event::Delete(o) = &event {
+            if let kube::runtime::watcher::Event::Delete(o) = &event {
                 crate::digest::forget(o);
             }
             event
         })
-        .reflect(writer);
-    let stream = touched(stream, first_list)
+        .reflect(writer)
+        .touched_objects()
         // After the store holds it: a pass that misses the record then
         // finds the object in the cache.
         .inspect(|touched| {
@@ -194,36 +162,6 @@ where
             }
         });
     (reader, stream)
-}
-
-/// The objects `events` touch: applied or deleted, and listed (those of the
-/// first list only with [`FirstList::Touches`]).
-fn touched<K, E>(
-    events: impl futures::Stream<Item = Result<kube::runtime::watcher::Event<K>, E>>,
-    first_list: FirstList,
-) -> impl futures::Stream<Item = Result<K, E>>
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    use kube::runtime::watcher::Event;
-    let mut listed_once = first_list == FirstList::Touches;
-    events.filter_map(move |event| {
-        let touched = match event {
-            Ok(Event::Apply(o) | Event::Delete(o)) => Some(Ok(o)),
-            Ok(Event::InitApply(o)) if listed_once => Some(Ok(o)),
-            Ok(Event::InitApply(o)) => {
-                crate::digest::Created::seen(&o);
-                None
-            }
-            Ok(Event::InitDone) => {
-                listed_once = true;
-                None
-            }
-            Ok(Event::Init) => None,
-            Err(error) => Some(Err(error)),
-        };
-        futures::future::ready(touched)
-    })
 }
 
 /// The controller of a primary kind, its store filled by [`cached_watch`]:
@@ -235,7 +173,7 @@ pub fn primary_controller<K: Reconcile>(
     api: kube::Api<DeserializeGuard<K>>,
     config: kube::runtime::watcher::Config,
 ) -> Controller<DeserializeGuard<K>> {
-    let (reader, stream) = watch_into_store(api, config, untrimmed, FirstList::Touches);
+    let (reader, stream) = cached_watch(api, config, untrimmed);
     Controller::for_stream(stream, reader)
 }
 
@@ -548,56 +486,6 @@ mod tests {
     use kube::runtime::utils::Backoff;
 
     use super::WatchBackoff;
-
-    /// A child kind's first list fills the store but wakes no owner (each
-    /// primary object is woken by its own first list); what follows, and a
-    /// later list (a watch that lost its place), does. A primary kind's
-    /// first list wakes each object.
-    #[tokio::test]
-    async fn only_a_primary_kinds_first_list_wakes_objects() {
-        use futures::StreamExt;
-        use k8s_openapi::api::core::v1::ConfigMap;
-        use kube::ResourceExt;
-        use kube::runtime::watcher::Event;
-
-        use super::{FirstList, touched};
-
-        let cm = |name: &str| {
-            let mut c = ConfigMap::default();
-            c.metadata.name = Some(name.to_string());
-            c
-        };
-        let events = vec![
-            Ok(Event::Init),
-            Ok(Event::InitApply(cm("listed-first"))),
-            Ok(Event::InitDone),
-            Ok(Event::Apply(cm("changed"))),
-            Ok(Event::Delete(cm("deleted"))),
-            Err("a watch error"),
-            Ok(Event::Init),
-            Ok(Event::InitApply(cm("listed-again"))),
-            Ok(Event::InitDone),
-        ];
-        let woken = |first_list| {
-            touched(futures::stream::iter(events.clone()), first_list)
-                .map(|t| t.map_or_else(|e| e.to_string(), |o| o.name_any()))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            woken(FirstList::Quiet).await,
-            ["changed", "deleted", "a watch error", "listed-again"]
-        );
-        assert_eq!(
-            woken(FirstList::Touches).await,
-            [
-                "listed-first",
-                "changed",
-                "deleted",
-                "a watch error",
-                "listed-again"
-            ]
-        );
-    }
 
     /// The failure report writes a status of conditions alone on an object
     /// that has none yet: every kind must read it back.
