@@ -42,8 +42,8 @@ use super::build::{
 };
 use super::cel::{
     PodSpecCel, TENANT, admission_variables, condition, exemptions, host_allowed, lit,
-    network_policy_within, network_variables, not_the_operator, owner_namespace_rules, pod_rules,
-    room_variable, rule, variable,
+    network_policy_within, network_variables, not_the_operator, owner_namespace_rules, param_or,
+    pod_rules, room_variable, rule, variable,
 };
 use crate::apply::{MANAGED_BY, MANAGER};
 
@@ -193,22 +193,15 @@ pub fn tenants_policy(operator_images: &[String]) -> ValidatingAdmissionPolicy {
         format!("{TENANT} + ' (rule: compliance ' + variables.compliance + '): every SageMaker training step must name a KMS key (training.kmsKeyId)'"),
         "the tenant's compliance profile needs a KMS key on every SageMaker training step (training.kmsKeyId)",
     ));
-    let flag = |name: &str| {
-        variable(
-            name,
-            &format!(
-                "has(params.spec.admission) && has(params.spec.admission.{name}) && params.spec.admission.{name}"
-            ),
-        )
-    };
+    let admission = |field: &str, default: &str| param_or(&["spec", "admission", field], default);
     let mut variables = admission_variables();
     variables.extend([
-        flag("allowNodePorts"),
-        flag("allowLoadBalancers"),
+        variable("allowNodePorts", &admission("allowNodePorts", "false")),
         variable(
-            "domains",
-            "has(params.spec.admission) && has(params.spec.admission.allowedDomains) ? params.spec.admission.allowedDomains : []",
+            "allowLoadBalancers",
+            &admission("allowLoadBalancers", "false"),
         ),
+        variable("domains", &admission("allowedDomains", "[]")),
     ]);
     let rules = vec![
         resource_rule("", "v1", WRITE, &["pods", "pods/ephemeralcontainers"]),

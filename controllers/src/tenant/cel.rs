@@ -23,7 +23,7 @@ pub(super) fn lit(s: &str) -> String {
 
 /// CEL: the Tenant's field at `path` (below `params`), or `default` where the
 /// field or one of its parents is unset.
-fn param_or(path: &[&str], default: &str) -> String {
+pub(super) fn param_or(path: &[&str], default: &str) -> String {
     let mut guards = Vec::new();
     let mut at = "params".to_string();
     for field in path {
