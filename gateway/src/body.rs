@@ -43,13 +43,14 @@ impl<'a> RequestBody<'a> {
             .map(|(_, value)| *value)
     }
 
-    /// The string value of the field `name`, when it is a string.
-    pub fn string(&self, name: &str) -> Option<String> {
-        let raw = self.get(name)?;
-        raw.get()
-            .starts_with('"')
-            .then(|| serde_json::from_str::<String>(raw.get()).ok())
-            .flatten()
+    /// The string value of the field `name`, when it is a string: borrowed
+    /// from the body unless it has escapes.
+    pub fn string(&self, name: &str) -> Option<Cow<'a, str>> {
+        let raw = self.get(name)?.get();
+        if !raw.starts_with('"') {
+            return None;
+        }
+        serde_json::from_str::<Key<'a>>(raw).ok().map(|key| key.0)
     }
 
     /// Whether `stream` is `true`.
@@ -142,8 +143,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for RequestBody<'a> {
             }
 
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut fields: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                // Room for what a request usually has, so that it is not regrown.
+                let mut fields: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::with_capacity(12);
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
                     match fields.iter_mut().find(|(k, _)| *k == key) {
                         Some(slot) => slot.1 = value,
@@ -154,6 +156,36 @@ impl<'de: 'a, 'a> Deserialize<'de> for RequestBody<'a> {
             }
         }
         deserializer.deserialize_map(Fields(std::marker::PhantomData))
+    }
+}
+
+/// A JSON string borrowed from the input when it has no escapes (serde's
+/// own `Cow<str>` is always owned), copied only when it has.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Text<'a> {
+            type Value = Key<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(text.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Text(std::marker::PhantomData))
     }
 }
 
@@ -221,6 +253,11 @@ mod tests {
     fn the_model_and_the_stream_flag_are_read() {
         let parsed = RequestBody::parse(br#"{"model":"a\u002fb","stream":true}"#).expect("parses");
         assert_eq!(parsed.string("model").as_deref(), Some("a/b"));
+        let parsed = RequestBody::parse(br#"{"model":"plain","stream":true}"#).expect("parses");
+        assert!(matches!(
+            parsed.string("model"),
+            Some(Cow::Borrowed("plain"))
+        ));
         assert!(parsed.is_stream());
         let parsed = RequestBody::parse(br#"{"model":7,"stream":1}"#).expect("parses");
         assert_eq!(parsed.string("model"), None);

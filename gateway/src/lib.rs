@@ -217,10 +217,19 @@ impl Gateway {
     }
 }
 
+/// A map of the request path's own bookkeeping (counters, windows, label
+/// names), hashed with foldhash rather than SipHash: every request looks up
+/// several, and their keys are names the cluster's objects give, not
+/// whatever a caller sends.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A set hashed as [`FastMap`] is.
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 /// The value of `key` in `map`, made with `make` when missing: the key is
 /// copied only then (`entry` would copy it on every call).
-pub(crate) fn entry_for<'a, V>(
-    map: &'a mut std::collections::HashMap<String, V>,
+pub(crate) fn entry_for<'a, V, S: std::hash::BuildHasher>(
+    map: &'a mut std::collections::HashMap<String, V, S>,
     key: &str,
     make: impl FnOnce() -> V,
 ) -> &'a mut V {

@@ -17,7 +17,6 @@
 //! when all of it reaches one replica (e.g. one long-lived client connection).
 //! A limit is never enforced below 1.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,7 +60,7 @@ impl TenantWindows {
 pub struct Limits {
     clock: Arc<dyn Clock>,
     share: u64,
-    tenants: Mutex<HashMap<String, TenantWindows>>,
+    tenants: Mutex<crate::FastMap<String, TenantWindows>>,
 }
 
 impl Limits {

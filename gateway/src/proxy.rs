@@ -18,7 +18,7 @@ use crate::body::RequestBody;
 use crate::cold_start::NotReady;
 use crate::error::ApiError;
 use crate::route::{EndpointGuard, RoutingMode, prompt_prefix};
-use crate::state::Model;
+use crate::state::{Model, TenantLimits};
 use crate::upstream::h1::{self, Head};
 use crate::upstream::{Conn, SendError};
 use crate::usage::{InflightGuard, Meter, UsageScanner};
@@ -34,18 +34,22 @@ struct Labels {
 pub(crate) async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
     let version = request.version();
     let mut labels = Labels::default();
+    // An answer is counted where it is made (`respond`), an error here.
     let response = match forward(&gateway, request, &mut labels).await {
         Ok(response) => response,
         Err(error) => {
             if error.status().is_server_error() {
                 tracing::warn!(tenant = %labels.tenant, model = %labels.model, %error, "request failed");
             }
-            error.into_response()
+            let response = error.into_response();
+            gateway.metrics().count_request(
+                &labels.tenant,
+                &labels.model,
+                response.status().as_u16(),
+            );
+            response
         }
     };
-    gateway
-        .metrics()
-        .count_request(&labels.tenant, &labels.model, response.status().as_u16());
     crate::api::closing_while_draining(&gateway, version, response)
 }
 
@@ -90,33 +94,44 @@ async fn forward(
     let request_body = RequestBody::parse(&bytes)?;
     let requested = request_body.string("model").ok_or(ApiError::MissingModel)?;
     // The request is the tenant's whose model it calls: its limits, its usage.
-    let (tenant, mut model) = match snapshot.lookup(&caller.tenants, &requested) {
-        crate::state::Lookup::Found { tenant, model } => (tenant.to_owned(), model.clone()),
-        crate::state::Lookup::OtherTenant => return Err(ApiError::ModelForbidden(requested)),
-        crate::state::Lookup::Unknown => return Err(ApiError::ModelNotFound(requested)),
+    // The model is read from the snapshot, kept until the answer's head.
+    let (tenant, found) = match snapshot.lookup(&caller.tenants, &requested) {
+        crate::state::Lookup::Found { tenant, model } => (tenant, model),
+        crate::state::Lookup::OtherTenant => {
+            return Err(ApiError::ModelForbidden(requested.into_owned()));
+        }
+        crate::state::Lookup::Unknown => {
+            return Err(ApiError::ModelNotFound(requested.into_owned()));
+        }
     };
-    labels.tenant.clone_from(&tenant);
-    labels.model.clone_from(&model.name);
+    if labels.tenant != tenant {
+        labels.tenant = tenant.to_owned();
+    }
+    labels.model.clone_from(&found.name);
     // What the model's autoscaling reads: the arrival at once, and the
     // request in flight from now on, while it waits for an endpoint too.
     inner
         .metrics
-        .count_arrival(&model.namespace, &model.aimodel);
-    let in_flight = inner.metrics.in_flight(&model.namespace, &model.aimodel);
+        .count_arrival(&found.namespace, &found.aimodel);
+    let in_flight = inner.metrics.in_flight(&found.namespace, &found.aimodel);
     let no_endpoint = |model: &Model| ApiError::NoReadyEndpoint {
         model: model.name.clone(),
         retry_after: config.retry_after,
     };
-    if !model.has_ready_endpoint() && !model.scale_from_zero {
-        return Err(no_endpoint(&model));
+    if !found.has_ready_endpoint() && !found.scale_from_zero {
+        return Err(no_endpoint(found));
     }
-    let tenant_limits = snapshot.tenants.get(&tenant).cloned().unwrap_or_default();
-    inner.limits.admit(&tenant, &tenant_limits)?;
-    if !model.has_ready_endpoint() {
-        model = wait_for_endpoint(gateway, &tenant, &requested, &model, deadline).await?;
-    }
-    drop(snapshot);
-    let model = &model;
+    let no_limits = TenantLimits::default();
+    let tenant_limits = snapshot.tenants.get(tenant).unwrap_or(&no_limits);
+    inner.limits.admit(tenant, tenant_limits)?;
+    // A model at zero: held until it has a ready endpoint, then as it is then.
+    let started;
+    let model = if found.has_ready_endpoint() {
+        found
+    } else {
+        started = wait_for_endpoint(gateway, tenant, &requested, found, deadline).await?;
+        &started
+    };
 
     // The engine's name for the model; and for a stream, usage at its end:
     // reported only when asked for, it is asked for even when the client
@@ -130,18 +145,13 @@ async fn forward(
         RoutingMode::LeastInFlight => None,
     };
     drop(request_body);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
 
     let guard = inner
         .balancer
         .pick(model, prefix.as_deref())
         .ok_or_else(|| no_endpoint(model))?;
-    let (guard, upstream) = match send(gateway, &guard, &path, &parts.headers, &body, deadline)
-        .await
+    let (guard, upstream) = match send(gateway, &guard, path, &parts.headers, &body, deadline).await
     {
         Sent::Answered(response, conn) if response.status != StatusCode::SERVICE_UNAVAILABLE => {
             (guard, (response, conn))
@@ -157,7 +167,7 @@ async fn forward(
                     );
                     drop(first);
                     drop(guard);
-                    match send(gateway, &other, &path, &parts.headers, &body, deadline).await {
+                    match send(gateway, &other, path, &parts.headers, &body, deadline).await {
                         Sent::Answered(response, conn) => (other, (response, conn)),
                         failed => return Err(failed.error()),
                     }
@@ -172,7 +182,7 @@ async fn forward(
         failed => return Err(failed.error()),
     };
     Ok(respond(
-        gateway, &tenant, &caller, model, guard, in_flight, upstream, deadline,
+        gateway, labels, caller, guard, in_flight, upstream, deadline,
     ))
 }
 
@@ -256,10 +266,9 @@ async fn send(
     if !h1::valid_path(path) {
         return Sent::Failed;
     }
-    let host = addr.to_string();
     let request = h1::Request {
         path,
-        host: &host,
+        host: addr,
         accept: client_headers
             .get(header::ACCEPT)
             .map(HeaderValue::as_bytes),
@@ -274,23 +283,12 @@ async fn send(
     }
 }
 
-/// Headers that describe one hop, not the message.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-#[allow(clippy::too_many_arguments)]
+/// The answer to the client: the engine's head, and its body metered on the
+/// way. It is counted here, its labels moved into the meter.
 fn respond(
     gateway: &Gateway,
-    tenant: &str,
-    caller: &crate::Caller,
-    model: &Model,
+    labels: &mut Labels,
+    caller: crate::Caller,
     endpoint: EndpointGuard,
     in_flight: InflightGuard,
     (head, conn): (Head, Conn),
@@ -306,13 +304,16 @@ fn respond(
     } else {
         UsageScanner::json()
     };
+    gateway
+        .metrics()
+        .count_request(&labels.tenant, &labels.model, head.status.as_u16());
     let meter = head.status.is_success().then(|| Meter {
         metrics: gateway.inner.metrics.clone(),
         limits: gateway.inner.limits.clone(),
         ledger: gateway.inner.ledger.clone(),
-        tenant: tenant.to_owned(),
-        model: model.name.clone(),
-        key: caller.key_name.clone(),
+        tenant: std::mem::take(&mut labels.tenant),
+        model: std::mem::take(&mut labels.model),
+        key: caller.key_name,
     });
     let body = MeteredBody {
         conn: Some(conn),
@@ -326,12 +327,9 @@ fn respond(
     };
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = head.status;
-    // The engine's headers move over as they are, less those of its hop.
-    let mut headers = head.headers;
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    *response.headers_mut() = headers;
+    // The engine's headers move over as they are (those of its hop were
+    // left out when its head was read).
+    *response.headers_mut() = head.headers;
     let headers = response.headers_mut();
     if event_stream {
         // Proxies in front of the gateway must not hold the events back.
@@ -432,7 +430,7 @@ impl http_body::Body for MeteredBody {
             }
             Poll::Ready(Some(Ok(data))) => {
                 let ended = conn.body_ended();
-                let complete = this.scanner.feed(&data);
+                let complete = this.scanner.feed_bytes(&data);
                 // Settle before the last bytes leave, so that a client that has
                 // read the whole answer finds its usage counted.
                 if ended {

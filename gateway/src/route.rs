@@ -61,13 +61,24 @@ const RINGS_KEPT: usize = 1024;
 
 #[derive(Debug, Default)]
 struct Counts {
-    in_flight: HashMap<SocketAddr, usize>,
-    models: HashMap<String, ModelCounters>,
+    in_flight: crate::FastMap<SocketAddr, usize>,
+    models: crate::FastMap<String, ModelCounters>,
     /// The ring of each candidate list (addresses in order) seen lately.
     rings: HashMap<Vec<SocketAddr>, Ring>,
+    /// Where a model's key is written to look up its counters.
+    key: String,
 }
 
 impl Counts {
+    /// `model`'s counters (by `namespace/aimodel`), made when missing.
+    fn model(&mut self, model: &Model) -> &mut ModelCounters {
+        self.key.clear();
+        self.key.push_str(&model.namespace);
+        self.key.push('/');
+        self.key.push_str(&model.aimodel);
+        crate::entry_for(&mut self.models, &self.key, ModelCounters::default)
+    }
+
     /// The ring of `candidates`, built once per list of candidates.
     fn ring(&mut self, candidates: &[&Endpoint]) -> Ring {
         let key: Vec<SocketAddr> = candidates.iter().map(|e| e.addr).collect();
@@ -149,7 +160,7 @@ impl Balancer {
             (false, true) => stable,
             (true, false) => canary,
             (false, false) => {
-                let split = &mut counts.models.entry(model.id()).or_default().split;
+                let split = &mut counts.model(model).split;
                 let n = *split;
                 *split += 1;
                 let percent = u64::from(model.canary_percent.min(100));
@@ -216,9 +227,7 @@ impl Balancer {
             _ => None,
         };
         let index = by_hash.unwrap_or_else(|| {
-            let id = model.id();
-            let counters = counts.models.entry(id.clone()).or_default();
-            let start = counters.next;
+            let start = counts.model(model).next;
             let n = candidates.len();
             let mut best = start % n;
             let mut best_load = usize::MAX;
@@ -234,9 +243,7 @@ impl Balancer {
                     best_load = l;
                 }
             }
-            if let Some(counters) = counts.models.get_mut(&id) {
-                counters.next = best + 1;
-            }
+            counts.model(model).next = best + 1;
             best
         });
         let endpoint = candidates[index];

@@ -8,6 +8,7 @@
 //! Every swap is announced ([`GatewayState::changes`]), so that requests
 //! waiting for a model's first ready endpoint look again.
 
+use crate::FastMap;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,11 +162,11 @@ pub struct Owners {
 pub struct Snapshot {
     /// Tenant name to its limits. A key whose tenant is missing here still
     /// authenticates, with no limits.
-    pub tenants: HashMap<String, TenantLimits>,
+    pub tenants: FastMap<String, TenantLimits>,
     /// [`hash_key`] of an API key to its owner. Keys are held hashed only.
-    pub keys: HashMap<String, KeyInfo>,
+    pub keys: FastMap<String, KeyInfo>,
     /// Tenant name to its models.
-    pub models: HashMap<String, Vec<Model>>,
+    pub models: FastMap<String, Vec<Model>>,
     /// Namespace to the tenant it belongs to: where a ServiceAccount's
     /// tenant is found.
     pub namespaces: HashMap<String, String>,
@@ -176,7 +177,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// The owner of a presented API key.
     pub fn key_owner(&self, key: &str) -> Option<&KeyInfo> {
-        self.keys.get(&hash_key(key))
+        // Every request's key: its hash is written on the stack, not the heap.
+        let mut text = [0u8; 64];
+        write_hex(&Sha256::digest(key.as_bytes()), &mut text);
+        self.keys.get(std::str::from_utf8(&text).ok()?)
     }
 
     /// A tenant's models (none for an unknown tenant).
@@ -288,16 +292,20 @@ pub fn hash_key(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
 }
 
+/// Lowercase hex of `bytes` into `out` (twice as long).
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    }
+}
+
 /// Lowercase hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    // Every request's key is hashed and printed: no formatting machinery.
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
+    let mut out = vec![0u8; bytes.len() * 2];
+    write_hex(bytes, &mut out);
+    out.into_iter().map(char::from).collect()
 }
 
 /// The current snapshot, swapped whole, and whether it is complete yet.

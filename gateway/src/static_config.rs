@@ -119,7 +119,7 @@ impl StaticConfig {
     /// The snapshot it describes.
     pub fn into_snapshot(self) -> Result<Snapshot, StaticConfigError> {
         let mut snapshot = Snapshot {
-            tenants: self.tenants,
+            tenants: self.tenants.into_iter().collect(),
             namespaces: self.namespaces,
             ..Snapshot::default()
         };

@@ -3,7 +3,6 @@
 //! turned into Prometheus series, tenant limit charges and per (tenant,
 //! model) running totals for today and this month.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Datelike, NaiveDate};
@@ -12,9 +11,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use crate::FastMap;
 use crate::clock::Clock;
 use crate::inflight::BusySeconds;
 use crate::limits::Limits;
@@ -43,9 +43,21 @@ impl Usage {
     /// parsed document (a document that does not parse has none), but
     /// building only the `usage` value: the rest (the generated text above
     /// all) is checked as strictly and skipped, not allocated.
+    ///
+    /// The rest is skipped by serde_json's own skipping, which checks the
+    /// syntax, escapes and control characters but not what a parsed string
+    /// must also be: UTF-8, checked here on the whole document at once, and
+    /// free of unpaired surrogates, which only a `\uD800`-`\uDFFF` escape
+    /// can make: a document with one is read the slower way, every string
+    /// parsed ([`Checked`]).
     pub fn of_json(document: &[u8]) -> Option<Usage> {
-        let UsageOnly(usage) = serde_json::from_slice(document).ok()?;
-        Usage::from_object(&usage?)
+        std::str::from_utf8(document).ok()?;
+        let usage = if has_surrogate_escape(document) {
+            serde_json::from_slice::<UsageOnly<true>>(document).ok()?.0
+        } else {
+            serde_json::from_slice::<UsageOnly<false>>(document).ok()?.0
+        };
+        usage?
     }
 
     fn from_object(usage: &Value) -> Option<Usage> {
@@ -63,34 +75,61 @@ impl Usage {
     }
 }
 
-/// The last top-level `usage` member of a JSON object (as in a parsed
-/// [`Value`], where a repeated key keeps its last value); `None` inside when
-/// there is none. Anything but an object fails to deserialize.
-struct UsageOnly(Option<Value>);
+/// Whether `document` has a `\u` escape of a surrogate (`\uD800` to
+/// `\uDFFF`, any case), or something that looks like one.
+fn has_surrogate_escape(document: &[u8]) -> bool {
+    let mut rest = document;
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        if let [
+            b'u',
+            b'd' | b'D',
+            b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F',
+            ..,
+        ] = rest[at + 1..]
+        {
+            return true;
+        }
+        rest = &rest[at + 1..];
+    }
+    false
+}
 
-impl<'de> Deserialize<'de> for UsageOnly {
+/// The last top-level `usage` member of a JSON object (as in a parsed
+/// [`Value`], where a repeated key keeps its last value), read as
+/// [`Usage::of`] reads it; `None` inside when there is none. Anything but an
+/// object fails to deserialize. The other members are skipped: `STRICT`,
+/// every string in them parsed ([`Checked`]); else by serde_json's skipping
+/// (see [`Usage::of_json`]).
+struct UsageOnly<const STRICT: bool>(Option<Option<Usage>>);
+
+impl<'de, const STRICT: bool> Deserialize<'de> for UsageOnly<STRICT> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> Visitor<'de> for Members {
-            type Value = UsageOnly;
+        struct Members<const STRICT: bool>;
+        impl<'de, const STRICT: bool> Visitor<'de> for Members<STRICT> {
+            type Value = UsageOnly<STRICT>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UsageOnly, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UsageOnly<STRICT>, A::Error> {
                 let mut usage = None;
                 while let Some(IsUsage(is_usage)) = map.next_key()? {
                     if is_usage {
-                        usage = Some(map.next_value::<Value>()?);
-                    } else {
+                        usage = Some(map.next_value::<UsageMember>()?.0);
+                    } else if STRICT {
                         map.next_value::<Checked>()?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
                     }
                 }
                 Ok(UsageOnly(usage))
             }
         }
-        deserializer.deserialize_map(Members)
+        deserializer.deserialize_map(Members::<STRICT>)
     }
 }
 
@@ -146,6 +185,151 @@ impl<'de> Deserialize<'de> for Checked {
             }
         }
         deserializer.deserialize_any(Any)
+    }
+}
+
+/// A `usage` member's value as [`Usage::from_object`] reads the parsed one:
+/// an object's `prompt_tokens` and `completion_tokens` (the last of a
+/// repeated name; 0 when missing or not an unsigned integer), `None` for
+/// anything but an object. Built without a [`Value`]: nothing is allocated.
+struct UsageMember(Option<Usage>);
+
+impl<'de> Deserialize<'de> for UsageMember {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Member;
+        impl<'de> Visitor<'de> for Member {
+            type Value = UsageMember;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<UsageMember, E> {
+                Ok(UsageMember(None))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<UsageMember, E> {
+                Ok(UsageMember(None))
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<UsageMember, E> {
+                Ok(UsageMember(None))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<UsageMember, E> {
+                Ok(UsageMember(None))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<UsageMember, E> {
+                Ok(UsageMember(None))
+            }
+
+            fn visit_unit<E>(self) -> Result<UsageMember, E> {
+                Ok(UsageMember(None))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UsageMember, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(UsageMember(None))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UsageMember, A::Error> {
+                let mut usage = Usage::default();
+                while let Some(TokenKey(kind)) = map.next_key()? {
+                    match kind {
+                        Some(TokenKind::prompt) => {
+                            usage.prompt_tokens = map.next_value::<Count>()?.0
+                        }
+                        Some(TokenKind::completion) => {
+                            usage.completion_tokens = map.next_value::<Count>()?.0;
+                        }
+                        None => {
+                            map.next_value::<Checked>()?;
+                        }
+                    }
+                }
+                Ok(UsageMember(Some(usage)))
+            }
+        }
+        deserializer.deserialize_any(Member)
+    }
+}
+
+/// Which count a `usage` key names, if any (after unescaping).
+struct TokenKey(Option<TokenKind>);
+
+impl<'de> Deserialize<'de> for TokenKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl Visitor<'_> for Key {
+            type Value = TokenKey;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<TokenKey, E> {
+                Ok(TokenKey(match key {
+                    "prompt_tokens" => Some(TokenKind::prompt),
+                    "completion_tokens" => Some(TokenKind::completion),
+                    _ => None,
+                }))
+            }
+        }
+        deserializer.deserialize_str(Key)
+    }
+}
+
+/// A count as `Value::as_u64` reads it: an unsigned integer, else 0.
+struct Count(u64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Number;
+        impl<'de> Visitor<'de> for Number {
+            type Value = Count;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+
+            fn visit_u64<E>(self, n: u64) -> Result<Count, E> {
+                Ok(Count(n))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+
+            fn visit_unit<E>(self) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Count(0))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
+                while map.next_key::<Checked>()?.is_some() {
+                    map.next_value::<Checked>()?;
+                }
+                Ok(Count(0))
+            }
+        }
+        deserializer.deserialize_any(Number)
     }
 }
 
@@ -221,7 +405,7 @@ impl prometheus_client::encoding::EncodeLabelValue for Name {
 /// request copies a name only the first time it is seen. Names come from
 /// the state (tenants, models, keys that exist), so the set stays bounded.
 #[derive(Clone, Debug, Default)]
-struct Names(Arc<Mutex<std::collections::HashSet<Arc<str>>>>);
+struct Names(Arc<Mutex<crate::FastSet<Arc<str>>>>);
 
 impl Names {
     fn get(&self, name: &str) -> Name {
@@ -453,7 +637,7 @@ impl UsageTotals {
 pub struct UsageLedger {
     clock: Arc<dyn Clock>,
     /// By tenant, then model: looked up by borrowed names, without copying them.
-    totals: Mutex<HashMap<String, HashMap<String, UsageTotals>>>,
+    totals: Mutex<FastMap<String, FastMap<String, UsageTotals>>>,
 }
 
 impl UsageLedger {
@@ -476,7 +660,7 @@ impl UsageLedger {
     pub fn record(&self, tenant: &str, model: &str, usage: Usage) {
         let day = self.today();
         let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        let models = crate::entry_for(&mut totals, tenant, HashMap::new);
+        let models = crate::entry_for(&mut totals, tenant, FastMap::default);
         let entry = crate::entry_for(models, model, || UsageTotals::at(day));
         entry.roll(day);
         entry.today.add(usage);

@@ -30,7 +30,20 @@ fn sse_usage_split_across_chunks() {
 
 #[test]
 fn usage_of_json_reads_as_a_parsed_document_does() {
-    let documents: [&[u8]; 12] = [
+    let documents: [&[u8]; 25] = [
+        br#"{"a":"\uDbff\udc00","usage":{"prompt_tokens":3}}"#,
+        br#"{"a":"\udc00","usage":{"prompt_tokens":3}}"#,
+        br#"{"a":"\u00e9\\ud800","usage":{"prompt_tokens":3}}"#,
+        b"{\"a\":\"\xff\",\"usage\":{\"prompt_tokens\":3}}",
+        b"{\"a\":\"\x01\",\"usage\":{\"prompt_tokens\":3}}",
+        br#"{"a":[1,{"b":"\q"}],"usage":{"prompt_tokens":3}}"#,
+        br#"{"usage":{"prompt_tokens":3,"prompt_tokens":6,"completion_tokens":true}}"#,
+        br#"{"usage":{"prompt_tokens":"3","completion_tokens":[1],"x":{"prompt_tokens":1}}}"#,
+        br#"{"usage":{"prompt_\u0074okens":11,"completion_tokens":18446744073709551615}}"#,
+        br#"{"usage":{"prompt_tokens":18446744073709551616,"completion_tokens":1e2}}"#,
+        br#"{"usage":[1,2],"x":1}"#,
+        br#"{"usage":{"prompt_tokens":1,"bad":"\ud800"}}"#,
+        br#"{"usage":7}"#,
         br#"{"id":"x","choices":[{"delta":{"content":"usage"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
         br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2,"completion_tokens":5}}"#,
         br#"{"us\u0061ge":{"prompt_tokens":7}}"#,
@@ -86,6 +99,16 @@ fn json_usage_small_and_large() {
     let mut small = UsageScanner::json();
     small.feed(br#"{"usage":{"prompt_tokens":4,"total_tokens":4},"data":[]}"#);
     assert_eq!(small.usage(), usage(4, 0));
+    // In one piece (kept as it came) or in several (copied): the same.
+    let document = br#"{"usage":{"prompt_tokens":4,"completion_tokens":2},"data":[]}"#;
+    let mut whole = UsageScanner::json();
+    whole.feed_bytes(&bytes::Bytes::from_static(document));
+    assert_eq!(whole.usage(), usage(4, 2));
+    let mut pieces = UsageScanner::json();
+    for piece in document.chunks(5) {
+        pieces.feed_bytes(&bytes::Bytes::copy_from_slice(piece));
+    }
+    assert_eq!(pieces.usage(), usage(4, 2));
     let mut large = UsageScanner::json();
     large.feed(b"{\"data\":[");
     let filler = vec![b'1'; JSON_WINDOW];

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use aleph_crds::aimodel::AIModel;
 use aleph_crds::tenant::{Tenant, TenantGateway, TenantPlan};
 use aleph_gateway::k8s::{Ignored, build_snapshot, build_snapshot_reporting, gateway_limits};
-use aleph_gateway::{Endpoint, KeyInfo, Model, Owners, Snapshot, TenantLimits, Track};
+use aleph_gateway::{Endpoint, FastMap, KeyInfo, Model, Owners, Snapshot, TenantLimits, Track};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -70,7 +70,7 @@ fn fixtures() -> (Vec<Tenant>, Vec<AIModel>, Vec<Secret>, Vec<EndpointSlice>) {
 fn expected() -> Snapshot {
     use Track::{Canary, Stable};
     Snapshot {
-        tenants: HashMap::from([
+        tenants: FastMap::from_iter([
             (
                 "acme".into(),
                 limits(Some(600), Some(200_000), Some(1_000_000)),
@@ -81,7 +81,7 @@ fn expected() -> Snapshot {
             ),
             ("initech".into(), limits(Some(100), Some(0), None)),
         ]),
-        keys: HashMap::from([
+        keys: FastMap::from_iter([
             (
                 aleph_gateway::hash_key("sk-aleph-acme-ci"),
                 key("acme", "acme-ml/key-ci"),
@@ -95,7 +95,7 @@ fn expected() -> Snapshot {
                 key("globex", "globex-ai/key-1"),
             ),
         ]),
-        models: HashMap::from([
+        models: FastMap::from_iter([
             (
                 "acme".into(),
                 vec![

@@ -10,7 +10,11 @@
 //! write buffers (about 30 KiB each, by a heap profile): at hundreds of
 //! streams at once, the largest part of the gateway's memory.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, BytesMut};
+use std::net::SocketAddr;
+
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// Longest response head accepted.
@@ -26,7 +30,7 @@ pub(crate) struct Request<'a> {
     /// The path and query, as the client sent them.
     pub path: &'a str,
     /// The `Host` header: the endpoint's address.
-    pub host: &'a str,
+    pub host: SocketAddr,
     /// The client's `Accept`, passed on when it sent one.
     pub accept: Option<&'a [u8]>,
     /// The JSON body.
@@ -36,11 +40,11 @@ pub(crate) struct Request<'a> {
 impl Request<'_> {
     /// The request line and headers, up to and including the empty line.
     pub(crate) fn head(&self) -> Vec<u8> {
-        let mut head = Vec::with_capacity(128 + self.path.len() + self.host.len());
+        let mut head = Vec::with_capacity(192 + self.path.len());
         head.extend_from_slice(b"POST ");
         head.extend_from_slice(self.path.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        head.extend_from_slice(self.host.as_bytes());
+        write_addr(&mut head, self.host);
         head.extend_from_slice(b"\r\ncontent-type: application/json\r\n");
         if let Some(accept) = self.accept {
             head.extend_from_slice(b"accept: ");
@@ -48,10 +52,43 @@ impl Request<'_> {
             head.extend_from_slice(b"\r\n");
         }
         head.extend_from_slice(b"content-length: ");
-        head.extend_from_slice(self.body.len().to_string().as_bytes());
+        write_decimal(&mut head, self.body.len() as u64);
         head.extend_from_slice(b"\r\n\r\n");
         head
     }
+}
+
+/// `addr` as `Display` writes it, without the formatting machinery for the
+/// usual IPv4 address (every request's `Host`).
+fn write_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                write_decimal(out, u64::from(octet));
+            }
+            out.push(b':');
+            write_decimal(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => out.extend_from_slice(addr.to_string().as_bytes()),
+    }
+}
+
+/// `n` in decimal.
+fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Whether `path` may go on a request line: it starts with `/` and holds no
@@ -60,7 +97,19 @@ pub(crate) fn valid_path(path: &str) -> bool {
     path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// A response head.
+/// Headers that describe one hop, not the message: read for the framing,
+/// never passed on.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
+
+/// A response head: its headers without those of the hop ([`HOP_BY_HOP`]).
 #[derive(Debug)]
 pub(crate) struct Head {
     pub status: StatusCode,
@@ -91,9 +140,15 @@ impl From<WireError> for std::io::Error {
 /// there yet.
 pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
     loop {
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut lines);
-        let len = match response.parse(buf) {
+        // Uninitialised: nothing is written to the lines the head does not have.
+        let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut lines,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err(WireError::HeadTooLong);
@@ -115,16 +170,26 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> 
             continue;
         }
         let http11 = response.version == Some(1);
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut coded = false;
         let mut close = !http11;
-        for line in response.headers.iter() {
+        // Where each line's name and value are in the head: the values are
+        // then taken from the head as it is, not copied.
+        let base = buf.as_ptr() as usize;
+        // (The head is at most MAX_HEAD bytes: its offsets fit in u32.)
+        let span = |part: &[u8]| {
+            let start = part.as_ptr() as usize - base;
+            [start as u32, (start + part.len()) as u32]
+        };
+        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        let count = response.headers.len();
+        for (line, at) in response.headers.iter().zip(spans.iter_mut()) {
             let name = HeaderName::from_bytes(line.name.as_bytes())
                 .map_err(|_| WireError::Invalid("bad header name"))?;
-            let value = HeaderValue::from_bytes(line.value)
-                .map_err(|_| WireError::Invalid("bad header value"))?;
+            let ([name_start, name_end], [value_start, value_end]) =
+                (span(line.name.as_bytes()), span(line.value));
+            *at = [name_start, name_end, value_start, value_end];
             if name == http::header::CONTENT_LENGTH {
                 let n = std::str::from_utf8(line.value)
                     .ok()
@@ -147,9 +212,23 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> 
                     }
                 }
             }
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for [name_start, name_end, value_start, value_end] in spans.into_iter().take(count) {
+            let (name, value) = (
+                name_start as usize..name_end as usize,
+                value_start as usize..value_end as usize,
+            );
+            let name = HeaderName::from_bytes(&head[name])
+                .map_err(|_| WireError::Invalid("bad header name"))?;
+            if HOP_BY_HOP.contains(&name) {
+                continue;
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(value))
+                .map_err(|_| WireError::Invalid("bad header value"))?;
             headers.append(name, value);
         }
-        buf.advance(len);
         let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Length(0)
         } else if chunked {

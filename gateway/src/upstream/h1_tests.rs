@@ -32,7 +32,7 @@ fn decode_all(mut framing: Framing, wire: &[u8], step: usize) -> (Vec<u8>, bool,
 fn the_request_head_names_the_body_length_and_passes_accept_on() {
     let request = Request {
         path: "/v1/chat/completions?x=1",
-        host: "10.0.0.7:8000",
+        host: "10.0.0.7:8000".parse().expect("an address"),
         accept: Some(b"text/event-stream"),
         body: b"{\"a\":1}",
     };
@@ -203,4 +203,40 @@ fn broken_chunks_are_refused() {
     let mut framing = Framing::Chunked(Chunk::Size);
     let mut buf = BytesMut::from(vec![b'1'; MAX_LINE + 1].as_slice());
     assert!(framing.decode(&mut buf).is_err(), "an endless size line");
+}
+
+#[test]
+fn the_host_is_written_as_display_writes_the_address() {
+    for addr in [
+        "0.0.0.0:0",
+        "10.0.0.7:8000",
+        "255.255.255.255:65535",
+        "127.0.0.1:9",
+        "[::1]:8080",
+        "[fd00::a:1]:80",
+    ] {
+        let addr: std::net::SocketAddr = addr.parse().expect("an address");
+        let mut out = Vec::new();
+        write_addr(&mut out, addr);
+        assert_eq!(String::from_utf8(out).expect("ascii"), addr.to_string());
+    }
+    for n in [0u64, 7, 10, 99, 1_000, u64::MAX] {
+        let mut out = Vec::new();
+        write_decimal(&mut out, n);
+        assert_eq!(String::from_utf8(out).expect("ascii"), n.to_string());
+    }
+}
+
+#[test]
+fn the_hops_headers_are_read_for_the_framing_and_not_kept() {
+    let (head, _) = head_of(
+        "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\n\
+         Transfer-Encoding: chunked\r\nTE: trailers\r\nTrailer: x-t\r\nUpgrade: h2c\r\n\
+         Proxy-Connection: close\r\nContent-Type: text/event-stream\r\nX-Request-Id: 7\r\n\r\n",
+    );
+    let head = head.expect("valid").expect("complete");
+    assert_eq!(head.framing, Framing::Chunked(Chunk::Size));
+    let names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+    assert_eq!(names, ["content-type", "x-request-id"]);
+    assert_eq!(head.headers["x-request-id"], "7");
 }

@@ -2,6 +2,8 @@
 //! server-sent events of a stream, or in a JSON document, keeping only
 //! bounded parts of the body.
 
+use bytes::Bytes;
+
 use super::*;
 
 /// Longest SSE line kept while looking for `usage`; longer lines (huge
@@ -25,8 +27,10 @@ pub(crate) enum UsageScanner {
         done: bool,
     },
     /// A JSON document: parsed whole when small, else its `usage` is looked
-    /// for in the first and last [`JSON_WINDOW`] bytes.
+    /// for in the first and last [`JSON_WINDOW`] bytes. A body that comes in
+    /// one piece (most do) is kept as it came, not copied.
     Json {
+        whole: Option<Bytes>,
         head: Vec<u8>,
         tail: Vec<u8>,
         overflowed: bool,
@@ -45,10 +49,29 @@ impl UsageScanner {
 
     pub(crate) fn json() -> Self {
         UsageScanner::Json {
+            whole: None,
             head: Vec::new(),
             tail: Vec::new(),
             overflowed: false,
         }
+    }
+
+    /// [`feed`](Self::feed), for a piece of the body as it is passed on: the
+    /// first piece of a JSON body is kept by reference.
+    pub(crate) fn feed_bytes(&mut self, bytes: &Bytes) -> bool {
+        if let UsageScanner::Json {
+            whole, head, tail, ..
+        } = self
+        {
+            if whole.is_none() && head.is_empty() && tail.is_empty() && bytes.len() <= JSON_WINDOW {
+                *whole = Some(bytes.clone());
+                return false;
+            }
+            if let Some(first) = whole.take() {
+                head.extend_from_slice(&first);
+            }
+        }
+        self.feed(bytes)
     }
 
     /// Looks at the next bytes of the body. Returns true once the stream has
@@ -89,10 +112,14 @@ impl UsageScanner {
                 *done
             }
             UsageScanner::Json {
+                whole,
                 head,
                 tail,
                 overflowed,
             } => {
+                if let Some(first) = whole.take() {
+                    head.extend_from_slice(&first);
+                }
                 let room = JSON_WINDOW.saturating_sub(head.len());
                 let (to_head, rest) = bytes.split_at(room.min(bytes.len()));
                 head.extend_from_slice(to_head);
@@ -123,10 +150,14 @@ impl UsageScanner {
                 *usage
             }
             UsageScanner::Json {
+                whole,
                 head,
                 tail,
                 overflowed,
             } => {
+                if let Some(whole) = whole {
+                    return Usage::of_json(whole);
+                }
                 if !*overflowed {
                     return Usage::of_json(head);
                 }
