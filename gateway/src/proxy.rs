@@ -110,10 +110,7 @@ async fn forward(
     labels.model.clone_from(&found.name);
     // What the model's autoscaling reads: the arrival at once, and the
     // request in flight from now on, while it waits for an endpoint too.
-    inner
-        .metrics
-        .count_arrival(&found.namespace, &found.aimodel);
-    let in_flight = inner.metrics.in_flight(&found.namespace, &found.aimodel);
+    let in_flight = inner.metrics.arrive(&found.namespace, &found.aimodel);
     let no_endpoint = |model: &Model| ApiError::NoReadyEndpoint {
         model: model.name.clone(),
         retry_after: config.retry_after,

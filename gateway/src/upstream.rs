@@ -22,7 +22,7 @@
 
 pub(crate) mod h1;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -65,7 +65,7 @@ impl std::fmt::Debug for Pool {
 
 struct Idle {
     /// Per endpoint, the oldest first.
-    lists: HashMap<SocketAddr, VecDeque<(Conn, Instant)>>,
+    lists: crate::FastMap<SocketAddr, VecDeque<(Conn, Instant)>>,
     /// When connections idle for too long were last closed.
     swept: Instant,
 }
@@ -234,7 +234,7 @@ impl Pool {
         Self {
             config,
             idle: Mutex::new(Idle {
-                lists: HashMap::new(),
+                lists: crate::FastMap::default(),
                 swept: Instant::now(),
             }),
         }

@@ -485,11 +485,13 @@ impl Metrics {
         }
     }
 
-    /// Counts a request resolved to the AIModel `namespace/model`.
-    pub fn count_arrival(&self, namespace: &str, model: &str) {
-        self.arrivals
-            .get_or_create(&self.model_labels(namespace, model))
-            .inc();
+    /// Counts a request resolved to the AIModel `namespace/model`, and
+    /// counts it in flight until the returned guard is dropped: the arrival
+    /// and the in-flight series of one request, their labels made once.
+    pub fn arrive(&self, namespace: &str, model: &str) -> InflightGuard {
+        let labels = self.model_labels(namespace, model);
+        self.arrivals.get_or_create(&labels).inc();
+        self.in_flight_with(&labels)
     }
 
     /// The requests waiting for a first ready endpoint of the AIModel
@@ -553,12 +555,11 @@ impl Metrics {
             .get()
     }
 
-    /// Counts one request in flight to the AIModel `namespace/model` until the
-    /// returned guard is dropped.
-    pub fn in_flight(&self, namespace: &str, model: &str) -> InflightGuard {
-        let labels = self.model_labels(namespace, model);
-        let gauge = self.inflight.get_or_create(&labels).clone();
-        let busy = self.busy.get_or_create(&labels).clone();
+    /// Counts one request in flight with `labels` until the returned guard
+    /// is dropped.
+    fn in_flight_with(&self, labels: &InflightLabels) -> InflightGuard {
+        let gauge = self.inflight.get_or_create(labels).clone();
+        let busy = self.busy.get_or_create(labels).clone();
         gauge.inc();
         busy.start(std::time::Instant::now());
         InflightGuard { gauge, busy }
