@@ -186,9 +186,9 @@ impl Gateway {
         self.inner.cold_start.waiting(model)
     }
 
-    /// The axum router of the API: `/v1/...`, `/healthz` and `/readyz`.
-    pub fn router(&self) -> axum::Router {
-        api::router(self.clone())
+    /// The API: `/v1/...`, `/healthz` and `/readyz` (see [`api::Api`]).
+    pub fn api(&self) -> api::Api {
+        api::Api::new(self.clone())
     }
 
     /// The state the gateway reads.

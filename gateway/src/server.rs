@@ -44,9 +44,12 @@ pub async fn serve(
     let (stop_api, api_stopped) = stop_signal();
     let (stop_metrics, metrics_stopped) = stop_signal();
     let api = tokio::spawn(
-        axum::serve(crate::api::no_delay_on_accept(api), gateway.router())
-            .with_graceful_shutdown(api_stopped)
-            .into_future(),
+        axum::serve(
+            crate::api::no_delay_on_accept(api),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service(gateway.api()),
+        )
+        .with_graceful_shutdown(api_stopped)
+        .into_future(),
     );
     let metrics = tokio::spawn(
         axum::serve(

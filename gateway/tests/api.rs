@@ -294,3 +294,38 @@ async fn chunked_bodies_over_the_limit_get_413() {
     assert!(answer.contains("request_too_large"));
     assert_eq!(stub.hits(), 0);
 }
+
+#[tokio::test]
+async fn the_other_methods_and_paths_still_get_the_routers_answers() {
+    let (gw, stub) = one_model_gateway(GatewayConfig::default(), TenantLimits::default()).await;
+    // The inference routes are served before the router: other methods on
+    // them, and paths next to them, are still the router's.
+    let get = gw.get("/v1/chat/completions", Some(ACME_KEY)).await;
+    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    let slash = gw
+        .post_raw("/v1/chat/completions/", Some(ACME_KEY), b"{}".to_vec())
+        .await;
+    slash.assert_error(StatusCode::NOT_FOUND, "not_found");
+    let models = gw
+        .post_raw("/v1/models", Some(ACME_KEY), b"{}".to_vec())
+        .await;
+    assert_eq!(models.status, StatusCode::METHOD_NOT_ALLOWED);
+    // And the inference routes themselves answer as before.
+    let unknown = gw
+        .post_raw(
+            "/v1/embeddings",
+            Some(ACME_KEY),
+            br#"{"model":"nope"}"#.to_vec(),
+        )
+        .await;
+    unknown.assert_error(StatusCode::BAD_REQUEST, "model_not_found");
+    let known = gw
+        .post_raw(
+            "/v1/embeddings",
+            Some(ACME_KEY),
+            br#"{"model":"llama"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(known.status, StatusCode::OK);
+    assert_eq!(stub.hits(), 1);
+}

@@ -78,7 +78,7 @@ impl Harness {
             &mut registry,
             authenticators,
         );
-        let addr = serve(gateway.router()).await;
+        let addr = serve(gateway.api()).await;
         let metrics_addr = serve(aleph_gateway::api::metrics_router(Arc::new(registry))).await;
         Harness {
             gateway,
@@ -157,12 +157,23 @@ pub async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> Reply {
 }
 
 /// Serves `router` on 127.0.0.1:0.
-pub async fn serve(router: axum::Router) -> SocketAddr {
+pub async fn serve<S>(service: S) -> SocketAddr
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
     let listener = aleph_gateway::api::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("bind");
     let addr = axum::serve::Listener::local_addr(&listener).expect("addr");
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
+    tokio::spawn(async move { axum::serve(listener, service).await });
     addr
 }
 
