@@ -149,8 +149,6 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
             gateway_selector: args.gateway_pod_selector.clone(),
             usage_interval: Duration::from_secs(args.usage_interval_seconds.max(1)),
         },
-        options.selector.clone(),
-        namespaces.clone(),
         shutdown(),
     ));
     let template_index = args.step_template_admission.then(|| {

@@ -71,10 +71,12 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     let (pods, pod_stream) = cached_watch(watch.api(client), children(), observe::trim_pod);
     let (cache_jobs, cache_job_stream) = cached_watch(watch.api(client), caches(), untrimmed);
     let (cache_claims, cache_claim_stream) = cached_watch(watch.api(client), caches(), untrimmed);
+    let controller = crate::runner::primary_controller(watch.api(client), watch.primary());
     ctx.state::<apply::AiModelState>()
         .children
         .add(ChildStores {
             scope: watch.namespace.map(str::to_string),
+            models: controller.store(),
             deployments,
             services,
             hpas,
@@ -82,7 +84,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             cache_jobs,
             cache_claims,
         });
-    crate::runner::primary_controller(watch.api(client), watch.primary())
+    controller
         .owns_stream(deployment_stream)
         .owns_stream(service_stream)
         .owns_stream(hpa_stream)
@@ -94,6 +96,24 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
                 .get(MODEL_LABEL)
                 .map(|name| ObjectRef::new(name).within(&namespace))
         })
+}
+
+/// What the autoscaler reads of the AIModel controllers' caches, for each
+/// watched scope: the models and their Deployments. They are the
+/// controllers' own copies, so the autoscaler keeps none of its own; a scope
+/// whose controller is not built yet shows nothing, as an unfilled cache does.
+pub(crate) fn serving_caches(
+    ctx: &Context,
+) -> Vec<(
+    kube::runtime::reflector::Store<DeserializeGuard<AIModel>>,
+    kube::runtime::reflector::Store<k8s_openapi::api::apps::v1::Deployment>,
+)> {
+    ctx.state::<apply::AiModelState>()
+        .children
+        .all()
+        .into_iter()
+        .map(|s| (s.models, s.deployments))
+        .collect()
 }
 
 impl Reconcile for AIModel {

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Mutex;
 
+use aleph_crds::aimodel::AIModel;
 use aleph_crds::keys::{CACHE_LABEL, MODEL_LABEL};
 use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
@@ -23,9 +24,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStatus, PersistentVolumeClaim, Pod, PodSpec, PodStatus, Service,
+    Container, ContainerStatus, PersistentVolumeClaim, Pod, PodSpec, PodStatus,
+    ResourceRequirements, Service,
 };
 use kube::api::{Api, ListParams};
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -39,7 +42,11 @@ use crate::error::Result;
 pub(super) struct ChildStores {
     /// The namespace the controller watches; all when `None`.
     pub scope: Option<String>,
-    /// Deployments labelled with a model.
+    /// The controller's own cache of the models (read by the autoscaler,
+    /// which keeps no copy of its own).
+    pub models: Store<DeserializeGuard<AIModel>>,
+    /// Deployments labelled with a model (the autoscaler reads the stable
+    /// track's from here too).
     pub deployments: Store<Deployment>,
     /// Services labelled with a model.
     pub services: Store<Service>,
@@ -70,6 +77,11 @@ impl ChildCaches {
         if let Ok(mut all) = self.0.lock() {
             all.push(stores);
         }
+    }
+
+    /// The caches of every controller, one per watched scope.
+    pub(super) fn all(&self) -> Vec<ChildStores> {
+        self.0.lock().map(|all| all.clone()).unwrap_or_default()
     }
 
     /// The caches that cover `namespace`, if a controller watches it.
@@ -197,16 +209,24 @@ impl ModelChildren<'_> {
     }
 }
 
-/// Keeps of a serving pod what the model's status reads: its metadata, its
-/// node, its containers' names and resources (the memory limit an OOM kill
-/// is reported against), and of its status the phase, the conditions and
-/// how each container runs ([`trim_container_status`]). The rest (volumes,
-/// env, probes, tolerations, addresses, image digests) would only take
-/// memory.
+/// Keeps of a serving pod what the model's status reads: its name,
+/// namespace, model label and deletion mark, its node, its containers' names
+/// and limits (the memory limit an OOM kill is reported against), and of its
+/// status the phase, the scheduler's condition and how each container runs
+/// ([`trim_container_status`]). The rest (the other labels, the owners, the
+/// init containers' specs, requests, volumes, env, probes, tolerations,
+/// the other conditions, addresses, image digests) would only take memory:
+/// each field of a pod's spec and status takes its room even when empty, so
+/// every container and condition kept costs hundreds of bytes per pod.
 pub(super) fn trim_pod(pod: &mut Pod) {
     pod.status = pod.status.take().map(|s| PodStatus {
         phase: s.phase,
-        conditions: s.conditions,
+        // Only the scheduler's refusal is read (see `status::unschedulable`).
+        conditions: s.conditions.map(|cs| {
+            cs.into_iter()
+                .filter(|c| c.type_ == "PodScheduled")
+                .collect()
+        }),
         reason: s.reason,
         message: s.message,
         container_statuses: s
@@ -217,23 +237,31 @@ pub(super) fn trim_pod(pod: &mut Pod) {
             .map(|cs| cs.into_iter().map(trim_container_status).collect()),
         ..PodStatus::default()
     });
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == MODEL_LABEL);
+    }
     let Some(spec) = pod.spec.take() else {
         return;
     };
+    // The memory limit of a serving container is read (an OOM kill's
+    // message), never an init container's.
     let trim = |c: Container| Container {
         name: c.name,
-        resources: c.resources,
+        resources: c.resources.map(|r| ResourceRequirements {
+            limits: r.limits,
+            ..ResourceRequirements::default()
+        }),
         ..Container::default()
     };
     pod.spec = Some(PodSpec {
         containers: spec.containers.into_iter().map(trim).collect(),
-        init_containers: spec
-            .init_containers
-            .map(|cs| cs.into_iter().map(trim).collect()),
         node_name: spec.node_name,
         ..PodSpec::default()
     });
-    pod.metadata.annotations = None;
 }
 
 /// Keeps of a container's status how it runs and ran (its state, the last

@@ -27,6 +27,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -94,21 +95,6 @@ where
     (reader, Box::pin(drive))
 }
 
-fn trim_deployment(d: &mut Deployment) {
-    if let Some(spec) = d.spec.as_mut() {
-        spec.template = Default::default();
-    }
-    d.status = None;
-}
-
-fn trim_model(m: &mut AIModel) {
-    m.status = None;
-}
-
-fn trim_tenant(t: &mut Tenant) {
-    t.status = None;
-}
-
 fn trim_pod(p: &mut Pod) {
     if let Some(spec) = p.spec.as_mut() {
         spec.volumes = None;
@@ -120,78 +106,33 @@ fn trim_pod(p: &mut Pod) {
     }
 }
 
-/// The watches the autoscaler reads.
+/// The watches the autoscaler reads. Its models, their stable Deployments
+/// and the Tenants are read from the caches of the AIModel and Tenant
+/// controllers on the same context ([`crate::aimodel::serving_caches`],
+/// [`crate::tenant::tenant_cache`]), which watch the operator's own scope
+/// (its namespaces and label selector): a second copy of each would double
+/// the memory they take.
 struct Stores {
-    models: Vec<Store<AIModel>>,
-    deployments: Vec<Store<Deployment>>,
-    tenants: Store<Tenant>,
     gateways: Store<Pod>,
 }
 
-/// Runs until `shutdown` resolves. `selector` and `namespaces` are the
-/// operator's own scope: a model or tenant outside them is left alone.
+/// Runs until `shutdown` resolves. The models and tenants are those the
+/// controllers of `ctx` watch (the operator's own scope): a model or tenant
+/// outside it is left alone.
 pub async fn run(
     ctx: Arc<Context>,
     settings: Settings,
-    selector: Option<String>,
-    namespaces: Vec<String>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let client = ctx.client.clone();
-    let with = |config: watcher::Config| match &selector {
-        Some(s) => config.labels(s),
-        None => config,
-    };
-    let mut drivers = Vec::new();
-    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.iter().map(|n| Some(n.as_str())).collect()
-    };
-    let mut models = Vec::new();
-    let mut deployments = Vec::new();
-    for scope in scopes {
-        let (model_api, deployment_api) = match scope {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
-        let (store, drive) = watched(model_api, with(crate::runner::watch_config()), trim_model);
-        models.push(store);
-        drivers.push(drive);
-        let stable = format!("{TRACK_LABEL}=stable,{MODEL_LABEL}");
-        let (store, drive) = watched(
-            deployment_api,
-            crate::runner::watch_config().labels(&stable),
-            trim_deployment,
-        );
-        deployments.push(store);
-        drivers.push(drive);
-    }
-    let (tenants, drive) = watched(
-        Api::all(client.clone()),
-        with(crate::runner::watch_config()),
-        trim_tenant,
-    );
-    drivers.push(drive);
-    let (gateways, drive) = watched(
-        Api::all(client.clone()),
+    let (gateways, watch) = watched(
+        Api::all(ctx.client.clone()),
         crate::runner::watch_config().labels(&settings.gateway_selector),
         trim_pod,
     );
-    drivers.push(drive);
-    let stores = Stores {
-        models,
-        deployments,
-        tenants,
-        gateways,
-    };
-    let watches = futures::future::join_all(drivers);
+    let stores = Stores { gateways };
     let work = looks(&ctx, &settings, &stores);
     tokio::select! {
-        _ = watches => {}
+        () = watch => {}
         () = work => {}
         () = shutdown => {}
     }
@@ -284,10 +225,10 @@ async fn looks(ctx: &Context, settings: &Settings, stores: &Stores) {
             complete,
             gap: gap.as_ref(),
         };
-        scale_models(ctx, stores, &mut histories, &mut reported, &measured, now).await;
+        scale_models(ctx, &mut histories, &mut reported, &measured, now).await;
         if last_flush.elapsed() >= settings.usage_interval {
             last_flush = Instant::now();
-            write_usage(ctx, stores, &mut ledger, &mut usage_failing).await;
+            write_usage(ctx, &mut ledger, &mut usage_failing).await;
         }
     }
 }
@@ -415,23 +356,28 @@ fn note_arrivals(
 
 async fn scale_models(
     ctx: &Context,
-    stores: &Stores,
     histories: &mut HashMap<ModelKey, History>,
     reported: &mut HashMap<ModelKey, String>,
     measured: &Measured<'_>,
     now: Instant,
 ) {
-    let stable: HashMap<ModelKey, Arc<Deployment>> = stores
-        .deployments
+    let caches = crate::aimodel::serving_caches(ctx);
+    // The stable track's Deployments (`{TRACK_LABEL}=stable,{MODEL_LABEL}`).
+    let stable: HashMap<ModelKey, Arc<Deployment>> = caches
         .iter()
-        .flat_map(Store::state)
+        .flat_map(|(_, deployments)| deployments.state())
+        .filter(|d| d.labels().get(TRACK_LABEL).map(String::as_str) == Some("stable"))
         .filter_map(|d| {
             let model = d.labels().get(MODEL_LABEL)?.clone();
             Some(((d.namespace()?, model), d))
         })
         .collect();
     let mut live = HashSet::new();
-    for model in stores.models.iter().flat_map(Store::state) {
+    for guarded in caches.iter().flat_map(|(models, _)| models.state()) {
+        // A model that does not match the schema is its controller's to report.
+        let Ok(model) = &guarded.0 else {
+            continue;
+        };
         if model.metadata.deletion_timestamp.is_some()
             || model.spec.backend != ServingBackend::Kubernetes
         {
@@ -442,7 +388,7 @@ async fn scale_models(
         };
         let key = (model.namespace().unwrap_or_default(), model.name_any());
         live.insert(key.clone());
-        report_gap(ctx, &model, &key, reported, measured.gap).await;
+        report_gap(ctx, model, &key, reported, measured.gap).await;
         let Some(deployment) = stable.get(&key) else {
             continue;
         };
@@ -467,15 +413,7 @@ async fn scale_models(
             complete: measured.complete,
         };
         if let Some(decision) = decide(&policy, history, current, load, now) {
-            apply_decision(
-                ctx,
-                &model,
-                &deployment.name_any(),
-                current,
-                &load,
-                decision,
-            )
-            .await;
+            apply_decision(ctx, model, &deployment.name_any(), current, &load, decision).await;
         }
     }
     histories.retain(|key, _| live.contains(key));
@@ -549,18 +487,18 @@ async fn apply_decision(
 ///
 /// A write that fails for another reason than a newer resourceVersion is
 /// told to the Tenant once (a Warning event), until a write succeeds.
-async fn write_usage(
-    ctx: &Context,
-    stores: &Stores,
-    ledger: &mut Ledger,
-    failing: &mut HashSet<String>,
-) {
+async fn write_usage(ctx: &Context, ledger: &mut Ledger, failing: &mut HashSet<String>) {
     let growth: BTreeMap<String, UsageTotals> = ledger.take();
+    let tenants = crate::tenant::tenant_cache(ctx);
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     for (name, totals) in growth {
-        let reference = reflector::ObjectRef::<Tenant>::new(&name);
-        let Some(tenant) = stores.tenants.get(&reference) else {
+        let reference = reflector::ObjectRef::<DeserializeGuard<Tenant>>::new(&name);
+        let Some(guarded) = tenants.as_ref().and_then(|t| t.get(&reference)) else {
             // Not a tenant this operator serves (or gone): not ours to count.
+            continue;
+        };
+        // One that does not match the schema is its controller's to report.
+        let Ok(tenant) = &guarded.0 else {
             continue;
         };
         let result = async {
@@ -589,7 +527,7 @@ async fn write_usage(
             Ok(_) => {
                 if failing.remove(&name) {
                     ctx.event(
-                        tenant.as_ref(),
+                        tenant,
                         EventType::Normal,
                         "GatewayUsageRecorded",
                         "the gateways' usage is written to status.gatewayUsage again",
@@ -602,7 +540,7 @@ async fn write_usage(
                 let conflict = matches!(&error, kube::Error::Api(s) if s.code == 409);
                 if !conflict && failing.insert(name.clone()) {
                     ctx.event(
-                        tenant.as_ref(),
+                        tenant,
                         EventType::Warning,
                         "GatewayUsageNotRecorded",
                         format!(

@@ -66,6 +66,8 @@ const RECOUNT_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 /// operator's own writes laid over them ([`quota_view`]): the rebalance must
 /// see every quota it wrote, even before the cache does.
 struct Cache {
+    /// The controller's own cache of the Tenants (the autoscaler reads it).
+    tenants: Store<DeserializeGuard<Tenant>>,
     namespaces: Store<Namespace>,
     quotas: Store<ResourceQuota>,
     limit_ranges: Store<LimitRange>,
@@ -157,10 +159,16 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     let failed_creates = crate::runner::watch_config().fields("reason=FailedCreate");
     let (refusals, refusal_stream) = cluster_watch(client, failed_creates, untrimmed);
     let tenant_of_namespace = namespaces.clone();
+    let controller = crate::runner::primary_controller(
+        Api::<DeserializeGuard<Tenant>>::all(client.clone()),
+        watch.primary(),
+    );
+    let tenants = controller.store();
     if ctx
         .state::<TenantState>()
         .cache
         .set(Cache {
+            tenants: tenants.clone(),
             namespaces,
             quotas,
             limit_ranges,
@@ -178,11 +186,6 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             "a second Tenant controller on one context: its reconciles read the first one's caches"
         );
     }
-    let controller = crate::runner::primary_controller(
-        Api::<DeserializeGuard<Tenant>>::all(client.clone()),
-        watch.primary(),
-    );
-    let tenants = controller.store();
     controller
         .owns_stream(quota_stream)
         .owns_stream(limit_range_stream)
@@ -223,6 +226,15 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             let ns = tenant_of_namespace.get(&ObjectRef::new(event.namespace()?.as_str()))?;
             ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
         })
+}
+
+/// The Tenant controller's cache of the Tenants, for the autoscaler (which
+/// keeps no copy of its own); `None` until the controller is built.
+pub(crate) fn tenant_cache(ctx: &Context) -> Option<Store<DeserializeGuard<Tenant>>> {
+    ctx.state::<TenantState>()
+        .cache
+        .get()
+        .map(|c| c.tenants.clone())
 }
 
 /// A cached watch of the `K`s in the whole cluster that `config` selects,
