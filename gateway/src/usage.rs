@@ -438,6 +438,20 @@ pub struct Metrics {
     names: Names,
     arrivals: Family<InflightLabels, Counter>,
     queued: Family<InflightLabels, Gauge>,
+    /// Each AIModel's series of the request path, by namespace and name:
+    /// found with one lookup per request instead of one per family (whose
+    /// labels hash with SipHash). The families never drop a series, so a
+    /// handle kept here always counts in the one they show.
+    model_series: Arc<Mutex<FastMap<String, FastMap<String, ModelSeries>>>>,
+}
+
+/// The handles of one AIModel's `arrivals_total`, `inflight_requests` and
+/// `inflight_seconds_total`.
+#[derive(Clone, Debug)]
+struct ModelSeries {
+    arrivals: Counter,
+    inflight: Gauge,
+    busy: BusySeconds,
 }
 
 impl Metrics {
@@ -489,9 +503,30 @@ impl Metrics {
     /// counts it in flight until the returned guard is dropped: the arrival
     /// and the in-flight series of one request, their labels made once.
     pub fn arrive(&self, namespace: &str, model: &str) -> InflightGuard {
-        let labels = self.model_labels(namespace, model);
-        self.arrivals.get_or_create(&labels).inc();
-        self.in_flight_with(&labels)
+        let series = {
+            let mut all = self.model_series.lock().unwrap_or_else(|e| e.into_inner());
+            let of_namespace = crate::entry_for(&mut all, namespace, FastMap::default);
+            match of_namespace.get(model) {
+                Some(series) => series.clone(),
+                None => {
+                    let labels = self.model_labels(namespace, model);
+                    let series = ModelSeries {
+                        arrivals: self.arrivals.get_or_create(&labels).clone(),
+                        inflight: self.inflight.get_or_create(&labels).clone(),
+                        busy: self.busy.get_or_create(&labels).clone(),
+                    };
+                    of_namespace.insert(model.to_owned(), series.clone());
+                    series
+                }
+            }
+        };
+        series.arrivals.inc();
+        series.inflight.inc();
+        series.busy.start(std::time::Instant::now());
+        InflightGuard {
+            gauge: series.inflight,
+            busy: series.busy,
+        }
     }
 
     /// The requests waiting for a first ready endpoint of the AIModel
@@ -553,16 +588,6 @@ impl Metrics {
                 kind,
             })
             .get()
-    }
-
-    /// Counts one request in flight with `labels` until the returned guard
-    /// is dropped.
-    fn in_flight_with(&self, labels: &InflightLabels) -> InflightGuard {
-        let gauge = self.inflight.get_or_create(labels).clone();
-        let busy = self.busy.get_or_create(labels).clone();
-        gauge.inc();
-        busy.start(std::time::Instant::now());
-        InflightGuard { gauge, busy }
     }
 }
 
