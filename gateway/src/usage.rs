@@ -172,16 +172,12 @@ impl<'de> Deserialize<'de> for Checked {
                 Ok(Checked)
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-                while seq.next_element::<Checked>()?.is_some() {}
-                Ok(Checked)
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Checked, A::Error> {
+                skip_seq(seq).map(|()| Checked)
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-                while map.next_key::<Checked>()?.is_some() {
-                    map.next_value::<Checked>()?;
-                }
-                Ok(Checked)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Checked, A::Error> {
+                skip_map(map).map(|()| Checked)
             }
         }
         deserializer.deserialize_any(Any)
@@ -228,9 +224,8 @@ impl<'de> Deserialize<'de> for UsageMember {
                 Ok(UsageMember(None))
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UsageMember, A::Error> {
-                while seq.next_element::<Checked>()?.is_some() {}
-                Ok(UsageMember(None))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<UsageMember, A::Error> {
+                skip_seq(seq).map(|()| UsageMember(None))
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UsageMember, A::Error> {
@@ -317,20 +312,30 @@ impl<'de> Deserialize<'de> for Count {
                 Ok(Count(0))
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
-                while seq.next_element::<Checked>()?.is_some() {}
-                Ok(Count(0))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Count, A::Error> {
+                skip_seq(seq).map(|()| Count(0))
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
-                while map.next_key::<Checked>()?.is_some() {
-                    map.next_value::<Checked>()?;
-                }
-                Ok(Count(0))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Count, A::Error> {
+                skip_map(map).map(|()| Count(0))
             }
         }
         deserializer.deserialize_any(Number)
     }
+}
+
+/// Reads the rest of an array, each element [`Checked`].
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<Checked>()?.is_some() {}
+    Ok(())
+}
+
+/// Reads the rest of an object, each key and value [`Checked`].
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_key::<Checked>()?.is_some() {
+        map.next_value::<Checked>()?;
+    }
+    Ok(())
 }
 
 /// Whether a member's key is `usage` (after unescaping).

@@ -11,10 +11,9 @@
 //! streams at once, the largest part of the gateway's memory.
 
 use std::mem::MaybeUninit;
-
-use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
 
+use bytes::{Buf, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// Longest response head accepted.

@@ -62,15 +62,15 @@ impl UsageScanner {
         if let UsageScanner::Json {
             whole, head, tail, ..
         } = self
+            && whole.is_none()
+            && head.is_empty()
+            && tail.is_empty()
+            && bytes.len() <= JSON_WINDOW
         {
-            if whole.is_none() && head.is_empty() && tail.is_empty() && bytes.len() <= JSON_WINDOW {
-                *whole = Some(bytes.clone());
-                return false;
-            }
-            if let Some(first) = whole.take() {
-                head.extend_from_slice(&first);
-            }
+            *whole = Some(bytes.clone());
+            return false;
         }
+        // Any other piece: `feed` copies a first one kept before it.
         self.feed(bytes)
     }
 
