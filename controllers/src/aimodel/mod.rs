@@ -33,7 +33,6 @@ use std::time::Duration;
 use aleph_crds::aimodel::{AIModel, AIModelStatus, ServingBackend};
 use aleph_crds::common::ConditionStatus;
 use aleph_crds::keys::{CACHE_LABEL, FINALIZER, MODEL_LABEL};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::error_boundary::DeserializeGuard;
@@ -90,7 +89,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
         .owns_stream(hpa_stream)
         .owns_stream(cache_job_stream)
         .owns_stream(cache_claim_stream)
-        .watches_stream(pod_stream, |pod: Pod| {
+        .watches_stream(pod_stream, |pod: crate::lean::ServingPod| {
             let namespace = pod.namespace()?;
             pod.labels()
                 .get(MODEL_LABEL)

@@ -23,10 +23,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerStatus, PersistentVolumeClaim, Pod, PodSpec, PodStatus,
-    ResourceRequirements, Service,
-};
+use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, PodStatus, Service};
 use kube::api::{Api, ListParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::reflector::Store;
@@ -36,6 +33,7 @@ use serde::de::DeserializeOwned;
 use crate::apply::Owner;
 use crate::context::Context;
 use crate::error::Result;
+use crate::lean::ServingPod;
 
 /// The caches of one controller's watches of the models' serving children.
 #[derive(Clone)]
@@ -52,8 +50,8 @@ pub(super) struct ChildStores {
     pub services: Store<Service>,
     /// HPAs labelled with a model.
     pub hpas: Store<HorizontalPodAutoscaler>,
-    /// Pods labelled with a model, trimmed by [`trim_pod`].
-    pub pods: Store<Pod>,
+    /// Pods labelled with a model, decoded lean and trimmed by [`trim_pod`].
+    pub pods: Store<ServingPod>,
     /// The model caches' download Jobs.
     pub cache_jobs: Store<Job>,
     /// The model caches' claims.
@@ -160,7 +158,7 @@ impl ModelChildren<'_> {
 
     /// The model's serving pods (owned by its Deployments' ReplicaSets), from
     /// the cache (trimmed by [`trim_pod`]) where a controller watches them.
-    pub async fn pods(&self, ctx: &Context, caches: &ChildCaches) -> Result<Vec<Pod>> {
+    pub async fn pods(&self, ctx: &Context, caches: &ChildCaches) -> Result<Vec<ServingPod>> {
         let stores = caches.covering(self.namespace);
         let pods = self.read(ctx, stores.as_ref().map(|s| &s.pods), false);
         Ok(pods.await?.into_values().collect())
@@ -211,14 +209,11 @@ impl ModelChildren<'_> {
 
 /// Keeps of a serving pod what the model's status reads: its name,
 /// namespace, model label and deletion mark, its node, its containers' names
-/// and limits (the memory limit an OOM kill is reported against), and of its
-/// status the phase, the scheduler's condition and how each container runs
+/// and limits (decoded so, see [`ServingPod`]), and of its status the phase,
+/// the scheduler's condition and how each container runs
 /// ([`trim_container_status`]). The rest (the other labels, the owners, the
-/// init containers' specs, requests, volumes, env, probes, tolerations,
-/// the other conditions, addresses, image digests) would only take memory:
-/// each field of a pod's spec and status takes its room even when empty, so
-/// every container and condition kept costs hundreds of bytes per pod.
-pub(super) fn trim_pod(pod: &mut Pod) {
+/// other conditions, addresses, image digests) would only take memory.
+pub(super) fn trim_pod(pod: &mut ServingPod) {
     pod.status = pod.status.take().map(|s| PodStatus {
         phase: s.phase,
         // Only the scheduler's refusal is read (see `status::unschedulable`).
@@ -244,24 +239,6 @@ pub(super) fn trim_pod(pod: &mut Pod) {
     if let Some(labels) = meta.labels.as_mut() {
         labels.retain(|k, _| k == MODEL_LABEL);
     }
-    let Some(spec) = pod.spec.take() else {
-        return;
-    };
-    // The memory limit of a serving container is read (an OOM kill's
-    // message), never an init container's.
-    let trim = |c: Container| Container {
-        name: c.name,
-        resources: c.resources.map(|r| ResourceRequirements {
-            limits: r.limits,
-            ..ResourceRequirements::default()
-        }),
-        ..Container::default()
-    };
-    pod.spec = Some(PodSpec {
-        containers: spec.containers.into_iter().map(trim).collect(),
-        node_name: spec.node_name,
-        ..PodSpec::default()
-    });
 }
 
 /// Keeps of a container's status how it runs and ran (its state, the last

@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use super::build::Track;
 use super::cache::CacheState;
 use crate::conditions::{NewCondition, set_condition};
+use crate::lean::ServingPod;
 
 /// What was observed of one serving track.
 #[derive(Clone, Debug)]
@@ -42,7 +43,7 @@ pub struct Observation<'a> {
     /// The tracks, stable first.
     pub tracks: Vec<TrackObservation<'a>>,
     /// The model's serving pods.
-    pub pods: &'a [Pod],
+    pub pods: &'a [ServingPod],
     /// Where the model answers.
     pub url: &'a str,
     /// Whether the autoscaler stops the last replica when no request comes.
@@ -144,7 +145,7 @@ fn refusal(deployment: &Deployment) -> Option<(&'static str, String)> {
     )
 }
 
-fn is_live(pod: &Pod) -> bool {
+fn is_live(pod: &ServingPod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && !matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -152,12 +153,12 @@ fn is_live(pod: &Pod) -> bool {
         )
 }
 
-fn pod_name(pod: &Pod) -> &str {
+fn pod_name(pod: &ServingPod) -> &str {
     pod.metadata.name.as_deref().unwrap_or("")
 }
 
 /// The scheduler's refusal of a pending pod, if any.
-fn unschedulable(pod: &Pod) -> Option<&str> {
+fn unschedulable(pod: &ServingPod) -> Option<&str> {
     pod.status
         .as_ref()?
         .conditions
@@ -216,7 +217,7 @@ pub fn log_tail(message: &str) -> String {
 }
 
 /// The memory limit of container `name` in `pod`, if it has one.
-fn memory_limit<'a>(pod: &'a Pod, name: &str) -> Option<&'a str> {
+fn memory_limit<'a>(pod: &'a ServingPod, name: &str) -> Option<&'a str> {
     pod.spec
         .as_ref()?
         .containers
@@ -233,7 +234,7 @@ fn memory_limit<'a>(pod: &'a Pod, name: &str) -> Option<&'a str> {
 /// A serving container that crashed, from how its last run ended: exit code,
 /// the kubelet's reason and the end of its log. `None` while it has not
 /// crashed, or runs ready again.
-fn crash(pod: &Pod, status: &ContainerStatus) -> Option<(&'static str, String)> {
+fn crash(pod: &ServingPod, status: &ContainerStatus) -> Option<(&'static str, String)> {
     let state = status.state.as_ref()?;
     let looping = state
         .waiting
@@ -292,7 +293,7 @@ fn crash(pod: &Pod, status: &ContainerStatus) -> Option<(&'static str, String)> 
 
 /// A container's problem that waiting will not fix: a reason and a message.
 fn container_problem(
-    pod: &Pod,
+    pod: &ServingPod,
     status: &ContainerStatus,
     init: bool,
 ) -> Option<(&'static str, String)> {
@@ -331,7 +332,7 @@ pub fn start_problem(pod: &Pod) -> Option<String> {
 
 /// The first serving pod problem: unschedulable, then container problems.
 fn pod_problem(obs: &Observation<'_>) -> Option<(&'static str, String)> {
-    let live: Vec<&Pod> = obs.pods.iter().filter(|p| is_live(p)).collect();
+    let live: Vec<&ServingPod> = obs.pods.iter().filter(|p| is_live(p)).collect();
     for pod in &live {
         if let Some(message) = unschedulable(pod) {
             return Some((

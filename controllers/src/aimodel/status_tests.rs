@@ -18,7 +18,7 @@ fn deployment(generation: i64, observed: i64, desired: i32, ready: i32) -> Deplo
 
 fn observe<'a>(
     d: Option<&'a Deployment>,
-    pods: &'a [Pod],
+    pods: &'a [ServingPod],
     cache: Option<CacheState>,
 ) -> Observation<'a> {
     Observation {
@@ -36,15 +36,16 @@ fn observe<'a>(
     }
 }
 
-/// The assessment of `d` with one pod, `m-abc`, written as JSON. The pod as
-/// the controller's watch cache keeps it (trimmed) must tell the same.
+/// The assessment of `d` with one pod, `m-abc`, written as JSON and decoded
+/// as the watch decodes it. The pod as the controller's watch cache keeps it
+/// (trimmed) must tell the same.
 fn assess_with_pod(d: &Deployment, mut pod: serde_json::Value) -> Assessment {
     pod["metadata"] = json!({ "name": "m-abc", "annotations": { "a": "b" } });
     pod["spec"]["volumes"] = json!([{ "name": "weights", "emptyDir": {} }]);
     if pod["spec"]["containers"].is_null() {
         pod["spec"]["containers"] = json!([{ "name": "llama-server", "image": "engine" }]);
     }
-    let pods: [Pod; 1] = [serde_json::from_value(pod).expect("a pod")];
+    let pods: [ServingPod; 1] = [serde_json::from_value(pod).expect("a pod")];
     let whole = assess(&observe(Some(d), &pods, None));
     let mut trimmed = pods.clone();
     crate::aimodel::observe::trim_pod(&mut trimmed[0]);
