@@ -14,51 +14,299 @@ use std::collections::BTreeMap;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
+use kube::runtime::watcher::Event;
+use serde::de::value::StrDeserializer;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// An object's metadata without its managed fields: what the API server
-/// keeps of who set each field is often the largest part of a small object,
-/// and no reader of a cache needs it.
-pub fn metadata_without_managed_fields<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<ObjectMeta, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Meta {
-        annotations: Option<BTreeMap<String, String>>,
-        creation_timestamp: Option<Time>,
-        deletion_grace_period_seconds: Option<i64>,
-        deletion_timestamp: Option<Time>,
-        finalizers: Option<Vec<String>>,
-        generate_name: Option<String>,
-        generation: Option<i64>,
-        labels: Option<BTreeMap<String, String>>,
-        name: Option<String>,
-        namespace: Option<String>,
-        owner_references: Option<Vec<OwnerReference>>,
-        resource_version: Option<String>,
-        uid: Option<String>,
+/// `K` decoded without its managed fields: what the API server keeps of who
+/// set each field is often the largest part of a small object (a tree of
+/// JSON values, kept whole), and no reader of a cache needs it. A watch
+/// decodes its objects so ([`crate::runner::cached_watch`]) and hands on
+/// the `K` within.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lean<K>(pub K);
+
+impl<K> Lean<K> {
+    /// A watch's event of the lean object, as an event of the object.
+    pub fn unwrap_event(event: Event<Lean<K>>) -> Event<K> {
+        match event {
+            Event::Apply(Lean(o)) => Event::Apply(o),
+            Event::Delete(Lean(o)) => Event::Delete(o),
+            Event::Init => Event::Init,
+            Event::InitApply(Lean(o)) => Event::InitApply(o),
+            Event::InitDone => Event::InitDone,
+        }
     }
-    let m = Meta::deserialize(deserializer)?;
-    Ok(ObjectMeta {
-        annotations: m.annotations,
-        creation_timestamp: m.creation_timestamp,
-        deletion_grace_period_seconds: m.deletion_grace_period_seconds,
-        deletion_timestamp: m.deletion_timestamp,
-        finalizers: m.finalizers,
-        generate_name: m.generate_name,
-        generation: m.generation,
-        labels: m.labels,
-        managed_fields: None,
-        name: m.name,
-        namespace: m.namespace,
-        owner_references: m.owner_references,
-        resource_version: m.resource_version,
-        self_link: None,
-        uid: m.uid,
-    })
+}
+
+impl<K: Resource> Resource for Lean<K> {
+    type DynamicType = K::DynamicType;
+    type Scope = K::Scope;
+
+    fn kind(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+
+    fn group(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::group(dt)
+    }
+
+    fn version(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::version(dt)
+    }
+
+    fn api_version(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::api_version(dt)
+    }
+
+    fn plural(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+
+    fn url_path(dt: &Self::DynamicType, namespace: Option<&str>) -> String {
+        K::url_path(dt, namespace)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        self.0.meta()
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        self.0.meta_mut()
+    }
+}
+
+impl<'de, K: Deserialize<'de>> Deserialize<'de> for Lean<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        K::deserialize(Lens {
+            de: deserializer,
+            level: Level::Object,
+        })
+        .map(Lean)
+    }
+}
+
+/// Where a [`Lens`] looks: at an object (whose `metadata` it looks into) or
+/// at its metadata (whose `managedFields` it skips).
+#[derive(Clone, Copy)]
+enum Level {
+    Object,
+    Metadata,
+}
+
+/// A deserializer that hands the decoded type everything of the input but
+/// an object's `metadata.managedFields`, which it skips unread (serde's
+/// `IgnoredAny`: nothing is allocated for it).
+struct Lens<D> {
+    de: D,
+    level: Level,
+}
+
+impl<D> Lens<D> {
+    fn visitor<V>(&self, visitor: V) -> Lens<V> {
+        Lens {
+            de: visitor,
+            level: self.level,
+        }
+    }
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lens<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        let visitor = self.visitor(visitor);
+        self.de.deserialize_any(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        let visitor = self.visitor(visitor);
+        self.de.deserialize_option(visitor)
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        let visitor = self.visitor(visitor);
+        self.de.deserialize_map(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        let visitor = self.visitor(visitor);
+        self.de.deserialize_struct(name, fields, visitor)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.de.is_human_readable()
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct newtype_struct seq tuple tuple_struct
+        enum identifier ignored_any
+    }
+}
+
+/// The visitor of a [`Lens`]: a map is read through [`LensMap`], anything
+/// else is the inner visitor's.
+impl<'de, V: Visitor<'de>> Visitor<'de> for Lens<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.de.expecting(f)
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<V::Value, M::Error> {
+        self.de.visit_map(LensMap {
+            map,
+            level: self.level,
+            next: None,
+        })
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<V::Value, D::Error> {
+        self.de.visit_some(Lens {
+            de,
+            level: self.level,
+        })
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<V::Value, E> {
+        self.de.visit_none()
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<V::Value, E> {
+        self.de.visit_unit()
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<V::Value, E> {
+        self.de.visit_bool(v)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<V::Value, E> {
+        self.de.visit_i64(v)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<V::Value, E> {
+        self.de.visit_u64(v)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<V::Value, E> {
+        self.de.visit_f64(v)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<V::Value, E> {
+        self.de.visit_str(v)
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<V::Value, E> {
+        self.de.visit_borrowed_str(v)
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<V::Value, E> {
+        self.de.visit_string(v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
+        self.de.visit_seq(seq)
+    }
+}
+
+/// The entries of a map seen through a [`Lens`].
+struct LensMap<M> {
+    map: M,
+    level: Level,
+    /// Where the [`Lens`] looks in the value of the key just read, if anywhere.
+    next: Option<Level>,
+}
+
+impl<'de, M: MapAccess<'de>> MapAccess<'de> for LensMap<M> {
+    type Error = M::Error;
+
+    fn next_key_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, M::Error> {
+        loop {
+            let Some(key) = self.map.next_key::<Key<'de>>()? else {
+                return Ok(None);
+            };
+            self.next = match (self.level, key.0.as_ref()) {
+                (Level::Metadata, "managedFields") => {
+                    self.map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                (Level::Object, "metadata") => Some(Level::Metadata),
+                _ => None,
+            };
+            return seed
+                .deserialize(StrDeserializer::<M::Error>::new(&key.0))
+                .map(Some);
+        }
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, M::Error> {
+        match self.next.take() {
+            Some(level) => self.map.next_value_seed(LensSeed { seed, level }),
+            None => self.map.next_value_seed(seed),
+        }
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.map.size_hint()
+    }
+}
+
+/// A map's key, borrowed from the input where it can be.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The value of a key that a [`Lens`] looks into.
+struct LensSeed<S> {
+    seed: S,
+    level: Level,
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for LensSeed<S> {
+    type Value = S::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<S::Value, D::Error> {
+        self.seed.deserialize(Lens {
+            de,
+            level: self.level,
+        })
+    }
 }
 
 /// A serving pod as a model's status reads it: its metadata, the node it
@@ -67,8 +315,8 @@ pub fn metadata_without_managed_fields<'de, D: Deserializer<'de>>(
 /// as the `Pod` kind.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct ServingPod {
-    /// The pod's metadata, without managed fields.
-    #[serde(default, deserialize_with = "metadata_without_managed_fields")]
+    /// The pod's metadata.
+    #[serde(default)]
     pub metadata: ObjectMeta,
     /// What the status reads of its spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,7 +421,7 @@ mod tests {
 
     #[test]
     fn a_serving_pod_keeps_what_the_status_reads_and_no_more() {
-        let pod: ServingPod = serde_json::from_value(pod_json()).expect("a pod");
+        let Lean(pod): Lean<ServingPod> = serde_json::from_value(pod_json()).expect("a pod");
         let full: Pod = serde_json::from_value(pod_json()).expect("a pod");
         assert_eq!(pod.metadata.name, full.metadata.name);
         assert_eq!(pod.metadata.namespace.as_deref(), Some("ns"));
@@ -212,5 +460,140 @@ mod tests {
         );
         let empty: ServingPod = serde_json::from_value(json!({})).expect("an empty pod");
         assert_eq!(empty, ServingPod::default());
+    }
+
+    /// Decodes `json` as `K` and as `Lean<K>`, from text as a watch does.
+    fn both<K: serde::de::DeserializeOwned>(
+        json: &serde_json::Value,
+    ) -> (Result<K, String>, Result<K, String>) {
+        let text = json.to_string();
+        let full = serde_json::from_str::<K>(&text).map_err(|e| e.to_string());
+        let lean = serde_json::from_str::<Lean<K>>(&text)
+            .map(|Lean(k)| k)
+            .map_err(|e| e.to_string());
+        (full, lean)
+    }
+
+    #[test]
+    fn a_lean_object_is_the_object_without_its_managed_fields() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let deployment = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": "m", "namespace": "ns", "uid": "u", "resourceVersion": "9",
+                "labels": { "managedFields": "a label of that name is kept" },
+                "annotations": { "deployment.kubernetes.io/revision": "2" },
+                "managedFields": [
+                    { "manager": "aleph", "operation": "Apply", "apiVersion": "apps/v1",
+                      "fieldsType": "FieldsV1",
+                      "fieldsV1": { "f:spec": { "f:replicas": {}, "f:template": {} } } },
+                    { "manager": "kube-controller-manager", "operation": "Update",
+                      "subresource": "status", "fieldsV1": { "f:status": {} } },
+                ],
+                "generation": 3,
+            },
+            "spec": { "replicas": 2, "selector": { "matchLabels": { "a": "b" } },
+                      "template": { "metadata": { "labels": { "a": "b" } },
+                                    "spec": { "containers": [{ "name": "c", "image": "i" }] } } },
+            "status": { "replicas": 2, "readyReplicas": 1 },
+        });
+        let (full, lean) = both::<Deployment>(&deployment);
+        let mut full = full.expect("a Deployment");
+        assert_eq!(full.metadata.managed_fields.as_ref().map(Vec::len), Some(2));
+        full.metadata.managed_fields = None;
+        assert_eq!(lean.expect("a lean Deployment"), full);
+
+        // Keys named alike elsewhere are data, kept as they are.
+        let config = json!({
+            "metadata": { "name": "c", "managedFields": [] },
+            "data": { "metadata": "x", "managedFields": "y" },
+        });
+        let (full, lean) = both::<ConfigMap>(&config);
+        let mut full = full.expect("a ConfigMap");
+        full.metadata.managed_fields = None;
+        let lean = lean.expect("a lean ConfigMap");
+        assert_eq!(lean, full);
+        assert_eq!(lean.data.map(|d| d.len()), Some(2));
+
+        // Without metadata, and with keys in any order or escaped.
+        for json in [
+            json!({ "kind": "ConfigMap", "data": { "a": "b" } }),
+            json!({ "data": { "a": "b" }, "metadata": { "managedFields": [{}], "name": "x" } }),
+            serde_json::from_str(r#"{"metad\u0061ta": {"name": "x", "managedFields": []}}"#)
+                .expect("JSON"),
+        ] {
+            let (full, lean) = both::<ConfigMap>(&json);
+            let mut full = full.expect("a ConfigMap");
+            full.metadata.managed_fields = None;
+            assert_eq!(lean.expect("a lean ConfigMap"), full, "{json}");
+        }
+    }
+
+    #[test]
+    fn a_lean_object_decodes_or_fails_where_the_object_does() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        for json in [
+            json!({ "metadata": null }),
+            json!({ "metadata": { "name": 3 } }),
+            json!({ "metadata": { "labels": null, "finalizers": ["f"] } }),
+            json!({ "metadata": { "managedFields": null } }),
+            json!({ "data": [] }),
+            json!({ "data": null, "immutable": true }),
+            json!([]),
+            json!("text"),
+            json!(null),
+        ] {
+            let (full, lean) = both::<ConfigMap>(&json);
+            match (full, lean) {
+                (Ok(mut full), Ok(lean)) => {
+                    full.metadata.managed_fields = None;
+                    assert_eq!(lean, full, "{json}");
+                }
+                (Err(_), Err(_)) => {}
+                (full, lean) => panic!("{json}: {full:?} against {lean:?}"),
+            }
+        }
+        // Managed fields that would not decode are skipped unread.
+        let json = json!({ "metadata": { "managedFields": [{ "manager": 3 }] } });
+        let (full, lean) = both::<ConfigMap>(&json);
+        assert!(full.is_err());
+        assert_eq!(lean, Ok(ConfigMap::default()));
+    }
+
+    #[test]
+    fn an_object_that_does_not_decode_keeps_its_name_for_the_error() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use kube::core::error_boundary::DeserializeGuard;
+        let json = json!({
+            "metadata": { "name": "c", "namespace": "ns", "managedFields": [{ "manager": "m" }] },
+            "data": { "a": 1 },
+        });
+        let Lean(guard): Lean<DeserializeGuard<ConfigMap>> =
+            serde_json::from_str(&json.to_string()).expect("a guarded object");
+        assert!(guard.0.is_err());
+        assert_eq!(guard.meta().name.as_deref(), Some("c"));
+        assert_eq!(guard.meta().namespace.as_deref(), Some("ns"));
+        assert_eq!(guard.meta().managed_fields, None);
+        let good =
+            json!({ "metadata": { "name": "c", "managedFields": [{}] }, "data": { "a": "1" } });
+        let Lean(guard): Lean<DeserializeGuard<ConfigMap>> =
+            serde_json::from_str(&good.to_string()).expect("a guarded object");
+        let config = guard.0.expect("a ConfigMap");
+        assert_eq!(config.metadata.managed_fields, None);
+        assert_eq!(config.data.map(|d| d.len()), Some(1));
+    }
+
+    #[test]
+    fn a_lean_object_is_watched_as_its_kind() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        assert_eq!(
+            Lean::<Deployment>::url_path(&(), Some("ns")),
+            Deployment::url_path(&(), Some("ns"))
+        );
+        assert_eq!(Lean::<Deployment>::api_version(&()), "apps/v1");
+        assert_eq!(Lean::<Deployment>::plural(&()), "deployments");
+        let event = Lean::unwrap_event(Event::Apply(Lean(Deployment::default())));
+        assert!(matches!(event, Event::Apply(d) if d == Deployment::default()));
     }
 }

@@ -122,11 +122,12 @@ pub fn watch_config() -> kube::runtime::watcher::Config {
     kube::runtime::watcher::Config::default().page_size(LIST_PAGE_SIZE)
 }
 
-/// A watch of `api` whose objects (without their managed fields, and trimmed
-/// by `trim` of what the reader never needs) are kept in the returned store,
-/// and the stream of touched objects that drives it.
+/// A watch of `api` whose objects (decoded without their managed fields, see
+/// [`crate::lean::Lean`], and trimmed by `trim` of what the reader never
+/// needs) are kept in the returned store, and the stream of touched objects
+/// that drives it.
 pub fn cached_watch<K>(
-    api: kube::Api<K>,
+    api: kube::Api<crate::lean::Lean<K>>,
     config: kube::runtime::watcher::Config,
     trim: fn(&mut K),
 ) -> (
@@ -140,12 +141,10 @@ where
     use kube::runtime::WatchStreamExt;
     let (reader, writer) = kube::runtime::reflector::store();
     let stream = kube::runtime::watcher(api, config)
+        .map_ok(crate::lean::Lean::unwrap_event)
         // The controller's own pause after a failed watch (see WatchBackoff).
         .backoff(WatchBackoff::default())
-        .modify(move |o: &mut K| {
-            o.managed_fields_mut().clear();
-            trim(o);
-        })
+        .modify(trim)
         .map_ok(|event| {
             if let kube::runtime::watcher::Event::Delete(o) = &event {
                 crate::digest::forget(o);
@@ -170,7 +169,7 @@ where
 /// wrote ([`crate::digest::Created::wrote`]) ended as soon as the watch
 /// shows it.
 pub fn primary_controller<K: Reconcile>(
-    api: kube::Api<DeserializeGuard<K>>,
+    api: kube::Api<crate::lean::Lean<DeserializeGuard<K>>>,
     config: kube::runtime::watcher::Config,
 ) -> Controller<DeserializeGuard<K>> {
     let (reader, stream) = cached_watch(api, config, untrimmed);

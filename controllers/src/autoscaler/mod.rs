@@ -70,7 +70,7 @@ impl Default for Settings {
 
 /// A store fed by a watch whose objects lose what the autoscaler never reads.
 fn watched<K>(
-    api: Api<K>,
+    api: Api<crate::lean::Lean<K>>,
     config: watcher::Config,
     trim: fn(&mut K),
 ) -> (Store<K>, futures::future::BoxFuture<'static, ()>)

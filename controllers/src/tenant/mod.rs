@@ -159,10 +159,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     let failed_creates = crate::runner::watch_config().fields("reason=FailedCreate");
     let (refusals, refusal_stream) = cluster_watch(client, failed_creates, untrimmed);
     let tenant_of_namespace = namespaces.clone();
-    let controller = crate::runner::primary_controller(
-        Api::<DeserializeGuard<Tenant>>::all(client.clone()),
-        watch.primary(),
-    );
+    let controller = crate::runner::primary_controller(Api::all(client.clone()), watch.primary());
     let tenants = controller.store();
     if ctx
         .state::<TenantState>()
