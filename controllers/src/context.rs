@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use crate::error::{Error, backoff};
+use crate::events::{Note, Recorder};
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::sagemaker::aws::{AwsSageMaker, AwsSageMakerConfig, RegionalClients};
@@ -78,12 +79,12 @@ impl Context {
         leader: LeaderState,
         settings: Settings,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "aleph-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(
+                client.clone(),
+                "aleph-operator",
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             metrics,
             leader,
@@ -127,12 +128,12 @@ impl Context {
     where
         K: Resource<DynamicType = ()>,
     {
-        let event = Event {
+        let note = note.into();
+        let event = Note {
             type_,
-            reason: reason.to_string(),
-            note: Some(note.into()),
-            action: reason.to_string(),
-            secondary: None,
+            reason,
+            action: reason,
+            note: &note,
         };
         if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(%error, reason, "could not publish event");

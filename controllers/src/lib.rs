@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod context;
 pub mod digest;
 pub mod error;
+pub mod events;
 pub mod leader;
 pub mod lean;
 pub mod metrics;

@@ -329,3 +329,98 @@ spec:
     wait_for_deletion(&models, "regional", WAIT).await;
     env.cleanup().await;
 }
+
+/// The operator's Event recorder against the API server: a repeat of an Event
+/// within the window counts in the first one's series (one object, its count
+/// and time), a different note makes a second Event, and an Event about a
+/// cluster-scoped object goes to `default`.
+#[tokio::test]
+async fn a_repeated_event_counts_in_its_series_and_a_new_note_makes_another() {
+    use aleph_controllers::events::{Note, Recorder};
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    use k8s_openapi::api::events::v1::Event as NewEvent;
+    use kube::runtime::events::EventType;
+    let env = TestEnv::new().await;
+    let configs: Api<ConfigMap> = Api::namespaced(env.client(), env.namespace());
+    let mut config: ConfigMap = named("events-about-me");
+    config.metadata.namespace = Some(env.namespace().to_string());
+    let config = configs
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("a ConfigMap");
+    let regarding = config.object_ref(&());
+    let recorder = Recorder::new(env.client(), "aleph-operator", Some("e2e".into()));
+    let note = |text| Note {
+        type_: EventType::Warning,
+        reason: "Repeated",
+        action: "Repeated",
+        note: text,
+    };
+    for _ in 0..3 {
+        recorder
+            .publish(&note("the same words"), &regarding)
+            .await
+            .expect("published");
+    }
+    recorder
+        .publish(&note("other words"), &regarding)
+        .await
+        .expect("published");
+
+    let events: Api<NewEvent> = Api::namespaced(env.client(), env.namespace());
+    let uid = config.metadata.uid.clone();
+    let mut about: Vec<NewEvent> = events
+        .list(&Default::default())
+        .await
+        .expect("Events listed")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.clone()) == uid)
+        .collect();
+    about.sort_by_key(|e| e.note.clone());
+    let seen: Vec<(Option<String>, Option<i32>, Option<String>)> = about
+        .iter()
+        .map(|e| {
+            (
+                e.note.clone(),
+                e.series.as_ref().map(|s| s.count),
+                e.reporting_instance.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("other words".into()), None, Some("e2e".into())),
+            (Some("the same words".into()), Some(3), Some("e2e".into())),
+        ]
+    );
+    let series = about[1].series.as_ref().expect("a series");
+    assert!(Some(&series.last_observed_time) >= about[1].event_time.as_ref());
+    assert_eq!(about[1].type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        about[1].reporting_controller.as_deref(),
+        Some("aleph-operator")
+    );
+
+    // A cluster-scoped object's Event is published in `default`.
+    let namespace: Api<Namespace> = Api::all(env.client());
+    let own = namespace
+        .get(env.namespace())
+        .await
+        .expect("the test's namespace");
+    recorder
+        .publish(&note("about a namespace"), &own.object_ref(&()))
+        .await
+        .expect("published");
+    let defaults: Api<NewEvent> = Api::namespaced(env.client(), "default");
+    let found = defaults
+        .list(&Default::default())
+        .await
+        .expect("Events listed")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.clone()) == own.metadata.uid)
+        .count();
+    assert_eq!(found, 1);
+}
