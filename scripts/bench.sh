@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `make bench`: builds the operator, the gateway and the benchmarks in release
-# mode, starts a local control plane of its own (e2e/cluster/with-cluster.sh),
-# installs the CRDs and runs aleph-bench, which starts the operator itself and
-# prints one table; then, once the control plane is down, the gateway's part
+# `make bench`: builds the gateway and the benchmarks in release mode and the
+# operator as its image does (the `image` profile, static), starts a local
+# control plane of its own (e2e/cluster/with-cluster.sh), installs the CRDs
+# and runs aleph-bench, which starts the operator itself (with the chart's
+# allocator setting) and prints one table; then, once the control plane is down, the gateway's part
 # (scripts/bench-gateway.sh: the gateway and nginx against a stub engine, no
 # cluster). Arguments go to aleph-bench, for example
 #   scripts/bench.sh --sizes 100 --idle-seconds 30
@@ -15,15 +16,22 @@
 source "$(dirname "${BASH_SOURCE[0]}")/bench-env.sh"
 output="$(bench_output BENCH_OUTPUT latest.md)"
 
-echo "==> building aleph-operator, aleph-gateway and the benchmarks (release)" >&2
-# One invocation: built apart, the two would unify features differently and
-# build the AWS SDK twice.
-cargo build --release --quiet -p aleph-operator -p aleph-e2e --bin aleph-operator --bin aleph-bench --bin aleph-gateway-bench
+echo "==> building the benchmarks and the gateway (release)" >&2
+cargo build --release --quiet -p aleph-e2e --bin aleph-bench --bin aleph-gateway-bench
 # The gateway on its own, so that its features are its own.
 if [ "${BENCH_GATEWAY:-1}" != 0 ]; then
   cargo build --release --quiet -p aleph-gateway --bin aleph-gateway
 fi
-export ALEPH_OPERATOR_BIN="$CARGO_TARGET_DIR/release/aleph-operator"
+# The operator measured is the image's build: the `image` profile, linked
+# statically (as e2e/images/build.sh and the Dockerfile build it), in the
+# images' target directory, so a build made for the images is reused.
+static_target="${ALEPH_STATIC_TARGET_DIR:-$aleph_cache/target-static}"
+echo "==> building aleph-operator as the image does (--profile image, static) into $static_target" >&2
+CARGO_TARGET_DIR="$static_target" \
+  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
+  cargo build --quiet --profile image --locked -p aleph-operator --bin aleph-operator \
+  --target x86_64-unknown-linux-gnu
+export ALEPH_OPERATOR_BIN="$static_target/x86_64-unknown-linux-gnu/image/aleph-operator"
 
 # Runs inside with-cluster.sh, with KUBECONFIG and PATH set.
 run() {
