@@ -19,7 +19,7 @@ use kube::Resource;
 use kube::runtime::watcher::Event;
 use serde::de::value::StrDeserializer;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 
 /// `K` decoded without its managed fields: what the API server keeps of who
 /// set each field is often the largest part of a small object (a tree of
@@ -313,47 +313,47 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for LensSeed<S> {
 /// runs on, its containers' names and limits, and its status (which the
 /// watch trims further, see `aimodel::observe::trim_pod`). Listed and watched
 /// as the `Pod` kind.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct ServingPod {
     /// The pod's metadata.
     #[serde(default)]
     pub metadata: ObjectMeta,
     /// What the status reads of its spec.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub spec: Option<ServingPodSpec>,
     /// Its status.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub status: Option<PodStatus>,
 }
 
 /// What a model's status reads of a serving pod's spec.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServingPodSpec {
     /// Its (serving) containers; init containers are not read.
     #[serde(default)]
     pub containers: Vec<ServingContainer>,
     /// The node it was scheduled to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub node_name: Option<String>,
 }
 
 /// A serving container's name and limits (the memory limit that an OOM
 /// kill is reported against).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct ServingContainer {
     /// The container's name.
     pub name: String,
     /// Its limits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub resources: Option<Limits>,
 }
 
 /// A container's resource limits.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct Limits {
     /// The limits by resource name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub limits: Option<BTreeMap<String, Quantity>>,
 }
 
