@@ -107,20 +107,30 @@ impl Recorder {
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
         let repeat = self.repeat_of(key, now);
-        let sent = match repeat {
+        let counted = match repeat {
             Some((name, count)) => {
                 let series = serde_json::json!({
                     "series": EventSeries { count, last_observed_time: MicroTime(now) },
                 });
-                events
+                match events
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&series))
-                    .await?;
-                Sent {
-                    name,
-                    count,
-                    last: now,
+                    .await
+                {
+                    Ok(_) => Some(Sent {
+                        name,
+                        count,
+                        last: now,
+                    }),
+                    // Deleted meanwhile (by hand, or its time to live): a
+                    // new one is published instead.
+                    Err(kube::Error::Api(status)) if status.code == 404 => None,
+                    Err(error) => return Err(error),
                 }
             }
+            None => None,
+        };
+        let sent = match counted {
+            Some(sent) => sent,
             None => {
                 let event = self.event(note, regarding, now);
                 let created = events.create(&PostParams::default(), &event).await?;

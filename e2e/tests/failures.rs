@@ -332,7 +332,8 @@ spec:
 
 /// The operator's Event recorder against the API server: a repeat of an Event
 /// within the window counts in the first one's series (one object, its count
-/// and time), a different note makes a second Event, and an Event about a
+/// and time), a different note makes a second Event, a repeat whose Event
+/// was deleted meanwhile makes a new one, and an Event about a
 /// cluster-scoped object goes to `default`.
 #[tokio::test]
 async fn a_repeated_event_counts_in_its_series_and_a_new_note_makes_another() {
@@ -402,6 +403,31 @@ async fn a_repeated_event_counts_in_its_series_and_a_new_note_makes_another() {
         about[1].reporting_controller.as_deref(),
         Some("aleph-operator")
     );
+
+    // The series' Event deleted meanwhile: the next repeat publishes a new one.
+    let counted = about[1].metadata.name.clone().expect("a name");
+    events
+        .delete(&counted, &Default::default())
+        .await
+        .expect("Event deleted");
+    recorder
+        .publish(&note("the same words"), &regarding)
+        .await
+        .expect("published again");
+    let again: Vec<NewEvent> = events
+        .list(&Default::default())
+        .await
+        .expect("Events listed")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.uid.clone()) == uid
+                && e.note.as_deref() == Some("the same words")
+        })
+        .collect();
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].metadata.name.as_ref(), Some(&counted));
+    assert!(again[0].series.is_none());
 
     // A cluster-scoped object's Event is published in `default`.
     let namespace: Api<Namespace> = Api::all(env.client());
