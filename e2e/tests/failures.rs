@@ -330,6 +330,19 @@ spec:
     env.cleanup().await;
 }
 
+/// The Events (events.k8s.io) in `api` about the object with `uid`.
+async fn new_events_about(
+    api: &Api<k8s_openapi::api::events::v1::Event>,
+    uid: &Option<String>,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let listed = api.list(&Default::default()).await.expect("Events listed");
+    listed
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_ref()) == uid.as_ref())
+        .collect()
+}
+
 /// The operator's Event recorder against the API server: a repeat of an Event
 /// within the window counts in the first one's series (one object, its count
 /// and time), a different note makes a second Event, a repeat whose Event
@@ -370,14 +383,7 @@ async fn a_repeated_event_counts_in_its_series_and_a_new_note_makes_another() {
 
     let events: Api<NewEvent> = Api::namespaced(env.client(), env.namespace());
     let uid = config.metadata.uid.clone();
-    let mut about: Vec<NewEvent> = events
-        .list(&Default::default())
-        .await
-        .expect("Events listed")
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.clone()) == uid)
-        .collect();
+    let mut about = new_events_about(&events, &uid).await;
     about.sort_by_key(|e| e.note.clone());
     let seen: Vec<(Option<String>, Option<i32>, Option<String>)> = about
         .iter()
@@ -414,17 +420,8 @@ async fn a_repeated_event_counts_in_its_series_and_a_new_note_makes_another() {
         .publish(&note("the same words"), &regarding)
         .await
         .expect("published again");
-    let again: Vec<NewEvent> = events
-        .list(&Default::default())
-        .await
-        .expect("Events listed")
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().and_then(|r| r.uid.clone()) == uid
-                && e.note.as_deref() == Some("the same words")
-        })
-        .collect();
+    let mut again = new_events_about(&events, &uid).await;
+    again.retain(|e| e.note.as_deref() == Some("the same words"));
     assert_eq!(again.len(), 1);
     assert_ne!(again[0].metadata.name.as_ref(), Some(&counted));
     assert!(again[0].series.is_none());
@@ -440,13 +437,8 @@ async fn a_repeated_event_counts_in_its_series_and_a_new_note_makes_another() {
         .await
         .expect("published");
     let defaults: Api<NewEvent> = Api::namespaced(env.client(), "default");
-    let found = defaults
-        .list(&Default::default())
-        .await
-        .expect("Events listed")
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.clone()) == own.metadata.uid)
-        .count();
-    assert_eq!(found, 1);
+    assert_eq!(
+        new_events_about(&defaults, &own.metadata.uid).await.len(),
+        1
+    );
 }
