@@ -49,14 +49,14 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Resource;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use observe::{ReadyWatch, converge};
-use table::{Convergence, KindFigures, Requests, Setup, Share, SizeFigures, delta};
+use table::{Convergence, Cpu, KindFigures, Requests, Setup, Share, SizeFigures, delta};
 
 /// The label on everything the benchmark makes for Aleph: the run's id.
 const BENCH_LABEL: &str = "aleph.dev/bench";
@@ -86,6 +86,16 @@ enum Kind {
     Tenants,
     Aimodels,
 }
+
+/// How the floor writes the children ([`post`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FloorWrites {
+    Create,
+    Apply,
+}
+
+/// Set once from `--floor-writes apply`: [`post`] applies.
+static FLOOR_APPLIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Benchmarks the Aleph operator against a plain client's floor.
 #[derive(Debug, Parser)]
@@ -120,6 +130,11 @@ struct Args {
     /// Parallel workers of the floor client; by default the operator's concurrency.
     #[arg(long)]
     floor_workers: Option<usize>,
+    /// How the floor writes each child: `create` (a POST, the least a
+    /// client can send) or `apply` (a server-side apply, as the operator
+    /// writes): the two floors' difference is the API server's cost of apply.
+    #[arg(long, value_enum, default_value_t = FloorWrites::Create)]
+    floor_writes: FloorWrites,
     /// Creates at once when the benchmark creates the Tenants and AIModels.
     #[arg(long, default_value_t = 32)]
     creators: usize,
@@ -180,11 +195,18 @@ impl Run {
     }
 }
 
-/// Creates `obj` with the benchmark's field manager.
+/// Creates `obj` with the benchmark's field manager (with `--floor-writes
+/// apply`, applies it).
 pub async fn post<K>(api: &Api<K>, obj: &K) -> Result<()>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
 {
+    if FLOOR_APPLIES.load(std::sync::atomic::Ordering::Relaxed) {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
+            .await?;
+        return Ok(());
+    }
     let pp = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PostParams::default()
@@ -294,10 +316,13 @@ impl OperatorCounters {
         before: &OperatorCounters,
         controller: &str,
         aleph: Convergence,
-        floor: Option<(Convergence, Requests)>,
+        floor: Option<Floor>,
     ) -> KindFigures {
         let of = |r: &Requests| r.get(controller).copied().unwrap_or(0.0);
-        let (floor, floor_requests) = floor.unzip();
+        let (floor, floor_requests, floor_cpu) = match floor {
+            Some(f) => (Some(f.took), Some(f.requests), f.cpu),
+            None => (None, None, None),
+        };
         KindFigures {
             aleph,
             floor,
@@ -307,6 +332,8 @@ impl OperatorCounters {
             reconciles: of(&self.reconciles) - of(&before.reconciles),
             reconcile_seconds: of(&self.reconcile_seconds) - of(&before.reconcile_seconds),
             api_share: None,
+            cpu: None,
+            floor_cpu,
         }
     }
 }
@@ -318,11 +345,20 @@ struct Measured {
     aleph: Convergence,
     /// The API server's requests before and after (WATCH left out).
     api: Option<(f64, f64)>,
+    /// The CPU the processes used meanwhile.
+    cpu: Cpu,
+}
+
+/// The floor of one kind: its time, its client's requests, the CPU used.
+struct Floor {
+    took: Convergence,
+    requests: Requests,
+    cpu: Option<Cpu>,
 }
 
 impl Measured {
     /// The figures of `controller`, against the `floor` (if measured).
-    fn figures(self, controller: &str, floor: Option<(Convergence, Requests)>) -> KindFigures {
+    fn figures(self, controller: &str, floor: Option<Floor>) -> KindFigures {
         let api_share = self.api.map(|(before, after)| Share {
             operator: observe::besides_watches(&delta(&self.before.requests, &self.after.requests)),
             all: after - before,
@@ -331,6 +367,7 @@ impl Measured {
             .after
             .since(&self.before, controller, self.aleph, floor);
         figures.api_share = api_share;
+        figures.cpu = Some(self.cpu);
         figures
     }
 }
@@ -461,9 +498,11 @@ impl Bench {
         let api_before = api_server_requests(&self.client).await;
         let before = OperatorCounters::read(operator).await;
         progress(format!("N={n}: creating {n} {kinds}"));
+        let cpu_before = Cpu::now();
         let start = Instant::now();
         create.await?;
         let aleph = converge(watch, start, self.timeout(), self.stall()).await;
+        let cpu = Cpu::now().since(&cpu_before);
         let after = OperatorCounters::read(operator).await;
         let api_after = api_server_requests(&self.client).await;
         progress(format!("N={n}: {kinds} Ready: {}", seconds(&aleph)));
@@ -472,6 +511,7 @@ impl Bench {
             after,
             aleph,
             api: api_before.zip(api_after),
+            cpu,
         })
     }
 
@@ -502,11 +542,17 @@ impl Bench {
                 self.args.kube_burst,
             )?;
             progress(format!("N={n}: floor: writing the children of {n} Tenants"));
+            let cpu_before = Cpu::now();
             let start = Instant::now();
             tenants::floor(&run, &client, self.floor_workers()).await?;
             let took = Convergence::Done(start.elapsed());
+            let cpu = Some(Cpu::now().since(&cpu_before));
             progress(format!("N={n}: floor Tenants: {}", seconds(&took)));
-            tenant_floor = Some((took, requests_of(&registry)));
+            tenant_floor = Some(Floor {
+                took,
+                requests: requests_of(&registry),
+                cpu,
+            });
         }
         if floor && self.measures(Kind::Aimodels) {
             namespace(&self.client, &floor_models_ns, &run.floor_labels()).await?;
@@ -525,14 +571,20 @@ impl Bench {
             progress(format!(
                 "N={n}: floor: writing {n} Deployments and Services"
             ));
+            let cpu_before = Cpu::now();
             let start = Instant::now();
             aimodels::floor(&run, &client, &floor_models_ns, self.floor_workers()).await?;
             let took = converge(watch, start, self.timeout(), self.stall()).await;
+            let cpu = Some(Cpu::now().since(&cpu_before));
             progress(format!(
                 "N={n}: floor AIModels (Deployments available): {}",
                 seconds(&took)
             ));
-            model_floor = Some((took, requests_of(&registry)));
+            model_floor = Some(Floor {
+                took,
+                requests: requests_of(&registry),
+                cpu,
+            });
         }
         if floor && self.measures(Kind::Tenants) {
             tenants::delete_floor_policies(&run).await?;
@@ -752,6 +804,10 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<()> {
     aleph_e2e::install_crypto_provider();
+    FLOOR_APPLIES.store(
+        args.floor_writes == FloorWrites::Apply,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let config = kube::Config::infer().await.map_err(|e| {
         BenchError::Setup(format!(
             "no cluster to benchmark ({e}): set KUBECONFIG or run `make bench`"
@@ -790,10 +846,14 @@ async fn run(args: Args) -> Result<()> {
     let setup = Setup {
         operator_flags: bench.operator_args().join(" "),
         floor: format!(
-            "a plain client with the operator's QPS and burst ({} / {}) and {} workers, each writing one object's children in order",
+            "a plain client with the operator's QPS and burst ({} / {}) and {} workers, each writing one object's children in order ({})",
             bench.args.kube_qps,
             bench.args.kube_burst,
-            bench.floor_workers()
+            bench.floor_workers(),
+            match bench.args.floor_writes {
+                FloorWrites::Create => "each child created by a POST",
+                FloorWrites::Apply => "each child server-side applied, as the operator writes",
+            }
         ),
         idle: Duration::from_secs(bench.args.idle_seconds),
     };

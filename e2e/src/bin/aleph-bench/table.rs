@@ -71,6 +71,59 @@ pub fn delta(before: &Requests, after: &Requests) -> Requests {
         .collect()
 }
 
+/// The CPU seconds each process of the cluster used in a phase, by name
+/// (`aleph_e2e::host::cpu_seconds`), with the machine's busy seconds: what
+/// the time of a phase went to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cpu(pub BTreeMap<String, f64>);
+
+impl Cpu {
+    /// The processes read: the control plane's, the operator and this benchmark.
+    pub const PROCESSES: [&str; 7] = [
+        "kube-apiserver",
+        "etcd",
+        "kube-controller",
+        "kube-scheduler",
+        "kwok",
+        "aleph-operator",
+        "aleph-bench",
+    ];
+
+    /// Reads the processes' CPU seconds now.
+    pub fn now() -> Self {
+        Cpu(aleph_e2e::host::cpu_seconds(&Self::PROCESSES))
+    }
+
+    /// What each used from `before` to `self`.
+    pub fn since(&self, before: &Cpu) -> Cpu {
+        Cpu(self
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.0.get(k).copied().unwrap_or(0.0)))
+            .collect())
+    }
+
+    /// "machine 40.1 s busy: kube-apiserver 20.3, etcd 5.0, ...", the largest first.
+    fn cell(&self) -> String {
+        let mut by_use: Vec<(&String, f64)> = self
+            .0
+            .iter()
+            .filter(|(k, _)| k.as_str() != aleph_e2e::host::MACHINE)
+            .map(|(k, v)| (k, *v))
+            .collect();
+        by_use.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+        let each = by_use
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self.0.get(aleph_e2e::host::MACHINE) {
+            Some(busy) => format!("machine {busy:.1} busy: {each}"),
+            None => each,
+        }
+    }
+}
+
 /// The operator's requests in a phase against all the API server answered in
 /// it, WATCH left out of both.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -122,6 +175,10 @@ pub struct KindFigures {
     pub reconciles: f64,
     /// Their summed duration, in seconds.
     pub reconcile_seconds: f64,
+    /// CPU seconds by process during convergence (see [`Cpu`]).
+    pub cpu: Option<Cpu>,
+    /// The same while the floor wrote (none when not measured).
+    pub floor_cpu: Option<Cpu>,
 }
 
 impl KindFigures {
@@ -536,6 +593,18 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
             "",
         );
         row(
+            &format!("{plural}: CPU seconds while Aleph converged, by process"),
+            &|s| opt(kind(s), |k| measured(k.cpu.as_ref(), Cpu::cell)),
+            "",
+            "",
+        );
+        row(
+            &format!("{plural}: CPU seconds while the floor wrote, by process"),
+            &|s| opt(kind(s), |k| measured(k.floor_cpu.as_ref(), Cpu::cell)),
+            "",
+            "",
+        );
+        row(
             &format!("{plural}: reconciles per {singular} (mean duration)"),
             &|s| {
                 opt(kind(s), |k| {
@@ -748,6 +817,12 @@ mod tests {
             by_resource: requests(&[("list namespaces", 500.0), ("patch tenants", 300.0)]),
             reconciles: 400.0,
             reconcile_seconds: 20.0,
+            cpu: Some(Cpu(BTreeMap::from([
+                (aleph_e2e::host::MACHINE.to_string(), 30.0),
+                ("etcd".to_string(), 4.0),
+                ("kube-apiserver".to_string(), 20.0),
+            ]))),
+            floor_cpu: None,
         }
     }
 
@@ -1053,6 +1128,19 @@ mod tests {
         assert!(
             table.contains(
                 "| Tenants: reconciles per Tenant (mean duration) | 4.0 (50 ms) | 0.4 (50 ms) |"
+            ),
+            "{table}"
+        );
+        let cpu = "machine 30.0 busy: kube-apiserver 20.0, etcd 4.0";
+        assert!(
+            table.contains(&format!(
+                "| Tenants: CPU seconds while Aleph converged, by process | {cpu} | {cpu} |"
+            )),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| Tenants: CPU seconds while the floor wrote, by process | not measured | not measured |"
             ),
             "{table}"
         );
