@@ -12,6 +12,7 @@ pub mod context;
 pub mod digest;
 pub mod error;
 pub mod events;
+pub mod index;
 pub mod leader;
 pub mod lean;
 pub mod metrics;

@@ -137,6 +137,46 @@ pub fn cached_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    watch_into_store(api, config, trim, |_| {})
+}
+
+/// [`cached_watch`], with an index of the cached objects by the owner `key`
+/// gives each ([`crate::index`]), kept from the same events.
+pub fn indexed_watch<K>(
+    api: kube::Api<crate::lean::Lean<K>>,
+    config: kube::runtime::watcher::Config,
+    trim: fn(&mut K),
+    key: crate::index::OwnerKey<K>,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    crate::index::OwnerIndex<K>,
+    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let index = crate::index::OwnerIndex::new(key);
+    let observer = index.clone();
+    let (reader, stream) = watch_into_store(api, config, trim, move |event| {
+        observer.observe(event);
+    });
+    (reader, index, stream)
+}
+
+/// The watch of [`cached_watch`], `observe` seeing each event once the store
+/// holds it.
+fn watch_into_store<K>(
+    api: kube::Api<crate::lean::Lean<K>>,
+    config: kube::runtime::watcher::Config,
+    trim: fn(&mut K),
+    mut observe: impl FnMut(&kube::runtime::watcher::Event<K>) + Send + 'static,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     use futures::TryStreamExt;
     use kube::runtime::WatchStreamExt;
     let (reader, writer) = kube::runtime::reflector::store();
@@ -152,6 +192,7 @@ where
             event
         })
         .reflect(writer)
+        .inspect_ok(move |event| observe(event))
         .touched_objects()
         // After the store holds it: a pass that misses the record then
         // finds the object in the cache.

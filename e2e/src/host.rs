@@ -124,6 +124,9 @@ mod tests {
         let own = own.trim();
         let seconds = cpu_seconds(&[own]);
         assert!(seconds.contains_key(own), "{seconds:?}");
-        assert!(seconds.get(MACHINE).is_some_and(|s| *s > 0.0), "{seconds:?}");
+        assert!(
+            seconds.get(MACHINE).is_some_and(|s| *s > 0.0),
+            "{seconds:?}"
+        );
     }
 }

@@ -120,6 +120,7 @@ async fn keep_shared_policies(ctx: &Context, state: &TenantState, operator: &str
         let name = policy.name_any();
         let cached = state.cache.get().and_then(|c| {
             c.admission_policies
+                .store
                 .get(&kube::runtime::reflector::ObjectRef::new(&name))
         });
         let observed = match cached {

@@ -62,22 +62,23 @@ const NOT_READY_REQUEUE: Duration = Duration::from_secs(10);
 const RECOUNT_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 /// The tenants' children the controller watches anyway, cached so that a
-/// pass reads them without a request. The ResourceQuotas are read with the
-/// operator's own writes laid over them ([`quota_view`]): the rebalance must
-/// see every quota it wrote, even before the cache does.
+/// pass reads them without a request, each kind with its index by tenant
+/// ([`Children`]). The ResourceQuotas are read with the operator's own
+/// writes laid over them ([`quota_view`]): the rebalance must see every
+/// quota it wrote, even before the cache does.
 struct Cache {
     /// The controller's own cache of the Tenants (the autoscaler reads it).
     tenants: Store<DeserializeGuard<Tenant>>,
-    namespaces: Store<Namespace>,
-    quotas: Store<ResourceQuota>,
-    limit_ranges: Store<LimitRange>,
-    network_policies: Store<NetworkPolicy>,
-    role_bindings: Store<RoleBinding>,
+    namespaces: Children<Namespace>,
+    quotas: Children<ResourceQuota>,
+    limit_ranges: Children<LimitRange>,
+    network_policies: Children<NetworkPolicy>,
+    role_bindings: Children<RoleBinding>,
     /// The admin owners' ClusterRole and its binding.
-    cluster_roles: Store<ClusterRole>,
-    cluster_role_bindings: Store<ClusterRoleBinding>,
-    admission_policies: Store<ValidatingAdmissionPolicy>,
-    admission_bindings: Store<ValidatingAdmissionPolicyBinding>,
+    cluster_roles: Children<ClusterRole>,
+    cluster_role_bindings: Children<ClusterRoleBinding>,
+    admission_policies: Children<ValidatingAdmissionPolicy>,
+    admission_bindings: Children<ValidatingAdmissionPolicyBinding>,
     /// Pod creations refused by a tenant quota (FailedCreate events of
     /// ReplicaSets and Jobs): where the tenant's headroom is needed.
     refusals: Store<Event>,
@@ -101,6 +102,13 @@ pub struct TenantState {
     quota_ledger: quota_view::QuotaLedger,
 }
 
+/// The cache of one kind of the tenants' children, and which of them are
+/// whose ([`tenant_of`]).
+struct Children<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    index: crate::index::OwnerIndex<K>,
+}
+
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache").finish_non_exhaustive()
@@ -118,6 +126,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     // their owner reference ([`belongs`]).
     use crate::runner::untrimmed;
     let (namespaces, namespace_stream) = cluster_watch(client, owned(), untrimmed);
+    let tenant_of_namespace = namespaces.store.clone();
     let (quotas, quota_stream) = cluster_watch(client, owned(), untrimmed);
     let (limit_ranges, limit_range_stream) =
         cluster_watch(client, owned(), |o: &mut LimitRange| {
@@ -157,8 +166,8 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
     // Only FailedCreate events, and only the tenant quota's refusals wake a
     // Tenant: the reconcile moves headroom to the refused namespace.
     let failed_creates = crate::runner::watch_config().fields("reason=FailedCreate");
-    let (refusals, refusal_stream) = cluster_watch(client, failed_creates, untrimmed);
-    let tenant_of_namespace = namespaces.clone();
+    let (refusals, refusal_stream) =
+        crate::runner::cached_watch(Api::all(client.clone()), failed_creates, untrimmed);
     let controller = crate::runner::primary_controller(Api::all(client.clone()), watch.primary());
     let tenants = controller.store();
     if ctx
@@ -234,20 +243,23 @@ pub(crate) fn tenant_cache(ctx: &Context) -> Option<Store<DeserializeGuard<Tenan
         .map(|c| c.tenants.clone())
 }
 
-/// A cached watch of the `K`s in the whole cluster that `config` selects,
-/// trimmed by `trim` (see [`crate::runner::cached_watch`]).
+/// A cached watch of the tenants' `K`s in the whole cluster that `config`
+/// selects, trimmed by `trim` and indexed by tenant (see
+/// [`crate::runner::indexed_watch`]).
 fn cluster_watch<K>(
     client: &kube::Client,
     config: kube::runtime::watcher::Config,
     trim: fn(&mut K),
 ) -> (
-    Store<K>,
+    Children<K>,
     impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
 )
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    crate::runner::cached_watch(Api::all(client.clone()), config, trim)
+    let (store, index, stream) =
+        crate::runner::indexed_watch(Api::all(client.clone()), config, trim, tenant_of);
+    (Children { store, index }, stream)
 }
 
 impl Reconcile for Tenant {
@@ -291,25 +303,37 @@ fn keep_unlabelled<K: Resource + serde::Serialize>(obj: &mut K, strip: impl FnOn
 /// Whether `obj` is one of `tenant`'s children: labelled with it, or (a
 /// cached copy kept without its labels) owned by it.
 fn belongs<K: Resource>(obj: &K, tenant: &str) -> bool {
+    tenant_name(obj) == Some(tenant)
+}
+
+/// The tenant whose child `obj` is ([`belongs`]).
+fn tenant_name<K: Resource>(obj: &K) -> Option<&str> {
     match obj.meta().labels.as_ref() {
-        Some(labels) => labels.get(TENANT_LABEL).map(String::as_str) == Some(tenant),
-        None => obj.owner_references().iter().any(|r| {
-            r.name == tenant
-                && r.kind == Tenant::kind(&())
-                && r.api_version == Tenant::api_version(&())
-        }),
+        Some(labels) => labels.get(TENANT_LABEL).map(String::as_str),
+        None => obj
+            .owner_references()
+            .iter()
+            .find(|r| r.kind == Tenant::kind(&()) && r.api_version == Tenant::api_version(&()))
+            .map(|r| r.name.as_str()),
     }
 }
 
-/// The tenant's objects in `store`, once the store has been filled.
-fn cached<K>(store: &Store<K>, tenant: &str) -> Option<BTreeMap<(String, String), K>>
+/// [`tenant_name`], as the key of the caches' index.
+fn tenant_of<K: Resource>(obj: &K) -> Option<String> {
+    tenant_name(obj).map(str::to_string)
+}
+
+/// The tenant's objects in `children`' cache, once it has been filled:
+/// those its index gives the tenant, checked ([`crate::index`]).
+fn cached<K>(children: &Children<K>, tenant: &str) -> Option<BTreeMap<(String, String), K>>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    futures::FutureExt::now_or_never(store.wait_until_ready())?.ok()?;
+    futures::FutureExt::now_or_never(children.store.wait_until_ready())?.ok()?;
     Some(by_name(
-        store
-            .state()
+        children
+            .index
+            .of(&children.store, tenant)
             .into_iter()
             .filter(|o| belongs(o.as_ref(), tenant))
             .map(|o| (*o).clone())
@@ -321,7 +345,7 @@ where
 /// one (`pick` chooses it) and it is filled, else listed.
 async fn children<K>(
     ctx: &Context,
-    pick: impl Fn(&Cache) -> &Store<K>,
+    pick: impl Fn(&Cache) -> &Children<K>,
     tenant: &str,
 ) -> Result<BTreeMap<(String, String), K>>
 where

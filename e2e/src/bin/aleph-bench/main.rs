@@ -203,8 +203,12 @@ where
 {
     if FLOOR_APPLIES.load(std::sync::atomic::Ordering::Relaxed) {
         let name = obj.meta().name.clone().unwrap_or_default();
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
-            .await?;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
         return Ok(());
     }
     let pp = PostParams {
