@@ -4,14 +4,15 @@
 //! every cached object of the kind: with a scan, each pass of each of N
 //! owners read all N owners' children, and the work grew with N squared.
 //!
-//! The index is a hint, never the truth: it may name an object the cache no
-//! longer holds, or that belongs to another owner now (the reader looks each
-//! one up in the cache and checks it), and it is updated just after the
-//! cache, so for an instant it may not yet name an object the cache holds (a
-//! pass then sees the child as missing, and creating it finds it there, as
-//! with any cache that lags the API server).
+//! The index is a hint, never the truth: an entry may name an object that
+//! belongs to another owner now (the reader checks each object it gets),
+//! and it is updated just after the cache, so for an instant it may not yet
+//! name an object the cache holds (a pass then sees the child as missing,
+//! and creating it finds it there, as with any cache that lags the API
+//! server). It holds the cache's own copies, and hands out only what the
+//! cache holds ([`OwnerIndex::of`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kube::Resource;
@@ -21,112 +22,127 @@ use kube::runtime::watcher::Event;
 /// The owner of a cached object, as an index key (`None`: not indexed).
 pub type OwnerKey<K> = fn(&K) -> Option<String>;
 
-/// The objects of a watch by owner (see the module's note).
+/// The objects of a watch by owner (see the module's note). It holds the
+/// cache's own copies (`Arc`s of the store), replaced as the store replaces
+/// them, so it costs a pointer per object.
 pub struct OwnerIndex<K: Resource<DynamicType = ()> + 'static> {
     key: OwnerKey<K>,
-    inner: Arc<Mutex<Inner<K>>>,
+    store: Store<K>,
+    by_owner: Arc<Mutex<HashMap<String, Vec<Arc<K>>>>>,
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Clone for OwnerIndex<K> {
     fn clone(&self) -> Self {
         OwnerIndex {
             key: self.key,
-            inner: self.inner.clone(),
+            store: self.store.clone(),
+            by_owner: self.by_owner.clone(),
         }
     }
 }
 
-struct Inner<K: Resource<DynamicType = ()> + 'static> {
-    by_owner: HashMap<String, HashSet<ObjectRef<K>>>,
-    /// The objects of a list in progress, which replace `by_owner` when it
-    /// is whole (as the cache's own contents are replaced).
-    relisting: Option<HashMap<String, HashSet<ObjectRef<K>>>>,
+/// Whether `a` and `b` are the same object (by namespace and name).
+fn same<K: Resource>(a: &K, b: &K) -> bool {
+    a.meta().name == b.meta().name && a.meta().namespace == b.meta().namespace
 }
 
-/// An object's reference without its version and UID (the index needs only
-/// what the cache is keyed by).
+impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
+    /// An empty index of the objects of `store` that `key` gives an owner.
+    pub fn new(store: Store<K>, key: OwnerKey<K>) -> Self {
+        OwnerIndex {
+            key,
+            store,
+            by_owner: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Follows one event of the watch that fills the store, once the store
+    /// has taken it.
+    pub fn observe(&self, event: &Event<K>) {
+        match event {
+            Event::Apply(obj) => {
+                let Some(owner) = (self.key)(obj) else {
+                    return;
+                };
+                let Some(cached) = self.store.get(&reference(obj)) else {
+                    return;
+                };
+                let Ok(mut by_owner) = self.by_owner.lock() else {
+                    return;
+                };
+                let objects = by_owner.entry(owner).or_default();
+                match objects.iter_mut().find(|o| same(o.as_ref(), obj)) {
+                    Some(slot) => *slot = cached,
+                    None => objects.push(cached),
+                }
+            }
+            Event::Delete(obj) => {
+                let Some(owner) = (self.key)(obj) else {
+                    return;
+                };
+                let Ok(mut by_owner) = self.by_owner.lock() else {
+                    return;
+                };
+                if let Some(objects) = by_owner.get_mut(&owner) {
+                    objects.retain(|o| !same(o.as_ref(), obj));
+                    if objects.is_empty() {
+                        by_owner.remove(&owner);
+                    }
+                }
+            }
+            // The store replaces its contents at the end of a list: so does
+            // the index, from the store.
+            Event::InitDone => {
+                let mut rebuilt: HashMap<String, Vec<Arc<K>>> = HashMap::new();
+                for cached in self.store.state() {
+                    if let Some(owner) = (self.key)(&cached) {
+                        rebuilt.entry(owner).or_default().push(cached);
+                    }
+                }
+                if let Ok(mut by_owner) = self.by_owner.lock() {
+                    *by_owner = rebuilt;
+                }
+            }
+            Event::Init | Event::InitApply(_) => {}
+        }
+    }
+
+    /// The objects this index gives `owner`, as the store holds them now
+    /// (the caller checks that each is still the owner's). An entry the
+    /// store no longer holds is dropped, and one it holds a newer copy of
+    /// (an object whose owner changed keeps its entry under the old owner)
+    /// is brought up to date, so the index never keeps an old copy alive.
+    pub fn of(&self, owner: &str) -> Vec<Arc<K>> {
+        let Ok(mut by_owner) = self.by_owner.lock() else {
+            return Vec::new();
+        };
+        let Some(objects) = by_owner.get_mut(owner) else {
+            return Vec::new();
+        };
+        objects.retain_mut(|entry| match self.store.get(&reference(entry.as_ref())) {
+            Some(current) => {
+                if !Arc::ptr_eq(entry, &current) {
+                    *entry = current;
+                }
+                true
+            }
+            None => false,
+        });
+        let found = objects.clone();
+        if found.is_empty() {
+            by_owner.remove(owner);
+        }
+        found
+    }
+}
+
+/// An object's reference by namespace and name (what the store is keyed by).
 fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<K> {
     let meta = obj.meta();
     let name = meta.name.as_deref().unwrap_or_default();
     match meta.namespace.as_deref() {
         Some(ns) => ObjectRef::new(name).within(ns),
         None => ObjectRef::new(name),
-    }
-}
-
-fn insert<K: Resource<DynamicType = ()>>(
-    map: &mut HashMap<String, HashSet<ObjectRef<K>>>,
-    owner: String,
-    obj: &K,
-) {
-    map.entry(owner).or_default().insert(reference(obj));
-}
-
-impl<K: Resource<DynamicType = ()> + 'static> OwnerIndex<K> {
-    /// An empty index of the objects `key` gives an owner.
-    pub fn new(key: OwnerKey<K>) -> Self {
-        OwnerIndex {
-            key,
-            inner: Arc::new(Mutex::new(Inner {
-                by_owner: HashMap::new(),
-                relisting: None,
-            })),
-        }
-    }
-
-    /// Follows one event of the watch that fills the cache.
-    pub fn observe(&self, event: &Event<K>) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        match event {
-            Event::Apply(obj) => {
-                if let Some(owner) = (self.key)(obj) {
-                    insert(&mut inner.by_owner, owner, obj);
-                }
-            }
-            Event::Delete(obj) => {
-                if let Some(owner) = (self.key)(obj) {
-                    let reference = reference(obj);
-                    if let Some(objects) = inner.by_owner.get_mut(&owner) {
-                        objects.remove(&reference);
-                        if objects.is_empty() {
-                            inner.by_owner.remove(&owner);
-                        }
-                    }
-                }
-            }
-            Event::Init => inner.relisting = Some(HashMap::new()),
-            Event::InitApply(obj) => {
-                if let (Some(owner), Some(relisting)) = ((self.key)(obj), inner.relisting.as_mut())
-                {
-                    insert(relisting, owner, obj);
-                }
-            }
-            Event::InitDone => {
-                if let Some(listed) = inner.relisting.take() {
-                    inner.by_owner = listed;
-                }
-            }
-        }
-    }
-
-    /// The objects of `store` this index gives `owner`, as the store holds
-    /// them now (those it no longer holds left out; the caller checks that
-    /// each is still the owner's).
-    pub fn of(&self, store: &Store<K>, owner: &str) -> Vec<Arc<K>>
-    where
-        K: Clone,
-    {
-        let references: Vec<ObjectRef<K>> = match self.inner.lock() {
-            Ok(inner) => inner
-                .by_owner
-                .get(owner)
-                .map(|objects| objects.iter().cloned().collect())
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        references.iter().filter_map(|r| store.get(r)).collect()
     }
 }
 
@@ -152,14 +168,14 @@ mod tests {
     /// store first), and returns the names each owner's lookup finds.
     fn follow(events: Vec<Event<ConfigMap>>) -> impl Fn(&str) -> Vec<String> {
         let (reader, mut writer) = store();
-        let index = OwnerIndex::new(owner_of);
+        let index = OwnerIndex::new(reader, owner_of);
         for event in events {
             writer.apply_watcher_event(&event);
             index.observe(&event);
         }
         move |owner| {
             let mut names: Vec<String> = index
-                .of(&reader, owner)
+                .of(owner)
                 .iter()
                 .map(|cm| cm.metadata.name.clone().unwrap_or_default())
                 .collect();
@@ -219,7 +235,7 @@ mod tests {
         // owner, and the cache's copy shows the new one.
         let of_owner = {
             let (reader, mut writer) = store();
-            let index = OwnerIndex::new(owner_of);
+            let index = OwnerIndex::new(reader, owner_of);
             for event in [
                 Event::Init,
                 Event::InitApply(map("a", "one", "t1")),
@@ -231,7 +247,7 @@ mod tests {
             }
             move |owner: &str| {
                 index
-                    .of(&reader, owner)
+                    .of(owner)
                     .iter()
                     .filter_map(owner_of_arc)
                     .collect::<Vec<_>>()
@@ -239,6 +255,35 @@ mod tests {
         };
         assert_eq!(of_owner("t1"), ["t2"]);
         assert_eq!(of_owner("t2"), ["t2"]);
+    }
+
+    #[test]
+    fn the_index_hands_out_the_stores_own_current_copy() {
+        let (reader, mut writer) = store();
+        let index = OwnerIndex::new(reader.clone(), owner_of);
+        let mut newer = map("a", "one", "t1");
+        newer.data = Some([("v".to_string(), "2".to_string())].into());
+        for event in [
+            Event::Init,
+            Event::InitApply(map("a", "one", "t1")),
+            Event::InitDone,
+            Event::Apply(newer),
+        ] {
+            writer.apply_watcher_event(&event);
+            index.observe(&event);
+        }
+        let found = index.of("t1");
+        let cached = reader.get(&ObjectRef::new("one").within("a"));
+        assert_eq!(found.len(), 1);
+        assert!(cached.is_some_and(|c| Arc::ptr_eq(&c, &found[0])));
+        assert_eq!(
+            found[0]
+                .data
+                .as_ref()
+                .and_then(|d| d.get("v"))
+                .map(String::as_str),
+            Some("2")
+        );
     }
 
     fn owner_of_arc(cm: &Arc<ConfigMap>) -> Option<String> {

@@ -137,7 +137,8 @@ pub fn cached_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    watch_into_store(api, config, trim, |_| {})
+    let (reader, writer) = kube::runtime::reflector::store();
+    (reader, watch_into_store(api, config, trim, writer, |_| {}))
 }
 
 /// [`cached_watch`], with an index of the cached objects by the owner `key`
@@ -155,32 +156,30 @@ pub fn indexed_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let index = crate::index::OwnerIndex::new(key);
+    let (reader, writer) = kube::runtime::reflector::store();
+    let index = crate::index::OwnerIndex::new(reader.clone(), key);
     let observer = index.clone();
-    let (reader, stream) = watch_into_store(api, config, trim, move |event| {
+    let stream = watch_into_store(api, config, trim, writer, move |event| {
         observer.observe(event);
     });
     (reader, index, stream)
 }
 
-/// The watch of [`cached_watch`], `observe` seeing each event once the store
-/// holds it.
+/// The watch of [`cached_watch`] into `writer`'s store, `observe` seeing
+/// each event once the store holds it.
 fn watch_into_store<K>(
     api: kube::Api<crate::lean::Lean<K>>,
     config: kube::runtime::watcher::Config,
     trim: fn(&mut K),
+    writer: kube::runtime::reflector::store::Writer<K>,
     mut observe: impl FnMut(&kube::runtime::watcher::Event<K>) + Send + 'static,
-) -> (
-    kube::runtime::reflector::Store<K>,
-    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
-)
+) -> impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     use futures::TryStreamExt;
     use kube::runtime::WatchStreamExt;
-    let (reader, writer) = kube::runtime::reflector::store();
-    let stream = kube::runtime::watcher(api, config)
+    kube::runtime::watcher(api, config)
         .map_ok(crate::lean::Lean::unwrap_event)
         // The controller's own pause after a failed watch (see WatchBackoff).
         .backoff(WatchBackoff::default())
@@ -200,8 +199,7 @@ where
             if let Ok(o) = touched {
                 crate::digest::Created::seen(o);
             }
-        });
-    (reader, stream)
+        })
 }
 
 /// The controller of a primary kind, its store filled by [`cached_watch`]:

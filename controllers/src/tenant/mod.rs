@@ -333,7 +333,7 @@ where
     Some(by_name(
         children
             .index
-            .of(&children.store, tenant)
+            .of(tenant)
             .into_iter()
             .filter(|o| belongs(o.as_ref(), tenant))
             .map(|o| (*o).clone())
