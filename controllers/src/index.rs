@@ -164,15 +164,21 @@ mod tests {
         cm.metadata.labels.as_ref()?.get("owner").cloned()
     }
 
-    /// Feeds `events` to a store and the index, as the watch does (the
-    /// store first), and returns the names each owner's lookup finds.
-    fn follow(events: Vec<Event<ConfigMap>>) -> impl Fn(&str) -> Vec<String> {
+    /// Feeds `events` to a store and its index, as the watch does (the
+    /// store first).
+    fn indexed(events: Vec<Event<ConfigMap>>) -> (Store<ConfigMap>, OwnerIndex<ConfigMap>) {
         let (reader, mut writer) = store();
-        let index = OwnerIndex::new(reader, owner_of);
+        let index = OwnerIndex::new(reader.clone(), owner_of);
         for event in events {
             writer.apply_watcher_event(&event);
             index.observe(&event);
         }
+        (reader, index)
+    }
+
+    /// [`indexed`], then the names each owner's lookup finds.
+    fn follow(events: Vec<Event<ConfigMap>>) -> impl Fn(&str) -> Vec<String> {
+        let (_, index) = indexed(events);
         move |owner| {
             let mut names: Vec<String> = index
                 .of(owner)
@@ -233,25 +239,18 @@ mod tests {
     fn an_object_that_changed_owner_is_returned_for_the_caller_to_check() {
         // The index is a hint: it still names the object under its old
         // owner, and the cache's copy shows the new one.
-        let of_owner = {
-            let (reader, mut writer) = store();
-            let index = OwnerIndex::new(reader, owner_of);
-            for event in [
-                Event::Init,
-                Event::InitApply(map("a", "one", "t1")),
-                Event::InitDone,
-                Event::Apply(map("a", "one", "t2")),
-            ] {
-                writer.apply_watcher_event(&event);
-                index.observe(&event);
-            }
-            move |owner: &str| {
-                index
-                    .of(owner)
-                    .iter()
-                    .filter_map(owner_of_arc)
-                    .collect::<Vec<_>>()
-            }
+        let (_, index) = indexed(vec![
+            Event::Init,
+            Event::InitApply(map("a", "one", "t1")),
+            Event::InitDone,
+            Event::Apply(map("a", "one", "t2")),
+        ]);
+        let of_owner = |owner: &str| {
+            index
+                .of(owner)
+                .iter()
+                .filter_map(owner_of_arc)
+                .collect::<Vec<_>>()
         };
         assert_eq!(of_owner("t1"), ["t2"]);
         assert_eq!(of_owner("t2"), ["t2"]);
@@ -259,19 +258,14 @@ mod tests {
 
     #[test]
     fn the_index_hands_out_the_stores_own_current_copy() {
-        let (reader, mut writer) = store();
-        let index = OwnerIndex::new(reader.clone(), owner_of);
         let mut newer = map("a", "one", "t1");
         newer.data = Some([("v".to_string(), "2".to_string())].into());
-        for event in [
+        let (reader, index) = indexed(vec![
             Event::Init,
             Event::InitApply(map("a", "one", "t1")),
             Event::InitDone,
             Event::Apply(newer),
-        ] {
-            writer.apply_watcher_event(&event);
-            index.observe(&event);
-        }
+        ]);
         let found = index.of("t1");
         let cached = reader.get(&ObjectRef::new("one").within("a"));
         assert_eq!(found.len(), 1);
