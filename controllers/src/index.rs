@@ -28,8 +28,13 @@ pub type OwnerKey<K> = fn(&K) -> Option<String>;
 pub struct OwnerIndex<K: Resource<DynamicType = ()> + 'static> {
     key: OwnerKey<K>,
     store: Store<K>,
-    by_owner: Arc<Mutex<HashMap<String, Vec<Arc<K>>>>>,
+    /// `None` until the end of the first list: the store is ready a moment
+    /// before the index is built from it.
+    by_owner: Arc<Mutex<Option<ByOwner<K>>>>,
 }
+
+/// The store's objects by owner.
+type ByOwner<K> = HashMap<String, Vec<Arc<K>>>;
 
 impl<K: Resource<DynamicType = ()> + 'static> Clone for OwnerIndex<K> {
     fn clone(&self) -> Self {
@@ -52,7 +57,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
         OwnerIndex {
             key,
             store,
-            by_owner: Arc::new(Mutex::new(HashMap::new())),
+            by_owner: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -70,6 +75,9 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
                 let Ok(mut by_owner) = self.by_owner.lock() else {
                     return;
                 };
+                let Some(by_owner) = by_owner.as_mut() else {
+                    return;
+                };
                 let objects = by_owner.entry(owner).or_default();
                 match objects.iter_mut().find(|o| same(o.as_ref(), obj)) {
                     Some(slot) => *slot = cached,
@@ -83,6 +91,9 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
                 let Ok(mut by_owner) = self.by_owner.lock() else {
                     return;
                 };
+                let Some(by_owner) = by_owner.as_mut() else {
+                    return;
+                };
                 if let Some(objects) = by_owner.get_mut(&owner) {
                     objects.retain(|o| !same(o.as_ref(), obj));
                     if objects.is_empty() {
@@ -93,14 +104,14 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
             // The store replaces its contents at the end of a list: so does
             // the index, from the store.
             Event::InitDone => {
-                let mut rebuilt: HashMap<String, Vec<Arc<K>>> = HashMap::new();
+                let mut rebuilt: ByOwner<K> = HashMap::new();
                 for cached in self.store.state() {
                     if let Some(owner) = (self.key)(&cached) {
                         rebuilt.entry(owner).or_default().push(cached);
                     }
                 }
                 if let Ok(mut by_owner) = self.by_owner.lock() {
-                    *by_owner = rebuilt;
+                    *by_owner = Some(rebuilt);
                 }
             }
             Event::Init | Event::InitApply(_) => {}
@@ -112,12 +123,13 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
     /// store no longer holds is dropped, and one it holds a newer copy of
     /// (an object whose owner changed keeps its entry under the old owner)
     /// is brought up to date, so the index never keeps an old copy alive.
-    pub fn of(&self, owner: &str) -> Vec<Arc<K>> {
-        let Ok(mut by_owner) = self.by_owner.lock() else {
-            return Vec::new();
-        };
+    /// `None` until the index has been built from the watch's first list
+    /// (the caller then reads another way).
+    pub fn of(&self, owner: &str) -> Option<Vec<Arc<K>>> {
+        let mut by_owner = self.by_owner.lock().ok()?;
+        let by_owner = by_owner.as_mut()?;
         let Some(objects) = by_owner.get_mut(owner) else {
-            return Vec::new();
+            return Some(Vec::new());
         };
         objects.retain_mut(|entry| match self.store.get(&reference(entry.as_ref())) {
             Some(current) => {
@@ -132,7 +144,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
         if found.is_empty() {
             by_owner.remove(owner);
         }
-        found
+        Some(found)
     }
 }
 
@@ -182,6 +194,7 @@ mod tests {
         move |owner| {
             let mut names: Vec<String> = index
                 .of(owner)
+                .unwrap_or_default()
                 .iter()
                 .map(|cm| cm.metadata.name.clone().unwrap_or_default())
                 .collect();
@@ -248,6 +261,7 @@ mod tests {
         let of_owner = |owner: &str| {
             index
                 .of(owner)
+                .unwrap_or_default()
                 .iter()
                 .filter_map(owner_of_arc)
                 .collect::<Vec<_>>()
@@ -266,7 +280,7 @@ mod tests {
             Event::InitDone,
             Event::Apply(newer),
         ]);
-        let found = index.of("t1");
+        let found = index.of("t1").unwrap_or_default();
         let cached = reader.get(&ObjectRef::new("one").within("a"));
         assert_eq!(found.len(), 1);
         assert!(cached.is_some_and(|c| Arc::ptr_eq(&c, &found[0])));
@@ -278,6 +292,22 @@ mod tests {
                 .map(String::as_str),
             Some("2")
         );
+    }
+
+    #[test]
+    fn the_index_answers_only_once_built_from_the_first_list() {
+        // The store is ready at the end of the list, a moment before the
+        // index has been built from it: until then the index does not
+        // answer, rather than answer that an owner has nothing.
+        let (_, index) = indexed(vec![Event::Init, Event::InitApply(map("a", "one", "t1"))]);
+        assert!(index.of("t1").is_none());
+        let (_, index) = indexed(vec![
+            Event::Init,
+            Event::InitApply(map("a", "one", "t1")),
+            Event::InitDone,
+        ]);
+        assert_eq!(index.of("t1").map(|found| found.len()), Some(1));
+        assert_eq!(index.of("t2").map(|found| found.len()), Some(0));
     }
 
     fn owner_of_arc(cm: &Arc<ConfigMap>) -> Option<String> {

@@ -323,8 +323,8 @@ fn tenant_of<K: Resource>(obj: &K) -> Option<String> {
     tenant_name(obj).map(str::to_string)
 }
 
-/// The tenant's objects in `children`' cache, once it has been filled:
-/// those its index gives the tenant, checked ([`crate::index`]).
+/// The tenant's objects in `children`' cache, once it has been filled and
+/// indexed: those its index gives the tenant, checked ([`crate::index`]).
 fn cached<K>(children: &Children<K>, tenant: &str) -> Option<BTreeMap<(String, String), K>>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
@@ -333,7 +333,7 @@ where
     Some(by_name(
         children
             .index
-            .of(tenant)
+            .of(tenant)?
             .into_iter()
             .filter(|o| belongs(o.as_ref(), tenant))
             .map(|o| (*o).clone())
