@@ -121,8 +121,10 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
     /// The objects this index gives `owner`, as the store holds them now
     /// (the caller checks that each is still the owner's). An entry the
     /// store no longer holds is dropped, and one it holds a newer copy of
-    /// (an object whose owner changed keeps its entry under the old owner)
-    /// is brought up to date, so the index never keeps an old copy alive.
+    /// is brought up to date, so an old copy is never handed out. (An
+    /// object whose owner changed keeps an entry under the old owner, which
+    /// keeps its old copy alive until that owner is next looked up or the
+    /// watch lists again.)
     /// `None` until the index has been built from the watch's first list
     /// (the caller then reads another way).
     pub fn of(&self, owner: &str) -> Option<Vec<Arc<K>>> {
