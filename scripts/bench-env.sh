@@ -6,8 +6,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=../e2e/cluster/lib.sh
+source e2e/cluster/lib.sh
 aleph_cache="${XDG_CACHE_HOME:-$HOME/.cache}/aleph"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$aleph_cache/target}"
+claim_target_dir "$CARGO_TARGET_DIR" "$root"
 
 bench_output() {
   local path="${!1:-$aleph_cache/bench/$2}"

@@ -6,9 +6,12 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=../e2e/cluster/lib.sh
+source e2e/cluster/lib.sh
 state="${ALEPH_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/cluster}"
 # Build outside the clone so a second run (and a fresh clone) reuses the dependencies.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/target}"
+claim_target_dir "$CARGO_TARGET_DIR" "$root"
 # Incremental state is for editing; here it would only fill the disk (the real
 # node needs room for its images).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

@@ -18,6 +18,7 @@ cd "$root"
 source e2e/cluster/lib.sh
 # What scripts/run-tests.sh builds with, so that its build finds this one's.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aleph/target}"
+claim_target_dir "$CARGO_TARGET_DIR" "$root"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 logs="$ALEPH_CACHE/logs"
 mkdir -p "$logs"

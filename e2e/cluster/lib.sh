@@ -48,6 +48,30 @@ real_node_enabled() { [ "${ALEPH_REAL_NODE:-1}" != 0 ]; }
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 
+# Makes the target directory $1 (shared by every clone, so that a second
+# run reuses the built dependencies) safe for the clone at $2. A test embeds
+# its package's path (CARGO_MANIFEST_DIR) when it is built, and cargo does
+# not rebuild a workspace crate whose unchanged sources now sit at another
+# path: a clone at another path would run tests that look for their files
+# in the first clone. So the first use from another path (or from a path
+# not recorded) cleans the workspace's own crates there; the dependencies
+# stay built.
+claim_target_dir() {
+  local dir="$1" clone="$2" stamp="$1/.aleph-workspace" pkg
+  mkdir -p "$dir"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$clone" ]; then
+    return
+  fi
+  if [ -n "$(ls -A "$dir" 2>/dev/null | grep -vx "$(basename "$stamp")")" ]; then
+    log "$dir was built from $(cat "$stamp" 2>/dev/null || echo 'a path not recorded'): rebuilding the workspace's own crates for $clone"
+    for pkg in $(cd "$clone" && cargo metadata --no-deps --format-version 1 --locked |
+      python3 -c 'import json, sys; print(" ".join(p["name"] for p in json.load(sys.stdin)["packages"]))'); do
+      (cd "$clone" && CARGO_TARGET_DIR="$dir" cargo clean --quiet -p "$pkg")
+    done
+  fi
+  echo "$clone" >"$stamp"
+}
+
 # Says loudly when the filesystem holding PATH has little room left: the
 # real node's pods, images and model files live there, and a full disk shows
 # only later, as pods that cannot start.
