@@ -357,7 +357,7 @@ pub async fn run<K: Reconcile>(
         )
         .reconcile_all_on(leader_gained)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile_guarded::<K>, error_policy::<K>, ctx)
+        .run(reconcile_traced::<K>, error_policy::<K>, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, controller = K::CONTROLLER, "controller event");
@@ -367,6 +367,29 @@ pub async fn run<K: Reconcile>(
         () = running => {}
         () = stop_anyway => {}
     }
+}
+
+/// kube-runtime calls this inside its span `reconciling object`, which says
+/// what woke the pass (`object.reason`: the object changed, a child did, a
+/// requeue), but polls the returned future outside it: the pass runs inside
+/// that span, so its own span and its logs are the trigger's children, and
+/// its end is logged there (at debug) with its duration and what follows.
+fn reconcile_traced<K: Reconcile>(
+    guarded: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+) -> impl Future<Output = Result<Action>> + Send + 'static {
+    let trigger = tracing::Span::current();
+    async move {
+        let started = std::time::Instant::now();
+        let result = reconcile_guarded(guarded, ctx).await;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match &result {
+            Ok(next) => tracing::debug!(elapsed_ms, ?next, "reconcile finished"),
+            Err(error) => tracing::debug!(elapsed_ms, %error, "reconcile finished"),
+        }
+        result
+    }
+    .instrument(trigger)
 }
 
 async fn reconcile_guarded<K: Reconcile>(

@@ -336,6 +336,7 @@ impl OperatorCounters {
             reconciles: of(&self.reconciles) - of(&before.reconciles),
             reconcile_seconds: of(&self.reconcile_seconds) - of(&before.reconcile_seconds),
             api_share: None,
+            api_by_resource: None,
             cpu: None,
             floor_cpu,
         }
@@ -348,7 +349,7 @@ struct Measured {
     after: OperatorCounters,
     aleph: Convergence,
     /// The API server's requests before and after (WATCH left out).
-    api: Option<(f64, f64)>,
+    api: Option<(ApiCounts, ApiCounts)>,
     /// The CPU the processes used meanwhile.
     cpu: Cpu,
 }
@@ -363,14 +364,19 @@ struct Floor {
 impl Measured {
     /// The figures of `controller`, against the `floor` (if measured).
     fn figures(self, controller: &str, floor: Option<Floor>) -> KindFigures {
-        let api_share = self.api.map(|(before, after)| Share {
+        let api_share = self.api.as_ref().map(|(before, after)| Share {
             operator: observe::besides_watches(&delta(&self.before.requests, &self.after.requests)),
-            all: after - before,
+            all: after.total - before.total,
         });
+        let api_by_resource = self
+            .api
+            .as_ref()
+            .map(|(before, after)| delta(&before.by_resource, &after.by_resource));
         let mut figures = self
             .after
             .since(&self.before, controller, self.aleph, floor);
         figures.api_share = api_share;
+        figures.api_by_resource = api_by_resource;
         figures.cpu = Some(self.cpu);
         figures
     }
@@ -395,6 +401,19 @@ async fn api_server_metrics(client: &kube::Client) -> Option<String> {
             None
         }
     }
+}
+
+/// The API server's requests so far (WATCH left out), in all and by verb and resource.
+struct ApiCounts {
+    total: f64,
+    by_resource: Requests,
+}
+
+async fn api_server_counts(client: &kube::Client) -> Option<ApiCounts> {
+    api_server_metrics(client).await.map(|m| ApiCounts {
+        total: observe::apiserver_requests(&m),
+        by_resource: observe::apiserver_requests_by_verb_and_resource(&m),
+    })
 }
 
 /// The API server's requests so far, WATCH left out.
@@ -499,7 +518,7 @@ impl Bench {
         watch: ReadyWatch,
         create: impl Future<Output = Result<()>>,
     ) -> Result<Measured> {
-        let api_before = api_server_requests(&self.client).await;
+        let api_before = api_server_counts(&self.client).await;
         let before = OperatorCounters::read(operator).await;
         progress(format!("N={n}: creating {n} {kinds}"));
         let cpu_before = Cpu::now();
@@ -508,7 +527,7 @@ impl Bench {
         let aleph = converge(watch, start, self.timeout(), self.stall()).await;
         let cpu = Cpu::now().since(&cpu_before);
         let after = OperatorCounters::read(operator).await;
-        let api_after = api_server_requests(&self.client).await;
+        let api_after = api_server_counts(&self.client).await;
         progress(format!("N={n}: {kinds} Ready: {}", seconds(&aleph)));
         Ok(Measured {
             before,

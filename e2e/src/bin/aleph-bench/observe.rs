@@ -151,6 +151,26 @@ pub fn apiserver_requests(metrics: &str) -> f64 {
         .sum()
 }
 
+/// The API server's requests so far by verb and resource, every client's,
+/// WATCH and the paths that are not resources (`/metrics`) left out:
+/// `"PATCH tenants/status"`.
+pub fn apiserver_requests_by_verb_and_resource(metrics: &str) -> Requests {
+    let mut out = Requests::new();
+    for (labels, value) in samples(metrics, APISERVER_REQUESTS) {
+        let verb = label(labels, "verb").unwrap_or_default();
+        let resource = label(labels, "resource").unwrap_or_default();
+        if verb == "WATCH" || resource.is_empty() {
+            continue;
+        }
+        let key = match label(labels, "subresource").filter(|s| !s.is_empty()) {
+            Some(sub) => format!("{verb} {resource}/{sub}"),
+            None => format!("{verb} {resource}"),
+        };
+        *out.entry(key).or_default() += value;
+    }
+    out
+}
+
 /// The watches open on the API server now, by resource.
 pub fn apiserver_watches(metrics: &str) -> Requests {
     let mut out = Requests::new();
@@ -472,19 +492,33 @@ apiserver_longrunning_requests{component="apiserver",group="",resource="pods",sc
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="cluster",subresource="",verb="LIST",version="v1"} 10
 apiserver_request_total{code="201",component="apiserver",dry_run="",group="apps",resource="deployments",scope="namespace",subresource="",verb="POST",version="v1"} 25
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="cluster",subresource="",verb="WATCH",version="v1"} 7
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="aleph.dev",resource="tenants",scope="cluster",subresource="status",verb="PATCH",version="v1alpha1"} 3
 apiserver_request_total{code="200",component="",dry_run="",group="",resource="",scope="",subresource="/metrics",verb="GET",version=""} 1
 apiserver_request_total_other{verb="GET"} 100
 "#;
 
     #[test]
     fn the_api_servers_requests_are_summed_without_watches() {
-        assert_eq!(apiserver_requests(APISERVER), 36.0);
+        assert_eq!(apiserver_requests(APISERVER), 39.0);
         assert_eq!(apiserver_requests(METRICS), 0.0);
         let watches = apiserver_watches(APISERVER);
         assert_eq!(watches.get("pods"), Some(&3.0));
         assert_eq!(watches.get("deployments"), Some(&2.0));
         assert_eq!(watches.len(), 2);
         assert_eq!(besides_watches(&requests_by_verb(METRICS)), 45.0);
+    }
+
+    #[test]
+    fn the_api_servers_requests_are_grouped_by_verb_and_resource() {
+        let by = apiserver_requests_by_verb_and_resource(APISERVER);
+        assert_eq!(
+            by.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("LIST pods".to_string(), 10.0),
+                ("PATCH tenants/status".to_string(), 3.0),
+                ("POST deployments".to_string(), 25.0),
+            ]
+        );
     }
 
     #[test]

@@ -171,6 +171,10 @@ pub struct KindFigures {
     pub api_share: Option<Share>,
     /// The operator's requests by verb and resource during convergence.
     pub by_resource: Requests,
+    /// Every client's requests to the API server by verb and resource
+    /// during convergence, WATCH left out (none when its metrics could not
+    /// be read).
+    pub api_by_resource: Option<Requests>,
     /// The operator's reconciles of this kind during convergence.
     pub reconciles: f64,
     /// Their summed duration, in seconds.
@@ -752,6 +756,18 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
     out
 }
 
+/// `requests` per object, most first, as `"verb resource 1.23"`; those that
+/// round to nothing per object (a watch restarted) are left out.
+fn by_resource_per_object(requests: &Requests, n: f64) -> Vec<String> {
+    let mut entries: Vec<(&String, &f64)> = requests.iter().collect();
+    entries.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    entries
+        .iter()
+        .filter(|(_, count)| **count / n >= 0.005)
+        .map(|(key, count)| format!("{key} {:.2}", *count / n))
+        .collect()
+}
+
 /// The operator's requests per object by verb and resource, most first.
 fn breakdown(sizes: &[SizeFigures]) -> String {
     let mut out = String::new();
@@ -761,22 +777,23 @@ fn breakdown(sizes: &[SizeFigures]) -> String {
             if k.by_resource.is_empty() {
                 continue;
             }
-            let mut entries: Vec<(&String, &f64)> = k.by_resource.iter().collect();
-            entries.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
             #[allow(clippy::cast_precision_loss)]
             let n = s.n.max(1) as f64;
-            // Requests that round to nothing per object (a watch restarted) are left out.
-            let parts: Vec<String> = entries
-                .iter()
-                .filter(|(_, count)| **count / n >= 0.005)
-                .map(|(key, count)| format!("{key} {:.2}", *count / n))
-                .collect();
+            let parts = by_resource_per_object(&k.by_resource, n);
             let _ = writeln!(
                 out,
                 "\n{plural} at N={}, the operator's requests per object by verb and resource: {}.",
                 s.n,
                 parts.join(", ")
             );
+            if let Some(all) = k.api_by_resource.as_ref().filter(|r| !r.is_empty()) {
+                let _ = writeln!(
+                    out,
+                    "\n{plural} at N={}, the API server's requests per object while Aleph converged, every client's (the operator's, the benchmark's creates, the controller manager's, ...), WATCH left out, by verb and resource: {}.",
+                    s.n,
+                    by_resource_per_object(all, n).join(", ")
+                );
+            }
         }
         if let Some(resync) = s.resync_by_resource.as_ref().filter(|r| !r.is_empty()) {
             let mut entries: Vec<(&String, &f64)> = resync.iter().collect();
@@ -815,6 +832,12 @@ mod tests {
                 all: 3600.0,
             }),
             by_resource: requests(&[("list namespaces", 500.0), ("patch tenants", 300.0)]),
+            api_by_resource: Some(requests(&[
+                ("LIST namespaces", 500.0),
+                ("PUT resourcequotas/status", 1200.0),
+                ("PATCH tenants", 300.0),
+                ("GET leases", 1.0),
+            ])),
             reconciles: 400.0,
             reconcile_seconds: 20.0,
             cpu: Some(Cpu(BTreeMap::from([
@@ -1162,6 +1185,13 @@ mod tests {
             table.contains(
                 "Tenants at N=1000, the operator's requests per object by verb and resource: \
                  list namespaces 0.50, patch tenants 0.30."
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "WATCH left out, by verb and resource: PUT resourcequotas/status 1.20, \
+                 LIST namespaces 0.50, PATCH tenants 0.30."
             ),
             "{table}"
         );
