@@ -14,7 +14,7 @@ use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -184,6 +184,69 @@ where
     Ok(())
 }
 
+/// The tenant's children in namespace `ns_name` (its limit range, network
+/// policy and role bindings), written at once; `observed` are the caches'
+/// limit ranges, network policies and role bindings of the tenant.
+async fn namespace_children(
+    client: &kube::Client,
+    owner: Owner<'_>,
+    tenant: &Tenant,
+    ns_name: &str,
+    observed: (
+        &Children<LimitRange>,
+        &Children<NetworkPolicy>,
+        &Children<RoleBinding>,
+    ),
+) -> Result<()> {
+    let (limit_ranges, policies, bindings) = observed;
+    let key = |name: &str| (ns_name.to_string(), name.to_string());
+    let lr_api: Api<LimitRange> = Api::namespaced(client.clone(), ns_name);
+    let limit_range = async {
+        let lr = build::limit_range(tenant, ns_name);
+        owner
+            .ensure_cached(
+                &lr_api,
+                limit_ranges.get(&key(build::LIMIT_RANGE_NAME)),
+                &lr,
+            )
+            .await
+            .map(drop)
+    };
+    let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns_name);
+    let network_policy = async {
+        let observed = policies.get(&key(build::NETWORK_POLICY_NAME));
+        match build::network_policy(tenant, ns_name) {
+            Some(np) => owner.ensure_cached(&np_api, observed, &np).await.map(drop),
+            None if observed.is_some() => {
+                delete_ignoring_missing(&np_api, build::NETWORK_POLICY_NAME).await
+            }
+            None => Ok(()),
+        }
+    };
+    let rb_api: Api<RoleBinding> = Api::namespaced(client.clone(), ns_name);
+    let role_bindings = async {
+        let desired = build::role_bindings(tenant, ns_name);
+        let wanted: BTreeSet<String> = desired.iter().map(|rb| rb.name_any()).collect();
+        futures::future::try_join_all(
+            desired
+                .iter()
+                .map(|rb| owner.ensure_cached(&rb_api, bindings.get(&key(&rb.name_any())), rb)),
+        )
+        .await?;
+        // Only the tenant's own: a RoleBinding somebody else made with the
+        // tenant's label (found when the pass lists by label) stays.
+        for ((ns, rb_name), found) in bindings {
+            if ns == ns_name && !wanted.contains(rb_name) && owner.controls(found) {
+                delete_ignoring_missing(&rb_api, rb_name).await?;
+            }
+        }
+        Ok(())
+    };
+    futures::future::try_join3(limit_range, network_policy, role_bindings)
+        .await
+        .map(drop)
+}
+
 pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let client = &ctx.client;
     let name = tenant.name_any();
@@ -320,86 +383,22 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         release_namespace(&ns_api, ns_name, tenant.spec.deletion_policy).await?;
     }
 
-    // The admin owners' right to create namespaces, while there is room.
+    // What follows the namespaces is written at once: the owners' cluster
+    // role, each namespace's children, the admission bindings and the quotas
+    // depend on the namespaces only, not on each other, and a pass that
+    // wrote them one after another would hold its worker for a round trip
+    // each (the quotas go first among them: the quota controller's count is
+    // what a new Tenant waits for longest).
     let role_api: Api<ClusterRole> = Api::all(client.clone());
     let role_binding_api: Api<ClusterRoleBinding> = Api::all(client.clone());
     let role_name = build::owner_cluster_role_name(&name);
     let roles = children(ctx, |c| &c.cluster_roles, &name).await?;
     let role_bindings = children(ctx, |c| &c.cluster_role_bindings, &name).await?;
-    ensure_pair(
-        owner,
-        (&role_api, &role_binding_api),
-        (&roles, &role_bindings),
-        &role_name,
-        build::owner_cluster_role(tenant, limit > desired_names.len()),
-    )
-    .await?;
-
-    // Per-namespace children.
     let limit_ranges = children(ctx, |c| &c.limit_ranges, &name).await?;
     let policies = children(ctx, |c| &c.network_policies, &name).await?;
     let bindings = children(ctx, |c| &c.role_bindings, &name).await?;
-    for ns_name in &ready_namespaces {
-        let lr = build::limit_range(tenant, ns_name);
-        let key = (ns_name.clone(), build::LIMIT_RANGE_NAME.to_string());
-        owner
-            .ensure_cached(
-                &Api::namespaced(client.clone(), ns_name),
-                limit_ranges.get(&key),
-                &lr,
-            )
-            .await?;
-
-        let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns_name);
-        let key = (ns_name.clone(), build::NETWORK_POLICY_NAME.to_string());
-        match build::network_policy(tenant, ns_name) {
-            Some(np) => {
-                owner
-                    .ensure_cached(&np_api, policies.get(&key), &np)
-                    .await?;
-            }
-            None if policies.contains_key(&key) => {
-                delete_ignoring_missing(&np_api, build::NETWORK_POLICY_NAME).await?
-            }
-            None => {}
-        }
-
-        let rb_api: Api<RoleBinding> = Api::namespaced(client.clone(), ns_name);
-        let desired = build::role_bindings(tenant, ns_name);
-        let wanted: BTreeSet<String> = desired.iter().map(|rb| rb.name_any()).collect();
-        for rb in &desired {
-            owner
-                .ensure_cached(&rb_api, bindings.get(&(ns_name.clone(), rb.name_any())), rb)
-                .await?;
-        }
-        // Only the tenant's own: a RoleBinding somebody else made with the
-        // tenant's label (found when the pass lists by label) stays.
-        for ((ns, rb_name), found) in &bindings {
-            if ns == ns_name && !wanted.contains(rb_name) && owner.controls(found) {
-                delete_ignoring_missing(&rb_api, rb_name).await?;
-            }
-        }
-    }
-
-    // Admission rules: the tenant's bindings to the shared policies (for
-    // everyone, and for its users), with the Tenant as their parameter.
-    let vap_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-    let vapb_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     let admission_bindings = children(ctx, |c| &c.admission_bindings, &name).await?;
-    for binding in admission::bindings(tenant) {
-        let key = (String::new(), binding.name_any());
-        owner
-            .ensure_cached(&vapb_api, admission_bindings.get(&key), &binding)
-            .await?;
-    }
-    keep_shared_policies(ctx, &state, &operator).await?;
-    // Policies of the tenant's own are those of an earlier version (one per
-    // tenant, before the shared ones): their bindings now name the shared
-    // policies, so they go.
     let own_policies = children(ctx, |c| &c.admission_policies, &name).await?;
-    for (_, policy_name) in own_policies.keys() {
-        delete_ignoring_missing(&vap_api, policy_name).await?;
-    }
 
     // The tenant-wide quota, split over the namespaces that exist, with the
     // headroom moved to where the quota refused a creation.
@@ -415,7 +414,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         })
         .unwrap_or_default();
     let demands = demands(client, refusals).await?;
-    let rebalance = rebalance_quotas(
+    let quotas_written = rebalance_quotas(
         tenant,
         client,
         &state.quota_ledger,
@@ -423,8 +422,46 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         &quotas,
         &hard,
         &demands,
-    )
-    .await?;
+    );
+    // The admin owners' right to create namespaces, while there is room.
+    let owners_role = ensure_pair(
+        owner,
+        (&role_api, &role_binding_api),
+        (&roles, &role_bindings),
+        &role_name,
+        build::owner_cluster_role(tenant, limit > desired_names.len()),
+    );
+    let per_namespace = futures::future::try_join_all(ready_namespaces.iter().map(|ns_name| {
+        namespace_children(
+            client,
+            owner,
+            tenant,
+            ns_name,
+            (&limit_ranges, &policies, &bindings),
+        )
+    }));
+    // Admission rules: the tenant's bindings to the shared policies (for
+    // everyone, and for its users), with the Tenant as their parameter.
+    let admission = async {
+        let vap_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+        let vapb_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+        futures::future::try_join_all(admission::bindings(tenant).into_iter().map(|binding| {
+            let vapb_api = &vapb_api;
+            let observed = admission_bindings.get(&(String::new(), binding.name_any()));
+            async move { owner.ensure_cached(vapb_api, observed, &binding).await }
+        }))
+        .await?;
+        keep_shared_policies(ctx, &state, &operator).await?;
+        // Policies of the tenant's own are those of an earlier version (one per
+        // tenant, before the shared ones): their bindings now name the shared
+        // policies, so they go.
+        for (_, policy_name) in own_policies.keys() {
+            delete_ignoring_missing(&vap_api, policy_name).await?;
+        }
+        Ok::<(), Error>(())
+    };
+    let (rebalance, (), _, ()) =
+        futures::future::try_join4(quotas_written, owners_role, per_namespace, admission).await?;
     // A quota this pass created is in place: its namespace gets the quota
     // label now rather than a pass later, and the status counts it.
     let quotas = if rebalance.creating {

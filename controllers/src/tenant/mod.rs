@@ -192,13 +192,18 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             "a second Tenant controller on one context: its reconciles read the first one's caches"
         );
     }
+    // A child wakes its Tenant through its owner reference, as `owns` would;
+    // but `owns` names the owner in the child's namespace, and a Tenant has
+    // none: the scheduler would take the Tenant woken by a namespaced child
+    // for another object than the Tenant woken by itself, and run two
+    // passes of one Tenant at once, each with its own requeue.
     controller
-        .owns_stream(quota_stream)
-        .owns_stream(limit_range_stream)
-        .owns_stream(network_policy_stream)
-        .owns_stream(role_binding_stream)
-        .owns_stream(cluster_role_stream)
-        .owns_stream(cluster_role_binding_stream)
+        .watches_stream(quota_stream, owning_tenant)
+        .watches_stream(limit_range_stream, owning_tenant)
+        .watches_stream(network_policy_stream, owning_tenant)
+        .watches_stream(role_binding_stream, owning_tenant)
+        .watches_stream(cluster_role_stream, owning_tenant)
+        .watches_stream(cluster_role_binding_stream, owning_tenant)
         .watches_stream(
             admission_policy_stream,
             move |policy: ValidatingAdmissionPolicy| {
@@ -217,7 +222,7 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
                 }
             },
         )
-        .owns_stream(admission_binding_stream)
+        .watches_stream(admission_binding_stream, owning_tenant)
         .watches_stream(namespace_stream, |ns: Namespace| {
             ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
         })
@@ -232,6 +237,20 @@ pub fn controller(ctx: &Context, watch: &Watch<'_>) -> Controller<DeserializeGua
             let ns = tenant_of_namespace.get(&ObjectRef::new(event.namespace()?.as_str()))?;
             ns.labels().get(TENANT_LABEL).map(|t| ObjectRef::new(t))
         })
+}
+
+/// The Tenant that controls `child` (its controller owner reference), named
+/// without a namespace as every cluster-scoped object is.
+fn owning_tenant<K: Resource>(child: K) -> Option<ObjectRef<DeserializeGuard<Tenant>>> {
+    child
+        .owner_references()
+        .iter()
+        .find(|r| {
+            r.controller == Some(true)
+                && r.kind == Tenant::kind(&())
+                && r.api_version == Tenant::api_version(&())
+        })
+        .map(|r| ObjectRef::new(&r.name))
 }
 
 /// The Tenant controller's cache of the Tenants, for the autoscaler (which
@@ -395,4 +414,34 @@ fn tenant_from_yaml(yaml: &str) -> Tenant {
     let mut t: Tenant = serde_saphyr::from_str(yaml).expect("fixture parses");
     t.metadata.uid = Some("uid-1".into());
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespaced_child_wakes_its_tenant_by_the_tenants_own_name() {
+        let tenant = tenant_from_yaml(
+            "apiVersion: aleph.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {owners: [{kind: User, name: alice}], namespaces: [ml]}\n",
+        );
+        let child = build::limit_range(&tenant, "acme-ml");
+        assert_eq!(child.namespace().as_deref(), Some("acme-ml"));
+        let woken = owning_tenant(child.clone()).expect("the child names its tenant");
+        // The same key as the Tenant's own events: one object to the scheduler.
+        assert_eq!(woken, ObjectRef::new("acme"));
+        assert_eq!(woken.namespace, None);
+
+        // Only a controlling Tenant counts.
+        let mut other = child.clone();
+        for r in other.metadata.owner_references.iter_mut().flatten() {
+            r.controller = None;
+        }
+        assert_eq!(owning_tenant(other), None);
+        let mut other = child;
+        for r in other.metadata.owner_references.iter_mut().flatten() {
+            r.kind = "Plugin".into();
+        }
+        assert_eq!(owning_tenant(other), None);
+    }
 }

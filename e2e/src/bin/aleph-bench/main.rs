@@ -47,7 +47,7 @@ use aleph_e2e::{OperatorOptions, OperatorProcess, PRIVATE_OPERATOR_LABEL, host};
 use clap::{Parser, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, ServiceAccount};
 use kube::Resource;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use prometheus_client::registry::Registry;
@@ -323,13 +323,14 @@ impl OperatorCounters {
         floor: Option<Floor>,
     ) -> KindFigures {
         let of = |r: &Requests| r.get(controller).copied().unwrap_or(0.0);
-        let (floor, floor_requests, floor_cpu) = match floor {
-            Some(f) => (Some(f.took), Some(f.requests), f.cpu),
-            None => (None, None, None),
+        let (floor, floor_counted, floor_requests, floor_cpu) = match floor {
+            Some(f) => (Some(f.took), f.counted, Some(f.requests), f.cpu),
+            None => (None, None, None, None),
         };
         KindFigures {
             aleph,
             floor,
+            floor_counted,
             requests: delta(&before.requests, &self.requests),
             floor_requests,
             by_resource: delta(&before.by_resource, &self.by_resource),
@@ -357,6 +358,8 @@ struct Measured {
 /// The floor of one kind: its time, its client's requests, the CPU used.
 struct Floor {
     took: Convergence,
+    /// Until the controller manager counted the quotas it wrote (Tenants).
+    counted: Option<Convergence>,
     requests: Requests,
     cpu: Option<Cpu>,
 }
@@ -564,6 +567,13 @@ impl Bench {
                 self.args.kube_qps,
                 self.args.kube_burst,
             )?;
+            let quotas = ReadyWatch::start(
+                Api::<ResourceQuota>::all(self.client.clone()),
+                &run.floor_selector(),
+                n,
+                tenants::is_counted,
+            )
+            .await;
             progress(format!("N={n}: floor: writing the children of {n} Tenants"));
             let cpu_before = Cpu::now();
             let start = Instant::now();
@@ -571,8 +581,14 @@ impl Bench {
             let took = Convergence::Done(start.elapsed());
             let cpu = Some(Cpu::now().since(&cpu_before));
             progress(format!("N={n}: floor Tenants: {}", seconds(&took)));
+            let counted = converge(quotas, start, self.timeout(), self.stall()).await;
+            progress(format!(
+                "N={n}: floor Tenants, their quotas counted: {}",
+                seconds(&counted)
+            ));
             tenant_floor = Some(Floor {
                 took,
+                counted: Some(counted),
                 requests: requests_of(&registry),
                 cpu,
             });
@@ -605,6 +621,7 @@ impl Bench {
             ));
             model_floor = Some(Floor {
                 took,
+                counted: None,
                 requests: requests_of(&registry),
                 cpu,
             });
@@ -825,6 +842,49 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// How long after a CRD is established kube-controller-manager's quota
+/// controller and garbage collector know it: both look for new resources
+/// every 30 s.
+const DISCOVERY_SETTLED: Duration = Duration::from_secs(40);
+
+/// Waits until the controller manager has found Aleph's CRDs. Before then its
+/// quota controller counts no usage for their objects (a quota counted
+/// meanwhile lacks those figures, and is counted again when asked) and its
+/// garbage collector takes every Tenant that owns something for an owner not
+/// seen yet, looking each up: a cluster whose CRDs were just installed would
+/// measure that catching up, which a cluster in use does once.
+async fn wait_for_discovery(client: &kube::Client) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut established = None;
+    for name in ["tenants.aleph.dev", "aimodels.aleph.dev"] {
+        let crd = crds.get(name).await?;
+        let at = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Established" && c.status == "True")
+            .and_then(|c| c.last_transition_time)
+            .ok_or_else(|| BenchError::Setup(format!("the CRD {name} is not established")))?;
+        established = established.max(Some(at.0));
+    }
+    let Some(established) = established else {
+        return Ok(());
+    };
+    let since = k8s_openapi::jiff::Timestamp::now().as_millisecond() - established.as_millisecond();
+    let since = Duration::from_millis(u64::try_from(since).unwrap_or(0));
+    if let Some(wait) = DISCOVERY_SETTLED.checked_sub(since) {
+        progress(format!(
+            "the CRDs were established {:.0} s ago: waiting {:.0} s for the controller manager to find them (it looks every 30 s)",
+            since.as_secs_f64(),
+            wait.as_secs_f64()
+        ));
+        tokio::time::sleep(wait).await;
+    }
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<()> {
     aleph_e2e::install_crypto_provider();
     FLOOR_APPLIES.store(
@@ -856,6 +916,7 @@ async fn run(args: Args) -> Result<()> {
         progress(format!("adding fake nodes for {pods} pods"));
         nodes::ensure_nodes(&client, &run_id, pods).await?;
     }
+    wait_for_discovery(&client).await?;
     let bench = Bench {
         config,
         client,
