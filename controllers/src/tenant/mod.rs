@@ -290,15 +290,27 @@ impl Reconcile for Tenant {
 
     async fn reconcile(tenant: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let api: Api<Tenant> = Api::all(ctx.client.clone());
-        crate::error::from_finalizer(
-            finalizer(&api, FINALIZER, tenant, |event| async {
+        let adding = tenant.meta().deletion_timestamp.is_none()
+            && !tenant.finalizers().iter().any(|f| f == FINALIZER);
+        let action = crate::error::from_finalizer(
+            finalizer(&api, FINALIZER, Arc::clone(&tenant), |event| async {
                 match event {
                     FinalizerEvent::Apply(t) => apply::apply(&t, &ctx).await,
                     FinalizerEvent::Cleanup(t) => apply::cleanup(&t, &ctx).await,
                 }
             })
             .await,
-        )
+        )?;
+        if !adding {
+            return Ok(action);
+        }
+        // The finalizer is in place now (the helper ends its pass once it has
+        // written it, for the watch to bring the Tenant back): the children
+        // are written in this pass rather than a debounce and a queue turn
+        // later. A deletion from now on waits for their release.
+        let mut with_finalizer = (*tenant).clone();
+        with_finalizer.finalizers_mut().push(FINALIZER.to_string());
+        apply::apply(&with_finalizer, &ctx).await
     }
 }
 

@@ -5,12 +5,17 @@
 //! make bench BENCH_ARGS="--sizes 100 --idle-seconds 30"
 //! ```
 //!
-//! For each size N it measures, on the cluster `KUBECONFIG` points at (the
-//! local control plane of `e2e/cluster`, whose kwok runs the pods):
+//! It starts once Aleph's CRDs have been established long enough for
+//! kube-controller-manager to know them (its quota controller and garbage
+//! collector look for new resources every 30 s). Then, for each size N, it
+//! measures, on the cluster `KUBECONFIG` points at (the local control plane
+//! of `e2e/cluster`, whose kwok runs the pods):
 //!
 //! 1. the floor: a plain client (the operator's QPS and burst, as many workers
 //!    as the operator has reconcilers) writes what the reconcilers would write
-//!    for N Tenants and for N AIModels, and waits for the same readiness;
+//!    for N Tenants and for N AIModels, and waits for the same readiness (the
+//!    AIModels' Deployments available; the Tenants' children written, and
+//!    apart, their quotas counted by the controller manager);
 //! 2. Aleph: an operator process (`$ALEPH_OPERATOR_BIN`) is started, N Tenants
 //!    and then N AIModels are created, each timed until all report Ready, with
 //!    the operator's requests by verb from its `/metrics`;
