@@ -460,8 +460,16 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
         Ok::<(), Error>(())
     };
-    let (rebalance, (), _, ()) =
-        futures::future::try_join4(quotas_written, owners_role, per_namespace, admission).await?;
+    // Each runs to its end whatever the others meet: a rebalance dropped
+    // between a write and its record in the ledger would leave the next pass
+    // trusting a cache that may not show that write. The first failure, in
+    // the order the pass used to write them, is the pass's.
+    let (rebalance, owners_role, per_namespace, admission) =
+        futures::future::join4(quotas_written, owners_role, per_namespace, admission).await;
+    owners_role?;
+    per_namespace?;
+    admission?;
+    let rebalance = rebalance?;
     // A quota this pass created is in place: its namespace gets the quota
     // label now rather than a pass later, and the status counts it.
     let quotas = if rebalance.creating {
