@@ -49,9 +49,23 @@ pub fn cache_claim(model: &aleph_crds::aimodel::AIModel) -> Option<String> {
 pub const CLIENT_SCRIPT: &str = r#"
 import http.client, json, os, sys, time, urllib.parse
 
-def call(base, method, path, body=None, timeout=60):
+def call(base, method, path, body=None, timeout=60, connect_for=0):
     u = urllib.parse.urlsplit(base)
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    # connect_for: seconds during which a refused or unreachable connection
+    # is tried again (the first call after a model is Ready: the network
+    # policy controller lets a new pod's address in a moment after it sees
+    # the pod, and rejects it until then).
+    deadline = time.monotonic() + connect_for
+    while True:
+        try:
+            conn.connect()
+            break
+        except OSError:
+            conn.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
     headers = {"Content-Type": "application/json"} if body is not None else {}
     conn.request(method, u.path + path, json.dumps(body) if body is not None else None, headers)
     return conn, conn.getresponse()
@@ -65,7 +79,7 @@ def chat(model, max_tokens, stream=False):
 
 mode, base, model = sys.argv[1:4]
 if mode == "models":
-    conn, r = call(base, "GET", "/models")
+    conn, r = call(base, "GET", "/models", connect_for=15)
     print(json.dumps({"status": r.status, "body": json.loads(r.read())}))
 elif mode == "chat":
     start = time.monotonic()
