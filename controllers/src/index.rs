@@ -66,41 +66,19 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
     pub fn observe(&self, event: &Event<K>) {
         match event {
             Event::Apply(obj) => {
-                let Some(owner) = (self.key)(obj) else {
+                let Some(cached) = self.store.get(&ObjectRef::from_obj(obj)) else {
                     return;
                 };
-                let Some(cached) = self.store.get(&reference(obj)) else {
-                    return;
-                };
-                let Ok(mut by_owner) = self.by_owner.lock() else {
-                    return;
-                };
-                let Some(by_owner) = by_owner.as_mut() else {
-                    return;
-                };
-                let objects = by_owner.entry(owner).or_default();
-                match objects.iter_mut().find(|o| same(o.as_ref(), obj)) {
-                    Some(slot) => *slot = cached,
-                    None => objects.push(cached),
-                }
-            }
-            Event::Delete(obj) => {
-                let Some(owner) = (self.key)(obj) else {
-                    return;
-                };
-                let Ok(mut by_owner) = self.by_owner.lock() else {
-                    return;
-                };
-                let Some(by_owner) = by_owner.as_mut() else {
-                    return;
-                };
-                if let Some(objects) = by_owner.get_mut(&owner) {
-                    objects.retain(|o| !same(o.as_ref(), obj));
-                    if objects.is_empty() {
-                        by_owner.remove(&owner);
+                self.update(obj, |objects| {
+                    match objects.iter_mut().find(|o| same(o.as_ref(), obj)) {
+                        Some(slot) => *slot = cached,
+                        None => objects.push(cached),
                     }
-                }
+                });
             }
+            Event::Delete(obj) => self.update(obj, |objects| {
+                objects.retain(|o| !same(o.as_ref(), obj));
+            }),
             // The store replaces its contents at the end of a list: so does
             // the index, from the store.
             Event::InitDone => {
@@ -115,6 +93,25 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
                 }
             }
             Event::Init | Event::InitApply(_) => {}
+        }
+    }
+
+    /// Changes the entries of `obj`'s owner with `change`, once the index is
+    /// built (an owner left with none is dropped).
+    fn update(&self, obj: &K, change: impl FnOnce(&mut Vec<Arc<K>>)) {
+        let Some(owner) = (self.key)(obj) else {
+            return;
+        };
+        let Ok(mut by_owner) = self.by_owner.lock() else {
+            return;
+        };
+        let Some(by_owner) = by_owner.as_mut() else {
+            return;
+        };
+        let objects = by_owner.entry(owner.clone()).or_default();
+        change(objects);
+        if objects.is_empty() {
+            by_owner.remove(&owner);
         }
     }
 
@@ -133,30 +130,22 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> OwnerIndex<K> {
         let Some(objects) = by_owner.get_mut(owner) else {
             return Some(Vec::new());
         };
-        objects.retain_mut(|entry| match self.store.get(&reference(entry.as_ref())) {
-            Some(current) => {
-                if !Arc::ptr_eq(entry, &current) {
-                    *entry = current;
+        objects.retain_mut(
+            |entry| match self.store.get(&ObjectRef::from_obj(entry.as_ref())) {
+                Some(current) => {
+                    if !Arc::ptr_eq(entry, &current) {
+                        *entry = current;
+                    }
+                    true
                 }
-                true
-            }
-            None => false,
-        });
+                None => false,
+            },
+        );
         let found = objects.clone();
         if found.is_empty() {
             by_owner.remove(owner);
         }
         Some(found)
-    }
-}
-
-/// An object's reference by namespace and name (what the store is keyed by).
-fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<K> {
-    let meta = obj.meta();
-    let name = meta.name.as_deref().unwrap_or_default();
-    match meta.namespace.as_deref() {
-        Some(ns) => ObjectRef::new(name).within(ns),
-        None => ObjectRef::new(name),
     }
 }
 

@@ -16,6 +16,8 @@ mod rebalance;
 mod status;
 mod validate;
 
+pub use rebalance::quota_counted;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;

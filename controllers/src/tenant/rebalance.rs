@@ -428,7 +428,9 @@ pub(super) fn quota_count(rq: &ResourceQuota) -> QuotaCount {
     }
 }
 
-fn quota_counted(rq: &ResourceQuota) -> bool {
+/// Whether the quota controller has counted every hard limit of `rq`
+/// against its current spec ([`quota_count`]): what a Tenant's Ready waits for.
+pub fn quota_counted(rq: &ResourceQuota) -> bool {
     quota_count(rq) == QuotaCount::Counted
 }
 

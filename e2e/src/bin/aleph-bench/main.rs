@@ -576,7 +576,7 @@ impl Bench {
                 Api::<ResourceQuota>::all(self.client.clone()),
                 &run.floor_selector(),
                 n,
-                tenants::is_counted,
+                aleph_controllers::tenant::quota_counted,
             )
             .await;
             progress(format!("N={n}: floor: writing the children of {n} Tenants"));

@@ -58,23 +58,6 @@ pub async fn create(run: &Run, creators: usize) -> Result<()> {
     .await
 }
 
-/// Whether kube-controller-manager has counted `quota`: its status has the
-/// spec's hard limits and a usage for each (until then the API server
-/// refuses what the quota counts, "status unknown for quota"; a Tenant is
-/// Ready only once its quotas are counted).
-pub fn is_counted(quota: &ResourceQuota) -> bool {
-    let spec = quota.spec.as_ref().and_then(|s| s.hard.as_ref());
-    let status = quota.status.as_ref();
-    let status_hard = status.and_then(|s| s.hard.as_ref());
-    let used = status.and_then(|s| s.used.as_ref());
-    match (spec, status_hard, used) {
-        (Some(spec), Some(hard), Some(used)) => {
-            spec == hard && spec.keys().all(|k| used.contains_key(k))
-        }
-        _ => false,
-    }
-}
-
 /// Makes a child of the floor: only the floor's label, and no owner (there is
 /// no Tenant, and the garbage collector would delete an orphan).
 fn floor_owned<K: Resource>(mut obj: K, labels: &BTreeMap<String, String>) -> K {
