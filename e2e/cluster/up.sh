@@ -10,7 +10,9 @@
 # Ports are picked free at random unless set: ALEPH_ETCD_PORT,
 # ALEPH_ETCD_PEER_PORT, ALEPH_APISERVER_PORT, ALEPH_KCM_PORT,
 # ALEPH_SCHEDULER_PORT, ALEPH_KWOK_PORT. ALEPH_START_TIMEOUT (seconds, default
-# 120) bounds the wait for each component.
+# 120) bounds the wait for each component. ALEPH_APISERVER_PROFILING=true serves
+# the API server's Go profiles (/debug/pprof, for cluster admins), to see
+# where its CPU goes while a benchmark runs.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -321,7 +323,7 @@ start kube-apiserver \
   --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
   --kubelet-preferred-address-types=InternalIP \
   --allow-privileged=true \
-  --profiling=false
+  --profiling="${ALEPH_APISERVER_PROFILING:-false}"
 wait_healthy kube-apiserver https_ok --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$SERVER/readyz"
 
 # The node objects are created before kwok starts, which then takes them over.
