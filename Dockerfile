@@ -30,13 +30,15 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_NET_RETRY=5
 WORKDIR /src
 COPY . .
-# musl targets link statically by default. The `image` profile (Cargo.toml) is the build that
-# docs/benchmarks.md measures. The registry and target caches survive between builds; the
+# musl targets link statically by default; not position-independent (relocation-model=static),
+# as e2e/cluster/lib.sh's STATIC_RUSTFLAGS says why. The `image` profile (Cargo.toml) is the
+# build that docs/benchmarks.md measures. The registry and target caches survive between builds; the
 # binary is copied out of the cache mount.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     target="$(cat /rust-target)" \
- && cargo build --profile image --locked -p aleph-operator --bin aleph-operator --target "$target" \
+ && RUSTFLAGS="-C relocation-model=static" \
+    cargo build --profile image --locked -p aleph-operator --bin aleph-operator --target "$target" \
       ${FEATURES:+--features "$FEATURES"} \
  && mkdir -p /out \
  && cp "target/$target/image/aleph-operator" /out/aleph-operator \

@@ -28,7 +28,7 @@ fi
 static_target="${ALEPH_STATIC_TARGET_DIR:-$aleph_cache/target-static}"
 echo "==> building aleph-operator as the image does (--profile image, static) into $static_target" >&2
 CARGO_TARGET_DIR="$static_target" \
-  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
+  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="$STATIC_RUSTFLAGS" \
   cargo build --quiet --profile image --locked -p aleph-operator --bin aleph-operator \
   --target x86_64-unknown-linux-gnu
 export ALEPH_OPERATOR_BIN="$static_target/x86_64-unknown-linux-gnu/image/aleph-operator"

@@ -212,7 +212,7 @@ static_build() {
     unset "$var"
   done
   (cd "$REPO" && CARGO_TARGET_DIR="$OPERATOR_TARGET_DIR" \
-    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="$STATIC_RUSTFLAGS" \
     cargo build --quiet --profile image --locked -p aleph-operator --bin aleph-operator \
     -p aleph-gateway --bin aleph-gateway \
     --target x86_64-unknown-linux-gnu >&2) || die "cargo build of the static binaries failed"
