@@ -56,8 +56,9 @@ pub struct RunArgs {
     pub concurrency: u16,
     /// Milliseconds an object's reconcile waits for more events about it (the
     /// burst of watch events a reconcile's own writes cause), so a burst makes
-    /// one reconcile rather than several; 0 reconciles at once.
-    #[arg(long, env = "ALEPH_DEBOUNCE_MS", default_value_t = 500)]
+    /// one reconcile rather than several; 0 reconciles at once. Every
+    /// reaction waits this long, the first after a start included.
+    #[arg(long, env = "ALEPH_DEBOUNCE_MS", default_value_t = 250)]
     pub debounce_ms: u64,
     /// Sustained requests per second to the Kubernetes API.
     #[arg(long, env = "ALEPH_KUBE_QPS", default_value_t = 50.0)]
