@@ -25,14 +25,14 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::build::{self, QUOTA_NAME};
-use super::rebalance::{demands, rebalance_quotas, recent_refusals};
+use super::rebalance::{demands, quota_enforced, rebalance_quotas, recent_refusals};
 use super::{
     DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, TenantState, admission, children,
     list_labelled, quota, status, tenant_quotas, validate,
 };
 use crate::apply::{
-    Absent, MANAGER, Owner, apply_if_changed, apply_unchecked, create_absent,
-    delete_ignoring_missing, ignore_missing,
+    Absent, MANAGER, Owner, apply_if_changed, create_absent, delete_ignoring_missing,
+    ignore_missing,
 };
 use crate::context::Context;
 use crate::error::{Error, Result, uid_of};
@@ -308,11 +308,16 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     // Namespaces: create or update ours, never take over somebody else's.
     let mut conflicts = Vec::new();
     let mut ready_namespaces = Vec::new();
-    // The namespaces as applied in this pass, for the quota label below.
-    let mut applied_namespaces: BTreeMap<String, Namespace> = BTreeMap::new();
     let mut waiting = false;
+    // The quota guard admits pods in a namespace with this label. A quota
+    // just created limits nothing until the quota controller has copied its
+    // limits into its status (admission reads them there): the label waits
+    // for that, or pods made in between would escape the quota.
     let with_quota_label = |mut ns: Namespace| {
-        if quotas.contains_key(&(ns.name_any(), QUOTA_NAME.to_string())) {
+        if quotas
+            .get(&(ns.name_any(), QUOTA_NAME.to_string()))
+            .is_some_and(quota_enforced)
+        {
             ns.labels_mut()
                 .insert(QUOTA_READY_LABEL.to_string(), "ready".to_string());
         }
@@ -327,7 +332,6 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             None => match create_absent(&ns_api, &desired).await? {
                 Absent::Created(_) => {
                     ready_namespaces.push(ns_name.clone());
-                    applied_namespaces.insert(ns_name.clone(), desired);
                     continue;
                 }
                 Absent::Exists => ns_api.get_opt(ns_name).await?,
@@ -347,7 +351,6 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
         apply_if_changed(&ns_api, observed.as_ref(), &desired).await?;
         ready_namespaces.push(ns_name.clone());
-        applied_namespaces.insert(ns_name.clone(), desired);
     }
     let mut newly_adopted = Vec::new();
     for ns in &adopted {
@@ -357,7 +360,6 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
         let desired = with_quota_label(build::adopted_namespace(tenant, &ns_name));
         apply_if_changed(&ns_api, Some(*ns), &desired).await?;
-        applied_namespaces.insert(ns_name.clone(), desired);
         ready_namespaces.push(ns_name);
     }
     if !newly_adopted.is_empty() {
@@ -470,21 +472,11 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     per_namespace?;
     admission?;
     let rebalance = rebalance?;
-    // A quota this pass created is in place: its namespace gets the quota
-    // label now rather than a pass later, and the status counts it.
+    // A quota this pass created is in place: the status counts it. Its
+    // namespace gets the quota label once the quota controller has counted
+    // it (the quota's status wakes the Tenant then).
     let quotas = if rebalance.creating {
-        let now = tenant_quotas(ctx, &name).await?;
-        for (ns_name, desired) in &applied_namespaces {
-            let key = (ns_name.clone(), QUOTA_NAME.to_string());
-            if now.contains_key(&key) && !quotas.contains_key(&key) {
-                let mut labelled = desired.clone();
-                labelled
-                    .labels_mut()
-                    .insert(QUOTA_READY_LABEL.to_string(), "ready".to_string());
-                apply_unchecked(&ns_api, &labelled).await?;
-            }
-        }
-        now
+        tenant_quotas(ctx, &name).await?
     } else {
         quotas
     };

@@ -428,6 +428,17 @@ pub(super) fn quota_count(rq: &ResourceQuota) -> QuotaCount {
     }
 }
 
+/// Whether admission enforces `rq` at all: the quota controller has copied
+/// hard limits into its status, which admission reads. A quota just created
+/// has none there (the API server drops a status sent with the quota), and
+/// until it has, the API server admits everything the quota would limit.
+pub(super) fn quota_enforced(rq: &ResourceQuota) -> bool {
+    rq.status
+        .as_ref()
+        .and_then(|s| s.hard.as_ref())
+        .is_some_and(|hard| hard.keys().any(|r| r != RECOUNT_MARKER))
+}
+
 /// Whether the quota controller has counted every hard limit of `rq`
 /// against its current spec ([`quota_count`]): what a Tenant's Ready waits for.
 pub fn quota_counted(rq: &ResourceQuota) -> bool {

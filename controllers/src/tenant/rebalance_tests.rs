@@ -53,6 +53,29 @@ fn a_quota_is_counted_only_with_a_usage_for_each_current_hard_limit() {
 }
 
 #[test]
+fn a_quota_is_enforced_once_its_status_has_limits_old_ones_included() {
+    let hard = [("pods", "10")];
+    let mut created: ResourceQuota = quota(&hard, &[], &[]);
+    assert!(!quota_enforced(&created), "no limits in its status yet");
+    created.status = None;
+    assert!(!quota_enforced(&created), "no status at all");
+    let marked = [(RECOUNT_MARKER, "0")];
+    assert!(
+        !quota_enforced(&quota(&hard, &marked, &[])),
+        "the recount marker limits nothing"
+    );
+    assert!(quota_enforced(&quota(&hard, &hard, &[("pods", "0")])));
+    assert!(
+        quota_enforced(&quota(&[("pods", "20")], &hard, &[("pods", "0")])),
+        "a quota whose new limits are not counted yet still enforces the old ones"
+    );
+    assert!(
+        quota_enforced(&quota(&hard, &hard, &[])),
+        "limits without a usage: admission refuses what they limit"
+    );
+}
+
+#[test]
 fn a_recount_is_asked_for_at_most_every_interval_and_only_when_missing() {
     let hard = [("pods", "10"), (quota::AI_MODELS, "2")];
     let now = chrono::Utc::now();
