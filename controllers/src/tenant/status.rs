@@ -149,7 +149,7 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
             READY,
             "Provisioning",
             format!(
-                "waiting for the quota controller to count the quotas of {}: until it does, the API server refuses what they limit there",
+                "waiting for the quota controller to count the quotas of {}: until it does, the quota guard refuses new pods there",
                 uncounted.join(", ")
             ),
         )
