@@ -41,6 +41,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) -> std::io::Result<()> {
+    let ticker = tokio::spawn(keep_a_timer_due());
     let (stop_api, api_stopped) = stop_signal();
     let (stop_metrics, metrics_stopped) = stop_signal();
     let api = tokio::spawn(
@@ -73,7 +74,31 @@ pub async fn serve(
     tracing::info!("every request has ended");
     let _ = stop_metrics.send(true);
     let metrics = metrics.await.map_err(std::io::Error::other).and_then(|r| r);
+    ticker.abort();
     api.and(metrics)
+}
+
+/// How often [`keep_a_timer_due`] wakes.
+const TIMER_TICK: Duration = Duration::from_secs(1);
+
+/// Keeps one of the runtime's timers due within [`TIMER_TICK`], for as long
+/// as the gateway serves.
+///
+/// Every request sets timers (its response-header and request timeouts,
+/// minutes away) and cancels them when it ends. Tokio's time driver, when it
+/// waits for the sockets with no timer due, waits with no deadline; a timer
+/// set then is due before that, so setting it wakes the driver to wait again
+/// with the new deadline: a write to its eventfd and one more `epoll_wait`
+/// for each request that arrives at an idle gateway (nginx makes two system
+/// calls fewer per request). With a timer always due within a second, the
+/// driver never waits past it, and a request's timers, due later, wake
+/// nothing. The cost: one wake-up a second when idle.
+async fn keep_a_timer_due() {
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 /// A sender and a future that completes once `true` is sent (or the sender
