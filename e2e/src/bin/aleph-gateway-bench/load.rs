@@ -4,11 +4,20 @@
 //! when the last one ends (closed loop).
 //!
 //! Open loop: a pacing thread releases request i at `start + i / rate`
-//! whatever happened to the requests before it, and latency is measured from
-//! that intended time, so a slow answer cannot delay the next request and
-//! hide its own cost (coordinated omission). The pacing thread sleeps between
-//! releases (no busy wait); how late it released requests is reported as the
-//! generator's own lag.
+//! (plus its spread, below) whatever happened to the requests before it, and
+//! latency is measured from that intended time, so a slow answer cannot
+//! delay the next request and hide its own cost (coordinated omission). The
+//! pacing thread sleeps between releases (no busy wait); how late it
+//! released requests is reported as the generator's own lag.
+//!
+//! Each release time is moved later by an amount drawn evenly from the first
+//! millisecond (at most the period), the same sequence for every path. The
+//! stub paces a stream's chunks with a Tokio interval, whose ticks fall on
+//! whole milliseconds of its runtime's clock; released on an exact
+//! millisecond schedule, every request of a run would meet those ticks at
+//! one phase, and a proxy's delay would move that phase, and with it the end
+//! of every stream, by up to a millisecond either way: a skew of the stub's
+//! timer that the stream rows would have charged to the proxy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +31,8 @@ use hyper::http::{HeaderValue, Uri, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// The pooled HTTP/1.1 client of the generator.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -175,6 +186,13 @@ pub struct Window {
 /// How long to wait for the last answers after the window.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// The span over which open-loop release times are spread (see the
+/// module's documentation): one tick of the stub's timer.
+const SPREAD: Duration = Duration::from_millis(1);
+
+/// The seed of the release times' spread: the same for every path.
+const SPREAD_SEED: u64 = 0x5EED;
+
 /// Sends `rate` requests per second for the window; latencies from each
 /// request's intended start.
 pub async fn open_loop(client: &HttpClient, target: &Target, rate: f64, window: Window) -> Samples {
@@ -187,10 +205,12 @@ pub async fn open_loop(client: &HttpClient, target: &Target, rate: f64, window: 
     let warmup = to_count(window.warmup);
     let total = warmup + to_count(window.measured);
     let start = Instant::now() + Duration::from_millis(20);
+    let spread = period.min(SPREAD);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant, Duration)>();
     let pacer = std::thread::spawn(move || {
+        let mut offsets = StdRng::seed_from_u64(SPREAD_SEED);
         for i in 0..total {
-            let due = start + period.mul_f64(i as f64);
+            let due = start + period.mul_f64(i as f64) + spread.mul_f64(offsets.random::<f64>());
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
