@@ -41,7 +41,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let ticker = tokio::spawn(keep_a_timer_due());
+    // Aborted when `serve` returns or is dropped.
+    let mut ticker = tokio::task::JoinSet::new();
+    ticker.spawn(keep_a_timer_due());
     let (stop_api, api_stopped) = stop_signal();
     let (stop_metrics, metrics_stopped) = stop_signal();
     let api = tokio::spawn(
@@ -74,7 +76,7 @@ pub async fn serve(
     tracing::info!("every request has ended");
     let _ = stop_metrics.send(true);
     let metrics = metrics.await.map_err(std::io::Error::other).and_then(|r| r);
-    ticker.abort();
+    ticker.abort_all();
     api.and(metrics)
 }
 
