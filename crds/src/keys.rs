@@ -12,9 +12,16 @@ pub const TENANT_LABEL: &str = "aleph.dev/tenant";
 /// adopted it (the value is `owner`). Such a namespace is the tenant's although
 /// `spec.namespaces` does not list it.
 pub const ORIGIN_LABEL: &str = "aleph.dev/origin";
-/// Namespace label set once the namespace's ResourceQuota exists; until then
-/// the quota guard policy refuses pods there, so nothing escapes the quota.
+/// Namespace label (`ready`) set once the namespace's ResourceQuota limits
+/// what it counts and the API server enforces the tenant's admission rules;
+/// until then the quota guard policy refuses pods there, so nothing escapes
+/// the quota or the rules.
 pub const QUOTA_READY_LABEL: &str = "aleph.dev/quota";
+/// Annotation on the Service the operator creates with a server-side dry
+/// run in a tenant namespace to learn whether the API server enforces the
+/// tenant's admission rules yet: the tenants' policy refuses any object
+/// carrying it (its value is the tenant's name).
+pub const ADMISSION_PROBE_ANNOTATION: &str = "aleph.dev/admission-probe";
 /// Annotation: when the operator last asked the quota controller to count a
 /// quota again.
 pub const RECOUNT_ANNOTATION: &str = "aleph.dev/recount-requested-at";

@@ -61,6 +61,74 @@ async fn env_with_alice(
 /// The rules hold beyond a pod's CREATE: an image changed on a running pod,
 /// an ephemeral container (`kubectl debug`), an init container, and the
 /// templates of a Deployment and a CronJob are refused, each naming the rule.
+/// A pod made the moment a new tenant's namespace exists, before the API
+/// server has loaded the tenant's bindings (it does so about once a second),
+/// is refused by the quota guard until the tenant's own rules hold: from the
+/// namespace's first appearance to a while after the Tenant is Ready, every
+/// attempt is refused, by the guard or by the tenant's registry rule, and
+/// from Ready on by the rule at the first attempt.
+#[tokio::test]
+async fn a_pod_made_as_soon_as_a_tenants_namespace_exists_is_never_admitted() {
+    let env = TestEnv::new().await;
+    let name = unique_name("tnrace");
+    let ns = format!("{name}-one");
+    let tenants: Api<Tenant> = env.cluster_api();
+    let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
+    let bad: Pod = typed(pod("early", "docker.io/evil/x:1"));
+    env.kubectl_with_stdin(["apply", "-f", "-"], &tenant_yaml(&name, ""))
+        .await
+        .expect_success();
+    env.delete_on_cleanup(kube::discovery::ApiResource::erase::<Tenant>(&()), &name);
+    let guard = "the tenant quota of this namespace is not in place yet";
+    let (mut by_guard, mut by_rule, mut no_namespace) = (0, 0, 0);
+    let mut ready_at = None;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    // The cluster admin's dry runs: the tenant's rules hold for everyone.
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} not Ready in {TIMEOUT:?}"
+        );
+        let message = outcome(pods.create(&dry_run(), &bad).await);
+        if message.contains("NotFound") || message.contains("not found") {
+            no_namespace += 1;
+            assert!(ready_at.is_none(), "{ns} missing after Ready: {message}");
+        } else if message.contains(guard) {
+            by_guard += 1;
+            assert!(
+                ready_at.is_none(),
+                "refused by the quota guard after the Tenant was Ready: {message}"
+            );
+        } else if refused_by(&message, "allowedRegistries") {
+            by_rule += 1;
+        } else {
+            panic!(
+                "a pod from a registry {name} does not allow, made as soon as {ns} existed, was {message} (after {by_guard} refusals by the quota guard)"
+            );
+        }
+        match ready_at {
+            None => {
+                let tenant = tenants.get(&name).await.expect("the Tenant");
+                if aleph_e2e::has_condition(&tenant, "Ready", "True") {
+                    // The first attempt after Ready is the rule's.
+                    ready_at = Some(by_rule + by_guard + no_namespace);
+                }
+            }
+            Some(at) if by_rule + by_guard + no_namespace >= at + 20 => break,
+            Some(_) => {}
+        }
+    }
+    println!(
+        "{name}: {no_namespace} attempts before {ns} existed, {by_guard} refused by the quota guard, {by_rule} by the tenant's registry rule"
+    );
+    assert!(
+        by_guard > 0,
+        "no attempt between {ns}'s creation and the Tenant's Ready: the test did not look at the window"
+    );
+    assert!(by_rule >= 20, "{by_rule} refusals by the rule after Ready");
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() {
     let (env, _, alice, ns) = env_with_alice("tnupd", "", true).await;

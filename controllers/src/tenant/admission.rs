@@ -27,7 +27,7 @@
 //! constraint, a new Service type), so objects made before a rule existed can
 //! still be labelled, scaled, finalized and deleted.
 
-use aleph_crds::keys::TENANT_LABEL;
+use aleph_crds::keys::{ADMISSION_PROBE_ANNOTATION, TENANT_LABEL};
 use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::{
     MatchResources, ParamKind, ParamRef, ValidatingAdmissionPolicy,
@@ -123,15 +123,18 @@ pub fn tenants_policy(operator_images: &[String]) -> ValidatingAdmissionPolicy {
         s: "object.spec",
         old: "oldObject.spec",
     };
-    let mut validations = vec![rule(
-        format!(
-            "!variables.cordoned || !({is_pod}) || (request.operation == 'UPDATE' && !(has(request.subResource) && request.subResource == 'ephemeralcontainers'))"
+    let mut validations = vec![
+        admission_probe_rule(),
+        rule(
+            format!(
+                "!variables.cordoned || !({is_pod}) || (request.operation == 'UPDATE' && !(has(request.subResource) && request.subResource == 'ephemeralcontainers'))"
+            ),
+            format!(
+                "{TENANT} + ' is cordoned (rule: cordoned): new pods and ephemeral containers are refused; running pods keep running'"
+            ),
+            "the tenant is cordoned (rule: cordoned): new pods and ephemeral containers are refused",
         ),
-        format!(
-            "{TENANT} + ' is cordoned (rule: cordoned): new pods and ephemeral containers are refused; running pods keep running'"
-        ),
-        "the tenant is cordoned (rule: cordoned): new pods and ephemeral containers are refused",
-    )];
+    ];
     validations.extend(pod_rules(&pod, is_pod, "pod", operator_images));
     validations.push(rule(
         "size(variables.storageClasses) == 0 || request.resource.resource != 'persistentvolumeclaims' \
@@ -219,6 +222,48 @@ pub fn tenants_policy(operator_images: &[String]) -> ValidatingAdmissionPolicy {
             ..PolicyRules::default()
         },
     )
+}
+
+/// The message of the tenants' policy refusing the operator's admission
+/// probe: the refusal is the proof that the tenant's rules are in force.
+pub const PROBE_REFUSED: &str = "admission probe: this tenant's admission rules are in force";
+
+/// The rule that refuses every object carrying [`ADMISSION_PROBE_ANNOTATION`].
+/// The operator creates one with a server-side dry run (nothing is stored)
+/// before it opens a new tenant's namespaces to pods: the API server loads a
+/// new binding a moment after it exists (it recompiles its policies about
+/// once a second), and a pod admitted in between would skip every rule.
+fn admission_probe_rule() -> k8s_openapi::api::admissionregistration::v1::Validation {
+    forbid(
+        format!(
+            "!has(object.metadata.annotations) || !({} in object.metadata.annotations)",
+            lit(ADMISSION_PROBE_ANNOTATION)
+        ),
+        PROBE_REFUSED.to_string(),
+    )
+}
+
+/// A Service that only the tenants' policy refuses (no other policy of the
+/// operator looks at Services, and it is valid otherwise: headless, no
+/// ports), to be created with a server-side dry run in a namespace of
+/// `tenant`.
+pub fn admission_probe(tenant: &str) -> k8s_openapi::api::core::v1::Service {
+    use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    Service {
+        metadata: ObjectMeta {
+            name: Some("aleph-admission-probe".to_string()),
+            annotations: Some(
+                [(ADMISSION_PROBE_ANNOTATION.to_string(), tenant.to_string())].into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
 }
 
 /// The policy that holds for the tenants' users (everyone but the operator,

@@ -102,8 +102,8 @@ fn every_rule_names_itself_and_covers_every_path_to_a_pod() {
     let m = messages(&policy);
     // cordoned, registries, runtime classes, GPU product, GPU pinning,
     // storage classes, NodePort, LoadBalancer, Ingress and HTTPRoute domains,
-    // the compliance profiles' two KMS rules.
-    assert_eq!(m.len(), 12, "{m:#?}");
+    // the compliance profiles' two KMS rules; and the operator's probe.
+    assert_eq!(m.len(), 13, "{m:#?}");
     for rule in [
         "cordoned",
         "allowedRegistries",
@@ -156,6 +156,45 @@ fn every_rule_names_itself_and_covers_every_path_to_a_pod() {
         .expect("the Tenant is the parameter");
     assert_eq!(param.api_version.as_deref(), Some("aleph.dev/v1alpha1"));
     assert_eq!(param.kind.as_deref(), Some("Tenant"));
+}
+
+#[test]
+fn only_the_tenants_policy_refuses_the_admission_probe_and_the_probe_is_a_valid_headless_service() {
+    let probe_rules = |policy: &ValidatingAdmissionPolicy| {
+        expressions(policy)
+            .iter()
+            .filter(|e| e.contains(ADMISSION_PROBE_ANNOTATION))
+            .count()
+    };
+    let everyone = tenants_policy(&[]);
+    assert_eq!(probe_rules(&everyone), 1);
+    assert!(messages(&everyone).contains(&PROBE_REFUSED.to_string()));
+    // A policy that matches Services and exempts the operator, or none.
+    assert_eq!(probe_rules(&owners_policy(OPERATOR, &[])), 0);
+    assert!(
+        resources(&everyone)
+            .iter()
+            .any(|(r, ops)| r == "services" && ops.contains(&"CREATE".to_string()))
+    );
+    let probe = admission_probe("acme");
+    assert_eq!(
+        probe
+            .annotations()
+            .get(ADMISSION_PROBE_ANNOTATION)
+            .map(String::as_str),
+        Some("acme")
+    );
+    let spec = probe.spec.expect("spec");
+    assert_eq!(
+        spec.cluster_ip.as_deref(),
+        Some("None"),
+        "no address to allocate"
+    );
+    assert_eq!(spec.ports, None, "a headless Service needs no port");
+    assert_eq!(
+        spec.type_, None,
+        "ClusterIP: no rule on Service types refuses it"
+    );
 }
 
 #[test]

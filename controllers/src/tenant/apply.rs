@@ -14,7 +14,7 @@ use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::{LimitRange, Namespace};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -27,8 +27,8 @@ use serde_json::json;
 use super::build::{self, QUOTA_NAME};
 use super::rebalance::{demands, quota_enforced, rebalance_quotas, recent_refusals};
 use super::{
-    DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, TenantState, admission, children,
-    list_labelled, quota, status, tenant_quotas, validate,
+    ADMISSION_REQUEUE, DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, TenantState,
+    admission, children, list_labelled, quota, status, tenant_quotas, validate,
 };
 use crate::apply::{
     Absent, MANAGER, Owner, apply_if_changed, create_absent, delete_ignoring_missing,
@@ -274,6 +274,9 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         .map(|((_, n), ns)| (n, ns))
         .collect();
     let quotas = tenant_quotas(ctx, &name).await?;
+    let admission_bindings = children(ctx, |c| &c.admission_bindings, &name).await?;
+    let admission_waiting =
+        admission_in_force(ctx, &state, tenant, &labelled, &admission_bindings).await?;
     let desired_names: Vec<String> = tenant
         .spec
         .namespaces
@@ -313,10 +316,14 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     // just created limits nothing until the quota controller has copied its
     // limits into its status (admission reads them there): the label waits
     // for that, or pods made in between would escape the quota.
+    // The label also waits for the API server to enforce the tenant's
+    // admission rules (`admission_waiting`), or pods made in between would
+    // escape them.
     let with_quota_label = |mut ns: Namespace| {
-        if quotas
-            .get(&(ns.name_any(), QUOTA_NAME.to_string()))
-            .is_some_and(quota_enforced)
+        if admission_waiting.is_none()
+            && quotas
+                .get(&(ns.name_any(), QUOTA_NAME.to_string()))
+                .is_some_and(quota_enforced)
         {
             ns.labels_mut()
                 .insert(QUOTA_READY_LABEL.to_string(), "ready".to_string());
@@ -399,7 +406,6 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let limit_ranges = children(ctx, |c| &c.limit_ranges, &name).await?;
     let policies = children(ctx, |c| &c.network_policies, &name).await?;
     let bindings = children(ctx, |c| &c.role_bindings, &name).await?;
-    let admission_bindings = children(ctx, |c| &c.admission_bindings, &name).await?;
     let own_policies = children(ctx, |c| &c.admission_policies, &name).await?;
 
     // The tenant-wide quota, split over the namespaces that exist, with the
@@ -447,12 +453,13 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let admission = async {
         let vap_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
         let vapb_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-        futures::future::try_join_all(admission::bindings(tenant).into_iter().map(|binding| {
-            let vapb_api = &vapb_api;
+        // The owners' binding first: the API server loads bindings in the
+        // order they were written, so once the probe finds the tenants'
+        // binding in force, the owners' is too.
+        for binding in admission::bindings(tenant).iter().rev() {
             let observed = admission_bindings.get(&(String::new(), binding.name_any()));
-            async move { owner.ensure_cached(vapb_api, observed, &binding).await }
-        }))
-        .await?;
+            owner.ensure_cached(&vapb_api, observed, binding).await?;
+        }
         keep_shared_policies(ctx, &state, &operator).await?;
         // Policies of the tenant's own are those of an earlier version (one per
         // tenant, before the shared ones): their bindings now name the shared
@@ -500,13 +507,18 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             limit,
             waiting,
             creating: rebalance.creating,
+            admission_waiting: admission_waiting.as_deref(),
         },
     )
     .await?;
     // What a Tenant waits for wakes it through the watches: namespaces turning
     // Active, quotas created, rewritten and counted. The requeue is for what
     // no watch shows (the next recount request) and a safety net.
-    Ok(if rebalance.moving {
+    Ok(if admission_waiting.is_some() {
+        // The API server loads a new binding within about a second; no
+        // watch says when.
+        Action::requeue(ADMISSION_REQUEUE)
+    } else if rebalance.moving {
         // Lowered limits reach the quotas' status (which admission reads) a
         // moment later; the raise follows then. Their watch wakes the Tenant
         // first; this is the safety net.
@@ -521,6 +533,74 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     } else {
         Action::requeue(NOT_READY_REQUEUE)
     })
+}
+
+/// Whether the API server enforces the tenant's admission rules yet: `None`
+/// when it does (or the tenant has no namespace where a pod could go), else
+/// what is awaited. Proved once per tenant by a server-side dry run that the
+/// tenants' policy refuses only through the tenant's binding
+/// ([`admission::admission_probe`]), in a namespace of the tenant; a
+/// namespace already labelled ready is the proof of an earlier pass (or
+/// operator), so a restart sends no probe.
+async fn admission_in_force(
+    ctx: &Context,
+    state: &TenantState,
+    tenant: &Tenant,
+    labelled: &BTreeMap<String, Namespace>,
+    bindings: &Children<ValidatingAdmissionPolicyBinding>,
+) -> Result<Option<String>> {
+    let name = tenant.name_any();
+    let uid = uid_of(tenant)?;
+    let ours = |ns: &&Namespace| {
+        ns.metadata.deletion_timestamp.is_none()
+            && ns.labels().get(TENANT_LABEL).is_some_and(|t| *t == name)
+    };
+    let opened = |ns: &Namespace| {
+        ns.labels()
+            .get(QUOTA_READY_LABEL)
+            .is_some_and(|v| v == "ready")
+    };
+    if state.admission_proved(&uid) || labelled.values().any(opened) {
+        return Ok(None);
+    }
+    let Some(ns) = labelled.values().find(ours) else {
+        return Ok(
+            if tenant.spec.namespaces.is_empty() && labelled.is_empty() {
+                None
+            } else {
+                Some("its namespaces are being created".to_string())
+            },
+        );
+    };
+    let binding = admission::admission_binding_name(&name);
+    if !bindings.contains_key(&(String::new(), binding.clone())) {
+        return Ok(Some(format!("its binding {binding} is being created")));
+    }
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns.name_any());
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let answer = match services
+        .create(&dry_run, &admission::admission_probe(&name))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.message.contains(admission::PROBE_REFUSED) => {
+            state.prove_admission(&uid);
+            return Ok(None);
+        }
+        Ok(_) => format!(
+            "a dry-run Service in {} was admitted (binding {binding} not loaded yet)",
+            ns.name_any()
+        ),
+        Err(kube::Error::Api(e)) => format!(
+            "a dry-run Service in {} got: {} (expected the refusal of binding {binding})",
+            ns.name_any(),
+            e.message
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(answer))
 }
 
 /// Deletes a namespace the tenant no longer lists, or with Retain lets it go
@@ -543,7 +623,9 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let name = tenant.name_any();
     let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
     let labelled = list_labelled::<Namespace>(&ctx.client, &name).await?;
-    ctx.state::<TenantState>().quota_ledger.forget(&name);
+    let state = ctx.state::<TenantState>();
+    state.quota_ledger.forget(&name);
+    state.forget_admission(&uid_of(tenant)?);
     for (_, ns_name) in labelled.keys() {
         release_namespace(&ns_api, ns_name, tenant.spec.deletion_policy).await?;
     }

@@ -58,6 +58,9 @@ const MOVING_REQUEUE: Duration = Duration::from_secs(2);
 /// it changes the quota's hard limits without changing what the quota
 /// admits, which is what makes the quota controller count the quota again.
 pub const RECOUNT_MARKER: &str = "requests.aleph.dev/recount";
+/// How soon a Tenant looks again whose admission rules the API server does
+/// not enforce yet (it loads new bindings about once a second).
+const ADMISSION_REQUEUE: Duration = Duration::from_millis(500);
 /// How long a Tenant that is not Ready waits for a look without a watch event.
 const NOT_READY_REQUEUE: Duration = Duration::from_secs(10);
 /// How long to give the quota controller between two such requests.
@@ -102,6 +105,32 @@ pub struct TenantState {
     shared_policies: std::sync::OnceLock<Vec<ValidatingAdmissionPolicy>>,
     /// The quotas written that the cache may not show yet.
     quota_ledger: quota_view::QuotaLedger,
+    /// The tenants (by uid) whose admission rules the API server was found
+    /// to enforce.
+    admission_proved: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl TenantState {
+    fn admission_proved(&self, uid: &str) -> bool {
+        self.admission_proved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(uid)
+    }
+
+    fn prove_admission(&self, uid: &str) {
+        self.admission_proved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(uid.to_string());
+    }
+
+    fn forget_admission(&self, uid: &str) {
+        self.admission_proved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid);
+    }
 }
 
 /// The cache of one kind of the tenants' children, and which of them are

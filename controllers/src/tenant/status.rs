@@ -74,6 +74,9 @@ pub(super) struct Pass<'a> {
     pub(super) waiting: bool,
     /// The rebalance created a namespace's quota.
     pub(super) creating: bool,
+    /// What the tenant's admission rules wait for, until the API server
+    /// enforces them.
+    pub(super) admission_waiting: Option<&'a str>,
 }
 
 /// Computes the Tenant's status from `pass`, writes it and tells the events
@@ -92,6 +95,7 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
         limit,
         waiting,
         creating,
+        admission_waiting,
     } = pass;
     let usage = aggregate_usage(quotas, ready_namespaces, hard);
     let mut status = tenant.status.clone().unwrap_or_default();
@@ -151,6 +155,14 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
             format!(
                 "waiting for the quota controller to count the quotas of {}: until it does, the quota guard refuses new pods there",
                 uncounted.join(", ")
+            ),
+        )
+    } else if let Some(why) = admission_waiting {
+        NewCondition::no(
+            READY,
+            "Provisioning",
+            format!(
+                "waiting for the API server to enforce the tenant's admission rules (it loads a new binding within about a second): until it does, the quota guard refuses new pods in its namespaces; {why}"
             ),
         )
     } else if waiting || ready_namespaces.len() != declared + adopted || creating {
