@@ -125,8 +125,9 @@ elif mode in ("count", "loop"):
                 print("started", flush=True)
         except Exception as e:
             failed += 1
-            errors.append(f"{time.strftime('%H:%M:%S')} {e!r}")
-    print(json.dumps({"models": seen, "ok": ok, "failed": failed, "errors": errors[:20]}), flush=True)
+            now = time.time()
+            errors.append(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} {e!r}")
+    print(json.dumps({"models": seen, "ok": ok, "failed": failed, "errors": errors if len(errors) <= 20 else errors[:10] + errors[-10:]}), flush=True)
 "#;
 
 /// The client pod: the model-cache image's Python, idle until exec'd into, as
@@ -210,7 +211,7 @@ pub struct Tally {
     pub ok: u32,
     /// Failed requests (connection errors, non-200 answers).
     pub failed: u32,
-    /// The first failures.
+    /// The failures: all of them, or the first ten and the last ten.
     pub errors: Vec<String>,
 }
 
@@ -218,6 +219,62 @@ impl Tally {
     /// The answers whose `model` field was `model`.
     pub fn answered_by(&self, model: &str) -> u32 {
         self.models.get(model).copied().unwrap_or(0)
+    }
+
+    /// Panics when a request failed, with what the network looked like just
+    /// after: the pods and EndpointSlices of `namespace`, its recent events,
+    /// the real node's neighbours, addresses and routes, and the ARP table of
+    /// the client `pod` (a connection error says which layer failed: refused
+    /// is a Service without a ready endpoint, no route to host an address
+    /// that does not answer).
+    pub async fn assert_all_answered(&self, namespace: &str, pod: &str) {
+        if self.failed == 0 {
+            return;
+        }
+        let mut report = Vec::new();
+        for args in [
+            vec!["get", "pods,endpointslices", "-n", namespace, "-o", "wide"],
+            vec!["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"],
+            vec![
+                "exec",
+                "-n",
+                namespace,
+                pod,
+                "--",
+                "/usr/bin/python3.11",
+                "-c",
+                "print(open('/proc/net/arp').read())",
+            ],
+        ] {
+            report.push(format!(
+                "$ kubectl {}\n{}",
+                args.join(" "),
+                kubectl(args.clone()).await
+            ));
+        }
+        let netns = crate::real_node::node_netns();
+        for what in [&["neigh"][..], &["-br", "addr"], &["route"]] {
+            let out = tokio::process::Command::new("ip")
+                .args(["-n", &netns])
+                .args(what)
+                .output()
+                .await;
+            let shown = match out {
+                Ok(o) => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => e.to_string(),
+            };
+            report.push(format!("$ ip -n {netns} {}\n{shown}", what.join(" ")));
+        }
+        panic!(
+            "{} of {} requests failed: {self:?}\n{}",
+            self.failed,
+            self.failed + self.ok,
+            report.join("\n")
+        );
     }
 }
 
