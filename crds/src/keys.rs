@@ -17,10 +17,11 @@ pub const ORIGIN_LABEL: &str = "aleph.dev/origin";
 /// until then the quota guard policy refuses pods there, so nothing escapes
 /// the quota or the rules.
 pub const QUOTA_READY_LABEL: &str = "aleph.dev/quota";
-/// Annotation on the Service the operator creates with a server-side dry
-/// run in a tenant namespace to learn whether the API server enforces the
-/// tenant's admission rules yet: the tenants' policy refuses any object
-/// carrying it (its value is the tenant's name).
+/// Annotation on the objects the operator creates with a server-side dry
+/// run to learn whether the API server enforces an admission policy yet: a
+/// Service in a tenant namespace, which the tenants' policy refuses (the
+/// value is the tenant's name), and a Namespace, which the quota guard
+/// refuses.
 pub const ADMISSION_PROBE_ANNOTATION: &str = "aleph.dev/admission-probe";
 /// Annotation: when the operator last asked the quota controller to count a
 /// quota again.

@@ -87,11 +87,48 @@ async fn ensure_cluster_policies(ctx: &Context, state: &TenantState, operator: &
                 apply_if_changed(&policies, policies.get_opt(&name).await?.as_ref(), policy)
                     .await?;
             }
-            Ok::<(), Error>(())
+            guard_in_force(client).await
         })
         .await?;
     Ok(())
 }
+
+/// Waits until the API server enforces the quota guard: no tenant namespace
+/// is made before, or its pods would be admitted before their quota limits
+/// anything (the API server loads a new policy and binding about a second
+/// after they exist). Proved by a server-side dry run that only the guard
+/// refuses ([`build::guard_probe`]): one request when the guard was already
+/// there. The shared policies and the tenants' bindings are written after
+/// the guard, and the API server loads them in that order.
+async fn guard_in_force(client: &kube::Client) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let probe = build::guard_probe();
+    let mut last = String::new();
+    for _ in 0..GUARD_PROBES {
+        match namespaces.create(&dry_run, &probe).await {
+            Err(kube::Error::Api(e)) if e.message.contains(build::GUARD_PROBE_REFUSED) => {
+                return Ok(());
+            }
+            Ok(_) => last = "admitted".to_string(),
+            Err(kube::Error::Api(e)) => last = e.message,
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(GUARD_PROBE_INTERVAL).await;
+    }
+    Err(Error::NotReady(format!(
+        "the API server does not enforce the quota guard {} yet (a dry-run namespace it must refuse was: {last}); no tenant namespace is made until it does",
+        build::QUOTA_GUARD_POLICY
+    )))
+}
+
+/// How often, and how many times, a pass looks whether the quota guard is
+/// in force before it gives up (and the next pass tries again).
+const GUARD_PROBE_INTERVAL: Duration = Duration::from_millis(200);
+const GUARD_PROBES: usize = 50;
 
 /// The admission policies every tenant's bindings name, as the operator
 /// wants them.

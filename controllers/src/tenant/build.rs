@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use aleph_crds::keys::{ORIGIN_LABEL, QUOTA_READY_LABEL, TENANT_LABEL};
+use aleph_crds::keys::{ADMISSION_PROBE_ANNOTATION, ORIGIN_LABEL, QUOTA_READY_LABEL, TENANT_LABEL};
 use aleph_crds::tenant::{
     ComplianceProfile, EgressMode, OwnerRole, SubjectKind, Tenant, TenantOwner,
 };
@@ -489,20 +489,39 @@ pub fn prevent_deletion_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmiss
     )
 }
 
+/// The message of the quota guard refusing the operator's probe: the
+/// refusal is the proof that the API server enforces the guard.
+pub const GUARD_PROBE_REFUSED: &str = "admission probe: the quota guard is in force";
+
 /// The cluster-wide policy refusing pods in a tenant namespace until its
-/// ResourceQuota is in place (the namespace is labelled
-/// [`QUOTA_READY_LABEL`] then), so that no pod escapes the quota.
+/// ResourceQuota is in place and the tenant's admission rules are in force
+/// (the namespace is labelled [`QUOTA_READY_LABEL`] then), so that no pod
+/// escapes the quota or the rules. It also refuses a namespace carrying
+/// [`ADMISSION_PROBE_ANNOTATION`]: the operator creates one with a
+/// server-side dry run (nothing is stored) to learn that the API server has
+/// loaded the guard before it creates any tenant namespace.
 pub fn quota_guard_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     cluster_policy(
         QUOTA_GUARD_POLICY,
-        vec![resource_rule("", "v1", &["CREATE"], &["pods"])],
-        vec![forbid(
-            format!(
-                "has(namespaceObject.metadata.labels) && '{QUOTA_READY_LABEL}' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['{QUOTA_READY_LABEL}'] == 'ready'"
+        vec![
+            resource_rule("", "v1", &["CREATE"], &["pods"]),
+            resource_rule("", "v1", &["CREATE"], &["namespaces"]),
+        ],
+        vec![
+            forbid(
+                format!(
+                    "request.resource.resource != 'pods' || (has(namespaceObject.metadata.labels) && '{QUOTA_READY_LABEL}' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['{QUOTA_READY_LABEL}'] == 'ready')"
+                ),
+                "the tenant quota of this namespace is not in place yet: retry in a few seconds"
+                    .to_string(),
             ),
-            "the tenant quota of this namespace is not in place yet: retry in a few seconds"
-                .to_string(),
-        )],
+            forbid(
+                format!(
+                    "request.resource.resource != 'namespaces' || !has(object.metadata.annotations) || !('{ADMISSION_PROBE_ANNOTATION}' in object.metadata.annotations)"
+                ),
+                GUARD_PROBE_REFUSED.to_string(),
+            ),
+        ],
         Some(MatchResources {
             namespace_selector: Some(LabelSelector {
                 match_expressions: Some(vec![LabelSelectorRequirement {
@@ -515,6 +534,23 @@ pub fn quota_guard_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPo
             ..MatchResources::default()
         }),
     )
+}
+
+/// A namespace that only the quota guard refuses (labelled as a tenant's,
+/// so that the guard's binding selects it), to be created with a
+/// server-side dry run: see [`quota_guard_policy`].
+pub fn guard_probe() -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some("aleph-guard-probe".to_string()),
+            labels: Some([(TENANT_LABEL.to_string(), "aleph-guard-probe".to_string())].into()),
+            annotations: Some(
+                [(ADMISSION_PROBE_ANNOTATION.to_string(), "guard".to_string())].into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
 }
 
 #[cfg(test)]
@@ -538,6 +574,57 @@ spec:
   cordoned: true
   compliance: hipaa
 "#;
+
+    #[test]
+    fn the_quota_guard_holds_pods_and_refuses_only_the_probe_among_namespaces() {
+        let (policy, binding) = quota_guard_policy();
+        let spec = policy.spec.expect("spec");
+        let rules: Vec<_> = spec
+            .match_constraints
+            .and_then(|m| m.resource_rules)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (r.resources, r.operations))
+            .collect();
+        let create = Some(vec!["CREATE".to_string()]);
+        assert_eq!(
+            rules,
+            [
+                (Some(vec!["pods".to_string()]), create.clone()),
+                (Some(vec!["namespaces".to_string()]), create)
+            ]
+        );
+        let validations = spec.validations.unwrap_or_default();
+        assert_eq!(validations.len(), 2);
+        // Each rule looks at its own kind only.
+        assert!(
+            validations[0]
+                .expression
+                .starts_with("request.resource.resource != 'pods' || ")
+        );
+        assert!(
+            validations[1]
+                .expression
+                .starts_with("request.resource.resource != 'namespaces' || ")
+        );
+        assert!(
+            validations[1]
+                .expression
+                .contains(ADMISSION_PROBE_ANNOTATION)
+        );
+        assert_eq!(validations[1].message.as_deref(), Some(GUARD_PROBE_REFUSED));
+        // The probe is a namespace the guard's binding selects.
+        let probe = guard_probe();
+        let selector = binding
+            .spec
+            .and_then(|s| s.match_resources)
+            .and_then(|m| m.namespace_selector)
+            .and_then(|s| s.match_expressions)
+            .expect("a selector on the tenant label");
+        assert_eq!(selector[0].key, TENANT_LABEL);
+        assert!(probe.labels().contains_key(TENANT_LABEL));
+        assert!(probe.annotations().contains_key(ADMISSION_PROBE_ANNOTATION));
+    }
 
     #[test]
     fn owners_are_grouped_by_role() {
