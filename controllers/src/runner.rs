@@ -118,8 +118,27 @@ pub const PRIMARY_LIST_PAGE_SIZE: u32 = 500;
 /// kind would be held and decoded together. A paged list at the latest
 /// resourceVersion is served from the cache as well on recent Kubernetes
 /// versions (consistent reads from the watch cache).
+///
+/// With [`set_streaming_lists`], the initial lists are streamed instead
+/// (a watch with `sendInitialEvents`, Kubernetes 1.34 or later by default):
+/// the objects come one event at a time, never a page at once.
 pub fn watch_config() -> kube::runtime::watcher::Config {
-    kube::runtime::watcher::Config::default().page_size(LIST_PAGE_SIZE)
+    let config = kube::runtime::watcher::Config::default().page_size(LIST_PAGE_SIZE);
+    if STREAMING_LISTS.load(Ordering::Relaxed) {
+        config.streaming_lists()
+    } else {
+        config
+    }
+}
+
+/// Whether watches start with a streamed list ([`watch_config`]).
+static STREAMING_LISTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every watch started from now on begin with a streamed list rather
+/// than paged lists (the API server's `WatchList` feature, on by default
+/// from Kubernetes 1.34).
+pub fn set_streaming_lists(on: bool) {
+    STREAMING_LISTS.store(on, Ordering::Relaxed);
 }
 
 /// A watch of `api` whose objects (decoded without their managed fields, see

@@ -38,7 +38,7 @@ use kube::{Resource, ResourceExt};
 
 use super::build::{
     PolicyRules, cluster_wide_meta, forbid, forbid_saying, policy_meta, policy_with_binding,
-    resource_rule,
+    refuse_probe, resource_rule,
 };
 use super::cel::{
     PodSpecCel, TENANT, admission_variables, condition, exemptions, host_allowed, lit,
@@ -234,12 +234,12 @@ pub const PROBE_REFUSED: &str = "admission probe: this tenant's admission rules 
 /// new binding a moment after it exists (it recompiles its policies about
 /// once a second), and a pod admitted in between would skip every rule.
 fn admission_probe_rule() -> k8s_openapi::api::admissionregistration::v1::Validation {
-    forbid(
+    refuse_probe(
         format!(
             "!has(object.metadata.annotations) || !({} in object.metadata.annotations)",
             lit(ADMISSION_PROBE_ANNOTATION)
         ),
-        PROBE_REFUSED.to_string(),
+        PROBE_REFUSED,
     )
 }
 

@@ -466,6 +466,18 @@ pub fn forbid(expression: String, message: String) -> Validation {
     }
 }
 
+/// A validation refusing the operator's admission probe (reason `Invalid`,
+/// HTTP 422, so that the operator's refused probes are not taken for a lack
+/// of permissions, which a 403 says).
+pub fn refuse_probe(expression: String, message: &str) -> Validation {
+    Validation {
+        expression,
+        message: Some(message.to_string()),
+        reason: Some("Invalid".to_string()),
+        ..Validation::default()
+    }
+}
+
 /// Like [`forbid`], with a message computed by the CEL `message_expression`
 /// (to name the offending value).
 pub fn forbid_saying(expression: String, message_expression: String) -> Validation {
@@ -515,11 +527,11 @@ pub fn quota_guard_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPo
                 "the tenant quota of this namespace is not in place yet: retry in a few seconds"
                     .to_string(),
             ),
-            forbid(
+            refuse_probe(
                 format!(
                     "request.resource.resource != 'namespaces' || !has(object.metadata.annotations) || !('{ADMISSION_PROBE_ANNOTATION}' in object.metadata.annotations)"
                 ),
-                GUARD_PROBE_REFUSED.to_string(),
+                GUARD_PROBE_REFUSED,
             ),
         ],
         Some(MatchResources {
@@ -613,6 +625,8 @@ spec:
                 .contains(ADMISSION_PROBE_ANNOTATION)
         );
         assert_eq!(validations[1].message.as_deref(), Some(GUARD_PROBE_REFUSED));
+        // 422, not 403: a refused probe is not a missing permission.
+        assert_eq!(validations[1].reason.as_deref(), Some("Invalid"));
         // The probe is a namespace the guard's binding selects.
         let probe = guard_probe();
         let selector = binding
