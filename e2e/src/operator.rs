@@ -102,8 +102,13 @@ impl OperatorProcess {
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot clone the log file handle: {e}"));
         let mut cmd = Command::new(&bin);
-        // The allocator's setting of the chart's Deployment.
-        cmd.env("GLIBC_TUNABLES", "glibc.malloc.arena_max=2");
+        // The allocator's setting of the chart's Deployment, unless
+        // `ALEPH_OPERATOR_GLIBC_TUNABLES` says another (to compare settings).
+        cmd.env(
+            "GLIBC_TUNABLES",
+            std::env::var("ALEPH_OPERATOR_GLIBC_TUNABLES")
+                .unwrap_or_else(|_| "glibc.malloc.arena_max=2".to_string()),
+        );
         cmd.arg("run")
             .arg("--metrics-addr")
             .arg(&self.metrics_addr)

@@ -60,6 +60,12 @@ pub struct RunArgs {
     /// reaction waits this long, the first after a start included.
     #[arg(long, env = "ALEPH_DEBOUNCE_MS", default_value_t = 250)]
     pub debounce_ms: u64,
+    /// How every watch reads what exists when it starts: `paged` (LIST in
+    /// pages, then WATCH) or `streaming` (one WATCH that sends the existing
+    /// objects first, one at a time: less memory at start; needs the API
+    /// server's `WatchList` feature, on by default from Kubernetes 1.34).
+    #[arg(long, env = "ALEPH_INITIAL_LISTS", value_enum, default_value_t = InitialLists::Paged)]
+    pub initial_lists: InitialLists,
     /// Sustained requests per second to the Kubernetes API.
     #[arg(long, env = "ALEPH_KUBE_QPS", default_value_t = 50.0)]
     pub kube_qps: f64,
@@ -124,4 +130,13 @@ pub struct RunArgs {
     /// Impersonate this user for every request (to run with a ServiceAccount's exact permissions).
     #[arg(long, env = "ALEPH_IMPERSONATE")]
     pub impersonate: Option<String>,
+}
+
+/// How watches read what exists when they start (`--initial-lists`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialLists {
+    /// LIST in pages, then WATCH.
+    Paged,
+    /// One WATCH with `sendInitialEvents`.
+    Streaming,
 }

@@ -131,6 +131,9 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
         gateway_url: args.gateway_url.clone().filter(|u| !u.is_empty()),
     };
     let ctx = Arc::new(Context::new(client.clone(), metrics, leader, settings));
+    aleph_controllers::runner::set_streaming_lists(
+        args.initial_lists == crate::cli::InitialLists::Streaming,
+    );
     let options = RunOptions {
         concurrency: args.concurrency.max(1),
         debounce: std::time::Duration::from_millis(args.debounce_ms),

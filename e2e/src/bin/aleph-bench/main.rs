@@ -149,6 +149,9 @@ struct Args {
     /// Give up waiting for readiness when no object got ready for this many seconds.
     #[arg(long, default_value_t = 180)]
     stall_seconds: u64,
+    /// The operator's `--initial-lists` (`paged` or `streaming`).
+    #[arg(long, default_value = "paged")]
+    initial_lists: String,
     /// The operator's `--log-level` (its log file is named in the progress lines).
     #[arg(long, default_value = "info")]
     operator_log_level: String,
@@ -485,6 +488,8 @@ impl Bench {
             self.args.concurrency.to_string(),
             "--log-level".into(),
             self.args.operator_log_level.clone(),
+            "--initial-lists".into(),
+            self.args.initial_lists.clone(),
         ]
     }
 
