@@ -71,23 +71,36 @@ async fn ensure_cluster_policies(ctx: &Context, state: &TenantState, operator: &
         .get_or_try_init(|| async {
             let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
             let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+            let mut guard_fresh = false;
             for (policy, binding) in [
                 build::prevent_deletion_policy(),
                 build::quota_guard_policy(),
                 admission::owner_namespaces_policy(operator),
             ] {
                 let name = policy.name_any();
-                apply_if_changed(&policies, policies.get_opt(&name).await?.as_ref(), &policy)
-                    .await?;
-                apply_if_changed(&bindings, bindings.get_opt(&name).await?.as_ref(), &binding)
-                    .await?;
+                let observed = (
+                    policies.get_opt(&name).await?,
+                    bindings.get_opt(&name).await?,
+                );
+                let wrote = apply_if_changed(&policies, observed.0.as_ref(), &policy).await?
+                    | apply_if_changed(&bindings, observed.1.as_ref(), &binding).await?;
+                if name == build::QUOTA_GUARD_POLICY {
+                    guard_fresh = wrote
+                        || observed.0.as_ref().is_some_and(just_created)
+                        || observed.1.as_ref().is_some_and(just_created);
+                }
             }
             for policy in shared_policies(ctx, state, operator) {
                 let name = policy.name_any();
                 apply_if_changed(&policies, policies.get_opt(&name).await?.as_ref(), policy)
                     .await?;
             }
-            guard_in_force(client).await
+            // A guard in place for a while is in force: a restart sends no probe.
+            if guard_fresh {
+                guard_in_force(client).await
+            } else {
+                Ok(())
+            }
         })
         .await?;
     Ok(())
@@ -97,9 +110,9 @@ async fn ensure_cluster_policies(ctx: &Context, state: &TenantState, operator: &
 /// is made before, or its pods would be admitted before their quota limits
 /// anything (the API server loads a new policy and binding about a second
 /// after they exist). Proved by a server-side dry run that only the guard
-/// refuses ([`build::guard_probe`]): one request when the guard was already
-/// there. The shared policies and the tenants' bindings are written after
-/// the guard, and the API server loads them in that order.
+/// refuses ([`build::guard_probe`]), when the guard was written or created
+/// within the last minute. The shared policies and the tenants' bindings
+/// are written after the guard, and the API server loads them in that order.
 async fn guard_in_force(client: &kube::Client) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let dry_run = PostParams {
@@ -123,6 +136,15 @@ async fn guard_in_force(client: &kube::Client) -> Result<()> {
         "the API server does not enforce the quota guard {} yet (a dry-run namespace it must refuse was: {last}); no tenant namespace is made until it does",
         build::QUOTA_GUARD_POLICY
     )))
+}
+
+/// Whether `object` was created so recently that the API server may not
+/// enforce it yet (another operator instance made it a moment ago).
+fn just_created<K: Resource>(object: &K) -> bool {
+    object.meta().creation_timestamp.as_ref().is_none_or(|t| {
+        k8s_openapi::jiff::Timestamp::now().duration_since(t.0)
+            < k8s_openapi::jiff::SignedDuration::from_secs(60)
+    })
 }
 
 /// How often, and how many times, a pass looks whether the quota guard is
