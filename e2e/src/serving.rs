@@ -147,8 +147,9 @@ pub fn client_pod(name: &str) -> String {
     crate::real_node::restricted_pod(name, "", &container, "")
 }
 
-fn exec_args(namespace: &str, pod: &str, args: &[&str]) -> Vec<String> {
-    let mut all: Vec<String> = [
+/// `kubectl` arguments running the Python `script` in `pod`.
+fn python_args(namespace: &str, pod: &str, script: &str) -> Vec<String> {
+    [
         "exec",
         "-n",
         namespace,
@@ -156,11 +157,15 @@ fn exec_args(namespace: &str, pod: &str, args: &[&str]) -> Vec<String> {
         "--",
         "/usr/bin/python3.11",
         "-c",
-        CLIENT_SCRIPT,
+        script,
     ]
     .iter()
     .map(|s| (*s).to_string())
-    .collect();
+    .collect()
+}
+
+fn exec_args(namespace: &str, pod: &str, args: &[&str]) -> Vec<String> {
+    let mut all = python_args(namespace, pod, CLIENT_SCRIPT);
     all.extend(args.iter().map(|s| (*s).to_string()));
     all
 }
@@ -232,19 +237,11 @@ impl Tally {
             return;
         }
         let mut report = Vec::new();
+        let owned = |args: &[&str]| args.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
         for args in [
-            vec!["get", "pods,endpointslices", "-n", namespace, "-o", "wide"],
-            vec!["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"],
-            vec![
-                "exec",
-                "-n",
-                namespace,
-                pod,
-                "--",
-                "/usr/bin/python3.11",
-                "-c",
-                "print(open('/proc/net/arp').read())",
-            ],
+            owned(&["get", "pods,endpointslices", "-n", namespace, "-o", "wide"]),
+            owned(&["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"]),
+            python_args(namespace, pod, "print(open('/proc/net/arp').read())"),
         ] {
             report.push(format!(
                 "$ kubectl {}\n{}",
