@@ -162,7 +162,7 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
             READY,
             "Provisioning",
             format!(
-                "waiting for the API server to enforce the tenant's admission rules (it loads a new binding within about a second): until it does, the quota guard refuses new pods in its namespaces; {why}"
+                "waiting for the API server to enforce the tenant's admission rules (it loads new bindings on a loop, a second or more after they are written): until it does, the quota guard refuses new pods in its namespaces; {why}"
             ),
         )
     } else if waiting || ready_namespaces.len() != declared + adopted || creating {
