@@ -40,7 +40,9 @@ pub fn cache_claim(model: &aleph_crds::aimodel::AIModel) -> Option<String> {
 /// Every request opens a new connection, so that the Service's proxy picks a
 /// backend for each one.
 /// - `models`: GET /models, printed as it came;
-/// - `chat`: one chat completion, printed with its status;
+/// - `chat`: one chat completion, printed with its status (its connection
+///   tried for up to 15 s, as `models`: it is often the first call after
+///   the model turned Ready);
 /// - `stream`: one streamed chat completion: status, content type, events,
 ///   the content they add up to, and whether `[DONE]` ended it;
 /// - `count N`: N one-token completions: how many answers each `model` gave;
@@ -83,7 +85,7 @@ if mode == "models":
     print(json.dumps({"status": r.status, "body": json.loads(r.read())}))
 elif mode == "chat":
     start = time.monotonic()
-    conn, r = call(base, "POST", "/chat/completions", chat(model, 8))
+    conn, r = call(base, "POST", "/chat/completions", chat(model, 8), connect_for=15)
     body = json.loads(r.read())
     print(json.dumps({"status": r.status, "body": body, "seconds": time.monotonic() - start}))
 elif mode == "stream":
