@@ -21,6 +21,13 @@ pub const PRIVATE_OPERATOR_LABEL: &str = "aleph.dev/e2e-operator";
 /// The counter of requests to the Kubernetes API, by verb, resource and code.
 pub const KUBE_REQUESTS: &str = "aleph_kube_requests_total";
 
+/// What the operator's log says when its HTTP port is already in use.
+pub const PORT_TAKEN: &str = "Address already in use";
+
+/// How many times [`OperatorProcess::wait_ready`] starts the operator again
+/// when the free port it was given was taken before it listened.
+const PORT_RETRIES: u32 = 3;
+
 /// What to start.
 #[derive(Clone, Debug, Default)]
 pub struct OperatorOptions {
@@ -241,8 +248,14 @@ impl OperatorProcess {
     }
 
     /// Waits until `/readyz` answers 200; panics with the log's tail after `timeout`.
+    ///
+    /// The port comes from binding port 0 and letting go, so another process
+    /// (another test's server, or a connection's local end) can take it before
+    /// the operator listens; the operator then exits saying so, and is started
+    /// again on another port (up to [`PORT_RETRIES`] times).
     pub async fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let mut port_retries = 0;
         loop {
             if let Some((200, _)) = self.get("/readyz").await {
                 return;
@@ -250,6 +263,15 @@ impl OperatorProcess {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
+                if port_retries < PORT_RETRIES && self.log().contains(PORT_TAKEN) {
+                    port_retries += 1;
+                    eprintln!(
+                        "{} was taken before the operator listened on it; starting it on another port",
+                        self.metrics_addr
+                    );
+                    self.spawn();
+                    continue;
+                }
                 panic!(
                     "the operator exited ({status}) before it was ready; its log:\n{}",
                     self.log_tail(40)

@@ -793,3 +793,32 @@ fn kind_config_has_the_local_control_planes_nodes() {
         assert_eq!(pool, if gpu { "gpu" } else { "cpu" }, "{labels}");
     }
 }
+
+/// A port already in use for `/metrics`, `/livez` and `/readyz` stops the
+/// operator at once, non-zero, with the address in the error: it does not go
+/// on reconciling with probes that can never pass.
+#[tokio::test]
+async fn a_taken_metrics_port_stops_the_operator_at_once_saying_which() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let run = tokio::process::Command::new(aleph_e2e::operator::operator_binary())
+        .args(["run", "--metrics-addr", &addr, "--leader-elect", "false"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the operator went on running with its port taken")
+        .expect("the operator binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
+    let said = stderr
+        .lines()
+        .find(|l| l.starts_with("aleph-operator: "))
+        .unwrap_or_else(|| panic!("no error line on stderr:\n{stderr}"));
+    assert!(
+        said.contains(&addr) && said.contains(aleph_e2e::operator::PORT_TAKEN),
+        "{said}"
+    );
+    drop(taken);
+}

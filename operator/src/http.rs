@@ -18,9 +18,26 @@ struct AppState {
     readiness: Readiness,
 }
 
-/// Serves until `shutdown` resolves.
-pub async fn serve(
+/// Listens on `addr`: done before anything else, so that a port already in
+/// use stops the operator at once with the address in the error, rather than
+/// leaving it running with no `/readyz` to answer its probes.
+pub async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, ListenError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError { addr, source })
+}
+
+/// The HTTP endpoints' address could not be listened on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve /metrics, /livez and /readyz on {addr} (--metrics-addr): {source}")]
+pub struct ListenError {
     addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     readiness: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -33,7 +50,7 @@ pub async fn serve(
             registry,
             readiness,
         });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /livez and /readyz");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -24,6 +24,8 @@ pub enum RunError {
     Config(#[from] kube::config::InferConfigError),
     #[error("Kubernetes client: {0}")]
     Client(#[from] kube::Error),
+    #[error(transparent)]
+    Listen(#[from] crate::http::ListenError),
     #[error("HTTP endpoints: {0}")]
     Http(#[from] std::io::Error),
 }
@@ -40,6 +42,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 }
 
 async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
+    let listener = crate::http::listen(args.metrics_addr).await?;
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -71,7 +74,7 @@ async fn run_controllers(args: RunArgs) -> Result<(), RunError> {
 
     let readiness = Readiness::default();
     let http = tokio::spawn(crate::http::serve(
-        args.metrics_addr,
+        listener,
         Arc::new(registry),
         readiness.clone(),
         shutdown(),
