@@ -115,25 +115,17 @@ async fn ensure_cluster_policies(ctx: &Context, state: &TenantState, operator: &
 /// are written after the guard, and the API server loads them in that order.
 async fn guard_in_force(client: &kube::Client) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let dry_run = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
     let probe = build::guard_probe();
     let mut last = String::new();
     for _ in 0..GUARD_PROBES {
-        match namespaces.create(&dry_run, &probe).await {
-            Err(kube::Error::Api(e)) if e.message.contains(build::GUARD_PROBE_REFUSED) => {
-                return Ok(());
-            }
-            Ok(_) => last = "admitted".to_string(),
-            Err(kube::Error::Api(e)) => last = e.message,
-            Err(e) => return Err(e.into()),
+        match not_refused(&namespaces, &probe, build::GUARD_PROBE_REFUSED).await? {
+            None => return Ok(()),
+            Some(got) => last = got,
         }
         tokio::time::sleep(GUARD_PROBE_INTERVAL).await;
     }
     Err(Error::NotReady(format!(
-        "the API server does not enforce the quota guard {} yet (a dry-run namespace it must refuse was: {last}); no tenant namespace is made until it does",
+        "the API server does not enforce the quota guard {} yet (a dry-run namespace it must refuse was {last}); no tenant namespace is made until it does",
         build::QUOTA_GUARD_POLICY
     )))
 }
@@ -636,30 +628,39 @@ async fn admission_in_force(
         return Ok(Some(format!("its binding {binding} is being created")));
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns.name_any());
+    let probe = admission::admission_probe(&name);
+    Ok(
+        match not_refused(&services, &probe, admission::PROBE_REFUSED).await? {
+            None => {
+                state.prove_admission(&uid);
+                None
+            }
+            Some(got) => Some(format!(
+                "a dry-run Service in {} that binding {binding} refuses once loaded was {got}",
+                ns.name_any()
+            )),
+        },
+    )
+}
+
+/// Creates `probe` with a server-side dry run (nothing is stored): `None`
+/// when the API server refuses it saying `refusal` (the rule that refuses
+/// it is in force), else what it did instead (`admitted`, or `refused: ...`
+/// by something else). Any error but an API server's answer is returned.
+async fn not_refused<K>(api: &Api<K>, probe: &K, refusal: &str) -> Result<Option<String>>
+where
+    K: Clone + DeserializeOwned + Serialize + Debug,
+{
     let dry_run = PostParams {
         dry_run: true,
         ..PostParams::default()
     };
-    let answer = match services
-        .create(&dry_run, &admission::admission_probe(&name))
-        .await
-    {
-        Err(kube::Error::Api(e)) if e.message.contains(admission::PROBE_REFUSED) => {
-            state.prove_admission(&uid);
-            return Ok(None);
-        }
-        Ok(_) => format!(
-            "a dry-run Service in {} was admitted (binding {binding} not loaded yet)",
-            ns.name_any()
-        ),
-        Err(kube::Error::Api(e)) => format!(
-            "a dry-run Service in {} got: {} (expected the refusal of binding {binding})",
-            ns.name_any(),
-            e.message
-        ),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(Some(answer))
+    match api.create(&dry_run, probe).await {
+        Err(kube::Error::Api(e)) if e.message.contains(refusal) => Ok(None),
+        Ok(_) => Ok(Some("admitted".to_string())),
+        Err(kube::Error::Api(e)) => Ok(Some(format!("refused: {}", e.message))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Deletes a namespace the tenant no longer lists, or with Retain lets it go
