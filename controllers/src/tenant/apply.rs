@@ -326,8 +326,20 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         .collect();
     let quotas = tenant_quotas(ctx, &name).await?;
     let admission_bindings = children(ctx, |c| &c.admission_bindings, &name).await?;
-    let admission_waiting =
-        admission_in_force(ctx, &state, tenant, &labelled, &admission_bindings).await?;
+    let any_counted = labelled.keys().any(|ns| {
+        quotas
+            .get(&(ns.clone(), QUOTA_NAME.to_string()))
+            .is_some_and(quota_enforced)
+    });
+    let admission_waiting = admission_in_force(
+        ctx,
+        &state,
+        tenant,
+        &labelled,
+        &admission_bindings,
+        any_counted,
+    )
+    .await?;
     let desired_names: Vec<String> = tenant
         .spec
         .namespaces
@@ -565,9 +577,10 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     // What a Tenant waits for wakes it through the watches: namespaces turning
     // Active, quotas created, rewritten and counted. The requeue is for what
     // no watch shows (the next recount request) and a safety net.
-    Ok(if admission_waiting.is_some() {
+    Ok(if admission_waiting.is_some() && any_counted {
         // The API server loads a new binding within about a second; no
-        // watch says when.
+        // watch says when. (Until a quota is counted, the quota's watch
+        // wakes the Tenant.)
         Action::requeue(ADMISSION_REQUEUE)
     } else if rebalance.moving {
         // Lowered limits reach the quotas' status (which admission reads) a
@@ -592,13 +605,16 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
 /// tenants' policy refuses only through the tenant's binding
 /// ([`admission::admission_probe`]), in a namespace of the tenant; a
 /// namespace already labelled ready is the proof of an earlier pass (or
-/// operator), so a restart sends no probe.
+/// operator), so a restart sends no probe. No probe either while none of
+/// the tenant's quotas is counted (`counted`): no namespace could be opened
+/// yet, and the API server has the longer to load the binding.
 async fn admission_in_force(
     ctx: &Context,
     state: &TenantState,
     tenant: &Tenant,
     labelled: &BTreeMap<String, Namespace>,
     bindings: &Children<ValidatingAdmissionPolicyBinding>,
+    counted: bool,
 ) -> Result<Option<String>> {
     let name = tenant.name_any();
     let uid = uid_of(tenant)?;
@@ -623,6 +639,9 @@ async fn admission_in_force(
             },
         );
     };
+    if !counted {
+        return Ok(Some("its quotas are not counted yet".to_string()));
+    }
     let binding = admission::admission_binding_name(&name);
     if !bindings.contains_key(&(String::new(), binding.clone())) {
         return Ok(Some(format!("its binding {binding} is being created")));
