@@ -120,9 +120,11 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
                 .get(&(ns.clone(), QUOTA_NAME.to_string()))
                 .map(quota_count)
             {
-                None => Some(format!("{ns} (no quota yet)")),
                 Some(QuotaCount::Counted) => None,
-                Some(QuotaCount::Pending) => Some(format!("{ns} (new limits)")),
+                // One wording for a quota not seen yet and one not counted
+                // yet: a pass that creates the quota sees it missing, the
+                // next one uncounted, and each new message is a status write.
+                None | Some(QuotaCount::Pending) => Some(ns.clone()),
                 Some(QuotaCount::Missing(resources)) => {
                     Some(format!("{ns} ({})", resources.join(", ")))
                 }
