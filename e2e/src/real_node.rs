@@ -91,6 +91,52 @@ pub fn node_netns() -> String {
         .unwrap_or_else(|| panic!("no NODE_NETNS in {}", path.display()))
 }
 
+/// The pod addresses kube-proxy's rules on the real node send the Service
+/// `namespace/service`'s connections to (the DNAT targets of its endpoint
+/// chains, sorted): what the node does, which lags behind the Service's
+/// EndpointSlices by one sync of kube-proxy's.
+pub async fn proxied_endpoints(namespace: &str, service: &str) -> Result<Vec<String>, String> {
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &node_netns(), "iptables-save", "-t", "nat"])
+        .output()
+        .await
+        .map_err(|e| format!("iptables-save in the real node's namespace: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "iptables-save in the real node's namespace: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(dnat_targets(
+        &String::from_utf8_lossy(&out.stdout),
+        namespace,
+        service,
+    ))
+}
+
+/// The addresses of `iptables-save` output's DNAT rules commented with the
+/// Service `namespace/service` (kube-proxy comments each endpoint's rule with
+/// `namespace/service:port-name`, or `namespace/service` for an unnamed port).
+fn dnat_targets(rules: &str, namespace: &str, service: &str) -> Vec<String> {
+    let tagged = format!("--comment \"{namespace}/{service}");
+    let mut ips: Vec<String> = rules
+        .lines()
+        .filter(|line| {
+            line.split_once(&tagged)
+                .is_some_and(|(_, rest)| rest.starts_with(':') || rest.starts_with('"'))
+        })
+        .filter_map(|line| {
+            line.split_once("-j DNAT --to-destination ")
+                .map(|(_, to)| to)
+        })
+        .filter_map(|to| to.split_whitespace().next()?.rsplit_once(':'))
+        .map(|(ip, _)| ip.to_string())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
 /// Makes every pod created from now on in `namespace` go to the real node.
 pub async fn pin_namespace(client: &Client, namespace: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -423,4 +469,28 @@ pub async fn volume_dir(client: &Client, namespace: &str, claim: &str) -> std::p
     std::path::PathBuf::from(crate::s3::env_var("ALEPH_STATE"))
         .join("volumes")
         .join(relative)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dnat_targets;
+
+    #[test]
+    fn a_services_dnat_targets_are_read_from_its_endpoint_chains_only() {
+        let rules = r#"*nat
+-A KUBE-SEP-AAA -s 10.211.1.7/32 -m comment --comment "ns1/duo:http" -j KUBE-MARK-MASQ
+-A KUBE-SEP-AAA -p tcp -m comment --comment "ns1/duo:http" -m tcp -j DNAT --to-destination 10.211.1.7:8000
+-A KUBE-SEP-BBB -p tcp -m comment --comment "ns1/duo:http" -m tcp -j DNAT --to-destination 10.211.1.12:8000
+-A KUBE-SEP-CCC -p tcp -m comment --comment "ns1/duo-canary:http" -m tcp -j DNAT --to-destination 10.211.1.9:8000
+-A KUBE-SEP-DDD -p tcp -m comment --comment "ns2/duo" -m tcp -j DNAT --to-destination 10.211.1.10:8000
+-A KUBE-SEP-EEE -p tcp -m comment --comment "ns1/duo" -m tcp -j DNAT --to-destination 10.211.1.11:9000
+COMMIT
+"#;
+        assert_eq!(
+            dnat_targets(rules, "ns1", "duo"),
+            ["10.211.1.11", "10.211.1.12", "10.211.1.7"]
+        );
+        assert_eq!(dnat_targets(rules, "ns2", "duo"), ["10.211.1.10"]);
+        assert!(dnat_targets(rules, "ns3", "duo").is_empty());
+    }
 }

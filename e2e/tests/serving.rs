@@ -106,7 +106,7 @@ async fn serving_pods(pods: &Api<Pod>, model: &str) -> Vec<Pod> {
 /// Waits until `model` has exactly `count` serving pods, terminating ones
 /// included, each running with `arg` among its arguments (when given), and
 /// its Service's EndpointSlices list those pods' addresses only, every one
-/// ready.
+/// ready, and kube-proxy's rules on the node send the Service there only.
 async fn drained(pods: &Api<Pod>, ns: &str, model: &str, arg: Option<&str>, count: usize) {
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     let slices: Api<EndpointSlice> = Api::namespaced(pods.clone().into_client(), ns);
@@ -154,6 +154,14 @@ async fn drained(pods: &Api<Pod>, ns: &str, model: &str, arg: Option<&str>, coun
         if listed != ips {
             return Err(format!(
                 "{model}: its Service lists {listed:?}, its pods are {ips:?}"
+            ));
+        }
+        // And the node sends the Service's connections there, and nowhere
+        // else (a deleted pod's address no longer answers: "No route to host").
+        let proxied = aleph_e2e::real_node::proxied_endpoints(ns, model).await?;
+        if proxied != ips {
+            return Err(format!(
+                "{model}: kube-proxy's rules on the node send its Service to {proxied:?}, its pods are {ips:?}"
             ));
         }
         Ok(())
