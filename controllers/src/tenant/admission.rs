@@ -1,27 +1,32 @@
 //! The tenants' admission rules, as ValidatingAdmissionPolicies the API
 //! server enforces itself (no webhook).
 //!
-//! Two policies, shared by every tenant, take the Tenant as their parameter
-//! (`paramKind` Tenant): each tenant has a binding to each, which names the
-//! Tenant (`paramRef`) and selects its namespaces. The rules read what the
-//! tenant allows from its spec when a request is admitted, so a change of
-//! the spec holds at once, and the API server type-checks two policies
-//! however many tenants there are.
+//! One policy, `aleph-tenants`, shared by every tenant, takes the Tenant as
+//! its parameter (`paramKind` Tenant): each tenant has one binding to it,
+//! which names the Tenant (`paramRef`) and selects its namespaces. The rules
+//! read what the tenant allows from its spec when a request is admitted, so
+//! a change of the spec holds at once, and the API server type-checks one
+//! policy and holds one binding per tenant however many rules there are.
 //!
-//! - `aleph-tenants` holds for everyone, the operator and cluster admins
-//!   included: pods (CREATE, UPDATE and the `pods/ephemeralcontainers`
-//!   subresource), PersistentVolumeClaims, Services, Ingresses, HTTPRoutes,
-//!   and the compliance rules on AIModels and Pipelines. Pods are what runs,
-//!   whoever made them, so nothing is exempt there.
-//! - `aleph-tenants-owners` holds for the tenants' users only: the pod
-//!   templates of workloads (so a bad Deployment is refused at `kubectl apply`,
-//!   not later in its ReplicaSet's events), NetworkPolicies that would widen
-//!   the tenant's isolation, changes to the objects the operator made, and
-//!   the namespaces the owners create (within the room the Tenant's status
-//!   counts). The operator, `system:masters` and kube-system's controllers
-//!   (garbage collection, namespace deletion, CronJobs) are exempt through
-//!   `matchConditions`: their writes are the operator's own or follow from
-//!   it, and the pods they lead to are still checked by the first policy.
+//! - Its rules for everyone, the operator and cluster admins included: pods
+//!   (CREATE, UPDATE and the `pods/ephemeralcontainers` subresource),
+//!   PersistentVolumeClaims, Services, Ingresses, HTTPRoutes, and the
+//!   compliance rules on AIModels and Pipelines. Pods are what runs, whoever
+//!   made them, so nothing is exempt there.
+//! - Its rules for the tenants' users only: the pod templates of workloads (so
+//!   a bad Deployment is refused at `kubectl apply`, not later in its
+//!   ReplicaSet's events), NetworkPolicies that would widen the tenant's
+//!   isolation, changes to the objects the operator made, and the namespaces
+//!   the owners create (within the room the Tenant's status counts). The
+//!   operator, `system:masters` and kube-system's controllers (garbage
+//!   collection, namespace deletion, CronJobs) are exempt (`variables.exempt`,
+//!   the first test of each of these rules): their writes are the operator's
+//!   own or follow from it, and the pods they lead to are still checked by the
+//!   rules for everyone.
+//!
+//! In earlier versions the users' rules were a second policy, `aleph-tenants-owners`,
+//! with a second binding per tenant; the operator deletes both where it
+//! finds them ([`FORMER_OWNERS_POLICY`], [`former_owner_binding_name`]).
 //!
 //! On UPDATE a rule looks only at what changes (new images, a new scheduling
 //! constraint, a new Service type), so objects made before a rule existed can
@@ -50,29 +55,31 @@ use crate::apply::{MANAGED_BY, MANAGER};
 /// Creating and updating: what most rules look at.
 const WRITE: &[&str] = &["CREATE", "UPDATE"];
 
-/// The shared policy that holds for everyone in the tenants' namespaces.
+/// The shared policy of the tenants' admission rules.
 pub const TENANTS_POLICY: &str = "aleph-tenants";
-/// The shared policy that holds for the tenants' users.
-pub const OWNERS_POLICY: &str = "aleph-tenants-owners";
+/// The shared policy that held the rules for the tenants' users in earlier
+/// versions (now in [`TENANTS_POLICY`]): deleted where found.
+pub const FORMER_OWNERS_POLICY: &str = "aleph-tenants-owners";
 
 /// The name of the tenant's binding to [`TENANTS_POLICY`].
 pub fn admission_binding_name(tenant: &str) -> String {
     format!("aleph-tenant-{tenant}")
 }
 
-/// The name of the tenant's binding to [`OWNERS_POLICY`].
-pub fn owner_binding_name(tenant: &str) -> String {
+/// The name of the tenant's binding to [`FORMER_OWNERS_POLICY`], in earlier
+/// versions: deleted where found.
+pub fn former_owner_binding_name(tenant: &str) -> String {
     format!("aleph-tenant-{tenant}-owners")
 }
 
-/// The tenant's bindings: to each shared policy, with the Tenant as the
+/// The tenant's binding to the shared policy, with the Tenant as the
 /// parameter, in the tenant's namespaces.
-pub fn bindings(tenant: &Tenant) -> [ValidatingAdmissionPolicyBinding; 2] {
+pub fn binding(tenant: &Tenant) -> ValidatingAdmissionPolicyBinding {
     let t = tenant.name_any();
-    let binding = |name: String, policy: &str| ValidatingAdmissionPolicyBinding {
-        metadata: policy_meta(tenant, &name),
+    ValidatingAdmissionPolicyBinding {
+        metadata: policy_meta(tenant, &admission_binding_name(&t)),
         spec: Some(ValidatingAdmissionPolicyBindingSpec {
-            policy_name: Some(policy.to_string()),
+            policy_name: Some(TENANTS_POLICY.to_string()),
             param_ref: Some(ParamRef {
                 name: Some(t.clone()),
                 // The binding goes with the Tenant (it owns it); in between,
@@ -83,17 +90,13 @@ pub fn bindings(tenant: &Tenant) -> [ValidatingAdmissionPolicyBinding; 2] {
             validation_actions: Some(vec!["Deny".to_string()]),
             match_resources: Some(MatchResources {
                 namespace_selector: Some(LabelSelector {
-                    match_labels: Some([(TENANT_LABEL.to_string(), t.clone())].into()),
+                    match_labels: Some([(TENANT_LABEL.to_string(), t)].into()),
                     ..LabelSelector::default()
                 }),
                 ..MatchResources::default()
             }),
         }),
-    };
-    [
-        binding(admission_binding_name(&t), TENANTS_POLICY),
-        binding(owner_binding_name(&t), OWNERS_POLICY),
-    ]
+    }
 }
 
 /// A shared policy `name` of `rules`, with the Tenant as its parameter.
@@ -114,10 +117,26 @@ fn shared_policy(name: &str, rules: PolicyRules) -> ValidatingAdmissionPolicy {
     policy
 }
 
-/// The policy that holds for everyone in the tenants' namespaces.
+/// The shared policy: the rules for everyone in the tenants' namespaces and
+/// those for the tenants' users (everyone but the operator, whose user name
+/// is `operator`, cluster admins and kube-system's controllers).
 /// `operator_images` (what the operator itself runs there) pass the
-/// registry rule.
-pub fn tenants_policy(operator_images: &[String]) -> ValidatingAdmissionPolicy {
+/// registry rules.
+pub fn tenants_policy(operator: &str, operator_images: &[String]) -> ValidatingAdmissionPolicy {
+    let mut policy = everyone_rules(operator_images);
+    let owners = owners_rules(operator, operator_images);
+    policy.rules.extend(owners.rules);
+    for variable in owners.variables {
+        if !policy.variables.iter().any(|v| v.name == variable.name) {
+            policy.variables.push(variable);
+        }
+    }
+    policy.validations.extend(owners.validations);
+    shared_policy(TENANTS_POLICY, policy)
+}
+
+/// The rules that hold for everyone in the tenants' namespaces.
+fn everyone_rules(operator_images: &[String]) -> PolicyRules {
     let is_pod = "request.resource.group == '' && request.resource.resource == 'pods'";
     let pod = PodSpecCel {
         s: "object.spec",
@@ -213,15 +232,12 @@ pub fn tenants_policy(operator_images: &[String]) -> ValidatingAdmissionPolicy {
         resource_rule("gateway.networking.k8s.io", "*", WRITE, &["httproutes"]),
         resource_rule("aleph.dev", "*", WRITE, &["aimodels", "pipelines"]),
     ];
-    shared_policy(
-        TENANTS_POLICY,
-        PolicyRules {
-            rules,
-            variables,
-            validations,
-            ..PolicyRules::default()
-        },
-    )
+    PolicyRules {
+        rules,
+        variables,
+        validations,
+        ..PolicyRules::default()
+    }
 }
 
 /// The message of the tenants' policy refusing the operator's admission
@@ -236,7 +252,8 @@ pub const PROBE_REFUSED: &str = "admission probe: this tenant's admission rules 
 fn admission_probe_rule() -> k8s_openapi::api::admissionregistration::v1::Validation {
     refuse_probe(
         format!(
-            "!has(object.metadata.annotations) || !({} in object.metadata.annotations)",
+            "object == null || request.resource.resource == 'namespaces' \
+             || !has(object.metadata.annotations) || !({} in object.metadata.annotations)",
             lit(ADMISSION_PROBE_ANNOTATION)
         ),
         PROBE_REFUSED,
@@ -266,10 +283,10 @@ pub fn admission_probe(tenant: &str) -> k8s_openapi::api::core::v1::Service {
     }
 }
 
-/// The policy that holds for the tenants' users (everyone but the operator,
-/// cluster admins and kube-system's controllers; `operator` is the
-/// operator's user name).
-pub fn owners_policy(operator: &str, operator_images: &[String]) -> ValidatingAdmissionPolicy {
+/// The rules for the tenants' users: each holds for everyone but the
+/// operator (user name `operator`), cluster admins and kube-system's
+/// controllers (`variables.exempt`).
+fn owners_rules(operator: &str, operator_images: &[String]) -> PolicyRules {
     let template = PodSpecCel {
         s: "variables.spec",
         old: "variables.oldSpec",
@@ -366,15 +383,23 @@ pub fn owners_policy(operator: &str, operator_images: &[String]) -> ValidatingAd
     variables.extend(admission_variables());
     variables.extend(network_variables());
     variables.push(room_variable());
-    shared_policy(
-        OWNERS_POLICY,
-        PolicyRules {
-            rules,
-            match_conditions: exemptions(operator),
-            variables,
-            validations,
-        },
-    )
+    let users_only: Vec<String> = exemptions(operator)
+        .into_iter()
+        .map(|c| format!("({})", c.expression))
+        .collect();
+    variables.push(variable(
+        "exempt",
+        &format!("!({})", users_only.join(" && ")),
+    ));
+    for validation in &mut validations {
+        validation.expression = format!("variables.exempt || ({})", validation.expression);
+    }
+    PolicyRules {
+        rules,
+        variables,
+        validations,
+        ..PolicyRules::default()
+    }
 }
 
 /// The cluster-wide policy on namespaces created or deleted by users whose
