@@ -89,17 +89,25 @@ impl<'de, K: Deserialize<'de>> Deserialize<'de> for Lean<K> {
     }
 }
 
-/// Where a [`Lens`] looks: at an object (whose `metadata` it looks into) or
-/// at its metadata (whose `managedFields` it skips).
+/// Where a [`Lens`] looks: at an object (whose `metadata` it looks into), at
+/// its metadata (whose `managedFields` it skips and whose `annotations` it
+/// looks into) or at its annotations (whose [`LAST_APPLIED`] it skips).
 #[derive(Clone, Copy)]
 enum Level {
     Object,
     Metadata,
+    Annotations,
 }
 
+/// The annotation in which `kubectl apply` (and Argo CD, which applies as it
+/// does) keeps the whole object as last applied: as large as the rest of the
+/// object, read by `kubectl apply` only.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// A deserializer that hands the decoded type everything of the input but
-/// an object's `metadata.managedFields`, which it skips unread (serde's
-/// `IgnoredAny`: nothing is allocated for it).
+/// an object's `metadata.managedFields` and its [`LAST_APPLIED`]
+/// annotation, which it skips unread (serde's `IgnoredAny`: nothing is
+/// allocated for them).
 struct Lens<D> {
     de: D,
     level: Level,
@@ -238,11 +246,12 @@ impl<'de, M: MapAccess<'de>> MapAccess<'de> for LensMap<M> {
                 return Ok(None);
             };
             self.next = match (self.level, key.0.as_ref()) {
-                (Level::Metadata, "managedFields") => {
+                (Level::Metadata, "managedFields") | (Level::Annotations, LAST_APPLIED) => {
                     self.map.next_value::<IgnoredAny>()?;
                     continue;
                 }
                 (Level::Object, "metadata") => Some(Level::Metadata),
+                (Level::Metadata, "annotations") => Some(Level::Annotations),
                 _ => None,
             };
             return seed
@@ -528,6 +537,53 @@ mod tests {
             full.metadata.managed_fields = None;
             assert_eq!(lean.expect("a lean ConfigMap"), full, "{json}");
         }
+    }
+
+    #[test]
+    fn a_lean_object_has_no_last_applied_configuration() {
+        use aleph_crds::aimodel::AIModel;
+        use kube::ResourceExt;
+        let spec = json!({ "source": { "uri": "hf://org/m" } });
+        let applied = json!({
+            "apiVersion": "aleph.dev/v1alpha1", "kind": "AIModel",
+            "metadata": { "name": "m", "namespace": "ns", "annotations": {} },
+            "spec": spec,
+        });
+        let model = json!({
+            "apiVersion": "aleph.dev/v1alpha1", "kind": "AIModel",
+            "metadata": {
+                "name": "m", "namespace": "ns", "uid": "u",
+                "annotations": {
+                    LAST_APPLIED: applied.to_string(),
+                    "aleph.dev/note": "kept",
+                },
+                "labels": { LAST_APPLIED: "a label of that name is kept" },
+            },
+            "spec": spec,
+        });
+        let (full, lean) = both::<AIModel>(&model);
+        let mut full = full.expect("an AIModel");
+        assert!(full.annotations().contains_key(LAST_APPLIED));
+        full.annotations_mut().remove(LAST_APPLIED);
+        let lean = lean.expect("a lean AIModel");
+        assert_eq!(
+            serde_json::to_value(&lean).expect("JSON"),
+            serde_json::to_value(&full).expect("JSON")
+        );
+        assert_eq!(
+            lean.annotations().get("aleph.dev/note").map(String::as_str),
+            Some("kept")
+        );
+        assert!(lean.labels().contains_key(LAST_APPLIED));
+        // In the spec, a key of that name is data.
+        let config = json!({
+            "metadata": { "name": "c", "annotations": { LAST_APPLIED: "{}" } },
+            "data": { LAST_APPLIED: "y" },
+        });
+        let (_, lean) = both::<k8s_openapi::api::core::v1::ConfigMap>(&config);
+        let lean = lean.expect("a lean ConfigMap");
+        assert_eq!(lean.metadata.annotations.map(|a| a.len()), Some(0));
+        assert_eq!(lean.data.map(|d| d.len()), Some(1));
     }
 
     #[test]
