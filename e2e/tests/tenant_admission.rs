@@ -177,7 +177,7 @@ async fn images_are_checked_on_update_ephemeral_init_containers_and_templates() 
         "an init container: {message}"
     );
     // A Deployment's template: refused at apply, not later in its ReplicaSet's events.
-    users_rules_in_force(&alice, &ns).await;
+    owners_policy_in_force(&alice, &ns).await;
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
     let message = outcome(
         deployments
@@ -220,7 +220,7 @@ async fn gpu_pods_must_be_pinned_to_an_allowed_product() {
         refused_by(&message, "allowedGpuProducts"),
         "affinity to an A100: {message}"
     );
-    users_rules_in_force(&alice, &ns).await;
+    owners_policy_in_force(&alice, &ns).await;
 
     let mut either = gpu_pod("either", image, 1);
     either["spec"]["affinity"] = affinity(&[H100, A100]);
@@ -632,7 +632,7 @@ async fn allowed_runtime_classes_are_enforced_on_pods_and_templates() {
         "{message}"
     );
     let deployments: Api<Deployment> = Api::namespaced(alice.clone(), &ns);
-    users_rules_in_force(&alice, &ns).await;
+    owners_policy_in_force(&alice, &ns).await;
     assert_create_refused(
         &deployments,
         &typed(deployment("kata", &with_class("x", &other))),
@@ -698,7 +698,7 @@ async fn allowed_storage_classes_are_enforced_on_claims_and_claim_templates() {
         .create(&PostParams::default(), &claim("fast", Some("fast-ssd")))
         .await
         .expect("a claim of an allowed class is admitted");
-    users_rules_in_force(&alice, &ns).await;
+    owners_policy_in_force(&alice, &ns).await;
     let statefulsets: Api<StatefulSet> = Api::namespaced(alice.clone(), &ns);
     let sts = json!({ "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": { "name": "db" },
         "spec": { "serviceName": "db", "replicas": 1, "selector": { "matchLabels": { "app": "db" } },

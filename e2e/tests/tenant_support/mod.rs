@@ -318,7 +318,7 @@ pub async fn debugger_role(env: &TestEnv, name: &str, user: &str) -> String {
 /// `client` in `namespace` (the Tenant's Ready says they do; this checks it
 /// from the user's side): deleting the operator's isolation policy, in a dry
 /// run, is refused.
-pub async fn users_rules_in_force(client: &kube::Client, namespace: &str) {
+pub async fn owners_policy_in_force(client: &kube::Client, namespace: &str) {
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
     let dry = DeleteParams {
         dry_run: true,
