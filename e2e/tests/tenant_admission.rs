@@ -854,18 +854,17 @@ async fn a_cordoned_tenant_refuses_new_pods_workloads_and_ephemeral_containers()
     env.cleanup().await;
 }
 
-/// The rules are one policy shared by every tenant, with the Tenant as its
-/// parameter. The API server's own type check of its CEL against the
+/// The rules are two policies shared by every tenant, with the Tenant as
+/// their parameter. The API server's own type check of their CEL against the
 /// Tenant's schema finds nothing (a misspelt or misplaced field of the
-/// Tenant shows there as a warning), the policy changed by hand is put back,
-/// each tenant has only its one binding, its status carries the namespace
-/// room the users' rules read, and the second policy and binding of earlier
-/// versions are deleted.
+/// Tenant shows there as a warning), a policy changed by hand is put back,
+/// each tenant has only its two bindings, and its status carries the
+/// namespace room the owners' policy reads.
 #[tokio::test]
-async fn the_shared_policy_type_checks_against_the_tenant_schema() {
+async fn the_shared_policies_type_check_against_the_tenant_schema() {
     let (env, name, _, _) = env_with_alice("tntype", "", false).await;
     let policies: Api<ValidatingAdmissionPolicy> = env.cluster_api();
-    for policy in ["aleph-tenants"] {
+    for policy in ["aleph-tenants", "aleph-tenants-owners"] {
         let checked = wait_for(&policies, policy, TIMEOUT, |p| {
             let generation = p.metadata.generation;
             p.status
@@ -933,7 +932,13 @@ async fn the_shared_policy_type_checks_against_the_tenant_schema() {
         })
         .collect();
     bound.sort();
-    assert_eq!(bound, vec![("aleph-tenants".to_string(), name.clone())]);
+    assert_eq!(
+        bound,
+        vec![
+            ("aleph-tenants".to_string(), name.clone()),
+            ("aleph-tenants-owners".to_string(), name.clone()),
+        ]
+    );
     let tenants: Api<Tenant> = env.cluster_api();
     let room = tenants
         .get(&name)
@@ -944,91 +949,6 @@ async fn the_shared_policy_type_checks_against_the_tenant_schema() {
         .expect("status.namespaceRoom");
     // Two declared namespaces, the pro plan's ten.
     assert_eq!((room.count, room.limit), (2, 10));
-    former_policy_and_binding_go(&policies, &bindings, &tenants, &name).await;
-}
-
-/// An earlier version's second shared policy (`aleph-tenants-owners`) and
-/// the tenant's binding to it, made as that version made them (the labels
-/// and owner of the current ones), are deleted by the operator.
-async fn former_policy_and_binding_go(
-    policies: &Api<ValidatingAdmissionPolicy>,
-    bindings: &Api<ValidatingAdmissionPolicyBinding>,
-    tenants: &Api<Tenant>,
-    tenant: &str,
-) {
-    let former_policy = "aleph-tenants-owners";
-    let former_binding = format!("aleph-tenant-{tenant}-owners");
-    let shared = policies
-        .get("aleph-tenants")
-        .await
-        .expect("the shared policy");
-    let current = bindings
-        .get(&format!("aleph-tenant-{tenant}"))
-        .await
-        .expect("the tenant's binding");
-    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
-        "metadata": { "name": former_policy, "labels": shared.labels() },
-        "spec": {
-            "failurePolicy": "Fail",
-            "paramKind": { "apiVersion": "aleph.dev/v1alpha1", "kind": "Tenant" },
-            "matchConstraints": { "resourceRules": [{
-                "apiGroups": [""], "apiVersions": ["v1"],
-                "operations": ["CREATE"], "resources": ["configmaps"],
-            }] },
-            "validations": [{ "expression": "true" }],
-        },
-    }))
-    .expect("the former policy");
-    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
-        "metadata": {
-            "name": former_binding,
-            "labels": current.labels(),
-            "ownerReferences": current.metadata.owner_references,
-        },
-        "spec": {
-            "policyName": former_policy,
-            "paramRef": { "name": tenant, "parameterNotFoundAction": "Allow" },
-            "validationActions": ["Deny"],
-            "matchResources": { "namespaceSelector": { "matchLabels": { "aleph.dev/tenant": tenant } } },
-        },
-    }))
-    .expect("the former binding");
-    policies
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("make the former policy");
-    bindings
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("make the former binding");
-    let mut nudges = 0;
-    poll(TIMEOUT, Duration::from_secs(5), async || {
-        let policy_left = policies
-            .get_opt(former_policy)
-            .await
-            .map_err(|e| e.to_string())?;
-        let binding_left = bindings
-            .get_opt(&former_binding)
-            .await
-            .map_err(|e| e.to_string())?;
-        if policy_left.is_none() && binding_left.is_none() {
-            return Ok(());
-        }
-        // A pass of the Tenant deletes them: the binding's event starts one;
-        // touch the Tenant in case the policy reached the cache after it.
-        nudges += 1;
-        let patch = json!({ "metadata": { "annotations": { "e2e/nudge": nudges.to_string() } } });
-        tenants
-            .patch(tenant, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| e.to_string())?;
-        Err(format!(
-            "left: policy {}, binding {}",
-            policy_left.is_some(),
-            binding_left.is_some()
-        ))
-    })
-    .await;
 }
 
 /// One error of the API server's type check: its message and the path of

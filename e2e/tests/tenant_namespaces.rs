@@ -218,8 +218,7 @@ async fn owners_create_namespaces_that_the_tenant_adopts_within_its_count() {
     // Deleting: not a declared namespace, not another tenant's, not one
     // outside any tenant; one the owners created, yes.
     // (Another tenant's declared namespace is refused by two policies, the
-    // cluster-wide one and the tenants' policy's users' rules through that
-    // tenant's binding: either may answer.)
+    // cluster-wide one and that tenant's owners' policy: either may answer.)
     let not_owned = "does not belong to a tenant the user owns";
     for (what, target, rules) in [
         (

@@ -1,32 +1,27 @@
 //! The tenants' admission rules, as ValidatingAdmissionPolicies the API
 //! server enforces itself (no webhook).
 //!
-//! One policy, `aleph-tenants`, shared by every tenant, takes the Tenant as
-//! its parameter (`paramKind` Tenant): each tenant has one binding to it,
-//! which names the Tenant (`paramRef`) and selects its namespaces. The rules
-//! read what the tenant allows from its spec when a request is admitted, so
-//! a change of the spec holds at once, and the API server type-checks one
-//! policy and holds one binding per tenant however many rules there are.
+//! Two policies, shared by every tenant, take the Tenant as their parameter
+//! (`paramKind` Tenant): each tenant has a binding to each, which names the
+//! Tenant (`paramRef`) and selects its namespaces. The rules read what the
+//! tenant allows from its spec when a request is admitted, so a change of
+//! the spec holds at once, and the API server type-checks two policies
+//! however many tenants there are.
 //!
-//! - Its rules for everyone, the operator and cluster admins included: pods
-//!   (CREATE, UPDATE and the `pods/ephemeralcontainers` subresource),
-//!   PersistentVolumeClaims, Services, Ingresses, HTTPRoutes, and the
-//!   compliance rules on AIModels and Pipelines. Pods are what runs, whoever
-//!   made them, so nothing is exempt there.
-//! - Its rules for the tenants' users only: the pod templates of workloads (so
-//!   a bad Deployment is refused at `kubectl apply`, not later in its
-//!   ReplicaSet's events), NetworkPolicies that would widen the tenant's
-//!   isolation, changes to the objects the operator made, and the namespaces
-//!   the owners create (within the room the Tenant's status counts). The
-//!   operator, `system:masters` and kube-system's controllers (garbage
-//!   collection, namespace deletion, CronJobs) are exempt (`variables.exempt`,
-//!   the first test of each of these rules): their writes are the operator's
-//!   own or follow from it, and the pods they lead to are still checked by the
-//!   rules for everyone.
-//!
-//! In earlier versions the users' rules were a second policy, `aleph-tenants-owners`,
-//! with a second binding per tenant; the operator deletes both where it
-//! finds them ([`FORMER_OWNERS_POLICY`], [`former_owner_binding_name`]).
+//! - `aleph-tenants` holds for everyone, the operator and cluster admins
+//!   included: pods (CREATE, UPDATE and the `pods/ephemeralcontainers`
+//!   subresource), PersistentVolumeClaims, Services, Ingresses, HTTPRoutes,
+//!   and the compliance rules on AIModels and Pipelines. Pods are what runs,
+//!   whoever made them, so nothing is exempt there.
+//! - `aleph-tenants-owners` holds for the tenants' users only: the pod
+//!   templates of workloads (so a bad Deployment is refused at `kubectl apply`,
+//!   not later in its ReplicaSet's events), NetworkPolicies that would widen
+//!   the tenant's isolation, changes to the objects the operator made, and
+//!   the namespaces the owners create (within the room the Tenant's status
+//!   counts). The operator, `system:masters` and kube-system's controllers
+//!   (garbage collection, namespace deletion, CronJobs) are exempt through
+//!   `matchConditions`: their writes are the operator's own or follow from
+//!   it, and the pods they lead to are still checked by the first policy.
 //!
 //! On UPDATE a rule looks only at what changes (new images, a new scheduling
 //! constraint, a new Service type), so objects made before a rule existed can
@@ -55,31 +50,29 @@ use crate::apply::{MANAGED_BY, MANAGER};
 /// Creating and updating: what most rules look at.
 const WRITE: &[&str] = &["CREATE", "UPDATE"];
 
-/// The shared policy of the tenants' admission rules.
+/// The shared policy that holds for everyone in the tenants' namespaces.
 pub const TENANTS_POLICY: &str = "aleph-tenants";
-/// The shared policy that held the rules for the tenants' users in earlier
-/// versions (now in [`TENANTS_POLICY`]): deleted where found.
-pub const FORMER_OWNERS_POLICY: &str = "aleph-tenants-owners";
+/// The shared policy that holds for the tenants' users.
+pub const OWNERS_POLICY: &str = "aleph-tenants-owners";
 
 /// The name of the tenant's binding to [`TENANTS_POLICY`].
 pub fn admission_binding_name(tenant: &str) -> String {
     format!("aleph-tenant-{tenant}")
 }
 
-/// The name of the tenant's binding to [`FORMER_OWNERS_POLICY`], in earlier
-/// versions: deleted where found.
-pub fn former_owner_binding_name(tenant: &str) -> String {
+/// The name of the tenant's binding to [`OWNERS_POLICY`].
+pub fn owner_binding_name(tenant: &str) -> String {
     format!("aleph-tenant-{tenant}-owners")
 }
 
-/// The tenant's binding to the shared policy, with the Tenant as the
+/// The tenant's bindings: to each shared policy, with the Tenant as the
 /// parameter, in the tenant's namespaces.
-pub fn binding(tenant: &Tenant) -> ValidatingAdmissionPolicyBinding {
+pub fn bindings(tenant: &Tenant) -> [ValidatingAdmissionPolicyBinding; 2] {
     let t = tenant.name_any();
-    ValidatingAdmissionPolicyBinding {
-        metadata: policy_meta(tenant, &admission_binding_name(&t)),
+    let binding = |name: String, policy: &str| ValidatingAdmissionPolicyBinding {
+        metadata: policy_meta(tenant, &name),
         spec: Some(ValidatingAdmissionPolicyBindingSpec {
-            policy_name: Some(TENANTS_POLICY.to_string()),
+            policy_name: Some(policy.to_string()),
             param_ref: Some(ParamRef {
                 name: Some(t.clone()),
                 // The binding goes with the Tenant (it owns it); in between,
@@ -90,13 +83,17 @@ pub fn binding(tenant: &Tenant) -> ValidatingAdmissionPolicyBinding {
             validation_actions: Some(vec!["Deny".to_string()]),
             match_resources: Some(MatchResources {
                 namespace_selector: Some(LabelSelector {
-                    match_labels: Some([(TENANT_LABEL.to_string(), t)].into()),
+                    match_labels: Some([(TENANT_LABEL.to_string(), t.clone())].into()),
                     ..LabelSelector::default()
                 }),
                 ..MatchResources::default()
             }),
         }),
-    }
+    };
+    [
+        binding(admission_binding_name(&t), TENANTS_POLICY),
+        binding(owner_binding_name(&t), OWNERS_POLICY),
+    ]
 }
 
 /// A shared policy `name` of `rules`, with the Tenant as its parameter.
@@ -117,26 +114,10 @@ fn shared_policy(name: &str, rules: PolicyRules) -> ValidatingAdmissionPolicy {
     policy
 }
 
-/// The shared policy: the rules for everyone in the tenants' namespaces and
-/// those for the tenants' users (everyone but the operator, whose user name
-/// is `operator`, cluster admins and kube-system's controllers).
+/// The policy that holds for everyone in the tenants' namespaces.
 /// `operator_images` (what the operator itself runs there) pass the
-/// registry rules.
-pub fn tenants_policy(operator: &str, operator_images: &[String]) -> ValidatingAdmissionPolicy {
-    let mut policy = everyone_rules(operator_images);
-    let owners = owners_rules(operator, operator_images);
-    policy.rules.extend(owners.rules);
-    for variable in owners.variables {
-        if !policy.variables.iter().any(|v| v.name == variable.name) {
-            policy.variables.push(variable);
-        }
-    }
-    policy.validations.extend(owners.validations);
-    shared_policy(TENANTS_POLICY, policy)
-}
-
-/// The rules that hold for everyone in the tenants' namespaces.
-fn everyone_rules(operator_images: &[String]) -> PolicyRules {
+/// registry rule.
+pub fn tenants_policy(operator_images: &[String]) -> ValidatingAdmissionPolicy {
     let is_pod = "request.resource.group == '' && request.resource.resource == 'pods'";
     let pod = PodSpecCel {
         s: "object.spec",
@@ -232,12 +213,15 @@ fn everyone_rules(operator_images: &[String]) -> PolicyRules {
         resource_rule("gateway.networking.k8s.io", "*", WRITE, &["httproutes"]),
         resource_rule("aleph.dev", "*", WRITE, &["aimodels", "pipelines"]),
     ];
-    PolicyRules {
-        rules,
-        variables,
-        validations,
-        ..PolicyRules::default()
-    }
+    shared_policy(
+        TENANTS_POLICY,
+        PolicyRules {
+            rules,
+            variables,
+            validations,
+            ..PolicyRules::default()
+        },
+    )
 }
 
 /// The message of the tenants' policy refusing the operator's admission
@@ -252,8 +236,7 @@ pub const PROBE_REFUSED: &str = "admission probe: this tenant's admission rules 
 fn admission_probe_rule() -> k8s_openapi::api::admissionregistration::v1::Validation {
     refuse_probe(
         format!(
-            "object == null || request.resource.resource == 'namespaces' \
-             || !has(object.metadata.annotations) || !({} in object.metadata.annotations)",
+            "!has(object.metadata.annotations) || !({} in object.metadata.annotations)",
             lit(ADMISSION_PROBE_ANNOTATION)
         ),
         PROBE_REFUSED,
@@ -283,10 +266,10 @@ pub fn admission_probe(tenant: &str) -> k8s_openapi::api::core::v1::Service {
     }
 }
 
-/// The rules for the tenants' users: each holds for everyone but the
-/// operator (user name `operator`), cluster admins and kube-system's
-/// controllers (`variables.exempt`).
-fn owners_rules(operator: &str, operator_images: &[String]) -> PolicyRules {
+/// The policy that holds for the tenants' users (everyone but the operator,
+/// cluster admins and kube-system's controllers; `operator` is the
+/// operator's user name).
+pub fn owners_policy(operator: &str, operator_images: &[String]) -> ValidatingAdmissionPolicy {
     let template = PodSpecCel {
         s: "variables.spec",
         old: "variables.oldSpec",
@@ -383,23 +366,15 @@ fn owners_rules(operator: &str, operator_images: &[String]) -> PolicyRules {
     variables.extend(admission_variables());
     variables.extend(network_variables());
     variables.push(room_variable());
-    let users_only: Vec<String> = exemptions(operator)
-        .into_iter()
-        .map(|c| format!("({})", c.expression))
-        .collect();
-    variables.push(variable(
-        "exempt",
-        &format!("!({})", users_only.join(" && ")),
-    ));
-    for validation in &mut validations {
-        validation.expression = format!("variables.exempt || ({})", validation.expression);
-    }
-    PolicyRules {
-        rules,
-        variables,
-        validations,
-        ..PolicyRules::default()
-    }
+    shared_policy(
+        OWNERS_POLICY,
+        PolicyRules {
+            rules,
+            match_conditions: exemptions(operator),
+            variables,
+            validations,
+        },
+    )
 }
 
 /// The cluster-wide policy on namespaces created or deleted by users whose

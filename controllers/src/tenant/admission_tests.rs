@@ -17,16 +17,6 @@ spec:
   compliance: hipaa
 "#;
 
-fn validations(
-    policy: &ValidatingAdmissionPolicy,
-) -> Vec<k8s_openapi::api::admissionregistration::v1::Validation> {
-    policy
-        .spec
-        .as_ref()
-        .and_then(|s| s.validations.clone())
-        .unwrap_or_default()
-}
-
 fn messages(policy: &ValidatingAdmissionPolicy) -> Vec<String> {
     policy
         .spec
@@ -108,25 +98,8 @@ fn variables_are_declared_and_used(policy: &ValidatingAdmissionPolicy) {
 #[test]
 fn every_rule_names_itself_and_covers_every_path_to_a_pod() {
     let own = ["aleph.local/model-cache:dev".to_string()];
-    let policy = tenants_policy(OPERATOR, &own);
-    // The rules for everyone: none tests who asks.
-    let everyone = PolicyRules {
-        validations: validations(&policy)
-            .into_iter()
-            .filter(|v| !v.expression.starts_with("variables.exempt || "))
-            .collect(),
-        ..PolicyRules::default()
-    };
-    let m: Vec<String> = everyone
-        .validations
-        .iter()
-        .map(|v| {
-            v.message_expression
-                .clone()
-                .or(v.message.clone())
-                .unwrap_or_default()
-        })
-        .collect();
+    let policy = tenants_policy(&own);
+    let m = messages(&policy);
     // cordoned, registries, runtime classes, GPU product, GPU pinning,
     // storage classes, NodePort, LoadBalancer, Ingress and HTTPRoute domains,
     // the compliance profiles' two KMS rules; and the operator's probe.
@@ -193,24 +166,11 @@ fn only_the_tenants_policy_refuses_the_admission_probe_and_the_probe_is_a_valid_
             .filter(|e| e.contains(ADMISSION_PROBE_ANNOTATION))
             .count()
     };
-    let everyone = tenants_policy(OPERATOR, &[]);
+    let everyone = tenants_policy(&[]);
     assert_eq!(probe_rules(&everyone), 1);
     assert!(messages(&everyone).contains(&PROBE_REFUSED.to_string()));
-    // For everyone (the operator sends it): not one of the users' rules.
-    let probe_rule = validations(&everyone)
-        .into_iter()
-        .find(|v| v.expression.contains(ADMISSION_PROBE_ANNOTATION))
-        .expect("the probe's rule");
-    assert!(!probe_rule.expression.contains("variables.exempt"));
-    // Not on namespaces (the quota guard's probe is a Namespace carrying
-    // the annotation, which only the guard may refuse), nor on deletions.
-    assert!(
-        probe_rule
-            .expression
-            .starts_with("object == null || request.resource.resource == 'namespaces' || "),
-        "{}",
-        probe_rule.expression
-    );
+    // A policy that matches Services and exempts the operator, or none.
+    assert_eq!(probe_rules(&owners_policy(OPERATOR, &[])), 0);
     assert!(
         resources(&everyone)
             .iter()
@@ -238,38 +198,37 @@ fn only_the_tenants_policy_refuses_the_admission_probe_and_the_probe_is_a_valid_
 }
 
 #[test]
-fn each_tenant_binds_the_shared_policy_with_itself_as_the_parameter_in_its_namespaces() {
+fn each_tenant_binds_both_policies_with_itself_as_the_parameter_in_its_namespaces() {
     let t = tenant(ACME);
-    let binding = binding(&t);
-    assert_eq!(binding.metadata.name.as_deref(), Some("aleph-tenant-acme"));
-    assert_eq!(
-        binding.metadata.owner_references.as_ref().map(Vec::len),
-        Some(1),
-        "the binding goes with the Tenant"
-    );
-    let spec = binding.spec.clone().expect("spec");
-    assert_eq!(spec.policy_name.as_deref(), Some(TENANTS_POLICY));
-    let param = spec.param_ref.expect("paramRef");
-    assert_eq!(param.name.as_deref(), Some("acme"));
-    assert_eq!(param.namespace, None, "Tenants are cluster-scoped");
-    assert_eq!(spec.validation_actions, Some(vec!["Deny".to_string()]));
-    let selector = spec
-        .match_resources
-        .and_then(|m| m.namespace_selector)
-        .and_then(|s| s.match_labels)
-        .expect("the tenant's namespaces");
-    assert_eq!(selector.get(TENANT_LABEL).map(String::as_str), Some("acme"));
-    // The binding of earlier versions, which the operator deletes.
-    assert_eq!(
-        former_owner_binding_name("acme"),
-        "aleph-tenant-acme-owners"
-    );
-    assert_ne!(FORMER_OWNERS_POLICY, TENANTS_POLICY);
+    let [everyone, owners] = bindings(&t);
+    for (binding, name, policy) in [
+        (&everyone, "aleph-tenant-acme", TENANTS_POLICY),
+        (&owners, "aleph-tenant-acme-owners", OWNERS_POLICY),
+    ] {
+        assert_eq!(binding.metadata.name.as_deref(), Some(name));
+        assert_eq!(
+            binding.metadata.owner_references.as_ref().map(Vec::len),
+            Some(1),
+            "{name} goes with the Tenant"
+        );
+        let spec = binding.spec.clone().expect("spec");
+        assert_eq!(spec.policy_name.as_deref(), Some(policy));
+        let param = spec.param_ref.expect("paramRef");
+        assert_eq!(param.name.as_deref(), Some("acme"));
+        assert_eq!(param.namespace, None, "Tenants are cluster-scoped");
+        assert_eq!(spec.validation_actions, Some(vec!["Deny".to_string()]));
+        let selector = spec
+            .match_resources
+            .and_then(|m| m.namespace_selector)
+            .and_then(|s| s.match_labels)
+            .expect("the tenant's namespaces");
+        assert_eq!(selector.get(TENANT_LABEL).map(String::as_str), Some("acme"));
+    }
 }
 
 #[test]
-fn the_users_rules_cover_templates_and_the_operators_objects_and_exempt_the_operator() {
-    let policy = tenants_policy(OPERATOR, &[]);
+fn the_owners_policy_covers_templates_and_the_operators_objects_and_exempts_the_operator() {
+    let policy = owners_policy(OPERATOR, &[]);
     let r = resources(&policy);
     for res in [
         "deployments",
@@ -297,52 +256,23 @@ fn the_users_rules_cover_templates_and_the_operators_objects_and_exempt_the_oper
     );
     assert!(m.iter().any(|m| m.contains("made by the operator")));
     variables_are_declared_and_used(&policy);
-    let spec = policy.spec.clone().expect("spec");
-    // Nobody is exempt from the policy as a whole (its rules on pods hold
-    // for everyone); the users' rules each test `variables.exempt` first.
-    assert!(spec.match_conditions.is_none());
-    let exempt = spec
-        .variables
-        .unwrap_or_default()
-        .into_iter()
-        .find(|v| v.name == "exempt")
-        .expect("the exempt variable")
-        .expression;
+    let conditions = policy
+        .spec
+        .and_then(|s| s.match_conditions)
+        .unwrap_or_default();
+    let exempt: Vec<&str> = conditions.iter().map(|c| c.expression.as_str()).collect();
     assert!(
-        exempt.starts_with("!((request.userInfo.username != "),
-        "{exempt}"
+        exempt
+            .iter()
+            .any(|e| e.contains("'system:serviceaccount:aleph-system:aleph-operator'")),
+        "{exempt:?}"
     );
-    assert!(
-        exempt.contains("'system:serviceaccount:aleph-system:aleph-operator'"),
-        "{exempt}"
-    );
-    assert!(exempt.contains("system:masters"), "{exempt}");
-    assert!(
-        exempt.contains("system:serviceaccount:kube-system:"),
-        "{exempt}"
-    );
-    let users: Vec<String> = validations(&policy)
-        .into_iter()
-        .map(|v| v.expression)
-        .filter(|e| e.starts_with("variables.exempt || ("))
-        .collect();
-    for rule in [
-        "in oldObject.metadata.labels",
-        "variables.isWorkload",
-        "networkpolicies",
-        "variables.room",
-    ] {
-        let guarded = users.iter().any(|e| e.contains(rule));
-        assert!(
-            guarded,
-            "no user's rule with {rule} tests variables.exempt first"
-        );
-    }
+    assert!(exempt.iter().any(|e| e.contains("system:masters")));
 }
 
 #[test]
 fn the_owners_namespace_rules_read_the_room_and_the_declared_names_from_the_tenant() {
-    let policy = tenants_policy("op", &[]);
+    let policy = owners_policy("op", &[]);
     let spec = policy.spec.clone().expect("spec");
     let all = expressions(&policy).join("\n");
     assert!(
@@ -387,7 +317,7 @@ fn the_owners_namespace_rules_read_the_room_and_the_declared_names_from_the_tena
 
 #[test]
 fn the_network_rules_default_as_the_tenant_schema_does() {
-    let policy = tenants_policy("op", &[]);
+    let policy = owners_policy("op", &[]);
     let all = expressions(&policy).join("\n");
     // Unset, the platform's labels are the Tenant's default ones, egress is
     // allowed (no blocks) and policies are unlocked unless a compliance

@@ -38,8 +38,8 @@ use crate::context::Context;
 use crate::error::{Error, Result, uid_of};
 
 /// The operator's own user name, as the API server sees it (a ServiceAccount
-/// in the chart, whatever the kubeconfig says elsewhere): the rules for the
-/// tenants' users exempt it, so that the operator can still write what it owns.
+/// in the chart, whatever the kubeconfig says elsewhere): the owners' policy
+/// exempts it, so that the operator can still write what it owns.
 async fn operator_user(client: &kube::Client, state: &TenantState) -> Result<String> {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
     state
@@ -155,7 +155,10 @@ fn shared_policies<'a>(
         // The images the operator itself runs in tenant namespaces (the model
         // cache's downloader) pass the registry rule: the platform's own.
         let operator_images = [ctx.settings.model_cache_image.clone()];
-        vec![admission::tenants_policy(operator, &operator_images)]
+        vec![
+            admission::tenants_policy(&operator_images),
+            admission::owners_policy(operator, &operator_images),
+        ]
     })
 }
 
@@ -178,20 +181,6 @@ async fn keep_shared_policies(ctx: &Context, state: &TenantState, operator: &str
         if apply_if_changed(&api, observed.as_ref(), policy).await? {
             tracing::info!(policy = %name, "the shared admission policy was put back");
         }
-    }
-    // The second shared policy of earlier versions: its rules are in the
-    // one above now.
-    let former = kube::runtime::reflector::ObjectRef::new(admission::FORMER_OWNERS_POLICY);
-    if state
-        .cache
-        .get()
-        .is_some_and(|c| c.admission_policies.store.get(&former).is_some())
-    {
-        delete_ignoring_missing(&api, admission::FORMER_OWNERS_POLICY).await?;
-        tracing::info!(
-            policy = admission::FORMER_OWNERS_POLICY,
-            "deleted the admission policy of an earlier version"
-        );
     }
     Ok(())
 }
@@ -522,19 +511,17 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             (&limit_ranges, &policies, &bindings),
         )
     }));
-    // Admission rules: the tenant's binding to the shared policy (its rules
-    // for everyone and for its users), with the Tenant as the parameter.
+    // Admission rules: the tenant's bindings to the shared policies (for
+    // everyone, and for its users), with the Tenant as their parameter.
     let admission = async {
         let vap_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
         let vapb_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-        let binding = admission::binding(tenant);
-        let observed = admission_bindings.get(&(String::new(), binding.name_any()));
-        owner.ensure_cached(&vapb_api, observed, &binding).await?;
-        // The binding of earlier versions to their second shared policy:
-        // its rules are in the one above now.
-        let former = admission::former_owner_binding_name(&name);
-        if admission_bindings.contains_key(&(String::new(), former.clone())) {
-            delete_ignoring_missing(&vapb_api, &former).await?;
+        // The owners' binding first: the API server loads bindings in the
+        // order they were written, so once the probe finds the tenants'
+        // binding in force, the owners' is too.
+        for binding in admission::bindings(tenant).iter().rev() {
+            let observed = admission_bindings.get(&(String::new(), binding.name_any()));
+            owner.ensure_cached(&vapb_api, observed, binding).await?;
         }
         keep_shared_policies(ctx, &state, &operator).await?;
         // Policies of the tenant's own are those of an earlier version (one per

@@ -137,7 +137,7 @@ fn cluster_role_ref(name: &str) -> RoleRef {
 /// namespaces (and delete those not in `spec.namespaces`), or None when no
 /// owner is an admin or the tenant has no room for more namespaces. RBAC
 /// cannot limit `create` by name: the admission policies do (the cluster-wide
-/// one and the tenants' policy's rules for users).
+/// one and the tenant's owners' policy).
 pub fn owner_cluster_role(
     tenant: &Tenant,
     room: bool,

@@ -1,10 +1,10 @@
-//! The CEL the tenants' admission policy is written in. The policy is
-//! shared by every tenant and takes the Tenant as its parameter (`params`):
+//! The CEL the tenants' admission policies are written in. The policies are
+//! shared by every tenant and take the Tenant as their parameter (`params`):
 //! what a tenant allows is read from its spec (and its namespace room from its
 //! status) when a request is admitted. Here: string and list literals, the
 //! variables that read the Tenant, the rules on a pod spec (a pod's or a
 //! workload's template), the bounds of a NetworkPolicy, the owners' rules on
-//! the tenant's namespaces and who is exempt from the users' rules. The
+//! the tenant's namespaces and who is exempt from the owners' policy. The
 //! admission module puts them into ValidatingAdmissionPolicies.
 
 use aleph_crds::keys::{GPU_PRODUCT_LABEL, TENANT_LABEL};
@@ -42,7 +42,7 @@ pub(super) fn variable(name: &str, expression: &str) -> Variable {
 }
 
 /// The variables that read the Tenant's admission rules, for the rules on pod
-/// specs and storage classes (the rules for everyone and the users' use them).
+/// specs and storage classes (both policies use them).
 pub(super) fn admission_variables() -> Vec<Variable> {
     let list = |field: &str| param_or(&["spec", "admission", field], "[]");
     vec![
@@ -306,8 +306,7 @@ pub(super) fn host_allowed(host: &str, domains: &str) -> String {
     format!("{domains}.exists(d, {host} == d || {host}.endsWith('.' + d))")
 }
 
-/// Who is exempt from the rules for the tenants' users (as the conditions
-/// under which a user's request is checked): the operator itself, cluster
+/// Who is exempt from the owners' policy: the operator itself, cluster
 /// admins, and kube-system's controllers.
 pub(super) fn exemptions(operator: &str) -> Vec<MatchCondition> {
     vec![

@@ -314,9 +314,9 @@ pub async fn debugger_role(env: &TestEnv, name: &str, user: &str) -> String {
     )
 }
 
-/// Waits until the shared policy's rules for the tenant's users hold for
-/// `client` in `namespace` (the Tenant's Ready says they do; this checks it
-/// from the user's side): deleting the operator's isolation policy, in a dry
+/// Waits until the tenant's owners' policy holds for `client` in `namespace`
+/// (it reaches the API server's cache on its own, a moment after the
+/// tenant's other policy): deleting the operator's isolation policy, in a dry
 /// run, is refused.
 pub async fn owners_policy_in_force(client: &kube::Client, namespace: &str) {
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);

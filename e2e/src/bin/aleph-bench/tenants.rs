@@ -69,8 +69,8 @@ fn floor_owned<K: Resource>(mut obj: K, labels: &BTreeMap<String, String>) -> K 
 
 /// What the Tenant reconciler writes for `tenant`, in its order: the
 /// namespace, its ResourceQuota, LimitRange, NetworkPolicy and RoleBindings,
-/// the owners' ClusterRole and its binding, the binding to the shared
-/// admission policy, then the namespace's quota label.
+/// the owners' ClusterRole and its binding, the two bindings to the shared
+/// admission policies, then the namespace's quota label.
 async fn floor_one(
     client: &kube::Client,
     tenant: &Tenant,
@@ -130,10 +130,12 @@ async fn floor_one(
         )
         .await?;
     }
-    // The operator writes the tenant's binding to the shared admission
-    // policy; so does the floor.
+    // The operator writes the tenant's two bindings to the shared admission
+    // policies; so does the floor.
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-    post(&bindings, &floor_owned(admission::binding(tenant), labels)).await?;
+    for binding in admission::bindings(tenant) {
+        post(&bindings, &floor_owned(binding, labels)).await?;
+    }
     let patch = json!({ "metadata": { "labels": { QUOTA_READY_LABEL: "ready" } } });
     namespaces
         .patch(&ns_name, &PatchParams::default(), &Patch::Merge(&patch))
