@@ -607,7 +607,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
 /// namespace already labelled ready is the proof of an earlier pass (or
 /// operator), so a restart sends no probe. No probe either while none of
 /// the tenant's quotas is counted (`counted`): no namespace could be opened
-/// yet, and the API server has the longer to load the binding.
+/// yet, and the count gives the API server time to load the binding.
 async fn admission_in_force(
     ctx: &Context,
     state: &TenantState,
