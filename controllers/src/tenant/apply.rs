@@ -26,6 +26,7 @@ use serde_json::json;
 
 use super::build::{self, QUOTA_NAME};
 use super::rebalance::{demands, quota_enforced, rebalance_quotas, recent_refusals};
+use super::status::{ADMISSION_STUCK_SECONDS, AdmissionWait};
 use super::{
     ADMISSION_REQUEUE, DEMAND_WINDOW_REQUEUE, MOVING_REQUEUE, NOT_READY_REQUEUE, TenantState,
     admission, children, list_labelled, quota, status, tenant_quotas, validate,
@@ -570,7 +571,7 @@ pub(super) async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             limit,
             waiting,
             creating: rebalance.creating,
-            admission_waiting: admission_waiting.as_deref(),
+            admission_waiting: admission_waiting.as_ref(),
         },
     )
     .await?;
@@ -615,7 +616,7 @@ async fn admission_in_force(
     labelled: &BTreeMap<String, Namespace>,
     bindings: &Children<ValidatingAdmissionPolicyBinding>,
     counted: bool,
-) -> Result<Option<String>> {
+) -> Result<Option<AdmissionWait>> {
     let name = tenant.name_any();
     let uid = uid_of(tenant)?;
     let ours = |ns: &&Namespace| {
@@ -635,17 +636,22 @@ async fn admission_in_force(
             if tenant.spec.namespaces.is_empty() && labelled.is_empty() {
                 None
             } else {
-                Some("its namespaces are being created".to_string())
+                Some(waiting("its namespaces are being created".to_string()))
             },
         );
     };
     if !counted {
-        return Ok(Some("its quotas are not counted yet".to_string()));
+        return Ok(Some(waiting("its quotas are not counted yet".to_string())));
     }
     let binding = admission::admission_binding_name(&name);
-    if !bindings.contains_key(&(String::new(), binding.clone())) {
-        return Ok(Some(format!("its binding {binding} is being created")));
-    }
+    let Some(written) = bindings
+        .get(&(String::new(), binding.clone()))
+        .map(|b| b.metadata.creation_timestamp.clone())
+    else {
+        return Ok(Some(waiting(format!(
+            "its binding {binding} is being created"
+        ))));
+    };
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns.name_any());
     let probe = admission::admission_probe(&name);
     Ok(
@@ -654,12 +660,23 @@ async fn admission_in_force(
                 state.prove_admission(&uid);
                 None
             }
-            Some(got) => Some(format!(
-                "a dry-run Service in {} that binding {binding} refuses once loaded was {got}",
-                ns.name_any()
-            )),
+            Some(got) => Some(AdmissionWait {
+                why: format!(
+                    "a dry-run Service in {} that binding {binding} refuses once loaded was {got}",
+                    ns.name_any()
+                ),
+                stuck: written.is_some_and(|t| {
+                    k8s_openapi::jiff::Timestamp::now().duration_since(t.0)
+                        >= k8s_openapi::jiff::SignedDuration::from_secs(ADMISSION_STUCK_SECONDS)
+                }),
+            }),
         },
     )
+}
+
+/// A wait of the admission rules that is not (yet) stuck.
+fn waiting(why: String) -> AdmissionWait {
+    AdmissionWait { why, stuck: false }
 }
 
 /// Creates `probe` with a server-side dry run (nothing is stored): `None`

@@ -76,7 +76,21 @@ pub(super) struct Pass<'a> {
     pub(super) creating: bool,
     /// What the tenant's admission rules wait for, until the API server
     /// enforces them.
-    pub(super) admission_waiting: Option<&'a str>,
+    pub(super) admission_waiting: Option<&'a AdmissionWait>,
+}
+
+/// How long after its binding was written a tenant's admission rules not
+/// in force are shown as stuck, with what the probe got.
+pub(super) const ADMISSION_STUCK_SECONDS: i64 = 10;
+
+/// Why the tenant's admission rules are not known to be in force yet.
+#[derive(Debug)]
+pub(super) struct AdmissionWait {
+    /// What is awaited, or what the probe got.
+    pub(super) why: String,
+    /// Whether it has lasted longer than the API server takes to load a
+    /// binding: Ready's message then says what the probe got.
+    pub(super) stuck: bool,
 }
 
 /// Computes the Tenant's status from `pass`, writes it and tells the events
@@ -113,7 +127,10 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
         .map(|u| format!("{}/{}", u.used, u.hard));
     // In place and counted: until the quota controller has filled in a
     // quota's status, the API server refuses every object the quota counts.
-    let uncounted: Vec<String> = ready_namespaces
+    // Quotas the controller has counted but for some limits (their
+    // resources named), and whether any is not counted at all yet.
+    let mut uncounted = false;
+    let missing: Vec<String> = ready_namespaces
         .iter()
         .filter_map(|ns| {
             match quotas
@@ -121,10 +138,10 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
                 .map(quota_count)
             {
                 Some(QuotaCount::Counted) => None,
-                // One wording for a quota not seen yet and one not counted
-                // yet: a pass that creates the quota sees it missing, the
-                // next one uncounted, and each new message is a status write.
-                None | Some(QuotaCount::Pending) => Some(ns.clone()),
+                None | Some(QuotaCount::Pending) => {
+                    uncounted = true;
+                    None
+                }
                 Some(QuotaCount::Missing(resources)) => {
                     Some(format!("{ns} ({})", resources.join(", ")))
                 }
@@ -150,24 +167,43 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
                 excess.join(", ")
             ),
         )
-    } else if !uncounted.is_empty() {
+    } else if !missing.is_empty() {
         NewCondition::no(
             READY,
             "Provisioning",
             format!(
                 "waiting for the quota controller to count the quotas of {}: until it does, the quota guard refuses new pods there",
-                uncounted.join(", ")
+                missing.join(", ")
             ),
         )
-    } else if let Some(why) = admission_waiting {
+    } else if (uncounted || admission_waiting.is_some_and(|w| !w.stuck))
+        && !ready_namespaces.is_empty()
+    {
+        // One message for what a new tenant waits for in turn, the count of
+        // its quotas and the API server's load of its binding: each new
+        // message would be one more status write.
         NewCondition::no(
             READY,
             "Provisioning",
             format!(
-                "waiting for the API server to enforce the tenant's admission rules (it loads new bindings on a loop, a second or more after they are written): until it does, the quota guard refuses new pods in its namespaces; {why}"
+                "waiting until the quota controller has counted the quotas of {} and the API server enforces the tenant's admission rules (it loads a new binding a second or more after it is written): until then the quota guard refuses new pods there",
+                ready_namespaces.join(", ")
             ),
         )
-    } else if waiting || ready_namespaces.len() != declared + adopted || creating {
+    } else if let Some(wait) = admission_waiting.filter(|w| w.stuck) {
+        NewCondition::no(
+            READY,
+            "Provisioning",
+            format!(
+                "waiting for the API server to enforce the tenant's admission rules, written {ADMISSION_STUCK_SECONDS} s or more ago: until it does, the quota guard refuses new pods in its namespaces; {}",
+                wait.why
+            ),
+        )
+    } else if waiting
+        || ready_namespaces.len() != declared + adopted
+        || creating
+        || admission_waiting.is_some()
+    {
         NewCondition::no(
             READY,
             "Provisioning",
