@@ -134,10 +134,17 @@ async fn guard_in_force(client: &kube::Client) -> Result<()> {
 /// Whether `object` was created so recently that the API server may not
 /// enforce it yet (another operator instance made it a moment ago).
 fn just_created<K: Resource>(object: &K) -> bool {
-    object.meta().creation_timestamp.as_ref().is_none_or(|t| {
-        k8s_openapi::jiff::Timestamp::now().duration_since(t.0)
-            < k8s_openapi::jiff::SignedDuration::from_secs(60)
-    })
+    !object
+        .meta()
+        .creation_timestamp
+        .as_ref()
+        .is_some_and(|t| older_than(t, 60))
+}
+
+/// Whether `time` is `seconds` or more ago.
+fn older_than(time: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time, seconds: i64) -> bool {
+    k8s_openapi::jiff::Timestamp::now().duration_since(time.0)
+        >= k8s_openapi::jiff::SignedDuration::from_secs(seconds)
 }
 
 /// How often, and how many times, a pass looks whether the quota guard is
@@ -636,22 +643,17 @@ async fn admission_in_force(
             if tenant.spec.namespaces.is_empty() && labelled.is_empty() {
                 None
             } else {
-                Some(waiting("its namespaces are being created".to_string()))
+                Some(AdmissionWait::Pending)
             },
         );
     };
-    if !counted {
-        return Ok(Some(waiting("its quotas are not counted yet".to_string())));
-    }
     let binding = admission::admission_binding_name(&name);
-    let Some(written) = bindings
-        .get(&(String::new(), binding.clone()))
-        .map(|b| b.metadata.creation_timestamp.clone())
-    else {
-        return Ok(Some(waiting(format!(
-            "its binding {binding} is being created"
-        ))));
+    let Some(bound) = bindings.get(&(String::new(), binding.clone())) else {
+        return Ok(Some(AdmissionWait::Pending));
     };
+    if !counted {
+        return Ok(Some(AdmissionWait::Pending));
+    }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns.name_any());
     let probe = admission::admission_probe(&name);
     Ok(
@@ -660,23 +662,21 @@ async fn admission_in_force(
                 state.prove_admission(&uid);
                 None
             }
-            Some(got) => Some(AdmissionWait {
-                why: format!(
+            Some(got)
+                if bound
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .is_some_and(|t| older_than(t, ADMISSION_STUCK_SECONDS)) =>
+            {
+                Some(AdmissionWait::Stuck(format!(
                     "a dry-run Service in {} that binding {binding} refuses once loaded was {got}",
                     ns.name_any()
-                ),
-                stuck: written.is_some_and(|t| {
-                    k8s_openapi::jiff::Timestamp::now().duration_since(t.0)
-                        >= k8s_openapi::jiff::SignedDuration::from_secs(ADMISSION_STUCK_SECONDS)
-                }),
-            }),
+                )))
+            }
+            Some(_) => Some(AdmissionWait::Pending),
         },
     )
-}
-
-/// A wait of the admission rules that is not (yet) stuck.
-fn waiting(why: String) -> AdmissionWait {
-    AdmissionWait { why, stuck: false }
 }
 
 /// Creates `probe` with a server-side dry run (nothing is stored): `None`

@@ -53,6 +53,7 @@ pub(super) async fn invalid_spec(
 }
 
 /// What the apply pass found and did, which the status reports.
+#[derive(Clone, Copy)]
 pub(super) struct Pass<'a> {
     /// The tenant's ResourceQuotas, as listed at the start of the pass.
     pub(super) quotas: &'a BTreeMap<(String, String), ResourceQuota>,
@@ -85,22 +86,19 @@ pub(super) const ADMISSION_STUCK_SECONDS: i64 = 10;
 
 /// Why the tenant's admission rules are not known to be in force yet.
 #[derive(Debug)]
-pub(super) struct AdmissionWait {
-    /// What is awaited, or what the probe got.
-    pub(super) why: String,
-    /// Whether it has lasted longer than the API server takes to load a
-    /// binding: Ready's message then says what the probe got.
-    pub(super) stuck: bool,
+pub(super) enum AdmissionWait {
+    /// For what a new tenant waits for in turn (its namespaces, the count
+    /// of its quotas, its binding's load): Ready says so in one message.
+    Pending,
+    /// For longer than the API server takes to load a binding: Ready says
+    /// what the probe got.
+    Stuck(String),
 }
 
-/// Computes the Tenant's status from `pass`, writes it and tells the events
-/// of its changes. Whether the Tenant is Ready.
-pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Result<bool> {
-    let client = &ctx.client;
-    let generation = tenant.metadata.generation;
+/// The Ready condition of what `pass` found.
+fn ready_condition(pass: &Pass<'_>) -> NewCondition {
     let Pass {
         quotas,
-        hard,
         ready_namespaces,
         declared,
         adopted,
@@ -110,21 +108,8 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
         waiting,
         creating,
         admission_waiting,
-    } = pass;
-    let usage = aggregate_usage(quotas, ready_namespaces, hard);
-    let mut status = tenant.status.clone().unwrap_or_default();
-    status.observed_generation = generation;
-    status.namespaces = ready_namespaces.to_vec();
-    status.namespace_count = i32::try_from(ready_namespaces.len()).unwrap_or(i32::MAX);
-    // What the owners' admission policy checks a new namespace against.
-    let counted = declared + adopted + excess.len();
-    status.namespace_room = Some(NamespaceRoom {
-        count: i32::try_from(counted).unwrap_or(i32::MAX),
-        limit: i32::try_from(limit).unwrap_or(i32::MAX),
-    });
-    status.gpus = usage
-        .get(quota::GPU)
-        .map(|u| format!("{}/{}", u.used, u.hard));
+        ..
+    } = *pass;
     // In place and counted: until the quota controller has filled in a
     // quota's status, the API server refuses every object the quota counts.
     // Quotas the controller has counted but for some limits (their
@@ -148,8 +133,7 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
             }
         })
         .collect();
-    let was_ready = crate::conditions::is_true(&status.conditions, READY);
-    let ready = if !conflicts.is_empty() {
+    if !conflicts.is_empty() {
         NewCondition::no(
             READY,
             "NamespaceConflict",
@@ -176,7 +160,7 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
                 missing.join(", ")
             ),
         )
-    } else if (uncounted || admission_waiting.is_some_and(|w| !w.stuck))
+    } else if (uncounted || matches!(admission_waiting, Some(AdmissionWait::Pending)))
         && !ready_namespaces.is_empty()
     {
         // One message for what a new tenant waits for in turn, the count of
@@ -190,13 +174,12 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
                 ready_namespaces.join(", ")
             ),
         )
-    } else if let Some(wait) = admission_waiting.filter(|w| w.stuck) {
+    } else if let Some(AdmissionWait::Stuck(why)) = admission_waiting {
         NewCondition::no(
             READY,
             "Provisioning",
             format!(
-                "waiting for the API server to enforce the tenant's admission rules, written {ADMISSION_STUCK_SECONDS} s or more ago: until it does, the quota guard refuses new pods in its namespaces; {}",
-                wait.why
+                "waiting for the API server to enforce the tenant's admission rules, written {ADMISSION_STUCK_SECONDS} s or more ago: until it does, the quota guard refuses new pods in its namespaces; {why}"
             ),
         )
     } else if waiting
@@ -215,7 +198,40 @@ pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Res
             "Provisioned",
             format!("{} namespaces provisioned", ready_namespaces.len()),
         )
-    };
+    }
+}
+
+/// Computes the Tenant's status from `pass`, writes it and tells the events
+/// of its changes. Whether the Tenant is Ready.
+pub(super) async fn write(tenant: &Tenant, ctx: &Context, pass: Pass<'_>) -> Result<bool> {
+    let client = &ctx.client;
+    let generation = tenant.metadata.generation;
+    let Pass {
+        quotas,
+        hard,
+        ready_namespaces,
+        declared,
+        adopted,
+        excess,
+        limit,
+        ..
+    } = pass;
+    let usage = aggregate_usage(quotas, ready_namespaces, hard);
+    let mut status = tenant.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    status.namespaces = ready_namespaces.to_vec();
+    status.namespace_count = i32::try_from(ready_namespaces.len()).unwrap_or(i32::MAX);
+    // What the owners' admission policy checks a new namespace against.
+    let counted = declared + adopted + excess.len();
+    status.namespace_room = Some(NamespaceRoom {
+        count: i32::try_from(counted).unwrap_or(i32::MAX),
+        limit: i32::try_from(limit).unwrap_or(i32::MAX),
+    });
+    status.gpus = usage
+        .get(quota::GPU)
+        .map(|u| format!("{}/{}", u.used, u.hard));
+    let was_ready = crate::conditions::is_true(&status.conditions, READY);
+    let ready = ready_condition(&pass);
     let is_ready = ready.status == ConditionStatus::True;
     let was_over = status
         .conditions
@@ -300,4 +316,120 @@ fn aggregate_usage(
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The quota of namespace `ns`: `None` not counted yet, else its status
+    /// with a usage for the limits in `used`.
+    fn quota(ns: &str, used: Option<&[&str]>) -> ((String, String), ResourceQuota) {
+        let hard = json!({ "pods": "10", "count/aimodels.aleph.dev": "2" });
+        let status = used.map(|used| {
+            let used: serde_json::Map<String, serde_json::Value> = used
+                .iter()
+                .map(|r| ((*r).to_string(), json!("0")))
+                .collect();
+            json!({ "hard": hard, "used": used })
+        });
+        let rq = serde_json::from_value(json!({
+            "metadata": { "name": QUOTA_NAME, "namespace": ns },
+            "spec": { "hard": hard },
+            "status": status,
+        }))
+        .expect("a ResourceQuota");
+        ((ns.to_string(), QUOTA_NAME.to_string()), rq)
+    }
+
+    fn ready(
+        quotas: &BTreeMap<(String, String), ResourceQuota>,
+        admission_waiting: Option<&AdmissionWait>,
+    ) -> NewCondition {
+        let namespaces = ["acme-a".to_string(), "acme-b".to_string()];
+        ready_condition(&Pass {
+            quotas,
+            hard: &BTreeMap::new(),
+            ready_namespaces: &namespaces,
+            declared: 2,
+            adopted: 0,
+            conflicts: &[],
+            excess: &[],
+            limit: 10,
+            waiting: false,
+            creating: false,
+            admission_waiting,
+        })
+    }
+
+    #[test]
+    fn a_new_tenant_waits_in_one_message_until_its_quotas_are_counted_and_its_rules_hold() {
+        let all = Some(&["pods", "count/aimodels.aleph.dev"][..]);
+        let pending = AdmissionWait::Pending;
+        // Quotas not seen yet, seen but not counted, one counted, both
+        // counted while the binding loads: each a pass, one message.
+        let steps = [
+            (BTreeMap::new(), Some(&pending)),
+            (
+                [quota("acme-a", None), quota("acme-b", None)].into(),
+                Some(&pending),
+            ),
+            (
+                [quota("acme-a", all), quota("acme-b", None)].into(),
+                Some(&pending),
+            ),
+            (
+                [quota("acme-a", all), quota("acme-b", all)].into(),
+                Some(&pending),
+            ),
+            ([quota("acme-a", all), quota("acme-b", all)].into(), None),
+        ];
+        let conditions: Vec<NewCondition> = steps
+            .iter()
+            .map(|(quotas, wait)| ready(quotas, *wait))
+            .collect();
+        for waiting in &conditions[..4] {
+            assert_eq!(waiting, &conditions[0]);
+        }
+        let first = &conditions[0];
+        assert_eq!(first.status, ConditionStatus::False);
+        assert_eq!(first.reason, "Provisioning");
+        assert!(
+            first.message.contains("quotas of acme-a, acme-b")
+                && first.message.contains("admission rules"),
+            "{}",
+            first.message
+        );
+        assert_eq!(conditions[4].status, ConditionStatus::True);
+        assert_eq!(conditions[4].reason, "Provisioned");
+    }
+
+    #[test]
+    fn what_is_stuck_is_named() {
+        let all = Some(&["pods", "count/aimodels.aleph.dev"][..]);
+        let counted: BTreeMap<_, _> = [quota("acme-a", all), quota("acme-b", all)].into();
+        let stuck = AdmissionWait::Stuck("the probe was admitted".to_string());
+        let ready_stuck = ready(&counted, Some(&stuck));
+        assert_eq!(ready_stuck.status, ConditionStatus::False);
+        assert!(
+            ready_stuck.message.contains("the probe was admitted")
+                && ready_stuck.message.contains("10 s or more ago"),
+            "{}",
+            ready_stuck.message
+        );
+        // A quota counted but for a limit: named, with the limit, over the
+        // binding's wait.
+        let missing: BTreeMap<_, _> =
+            [quota("acme-a", all), quota("acme-b", Some(&["pods"][..]))].into();
+        let ready_missing = ready(&missing, Some(&AdmissionWait::Pending));
+        assert_eq!(ready_missing.status, ConditionStatus::False);
+        assert!(
+            ready_missing
+                .message
+                .contains("quotas of acme-b (count/aimodels.aleph.dev)"),
+            "{}",
+            ready_missing.message
+        );
+    }
 }
