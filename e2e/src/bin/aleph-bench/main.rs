@@ -61,7 +61,9 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use observe::{ReadyWatch, converge};
-use table::{Convergence, Cpu, KindFigures, Requests, Setup, Share, SizeFigures, delta};
+use table::{
+    Convergence, Cpu, KindFigures, QuotaTimes, Requests, Setup, Share, SizeFigures, delta,
+};
 
 /// The label on everything the benchmark makes for Aleph: the run's id.
 const BENCH_LABEL: &str = "aleph.dev/bench";
@@ -339,6 +341,7 @@ impl OperatorCounters {
             aleph,
             floor,
             floor_counted,
+            quotas: None,
             requests: delta(&before.requests, &self.requests),
             floor_requests,
             by_resource: delta(&before.by_resource, &self.by_resource),
@@ -354,6 +357,8 @@ impl OperatorCounters {
 
 /// One kind's convergence and the operator's counters around it.
 struct Measured {
+    /// When the first object was created.
+    start: Instant,
     before: OperatorCounters,
     after: OperatorCounters,
     aleph: Convergence,
@@ -543,6 +548,7 @@ impl Bench {
         let api_after = api_server_counts(&self.client).await;
         progress(format!("N={n}: {kinds} Ready: {}", seconds(&aleph)));
         Ok(Measured {
+            start,
             before,
             after,
             aleph,
@@ -665,9 +671,18 @@ impl Bench {
                 tenants::is_ready,
             )
             .await;
+            let [written, counted] = tenants::quota_watches(&self.client, &run).await;
             let create = tenants::create(&run, self.args.creators);
             let measured = self.measure(&operator, n, "Tenants", watch, create).await?;
-            figures.tenants = Some(measured.figures("tenant", tenant_floor));
+            // Both are done by now unless the Tenants timed out: then they
+            // end at once, with how many were written and counted.
+            let quotas = QuotaTimes {
+                written: converge(written, measured.start, self.timeout(), self.stall()).await,
+                counted: converge(counted, measured.start, self.timeout(), self.stall()).await,
+            };
+            let mut tenant_figures = measured.figures("tenant", tenant_floor);
+            tenant_figures.quotas = Some(quotas);
+            figures.tenants = Some(tenant_figures);
         }
         if self.measures(Kind::Aimodels) {
             namespace(

@@ -301,9 +301,10 @@ pub struct ReadyWatch {
 impl ReadyWatch {
     /// Starts watching; returns once the watch's initial list has arrived, so
     /// no later change is missed.
-    pub async fn start<K>(api: Api<K>, selector: &str, want: usize, ready: fn(&K) -> bool) -> Self
+    pub async fn start<K, F>(api: Api<K>, selector: &str, want: usize, ready: F) -> Self
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        F: Fn(&K) -> bool + Send + 'static,
     {
         let (done_tx, done) = oneshot::channel();
         let (count_tx, count) = tokio::sync::watch::channel(0usize);

@@ -155,6 +155,15 @@ impl Share {
     }
 }
 
+/// When, counted from the first Tenant's create, the operator had written
+/// the quota of every Tenant, and when the controller manager had counted
+/// them all: what a Tenant's Ready waits for besides the operator's passes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuotaTimes {
+    pub written: Convergence,
+    pub counted: Convergence,
+}
+
 /// The figures of one kind (Tenants or AIModels) at one size.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KindFigures {
@@ -166,6 +175,9 @@ pub struct KindFigures {
     /// The same floor until kube-controller-manager has also counted every
     /// quota it wrote, which a Tenant's Ready waits for (Tenants only).
     pub floor_counted: Option<Convergence>,
+    /// Aleph's time line (Tenants only): until every Tenant's quota was
+    /// written, and until the controller manager had counted every one.
+    pub quotas: Option<QuotaTimes>,
     /// The operator's requests by verb during convergence.
     pub requests: Requests,
     /// The floor client's requests by verb (none when not measured).
@@ -623,6 +635,25 @@ pub fn render(setup: &Setup, sizes: &[SizeFigures]) -> String {
                 "",
             );
         }
+        if sizes
+            .iter()
+            .any(|s| kind(s).is_some_and(|k| k.quotas.is_some()))
+        {
+            row(
+                &format!(
+                    "{plural}: Aleph's time line: every {singular}'s quota written; all of them counted by the controller manager (s)"
+                ),
+                &|s| {
+                    opt(kind(s), |k| {
+                        measured(k.quotas, |q| {
+                            format!("{}; {}", q.written.cell(s.n), q.counted.cell(s.n))
+                        })
+                    })
+                },
+                "",
+                "",
+            );
+        }
         row(
             &format!("{plural}: operator requests per {singular}"),
             &|s| opt(kind(s), |k| per_object(&k.requests, s.n)),
@@ -859,6 +890,13 @@ mod tests {
             aleph: Convergence::Done(Duration::from_secs_f64(aleph)),
             floor: Some(Convergence::Done(Duration::from_secs_f64(floor))),
             floor_counted: Some(Convergence::Done(Duration::from_secs_f64(2.0 * floor))),
+            quotas: Some(QuotaTimes {
+                written: Convergence::Done(Duration::from_secs_f64(0.5 * aleph)),
+                counted: Convergence::TimedOut {
+                    ready: 7,
+                    after: Duration::from_secs_f64(aleph),
+                },
+            }),
             requests: requests(&[("list", 600.0), ("patch", 300.0)]),
             floor_requests: Some(requests(&[("create", 700.0)])),
             api_share: Some(Share {
@@ -1079,6 +1117,7 @@ mod tests {
             t.floor = None;
             t.floor_counted = None;
             t.floor_requests = None;
+            t.quotas = None;
         }
         large.idle_writes = None;
         large.idle_share = None;
@@ -1106,6 +1145,10 @@ mod tests {
             (
                 "| Tenants: Aleph ÷ that floor",
                 "| Tenants: Aleph ÷ that floor | 1.00 | – |  |  |",
+            ),
+            (
+                "| Tenants: Aleph's time line",
+                "| Tenants: Aleph's time line: every Tenant's quota written; all of them counted by the controller manager (s) | 10.0; 7/100 after 20 s | not measured |  |  |",
             ),
             (
                 "| Tenants: floor requests",

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use aleph_controllers::tenant::{admission, build, quota};
-use aleph_crds::keys::QUOTA_READY_LABEL;
+use aleph_crds::keys::{QUOTA_READY_LABEL, TENANT_LABEL};
 use aleph_crds::tenant::Tenant;
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
@@ -14,6 +14,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use crate::observe::ReadyWatch;
 use crate::{BenchError, Result, Run, create_all, post};
 
 /// The short name of each benchmark Tenant's one namespace.
@@ -179,6 +180,30 @@ where
         .delete_collection(&DeleteParams::default(), lp)
         .await?;
     Ok(())
+}
+
+/// Two watches of the run's Tenants' quotas, started before the first
+/// Tenant is created: until each Tenant's quota exists, and until the
+/// controller manager has counted each (what a Tenant's Ready waits for).
+pub async fn quota_watches(client: &kube::Client, run: &Run) -> [ReadyWatch; 2] {
+    // Each Tenant's namespace is named after it: `ab-<run>-<i>-main`.
+    let prefix = format!("ab-{}-", run.id);
+    let of_run = move |q: &ResourceQuota| {
+        q.metadata
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| ns.starts_with(&prefix))
+    };
+    let api = Api::<ResourceQuota>::all(client.clone());
+    let written = {
+        let of_run = of_run.clone();
+        ReadyWatch::start(api.clone(), TENANT_LABEL, run.n, move |q| of_run(q)).await
+    };
+    let counted = ReadyWatch::start(api, TENANT_LABEL, run.n, move |q| {
+        of_run(q) && aleph_controllers::tenant::quota_counted(q)
+    })
+    .await;
+    [written, counted]
 }
 
 /// Whether a Tenant reports Ready=True.
