@@ -33,6 +33,13 @@ CARGO_TARGET_DIR="$static_target" \
   --target x86_64-unknown-linux-gnu
 export ALEPH_OPERATOR_BIN="$static_target/x86_64-unknown-linux-gnu/image/aleph-operator"
 
+# No real node: the benchmark's pods go to kwok's fake nodes, and a real
+# node's agents (containerd, kubelet, kube-proxy, kube-router, which follows
+# every NetworkPolicy the Tenants make) would take most of a core of the two
+# the control plane and the operator share. On a cluster they run on the
+# nodes, not beside the API server. ALEPH_REAL_NODE=1 puts it back.
+export ALEPH_REAL_NODE="${ALEPH_REAL_NODE:-0}"
+
 # Runs inside with-cluster.sh, with KUBECONFIG and PATH set.
 run() {
   echo "==> installing the CRDs" >&2

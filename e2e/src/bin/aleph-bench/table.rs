@@ -78,8 +78,9 @@ pub fn delta(before: &Requests, after: &Requests) -> Requests {
 pub struct Cpu(pub BTreeMap<String, f64>);
 
 impl Cpu {
-    /// The processes read: the control plane's, the operator and this benchmark.
-    pub const PROCESSES: [&str; 7] = [
+    /// The processes read: the control plane's, the operator and this
+    /// benchmark, and a real node's agents, should the cluster have one.
+    pub const PROCESSES: [&str; 12] = [
         "kube-apiserver",
         "etcd",
         "kube-controller",
@@ -87,6 +88,11 @@ impl Cpu {
         "kwok",
         "aleph-operator",
         "aleph-bench",
+        "kubelet",
+        "containerd",
+        "containerd-shim",
+        "kube-proxy",
+        "kube-router",
     ];
 
     /// Reads the processes' CPU seconds now.
@@ -103,7 +109,7 @@ impl Cpu {
             .collect())
     }
 
-    /// "machine 40.1 s busy: kube-apiserver 20.3, etcd 5.0, ...", the largest first.
+    /// "machine 40.1 busy: kube-apiserver 20.3, etcd 5.0, ..., the rest 2.1", the largest first.
     fn cell(&self) -> String {
         let mut by_use: Vec<(&String, f64)> = self
             .0
@@ -118,7 +124,12 @@ impl Cpu {
             .collect::<Vec<_>>()
             .join(", ");
         match self.0.get(aleph_e2e::host::MACHINE) {
-            Some(busy) => format!("machine {busy:.1} busy: {each}"),
+            Some(busy) => {
+                // What the machine was busy with besides the processes read:
+                // the kernel's own work, and any other process.
+                let rest = busy - by_use.iter().map(|(_, v)| v).sum::<f64>();
+                format!("machine {busy:.1} busy: {each}, the rest {rest:.1}")
+            }
             None => each,
         }
     }
@@ -1244,7 +1255,7 @@ mod tests {
             ),
             "{table}"
         );
-        let cpu = "machine 30.0 busy: kube-apiserver 20.0, etcd 4.0";
+        let cpu = "machine 30.0 busy: kube-apiserver 20.0, etcd 4.0, the rest 6.0";
         assert!(
             table.contains(&format!(
                 "| Tenants: CPU seconds while Aleph converged, by process | {cpu} | {cpu} |"
