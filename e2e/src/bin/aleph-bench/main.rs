@@ -674,8 +674,9 @@ impl Bench {
             let [written, counted] = tenants::quota_watches(&self.client, &run).await;
             let create = tenants::create(&run, self.args.creators);
             let measured = self.measure(&operator, n, "Tenants", watch, create).await?;
-            // Both are done by now unless the Tenants timed out: then they
-            // end at once, with how many were written and counted.
+            // Both are done by now unless the Tenants did not converge:
+            // then they end past the timeout, or once stalled as long as the
+            // Tenants may, with how many were written and counted.
             let quotas = QuotaTimes {
                 written: converge(written, measured.start, self.timeout(), self.stall()).await,
                 counted: converge(counted, measured.start, self.timeout(), self.stall()).await,

@@ -195,10 +195,7 @@ pub async fn quota_watches(client: &kube::Client, run: &Run) -> [ReadyWatch; 2] 
             .is_some_and(|ns| ns.starts_with(&prefix))
     };
     let api = Api::<ResourceQuota>::all(client.clone());
-    let written = {
-        let of_run = of_run.clone();
-        ReadyWatch::start(api.clone(), TENANT_LABEL, run.n, move |q| of_run(q)).await
-    };
+    let written = ReadyWatch::start(api.clone(), TENANT_LABEL, run.n, of_run.clone()).await;
     let counted = ReadyWatch::start(api, TENANT_LABEL, run.n, move |q| {
         of_run(q) && aleph_controllers::tenant::quota_counted(q)
     })
