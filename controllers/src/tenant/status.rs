@@ -113,8 +113,8 @@ fn ready_condition(pass: &Pass<'_>) -> NewCondition {
     // In place and counted: until the quota controller has filled in a
     // quota's status, the API server refuses every object the quota counts.
     // Quotas the controller has counted but for some limits (their
-    // resources named), and whether any is not counted at all yet.
-    let mut uncounted = false;
+    // resources named), and those it has not counted at all yet.
+    let mut uncounted = Vec::new();
     let missing: Vec<String> = ready_namespaces
         .iter()
         .filter_map(|ns| {
@@ -124,7 +124,7 @@ fn ready_condition(pass: &Pass<'_>) -> NewCondition {
             {
                 Some(QuotaCount::Counted) => None,
                 None | Some(QuotaCount::Pending) => {
-                    uncounted = true;
+                    uncounted.push(ns.clone());
                     None
                 }
                 Some(QuotaCount::Missing(resources)) => {
@@ -133,6 +133,16 @@ fn ready_condition(pass: &Pass<'_>) -> NewCondition {
             }
         })
         .collect();
+    let quota_wait = |named: &[String]| {
+        NewCondition::no(
+            READY,
+            "Provisioning",
+            format!(
+                "waiting for the quota controller to count the quotas of {}: until it does, the quota guard refuses new pods there",
+                named.join(", ")
+            ),
+        )
+    };
     if !conflicts.is_empty() {
         NewCondition::no(
             READY,
@@ -152,15 +162,8 @@ fn ready_condition(pass: &Pass<'_>) -> NewCondition {
             ),
         )
     } else if !missing.is_empty() {
-        NewCondition::no(
-            READY,
-            "Provisioning",
-            format!(
-                "waiting for the quota controller to count the quotas of {}: until it does, the quota guard refuses new pods there",
-                missing.join(", ")
-            ),
-        )
-    } else if (uncounted || matches!(admission_waiting, Some(AdmissionWait::Pending)))
+        quota_wait(&missing)
+    } else if matches!(admission_waiting, Some(AdmissionWait::Pending))
         && !ready_namespaces.is_empty()
     {
         // One message for what a new tenant waits for in turn, the count of
@@ -174,6 +177,10 @@ fn ready_condition(pass: &Pass<'_>) -> NewCondition {
                 ready_namespaces.join(", ")
             ),
         )
+    } else if !uncounted.is_empty() {
+        // The tenant's rules hold (a namespace added later, say): only the
+        // quotas not counted yet are waited for.
+        quota_wait(&uncounted)
     } else if let Some(AdmissionWait::Stuck(why)) = admission_waiting {
         NewCondition::no(
             READY,
@@ -403,6 +410,19 @@ mod tests {
         );
         assert_eq!(conditions[4].status, ConditionStatus::True);
         assert_eq!(conditions[4].reason, "Provisioned");
+    }
+
+    #[test]
+    fn once_the_rules_hold_only_the_quotas_not_counted_are_named() {
+        let all = Some(&["pods", "count/aimodels.aleph.dev"][..]);
+        let quotas: BTreeMap<_, _> = [quota("acme-a", all), quota("acme-b", None)].into();
+        let waiting = ready(&quotas, None);
+        assert_eq!(waiting.status, ConditionStatus::False);
+        assert_eq!(waiting.reason, "Provisioning");
+        assert_eq!(
+            waiting.message,
+            "waiting for the quota controller to count the quotas of acme-b: until it does, the quota guard refuses new pods there"
+        );
     }
 
     #[test]
